@@ -1,0 +1,345 @@
+"""Frame types of the duplexd wire protocol (version 1).
+
+These frozen dataclasses are the events of the sans-I/O codec (`duplexd._codec`): bytes in,
+frames out, and back. The normative description of their encoding is `protocol/SPEC.md`;
+this module is its single source of truth in Python.
+
+Every frame on the wire is::
+
+    u32 length   (little-endian; bytes that follow: type + flags + body)
+    u8  type
+    u8  flags
+    ... body (length - 2 bytes)
+
+An audio frame's body starts with ``u16 epoch, u32 utterance_id, u32 seq`` so its whole header
+is 16 bytes (`AUDIO_HEADER_BYTES`) and the PCM follows.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Final
+
+PROTOCOL_VERSION: Final = 1
+SUBPROTOCOL: Final = "duplexd.v1"
+WS_PATH: Final = "/v1"
+
+LENGTH_PREFIX_BYTES: Final = 4
+FRAME_HEADER_BYTES: Final = 6  # length prefix + type + flags
+AUDIO_HEADER_BYTES: Final = 16  # frame header + epoch(2) + utterance_id(4) + seq(4)
+AUDIO_UP_HEADER_BYTES: Final = 10  # frame header + seq(4)
+MAX_FRAME_BYTES: Final = 65536  # default and hard ceiling for a whole frame, prefix included
+
+FRAME_MS: Final = 20
+SAMPLE_RATE_HZ: Final = 48_000
+SUPPORTED_SAMPLE_RATES_HZ: Final = (16_000, 24_000, 48_000)
+SUPPORTED_UPLINK_RATES_HZ: Final = (16_000, 48_000)
+BYTES_PER_SAMPLE: Final = 2  # s16le mono
+
+
+def frame_samples(sample_rate_hz: int, frame_ms: int = FRAME_MS) -> int:
+    """Samples in one audio frame: 960 at 48 kHz and 20 ms."""
+    return sample_rate_hz * frame_ms // 1000
+
+
+class FrameType(enum.IntEnum):
+    """Type byte. 0x00-0x7F client to server, 0x80-0xFF server to client.
+
+    Bit 0x40 marks an *optional* type: a receiver that does not know it skips it. Any other
+    unknown type is a protocol error (`ErrorCode.UNKNOWN_TYPE`).
+    """
+
+    # client -> server
+    HELLO = 0x01
+    TEXT = 0x02
+    INTERRUPT = 0x03
+    PAUSE = 0x04
+    RESUME = 0x05
+    PING = 0x06
+    AUDIO_UP = 0x07
+    GET_STATS = 0x41  # optional
+    # server -> client
+    WELCOME = 0x80
+    AUDIO = 0x81
+    UTTERANCE_STARTED = 0x82
+    UTTERANCE_DONE = 0x83
+    INTERRUPTED = 0x84
+    PAUSED = 0x85
+    RESUMED = 0x86
+    PONG = 0x87
+    ERROR = 0x88
+    SPEECH_STARTED = 0x89
+    SPEECH_STOPPED = 0x8A
+    TRANSCRIPT = 0x8B
+    STATS = 0xC1  # optional
+
+    @property
+    def optional(self) -> bool:
+        return bool(self & 0x40)
+
+    @property
+    def from_client(self) -> bool:
+        return self < 0x80
+
+
+OPTIONAL_TYPE_BIT: Final = 0x40
+
+
+class Flags(enum.IntFlag):
+    NONE = 0
+    END = 0x01  # TEXT: end of this utterance's text. AUDIO: last frame of the utterance.
+    FINAL = 0x01  # TRANSCRIPT: final (not partial) result
+
+
+class ErrorCode(enum.IntEnum):
+    """Error codes carried by `Error` frames; `close_code` is the WebSocket close code to use."""
+
+    MALFORMED = 1
+    FRAME_TOO_LARGE = 2
+    UNKNOWN_TYPE = 3
+    UNEXPECTED_FRAME = 4
+    UNSUPPORTED_VERSION = 5
+    UNSUPPORTED_FORMAT = 6
+    UNKNOWN_ENGINE = 7
+    UNKNOWN_VOICE = 8
+    AUTH_FAILED = 9
+    LIMIT_EXCEEDED = 10
+    TEXT_AFTER_END = 11
+    BAD_UTTERANCE_ID = 12
+    NOT_BINARY = 13
+    SLOW_CONSUMER = 14
+    INTERNAL = 15
+    GOING_AWAY = 16
+    BAD_OPTIONS = 17
+
+    @property
+    def close_code(self) -> int:
+        return _CLOSE_CODES[self]
+
+    @property
+    def fatal(self) -> bool:
+        """Whether the sender closes the connection after this error (all are, in v1)."""
+        return True
+
+
+class CloseCode(enum.IntEnum):
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    PROTOCOL_ERROR = 1002
+    UNSUPPORTED_DATA = 1003
+    POLICY_VIOLATION = 1008
+    MESSAGE_TOO_BIG = 1009
+    INTERNAL_ERROR = 1011
+    TRY_AGAIN_LATER = 1013
+    # application range 4000-4999
+    UNSUPPORTED = 4000  # version, format, engine or voice not available
+    LIMIT = 4001  # a configured limit was exceeded
+    SLOW_CONSUMER = 4002
+
+
+_CLOSE_CODES: Final = {
+    ErrorCode.MALFORMED: CloseCode.PROTOCOL_ERROR,
+    ErrorCode.FRAME_TOO_LARGE: CloseCode.MESSAGE_TOO_BIG,
+    ErrorCode.UNKNOWN_TYPE: CloseCode.PROTOCOL_ERROR,
+    ErrorCode.UNEXPECTED_FRAME: CloseCode.PROTOCOL_ERROR,
+    ErrorCode.UNSUPPORTED_VERSION: CloseCode.UNSUPPORTED,
+    ErrorCode.UNSUPPORTED_FORMAT: CloseCode.UNSUPPORTED,
+    ErrorCode.UNKNOWN_ENGINE: CloseCode.UNSUPPORTED,
+    ErrorCode.UNKNOWN_VOICE: CloseCode.UNSUPPORTED,
+    ErrorCode.AUTH_FAILED: CloseCode.POLICY_VIOLATION,
+    ErrorCode.LIMIT_EXCEEDED: CloseCode.LIMIT,
+    ErrorCode.TEXT_AFTER_END: CloseCode.PROTOCOL_ERROR,
+    ErrorCode.BAD_UTTERANCE_ID: CloseCode.PROTOCOL_ERROR,
+    ErrorCode.NOT_BINARY: CloseCode.UNSUPPORTED_DATA,
+    ErrorCode.SLOW_CONSUMER: CloseCode.SLOW_CONSUMER,
+    ErrorCode.INTERNAL: CloseCode.INTERNAL_ERROR,
+    ErrorCode.GOING_AWAY: CloseCode.GOING_AWAY,
+    ErrorCode.BAD_OPTIONS: CloseCode.PROTOCOL_ERROR,
+}
+
+
+# --------------------------------------------------------------------------- client -> server
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """First frame of a session. `options` is a JSON object text ("" for none)."""
+
+    min_version: int = PROTOCOL_VERSION
+    max_version: int = PROTOCOL_VERSION
+    sample_rate_hz: int = SAMPLE_RATE_HZ
+    frame_ms: int = FRAME_MS
+    uplink_rate_hz: int = 0  # 0: no uplink audio
+    token: str = ""
+    engine: str = ""  # "": the server's default
+    voice: str = ""  # "": the engine's default
+    options: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Text:
+    """A chunk of an utterance's text; `end` closes the utterance's text."""
+
+    utterance_id: int
+    text: str
+    end: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Interrupt:
+    """Stop the playing utterance and drop every queued one."""
+
+
+@dataclass(frozen=True, slots=True)
+class Pause:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    nonce: int  # u64, echoed in Pong
+
+
+@dataclass(frozen=True, slots=True)
+class AudioUp:
+    """One uplink (microphone) frame: s16le mono at the negotiated uplink rate."""
+
+    seq: int
+    pcm: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class GetStats:
+    pass
+
+
+# --------------------------------------------------------------------------- server -> client
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome:
+    """Answer to Hello. `info` is a JSON object text (engines, voices, server name...)."""
+
+    version: int
+    session_id: bytes  # 16 bytes
+    sample_rate_hz: int
+    frame_samples: int
+    uplink_rate_hz: int
+    max_frame_bytes: int
+    max_text_bytes: int  # per utterance
+    max_queued_utterances: int
+    engine: str
+    voice: str
+    info: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Audio:
+    """One downlink audio frame of exactly `frame_samples` s16le samples (the last is padded)."""
+
+    epoch: int
+    utterance_id: int
+    seq: int  # per utterance, from 0; sample offset in the utterance = seq * frame_samples
+    pcm: bytes
+    last: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class UtteranceStarted:
+    epoch: int
+    utterance_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class UtteranceDone:
+    epoch: int
+    utterance_id: int
+    samples_sent: int
+    chars_spoken: int
+
+
+@dataclass(frozen=True, slots=True)
+class Interrupted:
+    """Sent once per Interrupt. `epoch` is the new epoch: audio of any other epoch is stale.
+
+    `utterance_id` is the utterance that was playing (0 if none), `samples_sent` how many of
+    its samples were sent, `chars_spoken` how many characters of its text were fully spoken.
+    """
+
+    epoch: int
+    utterance_id: int
+    samples_sent: int
+    chars_spoken: int
+    cancelled_utterances: int
+
+
+@dataclass(frozen=True, slots=True)
+class Paused:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Resumed:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    nonce: int
+    server_time_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    code: ErrorCode
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechStarted:
+    uplink_sample: int
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechStopped:
+    uplink_sample: int
+
+
+@dataclass(frozen=True, slots=True)
+class Transcript:
+    start_sample: int
+    end_sample: int
+    text: str
+    final: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """Optional frame: the server's counters for this session as a JSON object text."""
+
+    json: str
+
+
+ClientFrame = Hello | Text | Interrupt | Pause | Resume | Ping | AudioUp | GetStats
+ServerFrame = (
+    Welcome
+    | Audio
+    | UtteranceStarted
+    | UtteranceDone
+    | Interrupted
+    | Paused
+    | Resumed
+    | Pong
+    | Error
+    | SpeechStarted
+    | SpeechStopped
+    | Transcript
+    | Stats
+)
+Frame = ClientFrame | ServerFrame
