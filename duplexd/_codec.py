@@ -1,0 +1,469 @@
+"""Sans-I/O codec of the duplexd wire protocol: frames to bytes and bytes to frames.
+
+No I/O and no trio here. `encode` turns any frame of `duplexd._frames` into bytes; `Decoder`
+turns an arbitrary byte stream (WebSocket message payloads or raw TCP) back into frames. The
+byte layout is specified in `protocol/SPEC.md`; `protocol/vectors/vectors.json` pins it.
+
+Errors: `LocalProtocolError` is our own bug (encoding an invalid frame); `RemoteProtocolError`
+means the peer's bytes are bad. Both carry the `ErrorCode` to report and its `close_code`.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+from ._frames import (
+    AUDIO_HEADER_BYTES,
+    AUDIO_UP_HEADER_BYTES,
+    FRAME_HEADER_BYTES,
+    LENGTH_PREFIX_BYTES,
+    MAX_FRAME_BYTES,
+    OPTIONAL_TYPE_BIT,
+    Audio,
+    AudioUp,
+    ErrorCode,
+    Flags,
+    Frame,
+    FrameType,
+    GetStats,
+    Hello,
+    Interrupt,
+    Interrupted,
+    Pause,
+    Paused,
+    Ping,
+    Pong,
+    Resume,
+    Resumed,
+    SpeechStarted,
+    SpeechStopped,
+    Stats,
+    Text,
+    Transcript,
+    UtteranceDone,
+    UtteranceStarted,
+    Welcome,
+)
+from ._frames import Error as ErrorFrame
+
+__all__ = [
+    "AUDIO_HEADER",
+    "FRAME_CLASSES",
+    "FRAME_TYPES",
+    "Decoder",
+    "LocalProtocolError",
+    "Peer",
+    "ProtocolError",
+    "RemoteProtocolError",
+    "encode",
+    "encode_audio_header",
+    "pack_audio_header_into",
+]
+
+Peer = Literal["client", "server"]
+
+
+class ProtocolError(Exception):
+    """A protocol violation; `error_code` is what to report, `close_code` how to close."""
+
+    def __init__(self, error_code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.error_code: ErrorCode = error_code
+        self.message: str = message
+
+    @property
+    def close_code(self) -> int:
+        return self.error_code.close_code
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.error_code.name}, {self.message!r})"
+
+
+class LocalProtocolError(ProtocolError):
+    """We tried to send something invalid: a bug on our side."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent something invalid."""
+
+
+# --------------------------------------------------------------------------- layouts
+
+_PREFIX: Final = struct.Struct("<I")
+_HEADER: Final = struct.Struct("<IBB")  # length, type, flags
+_U16: Final = struct.Struct("<H")
+_U32: Final = struct.Struct("<I")
+AUDIO_HEADER: Final = struct.Struct("<IBBHII")  # length, type, flags, epoch, utterance_id, seq
+_AUDIO_BODY: Final = struct.Struct("<HII")
+_END: Final = int(Flags.END)  # plain int: ~Flags.END would be 0
+_MIN_AUDIO_LENGTH: Final = AUDIO_HEADER_BYTES - LENGTH_PREFIX_BYTES
+assert AUDIO_HEADER.size == AUDIO_HEADER_BYTES
+assert _HEADER.size + _U32.size == AUDIO_UP_HEADER_BYTES
+
+_MAX: Final = {"B": 0xFF, "H": 0xFFFF, "I": 0xFFFF_FFFF, "Q": 0xFFFF_FFFF_FFFF_FFFF}
+
+# Variable-length tail fields, in wire order after the fixed little-endian part:
+#   "str16": u16 byte length + UTF-8        "json32": u32 byte length + UTF-8 (JSON text)
+#   "utf8":  rest of the body as UTF-8      "pcm":    rest of the body, even byte count
+_TailKind = Literal["str16", "json32", "utf8", "pcm"]
+
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    ftype: FrameType
+    cls: type[Any]
+    fixed: struct.Struct
+    names: tuple[str, ...]  # fixed fields, in order
+    tail: tuple[tuple[str, _TailKind], ...] = ()
+    flag: str | None = None  # bool field carried by flag bit 0x01
+
+    @property
+    def int_limits(self) -> tuple[tuple[str, int | None], ...]:
+        codes = [c for c in self.fixed.format.lstrip("<") if not c.isdigit()]
+        return tuple((n, _MAX.get(c)) for n, c in zip(self.names, codes, strict=True))
+
+
+def _L(t: FrameType, cls: type[Any], fmt: str, names: str = "", **kw: Any) -> _Layout:
+    return _Layout(t, cls, struct.Struct("<" + fmt), tuple(names.split()), **kw)
+
+
+_LAYOUTS: Final = (
+    _L(
+        FrameType.HELLO,
+        Hello,
+        "HHIHI",
+        "min_version max_version sample_rate_hz frame_ms uplink_rate_hz",
+        tail=(("token", "str16"), ("engine", "str16"), ("voice", "str16"), ("options", "json32")),
+    ),
+    _L(FrameType.TEXT, Text, "I", "utterance_id", tail=(("text", "utf8"),), flag="end"),
+    _L(FrameType.INTERRUPT, Interrupt, ""),
+    _L(FrameType.PAUSE, Pause, ""),
+    _L(FrameType.RESUME, Resume, ""),
+    _L(FrameType.PING, Ping, "Q", "nonce"),
+    _L(FrameType.AUDIO_UP, AudioUp, "I", "seq", tail=(("pcm", "pcm"),)),
+    _L(FrameType.GET_STATS, GetStats, ""),
+    _L(
+        FrameType.WELCOME,
+        Welcome,
+        "H16sIIIIII",
+        "version session_id sample_rate_hz frame_samples uplink_rate_hz max_frame_bytes "
+        "max_text_bytes max_queued_utterances",
+        tail=(("engine", "str16"), ("voice", "str16"), ("info", "json32")),
+    ),
+    _L(
+        FrameType.AUDIO, Audio, "HII", "epoch utterance_id seq", tail=(("pcm", "pcm"),), flag="last"
+    ),
+    _L(FrameType.UTTERANCE_STARTED, UtteranceStarted, "HI", "epoch utterance_id"),
+    _L(
+        FrameType.UTTERANCE_DONE,
+        UtteranceDone,
+        "HIQI",
+        "epoch utterance_id samples_sent chars_spoken",
+    ),
+    _L(
+        FrameType.INTERRUPTED,
+        Interrupted,
+        "HIQII",
+        "epoch utterance_id samples_sent chars_spoken cancelled_utterances",
+    ),
+    _L(FrameType.PAUSED, Paused, ""),
+    _L(FrameType.RESUMED, Resumed, ""),
+    _L(FrameType.PONG, Pong, "QQ", "nonce server_time_ns"),
+    _L(FrameType.ERROR, ErrorFrame, "H", "code", tail=(("message", "utf8"),)),
+    _L(FrameType.SPEECH_STARTED, SpeechStarted, "Q", "uplink_sample"),
+    _L(FrameType.SPEECH_STOPPED, SpeechStopped, "Q", "uplink_sample"),
+    _L(
+        FrameType.TRANSCRIPT,
+        Transcript,
+        "QQ",
+        "start_sample end_sample",
+        tail=(("text", "utf8"),),
+        flag="final",
+    ),
+    _L(FrameType.STATS, Stats, "", tail=(("json", "utf8"),)),
+)
+_BY_TYPE: Final[dict[int, _Layout]] = {int(lay.ftype): lay for lay in _LAYOUTS}
+_BY_CLASS: Final[dict[type[Any], _Layout]] = {lay.cls: lay for lay in _LAYOUTS}
+_INT_LIMITS: Final = {lay.cls: lay.int_limits for lay in _LAYOUTS}
+
+FRAME_CLASSES: Final[dict[FrameType, type[Any]]] = {lay.ftype: lay.cls for lay in _LAYOUTS}
+FRAME_TYPES: Final[dict[type[Any], FrameType]] = {lay.cls: lay.ftype for lay in _LAYOUTS}
+assert set(FRAME_CLASSES) == set(FrameType)
+
+# --------------------------------------------------------------------------- encoding
+
+
+def _utf8(name: str, value: object) -> bytes:
+    if not isinstance(value, str):
+        raise LocalProtocolError(ErrorCode.MALFORMED, f"{name} must be str, not {value!r}")
+    try:
+        return value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise LocalProtocolError(ErrorCode.MALFORMED, f"{name} is not encodable: {exc}") from None
+
+
+def encode(frame: Frame, *, max_frame_bytes: int = MAX_FRAME_BYTES) -> bytes:
+    """Encode one frame, length prefix included. Raises `LocalProtocolError` if it is invalid."""
+    layout = _BY_CLASS.get(type(frame))
+    if layout is None:
+        raise LocalProtocolError(ErrorCode.INTERNAL, f"not a frame: {frame!r}")
+    values: list[object] = []
+    for name, limit in _INT_LIMITS[layout.cls]:
+        value = getattr(frame, name)
+        if limit is None:  # Welcome.session_id
+            if not isinstance(value, bytes) or len(value) != 16:
+                raise LocalProtocolError(ErrorCode.MALFORMED, f"{name} must be 16 bytes")
+        elif not isinstance(value, int) or not 0 <= value <= limit:
+            raise LocalProtocolError(
+                ErrorCode.MALFORMED, f"{name}={value!r} out of range 0..{limit}"
+            )
+        values.append(value)
+    if layout.cls is ErrorFrame and not isinstance(values[0], ErrorCode):
+        raise LocalProtocolError(ErrorCode.MALFORMED, f"code must be an ErrorCode: {values[0]!r}")
+    parts = [b"", layout.fixed.pack(*values)]
+    for name, kind in layout.tail:
+        value = getattr(frame, name)
+        if kind == "pcm":
+            if not isinstance(value, bytes | bytearray | memoryview):
+                raise LocalProtocolError(ErrorCode.MALFORMED, f"{name} must be bytes")
+            data = bytes(value)
+            if len(data) % 2:
+                raise LocalProtocolError(ErrorCode.MALFORMED, "pcm must be whole s16 samples")
+            parts.append(data)
+            continue
+        data = _utf8(name, value)
+        if kind == "str16":
+            if len(data) > 0xFFFF:
+                raise LocalProtocolError(ErrorCode.MALFORMED, f"{name} longer than 65535 bytes")
+            parts.append(_U16.pack(len(data)))
+        elif kind == "json32":
+            parts.append(_U32.pack(len(data)))
+        parts.append(data)
+    flags = Flags.END if layout.flag is not None and getattr(frame, layout.flag) else 0
+    body_len = sum(map(len, parts))
+    if LENGTH_PREFIX_BYTES + 2 + body_len > max_frame_bytes:
+        raise LocalProtocolError(
+            ErrorCode.FRAME_TOO_LARGE,
+            f"{layout.cls.__name__} frame of {FRAME_HEADER_BYTES + body_len} bytes"
+            f" > {max_frame_bytes}",
+        )
+    parts[0] = _HEADER.pack(2 + body_len, layout.ftype, flags)
+    return b"".join(parts)
+
+
+def encode_audio_header(epoch: int, utterance_id: int, seq: int, nbytes: int, last: bool) -> bytes:
+    """The 16-byte header of an `Audio` frame whose PCM (`nbytes` bytes) follows it."""
+    buf = bytearray(AUDIO_HEADER_BYTES)
+    pack_audio_header_into(buf, 0, epoch, utterance_id, seq, nbytes, last)
+    return bytes(buf)
+
+
+def pack_audio_header_into(
+    buf: bytearray | memoryview,
+    offset: int,
+    epoch: int,
+    utterance_id: int,
+    seq: int,
+    nbytes: int,
+    last: bool,
+) -> None:
+    """Write an `Audio` frame header into `buf[offset:offset + 16]` (the hot path)."""
+    if nbytes & 1 or not 0 <= nbytes <= MAX_FRAME_BYTES - AUDIO_HEADER_BYTES:
+        raise LocalProtocolError(ErrorCode.MALFORMED, f"bad audio payload size {nbytes}")
+    try:
+        AUDIO_HEADER.pack_into(
+            buf,
+            offset,
+            AUDIO_HEADER_BYTES - LENGTH_PREFIX_BYTES + nbytes,
+            FrameType.AUDIO,
+            Flags.END if last else 0,
+            epoch,
+            utterance_id,
+            seq,
+        )
+    except struct.error as exc:
+        raise LocalProtocolError(ErrorCode.MALFORMED, f"bad audio header field: {exc}") from None
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def _malformed(layout: _Layout, why: str) -> RemoteProtocolError:
+    return RemoteProtocolError(ErrorCode.MALFORMED, f"{layout.cls.__name__}: {why}")
+
+
+def _decode_utf8(layout: _Layout, name: str, raw: bytes | bytearray) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _malformed(layout, f"{name} is not valid UTF-8") from None
+
+
+def _decode_body(layout: _Layout, buf: bytearray, start: int, end: int, flags: int) -> Any:
+    """Decode the body `buf[start:end]` of a frame of a known type."""
+    if flags & ~(_END if layout.flag is not None else 0):
+        raise _malformed(layout, f"reserved flag bits set (0x{flags:02x})")
+    size = layout.fixed.size
+    if end - start < size or (not layout.tail and end - start != size):
+        raise _malformed(layout, f"body of {end - start} bytes, fixed part is {size}")
+    kwargs: dict[str, Any] = dict(
+        zip(layout.names, layout.fixed.unpack_from(buf, start), strict=True)
+    )
+    pos = start + size
+    for name, kind in layout.tail:
+        if kind == "pcm":
+            if (end - pos) & 1:
+                raise _malformed(layout, "pcm is not whole s16 samples")
+            with memoryview(buf) as view:
+                kwargs[name] = view[pos:end].tobytes()
+            pos = end
+            continue
+        if kind == "utf8":
+            n = end - pos
+        else:
+            width = 2 if kind == "str16" else 4
+            if end - pos < width:
+                raise _malformed(layout, f"truncated length of {name}")
+            n = int.from_bytes(buf[pos : pos + width], "little")
+            pos += width
+            if n > end - pos:
+                raise _malformed(layout, f"{name} of {n} bytes overruns the body")
+        kwargs[name] = _decode_utf8(layout, name, buf[pos : pos + n])
+        pos += n
+    if pos != end:
+        raise _malformed(layout, f"{end - pos} trailing bytes")
+    if layout.flag is not None:
+        kwargs[layout.flag] = bool(flags & _END)
+    if layout.cls is ErrorFrame:
+        try:
+            kwargs["code"] = ErrorCode(kwargs["code"])
+        except ValueError:
+            raise _malformed(layout, f"unknown error code {kwargs['code']}") from None
+    return layout.cls(**kwargs)
+
+
+class Decoder:
+    """Incremental decoder of the frames that `peer` sends.
+
+    Feed bytes with `receive_data` (any split: message payloads, TCP reads, single bytes) and
+    pull frames with `next_frame` until it returns None. A partly received frame changes
+    nothing. The first error is raised as `RemoteProtocolError` and again by every later call.
+    Unknown optional types are skipped and counted in `skipped_frames`.
+    """
+
+    def __init__(self, *, peer: Peer, max_frame_bytes: int = MAX_FRAME_BYTES) -> None:
+        if peer not in ("client", "server"):
+            raise ValueError(f"peer must be 'client' or 'server', not {peer!r}")
+        if not FRAME_HEADER_BYTES <= max_frame_bytes <= MAX_FRAME_BYTES:
+            raise ValueError(f"max_frame_bytes must be in {FRAME_HEADER_BYTES}..{MAX_FRAME_BYTES}")
+        self.peer: Final[Peer] = peer
+        self.max_frame_bytes: Final = max_frame_bytes
+        self.skipped_frames = 0
+        self._server_bit = 0x80 if peer == "server" else 0
+        self._buf = bytearray()
+        self._pos = 0  # start of the first uncommitted frame in _buf
+        self._error: RemoteProtocolError | None = None
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes received but not yet returned as (or skipped as) frames."""
+        return len(self._buf) - self._pos
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        if self._error is not None:
+            raise self._error
+        if self._pos:
+            del self._buf[: self._pos]
+            self._pos = 0
+        self._buf += data
+
+    def check_boundary(self) -> None:
+        """Raise `MALFORMED` if part of a frame is buffered.
+
+        Call it after the frames of each WebSocket message (a frame must not span messages)
+        and when a raw stream ends (a peer must not stop mid-frame).
+        """
+        if self._error is not None:
+            raise self._error
+        if self.buffered_bytes:
+            self._error = RemoteProtocolError(
+                ErrorCode.MALFORMED, f"{self.buffered_bytes} bytes of an incomplete frame"
+            )
+            raise self._error
+
+    def next_frame(self) -> Frame | None:
+        """The next complete frame, or None if more data is needed."""
+        if self._error is not None:
+            raise self._error
+        try:
+            return self._next_frame()
+        except RemoteProtocolError as exc:
+            self._error = exc
+            raise
+        except (struct.error, ValueError, IndexError, TypeError) as exc:  # defensive only
+            self._error = RemoteProtocolError(ErrorCode.MALFORMED, f"undecodable frame: {exc}")
+            raise self._error from None
+
+    def _next_frame(self) -> Frame | None:
+        buf = self._buf
+        while True:
+            pos = self._pos
+            avail = len(buf) - pos
+            if avail < LENGTH_PREFIX_BYTES:
+                return None
+            (length,) = _PREFIX.unpack_from(buf, pos)
+            if length < 2:
+                raise RemoteProtocolError(ErrorCode.MALFORMED, f"frame length {length} < 2")
+            if LENGTH_PREFIX_BYTES + length > self.max_frame_bytes:
+                raise RemoteProtocolError(
+                    ErrorCode.FRAME_TOO_LARGE,
+                    f"frame of {LENGTH_PREFIX_BYTES + length} bytes > {self.max_frame_bytes}",
+                )
+            end = pos + LENGTH_PREFIX_BYTES + length
+            if len(buf) < end:
+                return None
+            type_ = buf[pos + 4]
+            flags = buf[pos + 5]
+            start = pos + FRAME_HEADER_BYTES
+            if type_ & 0x80 != self._server_bit:
+                raise RemoteProtocolError(
+                    ErrorCode.UNEXPECTED_FRAME,
+                    f"type 0x{type_:02x} is not a {self.peer}-to-{_other(self.peer)} type",
+                )
+            if type_ == FrameType.AUDIO:  # the hot path
+                if flags & ~_END or length & 1 or length < _MIN_AUDIO_LENGTH:
+                    frame: Frame | None = _decode_body(_BY_TYPE[type_], buf, start, end, flags)
+                else:
+                    epoch, uid, seq = _AUDIO_BODY.unpack_from(buf, start)
+                    with memoryview(buf) as view:
+                        pcm = view[pos + AUDIO_HEADER_BYTES : end].tobytes()
+                    frame = Audio(epoch, uid, seq, pcm, bool(flags))
+            else:
+                layout = _BY_TYPE.get(type_)
+                if layout is None:
+                    if not type_ & OPTIONAL_TYPE_BIT:
+                        raise RemoteProtocolError(
+                            ErrorCode.UNKNOWN_TYPE, f"unknown frame type 0x{type_:02x}"
+                        )
+                    self.skipped_frames += 1
+                    frame = None
+                else:
+                    frame = _decode_body(layout, buf, start, end, flags)
+            self._pos = end  # commit
+            if frame is not None:
+                return frame
+
+    def frames(self) -> Iterator[Frame]:
+        """Every complete frame buffered so far."""
+        while (frame := self.next_frame()) is not None:
+            yield frame
+
+    def __iter__(self) -> Iterator[Frame]:
+        return self.frames()
+
+
+def _other(peer: Peer) -> Peer:
+    return "server" if peer == "client" else "client"

@@ -1,0 +1,233 @@
+"""A session's single writer: paced audio from the ring and control frames, in order.
+
+Everything a session sends goes through one task (`Downlink.run`), so ordering is simple:
+control frames (Welcome, Interrupted, Pong, Error...) go out as soon as they are queued, audio
+goes out one frame per pacer tick. The ring holds whole wire frames (16-byte audio header +
+PCM) written by the synthesis thread; the writer is the ring's consumer.
+
+Epochs make barge-in mechanical: `interrupt()` bumps the epoch and flushes the ring; any frame
+of an older epoch that is still in the ring, or that a finishing synthesis thread pushes later,
+is dropped when popped. The Interrupted frame is built when it is sent, from the writer's own
+counters, so `samples_sent` is exactly what went out before it.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Awaitable, Callable
+from typing import Final
+
+import trio
+
+from . import _frames as fr
+from ._codec import AUDIO_HEADER, encode
+from ._pacer import Pacer
+from ._ring import FrameRing
+from ._stats import Histogram
+
+SendFn = Callable[[bytes], Awaitable[None]]
+ControlItem = bytes | Callable[[], bytes]
+
+MAX_LAG_FRAMES: Final = 50  # a client this far behind (1 s at 20 ms) is a slow consumer
+MAX_CONTROL_FRAMES: Final = 1024
+_END = int(fr.Flags.END)
+
+
+class SlowConsumerError(Exception):
+    """The peer does not read fast enough: audio fell `MAX_LAG_FRAMES` behind."""
+
+
+class DownlinkCounters:
+    __slots__ = ("bytes_sent", "frames_sent", "late_sends", "pacing_error", "stale_dropped", "underruns")
+
+    def __init__(self) -> None:
+        self.frames_sent = 0
+        self.bytes_sent = 0
+        self.underruns = 0
+        self.stale_dropped = 0
+        self.late_sends = 0  # frames sent after the next frame's deadline had already passed
+        self.pacing_error = Histogram()  # send time - ideal time, per audio frame
+
+
+class Downlink:
+    """The writer of one session. Create it, start `run` in the session nursery.
+
+    `on_tick`, `kick`, `send_control`, `interrupt`, `pause` and `resume` are synchronous and
+    must be called from the trio thread (`kick` may be sent from a worker thread with
+    `TrioToken.run_sync_soon`).
+    """
+
+    def __init__(
+        self,
+        *,
+        ring: FrameRing,
+        send: SendFn,
+        pacer: Pacer,
+        frame_samples: int,
+        chars_spoken: Callable[[int, int], int],
+        real_samples: Callable[[int], int],
+        on_utterance_done: Callable[[int], None],
+        on_slow_consumer: Callable[[], None],
+    ) -> None:
+        self._ring = ring
+        self._send = send
+        self._pacer = pacer
+        self._frame_samples = frame_samples
+        self._chars_spoken = chars_spoken
+        self._real_samples = real_samples
+        self._on_utterance_done = on_utterance_done
+        self._on_slow_consumer = on_slow_consumer
+        self._lot = trio.lowlevel.ParkingLot()
+        self._control: collections.deque[ControlItem] = collections.deque()
+        self._due: collections.deque[float] = collections.deque()
+        self.epoch = 0
+        self.paused = False
+        self.closed = False
+        # the utterance whose audio is going out: id, frames of it sent, total text chars
+        self._playing_uid = 0
+        self._playing_frames = 0
+        self.counters = DownlinkCounters()
+
+    @property
+    def playing_uid(self) -> int:
+        """The utterance whose audio is going out (0 between utterances)."""
+        return self._playing_uid
+
+    # ------------------------------------------------------------------ called by others
+
+    def on_tick(self, deadline: float) -> bool:
+        """Pacer hot path: note the deadline and wake the writer."""
+        if self.paused or self.closed:
+            return False
+        due = self._due
+        due.append(deadline)
+        if len(due) > MAX_LAG_FRAMES:
+            self.closed = True
+            self._on_slow_consumer()
+            return False
+        if len(due) == 1:
+            self._lot.unpark()
+        return True
+
+    def kick(self) -> None:
+        """Frames were pushed: start pacing now unless already paced, paused or closed."""
+        if self.paused or self.closed or self._pacer.is_scheduled(self):
+            return
+        if self._ring.count or self._playing_uid:
+            self._pacer.schedule(self, trio.current_time())
+
+    def send_control(self, item: ControlItem) -> None:
+        """Queue a control frame (bytes, or a builder called right before sending)."""
+        if self.closed:
+            return
+        if len(self._control) >= MAX_CONTROL_FRAMES:
+            self.closed = True
+            self._on_slow_consumer()
+            return
+        self._control.append(item)
+        self._lot.unpark()
+
+    def interrupt(self, cancelled_utterances: int) -> int:
+        """Barge-in: new epoch, ring flushed, Interrupted queued ahead of any later audio.
+
+        Returns the new epoch. The utterance that was playing stops at the frame already being
+        sent, if any; Interrupted reports it.
+        """
+        self.epoch = (self.epoch + 1) & 0xFFFF
+        self._ring.flush()
+        self._due.clear()
+        self._pacer.unschedule(self)
+        epoch = self.epoch
+
+        def build() -> bytes:
+            uid, frames = self._playing_uid, self._playing_frames
+            self._playing_uid = self._playing_frames = 0
+            samples = frames * self._frame_samples
+            chars = self._chars_spoken(uid, samples) if uid else 0
+            if uid:
+                self._on_utterance_done(uid)
+            return encode(
+                fr.Interrupted(
+                    epoch=epoch,
+                    utterance_id=uid,
+                    samples_sent=samples,
+                    chars_spoken=chars,
+                    cancelled_utterances=cancelled_utterances,
+                )
+            )
+
+        self.send_control(build)
+        return epoch
+
+    def pause(self) -> None:
+        if not self.paused:
+            self.paused = True
+            self._due.clear()
+            self._pacer.unschedule(self)
+        self.send_control(encode(fr.Paused()))
+
+    def resume(self) -> None:
+        """Continue where the audio stopped, on a new grid anchored now."""
+        if self.paused:
+            self.paused = False
+            self.kick()
+        self.send_control(encode(fr.Resumed()))
+
+    # ------------------------------------------------------------------ the writer task
+
+    async def run(self) -> None:
+        """Send until cancelled. Cancellation may cut a frame mid-send (the transport is then
+        unusable anyway); frames still in the ring stay there."""
+        control = self._control
+        due = self._due
+        while True:
+            if not control and not due:
+                await self._lot.park()
+            while control:
+                item = control.popleft()
+                data = item if isinstance(item, bytes) else item()
+                await self._send(data)
+            if due and not self.paused:
+                await self._send_audio(due.popleft())
+
+    async def _send_audio(self, deadline: float) -> None:
+        ring = self._ring
+        c = self.counters
+        while True:
+            frame = ring.pop()
+            if frame is None:
+                if self._playing_uid:
+                    c.underruns += 1  # synthesis is behind: skip this tick, keep the grid
+                else:
+                    self._due.clear()
+                    self._pacer.unschedule(self)
+                return
+            _, _, flags, epoch, uid, seq = AUDIO_HEADER.unpack_from(frame)
+            if epoch == self.epoch:
+                break
+            c.stale_dropped += 1
+        data = frame
+        if seq == 0:
+            self._playing_uid, self._playing_frames = uid, 0
+            data = encode(fr.UtteranceStarted(epoch=epoch, utterance_id=uid)) + frame
+        last = bool(flags & _END)
+        if last:
+            done = fr.UtteranceDone(
+                epoch=epoch,
+                utterance_id=uid,
+                samples_sent=self._real_samples(uid),
+                chars_spoken=self._chars_spoken(uid, -1),
+            )
+            data += encode(done)
+        now = trio.current_time()
+        c.pacing_error.record(now - deadline)
+        if self._due and now > self._due[0]:
+            c.late_sends += 1
+        await self._send(data)
+        c.frames_sent += 1
+        c.bytes_sent += len(data)
+        if last:
+            self._playing_uid = self._playing_frames = 0
+            self._on_utterance_done(uid)
+        elif self._playing_uid == uid:
+            self._playing_frames += 1

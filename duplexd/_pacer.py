@@ -1,0 +1,140 @@
+"""The process-wide pacer: one task, one precise timer, every session's 20 ms grid.
+
+A timer task per session collapses at a few hundred sessions (each wake-up is a trio sleep with
+its own cancel scope and epoll round trip). Instead one task keeps a heap of absolute deadlines,
+sleeps on a Linux timerfd (`duplexd._timer.PreciseTimer`: sub-millisecond wake-ups, unlike
+`trio.sleep_until`, whose epoll timeout has millisecond granularity) and, at each deadline,
+calls the due streams' `on_tick(deadline)`. A stream's n-th deadline is always
+``anchor + n * frame_s``: a late wake-up never drifts the schedule.
+
+`on_tick` must be cheap and must not raise: it runs on the pacer's hot path for every frame of
+every session. The downlink writer (`duplexd._downlink`) just notes the deadline and wakes its
+own task, which does the sending, so a slow client never delays anybody else's frame.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Protocol
+
+import trio
+
+from ._frames import FRAME_MS
+from ._timer import PreciseTimer
+
+
+class Paced(Protocol):
+    def on_tick(self, deadline: float) -> bool:
+        """Called at (just after) `deadline`; return False to leave the schedule."""
+        ...
+
+
+class _Slot:
+    __slots__ = ("anchor", "n", "stream", "live")
+
+    def __init__(self, stream: Paced, anchor: float) -> None:
+        self.stream = stream
+        self.anchor = anchor
+        self.n = 0
+        self.live = True
+
+
+class Pacer:
+    """Ticks every scheduled stream every `frame_s` seconds on absolute deadlines.
+
+    Use `open_pacer()`; `schedule`/`unschedule` are synchronous and must be called from the
+    trio thread.
+    """
+
+    def __init__(self, *, frame_s: float = FRAME_MS / 1000, timer: PreciseTimer | None = None):
+        if frame_s <= 0:
+            raise ValueError("frame_s must be positive")
+        self.frame_s = frame_s
+        self._timer = timer if timer is not None else PreciseTimer()
+        self._heap: list[tuple[float, int, _Slot]] = []
+        self._slots: dict[Paced, _Slot] = {}
+        self._order = itertools.count()
+        self._sleep_scope: trio.CancelScope | None = None
+        self._sleep_target = float("inf")
+        self._idle = trio.Event()
+        self.ticks = 0
+        self.wakeups = 0
+
+    @property
+    def scheduled(self) -> int:
+        """How many streams are on the schedule now."""
+        return len(self._slots)
+
+    def is_scheduled(self, stream: Paced) -> bool:
+        return stream in self._slots
+
+    def schedule(self, stream: Paced, first_deadline: float) -> None:
+        """Tick `stream` at `first_deadline`, then every `frame_s`. No-op if already scheduled."""
+        if stream in self._slots:
+            return
+        slot = _Slot(stream, first_deadline)
+        self._slots[stream] = slot
+        heapq.heappush(self._heap, (first_deadline, next(self._order), slot))
+        if first_deadline < self._sleep_target and self._sleep_scope is not None:
+            self._sleep_scope.cancel()
+        self._idle.set()
+
+    def unschedule(self, stream: Paced) -> None:
+        """Stop ticking `stream` (its heap entry is dropped lazily). No-op if not scheduled."""
+        slot = self._slots.pop(stream, None)
+        if slot is not None:
+            slot.live = False
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the schedule forever. Cancelling it stops all ticking; nothing else is left."""
+        task_status.started()
+        heap = self._heap
+        frame_s = self.frame_s
+        while True:
+            if not heap:
+                self._idle = trio.Event()
+                await self._idle.wait()
+                continue
+            deadline = heap[0][0]
+            if deadline > trio.current_time():
+                with trio.CancelScope() as scope:
+                    self._sleep_scope = scope
+                    self._sleep_target = deadline
+                    await self._timer.sleep_until(deadline)
+                self._sleep_scope = None
+                self._sleep_target = float("inf")
+                self.wakeups += 1
+            now = trio.current_time()
+            while heap and heap[0][0] <= now:
+                due, _, slot = heapq.heappop(heap)
+                if not slot.live:
+                    continue
+                self.ticks += 1
+                if slot.stream.on_tick(due):
+                    slot.n += 1
+                    heapq.heappush(heap, (slot.anchor + slot.n * frame_s, next(self._order), slot))
+                else:
+                    slot.live = False
+                    self._slots.pop(slot.stream, None)
+            await trio.lowlevel.checkpoint()
+
+    def close(self) -> None:
+        self._timer.close()
+
+
+@asynccontextmanager
+async def open_pacer(
+    *, frame_ms: int = FRAME_MS, timer: PreciseTimer | None = None
+) -> AsyncIterator[Pacer]:
+    """Run a `Pacer` in a background task for the duration of the block."""
+    pacer = Pacer(frame_s=frame_ms / 1000, timer=timer)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(pacer.run)
+            yield pacer
+            nursery.cancel_scope.cancel()
+    finally:
+        pacer.close()

@@ -1,0 +1,143 @@
+"""The synthesis side of an utterance: text pieces -> engine -> 48 kHz s16 frames -> ring.
+
+`UtteranceProducer` runs in a worker thread (`trio.to_thread.run_sync`), one piece per call, and
+is the ring's only producer while it runs. Frames are written as complete wire frames (audio
+header + PCM) so the writer only pops and sends. When the ring is full the producer waits in
+its own thread (never on the event loop) until the pacer has drained a frame or the utterance
+is cancelled.
+
+Cancellation crosses the thread boundary through `cancel` (a `threading.Event` set by the
+session right before it cancels the utterance's scope): the producer stops before the next
+piece, and while waiting for ring space. An engine call already running finishes first.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from ._codec import pack_audio_header_into
+from ._frames import AUDIO_HEADER_BYTES, BYTES_PER_SAMPLE
+from ._resample import FrameChunker, StreamResampler, float_to_s16le
+from ._ring import FrameRing
+from ._segment import Piece
+from .engines.base import Voice
+
+
+class SynthesisCancelled(Exception):
+    """The utterance was cancelled while its producer was working."""
+
+
+class PieceMap:
+    """Which characters of an utterance's text are covered by its first N output samples.
+
+    Appended to by the producer thread, read by the writer on the trio thread. Appends of whole
+    tuples to a list are atomic under the GIL; readers only see complete entries.
+    """
+
+    def __init__(self) -> None:
+        self._ends: list[int] = []  # output sample where piece i ends (non-decreasing)
+        self._chars: list[int] = []  # character where piece i ends
+        self.total_chars = 0
+        self.total_samples = 0  # real (unpadded) samples, known once the producer finished
+
+    def add(self, end_sample: int, end_char: int) -> None:
+        self._chars.append(end_char)
+        self._ends.append(end_sample)
+
+    def chars_spoken(self, samples_sent: int) -> int:
+        """Characters whose audio lies entirely within the first `samples_sent` samples."""
+        if samples_sent < 0:
+            return self.total_chars
+        i = bisect.bisect_right(self._ends[: len(self._chars)], samples_sent)
+        return self._chars[i - 1] if i else 0
+
+
+class UtteranceProducer:
+    """Produces one utterance's frames. Not thread-safe: one worker thread at a time."""
+
+    def __init__(
+        self,
+        *,
+        voice: Voice,
+        ring: FrameRing,
+        out_rate_hz: int,
+        frame_samples: int,
+        epoch: int,
+        utterance_id: int,
+        cancel: threading.Event,
+        kick: Callable[[], None],
+        frame_s: float,
+    ) -> None:
+        self._voice = voice
+        self._ring = ring
+        self._out_rate = out_rate_hz
+        self._in_rate = voice.sample_rate_hz
+        self._resampler = StreamResampler(voice.sample_rate_hz, out_rate_hz)
+        self._chunker = FrameChunker(frame_samples)
+        self._frame_samples = frame_samples
+        self._epoch = epoch
+        self._uid = utterance_id
+        self._cancel = cancel
+        self._kick = kick
+        self._frame_s = frame_s
+        self._seq = 0
+        self._in_samples = 0
+        self._slot = bytearray(AUDIO_HEADER_BYTES + frame_samples * BYTES_PER_SAMPLE)
+        self.pieces = PieceMap()
+        self.engine_s = 0.0  # time spent in the engine, for RTF
+        self.audio_s = 0.0
+
+    def render(self, piece: Piece) -> None:
+        """Synthesize one piece and push its whole frames. Blocking (worker thread).
+
+        Raises `SynthesisCancelled` if the utterance was cancelled before or during the push.
+        """
+        self._check_cancel()
+        t0 = time.perf_counter()
+        audio = self._voice.synthesize(piece.text)
+        self.engine_s += time.perf_counter() - t0
+        self.audio_s += len(audio) / self._in_rate
+        self._check_cancel()
+        self._in_samples += len(audio)
+        end_sample = self._in_samples * self._out_rate // self._in_rate
+        self._push_samples(self._resampler.process(audio))
+        self.pieces.add(end_sample, piece.end_char)
+
+    def finish(self, total_chars: int) -> None:
+        """Flush the resampler and push the last frame (zero-padded, flagged END)."""
+        self._check_cancel()
+        self.pieces.total_chars = total_chars
+        self._push_samples(self._resampler.flush())
+        pending = self._chunker.pending_samples
+        pcm, _real = self._chunker.flush(pad=True)
+        self.pieces.total_samples = self._seq * self._frame_samples + pending
+        if not pcm:
+            pcm = bytes(self._frame_samples * BYTES_PER_SAMPLE)
+        self._push_frame(pcm, last=True)
+
+    def _push_samples(self, samples: np.ndarray) -> None:
+        if len(samples) == 0:
+            return
+        for pcm in self._chunker.push(np.frombuffer(float_to_s16le(samples), dtype="<i2")):
+            self._push_frame(pcm, last=False)
+
+    def _push_frame(self, pcm: bytes, *, last: bool) -> None:
+        slot = self._slot
+        pack_audio_header_into(slot, 0, self._epoch, self._uid, self._seq, len(pcm), last)
+        slot[AUDIO_HEADER_BYTES:] = pcm
+        ring = self._ring
+        while not ring.push(slot):
+            if self._cancel.wait(self._frame_s):
+                raise SynthesisCancelled
+        if self._seq == 0 or ring.count == 1:
+            self._kick()
+        self._seq += 1
+
+    def _check_cancel(self) -> None:
+        if self._cancel.is_set():
+            raise SynthesisCancelled

@@ -1,0 +1,327 @@
+"""The duplexd client SDK (trio).
+
+::
+
+    async with open_session("ws://127.0.0.1:8765/v1") as session:
+        uid = await session.say("Hello there, how are you today?")
+        async for frame in session:
+            if isinstance(frame, Audio):
+                play(frame.pcm)
+            elif isinstance(frame, UtteranceDone) and frame.utterance_id == uid:
+                break
+
+A background task reads the socket, answers the waiters of `interrupt()`, `pause()`,
+`resume()`, `ping()` and `stats()`, and queues every frame (audio and events) for iteration.
+Keep iterating while you wait on those calls: the queue holds `FRAME_QUEUE_SIZE` frames (about
+80 s of audio) and reading pauses when it is full.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
+
+from . import _frames as fr
+from ._codec import Decoder, RemoteProtocolError, encode
+from ._frames import (
+    Audio,
+    Error,
+    Interrupted,
+    Paused,
+    Pong,
+    Resumed,
+    ServerFrame,
+    Stats,
+    UtteranceDone,
+    UtteranceStarted,
+    Welcome,
+)
+
+__all__ = [
+    "Audio",
+    "ClientSession",
+    "Error",
+    "Interrupted",
+    "SessionError",
+    "SpokenUtterance",
+    "UtteranceDone",
+    "UtteranceStarted",
+    "Welcome",
+    "open_session",
+]
+
+FRAME_QUEUE_SIZE = 4096
+_F = TypeVar("_F")
+
+
+class SessionError(Exception):
+    """The server sent an Error frame or closed the session."""
+
+    def __init__(self, message: str, code: fr.ErrorCode | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class SpokenUtterance:
+    """What `receive_utterance` collected: the PCM and how the utterance ended."""
+
+    utterance_id: int
+    pcm: bytes
+    frames: int
+    end: UtteranceDone | Interrupted
+
+
+class ClientSession:
+    """One open session. Use `open_session`; methods must be called from one trio task tree."""
+
+    def __init__(
+        self,
+        ws: WebSocketConnection,
+        welcome: Welcome,
+        on_frame: Callable[[ServerFrame, float], None] | None = None,
+    ) -> None:
+        self._ws = ws
+        self.welcome = welcome
+        self._on_frame = on_frame
+        self._send_frames, self._recv_frames = trio.open_memory_channel[ServerFrame](
+            FRAME_QUEUE_SIZE
+        )
+        self._waiters: dict[type[Any], list[trio.Event]] = {}
+        self._answers: dict[type[Any], Any] = {}
+        self._next_uid = 1
+        self._lock = trio.Lock()
+        self.error: SessionError | None = None
+
+    @property
+    def sample_rate_hz(self) -> int:
+        return self.welcome.sample_rate_hz
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """Welcome's info object: engines, voices, server name."""
+        return dict(json.loads(self.welcome.info)) if self.welcome.info else {}
+
+    # ------------------------------------------------------------------ sending
+
+    async def _send(self, frame: fr.ClientFrame) -> None:
+        if self.error is not None:
+            raise self.error
+        try:
+            await self._ws.send_message(encode(frame))
+        except ConnectionClosed as exc:
+            raise self.error or SessionError(f"connection closed: {exc.reason}") from None
+
+    def new_utterance_id(self) -> int:
+        uid = self._next_uid
+        self._next_uid += 1
+        return uid
+
+    async def send_text(self, utterance_id: int, text: str, *, end: bool = False) -> None:
+        """Send a chunk of an utterance's text (`end` closes its text)."""
+        await self._send(fr.Text(utterance_id=utterance_id, text=text, end=end))
+
+    async def say(self, text: str) -> int:
+        """Speak `text` as a new utterance; returns its id."""
+        uid = self.new_utterance_id()
+        await self.send_text(uid, text, end=True)
+        return uid
+
+    async def stream_text(self, chunks: Iterable[str] | AsyncIterable[str]) -> int:
+        """Stream chunks (e.g. LLM tokens) into a new utterance, then end it; returns its id."""
+        uid = self.new_utterance_id()
+        if isinstance(chunks, AsyncIterable):
+            async for chunk in chunks:
+                await self.send_text(uid, chunk)
+        else:
+            for chunk in chunks:
+                await self.send_text(uid, chunk)
+        await self.send_text(uid, "", end=True)
+        return uid
+
+    async def _request(self, frame: fr.ClientFrame, answer: type[_F]) -> _F:
+        event = trio.Event()
+        self._waiters.setdefault(answer, []).append(event)
+        await self._send(frame)
+        await event.wait()
+        if self.error is not None:
+            raise self.error
+        result: _F = self._answers.pop(id(event))
+        return result
+
+    async def interrupt(self) -> Interrupted:
+        """Barge in: stop the playing utterance and drop the queued ones.
+
+        Returns the server's Interrupted (what was sent and spoken). Cancelling this call after
+        the request went out leaves the Interrupted frame to arrive in the frame stream.
+        """
+        return await self._request(fr.Interrupt(), Interrupted)
+
+    async def pause(self) -> Paused:
+        return await self._request(fr.Pause(), Paused)
+
+    async def resume(self) -> Resumed:
+        return await self._request(fr.Resume(), Resumed)
+
+    async def ping(self) -> float:
+        """Round-trip time in seconds."""
+        t0 = trio.current_time()
+        await self._request(fr.Ping(nonce=int.from_bytes(os.urandom(8), "little")), Pong)
+        return trio.current_time() - t0
+
+    async def stats(self) -> dict[str, Any]:
+        """The server's counters for this session (pacing error, frames, underruns...)."""
+        frame = await self._request(fr.GetStats(), Stats)
+        return dict(json.loads(frame.json))
+
+    # ------------------------------------------------------------------ receiving
+
+    def __aiter__(self) -> AsyncIterator[ServerFrame]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[ServerFrame]:
+        while True:
+            frame = await self.receive_frame()
+            yield frame
+
+    async def receive_frame(self) -> ServerFrame:
+        """The next frame from the server. Raises SessionError once the session has ended."""
+        try:
+            return await self._recv_frames.receive()
+        except trio.EndOfChannel:
+            raise self.error or SessionError("session closed") from None
+
+    async def receive_utterance(self, utterance_id: int) -> SpokenUtterance:
+        """Collect the audio of one utterance until its UtteranceDone or an Interrupted."""
+        pcm = bytearray()
+        frames = 0
+        while True:
+            frame = await self.receive_frame()
+            if isinstance(frame, Audio) and frame.utterance_id == utterance_id:
+                pcm += frame.pcm
+                frames += 1
+            elif isinstance(frame, UtteranceDone) and frame.utterance_id == utterance_id:
+                return SpokenUtterance(utterance_id, bytes(pcm), frames, frame)
+            elif isinstance(frame, Interrupted):
+                return SpokenUtterance(utterance_id, bytes(pcm), frames, frame)
+
+    async def _reader(self) -> None:
+        decoder = Decoder(peer="server")
+        try:
+            while True:
+                message = await self._ws.get_message()
+                now = trio.current_time()
+                if isinstance(message, str):
+                    raise SessionError("server sent a text message")
+                decoder.receive_data(message)
+                for frame in decoder:
+                    self._deliver(frame, now)
+        except ConnectionClosed as exc:
+            if self.error is None:
+                reason = exc.reason
+                self.error = SessionError(f"connection closed ({reason.code} {reason.name})")
+        except RemoteProtocolError as exc:
+            self.error = SessionError(f"server broke the protocol: {exc}")
+        except SessionError as exc:
+            self.error = exc
+        finally:
+            self._send_frames.close()
+            for events in self._waiters.values():
+                for event in events:
+                    event.set()
+
+    def _deliver(self, frame: ServerFrame, now: float) -> None:
+        if self._on_frame is not None:
+            self._on_frame(frame, now)
+        if isinstance(frame, Error):
+            self.error = SessionError(f"{frame.code.name}: {frame.message}", frame.code)
+        waiting = self._waiters.get(type(frame))
+        if waiting:
+            event = waiting.pop(0)
+            self._answers[id(event)] = frame
+            event.set()
+        try:
+            self._send_frames.send_nowait(frame)
+        except trio.WouldBlock:
+            raise SessionError("client frame queue overflow: iterate the session") from None
+
+    async def aclose(self) -> None:
+        await self._ws.aclose()
+
+
+@asynccontextmanager
+async def open_session(
+    url: str,
+    *,
+    sample_rate_hz: int = fr.SAMPLE_RATE_HZ,
+    engine: str = "",
+    voice: str = "",
+    token: str = "",
+    options: dict[str, Any] | None = None,
+    on_frame: Callable[[ServerFrame, float], None] | None = None,
+    connect_timeout_s: float = 10.0,
+) -> AsyncIterator[ClientSession]:
+    """Connect, handshake, and yield a `ClientSession`; closes the connection on exit.
+
+    Raises `SessionError` if the server refuses the Hello (unknown voice, bad format...).
+    `on_frame(frame, arrival_time)` is called for every frame as it arrives (for timing).
+    """
+    hello = fr.Hello(
+        sample_rate_hz=sample_rate_hz,
+        engine=engine,
+        voice=voice,
+        token=token,
+        options=json.dumps(options) if options else "",
+    )
+    async with (
+        open_websocket_url(
+            url, subprotocols=[fr.SUBPROTOCOL], connect_timeout=connect_timeout_s
+        ) as ws,
+        session_over(ws, hello, on_frame=on_frame, timeout_s=connect_timeout_s) as session,
+    ):
+        yield session
+
+
+@asynccontextmanager
+async def session_over(
+    ws: WebSocketConnection,
+    hello: fr.Hello,
+    *,
+    on_frame: Callable[[ServerFrame, float], None] | None = None,
+    timeout_s: float = 10.0,
+) -> AsyncIterator[ClientSession]:
+    """Handshake on an already open WebSocket (any transport trio-websocket wraps)."""
+    with trio.fail_after(timeout_s):
+        await ws.send_message(encode(hello))
+        welcome = await _receive_welcome(ws)
+    session = ClientSession(ws, welcome, on_frame)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(session._reader)
+        try:
+            yield session
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+async def _receive_welcome(ws: WebSocketConnection) -> Welcome:
+    decoder = Decoder(peer="server")
+    try:
+        message = await ws.get_message()
+    except ConnectionClosed as exc:
+        raise SessionError(f"connection closed during handshake ({exc.reason.code})") from None
+    if isinstance(message, str):
+        raise SessionError("server sent a text message")
+    decoder.receive_data(message)
+    frame = decoder.next_frame()
+    if isinstance(frame, Error):
+        raise SessionError(f"{frame.code.name}: {frame.message}", frame.code)
+    if not isinstance(frame, Welcome):
+        raise SessionError(f"expected Welcome, got {type(frame).__name__}")
+    return frame

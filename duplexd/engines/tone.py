@@ -1,0 +1,128 @@
+"""`tone`: a deterministic synthetic engine for tests and the bench.
+
+Each character becomes `ms_per_char` of audio: a short sine tone whose pitch follows the
+character (silence for whitespace), with 2 ms raised-cosine ramps so tones do not click.
+`compute_ms_per_char` adds an artificial compute cost (a blocking sleep in the calling worker
+thread) to stand in for a neural engine's inference time.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+from .base import FloatAudio, UnknownVoiceError
+
+TONE_SAMPLE_RATE_HZ = 48_000
+DEFAULT_MS_PER_CHAR = 60.0
+_RAMP_MS = 2.0
+_AMPLITUDE = 0.3
+
+# voice name -> base frequency in Hz
+VOICES: dict[str, float] = {"sine": 220.0, "low": 110.0, "high": 440.0}
+
+
+class ToneVoice:
+    """A tone voice; synthesis is pure numpy and thread-safe."""
+
+    def __init__(
+        self,
+        name: str,
+        base_hz: float,
+        *,
+        sample_rate_hz: int,
+        ms_per_char: float,
+        compute_ms_per_char: float,
+    ) -> None:
+        self._name = name
+        self._base_hz = base_hz
+        self._rate = sample_rate_hz
+        self._ms_per_char = ms_per_char
+        self._compute_ms_per_char = compute_ms_per_char
+        n = self.samples_per_char
+        ramp = min(n // 2, int(self._rate * _RAMP_MS / 1000))
+        env = np.ones(n, dtype=np.float32)
+        if ramp > 0:
+            rise = 0.5 - 0.5 * np.cos(np.linspace(0.0, math.pi, ramp, dtype=np.float32))
+            env[:ramp] = rise
+            env[n - ramp :] = rise[::-1]
+        self._envelope = env
+        self._t = np.arange(n, dtype=np.float32) / np.float32(self._rate)
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def sample_rate_hz(self) -> int:
+        return self._rate
+
+    @property
+    def samples_per_char(self) -> int:
+        return round(self._rate * self._ms_per_char / 1000)
+
+    def synthesize(self, text: str) -> FloatAudio:
+        """`len(text) * ms_per_char` of audio; blocks `compute_ms_per_char` per character."""
+        if self._compute_ms_per_char > 0:
+            time.sleep(self._compute_ms_per_char * len(text) / 1000)
+        n = self.samples_per_char
+        out = np.zeros(n * len(text), dtype=np.float32)
+        for i, ch in enumerate(text):
+            if ch.isspace():
+                continue
+            hz = self._base_hz * 2 ** ((ord(ch) % 24) / 24)
+            seg = np.sin(np.float32(2 * math.pi * hz) * self._t) * self._envelope
+            out[i * n : (i + 1) * n] = _AMPLITUDE * seg
+        return out
+
+
+class ToneEngine:
+    """Engine of `ToneVoice`s; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        sample_rate_hz: int = TONE_SAMPLE_RATE_HZ,
+        ms_per_char: float = DEFAULT_MS_PER_CHAR,
+        compute_ms_per_char: float = 0.0,
+    ) -> None:
+        if sample_rate_hz <= 0 or ms_per_char <= 0 or compute_ms_per_char < 0:
+            raise ValueError("tone: rates and durations must be positive")
+        self._voices = {
+            name: ToneVoice(
+                name,
+                hz,
+                sample_rate_hz=sample_rate_hz,
+                ms_per_char=ms_per_char,
+                compute_ms_per_char=compute_ms_per_char,
+            )
+            for name, hz in VOICES.items()
+        }
+
+    @property
+    def name(self) -> str:
+        return "tone"
+
+    @property
+    def device(self) -> str:
+        return "cpu"
+
+    @property
+    def default_voice(self) -> str:
+        return "sine"
+
+    def voices(self) -> list[str]:
+        return list(self._voices)
+
+    def open_voice(self, name: str) -> ToneVoice:
+        try:
+            return self._voices[name]
+        except KeyError:
+            raise UnknownVoiceError(
+                f"unknown voice {name!r} for engine 'tone'; available: {', '.join(self._voices)}"
+            ) from None
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,234 @@
+/* dx_ring.c -- SPSC frame ring; see dx_ring.h for the contract.
+ *
+ * SPDX-License-Identifier: GPL-3.0-or-later
+ *
+ * Memory ordering (JACK ringbuffer / kfifo style):
+ *   producer: copy frame into slot[w & mask]; store write_idx = w + 1 (release)
+ *   consumer: load write_idx (acquire) -> slot contents are visible; copy out;
+ *             store read_idx = r + 1 (release) -> producer may now reuse the slot
+ *   producer: load read_idx (acquire) before overwriting a slot the consumer has released.
+ * Each side also keeps a plain (non-atomic) cached copy of the other side's index on its own
+ * cache line, so the shared line is only touched when the cached view says full/empty.
+ */
+#include "dx_ring.h"
+
+#include <errno.h>
+#include <stdalign.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define DX_CACHE_LINE 64
+
+struct dx_ring {
+    /* Immutable after create (shared read-only by both threads). */
+    uint32_t capacity;
+    uint32_t mask;
+    uint32_t slot_bytes;
+    uint32_t stride;         /* slot_bytes rounded up to 16 */
+    unsigned char *data;     /* capacity * stride bytes */
+    uint32_t *lens;          /* capacity lengths */
+
+    /* Producer-owned line. */
+    alignas(DX_CACHE_LINE) _Atomic uint64_t write_idx;
+    uint64_t read_cache;     /* producer's last view of read_idx */
+
+    /* Consumer-owned line. */
+    alignas(DX_CACHE_LINE) _Atomic uint64_t read_idx;
+    uint64_t write_cache;    /* consumer's last view of write_idx */
+
+    alignas(DX_CACHE_LINE) char pad_end;
+};
+
+static size_t round_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
+
+dx_ring *dx_ring_create(uint32_t capacity, uint32_t slot_bytes)
+{
+    if (capacity == 0 || capacity > DX_RING_MAX_CAPACITY || (capacity & (capacity - 1)) != 0 ||
+        slot_bytes == 0 || slot_bytes > DX_RING_MAX_SLOT_BYTES) {
+        errno = EINVAL;
+        return NULL;
+    }
+    dx_ring *r = aligned_alloc(DX_CACHE_LINE, round_up(sizeof *r, DX_CACHE_LINE));
+    if (r == NULL) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    memset(r, 0, sizeof *r);
+    r->capacity = capacity;
+    r->mask = capacity - 1;
+    r->slot_bytes = slot_bytes;
+    r->stride = (uint32_t)round_up(slot_bytes, 16);
+    size_t data_bytes = round_up((size_t)capacity * r->stride, DX_CACHE_LINE);
+    r->data = aligned_alloc(DX_CACHE_LINE, data_bytes);
+    r->lens = calloc(capacity, sizeof *r->lens);
+    if (r->data == NULL || r->lens == NULL) {
+        free(r->data);
+        free(r->lens);
+        free(r);
+        errno = ENOMEM;
+        return NULL;
+    }
+    atomic_init(&r->write_idx, 0);
+    atomic_init(&r->read_idx, 0);
+    r->read_cache = 0;
+    r->write_cache = 0;
+    return r;
+}
+
+void dx_ring_destroy(dx_ring *r)
+{
+    if (r == NULL)
+        return;
+    free(r->data);
+    free(r->lens);
+    free(r);
+}
+
+/* Producer: number of free slots starting at w, refreshing the cache only if needed. */
+static inline uint32_t producer_room(dx_ring *r, uint64_t w, uint32_t want)
+{
+    uint64_t room = r->capacity - (w - r->read_cache);
+    if (room < want) {
+        r->read_cache = atomic_load_explicit(&r->read_idx, memory_order_acquire);
+        room = r->capacity - (w - r->read_cache);
+    }
+    return (uint32_t)room;
+}
+
+int dx_ring_push(dx_ring *r, const void *src, uint32_t n)
+{
+    if (r == NULL || (src == NULL && n > 0))
+        return DX_RING_EINVAL;
+    if (n > r->slot_bytes)
+        return DX_RING_ETOOBIG;
+    uint64_t w = atomic_load_explicit(&r->write_idx, memory_order_relaxed);
+    if (producer_room(r, w, 1) == 0)
+        return DX_RING_EFULL;
+    uint32_t i = (uint32_t)w & r->mask;
+    if (n > 0)
+        memcpy(r->data + (size_t)i * r->stride, src, n);
+    r->lens[i] = n;
+    atomic_store_explicit(&r->write_idx, w + 1, memory_order_release);
+    return 0;
+}
+
+int32_t dx_ring_push_n(dx_ring *r, const void *src, uint32_t n, uint32_t count)
+{
+    if (r == NULL || (src == NULL && n > 0 && count > 0))
+        return DX_RING_EINVAL;
+    if (n > r->slot_bytes)
+        return DX_RING_ETOOBIG;
+    if (count > r->capacity)
+        count = r->capacity;
+    uint64_t w = atomic_load_explicit(&r->write_idx, memory_order_relaxed);
+    uint32_t room = producer_room(r, w, count);
+    if (count > room)
+        count = room;
+    const unsigned char *s = src;
+    for (uint32_t k = 0; k < count; k++) {
+        uint32_t i = (uint32_t)(w + k) & r->mask;
+        if (n > 0)
+            memcpy(r->data + (size_t)i * r->stride, s + (size_t)k * n, n);
+        r->lens[i] = n;
+    }
+    if (count > 0)
+        atomic_store_explicit(&r->write_idx, w + count, memory_order_release);
+    return (int32_t)count;
+}
+
+/* Consumer: number of visible frames starting at rd, refreshing the cache only if needed. */
+static inline uint64_t consumer_avail(dx_ring *r, uint64_t rd)
+{
+    if (r->write_cache == rd)
+        r->write_cache = atomic_load_explicit(&r->write_idx, memory_order_acquire);
+    return r->write_cache - rd;
+}
+
+int32_t dx_ring_pop(dx_ring *r, void *dst, uint32_t dst_len)
+{
+    if (r == NULL)
+        return DX_RING_EINVAL;
+    uint64_t rd = atomic_load_explicit(&r->read_idx, memory_order_relaxed);
+    if (consumer_avail(r, rd) == 0)
+        return DX_RING_EMPTY;
+    uint32_t i = (uint32_t)rd & r->mask;
+    uint32_t n = r->lens[i];
+    if (n > dst_len)
+        return DX_RING_ETOOBIG;
+    if (n > 0) {
+        if (dst == NULL)
+            return DX_RING_EINVAL;
+        memcpy(dst, r->data + (size_t)i * r->stride, n);
+    }
+    atomic_store_explicit(&r->read_idx, rd + 1, memory_order_release);
+    return (int32_t)n;
+}
+
+const void *dx_ring_peek(dx_ring *r, uint32_t *n)
+{
+    if (r == NULL) {
+        if (n != NULL)
+            *n = 0;
+        return NULL;
+    }
+    uint64_t rd = atomic_load_explicit(&r->read_idx, memory_order_relaxed);
+    if (consumer_avail(r, rd) == 0) {
+        if (n != NULL)
+            *n = 0;
+        return NULL;
+    }
+    uint32_t i = (uint32_t)rd & r->mask;
+    if (n != NULL)
+        *n = r->lens[i];
+    return r->data + (size_t)i * r->stride;
+}
+
+int dx_ring_advance(dx_ring *r)
+{
+    if (r == NULL)
+        return DX_RING_EINVAL;
+    uint64_t rd = atomic_load_explicit(&r->read_idx, memory_order_relaxed);
+    if (consumer_avail(r, rd) == 0)
+        return DX_RING_EMPTY;
+    atomic_store_explicit(&r->read_idx, rd + 1, memory_order_release);
+    return 0;
+}
+
+uint32_t dx_ring_flush(dx_ring *r)
+{
+    if (r == NULL)
+        return 0;
+    uint64_t rd = atomic_load_explicit(&r->read_idx, memory_order_relaxed);
+    uint64_t w = atomic_load_explicit(&r->write_idx, memory_order_acquire);
+    r->write_cache = w;
+    if (w == rd)
+        return 0;
+    atomic_store_explicit(&r->read_idx, w, memory_order_release);
+    return (uint32_t)(w - rd);
+}
+
+uint32_t dx_ring_count(const dx_ring *r)
+{
+    if (r == NULL)
+        return 0;
+    /* Load read first: read <= write always holds and both only grow, so a later load of
+     * write is >= the earlier read.  Clamp in case read moved on in between (third-party
+     * observer). */
+    uint64_t rd = atomic_load_explicit(&r->read_idx, memory_order_acquire);
+    uint64_t w = atomic_load_explicit(&r->write_idx, memory_order_acquire);
+    uint64_t c = w - rd;
+    return c > r->capacity ? r->capacity : (uint32_t)c;
+}
+
+uint32_t dx_ring_free(const dx_ring *r)
+{
+    if (r == NULL)
+        return 0;
+    return r->capacity - dx_ring_count(r);
+}
+
+uint32_t dx_ring_capacity(const dx_ring *r) { return r == NULL ? 0 : r->capacity; }
+
+uint32_t dx_ring_slot_bytes(const dx_ring *r) { return r == NULL ? 0 : r->slot_bytes; }

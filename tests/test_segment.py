@@ -1,0 +1,377 @@
+"""Tests of duplexd._segment: streaming text segmentation for TTS."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from duplexd._segment import Piece, Segmenter, split_text
+
+pytestmark = pytest.mark.unit
+
+LATER = "Okay.\n"  # a first piece, so the text after it is segmented with the later-piece policy
+
+
+def texts(text: str, **policy: int) -> list[str]:
+    return [p.text for p in split_text(text, **policy)]
+
+
+def later(text: str, **policy: int) -> list[str]:
+    """Pieces of `text` when it follows a first piece."""
+    pieces = texts(LATER + text, **policy)
+    assert pieces[0] == LATER.strip()
+    return pieces[1:]
+
+
+def feed_chunks(chunks: list[str], **policy: int) -> list[Piece]:
+    seg = Segmenter(**policy)
+    out: list[Piece] = []
+    for chunk in chunks:
+        out += seg.feed(chunk)
+    return out + seg.finish()
+
+
+def check_spans(text: str, pieces: list[Piece]) -> None:
+    """Pieces cover `text` contiguously; each text is its stripped span and is not empty."""
+    if not text.strip():
+        assert pieces == []
+        return
+    assert pieces[0].start_char == 0
+    assert pieces[-1].end_char == len(text)
+    for a, b in itertools.pairwise(pieces):
+        assert a.end_char == b.start_char
+    for p in pieces:
+        assert p.start_char < p.end_char
+        assert p.text == text[p.start_char : p.end_char].strip()
+        assert p.text
+    assert "".join(text[p.start_char : p.end_char] for p in pieces) == text
+    # whitespace between pieces belongs to the earlier one: every later span starts non-blank
+    for p in pieces[1:]:
+        assert not text[p.start_char].isspace()
+
+
+# -- first piece ---------------------------------------------------------------------------
+
+
+def test_first_piece_ends_at_first_clause() -> None:
+    assert texts("Well, I think that is right. And so on.") == [
+        "Well,",
+        "I think that is right.",
+        "And so on.",
+    ]
+
+
+@pytest.mark.parametrize("mark", [",", ";", ":", "\u2014", "\u2013"])
+def test_first_piece_clause_marks(mark: str) -> None:
+    assert texts(f"Right{mark} let us go now.")[0] == f"Right{mark}"
+
+
+def test_spaced_em_dash_is_a_clause() -> None:
+    assert texts("So \u2014 here we go.")[0] == "So \u2014"
+
+
+def test_first_piece_cut_after_max_words() -> None:
+    text = "one two three four five six seven eight nine ten eleven."
+    assert texts(text) == ["one two three four five six", "seven eight nine ten eleven."]
+    assert texts(text, first_piece_max_words=3)[0] == "one two three"
+
+
+def test_first_piece_emitted_as_soon_as_next_word_starts() -> None:
+    seg = Segmenter()
+    assert seg.feed("Hel") == []
+    assert seg.feed("lo") == []
+    assert seg.feed(",") == []  # the character after the comma is unknown yet
+    assert seg.feed(" ") == []  # still whitespace: the span's end is unknown yet
+    assert seg.feed("th") == [Piece("Hello,", 0, 7)]
+    assert seg.feed("ere") == []
+    assert seg.finish() == [Piece("there", 7, 12)]
+
+
+def test_word_rule_does_not_cut_after_a_title() -> None:
+    assert texts("I met with the kind Mr. Smith yesterday at noon.", first_piece_max_words=6)[
+        0
+    ] == ("I met with the kind Mr. Smith")
+
+
+def test_first_piece_sentence() -> None:
+    assert texts("Yes. Go.") == ["Yes.", "Go."]
+
+
+# -- later pieces ----------------------------------------------------------------------------
+
+
+def test_later_pieces_are_whole_sentences() -> None:
+    assert later("This has, a comma; and more: all in one. Next one here.") == [
+        "This has, a comma; and more: all in one.",
+        "Next one here.",
+    ]
+
+
+def test_questions_and_exclamations_split() -> None:
+    assert later("Is it? Yes! Great\u203d Done.") == ["Is it?", "Yes!", "Great\u203d", "Done."]
+
+
+def test_closing_quotes_and_brackets() -> None:
+    assert later('He said "hi." Then left. (It was late.) She slept.') == [
+        'He said "hi."',
+        "Then left.",
+        "(It was late.)",
+        "She slept.",
+    ]
+    assert later("\u201cReally?\u201d Yes.") == ["\u201cReally?\u201d", "Yes."]
+
+
+def test_quoted_question_followed_by_lowercase_continues() -> None:
+    assert later('"Really?" she asked. Fine.') == ['"Really?" she asked.', "Fine."]
+
+
+@pytest.mark.parametrize(
+    "sentence",
+    [
+        "Pi is 3.14 roughly.",
+        "It costs $4.50 today.",
+        "Meet at 10:30 sharp.",
+        "About 1,000 people came.",
+        "Mr. Smith met Mrs. Jones.",
+        "Dr. Who and Ms. Marvel.",
+        "Prof. Xavier lives on Main St. Westchester.",
+        "Apples, pears, etc. Are fine.",
+        "Fruit, e.g. Apples, i.e. Round ones.",
+        "Wake at 7 a.m. Sharp and sleep at 11 p.m. Always.",
+        "She moved to the U.S. In 1990.",
+        "Born Jan. 5 and wed Feb. 3.",
+        "See No. 5 and Fig. 2 on p. 12.",
+        "Acme Inc. And Foo Ltd. Merged.",
+        "Sammy Davis Jr. Sang well.",
+        "J. R. R. Tolkien wrote it.",
+        "Wait... what is that?",
+        "Visit https://example.com/a.b?c=d now.",
+        "Mail me@example.com today.",
+        "Version 1.2.3 ships.",
+        "Rock vs. Paper.",
+        "The approx. total is big.",
+    ],
+)
+def test_no_split_inside_sentence(sentence: str) -> None:
+    assert later(sentence + " Next.") == [sentence, "Next."]
+
+
+def test_ellipsis_followed_by_capital_ends_sentence() -> None:
+    assert later("I wonder... Maybe not.") == ["I wonder...", "Maybe not."]
+    assert later("I wonder\u2026 Maybe not.") == ["I wonder\u2026", "Maybe not."]
+
+
+def test_ellipsis_followed_by_lowercase_is_a_clause() -> None:
+    assert texts("Well... maybe so. Fine.") == ["Well...", "maybe so.", "Fine."]
+
+
+def test_no_dot_without_digit_ends_sentence() -> None:
+    assert later("I said no. Then left.") == ["I said no.", "Then left."]
+
+
+def test_number_then_period_mid_line_ends_sentence() -> None:
+    assert later("I have 3. Then more.") == ["I have 3.", "Then more."]
+
+
+def test_newlines_end_sentences() -> None:
+    assert later("First para\n\nSecond para here") == ["First para", "Second para here"]
+    assert later("Shopping list:\n- eggs\n- milk") == ["Shopping list:", "- eggs", "- milk"]
+
+
+def test_numbered_list_markers_do_not_split() -> None:
+    assert texts("Steps:\n1. Preheat the oven.\n2. Mix it.") == [
+        "Steps:",
+        "1. Preheat the oven.",
+        "2. Mix it.",
+    ]
+
+
+def test_long_sentence_cut_at_clause_after_max_chars() -> None:
+    clause = "word " * 8 + "end, "  # 45 chars
+    text = clause * 6 + "fin."
+    pieces = later(text, max_piece_chars=100, hard_max_piece_chars=1000)
+    assert all(p.endswith(",") for p in pieces[:-1])
+    assert all(len(p) >= 100 for p in pieces[:-1])
+    assert " ".join(pieces) == text.strip()
+
+
+def test_long_sentence_without_punctuation_cut_at_word_under_cap() -> None:
+    words = [f"w{i}" for i in range(400)]
+    text = " ".join(words) + "."
+    pieces = later(text, max_piece_chars=60, hard_max_piece_chars=80)
+    assert len(pieces) > 5
+    assert all(len(p) <= 80 for p in pieces)
+    assert all(len(p) > 70 for p in pieces[:-1])  # cut late, at the last word under the cap
+    assert " ".join(pieces).split() == text.split()
+
+
+def test_hard_cap_prefers_a_late_clause() -> None:
+    text = "a" * 40 + ", " + "bb " * 30 + "end."
+    pieces = later(text, max_piece_chars=60, hard_max_piece_chars=80)
+    assert pieces[0] == "a" * 40 + ","
+
+
+def test_word_longer_than_cap_is_not_broken() -> None:
+    long_word = "x" * 50
+    pieces = later(f"{long_word} and more words here.", max_piece_chars=10, hard_max_piece_chars=20)
+    assert pieces[0] == long_word
+    assert " ".join(pieces) == f"{long_word} and more words here."
+
+
+def test_default_cap() -> None:
+    text = " ".join(["lorem"] * 200)
+    pieces = later(text)
+    assert all(len(p) <= 300 for p in pieces)
+
+
+# -- edges and API ---------------------------------------------------------------------------
+
+
+def test_empty_and_whitespace_only() -> None:
+    assert split_text("") == []
+    assert split_text("   \n\n ") == []
+    seg = Segmenter()
+    assert seg.feed("   ") == []
+    assert seg.finish() == []
+
+
+def test_leading_and_trailing_whitespace_go_into_spans() -> None:
+    text = "  Hello, world.  \n"
+    pieces = split_text(text)
+    assert pieces == [Piece("Hello,", 0, 9), Piece("world.", 9, len(text))]
+
+
+def test_finish_flushes_unterminated_text() -> None:
+    seg = Segmenter()
+    assert seg.feed("no punctuation at all") == []
+    assert seg.finish() == [Piece("no punctuation at all", 0, 21)]
+
+
+def test_decimal_across_chunks() -> None:
+    seg = Segmenter()
+    assert seg.feed("Okay. It is 3.") == [Piece("Okay.", 0, 6)]
+    out = seg.feed("5 now.")
+    assert [p.text for p in out + seg.finish()] == ["It is 3.5 now."]
+
+
+def test_decimal_across_chunks_first_emits_on_next_char() -> None:
+    seg = Segmenter()
+    assert seg.feed("Okay.") == []
+    assert seg.feed(" I") == [Piece("Okay.", 0, 6)]
+
+
+def test_unicode_and_cjk() -> None:
+    assert texts("\u4f60\u597d\uff0c\u4e16\u754c\u3002\u6211\u5f88\u597d\uff01\u8c22\u8c22") == [
+        "\u4f60\u597d\uff0c",
+        "\u4e16\u754c\u3002",
+        "\u6211\u5f88\u597d\uff01",
+        "\u8c22\u8c22",
+    ]
+    text = "Caf\u00e9 cr\u00e8me, s'il vous pla\u00eet. \u00c7a va? \U0001f600 Oui!"
+    pieces = split_text(text)
+    check_spans(text, pieces)
+    assert [p.text for p in pieces] == [
+        "Caf\u00e9 cr\u00e8me,",
+        "s'il vous pla\u00eet.",
+        "\u00c7a va?",
+        "\U0001f600 Oui!",
+    ]
+
+
+def test_received_chars() -> None:
+    seg = Segmenter()
+    seg.feed("Hello, wor")
+    seg.feed("ld")
+    assert seg.received_chars == 12
+
+
+def test_single_use() -> None:
+    seg = Segmenter()
+    seg.finish()
+    with pytest.raises(RuntimeError):
+        seg.feed("x")
+    with pytest.raises(RuntimeError):
+        seg.finish()
+
+
+def test_bad_policy() -> None:
+    with pytest.raises(ValueError):
+        Segmenter(first_piece_max_words=0)
+    with pytest.raises(ValueError):
+        Segmenter(max_piece_chars=100, hard_max_piece_chars=50)
+
+
+def test_token_stream_matches_whole() -> None:
+    tokens = [
+        *["Hel", "lo", " there", ",", " how", " are", " you", "?", " I", "'m", " Dr", "."],
+        *[" J", ".", " Smith", ",", " and", " it", "'s", " 3", ".", "5", " degrees", "."],
+    ]
+    text = "".join(tokens)
+    assert feed_chunks(tokens) == split_text(text)
+    assert [p.text for p in split_text(text)] == [
+        "Hello there,",
+        "how are you?",
+        "I'm Dr. J. Smith, and it's 3.5 degrees.",
+    ]
+
+
+# -- properties ------------------------------------------------------------------------------
+
+_ALPHABET = st.sampled_from(
+    [
+        *"aAbBzZ019 .,;:!?'\"()-\n\t$@/",
+        *["\u2014", "\u2026", "\u00e9", "\u3002", "\uff0c", "\u201d", "\U0001f600", "  ", "..."],
+        *["Mr.", "e.g.", "3.14", "1,000", "10:30", " J. ", "U.S.", "No. 5", "\n\n", "etc."],
+    ]
+)
+_TEXT = st.lists(_ALPHABET, max_size=80).map("".join)
+_POLICY = st.fixed_dictionaries(
+    {
+        "first_piece_max_words": st.integers(1, 8),
+        "max_piece_chars": st.integers(1, 30),
+        "hard_max_piece_chars": st.integers(30, 60),
+    }
+)
+
+
+def _split_at(text: str, cuts: list[int]) -> list[str]:
+    points = sorted({c % (len(text) + 1) for c in cuts})
+    bounds = [0, *points, len(text)]
+    return [text[a:b] for a, b in itertools.pairwise(bounds)]
+
+
+@settings(max_examples=400, deadline=None)
+@given(text=_TEXT, cuts=st.lists(st.integers(0, 10_000), max_size=40), policy=_POLICY)
+def test_chunking_invariance_and_spans(text: str, cuts: list[int], policy: dict[str, int]) -> None:
+    whole = split_text(text, **policy)
+    check_spans(text, whole)
+    assert feed_chunks(_split_at(text, cuts), **policy) == whole
+
+
+@settings(max_examples=150, deadline=None)
+@given(text=_TEXT, policy=_POLICY)
+def test_char_by_char_equals_whole(text: str, policy: dict[str, int]) -> None:
+    assert feed_chunks(list(text), **policy) == split_text(text, **policy)
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(max_size=60))
+def test_arbitrary_unicode_spans(text: str) -> None:
+    pieces = split_text(text)
+    check_spans(text, pieces)
+    assert feed_chunks(list(text)) == pieces
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    words=st.lists(st.text("abcdefgh", min_size=1, max_size=12), min_size=1, max_size=120),
+    cap=st.integers(20, 60),
+)
+def test_pieces_respect_cap_when_words_fit(words: list[str], cap: int) -> None:
+    text = " ".join(words)
+    pieces = split_text(text, max_piece_chars=cap // 2, hard_max_piece_chars=cap)
+    assert all(len(p.text) <= cap for p in pieces)
+    assert " ".join(p.text for p in pieces) == text

@@ -1,0 +1,212 @@
+"""Tests for duplexd._timer.PreciseTimer (timerfd-backed absolute sleeps in trio)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+import trio
+import trio.testing
+
+from duplexd import _native  # type: ignore[attr-defined,unused-ignore]
+from duplexd._timer import TIMERFD_AVAILABLE, PreciseTimer, monotonic_ns, set_thread_timer_slack_ns
+
+lib = _native.lib
+
+unit = pytest.mark.unit
+needs_timerfd = pytest.mark.skipif(not TIMERFD_AVAILABLE, reason="no timerfd on this platform")
+
+
+@unit
+def test_monotonic_ns_is_clock_monotonic() -> None:
+    a = monotonic_ns()
+    b = int(lib.dx_monotonic_ns())
+    c = time.perf_counter_ns()
+    d = monotonic_ns()
+    assert a <= b <= d
+    # perf_counter is CLOCK_MONOTONIC on Linux: the premise of the trio-time conversion.
+    if TIMERFD_AVAILABLE:
+        assert b <= c <= d
+
+
+@unit
+async def test_mock_clock_falls_back_to_exact_virtual_times(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with PreciseTimer() as t:
+        start = trio.current_time()
+        await t.sleep_until(start + 0.123)
+        assert trio.current_time() == start + 0.123
+        for k in range(1, 6):
+            await t.sleep_until(start + 0.123 + 0.02 * k)
+            assert trio.current_time() == start + 0.123 + 0.02 * k
+        # A deadline in the past returns at once.
+        now = trio.current_time()
+        await t.sleep_until(now - 5)
+        assert trio.current_time() == now
+
+
+@unit
+def test_mock_clock_without_autojump() -> None:
+    clock = trio.testing.MockClock()
+
+    async def main() -> None:
+        with PreciseTimer() as t:
+            async with trio.open_nursery() as nursery:
+                done = trio.Event()
+
+                async def sleeper() -> None:
+                    await t.sleep_until(10.0)
+                    assert trio.current_time() == 10.0
+                    done.set()
+
+                nursery.start_soon(sleeper)
+                await trio.testing.wait_all_tasks_blocked()
+                clock.jump(9.5)
+                await trio.testing.wait_all_tasks_blocked()
+                assert not done.is_set()
+                clock.jump(0.5)
+                await done.wait()
+
+    trio.run(main, clock=clock)
+
+
+@unit
+async def test_cancellation_in_mock_clock(autojump_clock: trio.testing.MockClock) -> None:
+    with PreciseTimer() as t, trio.move_on_after(1) as cs:
+        await t.sleep_until(trio.current_time() + 10)
+    assert cs.cancelled_caught
+
+
+@needs_timerfd
+@unit
+async def test_real_clock_uses_timerfd_and_never_wakes_early() -> None:
+    with PreciseTimer() as t:
+        assert t.precise and t.fd >= 0
+        for _ in range(5):
+            deadline = trio.current_time() + 0.002
+            await t.sleep_until(deadline)
+            assert trio.current_time() >= deadline
+        assert lib.dx_timerfd_remaining_ns(t.fd) == 0  # one-shot: nothing armed after wake
+
+
+@needs_timerfd
+@unit
+async def test_past_deadline_is_a_checkpoint_and_returns_at_once() -> None:
+    with PreciseTimer() as t:
+        before = trio.current_time()
+        await t.sleep_until(before - 1.0)
+        assert trio.current_time() - before < 0.05
+        # Still a checkpoint: an already-cancelled scope raises.
+        with trio.CancelScope() as cs:
+            cs.cancel()
+            await t.sleep_until(before - 1.0)
+            pytest.fail("not a checkpoint")  # pragma: no cover
+        assert cs.cancelled_caught
+
+
+@needs_timerfd
+@unit
+async def test_cancellation_leaves_no_armed_timer() -> None:
+    with PreciseTimer() as t:
+        with trio.move_on_after(0.005) as cs:
+            await t.sleep_until(trio.current_time() + 10)
+        assert cs.cancelled_caught
+        assert lib.dx_timerfd_remaining_ns(t.fd) == 0
+        assert lib.dx_timerfd_clear(t.fd) == 0
+        # Still usable afterwards.
+        deadline = trio.current_time() + 0.002
+        await t.sleep_until(deadline)
+        assert trio.current_time() >= deadline
+
+
+@needs_timerfd
+@unit
+async def test_second_concurrent_sleeper_is_busy() -> None:
+    with PreciseTimer() as t:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(t.sleep_until, trio.current_time() + 10)
+            await trio.testing.wait_all_tasks_blocked()
+            with pytest.raises(trio.BusyResourceError):
+                await t.sleep_until(trio.current_time() + 1)
+            nursery.cancel_scope.cancel()
+        assert lib.dx_timerfd_remaining_ns(t.fd) == 0
+
+
+@unit
+async def test_close_is_idempotent_and_sleep_after_close_raises() -> None:
+    t = PreciseTimer()
+    fd = t.fd
+    t.close()
+    t.close()
+    assert t.closed and t.fd == -1 and "closed" in repr(t)
+    if fd >= 0:
+        with pytest.raises(OSError):
+            os.fstat(fd)
+    with pytest.raises(trio.ClosedResourceError):
+        await t.sleep_until(trio.current_time())
+
+
+@unit
+def test_close_outside_trio() -> None:
+    t = PreciseTimer()
+    t.close()
+    t.close()
+
+
+@needs_timerfd
+@unit
+async def test_close_wakes_a_waiter_with_closed_resource_error() -> None:
+    t = PreciseTimer()
+
+    async def sleeper() -> None:
+        with pytest.raises(trio.ClosedResourceError):
+            await t.sleep_until(trio.current_time() + 10)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sleeper)
+        await trio.testing.wait_all_tasks_blocked()
+        t.close()
+
+
+@needs_timerfd
+@unit
+def test_timer_slack() -> None:
+    old = int(lib.dx_get_timer_slack_ns())
+    try:
+        set_thread_timer_slack_ns(1)
+        assert lib.dx_get_timer_slack_ns() == 1
+    finally:
+        set_thread_timer_slack_ns(old)
+    with pytest.raises(ValueError):
+        set_thread_timer_slack_ns(-1)
+
+
+def _lateness_us(samples: list[float]) -> tuple[float, float, float]:
+    s = sorted(samples)
+    return s[len(s) // 2] * 1e6, s[int(len(s) * 0.95)] * 1e6, s[-1] * 1e6
+
+
+@needs_timerfd
+@pytest.mark.slow
+async def test_precise_sleeps_on_absolute_deadlines() -> None:
+    late_precise: list[float] = []
+    late_trio: list[float] = []
+    with PreciseTimer() as t:
+        deadline = trio.current_time() + 0.02
+        for _ in range(50):
+            await t.sleep_until(deadline)
+            late_precise.append(trio.current_time() - deadline)
+            deadline += 0.02
+        deadline = trio.current_time() + 0.02
+        for _ in range(50):
+            await trio.sleep_until(deadline)
+            late_trio.append(trio.current_time() - deadline)
+            deadline += 0.02
+    p = _lateness_us(late_precise)
+    q = _lateness_us(late_trio)
+    print(f"\nPreciseTimer lateness p50/p95/max: {p[0]:.0f}/{p[1]:.0f}/{p[2]:.0f} us")
+    print(f"trio.sleep_until lateness p50/p95/max: {q[0]:.0f}/{q[1]:.0f}/{q[2]:.0f} us")
+    assert min(late_precise) >= 0
+    assert max(late_precise) < 0.005, p

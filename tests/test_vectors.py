@@ -1,0 +1,108 @@
+"""The codec against the committed golden vectors (protocol/vectors/vectors.json)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from duplexd._codec import FRAME_CLASSES, FRAME_TYPES, Decoder, RemoteProtocolError, encode
+from duplexd._frames import ErrorCode, Frame
+
+VECTORS_DIR = Path(__file__).resolve().parents[1] / "protocol" / "vectors"
+VECTORS_FILE = VECTORS_DIR / "vectors.json"
+CASES: list[dict[str, Any]] = json.loads(VECTORS_FILE.read_text(encoding="utf-8"))
+VALID = [c for c in CASES if "error" not in c]
+INVALID = [c for c in CASES if "error" in c]
+_CLASSES = {cls.__name__: cls for cls in FRAME_CLASSES.values()}
+_BYTES_FIELDS = {"pcm", "session_id"}
+
+
+def frame_from_json(obj: dict[str, Any]) -> Frame:
+    fields = dict(obj)
+    cls = _CLASSES[fields.pop("type")]
+    for name in _BYTES_FIELDS & fields.keys():
+        fields[name] = bytes.fromhex(fields[name])
+    if "code" in fields:
+        fields["code"] = ErrorCode[fields["code"]]
+    frame: Frame = cls(**fields)
+    return frame
+
+
+def decode_all(direction: str, data: bytes, chunks: list[bytes] | None = None) -> list[Frame]:
+    decoder = Decoder(peer="client" if direction == "client" else "server")
+    frames: list[Frame] = []
+    for chunk in chunks if chunks is not None else [data]:
+        decoder.receive_data(chunk)
+        frames.extend(decoder)
+    decoder.check_boundary()
+    return frames
+
+
+def _ids(cases: list[dict[str, Any]]) -> list[str]:
+    return [c["name"] for c in cases]
+
+
+@pytest.mark.unit
+def test_vectors_file_is_up_to_date() -> None:
+    spec = importlib.util.spec_from_file_location("vectors_generate", VECTORS_DIR / "generate.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.render() == VECTORS_FILE.read_text(encoding="utf-8")
+
+
+@pytest.mark.unit
+def test_vectors_cover_every_frame_type() -> None:
+    types = {c["frame"]["type"] for c in VALID if c["frame"] is not None}
+    assert types == {cls.__name__ for cls in FRAME_CLASSES.values()}
+    assert any(c.get("skipped") for c in VALID)
+    for case in VALID:
+        if case["frame"] is not None:
+            ftype = FRAME_TYPES[_CLASSES[case["frame"]["type"]]]
+            assert (case["direction"] == "client") == ftype.from_client
+            if not case.get("skipped"):
+                assert bytes.fromhex(case["hex"])[4] == ftype
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("case", VALID, ids=_ids(VALID))
+def test_valid_vector(case: dict[str, Any]) -> None:
+    data = bytes.fromhex(case["hex"])
+    decoder = Decoder(peer=case["direction"])
+    decoder.receive_data(data)
+    frames = list(decoder)
+    decoder.check_boundary()
+    assert decoder.skipped_frames == case.get("skipped", 0)
+    if case["frame"] is None:
+        assert frames == []
+        return
+    expected = frame_from_json(case["frame"])
+    assert frames == [expected]
+    if not case.get("skipped"):
+        assert encode(expected) == data
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("case", VALID, ids=_ids(VALID))
+def test_valid_vector_any_split(case: dict[str, Any]) -> None:
+    data = bytes.fromhex(case["hex"])
+    whole = decode_all(case["direction"], data)
+    step = max(1, len(data) // 64)  # the 1,936-byte audio frame: every 30th offset
+    for cut in range(0, len(data) + 1, step):
+        assert decode_all(case["direction"], data, [data[:cut], data[cut:]]) == whole
+    assert decode_all(case["direction"], data, [bytes([b]) for b in data]) == whole
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("case", INVALID, ids=_ids(INVALID))
+def test_invalid_vector(case: dict[str, Any]) -> None:
+    data = bytes.fromhex(case["hex"])
+    for chunks in ([data], [bytes([b]) for b in data]):
+        with pytest.raises(RemoteProtocolError) as info:
+            decode_all(case["direction"], data, chunks)
+        assert info.value.error_code is ErrorCode[case["error"]]
+        assert info.value.close_code == ErrorCode[case["error"]].close_code
