@@ -17,6 +17,7 @@ import collections
 from collections.abc import Awaitable, Callable
 from typing import Final
 
+import numpy as np
 import trio
 
 from . import _frames as fr
@@ -30,6 +31,10 @@ ControlItem = bytes | Callable[[], bytes]
 
 MAX_LAG_FRAMES: Final = 50  # a client this far behind (1 s at 20 ms) is a slow consumer
 MAX_CONTROL_FRAMES: Final = 1024
+FADE_MS: Final = 5.0  # fade-out at a barge-in cut
+_FADE_GAIN: Final = (
+    0.5 + 0.5 * np.cos(np.linspace(0.0, np.pi, int(fr.SAMPLE_RATE_HZ * FADE_MS / 1000)))
+).astype(np.float32)
 _END = int(fr.Flags.END)
 
 
@@ -38,7 +43,14 @@ class SlowConsumerError(Exception):
 
 
 class DownlinkCounters:
-    __slots__ = ("bytes_sent", "frames_sent", "late_sends", "pacing_error", "stale_dropped", "underruns")
+    __slots__ = (
+        "bytes_sent",
+        "frames_sent",
+        "late_sends",
+        "pacing_error",
+        "stale_dropped",
+        "underruns",
+    )
 
     def __init__(self) -> None:
         self.frames_sent = 0
@@ -133,6 +145,7 @@ class Downlink:
         Returns the new epoch. The utterance that was playing stops at the frame already being
         sent, if any; Interrupted reports it.
         """
+        tail = self._fade_tail() if self._playing_uid and not self.paused else b""
         self.epoch = (self.epoch + 1) & 0xFFFF
         self._ring.flush()
         self._due.clear()
@@ -142,11 +155,13 @@ class Downlink:
         def build() -> bytes:
             uid, frames = self._playing_uid, self._playing_frames
             self._playing_uid = self._playing_frames = 0
+            if tail and uid:
+                frames += 1
             samples = frames * self._frame_samples
             chars = self._chars_spoken(uid, samples) if uid else 0
             if uid:
                 self._on_utterance_done(uid)
-            return encode(
+            return (tail if uid else b"") + encode(
                 fr.Interrupted(
                     epoch=epoch,
                     utterance_id=uid,
@@ -158,6 +173,20 @@ class Downlink:
 
         self.send_control(build)
         return epoch
+
+    def _fade_tail(self) -> bytes:
+        """The playing utterance's next frame, faded out over `FADE_MS` and flagged END, so
+        a client that plays what it gets stops without a click (b"" if none is ready)."""
+        while (frame := self._ring.pop()) is not None:
+            length, type_, _, epoch, uid, seq = AUDIO_HEADER.unpack_from(frame)
+            if epoch == self.epoch and uid == self._playing_uid:
+                pcm = np.frombuffer(frame, dtype="<i2", offset=fr.AUDIO_HEADER_BYTES)
+                n = min(len(pcm), len(_FADE_GAIN))
+                faded = np.zeros_like(pcm)
+                faded[:n] = (pcm[:n] * _FADE_GAIN[:n]).astype("<i2")
+                header = AUDIO_HEADER.pack(length, type_, _END, epoch, uid, seq)
+                return header + faded.tobytes()
+        return b""
 
     def pause(self) -> None:
         if not self.paused:

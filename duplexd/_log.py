@@ -31,9 +31,7 @@ class JsonFormatter(logging.Formatter):
 
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        extras = " ".join(
-            f"{k}={v}" for k, v in vars(record).items() if k not in _STANDARD
-        )
+        extras = " ".join(f"{k}={v}" for k, v in vars(record).items() if k not in _STANDARD)
         stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
         line = f"{stamp} {record.levelname:<7} {record.name}: {record.getMessage()}"
         line = f"{line} {extras}" if extras else line

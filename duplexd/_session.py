@@ -8,6 +8,7 @@ internal failure with INTERNAL and 1011. Nothing one session does touches anothe
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import logging
 import os
@@ -45,10 +46,8 @@ class Transport(Protocol):
 _CLOSED = (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError)
 
 
-class Offload(Protocol):
-    """How blocking work leaves the event loop: `trio.to_thread.run_sync` in the daemon."""
-
-    async def __call__(self, fn: Callable[..., Any], *args: Any) -> Any: ...
+# How blocking work leaves the event loop: `trio.to_thread.run_sync` in the daemon.
+Offload = Callable[..., Awaitable[Any]]
 
 
 class Session:
@@ -336,10 +335,8 @@ class Session:
         token = trio.lowlevel.current_trio_token()
 
         def kick() -> None:
-            try:
+            with contextlib.suppress(trio.RunFinishedError):
                 token.run_sync_soon(dl.kick)
-            except trio.RunFinishedError:
-                pass
 
         producer = UtteranceProducer(
             voice=self._voice,

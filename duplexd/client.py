@@ -23,7 +23,7 @@ import os
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
@@ -95,7 +95,7 @@ class ClientSession:
             FRAME_QUEUE_SIZE
         )
         self._waiters: dict[type[Any], list[trio.Event]] = {}
-        self._answers: dict[type[Any], Any] = {}
+        self._answers: dict[int, Any] = {}
         self._next_uid = 1
         self._lock = trio.Lock()
         self.error: SessionError | None = None
@@ -207,9 +207,9 @@ class ClientSession:
             if isinstance(frame, Audio) and frame.utterance_id == utterance_id:
                 pcm += frame.pcm
                 frames += 1
-            elif isinstance(frame, UtteranceDone) and frame.utterance_id == utterance_id:
-                return SpokenUtterance(utterance_id, bytes(pcm), frames, frame)
-            elif isinstance(frame, Interrupted):
+            elif (
+                isinstance(frame, UtteranceDone) and frame.utterance_id == utterance_id
+            ) or isinstance(frame, Interrupted):
                 return SpokenUtterance(utterance_id, bytes(pcm), frames, frame)
 
     async def _reader(self) -> None:
@@ -222,11 +222,10 @@ class ClientSession:
                     raise SessionError("server sent a text message")
                 decoder.receive_data(message)
                 for frame in decoder:
-                    self._deliver(frame, now)
+                    self._deliver(cast(ServerFrame, frame), now)
         except ConnectionClosed as exc:
             if self.error is None:
-                reason = exc.reason
-                self.error = SessionError(f"connection closed ({reason.code} {reason.name})")
+                self.error = SessionError(f"connection closed ({_describe(exc)})")
         except RemoteProtocolError as exc:
             self.error = SessionError(f"server broke the protocol: {exc}")
         except SessionError as exc:
@@ -315,7 +314,7 @@ async def _receive_welcome(ws: WebSocketConnection) -> Welcome:
     try:
         message = await ws.get_message()
     except ConnectionClosed as exc:
-        raise SessionError(f"connection closed during handshake ({exc.reason.code})") from None
+        raise SessionError(f"connection closed during handshake ({_describe(exc)})") from None
     if isinstance(message, str):
         raise SessionError("server sent a text message")
     decoder.receive_data(message)
@@ -325,3 +324,10 @@ async def _receive_welcome(ws: WebSocketConnection) -> Welcome:
     if not isinstance(frame, Welcome):
         raise SessionError(f"expected Welcome, got {type(frame).__name__}")
     return frame
+
+
+def _describe(exc: ConnectionClosed) -> str:
+    reason = exc.reason
+    if reason is None:
+        return "no close reason"
+    return f"{reason.code} {reason.name}" + (f": {reason.reason}" if reason.reason else "")

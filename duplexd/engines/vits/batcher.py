@@ -1,0 +1,120 @@
+"""One inference thread per engine, with dynamic batching of concurrent requests.
+
+Requests for the same model that arrive within `window_s` of the oldest pending one (or until
+`max_batch` are pending) run as one padded batch. With `max_batch == 1` this is a plain
+serialising queue, which is what a CPU wants (parallel inferences only fight over cores).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ..base import EngineError
+
+FloatAudio = npt.NDArray[np.float32]
+RunBatch = Callable[[Any, Sequence[Sequence[int]]], list[FloatAudio]]
+
+
+@dataclass
+class _Job:
+    model: Any
+    ids: Sequence[int]
+    future: Future[FloatAudio]
+
+
+class BatchingWorker:
+    """Runs `run_batch(model, [ids, ...]) -> [audio, ...]` on its own thread."""
+
+    def __init__(
+        self,
+        run_batch: RunBatch,
+        max_batch: int = 1,
+        window_s: float = 0.002,
+        on_start: Callable[[], None] | None = None,
+        name: str = "vits-inference",
+    ) -> None:
+        self._run_batch = run_batch
+        self.max_batch = max(1, max_batch)
+        self.window_s = window_s
+        self._on_start = on_start
+        self._queue: deque[_Job] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self.batch_sizes: list[int] = []  # observability (tests, bench): sizes of recent batches
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, model: Any, ids: Sequence[int]) -> Future[FloatAudio]:
+        fut: Future[FloatAudio] = Future()
+        with self._cond:
+            if self._closed:
+                raise EngineError("engine is closed")
+            self._queue.append(_Job(model, ids, fut))
+            self._cond.notify()
+        return fut
+
+    def _take(self) -> list[_Job] | None:
+        with self._cond:
+            while not self._queue and not self._closed:
+                self._cond.wait()
+            if self._closed:
+                return None
+            model = self._queue[0].model
+            if self.max_batch > 1:
+                deadline = time.monotonic() + self.window_s
+                while not self._closed:
+                    same = sum(1 for j in self._queue if j.model is model)
+                    left = deadline - time.monotonic()
+                    if same >= self.max_batch or left <= 0:
+                        break
+                    self._cond.wait(left)
+            batch: list[_Job] = []
+            rest: deque[_Job] = deque()
+            for job in self._queue:
+                if job.model is model and len(batch) < self.max_batch:
+                    batch.append(job)
+                else:
+                    rest.append(job)
+            self._queue = rest
+            return batch
+
+    def _loop(self) -> None:
+        if self._on_start is not None:
+            self._on_start()
+        while True:
+            batch = self._take()
+            if batch is None:
+                break
+            live = [j for j in batch if j.future.set_running_or_notify_cancel()]
+            if not live:
+                continue
+            self.batch_sizes = [*self.batch_sizes[-255:], len(live)]
+            try:
+                outs = self._run_batch(live[0].model, [j.ids for j in live])
+            except BaseException as exc:
+                for j in live:
+                    j.future.set_exception(exc)
+                continue
+            for j, out in zip(live, outs, strict=True):
+                j.future.set_result(out)
+        with self._cond:
+            pending, self._queue = list(self._queue), deque()
+        for job in pending:
+            if job.future.set_running_or_notify_cancel():
+                job.future.set_exception(EngineError("engine closed"))
+
+    def close(self, timeout: float = 5.0) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)

