@@ -24,7 +24,7 @@ from . import _frames as fr
 from ._codec import AUDIO_HEADER, encode
 from ._pacer import Pacer
 from ._ring import FrameRing
-from ._stats import Histogram
+from ._stats import pacing_histogram
 
 SendFn = Callable[[bytes], Awaitable[None]]
 ControlItem = bytes | Callable[[], bytes]
@@ -58,7 +58,7 @@ class DownlinkCounters:
         self.underruns = 0
         self.stale_dropped = 0
         self.late_sends = 0  # frames sent after the next frame's deadline had already passed
-        self.pacing_error = Histogram()  # send time - ideal time, per audio frame
+        self.pacing_error = pacing_histogram()  # |send time - ideal time|, per audio frame
 
 
 class Downlink:
@@ -99,6 +99,7 @@ class Downlink:
         self._playing_uid = 0
         self._playing_frames = 0
         self.counters = DownlinkCounters()
+        self._precise = pacer.precise_now()
 
     @property
     def playing_uid(self) -> int:
@@ -248,9 +249,11 @@ class Downlink:
                 chars_spoken=self._chars_spoken(uid, -1),
             )
             data += encode(done)
-        now = trio.current_time()
-        c.pacing_error.record(now - deadline)
-        if self._due and now > self._due[0]:
+        error = trio.current_time() - deadline
+        c.pacing_error.record(error if error >= 0.0 else -error)
+        if self._precise:
+            self._pacer.observe_send_error(error)
+        if self._due and error > self._pacer.frame_s:
             c.late_sends += 1
         await self._send(data)
         c.frames_sent += 1

@@ -7,6 +7,17 @@ sleeps on a Linux timerfd (`duplexd._timer.PreciseTimer`: sub-millisecond wake-u
 calls the due streams' `on_tick(deadline)`. A stream's n-th deadline is always
 ``anchor + n * frame_s``: a late wake-up never drifts the schedule.
 
+On this class of machine (a VM) even a timerfd wake-up is ~0.2 ms late. While only a few streams
+are scheduled the pacer learns that lateness (an exponential average) and sleeps that much less,
+then spins on the clock for the remainder (never more than `SPIN_MAX_S`, and only when it woke
+early), which centres the send times on the deadlines. With many streams the loop is busy anyway
+and spinning would cost real CPU, so it just sleeps (`SPIN_MAX_STREAMS`).
+
+Waking the stream's writer task costs a scheduler round (~0.1 ms here) before its frame leaves.
+Writers report each frame's signed send error (`observe_send_error`) and the pacer ticks that
+much early on average (an integrating controller, clamped to `ADVANCE_MAX_S`), so the frames
+themselves, not the ticks, are centred on the deadlines.
+
 `on_tick` must be cheap and must not raise: it runs on the pacer's hot path for every frame of
 every session. The downlink writer (`duplexd._downlink`) just notes the deadline and wakes its
 own task, which does the sending, so a slow client never delays anybody else's frame.
@@ -25,6 +36,13 @@ import trio
 from ._frames import FRAME_MS
 from ._timer import PreciseTimer
 
+SPIN_MAX_S = 0.0005  # never spin longer than this per wake-up
+SPIN_MAX_STREAMS = 16  # spin only while at most this many streams are scheduled
+ADVANCE_MAX_S = 0.0005  # never tick more than this ahead of a deadline
+_LATE_EWMA_ALPHA = 0.05
+_ADVANCE_GAIN = 0.02
+_LEAD_FACTOR = 1.25
+
 
 class Paced(Protocol):
     def on_tick(self, deadline: float) -> bool:
@@ -33,7 +51,7 @@ class Paced(Protocol):
 
 
 class _Slot:
-    __slots__ = ("anchor", "n", "stream", "live")
+    __slots__ = ("anchor", "live", "n", "stream")
 
     def __init__(self, stream: Paced, anchor: float) -> None:
         self.stream = stream
@@ -62,6 +80,9 @@ class Pacer:
         self._idle = trio.Event()
         self.ticks = 0
         self.wakeups = 0
+        self.spin_s = 0.0  # total time spent spinning
+        self._late_ewma_s = 0.0  # how late the timer wakes, on average
+        self.advance_s = 0.0  # ticks happen this much before the deadlines
 
     @property
     def scheduled(self) -> int:
@@ -98,16 +119,11 @@ class Pacer:
                 self._idle = trio.Event()
                 await self._idle.wait()
                 continue
-            deadline = heap[0][0]
-            if deadline > trio.current_time():
-                with trio.CancelScope() as scope:
-                    self._sleep_scope = scope
-                    self._sleep_target = deadline
-                    await self._timer.sleep_until(deadline)
-                self._sleep_scope = None
-                self._sleep_target = float("inf")
-                self.wakeups += 1
-            now = trio.current_time()
+            deadline = heap[0][0] - self.advance_s
+            slept = deadline > trio.current_time()
+            if slept:
+                await self._sleep_until(deadline)
+            now = trio.current_time() + self.advance_s
             while heap and heap[0][0] <= now:
                 due, _, slot = heapq.heappop(heap)
                 if not slot.live:
@@ -119,7 +135,40 @@ class Pacer:
                 else:
                     slot.live = False
                     self._slots.pop(slot.stream, None)
-            await trio.lowlevel.checkpoint()
+            if not slept:  # behind schedule: still let others run between rounds
+                await trio.lowlevel.checkpoint()
+
+    def precise_now(self) -> bool:
+        """Whether this pacer is on a real clock with a precise timer (False under MockClock)."""
+        return self._timer.precise_now()
+
+    def observe_send_error(self, error_s: float) -> None:
+        """A writer sent a frame `error_s` after (negative: before) its deadline."""
+        advance = self.advance_s + _ADVANCE_GAIN * error_s
+        self.advance_s = min(max(advance, 0.0), ADVANCE_MAX_S)
+
+    async def _sleep_until(self, deadline: float) -> None:
+        """Sleep until `deadline` (or until an earlier stream is scheduled)."""
+        precise = self._timer.precise_now()
+        lead = 0.0
+        if precise and len(self._slots) <= SPIN_MAX_STREAMS:
+            lead = min(self._late_ewma_s * _LEAD_FACTOR, SPIN_MAX_S)
+        target = deadline - lead
+        with trio.CancelScope() as scope:
+            self._sleep_scope = scope
+            self._sleep_target = deadline
+            await self._timer.sleep_until(target)
+        self._sleep_scope = None
+        self._sleep_target = float("inf")
+        self.wakeups += 1
+        if scope.cancelled_caught or not precise:
+            return
+        now = trio.current_time()
+        self._late_ewma_s += _LATE_EWMA_ALPHA * (now - target - self._late_ewma_s)
+        if lead and now < deadline:
+            while trio.current_time() < deadline:  # bounded by `lead` <= SPIN_MAX_S
+                pass
+            self.spin_s += trio.current_time() - now
 
     def close(self) -> None:
         self._timer.close()

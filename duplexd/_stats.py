@@ -1,8 +1,8 @@
 """Cheap latency histograms for the hot path (pacing error, latencies).
 
 `record` is one multiply, one `min` and one list increment: fine for every frame of every
-session. Percentiles are read from fixed 25 µs buckets (accurate to a bucket) up to 100 ms, with
-an overflow bucket; the exact maximum is kept aside.
+session. Percentiles are read from fixed-width buckets (25 µs up to 100 ms by default; accurate
+to a bucket), with an overflow bucket; the exact maximum is kept aside.
 """
 
 from __future__ import annotations
@@ -16,10 +16,15 @@ BUCKETS = 4000  # 100 ms / 25 us
 class Histogram:
     """Non-negative durations in seconds; negative values are recorded as 0."""
 
-    __slots__ = ("_counts", "count", "max_s", "sum_s")
+    __slots__ = ("_counts", "_inv_bucket", "bucket_s", "buckets", "count", "max_s", "sum_s")
 
-    def __init__(self) -> None:
-        self._counts = [0] * (BUCKETS + 1)
+    def __init__(self, bucket_s: float = BUCKET_S, buckets: int = BUCKETS) -> None:
+        if bucket_s <= 0 or buckets < 1:
+            raise ValueError("bucket_s and buckets must be positive")
+        self.bucket_s = bucket_s
+        self.buckets = buckets
+        self._inv_bucket = 1 / bucket_s
+        self._counts = [0] * (buckets + 1)
         self.count = 0
         self.sum_s = 0.0
         self.max_s = 0.0
@@ -27,13 +32,15 @@ class Histogram:
     def record(self, value_s: float) -> None:
         if value_s < 0.0:
             value_s = 0.0
-        self._counts[min(int(value_s * (1 / BUCKET_S)), BUCKETS)] += 1
+        self._counts[min(int(value_s * self._inv_bucket), self.buckets)] += 1
         self.count += 1
         self.sum_s += value_s
         if value_s > self.max_s:
             self.max_s = value_s
 
     def merge(self, other: Histogram) -> None:
+        if (other.bucket_s, other.buckets) != (self.bucket_s, self.buckets):
+            raise ValueError("can only merge histograms with the same buckets")
         for i, c in enumerate(other._counts):
             if c:
                 self._counts[i] += c
@@ -52,7 +59,7 @@ class Histogram:
         for i, c in enumerate(self._counts):
             seen += c
             if seen >= rank:
-                return self.max_s if i == BUCKETS else min((i + 1) * BUCKET_S, self.max_s)
+                return self.max_s if i == self.buckets else min((i + 1) * self.bucket_s, self.max_s)
         return self.max_s
 
     def summary_ms(self) -> dict[str, Any]:
@@ -64,3 +71,8 @@ class Histogram:
             "max": round(self.max_s * 1e3, 4),
             "mean": round(self.sum_s / self.count * 1e3, 4) if self.count else 0.0,
         }
+
+
+def pacing_histogram() -> Histogram:
+    """10 µs buckets up to 20 ms: the resolution pacing errors need."""
+    return Histogram(bucket_s=10e-6, buckets=2000)

@@ -91,6 +91,10 @@ class PreciseTimer:
                 self._fd = fd
                 self._finalizer = weakref.finalize(self, os.close, fd)
 
+    def precise_now(self) -> bool:
+        """Whether a sleep started now would use the timerfd (real clock, timerfd open)."""
+        return self._fd >= 0 and type(_current_clock()) is _SYSTEM_CLOCK
+
     @property
     def precise(self) -> bool:
         """Whether this timer uses a timerfd (False: plain ``trio.sleep_until`` fallback)."""
