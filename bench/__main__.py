@@ -1,0 +1,162 @@
+"""`python -m bench`: load-test duplexd against an asyncio baseline, in one run.
+
+    python -m bench --engine tone --sessions 1,50 --duration 10 --json out.json --plots plots/
+
+For every level of `--sessions` it drives that many concurrent sessions (LLM-like token
+streams, mixed utterance lengths, random barge-ins; see `bench.load`) first against duplexd,
+then against the asyncio baseline (`bench.baselines.asyncio_server`), with the clients in
+separate worker processes. Prints a Markdown table (goal vs measured, PASS/MISS, and
+duplexd/baseline ratios), and writes JSON and PNG plots on request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from typing import Any
+
+from tqdm import tqdm
+
+from .daemon import Server, ServerFailed, baseline_argv, duplexd_argv, start_server
+from .load import LoadConfig
+from .report import build_document, markdown, summarize, to_json
+from .runner import run_level
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    p.add_argument("--engine", default="tone", help="tone (default) or vits")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--sessions", default="1,10,50,100", help="comma-separated levels")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds of load per level")
+    p.add_argument("--tokens-per-s", type=float, default=30.0)
+    p.add_argument(
+        "--interrupt-fraction",
+        type=float,
+        default=0.3,
+        help="fraction of sessions that barge in (at random moments)",
+    )
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--workers", type=int, default=0, help="client processes (0: auto)")
+    p.add_argument("--url", default="", help="bench a running duplexd instead of starting one")
+    p.add_argument("--pid", type=int, default=0, help="with --url: its PID, for CPU and RSS")
+    p.add_argument("--no-baseline", action="store_true", help="skip the asyncio baseline")
+    p.add_argument("--json", default="", metavar="PATH")
+    p.add_argument("--plots", default="", metavar="DIR")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def git_rev() -> str:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        return "unknown"
+    return (rev + ("-dirty" if dirty else "")) if rev else "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        levels = [int(x) for x in args.sessions.split(",") if x.strip()]
+    except ValueError:
+        print("bench: --sessions must be integers, e.g. 1,10,50", file=sys.stderr)
+        return 2
+    if not levels or min(levels) < 1:
+        print("bench: --sessions needs levels >= 1", file=sys.stderr)
+        return 2
+    cfg = LoadConfig(
+        duration_s=args.duration,
+        tokens_per_s=args.tokens_per_s,
+        interrupt_fraction=args.interrupt_fraction,
+        seed=args.seed,
+    )
+    servers: dict[str, Server] = {}
+    warnings: list[str] = []
+    try:
+        if not args.url:
+            servers["duplexd"] = start_server("duplexd", duplexd_argv(args.engine, args.device))
+        if not args.no_baseline:
+            servers["baseline"] = start_server("baseline", baseline_argv())
+        runs = _run_all(args, cfg, levels, servers)
+    except ServerFailed as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        for name, server in servers.items():
+            if not server.stop():
+                warnings.append(f"{name} did not exit within 5 s of SIGTERM and was killed")
+    first = runs[0]["duplexd"]
+    meta: dict[str, Any] = {
+        "engine": args.engine,
+        "device": first["engine_device"] or args.device,
+        "duration_s": args.duration,
+        "git_rev": git_rev(),
+        "tokens_per_s": args.tokens_per_s,
+        "interrupt_fraction": args.interrupt_fraction,
+        "seed": args.seed,
+        "cpu_count": os.cpu_count(),
+        "url": args.url or None,
+        "warnings": warnings,
+    }
+    pairs = [
+        (summarize(r["duplexd"]), summarize(r["baseline"]) if r["baseline"] else None) for r in runs
+    ]
+    meta["server_merge"] = pairs[0][0]["server_jitter_ms"].get("method", "")
+    doc = build_document(meta, pairs)
+    print(markdown(doc))
+    for w in warnings:
+        print(f"\n**WARNING: {w}**")
+    if args.json:
+        with open(args.json, "w") as f:
+            f.write(to_json(doc) + "\n")
+    if args.plots:
+        from .plots import write_plots
+
+        write_plots(args.plots, doc, runs)
+    return 0
+
+
+def _run_all(
+    args: argparse.Namespace, cfg: LoadConfig, levels: list[int], servers: dict[str, Server]
+) -> list[dict[str, Any]]:
+    kinds = ["duplexd"] + (["baseline"] if "baseline" in servers else [])
+    total = cfg.duration_s * len(levels) * len(kinds)
+    bar = tqdm(
+        total=round(total, 1),
+        unit="s",
+        file=sys.stderr,
+        disable=args.no_progress,
+        bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}]",
+    )
+    runs = []
+    with bar:
+        for n in levels:
+            level: dict[str, Any] = {"sessions": n, "baseline": None}
+            for kind in kinds:
+                bar.set_description(f"{kind} x{n}")
+                server = servers.get(kind)
+                url = server.url if server else args.url
+                pid = server.pid if server else (args.pid or None)
+                level[kind] = run_level(
+                    kind, url, pid, n, cfg, workers=args.workers, tick=lambda dt: bar.update(dt)
+                )
+                if server and server.proc.poll() is not None:
+                    raise ServerFailed(f"{kind} exited during the run:\n{server.log_tail()}")
+            runs.append(level)
+    return runs
+
+
+if __name__ == "__main__":
+    sys.exit(main())

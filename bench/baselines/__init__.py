@@ -1,0 +1,1 @@
+"""Reference servers that duplexd is measured against, and their client adapters."""

@@ -1,0 +1,150 @@
+"""Start and stop the servers under test, and read their CPU and memory from /proc.
+
+A server is any command that logs a JSON line ``{"event": "listening", "url": ...}`` on stderr
+(`python -m duplexd serve --log-format json` and `python -m bench.baselines.asyncio_server`).
+Its stderr goes to a temporary file, so a chatty server can never block on a full pipe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+class ServerFailed(RuntimeError):
+    """The server exited or did not start listening in time."""
+
+
+@dataclass
+class Server:
+    name: str
+    proc: subprocess.Popen[bytes]
+    url: str
+    log_path: str
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log_tail(self, n: int = 20) -> str:
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return "".join(f.readlines()[-n:])
+        except OSError:
+            return ""
+
+    def stop(self, timeout_s: float = 5.0) -> bool:
+        """SIGTERM, then SIGKILL after `timeout_s`. False if it had to be killed."""
+        clean = True
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                clean = False
+                self.proc.kill()
+                self.proc.wait()
+        with contextlib.suppress(OSError):
+            os.unlink(self.log_path)
+        return clean
+
+
+def start_server(name: str, argv: list[str], *, timeout_s: float = 120.0) -> Server:
+    """Run `argv` and wait for its "listening" log line; raises ServerFailed."""
+    fd, log_path = tempfile.mkstemp(prefix=f"bench-{name}-", suffix=".log")
+    with os.fdopen(fd, "wb") as log:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    deadline = time.monotonic() + timeout_s
+    offset = 0
+    while time.monotonic() < deadline:
+        with open(log_path, "rb") as f:
+            f.seek(offset)
+            chunk = f.read()
+        lines = chunk.split(b"\n")
+        for line in lines[:-1]:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and record.get("event") == "listening":
+                return Server(name, proc, str(record["url"]), log_path)
+        offset += len(chunk) - len(lines[-1])
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    server = Server(name, proc, "", log_path)
+    tail = server.log_tail()
+    server.stop()
+    raise ServerFailed(f"{name} did not start listening (exit {proc.poll()}):\n{tail}")
+
+
+def duplexd_argv(engine: str, device: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "duplexd",
+        "serve",
+        "--engine",
+        engine,
+        "--device",
+        device,
+        "--port",
+        "0",
+        "--log-format",
+        "json",
+        "--log-level",
+        "info",
+    ]
+
+
+def baseline_argv() -> list[str]:
+    return [sys.executable, "-m", "bench.baselines.asyncio_server", "--port", "0"]
+
+
+class ProcSampler:
+    """CPU time (all threads) and RSS of one process, from /proc/PID."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self._cpu0 = 0.0
+        self._wall0 = 0.0
+        self.rss_max_mb = 0.0
+
+    def cpu_seconds(self) -> float:
+        try:
+            with open(f"/proc/{self.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+
+    def rss_mb(self) -> float:
+        try:
+            with open(f"/proc/{self.pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        return 0.0
+
+    def start(self) -> None:
+        self._cpu0, self._wall0 = self.cpu_seconds(), time.monotonic()
+        self.rss_max_mb = self.rss_mb()
+
+    def sample(self) -> None:
+        self.rss_max_mb = max(self.rss_max_mb, self.rss_mb())
+
+    def cpu_percent(self) -> float:
+        """Since `start`; 100 = one core busy."""
+        wall = time.monotonic() - self._wall0
+        return 100 * (self.cpu_seconds() - self._cpu0) / wall if wall > 0 else 0.0

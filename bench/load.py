@@ -1,0 +1,306 @@
+"""The load: sessions that talk like an LLM-driven voice agent, and what they measure.
+
+Every session streams utterances of mixed length token by token (`tokens_per_s`), waits for
+the audio to play out, pauses for the "user's turn", and starts again. A fraction of sessions
+(`interrupt_fraction`) barges in at a random moment of some utterances. All choices come from
+`random.Random(seed, session index)`, so a run is reproducible up to timing.
+
+Arrival times are taken by the SDK's reader the moment a WebSocket message is read (the
+`on_frame(frame, now)` callback), on this worker's trio clock; `Recorder.on_frame` turns them
+into samples on the spot. Nothing here runs in the daemon's process.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import trio
+
+from duplexd._frames import Audio, Interrupted, ServerFrame, UtteranceDone
+
+from .metrics import COUNT_KEYS, FRAME_S, SAMPLE_KEYS, UNDERRUN_GAP_S
+
+_TEXT = (
+    "the quick answer is that we can ship it on monday if the tests stay green and nobody "
+    "changes the plan again so please confirm the order number and the delivery address for "
+    "your account then I will book a slot between nine and eleven tomorrow morning"
+)
+_WORDS = tuple(_TEXT.split(" "))
+# (weight, min words, max words): short replies, sentences, and the odd long paragraph.
+UTTERANCE_MIX = ((0.5, 2, 6), (0.35, 8, 16), (0.15, 20, 40))
+
+
+@dataclass(frozen=True)
+class LoadConfig:
+    duration_s: float = 10.0
+    tokens_per_s: float = 30.0
+    interrupt_fraction: float = 0.3
+    seed: int = 1
+    start_spread_s: float = 1.0  # sessions start their first utterance within this window
+    think_s: tuple[float, float] = (0.2, 0.8)  # pause between utterances (the user's turn)
+
+
+class Target(Protocol):
+    """What a session driver needs: the duplexd SDK session, or the baseline adapter."""
+
+    def new_utterance_id(self) -> int: ...
+    async def send_text(self, utterance_id: int, text: str, *, end: bool = False) -> Any: ...
+    async def interrupt(self) -> Any: ...
+    async def stats(self) -> dict[str, Any]: ...
+    async def drain(self) -> None: ...
+
+
+Opener = Callable[[str, Callable[[ServerFrame, float], None]], AbstractAsyncContextManager[Any]]
+
+
+@asynccontextmanager
+async def open_duplexd(
+    url: str, on_frame: Callable[[ServerFrame, float], None]
+) -> AsyncIterator[Target]:
+    from duplexd.client import open_session
+
+    async with open_session(url, on_frame=on_frame) as session:
+        yield _DuplexdTarget(session)
+
+
+class _DuplexdTarget:
+    def __init__(self, session: Any) -> None:
+        self._s = session
+        self.new_utterance_id = session.new_utterance_id
+        self.send_text = session.send_text
+        self.interrupt = session.interrupt
+        self.stats = session.stats
+        self.engine_device = (
+            session.info.get("engines", {}).get(session.welcome.engine) or {}
+        ).get("device", "")
+
+    async def drain(self) -> None:
+        """Keep the SDK's frame queue empty (everything is measured in `on_frame`)."""
+        from duplexd.client import SessionError
+
+        try:
+            while True:
+                await self._s.receive_frame()
+        except SessionError:
+            await trio.sleep_forever()
+
+
+def tokens_of(text: str, rng: random.Random) -> list[str]:
+    """Split like a BPE tokenizer would, roughly: word pieces of 2-6 characters."""
+    out: list[str] = []
+    for i, word in enumerate(text.split(" ")):
+        piece = word if i == 0 else " " + word
+        while piece:
+            n = rng.randint(2, 6)
+            out.append(piece[:n])
+            piece = piece[n:]
+    return out
+
+
+def make_utterance(rng: random.Random) -> str:
+    r = rng.random()
+    lo, hi = UTTERANCE_MIX[-1][1:]
+    for weight, lo_words, hi_words in UTTERANCE_MIX:
+        if r < weight:
+            lo, hi = lo_words, hi_words
+            break
+        r -= weight
+    words = [rng.choice(_WORDS) for _ in range(rng.randint(lo, hi))]
+    return " ".join(words).capitalize() + rng.choice((".", "?", "!", "."))
+
+
+class Recorder:
+    """Per-session measurement, fed by the SDK reader's `on_frame` callback (sync, cheap)."""
+
+    def __init__(self, out: dict[str, Any]) -> None:
+        self.out = out
+        self.active = True
+        self.epoch = 0
+        self.first_text: dict[int, float] = {}
+        self.first_audio: dict[int, trio.Event] = {}
+        self.done: dict[int, trio.Event] = {}
+        self.interrupt_sent: float | None = None
+        self._uid = 0
+        self._t0 = 0.0
+        self._prev = 0.0
+        self._last_audio = -1.0
+
+    def expect(self, uid: int) -> None:
+        self.first_audio[uid] = trio.Event()
+        self.done[uid] = trio.Event()
+
+    def on_frame(self, frame: ServerFrame, now: float) -> None:
+        out = self.out
+        if isinstance(frame, Audio):
+            self._last_audio = now
+            uid = frame.utterance_id
+            if frame.epoch != self.epoch:
+                out["stale_after_interrupted"] += self.active
+                return
+            if frame.last and self.interrupt_sent is not None:
+                return  # the fade-out tail sent with Interrupted: not on the grid
+            if uid != self._uid:
+                self._uid, self._t0 = uid, now - frame.seq * FRAME_S
+                t_text = self.first_text.pop(uid, None)
+                if self.active and t_text is not None and frame.seq == 0:
+                    out["fal"].append(now - t_text)
+                if uid in self.first_audio:
+                    self.first_audio[uid].set()
+            elif self.active:
+                gap = now - self._prev
+                out["inter_arrival"].append(abs(gap - FRAME_S))
+                if gap > UNDERRUN_GAP_S:
+                    # The player ran dry and rebuffers: counted as an underrun, and the grid
+                    # restarts here so one underrun does not show up as jitter of every frame.
+                    out["underruns"] += 1
+                    self._t0 = now - frame.seq * FRAME_S
+                out["jitter"].append(abs(now - (self._t0 + frame.seq * FRAME_S)))
+            out["frames"] += self.active
+            self._prev = now
+            if frame.last:
+                self._uid = 0
+        elif isinstance(frame, UtteranceDone):
+            out["utterances_done"] += self.active
+            if frame.utterance_id in self.done:
+                self.done[frame.utterance_id].set()
+        elif isinstance(frame, Interrupted):
+            self.epoch = frame.epoch
+            self._uid = 0
+            t = self.interrupt_sent
+            if t is not None and self.active:
+                out["barge_in"].append(now - t)
+                out["barge_last_audio"].append(max(0.0, self._last_audio - t))
+            self.interrupt_sent = None
+            for ev in (*self.done.values(), *self.first_audio.values()):
+                ev.set()
+
+
+async def _stream(target: Target, rec: Recorder, uid: int, tokens: list[str], tps: float) -> None:
+    t_first = trio.current_time()
+    rec.first_text[uid] = t_first
+    for i, tok in enumerate(tokens):
+        await trio.sleep_until(t_first + i / tps)
+        await target.send_text(uid, tok)
+    await target.send_text(uid, "", end=True)
+
+
+def is_interrupter(index: int, fraction: float) -> bool:
+    """Exactly round-up(`fraction` x sessions) interrupters, evenly spread, session 0 first."""
+    return math.ceil((index + 1) * fraction) > math.ceil(index * fraction)
+
+
+async def drive(
+    target: Target, rec: Recorder, rng: random.Random, cfg: LoadConfig, interrupter: bool
+) -> None:
+    """Talk until cancelled."""
+    await trio.sleep(rng.uniform(0.0, cfg.start_spread_s))
+    while True:
+        text = make_utterance(rng)
+        tokens = tokens_of(text, rng)
+        barge_after = rng.uniform(0.1, 2.0) if interrupter and rng.random() < 0.6 else None
+        think = rng.uniform(*cfg.think_s)
+        uid = target.new_utterance_id()
+        rec.out["utterances"] += rec.active
+        rec.expect(uid)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_stream, target, rec, uid, tokens, cfg.tokens_per_s)
+            if barge_after is None:
+                await rec.done[uid].wait()
+            else:
+                await rec.first_audio[uid].wait()
+                with trio.move_on_after(barge_after):
+                    await rec.done[uid].wait()
+                if not rec.done[uid].is_set():
+                    rec.interrupt_sent = trio.current_time()
+                    rec.out["interrupts"] += rec.active
+                    await target.interrupt()
+            nursery.cancel_scope.cancel()
+        del rec.done[uid], rec.first_audio[uid]
+        await trio.sleep(think)
+
+
+def new_samples() -> dict[str, Any]:
+    out: dict[str, Any] = {k: [] for k in SAMPLE_KEYS}
+    out.update({k: 0 for k in COUNT_KEYS})
+    out.update(server_stats=[], errors=[], loop_lag=[], engine_device="")
+    return out
+
+
+async def _session(
+    opener: Opener,
+    url: str,
+    index: int,
+    cfg: LoadConfig,
+    out: dict[str, Any],
+    t_start: float,
+    t_end: float,
+) -> None:
+    rec = Recorder(out)
+    rng = random.Random(cfg.seed * 1_000_003 + index)
+    opened = False
+    try:
+        async with opener(url, rec.on_frame) as target:
+            opened = True
+            out["engine_device"] = out["engine_device"] or getattr(target, "engine_device", "")
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(target.drain)
+                await trio.sleep_until(t_start)
+                with trio.move_on_at(t_end):
+                    await drive(
+                        target, rec, rng, cfg, is_interrupter(index, cfg.interrupt_fraction)
+                    )
+                rec.active = False
+                with trio.move_on_after(10):
+                    # Hang up cleanly: a close while the engine thread waits for ring space
+                    # leaves that session (and the daemon's SIGTERM) stuck; see the README.
+                    await target.interrupt()
+                    out["server_stats"].append(await target.stats())
+                nursery.cancel_scope.cancel()
+    except Exception as exc:  # a failed session is a result, not a crash of the bench
+        out["session_errors" if opened else "connect_failures"] += 1
+        if len(out["errors"]) < 5:
+            out["errors"].append(f"session {index}: {type(exc).__name__}: {exc}")
+
+
+async def _lag_probe(out: dict[str, Any]) -> None:
+    """How late this worker's loop wakes up: a busy client would time arrivals late."""
+    while True:
+        t = trio.current_time()
+        await trio.sleep(0.01)
+        out["loop_lag"].append(trio.current_time() - t - 0.01)
+
+
+async def run_sessions(
+    opener: Opener,
+    url: str,
+    indices: list[int],
+    cfg: LoadConfig,
+    start_mono: float,
+) -> dict[str, Any]:
+    """Run sessions `indices` from `start_mono` (time.monotonic) for `cfg.duration_s`."""
+    out = new_samples()
+    t_start = trio.current_time() + (start_mono - time.monotonic())
+    t_end = t_start + cfg.duration_s
+    cpu0 = wall0 = 0.0
+    async with trio.open_nursery() as nursery:
+        for i in indices:
+            nursery.start_soon(_session, opener, url, i, cfg, out, t_start, t_end)
+        await trio.sleep_until(t_start)
+        cpu0, wall0 = time.process_time(), time.monotonic()
+        probe = trio.CancelScope()
+
+        async def probe_task() -> None:
+            with probe:
+                await _lag_probe(out)
+
+        nursery.start_soon(probe_task)
+        await trio.sleep_until(t_end)
+        out["cpu_percent"] = 100 * (time.process_time() - cpu0) / (time.monotonic() - wall0)
+        probe.cancel()
+    return out

@@ -1,0 +1,278 @@
+"""Turn the measured runs into the JSON document and the Markdown report (goal vs measured)."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .metrics import merge_server, percentiles_ms, ratio
+
+# A client worker this busy (or waking this late) may be timing arrivals late itself.
+CLIENT_CPU_SATURATED = 85.0
+CLIENT_LAG_P99_MS = 5.0
+
+
+def summarize(run: dict[str, Any]) -> dict[str, Any]:
+    """One server's numbers at one level (the schema's level keys, and more)."""
+    server = merge_server(run["server_stats"])
+    pct = {k: percentiles_ms(run[k]) for k in ("jitter", "inter_arrival", "fal", "barge_in")}
+    lag = percentiles_ms(run["loop_lag"])
+    client_cpu = max(run["client_cpu_percent"], default=math.nan)
+    n = run["sessions"]
+    return {
+        "sessions": n,
+        "jitter_ms": pct["jitter"],
+        "inter_arrival_dev_ms": pct["inter_arrival"],
+        "server_jitter_ms": server["pacing"],
+        "fal_ms": pct["fal"],
+        "barge_in_ms": pct["barge_in"],
+        "barge_in_last_audio_ms": percentiles_ms(run["barge_last_audio"]),
+        "underruns": run["underruns"],
+        "server_underruns": server["underruns"],
+        "late_sends": server["late_sends"],
+        "frames": run["frames"],
+        "bytes": server["bytes_sent"],
+        "cpu_percent": round(run["cpu_percent"], 2),
+        "cpu_percent_per_session": round(run["cpu_percent"] / n, 3),
+        "rss_mb": round(run["rss_mb"], 1),
+        "rtf": server["rtf"],
+        "utterances": run["utterances"],
+        "utterances_done": run["utterances_done"],
+        "interrupts": run["interrupts"],
+        "stale_after_interrupted": run["stale_after_interrupted"],
+        "session_errors": run["session_errors"],
+        "connect_failures": run["connect_failures"],
+        "errors": run["errors"],
+        "client": {
+            "workers": run["workers"],
+            "cpu_percent_max_worker": round(client_cpu, 1),
+            "loop_lag_ms": lag,
+            "saturated": bool(client_cpu > CLIENT_CPU_SATURATED or lag["p99"] > CLIENT_LAG_P99_MS),
+        },
+    }
+
+
+@dataclass(frozen=True)
+class Goal:
+    label: str
+    path: tuple[str, ...]
+    steps: tuple[tuple[int, float], ...]  # (up to this many sessions, threshold)
+
+    def threshold(self, sessions: int) -> tuple[float, bool]:
+        """(threshold, beyond): `beyond` when `sessions` is past the last stated level."""
+        for limit, value in self.steps:
+            if sessions <= limit:
+                return value, False
+        return self.steps[-1][1], True
+
+
+def goals_for(engine: str, device: str) -> list[Goal]:
+    goals: list[Goal] = []
+    if engine == "tone":
+        goals += [
+            Goal("server pacing error p95 (ms)", ("server_jitter_ms", "p95"), ((1, 0.5), (100, 1))),
+            Goal("client jitter p95 (ms)", ("jitter_ms", "p95"), ((100, 2.0),)),
+            Goal("underruns", ("underruns",), ((100, 0),)),
+            Goal("interrupt -> Interrupted p95 (ms)", ("barge_in_ms", "p95"), ((100, 2.0),)),
+        ]
+    elif device == "cuda":
+        goals += [Goal("FAL p95 (ms)", ("fal_ms", "p95"), ((1, 15.0), (256, 100.0)))]
+    else:
+        goals += [Goal("FAL p95 (ms)", ("fal_ms", "p95"), ((1, 150.0),))]
+    return goals
+
+
+def _get(d: dict[str, Any], path: tuple[str, ...]) -> float:
+    for k in path:
+        d = d[k]
+    return float(d)  # type: ignore[arg-type]
+
+
+def build_document(
+    meta: dict[str, Any], levels: list[tuple[dict[str, Any], dict[str, Any] | None]]
+) -> dict[str, Any]:
+    out_levels = []
+    for dx, base in levels:
+        level = dict(dx)
+        if base is not None:
+            level["baseline"] = base
+            level["ratio"] = {
+                name: ratio(_get(dx, path), _get(base, path)) for name, path in RATIO_ROWS
+            }
+        out_levels.append(level)
+    doc = dict(meta)
+    doc["levels"] = out_levels
+    doc["goals"] = [
+        {"metric": g.label, "path": list(g.path), "steps": [list(s) for s in g.steps]}
+        for g in goals_for(meta["engine"], meta["device"])
+    ]
+    return doc
+
+
+def to_json(doc: dict[str, Any]) -> str:
+    """Strict JSON: NaN and infinities become null."""
+
+    def clean(x: Any) -> Any:
+        if isinstance(x, float | np.floating):
+            return float(x) if math.isfinite(x) else None
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, list | tuple):
+            return [clean(v) for v in x]
+        return x
+
+    return json.dumps(clean(doc), indent=2, allow_nan=False)
+
+
+# (row label, path): rows of the per-level table, all compared with the baseline.
+RATIO_ROWS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("server pacing error p50 (ms)", ("server_jitter_ms", "p50")),
+    ("server pacing error p95 (ms)", ("server_jitter_ms", "p95")),
+    ("server pacing error p99 (ms)", ("server_jitter_ms", "p99")),
+    ("server pacing error max (ms)", ("server_jitter_ms", "max")),
+    ("client jitter p50 (ms)", ("jitter_ms", "p50")),
+    ("client jitter p95 (ms)", ("jitter_ms", "p95")),
+    ("client jitter p99 (ms)", ("jitter_ms", "p99")),
+    ("client jitter max (ms)", ("jitter_ms", "max")),
+    ("inter-arrival |gap-20ms| p95 (ms)", ("inter_arrival_dev_ms", "p95")),
+    ("underruns", ("underruns",)),
+    ("FAL p50 (ms)", ("fal_ms", "p50")),
+    ("FAL p95 (ms)", ("fal_ms", "p95")),
+    ("FAL p99 (ms)", ("fal_ms", "p99")),
+    ("interrupt -> Interrupted p50 (ms)", ("barge_in_ms", "p50")),
+    ("interrupt -> Interrupted p95 (ms)", ("barge_in_ms", "p95")),
+    ("interrupt -> Interrupted p99 (ms)", ("barge_in_ms", "p99")),
+    ("interrupt -> last audio p95 (ms)", ("barge_in_last_audio_ms", "p95")),
+    ("audio frames received", ("frames",)),
+    ("bytes sent", ("bytes",)),
+    ("server CPU % (100 = 1 core)", ("cpu_percent",)),
+    ("server CPU % per session", ("cpu_percent_per_session",)),
+    ("server RSS (MB)", ("rss_mb",)),
+)
+
+
+def _fmt(x: float) -> str:
+    if not math.isfinite(x):
+        return "n/a"
+    if abs(x) >= 1000 or x == int(x):
+        return f"{x:,.0f}"
+    return f"{x:.3g}" if abs(x) < 10 else f"{x:.1f}"
+
+
+def _verdict(value: float, threshold: float, beyond: bool) -> str:
+    if not math.isfinite(value):
+        return "NO DATA"
+    verdict = "PASS" if value <= threshold else "MISS"
+    return f"{verdict} (beyond goal level)" if beyond else verdict
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    goals = goals_for(doc["engine"], doc["device"])
+    by_path = {g.path: g for g in goals}
+    lines = [
+        f"# duplexd bench: engine {doc['engine']}, device {doc['device']}, "
+        f"{doc['duration_s']:g} s per level, rev {doc['git_rev']}",
+        "",
+        f"Load: {doc['tokens_per_s']:g} tokens/s, interrupt fraction "
+        f"{doc['interrupt_fraction']:g}, seed {doc['seed']}; {doc['cpu_count']} CPUs. "
+        "Client jitter = |arrival - (first frame of utterance + n x 20 ms)|; "
+        f"server pacing error: {doc['server_merge']}.",
+        "",
+    ]
+    for level in doc["levels"]:
+        base = level.get("baseline")
+        lines += [f"## {level['sessions']} session(s)", ""]
+        head = "| metric | goal | duplexd | verdict |"
+        sep = "|---|---|---:|---|"
+        if base:
+            head = "| metric | goal | duplexd | asyncio baseline | duplexd/baseline | verdict |"
+            sep = "|---|---|---:|---:|---:|---|"
+        lines += [head, sep]
+        for label, path in RATIO_ROWS:
+            value = _get(level, path)
+            goal, verdict = "", ""
+            if path in by_path:
+                threshold, beyond = by_path[path].threshold(level["sessions"])
+                goal = f"<= {_fmt(threshold)}"
+                verdict = _verdict(value, threshold, beyond)
+            if base:
+                b = _get(base, path)
+                r = level["ratio"][label]
+                cells = [_fmt(value), _fmt(b), f"{r:.3g}x" if math.isfinite(r) else "n/a"]
+            else:
+                cells = [_fmt(value)]
+            lines.append(f"| {label} | {goal} | " + " | ".join(cells) + f" | {verdict} |")
+        lines += ["", *_level_notes(level), ""]
+    lines += _summary(doc, goals)
+    return "\n".join(lines)
+
+
+def _level_notes(level: dict[str, Any]) -> list[str]:
+    notes = []
+    for name, d in (("duplexd", level), ("baseline", level.get("baseline"))):
+        if not d:
+            continue
+        c = d["client"]
+        notes.append(
+            f"- {name}: {d['utterances']} utterances, {d['interrupts']} interrupts, "
+            f"server underruns {d['server_underruns']}, late sends {d['late_sends']}, "
+            f"RTF {_fmt(d['rtf'] if d['rtf'] is not None else math.nan)}; client: "
+            f"{c['workers']} worker(s), max worker CPU {_fmt(c['cpu_percent_max_worker'])} %, "
+            f"loop lag p99 {_fmt(c['loop_lag_ms']['p99'])} ms"
+        )
+        if c["saturated"]:
+            notes.append(
+                f"- **WARNING ({name}): the load generator is saturated (a worker over "
+                f"{CLIENT_CPU_SATURATED:g} % CPU or its loop waking > {CLIENT_LAG_P99_MS:g} ms "
+                "late at p99): client-side delays are in these numbers. Try --workers, fewer "
+                "sessions, or more cores.**"
+            )
+        if d["stale_after_interrupted"]:
+            notes.append(
+                f"- **{name}: {d['stale_after_interrupted']} old-epoch audio frames "
+                "arrived after Interrupted (protocol violation).**"
+            )
+        if d["session_errors"] or d["connect_failures"]:
+            notes.append(
+                f"- **{name}: {d['session_errors']} session errors, {d['connect_failures']} "
+                f"failed connects: {'; '.join(d['errors'][:3])}**"
+            )
+    return notes
+
+
+def _summary(doc: dict[str, Any], goals: list[Goal]) -> list[str]:
+    lines = ["## Goals", ""]
+    levels = doc["levels"]
+    for g in goals:
+        for limit, threshold in g.steps:
+            at = [lv for lv in levels if lv["sessions"] == limit]
+            if not at:
+                lines.append(f"- {g.label} <= {_fmt(threshold)} at {limit} sessions: not measured")
+                continue
+            value = _get(at[0], g.path)
+            lines.append(
+                f"- {g.label} <= {_fmt(threshold)} at {limit} sessions: "
+                f"**{_verdict(value, threshold, False)}** (measured {_fmt(value)})"
+            )
+        breaks = [
+            lv["sessions"] for lv in levels if _get(lv, g.path) > g.threshold(lv["sessions"])[0]
+        ]
+        if breaks:
+            lines.append(f"  - first missed at {breaks[0]} sessions")
+    if doc["engine"] != "tone":
+        ok = [
+            lv["sessions"]
+            for lv in levels
+            if _get(lv, ("fal_ms", "p95")) <= 300 and lv["underruns"] == 0
+        ]
+        lines.append(
+            "- capacity (FAL p95 <= 300 ms and 0 underruns): "
+            + (f"{max(ok)} sessions of the levels run" if ok else "none of the levels run")
+        )
+    if any(lv["client"]["saturated"] for lv in levels):
+        lines.append("- **The load generator saturated at some level: see the warnings.**")
+    return lines
