@@ -168,6 +168,7 @@ _LAYOUTS: Final = (
         Interrupted,
         "HIQII",
         "epoch utterance_id samples_sent chars_spoken cancelled_utterances",
+        flag="vad",
     ),
     _L(FrameType.PAUSED, Paused, ""),
     _L(FrameType.RESUMED, Resumed, ""),

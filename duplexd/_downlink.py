@@ -80,6 +80,8 @@ class Downlink:
         real_samples: Callable[[int], int],
         on_utterance_done: Callable[[int], None],
         on_slow_consumer: Callable[[], None],
+        on_audio_started: Callable[[int], None] | None = None,
+        on_interrupted: Callable[[], None] | None = None,
     ) -> None:
         self._ring = ring
         self._send = send
@@ -89,6 +91,9 @@ class Downlink:
         self._real_samples = real_samples
         self._on_utterance_done = on_utterance_done
         self._on_slow_consumer = on_slow_consumer
+        # observability hooks, once per utterance / interrupt (never per frame)
+        self._on_audio_started = on_audio_started
+        self._on_interrupted = on_interrupted
         self._lot = trio.lowlevel.ParkingLot()
         self._control: collections.deque[ControlItem] = collections.deque()
         self._due: collections.deque[float] = collections.deque()
@@ -99,6 +104,8 @@ class Downlink:
         self._playing_uid = 0
         self._playing_frames = 0
         self.counters = DownlinkCounters()
+        self._space_lot = trio.lowlevel.ParkingLot()
+        self._space_wanted = False
         self._precise = pacer.precise_now()
 
     @property
@@ -140,15 +147,17 @@ class Downlink:
         self._control.append(item)
         self._lot.unpark()
 
-    def interrupt(self, cancelled_utterances: int) -> int:
+    def interrupt(self, cancelled_utterances: int, *, vad: bool = False) -> int:
         """Barge-in: new epoch, ring flushed, Interrupted queued ahead of any later audio.
 
-        Returns the new epoch. The utterance that was playing stops at the frame already being
+        `vad`: the server barged in itself (Interrupted carries the VAD flag). Returns the new
+        epoch. The utterance that was playing stops at the frame already being
         sent, if any; Interrupted reports it.
         """
         tail = self._fade_tail() if self._playing_uid and not self.paused else b""
         self.epoch = (self.epoch + 1) & 0xFFFF
         self._ring.flush()
+        self._space_lot.unpark_all()
         self._due.clear()
         self._pacer.unschedule(self)
         epoch = self.epoch
@@ -162,6 +171,8 @@ class Downlink:
             chars = self._chars_spoken(uid, samples) if uid else 0
             if uid:
                 self._on_utterance_done(uid)
+            if self._on_interrupted is not None:
+                self._on_interrupted()
             return (tail if uid else b"") + encode(
                 fr.Interrupted(
                     epoch=epoch,
@@ -169,6 +180,7 @@ class Downlink:
                     samples_sent=samples,
                     chars_spoken=chars,
                     cancelled_utterances=cancelled_utterances,
+                    vad=vad,
                 )
             )
 
@@ -188,6 +200,15 @@ class Downlink:
                 header = AUDIO_HEADER.pack(length, type_, _END, epoch, uid, seq)
                 return header + faded.tobytes()
         return b""
+
+    async def wait_for_space(self) -> None:
+        """Wait until the ring is at most half full (or the session closes).
+
+        Cancellation leaves nothing behind."""
+        ring = self._ring
+        while not self.closed and ring.free < ring.capacity // 2:
+            self._space_wanted = True
+            await self._space_lot.park()
 
     def pause(self) -> None:
         if not self.paused:
@@ -232,6 +253,9 @@ class Downlink:
                     self._due.clear()
                     self._pacer.unschedule(self)
                 return
+            if self._space_wanted and ring.free >= ring.capacity // 2:
+                self._space_wanted = False
+                self._space_lot.unpark_all()
             _, _, flags, epoch, uid, seq = AUDIO_HEADER.unpack_from(frame)
             if epoch == self.epoch:
                 break
@@ -240,6 +264,8 @@ class Downlink:
         if seq == 0:
             self._playing_uid, self._playing_frames = uid, 0
             data = encode(fr.UtteranceStarted(epoch=epoch, utterance_id=uid)) + frame
+            if self._on_audio_started is not None:
+                self._on_audio_started(uid)
         last = bool(flags & _END)
         if last:
             done = fr.UtteranceDone(

@@ -90,6 +90,7 @@ class Flags(enum.IntFlag):
     NONE = 0
     END = 0x01  # TEXT: end of this utterance's text. AUDIO: last frame of the utterance.
     FINAL = 0x01  # TRANSCRIPT: final (not partial) result
+    VAD = 0x01  # INTERRUPTED: the server barged in itself (voice activity on the uplink)
 
 
 class ErrorCode(enum.IntEnum):
@@ -270,6 +271,7 @@ class Interrupted:
 
     `utterance_id` is the utterance that was playing (0 if none), `samples_sent` how many of
     its samples were sent, `chars_spoken` how many characters of its text were fully spoken.
+    `vad`: the server interrupted on its own, because the user started speaking (flag 0x01).
     """
 
     epoch: int
@@ -277,6 +279,7 @@ class Interrupted:
     samples_sent: int
     chars_spoken: int
     cancelled_utterances: int
+    vad: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,18 +19,29 @@ It is decided only once the first non-whitespace character after it has arrived 
 never depend on how the text was chunked: feeding it whole, or a character at a time, gives
 identical pieces. With LLM tokens such as ``" how"`` this costs no extra wait.
 
-Not boundaries: punctuation with no whitespace after it (``3.14``, ``$4.50``, ``1,000``,
-``10:30``, URLs, e-mail addresses); a period after a known abbreviation (``Mr. Dr. etc. e.g.``
-…), after an initial or dotted acronym (``J. R. R. Tolkien``, ``U.S.``, ``a.m.``), after ``No.``
-/ ``p.`` / ``Fig.`` when a digit follows, after a list number at the start of a line (``1.``),
-or when a lowercase letter follows; an ellipsis followed by a lowercase letter is only a clause
-boundary.
+One exception makes first audio start sooner: in the **first** piece, a mark ``, ; : ! ?``
+written right after a plain word (letters, inner apostrophes or hyphens, leading openers; no
+digit, dot, slash...) ends the piece at once, right after the mark, whatever follows it
+(``"Hello there,"`` is emitted as soon as the comma arrives, even if the LLM pauses). The rule
+looks only at the text up to the mark, so chunking invariance holds. ``1,000``, ``10:30``,
+``a.b?c``, ``https:`` and a mark inside an open quote or bracket (``"Really?" she said``)
+still wait for what follows; so does ``.`` (abbreviations).
+
+Not boundaries (but for the rule above): punctuation with no whitespace after it (``3.14``,
+``$4.50``, ``1,000``, ``10:30``, URLs, e-mail addresses); a period after a known abbreviation
+(``Mr. Dr. etc. e.g.`` …), after an initial or dotted acronym (``J. R. R. Tolkien``, ``U.S.``,
+``a.m.``), after ``No.`` / ``p.`` / ``Fig.`` when a digit follows, after a list number at the
+start of a line (``1.``), or when a lowercase letter follows; an ellipsis followed by a
+lowercase letter is only a clause boundary.
 
 Spans: pieces cover the received text contiguously. ``piece.text`` is
 ``text[piece.start_char:piece.end_char].strip()`` and is never empty; the whitespace between two
-pieces (and any leading whitespace of the utterance) lies inside the earlier piece's span. If the
-text holds any non-whitespace character, the spans cover exactly ``[0, len(text))``; otherwise
-there are no pieces. Offsets count Python ``str`` characters (code points).
+pieces (and any leading whitespace of the utterance) lies inside the earlier piece's span, except
+after a first piece cut at once at a clause mark (above): its span ends at the mark, and the
+whitespace after it starts the second piece's span. If the
+text holds any non-whitespace character, the spans cover exactly ``[0, len(text))`` (but for
+trailing whitespace after such a first piece when no other piece follows); otherwise there
+are no pieces. Offsets count Python ``str`` characters (code points).
 """
 
 from __future__ import annotations
@@ -59,6 +70,13 @@ _OPENERS: Final = "\"'([{*_`\u201c\u2018\u00ab\u2039\u00bf\u00a1"
 _NEWLINES: Final = frozenset("\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
 _CANDIDATE_RE: Final = re.compile("[\\s" + "".join(sorted(_CJK_MARKS)) + "]")
 _INITIALS_RE: Final = re.compile(r"(?:[^\W\d_]\.)+")  # J.  U.S.  e.g.  a.m.
+# Marks that end the first piece at once after a plain word (see the module docstring).
+_EAGER_MARKS: Final = ",;:!?"
+_FIRST_CANDIDATE_RE: Final = re.compile(
+    "[\\s" + re.escape(_EAGER_MARKS) + "".join(sorted(_CJK_MARKS)) + "]"
+)
+_URL_SCHEMES: Final = frozenset({"http", "https", "ftp", "ftps", "mailto", "file", "ws", "wss"})
+_PLAIN_WORD_RE: Final = re.compile(r"[^\W\d_]+(?:['\u2019-][^\W\d_]+)*")  # don't  well-known
 
 # Lowercased, without the final period. A period after these never ends a sentence.
 _ABBREVIATIONS: Final = frozenset(
@@ -97,6 +115,16 @@ class _Kind(enum.IntEnum):
     WORD = 1
     CLAUSE = 2
     SENTENCE = 3
+
+
+def _inside_quote(text: str) -> bool:
+    """Whether `text` ends inside a quotation or bracket opened in it (a closer may follow)."""
+    return (
+        text.count('"') % 2 == 1
+        or text.count("\u201c") > text.count("\u201d")
+        or text.count("(") > text.count(")")
+        or text.count("\u00ab") > text.count("\u00bb")
+    )
 
 
 def _is_nonbreaking_period(core: str, next_char: str, at_line_start: bool) -> bool:
@@ -220,6 +248,19 @@ class Segmenter:
         before = self._buf[index - 1] if index > 0 else self._char_before_base
         return before == "" or before in _NEWLINES
 
+    def _ends_plain_word(self, i: int) -> bool:
+        """Whether `_buf[:i]` ends with a plain word (letters; no digit, dot, slash...)."""
+        buf = self._buf
+        ts = i
+        while ts > 0 and not buf[ts - 1].isspace():
+            ts -= 1
+        word = buf[ts:i].lstrip(_OPENERS)
+        if _PLAIN_WORD_RE.fullmatch(word) is None:
+            return False
+        if buf[i] == ":" and word.lower() in _URL_SCHEMES:  # https://...
+            return False
+        return not _inside_quote(buf[:i])
+
     def _should_cut(self, kind: _Kind, content_end: int) -> bool:
         if kind is _Kind.SENTENCE:
             return True
@@ -240,21 +281,31 @@ class Segmenter:
         buf = self._buf
         n = len(buf)
         limit = self.hard_max_piece_chars
+        first = self._pieces_emitted == 0
+        candidates = _FIRST_CANDIDATE_RE if first else _CANDIDATE_RE
         while True:
-            m = _CANDIDATE_RE.search(buf, self._scan)
+            m = candidates.search(buf, self._scan)
             if m is None:
                 if n > limit and (fallback := self._fallback()) is not None:
                     return fallback
                 self._scan = n
                 return None
             i = m.start()
+            if buf[i] in _EAGER_MARKS:  # first piece only; decided by the text up to the mark
+                content_end = i + 1
+                if content_end > limit and (fallback := self._fallback()) is not None:
+                    return fallback
+                if self._ends_plain_word(i):
+                    return content_end
+                self._scan = content_end
+                continue
             is_space = buf[i].isspace()
             content_end = i if is_space else i + 1
             over_cap = content_end > limit
             if over_cap and (fallback := self._fallback()) is not None:
                 return fallback
             if is_space:
-                if self._pieces_emitted == 0 and not buf[:i].strip():  # leading whitespace
+                if i == 0 or (buf[0].isspace() and not buf[:i].strip()):  # leading whitespace
                     self._scan = i + 1
                     continue
                 j = i + 1

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
@@ -34,6 +36,13 @@ class Daemon:
     engines: EngineSet
     sessions: set[Session] = field(default_factory=set)
     sessions_total: int = 0
+    max_sessions: int = 0  # 0: unlimited; above it the upgrade is answered 503
+    draining: bool = False  # set by the operator side (SIGTERM): new sessions get 503
+    rejected: dict[str, int] = field(default_factory=dict)  # reason -> upgrades refused
+
+    @property
+    def full(self) -> bool:
+        return bool(self.max_sessions) and len(self.sessions) >= self.max_sessions
 
     @property
     def port(self) -> int:
@@ -55,12 +64,17 @@ async def serve_duplexd(
     engines: EngineSet,
     limits: SessionLimits | None = None,
     gil_switch_interval_s: float | None = GIL_SWITCH_INTERVAL_S,
+    max_sessions: int = 0,
+    on_session_closed: Callable[[Session], None] | None = None,
     task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve duplexd sessions on `host:port` (0 picks a free port) until cancelled.
 
     `task_status.started` receives a `Daemon` (port, url, live sessions). Cancelling it closes
-    every session's connection; nothing else is left behind. While it runs, the process's GIL
+    every session's connection; nothing else is left behind. Above `max_sessions` live sessions
+    (0: no limit), or while `Daemon.draining`, a WebSocket upgrade is answered HTTP 503;
+    `on_session_closed(session)` runs (trio thread) as each session ends. While it runs, the
+    process's GIL
     switch interval is `gil_switch_interval_s` (None leaves it alone); it is restored after.
     """
     limits = limits or SessionLimits()
@@ -68,7 +82,7 @@ async def serve_duplexd(
     if gil_switch_interval_s is not None:
         sys.setswitchinterval(gil_switch_interval_s)
     try:
-        await _serve(host, port, engines, limits, task_status)
+        await _serve(host, port, engines, limits, max_sessions, on_session_closed, task_status)
     finally:
         sys.setswitchinterval(saved_interval)
 
@@ -78,6 +92,8 @@ async def _serve(
     port: int,
     engines: EngineSet,
     limits: SessionLimits,
+    max_sessions: int,
+    on_session_closed: Callable[[Session], None] | None,
     task_status: trio.TaskStatus[Daemon],
 ) -> None:
     async with open_pacer() as pacer:
@@ -87,6 +103,12 @@ async def _serve(
             assert daemon is not None
             if request.path.rstrip("/") != WS_PATH:
                 await request.reject(404, body=f"duplexd speaks on {WS_PATH}\n".encode())
+                return
+            refusal = "draining" if daemon.draining else "full" if daemon.full else ""
+            if refusal:
+                daemon.rejected[refusal] = daemon.rejected.get(refusal, 0) + 1
+                with contextlib.suppress(ConnectionClosed, trio.BrokenResourceError):
+                    await request.reject(503, body=f"duplexd is {refusal}\n".encode())
                 return
             subprotocol = SUBPROTOCOL if SUBPROTOCOL in request.proposed_subprotocols else None
             try:
@@ -100,6 +122,8 @@ async def _serve(
                 await session.run()
             finally:
                 daemon.sessions.discard(session)
+                if on_session_closed is not None:
+                    on_session_closed(session)
 
         async with trio.open_nursery() as nursery:
             server = await nursery.start(
@@ -114,6 +138,6 @@ async def _serve(
                     task_status=task_status,
                 )
             )
-            daemon = Daemon(server=server, pacer=pacer, engines=engines)
+            daemon = Daemon(server=server, pacer=pacer, engines=engines, max_sessions=max_sessions)
             log.info("listening", extra={"url": daemon.url, "engines": engines.names()})
             task_status.started(daemon)

@@ -23,13 +23,16 @@ from . import __version__
 from . import _frames as fr
 from ._codec import Decoder, RemoteProtocolError, encode
 from ._config import SessionLimits
-from ._downlink import Downlink
+from ._downlink import Downlink, DownlinkCounters
 from ._engines import EngineSet
+from ._observe import SessionLatency
 from ._pacer import Pacer
 from ._ring import FrameRing
 from ._state import ServerProtocolState, check_audio_format, negotiate_version
 from ._synth import SynthesisCancelled, UtteranceProducer
+from ._uplink import Uplink, UplinkServices, default_uplink_services
 from ._utterance import Utterance
+from ._vad import parse_duplex_options
 from .engines.base import UnknownVoiceError, Voice
 
 log = logging.getLogger("duplexd.session")
@@ -62,8 +65,11 @@ class Session:
         pacer: Pacer,
         limits: SessionLimits,
         offload: Offload = trio.to_thread.run_sync,
+        uplink_services: UplinkServices | None = None,
     ) -> None:
         self._ws = ws
+        self._uplink_services = uplink_services  # None: the process defaults (full duplex)
+        self._uplink: Uplink | None = None
         self._offload = offload
         self._engines = engines
         self._pacer = pacer
@@ -84,10 +90,14 @@ class Session:
         self._voice: Voice | None = None
         self._nursery: trio.Nursery | None = None
         self._error: tuple[fr.ErrorCode, str] | None = None
+        self._early_frames: list[fr.Frame] = []
         self.utterances_done = 0
         self.engine_s = 0.0  # engine compute time, for RTF
         self.audio_s = 0.0  # audio the engine produced
         self.interrupts = 0
+        self.latency = SessionLatency()
+        self._text_at: dict[int, tuple[float, float]] = {}  # uid -> first text, first audio
+        self._interrupt_at: collections.deque[float] = collections.deque()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -102,6 +112,9 @@ class Session:
                 nursery.start_soon(self._guard, self._downlink.run)
                 nursery.start_soon(self._guard, self._run_utterances)
                 nursery.start_soon(self._guard, self._read_loop)
+                nursery.start_soon(self._abort_on_exit)
+                if self._uplink is not None:
+                    nursery.start_soon(self._guard, self._uplink.run)
         except RemoteProtocolError as exc:
             self._set_error(exc.error_code, exc.message)
         except _CLOSED:
@@ -113,6 +126,22 @@ class Session:
             self._teardown()
         if self._error is not None:
             await self._fail(*self._error)
+
+    async def _abort_on_exit(self) -> None:
+        """However the session ends, tell synthesis threads to stop at once.
+
+        The utterance runner waits for its worker thread (a thread cannot be cancelled); the
+        thread stops at its next cancel check once `Utterance.abort` set its event."""
+        try:
+            await trio.sleep_forever()
+        finally:
+            self._abort_all()
+
+    def _abort_all(self) -> None:
+        for utt in self._queue:
+            utt.abort()
+        if self._current is not None:
+            self._current.abort()
 
     async def _guard(self, fn: Callable[[], Awaitable[None]]) -> None:
         """Run one of the session's tasks; whatever ends it ends the session."""
@@ -135,10 +164,13 @@ class Session:
     async def _receive_hello(self) -> fr.Hello:
         with trio.move_on_after(self._limits.hello_timeout_s) as scope:
             while True:
-                for frame in await self._receive_frames():
-                    self._state.receive(frame)
-                    assert isinstance(frame, fr.Hello)
-                    return frame
+                frames = await self._receive_frames()
+                if frames:
+                    hello = frames[0]
+                    self._state.receive(hello)
+                    assert isinstance(hello, fr.Hello)
+                    self._early_frames = frames[1:]  # same message, after Hello: kept
+                    return hello
         assert scope.cancelled_caught
         raise RemoteProtocolError(
             fr.ErrorCode.UNEXPECTED_FRAME, f"no Hello within {self._limits.hello_timeout_s:g} s"
@@ -158,7 +190,11 @@ class Session:
             self._voice = await self._offload(engine.open_voice, voice_name)
         except UnknownVoiceError as exc:
             raise RemoteProtocolError(fr.ErrorCode.UNKNOWN_VOICE, str(exc)) from None
-        self._state.accept_hello()
+        try:
+            vad_options, asr_options = parse_duplex_options(hello.options)
+        except ValueError as exc:
+            raise RemoteProtocolError(fr.ErrorCode.BAD_OPTIONS, str(exc)) from None
+        self._state.accept_hello(uplink=bool(hello.uplink_rate_hz))
         n = fr.frame_samples(hello.sample_rate_hz)
         self._rate = hello.sample_rate_hz
         self._frame_samples = n
@@ -167,13 +203,15 @@ class Session:
         )
         self._downlink = Downlink(
             ring=self._ring,
-            send=self._ws.send_message,
+            send=self._send_tapped if hello.uplink_rate_hz else self._ws.send_message,
             pacer=self._pacer,
             frame_samples=n,
             chars_spoken=self._chars_spoken,
             real_samples=self._real_samples,
             on_utterance_done=self._utterance_done,
             on_slow_consumer=self._slow_consumer,
+            on_audio_started=self._audio_started,
+            on_interrupted=self._interrupted,
         )
         info = {
             "server": f"duplexd/{__version__}",
@@ -185,7 +223,7 @@ class Session:
             session_id=self.id,
             sample_rate_hz=hello.sample_rate_hz,
             frame_samples=n,
-            uplink_rate_hz=0,
+            uplink_rate_hz=hello.uplink_rate_hz,
             max_frame_bytes=self._limits.max_frame_bytes,
             max_text_bytes=self._limits.max_text_bytes,
             max_queued_utterances=self._limits.max_queued_utterances,
@@ -193,6 +231,18 @@ class Session:
             voice=self._voice.name,
             info=json.dumps(info, separators=(",", ":")),
         )
+        if hello.uplink_rate_hz:
+            downlink = self._downlink
+            assert downlink is not None
+            self._uplink = Uplink(
+                rate_hz=hello.uplink_rate_hz,
+                downlink_rate_hz=hello.sample_rate_hz,
+                vad=vad_options,
+                asr=asr_options,
+                services=self._uplink_services or default_uplink_services(),
+                send=lambda frame: downlink.send_control(encode(frame)),
+                barge_in=self._vad_barge_in,
+            )
         await self._ws.send_message(encode(welcome))
         log.info(
             "session open",
@@ -200,10 +250,7 @@ class Session:
         )
 
     def _teardown(self) -> None:
-        for utt in self._queue:
-            utt.abort()
-        if self._current is not None:
-            self._current.abort()
+        self._abort_all()
         if self._downlink is not None:
             self._downlink.closed = True
             self._pacer.unschedule(self._downlink)
@@ -242,6 +289,9 @@ class Session:
         return frames
 
     async def _read_loop(self) -> None:
+        for frame in self._early_frames:
+            self._dispatch(frame)
+        self._early_frames = []
         while True:
             for frame in await self._receive_frames():
                 self._dispatch(frame)
@@ -264,28 +314,31 @@ class Session:
         elif isinstance(frame, fr.GetStats):
             dl.send_control(lambda: encode(fr.Stats(json=json.dumps(self.stats()))))
         elif isinstance(frame, fr.AudioUp):
-            raise RemoteProtocolError(
-                fr.ErrorCode.UNEXPECTED_FRAME,
-                "uplink audio was not negotiated (Welcome.uplink_rate_hz is 0)",
-            )
+            if self._uplink is None:
+                raise RemoteProtocolError(
+                    fr.ErrorCode.UNEXPECTED_FRAME,
+                    "uplink audio was not negotiated (Welcome.uplink_rate_hz is 0)",
+                )
+            self._uplink.feed(frame.seq, frame.pcm)
 
     def _on_text(self, frame: fr.Text) -> None:
         utt = self._utterances.get(frame.utterance_id)
         if utt is None:
             utt = Utterance(frame.utterance_id)
             self._utterances[utt.uid] = utt
+            self._text_at[utt.uid] = (trio.current_time(), -1.0)
             self._queue.append(utt)
             self._queue_lot.unpark()
         utt.feed(frame.text, end=frame.end)
 
-    def _on_interrupt(self) -> None:
+    def _on_interrupt(self, *, vad: bool = False) -> None:
         dl = self._downlink
         assert dl is not None
         cancelled = 0
-        victims = list(self._queue)
+        # every utterance not yet done: queued, being synthesized, or fully synthesized and
+        # waiting in the ring (no longer in `_queue` nor `_current`, but still to be dropped)
+        victims = list(self._utterances.values())
         self._queue.clear()
-        if self._current is not None:
-            victims.insert(0, self._current)
         for utt in victims:
             utt.abort()
         for utt in victims:
@@ -293,7 +346,21 @@ class Session:
                 cancelled += 1
                 self._utterance_done(utt.uid)
         self.interrupts += 1
-        dl.interrupt(cancelled)
+        self._interrupt_at.append(trio.current_time())
+        dl.interrupt(cancelled, vad=vad)
+
+    def _vad_barge_in(self) -> None:
+        """The user started speaking: interrupt like a client Interrupt, if anything is queued
+        or playing (Interrupted then carries the VAD flag)."""
+        if self._state.active_utterances:
+            self._state.receive(fr.Interrupt())
+            self._on_interrupt(vad=True)
+
+    async def _send_tapped(self, data: bytes) -> None:
+        """The writer's send when there is an uplink: the audio sent is the echo reference."""
+        if self._uplink is not None:
+            self._uplink.on_downlink(data)
+        await self._ws.send_message(data)
 
     # ------------------------------------------------------------------ callbacks
 
@@ -309,6 +376,32 @@ class Session:
         if self._utterances.pop(uid, None) is not None:
             self._state.utterance_finished(uid)
             self.utterances_done += 1
+            t_text, first_audio = self._text_at.pop(uid, (0.0, -1.0))
+            log.info(
+                "utterance end",
+                extra={
+                    "session": self.tag,
+                    "utterance": uid,
+                    "first_audio_ms": round(first_audio * 1e3, 3) if first_audio >= 0 else None,
+                    "duration_ms": round((trio.current_time() - t_text) * 1e3, 3),
+                },
+            )
+
+    def _audio_started(self, uid: int) -> None:
+        timing = self._text_at.get(uid)
+        if timing is not None:
+            latency = trio.current_time() - timing[0]
+            self.latency.first_audio.record(latency)
+            self._text_at[uid] = (timing[0], latency)
+
+    def _interrupted(self) -> None:
+        if self._interrupt_at:
+            latency = trio.current_time() - self._interrupt_at.popleft()
+            self.latency.interrupt.record(latency)
+            log.info(
+                "interrupted",
+                extra={"session": self.tag, "interrupt_ms": round(latency * 1e3, 3)},
+            )
 
     def _slow_consumer(self) -> None:
         self._set_error(fr.ErrorCode.SLOW_CONSUMER, "the client fell 1 s behind the audio")
@@ -353,11 +446,46 @@ class Session:
         try:
             while (piece := await utt.next_piece()) is not None:
                 await self._offload(producer.render, piece)
+                await self._push_backlog(producer)
             await self._offload(producer.finish, utt.total_chars)
+            await self._push_backlog(producer)
         except SynthesisCancelled:
             pass
         self.engine_s += producer.engine_s
         self.audio_s += producer.audio_s
+
+    async def _push_backlog(self, producer: UtteranceProducer) -> None:
+        """Push the frames that did not fit in the ring, as the writer frees space."""
+        dl = self._downlink
+        assert dl is not None
+        while producer.push_backlog() and not dl.closed:
+            dl.kick()
+            await dl.wait_for_space()
+        dl.kick()
+
+    # ------------------------------------------------------------------ operations
+
+    @property
+    def busy(self) -> bool:
+        """Whether an utterance is queued, being synthesized or playing."""
+        return bool(self._utterances)
+
+    @property
+    def counters(self) -> DownlinkCounters | None:
+        """The writer's counters (None until the handshake is done)."""
+        return self._downlink.counters if self._downlink is not None else None
+
+    @property
+    def error_code(self) -> fr.ErrorCode | None:
+        """The error the session ended (or is ending) with, if any."""
+        return self._error[0] if self._error is not None else None
+
+    def go_away(self, message: str = "server is shutting down") -> None:
+        """End the session: Error GOING_AWAY, then close code 1001. Synchronous; trio thread.
+        A session still in its handshake is not affected (cancel its task instead)."""
+        if self._nursery is not None:
+            self._set_error(fr.ErrorCode.GOING_AWAY, message)
+            self._nursery.cancel_scope.cancel()
 
     # ------------------------------------------------------------------ stats
 
@@ -377,6 +505,7 @@ class Session:
             "interrupts": self.interrupts,
             "engine_s": round(self.engine_s, 4),
             "audio_s": round(self.audio_s, 4),
+            **(self._uplink.stats() if self._uplink is not None else {}),
         }
 
 

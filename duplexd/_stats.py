@@ -48,6 +48,24 @@ class Histogram:
         self.sum_s += other.sum_s
         self.max_s = max(self.max_s, other.max_s)
 
+    def counts_below(self, edges_s: list[float]) -> list[int]:
+        """For each edge (ascending, in seconds): how many values fell in buckets wholly
+        below it, i.e. a cumulative count accurate to a bucket (Prometheus `le` buckets).
+        Edges past the last bucket count everything but the overflow bucket."""
+        if not self.count:
+            return [0] * len(edges_s)
+        # buckets above the maximum's are empty: the walk costs O(max), not O(buckets)
+        top = min(int(self.max_s * self._inv_bucket), self.buckets - 1) + 1
+        counts = self._counts
+        out: list[int] = []
+        seen = start = 0
+        for edge in edges_s:
+            stop = max(start, min(int(edge * self._inv_bucket + 1e-9), top))
+            seen += sum(counts[start:stop])  # C speed: no per-bucket Python loop
+            start = stop
+            out.append(seen)
+        return out
+
     def percentile(self, q: float) -> float:
         """Upper edge of the bucket holding the q-th percentile (0 < q <= 100), in seconds."""
         if not 0 < q <= 100:

@@ -2,9 +2,9 @@
 
 `UtteranceProducer` runs in a worker thread (`trio.to_thread.run_sync`), one piece per call, and
 is the ring's only producer while it runs. Frames are written as complete wire frames (audio
-header + PCM) so the writer only pops and sends. When the ring is full the producer waits in
-its own thread (never on the event loop) until the pacer has drained a frame or the utterance
-is cancelled.
+header + PCM) so the writer only pops and sends. A worker thread never waits for ring space:
+what does not fit goes to `backlog`, which the session pushes from the trio thread as the
+writer frees space (no thread sleeps, polls or competes for the GIL while audio plays out).
 
 Cancellation crosses the thread boundary through `cancel` (a `threading.Event` set by the
 session right before it cancels the utterance's scope): the producer stops before the next
@@ -14,9 +14,10 @@ piece, and while waiting for ring space. An engine call already running finishes
 from __future__ import annotations
 
 import bisect
+import collections
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Iterator
 
 import numpy as np
 
@@ -25,7 +26,7 @@ from ._frames import AUDIO_HEADER_BYTES, BYTES_PER_SAMPLE
 from ._resample import FrameChunker, StreamResampler, float_to_s16le
 from ._ring import FrameRing
 from ._segment import Piece
-from .engines.base import Voice
+from .engines.base import FloatAudio, StreamingVoice, Voice
 
 
 class SynthesisCancelled(Exception):
@@ -89,23 +90,41 @@ class UtteranceProducer:
         self._in_samples = 0
         self._slot = bytearray(AUDIO_HEADER_BYTES + frame_samples * BYTES_PER_SAMPLE)
         self.pieces = PieceMap()
+        # frames that did not fit in the ring (it holds `ring.capacity` frames, a long piece
+        # may hold more): the trio side pushes them as the pacer drains the ring
+        self.backlog: collections.deque[bytes] = collections.deque()
         self.engine_s = 0.0  # time spent in the engine, for RTF
         self.audio_s = 0.0
 
     def render(self, piece: Piece) -> None:
         """Synthesize one piece and push its whole frames. Blocking (worker thread).
 
+        A `StreamingVoice`'s chunks are pushed as they come, with a cancel check between them.
+
         Raises `SynthesisCancelled` if the utterance was cancelled before or during the push.
         """
         self._check_cancel()
-        t0 = time.perf_counter()
-        audio = self._voice.synthesize(piece.text)
-        self.engine_s += time.perf_counter() - t0
-        self.audio_s += len(audio) / self._in_rate
-        self._check_cancel()
-        self._in_samples += len(audio)
+        voice = self._voice
+        chunks: Iterator[FloatAudio]
+        if isinstance(voice, StreamingVoice):  # push each chunk as it comes: earlier audio
+            chunks = voice.synthesize_stream(piece.text)
+        else:
+            chunks = (voice.synthesize(text) for text in (piece.text,))
+        try:
+            while True:
+                t0 = time.perf_counter()
+                audio = next(chunks, None)
+                self.engine_s += time.perf_counter() - t0
+                if audio is None:
+                    break
+                self.audio_s += len(audio) / self._in_rate
+                self._check_cancel()
+                self._in_samples += len(audio)
+                self._push_samples(self._resampler.process(audio))
+        finally:
+            if isinstance(chunks, Generator):  # a cancelled stream releases its engine state
+                chunks.close()
         end_sample = self._in_samples * self._out_rate // self._in_rate
-        self._push_samples(self._resampler.process(audio))
         self.pieces.add(end_sample, piece.end_char)
 
     def finish(self, total_chars: int) -> None:
@@ -131,12 +150,23 @@ class UtteranceProducer:
         pack_audio_header_into(slot, 0, self._epoch, self._uid, self._seq, len(pcm), last)
         slot[AUDIO_HEADER_BYTES:] = pcm
         ring = self._ring
-        while not ring.push(slot):
-            if self._cancel.wait(self._frame_s):
-                raise SynthesisCancelled
-        if self._seq == 0 or ring.count == 1:
+        if self.backlog or not ring.push(slot):
+            self.backlog.append(bytes(slot))  # never wait in the thread: the trio side pushes it
+        elif self._seq == 0 or ring.count == 1:
             self._kick()
         self._seq += 1
+
+    def push_backlog(self) -> int:
+        """Push backlogged frames while they fit; returns how many are left.
+
+        Call it on the trio thread, only while no worker thread is running this producer (the
+        ring has a single producer at a time). Never blocks.
+        """
+        ring = self._ring
+        backlog = self.backlog
+        while backlog and ring.push(backlog[0]):
+            backlog.popleft()
+        return len(backlog)
 
     def _check_cancel(self) -> None:
         if self._cancel.is_set():

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
 import tempfile
 import wave
@@ -15,6 +14,7 @@ import trio
 
 from . import __version__
 from ._frames import SAMPLE_RATE_HZ, WS_PATH
+from ._opscli import add_config_flags, config_command
 
 log = logging.getLogger("duplexd.cli")
 
@@ -27,15 +27,27 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("serve", help="run the daemon")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8765, help="0 picks a free port")
-    s.add_argument("--engine", default="vits", help="vits (default) or tone")
-    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    s.add_argument("--voice", default="", help="voice to preload and use by default")
-    s.add_argument("--token", default="", help="require this token in Hello")
-    s.add_argument("--log-format", default="json", choices=["json", "text"])
-    s.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "info"))
+    add_config_flags(s)  # --config, --host, --port, --http-port, --engine... (duplexd._opscli)
     s.add_argument("--tone-compute-ms-per-char", type=float, default=0.0, help=argparse.SUPPRESS)
+    s.add_argument(
+        "--asr-model",
+        default=os.environ.get("DUPLEXD_ASR_MODEL", ""),
+        help="faster-whisper model directory (default: the bundled Whisper tiny.en)",
+    )
+    s.add_argument("--asr-threads", type=int, default=2, help="CPU threads of the ASR model")
+
+    c = sub.add_parser("config", help="show or check the effective configuration")
+    add_config_flags(c)
+    c.add_argument("--print", action="store_true", help="print it as TOML (the default)")
+    c.add_argument("--check", action="store_true", help="only check it (exit 2 if bad)")
+    c.add_argument("--show-secrets", action="store_true", help="print the token too")
+
+    from ._chat import add_chat_arguments
+
+    add_chat_arguments(
+        sub.add_parser("chat", help="talk with a voice agent through a running daemon"),
+        DEFAULT_URL,
+    )
 
     y = sub.add_parser("say", help="speak a text through a running daemon")
     y.add_argument("text")
@@ -52,6 +64,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _serve(args)
+        if args.command == "chat":
+            from ._chat import run_chat
+
+            return run_chat(args)
+        if args.command == "config":
+            return config_command(args)
         return _say(args)
     except KeyboardInterrupt:
         return 130
@@ -61,54 +79,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from ._config import SessionLimits
-    from ._engines import EngineSet, load_engine
-    from ._log import setup_logging
-    from ._server import serve_duplexd
+    """Settings (file < DUPLEXD_* < flags), then `duplexd._service.Service` until SIGTERM."""
+    from ._asr import Transcriber, configure_default_transcriber
+    from ._opscli import serve
 
-    setup_logging(fmt=args.log_format, level=args.log_level)
-    options: dict[str, object] = {}
-    if args.engine == "tone" and args.tone_compute_ms_per_char:
-        options["compute_ms_per_char"] = args.tone_compute_ms_per_char
-    if args.engine == "vits" and args.voice:
-        options["preload"] = (args.voice,)
-    try:
-        engine = load_engine(args.engine, device=args.device, **options)
-    except LookupError as exc:
-        print(f"duplexd: {exc.args[0]}", file=sys.stderr)
-        return 2
-    if args.voice:
-        engine.open_voice(args.voice)  # fail fast on an unknown voice
-    engines = EngineSet.of(engine)
-    log.info("engine ready", extra={"engine": engine.name, "device": engine.device})
-
-    async def run() -> None:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_stop_on_sigterm, nursery.cancel_scope)
-            await nursery.start(
-                lambda task_status: serve_duplexd(
-                    args.host,
-                    args.port,
-                    engines=engines,
-                    limits=SessionLimits(token=args.token),
-                    task_status=task_status,
-                )
-            )
-
-    try:
-        trio.run(run)
-    finally:
-        engines.close()
-        log.info("stopped")
-    return 0
-
-
-async def _stop_on_sigterm(scope: trio.CancelScope) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM) as signals:
-        async for _ in signals:
-            log.info("SIGTERM: stopping")
-            scope.cancel()
-            return
+    configure_default_transcriber(
+        Transcriber(args.asr_model or None, cpu_threads=max(1, args.asr_threads))
+    )
+    return serve(args)
 
 
 # ---------------------------------------------------------------------- say

@@ -38,7 +38,10 @@ from ._frames import (
     Pong,
     Resumed,
     ServerFrame,
+    SpeechStarted,
+    SpeechStopped,
     Stats,
+    Transcript,
     UtteranceDone,
     UtteranceStarted,
     Welcome,
@@ -50,7 +53,10 @@ __all__ = [
     "Error",
     "Interrupted",
     "SessionError",
+    "SpeechStarted",
+    "SpeechStopped",
     "SpokenUtterance",
+    "Transcript",
     "UtteranceDone",
     "UtteranceStarted",
     "Welcome",
@@ -97,6 +103,9 @@ class ClientSession:
         self._waiters: dict[type[Any], list[trio.Event]] = {}
         self._answers: dict[int, Any] = {}
         self._next_uid = 1
+        self.epoch = 0  # the epoch of the last Interrupted received
+        self._uid_epoch: dict[int, int] = {}  # epoch each utterance was created in
+        self._uplink_seq = 0
         self._lock = trio.Lock()
         self.error: SessionError | None = None
 
@@ -126,6 +135,7 @@ class ClientSession:
 
     async def send_text(self, utterance_id: int, text: str, *, end: bool = False) -> None:
         """Send a chunk of an utterance's text (`end` closes its text)."""
+        self._uid_epoch.setdefault(utterance_id, self.epoch)
         await self._send(fr.Text(utterance_id=utterance_id, text=text, end=end))
 
     async def say(self, text: str) -> int:
@@ -145,6 +155,27 @@ class ClientSession:
                 await self.send_text(uid, chunk)
         await self.send_text(uid, "", end=True)
         return uid
+
+    @property
+    def uplink_rate_hz(self) -> int:
+        """The accepted uplink rate (0: no uplink)."""
+        return self.welcome.uplink_rate_hz
+
+    @property
+    def uplink_frame_bytes(self) -> int:
+        """Bytes of PCM per AudioUp frame (640 at 16 kHz, 1920 at 48 kHz)."""
+        return fr.frame_samples(self.welcome.uplink_rate_hz) * fr.BYTES_PER_SAMPLE
+
+    async def send_audio(self, pcm: bytes) -> int:
+        """Send one uplink frame (s16le mono at `uplink_rate_hz`, `uplink_frame_bytes` long,
+        every 20 ms in real time); returns its seq. Uplink sample positions in SpeechStarted,
+        SpeechStopped and Transcript count from the first frame sent."""
+        if not self.welcome.uplink_rate_hz:
+            raise SessionError("no uplink was negotiated (open_session(uplink_rate_hz=...))")
+        seq = self._uplink_seq
+        await self._send(fr.AudioUp(seq=seq, pcm=pcm))
+        self._uplink_seq = seq + 1
+        return seq
 
     async def _request(self, frame: fr.ClientFrame, answer: type[_F]) -> _F:
         event = trio.Event()
@@ -183,13 +214,18 @@ class ClientSession:
 
     # ------------------------------------------------------------------ receiving
 
-    def __aiter__(self) -> AsyncIterator[ServerFrame]:
-        return self._iterate()
+    def __aiter__(self) -> ClientSession:
+        return self
 
-    async def _iterate(self) -> AsyncIterator[ServerFrame]:
-        while True:
-            frame = await self.receive_frame()
-            yield frame
+    async def __anext__(self) -> ServerFrame:
+        """The next frame; a plain iterator (no generator), so `break` leaves nothing behind.
+        Ends the iteration when the session closed cleanly, raises SessionError after an error."""
+        try:
+            return await self._recv_frames.receive()
+        except trio.EndOfChannel:
+            if self.error is not None and self.error.code is not None:
+                raise self.error from None
+            raise StopAsyncIteration from None
 
     async def receive_frame(self) -> ServerFrame:
         """The next frame from the server. Raises SessionError once the session has ended."""
@@ -207,9 +243,13 @@ class ClientSession:
             if isinstance(frame, Audio) and frame.utterance_id == utterance_id:
                 pcm += frame.pcm
                 frames += 1
-            elif (
-                isinstance(frame, UtteranceDone) and frame.utterance_id == utterance_id
-            ) or isinstance(frame, Interrupted):
+            elif isinstance(frame, UtteranceDone) and frame.utterance_id == utterance_id:
+                self._uid_epoch.pop(utterance_id, None)
+                return SpokenUtterance(utterance_id, bytes(pcm), frames, frame)
+            elif isinstance(frame, Interrupted) and frame.epoch != self._uid_epoch.get(
+                utterance_id, self.epoch
+            ):  # an Interrupted of a later epoch than the utterance's cancels it
+                self._uid_epoch.pop(utterance_id, None)
                 return SpokenUtterance(utterance_id, bytes(pcm), frames, frame)
 
     async def _reader(self) -> None:
@@ -237,12 +277,14 @@ class ClientSession:
                     event.set()
 
     def _deliver(self, frame: ServerFrame, now: float) -> None:
+        if isinstance(frame, Interrupted):
+            self.epoch = frame.epoch
         if self._on_frame is not None:
             self._on_frame(frame, now)
         if isinstance(frame, Error):
             self.error = SessionError(f"{frame.code.name}: {frame.message}", frame.code)
         waiting = self._waiters.get(type(frame))
-        if waiting:
+        if waiting and not (isinstance(frame, Interrupted) and frame.vad):  # not our answer
             event = waiting.pop(0)
             self._answers[id(event)] = frame
             event.set()
@@ -260,6 +302,7 @@ async def open_session(
     url: str,
     *,
     sample_rate_hz: int = fr.SAMPLE_RATE_HZ,
+    uplink_rate_hz: int = 0,
     engine: str = "",
     voice: str = "",
     token: str = "",
@@ -271,9 +314,12 @@ async def open_session(
 
     Raises `SessionError` if the server refuses the Hello (unknown voice, bad format...).
     `on_frame(frame, arrival_time)` is called for every frame as it arrives (for timing).
+    `uplink_rate_hz` (16000 or 48000) opens the uplink for `send_audio`; `options` may hold
+    {"vad": {...}, "asr": {...}} (protocol/SPEC.md §4.6.1).
     """
     hello = fr.Hello(
         sample_rate_hz=sample_rate_hz,
+        uplink_rate_hz=uplink_rate_hz,
         engine=engine,
         voice=voice,
         token=token,

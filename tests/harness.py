@@ -40,6 +40,8 @@ class Pair:
         self.pacer = pacer
         self.sessions: list[Session] = []
         self.decoder = Decoder(peer="server")
+        self.stream: Any = None  # the client's raw byte stream (to vanish without a close)
+        self.done = trio.Event()  # set once the server side's `Session.run()` has returned
 
     async def send(self, *frames: fr.ClientFrame) -> None:
         await self.client.send_message(b"".join(encode(f) for f in frames))
@@ -60,20 +62,39 @@ async def open_pair(
     limits: SessionLimits = TEST_LIMITS,
     offload: Any = inline_offload,
     sessions: int = 1,
+    uplink_services: Any = None,
+    stream_pair: Callable[[int], tuple[Any, Any]] | None = None,
 ) -> AsyncIterator[list[Pair]]:
-    """`sessions` independent sessions on one shared pacer; yields their client sides."""
+    """`sessions` independent sessions on one shared pacer; yields their client sides.
+
+    `stream_pair(i)` makes session i's (client, server) byte streams (default: unbounded
+    `trio.testing.memory_stream_pair`; see `bounded_stream_pair` for back-pressure)."""
     engines = EngineSet.of(engine or ToneEngine())
     async with open_pacer() as pacer, trio.open_nursery() as nursery:
         pairs = []
-        for _ in range(sessions):
-            client_stream, server_stream = trio.testing.memory_stream_pair()
+        for i in range(sessions):
+            if stream_pair is None:
+                client_stream, server_stream = trio.testing.memory_stream_pair()
+            else:
+                client_stream, server_stream = stream_pair(i)
+            done = trio.Event()
 
-            async def serve(stream: Any = server_stream, bucket: list[Session] = []) -> None:
+            async def serve(
+                stream: Any = server_stream, bucket: list[Session] = [], done: trio.Event = done
+            ) -> None:
                 request = await wrap_server_stream(nursery, stream)
                 ws = await request.accept(subprotocol=fr.SUBPROTOCOL)
-                session = Session(ws, engines=engines, pacer=pacer, limits=limits, offload=offload)
+                session = Session(
+                    ws,
+                    engines=engines,
+                    pacer=pacer,
+                    limits=limits,
+                    offload=offload,
+                    uplink_services=uplink_services,
+                )
                 bucket.append(session)
                 await session.run()
+                done.set()
 
             pair_sessions: list[Session] = []
             nursery.start_soon(serve, server_stream, pair_sessions)
@@ -82,6 +103,8 @@ async def open_pair(
             )
             pair = Pair(ws, pacer)
             pair.sessions = pair_sessions
+            pair.stream = client_stream
+            pair.done = done
             pairs.append(pair)
         yield pairs
         nursery.cancel_scope.cancel()
@@ -93,9 +116,80 @@ async def open_client(
     limits: SessionLimits = TEST_LIMITS,
     hello: fr.Hello | None = None,
     on_frame: Callable[[fr.ServerFrame, float], None] | None = None,
+    uplink_services: Any = None,
 ) -> AsyncIterator[ClientSession]:
     async with (
-        open_pair(engine, limits) as (pair,),
+        open_pair(engine, limits, uplink_services=uplink_services) as (pair,),
         session_over(pair.client, hello or fr.Hello(), on_frame=on_frame) as session,
     ):
         yield session
+
+
+class _BoundedPipe:
+    """A one-way in-memory byte pipe that holds at most `limit` bytes (like a socket buffer).
+
+    `send_all` waits until the whole write fits (writes are atomic: a cancelled one leaves
+    nothing behind), so a reader that stops reading soon blocks its writer.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.buf = bytearray()
+        self.send_closed = False
+        self.receive_closed = False
+        self.blocked_at: float | None = None  # when a write first had to wait for room
+        self.lot = trio.lowlevel.ParkingLot()
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self.send_closed:
+            raise trio.ClosedResourceError
+        while self.buf and len(self.buf) + len(data) > self.limit and not self.receive_closed:
+            if self.blocked_at is None:
+                self.blocked_at = trio.current_time()
+            await self.lot.park()
+        if self.receive_closed:
+            raise trio.BrokenResourceError
+        self.buf += data
+        self.lot.unpark_all()
+        await trio.lowlevel.checkpoint()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self.receive_closed:
+            raise trio.ClosedResourceError
+        while not self.buf and not self.send_closed:
+            await self.lot.park()
+        n = len(self.buf) if max_bytes is None else min(max_bytes, len(self.buf))
+        data = bytes(self.buf[:n])
+        del self.buf[:n]
+        self.lot.unpark_all()
+        await trio.lowlevel.checkpoint()
+        return data
+
+
+class _BoundedStream(trio.abc.Stream):
+    def __init__(self, outgoing: _BoundedPipe, incoming: _BoundedPipe) -> None:
+        self.outgoing = outgoing
+        self.incoming = incoming
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.outgoing.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        return await self.incoming.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        self.outgoing.send_closed = True
+        self.incoming.receive_closed = True
+        self.outgoing.lot.unpark_all()
+        self.incoming.lot.unpark_all()
+        await trio.lowlevel.checkpoint()
+
+
+def bounded_stream_pair(limit: int = 16384) -> tuple[_BoundedStream, _BoundedStream]:
+    """(client, server) streams whose each direction buffers at most `limit` bytes.
+    `server.outgoing.blocked_at` tells when the server first had to wait for the client."""
+    up, down = _BoundedPipe(limit), _BoundedPipe(limit)
+    return _BoundedStream(up, down), _BoundedStream(down, up)

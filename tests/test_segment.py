@@ -12,6 +12,7 @@ from duplexd._segment import Piece, Segmenter, split_text
 
 pytestmark = pytest.mark.unit
 
+EAGER_MARKS = ",;:!?"
 LATER = "Okay.\n"  # a first piece, so the text after it is segmented with the later-piece policy
 
 
@@ -40,6 +41,9 @@ def check_spans(text: str, pieces: list[Piece]) -> None:
         assert pieces == []
         return
     assert pieces[0].start_char == 0
+    if len(pieces) == 1 and is_eager_first(text, pieces[0]):
+        assert not text[pieces[0].end_char :].strip()  # blank tail after "Hi," is not a piece
+        text = text[: pieces[0].end_char]
     assert pieces[-1].end_char == len(text)
     for a, b in itertools.pairwise(pieces):
         assert a.end_char == b.start_char
@@ -48,9 +52,19 @@ def check_spans(text: str, pieces: list[Piece]) -> None:
         assert p.text == text[p.start_char : p.end_char].strip()
         assert p.text
     assert "".join(text[p.start_char : p.end_char] for p in pieces) == text
-    # whitespace between pieces belongs to the earlier one: every later span starts non-blank
-    for p in pieces[1:]:
-        assert not text[p.start_char].isspace()
+    # whitespace between pieces belongs to the earlier one (every later span starts non-blank),
+    # except after a first piece cut at once at a clause mark: its span ends at the mark
+    for k, p in enumerate(pieces[1:], start=1):
+        if text[p.start_char].isspace():
+            assert k == 1
+            assert text[p.start_char - 1] in EAGER_MARKS
+            assert text[p.start_char - 2].isalpha()
+
+
+def is_eager_first(text: str, first: Piece) -> bool:
+    """Whether the first piece ends with a mark right after a letter, at its span's end."""
+    end = first.end_char
+    return end >= 2 and text[end - 1] in EAGER_MARKS and text[end - 2].isalpha()
 
 
 # -- first piece ---------------------------------------------------------------------------
@@ -79,15 +93,57 @@ def test_first_piece_cut_after_max_words() -> None:
     assert texts(text, first_piece_max_words=3)[0] == "one two three"
 
 
-def test_first_piece_emitted_as_soon_as_next_word_starts() -> None:
+def test_first_piece_emitted_at_the_clause_mark() -> None:
+    # Changed: the comma after a word ends the first piece at once, with no look-ahead; the
+    # whitespace after it belongs to the next piece.
     seg = Segmenter()
     assert seg.feed("Hel") == []
     assert seg.feed("lo") == []
-    assert seg.feed(",") == []  # the character after the comma is unknown yet
-    assert seg.feed(" ") == []  # still whitespace: the span's end is unknown yet
-    assert seg.feed("th") == [Piece("Hello,", 0, 7)]
+    assert seg.feed(",") == [Piece("Hello,", 0, 6)]
+    assert seg.feed(" ") == []
+    assert seg.feed("th") == []
     assert seg.feed("ere") == []
-    assert seg.finish() == [Piece("there", 7, 12)]
+    assert seg.finish() == [Piece("there", 6, 12)]
+
+
+@pytest.mark.parametrize("mark", [",", ";", ":", "!", "?"])
+def test_first_clause_emitted_with_no_further_text(mark: str) -> None:
+    seg = Segmenter()
+    assert seg.feed("Hello") == []
+    assert seg.feed(" there") == []
+    assert seg.feed(mark) == [Piece(f"Hello there{mark}", 0, 12)]  # the LLM may pause here
+    assert seg.feed(" how") == []
+    assert seg.finish() == [Piece("how", 12, 16)]
+
+
+def test_eager_mark_in_one_chunk_with_what_follows() -> None:
+    assert split_text("Hello there, how are you?") == [
+        Piece("Hello there,", 0, 12),
+        Piece("how are you?", 12, 25),
+    ]
+    assert texts("Hi,there you.") == ["Hi,", "there you."]  # the same rule, whatever follows
+
+
+@pytest.mark.parametrize(
+    ("prefix", "rest"),
+    [
+        ("About 1,", "000 people came."),  # a digit before the mark
+        ("Meet at 10:", "30 sharp."),
+        ("Visit https:", "//example.com now."),  # a URL scheme
+        ("See a.b?", "c=d now."),  # not a plain word
+        ('"Really?', '" she asked.'),  # inside an open quote: a closer may follow
+        ("(Yes,", " really) ok."),
+        ("Wait.", " Now."),  # a period keeps its look-ahead (abbreviations)
+    ],
+)
+def test_marks_that_still_wait(prefix: str, rest: str) -> None:
+    seg = Segmenter()
+    assert seg.feed(prefix) == []
+    assert [p.text for p in seg.feed(rest) + seg.finish()] == texts(prefix + rest)
+
+
+def test_eager_rule_only_in_first_piece() -> None:
+    assert later("Well, sure; fine: ok! Done.") == ["Well, sure; fine: ok!", "Done."]
 
 
 def test_word_rule_does_not_cut_after_a_title() -> None:
@@ -241,7 +297,8 @@ def test_empty_and_whitespace_only() -> None:
 def test_leading_and_trailing_whitespace_go_into_spans() -> None:
     text = "  Hello, world.  \n"
     pieces = split_text(text)
-    assert pieces == [Piece("Hello,", 0, 9), Piece("world.", 9, len(text))]
+    # Changed: the first piece ends at its comma; the space after it starts the next span.
+    assert pieces == [Piece("Hello,", 0, 8), Piece("world.", 8, len(text))]
 
 
 def test_finish_flushes_unterminated_text() -> None:
@@ -325,6 +382,7 @@ _ALPHABET = st.sampled_from(
         *"aAbBzZ019 .,;:!?'\"()-\n\t$@/",
         *["\u2014", "\u2026", "\u00e9", "\u3002", "\uff0c", "\u201d", "\U0001f600", "  ", "..."],
         *["Mr.", "e.g.", "3.14", "1,000", "10:30", " J. ", "U.S.", "No. 5", "\n\n", "etc."],
+        *["Hi,", " well;", "ok:", "yes!", "so?", "http:", "\u201c", "don't,"],
     ]
 )
 _TEXT = st.lists(_ALPHABET, max_size=80).map("".join)
@@ -349,6 +407,17 @@ def test_chunking_invariance_and_spans(text: str, cuts: list[int], policy: dict[
     whole = split_text(text, **policy)
     check_spans(text, whole)
     assert feed_chunks(_split_at(text, cuts), **policy) == whole
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=_TEXT, policy=_POLICY)
+def test_eager_first_piece_needs_no_look_ahead(text: str, policy: dict[str, int]) -> None:
+    """A first piece ending at a mark after a letter is out once the text up to it is in."""
+    whole = split_text(text, **policy)
+    if len(whole) < 2 or not is_eager_first(text, whole[0]):
+        return  # (a last piece may end at a mark because the text ends there)
+    seg = Segmenter(**policy)
+    assert seg.feed(text[: whole[0].end_char]) == [whole[0]]
 
 
 @settings(max_examples=150, deadline=None)

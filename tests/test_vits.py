@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 import warnings
@@ -14,6 +15,8 @@ import pytest
 
 from duplexd.engines.base import Engine, UnknownVoiceError, Voice
 from duplexd.engines.vits import VitsEngine
+from duplexd.engines.vits.batcher import BatchingWorker
+from duplexd.engines.vits.stream import Window, plan_windows
 from duplexd.engines.vits.voices import VoiceCatalog
 
 pytestmark = pytest.mark.integration
@@ -219,3 +222,61 @@ def test_close_is_idempotent() -> None:
     eng = VitsEngine(device="cpu", warmup=False)
     eng.close()
     eng.close()
+
+
+# -- windowed decoding plan and worker calls (pure; no model) ---------------------------------
+
+
+@pytest.mark.parametrize("n_frames", [0, 1, 35, 36, 37, 48, 60, 61, 100, 173, 500, 2000])
+def test_plan_windows_cover_in_order(n_frames: int) -> None:
+    windows = plan_windows(n_frames, first=24, largest=192, context=12)
+    if n_frames == 0:
+        assert windows == []
+        return
+    assert windows[0].start == 0 and windows[-1].stop == n_frames
+    for a, b in itertools.pairwise(windows):
+        assert a.stop == b.start
+    for w in windows:
+        assert 0 <= w.lo <= w.start < w.stop <= w.hi <= n_frames
+        assert w.start - w.lo >= 12 or w.lo == 0  # full left context, or the real start
+        assert w.hi - w.stop >= 12 or w.hi == n_frames
+    if len(windows) > 1:
+        assert windows[0] == Window(0, 24, 0, 36)  # small first window, fixed shape
+        # every later window decodes a slice of the size set by its place in the plan
+        for k, w in enumerate(windows[1:], start=1):
+            if w.lo > 0:
+                assert w.hi - w.lo == min(24 << k, 192) + 24
+
+
+def test_plan_windows_short_piece_is_one_window() -> None:
+    assert plan_windows(36, first=24, context=12) == [Window(0, 36, 0, 36)]
+    with pytest.raises(ValueError):
+        plan_windows(10, first=0)
+
+
+def test_worker_call_runs_alone_in_order() -> None:
+    seen: list[str] = []
+
+    def run_batch(model: Any, seqs: Any) -> list[np.ndarray]:
+        seen.append(f"batch{len(seqs)}")
+        return [np.zeros(len(s), dtype=np.float32) for s in seqs]
+
+    worker = BatchingWorker(run_batch, max_batch=4, window_s=0.05)
+    try:
+        f1 = worker.submit("m", [1, 2])
+
+        def step() -> int:
+            seen.append("call")
+            return 7
+
+        f2 = worker.call(step)
+        f3 = worker.submit("m", [3])
+        assert f2.result(10) == 7
+        f1.result(10)
+        f3.result(10)
+        assert "call" in seen and len(seen) >= 2
+        err = worker.call(lambda: 1 // 0)
+        with pytest.raises(ZeroDivisionError):
+            err.result(10)
+    finally:
+        worker.close()

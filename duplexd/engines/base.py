@@ -9,6 +9,7 @@ next piece boundary at the latest. An engine may batch concurrent calls from sev
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -42,6 +43,22 @@ class Voice(Protocol):
 
         Blocking; called from a worker thread, never from the event loop. Thread-safe.
         Returns an empty array for text with nothing to say (punctuation only).
+        """
+        ...
+
+
+@runtime_checkable
+class StreamingVoice(Voice, Protocol):
+    """A `Voice` that can also hand out a piece's audio while it is still being synthesized."""
+
+    def synthesize_stream(self, text: str) -> Iterator[FloatAudio]:
+        """Speak `text` as consecutive chunks (mono float32 at `sample_rate_hz`).
+
+        Their concatenation equals `synthesize(text)` (up to float rounding); the first chunk
+        comes early, so audio can start before the whole piece is synthesized. Blocking per
+        chunk; called from a worker thread; thread-safe as `synthesize`. A consumer may stop
+        early: it closes the iterator (or drops it), which releases what it holds. Yields
+        nothing for text with nothing to say.
         """
         ...
 

@@ -3,6 +3,8 @@
 Requests for the same model that arrive within `window_s` of the oldest pending one (or until
 `max_batch` are pending) run as one padded batch. With `max_batch == 1` this is a plain
 serialising queue, which is what a CPU wants (parallel inferences only fight over cores).
+`call` runs any other piece of inference work (a streaming step) on the same thread, alone, in
+queue order with the batches.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -22,13 +24,15 @@ from ..base import EngineError
 
 FloatAudio = npt.NDArray[np.float32]
 RunBatch = Callable[[Any, Sequence[Sequence[int]]], list[FloatAudio]]
+T = TypeVar("T")
 
 
 @dataclass
 class _Job:
     model: Any
     ids: Sequence[int]
-    future: Future[FloatAudio]
+    future: Future[Any]
+    fn: Callable[[], Any] | None = None  # a `call` job: run alone, never batched
 
 
 class BatchingWorker:
@@ -50,6 +54,8 @@ class BatchingWorker:
         self._cond = threading.Condition()
         self._closed = False
         self.batch_sizes: list[int] = []  # observability (tests, bench): sizes of recent batches
+        # batch_size_counts[n]: batches of n requests run so far (only this thread writes it)
+        self.batch_size_counts = [0] * (self.max_batch + 1)
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
@@ -62,17 +68,29 @@ class BatchingWorker:
             self._cond.notify()
         return fut
 
+    def call(self, fn: Callable[[], T]) -> Future[T]:
+        """Run `fn()` on the inference thread, alone (not batched), in queue order."""
+        fut: Future[T] = Future()
+        with self._cond:
+            if self._closed:
+                raise EngineError("engine is closed")
+            self._queue.append(_Job(None, (), fut, fn))
+            self._cond.notify()
+        return fut
+
     def _take(self) -> list[_Job] | None:
         with self._cond:
             while not self._queue and not self._closed:
                 self._cond.wait()
             if self._closed:
                 return None
+            if self._queue[0].fn is not None:
+                return [self._queue.popleft()]
             model = self._queue[0].model
             if self.max_batch > 1:
                 deadline = time.monotonic() + self.window_s
                 while not self._closed:
-                    same = sum(1 for j in self._queue if j.model is model)
+                    same = sum(1 for j in self._queue if j.model is model and j.fn is None)
                     left = deadline - time.monotonic()
                     if same >= self.max_batch or left <= 0:
                         break
@@ -80,7 +98,7 @@ class BatchingWorker:
             batch: list[_Job] = []
             rest: deque[_Job] = deque()
             for job in self._queue:
-                if job.model is model and len(batch) < self.max_batch:
+                if job.model is model and job.fn is None and len(batch) < self.max_batch:
                     batch.append(job)
                 else:
                     rest.append(job)
@@ -97,7 +115,16 @@ class BatchingWorker:
             live = [j for j in batch if j.future.set_running_or_notify_cancel()]
             if not live:
                 continue
+            if (fn := live[0].fn) is not None:
+                try:
+                    result = fn()
+                except BaseException as exc:
+                    live[0].future.set_exception(exc)
+                    continue
+                live[0].future.set_result(result)
+                continue
             self.batch_sizes = [*self.batch_sizes[-255:], len(live)]
+            self.batch_size_counts[len(live)] += 1
             try:
                 outs = self._run_batch(live[0].model, [j.ids for j in live])
             except BaseException as exc:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from .load import load_vits
 from .manager import ModelManager
 from .model import Scales, Vits
 from .phonemes import text_to_ids
+from .stream import Window, decode_window, plan_windows
 from .voices import VoiceCatalog, VoiceSpec
 
 _LOG = logging.getLogger(__name__)
@@ -75,6 +77,16 @@ class VitsVoice:
         if not pieces:
             return EMPTY.copy()
         return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+
+    def synthesize_stream(self, text: str) -> Iterator[FloatAudio]:
+        """`synthesize(text)` in consecutive chunks, the first one early (see `stream.py`).
+
+        On the CPU each sentence's latent is computed once, then decoded a window at a time
+        (each window one job on the inference thread, so other sessions' work interleaves);
+        the chunks concatenate to `synthesize`'s audio (to float rounding, in deterministic
+        mode). On CUDA: one chunk from the batched path. Stop early by closing the iterator.
+        """
+        return self._engine._synthesize_stream(self.spec, self.phoneme_ids(text))
 
     def synthesize_ids(self, sequences: Sequence[Sequence[int]]) -> list[FloatAudio]:
         """Synthesize each id sequence (queued together, so they may share a batch)."""
@@ -232,6 +244,46 @@ class VitsEngine:
         with self._models.use(spec.full_name) as lv:  # pinned: not evicted while we run
             futures = [self._worker.submit(lv, ids) for ids in sequences]
             return [f.result() for f in futures]
+
+    def _synthesize_stream(
+        self, spec: VoiceSpec, sequences: Sequence[Sequence[int]]
+    ) -> Iterator[FloatAudio]:
+        if self._closed:
+            raise EngineError("engine is closed")
+        if self._device.type != "cpu":  # the batched one-shot path is the fast one there
+            pieces = self._synthesize(spec, sequences)
+            if pieces:
+                yield pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+            return
+        with self._models.use(spec.full_name) as lv:  # pinned until the iterator ends
+            for ids in sequences:
+                z, n_frames = self._worker.call(partial(self._latent, lv, ids)).result()
+                for window in plan_windows(n_frames):
+                    yield self._worker.call(partial(self._decode, lv, z, window)).result()
+
+    def _latent(self, lv: LoadedVoice, ids: Sequence[int]) -> tuple[torch.Tensor, int]:
+        """Inference thread: the decoder input of one id sequence, and its length in frames."""
+        self._apply_threads()
+        gen = None
+        if self._seed is not None:
+            gen = torch.Generator(device=self._device)
+            gen.manual_seed(self._seed)
+        with torch.inference_mode():
+            z, n = lv.model.latent(
+                torch.as_tensor([list(ids)], dtype=torch.long, device=self._device),
+                torch.as_tensor([len(ids)], device=self._device),
+                self._scales(lv.spec),
+                generator=gen,
+            )
+        return z, int(n[0].item())
+
+    def _decode(self, lv: LoadedVoice, z: torch.Tensor, window: Window) -> FloatAudio:
+        """Inference thread: the audio of one window of a latent."""
+        self._apply_threads()
+        with torch.inference_mode():
+            audio = decode_window(lv.model.dec, z, window, lv.model.hop_length).numpy()
+        out: FloatAudio = np.clip(audio, -1.0, 1.0).astype(np.float32, copy=True)
+        return out
 
     def _run_batch(self, lv: LoadedVoice, sequences: Sequence[Sequence[int]]) -> list[FloatAudio]:
         self._apply_threads()

@@ -73,6 +73,41 @@ class Vits(nn.Module):
         `frame_multiple` pads the latent length up to a multiple (stable shapes for CUDA
         allocators); `decoder_autocast` runs flow and decoder under autocast in that dtype.
         """
+        z_p, y_mask, y_lengths = self.prior(ids, lengths, scales, generator, frame_multiple)
+        if decoder_autocast is None:
+            z = self.flow(z_p, y_mask)
+            audio = self.dec(z * y_mask)
+        else:
+            with torch.autocast(device_type=ids.device.type, dtype=decoder_autocast):
+                z = self.flow(z_p, y_mask)
+                audio = self.dec(z * y_mask)
+        return audio[:, 0].float(), y_lengths * self.hop_length
+
+    def latent(
+        self,
+        ids: Tensor,
+        lengths: Tensor,
+        scales: Scales,
+        generator: torch.Generator | None = None,
+        frame_multiple: int = 1,
+    ) -> tuple[Tensor, Tensor]:
+        """Everything but the decoder: -> (masked latent z (B, C, Ty), lengths in frames).
+
+        `self.dec(z)` then gives `forward`'s audio; the decoder may also run on windows of z
+        (see `stream.py`).
+        """
+        z_p, y_mask, y_lengths = self.prior(ids, lengths, scales, generator, frame_multiple)
+        return self.flow(z_p, y_mask) * y_mask, y_lengths
+
+    def prior(
+        self,
+        ids: Tensor,
+        lengths: Tensor,
+        scales: Scales,
+        generator: torch.Generator | None = None,
+        frame_multiple: int = 1,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Text encoder, durations, expansion, sampling -> (z_p, y_mask, lengths in frames)."""
         x_mask = sequence_mask(lengths, ids.shape[1])
         h, m_p, logs_p = self.enc_p(ids, x_mask)
         b, _, tx = h.shape
@@ -88,14 +123,7 @@ class Vits(nn.Module):
         z_p = m
         if scales.noise_scale != 0.0:
             z_p = m + _noise(m.shape, m, generator) * torch.exp(logs) * scales.noise_scale
-        if decoder_autocast is None:
-            z = self.flow(z_p, y_mask)
-            audio = self.dec(z * y_mask)
-        else:
-            with torch.autocast(device_type=ids.device.type, dtype=decoder_autocast):
-                z = self.flow(z_p, y_mask)
-                audio = self.dec(z * y_mask)
-        return audio[:, 0].float(), y_lengths * self.hop_length
+        return z_p, y_mask, y_lengths
 
 
 def _noise(

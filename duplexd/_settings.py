@@ -1,0 +1,307 @@
+"""The daemon's configuration: a TOML file, `DUPLEXD_*` environment variables, flags.
+
+Precedence, lowest first: the defaults below, the file (`--config`), the environment
+(`DUPLEXD_<SECTION>__<KEY>`, e.g. ``DUPLEXD_SERVER__PORT=8766``), the command-line flags.
+Everything is checked before the daemon starts; the first problem is a `ConfigError` whose
+message is one line naming the key (``server.port: expected an integer, got 'x'``).
+
+`load_settings` does no I/O beyond reading the file; `to_toml` renders the effective
+configuration (what ``duplexd config --print`` shows).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import tomllib
+from collections.abc import Mapping
+from typing import Any, Final
+
+import attrs
+import cattrs
+
+from ._config import SessionLimits
+
+ENV_PREFIX: Final = "DUPLEXD_"
+LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+class ConfigError(Exception):
+    """A bad configuration; `str()` is one line naming the key and the source."""
+
+
+@attrs.frozen
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8765  # 0 picks a free port
+    http_host: str = ""  # the HTTP side port's address; "" = same as host
+    http_port: int = 0  # /healthz /readyz /metrics; 0 = off
+    token: str = ""  # require this token in Hello; "" accepts any
+    max_sessions: int = 0  # 0 = unlimited; above it new sessions get HTTP 503
+    drain_timeout_s: float = 30.0  # SIGTERM: how long utterances in progress may finish
+
+
+@attrs.frozen
+class EngineSettings:
+    name: str = "vits"  # vits or tone
+    device: str = "auto"  # auto, cpu, cuda, cuda:N
+    voice: str = ""  # the default voice; "" = the engine's own default
+    preload: tuple[str, ...] = ()  # voices loaded (and warmed) before READY
+    max_loaded_voices: int = 4  # vits: LRU of loaded voice models
+
+
+_LIMITS: Final = SessionLimits()
+
+
+@attrs.frozen
+class LimitsSettings:
+    """Per-session limits (`duplexd._config.SessionLimits`, announced in Welcome)."""
+
+    max_frame_bytes: int = _LIMITS.max_frame_bytes
+    max_text_bytes: int = _LIMITS.max_text_bytes
+    max_queued_utterances: int = _LIMITS.max_queued_utterances
+    ring_frames: int = _LIMITS.ring_frames
+    hello_timeout_s: float = _LIMITS.hello_timeout_s
+
+
+@attrs.frozen
+class LogSettings:
+    format: str = "json"  # json (one object per line) or text
+    level: str = "info"  # debug, info, warning, error, critical; SIGHUP re-reads it
+    file: str = ""  # "" = stderr (the journal); a path is reopened on SIGHUP (logrotate)
+
+
+@attrs.frozen
+class Settings:
+    server: ServerSettings = ServerSettings()
+    engine: EngineSettings = EngineSettings()
+    limits: LimitsSettings = LimitsSettings()
+    log: LogSettings = LogSettings()
+
+    def session_limits(self) -> SessionLimits:
+        return SessionLimits(token=self.server.token, **attrs.asdict(self.limits))
+
+
+def _section_types() -> dict[str, dict[str, Any]]:
+    import typing
+
+    hints = typing.get_type_hints(Settings)
+    out: dict[str, dict[str, Any]] = {}
+    for section, cls in hints.items():
+        out[section] = dict(typing.get_type_hints(cls))
+    return out
+
+
+KEY_TYPES: Final = _section_types()  # {"server": {"port": int, ...}, ...}
+
+
+# ---------------------------------------------------------------------- strict structuring
+
+
+def _strict(kind: type[Any], name: str) -> Any:
+    def hook(value: Any, _: Any) -> Any:
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            raise ValueError(f"expected {name}, got {value!r}")
+        if kind is float and not math.isfinite(value):
+            raise ValueError(f"expected a finite number, got {value!r}")
+        return value
+
+    return hook
+
+
+def _strings(value: Any, _: Any) -> tuple[str, ...]:
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"expected a list of strings, got {value!r}")
+    return tuple(value)
+
+
+_converter = cattrs.Converter(forbid_extra_keys=True)
+_converter.register_structure_hook(int, _strict(int, "an integer"))
+_converter.register_structure_hook(float, _strict(float, "a number"))
+_converter.register_structure_hook(bool, _strict(bool, "true or false"))
+_converter.register_structure_hook(str, _strict(str, "a string"))
+_converter.register_structure_hook_func(lambda t: t == tuple[str, ...], _strings)
+
+
+def _first_error(exc: Exception) -> str:
+    def fmt(e: BaseException, _type: Any) -> str:
+        if isinstance(e, cattrs.ForbiddenExtraKeysError):
+            return "unknown key " + ", ".join(sorted(e.extra_fields))
+        return str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
+
+    messages = cattrs.transform_error(exc, format_exception=fmt)
+    first = messages[0] if messages else str(exc)
+    text, _, path = first.rpartition(" @ ")
+    key = path.removeprefix("$").lstrip(".")
+    if text.startswith("unknown key "):
+        names = text.removeprefix("unknown key ")
+        full = ", ".join(f"{key}.{n}" if key else n for n in names.split(", "))
+        return f"unknown key {full}"
+    return f"{key}: {text}" if key else text
+
+
+# ---------------------------------------------------------------------- sources
+
+
+def read_file(path: str) -> dict[str, Any]:
+    """The TOML file's tables, unchecked. ConfigError if unreadable or not TOML."""
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+
+
+def env_layer(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """`DUPLEXD_SECTION__KEY=value` variables as a nested dict, values parsed by key type.
+
+    `DUPLEXD_CONFIG` (the file) is not a key. An unknown section or key is a ConfigError.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for var, raw in sorted(environ.items()):
+        if not var.startswith(ENV_PREFIX) or var == ENV_PREFIX + "CONFIG":
+            continue
+        section, sep, key = var.removeprefix(ENV_PREFIX).lower().partition("__")
+        kind = KEY_TYPES.get(section, {}).get(key) if sep else None
+        if kind is None:
+            raise ConfigError(
+                f"{var}: unknown key (expected DUPLEXD_<SECTION>__<KEY>, e.g. DUPLEXD_SERVER__PORT)"
+            )
+        try:
+            value = _parse_env(raw, kind)
+        except ValueError as exc:
+            raise ConfigError(f"{var}: {exc}") from None
+        out.setdefault(section, {})[key] = value
+    return out
+
+
+def _parse_env(raw: str, kind: Any) -> Any:
+    if kind is bool:
+        low = raw.strip().lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off", ""):
+            return False
+        raise ValueError(f"expected true or false, got {raw!r}")
+    if kind is int:
+        try:
+            return int(raw.strip())
+        except ValueError:
+            raise ValueError(f"expected an integer, got {raw!r}") from None
+    if kind is float:
+        try:
+            return float(raw.strip())
+        except ValueError:
+            raise ValueError(f"expected a number, got {raw!r}") from None
+    if kind == tuple[str, ...]:
+        return [s.strip() for s in raw.split(",") if s.strip()]
+    return raw
+
+
+def _merge(base: dict[str, Any], layer: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for section, values in layer.items():
+        if isinstance(values, Mapping) and isinstance(out.get(section), Mapping):
+            out[section] = {**out[section], **values}
+        else:
+            out[section] = values
+    return out
+
+
+def load_settings(
+    path: str | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Settings:
+    """Defaults < file at `path` < `environ` (DUPLEXD_*) < `overrides` (flags, already typed).
+
+    Raises ConfigError (one line, naming the key) for an unknown key or a bad value.
+    """
+    file_data = read_file(path) if path else {}
+    where = f"{path}: " if path else ""
+    try:
+        _structure(file_data)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}{exc}") from None
+    env = env_layer(environ or {})
+    merged = _merge(_merge(file_data, env), overrides or {})
+    settings = _structure(merged)
+    _validate(settings)
+    return settings
+
+
+def _structure(data: Mapping[str, Any]) -> Settings:
+    try:
+        return _converter.structure(data, Settings)
+    except (cattrs.BaseValidationError, ValueError, TypeError) as exc:
+        raise ConfigError(_first_error(exc)) from None
+
+
+def _validate(s: Settings) -> None:
+    def bad(key: str, why: str) -> ConfigError:
+        return ConfigError(f"{key}: {why}")
+
+    for key, port in (("server.port", s.server.port), ("server.http_port", s.server.http_port)):
+        if not 0 <= port <= 65535:
+            raise bad(key, f"must be in 0..65535, got {port}")
+    if s.server.max_sessions < 0:
+        raise bad(
+            "server.max_sessions", f"must be >= 0 (0: unlimited), got {s.server.max_sessions}"
+        )
+    if s.server.drain_timeout_s < 0:
+        raise bad("server.drain_timeout_s", f"must be >= 0, got {s.server.drain_timeout_s}")
+    from ._engines import BUILTIN_ENGINES
+
+    if s.engine.name not in BUILTIN_ENGINES:
+        names = ", ".join(BUILTIN_ENGINES)
+        raise bad("engine.name", f"must be one of {names}, got {s.engine.name!r}")
+    if not _DEVICE.match(s.engine.device):
+        raise bad("engine.device", f"must be auto, cpu, cuda or cuda:N, got {s.engine.device!r}")
+    if s.engine.max_loaded_voices < 1:
+        raise bad("engine.max_loaded_voices", f"must be >= 1, got {s.engine.max_loaded_voices}")
+    if s.log.format not in ("json", "text"):
+        raise bad("log.format", f"must be json or text, got {s.log.format!r}")
+    if s.log.level.lower() not in LOG_LEVELS:
+        raise bad("log.level", f"must be one of {', '.join(LOG_LEVELS)}, got {s.log.level!r}")
+    try:
+        s.session_limits()
+    except ValueError as exc:
+        raise ConfigError(f"limits: {exc}") from None
+
+
+# ---------------------------------------------------------------------- rendering
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)  # a valid TOML basic string
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot render {value!r} as TOML")
+
+
+def to_toml(settings: Settings, *, show_secrets: bool = False) -> str:
+    """The settings as a TOML document that `load_settings` reads back (the token is
+    replaced by a placeholder unless `show_secrets`)."""
+    lines: list[str] = []
+    for section, values in attrs.asdict(settings).items():
+        if lines:
+            lines.append("")
+        lines.append(f"[{section}]")
+        for key, value in values.items():
+            if key == "token" and value and not show_secrets:
+                lines.append(f'{key} = "<hidden>"  # set; --show-secrets prints it')
+                continue
+            lines.append(f"{key} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"

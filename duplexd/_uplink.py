@@ -1,0 +1,278 @@
+"""A session's uplink: AudioUp frames in; SpeechStarted/Stopped, barge-ins and Transcripts out.
+
+Per AudioUp frame, on the trio thread (synchronous, a few tenths of a millisecond):
+
+    s16le at the uplink rate -> float -> 16 kHz (StreamResampler when the uplink is 48 kHz)
+    -> 512-sample windows -> echo removed (EchoCanceller, when audio was sent recently)
+    -> silero-vad probability -> SpeechDetector -> events
+
+Events go out through the session's callbacks: `send(frame)` for SpeechStarted/SpeechStopped
+and Transcript (queued on the session's writer, so they are ordered with the audio) and
+`barge_in()` when the user has spoken `barge_in_min_speech_ms` (the session interrupts the
+playing utterance, exactly as for a client Interrupt). Finished turns wait in a bounded channel
+for `run()`, the session task that transcribes them one at a time with the process's shared
+`Transcriber` (a worker thread). All sample positions sent are uplink-rate samples
+(`AudioUp.seq x frame samples`); internally everything counts 16 kHz samples.
+
+While the session's own voice may be echoing back (audio was sent within the echo delay range),
+a window must also score `echo_threshold` to count toward a barge-in: a second line of defence
+behind the echo canceller, for echo it cannot remove (a non-linear speaker, a reverberant room).
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+import trio
+
+from . import _frames as fr
+from ._asr import Transcriber, default_transcriber
+from ._codec import RemoteProtocolError
+from ._echo import EchoCanceller
+from ._resample import StreamResampler
+from ._vad import (
+    VAD_RATE_HZ,
+    WINDOW,
+    AsrOptions,
+    BargeIn,
+    SileroVad,
+    SpeechDetector,
+    SpeechStart,
+    SpeechStop,
+    Turn,
+    VadOptions,
+)
+
+log = logging.getLogger("duplexd.uplink")
+
+MAX_GAP_FRAMES: Final = 250  # a seq jump up to 5 s is filled with silence; more is an error
+TURN_QUEUE: Final = 8  # finished turns waiting for ASR, per session
+_PREFIX: Final = struct.Struct("<IB")
+_AUDIO_BODY: Final = 12  # epoch(2) + utterance_id(4) + seq(4) + the type and flags bytes
+_S16: Final = 1.0 / 32768.0
+
+
+@dataclass
+class UplinkServices:
+    """What the daemon shares between sessions' uplinks."""
+
+    transcriber: Transcriber | None = None  # None: no transcripts
+    vad_backend: str | None = None  # "onnx" / "jit"; None: onnx if installed
+
+
+def default_uplink_services() -> UplinkServices:
+    return UplinkServices(transcriber=default_transcriber())
+
+
+@dataclass
+class UplinkCounters:
+    frames: int = 0
+    windows: int = 0
+    vad_s: float = 0.0  # VAD + echo canceller compute on the trio thread
+    echo_windows: int = 0
+    speech_segments: int = 0
+    barge_ins: int = 0
+    transcripts: int = 0
+    turns_dropped: int = 0
+    asr_s: float = 0.0  # wall time of this session's transcriptions (worker thread)
+    asr_audio_s: float = 0.0
+    max_ncc: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "uplink_frames": self.frames,
+            "vad_windows": self.windows,
+            "vad_ms_per_window": round(1000 * self.vad_s / self.windows, 4) if self.windows else 0,
+            "echo_windows": self.echo_windows,
+            "speech_segments": self.speech_segments,
+            "vad_barge_ins": self.barge_ins,
+            "transcripts": self.transcripts,
+            "turns_dropped": self.turns_dropped,
+            "asr_s": round(self.asr_s, 4),
+            "asr_audio_s": round(self.asr_audio_s, 4),
+        }
+
+
+class Uplink:
+    """The uplink processing of one session. Create after the handshake; feed `feed()` every
+    AudioUp and `on_downlink()` every message the session sends; run `run()` in the session's
+    nursery. All methods but `run` are synchronous and called from the trio thread."""
+
+    def __init__(
+        self,
+        *,
+        rate_hz: int,
+        downlink_rate_hz: int,
+        vad: VadOptions,
+        asr: AsrOptions,
+        services: UplinkServices,
+        send: Callable[[fr.ServerFrame], None],
+        barge_in: Callable[[], None],
+    ) -> None:
+        self.rate_hz = rate_hz
+        self.vad_options = vad
+        self.asr_options = asr
+        self._scale = rate_hz // VAD_RATE_HZ  # uplink samples per 16 kHz sample (1 or 3)
+        self._frame_samples = fr.frame_samples(rate_hz)
+        self._send = send
+        self._barge_in = barge_in
+        self._transcriber = services.transcriber if asr.transcripts else None
+        self._vad = SileroVad(services.vad_backend)
+        self._detector = SpeechDetector(vad, partial_ms=asr.partial_ms)
+        now = trio.current_time()
+        self._echo = EchoCanceller(t0=now) if vad.echo_cancel else None
+        self._up_resampler = StreamResampler(rate_hz, VAD_RATE_HZ) if self._scale != 1 else None
+        self._down_resampler = (
+            StreamResampler(downlink_rate_hz, VAD_RATE_HZ)
+            if downlink_rate_hz != VAD_RATE_HZ
+            else None
+        )
+        self._next_seq = 0
+        self._pending = np.zeros(0, dtype=np.float32)
+        self._produced = 0  # 16 kHz samples produced so far (after resampling)
+        self._pos = 0  # 16 kHz position of the next window
+        cap = 1 << int(np.ceil(np.log2((vad.max_turn_s + 2.0) * VAD_RATE_HZ)))
+        self._turn_ring = np.zeros(cap, dtype=np.float32)  # processed audio, for transcripts
+        self._turns_send, self._turns_recv = trio.open_memory_channel[Turn](TURN_QUEUE)
+        self.counters = UplinkCounters()
+
+    # ------------------------------------------------------------------ uplink audio
+
+    def feed(self, seq: int, pcm: bytes) -> None:
+        """One AudioUp frame (raises RemoteProtocolError for a seq going backwards or jumping
+        more than `MAX_GAP_FRAMES`)."""
+        if seq < self._next_seq:
+            raise RemoteProtocolError(
+                fr.ErrorCode.UNEXPECTED_FRAME,
+                f"AudioUp seq {seq} after {self._next_seq - 1}: seq must increase by 1",
+            )
+        gap = seq - self._next_seq
+        if gap > MAX_GAP_FRAMES:
+            raise RemoteProtocolError(
+                fr.ErrorCode.UNEXPECTED_FRAME, f"AudioUp seq jumped by {gap} frames"
+            )
+        n = self._frame_samples
+        if gap:
+            self._ingest(np.zeros(gap * n, dtype=np.float32))
+        samples = np.frombuffer(pcm, dtype="<i2")[:n].astype(np.float32) * _S16
+        if len(samples) < n:  # SHOULD be exactly n: the position follows seq, so pad
+            samples = np.concatenate((samples, np.zeros(n - len(samples), dtype=np.float32)))
+        self._next_seq = seq + 1
+        self.counters.frames += 1
+        self._ingest(samples)
+
+    def _ingest(self, samples: np.ndarray) -> None:
+        if self._up_resampler is not None:
+            samples = self._up_resampler.process(samples)
+        self._produced += len(samples)
+        if self._echo is not None:
+            self._echo.note_uplink(trio.current_time(), self._produced)
+        pending = np.concatenate((self._pending, samples)) if len(self._pending) else samples
+        i = 0
+        while len(pending) - i >= WINDOW:
+            self._window(pending[i : i + WINDOW])
+            i += WINDOW
+        self._pending = pending[i:].copy()
+
+    def _window(self, window: np.ndarray) -> None:
+        t0 = time.perf_counter()
+        pos = self._pos
+        c = self.counters
+        barge_threshold = self.vad_options.threshold
+        if self._echo is not None:
+            echoing = self._echo.active(pos)
+            window, ncc = self._echo.cancel(pos, window)
+            if echoing:
+                c.echo_windows += 1
+                c.max_ncc = max(c.max_ncc, ncc)
+                barge_threshold = max(barge_threshold, self.vad_options.echo_threshold)
+        prob = self._vad.prob(window)
+        cap = len(self._turn_ring)
+        i = pos & (cap - 1)
+        self._turn_ring[i : i + WINDOW] = window  # cap is a multiple of WINDOW
+        self._pos = pos + WINDOW
+        c.windows += 1
+        events = self._detector.process(pos, prob, barge_threshold)
+        c.vad_s += time.perf_counter() - t0
+        for ev in events:
+            if isinstance(ev, SpeechStart):
+                c.speech_segments += 1
+                self._send(fr.SpeechStarted(uplink_sample=ev.sample * self._scale))
+            elif isinstance(ev, SpeechStop):
+                self._send(fr.SpeechStopped(uplink_sample=ev.sample * self._scale))
+            elif isinstance(ev, BargeIn):
+                c.barge_ins += 1
+                self._barge_in()
+            elif isinstance(ev, Turn) and self._transcriber is not None:
+                self._queue_turn(ev)
+
+    def _queue_turn(self, turn: Turn) -> None:
+        try:
+            self._turns_send.send_nowait(turn)
+        except trio.WouldBlock:
+            self.counters.turns_dropped += 1  # ASR is this far behind: drop, never block
+
+    def _audio(self, start: int, end: int) -> npt.NDArray[np.float32]:
+        cap = len(self._turn_ring)
+        start = max(start, self._pos - cap, 0)
+        idx = np.arange(start, end) & (cap - 1)
+        out: npt.NDArray[np.float32] = self._turn_ring[idx]
+        return out
+
+    # ------------------------------------------------------------------ downlink reference
+
+    def on_downlink(self, message: bytes) -> None:
+        """A message the session is sending: its AUDIO frames become the echo reference."""
+        if self._echo is None:
+            return
+        now = trio.current_time()
+        pos, size = 0, len(message)
+        while pos + 5 <= size:
+            length, type_ = _PREFIX.unpack_from(message, pos)
+            if type_ == fr.FrameType.AUDIO and length >= _AUDIO_BODY:
+                start = pos + fr.AUDIO_HEADER_BYTES
+                count = (length - _AUDIO_BODY) // 2
+                pcm = np.frombuffer(message, "<i2", count, start).astype(np.float32) * _S16
+                if self._down_resampler is not None:
+                    pcm = self._down_resampler.process(pcm)
+                self._echo.add_reference(now, pcm)
+            pos += fr.LENGTH_PREFIX_BYTES + length
+
+    # ------------------------------------------------------------------ transcripts
+
+    async def run(self) -> None:
+        """Transcribe finished turns, in order, until cancelled."""
+        if self._transcriber is None:
+            await trio.sleep_forever()
+        transcriber = self._transcriber
+        assert transcriber is not None
+        async for turn in self._turns_recv:
+            if not turn.final and self._turns_recv.statistics().current_buffer_used:
+                continue  # a newer result is already waiting: skip this partial
+            audio = self._audio(turn.start, turn.end)
+            t0 = time.perf_counter()
+            text = await transcriber.transcribe(audio)
+            c = self.counters
+            c.asr_s += time.perf_counter() - t0
+            c.asr_audio_s += len(audio) / VAD_RATE_HZ
+            if turn.final:
+                c.transcripts += 1
+            k = self._scale
+            start, end = turn.start * k, turn.end * k
+            final = turn.final
+            self._send(fr.Transcript(start_sample=start, end_sample=end, text=text, final=final))
+
+    def stats(self) -> dict[str, Any]:
+        out = self.counters.summary()
+        if self._echo is not None:
+            out["echo_max_ncc"] = round(self.counters.max_ncc, 3)
+            out["echo_delay_ms"] = round(self._echo.last_delay_ms, 1)
+        return out

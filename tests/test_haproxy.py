@@ -1,0 +1,201 @@
+"""Scale-out: two daemons behind HAProxy (deploy/haproxy.cfg), one drained with SIGTERM.
+
+Skipped when `haproxy` is not installed (.ci/run installs it). Both daemons run the tone
+engine with different default voices, so Welcome.voice tells which one took a session.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+from test_service import CLIENT_SOCKET_LEAK, http_get, samples, until
+
+from duplexd import _frames as fr
+from duplexd.client import ClientSession, SessionError, UtteranceDone, open_session
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.slow,
+    pytest.mark.filterwarnings(CLIENT_SOCKET_LEAK),
+]
+
+DEPLOY_CFG = Path(__file__).resolve().parent.parent / "deploy" / "haproxy.cfg"
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def haproxy_config(lb: int, backends: list[tuple[str, int, int]]) -> str:
+    """The shipped config with our ports: same balance, checks, retries and timeouts."""
+    text = DEPLOY_CFG.read_text()
+    text = text.replace("bind :8700", f"bind 127.0.0.1:{lb}")
+    text = re.sub(r"^\s*server .*\n", "", text, flags=re.M)
+    text = re.sub(r"^\s*# server .*\n", "", text, flags=re.M)
+    servers = "".join(f"    server {n} 127.0.0.1:{ws} check port {h}\n" for n, ws, h in backends)
+    return text.rstrip("\n") + "\n" + servers
+
+
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for p in started:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+        for f in (p.stdout, p.stderr):
+            if f is not None:
+                f.close()
+    gc.collect()
+
+
+def start_daemon(voice: str, ws: int, http: int) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DUPLEXD_", "NOTIFY_"))}
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "duplexd",
+            "serve",
+            "--engine=tone",
+            f"--voice={voice}",
+            f"--port={ws}",
+            f"--http-port={http}",
+            "--drain-timeout=20",
+            "--log-level=warning",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def start_haproxy(haproxy: str, cfg: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [haproxy, "-db", "-f", str(cfg)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+
+
+async def wait_ready(port: int) -> None:
+    with trio.fail_after(20):
+        while True:
+            try:
+                if (await http_get(port, "/readyz"))[0] == 200:
+                    return
+            except OSError:
+                pass
+            await trio.sleep(0.05)
+
+
+async def test_two_daemons_behind_haproxy_drain_one(
+    tmp_path: Path, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    haproxy = shutil.which("haproxy")
+    if haproxy is None:
+        pytest.skip("haproxy is not installed (.ci/run installs it with apt-get)")
+    ws_a, http_a, ws_b, http_b, lb = free_ports(5)
+    a = start_daemon("low", ws_a, http_a)
+    b = start_daemon("high", ws_b, http_b)
+    procs += [a, b]
+    await wait_ready(http_a)
+    await wait_ready(http_b)
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(haproxy_config(lb, [("a", ws_a, http_a), ("b", ws_b, http_b)]))
+    procs.append(start_haproxy(haproxy, cfg))
+    url = f"ws://127.0.0.1:{lb}/v1"
+    with trio.fail_after(10):
+        while True:  # HAProxy is starting
+            try:
+                await (await trio.open_tcp_stream("127.0.0.1", lb)).aclose()
+                break
+            except OSError:
+                await trio.sleep(0.05)
+
+    # 20 sessions through the balancer, all open at once
+    sessions: list[Held] = []
+    results: dict[str, list[str]] = {"done": [], "going_away": []}
+    async with trio.open_nursery() as nursery:
+        all_open = trio.Event()
+        release = trio.Event()
+
+        async def hold(i: int) -> None:
+            async with open_session(url) as session:
+                held = Held(session)
+                sessions.append(held)
+                if len(sessions) == 20:
+                    all_open.set()
+                await release.wait()
+                await speak_through_drain(held, results)
+
+        for i in range(20):
+            nursery.start_soon(hold, i)
+        with trio.fail_after(20):
+            await all_open.wait()
+        by_voice = {v: [s for s in sessions if s.voice == v] for v in ("low", "high")}
+        assert len(by_voice["low"]) >= 3 and len(by_voice["high"]) >= 3, {
+            k: len(v) for k, v in by_voice.items()
+        }
+        m_a = samples((await http_get(http_a, "/metrics"))[1])
+        m_b = samples((await http_get(http_b, "/metrics"))[1])
+        assert m_a["duplexd_sessions_active"] == len(by_voice["low"])
+        assert m_b["duplexd_sessions_active"] == len(by_voice["high"])
+
+        # every session starts an utterance; then daemon A gets SIGTERM mid-utterance
+        release.set()
+        await until(lambda: sum(s.started for s in sessions) == 20)
+        a.send_signal(signal.SIGTERM)
+        await trio.sleep(0.05)
+        # new sessions all land on B (A answers 503, HAProxy retries elsewhere)
+        for _ in range(8):
+            async with open_session(url) as late:
+                assert late.welcome.voice == "high"
+    # A's sessions heard their utterance to the end, then were told to go away
+    assert sorted(results["going_away"]) == sorted(["low"] * len(by_voice["low"]))
+    assert results["done"].count("low") == len(by_voice["low"])
+    assert a.wait(20) == 0
+    assert b.poll() is None
+    m_b = samples((await http_get(http_b, "/metrics"))[1])
+    assert m_b["duplexd_sessions_total"] == len(by_voice["high"]) + 8
+
+
+class Held:
+    def __init__(self, session: ClientSession) -> None:
+        self.session = session
+        self.voice = session.welcome.voice  # which daemon took it
+        self.started = False
+
+
+async def speak_through_drain(held: Held, results: dict[str, list[str]]) -> None:
+    """Say ~1.2 s of tone and listen to the end; note how the session ended."""
+    uid = await held.session.say("twenty characters...")
+    held.started = True
+    try:
+        while True:
+            frame = await held.session.receive_frame()
+            if isinstance(frame, UtteranceDone) and frame.utterance_id == uid:
+                results["done"].append(held.voice)
+                if held.voice == "high":
+                    return
+    except SessionError as exc:
+        if exc.code == fr.ErrorCode.GOING_AWAY:
+            results["going_away"].append(held.voice)
+        else:
+            raise

@@ -1,0 +1,117 @@
+"""Configuration: file < DUPLEXD_* < flags; one-line errors; `duplexd config --print`."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from duplexd import cli
+from duplexd._settings import ConfigError, Settings, load_settings, to_toml
+
+pytestmark = pytest.mark.unit
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "deploy" / "duplexd.example.toml"
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "duplexd.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_defaults_match_the_serve_defaults() -> None:
+    s = load_settings()
+    assert (s.server.host, s.server.port, s.server.http_port) == ("127.0.0.1", 8765, 0)
+    assert (s.engine.name, s.engine.device, s.log.format, s.log.level) == (
+        "vits",
+        "auto",
+        "json",
+        "info",
+    )
+    assert s.session_limits().ring_frames == 256
+
+
+def test_example_file_loads_and_sets_the_side_port() -> None:
+    s = load_settings(str(EXAMPLE))
+    assert s.server.http_port == 9090
+    assert s.server.drain_timeout_s == 30.0
+
+
+def test_precedence_flags_over_env_over_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "[server]\nport = 1000\nhost = 'h'\nmax_sessions = 5\n")
+    env = {"DUPLEXD_SERVER__PORT": "2000", "DUPLEXD_SERVER__MAX_SESSIONS": "7"}
+    s = load_settings(path, environ=env, overrides={"server": {"port": 3000}})
+    assert (s.server.port, s.server.max_sessions, s.server.host) == (3000, 7, "h")
+
+
+def test_env_values_are_typed() -> None:
+    env = {
+        "DUPLEXD_ENGINE__PRELOAD": "joe, amy",
+        "DUPLEXD_SERVER__DRAIN_TIMEOUT_S": "2.5",
+        "DUPLEXD_LIMITS__RING_FRAMES": "512",
+        "DUPLEXD_CONFIG": "ignored-here",
+        "OTHER": "x",
+    }
+    s = load_settings(environ=env)
+    assert s.engine.preload == ("joe", "amy")
+    assert s.server.drain_timeout_s == 2.5
+    assert s.session_limits().ring_frames == 512
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[server]\nprot = 1\n", "unknown key server.prot"),
+        ("[sever]\nport = 1\n", "unknown key sever"),
+        ("[server]\nport = '80'\n", "server.port: expected an integer, got '80'"),
+        ("[server]\nport = 70000\n", "server.port: must be in 0..65535, got 70000"),
+        ("[server]\nport = true\n", "server.port: expected an integer, got True"),
+        ("[engine]\nname = 'espeak'\n", "engine.name: must be one of vits, tone"),
+        ("[engine]\ndevice = 'tpu'\n", "engine.device: must be auto, cpu, cuda or cuda:N"),
+        ("[engine]\npreload = 'joe'\n", "engine.preload: expected a list of strings"),
+        ("[limits]\nring_frames = 100\n", "limits: ring_frames must be a power of two"),
+        ("[log]\nlevel = 'loud'\n", "log.level: must be one of debug"),
+        ("[server\n", "not valid TOML"),
+    ],
+)
+def test_bad_file_is_one_line_naming_the_key(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, text))
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_bad_env_names_the_variable() -> None:
+    with pytest.raises(ConfigError, match=r"^DUPLEXD_SERVER__PORT: expected an integer"):
+        load_settings(environ={"DUPLEXD_SERVER__PORT": "eighty"})
+    with pytest.raises(ConfigError, match=r"^DUPLEXD_SERVER__PROT: unknown key"):
+        load_settings(environ={"DUPLEXD_SERVER__PROT": "1"})
+
+
+def test_to_toml_round_trips_and_hides_the_token() -> None:
+    s = load_settings(environ={"DUPLEXD_SERVER__TOKEN": "s3cret", "DUPLEXD_ENGINE__PRELOAD": "a"})
+    shown = to_toml(s)
+    assert "s3cret" not in shown
+    again = load_settings(overrides=tomllib.loads(to_toml(s, show_secrets=True)))
+    assert again == s
+    assert isinstance(again, Settings)
+
+
+def test_cli_config_print_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("LOG_LEVEL", raising=False)
+    monkeypatch.setenv("DUPLEXD_SERVER__HTTP_PORT", "9191")
+    path = write(tmp_path, "[server]\nport = 1000\n[log]\nlevel = 'debug'\n")
+    assert cli.main(["config", "--print", "--config", path, "--port", "1001"]) == 0
+    out = tomllib.loads(capsys.readouterr().out)
+    assert out["server"]["port"] == 1001
+    assert out["server"]["http_port"] == 9191
+    assert out["log"]["level"] == "debug"
+
+    bad = write(tmp_path, "[server]\nbogus = 1\n")
+    assert cli.main(["serve", "--config", bad]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [f"duplexd: config: {bad}: unknown key server.bogus"]

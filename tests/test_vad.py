@@ -1,0 +1,148 @@
+"""silero-vad on real speech (the VITS voice, and a slower, higher "other speaker"), on silence
+and on noise; the per-session VAD options."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from duplexd._vad import (
+    WINDOW,
+    BargeIn,
+    SileroVad,
+    SpeechDetector,
+    SpeechStart,
+    SpeechStop,
+    Turn,
+    VadOptions,
+    parse_duplex_options,
+)
+
+RATE = 16_000
+SENTENCES = [
+    "Hang on, can you say that again?",
+    "What time does the train leave tomorrow morning?",
+    "No, I meant the other one.",
+]
+
+
+def run_vad(audio: np.ndarray, options: VadOptions | None = None) -> list[tuple[int, object]]:
+    """(sample at which the event was decided, event) for every event."""
+    vad = SileroVad()
+    det = SpeechDetector(options or VadOptions())
+    out: list[tuple[int, object]] = []
+    for start in range(0, len(audio) - WINDOW + 1, WINDOW):
+        prob = vad.prob(audio[start : start + WINDOW])
+        out.extend((start + WINDOW, ev) for ev in det.process(start, prob, 0.5))
+    return out
+
+
+def with_silence(clip: np.ndarray, lead_s: float, tail_s: float = 1.0) -> np.ndarray:
+    rng = np.random.default_rng(7)
+    audio = np.concatenate(
+        (np.zeros(int(lead_s * RATE)), clip, np.zeros(int(tail_s * RATE)))
+    ).astype(np.float32)
+    return audio + rng.normal(0.0, 0.001, len(audio)).astype(np.float32)  # a quiet room
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("other_speaker", [False, True], ids=["vits", "other_speaker"])
+def test_speech_onset_and_end_are_found(other_speaker: bool) -> None:
+    from speech import clip, onset
+
+    for i, text in enumerate(SENTENCES):
+        speech = clip(text, other_speaker=other_speaker)
+        lead = 0.5 + 0.0131 * i  # onsets at different phases of the 32 ms window grid
+        audio = with_silence(speech, lead)
+        true_on = int(lead * RATE) + onset(speech)
+        true_off = int(lead * RATE) + len(speech) - onset(speech[::-1])
+        events = run_vad(audio)
+        starts = [(t, e) for t, e in events if isinstance(e, SpeechStart)]
+        stops = [(t, e) for t, e in events if isinstance(e, SpeechStop)]
+        barges = [(t, e) for t, e in events if isinstance(e, BargeIn)]
+        turns = [e for _, e in events if isinstance(e, Turn)]
+        assert len(starts) == 1, (text, events)
+        assert len(stops) == 1 and len(turns) == 1 and len(barges) == 1
+        # the reported onset is within one window before / two after the true onset
+        assert true_on - WINDOW <= starts[0][1].sample <= true_on + 2 * WINDOW  # type: ignore[attr-defined]
+        # the barge-in is decided within 100 ms of audio after the onset
+        decided_ms = (barges[0][0] - true_on) * 1000 / RATE
+        assert decided_ms <= 100, decided_ms
+        # speech stop: after the last word, within min_silence + 2 windows
+        stop = stops[0][1].sample  # type: ignore[attr-defined]
+        assert true_off - 2 * WINDOW <= stop <= true_off + 500 * 16 + 2 * WINDOW
+        assert turns[0].start <= true_on and turns[0].end >= true_off - WINDOW
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("rms", [0.0, 0.003, 0.03, 0.1, 0.3])
+def test_silence_and_white_noise_never_trigger(rms: float) -> None:
+    rng = np.random.default_rng(int(rms * 1000))
+    audio = rng.normal(0.0, rms, 20 * RATE).astype(np.float32) if rms else np.zeros(20 * RATE)
+    events = run_vad(np.clip(audio, -1, 1).astype(np.float32))
+    assert events == []
+
+
+@pytest.mark.unit
+def test_hum_and_clicks_never_trigger() -> None:
+    t = np.arange(10 * RATE) / RATE
+    hum = 0.2 * np.sin(2 * np.pi * 50 * t) + 0.05 * np.sin(2 * np.pi * 150 * t)
+    clicks = np.zeros_like(t)
+    clicks[:: RATE // 3] = 0.9
+    assert run_vad((hum + clicks).astype(np.float32)) == []
+
+
+@pytest.mark.unit
+def test_options() -> None:
+    vad, asr = parse_duplex_options("")
+    assert vad == VadOptions() and asr.transcripts
+    vad, asr = parse_duplex_options(
+        '{"vad": {"threshold": 0.6, "min_speech_ms": 200, "min_silence_ms": 400,'
+        ' "barge_in": false, "barge_in_min_speech_ms": 150, "x": 1}, "asr": {"transcripts": false},'
+        ' "speed": 1.2}'
+    )
+    assert vad.threshold == 0.6 and vad.min_speech_ms == 200 and vad.min_silence_ms == 400
+    assert not vad.barge_in and vad.barge_in_min_speech_ms == 150 and not asr.transcripts
+    for bad in (
+        '{"vad": 1}',
+        '{"vad": {"threshold": 2}}',
+        '{"vad": {"threshold": "high"}}',
+        '{"vad": {"barge_in": 1}}',
+        '{"vad": {"min_silence_ms": -5}}',
+        '{"vad": {"threshold": true}}',
+        '{"asr": []}',
+    ):
+        with pytest.raises(ValueError):
+            parse_duplex_options(bad)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("backend", ["onnx", "jit"])
+def test_vad_leaves_torch_threads_alone(backend: str) -> None:
+    saved = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        vad = SileroVad(backend)
+        assert torch.get_num_threads() == 3
+        assert 0.0 <= vad.prob(np.zeros(WINDOW, dtype=np.float32)) < 0.1
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(saved)
+
+
+@pytest.mark.unit
+def test_vad_cost_per_window() -> None:
+    vad = SileroVad()
+    x = np.random.default_rng(0).normal(0, 0.1, WINDOW).astype(np.float32)
+    for _ in range(20):
+        vad.prob(x)
+    n = 300
+    t0 = time.perf_counter()
+    for _ in range(n):
+        vad.prob(x)
+    ms = (time.perf_counter() - t0) / n * 1000
+    print(f"\nsilero-vad ({vad.backend}): {ms:.3f} ms per 32 ms window")
+    assert ms < 5.0
