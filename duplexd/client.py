@@ -243,12 +243,9 @@ class ClientSession:
             if isinstance(frame, Audio) and frame.utterance_id == utterance_id:
                 pcm += frame.pcm
                 frames += 1
-            elif isinstance(frame, UtteranceDone) and frame.utterance_id == utterance_id:
-                self._uid_epoch.pop(utterance_id, None)
-                return SpokenUtterance(utterance_id, bytes(pcm), frames, frame)
-            elif isinstance(frame, Interrupted) and frame.epoch != self._uid_epoch.get(
+            elif (isinstance(frame, UtteranceDone) and frame.utterance_id == utterance_id) or (isinstance(frame, Interrupted) and frame.epoch != self._uid_epoch.get(
                 utterance_id, self.epoch
-            ):  # an Interrupted of a later epoch than the utterance's cancels it
+            )):
                 self._uid_epoch.pop(utterance_id, None)
                 return SpokenUtterance(utterance_id, bytes(pcm), frames, frame)
 

@@ -79,9 +79,7 @@ async def open_pair(
                 client_stream, server_stream = stream_pair(i)
             done = trio.Event()
 
-            async def serve(
-                stream: Any = server_stream, bucket: list[Session] = [], done: trio.Event = done
-            ) -> None:
+            async def serve(stream: Any, bucket: list[Session], done: trio.Event) -> None:
                 request = await wrap_server_stream(nursery, stream)
                 ws = await request.accept(subprotocol=fr.SUBPROTOCOL)
                 session = Session(
@@ -97,7 +95,7 @@ async def open_pair(
                 done.set()
 
             pair_sessions: list[Session] = []
-            nursery.start_soon(serve, server_stream, pair_sessions)
+            nursery.start_soon(serve, server_stream, pair_sessions, done)
             ws = await wrap_client_stream(
                 nursery, client_stream, "localhost", fr.WS_PATH, subprotocols=[fr.SUBPROTOCOL]
             )

@@ -59,8 +59,8 @@ async def test_client_vanishing_mid_backlog_ends_the_session(
         assert isinstance(welcome, fr.Welcome)
         await pair.receive()  # the first audio is flowing
         await pair.client.aclose()
-        (session,) = pair.sessions
         with trio.fail_after(5):
-            while session._state.phase is not Phase.CLOSED:
-                await trio.sleep(0.1)
+            await pair.done.wait()
+        (session,) = pair.sessions
+        assert session._state.phase is Phase.CLOSED
         assert pair.pacer.scheduled == 0
