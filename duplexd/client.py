@@ -243,11 +243,18 @@ class ClientSession:
             if isinstance(frame, Audio) and frame.utterance_id == utterance_id:
                 pcm += frame.pcm
                 frames += 1
-            elif (isinstance(frame, UtteranceDone) and frame.utterance_id == utterance_id) or (isinstance(frame, Interrupted) and frame.epoch != self._uid_epoch.get(
-                utterance_id, self.epoch
-            )):
+            elif self._ends(frame, utterance_id):
                 self._uid_epoch.pop(utterance_id, None)
                 return SpokenUtterance(utterance_id, bytes(pcm), frames, frame)
+
+    def _ends(self, frame: ServerFrame, utterance_id: int) -> bool:
+        """Whether `frame` ends the utterance: its Done, or an Interrupted of a later epoch than
+        the one the utterance was created in."""
+        if isinstance(frame, UtteranceDone):
+            return frame.utterance_id == utterance_id
+        if isinstance(frame, Interrupted):
+            return frame.epoch != self._uid_epoch.get(utterance_id, self.epoch)
+        return False
 
     async def _reader(self) -> None:
         decoder = Decoder(peer="server")
