@@ -23,7 +23,7 @@ import os
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any, TypeGuard, TypeVar, cast
 
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
@@ -247,7 +247,9 @@ class ClientSession:
                 self._uid_epoch.pop(utterance_id, None)
                 return SpokenUtterance(utterance_id, bytes(pcm), frames, frame)
 
-    def _ends(self, frame: ServerFrame, utterance_id: int) -> bool:
+    def _ends(
+        self, frame: ServerFrame, utterance_id: int
+    ) -> TypeGuard[UtteranceDone | Interrupted]:
         """Whether `frame` ends the utterance: its Done, or an Interrupted of a later epoch than
         the one the utterance was created in."""
         if isinstance(frame, UtteranceDone):
