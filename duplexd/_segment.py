@@ -7,8 +7,11 @@ Text arrives in arbitrary chunks (often one token: ``"Hel"``, ``"lo"``, ``" ther
   dash, or a sentence end), or
   after `first_piece_max_words` words, so first audio starts early;
 * **later** pieces are whole sentences (``. ! ?``, ellipsis, plus closing quotes/brackets; a
-  line break),
-  cut at a clause boundary once longer than `max_piece_chars`, and cut at the last word boundary
+  line break), but a sentence longer than the piece's word cap is cut when the cap is reached:
+  at its last clause boundary if that lies past half the cap, else at the word boundary (the cap
+  is `first_piece_max_words` times 2, 4, 8... for the 2nd, 3rd, 4th... piece, so text keeps
+  ahead of the audio while an LLM is still writing a long sentence),
+  at a clause boundary once longer than `max_piece_chars`, and at the last word boundary
   (the last clause boundary if one lies past half of `max_piece_chars`) before
   `hard_max_piece_chars` when no boundary came sooner.
 
@@ -270,7 +273,15 @@ class Segmenter:
             if kind is _Kind.WORD:
                 return len(self._buf[:content_end].split()) >= self.first_piece_max_words
             return False
+        # later pieces: whole sentences, unless the sentence runs long. The word cap doubles
+        # with every piece (12, 24, 48... words for the default 6) so the text stays ahead of
+        # the audio without cutting sentences more often than needed.
+        if kind is _Kind.WORD:
+            return len(self._buf[:content_end].split()) >= self._cap_words()
         return kind is _Kind.CLAUSE and content_end >= self.max_piece_chars
+
+    def _cap_words(self) -> int:
+        return self.first_piece_max_words << min(self._pieces_emitted, 8)
 
     def _next_cut(self) -> int | None:
         """Index in `_buf` where the current piece ends, or None until more text arrives.
@@ -334,6 +345,11 @@ class Segmenter:
                 kind = _Kind.SENTENCE if sentence else _Kind.CLAUSE
                 content_end = cut_at = k
             if over_cap or self._should_cut(kind, content_end):
+                if kind is _Kind.WORD and not first and not over_cap:
+                    # a long sentence hit the word cap: prefer its last clause boundary
+                    gap = self._clause_gap
+                    if gap is not None and len(buf[: gap[0]].split()) >= self._cap_words() // 2:
+                        return gap[1]
                 return cut_at
             if kind >= _Kind.WORD:
                 self._word_gap = (content_end, cut_at)

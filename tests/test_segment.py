@@ -20,6 +20,10 @@ def texts(text: str, **policy: int) -> list[str]:
     return [p.text for p in split_text(text, **policy)]
 
 
+# word caps far beyond these tests' texts, so they exercise the character caps alone
+NO_WORD_CAP = {"first_piece_max_words": 1000}
+
+
 def later(text: str, **policy: int) -> list[str]:
     """Pieces of `text` when it follows a first piece."""
     pieces = texts(LATER + text, **policy)
@@ -248,7 +252,7 @@ def test_numbered_list_markers_do_not_split() -> None:
 def test_long_sentence_cut_at_clause_after_max_chars() -> None:
     clause = "word " * 8 + "end, "  # 45 chars
     text = clause * 6 + "fin."
-    pieces = later(text, max_piece_chars=100, hard_max_piece_chars=1000)
+    pieces = later(text, max_piece_chars=100, hard_max_piece_chars=1000, **NO_WORD_CAP)
     assert all(p.endswith(",") for p in pieces[:-1])
     assert all(len(p) >= 100 for p in pieces[:-1])
     assert " ".join(pieces) == text.strip()
@@ -257,7 +261,7 @@ def test_long_sentence_cut_at_clause_after_max_chars() -> None:
 def test_long_sentence_without_punctuation_cut_at_word_under_cap() -> None:
     words = [f"w{i}" for i in range(400)]
     text = " ".join(words) + "."
-    pieces = later(text, max_piece_chars=60, hard_max_piece_chars=80)
+    pieces = later(text, max_piece_chars=60, hard_max_piece_chars=80, **NO_WORD_CAP)
     assert len(pieces) > 5
     assert all(len(p) <= 80 for p in pieces)
     assert all(len(p) > 70 for p in pieces[:-1])  # cut late, at the last word under the cap
@@ -266,7 +270,7 @@ def test_long_sentence_without_punctuation_cut_at_word_under_cap() -> None:
 
 def test_hard_cap_prefers_a_late_clause() -> None:
     text = "a" * 40 + ", " + "bb " * 30 + "end."
-    pieces = later(text, max_piece_chars=60, hard_max_piece_chars=80)
+    pieces = later(text, max_piece_chars=60, hard_max_piece_chars=80, **NO_WORD_CAP)
     assert pieces[0] == "a" * 40 + ","
 
 
@@ -444,3 +448,27 @@ def test_pieces_respect_cap_when_words_fit(words: list[str], cap: int) -> None:
     pieces = split_text(text, max_piece_chars=cap // 2, hard_max_piece_chars=cap)
     assert all(len(p.text) <= cap for p in pieces)
     assert " ".join(p.text for p in pieces) == text
+
+
+def test_long_sentences_are_cut_at_doubling_word_caps() -> None:
+    """An LLM's long sentence without punctuation: pieces of 6, 12, 24... words keep the text
+    ahead of the audio, with as few cuts as that needs."""
+    words = [f"w{i}" for i in range(100)]
+    pieces = texts(" ".join(words) + ".")
+    assert [len(p.split()) for p in pieces] == [6, 12, 24, 48, 10]
+    assert " ".join(pieces).split() == (" ".join(words) + ".").split()
+
+
+def test_word_cap_prefers_the_last_clause_past_half_the_cap() -> None:
+    first = "One two three four five six "
+    body = "a b c d e f g h, i j k l m n o p"  # 8 words, a comma, 8 more: cap 12 for piece 2
+    pieces = texts(first + body + ".")
+    assert pieces[1] == "a b c d e f g h,"
+    assert pieces[2] == "i j k l m n o p."
+
+
+def test_short_sentences_stay_whole_after_the_first_piece() -> None:
+    assert later("This has, a comma; and more: all in one. Next one here.") == [
+        "This has, a comma; and more: all in one.",
+        "Next one here.",
+    ]
