@@ -134,7 +134,7 @@ class Downlink:
         if self.paused or self.closed or self._pacer.is_scheduled(self):
             return
         if self._ring.count or self._playing_uid:
-            self._pacer.schedule(self, trio.current_time())
+            self._pacer.schedule(self, self._pacer.anchor(trio.current_time()))
 
     def send_control(self, item: ControlItem) -> None:
         """Queue a control frame (bytes, or a builder called right before sending)."""
