@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import sys
@@ -206,6 +207,11 @@ class Service:
             return EngineSet.of(engine)
 
         self._engines = await trio.to_thread.run_sync(load)
+        # Models, modules and their ~40k objects live as long as the process: move them out of
+        # the collector's reach, so a full collection scans only what sessions create (a full
+        # collection measured 29 ms before, 14 ms after, at 100 sessions; it stalls the pacer).
+        gc.collect()
+        gc.freeze()
         engine = self._engines.get("")
         log.info(
             "engine ready",
