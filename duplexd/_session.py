@@ -104,17 +104,29 @@ class Session:
     async def run(self) -> None:
         """Serve the session until it ends. Never raises except `trio.Cancelled`."""
         try:
-            hello = await self._receive_hello()
-            await self._open(hello)
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                assert self._downlink is not None
-                nursery.start_soon(self._guard, self._downlink.run)
-                nursery.start_soon(self._guard, self._run_utterances)
-                nursery.start_soon(self._guard, self._read_loop)
-                nursery.start_soon(self._abort_on_exit)
-                if self._uplink is not None:
-                    nursery.start_soon(self._guard, self._uplink.run)
+            await self._capture(self._serve)
+        finally:
+            self._teardown()
+        if self._error is not None:
+            await self._fail(*self._error)
+
+    async def _serve(self) -> None:
+        hello = await self._receive_hello()
+        await self._open(hello)
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            assert self._downlink is not None
+            nursery.start_soon(self._guard, self._downlink.run)
+            nursery.start_soon(self._guard, self._run_utterances)
+            nursery.start_soon(self._guard, self._read_loop)
+            nursery.start_soon(self._abort_on_exit)
+            if self._uplink is not None:
+                nursery.start_soon(self._guard, self._uplink.run)
+
+    async def _capture(self, fn: Callable[[], Awaitable[None]]) -> None:
+        """Run `fn`; record how a failure should be reported (the peer's fault or ours)."""
+        try:
+            await fn()
         except RemoteProtocolError as exc:
             self._set_error(exc.error_code, exc.message)
         except _CLOSED:
@@ -122,10 +134,6 @@ class Session:
         except Exception:
             log.exception("session %s failed", self.tag)
             self._set_error(fr.ErrorCode.INTERNAL, "internal server error")
-        finally:
-            self._teardown()
-        if self._error is not None:
-            await self._fail(*self._error)
 
     async def _abort_on_exit(self) -> None:
         """However the session ends, tell synthesis threads to stop at once.
@@ -145,15 +153,7 @@ class Session:
 
     async def _guard(self, fn: Callable[[], Awaitable[None]]) -> None:
         """Run one of the session's tasks; whatever ends it ends the session."""
-        try:
-            await fn()
-        except RemoteProtocolError as exc:
-            self._set_error(exc.error_code, exc.message)
-        except _CLOSED:
-            pass
-        except Exception:
-            log.exception("session %s failed", self.tag)
-            self._set_error(fr.ErrorCode.INTERNAL, "internal server error")
+        await self._capture(fn)
         assert self._nursery is not None
         self._nursery.cancel_scope.cancel()
 
