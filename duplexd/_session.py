@@ -122,6 +122,7 @@ class Session:
             nursery.start_soon(self._abort_on_exit)
             if self._uplink is not None:
                 nursery.start_soon(self._guard, self._uplink.run)
+                nursery.start_soon(self._guard, self._uplink.process)
 
     async def _capture(self, fn: Callable[[], Awaitable[None]]) -> None:
         """Run `fn`; record how a failure should be reported (the peer's fault or ours)."""
@@ -242,6 +243,7 @@ class Session:
                 services=self._uplink_services or default_uplink_services(),
                 send=lambda frame: downlink.send_control(encode(frame)),
                 barge_in=self._vad_barge_in,
+                offload=self._offload,
             )
         await self._ws.send_message(encode(welcome))
         log.info(

@@ -1,10 +1,15 @@
 """A session's uplink: AudioUp frames in; SpeechStarted/Stopped, barge-ins and Transcripts out.
 
-Per AudioUp frame, on the trio thread (synchronous, a few tenths of a millisecond):
+On the trio thread, `feed()` (each AudioUp) and `on_downlink()` (each message the session
+sends, the echo reference) only timestamp the data and queue it: nothing heavy touches the
+event loop the pacer runs on. `process()`, a session task, hands each batch to the session's
+offload (a worker thread in the daemon; onnxruntime and numpy release the GIL), where
 
     s16le at the uplink rate -> float -> 16 kHz (StreamResampler when the uplink is 48 kHz)
     -> 512-sample windows -> echo removed (EchoCanceller, when audio was sent recently)
     -> silero-vad probability -> SpeechDetector -> events
+
+and then delivers the events on the trio thread.
 
 Events go out through the session's callbacks: `send(frame)` for SpeechStarted/SpeechStopped
 and Transcript (queued on the session's writer, so they are ordered with the audio) and
@@ -21,10 +26,11 @@ behind the echo canceller, for echo it cannot remove (a non-linear speaker, a re
 
 from __future__ import annotations
 
+import collections
 import logging
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -54,6 +60,7 @@ log = logging.getLogger("duplexd.uplink")
 
 MAX_GAP_FRAMES: Final = 250  # a seq jump up to 5 s is filled with silence; more is an error
 TURN_QUEUE: Final = 8  # finished turns waiting for ASR, per session
+MAX_INBOX: Final = 500  # uplink frames + downlink messages waiting for processing (~5-10 s)
 _PREFIX: Final = struct.Struct("<IB")
 _AUDIO_BODY: Final = 12  # epoch(2) + utterance_id(4) + seq(4) + the type and flags bytes
 _S16: Final = 1.0 / 32768.0
@@ -75,7 +82,8 @@ def default_uplink_services() -> UplinkServices:
 class UplinkCounters:
     frames: int = 0
     windows: int = 0
-    vad_s: float = 0.0  # VAD + echo canceller compute on the trio thread
+    vad_s: float = 0.0  # VAD + echo canceller compute (worker thread)
+    inbox_dropped: int = 0  # frames dropped because processing fell ~5 s behind
     echo_windows: int = 0
     speech_segments: int = 0
     barge_ins: int = 0
@@ -96,6 +104,7 @@ class UplinkCounters:
             "vad_barge_ins": self.barge_ins,
             "transcripts": self.transcripts,
             "turns_dropped": self.turns_dropped,
+            "inbox_dropped": self.inbox_dropped,
             "asr_s": round(self.asr_s, 4),
             "asr_audio_s": round(self.asr_audio_s, 4),
         }
@@ -116,6 +125,7 @@ class Uplink:
         services: UplinkServices,
         send: Callable[[fr.ServerFrame], None],
         barge_in: Callable[[], None],
+        offload: Callable[..., Awaitable[Any]],
     ) -> None:
         self.rate_hz = rate_hz
         self.vad_options = vad
@@ -124,6 +134,11 @@ class Uplink:
         self._frame_samples = fr.frame_samples(rate_hz)
         self._send = send
         self._barge_in = barge_in
+        self._offload = offload
+        # (arrival time, uplink seq gap, pcm) or (arrival time, -1, downlink message)
+        self._inbox: collections.deque[tuple[float, int, bytes]] = collections.deque()
+        self._inbox_lot = trio.lowlevel.ParkingLot()
+        self._events: list[object] = []  # produced in the worker, delivered on the trio thread
         self._transcriber = services.transcriber if asr.transcripts else None
         self._vad = SileroVad(services.vad_backend)
         self._detector = SpeechDetector(vad, partial_ms=asr.partial_ms)
@@ -159,22 +174,66 @@ class Uplink:
             raise RemoteProtocolError(
                 fr.ErrorCode.UNEXPECTED_FRAME, f"AudioUp seq jumped by {gap} frames"
             )
-        n = self._frame_samples
-        if gap:
-            self._ingest(np.zeros(gap * n, dtype=np.float32))
-        samples = np.frombuffer(pcm, dtype="<i2")[:n].astype(np.float32) * _S16
-        if len(samples) < n:  # SHOULD be exactly n: the position follows seq, so pad
-            samples = np.concatenate((samples, np.zeros(n - len(samples), dtype=np.float32)))
         self._next_seq = seq + 1
         self.counters.frames += 1
-        self._ingest(samples)
+        self._enqueue((trio.current_time(), gap, pcm))
 
-    def _ingest(self, samples: np.ndarray) -> None:
+    def _enqueue(self, item: tuple[float, int, bytes]) -> None:
+        inbox = self._inbox
+        if len(inbox) >= MAX_INBOX:  # processing is this far behind: drop the oldest
+            inbox.popleft()
+            self.counters.inbox_dropped += 1
+        inbox.append(item)
+        if len(inbox) == 1:
+            self._inbox_lot.unpark()
+
+    async def process(self) -> None:
+        """Session task: run queued uplink audio through echo + VAD off the event loop, then
+        deliver the events. Cancellation may drop the batch in flight (the session is over)."""
+        inbox = self._inbox
+        while True:
+            while not inbox:
+                await self._inbox_lot.park()
+            batch = list(inbox)
+            inbox.clear()
+            events = await self._offload(self._process_batch, batch)
+            for ev in events:
+                self._deliver(ev)
+
+    def _process_batch(self, batch: list[tuple[float, int, bytes]]) -> list[object]:
+        """Worker side: everything heavy. Touches only this object's processing state."""
+        self._events = []
+        n = self._frame_samples
+        for now, gap, data in batch:
+            if gap < 0:
+                self._add_reference(now, data)
+                continue
+            if gap:
+                self._ingest(now, np.zeros(gap * n, dtype=np.float32))
+            samples = np.frombuffer(data, dtype="<i2")[:n].astype(np.float32) * _S16
+            if len(samples) < n:  # SHOULD be exactly n: the position follows seq, so pad
+                samples = np.concatenate((samples, np.zeros(n - len(samples), dtype=np.float32)))
+            self._ingest(now, samples)
+        return self._events
+
+    def _deliver(self, ev: object) -> None:
+        if isinstance(ev, SpeechStart):
+            self.counters.speech_segments += 1
+            self._send(fr.SpeechStarted(uplink_sample=ev.sample * self._scale))
+        elif isinstance(ev, SpeechStop):
+            self._send(fr.SpeechStopped(uplink_sample=ev.sample * self._scale))
+        elif isinstance(ev, BargeIn):
+            self.counters.barge_ins += 1
+            self._barge_in()
+        elif isinstance(ev, Turn) and self._transcriber is not None:
+            self._queue_turn(ev)
+
+    def _ingest(self, now: float, samples: np.ndarray) -> None:
         if self._up_resampler is not None:
             samples = self._up_resampler.process(samples)
         self._produced += len(samples)
         if self._echo is not None:
-            self._echo.note_uplink(trio.current_time(), self._produced)
+            self._echo.note_uplink(now, self._produced)
         pending = np.concatenate((self._pending, samples)) if len(self._pending) else samples
         i = 0
         while len(pending) - i >= WINDOW:
@@ -202,17 +261,7 @@ class Uplink:
         c.windows += 1
         events = self._detector.process(pos, prob, barge_threshold)
         c.vad_s += time.perf_counter() - t0
-        for ev in events:
-            if isinstance(ev, SpeechStart):
-                c.speech_segments += 1
-                self._send(fr.SpeechStarted(uplink_sample=ev.sample * self._scale))
-            elif isinstance(ev, SpeechStop):
-                self._send(fr.SpeechStopped(uplink_sample=ev.sample * self._scale))
-            elif isinstance(ev, BargeIn):
-                c.barge_ins += 1
-                self._barge_in()
-            elif isinstance(ev, Turn) and self._transcriber is not None:
-                self._queue_turn(ev)
+        self._events.extend(events)
 
     def _queue_turn(self, turn: Turn) -> None:
         try:
@@ -231,9 +280,11 @@ class Uplink:
 
     def on_downlink(self, message: bytes) -> None:
         """A message the session is sending: its AUDIO frames become the echo reference."""
-        if self._echo is None:
-            return
-        now = trio.current_time()
+        if self._echo is not None:
+            self._enqueue((trio.current_time(), -1, message))
+
+    def _add_reference(self, now: float, message: bytes) -> None:
+        assert self._echo is not None
         pos, size = 0, len(message)
         while pos + 5 <= size:
             length, type_ = _PREFIX.unpack_from(message, pos)
