@@ -7,14 +7,22 @@ streams, mixed utterance lengths, random barge-ins; see `bench.load`) first agai
 then against the asyncio baseline (`bench.baselines.asyncio_server`), with the clients in
 separate worker processes. Prints a Markdown table (goal vs measured, PASS/MISS, and
 duplexd/baseline ratios), and writes JSON and PNG plots on request.
+
+    python -m bench --engine tone --uplink --sessions 1,10 --no-baseline [--uplink-echo-db -10]
+
+`--uplink` (duplexd only; the baseline's uplink rows are n/a): every session also streams a
+real-time 16 kHz microphone (noise, optionally its own echo) and the interrupters barge in by
+voice instead of Interrupt; adds VAD barge-in latency, false triggers and misses (`bench.uplink`).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import subprocess
 import sys
+import tempfile
 from typing import Any
 
 from tqdm import tqdm
@@ -46,6 +54,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default="", metavar="PATH")
     p.add_argument("--plots", default="", metavar="DIR")
     p.add_argument("--no-progress", action="store_true")
+    up = p.add_argument_group("uplink (duplexd only; see bench.uplink)")
+    up.add_argument(
+        "--uplink",
+        action="store_true",
+        help="every session streams a real-time microphone; interrupters barge in by voice",
+    )
+    up.add_argument(
+        "--uplink-echo-db",
+        type=float,
+        default=None,
+        metavar="DB",
+        help="mix the session's received audio into its uplink at this gain (implies --uplink)",
+    )
+    up.add_argument("--uplink-echo-delay-ms", type=float, default=50.0, metavar="MS")
+    up.add_argument("--uplink-noise-dbfs", type=float, default=-55.0, metavar="DBFS")
+    up.add_argument("--uplink-asr", action="store_true", help="leave the server's transcription on")
     return p
 
 
@@ -76,15 +100,32 @@ def main(argv: list[str] | None = None) -> int:
     if not levels or min(levels) < 1:
         print("bench: --sessions needs levels >= 1", file=sys.stderr)
         return 2
+    uplink = args.uplink or args.uplink_echo_db is not None
     cfg = LoadConfig(
         duration_s=args.duration,
         tokens_per_s=args.tokens_per_s,
         interrupt_fraction=args.interrupt_fraction,
         seed=args.seed,
+        uplink=uplink,
+        uplink_noise_dbfs=args.uplink_noise_dbfs,
+        uplink_echo_db=args.uplink_echo_db,
+        uplink_echo_delay_ms=args.uplink_echo_delay_ms,
+        uplink_asr=args.uplink_asr,
     )
     servers: dict[str, Server] = {}
     warnings: list[str] = []
+    tmp = tempfile.TemporaryDirectory(prefix="bench-uplink-")
     try:
+        if uplink and args.interrupt_fraction > 0:
+            from .uplink import make_clip
+
+            if not args.no_progress:
+                print("bench: synthesizing the user's speech clip (VITS)...", file=sys.stderr)
+            try:
+                cfg = dataclasses.replace(cfg, uplink_clip=make_clip(tmp.name))
+            except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                print(f"bench: {exc}", file=sys.stderr)
+                return 1
         if not args.url:
             servers["duplexd"] = start_server("duplexd", duplexd_argv(args.engine, args.device))
         if not args.no_baseline:
@@ -97,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, server in servers.items():
             if not server.stop():
                 warnings.append(f"{name} did not exit within 5 s of SIGTERM and was killed")
+        tmp.cleanup()
     first = runs[0]["duplexd"]
     meta: dict[str, Any] = {
         "engine": args.engine,
@@ -109,7 +151,19 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_count": os.cpu_count(),
         "url": args.url or None,
         "warnings": warnings,
+        "uplink": None,
     }
+    if uplink:
+        from .uplink import USER_TEXT
+
+        meta["uplink"] = {
+            "rate_hz": 16_000,
+            "noise_dbfs": args.uplink_noise_dbfs,
+            "echo_db": args.uplink_echo_db,
+            "echo_delay_ms": args.uplink_echo_delay_ms,
+            "asr": args.uplink_asr,
+            "clip": f"VITS other speaker: {USER_TEXT!r}" if cfg.uplink_clip else "none",
+        }
     pairs = [
         (summarize(r["duplexd"]), summarize(r["baseline"]) if r["baseline"] else None) for r in runs
     ]

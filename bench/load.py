@@ -25,6 +25,7 @@ import trio
 from duplexd._frames import Audio, Interrupted, ServerFrame, UtteranceDone
 
 from .metrics import COUNT_KEYS, FRAME_S, SAMPLE_KEYS, UNDERRUN_GAP_S
+from .uplink import Mic, speak_over
 
 _TEXT = (
     "the quick answer is that we can ship it on monday if the tests stay green and nobody "
@@ -44,6 +45,14 @@ class LoadConfig:
     seed: int = 1
     start_spread_s: float = 1.0  # sessions start their first utterance within this window
     think_s: tuple[float, float] = (0.2, 0.8)  # pause between utterances (the user's turn)
+    # --uplink (duplexd only; see bench.uplink): a real-time microphone per session, and the
+    # interrupters barge in by voice (the clip at `uplink_clip`) instead of sending Interrupt.
+    uplink: bool = False
+    uplink_clip: str = ""  # .npy, 16 kHz float32: the user's speech
+    uplink_noise_dbfs: float = -55.0  # room noise, RMS
+    uplink_echo_db: float | None = None  # mix the received downlink back in at this gain
+    uplink_echo_delay_ms: float = 50.0
+    uplink_asr: bool = False  # leave the server's transcription on
 
 
 class Target(Protocol):
@@ -61,11 +70,20 @@ Opener = Callable[[str, Callable[[ServerFrame, float], None]], AbstractAsyncCont
 
 @asynccontextmanager
 async def open_duplexd(
-    url: str, on_frame: Callable[[ServerFrame, float], None]
+    url: str,
+    on_frame: Callable[[ServerFrame, float], None],
+    *,
+    uplink_options: dict[str, Any] | None = None,
 ) -> AsyncIterator[Target]:
+    """`uplink_options`: open a 16 kHz uplink with these HELLO options."""
     from duplexd.client import open_session
 
-    async with open_session(url, on_frame=on_frame) as session:
+    async with open_session(
+        url,
+        on_frame=on_frame,
+        uplink_rate_hz=16_000 if uplink_options is not None else 0,
+        options=uplink_options,
+    ) as session:
         yield _DuplexdTarget(session)
 
 
@@ -76,6 +94,8 @@ class _DuplexdTarget:
         self.send_text = session.send_text
         self.interrupt = session.interrupt
         self.stats = session.stats
+        self.send_audio = session.send_audio
+        self.sample_rate_hz = session.sample_rate_hz
         self.engine_device = (
             session.info.get("engines", {}).get(session.welcome.engine) or {}
         ).get("device", "")
@@ -118,8 +138,9 @@ def make_utterance(rng: random.Random) -> str:
 class Recorder:
     """Per-session measurement, fed by the SDK reader's `on_frame` callback (sync, cheap)."""
 
-    def __init__(self, out: dict[str, Any]) -> None:
+    def __init__(self, out: dict[str, Any], mic: Mic | None = None) -> None:
         self.out = out
+        self.mic = mic
         self.active = True
         self.epoch = 0
         self.first_text: dict[int, float] = {}
@@ -137,13 +158,19 @@ class Recorder:
 
     def on_frame(self, frame: ServerFrame, now: float) -> None:
         out = self.out
+        if self.mic is not None:
+            self.mic.active = self.active
+            self.mic.on_frame(frame, now, self.epoch)
         if isinstance(frame, Audio):
             self._last_audio = now
             uid = frame.utterance_id
             if frame.epoch != self.epoch:
                 out["stale_after_interrupted"] += self.active
                 return
-            if frame.last and self.interrupt_sent is not None:
+            if frame.last and (
+                self.interrupt_sent is not None
+                or (self.mic is not None and self.mic.expecting_vad())
+            ):
                 return  # the fade-out tail sent with Interrupted: not on the grid
             if uid != self._uid:
                 self._uid, self._t0 = uid, now - frame.seq * FRAME_S
@@ -216,7 +243,9 @@ async def drive(
                 await rec.first_audio[uid].wait()
                 with trio.move_on_after(barge_after):
                     await rec.done[uid].wait()
-                if not rec.done[uid].is_set():
+                if not rec.done[uid].is_set() and rec.mic is not None:
+                    await speak_over(target, rec.mic, uid, lambda: rec.active)
+                elif not rec.done[uid].is_set():
                     rec.interrupt_sent = trio.current_time()
                     rec.out["interrupts"] += rec.active
                     await target.interrupt()
@@ -241,7 +270,8 @@ async def _session(
     t_start: float,
     t_end: float,
 ) -> None:
-    rec = Recorder(out)
+    mic = Mic(cfg, index, out) if cfg.uplink else None
+    rec = Recorder(out, mic)
     rng = random.Random(cfg.seed * 1_000_003 + index)
     opened = False
     try:
@@ -252,10 +282,14 @@ async def _session(
                 nursery.start_soon(target.drain)
                 await trio.sleep_until(t_start)
                 with trio.move_on_at(t_end):
+                    if mic is not None:
+                        nursery.start_soon(_run_mic, mic, target, t_start, t_end)
                     await drive(
                         target, rec, rng, cfg, is_interrupter(index, cfg.interrupt_fraction)
                     )
                 rec.active = False
+                if mic is not None:
+                    mic.active = False
                 with trio.move_on_after(10):
                     # Hang up cleanly: a close while the engine thread waits for ring space
                     # leaves that session (and the daemon's SIGTERM) stuck; see the README.
@@ -266,6 +300,11 @@ async def _session(
         out["session_errors" if opened else "connect_failures"] += 1
         if len(out["errors"]) < 5:
             out["errors"].append(f"session {index}: {type(exc).__name__}: {exc}")
+
+
+async def _run_mic(mic: Mic, target: Any, t_start: float, t_end: float) -> None:
+    with trio.move_on_at(t_end):  # no uplink during the hang-up
+        await mic.run(target, t_start)
 
 
 async def _lag_probe(out: dict[str, Any]) -> None:

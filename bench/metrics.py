@@ -21,7 +21,7 @@ FRAME_S = 0.020
 UNDERRUN_GAP_S = 1.5 * FRAME_S
 
 # Keys every worker result carries (lists of floats are in seconds).
-SAMPLE_KEYS = ("jitter", "inter_arrival", "fal", "barge_in", "barge_last_audio")
+SAMPLE_KEYS = ("jitter", "inter_arrival", "fal", "barge_in", "barge_last_audio", "vad_barge_in")
 COUNT_KEYS = (
     "frames",
     "underruns",
@@ -31,6 +31,16 @@ COUNT_KEYS = (
     "utterances_done",
     "session_errors",
     "connect_failures",
+    # --uplink (bench.uplink)
+    "uplink_frames",
+    "uplink_late_frames",
+    "uplink_noise_s",  # seconds of uplink outside speech windows (float)
+    "vad_injected",
+    "vad_missed",
+    "vad_no_target",
+    "vad_speech_started",
+    "vad_false_speech_started",
+    "vad_false_barge_ins",
 )
 
 

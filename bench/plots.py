@@ -17,13 +17,16 @@ def write_plots(directory: str, doc: dict[str, Any], raw: list[dict[str, Any]]) 
 
     os.makedirs(directory, exist_ok=True)
     paths = []
-    for key, title in (("fal", "first-audio latency"), ("barge_in", "interrupt -> Interrupted")):
+    cdfs = [("fal", "first-audio latency"), ("barge_in", "interrupt -> Interrupted")]
+    if doc.get("uplink"):
+        cdfs.append(("vad_barge_in", "speech onset -> Interrupted(vad)"))
+    for key, title in cdfs:
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for i, level in enumerate(raw):
             color = f"C{i % 10}"
             for kind, style in (("duplexd", "-"), ("baseline", "--")):
                 run = level.get(kind)
-                if not run or not run[key]:
+                if not run or not run.get(key):
                     continue
                 x = np.sort(np.asarray(run[key]) * 1e3)
                 y = np.arange(1, x.size + 1) / x.size

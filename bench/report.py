@@ -23,7 +23,7 @@ def summarize(run: dict[str, Any]) -> dict[str, Any]:
     lag = percentiles_ms(run["loop_lag"])
     client_cpu = max(run["client_cpu_percent"], default=math.nan)
     n = run["sessions"]
-    return {
+    level = {
         "sessions": n,
         "jitter_ms": pct["jitter"],
         "inter_arrival_dev_ms": pct["inter_arrival"],
@@ -54,6 +54,63 @@ def summarize(run: dict[str, Any]) -> dict[str, Any]:
             "saturated": bool(client_cpu > CLIENT_CPU_SATURATED or lag["p99"] > CLIENT_LAG_P99_MS),
         },
     }
+    level.update(_uplink_summary(run))
+    return level
+
+
+def _uplink_summary(run: dict[str, Any]) -> dict[str, Any]:
+    """The --uplink keys; NaN (null in JSON, n/a in Markdown) for a run without an uplink."""
+    nan = math.nan
+    if not run.get("uplink"):
+        return {
+            "vad_barge_in_ms": {"p50": nan, "p95": nan, "p99": nan, "max": nan, "count": 0},
+            **{k: nan for k in UPLINK_COUNTS},
+            "vad_false_triggers_per_min": nan,
+            "uplink_server": None,
+        }
+    false = run["vad_false_speech_started"] + run["vad_false_barge_ins"]
+    noise_min = run["uplink_noise_s"] / 60
+    stats = [s for s in run["server_stats"] if "uplink_frames" in s]
+    windows = sum(s.get("vad_windows", 0) for s in stats)
+    vad_ms = sum(s.get("vad_windows", 0) * s.get("vad_ms_per_window", 0.0) for s in stats)
+    return {
+        "vad_barge_in_ms": percentiles_ms(run["vad_barge_in"]),
+        "vad_false_triggers": false,
+        "vad_false_triggers_per_min": round(false / noise_min, 3) if noise_min else nan,
+        "vad_false_speech_started": run["vad_false_speech_started"],
+        "vad_false_barge_ins": run["vad_false_barge_ins"],
+        "vad_missed": run["vad_missed"],
+        "vad_no_target": run["vad_no_target"],
+        "vad_injected": run["vad_injected"],
+        "vad_speech_started": run["vad_speech_started"],
+        "uplink_frames": run["uplink_frames"],
+        "uplink_late_frames": run["uplink_late_frames"],
+        "uplink_noise_min": round(noise_min, 3),
+        "uplink_server": {
+            "uplink_frames": sum(s.get("uplink_frames", 0) for s in stats),
+            "vad_windows": windows,
+            "vad_ms_per_window": round(vad_ms / windows, 4) if windows else nan,
+            "echo_windows": sum(s.get("echo_windows", 0) for s in stats),
+            "speech_segments": sum(s.get("speech_segments", 0) for s in stats),
+            "vad_barge_ins": sum(s.get("vad_barge_ins", 0) for s in stats),
+            "transcripts": sum(s.get("transcripts", 0) for s in stats),
+            "asr_s": round(sum(s.get("asr_s", 0.0) for s in stats), 4),
+        },
+    }
+
+
+UPLINK_COUNTS = (
+    "vad_false_triggers",
+    "vad_false_speech_started",
+    "vad_false_barge_ins",
+    "vad_missed",
+    "vad_no_target",
+    "vad_injected",
+    "vad_speech_started",
+    "uplink_frames",
+    "uplink_late_frames",
+    "uplink_noise_min",
+)
 
 
 @dataclass(frozen=True)
@@ -70,26 +127,40 @@ class Goal:
         return self.steps[-1][1], True
 
 
-def goals_for(engine: str, device: str) -> list[Goal]:
+def goals_for(engine: str, device: str, uplink: bool = False) -> list[Goal]:
     goals: list[Goal] = []
     if engine == "tone":
         goals += [
             Goal("server pacing error p95 (ms)", ("server_jitter_ms", "p95"), ((1, 0.5), (100, 1))),
             Goal("client jitter p95 (ms)", ("jitter_ms", "p95"), ((100, 2.0),)),
             Goal("underruns", ("underruns",), ((100, 0),)),
-            Goal("interrupt -> Interrupted p95 (ms)", ("barge_in_ms", "p95"), ((100, 2.0),)),
         ]
+        if not uplink:  # with the uplink the interrupters barge in by voice, not Interrupt
+            goals.append(
+                Goal("interrupt -> Interrupted p95 (ms)", ("barge_in_ms", "p95"), ((100, 2.0),))
+            )
     elif device == "cuda":
         goals += [Goal("FAL p95 (ms)", ("fal_ms", "p95"), ((1, 15.0), (256, 100.0)))]
     else:
         goals += [Goal("FAL p95 (ms)", ("fal_ms", "p95"), ((1, 150.0),))]
+    if uplink:
+        goals += [
+            Goal(UPLINK_ROWS[1][0], UPLINK_ROWS[1][1], ((100, 100.0),)),
+            Goal("VAD false triggers", ("vad_false_triggers",), ((100, 0),)),
+        ]
     return goals
+
+
+def rows_for(doc: dict[str, Any]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    return RATIO_ROWS + (UPLINK_ROWS if doc.get("uplink") else ())
 
 
 def _get(d: dict[str, Any], path: tuple[str, ...]) -> float:
     for k in path:
+        if d is None:
+            return math.nan
         d = d[k]
-    return float(d)  # type: ignore[arg-type]
+    return float(d) if d is not None else math.nan  # type: ignore[arg-type]
 
 
 def build_document(
@@ -101,14 +172,14 @@ def build_document(
         if base is not None:
             level["baseline"] = base
             level["ratio"] = {
-                name: ratio(_get(dx, path), _get(base, path)) for name, path in RATIO_ROWS
+                name: ratio(_get(dx, path), _get(base, path)) for name, path in rows_for(meta)
             }
         out_levels.append(level)
     doc = dict(meta)
     doc["levels"] = out_levels
     doc["goals"] = [
         {"metric": g.label, "path": list(g.path), "steps": [list(s) for s in g.steps]}
-        for g in goals_for(meta["engine"], meta["device"])
+        for g in goals_for(meta["engine"], meta["device"], bool(meta.get("uplink")))
     ]
     return doc
 
@@ -153,6 +224,21 @@ RATIO_ROWS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("server CPU % per session", ("cpu_percent_per_session",)),
     ("server RSS (MB)", ("rss_mb",)),
 )
+# --uplink rows (the baseline has no uplink: n/a).
+UPLINK_ROWS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("speech onset -> Interrupted(vad) p50 (ms)", ("vad_barge_in_ms", "p50")),
+    ("speech onset -> Interrupted(vad) p95 (ms)", ("vad_barge_in_ms", "p95")),
+    ("speech onset -> Interrupted(vad) p99 (ms)", ("vad_barge_in_ms", "p99")),
+    ("VAD barge-ins measured", ("vad_barge_in_ms", "count")),
+    ("speech clips injected", ("vad_injected",)),
+    ("VAD missed barge-ins (none within 2 s)", ("vad_missed",)),
+    ("utterance ended before the VAD barge-in", ("vad_no_target",)),
+    ("VAD false triggers", ("vad_false_triggers",)),
+    ("VAD false triggers per noise-only session-minute", ("vad_false_triggers_per_min",)),
+    ("uplink frames sent", ("uplink_frames",)),
+    ("uplink frames sent > 20 ms late", ("uplink_late_frames",)),
+    ("server VAD ms per 32 ms window", ("uplink_server", "vad_ms_per_window")),
+)
 
 
 def _fmt(x: float) -> str:
@@ -171,7 +257,7 @@ def _verdict(value: float, threshold: float, beyond: bool) -> str:
 
 
 def markdown(doc: dict[str, Any]) -> str:
-    goals = goals_for(doc["engine"], doc["device"])
+    goals = goals_for(doc["engine"], doc["device"], bool(doc.get("uplink")))
     by_path = {g.path: g for g in goals}
     lines = [
         f"# duplexd bench: engine {doc['engine']}, device {doc['device']}, "
@@ -183,6 +269,19 @@ def markdown(doc: dict[str, Any]) -> str:
         f"server pacing error: {doc['server_merge']}.",
         "",
     ]
+    up = doc.get("uplink")
+    if up:
+        echo = "off"
+        if up["echo_db"] is not None:
+            echo = f"{up['echo_db']:g} dB, {up['echo_delay_ms']:g} ms"
+        lines += [
+            f"Uplink: 16 kHz, 20 ms frames in real time per session; noise {up['noise_dbfs']:g} "
+            f"dBFS; echo of the downlink {echo}; ASR {'on' if up['asr'] else 'off'}; "
+            f"interrupters barge in by voice ({up['clip']}). VAD barge-in latency = send time "
+            "of the AudioUp frame holding the speech onset -> Interrupted(vad) received; false "
+            "triggers = SpeechStarted or Interrupted(vad) while only noise/echo was sent.",
+            "",
+        ]
     for level in doc["levels"]:
         base = level.get("baseline")
         lines += [f"## {level['sessions']} session(s)", ""]
@@ -192,7 +291,7 @@ def markdown(doc: dict[str, Any]) -> str:
             head = "| metric | goal | duplexd | asyncio baseline | duplexd/baseline | verdict |"
             sep = "|---|---|---:|---:|---:|---|"
         lines += [head, sep]
-        for label, path in RATIO_ROWS:
+        for label, path in rows_for(doc):
             value = _get(level, path)
             goal, verdict = "", ""
             if path in by_path:

@@ -8,6 +8,8 @@ timers; the parent only samples /proc and waits. Everybody starts on a common
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 import multiprocessing as mp
 import time
@@ -22,10 +24,14 @@ from .load import LoadConfig, Opener, run_sessions
 from .metrics import merge_workers
 
 
-def _opener(kind: str) -> Opener:
+def _opener(kind: str, cfg: LoadConfig) -> Opener:
     if kind == "duplexd":
         from .load import open_duplexd
 
+        if cfg.uplink:
+            from .uplink import hello_options
+
+            return functools.partial(open_duplexd, uplink_options=hello_options(cfg))
         return open_duplexd
     from .baselines.client import open_baseline
 
@@ -36,7 +42,7 @@ def _worker(
     conn: Connection, kind: str, url: str, indices: list[int], cfg: LoadConfig, start: float
 ) -> None:
     try:
-        result = trio.run(run_sessions, _opener(kind), url, indices, cfg, start)
+        result = trio.run(run_sessions, _opener(kind, cfg), url, indices, cfg, start)
     except BaseException as exc:  # report, then exit: the parent must not wait forever
         conn.send({"fatal": f"{type(exc).__name__}: {exc}"})
         raise
@@ -65,6 +71,8 @@ def run_level(
 ) -> dict[str, Any]:
     """Drive `sessions` sessions at `url` for `cfg.duration_s`; merged results. `pid`: the
     server process to sample (None: CPU and RSS are not measured)."""
+    if kind != "duplexd":
+        cfg = dataclasses.replace(cfg, uplink=False)  # the baseline has no uplink
     n = min(workers or auto_workers(sessions), sessions)
     ctx = mp.get_context("fork")
     start = time.monotonic() + connect_budget_s(sessions)
@@ -116,4 +124,5 @@ def run_level(
     rss = sampler.rss_max_mb if pid is not None else math.nan
     cpu = cpu if pid is not None else math.nan
     merged.update(kind=kind, sessions=sessions, workers=n, cpu_percent=cpu, rss_mb=rss)
+    merged["uplink"] = cfg.uplink and kind == "duplexd"
     return merged

@@ -84,3 +84,63 @@ def test_tiny_bench_writes_the_schema(tmp_path: Path) -> None:
     barge = level["barge_in_ms"]["p50"]  # None if no barge-in happened in 2 s
     assert barge is None or 0 < barge < 1000
     assert {p.name for p in plots.iterdir()} >= {"fal_cdf.png", "barge_in_cdf.png"}
+
+
+UPLINK_KEYS = {
+    "vad_false_triggers": int,
+    "vad_false_triggers_per_min": float,
+    "vad_missed": int,
+    "vad_no_target": int,
+    "vad_injected": int,
+    "uplink_frames": int,
+    "uplink_late_frames": int,
+}
+
+
+def _run_uplink(tmp_path: Path, *extra: str) -> tuple[str, dict]:
+    out = tmp_path / "uplink.json"
+    proc = subprocess.run(
+        [
+            *(sys.executable, "-m", "bench", "--engine", "tone", "--uplink", "--sessions", "2"),
+            *("--no-baseline", "--json", str(out), "--no-progress", *extra),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert doc["uplink"]["rate_hz"] == 16_000
+    level = doc["levels"][0]
+    _check_level(level)
+    for key, kind in UPLINK_KEYS.items():
+        assert isinstance(level[key], kind | int if kind is float else kind), (key, level[key])
+    assert set(level["vad_barge_in_ms"]) >= {"p50", "p95", "p99"}
+    # two sessions x 20 ms frames for the whole level (a few may be lost to timing)
+    assert level["uplink_frames"] >= 0.9 * 2 * doc["duration_s"] / 0.02, level["uplink_frames"]
+    assert level["uplink_server"]["uplink_frames"] >= level["uplink_frames"]
+    assert "| speech onset -> Interrupted(vad) p95 (ms) | <= 100 |" in proc.stdout
+    assert "| VAD false triggers | <= 0 |" in proc.stdout
+    return proc.stdout, level
+
+
+@pytest.mark.integration
+def test_uplink_noise_only(tmp_path: Path) -> None:
+    """Noise plus echo, nobody speaks: every frame counts toward the false-trigger rate."""
+    _, level = _run_uplink(
+        tmp_path, "--duration", "2", "--interrupt-fraction", "0", "--uplink-echo-db", "-10"
+    )
+    assert level["vad_injected"] == 0 and level["vad_barge_in_ms"]["count"] == 0
+    assert level["uplink_noise_min"] > 0
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_uplink_voice_barge_in(tmp_path: Path) -> None:
+    """Both sessions barge in by voice (the VITS clip, synthesized once for the run)."""
+    _, level = _run_uplink(tmp_path, "--duration", "6", "--interrupt-fraction", "1")
+    decided = level["vad_barge_in_ms"]["count"] + level["vad_missed"] + level["vad_no_target"]
+    assert decided <= level["vad_injected"]
+    if level["vad_barge_in_ms"]["count"]:
+        assert -20 < level["vad_barge_in_ms"]["p50"] < 2000

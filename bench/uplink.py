@@ -1,0 +1,336 @@
+"""Uplink load (`python -m bench --uplink`): every session's microphone, in real time.
+
+Each duplexd session sends one 20 ms AudioUp frame (16 kHz s16le) every 20 ms on absolute
+deadlines (frame k leaves once it has been "captured", at start + (k + 1) x 20 ms). The
+microphone hears low-level room noise; with `--uplink-echo-db` also the session's own received
+downlink audio (48 kHz -> 16 kHz, played back like a player with a queue would, then delayed and
+attenuated); and, in the interrupting sessions, the user's voice: a VITS clip of the "other
+speaker" (slower, pitched up; see tests/speech.py), synthesized once per bench run in a
+subprocess, saved as .npy and loaded by every worker. The clip replaces the client's Interrupt:
+it is injected at a random moment while the agent's utterance plays, and the server's VAD must
+barge in.
+
+Measured (client clock, arrival times from the SDK reader):
+- VAD barge-in latency: send time of the AudioUp frame that holds the clip's speech onset ->
+  Interrupted(vad) received; no Interrupted(vad) within `VAD_MISS_S` is a miss (or "no target"
+  when the agent's utterance finished first, so there was nothing left to interrupt).
+- False triggers: SpeechStarted or Interrupted(vad) outside the speech windows (first frame of
+  the clip to `WINDOW_TAIL_S` after its last frame), i.e. while only noise (and echo) was sent;
+  also per minute of such noise-only uplink.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import trio
+
+from duplexd._frames import Audio, Interrupted, ServerFrame, SpeechStarted, UtteranceDone
+
+RATE = 16_000
+FRAME = 320  # samples per 20 ms uplink frame
+FRAME_S = 0.020
+USER_TEXT = "Wait, stop, I have a question."
+VAD_MISS_S = 2.0  # speech onset -> Interrupted(vad) later than this: a missed barge-in
+WINDOW_TAIL_S = 1.5  # SpeechStarted/Interrupted this long after the clip still belong to it
+NOISE_BANK_S = 8.0
+RING_S = 2.0  # the echo speaker's ring buffer
+
+F32 = npt.NDArray[np.float32]
+
+
+# ---------------------------------------------------------------------------- the user's voice
+
+
+def synthesize(path: str, text: str = USER_TEXT) -> None:
+    """Write `text` spoken by the other speaker (16 kHz float32) to `path` (.npy)."""
+    import soxr
+
+    from duplexd.engines.vits import VitsEngine
+
+    class _SlowVits(VitsEngine):  # as tests/speech.py: slower, and pitched up below
+        def _scales(self, spec: Any) -> Any:
+            return replace(super()._scales(spec), length_scale=1.3)
+
+    voice = _SlowVits(device="cpu", deterministic=True, warmup=False).open_voice("joe")
+    audio = voice.synthesize(text)
+    rate = int(voice.sample_rate_hz * 1.12)  # played faster: pitched up
+    np.save(path, np.asarray(soxr.resample(audio, rate, RATE), dtype=np.float32))
+
+
+def make_clip(directory: str, timeout_s: float = 300.0) -> str:
+    """Synthesize the clip in a subprocess (no VITS model in the forking parent); its path."""
+    path = os.path.join(directory, "user_clip.npy")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.uplink", path],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+    if proc.returncode != 0 or not os.path.exists(path):
+        raise RuntimeError(f"could not synthesize the uplink speech clip:\n{proc.stderr[-2000:]}")
+    return path
+
+
+def onset(audio: F32, level: float = 0.02) -> int:
+    """First sample whose 5 ms neighbourhood exceeds `level` (as tests/speech.py)."""
+    env = np.convolve(np.abs(audio), np.ones(80) / 80, mode="same")
+    return int(np.argmax(env > level / 4))
+
+
+@functools.lru_cache(maxsize=4)
+def load_clip(path: str) -> tuple[F32, int]:
+    """(clip, onset sample), once per worker process."""
+    audio = np.load(path).astype(np.float32)
+    return audio, onset(audio)
+
+
+@functools.lru_cache(maxsize=4)
+def noise_bank(dbfs: float, seed: int) -> tuple[F32, list[bytes]]:
+    """`NOISE_BANK_S` of white noise at `dbfs` RMS: as floats, and as s16le frames."""
+    n = int(NOISE_BANK_S / FRAME_S) * FRAME
+    noise = np.random.default_rng(seed).normal(0.0, 10 ** (dbfs / 20), n).astype(np.float32)
+    pcm = to_s16(noise)
+    return noise, [pcm[i : i + 2 * FRAME] for i in range(0, len(pcm), 2 * FRAME)]
+
+
+def to_s16(audio: F32) -> bytes:
+    return (np.clip(audio, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+
+
+def hello_options(cfg: Any) -> dict[str, Any]:
+    """HELLO options: the server's VAD defaults; ASR off unless `cfg.uplink_asr`."""
+    return {"vad": {"barge_in": True}, "asr": {"transcripts": bool(cfg.uplink_asr)}}
+
+
+# ---------------------------------------------------------------------------- the echo
+
+
+class Speaker:
+    """The session's loudspeaker at 16 kHz: downlink frames play back to back from their
+    arrival (a player with a queue; an Interrupted flushes it). `read` takes the microphone's
+    share of what played and clears it."""
+
+    def __init__(self, t0: float, downlink_rate_hz: int) -> None:
+        import soxr
+
+        self.t0 = t0
+        self.ring = np.zeros(int(RING_S * RATE), dtype=np.float32)
+        self.cursor = 0  # next free sample of the queue
+        self._rs = soxr.ResampleStream(downlink_rate_hz, RATE, 1, dtype="float32")
+
+    def play(self, pcm: bytes, now: float) -> None:
+        x = np.frombuffer(pcm, "<i2").astype(np.float32) / 32768
+        y = self._rs.resample_chunk(x)
+        pos = max(round((now - self.t0) * RATE), self.cursor)
+        if pos < 0 or pos - (now - self.t0) * RATE > RING_S * RATE / 2:
+            return  # before the uplink started, or queued too far ahead for the ring
+        self._write(pos, y)
+        self.cursor = pos + len(y)
+
+    def flush(self, now: float) -> None:
+        pos = max(0, round((now - self.t0) * RATE))
+        if self.cursor > pos:
+            self._write(pos, np.zeros(self.cursor - pos, dtype=np.float32))
+        self.cursor = pos
+
+    def _write(self, pos: int, y: F32) -> None:
+        n = len(self.ring)
+        i = pos % n
+        first = min(len(y), n - i)
+        self.ring[i : i + first] = y[:first]
+        self.ring[: len(y) - first] = y[first:]
+
+    def read(self, pos: int, count: int) -> F32:
+        out = np.zeros(count, dtype=np.float32)
+        if pos + count <= 0:
+            return out
+        skip = max(0, -pos)
+        pos, count = pos + skip, count - skip
+        n = len(self.ring)
+        i = pos % n
+        first = min(count, n - i)
+        out[skip : skip + first] = self.ring[i : i + first]
+        out[skip + first :] = self.ring[: count - first]
+        self.ring[i : i + first] = 0
+        self.ring[: count - first] = 0
+        return out
+
+
+# ---------------------------------------------------------------------------- one session's mic
+
+
+@dataclass
+class Injection:
+    """One injection of the user's clip, from `start` (uplink sample)."""
+
+    uid: int
+    start: int
+    first_frame: int
+    onset_frame: int
+    last_frame: int
+    t_onset_planned: float
+    t_start: float | None = None  # send time of the first frame with the clip
+    t_onset: float | None = None  # ... of the frame with the speech onset
+    t_end: float | None = None  # ... of the last frame with the clip
+    latency: float | None = None  # onset -> Interrupted(vad)
+    ended_first: bool = False  # the agent's utterance finished before any Interrupted(vad)
+    onset_sent: trio.Event = field(default_factory=trio.Event)
+    vad: trio.Event = field(default_factory=trio.Event)
+    finished: trio.Event = field(default_factory=trio.Event)
+
+    def covers(self, t: float) -> bool:
+        """Whether speech events at `t` belong to this injection."""
+        return self.t_end is None or t < self.t_end + WINDOW_TAIL_S
+
+
+class Mic:
+    """One session's uplink: builds and sends the frames, and classifies the VAD's frames."""
+
+    def __init__(self, cfg: Any, index: int, out: dict[str, Any]) -> None:
+        self.out = out
+        self.active = True
+        self.noise, self.noise_frames = noise_bank(cfg.uplink_noise_dbfs, cfg.seed)
+        self.offset = (index * 997) % len(self.noise_frames)  # sessions hear different noise
+        self.clip: F32 | None = None
+        self.clip_onset = 0
+        if cfg.uplink_clip:
+            self.clip, self.clip_onset = load_clip(cfg.uplink_clip)
+        self.echo_gain = None if cfg.uplink_echo_db is None else 10 ** (cfg.uplink_echo_db / 20)
+        self.echo_delay = round(cfg.uplink_echo_delay_ms / 1000 * RATE)
+        self.speaker: Speaker | None = None
+        self.t0 = 0.0
+        self.k = 0  # next frame to send
+        self.inj: Injection | None = None
+        self.rng = np.random.default_rng(cfg.seed * 7919 + index)
+
+    def expecting_vad(self) -> bool:
+        return self.inj is not None and not self.inj.vad.is_set() and self.inj.t_end is None
+
+    def inject(self, uid: int, now: float) -> Injection:
+        """Start the clip at this instant of the microphone's timeline (mid-frame in general)."""
+        assert self.clip is not None
+        start = max(self.k * FRAME, round((now - self.t0) * RATE))
+        on = (start + self.clip_onset) // FRAME
+        self.inj = Injection(
+            uid=uid,
+            start=start,
+            first_frame=start // FRAME,
+            onset_frame=on,
+            last_frame=(start + len(self.clip) - 1) // FRAME,
+            t_onset_planned=self.t0 + (on + 1) * FRAME_S,
+        )
+        return self.inj
+
+    def on_frame(self, frame: ServerFrame, now: float, current_epoch: int) -> None:
+        """Called by the Recorder before it handles `frame` (`current_epoch`: before it)."""
+        out, inj = self.out, self.inj
+        if isinstance(frame, Audio):
+            if self.speaker is not None and frame.epoch == current_epoch:
+                self.speaker.play(frame.pcm, now)
+        elif isinstance(frame, SpeechStarted):
+            if inj is not None and inj.covers(now):
+                out["vad_speech_started"] += self.active
+            else:
+                out["vad_false_speech_started"] += self.active
+        elif isinstance(frame, Interrupted):
+            if self.speaker is not None:
+                self.speaker.flush(now)
+            if not frame.vad:
+                return
+            if inj is None or not inj.covers(now):
+                out["vad_false_barge_ins"] += self.active
+            elif not inj.vad.is_set():
+                t_onset = inj.t_onset if inj.t_onset is not None else inj.t_onset_planned
+                inj.latency = now - t_onset
+                inj.vad.set()
+        elif (
+            isinstance(frame, UtteranceDone)
+            and inj is not None
+            and frame.utterance_id == inj.uid
+            and not inj.vad.is_set()
+        ):
+            inj.ended_first = True
+
+    def build(self, k: int) -> bytes:
+        inj = self.inj
+        with_clip = inj is not None and inj.first_frame <= k <= inj.last_frame
+        if self.speaker is None and not with_clip:
+            return self.noise_frames[(self.offset + k) % len(self.noise_frames)]
+        i = ((self.offset + k) % len(self.noise_frames)) * FRAME
+        x = self.noise[i : i + FRAME].copy()
+        lo = k * FRAME
+        if self.speaker is not None:
+            x += self.echo_gain * self.speaker.read(lo - self.echo_delay, FRAME)  # type: ignore[operator]
+        if with_clip:
+            assert inj is not None and self.clip is not None
+            u = lo - inj.start
+            part = self.clip[max(0, u) : max(0, u + FRAME)]
+            at = max(0, -u)
+            x[at : at + len(part)] += part[: FRAME - at]
+        return to_s16(x)
+
+    async def run(self, session: Any, t0: float) -> None:
+        """Send frame k at t0 + (k + 1) x 20 ms until cancelled."""
+        self.t0 = t0
+        if self.echo_gain is not None:
+            self.speaker = Speaker(t0, session.sample_rate_hz)
+        out = self.out
+        while True:
+            k = self.k
+            deadline = t0 + (k + 1) * FRAME_S
+            await trio.sleep_until(deadline)
+            pcm = self.build(k)
+            now = trio.current_time()
+            await session.send_audio(pcm)
+            self.k = k + 1
+            inj = self.inj
+            if inj is not None:
+                if k == inj.first_frame:
+                    inj.t_start = now
+                if k == inj.onset_frame:
+                    inj.t_onset = now
+                    inj.onset_sent.set()
+                if k == inj.last_frame:
+                    inj.t_end = now
+                    inj.finished.set()
+            if self.active:
+                out["uplink_frames"] += 1
+                out["uplink_late_frames"] += now - deadline > FRAME_S
+                if inj is None or not inj.covers(now):
+                    out["uplink_noise_s"] += FRAME_S
+
+
+async def speak_over(target: Any, mic: Mic, uid: int, active: Any) -> None:
+    """The user talks over utterance `uid`: inject the clip, wait for the VAD's barge-in (or
+    give up after `VAD_MISS_S`), let the user finish, and leave the turn's tail to the VAD."""
+    out = mic.out
+    inj = mic.inject(uid, trio.current_time())
+    out["vad_injected"] += active()
+    await inj.onset_sent.wait()
+    assert inj.t_onset is not None
+    with trio.move_on_at(inj.t_onset + VAD_MISS_S):
+        await inj.vad.wait()
+    if inj.latency is not None and inj.latency <= VAD_MISS_S:
+        if active():
+            out["vad_barge_in"].append(inj.latency)
+    elif inj.ended_first:
+        out["vad_no_target"] += active()
+    else:
+        out["vad_missed"] += active()
+        await target.interrupt()  # stop the agent the hard way, for a clean next turn
+    await inj.finished.wait()
+    await trio.sleep(WINDOW_TAIL_S)  # the user's turn ends (SpeechStopped)
+
+
+if __name__ == "__main__":
+    synthesize(sys.argv[1], *sys.argv[2:3])
