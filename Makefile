@@ -9,8 +9,20 @@ HOST ?= 127.0.0.1
 PORT ?= 8765
 ENGINE ?= vits
 PYTEST_ARGS ?=
+LINT_DIRS := duplexd tests bench tools examples
+# make profile-engine: N batches of BATCH sentences on DEVICE, Chrome trace to TRACE
+N ?= 5
+BATCH ?= 1
+DEVICE ?= auto
+TRACE ?= out/engine-trace.json
+# make spy-top PID=1234 / make spy-record PID=1234 [OUT=out/py-spy.svg] [DURATION=10]
+PID ?=
+OUT ?= out/py-spy.svg
+DURATION ?= 10
+SPY_ARGS ?=
 
-.PHONY: install run test test-unit test-integration lint fix typecheck ci tsan bench clean
+.PHONY: install run test test-unit test-integration lint fix typecheck ci tsan bench clean \
+	cov spy-top spy-record profile-engine
 
 install: $(STAMP)
 
@@ -36,12 +48,12 @@ test-integration: install
 	$(PY) -m pytest -m "integration and not slow" $(PYTEST_ARGS)
 
 lint: install
-	$(VENV)/bin/ruff check duplexd tests bench
-	$(VENV)/bin/ruff format --check duplexd tests bench
+	$(VENV)/bin/ruff check $(LINT_DIRS)
+	$(VENV)/bin/ruff format --check $(LINT_DIRS)
 
 fix: install
-	$(VENV)/bin/ruff check --fix duplexd tests bench
-	$(VENV)/bin/ruff format duplexd tests bench
+	$(VENV)/bin/ruff check --fix $(LINT_DIRS)
+	$(VENV)/bin/ruff format $(LINT_DIRS)
 
 typecheck: install
 	$(VENV)/bin/mypy
@@ -54,5 +66,24 @@ tsan:
 bench: install
 	$(PY) -m bench --engine tone --sessions 1,50,100 --duration 10
 
+# coverage of the suite without the real-time `slow` tests; the floors are in tools/
+cov: install
+	mkdir -p out
+	$(PY) -m pytest -m "not slow" --cov=duplexd --cov-report=term \
+		--cov-report=json:out/coverage.json $(PYTEST_ARGS)
+	$(PY) tools/check_coverage.py out/coverage.json
+
+spy-top: install
+	@test -n "$(PID)" || { echo "usage: make spy-top PID=<pid of duplexd serve>" >&2; exit 2; }
+	$(VENV)/bin/py-spy top --pid $(PID) $(SPY_ARGS)
+
+spy-record: install
+	@test -n "$(PID)" || { echo "usage: make spy-record PID=<pid> [OUT=out/x.svg]" >&2; exit 2; }
+	mkdir -p $(dir $(OUT))
+	$(VENV)/bin/py-spy record --pid $(PID) --duration $(DURATION) --output $(OUT) $(SPY_ARGS)
+
+profile-engine: install
+	$(PY) -m bench.profile_engine --n $(N) --batch $(BATCH) --device $(DEVICE) --out $(TRACE)
+
 clean:
-	rm -rf build dist *.egg-info native/build duplexd/_native*.so duplexd/_native.c
+	rm -rf build dist *.egg-info native/build duplexd/_native*.so duplexd/_native.c out

@@ -1,4 +1,6 @@
-"""The engines a daemon serves: built-ins by name, loaded once per process."""
+"""The engines a daemon serves: built-ins and plugins by name, loaded once per process.
+
+Plugins are packages declaring a `duplexd.engines` entry point (`duplexd._plugins`)."""
 
 from __future__ import annotations
 
@@ -10,9 +12,17 @@ from .engines.base import Engine
 BUILTIN_ENGINES = ("vits", "tone")
 
 
+def available_engines() -> list[str]:
+    """The engine names `load_engine` knows: the built-ins, then installed plugins."""
+    from ._plugins import plugin_entry_points
+
+    return [*BUILTIN_ENGINES, *(n for n in plugin_entry_points() if n not in BUILTIN_ENGINES)]
+
+
 def load_engine(name: str, *, device: str = "auto", **options: Any) -> Engine:
-    """Create a built-in engine. Blocking (a neural engine loads its model): call it before
-    serving or from a worker thread. Raises LookupError for an unknown name."""
+    """Create a built-in or plugin engine. Blocking (a neural engine loads its model): call it
+    before serving or from a worker thread. Raises LookupError for an unknown name, and
+    `duplexd._plugins.PluginError` (an EngineError) for a plugin that fails to load."""
     if name == "tone":
         from .engines.tone import ToneEngine
 
@@ -21,7 +31,12 @@ def load_engine(name: str, *, device: str = "auto", **options: Any) -> Engine:
         from .engines.vits import VitsEngine
 
         return VitsEngine(device=device, **options)
-    raise LookupError(f"unknown engine {name!r}; available: {', '.join(BUILTIN_ENGINES)}")
+    from ._plugins import load_plugin_engine
+
+    engine = load_plugin_engine(name, device=device, **options)
+    if engine is None:
+        raise LookupError(f"unknown engine {name!r}; available: {', '.join(available_engines())}")
+    return engine
 
 
 class EngineSet:

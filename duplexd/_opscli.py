@@ -51,7 +51,7 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--token", default=d, help="require this token in Hello")
     p.add_argument("--max-sessions", type=int, default=d, help="0: unlimited")
     p.add_argument("--drain-timeout", type=float, default=d, metavar="S", help="SIGTERM drain")
-    p.add_argument("--engine", default=d, help="vits (default) or tone")
+    p.add_argument("--engine", default=d, help="vits (default), tone, or a plugin's")
     p.add_argument("--device", default=d, help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--voice", default=d, help="voice to preload and use by default")
     p.add_argument("--log-format", default=d, choices=["json", "text"])

@@ -14,8 +14,10 @@ from trio_websocket import ConnectionClosed, WebSocketRequest, WebSocketServer, 
 from ._config import SessionLimits
 from ._engines import EngineSet
 from ._frames import SUBPROTOCOL, WS_PATH
+from ._jsonmode import JSON_SUBPROTOCOL
 from ._pacer import Pacer, open_pacer
 from ._session import Session
+from ._trace import debug_transport
 
 log = logging.getLogger("duplexd.server")
 
@@ -110,12 +112,14 @@ async def _serve(
                 with contextlib.suppress(ConnectionClosed, trio.BrokenResourceError):
                     await request.reject(503, body=f"duplexd is {refusal}\n".encode())
                 return
-            subprotocol = SUBPROTOCOL if SUBPROTOCOL in request.proposed_subprotocols else None
+            offered = request.proposed_subprotocols  # binary first; JSON: a debugging aid
+            subprotocol = next((p for p in (SUBPROTOCOL, JSON_SUBPROTOCOL) if p in offered), None)
             try:
                 ws = await request.accept(subprotocol=subprotocol)
             except ConnectionClosed:
                 return
-            session = Session(ws, engines=engines, pacer=pacer, limits=limits)
+            # JSON mode and --trace wrap `ws`; otherwise it is `ws` itself (no per-frame cost)
+            session = Session(debug_transport(ws), engines=engines, pacer=pacer, limits=limits)
             daemon.sessions.add(session)
             daemon.sessions_total += 1
             try:

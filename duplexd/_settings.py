@@ -45,7 +45,7 @@ class ServerSettings:
 
 @attrs.frozen
 class EngineSettings:
-    name: str = "vits"  # vits or tone
+    name: str = "vits"  # vits, tone, or a plugin (`duplexd.engines` entry point)
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     voice: str = ""  # the default voice; "" = the engine's own default
     preload: tuple[str, ...] = ()  # voices loaded (and warmed) before READY
@@ -257,10 +257,11 @@ def _validate(s: Settings) -> None:
         )
     if s.server.drain_timeout_s < 0:
         raise bad("server.drain_timeout_s", f"must be >= 0, got {s.server.drain_timeout_s}")
-    from ._engines import BUILTIN_ENGINES
+    from ._engines import available_engines
 
-    if s.engine.name not in BUILTIN_ENGINES:
-        names = ", ".join(BUILTIN_ENGINES)
+    engines = available_engines()  # built-ins and `duplexd.engines` entry points
+    if s.engine.name not in engines:
+        names = ", ".join(engines)
         raise bad("engine.name", f"must be one of {names}, got {s.engine.name!r}")
     if not _DEVICE.match(s.engine.device):
         raise bad("engine.device", f"must be auto, cpu, cuda or cuda:N, got {s.engine.device!r}")

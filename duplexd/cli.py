@@ -1,4 +1,4 @@
-"""`duplexd serve | say`: the daemon and a one-shot client."""
+"""`duplexd serve | config | chat | probe | say`: the daemon and its clients."""
 
 from __future__ import annotations
 
@@ -35,6 +35,9 @@ def _parser() -> argparse.ArgumentParser:
         help="faster-whisper model directory (default: the bundled Whisper tiny.en)",
     )
     s.add_argument("--asr-threads", type=int, default=2, help="CPU threads of the ASR model")
+    from ._trace import add_trace_arguments
+
+    add_trace_arguments(s)  # --trace PATH, --trace-session WHICH
 
     c = sub.add_parser("config", help="show or check the effective configuration")
     add_config_flags(c)
@@ -46,6 +49,13 @@ def _parser() -> argparse.ArgumentParser:
 
     add_chat_arguments(
         sub.add_parser("chat", help="talk with a voice agent through a running daemon"),
+        DEFAULT_URL,
+    )
+
+    from ._probe import add_probe_arguments
+
+    add_probe_arguments(
+        sub.add_parser("probe", help="handshake, limits, voices and per-frame timing"),
         DEFAULT_URL,
     )
 
@@ -70,6 +80,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_chat(args)
         if args.command == "config":
             return config_command(args)
+        if args.command == "probe":
+            from ._probe import run_probe
+
+            return run_probe(args)
         return _say(args)
     except KeyboardInterrupt:
         return 130
@@ -82,7 +96,13 @@ def _serve(args: argparse.Namespace) -> int:
     """Settings (file < DUPLEXD_* < flags), then `duplexd._service.Service` until SIGTERM."""
     from ._asr import Transcriber, configure_default_transcriber
     from ._opscli import serve
+    from ._trace import configure_tracing
 
+    try:
+        configure_tracing(args.trace, args.trace_session)
+    except ValueError as exc:
+        print(f"duplexd: {exc}", file=sys.stderr)
+        return 2
     configure_default_transcriber(
         Transcriber(args.asr_model or None, cpu_threads=max(1, args.asr_threads))
     )
