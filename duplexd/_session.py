@@ -442,7 +442,6 @@ class Session:
             utterance_id=utt.uid,
             cancel=utt.cancel,
             kick=kick,
-            frame_s=self._pacer.frame_s,
         )
         utt.piece_map = producer.pieces
         try:

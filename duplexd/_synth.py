@@ -72,7 +72,6 @@ class UtteranceProducer:
         utterance_id: int,
         cancel: threading.Event,
         kick: Callable[[], None],
-        frame_s: float,
     ) -> None:
         self._voice = voice
         self._ring = ring
@@ -85,7 +84,6 @@ class UtteranceProducer:
         self._uid = utterance_id
         self._cancel = cancel
         self._kick = kick
-        self._frame_s = frame_s
         self._seq = 0
         self._in_samples = 0
         self._slot = bytearray(AUDIO_HEADER_BYTES + frame_samples * BYTES_PER_SAMPLE)
