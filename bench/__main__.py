@@ -68,6 +68,13 @@ def _parser() -> argparse.ArgumentParser:
         help="mix the session's received audio into its uplink at this gain (implies --uplink)",
     )
     up.add_argument("--uplink-echo-delay-ms", type=float, default=50.0, metavar="MS")
+    up.add_argument(
+        "--uplink-echo-playout-ms",
+        type=float,
+        default=40.0,
+        metavar="MS",
+        help="the echoing player's playout buffer (0: each run plays on arrival)",
+    )
     up.add_argument("--uplink-noise-dbfs", type=float, default=-55.0, metavar="DBFS")
     up.add_argument("--uplink-asr", action="store_true", help="leave the server's transcription on")
     return p
@@ -110,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         uplink_noise_dbfs=args.uplink_noise_dbfs,
         uplink_echo_db=args.uplink_echo_db,
         uplink_echo_delay_ms=args.uplink_echo_delay_ms,
+        uplink_echo_playout_ms=args.uplink_echo_playout_ms,
         uplink_asr=args.uplink_asr,
     )
     servers: dict[str, Server] = {}
@@ -161,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             "noise_dbfs": args.uplink_noise_dbfs,
             "echo_db": args.uplink_echo_db,
             "echo_delay_ms": args.uplink_echo_delay_ms,
+            "echo_playout_ms": args.uplink_echo_playout_ms,
             "asr": args.uplink_asr,
             "clip": f"VITS other speaker: {USER_TEXT!r}" if cfg.uplink_clip else "none",
         }

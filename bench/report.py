@@ -64,6 +64,7 @@ def _uplink_summary(run: dict[str, Any]) -> dict[str, Any]:
     if not run.get("uplink"):
         return {
             "vad_barge_in_ms": {"p50": nan, "p95": nan, "p99": nan, "max": nan, "count": 0},
+            "vad_barge_in_ms_each": [],
             **{k: nan for k in UPLINK_COUNTS},
             "vad_false_triggers_per_min": nan,
             "uplink_server": None,
@@ -73,8 +74,10 @@ def _uplink_summary(run: dict[str, Any]) -> dict[str, Any]:
     stats = [s for s in run["server_stats"] if "uplink_frames" in s]
     windows = sum(s.get("vad_windows", 0) for s in stats)
     vad_ms = sum(s.get("vad_windows", 0) * s.get("vad_ms_per_window", 0.0) for s in stats)
+    barges = sum(s.get("vad_barge_ins", 0) for s in stats)
     return {
         "vad_barge_in_ms": percentiles_ms(run["vad_barge_in"]),
+        "vad_barge_in_ms_each": sorted(round(1000 * x, 1) for x in run["vad_barge_in"]),
         "vad_false_triggers": false,
         "vad_false_triggers_per_min": round(false / noise_min, 3) if noise_min else nan,
         "vad_false_speech_started": run["vad_false_speech_started"],
@@ -92,7 +95,21 @@ def _uplink_summary(run: dict[str, Any]) -> dict[str, Any]:
             "vad_ms_per_window": round(vad_ms / windows, 4) if windows else nan,
             "echo_windows": sum(s.get("echo_windows", 0) for s in stats),
             "speech_segments": sum(s.get("speech_segments", 0) for s in stats),
-            "vad_barge_ins": sum(s.get("vad_barge_ins", 0) for s in stats),
+            "vad_barge_ins": barges,
+            "vad_barge_in_delay_ms_mean": (
+                round(
+                    sum(
+                        s.get("vad_barge_in_delay_ms_mean", 0.0) * s["vad_barge_ins"] for s in stats
+                    )
+                    / barges,
+                    3,
+                )
+                if barges
+                else nan
+            ),
+            "vad_barge_in_delay_ms_max": max(
+                (s.get("vad_barge_in_delay_ms_max", 0.0) for s in stats), default=nan
+            ),
             "transcripts": sum(s.get("transcripts", 0) for s in stats),
             "asr_s": round(sum(s.get("asr_s", 0.0) for s in stats), 4),
         },
@@ -238,6 +255,14 @@ UPLINK_ROWS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("uplink frames sent", ("uplink_frames",)),
     ("uplink frames sent > 20 ms late", ("uplink_late_frames",)),
     ("server VAD ms per 32 ms window", ("uplink_server", "vad_ms_per_window")),
+    (
+        "server: deciding frame in -> barge-in, mean (ms)",
+        ("uplink_server", "vad_barge_in_delay_ms_mean"),
+    ),
+    (
+        "server: deciding frame in -> barge-in, max (ms)",
+        ("uplink_server", "vad_barge_in_delay_ms_max"),
+    ),
 )
 
 
@@ -274,6 +299,8 @@ def markdown(doc: dict[str, Any]) -> str:
         echo = "off"
         if up["echo_db"] is not None:
             echo = f"{up['echo_db']:g} dB, {up['echo_delay_ms']:g} ms"
+            if "echo_playout_ms" in up:
+                echo += f" after a {up['echo_playout_ms']:g} ms playout buffer"
         lines += [
             f"Uplink: 16 kHz, 20 ms frames in real time per session; noise {up['noise_dbfs']:g} "
             f"dBFS; echo of the downlink {echo}; ASR {'on' if up['asr'] else 'off'}; "

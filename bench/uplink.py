@@ -116,22 +116,27 @@ def hello_options(cfg: Any) -> dict[str, Any]:
 
 
 class Speaker:
-    """The session's loudspeaker at 16 kHz: downlink frames play back to back from their
-    arrival (a player with a queue; an Interrupted flushes it). `read` takes the microphone's
-    share of what played and clears it."""
+    """The session's loudspeaker at 16 kHz: a player with a playout buffer. The first frame
+    after the queue ran dry plays `playout_s` after its arrival (a jitter buffer, as any real
+    player has: browsers and WebRTC keep 20-80 ms); later frames play back to back; a frame
+    that comes after its turn leaves a gap and starts a new run. An Interrupted flushes the
+    queue. `playout_s` 0 is a player that starts each run on arrival (every late frame is a
+    gap: the harshest echo to follow). `read` takes the microphone's share of what played."""
 
-    def __init__(self, t0: float, downlink_rate_hz: int) -> None:
+    def __init__(self, t0: float, downlink_rate_hz: int, playout_s: float) -> None:
         import soxr
 
         self.t0 = t0
         self.ring = np.zeros(int(RING_S * RATE), dtype=np.float32)
         self.cursor = 0  # next free sample of the queue
+        self.playout = round(playout_s * RATE)
         self._rs = soxr.ResampleStream(downlink_rate_hz, RATE, 1, dtype="float32")
 
     def play(self, pcm: bytes, now: float) -> None:
         x = np.frombuffer(pcm, "<i2").astype(np.float32) / 32768
         y = self._rs.resample_chunk(x)
-        pos = max(round((now - self.t0) * RATE), self.cursor)
+        arrival = round((now - self.t0) * RATE)
+        pos = self.cursor if self.cursor >= arrival else arrival + self.playout
         if pos < 0 or pos - (now - self.t0) * RATE > RING_S * RATE / 2:
             return  # before the uplink started, or queued too far ahead for the ring
         self._write(pos, y)
@@ -207,6 +212,7 @@ class Mic:
             self.clip, self.clip_onset = load_clip(cfg.uplink_clip)
         self.echo_gain = None if cfg.uplink_echo_db is None else 10 ** (cfg.uplink_echo_db / 20)
         self.echo_delay = round(cfg.uplink_echo_delay_ms / 1000 * RATE)
+        self.playout_s = cfg.uplink_echo_playout_ms / 1000
         self.speaker: Speaker | None = None
         self.t0 = 0.0
         self.k = 0  # next frame to send
@@ -283,7 +289,7 @@ class Mic:
         """Send frame k at t0 + (k + 1) x 20 ms until cancelled."""
         self.t0 = t0
         if self.echo_gain is not None:
-            self.speaker = Speaker(t0, session.sample_rate_hz)
+            self.speaker = Speaker(t0, session.sample_rate_hz, self.playout_s)
         out = self.out
         while True:
             k = self.k

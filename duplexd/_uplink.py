@@ -64,6 +64,11 @@ MAX_INBOX: Final = 500  # uplink frames + downlink messages waiting for processi
 _PREFIX: Final = struct.Struct("<IB")
 _AUDIO_BODY: Final = 12  # epoch(2) + utterance_id(4) + seq(4) + the type and flags bytes
 _S16: Final = 1.0 / 32768.0
+# A window counts toward a barge-in only if the energy left after echo cancellation is at
+# least this fraction of the echo energy taken out (a double-talk check: the user's voice adds
+# energy; a cancellation's leftovers, e.g. from a player that paused mid-window, do not).
+DOUBLE_TALK_RATIO: Final = 0.35
+_NEVER: Final = 2.0  # a barge-in threshold no probability reaches
 
 
 @dataclass
@@ -82,11 +87,13 @@ def default_uplink_services() -> UplinkServices:
 class UplinkCounters:
     frames: int = 0
     windows: int = 0
-    vad_s: float = 0.0  # VAD + echo canceller compute (worker thread)
+    vad_s: float = 0.0  # VAD + echo canceller CPU time (worker thread)
     inbox_dropped: int = 0  # frames dropped because processing fell ~5 s behind
     echo_windows: int = 0
     speech_segments: int = 0
     barge_ins: int = 0
+    barge_in_delay_s: float = 0.0  # sum over barge-ins: deciding frame's arrival -> interrupt
+    barge_in_delay_max_s: float = 0.0
     transcripts: int = 0
     turns_dropped: int = 0
     asr_s: float = 0.0  # wall time of this session's transcriptions (worker thread)
@@ -102,6 +109,10 @@ class UplinkCounters:
             "echo_windows": self.echo_windows,
             "speech_segments": self.speech_segments,
             "vad_barge_ins": self.barge_ins,
+            "vad_barge_in_delay_ms_mean": (
+                round(1000 * self.barge_in_delay_s / self.barge_ins, 3) if self.barge_ins else 0
+            ),
+            "vad_barge_in_delay_ms_max": round(1000 * self.barge_in_delay_max_s, 3),
             "transcripts": self.transcripts,
             "turns_dropped": self.turns_dropped,
             "inbox_dropped": self.inbox_dropped,
@@ -138,7 +149,8 @@ class Uplink:
         # (arrival time, uplink seq gap, pcm) or (arrival time, -1, downlink message)
         self._inbox: collections.deque[tuple[float, int, bytes]] = collections.deque()
         self._inbox_lot = trio.lowlevel.ParkingLot()
-        self._events: list[object] = []  # produced in the worker, delivered on the trio thread
+        # (arrival time of the audio behind it, event): made in the worker, delivered on trio
+        self._events: list[tuple[float, object]] = []
         self._transcriber = services.transcriber if asr.transcripts else None
         self._vad = SileroVad(services.vad_backend)
         self._detector = SpeechDetector(vad, partial_ms=asr.partial_ms)
@@ -197,10 +209,10 @@ class Uplink:
             batch = list(inbox)
             inbox.clear()
             events = await self._offload(self._process_batch, batch)
-            for ev in events:
-                self._deliver(ev)
+            for arrived, ev in events:
+                self._deliver(arrived, ev)
 
-    def _process_batch(self, batch: list[tuple[float, int, bytes]]) -> list[object]:
+    def _process_batch(self, batch: list[tuple[float, int, bytes]]) -> list[tuple[float, object]]:
         """Worker side: everything heavy. Touches only this object's processing state."""
         self._events = []
         n = self._frame_samples
@@ -216,14 +228,18 @@ class Uplink:
             self._ingest(now, samples)
         return self._events
 
-    def _deliver(self, ev: object) -> None:
+    def _deliver(self, arrived: float, ev: object) -> None:
         if isinstance(ev, SpeechStart):
             self.counters.speech_segments += 1
             self._send(fr.SpeechStarted(uplink_sample=ev.sample * self._scale))
         elif isinstance(ev, SpeechStop):
             self._send(fr.SpeechStopped(uplink_sample=ev.sample * self._scale))
         elif isinstance(ev, BargeIn):
-            self.counters.barge_ins += 1
+            c = self.counters
+            c.barge_ins += 1
+            delay = trio.current_time() - arrived
+            c.barge_in_delay_s += delay
+            c.barge_in_delay_max_s = max(c.barge_in_delay_max_s, delay)
             self._barge_in()
         elif isinstance(ev, Turn) and self._transcriber is not None:
             self._queue_turn(ev)
@@ -237,12 +253,12 @@ class Uplink:
         pending = np.concatenate((self._pending, samples)) if len(self._pending) else samples
         i = 0
         while len(pending) - i >= WINDOW:
-            self._window(pending[i : i + WINDOW])
+            self._window(now, pending[i : i + WINDOW])
             i += WINDOW
         self._pending = pending[i:].copy()
 
-    def _window(self, window: np.ndarray) -> None:
-        t0 = time.perf_counter()
+    def _window(self, now: float, window: np.ndarray) -> None:
+        t0 = time.thread_time()
         pos = self._pos
         c = self.counters
         barge_threshold = self.vad_options.threshold
@@ -253,6 +269,9 @@ class Uplink:
                 c.echo_windows += 1
                 c.max_ncc = max(c.max_ncc, ncc)
                 barge_threshold = max(barge_threshold, self.vad_options.echo_threshold)
+                left = float(np.dot(window, window))
+                if left < DOUBLE_TALK_RATIO * self._echo.last_removed:
+                    barge_threshold = _NEVER  # what is left is small next to the echo: residue
         prob = self._vad.prob(window)
         cap = len(self._turn_ring)
         i = pos & (cap - 1)
@@ -260,8 +279,8 @@ class Uplink:
         self._pos = pos + WINDOW
         c.windows += 1
         events = self._detector.process(pos, prob, barge_threshold)
-        c.vad_s += time.perf_counter() - t0
-        self._events.extend(events)
+        c.vad_s += time.thread_time() - t0
+        self._events.extend((now, ev) for ev in events)
 
     def _queue_turn(self, turn: Turn) -> None:
         try:
@@ -325,5 +344,6 @@ class Uplink:
         out = self.counters.summary()
         if self._echo is not None:
             out["echo_max_ncc"] = round(self.counters.max_ncc, 3)
-            out["echo_delay_ms"] = round(self._echo.last_delay_ms, 1)
+            delay = self._echo.delay_ms
+            out["echo_delay_ms"] = None if delay is None else round(delay, 1)
         return out

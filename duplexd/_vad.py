@@ -52,7 +52,7 @@ class VadOptions:
     min_silence_ms: float = 500.0  # silence this long before SpeechStopped (end of turn)
     speech_pad_ms: float = 150.0  # audio kept around a turn for the transcript
     barge_in: bool = True  # interrupt the playing utterance when the user speaks
-    barge_in_min_speech_ms: float = 60.0  # speech this long before barging in
+    barge_in_min_speech_ms: float = 30.0  # speech this long before barging in (whole windows)
     echo_cancel: bool = True  # remove the downlink's echo from the uplink before the VAD
     echo_threshold: float = 0.7  # barge-in needs this probability while echo is possible
     max_turn_s: float = 30.0  # a longer turn is transcribed in pieces of this length
@@ -176,9 +176,22 @@ class SileroVad:
 
     `backend`: "onnx" (default when onnxruntime is installed) or "jit" (TorchScript).
     Not thread-safe per instance; instances are independent.
+
+    State refresh: over long stretches of room noise silero's recurrent state drifts and its
+    response to a speech onset slows down (replaying a bench session's uplink: the first window
+    over 0.7 came 0-1 windows after the onset's with a state under a few seconds old, up to 3
+    windows later after ~20 s). So once `refresh_windows` windows have passed since the last
+    reset and the last `QUIET_WINDOWS` all scored under `QUIET_PROB`, the state is reset
+    (0 disables it). Speech is never cut: a reset only happens in quiet.
     """
 
-    def __init__(self, backend: str | None = None) -> None:
+    QUIET_WINDOWS: Final = 8
+    QUIET_PROB: Final = 0.2
+
+    def __init__(self, backend: str | None = None, *, refresh_windows: int = 32) -> None:
+        self.refresh_windows = refresh_windows
+        self._since_reset = 0
+        self._quiet = 0
         self.backend = backend or ("onnx" if onnx_available() else "jit")
         self._input = np.zeros((1, _CONTEXT + WINDOW), dtype=np.float32)
         if self.backend == "onnx":
@@ -197,6 +210,7 @@ class SileroVad:
             raise ValueError(f"unknown VAD backend {backend!r}")
 
     def reset(self) -> None:
+        self._since_reset = self._quiet = 0
         self._input[:] = 0.0
         if self.backend == "onnx":
             self._state[:] = 0.0
@@ -214,11 +228,22 @@ class SileroVad:
                 None, {"input": buf, "state": self._state, "sr": self._sr}
             )
             buf[0, :_CONTEXT] = buf[0, -_CONTEXT:]
-            return float(out[0, 0])
-        import torch
+            prob = float(out[0, 0])
+        else:
+            import torch
 
-        with torch.no_grad():
-            return float(self._jit(torch.from_numpy(np.ascontiguousarray(window)), VAD_RATE_HZ))
+            with torch.no_grad():
+                x = torch.from_numpy(np.ascontiguousarray(window))
+                prob = float(self._jit(x, VAD_RATE_HZ))
+        self._since_reset += 1
+        self._quiet = self._quiet + 1 if prob < self.QUIET_PROB else 0
+        if (
+            self.refresh_windows
+            and self._since_reset >= self.refresh_windows
+            and self._quiet >= self.QUIET_WINDOWS
+        ):
+            self.reset()
+        return prob
 
 
 # --------------------------------------------------------------------------- state machine

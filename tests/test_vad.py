@@ -68,13 +68,62 @@ def test_speech_onset_and_end_are_found(other_speaker: bool) -> None:
         assert len(stops) == 1 and len(turns) == 1 and len(barges) == 1
         # the reported onset is within one window before / two after the true onset
         assert true_on - WINDOW <= starts[0][1].sample <= true_on + 2 * WINDOW  # type: ignore[attr-defined]
-        # the barge-in is decided within 100 ms of audio after the onset
+        # the barge-in (default: the first speech window) is decided within 70 ms of audio
         decided_ms = (barges[0][0] - true_on) * 1000 / RATE
-        assert decided_ms <= 100, decided_ms
+        assert decided_ms <= 70, decided_ms
         # speech stop: after the last word, within min_silence + 2 windows
         stop = stops[0][1].sample  # type: ignore[attr-defined]
         assert true_off - 2 * WINDOW <= stop <= true_off + 500 * 16 + 2 * WINDOW
         assert turns[0].start <= true_on and turns[0].end >= true_off - WINDOW
+
+
+def first_window_over(vad: SileroVad, audio: np.ndarray, after: int, prob: float) -> int:
+    """End sample of the first window ending after `after` that scores `prob` or more."""
+    for start in range(0, len(audio) - WINDOW + 1, WINDOW):
+        if vad.prob(audio[start : start + WINDOW]) >= prob and start + WINDOW > after:
+            return start + WINDOW
+    raise AssertionError("never")
+
+
+@pytest.mark.integration
+def test_onsets_stay_quick_after_a_long_stretch_of_room_noise() -> None:
+    """Silero's recurrent state drifts over long noise: 35 s into a session (one earlier turn)
+    its first window over 0.7 came up to 108 ms after the onset with the state carried along;
+    SileroVad resets it in quiet, and the onset is caught within 70 ms at every phase."""
+    from speech import clip, onset
+
+    user = clip("Wait, stop, I have a question.", other_speaker=True)
+    rng = np.random.default_rng(11)
+    carried, refreshed = [], []
+    for phase in range(6):
+        audio = rng.normal(0.0, 10 ** (-55 / 20), 40 * RATE).astype(np.float32)
+        audio[5 * RATE : 5 * RATE + len(user)] += user
+        at = 35 * RATE + 74 * phase
+        audio[at : at + len(user)] += user
+        true_on = at + onset(user)
+        for refresh, out in ((0, carried), (32, refreshed)):
+            end = first_window_over(SileroVad(refresh_windows=refresh), audio, true_on, 0.7)
+            out.append((end - true_on) * 1000 / RATE)
+    assert max(refreshed) <= 70, refreshed
+    assert max(carried) > max(refreshed), (carried, refreshed)
+
+
+@pytest.mark.integration
+def test_the_state_is_never_reset_while_someone_speaks(monkeypatch: pytest.MonkeyPatch) -> None:
+    from speech import clip
+
+    speech = np.concatenate([clip(t) for t in SENTENCES] * 2)  # ~10 s, short pauses only
+    vad = SileroVad(refresh_windows=1)
+    resets: list[int] = []
+    monkeypatch.setattr(vad, "reset", lambda: resets.append(1))
+    probs = [vad.prob(speech[s : s + WINDOW]) for s in range(0, len(speech) - WINDOW, WINDOW)]
+    assert np.mean(np.array(probs) > 0.5) > 0.6  # it is speech
+    quiet_runs = 0
+    run = 0
+    for p in probs:
+        run = run + 1 if p < SileroVad.QUIET_PROB else 0
+        quiet_runs += run >= SileroVad.QUIET_WINDOWS
+    assert len(resets) == quiet_runs  # only after 8 quiet windows in a row
 
 
 @pytest.mark.unit

@@ -1,0 +1,163 @@
+"""The echo canceller on its own: it finds what was sent in the uplink, follows that echo path
+(delay changes, a player pausing mid-window), removes it, and leaves the user's voice alone.
+
+The reference is real speech (the VITS voice) laid out on the server clock frame by frame, as
+the session does; the uplink is built by hand so the echo path is known exactly."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+from duplexd._echo import EchoCanceller
+
+pytestmark = pytest.mark.integration
+RATE = 16_000
+FRAME = 320
+WINDOW = 512
+NOISE = 10 ** (-55 / 20)  # a quiet room
+
+
+def agent_voice() -> np.ndarray:
+    from speech import clip
+
+    return np.concatenate(
+        [
+            clip("Sure, I can help you with that. The weather is sunny with a light breeze."),
+            clip("Let me check the schedule for tomorrow; there are three meetings."),
+        ]
+    )
+
+
+def user_voice() -> np.ndarray:
+    from speech import clip
+
+    return clip("Wait, stop, I have a question.", other_speaker=True)
+
+
+def run(
+    reference: np.ndarray,
+    uplink: np.ndarray,
+    *,
+    sent_at: Callable[[int], float] = lambda i: i * 0.020,
+    uplink_latency_s: float = 0.003,
+) -> tuple[EchoCanceller, np.ndarray, list[float]]:
+    """Feed frame i of `reference` at server time sent_at(i) and uplink frame i arriving
+    20 ms + latency after its start; returns the canceller, the output and the NCC per window."""
+    ec = EchoCanceller(t0=0.0)
+    out = np.zeros(len(uplink), dtype=np.float32)
+    nccs: list[float] = []
+    pending = np.zeros(0, dtype=np.float32)
+    pos = 0
+    for i in range(len(uplink) // FRAME):
+        if (i + 1) * FRAME <= len(reference):
+            ec.add_reference(sent_at(i), reference[i * FRAME : (i + 1) * FRAME])
+        ec.note_uplink(i * 0.020 + 0.020 + uplink_latency_s, (i + 1) * FRAME)
+        pending = np.concatenate((pending, uplink[i * FRAME : (i + 1) * FRAME]))
+        while len(pending) >= WINDOW:
+            window, pending = pending[:WINDOW], pending[WINDOW:]
+            out[pos : pos + WINDOW], ncc = ec.cancel(pos, window)
+            nccs.append(ncc)
+            pos += WINDOW
+    return ec, out[:pos], nccs
+
+
+def echo_of(reference: np.ndarray, delay_s: float, gain_db: float, total: int) -> np.ndarray:
+    d = round(delay_s * RATE)
+    out = np.zeros(total, dtype=np.float32)
+    n = min(len(reference), total - d)
+    out[d : d + n] = 10 ** (gain_db / 20) * reference[:n]
+    return out
+
+
+def room(total: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(0.0, NOISE, total).astype(np.float32)
+
+
+def db(x: np.ndarray) -> float:
+    return float(10 * np.log10(np.mean(np.asarray(x, np.float64) ** 2) + 1e-20))
+
+
+@pytest.mark.parametrize(("delay_s", "gain_db"), [(0.030, -10), (0.120, -3), (0.400, -20)])
+def test_a_delayed_echo_is_found_and_removed(delay_s: float, gain_db: float) -> None:
+    ref = agent_voice()
+    total = len(ref) + RATE
+    echo = echo_of(ref, delay_s, gain_db, total)
+    ec, out, _ = run(ref, echo + room(total))
+    assert ec.locked
+    # the arrival latency (3 ms) is part of the delay seen on the server clock
+    assert ec.delay_ms is not None and abs(ec.delay_ms - 1000 * delay_s - 3.0) <= 1.0
+    start = round((delay_s + 0.3) * RATE)  # after locking on
+    loud = echo[start : len(out)]
+    # the echo leaves at least 25 dB quieter (what is left is mostly the room noise)
+    assert db(out[start:] - room(total)[start : len(out)]) <= db(loud) - 25
+
+
+def test_the_users_voice_alone_is_left_exactly_as_it_is() -> None:
+    """Audio was sent (so the canceller searches) but none of it comes back (headphones): no
+    spurious match may eat into the user's speech: the output is the input, bit for bit."""
+    ref = agent_voice()
+    user = user_voice()
+    total = len(ref)
+    uplink = room(total)
+    for at in range(RATE // 2, total - len(user), len(user) + RATE // 2):
+        uplink[at : at + len(user)] += user
+    ec, out, nccs = run(ref, uplink)
+    assert not ec.locked and max(nccs) == 0.0
+    assert np.array_equal(out, uplink[: len(out)])
+
+
+def test_the_user_talking_over_the_echo_is_kept() -> None:
+    ref = agent_voice()
+    user = user_voice()
+    total = len(ref) + RATE
+    echo = echo_of(ref, 0.060, -10, total)
+    at = 2 * RATE  # the echo path is known by then
+    talk = np.zeros(total, dtype=np.float32)
+    talk[at : at + len(user)] = user
+    noise = room(total)
+    ec, out, _ = run(ref, echo + talk + noise)
+    span = slice(at, at + len(user))
+    assert ec.locked
+    left = out[span] - talk[span] - noise[span]  # the echo left under the user's voice
+    # 17 dB here: a block where the user is far louder than the echo keeps its echo when
+    # taking it out would not make the block quieter (the safe side for a barge-in)
+    assert db(left) <= db(echo[span]) - 15
+    assert abs(db(out[span]) - db(talk[span])) <= 0.5  # and the user's voice stays
+
+
+def test_the_echo_path_is_followed_when_its_delay_changes() -> None:
+    """A client's player restarts between utterances: the echo delay jumps by 25 ms."""
+    ref = agent_voice()
+    half = len(ref) // 2
+    total = len(ref) + RATE
+    echo = echo_of(ref[:half], 0.030, -10, total)
+    echo += echo_of(np.concatenate((np.zeros(half), ref[half:])), 0.055, -10, total)
+    ec, out, _ = run(ref, echo + room(total))
+    assert ec.delay_ms is not None and abs(ec.delay_ms - 58.0) <= 1.0
+    after = slice(half + round(0.055 * RATE) + RATE // 5, len(out))  # 200 ms after the jump
+    assert db(out[after] - room(total)[after]) <= db(echo[after]) - 25
+
+
+def test_a_player_that_pauses_mid_window_is_followed() -> None:
+    """A late frame at a player without a jitter buffer: 4 ms of silence, then the rest of the
+    utterance 4 ms later than before (the server laid its frames out back to back)."""
+    ref = agent_voice()
+    total = len(ref) + RATE
+    cut = 3 * RATE + 100  # mid-window
+    played = np.concatenate((ref[:cut], np.zeros(64, dtype=np.float32), ref[cut:]))
+    echo = echo_of(played, 0.050, -10, total)
+    ec, out, _ = run(ref, echo + room(total))
+    assert ec.delay_ms is not None and abs(ec.delay_ms - 57.0) <= 1.0
+    d = round(0.050 * RATE)
+    around = slice(cut + d - WINDOW, cut + d + 4 * WINDOW)  # the windows around the pause
+    assert db(out[around] - room(total)[around]) <= db(echo[around]) - 15
+
+
+def test_silence_in_the_uplink_is_not_touched() -> None:
+    ref = agent_voice()
+    quiet = np.zeros(len(ref), dtype=np.float32)
+    ec, out, nccs = run(ref, quiet)
+    assert not out.any() and not any(nccs) and ec.windows == 0
