@@ -20,8 +20,10 @@ for `run()`, the session task that transcribes them one at a time with the proce
 (`AudioUp.seq x frame samples`); internally everything counts 16 kHz samples.
 
 While the session's own voice may be echoing back (audio was sent within the echo delay range),
-a window must also score `echo_threshold` to count toward a barge-in: a second line of defence
-behind the echo canceller, for echo it cannot remove (a non-linear speaker, a reverberant room).
+a window must also score `echo_threshold` to count toward a barge-in, and keep at least
+`DOUBLE_TALK_RATIO` of the echo energy the canceller took out (what is left of an echo after its
+removal is quiet next to it; the user's voice is not): second lines of defence behind the echo
+canceller, for echo it cannot fully remove.
 """
 
 from __future__ import annotations

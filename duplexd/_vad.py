@@ -5,15 +5,16 @@
 shared; each stream keeps its own LSTM state and 64-sample context, so streams are independent.
 ONNX Runtime runs it on one intra-op thread of its own: it does not touch torch's process-wide
 thread pool (the VITS engine's), and it releases the GIL while it runs. Measured on this
-machine's x86-64 core: about 0.2 ms per window, so it sits on the event loop (0.6 % of a core
-per session). Without onnxruntime the TorchScript model is used instead (about 0.3 ms, one
-model per stream); `import silero_vad` sets torch to one thread process-wide, so that import is
-wrapped in `torch_threads_preserved()`.
+machine's x86-64 core: about 0.2 ms per window (0.6 % of a core per session); the session
+runs it in its uplink worker, off the event loop. Without onnxruntime the TorchScript model is
+used instead (about 0.3 ms, one model per stream); `import silero_vad` sets torch to one
+thread process-wide, so that import is wrapped in `torch_threads_preserved()`.
 
 `SpeechDetector` turns window probabilities into events, all positions in 16 kHz samples:
 `SpeechStart` once speech lasted `min_speech_ms`, `BargeIn` once it lasted
-`barge_in_min_speech_ms`, `SpeechStop` after `min_silence_ms` of silence and `Turn` (the span
-to transcribe, padded) with it.
+`barge_in_min_speech_ms` (default: the first window over the threshold; silero rejects
+clicks, claps, typing, beeps and noise on its own, each < 0.2 here), `SpeechStop` after
+`min_silence_ms` of silence and `Turn` (the span to transcribe, padded) with it.
 """
 
 from __future__ import annotations
