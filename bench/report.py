@@ -94,6 +94,7 @@ def _uplink_summary(run: dict[str, Any]) -> dict[str, Any]:
             "vad_windows": windows,
             "vad_ms_per_window": round(vad_ms / windows, 4) if windows else nan,
             "echo_windows": sum(s.get("echo_windows", 0) for s in stats),
+            "echo_vetoes": sum(s.get("echo_vetoes", 0) for s in stats),
             "speech_segments": sum(s.get("speech_segments", 0) for s in stats),
             "vad_barge_ins": barges,
             "vad_barge_in_delay_ms_mean": (

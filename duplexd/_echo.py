@@ -309,10 +309,22 @@ class EchoCanceller:
                 return None
         return near  # keep cancelling along the path (the user may be talking over it)
 
+    def residue(self, start: int, residual: FloatArray) -> float:
+        """How much `residual` (the window at `start`, after `cancel`) still looks like what
+        was sent: the best NCC near the echo path (+-2 x `track_ms`; 0 while there is none).
+        High for the leftovers of an echo that moved; low for the user's voice."""
+        e_x = float(np.dot(residual, residual))
+        if self._offset is None or self._lock is None or e_x <= 1e-9:
+            return 0.0
+        p0 = round(self._offset) + start
+        lo, hi = self._lock - 2 * self._track, self._lock + 2 * self._track
+        return self._match(p0, residual, e_x, lo, hi).ncc
+
     def _match(self, p0: int, x: FloatArray, e_x: float, d_lo: int, d_hi: int) -> _Match:
-        """The best delay in [d_lo, d_hi] (samples) for the 2-window uplink span `x`."""
+        """The best delay in [d_lo, d_hi] (samples) for the uplink span `x` (which ends with
+        the current window; x[0] is at server index p0 at delay 0)."""
         d_lo, d_hi = max(d_lo, self._dmin), min(d_hi, self._dmax)
-        span = self._span
+        span = len(x)
         lags = d_hi - d_lo + 1
         seg = self._segment(p0 - d_hi, span + lags - 1)  # seg[k + i]: x[i] at delay d_hi - k
         if lags > _DIRECT_MAX_LAGS:
@@ -326,5 +338,5 @@ class EchoCanceller:
         ncc[e_ref < 1e-6 * e_x] = 0.0  # (near) silence in the reference explains nothing
         k = int(np.argmax(ncc))
         gain = float(np.clip(corr[k] / e_ref[k], -_MAX_GAIN, _MAX_GAIN)) if e_ref[k] > 0 else 0.0
-        echo = seg[k + self._window : k + self._span]  # the echo of this window's half of x
+        echo = seg[k + span - self._window : k + span]  # the echo of the current window
         return _Match(d_hi - k, float(ncc[k]), gain, echo)

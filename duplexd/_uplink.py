@@ -70,6 +70,9 @@ _S16: Final = 1.0 / 32768.0
 # least this fraction of the echo energy taken out (a double-talk check: the user's voice adds
 # energy; a cancellation's leftovers, e.g. from a player that paused mid-window, do not).
 DOUBLE_TALK_RATIO: Final = 0.35
+# ... and only if what is left does not still look like what was sent (NCC near the echo path):
+# the user's voice against the agent's scores ~0.3, the leftovers of an echo that moved 0.6-0.9.
+RESIDUE_NCC: Final = 0.5
 _NEVER: Final = 2.0  # a barge-in threshold no probability reaches
 
 
@@ -92,6 +95,7 @@ class UplinkCounters:
     vad_s: float = 0.0  # VAD + echo canceller CPU time (worker thread)
     inbox_dropped: int = 0  # frames dropped because processing fell ~5 s behind
     echo_windows: int = 0
+    echo_vetoes: int = 0  # speech-like windows ruled echo leftovers (not counted to barge in)
     speech_segments: int = 0
     barge_ins: int = 0
     barge_in_delay_s: float = 0.0  # sum over barge-ins: deciding frame's arrival -> interrupt
@@ -109,6 +113,7 @@ class UplinkCounters:
             "vad_windows": self.windows,
             "vad_ms_per_window": round(1000 * self.vad_s / self.windows, 4) if self.windows else 0,
             "echo_windows": self.echo_windows,
+            "echo_vetoes": self.echo_vetoes,
             "speech_segments": self.speech_segments,
             "vad_barge_ins": self.barge_ins,
             "vad_barge_in_delay_ms_mean": (
@@ -264,6 +269,7 @@ class Uplink:
         pos = self._pos
         c = self.counters
         barge_threshold = self.vad_options.threshold
+        echoing = False
         if self._echo is not None:
             echoing = self._echo.active(pos)
             window, ncc = self._echo.cancel(pos, window)
@@ -275,6 +281,14 @@ class Uplink:
                 if left < DOUBLE_TALK_RATIO * self._echo.last_removed:
                     barge_threshold = _NEVER  # what is left is small next to the echo: residue
         prob = self._vad.prob(window)
+        if (  # (rare) this window would count toward a barge-in: is it the echo's leftovers?
+            echoing
+            and prob >= barge_threshold
+            and self._echo is not None
+            and self._echo.residue(pos, window) >= RESIDUE_NCC
+        ):
+            barge_threshold = _NEVER
+            c.echo_vetoes += 1
         cap = len(self._turn_ring)
         i = pos & (cap - 1)
         self._turn_ring[i : i + WINDOW] = window  # cap is a multiple of WINDOW

@@ -161,3 +161,44 @@ def test_silence_in_the_uplink_is_not_touched() -> None:
     quiet = np.zeros(len(ref), dtype=np.float32)
     ec, out, nccs = run(ref, quiet)
     assert not out.any() and not any(nccs) and ec.windows == 0
+
+
+def test_what_is_left_of_an_echo_that_moved_still_looks_like_it() -> None:
+    """`residue`: the session's last check before a window counts toward a barge-in. The echo
+    path jumps by 12 ms (beyond what the blocks follow): the first windows after the jump keep
+    much of the echo, and that leftover matches the reference near the path; the user's voice
+    over the echo does not."""
+    ref = agent_voice()
+    user = user_voice()
+    total = len(ref) + RATE
+    half = len(ref) // 2
+    echo = echo_of(ref[:half], 0.040, -10, total)
+    echo += echo_of(np.concatenate((np.zeros(half), ref[half:])), 0.052, -10, total)
+    ec = EchoCanceller(t0=0.0)
+    jump = half + round(0.052 * RATE)
+    talk = np.zeros(total, dtype=np.float32)
+    at = RATE  # the user talks over the echo before the jump
+    talk[at : at + len(user)] = user
+    noise = room(total)
+    uplink = echo + talk + noise
+    residues: dict[str, list[float]] = {"user": [], "leftover": []}
+    pending = np.zeros(0, dtype=np.float32)
+    pos = 0
+    for i in range(len(uplink) // FRAME):
+        if (i + 1) * FRAME <= len(ref):
+            ec.add_reference(i * 0.020, ref[i * FRAME : (i + 1) * FRAME])
+        ec.note_uplink(i * 0.020 + 0.023, (i + 1) * FRAME)
+        pending = np.concatenate((pending, uplink[i * FRAME : (i + 1) * FRAME]))
+        while len(pending) >= WINDOW:
+            window, pending = pending[:WINDOW], pending[WINDOW:]
+            out, _ = ec.cancel(pos, window)
+            span = slice(pos, pos + WINDOW)
+            loud = db(echo[span]) > -45 and db(out - noise[span]) > db(echo[span]) - 6
+            if at + WINDOW <= pos < at + len(user) - WINDOW and db(talk[pos : pos + WINDOW]) > -30:
+                residues["user"].append(ec.residue(pos, out))
+            elif jump <= pos < jump + 4 * WINDOW and loud:
+                residues["leftover"].append(ec.residue(pos, out))
+            pos += WINDOW
+    assert residues["leftover"] and min(residues["leftover"]) >= 0.5, residues["leftover"]
+    assert np.median(residues["user"]) < 0.3, residues["user"]
+    assert np.mean(np.array(residues["user"]) >= 0.5) <= 0.1, residues["user"]
