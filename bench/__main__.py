@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -97,8 +98,14 @@ def git_rev() -> str:
     return (rev + ("-dirty" if dirty else "")) if rev else "unknown"
 
 
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds: the daemons it started are stopped, not orphaned
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if __name__ == "__main__":
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         levels = [int(x) for x in args.sessions.split(",") if x.strip()]
     except ValueError:
