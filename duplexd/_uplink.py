@@ -20,16 +20,18 @@ for `run()`, the session task that transcribes them one at a time with the proce
 (`AudioUp.seq x frame samples`); internally everything counts 16 kHz samples.
 
 While the session's own voice may be echoing back (audio was sent within the echo delay range),
-a window must also score `echo_threshold` to count toward a barge-in, and keep at least
-`DOUBLE_TALK_RATIO` of the echo energy the canceller took out (what is left of an echo after its
-removal is quiet next to it; the user's voice is not): second lines of defence behind the echo
-canceller, for echo it cannot fully remove.
+a window must also score `echo_threshold` to count toward a barge-in, and it counts as silence
+(for barge-ins and turns alike) when what the echo canceller left is the echo's leftovers:
+less than `DOUBLE_TALK_RATIO` of the energy it took out, or still matching the sent audio near
+the echo path (`RESIDUE_NCC`). Second lines of defence, for echo it cannot fully remove.
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 import logging
+import os
 import struct
 import time
 from collections.abc import Awaitable, Callable
@@ -66,14 +68,31 @@ MAX_INBOX: Final = 500  # uplink frames + downlink messages waiting for processi
 _PREFIX: Final = struct.Struct("<IB")
 _AUDIO_BODY: Final = 12  # epoch(2) + utterance_id(4) + seq(4) + the type and flags bytes
 _S16: Final = 1.0 / 32768.0
-# A window counts toward a barge-in only if the energy left after echo cancellation is at
-# least this fraction of the echo energy taken out (a double-talk check: the user's voice adds
-# energy; a cancellation's leftovers, e.g. from a player that paused mid-window, do not).
+# A window counts as the user's only if the energy left after echo cancellation is at least
+# this fraction of the echo energy taken out (a double-talk check: the user's voice adds
+# energy; a cancellation's leftovers, e.g. from a player that paused mid-window, do not) ...
 DOUBLE_TALK_RATIO: Final = 0.35
 # ... and only if what is left does not still look like what was sent (NCC near the echo path):
 # the user's voice against the agent's scores ~0.3, the leftovers of an echo that moved 0.6-0.9.
 RESIDUE_NCC: Final = 0.5
 _NEVER: Final = 2.0  # a barge-in threshold no probability reaches
+
+
+# Every session's uplink work shares this many worker threads (a CapacityLimiter per trio run):
+# the work is mostly numpy and ONNX calls with the GIL held in between, and each extra thread
+# that wants the GIL delays the pacer's wakeups; one thread serves a few dozen sessions.
+UPLINK_THREADS: Final = max(1, (os.cpu_count() or 1) // 4)
+_limiter: trio.lowlevel.RunVar[trio.CapacityLimiter] = trio.lowlevel.RunVar("duplexd_uplink")
+
+
+def uplink_limiter() -> trio.CapacityLimiter:
+    """The run's limiter for uplink worker threads (`UPLINK_THREADS`)."""
+    try:
+        return _limiter.get()
+    except LookupError:
+        limiter = trio.CapacityLimiter(UPLINK_THREADS)
+        _limiter.set(limiter)
+        return limiter
 
 
 @dataclass
@@ -95,7 +114,7 @@ class UplinkCounters:
     vad_s: float = 0.0  # VAD + echo canceller CPU time (worker thread)
     inbox_dropped: int = 0  # frames dropped because processing fell ~5 s behind
     echo_windows: int = 0
-    echo_vetoes: int = 0  # speech-like windows ruled echo leftovers (not counted to barge in)
+    echo_vetoes: int = 0  # speech-like windows that still matched the sent audio: silence
     speech_segments: int = 0
     barge_ins: int = 0
     barge_in_delay_s: float = 0.0  # sum over barge-ins: deciding frame's arrival -> interrupt
@@ -152,6 +171,8 @@ class Uplink:
         self._frame_samples = fr.frame_samples(rate_hz)
         self._send = send
         self._barge_in = barge_in
+        if offload is trio.to_thread.run_sync:  # the daemon's: the shared uplink threads
+            offload = functools.partial(trio.to_thread.run_sync, limiter=uplink_limiter())
         self._offload = offload
         # (arrival time, uplink seq gap, pcm) or (arrival time, -1, downlink message)
         self._inbox: collections.deque[tuple[float, int, bytes]] = collections.deque()
@@ -269,7 +290,7 @@ class Uplink:
         pos = self._pos
         c = self.counters
         barge_threshold = self.vad_options.threshold
-        echoing = False
+        echoing = leftovers = False
         if self._echo is not None:
             echoing = self._echo.active(pos)
             window, ncc = self._echo.cancel(pos, window)
@@ -277,18 +298,21 @@ class Uplink:
                 c.echo_windows += 1
                 c.max_ncc = max(c.max_ncc, ncc)
                 barge_threshold = max(barge_threshold, self.vad_options.echo_threshold)
+                # what is left is small next to the echo taken out: its leftovers
                 left = float(np.dot(window, window))
-                if left < DOUBLE_TALK_RATIO * self._echo.last_removed:
-                    barge_threshold = _NEVER  # what is left is small next to the echo: residue
+                leftovers = left < DOUBLE_TALK_RATIO * self._echo.last_removed
         prob = self._vad.prob(window)
-        if (  # (rare) this window would count toward a barge-in: is it the echo's leftovers?
+        if (  # speech-like while echo is possible: is it what is left of the agent's voice?
             echoing
-            and prob >= barge_threshold
+            and not leftovers
+            and prob >= self.vad_options.neg_threshold
             and self._echo is not None
             and self._echo.residue(pos, window) >= RESIDUE_NCC
         ):
-            barge_threshold = _NEVER
+            leftovers = True
             c.echo_vetoes += 1
+        if leftovers:  # the agent's own voice: silence, for barge-ins and for turns alike
+            prob, barge_threshold = 0.0, _NEVER
         cap = len(self._turn_ring)
         i = pos & (cap - 1)
         self._turn_ring[i : i + WINDOW] = window  # cap is a multiple of WINDOW
