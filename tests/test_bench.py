@@ -144,3 +144,26 @@ def test_uplink_voice_barge_in(tmp_path: Path) -> None:
     assert decided <= level["vad_injected"]
     if level["vad_barge_in_ms"]["count"]:
         assert -20 < level["vad_barge_in_ms"]["p50"] < 2000
+
+
+@pytest.mark.integration
+def test_uplink_cpu_scenarios() -> None:
+    """`python -m bench.uplink_cpu`'s replay, on real speech: the echo path is found when the
+    agent's voice comes back and not when it does not; the work costs something measurable."""
+    import numpy as np
+    import soxr
+    from speech import clip
+
+    from bench.uplink_cpu import scenario
+
+    agent16 = np.concatenate([clip("Sure, I can help you with that."), clip("Let me check.")])
+    agent48 = np.asarray(soxr.resample(agent16, 16_000, 48_000), dtype=np.float32)
+    user = clip("Wait, stop.", other_speaker=True)
+    rows = {
+        name: scenario(name, agent48, user, 4.0)
+        for name in ("agent, headphones", "agent, echo -10 dB", "room")
+    }
+    assert rows["agent, echo -10 dB"]["echo_locked"]
+    assert not rows["agent, headphones"]["echo_locked"] and not rows["room"]["echo_locked"]
+    for row in rows.values():
+        assert row["audio_s"] == 4.0 and 0.0 < row["core_percent"] < 100.0
