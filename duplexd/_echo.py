@@ -15,7 +15,9 @@ normalized cross-correlation (NCC):
   so a chance likeness never eats into the user's voice (the uplink passes bit for bit).
 - Following it: while locked, a narrow search (+-`track_ms`, ~0.05 ms); the full search only
   when that finds no strong match (the user talks over the echo, the player paused or
-  restarted: the path jumps). The lock goes after ~2 s without any match near it.
+  restarted: the path jumps). A strong match elsewhere moves the path at once only if the
+  path no longer matches (< 0.5); otherwise (periodic audio matches at more than one delay)
+  only if it wins twice in a row. The lock goes after ~2 s without any match near it.
 - Taking it out, per 16 ms block: a block that is (mostly) echo is fitted on its own within the
   tracking range (a player pausing mid-window shifts the echo); any other block loses the echo
   at the locked delay with the level learned while the echo was alone (so the user's voice does
@@ -250,7 +252,9 @@ class EchoCanceller:
         self.last_ncc = found.ncc
         if found.delay == self._lock and found.ncc >= _ALONE_NCC:
             self._gain = found.gain  # the echo alone: its level, for when the user talks too
-        return self._subtract(p0, window, self._lock), found.ncc
+        # a strong match is taken out where it is; anything weaker along the path followed
+        delay = found.delay if found.ncc >= _STRONG_NCC else self._lock
+        return self._subtract(p0, window, delay), found.ncc
 
     @property
     def delay_ms(self) -> float | None:
@@ -306,7 +310,23 @@ class EchoCanceller:
     def _decide(self, best: _Match, near: _Match | None) -> _Match | None:
         """After a full search (`near`: the locked path's match, if any): update the lock;
         the match to cancel with (None: leave the uplink as it is)."""
-        if best.ncc >= _STRONG_NCC:  # only echo matches this well: lock on at once
+        if best.ncc >= _STRONG_NCC:  # only echo matches this well
+            lock = self._lock
+            if (
+                lock is not None
+                and near is not None
+                and near.ncc >= _TRACK_NCC
+                and abs(best.delay - lock) > self._track
+            ):
+                # ... but the path followed still matches too: periodic audio (a tone, a
+                # sung note) matches at more than one delay. Take it out where it fits best
+                # now; move the path there only if it fits best there again next window.
+                moved = self._candidate is not None and abs(self._candidate[0] - best.delay) <= (
+                    self._slack
+                )
+                self._candidate = None if moved else (best.delay, 1)
+                if not moved:
+                    return best
             self._lock, self._quiet, self._candidate = best.delay, 0, None
             return best
         if best.ncc >= _CANDIDATE_NCC:
