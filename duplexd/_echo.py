@@ -86,6 +86,27 @@ def _pow2(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
 
+class _RunningMin:
+    """The smallest of the last `count` values added (a monotonic queue: O(1) amortized)."""
+
+    def __init__(self, count: int) -> None:
+        self._count = count
+        self._seen = 0
+        self._queue: collections.deque[tuple[int, float]] = collections.deque()
+        self.value: float | None = None  # None until a value was added
+
+    def add(self, value: float) -> float:
+        q = self._queue
+        self._seen += 1
+        while q and q[-1][1] >= value:
+            q.pop()
+        q.append((self._seen, value))
+        while q[0][0] <= self._seen - self._count:
+            q.popleft()
+        self.value = q[0][1]
+        return self.value
+
+
 def _coarse_candidates(seg: FloatArray, x: FloatArray) -> npt.NDArray[np.intp]:
     """The `_CANDIDATES` best lags (in units of `_DECIMATE` samples) of `x` in `seg`, by NCC
     at a quarter of the rate (sums of 4 samples: speech below 2 kHz carries the match): one
@@ -129,8 +150,7 @@ class EchoCanceller:
         self._ref = np.zeros(self._cap, dtype=np.float32)
         self._ref_end: int | None = None  # server-clock sample index after the last reference
         self._active_until = -(1 << 62)  # index after the last non-silent reference sample
-        self._offsets: collections.deque[tuple[int, float]] = collections.deque()
-        self._frames_seen = 0
+        self._offsets = _RunningMin(_OFFSET_FRAMES)
         self._offset: float | None = None  # server-clock index of uplink sample 0
         self._prev = np.zeros(window, dtype=np.float32)  # the previous uplink window
         self._track = round(track_ms * rate_hz / 1000)  # a locked delay moves this far at most
@@ -142,9 +162,8 @@ class EchoCanceller:
         self.windows = 0  # windows that were correlated
         self.full_searches = 0
         self.last_ncc = 0.0
-        self._quiet_windows: collections.deque[tuple[int, float]] = collections.deque()
-        self._room_seen = 0
-        self._room: float | None = None  # energy of the room's noise in a window, if known
+        # energy of the room's noise in a window: the quietest recent one that held no echo
+        self._room = _RunningMin(_ROOM_WINDOWS)
         self.last_removed = 0.0  # energy the last window's cancellation took out
 
     # ------------------------------------------------------------------ inputs
@@ -177,15 +196,7 @@ class EchoCanceller:
 
     def note_uplink(self, now: float, end_sample: int) -> None:
         """An uplink frame ending at 16 kHz sample `end_sample` arrived at server time `now`."""
-        offset = (now - self._t0) * self.rate_hz - end_sample
-        q = self._offsets
-        self._frames_seen += 1
-        while q and q[-1][1] >= offset:
-            q.pop()
-        q.append((self._frames_seen, offset))
-        while q[0][0] <= self._frames_seen - _OFFSET_FRAMES:
-            q.popleft()
-        self._offset = q[0][1]
+        self._offset = self._offsets.add((now - self._t0) * self.rate_hz - end_sample)
 
     # ------------------------------------------------------------------ cancelling
 
@@ -227,9 +238,10 @@ class EchoCanceller:
         self.last_ncc = self.last_removed = 0.0
         e_w = float(np.dot(window, window))
         if not self.active(start):
-            self._note_room(e_w)
+            self._room.add(e_w)  # a window that cannot hold echo: the room's noise
             return window, 0.0
-        if self._room is not None and e_w <= _ABOVE_ROOM * self._room:
+        room = self._room.value
+        if room is not None and e_w <= _ABOVE_ROOM * room:
             return window, 0.0  # nothing above the room's noise: no echo to take out
         assert self._offset is not None
         x = np.concatenate((prev, window))
@@ -260,17 +272,6 @@ class EchoCanceller:
     def delay_ms(self) -> float | None:
         """The delay of the echo path followed, on the server clock (None: none found)."""
         return None if self._lock is None else self._lock * 1000 / self.rate_hz
-
-    def _note_room(self, energy: float) -> None:
-        """A window that cannot hold echo: the room's noise floor is the quietest recent one."""
-        q = self._quiet_windows
-        self._room_seen += 1
-        while q and q[-1][1] >= energy:
-            q.pop()
-        q.append((self._room_seen, energy))
-        while q[0][0] <= self._room_seen - _ROOM_WINDOWS:
-            q.popleft()
-        self._room = q[0][1]
 
     def _subtract(self, p0: int, window: FloatArray, delay: int) -> FloatArray:
         """The window minus its echo along the path at `delay`, in 16 ms blocks. A block that

@@ -227,3 +227,11 @@ def test_a_look_alike_delay_must_win_twice_while_the_path_still_matches() -> Non
     assert ec._decide(far, near) is far and ec._lock == 5685
     ec._lock = 4692  # (the rule under test is the lock's)
     assert ec._decide(far, match(4692, 0.3)) is far and ec._lock == 5685
+
+
+def test_the_running_minimum_forgets_what_slid_out() -> None:
+    from duplexd._echo import _RunningMin
+
+    m = _RunningMin(3)
+    assert m.value is None
+    assert [m.add(v) for v in (5.0, 3.0, 4.0, 6.0, 7.0, 1.0, 2.0)] == [5, 3, 3, 3, 4, 1, 1]
