@@ -8,11 +8,12 @@ quieter. Fed to the VAD unchanged, that echo would make the agent barge in on it
 server's clock) and, for each 32 ms uplink window, looks for it in a 64 ms stretch of uplink by
 normalized cross-correlation (NCC):
 
-- Finding the echo path: a search over every delay in `[-min_lead_ms, max_delay_ms]` (one FFT
-  correlation, about 0.4 ms). Only a credible match locks on: NCC >= 0.9 (a pure echo scores
-  0.97-1.0; the user's voice against the best of ~9,000 delays of the agent's 0.28 median, 0.84
-  at most), or >= 0.6 at the same delay three windows in a row. Until then nothing is taken out,
-  so a chance likeness never eats into the user's voice (the uplink passes bit for bit).
+- Finding the echo path: a search over every delay in `[-min_lead_ms, max_delay_ms]` (a
+  4 kHz FFT correlation, then the 3 best delays exactly: about 0.25 ms). Only a credible
+  match locks on: NCC >= 0.9 (a pure echo scores 0.97-1.0; the user's voice against the best
+  of ~9,000 delays of the agent's 0.28 median, 0.84 at most), or >= 0.6 at the same delay three
+  windows in a row. Until then nothing is taken out, so a chance likeness never eats into the
+  user's voice (the uplink passes bit for bit).
 - Following it: while locked, a narrow search (+-`track_ms`, ~0.05 ms); the full search only
   when that finds no strong match (the user talks over the echo, the player paused or
   restarted: the path jumps). A strong match elsewhere moves the path at once only if the
@@ -79,7 +80,6 @@ class _Match:
     delay: int  # samples: uplink x[i] echoes reference sample (p0 + i - delay)
     ncc: float
     gain: float
-    echo: FloatArray  # the reference at that delay, aligned with the current window
 
 
 def _pow2(n: int) -> int:
@@ -276,9 +276,9 @@ class EchoCanceller:
     def _subtract(self, p0: int, window: FloatArray, delay: int) -> FloatArray:
         """The window minus its echo along the path at `delay`, in 16 ms blocks. A block that
         is (mostly) echo (NCC >= `_STRONG_NCC` within the tracking range, at about the level
-        learned) is fitted on its own:
-        a player that paused mid-window (a late frame, an underrun) shifts the echo by a few
-        ms, which one delay for the whole window would leave behind. Any other block (the user
+        learned) is fitted on its own: a player that paused mid-window (a late frame, an
+        underrun) shifts the echo by a few ms, which one delay for the whole window would leave
+        behind. Any other block (the user
         is talking) loses the echo at `delay` with the level learned while it was alone, unless
         that makes it louder (the path moved, and what would be taken out is not there)."""
         out = np.empty_like(window)
@@ -391,5 +391,4 @@ class EchoCanceller:
                 best = (float(ncc[j]), lo + j, float(corr[j]), float(e_ref[j]))
         score, k, corr_k, e_k = best
         gain = float(np.clip(corr_k / e_k, -_MAX_GAIN, _MAX_GAIN)) if e_k > 0 else 0.0
-        echo = seg[k + span - self._window : k + span]  # the echo of the current window
-        return _Match(d_hi - k, max(score, 0.0), gain, echo)
+        return _Match(d_hi - k, max(score, 0.0), gain)

@@ -212,10 +212,8 @@ def test_a_look_alike_delay_must_win_twice_while_the_path_still_matches() -> Non
     matches at all (< 0.5: the player restarted) moves at once."""
     from duplexd._echo import _Match
 
-    window = np.zeros(WINDOW, dtype=np.float32)
-
     def match(delay: int, ncc: float) -> _Match:
-        return _Match(delay, ncc, 0.1, window)
+        return _Match(delay, ncc, 0.1)
 
     ec = EchoCanceller(t0=0.0)
     ec._lock = 4692  # (the rule under test is the lock's)
