@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import io
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +145,16 @@ async def test_binary_clients_still_get_not_binary(daemon: Daemon) -> None:
 # ---------------------------------------------------------------------- --trace
 
 
+@contextlib.contextmanager
+def tracing(path: Path, which: str) -> Iterator[None]:
+    """The daemon's --trace for the block: sessions `which` to `path`."""
+    configure_tracing(str(path), which)
+    try:
+        yield
+    finally:
+        configure_tracing("")
+
+
 async def _say(url: str, text: str = "Hi") -> None:
     from duplexd.client import open_session
 
@@ -155,13 +166,10 @@ async def _say(url: str, text: str = "Hi") -> None:
 @leaky
 async def test_trace_records_the_selected_session(daemon: Daemon, tmp_path: Path) -> None:
     path = tmp_path / "trace.jsonl"
-    configure_tracing(str(path), "2")
-    try:
+    with tracing(path, "2"):
         await _say(daemon.url, "Hi")  # session 1: not traced
         await _say(daemon.url, "Yes")  # session 2
         await _say(daemon.url, "No")  # session 3: not traced
-    finally:
-        configure_tracing("")
     records = [json.loads(line) for line in path.read_text().splitlines()]
     assert len({r["session"] for r in records}) == 1
     kinds = [(r["dir"], r["type"]) for r in records]
@@ -182,15 +190,12 @@ async def test_trace_records_the_selected_session(daemon: Daemon, tmp_path: Path
 @leaky
 async def test_trace_hides_the_token_and_records_errors(daemon: Daemon, tmp_path: Path) -> None:
     path = tmp_path / "t.jsonl"
-    configure_tracing(str(path), "all")
-    try:
+    with tracing(path, "all"):
         async with open_websocket_url(daemon.url, subprotocols=[fr.SUBPROTOCOL]) as ws:
             await ws.send_message(encode(fr.Hello(token="s3cret", voice="nope")))
             with pytest.raises(ConnectionClosed):
                 while True:
                     await ws.get_message()
-    finally:
-        configure_tracing("")
     text = path.read_text()
     assert "s3cret" not in text
     records = [json.loads(line) for line in text.splitlines()]
