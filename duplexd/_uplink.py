@@ -229,7 +229,8 @@ class Uplink:
 
     async def process(self) -> None:
         """Session task: run queued uplink audio through echo + VAD off the event loop, then
-        deliver the events. Cancellation may drop the batch in flight (the session is over)."""
+        deliver the events. Cancelling waits for the batch in the worker thread, if any (a few
+        ms, or a wait for a free shared uplink thread), and drops its events and the queue."""
         inbox = self._inbox
         while True:
             while not inbox:
@@ -359,7 +360,9 @@ class Uplink:
     # ------------------------------------------------------------------ transcripts
 
     async def run(self) -> None:
-        """Transcribe finished turns, in order, until cancelled."""
+        """Transcribe finished turns, in order, until cancelled. Cancelling abandons a
+        transcription in progress (its thread finishes in the background; the text is dropped)
+        and the turns still queued."""
         if self._transcriber is None:
             await trio.sleep_forever()
         transcriber = self._transcriber
