@@ -21,7 +21,7 @@ from typing import Any
 
 import trio
 
-from duplexd.client import Audio, open_session
+from duplexd.client.session import Audio, open_session
 
 from .daemon import duplexd_argv, start_server
 

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import trio
 
-from duplexd._frames import Audio, Interrupted, ServerFrame, UtteranceDone
+from duplexd.protocol.frames import Audio, Interrupted, ServerFrame, UtteranceDone
 
 from .metrics import COUNT_KEYS, FRAME_S, SAMPLE_KEYS, UNDERRUN_GAP_S
 from .uplink import Mic, speak_over
@@ -77,7 +77,7 @@ async def open_duplexd(
     uplink_options: dict[str, Any] | None = None,
 ) -> AsyncIterator[Target]:
     """`uplink_options`: open a 16 kHz uplink with these HELLO options."""
-    from duplexd.client import open_session
+    from duplexd.client.session import open_session
 
     async with open_session(
         url,
@@ -103,7 +103,7 @@ class _DuplexdTarget:
 
     async def drain(self) -> None:
         """Keep the SDK's frame queue empty (everything is measured in `on_frame`)."""
-        from duplexd.client import SessionError
+        from duplexd.client.session import SessionError
 
         try:
             while True:

@@ -32,7 +32,7 @@ import numpy as np
 import numpy.typing as npt
 import trio
 
-from duplexd._frames import Audio, Interrupted, ServerFrame, SpeechStarted, UtteranceDone
+from duplexd.protocol.frames import Audio, Interrupted, ServerFrame, SpeechStarted, UtteranceDone
 
 RATE = 16_000
 FRAME = 320  # samples per 20 ms uplink frame

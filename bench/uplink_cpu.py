@@ -33,10 +33,10 @@ import numpy.typing as npt
 import soxr
 import trio
 
-from duplexd import _frames as fr
-from duplexd._codec import encode
-from duplexd._uplink import Uplink, UplinkServices
-from duplexd._vad import AsrOptions, VadOptions
+from duplexd._uplink.uplink import Uplink, UplinkServices
+from duplexd._uplink.vad import AsrOptions, VadOptions
+from duplexd.protocol import frames as fr
+from duplexd.protocol.codec import encode
 
 RATE = 16_000
 DOWN_HZ = 48_000
@@ -127,7 +127,7 @@ def scenario(name: str, agent48: F32, user: F32, seconds: float, seed: int = 0) 
 
 
 def asr_cost(user: F32, repeats: int = 3) -> dict:
-    from duplexd._asr import Transcriber
+    from duplexd._uplink.asr import Transcriber
 
     t = Transcriber(cpu_threads=2)
     t.load()

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 import trio
 
 from . import __version__
-from ._frames import SAMPLE_RATE_HZ, WS_PATH
-from ._opscli import add_config_flags, config_command
+from ._ops.flags import add_config_flags, config_command
+from .protocol.frames import SAMPLE_RATE_HZ, WS_PATH
 
 log = logging.getLogger("duplexd.cli")
 
@@ -27,7 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("serve", help="run the daemon")
-    add_config_flags(s)  # --config, --host, --port, --http-port, --engine... (duplexd._opscli)
+    add_config_flags(s)  # --config, --host, --port, --http-port, --engine... (duplexd._ops.flags)
     s.add_argument("--tone-compute-ms-per-char", type=float, default=0.0, help=argparse.SUPPRESS)
     s.add_argument(
         "--asr-model",
@@ -35,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
         help="faster-whisper model directory (default: the bundled Whisper tiny.en)",
     )
     s.add_argument("--asr-threads", type=int, default=2, help="CPU threads of the ASR model")
-    from ._trace import add_trace_arguments
+    from ._ops.trace import add_trace_arguments
 
     add_trace_arguments(s)  # --trace PATH, --trace-session WHICH
 
@@ -45,14 +45,14 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--check", action="store_true", help="only check it (exit 2 if bad)")
     c.add_argument("--show-secrets", action="store_true", help="print the token too")
 
-    from ._chat import add_chat_arguments
+    from .client.chat import add_chat_arguments
 
     add_chat_arguments(
         sub.add_parser("chat", help="talk with a voice agent through a running daemon"),
         DEFAULT_URL,
     )
 
-    from ._probe import add_probe_arguments
+    from .client.probe import add_probe_arguments
 
     add_probe_arguments(
         sub.add_parser("probe", help="handshake, limits, voices and per-frame timing"),
@@ -75,13 +75,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             return _serve(args)
         if args.command == "chat":
-            from ._chat import run_chat
+            from .client.chat import run_chat
 
             return run_chat(args)
         if args.command == "config":
             return config_command(args)
         if args.command == "probe":
-            from ._probe import run_probe
+            from .client.probe import run_probe
 
             return run_probe(args)
         return _say(args)
@@ -93,10 +93,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    """Settings (file < DUPLEXD_* < flags), then `duplexd._service.Service` until SIGTERM."""
-    from ._asr import Transcriber, configure_default_transcriber
-    from ._opscli import serve
-    from ._trace import configure_tracing
+    """Settings (file < DUPLEXD_* < flags), then `duplexd._server.service.Service` until SIGTERM."""
+    from ._ops.flags import serve
+    from ._ops.trace import configure_tracing
+    from ._uplink.asr import Transcriber, configure_default_transcriber
 
     try:
         configure_tracing(args.trace, args.trace_session)
@@ -113,7 +113,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _say(args: argparse.Namespace) -> int:
-    from .client import SessionError, open_session
+    from .client.session import SessionError, open_session
 
     async def run() -> tuple[bytes, int]:
         async with open_session(

@@ -16,15 +16,15 @@ import trio
 import trio.testing
 from trio_websocket import WebSocketConnection, wrap_client_stream, wrap_server_stream
 
-from duplexd import _frames as fr
-from duplexd._codec import Decoder, encode
-from duplexd._config import SessionLimits
-from duplexd._engines import EngineSet
-from duplexd._pacer import Pacer, open_pacer
-from duplexd._session import Session
-from duplexd.client import ClientSession, session_over
+from duplexd._downlink.pacer import Pacer, open_pacer
+from duplexd._server.limits import SessionLimits
+from duplexd._server.session import Session
+from duplexd.client.session import ClientSession, session_over
 from duplexd.engines.base import Engine
+from duplexd.engines.registry import EngineSet
 from duplexd.engines.tone import ToneEngine
+from duplexd.protocol import frames as fr
+from duplexd.protocol.codec import Decoder, encode
 
 TEST_LIMITS = SessionLimits(ring_frames=1024)
 

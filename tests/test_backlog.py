@@ -7,9 +7,9 @@ import trio
 import trio.testing
 from harness import open_client, open_pair
 
-from duplexd import _frames as fr
-from duplexd._config import SessionLimits
-from duplexd._state import Phase
+from duplexd._server.limits import SessionLimits
+from duplexd.protocol import frames as fr
+from duplexd.protocol.state import Phase
 
 pytestmark = pytest.mark.unit
 

@@ -13,10 +13,10 @@ import trio.testing
 from harness import TEST_LIMITS, Pair, open_pair
 from trio_websocket import ConnectionClosed
 
-from duplexd import _frames as fr
-from duplexd._codec import encode
-from duplexd._config import SessionLimits
+from duplexd._server.limits import SessionLimits
 from duplexd.engines.tone import ToneEngine, ToneVoice
+from duplexd.protocol import frames as fr
+from duplexd.protocol.codec import encode
 
 pytestmark = pytest.mark.unit
 E = fr.ErrorCode

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import trio
 
-from duplexd._agent import DemoResponder, LLMError, OpenAIResponder, stream_chat_completion
+from duplexd.client.agent import DemoResponder, LLMError, OpenAIResponder, stream_chat_completion
 
 ROOT = Path(__file__).resolve().parents[1]
 

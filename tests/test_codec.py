@@ -1,4 +1,4 @@
-"""Property and edge tests of the sans-I/O codec (duplexd._codec)."""
+"""Property and edge tests of the sans-I/O codec (duplexd.protocol.codec)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from duplexd._codec import (
+from duplexd.protocol.codec import (
     AUDIO_HEADER,
     FRAME_CLASSES,
     FRAME_TYPES,
@@ -22,7 +22,7 @@ from duplexd._codec import (
     encode_audio_header,
     pack_audio_header_into,
 )
-from duplexd._frames import (
+from duplexd.protocol.frames import (
     AUDIO_HEADER_BYTES,
     MAX_FRAME_BYTES,
     Audio,

@@ -15,14 +15,14 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
-from duplexd import _frames as fr
-from duplexd._codec import Decoder, RemoteProtocolError, encode
-from duplexd._engines import EngineSet
-from duplexd._jsonmode import JSON_SUBPROTOCOL, JsonTranslator, frame_to_json
-from duplexd._probe import DEFAULT_TEXT, probe
-from duplexd._server import Daemon, serve_duplexd
-from duplexd._trace import Tracer, configure_tracing, debug_transport
+from duplexd._ops.trace import Tracer, configure_tracing, debug_transport
+from duplexd._server.server import Daemon, serve_duplexd
+from duplexd.client.probe import DEFAULT_TEXT, probe
+from duplexd.engines.registry import EngineSet
 from duplexd.engines.tone import ToneEngine
+from duplexd.protocol import frames as fr
+from duplexd.protocol.codec import Decoder, RemoteProtocolError, encode
+from duplexd.protocol.jsonmode import JSON_SUBPROTOCOL, JsonTranslator, frame_to_json
 
 MS_PER_CHAR = 20.0  # one 20 ms frame per character
 
@@ -156,7 +156,7 @@ def tracing(path: Path, which: str) -> Iterator[None]:
 
 
 async def _say(url: str, text: str = "Hi") -> None:
-    from duplexd.client import open_session
+    from duplexd.client.session import open_session
 
     async with open_session(url, token="") as session:
         await session.receive_utterance(await session.say(text))

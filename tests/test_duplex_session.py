@@ -14,9 +14,9 @@ import trio
 import trio.testing
 from harness import open_pair
 
-from duplexd import _frames as fr
-from duplexd._uplink import UplinkServices
-from duplexd.client import ClientSession, session_over
+from duplexd._uplink.uplink import UplinkServices
+from duplexd.client.session import ClientSession, session_over
+from duplexd.protocol import frames as fr
 
 pytestmark = pytest.mark.integration
 FRAME_S = 0.020
@@ -225,7 +225,7 @@ async def test_transcript_of_the_uplink(autojump_clock: trio.testing.MockClock) 
     from asr_helpers import word_error_rate
     from speech import clip, engine, onset
 
-    from duplexd._asr import Transcriber
+    from duplexd._uplink.asr import Transcriber
 
     sentences = [
         "Could you tell me what the weather will be like tomorrow?",

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from duplexd._echo import EchoCanceller
+from duplexd._uplink.echo import EchoCanceller
 
 pytestmark = pytest.mark.integration
 RATE = 16_000
@@ -205,7 +205,7 @@ def test_a_look_alike_delay_must_win_twice_while_the_path_still_matches() -> Non
     0.85; jumping there left the real echo in and the VAD barged in. Now such a match is taken
     out for that window only, and the path moves if it wins again; a path that no longer
     matches at all (< 0.5: the player restarted) moves at once."""
-    from duplexd._echo import _Match
+    from duplexd._uplink.echo import _Match
 
     def match(delay: int, ncc: float) -> _Match:
         return _Match(delay, ncc, 0.1)
@@ -223,7 +223,7 @@ def test_a_look_alike_delay_must_win_twice_while_the_path_still_matches() -> Non
 
 
 def test_the_running_minimum_forgets_what_slid_out() -> None:
-    from duplexd._echo import _RunningMin
+    from duplexd._uplink.echo import _RunningMin
 
     m = _RunningMin(3)
     assert m.value is None

@@ -21,8 +21,8 @@ import pytest
 import trio
 from test_service import CLIENT_SOCKET_LEAK, http_get, samples, until
 
-from duplexd import _frames as fr
-from duplexd.client import ClientSession, SessionError, UtteranceDone, open_session
+from duplexd.client.session import ClientSession, SessionError, UtteranceDone, open_session
+from duplexd.protocol import frames as fr
 
 pytestmark = [
     pytest.mark.integration,

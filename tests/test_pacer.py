@@ -6,8 +6,8 @@ import pytest
 import trio
 import trio.testing
 
-from duplexd._pacer import ADVANCE_MAX_S, open_pacer
-from duplexd._stats import Histogram, pacing_histogram
+from duplexd._downlink.pacer import ADVANCE_MAX_S, open_pacer
+from duplexd._ops.stats import Histogram, pacing_histogram
 
 pytestmark = pytest.mark.unit
 

@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from duplexd._engines import BUILTIN_ENGINES, available_engines, load_engine
-from duplexd._plugins import GROUP, PluginError, plugin_entry_points
-from duplexd._settings import ConfigError, load_settings
+from duplexd._ops.settings import ConfigError, load_settings
+from duplexd.engines.plugins import GROUP, PluginError, plugin_entry_points
+from duplexd.engines.registry import BUILTIN_ENGINES, available_engines, load_engine
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "duplexd-sine-engine"

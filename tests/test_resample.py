@@ -1,4 +1,4 @@
-"""Tests of duplexd._resample: streaming resampling, s16 conversion, fades and framing."""
+"""Tests of duplexd._downlink.resample: streaming resampling, s16 conversion, fades and framing."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from duplexd._resample import (
+from duplexd._downlink.resample import (
     FrameChunker,
     StreamResampler,
     fade_out,

@@ -1,4 +1,4 @@
-"""Tests for duplexd._ring.FrameRing (the cffi SPSC frame ring)."""
+"""Tests for duplexd._downlink.ring.FrameRing (the cffi SPSC frame ring)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import weakref
 
 import pytest
 
-from duplexd._ring import MAX_CAPACITY, MAX_SLOT_BYTES, FrameRing, RingClosedError
+from duplexd._downlink.ring import MAX_CAPACITY, MAX_SLOT_BYTES, FrameRing, RingClosedError
 
 unit = pytest.mark.unit
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from duplexd._sdnotify import Notifier, watchdog_interval_s
+from duplexd._ops.sdnotify import Notifier, watchdog_interval_s
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Tests of duplexd._segment: streaming text segmentation for TTS."""
+"""Tests of duplexd._downlink.segment: streaming text segmentation for TTS."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from duplexd._segment import Piece, Segmenter, split_text
+from duplexd._downlink.segment import Piece, Segmenter, split_text
 
 pytestmark = pytest.mark.unit
 

@@ -13,12 +13,12 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 from trio_websocket import HandshakeError
 
-from duplexd import _frames as fr
-from duplexd._engines import EngineSet
-from duplexd._service import Service
-from duplexd._settings import Settings, load_settings
-from duplexd.client import Interrupted, SessionError, UtteranceDone, open_session
+from duplexd._ops.settings import Settings, load_settings
+from duplexd._server.service import Service
+from duplexd.client.session import Interrupted, SessionError, UtteranceDone, open_session
+from duplexd.engines.registry import EngineSet
 from duplexd.engines.tone import ToneEngine
+from duplexd.protocol import frames as fr
 
 # trio-websocket 0.12's client never closes its TCP socket when the server closes first or
 # rejects the upgrade (it waits for the server's TCP close, then forgets the stream); these

@@ -11,7 +11,7 @@ import trio.testing
 from harness import Pair, bounded_stream_pair, open_client, open_pair
 from trio_websocket import ConnectionClosed
 
-from duplexd import _frames as fr
+from duplexd.protocol import frames as fr
 
 pytestmark = pytest.mark.unit
 FRAME_S = 0.020

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from duplexd import cli
-from duplexd._settings import ConfigError, Settings, load_settings, to_toml
+from duplexd._ops.settings import ConfigError, Settings, load_settings, to_toml
 
 pytestmark = pytest.mark.unit
 

@@ -13,8 +13,8 @@ import spec_client as sc
 import trio
 from trio_websocket import ConnectionClosed
 
-from duplexd._engines import EngineSet
-from duplexd._server import Daemon, serve_duplexd
+from duplexd._server.server import Daemon, serve_duplexd
+from duplexd.engines.registry import EngineSet
 from duplexd.engines.tone import ToneEngine
 
 pytestmark = pytest.mark.integration

@@ -1,11 +1,11 @@
-"""The server's session rules (duplexd._state)."""
+"""The server's session rules (duplexd.protocol.state)."""
 
 from __future__ import annotations
 
 import pytest
 
-from duplexd._codec import RemoteProtocolError
-from duplexd._frames import (
+from duplexd.protocol.codec import RemoteProtocolError
+from duplexd.protocol.frames import (
     Audio,
     AudioUp,
     ErrorCode,
@@ -17,7 +17,7 @@ from duplexd._frames import (
     Resume,
     Text,
 )
-from duplexd._state import Phase, ServerProtocolState, check_audio_format, negotiate_version
+from duplexd.protocol.state import Phase, ServerProtocolState, check_audio_format, negotiate_version
 
 
 def open_state(*, max_text_bytes: int = 100, max_queued: int = 3) -> ServerProtocolState:

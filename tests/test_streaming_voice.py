@@ -10,13 +10,13 @@ import pytest
 import trio
 from asr_helpers import normalize_text, transcribe, word_error_rate
 
-from duplexd import _frames as fr
-from duplexd._engines import EngineSet
-from duplexd._server import Daemon, serve_duplexd
-from duplexd.client import open_session
+from duplexd._server.server import Daemon, serve_duplexd
+from duplexd.client.session import open_session
 from duplexd.engines.base import StreamingVoice
+from duplexd.engines.registry import EngineSet
 from duplexd.engines.vits import VitsEngine
 from duplexd.engines.vits.stream import CONTEXT_FRAMES, FIRST_WINDOW_FRAMES
+from duplexd.protocol import frames as fr
 
 pytestmark = pytest.mark.integration
 

@@ -1,4 +1,4 @@
-"""Tests for duplexd._timer.PreciseTimer (timerfd-backed absolute sleeps in trio)."""
+"""Tests for duplexd._downlink.timer.PreciseTimer (timerfd-backed absolute sleeps in trio)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,12 @@ import trio
 import trio.testing
 
 from duplexd import _native  # type: ignore[attr-defined,unused-ignore]
-from duplexd._timer import TIMERFD_AVAILABLE, PreciseTimer, monotonic_ns, set_thread_timer_slack_ns
+from duplexd._downlink.timer import (
+    TIMERFD_AVAILABLE,
+    PreciseTimer,
+    monotonic_ns,
+    set_thread_timer_slack_ns,
+)
 
 lib = _native.lib
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from duplexd._vad import (
+from duplexd._uplink.vad import (
     WINDOW,
     BargeIn,
     SileroVad,

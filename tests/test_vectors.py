@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from duplexd._codec import FRAME_CLASSES, FRAME_TYPES, Decoder, RemoteProtocolError, encode
-from duplexd._frames import ErrorCode, Frame
+from duplexd.protocol.codec import FRAME_CLASSES, FRAME_TYPES, Decoder, RemoteProtocolError, encode
+from duplexd.protocol.frames import ErrorCode, Frame
 
 VECTORS_DIR = Path(__file__).resolve().parents[1] / "protocol" / "vectors"
 VECTORS_FILE = VECTORS_DIR / "vectors.json"

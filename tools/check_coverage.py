@@ -12,11 +12,11 @@ import sys
 
 OVERALL = 80.0
 PER_FILE = {
-    "duplexd/_codec.py": 95.0,
-    "duplexd/_ring.py": 95.0,
-    "duplexd/_pacer.py": 95.0,
-    "duplexd/_session.py": 95.0,
-    "duplexd/_downlink.py": 95.0,
+    "duplexd/protocol/codec.py": 95.0,
+    "duplexd/_downlink/ring.py": 95.0,
+    "duplexd/_downlink/pacer.py": 95.0,
+    "duplexd/_server/session.py": 95.0,
+    "duplexd/_downlink/writer.py": 95.0,
 }
 
 

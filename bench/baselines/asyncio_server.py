@@ -41,7 +41,7 @@ from wsproto.events import (
     TextMessage,
 )
 
-from duplexd._segment import Segmenter
+from duplexd._downlink.segment import Segmenter
 from duplexd.engines.tone import ToneEngine
 
 FRAME_S = 0.020

@@ -12,7 +12,7 @@ from typing import Any
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
-from duplexd._frames import Audio, Interrupted, ServerFrame, UtteranceDone, UtteranceStarted
+from duplexd.protocol.frames import Audio, Interrupted, ServerFrame, UtteranceDone, UtteranceStarted
 
 
 class BaselineSession:

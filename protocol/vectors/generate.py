@@ -27,8 +27,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from duplexd._codec import encode  # noqa: E402
-from duplexd._frames import (  # noqa: E402
+from duplexd.protocol.codec import encode  # noqa: E402
+from duplexd.protocol.frames import (  # noqa: E402
     Audio,
     AudioUp,
     Error,

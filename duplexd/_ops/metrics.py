@@ -1,7 +1,7 @@
 """Prometheus metrics, computed at scrape time from the counters the daemon keeps anyway.
 
 Nothing here runs per frame: the per-frame path records into each session's own
-`DownlinkCounters` (plain ints and a `duplexd._stats.Histogram`), utterances and interrupts
+`DownlinkCounters` (plain ints and a `duplexd._ops.stats.Histogram`), utterances and interrupts
 record into `Session.latency`. `DaemonMetrics` is a prometheus_client custom collector that,
 when scraped, walks the live sessions and adds the totals folded in from sessions that ended
 (`session_closed`). Both run on the trio thread, so reads are consistent without locks.
@@ -24,13 +24,13 @@ from prometheus_client.core import (
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
-from . import __version__
-from ._observe import barge_in_histogram, first_audio_histogram, interrupt_histogram
-from ._stats import Histogram, pacing_histogram
+from .. import __version__
+from .observe import barge_in_histogram, first_audio_histogram, interrupt_histogram
+from .stats import Histogram, pacing_histogram
 
 if TYPE_CHECKING:
-    from ._server import Daemon
-    from ._session import Session
+    from .._server.server import Daemon
+    from .._server.session import Session
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

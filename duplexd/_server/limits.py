@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ._frames import MAX_FRAME_BYTES
+from ..protocol.frames import MAX_FRAME_BYTES
 
 
 @dataclass(frozen=True, slots=True)

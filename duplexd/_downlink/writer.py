@@ -20,11 +20,11 @@ from typing import Final
 import numpy as np
 import trio
 
-from . import _frames as fr
-from ._codec import AUDIO_HEADER, encode
-from ._pacer import Pacer
-from ._ring import FrameRing
-from ._stats import pacing_histogram
+from .._ops.stats import pacing_histogram
+from ..protocol import frames as fr
+from ..protocol.codec import AUDIO_HEADER, encode
+from .pacer import Pacer
+from .ring import FrameRing
 
 SendFn = Callable[[bytes], Awaitable[None]]
 ControlItem = bytes | Callable[[], bytes]

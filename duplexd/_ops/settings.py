@@ -21,7 +21,7 @@ from typing import Any, Final
 import attrs
 import cattrs
 
-from ._config import SessionLimits
+from .._server.limits import SessionLimits
 
 ENV_PREFIX: Final = "DUPLEXD_"
 LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
@@ -57,7 +57,7 @@ _LIMITS: Final = SessionLimits()
 
 @attrs.frozen
 class LimitsSettings:
-    """Per-session limits (`duplexd._config.SessionLimits`, announced in Welcome)."""
+    """Per-session limits (`duplexd._server.limits.SessionLimits`, announced in Welcome)."""
 
     max_frame_bytes: int = _LIMITS.max_frame_bytes
     max_text_bytes: int = _LIMITS.max_text_bytes
@@ -257,7 +257,7 @@ def _validate(s: Settings) -> None:
         )
     if s.server.drain_timeout_s < 0:
         raise bad("server.drain_timeout_s", f"must be >= 0, got {s.server.drain_timeout_s}")
-    from ._engines import available_engines
+    from ..engines.registry import available_engines
 
     engines = available_engines()  # built-ins and `duplexd.engines` entry points
     if s.engine.name not in engines:

@@ -1,20 +1,20 @@
 """The engines a daemon serves: built-ins and plugins by name, loaded once per process.
 
-Plugins are packages declaring a `duplexd.engines` entry point (`duplexd._plugins`)."""
+Plugins are packages declaring a `duplexd.engines` entry point (`duplexd.engines.plugins`)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
-from .engines.base import Engine
+from .base import Engine
 
 BUILTIN_ENGINES = ("vits", "tone")
 
 
 def available_engines() -> list[str]:
     """The engine names `load_engine` knows: the built-ins, then installed plugins."""
-    from ._plugins import plugin_entry_points
+    from .plugins import plugin_entry_points
 
     return [*BUILTIN_ENGINES, *(n for n in plugin_entry_points() if n not in BUILTIN_ENGINES)]
 
@@ -22,16 +22,16 @@ def available_engines() -> list[str]:
 def load_engine(name: str, *, device: str = "auto", **options: Any) -> Engine:
     """Create a built-in or plugin engine. Blocking (a neural engine loads its model): call it
     before serving or from a worker thread. Raises LookupError for an unknown name, and
-    `duplexd._plugins.PluginError` (an EngineError) for a plugin that fails to load."""
+    `duplexd.engines.plugins.PluginError` (an EngineError) for a plugin that fails to load."""
     if name == "tone":
-        from .engines.tone import ToneEngine
+        from .tone import ToneEngine
 
         return ToneEngine(**options)
     if name == "vits":
-        from .engines.vits import VitsEngine
+        from .vits import VitsEngine
 
         return VitsEngine(device=device, **options)
-    from ._plugins import load_plugin_engine
+    from .plugins import load_plugin_engine
 
     engine = load_plugin_engine(name, device=device, **options)
     if engine is None:

@@ -42,12 +42,12 @@ import numpy as np
 import numpy.typing as npt
 import trio
 
-from . import _frames as fr
-from ._asr import Transcriber, default_transcriber
-from ._codec import RemoteProtocolError
-from ._echo import EchoCanceller
-from ._resample import StreamResampler
-from ._vad import (
+from .._downlink.resample import StreamResampler
+from ..protocol import frames as fr
+from ..protocol.codec import RemoteProtocolError
+from .asr import Transcriber, default_transcriber
+from .echo import EchoCanceller
+from .vad import (
     VAD_RATE_HZ,
     WINDOW,
     AsrOptions,

@@ -1,6 +1,6 @@
 """Frame types of the duplexd wire protocol (version 1).
 
-These frozen dataclasses are the events of the sans-I/O codec (`duplexd._codec`): bytes in,
+These frozen dataclasses are the events of the sans-I/O codec (`duplexd.protocol.codec`): bytes in,
 frames out, and back. The normative description of their encoding is `protocol/SPEC.md`;
 this module is its single source of truth in Python.
 

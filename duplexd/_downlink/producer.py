@@ -21,12 +21,12 @@ from collections.abc import Callable, Generator, Iterator
 
 import numpy as np
 
-from ._codec import pack_audio_header_into
-from ._frames import AUDIO_HEADER_BYTES, BYTES_PER_SAMPLE
-from ._resample import FrameChunker, StreamResampler, float_to_s16le
-from ._ring import FrameRing
-from ._segment import Piece
-from .engines.base import FloatAudio, StreamingVoice, Voice
+from ..engines.base import FloatAudio, StreamingVoice, Voice
+from ..protocol.codec import pack_audio_header_into
+from ..protocol.frames import AUDIO_HEADER_BYTES, BYTES_PER_SAMPLE
+from .resample import FrameChunker, StreamResampler, float_to_s16le
+from .ring import FrameRing
+from .segment import Piece
 
 
 class SynthesisCancelled(Exception):

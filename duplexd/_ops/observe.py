@@ -1,6 +1,6 @@
 """Per-session latency histograms observed once per utterance or interrupt (not per frame).
 
-The session records into these on the trio thread; `duplexd._metrics` reads them at scrape
+The session records into these on the trio thread; `duplexd._ops.metrics` reads them at scrape
 time (same thread), so there is no locking and nothing on the per-frame path.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._stats import Histogram
+from .stats import Histogram
 
 
 class SessionLatency:

@@ -1,7 +1,7 @@
 """One utterance: its streamed text, its pieces, its cancel scope.
 
-Text chunks are segmented as they arrive (`duplexd._segment.Segmenter`); the utterance runner
-takes the pieces one by one. A barge-in cancels the utterance's `scope` (trio side) and sets
+Text chunks are segmented as they arrive (`duplexd._downlink.segment.Segmenter`); the utterance
+runner takes the pieces one by one. A barge-in cancels the utterance's `scope` (trio side) and sets
 `cancel` (the worker thread's view of the same fact).
 """
 
@@ -12,8 +12,8 @@ import threading
 
 import trio
 
-from ._segment import Piece, Segmenter
-from ._synth import PieceMap
+from .producer import PieceMap
+from .segment import Piece, Segmenter
 
 
 class Utterance:

@@ -15,7 +15,7 @@ from typing import Any, Final
 
 import trio
 
-from ._settings import ConfigError, Settings, load_settings, to_toml
+from .settings import ConfigError, Settings, load_settings, to_toml
 
 # flag dest -> (section, key)
 FLAG_KEYS: Final = {
@@ -95,7 +95,7 @@ def config_command(args: argparse.Namespace) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
-    from ._service import Service, StartupError, configure_logging
+    from .._server.service import Service, StartupError, configure_logging
 
     try:
         settings = settings_from_args(args)

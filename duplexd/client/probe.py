@@ -16,7 +16,7 @@ from typing import Any, TextIO
 import numpy as np
 import trio
 
-from . import _frames as fr
+from ..protocol import frames as fr
 
 DEFAULT_TEXT = "Hello from duplexd probe."
 
@@ -78,7 +78,7 @@ class FrameTimer:
 
 def run_probe(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     """`duplexd probe`: exit status 0, or 1 (the message on stderr) if the session failed."""
-    from .client import SessionError
+    from .session import SessionError
 
     try:
         trio.run(probe, args, out)
@@ -90,7 +90,7 @@ def run_probe(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
 
 async def probe(args: argparse.Namespace, out: TextIO) -> FrameTimer:
     """Print the handshake, a ping and one utterance's frame timing to `out`."""
-    from .client import open_session
+    from .session import open_session
 
     timer = FrameTimer(fr.FRAME_MS / 1000, out, per_frame=not args.no_frames)
     async with open_session(

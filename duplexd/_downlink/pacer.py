@@ -2,7 +2,7 @@
 
 A timer task per session collapses at a few hundred sessions (each wake-up is a trio sleep with
 its own cancel scope and epoll round trip). Instead one task keeps a heap of absolute deadlines,
-sleeps on a Linux timerfd (`duplexd._timer.PreciseTimer`: sub-millisecond wake-ups, unlike
+sleeps on a Linux timerfd (`duplexd._downlink.timer.PreciseTimer`: sub-millisecond wake-ups, unlike
 `trio.sleep_until`, whose epoll timeout has millisecond granularity) and, at each deadline,
 calls the due streams' `on_tick(deadline)`. A stream's n-th deadline is always
 ``anchor + n * frame_s``: a late wake-up never drifts the schedule.
@@ -22,8 +22,8 @@ much early on average (an integrating controller, clamped to `ADVANCE_MAX_S`), s
 themselves, not the ticks, are centred on the deadlines.
 
 `on_tick` must be cheap and must not raise: it runs on the pacer's hot path for every frame of
-every session. The downlink writer (`duplexd._downlink`) just notes the deadline and wakes its
-own task, which does the sending, so a slow client never delays anybody else's frame.
+every session. The downlink writer (`duplexd._downlink.writer`) just notes the deadline and
+wakes its own task, which does the sending, so a slow client never delays anybody else's frame.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ from typing import Protocol
 
 import trio
 
-from ._frames import FRAME_MS
-from ._timer import PreciseTimer
+from ..protocol.frames import FRAME_MS
+from .timer import PreciseTimer
 
 SPIN_MAX_S = 0.0005  # never spin longer than this per wake-up
 SPIN_MAX_STREAMS = 4  # spin only while at most this many streams are scheduled

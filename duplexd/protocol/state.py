@@ -16,8 +16,8 @@ from __future__ import annotations
 import enum
 import json
 
-from ._codec import RemoteProtocolError
-from ._frames import (
+from .codec import RemoteProtocolError
+from .frames import (
     FRAME_MS,
     PROTOCOL_VERSION,
     SUPPORTED_SAMPLE_RATES_HZ,

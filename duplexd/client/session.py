@@ -28,9 +28,9 @@ from typing import Any, TypeGuard, TypeVar, cast
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
-from . import _frames as fr
-from ._codec import Decoder, RemoteProtocolError, encode
-from ._frames import (
+from ..protocol import frames as fr
+from ..protocol.codec import Decoder, RemoteProtocolError, encode
+from ..protocol.frames import (
     Audio,
     Error,
     Interrupted,

@@ -12,7 +12,7 @@ wall clock. Audio never goes in (``samples`` says how much there was); Hello's t
 hidden. The session code never sees the difference, and when tracing is off `debug_transport`
 returns the connection itself: the per-frame cost is zero.
 
-`debug_transport` also applies the JSON text mode (`duplexd._jsonmode`) when the client
+`debug_transport` also applies the JSON text mode (`duplexd.protocol.jsonmode`) when the client
 negotiated it; the trace then shows the frames the session handles, not the JSON text.
 """
 
@@ -26,9 +26,9 @@ from typing import IO, Any, Final
 
 import trio
 
-from ._codec import AUDIO_HEADER, Decoder, RemoteProtocolError
-from ._frames import AUDIO_HEADER_BYTES, BYTES_PER_SAMPLE, FrameType
-from ._jsonmode import JSON_SUBPROTOCOL, JsonTransport, Transport, frame_to_json
+from ..protocol.codec import AUDIO_HEADER, Decoder, RemoteProtocolError
+from ..protocol.frames import AUDIO_HEADER_BYTES, BYTES_PER_SAMPLE, FrameType
+from ..protocol.jsonmode import JSON_SUBPROTOCOL, JsonTransport, Transport, frame_to_json
 
 _PREFIX_BYTES: Final = 4
 _COMPACT: Final = (",", ":")

@@ -30,8 +30,8 @@ import json
 import re
 from typing import Any, Final, Protocol
 
-from . import _frames as fr
-from ._codec import Decoder, LocalProtocolError, RemoteProtocolError, encode
+from . import frames as fr
+from .codec import Decoder, LocalProtocolError, RemoteProtocolError, encode
 
 JSON_SUBPROTOCOL: Final = fr.SUBPROTOCOL + ".json"  # "duplexd.v1.json"
 

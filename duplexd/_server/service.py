@@ -28,15 +28,15 @@ from typing import Any
 import attrs
 import trio
 
-from ._engines import EngineSet, load_engine
-from ._http import Response, serve_http
-from ._log import JsonFormatter, TextFormatter
-from ._metrics import CONTENT_TYPE, DaemonMetrics
-from ._sdnotify import Notifier, keep_watchdog_fed, watchdog_interval_s
-from ._server import Daemon, serve_duplexd
-from ._session import Session
-from ._settings import ConfigError, LogSettings, Settings
-from .engines.base import Engine, EngineError, Voice
+from .._ops.http import Response, serve_http
+from .._ops.logs import JsonFormatter, TextFormatter
+from .._ops.metrics import CONTENT_TYPE, DaemonMetrics
+from .._ops.sdnotify import Notifier, keep_watchdog_fed, watchdog_interval_s
+from .._ops.settings import ConfigError, LogSettings, Settings
+from ..engines.base import Engine, EngineError, Voice
+from ..engines.registry import EngineSet, load_engine
+from .server import Daemon, serve_duplexd
+from .session import Session
 
 log = logging.getLogger("duplexd.service")
 

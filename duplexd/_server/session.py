@@ -19,21 +19,21 @@ from typing import Any, Protocol
 import trio
 from trio_websocket import ConnectionClosed
 
-from . import __version__
-from . import _frames as fr
-from ._codec import Decoder, RemoteProtocolError, encode
-from ._config import SessionLimits
-from ._downlink import Downlink, DownlinkCounters
-from ._engines import EngineSet
-from ._observe import SessionLatency
-from ._pacer import Pacer
-from ._ring import FrameRing
-from ._state import ServerProtocolState, check_audio_format, negotiate_version
-from ._synth import SynthesisCancelled, UtteranceProducer
-from ._uplink import Uplink, UplinkServices, default_uplink_services
-from ._utterance import Utterance
-from ._vad import parse_duplex_options
-from .engines.base import UnknownVoiceError, Voice
+from .. import __version__
+from .._downlink.pacer import Pacer
+from .._downlink.producer import SynthesisCancelled, UtteranceProducer
+from .._downlink.ring import FrameRing
+from .._downlink.utterance import Utterance
+from .._downlink.writer import Downlink, DownlinkCounters
+from .._ops.observe import SessionLatency
+from .._uplink.uplink import Uplink, UplinkServices, default_uplink_services
+from .._uplink.vad import parse_duplex_options
+from ..engines.base import UnknownVoiceError, Voice
+from ..engines.registry import EngineSet
+from ..protocol import frames as fr
+from ..protocol.codec import Decoder, RemoteProtocolError, encode
+from ..protocol.state import ServerProtocolState, check_audio_format, negotiate_version
+from .limits import SessionLimits
 
 log = logging.getLogger("duplexd.session")
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Final
 
-from .engines.base import Engine, EngineError
+from .base import Engine, EngineError
 
 GROUP: Final = "duplexd.engines"
 

@@ -1,6 +1,6 @@
 """Sans-I/O codec of the duplexd wire protocol: frames to bytes and bytes to frames.
 
-No I/O and no trio here. `encode` turns any frame of `duplexd._frames` into bytes; `Decoder`
+No I/O and no trio here. `encode` turns any frame of `duplexd.protocol.frames` into bytes; `Decoder`
 turns an arbitrary byte stream (WebSocket message payloads or raw TCP) back into frames. The
 byte layout is specified in `protocol/SPEC.md`; `protocol/vectors/vectors.json` pins it.
 
@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from ._frames import (
+from .frames import (
     AUDIO_HEADER_BYTES,
     AUDIO_UP_HEADER_BYTES,
     FRAME_HEADER_BYTES,
@@ -47,7 +47,7 @@ from ._frames import (
     UtteranceStarted,
     Welcome,
 )
-from ._frames import Error as ErrorFrame
+from .frames import Error as ErrorFrame
 
 __all__ = [
     "AUDIO_HEADER",

@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 import trio
 from trio_websocket import ConnectionClosed, WebSocketRequest, WebSocketServer, serve_websocket
 
-from ._config import SessionLimits
-from ._engines import EngineSet
-from ._frames import SUBPROTOCOL, WS_PATH
-from ._jsonmode import JSON_SUBPROTOCOL
-from ._pacer import Pacer, open_pacer
-from ._session import Session
-from ._trace import debug_transport
+from .._downlink.pacer import Pacer, open_pacer
+from .._ops.trace import debug_transport
+from ..engines.registry import EngineSet
+from ..protocol.frames import SUBPROTOCOL, WS_PATH
+from ..protocol.jsonmode import JSON_SUBPROTOCOL
+from .limits import SessionLimits
+from .session import Session
 
 log = logging.getLogger("duplexd.server")
 

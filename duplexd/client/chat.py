@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 import trio
 
-from . import _frames as fr
-from ._agent import DemoResponder, LLMError, OpenAIResponder, Responder
-from .client import ClientSession, SessionError, open_session
+from ..protocol import frames as fr
+from .agent import DemoResponder, LLMError, OpenAIResponder, Responder
+from .session import ClientSession, SessionError, open_session
 
 UPLINK_RATE_HZ = 16_000
 DOWNLINK_RATE_HZ = 48_000
