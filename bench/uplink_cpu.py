@@ -34,9 +34,10 @@ import soxr
 import trio
 
 from duplexd._uplink.uplink import Uplink, UplinkServices
-from duplexd._uplink.vad import AsrOptions, VadOptions
+from duplexd._uplink.vad import VadModel
 from duplexd.protocol import frames as fr
 from duplexd.protocol.codec import encode
+from duplexd.protocol.options import AsrOptions, SessionOptions, VadOptions
 
 RATE = 16_000
 DOWN_HZ = 48_000
@@ -49,6 +50,10 @@ AGENT_TEXT = [
     "Okay! Here is what I found: the nearest pharmacy opens at nine o'clock.",
 ]
 USER_TEXT = ["Wait, stop, I have a question.", "Could you book a table for two at seven thirty?"]
+
+
+async def _no_offload(fn: Any, *args: Any) -> Any:
+    raise AssertionError("bench.uplink_cpu runs the uplink's batches itself")
 
 
 def voices() -> tuple[F32, F32]:
@@ -94,12 +99,11 @@ def scenario(name: str, agent48: F32, user: F32, seconds: float, seed: int = 0) 
         uplink = Uplink(
             rate_hz=RATE,
             downlink_rate_hz=DOWN_HZ,
-            vad=VadOptions(barge_in=False),
-            asr=AsrOptions(transcripts=False),
-            services=UplinkServices(transcriber=None),
+            options=SessionOptions(VadOptions(barge_in=False), AsrOptions(transcripts=False)),
+            # (batches are run here, by hand: nothing is offloaded)
+            services=UplinkServices(vad_model=VadModel(), offload=_no_offload),
             send=lambda _frame: None,
-            barge_in=lambda: None,
-            offload=None,  # type: ignore[arg-type]  # (batches are run here, by hand)
+            barge_in=lambda _delay_s: None,
         )
         t0 = trio.current_time()
         cpu = 0.0

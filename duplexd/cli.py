@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 import trio
 
-from . import __version__
 from ._ops.flags import add_config_flags, config_command
+from ._version import __version__
 from .protocol.frames import SAMPLE_RATE_HZ, WS_PATH
 
 log = logging.getLogger("duplexd.cli")
@@ -27,17 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("serve", help="run the daemon")
-    add_config_flags(s)  # --config, --host, --port, --http-port, --engine... (duplexd._ops.flags)
-    s.add_argument("--tone-compute-ms-per-char", type=float, default=0.0, help=argparse.SUPPRESS)
-    s.add_argument(
-        "--asr-model",
-        default=os.environ.get("DUPLEXD_ASR_MODEL", ""),
-        help="faster-whisper model directory (default: the bundled Whisper tiny.en)",
-    )
-    s.add_argument("--asr-threads", type=int, default=2, help="CPU threads of the ASR model")
-    from ._ops.trace import add_trace_arguments
-
-    add_trace_arguments(s)  # --trace PATH, --trace-session WHICH
+    add_config_flags(s)  # --config, --host, --port, --engine, --asr-model... (duplexd._ops.flags)
 
     c = sub.add_parser("config", help="show or check the effective configuration")
     add_config_flags(c)
@@ -93,20 +83,26 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    """Settings (file < DUPLEXD_* < flags), then `duplexd._server.service.Service` until SIGTERM."""
-    from ._ops.flags import serve
-    from ._ops.trace import configure_tracing
-    from ._uplink.asr import Transcriber, configure_default_transcriber
+    """Settings (file < DUPLEXD_* < flags), then `duplexd._server.service.Service` until
+    SIGTERM."""
+    from ._ops.flags import settings_from_args
+    from ._ops.logs import configure_logging
+    from ._ops.settings import ConfigError
+    from ._server.service import Service, StartupError
 
     try:
-        configure_tracing(args.trace, args.trace_session)
-    except ValueError as exc:
+        settings = settings_from_args(args)
+    except ConfigError as exc:
+        print(f"duplexd: config: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log)
+    service = Service(settings, reload=lambda: settings_from_args(args))
+    try:
+        trio.run(service.run)
+    except StartupError as exc:
         print(f"duplexd: {exc}", file=sys.stderr)
         return 2
-    configure_default_transcriber(
-        Transcriber(args.asr_model or None, cpu_threads=max(1, args.asr_threads))
-    )
-    return serve(args)
+    return 0
 
 
 # ---------------------------------------------------------------------- say

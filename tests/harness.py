@@ -17,8 +17,10 @@ import trio.testing
 from trio_websocket import WebSocketConnection, wrap_client_stream, wrap_server_stream
 
 from duplexd._downlink.pacer import Pacer, open_pacer
-from duplexd._server.limits import SessionLimits
-from duplexd._server.session import Session
+from duplexd._ops.settings import SessionLimits
+from duplexd._server.connection import Connection
+from duplexd._uplink.uplink import UplinkServices
+from duplexd._uplink.vad import VadModel
 from duplexd.client.session import ClientSession, session_over
 from duplexd.engines.base import Engine
 from duplexd.engines.registry import EngineSet
@@ -34,14 +36,25 @@ async def inline_offload(fn: Callable[..., Any], *args: Any) -> Any:
     return fn(*args)
 
 
+_VAD_MODEL: VadModel | None = None
+
+
+def inline_uplink_services(transcriber: Any = None) -> UplinkServices:
+    """Uplink services whose work runs inline (exact virtual times); one VAD model for all."""
+    global _VAD_MODEL
+    if _VAD_MODEL is None:
+        _VAD_MODEL = VadModel()
+    return UplinkServices(vad_model=_VAD_MODEL, offload=inline_offload, transcriber=transcriber)
+
+
 class Pair:
     def __init__(self, client: WebSocketConnection, pacer: Pacer) -> None:
         self.client = client
         self.pacer = pacer
-        self.sessions: list[Session] = []
+        self.sessions: list[Connection] = []  # the server side (error_code, session, phase)
         self.decoder = Decoder(peer="server")
         self.stream: Any = None  # the client's raw byte stream (to vanish without a close)
-        self.done = trio.Event()  # set once the server side's `Session.run()` has returned
+        self.done = trio.Event()  # set once the server side's `Connection.run()` has returned
 
     async def send(self, *frames: fr.ClientFrame) -> None:
         await self.client.send_message(b"".join(encode(f) for f in frames))
@@ -62,8 +75,9 @@ async def open_pair(
     limits: SessionLimits = TEST_LIMITS,
     offload: Any = inline_offload,
     sessions: int = 1,
-    uplink_services: Any = None,
+    uplink_services: UplinkServices | None = None,
     stream_pair: Callable[[int], tuple[Any, Any]] | None = None,
+    token: str = "",
 ) -> AsyncIterator[list[Pair]]:
     """`sessions` independent sessions on one shared pacer; yields their client sides.
 
@@ -79,22 +93,23 @@ async def open_pair(
                 client_stream, server_stream = stream_pair(i)
             done = trio.Event()
 
-            async def serve(stream: Any, bucket: list[Session], done: trio.Event) -> None:
+            async def serve(stream: Any, bucket: list[Connection], done: trio.Event) -> None:
                 request = await wrap_server_stream(nursery, stream)
                 ws = await request.accept(subprotocol=fr.SUBPROTOCOL)
-                session = Session(
+                connection = Connection(
                     ws,
                     engines=engines,
                     pacer=pacer,
                     limits=limits,
+                    token=token,
                     offload=offload,
-                    uplink_services=uplink_services,
+                    uplink_services=uplink_services or inline_uplink_services(),
                 )
-                bucket.append(session)
-                await session.run()
+                bucket.append(connection)
+                await connection.run()
                 done.set()
 
-            pair_sessions: list[Session] = []
+            pair_sessions: list[Connection] = []
             nursery.start_soon(serve, server_stream, pair_sessions, done)
             ws = await wrap_client_stream(
                 nursery, client_stream, "localhost", fr.WS_PATH, subprotocols=[fr.SUBPROTOCOL]

@@ -7,7 +7,7 @@ import trio
 import trio.testing
 from harness import open_client, open_pair
 
-from duplexd._server.limits import SessionLimits
+from duplexd._ops.settings import SessionLimits
 from duplexd.protocol import frames as fr
 from duplexd.protocol.state import Phase
 
@@ -61,6 +61,6 @@ async def test_client_vanishing_mid_backlog_ends_the_session(
         await pair.client.aclose()
         with trio.fail_after(5):
             await pair.done.wait()
-        (session,) = pair.sessions
-        assert session._state.phase is Phase.CLOSED
+        (connection,) = pair.sessions
+        assert connection.phase is Phase.CLOSED
         assert pair.pacer.scheduled == 0

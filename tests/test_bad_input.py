@@ -13,7 +13,7 @@ import trio.testing
 from harness import TEST_LIMITS, Pair, open_pair
 from trio_websocket import ConnectionClosed
 
-from duplexd._server.limits import SessionLimits
+from duplexd._ops.settings import SessionLimits
 from duplexd.engines.tone import ToneEngine, ToneVoice
 from duplexd.protocol import frames as fr
 from duplexd.protocol.codec import encode
@@ -80,6 +80,7 @@ class Case:
     messages: tuple[bytes | str, ...]  # sent after the handshake (or instead of it)
     hello: fr.Hello | None = field(default_factory=fr.Hello)  # None: no handshake first
     limits: SessionLimits = TEST_LIMITS
+    token: str = ""  # the server's token ("": any)
 
 
 TEXT_HI = encode(fr.Text(1, "Hi there.", end=True))
@@ -142,14 +143,14 @@ HELLO_CASES = [
         E.AUTH_FAILED,
         (),
         fr.Hello(token="guess"),
-        limits=SessionLimits(ring_frames=1024, token="s3cret"),
+        token="s3cret",
     ),
     Case(
         "missing token",
         E.AUTH_FAILED,
         (),
         fr.Hello(),
-        limits=SessionLimits(ring_frames=1024, token="s3cret"),
+        token="s3cret",
     ),
 ]
 
@@ -158,8 +159,8 @@ HELLO_CASES = [
 async def test_bad_input_gets_error_and_close(
     case: Case, autojump_clock: trio.testing.MockClock
 ) -> None:
-    good_hello = fr.Hello(token=case.limits.token)
-    async with open_pair(limits=case.limits, sessions=2) as (bad, good):
+    good_hello = fr.Hello(token=case.token)
+    async with open_pair(limits=case.limits, sessions=2, token=case.token) as (bad, good):
         if case.hello is not None:
             await bad.send(case.hello)
             if case.hello == good_hello:

@@ -7,7 +7,7 @@ import base64
 import contextlib
 import io
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
-from duplexd._ops.trace import Tracer, configure_tracing, debug_transport
+from duplexd._ops.trace import Tracer, debug_transport
 from duplexd._server.server import Daemon, serve_duplexd
 from duplexd.client.probe import DEFAULT_TEXT, probe
 from duplexd.engines.registry import EngineSet
@@ -27,17 +27,28 @@ from duplexd.protocol.jsonmode import JSON_SUBPROTOCOL, JsonTranslator, frame_to
 MS_PER_CHAR = 20.0  # one 20 ms frame per character
 
 
-@pytest.fixture
-async def daemon() -> AsyncIterator[Daemon]:
+@contextlib.asynccontextmanager
+async def open_daemon(tracer: Tracer | None = None) -> AsyncIterator[Daemon]:
     engines = EngineSet.of(ToneEngine(ms_per_char=MS_PER_CHAR))
     async with trio.open_nursery() as nursery:
         d: Daemon = await nursery.start(
             lambda task_status: serve_duplexd(
-                "127.0.0.1", 0, engines=engines, gil_switch_interval_s=None, task_status=task_status
+                "127.0.0.1",
+                0,
+                engines=engines,
+                tracer=tracer,
+                gil_switch_interval_s=None,
+                task_status=task_status,
             )
         )
         yield d
         nursery.cancel_scope.cancel()
+
+
+@pytest.fixture
+async def daemon() -> AsyncIterator[Daemon]:
+    async with open_daemon() as d:
+        yield d
 
 
 async def _json(ws: Any) -> dict[str, Any]:
@@ -145,14 +156,15 @@ async def test_binary_clients_still_get_not_binary(daemon: Daemon) -> None:
 # ---------------------------------------------------------------------- --trace
 
 
-@contextlib.contextmanager
-def tracing(path: Path, which: str) -> Iterator[None]:
-    """The daemon's --trace for the block: sessions `which` to `path`."""
-    configure_tracing(str(path), which)
+@contextlib.asynccontextmanager
+async def tracing(path: Path, which: str) -> AsyncIterator[Daemon]:
+    """A daemon with --trace: sessions `which` to `path`."""
+    tracer = Tracer(str(path), which)
     try:
-        yield
+        async with open_daemon(tracer) as d:
+            yield d
     finally:
-        configure_tracing("")
+        tracer.close()
 
 
 async def _say(url: str, text: str = "Hi") -> None:
@@ -164,9 +176,9 @@ async def _say(url: str, text: str = "Hi") -> None:
 
 @pytest.mark.integration
 @leaky
-async def test_trace_records_the_selected_session(daemon: Daemon, tmp_path: Path) -> None:
+async def test_trace_records_the_selected_session(tmp_path: Path) -> None:
     path = tmp_path / "trace.jsonl"
-    with tracing(path, "2"):
+    async with tracing(path, "2") as daemon:
         await _say(daemon.url, "Hi")  # session 1: not traced
         await _say(daemon.url, "Yes")  # session 2
         await _say(daemon.url, "No")  # session 3: not traced
@@ -188,14 +200,16 @@ async def test_trace_records_the_selected_session(daemon: Daemon, tmp_path: Path
 
 @pytest.mark.integration
 @leaky
-async def test_trace_hides_the_token_and_records_errors(daemon: Daemon, tmp_path: Path) -> None:
+async def test_trace_hides_the_token_and_records_errors(tmp_path: Path) -> None:
     path = tmp_path / "t.jsonl"
-    with tracing(path, "all"):
-        async with open_websocket_url(daemon.url, subprotocols=[fr.SUBPROTOCOL]) as ws:
-            await ws.send_message(encode(fr.Hello(token="s3cret", voice="nope")))
-            with pytest.raises(ConnectionClosed):
-                while True:
-                    await ws.get_message()
+    async with (
+        tracing(path, "all") as daemon,
+        open_websocket_url(daemon.url, subprotocols=[fr.SUBPROTOCOL]) as ws,
+    ):
+        await ws.send_message(encode(fr.Hello(token="s3cret", voice="nope")))
+        with pytest.raises(ConnectionClosed):
+            while True:
+                await ws.get_message()
     text = path.read_text()
     assert "s3cret" not in text
     records = [json.loads(line) for line in text.splitlines()]
@@ -210,8 +224,7 @@ def test_untraced_binary_sessions_get_the_socket_itself() -> None:
         subprotocol = fr.SUBPROTOCOL
 
     ws = Ws()
-    configure_tracing("")
-    assert debug_transport(ws) is ws  # no wrapper: nothing per frame
+    assert debug_transport(ws, None) is ws  # no wrapper: nothing per frame
 
 
 @pytest.mark.unit

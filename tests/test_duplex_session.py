@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 import trio
 import trio.testing
-from harness import open_pair
+from harness import inline_uplink_services, open_pair
 
-from duplexd._uplink.uplink import UplinkServices
 from duplexd.client.session import ClientSession, session_over
 from duplexd.protocol import frames as fr
 
@@ -113,7 +112,7 @@ async def test_vad_barge_in_latency(
     user = clip(USER, other_speaker=True)
     user_on = onset(user)
     latencies: list[float] = []
-    services = UplinkServices(transcriber=None)
+    services = inline_uplink_services()
     async with open_pair(engine(), uplink_services=services) as (pair,):
         client = Client()
         client.downlink_rate = 48_000
@@ -166,7 +165,7 @@ async def test_echo_does_not_barge_in_but_the_user_does(
 
     user = clip(USER, other_speaker=True)
     rng = np.random.default_rng(3)
-    services = UplinkServices(transcriber=None)
+    services = inline_uplink_services()
     async with open_pair(engine(), uplink_services=services) as (pair,):
         client = Client()
         async with session_over(pair.client, hello(), on_frame=client.on_frame) as session:
@@ -231,7 +230,7 @@ async def test_transcript_of_the_uplink(autojump_clock: trio.testing.MockClock) 
         "Could you tell me what the weather will be like tomorrow?",
         "Please book a table for two at seven thirty.",
     ]
-    services = UplinkServices(transcriber=Transcriber(cpu_threads=2))
+    services = inline_uplink_services(Transcriber(cpu_threads=2))
     async with open_pair(engine(), uplink_services=services) as (pair,):
         client = Client()
         async with session_over(

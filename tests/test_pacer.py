@@ -7,7 +7,7 @@ import trio
 import trio.testing
 
 from duplexd._downlink.pacer import ADVANCE_MAX_S, open_pacer
-from duplexd._ops.stats import Histogram, pacing_histogram
+from duplexd._ops.metrics import Histogram, pacing_histogram
 
 pytestmark = pytest.mark.unit
 

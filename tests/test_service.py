@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from trio_websocket import HandshakeError
 
 from duplexd._ops.settings import Settings, load_settings
-from duplexd._server.service import Service
+from duplexd._server.service import Phase, Service
 from duplexd.client.session import Interrupted, SessionError, UtteranceDone, open_session
 from duplexd.engines.registry import EngineSet
 from duplexd.engines.tone import ToneEngine
@@ -177,7 +177,7 @@ async def test_drain_finishes_utterances_then_goes_away() -> None:
             assert [d.utterance_id for d in done] == [uid]
             assert busy._ws.closed is not None and busy._ws.closed.code == 1001
             assert time.monotonic() - t0 < 3
-        await until(lambda: service.phase == "stopped")
+        await until(lambda: service.phase is Phase.STOPPED)
 
 
 async def _start(service: Service, task_status: trio.TaskStatus[None]) -> None:

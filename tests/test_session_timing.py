@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import numpy as np
 import pytest
 import trio
 import trio.testing
@@ -186,7 +187,8 @@ async def interrupt_after(k: int) -> tuple[fr.Interrupted, list[Arrival], float]
         (t_answer, answer), *_ = [(t, f) for t, f in log if isinstance(f, fr.Interrupted)]
         assert t_answer == t_interrupt  # memory streams have no latency: the same instant
         await receive_for(pair, log, 5.0)
-        assert not pair.sessions[0].busy  # nothing of 1, 2, 3 is left behind
+        session = pair.sessions[0].session
+        assert session is not None and not session.busy  # nothing of 1, 2, 3 is left behind
         # the next utterance plays at once, in the new epoch
         t_next = trio.current_time()
         await pair.send(fr.Text(4, "Next.", end=True))
@@ -221,6 +223,40 @@ async def test_interrupt_mid_utterance_stops_everything_at_once(
         assert old == []  # no Audio/Started/Done of a cancelled utterance, ever
         assert all(f.epoch == 1 for f in after if isinstance(f, fr.Audio))
     assert spoken == sorted(spoken) and max(spoken) <= TEXT_CHARS
+
+
+@pytest.mark.parametrize("rate_hz", [16_000, 24_000, 48_000])
+async def test_the_barge_in_fade_lasts_5_ms_at_the_session_rate(
+    rate_hz: int, autojump_clock: trio.testing.MockClock
+) -> None:
+    """SPEC.md §6.3: the tail sent at a cut is the utterance's next frame, its first 5 ms
+    faded to zero with a raised cosine, the rest silent; 5 ms at every rate."""
+    k = 5  # interrupt once this many frames arrived: the tail is frame k
+
+    async def run(interrupt: bool) -> list[fr.Audio]:
+        log: list[Arrival] = []
+        async with open_pair() as (pair,):
+            await handshake(pair, fr.Hello(sample_rate_hz=rate_hz))
+            await pair.send(fr.Text(1, TEXT, end=True))
+            if not interrupt:
+                await receive_until(pair, log, lambda f: isinstance(f, fr.UtteranceDone))
+            else:
+                await receive_until(pair, log, is_audio(1, k))
+                await pair.send(fr.Interrupt())
+                await receive_until(pair, log, lambda f: isinstance(f, fr.Interrupted))
+        return [f for _, f in audio_of(log, 1)]
+
+    whole, cut = await run(False), await run(True)
+    tail = cut[-1]
+    assert tail.seq == k and tail.last and tail.epoch == 0
+    samples = np.frombuffer(tail.pcm, "<i2").astype(np.int64)
+    original = np.frombuffer(whole[k].pcm, "<i2").astype(np.int64)
+    assert len(samples) == fr.frame_samples(rate_hz)
+    n = rate_hz * 5 // 1000  # 80, 120, 240 samples
+    gain = 0.5 * (1 + np.cos(np.pi * np.arange(n) / (n - 1)))
+    np.testing.assert_allclose(samples[:n], original[:n] * gain, atol=1.0)
+    assert samples[n - 1] == 0 and not samples[n:].any()  # silent after 5 ms
+    assert np.abs(original[n:]).max() > 1000  # (the tone was still sounding there)
 
 
 async def test_interrupt_with_nothing_playing_and_twice(

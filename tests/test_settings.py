@@ -30,7 +30,7 @@ def test_defaults_match_the_serve_defaults() -> None:
         "json",
         "info",
     )
-    assert s.session_limits().ring_frames == 256
+    assert s.limits.ring_frames == 256
 
 
 def test_example_file_loads_and_sets_the_side_port() -> None:
@@ -57,7 +57,7 @@ def test_env_values_are_typed() -> None:
     s = load_settings(environ=env)
     assert s.engine.preload == ("joe", "amy")
     assert s.server.drain_timeout_s == 2.5
-    assert s.session_limits().ring_frames == 512
+    assert s.limits.ring_frames == 512
 
 
 @pytest.mark.parametrize(

@@ -4,27 +4,57 @@ from __future__ import annotations
 
 import pytest
 
-from duplexd.protocol.codec import RemoteProtocolError
+from duplexd.protocol.codec import LocalProtocolError, RemoteProtocolError
 from duplexd.protocol.frames import (
     Audio,
     AudioUp,
+    Error,
     ErrorCode,
     GetStats,
     Hello,
     Interrupt,
+    Interrupted,
     Pause,
     Ping,
+    Pong,
     Resume,
+    SpeechStarted,
     Text,
+    Transcript,
+    UtteranceDone,
+    Welcome,
+    frame_samples,
 )
 from duplexd.protocol.state import Phase, ServerProtocolState, check_audio_format, negotiate_version
 
 
-def open_state(*, max_text_bytes: int = 100, max_queued: int = 3) -> ServerProtocolState:
+def welcome(hello: Hello) -> Welcome:
+    return Welcome(
+        version=1,
+        session_id=bytes(16),
+        sample_rate_hz=hello.sample_rate_hz,
+        frame_samples=frame_samples(hello.sample_rate_hz),
+        uplink_rate_hz=hello.uplink_rate_hz,
+        max_frame_bytes=65536,
+        max_text_bytes=100,
+        max_queued_utterances=3,
+        engine="tone",
+        voice="a",
+    )
+
+
+def open_state(
+    *, max_text_bytes: int = 100, max_queued: int = 3, hello: Hello | None = None
+) -> ServerProtocolState:
+    hello = hello or Hello()
     state = ServerProtocolState(max_text_bytes=max_text_bytes, max_queued_utterances=max_queued)
-    state.receive(Hello())
-    state.accept_hello()
+    state.receive(hello)
+    state.send(welcome(hello))
     return state
+
+
+def done(uid: int) -> UtteranceDone:
+    return UtteranceDone(epoch=0, utterance_id=uid, samples_sent=960, chars_spoken=1)
 
 
 def raises(state: ServerProtocolState, frame: object, code: ErrorCode) -> None:
@@ -44,9 +74,10 @@ def test_await_hello_only_hello(frame: object) -> None:
 @pytest.mark.unit
 def test_hello_then_open() -> None:
     state = ServerProtocolState(max_text_bytes=10, max_queued_utterances=1)
-    with pytest.raises(RuntimeError):
-        state.accept_hello()
+    with pytest.raises(LocalProtocolError):
+        state.send(welcome(Hello()))  # no Hello yet
     state.receive(Hello())
+    assert state.hello == Hello() and state.version == 1
     raises(state, Hello(), ErrorCode.UNEXPECTED_FRAME)  # a second Hello
 
 
@@ -63,9 +94,7 @@ def test_open_phase_rules() -> None:
 
 @pytest.mark.unit
 def test_audio_up_with_uplink() -> None:
-    state = ServerProtocolState(max_text_bytes=10, max_queued_utterances=1)
-    state.receive(Hello(uplink_rate_hz=16_000))
-    state.accept_hello(uplink=True)
+    state = open_state(hello=Hello(uplink_rate_hz=16_000))
     state.receive(AudioUp(0, bytes(640)))
 
 
@@ -92,6 +121,71 @@ def test_hello_bad_options(options: str) -> None:
 
 
 @pytest.mark.unit
+def test_hello_is_checked_whole_when_it_arrives() -> None:
+    state = ServerProtocolState(max_text_bytes=1, max_queued_utterances=1)
+    state.receive(Hello(options='{"vad": {"threshold": 0.6}, "asr": {"transcripts": false}}'))
+    assert state.options.vad.threshold == 0.6 and not state.options.asr.transcripts
+    for bad, code in (
+        (Hello(min_version=2, max_version=3), ErrorCode.UNSUPPORTED_VERSION),
+        (Hello(sample_rate_hz=44_100), ErrorCode.UNSUPPORTED_FORMAT),
+        (Hello(options='{"vad": {"threshold": 7}}'), ErrorCode.BAD_OPTIONS),
+    ):
+        fresh = ServerProtocolState(max_text_bytes=1, max_queued_utterances=1)
+        raises(fresh, bad, code)
+        assert fresh.hello is None and fresh.phase is Phase.AWAIT_HELLO
+
+
+@pytest.mark.unit
+def test_what_the_server_may_send_when() -> None:
+    state = ServerProtocolState(max_text_bytes=10, max_queued_utterances=2)
+    with pytest.raises(LocalProtocolError):
+        state.send(Pong(1, 2))  # before the Welcome
+    state.receive(Hello())
+    with pytest.raises(LocalProtocolError):
+        state.send(welcome(Hello(uplink_rate_hz=16_000)))  # an uplink nobody asked for
+    state.send(welcome(Hello()))
+    with pytest.raises(LocalProtocolError):
+        state.send(welcome(Hello()))  # a second Welcome
+    with pytest.raises(LocalProtocolError):
+        state.send(Ping(1))  # a client frame
+    for frame in (SpeechStarted(0), Transcript(0, 1, "hi")):
+        with pytest.raises(LocalProtocolError):
+            state.send(frame)  # uplink events without an uplink
+    state.send(Pong(1, 2))
+    state.send(Error(ErrorCode.GOING_AWAY, "bye"))
+    assert state.phase is Phase.CLOSED
+    with pytest.raises(LocalProtocolError):
+        state.send(Pong(1, 2))  # nothing after the Error
+    uplink = open_state(hello=Hello(uplink_rate_hz=16_000))
+    uplink.send(SpeechStarted(0))
+    uplink.send(Transcript(0, 1, "hi"))
+
+
+@pytest.mark.unit
+def test_error_may_refuse_a_hello() -> None:
+    state = ServerProtocolState(max_text_bytes=10, max_queued_utterances=2)
+    state.receive(Hello(token="wrong"))
+    state.send(Error(ErrorCode.AUTH_FAILED, "bad or missing token"))  # instead of Welcome
+    assert state.phase is Phase.CLOSED
+
+
+@pytest.mark.unit
+def test_server_barge_in_is_a_method_like_a_client_interrupt() -> None:
+    state = open_state()
+    assert state.barge_in() is False  # nothing active: nothing to interrupt
+    state.receive(Text(1, "a", end=True))
+    state.receive(Text(2, "still streaming"))
+    assert state.barge_in() is True
+    assert state.active_utterances == () and state.open_utterance is None
+    assert state.receive(Text(2, " more")) is False  # still streaming: ignored, as after Interrupt
+    state.receive(Text(3, "next", end=True))
+    state.send(Interrupted(1, 0, 0, 0, 2, vad=True))
+    assert state.active_utterances == (3,)
+    with pytest.raises(LocalProtocolError):
+        ServerProtocolState(max_text_bytes=1, max_queued_utterances=1).barge_in()
+
+
+@pytest.mark.unit
 def test_utterance_lifecycle() -> None:
     state = open_state()
     state.receive(Text(1, "Hello, "))
@@ -100,8 +194,8 @@ def test_utterance_lifecycle() -> None:
     assert state.open_utterance is None
     state.receive(Text(5, "Next", end=True))  # gaps are fine, ids only grow
     assert state.active_utterances == (1, 5)
-    state.utterance_finished(1)
-    state.utterance_finished(1)  # idempotent
+    state.send(done(1))
+    state.send(done(1))  # idempotent
     assert state.active_utterances == (5,)
 
 
@@ -138,7 +232,7 @@ def test_interrupt_drops_everything() -> None:
     assert state.receive(Text(3, "fresh", end=True)) is True
     assert state.active_utterances == (3,)
     raises(state, Text(3, "again"), ErrorCode.TEXT_AFTER_END)
-    state.utterance_finished(3)
+    state.send(done(3))
     state.receive(Interrupt())  # nothing active: cancels nothing
     raises(state, Text(3, "again"), ErrorCode.TEXT_AFTER_END)
 
@@ -161,7 +255,7 @@ def test_queue_limit() -> None:
     state = open_state(max_queued=2)
     state.receive(Text(1, "a", end=True))
     state.receive(Text(2, "b", end=True))
-    state.utterance_finished(1)
+    state.send(done(1))
     state.receive(Text(3, "c", end=True))
     assert state.active_utterances == (2, 3)
 

@@ -17,9 +17,11 @@ from duplexd._uplink.vad import (
     SpeechStart,
     SpeechStop,
     Turn,
-    VadOptions,
-    parse_duplex_options,
+    VadModel,
 )
+from duplexd.protocol.codec import RemoteProtocolError
+from duplexd.protocol.frames import ErrorCode
+from duplexd.protocol.options import VadOptions, parse_options
 
 RATE = 16_000
 SENTENCES = [
@@ -146,13 +148,14 @@ def test_hum_and_clicks_never_trigger() -> None:
 
 @pytest.mark.unit
 def test_options() -> None:
-    vad, asr = parse_duplex_options("")
-    assert vad == VadOptions() and asr.transcripts
-    vad, asr = parse_duplex_options(
+    options = parse_options("")
+    assert options.vad == VadOptions() and options.asr.transcripts
+    options = parse_options(
         '{"vad": {"threshold": 0.6, "min_speech_ms": 200, "min_silence_ms": 400,'
         ' "barge_in": false, "barge_in_min_speech_ms": 150, "x": 1}, "asr": {"transcripts": false},'
         ' "speed": 1.2}'
     )
+    vad, asr = options.vad, options.asr
     assert vad.threshold == 0.6 and vad.min_speech_ms == 200 and vad.min_silence_ms == 400
     assert not vad.barge_in and vad.barge_in_min_speech_ms == 150 and not asr.transcripts
     for bad in (
@@ -164,8 +167,9 @@ def test_options() -> None:
         '{"vad": {"threshold": true}}',
         '{"asr": []}',
     ):
-        with pytest.raises(ValueError):
-            parse_duplex_options(bad)
+        with pytest.raises(RemoteProtocolError) as info:
+            parse_options(bad)
+        assert info.value.error_code is ErrorCode.BAD_OPTIONS
 
 
 @pytest.mark.unit
@@ -174,7 +178,7 @@ def test_vad_leaves_torch_threads_alone(backend: str) -> None:
     saved = torch.get_num_threads()
     try:
         torch.set_num_threads(3)
-        vad = SileroVad(backend)
+        vad = SileroVad(VadModel(backend))
         assert torch.get_num_threads() == 3
         assert 0.0 <= vad.prob(np.zeros(WINDOW, dtype=np.float32)) < 0.1
         assert torch.get_num_threads() == 3

@@ -10,13 +10,14 @@ calls the due streams' `on_tick(deadline)`. A stream's n-th deadline is always
 With many sessions, new grids are anchored on 0.5 ms slots (`Pacer.anchor`), so one wake-up
 serves every session of a slot and the timer costs no more than 2,000 wake-ups a second.
 
-On this class of machine (a VM) even a timerfd wake-up is ~0.2 ms late. While only a few streams
-are scheduled the pacer learns that lateness (an exponential average) and sleeps that much less,
-then spins on the clock for the remainder (never more than `SPIN_MAX_S`, and only when it woke
-early), which centres the send times on the deadlines. With many streams the loop is busy anyway
+Even a timerfd wake-up comes late (by a fraction of a millisecond on a VM; how much depends
+on the machine). While only a few streams are scheduled the pacer learns that lateness (an
+exponential average) and sleeps that much less, then spins on the clock for the remainder
+(never more than `SPIN_MAX_S`, and only when it woke early), which centres the send times on
+the deadlines. With many streams the loop is busy anyway
 and spinning would cost real CPU, so it just sleeps (`SPIN_MAX_STREAMS`).
 
-Waking the stream's writer task costs a scheduler round (~0.1 ms here) before its frame leaves.
+Waking the stream's writer task costs a scheduler round before its frame leaves.
 Writers report each frame's signed send error (`observe_send_error`) and the pacer ticks that
 much early on average (an integrating controller, clamped to `ADVANCE_MAX_S`), so the frames
 themselves, not the ticks, are centred on the deadlines.

@@ -1,4 +1,5 @@
-"""The synthesis side of an utterance: text pieces -> engine -> 48 kHz s16 frames -> ring.
+"""The synthesis side of an utterance: text pieces -> engine -> s16 frames at the session's
+rate -> ring.
 
 `UtteranceProducer` runs in a worker thread (`trio.to_thread.run_sync`), one piece per call, and
 is the ring's only producer while it runs. Frames are written as complete wire frames (audio
@@ -8,7 +9,8 @@ writer frees space (no thread sleeps, polls or competes for the GIL while audio 
 
 Cancellation crosses the thread boundary through `cancel` (a `threading.Event` set by the
 session right before it cancels the utterance's scope): the producer stops before the next
-piece, and while waiting for ring space. An engine call already running finishes first.
+piece and between the chunks of a streaming voice. An engine call already running finishes
+first; frames it pushed after the cancel carry the old epoch and are dropped by the writer.
 """
 
 from __future__ import annotations
@@ -52,8 +54,6 @@ class PieceMap:
 
     def chars_spoken(self, samples_sent: int) -> int:
         """Characters whose audio lies entirely within the first `samples_sent` samples."""
-        if samples_sent < 0:
-            return self.total_chars
         i = bisect.bisect_right(self._ends[: len(self._chars)], samples_sent)
         return self._chars[i - 1] if i else 0
 
@@ -70,6 +70,7 @@ class UtteranceProducer:
         frame_samples: int,
         epoch: int,
         utterance_id: int,
+        pieces: PieceMap,
         cancel: threading.Event,
         kick: Callable[[], None],
     ) -> None:
@@ -87,7 +88,7 @@ class UtteranceProducer:
         self._seq = 0
         self._in_samples = 0
         self._slot = bytearray(AUDIO_HEADER_BYTES + frame_samples * BYTES_PER_SAMPLE)
-        self.pieces = PieceMap()
+        self.pieces = pieces
         # frames that did not fit in the ring (it holds `ring.capacity` frames, a long piece
         # may hold more): the trio side pushes them as the pacer drains the ring
         self.backlog: collections.deque[bytes] = collections.deque()

@@ -3,14 +3,12 @@
 Engine audio (float32 mono at the engine's native rate, e.g. 22,050 Hz) becomes session audio
 (s16le at the session rate, 48,000 Hz by default) cut into fixed-size frames:
 
-    StreamResampler -> [fade_out on the last chunk when cancelling] -> float_to_s16
-    -> FrameChunker -> frame bytes   (or float_to_s16le for a one-shot bytes conversion)
+    StreamResampler -> float_to_s16 -> FrameChunker -> frame bytes
+    (or float_to_s16le for a one-shot bytes conversion)
 
+and `fade_out` shapes the tail the writer sends at a barge-in (`duplexd._downlink.writer`).
 Everything here is synchronous, allocation-light numpy and holds no locks; callers own the
-threading. Measured on one x86-64 core (CPython 3.11, soxr 1.1, numpy 2.4): turning 1 s of
-22,050 Hz audio, fed in 1,024-sample chunks, into 48 kHz s16 frames of 960 samples costs about
-0.56 ms with quality "HQ" (resampling alone 0.33 ms; "VHQ" adds about 0.1 ms). Building a
-resampler costs about 60 us and `StreamResampler.flush` about 160 us (once per utterance).
+threading. What it costs per second of audio: results/README.md ("Figures of one machine").
 """
 
 from __future__ import annotations
@@ -54,7 +52,7 @@ class StreamResampler:
     def __init__(
         self, in_rate_hz: int, out_rate_hz: int, *, quality: Quality = DEFAULT_QUALITY
     ) -> None:
-        """Build the resampler (about 60 us; soxr designs its filter here)."""
+        """Build the resampler (soxr designs its filter here: once per utterance)."""
         if in_rate_hz <= 0 or out_rate_hz <= 0:
             raise ValueError(f"rates must be positive, got {in_rate_hz} -> {out_rate_hz}")
         self.in_rate_hz: Final = in_rate_hz

@@ -5,10 +5,11 @@ A thin, pynacl-style wrapper (validate in Python, call C, check the result, rais
 
 Thread-safety contract (the same as the C one, see ``native/dx_ring.h``):
 
-* exactly one *producer* thread calls :meth:`FrameRing.push`;
+* exactly one *producer* at a time calls :meth:`FrameRing.push` (in duplexd: an utterance's
+  synthesis worker thread, or the trio thread pushing its backlog while no worker runs);
 * exactly one *consumer* thread calls :meth:`FrameRing.pop`, :meth:`FrameRing.pop_into` and
-  :meth:`FrameRing.flush` (in duplexd: the pacer on the trio thread; barge-in flushes from
-  there too);
+  :meth:`FrameRing.flush` (in duplexd: the session's writer task, `duplexd._downlink.writer`,
+  on the trio thread; a barge-in flushes from there too);
 * :attr:`FrameRing.count` / :attr:`FrameRing.free` may be read from either side (snapshots);
 * :meth:`FrameRing.close` must not race with any other call: stop (join) the producer first.
 

@@ -37,7 +37,7 @@ class Utterance:
         self.ended = False  # all text received
         self.total_chars = 0
         self.text_bytes = 0
-        self.piece_map: PieceMap | None = None  # set once its producer starts
+        self.piece_map = PieceMap()  # filled in by its producer as pieces are synthesized
         self._segmenter = Segmenter()
         self._pieces: collections.deque[Piece] = collections.deque()
         self._lot = trio.lowlevel.ParkingLot()
@@ -58,10 +58,8 @@ class Utterance:
         self.scope.cancel()
 
     def chars_spoken(self, samples_sent: int) -> int:
-        """Characters fully spoken within `samples_sent` samples; -1 means all of them."""
-        if samples_sent < 0:
-            return self.total_chars
-        return self.piece_map.chars_spoken(samples_sent) if self.piece_map else 0
+        """Characters fully spoken within the first `samples_sent` samples of its audio."""
+        return self.piece_map.chars_spoken(samples_sent)
 
     async def next_piece(self) -> Piece | None:
         """The next piece to synthesize, or None once the text has ended and all were taken.

@@ -1,7 +1,7 @@
 """A session's single writer: paced audio from the ring and control frames, in order.
 
 Everything a session sends goes through one task (`Downlink.run`), so ordering is simple:
-control frames (Welcome, Interrupted, Pong, Error...) go out as soon as they are queued, audio
+control frames (Interrupted, Pong, Error...) go out as soon as they are queued, audio
 goes out one frame per pacer tick. The ring holds whole wire frames (16-byte audio header +
 PCM) written by the synthesis thread; the writer is the ring's consumer.
 
@@ -15,15 +15,16 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Awaitable, Callable
-from typing import Final
+from typing import Final, Protocol
 
 import numpy as np
 import trio
 
-from .._ops.stats import pacing_histogram
+from .._ops.metrics import DownlinkCounters
 from ..protocol import frames as fr
 from ..protocol.codec import AUDIO_HEADER, encode
 from .pacer import Pacer
+from .resample import fade_out
 from .ring import FrameRing
 
 SendFn = Callable[[bytes], Awaitable[None]]
@@ -31,34 +32,35 @@ ControlItem = bytes | Callable[[], bytes]
 
 MAX_LAG_FRAMES: Final = 50  # a client this far behind (1 s at 20 ms) is a slow consumer
 MAX_CONTROL_FRAMES: Final = 1024
-FADE_MS: Final = 5.0  # fade-out at a barge-in cut
-_FADE_GAIN: Final = (
-    0.5 + 0.5 * np.cos(np.linspace(0.0, np.pi, int(fr.SAMPLE_RATE_HZ * FADE_MS / 1000)))
-).astype(np.float32)
-_END = int(fr.Flags.END)
+FADE_MS: Final = 5.0  # fade-out at a barge-in cut (SPEC.md §6.3), at the session's rate
+_END: Final = int(fr.AudioFlags.END)
 
 
-class SlowConsumerError(Exception):
-    """The peer does not read fast enough: audio fell `MAX_LAG_FRAMES` behind."""
+class DownlinkEvents(Protocol):
+    """What the writer asks about the session's utterances and tells the session (which
+    implements it). Called on the trio thread, once per utterance or interrupt, never per
+    frame."""
 
+    def chars_spoken(self, utterance_id: int, samples: int) -> int:
+        """Characters of the utterance's text whose audio lies within its first `samples`."""
+        ...
 
-class DownlinkCounters:
-    __slots__ = (
-        "bytes_sent",
-        "frames_sent",
-        "late_sends",
-        "pacing_error",
-        "stale_dropped",
-        "underruns",
-    )
+    def totals(self, utterance_id: int) -> tuple[int, int]:
+        """(real samples, characters) of a fully synthesized utterance, for UtteranceDone."""
+        ...
 
-    def __init__(self) -> None:
-        self.frames_sent = 0
-        self.bytes_sent = 0
-        self.underruns = 0
-        self.stale_dropped = 0
-        self.late_sends = 0  # frames sent after the next frame's deadline had already passed
-        self.pacing_error = pacing_histogram()  # |send time - ideal time|, per audio frame
+    def audio_started(self, utterance_id: int) -> None:
+        """The utterance's first audio frame is being sent."""
+        ...
+
+    def sending(self, frame: fr.UtteranceDone | fr.Interrupted) -> None:
+        """`frame` is about to be sent: the utterance it names is over."""
+        ...
+
+    def slow_consumer(self) -> None:
+        """The peer fell `MAX_LAG_FRAMES` behind, or its control queue overflowed; the writer
+        has stopped."""
+        ...
 
 
 class Downlink:
@@ -75,25 +77,15 @@ class Downlink:
         ring: FrameRing,
         send: SendFn,
         pacer: Pacer,
-        frame_samples: int,
-        chars_spoken: Callable[[int, int], int],
-        real_samples: Callable[[int], int],
-        on_utterance_done: Callable[[int], None],
-        on_slow_consumer: Callable[[], None],
-        on_audio_started: Callable[[int], None] | None = None,
-        on_interrupted: Callable[[], None] | None = None,
+        rate_hz: int,
+        events: DownlinkEvents,
     ) -> None:
         self._ring = ring
         self._send = send
         self._pacer = pacer
-        self._frame_samples = frame_samples
-        self._chars_spoken = chars_spoken
-        self._real_samples = real_samples
-        self._on_utterance_done = on_utterance_done
-        self._on_slow_consumer = on_slow_consumer
-        # observability hooks, once per utterance / interrupt (never per frame)
-        self._on_audio_started = on_audio_started
-        self._on_interrupted = on_interrupted
+        self._rate_hz = rate_hz
+        self._frame_samples = fr.frame_samples(rate_hz)
+        self._events = events
         self._lot = trio.lowlevel.ParkingLot()
         self._control: collections.deque[ControlItem] = collections.deque()
         self._due: collections.deque[float] = collections.deque()
@@ -123,7 +115,7 @@ class Downlink:
         due.append(deadline)
         if len(due) > MAX_LAG_FRAMES:
             self.closed = True
-            self._on_slow_consumer()
+            self._events.slow_consumer()
             return False
         if len(due) == 1:
             self._lot.unpark()
@@ -142,7 +134,7 @@ class Downlink:
             return
         if len(self._control) >= MAX_CONTROL_FRAMES:
             self.closed = True
-            self._on_slow_consumer()
+            self._events.slow_consumer()
             return
         self._control.append(item)
         self._lot.unpark()
@@ -168,35 +160,31 @@ class Downlink:
             if tail and uid:
                 frames += 1
             samples = frames * self._frame_samples
-            chars = self._chars_spoken(uid, samples) if uid else 0
-            if uid:
-                self._on_utterance_done(uid)
-            if self._on_interrupted is not None:
-                self._on_interrupted()
-            return (tail if uid else b"") + encode(
-                fr.Interrupted(
-                    epoch=epoch,
-                    utterance_id=uid,
-                    samples_sent=samples,
-                    chars_spoken=chars,
-                    cancelled_utterances=cancelled_utterances,
-                    vad=vad,
-                )
+            frame = fr.Interrupted(
+                epoch=epoch,
+                utterance_id=uid,
+                samples_sent=samples,
+                chars_spoken=self._events.chars_spoken(uid, samples) if uid else 0,
+                cancelled_utterances=cancelled_utterances,
+                vad=vad,
             )
+            self._events.sending(frame)
+            return (tail if uid else b"") + encode(frame)
 
         self.send_control(build)
         return epoch
 
     def _fade_tail(self) -> bytes:
-        """The playing utterance's next frame, faded out over `FADE_MS` and flagged END, so
-        a client that plays what it gets stops without a click (b"" if none is ready)."""
+        """The playing utterance's next frame, its first `FADE_MS` faded out (at the session's
+        rate) and the rest silent, flagged END, so a client that plays what it gets stops
+        without a click (b"" if none is ready)."""
         while (frame := self._ring.pop()) is not None:
             length, type_, _, epoch, uid, seq = AUDIO_HEADER.unpack_from(frame)
             if epoch == self.epoch and uid == self._playing_uid:
                 pcm = np.frombuffer(frame, dtype="<i2", offset=fr.AUDIO_HEADER_BYTES)
-                n = min(len(pcm), len(_FADE_GAIN))
+                n = min(len(pcm), round(self._rate_hz * FADE_MS / 1000))
                 faded = np.zeros_like(pcm)
-                faded[:n] = (pcm[:n] * _FADE_GAIN[:n]).astype("<i2")
+                faded[:n] = fade_out(pcm[:n], self._rate_hz, FADE_MS).astype("<i2")
                 header = AUDIO_HEADER.pack(length, type_, _END, epoch, uid, seq)
                 return header + faded.tobytes()
         return b""
@@ -211,18 +199,18 @@ class Downlink:
             await self._space_lot.park()
 
     def pause(self) -> None:
+        """Stop sending audio after the frame going out now (the session sends Paused)."""
         if not self.paused:
             self.paused = True
             self._due.clear()
             self._pacer.unschedule(self)
-        self.send_control(encode(fr.Paused()))
 
     def resume(self) -> None:
-        """Continue where the audio stopped, on a new grid anchored now."""
+        """Continue where the audio stopped, on a new grid anchored now (the session sends
+        Resumed)."""
         if self.paused:
             self.paused = False
             self.kick()
-        self.send_control(encode(fr.Resumed()))
 
     # ------------------------------------------------------------------ the writer task
 
@@ -264,16 +252,14 @@ class Downlink:
         if seq == 0:
             self._playing_uid, self._playing_frames = uid, 0
             data = encode(fr.UtteranceStarted(epoch=epoch, utterance_id=uid)) + frame
-            if self._on_audio_started is not None:
-                self._on_audio_started(uid)
+            self._events.audio_started(uid)
         last = bool(flags & _END)
         if last:
+            samples, chars = self._events.totals(uid)
             done = fr.UtteranceDone(
-                epoch=epoch,
-                utterance_id=uid,
-                samples_sent=self._real_samples(uid),
-                chars_spoken=self._chars_spoken(uid, -1),
+                epoch=epoch, utterance_id=uid, samples_sent=samples, chars_spoken=chars
             )
+            self._events.sending(done)
             data += encode(done)
         error = trio.current_time() - deadline
         c.pacing_error.record(error if error >= 0.0 else -error)
@@ -286,6 +272,5 @@ class Downlink:
         c.bytes_sent += len(data)
         if last:
             self._playing_uid = self._playing_frames = 0
-            self._on_utterance_done(uid)
         elif self._playing_uid == uid:
             self._playing_frames += 1

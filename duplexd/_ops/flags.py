@@ -1,4 +1,4 @@
-"""The operator-facing parts of the CLI: `duplexd serve` flags → settings, `duplexd config`.
+"""The operator's flags: `duplexd serve` / `duplexd config` flags → settings, `duplexd config`.
 
 Flags override `DUPLEXD_*` variables, which override the `--config` file, which overrides the
 defaults. A flag left out does not override anything (argparse.SUPPRESS), so
@@ -12,8 +12,6 @@ import os
 import sys
 from collections.abc import Mapping
 from typing import Any, Final
-
-import trio
 
 from .settings import ConfigError, Settings, load_settings, to_toml
 
@@ -29,6 +27,11 @@ FLAG_KEYS: Final = {
     "engine": ("engine", "name"),
     "device": ("engine", "device"),
     "voice": ("engine", "voice"),
+    "tone_compute_ms_per_char": ("engine", "tone_compute_ms_per_char"),
+    "asr_model": ("asr", "model"),
+    "asr_threads": ("asr", "threads"),
+    "trace": ("trace", "path"),
+    "trace_session": ("trace", "sessions"),
     "log_format": ("log", "format"),
     "log_level": ("log", "level"),
     "log_file": ("log", "file"),
@@ -54,6 +57,26 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", default=d, help="vits (default), tone, or a plugin's")
     p.add_argument("--device", default=d, help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--voice", default=d, help="voice to preload and use by default")
+    p.add_argument("--tone-compute-ms-per-char", type=float, default=d, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--asr-model",
+        default=d,
+        metavar="DIR",
+        help="faster-whisper model directory (default: the bundled Whisper tiny.en)",
+    )
+    p.add_argument("--asr-threads", type=int, default=d, help="CPU threads of the ASR model (2)")
+    p.add_argument(
+        "--trace",
+        default=d,
+        metavar="PATH",
+        help="write every frame header (not audio) of the traced session(s) here, JSON lines",
+    )
+    p.add_argument(
+        "--trace-session",
+        default=d,
+        metavar="WHICH",
+        help="which sessions --trace records: first (default), all, or N (the N-th session)",
+    )
     p.add_argument("--log-format", default=d, choices=["json", "text"])
     p.add_argument("--log-level", default=d, help="debug, info (default), warning, error")
     p.add_argument("--log-file", default=d, help="log here instead of stderr (SIGHUP reopens)")
@@ -63,6 +86,8 @@ def _environ() -> dict[str, str]:
     env = dict(os.environ)
     if "LOG_LEVEL" in env and "DUPLEXD_LOG__LEVEL" not in env:  # the older variable
         env["DUPLEXD_LOG__LEVEL"] = env["LOG_LEVEL"].lower()
+    if "DUPLEXD_ASR_MODEL" in env:  # the older variable, before [asr] was a section
+        env.setdefault("DUPLEXD_ASR__MODEL", env.pop("DUPLEXD_ASR_MODEL"))
     return env
 
 
@@ -91,26 +116,4 @@ def config_command(args: argparse.Namespace) -> int:
         return 2
     if args.print or not args.check:
         sys.stdout.write(to_toml(settings, show_secrets=args.show_secrets))
-    return 0
-
-
-def serve(args: argparse.Namespace) -> int:
-    from .._server.service import Service, StartupError, configure_logging
-
-    try:
-        settings = settings_from_args(args)
-    except ConfigError as exc:
-        print(f"duplexd: config: {exc}", file=sys.stderr)
-        return 2
-    configure_logging(settings.log)
-    options: dict[str, Any] = {}
-    compute = getattr(args, "tone_compute_ms_per_char", 0.0)
-    if settings.engine.name == "tone" and compute:
-        options["compute_ms_per_char"] = compute
-    service = Service(settings, engine_options=options, reload=lambda: settings_from_args(args))
-    try:
-        trio.run(service.run)
-    except StartupError as exc:
-        print(f"duplexd: {exc}", file=sys.stderr)
-        return 2
     return 0

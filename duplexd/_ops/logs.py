@@ -1,4 +1,4 @@
-"""Structured logs: one JSON object per line on stderr (or plain text)."""
+"""Structured logs: one JSON object per line on stderr or a file (or plain text)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import logging
 import sys
 import time
 from typing import Any, Final
+
+from .settings import LogSettings
 
 _STANDARD: Final = frozenset(
     vars(logging.LogRecord("x", 0, "x", 0, "x", None, None)).keys() | {"message", "asctime"}
@@ -40,11 +42,19 @@ class TextFormatter(logging.Formatter):
         return line
 
 
-def setup_logging(*, fmt: str = "json", level: str = "info") -> None:
-    """Route the `duplexd` loggers to stderr in `fmt` ("json" or "text")."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+def configure_logging(settings: LogSettings) -> None:
+    """Route the `duplexd` loggers to stderr or `settings.file` (opened anew: call it again to
+    reopen a rotated file), one JSON object per line or plain text."""
+    handler: logging.Handler
+    if settings.file:
+        handler = logging.FileHandler(settings.file, encoding="utf-8")
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if settings.format == "json" else TextFormatter())
     root = logging.getLogger("duplexd")
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    old, root.handlers[:] = root.handlers[:], [handler]
+    root.setLevel(settings.level.upper())
     root.propagate = False
+    for h in old:
+        if isinstance(h, logging.FileHandler):
+            h.close()

@@ -1,249 +1,243 @@
-"""Prometheus metrics, computed at scrape time from the counters the daemon keeps anyway.
+"""What the daemon measures, as it runs: histograms, a session's writer counters, its observer.
 
-Nothing here runs per frame: the per-frame path records into each session's own
-`DownlinkCounters` (plain ints and a `duplexd._ops.stats.Histogram`), utterances and interrupts
-record into `Session.latency`. `DaemonMetrics` is a prometheus_client custom collector that,
-when scraped, walks the live sessions and adds the totals folded in from sessions that ended
-(`session_closed`). Both run on the trio thread, so reads are consistent without locks.
+Nothing here does I/O or exports anything (`duplexd._ops.prometheus` does, at scrape time).
 
-It has its own `CollectorRegistry` (`registry`); the process-global one is not touched.
+- `Histogram`: cheap latency histograms for the hot path. `record` is one multiply, one `min`
+  and one list increment: fine for every frame of every session. Percentiles are read from
+  fixed-width buckets (accurate to a bucket), with an overflow bucket; the exact maximum is
+  kept aside.
+- `DownlinkCounters`: what a session's writer counts per frame (plain ints and a histogram).
+- `SessionObserver`: what a session did, recorded once per utterance or interrupt (never per
+  frame): counts, latencies and the session's log lines.
+
+All of it is written and read on the trio thread, so there is no locking.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING
+import collections
+import logging
+from typing import Any
 
-from prometheus_client import CollectorRegistry
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
-from prometheus_client.exposition import generate_latest
-from prometheus_client.registry import Collector
+import trio
 
-from .. import __version__
-from .observe import barge_in_histogram, first_audio_histogram, interrupt_histogram
-from .stats import Histogram, pacing_histogram
+log = logging.getLogger("duplexd.session")
 
-if TYPE_CHECKING:
-    from .._server.server import Daemon
-    from .._server.session import Session
-
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-# `le` edges in seconds: multiples of the source histograms' bucket widths, so exact to a bucket
-PACING_EDGES = [0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02]
-FIRST_AUDIO_EDGES = [0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0]
-INTERRUPT_EDGES = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2]
-BARGE_IN_EDGES = [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]
-BATCH_EDGES = [1, 2, 4, 8, 16, 32, 64]
-
-_COUNTERS = (
-    ("frames_sent", "audio frames sent"),
-    ("bytes_sent", "bytes sent in audio messages (headers, PCM and piggybacked frames)"),
-    ("underruns", "pacer ticks with no audio ready while an utterance was playing"),
-    ("late_sends", "audio frames sent after the next frame's deadline had passed"),
-    ("stale_dropped", "audio frames of an interrupted epoch dropped before sending"),
-)
+BUCKET_S = 25e-6
+BUCKETS = 4000  # 100 ms / 25 us
 
 
-class _Totals:
-    """What ended sessions contributed."""
+class Histogram:
+    """Non-negative durations in seconds; negative values are recorded as 0."""
+
+    __slots__ = ("_counts", "_inv_bucket", "bucket_s", "buckets", "count", "max_s", "sum_s")
+
+    def __init__(self, bucket_s: float = BUCKET_S, buckets: int = BUCKETS) -> None:
+        if bucket_s <= 0 or buckets < 1:
+            raise ValueError("bucket_s and buckets must be positive")
+        self.bucket_s = bucket_s
+        self.buckets = buckets
+        self._inv_bucket = 1 / bucket_s
+        self._counts = [0] * (buckets + 1)
+        self.count = 0
+        self.sum_s = 0.0
+        self.max_s = 0.0
+
+    def record(self, value_s: float) -> None:
+        if value_s < 0.0:
+            value_s = 0.0
+        self._counts[min(int(value_s * self._inv_bucket), self.buckets)] += 1
+        self.count += 1
+        self.sum_s += value_s
+        if value_s > self.max_s:
+            self.max_s = value_s
+
+    def merge(self, other: Histogram) -> None:
+        if (other.bucket_s, other.buckets) != (self.bucket_s, self.buckets):
+            raise ValueError("can only merge histograms with the same buckets")
+        for i, c in enumerate(other._counts):
+            if c:
+                self._counts[i] += c
+        self.count += other.count
+        self.sum_s += other.sum_s
+        self.max_s = max(self.max_s, other.max_s)
+
+    def counts_below(self, edges_s: list[float]) -> list[int]:
+        """For each edge (ascending, in seconds): how many values fell in buckets wholly
+        below it, i.e. a cumulative count accurate to a bucket (Prometheus `le` buckets).
+        Edges past the last bucket count everything but the overflow bucket."""
+        if not self.count:
+            return [0] * len(edges_s)
+        # buckets above the maximum's are empty: the walk costs O(max), not O(buckets)
+        top = min(int(self.max_s * self._inv_bucket), self.buckets - 1) + 1
+        counts = self._counts
+        out: list[int] = []
+        seen = start = 0
+        for edge in edges_s:
+            stop = max(start, min(int(edge * self._inv_bucket + 1e-9), top))
+            seen += sum(counts[start:stop])  # C speed: no per-bucket Python loop
+            start = stop
+            out.append(seen)
+        return out
+
+    def percentile(self, q: float) -> float:
+        """Upper edge of the bucket holding the q-th percentile (0 < q <= 100), in seconds."""
+        if not 0 < q <= 100:
+            raise ValueError("q must be in (0, 100]")
+        if self.count == 0:
+            return 0.0
+        rank = q / 100 * self.count
+        seen = 0
+        for i, c in enumerate(self._counts):
+            seen += c
+            if seen >= rank:
+                return self.max_s if i == self.buckets else min((i + 1) * self.bucket_s, self.max_s)
+        return self.max_s
+
+    def summary_ms(self) -> dict[str, Any]:
+        return {
+            "count": self.count,
+            "p50": round(self.percentile(50) * 1e3, 4),
+            "p95": round(self.percentile(95) * 1e3, 4),
+            "p99": round(self.percentile(99) * 1e3, 4),
+            "max": round(self.max_s * 1e3, 4),
+            "mean": round(self.sum_s / self.count * 1e3, 4) if self.count else 0.0,
+        }
+
+
+def pacing_histogram() -> Histogram:
+    """10 µs buckets up to 20 ms: the resolution pacing errors need."""
+    return Histogram(bucket_s=10e-6, buckets=2000)
+
+
+def first_audio_histogram() -> Histogram:
+    """2 ms buckets up to 5 s (a cold CPU voice can take seconds)."""
+    return Histogram(bucket_s=2e-3, buckets=2500)
+
+
+def interrupt_histogram() -> Histogram:
+    """100 us buckets up to 200 ms."""
+    return Histogram(bucket_s=100e-6, buckets=2000)
+
+
+def barge_in_histogram() -> Histogram:
+    """1 ms buckets up to 1 s."""
+    return Histogram(bucket_s=1e-3, buckets=1000)
+
+
+class DownlinkCounters:
+    """What one session's writer counts, frame by frame."""
+
+    __slots__ = (
+        "bytes_sent",
+        "frames_sent",
+        "late_sends",
+        "pacing_error",
+        "stale_dropped",
+        "underruns",
+    )
 
     def __init__(self) -> None:
-        self.counters = dict.fromkeys((name for name, _ in _COUNTERS), 0)
-        self.utterances = 0
-        self.interrupts = 0
-        self.engine_s = 0.0
-        self.audio_s = 0.0
-        self.errors: dict[str, int] = {}
-        self.pacing = pacing_histogram()
+        self.frames_sent = 0
+        self.bytes_sent = 0
+        self.underruns = 0
+        self.stale_dropped = 0
+        self.late_sends = 0  # frames sent after the next frame's deadline had already passed
+        self.pacing_error = pacing_histogram()  # |send time - ideal time|, per audio frame
+
+
+class SessionObserver:
+    """One session's counts, latencies and log lines (logger ``duplexd.session``).
+
+    Latencies: `first_audio` (first Text of an utterance received -> its first Audio frame
+    handed to the socket), `interrupt` (Interrupt received -> Interrupted handed to the socket),
+    `barge_in` (the uplink frame that decided a barge-in arrived -> the audio was cut). Every
+    method is synchronous and runs on the trio thread; none runs per frame.
+    """
+
+    __slots__ = (
+        "_interrupt_at",
+        "_text_at",
+        "audio_s",
+        "barge_in",
+        "engine_s",
+        "first_audio",
+        "interrupt",
+        "interrupts",
+        "tag",
+        "utterances_done",
+    )
+
+    def __init__(self, tag: str) -> None:
+        self.tag = tag  # the session id's first 12 hex digits, in every log line
         self.first_audio = first_audio_histogram()
         self.interrupt = interrupt_histogram()
         self.barge_in = barge_in_histogram()
+        self.utterances_done = 0
+        self.interrupts = 0
+        self.engine_s = 0.0  # engine compute time, for the RTF
+        self.audio_s = 0.0  # audio the engine produced
+        self._text_at: dict[int, tuple[float, float]] = {}  # uid -> first text, first audio
+        self._interrupt_at: collections.deque[float] = collections.deque()
 
+    def opened(self, engine: str, voice: str) -> None:
+        log.info("session open", extra={"session": self.tag, "engine": engine, "voice": voice})
 
-class DaemonMetrics(Collector):
-    """The daemon's metrics. `attach(daemon)` once it listens; `session_closed` as each
-    session ends (pass it to `serve_duplexd(on_session_closed=...)`)."""
+    def closed(self) -> None:
+        log.info("session closed", extra={"session": self.tag, "utterances": self.utterances_done})
 
-    def __init__(self, ready: Callable[[], bool] = lambda: False) -> None:
-        self.daemon: Daemon | None = None
-        self._ready = ready
-        self._totals = _Totals()
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(self)
+    def failed(self, code: str, detail: str) -> None:
+        """The session ends with an Error frame of `code` (sent, or being sent)."""
+        log.info("session error", extra={"session": self.tag, "code": code, "detail": detail})
 
-    def attach(self, daemon: Daemon) -> None:
-        self.daemon = daemon
+    def text_started(self, uid: int) -> None:
+        self._text_at[uid] = (trio.current_time(), -1.0)
 
-    def session_closed(self, session: Session) -> None:
-        t = self._totals
-        t.utterances += session.utterances_done
-        t.interrupts += session.interrupts
-        t.engine_s += session.engine_s
-        t.audio_s += session.audio_s
-        code = session.error_code
-        if code is not None:
-            t.errors[code.name] = t.errors.get(code.name, 0) + 1
-        c = session.counters
-        if c is not None:
-            for name in t.counters:
-                t.counters[name] += getattr(c, name)
-            t.pacing.merge(c.pacing_error)
-        t.first_audio.merge(session.latency.first_audio)
-        t.interrupt.merge(session.latency.interrupt)
-        t.barge_in.merge(session.latency.barge_in)
+    def audio_started(self, uid: int) -> None:
+        timing = self._text_at.get(uid)
+        if timing is not None:
+            latency = trio.current_time() - timing[0]
+            self.first_audio.record(latency)
+            self._text_at[uid] = (timing[0], latency)
 
-    def render(self) -> bytes:
-        """The exposition text (Prometheus text format 0.0.4)."""
-        return generate_latest(self.registry)
-
-    # ------------------------------------------------------------------ the collector
-
-    def collect(self) -> Iterator[Metric]:
-        t = self._totals
-        daemon = self.daemon
-        sessions = list(daemon.sessions) if daemon is not None else []
-        counters = dict(t.counters)
-        utterances, interrupts = t.utterances, t.interrupts
-        engine_s, audio_s = t.engine_s, t.audio_s
-        pacing = [t.pacing]
-        first_audio = [t.first_audio]
-        interrupt = [t.interrupt]
-        barge_in = [t.barge_in]
-        for s in sessions:
-            utterances += s.utterances_done
-            interrupts += s.interrupts
-            engine_s += s.engine_s
-            audio_s += s.audio_s
-            c = s.counters
-            if c is not None:
-                for name in counters:
-                    counters[name] += getattr(c, name)
-                pacing.append(c.pacing_error)
-            first_audio.append(s.latency.first_audio)
-            interrupt.append(s.latency.interrupt)
-            barge_in.append(s.latency.barge_in)
-
-        yield _gauge("duplexd_up", "1 while the process runs", 1)
-        info = GaugeMetricFamily("duplexd_build_info", "duplexd version", labels=["version"])
-        info.add_metric([__version__], 1)
-        yield info
-        yield _gauge("duplexd_ready", "1 when /readyz answers 200", int(self._ready()))
-        draining = daemon.draining if daemon is not None else False
-        yield _gauge("duplexd_draining", "1 while draining after SIGTERM", int(draining))
-        yield _gauge("duplexd_sessions_active", "sessions open now", len(sessions))
-        max_sessions = daemon.max_sessions if daemon is not None else 0
-        yield _gauge("duplexd_sessions_max", "configured session limit (0: none)", max_sessions)
-        total = daemon.sessions_total if daemon is not None else 0
-        yield CounterMetricFamily("duplexd_sessions", "sessions accepted", value=total)
-        rejected = CounterMetricFamily(
-            "duplexd_sessions_rejected", "WebSocket upgrades refused with 503", labels=["reason"]
-        )
-        for reason, n in sorted((daemon.rejected if daemon is not None else {}).items()):
-            rejected.add_metric([reason], n)
-        yield rejected
-        yield CounterMetricFamily(
-            "duplexd_utterances", "utterances finished (done or interrupted)", value=utterances
-        )
-        yield CounterMetricFamily("duplexd_interrupts", "Interrupt frames handled", interrupts)
-        for name, doc in _COUNTERS:
-            yield CounterMetricFamily(f"duplexd_{name}", doc, value=counters[name])
-        errors = CounterMetricFamily(
-            "duplexd_session_errors", "sessions ended by an Error frame, by code", labels=["code"]
-        )
-        by_code = dict(t.errors)
-        for s in sessions:  # a live session whose Error is being sent
-            if (code := s.error_code) is not None:
-                by_code[code.name] = by_code.get(code.name, 0) + 1
-        for name, n in sorted(by_code.items()):
-            errors.add_metric([name], n)
-        yield errors
-
-        yield _histogram(
-            "duplexd_pacing_error_seconds",
-            "|send time - ideal time| of each audio frame, server side",
-            pacing,
-            PACING_EDGES,
-        )
-        yield _histogram(
-            "duplexd_first_audio_latency_seconds",
-            "first Text of an utterance received -> its first Audio frame sent",
-            first_audio,
-            FIRST_AUDIO_EDGES,
-        )
-        yield _histogram(
-            "duplexd_interrupt_latency_seconds",
-            "Interrupt received -> Interrupted sent",
-            interrupt,
-            INTERRUPT_EDGES,
-        )
-        yield _histogram(
-            "duplexd_vad_barge_in_latency_seconds",
-            "speech detected on the uplink -> agent audio cut (full-duplex sessions)",
-            barge_in,
-            BARGE_IN_EDGES,
+    def utterance_ended(self, uid: int) -> None:
+        """Its UtteranceDone or Interrupted was sent, or it was dropped before playing."""
+        self.utterances_done += 1
+        t_text, first_audio = self._text_at.pop(uid, (0.0, -1.0))
+        log.info(
+            "utterance end",
+            extra={
+                "session": self.tag,
+                "utterance": uid,
+                "first_audio_ms": round(first_audio * 1e3, 3) if first_audio >= 0 else None,
+                "duration_ms": round((trio.current_time() - t_text) * 1e3, 3),
+            },
         )
 
-        yield CounterMetricFamily(
-            "duplexd_engine_compute_seconds", "engine time spent synthesizing", value=engine_s
-        )
-        yield CounterMetricFamily(
-            "duplexd_engine_audio_seconds", "audio the engine produced", value=audio_s
-        )
-        yield _gauge(
-            "duplexd_engine_rtf",
-            "real-time factor since start: compute seconds per audio second",
-            engine_s / audio_s if audio_s > 0 else 0.0,
-        )
-        yield from self._batches()
+    def interrupt_requested(self) -> None:
+        self.interrupts += 1
+        self._interrupt_at.append(trio.current_time())
 
-    def _batches(self) -> Iterable[Metric]:
-        daemon = self.daemon
-        fam = HistogramMetricFamily(
-            "duplexd_engine_batch_size", "requests per inference batch", labels=["engine"]
-        )
-        if daemon is not None:
-            for name in daemon.engines.names():
-                worker = getattr(daemon.engines.get(name), "worker", None)
-                counts = getattr(worker, "batch_size_counts", None)
-                if not isinstance(counts, list):
-                    continue
-                counts = list(counts)  # written by the inference thread
-                buckets = []
-                for edge in BATCH_EDGES:
-                    buckets.append((str(float(edge)), sum(counts[: edge + 1])))
-                buckets.append(("+Inf", sum(counts)))
-                total = sum(n * c for n, c in enumerate(counts))
-                fam.add_metric([name], buckets, float(total))
-        yield fam
+    def interrupted(self) -> None:
+        """The Interrupted frame of the oldest interrupt still unanswered goes out now."""
+        if self._interrupt_at:
+            latency = trio.current_time() - self._interrupt_at.popleft()
+            self.interrupt.record(latency)
+            log.info(
+                "interrupted", extra={"session": self.tag, "interrupt_ms": round(latency * 1e3, 3)}
+            )
 
+    def barged_in(self, delay_s: float) -> None:
+        """The uplink decided a barge-in; the audio was cut `delay_s` after its deciding frame."""
+        self.barge_in.record(delay_s)
 
-def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
-    return GaugeMetricFamily(name, doc, value=value)
+    def synthesized(self, engine_s: float, audio_s: float) -> None:
+        self.engine_s += engine_s
+        self.audio_s += audio_s
 
-
-def _histogram(
-    name: str, doc: str, parts: list[Histogram], edges: list[float]
-) -> HistogramMetricFamily:
-    cumulative = [0] * len(edges)
-    count = 0
-    total = 0.0
-    for h in parts:
-        if not h.count:
-            continue
-        count += h.count
-        total += h.sum_s
-        for i, n in enumerate(h.counts_below(edges)):
-            cumulative[i] += n
-    buckets = [(_le(e), n) for e, n in zip(edges, cumulative, strict=True)]
-    buckets.append(("+Inf", count))
-    return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=total)
-
-
-def _le(edge: float) -> str:
-    return repr(float(edge))
+    def summary_ms(self) -> dict[str, Any]:
+        return {
+            "first_audio_ms": self.first_audio.summary_ms(),
+            "interrupt_ms": self.interrupt.summary_ms(),
+            "barge_in_ms": self.barge_in.summary_ms(),
+        }

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from collections.abc import Mapping
 
 import trio
@@ -76,7 +77,8 @@ class Notifier:
         return self.notify("STOPPING=1", *([f"STATUS={status}"] if status else []))
 
     def reloading(self) -> bool:
-        return self.notify("RELOADING=1")
+        """RELOADING=1 with the MONOTONIC_USEC that `Type=notify-reload` units require."""
+        return self.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
 
     def watchdog(self) -> bool:
         return self.notify("WATCHDOG=1")

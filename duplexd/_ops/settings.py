@@ -21,7 +21,7 @@ from typing import Any, Final
 import attrs
 import cattrs
 
-from .._server.limits import SessionLimits
+from ..protocol.frames import MAX_FRAME_BYTES
 
 ENV_PREFIX: Final = "DUPLEXD_"
 LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
@@ -50,20 +50,49 @@ class EngineSettings:
     voice: str = ""  # the default voice; "" = the engine's own default
     preload: tuple[str, ...] = ()  # voices loaded (and warmed) before READY
     max_loaded_voices: int = 4  # vits: LRU of loaded voice models
+    tone_compute_ms_per_char: float = 0.0  # tone only: simulated compute per character (bench)
 
 
-_LIMITS: Final = SessionLimits()
+def _check_limits(limits: SessionLimits) -> None:
+    if limits.ring_frames & (limits.ring_frames - 1) or not 2 <= limits.ring_frames <= 65536:
+        raise ValueError(
+            f"ring_frames must be a power of two in 2..65536, got {limits.ring_frames}"
+        )
+    if not 64 <= limits.max_frame_bytes <= MAX_FRAME_BYTES:
+        raise ValueError(
+            f"max_frame_bytes must be in 64..{MAX_FRAME_BYTES}, got {limits.max_frame_bytes}"
+        )
+    if limits.max_text_bytes <= 0 or limits.max_queued_utterances <= 0:
+        raise ValueError("max_text_bytes and max_queued_utterances must be positive")
+    if limits.hello_timeout_s <= 0:
+        raise ValueError(f"hello_timeout_s must be positive, got {limits.hello_timeout_s}")
 
 
 @attrs.frozen
-class LimitsSettings:
-    """Per-session limits (`duplexd._server.limits.SessionLimits`, announced in Welcome)."""
+class SessionLimits:
+    """Per-session limits: the `[limits]` section; the first three are announced in Welcome.
+    Raises ValueError when constructed with a value out of range."""
 
-    max_frame_bytes: int = _LIMITS.max_frame_bytes
-    max_text_bytes: int = _LIMITS.max_text_bytes
-    max_queued_utterances: int = _LIMITS.max_queued_utterances
-    ring_frames: int = _LIMITS.ring_frames
-    hello_timeout_s: float = _LIMITS.hello_timeout_s
+    max_frame_bytes: int = MAX_FRAME_BYTES
+    max_text_bytes: int = 32_768  # per utterance
+    max_queued_utterances: int = 16  # open or queued, not yet done
+    ring_frames: int = 256  # per session: 5.12 s of audio at 20 ms, ~0.5 MB at 48 kHz
+    hello_timeout_s: float = 10.0
+
+    def __attrs_post_init__(self) -> None:
+        _check_limits(self)
+
+
+@attrs.frozen
+class AsrSettings:
+    model: str = ""  # a faster-whisper model directory; "" = the bundled Whisper tiny.en
+    threads: int = 2  # CPU threads of the ASR model
+
+
+@attrs.frozen
+class TraceSettings:
+    path: str = ""  # write every frame header of the traced sessions here (JSON lines)
+    sessions: str = "first"  # which: first, all, or N (the N-th session since start)
 
 
 @attrs.frozen
@@ -77,11 +106,10 @@ class LogSettings:
 class Settings:
     server: ServerSettings = ServerSettings()
     engine: EngineSettings = EngineSettings()
-    limits: LimitsSettings = LimitsSettings()
+    limits: SessionLimits = SessionLimits()
+    asr: AsrSettings = AsrSettings()
+    trace: TraceSettings = TraceSettings()
     log: LogSettings = LogSettings()
-
-    def session_limits(self) -> SessionLimits:
-        return SessionLimits(token=self.server.token, **attrs.asdict(self.limits))
 
 
 def _section_types() -> dict[str, dict[str, Any]]:
@@ -271,10 +299,13 @@ def _validate(s: Settings) -> None:
         raise bad("log.format", f"must be json or text, got {s.log.format!r}")
     if s.log.level.lower() not in LOG_LEVELS:
         raise bad("log.level", f"must be one of {', '.join(LOG_LEVELS)}, got {s.log.level!r}")
-    try:
-        s.session_limits()
-    except ValueError as exc:
-        raise ConfigError(f"limits: {exc}") from None
+    if s.asr.threads < 1:
+        raise bad("asr.threads", f"must be >= 1, got {s.asr.threads}")
+    if s.engine.tone_compute_ms_per_char < 0:
+        raise bad("engine.tone_compute_ms_per_char", "must be >= 0")
+    which = s.trace.sessions.strip().lower()
+    if which not in ("first", "all") and not (which.isdigit() and int(which) >= 1):
+        raise bad("trace.sessions", f"must be first, all or N >= 1, got {s.trace.sessions!r}")
 
 
 # ---------------------------------------------------------------------- rendering

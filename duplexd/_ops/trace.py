@@ -1,8 +1,8 @@
 """`duplexd serve --trace PATH`: every frame's header, with timestamps, as JSON lines.
 
-Tracing wraps the WebSocket of a selected session (`--trace-session`: ``first``, the default;
-``all``; or ``N``, the N-th session since start) in a `TracedTransport` that writes one line
-per frame, both directions::
+Tracing wraps the WebSocket of a selected session (settings `[trace] sessions` or
+`--trace-session`: ``first``, the default; ``all``; or ``N``, the N-th session since start) in
+a `TracedTransport` that writes one line per frame, both directions::
 
     {"t":0.123456,"ts":1767000000.123,"session":"3f2a...","dir":"out","type":"audio",
      "bytes":1936,"epoch":0,"utterance_id":1,"seq":0,"last":false,"samples":960}
@@ -10,7 +10,8 @@ per frame, both directions::
 ``t`` is seconds since the session was accepted (the daemon's monotonic clock), ``ts`` the
 wall clock. Audio never goes in (``samples`` says how much there was); Hello's token is
 hidden. The session code never sees the difference, and when tracing is off `debug_transport`
-returns the connection itself: the per-frame cost is zero.
+returns the connection itself: the per-frame cost is zero. The service owns the one `Tracer`
+(settings `[trace] path`) and hands it to the server.
 
 `debug_transport` also applies the JSON text mode (`duplexd.protocol.jsonmode`) when the client
 negotiated it; the trace then shows the frames the session handles, not the JSON text.
@@ -18,7 +19,6 @@ negotiated it; the trace then shows the frames the session handles, not the JSON
 
 from __future__ import annotations
 
-import argparse
 import json
 import threading
 import time
@@ -26,27 +26,12 @@ from typing import IO, Any, Final
 
 import trio
 
-from ..protocol.codec import AUDIO_HEADER, Decoder, RemoteProtocolError
+from ..protocol.codec import AUDIO_HEADER, Decoder, RawFrame, RemoteProtocolError, iter_frames
 from ..protocol.frames import AUDIO_HEADER_BYTES, BYTES_PER_SAMPLE, FrameType
-from ..protocol.jsonmode import JSON_SUBPROTOCOL, JsonTransport, Transport, frame_to_json
+from ..protocol.jsonmode import JSON_SUBPROTOCOL, JsonTransport, frame_to_json
+from ..protocol.transport import Transport
 
-_PREFIX_BYTES: Final = 4
 _COMPACT: Final = (",", ":")
-
-
-def add_trace_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--trace",
-        default="",
-        metavar="PATH",
-        help="write every frame header (not audio) of the traced session(s) here, JSON lines",
-    )
-    p.add_argument(
-        "--trace-session",
-        default="first",
-        metavar="WHICH",
-        help="which sessions --trace records: first (default), all, or N (the N-th session)",
-    )
 
 
 class Tracer:
@@ -57,7 +42,7 @@ class Tracer:
         if which == "first":
             which = "1"
         if which != "all" and not (which.isdigit() and int(which) >= 1):
-            raise ValueError(f"--trace-session must be first, all or N >= 1, got {which!r}")
+            raise ValueError(f"must be first, all or N >= 1, got {which!r}")
         self.path = path
         self._which = which
         self._seen = 0
@@ -83,24 +68,12 @@ class Tracer:
                 self._file = None
 
 
-_tracer: Tracer | None = None
-
-
-def configure_tracing(path: str, which: str = "first") -> Tracer | None:
-    """Trace the sessions `which` selects to `path` ("" turns tracing off). Process-wide."""
-    global _tracer
-    if _tracer is not None:
-        _tracer.close()
-    _tracer = Tracer(path, which) if path else None
-    return _tracer
-
-
-def debug_transport(ws: Any) -> Any:
+def debug_transport(ws: Any, tracer: Tracer | None) -> Any:
     """The transport a new session gets: `ws` itself, unless the client chose the JSON mode
-    or this session is traced. Called once per session, on the trio thread."""
+    or `tracer` selects this session. Called once per session, on the trio thread."""
     transport = JsonTransport(ws) if getattr(ws, "subprotocol", None) == JSON_SUBPROTOCOL else ws
-    if _tracer is not None and _tracer.selects_next():
-        return TracedTransport(transport, _tracer)
+    if tracer is not None and tracer.selects_next():
+        return TracedTransport(transport, tracer)
     return transport
 
 
@@ -136,18 +109,19 @@ class TracedTransport:
         if isinstance(message, str):
             self._emit({"dir": direction, "type": "text_message", "chars": len(message)})
             return
-        data = memoryview(message)
-        off = 0
-        while off + _PREFIX_BYTES + 2 <= len(data) and not self._broken[direction]:
-            length = int.from_bytes(data[off : off + _PREFIX_BYTES], "little")
-            end = off + _PREFIX_BYTES + length
-            record = self._describe(direction, data[off:end], length + _PREFIX_BYTES)
-            self._emit(record)
-            off = end
+        if self._broken[direction]:
+            return
+        try:
+            for raw in iter_frames(message):
+                self._emit(self._describe(direction, raw))
+        except RemoteProtocolError as exc:  # the session reports it; the trace shows it
+            self._broken[direction] = True
+            self._emit({"dir": direction, "type": "undecodable", "error": str(exc)})
 
-    def _describe(self, direction: str, frame: memoryview, size: int) -> dict[str, Any]:
+    def _describe(self, direction: str, raw: RawFrame) -> dict[str, Any]:
         rec: dict[str, Any]
-        if frame[4] == FrameType.AUDIO and len(frame) >= AUDIO_HEADER_BYTES:
+        frame, size = raw.data, len(raw.data)
+        if raw.type == FrameType.AUDIO and size >= AUDIO_HEADER_BYTES:
             _, _, flags, epoch, uid, seq = AUDIO_HEADER.unpack_from(frame)
             rec = {"type": "audio", "epoch": epoch, "utterance_id": uid, "seq": seq}
             rec["last"] = bool(flags & 1)
@@ -161,7 +135,7 @@ class TracedTransport:
                 self._broken[direction] = True
                 return {"dir": direction, "type": "undecodable", "bytes": size, "error": str(exc)}
             if decoded is None:
-                return {"dir": direction, "type": "skipped", "bytes": size, "type_byte": frame[4]}
+                return {"dir": direction, "type": "skipped", "bytes": size, "type_byte": raw.type}
             rec = frame_to_json(decoded, pcm=False)
             if rec.get("token"):
                 rec["token"] = "<hidden>"

@@ -1,1 +1,14 @@
-"""_server"""
+"""The server: connections, sessions, the daemon's life. Where a byte enters, where a cancel
+lands.
+
+Private.
+
+    server.py      `serve_duplexd`: the WebSocket listener, the shared pacer, the live sessions
+    connection.py  one connection: the handshake, then the session, then its Error and close
+    handshake.py   Hello in, checks, Welcome out; `receive_frames`: every client message
+    session.py     an open session: reader, utterance runner, writer, uplink in one nursery;
+                   `Session._interrupt` is where a barge-in lands (cancel scopes, new epoch)
+    service.py     `duplexd serve` as a service: engine loading, the side port, systemd, drain
+
+May import: every package below it (`protocol`, `engines`, `_ops`, `_downlink`, `_uplink`).
+"""

@@ -1,4 +1,9 @@
-"""`serve_duplexd`: the daemon's WebSocket server, one shared pacer for all sessions."""
+"""`serve_duplexd`: the daemon's WebSocket server, one shared pacer for all sessions.
+
+Each accepted WebSocket becomes a `Connection` (handshake, then an open `Session`) in the
+server's nursery; the `Daemon` knows the live sessions, refuses upgrades while draining or
+full (HTTP 503), and is what `task_status.started()` reports.
+"""
 
 from __future__ import annotations
 
@@ -6,22 +11,26 @@ import contextlib
 import logging
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketRequest, WebSocketServer, serve_websocket
+from trio_websocket import ConnectionClosed, WebSocketRequest, WebSocketServer
 
 from .._downlink.pacer import Pacer, open_pacer
-from .._ops.trace import debug_transport
+from .._ops.settings import SessionLimits
+from .._ops.trace import Tracer, debug_transport
+from .._uplink.uplink import UplinkServices
 from ..engines.registry import EngineSet
 from ..protocol.frames import SUBPROTOCOL, WS_PATH
 from ..protocol.jsonmode import JSON_SUBPROTOCOL
-from .limits import SessionLimits
+from .connection import Connection
+from .handshake import Offload
 from .session import Session
 
 log = logging.getLogger("duplexd.server")
 
 MAX_MESSAGE_BYTES = 1 << 20  # one WebSocket message (it may hold several frames)
+CONNECT_TIMEOUT_S = 10.0  # the WebSocket upgrade must complete within this
+DISCONNECT_TIMEOUT_S = 5.0  # the closing handshake must complete within this
 # CPython hands the GIL to a waiting thread only every `sys.getswitchinterval()` (5 ms by
 # default): while a synthesis thread runs Python code, the pacer could wake on time and still
 # wait 5 ms to send. 0.25 ms bounds that wait; threads that release the GIL (torch, soxr)
@@ -29,22 +38,44 @@ MAX_MESSAGE_BYTES = 1 << 20  # one WebSocket message (it may hold several frames
 GIL_SWITCH_INTERVAL_S = 0.00025
 
 
-@dataclass
 class Daemon:
-    """What `serve_duplexd` reports through `task_status` once it listens."""
+    """The running server: its sessions and what it refuses. Trio thread only."""
 
-    server: WebSocketServer
-    pacer: Pacer
-    engines: EngineSet
-    sessions: set[Session] = field(default_factory=set)
-    sessions_total: int = 0
-    max_sessions: int = 0  # 0: unlimited; above it the upgrade is answered 503
-    draining: bool = False  # set by the operator side (SIGTERM): new sessions get 503
-    rejected: dict[str, int] = field(default_factory=dict)  # reason -> upgrades refused
+    def __init__(
+        self,
+        server: WebSocketServer,
+        *,
+        pacer: Pacer,
+        engines: EngineSet,
+        limits: SessionLimits,
+        token: str,
+        max_sessions: int,
+        uplink_services: UplinkServices | None,
+        tracer: Tracer | None,
+        offload: Offload,
+        on_session_closed: Callable[[Session], None] | None,
+    ) -> None:
+        self.server = server
+        self.pacer = pacer
+        self.engines = engines
+        self.max_sessions = max_sessions  # 0: unlimited; above it the upgrade is answered 503
+        self.sessions: set[Session] = set()  # open (past the handshake)
+        self.connecting = 0  # accepted, still in their handshake
+        self.sessions_total = 0  # connections accepted since start
+        self.draining = False  # set by the operator side (SIGTERM): new sessions get 503
+        self.rejected: dict[str, int] = {}  # reason -> upgrades refused
+        self._limits = limits
+        self._token = token
+        self._uplink_services = uplink_services
+        self._tracer = tracer
+        self._offload = offload
+        self._on_session_closed = on_session_closed
 
     @property
     def full(self) -> bool:
-        return bool(self.max_sessions) and len(self.sessions) >= self.max_sessions
+        """Whether `max_sessions` connections (open or in their handshake) are in."""
+        in_use = len(self.sessions) + self.connecting
+        return bool(self.max_sessions) and in_use >= self.max_sessions
 
     @property
     def port(self) -> int:
@@ -58,6 +89,51 @@ class Daemon:
             host = f"[{host}]"
         return f"ws://{host}:{self.port}{WS_PATH}"
 
+    async def handle(self, request: WebSocketRequest) -> None:
+        """One WebSocket upgrade request: refused (404, 503) or served until it closes."""
+        if request.path.rstrip("/") != WS_PATH:
+            await request.reject(404, body=f"duplexd speaks on {WS_PATH}\n".encode())
+            return
+        refusal = "draining" if self.draining else "full" if self.full else ""
+        if refusal:
+            self.rejected[refusal] = self.rejected.get(refusal, 0) + 1
+            with contextlib.suppress(ConnectionClosed, trio.BrokenResourceError):
+                await request.reject(503, body=f"duplexd is {refusal}\n".encode())
+            return
+        offered = request.proposed_subprotocols  # binary first; JSON: a debugging aid
+        subprotocol = next((p for p in (SUBPROTOCOL, JSON_SUBPROTOCOL) if p in offered), None)
+        try:
+            ws = await request.accept(subprotocol=subprotocol)
+        except ConnectionClosed:
+            return
+        self.sessions_total += 1
+        self.connecting += 1
+        connection = Connection(
+            debug_transport(ws, self._tracer),  # JSON mode / tracing wrap it; else `ws` itself
+            engines=self.engines,
+            pacer=self.pacer,
+            limits=self._limits,
+            token=self._token,
+            uplink_services=self._uplink_services,
+            offload=self._offload,
+            on_open=self._opened,
+            on_close=self._closed,
+        )
+        try:
+            await connection.run()
+        finally:
+            if connection.session is None:
+                self.connecting -= 1
+
+    def _opened(self, session: Session) -> None:
+        self.connecting -= 1
+        self.sessions.add(session)
+
+    def _closed(self, session: Session) -> None:
+        self.sessions.discard(session)
+        if self._on_session_closed is not None:
+            self._on_session_closed(session)
+
 
 async def serve_duplexd(
     host: str,
@@ -65,83 +141,53 @@ async def serve_duplexd(
     *,
     engines: EngineSet,
     limits: SessionLimits | None = None,
-    gil_switch_interval_s: float | None = GIL_SWITCH_INTERVAL_S,
+    token: str = "",
     max_sessions: int = 0,
+    uplink_services: UplinkServices | None = None,
+    tracer: Tracer | None = None,
+    offload: Offload = trio.to_thread.run_sync,
+    gil_switch_interval_s: float | None = GIL_SWITCH_INTERVAL_S,
     on_session_closed: Callable[[Session], None] | None = None,
     task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve duplexd sessions on `host:port` (0 picks a free port) until cancelled.
 
-    `task_status.started` receives a `Daemon` (port, url, live sessions). Cancelling it closes
-    every session's connection; nothing else is left behind. Above `max_sessions` live sessions
-    (0: no limit), or while `Daemon.draining`, a WebSocket upgrade is answered HTTP 503;
-    `on_session_closed(session)` runs (trio thread) as each session ends. While it runs, the
-    process's GIL
-    switch interval is `gil_switch_interval_s` (None leaves it alone); it is restored after.
+    `task_status.started` receives the `Daemon` (port, url, live sessions). Cancelling it
+    closes every session's connection; nothing else is left behind. Above `max_sessions`
+    connections (0: no limit), or while `Daemon.draining`, a WebSocket upgrade is answered
+    HTTP 503. `token`: the token a Hello must carry ("" accepts any). `uplink_services`: what
+    uplinks share (None: a Hello asking for uplink audio is refused). `tracer`: records the
+    sessions it selects (`duplexd serve --trace`). `on_session_closed(session)` runs (trio
+    thread) as each open session ends. While it runs, the process's GIL switch interval is
+    `gil_switch_interval_s` (None leaves it alone); it is restored after.
     """
-    limits = limits or SessionLimits()
     saved_interval = sys.getswitchinterval()
     if gil_switch_interval_s is not None:
         sys.setswitchinterval(gil_switch_interval_s)
     try:
-        await _serve(host, port, engines, limits, max_sessions, on_session_closed, task_status)
-    finally:
-        sys.setswitchinterval(saved_interval)
-
-
-async def _serve(
-    host: str,
-    port: int,
-    engines: EngineSet,
-    limits: SessionLimits,
-    max_sessions: int,
-    on_session_closed: Callable[[Session], None] | None,
-    task_status: trio.TaskStatus[Daemon],
-) -> None:
-    async with open_pacer() as pacer:
-        daemon: Daemon | None = None
-
-        async def handler(request: WebSocketRequest) -> None:
-            assert daemon is not None
-            if request.path.rstrip("/") != WS_PATH:
-                await request.reject(404, body=f"duplexd speaks on {WS_PATH}\n".encode())
-                return
-            refusal = "draining" if daemon.draining else "full" if daemon.full else ""
-            if refusal:
-                daemon.rejected[refusal] = daemon.rejected.get(refusal, 0) + 1
-                with contextlib.suppress(ConnectionClosed, trio.BrokenResourceError):
-                    await request.reject(503, body=f"duplexd is {refusal}\n".encode())
-                return
-            offered = request.proposed_subprotocols  # binary first; JSON: a debugging aid
-            subprotocol = next((p for p in (SUBPROTOCOL, JSON_SUBPROTOCOL) if p in offered), None)
-            try:
-                ws = await request.accept(subprotocol=subprotocol)
-            except ConnectionClosed:
-                return
-            # JSON mode and --trace wrap `ws`; otherwise it is `ws` itself (no per-frame cost)
-            session = Session(debug_transport(ws), engines=engines, pacer=pacer, limits=limits)
-            daemon.sessions.add(session)
-            daemon.sessions_total += 1
-            try:
-                await session.run()
-            finally:
-                daemon.sessions.discard(session)
-                if on_session_closed is not None:
-                    on_session_closed(session)
-
-        async with trio.open_nursery() as nursery:
-            server = await nursery.start(
-                lambda task_status: serve_websocket(
-                    handler,
-                    host,
-                    port,
-                    None,
-                    max_message_size=MAX_MESSAGE_BYTES,
-                    connect_timeout=10,
-                    disconnect_timeout=5,
-                    task_status=task_status,
-                )
+        async with open_pacer() as pacer, trio.open_nursery() as nursery:
+            listeners = await trio.open_tcp_listeners(port, host=host)
+            server = WebSocketServer(
+                lambda request: daemon.handle(request),
+                listeners,
+                max_message_size=MAX_MESSAGE_BYTES,
+                connect_timeout=CONNECT_TIMEOUT_S,
+                disconnect_timeout=DISCONNECT_TIMEOUT_S,
             )
-            daemon = Daemon(server=server, pacer=pacer, engines=engines, max_sessions=max_sessions)
+            daemon = Daemon(
+                server,
+                pacer=pacer,
+                engines=engines,
+                limits=limits or SessionLimits(),
+                token=token,
+                max_sessions=max_sessions,
+                uplink_services=uplink_services,
+                tracer=tracer,
+                offload=offload,
+                on_session_closed=on_session_closed,
+            )
+            await nursery.start(server.run)
             log.info("listening", extra={"url": daemon.url, "engines": engines.names()})
             task_status.started(daemon)
+    finally:
+        sys.setswitchinterval(saved_interval)

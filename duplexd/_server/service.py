@@ -16,10 +16,10 @@
 
 from __future__ import annotations
 
+import enum
 import gc
 import logging
 import signal
-import sys
 import time
 from collections.abc import Callable, Mapping
 from functools import partial
@@ -29,10 +29,14 @@ import attrs
 import trio
 
 from .._ops.http import Response, serve_http
-from .._ops.logs import JsonFormatter, TextFormatter
-from .._ops.metrics import CONTENT_TYPE, DaemonMetrics
+from .._ops.logs import configure_logging
+from .._ops.prometheus import CONTENT_TYPE, DaemonMetrics
 from .._ops.sdnotify import Notifier, keep_watchdog_fed, watchdog_interval_s
-from .._ops.settings import ConfigError, LogSettings, Settings
+from .._ops.settings import ConfigError, Settings
+from .._ops.trace import Tracer
+from .._uplink.asr import Transcriber
+from .._uplink.uplink import UplinkServices
+from .._uplink.vad import VadModel
 from ..engines.base import Engine, EngineError, Voice
 from ..engines.registry import EngineSet, load_engine
 from .server import Daemon, serve_duplexd
@@ -48,28 +52,21 @@ class StartupError(Exception):
     """The daemon cannot start with this configuration (unknown engine or voice...)."""
 
 
-def configure_logging(settings: LogSettings) -> None:
-    """Route the `duplexd` loggers to stderr or `settings.file` (opened anew: call it again to
-    reopen a rotated file)."""
-    handler: logging.Handler
-    if settings.file:
-        handler = logging.FileHandler(settings.file, encoding="utf-8")
-    else:
-        handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if settings.format == "json" else TextFormatter())
-    root = logging.getLogger("duplexd")
-    old, root.handlers[:] = root.handlers[:], [handler]
-    root.setLevel(settings.level.upper())
-    root.propagate = False
-    for h in old:
-        if isinstance(h, logging.FileHandler):
-            h.close()
+class Phase(enum.Enum):
+    """Where the service is in its life: STARTING -> READY -> DRAINING -> STOPPED."""
+
+    STARTING = "starting"
+    READY = "ready"
+    DRAINING = "draining"
+    STOPPED = "stopped"
 
 
 class Service:
     """One daemon process. `run` until SIGTERM (or `request_stop`) and a drain.
 
     engines: already loaded engines (tests); by default `settings.engine` is loaded.
+    uplink_services: what the sessions' uplinks share (tests); by default the VAD model is
+    loaded and a `Transcriber` made from `settings.asr`.
     reload: returns fresh settings on SIGHUP (None: SIGHUP only reopens the logs).
     handle_signals: install SIGTERM/SIGINT/SIGHUP handlers (needs the main thread).
     http_port: overrides `settings.server.http_port`; here 0 picks a free port (tests).
@@ -81,6 +78,7 @@ class Service:
         *,
         engines: EngineSet | None = None,
         engine_options: Mapping[str, Any] | None = None,
+        uplink_services: UplinkServices | None = None,
         reload: Callable[[], Settings] | None = None,
         notifier: Notifier | None = None,
         environ: Mapping[str, str] | None = None,
@@ -91,12 +89,16 @@ class Service:
         self._engines = engines
         self._owns_engines = engines is None
         self._engine_options = dict(engine_options or {})
+        self._uplink_services = uplink_services
+        self._tracer = (
+            Tracer(settings.trace.path, settings.trace.sessions) if settings.trace.path else None
+        )
         self._reload = reload
         self.notifier = notifier if notifier is not None else Notifier.from_env(environ)
         self._watchdog_s = watchdog_interval_s(environ)
         self._handle_signals = handle_signals
         self._http_port = http_port if http_port is not None else settings.server.http_port or None
-        self.phase = "starting"  # -> ready -> draining -> stopped
+        self.phase = Phase.STARTING
         self.daemon: Daemon | None = None
         self.http_port: int | None = None
         self.metrics = DaemonMetrics(ready=lambda: self.readiness()[0])
@@ -108,9 +110,9 @@ class Service:
 
     def readiness(self) -> tuple[bool, str]:
         """(ready, reason): what /readyz answers."""
-        if self.phase == "starting" or self.daemon is None:
+        if self.phase is Phase.STARTING or self.daemon is None:
             return False, "starting: loading the model"
-        if self.phase != "ready":
+        if self.phase is not Phase.READY:
             return False, "draining"
         if self.daemon.full:
             d = self.daemon
@@ -156,20 +158,24 @@ class Service:
                     )
                 self.notifier.status("loading the model")
                 engines = await self._load_engines()
+                uplink_services = await self._uplink()
                 daemon: Daemon = await nursery.start(
                     partial(
                         serve_duplexd,
                         s.host,
                         s.port,
                         engines=engines,
-                        limits=self.settings.session_limits(),
+                        limits=self.settings.limits,
+                        token=s.token,
                         max_sessions=s.max_sessions,
+                        uplink_services=uplink_services,
+                        tracer=self._tracer,
                         on_session_closed=self._session_closed,
                     )
                 )
                 self.daemon = daemon
                 self.metrics.attach(daemon)
-                self.phase = "ready"
+                self.phase = Phase.READY
                 self.notifier.ready(f"serving {daemon.url}")
                 log.info(
                     "ready",
@@ -180,9 +186,11 @@ class Service:
                 await self._drain(daemon)
                 nursery.cancel_scope.cancel()
         finally:
-            self.phase = "stopped"
+            self.phase = Phase.STOPPED
             if self._owns_engines and self._engines is not None:
                 self._engines.close()
+            if self._tracer is not None:
+                self._tracer.close()
             self.notifier.close()
 
     async def _load_engines(self) -> EngineSet:
@@ -190,6 +198,8 @@ class Service:
             return self._engines
         e = self.settings.engine
         options = dict(self._engine_options)
+        if e.name == "tone" and e.tone_compute_ms_per_char:
+            options.setdefault("compute_ms_per_char", e.tone_compute_ms_per_char)
         if e.name == "vits":
             voices = (*e.preload, e.voice) if e.voice else e.preload
             options.setdefault("preload", tuple(dict.fromkeys(voices)))
@@ -207,9 +217,9 @@ class Service:
             return EngineSet.of(engine)
 
         self._engines = await trio.to_thread.run_sync(load)
-        # Models, modules and their ~40k objects live as long as the process: move them out of
-        # the collector's reach, so a full collection scans only what sessions create (a full
-        # collection measured 29 ms before, 14 ms after, at 100 sessions; it stalls the pacer).
+        # Models, modules and their tens of thousands of objects live as long as the process:
+        # move them out of the collector's reach, so a full collection (which stalls the pacer)
+        # scans only what sessions create (figures: results/README.md).
         gc.collect()
         gc.freeze()
         engine = self._engines.get("")
@@ -224,8 +234,18 @@ class Service:
         )
         return self._engines
 
+    async def _uplink(self) -> UplinkServices:
+        """The uplinks' shared parts: given, or the VAD model (loaded in a worker thread) and
+        a transcriber of `settings.asr` (its model loads on the first turn)."""
+        if self._uplink_services is None:
+            asr = self.settings.asr
+            transcriber = Transcriber(asr.model or None, cpu_threads=asr.threads)
+            vad_model = await trio.to_thread.run_sync(VadModel)
+            self._uplink_services = UplinkServices.create(vad_model, transcriber=transcriber)
+        return self._uplink_services
+
     async def _drain(self, daemon: Daemon) -> None:
-        self.phase = "draining"
+        self.phase = Phase.DRAINING
         daemon.draining = True
         timeout = self.settings.server.drain_timeout_s
         started = trio.current_time()
@@ -260,7 +280,7 @@ class Service:
             async for signum in received:
                 if signum == signal.SIGHUP:
                     self.reload()
-                elif self.phase == "ready" and not self._stop.is_set():
+                elif self.phase is Phase.READY and not self._stop.is_set():
                     log.info("stopping", extra={"signal": signal.Signals(signum).name})
                     self._stop.set()
                 else:  # still starting, or a second SIGTERM: stop now
@@ -271,7 +291,7 @@ class Service:
 
     def reload(self) -> None:
         """SIGHUP: reopen the logs and apply the reloadable settings (the log section)."""
-        self.notifier.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        self.notifier.reloading()
         new = self.settings
         if self._reload is not None:
             try:

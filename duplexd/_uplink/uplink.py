@@ -2,8 +2,9 @@
 
 On the trio thread, `feed()` (each AudioUp) and `on_downlink()` (each message the session
 sends, the echo reference) only timestamp the data and queue it: nothing heavy touches the
-event loop the pacer runs on. `process()`, a session task, hands each batch to the session's
-offload (a worker thread in the daemon; onnxruntime and numpy release the GIL), where
+event loop the pacer runs on. `process()`, a session task, hands each batch to the shared
+uplink offload (`UplinkServices.offload`: one of the daemon's uplink worker threads;
+onnxruntime and numpy release the GIL), where
 
     s16le at the uplink rate -> float -> 16 kHz (StreamResampler when the uplink is 48 kHz)
     -> 512-sample windows -> echo removed (EchoCanceller, when audio was sent recently)
@@ -13,11 +14,12 @@ and then delivers the events on the trio thread.
 
 Events go out through the session's callbacks: `send(frame)` for SpeechStarted/SpeechStopped
 and Transcript (queued on the session's writer, so they are ordered with the audio) and
-`barge_in()` when the user has spoken `barge_in_min_speech_ms` (the session interrupts the
-playing utterance, exactly as for a client Interrupt). Finished turns wait in a bounded channel
-for `run()`, the session task that transcribes them one at a time with the process's shared
-`Transcriber` (a worker thread). All sample positions sent are uplink-rate samples
-(`AudioUp.seq x frame samples`); internally everything counts 16 kHz samples.
+`barge_in(delay_s)` when the user has spoken `barge_in_min_speech_ms` (the session interrupts
+the playing utterance, as for a client Interrupt; `delay_s` is how long after the deciding
+frame arrived). Finished turns wait in a bounded channel for `run()`, the session task that
+transcribes them one at a time with the daemon's shared `Transcriber` (a worker thread). All
+sample positions sent are uplink-rate samples (`AudioUp.seq x frame samples`); internally
+everything counts 16 kHz samples.
 
 While the session's own voice may be echoing back (audio was sent within the echo delay range),
 a window must also score `echo_threshold` to count toward a barge-in, and it counts as silence
@@ -32,7 +34,6 @@ import collections
 import functools
 import logging
 import os
-import struct
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -44,20 +45,20 @@ import trio
 
 from .._downlink.resample import StreamResampler
 from ..protocol import frames as fr
-from ..protocol.codec import RemoteProtocolError
-from .asr import Transcriber, default_transcriber
+from ..protocol.codec import RemoteProtocolError, iter_frames
+from ..protocol.options import SessionOptions
+from .asr import Transcriber
 from .echo import EchoCanceller
 from .vad import (
     VAD_RATE_HZ,
     WINDOW,
-    AsrOptions,
     BargeIn,
     SileroVad,
     SpeechDetector,
     SpeechStart,
     SpeechStop,
     Turn,
-    VadOptions,
+    VadModel,
 )
 
 log = logging.getLogger("duplexd.uplink")
@@ -65,8 +66,6 @@ log = logging.getLogger("duplexd.uplink")
 MAX_GAP_FRAMES: Final = 250  # a seq jump up to 5 s is filled with silence; more is an error
 TURN_QUEUE: Final = 8  # finished turns waiting for ASR, per session
 MAX_INBOX: Final = 500  # uplink frames + downlink messages waiting for processing (~5-10 s)
-_PREFIX: Final = struct.Struct("<IB")
-_AUDIO_BODY: Final = 12  # epoch(2) + utterance_id(4) + seq(4) + the type and flags bytes
 _S16: Final = 1.0 / 32768.0
 # A window counts as the user's only if the energy left after echo cancellation is at least
 # this fraction of the echo energy taken out (a double-talk check: the user's voice adds
@@ -78,33 +77,38 @@ RESIDUE_NCC: Final = 0.5
 _NEVER: Final = 2.0  # a barge-in threshold no probability reaches
 
 
-# Every session's uplink work shares this many worker threads (a CapacityLimiter per trio run):
+# Every session's uplink work shares this many worker threads (one CapacityLimiter per daemon):
 # the work is mostly numpy and ONNX calls with the GIL held in between, and each extra thread
 # that wants the GIL delays the pacer's wakeups; one thread serves a few dozen sessions.
 UPLINK_THREADS: Final = max(1, (os.cpu_count() or 1) // 4)
-_limiter: trio.lowlevel.RunVar[trio.CapacityLimiter] = trio.lowlevel.RunVar("duplexd_uplink")
+
+Offload = Callable[..., Awaitable[Any]]
 
 
-def uplink_limiter() -> trio.CapacityLimiter:
-    """The run's limiter for uplink worker threads (`UPLINK_THREADS`)."""
-    try:
-        return _limiter.get()
-    except LookupError:
-        limiter = trio.CapacityLimiter(UPLINK_THREADS)
-        _limiter.set(limiter)
-        return limiter
-
-
-@dataclass
+@dataclass(frozen=True)
 class UplinkServices:
-    """What the daemon shares between sessions' uplinks."""
+    """What a daemon's uplinks share; made once by the service (`create`), or by a test.
 
+    `offload(fn, *args)` runs a batch of uplink work off the event loop (`create`: a worker
+    thread of the `UPLINK_THREADS` shared ones; tests may run it inline under a MockClock).
+    """
+
+    vad_model: VadModel
+    offload: Offload
     transcriber: Transcriber | None = None  # None: no transcripts
-    vad_backend: str | None = None  # "onnx" / "jit"; None: onnx if installed
 
-
-def default_uplink_services() -> UplinkServices:
-    return UplinkServices(transcriber=default_transcriber())
+    @classmethod
+    def create(
+        cls,
+        vad_model: VadModel,
+        *,
+        transcriber: Transcriber | None = None,
+        threads: int = UPLINK_THREADS,
+    ) -> UplinkServices:
+        """The daemon's: uplink work in `threads` shared worker threads."""
+        limiter = trio.CapacityLimiter(threads)
+        offload = functools.partial(trio.to_thread.run_sync, limiter=limiter)
+        return cls(vad_model=vad_model, offload=offload, transcriber=transcriber)
 
 
 @dataclass
@@ -157,13 +161,12 @@ class Uplink:
         *,
         rate_hz: int,
         downlink_rate_hz: int,
-        vad: VadOptions,
-        asr: AsrOptions,
+        options: SessionOptions,
         services: UplinkServices,
         send: Callable[[fr.ServerFrame], None],
-        barge_in: Callable[[], None],
-        offload: Callable[..., Awaitable[Any]],
+        barge_in: Callable[[float], None],
     ) -> None:
+        vad, asr = options.vad, options.asr
         self.rate_hz = rate_hz
         self.vad_options = vad
         self.asr_options = asr
@@ -171,16 +174,14 @@ class Uplink:
         self._frame_samples = fr.frame_samples(rate_hz)
         self._send = send
         self._barge_in = barge_in
-        if offload is trio.to_thread.run_sync:  # the daemon's: the shared uplink threads
-            offload = functools.partial(trio.to_thread.run_sync, limiter=uplink_limiter())
-        self._offload = offload
+        self._offload = services.offload
         # (arrival time, uplink seq gap, pcm) or (arrival time, -1, downlink message)
         self._inbox: collections.deque[tuple[float, int, bytes]] = collections.deque()
         self._inbox_lot = trio.lowlevel.ParkingLot()
         # (arrival time of the audio behind it, event): made in the worker, delivered on trio
         self._events: list[tuple[float, object]] = []
         self._transcriber = services.transcriber if asr.transcripts else None
-        self._vad = SileroVad(services.vad_backend)
+        self._vad = SileroVad(services.vad_model)
         self._detector = SpeechDetector(vad, partial_ms=asr.partial_ms)
         now = trio.current_time()
         self._echo = EchoCanceller(t0=now) if vad.echo_cancel else None
@@ -247,7 +248,8 @@ class Uplink:
         n = self._frame_samples
         for now, gap, data in batch:
             if gap < 0:
-                self._add_reference(now, data)
+                if self._echo is not None:
+                    self._add_reference(self._echo, now, data)
                 continue
             if gap:
                 self._ingest(now, np.zeros(gap * n, dtype=np.float32))
@@ -269,7 +271,7 @@ class Uplink:
             delay = trio.current_time() - arrived
             c.barge_in_delay_s += delay
             c.barge_in_delay_max_s = max(c.barge_in_delay_max_s, delay)
-            self._barge_in()
+            self._barge_in(delay)
         elif isinstance(ev, Turn) and self._transcriber is not None:
             self._queue_turn(ev)
 
@@ -343,19 +345,13 @@ class Uplink:
         if self._echo is not None:
             self._enqueue((trio.current_time(), -1, message))
 
-    def _add_reference(self, now: float, message: bytes) -> None:
-        assert self._echo is not None
-        pos, size = 0, len(message)
-        while pos + 5 <= size:
-            length, type_ = _PREFIX.unpack_from(message, pos)
-            if type_ == fr.FrameType.AUDIO and length >= _AUDIO_BODY:
-                start = pos + fr.AUDIO_HEADER_BYTES
-                count = (length - _AUDIO_BODY) // 2
-                pcm = np.frombuffer(message, "<i2", count, start).astype(np.float32) * _S16
+    def _add_reference(self, echo: EchoCanceller, now: float, message: bytes) -> None:
+        for raw in iter_frames(message):  # the session's own frames: whole and well formed
+            if raw.type == fr.FrameType.AUDIO:
+                pcm = np.frombuffer(raw.audio_pcm, "<i2").astype(np.float32) * _S16
                 if self._down_resampler is not None:
                     pcm = self._down_resampler.process(pcm)
-                self._echo.add_reference(now, pcm)
-            pos += fr.LENGTH_PREFIX_BYTES + length
+                echo.add_reference(now, pcm)
 
     # ------------------------------------------------------------------ transcripts
 
@@ -363,10 +359,10 @@ class Uplink:
         """Transcribe finished turns, in order, until cancelled. Cancelling abandons a
         transcription in progress (its thread finishes in the background; the text is dropped)
         and the turns still queued."""
-        if self._transcriber is None:
-            await trio.sleep_forever()
         transcriber = self._transcriber
-        assert transcriber is not None
+        if transcriber is None:
+            await trio.sleep_forever()
+            return
         async for turn in self._turns_recv:
             if not turn.final and self._turns_recv.statistics().current_buffer_used:
                 continue  # a newer result is already waiting: skip this partial

@@ -1,19 +1,19 @@
 """Voice activity detection on the uplink: silero-vad, and the speech/silence state machine.
 
 `SileroVad` scores one 32 ms window (512 samples at 16 kHz) at a time with the ONNX model the
-`silero-vad` package ships (no download). The ONNX session is loaded once per process and
+`silero-vad` package ships (no download). The model (`VadModel`) is loaded once per daemon and
 shared; each stream keeps its own LSTM state and 64-sample context, so streams are independent.
 ONNX Runtime runs it on one intra-op thread of its own: it does not touch torch's process-wide
-thread pool (the VITS engine's), and it releases the GIL while it runs. Measured on this
-machine's x86-64 core: about 0.2 ms per window (0.6 % of a core per session); the session
-runs it in its uplink worker, off the event loop. Without onnxruntime the TorchScript model is
-used instead (about 0.3 ms, one model per stream); `import silero_vad` sets torch to one
-thread process-wide, so that import is wrapped in `torch_threads_preserved()`.
+thread pool (the VITS engine's), and it releases the GIL while it runs; the session runs it in
+its uplink worker, off the event loop (its cost per window: `python -m bench.uplink_cpu`).
+Without onnxruntime the TorchScript model is used instead (one model per stream);
+`import silero_vad` sets torch to one thread process-wide, so that import is wrapped in
+`torch_threads_preserved()`.
 
 `SpeechDetector` turns window probabilities into events, all positions in 16 kHz samples:
 `SpeechStart` once speech lasted `min_speech_ms`, `BargeIn` once it lasted
 `barge_in_min_speech_ms` (default: the first window over the threshold; silero rejects
-clicks, claps, typing, beeps and noise on its own, each < 0.2 here), `SpeechStop` after
+clicks, claps, typing, beeps and noise on its own: tests/test_vad.py), `SpeechStop` after
 `min_silence_ms` of silence and `Turn` (the span to transcribe, padded) with it.
 """
 
@@ -21,17 +21,16 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import json
-import math
-import threading
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
+
+from ..protocol.options import VadOptions
 
 VAD_RATE_HZ: Final = 16_000
 WINDOW: Final = 512  # samples per VAD window at 16 kHz (32 ms)
@@ -39,82 +38,6 @@ WINDOW_MS: Final = WINDOW * 1000 / VAD_RATE_HZ
 _CONTEXT: Final = 64  # silero's context samples carried over between windows
 
 FloatArray = npt.NDArray[np.float32]
-
-
-# --------------------------------------------------------------------------- options
-
-
-@dataclass(frozen=True, slots=True)
-class VadOptions:
-    """Per-session VAD settings: Hello.options {"vad": {...}}; every key optional."""
-
-    threshold: float = 0.5  # speech probability that counts as speech
-    min_speech_ms: float = 150.0  # speech this long before SpeechStarted
-    min_silence_ms: float = 500.0  # silence this long before SpeechStopped (end of turn)
-    speech_pad_ms: float = 150.0  # audio kept around a turn for the transcript
-    barge_in: bool = True  # interrupt the playing utterance when the user speaks
-    barge_in_min_speech_ms: float = 30.0  # speech this long before barging in (whole windows)
-    echo_cancel: bool = True  # remove the downlink's echo from the uplink before the VAD
-    echo_threshold: float = 0.7  # barge-in needs this probability while echo is possible
-    max_turn_s: float = 30.0  # a longer turn is transcribed in pieces of this length
-
-    @property
-    def neg_threshold(self) -> float:
-        """Probability under which a window counts as silence (hysteresis, as silero does)."""
-        return max(0.01, self.threshold - 0.15)
-
-
-@dataclass(frozen=True, slots=True)
-class AsrOptions:
-    """Per-session transcript settings: Hello.options {"asr": {...}}."""
-
-    transcripts: bool = True  # send a final Transcript after each turn
-    partial_ms: float = 0.0  # > 0: a partial Transcript every this often while speaking
-
-
-_RANGES: Final[dict[str, tuple[float, float]]] = {
-    "threshold": (0.05, 0.99),
-    "echo_threshold": (0.05, 0.99),
-    "min_speech_ms": (0.0, 5000.0),
-    "min_silence_ms": (32.0, 10_000.0),
-    "speech_pad_ms": (0.0, 1000.0),
-    "barge_in_min_speech_ms": (0.0, 5000.0),
-    "max_turn_s": (1.0, 30.0),
-    "partial_ms": (0.0, 10_000.0),
-}
-
-
-def _section(cls: type[Any], raw: object, name: str) -> Any:
-    if raw is None:
-        return cls()
-    if not isinstance(raw, dict):
-        raise ValueError(f"options.{name} must be a JSON object")
-    known = {f.name: f for f in fields(cls)}
-    kwargs: dict[str, Any] = {}
-    for key, value in raw.items():
-        f = known.get(key)
-        if f is None:
-            continue  # unknown keys are ignored (SPEC §4.1)
-        if f.type == "bool":
-            if not isinstance(value, bool):
-                raise ValueError(f"options.{name}.{key} must be true or false")
-        else:
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ValueError(f"options.{name}.{key} must be a number")
-            lo, hi = _RANGES[key]
-            if not (math.isfinite(value) and lo <= value <= hi):
-                raise ValueError(f"options.{name}.{key} must be in {lo:g}..{hi:g}")
-            value = float(value)
-        kwargs[key] = value
-    return cls(**kwargs)
-
-
-def parse_duplex_options(options: str) -> tuple[VadOptions, AsrOptions]:
-    """The "vad" and "asr" sections of Hello.options; ValueError says what is wrong."""
-    obj = json.loads(options) if options else {}
-    if not isinstance(obj, dict):
-        raise ValueError("options must be a JSON object")
-    return _section(VadOptions, obj.get("vad"), "vad"), _section(AsrOptions, obj.get("asr"), "asr")
 
 
 # --------------------------------------------------------------------------- the model
@@ -142,41 +65,53 @@ def silero_data_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "data"
 
 
-class _Scorer(Protocol):
-    def __call__(self, window: FloatArray) -> float: ...
+def onnx_available() -> bool:
+    return importlib.util.find_spec("onnxruntime") is not None
 
 
-_onnx_lock = threading.Lock()
-_onnx_session: Any = None
+class VadModel:
+    """silero-vad's model, loaded once per daemon and shared by every stream.
 
+    `backend`: "onnx" (the default when onnxruntime is installed: one `InferenceSession`,
+    thread-safe, that every stream runs with its own state) or "jit" (TorchScript: each
+    stream then loads its own copy, as the TorchScript model keeps its state inside).
+    Blocking (loads a file): build it before serving.
+    """
 
-def _shared_onnx_session() -> Any:
-    global _onnx_session
-    with _onnx_lock:
-        if _onnx_session is None:
+    def __init__(self, backend: str | None = None) -> None:
+        self.backend = backend or ("onnx" if onnx_available() else "jit")
+        if self.backend not in ("onnx", "jit"):
+            raise ValueError(f"unknown VAD backend {backend!r}")
+        self.session: Any = None
+        if self.backend == "onnx":
             import onnxruntime
 
             opts = onnxruntime.SessionOptions()
-            opts.intra_op_num_threads = 1  # 0.2 ms of work: more threads only add overhead
+            opts.intra_op_num_threads = 1  # a window is little work: more threads add overhead
             opts.inter_op_num_threads = 1
             opts.log_severity_level = 3
-            _onnx_session = onnxruntime.InferenceSession(
+            self.session = onnxruntime.InferenceSession(
                 str(silero_data_dir() / "silero_vad.onnx"),
                 sess_options=opts,
                 providers=["CPUExecutionProvider"],
             )
-        return _onnx_session
 
+    def load_jit(self) -> Any:
+        """A TorchScript model of its own, for one stream (backend "jit")."""
+        with torch_threads_preserved(), warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore", r"`torch\.jit\.load` is deprecated", DeprecationWarning
+            )
+            from silero_vad import load_silero_vad
 
-def onnx_available() -> bool:
-    return importlib.util.find_spec("onnxruntime") is not None
+            return load_silero_vad(onnx=False)
 
 
 class SileroVad:
     """One stream's silero-vad: `prob(window)` for consecutive 512-sample 16 kHz windows.
 
-    `backend`: "onnx" (default when onnxruntime is installed) or "jit" (TorchScript).
-    Not thread-safe per instance; instances are independent.
+    `model`: the daemon's shared `VadModel` (None: a model of its own). Not thread-safe per
+    instance; instances are independent (each keeps its own recurrent state).
 
     State refresh: over long stretches of room noise silero's recurrent state drifts and its
     response to a speech onset slows down (replaying a bench session's uplink: the first window
@@ -189,26 +124,19 @@ class SileroVad:
     QUIET_WINDOWS: Final = 8
     QUIET_PROB: Final = 0.2
 
-    def __init__(self, backend: str | None = None, *, refresh_windows: int = 32) -> None:
+    def __init__(self, model: VadModel | None = None, *, refresh_windows: int = 32) -> None:
+        model = model if model is not None else VadModel()
         self.refresh_windows = refresh_windows
         self._since_reset = 0
         self._quiet = 0
-        self.backend = backend or ("onnx" if onnx_available() else "jit")
+        self.backend = model.backend
         self._input = np.zeros((1, _CONTEXT + WINDOW), dtype=np.float32)
         if self.backend == "onnx":
-            self._session = _shared_onnx_session()
+            self._session = model.session
             self._state = np.zeros((2, 1, 128), dtype=np.float32)
             self._sr = np.array(VAD_RATE_HZ, dtype=np.int64)
-        elif self.backend == "jit":
-            with torch_threads_preserved(), warnings.catch_warnings():
-                warnings.filterwarnings(
-                    "ignore", r"`torch\.jit\.load` is deprecated", DeprecationWarning
-                )
-                from silero_vad import load_silero_vad
-
-                self._jit = load_silero_vad(onnx=False)
         else:
-            raise ValueError(f"unknown VAD backend {backend!r}")
+            self._jit = model.load_jit()
 
     def reset(self) -> None:
         self._since_reset = self._quiet = 0

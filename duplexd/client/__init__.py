@@ -1,1 +1,30 @@
-"""client"""
+"""The Python client of duplexd: the SDK, and the commands built on it.
+
+Public. `open_session(url)` connects, handshakes and yields a `ClientSession`: stream text in
+(`say`, `stream_text`, `send_text`), iterate the frames that come back (audio and events),
+`interrupt`, `pause`/`resume`, `ping`, `stats`, and with an uplink `send_audio`. Everything
+the server refuses is a `SessionError` carrying the protocol's `ErrorCode`.
+
+- `session`: the SDK.
+- `chat`: `duplexd chat`, a voice agent loop (microphone or WAV in, speaker or WAV out).
+- `agent`: who answers in `chat`: the demo responder, or an OpenAI-compatible LLM (httpx).
+- `probe`: `duplexd probe`, the handshake, the limits and per-frame timing of a daemon.
+
+May import: `duplexd.protocol` (and trio, trio-websocket); nothing of the server side.
+"""
+
+from __future__ import annotations
+
+from .session import ClientSession as ClientSession
+from .session import SessionError as SessionError
+from .session import SpokenUtterance as SpokenUtterance
+from .session import open_session as open_session
+from .session import session_over as session_over
+
+__all__ = [
+    "ClientSession",
+    "SessionError",
+    "SpokenUtterance",
+    "open_session",
+    "session_over",
+]

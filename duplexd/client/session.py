@@ -106,7 +106,6 @@ class ClientSession:
         self.epoch = 0  # the epoch of the last Interrupted received
         self._uid_epoch: dict[int, int] = {}  # epoch each utterance was created in
         self._uplink_seq = 0
-        self._lock = trio.Lock()
         self.error: SessionError | None = None
 
     @property

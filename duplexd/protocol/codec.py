@@ -18,6 +18,7 @@ from typing import Any, Final, Literal
 from .frames import (
     AUDIO_HEADER_BYTES,
     AUDIO_UP_HEADER_BYTES,
+    FLAG_BIT,
     FRAME_HEADER_BYTES,
     LENGTH_PREFIX_BYTES,
     MAX_FRAME_BYTES,
@@ -25,7 +26,6 @@ from .frames import (
     Audio,
     AudioUp,
     ErrorCode,
-    Flags,
     Frame,
     FrameType,
     GetStats,
@@ -57,9 +57,11 @@ __all__ = [
     "LocalProtocolError",
     "Peer",
     "ProtocolError",
+    "RawFrame",
     "RemoteProtocolError",
     "encode",
     "encode_audio_header",
+    "iter_frames",
     "pack_audio_header_into",
 ]
 
@@ -98,7 +100,7 @@ _U16: Final = struct.Struct("<H")
 _U32: Final = struct.Struct("<I")
 AUDIO_HEADER: Final = struct.Struct("<IBBHII")  # length, type, flags, epoch, utterance_id, seq
 _AUDIO_BODY: Final = struct.Struct("<HII")
-_END: Final = int(Flags.END)  # plain int: ~Flags.END would be 0
+_END: Final = int(FLAG_BIT)  # plain int: ~ of an IntFlag member would be 0
 _MIN_AUDIO_LENGTH: Final = AUDIO_HEADER_BYTES - LENGTH_PREFIX_BYTES
 assert AUDIO_HEADER.size == AUDIO_HEADER_BYTES
 assert _HEADER.size + _U32.size == AUDIO_UP_HEADER_BYTES
@@ -243,7 +245,7 @@ def encode(frame: Frame, *, max_frame_bytes: int = MAX_FRAME_BYTES) -> bytes:
         elif kind == "json32":
             parts.append(_U32.pack(len(data)))
         parts.append(data)
-    flags = Flags.END if layout.flag is not None and getattr(frame, layout.flag) else 0
+    flags = _END if layout.flag is not None and getattr(frame, layout.flag) else 0
     body_len = sum(map(len, parts))
     if LENGTH_PREFIX_BYTES + 2 + body_len > max_frame_bytes:
         raise LocalProtocolError(
@@ -280,13 +282,58 @@ def pack_audio_header_into(
             offset,
             AUDIO_HEADER_BYTES - LENGTH_PREFIX_BYTES + nbytes,
             FrameType.AUDIO,
-            Flags.END if last else 0,
+            _END if last else 0,
             epoch,
             utterance_id,
             seq,
         )
     except struct.error as exc:
         raise LocalProtocolError(ErrorCode.MALFORMED, f"bad audio header field: {exc}") from None
+
+
+# --------------------------------------------------------------------------- walking frames
+
+
+@dataclass(frozen=True, slots=True)
+class RawFrame:
+    """One whole frame of a message, not decoded: its type byte, flags byte and bytes."""
+
+    type: int
+    flags: int
+    data: memoryview  # the whole frame, length prefix included
+
+    @property
+    def body(self) -> memoryview:
+        """The frame's body (after the 6-byte header)."""
+        return self.data[FRAME_HEADER_BYTES:]
+
+    @property
+    def audio_pcm(self) -> memoryview:
+        """An AUDIO frame's PCM (after its 16-byte header)."""
+        return self.data[AUDIO_HEADER_BYTES:]
+
+
+def iter_frames(message: bytes | bytearray | memoryview) -> Iterator[RawFrame]:
+    """Walk the frames of one message of whole frames, without decoding their bodies.
+
+    For code that only needs the type, flags or audio of frames it already trusts or merely
+    records (the echo reference, the tracer). Raises `RemoteProtocolError` (MALFORMED) at a
+    length prefix under 2 or a frame that runs past the end of the message; the frames before
+    it have been yielded.
+    """
+    data = memoryview(message)
+    pos, size = 0, len(data)
+    while pos < size:
+        if size - pos < FRAME_HEADER_BYTES:
+            raise RemoteProtocolError(ErrorCode.MALFORMED, f"{size - pos} bytes of a frame header")
+        (length,) = _PREFIX.unpack_from(data, pos)
+        end = pos + LENGTH_PREFIX_BYTES + length
+        if length < 2 or end > size:
+            raise RemoteProtocolError(
+                ErrorCode.MALFORMED, f"frame length {length} at offset {pos} of {size} bytes"
+            )
+        yield RawFrame(data[pos + 4], data[pos + 5], data[pos:end])
+        pos = end
 
 
 # --------------------------------------------------------------------------- decoding

@@ -86,11 +86,23 @@ class FrameType(enum.IntEnum):
 OPTIONAL_TYPE_BIT: Final = 0x40
 
 
-class Flags(enum.IntFlag):
-    NONE = 0
-    END = 0x01  # TEXT: end of this utterance's text. AUDIO: last frame of the utterance.
-    FINAL = 0x01  # TRANSCRIPT: final (not partial) result
-    VAD = 0x01  # INTERRUPTED: the server barged in itself (voice activity on the uplink)
+FLAG_BIT: Final = 0x01  # the only flag bit v1 defines; its meaning depends on the frame type
+
+
+class TextFlags(enum.IntFlag):
+    END = FLAG_BIT  # this chunk ends the utterance's text
+
+
+class AudioFlags(enum.IntFlag):
+    END = FLAG_BIT  # the last audio frame of the utterance
+
+
+class InterruptedFlags(enum.IntFlag):
+    VAD = FLAG_BIT  # the server barged in itself (voice activity on the uplink)
+
+
+class TranscriptFlags(enum.IntFlag):
+    FINAL = FLAG_BIT  # a final (not partial) result
 
 
 class ErrorCode(enum.IntEnum):
@@ -116,12 +128,9 @@ class ErrorCode(enum.IntEnum):
 
     @property
     def close_code(self) -> int:
+        """The WebSocket close code that follows an Error frame of this code (every v1 error
+        ends the session)."""
         return _CLOSE_CODES[self]
-
-    @property
-    def fatal(self) -> bool:
-        """Whether the sender closes the connection after this error (all are, in v1)."""
-        return True
 
 
 class CloseCode(enum.IntEnum):

@@ -28,10 +28,11 @@ import dataclasses
 import enum
 import json
 import re
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 from . import frames as fr
 from .codec import Decoder, LocalProtocolError, RemoteProtocolError, encode
+from .transport import Transport
 
 JSON_SUBPROTOCOL: Final = fr.SUBPROTOCOL + ".json"  # "duplexd.v1.json"
 
@@ -46,12 +47,6 @@ CLIENT_TYPES: Final[dict[str, type[Any]]] = {
 }
 CLIENT_TYPES["get_stats"] = fr.GetStats
 CLIENT_TYPES["stats"] = fr.GetStats  # an alias: what one types by hand
-
-
-class Transport(Protocol):
-    async def get_message(self) -> str | bytes: ...
-    async def send_message(self, message: str | bytes) -> None: ...
-    async def aclose(self, code: int = 1000, reason: str | None = None) -> None: ...
 
 
 def _bad(why: str) -> RemoteProtocolError:
@@ -104,6 +99,8 @@ class JsonTranslator:
             obj = json.loads(text)
         except ValueError as exc:
             raise _bad(f"not JSON: {exc}") from None
+        except RecursionError:
+            raise _bad("not JSON this mode reads: nested too deeply") from None
         if not isinstance(obj, dict):
             raise _bad("a message must be a JSON object")
         kind = obj.pop("type", None)

@@ -1,0 +1,284 @@
+"""Prometheus metrics, computed at scrape time from what the daemon measures anyway.
+
+Nothing here runs per frame: the per-frame path records into each session's own
+`DownlinkCounters`, utterances and interrupts into its `SessionObserver` (both in
+`duplexd._ops.metrics`). `DaemonMetrics` is a prometheus_client custom collector that, when
+scraped, walks the live sessions and adds the totals folded in from sessions that ended
+(`session_closed`). Both run on the trio thread, so reads are consistent without locks. It
+reads the daemon and its sessions through the small `MeteredDaemon` / `MeteredSession`
+protocols below, so it depends on nothing of the server.
+
+It has its own `CollectorRegistry` (`registry`); the process-global one is not touched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from typing import Protocol
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
+
+from .._version import __version__
+from ..engines.registry import EngineSet
+from ..protocol.frames import ErrorCode
+from .metrics import (
+    DownlinkCounters,
+    Histogram,
+    SessionObserver,
+    barge_in_histogram,
+    first_audio_histogram,
+    interrupt_histogram,
+    pacing_histogram,
+)
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# `le` edges in seconds: multiples of the source histograms' bucket widths, so exact to a bucket
+PACING_EDGES = [0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02]
+FIRST_AUDIO_EDGES = [0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0]
+INTERRUPT_EDGES = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2]
+BARGE_IN_EDGES = [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]
+BATCH_EDGES = [1, 2, 4, 8, 16, 32, 64]
+
+_COUNTERS = (
+    ("frames_sent", "audio frames sent"),
+    ("bytes_sent", "bytes sent in audio messages (headers, PCM and piggybacked frames)"),
+    ("underruns", "pacer ticks with no audio ready while an utterance was playing"),
+    ("late_sends", "audio frames sent after the next frame's deadline had passed"),
+    ("stale_dropped", "audio frames of an interrupted epoch dropped before sending"),
+)
+
+
+class MeteredSession(Protocol):
+    """What the metrics read of a session."""
+
+    @property
+    def observer(self) -> SessionObserver: ...
+    @property
+    def counters(self) -> DownlinkCounters: ...
+    @property
+    def error_code(self) -> ErrorCode | None: ...
+
+
+class MeteredDaemon(Protocol):
+    """What the metrics read of the daemon."""
+
+    @property
+    def sessions(self) -> Collection[MeteredSession]: ...
+    @property
+    def sessions_total(self) -> int: ...
+    @property
+    def max_sessions(self) -> int: ...
+    @property
+    def draining(self) -> bool: ...
+    @property
+    def rejected(self) -> Mapping[str, int]: ...
+    @property
+    def engines(self) -> EngineSet: ...
+
+
+class _Totals:
+    """What ended sessions contributed."""
+
+    def __init__(self) -> None:
+        self.counters = dict.fromkeys((name for name, _ in _COUNTERS), 0)
+        self.utterances = 0
+        self.interrupts = 0
+        self.engine_s = 0.0
+        self.audio_s = 0.0
+        self.errors: dict[str, int] = {}
+        self.pacing = pacing_histogram()
+        self.first_audio = first_audio_histogram()
+        self.interrupt = interrupt_histogram()
+        self.barge_in = barge_in_histogram()
+
+
+class DaemonMetrics(Collector):
+    """The daemon's metrics. `attach(daemon)` once it listens; `session_closed` as each
+    session ends (pass it to `serve_duplexd(on_session_closed=...)`)."""
+
+    def __init__(self, ready: Callable[[], bool] = lambda: False) -> None:
+        self.daemon: MeteredDaemon | None = None
+        self._ready = ready
+        self._totals = _Totals()
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)
+
+    def attach(self, daemon: MeteredDaemon) -> None:
+        self.daemon = daemon
+
+    def session_closed(self, session: MeteredSession) -> None:
+        t = self._totals
+        o = session.observer
+        t.utterances += o.utterances_done
+        t.interrupts += o.interrupts
+        t.engine_s += o.engine_s
+        t.audio_s += o.audio_s
+        code = session.error_code
+        if code is not None:
+            t.errors[code.name] = t.errors.get(code.name, 0) + 1
+        c = session.counters
+        for name in t.counters:
+            t.counters[name] += getattr(c, name)
+        t.pacing.merge(c.pacing_error)
+        t.first_audio.merge(o.first_audio)
+        t.interrupt.merge(o.interrupt)
+        t.barge_in.merge(o.barge_in)
+
+    def render(self) -> bytes:
+        """The exposition text (Prometheus text format 0.0.4)."""
+        return generate_latest(self.registry)
+
+    # ------------------------------------------------------------------ the collector
+
+    def collect(self) -> Iterator[Metric]:
+        t = self._totals
+        daemon = self.daemon
+        sessions = list(daemon.sessions) if daemon is not None else []
+        counters = dict(t.counters)
+        utterances, interrupts = t.utterances, t.interrupts
+        engine_s, audio_s = t.engine_s, t.audio_s
+        pacing = [t.pacing]
+        first_audio = [t.first_audio]
+        interrupt = [t.interrupt]
+        barge_in = [t.barge_in]
+        for s in sessions:
+            o = s.observer
+            utterances += o.utterances_done
+            interrupts += o.interrupts
+            engine_s += o.engine_s
+            audio_s += o.audio_s
+            c = s.counters
+            for name in counters:
+                counters[name] += getattr(c, name)
+            pacing.append(c.pacing_error)
+            first_audio.append(o.first_audio)
+            interrupt.append(o.interrupt)
+            barge_in.append(o.barge_in)
+
+        yield _gauge("duplexd_up", "1 while the process runs", 1)
+        info = GaugeMetricFamily("duplexd_build_info", "duplexd version", labels=["version"])
+        info.add_metric([__version__], 1)
+        yield info
+        yield _gauge("duplexd_ready", "1 when /readyz answers 200", int(self._ready()))
+        draining = daemon.draining if daemon is not None else False
+        yield _gauge("duplexd_draining", "1 while draining after SIGTERM", int(draining))
+        yield _gauge("duplexd_sessions_active", "sessions open now", len(sessions))
+        max_sessions = daemon.max_sessions if daemon is not None else 0
+        yield _gauge("duplexd_sessions_max", "configured session limit (0: none)", max_sessions)
+        total = daemon.sessions_total if daemon is not None else 0
+        yield CounterMetricFamily("duplexd_sessions", "sessions accepted", value=total)
+        rejected = CounterMetricFamily(
+            "duplexd_sessions_rejected", "WebSocket upgrades refused with 503", labels=["reason"]
+        )
+        for reason, n in sorted((daemon.rejected if daemon is not None else {}).items()):
+            rejected.add_metric([reason], n)
+        yield rejected
+        yield CounterMetricFamily(
+            "duplexd_utterances", "utterances finished (done or interrupted)", value=utterances
+        )
+        yield CounterMetricFamily("duplexd_interrupts", "Interrupt frames handled", interrupts)
+        for name, doc in _COUNTERS:
+            yield CounterMetricFamily(f"duplexd_{name}", doc, value=counters[name])
+        errors = CounterMetricFamily(
+            "duplexd_session_errors", "sessions ended by an Error frame, by code", labels=["code"]
+        )
+        by_code = dict(t.errors)
+        for s in sessions:  # a live session whose Error is being sent
+            if (code := s.error_code) is not None:
+                by_code[code.name] = by_code.get(code.name, 0) + 1
+        for name, n in sorted(by_code.items()):
+            errors.add_metric([name], n)
+        yield errors
+
+        yield _histogram(
+            "duplexd_pacing_error_seconds",
+            "|send time - ideal time| of each audio frame, server side",
+            pacing,
+            PACING_EDGES,
+        )
+        yield _histogram(
+            "duplexd_first_audio_latency_seconds",
+            "first Text of an utterance received -> its first Audio frame sent",
+            first_audio,
+            FIRST_AUDIO_EDGES,
+        )
+        yield _histogram(
+            "duplexd_interrupt_latency_seconds",
+            "Interrupt received -> Interrupted sent",
+            interrupt,
+            INTERRUPT_EDGES,
+        )
+        yield _histogram(
+            "duplexd_vad_barge_in_latency_seconds",
+            "speech detected on the uplink -> agent audio cut (full-duplex sessions)",
+            barge_in,
+            BARGE_IN_EDGES,
+        )
+
+        yield CounterMetricFamily(
+            "duplexd_engine_compute_seconds", "engine time spent synthesizing", value=engine_s
+        )
+        yield CounterMetricFamily(
+            "duplexd_engine_audio_seconds", "audio the engine produced", value=audio_s
+        )
+        yield _gauge(
+            "duplexd_engine_rtf",
+            "real-time factor since start: compute seconds per audio second",
+            engine_s / audio_s if audio_s > 0 else 0.0,
+        )
+        yield from self._batches()
+
+    def _batches(self) -> Iterable[Metric]:
+        daemon = self.daemon
+        fam = HistogramMetricFamily(
+            "duplexd_engine_batch_size", "requests per inference batch", labels=["engine"]
+        )
+        if daemon is not None:
+            for name in daemon.engines.names():
+                worker = getattr(daemon.engines.get(name), "worker", None)
+                counts = getattr(worker, "batch_size_counts", None)
+                if not isinstance(counts, list):
+                    continue
+                counts = list(counts)  # written by the inference thread
+                buckets = []
+                for edge in BATCH_EDGES:
+                    buckets.append((str(float(edge)), sum(counts[: edge + 1])))
+                buckets.append(("+Inf", sum(counts)))
+                total = sum(n * c for n, c in enumerate(counts))
+                fam.add_metric([name], buckets, float(total))
+        yield fam
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, value=value)
+
+
+def _histogram(
+    name: str, doc: str, parts: list[Histogram], edges: list[float]
+) -> HistogramMetricFamily:
+    cumulative = [0] * len(edges)
+    count = 0
+    total = 0.0
+    for h in parts:
+        if not h.count:
+            continue
+        count += h.count
+        total += h.sum_s
+        for i, n in enumerate(h.counts_below(edges)):
+            cumulative[i] += n
+    buckets = [(_le(e), n) for e, n in zip(edges, cumulative, strict=True)]
+    buckets.append(("+Inf", count))
+    return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=total)
+
+
+def _le(edge: float) -> str:
+    return repr(float(edge))

@@ -1,0 +1,123 @@
+"""A connection's first exchange: Hello in, the checks, Welcome out. Where a byte enters.
+
+`receive_frames` is how every client message is read, during the handshake and after it: one
+WebSocket message, decoded whole (a frame must not span messages), every frame of it returned.
+`handshake` waits for the Hello (at most `SessionLimits.hello_timeout_s`), lets the protocol
+state check it (version, formats, options), checks the token, the engine and the voice (opened
+in a worker thread: a neural voice may load), sends Welcome and returns what the open session
+is built from (`Opened`). Every refusal is a `RemoteProtocolError` carrying the error to report.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from .._ops.settings import SessionLimits
+from .._version import __version__
+from ..engines.base import UnknownVoiceError, Voice
+from ..engines.registry import EngineSet
+from ..protocol import frames as fr
+from ..protocol.codec import Decoder, RemoteProtocolError, encode
+from ..protocol.state import ServerProtocolState
+from ..protocol.transport import Transport
+
+# How blocking work leaves the event loop: `trio.to_thread.run_sync` in the daemon.
+Offload = Callable[..., Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Opened:
+    """What the handshake agreed on; the open session is built from it."""
+
+    session_id: bytes
+    hello: fr.Hello
+    engine: str
+    voice: Voice
+    early_frames: tuple[fr.Frame, ...]  # after the Hello, in the same message
+
+    @property
+    def sample_rate_hz(self) -> int:
+        return self.hello.sample_rate_hz
+
+
+async def receive_frames(transport: Transport, decoder: Decoder) -> list[fr.Frame]:
+    """The frames of the client's next message.
+
+    Raises `RemoteProtocolError` for a text message (NOT_BINARY), bad bytes, or a frame cut at
+    the end of the message. Cancellation leaves the decoder as it was."""
+    message = await transport.get_message()
+    if isinstance(message, str):
+        raise RemoteProtocolError(
+            fr.ErrorCode.NOT_BINARY,
+            "text WebSocket messages are not part of the protocol; send binary frames",
+        )
+    decoder.receive_data(message)
+    frames = list(decoder)
+    decoder.check_boundary()  # a frame must not span WebSocket messages
+    return frames
+
+
+async def handshake(
+    transport: Transport,
+    *,
+    session_id: bytes,
+    state: ServerProtocolState,
+    decoder: Decoder,
+    engines: EngineSet,
+    limits: SessionLimits,
+    token: str = "",
+    uplink: bool = True,
+    offload: Offload = trio.to_thread.run_sync,
+) -> Opened:
+    """Receive and check the Hello, send Welcome; return what was agreed.
+
+    `token`: the token a Hello must carry ("" accepts any); `uplink`: whether this server
+    accepts uplink audio. Raises `RemoteProtocolError` for a refusal (Welcome not sent).
+    Cancellation leaves nothing behind but a voice the engine may have opened (engines own
+    their voices)."""
+    hello, early = await _receive_hello(transport, decoder, state, limits.hello_timeout_s)
+    if token and hello.token != token:
+        raise RemoteProtocolError(fr.ErrorCode.AUTH_FAILED, "bad or missing token")
+    if hello.uplink_rate_hz and not uplink:
+        raise RemoteProtocolError(fr.ErrorCode.UNSUPPORTED_FORMAT, "this server takes no uplink")
+    try:
+        engine = engines.get(hello.engine)
+    except LookupError as exc:
+        raise RemoteProtocolError(fr.ErrorCode.UNKNOWN_ENGINE, str(exc.args[0])) from None
+    try:
+        voice: Voice = await offload(engine.open_voice, hello.voice or engine.default_voice)
+    except UnknownVoiceError as exc:
+        raise RemoteProtocolError(fr.ErrorCode.UNKNOWN_VOICE, str(exc)) from None
+    info = {"server": f"duplexd/{__version__}", "engines": engines.describe(), "preroll_ms": 0}
+    welcome = fr.Welcome(
+        version=state.version,
+        session_id=session_id,
+        sample_rate_hz=hello.sample_rate_hz,
+        frame_samples=fr.frame_samples(hello.sample_rate_hz),
+        uplink_rate_hz=hello.uplink_rate_hz,
+        max_frame_bytes=limits.max_frame_bytes,
+        max_text_bytes=limits.max_text_bytes,
+        max_queued_utterances=limits.max_queued_utterances,
+        engine=engine.name,
+        voice=voice.name,
+        info=json.dumps(info, separators=(",", ":")),
+    )
+    state.send(welcome)
+    await transport.send_message(encode(welcome))
+    return Opened(session_id, hello, engine.name, voice, tuple(early))
+
+
+async def _receive_hello(
+    transport: Transport, decoder: Decoder, state: ServerProtocolState, timeout_s: float
+) -> tuple[fr.Hello, list[fr.Frame]]:
+    with trio.move_on_after(timeout_s):
+        while True:
+            frames = await receive_frames(transport, decoder)
+            if frames:
+                return state.receive_hello(frames[0]), frames[1:]
+    raise RemoteProtocolError(fr.ErrorCode.UNEXPECTED_FRAME, f"no Hello within {timeout_s:g} s")

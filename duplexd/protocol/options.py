@@ -1,0 +1,117 @@
+"""Hello.options: the per-session settings a client may ask for (protocol/SPEC.md §4.1.1).
+
+`parse_options(text)` checks the whole JSON object once, when the Hello arrives, and returns
+frozen `SessionOptions`; every part of the daemon reads its section from there. Unknown keys
+and sections are ignored (a newer client may send more); a known key with a bad type or a
+value out of range is `BAD_OPTIONS`, naming the key.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any, Final
+
+from .codec import RemoteProtocolError
+from .frames import ErrorCode
+
+__all__ = ["AsrOptions", "SessionOptions", "VadOptions", "parse_options"]
+
+
+@dataclass(frozen=True, slots=True)
+class VadOptions:
+    """{"vad": {...}}: voice activity detection on the uplink; every key optional."""
+
+    threshold: float = 0.5  # speech probability that counts as speech
+    min_speech_ms: float = 150.0  # speech this long before SpeechStarted
+    min_silence_ms: float = 500.0  # silence this long before SpeechStopped (end of turn)
+    speech_pad_ms: float = 150.0  # audio kept around a turn for the transcript
+    barge_in: bool = True  # interrupt the playing utterance when the user speaks
+    barge_in_min_speech_ms: float = 30.0  # speech this long before barging in (whole windows)
+    echo_cancel: bool = True  # remove the downlink's echo from the uplink before the VAD
+    echo_threshold: float = 0.7  # barge-in needs this probability while echo is possible
+    max_turn_s: float = 30.0  # a longer turn is transcribed in pieces of this length
+
+    @property
+    def neg_threshold(self) -> float:
+        """Probability under which a window counts as silence (hysteresis, as silero does)."""
+        return max(0.01, self.threshold - 0.15)
+
+
+@dataclass(frozen=True, slots=True)
+class AsrOptions:
+    """{"asr": {...}}: transcripts of the user's turns."""
+
+    transcripts: bool = True  # send a final Transcript after each turn
+    partial_ms: float = 0.0  # > 0: a partial Transcript every this often while speaking
+
+
+@dataclass(frozen=True, slots=True)
+class SessionOptions:
+    """Everything Hello.options may set, checked."""
+
+    vad: VadOptions = field(default_factory=VadOptions)
+    asr: AsrOptions = field(default_factory=AsrOptions)
+
+
+_RANGES: Final[dict[str, tuple[float, float]]] = {
+    "threshold": (0.05, 0.99),
+    "echo_threshold": (0.05, 0.99),
+    "min_speech_ms": (0.0, 5000.0),
+    "min_silence_ms": (32.0, 10_000.0),
+    "speech_pad_ms": (0.0, 1000.0),
+    "barge_in_min_speech_ms": (0.0, 5000.0),
+    "max_turn_s": (1.0, 30.0),
+    "partial_ms": (0.0, 10_000.0),
+}
+
+
+def _bad(why: str) -> RemoteProtocolError:
+    return RemoteProtocolError(ErrorCode.BAD_OPTIONS, why)
+
+
+def _section(cls: type[Any], raw: object, name: str) -> Any:
+    if raw is None:
+        return cls()
+    if not isinstance(raw, dict):
+        raise _bad(f"options.{name} must be a JSON object")
+    known = {f.name: f for f in fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        f = known.get(key)
+        if f is None:
+            continue  # unknown keys are ignored (SPEC §4.1.1)
+        if f.type == "bool":
+            if not isinstance(value, bool):
+                raise _bad(f"options.{name}.{key} must be true or false")
+        else:
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise _bad(f"options.{name}.{key} must be a number")
+            lo, hi = _RANGES[key]
+            if not (math.isfinite(value) and lo <= value <= hi):
+                raise _bad(f"options.{name}.{key} must be in {lo:g}..{hi:g}")
+            value = float(value)
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def parse_options(text: str) -> SessionOptions:
+    """Hello.options ("" for none) as `SessionOptions`.
+
+    Raises `RemoteProtocolError` (BAD_OPTIONS) saying what is wrong: not a JSON object (JSON
+    nested too deeply for the parser included), a section that is not an object, a value of
+    the wrong type or out of range.
+    """
+    if not text:
+        return SessionOptions()
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError):
+        obj = None
+    if not isinstance(obj, dict):
+        raise _bad("options must be a JSON object")
+    return SessionOptions(
+        vad=_section(VadOptions, obj.get("vad"), "vad"),
+        asr=_section(AsrOptions, obj.get("asr"), "asr"),
+    )
