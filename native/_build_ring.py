@@ -2,11 +2,17 @@
 
 Used by setup.py (``cffi_modules=["native/_build_ring.py:ffibuilder"]``); for a quick
 in-place build run ``python native/_build_ring.py`` from the repository root.
+
+The cdef is read from the headers themselves (as pynacl does), so the C and its Python view
+cannot drift: every declaration in ``HEADERS`` is visible on ``duplexd._native.lib``, and a
+header holds nothing that Python should not see.  :func:`cdef_from_header` turns a header
+into what ``ffi.cdef`` accepts.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 import cffi
@@ -14,39 +20,88 @@ import cffi
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
-CDEF = """
-typedef struct dx_ring dx_ring;
+#: The headers whose declarations make up the module, in cdef order (in native/).
+HEADERS = ("dx_ring.h", "dx_timer.h")
 
-#define DX_RING_MAX_CAPACITY ...
-#define DX_RING_MAX_SLOT_BYTES ...
-#define DX_RING_EFULL ...
-#define DX_RING_EMPTY ...
-#define DX_RING_ETOOBIG ...
-#define DX_RING_EINVAL ...
+_COMMENT = re.compile(r"/\*.*?\*/|//[^\n]*", re.DOTALL)
+_DIRECTIVE = re.compile(r"\s*#\s*(\w+)\s*(.*?)\s*$")
+_DEFINE = re.compile(r"([A-Za-z_]\w*)(\(?)\s*(.*)$")
+_CPLUSPLUS = ("ifdef __cplusplus", "if defined(__cplusplus)", "if defined __cplusplus")
 
-dx_ring *dx_ring_create(uint32_t capacity, uint32_t slot_bytes);
-void dx_ring_destroy(dx_ring *r);
-int dx_ring_push(dx_ring *r, const void *src, uint32_t n);
-int32_t dx_ring_push_n(dx_ring *r, const void *src, uint32_t n, uint32_t count);
-int32_t dx_ring_pop(dx_ring *r, void *dst, uint32_t dst_len);
-const void *dx_ring_peek(dx_ring *r, uint32_t *n);
-int dx_ring_advance(dx_ring *r);
-uint32_t dx_ring_flush(dx_ring *r);
-uint32_t dx_ring_count(const dx_ring *r);
-uint32_t dx_ring_free(const dx_ring *r);
-uint32_t dx_ring_capacity(const dx_ring *r);
-uint32_t dx_ring_slot_bytes(const dx_ring *r);
 
-int dx_timerfd_supported(void);
-int dx_timerfd_create(void);
-int dx_timerfd_arm_abs_ns(int fd, int64_t deadline_ns);
-int dx_timerfd_disarm(int fd);
-int dx_timerfd_clear(int fd);
-int64_t dx_timerfd_remaining_ns(int fd);
-int64_t dx_monotonic_ns(void);
-int dx_set_timer_slack_ns(unsigned long ns);
-int64_t dx_get_timer_slack_ns(void);
-"""
+def cdef_from_header(text: str, name: str = "<header>") -> str:
+    """The declarations of the C header ``text`` in the form cffi's ``cdef`` accepts (API mode).
+
+    * comments go (so a ``#`` inside one is never taken for a directive), and lines continued
+      with a backslash are joined;
+    * the include guard (a top-level ``#ifndef G``, its ``#define G`` and ``#endif``) and
+      ``#include`` lines go;
+    * an ``#ifdef __cplusplus`` ... ``#endif`` block (``extern "C" {`` or its ``}``) goes;
+    * ``#define NAME value`` becomes ``#define NAME ...``: the C compiler supplies the value;
+    * the declarations in between are kept as they are.
+
+    Anything else a cdef cannot say -- another conditional, ``#else``, a function-like or
+    empty macro, ``#undef``, ``#pragma`` -- raises :class:`ValueError` naming ``name``: a
+    header the Python side would read differently from the compiler is refused, not guessed.
+    """
+    text = _COMMENT.sub(" ", text).replace("\\\n", " ")
+    out: list[str] = []
+    blocks: list[str] = []  # open conditionals: "guard" or "c++"
+    guard: str | None = None
+
+    def fail(why: str, line: str) -> ValueError:
+        return ValueError(f"{name}: {why}: {line.strip()!r}")
+
+    for line in text.splitlines():
+        m = _DIRECTIVE.match(line)
+        if m is None:
+            if "c++" not in blocks:
+                out.append(line.rstrip())
+            continue
+        word, rest = m.groups()
+        directive = f"{word} {rest}".strip()
+        if "c++" in blocks and word != "endif":
+            raise fail("directive inside the __cplusplus block", line)
+        if directive in _CPLUSPLUS:
+            blocks.append("c++")
+        elif word == "ifndef" and not blocks and guard is None:
+            blocks.append("guard")
+            guard = rest
+        elif word == "endif":
+            if not blocks:
+                raise fail("#endif without #if", line)
+            blocks.pop()
+        elif word == "include":
+            pass
+        elif word == "define":
+            d = _DEFINE.match(rest)
+            if d is None:
+                raise fail("malformed #define", line)
+            macro, paren, value = d.groups()
+            if paren:
+                raise fail("function-like macro (a cdef cannot declare one)", line)
+            if not value:
+                if macro != guard:
+                    raise fail("#define without a value (a cdef needs an integer)", line)
+            else:
+                out.append(f"#define {macro} ...")
+        else:
+            raise fail(f"#{word} (a cdef cannot express it)", line)
+    if blocks:
+        raise ValueError(f"{name}: unterminated #if ({len(blocks)} open at the end)")
+    # Tidy: no leading/trailing blank lines, no runs of them.
+    cdef = re.sub(r"\n{3,}", "\n\n", "\n".join(out)).strip("\n")
+    return cdef + "\n"
+
+
+def read_cdef(directory: str = HERE, headers: tuple[str, ...] = HEADERS) -> str:
+    """The cdef of ``headers`` (files in ``directory``), concatenated in order."""
+    parts = []
+    for header in headers:
+        with open(os.path.join(directory, header), encoding="utf-8") as f:
+            parts.append(f"/* {header} */\n" + cdef_from_header(f.read(), header))
+    return "\n".join(parts)
+
 
 # Paths relative to the project root: setuptools runs cffi_modules from there, and relative
 # paths keep absolute build paths out of the sdist/wheel metadata.
@@ -54,13 +109,13 @@ _SOURCES = ["native/dx_ring.c", "native/dx_timer.c"]
 _CFLAGS = ["-O2", "-std=c11"] if sys.platform != "win32" else []
 
 ffibuilder = cffi.FFI()
-ffibuilder.cdef(CDEF)
+ffibuilder.cdef(read_cdef())
 ffibuilder.set_source(
     "duplexd._native",
-    '#include "dx_ring.h"\n#include "dx_timer.h"\n',
+    "".join(f'#include "{header}"\n' for header in HEADERS),
     sources=_SOURCES,
     include_dirs=["native"],
-    depends=["native/dx_ring.h", "native/dx_timer.h"],
+    depends=[f"native/{header}" for header in HEADERS],
     extra_compile_args=_CFLAGS,
 )
 
