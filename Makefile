@@ -26,9 +26,13 @@ SPY_ARGS ?=
 
 install: $(STAMP)
 
+# What duplexd._native is built from: every C source and header in native/ and the build
+# script (native/test_*.c are C-only tests, built by native/Makefile, not into the module).
+NATIVE_SRCS := $(filter-out native/test_%,$(wildcard native/*.c native/*.h)) native/_build_ring.py
+
 # torch: pin the CPU wheel (2.13.0) unless a torch is already importable (a CUDA build on a
 # GPU machine is kept as it is). A plain `torch` requirement would pull a multi-GB CUDA build.
-$(STAMP): pyproject.toml setup.py native/dx_ring.c native/dx_ring.h native/_build_ring.py
+$(STAMP): pyproject.toml setup.py $(NATIVE_SRCS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel cffi
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
