@@ -86,11 +86,11 @@ void dx_ring_destroy(dx_ring *r)
     free(r);
 }
 
-/* Producer: number of free slots starting at w, refreshing the cache only if needed. */
-static inline uint32_t producer_room(dx_ring *r, uint64_t w, uint32_t want)
+/* Producer: number of free slots starting at w, refreshing the cache only if it says full. */
+static inline uint32_t producer_room(dx_ring *r, uint64_t w)
 {
     uint64_t room = r->capacity - (w - r->read_cache);
-    if (room < want) {
+    if (room == 0) {
         r->read_cache = atomic_load_explicit(&r->read_idx, memory_order_acquire);
         room = r->capacity - (w - r->read_cache);
     }
@@ -104,7 +104,7 @@ int dx_ring_push(dx_ring *r, const void *src, uint32_t n)
     if (n > r->slot_bytes)
         return DX_RING_ETOOBIG;
     uint64_t w = atomic_load_explicit(&r->write_idx, memory_order_relaxed);
-    if (producer_room(r, w, 1) == 0)
+    if (producer_room(r, w) == 0)
         return DX_RING_EFULL;
     uint32_t i = (uint32_t)w & r->mask;
     if (n > 0)
@@ -112,30 +112,6 @@ int dx_ring_push(dx_ring *r, const void *src, uint32_t n)
     r->lens[i] = n;
     atomic_store_explicit(&r->write_idx, w + 1, memory_order_release);
     return 0;
-}
-
-int32_t dx_ring_push_n(dx_ring *r, const void *src, uint32_t n, uint32_t count)
-{
-    if (r == NULL || (src == NULL && n > 0 && count > 0))
-        return DX_RING_EINVAL;
-    if (n > r->slot_bytes)
-        return DX_RING_ETOOBIG;
-    if (count > r->capacity)
-        count = r->capacity;
-    uint64_t w = atomic_load_explicit(&r->write_idx, memory_order_relaxed);
-    uint32_t room = producer_room(r, w, count);
-    if (count > room)
-        count = room;
-    const unsigned char *s = src;
-    for (uint32_t k = 0; k < count; k++) {
-        uint32_t i = (uint32_t)(w + k) & r->mask;
-        if (n > 0)
-            memcpy(r->data + (size_t)i * r->stride, s + (size_t)k * n, n);
-        r->lens[i] = n;
-    }
-    if (count > 0)
-        atomic_store_explicit(&r->write_idx, w + count, memory_order_release);
-    return (int32_t)count;
 }
 
 /* Consumer: number of visible frames starting at rd, refreshing the cache only if needed. */
@@ -164,36 +140,6 @@ int32_t dx_ring_pop(dx_ring *r, void *dst, uint32_t dst_len)
     }
     atomic_store_explicit(&r->read_idx, rd + 1, memory_order_release);
     return (int32_t)n;
-}
-
-const void *dx_ring_peek(dx_ring *r, uint32_t *n)
-{
-    if (r == NULL) {
-        if (n != NULL)
-            *n = 0;
-        return NULL;
-    }
-    uint64_t rd = atomic_load_explicit(&r->read_idx, memory_order_relaxed);
-    if (consumer_avail(r, rd) == 0) {
-        if (n != NULL)
-            *n = 0;
-        return NULL;
-    }
-    uint32_t i = (uint32_t)rd & r->mask;
-    if (n != NULL)
-        *n = r->lens[i];
-    return r->data + (size_t)i * r->stride;
-}
-
-int dx_ring_advance(dx_ring *r)
-{
-    if (r == NULL)
-        return DX_RING_EINVAL;
-    uint64_t rd = atomic_load_explicit(&r->read_idx, memory_order_relaxed);
-    if (consumer_avail(r, rd) == 0)
-        return DX_RING_EMPTY;
-    atomic_store_explicit(&r->read_idx, rd + 1, memory_order_release);
-    return 0;
 }
 
 uint32_t dx_ring_flush(dx_ring *r)
@@ -228,7 +174,3 @@ uint32_t dx_ring_free(const dx_ring *r)
         return 0;
     return r->capacity - dx_ring_count(r);
 }
-
-uint32_t dx_ring_capacity(const dx_ring *r) { return r == NULL ? 0 : r->capacity; }
-
-uint32_t dx_ring_slot_bytes(const dx_ring *r) { return r == NULL ? 0 : r->slot_bytes; }

@@ -10,19 +10,20 @@
  *
  * Thread-safety contract
  * ----------------------
- *  - At most ONE producer thread calls dx_ring_push / dx_ring_push_n (and dx_ring_free).
- *  - At most ONE consumer thread calls dx_ring_pop / dx_ring_peek / dx_ring_advance /
- *    dx_ring_flush (and dx_ring_count).
+ *  - At most ONE producer thread calls dx_ring_push (and dx_ring_free).
+ *  - At most ONE consumer thread calls dx_ring_pop / dx_ring_flush (and dx_ring_count).
  *  - Producer and consumer may be different threads and run concurrently.
  *  - dx_ring_count / dx_ring_free may be called from either side; the answer is a snapshot
  *    that can only be conservative for the caller's own side (the consumer never sees fewer
  *    frames than are really there, the producer never sees less free space than there is).
- *  - dx_ring_capacity / dx_ring_slot_bytes are immutable and callable from anywhere.
  *  - dx_ring_create / dx_ring_destroy must not run concurrently with anything else on the
  *    same ring.
  *  - No function blocks, sleeps, takes a lock, or allocates, except dx_ring_create.
  *  - A thread handing the ring to another (e.g. creating it and then starting the producer)
  *    must do so through a synchronising operation (thread start, mutex, ...), as usual.
+ *
+ * native/_build_ring.py reads this header as the cffi cdef of duplexd._native: everything
+ * declared here is visible to Python, so declare only what duplexd (or its tests) calls.
  */
 #ifndef DX_RING_H
 #define DX_RING_H
@@ -56,26 +57,12 @@ void dx_ring_destroy(dx_ring *r);
  * DX_RING_EINVAL when src is NULL and n > 0.  Never blocks. */
 int dx_ring_push(dx_ring *r, const void *src, uint32_t n);
 
-/* Producer, batch.  Push `count` frames of `n` bytes each, laid out contiguously at `src`
- * (frame i at src + i*n), publishing them with a single release store.  Pushes as many as
- * fit (possibly 0) and returns how many were pushed, or a negative DX_RING_E* code for bad
- * arguments (nothing pushed). */
-int32_t dx_ring_push_n(dx_ring *r, const void *src, uint32_t n, uint32_t count);
-
 /* Consumer.  Copy the oldest frame into dst and release its slot.
  * Returns the frame length (>= 0; zero-length frames are legal), DX_RING_EMPTY (-1) when
  * the ring is empty, DX_RING_ETOOBIG (-2) when dst_len is smaller than the frame (the frame
  * stays in the ring), DX_RING_EINVAL (-3) for a NULL ring.  Never blocks. */
 #define DX_RING_EMPTY (-1)
 int32_t dx_ring_pop(dx_ring *r, void *dst, uint32_t dst_len);
-
-/* Consumer, zero-copy.  Return a pointer to the oldest frame and store its length in *n, or
- * return NULL (and *n = 0) when empty.  The pointer stays valid until dx_ring_advance /
- * dx_ring_pop / dx_ring_flush is called by the consumer. */
-const void *dx_ring_peek(dx_ring *r, uint32_t *n);
-
-/* Consumer.  Release the frame returned by dx_ring_peek.  Returns 0, or -1 when empty. */
-int dx_ring_advance(dx_ring *r);
 
 /* Consumer.  Drop every frame visible now; return how many were dropped.  Frames the
  * producer publishes concurrently may survive (they were not visible yet). */
@@ -84,9 +71,6 @@ uint32_t dx_ring_flush(dx_ring *r);
 /* Number of frames stored / free slots (snapshots; see the contract above). */
 uint32_t dx_ring_count(const dx_ring *r);
 uint32_t dx_ring_free(const dx_ring *r);
-
-uint32_t dx_ring_capacity(const dx_ring *r);
-uint32_t dx_ring_slot_bytes(const dx_ring *r);
 
 #ifdef __cplusplus
 }
