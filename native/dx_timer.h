@@ -10,6 +10,9 @@
  * All int-returning functions return >= 0 on success and -errno on failure; on platforms
  * without timerfd they return -ENOSYS (dx_monotonic_ns still works on any POSIX system).
  * Functions are thread-safe in the sense of the underlying syscalls.
+ *
+ * native/_build_ring.py reads this header as the cffi cdef of duplexd._native: everything
+ * declared here is visible to Python.  The last section holds what only tests call.
  */
 #ifndef DX_TIMER_H
 #define DX_TIMER_H
@@ -38,16 +41,20 @@ int dx_timerfd_disarm(int fd);
  * last clear (clamped to INT32_MAX), 0 if none, or -errno. */
 int dx_timerfd_clear(int fd);
 
+/* prctl(PR_SET_TIMERSLACK, ns) for the CALLING thread (affects nanosleep/poll/epoll timeouts
+ * of that thread, not timerfd expirations).  Note ns == 0 resets to the thread's default
+ * slack; use 1 for the minimum.  Returns 0 or -errno. */
+int dx_set_timer_slack_ns(unsigned long ns);
+
+/* ---- Test / diagnostics only ---------------------------------------------------------
+ * duplexd does not call these.  tests/test_timer.py (through duplexd._native) and
+ * native/test_ring_stress.c use them to look at a timer and the clock from outside. */
+
 /* Remaining time of an armed timer in ns (0 if disarmed), or -errno. */
 int64_t dx_timerfd_remaining_ns(int fd);
 
 /* CLOCK_MONOTONIC now, in nanoseconds. */
 int64_t dx_monotonic_ns(void);
-
-/* prctl(PR_SET_TIMERSLACK, ns) for the CALLING thread (affects nanosleep/poll/epoll timeouts
- * of that thread, not timerfd expirations).  Note ns == 0 resets to the thread's default
- * slack; use 1 for the minimum.  Returns 0 or -errno. */
-int dx_set_timer_slack_ns(unsigned long ns);
 
 /* prctl(PR_GET_TIMERSLACK) for the calling thread, or -errno. */
 int64_t dx_get_timer_slack_ns(void);

@@ -139,3 +139,39 @@ def test_every_header_declaration_is_on_the_built_module_and_nothing_else() -> N
 @unit
 def test_the_build_reads_the_headers_it_includes() -> None:
     assert tuple(sorted(p.name for p in NATIVE.glob("dx_*.h"))) == build.HEADERS
+
+
+DIAGNOSTICS_MARK = "---- Test / diagnostics only"
+_COMMENT = re.compile(r"/\*.*?\*/", re.DOTALL)
+
+
+def _sections() -> tuple[set[str], set[str]]:
+    """(functions duplexd calls, test / diagnostics-only functions), as the headers mark them."""
+    public: set[str] = set()
+    diagnostics: set[str] = set()
+    for header in build.HEADERS:
+        text = (NATIVE / header).read_text(encoding="utf-8")
+        mark = text.find(DIAGNOSTICS_MARK)
+        if mark < 0:
+            public |= _declared(_COMMENT.sub(" ", text))[0]
+            continue
+        split = text.rfind("/*", 0, mark)  # the section starts with the comment holding the mark
+        public |= _declared(_COMMENT.sub(" ", text[:split]))[0]
+        diagnostics |= _declared(_COMMENT.sub(" ", text[split:]))[0]
+    return public, diagnostics
+
+
+@unit
+def test_the_headers_mark_what_only_tests_call() -> None:
+    public, diagnostics = _sections()
+    assert "dx_timerfd_remaining_ns" in diagnostics and "dx_ring_push" in public
+    package = Path(_native.__file__).parent
+    source = "\n".join(p.read_text(encoding="utf-8") for p in package.rglob("*.py"))
+    called = set(re.findall(r"\b(dx_\w+)\b", source))
+    assert public <= called, f"declared for duplexd but unused: {sorted(public - called)}"
+    assert not diagnostics & called, f"marked test-only but used: {sorted(diagnostics & called)}"
+    here = Path(__file__).resolve()
+    tests = "\n".join(p.read_text(encoding="utf-8") for p in here.parent.glob("test_*.py"))
+    tests = tests.replace(here.read_text(encoding="utf-8"), "")
+    tested = set(re.findall(r"\b(dx_\w+)\b", tests))
+    assert diagnostics <= tested, f"exposed but used by no test: {sorted(diagnostics - tested)}"
