@@ -10,6 +10,7 @@ import trio
 import trio.testing
 
 from duplexd import _native  # type: ignore[attr-defined,unused-ignore]
+from duplexd._downlink import timer as timer_module
 from duplexd._downlink.timer import (
     TIMERFD_AVAILABLE,
     PreciseTimer,
@@ -50,6 +51,77 @@ async def test_mock_clock_falls_back_to_exact_virtual_times(
         now = trio.current_time()
         await t.sleep_until(now - 5)
         assert trio.current_time() == now
+
+
+class _FakeClock(trio.abc.Clock):
+    """A clock with an ``offset`` attribute that reads ``perf_counter() + skew`` past it."""
+
+    def __init__(self, offset: object, skew: float = 0.0) -> None:
+        self.offset = offset
+        self.skew = skew
+        self.reads = 0
+
+    def start_clock(self) -> None:
+        pass
+
+    def current_time(self) -> float:
+        self.reads += 1
+        base = self.offset if isinstance(self.offset, float) else 0.0
+        return base + time.perf_counter() + self.skew
+
+    def deadline_to_sleep_time(self, deadline: float) -> float:
+        return deadline - self.current_time()
+
+
+@unit
+@pytest.mark.parametrize(
+    ("clock", "real"),
+    [
+        (_FakeClock(123_456.789), True),
+        (_FakeClock(0.0), True),
+        (_FakeClock(123_456.789, skew=0.001), False),  # a clock running a millisecond apart
+        (_FakeClock(123_456.789, skew=-0.001), False),
+        (_FakeClock("123456.789"), False),  # offset not a number
+        (_FakeClock(True), False),
+        (_FakeClock(float("nan")), False),
+        (trio.testing.MockClock(), False),  # no offset at all
+        (trio.testing.MockClock(rate=1.0), False),
+    ],
+)
+def test_a_real_clock_is_told_by_its_behaviour(clock: trio.abc.Clock, real: bool) -> None:
+    assert timer_module._reads_perf_counter(clock) is real
+    assert timer_module._is_real_clock(clock) is real
+
+
+@unit
+def test_the_verdict_is_taken_once_per_clock() -> None:
+    a, b = _FakeClock(10.0), _FakeClock(20.0)
+    assert timer_module._is_real_clock(a) and timer_module._is_real_clock(a)
+    assert a.reads == 1
+    assert timer_module._is_real_clock(b) and b.reads == 1
+
+
+@unit
+async def test_trio_default_clock_is_real() -> None:
+    assert timer_module._is_real_clock(trio.lowlevel.current_clock())
+    with PreciseTimer() as t:
+        assert t.precise_now() is t.precise is TIMERFD_AVAILABLE
+
+
+@unit
+async def test_mock_clock_is_not_precise_and_never_arms_the_timerfd(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def arm(fd: int, deadline_ns: int) -> int:
+        raise AssertionError("the timerfd was armed under a MockClock")
+
+    monkeypatch.setattr(timer_module, "_arm", arm)
+    with PreciseTimer() as t:
+        assert t.precise is TIMERFD_AVAILABLE  # the timerfd is there: the clock says no
+        assert not t.precise_now()
+        start = trio.current_time()
+        await t.sleep_until(start + 0.5)
+        assert trio.current_time() == start + 0.5
 
 
 @unit

@@ -7,8 +7,15 @@ clock is ``time.perf_counter()`` plus a random offset, and on Linux ``perf_count
 ``clock_gettime(CLOCK_MONOTONIC)`` (checked at import), so trio deadlines convert exactly.
 
 Where the timerfd is not available (non-Linux, or the clock check fails) and whenever the
-running trio clock is not the default system clock (e.g. ``trio.testing.MockClock`` in
+running trio clock is not a real clock of that kind (e.g. ``trio.testing.MockClock`` in
 tests), :meth:`PreciseTimer.sleep_until` is exactly ``trio.sleep_until``.
+
+Which clock is running is told by its public behaviour, not its class (trio's ``SystemClock``
+is private): a clock is *real* when it has a finite numeric ``offset`` attribute and its
+``current_time()`` minus that offset reads ``time.perf_counter()`` (within
+``_CLOCK_TOLERANCE_S``), which is exactly the conversion a deadline goes through.  trio's
+default clock passes; ``MockClock`` has no ``offset`` and fails.  The verdict is taken once
+per clock object and cached (the pacer asks on every tick).
 """
 
 from __future__ import annotations
@@ -28,20 +35,16 @@ from duplexd._native import lib  # type: ignore[import-not-found,unused-ignore]
 
 __all__ = ["TIMERFD_AVAILABLE", "PreciseTimer", "monotonic_ns", "set_thread_timer_slack_ns"]
 
-try:  # the class of trio's default clock (private; only used for an identity check)
-    from trio._core._run import SystemClock as _SystemClock
-
-    _SYSTEM_CLOCK: type[Any] | None = _SystemClock
-except ImportError:  # pragma: no cover - a trio that moved it: always fall back
-    _SYSTEM_CLOCK = None
-
 #: Whether timerfd-backed precise sleeps can be used in this process.
 TIMERFD_AVAILABLE: Final[bool] = (
     sys.platform.startswith("linux")
     and bool(lib.dx_timerfd_supported())
     and "CLOCK_MONOTONIC" in time.get_clock_info("perf_counter").implementation
-    and _SYSTEM_CLOCK is not None
 )
+
+#: How far ``clock.current_time() - clock.offset`` may stray from ``time.perf_counter()`` for
+#: the clock to count as real: float rounding of the sum (ulps of ~1e5 s), nothing more.
+_CLOCK_TOLERANCE_S: Final[float] = 1e-6
 
 _arm: Any = lib.dx_timerfd_arm_abs_ns
 _disarm: Any = lib.dx_timerfd_disarm
@@ -49,6 +52,34 @@ _clear: Any = lib.dx_timerfd_clear
 _current_clock = trio.lowlevel.current_clock
 _current_time = trio.current_time
 _wait_readable = trio.lowlevel.wait_readable
+
+# The last clock asked about and the verdict on it.  A trio run keeps one clock, so this is
+# one identity comparison per call; the reference keeps the clock alive (and its id unique)
+# until another clock is asked about.
+_last_verdict: tuple[object, bool] = (object(), False)
+
+
+def _reads_perf_counter(clock: object) -> bool:
+    """Whether ``clock`` reads ``clock.offset + time.perf_counter()``, like trio's default."""
+    offset = getattr(clock, "offset", None)
+    if isinstance(offset, bool) or not isinstance(offset, int | float):
+        return False
+    if not math.isfinite(offset):
+        return False
+    before = time.perf_counter()
+    now = cast(trio.abc.Clock, clock).current_time()
+    after = time.perf_counter()
+    return before - _CLOCK_TOLERANCE_S <= now - offset <= after + _CLOCK_TOLERANCE_S
+
+
+def _is_real_clock(clock: object) -> bool:
+    """:func:`_reads_perf_counter`, decided once per clock object (the pacer's hot path)."""
+    global _last_verdict
+    last, verdict = _last_verdict
+    if last is not clock:
+        verdict = _reads_perf_counter(clock)
+        _last_verdict = (clock, verdict)
+    return verdict
 
 
 def monotonic_ns() -> int:
@@ -92,8 +123,12 @@ class PreciseTimer:
                 self._finalizer = weakref.finalize(self, os.close, fd)
 
     def precise_now(self) -> bool:
-        """Whether a sleep started now would use the timerfd (real clock, timerfd open)."""
-        return self._fd >= 0 and type(_current_clock()) is _SYSTEM_CLOCK
+        """Whether a sleep started now would use the timerfd (real clock, timerfd open).
+
+        A real clock is one whose time is ``offset + time.perf_counter()`` (see the module
+        docstring); ``trio.testing.MockClock`` is not, and gets ``trio.sleep_until``.
+        """
+        return self._fd >= 0 and _is_real_clock(_current_clock())
 
     @property
     def precise(self) -> bool:
@@ -124,7 +159,7 @@ class PreciseTimer:
             raise trio.ClosedResourceError("PreciseTimer is closed")
         clock = _current_clock()
         fd = self._fd
-        if fd < 0 or type(clock) is not _SYSTEM_CLOCK or not math.isfinite(deadline):
+        if fd < 0 or not _is_real_clock(clock) or not math.isfinite(deadline):
             await trio.sleep_until(deadline)
             return
         if self._busy:
