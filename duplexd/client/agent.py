@@ -4,21 +4,24 @@ A `Responder` turns the user's transcript into reply text, streamed as chunks (a
 iterator) so the daemon can start speaking before the reply is complete.
 
 `OpenAIResponder` POSTs `{"model", "messages", "stream": true}` to `<llm-url>/chat/completions`
-and yields the `choices[0].delta.content` of every `data:` line of the server-sent events
-(`chat.completion.chunk`) as it arrives, until `data: [DONE]`. The HTTP/1.1 client is h11 over
-trio sockets (TLS for https URLs); no other HTTP library is needed.
+and yields the `choices[0].delta.content` of every server-sent event (`chat.completion.chunk`)
+as it arrives, until `data: [DONE]`. The HTTP client is httpx (it runs under trio), the events
+are parsed by httpx-sse.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-import h11
+import httpx
 import trio
+from httpx_sse import aconnect_sse
 
 MAX_HISTORY = 20  # messages kept (besides the system prompt)
 SYSTEM_PROMPT = (
@@ -28,13 +31,18 @@ SYSTEM_PROMPT = (
 
 
 class Responder(Protocol):
-    def reply(self, text: str) -> AsyncIterator[str]: ...
+    """Turns the user's transcript into reply text, streamed as chunks.
+
+    A caller that stops early (a `break`, or a cancel while it is busy with a chunk) should close
+    the generator (`contextlib.aclosing`), so that what it holds (a connection) goes at once."""
+
+    def reply(self, text: str) -> AsyncGenerator[str, None]: ...
 
 
 class DemoResponder:
     """Scripted replies; anything it does not recognise is echoed back."""
 
-    async def reply(self, text: str) -> AsyncIterator[str]:
+    async def reply(self, text: str) -> AsyncGenerator[str, None]:
         said = text.strip().rstrip(".!?")
         low = said.lower()
         if any(w in low.split() for w in ("hello", "hi", "hey")):
@@ -57,7 +65,11 @@ class LLMError(Exception):
 
 
 class OpenAIResponder:
-    """Streams replies from an OpenAI-compatible `/chat/completions` endpoint."""
+    """Streams replies from an OpenAI-compatible `/chat/completions` endpoint.
+
+    `history` is the conversation sent with each request: the system prompt, then the last
+    `MAX_HISTORY` messages. A reply is added to it only once it has streamed to the end; a reply
+    that fails or is cancelled leaves the user's message there without an answer."""
 
     def __init__(
         self,
@@ -75,105 +87,121 @@ class OpenAIResponder:
         self.timeout_s = timeout_s
         self.history: list[dict[str, str]] = [{"role": "system", "content": system_prompt}]
 
-    async def reply(self, text: str) -> AsyncIterator[str]:
+    async def reply(self, text: str) -> AsyncGenerator[str, None]:
+        """Stream the reply to `text`. Raises `LLMError`; see `stream_chat_completion`."""
         self.history.append({"role": "user", "content": text})
         body = {"model": self.model, "messages": self.history, "stream": True}
         parts: list[str] = []
-        async for token in stream_chat_completion(
+        tokens = stream_chat_completion(
             self.url, body, api_key=self.api_key, timeout_s=self.timeout_s
-        ):
-            parts.append(token)
-            yield token
+        )
+        async with aclosing(tokens):  # closing this generator closes the connection too
+            async for token in tokens:
+                parts.append(token)
+                yield token
         self.history.append({"role": "assistant", "content": "".join(parts)})
         del self.history[1 : max(1, len(self.history) - MAX_HISTORY)]
 
 
 async def stream_chat_completion(
-    url: str, body: dict[str, Any], *, api_key: str = "", timeout_s: float = 30.0
-) -> AsyncIterator[str]:
+    url: str,
+    body: dict[str, Any],
+    *,
+    api_key: str = "",
+    timeout_s: float = 30.0,
+    ssl_context: ssl.SSLContext | None = None,
+) -> AsyncGenerator[str, None]:
     """POST `body` to `url` and yield the content deltas of the SSE stream as they arrive.
 
-    `timeout_s` bounds the connection and each wait for data. Raises `LLMError`."""
+    `timeout_s` bounds the connection and each wait for data. An https URL is verified with
+    `ssl_context`, by default the system's CA store (`ssl.create_default_context()`).
+
+    Raises `LLMError` with a one-line message for a connection that fails or times out, an HTTP
+    error status (with the server's error message), and an event that is not a
+    `chat.completion.chunk` (or carries an error). The stream ends at `data: [DONE]`.
+
+    What cancellation leaves behind: nothing. A cancel that lands while this waits closes the
+    response and the connection before `Cancelled` leaves it; a caller that stops iterating early
+    should `aclose()` the generator (`contextlib.aclosing`), which does the same."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise LLMError(f"not an http(s) URL: {url}")
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    payload = json.dumps(body).encode()
-    headers = [
-        ("Host", parts.netloc),
-        ("Content-Type", "application/json"),
-        ("Accept", "text/event-stream"),
-        ("Content-Length", str(len(payload))),
-        ("User-Agent", "duplexd-chat"),
-    ]
+    headers = {"User-Agent": "duplexd-chat"}
     if api_key:
-        headers.append(("Authorization", f"Bearer {api_key}"))
+        headers["Authorization"] = f"Bearer {api_key}"
+    verify = ssl_context or _system_ssl_context()
     try:
-        with trio.fail_after(timeout_s):
-            stream: trio.abc.Stream = await trio.open_tcp_stream(parts.hostname, port)
-            if parts.scheme == "https":
-                ssl_stream = trio.SSLStream(
-                    stream, ssl.create_default_context(), server_hostname=parts.hostname
-                )
-                await ssl_stream.do_handshake()
-                stream = ssl_stream
-    except (OSError, trio.TooSlowError) as exc:
-        raise LLMError(f"cannot connect to {parts.netloc}: {exc}") from None
-    conn = h11.Connection(h11.CLIENT)
-    async with stream:
-        try:
-            await stream.send_all(
-                conn.send(h11.Request(method="POST", target=target, headers=headers))
-                + conn.send(h11.Data(data=payload))
-                + conn.send(h11.EndOfMessage())
-            )
-            buffer = b""
-            status = 0
-            error_body = b""
-            while True:
-                event = conn.next_event()
-                if event is h11.NEED_DATA:
-                    with trio.fail_after(timeout_s):
-                        conn.receive_data(bytes(await stream.receive_some(65536)))
-                    continue
-                if isinstance(event, h11.Response):
-                    status = event.status_code
-                elif isinstance(event, h11.Data):
-                    if status != 200:
-                        error_body += event.data
-                        continue
-                    buffer += event.data
-                    while b"\n" in buffer:
-                        line, buffer = buffer.split(b"\n", 1)
-                        token = _sse_token(line.strip())
-                        if token is _DONE:
-                            return
-                        if token:
-                            yield str(token)
-                elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
-                    if status != 200:
-                        detail = error_body[:200].decode("utf-8", "replace")
-                        raise LLMError(f"HTTP {status} from {url}: {detail}")
-                    return
-        except (h11.ProtocolError, OSError, trio.BrokenResourceError, trio.TooSlowError) as exc:
-            raise LLMError(f"chat stream from {url} failed: {exc!r}") from None
+        async with (
+            httpx.AsyncClient(timeout=timeout_s, verify=verify) as client,
+            aconnect_sse(client, "POST", url, json=body, headers=headers) as source,
+        ):
+            response = source.response
+            if response.status_code != 200:
+                await response.aread()
+                raise LLMError(f"HTTP {response.status_code} from {url}: {_error_text(response)}")
+            async with aclosing(source.aiter_sse()) as events:
+                async for event in events:
+                    if not event.data:
+                        continue  # an event without data (`event:`, `id:` or `retry:` alone)
+                    if event.data == "[DONE]":
+                        return
+                    token = _content(event.data, url)
+                    if token:
+                        yield token
+    except httpx.InvalidURL as exc:
+        raise LLMError(f"not a valid URL: {url} ({exc})") from None
+    except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+        raise LLMError(f"cannot connect to {parts.netloc}: {_why(exc)}") from None
+    except httpx.TimeoutException as exc:
+        raise LLMError(
+            f"chat stream from {url} timed out after {timeout_s} s: {_why(exc)}"
+        ) from None
+    except httpx.HTTPError as exc:
+        raise LLMError(f"chat stream from {url} failed: {_why(exc)}") from None
 
 
-_DONE = object()
+@functools.cache
+def _system_ssl_context() -> ssl.SSLContext:
+    """The system's CA store, as `ssl` finds it (not certifi's, which is httpx's default); made
+    once, since loading it costs tens of milliseconds that the first reply token would wait."""
+    return ssl.create_default_context()
 
 
-def _sse_token(line: bytes) -> object:
-    """Content of one SSE line ("" for none), or `_DONE` for `data: [DONE]`."""
-    if not line.startswith(b"data:"):
-        return ""  # comments, event:, id:, blank separators
-    data = line[5:].strip()
-    if data == b"[DONE]":
-        return _DONE
+def _content(data: str, url: str) -> str:
+    """The content delta of one event's data ("" for none). Raises `LLMError`."""
     try:
         chunk = json.loads(data)
-        delta = chunk["choices"][0].get("delta") or {}
-    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        error = chunk.get("error")
+        choices = chunk["choices"] if error is None else []
+        delta = (choices[0].get("delta") or {}) if choices else {}
+    except (ValueError, KeyError, TypeError, AttributeError):
         raise LLMError(f"malformed chat.completion.chunk: {data[:120]!r}") from None
+    if error is not None:
+        raise LLMError(f"error from {url} mid-stream: {_message(error)}")
     content = delta.get("content") if isinstance(delta, dict) else None
     return content if isinstance(content, str) else ""
+
+
+def _error_text(response: httpx.Response) -> str:
+    """The server's error message: OpenAI's `{"error": {"message": ...}}`, or the body's start."""
+    try:
+        error = response.json().get("error")
+    except (ValueError, AttributeError):
+        error = None
+    text = _message(error) if error else response.text[:200]
+    return " ".join(text.split()) or response.reason_phrase
+
+
+def _why(exc: BaseException) -> str:
+    """The first message along the causes (trio's BrokenResourceError has none of its own)."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if text := " ".join(str(cause).split()):
+            return text
+        cause = cause.__cause__ or cause.__context__
+    return type(exc).__name__
+
+
+def _message(error: object) -> str:
+    message = error.get("message") if isinstance(error, dict) else None
+    return " ".join(str(message if message else error).split())

@@ -19,7 +19,6 @@ import math
 import sys
 import threading
 import wave
-from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
@@ -314,17 +313,15 @@ class Chat:
         self.replies.add(uid)
         self.waiting_audio[uid] = t_stop
         words: list[str] = []
-
-        async def chunks() -> AsyncIterator[str]:
-            async for chunk in self.responder.reply(text):
-                words.append(chunk)
-                yield chunk
-
         with trio.CancelScope() as scope:
             self.reply_scope = scope
             try:
-                async for chunk in chunks():
-                    await session.send_text(uid, chunk)
+                # a barge-in may cancel this while it sends a chunk: closing the reply at once
+                # closes the LLM connection with it
+                async with contextlib.aclosing(self.responder.reply(text)) as chunks:
+                    async for chunk in chunks:
+                        words.append(chunk)
+                        await session.send_text(uid, chunk)
                 await session.send_text(uid, "", end=True)
             except LLMError as exc:
                 _say(f"[llm error] {exc}")
