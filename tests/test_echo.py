@@ -228,3 +228,31 @@ def test_the_running_minimum_forgets_what_slid_out() -> None:
     m = _RunningMin(3)
     assert m.value is None
     assert [m.add(v) for v in (5.0, 3.0, 4.0, 6.0, 7.0, 1.0, 2.0)] == [5, 3, 3, 3, 4, 1, 1]
+
+
+def test_the_sliding_ncc_is_the_ncc_at_every_lag() -> None:
+    """The one correlation all searches use: direct and by FFT it is |seg[k:k+n] . x| over the
+    energies at every lag k; with the mask, lags onto a silent reference score 0."""
+    from duplexd._uplink.echo import _sliding_ncc
+
+    rng = np.random.default_rng(3)
+    seg = rng.normal(0.0, 0.1, 900).astype(np.float32)
+    seg[400:700] = 0.0  # the reference was silent here
+    x = 0.5 * seg[100:356] + rng.normal(0.0, 0.01, 256).astype(np.float32)
+    e_x = float(np.dot(x, x))
+    stretches = np.lib.stride_tricks.sliding_window_view(seg.astype(np.float64), len(x))
+    corr = stretches @ x.astype(np.float64)
+    e_ref = np.einsum("ij,ij->i", stretches, stretches)
+    want = np.abs(corr) / np.sqrt(e_x * e_ref + 1e-12)
+    silent = e_ref < 1e-6 * e_x
+    assert silent.any() and not silent.all()
+    for fft in (False, True):
+        ncc, c, e = _sliding_ncc(seg, x, e_x, fft=fft, mask_silence=False)
+        np.testing.assert_allclose(c, corr, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(e, e_ref, rtol=1e-6, atol=1e-9)
+        # (over silence the FFT's rounding, divided by almost nothing, is what the mask is for)
+        np.testing.assert_allclose(ncc[~silent], want[~silent], rtol=1e-4, atol=1e-5)
+        assert int(np.argmax(ncc)) == 100
+        ncc, _, _ = _sliding_ncc(seg, x, e_x, fft=fft)
+        assert np.all(ncc[silent] == 0.0)
+        np.testing.assert_allclose(ncc[~silent], want[~silent], rtol=1e-4, atol=1e-5)

@@ -45,12 +45,13 @@ from __future__ import annotations
 
 import collections
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
 
 FloatArray = npt.NDArray[np.float32]
+Float64Array = npt.NDArray[np.float64]
 
 _CONTIGUOUS_S: Final = 0.015  # a frame sent within this of where the last ended continues it
 _OFFSET_FRAMES: Final = 100  # uplink frames over which the clock offset is the minimum
@@ -107,6 +108,29 @@ class _RunningMin:
         return self.value
 
 
+def _sliding_ncc(
+    seg: FloatArray, x: FloatArray, e_x: float, *, fft: bool = False, mask_silence: bool = True
+) -> tuple[Float64Array, npt.NDArray[np.floating[Any]], Float64Array]:
+    """`x` (energy `e_x`) against every stretch of `seg` as long as it, lag k = seg[k:k+len(x)]:
+    (ncc, corr, e_ref) per lag, ncc = |corr| / sqrt(e_x * e_ref). `corr` is the dot product
+    (by one FFT with `fft`, for thousands of lags; else directly, in float32), `e_ref` the
+    stretch's energy (a float64 running sum). With `mask_silence`, lags where the reference is
+    (near) silence (e_ref < 1e-6 e_x) score 0: silence explains nothing."""
+    n = len(x)
+    lags = len(seg) - n + 1
+    if fft:
+        size = _pow2(len(seg) + n)
+        corr = np.fft.irfft(np.fft.rfft(seg, size) * np.conj(np.fft.rfft(x, size)), size)[:lags]
+    else:
+        corr = np.correlate(seg, x, "valid")  # direct: ~15 us for 257 lags of 1024 samples
+    sq = np.concatenate(([0.0], np.cumsum(seg.astype(np.float64) ** 2)))
+    e_ref = sq[n:] - sq[: len(sq) - n]
+    ncc = np.abs(corr) / np.sqrt(e_x * e_ref + 1e-12)
+    if mask_silence:
+        ncc[e_ref < 1e-6 * e_x] = 0.0
+    return ncc, corr, e_ref
+
+
 def _coarse_candidates(seg: FloatArray, x: FloatArray) -> npt.NDArray[np.intp]:
     """The `_CANDIDATES` best lags (in units of `_DECIMATE` samples) of `x` in `seg`, by NCC
     at a quarter of the rate (sums of 4 samples: speech below 2 kHz carries the match): one
@@ -115,16 +139,8 @@ def _coarse_candidates(seg: FloatArray, x: FloatArray) -> npt.NDArray[np.intp]:
     m = len(seg) // d
     seg_d = seg[0 : m * d : d] + seg[1 : m * d : d] + seg[2 : m * d : d] + seg[3 : m * d : d]
     x_d = x[0::d] + x[1::d] + x[2::d] + x[3::d]  # (len(x) is a multiple of 4)
-    span = len(x_d)
-    lags = m - span + 1
-    n = _pow2(m + span)
-    corr = np.fft.irfft(np.fft.rfft(seg_d, n) * np.conj(np.fft.rfft(x_d, n)), n)[:lags]
-    sq = np.concatenate(([0.0], np.cumsum(seg_d.astype(np.float64) ** 2)))
-    e_ref = sq[span : span + lags] - sq[:lags]
-    e_x = float(np.dot(x_d, x_d))
-    ncc = np.abs(corr) / np.sqrt(e_x * e_ref + 1e-12)
-    ncc[e_ref < 1e-6 * e_x] = 0.0
-    k = min(_CANDIDATES, lags)
+    ncc, _, _ = _sliding_ncc(seg_d, x_d, float(np.dot(x_d, x_d)), fft=True)
+    k = min(_CANDIDATES, len(ncc))
     return np.argpartition(ncc, -k)[-k:]
 
 
@@ -288,11 +304,8 @@ class EchoCanceller:
         for b in range(0, len(window), n):
             xb = window[b : b + n]
             seg = self._segment(p0 + self._window + b - hi, n + hi - lo)
-            corr = np.correlate(seg, xb, "valid").astype(np.float64)
-            sq = np.concatenate(([0.0], np.cumsum(seg.astype(np.float64) ** 2)))
-            e_ref = sq[n:] - sq[: len(sq) - n]
             e_x = float(np.dot(xb, xb))
-            ncc = np.abs(corr) / np.sqrt(e_x * e_ref + 1e-12)
+            ncc, corr, e_ref = _sliding_ncc(seg, xb, e_x, mask_silence=False)
             k = int(np.argmax(ncc))
             gain = float(corr[k] / e_ref[k]) if e_ref[k] > 0 else 0.0
             if ncc[k] < _STRONG_NCC or abs(gain - self._gain) > _GAIN_SLACK * abs(self._gain):
@@ -380,12 +393,7 @@ class EchoCanceller:
             ranges = [(0, lags)]
         best: tuple[float, int, float, float] = (-1.0, 0, 0.0, 0.0)  # ncc, k, corr, e_ref
         for lo, hi in ranges:
-            part = seg[lo : hi + span - 1]
-            corr = np.correlate(part, x, "valid")  # direct: ~15 us for 257 delays
-            sq = np.concatenate(([0.0], np.cumsum(part.astype(np.float64) ** 2)))
-            e_ref = sq[span:] - sq[: len(sq) - span]
-            ncc = np.abs(corr) / np.sqrt(e_x * e_ref + 1e-12)
-            ncc[e_ref < 1e-6 * e_x] = 0.0  # (near) silence in the reference explains nothing
+            ncc, corr, e_ref = _sliding_ncc(seg[lo : hi + span - 1], x, e_x)
             j = int(np.argmax(ncc))
             if ncc[j] > best[0]:
                 best = (float(ncc[j]), lo + j, float(corr[j]), float(e_ref[j]))
