@@ -256,6 +256,7 @@ async def test_openai_adapter_malformed_event(bad: str, message: str) -> None:
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # waits 0.3 s of real time for the read timeout (httpx's own clock)
 async def test_openai_adapter_times_out_waiting_for_data() -> None:
     fake = FakeLLM(sse("one", " two"), hold_at=1)
     async with trio.open_nursery() as nursery:
