@@ -115,3 +115,42 @@ def test_cli_config_print_and_exit_2(
     assert cli.main(["serve", "--config", bad]) == 2
     err = capsys.readouterr().err
     assert err.strip().splitlines() == [f"duplexd: config: {bad}: unknown key server.bogus"]
+
+
+def test_asr_trace_and_tone_options_are_settings_keys(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What used to be serve-only flags and a module variable are keys `config --print` shows."""
+    s = load_settings(str(EXAMPLE))
+    assert (s.asr.model, s.asr.threads) == ("", 2)
+    assert (s.trace.path, s.trace.sessions) == ("", "first")
+    assert s.engine.tone_compute_ms_per_char == 0.0
+    argv = ["config", "--asr-model", "/models/x", "--asr-threads", "3", "--trace", "t.jsonl"]
+    assert cli.main([*argv, "--trace-session", "all", "--tone-compute-ms-per-char", "0.5"]) == 0
+    printed = tomllib.loads(capsys.readouterr().out)
+    assert printed["asr"] == {"model": "/models/x", "threads": 3}
+    assert printed["trace"] == {"path": "t.jsonl", "sessions": "all"}
+    assert printed["engine"]["tone_compute_ms_per_char"] == 0.5
+    env = {"DUPLEXD_ASR__THREADS": "4", "DUPLEXD_TRACE__SESSIONS": "3"}
+    s = load_settings(environ=env)
+    assert (s.asr.threads, s.trace.sessions) == (4, "3")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[asr]\nthreads = 0\n", "asr.threads: must be >= 1"),
+        ("[trace]\nsessions = 'some'\n", "trace.sessions: must be first, all or N"),
+        ("[engine]\ntone_compute_ms_per_char = -1.0\n", "engine.tone_compute_ms_per_char"),
+    ],
+)
+def test_new_keys_are_checked(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(write(tmp_path, text))
+
+
+def test_the_older_asr_model_variable_still_works(monkeypatch: pytest.MonkeyPatch) -> None:
+    from duplexd._ops.flags import _environ
+
+    monkeypatch.setenv("DUPLEXD_ASR_MODEL", "/m")  # before [asr] was a section
+    assert load_settings(environ=_environ()).asr.model == "/m"

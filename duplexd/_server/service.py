@@ -104,7 +104,7 @@ class Service:
         self.metrics = DaemonMetrics(ready=lambda: self.readiness()[0])
         self._stop = trio.Event()
         self._all_closed = trio.Event()  # set when the last session closes while draining
-        self._scope: trio.CancelScope | None = None
+        self._scope = trio.CancelScope()  # the whole life of `run`: a second signal cancels it
 
     # ------------------------------------------------------------------ state
 
@@ -144,47 +144,9 @@ class Service:
         self, *, task_status: trio.TaskStatus[Service] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Serve until stopped and drained. Raises StartupError if the engine cannot load."""
-        s = self.settings.server
         try:
-            async with trio.open_nursery() as nursery:
-                self._scope = nursery.cancel_scope
-                if self._watchdog_s:
-                    nursery.start_soon(keep_watchdog_fed, self.notifier, self._watchdog_s)
-                if self._handle_signals:
-                    nursery.start_soon(self._signals)
-                if self._http_port is not None:
-                    self.http_port = await nursery.start(
-                        serve_http, s.http_host or s.host, self._http_port, self.handle_http
-                    )
-                self.notifier.status("loading the model")
-                engines = await self._load_engines()
-                uplink_services = await self._uplink()
-                daemon: Daemon = await nursery.start(
-                    partial(
-                        serve_duplexd,
-                        s.host,
-                        s.port,
-                        engines=engines,
-                        limits=self.settings.limits,
-                        token=s.token,
-                        max_sessions=s.max_sessions,
-                        uplink_services=uplink_services,
-                        tracer=self._tracer,
-                        on_session_closed=self._session_closed,
-                    )
-                )
-                self.daemon = daemon
-                self.metrics.attach(daemon)
-                self.phase = Phase.READY
-                self.notifier.ready(f"serving {daemon.url}")
-                log.info(
-                    "ready",
-                    extra={"url": daemon.url, "http_port": self.http_port, "pid": _pid()},
-                )
-                task_status.started(self)
-                await self._stop.wait()
-                await self._drain(daemon)
-                nursery.cancel_scope.cancel()
+            with self._scope:
+                await self._serve(task_status)
         finally:
             self.phase = Phase.STOPPED
             if self._owns_engines and self._engines is not None:
@@ -192,6 +154,44 @@ class Service:
             if self._tracer is not None:
                 self._tracer.close()
             self.notifier.close()
+
+    async def _serve(self, task_status: trio.TaskStatus[Service]) -> None:
+        s = self.settings.server
+        async with trio.open_nursery() as nursery:
+            if self._watchdog_s:
+                nursery.start_soon(keep_watchdog_fed, self.notifier, self._watchdog_s)
+            if self._handle_signals:
+                nursery.start_soon(self._signals)
+            if self._http_port is not None:
+                self.http_port = await nursery.start(
+                    serve_http, s.http_host or s.host, self._http_port, self.handle_http
+                )
+            self.notifier.status("loading the model")
+            engines = await self._load_engines()
+            uplink_services = await self._uplink()
+            daemon: Daemon = await nursery.start(
+                partial(
+                    serve_duplexd,
+                    s.host,
+                    s.port,
+                    engines=engines,
+                    limits=self.settings.limits,
+                    token=s.token,
+                    max_sessions=s.max_sessions,
+                    uplink_services=uplink_services,
+                    tracer=self._tracer,
+                    on_session_closed=self._session_closed,
+                )
+            )
+            self.daemon = daemon
+            self.metrics.attach(daemon)
+            self.phase = Phase.READY
+            self.notifier.ready(f"serving {daemon.url}")
+            log.info("ready", extra={"url": daemon.url, "http_port": self.http_port, "pid": _pid()})
+            task_status.started(self)
+            await self._stop.wait()
+            await self._drain(daemon)
+            nursery.cancel_scope.cancel()
 
     async def _load_engines(self) -> EngineSet:
         if self._engines is not None:
@@ -286,7 +286,6 @@ class Service:
                 else:  # still starting, or a second SIGTERM: stop now
                     log.info("stopping now", extra={"signal": signal.Signals(signum).name})
                     self.notifier.stopping()
-                    assert self._scope is not None
                     self._scope.cancel()
 
     def reload(self) -> None:
