@@ -28,7 +28,9 @@ from duplexd.engines.tone import ToneEngine
 from duplexd.protocol import frames as fr
 from duplexd.protocol.codec import Decoder, encode
 
-TEST_LIMITS = SessionLimits(ring_frames=1024)
+# idle sessions are closed after a day of virtual time: a MockClock can jump far while a test
+# waits for a worker thread (ASR), and no test here means to idle out unless it says so
+TEST_LIMITS = SessionLimits(ring_frames=1024, idle_timeout_s=86_400.0)
 
 
 async def inline_offload(fn: Callable[..., Any], *args: Any) -> Any:

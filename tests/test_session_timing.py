@@ -433,7 +433,8 @@ async def test_many_sessions_keep_exact_grids_and_a_slow_one_is_dropped(
     assert 0 <= t_decided[0] - (blocked_at + 51 * FRAME_S) < 0.001  # (polled every 1 ms)
     assert pairs[slow].sessions[0].error_code is fr.ErrorCode.SLOW_CONSUMER
     tail = logs[slow][-1][1]
-    assert tail == fr.Error(fr.ErrorCode.SLOW_CONSUMER, "the client fell 1 s behind the audio")
+    assert isinstance(tail, fr.Error) and tail.code is fr.ErrorCode.SLOW_CONSUMER
+    assert "read nothing for 1 s" in tail.message
     assert close_code == [4002]
     for i in range(n):
         if i == slow:

@@ -22,6 +22,12 @@ Writers report each frame's signed send error (`observe_send_error`) and the pac
 much early on average (an integrating controller, clamped to `ADVANCE_MAX_S`), so the frames
 themselves, not the ticks, are centred on the deadlines.
 
+When the pacer wakes more than `STALL_S` after a deadline, the event loop was held up (by
+the daemon: a GC pause, a long computation, a starved process), not by any client. The streams
+that missed their deadlines are re-anchored on a new grid starting now (one tick now, then every
+`frame_s`) instead of being ticked for every missed deadline in a burst: their audio goes on
+later, as it would after a pause, and each stall is logged and counted (`stalls`, `stall_s`).
+
 `on_tick` must be cheap and must not raise: it runs on the pacer's hot path for every frame of
 every session. The downlink writer (`duplexd._downlink.writer`) just notes the deadline and
 wakes its own task, which does the sending, so a slow client never delays anybody else's frame.
@@ -31,6 +37,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -41,6 +48,10 @@ import trio
 from ..protocol.frames import FRAME_MS
 from .timer import PreciseTimer
 
+log = logging.getLogger("duplexd.pacer")
+
+STALL_S = 0.1  # woken this long after a deadline: the loop stalled; re-anchor, do not burst
+STALL_LOG_INTERVAL_S = 1.0  # at most one stall log line this often
 SPIN_MAX_S = 0.0005  # never spin longer than this per wake-up
 SPIN_MAX_STREAMS = 4  # spin only while at most this many streams are scheduled
 SLOT_S = 0.0005  # with SHARE_MIN_STREAMS or more, new grids start on the next 0.5 ms slot
@@ -90,6 +101,9 @@ class Pacer:
         self.spin_s = 0.0  # total time spent spinning
         self._late_ewma_s = 0.0  # how late the timer wakes, on average
         self.advance_s = 0.0  # ticks happen this much before the deadlines
+        self.stalls = 0  # wake-ups more than STALL_S after a deadline (the loop was held up)
+        self.stall_s = 0.0  # their total lateness
+        self._stall_logged_at = -math.inf
 
     @property
     def scheduled(self) -> int:
@@ -142,12 +156,16 @@ class Pacer:
             if slept:
                 await self._sleep_until(deadline)
             now = trio.current_time() + self.advance_s
+            if heap and now - heap[0][0] > STALL_S:
+                self._stalled(now - heap[0][0])
             while heap and heap[0][0] <= now:
                 due, _, slot = heapq.heappop(heap)
                 if not slot.live:
                     continue
                 self.ticks += 1
                 if slot.stream.on_tick(due):
+                    if now - due > STALL_S:  # missed deadlines: a new grid from now, no burst
+                        slot.anchor, slot.n = now, 0
                     slot.n += 1
                     heapq.heappush(heap, (slot.anchor + slot.n * frame_s, next(self._order), slot))
                 else:
@@ -155,6 +173,22 @@ class Pacer:
                     self._slots.pop(slot.stream, None)
             if not slept:  # behind schedule: still let others run between rounds
                 await trio.lowlevel.checkpoint()
+
+    def _stalled(self, late_s: float) -> None:
+        """The loop woke the pacer `late_s` after a deadline: the daemon's stall, not a client's."""
+        self.stalls += 1
+        self.stall_s += late_s
+        now = trio.current_time()
+        if now - self._stall_logged_at >= STALL_LOG_INTERVAL_S:
+            self._stall_logged_at = now
+            log.warning(
+                "event loop stalled",
+                extra={
+                    "late_ms": round(late_s * 1e3, 3),
+                    "streams": len(self._slots),
+                    "stalls": self.stalls,
+                },
+            )
 
     def precise_now(self) -> bool:
         """Whether this pacer is on a real clock with a precise timer (False under MockClock)."""

@@ -30,8 +30,9 @@ from .ring import FrameRing
 SendFn = Callable[[bytes], Awaitable[None]]
 ControlItem = bytes | Callable[[], bytes]
 
-MAX_LAG_FRAMES: Final = 50  # a client this far behind (1 s at 20 ms) is a slow consumer
-MAX_CONTROL_FRAMES: Final = 1024
+MAX_LAG_FRAMES: Final = 50  # ticks waiting for the writer (1 s of audio at 20 ms)
+SLOW_SEND_S: Final = 1.0  # one send blocked this long (the client reads nothing): slow consumer
+MAX_CONTROL_FRAMES: Final = 1024  # answers (Pong, Stats...) waiting to be sent
 FADE_MS: Final = 5.0  # fade-out at a barge-in cut (SPEC.md §6.3), at the session's rate
 _END: Final = int(fr.AudioFlags.END)
 
@@ -58,8 +59,14 @@ class DownlinkEvents(Protocol):
         ...
 
     def slow_consumer(self) -> None:
-        """The peer fell `MAX_LAG_FRAMES` behind, or its control queue overflowed; the writer
-        has stopped."""
+        """The client reads too slowly: a send has been blocked for `SLOW_SEND_S` (its socket's
+        buffer stayed full) while audio kept coming due. The writer has stopped."""
+        ...
+
+    def too_many_requests(self) -> None:
+        """More than `MAX_CONTROL_FRAMES` answers were waiting to be sent while the socket was
+        not backed up: the client asks faster than anyone could answer. The writer has
+        stopped."""
         ...
 
 
@@ -99,6 +106,13 @@ class Downlink:
         self._space_lot = trio.lowlevel.ParkingLot()
         self._space_wanted = False
         self._precise = pacer.precise_now()
+        self._send_started: float | None = None  # when the send in progress began
+
+    def send_blocked_s(self, now: float) -> float:
+        """How long the send in progress has been waiting (0 when none is): a client that
+        reads nothing leaves it waiting for a full socket buffer to drain."""
+        started = self._send_started
+        return now - started if started is not None else 0.0
 
     @property
     def playing_uid(self) -> int:
@@ -108,15 +122,25 @@ class Downlink:
     # ------------------------------------------------------------------ called by others
 
     def on_tick(self, deadline: float) -> bool:
-        """Pacer hot path: note the deadline and wake the writer."""
+        """Pacer hot path: note the deadline and wake the writer.
+
+        Ticks pile up only while the writer cannot send. Past `MAX_LAG_FRAMES` that is the
+        client's fault only if one send has been blocked for `SLOW_SEND_S` (its socket's buffer
+        is full and not draining): SLOW_CONSUMER. Otherwise the daemon itself fell behind (its
+        loop was busy): the oldest tick is dropped and counted (`ticks_dropped`), so the audio
+        goes on a frame later, and the session lives."""
         if self.paused or self.closed:
             return False
         due = self._due
         due.append(deadline)
         if len(due) > MAX_LAG_FRAMES:
-            self.closed = True
-            self._events.slow_consumer()
-            return False
+            started = self._send_started
+            if started is not None and deadline - started >= SLOW_SEND_S:
+                self.closed = True
+                self._events.slow_consumer()
+                return False
+            due.popleft()
+            self.counters.ticks_dropped += 1
         if len(due) == 1:
             self._lot.unpark()
         return True
@@ -134,7 +158,11 @@ class Downlink:
             return
         if len(self._control) >= MAX_CONTROL_FRAMES:
             self.closed = True
-            self._events.slow_consumer()
+            started = self._send_started
+            if started is not None and trio.current_time() - started >= SLOW_SEND_S:
+                self._events.slow_consumer()
+            else:
+                self._events.too_many_requests()
             return
         self._control.append(item)
         self._lot.unpark()
@@ -222,10 +250,14 @@ class Downlink:
         while True:
             if not control and not due:
                 await self._lot.park()
-            while control:
-                item = control.popleft()
-                data = item if isinstance(item, bytes) else item()
-                await self._send(data)
+            if control:  # every answer waiting goes out in one message, in order
+                parts = []
+                while control:
+                    item = control.popleft()
+                    parts.append(item if isinstance(item, bytes) else item())
+                self._send_started = trio.current_time()
+                await self._send(parts[0] if len(parts) == 1 else b"".join(parts))
+                self._send_started = None
             if due and not self.paused:
                 await self._send_audio(due.popleft())
 
@@ -261,13 +293,16 @@ class Downlink:
             )
             self._events.sending(done)
             data += encode(done)
-        error = trio.current_time() - deadline
+        now = trio.current_time()
+        error = now - deadline
         c.pacing_error.record(error if error >= 0.0 else -error)
         if self._precise:
             self._pacer.observe_send_error(error)
         if self._due and error > self._pacer.frame_s:
             c.late_sends += 1
+        self._send_started = now
         await self._send(data)
+        self._send_started = None
         c.frames_sent += 1
         c.bytes_sent += len(data)
         if last:

@@ -134,6 +134,7 @@ class DownlinkCounters:
         "late_sends",
         "pacing_error",
         "stale_dropped",
+        "ticks_dropped",
         "underruns",
     )
 
@@ -143,6 +144,7 @@ class DownlinkCounters:
         self.underruns = 0
         self.stale_dropped = 0
         self.late_sends = 0  # frames sent after the next frame's deadline had already passed
+        self.ticks_dropped = 0  # pacer ticks dropped because the daemon fell a second behind
         self.pacing_error = pacing_histogram()  # |send time - ideal time|, per audio frame
 
 
@@ -162,6 +164,7 @@ class SessionObserver:
         "barge_in",
         "engine_s",
         "first_audio",
+        "input_s",
         "interrupt",
         "interrupts",
         "tag",
@@ -177,6 +180,7 @@ class SessionObserver:
         self.interrupts = 0
         self.engine_s = 0.0  # engine compute time, for the RTF
         self.audio_s = 0.0  # audio the engine produced
+        self.input_s = 0.0  # event-loop time spent decoding and acting on the client's frames
         self._text_at: dict[int, tuple[float, float]] = {}  # uid -> first text, first audio
         self._interrupt_at: collections.deque[float] = collections.deque()
 

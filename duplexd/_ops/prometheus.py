@@ -54,6 +54,7 @@ _COUNTERS = (
     ("underruns", "pacer ticks with no audio ready while an utterance was playing"),
     ("late_sends", "audio frames sent after the next frame's deadline had passed"),
     ("stale_dropped", "audio frames of an interrupted epoch dropped before sending"),
+    ("ticks_dropped", "pacer ticks dropped because the daemon fell a second behind (not a client)"),
 )
 
 
@@ -68,8 +69,20 @@ class MeteredSession(Protocol):
     def error_code(self) -> ErrorCode | None: ...
 
 
+class MeteredPacer(Protocol):
+    """What the metrics read of the pacer."""
+
+    @property
+    def stalls(self) -> int: ...
+    @property
+    def stall_s(self) -> float: ...
+
+
 class MeteredDaemon(Protocol):
     """What the metrics read of the daemon."""
+
+    @property
+    def pacer(self) -> MeteredPacer: ...
 
     @property
     def sessions(self) -> Collection[MeteredSession]: ...
@@ -94,6 +107,7 @@ class _Totals:
         self.interrupts = 0
         self.engine_s = 0.0
         self.audio_s = 0.0
+        self.input_s = 0.0
         self.errors: dict[str, int] = {}
         self.pacing = pacing_histogram()
         self.first_audio = first_audio_histogram()
@@ -122,6 +136,7 @@ class DaemonMetrics(Collector):
         t.interrupts += o.interrupts
         t.engine_s += o.engine_s
         t.audio_s += o.audio_s
+        t.input_s += o.input_s
         code = session.error_code
         if code is not None:
             t.errors[code.name] = t.errors.get(code.name, 0) + 1
@@ -145,7 +160,7 @@ class DaemonMetrics(Collector):
         sessions = list(daemon.sessions) if daemon is not None else []
         counters = dict(t.counters)
         utterances, interrupts = t.utterances, t.interrupts
-        engine_s, audio_s = t.engine_s, t.audio_s
+        engine_s, audio_s, input_s = t.engine_s, t.audio_s, t.input_s
         pacing = [t.pacing]
         first_audio = [t.first_audio]
         interrupt = [t.interrupt]
@@ -156,6 +171,7 @@ class DaemonMetrics(Collector):
             interrupts += o.interrupts
             engine_s += o.engine_s
             audio_s += o.audio_s
+            input_s += o.input_s
             c = s.counters
             for name in counters:
                 counters[name] += getattr(c, name)
@@ -224,6 +240,22 @@ class DaemonMetrics(Collector):
             BARGE_IN_EDGES,
         )
 
+        yield CounterMetricFamily(
+            "duplexd_client_input_seconds",
+            "event-loop time spent decoding and acting on clients' frames",
+            value=input_s,
+        )
+        pacer = daemon.pacer if daemon is not None else None
+        yield CounterMetricFamily(
+            "duplexd_loop_stalls",
+            "times the event loop woke the pacer over 100 ms late (the daemon's stalls)",
+            value=pacer.stalls if pacer is not None else 0,
+        )
+        yield CounterMetricFamily(
+            "duplexd_loop_stall_seconds",
+            "how late those wake-ups were, in total",
+            value=pacer.stall_s if pacer is not None else 0.0,
+        )
         yield CounterMetricFamily(
             "duplexd_engine_compute_seconds", "engine time spent synthesizing", value=engine_s
         )

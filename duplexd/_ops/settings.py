@@ -66,6 +66,12 @@ def _check_limits(limits: SessionLimits) -> None:
         raise ValueError("max_text_bytes and max_queued_utterances must be positive")
     if limits.hello_timeout_s <= 0:
         raise ValueError(f"hello_timeout_s must be positive, got {limits.hello_timeout_s}")
+    if limits.max_frames_per_s <= 0 or limits.frame_burst < 1:
+        raise ValueError("max_frames_per_s and frame_burst must be positive")
+    if limits.idle_timeout_s <= 0:
+        raise ValueError(f"idle_timeout_s must be positive, got {limits.idle_timeout_s}")
+    if limits.max_session_s < 0:
+        raise ValueError(f"max_session_s must be >= 0 (0: unlimited), got {limits.max_session_s}")
 
 
 @attrs.frozen
@@ -78,6 +84,10 @@ class SessionLimits:
     max_queued_utterances: int = 16  # open or queued, not yet done
     ring_frames: int = 256  # per session: 5.12 s of audio at 20 ms, ~0.5 MB at 48 kHz
     hello_timeout_s: float = 10.0
+    max_frames_per_s: float = 1000.0  # client frames, averaged (a message counts as >= 1)
+    frame_burst: int = 10_000  # client frames allowed at once above that rate
+    idle_timeout_s: float = 300.0  # no client frame and nothing to say for this long: closed
+    max_session_s: float = 0.0  # a session's whole life; 0 = unlimited
 
     def __attrs_post_init__(self) -> None:
         _check_limits(self)

@@ -1,7 +1,9 @@
 """A connection's first exchange: Hello in, the checks, Welcome out. Where a byte enters.
 
-`receive_frames` is how every client message is read, during the handshake and after it: one
-WebSocket message, decoded whole (a frame must not span messages), every frame of it returned.
+`receive_message` is how every client message is read, during the handshake and after it: one
+WebSocket message. The handshake decodes only the Hello; whatever follows it in the same
+message stays in the decoder for the open session, which decodes every message frame by frame
+within its budget (`duplexd._server.session`).
 `handshake` waits for the Hello (at most `SessionLimits.hello_timeout_s`), lets the protocol
 state check it (version, formats, options), checks the token, the engine and the voice (opened
 in a worker thread: a neural voice may load), sends Welcome and returns what the open session
@@ -25,6 +27,7 @@ from ..protocol import frames as fr
 from ..protocol.codec import Decoder, RemoteProtocolError, encode
 from ..protocol.state import ServerProtocolState
 from ..protocol.transport import Transport
+from .limits import announced_limits
 
 # How blocking work leaves the event loop: `trio.to_thread.run_sync` in the daemon.
 Offload = Callable[..., Awaitable[Any]]
@@ -32,34 +35,29 @@ Offload = Callable[..., Awaitable[Any]]
 
 @dataclass(frozen=True)
 class Opened:
-    """What the handshake agreed on; the open session is built from it."""
+    """What the handshake agreed on; the open session is built from it (the frames that
+    followed the Hello in its message are still in the decoder)."""
 
     session_id: bytes
     hello: fr.Hello
     engine: str
     voice: Voice
-    early_frames: tuple[fr.Frame, ...]  # after the Hello, in the same message
 
     @property
     def sample_rate_hz(self) -> int:
         return self.hello.sample_rate_hz
 
 
-async def receive_frames(transport: Transport, decoder: Decoder) -> list[fr.Frame]:
-    """The frames of the client's next message.
-
-    Raises `RemoteProtocolError` for a text message (NOT_BINARY), bad bytes, or a frame cut at
-    the end of the message. Cancellation leaves the decoder as it was."""
+async def receive_message(transport: Transport) -> bytes:
+    """The client's next message. Raises `RemoteProtocolError` (NOT_BINARY) for a text one.
+    Cancellation leaves the message unread."""
     message = await transport.get_message()
     if isinstance(message, str):
         raise RemoteProtocolError(
             fr.ErrorCode.NOT_BINARY,
             "text WebSocket messages are not part of the protocol; send binary frames",
         )
-    decoder.receive_data(message)
-    frames = list(decoder)
-    decoder.check_boundary()  # a frame must not span WebSocket messages
-    return frames
+    return message
 
 
 async def handshake(
@@ -80,7 +78,7 @@ async def handshake(
     accepts uplink audio. Raises `RemoteProtocolError` for a refusal (Welcome not sent).
     Cancellation leaves nothing behind but a voice the engine may have opened (engines own
     their voices)."""
-    hello, early = await _receive_hello(transport, decoder, state, limits.hello_timeout_s)
+    hello = await _receive_hello(transport, decoder, state, limits.hello_timeout_s)
     if token and hello.token != token:
         raise RemoteProtocolError(fr.ErrorCode.AUTH_FAILED, "bad or missing token")
     if hello.uplink_rate_hz and not uplink:
@@ -93,7 +91,12 @@ async def handshake(
         voice: Voice = await offload(engine.open_voice, hello.voice or engine.default_voice)
     except UnknownVoiceError as exc:
         raise RemoteProtocolError(fr.ErrorCode.UNKNOWN_VOICE, str(exc)) from None
-    info = {"server": f"duplexd/{__version__}", "engines": engines.describe(), "preroll_ms": 0}
+    info = {
+        "server": f"duplexd/{__version__}",
+        "engines": engines.describe(),
+        "preroll_ms": 0,
+        "limits": announced_limits(limits),
+    }
     welcome = fr.Welcome(
         version=state.version,
         session_id=session_id,
@@ -109,15 +112,18 @@ async def handshake(
     )
     state.send(welcome)
     await transport.send_message(encode(welcome))
-    return Opened(session_id, hello, engine.name, voice, tuple(early))
+    return Opened(session_id, hello, engine.name, voice)
 
 
 async def _receive_hello(
     transport: Transport, decoder: Decoder, state: ServerProtocolState, timeout_s: float
-) -> tuple[fr.Hello, list[fr.Frame]]:
+) -> fr.Hello:
+    """The first frame, which must be the Hello; only it is decoded here."""
     with trio.move_on_after(timeout_s):
         while True:
-            frames = await receive_frames(transport, decoder)
-            if frames:
-                return state.receive_hello(frames[0]), frames[1:]
+            decoder.receive_data(await receive_message(transport))
+            frame = decoder.next_frame()
+            if frame is not None:
+                return state.receive_hello(frame)
+            decoder.check_boundary()  # an empty message is fine; half a frame is not
     raise RemoteProtocolError(fr.ErrorCode.UNEXPECTED_FRAME, f"no Hello within {timeout_s:g} s")

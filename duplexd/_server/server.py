@@ -24,11 +24,11 @@ from ..protocol.frames import SUBPROTOCOL, WS_PATH
 from ..protocol.jsonmode import JSON_SUBPROTOCOL
 from .connection import Connection
 from .handshake import Offload
+from .limits import MAX_MESSAGE_BYTES
 from .session import Session
 
 log = logging.getLogger("duplexd.server")
 
-MAX_MESSAGE_BYTES = 1 << 20  # one WebSocket message (it may hold several frames)
 CONNECT_TIMEOUT_S = 10.0  # the WebSocket upgrade must complete within this
 DISCONNECT_TIMEOUT_S = 5.0  # the closing handshake must complete within this
 # CPython hands the GIL to a waiting thread only every `sys.getswitchinterval()` (5 ms by

@@ -22,6 +22,7 @@ import collections
 import contextlib
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -33,7 +34,7 @@ from .._downlink.pacer import Pacer
 from .._downlink.producer import SynthesisCancelled, UtteranceProducer
 from .._downlink.ring import FrameRing
 from .._downlink.utterance import Utterance
-from .._downlink.writer import Downlink
+from .._downlink.writer import MAX_CONTROL_FRAMES, SLOW_SEND_S, Downlink
 from .._ops.metrics import DownlinkCounters, SessionObserver
 from .._ops.settings import SessionLimits
 from .._uplink.uplink import Uplink, UplinkServices
@@ -41,9 +42,15 @@ from ..protocol import frames as fr
 from ..protocol.codec import Decoder, RemoteProtocolError, encode
 from ..protocol.state import ServerProtocolState
 from ..protocol.transport import Transport
-from .handshake import Offload, Opened, receive_frames
+from .handshake import Offload, Opened, receive_message
+from .limits import FrameRate
 
 log = logging.getLogger("duplexd.session")
+
+# The event loop is sacred: a client's message, however many frames it holds, is decoded and
+# acted upon in batches of this many frames with a checkpoint between them, within the
+# client's frame budget (`FrameRate`); the loop time it costs is counted (`input_s`).
+FRAMES_PER_CHECKPOINT = 64
 
 CLOSED_ERRORS = (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError)
 
@@ -114,6 +121,11 @@ class Session:
         self._utterances: dict[int, Utterance] = {}  # until Done or Interrupted is sent
         self._current: Utterance | None = None  # the one being synthesized
         self._queue_lot = trio.lowlevel.ParkingLot()
+        now = trio.current_time()
+        self._frame_rate = FrameRate(limits.max_frames_per_s, limits.frame_burst, now)
+        self._limits = limits
+        self._opened_at = now
+        self._last_input = now  # when the client last sent a frame
         rate = opened.sample_rate_hz
         self._frame_samples = fr.frame_samples(rate)
         self._ring = FrameRing(
@@ -147,6 +159,7 @@ class Session:
                 nursery.start_soon(guard, self._downlink.run)
                 nursery.start_soon(guard, self._run_utterances)
                 nursery.start_soon(guard, self._read_loop)
+                nursery.start_soon(guard, self._watch_time)
                 if self._uplink is not None:
                     nursery.start_soon(guard, self._uplink.run)
                     nursery.start_soon(guard, self._uplink.process)
@@ -171,11 +184,75 @@ class Session:
     # ------------------------------------------------------------------ reading
 
     async def _read_loop(self) -> None:
-        for frame in self._opened.early_frames:
-            self._dispatch(frame)
+        await self._act_on_message()  # the rest of the Hello's message, if any
         while True:
-            for frame in await receive_frames(self._transport, self._decoder):
-                self._dispatch(frame)
+            self._decoder.receive_data(await receive_message(self._transport))
+            await self._act_on_message()
+
+    async def _act_on_message(self) -> None:
+        """Decode and act on the buffered message frame by frame: `FRAMES_PER_CHECKPOINT` at a
+        time with a checkpoint between batches, one frame-budget token each. Raises
+        LIMIT_EXCEEDED when the budget is spent, MALFORMED for a frame cut at the end of the
+        message (the frames before it were acted upon). Cancellation at a checkpoint leaves
+        the rest of the message in the decoder."""
+        decoder, rate = self._decoder, self._frame_rate
+        now = trio.current_time()
+        self._last_input = now
+        rate.refill(now)
+        if not decoder.buffered_bytes and not rate.take():  # an empty message costs too
+            raise self._over_budget()
+        t0 = time.perf_counter()
+        n = 0
+        while (frame := decoder.next_frame()) is not None:
+            if not rate.take():
+                raise self._over_budget()
+            self._dispatch(frame)
+            n += 1
+            if n % FRAMES_PER_CHECKPOINT == 0:
+                self.observer.input_s += time.perf_counter() - t0
+                await trio.lowlevel.checkpoint()
+                t0 = time.perf_counter()
+        decoder.check_boundary()  # a frame must not span WebSocket messages
+        self.observer.input_s += time.perf_counter() - t0
+
+    def _over_budget(self) -> RemoteProtocolError:
+        limits = self._limits
+        return RemoteProtocolError(
+            fr.ErrorCode.LIMIT_EXCEEDED,
+            f"more than {limits.frame_burst} frames at once or {limits.max_frames_per_s:g} a"
+            " second on average: send fewer, larger frames",
+        )
+
+    async def _watch_time(self) -> None:
+        """End the session when it was idle for `idle_timeout_s` (no client frame, nothing
+        queued or playing) or lived `max_session_s` (0: no limit), both LIMIT_EXCEEDED; or when
+        the writer has been stuck in one send for `SLOW_SEND_S` (SLOW_CONSUMER; with audio due
+        the writer notices sooner itself). Looks at least once a second."""
+        limits = self._limits
+        idle_s, life_s = limits.idle_timeout_s, limits.max_session_s
+        end_of_life = self._opened_at + life_s if life_s else math.inf
+        while True:
+            now = trio.current_time()
+            await trio.sleep_until(min(self._last_input + idle_s, end_of_life, now + 1.0))
+            now = trio.current_time()
+            if self._downlink.send_blocked_s(now) >= SLOW_SEND_S:
+                self._downlink.closed = True
+                self.slow_consumer()
+                return
+            if now >= end_of_life:
+                raise RemoteProtocolError(
+                    fr.ErrorCode.LIMIT_EXCEEDED,
+                    f"a session lasts at most {life_s:g} s here (limits.max_session_s):"
+                    " open a new one",
+                )
+            if now >= self._last_input + idle_s:
+                if not self.busy:
+                    raise RemoteProtocolError(
+                        fr.ErrorCode.LIMIT_EXCEEDED,
+                        f"idle for {idle_s:g} s (limits.idle_timeout_s): nothing was sent"
+                        " and nothing was playing",
+                    )
+                self._last_input = now  # speaking counts as activity
 
     def _dispatch(self, frame: fr.Frame) -> None:
         if not self._state.receive(frame):
@@ -271,7 +348,18 @@ class Session:
             self.observer.interrupted()
 
     def slow_consumer(self) -> None:
-        self._end.fail(fr.ErrorCode.SLOW_CONSUMER, "the client fell 1 s behind the audio")
+        self._end.fail(
+            fr.ErrorCode.SLOW_CONSUMER,
+            "the client read nothing for 1 s while audio was due (its socket's buffer stayed"
+            " full): read the audio as it comes",
+        )
+
+    def too_many_requests(self) -> None:
+        self._end.fail(
+            fr.ErrorCode.TOO_MANY_REQUESTS,
+            f"more than {MAX_CONTROL_FRAMES} answers (Pong, Stats, Paused...) waiting to be"
+            " sent: send requests no faster than their answers arrive",
+        )
 
     def _retire(self, uid: int) -> None:
         if self._utterances.pop(uid, None) is not None:
@@ -364,5 +452,7 @@ class Session:
             "interrupts": o.interrupts,
             "engine_s": round(o.engine_s, 4),
             "audio_s": round(o.audio_s, 4),
+            "input_loop_ms": round(o.input_s * 1e3, 3),
+            "ticks_dropped": c.ticks_dropped,
             **(self._uplink.stats() if self._uplink is not None else {}),
         }

@@ -125,6 +125,7 @@ class ErrorCode(enum.IntEnum):
     INTERNAL = 15
     GOING_AWAY = 16
     BAD_OPTIONS = 17
+    TOO_MANY_REQUESTS = 18
 
     @property
     def close_code(self) -> int:
@@ -166,6 +167,7 @@ _CLOSE_CODES: Final = {
     ErrorCode.INTERNAL: CloseCode.INTERNAL_ERROR,
     ErrorCode.GOING_AWAY: CloseCode.GOING_AWAY,
     ErrorCode.BAD_OPTIONS: CloseCode.PROTOCOL_ERROR,
+    ErrorCode.TOO_MANY_REQUESTS: CloseCode.LIMIT,
 }
 
 
