@@ -99,6 +99,8 @@ def duplexd_argv(engine: str, device: str) -> list[str]:
         device,
         "--port",
         "0",
+        "--max-sessions",
+        "0",  # the bench measures capacity: no admission limit
         "--log-format",
         "json",
         "--log-level",

@@ -80,6 +80,7 @@ async def open_pair(
     uplink_services: UplinkServices | None = None,
     stream_pair: Callable[[int], tuple[Any, Any]] | None = None,
     token: str = "",
+    draining: Callable[[], bool] = lambda: False,
 ) -> AsyncIterator[list[Pair]]:
     """`sessions` independent sessions on one shared pacer; yields their client sides.
 
@@ -106,6 +107,7 @@ async def open_pair(
                     token=token,
                     offload=offload,
                     uplink_services=uplink_services or inline_uplink_services(),
+                    draining=draining,
                 )
                 bucket.append(connection)
                 await connection.run()

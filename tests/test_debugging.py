@@ -136,6 +136,29 @@ async def test_json_errors_close_like_binary_ones(daemon: Daemon) -> None:
 
 @pytest.mark.integration
 @leaky
+async def test_json_mode_nested_too_deep_is_malformed(daemon: Daemon) -> None:
+    async with open_websocket_url(daemon.url, subprotocols=[JSON_SUBPROTOCOL]) as ws:
+        await ws.send_message("[" * 100_000)
+        error = await _json(ws)
+        assert error["type"] == "error" and error["code"] == "MALFORMED"
+        assert "nested too deeply" in error["message"]
+
+
+@pytest.mark.integration
+@leaky
+async def test_the_subprotocol_is_required(daemon: Daemon) -> None:
+    from trio_websocket import ConnectionRejected
+
+    with pytest.raises(ConnectionRejected) as info:
+        async with open_websocket_url(daemon.url):
+            pass
+    assert info.value.status_code == 400
+    assert b"duplexd.v1" in (info.value.body or b"")
+    assert daemon.rejected == {"subprotocol": 1}
+
+
+@pytest.mark.integration
+@leaky
 async def test_binary_clients_still_get_not_binary(daemon: Daemon) -> None:
     async with open_websocket_url(
         daemon.url, subprotocols=[fr.SUBPROTOCOL, JSON_SUBPROTOCOL]

@@ -289,3 +289,25 @@ async def test_a_daemon_stall_is_not_blamed_on_the_clients(
         gaps = np.diff(times)
         assert max(gaps) == pytest.approx(1.5 + FRAME_S, abs=FRAME_S)  # one gap: the stall
         assert sorted(gaps)[-2] == pytest.approx(FRAME_S)  # no burst after it
+
+
+async def test_a_drain_refuses_new_sessions_and_new_utterances(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """SIGTERM's drain lets what was said finish; it does not wait for what comes next: a
+    connection still in its handshake, or a session starting a new utterance, gets GOING_AWAY."""
+    draining = False
+    async with open_pair(sessions=3, draining=lambda: draining) as (late, talker, playing):
+        await handshake(talker)
+        await handshake(playing)
+        await playing.send(fr.Text(1, "Hi there.", end=True))
+        await playing.receive()  # audio is flowing
+        draining = True
+        await late.send(fr.Hello())  # upgraded before the drain, Hello after it
+        await expect_error(late, E.GOING_AWAY)
+        await talker.send(fr.Text(1, "One more thing."))
+        await expect_error(talker, E.GOING_AWAY)
+        frames: list[fr.Frame] = []
+        while not any(isinstance(f, fr.UtteranceDone) for f in frames):
+            frames += await playing.receive()  # what was already said plays to its end
+        assert playing.sessions[0].error_code is None

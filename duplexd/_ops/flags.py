@@ -23,6 +23,7 @@ FLAG_KEYS: Final = {
     "http_port": ("server", "http_port"),
     "token": ("server", "token"),
     "max_sessions": ("server", "max_sessions"),
+    "max_sessions_per_address": ("server", "max_sessions_per_address"),
     "drain_timeout": ("server", "drain_timeout_s"),
     "engine": ("engine", "name"),
     "device": ("engine", "device"),
@@ -52,7 +53,12 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--http-host", default=d, help="side port address (default: --host)")
     p.add_argument("--http-port", type=int, default=d, help="/healthz /readyz /metrics; 0: off")
     p.add_argument("--token", default=d, help="require this token in Hello")
-    p.add_argument("--max-sessions", type=int, default=d, help="0: unlimited")
+    p.add_argument(
+        "--max-sessions", type=_count_or_auto, default=d, help='"auto" (default) or N; 0: unlimited'
+    )
+    p.add_argument(
+        "--max-sessions-per-address", type=int, default=d, help="from one remote address (32)"
+    )
     p.add_argument("--drain-timeout", type=float, default=d, metavar="S", help="SIGTERM drain")
     p.add_argument("--engine", default=d, help="vits (default), tone, or a plugin's")
     p.add_argument("--device", default=d, help="auto (default), cpu, cuda, cuda:N")
@@ -80,6 +86,15 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-format", default=d, choices=["json", "text"])
     p.add_argument("--log-level", default=d, help="debug, info (default), warning, error")
     p.add_argument("--log-file", default=d, help="log here instead of stderr (SIGHUP reopens)")
+
+
+def _count_or_auto(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected "auto" or a number, got {text!r}') from None
 
 
 def _environ() -> dict[str, str]:

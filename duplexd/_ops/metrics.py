@@ -160,6 +160,7 @@ class SessionObserver:
     __slots__ = (
         "_interrupt_at",
         "_text_at",
+        "_who",
         "audio_s",
         "barge_in",
         "engine_s",
@@ -171,8 +172,9 @@ class SessionObserver:
         "utterances_done",
     )
 
-    def __init__(self, tag: str) -> None:
+    def __init__(self, tag: str, *, client: str = "", subject: str = "") -> None:
         self.tag = tag  # the session id's first 12 hex digits, in every log line
+        self._who = {"session": tag, "client": client, "subject": subject}
         self.first_audio = first_audio_histogram()
         self.interrupt = interrupt_histogram()
         self.barge_in = barge_in_histogram()
@@ -185,14 +187,14 @@ class SessionObserver:
         self._interrupt_at: collections.deque[float] = collections.deque()
 
     def opened(self, engine: str, voice: str) -> None:
-        log.info("session open", extra={"session": self.tag, "engine": engine, "voice": voice})
+        log.info("session open", extra={**self._who, "engine": engine, "voice": voice})
 
     def closed(self) -> None:
-        log.info("session closed", extra={"session": self.tag, "utterances": self.utterances_done})
+        log.info("session closed", extra={**self._who, "utterances": self.utterances_done})
 
     def failed(self, code: str, detail: str) -> None:
         """The session ends with an Error frame of `code` (sent, or being sent)."""
-        log.info("session error", extra={"session": self.tag, "code": code, "detail": detail})
+        log.info("session error", extra={**self._who, "code": code, "detail": detail})
 
     def text_started(self, uid: int) -> None:
         self._text_at[uid] = (trio.current_time(), -1.0)
@@ -211,7 +213,7 @@ class SessionObserver:
         log.info(
             "utterance end",
             extra={
-                "session": self.tag,
+                **self._who,
                 "utterance": uid,
                 "first_audio_ms": round(first_audio * 1e3, 3) if first_audio >= 0 else None,
                 "duration_ms": round((trio.current_time() - t_text) * 1e3, 3),
@@ -227,9 +229,7 @@ class SessionObserver:
         if self._interrupt_at:
             latency = trio.current_time() - self._interrupt_at.popleft()
             self.interrupt.record(latency)
-            log.info(
-                "interrupted", extra={"session": self.tag, "interrupt_ms": round(latency * 1e3, 3)}
-            )
+            log.info("interrupted", extra={**self._who, "interrupt_ms": round(latency * 1e3, 3)})
 
     def barged_in(self, delay_s: float) -> None:
         """The uplink decided a barge-in; the audio was cut `delay_s` after its deciding frame."""

@@ -11,8 +11,10 @@ configuration (what ``duplexd config --print`` shows).
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
+import os
 import re
 import tomllib
 from collections.abc import Mapping
@@ -39,7 +41,11 @@ class ServerSettings:
     http_host: str = ""  # the HTTP side port's address; "" = same as host
     http_port: int = 0  # /healthz /readyz /metrics; 0 = off
     token: str = ""  # require this token in Hello; "" accepts any
-    max_sessions: int = 0  # 0 = unlimited; above it new sessions get HTTP 503
+    # above this many connections new ones get HTTP 503 and /readyz "full"; "auto": what the
+    # engine and the machine sustain (`session_capacity`); 0 = unlimited
+    max_sessions: int | str = "auto"
+    max_sessions_per_address: int = 32  # from one non-loopback client address (0 = unlimited)
+    trusted_proxies: tuple[str, ...] = ()  # addresses whose X-Forwarded-For names the client
     drain_timeout_s: float = 30.0  # SIGTERM: how long utterances in progress may finish
 
 
@@ -165,6 +171,47 @@ _converter.register_structure_hook(str, _strict(str, "a string"))
 _converter.register_structure_hook_func(lambda t: t == tuple[str, ...], _strings)
 
 
+def _count_or_auto(value: Any, _: Any) -> int | str:
+    if value == AUTO or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+        return value  # type: ignore[no-any-return]
+    raise ValueError(f'expected "auto" or an integer >= 0, got {value!r}')
+
+
+_converter.register_structure_hook_func(lambda t: t == (int | str), _count_or_auto)
+
+AUTO: Final = "auto"
+# sessions per CPU core each engine sustains with its pacing goals (results/README.md): the
+# tone engine keeps them at 50 sessions on 2 cores, the VITS voice at 2 on 2 cores; a GPU
+# batches VITS for many sessions at once
+_SESSIONS_PER_CORE: Final = {"tone": 25, "vits": 1}
+_CUDA_SESSIONS: Final = 64
+_PLUGIN_SESSIONS_PER_CORE: Final = 1
+
+
+def session_capacity(
+    engine: str, device: str, *, cores: int | None = None, cuda: bool | None = None
+) -> tuple[int, str]:
+    """What `max_sessions = "auto"` means here: (sessions, why). `device` "auto" counts as
+    CUDA when an NVIDIA driver is present (checked without importing torch)."""
+    cores = cores or os.cpu_count() or 1
+    if cuda is None:
+        cuda = device.startswith("cuda") or (
+            device == "auto" and os.path.exists("/proc/driver/nvidia/version")
+        )
+    if engine == "vits" and cuda:
+        return _CUDA_SESSIONS, f"{engine} on CUDA"
+    per_core = _SESSIONS_PER_CORE.get(engine, _PLUGIN_SESSIONS_PER_CORE)
+    return max(2, per_core * cores), f"{engine} on {cores} CPU cores x {per_core}"
+
+
+def effective_max_sessions(settings: Settings, *, cuda: bool | None = None) -> int:
+    """`server.max_sessions` as a number (0: unlimited)."""
+    value = settings.server.max_sessions
+    if value == AUTO:
+        return session_capacity(settings.engine.name, settings.engine.device, cuda=cuda)[0]
+    return int(value)
+
+
 def _first_error(exc: Exception) -> str:
     def fmt(e: BaseException, _type: Any) -> str:
         if isinstance(e, cattrs.ForbiddenExtraKeysError):
@@ -239,6 +286,9 @@ def _parse_env(raw: str, kind: Any) -> Any:
             raise ValueError(f"expected a number, got {raw!r}") from None
     if kind == tuple[str, ...]:
         return [s.strip() for s in raw.split(",") if s.strip()]
+    if kind == (int | str):
+        text = raw.strip()
+        return text if text == AUTO else int(text) if text.lstrip("-").isdigit() else text
     return raw
 
 
@@ -289,10 +339,13 @@ def _validate(s: Settings) -> None:
     for key, port in (("server.port", s.server.port), ("server.http_port", s.server.http_port)):
         if not 0 <= port <= 65535:
             raise bad(key, f"must be in 0..65535, got {port}")
-    if s.server.max_sessions < 0:
-        raise bad(
-            "server.max_sessions", f"must be >= 0 (0: unlimited), got {s.server.max_sessions}"
-        )
+    if s.server.max_sessions_per_address < 0:
+        raise bad("server.max_sessions_per_address", "must be >= 0 (0: unlimited)")
+    for proxy in s.server.trusted_proxies:
+        try:
+            ipaddress.ip_address(proxy)
+        except ValueError:
+            raise bad("server.trusted_proxies", f"not an IP address: {proxy!r}") from None
     if s.server.drain_timeout_s < 0:
         raise bad("server.drain_timeout_s", f"must be >= 0, got {s.server.drain_timeout_s}")
     from ..engines.registry import available_engines
@@ -345,5 +398,9 @@ def to_toml(settings: Settings, *, show_secrets: bool = False) -> str:
             if key == "token" and value and not show_secrets:
                 lines.append(f'{key} = "<hidden>"  # set; --show-secrets prints it')
                 continue
-            lines.append(f"{key} = {_toml_value(value)}")
+            line = f"{key} = {_toml_value(value)}"
+            if section == "server" and key == "max_sessions" and value == AUTO:
+                n, why = session_capacity(settings.engine.name, settings.engine.device)
+                line += f"  # {n} here: {why}"
+            lines.append(line)
     return "\n".join(lines) + "\n"

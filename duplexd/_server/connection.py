@@ -47,10 +47,13 @@ class Connection:
         offload: Offload = trio.to_thread.run_sync,
         on_open: Callable[[Session], None] | None = None,
         on_close: Callable[[Session], None] | None = None,
+        draining: Callable[[], bool] = lambda: False,
+        client: str = "",
+        subject: str = "",
     ) -> None:
         self.id = os.urandom(16)
         tag = self.id.hex()[:12]
-        self.observer = SessionObserver(tag)
+        self.observer = SessionObserver(tag, client=client, subject=subject)
         self.session: Session | None = None  # open once the handshake succeeded
         self._transport = transport
         self._engines = engines
@@ -61,6 +64,7 @@ class Connection:
         self._offload = offload
         self._on_open = on_open
         self._on_close = on_close
+        self._draining = draining
         self._state = ServerProtocolState(
             max_text_bytes=limits.max_text_bytes,
             max_queued_utterances=limits.max_queued_utterances,
@@ -104,6 +108,7 @@ class Connection:
             token=self._token,
             uplink=self._uplink_services is not None,
             offload=self._offload,
+            draining=self._draining,
         )
         session = Session(
             self._transport,
@@ -116,6 +121,7 @@ class Connection:
             limits=self._limits,
             uplink_services=self._uplink_services,
             offload=self._offload,
+            draining=self._draining,
         )
         self.session = session
         self.observer.opened(opened.engine, opened.voice.name)

@@ -32,6 +32,18 @@ from .limits import announced_limits
 # How blocking work leaves the event loop: `trio.to_thread.run_sync` in the daemon.
 Offload = Callable[..., Awaitable[Any]]
 
+DRAINING_MESSAGE = "the server is shutting down: it takes no new sessions or utterances; reconnect"
+
+
+class Refusal(Exception):
+    """The server ends a session for a reason of its own (not the client's fault): reported
+    as an Error frame with `code`, like a protocol error, but never blamed on the peer."""
+
+    def __init__(self, code: fr.ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
 
 @dataclass(frozen=True)
 class Opened:
@@ -71,11 +83,14 @@ async def handshake(
     token: str = "",
     uplink: bool = True,
     offload: Offload = trio.to_thread.run_sync,
+    draining: Callable[[], bool] = lambda: False,
 ) -> Opened:
     """Receive and check the Hello, send Welcome; return what was agreed.
 
     `token`: the token a Hello must carry ("" accepts any); `uplink`: whether this server
-    accepts uplink audio. Raises `RemoteProtocolError` for a refusal (Welcome not sent).
+    accepts uplink audio; `draining()`: whether the server is shutting down (then GOING_AWAY
+    instead of Welcome). Raises `RemoteProtocolError` for the client's fault and `Refusal`
+    for the server's (Welcome not sent).
     Cancellation leaves nothing behind but a voice the engine may have opened (engines own
     their voices)."""
     hello = await _receive_hello(transport, decoder, state, limits.hello_timeout_s)
@@ -91,6 +106,8 @@ async def handshake(
         voice: Voice = await offload(engine.open_voice, hello.voice or engine.default_voice)
     except UnknownVoiceError as exc:
         raise RemoteProtocolError(fr.ErrorCode.UNKNOWN_VOICE, str(exc)) from None
+    if draining():
+        raise Refusal(fr.ErrorCode.GOING_AWAY, DRAINING_MESSAGE)
     info = {
         "server": f"duplexd/{__version__}",
         "engines": engines.describe(),

@@ -8,9 +8,10 @@ full (HTTP 503), and is what `task_status.started()` reports.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 import trio
 from trio_websocket import ConnectionClosed, WebSocketRequest, WebSocketServer
@@ -38,6 +39,15 @@ DISCONNECT_TIMEOUT_S = 5.0  # the closing handshake must complete within this
 GIL_SWITCH_INTERVAL_S = 0.00025
 
 
+def is_loopback(address: str) -> bool:
+    """Whether `address` is this machine (the app next to the daemon, or a local proxy): the
+    per-address limit is for clients from elsewhere."""
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return address in ("localhost", "")
+
+
 class Daemon:
     """The running server: its sessions and what it refuses. Trio thread only."""
 
@@ -50,6 +60,8 @@ class Daemon:
         limits: SessionLimits,
         token: str,
         max_sessions: int,
+        max_sessions_per_address: int,
+        trusted_proxies: Collection[str],
         uplink_services: UplinkServices | None,
         tracer: Tracer | None,
         offload: Offload,
@@ -59,6 +71,9 @@ class Daemon:
         self.pacer = pacer
         self.engines = engines
         self.max_sessions = max_sessions  # 0: unlimited; above it the upgrade is answered 503
+        self.max_sessions_per_address = max_sessions_per_address  # 0: unlimited; then 429
+        self.trusted_proxies = frozenset(trusted_proxies)
+        self.by_address: dict[str, int] = {}  # client address -> connections in
         self.sessions: set[Session] = set()  # open (past the handshake)
         self.connecting = 0  # accepted, still in their handshake
         self.sessions_total = 0  # connections accepted since start
@@ -89,19 +104,60 @@ class Daemon:
             host = f"[{host}]"
         return f"ws://{host}:{self.port}{WS_PATH}"
 
-    async def handle(self, request: WebSocketRequest) -> None:
-        """One WebSocket upgrade request: refused (404, 503) or served until it closes."""
+    def client_address(self, request: WebSocketRequest) -> str:
+        """The client's address: the peer's, or, when the peer is a trusted proxy, the last
+        address its X-Forwarded-For header added."""
+        remote = request.remote
+        peer = str(getattr(remote, "address", remote))
+        if peer in self.trusted_proxies:
+            for name, value in reversed(request.headers):
+                if name.lower() == b"x-forwarded-for":
+                    last = value.decode("latin-1").rsplit(",", 1)[-1].strip()
+                    return last or peer
+        return peer
+
+    def _refusal(self, request: WebSocketRequest, address: str) -> tuple[int, str, str] | None:
+        """(HTTP status, reason, what the client reads) for an upgrade to refuse, else None.
+        Nothing of a session exists yet."""
         if request.path.rstrip("/") != WS_PATH:
-            await request.reject(404, body=f"duplexd speaks on {WS_PATH}\n".encode())
-            return
-        refusal = "draining" if self.draining else "full" if self.full else ""
-        if refusal:
-            self.rejected[refusal] = self.rejected.get(refusal, 0) + 1
+            return 404, "path", f"duplexd speaks on {WS_PATH}"
+        if not {SUBPROTOCOL, JSON_SUBPROTOCOL} & set(request.proposed_subprotocols):
+            return 400, "subprotocol", f"offer the WebSocket subprotocol {SUBPROTOCOL}"
+        if self.draining:
+            return 503, "draining", "duplexd is draining: try another instance"
+        if self.full:
+            return 503, "full", f"duplexd is full ({self.max_sessions} sessions): try later"
+        per_address = self.max_sessions_per_address
+        if (
+            per_address
+            and self.by_address.get(address, 0) >= per_address
+            and not is_loopback(address)
+        ):
+            return 429, "address", f"{per_address} sessions from {address} already"
+        return None
+
+    async def handle(self, request: WebSocketRequest) -> None:
+        """One WebSocket upgrade request: refused (HTTP 400, 404, 429, 503) before anything
+        of a session exists, or served until it closes."""
+        address = self.client_address(request)
+        refusal = self._refusal(request, address)
+        if refusal is not None:
+            status, reason, text = refusal
+            self.rejected[reason] = self.rejected.get(reason, 0) + 1
             with contextlib.suppress(ConnectionClosed, trio.BrokenResourceError):
-                await request.reject(503, body=f"duplexd is {refusal}\n".encode())
+                await request.reject(status, body=f"{text}\n".encode())
             return
         offered = request.proposed_subprotocols  # binary first; JSON: a debugging aid
-        subprotocol = next((p for p in (SUBPROTOCOL, JSON_SUBPROTOCOL) if p in offered), None)
+        subprotocol = SUBPROTOCOL if SUBPROTOCOL in offered else JSON_SUBPROTOCOL
+        self.by_address[address] = self.by_address.get(address, 0) + 1
+        try:
+            await self._serve(request, subprotocol, address)
+        finally:
+            left = self.by_address.pop(address) - 1
+            if left:
+                self.by_address[address] = left
+
+    async def _serve(self, request: WebSocketRequest, subprotocol: str, address: str) -> None:
         try:
             ws = await request.accept(subprotocol=subprotocol)
         except ConnectionClosed:
@@ -118,6 +174,8 @@ class Daemon:
             offload=self._offload,
             on_open=self._opened,
             on_close=self._closed,
+            draining=lambda: self.draining,
+            client=address,
         )
         try:
             await connection.run()
@@ -143,6 +201,8 @@ async def serve_duplexd(
     limits: SessionLimits | None = None,
     token: str = "",
     max_sessions: int = 0,
+    max_sessions_per_address: int = 0,
+    trusted_proxies: Collection[str] = (),
     uplink_services: UplinkServices | None = None,
     tracer: Tracer | None = None,
     offload: Offload = trio.to_thread.run_sync,
@@ -155,7 +215,10 @@ async def serve_duplexd(
     `task_status.started` receives the `Daemon` (port, url, live sessions). Cancelling it
     closes every session's connection; nothing else is left behind. Above `max_sessions`
     connections (0: no limit), or while `Daemon.draining`, a WebSocket upgrade is answered
-    HTTP 503. `token`: the token a Hello must carry ("" accepts any). `uplink_services`: what
+    HTTP 503; above `max_sessions_per_address` from one client address other than loopback
+    (0: no limit; the address behind a proxy in `trusted_proxies` is its X-Forwarded-For),
+    HTTP 429. `token`: the
+    token a Hello must carry ("" accepts any). `uplink_services`: what
     uplinks share (None: a Hello asking for uplink audio is refused). `tracer`: records the
     sessions it selects (`duplexd serve --trace`). `on_session_closed(session)` runs (trio
     thread) as each open session ends. While it runs, the process's GIL switch interval is
@@ -181,6 +244,8 @@ async def serve_duplexd(
                 limits=limits or SessionLimits(),
                 token=token,
                 max_sessions=max_sessions,
+                max_sessions_per_address=max_sessions_per_address,
+                trusted_proxies=trusted_proxies,
                 uplink_services=uplink_services,
                 tracer=tracer,
                 offload=offload,

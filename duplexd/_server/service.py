@@ -32,7 +32,7 @@ from .._ops.http import Response, serve_http
 from .._ops.logs import configure_logging
 from .._ops.prometheus import CONTENT_TYPE, DaemonMetrics
 from .._ops.sdnotify import Notifier, keep_watchdog_fed, watchdog_interval_s
-from .._ops.settings import ConfigError, Settings
+from .._ops.settings import ConfigError, Settings, effective_max_sessions
 from .._ops.trace import Tracer
 from .._uplink.asr import Transcriber
 from .._uplink.uplink import UplinkServices
@@ -177,7 +177,9 @@ class Service:
                     engines=engines,
                     limits=self.settings.limits,
                     token=s.token,
-                    max_sessions=s.max_sessions,
+                    max_sessions=self._max_sessions(engines),
+                    max_sessions_per_address=s.max_sessions_per_address,
+                    trusted_proxies=s.trusted_proxies,
                     uplink_services=uplink_services,
                     tracer=self._tracer,
                     on_session_closed=self._session_closed,
@@ -233,6 +235,15 @@ class Service:
             },
         )
         return self._engines
+
+    def _max_sessions(self, engines: EngineSet) -> int:
+        """`server.max_sessions`, "auto" resolved with the device the engine really runs on."""
+        cuda = engines.get("").device.startswith("cuda")
+        n = effective_max_sessions(self.settings, cuda=cuda)
+        log.info(
+            "admission", extra={"max_sessions": n, "setting": self.settings.server.max_sessions}
+        )
+        return n
 
     async def _uplink(self) -> UplinkServices:
         """The uplinks' shared parts: given, or the VAD model (loaded in a worker thread) and

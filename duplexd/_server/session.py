@@ -42,7 +42,7 @@ from ..protocol import frames as fr
 from ..protocol.codec import Decoder, RemoteProtocolError, encode
 from ..protocol.state import ServerProtocolState
 from ..protocol.transport import Transport
-from .handshake import Offload, Opened, receive_message
+from .handshake import DRAINING_MESSAGE, Offload, Opened, Refusal, receive_message
 from .limits import FrameRate
 
 log = logging.getLogger("duplexd.session")
@@ -82,6 +82,8 @@ class SessionEnd:
             await fn()
         except RemoteProtocolError as exc:
             self.fail(exc.error_code, exc.message)
+        except Refusal as exc:
+            self.fail(exc.code, exc.message)
         except CLOSED_ERRORS:
             pass
         except Exception:
@@ -106,8 +108,10 @@ class Session:
         limits: SessionLimits,
         uplink_services: UplinkServices | None,
         offload: Offload = trio.to_thread.run_sync,
+        draining: Callable[[], bool] = lambda: False,
     ) -> None:
         self.id = opened.session_id
+        self._draining = draining
         self.tag = end.tag
         self.observer = observer
         self._transport = transport
@@ -278,6 +282,8 @@ class Session:
     def _on_text(self, frame: fr.Text) -> None:
         utt = self._utterances.get(frame.utterance_id)
         if utt is None:
+            if self._draining():  # a drain waits for what was said, not for what comes next
+                raise Refusal(fr.ErrorCode.GOING_AWAY, DRAINING_MESSAGE)
             utt = Utterance(frame.utterance_id)
             self._utterances[utt.uid] = utt
             self.observer.text_started(utt.uid)
