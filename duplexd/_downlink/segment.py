@@ -13,14 +13,23 @@ Text arrives in arbitrary chunks (often one token: ``"Hel"``, ``"lo"``, ``" ther
   ahead of the audio while an LLM is still writing a long sentence),
   at a clause boundary once longer than `max_piece_chars`, and at the last word boundary
   (the last clause boundary if one lies past half of `max_piece_chars`) before
-  `hard_max_piece_chars` when no boundary came sooner.
+  `hard_max_piece_chars` when no boundary came sooner;
+* **any** piece that would pass `hard_max_piece_chars` characters with no word or clause
+  boundary to fall back to (a word longer than the cap, a run of CJK marks) is cut after
+  exactly `hard_max_piece_chars` characters, or a few fewer so as not to split a cluster: a
+  combining mark, and a character joined by a ZERO WIDTH JOINER, stay with their base (unless
+  the whole piece is one cluster);
+* a run of `MAX_RUN_CHARS` whitespace characters, or of `MAX_RUN_CHARS` CJK marks and closing
+  quotes or brackets, ends the piece at its `MAX_RUN_CHARS`-th character, whatever follows.
 
 A boundary is a run of whitespace (or, for CJK text, the point right after a full-width
 sentence or clause mark).
 It is decided only once the first non-whitespace character after it has arrived (or at
-`Segmenter.finish`), and every decision looks only at text up to that character. So the pieces
-never depend on how the text was chunked: feeding it whole, or a character at a time, gives
-identical pieces. With LLM tokens such as ``" how"`` this costs no extra wait.
+`Segmenter.finish`, or at the `MAX_RUN_CHARS`-th character of a long run), and every decision
+looks only at text up to that character (the hard cap: up to the first non-whitespace
+character at or past it). So the pieces never depend on how the text was chunked: feeding it
+whole, or a character at a time, gives identical pieces. With LLM tokens such as ``" how"``
+this costs no extra wait.
 
 One exception makes first audio start sooner: in the **first** piece, a mark ``, ; : ! ?``
 written right after a plain word (letters, inner apostrophes or hyphens, leading openers; no
@@ -40,23 +49,51 @@ lowercase letter is only a clause boundary.
 Spans: pieces cover the received text contiguously. ``piece.text`` is
 ``text[piece.start_char:piece.end_char].strip()`` and is never empty; the whitespace between two
 pieces (and any leading whitespace of the utterance) lies inside the earlier piece's span, except
-after a first piece cut at once at a clause mark (above): its span ends at the mark, and the
-whitespace after it starts the second piece's span. If the
-text holds any non-whitespace character, the spans cover exactly ``[0, len(text))`` (but for
-trailing whitespace after such a first piece when no other piece follows); otherwise there
-are no pieces. Offsets count Python ``str`` characters (code points).
+where a piece is cut before its whitespace has ended: after a first piece cut at once at a
+clause mark (above) its span ends at the mark, and after a piece ended by a run of
+`MAX_RUN_CHARS` whitespace characters its span ends after the `MAX_RUN_CHARS`-th; the rest of
+that whitespace starts the next piece's span, or, if no piece follows, lies outside every span.
+So if the text holds any non-whitespace character, the spans cover exactly ``[0, len(text))``
+but for such trailing whitespace; otherwise there are no pieces. Offsets count Python ``str``
+characters (code points).
+
+Bounds. The text comes from the network and this runs on the event loop, so what a client sends
+must not decide the cost:
+
+* **length**: ``len(piece.text) <= hard_max_piece_chars``, whatever the text (rules above). An
+  engine's output samples and working memory grow with a piece's characters, so this cap is
+  what bounds synthesis memory per piece; the daemon relies on it.
+* **time**: linear in the text, whatever the chunking. Each scan resumes where the last one
+  stopped (a pending run of whitespace or CJK marks is not read again); the word count, the
+  quote depth and the current word's start are running values. A cut back at an earlier
+  boundary (or back over a cluster) leaves the rest of the piece, fewer than
+  ``hard_max_piece_chars + MAX_RUN_CHARS`` characters, to be read again by the next; as a
+  piece falls back only to its last clause or word boundary, no boundary there is taken again
+  and a character is read at most three times or so. So `Segmenter.feed` costs
+  O(len(chunk)) amortised, plus a bounded constant per call and per piece returned (a copy
+  of the undecided piece).
+* **memory**: only the undecided piece is kept, from its first non-whitespace character (its
+  leading whitespace is counted, not kept): fewer than ``hard_max_piece_chars + MAX_RUN_CHARS``
+  characters between calls, and at most `_FEED_SLICE` more while a call works through a long
+  chunk slice by slice (which the chunking invariance makes free).
 """
 
 from __future__ import annotations
 
 import enum
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Final
 
 DEFAULT_FIRST_PIECE_MAX_WORDS: Final = 6
 DEFAULT_MAX_PIECE_CHARS: Final = 200
 DEFAULT_HARD_MAX_PIECE_CHARS: Final = 300
+# A run of this many whitespace characters (or CJK marks and closers) ends the piece.
+MAX_RUN_CHARS: Final = 64
+# `Segmenter.feed` works through a longer chunk in slices of this many characters, so a
+# cut copies a bounded buffer, never the rest of a long chunk.
+_FEED_SLICE: Final = 512
 
 # Non-ASCII marks are spelled as escapes: EM DASH \u2014, EN DASH \u2013, ELLIPSIS \u2026,
 # INTERROBANG \u203d, and the CJK full-width marks \u3002 (ideographic full stop), \uff01 (!),
@@ -73,6 +110,8 @@ _OPENERS: Final = "\"'([{*_`\u201c\u2018\u00ab\u2039\u00bf\u00a1"
 _NEWLINES: Final = frozenset("\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
 _CANDIDATE_RE: Final = re.compile("[\\s" + "".join(sorted(_CJK_MARKS)) + "]")
 _INITIALS_RE: Final = re.compile(r"(?:[^\W\d_]\.)+")  # J.  U.S.  e.g.  a.m.
+_WORD_START_RE: Final = re.compile(r"(?<!\S)\S")  # the first character of each word
+_ZWJ: Final = "\u200d"  # ZERO WIDTH JOINER: joins the characters on either side
 # Marks that end the first piece at once after a plain word (see the module docstring).
 _EAGER_MARKS: Final = ",;:!?"
 _FIRST_CANDIDATE_RE: Final = re.compile(
@@ -120,16 +159,6 @@ class _Kind(enum.IntEnum):
     SENTENCE = 3
 
 
-def _inside_quote(text: str) -> bool:
-    """Whether `text` ends inside a quotation or bracket opened in it (a closer may follow)."""
-    return (
-        text.count('"') % 2 == 1
-        or text.count("\u201c") > text.count("\u201d")
-        or text.count("(") > text.count(")")
-        or text.count("\u00ab") > text.count("\u00bb")
-    )
-
-
 def _is_nonbreaking_period(core: str, next_char: str, at_line_start: bool) -> bool:
     """Whether the period ending `core` (closers stripped) is not a sentence end."""
     if next_char.islower():
@@ -166,11 +195,19 @@ def _classify(token: str, next_char: str, at_line_start: bool) -> _Kind:
     return _Kind.WORD
 
 
+def _extends_cluster(prev: str, char: str) -> bool:
+    """Whether `char` belongs with `prev` (a cut between them would split what is written)."""
+    return unicodedata.category(char)[0] == "M" or char == _ZWJ or prev == _ZWJ
+
+
 class Segmenter:
     """Segment one utterance's streaming text into `Piece`s (single use: one utterance).
 
-    `feed` and `finish` cost time linear in the new text plus, rarely, a rescan of the current
-    unfinished piece (bounded by `hard_max_piece_chars`); memory holds only that piece.
+    Invariants (see "Bounds" in the module docstring): ``len(piece.text)`` never passes
+    `hard_max_piece_chars`; `feed` and `finish` cost time linear in the new text, amortised,
+    plus a bounded constant per call and per piece returned; between calls `_buf` holds only
+    the undecided piece from its first non-whitespace character, fewer than
+    ``hard_max_piece_chars + MAX_RUN_CHARS`` characters.
     """
 
     def __init__(
@@ -188,14 +225,25 @@ class Segmenter:
         self.first_piece_max_words: Final = first_piece_max_words
         self.max_piece_chars: Final = max_piece_chars
         self.hard_max_piece_chars: Final = hard_max_piece_chars
-        self._buf = ""  # text of the current, undecided piece: received[_base:]
-        self._base = 0  # offset of _buf[0] in the whole received text
-        self._scan = 0  # index in _buf from which boundaries are still undecided
-        self._char_before_base = ""  # last character of the previous piece
+        # The current, undecided piece: its span starts at _start; _buf = received[_base:]
+        # holds it from its first non-whitespace character (empty until one arrives).
+        self._buf = ""
+        self._base = 0
+        self._start = 0
+        self._char_before_base = ""  # received[_base - 1], or "" at the start of the text
         self._pieces_emitted = 0
-        self._word_gap: tuple[int, int] | None = None  # (content_end, cut_at), last seen
-        self._clause_gap: tuple[int, int] | None = None
         self._finished = False
+        # Scan state of the current piece, reset by every cut (indices into _buf):
+        self._scan = 0  # boundaries before it are decided (but a pending run's)
+        self._run = -1  # start of a run of whitespace or CJK marks read up to _scan, or -1
+        self._word_start = 0  # start of the current word (after the last whitespace run)
+        self._eager_word = -1  # start of the word whose first eager mark was already judged
+        self._word_gap: tuple[int, int] | None = None  # (content_end, cut_at), last seen
+        self._clause_gap: tuple[int, int, int] | None = None  # (content_end, cut_at, words)
+        self._words = 0  # words in _buf[:_words_end]
+        self._words_end = 0
+        self._quotes = (0, 0, 0, 0)  # '"' count, and open-minus-close of \u201c ( \u00ab
+        self._quotes_end = 0  # ... in _buf[:_quotes_end]
 
     @property
     def received_chars(self) -> int:
@@ -206,22 +254,33 @@ class Segmenter:
         """Add a chunk of text; return the pieces now decided (often none), in order."""
         if self._finished:
             raise RuntimeError("Segmenter.feed() after finish()")
-        if not chunk:
-            return []
-        self._buf += chunk
-        return self._drain()
+        if len(chunk) <= _FEED_SLICE:
+            self._append(chunk)
+            return self._drain()
+        pieces: list[Piece] = []
+        for at in range(0, len(chunk), _FEED_SLICE):  # same pieces, whatever the chunking
+            self._append(chunk[at : at + _FEED_SLICE])
+            pieces += self._drain()
+        return pieces
 
     def finish(self) -> list[Piece]:
         """Mark the end of the text; return every remaining piece (possibly none)."""
         if self._finished:
             raise RuntimeError("Segmenter.finish() called twice")
         self._finished = True
-        pieces = self._drain()
-        if self._buf.strip():
-            pieces.append(self._cut(len(self._buf)))
-        return pieces
+        return [self._cut(len(self._buf))] if self._buf else []
 
     # -- internals ---------------------------------------------------------------------------
+
+    def _append(self, text: str) -> None:
+        if self._buf:
+            self._buf += text
+            return
+        body = text.lstrip()  # a piece's leading whitespace is counted, not kept
+        if dropped := len(text) - len(body):
+            self._char_before_base = text[dropped - 1]
+            self._base += dropped
+        self._buf = body
 
     def _drain(self) -> list[Piece]:
         pieces: list[Piece] = []
@@ -231,12 +290,20 @@ class Segmenter:
 
     def _cut(self, cut_at: int) -> Piece:
         """Emit `_buf[:cut_at]` as a piece and start the next one."""
-        piece = Piece(self._buf[:cut_at].strip(), self._base, self._base + cut_at)
-        self._char_before_base = self._buf[cut_at - 1]
-        self._buf = self._buf[cut_at:]
-        self._base += cut_at
-        self._scan = 0
+        buf = self._buf
+        end = self._base + cut_at
+        piece = Piece(buf[:cut_at].rstrip(), self._start, end)
+        rest = buf[cut_at:]
+        body = rest.lstrip()
+        dropped = len(rest) - len(body)
+        self._char_before_base = rest[dropped - 1] if dropped else buf[cut_at - 1]
+        self._buf = body
+        self._start = end
+        self._base = end + dropped
+        self._scan = self._word_start = self._words = self._words_end = self._quotes_end = 0
+        self._run = self._eager_word = -1
         self._word_gap = self._clause_gap = None
+        self._quotes = (0, 0, 0, 0)
         self._pieces_emitted += 1
         return piece
 
@@ -246,22 +313,60 @@ class Segmenter:
             return self._clause_gap[1]
         return None if self._word_gap is None else self._word_gap[1]
 
+    def _cap_cut(self, reached: int) -> int:
+        """Where to cut a piece that reached the hard cap.
+
+        `reached` is its first non-whitespace character at or past `hard_max_piece_chars`;
+        only text up to it is read.
+        """
+        if (fallback := self._fallback()) is not None:
+            return fallback
+        limit = self.hard_max_piece_chars
+        if reached > limit:  # _buf[limit:reached] is whitespace: the text ends before the cap
+            return reached
+        buf = self._buf  # no boundary to fall back to: cut at the cap, between two clusters
+        cut_at = limit
+        while cut_at > 0 and _extends_cluster(buf[cut_at - 1], buf[cut_at]):
+            cut_at -= 1
+        return limit if cut_at == 0 or buf[cut_at].isspace() else cut_at
+
+    def _words_before(self, end: int) -> int:
+        """Words in `_buf[:end]`; `end` never decreases within a piece."""
+        if end > self._words_end:
+            self._words += len(_WORD_START_RE.findall(self._buf, self._words_end, end))
+            self._words_end = end
+        return self._words
+
+    def _inside_quote(self, end: int) -> bool:
+        """Whether `_buf[:end]` ends inside a quotation or bracket opened in it (a closer may
+        follow); `end` never decreases within a piece."""
+        new = self._buf[self._quotes_end : end]
+        straight, curly, paren, guillemet = self._quotes
+        self._quotes = quotes = (
+            straight + new.count('"'),
+            curly + new.count("\u201c") - new.count("\u201d"),
+            paren + new.count("(") - new.count(")"),
+            guillemet + new.count("\u00ab") - new.count("\u00bb"),
+        )
+        self._quotes_end = end
+        return quotes[0] % 2 == 1 or quotes[1] > 0 or quotes[2] > 0 or quotes[3] > 0
+
     def _at_line_start(self, index: int) -> bool:
         before = self._buf[index - 1] if index > 0 else self._char_before_base
         return before == "" or before in _NEWLINES
 
     def _ends_plain_word(self, i: int) -> bool:
         """Whether `_buf[:i]` ends with a plain word (letters; no digit, dot, slash...)."""
-        buf = self._buf
-        ts = i
-        while ts > 0 and not buf[ts - 1].isspace():
-            ts -= 1
-        word = buf[ts:i].lstrip(_OPENERS)
+        start = self._word_start
+        if self._eager_word == start:  # the word holds an earlier mark: not a plain word
+            return False
+        self._eager_word = start
+        word = self._buf[start:i].lstrip(_OPENERS)
         if _PLAIN_WORD_RE.fullmatch(word) is None:
             return False
-        if buf[i] == ":" and word.lower() in _URL_SCHEMES:  # https://...
+        if self._buf[i] == ":" and word.lower() in _URL_SCHEMES:  # https://...
             return False
-        return not _inside_quote(buf[:i])
+        return not self._inside_quote(i)
 
     def _should_cut(self, kind: _Kind, content_end: int) -> bool:
         if kind is _Kind.SENTENCE:
@@ -270,91 +375,108 @@ class Segmenter:
             if kind is _Kind.CLAUSE:
                 return True
             if kind is _Kind.WORD:
-                return len(self._buf[:content_end].split()) >= self.first_piece_max_words
+                return self._words_before(content_end) >= self.first_piece_max_words
             return False
         # later pieces: whole sentences, unless the sentence runs long. The word cap doubles
         # with every piece (12, 24, 48... words for the default 6) so the text stays ahead of
         # the audio without cutting sentences more often than needed.
         if kind is _Kind.WORD:
-            return len(self._buf[:content_end].split()) >= self._cap_words()
+            return self._words_before(content_end) >= self._cap_words()
         return kind is _Kind.CLAUSE and content_end >= self.max_piece_chars
 
     def _cap_words(self) -> int:
         return self.first_piece_max_words << min(self._pieces_emitted, 8)
 
+    def _decide(self, kind: _Kind, content_end: int, cut_at: int) -> int | None:
+        """Cut at a boundary (or, for a long sentence, at its last clause), or remember it."""
+        if self._should_cut(kind, content_end):
+            gap = self._clause_gap
+            # a long sentence hit the word cap: prefer its last clause boundary
+            later_word = kind is _Kind.WORD and self._pieces_emitted > 0
+            if later_word and gap is not None and gap[2] >= self._cap_words() // 2:
+                return gap[1]
+            return cut_at
+        if kind >= _Kind.WORD:
+            self._word_gap = (content_end, cut_at)
+        if kind is _Kind.CLAUSE:
+            self._clause_gap = (content_end, cut_at, self._words_before(content_end))
+        return None
+
     def _next_cut(self) -> int | None:
         """Index in `_buf` where the current piece ends, or None until more text arrives.
 
-        Every branch reads `_buf` only up to the character that decides it, so the result
-        does not depend on chunking.
+        Reads each character once (but for a cut back at an earlier boundary, which leaves the
+        rest for the next piece), resuming at `_scan`; every decision reads `_buf` only up to
+        the character that decides it, so the result does not depend on chunking.
         """
         buf = self._buf
         n = len(buf)
         limit = self.hard_max_piece_chars
-        first = self._pieces_emitted == 0
-        candidates = _FIRST_CANDIDATE_RE if first else _CANDIDATE_RE
+        candidates = _FIRST_CANDIDATE_RE if self._pieces_emitted == 0 else _CANDIDATE_RE
         while True:
-            m = candidates.search(buf, self._scan)
-            if m is None:
-                if n > limit and (fallback := self._fallback()) is not None:
-                    return fallback
-                self._scan = n
-                return None
-            i = m.start()
-            if buf[i] in _EAGER_MARKS:  # first piece only; decided by the text up to the mark
-                content_end = i + 1
-                if content_end > limit and (fallback := self._fallback()) is not None:
-                    return fallback
-                if self._ends_plain_word(i):
-                    return content_end
-                self._scan = content_end
-                continue
-            is_space = buf[i].isspace()
-            content_end = i if is_space else i + 1
-            over_cap = content_end > limit
-            if over_cap and (fallback := self._fallback()) is not None:
-                return fallback
-            if is_space:
-                if i == 0 or (buf[0].isspace() and not buf[:i].strip()):  # leading whitespace
+            run = self._run
+            if run < 0:
+                scan = self._scan
+                m = candidates.search(buf, scan)
+                i = n if m is None else m.start()
+                # buf[scan:i] is plain text (whitespace is always a candidate): the piece
+                # reaches the cap at its first non-whitespace character at or past `limit`
+                reached = max(scan, limit)
+                if reached < i or (reached == i < n and not buf[i].isspace()):
+                    return self._cap_cut(reached)
+                if m is None:
+                    self._scan = n
+                    return None
+                if buf[i] in _EAGER_MARKS:  # first piece only; decided by the text up to i
+                    if self._ends_plain_word(i):
+                        return i + 1
                     self._scan = i + 1
                     continue
-                j = i + 1
-                while j < n and buf[j].isspace():
+                self._run = run = i  # i > 0: _buf starts with a non-whitespace character
+                self._scan = i + 1
+            if buf[run].isspace():
+                j = self._scan
+                stop = min(n, run + MAX_RUN_CHARS)
+                while j < stop and buf[j].isspace():
                     j += 1
-                if j == n:  # run not over yet, or trailing whitespace at the end
+                if j - run >= MAX_RUN_CHARS:  # a long run ends the piece, whatever follows
+                    return j
+                self._scan = j
+                if j == n:  # the run may go on
                     return None
-                if any(c in _NEWLINES for c in buf[i:j]):
+                self._run = -1
+                if any(c in _NEWLINES for c in buf[run:j]):
                     kind = _Kind.SENTENCE
                 else:
-                    ts = i
-                    while ts > 0 and not buf[ts - 1].isspace():
-                        ts -= 1
-                    kind = _classify(buf[ts:i], buf[j], self._at_line_start(ts))
-                cut_at = j
+                    start = self._word_start
+                    kind = _classify(buf[start:run], buf[j], self._at_line_start(start))
+                if (cut_at := self._decide(kind, run, j)) is not None:
+                    return cut_at
+                self._word_start = j
+                # (the loop goes on at j: a non-whitespace character, maybe past the cap)
             else:
-                k = i + 1
-                while k < n and (buf[k] in _CJK_MARKS or buf[k] in _CLOSERS):
+                k = self._scan
+                while True:
+                    if k - run >= MAX_RUN_CHARS:  # a long run ends the piece
+                        return k
+                    if k == n:  # the run may go on
+                        self._scan = n
+                        return None
+                    if buf[k] not in _CJK_MARKS and buf[k] not in _CLOSERS:
+                        break
+                    if k >= limit:  # run started under the cap
+                        return self._cap_cut(k)
                     k += 1
-                if k == n:
-                    return None
                 if buf[k].isspace():  # decided as a whitespace boundary
-                    self._scan = k
+                    self._run = k
+                    self._scan = k + 1
                     continue
-                sentence = any(c in _CJK_SENTENCE_MARKS for c in buf[i:k])
+                self._run = -1
+                self._scan = k
+                sentence = any(c in _CJK_SENTENCE_MARKS for c in buf[run:k])
                 kind = _Kind.SENTENCE if sentence else _Kind.CLAUSE
-                content_end = cut_at = k
-            if over_cap or self._should_cut(kind, content_end):
-                if kind is _Kind.WORD and not first and not over_cap:
-                    # a long sentence hit the word cap: prefer its last clause boundary
-                    gap = self._clause_gap
-                    if gap is not None and len(buf[: gap[0]].split()) >= self._cap_words() // 2:
-                        return gap[1]
-                return cut_at
-            if kind >= _Kind.WORD:
-                self._word_gap = (content_end, cut_at)
-            if kind is _Kind.CLAUSE:
-                self._clause_gap = (content_end, cut_at)
-            self._scan = cut_at
+                if (cut_at := self._decide(kind, k, k)) is not None:
+                    return cut_at
 
 
 def split_text(
