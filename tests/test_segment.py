@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import itertools
+import sys
+import time
+import unicodedata
+from collections.abc import Callable, Iterable
+from types import FrameType
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from duplexd._downlink import segment
 from duplexd._downlink.segment import MAX_RUN_CHARS, Piece, Segmenter, split_text
 
 pytestmark = pytest.mark.unit
@@ -484,3 +491,209 @@ def test_short_sentences_stay_whole_after_the_first_piece() -> None:
         "This has, a comma; and more: all in one.",
         "Next one here.",
     ]
+
+
+# -- bounds: what a client sends cannot make a piece long or the segmenter slow ---------------
+
+HARD = 300  # DEFAULT_HARD_MAX_PIECE_CHARS
+
+
+def feed_bounded(chunks: Iterable[str], **policy: int) -> list[Piece]:
+    """Feed `chunks` one by one, checking after each that only a bounded piece is kept."""
+    seg = Segmenter(**policy)
+    bound = policy.get("hard_max_piece_chars", HARD) + MAX_RUN_CHARS
+    out: list[Piece] = []
+    for chunk in chunks:
+        out += seg.feed(chunk)
+        assert len(seg._buf) < bound
+    return out + seg.finish()
+
+
+def line_events(feed: Callable[[], object]) -> int:
+    """Lines of segment.py executed while `feed` runs: its Python-level work, counted."""
+    count = 0
+    filename = segment.__file__
+
+    def local(frame: FrameType, event: str, arg: Any) -> Any:
+        nonlocal count
+        count += event == "line"
+        return local
+
+    def tracer(frame: FrameType, event: str, arg: Any) -> Any:
+        return local if frame.f_code.co_filename == filename else None
+
+    previous = sys.gettrace()
+    sys.settrace(tracer)
+    try:
+        feed()
+    finally:
+        sys.settrace(previous)
+    return count
+
+
+def check_bounded(text: str, **policy: int) -> list[Piece]:
+    """One character at a time equals whole; pieces within the cap; spans as promised."""
+    whole = split_text(text, **policy)
+    check_spans(text, whole)
+    assert feed_bounded(text, **policy) == whole
+    cap = policy.get("hard_max_piece_chars", HARD)
+    assert all(len(p.text) <= cap for p in whole)
+    return whole
+
+
+@pytest.mark.parametrize("spaces", [8_000, 32_767])
+def test_long_run_of_spaces_one_char_at_a_time(spaces: int) -> None:
+    """The hostile message: "a" then thousands of 1-byte TEXT chunks of a space."""
+    text = "a" + " " * spaces
+    pieces = check_bounded(text)
+    # a run of MAX_RUN_CHARS spaces ends the piece; the rest of the run is in no piece
+    assert pieces == [Piece("a", 0, 1 + MAX_RUN_CHARS)]
+    after = Piece("b", 1 + MAX_RUN_CHARS, len(text) + 1)  # the rest of the run starts its span
+    assert check_bounded(text + "b") == [pieces[0], after]
+
+
+def test_long_run_of_cjk_marks_one_char_at_a_time() -> None:
+    pieces = check_bounded("\u3002" * 10_922)
+    sizes = [len(p.text) for p in pieces]
+    assert sizes == [MAX_RUN_CHARS] * (10_922 // MAX_RUN_CHARS) + [10_922 % MAX_RUN_CHARS]
+
+
+def test_long_runs_end_the_piece_whatever_follows() -> None:
+    spaced = "Mr." + " " * MAX_RUN_CHARS + "Smith came."  # not a sentence end, but a long gap
+    assert texts(spaced) == ["Mr.", "Smith came."]
+    assert texts("Mr." + " " * (MAX_RUN_CHARS - 1) + "Smith came.") == [
+        "Mr." + " " * (MAX_RUN_CHARS - 1) + "Smith came."
+    ]
+    marks = "\u4f60" + "\uff0c" * (MAX_RUN_CHARS - 1) + "\u201d" + "\u201d\u4e16"
+    assert texts(marks) == [marks[: 1 + MAX_RUN_CHARS], "\u201d\u4e16"]
+
+
+def test_word_without_spaces_is_cut_at_the_hard_cap() -> None:
+    """`TEXT(uid=1, END, "a" * 32768)`: one legal message, no spaces, no longer one piece."""
+    text = "a" * 32_768
+    pieces = check_bounded(text)
+    assert [len(p.text) for p in pieces] == [HARD] * (32_768 // HARD) + [32_768 % HARD]
+    for size in (1, 7, 300, 4096, 32_768):
+        chunks = [text[i : i + size] for i in range(0, len(text), size)]
+        assert feed_chunks(chunks) == pieces
+
+
+def test_hard_cap_counts_from_the_first_character() -> None:
+    text = "   \n" + "b" * 45
+    assert split_text(text, max_piece_chars=10, hard_max_piece_chars=20) == [
+        Piece("b" * 20, 0, 24),
+        Piece("b" * 20, 24, 44),
+        Piece("b" * 5, 44, 49),
+    ]
+
+
+def test_hard_cap_still_prefers_a_boundary() -> None:
+    pieces = later("ab " + "c" * 40, max_piece_chars=10, hard_max_piece_chars=20)
+    assert pieces == ["ab", "c" * 20, "c" * 20]
+
+
+@pytest.mark.parametrize(
+    ("cluster", "note"),
+    [
+        ("e\u0301", "e + COMBINING ACUTE ACCENT"),
+        ("a\u0301\u0323\u0308", "three combining marks"),
+        ("\u0915\u093f", "DEVANAGARI KA + VOWEL SIGN I (a spacing mark)"),
+        ("\u2764\ufe0f", "HEAVY BLACK HEART + VARIATION SELECTOR-16"),
+        ("\U0001f468\u200d\U0001f469\u200d\U0001f467", "family emoji joined by ZWJ"),
+    ],
+)
+def test_cap_does_not_split_a_cluster(cluster: str, note: str) -> None:
+    for before in range(HARD - len(cluster) + 1, HARD):  # the cluster straddles the cap
+        text = "x" * before + cluster + "y" * 10
+        pieces = check_bounded(text)
+        assert [p.text for p in pieces] == ["x" * before, cluster + "y" * 10], note
+    text = "x" * (HARD - len(cluster)) + cluster + "y" * 10  # ends right at the cap
+    assert [p.text for p in split_text(text)] == [text[:HARD], "y" * 10]
+
+
+def test_a_cluster_longer_than_the_cap_is_cut_anyway() -> None:
+    text = "a" + "\u0301" * 700  # zalgo: never an empty piece, never a piece over the cap
+    pieces = check_bounded(text)
+    assert [len(p.text) for p in pieces] == [300, 300, 101]
+    spaced = "ab " + "\u0301" * 400  # marks on a space: not kept with it across a cut
+    assert [len(p.text) for p in check_bounded(spaced)] == [2, 300, 100]
+
+
+_HOSTILE = [
+    pytest.param(lambda n: "a" + " " * n, id="spaces"),
+    pytest.param(lambda n: "\u3002" * n, id="cjk-marks"),
+    pytest.param(lambda n: "a" * n, id="one-word"),
+    pytest.param(lambda n: ("a," * n)[:n], id="commas-in-a-word"),
+    pytest.param(lambda n: ("1, " * n)[:n], id="numbers-and-commas"),
+    pytest.param(lambda n: ('"(a:b ' * n)[:n], id="open-quotes"),
+    pytest.param(lambda n: ("Mr. " * n)[:n], id="no-break"),
+    pytest.param(lambda n: ("a b " + "c" * 297 + " ") * (n // 302), id="fall-back"),
+    pytest.param(lambda n: "a" + "\u0301" * n, id="zalgo"),
+    pytest.param(lambda n: ("x\u3002\u201d" * n)[:n], id="cjk-and-closers"),
+    pytest.param(lambda n: ("Well, this is it. " * n)[:n], id="prose"),
+]
+
+
+@pytest.mark.parametrize("make", _HOSTILE)
+def test_work_is_linear_in_the_text(make: Callable[[int], str]) -> None:
+    """Python lines run per character stay flat as the text doubles: the old code, which
+    reread a pending run of spaces or CJK marks on every chunk, ran 4,000 lines a character
+    at 4,000 characters, 4x the lines for 2x the text. (C-level work per call, regex scans
+    and copies, is bounded by the buffer, which `feed_bounded` checks.)"""
+
+    def work_per_char(n: int) -> float:
+        text = make(n)
+        return line_events(lambda: feed_bounded(text)) / len(text)
+
+    small, large = work_per_char(2_000), work_per_char(4_000)
+    assert large <= 1.1 * small
+    assert large <= 60
+
+
+BOUNDARY_MARKS = EAGER_MARKS + "\u3002\uff0c\u201d"  # a piece may end after these
+_LONG_RUNS = st.sampled_from(
+    [
+        *["a", "b ", "Mr. ", "Hi, ", ". ", "\u3002", "\u201d", "\u0301", "\u200d", "\U0001f600"],
+        *[" " * 40, "\n" * 30, "\u3002" * 40, "\uff0c" * 33, "\u201d" * 20, "\u0301" * 25],
+        "x" * 45,
+    ]
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    text=st.lists(_LONG_RUNS, max_size=30).map("".join),
+    cuts=st.lists(st.integers(0, 10_000), max_size=40),
+    policy=_POLICY,
+)
+def test_bounds_hold_for_long_runs(text: str, cuts: list[int], policy: dict[str, int]) -> None:
+    whole = split_text(text, **policy)
+    check_spans(text, whole)
+    assert all(len(p.text) <= policy["hard_max_piece_chars"] for p in whole)
+    assert feed_chunks(_split_at(text, cuts), **policy) == whole
+    assert feed_bounded(text, **policy) == whole
+    for p in whole[:-1]:  # a cut at the cap (not at a boundary) keeps a base with its marks
+        last, after = text[p.end_char - 1], text[p.end_char]
+        at_boundary = last.isspace() or last in BOUNDARY_MARKS
+        if not at_boundary and unicodedata.category(after)[0] == "M":
+            # ... unless there was no base to go back to: one cluster, or marks on a space
+            assert len(p.text) == policy["hard_max_piece_chars"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=_TEXT, policy=_POLICY)
+def test_pieces_never_pass_the_hard_cap(text: str, policy: dict[str, int]) -> None:
+    assert all(len(p.text) <= policy["hard_max_piece_chars"] for p in split_text(text, **policy))
+
+
+@pytest.mark.slow
+def test_hostile_spaces_take_well_under_a_second() -> None:
+    """Real time, generous bound: the 360 KB message of 32,767 one-space TEXT chunks (which
+    blocked the event loop for 30 s on a 2-core box) and 10,922 "\u3002" chunks."""
+    for chunks in (["a"] + [" "] * 32_767, ["\u3002"] * 10_922):
+        seg = Segmenter()
+        t0 = time.perf_counter()
+        for chunk in chunks:
+            seg.feed(chunk)
+        seg.finish()
+        assert time.perf_counter() - t0 < 0.5
