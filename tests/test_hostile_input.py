@@ -129,7 +129,6 @@ class RecordingEngine(ToneEngine):
         )
 
 
-@pytest.mark.xfail(strict=True, reason="the segmenter's hard cap regardless of spaces lands next")
 async def test_an_unspaced_utterance_is_synthesized_in_bounded_pieces(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
