@@ -146,16 +146,23 @@ async def test_an_unspaced_utterance_is_synthesized_in_bounded_pieces(
 
 
 @pytest.mark.parametrize(
-    "frame", [fr.Text(1, ""), fr.GetStats(), fr.Ping(7)], ids=["empty text", "stats", "ping"]
+    ("frame", "code", "says"),
+    [
+        (fr.Text(1, ""), E.LIMIT_EXCEEDED, "5000 frames at once"),
+        # requests that want an answer pile up answers faster than they can be sent
+        (fr.GetStats(), E.TOO_MANY_REQUESTS, "1024 answers"),
+        (fr.Ping(7), E.TOO_MANY_REQUESTS, "1024 answers"),
+    ],
+    ids=["empty text", "stats", "ping"],
 )
-async def test_a_flood_of_frames_in_one_message_spends_the_frame_budget(
-    frame: fr.ClientFrame, autojump_clock: trio.testing.MockClock
+async def test_a_flood_of_frames_in_one_message_is_cut_short(
+    frame: fr.ClientFrame, code: fr.ErrorCode, says: str, autojump_clock: trio.testing.MockClock
 ) -> None:
     limits = SessionLimits(ring_frames=1024, frame_burst=5_000)
     message = encode(frame) * ((1 << 20) // len(encode(frame)))  # as many as 1 MiB holds
-    got = await attack_beside_a_bystander(message, E.LIMIT_EXCEEDED, limits=limits)
+    got = await attack_beside_a_bystander(message, code, limits=limits)
     error = got[-1]
-    assert isinstance(error, fr.Error) and "5000 frames at once" in error.message
+    assert isinstance(error, fr.Error) and says in error.message
 
 
 async def test_a_steady_stream_under_the_rate_is_served(
@@ -192,7 +199,8 @@ async def test_answers_piling_up_behind_a_blocked_socket_end_with_their_own_code
         with trio.fail_after(5):
             await pair.done.wait()
         assert pair.sessions[0].error_code is E.TOO_MANY_REQUESTS
-        assert trio.current_time() - t < 1.5  # decided at once (and the Error given 1 s)
+        # decided at once; then the message in flight gets 1 s to go out and the Error 1 s
+        assert trio.current_time() - t <= 2.0
 
 
 async def test_a_client_that_reads_nothing_is_a_slow_consumer_even_in_silence(

@@ -33,6 +33,7 @@ ControlItem = bytes | Callable[[], bytes]
 MAX_LAG_FRAMES: Final = 50  # ticks waiting for the writer (1 s of audio at 20 ms)
 SLOW_SEND_S: Final = 1.0  # one send blocked this long (the client reads nothing): slow consumer
 MAX_CONTROL_FRAMES: Final = 1024  # answers (Pong, Stats...) waiting to be sent
+CONTROL_BATCH: Final = 32  # answers built and sent in one message (bounded work per step)
 FADE_MS: Final = 5.0  # fade-out at a barge-in cut (SPEC.md §6.3), at the session's rate
 _END: Final = int(fr.AudioFlags.END)
 
@@ -107,6 +108,8 @@ class Downlink:
         self._space_wanted = False
         self._precise = pacer.precise_now()
         self._send_started: float | None = None  # when the send in progress began
+        self._run_scope = trio.CancelScope()  # `run`'s; `stop` sets its deadline
+        self._stopping = False
 
     def send_blocked_s(self, now: float) -> float:
         """How long the send in progress has been waiting (0 when none is): a client that
@@ -242,23 +245,36 @@ class Downlink:
 
     # ------------------------------------------------------------------ the writer task
 
+    def stop(self, *, grace_s: float) -> None:
+        """End `run` after the message it is sending, if any (a message is never cut by the
+        stop itself), or `grace_s` from now if that message does not go out by then."""
+        self._stopping = True
+        self.closed = True
+        self._lot.unpark()
+        self._run_scope.deadline = min(self._run_scope.deadline, trio.current_time() + grace_s)
+
     async def run(self) -> None:
-        """Send until cancelled. Cancellation may cut a frame mid-send (the transport is then
-        unusable anyway); frames still in the ring stay there."""
+        """Send until `stop` or cancelled. Cancellation may cut a frame mid-send (the transport
+        is then unusable anyway); frames still in the ring stay there."""
+        with self._run_scope:
+            await self._run()
+
+    async def _run(self) -> None:
         control = self._control
         due = self._due
-        while True:
+        while not self._stopping:
             if not control and not due:
                 await self._lot.park()
-            if control:  # every answer waiting goes out in one message, in order
-                parts = []
-                while control:
+                continue  # (stopped meanwhile?)
+            if control:  # the answers waiting go out together, in order, a bounded batch
+                parts: list[bytes] = []
+                while control and len(parts) < CONTROL_BATCH:
                     item = control.popleft()
                     parts.append(item if isinstance(item, bytes) else item())
                 self._send_started = trio.current_time()
                 await self._send(parts[0] if len(parts) == 1 else b"".join(parts))
                 self._send_started = None
-            if due and not self.paused:
+            if due and not self.paused and not self._stopping:
                 await self._send_audio(due.popleft())
 
     async def _send_audio(self, deadline: float) -> None:

@@ -56,23 +56,30 @@ CLOSED_ERRORS = (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResource
 
 
 class SessionEnd:
-    """How a connection ends: the first failure recorded wins, and cancelling `scope` (which
-    the connection runs in) stops every task of it. Synchronous; trio thread."""
+    """How a connection ends: the first failure recorded wins. During the handshake ending
+    cancels `scope` (which the connection runs in); once a session is open it calls the
+    session's `finish_with` callback instead, which stops its tasks in an order that leaves the
+    WebSocket whole for the Error frame. Synchronous; trio thread."""
 
     def __init__(self, tag: str) -> None:
         self.tag = tag
         self.scope = trio.CancelScope()
         self.error: tuple[fr.ErrorCode, str] | None = None
+        self._finish: Callable[[], None] = self.scope.cancel
+
+    def finish_with(self, finish: Callable[[], None]) -> None:
+        """From now on, ending calls `finish` (an open session's graceful stop)."""
+        self._finish = finish
 
     def fail(self, code: fr.ErrorCode, message: str) -> None:
         """End with an Error of `code` (unless an earlier failure is already recorded)."""
         if self.error is None:
             self.error = (code, message)
-        self.scope.cancel()
+        self._finish()
 
     def stop(self) -> None:
         """End without an error of our own (the peer closed, or a task finished)."""
-        self.scope.cancel()
+        self._finish()
 
     async def guard(self, fn: Callable[[], Awaitable[None]]) -> None:
         """Run `fn`; record how a failure of it is to be reported: the peer's protocol error
@@ -146,6 +153,8 @@ class Session:
                 send=self._send_control,
                 barge_in=self._barge_in,
             )
+        self._tasks_scope = trio.CancelScope()  # every task but the writer
+        end.finish_with(self._finish)
         send = self._send_tapped if self._uplink is not None else transport.send_message
         self._downlink = Downlink(
             ring=self._ring, send=send, pacer=pacer, rate_hz=rate, events=self
@@ -156,21 +165,34 @@ class Session:
     async def run(self) -> None:
         """Serve the session until one of its tasks ends it (then all stop). Never raises
         except `trio.Cancelled`; a failure is recorded in the `SessionEnd`. Cancellation
-        (or the end) leaves synthesis threads told to stop and the pacer slot released."""
+        (or the end) leaves synthesis threads told to stop and the pacer slot released.
+
+        The end comes in order (`_finish`): every task but the writer is cancelled at once;
+        the writer finishes the message it is sending (within `SLOW_SEND_S`), so the Error
+        frame that follows finds the WebSocket whole."""
         guard = self._guarded
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(guard, self._downlink.run)
-                nursery.start_soon(guard, self._run_utterances)
-                nursery.start_soon(guard, self._read_loop)
-                nursery.start_soon(guard, self._watch_time)
-                if self._uplink is not None:
-                    nursery.start_soon(guard, self._uplink.run)
-                    nursery.start_soon(guard, self._uplink.process)
+                with self._tasks_scope:
+                    async with trio.open_nursery() as tasks:
+                        tasks.start_soon(guard, self._run_utterances)
+                        tasks.start_soon(guard, self._read_loop)
+                        tasks.start_soon(guard, self._watch_time)
+                        if self._uplink is not None:
+                            tasks.start_soon(guard, self._uplink.run)
+                            tasks.start_soon(guard, self._uplink.process)
         finally:
             self._abort_all()
             self._downlink.closed = True
             self._pacer.unschedule(self._downlink)
+
+    def _finish(self) -> None:
+        """End the session (`SessionEnd` calls it): the tasks now, the writer after the
+        message in flight, or after `SLOW_SEND_S` if that one does not go out."""
+        self._tasks_scope.cancel()
+        self._downlink.stop(grace_s=SLOW_SEND_S)
+        self._abort_all()
 
     async def _guarded(self, fn: Callable[[], Awaitable[None]]) -> None:
         """Run one of the session's tasks; whatever ends it ends the session."""

@@ -1,0 +1,120 @@
+"""The attacks of tests/test_hostile_input.py on the real clock: a real daemon process (tone
+engine, worker threads, the precise timer), bystanders speaking through each attack, and the
+largest gap between two of a bystander's audio frames measured. Before the fixes these attacks froze
+the loop for seconds (the 32,767-space message 30 s) and killed every bystander.
+
+Real time on a shared machine: the bound is generous (60 ms: three frames), the tests are
+`slow`, and a failure says which attack and what gap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import trio
+from trio_websocket import ConnectionClosed, open_websocket_url
+
+from bench.daemon import duplexd_argv, start_server
+from duplexd.client.session import open_session
+from duplexd.protocol import frames as fr
+from duplexd.protocol.codec import encode
+from duplexd.protocol.jsonmode import JSON_SUBPROTOCOL
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.integration,
+    # trio-websocket's client leaks its socket when the server closes first (test_service.py)
+    pytest.mark.filterwarnings(
+        "ignore:Exception ignored in. <socket.socket:pytest.PytestUnraisableExceptionWarning"
+    ),
+]
+MAX_GAP_S = 0.060
+BYSTANDERS = 4
+TEXT = "Hello there, this is a bystander speaking while somebody else misbehaves. " * 2
+
+
+def text_chunks(first: str, chunk: str, n: int) -> bytes:
+    return encode(fr.Text(1, first)) + encode(fr.Text(1, chunk)) * n
+
+
+def flood(frame: fr.ClientFrame) -> bytes:
+    one = encode(frame)
+    return one * ((1 << 20) // len(one) - 1)
+
+
+ATTACKS: dict[str, bytes | str] = {
+    "32,767 one-space chunks": text_chunks("a", " ", 32_767),
+    "10,922 CJK marks": text_chunks("a", "\u3002", 10_922),
+    "32 KB without a space": encode(fr.Text(1, "a" * 32_768, end=True)),
+    "100,000 empty chunks": text_chunks("a", "", 100_000),
+    "a million bytes of GET_STATS": flood(fr.GetStats()),
+    "a million bytes of PING": flood(fr.Ping(1)),
+    "deeply nested JSON": "[" * 100_000,
+}
+
+
+@pytest.fixture(scope="module")
+def url() -> Iterator[str]:
+    """One daemon process for every attack (each attack is a new connection to it)."""
+    server = start_server("duplexd", duplexd_argv("tone", "cpu"))
+    try:
+        yield server.url
+    finally:
+        assert server.stop(), server.log_tail()  # a clean SIGTERM exit, after all of it
+
+
+async def bystander(url: str, gaps: list[float], errors: list[str]) -> None:
+    last: list[float] = []
+
+    def on_frame(frame: fr.ServerFrame, arrival: float) -> None:
+        if isinstance(frame, fr.Audio):
+            if last and frame.seq > 0:
+                gaps.append(arrival - last[0])
+            last[:] = [arrival]
+
+    try:
+        async with open_session(url, on_frame=on_frame) as session:
+            await session.receive_utterance(await session.say(TEXT))
+    except Exception as exc:  # a bystander must never be hurt: say how it was
+        errors.append(f"{type(exc).__name__}: {exc}")
+
+
+async def attacker(url: str, attack: bytes | str, answers: list[str]) -> None:
+    json_mode = isinstance(attack, str)
+    subprotocol = JSON_SUBPROTOCOL if json_mode else fr.SUBPROTOCOL
+    async with open_websocket_url(url, subprotocols=[subprotocol]) as ws:
+        if not json_mode:
+            await ws.send_message(encode(fr.Hello()))
+            await ws.get_message()  # Welcome
+        await ws.send_message(attack)
+        try:
+            while True:  # until the daemon closes it, or the bystanders are done
+                message = await ws.get_message()
+                if isinstance(message, str) and '"error"' in message:
+                    answers.append(message[:80])
+        except ConnectionClosed as exc:
+            answers.append(f"closed {exc.reason.code if exc.reason else None}")
+
+
+async def attacker_after(delay_s: float, url: str, attack: bytes | str, answers: list[str]) -> None:
+    await trio.sleep(delay_s)  # once everybody is speaking
+    await attacker(url, attack, answers)
+
+
+@pytest.mark.parametrize("name", list(ATTACKS))
+async def test_bystanders_keep_their_audio_on_time_through(name: str, url: str) -> None:
+    gaps: list[float] = []
+    errors: list[str] = []
+    answers: list[str] = []
+    async with trio.open_nursery() as outer:
+        outer.start_soon(attacker_after, 1.0, url, ATTACKS[name], answers)
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                for _ in range(BYSTANDERS):
+                    nursery.start_soon(bystander, url, gaps, errors)
+        outer.cancel_scope.cancel()
+    assert not errors, errors
+    print(f"\n{name}: max gap {max(gaps) * 1e3:.1f} ms of {len(gaps)}; attacker got {answers}")
+    assert len(gaps) > BYSTANDERS * 100  # they spoke through it
+    assert max(gaps) <= MAX_GAP_S, f"{name}: a bystander's frames {max(gaps) * 1e3:.1f} ms apart"
