@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from duplexd import cli
-from duplexd._ops.settings import ConfigError, Settings, load_settings, to_toml
+from duplexd._ops.settings import KEY_TYPES, ConfigError, Settings, load_settings, to_toml
 
 pytestmark = pytest.mark.unit
 
@@ -154,3 +154,54 @@ def test_the_older_asr_model_variable_still_works(monkeypatch: pytest.MonkeyPatc
 
     monkeypatch.setenv("DUPLEXD_ASR_MODEL", "/m")  # before [asr] was a section
     assert load_settings(environ=_environ()).asr.model == "/m"
+
+
+# ---------------------------------------------------------------------- [auth], [tls]
+
+SECRET = "0123456789abcdef0123456789abcdef"
+
+
+def test_example_file_documents_every_key() -> None:
+    example = tomllib.loads(EXAMPLE.read_text())
+    assert {s: set(keys) for s, keys in example.items()} == {
+        s: set(keys) for s, keys in KEY_TYPES.items()
+    }
+
+
+def test_config_print_shows_every_key_and_hides_the_token(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DUPLEXD_SERVER__TOKEN", "s3cret-token")
+    assert cli.main(["config", "--print"]) == 0
+    out = capsys.readouterr().out
+    printed = tomllib.loads(out)
+    assert {s: set(keys) for s, keys in printed.items()} == {
+        s: set(keys) for s, keys in KEY_TYPES.items()
+    }
+    assert "s3cret-token" not in out and printed["server"]["token"] == "<hidden>"
+    assert cli.main(["config", "--print", "--show-secrets"]) == 0
+    assert tomllib.loads(capsys.readouterr().out)["server"]["token"] == "s3cret-token"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[auth]\nmax_failures_per_minute = 0\n", "auth.max_failures_per_minute: must be >= 1"),
+        ("[auth]\nlockout_s = 0\n", "auth.lockout_s: must be > 0"),
+        ("[auth]\ntoken_file = '/nonexistent/t'\n", "auth.token_file: cannot read /nonexistent/t"),
+        ("[auth]\nsecret_file = 'SHORT'\n", "auth.secret_file: SHORT: a secret needs at least 32"),
+        ("[auth]\nmetrics_require_auth = true\n", "auth.metrics_require_auth: no auth"),
+        ("[auth]\nbogus = 1\n", "unknown key auth.bogus"),
+        ("[server]\ntoken = 'two words'\n", "server.token: must be printable ASCII"),
+        ("[server]\ntoken = 'dx1.abc'\n", "server.token: must not start with 'dx1.'"),
+    ],
+)
+def test_auth_and_tls_keys_are_checked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str, message: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "SHORT").write_text("x" * 31)
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, text))
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)

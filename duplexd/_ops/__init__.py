@@ -4,6 +4,8 @@ Private.
 
     settings.py    `Settings`: defaults < TOML file < DUPLEXD_* < flags, checked; `SessionLimits`
     flags.py       the `serve`/`config` flags that map to settings keys; `duplexd config`
+    auth.py        who may open a session: static and signed tokens, failed attempts limited
+                   (`Authenticator.check` on an upgrade's headers, target and peer); sans-I/O
     logs.py        JSON (or text) log lines; reopened on SIGHUP
     metrics.py     what is measured: histograms, a writer's counters, a session's observer
     prometheus.py  /metrics, computed at scrape time

@@ -21,10 +21,12 @@ FLAG_KEYS: Final = {
     "port": ("server", "port"),
     "http_host": ("server", "http_host"),
     "http_port": ("server", "http_port"),
-    "token": ("server", "token"),
     "max_sessions": ("server", "max_sessions"),
     "max_sessions_per_address": ("server", "max_sessions_per_address"),
     "drain_timeout": ("server", "drain_timeout_s"),
+    "token": ("server", "token"),
+    "auth_token_file": ("auth", "token_file"),
+    "auth_secret_file": ("auth", "secret_file"),
     "engine": ("engine", "name"),
     "device": ("engine", "device"),
     "voice": ("engine", "voice"),
@@ -60,6 +62,19 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
         "--max-sessions-per-address", type=int, default=d, help="from one remote address (32)"
     )
     p.add_argument("--drain-timeout", type=float, default=d, metavar="S", help="SIGTERM drain")
+    p.add_argument(
+        "--auth-token-file",
+        default=d,
+        metavar="FILE",
+        help="static tokens, one per line (SUBJECT:TOKEN); a token is never a flag: "
+        "this file, or DUPLEXD_SERVER__TOKEN",
+    )
+    p.add_argument(
+        "--auth-secret-file",
+        default=d,
+        metavar="FILE",
+        help="the secret that signs short-lived tokens (duplexd token)",
+    )
     p.add_argument("--engine", default=d, help="vits (default), tone, or a plugin's")
     p.add_argument("--device", default=d, help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--voice", default=d, help="voice to preload and use by default")

@@ -17,7 +17,7 @@ import math
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 import attrs
@@ -40,13 +40,24 @@ class ServerSettings:
     port: int = 8765  # 0 picks a free port
     http_host: str = ""  # the HTTP side port's address; "" = same as host
     http_port: int = 0  # /healthz /readyz /metrics; 0 = off
-    token: str = ""  # require this token in Hello; "" accepts any
+    token: str = ""  # a static token (subject "server.token"); set it as DUPLEXD_SERVER__TOKEN
     # above this many connections new ones get HTTP 503 and /readyz "full"; "auto": what the
     # engine and the machine sustain (`session_capacity`); 0 = unlimited
     max_sessions: int | str = "auto"
     max_sessions_per_address: int = 32  # from one non-loopback client address (0 = unlimited)
     trusted_proxies: tuple[str, ...] = ()  # addresses whose X-Forwarded-For names the client
     drain_timeout_s: float = 30.0  # SIGTERM: how long utterances in progress may finish
+
+
+@attrs.frozen
+class AuthSettings:
+    """`[auth]`: who may open a session (duplexd._ops.auth)."""
+
+    token_file: str = ""  # static tokens, one per line: SUBJECT:TOKEN or TOKEN; # comments
+    secret_file: str = ""  # the HMAC secret of signed tokens (`duplexd token`)
+    max_failures_per_minute: int = 10  # per address (IPv6: per /64), then locked out
+    lockout_s: float = 60.0  # how long a locked-out address is refused (HTTP 429)
+    metrics_require_auth: bool = False  # /metrics on the side port asks for a token too
 
 
 @attrs.frozen
@@ -121,6 +132,7 @@ class LogSettings:
 @attrs.frozen
 class Settings:
     server: ServerSettings = ServerSettings()
+    auth: AuthSettings = AuthSettings()
     engine: EngineSettings = EngineSettings()
     limits: SessionLimits = SessionLimits()
     asr: AsrSettings = AsrSettings()
@@ -369,6 +381,40 @@ def _validate(s: Settings) -> None:
     which = s.trace.sessions.strip().lower()
     if which not in ("first", "all") and not (which.isdigit() and int(which) >= 1):
         raise bad("trace.sessions", f"must be first, all or N >= 1, got {s.trace.sessions!r}")
+    _validate_auth(s, bad)
+
+
+def auth_configured(s: Settings) -> bool:
+    """Whether a token is required: `server.token`, `auth.token_file` or `auth.secret_file`."""
+    return bool(s.server.token or s.auth.token_file or s.auth.secret_file)
+
+
+def _validate_auth(s: Settings, bad: Callable[[str, str], ConfigError]) -> None:
+    from .auth import AuthConfigError, is_token_text, read_secret_file, read_token_file
+
+    a = s.auth
+    if a.max_failures_per_minute < 1:
+        raise bad("auth.max_failures_per_minute", f"must be >= 1, got {a.max_failures_per_minute}")
+    if a.lockout_s <= 0:
+        raise bad("auth.lockout_s", f"must be > 0, got {a.lockout_s}")
+    if s.server.token and not is_token_text(s.server.token):
+        raise bad("server.token", "must be printable ASCII without spaces")
+    if s.server.token.startswith("dx1."):
+        raise bad("server.token", "must not start with 'dx1.' (the signed tokens' prefix)")
+    for key, path, read in (
+        ("auth.token_file", a.token_file, read_token_file),
+        ("auth.secret_file", a.secret_file, read_secret_file),
+    ):
+        if path:
+            try:
+                read(path)
+            except AuthConfigError as exc:
+                raise bad(key, str(exc)) from None
+    if a.metrics_require_auth and not auth_configured(s):
+        raise bad(
+            "auth.metrics_require_auth",
+            "no auth is configured (set auth.token_file or auth.secret_file)",
+        )
 
 
 # ---------------------------------------------------------------------- rendering
@@ -386,16 +432,20 @@ def _toml_value(value: Any) -> str:
     raise TypeError(f"cannot render {value!r} as TOML")
 
 
+SECRET_KEYS: Final = frozenset({("server", "token")})  # hidden by `to_toml`
+
+
 def to_toml(settings: Settings, *, show_secrets: bool = False) -> str:
-    """The settings as a TOML document that `load_settings` reads back (the token is
-    replaced by a placeholder unless `show_secrets`)."""
+    """The settings as a TOML document that `load_settings` reads back (every key; the
+    `SECRET_KEYS` are replaced by a placeholder unless `show_secrets`; the files that
+    `[auth]` and `[tls]` name are paths, shown)."""
     lines: list[str] = []
     for section, values in attrs.asdict(settings).items():
         if lines:
             lines.append("")
         lines.append(f"[{section}]")
         for key, value in values.items():
-            if key == "token" and value and not show_secrets:
+            if (section, key) in SECRET_KEYS and value and not show_secrets:
                 lines.append(f'{key} = "<hidden>"  # set; --show-secrets prints it')
                 continue
             line = f"{key} = {_toml_value(value)}"
