@@ -139,3 +139,32 @@ def test_unknown_engine_exits_2_with_a_clear_message(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "nope" in done.stderr and "tone" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def _run(
+    tmp_path: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "duplexd", *args],
+        cwd=tmp_path,
+        env=env or _env(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
+
+
+def test_a_public_address_without_auth_refuses_to_start(tmp_path: Path) -> None:
+    done = _run(tmp_path, "serve", "--engine", "tone", "--host", "0.0.0.0", "--port", "0")
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "duplexd: config: server.host: '0.0.0.0' is not loopback and no auth is configured:"
+        " set [auth] token_file or secret_file, or pass --insecure-no-auth"
+    ]
+
+
+def test_a_server_token_on_the_command_line_is_refused(tmp_path: Path) -> None:
+    done = _run(tmp_path, "serve", "--engine", "tone", "--token", "s3cret")
+    assert done.returncode == 2
+    [line] = done.stderr.splitlines()
+    assert "DUPLEXD_SERVER__TOKEN" in line and "s3cret" not in line

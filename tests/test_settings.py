@@ -40,7 +40,9 @@ def test_example_file_loads_and_sets_the_side_port() -> None:
 
 
 def test_precedence_flags_over_env_over_file(tmp_path: Path) -> None:
-    path = write(tmp_path, "[server]\nport = 1000\nhost = 'h'\nmax_sessions = 5\n")
+    path = write(
+        tmp_path, "[server]\nport = 1000\nhost = 'h'\nmax_sessions = 5\ninsecure_no_auth = true\n"
+    )
     env = {"DUPLEXD_SERVER__PORT": "2000", "DUPLEXD_SERVER__MAX_SESSIONS": "7"}
     s = load_settings(path, environ=env, overrides={"server": {"port": 3000}})
     assert (s.server.port, s.server.max_sessions, s.server.host) == (3000, 7, "h")
@@ -184,6 +186,49 @@ def test_config_print_shows_every_key_and_hides_the_token(
 
 
 @pytest.mark.parametrize(
+    "host",
+    ["127.0.0.1", "127.8.9.10", "::1", "[::1]", "localhost", "LOCALHOST", "::ffff:127.0.0.1"],
+)
+def test_loopback_needs_no_auth(host: str) -> None:
+    assert load_settings(overrides={"server": {"host": host}}).server.host == host
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "0.0.0.0",
+        "::",
+        "",
+        "10.0.0.5",
+        "192.168.1.2",
+        "example.org",
+        "::ffff:10.0.0.1",
+        "2001:db8::1",
+    ],
+)
+def test_any_other_host_needs_auth_or_insecure_no_auth(host: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(overrides={"server": {"host": host}})
+    assert str(info.value) == (
+        f"server.host: {host!r} is not loopback and no auth is configured: set [auth]"
+        " token_file or secret_file, or pass --insecure-no-auth"
+    )
+    secret = tmp_path / "secret"
+    secret.write_text(SECRET)
+    tokens = tmp_path / "tokens"
+    tokens.write_text("a-static-token-of-some-length\n")
+    for extra in (
+        {"server": {"host": host, "insecure_no_auth": True}},
+        {"server": {"host": host, "token": "t"}},
+        {"server": {"host": host}, "auth": {"token_file": str(tokens)}},
+        {"server": {"host": host}, "auth": {"secret_file": str(secret)}},
+    ):
+        load_settings(overrides=extra)
+    env = {"DUPLEXD_SERVER__HOST": host, "DUPLEXD_SERVER__INSECURE_NO_AUTH": "yes"}
+    assert load_settings(environ=env).server.insecure_no_auth
+
+
+@pytest.mark.parametrize(
     ("text", "message"),
     [
         ("[auth]\nmax_failures_per_minute = 0\n", "auth.max_failures_per_minute: must be >= 1"),
@@ -194,6 +239,7 @@ def test_config_print_shows_every_key_and_hides_the_token(
         ("[auth]\nbogus = 1\n", "unknown key auth.bogus"),
         ("[server]\ntoken = 'two words'\n", "server.token: must be printable ASCII"),
         ("[server]\ntoken = 'dx1.abc'\n", "server.token: must not start with 'dx1.'"),
+        ("[server]\ninsecure_no_auth = 'yes'\n", "server.insecure_no_auth: expected true or"),
     ],
 )
 def test_auth_and_tls_keys_are_checked(
@@ -205,3 +251,18 @@ def test_auth_and_tls_keys_are_checked(
         load_settings(write(tmp_path, text))
     assert message in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_the_token_flag_is_gone_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (
+        ["serve", "--token", "SEKRIT"],
+        ["config", "--token=SEKRIT"],
+        ["serve", "--token"],
+    ):
+        with pytest.raises(SystemExit) as info:
+            cli.main(argv)
+        assert info.value.code == 2
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 1 and "SEKRIT" not in err[0]
+        assert "--token is not a flag" in err[0] and "DUPLEXD_SERVER__TOKEN" in err[0]
+        assert "[auth] token_file" in err[0]

@@ -24,7 +24,7 @@ FLAG_KEYS: Final = {
     "max_sessions": ("server", "max_sessions"),
     "max_sessions_per_address": ("server", "max_sessions_per_address"),
     "drain_timeout": ("server", "drain_timeout_s"),
-    "token": ("server", "token"),
+    "insecure_no_auth": ("server", "insecure_no_auth"),
     "auth_token_file": ("auth", "token_file"),
     "auth_secret_file": ("auth", "secret_file"),
     "engine": ("engine", "name"),
@@ -54,7 +54,7 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=d, help="WebSocket port (8765); 0 picks one")
     p.add_argument("--http-host", default=d, help="side port address (default: --host)")
     p.add_argument("--http-port", type=int, default=d, help="/healthz /readyz /metrics; 0: off")
-    p.add_argument("--token", default=d, help="require this token in Hello")
+    p.add_argument("--token", nargs="?", default=d, action=_NoTokenFlag, help=argparse.SUPPRESS)
     p.add_argument(
         "--max-sessions", type=_count_or_auto, default=d, help='"auto" (default) or N; 0: unlimited'
     )
@@ -74,6 +74,12 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
         default=d,
         metavar="FILE",
         help="the secret that signs short-lived tokens (duplexd token)",
+    )
+    p.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        default=d,
+        help="listen on a non-loopback address with no auth configured",
     )
     p.add_argument("--engine", default=d, help="vits (default), tone, or a plugin's")
     p.add_argument("--device", default=d, help="auto (default), cpu, cuda, cuda:N")
@@ -110,6 +116,18 @@ def _count_or_auto(text: str) -> int | str:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f'expected "auto" or a number, got {text!r}') from None
+
+
+class _NoTokenFlag(argparse.Action):
+    """`--token` is gone from the server's flags: a token on the command line is visible to
+    every user (ps, /proc/PID/cmdline). One line saying what to do instead, exit status 2."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any, **__: Any) -> None:
+        parser.exit(
+            2,
+            f"{parser.prog}: --token is not a flag (anyone can read a command line): set"
+            " DUPLEXD_SERVER__TOKEN in the environment, or [auth] token_file\n",
+        )
 
 
 def _environ() -> dict[str, str]:

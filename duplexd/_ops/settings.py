@@ -47,6 +47,7 @@ class ServerSettings:
     max_sessions_per_address: int = 32  # from one non-loopback client address (0 = unlimited)
     trusted_proxies: tuple[str, ...] = ()  # addresses whose X-Forwarded-For names the client
     drain_timeout_s: float = 30.0  # SIGTERM: how long utterances in progress may finish
+    insecure_no_auth: bool = False  # allow a non-loopback host with no auth configured
 
 
 @attrs.frozen
@@ -384,6 +385,20 @@ def _validate(s: Settings) -> None:
     _validate_auth(s, bad)
 
 
+def is_loopback(host: str) -> bool:
+    """Whether `host` is a loopback address (127.0.0.0/8, ::1) or ``localhost``."""
+    name = host.strip().strip("[]").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
 def auth_configured(s: Settings) -> bool:
     """Whether a token is required: `server.token`, `auth.token_file` or `auth.secret_file`."""
     return bool(s.server.token or s.auth.token_file or s.auth.secret_file)
@@ -414,6 +429,12 @@ def _validate_auth(s: Settings, bad: Callable[[str, str], ConfigError]) -> None:
         raise bad(
             "auth.metrics_require_auth",
             "no auth is configured (set auth.token_file or auth.secret_file)",
+        )
+    if not auth_configured(s) and not s.server.insecure_no_auth and not is_loopback(s.server.host):
+        raise bad(
+            "server.host",
+            f"{s.server.host!r} is not loopback and no auth is configured: set [auth]"
+            " token_file or secret_file, or pass --insecure-no-auth",
         )
 
 
