@@ -12,14 +12,14 @@ API). Everything a program needs is importable from here or from the public subp
                                  Hello options, JSON mode                  <- a byte is decoded
     duplexd/client/     public   the SDK (`open_session`), `chat`, the LLM adapter, `probe`
     duplexd/engines/    public   the engine plugin API; `tone`, `vits`; the registry
-    duplexd/_server/    private  the listener, each connection's handshake (a byte enters),
+    duplexd/_server/    private  the listeners (TLS), each connection's handshake (a byte enters),
                                  the open session (a cancel lands: `Session._interrupt`),
                                  the service (systemd, drain)
     duplexd/_downlink/  private  segment -> utterance -> producer (engine, resample) -> ring
                                  -> pacer -> writer                        <- audio is paced
     duplexd/_uplink/    private  microphone -> echo -> VAD -> barge-ins, turns -> ASR
-    duplexd/_ops/       private  settings, flags, logs, metrics, Prometheus, trace, the HTTP
-                                 side port, sd_notify
+    duplexd/_ops/       private  settings, flags, auth (tokens), TLS context, logs, metrics,
+                                 Prometheus, trace, the HTTP side port, sd_notify
     duplexd/cli.py               the `duplexd` command (`main`)
     native/ (source tree)        the C ring and timer, built into `duplexd._native`
 

@@ -185,6 +185,23 @@ def test_config_print_shows_every_key_and_hides_the_token(
     assert tomllib.loads(capsys.readouterr().out)["server"]["token"] == "s3cret-token"
 
 
+def test_auth_and_tls_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("alice:alice-static-token-0001\n")
+    secret = tmp_path / "secret"
+    secret.write_text(SECRET)
+    argv = ["config", "--host", "0.0.0.0", "--auth-token-file", str(tokens)]
+    assert cli.main([*argv, "--auth-secret-file", str(secret)]) == 0
+    printed = tomllib.loads(capsys.readouterr().out)
+    assert printed["auth"]["token_file"] == str(tokens)
+    assert printed["auth"]["secret_file"] == str(secret)
+    assert printed["server"]["insecure_no_auth"] is False
+    assert cli.main(["config", "--host", "::", "--insecure-no-auth"]) == 0
+    assert tomllib.loads(capsys.readouterr().out)["server"]["insecure_no_auth"] is True
+    assert cli.main(["config", "--tls-cert", str(tokens)]) == 2
+    assert "tls.key: tls.cert and tls.key are set together" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "host",
     ["127.0.0.1", "127.8.9.10", "::1", "[::1]", "localhost", "LOCALHOST", "::ffff:127.0.0.1"],
@@ -237,6 +254,8 @@ def test_any_other_host_needs_auth_or_insecure_no_auth(host: str, tmp_path: Path
         ("[auth]\nsecret_file = 'SHORT'\n", "auth.secret_file: SHORT: a secret needs at least 32"),
         ("[auth]\nmetrics_require_auth = true\n", "auth.metrics_require_auth: no auth"),
         ("[auth]\nbogus = 1\n", "unknown key auth.bogus"),
+        ("[tls]\ncert = 'c.pem'\n", "tls.key: tls.cert and tls.key are set together"),
+        ("[tls]\ncert = 'c.pem'\nkey = 'k.pem'\n", "tls: cannot read c.pem"),
         ("[server]\ntoken = 'two words'\n", "server.token: must be printable ASCII"),
         ("[server]\ntoken = 'dx1.abc'\n", "server.token: must not start with 'dx1.'"),
         ("[server]\ninsecure_no_auth = 'yes'\n", "server.insecure_no_auth: expected true or"),

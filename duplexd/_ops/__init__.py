@@ -6,6 +6,7 @@ Private.
     flags.py       the `serve`/`config` flags that map to settings keys; `duplexd config`
     auth.py        who may open a session: static and signed tokens, failed attempts limited
                    (`Authenticator.check` on an upgrade's headers, target and peer); sans-I/O
+    tls.py         the server's TLS context from `[tls]` (TLS 1.2+)
     logs.py        JSON (or text) log lines; reopened on SIGHUP
     metrics.py     what is measured: histograms, a writer's counters, a session's observer
     prometheus.py  /metrics, computed at scrape time

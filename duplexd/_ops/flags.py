@@ -27,6 +27,8 @@ FLAG_KEYS: Final = {
     "insecure_no_auth": ("server", "insecure_no_auth"),
     "auth_token_file": ("auth", "token_file"),
     "auth_secret_file": ("auth", "secret_file"),
+    "tls_cert": ("tls", "cert"),
+    "tls_key": ("tls", "key"),
     "engine": ("engine", "name"),
     "device": ("engine", "device"),
     "voice": ("engine", "voice"),
@@ -81,6 +83,8 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
         default=d,
         help="listen on a non-loopback address with no auth configured",
     )
+    p.add_argument("--tls-cert", default=d, metavar="PEM", help="serve wss://: certificate chain")
+    p.add_argument("--tls-key", default=d, metavar="PEM", help="serve wss://: its private key")
     p.add_argument("--engine", default=d, help="vits (default), tone, or a plugin's")
     p.add_argument("--device", default=d, help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--voice", default=d, help="voice to preload and use by default")

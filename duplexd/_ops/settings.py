@@ -62,6 +62,14 @@ class AuthSettings:
 
 
 @attrs.frozen
+class TlsSettings:
+    """`[tls]`: serve wss:// (both or neither)."""
+
+    cert: str = ""  # PEM certificate chain, the server's certificate first
+    key: str = ""  # PEM private key of that certificate
+
+
+@attrs.frozen
 class EngineSettings:
     name: str = "vits"  # vits, tone, or a plugin (`duplexd.engines` entry point)
     device: str = "auto"  # auto, cpu, cuda, cuda:N
@@ -134,6 +142,7 @@ class LogSettings:
 class Settings:
     server: ServerSettings = ServerSettings()
     auth: AuthSettings = AuthSettings()
+    tls: TlsSettings = TlsSettings()
     engine: EngineSettings = EngineSettings()
     limits: SessionLimits = SessionLimits()
     asr: AsrSettings = AsrSettings()
@@ -383,6 +392,7 @@ def _validate(s: Settings) -> None:
     if which not in ("first", "all") and not (which.isdigit() and int(which) >= 1):
         raise bad("trace.sessions", f"must be first, all or N >= 1, got {s.trace.sessions!r}")
     _validate_auth(s, bad)
+    _validate_tls(s, bad)
 
 
 def is_loopback(host: str) -> bool:
@@ -436,6 +446,20 @@ def _validate_auth(s: Settings, bad: Callable[[str, str], ConfigError]) -> None:
             f"{s.server.host!r} is not loopback and no auth is configured: set [auth]"
             " token_file or secret_file, or pass --insecure-no-auth",
         )
+
+
+def _validate_tls(s: Settings, bad: Callable[[str, str], ConfigError]) -> None:
+    from .tls import TlsError, server_ssl_context
+
+    t = s.tls
+    if bool(t.cert) != bool(t.key):
+        missing = "tls.key" if t.cert else "tls.cert"
+        raise bad(missing, "tls.cert and tls.key are set together (or neither)")
+    if t.cert:
+        try:
+            server_ssl_context(t.cert, t.key)
+        except TlsError as exc:
+            raise bad("tls", str(exc)) from None
 
 
 # ---------------------------------------------------------------------- rendering

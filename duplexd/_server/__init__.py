@@ -4,6 +4,7 @@ lands.
 Private.
 
     server.py      `serve_duplexd`: the WebSocket listener, the shared pacer, the live sessions
+    listen.py      `open_listeners`: plain TCP, or TLS over TCP with `[tls]` (wss://)
     connection.py  one connection: the handshake, then the session, then its Error and close
     handshake.py   Hello in, checks, Welcome out; `receive_frames`: every client message
     session.py     an open session: reader, utterance runner, writer, uplink in one nursery;
