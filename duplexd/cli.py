@@ -1,4 +1,4 @@
-"""`duplexd serve | config | chat | probe | say`: the daemon and its clients."""
+"""`duplexd serve | config | token | chat | probe | say`: the daemon and its clients."""
 
 from __future__ import annotations
 
@@ -56,6 +56,18 @@ def _parser() -> argparse.ArgumentParser:
     y.add_argument("--voice", default="")
     y.add_argument("--engine", default="")
     y.add_argument("--token", default="")
+
+    t = sub.add_parser(
+        "token",
+        help="print a short-lived signed token (--subject), or make a secret (--new-secret)",
+        description="Print one signed token for SUBJECT, good for --ttl seconds, signed with "
+        "the secret in [auth] secret_file (the same --config and DUPLEXD_* as serve). "
+        "--new-secret PATH writes a new secret file (mode 0600) instead.",
+    )
+    add_config_flags(t)
+    t.add_argument("--subject", default="", help="who the token is for (printable, <= 64)")
+    t.add_argument("--ttl", type=int, default=60, metavar="S", help="seconds it is good (60)")
+    t.add_argument("--new-secret", default="", metavar="PATH", help="write a new secret here")
     return p
 
 
@@ -74,6 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .client.probe import run_probe
 
             return run_probe(args)
+        if args.command == "token":
+            return _token(args)
         return _say(args)
     except KeyboardInterrupt:
         return 130
@@ -102,6 +116,55 @@ def _serve(args: argparse.Namespace) -> int:
     except StartupError as exc:
         print(f"duplexd: {exc}", file=sys.stderr)
         return 2
+    return 0
+
+
+# ---------------------------------------------------------------------- token
+
+
+def _token(args: argparse.Namespace) -> int:
+    """`duplexd token --subject S [--ttl 60]`: one signed token on stdout. `duplexd token
+    --new-secret PATH`: a new secret file. Mistakes: one line, exit status 2."""
+    import time
+
+    from ._ops.auth import AuthConfigError, mint, read_secret_file, write_secret_file
+    from ._ops.flags import settings_from_args
+    from ._ops.settings import ConfigError
+
+    def fail(message: str) -> int:
+        print(f"duplexd token: {message}", file=sys.stderr)
+        return 2
+
+    if args.new_secret:
+        if args.subject:
+            return fail("--new-secret makes a secret, --subject a token: one at a time")
+        try:
+            write_secret_file(args.new_secret)
+        except FileExistsError:
+            return fail(f"{args.new_secret} exists (remove it first to replace the secret)")
+        except OSError as exc:
+            return fail(f"cannot write {args.new_secret}: {exc.strerror or exc}")
+        print(f"wrote a new secret to {args.new_secret} (mode 0600): set [auth] secret_file")
+        return 0
+    if not args.subject:
+        return fail("--subject is required (who the token is for)")
+    try:
+        settings = settings_from_args(args)
+    except ConfigError as exc:
+        return fail(f"config: {exc}")
+    path = settings.auth.secret_file
+    if not path:
+        return fail(
+            "no secret configured: set [auth] secret_file (or DUPLEXD_AUTH__SECRET_FILE);"
+            " duplexd token --new-secret PATH makes one"
+        )
+    try:
+        token = mint(args.subject, args.ttl, read_secret_file(path), time.time())
+    except AuthConfigError as exc:
+        return fail(f"auth.secret_file: {exc}")
+    except ValueError as exc:
+        return fail(str(exc))
+    print(token)
     return 0
 
 

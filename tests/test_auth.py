@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from duplexd import cli
 from duplexd._ops import auth
 from duplexd._ops.auth import (
     ANONYMOUS_PRINCIPAL,
@@ -429,3 +430,61 @@ def test_authenticator_from_settings(tmp_path: Path) -> None:
     assert a.check(bearer(mint("bob", 9, SECRET, T0)), "/v1", PEER, now=T0).subject == "bob"
     assert (a.limiter.max_failures, a.limiter.lockout_s) == (2, 5.0)
     assert not Authenticator.from_settings(load_settings()).enabled
+
+
+# ---------------------------------------------------------------------- duplexd token
+
+
+@pytest.fixture
+def no_duplexd_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("DUPLEXD_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.mark.usefixtures("no_duplexd_env")
+def test_duplexd_token_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    secret = tmp_path / "secret"
+    assert cli.main(["token", "--new-secret", str(secret)]) == 0
+    assert str(secret) in capsys.readouterr().out
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    config = write(tmp_path / "d.toml", f'[auth]\nsecret_file = "{secret}"\n')
+    assert cli.main(["token", "--config", config, "--subject", "alice", "--ttl", "120"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1
+    token = out.strip()
+    got = verify(
+        token, read_secret_file(str(secret)), json.loads(unb64(token.split(".")[1]))["iat"]
+    )
+    assert (got.subject, got.kind) == ("alice", "signed")
+    claims = json.loads(unb64(token.split(".")[1]))
+    assert claims["exp"] - claims["iat"] == 120
+
+
+@pytest.mark.usefixtures("no_duplexd_env")
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--subject", "alice"], "no secret configured: set [auth] secret_file"),
+        ([], "--subject is required"),
+        (["--subject", "al ice", "--secret"], "a subject is"),
+        (["--subject", "alice", "--ttl", "0", "--secret"], "the TTL is a whole number"),
+        (["--new-secret", "EXISTING"], "exists (remove it first"),
+        (["--new-secret", "/nonexistent-dir/s"], "cannot write /nonexistent-dir/s"),
+        (["--subject", "alice", "--config", "/nonexistent.toml"], "config: cannot read"),
+    ],
+)
+def test_duplexd_token_mistakes_are_one_line_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    secret = write(tmp_path / "secret", SECRET.decode())
+    argv = [a.replace("EXISTING", secret) for a in argv]
+    if "--secret" in argv:
+        argv[argv.index("--secret")] = "--auth-secret-file"
+        argv.append(secret)
+    assert cli.main(["token", *argv]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("duplexd token: ")
+    assert message in lines[0]

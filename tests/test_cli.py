@@ -168,3 +168,15 @@ def test_a_server_token_on_the_command_line_is_refused(tmp_path: Path) -> None:
     assert done.returncode == 2
     [line] = done.stderr.splitlines()
     assert "DUPLEXD_SERVER__TOKEN" in line and "s3cret" not in line
+
+
+def test_token_command_prints_one_token(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    assert _run(tmp_path, "token", "--new-secret", str(secret)).returncode == 0
+    env = {**_env(), "DUPLEXD_AUTH__SECRET_FILE": str(secret)}
+    done = _run(tmp_path, "token", "--subject", "alice", "--ttl", "60", env=env)
+    assert done.returncode == 0, done.stderr
+    [token] = done.stdout.splitlines()
+    assert token.startswith("dx1.") and token.count(".") == 2
+    no_secret = _run(tmp_path, "token", "--subject", "alice")
+    assert no_secret.returncode == 2 and len(no_secret.stderr.splitlines()) == 1

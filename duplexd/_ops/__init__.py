@@ -3,7 +3,7 @@
 Private.
 
     settings.py    `Settings`: defaults < TOML file < DUPLEXD_* < flags, checked; `SessionLimits`
-    flags.py       the `serve`/`config` flags that map to settings keys; `duplexd config`
+    flags.py       the `serve`/`config`/`token` flags that map to settings keys; `duplexd config`
     auth.py        who may open a session: static and signed tokens, failed attempts limited
                    (`Authenticator.check` on an upgrade's headers, target and peer); sans-I/O
     tls.py         the server's TLS context from `[tls]` (TLS 1.2+)
