@@ -49,13 +49,14 @@ def _parser() -> argparse.ArgumentParser:
         DEFAULT_URL,
     )
 
+    from .client.connect import add_connection_arguments
+
     y = sub.add_parser("say", help="speak a text through a running daemon")
     y.add_argument("text")
-    y.add_argument("--url", default=DEFAULT_URL)
+    add_connection_arguments(y, DEFAULT_URL)  # --url --token-file --token --ca
     y.add_argument("--out", default="", help="write a 48 kHz mono 16-bit WAV here")
     y.add_argument("--voice", default="")
     y.add_argument("--engine", default="")
-    y.add_argument("--token", default="")
 
     t = sub.add_parser(
         "token",
@@ -172,11 +173,22 @@ def _token(args: argparse.Namespace) -> int:
 
 
 def _say(args: argparse.Namespace) -> int:
+    from .client.connect import ConnectArgsError, connect_options
     from .client.session import SessionError, open_session
+
+    try:
+        connect = connect_options(args)
+    except ConnectArgsError as exc:
+        print(f"duplexd say: {exc}", file=sys.stderr)
+        return 2
 
     async def run() -> tuple[bytes, int]:
         async with open_session(
-            args.url, voice=args.voice, engine=args.engine, token=args.token
+            args.url,
+            voice=args.voice,
+            engine=args.engine,
+            token=connect.token,
+            ssl_context=connect.ssl_context,
         ) as session:
             uid = await session.say(args.text)
             spoken = await session.receive_utterance(uid)

@@ -11,7 +11,6 @@ import attrs
 import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
-from trio_websocket import HandshakeError
 
 from duplexd._ops.settings import Settings, load_settings
 from duplexd._server.service import Phase, Service
@@ -131,9 +130,12 @@ async def test_max_sessions_makes_it_unready_and_rejects() -> None:
         async with open_session(service.daemon.url):
             status, body = await http_get(service.http_port, "/readyz")
             assert (status, body) == (503, "full: 1 of 1 sessions\n")
-            with pytest.raises(HandshakeError):
+            with pytest.raises(
+                SessionError, match=r"HTTP 503: duplexd is full \(1 sessions\): try later$"
+            ) as info:
                 async with open_session(service.daemon.url):
                     pass
+            assert info.value.status == 503
         m = samples((await http_get(service.http_port, "/metrics"))[1])
         assert m["duplexd_sessions_rejected_total{reason=full}"] == 1
 
@@ -158,7 +160,9 @@ async def test_drain_finishes_utterances_then_goes_away() -> None:
             service.request_stop()
             await trio.sleep(0.1)
             assert await http_get(port, "/readyz") == (503, "draining\n")
-            with pytest.raises(HandshakeError):
+            with pytest.raises(
+                SessionError, match=r"HTTP 503: duplexd is draining: try another instance$"
+            ):
                 async with open_session(url):
                     pass
             # the idle session is told to go away at once

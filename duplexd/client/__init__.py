@@ -3,12 +3,15 @@
 Public. `open_session(url)` connects, handshakes and yields a `ClientSession`: stream text in
 (`say`, `stream_text`, `send_text`), iterate the frames that come back (audio and events),
 `interrupt`, `pause`/`resume`, `ping`, `stats`, and with an uplink `send_audio`. Everything
-the server refuses is a `SessionError` carrying the protocol's `ErrorCode`.
+the server refuses is a `SessionError` carrying the protocol's `ErrorCode` (or, for a refused
+WebSocket upgrade, its HTTP `status`: 401 no or bad token, 429, 503).
 
 - `session`: the SDK.
 - `chat`: `duplexd chat`, a voice agent loop (microphone or WAV in, speaker or WAV out).
 - `agent`: who answers in `chat`: the demo responder, or an OpenAI-compatible LLM (httpx).
 - `probe`: `duplexd probe`, the handshake, the limits and per-frame timing of a daemon.
+- `connect`: the connection flags of `say`, `chat`, `probe`: `--url`, the token
+  (`DUPLEXD_TOKEN`, `--token-file`), `--ca`.
 
 May import: `duplexd.protocol` (and trio, trio-websocket); nothing of the server side.
 """

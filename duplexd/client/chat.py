@@ -26,6 +26,7 @@ import trio
 
 from ..protocol import frames as fr
 from .agent import DemoResponder, LLMError, OpenAIResponder, Responder
+from .connect import ConnectArgsError, ConnectOptions, add_connection_arguments, connect_options
 from .session import ClientSession, SessionError, open_session
 
 UPLINK_RATE_HZ = 16_000
@@ -34,10 +35,9 @@ FRAME_S = fr.FRAME_MS / 1000
 
 
 def add_chat_arguments(p: argparse.ArgumentParser, default_url: str) -> None:
-    p.add_argument("--url", default=default_url)
+    add_connection_arguments(p, default_url)  # --url --token-file --token --ca
     p.add_argument("--voice", default="")
     p.add_argument("--engine", default="")
-    p.add_argument("--token", default="")
     p.add_argument("--mic-file", default="", help="a WAV file played as the microphone")
     p.add_argument("--no-mic", action="store_true", help="no uplink: typed lines only")
     p.add_argument("--out", default="", help="write the agent's audio to this WAV")
@@ -53,13 +53,18 @@ def add_chat_arguments(p: argparse.ArgumentParser, default_url: str) -> None:
 def run_chat(args: argparse.Namespace) -> int:
     import os
 
+    try:
+        connect = connect_options(args)
+    except ConnectArgsError as exc:
+        print(f"duplexd chat: {exc}", file=sys.stderr)
+        return 2
     key = args.llm_key or os.environ.get("OPENAI_API_KEY", "")
     responder: Responder = (
         OpenAIResponder(args.llm_url, args.llm_model, api_key=key)
         if args.llm_url
         else DemoResponder()
     )
-    chat = Chat(args, responder)
+    chat = Chat(args, responder, connect)
     try:
         trio.run(chat.run)
     except (SessionError, OSError, LLMError) as exc:
@@ -161,8 +166,11 @@ class Speaker:
 
 
 class Chat:
-    def __init__(self, args: argparse.Namespace, responder: Responder) -> None:
+    def __init__(
+        self, args: argparse.Namespace, responder: Responder, connect: ConnectOptions
+    ) -> None:
         self.args = args
+        self.connect = connect
         self.responder = responder
         self.speaker = Speaker(args.out, DOWNLINK_RATE_HZ)
         self.mic_audio: np.ndarray | None = read_wav_16k(args.mic_file) if args.mic_file else None
@@ -189,7 +197,8 @@ class Chat:
             uplink_rate_hz=UPLINK_RATE_HZ if self.uplink else 0,
             voice=a.voice,
             engine=a.engine,
-            token=a.token,
+            token=self.connect.token,
+            ssl_context=self.connect.ssl_context,
             options=options,
         ) as session:
             mic = "file " + a.mic_file if a.mic_file else "sound card" if self.sd else "none"

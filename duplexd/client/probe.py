@@ -17,16 +17,16 @@ import numpy as np
 import trio
 
 from ..protocol import frames as fr
+from .connect import ConnectArgsError, ConnectOptions, add_connection_arguments, connect_options
 
 DEFAULT_TEXT = "Hello from duplexd probe."
 
 
 def add_probe_arguments(p: argparse.ArgumentParser, default_url: str) -> None:
-    p.add_argument("--url", default=default_url)
+    add_connection_arguments(p, default_url)  # --url --token-file --token --ca
     p.add_argument("--text", default=DEFAULT_TEXT, help="the utterance to time")
     p.add_argument("--voice", default="")
     p.add_argument("--engine", default="")
-    p.add_argument("--token", default="")
     p.add_argument("--rate", type=int, default=fr.SAMPLE_RATE_HZ, help="16000, 24000 or 48000")
     p.add_argument("--no-frames", action="store_true", help="only the summary, not every frame")
 
@@ -81,24 +81,35 @@ def run_probe(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     from .session import SessionError
 
     try:
-        trio.run(probe, args, out)
+        connect = connect_options(args)
+    except ConnectArgsError as exc:
+        print(f"duplexd probe: {exc}", file=sys.stderr)
+        return 2
+    try:
+        trio.run(probe, args, out, connect)
     except (SessionError, OSError) as exc:
         print(f"duplexd probe: {exc}", file=sys.stderr)
         return 1
     return 0
 
 
-async def probe(args: argparse.Namespace, out: TextIO) -> FrameTimer:
-    """Print the handshake, a ping and one utterance's frame timing to `out`."""
+async def probe(
+    args: argparse.Namespace, out: TextIO, connect: ConnectOptions | None = None
+) -> FrameTimer:
+    """Print the handshake, a ping and one utterance's frame timing to `out` (`connect`: the
+    token and TLS context; default: `connect_options(args)`)."""
     from .session import open_session
 
+    if connect is None:
+        connect = connect_options(args)
     timer = FrameTimer(fr.FRAME_MS / 1000, out, per_frame=not args.no_frames)
     async with open_session(
         args.url,
         sample_rate_hz=args.rate,
         engine=args.engine,
         voice=args.voice,
-        token=args.token,
+        token=connect.token,
+        ssl_context=connect.ssl_context,
         on_frame=timer.on_frame,
     ) as session:
         _print_handshake(args.url, session.welcome, session.info, out)

@@ -18,15 +18,26 @@ Keep iterating while you wait on those calls: the queue holds `FRAME_QUEUE_SIZE`
 
 from __future__ import annotations
 
+import http
 import json
 import os
+import re
+import ssl
+import urllib.parse
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeGuard, TypeVar, cast
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
+from trio_websocket import (
+    ConnectionClosed,
+    ConnectionRejected,
+    ConnectionTimeout,
+    HandshakeError,
+    WebSocketConnection,
+    open_websocket_url,
+)
 
 from ..protocol import frames as fr
 from ..protocol.codec import Decoder, RemoteProtocolError, encode
@@ -65,14 +76,21 @@ __all__ = [
 
 FRAME_QUEUE_SIZE = 4096
 _F = TypeVar("_F")
+_TOKEN_TEXT = re.compile(r"[\x21-\x7e]+")  # what a Bearer header can carry
 
 
 class SessionError(Exception):
-    """The server sent an Error frame or closed the session."""
+    """The server refused the connection, sent an Error frame or closed the session; or it
+    could not be reached. `code`: the Error frame's code; `status`: the HTTP status of a
+    refused WebSocket upgrade (401 no or bad token, 429 too many failed attempts, 503 full or
+    draining)."""
 
-    def __init__(self, message: str, code: fr.ErrorCode | None = None) -> None:
+    def __init__(
+        self, message: str, code: fr.ErrorCode | None = None, *, status: int | None = None
+    ) -> None:
         super().__init__(message)
         self.code = code
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -314,29 +332,121 @@ async def open_session(
     options: dict[str, Any] | None = None,
     on_frame: Callable[[ServerFrame, float], None] | None = None,
     connect_timeout_s: float = 10.0,
+    ca: str = "",
+    ssl_context: ssl.SSLContext | None = None,
 ) -> AsyncIterator[ClientSession]:
     """Connect, handshake, and yield a `ClientSession`; closes the connection on exit.
 
-    Raises `SessionError` if the server refuses the Hello (unknown voice, bad format...).
+    `token` goes in the WebSocket upgrade as ``Authorization: Bearer <token>`` (a static
+    token, or a signed one from ``duplexd token``); Hello's token field is left empty.
+    A ``wss://`` URL is TLS: the system's CAs are trusted, or the CA bundle at `ca` (a PEM
+    file; a self-signed server), or `ssl_context` as it is. Raises `SessionError` if the
+    server cannot be reached, refuses the upgrade (`SessionError.status`: 401 no or bad
+    token, 429 too many failed attempts, 503 full or draining) or the Hello (unknown voice,
+    bad format...). ValueError for a token that is not printable ASCII, or `ca` /
+    `ssl_context` with a ``ws://`` URL.
     `on_frame(frame, arrival_time)` is called for every frame as it arrives (for timing).
     `uplink_rate_hz` (16000 or 48000) opens the uplink for `send_audio`; `options` may hold
     {"vad": {...}, "asr": {...}} (protocol/SPEC.md §4.6.1).
     """
+    headers: list[tuple[bytes, bytes]] = []
+    if token:
+        if not _TOKEN_TEXT.fullmatch(token):
+            raise ValueError("a token is printable ASCII without spaces")
+        headers.append((b"authorization", b"Bearer " + token.encode("ascii")))
+    if ca or ssl_context is not None:
+        if urllib.parse.urlsplit(url).scheme != "wss":
+            raise ValueError("ca= and ssl_context= need a wss:// URL")
+        if ca and ssl_context is not None:
+            raise ValueError("pass ca= or ssl_context=, not both")
+        if ca:
+            ssl_context = ssl.create_default_context(cafile=ca)
     hello = fr.Hello(
         sample_rate_hz=sample_rate_hz,
         uplink_rate_hz=uplink_rate_hz,
         engine=engine,
         voice=voice,
-        token=token,
         options=json.dumps(options) if options else "",
     )
-    async with (
-        open_websocket_url(
-            url, subprotocols=[fr.SUBPROTOCOL], connect_timeout=connect_timeout_s
-        ) as ws,
-        session_over(ws, hello, on_frame=on_frame, timeout_s=connect_timeout_s) as session,
-    ):
-        yield session
+    async with AsyncExitStack() as stack:
+        try:
+            ws = await stack.enter_async_context(
+                open_websocket_url(
+                    url,
+                    ssl_context=ssl_context,
+                    subprotocols=[fr.SUBPROTOCOL],
+                    extra_headers=headers,
+                    connect_timeout=connect_timeout_s,
+                )
+            )
+        except HandshakeError as exc:
+            error = _not_connected(url, exc, connect_timeout_s)
+            if isinstance(exc, ConnectionTimeout) and url.lower().startswith("wss:"):
+                # trio-websocket waits out the timeout when the TLS handshake fails
+                # (python-trio/trio-websocket#199): find out whether it did, and why
+                problem = await _tls_problem(url, ssl_context, connect_timeout_s)
+                if problem:
+                    error = SessionError(f"cannot connect to {_safe(url)}: TLS: {problem}")
+            raise error from None
+        yield await stack.enter_async_context(
+            session_over(ws, hello, on_frame=on_frame, timeout_s=connect_timeout_s)
+        )
+
+
+def _safe(url: str) -> str:
+    """`url` without its query (a browser-style ``?token=`` must not reach a log)."""
+    return urllib.parse.urlsplit(url)._replace(query="", fragment="").geturl()
+
+
+def _cause(exc: BaseException) -> str:
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return f"{cause.reason}: {cause.verify_message}"
+    if isinstance(cause, ssl.SSLError):
+        return cause.reason or str(cause)
+    if isinstance(cause, OSError):
+        return cause.strerror or str(cause)
+    return str(cause or exc) or type(exc).__name__
+
+
+async def _tls_problem(url: str, ssl_context: ssl.SSLContext | None, timeout_s: float) -> str:
+    """Why a TLS handshake with `url`'s server fails; "" if it does not (or cannot tell)."""
+    parts = urllib.parse.urlsplit(url)
+    host, port = parts.hostname or "", parts.port or 443
+    context = ssl_context or ssl.create_default_context()
+    with trio.move_on_after(timeout_s):
+        try:
+            stream = await trio.open_ssl_over_tcp_stream(
+                host, port, ssl_context=context, https_compatible=True
+            )
+        except OSError:
+            return ""
+        try:
+            await stream.do_handshake()
+        except trio.BrokenResourceError as exc:
+            return _cause(exc)
+        finally:
+            await trio.aclose_forcefully(stream)
+    return ""
+
+
+def _not_connected(url: str, exc: HandshakeError, timeout_s: float) -> SessionError:
+    """One line for a refused upgrade, a timeout or a network error."""
+    if isinstance(exc, ConnectionRejected):
+        status = exc.status_code
+        body = (exc.body or b"").decode("utf-8", "replace").strip().splitlines()
+        why = body[0][:200] if body else ""
+        if not why:
+            try:
+                why = http.HTTPStatus(status).phrase
+            except ValueError:
+                why = "refused"
+        return SessionError(
+            f"{_safe(url)} refused the session: HTTP {status}: {why}", status=status
+        )
+    if isinstance(exc, ConnectionTimeout):
+        return SessionError(f"cannot connect to {_safe(url)}: no answer within {timeout_s:g} s")
+    return SessionError(f"cannot connect to {_safe(url)}: {_cause(exc)}")
 
 
 @asynccontextmanager
