@@ -33,7 +33,9 @@ TTLs short (a minute is enough to open a session; an open session outlives its t
 
 Failed attempts are counted per address (IPv4 address, IPv6 /64): `FailureLimiter` refuses an
 address that failed `max_failures_per_minute` times within a minute for `lockout_s`, in a
-bounded map. Behind a proxy every client has the proxy's address.
+bounded map. `peer` is the client's address as admission resolves it (behind a proxy in
+`server.trusted_proxies`, the one its X-Forwarded-For names), else every client of a proxy
+shares one count.
 """
 
 from __future__ import annotations
