@@ -79,7 +79,6 @@ async def open_pair(
     sessions: int = 1,
     uplink_services: UplinkServices | None = None,
     stream_pair: Callable[[int], tuple[Any, Any]] | None = None,
-    token: str = "",
     draining: Callable[[], bool] = lambda: False,
 ) -> AsyncIterator[list[Pair]]:
     """`sessions` independent sessions on one shared pacer; yields their client sides.
@@ -104,7 +103,6 @@ async def open_pair(
                     engines=engines,
                     pacer=pacer,
                     limits=limits,
-                    token=token,
                     offload=offload,
                     uplink_services=uplink_services or inline_uplink_services(),
                     draining=draining,

@@ -80,7 +80,6 @@ class Case:
     messages: tuple[bytes | str, ...]  # sent after the handshake (or instead of it)
     hello: fr.Hello | None = field(default_factory=fr.Hello)  # None: no handshake first
     limits: SessionLimits = TEST_LIMITS
-    token: str = ""  # the server's token ("": any)
 
 
 TEXT_HI = encode(fr.Text(1, "Hi there.", end=True))
@@ -138,20 +137,6 @@ HELLO_CASES = [
     Case("unknown engine", E.UNKNOWN_ENGINE, (), fr.Hello(engine="nope")),
     Case("unknown voice", E.UNKNOWN_VOICE, (), fr.Hello(voice="nobody")),
     Case("options not an object", E.BAD_OPTIONS, (), fr.Hello(options="[1, 2]")),
-    Case(
-        "wrong token",
-        E.AUTH_FAILED,
-        (),
-        fr.Hello(token="guess"),
-        token="s3cret",
-    ),
-    Case(
-        "missing token",
-        E.AUTH_FAILED,
-        (),
-        fr.Hello(),
-        token="s3cret",
-    ),
 ]
 
 
@@ -159,8 +144,8 @@ HELLO_CASES = [
 async def test_bad_input_gets_error_and_close(
     case: Case, autojump_clock: trio.testing.MockClock
 ) -> None:
-    good_hello = fr.Hello(token=case.token)
-    async with open_pair(limits=case.limits, sessions=2, token=case.token) as (bad, good):
+    good_hello = fr.Hello()
+    async with open_pair(limits=case.limits, sessions=2) as (bad, good):
         if case.hello is not None:
             await bad.send(case.hello)
             if case.hello == good_hello:

@@ -1,7 +1,7 @@
 """A tiny HTTP/1.1 server on trio (h11): the operator's side port (/healthz, /readyz, /metrics).
 
 `serve_http(host, port, handler, task_status=)` answers GET and HEAD with whatever
-`handler(path)` returns, synchronously on the trio thread (so a handler can read the daemon's
+`handler(request)` returns, synchronously on the trio thread (so a handler can read the daemon's
 state without locks, and a wedged event loop shows up as a health check that times out).
 Keep-alive is supported; each request must arrive within `REQUEST_TIMEOUT_S`; bodies sent to
 us are read and ignored. Cancelling `serve_http` closes the listeners and every connection.
@@ -28,13 +28,23 @@ _CLOSED = (trio.BrokenResourceError, trio.ClosedResourceError)
 
 
 @dataclass(frozen=True)
+class Request:
+    """What a handler sees of a GET or HEAD."""
+
+    path: str  # the target without its query
+    target: str  # as sent, query included
+    headers: list[tuple[bytes, bytes]]  # names lowercased
+    peer: str  # the client's address
+
+
+@dataclass(frozen=True)
 class Response:
     status: int
     body: bytes = b""
     content_type: str = "text/plain; charset=utf-8"
 
 
-Handler = Callable[[str], Response]
+Handler = Callable[[Request], Response]
 
 
 async def serve_http(
@@ -63,7 +73,7 @@ async def _serve_connection(stream: trio.SocketStream, *, handler: Handler) -> N
                 request = await _next_request(stream, conn)
             if request is None:  # closed, timed out or not HTTP
                 return
-            response = _respond(request, handler)
+            response = _respond(request, handler, _peer(stream))
             await _send(stream, conn, response, head=request.method == b"HEAD")
             if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
                 return
@@ -100,12 +110,20 @@ async def _next_request(stream: trio.SocketStream, conn: h11.Connection) -> h11.
             return None
 
 
-def _respond(request: h11.Request, handler: Handler) -> Response:
+def _peer(stream: trio.SocketStream) -> str:
+    try:
+        return str(stream.socket.getpeername()[0])
+    except (OSError, IndexError, TypeError):
+        return ""
+
+
+def _respond(request: h11.Request, handler: Handler, peer: str) -> Response:
     if request.method not in (b"GET", b"HEAD"):
         return Response(405, b"only GET and HEAD\n")
-    path = request.target.decode("ascii", "replace").split("?", 1)[0]
+    target = request.target.decode("ascii", "replace")
+    path = target.split("?", 1)[0]
     try:
-        return handler(path)
+        return handler(Request(path, target, list(request.headers), peer))
     except Exception:
         log.exception("http handler failed", extra={"path": path})
         return Response(500, b"internal error\n")

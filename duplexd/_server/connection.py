@@ -42,7 +42,6 @@ class Connection:
         engines: EngineSet,
         pacer: Pacer,
         limits: SessionLimits,
-        token: str = "",
         uplink_services: UplinkServices | None = None,
         offload: Offload = trio.to_thread.run_sync,
         on_open: Callable[[Session], None] | None = None,
@@ -59,7 +58,6 @@ class Connection:
         self._engines = engines
         self._pacer = pacer
         self._limits = limits
-        self._token = token
         self._uplink_services = uplink_services
         self._offload = offload
         self._on_open = on_open
@@ -105,7 +103,6 @@ class Connection:
             decoder=self._decoder,
             engines=self._engines,
             limits=self._limits,
-            token=self._token,
             uplink=self._uplink_services is not None,
             offload=self._offload,
             draining=self._draining,

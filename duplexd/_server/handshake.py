@@ -5,7 +5,8 @@ WebSocket message. The handshake decodes only the Hello; whatever follows it in 
 message stays in the decoder for the open session, which decodes every message frame by frame
 within its budget (`duplexd._server.session`).
 `handshake` waits for the Hello (at most `SessionLimits.hello_timeout_s`), lets the protocol
-state check it (version, formats, options), checks the token, the engine and the voice (opened
+state check it (version, formats, options; the client was authenticated in the WebSocket
+upgrade, before any of this), checks the engine and the voice (opened
 in a worker thread: a neural voice may load), sends Welcome and returns what the open session
 is built from (`Opened`). Every refusal is a `RemoteProtocolError` carrying the error to report.
 """
@@ -80,22 +81,19 @@ async def handshake(
     decoder: Decoder,
     engines: EngineSet,
     limits: SessionLimits,
-    token: str = "",
     uplink: bool = True,
     offload: Offload = trio.to_thread.run_sync,
     draining: Callable[[], bool] = lambda: False,
 ) -> Opened:
     """Receive and check the Hello, send Welcome; return what was agreed.
 
-    `token`: the token a Hello must carry ("" accepts any); `uplink`: whether this server
+    `uplink`: whether this server
     accepts uplink audio; `draining()`: whether the server is shutting down (then GOING_AWAY
     instead of Welcome). Raises `RemoteProtocolError` for the client's fault and `Refusal`
     for the server's (Welcome not sent).
     Cancellation leaves nothing behind but a voice the engine may have opened (engines own
     their voices)."""
     hello = await _receive_hello(transport, decoder, state, limits.hello_timeout_s)
-    if token and hello.token != token:
-        raise RemoteProtocolError(fr.ErrorCode.AUTH_FAILED, "bad or missing token")
     if hello.uplink_rate_hz and not uplink:
         raise RemoteProtocolError(fr.ErrorCode.UNSUPPORTED_FORMAT, "this server takes no uplink")
     try:

@@ -12,12 +12,15 @@ import ipaddress
 import logging
 import sys
 from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import trio
 from trio_websocket import ConnectionClosed, WebSocketRequest, WebSocketServer
 
 from .._downlink.pacer import Pacer, open_pacer
-from .._ops.settings import SessionLimits
+from .._ops.auth import Authenticator, AuthError, Principal
+from .._ops.settings import SessionLimits, TlsSettings
 from .._ops.trace import Tracer, debug_transport
 from .._uplink.uplink import UplinkServices
 from ..engines.registry import EngineSet
@@ -26,6 +29,7 @@ from ..protocol.jsonmode import JSON_SUBPROTOCOL
 from .connection import Connection
 from .handshake import Offload
 from .limits import MAX_MESSAGE_BYTES
+from .listen import open_listeners
 from .session import Session
 
 log = logging.getLogger("duplexd.server")
@@ -48,6 +52,16 @@ def is_loopback(address: str) -> bool:
         return address in ("localhost", "")
 
 
+@dataclass(frozen=True)
+class Refused:
+    """An upgrade refused before anything of a session exists."""
+
+    status: int  # HTTP
+    reason: str  # counted in `Daemon.rejected` (duplexd_sessions_rejected_total{reason})
+    text: str  # the response body: what to do
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+
 class Daemon:
     """The running server: its sessions and what it refuses. Trio thread only."""
 
@@ -58,7 +72,8 @@ class Daemon:
         pacer: Pacer,
         engines: EngineSet,
         limits: SessionLimits,
-        token: str,
+        authenticator: Authenticator,
+        tls: bool,
         max_sessions: int,
         max_sessions_per_address: int,
         trusted_proxies: Collection[str],
@@ -80,7 +95,8 @@ class Daemon:
         self.draining = False  # set by the operator side (SIGTERM): new sessions get 503
         self.rejected: dict[str, int] = {}  # reason -> upgrades refused
         self._limits = limits
-        self._token = token
+        self.authenticator = authenticator
+        self.tls = tls
         self._uplink_services = uplink_services
         self._tracer = tracer
         self._offload = offload
@@ -102,7 +118,7 @@ class Daemon:
         host = str(getattr(endpoint, "address", "127.0.0.1"))
         if ":" in host:
             host = f"[{host}]"
-        return f"ws://{host}:{self.port}{WS_PATH}"
+        return f"{'wss' if self.tls else 'ws'}://{host}:{self.port}{WS_PATH}"
 
     def client_address(self, request: WebSocketRequest) -> str:
         """The client's address: the peer's, or, when the peer is a trusted proxy, the last
@@ -116,48 +132,61 @@ class Daemon:
                     return last or peer
         return peer
 
-    def _refusal(self, request: WebSocketRequest, address: str) -> tuple[int, str, str] | None:
-        """(HTTP status, reason, what the client reads) for an upgrade to refuse, else None.
-        Nothing of a session exists yet."""
-        if request.path.rstrip("/") != WS_PATH:
-            return 404, "path", f"duplexd speaks on {WS_PATH}"
+    def _admit(self, request: WebSocketRequest, address: str) -> Principal | Refused:
+        """Who is asking, or why not (`Refused`: an HTTP status, a reason to count, what the
+        client reads). In this order: the path, the subprotocol, the token (a client that is
+        not let in takes no slot and learns nothing about the daemon's load), the drain, the
+        session limits. Nothing of a session exists yet."""
+        if urlsplit(request.path).path.rstrip("/") != WS_PATH:
+            return Refused(404, "path", f"duplexd speaks on {WS_PATH}")
         if not {SUBPROTOCOL, JSON_SUBPROTOCOL} & set(request.proposed_subprotocols):
-            return 400, "subprotocol", f"offer the WebSocket subprotocol {SUBPROTOCOL}"
+            return Refused(400, "subprotocol", f"offer the WebSocket subprotocol {SUBPROTOCOL}")
+        try:
+            principal = self.authenticator.check(request.headers, request.path, address)
+        except AuthError as exc:
+            retry = [(b"Retry-After", str(exc.retry_after_s).encode())] if exc.retry_after_s else []
+            reason = "auth" if exc.status == 401 else "auth_lockout"
+            return Refused(exc.status, reason, f"{exc}", retry)
         if self.draining:
-            return 503, "draining", "duplexd is draining: try another instance"
+            return Refused(503, "draining", "duplexd is draining: try another instance")
         if self.full:
-            return 503, "full", f"duplexd is full ({self.max_sessions} sessions): try later"
+            return Refused(503, "full", f"duplexd is full ({self.max_sessions} sessions)")
         per_address = self.max_sessions_per_address
         if (
             per_address
             and self.by_address.get(address, 0) >= per_address
             and not is_loopback(address)
         ):
-            return 429, "address", f"{per_address} sessions from {address} already"
-        return None
+            return Refused(429, "address", f"{per_address} sessions from {address} already")
+        return principal
 
     async def handle(self, request: WebSocketRequest) -> None:
         """One WebSocket upgrade request: refused (HTTP 400, 404, 429, 503) before anything
         of a session exists, or served until it closes."""
         address = self.client_address(request)
-        refusal = self._refusal(request, address)
-        if refusal is not None:
-            status, reason, text = refusal
-            self.rejected[reason] = self.rejected.get(reason, 0) + 1
+        admitted = self._admit(request, address)
+        if isinstance(admitted, Refused):
+            self.rejected[admitted.reason] = self.rejected.get(admitted.reason, 0) + 1
             with contextlib.suppress(ConnectionClosed, trio.BrokenResourceError):
-                await request.reject(status, body=f"{text}\n".encode())
+                await request.reject(
+                    admitted.status,
+                    extra_headers=admitted.headers,
+                    body=f"{admitted.text}\n".encode(),
+                )
             return
         offered = request.proposed_subprotocols  # binary first; JSON: a debugging aid
         subprotocol = SUBPROTOCOL if SUBPROTOCOL in offered else JSON_SUBPROTOCOL
         self.by_address[address] = self.by_address.get(address, 0) + 1
         try:
-            await self._serve(request, subprotocol, address)
+            await self._serve(request, subprotocol, address, admitted.subject)
         finally:
             left = self.by_address.pop(address) - 1
             if left:
                 self.by_address[address] = left
 
-    async def _serve(self, request: WebSocketRequest, subprotocol: str, address: str) -> None:
+    async def _serve(
+        self, request: WebSocketRequest, subprotocol: str, address: str, subject: str
+    ) -> None:
         try:
             ws = await request.accept(subprotocol=subprotocol)
         except ConnectionClosed:
@@ -169,13 +198,13 @@ class Daemon:
             engines=self.engines,
             pacer=self.pacer,
             limits=self._limits,
-            token=self._token,
             uplink_services=self._uplink_services,
             offload=self._offload,
             on_open=self._opened,
             on_close=self._closed,
             draining=lambda: self.draining,
             client=address,
+            subject=subject,
         )
         try:
             await connection.run()
@@ -199,7 +228,8 @@ async def serve_duplexd(
     *,
     engines: EngineSet,
     limits: SessionLimits | None = None,
-    token: str = "",
+    authenticator: Authenticator | None = None,
+    tls: TlsSettings | None = None,
     max_sessions: int = 0,
     max_sessions_per_address: int = 0,
     trusted_proxies: Collection[str] = (),
@@ -217,8 +247,8 @@ async def serve_duplexd(
     connections (0: no limit), or while `Daemon.draining`, a WebSocket upgrade is answered
     HTTP 503; above `max_sessions_per_address` from one client address other than loopback
     (0: no limit; the address behind a proxy in `trusted_proxies` is its X-Forwarded-For),
-    HTTP 429. `token`: the
-    token a Hello must carry ("" accepts any). `uplink_services`: what
+    HTTP 429. `authenticator`: who may open a session (checked in the WebSocket upgrade;
+    None: anybody); `tls`: serve wss:// with this certificate. `uplink_services`: what
     uplinks share (None: a Hello asking for uplink audio is refused). `tracer`: records the
     sessions it selects (`duplexd serve --trace`). `on_session_closed(session)` runs (trio
     thread) as each open session ends. While it runs, the process's GIL switch interval is
@@ -229,7 +259,7 @@ async def serve_duplexd(
         sys.setswitchinterval(gil_switch_interval_s)
     try:
         async with open_pacer() as pacer, trio.open_nursery() as nursery:
-            listeners = await trio.open_tcp_listeners(port, host=host)
+            listeners = await open_listeners(host, port, tls)
             server = WebSocketServer(
                 lambda request: daemon.handle(request),
                 listeners,
@@ -242,7 +272,8 @@ async def serve_duplexd(
                 pacer=pacer,
                 engines=engines,
                 limits=limits or SessionLimits(),
-                token=token,
+                authenticator=authenticator or Authenticator(),
+                tls=bool(tls and tls.cert),
                 max_sessions=max_sessions,
                 max_sessions_per_address=max_sessions_per_address,
                 trusted_proxies=trusted_proxies,

@@ -28,7 +28,8 @@ from typing import Any
 import attrs
 import trio
 
-from .._ops.http import Response, serve_http
+from .._ops.auth import AuthConfigError, Authenticator, AuthError
+from .._ops.http import Request, Response, serve_http
 from .._ops.logs import configure_logging
 from .._ops.prometheus import CONTENT_TYPE, DaemonMetrics
 from .._ops.sdnotify import Notifier, keep_watchdog_fed, watchdog_interval_s
@@ -93,6 +94,7 @@ class Service:
         self._tracer = (
             Tracer(settings.trace.path, settings.trace.sessions) if settings.trace.path else None
         )
+        self._authenticator = Authenticator()  # made from the settings in `run` (reads files)
         self._reload = reload
         self.notifier = notifier if notifier is not None else Notifier.from_env(environ)
         self._watchdog_s = watchdog_interval_s(environ)
@@ -119,13 +121,21 @@ class Service:
             return False, f"full: {len(d.sessions)} of {d.max_sessions} sessions"
         return True, "ready"
 
-    def handle_http(self, path: str) -> Response:
+    def handle_http(self, request: Request) -> Response:
+        """The side port: /healthz and /readyz are open (load balancers and systemd probe them);
+        /metrics asks for the same token as a session when `[auth] metrics_require_auth`."""
+        path = request.path
         if path == "/healthz":
             return Response(200, b"ok\n")  # answered by the event loop, so the loop is alive
         if path == "/readyz":
             ready, reason = self.readiness()
             return Response(200 if ready else 503, f"{reason}\n".encode())
         if path == "/metrics":
+            if self.settings.auth.metrics_require_auth:
+                try:
+                    self._authenticator.check(request.headers, request.target, request.peer)
+                except AuthError as exc:
+                    return Response(exc.status, f"{exc}\n".encode())
             return Response(200, self.metrics.render(), CONTENT_TYPE)
         return Response(404, b"duplexd serves /healthz /readyz /metrics here\n")
 
@@ -166,6 +176,10 @@ class Service:
                 self.http_port = await nursery.start(
                     serve_http, s.http_host or s.host, self._http_port, self.handle_http
                 )
+            try:
+                self._authenticator = Authenticator.from_settings(self.settings)
+            except AuthConfigError as exc:
+                raise StartupError(str(exc)) from None
             self.notifier.status("loading the model")
             engines = await self._load_engines()
             uplink_services = await self._uplink()
@@ -176,7 +190,8 @@ class Service:
                     s.port,
                     engines=engines,
                     limits=self.settings.limits,
-                    token=s.token,
+                    authenticator=self._authenticator,
+                    tls=self.settings.tls,
                     max_sessions=self._max_sessions(engines),
                     max_sessions_per_address=s.max_sessions_per_address,
                     trusted_proxies=s.trusted_proxies,
