@@ -30,7 +30,8 @@ from duplexd.protocol.codec import Decoder, encode
 
 # idle sessions are closed after a day of virtual time: a MockClock can jump far while a test
 # waits for a worker thread (ASR), and no test here means to idle out unless it says so
-TEST_LIMITS = SessionLimits(ring_frames=1024, idle_timeout_s=86_400.0)
+# (and a dropped connection ends its session at once: tests of resuming turn it on)
+TEST_LIMITS = SessionLimits(ring_frames=1024, idle_timeout_s=86_400.0, resume_window_s=0.0)
 
 
 async def inline_offload(fn: Callable[..., Any], *args: Any) -> Any:
@@ -49,10 +50,24 @@ def inline_uplink_services(transcriber: Any = None) -> UplinkServices:
     return UplinkServices(vad_model=_VAD_MODEL, offload=inline_offload, transcriber=transcriber)
 
 
+class Sessions:
+    """The harness's open sessions by id, for Hellos that resume one (as the daemon's)."""
+
+    def __init__(self) -> None:
+        self.connections: list[Connection] = []
+
+    def resumable(self, session_id: bytes) -> Any:
+        for c in self.connections:
+            if c.session is not None and c.session.id == session_id and not c.done:
+                return c.session
+        return None
+
+
 class Pair:
     def __init__(self, client: WebSocketConnection, pacer: Pacer) -> None:
         self.client = client
         self.pacer = pacer
+        self.connect_again: Callable[[], Any] = lambda: None  # another pair, same server
         self.sessions: list[Connection] = []  # the server side (error_code, session, phase)
         self.decoder = Decoder(peer="server")
         self.stream: Any = None  # the client's raw byte stream (to vanish without a close)
@@ -86,31 +101,33 @@ async def open_pair(
     `stream_pair(i)` makes session i's (client, server) byte streams (default: unbounded
     `trio.testing.memory_stream_pair`; see `bounded_stream_pair` for back-pressure)."""
     engines = EngineSet.of(engine or ToneEngine())
+    registry = Sessions()
     async with open_pacer() as pacer, trio.open_nursery() as nursery:
-        pairs = []
-        for i in range(sessions):
+
+        async def serve(stream: Any, bucket: list[Connection], done: trio.Event) -> None:
+            request = await wrap_server_stream(nursery, stream)
+            ws = await request.accept(subprotocol=fr.SUBPROTOCOL)
+            connection = Connection(
+                ws,
+                engines=engines,
+                pacer=pacer,
+                limits=limits,
+                offload=offload,
+                uplink_services=uplink_services or inline_uplink_services(),
+                draining=draining,
+                sessions=registry,
+            )
+            bucket.append(connection)
+            registry.connections.append(connection)
+            await connection.run()
+            done.set()
+
+        async def connect(i: int) -> Pair:
             if stream_pair is None:
                 client_stream, server_stream = trio.testing.memory_stream_pair()
             else:
                 client_stream, server_stream = stream_pair(i)
             done = trio.Event()
-
-            async def serve(stream: Any, bucket: list[Connection], done: trio.Event) -> None:
-                request = await wrap_server_stream(nursery, stream)
-                ws = await request.accept(subprotocol=fr.SUBPROTOCOL)
-                connection = Connection(
-                    ws,
-                    engines=engines,
-                    pacer=pacer,
-                    limits=limits,
-                    offload=offload,
-                    uplink_services=uplink_services or inline_uplink_services(),
-                    draining=draining,
-                )
-                bucket.append(connection)
-                await connection.run()
-                done.set()
-
             pair_sessions: list[Connection] = []
             nursery.start_soon(serve, server_stream, pair_sessions, done)
             ws = await wrap_client_stream(
@@ -120,7 +137,10 @@ async def open_pair(
             pair.sessions = pair_sessions
             pair.stream = client_stream
             pair.done = done
-            pairs.append(pair)
+            pair.connect_again = lambda: connect(i)
+            return pair
+
+        pairs = [await connect(i) for i in range(sessions)]
         yield pairs
         nursery.cancel_scope.cancel()
 

@@ -59,9 +59,11 @@ class DownlinkEvents(Protocol):
         """`frame` is about to be sent: the utterance it names is over."""
         ...
 
-    def slow_consumer(self) -> None:
+    def slow_consumer(self) -> bool:
         """The client reads too slowly: a send has been blocked for `SLOW_SEND_S` (its socket's
-        buffer stayed full) while audio kept coming due. The writer has stopped."""
+        buffer stayed full) while audio kept coming due. Returns True when the session goes
+        on (it gave that connection up and waits for another: resume), False when it ends
+        (the writer then stops)."""
         ...
 
     def too_many_requests(self) -> None:
@@ -139,9 +141,10 @@ class Downlink:
         if len(due) > MAX_LAG_FRAMES:
             started = self._send_started
             if started is not None and deadline - started >= SLOW_SEND_S:
-                self.closed = True
-                self._events.slow_consumer()
-                return False
+                self._send_started = None
+                if not self._events.slow_consumer():
+                    self.closed = True
+                    return False
             due.popleft()
             self.counters.ticks_dropped += 1
         if len(due) == 1:
@@ -160,12 +163,14 @@ class Downlink:
         if self.closed:
             return
         if len(self._control) >= MAX_CONTROL_FRAMES:
-            self.closed = True
             started = self._send_started
             if started is not None and trio.current_time() - started >= SLOW_SEND_S:
-                self._events.slow_consumer()
+                if self._events.slow_consumer():  # that connection was given up: go on
+                    self._control.append(item)
+                    return
             else:
                 self._events.too_many_requests()
+            self.closed = True
             return
         self._control.append(item)
         self._lot.unpark()

@@ -96,6 +96,8 @@ def _check_limits(limits: SessionLimits) -> None:
         raise ValueError("max_frames_per_s and frame_burst must be positive")
     if limits.idle_timeout_s <= 0:
         raise ValueError(f"idle_timeout_s must be positive, got {limits.idle_timeout_s}")
+    if limits.resume_window_s < 0 or limits.resume_buffer_s < 0:
+        raise ValueError("resume_window_s and resume_buffer_s must be >= 0")
     if limits.max_session_s < 0:
         raise ValueError(f"max_session_s must be >= 0 (0: unlimited), got {limits.max_session_s}")
 
@@ -114,6 +116,8 @@ class SessionLimits:
     frame_burst: int = 10_000  # client frames allowed at once above that rate
     idle_timeout_s: float = 300.0  # no client frame and nothing to say for this long: closed
     max_session_s: float = 0.0  # a session's whole life; 0 = unlimited
+    resume_window_s: float = 30.0  # a dropped session waits this long to be resumed; 0 = off
+    resume_buffer_s: float = 5.0  # audio kept for replay after a drop (beyond it: lost)
 
     def __attrs_post_init__(self) -> None:
         _check_limits(self)

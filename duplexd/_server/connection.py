@@ -1,4 +1,5 @@
-"""One accepted connection, from its Hello to its close: the handshake, then the open session.
+"""One accepted connection, from its Hello to its close: the handshake, then the open session
+(or, for a Hello that resumes one, the session it takes over: `duplexd._server.resume`).
 
 `Connection.run()` never raises (but `trio.Cancelled`): whatever went wrong is answered with
 an Error frame and a close with that error's close code (a protocol error of the peer as
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import Protocol
 
 import trio
 
@@ -20,10 +22,19 @@ from .._uplink.uplink import UplinkServices
 from ..engines.registry import EngineSet
 from ..protocol import frames as fr
 from ..protocol.codec import Decoder, encode
+from ..protocol.options import ResumeOptions
 from ..protocol.state import Phase, ServerProtocolState
 from ..protocol.transport import Transport
-from .handshake import Offload, handshake
+from .handshake import Offload, Refusal, accept, receive_hello
+from .resume import Resumable, ResumeFailed
 from .session import CLOSED_ERRORS, Session, SessionEnd
+
+
+class Sessions(Protocol):
+    """The sessions a connection may resume (the daemon's), by session id."""
+
+    def resumable(self, session_id: bytes) -> Session | None: ...
+
 
 ERROR_SEND_TIMEOUT_S = 1.0  # after a failure: how long the Error frame and close may take
 
@@ -49,6 +60,8 @@ class Connection:
         draining: Callable[[], bool] = lambda: False,
         client: str = "",
         subject: str = "",
+        sessions: Sessions | None = None,
+        on_resumed: Callable[[Session], None] | None = None,
     ) -> None:
         self.id = os.urandom(16)
         tag = self.id.hex()[:12]
@@ -63,6 +76,11 @@ class Connection:
         self._on_open = on_open
         self._on_close = on_close
         self._draining = draining
+        self._subject = subject
+        self._sessions = sessions
+        self._on_resumed = on_resumed
+        self.resumed: Session | None = None  # the session this connection took over, if any
+        self.done = False  # run() has returned
         self._state = ServerProtocolState(
             max_text_bytes=limits.max_text_bytes,
             max_queued_utterances=limits.max_queued_utterances,
@@ -83,6 +101,12 @@ class Connection:
         """Handshake, then serve the session until it ends; then the Error frame, if any.
         Never raises except `trio.Cancelled`."""
         try:
+            await self._run()
+        finally:
+            self.done = True
+
+    async def _run(self) -> None:
+        try:
             with self._end.scope:
                 await self._end.guard(self._serve)
         finally:
@@ -96,17 +120,37 @@ class Connection:
             self._state.close()
 
     async def _serve(self) -> None:
-        opened = await handshake(
+        limits = self._limits
+        hello = await receive_hello(
+            self._transport, self._decoder, self._state, limits.hello_timeout_s
+        )
+        if (request := self._state.options.resume) is not None:
+            await self._resume(request)
+            return
+        resumable = None
+        if limits.resume_window_s and self._sessions is not None:
+            frame_bytes = fr.AUDIO_HEADER_BYTES + 2 * fr.frame_samples(hello.sample_rate_hz)
+            resumable = Resumable(
+                self._transport,
+                session_id=self.id,
+                subject=self._subject,
+                window_s=limits.resume_window_s,
+                buffer_bytes=int(limits.resume_buffer_s / 0.020 * frame_bytes) + 65536,
+            )
+        opened = await accept(
             self._transport,
+            hello,
             session_id=self.id,
             state=self._state,
-            decoder=self._decoder,
             engines=self._engines,
-            limits=self._limits,
+            limits=limits,
             uplink=self._uplink_services is not None,
             offload=self._offload,
             draining=self._draining,
+            resume=resumable.info() if resumable is not None else None,
         )
+        if resumable is not None:
+            self._transport = resumable  # from here on the session outlives its connection
         session = Session(
             self._transport,
             opened=opened,
@@ -125,6 +169,26 @@ class Connection:
         if self._on_open is not None:
             self._on_open(session)
         await session.run()
+
+    async def _resume(self, request: ResumeOptions) -> None:
+        """Hand this connection to the session its Hello resumes; return once the session
+        gives it up (dropped again, or over). Refusal RESUME_FAILED if it cannot be resumed."""
+        found = self._sessions.resumable(request.session_id) if self._sessions else None
+        resumable = found.resumable if found is not None else None
+        if found is None or resumable is None:
+            raise Refusal(fr.ErrorCode.RESUME_FAILED, "no such session to resume (it ended)")
+        try:
+            resumable.check(request.token, self._subject)
+            report = resumable.report(request.received)
+            welcome = found.resumed_welcome(report)
+            released = await resumable.attach(self._transport, request.received, welcome)
+        except ResumeFailed as exc:
+            raise Refusal(fr.ErrorCode.RESUME_FAILED, f"cannot resume: {exc}") from None
+        self.resumed = found
+        found.on_resumed(report)
+        if self._on_resumed is not None:
+            self._on_resumed(found)
+        await released.wait()
 
     async def _fail(self, code: fr.ErrorCode, message: str) -> None:
         """Send Error and close with the code's close code; gives up after

@@ -1,9 +1,10 @@
 """A connection's first exchange: Hello in, the checks, Welcome out. Where a byte enters.
 
 `receive_message` is how every client message is read, during the handshake and after it: one
-WebSocket message. The handshake decodes only the Hello; whatever follows it in the same
-message stays in the decoder for the open session, which decodes every message frame by frame
-within its budget (`duplexd._server.session`).
+WebSocket message. `receive_hello` decodes only the Hello, then `accept` answers it (a Hello
+that resumes a session is answered by `duplexd._server.resume` instead); whatever follows it
+in the same message stays in the decoder for the open session, which decodes every message
+frame by frame within its budget (`duplexd._server.session`).
 `handshake` waits for the Hello (at most `SessionLimits.hello_timeout_s`), lets the protocol
 state check it (version, formats, options; the client was authenticated in the WebSocket
 upgrade, before any of this), checks the engine and the voice (opened
@@ -55,6 +56,7 @@ class Opened:
     hello: fr.Hello
     engine: str
     voice: Voice
+    welcome: fr.Welcome
 
     @property
     def sample_rate_hz(self) -> int:
@@ -73,27 +75,27 @@ async def receive_message(transport: Transport) -> bytes:
     return message
 
 
-async def handshake(
+async def accept(
     transport: Transport,
+    hello: fr.Hello,
     *,
     session_id: bytes,
     state: ServerProtocolState,
-    decoder: Decoder,
     engines: EngineSet,
     limits: SessionLimits,
     uplink: bool = True,
     offload: Offload = trio.to_thread.run_sync,
     draining: Callable[[], bool] = lambda: False,
+    resume: dict[str, Any] | None = None,
 ) -> Opened:
-    """Receive and check the Hello, send Welcome; return what was agreed.
+    """Check what the (received) Hello asks for, send Welcome; return what was agreed.
 
-    `uplink`: whether this server
-    accepts uplink audio; `draining()`: whether the server is shutting down (then GOING_AWAY
-    instead of Welcome). Raises `RemoteProtocolError` for the client's fault and `Refusal`
-    for the server's (Welcome not sent).
-    Cancellation leaves nothing behind but a voice the engine may have opened (engines own
-    their voices)."""
-    hello = await _receive_hello(transport, decoder, state, limits.hello_timeout_s)
+    `uplink`: whether this server accepts uplink audio; `draining()`: whether the server is
+    shutting down (then GOING_AWAY instead of Welcome); `resume`: what Welcome's
+    `info.resume` tells the client (None: the session cannot be resumed). Raises
+    `RemoteProtocolError` for the client's fault and `Refusal` for the server's (Welcome not
+    sent). Cancellation leaves nothing behind but a voice the engine may have opened (engines
+    own their voices)."""
     if hello.uplink_rate_hz and not uplink:
         raise RemoteProtocolError(fr.ErrorCode.UNSUPPORTED_FORMAT, "this server takes no uplink")
     try:
@@ -112,6 +114,8 @@ async def handshake(
         "preroll_ms": 0,
         "limits": announced_limits(limits),
     }
+    if resume is not None:
+        info["resume"] = resume
     welcome = fr.Welcome(
         version=state.version,
         session_id=session_id,
@@ -127,13 +131,15 @@ async def handshake(
     )
     state.send(welcome)
     await transport.send_message(encode(welcome))
-    return Opened(session_id, hello, engine.name, voice)
+    return Opened(session_id, hello, engine.name, voice, welcome)
 
 
-async def _receive_hello(
+async def receive_hello(
     transport: Transport, decoder: Decoder, state: ServerProtocolState, timeout_s: float
 ) -> fr.Hello:
-    """The first frame, which must be the Hello; only it is decoded here."""
+    """The first frame, which must be the Hello; only it is decoded here (the rest of its
+    message stays in `decoder`). Raises `RemoteProtocolError` (the state checked the Hello
+    whole, UNEXPECTED_FRAME past `timeout_s`). Cancellation leaves nothing behind."""
     with trio.move_on_after(timeout_s):
         while True:
             decoder.receive_data(await receive_message(transport))

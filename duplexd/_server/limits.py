@@ -31,6 +31,8 @@ def announced_limits(limits: SessionLimits) -> dict[str, Any]:
         "hello_timeout_s": limits.hello_timeout_s,
         "idle_timeout_s": limits.idle_timeout_s,
         "max_session_s": limits.max_session_s,
+        "resume_window_s": limits.resume_window_s,
+        "resume_buffer_s": limits.resume_buffer_s,
     }
 
 

@@ -90,6 +90,7 @@ class Daemon:
         self.trusted_proxies = frozenset(trusted_proxies)
         self.by_address: dict[str, int] = {}  # client address -> connections in
         self.sessions: set[Session] = set()  # open (past the handshake)
+        self._by_id: dict[bytes, Session] = {}
         self.connecting = 0  # accepted, still in their handshake
         self.sessions_total = 0  # connections accepted since start
         self.draining = False  # set by the operator side (SIGTERM): new sessions get 503
@@ -205,19 +206,30 @@ class Daemon:
             draining=lambda: self.draining,
             client=address,
             subject=subject,
+            sessions=self,
+            on_resumed=self._resumed,
         )
         try:
             await connection.run()
         finally:
-            if connection.session is None:
+            if connection.session is None and connection.resumed is None:
                 self.connecting -= 1
+
+    def resumable(self, session_id: bytes) -> Session | None:
+        """The open session `session_id`, for a Hello that resumes it."""
+        return self._by_id.get(session_id)
 
     def _opened(self, session: Session) -> None:
         self.connecting -= 1
         self.sessions.add(session)
+        self._by_id[session.id] = session
+
+    def _resumed(self, session: Session) -> None:
+        self.connecting -= 1  # the session it joined holds the slot
 
     def _closed(self, session: Session) -> None:
         self.sessions.discard(session)
+        self._by_id.pop(session.id, None)
         if self._on_session_closed is not None:
             self._on_session_closed(session)
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -44,6 +45,7 @@ from ..protocol.state import ServerProtocolState
 from ..protocol.transport import Transport
 from .handshake import DRAINING_MESSAGE, Offload, Opened, Refusal, receive_message
 from .limits import FrameRate
+from .resume import Resumable
 
 log = logging.getLogger("duplexd.session")
 
@@ -261,9 +263,8 @@ class Session:
             now = trio.current_time()
             await trio.sleep_until(min(self._last_input + idle_s, end_of_life, now + 1.0))
             now = trio.current_time()
-            if self._downlink.send_blocked_s(now) >= SLOW_SEND_S:
+            if self._downlink.send_blocked_s(now) >= SLOW_SEND_S and not self.slow_consumer():
                 self._downlink.closed = True
-                self.slow_consumer()
                 return
             if now >= end_of_life:
                 raise RemoteProtocolError(
@@ -375,11 +376,45 @@ class Session:
         if isinstance(frame, fr.Interrupted):
             self.observer.interrupted()
 
-    def slow_consumer(self) -> None:
+    def slow_consumer(self) -> bool:
+        if self.resumable is not None:  # a connection that stopped reading is as good as gone
+            self.resumable.drop()
+            return True
         self._end.fail(
             fr.ErrorCode.SLOW_CONSUMER,
             "the client read nothing for 1 s while audio was due (its socket's buffer stayed"
             " full): read the audio as it comes",
+        )
+        return False
+
+    # ------------------------------------------------------------------ resuming
+
+    @property
+    def resumable(self) -> Resumable | None:
+        """The session's transport when it can outlive its connection (resume is on)."""
+        transport = self._transport
+        return transport if isinstance(transport, Resumable) else None
+
+    def resumed_welcome(self, report: dict[str, Any]) -> fr.Welcome:
+        """The Welcome that answers a Hello resuming this session: the first one's, its info
+        saying what is replayed and what was lost."""
+        welcome = self._opened.welcome
+        info = json.loads(welcome.info) if welcome.info else {}
+        info["resume"] = {**info.get("resume", {}), **report}
+        return dataclasses.replace(welcome, info=json.dumps(info, separators=(",", ":")))
+
+    def on_resumed(self, report: dict[str, Any]) -> None:
+        """A new connection took the session over (its Welcome and replay are sent)."""
+        self._last_input = trio.current_time()
+        if self._uplink is not None:
+            self._uplink.resync()  # the microphone frames missed while away are skipped
+        log.info(
+            "session resumed",
+            extra={
+                "session": self.tag,
+                "replayed": report["replayed"],
+                "lost_messages": report["lost"]["messages"],
+            },
         )
 
     def too_many_requests(self) -> None:

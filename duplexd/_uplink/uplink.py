@@ -192,6 +192,7 @@ class Uplink:
             else None
         )
         self._next_seq = 0
+        self._resync = False
         self._pending = np.zeros(0, dtype=np.float32)
         self._produced = 0  # 16 kHz samples produced so far (after resampling)
         self._pos = 0  # 16 kHz position of the next window
@@ -202,9 +203,17 @@ class Uplink:
 
     # ------------------------------------------------------------------ uplink audio
 
+    def resync(self) -> None:
+        """The session was resumed on a new connection: the next AudioUp's seq, whatever it
+        is, continues the uplink (what the microphone said meanwhile is not replayed)."""
+        self._resync = True
+
     def feed(self, seq: int, pcm: bytes) -> None:
         """One AudioUp frame (raises RemoteProtocolError for a seq going backwards or jumping
         more than `MAX_GAP_FRAMES`)."""
+        if self._resync:
+            self._resync = False
+            self._next_seq = seq
         if seq < self._next_seq:
             raise RemoteProtocolError(
                 fr.ErrorCode.UNEXPECTED_FRAME,

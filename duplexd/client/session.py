@@ -18,13 +18,15 @@ Keep iterating while you wait on those calls: the queue holds `FRAME_QUEUE_SIZE`
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import http
 import json
 import os
 import re
 import ssl
 import urllib.parse
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeGuard, TypeVar, cast
@@ -36,6 +38,7 @@ from trio_websocket import (
     ConnectionTimeout,
     HandshakeError,
     WebSocketConnection,
+    connect_websocket_url,
     open_websocket_url,
 )
 
@@ -111,10 +114,21 @@ class ClientSession:
         ws: WebSocketConnection,
         welcome: Welcome,
         on_frame: Callable[[ServerFrame, float], None] | None = None,
+        *,
+        hello: fr.Hello | None = None,
+        reconnect: Callable[[], Awaitable[WebSocketConnection]] | None = None,
+        on_resume: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self._ws = ws
         self.welcome = welcome
         self._on_frame = on_frame
+        self._hello = hello or fr.Hello()
+        self._reconnect = reconnect  # a new WebSocket to the same server; None: never resume
+        self._on_resume = on_resume
+        self._connected = trio.Event()
+        self._connected.set()
+        self.received = 0  # server messages received after Welcome: the resume point
+        self.resumes: list[dict[str, Any]] = []  # what each resume replayed and lost
         self._send_frames, self._recv_frames = trio.open_memory_channel[ServerFrame](
             FRAME_QUEUE_SIZE
         )
@@ -138,12 +152,21 @@ class ClientSession:
     # ------------------------------------------------------------------ sending
 
     async def _send(self, frame: fr.ClientFrame) -> None:
-        if self.error is not None:
-            raise self.error
-        try:
-            await self._ws.send_message(encode(frame))
-        except ConnectionClosed as exc:
-            raise self.error or SessionError(f"connection closed: {exc.reason}") from None
+        """Send `frame`; while the session is being resumed on a new connection, wait for it."""
+        data = encode(frame)
+        while True:
+            if self.error is not None:
+                raise self.error
+            await self._connected.wait()
+            ws = self._ws
+            try:
+                await ws.send_message(data)
+                return
+            except ConnectionClosed as exc:
+                if not self._resumable(exc):
+                    raise self.error or SessionError(f"connection closed: {exc.reason}") from None
+                if self._ws is ws:  # the reader has not noticed yet: wait for its resume
+                    self._connected = trio.Event()
 
     def new_utterance_id(self) -> int:
         uid = self._next_uid
@@ -279,8 +302,18 @@ class ClientSession:
         decoder = Decoder(peer="server")
         try:
             while True:
-                message = await self._ws.get_message()
+                try:
+                    message = await self._ws.get_message()
+                except ConnectionClosed as exc:
+                    reconnect = self._reconnect
+                    if not self._resumable(exc) or reconnect is None:
+                        raise
+                    if not await self._resume(exc, reconnect):
+                        raise
+                    decoder = Decoder(peer="server")
+                    continue
                 now = trio.current_time()
+                self.received += 1
                 if isinstance(message, str):
                     raise SessionError("server sent a text message")
                 decoder.receive_data(message)
@@ -319,6 +352,69 @@ class ClientSession:
     async def aclose(self) -> None:
         await self._ws.aclose()
 
+    # ------------------------------------------------------------------ resuming
+
+    def _resumable(self, exc: ConnectionClosed) -> bool:
+        """Whether a closed connection is worth resuming: the server offered it, the session
+        did not end (no Error, no normal close), and we know how to reconnect."""
+        code = exc.reason.code if exc.reason is not None else None
+        offered = bool(self.info.get("resume", {}).get("token"))
+        return (
+            self._reconnect is not None
+            and offered
+            and self.error is None
+            and code not in (fr.CloseCode.NORMAL, fr.CloseCode.GOING_AWAY)
+            and not (code is not None and 4000 <= code < 5000)
+        )
+
+    async def _resume(
+        self, exc: ConnectionClosed, reconnect: Callable[[], Awaitable[WebSocketConnection]]
+    ) -> bool:
+        """Reconnect and resume the session (SPEC.md §6.4), retrying within the server's
+        window. True when resumed (the replay then arrives as usual), False when it cannot be
+        (the session is over). Cancellation leaves the session disconnected."""
+        self._connected = trio.Event()
+        try:
+            return await self._reconnect_within_window(exc, reconnect)
+        finally:
+            self._connected.set()  # resumed, or over (senders then see `error`)
+
+    async def _reconnect_within_window(
+        self, exc: ConnectionClosed, reconnect: Callable[[], Awaitable[WebSocketConnection]]
+    ) -> bool:
+        resume = self.info["resume"]
+        deadline = trio.current_time() + float(resume.get("window_s", 30))
+        delay = 0.05
+        options = json.loads(self._hello.options) if self._hello.options else {}
+        while trio.current_time() < deadline:
+            options["resume"] = {
+                "session_id": self.welcome.session_id.hex(),
+                "token": resume["token"],
+                "received": self.received,
+            }
+            hello = dataclasses.replace(self._hello, options=json.dumps(options))
+            try:
+                ws = await reconnect()
+                await ws.send_message(encode(hello))
+                welcome = await _receive_welcome(ws)
+            except SessionError as error:
+                if error.code is fr.ErrorCode.RESUME_FAILED:
+                    self.error = SessionError(f"the session could not be resumed: {error}")
+                    return False
+            except (ConnectionClosed, OSError, HandshakeError, trio.TooSlowError):
+                pass
+            else:
+                self._ws = ws
+                report = dict(json.loads(welcome.info).get("resume", {}))
+                self.resumes.append(report)
+                if self._on_resume is not None:
+                    self._on_resume(report)
+                return True
+            await trio.sleep(min(delay, max(0.0, deadline - trio.current_time())))
+            delay = min(delay * 2, 2.0)
+        self.error = SessionError(f"connection lost and not resumed in time ({_describe(exc)})")
+        return False
+
 
 @asynccontextmanager
 async def open_session(
@@ -334,6 +430,8 @@ async def open_session(
     connect_timeout_s: float = 10.0,
     ca: str = "",
     ssl_context: ssl.SSLContext | None = None,
+    resume: bool = True,
+    on_resume: Callable[[dict[str, Any]], None] | None = None,
 ) -> AsyncIterator[ClientSession]:
     """Connect, handshake, and yield a `ClientSession`; closes the connection on exit.
 
@@ -348,6 +446,10 @@ async def open_session(
     `on_frame(frame, arrival_time)` is called for every frame as it arrives (for timing).
     `uplink_rate_hz` (16000 or 48000) opens the uplink for `send_audio`; `options` may hold
     {"vad": {...}, "asr": {...}} (protocol/SPEC.md §4.6.1).
+
+    `resume`: when the connection drops (not a close by the server), reconnect and resume the
+    session within the server's window (SPEC.md §6.4): iteration and sends just go on; what
+    was replayed and lost is in `ClientSession.resumes` and given to `on_resume(report)`.
     """
     headers: list[tuple[bytes, bytes]] = []
     if token:
@@ -388,8 +490,26 @@ async def open_session(
                 if problem:
                     error = SessionError(f"cannot connect to {_safe(url)}: TLS: {problem}")
             raise error from None
+
+        async def reconnect(nursery: trio.Nursery) -> WebSocketConnection:
+            with trio.fail_after(connect_timeout_s):
+                return await connect_websocket_url(
+                    nursery,
+                    url,
+                    ssl_context,
+                    subprotocols=[fr.SUBPROTOCOL],
+                    extra_headers=headers,
+                )
+
         yield await stack.enter_async_context(
-            session_over(ws, hello, on_frame=on_frame, timeout_s=connect_timeout_s)
+            session_over(
+                ws,
+                hello,
+                on_frame=on_frame,
+                timeout_s=connect_timeout_s,
+                reconnect=reconnect if resume else None,
+                on_resume=on_resume,
+            )
         )
 
 
@@ -456,13 +576,26 @@ async def session_over(
     *,
     on_frame: Callable[[ServerFrame, float], None] | None = None,
     timeout_s: float = 10.0,
+    reconnect: Callable[[trio.Nursery], Awaitable[WebSocketConnection]] | None = None,
+    on_resume: Callable[[dict[str, Any]], None] | None = None,
 ) -> AsyncIterator[ClientSession]:
-    """Handshake on an already open WebSocket (any transport trio-websocket wraps)."""
+    """Handshake on an already open WebSocket (any transport trio-websocket wraps).
+
+    `reconnect(nursery)` opens a new WebSocket to the same server (its tasks in `nursery`);
+    with it a dropped connection is resumed (SPEC.md §6.4) when the server offers that, and
+    `on_resume(report)` tells what was replayed and lost."""
     with trio.fail_after(timeout_s):
         await ws.send_message(encode(hello))
         welcome = await _receive_welcome(ws)
-    session = ClientSession(ws, welcome, on_frame)
     async with trio.open_nursery() as nursery:
+        session = ClientSession(
+            ws,
+            welcome,
+            on_frame,
+            hello=hello,
+            reconnect=functools.partial(reconnect, nursery) if reconnect is not None else None,
+            on_resume=on_resume,
+        )
         nursery.start_soon(session._reader)
         try:
             yield session

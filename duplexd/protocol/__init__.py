@@ -73,6 +73,7 @@ from .frames import UtteranceStarted as UtteranceStarted
 from .frames import Welcome as Welcome
 from .frames import frame_samples as frame_samples
 from .options import AsrOptions as AsrOptions
+from .options import ResumeOptions as ResumeOptions
 from .options import SessionOptions as SessionOptions
 from .options import VadOptions as VadOptions
 from .options import parse_options as parse_options
@@ -122,6 +123,7 @@ __all__ = [
     "RawFrame",
     "RemoteProtocolError",
     "Resume",
+    "ResumeOptions",
     "Resumed",
     "ServerFrame",
     "ServerProtocolState",

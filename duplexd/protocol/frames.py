@@ -126,6 +126,7 @@ class ErrorCode(enum.IntEnum):
     GOING_AWAY = 16
     BAD_OPTIONS = 17
     TOO_MANY_REQUESTS = 18
+    RESUME_FAILED = 19
 
     @property
     def close_code(self) -> int:
@@ -147,6 +148,7 @@ class CloseCode(enum.IntEnum):
     UNSUPPORTED = 4000  # version, format, engine or voice not available
     LIMIT = 4001  # a configured limit was exceeded
     SLOW_CONSUMER = 4002
+    RESUME_FAILED = 4003  # the session to resume is gone (or the resume token is wrong)
 
 
 _CLOSE_CODES: Final = {
@@ -168,6 +170,7 @@ _CLOSE_CODES: Final = {
     ErrorCode.GOING_AWAY: CloseCode.GOING_AWAY,
     ErrorCode.BAD_OPTIONS: CloseCode.PROTOCOL_ERROR,
     ErrorCode.TOO_MANY_REQUESTS: CloseCode.LIMIT,
+    ErrorCode.RESUME_FAILED: CloseCode.RESUME_FAILED,
 }
 
 

@@ -16,7 +16,7 @@ from typing import Any, Final
 from .codec import RemoteProtocolError
 from .frames import ErrorCode
 
-__all__ = ["AsrOptions", "SessionOptions", "VadOptions", "parse_options"]
+__all__ = ["AsrOptions", "ResumeOptions", "SessionOptions", "VadOptions", "parse_options"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,11 +48,21 @@ class AsrOptions:
 
 
 @dataclass(frozen=True, slots=True)
+class ResumeOptions:
+    """{"resume": {...}}: this Hello resumes a session that lost its connection (§6.4)."""
+
+    session_id: bytes  # Welcome.session_id of the session to resume
+    token: str  # Welcome's info.resume.token
+    received: int  # server messages the client received after that Welcome
+
+
+@dataclass(frozen=True, slots=True)
 class SessionOptions:
     """Everything Hello.options may set, checked."""
 
     vad: VadOptions = field(default_factory=VadOptions)
     asr: AsrOptions = field(default_factory=AsrOptions)
+    resume: ResumeOptions | None = None
 
 
 _RANGES: Final[dict[str, tuple[float, float]]] = {
@@ -114,4 +124,24 @@ def parse_options(text: str) -> SessionOptions:
     return SessionOptions(
         vad=_section(VadOptions, obj.get("vad"), "vad"),
         asr=_section(AsrOptions, obj.get("asr"), "asr"),
+        resume=_resume(obj.get("resume")),
     )
+
+
+def _resume(raw: object) -> ResumeOptions | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise _bad("options.resume must be a JSON object")
+    sid, token, received = raw.get("session_id"), raw.get("token"), raw.get("received")
+    try:
+        session_id = bytes.fromhex(sid) if isinstance(sid, str) else b""
+    except ValueError:
+        session_id = b""
+    if len(session_id) != 16:
+        raise _bad("options.resume.session_id must be the 32 hex digits of Welcome.session_id")
+    if not isinstance(token, str) or not 0 < len(token) <= 256:
+        raise _bad("options.resume.token must be Welcome's info.resume.token")
+    if isinstance(received, bool) or not isinstance(received, int) or received < 0:
+        raise _bad("options.resume.received must be the count of messages received (>= 0)")
+    return ResumeOptions(session_id, token, received)

@@ -1,0 +1,169 @@
+"""Resumable sessions (SPEC.md §6.4) on the MockClock: a dropped connection, a new one with the
+session id, the resume token and the count of messages received; the audio goes on with
+nothing duplicated, and what was lost, if anything, is reported exactly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import trio
+import trio.testing
+from harness import Pair, open_pair
+from test_bad_input import expect_error
+
+from duplexd._ops.settings import SessionLimits
+from duplexd.protocol import frames as fr
+
+pytestmark = pytest.mark.unit
+E = fr.ErrorCode
+TEXT = "Hello there, how are you today? " * 3  # ~5.6 s of tone audio
+RESUMABLE = SessionLimits(ring_frames=1024, idle_timeout_s=86_400.0, resume_buffer_s=2.0)
+
+
+class Client:
+    """A client that counts the messages it received after Welcome (the resume point)."""
+
+    def __init__(self, pair: Pair) -> None:
+        self.pair = pair
+        self.received = 0
+        self.frames: list[fr.Frame] = []
+        self.welcome: fr.Welcome | None = None
+
+    async def hello(self, hello: fr.Hello) -> fr.Welcome:
+        await self.pair.send(hello)
+        (welcome,) = await self.pair.receive()
+        assert isinstance(welcome, fr.Welcome), welcome
+        self.welcome = welcome
+        return welcome
+
+    async def receive(self) -> list[fr.Frame]:
+        frames = await self.pair.receive()
+        self.received += 1
+        self.frames += frames
+        return frames
+
+    def audio(self) -> list[fr.Audio]:
+        return [f for f in self.frames if isinstance(f, fr.Audio)]
+
+
+def resume_hello(session_id: bytes, token: str, received: int) -> fr.Hello:
+    options = {"resume": {"session_id": session_id.hex(), "token": token, "received": received}}
+    return fr.Hello(options=json.dumps(options))
+
+
+def info(welcome: fr.Welcome) -> dict:  # type: ignore[type-arg]
+    return json.loads(welcome.info)  # type: ignore[no-any-return]
+
+
+async def speak_drop_resume(
+    drop_after: int, away_s: float
+) -> tuple[list[fr.Audio], dict, list[fr.Audio]]:  # type: ignore[type-arg]
+    """Speak TEXT, drop the connection after `drop_after` messages, come back `away_s` later.
+    Returns the audio before the drop, the resumed Welcome's report, the audio after."""
+    async with open_pair(limits=RESUMABLE) as (pair,):
+        first = Client(pair)
+        welcome = await first.hello(fr.Hello())
+        token = info(welcome)["resume"]["token"]
+        await pair.send(fr.Text(1, TEXT, end=True))
+        while first.received < drop_after:
+            await first.receive()
+        await pair.stream.aclose()  # the network goes away: no WebSocket close
+        await trio.sleep(away_s)
+        second = Client(await pair.connect_again())
+        resumed = await second.hello(resume_hello(welcome.session_id, token, first.received))
+        assert resumed.session_id == welcome.session_id
+        report = info(resumed)["resume"]
+        while not any(isinstance(f, fr.UtteranceDone) for f in second.frames):
+            await second.receive()
+        assert pair.sessions[0].error_code is None
+    return first.audio(), report, second.audio()
+
+
+@pytest.mark.parametrize("drop_after", [1, 2, 17, 60, 150])
+async def test_a_short_drop_loses_nothing_and_repeats_nothing(
+    drop_after: int, autojump_clock: trio.testing.MockClock
+) -> None:
+    before, report, after = await speak_drop_resume(drop_after, away_s=0.7)
+    assert report["resumed"] is True and report["lost"] == {"messages": 0}
+    seqs = [f.seq for f in before + after]
+    assert seqs == list(range(len(seqs)))  # every frame once, in order
+    assert (before + after)[-1].last
+    assert report["replayed"] >= 30  # what was sent while it was away (0.7 s) came first
+
+
+async def test_a_long_drop_reports_exactly_what_was_lost(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    before, report, after = await speak_drop_resume(10, away_s=3.5)  # buffer: 2 s
+    lost = report["lost"]
+    got = {f.seq for f in before + after}
+    missing = sorted(set(range(max(got) + 1)) - got)
+    assert missing  # 3.5 s away, 2 s kept: about 1.5 s fell out
+    runs = lost["audio"]
+    assert [(r["utterance_id"], r["epoch"]) for r in runs] == [(1, 0)]
+    assert list(range(runs[0]["first_seq"], runs[0]["last_seq"] + 1)) == missing
+    assert lost["frames"]["AUDIO"] == len(missing) == lost["messages"]
+    assert "unknown_messages" not in lost
+    assert sorted(got) == [f.seq for f in before + after]  # still nothing twice
+
+
+async def test_resuming_needs_the_token_and_a_live_session(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_pair(limits=RESUMABLE) as (pair,):
+        client = Client(pair)
+        welcome = await client.hello(fr.Hello())
+        await pair.stream.aclose()
+        wrong = await pair.connect_again()
+        await wrong.send(resume_hello(welcome.session_id, "0" * 64, 0))
+        await expect_error(wrong, E.RESUME_FAILED)
+        unknown = await pair.connect_again()
+        await unknown.send(resume_hello(bytes(16), info(welcome)["resume"]["token"], 0))
+        await expect_error(unknown, E.RESUME_FAILED)
+        t = trio.current_time()
+        with trio.fail_after(31):
+            await pair.done.wait()  # the window passed: the session ended
+        assert trio.current_time() - t == pytest.approx(30.0, abs=0.05)
+        late = await pair.connect_again()
+        await late.send(resume_hello(welcome.session_id, info(welcome)["resume"]["token"], 0))
+        await expect_error(late, E.RESUME_FAILED)
+
+
+async def test_a_clean_close_ends_the_session_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_pair(limits=RESUMABLE) as (pair,):
+        await Client(pair).hello(fr.Hello())
+        t = trio.current_time()
+        await pair.client.aclose()  # WebSocket close 1000: the client is done
+        with trio.fail_after(1):
+            await pair.done.wait()
+        assert trio.current_time() == t
+
+
+async def test_resume_is_off_when_the_server_says_so(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    limits = SessionLimits(ring_frames=1024, resume_window_s=0.0)
+    async with open_pair(limits=limits) as (pair,):
+        welcome = await Client(pair).hello(fr.Hello())
+        assert "resume" not in info(welcome)
+        await pair.stream.aclose()
+        with trio.fail_after(1):
+            await pair.done.wait()  # no waiting for a resume
+
+
+def test_bad_resume_options_are_bad_options() -> None:
+    from duplexd.protocol.codec import RemoteProtocolError
+    from duplexd.protocol.options import parse_options
+
+    for bad in (
+        {"resume": 1},
+        {"resume": {"session_id": "xyz", "token": "t", "received": 0}},
+        {"resume": {"session_id": "00" * 16, "token": 5, "received": 0}},
+        {"resume": {"session_id": "00" * 16, "token": "t", "received": -1}},
+    ):
+        with pytest.raises(RemoteProtocolError) as info_:
+            parse_options(json.dumps(bad))
+        assert info_.value.error_code is E.BAD_OPTIONS
