@@ -12,6 +12,7 @@ into samples on the spot. Nothing here runs in the daemon's process.
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import time
@@ -54,6 +55,7 @@ class LoadConfig:
     uplink_echo_delay_ms: float = 50.0
     uplink_echo_playout_ms: float = 40.0  # the echoing player's playout buffer
     uplink_asr: bool = False  # leave the server's transcription on
+    token: str = ""  # the daemon's `[server] token`, presented as `credentials` says
 
 
 class Target(Protocol):
@@ -69,22 +71,42 @@ class Target(Protocol):
 Opener = Callable[[str, Callable[[ServerFrame, float], None]], AbstractAsyncContextManager[Any]]
 
 
+def credentials(token: str) -> tuple[str, list[tuple[bytes, bytes]]]:
+    """How a bench client presents the daemon's token: (Hello.token, extra headers of the
+    WebSocket upgrade). Today the daemon reads Hello.token; once it reads a header instead,
+    return ``("", [(b"Authorization", b"Bearer " + token.encode())])`` here: the good
+    sessions and the hostile clients of `bench.hostile` all present it through this."""
+    return token, []
+
+
 @asynccontextmanager
 async def open_duplexd(
     url: str,
     on_frame: Callable[[ServerFrame, float], None],
     *,
     uplink_options: dict[str, Any] | None = None,
+    token: str = "",
 ) -> AsyncIterator[Target]:
-    """`uplink_options`: open a 16 kHz uplink with these HELLO options."""
-    from duplexd.client.session import open_session
+    """`uplink_options`: open a 16 kHz uplink with these HELLO options. `token`: the
+    daemon's token ("" for none), presented as `credentials` says. The SDK's `open_session`,
+    with the upgrade's headers in our hands."""
+    from trio_websocket import open_websocket_url
 
-    async with open_session(
-        url,
-        on_frame=on_frame,
+    from duplexd.client.session import session_over
+    from duplexd.protocol.frames import SUBPROTOCOL, Hello
+
+    hello_token, headers = credentials(token)
+    hello = Hello(
         uplink_rate_hz=16_000 if uplink_options is not None else 0,
-        options=uplink_options,
-    ) as session:
+        token=hello_token,
+        options=json.dumps(uplink_options) if uplink_options else "",
+    )
+    async with (
+        open_websocket_url(
+            url, subprotocols=[SUBPROTOCOL], extra_headers=headers or None, connect_timeout=10.0
+        ) as ws,
+        session_over(ws, hello, on_frame=on_frame, timeout_s=10.0) as session,
+    ):
         yield _DuplexdTarget(session)
 
 
@@ -258,8 +280,14 @@ async def drive(
 def new_samples() -> dict[str, Any]:
     out: dict[str, Any] = {k: [] for k in SAMPLE_KEYS}
     out.update({k: 0 for k in COUNT_KEYS})
-    out.update(server_stats=[], errors=[], loop_lag=[], engine_device="")
+    out.update(server_stats=[], errors=[], error_kinds={}, loop_lag=[], engine_device="")
     return out
+
+
+def error_kind(exc: Exception) -> str:
+    """What ended a session, in a word: the server's error code, or the exception's type."""
+    code = getattr(exc, "code", None)
+    return str(code.name) if code is not None else type(exc).__name__
 
 
 async def _session(
@@ -299,6 +327,8 @@ async def _session(
                 nursery.cancel_scope.cancel()
     except Exception as exc:  # a failed session is a result, not a crash of the bench
         out["session_errors" if opened else "connect_failures"] += 1
+        kind = error_kind(exc)
+        out["error_kinds"][kind] = out["error_kinds"].get(kind, 0) + 1
         if len(out["errors"]) < 5:
             out["errors"].append(f"session {index}: {type(exc).__name__}: {exc}")
 

@@ -67,6 +67,7 @@ def merge_workers(results: list[dict[str, Any]]) -> dict[str, Any]:
     merged["client_cpu_percent"] = []
     merged["loop_lag"] = []
     merged["errors"] = []
+    merged["error_kinds"] = {}
     merged["engine_device"] = ""
     for r in results:
         for k in SAMPLE_KEYS:
@@ -77,6 +78,8 @@ def merge_workers(results: list[dict[str, Any]]) -> dict[str, Any]:
         merged["client_cpu_percent"].append(r["cpu_percent"])
         merged["loop_lag"].extend(r["loop_lag"])
         merged["errors"].extend(r["errors"])
+        for kind, n in r.get("error_kinds", {}).items():
+            merged["error_kinds"][kind] = merged["error_kinds"].get(kind, 0) + n
         merged["engine_device"] = merged["engine_device"] or r.get("engine_device", "")
     return merged
 

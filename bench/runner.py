@@ -31,8 +31,10 @@ def _opener(kind: str, cfg: LoadConfig) -> Opener:
         if cfg.uplink:
             from .uplink import hello_options
 
-            return functools.partial(open_duplexd, uplink_options=hello_options(cfg))
-        return open_duplexd
+            return functools.partial(
+                open_duplexd, uplink_options=hello_options(cfg), token=cfg.token
+            )
+        return functools.partial(open_duplexd, token=cfg.token)
     from .baselines.client import open_baseline
 
     return open_baseline
