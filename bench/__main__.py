@@ -13,6 +13,12 @@ duplexd/baseline ratios), and writes JSON and PNG plots on request.
 `--uplink` (duplexd only; the baseline's uplink rows are n/a): every session also streams a
 real-time 16 kHz microphone (noise, optionally its own echo) and the interrupters barge in by
 voice instead of Interrupt; adds VAD barge-in latency, false triggers and misses (`bench.uplink`).
+
+    python -m bench --attack --sessions 50 --duration 20 [--attacks spaces,auth] [--attackers 2]
+
+`--attack` runs `bench.attack` instead (its own flags: `python -m bench --attack --help`): the
+good load of one level, alone and then while hostile clients repeat the attacks of the issue
+"Safe on a network", side by side.
 """
 
 from __future__ import annotations
@@ -55,6 +61,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default="", metavar="PATH")
     p.add_argument("--plots", default="", metavar="DIR")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--attack",
+        action="store_true",
+        help="good sessions under attack: runs bench.attack (see --attack --help)",
+    )
     up = p.add_argument_group("uplink (duplexd only; see bench.uplink)")
     up.add_argument(
         "--uplink",
@@ -103,9 +114,14 @@ def _exit_on_sigterm(signum: int, _frame: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
     if __name__ == "__main__":
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    if "--attack" in argv:
+        from .attack import main as attack_main
+
+        return attack_main([a for a in argv if a != "--attack"])
+    args = _parser().parse_args(argv)
     try:
         levels = [int(x) for x in args.sessions.split(",") if x.strip()]
     except ValueError:
