@@ -167,3 +167,56 @@ def test_uplink_cpu_scenarios() -> None:
     assert not rows["agent, headphones"]["echo_locked"] and not rows["room"]["echo_locked"]
     for row in rows.values():
         assert row["audio_s"] == 4.0 and 0.0 < row["core_percent"] < 100.0
+
+
+ATTACK_RUN_KEYS = {"killed", "jitter_ms", "server_jitter_ms", "underruns", "fal_ms", "healthz_ms"}
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_tiny_attack_bench(tmp_path: Path) -> None:
+    """`python -m bench --attack`: 2 good sessions for 3 s, alone and then with one attacker of
+    every kind at low intensity; the report has both runs, the goals and every attack."""
+    from bench.hostile import ATTACKS
+
+    out = tmp_path / "attack.json"
+    proc = subprocess.run(
+        [
+            *(sys.executable, "-m", "bench", "--attack", "--sessions", "2", "--duration", "3"),
+            *("--attackers", "1", "--rate", "2", "--connections", "3", "--answer-timeout", "5"),
+            *("--warmup", "1", "--json", str(out), "--no-progress"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| client jitter p95 (ms) | <= 2 |" in proc.stdout
+    assert "| good sessions killed | <= 0 |" in proc.stdout
+    doc = json.loads(out.read_text())
+    assert doc["bench"] == "attack" and doc["sessions"] == 2 and doc["duration_s"] == 3.0
+    assert doc["attack"]["attacks"] == list(ATTACKS)
+    assert [g["metric"] for g in doc["goals"]] == [
+        "server pacing error p95 (ms)",
+        "client jitter p95 (ms)",
+        "good sessions killed",
+    ]
+    for goal in doc["goals"]:
+        assert {goal["without"]["verdict"], goal["with"]["verdict"]} <= {"PASS", "MISS", "NO DATA"}
+    quiet, attacked = doc["runs"]["without"], doc["runs"]["with"]
+    for run in (quiet, attacked):
+        assert set(run) >= ATTACK_RUN_KEYS, ATTACK_RUN_KEYS - set(run)
+        assert run["daemon"]["rss_peak_mb"] > 0 and run["daemon"]["exit_code"] is None
+        assert run["healthz_ms"]["count"] > 0
+    assert quiet["attackers"] == {} and quiet["killed"] == 0 and quiet["frames"] > 0
+    assert quiet["healthz_ms"]["failed"] == 0
+    assert set(attacked["attackers"]) == set(ATTACKS)
+    for name, a in attacked["attackers"].items():
+        assert a["attackers"] == 1 and not a["fatal"], (name, a["fatal"])
+        assert a["sent"] >= a["answered"] >= 0 and isinstance(a["answers"], dict)
+        assert set(a["answer_ms"]) >= {"p50", "p95", "max"}
+        assert a["cpu_percent"] >= 0
+        assert f"| `{name}` |" in proc.stdout
+    assert sum(a["sent"] for a in attacked["attackers"].values()) > 0
+    assert attacked["attackers_cpu_percent"] > 0
