@@ -37,7 +37,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import trio
-from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
+from trio_websocket import ConnectionClosed, ConnectionRejected
 
 from duplexd.protocol.codec import encode, iter_frames
 from duplexd.protocol.frames import (
@@ -52,7 +52,7 @@ from duplexd.protocol.frames import (
 )
 from duplexd.protocol.jsonmode import JSON_SUBPROTOCOL
 
-from .load import credentials
+from .load import credentials, open_ws
 
 CONNECT_TIMEOUT_S = 10.0
 DISCONNECT_TIMEOUT_S = 1.0  # our own closing handshake, when we leave a connection
@@ -276,12 +276,12 @@ class _Pace:
 
 
 def _connect(url: str, subprotocol: str, headers: list[tuple[bytes, bytes]]) -> Any:
-    return open_websocket_url(
+    return open_ws(
         url,
         subprotocols=[subprotocol],
         extra_headers=headers or None,
-        connect_timeout=CONNECT_TIMEOUT_S,
-        disconnect_timeout=DISCONNECT_TIMEOUT_S,
+        connect_timeout_s=CONNECT_TIMEOUT_S,
+        disconnect_timeout_s=DISCONNECT_TIMEOUT_S,
     )
 
 

@@ -80,6 +80,53 @@ def credentials(token: str) -> tuple[str, list[tuple[bytes, bytes]]]:
 
 
 @asynccontextmanager
+async def open_ws(
+    url: str,
+    *,
+    subprotocols: list[str],
+    extra_headers: list[tuple[bytes, bytes]] | None = None,
+    connect_timeout_s: float = 10.0,
+    disconnect_timeout_s: float = 2.0,
+) -> AsyncIterator[Any]:
+    """`trio_websocket.open_websocket_url`, with a connect timeout that holds.
+
+    trio-websocket 0.12.2's `connect_timeout` does not: when the server accepts the TCP
+    connection but never answers the upgrade (a daemon whose loop is stalled), its reader task
+    keeps waiting after ConnectionTimeout and `open_websocket_url` with it. Here the reader runs
+    in our nursery, which the timeout cancels. Raises `trio_websocket.ConnectionTimeout`, or
+    what the connect raised (`ConnectionRejected` for an HTTP refusal, `HandshakeError`...),
+    not wrapped in an exception group; so is an exception of the body. Leaving closes the
+    connection (waiting at most `disconnect_timeout_s` for the closing handshake)."""
+    from trio_websocket import ConnectionTimeout, connect_websocket_url
+
+    connecting = trio.CancelScope()
+    try:
+        async with trio.open_nursery() as nursery:
+            with connecting:
+                connecting.deadline = trio.current_time() + connect_timeout_s
+                ws = await connect_websocket_url(
+                    nursery, url, subprotocols=subprotocols, extra_headers=extra_headers
+                )
+            if connecting.cancelled_caught:
+                nursery.cancel_scope.cancel()
+            else:
+                try:
+                    yield ws
+                finally:
+                    with trio.move_on_after(disconnect_timeout_s) as closing:
+                        closing.shield = True
+                        await ws.aclose()
+                    nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:  # one real exception (and Cancelled): that one
+        real = [e for e in group.exceptions if not isinstance(e, trio.Cancelled)]
+        if len(real) == 1 and isinstance(real[0], Exception):
+            raise real[0] from None
+        raise
+    if connecting.cancelled_caught:
+        raise ConnectionTimeout
+
+
+@asynccontextmanager
 async def open_duplexd(
     url: str,
     on_frame: Callable[[ServerFrame, float], None],
@@ -89,9 +136,7 @@ async def open_duplexd(
 ) -> AsyncIterator[Target]:
     """`uplink_options`: open a 16 kHz uplink with these HELLO options. `token`: the
     daemon's token ("" for none), presented as `credentials` says. The SDK's `open_session`,
-    with the upgrade's headers in our hands."""
-    from trio_websocket import open_websocket_url
-
+    with the upgrade's headers in our hands and a connect timeout that holds (`open_ws`)."""
     from duplexd.client.session import session_over
     from duplexd.protocol.frames import SUBPROTOCOL, Hello
 
@@ -102,9 +147,7 @@ async def open_duplexd(
         options=json.dumps(uplink_options) if uplink_options else "",
     )
     async with (
-        open_websocket_url(
-            url, subprotocols=[SUBPROTOCOL], extra_headers=headers or None, connect_timeout=10.0
-        ) as ws,
+        open_ws(url, subprotocols=[SUBPROTOCOL], extra_headers=headers or None) as ws,
         session_over(ws, hello, on_frame=on_frame, timeout_s=10.0) as session,
     ):
         yield _DuplexdTarget(session)
