@@ -34,6 +34,7 @@ ROWS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("underruns (client)", ("underruns",)),
     ("underruns (server)", ("server_underruns",)),
     ("good sessions killed", ("killed",)),
+    ("good sessions lost (no stats at hang-up)", ("lost",)),
     ("FAL p50 (ms)", ("fal_ms", "p50")),
     ("FAL p95 (ms)", ("fal_ms", "p95")),
     ("interrupt -> Interrupted p95 (ms)", ("barge_in_ms", "p95")),
@@ -57,6 +58,9 @@ def summarize_phase(phase: dict[str, Any]) -> dict[str, Any]:
     out["killed"] = level["session_errors"] + level["connect_failures"]
     out["killed_by"] = dict(sorted(level["error_kinds"].items()))
     out["sessions_reporting_pacing"] = len(level["server_stats"])
+    # neither killed nor hung up with stats: the daemon did not answer the hang-up within
+    # 10 s, or their worker process gave no result (its sessions are unaccounted for)
+    out["lost"] = max(0, level["sessions"] - out["killed"] - len(level["server_stats"]))
     health = phase["healthz"]
     out["healthz_ms"] = percentiles_ms(health.get("elapsed_s", []))
     out["healthz_ms"]["failed"] = sum(health.get("failures", {}).values())
@@ -128,8 +132,12 @@ def build_document(meta: dict[str, Any], phases: dict[str, dict[str, Any]]) -> d
         threshold, beyond = g.threshold(meta["sessions"])
         row: dict[str, Any] = {"metric": g.label, "path": list(g.path), "threshold": threshold}
         for p in PHASES:
-            value = get(doc["runs"][p], g.path)
-            row[p] = {"measured": value, "verdict": verdict(value, threshold, beyond)}
+            run = doc["runs"][p]
+            value = get(run, g.path)
+            v = verdict(value, threshold, beyond)
+            if v == "NO DATA" and not run["frames"]:
+                v = "MISS (no audio)"
+            row[p] = {"measured": value, "verdict": v}
         doc["goals"].append(row)
     return doc
 
@@ -174,9 +182,13 @@ def markdown(doc: dict[str, Any]) -> str:
     for p in PHASES:
         r = runs[p]
         if r["killed"]:
+            lines.append(f"- {p} attackers: killed by {_counts(r['killed_by'])}")
+        if r["errors"]:
+            lines.append(f"- {p} attackers: client errors, e.g. " + "; ".join(r["errors"][:3]))
+        if r["lost"]:
             lines.append(
-                f"- {p} attackers: killed by {_counts(r['killed_by'])}; e.g. "
-                + "; ".join(r["errors"][:3])
+                f"- **{p} attackers: {r['lost']} good session(s) got no answer to their "
+                "hang-up (Interrupt, GetStats) within 10 s, or their worker gave no result.**"
             )
         if not r["frames"]:
             lines.append(f"- **{p} attackers: no audio reached the good sessions.**")
