@@ -52,7 +52,7 @@ from duplexd.protocol.frames import (
 )
 from duplexd.protocol.jsonmode import JSON_SUBPROTOCOL
 
-from .load import credentials, open_ws
+from .load import credentials, open_ws, root_error
 
 CONNECT_TIMEOUT_S = 10.0
 DISCONNECT_TIMEOUT_S = 1.0  # our own closing handshake, when we leave a connection
@@ -114,9 +114,12 @@ class Tally:
     cpu_s: float = 0.0
     wall_s: float = 0.0
 
-    def answered(self, label: str, seconds: float) -> None:
+    def answered(self, label: str, seconds: float | None) -> None:
+        """Count how an attack (a held connection) ended; `seconds`: after how long (None: not
+        an answer of the daemon's, e.g. our own client failing)."""
         self.answers[label] = self.answers.get(label, 0) + 1
-        self.answer_s.append(seconds)
+        if seconds is not None:
+            self.answer_s.append(seconds)
 
     def connect_failed(self, label: str) -> None:
         self.connects[label] = self.connects.get(label, 0) + 1
@@ -286,12 +289,10 @@ def _connect(url: str, subprotocol: str, headers: list[tuple[bytes, bytes]]) -> 
 
 
 def _connect_error(exc: Exception) -> str:
-    if isinstance(exc, ConnectionRejected):
-        return f"HTTP {exc.status_code}"
-    if isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        inner = exc.exceptions[0]
-        return _connect_error(inner) if isinstance(inner, Exception) else type(inner).__name__
-    return type(exc).__name__
+    root = root_error(exc)
+    if isinstance(root, ConnectionRejected):
+        return f"HTTP {root.status_code}"
+    return type(root).__name__
 
 
 async def _flood(attack: Attack, url: str, cfg: AttackConfig, tally: Tally) -> None:
@@ -324,7 +325,7 @@ async def _flood(attack: Attack, url: str, cfg: AttackConfig, tally: Tally) -> N
                 stage = "leave"  # our closing handshake may time out: the attack was counted
         except Exception as exc:  # a failed connect or a broken session: counted, then again
             if stage == "attack":
-                tally.answered(f"client: {_connect_error(exc)}", 0.0)
+                tally.answered(f"client: {_connect_error(exc)}", None)
             elif stage != "leave":
                 tally.connect_failed(f"{stage}: {_connect_error(exc)}")
             await trio.sleep(RECONNECT_S)
@@ -387,7 +388,7 @@ async def _hold_ws(attack: Attack, url: str, cfg: AttackConfig, tally: Tally) ->
                 tally.answered(label, trio.current_time() - t0)
         except Exception as exc:
             if opened:
-                tally.answered(f"client: {_connect_error(exc)}", 0.0)
+                tally.answered(f"client: {_connect_error(exc)}", None)
             else:
                 tally.connect_failed(_connect_error(exc))
                 await trio.sleep(HOLD_RETRY_S)

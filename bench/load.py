@@ -327,7 +327,15 @@ def new_samples() -> dict[str, Any]:
     return out
 
 
-def error_kind(exc: Exception) -> str:
+def root_error(exc: BaseException) -> BaseException:
+    """The exception inside the nurseries' exception groups (the first one not Cancelled)."""
+    while isinstance(exc, BaseExceptionGroup):
+        real = [e for e in exc.exceptions if not isinstance(e, trio.Cancelled)]
+        exc = (real or exc.exceptions)[0]
+    return exc
+
+
+def error_kind(exc: BaseException) -> str:
     """What ended a session, in a word: the server's error code, or the exception's type."""
     code = getattr(exc, "code", None)
     return str(code.name) if code is not None else type(exc).__name__
@@ -370,10 +378,11 @@ async def _session(
                 nursery.cancel_scope.cancel()
     except Exception as exc:  # a failed session is a result, not a crash of the bench
         out["session_errors" if opened else "connect_failures"] += 1
-        kind = error_kind(exc)
+        root = root_error(exc)
+        kind = error_kind(root)
         out["error_kinds"][kind] = out["error_kinds"].get(kind, 0) + 1
         if len(out["errors"]) < 5:
-            out["errors"].append(f"session {index}: {type(exc).__name__}: {exc}")
+            out["errors"].append(f"session {index}: {type(root).__name__}: {root}")
 
 
 async def _run_mic(mic: Mic, target: Any, t_start: float, t_end: float) -> None:
