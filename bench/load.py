@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import trio
 
@@ -73,10 +74,13 @@ Opener = Callable[[str, Callable[[ServerFrame, float], None]], AbstractAsyncCont
 
 def credentials(token: str) -> tuple[str, list[tuple[bytes, bytes]]]:
     """How a bench client presents the daemon's token: (Hello.token, extra headers of the
-    WebSocket upgrade). Today the daemon reads Hello.token; once it reads a header instead,
-    return ``("", [(b"Authorization", b"Bearer " + token.encode())])`` here: the good
-    sessions and the hostile clients of `bench.hostile` all present it through this."""
-    return token, []
+    WebSocket upgrade). Both ways at once: a daemon that checks Hello.token ignores the
+    header, one that checks ``Authorization: Bearer`` in the upgrade ignores Hello.token
+    (SPEC §6.1). The good sessions and the hostile clients of `bench.hostile` all present
+    their token through this; "" presents none."""
+    if not token:
+        return "", []
+    return token, [(b"Authorization", b"Bearer " + token.encode())]
 
 
 @asynccontextmanager
@@ -87,6 +91,7 @@ async def open_ws(
     extra_headers: list[tuple[bytes, bytes]] | None = None,
     connect_timeout_s: float = 10.0,
     disconnect_timeout_s: float = 2.0,
+    local_address: str | None = None,
 ) -> AsyncIterator[Any]:
     """`trio_websocket.open_websocket_url`, with a connect timeout that holds.
 
@@ -96,17 +101,37 @@ async def open_ws(
     in our nursery, which the timeout cancels. Raises `trio_websocket.ConnectionTimeout`, or
     what the connect raised (`ConnectionRejected` for an HTTP refusal, `HandshakeError`...),
     not wrapped in an exception group; so is an exception of the body. Leaving closes the
-    connection (waiting at most `disconnect_timeout_s` for the closing handshake)."""
-    from trio_websocket import ConnectionTimeout, connect_websocket_url
+    connection (waiting at most `disconnect_timeout_s` for the closing handshake).
+    `local_address` (ws:// only): connect from this address, e.g. another loopback address
+    than the good sessions' 127.0.0.1."""
+    from trio_websocket import ConnectionTimeout, connect_websocket_url, wrap_client_stream
+
+    async def connect(nursery: trio.Nursery) -> Any:
+        if local_address is None:
+            return await connect_websocket_url(
+                nursery, url, subprotocols=subprotocols, extra_headers=extra_headers
+            )
+        parts = urlsplit(url)
+        if parts.scheme != "ws" or parts.hostname is None:
+            raise ValueError(f"local_address needs a ws:// URL, not {url!r}")
+        port = parts.port or 80
+        stream = await trio.open_tcp_stream(parts.hostname, port, local_address=local_address)
+        resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        return await wrap_client_stream(
+            nursery,
+            stream,
+            f"{parts.hostname}:{port}",
+            resource,
+            subprotocols=subprotocols,
+            extra_headers=extra_headers,
+        )
 
     connecting = trio.CancelScope()
     try:
         async with trio.open_nursery() as nursery:
             with connecting:
                 connecting.deadline = trio.current_time() + connect_timeout_s
-                ws = await connect_websocket_url(
-                    nursery, url, subprotocols=subprotocols, extra_headers=extra_headers
-                )
+                ws = await connect(nursery)
             if connecting.cancelled_caught:
                 nursery.cancel_scope.cancel()
             else:
