@@ -19,6 +19,8 @@ daemon answered them (Error codes and close codes, or nothing) and the attackers
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import json
 import math
 import multiprocessing as mp
@@ -28,7 +30,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Event as MpEvent
@@ -41,6 +43,7 @@ from .hostile import ATTACKS, AttackConfig, attacker_process
 from .load import LoadConfig, credentials
 from .runner import run_level
 
+TOKEN_VARIABLE = "DUPLEXD_SERVER__TOKEN"  # the daemon's `[server] token`
 HEALTHZ_TIMEOUT_S = 5.0  # a /healthz probe that takes longer is counted as a timeout
 ATTACKER_REPORT_S = 20.0  # after the stop: how long an attacker gets to send its tally
 
@@ -91,6 +94,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     a.add_argument(
         "--warmup", type=float, default=2.0, metavar="S", help="attack this long before the load"
+    )
+    a.add_argument(
+        "--attackers-from",
+        choices=["own", "shared"],
+        default="own",
+        help="own (default): each attacker process connects from a loopback address of its own "
+        "(127.0.1.N), as if from another machine, so per-address limits tell it from the good "
+        "sessions (127.0.0.1); shared: from 127.0.0.1 like them",
     )
     p.add_argument("--token", default="", help="the daemon's token (default: a random one)")
     p.add_argument("--healthz-interval", type=float, default=0.1, metavar="S")
@@ -179,6 +190,27 @@ class _Children:
         return out
 
 
+def attacker_address(n: int) -> str:
+    """The loopback address attacker process `n` connects from: 127.0.1.1, 127.0.1.2, ...,
+    127.0.1.250, 127.0.2.1, ... (the daemon listens on 127.0.0.1; Linux routes all of 127/8 to
+    the loopback)."""
+    return f"127.0.{1 + n // 250}.{1 + n % 250}"
+
+
+@contextlib.contextmanager
+def _environ(name: str, value: str) -> Iterator[None]:
+    """`name=value` in this process's environment (what a started daemon inherits) meanwhile."""
+    saved = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = saved
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -209,16 +241,20 @@ def run_phase(
     """One run against a fresh daemon: the good load, with `attacks` (none: alone). The raw
     measurements; `bench.attack_report.summarize_phase` reads them."""
     http_port = free_port()
-    argv = duplexd_argv(args.engine, args.device)
-    argv += ["--token", cfg.token, "--http-port", str(http_port)]
-    server = start_server("duplexd", argv)
+    argv = [*duplexd_argv(args.engine, args.device), "--http-port", str(http_port)]
+    with _environ(TOKEN_VARIABLE, cfg.token):  # not a flag: the rebuilt daemon refuses it
+        server = start_server("duplexd", argv)
     warnings: list[str] = []
     try:
         helpers = _Children()
         helpers.start("healthz", _healthz_process, http_port, args.healthz_interval)
+        n = 0
         for name in attacks:
             for _ in range(args.attackers):
-                helpers.start(name, attacker_process, name, server.url, acfg)
+                source = attacker_address(n) if args.attackers_from == "own" else None
+                own = dataclasses.replace(acfg, source_address=source)
+                helpers.start(name, attacker_process, name, server.url, own)
+                n += 1
         if attacks:
             time.sleep(args.warmup)
         level = run_level(
@@ -349,7 +385,8 @@ def main(argv: list[str] | None = None) -> int:
             "answer_timeout_s": args.answer_timeout,
             "attacker_nice": args.attacker_nice,
             "warmup_s": args.warmup,
-            "token_in": "Authorization header" if headers else "Hello.token",
+            "token_in": "Hello.token and Authorization: Bearer" if headers else "Hello.token",
+            "attackers_from": args.attackers_from,
             "healthz_interval_s": args.healthz_interval,
         },
     }

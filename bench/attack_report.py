@@ -158,7 +158,13 @@ def markdown(doc: dict[str, Any]) -> str:
         f"against a fresh daemon (token in {at['token_in']}; /healthz on its side port, a new "
         f"connection every {at['healthz_interval_s']:g} s); {doc['cpu_count']} CPUs for all of "
         f"it. Attackers: {len(at['attacks'])} attacks x {at['attackers_per_attack']} "
-        f"process(es), niceness {at['attacker_nice']}, from {at['warmup_s']:g} s before the "
+        f"process(es), niceness {at['attacker_nice']}, "
+        + (
+            "each from a loopback address of its own (127.0.1.N)"
+            if at["attackers_from"] == "own"
+            else "from 127.0.0.1 like the good sessions"
+        )
+        + f", from {at['warmup_s']:g} s before the "
         "good sessions connect until they hang up; floods "
         + (f"at most {at['rate_per_s']:g}/s per attacker" if at["rate_per_s"] else "back to back")
         + f" (each waits for its answer, at most {at['answer_timeout_s']:g} s), holds keep "
@@ -206,8 +212,9 @@ def markdown(doc: dict[str, Any]) -> str:
         "## Attacks",
         "",
         "Floods: sent = attacks, answer time = attack sent -> the daemon's answer (the Pong "
-        "after it, UtteranceStarted for `giant`, Welcome or Error for `auth`). Holds: sent = "
-        "connections opened, time = how long each connection the daemon ended had been open.",
+        "after it; UtteranceStarted for `giant`; for `auth` the refused upgrade, the Error "
+        "after the Hello or a Welcome). Holds: sent = connections opened, time = how long each "
+        "connection the daemon ended had been open.",
         "",
         "| attack | item | what | sent | how the daemon answered | time p50 / p95 / max (ms) "
         "| failed connects | CPU % |",

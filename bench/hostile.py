@@ -10,9 +10,10 @@ Two shapes of attacker:
 
 - floods (every kind but the three below): one connection at a time. Send the attack, then
   read until the daemon answers it: the sentinel sent after it (a Ping whose Pong comes only
-  once the daemon has read the whole message; the giant text's UtteranceStarted; the auth
-  guess's Welcome), an Error, a close, or nothing within `answer_timeout_s`. Repeat on the same
-  session while the daemon keeps it; reconnect once it closes it. `rate_per_s` caps the attacks
+  once the daemon has read the whole message; the giant text's UtteranceStarted), an Error, a
+  close, or nothing within `answer_timeout_s`. Repeat on the same session while the daemon
+  keeps it; reconnect once it closes it. `auth` opens one connection per guess: its answer is
+  the refused upgrade, the Error after the Hello, or a Welcome. `rate_per_s` caps the attacks
   a second (0: each as soon as the last was answered).
 - holds (`hello-idle`, `silent`, `slowloris`): keep `connections` connections open at once;
   each one the daemon closes is counted, with how long it was held, and replaced.
@@ -22,6 +23,8 @@ reads (and segments) every chunk before it reaches them, so the chunks cost what
 utterance is dropped, and the next attack starts a new one on the same session. The hostile
 clients of items 1-6 present the daemon's token (an authenticated client misbehaving); the
 auth guesser presents a wrong one per connection; both through `bench.load.credentials`.
+Each attacker process connects from `source_address` if set (`bench.attack` gives each its
+own loopback address, so per-address defences tell them from the good sessions).
 """
 
 from __future__ import annotations
@@ -83,7 +86,7 @@ ATTACKS: dict[str, Attack] = {
         Attack("silent", 5, "upgraded WebSockets that never send a byte", holds=True),
         Attack("json-nest", 6, 'JSON text mode (duplexd.v1.json): "[" x 100,000'),
         Attack("slowloris", 7, "TCP: the HTTP upgrade, one byte a second", holds=True),
-        Attack("auth", 8, "HELLO with a wrong token, one guess per connection"),
+        Attack("auth", 8, "a wrong token, one guess per connection"),
     )
 }
 
@@ -96,6 +99,7 @@ class AttackConfig:
     answer_timeout_s: float = 30.0  # floods: no answer within this is "no answer"
     slowloris_byte_s: float = 1.0  # slowloris: one byte of the request this often
     nice: int = 0  # the attacker processes' niceness (os.nice)
+    source_address: str | None = None  # connect from this address (None: the system's choice)
 
 
 @dataclass
@@ -249,6 +253,7 @@ def plan(name: str, uid: int, nonce: int) -> list[Step]:
 
 
 def _hello(name: str, token: str) -> bytes | str:
+    """The Hello of a session attacker (the JSON mode's for `json-nest`)."""
     if name == "json-nest":
         return json.dumps({"type": "hello", "token": token})
     return encode(Hello(token=token))
@@ -278,13 +283,16 @@ class _Pace:
             self._next = max(self._next, trio.current_time()) + self._period
 
 
-def _connect(url: str, subprotocol: str, headers: list[tuple[bytes, bytes]]) -> Any:
+def _connect(
+    url: str, subprotocol: str, headers: list[tuple[bytes, bytes]], cfg: AttackConfig
+) -> Any:
     return open_ws(
         url,
         subprotocols=[subprotocol],
         extra_headers=headers or None,
         connect_timeout_s=CONNECT_TIMEOUT_S,
         disconnect_timeout_s=DISCONNECT_TIMEOUT_S,
+        local_address=cfg.source_address,
     )
 
 
@@ -298,20 +306,12 @@ def _connect_error(exc: Exception) -> str:
 async def _flood(attack: Attack, url: str, cfg: AttackConfig, tally: Tally) -> None:
     pace = _Pace(cfg.rate_per_s)
     subprotocol = JSON_SUBPROTOCOL if attack.name == "json-nest" else SUBPROTOCOL
+    hello_token, headers = credentials(cfg.token)
+    hello = Step((_hello(attack.name, hello_token),), ("welcome", 0), "accepted")
     while True:
-        guessing = attack.name == "auth"
-        hello_token, headers = credentials(secrets.token_hex(8) if guessing else cfg.token)
-        hello = Step((_hello(attack.name, hello_token),), ("welcome", 0), "accepted")
         stage = "connect"
         try:
-            if guessing:
-                await pace.wait()
-            async with _connect(url, subprotocol, headers) as ws:
-                if guessing:  # the Hello is the attack: one guess per connection
-                    stage = "attack"
-                    await _attack(ws, [hello], cfg, tally)
-                    stage = "leave"
-                    continue
+            async with _connect(url, subprotocol, headers, cfg) as ws:
                 stage = "handshake"
                 shook = f"no Welcome in {CONNECT_TIMEOUT_S:g} s"
                 with trio.move_on_after(CONNECT_TIMEOUT_S):
@@ -328,6 +328,33 @@ async def _flood(attack: Attack, url: str, cfg: AttackConfig, tally: Tally) -> N
                 tally.answered(f"client: {_connect_error(exc)}", None)
             elif stage != "leave":
                 tally.connect_failed(f"{stage}: {_connect_error(exc)}")
+            await trio.sleep(RECONNECT_S)
+
+
+async def _guess(url: str, cfg: AttackConfig, tally: Tally) -> None:
+    """`auth`: one wrong token per connection, presented as `credentials` says. The daemon's
+    answer: an HTTP refusal of the upgrade (a daemon that checks the token there: 401, or 429
+    once it limits the address's failures), or an Error after the Hello (one that checks
+    Hello.token); "accepted" if it let the guess in."""
+    pace = _Pace(cfg.rate_per_s)
+    while True:
+        await pace.wait()
+        hello_token, headers = credentials(secrets.token_hex(8))
+        hello = Step((encode(Hello(token=hello_token)),), ("welcome", 0), "accepted")
+        t0 = trio.current_time()
+        tally.sent += 1
+        label, took = f"no answer in {cfg.answer_timeout_s:g} s", cfg.answer_timeout_s
+        answered = False
+        try:
+            with trio.move_on_after(cfg.answer_timeout_s):
+                async with _connect(url, SUBPROTOCOL, headers, cfg) as ws:
+                    label = await _run_step(ws, hello, tally)
+                    took, answered = trio.current_time() - t0, True
+        except Exception as exc:  # the upgrade refused (or the connect failed): the answer
+            if not answered:
+                label, took = _connect_error(exc), trio.current_time() - t0
+        tally.answered(label, took)
+        if not answered:
             await trio.sleep(RECONNECT_S)
 
 
@@ -373,7 +400,7 @@ async def _hold_ws(attack: Attack, url: str, cfg: AttackConfig, tally: Tally) ->
     while True:
         opened = False
         try:
-            async with _connect(url, SUBPROTOCOL, headers) as ws:
+            async with _connect(url, SUBPROTOCOL, headers, cfg) as ws:
                 opened = True
                 tally.opened()
                 t0 = trio.current_time()
@@ -416,7 +443,7 @@ async def _slowloris(url: str, cfg: AttackConfig, tally: Tally) -> None:
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     while True:
         try:
-            stream = await trio.open_tcp_stream(host, port)
+            stream = await trio.open_tcp_stream(host, port, local_address=cfg.source_address)
         except OSError as exc:
             tally.connect_failed(type(exc).__name__)
             await trio.sleep(HOLD_RETRY_S)
@@ -469,6 +496,8 @@ async def run_attacker(name: str, url: str, cfg: AttackConfig, stop: MpEvent) ->
                     nursery.start_soon(_slowloris, url, cfg, tally)
                 else:
                     nursery.start_soon(_hold_ws, attack, url, cfg, tally)
+        elif name == "auth":
+            nursery.start_soon(_guess, url, cfg, tally)
         else:
             nursery.start_soon(_flood, attack, url, cfg, tally)
         await trio.to_thread.run_sync(stop.wait, abandon_on_cancel=True)
