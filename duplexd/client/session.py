@@ -26,8 +26,8 @@ import os
 import re
 import ssl
 import urllib.parse
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeGuard, TypeVar, cast
 
@@ -39,7 +39,6 @@ from trio_websocket import (
     HandshakeError,
     WebSocketConnection,
     connect_websocket_url,
-    open_websocket_url,
 )
 
 from ..protocol import frames as fr
@@ -470,47 +469,78 @@ async def open_session(
         voice=voice,
         options=json.dumps(options) if options else "",
     )
-    async with AsyncExitStack() as stack:
-        try:
-            ws = await stack.enter_async_context(
-                open_websocket_url(
-                    url,
-                    ssl_context=ssl_context,
-                    subprotocols=[fr.SUBPROTOCOL],
-                    extra_headers=headers,
-                    connect_timeout=connect_timeout_s,
-                )
-            )
-        except HandshakeError as exc:
-            error = _not_connected(url, exc, connect_timeout_s)
-            if isinstance(exc, ConnectionTimeout) and url.lower().startswith("wss:"):
-                # trio-websocket waits out the timeout when the TLS handshake fails
-                # (python-trio/trio-websocket#199): find out whether it did, and why
-                problem = await _tls_problem(url, ssl_context, connect_timeout_s)
-                if problem:
-                    error = SessionError(f"cannot connect to {_safe(url)}: TLS: {problem}")
-            raise error from None
+    try:
+        async with _connect(url, hello, ssl_context, headers, connect_timeout_s) as ws:
+            # the connection's own tasks run in this nursery (a timeout can cancel them):
+            # trio-websocket's connect_timeout does not hold when a server accepts the TCP
+            # connection and never answers the upgrade (a stalled daemon)
 
-        async def reconnect(nursery: trio.Nursery) -> WebSocketConnection:
-            with trio.fail_after(connect_timeout_s):
-                return await connect_websocket_url(
-                    nursery,
-                    url,
-                    ssl_context,
-                    subprotocols=[fr.SUBPROTOCOL],
-                    extra_headers=headers,
-                )
+            async def reconnect(nursery: trio.Nursery) -> WebSocketConnection:
+                with trio.fail_after(connect_timeout_s):
+                    return await connect_websocket_url(
+                        nursery,
+                        url,
+                        ssl_context,
+                        subprotocols=[fr.SUBPROTOCOL],
+                        extra_headers=headers,
+                    )
 
-        yield await stack.enter_async_context(
-            session_over(
+            async with session_over(
                 ws,
                 hello,
                 on_frame=on_frame,
                 timeout_s=connect_timeout_s,
                 reconnect=reconnect if resume else None,
                 on_resume=on_resume,
-            )
-        )
+            ) as session:
+                yield session
+    except BaseExceptionGroup as group:  # our nurseries': the one error inside, as it is
+        leaves = list(_leaves(group))
+        if len(leaves) != 1:
+            raise
+        leaf = leaves[0]
+        if isinstance(leaf, HandshakeError):  # raised by the connection's own task
+            raise await _connect_error(url, leaf, ssl_context, connect_timeout_s) from None
+        raise leaf from None
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc
+
+
+@asynccontextmanager
+async def _connect(
+    url: str,
+    hello: fr.Hello,
+    ssl_context: ssl.SSLContext | None,
+    headers: list[tuple[bytes, bytes]],
+    timeout_s: float,
+) -> AsyncIterator[WebSocketConnection]:
+    """A WebSocket to `url`, its tasks in a nursery of ours; closed on exit. SessionError
+    (one line) if it cannot be opened."""
+    failure: HandshakeError | None = None
+    async with trio.open_nursery() as nursery:
+        try:
+            with trio.fail_after(timeout_s):
+                ws = await connect_websocket_url(
+                    nursery, url, ssl_context, subprotocols=[fr.SUBPROTOCOL], extra_headers=headers
+                )
+        except (HandshakeError, OSError, trio.TooSlowError) as exc:
+            nursery.cancel_scope.cancel()
+            failure = exc if isinstance(exc, HandshakeError) else _handshake_error(exc)
+        else:
+            try:
+                yield ws
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(2):
+                    await ws.aclose()
+                nursery.cancel_scope.cancel()
+    if failure is not None:  # (out of the cancelled nursery: finding out why may take a while)
+        raise await _connect_error(url, failure, ssl_context, timeout_s)
 
 
 def _safe(url: str) -> str:
@@ -548,6 +578,27 @@ async def _tls_problem(url: str, ssl_context: ssl.SSLContext | None, timeout_s: 
         finally:
             await trio.aclose_forcefully(stream)
     return ""
+
+
+async def _connect_error(
+    url: str, exc: HandshakeError, ssl_context: ssl.SSLContext | None, timeout_s: float
+) -> SessionError:
+    """One line for a connection that could not be opened; a TLS handshake that fails is a
+    timeout here (trio-websocket#199), so find out whether it was that, and why."""
+    if isinstance(exc, ConnectionTimeout) and url.lower().startswith("wss:"):
+        problem = await _tls_problem(url, ssl_context, timeout_s)
+        if problem:
+            return SessionError(f"cannot connect to {_safe(url)}: TLS: {problem}")
+    return _not_connected(url, exc, timeout_s)
+
+
+def _handshake_error(exc: BaseException) -> HandshakeError:
+    """What open_websocket_url would have raised for `exc`: a timeout or a network error."""
+    if isinstance(exc, trio.TooSlowError):
+        return ConnectionTimeout()
+    error = HandshakeError()
+    error.__cause__ = exc
+    return error
 
 
 def _not_connected(url: str, exc: HandshakeError, timeout_s: float) -> SessionError:

@@ -98,6 +98,15 @@ def valid_cases() -> list[tuple[str, str, Any]]:
             "client",
             Hello(sample_rate_hz=16_000, uplink_rate_hz=48_000, engine="tone"),
         ),
+        (
+            "hello_resume",  # SPEC §6.4: resumes session 00112233...eeff, 42 messages received
+            "client",
+            Hello(
+                options='{"resume":{"session_id":"00112233445566778899aabbccddeeff",'
+                '"token":"5f1c0ffee5f1c0ffee5f1c0ffee5f1c0ffee5f1c0ffee5f1c0ffee5f1c0ffee0",'
+                '"received":42}}'
+            ),
+        ),
         ("text_chunk", "client", Text(1, "Hello, ")),
         ("text_end", "client", Text(1, "world.", end=True)),
         ("text_empty_end", "client", Text(7, "", end=True)),
