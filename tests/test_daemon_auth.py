@@ -163,3 +163,13 @@ async def test_tls_end_to_end(ca: trustme.CA, tmp_path: Path) -> None:
         assert daemon.url.startswith("wss://")
         end = await speak(daemon.url, BOB, ca=str(ca_path))
         assert isinstance(end, fr.UtteranceDone)
+
+
+async def test_sessions_per_subject_are_limited() -> None:
+    async with open_daemon(max_sessions_per_subject=1) as daemon:
+        async with open_session(daemon.url, token=BOB):
+            again = await refused(daemon.url, BOB)
+            assert again.status == 429 and "1 sessions of bob" in str(again)
+            alice = mint("alice", 60, SECRET, time.time())  # another subject is not counted
+            assert isinstance(await speak(daemon.url, alice), fr.UtteranceDone)
+        assert daemon.by_subject == {}

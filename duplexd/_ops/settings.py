@@ -45,6 +45,7 @@ class ServerSettings:
     # engine and the machine sustain (`session_capacity`); 0 = unlimited
     max_sessions: int | str = "auto"
     max_sessions_per_address: int = 32  # from one non-loopback client address (0 = unlimited)
+    max_sessions_per_subject: int = 0  # of one authenticated token subject (0 = unlimited)
     trusted_proxies: tuple[str, ...] = ()  # addresses whose X-Forwarded-For names the client
     drain_timeout_s: float = 30.0  # SIGTERM: how long utterances in progress may finish
     insecure_no_auth: bool = False  # allow a non-loopback host with no auth configured
@@ -367,6 +368,8 @@ def _validate(s: Settings) -> None:
             raise bad(key, f"must be in 0..65535, got {port}")
     if s.server.max_sessions_per_address < 0:
         raise bad("server.max_sessions_per_address", "must be >= 0 (0: unlimited)")
+    if s.server.max_sessions_per_subject < 0:
+        raise bad("server.max_sessions_per_subject", "must be >= 0 (0: unlimited)")
     for proxy in s.server.trusted_proxies:
         try:
             ipaddress.ip_address(proxy)

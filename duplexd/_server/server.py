@@ -43,6 +43,18 @@ DISCONNECT_TIMEOUT_S = 5.0  # the closing handshake must complete within this
 GIL_SWITCH_INTERVAL_S = 0.00025
 
 
+def _take(counts: dict[str, int], key: str) -> None:
+    if key:
+        counts[key] = counts.get(key, 0) + 1
+
+
+def _give_back(counts: dict[str, int], key: str) -> None:
+    if key:
+        left = counts.pop(key) - 1
+        if left:
+            counts[key] = left
+
+
 def is_loopback(address: str) -> bool:
     """Whether `address` is this machine (the app next to the daemon, or a local proxy): the
     per-address limit is for clients from elsewhere."""
@@ -76,6 +88,7 @@ class Daemon:
         tls: bool,
         max_sessions: int,
         max_sessions_per_address: int,
+        max_sessions_per_subject: int,
         trusted_proxies: Collection[str],
         uplink_services: UplinkServices | None,
         tracer: Tracer | None,
@@ -89,6 +102,8 @@ class Daemon:
         self.max_sessions_per_address = max_sessions_per_address  # 0: unlimited; then 429
         self.trusted_proxies = frozenset(trusted_proxies)
         self.by_address: dict[str, int] = {}  # client address -> connections in
+        self.max_sessions_per_subject = max_sessions_per_subject  # 0: unlimited; then 429
+        self.by_subject: dict[str, int] = {}  # authenticated subject -> connections in
         self.sessions: set[Session] = set()  # open (past the handshake)
         self._by_id: dict[bytes, Session] = {}
         self.connecting = 0  # accepted, still in their handshake
@@ -159,6 +174,10 @@ class Daemon:
             and not is_loopback(address)
         ):
             return Refused(429, "address", f"{per_address} sessions from {address} already")
+        per_subject = self.max_sessions_per_subject
+        subject = principal.subject
+        if per_subject and subject and self.by_subject.get(subject, 0) >= per_subject:
+            return Refused(429, "subject", f"{per_subject} sessions of {subject} already")
         return principal
 
     async def handle(self, request: WebSocketRequest) -> None:
@@ -177,13 +196,14 @@ class Daemon:
             return
         offered = request.proposed_subprotocols  # binary first; JSON: a debugging aid
         subprotocol = SUBPROTOCOL if SUBPROTOCOL in offered else JSON_SUBPROTOCOL
-        self.by_address[address] = self.by_address.get(address, 0) + 1
+        subject = admitted.subject
+        _take(self.by_address, address)
+        _take(self.by_subject, subject)
         try:
-            await self._serve(request, subprotocol, address, admitted.subject)
+            await self._serve(request, subprotocol, address, subject)
         finally:
-            left = self.by_address.pop(address) - 1
-            if left:
-                self.by_address[address] = left
+            _give_back(self.by_address, address)
+            _give_back(self.by_subject, subject)
 
     async def _serve(
         self, request: WebSocketRequest, subprotocol: str, address: str, subject: str
@@ -244,6 +264,7 @@ async def serve_duplexd(
     tls: TlsSettings | None = None,
     max_sessions: int = 0,
     max_sessions_per_address: int = 0,
+    max_sessions_per_subject: int = 0,
     trusted_proxies: Collection[str] = (),
     uplink_services: UplinkServices | None = None,
     tracer: Tracer | None = None,
@@ -254,18 +275,20 @@ async def serve_duplexd(
 ) -> None:
     """Serve duplexd sessions on `host:port` (0 picks a free port) until cancelled.
 
-    `task_status.started` receives the `Daemon` (port, url, live sessions). Cancelling it
-    closes every session's connection; nothing else is left behind. Above `max_sessions`
-    connections (0: no limit), or while `Daemon.draining`, a WebSocket upgrade is answered
-    HTTP 503; above `max_sessions_per_address` from one client address other than loopback
-    (0: no limit; the address behind a proxy in `trusted_proxies` is its X-Forwarded-For),
-    HTTP 429. `authenticator`: who may open a session (checked in the WebSocket upgrade;
-    None: anybody); `tls`: serve wss:// with this certificate. `uplink_services`: what
-    uplinks share (None: a Hello asking for uplink audio is refused). `tracer`: records the
-    sessions it selects (`duplexd serve --trace`). `on_session_closed(session)` runs (trio
-    thread) as each open session ends. While it runs, the process's GIL switch interval is
-    `gil_switch_interval_s` (None leaves it alone); it is restored after.
+    `task_status.started` receives the `Daemon` (port, url, live sessions). Cancelling it closes
+    every session's connection; nothing else is left behind. Above `max_sessions` connections
+    (0: no limit), or while `Daemon.draining`, a WebSocket upgrade is answered HTTP 503; above
+    `max_sessions_per_address` from one client address other than loopback (0: no limit; the
+    address behind a proxy in `trusted_proxies` is its X-Forwarded-For), or
+    `max_sessions_per_subject` of one authenticated subject (0: no limit), HTTP 429.
+    `authenticator`: who may open a session (checked in the WebSocket upgrade; None: anybody);
+    `tls`: serve wss:// with this certificate. `uplink_services`: what uplinks share (None: a
+    Hello asking for uplink audio is refused). `tracer`: records the sessions it selects
+    (`duplexd serve --trace`). `on_session_closed(session)` runs (trio thread) as each open
+    session ends. While it runs, the process's GIL switch interval is `gil_switch_interval_s`
+    (None leaves it alone); it is restored after.
     """
+
     saved_interval = sys.getswitchinterval()
     if gil_switch_interval_s is not None:
         sys.setswitchinterval(gil_switch_interval_s)
@@ -288,6 +311,7 @@ async def serve_duplexd(
                 tls=bool(tls and tls.cert),
                 max_sessions=max_sessions,
                 max_sessions_per_address=max_sessions_per_address,
+                max_sessions_per_subject=max_sessions_per_subject,
                 trusted_proxies=trusted_proxies,
                 uplink_services=uplink_services,
                 tracer=tracer,

@@ -194,6 +194,7 @@ class Service:
                     tls=self.settings.tls,
                     max_sessions=self._max_sessions(engines),
                     max_sessions_per_address=s.max_sessions_per_address,
+                    max_sessions_per_subject=s.max_sessions_per_subject,
                     trusted_proxies=s.trusted_proxies,
                     uplink_services=uplink_services,
                     tracer=self._tracer,
