@@ -21,6 +21,8 @@ leaky = pytest.mark.filterwarnings(
     "ignore:Exception ignored in. <socket.socket:pytest.PytestUnraisableExceptionWarning"
 )
 
+pytestmark = pytest.mark.usefixtures("collect_leaked_sockets")
+
 
 @asynccontextmanager
 async def open_daemon(**options: Any) -> AsyncIterator[Daemon]:

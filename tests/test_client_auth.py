@@ -9,10 +9,9 @@ with a Welcome."""
 from __future__ import annotations
 
 import argparse
-import gc
 import ssl
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,15 +35,12 @@ ALICE = "alice-static-token-0001"
 
 # trio-websocket 0.12's client never closes its TCP socket when the server closes first or
 # rejects the upgrade (see test_service.py); these tests make the server do both.
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:Exception ignored in. <socket.socket:pytest.PytestUnraisableExceptionWarning"
-)
-
-
-@pytest.fixture(autouse=True)
-def _collect_leaked_client_sockets() -> Iterator[None]:
-    yield
-    gc.collect()  # while this test's warning filter applies
+pytestmark = [
+    pytest.mark.filterwarnings(
+        "ignore:Exception ignored in. <socket.socket:pytest.PytestUnraisableExceptionWarning"
+    ),
+    pytest.mark.usefixtures("collect_leaked_sockets"),
+]
 
 
 @dataclass

@@ -3,10 +3,9 @@ against a real daemon and the SDK (tests/test_auth.py checks the tokens themselv
 
 from __future__ import annotations
 
-import gc
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -28,18 +27,13 @@ SECRET = b"0123456789abcdef0123456789abcdef"
 BOB = "bob-static-token-000001"
 
 pytestmark = [
+    pytest.mark.usefixtures("collect_leaked_sockets"),
     pytest.mark.integration,
     # trio-websocket's client leaks its socket when the server rejects or closes first
     pytest.mark.filterwarnings(
         "ignore:Exception ignored in. <socket.socket:pytest.PytestUnraisableExceptionWarning"
     ),
 ]
-
-
-@pytest.fixture(autouse=True)
-def _collect_leaked_client_sockets() -> Iterator[None]:
-    yield
-    gc.collect()  # while this test's warning filter applies
 
 
 def authenticator(max_failures: int = 10) -> Authenticator:

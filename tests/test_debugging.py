@@ -26,6 +26,8 @@ from duplexd.protocol.jsonmode import JSON_SUBPROTOCOL, JsonTranslator, frame_to
 
 MS_PER_CHAR = 20.0  # one 20 ms frame per character
 
+pytestmark = pytest.mark.usefixtures("collect_leaked_sockets")
+
 
 @contextlib.asynccontextmanager
 async def open_daemon(tracer: Tracer | None = None) -> AsyncIterator[Daemon]:

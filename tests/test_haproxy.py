@@ -25,6 +25,7 @@ from duplexd.client.session import ClientSession, SessionError, UtteranceDone, o
 from duplexd.protocol import frames as fr
 
 pytestmark = [
+    pytest.mark.usefixtures("collect_leaked_sockets"),
     pytest.mark.integration,
     pytest.mark.slow,
     pytest.mark.filterwarnings(CLIENT_SOCKET_LEAK),

@@ -22,6 +22,7 @@ from duplexd.protocol.codec import encode
 from duplexd.protocol.jsonmode import JSON_SUBPROTOCOL
 
 pytestmark = [
+    pytest.mark.usefixtures("collect_leaked_sockets"),
     pytest.mark.slow,
     pytest.mark.integration,
     # trio-websocket's client leaks its socket when the server closes first (test_service.py)

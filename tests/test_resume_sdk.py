@@ -3,8 +3,7 @@ would (no WebSocket close); the audio goes on, nothing twice, and the resume is 
 
 from __future__ import annotations
 
-import gc
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import pytest
@@ -17,18 +16,13 @@ from duplexd.engines.tone import ToneEngine
 from duplexd.protocol import frames as fr
 
 pytestmark = [
+    pytest.mark.usefixtures("collect_leaked_sockets"),
     pytest.mark.integration,
     pytest.mark.slow,  # real time: a few seconds of speech
     pytest.mark.filterwarnings(
         "ignore:Exception ignored in. <socket.socket:pytest.PytestUnraisableExceptionWarning"
     ),
 ]
-
-
-@pytest.fixture(autouse=True)
-def _collect_leaked_client_sockets() -> Iterator[None]:
-    yield
-    gc.collect()
 
 
 class Relay:

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import gc
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import attrs
@@ -25,13 +24,11 @@ from duplexd.protocol import frames as fr
 CLIENT_SOCKET_LEAK = (
     "ignore:Exception ignored in. <socket.socket:pytest.PytestUnraisableExceptionWarning"
 )
-pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings(CLIENT_SOCKET_LEAK)]
-
-
-@pytest.fixture(autouse=True)
-def _collect_leaked_client_sockets() -> Iterator[None]:
-    yield
-    gc.collect()  # while this test's warning filter applies
+pytestmark = [
+    pytest.mark.usefixtures("collect_leaked_sockets"),
+    pytest.mark.integration,
+    pytest.mark.filterwarnings(CLIENT_SOCKET_LEAK),
+]
 
 
 async def http_get(port: int, path: str) -> tuple[int, str]:

@@ -18,7 +18,7 @@ from duplexd.engines.vits import VitsEngine
 from duplexd.engines.vits.stream import CONTEXT_FRAMES, FIRST_WINDOW_FRAMES
 from duplexd.protocol import frames as fr
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("collect_leaked_sockets")]
 
 TEXTS = [
     "Hello there,",
