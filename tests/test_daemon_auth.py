@@ -167,3 +167,38 @@ async def test_sessions_per_subject_are_limited() -> None:
             alice = mint("alice", 60, SECRET, time.time())  # another subject is not counted
             assert isinstance(await speak(daemon.url, alice), fr.UtteranceDone)
         assert daemon.by_subject == {}
+
+
+async def test_a_session_is_resumed_only_by_its_own_subject() -> None:
+    """Alice's session id and resume token are not enough for bob: the subject must match."""
+    import json
+
+    from trio_websocket import ConnectionClosed
+
+    from duplexd.protocol.codec import Decoder, encode
+
+    alice = mint("alice", 60, SECRET, time.time())
+    async with (
+        open_daemon() as daemon,
+        open_session(daemon.url, token=alice, resume=False) as session,
+    ):
+        resume = session.info["resume"]
+        options = {
+            "resume": {
+                "session_id": session.welcome.session_id.hex(),
+                "token": resume["token"],
+                "received": 0,
+            }
+        }
+        async with open_websocket_url(
+            daemon.url,
+            subprotocols=[fr.SUBPROTOCOL],
+            extra_headers=[(b"Authorization", f"Bearer {BOB}".encode())],
+        ) as ws:
+            await ws.send_message(encode(fr.Hello(options=json.dumps(options))))
+            decoder = Decoder(peer="server")
+            decoder.receive_data(await ws.get_message())
+            error = decoder.next_frame()
+            assert isinstance(error, fr.Error) and error.code is fr.ErrorCode.RESUME_FAILED
+            with pytest.raises(ConnectionClosed):
+                await ws.get_message()
