@@ -180,6 +180,19 @@ async def test_a_steady_stream_under_the_rate_is_served(
         assert [type(f) for f in await pair.receive()] == [fr.Pong]
 
 
+async def fill_until_the_writer_waits(pair: Pair) -> float:
+    """Ask for answers the client never reads until the server's writer waits on the full
+    socket; returns how long it has been waiting."""
+    session = pair.sessions[0].session
+    assert session is not None
+    for _ in range(20):
+        await pair.send(*[fr.GetStats()] * 100)
+        await trio.sleep(0.01)
+        if (waited := session._downlink.send_blocked_s(trio.current_time())) > 0:
+            return waited
+    raise AssertionError("the writer never had to wait")
+
+
 async def test_answers_piling_up_behind_a_blocked_socket_end_with_their_own_code(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -187,13 +200,7 @@ async def test_answers_piling_up_behind_a_blocked_socket_end_with_their_own_code
 
     async with open_pair(stream_pair=lambda i: bounded_stream_pair(4096)) as (pair,):
         await handshake(pair)
-        session = pair.sessions[0].session
-        assert session is not None
-        for _ in range(20):  # answers nobody reads fill the socket, until the writer waits
-            await pair.send(*[fr.GetStats()] * 100)
-            await trio.sleep(0.01)
-            if session._downlink.send_blocked_s(trio.current_time()) > 0:
-                break
+        await fill_until_the_writer_waits(pair)
         t = trio.current_time()
         await pair.send(*[fr.Ping(1)] * 2_500)  # more requests than answers may wait
         with trio.fail_after(5):
@@ -210,15 +217,8 @@ async def test_a_client_that_reads_nothing_is_a_slow_consumer_even_in_silence(
 
     async with open_pair(stream_pair=lambda i: bounded_stream_pair(4096)) as (pair,):
         await handshake(pair)
-        session = pair.sessions[0].session
-        assert session is not None
-        blocked = session._downlink.send_blocked_s
-        for _ in range(20):  # answers it never reads, and no audio, until a send waits
-            await pair.send(*[fr.GetStats()] * 100)
-            await trio.sleep(0.01)
-            if blocked(trio.current_time()) > 0:
-                break
-        t = trio.current_time() - blocked(trio.current_time())
+        waited = await fill_until_the_writer_waits(pair)  # and no audio at all
+        t = trio.current_time() - waited  # when the writer began to wait
         with trio.fail_after(10):
             await pair.done.wait()
         assert pair.sessions[0].error_code is E.SLOW_CONSUMER
