@@ -114,7 +114,19 @@ def test_hello_options_ok(options: str) -> None:
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize("options", ["[]", "1", "{", "null", "[" * 50_000])
+@pytest.mark.parametrize(
+    "options",
+    [
+        "[]",
+        "1",
+        "{",
+        "null",
+        "[" * 50_000,
+        '{"vad": {"threshold": 1' + "0" * 309 + "}}",  # beyond a float (was INTERNAL: fuzz)
+        '{"x": NaN}',  # not RFC 8259 JSON, even under an unknown key
+        '{"asr": {"partial_ms": Infinity}}',
+    ],
+)
 def test_hello_bad_options(options: str) -> None:
     state = ServerProtocolState(max_text_bytes=1, max_queued_utterances=1)
     raises(state, Hello(options=options), ErrorCode.BAD_OPTIONS)

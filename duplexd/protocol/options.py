@@ -9,7 +9,6 @@ value out of range is `BAD_OPTIONS`, naming the key.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Final
 
@@ -77,6 +76,10 @@ _RANGES: Final[dict[str, tuple[float, float]]] = {
 }
 
 
+def _not_json(constant: str) -> None:
+    raise ValueError(f"{constant} is not JSON (RFC 8259)")
+
+
 def _bad(why: str) -> RemoteProtocolError:
     return RemoteProtocolError(ErrorCode.BAD_OPTIONS, why)
 
@@ -99,7 +102,7 @@ def _section(cls: type[Any], raw: object, name: str) -> Any:
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise _bad(f"options.{name}.{key} must be a number")
             lo, hi = _RANGES[key]
-            if not (math.isfinite(value) and lo <= value <= hi):
+            if not lo <= value <= hi:  # (an int beyond a float's range is simply out of range)
                 raise _bad(f"options.{name}.{key} must be in {lo:g}..{hi:g}")
             value = float(value)
         kwargs[key] = value
@@ -110,13 +113,13 @@ def parse_options(text: str) -> SessionOptions:
     """Hello.options ("" for none) as `SessionOptions`.
 
     Raises `RemoteProtocolError` (BAD_OPTIONS) saying what is wrong: not a JSON object (JSON
-    nested too deeply for the parser included), a section that is not an object, a value of
-    the wrong type or out of range.
+    nested too deeply for the parser, and NaN or Infinity anywhere, included), a section that
+    is not an object, a value of the wrong type or out of range (a number of any size).
     """
     if not text:
         return SessionOptions()
     try:
-        obj = json.loads(text)
+        obj = json.loads(text, parse_constant=_not_json)
     except (ValueError, RecursionError):
         obj = None
     if not isinstance(obj, dict):
