@@ -1,0 +1,138 @@
+"""Hypothesis strategies for the stateful tests: frames of both directions, Hellos, options."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from hypothesis import strategies as st
+
+from duplexd.protocol import frames as fr
+
+from . import known_bugs
+
+u16 = st.integers(0, 0xFFFF)
+u32 = st.integers(0, 0xFFFF_FFFF)
+u64 = st.integers(0, 0xFFFF_FFFF_FFFF_FFFF)
+
+
+def encodable(s: str) -> bool:
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates
+        return False
+    return True
+
+
+text = st.text(max_size=40).filter(encodable)
+short = st.text(max_size=12).filter(encodable)
+pcm = st.integers(0, 200).flatmap(lambda n: st.binary(min_size=2 * n, max_size=2 * n))
+json_text = st.sampled_from(["", "{}", '{"a": 1}', '{"voice": "Zoë 😀", "x": [1, 2]}'])
+
+CLIENT_FRAMES: st.SearchStrategy[fr.Frame] = st.one_of(
+    st.builds(fr.Hello, u16, u16, u32, u16, u32, short, short, short, json_text),
+    st.builds(fr.Text, u32, text, st.booleans()),
+    st.just(fr.Interrupt()),
+    st.just(fr.Pause()),
+    st.just(fr.Resume()),
+    st.builds(fr.Ping, u64),
+    st.builds(fr.AudioUp, u32, pcm),
+    st.just(fr.GetStats()),
+)
+SERVER_FRAMES: st.SearchStrategy[fr.Frame] = st.one_of(
+    st.builds(
+        fr.Welcome,
+        u16,
+        st.binary(min_size=16, max_size=16),
+        *[u32] * 6,
+        short,
+        short,
+        json_text,
+    ),
+    st.builds(fr.Audio, u16, u32, u32, pcm, st.booleans()),
+    st.builds(fr.UtteranceStarted, u16, u32),
+    st.builds(fr.UtteranceDone, u16, u32, u64, u32),
+    st.builds(fr.Interrupted, u16, u32, u64, u32, u32, st.booleans()),
+    st.just(fr.Paused()),
+    st.just(fr.Resumed()),
+    st.builds(fr.Pong, u64, u64),
+    st.builds(fr.Error, st.sampled_from(fr.ErrorCode), text),
+    st.builds(fr.SpeechStarted, u64),
+    st.builds(fr.SpeechStopped, u64),
+    st.builds(fr.Transcript, u64, u64, text, st.booleans()),
+    st.builds(fr.Stats, json_text),
+)
+
+
+def frames_from(peer: str) -> st.SearchStrategy[fr.Frame]:
+    return CLIENT_FRAMES if peer == "client" else SERVER_FRAMES
+
+
+# ---------------------------------------------------------------------------- Hello.options
+
+_KNOWN = {
+    "vad": [
+        "threshold",
+        "min_speech_ms",
+        "min_silence_ms",
+        "speech_pad_ms",
+        "barge_in",
+        "barge_in_min_speech_ms",
+        "echo_cancel",
+        "echo_threshold",
+        "max_turn_s",
+    ],
+    "asr": ["transcripts", "partial_ms"],
+}
+
+
+def option_values() -> st.SearchStrategy[Any]:
+    bugs = known_bugs.active()
+    numbers = st.one_of(
+        st.sampled_from([0, 0.05, 0.0499, 0.99, 0.9901, 1, 30, 30.5, 31.99, 32, 5000, 10_000]),
+        st.integers(-(10**6), 10**6),
+        st.floats(allow_nan=False, allow_infinity=False),
+    )
+    if "options-huge-int" not in bugs:
+        numbers |= st.integers(10**300, 10**400) | st.integers(-(10**400), -(10**300))
+    if "options-nan-literal" not in bugs:
+        numbers |= st.sampled_from([float("nan"), float("inf"), float("-inf")])
+    scalars = st.one_of(numbers, st.booleans(), st.none(), short)
+    return st.one_of(scalars, st.lists(scalars, max_size=2), st.dictionaries(short, scalars))
+
+
+def option_objects() -> st.SearchStrategy[dict[str, Any]]:
+    values = option_values()
+    sections = {
+        name: st.dictionaries(st.sampled_from([*keys, "other"]), values, max_size=4)
+        for name, keys in _KNOWN.items()
+    }
+    section = st.one_of(*sections.values(), values)
+    return st.dictionaries(st.sampled_from(["vad", "asr", "other"]), section, max_size=3)
+
+
+def options_texts() -> st.SearchStrategy[str]:
+    """Hello.options: good and bad objects, other JSON values, broken JSON, deep nesting."""
+    return st.one_of(
+        st.just(""),
+        option_objects().map(json.dumps),
+        st.sampled_from(["{}", "[]", "1", "null", '"s"', "true", " {} ", "[{}]", "{", "\ufeff{}"]),
+        st.sampled_from([10, 1000, 100_000]).map(lambda n: "[" * n),
+        short,
+    )
+
+
+def hellos() -> st.SearchStrategy[fr.Hello]:
+    """Mostly acceptable Hellos, with every field sometimes out of what v1 allows."""
+    return st.builds(
+        fr.Hello,
+        min_version=st.one_of(st.just(1), st.just(0), u16),
+        max_version=st.one_of(st.just(1), st.just(2), u16),
+        sample_rate_hz=st.one_of(st.sampled_from(fr.SUPPORTED_SAMPLE_RATES_HZ), u32),
+        frame_ms=st.one_of(st.just(20), u16),
+        uplink_rate_hz=st.one_of(st.sampled_from([0, 16_000, 48_000]), u32),
+        token=short,
+        engine=short,
+        voice=short,
+        options=st.one_of(st.just(""), options_texts()),
+    )
