@@ -9,7 +9,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8765
 ENGINE ?= vits
 PYTEST_ARGS ?=
-LINT_DIRS := duplexd tests bench tools examples
+LINT_DIRS := duplexd tests bench tools examples fuzz
 # make profile-engine: N batches of BATCH sentences on DEVICE, Chrome trace to TRACE
 N ?= 5
 BATCH ?= 1
@@ -20,9 +20,15 @@ PID ?=
 OUT ?= out/py-spy.svg
 DURATION ?= 10
 SPY_ARGS ?=
+# make fuzz [FUZZ_SECONDS=60] [FUZZ_EXAMPLES=500] [FUZZ_ARGS=--seed 1]; make soak [SOAK_CYCLES=10000]
+FUZZ_SECONDS ?= 60
+FUZZ_EXAMPLES ?= 500
+FUZZ_ARGS ?=
+SOAK_CYCLES ?= 10000
+SOAK_ARGS ?=
 
 .PHONY: install run test test-unit test-integration lint fix typecheck ci tsan bench clean \
-	cov spy-top spy-record profile-engine
+	cov spy-top spy-record profile-engine fuzz soak
 
 install: $(STAMP)
 
@@ -76,6 +82,21 @@ cov: install
 	$(PY) -m pytest -m "not slow" --cov=duplexd --cov-report=term \
 		--cov-report=json:out/coverage.json $(PYTEST_ARGS)
 	$(PY) tools/check_coverage.py out/coverage.json
+
+# not in `make test`: hypothesis state machines of the codec and the session rules against the
+# SPEC models in fuzz/ (FUZZ_EXAMPLES each), then FUZZ_SECONDS of network fuzz against a real
+# daemon; both must find nothing unexpected (fuzz/__init__.py maps the folder)
+fuzz: install
+	mkdir -p out
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_STATS_JSON=out/fuzz-stateful.json $(PY) -m pytest fuzz \
+		-q -p no:cacheprovider --hypothesis-profile fuzz $(PYTEST_ARGS)
+	$(PY) -m fuzz.network --seconds $(FUZZ_SECONDS) --json out/fuzz-network.json $(FUZZ_ARGS)
+
+# SOAK_CYCLES open/stream/interrupt/close cycles (some vanish mid-frame, some go silent)
+# against a daemon process: its fds, threads, trio tasks and RSS must stay flat
+soak: install
+	mkdir -p out
+	$(PY) -m fuzz.soak --cycles $(SOAK_CYCLES) --json out/soak.json $(SOAK_ARGS)
 
 spy-top: install
 	@test -n "$(PID)" || { echo "usage: make spy-top PID=<pid of duplexd serve>" >&2; exit 2; }
