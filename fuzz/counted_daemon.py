@@ -1,21 +1,30 @@
 """`python -m fuzz.counted_daemon --tasks-file PATH [serve flags]`: `duplexd serve` plus a task
-count.
+count (and, with `--objects`, the Python objects it keeps).
 
 The daemon does not export how many trio tasks it has, and the soak must not change the daemon
 to learn it. This runs the very `Service` that `duplexd serve` runs (same flags, environment
 and config file), under the same `trio.run`, next to one more task that walks the task tree
 from the root task (`trio.lowlevel.current_root_task`, each task's `child_nurseries`, each
 nursery's `child_tasks`) every `INTERVAL_S` and writes the count to PATH (replaced
-atomically). The count includes trio's system tasks, this task and its parent: a constant
-offset, the same before and after.
+atomically), as JSON: {"tasks": N}. The count includes trio's system tasks, this task and its
+parent: a constant offset, the same before and after. `--objects` adds, every
+`OBJECTS_INTERVAL_S`, the objects the garbage collector tracks (`gc.get_objects()`: the
+service freezes what it loaded at start, so these are what was made since) and the most common
+types among them: {"tasks": N, "objects": M, "top": {type: count}}. Counting them holds the
+event loop for a few milliseconds: a diagnostic, not for timing runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import gc
+import json
 import os
 import sys
+import time
 from collections.abc import Sequence
+from typing import Any
 
 import trio
 
@@ -25,6 +34,7 @@ from duplexd._ops.settings import ConfigError
 from duplexd._server.service import Service, StartupError
 
 INTERVAL_S = 0.2
+OBJECTS_INTERVAL_S = 2.0
 
 
 def count_tasks() -> int:
@@ -41,16 +51,28 @@ def count_tasks() -> int:
     return n
 
 
-def _write(path: str, n: int) -> None:
+def count_objects() -> dict[str, Any]:
+    objects = gc.get_objects()
+    top = collections.Counter(type(o).__name__ for o in objects).most_common(15)
+    return {"objects": len(objects), "top": dict(top)}
+
+
+def _write(path: str, report: dict[str, Any]) -> None:
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
-        f.write(f"{n}\n")
+        json.dump(report, f)
     os.replace(tmp, path)
 
 
-async def report_tasks(path: str) -> None:
+async def report_tasks(path: str, objects: bool) -> None:
+    report: dict[str, Any] = {}
+    next_objects = 0.0
     while True:
-        _write(path, count_tasks())  # a few bytes to tmpfs: no need for a worker thread
+        report["tasks"] = count_tasks()
+        if objects and time.monotonic() >= next_objects:
+            report.update(count_objects())
+            next_objects = time.monotonic() + OBJECTS_INTERVAL_S
+        _write(path, report)  # a few bytes to tmpfs: no need for a worker thread
         await trio.sleep(INTERVAL_S)
 
 
@@ -58,6 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fuzz.counted_daemon")
     add_config_flags(parser)
     parser.add_argument("--tasks-file", required=True, help="write the task count here")
+    parser.add_argument("--objects", action="store_true", help="count gc-tracked objects too")
     args = parser.parse_args(argv)
     try:
         settings = settings_from_args(args)
@@ -69,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     async def run() -> None:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(report_tasks, args.tasks_file)
+            nursery.start_soon(report_tasks, args.tasks_file, args.objects)
             await service.run()
             nursery.cancel_scope.cancel()
 

@@ -65,19 +65,29 @@ class DaemonProcess:
                 out["rss_kb"] = next(int(x.split()[1]) for x in f if x.startswith("VmRSS:"))
         except (OSError, StopIteration):
             out.update(fds=None, threads=None, rss_kb=None)
-        out["tasks"] = self.tasks()
+        counted = self.counted()
+        out["tasks"] = counted.get("tasks")
+        if "objects" in counted:
+            out["objects"] = counted["objects"]
+            out["top_types"] = counted["top"]
         metrics = self.metrics()
         out["sessions_active"] = metrics.get("duplexd_sessions_active")
         return out
 
     def tasks(self) -> int | None:
+        return self.counted().get("tasks")
+
+    def counted(self) -> dict[str, Any]:
+        """What `fuzz.counted_daemon` last wrote: tasks, and objects and top types with
+        `count_objects`; {} if not measured."""
         if not self.tasks_path:
-            return None
+            return {}
         try:
             with open(self.tasks_path) as f:
-                return int(f.read())
+                out: dict[str, Any] = json.load(f)
         except (OSError, ValueError):
-            return None
+            return {}
+        return out
 
     def metrics(self) -> dict[str, float]:
         """/metrics as {name{labels}: value}; {} if it does not answer."""
@@ -140,16 +150,20 @@ def start_daemon(
     *,
     env: dict[str, str] | None = None,
     count_tasks: bool = True,
+    count_objects: bool = False,
     keep_log: str = "",
     timeout_s: float = 60.0,
 ) -> DaemonProcess:
     """Start a tone-engine daemon on a free port with /metrics on another; `env` adds
-    `DUPLEXD_*` settings; `keep_log`: write the log there instead of a temporary file."""
+    `DUPLEXD_*` settings; `count_tasks`: through `fuzz.counted_daemon` (with `count_objects`,
+    gc-tracked objects too); `keep_log`: write the log there instead of a temporary file."""
     workdir = tempfile.TemporaryDirectory(prefix="duplexd-fuzz-")
     log_path = keep_log or os.path.join(workdir.name, "daemon.log")
     tasks_path = os.path.join(workdir.name, "tasks") if count_tasks else ""
     http_port = free_port()
     module = ["fuzz.counted_daemon", "--tasks-file", tasks_path] if count_tasks else ["duplexd"]
+    if count_tasks and count_objects:
+        module.append("--objects")
     argv = [sys.executable, "-m", *module]
     if not count_tasks:
         argv.append("serve")

@@ -271,7 +271,7 @@ def verdict(baseline: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
 async def soak(args: argparse.Namespace) -> dict[str, Any]:
     env = {"DUPLEXD_LIMITS__HELLO_TIMEOUT_S": str(HELLO_TIMEOUT_S)}
     d = await trio.to_thread.run_sync(
-        lambda: start_daemon(env=env, count_tasks=not args.plain_daemon)
+        lambda: start_daemon(env=env, count_tasks=not args.plain_daemon, count_objects=args.objects)
     )
     progress = Progress(args.cycles)
     samples: list[dict[str, Any]] = []
@@ -353,6 +353,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
             for k in ("fds", "threads", "tasks", "rss_kb", "sessions_active")
         },
         "flat": flat,
+        "objects": objects_delta(baseline, marks.get("after", {})),
         "tolerance": {"slack": SLACK, "rss_kb": f"max({RSS_SLACK_KB}, {RSS_SLACK_SHARE:.0%})"},
         "tasks_measured_by": "fuzz.counted_daemon (the trio task tree, walked in the daemon)"
         if not args.plain_daemon
@@ -365,6 +366,21 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
             "log_examples": [{k: str(v)[:400] for k, v in r.items()} for r in tracebacks[:3]],
             "log_other_lines": other[:10],
         },
+    }
+
+
+def objects_delta(baseline: dict[str, Any], after: dict[str, Any]) -> dict[str, Any] | None:
+    """With --objects: gc-tracked objects in the daemon, baseline to after, and the types
+    whose count changed (a diagnostic: a leak of Python objects shows here)."""
+    if "objects" not in baseline or "objects" not in after:
+        return None
+    b, a = baseline["top_types"], after["top_types"]
+    changed = {t: a.get(t, 0) - b.get(t, 0) for t in sorted(set(a) | set(b))}
+    return {
+        "baseline": baseline["objects"],
+        "after": after["objects"],
+        "delta": after["objects"] - baseline["objects"],
+        "top_types_delta": {t: d for t, d in changed.items() if d},
     }
 
 
@@ -387,6 +403,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baseline-after", type=int, default=500, help="warm-up cycles (500)")
     p.add_argument("--sample-every", type=int, default=1000, help="cycles between samples")
     p.add_argument("--plain-daemon", action="store_true", help="`duplexd serve` itself")
+    p.add_argument(
+        "--objects", action="store_true", help="also count the daemon's gc-tracked objects"
+    )
     p.add_argument("--json", default="", help="also write the summary here")
     p.add_argument("--verbose", action="store_true", help="print each sample as it is taken")
     args = p.parse_args(argv)
