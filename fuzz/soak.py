@@ -25,6 +25,12 @@ the baseline and the after sample the soak waits for no session to be open and t
 `SETTLE_S` (longer than trio's 10 s idle timeout of worker threads). Flat: fds, threads and
 tasks after <= baseline (+ a slack of 2 fds, 1 thread, 0 tasks), RSS after <= baseline + max(8 MiB,
 5 %). Prints a summary JSON; exit status 0 if flat and every cycle went as expected.
+
+RSS and glibc: each session's ring is one 0.5 MB allocation; once glibc has freed an mmapped
+chunk that size it raises its mmap threshold and serves the next rings from the heap, where
+they fragment it: RSS then creeps by about 1 MB per 1000 cycles while fds, threads, tasks and
+the gc-tracked objects (`--objects`) stay flat. Run with MALLOC_MMAP_THRESHOLD_=131072 in the
+environment (the daemon inherits it) to tell that creep from a leak: it keeps rings mmapped.
 """
 
 from __future__ import annotations
