@@ -318,3 +318,29 @@ async def test_a_drain_refuses_new_sessions_and_new_utterances(
         while not any(isinstance(f, fr.UtteranceDone) for f in frames):
             frames += await playing.receive()  # what was already said plays to its end
         assert playing.sessions[0].error_code is None
+
+
+async def test_a_client_over_its_share_of_the_loop_is_slowed_down_not_others(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Within every frame limit, a client whose frames cost more loop time than its share waits
+    before its next ones are read; the bystander's grid does not move."""
+    limits = SessionLimits(ring_frames=1024, input_share=0.001, input_burst_s=0.001)
+    heavy = [encode(fr.Text(1, "")) * 5_000 for _ in range(4)]  # 20,000 frames, 4 messages
+    async with open_pair(limits=limits, sessions=2) as (bad, good):
+        bystander = Bystander(good)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(bystander.run)
+            await handshake(bad)
+            await bad.send(fr.Text(1, "a"))
+            for message in heavy:
+                await bad.client.send_message(message)
+            await bad.send(fr.Ping(3))
+            frames: list[fr.Frame] = []
+            while not any(isinstance(f, fr.Pong) for f in frames):
+                frames += await bad.receive()
+            await bystander.done.wait()
+        session = bad.sessions[0].session
+        assert session is not None and bad.sessions[0].error_code is None
+        assert session.observer.input_throttled_s > 0
+    bystander.assert_on_grid()

@@ -166,6 +166,7 @@ class SessionObserver:
         "engine_s",
         "first_audio",
         "input_s",
+        "input_throttled_s",
         "interrupt",
         "interrupts",
         "tag",
@@ -183,6 +184,7 @@ class SessionObserver:
         self.engine_s = 0.0  # engine compute time, for the RTF
         self.audio_s = 0.0  # audio the engine produced
         self.input_s = 0.0  # event-loop time spent decoding and acting on the client's frames
+        self.input_throttled_s = 0.0  # time its reading waited for being over its loop share
         self._text_at: dict[int, tuple[float, float]] = {}  # uid -> first text, first audio
         self._interrupt_at: collections.deque[float] = collections.deque()
 

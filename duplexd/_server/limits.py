@@ -1,10 +1,14 @@
 """What one client may cost: a budget on its frames (admission lives in `server.py`).
 
-`FrameRate` is a token bucket over the frames a client sends: `max_frames_per_s` on average,
-`frame_burst` at once (`[limits]` settings, announced in Welcome's info). The session's reader
-takes one token per frame (a message counts as at least one) and fails the session with
-LIMIT_EXCEEDED when the bucket is empty; with it, what one message can make the event loop do
-is bounded however it is built.
+Two `TokenBucket`s per session bound what a client's input costs the event loop, however its
+messages are built:
+
+- frames: `max_frames_per_s` on average, `frame_burst` at once (`[limits]`, announced in
+  Welcome's info); the reader takes one per frame (a message counts as at least one) and fails
+  the session with LIMIT_EXCEEDED when the bucket is empty;
+- loop time: `input_share` of the loop on average (seconds of work per second), `input_burst_s`
+  at once; the reader spends what each batch of frames cost, and when the bucket is in debt
+  it waits before reading on (the client is slowed down, nobody else is).
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ def announced_limits(limits: SessionLimits) -> dict[str, Any]:
         "max_queued_utterances": limits.max_queued_utterances,
         "max_frames_per_s": limits.max_frames_per_s,
         "frame_burst": limits.frame_burst,
+        "input_share": limits.input_share,
+        "input_burst_s": limits.input_burst_s,
         "max_pending_answers": MAX_CONTROL_FRAMES,
         "slow_consumer_s": SLOW_SEND_S,
         "hello_timeout_s": limits.hello_timeout_s,
@@ -36,13 +42,14 @@ def announced_limits(limits: SessionLimits) -> dict[str, Any]:
     }
 
 
-class FrameRate:
-    """A token bucket. `refill(now)` once per message, then `take()` once per frame."""
+class TokenBucket:
+    """A token bucket: `rate_per_s` tokens a second on average, `burst` at once. `refill(now)`,
+    then `take()` one (False when empty, nothing taken) or `spend(n)` (it may go into debt)."""
 
     __slots__ = ("_at", "_burst", "_rate", "_tokens")
 
-    def __init__(self, rate_per_s: float, burst: int, now: float) -> None:
-        if rate_per_s <= 0 or burst < 1:
+    def __init__(self, rate_per_s: float, burst: float, now: float) -> None:
+        if rate_per_s <= 0 or burst <= 0:
             raise ValueError("rate_per_s and burst must be positive")
         self._rate = rate_per_s
         self._burst = float(burst)
@@ -61,6 +68,13 @@ class FrameRate:
             self._tokens -= 1.0
             return True
         return False
+
+    def spend(self, amount: float) -> None:
+        self._tokens -= amount
+
+    def debt_s(self) -> float:
+        """How long until the bucket is out of debt (0 when it is not in debt)."""
+        return -self._tokens / self._rate if self._tokens < 0 else 0.0
 
     @property
     def tokens(self) -> float:

@@ -44,14 +44,15 @@ from ..protocol.codec import Decoder, RemoteProtocolError, encode
 from ..protocol.state import ServerProtocolState
 from ..protocol.transport import Transport
 from .handshake import DRAINING_MESSAGE, Offload, Opened, Refusal, receive_message
-from .limits import FrameRate
+from .limits import TokenBucket
 from .resume import Resumable
 
 log = logging.getLogger("duplexd.session")
 
 # The event loop is sacred: a client's message, however many frames it holds, is decoded and
 # acted upon in batches of this many frames with a checkpoint between them, within the
-# client's frame budget (`FrameRate`); the loop time it costs is counted (`input_s`).
+# client's frame budget, and the loop time it costs is counted (`input_s`) against the client's
+# share of the loop (`limits.input_share`: over it, its reading waits): `duplexd._server.limits`.
 FRAMES_PER_CHECKPOINT = 64
 
 CLOSED_ERRORS = (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError)
@@ -135,7 +136,8 @@ class Session:
         self._current: Utterance | None = None  # the one being synthesized
         self._queue_lot = trio.lowlevel.ParkingLot()
         now = trio.current_time()
-        self._frame_rate = FrameRate(limits.max_frames_per_s, limits.frame_burst, now)
+        self._frame_rate = TokenBucket(limits.max_frames_per_s, limits.frame_burst, now)
+        self._loop_share = TokenBucket(limits.input_share, limits.input_burst_s, now)
         self._limits = limits
         self._opened_at = now
         self._last_input = now  # when the client last sent a frame
@@ -237,11 +239,24 @@ class Session:
             self._dispatch(frame)
             n += 1
             if n % FRAMES_PER_CHECKPOINT == 0:
-                self.observer.input_s += time.perf_counter() - t0
-                await trio.lowlevel.checkpoint()
+                await self._account(time.perf_counter() - t0)
                 t0 = time.perf_counter()
         decoder.check_boundary()  # a frame must not span WebSocket messages
-        self.observer.input_s += time.perf_counter() - t0
+        await self._account(time.perf_counter() - t0)
+
+    async def _account(self, spent_s: float) -> None:
+        """Count the loop time a batch of this client's frames cost; wait while the client is
+        over its share of the loop (`limits.input_share`), else just let others run."""
+        self.observer.input_s += spent_s
+        share = self._loop_share
+        share.refill(trio.current_time())
+        share.spend(spent_s)
+        debt = share.debt_s()
+        if debt > 0:
+            self.observer.input_throttled_s += debt
+            await trio.sleep(debt)
+        else:
+            await trio.lowlevel.checkpoint()
 
     def _over_budget(self) -> RemoteProtocolError:
         limits = self._limits
@@ -516,6 +531,7 @@ class Session:
             "engine_s": round(o.engine_s, 4),
             "audio_s": round(o.audio_s, 4),
             "input_loop_ms": round(o.input_s * 1e3, 3),
+            "input_throttled_ms": round(o.input_throttled_s * 1e3, 3),
             "ticks_dropped": c.ticks_dropped,
             **(self._uplink.stats() if self._uplink is not None else {}),
         }
