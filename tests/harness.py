@@ -19,6 +19,7 @@ from trio_websocket import WebSocketConnection, wrap_client_stream, wrap_server_
 from duplexd._downlink.pacer import Pacer, open_pacer
 from duplexd._ops.settings import SessionLimits
 from duplexd._server.connection import Connection
+from duplexd._server.limits import CarriedBudgets
 from duplexd._uplink.uplink import UplinkServices
 from duplexd._uplink.vad import VadModel
 from duplexd.client.session import ClientSession, session_over
@@ -95,6 +96,7 @@ async def open_pair(
     uplink_services: UplinkServices | None = None,
     stream_pair: Callable[[int], tuple[Any, Any]] | None = None,
     draining: Callable[[], bool] = lambda: False,
+    carried: CarriedBudgets | None = None,
 ) -> AsyncIterator[list[Pair]]:
     """`sessions` independent sessions on one shared pacer; yields their client sides.
 
@@ -116,6 +118,8 @@ async def open_pair(
                 uplink_services=uplink_services or inline_uplink_services(),
                 draining=draining,
                 sessions=registry,
+                carried=carried,
+                client="10.0.0.1",  # every pair: one client (for `carried`)
             )
             bucket.append(connection)
             registry.connections.append(connection)

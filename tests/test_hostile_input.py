@@ -344,3 +344,43 @@ async def test_a_client_over_its_share_of_the_loop_is_slowed_down_not_others(
         assert session is not None and bad.sessions[0].error_code is None
         assert session.observer.input_throttled_s > 0
     bystander.assert_on_grid()
+
+
+async def test_starting_and_interrupting_long_utterances_waits_for_the_synthesis_budget(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A client that starts long utterances and interrupts each at once has the engine render
+    audio nobody hears: past `synthesis_burst_s`, its next piece waits until it is back
+    within `synthesis_speed`; the bystander's grid does not move."""
+    limits = SessionLimits(
+        ring_frames=1024, synthesis_speed=1.0, synthesis_burst_s=6.0, resume_window_s=0.0
+    )
+    long_text = "a" * 100  # one piece, 6 s of audio at the tone's 60 ms a character
+    async with open_pair(limits=limits, sessions=2) as (bad, good):
+        bystander = Bystander(good)
+        first_audio: list[float] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(bystander.run)
+            await handshake(bad)
+            session = bad.sessions[0].session
+            assert session is not None
+            opened_at = session._opened_at
+            for uid in (1, 2, 3):
+                await bad.send(fr.Text(uid, long_text, end=True))
+                frames: list[fr.Frame] = []
+                while not any(isinstance(f, fr.Audio) for f in frames):
+                    frames += await bad.receive()
+                first_audio.append(trio.current_time())
+                await bad.send(fr.Interrupt())
+                while not any(isinstance(f, fr.Interrupted) for f in frames):
+                    frames += await bad.receive()
+            await bystander.done.wait()
+        throttled_s = session.observer.synthesis_throttled_s
+        assert bad.sessions[0].error_code is None
+    # 6 s of budget at open, 6 s spent by each utterance, 1 s earned a second: the third
+    # piece is rendered once the session is 12 - 6 = 6 s old, not before.
+    assert first_audio[1] - opened_at < 1.0
+    assert throttled_s > 4.0
+    assert first_audio[2] >= opened_at + 6.0
+    assert first_audio[2] < opened_at + 6.0 + 2 * FRAME_S
+    bystander.assert_on_grid()

@@ -14,6 +14,7 @@ counters, so `samples_sent` is exactly what went out before it.
 from __future__ import annotations
 
 import collections
+import time
 from collections.abc import Awaitable, Callable
 from typing import Final, Protocol
 
@@ -64,6 +65,11 @@ class DownlinkEvents(Protocol):
         buffer stayed full) while audio kept coming due. Returns True when the session goes
         on (it gave that connection up and waits for another: resume), False when it ends
         (the writer then stops)."""
+        ...
+
+    def answered(self, spent_s: float) -> None:
+        """Building a batch of answers (a STATS frame is built as it is sent) took `spent_s`
+        of the loop: the client asked for it, so it counts against its share."""
         ...
 
     def too_many_requests(self) -> None:
@@ -273,9 +279,11 @@ class Downlink:
                 continue  # (stopped meanwhile?)
             if control:  # the answers waiting go out together, in order, a bounded batch
                 parts: list[bytes] = []
+                t0 = time.perf_counter()
                 while control and len(parts) < CONTROL_BATCH:
                     item = control.popleft()
                     parts.append(item if isinstance(item, bytes) else item())
+                self._events.answered(time.perf_counter() - t0)
                 self._send_started = trio.current_time()
                 await self._send(parts[0] if len(parts) == 1 else b"".join(parts))
                 self._send_started = None

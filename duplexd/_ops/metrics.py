@@ -169,6 +169,7 @@ class SessionObserver:
         "input_throttled_s",
         "interrupt",
         "interrupts",
+        "synthesis_throttled_s",
         "tag",
         "utterances_done",
     )
@@ -185,6 +186,7 @@ class SessionObserver:
         self.audio_s = 0.0  # audio the engine produced
         self.input_s = 0.0  # event-loop time spent decoding and acting on the client's frames
         self.input_throttled_s = 0.0  # time its reading waited for being over its loop share
+        self.synthesis_throttled_s = 0.0  # time its synthesis waited (over synthesis_speed)
         self._text_at: dict[int, tuple[float, float]] = {}  # uid -> first text, first audio
         self._interrupt_at: collections.deque[float] = collections.deque()
 

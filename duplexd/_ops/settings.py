@@ -97,6 +97,8 @@ def _check_limits(limits: SessionLimits) -> None:
         raise ValueError("max_frames_per_s and frame_burst must be positive")
     if not 0 < limits.input_share <= 1 or limits.input_burst_s <= 0:
         raise ValueError("input_share must be in (0, 1] and input_burst_s positive")
+    if limits.synthesis_speed <= 0 or limits.synthesis_burst_s <= 0:
+        raise ValueError("synthesis_speed and synthesis_burst_s must be positive")
     if limits.idle_timeout_s <= 0:
         raise ValueError(f"idle_timeout_s must be positive, got {limits.idle_timeout_s}")
     if limits.resume_window_s < 0 or limits.resume_buffer_s < 0:
@@ -119,6 +121,8 @@ class SessionLimits:
     frame_burst: int = 10_000  # client frames allowed at once above that rate
     input_share: float = 0.02  # of the event loop one client's input may take, on average
     input_burst_s: float = 0.05  # loop time one client's input may take at once
+    synthesis_speed: float = 4.0  # audio seconds synthesized per second, on average
+    synthesis_burst_s: float = 120.0  # audio seconds synthesized at once above that speed
     idle_timeout_s: float = 300.0  # no client frame and nothing to say for this long: closed
     max_session_s: float = 0.0  # a session's whole life; 0 = unlimited
     resume_window_s: float = 30.0  # a dropped session waits this long to be resumed; 0 = off

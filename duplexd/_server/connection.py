@@ -26,6 +26,7 @@ from ..protocol.options import ResumeOptions
 from ..protocol.state import Phase, ServerProtocolState
 from ..protocol.transport import Transport
 from .handshake import Offload, Refusal, accept, receive_hello
+from .limits import CarriedBudgets
 from .resume import Resumable, ResumeFailed
 from .session import CLOSED_ERRORS, Session, SessionEnd
 
@@ -62,6 +63,7 @@ class Connection:
         subject: str = "",
         sessions: Sessions | None = None,
         on_resumed: Callable[[Session], None] | None = None,
+        carried: CarriedBudgets | None = None,
     ) -> None:
         self.id = os.urandom(16)
         tag = self.id.hex()[:12]
@@ -77,6 +79,8 @@ class Connection:
         self._on_close = on_close
         self._draining = draining
         self._subject = subject
+        self._client = (client, subject)
+        self._carried = carried
         self._sessions = sessions
         self._on_resumed = on_resumed
         self.resumed: Session | None = None  # the session this connection took over, if any
@@ -111,6 +115,8 @@ class Connection:
                 await self._end.guard(self._serve)
         finally:
             if self.session is not None:
+                if self._carried is not None:
+                    self._carried.leave(self._client, self.session.budgets, trio.current_time())
                 self.observer.closed()
                 if self._on_close is not None:
                     self._on_close(self.session)
@@ -163,6 +169,9 @@ class Connection:
             uplink_services=self._uplink_services,
             offload=self._offload,
             draining=self._draining,
+            budgets=self._carried.start(self._client, trio.current_time())
+            if self._carried
+            else None,
         )
         self.session = session
         self.observer.opened(opened.engine, opened.voice.name)

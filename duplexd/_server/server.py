@@ -28,7 +28,7 @@ from ..protocol.frames import SUBPROTOCOL, WS_PATH
 from ..protocol.jsonmode import JSON_SUBPROTOCOL
 from .connection import Connection
 from .handshake import Offload
-from .limits import MAX_MESSAGE_BYTES
+from .limits import MAX_MESSAGE_BYTES, CarriedBudgets
 from .listen import open_listeners
 from .session import Session
 
@@ -111,6 +111,7 @@ class Daemon:
         self.draining = False  # set by the operator side (SIGTERM): new sessions get 503
         self.rejected: dict[str, int] = {}  # reason -> upgrades refused
         self._limits = limits
+        self.carried = CarriedBudgets(limits)  # what closed sessions left of their budgets
         self.authenticator = authenticator
         self.tls = tls
         self._uplink_services = uplink_services
@@ -228,6 +229,7 @@ class Daemon:
             subject=subject,
             sessions=self,
             on_resumed=self._resumed,
+            carried=self.carried,
         )
         try:
             await connection.run()

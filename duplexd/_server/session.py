@@ -44,7 +44,7 @@ from ..protocol.codec import Decoder, RemoteProtocolError, encode
 from ..protocol.state import ServerProtocolState
 from ..protocol.transport import Transport
 from .handshake import DRAINING_MESSAGE, Offload, Opened, Refusal, receive_message
-from .limits import TokenBucket
+from .limits import Budgets
 from .resume import Resumable
 
 log = logging.getLogger("duplexd.session")
@@ -119,6 +119,7 @@ class Session:
         uplink_services: UplinkServices | None,
         offload: Offload = trio.to_thread.run_sync,
         draining: Callable[[], bool] = lambda: False,
+        budgets: Budgets | None = None,
     ) -> None:
         self.id = opened.session_id
         self._draining = draining
@@ -136,8 +137,10 @@ class Session:
         self._current: Utterance | None = None  # the one being synthesized
         self._queue_lot = trio.lowlevel.ParkingLot()
         now = trio.current_time()
-        self._frame_rate = TokenBucket(limits.max_frames_per_s, limits.frame_burst, now)
-        self._loop_share = TokenBucket(limits.input_share, limits.input_burst_s, now)
+        self.budgets = budgets if budgets is not None else Budgets.full(limits, now)
+        self._frame_rate = self.budgets.frames
+        self._loop_share = self.budgets.loop_share
+        self._synthesis = self.budgets.synthesis
         self._limits = limits
         self._opened_at = now
         self._last_input = now  # when the client last sent a frame
@@ -432,6 +435,11 @@ class Session:
             },
         )
 
+    def answered(self, spent_s: float) -> None:
+        self.observer.input_s += spent_s
+        self._loop_share.refill(trio.current_time())
+        self._loop_share.spend(spent_s)  # the reader waits it out before reading on
+
     def too_many_requests(self) -> None:
         self._end.fail(
             fr.ErrorCode.TOO_MANY_REQUESTS,
@@ -478,13 +486,27 @@ class Session:
         )
         try:
             while (piece := await utt.next_piece()) is not None:
+                await self._wait_synthesis_budget()
+                before_s = producer.audio_s
                 await self._offload(producer.render, piece)
+                self._synthesis.spend(producer.audio_s - before_s)
                 await self._push_backlog(producer)
             await self._offload(producer.finish, utt.total_chars)
             await self._push_backlog(producer)
         except SynthesisCancelled:
             pass
         self.observer.synthesized(producer.engine_s, producer.audio_s)
+
+    async def _wait_synthesis_budget(self) -> None:
+        """Wait while this session synthesized more audio than `synthesis_speed` allows (a
+        client that starts and interrupts utterances over and over); cancelled with the
+        utterance, it leaves nothing behind."""
+        budget = self._synthesis
+        budget.refill(trio.current_time())
+        debt = budget.debt_s()
+        if debt > 0:
+            self.observer.synthesis_throttled_s += debt
+            await trio.sleep(debt)
 
     async def _push_backlog(self, producer: UtteranceProducer) -> None:
         """Push the frames that did not fit in the ring, as the writer frees space."""
@@ -532,6 +554,7 @@ class Session:
             "audio_s": round(o.audio_s, 4),
             "input_loop_ms": round(o.input_s * 1e3, 3),
             "input_throttled_ms": round(o.input_throttled_s * 1e3, 3),
+            "synthesis_throttled_ms": round(o.synthesis_throttled_s * 1e3, 3),
             "ticks_dropped": c.ticks_dropped,
             **(self._uplink.stats() if self._uplink is not None else {}),
         }
