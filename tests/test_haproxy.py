@@ -44,9 +44,15 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
-def haproxy_config(lb: int, backends: list[tuple[str, int, int]]) -> str:
-    """The shipped config with our ports: same balance, checks, retries and timeouts."""
+def haproxy_config(
+    lb: int, backends: list[tuple[str, int, int]], *, max_connections_per_10s: int = 100
+) -> str:
+    """The shipped config with our ports (and connection rate): same balance, checks,
+    retries and timeouts."""
     text = DEPLOY_CFG.read_text()
+    rate = "sc_http_req_rate(0) gt 100 }"
+    assert rate in text
+    text = text.replace(rate, f"sc_http_req_rate(0) gt {max_connections_per_10s} }}")
     text = text.replace("bind :8700", f"bind 127.0.0.1:{lb}")
     text = re.sub(r"^\s*server .*\n", "", text, flags=re.M)
     text = re.sub(r"^\s*# server .*\n", "", text, flags=re.M)
@@ -106,22 +112,18 @@ async def wait_ready(port: int) -> None:
             await trio.sleep(0.05)
 
 
-async def test_two_daemons_behind_haproxy_drain_one(
-    tmp_path: Path, procs: list[subprocess.Popen[bytes]]
+async def open_haproxy(
+    tmp_path: Path,
+    procs: list[subprocess.Popen[bytes]],
+    backends: list[tuple[str, int, int]],
+    lb: int,
+    **options: int,
 ) -> None:
     haproxy = shutil.which("haproxy")
-    if haproxy is None:
-        pytest.skip("haproxy is not installed (.ci/run installs it with apt-get)")
-    ws_a, http_a, ws_b, http_b, lb = free_ports(5)
-    a = start_daemon("low", ws_a, http_a)
-    b = start_daemon("high", ws_b, http_b)
-    procs += [a, b]
-    await wait_ready(http_a)
-    await wait_ready(http_b)
+    assert haproxy is not None
     cfg = tmp_path / "haproxy.cfg"
-    cfg.write_text(haproxy_config(lb, [("a", ws_a, http_a), ("b", ws_b, http_b)]))
+    cfg.write_text(haproxy_config(lb, backends, **options))
     procs.append(start_haproxy(haproxy, cfg))
-    url = f"ws://127.0.0.1:{lb}/v1"
     with trio.fail_after(10):
         while True:  # HAProxy is starting
             try:
@@ -129,6 +131,45 @@ async def test_two_daemons_behind_haproxy_drain_one(
                 break
             except OSError:
                 await trio.sleep(0.05)
+
+
+async def test_haproxy_answers_an_address_opening_connections_too_fast_with_429(
+    tmp_path: Path, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    """The shipped stick table counts upgrades per client address: past the rate, HAProxy
+    answers 429 itself (the daemon never sees the connection), and the SDK says so."""
+    if shutil.which("haproxy") is None:
+        pytest.skip("haproxy is not installed (.ci/run installs it with apt-get)")
+    ws, http, lb = free_ports(3)
+    daemon = start_daemon("low", ws, http)
+    procs.append(daemon)
+    await wait_ready(http)
+    await open_haproxy(tmp_path, procs, [("a", ws, http)], lb, max_connections_per_10s=5)
+    url = f"ws://127.0.0.1:{lb}/v1"
+    for _ in range(5):
+        async with open_session(url) as session:
+            assert session.welcome.voice == "low"
+    with pytest.raises(SessionError) as refused:
+        async with open_session(url):
+            pass
+    assert refused.value.status == 429
+    metrics = samples((await http_get(http, "/metrics"))[1])
+    assert metrics["duplexd_sessions_total"] == 5  # the sixth never reached the daemon
+
+
+async def test_two_daemons_behind_haproxy_drain_one(
+    tmp_path: Path, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    if shutil.which("haproxy") is None:
+        pytest.skip("haproxy is not installed (.ci/run installs it with apt-get)")
+    ws_a, http_a, ws_b, http_b, lb = free_ports(5)
+    a = start_daemon("low", ws_a, http_a)
+    b = start_daemon("high", ws_b, http_b)
+    procs += [a, b]
+    await wait_ready(http_a)
+    await wait_ready(http_b)
+    await open_haproxy(tmp_path, procs, [("a", ws_a, http_a), ("b", ws_b, http_b)], lb)
+    url = f"ws://127.0.0.1:{lb}/v1"
 
     # 20 sessions through the balancer, all open at once
     sessions: list[Held] = []
