@@ -120,3 +120,53 @@ def test_max_sessions_must_be_auto_or_a_count(bad: object, tmp_path: Any) -> Non
     path.write_text(f"[server]\nmax_sessions = {value}\n")
     with pytest.raises(ConfigError, match=r"server\.max_sessions"):
         load_settings(str(path))
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@leaky
+async def test_a_client_in_debt_is_refused_at_the_door_until_it_paid() -> None:
+    """A flood that closes and reopens sessions: a session that ends (here: over its frame
+    budget) in debt of loop time leaves the debt to its client, whose next upgrades get 429
+    with Retry-After (no handshake, no session) until it is paid; another client is served."""
+    from duplexd._ops.settings import SessionLimits
+    from duplexd._server.limits import SESSION_OPEN_S
+    from duplexd.protocol.codec import Decoder, encode
+
+    # the burst pays for the opening; then 10 frames at 0.03 % of the loop: ~1 s of debt
+    limits = SessionLimits(
+        input_share=0.0003, input_burst_s=SESSION_OPEN_S, frame_burst=10, resume_window_s=0
+    )
+
+    async def open_session(address: str, message: bytes = b"") -> fr.Frame | None:
+        """Hello, then `message`: the Error it gets (None: the Welcome, then a clean close)."""
+        async with open_websocket_url(
+            daemon.url, subprotocols=[fr.SUBPROTOCOL], extra_headers=forwarded(address)
+        ) as ws:
+            await ws.send_message(encode(fr.Hello()))
+            decoder = Decoder(peer="server")
+            decoder.receive_data(await ws.get_message())
+            assert isinstance(decoder.next_frame(), fr.Welcome)
+            if not message:
+                return None
+            await ws.send_message(message)
+            decoder.receive_data(await ws.get_message())
+            return decoder.next_frame()
+
+    async with open_daemon(limits=limits, trusted_proxies=["127.0.0.1"]) as daemon:
+        over = await open_session("203.0.113.7", encode(fr.Text(1, "")) * 11)
+        assert isinstance(over, fr.Error) and over.code is fr.ErrorCode.LIMIT_EXCEEDED
+        with trio.fail_after(5):
+            while daemon.sessions:  # noqa: ASYNC110 (the daemon has seen the end)
+                await trio.sleep(0.01)
+        with pytest.raises(ConnectionRejected) as info:
+            await open_session("203.0.113.7")
+        assert info.value.status_code == 429
+        headers = {k.lower(): v for k, v in info.value.headers or []}
+        retry_after_s = int(headers[b"retry-after"])
+        assert retry_after_s >= 1
+        assert b"spent its budget" in (info.value.body or b"")
+        assert daemon.rejected == {"budget": 1}
+        assert await open_session("203.0.113.8") is None  # another client: served
+        await trio.sleep(retry_after_s)
+        assert await open_session("203.0.113.7") is None  # paid: served again

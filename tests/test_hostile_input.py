@@ -17,6 +17,7 @@ from harness import TEST_LIMITS, Pair, open_pair
 from test_bad_input import expect_error, handshake
 
 from duplexd._ops.settings import SessionLimits
+from duplexd._server.limits import SESSION_OPEN_S
 from duplexd.engines.tone import ToneEngine, ToneVoice
 from duplexd.protocol import frames as fr
 from duplexd.protocol.codec import encode
@@ -325,7 +326,10 @@ async def test_a_client_over_its_share_of_the_loop_is_slowed_down_not_others(
 ) -> None:
     """Within every frame limit, a client whose frames cost more loop time than its share waits
     before its next ones are read; the bystander's grid does not move."""
-    limits = SessionLimits(ring_frames=1024, input_share=0.001, input_burst_s=0.001)
+    # a burst that pays for opening the session and 1 ms more
+    limits = SessionLimits(
+        ring_frames=1024, input_share=0.001, input_burst_s=SESSION_OPEN_S + 0.001
+    )
     heavy = [encode(fr.Text(1, "")) * 5_000 for _ in range(4)]  # 20,000 frames, 4 messages
     async with open_pair(limits=limits, sessions=2) as (bad, good):
         bystander = Bystander(good)

@@ -193,7 +193,9 @@ class DaemonMetrics(Collector):
         total = daemon.sessions_total if daemon is not None else 0
         yield CounterMetricFamily("duplexd_sessions", "sessions accepted", value=total)
         rejected = CounterMetricFamily(
-            "duplexd_sessions_rejected", "WebSocket upgrades refused with 503", labels=["reason"]
+            "duplexd_sessions_rejected",
+            "WebSocket upgrades refused (HTTP 4xx, 503), by reason",
+            labels=["reason"],
         )
         for reason, n in sorted((daemon.rejected if daemon is not None else {}).items()):
             rejected.add_metric([reason], n)

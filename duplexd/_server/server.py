@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
+import math
 import sys
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
@@ -153,7 +154,8 @@ class Daemon:
         """Who is asking, or why not (`Refused`: an HTTP status, a reason to count, what the
         client reads). In this order: the path, the subprotocol, the token (a client that is
         not let in takes no slot and learns nothing about the daemon's load), the drain, the
-        session limits. Nothing of a session exists yet."""
+        session limits, the budget its closed sessions left (a client in debt waits it out
+        before it costs the daemon another handshake). Nothing of a session exists yet."""
         if urlsplit(request.path).path.rstrip("/") != WS_PATH:
             return Refused(404, "path", f"duplexd speaks on {WS_PATH}")
         if not {SUBPROTOCOL, JSON_SUBPROTOCOL} & set(request.proposed_subprotocols):
@@ -179,6 +181,15 @@ class Daemon:
         subject = principal.subject
         if per_subject and subject and self.by_subject.get(subject, 0) >= per_subject:
             return Refused(429, "subject", f"{per_subject} sessions of {subject} already")
+        if (wait_s := self.carried.wait_s((address, subject), trio.current_time())) > 0:
+            retry_s = math.ceil(wait_s)
+            return Refused(
+                429,
+                "budget",
+                f"your last session spent its budget (frames or loop time, SPEC.md §10):"
+                f" retry in {retry_s} s",
+                [(b"Retry-After", str(retry_s).encode())],
+            )
         return principal
 
     async def handle(self, request: WebSocketRequest) -> None:

@@ -44,7 +44,7 @@ from ..protocol.codec import Decoder, RemoteProtocolError, encode
 from ..protocol.state import ServerProtocolState
 from ..protocol.transport import Transport
 from .handshake import DRAINING_MESSAGE, Offload, Opened, Refusal, receive_message
-from .limits import Budgets
+from .limits import SESSION_OPEN_S, Budgets
 from .resume import Resumable
 
 log = logging.getLogger("duplexd.session")
@@ -140,6 +140,7 @@ class Session:
         self.budgets = budgets if budgets is not None else Budgets.full(limits, now)
         self._frame_rate = self.budgets.frames
         self._loop_share = self.budgets.loop_share
+        self._loop_share.spend(SESSION_OPEN_S)  # what opening (and closing) it costs
         self._synthesis = self.budgets.synthesis
         self._limits = limits
         self._opened_at = now
@@ -236,25 +237,32 @@ class Session:
             raise self._over_budget()
         t0 = time.perf_counter()
         n = 0
-        while (frame := decoder.next_frame()) is not None:
-            if not rate.take():
-                raise self._over_budget()
-            self._dispatch(frame)
-            n += 1
-            if n % FRAMES_PER_CHECKPOINT == 0:
-                await self._account(time.perf_counter() - t0)
-                t0 = time.perf_counter()
-        decoder.check_boundary()  # a frame must not span WebSocket messages
+        try:
+            while (frame := decoder.next_frame()) is not None:
+                if not rate.take():
+                    raise self._over_budget()
+                self._dispatch(frame)
+                n += 1
+                if n % FRAMES_PER_CHECKPOINT == 0:
+                    await self._account(time.perf_counter() - t0)
+                    t0 = time.perf_counter()
+            decoder.check_boundary()  # a frame must not span WebSocket messages
+        except RemoteProtocolError:
+            self._charge(time.perf_counter() - t0)  # the session ends: its debt is carried
+            raise
         await self._account(time.perf_counter() - t0)
+
+    def _charge(self, spent_s: float) -> None:
+        """Count `spent_s` of loop time against the client's share."""
+        self.observer.input_s += spent_s
+        self._loop_share.refill(trio.current_time())
+        self._loop_share.spend(spent_s)
 
     async def _account(self, spent_s: float) -> None:
         """Count the loop time a batch of this client's frames cost; wait while the client is
         over its share of the loop (`limits.input_share`), else just let others run."""
-        self.observer.input_s += spent_s
-        share = self._loop_share
-        share.refill(trio.current_time())
-        share.spend(spent_s)
-        debt = share.debt_s()
+        self._charge(spent_s)
+        debt = self._loop_share.debt_s()
         if debt > 0:
             self.observer.input_throttled_s += debt
             await trio.sleep(debt)
@@ -436,9 +444,7 @@ class Session:
         )
 
     def answered(self, spent_s: float) -> None:
-        self.observer.input_s += spent_s
-        self._loop_share.refill(trio.current_time())
-        self._loop_share.spend(spent_s)  # the reader waits it out before reading on
+        self._charge(spent_s)  # the reader waits it out before reading on
 
     def too_many_requests(self) -> None:
         self._end.fail(
