@@ -10,7 +10,7 @@ from harness import open_pair
 from test_bad_input import assert_healthy, expect_error, handshake
 
 from duplexd._ops.settings import SessionLimits
-from duplexd._server.limits import Budgets, CarriedBudgets
+from duplexd._server.limits import SESSION_OPEN_S, Budgets, CarriedBudgets
 from duplexd.protocol import frames as fr
 from duplexd.protocol.codec import encode
 
@@ -100,3 +100,24 @@ async def test_without_carrying_a_reconnect_would_start_full(
         frames: list[fr.Frame] = []
         while len([f for f in frames if isinstance(f, fr.Pong)]) < 5:
             frames += await again.receive()
+
+
+def test_a_failed_handshake_is_charged_to_its_client() -> None:
+    carried = CarriedBudgets(LIMITS)
+    for _ in range(26):  # 2 ms each against a 50 ms burst
+        carried.charge(ALICE, SESSION_OPEN_S, now=0.0)
+    share = carried.start(ALICE, 0.0).loop_share
+    assert share.tokens == pytest.approx(LIMITS.input_burst_s - 26 * SESSION_OPEN_S)
+    assert carried.wait_s(ALICE, 0.0) == pytest.approx(0.002 / LIMITS.input_share)
+
+
+async def test_a_handshake_the_client_fails_costs_it_a_session_opening(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    carried = CarriedBudgets(LIMITS)
+    async with open_pair(limits=LIMITS, carried=carried) as (pair,):
+        await pair.send(fr.Hello(min_version=99, max_version=99))
+        await expect_error(pair, E.UNSUPPORTED_VERSION)
+        await pair.done.wait()
+    share = carried.start(("10.0.0.1", ""), trio.current_time()).loop_share
+    assert share.tokens == pytest.approx(LIMITS.input_burst_s - SESSION_OPEN_S, abs=1e-6)

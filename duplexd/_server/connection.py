@@ -26,7 +26,7 @@ from ..protocol.options import ResumeOptions
 from ..protocol.state import Phase, ServerProtocolState
 from ..protocol.transport import Transport
 from .handshake import Offload, Refusal, accept, receive_hello
-from .limits import CarriedBudgets
+from .limits import SESSION_OPEN_S, CarriedBudgets
 from .resume import Resumable, ResumeFailed
 from .session import CLOSED_ERRORS, Session, SessionEnd
 
@@ -37,6 +37,8 @@ class Sessions(Protocol):
     def resumable(self, session_id: bytes) -> Session | None: ...
 
 
+# a handshake that ends with one of these (or with none: a session) costs the client nothing
+_NOT_THE_CLIENTS = frozenset({None, fr.ErrorCode.INTERNAL, fr.ErrorCode.GOING_AWAY})
 ERROR_SEND_TIMEOUT_S = 1.0  # after a failure: how long the Error frame and close may take
 
 
@@ -120,6 +122,9 @@ class Connection:
                 self.observer.closed()
                 if self._on_close is not None:
                     self._on_close(self.session)
+            elif self._carried is not None and self.error_code not in _NOT_THE_CLIENTS:
+                # a handshake the client failed (or gave up): what it cost is the client's
+                self._carried.charge(self._client, SESSION_OPEN_S, trio.current_time())
         if self._end.error is not None:
             await self._fail(*self._end.error)
         else:

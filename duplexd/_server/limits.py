@@ -191,6 +191,12 @@ class CarriedBudgets:
         frames_s = (1.0 - frames.tokens) / frames.rate_per_s if frames.tokens < 1.0 else 0.0
         return max(frames_s, left.loop_share.debt_s())
 
+    def charge(self, client: tuple[str, str], spent_s: float, now: float) -> None:
+        """`client` cost the loop `spent_s` outside any session (a failed handshake)."""
+        budgets = self.start(client, now)
+        budgets.loop_share.spend(spent_s)
+        self.leave(client, budgets, now)
+
     def leave(self, client: tuple[str, str], budgets: Budgets, now: float) -> None:
         """A session of `client` ended with `budgets`: keep the emptier of them and what an
         earlier session left (sessions of one client may overlap)."""
