@@ -44,7 +44,7 @@ from ..protocol.codec import Decoder, RemoteProtocolError, encode
 from ..protocol.state import ServerProtocolState
 from ..protocol.transport import Transport
 from .handshake import DRAINING_MESSAGE, Offload, Opened, Refusal, receive_message
-from .limits import SESSION_OPEN_S, Budgets
+from .limits import RECEIVE_S_PER_BYTE, SESSION_OPEN_S, Budgets
 from .resume import Resumable
 
 log = logging.getLogger("duplexd.session")
@@ -220,7 +220,9 @@ class Session:
     async def _read_loop(self) -> None:
         await self._act_on_message()  # the rest of the Hello's message, if any
         while True:
-            self._decoder.receive_data(await receive_message(self._transport))
+            message = await receive_message(self._transport)
+            self._charge(len(message) * RECEIVE_S_PER_BYTE)  # the WebSocket layer's work
+            self._decoder.receive_data(message)
             await self._act_on_message()
 
     async def _act_on_message(self) -> None:
