@@ -125,6 +125,11 @@ def test_hello_options_ok(options: str) -> None:
         '{"vad": {"threshold": 1' + "0" * 309 + "}}",  # beyond a float (was INTERNAL: fuzz)
         '{"x": NaN}',  # not RFC 8259 JSON, even under an unknown key
         '{"asr": {"partial_ms": Infinity}}',
+        '{"resume": {"session_id": "' + "ab " * 16 + '", "token": "t", "received": 0}}',
+        '{"resume": {"session_id": "' + "ab" * 15 + '", "token": "t", "received": 0}}',
+        '{"resume": {"session_id": "' + "ab" * 16 + '", "token": "", "received": 0}}',
+        '{"resume": {"session_id": "' + "ab" * 16 + '", "token": "t", "received": -1}}',
+        '{"resume": {"session_id": "' + "ab" * 16 + '", "token": "t", "received": true}}',
     ],
 )
 def test_hello_bad_options(options: str) -> None:

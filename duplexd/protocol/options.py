@@ -9,6 +9,7 @@ value out of range is `BAD_OPTIONS`, naming the key.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field, fields
 from typing import Any, Final
 
@@ -64,6 +65,7 @@ class SessionOptions:
     resume: ResumeOptions | None = None
 
 
+_SESSION_ID_HEX: Final = re.compile(r"[0-9a-fA-F]{32}")  # exactly; no spaces, no 0x
 _RANGES: Final[dict[str, tuple[float, float]]] = {
     "threshold": (0.05, 0.99),
     "echo_threshold": (0.05, 0.99),
@@ -137,14 +139,10 @@ def _resume(raw: object) -> ResumeOptions | None:
     if not isinstance(raw, dict):
         raise _bad("options.resume must be a JSON object")
     sid, token, received = raw.get("session_id"), raw.get("token"), raw.get("received")
-    try:
-        session_id = bytes.fromhex(sid) if isinstance(sid, str) else b""
-    except ValueError:
-        session_id = b""
-    if len(session_id) != 16:
+    if not isinstance(sid, str) or not _SESSION_ID_HEX.fullmatch(sid):
         raise _bad("options.resume.session_id must be the 32 hex digits of Welcome.session_id")
     if not isinstance(token, str) or not 0 < len(token) <= 256:
         raise _bad("options.resume.token must be Welcome's info.resume.token")
     if isinstance(received, bool) or not isinstance(received, int) or received < 0:
         raise _bad("options.resume.received must be the count of messages received (>= 0)")
-    return ResumeOptions(session_id, token, received)
+    return ResumeOptions(bytes.fromhex(sid), token, received)
