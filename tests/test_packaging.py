@@ -1,5 +1,5 @@
 """The wheel ships the product only: `duplexd` (with its native extension), never `bench`,
-the committed `results/` or the tests.
+the committed `bench/results/` or the tests.
 
 The wheel is built from a copy of the source tree without build outputs: setuptools copies
 whatever an old `build/lib` holds into the wheel, so a checkout that once built `bench` would

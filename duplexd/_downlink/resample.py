@@ -8,7 +8,7 @@ Engine audio (float32 mono at the engine's native rate, e.g. 22,050 Hz) becomes 
 
 and `fade_out` shapes the tail the writer sends at a barge-in (`duplexd._downlink.writer`).
 Everything here is synchronous, allocation-light numpy and holds no locks; callers own the
-threading. What it costs per second of audio: results/README.md ("Figures of one machine").
+threading. What it costs per second of audio: bench/results/README.md ("Figures of one machine").
 """
 
 from __future__ import annotations

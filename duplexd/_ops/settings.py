@@ -215,7 +215,7 @@ def _count_or_auto(value: Any, _: Any) -> int | str:
 _converter.register_structure_hook_func(lambda t: t == (int | str), _count_or_auto)
 
 AUTO: Final = "auto"
-# sessions per CPU core each engine sustains with its pacing goals (results/README.md): the
+# sessions per CPU core each engine sustains with its pacing goals (bench/results/README.md): the
 # tone engine keeps them at 50 sessions on 2 cores, the VITS voice at 2 on 2 cores; a GPU
 # batches VITS for many sessions at once
 _SESSIONS_PER_CORE: Final = {"tone": 25, "vits": 1}

@@ -237,7 +237,7 @@ class Service:
         self._engines = await trio.to_thread.run_sync(load)
         # Models, modules and their tens of thousands of objects live as long as the process:
         # move them out of the collector's reach, so a full collection (which stalls the pacer)
-        # scans only what sessions create (figures: results/README.md).
+        # scans only what sessions create (figures: bench/results/README.md).
         gc.collect()
         gc.freeze()
         engine = self._engines.get("")
