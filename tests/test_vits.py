@@ -280,3 +280,29 @@ def test_worker_call_runs_alone_in_order() -> None:
             err.result(10)
     finally:
         worker.close()
+
+
+@pytest.mark.unit
+def test_split_phonemes_at_word_boundaries_within_the_cap() -> None:
+    from duplexd.engines.vits.phonemes import split_phonemes
+
+    words = list("ab cd ef gh ")  # a space after every two phonemes
+    assert split_phonemes(words, most=5) == [list("ab "), list("cd "), list("ef "), list("gh ")]
+    assert split_phonemes(list("abcdefghijk"), most=4) == [list("abcd"), list("efgh"), list("ijk")]
+    assert split_phonemes(list("abc"), most=4) == [list("abc")]
+
+
+def test_text_espeak_expands_is_cut_into_bounded_sequences(engine: VitsEngine) -> None:
+    """300 characters within the segmenter's cap can still be ~2,000 phonemes ("$9" reads as
+    "nine dollars"): no id sequence holds more than MAX_SEQUENCE_PHONEMES phonemes, so each
+    latent (and CUDA's one-shot decoding) is bounded, and nothing of the text is dropped."""
+    from duplexd.engines.vits.phonemes import MAX_SEQUENCE_PHONEMES, phonemize
+
+    voice = engine.open_voice("joe")
+    text = "$9" * 150
+    sequences = voice.phoneme_ids(text)
+    assert len(sequences) >= 5
+    # each phoneme is followed by a PAD id; BOS, PAD and EOS frame the sequence
+    assert max(len(ids) for ids in sequences) <= 2 * MAX_SEQUENCE_PHONEMES + 3
+    total = sum(len(s) for s in phonemize(text, voice.spec.espeak_voice))
+    assert sum((len(ids) - 3) // 2 for ids in sequences) == total

@@ -16,11 +16,19 @@ import unicodedata
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
+from typing import Final
 
 from ..base import EngineError
 
 PAD, BOS, EOS = "_", "^", "$"
 _LANG_SWITCH = re.compile(r"\([^)]+\)")  # "(fr)" ... "(en)" flags around foreign words
+
+# Phonemes in one id sequence at most: what ~300 characters of ordinary text give (a "Hello
+# there." x 23 gives 276). The segmenter caps a piece at 300 characters, but espeak expands
+# some text far beyond that ("$9" x 100: 1,299 phonemes), and a sequence's latent, audio and
+# (on CUDA, decoded in one go) decoder memory grow with its phonemes: longer sentences are cut
+# into sequences of at most this many, at the last word boundary before it when there is one.
+MAX_SEQUENCE_PHONEMES: Final = 320
 
 _lock = threading.Lock()
 _bridge: ModuleType | None = None
@@ -108,7 +116,25 @@ def text_to_ids(
         return []  # punctuation/space only (espeak would read "!" as "exclamation")
     out: list[list[int]] = []
     for sentence in phonemize(text, espeak_voice):
-        # Punctuation or spaces alone would still make a short burst of sound: skip them.
-        if any(unicodedata.category(ph).startswith("L") for ph in sentence):
-            out.append(phonemes_to_ids(sentence, id_map))
+        for part in split_phonemes(sentence):
+            # Punctuation or spaces alone would still make a short burst of sound: skip them.
+            if any(unicodedata.category(ph).startswith("L") for ph in part):
+                out.append(phonemes_to_ids(part, id_map))
     return out
+
+
+def split_phonemes(phonemes: list[str], most: int = MAX_SEQUENCE_PHONEMES) -> list[list[str]]:
+    """`phonemes` in parts of at most `most`, each cut after the last space within its
+    limit (in the second half of it), else at the limit itself."""
+    parts: list[list[str]] = []
+    rest = phonemes
+    while len(rest) > most:
+        cut = most
+        for i in range(most, most // 2, -1):
+            if rest[i - 1] == " ":
+                cut = i
+                break
+        parts.append(rest[:cut])
+        rest = rest[cut:]
+    parts.append(rest)
+    return parts
