@@ -142,6 +142,58 @@ async def test_a_clean_close_ends_the_session_at_once(
         assert trio.current_time() == t
 
 
+async def test_a_close_1001_ends_the_session_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """1001 is what a browser sends when its page goes: the client is done, as with 1000."""
+    async with open_pair(limits=RESUMABLE) as (pair,):
+        await Client(pair).hello(fr.Hello())
+        t = trio.current_time()
+        await pair.client.aclose(1001)
+        with trio.fail_after(1):
+            await pair.done.wait()
+        assert trio.current_time() == t
+        assert pair.sessions[0].error_code is None
+
+
+async def test_a_resumed_session_closed_cleanly_releases_every_connection(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """(It used to keep the resuming connection's task, and the Session, forever.)"""
+    async with open_pair(limits=RESUMABLE) as (pair,):
+        welcome = await Client(pair).hello(fr.Hello())
+        await pair.stream.aclose()
+        second = await pair.connect_again()
+        token = info(welcome)["resume"]["token"]
+        resumed = await Client(second).hello(resume_hello(welcome.session_id, token, 0))
+        assert info(resumed)["resume"]["resumed"] is True
+        t = trio.current_time()
+        await second.client.aclose()
+        with trio.fail_after(1):
+            await pair.done.wait()  # the session's connection
+            await second.done.wait()  # and the one that resumed it
+        assert trio.current_time() == t
+        (connection,) = pair.sessions
+        assert connection.session is not None and connection.session.resumable is not None
+        with pytest.raises(Exception, match="over"):
+            connection.session.resumable.check(token, "")
+
+
+async def test_an_ended_session_frees_its_ring_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The ring's C memory goes with the session, not when the cyclic collector finds it."""
+    async with open_pair(limits=RESUMABLE) as (pair,):
+        await Client(pair).hello(fr.Hello())
+        await pair.send(fr.Text(1, TEXT, end=True))
+        await pair.receive()
+        session = pair.sessions[0].session
+        assert session is not None and not session._ring.closed
+        await pair.client.aclose()
+        await pair.done.wait()
+        assert session._ring.closed
+
+
 async def test_resume_is_off_when_the_server_says_so(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -125,10 +125,14 @@ class Connection:
             elif self._carried is not None and self.error_code not in _NOT_THE_CLIENTS:
                 # a handshake the client failed (or gave up): what it cost is the client's
                 self._carried.charge(self._client, SESSION_OPEN_S, trio.current_time())
-        if self._end.error is not None:
-            await self._fail(*self._end.error)
-        else:
-            self._state.close()
+        try:
+            if self._end.error is not None:
+                await self._fail(*self._end.error)
+            else:
+                self._state.close()
+        finally:
+            if isinstance(self._transport, Resumable):
+                self._transport.end()  # a connection that resumed it is released too
 
     async def _serve(self) -> None:
         limits = self._limits

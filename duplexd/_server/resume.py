@@ -29,7 +29,8 @@ from ..protocol import frames as fr
 from ..protocol.codec import RemoteProtocolError, encode, iter_frames
 from ..protocol.transport import Transport
 
-CLOSED_BY_CLIENT: Final = (fr.CloseCode.NORMAL,)  # a close that ends the session for good
+# a client's close that ends the session for good (1001: a browser's page going away)
+CLOSED_BY_CLIENT: Final = (fr.CloseCode.NORMAL, fr.CloseCode.GOING_AWAY)
 LOST_DETAIL_MESSAGES: Final = 4096  # messages whose content is remembered once they fall out
 
 
@@ -181,6 +182,8 @@ class Resumable:
             try:
                 return await ws.get_message()
             except ConnectionClosed as exc:
+                if self._ws is not ws:  # given up already (dropped, or resumed elsewhere)
+                    continue
                 code = exc.reason.code if exc.reason is not None else None
                 if code in CLOSED_BY_CLIENT:
                     raise
@@ -188,11 +191,16 @@ class Resumable:
 
     async def aclose(self, code: int = 1000, reason: str | None = None) -> None:
         """Close the connection of the moment (the session is over)."""
-        self._over = True
         ws, self._ws = self._ws, None
-        self._released.set()
+        self.end()
         if ws is not None:
             await ws.aclose(code, reason)
+
+    def end(self) -> None:
+        """The session is over: it cannot be resumed, and the connection of the moment is
+        released (its handler returns, and the WebSocket library closes it)."""
+        self._over = True
+        self._released.set()
 
     # ------------------------------------------------------------------ detach / attach
 

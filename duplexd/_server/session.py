@@ -194,6 +194,9 @@ class Session:
             self._abort_all()
             self._downlink.closed = True
             self._pacer.unschedule(self._downlink)
+            # every task (and so every synthesis thread) has returned: the ring's C memory
+            # goes now, not when the cyclic collector finds the dead session
+            self._ring.close()
 
     def _finish(self) -> None:
         """End the session (`SessionEnd` calls it): the tasks now, the writer after the
