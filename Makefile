@@ -26,6 +26,8 @@ FUZZ_EXAMPLES ?= 500
 FUZZ_ARGS ?=
 SOAK_CYCLES ?= 10000
 SOAK_ARGS ?=
+BENCH_SECONDS ?= 10
+BENCH_ARGS ?=
 
 .PHONY: install run test test-unit test-integration lint fix typecheck ci tsan bench clean \
 	cov spy-top spy-record profile-engine fuzz soak
@@ -74,7 +76,7 @@ tsan:
 	$(MAKE) -C native tsan
 
 bench: install
-	$(PY) -m bench --engine tone --sessions 1,50,100 --duration 10
+	$(PY) -m bench --engine tone --sessions 1,50,100 --duration $(BENCH_SECONDS) $(BENCH_ARGS)
 
 # coverage of the suite without the real-time `slow` tests; the floors are in tools/
 cov: install

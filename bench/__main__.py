@@ -34,6 +34,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from . import cpus
 from .daemon import Server, ServerFailed, baseline_argv, duplexd_argv, start_server
 from .load import LoadConfig
 from .report import build_document, markdown, summarize, to_json
@@ -61,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default="", metavar="PATH")
     p.add_argument("--plots", default="", metavar="DIR")
     p.add_argument("--no-progress", action="store_true")
+    cpus.add_arguments(p)
     p.add_argument(
         "--attack",
         action="store_true",
@@ -158,9 +160,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"bench: {exc}", file=sys.stderr)
                 return 1
         if not args.url:
-            servers["duplexd"] = start_server("duplexd", duplexd_argv(args.engine, args.device))
+            servers["duplexd"] = start_server(
+                "duplexd", duplexd_argv(args.engine, args.device), cpus=args.daemon_cpus
+            )
         if not args.no_baseline:
-            servers["baseline"] = start_server("baseline", baseline_argv())
+            servers["baseline"] = start_server("baseline", baseline_argv(), cpus=args.daemon_cpus)
+        cpus.pin(0, args.client_cpus)  # the client workers are forked from here
         runs = _run_all(args, cfg, levels, servers)
     except ServerFailed as exc:
         print(f"bench: {exc}", file=sys.stderr)
@@ -180,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         "interrupt_fraction": args.interrupt_fraction,
         "seed": args.seed,
         "cpu_count": os.cpu_count(),
+        **cpus.describe(args.daemon_cpus, args.client_cpus),
         "url": args.url or None,
         "warnings": warnings,
         "uplink": None,

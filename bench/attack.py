@@ -38,6 +38,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from . import cpus
 from .daemon import Server, ServerFailed, duplexd_argv, start_server
 from .hostile import ATTACKS, AttackConfig, attacker_process
 from .load import LoadConfig, credentials
@@ -108,6 +109,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default="", metavar="PATH")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--list-attacks", action="store_true", help="print the attacks and exit")
+    cpus.add_arguments(p)
     return p
 
 
@@ -243,7 +245,7 @@ def run_phase(
     http_port = free_port()
     argv = [*duplexd_argv(args.engine, args.device), "--http-port", str(http_port)]
     with _environ(TOKEN_VARIABLE, cfg.token):  # not a flag: the rebuilt daemon refuses it
-        server = start_server("duplexd", argv)
+        server = start_server("duplexd", argv, cpus=args.daemon_cpus)
     warnings: list[str] = []
     try:
         helpers = _Children()
@@ -357,6 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}]",
     )
     phases: dict[str, dict[str, Any]] = {}
+    cpus.pin(0, args.client_cpus)  # the clients, attackers and prober are forked from here
     try:
         with bar:
             for phase, kinds in (("without", []), ("with", attacks)):
@@ -377,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
         "interrupt_fraction": args.interrupt_fraction,
         "seed": args.seed,
         "cpu_count": os.cpu_count(),
+        **cpus.describe(args.daemon_cpus, args.client_cpus),
         "attack": {
             "attacks": attacks,
             "attackers_per_attack": args.attackers,

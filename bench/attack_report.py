@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from . import cpus
 from .hostile import ATTACKS
 from .metrics import percentiles_ms
 from .report import Goal, summarize
@@ -156,7 +157,7 @@ def markdown(doc: dict[str, Any]) -> str:
         f"Good load as `python -m bench` ({doc['tokens_per_s']:g} tokens/s, interrupt fraction "
         f"{doc['interrupt_fraction']:g}, seed {doc['seed']}), the same in both runs, each "
         f"against a fresh daemon (token in {at['token_in']}; /healthz on its side port, a new "
-        f"connection every {at['healthz_interval_s']:g} s); {doc['cpu_count']} CPUs for all of "
+        f"connection every {at['healthz_interval_s']:g} s); {cpus.sentence(doc)} for all of "
         f"it. Attackers: {len(at['attacks'])} attacks x {at['attackers_per_attack']} "
         f"process(es), niceness {at['attacker_nice']}, "
         + (

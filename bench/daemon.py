@@ -17,6 +17,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 
+from .cpus import pin
+
 CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
@@ -58,11 +60,15 @@ class Server:
         return clean
 
 
-def start_server(name: str, argv: list[str], *, timeout_s: float = 120.0) -> Server:
-    """Run `argv` and wait for its "listening" log line; raises ServerFailed."""
+def start_server(
+    name: str, argv: list[str], *, timeout_s: float = 120.0, cpus: frozenset[int] | None = None
+) -> Server:
+    """Run `argv` (pinned to `cpus`, if any: `bench.cpus`) and wait for its "listening" log
+    line; raises ServerFailed."""
     fd, log_path = tempfile.mkstemp(prefix=f"bench-{name}-", suffix=".log")
     with os.fdopen(fd, "wb") as log:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    pin(proc.pid, cpus)  # before it starts a thread: every later one inherits the mask
     deadline = time.monotonic() + timeout_s
     offset = 0
     while time.monotonic() < deadline:

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from . import cpus
 from .metrics import merge_server, percentiles_ms, ratio
 
 # A client worker this busy (or waking this late) may be timing arrivals late itself.
@@ -290,7 +291,7 @@ def markdown(doc: dict[str, Any]) -> str:
         f"{doc['duration_s']:g} s per level, rev {doc['git_rev']}",
         "",
         f"Load: {doc['tokens_per_s']:g} tokens/s, interrupt fraction "
-        f"{doc['interrupt_fraction']:g}, seed {doc['seed']}; {doc['cpu_count']} CPUs. "
+        f"{doc['interrupt_fraction']:g}, seed {doc['seed']}; {cpus.sentence(doc)}. "
         "Client jitter = |arrival - (first frame of utterance + n x 20 ms)|; "
         f"server pacing error: {doc['server_merge']}.",
         "",

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +24,38 @@ LEVEL_KEYS = {
     "cpu_percent": float,
     "rss_mb": float,
 }
+
+
+# the tiny bench pins the daemon to the first CPU it may use and the clients to the last
+DAEMON_CPU, CLIENT_CPU = min(os.sched_getaffinity(0)), max(os.sched_getaffinity(0))
+
+
+@pytest.mark.unit
+def test_cpu_lists_are_parsed_and_checked() -> None:
+    from bench.cpus import parse_cpus
+
+    assert parse_cpus(str(DAEMON_CPU)) == {DAEMON_CPU}
+    assert parse_cpus(f"{DAEMON_CPU}-{DAEMON_CPU}") == {DAEMON_CPU}
+    for bad, says in (
+        ("x", "not a CPU list"),
+        ("2-1", "not a CPU list"),
+        ("4096", "not available"),
+    ):
+        with pytest.raises(argparse.ArgumentTypeError, match=says):
+            parse_cpus(bad)
+
+
+@pytest.mark.integration
+def test_a_server_is_pinned_before_it_starts_a_thread() -> None:
+    from bench.cpus import pin
+
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        pin(proc.pid, frozenset({CLIENT_CPU}))
+        assert os.sched_getaffinity(proc.pid) == {CLIENT_CPU}
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def _check_level(level: dict) -> None:
@@ -65,6 +99,7 @@ def test_tiny_bench_writes_the_schema(tmp_path: Path) -> None:
             "--plots",
             str(plots),
             "--no-progress",
+            *("--daemon-cpus", str(DAEMON_CPU), "--client-cpus", str(CLIENT_CPU)),
         ],
         cwd=ROOT,
         capture_output=True,
@@ -73,7 +108,9 @@ def test_tiny_bench_writes_the_schema(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| server pacing error p95 (ms) |" in proc.stdout
+    assert f"(daemon pinned to CPU {DAEMON_CPU}, clients to CPU {CLIENT_CPU})" in proc.stdout
     doc = json.loads(out.read_text())
+    assert (doc["daemon_cpus"], doc["client_cpus"]) == ([DAEMON_CPU], [CLIENT_CPU])
     for key, kind in (("engine", str), ("device", str), ("duration_s", float), ("git_rev", str)):
         assert isinstance(doc[key], kind), key
     assert doc["engine"] == "tone" and doc["duration_s"] == 2.0
