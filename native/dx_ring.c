@@ -148,6 +148,36 @@ int dx_ring_push(dx_ring *r, const void *src, uint32_t n)
     return 0;
 }
 
+int32_t dx_ring_push_many(dx_ring *r, const void *heads, uint32_t head_bytes,
+                          const void *bodies, uint32_t body_bytes, uint32_t n)
+{
+    if (r == NULL || (heads == NULL && head_bytes > 0 && n > 0) ||
+        (bodies == NULL && body_bytes > 0 && n > 0))
+        return DX_RING_EINVAL;
+    if ((uint64_t)head_bytes + body_bytes > r->slot_bytes)
+        return DX_RING_ETOOBIG;
+    uint64_t w = atomic_load_explicit(&r->write_idx, memory_order_relaxed);
+    uint32_t room = producer_room(r, w);
+    if (room < n) { /* the cache may be stale: look at the consumer's index once */
+        r->read_cache = atomic_load_explicit(&r->read_idx, memory_order_acquire);
+        room = r->capacity - (uint32_t)(w - r->read_cache);
+    }
+    uint32_t count = n < room ? n : room;
+    const unsigned char *h = heads, *b = bodies;
+    for (uint32_t k = 0; k < count; k++) {
+        uint32_t i = (uint32_t)(w + k) & r->mask;
+        unsigned char *slot = r->data + (size_t)i * r->stride;
+        if (head_bytes > 0)
+            memcpy(slot, h + (size_t)k * head_bytes, head_bytes);
+        if (body_bytes > 0)
+            memcpy(slot + head_bytes, b + (size_t)k * body_bytes, body_bytes);
+        r->lens[i] = head_bytes + body_bytes;
+    }
+    if (count > 0)
+        atomic_store_explicit(&r->write_idx, w + count, memory_order_release);
+    return (int32_t)count;
+}
+
 /* Consumer: number of visible frames starting at rd, refreshing the cache only if needed. */
 static inline uint64_t consumer_avail(dx_ring *r, uint64_t rd)
 {

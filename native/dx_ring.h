@@ -57,6 +57,15 @@ void dx_ring_destroy(dx_ring *r);
  * DX_RING_EINVAL when src is NULL and n > 0.  Never blocks. */
 int dx_ring_push(dx_ring *r, const void *src, uint32_t n);
 
+/* Producer.  Push up to n frames at once, frame i being the head_bytes bytes at
+ * heads + i * head_bytes followed by the body_bytes bytes at bodies + i * body_bytes
+ * (head_bytes + body_bytes <= slot_bytes; either part may be empty), all published with one
+ * release store.  Returns how many were pushed: n, or fewer when the ring fills up (the
+ * rest is not touched); DX_RING_ETOOBIG when a frame would not fit a slot, DX_RING_EINVAL
+ * for a NULL ring or a NULL buffer with a non-zero size.  Never blocks. */
+int32_t dx_ring_push_many(dx_ring *r, const void *heads, uint32_t head_bytes,
+                          const void *bodies, uint32_t body_bytes, uint32_t n);
+
 /* Consumer.  Copy the oldest frame into dst and release its slot.
  * Returns the frame length (>= 0; zero-length frames are legal), DX_RING_EMPTY (-1) when
  * the ring is empty, DX_RING_ETOOBIG (-2) when dst_len is smaller than the frame (the frame

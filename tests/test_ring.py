@@ -317,3 +317,76 @@ def test_two_thread_stress_with_checksums() -> None:
     assert seq == n_frames
     assert r.pop() is None
     r.close()
+
+
+@unit
+def test_push_many_pushes_heads_and_bodies_until_full() -> None:
+    heads = b"".join(i.to_bytes(4, "little") for i in range(6))
+    bodies = bytes(range(60))  # 6 bodies of 10 bytes
+    with FrameRing(4, 14) as r:
+        assert r.push_many(heads, bodies, 6) == 4  # the rest does not fit; nothing torn
+        assert r.free == 0 and r.push_many(heads, bodies, 6) == 0
+        for i in range(4):
+            assert r.pop() == heads[4 * i : 4 * i + 4] + bodies[10 * i : 10 * i + 10]
+        assert r.push_many(heads[16:], bodies[40:], 2) == 2  # the rest, after a wrap
+        assert [r.pop() for _ in range(3)] == [
+            heads[16:20] + bodies[40:50],
+            heads[20:] + bodies[50:],
+            None,
+        ]
+        assert r.push_many(b"", b"", 0) == 0
+
+
+@unit
+def test_push_many_validates_before_it_pushes() -> None:
+    with FrameRing(4, 8) as r:
+        with pytest.raises(ValueError, match="not 3 frames"):
+            r.push_many(b"\0" * 4, b"\0" * 9, 3)
+        assert r.push_many(b"\0" * 8, b"\0" * 2, 2) == 2  # 4 + 1 bytes per frame: they fit
+    with FrameRing(4, 4) as r:
+        with pytest.raises(ValueError, match="exceed slot_bytes=4"):
+            r.push_many(b"\0" * 8, b"\0" * 2, 2)  # 4 + 1 bytes per frame
+        with pytest.raises(ValueError, match="n must be >= 0"):
+            r.push_many(b"", b"", -1)
+        assert r.count == 0
+    r.close()
+    with pytest.raises(RingClosedError):
+        r.push_many(b"\0" * 4, b"\0" * 4, 1)
+
+
+@pytest.mark.integration
+def test_push_many_against_a_concurrent_consumer() -> None:
+    """Blocks of 1-40 frames pushed while another thread pops: every frame once, in order."""
+    n_frames, head_bytes, body_bytes = 200_000, 8, 24
+    r = FrameRing(64, head_bytes + body_bytes)
+    heads = b"".join(struct.pack("<Q", i) for i in range(n_frames))
+    bodies = b"".join(struct.pack("<Q", i) * 3 for i in range(n_frames))
+
+    def producer() -> None:
+        seq, k = 0, 0
+        while seq < n_frames:
+            n = min(1 + k % 40, n_frames - seq)
+            k += 1
+            seq += r.push_many(
+                heads[seq * head_bytes : (seq + n) * head_bytes],
+                bodies[seq * body_bytes : (seq + n) * body_bytes],
+                n,
+            )
+            time.sleep(0)
+
+    t = threading.Thread(target=producer)
+    t.start()
+    seq = 0
+    deadline = time.monotonic() + 60
+    try:
+        while seq < n_frames and time.monotonic() < deadline:
+            got = r.pop()
+            if got is None:
+                time.sleep(0)
+                continue
+            assert got == struct.pack("<Q", seq) * 4, seq
+            seq += 1
+    finally:
+        t.join(timeout=60)
+    assert seq == n_frames and r.pop() is None
+    r.close()

@@ -3,9 +3,13 @@ rate -> ring.
 
 `UtteranceProducer` runs in a worker thread (`trio.to_thread.run_sync`), one piece per call, and
 is the ring's only producer while it runs. Frames are written as complete wire frames (audio
-header + PCM) so the writer only pops and sends. A worker thread never waits for ring space:
-what does not fit goes to `backlog`, which the session pushes from the trio thread as the
-writer frees space (no thread sleeps, polls or competes for the GIL while audio plays out).
+header + PCM) so the writer only pops and sends. There is no Python per frame on this side:
+an engine chunk becomes one block of whole frames (numpy), its headers one numpy array, and
+both go into the ring in one C call (`FrameRing.push_many`, which releases the GIL while it
+copies), so a burst of whole replies synthesized at once does not hold the pacer back. A
+worker thread never waits for ring space: what does not fit stays in `backlog` as blocks,
+which the session pushes from the trio thread (again one call per block) as the writer frees
+space (no thread sleeps, polls or competes for the GIL while audio plays out).
 
 Cancellation crosses the thread boundary through `cancel` (a `threading.Event` set by the
 session right before it cancels the utterance's scope): the producer stops before the next
@@ -20,15 +24,51 @@ import collections
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator
+from typing import Final
 
 import numpy as np
 
 from ..engines.base import FloatAudio, StreamingVoice, Voice
-from ..protocol.codec import pack_audio_header_into
-from ..protocol.frames import AUDIO_HEADER_BYTES, BYTES_PER_SAMPLE
-from .resample import FrameChunker, StreamResampler, float_to_s16le
+from ..protocol.frames import (
+    AUDIO_HEADER_BYTES,
+    BYTES_PER_SAMPLE,
+    FLAG_BIT,
+    LENGTH_PREFIX_BYTES,
+    FrameType,
+)
+from .resample import FrameChunker, StreamResampler, float_to_s16
 from .ring import FrameRing
 from .segment import Piece
+
+# the Audio frame header (protocol/SPEC.md §5.2, codec.AUDIO_HEADER) as a numpy record
+AUDIO_HEADER_DTYPE: Final = np.dtype(
+    [
+        ("length", "<u4"),
+        ("type", "u1"),
+        ("flags", "u1"),
+        ("epoch", "<u2"),
+        ("utterance_id", "<u4"),
+        ("seq", "<u4"),
+    ]
+)
+assert AUDIO_HEADER_DTYPE.itemsize == AUDIO_HEADER_BYTES
+
+
+def audio_headers(
+    first_seq: int, n: int, *, epoch: int, utterance_id: int, nbytes: int, last: bool
+) -> np.ndarray:
+    """The headers of `n` Audio frames of `nbytes` of PCM each, seqs from `first_seq`, the
+    last flagged END if `last`: what `codec.pack_audio_header_into` writes, n at a time."""
+    heads = np.empty(n, dtype=AUDIO_HEADER_DTYPE)
+    heads["length"] = AUDIO_HEADER_BYTES - LENGTH_PREFIX_BYTES + nbytes
+    heads["type"] = FrameType.AUDIO
+    heads["flags"] = 0
+    heads["epoch"] = epoch
+    heads["utterance_id"] = utterance_id
+    heads["seq"] = np.arange(first_seq, first_seq + n, dtype=np.uint32)
+    if last and n:
+        heads["flags"][-1] = FLAG_BIT
+    return heads
 
 
 class SynthesisCancelled(Exception):
@@ -87,11 +127,12 @@ class UtteranceProducer:
         self._kick = kick
         self._seq = 0
         self._in_samples = 0
-        self._slot = bytearray(AUDIO_HEADER_BYTES + frame_samples * BYTES_PER_SAMPLE)
         self.pieces = pieces
-        # frames that did not fit in the ring (it holds `ring.capacity` frames, a long piece
-        # may hold more): the trio side pushes them as the pacer drains the ring
-        self.backlog: collections.deque[bytes] = collections.deque()
+        # blocks of frames (headers, PCM) that did not fit in the ring (it holds
+        # `ring.capacity` frames, a long piece may hold more): the trio side pushes them as
+        # the pacer drains the ring
+        self.backlog: collections.deque[tuple[np.ndarray, np.ndarray]] = collections.deque()
+        self.backlog_frames = 0
         self.engine_s = 0.0  # time spent in the engine, for RTF
         self.audio_s = 0.0
 
@@ -134,38 +175,54 @@ class UtteranceProducer:
         pending = self._chunker.pending_samples
         pcm, _real = self._chunker.flush(pad=True)
         self.pieces.total_samples = self._seq * self._frame_samples + pending
-        if not pcm:
-            pcm = bytes(self._frame_samples * BYTES_PER_SAMPLE)
-        self._push_frame(pcm, last=True)
+        tail = np.frombuffer(pcm, dtype="<i2") if pcm else np.zeros(self._frame_samples, "<i2")
+        self._push_block(tail.reshape(1, -1), last=True)
 
     def _push_samples(self, samples: np.ndarray) -> None:
         if len(samples) == 0:
             return
-        for pcm in self._chunker.push(np.frombuffer(float_to_s16le(samples), dtype="<i2")):
-            self._push_frame(pcm, last=False)
+        block = self._chunker.push_block(float_to_s16(samples))
+        if len(block):
+            self._push_block(block, last=False)
 
-    def _push_frame(self, pcm: bytes, *, last: bool) -> None:
-        slot = self._slot
-        pack_audio_header_into(slot, 0, self._epoch, self._uid, self._seq, len(pcm), last)
-        slot[AUDIO_HEADER_BYTES:] = pcm
-        ring = self._ring
-        if self.backlog or not ring.push(slot):
-            self.backlog.append(bytes(slot))  # never wait in the thread: the trio side pushes it
-        elif self._seq == 0 or ring.count == 1:
-            self._kick()
-        self._seq += 1
+    def _push_block(self, pcm: np.ndarray, *, last: bool) -> None:
+        """Push a (frames, frame_samples) block with its headers in one call; what does not
+        fit goes to the backlog (never wait in the thread: the trio side pushes it)."""
+        n = len(pcm)
+        heads = audio_headers(
+            self._seq,
+            n,
+            epoch=self._epoch,
+            utterance_id=self._uid,
+            nbytes=self._frame_samples * BYTES_PER_SAMPLE,
+            last=last,
+        )
+        self._seq += n
+        pushed = 0 if self.backlog else self._ring.push_many(heads, pcm, n)
+        if pushed < n:
+            self.backlog.append((heads[pushed:], pcm[pushed:]))
+            self.backlog_frames += n - pushed
+        if pushed:
+            self._kick()  # once per block: the writer may be idle, waiting for audio
 
     def push_backlog(self) -> int:
-        """Push backlogged frames while they fit; returns how many are left.
+        """Push backlogged frames while they fit (one call per block); returns how many are
+        left.
 
         Call it on the trio thread, only while no worker thread is running this producer (the
         ring has a single producer at a time). Never blocks.
         """
         ring = self._ring
         backlog = self.backlog
-        while backlog and ring.push(backlog[0]):
+        while backlog:
+            heads, pcm = backlog[0]
+            pushed = ring.push_many(heads, pcm, len(pcm))
+            self.backlog_frames -= pushed
+            if pushed < len(pcm):
+                backlog[0] = (heads[pushed:], pcm[pushed:])
+                break
             backlog.popleft()
-        return len(backlog)
+        return self.backlog_frames
 
     def _check_cancel(self) -> None:
         if self._cancel.is_set():

@@ -3,7 +3,7 @@
 Engine audio (float32 mono at the engine's native rate, e.g. 22,050 Hz) becomes session audio
 (s16le at the session rate, 48,000 Hz by default) cut into fixed-size frames:
 
-    StreamResampler -> float_to_s16 -> FrameChunker -> frame bytes
+    StreamResampler -> float_to_s16 -> FrameChunker -> blocks of whole frames
     (or float_to_s16le for a one-shot bytes conversion)
 
 and `fade_out` shapes the tail the writer sends at a barge-in (`duplexd._downlink.writer`).
@@ -145,10 +145,9 @@ def fade_out(samples: npt.ArrayLike, sample_rate_hz: int, fade_ms: float = 5.0) 
 class FrameChunker:
     """Accumulate int16 samples across calls and cut them into frames of `frame_samples`.
 
-    `push` returns every whole frame now available as s16le bytes of exactly
-    ``2 * frame_samples`` bytes each; the remainder (fewer than `frame_samples` samples) is kept
-    for the next call. Cost is one concatenation of the remainder with the new samples plus one
-    `bytes` copy per frame.
+    `push_block` returns every whole frame now available as one (frames, frame_samples) block
+    (`push`: as s16le bytes per frame); the remainder (fewer than `frame_samples` samples) is
+    kept for the next call. Cost: one concatenation of the remainder with the new samples.
     """
 
     def __init__(self, frame_samples: int) -> None:
@@ -163,8 +162,10 @@ class FrameChunker:
         """Samples held back, waiting for a whole frame (always < `frame_samples`)."""
         return int(self._pending.size)
 
-    def push(self, samples: npt.ArrayLike) -> list[bytes]:
-        """Add int16 samples; return the whole frames (s16le bytes) now complete, oldest first."""
+    def push_block(self, samples: npt.ArrayLike) -> Int16Array:
+        """Add int16 samples; return the whole frames now complete as one C-contiguous
+        little-endian block of shape (frames, frame_samples), oldest first (0 rows if none):
+        the producer pushes it into the ring in one call, no Python per frame."""
         arr = np.asarray(samples)
         if arr.dtype != np.int16:
             raise TypeError(f"FrameChunker takes int16 samples, got {arr.dtype}")
@@ -173,12 +174,12 @@ class FrameChunker:
         buf = np.concatenate((self._pending, arr)) if self._pending.size else arr
         whole = buf.size // self.frame_samples * self.frame_samples
         self._pending = buf[whole:].copy()
-        if whole == 0:
-            return []
-        le = buf[:whole].astype("<i2", copy=False)
-        frame_bytes = 2 * self.frame_samples
-        blob = le.tobytes()
-        return [blob[i : i + frame_bytes] for i in range(0, len(blob), frame_bytes)]
+        block = np.ascontiguousarray(buf[:whole], dtype="<i2")
+        return block.reshape(-1, self.frame_samples)
+
+    def push(self, samples: npt.ArrayLike) -> list[bytes]:
+        """`push_block`, as s16le bytes of exactly ``2 * frame_samples`` bytes per frame."""
+        return [row.tobytes() for row in self.push_block(samples)]
 
     def flush(self, pad: bool = True) -> tuple[bytes, int]:
         """Return the held-back partial frame and how many real samples it holds, then empty.

@@ -5,8 +5,9 @@ A thin, pynacl-style wrapper (validate in Python, call C, check the result, rais
 
 Thread-safety contract (the same as the C one, see ``native/dx_ring.h``):
 
-* exactly one *producer* at a time calls :meth:`FrameRing.push` (in duplexd: an utterance's
-  synthesis worker thread, or the trio thread pushing its backlog while no worker runs);
+* exactly one *producer* at a time calls :meth:`FrameRing.push` / :meth:`FrameRing.push_many`
+  (in duplexd: an utterance's synthesis worker thread, or the trio thread pushing its
+  backlog while no worker runs);
 * exactly one *consumer* thread calls :meth:`FrameRing.pop`, :meth:`FrameRing.pop_into` and
   :meth:`FrameRing.flush` (in duplexd: the session's writer task, `duplexd._downlink.writer`,
   on the trio thread; a barge-in flushes from there too);
@@ -35,6 +36,7 @@ _ETOOBIG: Final[int] = int(lib.DX_RING_ETOOBIG)
 
 # Hot-path callables bound once (module globals are cheaper than attribute chains).
 _push: Any = lib.dx_ring_push
+_push_many: Any = lib.dx_ring_push_many
 _pop: Any = lib.dx_ring_pop
 _flush: Any = lib.dx_ring_flush
 _count: Any = lib.dx_ring_count
@@ -101,6 +103,36 @@ class FrameRing:
         if rc == _EFULL:
             return False
         self._raise(rc, data)
+
+    def push_many(self, heads: Any, bodies: Any, n: int) -> int:  # any contiguous buffers
+        """Push up to `n` frames in one call, frame i being the i-th n-th of `heads` followed
+        by the i-th n-th of `bodies` (e.g. n audio headers and n frames of PCM: numpy arrays
+        of n rows). Producer thread only; never blocks; the GIL is released while it copies.
+
+        Returns how many were pushed: `n`, or fewer when the ring filled up (the others are
+        not stored). Raises ValueError when a buffer's size is not a multiple of `n` or a
+        frame would exceed `slot_bytes`, TypeError for a non-contiguous or non-buffer object.
+        """
+        if n <= 0:
+            if n == 0:
+                return 0
+            raise ValueError(f"n must be >= 0, got {n}")
+        h = _from_buffer(heads)
+        b = _from_buffer(bodies)
+        head_bytes, h_rest = divmod(len(h), n)
+        body_bytes, b_rest = divmod(len(b), n)
+        if h_rest or b_rest:
+            raise ValueError(f"buffers of {len(h)} and {len(b)} bytes are not {n} frames")
+        rc = _push_many(self._r, h, head_bytes, b, body_bytes, n)
+        if rc >= 0:
+            return rc  # type: ignore[no-any-return]
+        if self._closed:
+            raise RingClosedError("ring is closed")
+        if rc == _ETOOBIG:
+            raise ValueError(
+                f"frames of {head_bytes + body_bytes} bytes exceed slot_bytes={self._slot_bytes}"
+            )
+        raise RuntimeError(f"dx_ring error {rc}")  # pragma: no cover - not reachable
 
     # -- consumer ---------------------------------------------------------------------------
 

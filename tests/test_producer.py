@@ -1,0 +1,101 @@
+"""The synthesis side of an utterance (`duplexd._downlink.producer`): an engine chunk becomes
+one block of whole wire frames pushed in one call, what does not fit waits in the backlog as
+blocks, and the frames that come out are exactly what the codec would have built one by one."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from duplexd._downlink.producer import PieceMap, UtteranceProducer, audio_headers
+from duplexd._downlink.ring import FrameRing
+from duplexd._downlink.segment import Piece
+from duplexd.engines.tone import ToneEngine
+from duplexd.protocol import frames as fr
+from duplexd.protocol.codec import Decoder, pack_audio_header_into
+
+pytestmark = pytest.mark.unit
+RATE_HZ = 24_000
+FRAME_SAMPLES = fr.frame_samples(RATE_HZ)
+FRAME_BYTES = fr.AUDIO_HEADER_BYTES + FRAME_SAMPLES * fr.BYTES_PER_SAMPLE
+
+
+@given(
+    first_seq=st.integers(0, 2**32 - 50),
+    n=st.integers(0, 40),
+    epoch=st.integers(0, 0xFFFF),
+    uid=st.integers(0, 2**32 - 1),
+    samples=st.integers(0, 2000),
+    last=st.booleans(),
+)
+def test_headers_are_the_codecs_n_at_a_time(
+    first_seq: int, n: int, epoch: int, uid: int, samples: int, last: bool
+) -> None:
+    nbytes = 2 * samples
+    got = audio_headers(first_seq, n, epoch=epoch, utterance_id=uid, nbytes=nbytes, last=last)
+    want = bytearray(fr.AUDIO_HEADER_BYTES * n)
+    for i in range(n):
+        end = last and i == n - 1
+        pack_audio_header_into(
+            want, i * fr.AUDIO_HEADER_BYTES, epoch, uid, first_seq + i, nbytes, end
+        )
+    assert got.tobytes() == bytes(want)
+
+
+def _producer(ring: FrameRing, kicks: list[int]) -> UtteranceProducer:
+    voice = ToneEngine().open_voice("sine")
+    return UtteranceProducer(
+        voice=voice,
+        ring=ring,
+        out_rate_hz=RATE_HZ,
+        frame_samples=FRAME_SAMPLES,
+        epoch=3,
+        utterance_id=7,
+        pieces=PieceMap(),
+        cancel=threading.Event(),
+        kick=lambda: kicks.append(1),
+    )
+
+
+def test_a_piece_longer_than_the_ring_waits_in_the_backlog_as_blocks() -> None:
+    ring = FrameRing(16, FRAME_BYTES)
+    kicks: list[int] = []
+    producer = _producer(ring, kicks)
+    text = "a sentence long enough to outlast a ring of sixteen frames by far"
+    producer.render(Piece(text, 0, len(text)))
+    producer.finish(len(text))
+    assert ring.count == 16 and producer.backlog_frames > 0
+    # the rest of the piece's block, the resampler's tail, the END frame: blocks, not frames
+    assert len(producer.backlog) <= 3 < producer.backlog_frames
+    assert len(kicks) == 1  # one push (one block) went in: one kick, not one per frame
+    decoder = Decoder(peer="server")
+    frames: list[fr.Audio] = []
+    while True:
+        while (raw := ring.pop()) is not None:
+            decoder.receive_data(raw)
+            (frame,) = decoder.frames()
+            assert isinstance(frame, fr.Audio)
+            frames.append(frame)
+        if not producer.push_backlog() and not ring.count:
+            break
+    assert producer.backlog_frames == 0 and not producer.backlog
+    assert [f.seq for f in frames] == list(range(len(frames)))
+    assert [f.last for f in frames] == [False] * (len(frames) - 1) + [True]
+    assert {(f.epoch, f.utterance_id, len(f.pcm)) for f in frames} == {
+        (3, 7, FRAME_SAMPLES * fr.BYTES_PER_SAMPLE)
+    }
+    real = producer.pieces.total_samples
+    # (audio that ends on a frame boundary gets a silent END frame of its own)
+    assert (len(frames) - 1) * FRAME_SAMPLES <= real <= len(frames) * FRAME_SAMPLES
+
+
+def test_frames_go_straight_into_a_ring_with_room() -> None:
+    ring = FrameRing(1024, FRAME_BYTES)
+    producer = _producer(ring, [])
+    producer.render(Piece("hello there", 0, 11))
+    producer.finish(11)
+    assert producer.backlog_frames == 0 and not producer.backlog
+    assert ring.count == producer.pieces.total_samples // FRAME_SAMPLES + 1
