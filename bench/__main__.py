@@ -54,6 +54,15 @@ def _parser() -> argparse.ArgumentParser:
         default=0.3,
         help="fraction of sessions that barge in (at random moments)",
     )
+    p.add_argument(
+        "--burst",
+        type=int,
+        default=0,
+        metavar="CHARS",
+        help="instead of streaming tokens, every session sends one whole reply of CHARS "
+        "characters at the same instant, again every --burst-every s (0: stream; default)",
+    )
+    p.add_argument("--burst-every", type=float, default=12.0, metavar="S", help="(12 s)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--workers", type=int, default=0, help="client processes (0: auto)")
     p.add_argument("--url", default="", help="bench a running duplexd instead of starting one")
@@ -137,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         duration_s=args.duration,
         tokens_per_s=args.tokens_per_s,
         interrupt_fraction=args.interrupt_fraction,
+        burst_chars=args.burst,
+        burst_every_s=args.burst_every,
         seed=args.seed,
         uplink=uplink,
         uplink_noise_dbfs=args.uplink_noise_dbfs,
@@ -183,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         "git_rev": git_rev(),
         "tokens_per_s": args.tokens_per_s,
         "interrupt_fraction": args.interrupt_fraction,
+        "burst": {"chars": args.burst, "every_s": args.burst_every} if args.burst else None,
         "seed": args.seed,
         "cpu_count": os.cpu_count(),
         **cpus.describe(args.daemon_cpus, args.client_cpus),

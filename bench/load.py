@@ -57,6 +57,11 @@ class LoadConfig:
     uplink_echo_playout_ms: float = 40.0  # the echoing player's playout buffer
     uplink_asr: bool = False  # leave the server's transcription on
     token: str = ""  # the daemon's `[server] token`, presented as `credentials` says
+    # --burst: instead of streaming, every session sends one whole reply of `burst_chars`
+    # characters at the same instant (many agents answering one event), then again every
+    # `burst_every_s` (once the previous one has played out)
+    burst_chars: int = 0
+    burst_every_s: float = 12.0
 
 
 class Target(Protocol):
@@ -308,6 +313,35 @@ async def _stream(target: Target, rec: Recorder, uid: int, tokens: list[str], tp
     await target.send_text(uid, "", end=True)
 
 
+def burst_text(chars: int, rng: random.Random) -> str:
+    """A reply of exactly `chars` characters (words of `_TEXT`, a full stop at the end)."""
+    words: list[str] = []
+    while len(" ".join(words)) < chars:
+        words.append(rng.choice(_WORDS))
+    return (" ".join(words)[: max(0, chars - 1)].rstrip() + ".").capitalize().ljust(chars, ".")
+
+
+async def drive_bursts(
+    target: Target, rec: Recorder, rng: random.Random, cfg: LoadConfig, t_start: float
+) -> None:
+    """Send one whole reply at `t_start` and every `burst_every_s` after, as every other
+    session does at the same instants; each plays out before the next. Until cancelled."""
+    k = 0
+    while True:
+        t_send = t_start + k * cfg.burst_every_s
+        k += 1
+        if trio.current_time() > t_send + cfg.burst_every_s / 2:
+            continue  # the last reply played out too late for this instant: the next one
+        await trio.sleep_until(t_send)
+        uid = target.new_utterance_id()
+        rec.out["utterances"] += rec.active
+        rec.expect(uid)
+        rec.first_text[uid] = trio.current_time()
+        await target.send_text(uid, burst_text(cfg.burst_chars, rng), end=True)
+        await rec.done[uid].wait()
+        del rec.done[uid], rec.first_audio[uid]
+
+
 def is_interrupter(index: int, fraction: float) -> bool:
     """Exactly round-up(`fraction` x sessions) interrupters, evenly spread, session 0 first."""
     return math.ceil((index + 1) * fraction) > math.ceil(index * fraction)
@@ -389,9 +423,12 @@ async def _session(
                 with trio.move_on_at(t_end):
                     if mic is not None:
                         nursery.start_soon(_run_mic, mic, target, t_start, t_end)
-                    await drive(
-                        target, rec, rng, cfg, is_interrupter(index, cfg.interrupt_fraction)
-                    )
+                    if cfg.burst_chars:
+                        await drive_bursts(target, rec, rng, cfg, t_start)
+                    else:
+                        await drive(
+                            target, rec, rng, cfg, is_interrupter(index, cfg.interrupt_fraction)
+                        )
                 rec.active = False
                 if mic is not None:
                     mic.active = False

@@ -32,6 +32,9 @@ def summarize(run: dict[str, Any]) -> dict[str, Any]:
         "fal_ms": pct["fal"],
         "barge_in_ms": pct["barge_in"],
         "barge_in_last_audio_ms": percentiles_ms(run["barge_last_audio"]),
+        "late_frames": {
+            f"over_{ms}ms": sum(1 for j in run["jitter"] if j > ms / 1000) for ms in (5, 20, 40)
+        },
         "underruns": run["underruns"],
         "server_underruns": server["underruns"],
         "late_sends": server["late_sends"],
@@ -229,6 +232,8 @@ RATIO_ROWS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("client jitter p99 (ms)", ("jitter_ms", "p99")),
     ("client jitter max (ms)", ("jitter_ms", "max")),
     ("inter-arrival |gap-20ms| p95 (ms)", ("inter_arrival_dev_ms", "p95")),
+    ("frames > 5 ms off the grid (client)", ("late_frames", "over_5ms")),
+    ("frames > 20 ms off the grid (client)", ("late_frames", "over_20ms")),
     ("underruns", ("underruns",)),
     ("FAL p50 (ms)", ("fal_ms", "p50")),
     ("FAL p95 (ms)", ("fal_ms", "p95")),
@@ -283,6 +288,16 @@ def _verdict(value: float, threshold: float, beyond: bool) -> str:
     return f"{verdict} (beyond goal level)" if beyond else verdict
 
 
+def _load_sentence(doc: dict[str, Any]) -> str:
+    burst = doc.get("burst")
+    if burst:
+        return (
+            f"every session sends a whole {burst['chars']}-character reply at the same instant,"
+            f" every {burst['every_s']:g} s"
+        )
+    return f"{doc['tokens_per_s']:g} tokens/s, interrupt fraction {doc['interrupt_fraction']:g}"
+
+
 def markdown(doc: dict[str, Any]) -> str:
     goals = goals_for(doc["engine"], doc["device"], bool(doc.get("uplink")))
     by_path = {g.path: g for g in goals}
@@ -290,8 +305,7 @@ def markdown(doc: dict[str, Any]) -> str:
         f"# duplexd bench: engine {doc['engine']}, device {doc['device']}, "
         f"{doc['duration_s']:g} s per level, rev {doc['git_rev']}",
         "",
-        f"Load: {doc['tokens_per_s']:g} tokens/s, interrupt fraction "
-        f"{doc['interrupt_fraction']:g}, seed {doc['seed']}; {cpus.sentence(doc)}. "
+        f"Load: {_load_sentence(doc)}, seed {doc['seed']}; {cpus.sentence(doc)}. "
         "Client jitter = |arrival - (first frame of utterance + n x 20 ms)|; "
         f"server pacing error: {doc['server_merge']}.",
         "",
