@@ -146,6 +146,8 @@ def _merge_histograms(stats: list[dict[str, Any]]) -> dict[str, Any]:
                 out[f"p{q}"] = round(min((b + 1) * bucket_ms, mx), 4)
                 break
     out.update({"max": mx, "count": total, "p95_worst_session": worst})
+    for ms in (5, 20):  # frames sent that much after their deadline (to a bucket)
+        out[f"over_{ms}ms"] = sum(c for b, c in counts.items() if b * bucket_ms >= ms)
     out["method"] = "sum of raw server histograms"
     return out
 

@@ -181,7 +181,7 @@ def _get(d: dict[str, Any], path: tuple[str, ...]) -> float:
     for k in path:
         if d is None:
             return math.nan
-        d = d[k]
+        d = d.get(k)  # (a key some servers do not report: n/a)
     return float(d) if d is not None else math.nan  # type: ignore[arg-type]
 
 
@@ -232,6 +232,7 @@ RATIO_ROWS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("client jitter p99 (ms)", ("jitter_ms", "p99")),
     ("client jitter max (ms)", ("jitter_ms", "max")),
     ("inter-arrival |gap-20ms| p95 (ms)", ("inter_arrival_dev_ms", "p95")),
+    ("frames sent > 5 ms late (server)", ("server_jitter_ms", "over_5ms")),
     ("frames > 5 ms off the grid (client)", ("late_frames", "over_5ms")),
     ("frames > 20 ms off the grid (client)", ("late_frames", "over_20ms")),
     ("underruns", ("underruns",)),
