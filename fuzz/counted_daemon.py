@@ -6,8 +6,13 @@ to learn it. This runs the very `Service` that `duplexd serve` runs (same flags,
 and config file), under the same `trio.run`, next to one more task that walks the task tree
 from the root task (`trio.lowlevel.current_root_task`, each task's `child_nurseries`, each
 nursery's `child_tasks`) every `INTERVAL_S` and writes the count to PATH (replaced
-atomically), as JSON: {"tasks": N}. The count includes trio's system tasks, this task and its
-parent: a constant offset, the same before and after. `--objects` adds, every
+atomically), as JSON: {"tasks": N, "gc_collections": [gen0, gen1, gen2]} (the garbage
+collector's runs so far: dead sessions are reference cycles, freed by it). The count includes
+trio's system tasks, this task and its parent: a constant offset, the same before and after.
+When the file PATH.collect appears, the task runs a full collection (`gc.collect()`), removes
+it and counts it in the report (`forced_collections`, `forced_collected`): the soak asks for
+one before its settled samples, so that they compare what is kept, not what waits for the
+collector. `--objects` adds, every
 `OBJECTS_INTERVAL_S`, the objects the garbage collector tracks (`gc.get_objects()`: the
 service freezes what it loaded at start, so these are what was made since) and the most common
 types among them: {"tasks": N, "objects": M, "top": {type: count}}. Counting them holds the
@@ -64,11 +69,27 @@ def _write(path: str, report: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def _take_request(path: str) -> bool:
+    """Whether the file `path` was there (it is removed): a stat on tmpfs, no worker thread."""
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
 async def report_tasks(path: str, objects: bool) -> None:
-    report: dict[str, Any] = {}
+    report: dict[str, Any] = {"forced_collections": 0}
     next_objects = 0.0
     while True:
+        if _take_request(f"{path}.collect"):  # asked for: a full collection, now
+            t0 = time.perf_counter()
+            report["forced_collected"] = gc.collect()
+            report["forced_collection_ms"] = round((time.perf_counter() - t0) * 1e3, 1)
+            report["forced_collections"] += 1
+            next_objects = 0.0  # count them again at once
         report["tasks"] = count_tasks()
+        report["gc_collections"] = [g["collections"] for g in gc.get_stats()]
         if objects and time.monotonic() >= next_objects:
             report.update(count_objects())
             next_objects = time.monotonic() + OBJECTS_INTERVAL_S

@@ -2,7 +2,8 @@
 
 `start_daemon` runs `python -m duplexd serve --engine tone --port 0 --log-format json` (or the
 same through `fuzz.counted_daemon`, which also writes the trio task count to a file), with its
-log in a temporary file, and waits for its "listening" line. `DaemonProcess.sample()` reads
+log in a temporary file and, if given, a configuration file (`--config`, written from a dict
+by `to_toml`), and waits for its "listening" line. `DaemonProcess.sample()` reads
 open fds (/proc/PID/fd), threads (/proc/PID/task), VmRSS (/proc/PID/status), the task count,
 and `duplexd_sessions_active` from /metrics on the side port.
 """
@@ -21,6 +22,28 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
+
+Config = dict[str, dict[str, Any]]  # TOML section -> key -> value
+
+
+def to_toml(config: Config) -> str:
+    """A configuration file of flat sections (numbers, booleans, strings, lists of strings)."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int | float):
+            return repr(v)
+        if isinstance(v, str | list | tuple):
+            return json.dumps(list(v) if not isinstance(v, str) else v)
+        raise TypeError(f"no TOML for {v!r}")
+
+    lines = []
+    for section, keys in config.items():
+        lines.append(f"[{section}]")
+        lines += [f"{key} = {value(v)}" for key, v in keys.items()]
+        lines.append("")
+    return "\n".join(lines)
 
 
 class DaemonFailed(RuntimeError):
@@ -67,6 +90,8 @@ class DaemonProcess:
             out.update(fds=None, threads=None, rss_kb=None)
         counted = self.counted()
         out["tasks"] = counted.get("tasks")
+        if "gc_collections" in counted:
+            out["gc_collections"] = counted["gc_collections"]
         if "objects" in counted:
             out["objects"] = counted["objects"]
             out["top_types"] = counted["top"]
@@ -88,6 +113,21 @@ class DaemonProcess:
         except (OSError, ValueError):
             return {}
         return out
+
+    def collect_garbage(self, timeout_s: float = 10.0) -> bool:
+        """Have the counted daemon run a full garbage collection now (`fuzz.counted_daemon`);
+        False if it cannot (a plain daemon) or did not within `timeout_s`."""
+        if not self.tasks_path:
+            return False
+        done = self.counted().get("forced_collections", 0)
+        with open(f"{self.tasks_path}.collect", "w"):
+            pass
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.counted().get("forced_collections", 0) > done:
+                return True
+            time.sleep(0.05)
+        return False
 
     def metrics(self) -> dict[str, float]:
         """/metrics as {name{labels}: value}; {} if it does not answer."""
@@ -148,15 +188,17 @@ class DaemonProcess:
 
 def start_daemon(
     *,
+    config: Config | None = None,
     env: dict[str, str] | None = None,
     count_tasks: bool = True,
     count_objects: bool = False,
     keep_log: str = "",
     timeout_s: float = 60.0,
 ) -> DaemonProcess:
-    """Start a tone-engine daemon on a free port with /metrics on another; `env` adds
-    `DUPLEXD_*` settings; `count_tasks`: through `fuzz.counted_daemon` (with `count_objects`,
-    gc-tracked objects too); `keep_log`: write the log there instead of a temporary file."""
+    """Start a tone-engine daemon on a free port with /metrics on another; `config`: its
+    configuration file (`--config`); `env` adds `DUPLEXD_*` settings (they win over the
+    file); `count_tasks`: through `fuzz.counted_daemon` (with `count_objects`, gc-tracked
+    objects too); `keep_log`: write the log there instead of a temporary file."""
     workdir = tempfile.TemporaryDirectory(prefix="duplexd-fuzz-")
     log_path = keep_log or os.path.join(workdir.name, "daemon.log")
     tasks_path = os.path.join(workdir.name, "tasks") if count_tasks else ""
@@ -169,6 +211,11 @@ def start_daemon(
         argv.append("serve")
     argv += ["--engine", "tone", "--host", "127.0.0.1", "--port", "0"]
     argv += ["--http-port", str(http_port), "--log-format", "json", "--log-level", "info"]
+    if config:
+        config_path = os.path.join(workdir.name, "duplexd.toml")
+        with open(config_path, "w") as f:
+            f.write(to_toml(config))
+        argv += ["--config", config_path]
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("DUPLEXD_")}
     full_env.update(env or {})
     with open(log_path, "wb") as log:

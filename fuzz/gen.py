@@ -80,13 +80,59 @@ def option_value(rng: random.Random, bugs: frozenset[str]) -> Any:
     return rng.choice((None, "", "x", [], {}, [1], {"a": 1}))
 
 
+_HEX: Final = "0123456789abcdef"
+
+
+def session_id_hex(rng: random.Random) -> str:
+    hexits = "".join(rng.choice(_HEX) for _ in range(32))
+    return hexits.upper() if rng.random() < 0.1 else hexits
+
+
+def resume_section(rng: random.Random, *, good: float = 0.6) -> Any:
+    """Hello.options.resume (SPEC §6.4): with probability `good` well-formed (some session:
+    RESUME_FAILED unless it exists), else one field off (BAD_OPTIONS)."""
+    section: dict[str, Any] = {
+        "session_id": session_id_hex(rng),
+        "token": rng.choice(("a" * 64, rng.randbytes(32).hex(), "t", "é" * 256, "x" * 256)),
+        "received": rng.choice((0, 1, 42, 2**31, 2**64, 10**30)),
+    }
+    if rng.random() < good:
+        return section
+    key = rng.choice(("session_id", "token", "received", "missing", "section"))
+    if key == "session_id":
+        section[key] = rng.choice(
+            (
+                section["session_id"][:31],
+                section["session_id"] + "0",
+                "0x" + section["session_id"][2:],
+                " " + section["session_id"][1:],
+                section["session_id"][:31] + "\n",  # `$` would let it through
+                "g" * 32,
+                "\u0660" * 32,  # Arabic-Indic zeros: \d, but not hex digits
+                int("1" * 32),
+                None,
+            )
+        )
+    elif key == "token":
+        section[key] = rng.choice(("", "x" * 257, 7, None, ["t"]))
+    elif key == "received":
+        section[key] = rng.choice((-1, -(2**64), True, False, 1.0, 0.5, "3", None))
+    elif key == "missing":
+        del section[rng.choice(("session_id", "token", "received"))]
+    else:
+        return rng.choice((None, [], "x", 1, True))  # None: as if absent
+    return section
+
+
 def options_text(rng: random.Random, bugs: frozenset[str] | None = None) -> str:
     """A Hello.options text: often a good object, else a bad value, another JSON type, broken
-    JSON, deep nesting."""
+    JSON, deep nesting; sometimes a resume section (good or bad)."""
     bugs = known_bugs.active() if bugs is None else bugs
     r = rng.random()
     if r < 0.2:
         return ""
+    if r < 0.3:
+        return json.dumps({"resume": resume_section(rng)})
     if r < 0.75:
         obj: dict[str, Any] = {}
         for section in rng.sample(("vad", "asr", "zz"), rng.randint(0, 3)):
@@ -98,6 +144,8 @@ def options_text(rng: random.Random, bugs: frozenset[str] | None = None) -> str:
             if rng.random() < 0.2:
                 chosen.append("unknown_key")
             obj[section] = {k: option_value(rng, bugs) for k in chosen}
+        if rng.random() < 0.1:
+            obj["resume"] = resume_section(rng)
         return json.dumps(obj)
     if r < 0.85:
         return rng.choice(("[]", "1", "null", '"s"', "true", " {} ", "{}", "\ufeff{}", "[{}]"))

@@ -1,37 +1,34 @@
 """`python -m fuzz.network --seconds 120 --seed S`: fuzz a real daemon over the network.
 
-A tone-engine daemon process (`fuzz.daemon`) with small limits and a 1 s hello timeout; many
-concurrent raw WebSocket connections (`fuzz.wsclient`), each playing one random case:
-
-    valid            a Hello and a legal session, frames grouped into messages, some messages
-                     fragmented; then a Ping (the session must still answer) and a close
-    valid_then_garbage  the same, then random bytes, a mutated frame or a huge length prefix
-    mutated          a legal session with each frame mutated (gen.mutate) at random
-    random_frames    Hellos and client frames of any field values (illegal ones too)
-    garbage_first    random bytes instead of a Hello
-    text_message     a WebSocket text message, early or late
-    huge_prefix      a frame whose length prefix is past the limit, up to 0xFFFFFFFF
-    split            a frame split across two messages
-    no_hello         nothing, or empty messages only: the hello timeout must end it
-    close_mid_frame  half of a WebSocket frame, then the TCP socket closes (FIN or RST)
-    oversize         one message over the WebSocket message limit (1 MiB), rarely
-    http_garbage     bytes that are not an HTTP upgrade, rarely
+A tone-engine daemon process (`fuzz.daemon`) with small limits, a 1 s hello timeout, a short
+resume window and budgets generous enough that no rate limit masks a protocol answer (every
+connection comes from 127.0.0.1, and a client's budgets outlive its sessions: `DAEMON_CONFIG`);
+many concurrent raw WebSocket connections (`fuzz.wsclient`), each playing one random case of
+`fuzz.cases` (its families are listed there).
 
 Every outcome is classified. Expected: `error:<CODE>`, an Error frame with a documented code
 (not INTERNAL) as the last frame and the close code of SPEC §8, and the code `fuzz.oracle`
-predicts from the bytes sent; `clean_close` (no error predicted: the session answered a Ping
-and echoed our close 1000); `vanished` (we dropped the socket); `transport:1009` (a message
-over trio-websocket's 1 MiB limit: closed 1009 without an Error; the document does not
-mention that limit); `http_closed` (garbage instead of an upgrade: the daemon hung up);
+predicts from the bytes sent (frame by frame, as the daemon acts on them); `clean_close` (no
+error predicted: the session answered a Ping and echoed our close 1000); `vanished` (we dropped
+the socket); `transport:1009` (a message over trio-websocket's 1 MiB limit: closed 1009 without
+an Error; the document does not mention that limit); `http_closed` (garbage instead of an
+upgrade: the daemon hung up); `http:<STATUS>` (the `upgrade` family: the refusal due);
 `uncertain:<CODE or none>` where the prediction depends on timing (a queue-limit
 LIMIT_EXCEEDED: utterances may have finished meanwhile; text after uplink audio that is not
-silence: a VAD barge-in) and the daemon answered otherwise, with a documented code and its
-close code, or by answering a Ping and our close.
+silence: a VAD barge-in; more than 1024 answers asked for: TOO_MANY_REQUESTS) and the daemon
+answered otherwise, with a documented code and its close code, or by answering a Ping and our
+close.
+Refusals (`refused:429`, `refused:503`: the upgrade refused for the daemon's load or a
+client's budget, SPEC §2) are counted apart (`refusals`): neither expected nor unexpected,
+they are what this configuration should make rare.
 UNEXPECTED: INTERNAL, another error than predicted, an Error where none was due or none where
-one was, a close without an Error, a wrong close code, frames after the Error, malformed server
-output, no answer within the timeout (a hang), a failed connect, a traceback or an `exc`, error
-or critical record in the daemon's log, the daemon dying, a failed session of the good client
-that runs one whole session every second throughout.
+one was, a close without an Error, a wrong close code, frames after the Error, a Pong for a
+Ping the daemon must not have acted upon (sent after the frame that failed the session),
+malformed server output, no answer within the timeout (a hang), a failed connect or another
+refused upgrade, a Welcome announcing other limits than configured, a traceback or an `exc`,
+error or critical record in the daemon's log, the daemon dying, a failed session of the good
+client that runs one whole session every second throughout, a fixed bug of
+`fuzz/known_bugs.py` answered otherwise than documented.
 
 Prints a summary JSON (inputs tried, outcomes by class, unexpected and examples of them, each
 with the case seed: `--replay SEED` runs that case alone and prints what was sent and got).
@@ -44,255 +41,52 @@ import argparse
 import collections
 import json
 import random
-import struct
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import trio
 
 from duplexd.client.session import open_session
 from duplexd.protocol import frames as fr
-from duplexd.protocol.codec import encode as _encode
 
-from . import gen, known_bugs
-from .daemon import DaemonProcess, start_daemon
-from .oracle import Limits, Oracle
+from . import known_bugs
+from .cases import LIMITS, TONE, Case, encode, make_case
+from .daemon import Config, DaemonProcess, start_daemon
+from .oracle import Oracle
 from .wsclient import HandshakeFailed, RawClient
 
 DESCRIPTION = "fuzz a real duplexd daemon over the network"
-LIMITS = Limits(max_frame_bytes=8192, max_text_bytes=256, max_queued_utterances=4)
 HELLO_TIMEOUT_S = 1.0
-DAEMON_ENV = {
-    "DUPLEXD_LIMITS__MAX_FRAME_BYTES": str(LIMITS.max_frame_bytes),
-    "DUPLEXD_LIMITS__MAX_TEXT_BYTES": str(LIMITS.max_text_bytes),
-    "DUPLEXD_LIMITS__MAX_QUEUED_UTTERANCES": str(LIMITS.max_queued_utterances),
-    "DUPLEXD_LIMITS__HELLO_TIMEOUT_S": str(HELLO_TIMEOUT_S),
+# Sessions of clients that vanish stay resumable this long (the default 30 s would keep a few
+# hundred of them playing at once here); resuming is covered by `python -m fuzz.soak`
+RESUME_WINDOW_S = 5.0
+DAEMON_CONFIG: Config = {
+    # unlimited: vanished clients' sessions hold their slots for the resume window
+    "server": {"max_sessions": 0},
+    "limits": {
+        "max_frame_bytes": LIMITS.max_frame_bytes,
+        "max_text_bytes": LIMITS.max_text_bytes,
+        "max_queued_utterances": LIMITS.max_queued_utterances,
+        "hello_timeout_s": HELLO_TIMEOUT_S,
+        "frame_burst": LIMITS.frame_burst,
+        "max_frames_per_s": LIMITS.max_frames_per_s,
+        # a client is its address: every connection here is one client, 127.0.0.1, whose
+        # budgets carry over from session to session; these never slow one down for long,
+        # nor leave it in debt (HTTP 429 at the next upgrade)
+        "input_share": 1.0,
+        "input_burst_s": 10.0,
+        "synthesis_speed": 1000.0,
+        "synthesis_burst_s": 3600.0,
+        "resume_window_s": RESUME_WINDOW_S,
+    },
 }
-TONE = {"tone": ("sine", "low", "high")}  # engine -> voices, the default first
 ANSWER_TIMEOUT_S = 10.0  # the daemon must answer (Error, Pong, close) within this
 UNCERTAIN_WAIT_S = 2.0  # a timing-dependent error: how long to wait for it before a Ping
-WS_MESSAGE_LIMIT = 1 << 20  # trio-websocket's max_message_size in duplexd._server.server
 GOOD_CLIENT_EVERY_S = 1.0
-
-End = Literal["close", "ping", "wait", "vanish"]
-
-
-def encode(frame: fr.Frame) -> bytes:
-    """Any frame, also one over the frame size limit (the daemon must refuse it)."""
-    return _encode(frame, max_frame_bytes=1 << 32)
-
-
-@dataclass
-class Step:
-    kind: Literal["binary", "text", "partial"]
-    data: bytes | str
-    fragments: int = 1
-    frames: int = 0  # protocol frames built into it
-    cut: float = 0.5  # partial: the share of the WebSocket frame's bytes sent
-
-
-@dataclass
-class Case:
-    family: str
-    seed: int
-    steps: list[Step] = field(default_factory=list)
-    end: End = "ping"
-    reset: bool = False  # vanish with an RST instead of a FIN
-    http: bytes = b""  # http_garbage: sent instead of an upgrade
-
-
-# ---------------------------------------------------------------------------- making cases
-
-
-def legal_frames(rng: random.Random, n: int, *, uplink: bool) -> list[fr.ClientFrame]:
-    """A legal sequence of `n` frames for an open session."""
-    out: list[fr.ClientFrame] = []
-    next_id, open_id, seq = rng.randint(1, 5), 0, 0
-    for _ in range(n):
-        r = rng.random()
-        if r < 0.5:
-            if not open_id:
-                open_id, next_id = next_id, next_id + rng.randint(1, 3)
-            text = "x" * rng.randint(100, 300) if rng.random() < 0.05 else gen.text(rng)
-            end = rng.random() < 0.6
-            out.append(fr.Text(open_id, text, end))
-            open_id = 0 if end else open_id
-        elif r < 0.62:
-            out.append(fr.Interrupt())
-            open_id = 0
-        elif r < 0.74:
-            out.append(rng.choice((fr.Pause(), fr.Resume())))
-        elif r < 0.86:
-            out.append(fr.Ping(rng.getrandbits(64)))
-        elif r < 0.9:
-            out.append(fr.GetStats())
-        elif uplink:
-            out.append(fr.AudioUp(seq, bytes(640)))
-            seq += 1
-    return out
-
-
-def pack(rng: random.Random, blobs: list[bytes], *, fragments: bool = True) -> list[Step]:
-    """Group encoded frames into messages of 1..4 frames; some messages fragmented, some
-    empty messages in between."""
-    steps, i = [], 0
-    while i < len(blobs):
-        k = rng.randint(1, 4)
-        frag = rng.randint(2, 4) if fragments and rng.random() < 0.15 else 1
-        steps.append(Step("binary", b"".join(blobs[i : i + k]), frag, frames=len(blobs[i : i + k])))
-        i += k
-        if rng.random() < 0.05:
-            steps.append(Step("binary", b""))
-    return steps
-
-
-def _hello(rng: random.Random, *, uplink: bool = False) -> fr.Hello:
-    h = gen.hello(rng, valid=1.0)
-    return h if uplink or not h.uplink_rate_hz else fr.Hello(engine=h.engine, voice=h.voice)
-
-
-def _session(rng: random.Random, n: int) -> tuple[list[bytes], int]:
-    uplink = rng.random() < 0.2
-    hello = _hello(rng, uplink=uplink)
-    frames = legal_frames(rng, n, uplink=bool(hello.uplink_rate_hz))
-    return [encode(hello), *map(encode, frames)], 1 + len(frames)
-
-
-def _garbage(rng: random.Random) -> bytes:
-    r = rng.random()
-    if r < 0.4:
-        return rng.randbytes(rng.randint(1, 64))
-    if r < 0.8:
-        return gen.mutate(encode(gen.client_frame(rng, next_id=1)), rng)
-    return _huge_prefix(rng)
-
-
-def _huge_prefix(rng: random.Random) -> bytes:
-    length = rng.choice(
-        (LIMITS.max_frame_bytes - 3, LIMITS.max_frame_bytes, 65533, 65536, 0xFFFF_FFFF)
-    )
-    length = length if rng.random() < 0.7 else rng.randint(LIMITS.max_frame_bytes - 3, 2**32 - 1)
-    return struct.pack("<IBB", length, rng.choice((2, 7, 0x41)), 0) + rng.randbytes(
-        rng.randint(0, 32)
-    )
-
-
-def _family_valid(c: Case, rng: random.Random) -> None:
-    blobs, _ = _session(rng, rng.randint(0, 12))
-    c.steps = pack(rng, blobs)
-    c.end = rng.choice(("ping", "ping", "close", "vanish"))
-
-
-def _family_valid_then_garbage(c: Case, rng: random.Random) -> None:
-    blobs, _ = _session(rng, rng.randint(0, 6))
-    c.steps = [*pack(rng, blobs), Step("binary", _garbage(rng))]
-    c.end = "wait"
-
-
-def _family_mutated(c: Case, rng: random.Random) -> None:
-    blobs, _ = _session(rng, rng.randint(0, 8))
-    p = rng.choice((0.1, 0.3, 1.0))
-    blobs = [gen.mutate(b, rng) if rng.random() < p else b for b in blobs]
-    c.steps = pack(rng, blobs)
-    c.end = rng.choice(("wait", "ping", "close"))
-
-
-def _family_random_frames(c: Case, rng: random.Random) -> None:
-    hello = gen.hello(rng, valid=0.6)
-    frames = [gen.client_frame(rng, next_id=i + 1, uplink_seq=i) for i in range(rng.randint(0, 8))]
-    c.steps = pack(rng, [encode(hello), *map(encode, frames)])
-    c.end = rng.choice(("wait", "ping"))
-
-
-def _family_garbage_first(c: Case, rng: random.Random) -> None:
-    c.steps = [Step("binary", _garbage(rng))]
-    c.end = "wait"
-
-
-def _family_text_message(c: Case, rng: random.Random) -> None:
-    blobs, _ = _session(rng, rng.randint(0, 4))
-    steps = pack(rng, blobs[: rng.randint(0, len(blobs))])
-    texts = ('{"type": "hello"}', "", "hello", rng.randbytes(8).hex(), "\u2713" * 3)
-    c.steps = [*steps, Step("text", rng.choice(texts))]
-    c.end = "wait"
-
-
-def _family_huge_prefix(c: Case, rng: random.Random) -> None:
-    first = [Step("binary", encode(_hello(rng)), frames=1)] if rng.random() < 0.7 else []
-    c.steps = [*first, Step("binary", _huge_prefix(rng), frames=1)]
-    c.end = "wait"
-
-
-def _family_split(c: Case, rng: random.Random) -> None:
-    blobs, _ = _session(rng, rng.randint(1, 4))
-    whole = b"".join(blobs[1:]) or encode(fr.Ping(1))
-    cut = rng.randint(1, len(whole) - 1)
-    c.steps = [Step("binary", blobs[0], frames=1), Step("binary", whole[:cut], frames=1)]
-    c.steps.append(Step("binary", whole[cut:]))
-    c.end = "wait"
-
-
-def _family_no_hello(c: Case, rng: random.Random) -> None:
-    c.steps = [Step("binary", b"") for _ in range(rng.randint(0, 2))]
-    c.end = "wait"
-
-
-def _family_close_mid_frame(c: Case, rng: random.Random) -> None:
-    blobs, _ = _session(rng, rng.randint(0, 6))
-    k = rng.randint(0, len(blobs))
-    c.steps = pack(rng, blobs[:k])
-    rest = b"".join(blobs[k:]) or encode(fr.Ping(2))
-    c.steps.append(Step("partial", rest, frames=1, cut=rng.random()))
-    c.end, c.reset = "vanish", rng.random() < 0.5
-
-
-def _family_oversize(c: Case, rng: random.Random) -> None:
-    ping = encode(fr.Ping(3))
-    n = WS_MESSAGE_LIMIT // len(ping) + rng.randint(1, 100)
-    # frames=1: the daemon never reads them, so they are not counted as tried
-    c.steps = [Step("binary", encode(fr.Hello()), frames=1), Step("binary", ping * n, frames=1)]
-    c.end = "wait"
-
-
-def _family_http_garbage(c: Case, rng: random.Random) -> None:
-    c.http = rng.choice(
-        (
-            rng.randbytes(rng.randint(1, 200)),
-            b"GET /v1 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n",
-            b"GET /v1 HTTP/1.1\r\n" + b"X: " + b"a" * 70_000 + b"\r\n\r\n",
-            b"\r\n\r\n",
-        )
-    )
-    c.end = "wait"
-
-
-FAMILIES: dict[str, tuple[float, Callable[[Case, random.Random], None]]] = {
-    "valid": (20, _family_valid),
-    "valid_then_garbage": (12, _family_valid_then_garbage),
-    "mutated": (20, _family_mutated),
-    "random_frames": (14, _family_random_frames),
-    "garbage_first": (6, _family_garbage_first),
-    "text_message": (5, _family_text_message),
-    "huge_prefix": (5, _family_huge_prefix),
-    "split": (5, _family_split),
-    "no_hello": (2, _family_no_hello),
-    "close_mid_frame": (10, _family_close_mid_frame),
-    "oversize": (0.3, _family_oversize),
-    "http_garbage": (0.7, _family_http_garbage),
-}
-
-
-def make_case(seed: int) -> Case:
-    rng = random.Random(seed)
-    names = list(FAMILIES)
-    family = rng.choices(names, weights=[FAMILIES[n][0] for n in names])[0]
-    case = Case(family, seed)
-    FAMILIES[family][1](case, rng)
-    return case
-
+FLOOD_PAUSE_S = 0.05  # after a flood's session ended: its client's frame bucket refills
+REFUSALS = (429, 503)  # an upgrade refused for the load or a budget: counted apart
 
 # ---------------------------------------------------------------------------- playing a case
 
@@ -314,9 +108,28 @@ async def play(case: Case, host: str, port: int) -> Played:
     with trio.move_on_after(ANSWER_TIMEOUT_S * 3 + HELLO_TIMEOUT_S) as scope:
         if case.http:
             return await _play_http(case, host, port)
+        if case.upgrade:
+            return await _play_upgrade(case, host, port)
         return await _play_ws(case, host, port)
     assert scope.cancelled_caught
     return Played("unexpected:hang", "the case did not finish in time")
+
+
+async def _play_upgrade(case: Case, host: str, port: int) -> Played:
+    assert case.upgrade is not None
+    path, subprotocols, due = case.upgrade
+    try:
+        client = await RawClient.connect(host, port, subprotocols=subprotocols, path=path)
+    except HandshakeFailed as exc:
+        if exc.status == due:
+            return Played(f"http:{due}", messages=1)
+        if exc.status in REFUSALS:
+            return Played(f"refused:{exc.status}", str(exc), messages=1)
+        return Played("unexpected:upgrade", f"{exc}; due HTTP {due}", messages=1)
+    except OSError as exc:
+        return Played("unexpected:connect_failed", repr(exc))
+    await client.aclose()
+    return Played("unexpected:upgrade", f"accepted {path} {subprotocols}; due HTTP {due}")
 
 
 async def _play_http(case: Case, host: str, port: int) -> Played:
@@ -339,7 +152,11 @@ async def _play_ws(case: Case, host: str, port: int) -> Played:
     played = Played("")
     try:
         client = await RawClient.connect(host, port)
-    except (OSError, HandshakeFailed) as exc:
+    except HandshakeFailed as exc:
+        if exc.status in REFUSALS:
+            return Played(f"refused:{exc.status}", str(exc))
+        return Played("unexpected:connect_failed", repr(exc))
+    except OSError as exc:
         return Played("unexpected:connect_failed", repr(exc))
     async with trio.open_nursery() as nursery:
         nursery.start_soon(client.run_reader)
@@ -375,6 +192,10 @@ async def _send_steps(case: Case, client: RawClient, oracle: Oracle, played: Pla
             oracle.binary_message(step.data)
         if not await client.send_message(step.data, fragments=step.fragments):
             break
+        if case.welcome_first and step is case.steps[0]:
+            with trio.move_on_after(ANSWER_TIMEOUT_S):
+                while not client.frames and not client.done.is_set():
+                    await client.received.wait()
         await trio.lowlevel.checkpoint()
     if case.end == "vanish" and oracle.error is None:
         await client.vanish(reset=case.reset)
@@ -402,7 +223,7 @@ async def _end(case: Case, client: RawClient, oracle: Oracle, played: Played) ->
             return
     # no error due (or one that did not come): the session must be alive; it answers a Ping,
     # then echoes our close
-    nonce = random.Random(case.seed).getrandbits(64)
+    nonce = _end_nonce(case)
     answered = True
     if await client.send_message(encode(fr.Ping(nonce))):
         played.messages += 1
@@ -418,6 +239,24 @@ async def _end(case: Case, client: RawClient, oracle: Oracle, played: Played) ->
     played.outcome, played.detail = classify(case, oracle, client, answered, closed=True)
 
 
+def _end_nonce(case: Case) -> int:
+    return random.Random(case.seed).getrandbits(64)
+
+
+def _welcome_limits(w: fr.Welcome) -> str | None:
+    """What the Welcome announces against `DAEMON_CONFIG` (None: the same)."""
+    fields = (w.max_frame_bytes, w.max_text_bytes, w.max_queued_utterances)
+    if fields != LIMITS.welcome_fields:
+        return f"limits {fields}, configured {LIMITS.welcome_fields}"
+    try:
+        announced = json.loads(w.info)["limits"]
+    except (ValueError, KeyError, TypeError):
+        return f"no info.limits in {w.info[:200]!r}"
+    configured = DAEMON_CONFIG["limits"]
+    wrong = {k: announced.get(k) for k, v in configured.items() if announced.get(k) != v}
+    return f"info.limits {wrong}, configured otherwise" if wrong else None
+
+
 def classify(
     case: Case, oracle: Oracle, client: RawClient, answered: bool, *, closed: bool
 ) -> tuple[str, str]:
@@ -431,9 +270,13 @@ def classify(
         return "unexpected:hang", f"no answer in time; predicted {predicted}"
     if welcomed:
         w = next(f for f in client.frames if isinstance(f, fr.Welcome))
-        announced = Limits(w.max_frame_bytes, w.max_text_bytes, w.max_queued_utterances)
-        if announced != LIMITS:
-            return "unexpected:welcome", f"limits {announced}, configured {LIMITS}"
+        if (why := _welcome_limits(w)) is not None:
+            return "unexpected:welcome", why
+    if oracle.certain:  # a Pong for a Ping after the frame that failed the session
+        due = oracle.acted_pings | {_end_nonce(case)}
+        stray = [f.nonce for f in client.frames if isinstance(f, fr.Pong) and f.nonce not in due]
+        if stray:
+            return "unexpected:answer_not_due", f"Pong {stray[:3]}; predicted {predicted}"
     if errors:
         e = errors[0]
         if len(errors) > 1 or client.frames[-1] is not e:
@@ -445,7 +288,8 @@ def classify(
         if e.code.name != predicted:
             if not oracle.certain:
                 return f"uncertain:{e.code.name}", f"predicted {predicted} (timing-dependent)"
-            return "unexpected:mismatch", f"got {e.code.name}: {e.message}; predicted {predicted}"
+            why = f"got {e.code.name}: {e.message}; predicted {predicted} ({oracle.why})"
+            return "unexpected:mismatch", why
         if welcomed != oracle.welcomed:
             return "unexpected:welcome", f"Welcome sent: {welcomed}, due: {oracle.welcomed}"
         return f"error:{e.code.name}", ""
@@ -473,12 +317,18 @@ class Tally:
     examples: list[dict[str, Any]] = field(default_factory=list)
     good_ok: int = 0
     good_failed: list[str] = field(default_factory=list)
+    refusals: collections.Counter[str] = field(default_factory=collections.Counter)
+    refusal_examples: list[str] = field(default_factory=list)
 
     def add(self, case: Case, p: Played) -> None:
         self.connections += 1
         self.messages += p.messages
         self.frames += p.frames
         self.outcomes[p.outcome] += 1
+        if p.outcome.startswith("refused:"):
+            self.refusals[p.outcome.removeprefix("refused:")] += 1
+            if len(self.refusal_examples) < 5:
+                self.refusal_examples.append(f"{case.family}: {p.detail[:200]}")
         self.families[case.family] += 1
         if p.outcome.startswith("unexpected") and len(self.examples) < 20:
             self.examples.append(
@@ -513,19 +363,32 @@ async def good_session(url: str, tally: Tally) -> None:
         tally.good_failed.append(repr(exc)[:200])
 
 
-async def worker(i: int, seed: int, host: str, port: int, tally: Tally, deadline: float) -> None:
+async def worker(
+    i: int, seed: int, host: str, port: int, tally: Tally, deadline: float, alone: trio.Lock
+) -> None:
     rng = random.Random(f"{seed}:{i}")
     while trio.current_time() < deadline:
         case = make_case(rng.getrandbits(63))
-        tally.add(case, await play(case, host, port))
+        if not case.alone:
+            tally.add(case, await play(case, host, port))
+            continue
+        async with alone:  # one at a time, and the frame bucket refilled after it
+            tally.add(case, await play(case, host, port))
+            await trio.sleep(FLOOD_PAUSE_S)
 
 
-async def probe_known_bugs(d: DaemonProcess) -> dict[str, Any]:
-    """Each active known bug's reproduction (a Hello), once, alone: what the daemon answered
-    and how many log records with a traceback it left (outside the run's log check)."""
-    out: dict[str, Any] = {}
-    for name in sorted(known_bugs.active()):
-        _, options, _ = known_bugs.KNOWN_BUGS[name]
+async def probe_bugs(d: DaemonProcess) -> tuple[dict[str, Any], dict[str, Any], int]:
+    """Each bug's reproduction of `fuzz/known_bugs.py` (a Hello), once, alone: what the daemon
+    answered and how many log records with a traceback it left (outside the run's log check).
+    Returns the open ones' answers, the fixed ones' and how many of those regressed (not
+    Error BAD_OPTIONS, close 1002, no traceback)."""
+    open_bugs: dict[str, Any] = {}
+    fixed: dict[str, Any] = {}
+    regressed = 0
+    active = known_bugs.active()
+    bugs = [(n, b, open_bugs) for n, b in sorted(known_bugs.KNOWN_BUGS.items()) if n in active]
+    bugs += [(n, b, fixed) for n, b in sorted(known_bugs.FIXED_BUGS.items())]
+    for name, (_, options, _), out in bugs:
         mark = d.log_size()
         client = await RawClient.connect(d.host, d.port)
         async with trio.open_nursery() as nursery:
@@ -540,12 +403,18 @@ async def probe_known_bugs(d: DaemonProcess) -> dict[str, Any]:
         records, _ = d.log(mark)
         answer = [type(f).__name__ for f in client.frames]
         errors = [f for f in client.frames if isinstance(f, fr.Error)]
+        tracebacks = sum("exc" in r for r in records)
         out[name] = {
             "answer": answer + ([f"{errors[0].code.name}: {errors[0].message}"] if errors else []),
             "close_code": client.close_code,
-            "log_tracebacks": sum("exc" in r for r in records),
+            "log_tracebacks": tracebacks,
         }
-    return out
+        if out is fixed:
+            documented = [e.code for e in errors] == [fr.ErrorCode.BAD_OPTIONS]
+            ok = documented and client.close_code == 1002 and not tracebacks
+            out[name]["as_documented"] = ok
+            regressed += not ok
+    return open_bugs, fixed, regressed
 
 
 def log_findings(d: DaemonProcess, start: int) -> dict[str, Any]:
@@ -565,11 +434,11 @@ def log_findings(d: DaemonProcess, start: int) -> dict[str, Any]:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    d = await trio.to_thread.run_sync(lambda: start_daemon(env=DAEMON_ENV, count_tasks=False))
+    d = await trio.to_thread.run_sync(lambda: start_daemon(config=DAEMON_CONFIG, count_tasks=False))
     tally = Tally()
     started = time.monotonic()
     try:
-        known = await probe_known_bugs(d)
+        known, fixed, regressed = await probe_bugs(d)
         mark = d.log_size()
         deadline = trio.current_time() + args.seconds
         stop = trio.Event()
@@ -577,8 +446,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(good_client, d.url, tally, stop)
             async with trio.open_nursery() as workers:
+                alone = trio.Lock()
                 for i in range(args.connections):
-                    workers.start_soon(worker, i, args.seed, d.host, d.port, tally, deadline)
+                    workers.start_soon(worker, i, args.seed, d.host, d.port, tally, deadline, alone)
                 while trio.current_time() < deadline:
                     if not d.alive():
                         died = True
@@ -605,13 +475,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         unexpected["unexpected:log_not_json"] = log["other_lines"]
     if died:
         unexpected["unexpected:daemon_died"] = 1
+    if regressed:
+        unexpected["unexpected:fixed_bug_regressed"] = regressed
     if exit_status != 0:
         unexpected["unexpected:daemon_exit_status"] = 1
     return {
         "seconds": round(time.monotonic() - started, 1),
         "seed": args.seed,
         "concurrency": args.connections,
-        "limits": vars(LIMITS) | {"hello_timeout_s": HELLO_TIMEOUT_S},
+        "config": DAEMON_CONFIG,
         "inputs": {
             "connections": tally.connections,
             "messages": tally.messages,
@@ -619,6 +491,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "families": dict(sorted(tally.families.items())),
         "outcomes": dict(sorted(tally.outcomes.items())),
+        "refusals": {
+            "total": sum(tally.refusals.values()),
+            "by_status": dict(sorted(tally.refusals.items())),
+            "examples": tally.refusal_examples,
+            "daemon_rejected": {  # every upgrade the daemon refused, by reason (/metrics)
+                k.split('"')[1]: v
+                for k, v in metrics.items()
+                if k.startswith("duplexd_sessions_rejected")
+            },
+        },
         "unexpected": sum(unexpected.values()),
         "unexpected_by_kind": dict(sorted(unexpected.items())),
         "unexpected_examples": tally.examples,
@@ -635,11 +517,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "log": log,
         },
         "known_bugs": known,
+        "fixed_bugs": fixed,
     }
 
 
 async def replay(seed: int) -> dict[str, Any]:
-    d = await trio.to_thread.run_sync(lambda: start_daemon(env=DAEMON_ENV, count_tasks=False))
+    d = await trio.to_thread.run_sync(lambda: start_daemon(config=DAEMON_CONFIG, count_tasks=False))
     try:
         case = make_case(seed)
         mark = d.log_size()

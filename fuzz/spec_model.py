@@ -5,6 +5,9 @@ and which error stops it (§3.1 layout, §3.4 checks and their order, §3.5 fiel
 body sizes of §3.3). It returns whole frames as bytes; a decoder agrees with it if re-encoding
 what it decoded gives exactly those bytes (the encoding is canonical).
 
+`options_ok` / `resumes`: what Hello.options may hold (§4.1, §4.6.1, the `resume` section of
+§6.4).
+
 `SessionModel`: the server's session rules (§6.1 handshake checks, §6.2 utterance ids and
 limits, §6.3 interrupt, §7 which frame is legal in which state), plus what the server itself may
 send when. Its answers are plain values: "ok", "ignored" (TEXT of a cancelled utterance), or
@@ -67,7 +70,7 @@ BODIES: Final[dict[int, tuple[int, tuple[str, ...], bool]]] = {
     0x8B: (16, ("utf8",), True),  # TRANSCRIPT (FINAL)
     0xC1: (0, ("utf8",), False),  # STATS
 }
-ERROR_CODES: Final = range(1, 18)  # §8
+ERROR_CODES: Final = range(1, 20)  # §8: 1 MALFORMED .. 19 RESUME_FAILED
 DECODE_ERRORS: Final = frozenset(
     {
         ErrorCode.MALFORMED,
@@ -161,7 +164,7 @@ def decode_stream(data: bytes, *, peer: Peer, max_frame_bytes: int = 65536) -> D
     return Decoded(frames, skipped, pos, None)
 
 
-# ---------------------------------------------------------------------------- §4.1, §4.6.1
+# ---------------------------------------------------------------------------- §4.1, §4.6.1, §6.4
 
 # key -> (JSON type, low, high), from the table of §4.6.1
 OPTION_KEYS: Final[dict[str, dict[str, tuple[str, float, float]]]] = {
@@ -181,6 +184,12 @@ OPTION_KEYS: Final[dict[str, dict[str, tuple[str, float, float]]]] = {
         "partial_ms": ("number", 0, 10_000),
     },
 }
+# §6.4 gives the resume token as "<64 hex digits>" and says nothing of its length in a Hello;
+# duplexd takes 1..256 characters (duplexd/protocol/options.py `_resume`): a longer one is
+# BAD_OPTIONS, not RESUME_FAILED. The model follows the implementation there (a gap in the
+# document, not a contradiction).
+RESUME_TOKEN_MAX_CHARS: Final = 256
+_HEX_DIGITS: Final = frozenset("0123456789abcdefABCDEF")
 
 
 class _NotJson(ValueError):
@@ -191,17 +200,38 @@ def _reject_constant(name: str) -> Any:
     raise _NotJson(f"{name} is not JSON (RFC 8259)")
 
 
-def options_ok(text: str) -> bool:
-    """Whether Hello.options is acceptable: "" or a JSON object (RFC 8259: no NaN/Infinity)
-    whose known keys have the right type and range. A section that is null counts as absent
-    (duplexd reads it so; the document does not say)."""
-    if not text:
-        return True
+def _options_object(text: str) -> dict[str, Any] | None:
+    """Hello.options as a JSON object (RFC 8259: no NaN/Infinity), else None."""
     try:
         obj = json.loads(text, parse_constant=_reject_constant)
     except (ValueError, RecursionError):  # RecursionError: nesting past the parser's limit
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def resume_ok(raw: object) -> bool:
+    """§6.4: `{"session_id": Welcome.session_id as 32 hex digits, "token": info.resume.token,
+    "received": the count of server messages received after Welcome}`; every key required.
+    A count is an integer >= 0 (JSON `true` is not one, nor is `1.0`)."""
+    if not isinstance(raw, dict):
         return False
-    if not isinstance(obj, dict):
+    sid, token, received = raw.get("session_id"), raw.get("token"), raw.get("received")
+    if not isinstance(sid, str) or len(sid) != 32 or not set(sid) <= _HEX_DIGITS:
+        return False
+    if not isinstance(token, str) or not 0 < len(token) <= RESUME_TOKEN_MAX_CHARS:
+        return False
+    return isinstance(received, int) and not isinstance(received, bool) and received >= 0
+
+
+def options_ok(text: str) -> bool:
+    """Whether Hello.options is acceptable: "" or a JSON object (RFC 8259: no NaN/Infinity)
+    whose known keys have the right type and range, and whose `resume` section, if any, is
+    well-formed (`resume_ok`). A section that is null counts as absent (duplexd reads it so;
+    the document does not say)."""
+    if not text:
+        return True
+    obj = _options_object(text)
+    if obj is None:
         return False
     for section, keys in OPTION_KEYS.items():
         raw = obj.get(section)
@@ -220,7 +250,13 @@ def options_ok(text: str) -> bool:
                 ok = ok and lo <= value <= hi
             if not ok:
                 return False
-    return True
+    return obj.get("resume") is None or resume_ok(obj["resume"])
+
+
+def resumes(text: str) -> bool:
+    """Whether an acceptable Hello.options asks to resume a session (§6.4)."""
+    obj = _options_object(text) if text else None
+    return obj is not None and obj.get("resume") is not None
 
 
 def hello_verdict(hello: Hello) -> ErrorCode | None:

@@ -101,6 +101,61 @@ def option_values() -> st.SearchStrategy[Any]:
     return st.one_of(scalars, st.lists(scalars, max_size=2), st.dictionaries(short, scalars))
 
 
+HEX = "0123456789abcdefABCDEF"
+session_ids = st.text(HEX, min_size=32, max_size=32)
+
+
+def resume_sections() -> st.SearchStrategy[Any]:
+    """Hello.options.resume (SPEC §6.4): mostly well-formed (any session id, token and count:
+    no such session, RESUME_FAILED), else one field off: a session id of 31/33 digits, not
+    hex, with a space or "0x"; a token empty, too long or not a string; a count negative, a
+    bool, a float, a string; a key missing; a section that is not an object."""
+    good = st.fixed_dictionaries(
+        {
+            "session_id": session_ids,
+            "token": st.one_of(
+                st.text(HEX, min_size=64, max_size=64),
+                st.text(min_size=1, max_size=8).filter(encodable),
+                st.integers(250, 256).map(lambda n: "t" * n),
+            ),
+            "received": st.one_of(st.integers(0, 100), st.integers(0, 10**30)),
+        },
+        optional={"other": st.integers()},
+    )
+    bad_values = {
+        "session_id": st.one_of(
+            st.text(HEX, min_size=31, max_size=31),
+            st.text(HEX, min_size=33, max_size=33),
+            st.sampled_from(["", "0x" + "0" * 30, " " + "a" * 31, "a" * 31 + " ", "g" * 32]),
+            st.text(min_size=32, max_size=32).filter(encodable),
+            st.integers(),
+            st.none(),
+        ),
+        "token": st.one_of(
+            st.just(""), st.integers(257, 300).map(lambda n: "t" * n), st.integers(), st.none()
+        ),
+        "received": st.one_of(
+            st.integers(-(10**30), -1),
+            st.booleans(),
+            st.floats(0, 100),
+            st.just("1"),
+            st.none(),
+        ),
+    }
+
+    @st.composite
+    def one_off(draw: st.DrawFn) -> Any:
+        section = dict(draw(good))
+        key = draw(st.sampled_from(sorted(bad_values)))
+        if draw(st.booleans()):
+            section[key] = draw(bad_values[key])
+        else:
+            del section[key]
+        return section
+
+    return st.one_of(good, one_off(), st.sampled_from([None, [], "x", 1, {}]))
+
+
 def option_objects() -> st.SearchStrategy[dict[str, Any]]:
     values = option_values()
     sections = {
@@ -108,17 +163,36 @@ def option_objects() -> st.SearchStrategy[dict[str, Any]]:
         for name, keys in _KNOWN.items()
     }
     section = st.one_of(*sections.values(), values)
-    return st.dictionaries(st.sampled_from(["vad", "asr", "other"]), section, max_size=3)
+    return st.one_of(
+        st.dictionaries(st.sampled_from(["vad", "asr", "other"]), section, max_size=3),
+        st.dictionaries(st.sampled_from(["vad", "asr", "other"]), section, max_size=2).flatmap(
+            lambda obj: resume_sections().map(lambda resume: {**obj, "resume": resume})
+        ),
+    )
+
+
+# (deferred: hypothesis prints a strategy's repr when a filter retries, and these are big)
+
+
+def resume_options_texts() -> st.SearchStrategy[str]:
+    """Hello.options that only resume (good or bad)."""
+    return st.deferred(lambda: resume_sections().map(lambda r: json.dumps({"resume": r})))
 
 
 def options_texts() -> st.SearchStrategy[str]:
-    """Hello.options: good and bad objects, other JSON values, broken JSON, deep nesting."""
-    return st.one_of(
-        st.just(""),
-        option_objects().map(json.dumps),
-        st.sampled_from(["{}", "[]", "1", "null", '"s"', "true", " {} ", "[{}]", "{", "\ufeff{}"]),
-        st.sampled_from([10, 1000, 100_000]).map(lambda n: "[" * n),
-        short,
+    """Hello.options: good and bad objects (resume sections too), other JSON values, broken
+    JSON, deep nesting."""
+    return st.deferred(
+        lambda: st.one_of(
+            st.just(""),
+            option_objects().map(json.dumps),
+            resume_options_texts(),
+            st.sampled_from(
+                ["{}", "[]", "1", "null", '"s"', "true", " {} ", "[{}]", "{", "\ufeff{}"]
+            ),
+            st.sampled_from([10, 1000, 100_000]).map(lambda n: "[" * n),
+            short,
+        )
     )
 
 

@@ -82,7 +82,8 @@ def near_valid_frames(draw: st.DrawFn, peer: str) -> bytes:
     fault = draw(st.sampled_from(FAULTS), label="fault")
     body = bytearray(draw(st.binary(min_size=fixed, max_size=fixed), label="fixed"))
     if type_ == 0x88:
-        code = draw(st.integers(0, 0xFFFF) if fault == "code" else st.integers(1, 17))
+        codes = spec_model.ERROR_CODES
+        code = draw(st.integers(0, 0xFFFF) if fault == "code" else st.sampled_from(codes))
         body[:2] = struct.pack("<H", code)
     strings = [i for i, kind in enumerate(tails) if kind != "pcm"]
     bad_at = draw(st.sampled_from(strings)) if strings else -1

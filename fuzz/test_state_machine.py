@@ -1,12 +1,14 @@
 """Stateful fuzz of `ServerProtocolState` against `spec_model.SessionModel` (SPEC §6, §7).
 
-Rules send every client frame (Hello variants, Text with a new / the same / an older / zero /
-a cancelled / the largest id, with and without END, of any size up to the text limit and past
-it, Interrupt, Pause, Resume, Ping, GetStats, AudioUp with and without an uplink, server frames
-the client must not send) and make every server move (Welcome with the asked or another uplink
-rate, UtteranceDone of the oldest active or of any other id, other server frames, `barge_in()`,
-Error, `close()`, a client frame sent by mistake); two rules aim at the edges: filling the
-utterance queue to its limit and one past it, and text arriving after an Interrupt.
+Rules send every client frame (Hello variants, resuming ones too (SPEC §6.4: the state only
+checks the resume section's form; the daemon then looks the session up), Text with a new / the
+same / an older / zero / a cancelled / the largest id, with and without END, of any size up to
+the text limit and past it, Interrupt, Pause, Resume, Ping, GetStats, AudioUp with and without
+an uplink, server frames the client must not send) and make every server move (Welcome with the
+asked or another uplink rate, UtteranceDone of the oldest active or of any other id, other
+server frames, `barge_in()`, Error, `close()`, a client frame sent by mistake); two rules aim
+at the edges: filling the utterance queue to its limit and one past it, and text arriving after
+an Interrupt.
 Each answer must be the model's: "ok", False for ignored text, the same `RemoteProtocolError`
 code for a client's mistake, a `LocalProtocolError` (INTERNAL) for a server move the rules
 forbid; any other exception fails the test. After a client's mistake the server's only move is
@@ -17,6 +19,7 @@ The phase, Hello, version, uplink, active and open utterances must agree after e
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -28,9 +31,10 @@ from hypothesis.stateful import (
 
 from duplexd.protocol import frames as fr
 from duplexd.protocol.codec import LocalProtocolError, RemoteProtocolError
+from duplexd.protocol.options import parse_options
 from duplexd.protocol.state import Phase, ServerProtocolState
 
-from .spec_model import ILLEGAL, SessionModel
+from .spec_model import ILLEGAL, SessionModel, options_ok, resumes
 from .stats import TRIED
 from .strategies import (
     SERVER_FRAMES,
@@ -38,6 +42,7 @@ from .strategies import (
     hellos,
     options_texts,
     pcm,
+    resume_options_texts,
     short,
     text,
     u16,
@@ -61,6 +66,7 @@ FIRST_FRAMES = st.one_of(
     st.builds(fr.Hello, uplink_rate_hz=st.sampled_from([0, 16_000, 48_000])),
     hellos(),
     st.builds(fr.Hello, options=options_texts()),
+    st.builds(fr.Hello, options=resume_options_texts()),  # state-level "ok" when well-formed
     st.none(),
 )
 
@@ -94,6 +100,8 @@ class SessionMachine(RuleBasedStateMachine):
     def _receive(self, frame: object) -> None:
         expected = self.model.receive(frame)
         TRIED["state.client_frames"] += 1
+        if isinstance(frame, fr.Hello) and resumes(frame.options):
+            TRIED[f"state.resume_hello.{getattr(expected, 'name', expected)}"] += 1
         TRIED[f"state.answer.{getattr(expected, 'name', expected)}"] += 1
         try:
             answer = self.state.receive(frame)
@@ -295,3 +303,20 @@ class SessionMachine(RuleBasedStateMachine):
 
 
 TestSessionMachine = SessionMachine.TestCase
+
+
+@given(options_texts())
+def test_options_agree_with_the_model(text: str) -> None:
+    """`parse_options` against `spec_model.options_ok` alone (many more options than the state
+    machine gets to): BAD_OPTIONS exactly when the model refuses, and a resume section parsed
+    exactly when the model says the Hello resumes."""
+    ok = options_ok(text)
+    TRIED[f"options.{'ok' if ok else 'BAD_OPTIONS'}{'.resume' if resumes(text) else ''}"] += 1
+    try:
+        parsed = parse_options(text)
+    except RemoteProtocolError as exc:
+        assert not ok, (text, exc)
+        assert exc.error_code is fr.ErrorCode.BAD_OPTIONS
+        return
+    assert ok, text
+    assert (parsed.resume is not None) == resumes(text), text

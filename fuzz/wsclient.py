@@ -38,7 +38,34 @@ SEND_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, WsLocalError,
 
 
 class HandshakeFailed(Exception):
-    """The server refused the WebSocket upgrade or closed during it."""
+    """The server refused the WebSocket upgrade (`status`: its HTTP status, `headers`, `body`)
+    or closed during it (`status` None)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        headers: dict[str, str] | None = None,
+        body: bytes = b"",
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.headers = headers or {}
+        self.body = body
+
+
+def _refusal(event: RejectConnection | None, body: bytes) -> HandshakeFailed:
+    if event is None:
+        return HandshakeFailed("upgrade refused")
+    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in event.headers}
+    text = body.decode("utf-8", "replace").strip()
+    return HandshakeFailed(
+        f"upgrade refused: HTTP {event.status_code} {text!r}",
+        status=event.status_code,
+        headers=headers,
+        body=body,
+    )
 
 
 class RawClient:
@@ -73,21 +100,32 @@ class RawClient:
         """TCP connect and upgrade. Raises OSError or HandshakeFailed."""
         stream = await trio.open_tcp_stream(host, port)
         ws = WSConnection(ConnectionType.CLIENT)
+        refused: RejectConnection | None = None
+        body = b""
         try:
             await stream.send_all(
                 ws.send(Request(host=f"{host}:{port}", target=path, subprotocols=[*subprotocols]))
             )
-            while ws.state is ConnectionState.CONNECTING:
+            while True:
                 data = await stream.receive_some(65536)
                 ws.receive_data(data or None)
                 for event in ws.events():
                     if isinstance(event, AcceptConnection):
                         return cls(stream, ws)
-                    if isinstance(event, RejectConnection | RejectData):
-                        raise HandshakeFailed(f"upgrade refused: {event!r}")
+                    if isinstance(event, RejectConnection):
+                        refused = event
+                        if not event.has_body:
+                            raise _refusal(refused, body)
+                    elif isinstance(event, RejectData):
+                        body += bytes(event.data)
+                        if event.body_finished:
+                            raise _refusal(refused, body)
                 if not data:
+                    if refused is not None:
+                        raise _refusal(refused, body)
                     raise HandshakeFailed("connection closed during the upgrade")
-            raise HandshakeFailed(f"upgrade ended in state {ws.state.name}")
+                if ws.state is not ConnectionState.CONNECTING and refused is None:
+                    raise HandshakeFailed(f"upgrade ended in state {ws.state.name}")
         except BaseException:
             await stream.aclose()
             raise
