@@ -9,6 +9,8 @@ runs the same attacks on the real clock and measures the bystanders' gaps.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pytest
 import trio
@@ -121,9 +123,9 @@ class RecordingEngine(ToneEngine):
         engine = self
 
         class Recording(ToneVoice):
-            def synthesize(self, text: str) -> np.ndarray:
-                engine.pieces.append(text)
-                return super().synthesize(text)
+            def synthesize_stream(self, text: str) -> Iterator[np.ndarray]:
+                engine.pieces.append(text)  # a piece, as the segmenter cut it
+                yield from super().synthesize_stream(text)
 
         return Recording(
             "rec", 220.0, sample_rate_hz=48_000, ms_per_char=1.0, compute_ms_per_char=0.0

@@ -133,39 +133,60 @@ class UtteranceProducer:
         # the pacer drains the ring
         self.backlog: collections.deque[tuple[np.ndarray, np.ndarray]] = collections.deque()
         self.backlog_frames = 0
+        self._chunks: Iterator[FloatAudio] | None = None  # the piece in progress
         self.engine_s = 0.0  # time spent in the engine, for RTF
         self.audio_s = 0.0
 
     def render(self, piece: Piece) -> None:
         """Synthesize one piece and push its whole frames. Blocking (worker thread).
 
-        A `StreamingVoice`'s chunks are pushed as they come, with a cancel check between them.
-
         Raises `SynthesisCancelled` if the utterance was cancelled before or during the push.
         """
-        self._check_cancel()
-        voice = self._voice
-        chunks: Iterator[FloatAudio]
-        if isinstance(voice, StreamingVoice):  # push each chunk as it comes: earlier audio
-            chunks = voice.synthesize_stream(piece.text)
-        else:
-            chunks = (voice.synthesize(text) for text in (piece.text,))
+        while not self.render_step(piece):
+            pass
+
+    def render_step(self, piece: Piece) -> bool:
+        """Synthesize the next chunk of `piece` (a `StreamingVoice`'s next chunk; a plain
+        voice's whole piece) and push its whole frames; True once the piece is done. Blocking
+        (worker thread). Call it again with the same piece until it returns True: between the
+        calls the worker thread is free for other sessions' chunks.
+
+        Raises `SynthesisCancelled` if the utterance was cancelled before or during the push
+        (the engine's stream is then closed).
+        """
+        chunks = self._chunks
+        if chunks is None:
+            self._check_cancel()
+            voice = self._voice
+            if isinstance(voice, StreamingVoice):  # push each chunk as it comes: earlier audio
+                chunks = voice.synthesize_stream(piece.text)
+            else:
+                chunks = (voice.synthesize(text) for text in (piece.text,))
+            self._chunks = chunks
         try:
-            while True:
-                t0 = time.perf_counter()
-                audio = next(chunks, None)
-                self.engine_s += time.perf_counter() - t0
-                if audio is None:
-                    break
+            t0 = time.perf_counter()
+            audio = next(chunks, None)
+            self.engine_s += time.perf_counter() - t0
+            if audio is not None:
                 self.audio_s += len(audio) / self._in_rate
                 self._check_cancel()
                 self._in_samples += len(audio)
                 self._push_samples(self._resampler.process(audio))
-        finally:
-            if isinstance(chunks, Generator):  # a cancelled stream releases its engine state
-                chunks.close()
+                return False
+        except BaseException:
+            self.close()
+            raise
+        self.close()
         end_sample = self._in_samples * self._out_rate // self._in_rate
         self.pieces.add(end_sample, piece.end_char)
+        return True
+
+    def close(self) -> None:
+        """Close the engine's stream of the piece in progress, if any (a stream stopped early
+        releases its engine state). Idempotent; any thread, but not during `render_step`."""
+        chunks, self._chunks = self._chunks, None
+        if isinstance(chunks, Generator):
+            chunks.close()
 
     def finish(self, total_chars: int) -> None:
         """Flush the resampler and push the last frame (zero-padded, flagged END)."""

@@ -9,6 +9,9 @@ Private.
     handshake.py   Hello in, checks, Welcome out; `receive_frames`: every client message
     session.py     an open session: reader, utterance runner, writer, uplink in one nursery;
                    `Session._interrupt` is where a barge-in lands (cancel scopes, new epoch)
+    synthesis.py   an engine's turns: how many of its synthesis chunks run at once
+    limits.py      every budget a client spends (frames, loop share, synthesis), carried over
+    resume.py      resumable sessions: the transport that outlives a dropped connection
     service.py     `duplexd serve` as a service: engine loading, the side port, systemd, drain
 
 May import: every package below it (`protocol`, `engines`, `_ops`, `_downlink`, `_uplink`).

@@ -10,7 +10,7 @@ another's state.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 import trio
@@ -58,6 +58,7 @@ class Connection:
         limits: SessionLimits,
         uplink_services: UplinkServices | None = None,
         offload: Offload = trio.to_thread.run_sync,
+        synthesis_offloads: Mapping[str, Offload] | None = None,
         on_open: Callable[[Session], None] | None = None,
         on_close: Callable[[Session], None] | None = None,
         draining: Callable[[], bool] = lambda: False,
@@ -77,6 +78,7 @@ class Connection:
         self._limits = limits
         self._uplink_services = uplink_services
         self._offload = offload
+        self._synthesis_offloads = synthesis_offloads or {}
         self._on_open = on_open
         self._on_close = on_close
         self._draining = draining
@@ -177,6 +179,7 @@ class Connection:
             limits=self._limits,
             uplink_services=self._uplink_services,
             offload=self._offload,
+            synthesis_offload=self._synthesis_offloads.get(opened.engine),
             draining=self._draining,
             budgets=self._carried.start(self._client, trio.current_time())
             if self._carried

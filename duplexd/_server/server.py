@@ -32,6 +32,7 @@ from .handshake import Offload
 from .limits import MAX_MESSAGE_BYTES, CarriedBudgets
 from .listen import open_listeners
 from .session import Session
+from .synthesis import synthesis_offloads
 
 log = logging.getLogger("duplexd.server")
 
@@ -118,6 +119,7 @@ class Daemon:
         self._uplink_services = uplink_services
         self._tracer = tracer
         self._offload = offload
+        self._synthesis_offloads = synthesis_offloads(engines, offload)
         self._on_session_closed = on_session_closed
 
     @property
@@ -233,6 +235,7 @@ class Daemon:
             limits=self._limits,
             uplink_services=self._uplink_services,
             offload=self._offload,
+            synthesis_offloads=self._synthesis_offloads,
             on_open=self._opened,
             on_close=self._closed,
             draining=lambda: self.draining,

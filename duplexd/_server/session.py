@@ -102,8 +102,10 @@ class SessionEnd:
 
 
 class Session:
-    """One open session. `offload` runs blocking synthesis (the daemon: a worker thread; tests
-    may run it inline under a MockClock, where a worker thread would let the clock jump)."""
+    """One open session. `offload` runs blocking work (the daemon: a worker thread; tests
+    may run it inline under a MockClock, where a worker thread would let the clock jump);
+    `synthesis_offload` runs the engine's chunks (default: `offload`; the daemon's takes
+    turns among the engine's sessions: `duplexd._server.synthesis`)."""
 
     def __init__(
         self,
@@ -118,6 +120,7 @@ class Session:
         limits: SessionLimits,
         uplink_services: UplinkServices | None,
         offload: Offload = trio.to_thread.run_sync,
+        synthesis_offload: Offload | None = None,
         draining: Callable[[], bool] = lambda: False,
         budgets: Budgets | None = None,
     ) -> None:
@@ -132,6 +135,7 @@ class Session:
         self._end = end
         self._pacer = pacer
         self._offload = offload
+        self._synthesis_offload = synthesis_offload or offload  # the engine's turns, if any
         self._queue: collections.deque[Utterance] = collections.deque()
         self._utterances: dict[int, Utterance] = {}  # until Done or Interrupted is sent
         self._current: Utterance | None = None  # the one being synthesized
@@ -495,17 +499,22 @@ class Session:
             cancel=utt.cancel,
             kick=kick,
         )
+        synthesize = self._synthesis_offload
         try:
             while (piece := await utt.next_piece()) is not None:
                 await self._wait_synthesis_budget()
-                before_s = producer.audio_s
-                await self._offload(producer.render, piece)
-                self._synthesis.spend(producer.audio_s - before_s)
-                await self._push_backlog(producer)
+                done = False
+                while not done:  # a chunk at a time: the engine's threads take turns
+                    before_s = producer.audio_s
+                    done = await synthesize(producer.render_step, piece)
+                    self._synthesis.spend(producer.audio_s - before_s)
+                    await self._push_backlog(producer)
             await self._offload(producer.finish, utt.total_chars)
             await self._push_backlog(producer)
         except SynthesisCancelled:
             pass
+        finally:
+            producer.close()  # cancelled between two chunks: the engine's stream is let go
         self.observer.synthesized(producer.engine_s, producer.audio_s)
 
     async def _wait_synthesis_budget(self) -> None:

@@ -65,7 +65,13 @@ class StreamingVoice(Voice, Protocol):
 
 @runtime_checkable
 class Engine(Protocol):
-    """A TTS engine: a named factory of voices, shared by all sessions of a process."""
+    """A TTS engine: a named factory of voices, shared by all sessions of a process.
+
+    Optional attribute `synthesis_threads: int | None`: how many of its synthesize calls
+    (one chunk each) the daemon runs at once across sessions. Absent: one per CPU the daemon
+    may use (an engine that computes in the calling thread holds the GIL; more threads only
+    hold the event loop back). None: no limit, for an engine whose calls only wait for work
+    done elsewhere (its own inference thread, a GPU batcher), so their batches are not split."""
 
     @property
     def name(self) -> str: ...

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -19,6 +20,8 @@ TONE_SAMPLE_RATE_HZ = 48_000
 DEFAULT_MS_PER_CHAR = 60.0
 _RAMP_MS = 2.0
 _AMPLITUDE = 0.3
+FIRST_CHUNK_CHARS = 4  # synthesize_stream's first chunk (240 ms of audio at 60 ms a character)
+MAX_CHUNK_CHARS = 64
 
 # voice name -> base frequency in Hz
 VOICES: dict[str, float] = {"sine": 220.0, "low": 110.0, "high": 440.0}
@@ -67,15 +70,25 @@ class ToneVoice:
         """`len(text) * ms_per_char` of audio; blocks `compute_ms_per_char` per character."""
         if self._compute_ms_per_char > 0:
             time.sleep(self._compute_ms_per_char * len(text) / 1000)
-        n = self.samples_per_char
-        out = np.zeros(n * len(text), dtype=np.float32)
-        for i, ch in enumerate(text):
-            if ch.isspace():
-                continue
-            hz = self._base_hz * 2 ** ((ord(ch) % 24) / 24)
-            seg = np.sin(np.float32(2 * math.pi * hz) * self._t) * self._envelope
-            out[i * n : (i + 1) * n] = _AMPLITUDE * seg
-        return out
+        if not text:
+            return np.zeros(0, dtype=np.float32)
+        codes = np.array([ord(ch) for ch in text], dtype=np.float64)
+        hz = self._base_hz * 2.0 ** ((codes % 24) / 24)
+        omega = (2 * math.pi * hz).astype(np.float32)
+        tones = np.sin(omega[:, None] * self._t[None, :]) * self._envelope  # (chars, n)
+        tones *= np.float32(_AMPLITUDE)
+        tones[[i for i, ch in enumerate(text) if ch.isspace()]] = 0.0
+        return tones.reshape(-1)
+
+    def synthesize_stream(self, text: str) -> Iterator[FloatAudio]:
+        """`synthesize(text)` in chunks of characters, `FIRST_CHUNK_CHARS` first and then
+        twice as many each time (at most `MAX_CHUNK_CHARS`): the first audio comes early, as
+        a streaming neural voice's does, and a long piece is not one long computation."""
+        start, size = 0, FIRST_CHUNK_CHARS
+        while start < len(text):
+            yield self.synthesize(text[start : start + size])
+            start += size
+            size = min(2 * size, MAX_CHUNK_CHARS)
 
 
 class ToneEngine:

@@ -111,6 +111,8 @@ class VitsEngine:
     """
 
     name = "vits"
+    # the calls only wait: the inference thread computes, and batches across sessions on CUDA
+    synthesis_threads = None
 
     def __init__(
         self,

@@ -1,0 +1,58 @@
+"""How many synthesis calls of one engine run at once: the engine's turns.
+
+An engine that computes in the calling thread (the tone engine, most plugins) holds the GIL
+while it does: with one worker thread per session, a burst of N whole replies is N threads
+computing at once, and the event loop, which needs the GIL to send each frame, waits its
+turn behind all of them (CPython hands the GIL to any waiting thread, not to the one that
+asked first) — measured: 20 replies arriving together held every first frame back ~40 ms.
+So each engine gets a `trio.CapacityLimiter` of `synthesis_threads` slots (an engine
+attribute; default: one per CPU this process may run on), taken per chunk, first come first
+served: every session's first chunk goes before anyone's second, and the loop competes with
+at most that many threads. An engine whose calls only wait (VITS: its own inference thread
+computes and batches across sessions) says `synthesis_threads = None`: no limit, so its
+batches are not split.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import trio
+
+from ..engines.base import Engine
+from ..engines.registry import EngineSet
+from .handshake import Offload
+
+
+def synthesis_threads(engine: Engine) -> int | None:
+    """The engine's `synthesis_threads` (None: no limit), or one per usable CPU."""
+    if hasattr(engine, "synthesis_threads"):
+        threads: int | None = engine.synthesis_threads
+        if threads is not None and threads < 1:
+            raise ValueError(f"{engine.name}: synthesis_threads must be >= 1 or None")
+        return threads
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def taking_turns(offload: Offload, limiter: trio.CapacityLimiter) -> Offload:
+    """`offload`, with a slot of `limiter` held while it runs. Cancellation while waiting for
+    a slot leaves nothing behind; once running, as `offload`."""
+
+    async def run(fn: Any, *args: Any) -> Any:
+        async with limiter:
+            return await offload(fn, *args)
+
+    return run
+
+
+def synthesis_offloads(engines: EngineSet, offload: Offload) -> Mapping[str, Offload]:
+    """Per engine name: how its synthesis chunks are run (call inside trio)."""
+    out: dict[str, Offload] = {}
+    for name in engines.names():
+        threads = synthesis_threads(engines.get(name))
+        out[name] = (
+            offload if threads is None else taking_turns(offload, trio.CapacityLimiter(threads))
+        )
+    return out
