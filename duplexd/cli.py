@@ -52,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     from .client.connect import add_connection_arguments
 
     y = sub.add_parser("say", help="speak a text through a running daemon")
-    y.add_argument("text")
+    y.add_argument("text", help="what to say; - reads it from standard input")
     add_connection_arguments(y, DEFAULT_URL)  # --url --token-file --token --ca
     y.add_argument("--out", default="", help="write a 48 kHz mono 16-bit WAV here")
     y.add_argument("--voice", default="")
@@ -114,10 +114,31 @@ def _serve(args: argparse.Namespace) -> int:
     service = Service(settings, reload=lambda: settings_from_args(args))
     try:
         trio.run(service.run)
-    except StartupError as exc:
-        print(f"duplexd: {exc}", file=sys.stderr)
+    except (StartupError, OSError, BaseExceptionGroup) as exc:
+        why = _startup_failure(exc)
+        if why is None:
+            raise
+        print(f"duplexd: {why}", file=sys.stderr)
         return 2
     return 0
+
+
+def _startup_failure(exc: BaseException) -> str | None:
+    """One line for a daemon that could not start (a StartupError, or a port it could not
+    bind), wherever in the service's nurseries it was raised; None for anything else."""
+    from ._server.service import StartupError
+
+    leaves: list[BaseException] = [exc]
+    while len(leaves) == 1 and isinstance(leaves[0], BaseExceptionGroup):
+        leaves = [e for e in leaves[0].exceptions if not isinstance(e, trio.Cancelled)]
+    if len(leaves) != 1:
+        return None
+    leaf = leaves[0]
+    if isinstance(leaf, StartupError):
+        return str(leaf)
+    if isinstance(leaf, OSError) and leaf.errno is not None:
+        return f"cannot listen: {leaf.strerror} (choose another --port or --http-port)"
+    return None
 
 
 # ---------------------------------------------------------------------- token
@@ -181,6 +202,13 @@ def _say(args: argparse.Namespace) -> int:
     except ConnectArgsError as exc:
         print(f"duplexd say: {exc}", file=sys.stderr)
         return 2
+    text = sys.stdin.read() if args.text == "-" else args.text
+    if not text.strip():
+        print(
+            "duplexd say: nothing to say: give the text, or - to read it from standard input",
+            file=sys.stderr,
+        )
+        return 2
 
     async def run() -> tuple[bytes, int]:
         async with open_session(
@@ -190,7 +218,7 @@ def _say(args: argparse.Namespace) -> int:
             token=connect.token,
             ssl_context=connect.ssl_context,
         ) as session:
-            uid = await session.say(args.text)
+            uid = await session.say(text)
             spoken = await session.receive_utterance(uid)
             return spoken.pcm, session.sample_rate_hz
 

@@ -17,9 +17,11 @@
 from __future__ import annotations
 
 import enum
+import errno
 import gc
 import logging
 import signal
+import socket
 import time
 from collections.abc import Callable, Mapping
 from functools import partial
@@ -51,6 +53,31 @@ CLOSE_GRACE_S = 2.0  # after GOING_AWAY: how long sessions get to close before t
 
 class StartupError(Exception):
     """The daemon cannot start with this configuration (unknown engine or voice...)."""
+
+
+def check_port_free(host: str, port: int) -> None:
+    """StartupError (one line) if `port` on `host` cannot be bound now (in use, not allowed,
+    no such address). Port 0 (any free one) is not checked."""
+    if not port:
+        return
+    try:
+        infos = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        raise StartupError(f"--host {host}: {exc.strerror}") from None
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the listener does
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise StartupError(
+                        f"port {port} on {host} is in use (another duplexd?): stop it, or"
+                        " choose another with --port"
+                    ) from None
+                raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
 class Phase(enum.Enum):
@@ -180,6 +207,7 @@ class Service:
                 self._authenticator = Authenticator.from_settings(self.settings)
             except AuthConfigError as exc:
                 raise StartupError(str(exc)) from None
+            check_port_free(s.host, s.port)  # before the model loads, not after
             self.notifier.status("loading the model")
             engines = await self._load_engines()
             uplink_services = await self._uplink()

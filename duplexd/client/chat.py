@@ -64,7 +64,11 @@ def run_chat(args: argparse.Namespace) -> int:
         if args.llm_url
         else DemoResponder()
     )
-    chat = Chat(args, responder, connect)
+    try:
+        chat = Chat(args, responder, connect)
+    except MicFileError as exc:
+        print(f"duplexd chat: {exc}", file=sys.stderr)
+        return 2
     try:
         trio.run(chat.run)
     except (SessionError, OSError, LLMError) as exc:
@@ -82,15 +86,28 @@ def _say(line: str) -> None:
 # ---------------------------------------------------------------------- audio in and out
 
 
+class MicFileError(ValueError):
+    """`--mic-file` cannot be used; `str()` is one line saying why."""
+
+
 def read_wav_16k(path: str) -> np.ndarray:
-    """A WAV file as 16 kHz mono float32."""
+    """A WAV file as 16 kHz mono float32. MicFileError (one line) if it cannot be read or is
+    not a 16-bit PCM WAV file."""
     import soxr
 
-    with wave.open(path, "rb") as w:
-        rate, channels, width = w.getframerate(), w.getnchannels(), w.getsampwidth()
-        raw = w.readframes(w.getnframes())
+    try:
+        with wave.open(path, "rb") as w:
+            rate, channels, width = w.getframerate(), w.getnchannels(), w.getsampwidth()
+            raw = w.readframes(w.getnframes())
+    except OSError as exc:
+        raise MicFileError(f"--mic-file {path}: {exc.strerror or exc}") from None
+    except (wave.Error, EOFError) as exc:
+        raise MicFileError(
+            f"--mic-file {path}: not a PCM WAV file ({exc or 'empty'}); convert it, e.g."
+            f" ffmpeg -i IN -ac 1 -ar 16000 -sample_fmt s16 OUT.wav"
+        ) from None
     if width != 2:
-        raise OSError(f"{path}: only 16-bit WAV files are supported")
+        raise MicFileError(f"--mic-file {path}: only 16-bit WAV files are supported")
     audio = np.frombuffer(raw, "<i2").astype(np.float32) / 32768
     if channels > 1:
         audio = audio.reshape(-1, channels).mean(axis=1)

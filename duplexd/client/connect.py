@@ -55,9 +55,15 @@ def add_connection_arguments(p: argparse.ArgumentParser, default_url: str) -> No
 def connect_options(
     args: argparse.Namespace, environ: Mapping[str, str] | None = None
 ) -> ConnectOptions:
-    """The token and TLS context the flags ask for. ConnectArgsError (one line) for an
-    unreadable or empty token file, a token that is not printable ASCII, an unusable CA
-    bundle, or --ca with a ws:// URL."""
+    """The token and TLS context the flags ask for. ConnectArgsError (one line) for a URL
+    that is not ws:// or wss://, an unreadable or empty token file, a token that is not
+    printable ASCII, an unusable CA bundle, or --ca with a ws:// URL."""
+    from .session import session_url
+
+    try:
+        session_url(args.url)
+    except ValueError as exc:
+        raise ConnectArgsError(f"--url {exc}") from None
     env = os.environ if environ is None else environ
     token: str = getattr(args, "token", "")
     token_file: str = getattr(args, "token_file", "")

@@ -440,7 +440,8 @@ async def open_session(
     file; a self-signed server), or `ssl_context` as it is. Raises `SessionError` if the
     server cannot be reached, refuses the upgrade (`SessionError.status`: 401 no or bad
     token, 429 too many failed attempts, 503 full or draining) or the Hello (unknown voice,
-    bad format...). ValueError for a token that is not printable ASCII, or `ca` /
+    bad format...). ValueError for a URL that is not ``ws://`` or ``wss://`` (one with no path
+    means ``/v1``: `session_url`), a token that is not printable ASCII, or `ca` /
     `ssl_context` with a ``ws://`` URL.
     `on_frame(frame, arrival_time)` is called for every frame as it arrives (for timing).
     `uplink_rate_hz` (16000 or 48000) opens the uplink for `send_audio`; `options` may hold
@@ -450,6 +451,7 @@ async def open_session(
     session within the server's window (SPEC.md §6.4): iteration and sends just go on; what
     was replayed and lost is in `ClientSession.resumes` and given to `on_resume(report)`.
     """
+    url = session_url(url)
     headers: list[tuple[bytes, bytes]] = []
     if token:
         if not _TOKEN_TEXT.fullmatch(token):
@@ -541,6 +543,30 @@ async def _connect(
                 nursery.cancel_scope.cancel()
     if failure is not None:  # (out of the cancelled nursery: finding out why may take a while)
         raise await _connect_error(url, failure, ssl_context, timeout_s)
+
+
+def session_url(url: str) -> str:
+    """`url` as `open_session` uses it: a URL with no path speaks on ``/v1``. ValueError (one
+    line, saying what to type instead) for a scheme that is not ``ws://`` or ``wss://``."""
+    parts = urllib.parse.urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    if scheme in ("http", "https") and parts.netloc:
+        ws = "wss" if scheme == "https" else "ws"
+        fixed = parts._replace(
+            scheme=ws, path=parts.path if parts.path not in ("", "/") else fr.WS_PATH
+        )
+        raise ValueError(
+            f"{_safe(url)}: duplexd speaks WebSocket: use {_safe(fixed.geturl())}"
+            + (" (wss:// needs the daemon's TLS)" if ws == "wss" else "")
+        )
+    if scheme not in ("ws", "wss") or not parts.netloc:
+        raise ValueError(
+            f"{_safe(url)!r} is not a duplexd URL: write ws://HOST:PORT{fr.WS_PATH}"
+            f" (wss:// with TLS), e.g. ws://127.0.0.1:8765{fr.WS_PATH}"
+        )
+    if parts.path in ("", "/"):
+        parts = parts._replace(path=fr.WS_PATH)
+    return parts._replace(scheme=scheme).geturl()
 
 
 def _safe(url: str) -> str:

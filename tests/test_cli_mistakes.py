@@ -1,0 +1,115 @@
+"""A user's mistakes, as subprocesses of the real command line: each gets one line on stderr
+that says what to do instead (never a traceback) and the documented exit status: 2 for a
+mistake in what was typed, 1 for a session the daemon refused or could not be reached."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_cli import TIMEOUT_S, _env, serve, stop
+
+pytestmark = pytest.mark.integration
+
+
+def duplexd(cwd: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "duplexd", *args],
+        cwd=cwd,
+        env=_env(),
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
+
+
+@pytest.fixture(scope="module")
+def daemon_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    tmp = tmp_path_factory.mktemp("daemon")
+    with serve(tmp, "--log-format", "json") as daemon:
+        event = json.loads(daemon.wait_for_line('"listening"'))
+        yield str(event["url"])
+        assert stop(daemon) == 0
+
+
+def one_line(done: subprocess.CompletedProcess[str], status: int, *says: str) -> None:
+    assert "Traceback" not in done.stderr, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert done.returncode == status, (done.returncode, done.stderr)
+    for words in says:
+        assert words in lines[0], lines[0]
+
+
+# (the mistake, what is typed (URL is the running daemon's), status, words the line must hold)
+SESSION_MISTAKES = [
+    ("http scheme", ("say", "hi", "--url", "http://{hostport}/v1"), 2, ("use ws://",)),
+    ("not a URL", ("say", "hi", "--url", "{hostport}"), 2, ("write ws://HOST:PORT/v1",)),
+    ("wrong path", ("say", "hi", "--url", "ws://{hostport}/v2"), 1, ("HTTP 404", "/v1")),
+    ("wss to a plain daemon", ("say", "hi", "--url", "wss://{hostport}/v1"), 1, ("TLS",)),
+    ("unknown voice", ("say", "hi", "--url", "{url}", "--voice", "nosuch"), 1, ("sine",)),
+    ("unknown engine", ("say", "hi", "--url", "{url}", "--engine", "nosuch"), 1, ("tone",)),
+    ("text over 32 KB", ("say", "a" * 40_000, "--url", "{url}"), 1, ("32768 bytes",)),
+    ("empty text", ("say", "", "--url", "{url}"), 2, ("nothing to say", "- to read")),
+    ("blank stdin", ("say", "-", "--url", "{url}"), 2, ("nothing to say",)),
+    ("no mic file", ("chat", "--url", "{url}", "--mic-file", "nosuch.wav"), 2, ("nosuch.wav",)),
+    ("not a WAV", ("chat", "--url", "{url}", "--mic-file", "notwav.wav"), 2, ("not a PCM WAV",)),
+]
+
+
+@pytest.mark.parametrize(
+    ("args", "status", "says"),
+    [pytest.param(a, s, w, id=name) for name, a, s, w in SESSION_MISTAKES],
+)
+def test_a_session_mistake_is_one_line(
+    daemon_url: str, tmp_path: Path, args: tuple[str, ...], status: int, says: tuple[str, ...]
+) -> None:
+    (tmp_path / "notwav.wav").write_text("not a wav\n")
+    hostport = daemon_url.removeprefix("ws://").removesuffix("/v1")
+    typed = [a.format(url=daemon_url, hostport=hostport) for a in args]
+    one_line(duplexd(tmp_path, *typed, "--out", str(tmp_path / "x.wav")), status, *says)
+
+
+def test_a_url_without_a_path_means_v1(daemon_url: str, tmp_path: Path) -> None:
+    out = tmp_path / "x.wav"
+    done = duplexd(
+        tmp_path, "say", "hi", "--url", daemon_url.removesuffix("/v1"), "--out", str(out)
+    )
+    assert done.returncode == 0, done.stderr
+    assert out.stat().st_size > 44
+
+
+def test_say_reads_standard_input(daemon_url: str, tmp_path: Path) -> None:
+    out = tmp_path / "x.wav"
+    done = duplexd(tmp_path, "say", "-", "--url", daemon_url, "--out", str(out), stdin="hello\n")
+    assert done.returncode == 0, done.stderr
+    # tone: "hello\n" is 6 characters x 60 ms, plus the END frame (not the 20 ms of "-")
+    assert out.stat().st_size > 44 + 2 * 48_000 * 0.3
+
+
+def test_serve_on_a_port_in_use_is_one_line_before_the_model_loads(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = duplexd(tmp_path, "serve", "--engine", "tone", "--port", str(port))
+    one_line(done, 2, f"port {port} on 127.0.0.1 is in use", "--port")
+
+
+def test_serve_with_an_unknown_voice_is_one_line(tmp_path: Path) -> None:
+    done = duplexd(tmp_path, "serve", "--engine", "tone", "--voice", "nosuch", "--port", "0")
+    one_line(done, 2, "nosuch", "sine")
+
+
+def test_serve_on_cuda_without_cuda_is_one_line(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the mistake cannot be made here")
+    done = duplexd(tmp_path, "serve", "--engine", "vits", "--device", "cuda", "--port", "0")
+    one_line(done, 2, "CUDA is not available")
