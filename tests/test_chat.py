@@ -370,7 +370,7 @@ def test_chat_with_mic_file_against_a_daemon(tmp_path: Path) -> None:
         out = tmp_path / "reply.wav"
         chat = subprocess.run(
             [sys.executable, "-m", "duplexd", "chat", "--url", f"ws://127.0.0.1:{port}/v1",
-             "--mic-file", str(q), "--out", str(out), "--max-turns", "1", "--timeout", "60"],
+             "--mic-file", str(q), "--out", str(out), "--timeout", "60"],
             cwd=ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
             timeout=90,
         )  # fmt: skip
@@ -385,6 +385,7 @@ def test_chat_with_mic_file_against_a_daemon(tmp_path: Path) -> None:
     print("\n" + chat.stdout + chat.stderr)
     assert chat.returncode == 0
     lines = chat.stdout.splitlines()
+    assert lines[-1] == "[done]"  # it ended by itself: the file played, the reply spoken
     heard = next(line[len("you: ") :] for line in lines if line.startswith("you: "))
     assert word_error_rate([question], [heard]) <= 0.15
     assert any(line.startswith("agent: I cannot see outside") for line in lines)

@@ -8,6 +8,7 @@ import json
 import socket
 import subprocess
 import sys
+import wave
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -113,3 +114,36 @@ def test_serve_on_cuda_without_cuda_is_one_line(tmp_path: Path) -> None:
         pytest.skip("this machine has CUDA: the mistake cannot be made here")
     done = duplexd(tmp_path, "serve", "--engine", "vits", "--device", "cuda", "--port", "0")
     one_line(done, 2, "CUDA is not available")
+
+
+# ---------------------------------------------------------------------- commands finish
+
+
+def test_chat_answers_typed_lines_and_ends_at_the_end_of_its_input(
+    daemon_url: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "reply.wav"
+    done = duplexd(
+        tmp_path,
+        *("chat", "--url", daemon_url, "--no-mic", "--out", str(out)),
+        stdin="What is the weather like?\n",
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert "you: What is the weather like?" in lines  # to the responder, as speech would
+    assert "agent: I cannot see outside, but I hope it is sunny where you are." in lines
+    assert lines[-1] == "[done]"
+    with wave.open(str(out), "rb") as w:  # the reply was spoken before it ended
+        assert w.getnframes() / w.getframerate() > 3.0
+
+
+def test_chat_ends_when_its_microphone_file_is_done(daemon_url: str, tmp_path: Path) -> None:
+    mic = tmp_path / "silence.wav"
+    with wave.open(str(mic), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16_000)
+        w.writeframes(bytes(2 * 16_000))
+    done = duplexd(tmp_path, "chat", "--url", daemon_url, "--mic-file", str(mic), "--out", "r.wav")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "[done]"

@@ -4,8 +4,12 @@ Microphone (sounddevice) or `--mic-file` (a WAV played as the microphone, in rea
 silence) -> AudioUp; the daemon's SpeechStarted/SpeechStopped/Transcript events are shown as
 they come; each final transcript goes to the responder (the built-in demo, or an
 OpenAI-compatible endpoint with `--llm-url`) whose reply is streamed back as an utterance;
-the reply plays on the speaker (sounddevice) or goes to `--out reply.wav`. Typed lines are
-spoken as utterances; `/pause`, `/resume`, `/stop` (interrupt) and `/quit` act at once.
+the reply plays on the speaker (sounddevice) or goes to `--out reply.wav`. Typed lines go to
+the responder as a transcript does (`/say TEXT` speaks TEXT as it is); `/pause`, `/resume`,
+`/stop` (interrupt) and `/quit` act at once. Chat ends by itself once every input that ends
+has ended (the microphone file played, standard input at its end when it is not a terminal)
+and the replies have been spoken; a sound-card microphone never ends (`/quit`, Ctrl-C,
+`--max-turns`, `--timeout`).
 Latency figures: end of speech -> transcript, and end of speech -> first reply audio (both
 on the microphone's clock: the uplink sample where speech stopped, mapped to the time it was
 captured).
@@ -32,6 +36,8 @@ from .session import ClientSession, SessionError, open_session
 UPLINK_RATE_HZ = 16_000
 DOWNLINK_RATE_HZ = 48_000
 FRAME_S = fr.FRAME_MS / 1000
+TRAILING_SILENCE_S = 2.0  # after the microphone file: silence, for the VAD and ASR to finish
+IDLE_S = 1.0  # inputs ended, nothing in flight for this long: chat is done
 
 
 def add_chat_arguments(p: argparse.ArgumentParser, default_url: str) -> None:
@@ -201,6 +207,13 @@ class Chat:
         self.speech_stop_t = math.nan
         self.waiting_audio: dict[int, float] = {}  # reply uid -> end-of-speech time
         self.nursery: trio.Nursery | None = None
+        # inputs that end: the microphone file, a standard input that is not a terminal
+        self.open_inputs = {"stdin"} if not sys.stdin.isatty() else set()
+        if self.mic_audio is not None:
+            self.open_inputs.add("mic file")
+        self.speaking = False  # between SpeechStarted and its transcript
+        self.quitting = False  # quit() was called (not the --timeout)
+        self.replying = 0  # replies whose text is still being made
 
     def close(self) -> None:
         self.speaker.close()
@@ -221,22 +234,31 @@ class Chat:
             mic = "file " + a.mic_file if a.mic_file else "sound card" if self.sd else "none"
             _say(
                 f"[connected] {session.welcome.engine}/{session.welcome.voice}; mic: {mic};"
-                f" audio out: {self.speaker.kind}; type a line to speak it, /quit to leave"
+                f" audio out: {self.speaker.kind}; type a line to ask it, /quit to leave"
             )
+            if self.speaker.kind == "none":
+                _say(
+                    "[no sound card here: the replies are not played; pip install"
+                    " 'duplexd[audio]' (and PortAudio) for speaker and microphone, or --out"
+                    " reply.wav]"
+                )
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
                 if a.timeout > 0:
                     nursery.cancel_scope.deadline = trio.current_time() + a.timeout
                 nursery.start_soon(self._frames, session)
                 nursery.start_soon(self._stdin, session)
+                if self.open_inputs and self.sd is None:  # every input ends: so do we
+                    nursery.start_soon(self._end_when_done)
                 if self.mic_audio is not None:
                     nursery.start_soon(self._mic_file, session, self.mic_audio)
                 elif self.sd is not None:
                     nursery.start_soon(self._mic_device, session)
-            if a.timeout > 0 and nursery.cancel_scope.cancelled_caught:
+            if a.timeout > 0 and nursery.cancel_scope.cancelled_caught and not self.quitting:
                 _say("[timeout]")
 
     def quit(self) -> None:
+        self.quitting = True
         if self.nursery is not None:
             self.nursery.cancel_scope.cancel()
 
@@ -248,12 +270,15 @@ class Chat:
         pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
         silence = bytes(2 * n)
         self.mic_t0 = trio.current_time()
+        last = len(audio) // n + round(TRAILING_SILENCE_S / FRAME_S)
         k = 0
         while True:
             chunk = pcm[2 * n * k : 2 * n * (k + 1)]
             await trio.sleep_until(self.mic_t0 + (k + 1) * FRAME_S)  # captured by then
             await session.send_audio(chunk.ljust(2 * n, b"\x00") if chunk else silence)
             k += 1
+            if k == last:
+                self.open_inputs.discard("mic file")  # silence goes on, as from a muted mic
 
     async def _mic_device(self, session: ClientSession) -> None:
         send, receive = trio.open_memory_channel[bytes](50)
@@ -288,6 +313,7 @@ class Chat:
                     t_stop = self.waiting_audio.pop(frame.utterance_id)
                     _say(f"[latency] end of speech -> first reply audio {_ms(now - t_stop)}")
             elif isinstance(frame, fr.SpeechStarted):
+                self.speaking = True
                 _say(f"[speech started at {frame.uplink_sample / UPLINK_RATE_HZ:.2f} s]")
             elif isinstance(frame, fr.SpeechStopped):
                 self.speech_stop_t = self._mic_time(frame.uplink_sample)
@@ -326,6 +352,7 @@ class Chat:
         if not frame.final:
             _say(f"  … {frame.text}")
             return
+        self.speaking = False
         t_stop = self._mic_time(frame.end_sample)
         if not math.isnan(self.speech_stop_t):
             t_stop = self.speech_stop_t
@@ -337,8 +364,19 @@ class Chat:
     async def _reply(self, session: ClientSession, text: str, t_stop: float) -> None:
         uid = session.new_utterance_id()
         self.replies.add(uid)
-        self.waiting_audio[uid] = t_stop
+        if not math.isnan(t_stop):  # (typed: no end of speech to time it from)
+            self.waiting_audio[uid] = t_stop
         words: list[str] = []
+        self.replying += 1
+        try:
+            await self._stream_reply(session, uid, text, words)
+        finally:
+            self.replying -= 1
+        _say(f"agent: {''.join(words).strip()}")
+
+    async def _stream_reply(
+        self, session: ClientSession, uid: int, text: str, words: list[str]
+    ) -> None:
         with trio.CancelScope() as scope:
             self.reply_scope = scope
             try:
@@ -354,7 +392,23 @@ class Chat:
                 await session.send_text(uid, "Sorry, I could not get an answer.", end=True)
         if self.reply_scope is scope:
             self.reply_scope = None
-        _say(f"agent: {''.join(words).strip()}")
+
+    async def _end_when_done(self) -> None:
+        """Quit once every input has ended and nothing is in flight (no speech waiting for
+        its transcript, no reply being made or spoken) for `IDLE_S`."""
+        quiet_since: float | None = None
+        while True:
+            await trio.sleep(0.1)
+            busy = self.open_inputs or self.speaking or self.replying or self.replies
+            now = trio.current_time()
+            if busy:
+                quiet_since = None
+            elif quiet_since is None:
+                quiet_since = now
+            elif now - quiet_since >= IDLE_S:
+                _say("[done]")
+                self.quit()
+                return
 
     # ------------------------------------------------------------------ the keyboard
 
@@ -362,7 +416,8 @@ class Chat:
         while True:
             line = await trio.to_thread.run_sync(sys.stdin.readline, abandon_on_cancel=True)
             if not line:
-                return  # EOF (or no terminal): voice only
+                self.open_inputs.discard("stdin")  # EOF: no more typed lines
+                return
             cmd = line.strip()
             if cmd == "/quit":
                 self.quit()
@@ -373,10 +428,13 @@ class Chat:
                 await session.resume()
             elif cmd == "/stop":
                 await session.interrupt()
+            elif cmd.startswith("/say "):
+                await session.say(cmd[len("/say ") :])
             elif cmd.startswith("/"):
-                _say("commands: /pause /resume /stop /quit")
-            elif cmd:
-                await session.say(cmd)
+                _say("commands: /say TEXT /pause /resume /stop /quit")
+            elif cmd and self.nursery is not None:
+                _say(f"you: {cmd}")  # typed, it goes to the responder as speech would
+                self.nursery.start_soon(self._reply, session, cmd, math.nan)
 
 
 def _offer(send: trio.MemorySendChannel[bytes], data: bytes) -> None:
