@@ -42,6 +42,10 @@ from ._server.service import StartupError as StartupError
 from ._version import __version__ as __version__
 from .cli import main as main
 from .client import ClientSession as ClientSession
+from .client import ConnectError as ConnectError
+from .client import ConnectionLost as ConnectionLost
+from .client import HandshakeRejected as HandshakeRejected
+from .client import ServerError as ServerError
 from .client import SessionError as SessionError
 from .client import SpokenUtterance as SpokenUtterance
 from .client import open_session as open_session
@@ -91,6 +95,8 @@ __all__ = [
     "ClientSession",
     "CloseCode",
     "ConfigError",
+    "ConnectError",
+    "ConnectionLost",
     "Daemon",
     "Decoder",
     "Engine",
@@ -99,6 +105,7 @@ __all__ = [
     "Error",
     "ErrorCode",
     "FloatAudio",
+    "HandshakeRejected",
     "Hello",
     "Interrupted",
     "LocalProtocolError",
@@ -107,6 +114,7 @@ __all__ = [
     "ProtocolError",
     "RemoteProtocolError",
     "Resumed",
+    "ServerError",
     "ServerFrame",
     "Service",
     "SessionError",

@@ -147,3 +147,36 @@ def test_chat_ends_when_its_microphone_file_is_done(daemon_url: str, tmp_path: P
     done = duplexd(tmp_path, "chat", "--url", daemon_url, "--mic-file", str(mic), "--out", "r.wav")
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == "[done]"
+
+
+# ---------------------------------------------------------------------- the SDK's typed errors
+
+
+# trio-websocket 0.12's client leaks its socket when the server refuses the upgrade
+@pytest.mark.filterwarnings(
+    "ignore:Exception ignored in. <socket.socket:pytest.PytestUnraisableExceptionWarning"
+)
+@pytest.mark.usefixtures("collect_leaked_sockets")
+async def test_the_sdk_says_which_kind_of_failure_it_was(daemon_url: str) -> None:
+    import trio
+
+    from duplexd import ConnectError, HandshakeRejected, ServerError, SessionError, open_session
+    from duplexd.protocol.frames import ErrorCode
+
+    with trio.fail_after(TIMEOUT_S):
+        with pytest.raises(ServerError) as refused:
+            async with open_session(daemon_url, voice="nosuch"):
+                pass
+        assert refused.value.code == ErrorCode.UNKNOWN_VOICE
+        assert "sine" in refused.value.message
+        with pytest.raises(HandshakeRejected) as rejected:
+            async with open_session(daemon_url.replace("/v1", "/v2")):
+                pass
+        assert rejected.value.status == 404 and "/v1" in rejected.value.reason
+        with socket.socket() as s:  # a port nothing listens on
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        with pytest.raises(ConnectError):
+            async with open_session(f"ws://127.0.0.1:{port}"):
+                pass
+        assert issubclass(ConnectError, SessionError) and issubclass(ServerError, SessionError)

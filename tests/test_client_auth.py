@@ -26,7 +26,12 @@ from duplexd._ops.auth import Authenticator, AuthError, FailureLimiter, Principa
 from duplexd._ops.settings import TlsSettings
 from duplexd._server.listen import open_listeners
 from duplexd.client.connect import ConnectArgsError, add_connection_arguments, connect_options
-from duplexd.client.session import SessionError, open_session
+from duplexd.client.session import (
+    ConnectError,
+    HandshakeRejected,
+    SessionError,
+    open_session,
+)
 from duplexd.protocol import frames as fr
 from duplexd.protocol.codec import Decoder, encode
 
@@ -159,6 +164,8 @@ async def test_a_refused_upgrade_is_one_line_with_its_status() -> None:
                 async with open_session(f"{server.url}?x=secret-query", **kwargs):
                     pass
             assert info.value.status == status
+            assert isinstance(info.value, HandshakeRejected)  # the typed kind of refusal
+            assert info.value.reason == message.split(": ", 1)[1]
             assert str(info.value) == f"{server.url} refused the session: {message}"
             assert "secret-query" not in str(info.value)  # a query string may hold a token
 
@@ -190,6 +197,7 @@ async def test_nothing_listening_is_one_line() -> None:
         async with open_session(f"ws://127.0.0.1:{port}/v1"):
             pass
     assert e.value.status is None and "\n" not in str(e.value)
+    assert isinstance(e.value, ConnectError)
 
 
 @pytest.mark.unit

@@ -3,8 +3,10 @@
 Public. `open_session(url)` connects, handshakes and yields a `ClientSession`: stream text in
 (`say`, `stream_text`, `send_text`), iterate the frames that come back (audio and events),
 `interrupt`, `pause`/`resume`, `ping`, `stats`, and with an uplink `send_audio`. Everything
-the server refuses is a `SessionError` carrying the protocol's `ErrorCode` (or, for a refused
-WebSocket upgrade, its HTTP `status`: 401 no or bad token, 429, 503).
+the server refuses is a `SessionError` (one line), of a kind that says what happened:
+`ConnectError` (not reached), `HandshakeRejected` (the upgrade refused: its HTTP `status`, 401
+no or bad token, 404, 429, 503), `ServerError` (an Error frame: the protocol's `ErrorCode`),
+`ConnectionLost` (closed or dropped mid-session, not resumed).
 
 - `session`: the SDK.
 - `chat`: `duplexd chat`, a voice agent loop (microphone or WAV in, speaker or WAV out).
@@ -19,6 +21,10 @@ May import: `duplexd.protocol` (and trio, trio-websocket); nothing of the server
 from __future__ import annotations
 
 from .session import ClientSession as ClientSession
+from .session import ConnectError as ConnectError
+from .session import ConnectionLost as ConnectionLost
+from .session import HandshakeRejected as HandshakeRejected
+from .session import ServerError as ServerError
 from .session import SessionError as SessionError
 from .session import SpokenUtterance as SpokenUtterance
 from .session import open_session as open_session
@@ -26,6 +32,10 @@ from .session import session_over as session_over
 
 __all__ = [
     "ClientSession",
+    "ConnectError",
+    "ConnectionLost",
+    "HandshakeRejected",
+    "ServerError",
     "SessionError",
     "SpokenUtterance",
     "open_session",

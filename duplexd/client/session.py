@@ -85,7 +85,8 @@ class SessionError(Exception):
     """The server refused the connection, sent an Error frame or closed the session; or it
     could not be reached. `code`: the Error frame's code; `status`: the HTTP status of a
     refused WebSocket upgrade (401 no or bad token, 429 too many failed attempts, 503 full or
-    draining)."""
+    draining). The base of `ConnectError`, `HandshakeRejected`, `ServerError` and
+    `ConnectionLost`, which say which of those it was; `str()` is one line."""
 
     def __init__(
         self, message: str, code: fr.ErrorCode | None = None, *, status: int | None = None
@@ -93,6 +94,34 @@ class SessionError(Exception):
         super().__init__(message)
         self.code = code
         self.status = status
+
+
+class ConnectError(SessionError):
+    """The server could not be reached: nothing listening, no answer in time, a TLS failure
+    (the message says which)."""
+
+
+class HandshakeRejected(SessionError):
+    """The server refused the WebSocket upgrade: `status` (401 no or bad token, 404 not the
+    /v1 path, 429 too many failed attempts or over a budget, 503 full or draining) and the
+    `reason` it gave."""
+
+    def __init__(self, message: str, *, status: int, reason: str) -> None:
+        super().__init__(message, status=status)
+        self.reason = reason
+
+
+class ServerError(SessionError):
+    """The server ended the session with an Error frame: `code` (protocol/SPEC.md §8) and
+    its `message`; or broke the protocol itself (`code` None)."""
+
+    def __init__(self, message: str, code: fr.ErrorCode | None = None, detail: str = "") -> None:
+        super().__init__(message, code)
+        self.message = detail or message
+
+
+class ConnectionLost(SessionError):
+    """The connection closed or dropped during the session and was not resumed."""
 
 
 @dataclass(frozen=True)
@@ -163,7 +192,7 @@ class ClientSession:
                 return
             except ConnectionClosed as exc:
                 if not self._resumable(exc):
-                    raise self.error or SessionError(f"connection closed: {exc.reason}") from None
+                    raise self.error or ConnectionLost(f"connection closed: {exc.reason}") from None
                 if self._ws is ws:  # the reader has not noticed yet: wait for its resume
                     self._connected = trio.Event()
 
@@ -271,7 +300,7 @@ class ClientSession:
         try:
             return await self._recv_frames.receive()
         except trio.EndOfChannel:
-            raise self.error or SessionError("session closed") from None
+            raise self.error or ConnectionLost("session closed") from None
 
     async def receive_utterance(self, utterance_id: int) -> SpokenUtterance:
         """Collect the audio of one utterance until its UtteranceDone or an Interrupted."""
@@ -314,15 +343,15 @@ class ClientSession:
                 now = trio.current_time()
                 self.received += 1
                 if isinstance(message, str):
-                    raise SessionError("server sent a text message")
+                    raise ServerError("server sent a text message")
                 decoder.receive_data(message)
                 for frame in decoder:
                     self._deliver(cast(ServerFrame, frame), now)
         except ConnectionClosed as exc:
             if self.error is None:
-                self.error = SessionError(f"connection closed ({_describe(exc)})")
+                self.error = ConnectionLost(f"connection closed ({_describe(exc)})")
         except RemoteProtocolError as exc:
-            self.error = SessionError(f"server broke the protocol: {exc}")
+            self.error = ServerError(f"server broke the protocol: {exc}")
         except SessionError as exc:
             self.error = exc
         finally:
@@ -337,7 +366,9 @@ class ClientSession:
         if self._on_frame is not None:
             self._on_frame(frame, now)
         if isinstance(frame, Error):
-            self.error = SessionError(f"{frame.code.name}: {frame.message}", frame.code)
+            self.error = ServerError(
+                f"{frame.code.name}: {frame.message}", frame.code, frame.message
+            )
         waiting = self._waiters.get(type(frame))
         if waiting and not (isinstance(frame, Interrupted) and frame.vad):  # not our answer
             event = waiting.pop(0)
@@ -398,7 +429,7 @@ class ClientSession:
                 welcome = await _receive_welcome(ws)
             except SessionError as error:
                 if error.code is fr.ErrorCode.RESUME_FAILED:
-                    self.error = SessionError(f"the session could not be resumed: {error}")
+                    self.error = ConnectionLost(f"the session could not be resumed: {error}")
                     return False
             except (ConnectionClosed, OSError, HandshakeError, trio.TooSlowError):
                 pass
@@ -411,7 +442,7 @@ class ClientSession:
                 return True
             await trio.sleep(min(delay, max(0.0, deadline - trio.current_time())))
             delay = min(delay * 2, 2.0)
-        self.error = SessionError(f"connection lost and not resumed in time ({_describe(exc)})")
+        self.error = ConnectionLost(f"connection lost and not resumed in time ({_describe(exc)})")
         return False
 
 
@@ -614,7 +645,7 @@ async def _connect_error(
     if isinstance(exc, ConnectionTimeout) and url.lower().startswith("wss:"):
         problem = await _tls_problem(url, ssl_context, timeout_s)
         if problem:
-            return SessionError(f"cannot connect to {_safe(url)}: TLS: {problem}")
+            return ConnectError(f"cannot connect to {_safe(url)}: TLS: {problem}")
     return _not_connected(url, exc, timeout_s)
 
 
@@ -638,12 +669,12 @@ def _not_connected(url: str, exc: HandshakeError, timeout_s: float) -> SessionEr
                 why = http.HTTPStatus(status).phrase
             except ValueError:
                 why = "refused"
-        return SessionError(
-            f"{_safe(url)} refused the session: HTTP {status}: {why}", status=status
+        return HandshakeRejected(
+            f"{_safe(url)} refused the session: HTTP {status}: {why}", status=status, reason=why
         )
     if isinstance(exc, ConnectionTimeout):
-        return SessionError(f"cannot connect to {_safe(url)}: no answer within {timeout_s:g} s")
-    return SessionError(f"cannot connect to {_safe(url)}: {_cause(exc)}")
+        return ConnectError(f"cannot connect to {_safe(url)}: no answer within {timeout_s:g} s")
+    return ConnectError(f"cannot connect to {_safe(url)}: {_cause(exc)}")
 
 
 @asynccontextmanager
@@ -685,15 +716,15 @@ async def _receive_welcome(ws: WebSocketConnection) -> Welcome:
     try:
         message = await ws.get_message()
     except ConnectionClosed as exc:
-        raise SessionError(f"connection closed during handshake ({_describe(exc)})") from None
+        raise ConnectionLost(f"connection closed during handshake ({_describe(exc)})") from None
     if isinstance(message, str):
-        raise SessionError("server sent a text message")
+        raise ServerError("server sent a text message")
     decoder.receive_data(message)
     frame = decoder.next_frame()
     if isinstance(frame, Error):
-        raise SessionError(f"{frame.code.name}: {frame.message}", frame.code)
+        raise ServerError(f"{frame.code.name}: {frame.message}", frame.code, frame.message)
     if not isinstance(frame, Welcome):
-        raise SessionError(f"expected Welcome, got {type(frame).__name__}")
+        raise ServerError(f"expected Welcome, got {type(frame).__name__}")
     return frame
 
 
