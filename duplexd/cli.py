@@ -9,6 +9,7 @@ import sys
 import tempfile
 import wave
 from collections.abc import Sequence
+from typing import Any
 
 import trio
 
@@ -21,15 +22,72 @@ log = logging.getLogger("duplexd.cli")
 DEFAULT_URL = f"ws://127.0.0.1:8765{WS_PATH}"
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Each flag's help says its default (when it has one worth saying and does not say it
+    already); the description and the examples keep their lines."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (
+            default not in (None, "", False, argparse.SUPPRESS)
+            and action.option_strings
+            and "default" not in text
+            and f"({default})" not in text
+        ):
+            text += " (default: %(default)s)"
+        return text
+
+
+# two examples for each command's --help
+EXAMPLES = {
+    "serve": (
+        "duplexd serve                                  # the bundled joe voice on 127.0.0.1:8765",
+        "duplexd serve --engine tone --port 0 --log-format text",
+    ),
+    "config": (
+        "duplexd config --print --config /etc/duplexd/duplexd.toml",
+        "DUPLEXD_SERVER__PORT=9000 duplexd config --check",
+    ),
+    "chat": (
+        "duplexd chat --mic-file question.wav --out reply.wav",
+        "printf 'What is the weather like?\\n' | duplexd chat --no-mic --out reply.wav",
+    ),
+    "probe": (
+        "duplexd probe --url ws://127.0.0.1:8765/v1",
+        "duplexd probe --rate 16000 --no-frames",
+    ),
+    "say": (
+        'duplexd say "The quick brown fox jumps over the lazy dog." --out fox.wav',
+        "duplexd say - --out story.wav < story.txt",
+    ),
+    "token": (
+        "duplexd token --new-secret /etc/duplexd/secret",
+        "duplexd token --subject alice --ttl 60",
+    ),
+}
+
+
+def _command(sub: Any, name: str, help: str, **kwargs: Any) -> argparse.ArgumentParser:
+    examples = "\n".join(f"  {line}" for line in EXAMPLES[name])
+    return sub.add_parser(  # type: ignore[no-any-return]
+        name,
+        help=help,
+        formatter_class=_HelpFormatter,
+        epilog=f"examples:\n{examples}",
+        **kwargs,
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="duplexd", description="realtime full-duplex voice daemon")
     p.add_argument("--version", action="version", version=f"duplexd {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("serve", help="run the daemon")
+    s = _command(sub, "serve", "run the daemon")
     add_config_flags(s)  # --config, --host, --port, --engine, --asr-model... (duplexd._ops.flags)
 
-    c = sub.add_parser("config", help="show or check the effective configuration")
+    c = _command(sub, "config", "show or check the effective configuration")
     add_config_flags(c)
     c.add_argument("--print", action="store_true", help="print it as TOML (the default)")
     c.add_argument("--check", action="store_true", help="only check it (exit 2 if bad)")
@@ -38,36 +96,36 @@ def _parser() -> argparse.ArgumentParser:
     from .client.chat import add_chat_arguments
 
     add_chat_arguments(
-        sub.add_parser("chat", help="talk with a voice agent through a running daemon"),
-        DEFAULT_URL,
+        _command(sub, "chat", "talk with a voice agent through a running daemon"), DEFAULT_URL
     )
 
     from .client.probe import add_probe_arguments
 
     add_probe_arguments(
-        sub.add_parser("probe", help="handshake, limits, voices and per-frame timing"),
-        DEFAULT_URL,
+        _command(sub, "probe", "handshake, limits, voices and per-frame timing"), DEFAULT_URL
     )
 
-    from .client.connect import add_connection_arguments
+    from .client.connect import add_connection_arguments, add_voice_arguments
 
-    y = sub.add_parser("say", help="speak a text through a running daemon")
+    y = _command(sub, "say", "speak a text through a running daemon")
     y.add_argument("text", help="what to say; - reads it from standard input")
     add_connection_arguments(y, DEFAULT_URL)  # --url --token-file --token --ca
-    y.add_argument("--out", default="", help="write a 48 kHz mono 16-bit WAV here")
-    y.add_argument("--voice", default="")
-    y.add_argument("--engine", default="")
+    y.add_argument(
+        "--out", default="", help="write a 48 kHz mono 16-bit WAV here (default: play it)"
+    )
+    add_voice_arguments(y)
 
-    t = sub.add_parser(
+    t = _command(
+        sub,
         "token",
-        help="print a short-lived signed token (--subject), or make a secret (--new-secret)",
+        "print a short-lived signed token (--subject), or make a secret (--new-secret)",
         description="Print one signed token for SUBJECT, good for --ttl seconds, signed with "
         "the secret in [auth] secret_file (the same --config and DUPLEXD_* as serve). "
         "--new-secret PATH writes a new secret file (mode 0600) instead.",
     )
     add_config_flags(t)
     t.add_argument("--subject", default="", help="who the token is for (printable, <= 64)")
-    t.add_argument("--ttl", type=int, default=60, metavar="S", help="seconds it is good (60)")
+    t.add_argument("--ttl", type=int, default=60, metavar="S", help="seconds it is good")
     t.add_argument("--new-secret", default="", metavar="PATH", help="write a new secret here")
     return p
 

@@ -63,7 +63,13 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-sessions-per-address", type=int, default=d, help="from one remote address (32)"
     )
-    p.add_argument("--drain-timeout", type=float, default=d, metavar="S", help="SIGTERM drain")
+    p.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=d,
+        metavar="S",
+        help="SIGTERM: seconds utterances in progress may finish (30)",
+    )
     p.add_argument(
         "--auth-token-file",
         default=d,
@@ -108,7 +114,9 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
         metavar="WHICH",
         help="which sessions --trace records: first (default), all, or N (the N-th session)",
     )
-    p.add_argument("--log-format", default=d, choices=["json", "text"])
+    p.add_argument(
+        "--log-format", default=d, choices=["json", "text"], help="json (default) or text"
+    )
     p.add_argument("--log-level", default=d, help="debug, info (default), warning, error")
     p.add_argument("--log-file", default=d, help="log here instead of stderr (SIGHUP reopens)")
 

@@ -30,7 +30,13 @@ import trio
 
 from ..protocol import frames as fr
 from .agent import DemoResponder, LLMError, OpenAIResponder, Responder
-from .connect import ConnectArgsError, ConnectOptions, add_connection_arguments, connect_options
+from .connect import (
+    ConnectArgsError,
+    ConnectOptions,
+    add_connection_arguments,
+    add_voice_arguments,
+    connect_options,
+)
 from .session import ClientSession, SessionError, open_session
 
 UPLINK_RATE_HZ = 16_000
@@ -42,15 +48,19 @@ IDLE_S = 1.0  # inputs ended, nothing in flight for this long: chat is done
 
 def add_chat_arguments(p: argparse.ArgumentParser, default_url: str) -> None:
     add_connection_arguments(p, default_url)  # --url --token-file --token --ca
-    p.add_argument("--voice", default="")
-    p.add_argument("--engine", default="")
+    add_voice_arguments(p)
     p.add_argument("--mic-file", default="", help="a WAV file played as the microphone")
     p.add_argument("--no-mic", action="store_true", help="no uplink: typed lines only")
     p.add_argument("--out", default="", help="write the agent's audio to this WAV")
     p.add_argument("--llm-url", default="", help="OpenAI-compatible base URL (…/v1)")
-    p.add_argument("--llm-model", default="gpt-4o-mini")
+    p.add_argument("--llm-model", default="gpt-4o-mini", help="the model --llm-url serves")
     p.add_argument("--llm-key", default="", help="API key (or OPENAI_API_KEY)")
-    p.add_argument("--vad-threshold", type=float, default=0.5)
+    p.add_argument(
+        "--vad-threshold",
+        type=float,
+        default=0.5,
+        help="speech probability that is speech (0.05-0.99)",
+    )
     p.add_argument("--no-barge-in", action="store_true", help="do not let speech interrupt")
     p.add_argument("--max-turns", type=int, default=0, help="quit after N replies (0: never)")
     p.add_argument("--timeout", type=float, default=0.0, help="quit after S seconds (0: never)")

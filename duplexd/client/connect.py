@@ -34,7 +34,9 @@ class ConnectOptions:
 
 
 def add_connection_arguments(p: argparse.ArgumentParser, default_url: str) -> None:
-    p.add_argument("--url", default=default_url, help=f"ws:// or wss:// (default {default_url})")
+    p.add_argument(
+        "--url", default=default_url, help="the daemon: ws://HOST:PORT/v1, or wss:// with TLS"
+    )
     token = p.add_mutually_exclusive_group()
     token.add_argument(
         "--token-file",
@@ -50,6 +52,12 @@ def add_connection_arguments(p: argparse.ArgumentParser, default_url: str) -> No
     p.add_argument(
         "--ca", default="", metavar="PEM", help="trust this CA bundle for wss:// (a private CA)"
     )
+
+
+def add_voice_arguments(p: argparse.ArgumentParser) -> None:
+    """--voice and --engine of `say`, `chat` and `probe`."""
+    p.add_argument("--voice", default="", help="the voice (default: the daemon's default voice)")
+    p.add_argument("--engine", default="", help="the engine (default: the daemon's default)")
 
 
 def connect_options(

@@ -17,7 +17,13 @@ import numpy as np
 import trio
 
 from ..protocol import frames as fr
-from .connect import ConnectArgsError, ConnectOptions, add_connection_arguments, connect_options
+from .connect import (
+    ConnectArgsError,
+    ConnectOptions,
+    add_connection_arguments,
+    add_voice_arguments,
+    connect_options,
+)
 
 DEFAULT_TEXT = "Hello from duplexd probe."
 
@@ -25,8 +31,7 @@ DEFAULT_TEXT = "Hello from duplexd probe."
 def add_probe_arguments(p: argparse.ArgumentParser, default_url: str) -> None:
     add_connection_arguments(p, default_url)  # --url --token-file --token --ca
     p.add_argument("--text", default=DEFAULT_TEXT, help="the utterance to time")
-    p.add_argument("--voice", default="")
-    p.add_argument("--engine", default="")
+    add_voice_arguments(p)
     p.add_argument("--rate", type=int, default=fr.SAMPLE_RATE_HZ, help="16000, 24000 or 48000")
     p.add_argument("--no-frames", action="store_true", help="only the summary, not every frame")
 
