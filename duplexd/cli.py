@@ -140,7 +140,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return run_chat(args)
         if args.command == "config":
-            return config_command(args)
+            from ._server.preflight import startup_problems
+
+            return config_command(args, startup_problems)
         if args.command == "probe":
             from .client.probe import run_probe
 

@@ -18,11 +18,13 @@ from test_cli import TIMEOUT_S, _env, serve, stop
 pytestmark = pytest.mark.integration
 
 
-def duplexd(cwd: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+def duplexd(
+    cwd: Path, *args: str, stdin: str = "", env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "duplexd", *args],
         cwd=cwd,
-        env=_env(),
+        env={**_env(), **(env or {})},
         input=stdin,
         capture_output=True,
         text=True,
@@ -180,3 +182,26 @@ async def test_the_sdk_says_which_kind_of_failure_it_was(daemon_url: str) -> Non
             async with open_session(f"ws://127.0.0.1:{port}"):
                 pass
         assert issubclass(ConnectError, SessionError) and issubclass(ServerError, SessionError)
+
+
+# ---------------------------------------------------------------------- config --check
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "says"),
+    [
+        (("--engine", "tone", "--voice", "nosuch"), {}, "engine.voice: unknown voice 'nosuch'"),
+        (("--engine", "vits"), {"DUPLEXD_ENGINE__PRELOAD": "joe,amy"}, "engine.preload: unknown"),
+        (("--engine", "nope"), {}, "engine.name"),
+    ],
+    ids=["tone voice", "vits preload", "engine"],
+)
+def test_config_check_finds_what_serve_would_fail_on(
+    tmp_path: Path, args: tuple[str, ...], env: dict[str, str], says: str
+) -> None:
+    one_line(duplexd(tmp_path, "config", "--check", *args, env=env), 2, says)
+
+
+def test_config_check_passes_what_serve_would_start_with(tmp_path: Path) -> None:
+    done = duplexd(tmp_path, "config", "--check", "--engine", "tone", "--voice", "low")
+    assert done.returncode == 0 and done.stderr == "", done.stderr

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from .settings import ConfigError, Settings, load_settings, to_toml
@@ -167,8 +167,12 @@ def settings_from_args(
     return load_settings(path, environ=env, overrides=_overrides(args))
 
 
-def config_command(args: argparse.Namespace) -> int:
-    """`duplexd config --print`: the effective configuration as TOML; exit 2 if it is bad."""
+def config_command(
+    args: argparse.Namespace, preflight: Callable[[Settings], list[str]] | None = None
+) -> int:
+    """`duplexd config --print`: the effective configuration as TOML; exit 2 if it is bad.
+    `--check` also asks `preflight` what `serve` would fail on (one line per problem; the CLI
+    passes `duplexd._server.preflight.startup_problems`)."""
     try:
         settings = settings_from_args(args)
     except ConfigError as exc:
@@ -176,4 +180,9 @@ def config_command(args: argparse.Namespace) -> int:
         return 2
     if args.print or not args.check:
         sys.stdout.write(to_toml(settings, show_secrets=args.show_secrets))
+    if args.check and preflight is not None:
+        problems = preflight(settings)
+        for line in problems:
+            print(f"duplexd: config: {line}", file=sys.stderr)
+        return 2 if problems else 0
     return 0
