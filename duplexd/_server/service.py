@@ -42,6 +42,7 @@ from .._uplink.uplink import UplinkServices
 from .._uplink.vad import VadModel
 from ..engines.base import Engine, EngineError, Voice
 from ..engines.registry import EngineSet, load_engine
+from .preflight import startup_problems
 from .server import Daemon, serve_duplexd
 from .session import Session
 
@@ -208,6 +209,8 @@ class Service:
             except AuthConfigError as exc:
                 raise StartupError(str(exc)) from None
             check_port_free(s.host, s.port)  # before the model loads, not after
+            if self._engines is None and (problems := startup_problems(self.settings)):
+                raise StartupError(problems[0])  # an unknown voice, no CUDA: before, too
             self.notifier.status("loading the model")
             engines = await self._load_engines()
             uplink_services = await self._uplink()
