@@ -270,6 +270,8 @@ def _say(args: argparse.Namespace) -> int:
         )
         return 2
 
+    progress = _Progress() if sys.stderr.isatty() else None
+
     async def run() -> tuple[bytes, int]:
         async with open_session(
             args.url,
@@ -277,6 +279,9 @@ def _say(args: argparse.Namespace) -> int:
             engine=args.engine,
             token=connect.token,
             ssl_context=connect.ssl_context,
+            # a file is written as fast as the daemon synthesizes (SPEC §4.6.2); played, paced
+            options={"downlink": {"paced": False}} if args.out else None,
+            on_frame=progress.on_frame if progress is not None else None,
         ) as session:
             uid = await session.say(text)
             spoken = await session.receive_utterance(uid)
@@ -287,6 +292,9 @@ def _say(args: argparse.Namespace) -> int:
     except (SessionError, OSError) as exc:
         print(f"duplexd say: {exc}", file=sys.stderr)
         return 1
+    finally:
+        if progress is not None:
+            progress.done()
     if args.out:
         write_wav(args.out, pcm, rate)
         print(f"wrote {args.out}: {len(pcm) // 2 / rate:.2f} s at {rate} Hz")
@@ -298,6 +306,29 @@ def _say(args: argparse.Namespace) -> int:
     write_wav(path, pcm, rate)
     print(f"no sound card available; the audio is in {path}")
     return 0
+
+
+class _Progress:
+    """`say` on a terminal: how much audio has come, on one line of stderr (twice a second)."""
+
+    def __init__(self) -> None:
+        self._samples = 0
+        self._shown_at = 0.0
+        self._shown = False
+
+    def on_frame(self, frame: object, now: float) -> None:
+        from .protocol.frames import Audio
+
+        if isinstance(frame, Audio):
+            self._samples += len(frame.pcm) // 2
+            if now - self._shown_at >= 0.5:
+                self._shown_at = now
+                self._shown = True
+                print(f"\r{self._samples / SAMPLE_RATE_HZ:.1f} s of audio", end="", file=sys.stderr)
+
+    def done(self) -> None:
+        if self._shown:
+            print(file=sys.stderr)
 
 
 def write_wav(path: str, pcm: bytes, rate_hz: int = SAMPLE_RATE_HZ) -> None:

@@ -166,7 +166,7 @@ def decode_stream(data: bytes, *, peer: Peer, max_frame_bytes: int = 65536) -> D
 
 # ---------------------------------------------------------------------------- §4.1, §4.6.1, §6.4
 
-# key -> (JSON type, low, high), from the table of §4.6.1
+# key -> (JSON type, low, high), from the tables of §4.6.1 and §4.6.2
 OPTION_KEYS: Final[dict[str, dict[str, tuple[str, float, float]]]] = {
     "vad": {
         "threshold": ("number", 0.05, 0.99),
@@ -182,6 +182,9 @@ OPTION_KEYS: Final[dict[str, dict[str, tuple[str, float, float]]]] = {
     "asr": {
         "transcripts": ("bool", 0, 0),
         "partial_ms": ("number", 0, 10_000),
+    },
+    "downlink": {  # §4.6.2
+        "paced": ("bool", 0, 0),
     },
 }
 # §6.4 gives the resume token as "<64 hex digits>" and says nothing of its length in a Hello;

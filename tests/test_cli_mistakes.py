@@ -8,6 +8,7 @@ import json
 import socket
 import subprocess
 import sys
+import time
 import wave
 from collections.abc import Iterator
 from pathlib import Path
@@ -205,3 +206,18 @@ def test_config_check_finds_what_serve_would_fail_on(
 def test_config_check_passes_what_serve_would_start_with(tmp_path: Path) -> None:
     done = duplexd(tmp_path, "config", "--check", "--engine", "tone", "--voice", "low")
     assert done.returncode == 0 and done.stderr == "", done.stderr
+
+
+@pytest.mark.slow
+def test_say_writes_a_file_as_fast_as_it_is_synthesized(daemon_url: str, tmp_path: Path) -> None:
+    """Unpaced delivery (SPEC §4.6.2): 30 s of tone audio is not received in 30 s."""
+    out = tmp_path / "long.wav"
+    text = "the quick answer is that we can ship it on monday " * 10  # 500 characters
+    started = time.monotonic()
+    done = duplexd(tmp_path, "say", "-", "--url", daemon_url, "--out", str(out), stdin=text)
+    took_s = time.monotonic() - started
+    assert done.returncode == 0, done.stderr
+    with wave.open(str(out), "rb") as w:
+        audio_s = w.getnframes() / w.getframerate()
+    assert audio_s > 29.0
+    assert took_s < audio_s / 3  # (real time: generous, on a loaded CI box it is ~1-2 s)

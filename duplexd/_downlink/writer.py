@@ -95,8 +95,10 @@ class Downlink:
         pacer: Pacer,
         rate_hz: int,
         events: DownlinkEvents,
+        paced: bool = True,
     ) -> None:
         self._ring = ring
+        self._paced = paced  # False: frames go out as they come (Hello downlink.paced)
         self._send = send
         self._pacer = pacer
         self._rate_hz = rate_hz
@@ -158,8 +160,14 @@ class Downlink:
         return True
 
     def kick(self) -> None:
-        """Frames were pushed: start pacing now unless already paced, paused or closed."""
-        if self.paused or self.closed or self._pacer.is_scheduled(self):
+        """Frames were pushed: start pacing now unless already paced, paused or closed (an
+        unpaced writer just wakes up)."""
+        if self.paused or self.closed:
+            return
+        if not self._paced:
+            self._lot.unpark()
+            return
+        if self._pacer.is_scheduled(self):
             return
         if self._ring.count or self._playing_uid:
             self._pacer.schedule(self, self._pacer.anchor(trio.current_time()))
@@ -274,6 +282,8 @@ class Downlink:
         control = self._control
         due = self._due
         while not self._stopping:
+            if not self._paced and not self.paused and self._ring.count and not due:
+                due.append(trio.current_time())  # unpaced: a frame is due as soon as it is here
             if not control and not due:
                 await self._lot.park()
                 continue  # (stopped meanwhile?)
@@ -296,7 +306,7 @@ class Downlink:
         while True:
             frame = ring.pop()
             if frame is None:
-                if self._playing_uid:
+                if self._playing_uid and self._paced:
                     c.underruns += 1  # synthesis is behind: skip this tick, keep the grid
                 else:
                     self._due.clear()
@@ -323,12 +333,13 @@ class Downlink:
             self._events.sending(done)
             data += encode(done)
         now = trio.current_time()
-        error = now - deadline
-        c.pacing_error.record(error if error >= 0.0 else -error)
-        if self._precise:
-            self._pacer.observe_send_error(error)
-        if self._due and error > self._pacer.frame_s:
-            c.late_sends += 1
+        if self._paced:
+            error = now - deadline
+            c.pacing_error.record(error if error >= 0.0 else -error)
+            if self._precise:
+                self._pacer.observe_send_error(error)
+            if self._due and error > self._pacer.frame_s:
+                c.late_sends += 1
         self._send_started = now
         await self._send(data)
         self._send_started = None

@@ -169,7 +169,12 @@ class Session:
         end.finish_with(self._finish)
         send = self._send_tapped if self._uplink is not None else transport.send_message
         self._downlink = Downlink(
-            ring=self._ring, send=send, pacer=pacer, rate_hz=rate, events=self
+            ring=self._ring,
+            send=send,
+            pacer=pacer,
+            rate_hz=rate,
+            events=self,
+            paced=state.options.downlink.paced,
         )
 
     # ------------------------------------------------------------------ lifecycle

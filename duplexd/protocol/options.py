@@ -16,7 +16,14 @@ from typing import Any, Final
 from .codec import RemoteProtocolError
 from .frames import ErrorCode
 
-__all__ = ["AsrOptions", "ResumeOptions", "SessionOptions", "VadOptions", "parse_options"]
+__all__ = [
+    "AsrOptions",
+    "DownlinkOptions",
+    "ResumeOptions",
+    "SessionOptions",
+    "VadOptions",
+    "parse_options",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +55,15 @@ class AsrOptions:
 
 
 @dataclass(frozen=True, slots=True)
+class DownlinkOptions:
+    """{"downlink": {...}}: how the audio is delivered."""
+
+    # False: every frame as soon as it is synthesized, not one per 20 ms (a client that
+    # writes a file, or feeds a gateway with its own jitter buffer)
+    paced: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class ResumeOptions:
     """{"resume": {...}}: this Hello resumes a session that lost its connection (§6.4)."""
 
@@ -62,6 +78,7 @@ class SessionOptions:
 
     vad: VadOptions = field(default_factory=VadOptions)
     asr: AsrOptions = field(default_factory=AsrOptions)
+    downlink: DownlinkOptions = field(default_factory=DownlinkOptions)
     resume: ResumeOptions | None = None
 
 
@@ -129,6 +146,7 @@ def parse_options(text: str) -> SessionOptions:
     return SessionOptions(
         vad=_section(VadOptions, obj.get("vad"), "vad"),
         asr=_section(AsrOptions, obj.get("asr"), "asr"),
+        downlink=_section(DownlinkOptions, obj.get("downlink"), "downlink"),
         resume=_resume(obj.get("resume")),
     )
 
