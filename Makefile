@@ -27,9 +27,11 @@ FUZZ_ARGS ?=
 SOAK_CYCLES ?= 10000
 SOAK_ARGS ?=
 BENCH_SECONDS ?= 10
+DESTDIR ?=
+PREFIX ?= /opt/duplexd
 BENCH_ARGS ?=
 
-.PHONY: install run test test-unit test-integration lint fix typecheck ci tsan bench clean \
+.PHONY: install install-service run test test-unit test-integration lint fix typecheck ci tsan bench clean \
 	cov spy-top spy-record profile-engine fuzz soak
 
 install: $(STAMP)
@@ -46,6 +48,11 @@ $(STAMP): pyproject.toml setup.py $(NATIVE_SRCS)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
+
+# a wheel of this checkout into $(PREFIX)/venv (runtime dependencies only), the units, the
+# configuration and the docs (deploy/install-service.sh; DESTDIR: a staging root)
+install-service:
+	PYTHON=$(PYTHON) sh deploy/install-service.sh "$(DESTDIR)" "$(PREFIX)"
 
 run: install
 	$(VENV)/bin/duplexd serve --host $(HOST) --port $(PORT) --engine $(ENGINE) --log-format text
