@@ -221,3 +221,18 @@ def test_say_writes_a_file_as_fast_as_it_is_synthesized(daemon_url: str, tmp_pat
         audio_s = w.getnframes() / w.getframerate()
     assert audio_s > 29.0
     assert took_s < audio_s / 3  # (real time: generous, on a loaded CI box it is ~1-2 s)
+
+
+def test_chat_says_so_when_the_llm_cannot_be_reached(daemon_url: str, tmp_path: Path) -> None:
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        llm = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    done = duplexd(
+        tmp_path,
+        *("chat", "--url", daemon_url, "--no-mic", "--out", "r.wav", "--llm-url", llm),
+        stdin="hello\n",
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert any(line.startswith("[llm error] cannot connect to 127.0.0.1:") for line in lines)
+    assert "agent: Sorry, I could not get an answer." in lines  # not an empty "agent:" line

@@ -399,7 +399,8 @@ class Chat:
                 await session.send_text(uid, "", end=True)
             except LLMError as exc:
                 _say(f"[llm error] {exc}")
-                await session.send_text(uid, "Sorry, I could not get an answer.", end=True)
+                words[:] = ["Sorry, I could not get an answer."]  # what is said, and shown
+                await session.send_text(uid, words[0], end=True)
         if self.reply_scope is scope:
             self.reply_scope = None
 
