@@ -56,7 +56,12 @@ SESSION_MISTAKES = [
     ("http scheme", ("say", "hi", "--url", "http://{hostport}/v1"), 2, ("use ws://",)),
     ("not a URL", ("say", "hi", "--url", "{hostport}"), 2, ("write ws://HOST:PORT/v1",)),
     ("wrong path", ("say", "hi", "--url", "ws://{hostport}/v2"), 1, ("HTTP 404", "/v1")),
-    ("wss to a plain daemon", ("say", "hi", "--url", "wss://{hostport}/v1"), 1, ("TLS",)),
+    (
+        "wss to a plain daemon",
+        ("say", "hi", "--url", "wss://{hostport}/v1"),
+        1,
+        ("TLS", "use ws://"),
+    ),
     ("unknown voice", ("say", "hi", "--url", "{url}", "--voice", "nosuch"), 1, ("sine",)),
     ("unknown engine", ("say", "hi", "--url", "{url}", "--engine", "nosuch"), 1, ("tone",)),
     ("text over 32 KB", ("say", "a" * 40_000, "--url", "{url}"), 1, ("32768 bytes",)),

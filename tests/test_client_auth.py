@@ -236,8 +236,8 @@ async def test_wss_with_a_private_ca(tls: TlsSettings, ca: trustme.CA, ca_file: 
 @pytest.mark.integration
 @pytest.mark.slow
 async def test_wss_without_the_ca_says_why(tls: TlsSettings) -> None:
-    """trio-websocket waits its connect timeout when TLS fails (python-trio/trio-websocket
-    #199): real time, 1 s here; then the SDK finds out why and says it in one line."""
+    """The SDK does the TLS handshake itself before the upgrade (trio-websocket would only
+    time out: python-trio/trio-websocket#199), so a failure is one line at once, saying why."""
     async with stand_in(authenticator(), tls) as server:
         with trio.fail_after(20), pytest.raises(SessionError) as info:
             async with open_session(server.url, token=ALICE, connect_timeout_s=1.0):

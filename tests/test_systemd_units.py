@@ -23,7 +23,7 @@ def test_unit_verifies(unit: str, tmp_path: Path) -> None:
     assert "Type=notify" in text
     assert "MemoryDenyWriteExecute=yes" not in text.replace("# MemoryDenyWriteExecute=yes", "")
     # the real ExecStart points into /opt; verify checks that it is executable
-    text = text.replace("/opt/duplexd/.venv/bin/duplexd", sys.executable)
+    text = text.replace("/opt/duplexd/venv/bin/duplexd", sys.executable)
     name = unit.replace("@.", "@0.")
     (tmp_path / name).write_text(text)
     result = subprocess.run(

@@ -39,6 +39,7 @@ from trio_websocket import (
     HandshakeError,
     WebSocketConnection,
     connect_websocket_url,
+    wrap_client_stream,
 )
 
 from ..protocol import frames as fr
@@ -559,9 +560,16 @@ async def _connect(
     async with trio.open_nursery() as nursery:
         try:
             with trio.fail_after(timeout_s):
-                ws = await connect_websocket_url(
-                    nursery, url, ssl_context, subprotocols=[fr.SUBPROTOCOL], extra_headers=headers
-                )
+                if urllib.parse.urlsplit(url).scheme == "wss":
+                    ws = await _connect_tls(nursery, url, ssl_context, headers)
+                else:
+                    ws = await connect_websocket_url(
+                        nursery,
+                        url,
+                        ssl_context,
+                        subprotocols=[fr.SUBPROTOCOL],
+                        extra_headers=headers,
+                    )
         except (HandshakeError, OSError, trio.TooSlowError) as exc:
             nursery.cancel_scope.cancel()
             failure = exc if isinstance(exc, HandshakeError) else _handshake_error(exc)
@@ -598,6 +606,44 @@ def session_url(url: str) -> str:
     if parts.path in ("", "/"):
         parts = parts._replace(path=fr.WS_PATH)
     return parts._replace(scheme=scheme).geturl()
+
+
+class _TlsFailed(OSError):
+    """The TLS handshake failed (why: `str()`)."""
+
+
+async def _connect_tls(
+    nursery: trio.Nursery,
+    url: str,
+    ssl_context: ssl.SSLContext | None,
+    headers: list[tuple[bytes, bytes]],
+) -> WebSocketConnection:
+    """A wss:// WebSocket whose TLS handshake is done first, here: trio-websocket reports a
+    failed one only as a timeout (python-trio/trio-websocket#199); this fails at once and
+    says why. Raises `_TlsFailed`, OSError, HandshakeError."""
+    parts = urllib.parse.urlsplit(url)
+    host, port = parts.hostname or "", parts.port or 443
+    stream = await trio.open_ssl_over_tcp_stream(
+        host, port, ssl_context=ssl_context or ssl.create_default_context(), https_compatible=True
+    )
+    try:
+        await stream.do_handshake()
+    except trio.BrokenResourceError as exc:
+        await trio.aclose_forcefully(stream)
+        raise _TlsFailed(_cause(exc)) from None
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        raise
+    resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    host_header = host if parts.port is None else f"{host}:{port}"
+    return await wrap_client_stream(
+        nursery,
+        stream,
+        host_header,
+        resource,
+        subprotocols=[fr.SUBPROTOCOL],
+        extra_headers=headers,
+    )
 
 
 def _safe(url: str) -> str:
@@ -642,6 +688,16 @@ async def _connect_error(
 ) -> SessionError:
     """One line for a connection that could not be opened; a TLS handshake that fails is a
     timeout here (trio-websocket#199), so find out whether it was that, and why."""
+    cause = exc.__cause__
+    if isinstance(cause, _TlsFailed):
+        why = str(cause)
+        if "WRONG_VERSION_NUMBER" in why:  # the server answered in plain text
+            plain = urllib.parse.urlsplit(_safe(url))._replace(scheme="ws").geturl()
+            why += (
+                f": the server does not speak TLS there; use {plain}"
+                " (or give the daemon --tls-cert/--tls-key)"
+            )
+        return ConnectError(f"cannot connect to {_safe(url)}: TLS: {why}")
     if isinstance(exc, ConnectionTimeout) and url.lower().startswith("wss:"):
         problem = await _tls_problem(url, ssl_context, timeout_s)
         if problem:
