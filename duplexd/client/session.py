@@ -511,13 +511,7 @@ async def open_session(
 
             async def reconnect(nursery: trio.Nursery) -> WebSocketConnection:
                 with trio.fail_after(connect_timeout_s):
-                    return await connect_websocket_url(
-                        nursery,
-                        url,
-                        ssl_context,
-                        subprotocols=[fr.SUBPROTOCOL],
-                        extra_headers=headers,
-                    )
+                    return await _open_ws(nursery, url, ssl_context, headers)
 
             async with session_over(
                 ws,
@@ -560,16 +554,7 @@ async def _connect(
     async with trio.open_nursery() as nursery:
         try:
             with trio.fail_after(timeout_s):
-                if urllib.parse.urlsplit(url).scheme == "wss":
-                    ws = await _connect_tls(nursery, url, ssl_context, headers)
-                else:
-                    ws = await connect_websocket_url(
-                        nursery,
-                        url,
-                        ssl_context,
-                        subprotocols=[fr.SUBPROTOCOL],
-                        extra_headers=headers,
-                    )
+                ws = await _open_ws(nursery, url, ssl_context, headers)
         except (HandshakeError, OSError, trio.TooSlowError) as exc:
             nursery.cancel_scope.cancel()
             failure = exc if isinstance(exc, HandshakeError) else _handshake_error(exc)
@@ -606,6 +591,20 @@ def session_url(url: str) -> str:
     if parts.path in ("", "/"):
         parts = parts._replace(path=fr.WS_PATH)
     return parts._replace(scheme=scheme).geturl()
+
+
+async def _open_ws(
+    nursery: trio.Nursery,
+    url: str,
+    ssl_context: ssl.SSLContext | None,
+    headers: list[tuple[bytes, bytes]],
+) -> WebSocketConnection:
+    """A WebSocket to `url` (its tasks in `nursery`); wss:// does its TLS handshake first."""
+    if urllib.parse.urlsplit(url).scheme == "wss":
+        return await _connect_tls(nursery, url, ssl_context, headers)
+    return await connect_websocket_url(
+        nursery, url, ssl_context, subprotocols=[fr.SUBPROTOCOL], extra_headers=headers
+    )
 
 
 class _TlsFailed(OSError):
