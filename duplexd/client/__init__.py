@@ -9,6 +9,8 @@ no or bad token, 404, 429, 503), `ServerError` (an Error frame: the protocol's `
 `ConnectionLost` (closed or dropped mid-session, not resumed).
 
 - `session`: the SDK.
+- `errors`: what it raises (`SessionError` and its kinds).
+- `dial`: opening the connection (the URL rule, TLS first for wss://) and why it failed.
 - `chat`: `duplexd chat`, a voice agent loop (microphone or WAV in, speaker or WAV out).
 - `agent`: who answers in `chat`: the demo responder, or an OpenAI-compatible LLM (httpx).
 - `probe`: `duplexd probe`, the handshake, the limits and per-frame timing of a daemon.
@@ -20,12 +22,12 @@ May import: `duplexd.protocol` (and trio, trio-websocket); nothing of the server
 
 from __future__ import annotations
 
+from .errors import ConnectError as ConnectError
+from .errors import ConnectionLost as ConnectionLost
+from .errors import HandshakeRejected as HandshakeRejected
+from .errors import ServerError as ServerError
+from .errors import SessionError as SessionError
 from .session import ClientSession as ClientSession
-from .session import ConnectError as ConnectError
-from .session import ConnectionLost as ConnectionLost
-from .session import HandshakeRejected as HandshakeRejected
-from .session import ServerError as ServerError
-from .session import SessionError as SessionError
 from .session import SpokenUtterance as SpokenUtterance
 from .session import open_session as open_session
 from .session import session_over as session_over

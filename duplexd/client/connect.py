@@ -66,7 +66,7 @@ def connect_options(
     """The token and TLS context the flags ask for. ConnectArgsError (one line) for a URL
     that is not ws:// or wss://, an unreadable or empty token file, a token that is not
     printable ASCII, an unusable CA bundle, or --ca with a ws:// URL."""
-    from .session import session_url
+    from .dial import session_url
 
     try:
         session_url(args.url)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import http
 import json
 import os
 import re
@@ -34,12 +33,8 @@ from typing import Any, TypeGuard, TypeVar, cast
 import trio
 from trio_websocket import (
     ConnectionClosed,
-    ConnectionRejected,
-    ConnectionTimeout,
     HandshakeError,
     WebSocketConnection,
-    connect_websocket_url,
-    wrap_client_stream,
 )
 
 from ..protocol import frames as fr
@@ -60,6 +55,10 @@ from ..protocol.frames import (
     UtteranceStarted,
     Welcome,
 )
+from .dial import connect_error, connected, open_ws, session_url
+from .errors import ConnectError as ConnectError
+from .errors import ConnectionLost, ServerError, SessionError
+from .errors import HandshakeRejected as HandshakeRejected
 
 __all__ = [
     "Audio",
@@ -80,49 +79,6 @@ __all__ = [
 FRAME_QUEUE_SIZE = 4096
 _F = TypeVar("_F")
 _TOKEN_TEXT = re.compile(r"[\x21-\x7e]+")  # what a Bearer header can carry
-
-
-class SessionError(Exception):
-    """The server refused the connection, sent an Error frame or closed the session; or it
-    could not be reached. `code`: the Error frame's code; `status`: the HTTP status of a
-    refused WebSocket upgrade (401 no or bad token, 429 too many failed attempts, 503 full or
-    draining). The base of `ConnectError`, `HandshakeRejected`, `ServerError` and
-    `ConnectionLost`, which say which of those it was; `str()` is one line."""
-
-    def __init__(
-        self, message: str, code: fr.ErrorCode | None = None, *, status: int | None = None
-    ) -> None:
-        super().__init__(message)
-        self.code = code
-        self.status = status
-
-
-class ConnectError(SessionError):
-    """The server could not be reached: nothing listening, no answer in time, a TLS failure
-    (the message says which)."""
-
-
-class HandshakeRejected(SessionError):
-    """The server refused the WebSocket upgrade: `status` (401 no or bad token, 404 not the
-    /v1 path, 429 too many failed attempts or over a budget, 503 full or draining) and the
-    `reason` it gave."""
-
-    def __init__(self, message: str, *, status: int, reason: str) -> None:
-        super().__init__(message, status=status)
-        self.reason = reason
-
-
-class ServerError(SessionError):
-    """The server ended the session with an Error frame: `code` (protocol/SPEC.md §8) and
-    its `message`; or broke the protocol itself (`code` None)."""
-
-    def __init__(self, message: str, code: fr.ErrorCode | None = None, detail: str = "") -> None:
-        super().__init__(message, code)
-        self.message = detail or message
-
-
-class ConnectionLost(SessionError):
-    """The connection closed or dropped during the session and was not resumed."""
 
 
 @dataclass(frozen=True)
@@ -504,14 +460,14 @@ async def open_session(
         options=json.dumps(options) if options else "",
     )
     try:
-        async with _connect(url, hello, ssl_context, headers, connect_timeout_s) as ws:
+        async with connected(url, ssl_context, headers, connect_timeout_s) as ws:
             # the connection's own tasks run in this nursery (a timeout can cancel them):
             # trio-websocket's connect_timeout does not hold when a server accepts the TCP
             # connection and never answers the upgrade (a stalled daemon)
 
             async def reconnect(nursery: trio.Nursery) -> WebSocketConnection:
                 with trio.fail_after(connect_timeout_s):
-                    return await _open_ws(nursery, url, ssl_context, headers)
+                    return await open_ws(nursery, url, ssl_context, headers)
 
             async with session_over(
                 ws,
@@ -528,7 +484,7 @@ async def open_session(
             raise
         leaf = leaves[0]
         if isinstance(leaf, HandshakeError):  # raised by the connection's own task
-            raise await _connect_error(url, leaf, ssl_context, connect_timeout_s) from None
+            raise connect_error(url, leaf, connect_timeout_s) from None
         raise leaf from None
 
 
@@ -538,198 +494,6 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]
             yield from _leaves(exc)
         else:
             yield exc
-
-
-@asynccontextmanager
-async def _connect(
-    url: str,
-    hello: fr.Hello,
-    ssl_context: ssl.SSLContext | None,
-    headers: list[tuple[bytes, bytes]],
-    timeout_s: float,
-) -> AsyncIterator[WebSocketConnection]:
-    """A WebSocket to `url`, its tasks in a nursery of ours; closed on exit. SessionError
-    (one line) if it cannot be opened."""
-    failure: HandshakeError | None = None
-    async with trio.open_nursery() as nursery:
-        try:
-            with trio.fail_after(timeout_s):
-                ws = await _open_ws(nursery, url, ssl_context, headers)
-        except (HandshakeError, OSError, trio.TooSlowError) as exc:
-            nursery.cancel_scope.cancel()
-            failure = exc if isinstance(exc, HandshakeError) else _handshake_error(exc)
-        else:
-            try:
-                yield ws
-            finally:
-                with trio.CancelScope(shield=True), trio.move_on_after(2):
-                    await ws.aclose()
-                nursery.cancel_scope.cancel()
-    if failure is not None:  # (out of the cancelled nursery: finding out why may take a while)
-        raise await _connect_error(url, failure, ssl_context, timeout_s)
-
-
-def session_url(url: str) -> str:
-    """`url` as `open_session` uses it: a URL with no path speaks on ``/v1``. ValueError (one
-    line, saying what to type instead) for a scheme that is not ``ws://`` or ``wss://``."""
-    parts = urllib.parse.urlsplit(url.strip())
-    scheme = parts.scheme.lower()
-    if scheme in ("http", "https") and parts.netloc:
-        ws = "wss" if scheme == "https" else "ws"
-        fixed = parts._replace(
-            scheme=ws, path=parts.path if parts.path not in ("", "/") else fr.WS_PATH
-        )
-        raise ValueError(
-            f"{_safe(url)}: duplexd speaks WebSocket: use {_safe(fixed.geturl())}"
-            + (" (wss:// needs the daemon's TLS)" if ws == "wss" else "")
-        )
-    if scheme not in ("ws", "wss") or not parts.netloc:
-        raise ValueError(
-            f"{_safe(url)!r} is not a duplexd URL: write ws://HOST:PORT{fr.WS_PATH}"
-            f" (wss:// with TLS), e.g. ws://127.0.0.1:8765{fr.WS_PATH}"
-        )
-    if parts.path in ("", "/"):
-        parts = parts._replace(path=fr.WS_PATH)
-    return parts._replace(scheme=scheme).geturl()
-
-
-async def _open_ws(
-    nursery: trio.Nursery,
-    url: str,
-    ssl_context: ssl.SSLContext | None,
-    headers: list[tuple[bytes, bytes]],
-) -> WebSocketConnection:
-    """A WebSocket to `url` (its tasks in `nursery`); wss:// does its TLS handshake first."""
-    if urllib.parse.urlsplit(url).scheme == "wss":
-        return await _connect_tls(nursery, url, ssl_context, headers)
-    return await connect_websocket_url(
-        nursery, url, ssl_context, subprotocols=[fr.SUBPROTOCOL], extra_headers=headers
-    )
-
-
-class _TlsFailed(OSError):
-    """The TLS handshake failed (why: `str()`)."""
-
-
-async def _connect_tls(
-    nursery: trio.Nursery,
-    url: str,
-    ssl_context: ssl.SSLContext | None,
-    headers: list[tuple[bytes, bytes]],
-) -> WebSocketConnection:
-    """A wss:// WebSocket whose TLS handshake is done first, here: trio-websocket reports a
-    failed one only as a timeout (python-trio/trio-websocket#199); this fails at once and
-    says why. Raises `_TlsFailed`, OSError, HandshakeError."""
-    parts = urllib.parse.urlsplit(url)
-    host, port = parts.hostname or "", parts.port or 443
-    stream = await trio.open_ssl_over_tcp_stream(
-        host, port, ssl_context=ssl_context or ssl.create_default_context(), https_compatible=True
-    )
-    try:
-        await stream.do_handshake()
-    except trio.BrokenResourceError as exc:
-        await trio.aclose_forcefully(stream)
-        raise _TlsFailed(_cause(exc)) from None
-    except BaseException:
-        await trio.aclose_forcefully(stream)
-        raise
-    resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    host_header = host if parts.port is None else f"{host}:{port}"
-    return await wrap_client_stream(
-        nursery,
-        stream,
-        host_header,
-        resource,
-        subprotocols=[fr.SUBPROTOCOL],
-        extra_headers=headers,
-    )
-
-
-def _safe(url: str) -> str:
-    """`url` without its query (a browser-style ``?token=`` must not reach a log)."""
-    return urllib.parse.urlsplit(url)._replace(query="", fragment="").geturl()
-
-
-def _cause(exc: BaseException) -> str:
-    cause = exc.__cause__ or exc.__context__
-    if isinstance(cause, ssl.SSLCertVerificationError):
-        return f"{cause.reason}: {cause.verify_message}"
-    if isinstance(cause, ssl.SSLError):
-        return cause.reason or str(cause)
-    if isinstance(cause, OSError):
-        return cause.strerror or str(cause)
-    return str(cause or exc) or type(exc).__name__
-
-
-async def _tls_problem(url: str, ssl_context: ssl.SSLContext | None, timeout_s: float) -> str:
-    """Why a TLS handshake with `url`'s server fails; "" if it does not (or cannot tell)."""
-    parts = urllib.parse.urlsplit(url)
-    host, port = parts.hostname or "", parts.port or 443
-    context = ssl_context or ssl.create_default_context()
-    with trio.move_on_after(timeout_s):
-        try:
-            stream = await trio.open_ssl_over_tcp_stream(
-                host, port, ssl_context=context, https_compatible=True
-            )
-        except OSError:
-            return ""
-        try:
-            await stream.do_handshake()
-        except trio.BrokenResourceError as exc:
-            return _cause(exc)
-        finally:
-            await trio.aclose_forcefully(stream)
-    return ""
-
-
-async def _connect_error(
-    url: str, exc: HandshakeError, ssl_context: ssl.SSLContext | None, timeout_s: float
-) -> SessionError:
-    """One line for a connection that could not be opened; a TLS handshake that fails is a
-    timeout here (trio-websocket#199), so find out whether it was that, and why."""
-    cause = exc.__cause__
-    if isinstance(cause, _TlsFailed):
-        why = str(cause)
-        if "WRONG_VERSION_NUMBER" in why:  # the server answered in plain text
-            plain = urllib.parse.urlsplit(_safe(url))._replace(scheme="ws").geturl()
-            why += (
-                f": the server does not speak TLS there; use {plain}"
-                " (or give the daemon --tls-cert/--tls-key)"
-            )
-        return ConnectError(f"cannot connect to {_safe(url)}: TLS: {why}")
-    if isinstance(exc, ConnectionTimeout) and url.lower().startswith("wss:"):
-        problem = await _tls_problem(url, ssl_context, timeout_s)
-        if problem:
-            return ConnectError(f"cannot connect to {_safe(url)}: TLS: {problem}")
-    return _not_connected(url, exc, timeout_s)
-
-
-def _handshake_error(exc: BaseException) -> HandshakeError:
-    """What open_websocket_url would have raised for `exc`: a timeout or a network error."""
-    if isinstance(exc, trio.TooSlowError):
-        return ConnectionTimeout()
-    error = HandshakeError()
-    error.__cause__ = exc
-    return error
-
-
-def _not_connected(url: str, exc: HandshakeError, timeout_s: float) -> SessionError:
-    """One line for a refused upgrade, a timeout or a network error."""
-    if isinstance(exc, ConnectionRejected):
-        status = exc.status_code
-        body = (exc.body or b"").decode("utf-8", "replace").strip().splitlines()
-        why = body[0][:200] if body else ""
-        if not why:
-            try:
-                why = http.HTTPStatus(status).phrase
-            except ValueError:
-                why = "refused"
-        return HandshakeRejected(
-            f"{_safe(url)} refused the session: HTTP {status}: {why}", status=status, reason=why
-        )
-    if isinstance(exc, ConnectionTimeout):
-        return ConnectError(f"cannot connect to {_safe(url)}: no answer within {timeout_s:g} s")
-    return ConnectError(f"cannot connect to {_safe(url)}: {_cause(exc)}")
 
 
 @asynccontextmanager
