@@ -8,7 +8,7 @@ import os
 import sys
 import tempfile
 import wave
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import trio
@@ -157,9 +157,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 # ---------------------------------------------------------------------- serve
 
 
-def _serve(args: argparse.Namespace) -> int:
+def _serve(args: argparse.Namespace, beside: Callable[[], Awaitable[None]] | None = None) -> int:
     """Settings (file < DUPLEXD_* < flags), then `duplexd._server.service.Service` until
-    SIGTERM."""
+    SIGTERM. `beside()`: a task run next to the service until it stops (cancelled then; the
+    fuzz soak's task counter)."""
     from ._ops.flags import settings_from_args
     from ._ops.logs import configure_logging
     from ._ops.settings import ConfigError
@@ -172,8 +173,18 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     configure_logging(settings.log)
     service = Service(settings, reload=lambda: settings_from_args(args))
+
+    async def run() -> None:
+        if beside is None:
+            await service.run()
+            return
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(beside)
+            await service.run()
+            nursery.cancel_scope.cancel()
+
     try:
-        trio.run(service.run)
+        trio.run(run)
     except (StartupError, OSError, BaseExceptionGroup) as exc:
         why = _startup_failure(exc)
         if why is None:

@@ -29,14 +29,13 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import trio
 
-from duplexd._ops.flags import add_config_flags, settings_from_args
-from duplexd._ops.logs import configure_logging
-from duplexd._ops.settings import ConfigError
-from duplexd._server.service import Service, StartupError
+from duplexd import cli
+from duplexd._ops.flags import add_config_flags
 
 INTERVAL_S = 0.2
 OBJECTS_INTERVAL_S = 2.0
@@ -103,28 +102,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tasks-file", required=True, help="write the task count here")
     parser.add_argument("--objects", action="store_true", help="count gc-tracked objects too")
     args = parser.parse_args(argv)
-    try:
-        settings = settings_from_args(args)
-    except ConfigError as exc:
-        print(f"duplexd: config: {exc}", file=sys.stderr)
-        return 2
-    configure_logging(settings.log)
-    service = Service(settings, reload=lambda: settings_from_args(args))
-
-    async def run() -> None:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(report_tasks, args.tasks_file, args.objects)
-            await service.run()
-            nursery.cancel_scope.cancel()
-
-    try:
-        trio.run(run)
-    except StartupError as exc:
-        print(f"duplexd: {exc}", file=sys.stderr)
-        return 2
+    try:  # `duplexd serve` itself, with the task counter beside the service
+        return cli._serve(args, beside=partial(report_tasks, args.tasks_file, args.objects))
     except KeyboardInterrupt:
         return 130
-    return 0
 
 
 if __name__ == "__main__":

@@ -55,8 +55,13 @@ def test_a_bad_setting_is_refused() -> None:
         synthesis_threads(Zero())
 
 
-@pytest.mark.parametrize(("engine", "most"), [(Two(), 2), (Waiting(), 6)])
-async def test_chunks_take_turns(engine: ToneEngine, most: int) -> None:
+def test_only_an_engine_that_computes_takes_turns() -> None:
+    offloads = synthesis_offloads(EngineSet.of(Two(), Waiting()), trio.to_thread.run_sync)
+    assert set(offloads) == {"two"}  # "waiting": a piece is one call, as many at once as asked
+
+
+async def test_chunks_take_turns() -> None:
+    engine, most = Two(), 2
     offload = synthesis_offloads(EngineSet.of(engine), trio.to_thread.run_sync)[engine.name]
     lock = threading.Lock()
     running, peak, order = 0, 0, []

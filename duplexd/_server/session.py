@@ -104,8 +104,8 @@ class SessionEnd:
 class Session:
     """One open session. `offload` runs blocking work (the daemon: a worker thread; tests
     may run it inline under a MockClock, where a worker thread would let the clock jump);
-    `synthesis_offload` runs the engine's chunks (default: `offload`; the daemon's takes
-    turns among the engine's sessions: `duplexd._server.synthesis`)."""
+    `synthesis_offload`, for an engine whose sessions take turns (`duplexd._server.synthesis`),
+    runs its chunks one call each; without it a piece is one `offload` call."""
 
     def __init__(
         self,
@@ -135,7 +135,7 @@ class Session:
         self._end = end
         self._pacer = pacer
         self._offload = offload
-        self._synthesis_offload = synthesis_offload or offload  # the engine's turns, if any
+        self._synthesis_offload = synthesis_offload  # the engine's turns, if it takes them
         self._queue: collections.deque[Utterance] = collections.deque()
         self._utterances: dict[int, Utterance] = {}  # until Done or Interrupted is sent
         self._current: Utterance | None = None  # the one being synthesized
@@ -504,14 +504,18 @@ class Session:
             cancel=utt.cancel,
             kick=kick,
         )
-        synthesize = self._synthesis_offload
+        turns = self._synthesis_offload
         try:
             while (piece := await utt.next_piece()) is not None:
                 await self._wait_synthesis_budget()
                 done = False
-                while not done:  # a chunk at a time: the engine's threads take turns
+                while not done:
                     before_s = producer.audio_s
-                    done = await synthesize(producer.render_step, piece)
+                    if turns is None:  # one call for the piece (the engine takes no turns)
+                        await self._offload(producer.render, piece)
+                        done = True
+                    else:  # a chunk a call: the sessions of the engine take turns
+                        done = await turns(producer.render_step, piece)
                     self._synthesis.spend(producer.audio_s - before_s)
                     await self._push_backlog(producer)
             await self._offload(producer.finish, utt.total_chars)

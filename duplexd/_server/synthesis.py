@@ -48,11 +48,11 @@ def taking_turns(offload: Offload, limiter: trio.CapacityLimiter) -> Offload:
 
 
 def synthesis_offloads(engines: EngineSet, offload: Offload) -> Mapping[str, Offload]:
-    """Per engine name: how its synthesis chunks are run (call inside trio)."""
+    """Per name of an engine whose sessions take turns: how its chunks are run, one call
+    each (call inside trio). An engine that takes none is not in it: a piece is one call."""
     out: dict[str, Offload] = {}
     for name in engines.names():
         threads = synthesis_threads(engines.get(name))
-        out[name] = (
-            offload if threads is None else taking_turns(offload, trio.CapacityLimiter(threads))
-        )
+        if threads is not None:
+            out[name] = taking_turns(offload, trio.CapacityLimiter(threads))
     return out
