@@ -108,7 +108,8 @@ async def _connect_tls(
 ) -> WebSocketConnection:
     """A wss:// WebSocket whose TLS handshake is done first, here: trio-websocket reports a
     failed one only as a timeout (python-trio/trio-websocket#199); this fails at once and
-    says why. Raises `_TlsFailed`, OSError, HandshakeError."""
+    says why. Raises `_TlsFailed`, OSError, HandshakeError. Cancellation (or a failure) before
+    the upgrade closes the TLS stream; after it, the WebSocket is the caller's to close."""
     parts = urllib.parse.urlsplit(url)
     host, port = parts.hostname or "", parts.port or 443
     stream = await trio.open_ssl_over_tcp_stream(
