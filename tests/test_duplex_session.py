@@ -94,7 +94,10 @@ def check_interrupted(arrivals: list[tuple[float, Any]], uid: int) -> fr.Interru
     assert isinstance(inter, fr.Interrupted) and inter.vad and inter.utterance_id == uid
     before = [f for _, f in arrivals[:idx] if isinstance(f, fr.Audio)]
     after = arrivals[idx + 1 :]
-    received = sum(len(f.pcm) // 2 for f in before if f.utterance_id == uid)
+    sent = [f for f in before if f.utterance_id == uid]
+    received = sum(len(f.pcm) // 2 for f in sent)
+    if sent and sent[-1].last:  # the cut's tail: only its first 5 ms are audio (SPEC.md §5.4)
+        received -= len(sent[-1].pcm) // 2 - 240
     assert inter.samples_sent == received
     assert not any(
         isinstance(f, fr.Audio | fr.UtteranceDone | fr.UtteranceStarted) and f.utterance_id == uid

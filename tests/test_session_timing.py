@@ -200,6 +200,14 @@ async def interrupt_after(k: int) -> tuple[fr.Interrupted, list[Arrival], float]
     return answer, log, t_interrupt
 
 
+def spoken_after(frames: int) -> int:
+    """`TEXT`'s characters whose words' tones all lie in its first `frames` frames (pieces
+    "Hello there," and "how are you today?", the second's audio right after the first's)."""
+    ends = [(5, 5), (12, 12), (12 + 3, 13 + 3), (12 + 7, 13 + 7), (12 + 11, 13 + 11)]
+    ends += [(12 + 18, TEXT_CHARS)]  # (end in tones, end in characters) of each word
+    return max([chars for tones, chars in ends if tones * 3 <= frames], default=0)
+
+
 async def test_interrupt_mid_utterance_stops_everything_at_once(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -214,10 +222,12 @@ async def test_interrupt_mid_utterance_stops_everything_at_once(
         assert sent[-1][1].last and sent[-1][1].seq == k and sent[-1][0] == t_interrupt
         assert [type(f) for t, f in before[-2:]] == [fr.Audio, fr.Interrupted]
         assert answer.epoch == 1 and answer.utterance_id == 1
-        assert answer.samples_sent == len(sent) * 960
+        # k whole frames and the tail's 5 ms of faded audio (240 samples at 48 kHz)
+        assert answer.samples_sent == k * 960 + 240
         assert answer.cancelled_utterances == 2  # 2 and 3 were queued, 3's text still open
-        # "Hello there," (12 chars) is fully spoken once its 36 frames went out
-        assert answer.chars_spoken == (12 if len(sent) >= 36 else 0)
+        # word-exact, the faded tail not counted: "Hello" (5 chars, 60 ms = 3 frames each)
+        # is spoken once 15 whole frames went out, "Hello there," once 36 did...
+        assert answer.chars_spoken == spoken_after(k)
         spoken.append(answer.chars_spoken)
         old = [f for f in after if getattr(f, "utterance_id", 0) in (1, 2, 3)]
         assert old == []  # no Audio/Started/Done of a cancelled utterance, ever
@@ -276,7 +286,8 @@ async def test_interrupt_with_nothing_playing_and_twice(
             await receive_until(pair, log, lambda f: isinstance(f, fr.Interrupted))
         answers = [(s, f) for s, f in log if isinstance(f, fr.Interrupted)]
         assert [s for s, _ in answers] == [t, t]
-        assert answers[0][1] == fr.Interrupted(2, 1, 11 * 960, 0, 0)
+        # 11 frames whole, then the tail's 5 ms; "Hello" is not spoken before frame 15
+        assert answers[0][1] == fr.Interrupted(2, 1, 10 * 960 + 240, 0, 0)
         assert answers[1][1] == fr.Interrupted(3, 0, 0, 0, 0)  # exactly one answer each
         await receive_for(pair, log, 3.0)
     assert [f for s, f in log if s > t] == []
@@ -300,7 +311,7 @@ async def test_text_of_an_interrupted_utterance_is_ignored(
         await pair.send(fr.Text(2, "Next.", end=True))
         await receive_until(pair, log, lambda f: isinstance(f, fr.UtteranceDone))
     interrupted = [f for _, f in log if isinstance(f, fr.Interrupted)]
-    assert interrupted == [fr.Interrupted(1, 1, 6 * 960, 0, 0)]
+    assert interrupted == [fr.Interrupted(1, 1, 5 * 960 + 240, 0, 0)]  # 5 whole + tail
     assert [f.epoch for _, f in audio_of(log, 2)] == [1] * 16
     assert not any(isinstance(f, fr.Error) for _, f in log)
 

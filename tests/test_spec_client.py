@@ -109,8 +109,9 @@ async def test_handshake_stream_interrupt_and_garbage(daemon: Daemon) -> None:
         assert answer["epoch"] == 1 and answer["utterance_id"] == 8
         assert answer["cancelled_utterances"] == 1
         sent = [f for f in before if f.type == sc.AUDIO and f["utterance_id"] == 8]
-        assert answer["samples_sent"] == len(sent) * 960
         assert sent[-1]["end"] and sent[-1]["epoch"] == 0  # the fade-out tail (§6.3)
+        # the whole frames before it, and the tail's 5 ms of faded audio (§5.4)
+        assert answer["samples_sent"] == (len(sent) - 1) * 960 + 240
         after: list[sc.Frame] = []
         with trio.move_on_after(0.5):
             while True:

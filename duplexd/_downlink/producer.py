@@ -23,12 +23,12 @@ import bisect
 import collections
 import threading
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import Final
 
 import numpy as np
 
-from ..engines.base import FloatAudio, StreamingVoice, Voice
+from ..engines.base import FloatAudio, StreamingVoice, Voice, WordMark, WordTimedVoice
 from ..protocol.frames import (
     AUDIO_HEADER_BYTES,
     BYTES_PER_SAMPLE,
@@ -76,25 +76,36 @@ class SynthesisCancelled(Exception):
 
 
 class PieceMap:
-    """Which characters of an utterance's text are covered by its first N output samples.
+    """What an utterance's first N output samples say, at the session's rate.
 
-    Appended to by the producer thread, read by the writer on the trio thread. Appends of whole
-    tuples to a list are atomic under the GIL; readers only see complete entries.
+    Entries (end sample, end character) of every piece, and of every word when the voice
+    times its words (`WordTimedVoice`), for `chars_spoken`; and the words' marks, for WORDS
+    frames. Appended to by the producer thread, read on the trio thread: appends to a list
+    are atomic under the GIL, and readers only look at complete entries.
     """
 
     def __init__(self) -> None:
-        self._ends: list[int] = []  # output sample where piece i ends (non-decreasing)
-        self._chars: list[int] = []  # character where piece i ends
+        self._ends: list[int] = []  # output sample where entry i ends (non-decreasing)
+        self._chars: list[int] = []  # character where entry i ends (non-decreasing)
+        # (start_char, end_char, start_sample, end_sample) of each word, in order
+        self.words: list[tuple[int, int, int, int]] = []
         self.total_chars = 0
         self.total_samples = 0  # real (unpadded) samples, known once the producer finished
 
     def add(self, end_sample: int, end_char: int) -> None:
+        """A piece (or a word) whose audio ends at `end_sample` and text at `end_char`."""
         self._chars.append(end_char)
         self._ends.append(end_sample)
 
-    def chars_spoken(self, samples_sent: int) -> int:
-        """Characters whose audio lies entirely within the first `samples_sent` samples."""
-        i = bisect.bisect_right(self._ends[: len(self._chars)], samples_sent)
+    def add_word(self, start_char: int, end_char: int, start_sample: int, end_sample: int) -> None:
+        """A word's mark (characters of the utterance's text, samples of its audio)."""
+        self.words.append((start_char, end_char, start_sample, end_sample))
+        self.add(end_sample, end_char)
+
+    def chars_spoken(self, samples: int) -> int:
+        """Characters whose audio lies entirely within the first `samples` samples: up to
+        the end of the last word (or piece) whose audio ends there or before."""
+        i = bisect.bisect_right(self._ends[: len(self._chars)], samples)
         return self._chars[i - 1] if i else 0
 
 
@@ -133,7 +144,9 @@ class UtteranceProducer:
         # the pacer drains the ring
         self.backlog: collections.deque[tuple[np.ndarray, np.ndarray]] = collections.deque()
         self.backlog_frames = 0
-        self._chunks: Iterator[FloatAudio] | None = None  # the piece in progress
+        self._chunks: Iterator[tuple[FloatAudio, Sequence[WordMark]]] | None = None
+        self._piece_in_start = 0  # input samples before the piece in progress
+        self._timed = isinstance(voice, WordTimedVoice)
         self.engine_s = 0.0  # time spent in the engine, for RTF
         self.audio_s = 0.0
 
@@ -157,19 +170,18 @@ class UtteranceProducer:
         chunks = self._chunks
         if chunks is None:
             self._check_cancel()
-            voice = self._voice
-            if isinstance(voice, StreamingVoice):  # push each chunk as it comes: earlier audio
-                chunks = voice.synthesize_stream(piece.text)
-            else:
-                chunks = (voice.synthesize(text) for text in (piece.text,))
-            self._chunks = chunks
+            chunks = self._chunks = self._open(piece.text)
+            self._piece_in_start = self._in_samples
         try:
             t0 = time.perf_counter()
-            audio = next(chunks, None)
+            chunk = next(chunks, None)
             self.engine_s += time.perf_counter() - t0
-            if audio is not None:
+            if chunk is not None:
+                audio, marks = chunk
                 self.audio_s += len(audio) / self._in_rate
                 self._check_cancel()
+                if marks:
+                    self._add_words(piece, marks)
                 self._in_samples += len(audio)
                 self._push_samples(self._resampler.process(audio))
                 return False
@@ -180,6 +192,28 @@ class UtteranceProducer:
         end_sample = self._in_samples * self._out_rate // self._in_rate
         self.pieces.add(end_sample, piece.end_char)
         return True
+
+    def _open(self, text: str) -> Iterator[tuple[FloatAudio, Sequence[WordMark]]]:
+        """The piece's chunks and word marks (none from a voice that does not time words)."""
+        voice = self._voice
+        if self._timed:
+            assert isinstance(voice, WordTimedVoice)
+            return voice.synthesize_words(text)
+        if isinstance(voice, StreamingVoice):  # push each chunk as it comes: earlier audio
+            return ((audio, ()) for audio in voice.synthesize_stream(text))
+        return ((voice.synthesize(t), ()) for t in (text,))
+
+    def _add_words(self, piece: Piece, marks: Sequence[WordMark]) -> None:
+        """Record the marks, moved into the utterance's text and audio at the session's rate."""
+        base_char = piece.start_char + piece.lead
+        base, out_rate, in_rate = self._piece_in_start, self._out_rate, self._in_rate
+        for m in marks:
+            self.pieces.add_word(
+                base_char + m.start_char,
+                base_char + m.end_char,
+                (base + m.start_sample) * out_rate // in_rate,
+                (base + m.end_sample) * out_rate // in_rate,
+            )
 
     def close(self) -> None:
         """Close the engine's stream of the piece in progress, if any (a stream stopped early

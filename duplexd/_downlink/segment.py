@@ -83,7 +83,7 @@ from __future__ import annotations
 import enum
 import re
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 DEFAULT_FIRST_PIECE_MAX_WORDS: Final = 6
@@ -148,6 +148,9 @@ class Piece:
     text: str
     start_char: int
     end_char: int
+    # whitespace of the span before `text` (it starts at start_char + lead): derived, so not
+    # compared
+    lead: int = field(default=0, compare=False)
 
 
 class _Kind(enum.IntEnum):
@@ -292,7 +295,7 @@ class Segmenter:
         """Emit `_buf[:cut_at]` as a piece and start the next one."""
         buf = self._buf
         end = self._base + cut_at
-        piece = Piece(buf[:cut_at].rstrip(), self._start, end)
+        piece = Piece(buf[:cut_at].rstrip(), self._start, end, self._base - self._start)
         rest = buf[cut_at:]
         body = rest.lstrip()
         dropped = len(rest) - len(body)

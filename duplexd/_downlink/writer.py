@@ -196,7 +196,7 @@ class Downlink:
         epoch. The utterance that was playing stops at the frame already being
         sent, if any; Interrupted reports it.
         """
-        tail = self._fade_tail() if self._playing_uid and not self.paused else b""
+        tail, faded = self._fade_tail() if self._playing_uid and not self.paused else (b"", 0)
         self.epoch = (self.epoch + 1) & 0xFFFF
         self._ring.flush()
         self._space_lot.unpark_all()
@@ -207,14 +207,16 @@ class Downlink:
         def build() -> bytes:
             uid, frames = self._playing_uid, self._playing_frames
             self._playing_uid = self._playing_frames = 0
-            if tail and uid:
-                frames += 1
-            samples = frames * self._frame_samples
+            whole = frames * self._frame_samples  # sent in full before the cut
+            samples = whole + faded if tail and uid else whole
+            if uid and (total := self._events.totals(uid)[0]):
+                samples = min(samples, total)  # the last frame's padding is not its audio
             frame = fr.Interrupted(
                 epoch=epoch,
                 utterance_id=uid,
                 samples_sent=samples,
-                chars_spoken=self._events.chars_spoken(uid, samples) if uid else 0,
+                # the fade is not counted: a word it cuts was not heard whole
+                chars_spoken=self._events.chars_spoken(uid, whole) if uid else 0,
                 cancelled_utterances=cancelled_utterances,
                 vad=vad,
             )
@@ -224,10 +226,10 @@ class Downlink:
         self.send_control(build)
         return epoch
 
-    def _fade_tail(self) -> bytes:
+    def _fade_tail(self) -> tuple[bytes, int]:
         """The playing utterance's next frame, its first `FADE_MS` faded out (at the session's
         rate) and the rest silent, flagged END, so a client that plays what it gets stops
-        without a click (b"" if none is ready)."""
+        without a click, and how many samples were faded (b"", 0 if none is ready)."""
         while (frame := self._ring.pop()) is not None:
             length, type_, _, epoch, uid, seq = AUDIO_HEADER.unpack_from(frame)
             if epoch == self.epoch and uid == self._playing_uid:
@@ -236,8 +238,8 @@ class Downlink:
                 faded = np.zeros_like(pcm)
                 faded[:n] = fade_out(pcm[:n], self._rate_hz, FADE_MS).astype("<i2")
                 header = AUDIO_HEADER.pack(length, type_, _END, epoch, uid, seq)
-                return header + faded.tobytes()
-        return b""
+                return header + faded.tobytes(), n
+        return b"", 0
 
     async def wait_for_space(self) -> None:
         """Wait until the ring is at most half full (or the session closes).

@@ -9,13 +9,17 @@ next piece boundary at the latest. An engine may batch concurrent calls from sev
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Protocol, runtime_checkable
+import re
+import unicodedata
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Final, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
 
 FloatAudio = npt.NDArray[np.float32]
+_TOKEN_RE: Final = re.compile(r"\S+")
 
 
 class EngineError(Exception):
@@ -60,6 +64,42 @@ class StreamingVoice(Voice, Protocol):
         early: it closes the iterator (or drops it), which releases what it holds. Yields
         nothing for text with nothing to say.
         """
+        ...
+
+
+def text_words(text: str) -> list[tuple[int, int]]:
+    """Character spans of the words of `text`, as word timing counts them: runs of
+    non-whitespace that hold a letter, a digit or a symbol, with any punctuation attached
+    ("there," "(really?)"); a run of punctuation alone, such as "--", is not a word."""
+    return [
+        m.span()
+        for m in _TOKEN_RE.finditer(text)
+        if any(unicodedata.category(ch)[0] in "LNS" for ch in m.group())
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class WordMark:
+    """Where one word of a piece is spoken: characters [`start_char`, `end_char`) of the text
+    given to the voice (the word with any punctuation attached to it, no whitespace), and
+    samples [`start_sample`, `end_sample`) of that text's audio at the voice's rate."""
+
+    start_char: int
+    end_char: int
+    start_sample: int
+    end_sample: int
+
+
+@runtime_checkable
+class WordTimedVoice(Voice, Protocol):
+    """A `Voice` that also says where each word of a piece is spoken (word timing)."""
+
+    def synthesize_words(self, text: str) -> Iterator[tuple[FloatAudio, Sequence[WordMark]]]:
+        """`synthesize_stream(text)`'s chunks, each with the marks of the words that became
+        known with it: every word of `text` once, in text order, its mark given with or
+        before the chunk where its audio starts; samples count from the start of the
+        piece's audio, never decrease from one mark to the next, and lie within it.
+        Blocking per chunk, thread-safe, closed early as `synthesize_stream`."""
         ...
 
 

@@ -1,6 +1,7 @@
 """`tone`: a deterministic synthetic engine for tests and the bench.
 
-Each character becomes `ms_per_char` of audio: a short sine tone whose pitch follows the
+Each character becomes `ms_per_char` of audio (so its words' timing is known exactly:
+`synthesize_words`): a short sine tone whose pitch follows the
 character (silence for whitespace), with 2 ms raised-cosine ramps so tones do not click.
 `compute_ms_per_char` adds an artificial compute cost (a blocking sleep in the calling worker
 thread) to stand in for a neural engine's inference time.
@@ -14,7 +15,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from .base import FloatAudio, UnknownVoiceError
+from .base import FloatAudio, UnknownVoiceError, WordMark, text_words
 
 TONE_SAMPLE_RATE_HZ = 48_000
 DEFAULT_MS_PER_CHAR = 60.0
@@ -89,6 +90,22 @@ class ToneVoice:
             yield self.synthesize(text[start : start + size])
             start += size
             size = min(2 * size, MAX_CHUNK_CHARS)
+
+
+    def synthesize_words(self, text: str) -> Iterator[tuple[FloatAudio, list[WordMark]]]:
+        """`synthesize_stream(text)`, each chunk with the marks of the words that start in it
+        (word timing by construction: a word's audio is its characters' tones)."""
+        n = self.samples_per_char
+        words = [WordMark(s, e, s * n, e * n) for s, e in text_words(text)]
+        at, start = 0, 0
+        for chunk in self.synthesize_stream(text):
+            stop = start + len(chunk) // n  # characters in this chunk
+            marks = []
+            while at < len(words) and words[at].start_char < stop:
+                marks.append(words[at])
+                at += 1
+            yield chunk, marks
+            start = stop
 
 
 class ToneEngine:

@@ -23,7 +23,9 @@ import numpy.typing as npt
 from ..base import EngineError
 
 FloatAudio = npt.NDArray[np.float32]
-RunBatch = Callable[[Any, Sequence[Sequence[int]]], list[FloatAudio]]
+# one sequence's audio, and the samples each of its ids lasts (its words' timing)
+Synthesized = tuple[FloatAudio, npt.NDArray[np.int64]]
+RunBatch = Callable[[Any, Sequence[Sequence[int]]], list[Synthesized]]
 T = TypeVar("T")
 
 
@@ -59,8 +61,8 @@ class BatchingWorker:
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
-    def submit(self, model: Any, ids: Sequence[int]) -> Future[FloatAudio]:
-        fut: Future[FloatAudio] = Future()
+    def submit(self, model: Any, ids: Sequence[int]) -> Future[Synthesized]:
+        fut: Future[Synthesized] = Future()
         with self._cond:
             if self._closed:
                 raise EngineError("engine is closed")

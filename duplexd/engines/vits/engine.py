@@ -11,16 +11,18 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
-from ..base import EngineError, FloatAudio
-from .batcher import BatchingWorker
+from ..base import EngineError, FloatAudio, WordMark
+from .batcher import BatchingWorker, Synthesized
 from .load import load_vits
 from .manager import ModelManager
 from .model import Scales, Vits
-from .phonemes import text_to_ids
+from .phonemes import MAX_SEQUENCE_PHONEMES, text_to_ids
 from .stream import Window, decode_window, plan_windows
 from .voices import VoiceCatalog, VoiceSpec
+from .words import MarkCursor, TimedIds, sequence_marks, timed_ids
 
 _LOG = logging.getLogger(__name__)
 _WARMUP_TEXT = "Hello, this warms the voice up."
@@ -72,6 +74,13 @@ class VitsVoice:
         """Text -> one phoneme-id sequence per sentence."""
         return text_to_ids(text, self.spec.espeak_voice, self.spec.phoneme_id_map)
 
+    def timed_ids(self, text: str) -> TimedIds:
+        """`phoneme_ids(text)` with the word each id sounds (see `words.py`)."""
+        spec = self.spec
+        return timed_ids(
+            text, spec.espeak_voice, spec.phoneme_id_map, max_phonemes=MAX_SEQUENCE_PHONEMES
+        )
+
     def synthesize(self, text: str) -> FloatAudio:
         pieces = self.synthesize_ids(self.phoneme_ids(text))
         if not pieces:
@@ -86,16 +95,22 @@ class VitsVoice:
         the chunks concatenate to `synthesize`'s audio (to float rounding, in deterministic
         mode). On CUDA: one chunk from the batched path. Stop early by closing the iterator.
         """
-        return self._engine._synthesize_stream(self.spec, self.phoneme_ids(text))
+        return (audio for audio, _marks in self.synthesize_words(text))
+
+    def synthesize_words(self, text: str) -> Iterator[tuple[FloatAudio, list[WordMark]]]:
+        """`synthesize_stream(text)`, each chunk with the marks of its words (`WordTimedVoice`):
+        the words of a sentence come with its first chunk, timed by the durations the model
+        predicted for their phonemes."""
+        return self._engine._synthesize_words(self.spec, self.timed_ids(text))
 
     def synthesize_ids(self, sequences: Sequence[Sequence[int]]) -> list[FloatAudio]:
         """Synthesize each id sequence (queued together, so they may share a batch)."""
-        return self._engine._synthesize(self.spec, sequences)
+        return [audio for audio, _ in self._engine._synthesize(self.spec, sequences)]
 
     def synthesize_batch(self, sequences: Sequence[Sequence[int]]) -> list[FloatAudio]:
         """Run the sequences as one padded batch on the caller's thread (tests, benchmarks)."""
         with self._engine._models.use(self.spec.full_name) as lv:
-            return self._engine._run_batch(lv, sequences)
+            return [audio for audio, _ in self._engine._run_batch(lv, sequences)]
 
 
 class VitsEngine:
@@ -221,7 +236,10 @@ class VitsEngine:
         model = load_vits(spec.model_path).to(self._device)
         lv = LoadedVoice(spec, model)
         if self._warmup:  # first real request then finds kernels and allocations ready
-            ids = text_to_ids(_WARMUP_TEXT, spec.espeak_voice, spec.phoneme_id_map)[0]
+            ids = timed_ids(
+                _WARMUP_TEXT, spec.espeak_voice, spec.phoneme_id_map,
+                max_phonemes=MAX_SEQUENCE_PHONEMES,
+            ).sequences[0]  # fmt: skip
             self._worker.submit(lv, ids).result()
             if self._worker.max_batch > 1:
                 for fut in [self._worker.submit(lv, ids) for _ in range(2)]:
@@ -238,7 +256,7 @@ class VitsEngine:
             return replace(spec.scales, noise_scale=0.0, noise_w=0.0)
         return spec.scales
 
-    def _synthesize(self, spec: VoiceSpec, sequences: Sequence[Sequence[int]]) -> list[FloatAudio]:
+    def _synthesize(self, spec: VoiceSpec, sequences: Sequence[Sequence[int]]) -> list[Synthesized]:
         if self._closed:
             raise EngineError("engine is closed")
         if not sequences:
@@ -247,37 +265,57 @@ class VitsEngine:
             futures = [self._worker.submit(lv, ids) for ids in sequences]
             return [f.result() for f in futures]
 
-    def _synthesize_stream(
-        self, spec: VoiceSpec, sequences: Sequence[Sequence[int]]
-    ) -> Iterator[FloatAudio]:
+    def _synthesize_words(
+        self, spec: VoiceSpec, timed: TimedIds
+    ) -> Iterator[tuple[FloatAudio, list[WordMark]]]:
         if self._closed:
             raise EngineError("engine is closed")
+        cursor = MarkCursor(timed.words)
+        offset = 0  # samples of the piece before the sequence
         if self._device.type != "cpu":  # the batched one-shot path is the fast one there
-            pieces = self._synthesize(spec, sequences)
-            if pieces:
-                yield pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+            chunks: list[FloatAudio] = []
+            marks: list[WordMark] = []
+            for (audio, durations), owners in zip(
+                self._synthesize(spec, timed.sequences), timed.owners, strict=True
+            ):
+                marks += cursor.take(sequence_marks(owners, durations, offset))
+                chunks.append(audio)
+                offset += len(audio)
+            marks += cursor.finish()
+            if chunks:
+                yield (chunks[0] if len(chunks) == 1 else np.concatenate(chunks)), marks
             return
         with self._models.use(spec.full_name) as lv:  # pinned until the iterator ends
-            for ids in sequences:
-                z, n_frames = self._worker.call(partial(self._latent, lv, ids)).result()
+            for ids, owners in zip(timed.sequences, timed.owners, strict=True):
+                z, n_frames, durations = self._worker.call(partial(self._latent, lv, ids)).result()
+                marks = cursor.take(sequence_marks(owners, durations, offset))
+                offset += n_frames * lv.model.hop_length
                 for window in plan_windows(n_frames):
-                    yield self._worker.call(partial(self._decode, lv, z, window)).result()
+                    audio = self._worker.call(partial(self._decode, lv, z, window)).result()
+                    yield audio, marks
+                    marks = []
+            if tail := cursor.finish():
+                yield EMPTY.copy(), tail
 
-    def _latent(self, lv: LoadedVoice, ids: Sequence[int]) -> tuple[torch.Tensor, int]:
-        """Inference thread: the decoder input of one id sequence, and its length in frames."""
+    def _latent(
+        self, lv: LoadedVoice, ids: Sequence[int]
+    ) -> tuple[torch.Tensor, int, npt.NDArray[np.int64]]:
+        """Inference thread: the decoder input of one id sequence, its length in frames, and
+        the samples each id lasts."""
         self._apply_threads()
         gen = None
         if self._seed is not None:
             gen = torch.Generator(device=self._device)
             gen.manual_seed(self._seed)
         with torch.inference_mode():
-            z, n = lv.model.latent(
+            z, n, durations = lv.model.latent(
                 torch.as_tensor([list(ids)], dtype=torch.long, device=self._device),
                 torch.as_tensor([len(ids)], device=self._device),
                 self._scales(lv.spec),
                 generator=gen,
             )
-        return z, int(n[0].item())
+        hop = lv.model.hop_length
+        return z, int(n[0].item()), durations[0].cpu().numpy().astype(np.int64) * hop
 
     def _decode(self, lv: LoadedVoice, z: torch.Tensor, window: Window) -> FloatAudio:
         """Inference thread: the audio of one window of a latent."""
@@ -287,7 +325,9 @@ class VitsEngine:
         out: FloatAudio = np.clip(audio, -1.0, 1.0).astype(np.float32, copy=True)
         return out
 
-    def _run_batch(self, lv: LoadedVoice, sequences: Sequence[Sequence[int]]) -> list[FloatAudio]:
+    def _run_batch(
+        self, lv: LoadedVoice, sequences: Sequence[Sequence[int]]
+    ) -> list[Synthesized]:
         self._apply_threads()
         dev = self._device
         lengths = [len(s) for s in sequences]
@@ -299,7 +339,7 @@ class VitsEngine:
             gen = torch.Generator(device=dev)
             gen.manual_seed(self._seed)
         with torch.inference_mode():
-            audio, n = lv.model(
+            audio, n, durations = lv.model(
                 ids.to(dev, non_blocking=True),
                 torch.as_tensor(lengths, device=dev),
                 self._scales(lv.spec),
@@ -309,7 +349,11 @@ class VitsEngine:
             )
             audio_np = audio.cpu().numpy()
             n_np = n.cpu().numpy()
+            samples = durations.cpu().numpy().astype(np.int64) * lv.model.hop_length
         return [
-            np.clip(audio_np[i, : int(n_np[i])], -1.0, 1.0).astype(np.float32, copy=True)
+            (
+                np.clip(audio_np[i, : int(n_np[i])], -1.0, 1.0).astype(np.float32, copy=True),
+                samples[i, : lengths[i]].copy(),
+            )
             for i in range(len(sequences))
         ]

@@ -67,13 +67,17 @@ class Vits(nn.Module):
         generator: torch.Generator | None = None,
         frame_multiple: int = 1,
         decoder_autocast: torch.dtype | None = None,
-    ) -> tuple[Tensor, Tensor]:
-        """Phoneme ids (B, Tx) with true `lengths` (B,) -> (audio (B, L), lengths in samples).
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Phoneme ids (B, Tx) with true `lengths` (B,) -> (audio (B, L), lengths in samples,
+        durations (B, Tx) in latent frames of `hop_length` samples each: where every id's
+        audio lies, for word timing).
 
         `frame_multiple` pads the latent length up to a multiple (stable shapes for CUDA
         allocators); `decoder_autocast` runs flow and decoder under autocast in that dtype.
         """
-        z_p, y_mask, y_lengths = self.prior(ids, lengths, scales, generator, frame_multiple)
+        z_p, y_mask, y_lengths, durations = self.prior(
+            ids, lengths, scales, generator, frame_multiple
+        )
         if decoder_autocast is None:
             z = self.flow(z_p, y_mask)
             audio = self.dec(z * y_mask)
@@ -81,7 +85,7 @@ class Vits(nn.Module):
             with torch.autocast(device_type=ids.device.type, dtype=decoder_autocast):
                 z = self.flow(z_p, y_mask)
                 audio = self.dec(z * y_mask)
-        return audio[:, 0].float(), y_lengths * self.hop_length
+        return audio[:, 0].float(), y_lengths * self.hop_length, durations
 
     def latent(
         self,
@@ -90,14 +94,17 @@ class Vits(nn.Module):
         scales: Scales,
         generator: torch.Generator | None = None,
         frame_multiple: int = 1,
-    ) -> tuple[Tensor, Tensor]:
-        """Everything but the decoder: -> (masked latent z (B, C, Ty), lengths in frames).
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Everything but the decoder: -> (masked latent z (B, C, Ty), lengths in frames,
+        durations (B, Tx) in frames).
 
         `self.dec(z)` then gives `forward`'s audio; the decoder may also run on windows of z
         (see `stream.py`).
         """
-        z_p, y_mask, y_lengths = self.prior(ids, lengths, scales, generator, frame_multiple)
-        return self.flow(z_p, y_mask) * y_mask, y_lengths
+        z_p, y_mask, y_lengths, durations = self.prior(
+            ids, lengths, scales, generator, frame_multiple
+        )
+        return self.flow(z_p, y_mask) * y_mask, y_lengths, durations
 
     def prior(
         self,
@@ -106,8 +113,9 @@ class Vits(nn.Module):
         scales: Scales,
         generator: torch.Generator | None = None,
         frame_multiple: int = 1,
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """Text encoder, durations, expansion, sampling -> (z_p, y_mask, lengths in frames)."""
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Text encoder, durations, expansion, sampling -> (z_p, y_mask, lengths in frames,
+        durations (B, Tx) in frames, 0 past each item's length)."""
         x_mask = sequence_mask(lengths, ids.shape[1])
         h, m_p, logs_p = self.enc_p(ids, x_mask)
         b, _, tx = h.shape
@@ -123,7 +131,7 @@ class Vits(nn.Module):
         z_p = m
         if scales.noise_scale != 0.0:
             z_p = m + _noise(m.shape, m, generator) * torch.exp(logs) * scales.noise_scale
-        return z_p, y_mask, y_lengths
+        return z_p, y_mask, y_lengths, durations
 
 
 def _noise(
