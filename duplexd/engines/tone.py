@@ -91,7 +91,6 @@ class ToneVoice:
             start += size
             size = min(2 * size, MAX_CHUNK_CHARS)
 
-
     def synthesize_words(self, text: str) -> Iterator[tuple[FloatAudio, list[WordMark]]]:
         """`synthesize_stream(text)`, each chunk with the marks of the words that start in it
         (word timing by construction: a word's audio is its characters' tones)."""

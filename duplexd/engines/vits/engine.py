@@ -325,9 +325,7 @@ class VitsEngine:
         out: FloatAudio = np.clip(audio, -1.0, 1.0).astype(np.float32, copy=True)
         return out
 
-    def _run_batch(
-        self, lv: LoadedVoice, sequences: Sequence[Sequence[int]]
-    ) -> list[Synthesized]:
+    def _run_batch(self, lv: LoadedVoice, sequences: Sequence[Sequence[int]]) -> list[Synthesized]:
         self._apply_threads()
         dev = self._device
         lengths = [len(s) for s in sequences]

@@ -42,12 +42,12 @@ def _is_sound(ph: str) -> bool:
 @functools.lru_cache(maxsize=8192)
 def _word_sounds(word: str, espeak_voice: str) -> str:
     """The sounds of one word said alone (no stress marks, spaces or punctuation)."""
-    return "".join(ph for sentence in phonemize(word, espeak_voice) for ph in sentence if _is_sound(ph))
+    return "".join(
+        ph for sentence in phonemize(word, espeak_voice) for ph in sentence if _is_sound(ph)
+    )
 
 
-def phoneme_owners(
-    words: Sequence[str], phonemes: Sequence[str], espeak_voice: str
-) -> list[int]:
+def phoneme_owners(words: Sequence[str], phonemes: Sequence[str], espeak_voice: str) -> list[int]:
     """For each phoneme of `phonemes` (a piece's, in order), the index of the word of `words`
     it sounds, or -1 (a space, punctuation); never decreasing between sounds."""
     a: list[str] = []
