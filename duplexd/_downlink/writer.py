@@ -52,6 +52,12 @@ class DownlinkEvents(Protocol):
         """(real samples, characters) of a fully synthesized utterance, for UtteranceDone."""
         ...
 
+    def word_marks(self, utterance_id: int) -> list[tuple[int, int, int, int]] | None:
+        """The utterance's word marks as its producer adds them, (start_char, end_char,
+        start_sample, end_sample) each, or None when no WORDS frames are to be sent: the
+        writer sends each word's mark right before the frame its audio starts in."""
+        ...
+
     def audio_started(self, utterance_id: int) -> None:
         """The utterance's first audio frame is being sent."""
         ...
@@ -113,6 +119,9 @@ class Downlink:
         # the utterance whose audio is going out: id, frames of it sent, total text chars
         self._playing_uid = 0
         self._playing_frames = 0
+        # its word marks (None: no WORDS frames), and how many of them were sent
+        self._marks: list[tuple[int, int, int, int]] | None = None
+        self._marks_sent = 0
         self.counters = DownlinkCounters()
         self._space_lot = trio.lowlevel.ParkingLot()
         self._space_wanted = False
@@ -198,6 +207,7 @@ class Downlink:
         """
         tail, faded = self._fade_tail() if self._playing_uid and not self.paused else (b"", 0)
         self.epoch = (self.epoch + 1) & 0xFFFF
+        self._marks = None
         self._ring.flush()
         self._space_lot.unpark_all()
         self._due.clear()
@@ -240,6 +250,21 @@ class Downlink:
                 header = AUDIO_HEADER.pack(length, type_, _END, epoch, uid, seq)
                 return header + faded.tobytes(), n
         return b"", 0
+
+    def _words_frame(self, epoch: int, uid: int, seq: int) -> bytes:
+        """A WORDS frame of the marks of the words whose audio starts in frame `seq` (or
+        earlier, not yet sent), or b"" if there are none."""
+        marks = self._marks
+        assert marks is not None
+        stop = (seq + 1) * self._frame_samples
+        first = end = self._marks_sent
+        while end < len(marks) and marks[end][2] < stop:
+            end += 1
+        if end == first:
+            return b""
+        self._marks_sent = end
+        words = tuple(fr.WordMark(*m) for m in marks[first:end])
+        return encode(fr.Words(epoch=epoch, utterance_id=uid, marks=words))
 
     async def wait_for_space(self) -> None:
         """Wait until the ring is at most half full (or the session closes).
@@ -324,8 +349,14 @@ class Downlink:
         data = frame
         if seq == 0:
             self._playing_uid, self._playing_frames = uid, 0
-            data = encode(fr.UtteranceStarted(epoch=epoch, utterance_id=uid)) + frame
+            self._marks, self._marks_sent = self._events.word_marks(uid), 0
+            data = encode(fr.UtteranceStarted(epoch=epoch, utterance_id=uid))
+            if self._marks is not None:
+                data += self._words_frame(epoch, uid, seq)
+            data += frame
             self._events.audio_started(uid)
+        elif self._marks is not None:
+            data = self._words_frame(epoch, uid, seq) + frame
         last = bool(flags & _END)
         if last:
             samples, chars = self._events.totals(uid)
@@ -349,5 +380,6 @@ class Downlink:
         c.bytes_sent += len(data)
         if last:
             self._playing_uid = self._playing_frames = 0
+            self._marks = None
         elif self._playing_uid == uid:
             self._playing_frames += 1

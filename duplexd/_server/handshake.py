@@ -23,7 +23,7 @@ import trio
 
 from .._ops.settings import SessionLimits
 from .._version import __version__
-from ..engines.base import UnknownVoiceError, Voice
+from ..engines.base import UnknownVoiceError, Voice, WordTimedVoice
 from ..engines.registry import EngineSet
 from ..protocol import frames as fr
 from ..protocol.codec import Decoder, RemoteProtocolError, encode
@@ -108,11 +108,15 @@ async def accept(
         raise RemoteProtocolError(fr.ErrorCode.UNKNOWN_VOICE, str(exc)) from None
     if draining():
         raise Refusal(fr.ErrorCode.GOING_AWAY, DRAINING_MESSAGE)
+    timed = isinstance(voice, WordTimedVoice)
     info = {
         "server": f"duplexd/{__version__}",
         "engines": engines.describe(),
         "preroll_ms": 0,
         "limits": announced_limits(limits),
+        # how exact chars_spoken is (SPEC.md §5.4): to the word, or to the piece
+        "word_timing": "word" if timed else "piece",
+        "words": timed and state.options.downlink.words,  # WORDS frames will come
     }
     if resume is not None:
         info["resume"] = resume

@@ -39,6 +39,7 @@ from .._downlink.writer import MAX_CONTROL_FRAMES, SLOW_SEND_S, Downlink
 from .._ops.metrics import DownlinkCounters, SessionObserver
 from .._ops.settings import SessionLimits
 from .._uplink.uplink import Uplink, UplinkServices
+from ..engines.base import WordTimedVoice
 from ..protocol import frames as fr
 from ..protocol.codec import Decoder, RemoteProtocolError, encode
 from ..protocol.state import ServerProtocolState
@@ -176,6 +177,8 @@ class Session:
             events=self,
             paced=state.options.downlink.paced,
         )
+        # WORDS frames: asked for, and the voice times its words (Welcome says so)
+        self._words = state.options.downlink.words and isinstance(opened.voice, WordTimedVoice)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -401,6 +404,12 @@ class Session:
     def chars_spoken(self, utterance_id: int, samples: int) -> int:
         utt = self._utterances.get(utterance_id)
         return utt.chars_spoken(samples) if utt is not None else 0
+
+    def word_marks(self, utterance_id: int) -> list[tuple[int, int, int, int]] | None:
+        if not self._words:
+            return None
+        utt = self._utterances.get(utterance_id)
+        return utt.piece_map.words if utt is not None else None
 
     def totals(self, utterance_id: int) -> tuple[int, int]:
         utt = self._utterances.get(utterance_id)

@@ -89,6 +89,9 @@ class SpokenUtterance:
     pcm: bytes
     frames: int
     end: UtteranceDone | Interrupted
+    # where each word was spoken (WORDS frames: open_session(options={"downlink":
+    # {"words": True}}) with a voice that times its words; else empty)
+    words: tuple[fr.WordMark, ...] = ()
 
 
 class ClientSession:
@@ -263,14 +266,17 @@ class ClientSession:
         """Collect the audio of one utterance until its UtteranceDone or an Interrupted."""
         pcm = bytearray()
         frames = 0
+        words: list[fr.WordMark] = []
         while True:
             frame = await self.receive_frame()
             if isinstance(frame, Audio) and frame.utterance_id == utterance_id:
                 pcm += frame.pcm
                 frames += 1
+            elif isinstance(frame, fr.Words) and frame.utterance_id == utterance_id:
+                words += frame.marks
             elif self._ends(frame, utterance_id):
                 self._uid_epoch.pop(utterance_id, None)
-                return SpokenUtterance(utterance_id, bytes(pcm), frames, frame)
+                return SpokenUtterance(utterance_id, bytes(pcm), frames, frame, tuple(words))
 
     def _ends(
         self, frame: ServerFrame, utterance_id: int

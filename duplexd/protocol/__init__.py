@@ -71,6 +71,8 @@ from .frames import TranscriptFlags as TranscriptFlags
 from .frames import UtteranceDone as UtteranceDone
 from .frames import UtteranceStarted as UtteranceStarted
 from .frames import Welcome as Welcome
+from .frames import WordMark as WordMark
+from .frames import Words as Words
 from .frames import frame_samples as frame_samples
 from .options import AsrOptions as AsrOptions
 from .options import ResumeOptions as ResumeOptions
@@ -140,6 +142,8 @@ __all__ = [
     "UtteranceStarted",
     "VadOptions",
     "Welcome",
+    "WordMark",
+    "Words",
     "encode",
     "frame_samples",
     "iter_frames",

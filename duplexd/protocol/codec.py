@@ -23,6 +23,7 @@ from .frames import (
     LENGTH_PREFIX_BYTES,
     MAX_FRAME_BYTES,
     OPTIONAL_TYPE_BIT,
+    WORD_MARK_BYTES,
     Audio,
     AudioUp,
     ErrorCode,
@@ -46,6 +47,8 @@ from .frames import (
     UtteranceDone,
     UtteranceStarted,
     Welcome,
+    WordMark,
+    Words,
 )
 from .frames import Error as ErrorFrame
 
@@ -110,7 +113,11 @@ _MAX: Final = {"B": 0xFF, "H": 0xFFFF, "I": 0xFFFF_FFFF, "Q": 0xFFFF_FFFF_FFFF_F
 # Variable-length tail fields, in wire order after the fixed little-endian part:
 #   "str16": u16 byte length + UTF-8        "json32": u32 byte length + UTF-8 (JSON text)
 #   "utf8":  rest of the body as UTF-8      "pcm":    rest of the body, even byte count
-_TailKind = Literal["str16", "json32", "utf8", "pcm"]
+#   "marks": rest of the body as WORD_MARK_BYTES records (u32 start_char, end_char,
+#            start_sample, end_sample)
+_TailKind = Literal["str16", "json32", "utf8", "pcm", "marks"]
+_MARK: Final = struct.Struct("<IIII")
+assert _MARK.size == WORD_MARK_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +194,7 @@ _LAYOUTS: Final = (
         flag="final",
     ),
     _L(FrameType.STATS, Stats, "", tail=(("json", "utf8"),)),
+    _L(FrameType.WORDS, Words, "HI", "epoch utterance_id", tail=(("marks", "marks"),)),
 )
 _BY_TYPE: Final[dict[int, _Layout]] = {int(lay.ftype): lay for lay in _LAYOUTS}
 _BY_CLASS: Final[dict[type[Any], _Layout]] = {lay.cls: lay for lay in _LAYOUTS}
@@ -237,6 +245,9 @@ def encode(frame: Frame, *, max_frame_bytes: int = MAX_FRAME_BYTES) -> bytes:
                 raise LocalProtocolError(ErrorCode.MALFORMED, "pcm must be whole s16 samples")
             parts.append(data)
             continue
+        if kind == "marks":
+            parts.append(_encode_marks(value))
+            continue
         data = _utf8(name, value)
         if kind == "str16":
             if len(data) > 0xFFFF:
@@ -255,6 +266,20 @@ def encode(frame: Frame, *, max_frame_bytes: int = MAX_FRAME_BYTES) -> bytes:
         )
     parts[0] = _HEADER.pack(2 + body_len, layout.ftype, flags)
     return b"".join(parts)
+
+
+def _encode_marks(marks: object) -> bytes:
+    if not isinstance(marks, tuple) or not all(isinstance(m, WordMark) for m in marks):
+        raise LocalProtocolError(ErrorCode.MALFORMED, "marks must be a tuple of WordMark")
+    out = bytearray()
+    for m in marks:
+        fields = (m.start_char, m.end_char, m.start_sample, m.end_sample)
+        if not all(isinstance(v, int) and 0 <= v <= 0xFFFF_FFFF for v in fields):
+            raise LocalProtocolError(ErrorCode.MALFORMED, f"mark {m!r} out of range")
+        if m.end_char < m.start_char or m.end_sample < m.start_sample:
+            raise LocalProtocolError(ErrorCode.MALFORMED, f"mark {m!r} ends before it starts")
+        out += _MARK.pack(*fields)
+    return bytes(out)
 
 
 def encode_audio_header(epoch: int, utterance_id: int, seq: int, nbytes: int, last: bool) -> bytes:
@@ -367,6 +392,15 @@ def _decode_body(layout: _Layout, buf: bytearray, start: int, end: int, flags: i
                 raise _malformed(layout, "pcm is not whole s16 samples")
             with memoryview(buf) as view:
                 kwargs[name] = view[pos:end].tobytes()
+            pos = end
+            continue
+        if kind == "marks":
+            if (end - pos) % _MARK.size:
+                raise _malformed(layout, f"marks are not whole {_MARK.size}-byte records")
+            marks = tuple(WordMark(*f) for f in _MARK.iter_unpack(bytes(buf[pos:end])))
+            if any(m.end_char < m.start_char or m.end_sample < m.start_sample for m in marks):
+                raise _malformed(layout, "a mark ends before it starts")
+            kwargs[name] = marks
             pos = end
             continue
         if kind == "utf8":

@@ -73,6 +73,7 @@ class FrameType(enum.IntEnum):
     SPEECH_STOPPED = 0x8A
     TRANSCRIPT = 0x8B
     STATS = 0xC1  # optional
+    WORDS = 0xC2  # optional
 
     @property
     def optional(self) -> bool:
@@ -343,6 +344,31 @@ class Stats:
     json: str
 
 
+WORD_MARK_BYTES: Final = 16  # one Words mark: four u32
+
+
+@dataclass(frozen=True, slots=True)
+class WordMark:
+    """Where one word of an utterance is spoken: characters [start_char, end_char) of its
+    text (the word and any punctuation attached to it) and samples [start_sample,
+    end_sample) of its audio (at the session's rate, from the utterance's first sample)."""
+
+    start_char: int
+    end_char: int
+    start_sample: int
+    end_sample: int
+
+
+@dataclass(frozen=True, slots=True)
+class Words:
+    """Optional frame: the marks of an utterance's words whose audio starts in the AUDIO
+    frame that follows it (SPEC.md §5.10); sent only when the client asked for them."""
+
+    epoch: int
+    utterance_id: int
+    marks: tuple[WordMark, ...]
+
+
 ClientFrame = Hello | Text | Interrupt | Pause | Resume | Ping | AudioUp | GetStats
 ServerFrame = (
     Welcome
@@ -358,5 +384,6 @@ ServerFrame = (
     | SpeechStopped
     | Transcript
     | Stats
+    | Words
 )
 Frame = ClientFrame | ServerFrame

@@ -69,6 +69,8 @@ def frame_to_json(frame: fr.Frame, *, pcm: bool = True) -> dict[str, Any]:
                 out["pcm"] = base64.b64encode(value).decode("ascii")
         elif isinstance(value, bytes):
             out[f.name] = value.hex()
+        elif f.name == "marks":
+            out[f.name] = [dataclasses.asdict(m) for m in value]
         elif isinstance(value, enum.Enum):
             out[f.name] = value.name
         elif f.name in ("info", "json", "options") and isinstance(value, str) and value:

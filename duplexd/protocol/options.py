@@ -61,6 +61,8 @@ class DownlinkOptions:
     # False: every frame as soon as it is synthesized, not one per 20 ms (a client that
     # writes a file, or feeds a gateway with its own jitter buffer)
     paced: bool = True
+    # True: WORDS frames mark where each word is spoken, when the voice times its words
+    words: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,6 +46,8 @@ from duplexd.protocol.frames import (  # noqa: E402
     SpeechStarted,
     SpeechStopped,
     Stats,
+    WordMark,
+    Words,
     Text,
     Transcript,
     UtteranceDone,
@@ -66,6 +68,8 @@ def frame_to_json(frame: Any) -> dict[str, Any]:
             value = value.hex()
         elif isinstance(value, enum.Enum):
             value = value.name
+        elif isinstance(value, tuple):  # Words.marks
+            value = [dataclasses.asdict(v) for v in value]
         out[field.name] = value
     return out
 
@@ -161,6 +165,12 @@ def valid_cases() -> list[tuple[str, str, Any]]:
         ("transcript_partial", "server", Transcript(16_000, 32_000, "Sto", final=False)),
         ("stats", "server", Stats('{"frames_sent": 50, "late_frames": 0}')),
         ("stats_empty", "server", Stats("")),
+        (
+            "words",
+            "server",
+            Words(2, 7, (WordMark(0, 5, 1_000, 14_400), WordMark(6, 12, 14_400, 30_000))),
+        ),
+        ("words_none", "server", Words(0, 1, ())),
     ]
 
 
@@ -249,6 +259,14 @@ INVALID_CASES = [
     ("error_unknown_code", "server", h("04000000 88 00 6300"), "MALFORMED"),
     ("error_bad_utf8", "server", h("05000000 88 00 0100 ff"), "MALFORMED"),
     ("stats_bad_utf8", "server", h("03000000 c1 00 ff"), "MALFORMED"),
+    # a Words body holds whole 16-byte marks, each ending at or after its start
+    ("words_partial_mark", "server", h("0c000000 c2 00 0200 07000000 00000000"), "MALFORMED"),
+    (
+        "words_mark_ends_before_it_starts",
+        "server",
+        h("18000000 c2 00 0200 07000000 05000000 03000000 00000000 10000000"),
+        "MALFORMED",
+    ),
     (
         "transcript_bad_utf8",
         "server",
