@@ -20,6 +20,7 @@ import numpy.typing as npt
 
 FloatAudio = npt.NDArray[np.float32]
 _TOKEN_RE: Final = re.compile(r"\S+")
+_SPOKEN_MARKS: Final = frozenset("&%@#")  # punctuation by Unicode's book, but read out
 
 
 class EngineError(Exception):
@@ -69,12 +70,13 @@ class StreamingVoice(Voice, Protocol):
 
 def text_words(text: str) -> list[tuple[int, int]]:
     """Character spans of the words of `text`, as word timing counts them: runs of
-    non-whitespace that hold a letter, a digit or a symbol, with any punctuation attached
-    ("there," "(really?)"); a run of punctuation alone, such as "--", is not a word."""
+    non-whitespace that hold a letter, a digit, a symbol or one of ``& % @ #``, with any
+    punctuation attached ("there," "(really?)"); a run of punctuation alone, such as "--",
+    is not a word."""
     return [
         m.span()
         for m in _TOKEN_RE.finditer(text)
-        if any(unicodedata.category(ch)[0] in "LNS" for ch in m.group())
+        if any(unicodedata.category(ch)[0] in "LNS" or ch in _SPOKEN_MARKS for ch in m.group())
     ]
 
 

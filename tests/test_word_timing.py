@@ -1,0 +1,251 @@
+"""Word timing: engines report where each word is spoken; chars_spoken is word-exact; WORDS
+frames carry the marks (SPEC.md §5.4, §5.10)."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+import pytest
+import trio
+import trio.testing
+from harness import open_client
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from duplexd._downlink.producer import PieceMap, UtteranceProducer
+from duplexd._downlink.ring import FrameRing
+from duplexd._downlink.segment import Segmenter
+from duplexd.engines.base import WordTimedVoice, text_words
+from duplexd.engines.tone import ToneEngine
+from duplexd.protocol import frames as fr
+
+FRAME_SAMPLES = 960
+TONE = ToneEngine()
+SINE = TONE.open_voice("sine")
+SPC = SINE.samples_per_char  # 2880 at 48 kHz, 60 ms a character
+
+
+@pytest.mark.unit
+def test_text_words_keep_punctuation_and_skip_bare_marks() -> None:
+    text = ' "Hello there," -- she said (twice) & left... '
+    assert [text[s:e] for s, e in text_words(text)] == [
+        '"Hello',
+        'there,"',
+        "she",
+        "said",
+        "(twice)",
+        "&",
+        "left...",
+    ]
+
+
+@pytest.mark.unit
+def test_tone_marks_each_word_by_construction() -> None:
+    text = "one two  three, four"
+    chunks = list(SINE.synthesize_words(text))
+    audio = np.concatenate([a for a, _ in chunks])
+    assert np.array_equal(audio, np.concatenate(list(SINE.synthesize_stream(text))))
+    marks = [m for _, ms in chunks for m in ms]
+    assert [(text[m.start_char : m.end_char], m.start_sample, m.end_sample) for m in marks] == [
+        ("one", 0, 3 * SPC),
+        ("two", 4 * SPC, 7 * SPC),
+        ("three,", 9 * SPC, 15 * SPC),
+        ("four", 16 * SPC, 20 * SPC),
+    ]
+    at = 0  # each mark comes with (or before) the chunk its audio starts in
+    for chunk, ms in chunks:
+        assert all(m.start_sample < at + len(chunk) for m in ms)
+        at += len(chunk)
+    assert isinstance(SINE, WordTimedVoice)
+
+
+def produce(text: str) -> PieceMap:
+    """Run `text` through the segmenter and a producer with the tone voice (48 kHz)."""
+    ring = FrameRing(4096, fr.AUDIO_HEADER_BYTES + FRAME_SAMPLES * 2)
+    pieces = PieceMap()
+    producer = UtteranceProducer(
+        voice=SINE,
+        ring=ring,
+        out_rate_hz=48_000,
+        frame_samples=FRAME_SAMPLES,
+        epoch=0,
+        utterance_id=1,
+        pieces=pieces,
+        cancel=threading.Event(),
+        kick=lambda: None,
+    )
+    seg = Segmenter()
+    for piece in [*seg.feed(text), *seg.finish()]:
+        producer.render(piece)
+    producer.finish(len(text))
+    return pieces
+
+
+def heard_truth(text: str, samples: int) -> int:
+    """What a listener heard whole in the first `samples` of the tone voice's audio: the
+    audio is the pieces' stripped texts back to back, 60 ms a character."""
+    seg = Segmenter()
+    at, heard = 0, 0
+    for piece in [*seg.feed(text), *seg.finish()]:
+        base = piece.start_char + piece.lead
+        for s, e in text_words(piece.text):
+            if (at + e) * SPC <= samples:
+                heard = base + e
+        if (at + len(piece.text)) * SPC <= samples:
+            heard = piece.end_char  # a whole piece takes the whitespace after it
+        at += len(piece.text)
+    return heard
+
+
+WORDY = st.lists(
+    st.text(alphabet="abcdefghij,.!?'", min_size=1, max_size=9), min_size=1, max_size=14
+)
+
+
+@pytest.mark.unit
+@settings(max_examples=150, deadline=None)
+@given(words=WORDY, seps=st.lists(st.sampled_from([" ", "  ", "\n", " \t"]), max_size=14),
+       cut=st.floats(0.0, 1.0))  # fmt: skip
+def test_chars_spoken_is_the_last_word_heard_whole_at_any_interrupt_point(
+    words: list[str], seps: list[str], cut: float
+) -> None:
+    text = "".join(w + (seps[i] if i < len(seps) else " ") for i, w in enumerate(words))
+    pieces = produce(text)
+    samples = int(cut * pieces.total_samples)
+    spoken = pieces.chars_spoken(samples)
+    assert spoken == heard_truth(text, samples)
+    # it lands on a boundary: the end of a word of a piece, or of a piece (whitespace after it)
+    seg = Segmenter()
+    ends = {0}
+    for piece in [*seg.feed(text), *seg.finish()]:
+        ends |= {piece.start_char + piece.lead + e for _, e in text_words(piece.text)}
+        ends.add(piece.end_char)
+    assert spoken in ends
+
+
+@pytest.mark.unit
+async def test_interrupted_chars_spoken_matches_the_words_frames(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Through a session: WORDS frames come before the audio of their words, and at any
+    interrupt point chars_spoken is the end of the last word whose audio was sent whole."""
+    text = "Well, the quick brown fox jumps over the lazy dog, twice. Then it sleeps."
+    hello = fr.Hello(options=json.dumps({"downlink": {"words": True}}))
+    for k in (3, 10, 17, 31, 52, 80, 101):
+        log: list[fr.ServerFrame] = []
+        async with open_client(hello=hello, on_frame=lambda f, t: log.append(f)) as session:
+            assert session.info["word_timing"] == "word" and session.info["words"] is True
+            uid = await session.say(text)
+            while sum(isinstance(f, fr.Audio) for f in log) < k:
+                await trio.sleep(0.02)
+            await session.interrupt()
+        audio = [f for f in log if isinstance(f, fr.Audio) and f.epoch == 0]
+        marks = [m for f in log if isinstance(f, fr.Words) for m in f.marks]
+        (answer,) = [f for f in log if isinstance(f, fr.Interrupted)]
+        whole = (len(audio) - 1) * FRAME_SAMPLES  # the last one is the faded tail
+        assert answer.utterance_id == uid
+        assert answer.samples_sent == whole + 240
+        heard = [m for m in marks if m.end_sample <= whole]
+        assert answer.chars_spoken == heard_truth(text, whole)
+        if heard and answer.chars_spoken != heard[-1].end_char:  # a piece's whitespace
+            assert text[heard[-1].end_char : answer.chars_spoken].isspace()
+        # every word's mark came before the frame its audio starts in, and only then
+        seen = 0
+        for f in log:
+            if isinstance(f, fr.Words):
+                assert all(m.start_sample // FRAME_SAMPLES == seen for m in f.marks)
+            elif isinstance(f, fr.Audio) and f.epoch == 0:
+                seen += 1
+        assert [text[m.start_char : m.end_char] for m in marks] == [
+            text[s:e] for s, e in text_words(text)
+        ][: len(marks)]
+
+
+@pytest.mark.unit
+async def test_no_words_frames_unless_asked(autojump_clock: trio.testing.MockClock) -> None:
+    log: list[fr.ServerFrame] = []
+    async with open_client(on_frame=lambda f, t: log.append(f)) as session:
+        assert session.info["word_timing"] == "word" and session.info["words"] is False
+        spoken = await session.receive_utterance(await session.say("Hello there."))
+    assert not any(isinstance(f, fr.Words) for f in log) and spoken.words == ()
+    assert isinstance(spoken.end, fr.UtteranceDone) and spoken.end.chars_spoken == 12
+
+
+@pytest.mark.unit
+async def test_sdk_collects_the_words(autojump_clock: trio.testing.MockClock) -> None:
+    hello = fr.Hello(options=json.dumps({"downlink": {"words": True}}))
+    async with open_client(hello=hello) as session:
+        text = "Hello there, how are you?"
+        spoken = await session.receive_utterance(await session.say(text))
+    assert [text[m.start_char : m.end_char] for m in spoken.words] == [
+        "Hello", "there,", "how", "are", "you?"
+    ]  # fmt: skip
+    assert spoken.words[2].start_sample == 12 * SPC  # the second piece follows the first
+
+
+# ------------------------------------------------------------------ VITS, judged by the audio
+
+
+@pytest.mark.integration
+def test_vits_timed_ids_are_the_same_sequences_as_untimed() -> None:
+    from duplexd.engines.vits.phonemes import MAX_SEQUENCE_PHONEMES, text_to_ids
+    from duplexd.engines.vits.voices import VoiceCatalog
+    from duplexd.engines.vits.words import timed_ids
+
+    spec = VoiceCatalog(None).resolve("joe")
+    for text in (
+        "Doctor Patel said the results should be ready by the end of the week.",
+        "It costs $4.50, or 1,000 yen at 10:30 a.m. & that's it!",
+        "Mr. Smith went to Washington, D.C. on Jan. 5th.",
+        "Well... I don't know -- maybe.",
+        "&",
+        "?!",
+        "word " * 120,
+    ):
+        timed = timed_ids(text, spec.espeak_voice, spec.phoneme_id_map,
+                          max_phonemes=MAX_SEQUENCE_PHONEMES)  # fmt: skip
+        assert timed.sequences == text_to_ids(text, spec.espeak_voice, spec.phoneme_id_map)
+        for ids, owners in zip(timed.sequences, timed.owners, strict=True):
+            assert len(owners) == len(ids)
+            sounded = owners[owners >= 0]
+            assert (np.diff(sounded) >= 0).all()  # words in order, each one run of ids
+
+
+@pytest.mark.integration
+def test_vits_word_marks_are_in_order_within_the_audio_and_the_audio_unchanged() -> None:
+    from duplexd.engines.vits.engine import VitsEngine
+
+    engine = VitsEngine(device="cpu", deterministic=True)
+    try:
+        voice = engine.open_voice("joe")
+        text = "Hello there, how are you? It costs $4.50 -- or 1,000 yen."
+        chunks = list(voice.synthesize_words(text))
+        audio = np.concatenate([a for a, _ in chunks])
+        np.testing.assert_allclose(audio, voice.synthesize(text), atol=1e-4)
+        marks = [m for _, ms in chunks for m in ms]
+        assert [(m.start_char, m.end_char) for m in marks] == text_words(text)
+        at = 0
+        for m in marks:
+            assert at <= m.start_sample <= m.end_sample <= len(audio)
+            at = m.end_sample
+        assert all(m.end_sample > m.start_sample for m in marks)  # every word is said
+    finally:
+        engine.close()
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_vits_marks_against_the_audio_and_a_listener() -> None:
+    """`python -m bench.word_timing` on a few sentences: at pauses the energy envelope agrees
+    with the marks, and a listener (Whisper) who hears the audio cut at a word's reported
+    end hears that many words, give or take one (what chars_spoken reports there)."""
+    from bench.word_timing import SENTENCES, measure, synthesize_all
+
+    figures = measure(synthesize_all(SENTENCES[:6]), listener_every=2)
+    assert figures["listener"]["within_one_word"] >= 0.95, figures
+    assert figures["pauses"]["median_abs_ms"] <= 40, figures
+    # Whisper tiny.en's own alignment is coarser than the marks (late by ~60 ms, with
+    # outliers of 300 ms): it must agree on the order of magnitude
+    assert figures["whisper"]["median_abs_ms"] <= 120, figures
