@@ -90,7 +90,7 @@ def heard_truth(text: str, samples: int) -> int:
     at, heard = 0, 0
     for piece in [*seg.feed(text), *seg.finish()]:
         base = piece.start_char + piece.lead
-        for s, e in text_words(piece.text):
+        for _s, e in text_words(piece.text):
             if (at + e) * SPC <= samples:
                 heard = base + e
         if (at + len(piece.text)) * SPC <= samples:
@@ -135,11 +135,13 @@ async def test_interrupted_chars_spoken_matches_the_words_frames(
     hello = fr.Hello(options=json.dumps({"downlink": {"words": True}}))
     for k in (3, 10, 17, 31, 52, 80, 101):
         log: list[fr.ServerFrame] = []
-        async with open_client(hello=hello, on_frame=lambda f, t: log.append(f)) as session:
+        async with open_client(
+            hello=hello, on_frame=lambda f, t, log=log: log.append(f)
+        ) as session:
             assert session.info["word_timing"] == "word" and session.info["words"] is True
             uid = await session.say(text)
             while sum(isinstance(f, fr.Audio) for f in log) < k:
-                await trio.sleep(0.02)
+                await session.receive_frame()
             await session.interrupt()
         audio = [f for f in log if isinstance(f, fr.Audio) and f.epoch == 0]
         marks = [m for f in log if isinstance(f, fr.Words) for m in f.marks]
