@@ -57,6 +57,7 @@ from .engines import FloatAudio as FloatAudio
 from .engines import StreamingVoice as StreamingVoice
 from .engines import UnknownVoiceError as UnknownVoiceError
 from .engines import Voice as Voice
+from .engines import WordTimedVoice as WordTimedVoice
 from .engines import available_engines as available_engines
 from .engines import load_engine as load_engine
 from .protocol import FRAME_MS as FRAME_MS
@@ -132,6 +133,7 @@ __all__ = [
     "UtteranceStarted",
     "Voice",
     "Welcome",
+    "WordTimedVoice",
     "available_engines",
     "encode",
     "load_engine",

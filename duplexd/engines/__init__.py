@@ -2,9 +2,11 @@
 
 Public. An `Engine` (one per daemon, shared by every session) hands out `Voice` objects whose
 blocking `synthesize(text)` returns float32 audio at the voice's own rate (a `StreamingVoice`
-may yield it in chunks); the daemon resamples, frames and paces it.
+may yield it in chunks, a `WordTimedVoice` also says where each word is spoken); the daemon
+resamples, frames and paces it.
 
-- `base`: the plugin API (`Engine`, `Voice`, `StreamingVoice`, `EngineError`...).
+- `base`: the plugin API (`Engine`, `Voice`, `StreamingVoice`, `WordTimedVoice`, `WordMark`,
+  `text_words`, `EngineError`...).
 - `tone`: a deterministic test engine (sine tones, one frame per character).
 - `vits`: the neural engine (torch, CUDA or CPU), with the bundled joe voice.
 - `registry`: `load_engine(name)` (built-ins and plugins), `EngineSet` (a daemon's engines).
@@ -21,6 +23,9 @@ from .base import FloatAudio as FloatAudio
 from .base import StreamingVoice as StreamingVoice
 from .base import UnknownVoiceError as UnknownVoiceError
 from .base import Voice as Voice
+from .base import WordMark as WordMark
+from .base import WordTimedVoice as WordTimedVoice
+from .base import text_words as text_words
 from .plugins import PluginError as PluginError
 from .registry import EngineSet as EngineSet
 from .registry import available_engines as available_engines
@@ -35,6 +40,9 @@ __all__ = [
     "StreamingVoice",
     "UnknownVoiceError",
     "Voice",
+    "WordMark",
+    "WordTimedVoice",
     "available_engines",
     "load_engine",
+    "text_words",
 ]
