@@ -69,6 +69,7 @@ BODIES: Final[dict[int, tuple[int, tuple[str, ...], bool]]] = {
     0x8A: (8, (), False),  # SPEECH_STOPPED
     0x8B: (16, ("utf8",), True),  # TRANSCRIPT (FINAL)
     0xC1: (0, ("utf8",), False),  # STATS
+    0xC2: (6, ("marks",), False),  # WORDS
 }
 ERROR_CODES: Final = range(1, 20)  # §8: 1 MALFORMED .. 19 RESUME_FAILED
 DECODE_ERRORS: Final = frozenset(
@@ -118,6 +119,16 @@ def body_ok(type_: int, body: bytes) -> bool:
         elif kind == "utf8":
             if not _utf8_ok(body[pos:]):
                 return False
+            pos = len(body)
+        elif kind == "marks":  # §5.10: whole 16-byte marks, each ending at or after its start
+            if (len(body) - pos) % 16:
+                return False
+            for at in range(pos, len(body), 16):
+                sc, ec, ss, es = (
+                    int.from_bytes(body[at + k : at + k + 4], "little") for k in (0, 4, 8, 12)
+                )
+                if ec < sc or es < ss:
+                    return False
             pos = len(body)
         else:  # pcm
             if (len(body) - pos) % 2:

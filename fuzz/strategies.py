@@ -61,6 +61,19 @@ SERVER_FRAMES: st.SearchStrategy[fr.Frame] = st.one_of(
     st.builds(fr.SpeechStopped, u64),
     st.builds(fr.Transcript, u64, u64, text, st.booleans()),
     st.builds(fr.Stats, json_text),
+    st.builds(
+        fr.Words,
+        u16,
+        u32,
+        st.lists(
+            st.tuples(u32, u32, u32, u32).map(
+                lambda t: fr.WordMark(
+                    min(t[0], t[1]), max(t[0], t[1]), min(t[2], t[3]), max(t[2], t[3])
+                )
+            ),
+            max_size=4,
+        ).map(tuple),
+    ),
 )
 
 
