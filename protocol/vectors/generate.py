@@ -7,8 +7,11 @@ Valid cases: ``{"name", "direction", "hex", "frame"}`` where `direction` says wh
 bytes ("client" or "server"), `frame` is ``{"type": <class name>, <field>: <value>...}`` with
 bytes as lowercase hex and `Error.code` as the ErrorCode name; ``"frame": null`` means the bytes
 hold one unknown optional frame that a decoder skips, and ``"skipped": n`` (default 0) how many
-frames it skips. Invalid cases: ``{"name", "direction", "hex", "error": <ErrorCode name>}``:
-a decoder fed `hex` then asked for frames and for the end of the data raises that error.
+frames it skips. ``"round_trip": false`` (default true) marks bytes that encoding the decoded
+frame cannot give back, ``"round_trip_why"`` says why (a skipped frame before it: encoding gives
+only the bytes after the skipped ones). Invalid cases: ``{"name", "direction", "hex",
+"error": <ErrorCode name>}``: a decoder fed `hex` then asked for frames and for the end of the
+data raises that error.
 
 The tests (tests/test_vectors.py) compare the codec against the committed file, so a codec change
 that alters bytes fails until this script is rerun and the diff reviewed.
@@ -164,6 +167,13 @@ def valid_cases() -> list[tuple[str, str, Any]]:
     ]
 
 
+# Why `skip_then_ping` cannot round-trip: a decoder drops a skipped frame (SPEC §3.4), so
+# the decoded frames do not hold its bytes, and encoding them gives only the Ping's.
+SKIPPED_NOT_ENCODED = (
+    "the unknown optional frame is skipped by the decoder (SPEC §3.4) and so is not among the"
+    " decoded frames: encoding them gives only the bytes after it"
+)
+
 SKIP_CASES = [
     # name, direction, hex, frame after the skipped one (or None), skipped
     ("skip_unknown_optional_client", "client", h("05000000 4f 00 010203"), None, 1),
@@ -270,6 +280,9 @@ def build() -> list[dict[str, Any]]:
         case = {"name": name, "direction": direction, "hex": hexstr}
         case["frame"] = None if frame is None else frame_to_json(frame)
         case["skipped"] = skipped
+        if frame is not None:
+            case["round_trip"] = False
+            case["round_trip_why"] = SKIPPED_NOT_ENCODED
         cases.append(case)
     for name, direction, hexstr, error in INVALID_CASES:
         cases.append({"name": name, "direction": direction, "hex": hexstr, "error": error})
