@@ -52,6 +52,7 @@ from . import spec_model
 
 MAX_GAP_FRAMES = 250  # SPEC §4.6: the daemon fills a forward gap of up to 250 frames
 MAX_PENDING_ANSWERS = 1024  # SPEC §10 max_pending_answers
+MAX_MESSAGE_BYTES = 1 << 20  # SPEC §10 max_message_bytes: over it, FRAME_TOO_LARGE
 # frames whose answer waits on the daemon's writer (Interrupted too)
 ANSWERED = (fr.Ping, fr.Pause, fr.Resume, fr.GetStats, fr.Interrupt)
 
@@ -117,6 +118,9 @@ class Oracle:
 
     def binary_message(self, data: bytes) -> None:
         if self.stopped:
+            return
+        if len(data) > MAX_MESSAGE_BYTES:
+            self._fail(fr.ErrorCode.FRAME_TOO_LARGE, "a message over max_message_bytes")
             return
         self._decoder.receive_data(data)  # (never raises: an error stopped us first)
         if not self.welcomed and not self._await_hello():

@@ -158,6 +158,11 @@ def valid_cases() -> list[tuple[str, str, Any]]:
         ("error", "server", Error(ErrorCode.TEXT_AFTER_END, "text for utterance 1 after END")),
         ("error_non_ascii", "server", Error(ErrorCode.UNKNOWN_VOICE, "voix « inconnue »")),
         ("error_empty_message", "server", Error(ErrorCode.GOING_AWAY, "")),
+        (
+            "error_message_too_large",  # SPEC §2: a WebSocket message over max_message_bytes
+            "server",
+            Error(ErrorCode.FRAME_TOO_LARGE, "a WebSocket message holds at most 1048576 bytes"),
+        ),
         ("speech_started", "server", SpeechStarted(16_000)),
         ("speech_stopped", "server", SpeechStopped(48_320)),
         ("transcript_final", "server", Transcript(16_000, 48_320, "Stop, bitte!", final=True)),
