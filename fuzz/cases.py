@@ -24,7 +24,8 @@ Families (weights in `FAMILIES`):
                      follow; malformed, BAD_OPTIONS
     flood            one message of about `frame_burst` frames (Text that changes nothing,
                      maybe a bad or cut frame near the end): LIMIT_EXCEEDED exactly past the
-                     burst; or over a thousand Pings (TOO_MANY_REQUESTS, timing-dependent).
+                     burst; or over a thousand Pings (all answered: the daemon reads on as
+                     the answers go out).
                      One at a time, the bucket refilled in between (`fuzz.oracle`)
     upgrade          an upgrade without the subprotocol (HTTP 400) or on another path (404)
 
@@ -325,7 +326,7 @@ def _family_flood(c: Case, rng: random.Random) -> None:
         if rng.random() < 0.4:  # the frame after them is bad, or cut
             body += _bad_tail(rng)
             n += 1
-    else:  # answers asked for faster than they can be sent, perhaps
+    else:  # more answers asked for than may wait: the daemon reads on as they go out
         n = rng.randint(MAX_PENDING_ANSWERS + 1, 3 * MAX_PENDING_ANSWERS)
         body = b"".join(encode(fr.Ping(i)) for i in range(n))
     if rng.random() < 0.3:  # in the Hello's message

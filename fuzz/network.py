@@ -15,7 +15,7 @@ without an Error, as SPEC §2 allows); `http_closed` (garbage instead of an
 upgrade: the daemon hung up); `http:<STATUS>` (the `upgrade` family: the refusal due);
 `uncertain:<CODE or none>` where the prediction depends on timing (a queue-limit
 LIMIT_EXCEEDED: utterances may have finished meanwhile; text after uplink audio that is not
-silence: a VAD barge-in; more than 1024 answers asked for: TOO_MANY_REQUESTS) and the daemon
+silence: a VAD barge-in) and the daemon
 answered otherwise, with a documented code and its close code, or by answering a Ping and our
 close.
 Refusals (`refused:429`, `refused:503`: the upgrade refused for the daemon's load or a

@@ -43,6 +43,35 @@ async def read_until_closed(client: sc.SpecClient) -> tuple[list[sc.Frame], int 
             return frames, closed.reason.code if closed.reason else None
 
 
+@pytest.mark.parametrize("in_one_message", [True, False], ids=["one message", "many messages"])
+async def test_a_burst_of_pings_from_a_client_that_reads_gets_every_pong(
+    daemon: Daemon, in_one_message: bool
+) -> None:
+    """More PINGs at once than answers may wait (`max_pending_answers`, 1024), from a client
+    that reads as it sends: every PONG comes, in order, and no ERROR (SPEC §10: the server
+    reads on as the answers go out)."""
+    n = 3_000 if in_one_message else 1_100
+    async with sc.open_spec_client(daemon.url) as client:
+        welcome = await client.handshake()
+        assert welcome["info"]["limits"]["max_pending_answers"] < n
+        got: list[sc.Frame] = []
+
+        async def read() -> None:
+            while len(got) < n:
+                got.extend((await client.receive())[1])
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read)
+                if in_one_message:
+                    await client.send(*[sc.ping(i) for i in range(n)])
+                else:
+                    for i in range(n):
+                        await client.send(sc.ping(i))
+        assert [f.type for f in got] == [sc.PONG] * n
+        assert [f["nonce"] for f in got] == list(range(n))
+
+
 def pings_over(n_bytes: int) -> bytes:
     """PING frames (14 bytes each), more than `n_bytes` of them in all."""
     return b"".join(sc.ping(n) for n in range(n_bytes // 14 + 1))
