@@ -10,12 +10,12 @@ Every outcome is classified. Expected: `error:<CODE>`, an Error frame with a doc
 (not INTERNAL) as the last frame and the close code of SPEC §8, and the code `fuzz.oracle`
 predicts from the bytes sent (frame by frame, as the daemon acts on them); `clean_close` (no
 error predicted: the session answered a Ping and echoed our close 1000); `vanished` (we dropped
-the socket); `transport:1009` (a message over trio-websocket's 1 MiB limit: closed 1009 without
-an Error; the document does not mention that limit); `http_closed` (garbage instead of an
+the socket); `transport:1009` (a message over twice max_message_bytes: trio-websocket closes 1009
+without an Error, as SPEC §2 allows); `http_closed` (garbage instead of an
 upgrade: the daemon hung up); `http:<STATUS>` (the `upgrade` family: the refusal due);
 `uncertain:<CODE or none>` where the prediction depends on timing (a queue-limit
 LIMIT_EXCEEDED: utterances may have finished meanwhile; text after uplink audio that is not
-silence: a VAD barge-in; more than 1024 answers asked for: TOO_MANY_REQUESTS) and the daemon
+silence: a VAD barge-in) and the daemon
 answered otherwise, with a documented code and its close code, or by answering a Ping and our
 close.
 Refusals (`refused:429`, `refused:503`: the upgrade refused for the daemon's load or a

@@ -339,10 +339,10 @@ class SessionModel:
 
     def _text(self, frame: Text) -> Verdict:
         uid = frame.utterance_id
-        if 0 < uid <= self.cancelled_upto:
-            return "ignored"
-        if uid == 0:
+        if uid == 0:  # first: id 0 is never valid, also after an interrupt
             return ErrorCode.BAD_UTTERANCE_ID
+        if uid <= self.cancelled_upto:
+            return "ignored"
         if uid > self.last_id:
             if self.text_open:
                 return ErrorCode.BAD_UTTERANCE_ID

@@ -161,7 +161,7 @@ def _parse_body(type_: int, flags: int, body: bytes) -> dict[str, Any]:
         out = dict(zip(("nonce", "server_time_ns"), b.take("QQ"), strict=True))
     elif type_ == ERROR:
         out = {"code": b.take("H"), "message": b.rest().decode("utf-8")}
-        if not 1 <= out["code"] <= 17:
+        if not 1 <= out["code"] <= 19:
             raise SpecViolation(f"unknown error code {out['code']}")
     elif type_ == STATS:
         raw = b.rest()

@@ -248,3 +248,32 @@ async def test_engine_failure_is_internal_and_spares_other_sessions(
             ]
     assert [t for t, _ in audio] == [t0 + n * FRAME_S for n in range(91)]
     assert [f.seq for _, f in audio] == list(range(91))
+
+
+@pytest.mark.parametrize(
+    ("seqs", "code"),
+    [
+        ([0, 0], E.UNEXPECTED_FRAME),  # repeated
+        ([0, 1, 0], E.UNEXPECTED_FRAME),  # backwards
+        ([0, 252], E.UNEXPECTED_FRAME),  # a forward gap of 251 frames
+        ([0, 251, 252], None),  # a gap of 250 frames (5 s): filled with silence
+        ([2, 3], None),  # the first frame is expected to be 0: a gap of 2
+    ],
+    ids=["repeated", "backwards", "gap 251", "gap 250", "first not 0"],
+)
+async def test_audio_up_seq(
+    seqs: list[int], code: fr.ErrorCode | None, autojump_clock: trio.testing.MockClock
+) -> None:
+    """SPEC §4.6: `seq` must increase; a repeated or smaller one is UNEXPECTED_FRAME; a forward
+    gap of up to 250 frames (counted from the frame expected next, 0 first) is silence."""
+    async with open_pair() as (pair,):
+        await handshake(pair, fr.Hello(uplink_rate_hz=16_000))
+        await pair.send(*[fr.AudioUp(seq, bytes(640)) for seq in seqs], fr.Ping(1))
+        if code is not None:
+            error = (await expect_error(pair, code))[-1]
+            assert isinstance(error, fr.Error) and "seq" in error.message
+            return
+        assert [type(f) for f in await pair.receive()] == [fr.Pong]
+        session = pair.sessions[0].session
+        assert session is not None and session._uplink is not None
+        assert session._uplink.counters.frames == len(seqs)

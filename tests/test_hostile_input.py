@@ -149,23 +149,24 @@ async def test_an_unspaced_utterance_is_synthesized_in_bounded_pieces(
 
 
 @pytest.mark.parametrize(
-    ("frame", "code", "says"),
-    [
-        (fr.Text(1, ""), E.LIMIT_EXCEEDED, "5000 frames at once"),
-        # requests that want an answer pile up answers faster than they can be sent
-        (fr.GetStats(), E.TOO_MANY_REQUESTS, "1024 answers"),
-        (fr.Ping(7), E.TOO_MANY_REQUESTS, "1024 answers"),
-    ],
+    "frame",
+    # requests that want an answer are read as fast as their answers go out (the reader waits
+    # while 1024 wait), so they too end at the frame budget, their answers sent as they came
+    [fr.Text(1, ""), fr.GetStats(), fr.Ping(7)],
     ids=["empty text", "stats", "ping"],
 )
 async def test_a_flood_of_frames_in_one_message_is_cut_short(
-    frame: fr.ClientFrame, code: fr.ErrorCode, says: str, autojump_clock: trio.testing.MockClock
+    frame: fr.ClientFrame, autojump_clock: trio.testing.MockClock
 ) -> None:
+    from duplexd._downlink.writer import MAX_CONTROL_FRAMES
+
     limits = SessionLimits(ring_frames=1024, frame_burst=5_000)
     message = encode(frame) * ((1 << 20) // len(encode(frame)))  # as many as 1 MiB holds
-    got = await attack_beside_a_bystander(message, code, limits=limits)
+    got = await attack_beside_a_bystander(message, E.LIMIT_EXCEEDED, limits=limits)
     error = got[-1]
-    assert isinstance(error, fr.Error) and says in error.message
+    assert isinstance(error, fr.Error) and "5000 frames at once" in error.message
+    if not isinstance(frame, fr.Text):  # those still waiting at the error are not sent
+        assert len(got) - 2 >= 5_000 - MAX_CONTROL_FRAMES  # (Welcome and Error aside)
 
 
 async def test_a_steady_stream_under_the_rate_is_served(
@@ -196,21 +197,60 @@ async def fill_until_the_writer_waits(pair: Pair) -> float:
     raise AssertionError("the writer never had to wait")
 
 
-async def test_answers_piling_up_behind_a_blocked_socket_end_with_their_own_code(
+async def test_requests_behind_a_blocked_socket_stop_the_reading_then_slow_consumer(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
+    """A client that asks and never reads: its reading stops at 1024 answers waiting (the
+    queue stays bounded), and it is a slow consumer, told so without a word about audio."""
     from harness import bounded_stream_pair
+
+    from duplexd._downlink.writer import MAX_CONTROL_FRAMES
 
     async with open_pair(stream_pair=lambda i: bounded_stream_pair(4096)) as (pair,):
         await handshake(pair)
-        await fill_until_the_writer_waits(pair)
-        t = trio.current_time()
+        session = pair.sessions[0].session
+        assert session is not None
+        waited = await fill_until_the_writer_waits(pair)
+        t = trio.current_time() - waited  # when the writer began to wait
         await pair.send(*[fr.Ping(1)] * 2_500)  # more requests than answers may wait
+        await trio.sleep(0.5)
+        assert len(session._downlink._control) == MAX_CONTROL_FRAMES  # the reader waits
+        assert session._decoder.buffered_bytes > 0  # the rest of the message is unread
         with trio.fail_after(5):
             await pair.done.wait()
-        assert pair.sessions[0].error_code is E.TOO_MANY_REQUESTS
-        # decided at once; then the message in flight gets 1 s to go out and the Error 1 s
-        assert trio.current_time() - t <= 2.0
+        assert pair.sessions[0].error_code is E.SLOW_CONSUMER
+        assert 1.0 <= trio.current_time() - t <= 3.0  # noticed within a second, Error given 1 s
+        error = pair.sessions[0]._end.error
+        assert error is not None
+        message = error[1]
+        assert "frames waited to be sent" in message and "audio" not in message
+
+
+async def test_a_burst_of_pings_from_a_client_that_reads_gets_every_pong(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """2,500 Pings, more than the 1024 answers that may wait: in one message, then one Ping a
+    message; every Pong arrives, in order, and the session goes on."""
+    async with open_pair() as (pair,):
+        await handshake(pair)
+        for messages in (
+            [[fr.Ping(n) for n in range(2_500)]],
+            [[fr.Ping(n)] for n in range(2_500)],
+        ):
+            pongs: list[int] = []
+
+            async def read(pongs: list[int]) -> None:
+                while len(pongs) < 2_500:
+                    pongs.extend(f.nonce for f in await pair.receive() if isinstance(f, fr.Pong))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read, pongs)
+                for frames in messages:
+                    await pair.send(*frames)
+            assert pongs == list(range(2_500))
+        assert pair.sessions[0].error_code is None
+        await pair.send(fr.Ping(9))
+        assert [f.nonce for f in await pair.receive() if isinstance(f, fr.Pong)] == [9]
 
 
 async def test_a_client_that_reads_nothing_is_a_slow_consumer_even_in_silence(

@@ -232,6 +232,16 @@ def test_utterance_id_rules() -> None:
 
 
 @pytest.mark.unit
+def test_id_zero_is_bad_even_after_an_interrupt() -> None:
+    """SPEC §6.2: id 0 is checked before the "cancelled ids are ignored" rule."""
+    state = open_state()
+    state.receive(Text(1, "a", end=True))
+    state.receive(Interrupt())
+    assert state.receive(Text(1, "late")) is False  # cancelled: ignored
+    raises(state, Text(0, "zero"), ErrorCode.BAD_UTTERANCE_ID)
+
+
+@pytest.mark.unit
 def test_interrupt_drops_everything() -> None:
     state = open_state()
     state.receive(Text(1, "a", end=True))

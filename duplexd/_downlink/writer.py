@@ -33,7 +33,9 @@ ControlItem = bytes | Callable[[], bytes]
 
 MAX_LAG_FRAMES: Final = 50  # ticks waiting for the writer (1 s of audio at 20 ms)
 SLOW_SEND_S: Final = 1.0  # one send blocked this long (the client reads nothing): slow consumer
-MAX_CONTROL_FRAMES: Final = 1024  # answers (Pong, Stats...) waiting to be sent
+# answers (Pong, Stats...) waiting to be sent: at this many the session's reader waits before
+# acting on the client's next frame (`wait_for_answers`), so requests add no more than this
+MAX_CONTROL_FRAMES: Final = 1024
 CONTROL_BATCH: Final = 32  # answers built and sent in one message (bounded work per step)
 FADE_MS: Final = 5.0  # fade-out at a barge-in cut (SPEC.md §6.3), at the session's rate
 _END: Final = int(fr.AudioFlags.END)
@@ -68,20 +70,14 @@ class DownlinkEvents(Protocol):
 
     def slow_consumer(self) -> bool:
         """The client reads too slowly: a send has been blocked for `SLOW_SEND_S` (its socket's
-        buffer stayed full) while audio kept coming due. Returns True when the session goes
-        on (it gave that connection up and waits for another: resume), False when it ends
-        (the writer then stops)."""
+        buffer stayed full), with audio coming due or not (`Downlink.audio_due` says which).
+        Returns True when the session goes on (it gave that connection up and waits for
+        another: resume), False when it ends (the writer then stops)."""
         ...
 
     def answered(self, spent_s: float) -> None:
         """Building a batch of answers (a STATS frame is built as it is sent) took `spent_s`
         of the loop: the client asked for it, so it counts against its share."""
-        ...
-
-    def too_many_requests(self) -> None:
-        """More than `MAX_CONTROL_FRAMES` answers were waiting to be sent while the socket was
-        not backed up: the client asks faster than anyone could answer. The writer has
-        stopped."""
         ...
 
 
@@ -112,6 +108,7 @@ class Downlink:
         self._events = events
         self._lot = trio.lowlevel.ParkingLot()
         self._control: collections.deque[ControlItem] = collections.deque()
+        self._answers_lot = trio.lowlevel.ParkingLot()  # the reader, waiting for room
         self._due: collections.deque[float] = collections.deque()
         self.epoch = 0
         self.paused = False
@@ -135,6 +132,25 @@ class Downlink:
         reads nothing leaves it waiting for a full socket buffer to drain."""
         started = self._send_started
         return now - started if started is not None else 0.0
+
+    @property
+    def audio_due(self) -> bool:
+        """Whether audio frames are due and waiting for the writer (not paused, not idle)."""
+        return bool(self._due)
+
+    @property
+    def answers_full(self) -> bool:
+        """Whether `MAX_CONTROL_FRAMES` answers wait to be sent: the reader waits
+        (`wait_for_answers`) before acting on another client frame."""
+        return len(self._control) >= MAX_CONTROL_FRAMES and not self.closed
+
+    async def wait_for_answers(self) -> None:
+        """Wait until fewer than `MAX_CONTROL_FRAMES` answers wait to be sent (or the writer
+        closed): the backpressure on a client that asks faster than its answers go out.
+        Meanwhile its frames wait in the WebSocket layer and then in its socket. Cancellation
+        leaves nothing behind."""
+        while self.answers_full:
+            await self._answers_lot.park()
 
     @property
     def playing_uid(self) -> int:
@@ -182,18 +198,13 @@ class Downlink:
             self._pacer.schedule(self, self._pacer.anchor(trio.current_time()))
 
     def send_control(self, item: ControlItem) -> None:
-        """Queue a control frame (bytes, or a builder called right before sending)."""
+        """Queue a control frame (bytes, or a builder called right before sending).
+
+        The queue is bounded by its producers, not here: the reader, one answer at most per
+        client frame, waits while `MAX_CONTROL_FRAMES` are queued (`wait_for_answers`); the
+        uplink's events are bounded by its inbox. A client that reads nothing leaves the
+        writer blocked in a send, which is SLOW_CONSUMER after `SLOW_SEND_S`."""
         if self.closed:
-            return
-        if len(self._control) >= MAX_CONTROL_FRAMES:
-            started = self._send_started
-            if started is not None and trio.current_time() - started >= SLOW_SEND_S:
-                if self._events.slow_consumer():  # that connection was given up: go on
-                    self._control.append(item)
-                    return
-            else:
-                self._events.too_many_requests()
-            self.closed = True
             return
         self._control.append(item)
         self._lot.unpark()
@@ -297,6 +308,7 @@ class Downlink:
         self._stopping = True
         self.closed = True
         self._lot.unpark()
+        self._answers_lot.unpark_all()
         self._run_scope.deadline = min(self._run_scope.deadline, trio.current_time() + grace_s)
 
     async def run(self) -> None:
@@ -320,6 +332,7 @@ class Downlink:
                 while control and len(parts) < CONTROL_BATCH:
                     item = control.popleft()
                     parts.append(item if isinstance(item, bytes) else item())
+                self._answers_lot.unpark_all()  # room for the reader's next requests
                 self._events.answered(time.perf_counter() - t0)
                 self._send_started = trio.current_time()
                 await self._send(parts[0] if len(parts) == 1 else b"".join(parts))

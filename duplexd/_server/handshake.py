@@ -29,7 +29,7 @@ from ..protocol import frames as fr
 from ..protocol.codec import Decoder, RemoteProtocolError, encode
 from ..protocol.state import ServerProtocolState
 from ..protocol.transport import Transport
-from .limits import announced_limits
+from .limits import MAX_MESSAGE_BYTES, announced_limits
 
 # How blocking work leaves the event loop: `trio.to_thread.run_sync` in the daemon.
 Offload = Callable[..., Awaitable[Any]]
@@ -64,9 +64,16 @@ class Opened:
 
 
 async def receive_message(transport: Transport) -> bytes:
-    """The client's next message. Raises `RemoteProtocolError` (NOT_BINARY) for a text one.
-    Cancellation leaves the message unread."""
+    """The client's next message. Raises `RemoteProtocolError`: FRAME_TOO_LARGE for one over
+    `MAX_MESSAGE_BYTES` (close 1009, as the WebSocket layer would, but with an Error frame
+    first: SPEC.md §2), NOT_BINARY for a text one. Cancellation leaves the message unread."""
     message = await transport.get_message()
+    if len(message) > MAX_MESSAGE_BYTES:
+        raise RemoteProtocolError(
+            fr.ErrorCode.FRAME_TOO_LARGE,
+            f"a WebSocket message holds at most {MAX_MESSAGE_BYTES} bytes"
+            " (info.limits.max_message_bytes): send the frames in several messages",
+        )
     if isinstance(message, str):
         raise RemoteProtocolError(
             fr.ErrorCode.NOT_BINARY,

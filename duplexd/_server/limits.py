@@ -33,6 +33,11 @@ from .._downlink.writer import MAX_CONTROL_FRAMES, SLOW_SEND_S
 from .._ops.settings import SessionLimits
 
 MAX_MESSAGE_BYTES: Final = 1 << 20  # one WebSocket message (it may hold several frames)
+# What the WebSocket layer (trio-websocket) buffers of one message before it closes with 1009
+# on its own, without an Error frame (it gives us no say): twice our limit, so that a message
+# over `MAX_MESSAGE_BYTES` but under this reaches the reader, which answers it with an Error
+# frame first (SPEC.md §2). A connection's memory stays bounded by this.
+TRANSPORT_MESSAGE_BYTES: Final = 2 * MAX_MESSAGE_BYTES
 # Loop time a session costs to open and close (upgrade, Hello, Welcome, close), charged to
 # the client's loop share when it opens: measured 2.0 ms of daemon CPU per session on the
 # 2-core box (300 sessions opened and closed back to back)

@@ -29,7 +29,7 @@ from ..protocol.frames import SUBPROTOCOL, WS_PATH
 from ..protocol.jsonmode import JSON_SUBPROTOCOL
 from .connection import Connection
 from .handshake import Offload
-from .limits import MAX_MESSAGE_BYTES, CarriedBudgets
+from .limits import TRANSPORT_MESSAGE_BYTES, CarriedBudgets
 from .listen import open_listeners
 from .session import Session
 from .synthesis import synthesis_offloads
@@ -314,7 +314,7 @@ async def serve_duplexd(
             server = WebSocketServer(
                 lambda request: daemon.handle(request),
                 listeners,
-                max_message_size=MAX_MESSAGE_BYTES,
+                max_message_size=TRANSPORT_MESSAGE_BYTES,
                 connect_timeout=CONNECT_TIMEOUT_S,
                 disconnect_timeout=DISCONNECT_TIMEOUT_S,
             )

@@ -35,7 +35,7 @@ from .._downlink.pacer import Pacer
 from .._downlink.producer import SynthesisCancelled, UtteranceProducer
 from .._downlink.ring import FrameRing
 from .._downlink.utterance import Utterance
-from .._downlink.writer import MAX_CONTROL_FRAMES, SLOW_SEND_S, Downlink
+from .._downlink.writer import SLOW_SEND_S, Downlink
 from .._ops.metrics import DownlinkCounters, SessionObserver
 from .._ops.settings import SessionLimits
 from .._uplink.uplink import Uplink, UplinkServices
@@ -54,6 +54,8 @@ log = logging.getLogger("duplexd.session")
 # acted upon in batches of this many frames with a checkpoint between them, within the
 # client's frame budget, and the loop time it costs is counted (`input_s`) against the client's
 # share of the loop (`limits.input_share`: over it, its reading waits): `duplexd._server.limits`.
+# Its reading also waits while `MAX_CONTROL_FRAMES` answers wait to be sent (backpressure: a
+# client that asks faster than its answers go out is slowed down, not failed).
 FRAMES_PER_CHECKPOINT = 64
 
 CLOSED_ERRORS = (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError)
@@ -242,11 +244,12 @@ class Session:
 
     async def _act_on_message(self) -> None:
         """Decode and act on the buffered message frame by frame: `FRAMES_PER_CHECKPOINT` at a
-        time with a checkpoint between batches, one frame-budget token each. Raises
-        LIMIT_EXCEEDED when the budget is spent, MALFORMED for a frame cut at the end of the
-        message (the frames before it were acted upon). Cancellation at a checkpoint leaves
-        the rest of the message in the decoder."""
-        decoder, rate = self._decoder, self._frame_rate
+        time with a checkpoint between batches, one frame-budget token each, and waiting
+        while the writer holds `MAX_CONTROL_FRAMES` answers. Raises LIMIT_EXCEEDED when the
+        budget is spent, MALFORMED for a frame cut at the end of the message (the frames
+        before it were acted upon). Cancellation at a checkpoint leaves the rest of the
+        message in the decoder."""
+        decoder, rate, dl = self._decoder, self._frame_rate, self._downlink
         now = trio.current_time()
         self._last_input = now
         rate.refill(now)
@@ -260,7 +263,11 @@ class Session:
                     raise self._over_budget()
                 self._dispatch(frame)
                 n += 1
-                if n % FRAMES_PER_CHECKPOINT == 0:
+                if dl.answers_full:  # asked faster than answered: read on once they go out
+                    await self._account(time.perf_counter() - t0)
+                    await dl.wait_for_answers()
+                    t0 = time.perf_counter()
+                elif n % FRAMES_PER_CHECKPOINT == 0:
                     await self._account(time.perf_counter() - t0)
                     t0 = time.perf_counter()
             decoder.check_boundary()  # a frame must not span WebSocket messages
@@ -429,10 +436,11 @@ class Session:
         if self.resumable is not None:  # a connection that stopped reading is as good as gone
             self.resumable.drop()
             return True
+        waiting = "audio was due" if self._downlink.audio_due else "frames waited to be sent"
         self._end.fail(
             fr.ErrorCode.SLOW_CONSUMER,
-            "the client read nothing for 1 s while audio was due (its socket's buffer stayed"
-            " full): read the audio as it comes",
+            f"the client read nothing for {SLOW_SEND_S:g} s while {waiting} (its socket's"
+            " buffer stayed full): read what the server sends as it comes",
         )
         return False
 
@@ -468,13 +476,6 @@ class Session:
 
     def answered(self, spent_s: float) -> None:
         self._charge(spent_s)  # the reader waits it out before reading on
-
-    def too_many_requests(self) -> None:
-        self._end.fail(
-            fr.ErrorCode.TOO_MANY_REQUESTS,
-            f"more than {MAX_CONTROL_FRAMES} answers (Pong, Stats, Paused...) waiting to be"
-            " sent: send requests no faster than their answers arrive",
-        )
 
     def _retire(self, uid: int) -> None:
         if self._utterances.pop(uid, None) is not None:

@@ -13,11 +13,11 @@ The Hello is checked whole when it arrives: version, audio formats and `options`
 
 Utterance ids: a Text with an id greater than every earlier id starts a new utterance (only
 once the previous utterance's text has ended); a Text with the newest id appends to it until
-END; Text for the newest id after its END is TEXT_AFTER_END; zero or any older id is
-BAD_UTTERANCE_ID. An interrupt (the client's `Interrupt`, or the server's own `barge_in()`)
-ends and drops every active utterance; Text for an id up to the greatest one it cancelled is
-then ignored (the client may still be streaming it). An utterance stops being active when its
-`UtteranceDone` is sent.
+END; Text for the newest id after its END is TEXT_AFTER_END; zero (always, also after an
+interrupt) or any older id is BAD_UTTERANCE_ID. An interrupt (the client's `Interrupt`, or the
+server's own `barge_in()`) ends and drops every active utterance; Text for an id up to the
+greatest one it cancelled is then ignored (the client may still be streaming it). An
+utterance stops being active when its `UtteranceDone` is sent.
 
 AUDIO frames go from the synthesis ring to the socket without passing through `send` (that is
 the per-frame hot path); the frames sent around them (UtteranceStarted, UtteranceDone,
@@ -146,7 +146,11 @@ class ServerProtocolState:
             self.receive_hello(frame)
             return True
         if isinstance(frame, Text):
-            if 0 < frame.utterance_id <= self._cancelled_upto:
+            if frame.utterance_id == 0:  # never valid, also after an interrupt (SPEC §6.2)
+                raise RemoteProtocolError(
+                    ErrorCode.BAD_UTTERANCE_ID, "utterance id 0 is never valid: ids start at 1"
+                )
+            if frame.utterance_id <= self._cancelled_upto:
                 return False
             self._receive_text(frame)
         elif isinstance(frame, Interrupt):
@@ -185,7 +189,7 @@ class ServerProtocolState:
                 )
             self._last_id, self._open, self._text_bytes = uid, True, 0
             self._active.append(uid)
-        elif uid == self._last_id and uid != 0:
+        elif uid == self._last_id:
             if not self._open:
                 raise RemoteProtocolError(
                     ErrorCode.TEXT_AFTER_END, f"text for utterance {uid} after its end"

@@ -7,8 +7,11 @@ Valid cases: ``{"name", "direction", "hex", "frame"}`` where `direction` says wh
 bytes ("client" or "server"), `frame` is ``{"type": <class name>, <field>: <value>...}`` with
 bytes as lowercase hex and `Error.code` as the ErrorCode name; ``"frame": null`` means the bytes
 hold one unknown optional frame that a decoder skips, and ``"skipped": n`` (default 0) how many
-frames it skips. Invalid cases: ``{"name", "direction", "hex", "error": <ErrorCode name>}``:
-a decoder fed `hex` then asked for frames and for the end of the data raises that error.
+frames it skips. ``"round_trip": false`` (default true) marks bytes that encoding the decoded
+frame cannot give back, ``"round_trip_why"`` says why (a skipped frame before it: encoding gives
+only the bytes after the skipped ones). Invalid cases: ``{"name", "direction", "hex",
+"error": <ErrorCode name>}``: a decoder fed `hex` then asked for frames and for the end of the
+data raises that error.
 
 The tests (tests/test_vectors.py) compare the codec against the committed file, so a codec change
 that alters bytes fails until this script is rerun and the diff reviewed.
@@ -159,6 +162,11 @@ def valid_cases() -> list[tuple[str, str, Any]]:
         ("error", "server", Error(ErrorCode.TEXT_AFTER_END, "text for utterance 1 after END")),
         ("error_non_ascii", "server", Error(ErrorCode.UNKNOWN_VOICE, "voix « inconnue »")),
         ("error_empty_message", "server", Error(ErrorCode.GOING_AWAY, "")),
+        (
+            "error_message_too_large",  # SPEC §2: a WebSocket message over max_message_bytes
+            "server",
+            Error(ErrorCode.FRAME_TOO_LARGE, "a WebSocket message holds at most 1048576 bytes"),
+        ),
         ("speech_started", "server", SpeechStarted(16_000)),
         ("speech_stopped", "server", SpeechStopped(48_320)),
         ("transcript_final", "server", Transcript(16_000, 48_320, "Stop, bitte!", final=True)),
@@ -173,6 +181,13 @@ def valid_cases() -> list[tuple[str, str, Any]]:
         ("words_none", "server", Words(0, 1, ())),
     ]
 
+
+# Why `skip_then_ping` cannot round-trip: a decoder drops a skipped frame (SPEC §3.4), so
+# the decoded frames do not hold its bytes, and encoding them gives only the Ping's.
+SKIPPED_NOT_ENCODED = (
+    "the unknown optional frame is skipped by the decoder (SPEC §3.4) and so is not among the"
+    " decoded frames: encoding them gives only the bytes after it"
+)
 
 SKIP_CASES = [
     # name, direction, hex, frame after the skipped one (or None), skipped
@@ -288,6 +303,9 @@ def build() -> list[dict[str, Any]]:
         case = {"name": name, "direction": direction, "hex": hexstr}
         case["frame"] = None if frame is None else frame_to_json(frame)
         case["skipped"] = skipped
+        if frame is not None:
+            case["round_trip"] = False
+            case["round_trip_why"] = SKIPPED_NOT_ENCODED
         cases.append(case)
     for name, direction, hexstr, error in INVALID_CASES:
         cases.append({"name": name, "direction": direction, "hex": hexstr, "error": error})
