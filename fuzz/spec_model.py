@@ -32,6 +32,7 @@ from duplexd.protocol.frames import (
     Interrupt,
     Pause,
     Ping,
+    Played,
     Resume,
     SpeechStarted,
     SpeechStopped,
@@ -56,6 +57,7 @@ BODIES: Final[dict[int, tuple[int, tuple[str, ...], bool]]] = {
     0x06: (8, (), False),  # PING
     0x07: (4, ("pcm",), False),  # AUDIO_UP
     0x41: (0, (), False),  # GET_STATS
+    0x42: (22, (), True),  # PLAYED (FINAL)
     0x80: (42, ("str16", "str16", "json32"), False),  # WELCOME
     0x81: (10, ("pcm",), True),  # AUDIO (END)
     0x82: (6, (), False),  # UTTERANCE_STARTED
@@ -70,6 +72,7 @@ BODIES: Final[dict[int, tuple[int, tuple[str, ...], bool]]] = {
     0x8B: (16, ("utf8",), True),  # TRANSCRIPT (FINAL)
     0xC1: (0, ("utf8",), False),  # STATS
     0xC2: (6, ("marks",), False),  # WORDS
+    0xC3: (18, (), False),  # HEARD
 }
 ERROR_CODES: Final = range(1, 20)  # §8: 1 MALFORMED .. 19 RESUME_FAILED
 DECODE_ERRORS: Final = frozenset(
@@ -288,7 +291,7 @@ def hello_verdict(hello: Hello) -> ErrorCode | None:
 
 # ---------------------------------------------------------------------------- §6, §7
 
-CLIENT_TYPES: Final = (Hello, Text, Interrupt, Pause, Resume, Ping, AudioUp, GetStats)
+CLIENT_TYPES: Final = (Hello, Text, Interrupt, Pause, Resume, Ping, AudioUp, GetStats, Played)
 # a server move the rules forbid (the implementation raises LocalProtocolError)
 ILLEGAL: Final = "illegal"
 Verdict = Literal["ok", "ignored"] | ErrorCode
@@ -331,7 +334,7 @@ class SessionModel:
         if isinstance(frame, Interrupt):
             self.interrupt()
             return "ok"
-        if isinstance(frame, Pause | Resume | Ping | GetStats):
+        if isinstance(frame, Pause | Resume | Ping | GetStats | Played):
             return "ok"
         if isinstance(frame, AudioUp) and self.uplink:
             return "ok"

@@ -38,6 +38,7 @@ CLIENT_FRAMES: st.SearchStrategy[fr.Frame] = st.one_of(
     st.builds(fr.Ping, u64),
     st.builds(fr.AudioUp, u32, pcm),
     st.just(fr.GetStats()),
+    st.builds(fr.Played, u16, u32, u64, u64, st.booleans()),
 )
 SERVER_FRAMES: st.SearchStrategy[fr.Frame] = st.one_of(
     st.builds(
@@ -61,6 +62,7 @@ SERVER_FRAMES: st.SearchStrategy[fr.Frame] = st.one_of(
     st.builds(fr.SpeechStopped, u64),
     st.builds(fr.Transcript, u64, u64, text, st.booleans()),
     st.builds(fr.Stats, json_text),
+    st.builds(fr.Heard, u16, u32, u64, u32),
     st.builds(
         fr.Words,
         u16,

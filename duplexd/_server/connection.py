@@ -25,10 +25,11 @@ from ..protocol.codec import Decoder, encode
 from ..protocol.options import ResumeOptions
 from ..protocol.state import Phase, ServerProtocolState
 from ..protocol.transport import Transport
+from .ending import CLOSED_ERRORS, SessionEnd
 from .handshake import Offload, Refusal, accept, receive_hello
 from .limits import SESSION_OPEN_S, CarriedBudgets
 from .resume import Resumable, ResumeFailed
-from .session import CLOSED_ERRORS, Session, SessionEnd
+from .session import Session
 
 
 class Sessions(Protocol):

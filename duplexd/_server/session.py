@@ -29,10 +29,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
-from trio_websocket import ConnectionClosed
 
 from .._downlink.pacer import Pacer
-from .._downlink.producer import SynthesisCancelled, UtteranceProducer
+from .._downlink.producer import PieceMap, SynthesisCancelled, UtteranceProducer
 from .._downlink.ring import FrameRing
 from .._downlink.utterance import Utterance
 from .._downlink.writer import SLOW_SEND_S, Downlink
@@ -44,8 +43,10 @@ from ..protocol import frames as fr
 from ..protocol.codec import Decoder, RemoteProtocolError, encode
 from ..protocol.state import ServerProtocolState
 from ..protocol.transport import Transport
+from .ending import SessionEnd
 from .handshake import DRAINING_MESSAGE, Offload, Opened, Refusal, receive_message
 from .limits import RECEIVE_S_PER_BYTE, SESSION_OPEN_S, Budgets
+from .playback import Playback
 from .resume import Resumable
 
 log = logging.getLogger("duplexd.session")
@@ -57,51 +58,6 @@ log = logging.getLogger("duplexd.session")
 # Its reading also waits while `MAX_CONTROL_FRAMES` answers wait to be sent (backpressure: a
 # client that asks faster than its answers go out is slowed down, not failed).
 FRAMES_PER_CHECKPOINT = 64
-
-CLOSED_ERRORS = (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError)
-
-
-class SessionEnd:
-    """How a connection ends: the first failure recorded wins. During the handshake ending
-    cancels `scope` (which the connection runs in); once a session is open it calls the
-    session's `finish_with` callback instead, which stops its tasks in an order that leaves the
-    WebSocket whole for the Error frame. Synchronous; trio thread."""
-
-    def __init__(self, tag: str) -> None:
-        self.tag = tag
-        self.scope = trio.CancelScope()
-        self.error: tuple[fr.ErrorCode, str] | None = None
-        self._finish: Callable[[], None] = self.scope.cancel
-
-    def finish_with(self, finish: Callable[[], None]) -> None:
-        """From now on, ending calls `finish` (an open session's graceful stop)."""
-        self._finish = finish
-
-    def fail(self, code: fr.ErrorCode, message: str) -> None:
-        """End with an Error of `code` (unless an earlier failure is already recorded)."""
-        if self.error is None:
-            self.error = (code, message)
-        self._finish()
-
-    def stop(self) -> None:
-        """End without an error of our own (the peer closed, or a task finished)."""
-        self._finish()
-
-    async def guard(self, fn: Callable[[], Awaitable[None]]) -> None:
-        """Run `fn`; record how a failure of it is to be reported: the peer's protocol error
-        as that error, a closed connection as nothing, anything else as INTERNAL (and logged:
-        it is our bug). `trio.Cancelled` passes through."""
-        try:
-            await fn()
-        except RemoteProtocolError as exc:
-            self.fail(exc.error_code, exc.message)
-        except Refusal as exc:
-            self.fail(exc.code, exc.message)
-        except CLOSED_ERRORS:
-            pass
-        except Exception:
-            log.exception("session %s failed", self.tag)
-            self.fail(fr.ErrorCode.INTERNAL, "internal server error")
 
 
 class Session:
@@ -179,6 +135,7 @@ class Session:
             events=self,
             paced=state.options.downlink.paced,
         )
+        self.playback = Playback()  # what the client says it played (PLAYED, HEARD)
         # WORDS frames: asked for, and the voice times its words (Welcome says so)
         self._words = state.options.downlink.words and isinstance(opened.voice, WordTimedVoice)
 
@@ -351,6 +308,10 @@ class Session:
             dl.send_control(self._stats_message)  # built right before it is sent: fresh
         elif isinstance(frame, fr.AudioUp) and self._uplink is not None:
             self._uplink.feed(frame.seq, frame.pcm)
+        elif isinstance(frame, fr.Played) and (
+            heard := self.playback.report(frame, self._piece_map)
+        ):
+            self._send_control(heard)
 
     def _on_text(self, frame: fr.Text) -> None:
         utt = self._utterances.get(frame.utterance_id)
@@ -427,6 +388,8 @@ class Session:
 
     def sending(self, frame: fr.UtteranceDone | fr.Interrupted) -> None:
         self._state.send(frame)
+        if pieces := self._piece_map(frame.utterance_id):
+            self.playback.ended(frame.utterance_id, pieces, frame.samples_sent)
         if frame.utterance_id:
             self._retire(frame.utterance_id)
         if isinstance(frame, fr.Interrupted):
@@ -476,6 +439,9 @@ class Session:
 
     def answered(self, spent_s: float) -> None:
         self._charge(spent_s)  # the reader waits it out before reading on
+
+    def _piece_map(self, uid: int) -> PieceMap | None:
+        return utt.piece_map if (utt := self._utterances.get(uid)) is not None else None
 
     def _retire(self, uid: int) -> None:
         if self._utterances.pop(uid, None) is not None:

@@ -166,6 +166,23 @@ class ClientSession:
         self._uid_epoch.setdefault(utterance_id, self.epoch)
         await self._send(fr.Text(utterance_id=utterance_id, text=text, end=end))
 
+    async def send_played(
+        self, utterance_id: int, samples_played: int, *, clock_us: int = 0, final: bool = False
+    ) -> None:
+        """Report how much of an utterance reached the speaker (PLAYED, SPEC.md §4.8), for a
+        client that plays the audio itself; a `final` report is answered with a `Heard`
+        frame (what was heard whole, to the word). Its epoch is the utterance's."""
+        epoch = self._uid_epoch.get(utterance_id, self.epoch)
+        await self._send(
+            fr.Played(
+                epoch=epoch,
+                utterance_id=utterance_id,
+                samples_played=samples_played,
+                clock_us=clock_us,
+                final=final,
+            )
+        )
+
     async def say(self, text: str) -> int:
         """Speak `text` as a new utterance; returns its id."""
         uid = self.new_utterance_id()

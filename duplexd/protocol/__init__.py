@@ -50,6 +50,7 @@ from .frames import ErrorCode as ErrorCode
 from .frames import Frame as Frame
 from .frames import FrameType as FrameType
 from .frames import GetStats as GetStats
+from .frames import Heard as Heard
 from .frames import Hello as Hello
 from .frames import Interrupt as Interrupt
 from .frames import Interrupted as Interrupted
@@ -57,6 +58,8 @@ from .frames import InterruptedFlags as InterruptedFlags
 from .frames import Pause as Pause
 from .frames import Paused as Paused
 from .frames import Ping as Ping
+from .frames import Played as Played
+from .frames import PlayedFlags as PlayedFlags
 from .frames import Pong as Pong
 from .frames import Resume as Resume
 from .frames import Resumed as Resumed
@@ -111,6 +114,7 @@ __all__ = [
     "Frame",
     "FrameType",
     "GetStats",
+    "Heard",
     "Hello",
     "Interrupt",
     "Interrupted",
@@ -120,6 +124,8 @@ __all__ = [
     "Paused",
     "Phase",
     "Ping",
+    "Played",
+    "PlayedFlags",
     "Pong",
     "ProtocolError",
     "RawFrame",

@@ -30,12 +30,14 @@ from .frames import (
     Frame,
     FrameType,
     GetStats,
+    Heard,
     Hello,
     Interrupt,
     Interrupted,
     Pause,
     Paused,
     Ping,
+    Played,
     Pong,
     Resume,
     Resumed,
@@ -155,6 +157,13 @@ _LAYOUTS: Final = (
     _L(FrameType.AUDIO_UP, AudioUp, "I", "seq", tail=(("pcm", "pcm"),)),
     _L(FrameType.GET_STATS, GetStats, ""),
     _L(
+        FrameType.PLAYED,
+        Played,
+        "HIQQ",
+        "epoch utterance_id samples_played clock_us",
+        flag="final",
+    ),
+    _L(
         FrameType.WELCOME,
         Welcome,
         "H16sIIIIII",
@@ -195,6 +204,7 @@ _LAYOUTS: Final = (
     ),
     _L(FrameType.STATS, Stats, "", tail=(("json", "utf8"),)),
     _L(FrameType.WORDS, Words, "HI", "epoch utterance_id", tail=(("marks", "marks"),)),
+    _L(FrameType.HEARD, Heard, "HIQI", "epoch utterance_id samples_played chars_heard"),
 )
 _BY_TYPE: Final[dict[int, _Layout]] = {int(lay.ftype): lay for lay in _LAYOUTS}
 _BY_CLASS: Final[dict[type[Any], _Layout]] = {lay.cls: lay for lay in _LAYOUTS}

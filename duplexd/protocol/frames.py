@@ -59,6 +59,7 @@ class FrameType(enum.IntEnum):
     PING = 0x06
     AUDIO_UP = 0x07
     GET_STATS = 0x41  # optional
+    PLAYED = 0x42  # optional
     # server -> client
     WELCOME = 0x80
     AUDIO = 0x81
@@ -74,6 +75,7 @@ class FrameType(enum.IntEnum):
     TRANSCRIPT = 0x8B
     STATS = 0xC1  # optional
     WORDS = 0xC2  # optional
+    HEARD = 0xC3  # optional
 
     @property
     def optional(self) -> bool:
@@ -100,6 +102,10 @@ class AudioFlags(enum.IntFlag):
 
 class InterruptedFlags(enum.IntFlag):
     VAD = FLAG_BIT  # the server barged in itself (voice activity on the uplink)
+
+
+class PlayedFlags(enum.IntFlag):
+    FINAL = FLAG_BIT  # the utterance will play no more (it ended, or was flushed)
 
 
 class TranscriptFlags(enum.IntFlag):
@@ -233,6 +239,19 @@ class AudioUp:
 @dataclass(frozen=True, slots=True)
 class GetStats:
     pass
+
+
+@dataclass(frozen=True, slots=True)
+class Played:
+    """Optional frame: how much of an utterance reached the client's audio output (SPEC.md
+    §4.8): `samples_played` from its first sample, at the downlink rate, the last of them
+    played at `clock_us` of the client's audio clock; `final`: it will play no more."""
+
+    epoch: int
+    utterance_id: int
+    samples_played: int
+    clock_us: int
+    final: bool = False
 
 
 # --------------------------------------------------------------------------- server -> client
@@ -369,7 +388,18 @@ class Words:
     marks: tuple[WordMark, ...]
 
 
-ClientFrame = Hello | Text | Interrupt | Pause | Resume | Ping | AudioUp | GetStats
+@dataclass(frozen=True, slots=True)
+class Heard:
+    """Optional frame: the answer to a final Played (SPEC.md §5.11): the characters of the
+    utterance's text whose audio was played whole."""
+
+    epoch: int
+    utterance_id: int
+    samples_played: int
+    chars_heard: int
+
+
+ClientFrame = Hello | Text | Interrupt | Pause | Resume | Ping | AudioUp | GetStats | Played
 ServerFrame = (
     Welcome
     | Audio
@@ -385,5 +415,6 @@ ServerFrame = (
     | Transcript
     | Stats
     | Words
+    | Heard
 )
 Frame = ClientFrame | ServerFrame

@@ -46,6 +46,7 @@ CLIENT_TYPES: Final[dict[str, type[Any]]] = {
     for cls in (fr.Hello, fr.Text, fr.Interrupt, fr.Pause, fr.Resume, fr.Ping, fr.AudioUp)
 }
 CLIENT_TYPES["get_stats"] = fr.GetStats
+CLIENT_TYPES["played"] = fr.Played
 CLIENT_TYPES["stats"] = fr.GetStats  # an alias: what one types by hand
 
 

@@ -42,6 +42,7 @@ from .frames import (
     Interrupt,
     Pause,
     Ping,
+    Played,
     Resume,
     SpeechStarted,
     SpeechStopped,
@@ -94,7 +95,7 @@ def check_audio_format(hello: Hello) -> None:
         )
 
 
-_OPEN_ANY = (Pause, Resume, Ping, GetStats)
+_OPEN_ANY = (Pause, Resume, Ping, GetStats, Played)
 _UPLINK_EVENTS = (SpeechStarted, SpeechStopped, Transcript)
 
 
@@ -258,7 +259,9 @@ class ServerProtocolState:
 
 
 def _is_client(frame: object) -> bool:
-    return isinstance(frame, Hello | Text | Interrupt | Pause | Resume | Ping | AudioUp | GetStats)
+    return isinstance(
+        frame, Hello | Text | Interrupt | Pause | Resume | Ping | AudioUp | GetStats | Played
+    )
 
 
 def _unexpected(frame: object, why: str) -> RemoteProtocolError:

@@ -51,6 +51,8 @@ from duplexd.protocol.frames import (  # noqa: E402
     Stats,
     WordMark,
     Words,
+    Played,
+    Heard,
     Text,
     Transcript,
     UtteranceDone,
@@ -179,6 +181,9 @@ def valid_cases() -> list[tuple[str, str, Any]]:
             Words(2, 7, (WordMark(0, 5, 1_000, 14_400), WordMark(6, 12, 14_400, 30_000))),
         ),
         ("words_none", "server", Words(0, 1, ())),
+        ("played", "client", Played(1, 7, 26_160, 1_234_567_890)),
+        ("played_final", "client", Played(1, 7, 26_400, 1_234_572_890, final=True)),
+        ("heard", "server", Heard(1, 7, 26_400, 12)),
     ]
 
 
@@ -274,6 +279,9 @@ INVALID_CASES = [
     ("error_unknown_code", "server", h("04000000 88 00 6300"), "MALFORMED"),
     ("error_bad_utf8", "server", h("05000000 88 00 0100 ff"), "MALFORMED"),
     ("stats_bad_utf8", "server", h("03000000 c1 00 ff"), "MALFORMED"),
+    # PLAYED has one flag (FINAL) and a fixed 22-byte body
+    ("played_short", "client", h("17000000 42 01 0100 07000000 0000000000000000 00000000000000"),
+     "MALFORMED"),
     # a Words body holds whole 16-byte marks, each ending at or after its start
     ("words_partial_mark", "server", h("0c000000 c2 00 0200 07000000 00000000"), "MALFORMED"),
     (

@@ -1,0 +1,62 @@
+"""How a connection ends (`SessionEnd`): the first failure recorded wins, and how a task's
+failure is reported (the peer's protocol error as that error, a closed connection as nothing,
+anything else as INTERNAL and logged)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import trio
+from trio_websocket import ConnectionClosed
+
+from ..protocol import frames as fr
+from ..protocol.codec import RemoteProtocolError
+from .handshake import Refusal
+
+log = logging.getLogger("duplexd.session")
+
+CLOSED_ERRORS = (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError)
+
+
+class SessionEnd:
+    """How a connection ends: the first failure recorded wins. During the handshake ending
+    cancels `scope` (which the connection runs in); once a session is open it calls the
+    session's `finish_with` callback instead, which stops its tasks in an order that leaves the
+    WebSocket whole for the Error frame. Synchronous; trio thread."""
+
+    def __init__(self, tag: str) -> None:
+        self.tag = tag
+        self.scope = trio.CancelScope()
+        self.error: tuple[fr.ErrorCode, str] | None = None
+        self._finish: Callable[[], None] = self.scope.cancel
+
+    def finish_with(self, finish: Callable[[], None]) -> None:
+        """From now on, ending calls `finish` (an open session's graceful stop)."""
+        self._finish = finish
+
+    def fail(self, code: fr.ErrorCode, message: str) -> None:
+        """End with an Error of `code` (unless an earlier failure is already recorded)."""
+        if self.error is None:
+            self.error = (code, message)
+        self._finish()
+
+    def stop(self) -> None:
+        """End without an error of our own (the peer closed, or a task finished)."""
+        self._finish()
+
+    async def guard(self, fn: Callable[[], Awaitable[None]]) -> None:
+        """Run `fn`; record how a failure of it is to be reported: the peer's protocol error
+        as that error, a closed connection as nothing, anything else as INTERNAL (and logged:
+        it is our bug). `trio.Cancelled` passes through."""
+        try:
+            await fn()
+        except RemoteProtocolError as exc:
+            self.fail(exc.error_code, exc.message)
+        except Refusal as exc:
+            self.fail(exc.code, exc.message)
+        except CLOSED_ERRORS:
+            pass
+        except Exception:
+            log.exception("session %s failed", self.tag)
+            self.fail(fr.ErrorCode.INTERNAL, "internal server error")
