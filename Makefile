@@ -7,6 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 HOST ?= 127.0.0.1
 PORT ?= 8765
+HTTP_PORT ?= 8766
 ENGINE ?= vits
 PYTEST_ARGS ?=
 LINT_DIRS := duplexd tests bench tools examples fuzz
@@ -55,7 +56,8 @@ install-service:
 	PYTHON=$(PYTHON) sh deploy/install-service.sh "$(DESTDIR)" "$(PREFIX)"
 
 run: install
-	$(VENV)/bin/duplexd serve --host $(HOST) --port $(PORT) --engine $(ENGINE) --log-format text
+	$(VENV)/bin/duplexd serve --host $(HOST) --port $(PORT) --http-port $(HTTP_PORT) \
+		--engine $(ENGINE) --log-format text
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -42,6 +42,7 @@ class Response:
     status: int
     body: bytes = b""
     content_type: str = "text/plain; charset=utf-8"
+    headers: tuple[tuple[str, str], ...] = ()  # more of them (Content-Security-Policy...)
 
 
 Handler = Callable[[Request], Response]
@@ -137,6 +138,8 @@ async def _send(
         ("Content-Length", str(len(res.body))),
         ("Cache-Control", "no-store"),
         ("Server", "duplexd"),
+        ("X-Content-Type-Options", "nosniff"),
+        *res.headers,
     ]
     reason = HTTPStatus(res.status).phrase.encode() if res.status in _PHRASES else b""
     out = conn.send(h11.Response(status_code=res.status, headers=headers, reason=reason)) or b""

@@ -152,6 +152,15 @@ class LogSettings:
 
 
 @attrs.frozen
+class DemoSettings:
+    """`[demo]`: the browser page on the HTTP side port (duplexd._ops.demo)."""
+
+    page: bool = True  # serve the voice chat page at / and /demo/ (static files)
+    issue_tokens: bool = False  # hand the page a short-lived signed token (needs secret_file)
+    token_ttl_s: int = 60  # how long such a token opens sessions (an open one outlives it)
+
+
+@attrs.frozen
 class Settings:
     server: ServerSettings = ServerSettings()
     auth: AuthSettings = AuthSettings()
@@ -161,6 +170,7 @@ class Settings:
     asr: AsrSettings = AsrSettings()
     trace: TraceSettings = TraceSettings()
     log: LogSettings = LogSettings()
+    demo: DemoSettings = DemoSettings()
 
 
 def _section_types() -> dict[str, dict[str, Any]]:
@@ -450,6 +460,10 @@ def _validate_auth(s: Settings, bad: Callable[[str, str], ConfigError]) -> None:
                 read(path)
             except AuthConfigError as exc:
                 raise bad(key, str(exc)) from None
+    if s.demo.issue_tokens and not a.secret_file:
+        raise bad("demo.issue_tokens", "needs auth.secret_file (the tokens are signed with it)")
+    if not 10 <= s.demo.token_ttl_s <= 3600:
+        raise bad("demo.token_ttl_s", f"must be in 10..3600, got {s.demo.token_ttl_s}")
     if a.metrics_require_auth and not auth_configured(s):
         raise bad(
             "auth.metrics_require_auth",

@@ -31,6 +31,7 @@ import attrs
 import trio
 
 from .._ops.auth import AuthConfigError, Authenticator, AuthError
+from .._ops.demo import DemoPage
 from .._ops.http import Request, Response, serve_http
 from .._ops.logs import configure_logging
 from .._ops.prometheus import CONTENT_TYPE, DaemonMetrics
@@ -132,6 +133,7 @@ class Service:
         self.daemon: Daemon | None = None
         self.http_port: int | None = None
         self.metrics = DaemonMetrics(ready=lambda: self.readiness()[0])
+        self._demo: DemoPage | None = None  # the browser page, once the daemon listens
         self._stop = trio.Event()
         self._all_closed = trio.Event()  # set when the last session closes while draining
         self._scope = trio.CancelScope()  # the whole life of `run`: a second signal cancels it
@@ -151,8 +153,11 @@ class Service:
 
     def handle_http(self, request: Request) -> Response:
         """The side port: /healthz and /readyz are open (load balancers and systemd probe them);
-        /metrics asks for the same token as a session when `[auth] metrics_require_auth`."""
+        /metrics asks for the same token as a session when `[auth] metrics_require_auth`; / and
+        /demo/ are the browser page (`[demo] page`, once the daemon listens)."""
         path = request.path
+        if self._demo is not None and (page := self._demo.respond(request)) is not None:
+            return page
         if path == "/healthz":
             return Response(200, b"ok\n")  # answered by the event loop, so the loop is alive
         if path == "/readyz":
@@ -165,7 +170,7 @@ class Service:
                 except AuthError as exc:
                     return Response(exc.status, f"{exc}\n".encode())
             return Response(200, self.metrics.render(), CONTENT_TYPE)
-        return Response(404, b"duplexd serves /healthz /readyz /metrics here\n")
+        return Response(404, b"duplexd serves / /healthz /readyz /metrics here\n")
 
     def _session_closed(self, session: Session) -> None:
         self.metrics.session_closed(session)
@@ -234,9 +239,20 @@ class Service:
             )
             self.daemon = daemon
             self.metrics.attach(daemon)
+            try:
+                self._demo = DemoPage(
+                    self.settings, ws_port=daemon.port, uplink=uplink_services is not None
+                )
+            except AuthConfigError as exc:
+                raise StartupError(str(exc)) from None
             self.phase = Phase.READY
             self.notifier.ready(f"serving {daemon.url}")
-            log.info("ready", extra={"url": daemon.url, "http_port": self.http_port, "pid": _pid()})
+            extra = {"url": daemon.url, "http_port": self.http_port, "pid": _pid()}
+            if self.http_port is not None and self._demo.enabled:
+                page_host = s.http_host or s.host
+                page_host = "127.0.0.1" if page_host in ("", "0.0.0.0", "::") else page_host
+                extra["page"] = f"http://{page_host}:{self.http_port}/"  # the browser page
+            log.info("ready", extra=extra)
             task_status.started(self)
             await self._stop.wait()
             await self._drain(daemon)
