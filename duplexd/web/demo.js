@@ -11,7 +11,7 @@
 //   events     the last 200 events: {t (ms, performance.now), type, ...fields} — every server
 //              frame but AUDIO (BigInts as strings), and the page's own: text_sent,
 //              interrupt_click, playback_started, playback_flushed, underrun, played_final,
-//              mic_started, mic_stopped
+//              barge_in {kind, ms}, mic_started, mic_stopped, close, ui_error
 //   heard      the last HEARD: {epoch, utteranceId, samplesPlayed, charsHeard, text} or null
 //   say(text) → utterance id;  interrupt() → Promise<INTERRUPTED frame>;
 //   startMic() / stopMic() → Promise;  session, audioContext (for inspection)
@@ -327,8 +327,8 @@ export async function main({ configUrl }) {
     }
   });
   $("send").addEventListener("click", finishTyping);
-  $("interrupt").addEventListener("click", () => interrupt().catch((err) => record("error", { message: String(err) })));
-  $("mic").addEventListener("click", () => (mic ? stopMic() : startMic()).catch((err) => record("error", { message: String(err) })));
+  $("interrupt").addEventListener("click", () => interrupt().catch((err) => record("ui_error", { message: String(err) })));
+  $("mic").addEventListener("click", () => (mic ? stopMic() : startMic()).catch((err) => record("ui_error", { message: String(err) })));
   try {
     const cfg = await loadConfig(configUrl);
     setState("connecting", cfg.ws_url);

@@ -6,8 +6,9 @@
 // - session.js: `DuplexdSession.open(url, {...})` (say, sendText, streamText, interrupt,
 //   pause/resume, ping, getStats, sendAudio, reportPlayed, events), `sessionUrl`.
 // - errors.js: `DuplexdError` and its kinds; ErrorCode names and close codes.
-// The audio side lives in playback-worklet.js and mic-worklet.js (AudioWorklet modules,
-// loaded with audioContext.audioWorklet.addModule) and player.js (their main-thread halves).
+// The audio side: audio.js (`Player`, `Microphone`, `createAudioContext`: the main-thread
+// halves) drives playback-worklet.js and mic-worklet.js (AudioWorklet modules, whose logic is
+// jitter.js and resample.js). The demo page is index.html + demo.js.
 
 export {
   AUDIO_HEADER_BYTES,
