@@ -31,7 +31,7 @@ const emit = (target, type, detail) => target.dispatchEvent(new CustomEvent(type
  *
  * Events: "started" {epoch, utteranceId, clockUs} (its first sample played), "position"
  * (every report, as sent), "underrun", "flushed" {clockUs, hadAudio}, "counters" {framesPlayed,
- * underruns, lateFrames, samplesPlayed, framesReceived, bufferedMs}.
+ * underruns, lateFrames, samplesPlayed, framesReceived, bufferedMs, droppedSuspended}.
  */
 export class Player extends EventTarget {
   /**
@@ -56,7 +56,7 @@ export class Player extends EventTarget {
     this.ctx = ctx;
     this.session = session;
     this.node = node;
-    this.counters = { framesPlayed: 0, underruns: 0, lateFrames: 0, samplesPlayed: 0, framesReceived: 0, bufferedMs: 0 };
+    this.counters = { framesPlayed: 0, underruns: 0, lateFrames: 0, samplesPlayed: 0, framesReceived: 0, bufferedMs: 0, droppedSuspended: 0 };
     this._samplesSent = new Map(); // `${epoch}/${uid}` → UTTERANCE_DONE.samplesSent
     node.port.onmessage = (e) => this._onWorklet(e.data);
     session.addEventListener("audio", (ev) => this.push(ev.frame));
@@ -68,8 +68,16 @@ export class Player extends EventTarget {
     });
   }
 
-  /** Queue one AUDIO frame (its pcm buffer is transferred to the audio thread). */
+  /**
+   * Queue one AUDIO frame (its pcm buffer is transferred to the audio thread). While the
+   * context is suspended (no user gesture yet) nobody can hear it: it is dropped and counted
+   * in `counters.droppedSuspended`, rather than piling up to play late.
+   */
   push(frame) {
+    if (this.ctx.state !== "running") {
+      this.counters.droppedSuspended += 1;
+      return;
+    }
     const { epoch, utteranceId, seq, pcm, last } = frame;
     this.node.port.postMessage({ type: "frame", epoch, utteranceId, seq, pcm, last }, [pcm.buffer]);
   }

@@ -5,7 +5,7 @@
 //              loaded; rejects with the error if it cannot open
 //   state      "loading" | "connecting" | "open" | "closed" | "error"  (`error`: its message)
 //   counters   {framesPlayed, underruns, lateFrames, samplesPlayed, framesReceived,
-//               staleFrames, bufferedMs}
+//               staleFrames, bufferedMs, droppedSuspended} (updated as the player reports)
 //   figures    {firstAudioMs, bargeInMs, jitterP50Ms, jitterP95Ms, outputLatencyMs} (null until
 //              measured; the latest measurement)
 //   events     the last 200 events: {t (ms, performance.now), type, ...fields} — every server
@@ -40,7 +40,7 @@ const demo = {
   ready,
   state: "loading",
   error: null,
-  counters: { framesPlayed: 0, underruns: 0, lateFrames: 0, samplesPlayed: 0, framesReceived: 0, staleFrames: 0, bufferedMs: 0 },
+  counters: { framesPlayed: 0, underruns: 0, lateFrames: 0, samplesPlayed: 0, framesReceived: 0, staleFrames: 0, bufferedMs: 0, droppedSuspended: 0 },
   figures: { firstAudioMs: null, bargeInMs: null, jitterP50Ms: null, jitterP95Ms: null, outputLatencyMs: null },
   events: [],
   heard: null,
@@ -93,9 +93,10 @@ function setFigure(name, value) {
 }
 
 function showCounters() {
-  Object.assign(demo.counters, player?.counters ?? {}, { staleFrames: session?.staleFrames ?? 0 });
-  delete demo.counters.bufferedMs;
-  demo.counters.bufferedMs = Math.round(player?.counters.bufferedMs ?? 0);
+  Object.assign(demo.counters, player?.counters ?? {}, {
+    staleFrames: session?.staleFrames ?? 0,
+    bufferedMs: Math.round(player?.counters.bufferedMs ?? 0),
+  });
   for (const [name, value] of Object.entries(demo.counters)) {
     const el = document.querySelector(`[data-counter="${name}"]`);
     if (el) el.textContent = String(value);
@@ -121,7 +122,8 @@ function onAudioArrival(frame, at) {
 }
 
 function bargeInDone() {
-  if (bargeStart && lastFlush && lastFlush.clock >= bargeStart.clock - 2 && lastFlush.clock - bargeStart.clock < 5) {
+  // the flush that stopped the audio, after the onset or click (0.05 s: the mapping's slack)
+  if (bargeStart?.clock != null && lastFlush && lastFlush.clock >= bargeStart.clock - 0.05 && lastFlush.clock - bargeStart.clock < 3) {
     setFigure("bargeInMs", (lastFlush.clock - bargeStart.clock + outputLatency()) * 1000);
     record("barge_in", { kind: bargeStart.kind, ms: demo.figures.bargeInMs });
     bargeStart = lastFlush = null;
@@ -247,6 +249,7 @@ function onFrame(ev) {
     }
     case "speech_stopped":
       $("speaking").hidden = true;
+      if (bargeStart?.kind === "speech") bargeStart = null; // no barge-in in that stretch
       break;
     case "transcript":
       showTranscript(frame);
@@ -285,7 +288,10 @@ function wirePlayer() {
   });
   player.addEventListener("flushed", (ev) => {
     record("playback_flushed", ev.detail);
-    if (!ev.detail.hadAudio) return;
+    if (!ev.detail.hadAudio) {
+      if (bargeStart?.kind === "click") bargeStart = null; // nothing was playing
+      return;
+    }
     lastFlush = { clock: ev.detail.clockUs / 1e6 };
     if (bargeStart?.clock !== null) bargeInDone();
   });
