@@ -12,8 +12,11 @@ more than which of them is sent.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import mimetypes
+import re
 import time
 from importlib import resources
 from typing import Final
@@ -24,11 +27,24 @@ from .settings import Settings, auth_configured
 
 DEMO_SUBJECT: Final = "demo-page"
 _TYPES: Final = {".js": "text/javascript; charset=utf-8", ".mjs": "text/javascript; charset=utf-8"}
-# the page loads only its own files and talks only to the daemon's WebSocket port
+# the page loads only its own files (its inline scripts by their hashes) and talks only to
+# the daemon's WebSocket port
 _CSP: Final = (
-    "default-src 'self'; connect-src 'self' ws: wss:; style-src 'self' 'unsafe-inline'; "
-    "img-src 'self' data:; media-src 'self' blob:"
+    "default-src 'self'; script-src 'self' {scripts}; connect-src 'self' ws: wss:; "
+    "style-src 'self' 'unsafe-inline'; img-src 'self' data:; media-src 'self' blob:"
 )
+_INLINE_SCRIPT_RE: Final = re.compile(rb"<script(?![^>]*\bsrc=)[^>]*>(.*?)</script>", re.S)
+
+
+def _csp(files: dict[str, bytes]) -> str:
+    """The policy, allowing exactly the inline scripts of the pages."""
+    hashes = {
+        "'sha256-" + base64.b64encode(hashlib.sha256(body).digest()).decode() + "'"
+        for name, page in files.items()
+        if name.endswith(".html")
+        for body in _INLINE_SCRIPT_RE.findall(page)
+    }
+    return _CSP.format(scripts=" ".join(sorted(hashes)))
 
 
 def _load_files() -> dict[str, bytes]:
@@ -49,6 +65,7 @@ class DemoPage:
         self._ws_port = ws_port
         self._uplink = uplink
         self._files = _load_files() if settings.demo.page else {}
+        self._csp = _csp(self._files)
         self._secret = (
             read_secret_file(settings.auth.secret_file) if settings.demo.issue_tokens else b""
         )
@@ -75,7 +92,7 @@ class DemoPage:
         if body is None:
             return None
         kind = _TYPES.get(name[name.rfind(".") :]) or mimetypes.guess_type(name)[0]
-        csp = (("Content-Security-Policy", _CSP),)
+        csp = (("Content-Security-Policy", self._csp),)
         return Response(200, body, kind or "application/octet-stream", csp)
 
     def _config(self, request: Request) -> bytes:
