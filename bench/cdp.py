@@ -1,4 +1,5 @@
-"""A real headless Chromium for the browser tests, driven over the DevTools protocol (CDP).
+"""A real headless Chromium, driven over the DevTools protocol (CDP): for the browser test
+(tests/test_browser.py) and `bench.browser`.
 
 `open_browser(...)` starts the system's `chromium` (Debian's package; nothing is downloaded)
 with a fresh profile and the given flags, finds its DevTools port, and yields a `Page`: one
@@ -35,6 +36,8 @@ BASE_FLAGS = (
     "--disable-extensions",
     "--mute-audio",  # the audio graph still runs (the worklets play); nothing reaches a card
     "--autoplay-policy=no-user-gesture-required",
+    "--window-size=1000,1250",
+    "--hide-scrollbars",
 )
 
 

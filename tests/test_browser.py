@@ -1,0 +1,154 @@
+"""The demo page in a real headless Chromium against a real daemon (no mock of the browser).
+
+The daemon runs as `duplexd serve` (tone engine, its microphone path as shipped: silero VAD,
+Whisper); the page comes from its HTTP side port; Chromium's fake microphone plays a speech
+WAV (the VITS voice saying `SPOKEN`). Skipped without a `chromium` on PATH (apt install
+chromium). Leaves `out/browser-demo.png` (the page after a sentence),
+`out/browser-barge-in.png` (after the user spoke over a reply) and `out/browser-figures.json`
+(what the page measured).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import wave
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import trio
+
+from bench.cdp import chromium, open_browser
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.slow,
+    pytest.mark.skipif(chromium() is None, reason="no chromium on PATH (apt install chromium)"),
+]
+OUT = Path(__file__).resolve().parents[1] / "out"
+SENTENCE = "Hello there, how are you today?"
+LONG = "This is a long story about a lighthouse keeper who counted the waves. " * 4
+SPOKEN = "Please stop, I have a question about my order."
+MIC_FLAGS = (
+    "--use-fake-ui-for-media-stream",
+    "--use-fake-device-for-media-stream",
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def daemon() -> Iterator[str]:
+    """`duplexd serve --engine tone` with its side port; yields the page's URL."""
+    http_port = _free_port()
+    fd, log_name = tempfile.mkstemp(prefix="duplexd-browser-", suffix=".log")
+    argv = [sys.executable, "-m", "duplexd", "serve", "--engine", "tone", "--port", "0",
+            "--http-port", str(http_port), "--log-format", "text"]  # fmt: skip
+    with open(fd, "wb") as log:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    try:
+        page = ""
+        for _ in range(1200):  # the VAD model loads first
+            text = Path(log_name).read_text(errors="replace")
+            if m := re.search(r"ready .*page=(\S+)", text):
+                page = m.group(1)
+                break
+            if proc.poll() is not None:
+                pytest.fail(f"duplexd serve exited: {text[-2000:]}")
+            trio.run(trio.sleep, 0.1)
+        assert page, "the daemon never said it was ready"
+        yield page
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        Path(log_name).unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="module")
+def speech_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """2 s of silence, `SPOKEN`, 4 s of silence: 16 kHz s16 mono (the fake microphone)."""
+    from speech import RATE, clip
+
+    audio = np.concatenate([np.zeros(2 * RATE), clip(SPOKEN), np.zeros(4 * RATE)])
+    path = tmp_path_factory.mktemp("mic") / "speech.wav"
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(RATE)
+        w.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
+    return path
+
+
+def events(page_events: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [e for e in page_events if e["type"] == kind]
+
+
+async def test_a_sentence_plays_whole_and_a_spoken_barge_in_stops_it(
+    daemon: str, speech_wav: Path
+) -> None:
+    flags = (*MIC_FLAGS, f"--use-file-for-fake-audio-capture={speech_wav}")
+    figures: dict[str, Any] = {}
+    async with open_browser(flags) as page:
+        await page.navigate(daemon)
+        await page.wait_for("window.duplexdDemo && duplexdDemo.ready.then(() => true)", 30)
+        assert await page.evaluate("duplexdDemo.state") == "open"
+
+        # 1. a sentence: every frame played by the worklet, no underrun, all of it heard
+        uid = await page.evaluate(f"duplexdDemo.say({json.dumps(SENTENCE)})")
+        heard = await page.wait_for(
+            f"duplexdDemo.heard && duplexdDemo.heard.utteranceId === {uid} && duplexdDemo.heard",
+            20,
+        )
+        counters = await page.evaluate("duplexdDemo.counters")
+        assert heard["charsHeard"] == len(SENTENCE)
+        assert counters["underruns"] == 0 and counters["lateFrames"] == 0
+        # pieces "Hello there," + "how are you today?": 30 characters of 60 ms, and the END
+        assert counters["framesPlayed"] == 30 * 3 + 1
+        figures["sentence"] = await page.evaluate("duplexdDemo.figures")
+        assert 0 < figures["sentence"]["firstAudioMs"] < 1000
+        await page.screenshot(OUT / "browser-demo.png")
+
+        # 2. the user talks over a long reply: the daemon's VAD barges in, the transcript
+        # comes, and what the page reports as heard is what its worklet played
+        uid = await page.evaluate(f"duplexdDemo.say({json.dumps(LONG)})")
+        await page.wait_for(
+            "duplexdDemo.events.some(e => e.type === 'playback_started'"
+            f" && e.utteranceId === {uid})",
+            20,
+        )
+        await page.evaluate("duplexdDemo.startMic()")
+        await page.wait_for("duplexdDemo.events.some(e => e.type === 'interrupted' && e.vad)", 30)
+        await page.wait_for(
+            "duplexdDemo.events.some(e => e.type === 'transcript' && e.final)", 60, poll_s=0.2
+        )
+        heard = await page.wait_for(
+            f"duplexdDemo.heard && duplexdDemo.heard.utteranceId === {uid} && duplexdDemo.heard",
+            10,
+        )
+        log = await page.evaluate("duplexdDemo.events")
+        figures["barge_in"] = await page.evaluate("duplexdDemo.figures")
+        await page.evaluate("duplexdDemo.stopMic()")
+        await page.screenshot(OUT / "browser-barge-in.png")
+        assert [e for e in page.console if e.startswith(("error", "exception"))] == []
+    (interrupted,) = [e for e in events(log, "interrupted") if e["vad"]]
+    assert interrupted["utteranceId"] == uid
+    assert events(log, "speech_started")
+    transcript = " ".join(e["text"] for e in events(log, "transcript") if e["final"]).lower()
+    assert "stop" in transcript and "order" in transcript, transcript
+    (played,) = [e for e in events(log, "played_final") if e["utteranceId"] == uid]
+    assert heard["samplesPlayed"] == played["samplesPlayed"]  # the worklet's own count
+    assert 0 < heard["charsHeard"] <= interrupted["charsSpoken"] < len(LONG)
+    assert 0 < figures["barge_in"]["bargeInMs"] < 1000
+    OUT.mkdir(exist_ok=True)
+    (OUT / "browser-figures.json").write_text(json.dumps(figures, indent=2) + "\n")
