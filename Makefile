@@ -7,7 +7,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 HOST ?= 127.0.0.1
 PORT ?= 8765
-HTTP_PORT ?= 8766
+# the side port (/healthz /metrics, the browser page): PORT + 1000 unless given
+HTTP_PORT ?= $(shell expr $(PORT) + 1000)
 ENGINE ?= vits
 PYTEST_ARGS ?=
 LINT_DIRS := duplexd tests bench tools examples fuzz

@@ -11,19 +11,21 @@ chromium). Leaves `out/browser-demo.png` (the page after a sentence),
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 import wave
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import trio
 
 from bench.cdp import chromium, open_browser
 
@@ -48,15 +50,16 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def daemon() -> Iterator[str]:
+@contextmanager
+def running_daemon(env: dict[str, str] | None = None) -> Iterator[str]:
     """`duplexd serve --engine tone` with its side port; yields the page's URL."""
     http_port = _free_port()
     fd, log_name = tempfile.mkstemp(prefix="duplexd-browser-", suffix=".log")
     argv = [sys.executable, "-m", "duplexd", "serve", "--engine", "tone", "--port", "0",
             "--http-port", str(http_port), "--log-format", "text"]  # fmt: skip
     with open(fd, "wb") as log:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        environ = {**os.environ, **(env or {})}
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=environ)
     try:
         page = ""
         for _ in range(1200):  # the VAD model loads first
@@ -66,13 +69,19 @@ def daemon() -> Iterator[str]:
                 break
             if proc.poll() is not None:
                 pytest.fail(f"duplexd serve exited: {text[-2000:]}")
-            trio.run(trio.sleep, 0.1)
+            time.sleep(0.1)
         assert page, "the daemon never said it was ready"
         yield page
     finally:
         proc.terminate()
         proc.wait(timeout=30)
         Path(log_name).unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="module")
+def daemon() -> Iterator[str]:
+    with running_daemon() as page:
+        yield page
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +97,11 @@ def speech_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
         w.setframerate(RATE)
         w.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
     return path
+
+
+def heard_of(uid: int) -> str:
+    """A page expression: the last HEARD if it is about `uid` (else false)."""
+    return f"duplexdDemo.heard && duplexdDemo.heard.utteranceId === {uid} && duplexdDemo.heard"
 
 
 def events(page_events: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
@@ -106,10 +120,7 @@ async def test_a_sentence_plays_whole_and_a_spoken_barge_in_stops_it(
 
         # 1. a sentence: every frame played by the worklet, no underrun, all of it heard
         uid = await page.evaluate(f"duplexdDemo.say({json.dumps(SENTENCE)})")
-        heard = await page.wait_for(
-            f"duplexdDemo.heard && duplexdDemo.heard.utteranceId === {uid} && duplexdDemo.heard",
-            20,
-        )
+        heard = await page.wait_for(heard_of(uid), 20)
         counters = await page.evaluate("duplexdDemo.counters")
         assert heard["charsHeard"] == len(SENTENCE)
         assert counters["underruns"] == 0 and counters["lateFrames"] == 0
@@ -132,10 +143,7 @@ async def test_a_sentence_plays_whole_and_a_spoken_barge_in_stops_it(
         await page.wait_for(
             "duplexdDemo.events.some(e => e.type === 'transcript' && e.final)", 60, poll_s=0.2
         )
-        heard = await page.wait_for(
-            f"duplexdDemo.heard && duplexdDemo.heard.utteranceId === {uid} && duplexdDemo.heard",
-            10,
-        )
+        heard = await page.wait_for(heard_of(uid), 10)
         log = await page.evaluate("duplexdDemo.events")
         figures["barge_in"] = await page.evaluate("duplexdDemo.figures")
         await page.evaluate("duplexdDemo.stopMic()")
@@ -152,3 +160,35 @@ async def test_a_sentence_plays_whole_and_a_spoken_barge_in_stops_it(
     assert 0 < figures["barge_in"]["bargeInMs"] < 1000
     OUT.mkdir(exist_ok=True)
     (OUT / "browser-figures.json").write_text(json.dumps(figures, indent=2) + "\n")
+
+
+async def test_over_https_and_wss_away_from_localhost(tmp_path: Path) -> None:
+    """With `[tls]` and `server.http_tls` the page comes over https and talks wss: a secure
+    context under a real host name (mapped to 127.0.0.1), so the microphone is allowed."""
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("voice.test")
+    cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "server.pem"))
+    env = {
+        "DUPLEXD_TLS__CERT": str(tmp_path / "server.pem"),
+        "DUPLEXD_TLS__KEY": str(tmp_path / "server.pem"),
+        "DUPLEXD_SERVER__HTTP_TLS": "true",
+    }
+    # the test CA is not in Chromium's store: certificate errors are ignored, TLS still runs
+    flags = ("--host-resolver-rules=MAP voice.test 127.0.0.1", "--ignore-certificate-errors",
+             *MIC_FLAGS)  # fmt: skip
+    with running_daemon(env) as url:
+        assert url.startswith("https://")
+        page_url = url.replace("127.0.0.1", "voice.test")
+        async with open_browser(flags) as page:
+            await page.navigate(page_url)
+            await page.wait_for("window.duplexdDemo && duplexdDemo.ready.then(() => true)", 30)
+            assert await page.evaluate("window.isSecureContext") is True
+            config = await page.evaluate("fetch('/demo/config.json').then(r => r.json())")
+            assert config["ws_url"].startswith("wss://voice.test:")
+            uid = await page.evaluate(f"duplexdDemo.say({json.dumps(SENTENCE)})")
+            heard = await page.wait_for(heard_of(uid), 20)
+            await page.evaluate("duplexdDemo.startMic()")  # allowed: a secure context
+            assert await page.wait_for("duplexdDemo.events.some(e => e.type === 'mic_started')", 10)
+    assert heard["charsHeard"] == len(SENTENCE)

@@ -55,7 +55,7 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default=d, help="listen address (127.0.0.1)")
     p.add_argument("--port", type=int, default=d, help="WebSocket port (8765); 0 picks one")
     p.add_argument("--http-host", default=d, help="side port address (default: --host)")
-    p.add_argument("--http-port", type=int, default=d, help="/healthz /readyz /metrics; 0: off")
+    p.add_argument("--http-port", type=int, default=d, help="/healthz /metrics, the page; 0: off")
     p.add_argument("--token", nargs="?", default=d, action=_NoTokenFlag, help=argparse.SUPPRESS)
     p.add_argument(
         "--max-sessions", type=_count_or_auto, default=d, help='"auto" (default) or N; 0: unlimited'

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -53,20 +54,40 @@ async def serve_http(
     port: int,
     handler: Handler,
     *,
+    ssl_context: ssl.SSLContext | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve `handler` on `host:port` (0 picks a free port) until cancelled.
+    """Serve `handler` on `host:port` (0 picks a free port) until cancelled; over TLS
+    (https) with `ssl_context`, whose handshake runs within the request timeout.
 
     `task_status.started` receives the port it listens on.
     """
-    listeners = await trio.open_tcp_listeners(port, host=host or None)
-    bound = listeners[0].socket.getsockname()[1]
-    log.info("http listening", extra={"host": host, "http_port": bound})
-    task_status.started(bound)
-    await trio.serve_listeners(partial(_serve_connection, handler=handler), listeners)
+    serve = partial(_serve_connection, handler=handler)
+    if ssl_context is None:
+        listeners = await trio.open_tcp_listeners(port, host=host or None)
+        bound = listeners[0].socket.getsockname()[1]
+        _listening(host, bound, task_status)
+        await trio.serve_listeners(serve, listeners)
+    else:
+        secure = await trio.open_ssl_over_tcp_listeners(
+            port, ssl_context, host=host or None, https_compatible=True
+        )
+        transport = secure[0].transport_listener
+        assert isinstance(transport, trio.SocketListener)
+        bound = transport.socket.getsockname()[1]
+        _listening(host, bound, task_status)
+        await trio.serve_listeners(serve, secure)
 
 
-async def _serve_connection(stream: trio.SocketStream, *, handler: Handler) -> None:
+def _listening(host: str, port: int, task_status: trio.TaskStatus[int]) -> None:
+    log.info("http listening", extra={"host": host, "http_port": port})
+    task_status.started(port)
+
+
+Stream = trio.SocketStream | trio.SSLStream[trio.SocketStream]
+
+
+async def _serve_connection(stream: Stream, *, handler: Handler) -> None:
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_BYTES)
     try:
         while True:
@@ -94,14 +115,14 @@ async def _serve_connection(stream: trio.SocketStream, *, handler: Handler) -> N
         await trio.aclose_forcefully(stream)
 
 
-async def _next_request(stream: trio.SocketStream, conn: h11.Connection) -> h11.Request | None:
+async def _next_request(stream: Stream, conn: h11.Connection) -> h11.Request | None:
     """The next request, its body read and discarded; None if the peer closed."""
     request: h11.Request | None = None
     while True:
         event = conn.next_event()
         if event is h11.NEED_DATA:
             data = await stream.receive_some(MAX_REQUEST_BYTES)
-            conn.receive_data(data)  # b"" marks EOF
+            conn.receive_data(bytes(data))  # b"" marks EOF
             continue
         if isinstance(event, h11.Request):
             request = event
@@ -111,9 +132,10 @@ async def _next_request(stream: trio.SocketStream, conn: h11.Connection) -> h11.
             return None
 
 
-def _peer(stream: trio.SocketStream) -> str:
+def _peer(stream: Stream) -> str:
+    sock = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
     try:
-        return str(stream.socket.getpeername()[0])
+        return str(sock.socket.getpeername()[0])
     except (OSError, IndexError, TypeError):
         return ""
 
@@ -130,9 +152,7 @@ def _respond(request: h11.Request, handler: Handler, peer: str) -> Response:
         return Response(500, b"internal error\n")
 
 
-async def _send(
-    stream: trio.SocketStream, conn: h11.Connection, res: Response, *, head: bool
-) -> None:
+async def _send(stream: Stream, conn: h11.Connection, res: Response, *, head: bool) -> None:
     headers = [
         ("Content-Type", res.content_type),
         ("Content-Length", str(len(res.body))),

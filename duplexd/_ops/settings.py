@@ -39,7 +39,10 @@ class ServerSettings:
     host: str = "127.0.0.1"
     port: int = 8765  # 0 picks a free port
     http_host: str = ""  # the HTTP side port's address; "" = same as host
-    http_port: int = 0  # /healthz /readyz /metrics; 0 = off
+    http_port: int = 0  # /healthz /readyz /metrics and the browser page; 0 = off
+    # serve the side port over https with [tls]'s certificate: browsers give the page the
+    # microphone only in a secure context (https, or localhost); probes then speak https too
+    http_tls: bool = False
     token: str = ""  # a static token (subject "server.token"); set it as DUPLEXD_SERVER__TOKEN
     # above this many connections new ones get HTTP 503 and /readyz "full"; "auto": what the
     # engine and the machine sustain (`session_capacity`); 0 = unlimited
@@ -418,6 +421,8 @@ def _validate(s: Settings) -> None:
         raise bad("trace.sessions", f"must be first, all or N >= 1, got {s.trace.sessions!r}")
     _validate_auth(s, bad)
     _validate_tls(s, bad)
+    if s.server.http_tls and not s.tls.cert:
+        raise bad("server.http_tls", "needs tls.cert and tls.key (the side port uses them)")
 
 
 def is_loopback(host: str) -> bool:

@@ -37,12 +37,14 @@ from .._ops.logs import configure_logging
 from .._ops.prometheus import CONTENT_TYPE, DaemonMetrics
 from .._ops.sdnotify import Notifier, keep_watchdog_fed, watchdog_interval_s
 from .._ops.settings import ConfigError, Settings, effective_max_sessions
+from .._ops.tls import TlsError
 from .._ops.trace import Tracer
 from .._uplink.asr import Transcriber
 from .._uplink.uplink import UplinkServices
 from .._uplink.vad import VadModel
 from ..engines.base import Engine, EngineError, Voice
 from ..engines.registry import EngineSet, load_engine
+from .listen import ssl_context_from_settings
 from .preflight import startup_problems
 from .server import Daemon, serve_duplexd
 from .session import Session
@@ -206,8 +208,15 @@ class Service:
             if self._handle_signals:
                 nursery.start_soon(self._signals)
             if self._http_port is not None:
+                try:
+                    http_tls = ssl_context_from_settings(self.settings.tls) if s.http_tls else None
+                except TlsError as exc:
+                    raise StartupError(str(exc)) from None
                 self.http_port = await nursery.start(
-                    serve_http, s.http_host or s.host, self._http_port, self.handle_http
+                    partial(serve_http, ssl_context=http_tls),
+                    s.http_host or s.host,
+                    self._http_port,
+                    self.handle_http,
                 )
             try:
                 self._authenticator = Authenticator.from_settings(self.settings)
@@ -251,7 +260,8 @@ class Service:
             if self.http_port is not None and self._demo.enabled:
                 page_host = s.http_host or s.host
                 page_host = "127.0.0.1" if page_host in ("", "0.0.0.0", "::") else page_host
-                extra["page"] = f"http://{page_host}:{self.http_port}/"  # the browser page
+                scheme = "https" if s.http_tls else "http"
+                extra["page"] = f"{scheme}://{page_host}:{self.http_port}/"  # the browser page
             log.info("ready", extra=extra)
             task_status.started(self)
             await self._stop.wait()
