@@ -232,3 +232,32 @@ def bounded_stream_pair(limit: int = 16384) -> tuple[_BoundedStream, _BoundedStr
     `server.outgoing.blocked_at` tells when the server first had to wait for the client."""
     up, down = _BoundedPipe(limit), _BoundedPipe(limit)
     return _BoundedStream(up, down), _BoundedStream(down, up)
+
+
+@asynccontextmanager
+async def running_daemon() -> AsyncIterator[Any]:
+    """A real daemon (`serve_duplexd`, tone engine) on a free loopback port."""
+    from duplexd._server.server import serve_duplexd
+
+    async with trio.open_nursery() as nursery:
+        daemon = await nursery.start(
+            lambda task_status: serve_duplexd(
+                "127.0.0.1", 0, engines=EngineSet.of(ToneEngine()), task_status=task_status
+            )
+        )
+        yield daemon
+        nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def running_service(settings: Any) -> AsyncIterator[Any]:
+    """A `Service` of `settings` (tone engine, its side port on a free port), started."""
+    from duplexd._server.service import Service
+
+    service = Service(
+        settings, engines=EngineSet.of(ToneEngine()), handle_signals=False, http_port=0, environ={}
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(service.run)
+        yield service
+        service.request_stop()

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import attrs
 import pytest
 import trio
+from harness import running_service
 
 from duplexd._ops.auth import read_secret_file, verify, write_secret_file
 from duplexd._ops.settings import Settings, load_settings
 from duplexd._server.service import Service
-from duplexd.engines.registry import EngineSet
-from duplexd.engines.tone import ToneEngine
 
 pytestmark = pytest.mark.integration
 WEB = Path(__file__).resolve().parents[1] / "duplexd" / "web"
@@ -36,15 +34,8 @@ async def get(port: int, path: str, host: str = "127.0.0.1:1") -> tuple[int, dic
     return int(lines[0].split()[1]), headers, body
 
 
-@asynccontextmanager
-async def running(s: Settings) -> AsyncIterator[Service]:
-    service = Service(
-        s, engines=EngineSet.of(ToneEngine()), handle_signals=False, http_port=0, environ={}
-    )
-    async with trio.open_nursery() as nursery:
-        await nursery.start(service.run)
-        yield service
-        service.request_stop()
+def running(s: Settings) -> AbstractAsyncContextManager[Service]:
+    return running_service(s)
 
 
 def settings(**demo: object) -> Settings:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 
 import attrs
 import pytest
 import trio
+from harness import running_service
 from prometheus_client.parser import text_string_to_metric_families
 
 from duplexd._ops.settings import Settings, load_settings
@@ -66,15 +67,8 @@ def settings(**server: object) -> Settings:
     return attrs.evolve(base, server=attrs.evolve(base.server, **server))
 
 
-@asynccontextmanager
-async def running(s: Settings) -> AsyncIterator[Service]:
-    service = Service(
-        s, engines=EngineSet.of(ToneEngine()), handle_signals=False, http_port=0, environ={}
-    )
-    async with trio.open_nursery() as nursery:
-        await nursery.start(service.run)
-        yield service
-        service.request_stop()
+def running(s: Settings) -> AbstractAsyncContextManager[Service]:
+    return running_service(s)
 
 
 async def test_health_ready_and_metrics_after_sessions() -> None:

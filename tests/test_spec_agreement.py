@@ -9,11 +9,10 @@ from collections.abc import AsyncIterator
 import pytest
 import spec_client as sc
 import trio
+from harness import running_daemon
 from trio_websocket import ConnectionClosed, open_websocket_url
 
-from duplexd._server.server import Daemon, serve_duplexd
-from duplexd.engines.registry import EngineSet
-from duplexd.engines.tone import ToneEngine
+from duplexd._server.server import Daemon
 
 pytestmark = pytest.mark.integration
 FRAME_TOO_LARGE = 2  # SPEC §8
@@ -22,14 +21,8 @@ MAX_MESSAGE_BYTES = 1 << 20  # SPEC §10, info.limits.max_message_bytes
 
 @pytest.fixture
 async def daemon() -> AsyncIterator[Daemon]:
-    async with trio.open_nursery() as nursery:
-        d: Daemon = await nursery.start(
-            lambda task_status: serve_duplexd(
-                "127.0.0.1", 0, engines=EngineSet.of(ToneEngine()), task_status=task_status
-            )
-        )
+    async with running_daemon() as d:
         yield d
-        nursery.cancel_scope.cancel()
 
 
 async def read_until_closed(client: sc.SpecClient) -> tuple[list[sc.Frame], int | None]:

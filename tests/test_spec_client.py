@@ -11,11 +11,10 @@ from collections.abc import AsyncIterator
 import pytest
 import spec_client as sc
 import trio
+from harness import running_daemon
 from trio_websocket import ConnectionClosed
 
-from duplexd._server.server import Daemon, serve_duplexd
-from duplexd.engines.registry import EngineSet
-from duplexd.engines.tone import ToneEngine
+from duplexd._server.server import Daemon
 
 pytestmark = pytest.mark.integration
 SENTENCE = "Hello there, how are you today? I am a client written from the spec alone."
@@ -23,14 +22,8 @@ SENTENCE = "Hello there, how are you today? I am a client written from the spec 
 
 @pytest.fixture
 async def daemon() -> AsyncIterator[Daemon]:
-    async with trio.open_nursery() as nursery:
-        d: Daemon = await nursery.start(
-            lambda task_status: serve_duplexd(
-                "127.0.0.1", 0, engines=EngineSet.of(ToneEngine()), task_status=task_status
-            )
-        )
+    async with running_daemon() as d:
         yield d
-        nursery.cancel_scope.cancel()
 
 
 async def speak(
