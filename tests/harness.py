@@ -261,3 +261,21 @@ async def running_service(settings: Any) -> AsyncIterator[Any]:
         await nursery.start(service.run)
         yield service
         service.request_stop()
+
+
+async def http_request(
+    port: int, path: str, host: str = "127.0.0.1:1"
+) -> tuple[int, dict[str, str], bytes]:
+    """GET `path` from 127.0.0.1:`port` (one request, then close): status, headers
+    (lowercased names), body."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        request = f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        await stream.send_all(request.encode())
+        data = b""
+        while chunk := await stream.receive_some(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), headers, body

@@ -9,7 +9,7 @@ from contextlib import AbstractAsyncContextManager
 import attrs
 import pytest
 import trio
-from harness import running_service
+from harness import http_request, running_service
 from prometheus_client.parser import text_string_to_metric_families
 
 from duplexd._ops.settings import Settings, load_settings
@@ -33,15 +33,8 @@ pytestmark = [
 
 
 async def http_get(port: int, path: str) -> tuple[int, str]:
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
-    async with stream:
-        request = f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        await stream.send_all(request.encode())
-        data = b""
-        while chunk := await stream.receive_some(65536):
-            data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    return int(head.split()[1]), body.decode()
+    status, _, body = await http_request(port, path, host="x")
+    return status, body.decode()
 
 
 async def until(predicate: Callable[[], object], timeout_s: float = 5.0) -> None:
