@@ -166,7 +166,7 @@ async def test_unknown_optional_type_is_skipped(autojump_clock: trio.testing.Moc
         await handshake(pair)
         # flags and body of a skipped optional frame are not inspected; the Ping beside it
         # in the same message is still answered, and the session goes on as usual
-        skipped = raw(0x42, b"\xff\xfe anything", flags=0xFF) + raw(0x7F)
+        skipped = raw(0x4E, b"\xff\xfe anything", flags=0xFF) + raw(0x7F)
         await pair.client.send_message(skipped + encode(fr.Ping(nonce=99)))
         (pong,) = await pair.receive()
         assert isinstance(pong, fr.Pong) and pong.nonce == 99

@@ -24,6 +24,7 @@ ALLOWED = {
     "_downlink": {"protocol", "engines", "_ops"},
     "_uplink": {"protocol", "_ops", "_downlink"},
     "_server": {"protocol", "engines", "_ops", "_downlink", "_uplink"},
+    "web": set(),  # the browser client: JavaScript files, nothing to import
 }
 LEAVES = {"_version", "_native"}  # modules anyone may import
 TOP = {"__init__", "__main__", "cli"}  # the map and the command: anything
