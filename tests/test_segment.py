@@ -599,7 +599,7 @@ def test_cut_early_properties(
 ) -> None:
     """Whenever it is called: the pieces still cover the text and stay under the caps, the
     buffer stays bounded, and a piece cut early ends at a boundary already decided
-    (whitespace or a CJK mark before it, the next word begun)."""
+    (whitespace or a CJK mark and its closers before it, the next word begun)."""
     text = "".join(w + sp for w, sp in zip(words, spaces, strict=False))
     chunks = _split_at(text, cuts)
     seg = Segmenter(**policy)
@@ -614,8 +614,8 @@ def test_cut_early_properties(
             out.append(piece)
             assert piece.end_char < seg.received_chars
             assert not text[piece.end_char].isspace()  # the next word has begun
-            before = text[piece.end_char - 1]
-            assert before.isspace() or before in "\u3002\uff0c\u201d"
+            before = text[piece.end_char - 1]  # a CJK mark, and the closers after it
+            assert before.isspace() or before in "\u3002\uff0c" + segment._CLOSERS
         assert len(seg._buf) < bound
     out += seg.finish()
     check_spans(text, out)
