@@ -27,10 +27,6 @@ def texts(text: str, **policy: int) -> list[str]:
     return [p.text for p in split_text(text, **policy)]
 
 
-# word caps far beyond these tests' texts, so they exercise the character caps alone
-NO_WORD_CAP = {"first_piece_max_words": 1000}
-
-
 def later(text: str, **policy: int) -> list[str]:
     """Pieces of `text` when it follows a first piece."""
     pieces = texts(LATER + text, **policy)
@@ -107,10 +103,15 @@ def test_spaced_em_dash_is_a_clause() -> None:
     assert texts("So \u2014 here we go.")[0] == "So \u2014"
 
 
-def test_first_piece_cut_after_max_words() -> None:
-    text = "one two three four five six seven eight nine ten eleven."
-    assert texts(text) == ["one two three four five six", "seven eight nine ten eleven."]
-    assert texts(text, first_piece_max_words=3)[0] == "one two three"
+def test_whole_sentences_are_never_cut_by_words() -> None:
+    # Changed: the first piece used to end after its sixth word, later ones after 12, 24...
+    # words; a sentence that is all there is now one piece (but for clause marks and the caps)
+    doctor = "Doctor Patel said the results should be ready by the end of the week."
+    airport = "How many kilometers is it from the airport to the city center?"
+    assert texts(doctor + " " + airport) == [doctor, airport]
+    assert texts(airport + " " + doctor) == [airport, doctor]
+    words = " ".join(f"W{i}" for i in range(30)) + "."  # 149 characters, under the caps
+    assert later(words + " " + words) == [words, words]
 
 
 def test_first_piece_emitted_at_the_clause_mark() -> None:
@@ -164,12 +165,6 @@ def test_marks_that_still_wait(prefix: str, rest: str) -> None:
 
 def test_eager_rule_only_in_first_piece() -> None:
     assert later("Well, sure; fine: ok! Done.") == ["Well, sure; fine: ok!", "Done."]
-
-
-def test_word_rule_does_not_cut_after_a_title() -> None:
-    assert texts("I met with the kind Mr. Smith yesterday at noon.", first_piece_max_words=6)[
-        0
-    ] == ("I met with the kind Mr. Smith")
 
 
 def test_first_piece_sentence() -> None:
@@ -268,7 +263,7 @@ def test_numbered_list_markers_do_not_split() -> None:
 def test_long_sentence_cut_at_clause_after_max_chars() -> None:
     clause = "word " * 8 + "end, "  # 45 chars
     text = clause * 6 + "fin."
-    pieces = later(text, max_piece_chars=100, hard_max_piece_chars=1000, **NO_WORD_CAP)
+    pieces = later(text, max_piece_chars=100, hard_max_piece_chars=1000)
     assert all(p.endswith(",") for p in pieces[:-1])
     assert all(len(p) >= 100 for p in pieces[:-1])
     assert " ".join(pieces) == text.strip()
@@ -277,7 +272,7 @@ def test_long_sentence_cut_at_clause_after_max_chars() -> None:
 def test_long_sentence_without_punctuation_cut_at_word_under_cap() -> None:
     words = [f"w{i}" for i in range(400)]
     text = " ".join(words) + "."
-    pieces = later(text, max_piece_chars=60, hard_max_piece_chars=80, **NO_WORD_CAP)
+    pieces = later(text, max_piece_chars=60, hard_max_piece_chars=80)
     assert len(pieces) > 5
     assert all(len(p) <= 80 for p in pieces)
     assert all(len(p) > 70 for p in pieces[:-1])  # cut late, at the last word under the cap
@@ -286,7 +281,7 @@ def test_long_sentence_without_punctuation_cut_at_word_under_cap() -> None:
 
 def test_hard_cap_prefers_a_late_clause() -> None:
     text = "a" * 40 + ", " + "bb " * 30 + "end."
-    pieces = later(text, max_piece_chars=60, hard_max_piece_chars=80, **NO_WORD_CAP)
+    pieces = later(text, max_piece_chars=60, hard_max_piece_chars=80)
     assert pieces[0] == "a" * 40 + ","
 
 
@@ -377,8 +372,6 @@ def test_single_use() -> None:
 
 def test_bad_policy() -> None:
     with pytest.raises(ValueError):
-        Segmenter(first_piece_max_words=0)
-    with pytest.raises(ValueError):
         Segmenter(max_piece_chars=100, hard_max_piece_chars=50)
 
 
@@ -409,7 +402,6 @@ _ALPHABET = st.sampled_from(
 _TEXT = st.lists(_ALPHABET, max_size=80).map("".join)
 _POLICY = st.fixed_dictionaries(
     {
-        "first_piece_max_words": st.integers(1, 8),
         "max_piece_chars": st.integers(1, 30),
         "hard_max_piece_chars": st.integers(30, 60),
     }
@@ -469,21 +461,30 @@ def test_pieces_respect_cap_when_words_fit(words: list[str], cap: int) -> None:
     assert " ".join(p.text for p in pieces) == text
 
 
-def test_long_sentences_are_cut_at_doubling_word_caps() -> None:
-    """An LLM's long sentence without punctuation: pieces of 6, 12, 24... words keep the text
-    ahead of the audio, with as few cuts as that needs."""
+def test_long_sentences_are_cut_by_the_character_caps_only() -> None:
+    """Changed: an LLM's long sentence without punctuation was cut into pieces of 6, 12, 24...
+    words; now only `hard_max_piece_chars` cuts it (at its last word under the cap), and the
+    utterance runner's `cut_early` when the listener would otherwise wait."""
     words = [f"w{i}" for i in range(100)]
     pieces = texts(" ".join(words) + ".")
-    assert [len(p.split()) for p in pieces] == [6, 12, 24, 48, 10]
+    assert len(pieces) == 2  # 390 characters: one cut, at the last word that fits in 300
+    assert len(pieces[0]) <= HARD < len(pieces[0]) + 1 + len(pieces[1].split()[0])
     assert " ".join(pieces).split() == (" ".join(words) + ".").split()
 
 
-def test_word_cap_prefers_the_last_clause_past_half_the_cap() -> None:
-    first = "One two three four five six "
-    body = "a b c d e f g h, i j k l m n o p"  # 8 words, a comma, 8 more: cap 12 for piece 2
-    pieces = texts(first + body + ".")
-    assert pieces[1] == "a b c d e f g h,"
-    assert pieces[2] == "i j k l m n o p."
+@settings(max_examples=200, deadline=None)
+@given(
+    sentences=st.lists(
+        st.lists(st.text("abcdefgh", min_size=1, max_size=9), max_size=24),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_sentences_under_the_caps_stay_whole(sentences: list[list[str]]) -> None:
+    """Whole text of sentences without clause marks, each under `hard_max_piece_chars`: one
+    piece a sentence, whatever their word counts."""
+    written = [" ".join(["So", *words, "done."]) for words in sentences]  # no abbreviation
+    assert texts(" ".join(written)) == written
 
 
 def test_short_sentences_stay_whole_after_the_first_piece() -> None:
@@ -491,6 +492,150 @@ def test_short_sentences_stay_whole_after_the_first_piece() -> None:
         "This has, a comma; and more: all in one.",
         "Next one here.",
     ]
+
+
+# -- cut_early: the runner's cut when the listener would wait --------------------------------
+
+
+def early(chunks: list[str], **policy: int) -> tuple[Piece | None, list[Piece]]:
+    """Feed `chunks` (no piece may come of them), `cut_early`, then finish."""
+    seg = Segmenter(**policy)
+    for chunk in chunks:
+        assert seg.feed(chunk) == []
+    piece = seg.cut_early()
+    return piece, seg.finish()
+
+
+@pytest.mark.parametrize(
+    ("streamed", "cut"),
+    [
+        # before a conjunction, relative word or preposition...
+        (
+            "Doctor Patel said the results should be ready by the",
+            "Doctor Patel said the results should be ready",
+        ),
+        ("How many kilometers is it from the air", "How many kilometers is it"),
+        ("The engineers who designed the bridge never exp", "The engineers"),
+        # ... the last one; a phrase word is known only once the word after it has begun
+        ("We walked along the river and talked until it", "We walked along the river and talked"),
+        ("We walked along the river and", "We walked"),
+        ("We walked along the river an", "We walked"),
+        # ... with two words or more before it, else the last word boundary
+        ("So if you want to", "So if you want"),
+        ("Go to", "Go"),
+        # the words the caps do not count: an abbreviation is not a boundary
+        ("Please ask Mr. Smith", "Please ask"),
+    ],
+)
+def test_cut_early_at_a_phrase_boundary(streamed: str, cut: str) -> None:
+    piece, rest = early([streamed])
+    assert piece == Piece(cut, 0, len(cut) + 1)
+    assert [p.text for p in rest] == [streamed[len(cut) + 1 :]]
+
+
+def test_cut_early_prefers_the_last_clause() -> None:
+    # a later piece keeps its clauses until `max_piece_chars`
+    seg = Segmenter()
+    assert seg.feed("Okay. Well, the train to Paris, which leaves at noon from the") == [
+        Piece("Okay.", 0, 6)
+    ]
+    assert seg.cut_early() == Piece("Well, the train to Paris,", 6, 32)
+    assert seg.feed(" station, is late.") == []
+    assert seg.finish() == [Piece("which leaves at noon from the station, is late.", 32, 79)]
+
+
+def test_cut_early_without_a_boundary_changes_nothing() -> None:
+    for chunks in (["Hello"], ["Hello "], ["  Hel", "lo  "], ["  "], []):
+        seg = Segmenter()
+        for chunk in chunks:
+            assert seg.feed(chunk) == []
+        assert seg.cut_early() is None  # no boundary decided: "Hello" may go on
+        text = "".join(chunks)
+        assert seg.feed("there, you.") + seg.finish() == split_text(text + "there, you.")
+    seg = Segmenter()
+    assert seg.feed("Hello the") == []
+    assert seg.cut_early() == Piece("Hello", 0, 6)  # never "Hello the": "the" may go on
+    assert seg.cut_early() is None  # "the" has no boundary after it yet
+    assert seg.feed("re you") == []
+    assert seg.cut_early() == Piece("there", 6, 12)
+    assert seg.finish() == [Piece("you", 12, 15)]
+    with pytest.raises(RuntimeError):
+        seg.cut_early()
+
+
+def test_cut_early_then_whole_sentences() -> None:
+    """After a cut, the rest is a later piece: a whole sentence (no eager clause mark)."""
+    seg = Segmenter()
+    assert seg.feed("Doctor Patel said") == []
+    assert seg.cut_early() == Piece("Doctor Patel", 0, 13)
+    assert seg.feed(", the results should be ready, by the end of the week. Bye") == [
+        Piece("said, the results should be ready, by the end of the week.", 13, 72)
+    ]
+
+
+_WORDS = st.sampled_from(
+    [
+        *["and", "to", "of", "which", "the", "a", "big", "Mr.", "3.14", "1,000", "U.S."],
+        *["Hi,", "ok:", "yes!", "so?", "end.", "\u2014", "\u3002", "\u4f60\uff0c", "\n"],
+        *["(to", "that)", '"if', "x" * 40, "  ", "\t"],
+    ]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    words=st.lists(_WORDS, max_size=60),
+    spaces=st.lists(st.sampled_from([" ", "", "  "]), min_size=60, max_size=60),
+    cuts=st.lists(st.integers(0, 10_000), max_size=30),
+    asks=st.lists(st.booleans(), min_size=31, max_size=31),
+    policy=_POLICY,
+)
+def test_cut_early_properties(
+    words: list[str],
+    spaces: list[str],
+    cuts: list[int],
+    asks: list[bool],
+    policy: dict[str, int],
+) -> None:
+    """Whenever it is called: the pieces still cover the text and stay under the caps, the
+    buffer stays bounded, and a piece cut early ends at a boundary already decided
+    (whitespace or a CJK mark and its closers before it, the next word begun)."""
+    text = "".join(w + sp for w, sp in zip(words, spaces, strict=False))
+    chunks = _split_at(text, cuts)
+    seg = Segmenter(**policy)
+    out: list[Piece] = []
+    bound = policy["hard_max_piece_chars"] + MAX_RUN_CHARS
+    for chunk, ask in zip(chunks, asks, strict=False):
+        out += seg.feed(chunk)
+        if ask:
+            piece = seg.cut_early()
+            if piece is None:
+                continue
+            out.append(piece)
+            assert piece.end_char < seg.received_chars
+            assert not text[piece.end_char].isspace()  # the next word has begun
+            before = text[piece.end_char - 1]  # a CJK mark, and the closers after it
+            assert before.isspace() or before in "\u3002\uff0c" + segment._CLOSERS
+        assert len(seg._buf) < bound
+    out += seg.finish()
+    check_spans(text, out)
+    assert all(len(p.text) <= policy["hard_max_piece_chars"] for p in out)
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=_TEXT, cuts=st.lists(st.integers(0, 10_000), max_size=20), policy=_POLICY)
+def test_cut_early_returning_none_changes_nothing(
+    text: str, cuts: list[int], policy: dict[str, int]
+) -> None:
+    """Asking after every chunk, but only where nothing can be cut: the same pieces as never
+    asking."""
+    seg = Segmenter(**policy)
+    out: list[Piece] = []
+    for chunk in _split_at(text, cuts):
+        out += seg.feed(chunk)
+        if seg._word_gap is None:  # (white-box: no boundary decided, so None is due)
+            assert seg.cut_early() is None
+    assert out + seg.finish() == split_text(text, **policy)
 
 
 # -- bounds: what a client sends cannot make a piece long or the segmenter slow ---------------

@@ -145,10 +145,10 @@ async def test_streamed_text_speaks_after_the_first_clause(
 ) -> None:
     tokens = ["Hello", " there", ",", " how", " are", " you", " today", "?"]
 
-    async def llm() -> AsyncIterator[str]:
+    async def llm() -> AsyncIterator[str]:  # 20 tokens a second: the rest comes in time
         for i, token in enumerate(tokens):
             if i:
-                await trio.sleep(0.1)
+                await trio.sleep(0.05)
             yield token
 
     log: list[Arrival] = []
@@ -158,8 +158,8 @@ async def test_streamed_text_speaks_after_the_first_clause(
         t_text_end = trio.current_time()
         spoken = await session.receive_utterance(uid)
     audio = audio_of(log, uid)
-    assert t_text_end == t_start + 0.7
-    assert audio[0][0] == t_start + 0.2  # the comma completes "Hello there," at 0.2 s
+    assert t_text_end == t_start + 0.35
+    assert audio[0][0] == t_start + 0.1  # the comma completes "Hello there," at 0.1 s
     assert audio[0][0] < t_text_end
     assert_on_grid(audio, audio[0][0])  # the rest arrived in time: no underrun, no gap
     assert spoken.frames == TEXT_FRAMES  # every word spoken: 30 chars x 60 ms + END pad

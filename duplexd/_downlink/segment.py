@@ -4,16 +4,13 @@ Text arrives in arbitrary chunks (often one token: ``"Hel"``, ``"lo"``, ``" ther
 `Segmenter` turns it into `Piece`s as soon as each one is decided:
 
 * the **first** piece ends at the first clause boundary (comma, semicolon, colon, em or en
-  dash, or a sentence end), or
-  after `first_piece_max_words` words, so first audio starts early;
+  dash, or a sentence end), so first audio starts early;
 * **later** pieces are whole sentences (``. ! ?``, ellipsis, plus closing quotes/brackets; a
-  line break), but a sentence longer than the piece's word cap is cut when the cap is reached:
-  at its last clause boundary if that lies past half the cap, else at the word boundary (the cap
-  is `first_piece_max_words` times 2, 4, 8... for the 2nd, 3rd, 4th... piece, so text keeps
-  ahead of the audio while an LLM is still writing a long sentence),
-  at a clause boundary once longer than `max_piece_chars`, and at the last word boundary
-  (the last clause boundary if one lies past half of `max_piece_chars`) before
-  `hard_max_piece_chars` when no boundary came sooner;
+  line break), cut at a clause boundary once longer than `max_piece_chars`, and at the last
+  word boundary (the last clause boundary if one lies past half of `max_piece_chars`) before
+  `hard_max_piece_chars` when no boundary came sooner. No rule counts words: a sentence whose
+  text is all there is never cut in the middle of a clause but by these character caps (a
+  sentence-final fall and a pause in the middle of a phrase is what such a cut sounds like);
 * **any** piece that would pass `hard_max_piece_chars` characters with no word or clause
   boundary to fall back to (a word longer than the cap, a run of CJK marks) is cut after
   exactly `hard_max_piece_chars` characters, or a few fewer so as not to split a cluster: a
@@ -46,6 +43,16 @@ Not boundaries (but for the rule above): punctuation with no whitespace after it
 start of a line (``1.``), or when a lowercase letter follows; an ellipsis followed by a
 lowercase letter is only a clause boundary.
 
+The one cut that depends on time, not text: `Segmenter.cut_early`, which the utterance runner
+calls when waiting longer for the end of a clause would leave the listener with no audio
+(`duplexd._downlink.utterance`). It ends the piece at the best boundary already decided: the
+last clause boundary; else the last one before a conjunction, relative word or preposition
+(``and``, ``because``, ``which``, ``to``, ``of``... `_PHRASE_WORDS`, written after at least two
+words, and known to be that word only once the boundary after it is decided); else the last
+word boundary. It never cuts a word (a boundary is decided only once the next word has begun),
+and returns nothing when no boundary has been decided yet. Only this cut depends on how the
+text was chunked, as it depends on when it was asked for.
+
 Spans: pieces cover the received text contiguously. ``piece.text`` is
 ``text[piece.start_char:piece.end_char].strip()`` and is never empty; the whitespace between two
 pieces (and any leading whitespace of the utterance) lies inside the earlier piece's span, except
@@ -64,14 +71,16 @@ must not decide the cost:
   engine's output samples and working memory grow with a piece's characters, so this cap is
   what bounds synthesis memory per piece; the daemon relies on it.
 * **time**: linear in the text, whatever the chunking. Each scan resumes where the last one
-  stopped (a pending run of whitespace or CJK marks is not read again); the word count, the
-  quote depth and the current word's start are running values. A cut back at an earlier
-  boundary (or back over a cluster) leaves the rest of the piece, fewer than
-  ``hard_max_piece_chars + MAX_RUN_CHARS`` characters, to be read again by the next; as a
+  stopped (a pending run of whitespace or CJK marks is not read again); the quote depth, the
+  current word's start and the last word, phrase and clause boundaries are running values. A
+  cut back at an earlier boundary (or back over a cluster) leaves the rest of the piece, fewer
+  than ``hard_max_piece_chars + MAX_RUN_CHARS`` characters, to be read again by the next; as a
   piece falls back only to its last clause or word boundary, no boundary there is taken again
-  and a character is read at most three times or so. So `Segmenter.feed` costs
-  O(len(chunk)) amortised, plus a bounded constant per call and per piece returned (a copy
-  of the undecided piece).
+  and a character is read at most three times or so by the text's own cuts. So
+  `Segmenter.feed` costs O(len(chunk)) amortised, plus a bounded constant per call and per
+  piece returned (a copy of the undecided piece). `Segmenter.cut_early` costs O(1) when it
+  cuts nothing, else a copy of the piece, and what follows its cut is read once more: O(piece),
+  for a piece of a word or more.
 * **memory**: only the undecided piece is kept, from its first non-whitespace character (its
   leading whitespace is counted, not kept): fewer than ``hard_max_piece_chars + MAX_RUN_CHARS``
   characters between calls, and at most `_FEED_SLICE` more while a call works through a long
@@ -86,7 +95,6 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Final
 
-DEFAULT_FIRST_PIECE_MAX_WORDS: Final = 6
 DEFAULT_MAX_PIECE_CHARS: Final = 200
 DEFAULT_HARD_MAX_PIECE_CHARS: Final = 300
 # A run of this many whitespace characters (or CJK marks and closers) ends the piece.
@@ -110,7 +118,6 @@ _OPENERS: Final = "\"'([{*_`\u201c\u2018\u00ab\u2039\u00bf\u00a1"
 _NEWLINES: Final = frozenset("\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
 _CANDIDATE_RE: Final = re.compile("[\\s" + "".join(sorted(_CJK_MARKS)) + "]")
 _INITIALS_RE: Final = re.compile(r"(?:[^\W\d_]\.)+")  # J.  U.S.  e.g.  a.m.
-_WORD_START_RE: Final = re.compile(r"(?<!\S)\S")  # the first character of each word
 _ZWJ: Final = "\u200d"  # ZERO WIDTH JOINER: joins the characters on either side
 # Marks that end the first piece at once after a plain word (see the module docstring).
 _EAGER_MARKS: Final = ",;:!?"
@@ -119,6 +126,19 @@ _FIRST_CANDIDATE_RE: Final = re.compile(
 )
 _URL_SCHEMES: Final = frozenset({"http", "https", "ftp", "ftps", "mailto", "file", "ws", "wss"})
 _PLAIN_WORD_RE: Final = re.compile(r"[^\W\d_]+(?:['\u2019-][^\W\d_]+)*")  # don't  well-known
+# A phrase starts before these (conjunctions, relative words, prepositions): where
+# `Segmenter.cut_early` cuts when no clause boundary was decided. Lowercase.
+_PHRASE_WORDS: Final = frozenset(
+    {
+        "and", "but", "or", "nor", "so", "yet", "because", "since", "although", "though",
+        "while", "whereas", "unless", "until", "after", "before", "if", "when", "where",
+        "whether", "which", "who", "whom", "whose", "that", "than", "as",
+        "to", "of", "in", "on", "for", "with", "at", "from", "by", "about", "into", "onto",
+        "over", "under", "through", "during", "without", "within", "between", "against",
+        "across", "along", "around", "behind", "beyond", "towards", "toward", "near", "like",
+    }
+)  # fmt: skip
+_PHRASE_WORD_CHARS: Final = max(map(len, _PHRASE_WORDS)) + 2  # with an opener or closer
 
 # Lowercased, without the final period. A period after these never ends a sentence.
 _ABBREVIATIONS: Final = frozenset(
@@ -216,16 +236,12 @@ class Segmenter:
     def __init__(
         self,
         *,
-        first_piece_max_words: int = DEFAULT_FIRST_PIECE_MAX_WORDS,
         max_piece_chars: int = DEFAULT_MAX_PIECE_CHARS,
         hard_max_piece_chars: int = DEFAULT_HARD_MAX_PIECE_CHARS,
     ) -> None:
         """Create a segmenter with the given policy (see the module docstring)."""
-        if first_piece_max_words < 1:
-            raise ValueError("first_piece_max_words must be >= 1")
         if not 1 <= max_piece_chars <= hard_max_piece_chars:
             raise ValueError("need 1 <= max_piece_chars <= hard_max_piece_chars")
-        self.first_piece_max_words: Final = first_piece_max_words
         self.max_piece_chars: Final = max_piece_chars
         self.hard_max_piece_chars: Final = hard_max_piece_chars
         # The current, undecided piece: its span starts at _start; _buf = received[_base:]
@@ -241,10 +257,12 @@ class Segmenter:
         self._run = -1  # start of a run of whitespace or CJK marks read up to _scan, or -1
         self._word_start = 0  # start of the current word (after the last whitespace run)
         self._eager_word = -1  # start of the word whose first eager mark was already judged
-        self._word_gap: tuple[int, int] | None = None  # (content_end, cut_at), last seen
-        self._clause_gap: tuple[int, int, int] | None = None  # (content_end, cut_at, words)
-        self._words = 0  # words in _buf[:_words_end]
-        self._words_end = 0
+        # the last boundaries seen, as (content_end, cut_at): any kind, clause, and the last
+        # one before a phrase word (`_PHRASE_WORDS`) with two words or more before it
+        self._word_gap: tuple[int, int] | None = None
+        self._clause_gap: tuple[int, int] | None = None
+        self._phrase_gap: tuple[int, int] | None = None
+        self._gaps = 0  # boundaries seen (kind WORD or stronger)
         self._quotes = (0, 0, 0, 0)  # '"' count, and open-minus-close of \u201c ( \u00ab
         self._quotes_end = 0  # ... in _buf[:_quotes_end]
 
@@ -265,6 +283,16 @@ class Segmenter:
             self._append(chunk[at : at + _FEED_SLICE])
             pieces += self._drain()
         return pieces
+
+    def cut_early(self) -> Piece | None:
+        """End the undecided piece now, at the best boundary already decided (the last clause
+        boundary, else the last one before a phrase word, else the last word boundary; see the
+        module docstring), and return it; None (and nothing changes) if no boundary has been
+        decided yet. The text after that boundary starts the next piece. O(piece)."""
+        if self._finished:
+            raise RuntimeError("Segmenter.cut_early() after finish()")
+        gap = self._clause_gap or self._phrase_gap or self._word_gap
+        return None if gap is None else self._cut(gap[1])
 
     def finish(self) -> list[Piece]:
         """Mark the end of the text; return every remaining piece (possibly none)."""
@@ -303,9 +331,9 @@ class Segmenter:
         self._buf = body
         self._start = end
         self._base = end + dropped
-        self._scan = self._word_start = self._words = self._words_end = self._quotes_end = 0
+        self._scan = self._word_start = self._gaps = self._quotes_end = 0
         self._run = self._eager_word = -1
-        self._word_gap = self._clause_gap = None
+        self._word_gap = self._clause_gap = self._phrase_gap = None
         self._quotes = (0, 0, 0, 0)
         self._pieces_emitted += 1
         return piece
@@ -332,13 +360,6 @@ class Segmenter:
         while cut_at > 0 and _extends_cluster(buf[cut_at - 1], buf[cut_at]):
             cut_at -= 1
         return limit if cut_at == 0 or buf[cut_at].isspace() else cut_at
-
-    def _words_before(self, end: int) -> int:
-        """Words in `_buf[:end]`; `end` never decreases within a piece."""
-        if end > self._words_end:
-            self._words += len(_WORD_START_RE.findall(self._buf, self._words_end, end))
-            self._words_end = end
-        return self._words
 
     def _inside_quote(self, end: int) -> bool:
         """Whether `_buf[:end]` ends inside a quotation or bracket opened in it (a closer may
@@ -374,35 +395,34 @@ class Segmenter:
     def _should_cut(self, kind: _Kind, content_end: int) -> bool:
         if kind is _Kind.SENTENCE:
             return True
-        if self._pieces_emitted == 0:
-            if kind is _Kind.CLAUSE:
-                return True
-            if kind is _Kind.WORD:
-                return self._words_before(content_end) >= self.first_piece_max_words
+        if kind is not _Kind.CLAUSE:  # no rule counts words: whole clauses at least
             return False
-        # later pieces: whole sentences, unless the sentence runs long. The word cap doubles
-        # with every piece (12, 24, 48... words for the default 6) so the text stays ahead of
-        # the audio without cutting sentences more often than needed.
-        if kind is _Kind.WORD:
-            return self._words_before(content_end) >= self._cap_words()
-        return kind is _Kind.CLAUSE and content_end >= self.max_piece_chars
-
-    def _cap_words(self) -> int:
-        return self.first_piece_max_words << min(self._pieces_emitted, 8)
+        # the first piece ends at its first clause; later ones are whole sentences, unless
+        # the sentence runs long
+        return self._pieces_emitted == 0 or content_end >= self.max_piece_chars
 
     def _decide(self, kind: _Kind, content_end: int, cut_at: int) -> int | None:
-        """Cut at a boundary (or, for a long sentence, at its last clause), or remember it."""
+        """Cut at a boundary, or remember it (for the caps' fallbacks and `cut_early`).
+
+        `content_end` ends the word before the boundary, which starts at `_word_start`.
+        """
         if self._should_cut(kind, content_end):
-            gap = self._clause_gap
-            # a long sentence hit the word cap: prefer its last clause boundary
-            later_word = kind is _Kind.WORD and self._pieces_emitted > 0
-            if later_word and gap is not None and gap[2] >= self._cap_words() // 2:
-                return gap[1]
             return cut_at
         if kind >= _Kind.WORD:
+            gap = self._word_gap
+            start = self._word_start
+            if (
+                gap is not None
+                and gap[1] == start  # the boundary right before this word
+                and self._gaps >= 2  # with two words or more before it
+                and content_end - start <= _PHRASE_WORD_CHARS
+                and self._buf[start:content_end].strip(_OPENERS + _CLOSERS).lower() in _PHRASE_WORDS
+            ):
+                self._phrase_gap = gap
             self._word_gap = (content_end, cut_at)
+            self._gaps += 1
         if kind is _Kind.CLAUSE:
-            self._clause_gap = (content_end, cut_at, self._words_before(content_end))
+            self._clause_gap = (content_end, cut_at)
         return None
 
     def _next_cut(self) -> int | None:
@@ -485,14 +505,9 @@ class Segmenter:
 def split_text(
     text: str,
     *,
-    first_piece_max_words: int = DEFAULT_FIRST_PIECE_MAX_WORDS,
     max_piece_chars: int = DEFAULT_MAX_PIECE_CHARS,
     hard_max_piece_chars: int = DEFAULT_HARD_MAX_PIECE_CHARS,
 ) -> list[Piece]:
     """Segment a whole text at once: `Segmenter.feed` all of it, then `finish`. Linear time."""
-    seg = Segmenter(
-        first_piece_max_words=first_piece_max_words,
-        max_piece_chars=max_piece_chars,
-        hard_max_piece_chars=hard_max_piece_chars,
-    )
+    seg = Segmenter(max_piece_chars=max_piece_chars, hard_max_piece_chars=hard_max_piece_chars)
     return seg.feed(text) + seg.finish()

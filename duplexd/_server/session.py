@@ -384,6 +384,8 @@ class Session:
         return (utt.piece_map.total_samples, utt.total_chars) if utt is not None else (0, 0)
 
     def audio_started(self, utterance_id: int) -> None:
+        if (utt := self._utterances.get(utterance_id)) is not None:
+            utt.audio_started()  # its listener's clock: when to cut a sentence early
         self.observer.audio_started(utterance_id)
 
     def sending(self, frame: fr.UtteranceDone | fr.Interrupted) -> None:
@@ -482,7 +484,7 @@ class Session:
         )
         turns = self._synthesis_offload
         try:
-            while (piece := await utt.next_piece()) is not None:
+            while (piece := await utt.next_piece(lambda: producer.audio_s)) is not None:
                 await self._wait_synthesis_budget()
                 done = False
                 while not done:
