@@ -25,6 +25,7 @@ TEXTS = [
     "The train to Manchester leaves from platform seven at half past nine tomorrow.",
     "Hello there, the committee reviewed every application submitted before the deadline.",
     "We need flour, sugar, eggs, butter and a pinch of salt for the cake.",
+    "Mr. Smith and Dr. Jones met at St. Mary's hospital on Tuesday afternoon.",
 ]
 
 

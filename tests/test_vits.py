@@ -306,3 +306,12 @@ def test_text_espeak_expands_is_cut_into_bounded_sequences(engine: VitsEngine) -
     assert max(len(ids) for ids in sequences) <= 2 * MAX_SEQUENCE_PHONEMES + 3
     total = sum(len(s) for s in phonemize(text, voice.spec.espeak_voice))
     assert sum((len(ids) - 3) // 2 for ids in sequences) == total
+
+
+@pytest.mark.integration
+def test_a_title_before_a_name_does_not_end_the_sentence() -> None:
+    from duplexd.engines.vits.phonemes import phonemize
+
+    (one,) = phonemize("Mr. Smith and Dr. Jones met at St. Mary's.", "en-us")
+    assert "".join(one).count(".") == 1  # the sentence's own end only: no pause after a title
+    assert len(phonemize("It was late. Then we left.", "en-us")) == 2

@@ -22,6 +22,14 @@ from ..base import EngineError
 
 PAD, BOS, EOS = "_", "^", "$"
 _LANG_SWITCH = re.compile(r"\([^)]+\)")  # "(fr)" ... "(en)" flags around foreign words
+# The period of a title before a name ("Dr. Jones", "St. Mary's"): espeak-ng
+# takes it for a sentence end (a falling tone and a pause in the middle of a phrase), so it is
+# dropped before phonemizing; espeak reads "Dr Jones" the same. The segmenter has already
+# decided that such a period does not end the sentence (duplexd._downlink.segment).
+_TITLE_PERIOD = re.compile(
+    r"\b(Mr|Mrs|Ms|Mx|Dr|Prof|St|Sr|Jr|Rev|Fr|Gen|Col|Capt|Lt|Sgt|Maj|Gov|Sen|Rep|Mt|Ft)\."
+    r"(?=\s+[A-Z])"
+)
 
 # Phonemes in one id sequence at most: what ~300 characters of ordinary text give (a "Hello
 # there." x 23 gives 276). The segmenter caps a piece at 300 characters, but espeak expands
@@ -79,7 +87,7 @@ def phonemize(text: str, espeak_voice: str) -> list[list[str]]:
             except Exception as exc:
                 raise PhonemizerError(f"espeak-ng voice {espeak_voice!r}: {exc}") from exc
             _current_voice = espeak_voice
-        clauses = bridge.get_phonemes(text)
+        clauses = bridge.get_phonemes(_TITLE_PERIOD.sub(r"\1", text))
     sentences: list[list[str]] = []
     current: list[str] = []
     for phonemes, terminator, end_of_sentence in clauses:
