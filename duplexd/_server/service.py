@@ -183,6 +183,11 @@ class Service:
         """Start the drain, as SIGTERM does. Trio thread."""
         self._stop.set()
 
+    @property
+    def uplink_services(self) -> UplinkServices | None:
+        """What the sessions' uplinks share, once the service has made them (before READY)."""
+        return self._uplink_services
+
     # ------------------------------------------------------------------ life
 
     async def run(
@@ -320,12 +325,20 @@ class Service:
 
     async def _uplink(self) -> UplinkServices:
         """The uplinks' shared parts: given, or the VAD model (loaded in a worker thread) and
-        a transcriber of `settings.asr` (its model loads on the first turn)."""
+        a transcriber of `settings.asr`. Either way its ASR model is loaded and warmed here, in
+        a worker thread, before the daemon is ready: the first turn is as fast as the next."""
         if self._uplink_services is None:
             asr = self.settings.asr
             transcriber = Transcriber(asr.model or None, cpu_threads=asr.threads)
             vad_model = await trio.to_thread.run_sync(VadModel)
             self._uplink_services = UplinkServices.create(vad_model, transcriber=transcriber)
+        asr_model = self._uplink_services.transcriber
+        if asr_model is not None and not asr_model.loaded:
+            try:
+                took = await trio.to_thread.run_sync(asr_model.warm_up)
+            except FileNotFoundError as exc:
+                raise StartupError(f"asr.model: {exc}") from None
+            log.info("asr ready", extra={"load_s": round(took, 3)})
         return self._uplink_services
 
     async def _drain(self, daemon: Daemon) -> None:
