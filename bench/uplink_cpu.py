@@ -14,7 +14,8 @@ and reports the thread's CPU time per second of audio (100 % = one core):
 - `user alone`: the user talks half the time, the agent is quiet.
 
 Then the transcription cost: faster-whisper (the bundled tiny.en, int8, 2 threads) on the
-user's turns, as process CPU seconds per second of speech.
+user's turns, as process CPU seconds per second of speech; and the turn model's (Smart Turn
+v3.2, one thread), asked once per candidate end of turn: wall ms per question, features apart.
 
 The network side (WebSocket receive, frame decoding, the trio thread handoff) is not here;
 `python -m bench --uplink` measures the whole daemon under load.
@@ -148,6 +149,28 @@ def asr_cost(user: F32, repeats: int = 3) -> dict:
     }
 
 
+def turn_cost(user: F32, repeats: int = 20) -> dict:
+    from duplexd._uplink.turn import TurnModel
+
+    model = TurnModel(threads=1)
+    model.probability(user)  # warm
+    feats, calls, cpu = [], [], 0.0
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        model.features(user)
+        c1, t1 = time.process_time(), time.perf_counter()
+        model.probability(user)
+        calls.append(time.perf_counter() - t1)
+        cpu += time.process_time() - c1
+        feats.append(t1 - t0)
+    return {
+        "features_ms_p50": round(1000 * float(np.median(feats)), 1),
+        "call_ms_p50": round(1000 * float(np.median(calls)), 1),
+        "call_ms_max": round(1000 * max(calls), 1),
+        "cpu_ms_per_call": round(1000 * cpu / repeats, 1),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m bench.uplink_cpu", description=__doc__.split("\n")[0]
@@ -179,6 +202,13 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"\nASR (faster-whisper tiny.en, int8, 2 threads): {a['cpu_s_per_speech_s']} CPU-s per"
             f" s of speech, wall RTF {a['rtf_wall']} ({a['speech_s']} s of speech)"
+        )
+        out["turn"] = turn_cost(user)
+        t = out["turn"]
+        print(
+            f"Turn model (Smart Turn v3.2, int8, 1 thread): {t['call_ms_p50']} ms per question"
+            f" (p50; max {t['call_ms_max']}), of which features {t['features_ms_p50']} ms;"
+            f" {t['cpu_ms_per_call']} CPU-ms"
         )
     if args.json:
         with open(args.json, "w") as f:

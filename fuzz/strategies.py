@@ -96,6 +96,9 @@ _KNOWN = {
         "echo_cancel",
         "echo_threshold",
         "max_turn_s",
+        "smart_end",
+        "max_silence_ms",
+        "smart_threshold",
     ],
     "asr": ["transcripts", "partial_ms"],
 }

@@ -43,12 +43,15 @@ async def inline_offload(fn: Callable[..., Any], *args: Any) -> Any:
 _VAD_MODEL: VadModel | None = None
 
 
-def inline_uplink_services(transcriber: Any = None) -> UplinkServices:
-    """Uplink services whose work runs inline (exact virtual times); one VAD model for all."""
+def inline_uplink_services(transcriber: Any = None, turn_model: Any = None) -> UplinkServices:
+    """Uplink services whose work runs inline (exact virtual times, the turn model's too);
+    one VAD model for all. No `turn_model`: turns end after a fixed silence."""
     global _VAD_MODEL
     if _VAD_MODEL is None:
         _VAD_MODEL = VadModel()
-    return UplinkServices(vad_model=_VAD_MODEL, offload=inline_offload, transcriber=transcriber)
+    return UplinkServices(
+        vad_model=_VAD_MODEL, offload=inline_offload, transcriber=transcriber, turn_model=turn_model
+    )
 
 
 class Sessions:

@@ -14,6 +14,7 @@ import numpy as np
 import numpy.typing as npt
 import soxr
 
+from bench.turns import Spoken, with_pause
 from duplexd.engines.vits import VitsEngine
 
 RATE = 16_000
@@ -58,3 +59,11 @@ def frames(audio: Audio, n: int = 320) -> list[bytes]:
     pad = (-len(audio)) % n
     pcm = to_s16(np.concatenate((audio, np.zeros(pad, dtype=np.float32))))
     return [pcm[i : i + 2 * n] for i in range(0, len(pcm), 2 * n)]
+
+
+@functools.lru_cache(maxsize=32)
+def paused_clip(text: str, word: int, pause_s: float = 0.6) -> Spoken:
+    """`text` spoken in one go with `pause_s` of silence cut in before word number `word`
+    (where the voice's word marks put it): a speaker pausing mid-sentence. `.audio` at 16 kHz,
+    `.end` one past the last speech sample, `.pause` the silence's span."""
+    return with_pause(engine().open_voice("joe"), text, word, pause_s)

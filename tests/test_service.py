@@ -13,7 +13,7 @@ from harness import http_request, running_service
 from prometheus_client.parser import text_string_to_metric_families
 
 from duplexd._ops.settings import Settings, load_settings
-from duplexd._server.service import Phase, Service
+from duplexd._server.service import Phase, Service, StartupError
 from duplexd.client.session import Interrupted, SessionError, UtteranceDone, open_session
 from duplexd.engines.registry import EngineSet
 from duplexd.engines.tone import ToneEngine
@@ -106,6 +106,27 @@ async def test_health_ready_and_metrics_after_sessions() -> None:
         assert m["duplexd_ready"] == 1
         # totals folded in from ended sessions only grow
         assert live["duplexd_frames_sent_total"] <= m["duplexd_frames_sent_total"]
+
+
+async def test_asr_model_is_loaded_and_warm_before_ready() -> None:
+    # the first turn must not pay for loading Whisper: the daemon loads and runs it first
+    async with running(settings()) as service:
+        services = service.uplink_services
+        assert services is not None and services.transcriber is not None
+        assert services.transcriber.loaded
+        assert services.transcriber.calls == 0  # the warm-up decode is not a transcript
+
+
+async def test_a_bad_asr_model_stops_the_start() -> None:
+    s = settings()
+    s = attrs.evolve(s, asr=attrs.evolve(s.asr, model="/nonexistent/whisper"))
+    service = Service(
+        s, engines=EngineSet.of(ToneEngine()), handle_signals=False, http_port=0, environ={}
+    )
+    leaf = pytest.RaisesExc(StartupError, match=r"^asr\.model: no faster-whisper model in ")
+    with pytest.RaisesGroup(leaf, flatten_subgroups=True):  # from the service's nursery
+        await service.run()
+    assert service.phase is Phase.STOPPED
 
 
 async def test_max_sessions_makes_it_unready_and_rejects() -> None:

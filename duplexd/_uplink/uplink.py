@@ -12,6 +12,13 @@ onnxruntime and numpy release the GIL), where
 
 and then delivers the events on the trio thread.
 
+Smart end of turn (`vad.smart_end`, when the daemon has a `TurnModel`): once the user has been
+silent `min_silence_ms`, the detector's `EndCandidate` comes out of the worker with a copy of
+the turn's last 8 s; `run()` asks the turn model about it in a thread of its own
+(`UplinkServices.turn_offload`) and queues the verdict on the inbox like audio, so the detector
+sees it in its place among the frames: "complete" ends the turn there (unless the user spoke on
+meanwhile), otherwise the turn ends after `max_silence_ms`. At most one question per silence.
+
 Events go out through the session's callbacks: `send(frame)` for SpeechStarted/SpeechStopped
 and Transcript (queued on the session's writer, so they are ordered with the audio) and
 `barge_in(delay_s)` when the user has spoken `barge_in_min_speech_ms` (the session interrupts
@@ -49,10 +56,12 @@ from ..protocol.codec import RemoteProtocolError, iter_frames
 from ..protocol.options import SessionOptions
 from .asr import Transcriber
 from .echo import EchoCanceller
+from .turn import WINDOW_SAMPLES, TurnModel
 from .vad import (
     VAD_RATE_HZ,
     WINDOW,
     BargeIn,
+    EndCandidate,
     SileroVad,
     SpeechDetector,
     SpeechStart,
@@ -75,6 +84,8 @@ DOUBLE_TALK_RATIO: Final = 0.35
 # the user's voice against the agent's scores ~0.3, the leftovers of an echo that moved 0.6-0.9.
 RESIDUE_NCC: Final = 0.5
 _NEVER: Final = 2.0  # a barge-in threshold no probability reaches
+_DOWNLINK: Final = -1  # inbox items: a downlink message (else the uplink seq gap) ...
+_VERDICT: Final = -2  # ... or the turn model's answer
 
 
 # Every session's uplink work shares this many worker threads (one CapacityLimiter per daemon):
@@ -91,11 +102,15 @@ class UplinkServices:
 
     `offload(fn, *args)` runs a batch of uplink work off the event loop (`create`: a worker
     thread of the `UPLINK_THREADS` shared ones; tests may run it inline under a MockClock).
+    `turn_offload` runs the turn model (`create`: one thread of its own for the daemon, so a
+    question never holds up any session's VAD; None: `offload`).
     """
 
     vad_model: VadModel
     offload: Offload
     transcriber: Transcriber | None = None  # None: no transcripts
+    turn_model: TurnModel | None = None  # None: turns end after a fixed silence
+    turn_offload: Offload | None = None
 
     @classmethod
     def create(
@@ -103,12 +118,28 @@ class UplinkServices:
         vad_model: VadModel,
         *,
         transcriber: Transcriber | None = None,
+        turn_model: TurnModel | None = None,
         threads: int = UPLINK_THREADS,
     ) -> UplinkServices:
         """The daemon's: uplink work in `threads` shared worker threads."""
         limiter = trio.CapacityLimiter(threads)
         offload = functools.partial(trio.to_thread.run_sync, limiter=limiter)
-        return cls(vad_model=vad_model, offload=offload, transcriber=transcriber)
+        turn_offload = functools.partial(trio.to_thread.run_sync, limiter=trio.CapacityLimiter(1))
+        return cls(
+            vad_model=vad_model,
+            offload=offload,
+            transcriber=transcriber,
+            turn_model=turn_model,
+            turn_offload=turn_offload,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class EndCheck:
+    """An `EndCandidate` with the audio the turn model judges (the turn's last 8 s)."""
+
+    id: int
+    audio: npt.NDArray[np.float32]
 
 
 @dataclass
@@ -127,6 +158,9 @@ class UplinkCounters:
     turns_dropped: int = 0
     asr_s: float = 0.0  # wall time of this session's transcriptions (worker thread)
     asr_audio_s: float = 0.0
+    end_checks: int = 0  # questions to the turn model (smart end) ...
+    end_checks_complete: int = 0  # ... answered "complete"
+    end_check_s: float = 0.0  # their wall time (thread)
     max_ncc: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -148,6 +182,11 @@ class UplinkCounters:
             "inbox_dropped": self.inbox_dropped,
             "asr_s": round(self.asr_s, 4),
             "asr_audio_s": round(self.asr_audio_s, 4),
+            "end_checks": self.end_checks,
+            "end_checks_complete": self.end_checks_complete,
+            "end_check_ms_mean": (
+                round(1000 * self.end_check_s / self.end_checks, 3) if self.end_checks else 0
+            ),
         }
 
 
@@ -175,14 +214,20 @@ class Uplink:
         self._send = send
         self._barge_in = barge_in
         self._offload = services.offload
-        # (arrival time, uplink seq gap, pcm) or (arrival time, -1, downlink message)
-        self._inbox: collections.deque[tuple[float, int, bytes]] = collections.deque()
+        self._turn_model = services.turn_model
+        self._turn_offload = services.turn_offload or services.offload
+        self._end_check: EndCheck | None = None  # the latest question for the turn model
+        self._end_lot = trio.lowlevel.ParkingLot()
+        # (arrival time, uplink seq gap, pcm), (arrival time, _DOWNLINK, downlink message) or
+        # (arrival time, _VERDICT, Verdict)
+        self._inbox: collections.deque[tuple[float, int, Any]] = collections.deque()
         self._inbox_lot = trio.lowlevel.ParkingLot()
         # (arrival time of the audio behind it, event): made in the worker, delivered on trio
         self._events: list[tuple[float, object]] = []
         self._transcriber = services.transcriber if asr.transcripts else None
         self._vad = SileroVad(services.vad_model)
-        self._detector = SpeechDetector(vad, partial_ms=asr.partial_ms)
+        smart = self._turn_model is not None
+        self._detector = SpeechDetector(vad, partial_ms=asr.partial_ms, smart=smart)
         now = trio.current_time()
         self._echo = EchoCanceller(t0=now) if vad.echo_cancel else None
         self._up_resampler = StreamResampler(rate_hz, VAD_RATE_HZ) if self._scale != 1 else None
@@ -228,7 +273,7 @@ class Uplink:
         self.counters.frames += 1
         self._enqueue((trio.current_time(), gap, pcm))
 
-    def _enqueue(self, item: tuple[float, int, bytes]) -> None:
+    def _enqueue(self, item: tuple[float, int, Any]) -> None:
         inbox = self._inbox
         if len(inbox) >= MAX_INBOX:  # processing is this far behind: drop the oldest
             inbox.popleft()
@@ -251,11 +296,14 @@ class Uplink:
             for arrived, ev in events:
                 self._deliver(arrived, ev)
 
-    def _process_batch(self, batch: list[tuple[float, int, bytes]]) -> list[tuple[float, object]]:
+    def _process_batch(self, batch: list[tuple[float, int, Any]]) -> list[tuple[float, object]]:
         """Worker side: everything heavy. Touches only this object's processing state."""
         self._events = []
         n = self._frame_samples
         for now, gap, data in batch:
+            if gap == _VERDICT:
+                self._events.extend((now, ev) for ev in self._detector.verdict(*data))
+                continue
             if gap < 0:
                 if self._echo is not None:
                     self._add_reference(self._echo, now, data)
@@ -283,6 +331,9 @@ class Uplink:
             self._barge_in(delay)
         elif isinstance(ev, Turn) and self._transcriber is not None:
             self._queue_turn(ev)
+        elif isinstance(ev, EndCheck):
+            self._end_check = ev  # an older question still waiting is moot
+            self._end_lot.unpark_all()
 
     def _ingest(self, now: float, samples: np.ndarray) -> None:
         if self._up_resampler is not None:
@@ -331,8 +382,13 @@ class Uplink:
         self._pos = pos + WINDOW
         c.windows += 1
         events = self._detector.process(pos, prob, barge_threshold)
+        for ev in events:
+            if isinstance(ev, EndCandidate):  # the audio goes with the question
+                start = max(ev.start, ev.end - WINDOW_SAMPLES)
+                self._events.append((now, EndCheck(ev.id, self._audio(start, ev.end))))
+            else:
+                self._events.append((now, ev))
         c.vad_s += time.thread_time() - t0
-        self._events.extend((now, ev) for ev in events)
 
     def _queue_turn(self, turn: Turn) -> None:
         try:
@@ -352,7 +408,7 @@ class Uplink:
     def on_downlink(self, message: bytes) -> None:
         """A message the session is sending: its AUDIO frames become the echo reference."""
         if self._echo is not None:
-            self._enqueue((trio.current_time(), -1, message))
+            self._enqueue((trio.current_time(), _DOWNLINK, message))
 
     def _add_reference(self, echo: EchoCanceller, now: float, message: bytes) -> None:
         for raw in iter_frames(message):  # the session's own frames: whole and well formed
@@ -365,6 +421,32 @@ class Uplink:
     # ------------------------------------------------------------------ transcripts
 
     async def run(self) -> None:
+        """Session task: transcribe finished turns and answer the detector's end-of-turn
+        questions, until cancelled (see `_transcribe` and `_check_ends`)."""
+        async with trio.open_nursery() as nursery:
+            if self._turn_model is not None and self._detector.smart:
+                nursery.start_soon(self._check_ends, self._turn_model)
+            nursery.start_soon(self._transcribe)
+
+    async def _check_ends(self, model: TurnModel) -> None:
+        """Ask the turn model about the latest `EndCheck`, one at a time, and queue each
+        verdict for the detector. Cancelling waits for a question in progress (tens of ms)."""
+        threshold = self.vad_options.smart_threshold
+        while True:
+            while self._end_check is None:
+                await self._end_lot.park()
+            check, self._end_check = self._end_check, None
+            t0 = time.perf_counter()
+            prob = await self._turn_offload(model.probability, check.audio)
+            c = self.counters
+            c.end_checks += 1
+            c.end_check_s += time.perf_counter() - t0
+            complete = prob >= threshold
+            c.end_checks_complete += complete
+            log.debug("end of turn?", extra={"probability": round(prob, 3)})
+            self._enqueue((trio.current_time(), _VERDICT, (check.id, complete)))
+
+    async def _transcribe(self) -> None:
         """Transcribe finished turns, in order, until cancelled. Cancelling abandons a
         transcription in progress (its thread finishes in the background; the text is dropped)
         and the turns still queued."""

@@ -13,8 +13,13 @@ Without onnxruntime the TorchScript model is used instead (one model per stream)
 `SpeechDetector` turns window probabilities into events, all positions in 16 kHz samples:
 `SpeechStart` once speech lasted `min_speech_ms`, `BargeIn` once it lasted
 `barge_in_min_speech_ms` (default: the first window over the threshold; silero rejects
-clicks, claps, typing, beeps and noise on its own: tests/test_vad.py), `SpeechStop` after
-`min_silence_ms` of silence and `Turn` (the span to transcribe, padded) with it.
+clicks, claps, typing, beeps and noise on its own: tests/test_vad.py), `SpeechStop` when the
+turn ends and `Turn` (the span to transcribe, padded) with it. A fixed end (`smart=False`)
+comes after `min_silence_ms` of silence. A smart end asks the turn model (`turn.py`) once the
+silence has lasted `min_silence_ms`: the detector emits `EndCandidate` and the uplink answers
+with `verdict(id, complete)` when the model has spoken; "complete" ends the turn where the
+silence began, otherwise it ends after `max_silence_ms` unless the user speaks on (the same
+turn goes on; a later silence is a new candidate).
 """
 
 from __future__ import annotations
@@ -202,22 +207,46 @@ class Turn:
     final: bool = True
 
 
-VadEvent = SpeechStart | SpeechStop | BargeIn | Turn
+@dataclass(frozen=True, slots=True)
+class EndCandidate:
+    """The user has been silent `min_silence_ms`: is the turn [start, end) complete? Answer
+    with `SpeechDetector.verdict(id, ...)`."""
+
+    id: int
+    start: int
+    end: int
+
+
+VadEvent = SpeechStart | SpeechStop | BargeIn | Turn | EndCandidate
+
+SMART_MIN_SILENCE_MS: Final = 200.0  # `min_silence_ms` unset: with a smart end ...
+FIXED_MIN_SILENCE_MS: Final = 500.0  # ... and without one
 
 
 class SpeechDetector:
     """Speech/silence decisions from per-window probabilities (16 kHz sample positions).
 
     `barge_in_threshold` is what a window must score to count toward a barge-in (the session
-    raises it while its own voice may be echoing back).
+    raises it while its own voice may be echoing back). `smart`: end turns with the turn
+    model's verdicts (when `options.smart_end` asks for it and the server has the model).
     """
 
-    def __init__(self, options: VadOptions, *, partial_ms: float = 0.0) -> None:
+    def __init__(
+        self, options: VadOptions, *, partial_ms: float = 0.0, smart: bool = False
+    ) -> None:
         self.options = options
+        self.smart = smart and options.smart_end
         ms = VAD_RATE_HZ / 1000
         self._min_speech = max(1, round(options.min_speech_ms * ms))
         self._min_barge = max(1, round(options.barge_in_min_speech_ms * ms))
-        self._min_silence = round(options.min_silence_ms * ms)
+        min_silence = options.min_silence_ms
+        if min_silence is None:
+            min_silence = SMART_MIN_SILENCE_MS if self.smart else FIXED_MIN_SILENCE_MS
+        self.min_silence_ms = min_silence
+        self._min_silence = round(min_silence * ms)
+        self._max_silence = max(self._min_silence, round(options.max_silence_ms * ms))
+        self._candidates = 0  # EndCandidates made so far: the next one's id
+        self._asked: int | None = None  # the candidate of the silence now going on
         self._pad = round(options.speech_pad_ms * ms)
         self._max_turn = round(options.max_turn_s * VAD_RATE_HZ)
         self._partial = round(partial_ms * ms)
@@ -229,6 +258,7 @@ class SpeechDetector:
         self._silence_start: int | None = None
         self._turn_start = 0
         self._last_partial = 0
+        self._end = 0  # end of the last window processed
 
     def process(self, start: int, prob: float, barge_in_threshold: float) -> list[VadEvent]:
         """Feed the probability of the window [start, start + WINDOW); returns the events."""
@@ -240,7 +270,7 @@ class SpeechDetector:
                 self._run_start, self._run, self._barge_run = start, 0, 0
             self._run += WINDOW
             self._barge_run = self._barge_run + WINDOW if prob >= barge_in_threshold else 0
-            self._silence_start = None
+            self._silence_start = self._asked = None  # the user speaks on: the same turn
             if o.barge_in and not self._barged and self._barge_run >= self._min_barge:
                 self._barged = True
                 events.append(BargeIn(self._run_start))
@@ -254,15 +284,18 @@ class SpeechDetector:
         elif prob < o.neg_threshold:
             if self._silence_start is None:
                 self._silence_start = start
+                self._asked = None
             self._barge_run = 0
-            if end - self._silence_start >= self._min_silence:
-                stop = self._silence_start
-                events.append(SpeechStop(stop))
-                turn_start = max(0, self._turn_start - self._pad)
-                events.append(Turn(turn_start, min(end, stop + self._pad)))
-                self.in_speech = False
-                self._run_start, self._run, self._barge_run, self._barged = None, 0, 0, False
-                self._silence_start = None
+            silence = end - self._silence_start
+            if not self.smart:
+                if silence >= self._min_silence:
+                    self._end_turn(end, events)
+            elif silence >= self._max_silence:
+                self._end_turn(end, events)
+            elif silence >= self._min_silence and self._asked is None:
+                self._asked = self._candidates
+                self._candidates += 1
+                events.append(EndCandidate(self._asked, max(0, self._turn_start - self._pad), end))
         if self.in_speech:
             if end - self._turn_start >= self._max_turn:
                 events.append(Turn(max(0, self._turn_start - self._pad), end))
@@ -270,4 +303,23 @@ class SpeechDetector:
             elif self._partial and end - self._last_partial >= self._partial:
                 self._last_partial = end
                 events.append(Turn(max(0, self._turn_start - self._pad), end, final=False))
+        self._end = end
         return events
+
+    def verdict(self, candidate: int, complete: bool) -> list[VadEvent]:
+        """The turn model's answer for `EndCandidate` `candidate`: a complete turn ends now
+        (SpeechStop where its silence began), if the user is still silent since it was asked
+        (otherwise the answer is stale and changes nothing)."""
+        events: list[VadEvent] = []
+        if complete and self.in_speech and self._asked == candidate:
+            self._end_turn(self._end, events)
+        return events
+
+    def _end_turn(self, end: int, events: list[VadEvent]) -> None:
+        stop = self._silence_start
+        assert stop is not None
+        events.append(SpeechStop(stop))
+        events.append(Turn(max(0, self._turn_start - self._pad), min(end, stop + self._pad)))
+        self.in_speech = False
+        self._run_start, self._run, self._barge_run, self._barged = None, 0, 0, False
+        self._silence_start = self._asked = None

@@ -32,7 +32,12 @@ class VadOptions:
 
     threshold: float = 0.5  # speech probability that counts as speech
     min_speech_ms: float = 150.0  # speech this long before SpeechStarted
-    min_silence_ms: float = 500.0  # silence this long before SpeechStopped (end of turn)
+    # silence this long ends the turn; with `smart_end`, only if the turn model finds the
+    # utterance complete. None: 200 ms with a smart end, 500 ms without (SPEC §4.6.1)
+    min_silence_ms: float | None = None
+    smart_end: bool = True  # ask the server's turn model whether the user has finished
+    max_silence_ms: float = 1000.0  # smart end: silence this long ends the turn regardless
+    smart_threshold: float = 0.5  # smart end: completion probability that ends the turn
     speech_pad_ms: float = 150.0  # audio kept around a turn for the transcript
     barge_in: bool = True  # interrupt the playing utterance when the user speaks
     barge_in_min_speech_ms: float = 30.0  # speech this long before barging in (whole windows)
@@ -90,6 +95,8 @@ _RANGES: Final[dict[str, tuple[float, float]]] = {
     "echo_threshold": (0.05, 0.99),
     "min_speech_ms": (0.0, 5000.0),
     "min_silence_ms": (32.0, 10_000.0),
+    "max_silence_ms": (32.0, 10_000.0),
+    "smart_threshold": (0.05, 0.99),
     "speech_pad_ms": (0.0, 1000.0),
     "barge_in_min_speech_ms": (0.0, 5000.0),
     "max_turn_s": (1.0, 30.0),

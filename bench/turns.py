@@ -1,0 +1,365 @@
+"""Turn-taking speed (`python -m bench.turns`): end of speech -> final transcript, one session.
+
+A fresh duplexd daemon (tone engine: the downlink is idle here) is started; one session opens
+its 16 kHz uplink and a microphone sends, in real time (one 20 ms frame every 20 ms on absolute
+deadlines, quiet room noise in between), a set of spoken turns `GAP_S` apart: complete
+sentences, and sentences with a pause in the middle (`PAUSE_S` of silence inserted before one
+word, where a speaker stops to think: "I'd like a table for ... four."). The speech is the
+bundled VITS voice (deterministic), synthesized whole with its word marks, so the pause sits
+inside a sentence's prosody, not after a clipped sentence's falling end.
+
+Measured on the client's clock, from the capture time of the last speech sample of each turn
+(end of speech, found on the audio's envelope):
+
+- end of speech -> SpeechStopped and -> the final Transcript (p50, p95, and the daemon's first
+  turn on its own: what a cold start costs);
+- premature end of turn: a SpeechStopped that falls inside a turn (before its last word started)
+  splits the turn; the rate over the paused turns is the figure (the complete ones are reported
+  too).
+
+    python -m bench.turns [--rounds 2] [--options '{"vad": {"smart_end": false}}'] [--json F]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+import trio
+
+RATE: Final = 16_000
+FRAME: Final = 320
+FRAME_S: Final = 0.020
+GAP_S: Final = 2.5  # silence after each turn (more than any end-of-turn wait)
+LEAD_S: Final = 1.0
+PAUSE_S: Final = 0.6
+NOISE_DBFS: Final = -60.0
+
+F32 = npt.NDArray[np.float32]
+
+COMPLETE: Final = (
+    "Could you tell me what the weather will be like tomorrow?",
+    "Please book a table for two at seven thirty.",
+    "What time does the last train leave tonight?",
+    "I would like to order a large pizza with mushrooms.",
+    "Thank you, that is all I needed.",
+    "Can you play some quiet music in the kitchen?",
+)
+# (sentence, index of the word the speaker pauses before)
+PAUSED: Final = (
+    ("I'd like a table for four.", 5),
+    ("Can you remind me to call my mother tomorrow?", 6),
+    ("The meeting is on Tuesday afternoon.", 4),
+    ("I want to fly to Paris next week.", 5),
+    ("Let me think, maybe the blue one.", 4),
+    ("Please send the report to Maria and James.", 5),
+    ("My flight lands at around nine in the evening.", 5),
+    ("Could you turn the lights in the living room off?", 6),
+)
+
+
+# ---------------------------------------------------------------------------- the speech
+
+
+@dataclass(frozen=True)
+class Spoken:
+    """One turn: 16 kHz audio; `end`: its last speech sample + 1; `pause`: the inserted
+    silence [start, end) (None: a complete sentence spoken straight through)."""
+
+    text: str
+    audio: F32
+    end: int
+    pause: tuple[int, int] | None = None
+
+
+def speech_end(audio: F32, level: float = 0.02) -> int:
+    """One past the last sample whose 5 ms neighbourhood exceeds `level` (the envelope)."""
+    env = np.convolve(np.abs(audio), np.ones(80) / 80, mode="same")
+    above = np.flatnonzero(env > level / 4)
+    return int(above[-1]) + 1 if len(above) else 0
+
+
+def with_pause(voice: Any, text: str, word: int | None, pause_s: float = PAUSE_S) -> Spoken:
+    """`text` spoken by `voice` (a `WordTimedVoice`) at 16 kHz, with `pause_s` of silence
+    inserted where word number `word` starts (None: no pause)."""
+    import soxr
+
+    chunks = list(voice.synthesize_words(text))
+    audio = np.concatenate([a for a, _ in chunks]).astype(np.float32)
+    marks = [m for _, ms in chunks for m in ms]
+    rate = voice.sample_rate_hz
+    out = np.asarray(soxr.resample(audio, rate, RATE), dtype=np.float32)
+    if word is None:
+        return Spoken(text, out, speech_end(out))
+    # cut in the quietest 10 ms before the word's reported start (between the two words)
+    at = round(marks[word].start_sample * RATE / rate)
+    lo = max(0, at - 960)
+    env = np.convolve(np.abs(out[lo : at + 160]), np.ones(160) / 160, mode="valid")
+    cut = lo + int(np.argmin(env)) + 80
+    gap = np.zeros(round(pause_s * RATE), dtype=np.float32)
+    joined = np.concatenate((out[:cut], gap, out[cut:]))
+    return Spoken(text, joined, speech_end(joined), (cut, cut + len(gap)))
+
+
+def synthesize_set(path: str) -> None:
+    """The bench's turns, spoken by the joe voice, to `path` (.npz)."""
+    from duplexd.engines.vits.engine import VitsEngine
+
+    engine = VitsEngine(device="cpu", deterministic=True, warmup=False)
+    try:
+        voice = engine.open_voice("joe")
+        spoken = [with_pause(voice, t, None) for t in COMPLETE]
+        spoken += [with_pause(voice, t, w) for t, w in PAUSED]
+    finally:
+        engine.close()
+    arrays: dict[str, Any] = {}
+    for i, s in enumerate(spoken):
+        arrays[f"audio{i}"] = s.audio
+        arrays[f"meta{i}"] = np.array([s.end, *(s.pause or (-1, -1))], dtype=np.int64)
+    arrays["texts"] = np.array([s.text for s in spoken])
+    np.savez(path, **arrays)
+
+
+def load_set(path: str) -> list[Spoken]:
+    data = np.load(path)
+    out = []
+    for i, text in enumerate(data["texts"]):
+        end, p0, p1 = (int(x) for x in data[f"meta{i}"])
+        out.append(Spoken(str(text), data[f"audio{i}"], end, (p0, p1) if p0 >= 0 else None))
+    return out
+
+
+def make_set(directory: str, timeout_s: float = 600.0) -> str:
+    """Synthesize the set in a subprocess (torch and VITS stay out of the bench process)."""
+    path = os.path.join(directory, "turns.npz")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.turns", "--synthesize", path],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+    if proc.returncode != 0 or not os.path.exists(path):
+        raise RuntimeError(f"could not synthesize the turns:\n{proc.stderr[-2000:]}")
+    return path
+
+
+# ---------------------------------------------------------------------------- one session
+
+
+@dataclass
+class Placed:
+    """A turn on the microphone's timeline (uplink samples)."""
+
+    spoken: Spoken
+    start: int
+
+    @property
+    def end(self) -> int:
+        return self.start + self.spoken.end
+
+
+@dataclass
+class Record:
+    t0: float = 0.0
+    stopped: list[tuple[float, int]] = field(default_factory=list)  # (arrival, uplink_sample)
+    finals: list[tuple[float, int, int, str]] = field(default_factory=list)
+
+    def on_frame(self, frame: Any, now: float) -> None:
+        from duplexd.protocol import frames as fr
+
+        if isinstance(frame, fr.SpeechStopped):
+            self.stopped.append((now, frame.uplink_sample))
+        elif isinstance(frame, fr.Transcript) and frame.final:
+            self.finals.append((now, frame.start_sample, frame.end_sample, frame.text))
+
+
+def timeline(turns: list[Spoken], rounds: int) -> tuple[F32, list[Placed]]:
+    placed = []
+    pos = round(LEAD_S * RATE)
+    for _ in range(rounds):
+        for s in turns:
+            placed.append(Placed(s, pos))
+            pos += len(s.audio) + round(GAP_S * RATE)
+    noise = np.random.default_rng(1).normal(0.0, 10 ** (NOISE_DBFS / 20), pos)
+    mic = noise.astype(np.float32)
+    for p in placed:
+        mic[p.start : p.start + len(p.spoken.audio)] += p.spoken.audio
+    return mic, placed
+
+
+async def drive(url: str, mic: F32, options: dict[str, Any]) -> Record:
+    """One session: send `mic` in real time, then wait `GAP_S` for the last results."""
+    from duplexd.client.session import open_session
+
+    rec = Record()
+    pcm = (np.clip(mic, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+    frames = len(mic) // FRAME
+    async with open_session(
+        url, uplink_rate_hz=RATE, options=options, on_frame=rec.on_frame
+    ) as session:
+
+        async def drain() -> None:
+            async for _ in session:
+                pass
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(drain)
+            rec.t0 = t0 = trio.current_time()
+            for k in range(frames):
+                await trio.sleep_until(t0 + (k + 1) * FRAME_S)  # sent once captured
+                await session.send_audio(pcm[2 * k * FRAME : 2 * (k + 1) * FRAME])
+            await trio.sleep(GAP_S)
+            nursery.cancel_scope.cancel()
+    return rec
+
+
+# ---------------------------------------------------------------------------- figures
+
+
+def _pct(xs: list[float], q: float) -> float | None:
+    return round(float(np.percentile(xs, q)), 1) if xs else None
+
+
+def measure(rec: Record, placed: list[Placed]) -> dict[str, Any]:
+    """Per turn: end of speech -> SpeechStopped / final Transcript (ms), premature ends."""
+    rows = []
+    for i, p in enumerate(placed):
+        t_end = rec.t0 + p.end / RATE  # capture time of the last speech sample
+        inside = [s for _, s in rec.stopped if p.start < s < p.end - RATE // 10]
+        after = [t for t, s in rec.stopped if p.end - RATE // 10 <= s < p.end + GAP_S * RATE]
+        finals = [t for t, a, b, _ in rec.finals if a < p.end and b >= p.end - RATE // 10]
+        texts = [x for _, a, b, x in rec.finals if p.start - RATE // 2 <= a < p.end]
+        rows.append(
+            {
+                "turn": i,
+                "text": p.spoken.text,
+                "paused": p.spoken.pause is not None,
+                "premature": len(inside),
+                "stopped_ms": round(1000 * (after[0] - t_end), 1) if after else None,
+                "final_ms": round(1000 * (finals[0] - t_end), 1) if finals else None,
+                "transcripts": texts,
+            }
+        )
+    ok = [r for r in rows if r["final_ms"] is not None and not r["premature"]]
+    finals = [r["final_ms"] for r in ok]
+    later = [r["final_ms"] for r in ok if r["turn"] > 0]
+    stops = [r["stopped_ms"] for r in ok if r["stopped_ms"] is not None]
+    paused = [r for r in rows if r["paused"]]
+    complete = [r for r in rows if not r["paused"]]
+    return {
+        "turns": len(rows),
+        "final_ms_p50": _pct(finals, 50),
+        "final_ms_p95": _pct(finals, 95),
+        "final_ms_first_turn": rows[0]["final_ms"] if rows else None,
+        "final_ms_later_p50": _pct(later, 50),
+        "stopped_ms_p50": _pct(stops, 50),
+        "stopped_ms_p95": _pct(stops, 95),
+        "premature_paused": sum(r["premature"] > 0 for r in paused),
+        "paused_turns": len(paused),
+        "premature_rate": round(sum(r["premature"] > 0 for r in paused) / len(paused), 3)
+        if paused
+        else None,
+        "premature_complete": sum(r["premature"] > 0 for r in complete),
+        "complete_turns": len(complete),
+        "missing_final": sum(r["final_ms"] is None for r in rows),
+        "rows": rows,
+    }
+
+
+def markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:
+    r = result
+    lines = [
+        f"# Turn-taking, one session (`{meta['command']}`, rev {meta['git_rev']})",
+        "",
+        f"{r['turns']} turns ({r['complete_turns']} complete sentences, {r['paused_turns']} "
+        f"with a {int(PAUSE_S * 1000)} ms pause mid-sentence), HELLO options "
+        f"`{json.dumps(meta['options'])}`; daemon start -> listening {meta['daemon_start_s']} s.",
+        "",
+        "| end of speech -> | p50 ms | p95 ms | first turn ms | later turns p50 ms |",
+        "|---|---:|---:|---:|---:|",
+        f"| final TRANSCRIPT | {r['final_ms_p50']} | {r['final_ms_p95']} "
+        f"| {r['final_ms_first_turn']} | {r['final_ms_later_p50']} |",
+        f"| SPEECH_STOPPED | {r['stopped_ms_p50']} | {r['stopped_ms_p95']} | | |",
+        "",
+        f"Premature end of turn: {r['premature_paused']} of {r['paused_turns']} paused turns "
+        f"({100 * (r['premature_rate'] or 0):.1f} %), {r['premature_complete']} of "
+        f"{r['complete_turns']} complete ones; turns without a final transcript: "
+        f"{r['missing_final']}.",
+        "",
+        "| # | turn | premature | stopped ms | final ms |",
+        "|---:|---|---:|---:|---:|",
+    ]
+    for row in r["rows"]:
+        lines.append(
+            f"| {row['turn']} | {row['text']} | {row['premature']} | {row['stopped_ms']} "
+            f"| {row['final_ms']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.turns", description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=2, help="times the turn set is spoken (2)")
+    p.add_argument("--options", default="{}", help="HELLO options (JSON), e.g. vad settings")
+    p.add_argument("--url", default="", help="a running duplexd instead of a fresh one")
+    p.add_argument("--json", default="", metavar="PATH")
+    p.add_argument("--synthesize", default="", metavar="PATH", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.synthesize:
+        synthesize_set(args.synthesize)
+        return 0
+    from .__main__ import git_rev
+    from .daemon import ServerFailed, duplexd_argv, start_server
+
+    options = json.loads(args.options)
+    with tempfile.TemporaryDirectory(prefix="bench-turns-") as tmp:
+        print("bench.turns: synthesizing the turns (VITS)...", file=sys.stderr)
+        turns = load_set(make_set(tmp))
+    mic, placed = timeline(turns, args.rounds)
+    server = None
+    started = time.monotonic()
+    url = args.url
+    if not url:
+        try:
+            server = start_server("duplexd", duplexd_argv("tone", "cpu"))
+        except ServerFailed as exc:
+            print(f"bench.turns: {exc}", file=sys.stderr)
+            return 1
+        url = server.url
+    daemon_start_s = round(time.monotonic() - started, 2)
+    try:
+        print(f"bench.turns: {len(mic) / RATE:.0f} s of microphone...", file=sys.stderr)
+        rec = trio.run(drive, url, mic, options)
+    finally:
+        if server is not None:
+            server.stop()
+    result = measure(rec, placed)
+    cmd = " ".join(["python -m bench.turns", *(argv if argv is not None else sys.argv[1:])])
+    meta = {
+        "command": cmd,
+        "git_rev": git_rev(),
+        "options": options,
+        "daemon_start_s": daemon_start_s if server is not None else None,
+        "cpu_count": os.cpu_count(),
+    }
+    print(markdown(result, meta))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"meta": meta, **result}, f, indent=1)
+            f.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,258 @@
+"""End of turn: the fixed silence and the smart end (Smart Turn v3.2 asked at a short silence).
+
+The detector's timing with made-up probabilities (pure); the turn model on real speech (the
+VITS voice, complete sentences and sentences with a 600 ms pause cut in mid-sentence); and a
+real Session under trio's MockClock with the model run inline, so the virtual times at which
+the turn ends are exact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+import numpy as np
+import pytest
+import trio
+import trio.testing
+
+from duplexd._uplink.turn import WINDOW_SAMPLES, TurnModel, bundled_model_path, model_input
+from duplexd._uplink.vad import (
+    WINDOW,
+    BargeIn,
+    EndCandidate,
+    SpeechDetector,
+    SpeechStart,
+    SpeechStop,
+    Turn,
+    VadEvent,
+)
+from duplexd.protocol.codec import RemoteProtocolError
+from duplexd.protocol.frames import ErrorCode
+from duplexd.protocol.options import VadOptions, parse_options
+
+RATE = 16_000
+MS = RATE // 1000
+
+
+def feed(det: SpeechDetector, probs: list[float], at: int = 0) -> list[tuple[int, VadEvent]]:
+    """(end sample of the window that made it, event) for windows from `at` on; barge-ins
+    left out."""
+    out = []
+    for i, p in enumerate(probs):
+        start = at + i * WINDOW
+        events = det.process(start, p, 0.5)
+        out.extend((start + WINDOW, ev) for ev in events if not isinstance(ev, BargeIn))
+    return out
+
+
+SPEECH = [0.9] * 20  # 640 ms of speech from sample 0
+SILENCE_AT = 20 * WINDOW
+
+
+@pytest.mark.unit
+def test_fixed_end_after_min_silence() -> None:
+    for options, silence_ms in (
+        (VadOptions(smart_end=False), 500),  # the old default
+        (VadOptions(smart_end=False, min_silence_ms=300), 300),
+        (VadOptions(), 500),  # smart_end asked for, but no turn model: fixed
+    ):
+        det = SpeechDetector(options, smart=False)
+        events = feed(det, SPEECH + [0.0] * 40)
+        (when, stop), (_, turn) = [(t, e) for t, e in events if not isinstance(e, SpeechStart)]
+        assert stop == SpeechStop(SILENCE_AT)
+        assert isinstance(turn, Turn) and turn.end == SILENCE_AT + 150 * MS
+        windows = -(-silence_ms * MS // WINDOW)  # whole windows of silence
+        assert when == SILENCE_AT + windows * WINDOW
+
+
+@pytest.mark.unit
+def test_smart_end_asks_at_min_silence_and_ends_when_complete() -> None:
+    det = SpeechDetector(VadOptions(), smart=True)
+    assert det.min_silence_ms == 200
+    events = feed(det, SPEECH + [0.0] * 7)  # 224 ms of silence
+    (when, ask) = events[-1]
+    assert ask == EndCandidate(0, 0, SILENCE_AT + 7 * WINDOW) and when == ask.end
+    assert feed(det, [0.0] * 3, at=SILENCE_AT + 7 * WINDOW) == []  # one question per silence
+    stop, turn = det.verdict(0, complete=True)
+    assert stop == SpeechStop(SILENCE_AT)  # where the silence began
+    assert turn == Turn(0, SILENCE_AT + 150 * MS)
+    assert not det.in_speech and det.verdict(0, complete=True) == []
+
+
+@pytest.mark.unit
+def test_smart_end_waits_for_max_silence_when_incomplete() -> None:
+    det = SpeechDetector(VadOptions(max_silence_ms=800), smart=True)
+    events = feed(det, SPEECH + [0.0] * 7)
+    assert isinstance(events[-1][1], EndCandidate)
+    assert det.verdict(0, complete=False) == []
+    later = feed(det, [0.0] * 30, at=SILENCE_AT + 7 * WINDOW)
+    (when, stop), (_, turn) = later
+    assert stop == SpeechStop(SILENCE_AT) and isinstance(turn, Turn)
+    assert when == SILENCE_AT + 25 * WINDOW  # 800 ms: 25 windows
+
+
+@pytest.mark.unit
+def test_speaking_on_keeps_the_turn_and_makes_a_late_verdict_stale() -> None:
+    det = SpeechDetector(VadOptions(), smart=True)
+    feed(det, SPEECH + [0.0] * 7)  # candidate 0
+    resumed = SILENCE_AT + 7 * WINDOW
+    assert feed(det, [0.9] * 10, at=resumed) == []  # the same turn: no SpeechStart
+    assert det.verdict(0, complete=True) == []  # answered too late: the user spoke on
+    events = feed(det, [0.0] * 7, at=resumed + 10 * WINDOW)
+    assert events[-1][1] == EndCandidate(1, 0, resumed + 17 * WINDOW)
+    stop, turn = det.verdict(1, complete=True)
+    assert stop == SpeechStop(resumed + 10 * WINDOW) and isinstance(turn, Turn)
+    assert turn.start == 0  # one turn, both parts
+
+
+@pytest.mark.unit
+def test_max_silence_is_never_below_min_silence() -> None:
+    det = SpeechDetector(VadOptions(min_silence_ms=640, max_silence_ms=100), smart=True)
+    events = feed(det, SPEECH + [0.0] * 20)
+    kinds = [type(e) for _, e in events]
+    assert kinds == [SpeechStart, SpeechStop, Turn]  # ended at 640 ms, no question left
+    assert events[1][0] == SILENCE_AT + 20 * WINDOW
+
+
+@pytest.mark.unit
+def test_smart_options() -> None:
+    vad = parse_options(
+        '{"vad": {"smart_end": false, "max_silence_ms": 1500, "smart_threshold": 0.7}}'
+    ).vad
+    assert not vad.smart_end and vad.max_silence_ms == 1500 and vad.smart_threshold == 0.7
+    assert vad.min_silence_ms is None  # resolved by the detector: 200 smart, 500 fixed
+    defaults = VadOptions()
+    assert defaults.smart_end and defaults.max_silence_ms == 1000
+    for bad in (
+        '{"vad": {"smart_end": 1}}',
+        '{"vad": {"max_silence_ms": 10}}',
+        '{"vad": {"smart_threshold": 1}}',
+    ):
+        with pytest.raises(RemoteProtocolError) as info:
+            parse_options(bad)
+        assert info.value.error_code is ErrorCode.BAD_OPTIONS
+
+
+# --------------------------------------------------------------------------- the model
+
+
+@pytest.mark.unit
+def test_the_shipped_model_is_the_documented_one() -> None:
+    path = bundled_model_path()
+    readme = (path.parent / "README.md").read_text()
+    documented = re.search(r"SHA-256: `([0-9a-f]{64})`", readme)
+    assert documented is not None
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == documented.group(1)
+    notice = (path.parent / "LICENSE-smart-turn").read_text()
+    assert notice.startswith("BSD 2-Clause License") and "Daily" in notice
+
+
+@pytest.mark.unit
+def test_model_input_keeps_the_last_8_s_zeros_first() -> None:
+    short = np.full(RATE, 0.5, dtype=np.float32)
+    x = model_input(short)
+    assert len(x) == WINDOW_SAMPLES
+    assert np.all(x[: WINDOW_SAMPLES - RATE] == x[0]) and x[-1] > x[0]  # zeros, then the clip
+    assert abs(float(x.mean())) < 1e-5 and abs(float(x.std()) - 1) < 1e-3
+    ramp = np.arange(9 * RATE, dtype=np.float32)
+    long = model_input(ramp)
+    assert np.argmin(long) == 0 and np.argmax(long) == WINDOW_SAMPLES - 1  # the tail kept
+
+
+@pytest.mark.integration
+def test_complete_sentences_score_complete() -> None:
+    from speech import clip
+
+    model = TurnModel()
+    assert model.features(np.zeros(RATE, dtype=np.float32)).shape == (1, 80, 800)
+    rng = np.random.default_rng(2)
+    for text in (
+        "Please book a table for two at seven thirty.",
+        "I would like to order a large pizza with mushrooms.",
+    ):
+        speech = clip(text)
+        audio = np.concatenate((speech, np.zeros(RATE // 4, dtype=np.float32)))
+        audio += rng.normal(0.0, 1e-3, len(audio)).astype(np.float32)
+        assert model.probability(audio) > 0.9, text
+
+
+# --------------------------------------------------------------------------- a real session
+
+
+async def one_turn(audio: np.ndarray, vad: dict[str, object]) -> list[tuple[float, object]]:
+    """Speak `audio` (16 kHz, from 0.5 s) into a real Session (MockClock, uplink work and the
+    turn model inline); the (virtual time, frame) of every SpeechStarted / SpeechStopped."""
+    from harness import inline_uplink_services, open_pair
+    from test_duplex_session import Client, hello
+
+    from duplexd.client.session import session_over
+    from duplexd.protocol import frames as fr
+
+    services = inline_uplink_services(turn_model=shared_turn_model())
+    mic = np.zeros(round(0.5 * RATE) + len(audio) + 2 * RATE, dtype=np.float32)
+    mic[RATE // 2 : RATE // 2 + len(audio)] = audio
+    mic += np.random.default_rng(5).normal(0.0, 1e-3, len(mic)).astype(np.float32)
+    async with open_pair(uplink_services=services) as (pair,):
+        client = Client()
+        async with session_over(pair.client, hello(**vad), on_frame=client.on_frame) as session:
+            client.t0 = trio.current_time()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(client.uplink, session, lambda k: mic[k * 320 : (k + 1) * 320])
+                await trio.sleep(len(mic) / RATE - 0.1)
+                nursery.cancel_scope.cancel()
+    return [
+        (t - client.t0, f)
+        for t, f in client.arrivals
+        if isinstance(f, fr.SpeechStarted | fr.SpeechStopped)
+    ]
+
+
+_MODEL: list[TurnModel] = []
+
+
+def shared_turn_model() -> TurnModel:
+    if not _MODEL:
+        _MODEL.append(TurnModel())
+    return _MODEL[0]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("vad", "silence_ms"), [({}, 200), ({"smart_end": False}, 500)], ids=["smart", "fixed"]
+)
+async def test_a_complete_sentence_ends_after_a_short_silence(
+    autojump_clock: trio.testing.MockClock, vad: dict[str, object], silence_ms: int
+) -> None:
+    from speech import clip
+
+    from duplexd.protocol import frames as fr
+
+    speech = clip("Could you tell me what the weather will be like tomorrow?")
+    frames = await one_turn(speech, vad)
+    assert [type(f) for _, f in frames] == [fr.SpeechStarted, fr.SpeechStopped]
+    when, stop = frames[1]
+    assert isinstance(stop, fr.SpeechStopped)
+    # the turn ends `silence_ms` (in whole VAD windows) after the silence's first sample, at
+    # the end of the uplink frame that completes that window
+    windows = -(-silence_ms * MS // WINDOW)
+    decided = stop.uplink_sample + windows * WINDOW
+    assert when == pytest.approx(-(-decided // 320) * 0.020)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("vad", "turns"), [({}, 1), ({"smart_end": False}, 2)], ids=["smart", "fixed"]
+)
+async def test_a_mid_sentence_pause_stays_one_turn_in_smart_mode(
+    autojump_clock: trio.testing.MockClock, vad: dict[str, object], turns: int
+) -> None:
+    from speech import paused_clip
+
+    from duplexd.protocol import frames as fr
+
+    spoken = paused_clip("I want to fly to Paris next week.", 5)  # "... fly to | Paris ..."
+    frames = await one_turn(spoken.audio, vad)
+    stops = [f for _, f in frames if isinstance(f, fr.SpeechStopped)]
+    assert len(stops) == turns, frames
+    assert stops[-1].uplink_sample >= RATE // 2 + spoken.end - 2 * WINDOW  # after "week"
