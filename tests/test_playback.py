@@ -76,3 +76,19 @@ async def test_only_the_last_ended_utterances_are_remembered(
         await session.send_played(uids[-1], 5760, final=True)
         got = await next_of(session, fr.Heard)
     assert isinstance(got, fr.Heard) and got.utterance_id == uids[-1] and got.chars_heard == 2
+
+
+async def test_the_fade_tail_does_not_count_as_spoken(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Issue 18, deviation 2: cut with the tail at frame 80 of 81, the last word ("six",
+    frames 72-80) was not heard whole: 23 characters ("One two three four five"), not 27."""
+    async with open_client() as session:
+        uid = await session.say(TEXT)
+        frames = 0
+        while frames < 80:
+            frames += isinstance(await session.receive_frame(), fr.Audio)
+        answer = await session.interrupt()
+    assert answer.utterance_id == uid
+    assert answer.samples_sent == 80 * 960 + 240  # 80 whole frames and the tail's 5 ms
+    assert answer.chars_spoken == 23 == len("One two three four five")
