@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+from typing import Any
 
 import numpy as np
 import pytest
@@ -61,12 +62,12 @@ def test_tone_marks_each_word_by_construction() -> None:
     assert isinstance(SINE, WordTimedVoice)
 
 
-def produce(text: str) -> PieceMap:
-    """Run `text` through the segmenter and a producer with the tone voice (48 kHz)."""
+def produce(text: str, voice: Any = SINE) -> PieceMap:
+    """Run `text` through the segmenter and a producer with `voice` (48 kHz out)."""
     ring = FrameRing(4096, fr.AUDIO_HEADER_BYTES + FRAME_SAMPLES * 2)
     pieces = PieceMap()
     producer = UtteranceProducer(
-        voice=SINE,
+        voice=voice,
         ring=ring,
         out_rate_hz=48_000,
         frame_samples=FRAME_SAMPLES,
@@ -251,3 +252,23 @@ def test_vits_marks_against_the_audio_and_a_listener() -> None:
     # Whisper tiny.en's own alignment is coarser than the marks (late by ~60 ms, with
     # outliers of 300 ms): it must agree on the order of magnitude
     assert figures["whisper"]["median_abs_ms"] <= 120, figures
+
+
+@pytest.mark.integration
+def test_a_piece_cut_mid_sentence_ends_right_after_its_last_word() -> None:
+    """No sentence-final silence where the sentence goes on (the runner cut it early): the
+    audio ends 30 ms after the last word, faded; a piece that ends a sentence keeps it."""
+    from duplexd._downlink.producer import OPEN_END_TAIL_MS
+    from duplexd.engines.vits.engine import VitsEngine
+
+    engine = VitsEngine(device="cpu", deterministic=True)
+    try:
+        voice = engine.open_voice("joe")
+        cut = produce("The engineers who designed the bridge", voice)
+        whole = produce("The engineers who designed the bridge.", voice)
+    finally:
+        engine.close()
+    tail_cut = cut.total_samples - cut.words[-1][3]
+    tail_whole = whole.total_samples - whole.words[-1][3]
+    assert 0 <= tail_cut <= OPEN_END_TAIL_MS * 48 + 48  # + resampling rounding
+    assert tail_whole > 3 * OPEN_END_TAIL_MS * 48  # the voice's own pause after a sentence

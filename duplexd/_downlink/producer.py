@@ -23,12 +23,19 @@ import bisect
 import collections
 import threading
 import time
+import unicodedata
 from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import Final
 
 import numpy as np
 
-from ..engines.base import FloatAudio, StreamingVoice, Voice, WordMark, WordTimedVoice
+from ..engines.base import (
+    FloatAudio,
+    StreamingVoice,
+    Voice,
+    WordMark,
+    WordTimedVoice,
+)
 from ..protocol.frames import (
     AUDIO_HEADER_BYTES,
     BYTES_PER_SAMPLE,
@@ -36,7 +43,7 @@ from ..protocol.frames import (
     LENGTH_PREFIX_BYTES,
     FrameType,
 )
-from .resample import FrameChunker, StreamResampler, float_to_s16
+from .resample import FrameChunker, StreamResampler, fade_out, float_to_s16
 from .ring import FrameRing
 from .segment import Piece
 
@@ -69,6 +76,20 @@ def audio_headers(
     if last and n:
         heads["flags"][-1] = FLAG_BIT
     return heads
+
+
+# A piece that ends mid-sentence (the utterance runner cut it early, at a phrase boundary)
+# would end with the silence a voice puts after a sentence: a pause where the listener hears
+# none. Its audio ends this long after its last word instead (the voice's word marks say
+# where), faded out over TRIM_FADE_MS.
+OPEN_END_TAIL_MS: Final = 30
+TRIM_FADE_MS: Final = 5.0
+
+
+def _ends_open(text: str) -> bool:
+    """Whether `text` ends mid-sentence: its last character a letter or a digit, no
+    punctuation that earns a pause."""
+    return bool(text) and unicodedata.category(text[-1])[0] in "LN"
 
 
 class SynthesisCancelled(Exception):
@@ -147,6 +168,10 @@ class UtteranceProducer:
         self._chunks: Iterator[tuple[FloatAudio, Sequence[WordMark]]] | None = None
         self._piece_in_start = 0  # input samples before the piece in progress
         self._timed = isinstance(voice, WordTimedVoice)
+        # a piece cut mid-sentence: its audio ends this many input samples into the piece
+        # (`OPEN_END_TAIL_MS` after its last word), once that word's mark is known
+        self._open_end = False  # the piece in progress is such a piece
+        self._cut_at: int | None = None
         self.engine_s = 0.0  # time spent in the engine, for RTF
         self.audio_s = 0.0
 
@@ -172,6 +197,8 @@ class UtteranceProducer:
             self._check_cancel()
             chunks = self._chunks = self._open(piece.text)
             self._piece_in_start = self._in_samples
+            self._open_end = self._timed and _ends_open(piece.text)
+            self._cut_at = None
         try:
             t0 = time.perf_counter()
             chunk = next(chunks, None)
@@ -182,6 +209,8 @@ class UtteranceProducer:
                 self._check_cancel()
                 if marks:
                     self._add_words(piece, marks)
+                if self._cut_at is not None:
+                    audio = self._trim(audio)
                 self._in_samples += len(audio)
                 self._push_samples(self._resampler.process(audio))
                 return False
@@ -203,10 +232,24 @@ class UtteranceProducer:
             return ((audio, ()) for audio in voice.synthesize_stream(text))
         return ((voice.synthesize(t), ()) for t in (text,))
 
+    def _trim(self, audio: FloatAudio) -> FloatAudio:
+        """`audio` (the piece's next chunk) without what lies past `_cut_at`, faded out."""
+        assert self._cut_at is not None
+        keep = self._cut_at - (self._in_samples - self._piece_in_start)
+        if keep >= len(audio):
+            return audio
+        if keep <= 0:
+            return audio[:0]
+        return fade_out(audio[:keep], self._in_rate, TRIM_FADE_MS)
+
     def _add_words(self, piece: Piece, marks: Sequence[WordMark]) -> None:
-        """Record the marks, moved into the utterance's text and audio at the session's rate."""
+        """Record the marks, moved into the utterance's text and audio at the session's rate;
+        the last word of a piece cut mid-sentence sets where its audio ends."""
         base_char = piece.start_char + piece.lead
         base, out_rate, in_rate = self._piece_in_start, self._out_rate, self._in_rate
+        last = marks[-1]
+        if self._open_end and last.end_char >= len(piece.text):
+            self._cut_at = last.end_sample + in_rate * OPEN_END_TAIL_MS // 1000
         for m in marks:
             self.pieces.add_word(
                 base_char + m.start_char,
