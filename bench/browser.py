@@ -30,6 +30,7 @@ import numpy as np
 import trio
 
 from .cdp import chromium, open_browser
+from .report import print_and_save
 
 REPLIES = (
     "Sure, I can help with that. Your order shipped this morning and should arrive on Friday.",
@@ -171,10 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             proc.wait(timeout=30)
     command = " ".join(["python -m bench.browser", *sys.argv[1:]])
     figures = {"engine": args.engine, "command": command, **figures}
-    text = json.dumps(figures, indent=2)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
+    print_and_save(figures, args.json)
     return 0 if not figures["page_errors"] else 1
 
 

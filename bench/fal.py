@@ -14,7 +14,6 @@ It starts its own daemon (`--engine`, `--device`) unless `--url` is given.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from typing import Any
@@ -24,6 +23,7 @@ import trio
 from duplexd.client.session import Audio, open_session
 
 from .daemon import duplexd_argv, start_server
+from .report import print_and_save
 
 TOKENS = (
     "Hello",
@@ -105,10 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         if server is not None:
             server.stop()
     result.update(engine=args.engine, device=args.device, tokens_per_s=args.tokens_per_s)
-    print(json.dumps(result, indent=2))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+    print_and_save(result, args.json)
     return 0
 
 

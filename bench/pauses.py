@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import difflib
 import itertools
-import json
 import re
 import statistics
 import sys
@@ -48,6 +47,7 @@ from duplexd.client.session import Audio, open_session
 from duplexd.protocol.frames import FRAME_MS
 
 from .daemon import duplexd_argv, start_server
+from .report import print_and_save
 
 MIN_PAUSE_S: Final = 0.150
 SILENCE_DB: Final = 40.0  # below the speech level (the 90th percentile of the 10 ms energies)
@@ -356,10 +356,7 @@ def main(argv: list[str] | None = None) -> int:
         "whole": report(model, whole, "whole"),
         "streamed": report(model, streamed, "streamed"),
     }
-    print(json.dumps(result, indent=2))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+    print_and_save(result, args.json)
     return 0
 
 

@@ -419,3 +419,13 @@ def _summary(doc: dict[str, Any], goals: list[Goal]) -> list[str]:
     if any(lv["client"]["saturated"] for lv in levels):
         lines.append("- **The load generator saturated at some level: see the warnings.**")
     return lines
+
+
+def print_and_save(result: dict[str, Any], path: str | None) -> None:
+    """Print `result` as indented JSON, and write it to `path` too when one is given (the
+    one-shot benches' `--json`)."""
+    text = json.dumps(result, indent=2)
+    print(text)
+    if path:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text + "\n")

