@@ -30,6 +30,9 @@ from .agreement import Word
 
 ASR_RATE_HZ: Final = 16_000
 WARM_UP_S: Final = 1.0  # the quiet that `warm_up` decodes
+# a streaming pass's output is bounded: speech is ~4 tokens/s, a repetition loop is not
+PASS_TOKENS_BASE: Final = 16
+PASS_TOKENS_PER_S: Final = 8.0
 
 
 def bundled_model_dir() -> Path:
@@ -117,6 +120,8 @@ class Transcriber:
             without_timestamps=True,
             word_timestamps=True,
             initial_prompt=prompt or None,
+            temperature=0.0,  # bounded work: no re-decoding at higher temperatures
+            max_new_tokens=PASS_TOKENS_BASE + round(PASS_TOKENS_PER_S * len(audio) / ASR_RATE_HZ),
         )
         return [
             Word(w.word, offset + round(w.start * ASR_RATE_HZ), offset + round(w.end * ASR_RATE_HZ))
