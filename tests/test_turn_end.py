@@ -256,3 +256,19 @@ async def test_a_mid_sentence_pause_stays_one_turn_in_smart_mode(
     stops = [f for _, f in frames if isinstance(f, fr.SpeechStopped)]
     assert len(stops) == turns, frames
     assert stops[-1].uplink_sample >= RATE // 2 + spoken.end - 2 * WINDOW  # after "week"
+
+
+@pytest.mark.unit
+def test_passes_for_streaming_transcripts_only_while_the_user_speaks() -> None:
+    det = SpeechDetector(VadOptions(smart_end=False), partial_ms=96, smart=False)  # 3 windows
+    events = feed(det, SPEECH + [0.0] * 10 + SPEECH[:6] + [0.0] * 40)
+    partials = [(t, e) for t, e in events if isinstance(e, Turn) and not e.final]
+    (final,) = [e for _, e in events if isinstance(e, Turn) and e.final]
+    started = 5 * WINDOW  # SpeechStarted after 150 ms of speech: the 5th window
+    resumed = SILENCE_AT + 10 * WINDOW  # speech again after 320 ms: the same turn
+    assert [t for t, _ in partials] == [
+        *range(started + 3 * WINDOW, SILENCE_AT + 1, 3 * WINDOW),  # none in the silence
+        resumed + WINDOW,  # 3 windows since the last one have passed: the next speech window
+        resumed + 4 * WINDOW,
+    ]
+    assert all(e.start == final.start and e.end == t for t, e in partials)

@@ -26,8 +26,13 @@ import numpy as np
 import numpy.typing as npt
 import trio
 
+from .agreement import Word
+
 ASR_RATE_HZ: Final = 16_000
 WARM_UP_S: Final = 1.0  # the quiet that `warm_up` decodes
+# a streaming pass's output is bounded: speech is ~4 tokens/s, a repetition loop is not
+PASS_TOKENS_BASE: Final = 16
+PASS_TOKENS_PER_S: Final = 8.0
 
 
 def bundled_model_dir() -> Path:
@@ -91,7 +96,7 @@ class Transcriber:
         self._decode(rng.normal(0.0, 1e-3, round(WARM_UP_S * ASR_RATE_HZ)).astype(np.float32))
         return time.perf_counter() - t0
 
-    def _decode(self, audio: npt.NDArray[np.float32]) -> str:
+    def _decode(self, audio: npt.NDArray[np.float32], prompt: str | None = None) -> str:
         segments, _info = self._model.transcribe(
             np.ascontiguousarray(audio, dtype=np.float32),
             language=self.language,
@@ -99,24 +104,69 @@ class Transcriber:
             condition_on_previous_text=False,
             vad_filter=False,
             without_timestamps=True,
+            initial_prompt=prompt or None,
         )
         return " ".join(s.text.strip() for s in segments).strip()
 
-    def transcribe_sync(self, audio: npt.NDArray[np.float32]) -> str:
-        """Text of 16 kHz mono float audio (blocking)."""
-        self.load()
-        t0 = time.perf_counter()
-        text = self._decode(audio)
+    def _decode_words(
+        self, audio: npt.NDArray[np.float32], offset: int, prompt: str | None
+    ) -> list[Word]:
+        segments, _info = self._model.transcribe(
+            np.ascontiguousarray(audio, dtype=np.float32),
+            language=self.language,
+            beam_size=self.beam_size,
+            condition_on_previous_text=False,
+            vad_filter=False,
+            without_timestamps=True,
+            word_timestamps=True,
+            initial_prompt=prompt or None,
+            temperature=0.0,  # bounded work: no re-decoding at higher temperatures
+            max_new_tokens=PASS_TOKENS_BASE + round(PASS_TOKENS_PER_S * len(audio) / ASR_RATE_HZ),
+        )
+        return [
+            Word(w.word, offset + round(w.start * ASR_RATE_HZ), offset + round(w.end * ASR_RATE_HZ))
+            for s in segments
+            for w in s.words or ()
+        ]
+
+    def _count(self, audio: npt.NDArray[np.float32], t0: float) -> None:
         with self._lock:
             self.calls += 1
             self.audio_s += len(audio) / ASR_RATE_HZ
             self.compute_s += time.perf_counter() - t0
+
+    def transcribe_sync(self, audio: npt.NDArray[np.float32], prompt: str | None = None) -> str:
+        """Text of 16 kHz mono float audio (blocking); `prompt`: the text that came before
+        it (Whisper's initial prompt: context, not transcribed)."""
+        self.load()
+        t0 = time.perf_counter()
+        text = self._decode(audio, prompt)
+        self._count(audio, t0)
         return text
 
-    async def transcribe(self, audio: npt.NDArray[np.float32]) -> str:
+    def words_sync(
+        self, audio: npt.NDArray[np.float32], offset: int = 0, prompt: str | None = None
+    ) -> list[Word]:
+        """The words of 16 kHz mono float audio with their sample spans, counted from
+        `offset` (the audio's first sample); blocking."""
+        self.load()
+        t0 = time.perf_counter()
+        words = self._decode_words(audio, offset, prompt)
+        self._count(audio, t0)
+        return words
+
+    async def transcribe(self, audio: npt.NDArray[np.float32], prompt: str | None = None) -> str:
         """Transcribe in a worker thread (at most `max_concurrent` at once in the process).
 
         Cancelling abandons the result; the thread finishes its work in the background."""
         return await trio.to_thread.run_sync(
-            self.transcribe_sync, audio, limiter=self.limiter, abandon_on_cancel=True
+            self.transcribe_sync, audio, prompt, limiter=self.limiter, abandon_on_cancel=True
+        )
+
+    async def words(
+        self, audio: npt.NDArray[np.float32], offset: int = 0, prompt: str | None = None
+    ) -> list[Word]:
+        """`words_sync` in a worker thread, as `transcribe` (cancelling abandons the result)."""
+        return await trio.to_thread.run_sync(
+            self.words_sync, audio, offset, prompt, limiter=self.limiter, abandon_on_cancel=True
         )

@@ -24,7 +24,13 @@ and Transcript (queued on the session's writer, so they are ordered with the aud
 `barge_in(delay_s)` when the user has spoken `barge_in_min_speech_ms` (the session interrupts
 the playing utterance, as for a client Interrupt; `delay_s` is how long after the deciding
 frame arrived). Finished turns wait in a bounded channel for `run()`, the session task that
-transcribes them one at a time with the daemon's shared `Transcriber` (a worker thread). All
+transcribes them one at a time with the daemon's shared `Transcriber` (a worker thread).
+Streaming transcripts (`asr.partial_ms` > 0): while the user speaks, the detector asks for a
+pass over the turn so far every `partial_ms`; the same task makes it (only the latest one
+asked for, never while another decode of the session runs, a final first), with word
+timestamps, on the audio after the words confirmed so far (`agreement.LocalAgreement`: two
+consecutive passes agreeing), and sends a partial Transcript of the confirmed prefix when it
+grows; the final then decodes only the audio after the confirmed words. All
 sample positions sent are uplink-rate samples (`AudioUp.seq x frame samples`); internally
 everything counts 16 kHz samples.
 
@@ -54,6 +60,7 @@ from .._downlink.resample import StreamResampler
 from ..protocol import frames as fr
 from ..protocol.codec import RemoteProtocolError, iter_frames
 from ..protocol.options import SessionOptions
+from .agreement import LocalAgreement
 from .asr import Transcriber
 from .echo import EchoCanceller
 from .turn import WINDOW_SAMPLES, TurnModel
@@ -74,6 +81,9 @@ log = logging.getLogger("duplexd.uplink")
 
 MAX_GAP_FRAMES: Final = 250  # a seq jump up to 5 s is filled with silence; more is an error
 TURN_QUEUE: Final = 8  # finished turns waiting for ASR, per session
+MIN_TAIL: Final = VAD_RATE_HZ // 10  # a final's tail shorter than this holds no word to decode
+MIN_PASS: Final = VAD_RATE_HZ // 4  # a pass needs this much audio after the confirmed words
+PROMPT_CHARS: Final = 200  # of the confirmed text, given to Whisper as the tail's context
 MAX_INBOX: Final = 500  # uplink frames + downlink messages waiting for processing (~5-10 s)
 _S16: Final = 1.0 / 32768.0
 # A window counts as the user's only if the energy left after echo cancellation is at least
@@ -155,6 +165,10 @@ class UplinkCounters:
     barge_in_delay_s: float = 0.0  # sum over barge-ins: deciding frame's arrival -> interrupt
     barge_in_delay_max_s: float = 0.0
     transcripts: int = 0
+    asr_passes: int = 0  # streaming passes over a growing turn (asr.partial_ms) ...
+    asr_passes_skipped: int = 0  # ... and the ones skipped: the previous one had not returned
+    partial_transcripts: int = 0
+    asr_tail_audio_s: float = 0.0  # audio decoded for finals after a confirmed prefix
     turns_dropped: int = 0
     asr_s: float = 0.0  # wall time of this session's transcriptions (worker thread)
     asr_audio_s: float = 0.0
@@ -178,6 +192,10 @@ class UplinkCounters:
             ),
             "vad_barge_in_delay_ms_max": round(1000 * self.barge_in_delay_max_s, 3),
             "transcripts": self.transcripts,
+            "partial_transcripts": self.partial_transcripts,
+            "asr_passes": self.asr_passes,
+            "asr_passes_skipped": self.asr_passes_skipped,
+            "asr_tail_audio_s": round(self.asr_tail_audio_s, 4),
             "turns_dropped": self.turns_dropped,
             "inbox_dropped": self.inbox_dropped,
             "asr_s": round(self.asr_s, 4),
@@ -244,6 +262,9 @@ class Uplink:
         cap = 1 << int(np.ceil(np.log2((vad.max_turn_s + 2.0) * VAD_RATE_HZ)))
         self._turn_ring = np.zeros(cap, dtype=np.float32)  # processed audio, for transcripts
         self._turns_send, self._turns_recv = trio.open_memory_channel[Turn](TURN_QUEUE)
+        self._pass: Turn | None = None  # the latest partial Turn not yet transcribed
+        self._asr_lot = trio.lowlevel.ParkingLot()  # a turn or a pass to transcribe
+        self._agreement: LocalAgreement | None = None  # the stable prefix of the turn so far
         self.counters = UplinkCounters()
 
     # ------------------------------------------------------------------ uplink audio
@@ -391,10 +412,17 @@ class Uplink:
         c.vad_s += time.thread_time() - t0
 
     def _queue_turn(self, turn: Turn) -> None:
-        try:
-            self._turns_send.send_nowait(turn)
-        except trio.WouldBlock:
-            self.counters.turns_dropped += 1  # ASR is this far behind: drop, never block
+        if not turn.final:  # a pass over the turn so far: only the latest one is worth it
+            if self._pass is not None:
+                self.counters.asr_passes_skipped += 1
+            self._pass = turn
+        else:
+            self._pass = None  # the turn's final makes a pending pass moot
+            try:
+                self._turns_send.send_nowait(turn)
+            except trio.WouldBlock:
+                self.counters.turns_dropped += 1  # ASR is this far behind: drop, never block
+        self._asr_lot.unpark_all()
 
     def _audio(self, start: int, end: int) -> npt.NDArray[np.float32]:
         cap = len(self._turn_ring)
@@ -447,28 +475,80 @@ class Uplink:
             self._enqueue((trio.current_time(), _VERDICT, (check.id, complete)))
 
     async def _transcribe(self) -> None:
-        """Transcribe finished turns, in order, until cancelled. Cancelling abandons a
-        transcription in progress (its thread finishes in the background; the text is dropped)
-        and the turns still queued."""
+        """Transcribe finished turns, in order, and the passes over the turn in progress,
+        until cancelled. One decode at a time: a final waiting goes first, and of the passes
+        requested meanwhile only the latest is made. Cancelling abandons a decode in progress
+        (its thread finishes in the background; the text is dropped) and the turns queued."""
         transcriber = self._transcriber
         if transcriber is None:
             await trio.sleep_forever()
             return
-        async for turn in self._turns_recv:
-            if not turn.final and self._turns_recv.statistics().current_buffer_used:
-                continue  # a newer result is already waiting: skip this partial
-            audio = self._audio(turn.start, turn.end)
-            t0 = time.perf_counter()
-            text = await transcriber.transcribe(audio)
-            c = self.counters
-            c.asr_s += time.perf_counter() - t0
-            c.asr_audio_s += len(audio) / VAD_RATE_HZ
+        while True:
+            try:
+                turn = self._turns_recv.receive_nowait()
+            except trio.WouldBlock:
+                if self._pass is None:
+                    await self._asr_lot.park()
+                    continue
+                turn, self._pass = self._pass, None
             if turn.final:
-                c.transcripts += 1
+                await self._final(transcriber, turn)
+            else:
+                await self._stream(transcriber, turn)
+
+    async def _stream(self, transcriber: Transcriber, turn: Turn) -> None:
+        """A pass over the turn so far (samples after the confirmed words, with their words'
+        spans): a partial Transcript of the confirmed prefix when the pass made it grow."""
+        agreement = self._agreement
+        if agreement is None or agreement.start != turn.start:
+            agreement = self._agreement = LocalAgreement(turn.start)
+        commit = agreement.commit
+        if turn.end - commit < MIN_PASS:
+            return
+        audio = self._audio(commit, turn.end)
+        t0 = time.perf_counter()
+        words = await transcriber.words(audio, commit, agreement.text[-PROMPT_CHARS:])
+        c = self.counters
+        c.asr_s += time.perf_counter() - t0
+        c.asr_audio_s += len(audio) / VAD_RATE_HZ
+        c.asr_passes += 1
+        if agreement.update(words):
+            c.partial_transcripts += 1
             k = self._scale
-            start, end = turn.start * k, turn.end * k
-            final = turn.final
-            self._send(fr.Transcript(start_sample=start, end_sample=end, text=text, final=final))
+            self._send(
+                fr.Transcript(
+                    start_sample=turn.start * k,
+                    end_sample=agreement.commit * k,
+                    text=agreement.text,
+                    final=False,
+                )
+            )
+
+    async def _final(self, transcriber: Transcriber, turn: Turn) -> None:
+        """The turn's final Transcript: the confirmed prefix (if passes made one) followed by
+        the decode of the audio after it; else the decode of the whole turn."""
+        agreement, self._agreement = self._agreement, None
+        c = self.counters
+        t0 = time.perf_counter()
+        if agreement is not None and agreement.start == turn.start and agreement.confirmed:
+            audio = self._audio(min(agreement.commit, turn.end), turn.end)
+            tail = ""
+            if len(audio) >= MIN_TAIL:
+                tail = await transcriber.transcribe(audio, agreement.text[-PROMPT_CHARS:])
+            c.asr_tail_audio_s += len(audio) / VAD_RATE_HZ
+            text = agreement.final(tail)
+        else:
+            audio = self._audio(turn.start, turn.end)
+            text = await transcriber.transcribe(audio)
+        c.asr_s += time.perf_counter() - t0
+        c.asr_audio_s += len(audio) / VAD_RATE_HZ
+        c.transcripts += 1
+        k = self._scale
+        self._send(
+            fr.Transcript(
+                start_sample=turn.start * k, end_sample=turn.end * k, text=text, final=True
+            )
+        )
 
     def stats(self) -> dict[str, Any]:
         out = self.counters.summary()

@@ -300,7 +300,11 @@ class SpeechDetector:
             if end - self._turn_start >= self._max_turn:
                 events.append(Turn(max(0, self._turn_start - self._pad), end))
                 self._turn_start = self._last_partial = end
-            elif self._partial and end - self._last_partial >= self._partial:
+            elif (
+                self._partial
+                and self._silence_start is None  # not in a silence: nothing new to hear
+                and end - self._last_partial >= self._partial
+            ):
                 self._last_partial = end
                 events.append(Turn(max(0, self._turn_start - self._pad), end, final=False))
         self._end = end

@@ -1,0 +1,109 @@
+"""Streaming transcripts (`asr.partial_ms`) on a real Session: real VITS speech, the real
+Whisper model, the uplink's passes over the growing turn and its stable prefix (SPEC §5.8).
+
+The model runs inline on the trio thread and each decode then takes `DECODE_S` of virtual
+time, so the MockClock sees a recognizer as slow as a loaded CPU's and the times are exact:
+passes requested while one runs are skipped, and the final waits for a pass in progress."""
+
+from __future__ import annotations
+
+import json
+import time
+from itertools import pairwise
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+import trio
+import trio.testing
+from harness import inline_uplink_services, open_pair
+from test_duplex_session import FRAME_S, RATE, Client
+
+from duplexd._uplink.agreement import Word
+from duplexd._uplink.asr import Transcriber
+from duplexd.client.session import session_over
+from duplexd.protocol import frames as fr
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+DECODE_S = 0.3  # virtual time each decode takes
+PARTIAL_MS = 200
+SENTENCES = [
+    "Could you tell me what the weather will be like tomorrow in the mountains?",
+    "Please book a table for two at seven thirty, near the window if you can.",
+]
+
+
+class VirtualTimeTranscriber(Transcriber):
+    """Decodes inline, then lets `DECODE_S` of virtual time pass (as a worker thread would)."""
+
+    async def words(
+        self, audio: npt.NDArray[np.float32], offset: int = 0, prompt: str | None = None
+    ) -> list[Word]:
+        out = self.words_sync(audio, offset, prompt)
+        await trio.sleep(DECODE_S)
+        return out
+
+    async def transcribe(self, audio: npt.NDArray[np.float32], prompt: str | None = None) -> str:
+        out = self.transcribe_sync(audio, prompt)
+        await trio.sleep(DECODE_S)
+        return out
+
+
+async def test_interim_transcripts_are_a_stable_prefix_of_the_final(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    from asr_helpers import word_error_rate
+    from speech import clip, engine
+
+    services = inline_uplink_services(VirtualTimeTranscriber(cpu_threads=2))
+    options = {"asr": {"partial_ms": PARTIAL_MS}, "vad": {"min_silence_ms": 500}}
+    hello = fr.Hello(sample_rate_hz=16_000, uplink_rate_hz=16_000, options=json.dumps(options))
+    audio = np.zeros(40 * RATE, dtype=np.float32)
+    pos = RATE // 2
+    for text in SENTENCES:
+        speech = clip(text)
+        audio[pos : pos + len(speech)] = speech
+        pos += len(speech) + RATE
+    end_frames = pos // 320
+    async with open_pair(engine(), uplink_services=services) as (pair,):
+        client = Client()
+        async with session_over(pair.client, hello, on_frame=client.on_frame) as session:
+            client.t0 = trio.current_time()
+
+            async def uplink() -> None:
+                with trio.move_on_after((end_frames + 50) * FRAME_S):  # then the mic is off
+                    await client.uplink(session, lambda k: audio[k * 320 : (k + 1) * 320])
+
+            deadline = time.monotonic() + 120
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(uplink)
+                while sum(f.final for _, f in client.frames_of(fr.Transcript)) < len(SENTENCES):
+                    await trio.sleep(0.1)
+                    assert time.monotonic() < deadline, "no final transcript"
+                nursery.cancel_scope.cancel()
+            stats = await session.stats()
+
+    transcripts: list[tuple[float, Any]] = client.frames_of(fr.Transcript)
+    stopped = [t for t, _ in client.frames_of(fr.SpeechStopped)]
+    finals = [(t, f) for t, f in transcripts if f.final]
+    assert len(finals) == len(stopped) == len(SENTENCES)
+    hyps = [f.text for _, f in finals]
+    print(f"\nfinals: {hyps}")
+    assert word_error_rate(SENTENCES, hyps) <= 0.15
+    for (t_final, final), t_stop in zip(finals, stopped, strict=True):
+        partials = [
+            (t, f) for t, f in transcripts if not f.final and f.start_sample == final.start_sample
+        ]
+        print(f"partials: {[(round(t - client.t0, 3), f.text) for t, f in partials]}")
+        assert partials, "no interim transcript"
+        assert partials[0][0] < t_stop  # interims came while the user was still speaking
+        assert all(t < t_final for t, _ in partials)
+        texts = [f.text for _, f in partials]
+        assert all(texts)
+        assert all(b.startswith(a) and len(b) > len(a) for a, b in pairwise(texts))
+        assert all(final.text.startswith(p) for p in texts)  # never contradicted
+        assert all(f.end_sample <= final.end_sample for _, f in partials)
+    assert stats["asr_passes"] >= 4 and stats["asr_passes_skipped"] >= 1
+    assert stats["partial_transcripts"] == sum(not f.final for _, f in transcripts)
