@@ -192,3 +192,15 @@ async def test_over_https_and_wss_away_from_localhost(tmp_path: Path) -> None:
             await page.evaluate("duplexdDemo.startMic()")  # allowed: a secure context
             assert await page.wait_for("duplexdDemo.events.some(e => e.type === 'mic_started')", 10)
     assert heard["charsHeard"] == len(SENTENCE)
+
+
+async def test_a_daemon_with_auth_takes_the_token_from_the_page_url() -> None:
+    """With auth on and no token handed out, the page uses `?token=` from its own URL."""
+    token = "demo-test-token-0123456789"
+    with running_daemon({"DUPLEXD_SERVER__TOKEN": token}) as url:
+        async with open_browser() as page:
+            await page.navigate(f"{url}?token={token}")
+            await page.wait_for("window.duplexdDemo && duplexdDemo.ready.then(() => true)", 30)
+            assert await page.evaluate("duplexdDemo.state") == "open"
+            config = await page.evaluate("fetch('/demo/config.json').then(r => r.json())")
+            assert config["auth"] is True and config["token"] is None

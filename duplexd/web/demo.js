@@ -323,6 +323,18 @@ async function loadConfig(configUrl) {
   return res.json();
 }
 
+/**
+ * The token to open the session with: the one the daemon handed the page (`[demo]
+ * issue_tokens`), else the page URL's `?token=`, else, when the daemon wants one, asked for.
+ * @param {{token?: string | null, auth?: boolean}} cfg
+ */
+function pickToken(cfg) {
+  const fromUrl = new URLSearchParams(location.search).get("token");
+  if (cfg.token || fromUrl) return cfg.token || fromUrl;
+  if (!cfg.auth) return null;
+  return globalThis.prompt?.("This daemon asks for a token (duplexd token, or [auth] token_file):") || null;
+}
+
 /** Start the demo. @param {{configUrl: string | URL}} opts */
 export async function main({ configUrl }) {
   $("text").addEventListener("input", onInput);
@@ -340,7 +352,7 @@ export async function main({ configUrl }) {
     setState("connecting", cfg.ws_url);
     ctx = demo.audioContext = createAudioContext(cfg.sample_rate_hz ?? 48000);
     session = demo.session = await DuplexdSession.open(cfg.ws_url, {
-      token: cfg.token ?? null,
+      token: pickToken(cfg),
       sampleRateHz: cfg.sample_rate_hz ?? 48000,
       uplinkRateHz: cfg.uplink_rate_hz ?? 16000,
       options: cfg.options ?? null,
