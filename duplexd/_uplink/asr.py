@@ -96,7 +96,10 @@ class Transcriber:
         self._decode(rng.normal(0.0, 1e-3, round(WARM_UP_S * ASR_RATE_HZ)).astype(np.float32))
         return time.perf_counter() - t0
 
-    def _decode(self, audio: npt.NDArray[np.float32], prompt: str | None = None) -> str:
+    def _transcribe(
+        self, audio: npt.NDArray[np.float32], prompt: str | None, **options: Any
+    ) -> Any:
+        """The model's segments of `audio` (one pass, no VAD, no timestamps but `options`)."""
         segments, _info = self._model.transcribe(
             np.ascontiguousarray(audio, dtype=np.float32),
             language=self.language,
@@ -105,21 +108,21 @@ class Transcriber:
             vad_filter=False,
             without_timestamps=True,
             initial_prompt=prompt or None,
+            **options,
         )
+        return segments
+
+    def _decode(self, audio: npt.NDArray[np.float32], prompt: str | None = None) -> str:
+        segments = self._transcribe(audio, prompt)
         return " ".join(s.text.strip() for s in segments).strip()
 
     def _decode_words(
         self, audio: npt.NDArray[np.float32], offset: int, prompt: str | None
     ) -> list[Word]:
-        segments, _info = self._model.transcribe(
-            np.ascontiguousarray(audio, dtype=np.float32),
-            language=self.language,
-            beam_size=self.beam_size,
-            condition_on_previous_text=False,
-            vad_filter=False,
-            without_timestamps=True,
+        segments = self._transcribe(
+            audio,
+            prompt,
             word_timestamps=True,
-            initial_prompt=prompt or None,
             temperature=0.0,  # bounded work: no re-decoding at higher temperatures
             max_new_tokens=PASS_TOKENS_BASE + round(PASS_TOKENS_PER_S * len(audio) / ASR_RATE_HZ),
         )
