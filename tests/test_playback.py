@@ -92,3 +92,19 @@ async def test_the_fade_tail_does_not_count_as_spoken(
     assert answer.utterance_id == uid
     assert answer.samples_sent == 80 * 960 + 240  # 80 whole frames and the tail's 5 ms
     assert answer.chars_spoken == 23 == len("One two three four five")
+
+
+async def test_heard_of_the_playing_utterance_is_never_more_than_was_sent(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A final report on the utterance still playing: capped at the frames sent so far."""
+    async with open_client() as session:
+        uid = await session.say(TEXT)
+        frames = 0
+        while frames < 30:
+            frames += isinstance(await session.receive_frame(), fr.Audio)
+        await session.send_played(uid, 10**9, final=True)  # claims far more than it got
+        got = await next_of(session, fr.Heard)
+    assert isinstance(got, fr.Heard) and got.utterance_id == uid
+    assert 30 * 960 <= got.samples_played <= 32 * 960  # what had left by then
+    assert got.chars_heard == heard(got.samples_played) < len(TEXT)

@@ -126,7 +126,9 @@ class PieceMap:
     def chars_spoken(self, samples: int) -> int:
         """Characters whose audio lies entirely within the first `samples` samples: up to
         the end of the last word (or piece) whose audio ends there or before."""
-        i = bisect.bisect_right(self._ends[: len(self._chars)], samples)
+        # no copy: an entry's character is appended before its sample, so every end seen
+        # has its character
+        i = bisect.bisect_right(self._ends, samples)
         return self._chars[i - 1] if i else 0
 
 

@@ -157,6 +157,13 @@ class Downlink:
         """The utterance whose audio is going out (0 between utterances)."""
         return self._playing_uid
 
+    def samples_sent(self, utterance_id: int) -> int:
+        """Samples of the utterance's audio sent so far in whole frames (0 unless it is the
+        one playing)."""
+        if utterance_id != self._playing_uid:
+            return 0
+        return self._playing_frames * self._frame_samples
+
     # ------------------------------------------------------------------ called by others
 
     def on_tick(self, deadline: float) -> bool:

@@ -49,10 +49,11 @@ class Playback:
             self._ended.popitem(last=False)
 
     def report(
-        self, frame: fr.Played, playing: Callable[[int], PieceMap | None]
+        self, frame: fr.Played, playing: Callable[[int], tuple[PieceMap, int] | None]
     ) -> fr.Heard | None:
         """Record a report; the HEARD answer to a final one, if the utterance is known.
-        `playing(uid)`: the word timing of an utterance not ended yet (None if unknown)."""
+        `playing(uid)`: the word timing of an utterance not ended yet and the samples of it
+        sent so far (None if unknown)."""
         self.reports += 1
         self.latest = PlayedAt(frame.utterance_id, frame.samples_played, frame.clock_us)
         if not frame.final:
@@ -61,7 +62,7 @@ class Playback:
         if known is not None:
             pieces, sent = known
         elif (live := playing(frame.utterance_id)) is not None:
-            pieces, sent = live, frame.samples_played
+            pieces, sent = live
         else:
             return None
         played = min(frame.samples_played, sent)  # never more than was sent

@@ -308,9 +308,7 @@ class Session:
             dl.send_control(self._stats_message)  # built right before it is sent: fresh
         elif isinstance(frame, fr.AudioUp) and self._uplink is not None:
             self._uplink.feed(frame.seq, frame.pcm)
-        elif isinstance(frame, fr.Played) and (
-            heard := self.playback.report(frame, self._piece_map)
-        ):
+        elif isinstance(frame, fr.Played) and (heard := self.playback.report(frame, self._playing)):
             self._send_control(heard)
 
     def _on_text(self, frame: fr.Text) -> None:
@@ -441,6 +439,11 @@ class Session:
 
     def answered(self, spent_s: float) -> None:
         self._charge(spent_s)  # the reader waits it out before reading on
+
+    def _playing(self, uid: int) -> tuple[PieceMap, int] | None:
+        """An utterance not ended yet: its word timing and the samples of it sent so far."""
+        pieces = self._piece_map(uid)
+        return None if pieces is None else (pieces, self._downlink.samples_sent(uid))
 
     def _piece_map(self, uid: int) -> PieceMap | None:
         return utt.piece_map if (utt := self._utterances.get(uid)) is not None else None
