@@ -171,7 +171,8 @@ class ClientSession:
     ) -> None:
         """Report how much of an utterance reached the speaker (PLAYED, SPEC.md §4.8), for a
         client that plays the audio itself; a `final` report is answered with a `Heard`
-        frame (what was heard whole, to the word). Its epoch is the utterance's."""
+        frame (what was heard whole, to the word). Its epoch is the utterance's.
+        Cancellation leaves the report sent whole or not at all."""
         epoch = self._uid_epoch.get(utterance_id, self.epoch)
         await self._send(
             fr.Played(
