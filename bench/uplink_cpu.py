@@ -34,7 +34,8 @@ import numpy.typing as npt
 import soxr
 import trio
 
-from duplexd._uplink.uplink import Uplink, UplinkServices
+from duplexd._uplink.services import UplinkServices
+from duplexd._uplink.uplink import Uplink
 from duplexd._uplink.vad import VadModel
 from duplexd.protocol import frames as fr
 from duplexd.protocol.codec import encode

@@ -20,7 +20,7 @@ from duplexd._downlink.pacer import Pacer, open_pacer
 from duplexd._ops.settings import SessionLimits
 from duplexd._server.connection import Connection
 from duplexd._server.limits import CarriedBudgets
-from duplexd._uplink.uplink import UplinkServices
+from duplexd._uplink.services import UplinkServices
 from duplexd._uplink.vad import VadModel
 from duplexd.client.session import ClientSession, session_over
 from duplexd.engines.base import Engine

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from duplexd.protocol.codec import FRAME_CLASSES, FRAME_TYPES, Decoder, RemoteProtocolError, encode
-from duplexd.protocol.frames import ErrorCode, Frame, WordMark
+from duplexd.protocol.frames import BargeInOutcome, BargeInReason, ErrorCode, Frame, WordMark
 
 VECTORS_DIR = Path(__file__).resolve().parents[1] / "protocol" / "vectors"
 VECTORS_FILE = VECTORS_DIR / "vectors.json"
@@ -28,6 +28,9 @@ def frame_from_json(obj: dict[str, Any]) -> Frame:
         fields[name] = bytes.fromhex(fields[name])
     if "code" in fields:
         fields["code"] = ErrorCode[fields["code"]]
+    if "outcome" in fields:
+        fields["outcome"] = BargeInOutcome[fields["outcome"]]
+        fields["reason"] = BargeInReason[fields["reason"]]
     if "marks" in fields:
         fields["marks"] = tuple(WordMark(**m) for m in fields["marks"])
     frame: Frame = cls(**fields)

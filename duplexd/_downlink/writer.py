@@ -111,7 +111,9 @@ class Downlink:
         self._answers_lot = trio.lowlevel.ParkingLot()  # the reader, waiting for room
         self._due: collections.deque[float] = collections.deque()
         self.epoch = 0
-        self.paused = False
+        self.paused = False  # no audio goes out: the client's PAUSE, or a held barge-in
+        self._client_paused = False
+        self._held = False
         self.closed = False
         # the utterance whose audio is going out: id, frames of it sent, total text chars
         self._playing_uid = 0
@@ -295,15 +297,39 @@ class Downlink:
 
     def pause(self) -> None:
         """Stop sending audio after the frame going out now (the session sends Paused)."""
+        self._client_paused = True
+        self._stop_audio()
+
+    def resume(self) -> None:
+        """Continue where the audio stopped, on a new grid anchored now (the session sends
+        Resumed); still held if a soft barge-in holds it."""
+        self._client_paused = False
+        self._go_on()
+
+    def hold(self) -> None:
+        """A soft barge-in: stop sending audio after the frame going out now, its place kept
+        (independent of the client's PAUSE)."""
+        self._held = True
+        self._stop_audio()
+
+    def release(self) -> None:
+        """The soft barge-in is over: go on where the audio stopped, on a new grid anchored
+        now (unless the client paused it), or, after an interrupt, with what comes next."""
+        self._held = False
+        self._go_on()
+
+    @property
+    def held(self) -> bool:
+        return self._held
+
+    def _stop_audio(self) -> None:
         if not self.paused:
             self.paused = True
             self._due.clear()
             self._pacer.unschedule(self)
 
-    def resume(self) -> None:
-        """Continue where the audio stopped, on a new grid anchored now (the session sends
-        Resumed)."""
-        if self.paused:
+    def _go_on(self) -> None:
+        if self.paused and not (self._client_paused or self._held):
             self.paused = False
             self.kick()
 

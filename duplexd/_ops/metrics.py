@@ -249,3 +249,24 @@ class SessionObserver:
             "interrupt_ms": self.interrupt.summary_ms(),
             "barge_in_ms": self.barge_in.summary_ms(),
         }
+
+
+def session_stats(tag: str, c: DownlinkCounters, o: SessionObserver) -> dict[str, Any]:
+    """A session's STATS (its downlink's part): what its writer and its observer counted."""
+    return {
+        "session": tag,
+        "frames_sent": c.frames_sent,
+        "bytes_sent": c.bytes_sent,
+        "underruns": c.underruns,
+        "late_sends": c.late_sends,
+        "stale_dropped": c.stale_dropped,
+        "pacing_error_ms": c.pacing_error.summary_ms(),
+        "utterances_done": o.utterances_done,
+        "interrupts": o.interrupts,
+        "engine_s": round(o.engine_s, 4),
+        "audio_s": round(o.audio_s, 4),
+        "input_loop_ms": round(o.input_s * 1e3, 3),
+        "input_throttled_ms": round(o.input_throttled_s * 1e3, 3),
+        "synthesis_throttled_ms": round(o.synthesis_throttled_s * 1e3, 3),
+        "ticks_dropped": c.ticks_dropped,
+    }

@@ -18,7 +18,7 @@ import trio
 from .._downlink.pacer import Pacer
 from .._ops.metrics import SessionObserver
 from .._ops.settings import SessionLimits
-from .._uplink.uplink import UplinkServices
+from .._uplink.services import UplinkServices
 from ..engines.registry import EngineSet
 from ..protocol import frames as fr
 from ..protocol.codec import Decoder, encode

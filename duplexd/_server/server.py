@@ -23,7 +23,7 @@ from .._downlink.pacer import Pacer, open_pacer
 from .._ops.auth import Authenticator, AuthError, Principal
 from .._ops.settings import SessionLimits, TlsSettings
 from .._ops.trace import Tracer, debug_transport
-from .._uplink.uplink import UplinkServices
+from .._uplink.services import UplinkServices
 from ..engines.registry import EngineSet
 from ..protocol.frames import SUBPROTOCOL, WS_PATH
 from ..protocol.jsonmode import JSON_SUBPROTOCOL

@@ -40,8 +40,8 @@ from .._ops.settings import ConfigError, Settings, effective_max_sessions
 from .._ops.tls import TlsError
 from .._ops.trace import Tracer
 from .._uplink.asr import Transcriber
+from .._uplink.services import UplinkServices
 from .._uplink.turn import TurnModel
-from .._uplink.uplink import UplinkServices
 from .._uplink.vad import VadModel
 from ..engines.base import Engine, EngineError, Voice
 from ..engines.registry import EngineSet, load_engine

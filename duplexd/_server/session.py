@@ -35,9 +35,11 @@ from .._downlink.producer import PieceMap, SynthesisCancelled, UtteranceProducer
 from .._downlink.ring import FrameRing
 from .._downlink.utterance import Utterance
 from .._downlink.writer import SLOW_SEND_S, Downlink
-from .._ops.metrics import DownlinkCounters, SessionObserver
+from .._ops.metrics import DownlinkCounters, SessionObserver, session_stats
 from .._ops.settings import SessionLimits
-from .._uplink.uplink import Uplink, UplinkServices
+from .._uplink.services import UplinkServices
+from .._uplink.soft import Settled
+from .._uplink.uplink import Uplink
 from ..engines.base import WordTimedVoice
 from ..protocol import frames as fr
 from ..protocol.codec import Decoder, RemoteProtocolError, encode
@@ -123,6 +125,8 @@ class Session:
                 services=uplink_services,
                 send=self._send_control,
                 barge_in=self._barge_in,
+                hold=self._hold,
+                settle=self._settle,
             )
         self._tasks_scope = trio.CancelScope()  # every task but the writer
         end.finish_with(self._finish)
@@ -339,6 +343,10 @@ class Session:
                 self._retire(utt.uid)
         self.observer.interrupt_requested()
         dl.interrupt(cancelled, vad=vad)
+        if dl.held:  # a soft barge-in held the audio: the interrupt decided it
+            dl.release()
+            if self._uplink is not None:
+                self._uplink.hold_ended()
 
     def _barge_in(self, delay_s: float) -> None:
         """The uplink heard the user start speaking: interrupt, if anything is queued or
@@ -346,6 +354,33 @@ class Session:
         if self._state.barge_in():
             self._interrupt(vad=True)
             self.observer.barged_in(delay_s)
+
+    def _hold(self, delay_s: float, uplink_sample: int) -> bool:
+        """A soft barge-in's onset: hold the audio (its place kept) if anything is queued or
+        playing, and say so; the uplink decides what comes next (`_settle`)."""
+        if not self._state.active_utterances:
+            return False
+        self._downlink.hold()
+        held = self._barge_frame(fr.BargeInOutcome.HELD, fr.BargeInReason.ONSET, uplink_sample)
+        self._send_control(held)
+        self.observer.barged_in(delay_s)
+        return True
+
+    def _settle(self, settled: Settled, uplink_sample: int) -> None:
+        """The held barge-in is decided: resume where the audio stopped, or interrupt (the
+        Interrupted that follows reports the samples sent before the hold)."""
+        outcome = fr.BargeInOutcome.RESUMED if settled.resume else fr.BargeInOutcome.COMMITTED
+        self._send_control(self._barge_frame(outcome, settled.reason, uplink_sample, settled.text))
+        if not settled.resume and self._state.barge_in():
+            self._interrupt(vad=True)
+        self._downlink.release()
+
+    def _barge_frame(
+        self, outcome: fr.BargeInOutcome, reason: fr.BargeInReason, onset: int, text: str = ""
+    ) -> fr.BargeIn:
+        dl = self._downlink
+        uid = dl.playing_uid
+        return fr.BargeIn(outcome, reason, dl.epoch, uid, dl.samples_sent(uid), onset, text)
 
     # ------------------------------------------------------------------ sending
 
@@ -548,23 +583,5 @@ class Session:
         self._end.fail(fr.ErrorCode.GOING_AWAY, message)
 
     def stats(self) -> dict[str, Any]:
-        c = self._downlink.counters
-        o = self.observer
-        return {
-            "session": self.tag,
-            "frames_sent": c.frames_sent,
-            "bytes_sent": c.bytes_sent,
-            "underruns": c.underruns,
-            "late_sends": c.late_sends,
-            "stale_dropped": c.stale_dropped,
-            "pacing_error_ms": c.pacing_error.summary_ms(),
-            "utterances_done": o.utterances_done,
-            "interrupts": o.interrupts,
-            "engine_s": round(o.engine_s, 4),
-            "audio_s": round(o.audio_s, 4),
-            "input_loop_ms": round(o.input_s * 1e3, 3),
-            "input_throttled_ms": round(o.input_throttled_s * 1e3, 3),
-            "synthesis_throttled_ms": round(o.synthesis_throttled_s * 1e3, 3),
-            "ticks_dropped": c.ticks_dropped,
-            **(self._uplink.stats() if self._uplink is not None else {}),
-        }
+        uplink = self._uplink.stats() if self._uplink is not None else {}
+        return session_stats(self.tag, self._downlink.counters, self.observer) | uplink

@@ -44,12 +44,10 @@ the echo path (`RESIDUE_NCC`). Second lines of defence, for echo it cannot fully
 from __future__ import annotations
 
 import collections
-import functools
 import logging
-import os
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Final
 
 import numpy as np
@@ -62,7 +60,10 @@ from ..protocol.codec import RemoteProtocolError, iter_frames
 from ..protocol.options import SessionOptions
 from .agreement import LocalAgreement
 from .asr import Transcriber
+from .counters import UplinkCounters
 from .echo import EchoCanceller
+from .services import UplinkServices
+from .soft import Settled, SoftBargeIn, WordsCheck
 from .turn import WINDOW_SAMPLES, TurnModel
 from .vad import (
     VAD_RATE_HZ,
@@ -74,7 +75,6 @@ from .vad import (
     SpeechStart,
     SpeechStop,
     Turn,
-    VadModel,
 )
 
 log = logging.getLogger("duplexd.uplink")
@@ -86,6 +86,7 @@ MIN_PASS: Final = VAD_RATE_HZ // 4  # a pass needs this much audio after the con
 PROMPT_CHARS: Final = 200  # of the confirmed text, given to Whisper as the tail's context
 MAX_INBOX: Final = 500  # uplink frames + downlink messages waiting for processing (~5-10 s)
 _S16: Final = 1.0 / 32768.0
+HOLD_GRACE_S: Final = 1.0  # a hold still undecided this long after its window is decided here
 # A window counts as the user's only if the energy left after echo cancellation is at least
 # this fraction of the echo energy taken out (a double-talk check: the user's voice adds
 # energy; a cancellation's leftovers, e.g. from a player that paused mid-window, do not) ...
@@ -96,52 +97,8 @@ RESIDUE_NCC: Final = 0.5
 _NEVER: Final = 2.0  # a barge-in threshold no probability reaches
 _DOWNLINK: Final = -1  # inbox items: a downlink message (else the uplink seq gap) ...
 _VERDICT: Final = -2  # ... or the turn model's answer
-
-
-# Every session's uplink work shares this many worker threads (one CapacityLimiter per daemon):
-# the work is mostly numpy and ONNX calls with the GIL held in between, and each extra thread
-# that wants the GIL delays the pacer's wakeups; one thread serves a few dozen sessions.
-UPLINK_THREADS: Final = max(1, (os.cpu_count() or 1) // 4)
-
-Offload = Callable[..., Awaitable[Any]]
-
-
-@dataclass(frozen=True)
-class UplinkServices:
-    """What a daemon's uplinks share; made once by the service (`create`), or by a test.
-
-    `offload(fn, *args)` runs a batch of uplink work off the event loop (`create`: a worker
-    thread of the `UPLINK_THREADS` shared ones; tests may run it inline under a MockClock).
-    `turn_offload` runs the turn model (`create`: one thread of its own for the daemon, so a
-    question never holds up any session's VAD; None: `offload`).
-    """
-
-    vad_model: VadModel
-    offload: Offload
-    transcriber: Transcriber | None = None  # None: no transcripts
-    turn_model: TurnModel | None = None  # None: turns end after a fixed silence
-    turn_offload: Offload | None = None
-
-    @classmethod
-    def create(
-        cls,
-        vad_model: VadModel,
-        *,
-        transcriber: Transcriber | None = None,
-        turn_model: TurnModel | None = None,
-        threads: int = UPLINK_THREADS,
-    ) -> UplinkServices:
-        """The daemon's: uplink work in `threads` shared worker threads."""
-        limiter = trio.CapacityLimiter(threads)
-        offload = functools.partial(trio.to_thread.run_sync, limiter=limiter)
-        turn_offload = functools.partial(trio.to_thread.run_sync, limiter=trio.CapacityLimiter(1))
-        return cls(
-            vad_model=vad_model,
-            offload=offload,
-            transcriber=transcriber,
-            turn_model=turn_model,
-            turn_offload=turn_offload,
-        )
+_WORDS: Final = -3  # ... or the transcript of a held barge-in's sound
+_UNHELD: Final = -4  # ... or the session is not holding (any more): forget the soft barge-in
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,60 +109,12 @@ class EndCheck:
     audio: npt.NDArray[np.float32]
 
 
-@dataclass
-class UplinkCounters:
-    frames: int = 0
-    windows: int = 0
-    vad_s: float = 0.0  # VAD + echo canceller CPU time (worker thread)
-    inbox_dropped: int = 0  # frames dropped because processing fell ~5 s behind
-    echo_windows: int = 0
-    echo_vetoes: int = 0  # speech-like windows that still matched the sent audio: silence
-    speech_segments: int = 0
-    barge_ins: int = 0
-    barge_in_delay_s: float = 0.0  # sum over barge-ins: deciding frame's arrival -> interrupt
-    barge_in_delay_max_s: float = 0.0
-    transcripts: int = 0
-    asr_passes: int = 0  # streaming passes over a growing turn (asr.partial_ms) ...
-    asr_passes_skipped: int = 0  # ... and the ones skipped: the previous one had not returned
-    partial_transcripts: int = 0
-    asr_tail_audio_s: float = 0.0  # audio decoded for finals after a confirmed prefix
-    turns_dropped: int = 0
-    asr_s: float = 0.0  # wall time of this session's transcriptions (worker thread)
-    asr_audio_s: float = 0.0
-    end_checks: int = 0  # questions to the turn model (smart end) ...
-    end_checks_complete: int = 0  # ... answered "complete"
-    end_check_s: float = 0.0  # their wall time (thread)
-    max_ncc: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
+@dataclass(frozen=True, slots=True)
+class HoldCheck:
+    """A `WordsCheck` with the audio to transcribe."""
 
-    def summary(self) -> dict[str, Any]:
-        return {
-            "uplink_frames": self.frames,
-            "vad_windows": self.windows,
-            "vad_ms_per_window": round(1000 * self.vad_s / self.windows, 4) if self.windows else 0,
-            "echo_windows": self.echo_windows,
-            "echo_vetoes": self.echo_vetoes,
-            "speech_segments": self.speech_segments,
-            "vad_barge_ins": self.barge_ins,
-            "vad_barge_in_delay_ms_mean": (
-                round(1000 * self.barge_in_delay_s / self.barge_ins, 3) if self.barge_ins else 0
-            ),
-            "vad_barge_in_delay_ms_max": round(1000 * self.barge_in_delay_max_s, 3),
-            "transcripts": self.transcripts,
-            "partial_transcripts": self.partial_transcripts,
-            "asr_passes": self.asr_passes,
-            "asr_passes_skipped": self.asr_passes_skipped,
-            "asr_tail_audio_s": round(self.asr_tail_audio_s, 4),
-            "turns_dropped": self.turns_dropped,
-            "inbox_dropped": self.inbox_dropped,
-            "asr_s": round(self.asr_s, 4),
-            "asr_audio_s": round(self.asr_audio_s, 4),
-            "end_checks": self.end_checks,
-            "end_checks_complete": self.end_checks_complete,
-            "end_check_ms_mean": (
-                round(1000 * self.end_check_s / self.end_checks, 3) if self.end_checks else 0
-            ),
-        }
+    id: int
+    audio: npt.NDArray[np.float32]
 
 
 class Uplink:
@@ -222,6 +131,8 @@ class Uplink:
         services: UplinkServices,
         send: Callable[[fr.ServerFrame], None],
         barge_in: Callable[[float], None],
+        hold: Callable[[float, int], bool] | None = None,
+        settle: Callable[[Settled, int], None] | None = None,
     ) -> None:
         vad, asr = options.vad, options.asr
         self.rate_hz = rate_hz
@@ -231,6 +142,12 @@ class Uplink:
         self._frame_samples = fr.frame_samples(rate_hz)
         self._send = send
         self._barge_in = barge_in
+        self._hold = hold
+        self._settle = settle
+        # trio side: the onset of the soft barge-in for which the session holds its audio
+        self._held: int | None = None
+        self._hold_lot = trio.lowlevel.ParkingLot()
+        self._hold_check: HoldCheck | None = None  # the latest to transcribe
         self._offload = services.offload
         self._turn_model = services.turn_model
         self._turn_offload = services.turn_offload or services.offload
@@ -246,6 +163,8 @@ class Uplink:
         self._vad = SileroVad(services.vad_model)
         smart = self._turn_model is not None
         self._detector = SpeechDetector(vad, partial_ms=asr.partial_ms, smart=smart)
+        soft = vad.barge_in_mode == "soft" and hold is not None and settle is not None
+        self._soft = SoftBargeIn(vad, transcripts=self._transcriber is not None) if soft else None
         now = trio.current_time()
         self._echo = EchoCanceller(t0=now) if vad.echo_cancel else None
         self._up_resampler = StreamResampler(rate_hz, VAD_RATE_HZ) if self._scale != 1 else None
@@ -325,6 +244,15 @@ class Uplink:
             if gap == _VERDICT:
                 self._events.extend((now, ev) for ev in self._detector.verdict(*data))
                 continue
+            if gap == _WORDS:
+                assert self._soft is not None
+                if (settled := self._soft.answer(*data)) is not None:
+                    self._settled(now, settled)
+                continue
+            if gap == _UNHELD:
+                assert self._soft is not None
+                self._soft.close()
+                continue
             if gap < 0:
                 if self._echo is not None:
                     self._add_reference(self._echo, now, data)
@@ -349,7 +277,23 @@ class Uplink:
             delay = trio.current_time() - arrived
             c.barge_in_delay_s += delay
             c.barge_in_delay_max_s = max(c.barge_in_delay_max_s, delay)
-            self._barge_in(delay)
+            if self._soft is None:
+                self._barge_in(delay)
+            elif self._held is None:
+                assert self._hold is not None
+                if self._hold(delay, ev.sample * self._scale):
+                    c.holds += 1
+                    self._held = ev.sample
+                    self._hold_lot.unpark_all()
+                else:  # nothing was playing: nothing to decide
+                    self._enqueue((trio.current_time(), _UNHELD, None))
+        elif isinstance(ev, HoldCheck):
+            if self._held is not None:
+                self._hold_check = ev
+                self._asr_lot.unpark_all()
+        elif isinstance(ev, Settled):
+            if self._held is not None:
+                self._end_hold(ev)
         elif isinstance(ev, Turn) and self._transcriber is not None:
             self._queue_turn(ev)
         elif isinstance(ev, EndCheck):
@@ -403,6 +347,8 @@ class Uplink:
         self._pos = pos + WINDOW
         c.windows += 1
         events = self._detector.process(pos, prob, barge_threshold)
+        if (soft := self._soft) is not None:
+            self._follow_hold(soft, now, pos, prob, events)
         for ev in events:
             if isinstance(ev, EndCandidate):  # the audio goes with the question
                 start = max(ev.start, ev.end - WINDOW_SAMPLES)
@@ -410,6 +356,58 @@ class Uplink:
             else:
                 self._events.append((now, ev))
         c.vad_s += time.thread_time() - t0
+
+    def _follow_hold(
+        self, soft: SoftBargeIn, now: float, pos: int, prob: float, events: list[Any]
+    ) -> None:
+        """Worker side of a soft barge-in: follow the held sound window by window (a barge-in
+        in this window starts one)."""
+        got = soft.window(pos, prob >= self.vad_options.threshold) if soft.open else None
+        if isinstance(got, WordsCheck):
+            self._events.append((now, HoldCheck(got.id, self._audio(got.start, got.end))))
+        elif got is not None:
+            self._settled(now, got)
+        for ev in events:
+            if isinstance(ev, BargeIn):
+                soft.start(ev.sample, pos + WINDOW)
+
+    def _settled(self, now: float, settled: Settled) -> None:
+        """Worker side: a held barge-in decided. A sound that did not interrupt is a turn of
+        its own (ended here, so its Transcript holds it alone), and the user's next words may
+        barge in again."""
+        self._events.append((now, settled))
+        if settled.resume:
+            self._events.extend((now, ev) for ev in self._detector.forgive())
+
+    def hold_ended(self) -> None:
+        """The session stopped holding (the client interrupted meanwhile): the soft barge-in
+        in progress, if any, decides nothing more."""
+        if self._held is not None:
+            self._held = self._hold_check = None
+            self._hold_lot.unpark_all()
+            self._enqueue((trio.current_time(), _UNHELD, None))
+
+    def _end_hold(self, settled: Settled) -> None:
+        assert self._settle is not None
+        self._held = None
+        self._hold_lot.unpark_all()
+        self.counters.holds_resumed += settled.resume
+        self.counters.holds_committed += not settled.resume
+        self._settle(settled, settled.onset * self._scale)
+
+    async def _watch_holds(self) -> None:
+        """Session task: a hold the worker has not decided `HOLD_GRACE_S` after its window
+        (the client stopped sending audio) is an interruption. Cancelling leaves nothing."""
+        window_s = self.vad_options.soft_window_ms / 1000 + HOLD_GRACE_S
+        while True:
+            while (onset := self._held) is None:
+                await self._hold_lot.park()
+            with trio.move_on_after(window_s):
+                while self._held == onset:
+                    await self._hold_lot.park()
+            if self._held == onset:
+                self._enqueue((trio.current_time(), _UNHELD, None))
+                self._end_hold(Settled(onset, False, fr.BargeInReason.TIMEOUT))
 
     def _queue_turn(self, turn: Turn) -> None:
         if not turn.final:  # a pass over the turn so far: only the latest one is worth it
@@ -455,6 +453,8 @@ class Uplink:
             if self._turn_model is not None and self._detector.smart:
                 nursery.start_soon(self._check_ends, self._turn_model)
             nursery.start_soon(self._transcribe)
+            if self._soft is not None:
+                nursery.start_soon(self._watch_holds)
 
     async def _check_ends(self, model: TurnModel) -> None:
         """Ask the turn model about the latest `EndCheck`, one at a time, and queue each
@@ -484,6 +484,10 @@ class Uplink:
             await trio.sleep_forever()
             return
         while True:
+            if (check := self._hold_check) is not None:  # a held barge-in waits: first
+                self._hold_check = None
+                await self._check_words(transcriber, check)
+                continue
             try:
                 turn = self._turns_recv.receive_nowait()
             except trio.WouldBlock:
@@ -495,6 +499,17 @@ class Uplink:
                 await self._final(transcriber, turn)
             else:
                 await self._stream(transcriber, turn)
+
+    async def _check_words(self, transcriber: Transcriber, check: HoldCheck) -> None:
+        """What the user said while the agent's audio is held: queued for the worker's
+        `SoftBargeIn`, in its place among the frames."""
+        t0 = time.perf_counter()
+        text = await transcriber.transcribe(check.audio)
+        c = self.counters
+        c.hold_checks += 1
+        c.asr_s += time.perf_counter() - t0
+        c.asr_audio_s += len(check.audio) / VAD_RATE_HZ
+        self._enqueue((trio.current_time(), _WORDS, (check.id, text)))
 
     async def _stream(self, transcriber: Transcriber, turn: Turn) -> None:
         """A pass over the turn so far (samples after the confirmed words, with their words'

@@ -319,6 +319,16 @@ class SpeechDetector:
             self._end_turn(self._end, events)
         return events
 
+    def forgive(self) -> list[VadEvent]:
+        """A barge-in was forgiven (a soft barge-in found a backchannel or a noise): end the
+        turn now if the user is silent (the sound is a turn of its own), and let the next
+        speech barge in again."""
+        events: list[VadEvent] = []
+        if self.in_speech and self._silence_start is not None:
+            self._end_turn(self._end, events)
+        self._barged = False
+        return events
+
     def _end_turn(self, end: int, events: list[VadEvent]) -> None:
         stop = self._silence_start
         assert stop is not None

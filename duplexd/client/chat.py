@@ -62,6 +62,11 @@ def add_chat_arguments(p: argparse.ArgumentParser, default_url: str) -> None:
         help="speech probability that is speech (0.05-0.99)",
     )
     p.add_argument("--no-barge-in", action="store_true", help="do not let speech interrupt")
+    p.add_argument(
+        "--soft-barge-in",
+        action="store_true",
+        help='hold the reply when you make a sound; go on after "mhm", a cough or a "yeah"',
+    )
     p.add_argument("--max-turns", type=int, default=0, help="quit after N replies (0: never)")
     p.add_argument("--timeout", type=float, default=0.0, help="quit after S seconds (0: never)")
 
@@ -215,6 +220,8 @@ class Chat:
         self.replies_done = 0
         self.reply_scope: trio.CancelScope | None = None
         self.speech_stop_t = math.nan
+        self.stopped_at = math.nan  # when SpeechStopped arrived
+        self.forgiven: list[int] = []  # onsets (uplink samples) of backchannels: no reply
         self.waiting_audio: dict[int, float] = {}  # reply uid -> end-of-speech time
         self.nursery: trio.Nursery | None = None
         # inputs that end: the microphone file, a standard input that is not a terminal
@@ -230,7 +237,14 @@ class Chat:
 
     async def run(self) -> None:
         a = self.args
-        options = {"vad": {"threshold": a.vad_threshold, "barge_in": not a.no_barge_in}}
+        mode = "soft" if a.soft_barge_in else "immediate"
+        options = {
+            "vad": {
+                "threshold": a.vad_threshold,
+                "barge_in": not a.no_barge_in,
+                "barge_in_mode": mode,
+            }
+        }
         async with open_session(
             a.url,
             sample_rate_hz=DOWNLINK_RATE_HZ,
@@ -327,6 +341,7 @@ class Chat:
                 _say(f"[speech started at {frame.uplink_sample / UPLINK_RATE_HZ:.2f} s]")
             elif isinstance(frame, fr.SpeechStopped):
                 self.speech_stop_t = self._mic_time(frame.uplink_sample)
+                self.stopped_at = now
                 _say(f"[speech stopped at {frame.uplink_sample / UPLINK_RATE_HZ:.2f} s]")
             elif isinstance(frame, fr.Transcript):
                 self._on_transcript(session, frame, now)
@@ -347,8 +362,21 @@ class Chat:
                     self._reply_finished(-1)
             elif isinstance(frame, fr.UtteranceDone):
                 self._reply_finished(frame.utterance_id)
+            elif isinstance(frame, fr.BargeIn):
+                self._on_barge_in(frame)
             elif isinstance(frame, fr.Paused | fr.Resumed):
                 _say(f"[{type(frame).__name__.lower()}]")
+
+    def _on_barge_in(self, frame: fr.BargeIn) -> None:
+        heard = f' "{frame.text}"' if frame.text else ""
+        reason = frame.reason.name.lower().replace("_", " ")
+        if frame.outcome is fr.BargeInOutcome.HELD:
+            _say("[barge-in: held, you made a sound]")
+        elif frame.outcome is fr.BargeInOutcome.RESUMED:
+            self.forgiven.append(frame.uplink_sample)
+            _say(f"[barge-in: forgiven{heard} ({reason}), the reply goes on]")
+        else:
+            _say(f"[barge-in: committed{heard} ({reason})]")
 
     def _reply_finished(self, uid: int) -> None:
         if uid in self.replies or (uid == -1 and self.replies):
@@ -366,8 +394,16 @@ class Chat:
         t_stop = self._mic_time(frame.end_sample)
         if not math.isnan(self.speech_stop_t):
             t_stop = self.speech_stop_t
+        if any(frame.start_sample <= x < frame.end_sample for x in self.forgiven):
+            self.forgiven = [x for x in self.forgiven if x >= frame.end_sample]
+            _say(f"you (backchannel, no reply): {frame.text}")
+            return
         _say(f"you: {frame.text}")
-        _say(f"[latency] end of speech -> transcript {_ms(now - t_stop)}")
+        asr = now - self.stopped_at if now >= self.stopped_at else math.nan
+        _say(
+            f"[latency] end of speech -> transcript {_ms(now - t_stop)}"
+            f" (end of turn {_ms(self.stopped_at - t_stop)}, ASR {_ms(asr)})"
+        )
         if frame.text.strip() and self.nursery is not None:
             self.nursery.start_soon(self._reply, session, frame.text, t_stop)
 
@@ -454,4 +490,4 @@ def _offer(send: trio.MemorySendChannel[bytes], data: bytes) -> None:
 
 
 def _ms(seconds: float) -> str:
-    return f"{seconds * 1000:.0f} ms"
+    return "? ms" if math.isnan(seconds) else f"{seconds * 1000:.0f} ms"

@@ -43,6 +43,9 @@ from .frames import WS_PATH as WS_PATH
 from .frames import Audio as Audio
 from .frames import AudioFlags as AudioFlags
 from .frames import AudioUp as AudioUp
+from .frames import BargeIn as BargeIn
+from .frames import BargeInOutcome as BargeInOutcome
+from .frames import BargeInReason as BargeInReason
 from .frames import ClientFrame as ClientFrame
 from .frames import CloseCode as CloseCode
 from .frames import Error as Error
@@ -106,6 +109,9 @@ __all__ = [
     "Audio",
     "AudioFlags",
     "AudioUp",
+    "BargeIn",
+    "BargeInOutcome",
+    "BargeInReason",
     "ClientFrame",
     "CloseCode",
     "Decoder",

@@ -26,6 +26,9 @@ from .frames import (
     WORD_MARK_BYTES,
     Audio,
     AudioUp,
+    BargeIn,
+    BargeInOutcome,
+    BargeInReason,
     ErrorCode,
     Frame,
     FrameType,
@@ -205,6 +208,13 @@ _LAYOUTS: Final = (
     _L(FrameType.STATS, Stats, "", tail=(("json", "utf8"),)),
     _L(FrameType.WORDS, Words, "HI", "epoch utterance_id", tail=(("marks", "marks"),)),
     _L(FrameType.HEARD, Heard, "HIQI", "epoch utterance_id samples_played chars_heard"),
+    _L(
+        FrameType.BARGE_IN,
+        BargeIn,
+        "BBHIQQ",
+        "outcome reason epoch utterance_id samples_sent uplink_sample",
+        tail=(("text", "utf8"),),
+    ),
 )
 _BY_TYPE: Final[dict[int, _Layout]] = {int(lay.ftype): lay for lay in _LAYOUTS}
 _BY_CLASS: Final[dict[type[Any], _Layout]] = {lay.cls: lay for lay in _LAYOUTS}
@@ -244,6 +254,10 @@ def encode(frame: Frame, *, max_frame_bytes: int = MAX_FRAME_BYTES) -> bytes:
         values.append(value)
     if layout.cls is ErrorFrame and not isinstance(values[0], ErrorCode):
         raise LocalProtocolError(ErrorCode.MALFORMED, f"code must be an ErrorCode: {values[0]!r}")
+    if layout.cls is BargeIn and not (
+        isinstance(values[0], BargeInOutcome) and isinstance(values[1], BargeInReason)
+    ):
+        raise LocalProtocolError(ErrorCode.MALFORMED, f"not a BargeIn outcome/reason: {frame!r}")
     parts = [b"", layout.fixed.pack(*values)]
     for name, kind in layout.tail:
         value = getattr(frame, name)
@@ -434,6 +448,12 @@ def _decode_body(layout: _Layout, buf: bytearray, start: int, end: int, flags: i
             kwargs["code"] = ErrorCode(kwargs["code"])
         except ValueError:
             raise _malformed(layout, f"unknown error code {kwargs['code']}") from None
+    elif layout.cls is BargeIn:
+        try:
+            kwargs["outcome"] = BargeInOutcome(kwargs["outcome"])
+            kwargs["reason"] = BargeInReason(kwargs["reason"])
+        except ValueError as exc:
+            raise _malformed(layout, str(exc)) from None
     return layout.cls(**kwargs)
 
 

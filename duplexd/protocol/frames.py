@@ -76,6 +76,7 @@ class FrameType(enum.IntEnum):
     STATS = 0xC1  # optional
     WORDS = 0xC2  # optional
     HEARD = 0xC3  # optional
+    BARGE_IN = 0xC4  # optional
 
     @property
     def optional(self) -> bool:
@@ -110,6 +111,27 @@ class PlayedFlags(enum.IntFlag):
 
 class TranscriptFlags(enum.IntFlag):
     FINAL = FLAG_BIT  # a final (not partial) result
+
+
+class BargeInOutcome(enum.IntEnum):
+    """What a soft barge-in (SPEC.md §5.12) did: held the agent's audio, let it go on, or cut it."""
+
+    HELD = 0  # the user made a sound: the audio stopped, its place kept
+    RESUMED = 1  # it was a backchannel or a noise: the audio went on where it stopped
+    COMMITTED = 2  # it was a real interruption: INTERRUPTED follows
+
+
+class BargeInReason(enum.IntEnum):
+    """Why a soft barge-in was decided as it was (0 while held)."""
+
+    ONSET = 0  # HELD: the user started making a sound
+    TOO_SHORT = 1  # RESUMED: the sound was shorter than `vad.soft_min_speech_ms`
+    NO_WORDS = 2  # RESUMED: the transcriber heard no words in it (a cough, a breath, a laugh)
+    BACKCHANNEL = 3  # RESUMED: every word is in `vad.backchannels` ("mhm", "yeah", "okay")
+    WORDS = 4  # COMMITTED: other words were said
+    LONG = 5  # COMMITTED: the user spoke longer than `vad.soft_max_speech_ms`
+    TIMEOUT = 6  # COMMITTED: no decision within `vad.soft_window_ms`
+    UNHEARD = 7  # COMMITTED: no transcripts in this session to tell words from backchannels
 
 
 class ErrorCode(enum.IntEnum):
@@ -399,6 +421,23 @@ class Heard:
     chars_heard: int
 
 
+@dataclass(frozen=True, slots=True)
+class BargeIn:
+    """Optional frame, sent only when soft barge-in was asked (SPEC.md §5.12): a held
+    barge-in and how it ended. `samples_sent` is where the utterance's audio stopped (samples
+    sent before the hold); `uplink_sample` where the user's sound began (uplink samples, as
+    in SpeechStarted: the Transcript of the turn holding it tells what it was); `text` what
+    the transcriber heard, when it was asked (else "")."""
+
+    outcome: BargeInOutcome
+    reason: BargeInReason
+    epoch: int
+    utterance_id: int
+    samples_sent: int
+    uplink_sample: int
+    text: str = ""
+
+
 ClientFrame = Hello | Text | Interrupt | Pause | Resume | Ping | AudioUp | GetStats | Played
 ServerFrame = (
     Welcome
@@ -416,5 +455,6 @@ ServerFrame = (
     | Stats
     | Words
     | Heard
+    | BargeIn
 )
 Frame = ClientFrame | ServerFrame

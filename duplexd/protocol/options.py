@@ -26,6 +26,18 @@ __all__ = [
 ]
 
 
+# Words a listener says to show they follow, not to take the turn (soft barge-in); compared
+# lowercased, without punctuation, word by word: "Yeah, okay." is a backchannel.
+DEFAULT_BACKCHANNELS: Final = (
+    "mhm", "mm", "mmm", "hmm", "hm", "mm-hmm", "uh-huh", "uh", "huh", "um", "ah", "oh",
+    "yeah", "yep", "yes", "ya", "okay", "ok", "right", "sure", "alright", "i", "see", "got",
+    "it", "cool", "nice", "wow", "true", "exactly",
+)  # fmt: skip
+BARGE_IN_MODES: Final = ("immediate", "soft")
+MAX_BACKCHANNELS: Final = 64
+MAX_BACKCHANNEL_CHARS: Final = 32
+
+
 @dataclass(frozen=True, slots=True)
 class VadOptions:
     """{"vad": {...}}: voice activity detection on the uplink; every key optional."""
@@ -41,6 +53,14 @@ class VadOptions:
     speech_pad_ms: float = 150.0  # audio kept around a turn for the transcript
     barge_in: bool = True  # interrupt the playing utterance when the user speaks
     barge_in_min_speech_ms: float = 30.0  # speech this long before barging in (whole windows)
+    # "immediate": a barge-in interrupts at once; "soft": it holds the agent's audio first and
+    # interrupts only if the sound is not a backchannel or a noise (SPEC §4.6.2)
+    barge_in_mode: str = "immediate"
+    soft_min_speech_ms: float = 150.0  # soft: a sound shorter than this is a noise: resume
+    soft_max_speech_ms: float = 1000.0  # soft: speech longer than this interrupts
+    soft_silence_ms: float = 200.0  # soft: silence this long ends the sound: decide
+    soft_window_ms: float = 2000.0  # soft: no decision this long after the onset interrupts
+    backchannels: tuple[str, ...] = DEFAULT_BACKCHANNELS  # soft: words that do not interrupt
     echo_cancel: bool = True  # remove the downlink's echo from the uplink before the VAD
     echo_threshold: float = 0.7  # barge-in needs this probability while echo is possible
     max_turn_s: float = 30.0  # a longer turn is transcribed in pieces of this length
@@ -101,7 +121,12 @@ _RANGES: Final[dict[str, tuple[float, float]]] = {
     "barge_in_min_speech_ms": (0.0, 5000.0),
     "max_turn_s": (1.0, 30.0),
     "partial_ms": (0.0, 10_000.0),
+    "soft_min_speech_ms": (0.0, 5000.0),
+    "soft_max_speech_ms": (32.0, 10_000.0),
+    "soft_silence_ms": (32.0, 5000.0),
+    "soft_window_ms": (100.0, 10_000.0),
 }
+_CHOICES: Final[dict[str, tuple[str, ...]]] = {"barge_in_mode": BARGE_IN_MODES}
 
 
 def _not_json(constant: str) -> None:
@@ -126,6 +151,12 @@ def _section(cls: type[Any], raw: object, name: str) -> Any:
         if f.type == "bool":
             if not isinstance(value, bool):
                 raise _bad(f"options.{name}.{key} must be true or false")
+        elif key in _CHOICES:
+            if value not in _CHOICES[key]:
+                choices = " or ".join(f'"{c}"' for c in _CHOICES[key])
+                raise _bad(f"options.{name}.{key} must be {choices}")
+        elif key == "backchannels":
+            value = _words(value, f"options.{name}.{key}")
         else:
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise _bad(f"options.{name}.{key} must be a number")
@@ -135,6 +166,19 @@ def _section(cls: type[Any], raw: object, name: str) -> Any:
             value = float(value)
         kwargs[key] = value
     return cls(**kwargs)
+
+
+def _words(value: object, where: str) -> tuple[str, ...]:
+    if (
+        not isinstance(value, list)
+        or len(value) > MAX_BACKCHANNELS
+        or not all(isinstance(w, str) and 0 < len(w) <= MAX_BACKCHANNEL_CHARS for w in value)
+    ):
+        raise _bad(
+            f"{where} must be a list of at most {MAX_BACKCHANNELS} words"
+            f" of 1..{MAX_BACKCHANNEL_CHARS} characters"
+        )
+    return tuple(w.lower() for w in value)
 
 
 def parse_options(text: str) -> SessionOptions:

@@ -35,6 +35,7 @@ from .frames import (
     SUPPORTED_SAMPLE_RATES_HZ,
     SUPPORTED_UPLINK_RATES_HZ,
     AudioUp,
+    BargeIn,
     Error,
     ErrorCode,
     GetStats,
@@ -96,7 +97,7 @@ def check_audio_format(hello: Hello) -> None:
 
 
 _OPEN_ANY = (Pause, Resume, Ping, GetStats, Played)
-_UPLINK_EVENTS = (SpeechStarted, SpeechStopped, Transcript)
+_UPLINK_EVENTS = (SpeechStarted, SpeechStopped, Transcript, BargeIn)
 
 
 class ServerProtocolState:

@@ -17,6 +17,7 @@
 //   Welcome.sessionId          Uint8Array(16)
 //   Hello.options, Welcome.info, Stats.json   the JSON text as a string ("" for none)
 //   Error.code                 the ErrorCode name ("TEXT_AFTER_END")
+//   BargeIn.outcome, .reason   the name ("HELD", "BACKCHANNEL"): BARGE_IN_OUTCOMES, _REASONS
 //   Words.marks                [{startChar, endChar, startSample, endSample}, ...]
 // Flag bit 0x01 is a boolean field: text.end, audio.last, interrupted.vad, transcript.final,
 // played.final (false when left out when encoding).
@@ -35,7 +36,7 @@ export const FRAME_MS = 20;
 /**
  * One row per frame type: the type byte, its name, its body fields in wire order, and the
  * boolean field carried by flag bit 0x01 (if any). Field kinds: u16 u32 u64 (Number) big64
- * (BigInt) bytes16 code (u16 ErrorCode, as its name) | tails: str16 json32 utf8 pcm marks.
+ * (BigInt) bytes16 code (u16 ErrorCode, as its name) outcome reason (u8, as names) | tails: str16 json32 utf8 pcm marks.
  * @type {ReadonlyArray<{code: number, type: string, fields: ReadonlyArray<[string, string]>, flag: string | null}>}
  */
 export const LAYOUTS = Object.freeze([
@@ -63,12 +64,20 @@ export const LAYOUTS = Object.freeze([
   L(0xc1, "stats", "json utf8"),
   L(0xc2, "words", "epoch u16 utteranceId u32 marks marks"),
   L(0xc3, "heard", "epoch u16 utteranceId u32 samplesPlayed u64 charsHeard u32"),
+  L(0xc4, "barge_in", "outcome outcome reason reason epoch u16 utteranceId u32 samplesSent u64 uplinkSample u64 text utf8"),
 ]);
+
+/** BARGE_IN's outcome and reason (u8 on the wire), by value (SPEC.md §5.12). */
+export const BARGE_IN_OUTCOMES = Object.freeze(["HELD", "RESUMED", "COMMITTED"]);
+export const BARGE_IN_REASONS = Object.freeze([
+  "ONSET", "TOO_SHORT", "NO_WORDS", "BACKCHANNEL", "WORDS", "LONG", "TIMEOUT", "UNHEARD",
+]);
+const NAMES = { outcome: BARGE_IN_OUTCOMES, reason: BARGE_IN_REASONS };
 
 /** Frame type name → type byte. */
 export const FrameType = Object.freeze(Object.fromEntries(LAYOUTS.map((l) => [l.type, l.code])));
 
-const SIZES = { u16: 2, u32: 4, u64: 8, big64: 8, bytes16: 16, code: 2 };
+const SIZES = { u16: 2, u32: 4, u64: 8, big64: 8, bytes16: 16, code: 2, outcome: 1, reason: 1 };
 const TAILS = new Set(["str16", "json32", "utf8", "pcm", "marks"]);
 const MAX = { u16: 0xffff, u32: 0xffffffff, code: 0xffff };
 const U64_MAX = 0xffffffffffffffffn;
@@ -149,7 +158,11 @@ export function encode(frame, { maxFrameBytes = MAX_FRAME_BYTES } = {}) {
   };
   for (const [name, kind] of layout.fields) {
     const value = frame[name];
-    if (kind === "u16" || kind === "u32" || kind === "code") {
+    if (kind === "outcome" || kind === "reason") {
+      const n = NAMES[kind].indexOf(value);
+      if (n < 0) throw local("MALFORMED", `${layout.type}.${name} must be one of ${NAMES[kind].join(" ")}, not ${value}`);
+      push(Uint8Array.of(n));
+    } else if (kind === "u16" || kind === "u32" || kind === "code") {
       let n = value;
       if (kind === "code") {
         n = typeof value === "string" ? ErrorCode[value] : undefined;
@@ -262,6 +275,14 @@ function decodeBody(layout, buf, start, end, flags) {
   let pos = start;
   for (const [name, kind] of layout.fields) {
     switch (kind) {
+      case "outcome":
+      case "reason": {
+        const value = NAMES[kind][buf[pos]];
+        if (value === undefined) throw remote("MALFORMED", `${layout.type}: unknown ${name} ${buf[pos]}`);
+        frame[name] = value;
+        pos += 1;
+        break;
+      }
       case "u16":
       case "code":
         frame[name] = view.getUint16(pos, true);

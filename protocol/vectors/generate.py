@@ -34,6 +34,9 @@ from duplexd.protocol.codec import encode  # noqa: E402
 from duplexd.protocol.frames import (  # noqa: E402
     Audio,
     AudioUp,
+    BargeIn,
+    BargeInOutcome,
+    BargeInReason,
     Error,
     ErrorCode,
     GetStats,
@@ -184,6 +187,23 @@ def valid_cases() -> list[tuple[str, str, Any]]:
         ("played", "client", Played(1, 7, 26_160, 1_234_567_890)),
         ("played_final", "client", Played(1, 7, 26_400, 1_234_572_890, final=True)),
         ("heard", "server", Heard(1, 7, 26_400, 12)),
+        (
+            "barge_in_held",
+            "server",
+            BargeIn(BargeInOutcome.HELD, BargeInReason.ONSET, 1, 7, 17_280, 48_000),
+        ),
+        (
+            "barge_in_resumed",
+            "server",
+            BargeIn(
+                BargeInOutcome.RESUMED, BargeInReason.BACKCHANNEL, 1, 7, 17_280, 48_000, "Mhm."
+            ),
+        ),
+        (
+            "barge_in_committed",
+            "server",
+            BargeIn(BargeInOutcome.COMMITTED, BargeInReason.LONG, 1, 7, 17_280, 48_000),
+        ),
     ]
 
 
@@ -279,9 +299,20 @@ INVALID_CASES = [
     ("error_unknown_code", "server", h("04000000 88 00 6300"), "MALFORMED"),
     ("error_bad_utf8", "server", h("05000000 88 00 0100 ff"), "MALFORMED"),
     ("stats_bad_utf8", "server", h("03000000 c1 00 ff"), "MALFORMED"),
+    # BARGE_IN's outcome is 0..2 and its reason 0..7
+    (
+        "barge_in_unknown_outcome",
+        "server",
+        h("1a000000 c4 00 03 00 0100 07000000 8043000000000000 80bb000000000000"),
+        "MALFORMED",
+    ),
     # PLAYED has one flag (FINAL) and a fixed 22-byte body
-    ("played_short", "client", h("17000000 42 01 0100 07000000 0000000000000000 00000000000000"),
-     "MALFORMED"),
+    (
+        "played_short",
+        "client",
+        h("17000000 42 01 0100 07000000 0000000000000000 00000000000000"),
+        "MALFORMED",
+    ),
     # a Words body holds whole 16-byte marks, each ending at or after its start
     ("words_partial_mark", "server", h("0c000000 c2 00 0200 07000000 00000000"), "MALFORMED"),
     (

@@ -1,0 +1,70 @@
+"""A session's uplink counters: what its stats and the daemon's metrics report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class UplinkCounters:
+    frames: int = 0
+    windows: int = 0
+    vad_s: float = 0.0  # VAD + echo canceller CPU time (worker thread)
+    inbox_dropped: int = 0  # frames dropped because processing fell ~5 s behind
+    echo_windows: int = 0
+    echo_vetoes: int = 0  # speech-like windows that still matched the sent audio: silence
+    speech_segments: int = 0
+    barge_ins: int = 0
+    barge_in_delay_s: float = 0.0  # sum over barge-ins: deciding frame's arrival -> interrupt
+    barge_in_delay_max_s: float = 0.0
+    holds: int = 0  # soft barge-ins: the audio held ...
+    holds_resumed: int = 0  # ... then resumed (a backchannel, a noise) ...
+    holds_committed: int = 0  # ... or interrupted
+    hold_checks: int = 0  # transcriptions asked to decide one
+    transcripts: int = 0
+    asr_passes: int = 0  # streaming passes over a growing turn (asr.partial_ms) ...
+    asr_passes_skipped: int = 0  # ... and the ones skipped: the previous one had not returned
+    partial_transcripts: int = 0
+    asr_tail_audio_s: float = 0.0  # audio decoded for finals after a confirmed prefix
+    turns_dropped: int = 0
+    asr_s: float = 0.0  # wall time of this session's transcriptions (worker thread)
+    asr_audio_s: float = 0.0
+    end_checks: int = 0  # questions to the turn model (smart end) ...
+    end_checks_complete: int = 0  # ... answered "complete"
+    end_check_s: float = 0.0  # their wall time (thread)
+    max_ncc: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "uplink_frames": self.frames,
+            "vad_windows": self.windows,
+            "vad_ms_per_window": round(1000 * self.vad_s / self.windows, 4) if self.windows else 0,
+            "echo_windows": self.echo_windows,
+            "echo_vetoes": self.echo_vetoes,
+            "speech_segments": self.speech_segments,
+            "vad_barge_ins": self.barge_ins,
+            "vad_barge_in_delay_ms_mean": (
+                round(1000 * self.barge_in_delay_s / self.barge_ins, 3) if self.barge_ins else 0
+            ),
+            "vad_barge_in_delay_ms_max": round(1000 * self.barge_in_delay_max_s, 3),
+            "soft_holds": self.holds,
+            "soft_holds_resumed": self.holds_resumed,
+            "soft_holds_committed": self.holds_committed,
+            "soft_hold_checks": self.hold_checks,
+            "transcripts": self.transcripts,
+            "partial_transcripts": self.partial_transcripts,
+            "asr_passes": self.asr_passes,
+            "asr_passes_skipped": self.asr_passes_skipped,
+            "asr_tail_audio_s": round(self.asr_tail_audio_s, 4),
+            "turns_dropped": self.turns_dropped,
+            "inbox_dropped": self.inbox_dropped,
+            "asr_s": round(self.asr_s, 4),
+            "asr_audio_s": round(self.asr_audio_s, 4),
+            "end_checks": self.end_checks,
+            "end_checks_complete": self.end_checks_complete,
+            "end_check_ms_mean": (
+                round(1000 * self.end_check_s / self.end_checks, 3) if self.end_checks else 0
+            ),
+        }
