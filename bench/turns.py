@@ -11,8 +11,9 @@ inside a sentence's prosody, not after a clipped sentence's falling end.
 Measured on the client's clock, from the capture time of the last speech sample of each turn
 (end of speech, found on the audio's envelope):
 
-- end of speech -> SpeechStopped and -> the final Transcript (p50, p95, and the daemon's first
-  turn on its own: what a cold start costs);
+- end of speech -> SpeechStopped, -> the final Transcript and -> the first AUDIO frame of the
+  reply (the demo responder of `duplexd chat`, streamed word by word as it does) (p50, p95,
+  and the daemon's first turn on its own: what a cold start costs);
 - premature end of turn: a SpeechStopped that falls inside a turn (before its last word started)
   splits the turn; the rate over the paused turns is the figure (the complete ones are reported
   too).
@@ -174,6 +175,10 @@ class Record:
     t0: float = 0.0
     stopped: list[tuple[float, int]] = field(default_factory=list)  # (arrival, uplink_sample)
     finals: list[tuple[float, int, int, str]] = field(default_factory=list)
+    replies: dict[int, int] = field(default_factory=dict)  # reply uid -> its turn's end_sample
+    first_audio: dict[int, float] = field(default_factory=dict)  # turn end_sample -> arrival
+    to_answer: list[tuple[str, int]] = field(default_factory=list)  # (text, end_sample)
+    wake: trio.Event = field(default_factory=trio.Event)
 
     def on_frame(self, frame: Any, now: float) -> None:
         from duplexd.protocol import frames as fr
@@ -182,6 +187,30 @@ class Record:
             self.stopped.append((now, frame.uplink_sample))
         elif isinstance(frame, fr.Transcript) and frame.final:
             self.finals.append((now, frame.start_sample, frame.end_sample, frame.text))
+            self.to_answer.append((frame.text, frame.end_sample))
+            self.wake.set()
+        elif isinstance(frame, fr.Audio) and frame.seq == 0:
+            turn_end = self.replies.get(frame.utterance_id)
+            if turn_end is not None:
+                self.first_audio.setdefault(turn_end, now)
+
+
+async def answer(session: Any, rec: Record) -> None:
+    """The demo responder's reply to each final transcript, streamed word by word as `duplexd
+    chat` does; its first AUDIO frame is the turn's first reply audio."""
+    from duplexd.client.agent import DemoResponder
+
+    responder = DemoResponder()
+    while True:
+        await rec.wake.wait()
+        rec.wake = trio.Event()
+        while rec.to_answer:
+            text, end_sample = rec.to_answer.pop(0)
+            uid = session.new_utterance_id()
+            rec.replies[uid] = end_sample
+            async for chunk in responder.reply(text):
+                await session.send_text(uid, chunk)
+            await session.send_text(uid, "", end=True)
 
 
 def timeline(turns: list[Spoken], rounds: int) -> tuple[F32, list[Placed]]:
@@ -198,11 +227,21 @@ def timeline(turns: list[Spoken], rounds: int) -> tuple[F32, list[Placed]]:
     return mic, placed
 
 
-async def drive(url: str, mic: F32, options: dict[str, Any]) -> Record:
+async def drive_all(url: str, mic: F32, options: dict[str, Any], sessions: int) -> list[Record]:
+    """`sessions` sessions at once, each with the whole microphone timeline, started
+    `GAP_S / sessions` apart (so their turns do not all end at the same instant)."""
+    recs = [Record() for _ in range(sessions)]
+    async with trio.open_nursery() as nursery:
+        for rec in recs:
+            nursery.start_soon(drive, url, mic, options, rec)
+            await trio.sleep(GAP_S / sessions)
+    return recs
+
+
+async def drive(url: str, mic: F32, options: dict[str, Any], rec: Record) -> Record:
     """One session: send `mic` in real time, then wait `GAP_S` for the last results."""
     from duplexd.client.session import open_session
 
-    rec = Record()
     pcm = (np.clip(mic, -1.0, 1.0) * 32767).astype("<i2").tobytes()
     frames = len(mic) // FRAME
     async with open_session(
@@ -215,6 +254,7 @@ async def drive(url: str, mic: F32, options: dict[str, Any]) -> Record:
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(drain)
+            nursery.start_soon(answer, session, rec)
             rec.t0 = t0 = trio.current_time()
             for k in range(frames):
                 await trio.sleep_until(t0 + (k + 1) * FRAME_S)  # sent once captured
@@ -231,14 +271,26 @@ def _pct(xs: list[float], q: float) -> float | None:
     return round(float(np.percentile(xs, q)), 1) if xs else None
 
 
-def measure(rec: Record, placed: list[Placed]) -> dict[str, Any]:
-    """Per turn: end of speech -> SpeechStopped / final Transcript (ms), premature ends."""
+def _answered(rec: Record) -> list[tuple[tuple[float, int, int, str], float]]:
+    """(final transcript, arrival of its reply's first audio) for the finals answered."""
+    return [(f, rec.first_audio[f[2]]) for f in rec.finals if f[2] in rec.first_audio]
+
+
+def measure(recs: list[Record], placed: list[Placed]) -> dict[str, Any]:
+    """Per turn of each session: end of speech -> SpeechStopped / final Transcript / first
+    reply audio (ms), premature ends; and their percentiles over all sessions."""
+    rows = [row | {"session": k} for k, rec in enumerate(recs) for row in _rows(rec, placed)]
+    return _summary(rows)
+
+
+def _rows(rec: Record, placed: list[Placed]) -> list[dict[str, Any]]:
     rows = []
     for i, p in enumerate(placed):
         t_end = rec.t0 + p.end / RATE  # capture time of the last speech sample
         inside = [s for _, s in rec.stopped if p.start < s < p.end - RATE // 10]
         after = [t for t, s in rec.stopped if p.end - RATE // 10 <= s < p.end + GAP_S * RATE]
         finals = [t for t, a, b, _ in rec.finals if a < p.end and b >= p.end - RATE // 10]
+        replies = [t for (_, a, b, _), t in _answered(rec) if a < p.end and b >= p.end - RATE // 10]
         texts = [x for _, a, b, x in rec.finals if p.start - RATE // 2 <= a < p.end]
         rows.append(
             {
@@ -248,11 +300,17 @@ def measure(rec: Record, placed: list[Placed]) -> dict[str, Any]:
                 "premature": len(inside),
                 "stopped_ms": round(1000 * (after[0] - t_end), 1) if after else None,
                 "final_ms": round(1000 * (finals[0] - t_end), 1) if finals else None,
+                "reply_ms": round(1000 * (replies[0] - t_end), 1) if replies else None,
                 "transcripts": texts,
             }
         )
+    return rows
+
+
+def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     ok = [r for r in rows if r["final_ms"] is not None and not r["premature"]]
     finals = [r["final_ms"] for r in ok]
+    replies = [r["reply_ms"] for r in ok if r["reply_ms"] is not None]
     later = [r["final_ms"] for r in ok if r["turn"] > 0]
     stops = [r["stopped_ms"] for r in ok if r["stopped_ms"] is not None]
     paused = [r for r in rows if r["paused"]]
@@ -261,7 +319,10 @@ def measure(rec: Record, placed: list[Placed]) -> dict[str, Any]:
         "turns": len(rows),
         "final_ms_p50": _pct(finals, 50),
         "final_ms_p95": _pct(finals, 95),
-        "final_ms_first_turn": rows[0]["final_ms"] if rows else None,
+        "final_ms_first_turn": rows[0]["final_ms"] if rows else None,  # the first session's
+        "reply_ms_p50": _pct(replies, 50),
+        "reply_ms_p95": _pct(replies, 95),
+        "reply_ms_first_turn": rows[0]["reply_ms"] if rows else None,
         "final_ms_later_p50": _pct(later, 50),
         "stopped_ms_p50": _pct(stops, 50),
         "stopped_ms_p95": _pct(stops, 95),
@@ -280,7 +341,8 @@ def measure(rec: Record, placed: list[Placed]) -> dict[str, Any]:
 def markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:
     r = result
     lines = [
-        f"# Turn-taking, one session (`{meta['command']}`, rev {meta['git_rev']})",
+        f"# Turn-taking, {meta['sessions']} session(s) (`{meta['command']}`,"
+        f" rev {meta['git_rev']})",
         "",
         f"{r['turns']} turns ({r['complete_turns']} complete sentences, {r['paused_turns']} "
         f"with a {int(PAUSE_S * 1000)} ms pause mid-sentence), HELLO options "
@@ -291,19 +353,21 @@ def markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:
         f"| final TRANSCRIPT | {r['final_ms_p50']} | {r['final_ms_p95']} "
         f"| {r['final_ms_first_turn']} | {r['final_ms_later_p50']} |",
         f"| SPEECH_STOPPED | {r['stopped_ms_p50']} | {r['stopped_ms_p95']} | | |",
+        f"| first reply AUDIO (demo responder) | {r['reply_ms_p50']} | {r['reply_ms_p95']} "
+        f"| {r['reply_ms_first_turn']} | |",
         "",
         f"Premature end of turn: {r['premature_paused']} of {r['paused_turns']} paused turns "
         f"({100 * (r['premature_rate'] or 0):.1f} %), {r['premature_complete']} of "
         f"{r['complete_turns']} complete ones; turns without a final transcript: "
         f"{r['missing_final']}.",
         "",
-        "| # | turn | premature | stopped ms | final ms |",
-        "|---:|---|---:|---:|---:|",
+        "| # | turn | premature | stopped ms | final ms | reply ms |",
+        "|---:|---|---:|---:|---:|---:|",
     ]
     for row in r["rows"]:
         lines.append(
             f"| {row['turn']} | {row['text']} | {row['premature']} | {row['stopped_ms']} "
-            f"| {row['final_ms']} |"
+            f"| {row['final_ms']} | {row['reply_ms']} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -311,6 +375,7 @@ def markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.turns", description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=2, help="times the turn set is spoken (2)")
+    p.add_argument("--sessions", type=int, default=1, help="concurrent sessions (1)")
     p.add_argument("--options", default="{}", help="HELLO options (JSON), e.g. vad settings")
     p.add_argument("--url", default="", help="a running duplexd instead of a fresh one")
     p.add_argument("--json", default="", metavar="PATH")
@@ -340,16 +405,17 @@ def main(argv: list[str] | None = None) -> int:
     daemon_start_s = round(time.monotonic() - started, 2)
     try:
         print(f"bench.turns: {len(mic) / RATE:.0f} s of microphone...", file=sys.stderr)
-        rec = trio.run(drive, url, mic, options)
+        recs = trio.run(drive_all, url, mic, options, args.sessions)
     finally:
         if server is not None:
             server.stop()
-    result = measure(rec, placed)
+    result = measure(recs, placed)
     cmd = " ".join(["python -m bench.turns", *(argv if argv is not None else sys.argv[1:])])
     meta = {
         "command": cmd,
         "git_rev": git_rev(),
         "options": options,
+        "sessions": args.sessions,
         "daemon_start_s": daemon_start_s if server is not None else None,
         "cpu_count": os.cpu_count(),
     }

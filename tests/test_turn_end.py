@@ -76,7 +76,7 @@ def test_smart_end_asks_at_min_silence_and_ends_when_complete() -> None:
     assert feed(det, [0.0] * 3, at=SILENCE_AT + 7 * WINDOW) == []  # one question per silence
     stop, turn = det.verdict(0, complete=True)
     assert stop == SpeechStop(SILENCE_AT)  # where the silence began
-    assert turn == Turn(0, SILENCE_AT + 150 * MS)
+    assert turn == Turn(0, SILENCE_AT + 150 * MS, stop=SILENCE_AT)
     assert not det.in_speech and det.verdict(0, complete=True) == []
 
 
@@ -272,3 +272,57 @@ def test_passes_for_streaming_transcripts_only_while_the_user_speaks() -> None:
         resumed + 4 * WINDOW,
     ]
     assert all(e.start == final.start and e.end == t for t, e in partials)
+
+
+@pytest.mark.unit
+def test_speculation_once_per_silence_and_the_turn_says_where_it_stopped() -> None:
+    from duplexd._uplink.vad import SPECULATE_MS, Speculate
+
+    det = SpeechDetector(VadOptions(min_silence_ms=200.0), speculate=True)
+    # speech, a short pause (speculated on, then the user speaks on), speech, the end
+    events = feed(det, SPEECH + [0.0] * 3 + [0.9] * 10 + [0.0] * 10)
+    specs = [(end, ev) for end, ev in events if isinstance(ev, Speculate)]
+    windows = -(-round(SPECULATE_MS * MS) // WINDOW)
+    assert [ev.stop for _, ev in specs] == [SILENCE_AT, SILENCE_AT + 13 * WINDOW]
+    assert [end for end, _ in specs] == [ev.stop + windows * WINDOW for _, ev in specs]
+    (turn,) = [ev for _, ev in events if isinstance(ev, Turn)]
+    assert turn.stop == specs[-1][1].stop and turn.start == specs[-1][1].start
+    # off unless asked (a session without transcripts)
+    quiet = SpeechDetector(VadOptions(min_silence_ms=200.0))
+    assert not [ev for _, ev in feed(quiet, SPEECH + [0.0] * 10) if isinstance(ev, Speculate)]
+
+
+@pytest.mark.integration
+async def test_a_turn_that_ends_where_it_was_speculated_on_sends_that_transcript(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    from harness import inline_uplink_services, open_pair
+    from speech import clip
+    from test_duplex_session import Client, hello
+    from test_soft_barge_in import transcriber
+
+    from duplexd.client.session import session_over
+    from duplexd.protocol import frames as fr
+
+    text = "Please book a table for two at seven thirty."
+    services = inline_uplink_services(transcriber(), turn_model=shared_turn_model())
+    audio = clip(text)
+    mic = np.zeros(RATE // 2 + len(audio) + 2 * RATE, dtype=np.float32)
+    mic[RATE // 2 : RATE // 2 + len(audio)] = audio
+    async with open_pair(uplink_services=services) as (pair,):
+        client = Client()
+        async with session_over(pair.client, hello(), on_frame=client.on_frame) as session:
+            client.t0 = trio.current_time()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(client.uplink, session, lambda k: mic[k * 320 : (k + 1) * 320])
+                await trio.sleep(len(mic) / RATE - 0.1)
+                stats = await session.stats()
+                nursery.cancel_scope.cancel()
+    (final,) = [f for _, f in client.frames_of(fr.Transcript)]
+    t_stop = client.frames_of(fr.SpeechStopped)[0][0]
+    t_final = next(t for t, f in client.arrivals if f is final)
+    assert "table" in final.text.lower()
+    assert stats["asr_speculations_used"] == 1
+    # Whisper ran before the turn ended (on the trio thread here: virtual time stood still),
+    # so the final goes out with SpeechStopped, not a decode later
+    assert t_final == t_stop

@@ -26,6 +26,8 @@ class UplinkCounters:
     asr_passes: int = 0  # streaming passes over a growing turn (asr.partial_ms) ...
     asr_passes_skipped: int = 0  # ... and the ones skipped: the previous one had not returned
     partial_transcripts: int = 0
+    speculations: int = 0  # turns transcribed ahead of their end (asr.speculate) ...
+    speculations_used: int = 0  # ... and the ones that were the final transcript
     asr_tail_audio_s: float = 0.0  # audio decoded for finals after a confirmed prefix
     turns_dropped: int = 0
     asr_s: float = 0.0  # wall time of this session's transcriptions (worker thread)
@@ -55,6 +57,8 @@ class UplinkCounters:
             "soft_hold_checks": self.hold_checks,
             "transcripts": self.transcripts,
             "partial_transcripts": self.partial_transcripts,
+            "asr_speculations": self.speculations,
+            "asr_speculations_used": self.speculations_used,
             "asr_passes": self.asr_passes,
             "asr_passes_skipped": self.asr_passes_skipped,
             "asr_tail_audio_s": round(self.asr_tail_audio_s, 4),

@@ -23,16 +23,17 @@ Events go out through the session's callbacks: `send(frame)` for SpeechStarted/S
 and Transcript (queued on the session's writer, so they are ordered with the audio) and
 `barge_in(delay_s)` when the user has spoken `barge_in_min_speech_ms` (the session interrupts
 the playing utterance, as for a client Interrupt; `delay_s` is how long after the deciding
-frame arrived). Finished turns wait in a bounded channel for `run()`, the session task that
-transcribes them one at a time with the daemon's shared `Transcriber` (a worker thread).
-Streaming transcripts (`asr.partial_ms` > 0): while the user speaks, the detector asks for a
-pass over the turn so far every `partial_ms`; the same task makes it (only the latest one
-asked for, never while another decode of the session runs, a final first), with word
-timestamps, on the audio after the words confirmed so far (`agreement.LocalAgreement`: two
-consecutive passes agreeing), and sends a partial Transcript of the confirmed prefix when it
-grows; the final then decodes only the audio after the confirmed words. All
-sample positions sent are uplink-rate samples (`AudioUp.seq x frame samples`); internally
-everything counts 16 kHz samples.
+frame arrived). Turns, passes over the turn in progress and turns transcribed ahead of their
+end go to `transcripts.Transcripts` (its `run` is a task of `run()`). All sample positions
+sent are uplink-rate samples (`AudioUp.seq x frame samples`); internally everything counts
+16 kHz samples.
+
+Soft barge-in (`vad.barge_in_mode: "soft"`): the barge-in is `hold(delay_s, onset)` instead
+(the session holds its audio, if anything plays), and the worker's `soft.SoftBargeIn` follows
+the sound until it decides; a sound long enough to hold words is transcribed first
+(`HoldCheck`), and its text goes back to the worker like a verdict. The decision is
+`settle(Settled, onset)`; a hold the worker has not decided in time (the client stopped
+sending audio) is decided on the trio side (`_watch_holds`).
 
 While the session's own voice may be echoing back (audio was sent within the echo delay range),
 a window must also score `echo_threshold` to count toward a barge-in, and it counts as silence
@@ -58,12 +59,11 @@ from .._downlink.resample import StreamResampler
 from ..protocol import frames as fr
 from ..protocol.codec import RemoteProtocolError, iter_frames
 from ..protocol.options import SessionOptions
-from .agreement import LocalAgreement
-from .asr import Transcriber
 from .counters import UplinkCounters
 from .echo import EchoCanceller
 from .services import UplinkServices
 from .soft import Settled, SoftBargeIn, WordsCheck
+from .transcripts import HoldCheck, Transcripts
 from .turn import WINDOW_SAMPLES, TurnModel
 from .vad import (
     VAD_RATE_HZ,
@@ -71,6 +71,7 @@ from .vad import (
     BargeIn,
     EndCandidate,
     SileroVad,
+    Speculate,
     SpeechDetector,
     SpeechStart,
     SpeechStop,
@@ -80,10 +81,6 @@ from .vad import (
 log = logging.getLogger("duplexd.uplink")
 
 MAX_GAP_FRAMES: Final = 250  # a seq jump up to 5 s is filled with silence; more is an error
-TURN_QUEUE: Final = 8  # finished turns waiting for ASR, per session
-MIN_TAIL: Final = VAD_RATE_HZ // 10  # a final's tail shorter than this holds no word to decode
-MIN_PASS: Final = VAD_RATE_HZ // 4  # a pass needs this much audio after the confirmed words
-PROMPT_CHARS: Final = 200  # of the confirmed text, given to Whisper as the tail's context
 MAX_INBOX: Final = 500  # uplink frames + downlink messages waiting for processing (~5-10 s)
 _S16: Final = 1.0 / 32768.0
 HOLD_GRACE_S: Final = 1.0  # a hold still undecided this long after its window is decided here
@@ -104,14 +101,6 @@ _UNHELD: Final = -4  # ... or the session is not holding (any more): forget the 
 @dataclass(frozen=True, slots=True)
 class EndCheck:
     """An `EndCandidate` with the audio the turn model judges (the turn's last 8 s)."""
-
-    id: int
-    audio: npt.NDArray[np.float32]
-
-
-@dataclass(frozen=True, slots=True)
-class HoldCheck:
-    """A `WordsCheck` with the audio to transcribe."""
 
     id: int
     audio: npt.NDArray[np.float32]
@@ -147,7 +136,6 @@ class Uplink:
         # trio side: the onset of the soft barge-in for which the session holds its audio
         self._held: int | None = None
         self._hold_lot = trio.lowlevel.ParkingLot()
-        self._hold_check: HoldCheck | None = None  # the latest to transcribe
         self._offload = services.offload
         self._turn_model = services.turn_model
         self._turn_offload = services.turn_offload or services.offload
@@ -159,12 +147,17 @@ class Uplink:
         self._inbox_lot = trio.lowlevel.ParkingLot()
         # (arrival time of the audio behind it, event): made in the worker, delivered on trio
         self._events: list[tuple[float, object]] = []
-        self._transcriber = services.transcriber if asr.transcripts else None
+        transcriber = services.transcriber if asr.transcripts else None
         self._vad = SileroVad(services.vad_model)
         smart = self._turn_model is not None
-        self._detector = SpeechDetector(vad, partial_ms=asr.partial_ms, smart=smart)
+        self._detector = SpeechDetector(
+            vad,
+            partial_ms=asr.partial_ms,
+            smart=smart,
+            speculate=transcriber is not None and asr.speculate,
+        )
         soft = vad.barge_in_mode == "soft" and hold is not None and settle is not None
-        self._soft = SoftBargeIn(vad, transcripts=self._transcriber is not None) if soft else None
+        self._soft = SoftBargeIn(vad, transcripts=transcriber is not None) if soft else None
         now = trio.current_time()
         self._echo = EchoCanceller(t0=now) if vad.echo_cancel else None
         self._up_resampler = StreamResampler(rate_hz, VAD_RATE_HZ) if self._scale != 1 else None
@@ -180,11 +173,21 @@ class Uplink:
         self._pos = 0  # 16 kHz position of the next window
         cap = 1 << int(np.ceil(np.log2((vad.max_turn_s + 2.0) * VAD_RATE_HZ)))
         self._turn_ring = np.zeros(cap, dtype=np.float32)  # processed audio, for transcripts
-        self._turns_send, self._turns_recv = trio.open_memory_channel[Turn](TURN_QUEUE)
-        self._pass: Turn | None = None  # the latest partial Turn not yet transcribed
-        self._asr_lot = trio.lowlevel.ParkingLot()  # a turn or a pass to transcribe
-        self._agreement: LocalAgreement | None = None  # the stable prefix of the turn so far
         self.counters = UplinkCounters()
+        self._transcripts = (
+            Transcripts(
+                transcriber,
+                counters=self.counters,
+                scale=self._scale,
+                audio=self._audio,
+                send=send,
+                heard=lambda check, text: self._enqueue(
+                    (trio.current_time(), _WORDS, (check, text))
+                ),
+            )
+            if transcriber is not None
+            else None
+        )
 
     # ------------------------------------------------------------------ uplink audio
 
@@ -288,14 +291,15 @@ class Uplink:
                 else:  # nothing was playing: nothing to decide
                     self._enqueue((trio.current_time(), _UNHELD, None))
         elif isinstance(ev, HoldCheck):
-            if self._held is not None:
-                self._hold_check = ev
-                self._asr_lot.unpark_all()
+            if self._held is not None and self._transcripts is not None:
+                self._transcripts.check_words(ev)
         elif isinstance(ev, Settled):
             if self._held is not None:
                 self._end_hold(ev)
-        elif isinstance(ev, Turn) and self._transcriber is not None:
-            self._queue_turn(ev)
+        elif isinstance(ev, Turn) and self._transcripts is not None:
+            self._transcripts.queue_turn(ev)
+        elif isinstance(ev, Speculate) and self._transcripts is not None:
+            self._transcripts.speculate(ev)
         elif isinstance(ev, EndCheck):
             self._end_check = ev  # an older question still waiting is moot
             self._end_lot.unpark_all()
@@ -383,9 +387,16 @@ class Uplink:
         """The session stopped holding (the client interrupted meanwhile): the soft barge-in
         in progress, if any, decides nothing more."""
         if self._held is not None:
-            self._held = self._hold_check = None
+            self._held = None
+            if self._transcripts is not None:
+                self._transcripts.check_words(None)
             self._hold_lot.unpark_all()
             self._enqueue((trio.current_time(), _UNHELD, None))
+
+    def _heard(self, check: int, text: str) -> None:
+        """What a held barge-in's sound said, for the worker's `SoftBargeIn` (in its place
+        among the frames)."""
+        self._enqueue((trio.current_time(), _WORDS, (check, text)))
 
     def _end_hold(self, settled: Settled) -> None:
         assert self._settle is not None
@@ -408,19 +419,6 @@ class Uplink:
             if self._held == onset:
                 self._enqueue((trio.current_time(), _UNHELD, None))
                 self._end_hold(Settled(onset, False, fr.BargeInReason.TIMEOUT))
-
-    def _queue_turn(self, turn: Turn) -> None:
-        if not turn.final:  # a pass over the turn so far: only the latest one is worth it
-            if self._pass is not None:
-                self.counters.asr_passes_skipped += 1
-            self._pass = turn
-        else:
-            self._pass = None  # the turn's final makes a pending pass moot
-            try:
-                self._turns_send.send_nowait(turn)
-            except trio.WouldBlock:
-                self.counters.turns_dropped += 1  # ASR is this far behind: drop, never block
-        self._asr_lot.unpark_all()
 
     def _audio(self, start: int, end: int) -> npt.NDArray[np.float32]:
         cap = len(self._turn_ring)
@@ -448,11 +446,14 @@ class Uplink:
 
     async def run(self) -> None:
         """Session task: transcribe finished turns and answer the detector's end-of-turn
-        questions, until cancelled (see `_transcribe` and `_check_ends`)."""
+        questions, until cancelled (see `Transcripts.run` and `_check_ends`); with soft barge-ins,
+        also watch the holds (`_watch_holds`)."""
         async with trio.open_nursery() as nursery:
             if self._turn_model is not None and self._detector.smart:
                 nursery.start_soon(self._check_ends, self._turn_model)
-            nursery.start_soon(self._transcribe)
+            if self._transcripts is not None:
+                nursery.start_soon(self._transcripts.run)
+            nursery.start_soon(trio.sleep_forever)  # a session task ends only when cancelled
             if self._soft is not None:
                 nursery.start_soon(self._watch_holds)
 
@@ -473,97 +474,6 @@ class Uplink:
             c.end_checks_complete += complete
             log.debug("end of turn?", extra={"probability": round(prob, 3)})
             self._enqueue((trio.current_time(), _VERDICT, (check.id, complete)))
-
-    async def _transcribe(self) -> None:
-        """Transcribe finished turns, in order, and the passes over the turn in progress,
-        until cancelled. One decode at a time: a final waiting goes first, and of the passes
-        requested meanwhile only the latest is made. Cancelling abandons a decode in progress
-        (its thread finishes in the background; the text is dropped) and the turns queued."""
-        transcriber = self._transcriber
-        if transcriber is None:
-            await trio.sleep_forever()
-            return
-        while True:
-            if (check := self._hold_check) is not None:  # a held barge-in waits: first
-                self._hold_check = None
-                await self._check_words(transcriber, check)
-                continue
-            try:
-                turn = self._turns_recv.receive_nowait()
-            except trio.WouldBlock:
-                if self._pass is None:
-                    await self._asr_lot.park()
-                    continue
-                turn, self._pass = self._pass, None
-            if turn.final:
-                await self._final(transcriber, turn)
-            else:
-                await self._stream(transcriber, turn)
-
-    async def _check_words(self, transcriber: Transcriber, check: HoldCheck) -> None:
-        """What the user said while the agent's audio is held: queued for the worker's
-        `SoftBargeIn`, in its place among the frames."""
-        t0 = time.perf_counter()
-        text = await transcriber.transcribe(check.audio)
-        c = self.counters
-        c.hold_checks += 1
-        c.asr_s += time.perf_counter() - t0
-        c.asr_audio_s += len(check.audio) / VAD_RATE_HZ
-        self._enqueue((trio.current_time(), _WORDS, (check.id, text)))
-
-    async def _stream(self, transcriber: Transcriber, turn: Turn) -> None:
-        """A pass over the turn so far (samples after the confirmed words, with their words'
-        spans): a partial Transcript of the confirmed prefix when the pass made it grow."""
-        agreement = self._agreement
-        if agreement is None or agreement.start != turn.start:
-            agreement = self._agreement = LocalAgreement(turn.start)
-        commit = agreement.commit
-        if turn.end - commit < MIN_PASS:
-            return
-        audio = self._audio(commit, turn.end)
-        t0 = time.perf_counter()
-        words = await transcriber.words(audio, commit, agreement.text[-PROMPT_CHARS:])
-        c = self.counters
-        c.asr_s += time.perf_counter() - t0
-        c.asr_audio_s += len(audio) / VAD_RATE_HZ
-        c.asr_passes += 1
-        if agreement.update(words):
-            c.partial_transcripts += 1
-            k = self._scale
-            self._send(
-                fr.Transcript(
-                    start_sample=turn.start * k,
-                    end_sample=agreement.commit * k,
-                    text=agreement.text,
-                    final=False,
-                )
-            )
-
-    async def _final(self, transcriber: Transcriber, turn: Turn) -> None:
-        """The turn's final Transcript: the confirmed prefix (if passes made one) followed by
-        the decode of the audio after it; else the decode of the whole turn."""
-        agreement, self._agreement = self._agreement, None
-        c = self.counters
-        t0 = time.perf_counter()
-        if agreement is not None and agreement.start == turn.start and agreement.confirmed:
-            audio = self._audio(min(agreement.commit, turn.end), turn.end)
-            tail = ""
-            if len(audio) >= MIN_TAIL:
-                tail = await transcriber.transcribe(audio, agreement.text[-PROMPT_CHARS:])
-            c.asr_tail_audio_s += len(audio) / VAD_RATE_HZ
-            text = agreement.final(tail)
-        else:
-            audio = self._audio(turn.start, turn.end)
-            text = await transcriber.transcribe(audio)
-        c.asr_s += time.perf_counter() - t0
-        c.asr_audio_s += len(audio) / VAD_RATE_HZ
-        c.transcripts += 1
-        k = self._scale
-        self._send(
-            fr.Transcript(
-                start_sample=turn.start * k, end_sample=turn.end * k, text=text, final=True
-            )
-        )
 
     def stats(self) -> dict[str, Any]:
         out = self.counters.summary()

@@ -200,11 +200,23 @@ class BargeIn:
 
 @dataclass(frozen=True, slots=True)
 class Turn:
-    """Samples [start, end) to transcribe; `final` False for a partial result."""
+    """Samples [start, end) to transcribe; `final` False for a partial result; `stop`: where
+    the silence that ended it began (-1: not ended by a silence)."""
 
     start: int
     end: int
     final: bool = True
+    stop: int = -1
+
+
+@dataclass(frozen=True, slots=True)
+class Speculate:
+    """The user has been silent `SPECULATE_MS` since `stop`: the turn may end there, so its
+    transcript [start, end) can be made now, ready if it does (`Turn.stop` == `stop`)."""
+
+    start: int
+    end: int
+    stop: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,8 +229,9 @@ class EndCandidate:
     end: int
 
 
-VadEvent = SpeechStart | SpeechStop | BargeIn | Turn | EndCandidate
+VadEvent = SpeechStart | SpeechStop | BargeIn | Turn | EndCandidate | Speculate
 
+SPECULATE_MS: Final = 64.0  # silence this long in a turn: transcribe it ahead of its end
 SMART_MIN_SILENCE_MS: Final = 200.0  # `min_silence_ms` unset: with a smart end ...
 FIXED_MIN_SILENCE_MS: Final = 500.0  # ... and without one
 
@@ -232,7 +245,12 @@ class SpeechDetector:
     """
 
     def __init__(
-        self, options: VadOptions, *, partial_ms: float = 0.0, smart: bool = False
+        self,
+        options: VadOptions,
+        *,
+        partial_ms: float = 0.0,
+        smart: bool = False,
+        speculate: bool = False,
     ) -> None:
         self.options = options
         self.smart = smart and options.smart_end
@@ -250,6 +268,8 @@ class SpeechDetector:
         self._pad = round(options.speech_pad_ms * ms)
         self._max_turn = round(options.max_turn_s * VAD_RATE_HZ)
         self._partial = round(partial_ms * ms)
+        self._speculate = round(SPECULATE_MS * ms) if speculate else 0
+        self._speculated = False  # a Speculate was made for the silence now going on
         self.in_speech = False
         self._run_start: int | None = None  # candidate speech onset
         self._run = 0  # samples of speech in the candidate run
@@ -285,8 +305,13 @@ class SpeechDetector:
             if self._silence_start is None:
                 self._silence_start = start
                 self._asked = None
+                self._speculated = False
             self._barge_run = 0
             silence = end - self._silence_start
+            if self._speculate and silence >= self._speculate and not self._speculated:
+                self._speculated = True
+                start0 = max(0, self._turn_start - self._pad)
+                events.append(Speculate(start0, end, self._silence_start))
             if not self.smart:
                 if silence >= self._min_silence:
                     self._end_turn(end, events)
@@ -333,7 +358,8 @@ class SpeechDetector:
         stop = self._silence_start
         assert stop is not None
         events.append(SpeechStop(stop))
-        events.append(Turn(max(0, self._turn_start - self._pad), min(end, stop + self._pad)))
+        start0 = max(0, self._turn_start - self._pad)
+        events.append(Turn(start0, min(end, stop + self._pad), stop=stop))
         self.in_speech = False
         self._run_start, self._run, self._barge_run, self._barged = None, 0, 0, False
         self._silence_start = self._asked = None

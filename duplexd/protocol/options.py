@@ -59,7 +59,7 @@ class VadOptions:
     soft_min_speech_ms: float = 150.0  # soft: a sound shorter than this is a noise: resume
     soft_max_speech_ms: float = 1000.0  # soft: speech longer than this interrupts
     soft_silence_ms: float = 200.0  # soft: silence this long ends the sound: decide
-    soft_window_ms: float = 2000.0  # soft: no decision this long after the onset interrupts
+    soft_window_ms: float = 3000.0  # soft: no decision this long after the onset interrupts
     backchannels: tuple[str, ...] = DEFAULT_BACKCHANNELS  # soft: words that do not interrupt
     echo_cancel: bool = True  # remove the downlink's echo from the uplink before the VAD
     echo_threshold: float = 0.7  # barge-in needs this probability while echo is possible
@@ -77,6 +77,8 @@ class AsrOptions:
 
     transcripts: bool = True  # send a final Transcript after each turn
     partial_ms: float = 0.0  # > 0: a partial Transcript every this often while speaking
+    # transcribe a turn as soon as the user falls silent, so its final is ready when it ends
+    speculate: bool = True
 
 
 @dataclass(frozen=True, slots=True)

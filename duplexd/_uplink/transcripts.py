@@ -1,0 +1,219 @@
+"""A session's transcripts: its finished turns, passes over the turn in progress, turns
+transcribed ahead of their end, and the words of a held barge-in's sound, one decode at a time
+with the daemon's shared `Transcriber` (a worker thread).
+
+Finished turns wait in a bounded channel; `run()`, a session task, transcribes them in order.
+Streaming transcripts (`asr.partial_ms` > 0): while the user speaks, the detector asks for a
+pass over the turn so far every `partial_ms`; only the latest one asked for is made, never
+while another decode of the session runs, a final first, with word timestamps, on the audio
+after the words confirmed so far (`agreement.LocalAgreement`: two consecutive passes
+agreeing), and a partial Transcript of the confirmed prefix is sent when it grows; the final
+then decodes only the audio after the confirmed words.
+
+Speculative finals (`asr.speculate`, on by default): once the user has been silent
+`SPECULATE_MS` in a turn, the turn is transcribed as if it ended there (`Speculate`); if it
+does end at that silence (the smart end of turn decides ~200 ms later), its final Transcript is
+that one, ready or nearly so, instead of a decode that only starts then. If the user speaks
+on, the work is wasted (one decode per silence at most) and the next silence speculates again.
+
+A held soft barge-in's sound (`HoldCheck`) is transcribed before anything else: the agent's
+audio waits on it. All positions are 16 kHz samples; Transcripts carry uplink samples
+(`scale` per 16 kHz sample).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+import trio
+
+from ..protocol import frames as fr
+from .agreement import LocalAgreement
+from .asr import Transcriber
+from .counters import UplinkCounters
+from .vad import VAD_RATE_HZ, Speculate, Turn
+
+TURN_QUEUE: Final = 8  # finished turns waiting for ASR, per session
+MIN_TAIL: Final = VAD_RATE_HZ // 10  # a final's tail shorter than this holds no word to decode
+MIN_PASS: Final = VAD_RATE_HZ // 4  # a pass needs this much audio after the confirmed words
+PROMPT_CHARS: Final = 200  # of the confirmed text, given to Whisper as the tail's context
+
+
+@dataclass(frozen=True, slots=True)
+class HoldCheck:
+    """A `WordsCheck` with the audio to transcribe."""
+
+    id: int
+    audio: npt.NDArray[np.float32]
+
+
+class Transcripts:
+    """The transcripts of one session's uplink. Call everything but `run` from the trio
+    thread; run `run` in the session's nursery."""
+
+    def __init__(
+        self,
+        transcriber: Transcriber,
+        *,
+        counters: UplinkCounters,
+        scale: int,
+        audio: Callable[[int, int], npt.NDArray[np.float32]],
+        send: Callable[[fr.ServerFrame], None],
+        heard: Callable[[int, str], None],
+    ) -> None:
+        self._transcriber = transcriber
+        self.counters = counters
+        self._scale = scale
+        self._audio = audio  # the processed uplink audio [start, end) (16 kHz)
+        self._send = send
+        self._heard = heard  # what a HoldCheck's sound said: (check id, text)
+        self._turns_send, self._turns_recv = trio.open_memory_channel[Turn](TURN_QUEUE)
+        self._pass: Turn | None = None  # the latest partial Turn not yet transcribed
+        self._asr_lot = trio.lowlevel.ParkingLot()  # something to transcribe
+        self._agreement: LocalAgreement | None = None  # the stable prefix of the turn so far
+        self._hold_check: HoldCheck | None = None  # the latest to transcribe
+        self._speculation: Speculate | None = None  # the latest end of turn to transcribe ahead
+        # ((start, stop), text) of the latest speculative transcript made
+        self._speculated: tuple[tuple[int, int], str] | None = None
+
+    def check_words(self, check: HoldCheck | None) -> None:
+        """Transcribe a held barge-in's sound next (None: the hold is over, forget it)."""
+        self._hold_check = check
+        self._asr_lot.unpark_all()
+
+    def speculate(self, spec: Speculate) -> None:
+        """Transcribe the turn ahead of its end (an older speculation still waiting is moot)."""
+        self._speculation = spec
+        self._asr_lot.unpark_all()
+
+    def queue_turn(self, turn: Turn) -> None:
+        """A finished turn (queued, bounded) or a pass over the turn so far (the latest)."""
+        if not turn.final:  # a pass over the turn so far: only the latest one is worth it
+            if self._pass is not None:
+                self.counters.asr_passes_skipped += 1
+            self._pass = turn
+        else:
+            self._pass = None  # the turn's final makes a pending pass moot
+            try:
+                self._turns_send.send_nowait(turn)
+            except trio.WouldBlock:
+                self.counters.turns_dropped += 1  # ASR is this far behind: drop, never block
+        self._asr_lot.unpark_all()
+
+    async def run(self) -> None:
+        """Transcribe finished turns, in order, and the passes over the turn in progress,
+        until cancelled. One decode at a time: a final waiting goes first, and of the passes
+        requested meanwhile only the latest is made. Cancelling abandons a decode in progress
+        (its thread finishes in the background; the text is dropped) and the turns queued."""
+        transcriber = self._transcriber
+        while True:
+            if (check := self._hold_check) is not None:  # a held barge-in waits: first
+                self._hold_check = None
+                await self._check_words(transcriber, check)
+                continue
+            try:
+                turn = self._turns_recv.receive_nowait()
+            except trio.WouldBlock:
+                if (spec := self._speculation) is not None:  # before a pass: it may be final
+                    self._speculation = None
+                    await self._speculate(transcriber, spec)
+                    continue
+                if self._pass is None:
+                    await self._asr_lot.park()
+                    continue
+                turn, self._pass = self._pass, None
+            if turn.final:
+                await self._final(transcriber, turn)
+            else:
+                await self._stream(transcriber, turn)
+
+    async def _check_words(self, transcriber: Transcriber, check: HoldCheck) -> None:
+        """What the user said while the agent's audio is held: queued for the worker's
+        `SoftBargeIn`, in its place among the frames."""
+        t0 = time.perf_counter()
+        text = await transcriber.transcribe(check.audio)
+        c = self.counters
+        c.hold_checks += 1
+        c.asr_s += time.perf_counter() - t0
+        c.asr_audio_s += len(check.audio) / VAD_RATE_HZ
+        self._heard(check.id, text)
+
+    async def _stream(self, transcriber: Transcriber, turn: Turn) -> None:
+        """A pass over the turn so far (samples after the confirmed words, with their words'
+        spans): a partial Transcript of the confirmed prefix when the pass made it grow."""
+        agreement = self._agreement
+        if agreement is None or agreement.start != turn.start:
+            agreement = self._agreement = LocalAgreement(turn.start)
+        commit = agreement.commit
+        if turn.end - commit < MIN_PASS:
+            return
+        audio = self._audio(commit, turn.end)
+        t0 = time.perf_counter()
+        words = await transcriber.words(audio, commit, agreement.text[-PROMPT_CHARS:])
+        c = self.counters
+        c.asr_s += time.perf_counter() - t0
+        c.asr_audio_s += len(audio) / VAD_RATE_HZ
+        c.asr_passes += 1
+        if agreement.update(words):
+            c.partial_transcripts += 1
+            k = self._scale
+            self._send(
+                fr.Transcript(
+                    start_sample=turn.start * k,
+                    end_sample=agreement.commit * k,
+                    text=agreement.text,
+                    final=False,
+                )
+            )
+
+    async def _final(self, transcriber: Transcriber, turn: Turn) -> None:
+        """The turn's final Transcript: the speculative one if it was made for this end of
+        turn (same start, same silence), else decoded now (`_decode`)."""
+        agreement, self._agreement = self._agreement, None
+        ready, self._speculated = self._speculated, None
+        c = self.counters
+        if ready is not None and ready[0] == (turn.start, turn.stop):
+            text = ready[1]
+            c.speculations_used += 1
+        else:
+            text = await self._decode(transcriber, turn, agreement)
+        c.transcripts += 1
+        k = self._scale
+        self._send(
+            fr.Transcript(
+                start_sample=turn.start * k, end_sample=turn.end * k, text=text, final=True
+            )
+        )
+
+    async def _speculate(self, transcriber: Transcriber, spec: Speculate) -> None:
+        """The transcript of the turn as if it ended at `spec.stop`, kept for `_final`."""
+        turn = Turn(spec.start, spec.end, stop=spec.stop)
+        text = await self._decode(transcriber, turn, self._agreement)
+        self.counters.speculations += 1
+        self._speculated = ((spec.start, spec.stop), text)
+
+    async def _decode(
+        self, transcriber: Transcriber, turn: Turn, agreement: LocalAgreement | None
+    ) -> str:
+        """The confirmed prefix (if passes made one) followed by the decode of the audio
+        after it; else the decode of the whole turn."""
+        c = self.counters
+        t0 = time.perf_counter()
+        if agreement is not None and agreement.start == turn.start and agreement.confirmed:
+            audio = self._audio(min(agreement.commit, turn.end), turn.end)
+            tail = ""
+            if len(audio) >= MIN_TAIL:
+                tail = await transcriber.transcribe(audio, agreement.text[-PROMPT_CHARS:])
+            c.asr_tail_audio_s += len(audio) / VAD_RATE_HZ
+            text = agreement.final(tail)
+        else:
+            audio = self._audio(turn.start, turn.end)
+            text = await transcriber.transcribe(audio)
+        c.asr_s += time.perf_counter() - t0
+        c.asr_audio_s += len(audio) / VAD_RATE_HZ
+        return text
