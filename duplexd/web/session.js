@@ -75,8 +75,9 @@ export function sessionUrl(url, token) {
  * @property {string} [engine] "" = the server's default
  * @property {string} [voice] "" = the engine's default
  * @property {object} [options] HELLO options: {vad: {...}, asr: {...}, downlink: {...}}
- * @property {"pcm" | "auto"} [codec] "auto": Opus for each direction this browser's WebCodecs
- *   codes (`negotiateCodecs`), PCM otherwise; "pcm" (default): PCM both ways
+ * @property {"pcm" | "auto"} [codec] "auto" (default): Opus for each direction this browser's
+ *   WebCodecs codes (`negotiateCodecs`), PCM otherwise (no WebCodecs: nothing is asked);
+ *   "pcm": PCM both ways. An `options.codec` of the caller's is sent as it is.
  * @property {any} [webCodecs] where AudioDecoder/AudioEncoder/... are (tests; globalThis)
  * @property {number} [connectTimeoutMs] for the WebSocket to open and WELCOME to arrive (10 s)
  * @property {typeof WebSocket} [WebSocket] the WebSocket class (tests; default the global one)
@@ -103,12 +104,13 @@ export class DuplexdSession extends EventTarget {
       options: asked = null,
       connectTimeoutMs = 10000,
       WebSocket: WS = globalThis.WebSocket,
-      codec = "pcm",
+      codec = "auto",
       webCodecs = globalThis,
     } = opts;
     let options = asked;
     if (codec !== "pcm" && codec !== "auto") throw new TypeError(`codec is "pcm" or "auto", not ${codec}`);
-    if (codec === "auto" && !options?.codec) {
+    const coding = webCodecs?.AudioDecoder !== undefined || webCodecs?.AudioEncoder !== undefined;
+    if (codec === "auto" && coding && !options?.codec) {
       const codecs = await negotiateCodecs({ sampleRateHz, uplinkRateHz }, webCodecs);
       if (codecs.downlink === "opus" || codecs.uplink === "opus") options = { ...options, codec: codecs };
     }
