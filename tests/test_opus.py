@@ -294,3 +294,36 @@ async def test_bad_opus_uplink_is_malformed(autojump_clock: trio.testing.MockClo
         error = next(f for f in frames if isinstance(f, fr.Error))
         assert error.code == fr.ErrorCode.MALFORMED
         assert error.message.startswith("AudioUp: not an Opus packet")
+
+
+async def test_json_mode_passes_opus_packets_through() -> None:
+    """The JSON text mode (SPEC Appendix A) carries a packet as it carries PCM: base64."""
+    import base64
+
+    from duplexd.protocol.jsonmode import JsonTransport
+
+    class Peer:
+        def __init__(self) -> None:
+            self.sent: list[str | bytes] = []
+            self.inbox = ['{"type": "audio_up", "seq": 0, "pcm": "AQID"}']
+
+        async def get_message(self) -> str | bytes:
+            return self.inbox.pop(0)
+
+        async def send_message(self, message: str | bytes) -> None:
+            self.sent.append(message)
+
+        async def aclose(self, code: int = 1000, reason: str | None = None) -> None:
+            pass
+
+    peer = Peer()
+    transport = JsonTransport(peer)
+    packet = OpusEncoder(16_000).encode(np.zeros(320, "<i2"))
+    audio = fr.Audio(0, 1, 0, packet + b"\x00" * (1 - len(packet) % 2) + b"\x01", last=True)
+    await transport.send_message(encode(audio, packet_audio=True))
+    (text,) = peer.sent
+    assert isinstance(text, str)
+    assert base64.b64decode(json.loads(text)["pcm"]) == audio.pcm
+    up = await transport.get_message()  # the odd AudioUp body is the session's to judge
+    assert isinstance(up, bytes)  # (after the implicit Hello of this mode)
+    assert up.endswith(encode(fr.AudioUp(0, b"\x01\x02\x03"), packet_audio=True))
