@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -115,10 +116,12 @@ class Session:
         self._frame_samples = fr.frame_samples(rate)
         codec = state.options.codec
         self._opus = codec.downlink == fr.CODEC_OPUS  # AUDIO bodies are Opus packets
-        body_bytes = self._frame_samples * fr.BYTES_PER_SAMPLE
-        if self._opus:  # a packet may be longer than the PCM at 16 kHz and a high bitrate
-            body_bytes = max(body_bytes, MAX_PACKET_BYTES)
+        body_bytes = self._frame_samples * fr.BYTES_PER_SAMPLE  # or a packet, up to 1275
+        body_bytes = max(body_bytes, MAX_PACKET_BYTES) if self._opus else body_bytes
         self._ring = FrameRing(limits.ring_frames, fr.AUDIO_HEADER_BYTES + body_bytes)
+        kbps, complexity = codec.opus_bitrate_kbps, codec.opus_complexity
+        encoder = functools.partial(OpusEncoder, rate, bitrate_kbps=kbps, complexity=complexity)
+        self._new_encoder = encoder if self._opus else None  # made in each utterance's thread
         self._uplink: Uplink | None = None
         uplink_rate = opened.hello.uplink_rate_hz
         if uplink_rate and uplink_services is not None:
@@ -525,7 +528,7 @@ class Session:
             pieces=utt.piece_map,
             cancel=utt.cancel,
             kick=kick,
-            opus=self._new_encoder if self._opus else None,
+            opus=self._new_encoder,
         )
         turns = self._synthesis_offload
         try:
@@ -548,15 +551,6 @@ class Session:
         finally:
             producer.close()  # cancelled between two chunks: the engine's stream is let go
         self.observer.synthesized(producer.engine_s, producer.audio_s)
-
-    def _new_encoder(self) -> OpusEncoder:
-        """An utterance's Opus encoder (made in its worker thread, on its first frame)."""
-        codec = self._state.options.codec
-        return OpusEncoder(
-            self._opened.sample_rate_hz,
-            bitrate_kbps=codec.opus_bitrate_kbps,
-            complexity=codec.opus_complexity,
-        )
 
     async def _wait_synthesis_budget(self) -> None:
         """Wait while this session synthesized more audio than `synthesis_speed` allows (a
