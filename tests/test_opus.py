@@ -327,3 +327,19 @@ async def test_json_mode_passes_opus_packets_through() -> None:
     up = await transport.get_message()  # the odd AudioUp body is the session's to judge
     assert isinstance(up, bytes)  # (after the implicit Hello of this mode)
     assert up.endswith(encode(fr.AudioUp(0, b"\x01\x02\x03"), packet_audio=True))
+
+
+async def test_opus_uplink_gap_is_filled_as_with_pcm(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A seq gap in an Opus uplink is silence, as with PCM (SPEC §4.6): the session goes on."""
+    async with open_client(hello=opus_hello(16_000, uplink_hz=16_000, uplink="opus")) as session:
+        assert session.audio.opus_up
+        tone = speechlike(16_000, 0.2)
+        for seq in (0, 1, 5, 6):  # 2, 3 and 4 lost
+            session._uplink_seq = seq
+            await session.send_audio(tone[(seq % 10) * 320 : (seq % 10 + 1) * 320].tobytes())
+        assert await session.ping() >= 0
+        stats = await session.stats()
+        # 4 frames received, 7 frames of audio processed: 2240 samples, 4 whole VAD windows
+        assert (stats["uplink_frames"], stats["vad_windows"]) == (4, 7 * 320 // 512)
