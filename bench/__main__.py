@@ -44,6 +44,12 @@ from .runner import run_level
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     p.add_argument("--engine", default="tone", help="tone (default) or vits")
+    p.add_argument(
+        "--codec",
+        default="pcm",
+        choices=["pcm", "opus"],
+        help="the downlink's audio codec (duplexd only: the baseline speaks PCM)",
+    )
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--sessions", default="1,10,50,100", help="comma-separated levels")
     p.add_argument("--duration", type=float, default=10.0, help="seconds of load per level")
@@ -155,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         uplink_echo_delay_ms=args.uplink_echo_delay_ms,
         uplink_echo_playout_ms=args.uplink_echo_playout_ms,
         uplink_asr=args.uplink_asr,
+        codec=args.codec,
     )
     servers: dict[str, Server] = {}
     warnings: list[str] = []
@@ -189,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     first = runs[0]["duplexd"]
     meta: dict[str, Any] = {
         "engine": args.engine,
+        "codec": args.codec,
         "device": first["engine_device"] or args.device,
         "duration_s": args.duration,
         "git_rev": git_rev(),

@@ -62,6 +62,7 @@ class LoadConfig:
     # `burst_every_s` (once the previous one has played out)
     burst_chars: int = 0
     burst_every_s: float = 12.0
+    codec: str = "pcm"  # --codec: the downlink's audio codec (SPEC §4.6.3), "pcm" or "opus"
 
 
 class Target(Protocol):
@@ -163,18 +164,23 @@ async def open_duplexd(
     *,
     uplink_options: dict[str, Any] | None = None,
     token: str = "",
+    codec: str = "pcm",
 ) -> AsyncIterator[Target]:
-    """`uplink_options`: open a 16 kHz uplink with these HELLO options. `token`: the
+    """`uplink_options`: open a 16 kHz uplink with these HELLO options. `codec`: the
+    downlink's codec (the SDK decodes Opus, so the measurements see PCM). `token`: the
     daemon's token ("" for none), presented as `credentials` says. The SDK's `open_session`,
     with the upgrade's headers in our hands and a connect timeout that holds (`open_ws`)."""
     from duplexd.client.session import session_over
     from duplexd.protocol.frames import SUBPROTOCOL, Hello
 
     hello_token, headers = credentials(token)
+    options = dict(uplink_options or {})
+    if codec != "pcm":
+        options["codec"] = {"downlink": codec}
     hello = Hello(
         uplink_rate_hz=16_000 if uplink_options is not None else 0,
         token=hello_token,
-        options=json.dumps(uplink_options) if uplink_options else "",
+        options=json.dumps(options) if options else "",
     )
     async with (
         open_ws(url, subprotocols=[SUBPROTOCOL], extra_headers=headers or None) as ws,

@@ -40,6 +40,8 @@ def summarize(run: dict[str, Any]) -> dict[str, Any]:
         "late_sends": server["late_sends"],
         "frames": run["frames"],
         "bytes": server["bytes_sent"],
+        # every byte sent (control frames included) per audio frame received
+        "bytes_per_frame": round(server["bytes_sent"] / run["frames"], 1) if run["frames"] else 0,
         "cpu_percent": round(run["cpu_percent"], 2),
         "cpu_percent_per_session": round(run["cpu_percent"] / n, 3),
         "rss_mb": round(run["rss_mb"], 1),
@@ -245,6 +247,7 @@ RATIO_ROWS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("interrupt -> last audio p95 (ms)", ("barge_in_last_audio_ms", "p95")),
     ("audio frames received", ("frames",)),
     ("bytes sent", ("bytes",)),
+    ("bytes sent per audio frame", ("bytes_per_frame",)),
     ("server CPU % (100 = 1 core)", ("cpu_percent",)),
     ("server CPU % per session", ("cpu_percent_per_session",)),
     ("server RSS (MB)", ("rss_mb",)),

@@ -32,9 +32,9 @@ def _opener(kind: str, cfg: LoadConfig) -> Opener:
             from .uplink import hello_options
 
             return functools.partial(
-                open_duplexd, uplink_options=hello_options(cfg), token=cfg.token
+                open_duplexd, uplink_options=hello_options(cfg), token=cfg.token, codec=cfg.codec
             )
-        return functools.partial(open_duplexd, token=cfg.token)
+        return functools.partial(open_duplexd, token=cfg.token, codec=cfg.codec)
     from .baselines.client import open_baseline
 
     return open_baseline

@@ -22,6 +22,7 @@ API). Everything a program needs is importable from here or from the public subp
                                  Prometheus, trace, the HTTP side port, sd_notify
     duplexd/cli.py               the `duplexd` command (`main`)
     native/ (source tree)        the C ring and timer, built into `duplexd._native`
+    duplexd/_opus.py             a leaf: Opus packets <-> s16 frames (PyAV), for both sides
 
 Layers (checked by tests/test_layering.py): `protocol` and `engines` import nothing of duplexd
 (and `protocol` no trio); `client` imports `protocol` only; `_ops` imports `protocol` and

@@ -117,6 +117,9 @@ async def test_a_sentence_plays_whole_and_a_spoken_barge_in_stops_it(
         await page.navigate(daemon)
         await page.wait_for("window.duplexdDemo && duplexdDemo.ready.then(() => true)", 30)
         assert await page.evaluate("duplexdDemo.state") == "open"
+        # Chromium's WebCodecs codes Opus: the page asks for it both ways (SPEC §4.6.3), and
+        # everything below (the worklet's frames, HEARD, the barge-in) runs on decoded audio
+        assert await page.evaluate("duplexdDemo.codecs") == {"downlink": "opus", "uplink": "opus"}
 
         # 1. a sentence: every frame played by the worklet, no underrun, all of it heard
         uid = await page.evaluate(f"duplexdDemo.say({json.dumps(SENTENCE)})")
@@ -199,8 +202,17 @@ async def test_a_daemon_with_auth_takes_the_token_from_the_page_url() -> None:
     token = "demo-test-token-0123456789"
     with running_daemon({"DUPLEXD_SERVER__TOKEN": token}) as url:
         async with open_browser() as page:
-            await page.navigate(f"{url}?token={token}")
+            await page.navigate(f"{url}?token={token}&codec=pcm")
             await page.wait_for("window.duplexdDemo && duplexdDemo.ready.then(() => true)", 30)
             assert await page.evaluate("duplexdDemo.state") == "open"
+            # ?codec=pcm: the page asks for nothing, the daemon grants PCM (SPEC §4.6.3)
+            codecs = await page.evaluate("duplexdDemo.codecs")
+            assert codecs == {"downlink": "pcm", "uplink": "pcm"}
             config = await page.evaluate("fetch('/demo/config.json').then(r => r.json())")
             assert config["auth"] is True and config["token"] is None
+            # PCM plays as before: the sentence's frames, all of it heard
+            uid = await page.evaluate(f"duplexdDemo.say({json.dumps(SENTENCE)})")
+            heard = await page.wait_for(heard_of(uid), 20)
+            assert heard["charsHeard"] == len(SENTENCE)
+            counters = await page.evaluate("duplexdDemo.counters")
+            assert counters["framesPlayed"] == 30 * 3 + 1 and counters["underruns"] == 0

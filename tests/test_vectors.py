@@ -17,6 +17,7 @@ VECTORS_FILE = VECTORS_DIR / "vectors.json"
 CASES: list[dict[str, Any]] = json.loads(VECTORS_FILE.read_text(encoding="utf-8"))
 VALID = [c for c in CASES if "error" not in c]
 INVALID = [c for c in CASES if "error" in c]
+PACKETS = [c for c in VALID if c.get("packet_audio")]
 _CLASSES = {cls.__name__: cls for cls in FRAME_CLASSES.values()}
 _BYTES_FIELDS = {"pcm", "session_id"}
 
@@ -37,8 +38,11 @@ def frame_from_json(obj: dict[str, Any]) -> Frame:
     return frame
 
 
-def decode_all(direction: str, data: bytes, chunks: list[bytes] | None = None) -> list[Frame]:
+def decode_all(
+    direction: str, data: bytes, chunks: list[bytes] | None = None, packet_audio: bool = False
+) -> list[Frame]:
     decoder = Decoder(peer="client" if direction == "client" else "server")
+    decoder.packet_audio = packet_audio
     frames: list[Frame] = []
     for chunk in chunks if chunks is not None else [data]:
         decoder.receive_data(chunk)
@@ -77,7 +81,9 @@ def test_vectors_cover_every_frame_type() -> None:
 @pytest.mark.parametrize("case", VALID, ids=_ids(VALID))
 def test_valid_vector(case: dict[str, Any]) -> None:
     data = bytes.fromhex(case["hex"])
+    packets = case.get("packet_audio", False)
     decoder = Decoder(peer=case["direction"])
+    decoder.packet_audio = packets
     decoder.receive_data(data)
     frames = list(decoder)
     decoder.check_boundary()
@@ -88,7 +94,7 @@ def test_valid_vector(case: dict[str, Any]) -> None:
     expected = frame_from_json(case["frame"])
     assert frames == [expected]
     if case.get("round_trip", True):
-        assert encode(expected) == data
+        assert encode(expected, packet_audio=packets) == data
     else:  # skipped frames first: encoding gives back the bytes after them, not theirs
         assert case["round_trip_why"] and case["skipped"]
         assert data.endswith(encode(expected)) and len(data) > len(encode(expected))
@@ -105,11 +111,22 @@ def test_only_skipping_vectors_may_not_round_trip() -> None:
 @pytest.mark.parametrize("case", VALID, ids=_ids(VALID))
 def test_valid_vector_any_split(case: dict[str, Any]) -> None:
     data = bytes.fromhex(case["hex"])
-    whole = decode_all(case["direction"], data)
+    packets = case.get("packet_audio", False)
+    whole = decode_all(case["direction"], data, packet_audio=packets)
     step = max(1, len(data) // 64)  # the 1,936-byte audio frame: every 30th offset
     for cut in range(0, len(data) + 1, step):
-        assert decode_all(case["direction"], data, [data[:cut], data[cut:]]) == whole
-    assert decode_all(case["direction"], data, [bytes([b]) for b in data]) == whole
+        split = [data[:cut], data[cut:]]
+        assert decode_all(case["direction"], data, split, packets) == whole
+    assert decode_all(case["direction"], data, [bytes([b]) for b in data], packets) == whole
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("case", PACKETS, ids=_ids(PACKETS))
+def test_packet_vectors_are_malformed_as_pcm(case: dict[str, Any]) -> None:
+    """An odd-length Opus body is MALFORMED where Opus was not negotiated."""
+    with pytest.raises(RemoteProtocolError) as info:
+        decode_all(case["direction"], bytes.fromhex(case["hex"]))
+    assert info.value.error_code is ErrorCode.MALFORMED
 
 
 @pytest.mark.unit

@@ -11,6 +11,14 @@ worker thread never waits for ring space: what does not fit stays in `backlog` a
 which the session pushes from the trio thread (again one call per block) as the writer frees
 space (no thread sleeps, polls or competes for the GIL while audio plays out).
 
+With Opus downlink (Hello.options codec, SPEC §4.6.3) each whole frame is encoded here, in
+the worker thread, into one packet as it is made (an `OpusEncoder` per utterance, made on the
+utterance's first frame: its first packet starts from a clean encoder). Packets differ in
+length, so they go into the ring one `FrameRing.push` each (the ring keeps each slot's
+length): the Python per frame is ~1 µs next to the ~200 µs the encoder takes, so a C variant
+of `push_many` taking per-frame lengths would save nothing measurable. What does not fit goes
+to the backlog as a list of whole wire frames, pushed later in the same way.
+
 Cancellation crosses the thread boundary through `cancel` (a `threading.Event` set by the
 session right before it cancels the utterance's scope): the producer stops before the next
 piece and between the chunks of a streaming voice. An engine call already running finishes
@@ -29,6 +37,7 @@ from typing import Final
 
 import numpy as np
 
+from .._opus import OpusEncoder
 from ..engines.base import (
     FloatAudio,
     StreamingVoice,
@@ -36,6 +45,7 @@ from ..engines.base import (
     WordMark,
     WordTimedVoice,
 )
+from ..protocol.codec import AUDIO_HEADER
 from ..protocol.frames import (
     AUDIO_HEADER_BYTES,
     BYTES_PER_SAMPLE,
@@ -147,7 +157,9 @@ class UtteranceProducer:
         pieces: PieceMap,
         cancel: threading.Event,
         kick: Callable[[], None],
+        opus: Callable[[], OpusEncoder] | None = None,
     ) -> None:
+        """`opus`: makes the utterance's Opus encoder (downlink Opus); None: frames are PCM."""
         self._voice = voice
         self._ring = ring
         self._out_rate = out_rate_hz
@@ -165,7 +177,12 @@ class UtteranceProducer:
         # blocks of frames (headers, PCM) that did not fit in the ring (it holds
         # `ring.capacity` frames, a long piece may hold more): the trio side pushes them as
         # the pacer drains the ring
-        self.backlog: collections.deque[tuple[np.ndarray, np.ndarray]] = collections.deque()
+        # (PCM: blocks of headers and PCM; Opus: lists of whole frames)
+        self.backlog: collections.deque[tuple[np.ndarray, np.ndarray] | list[bytes]] = (
+            collections.deque()
+        )
+        self._new_encoder = opus
+        self._encoder: OpusEncoder | None = None  # made on the first frame, in the worker
         self.backlog_frames = 0
         self._chunks: Iterator[tuple[FloatAudio, Sequence[WordMark]]] | None = None
         self._piece_in_start = 0  # input samples before the piece in progress
@@ -288,6 +305,9 @@ class UtteranceProducer:
     def _push_block(self, pcm: np.ndarray, *, last: bool) -> None:
         """Push a (frames, frame_samples) block with its headers in one call; what does not
         fit goes to the backlog (never wait in the thread: the trio side pushes it)."""
+        if self._new_encoder is not None:
+            self._push_packets(pcm, last=last)
+            return
         n = len(pcm)
         heads = audio_headers(
             self._seq,
@@ -305,6 +325,40 @@ class UtteranceProducer:
         if pushed:
             self._kick()  # once per block: the writer may be idle, waiting for audio
 
+    def _push_packets(self, pcm: np.ndarray, *, last: bool) -> None:
+        """Opus: encode each frame of the block into its packet and push the frames one by
+        one; from the first that does not fit on, they go to the backlog."""
+        encoder = self._encoder
+        if encoder is None:
+            assert self._new_encoder is not None
+            encoder = self._encoder = self._new_encoder()
+        n = len(pcm)
+        frames: list[bytes] = []
+        for i in range(n):
+            if i:
+                # a burst of encoding (a whole reply of a fast engine) gives the CPU back to the
+                # event loop's thread between frames: pacing p95 at 10 tone sessions on one
+                # core 2.5-3.0 ms with it, 2.1-6.6 without (PCM 2.6); bench/results/README.md
+                time.sleep(0)
+            packet = encoder.encode(pcm[i])
+            flags = FLAG_BIT if last and i == n - 1 else 0
+            size = AUDIO_HEADER_BYTES - LENGTH_PREFIX_BYTES + len(packet)
+            header = AUDIO_HEADER.pack(
+                size, FrameType.AUDIO, flags, self._epoch, self._uid, self._seq + i
+            )
+            frames.append(header + packet)
+        self._seq += n
+        ring = self._ring
+        pushed = 0
+        if not self.backlog:
+            while pushed < n and ring.push(frames[pushed]):
+                pushed += 1
+        if pushed < n:
+            self.backlog.append(frames[pushed:])
+            self.backlog_frames += n - pushed
+        if pushed:
+            self._kick()
+
     def push_backlog(self) -> int:
         """Push backlogged frames while they fit (one call per block); returns how many are
         left.
@@ -315,7 +369,18 @@ class UtteranceProducer:
         ring = self._ring
         backlog = self.backlog
         while backlog:
-            heads, pcm = backlog[0]
+            block = backlog[0]
+            if isinstance(block, list):  # Opus: whole frames, one push each
+                done = 0
+                while done < len(block) and ring.push(block[done]):
+                    done += 1
+                self.backlog_frames -= done
+                if done < len(block):
+                    backlog[0] = block[done:]
+                    break
+                backlog.popleft()
+                continue
+            heads, pcm = block
             pushed = ring.push_many(heads, pcm, len(pcm))
             self.backlog_frames -= pushed
             if pushed < len(pcm):

@@ -98,8 +98,12 @@ class Downlink:
         rate_hz: int,
         events: DownlinkEvents,
         paced: bool = True,
+        packets: bool = False,
     ) -> None:
         self._ring = ring
+        # True: the frames hold Opus packets (SPEC §4.6.3): an interrupt sends no faded tail
+        # (fading would mean decoding and encoding again on the event loop)
+        self._packets = packets
         self._paced = paced  # False: frames go out as they come (Hello downlink.paced)
         self._send = send
         self._pacer = pacer
@@ -225,7 +229,8 @@ class Downlink:
         epoch. The utterance that was playing stops at the frame already being
         sent, if any; Interrupted reports it.
         """
-        tail, faded = self._fade_tail() if self._playing_uid and not self.paused else (b"", 0)
+        fade = self._playing_uid and not self.paused and not self._packets
+        tail, faded = self._fade_tail() if fade else (b"", 0)
         self.epoch = (self.epoch + 1) & 0xFFFF
         self._marks = None
         self._ring.flush()

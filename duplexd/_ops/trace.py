@@ -128,6 +128,7 @@ class TracedTransport:
             rec["samples"] = (size - AUDIO_HEADER_BYTES) // BYTES_PER_SAMPLE
         else:
             decoder = Decoder(peer="server" if direction == "out" else "client")
+            decoder.packet_audio = True  # an AudioUp body may be an Opus packet (any length)
             try:
                 decoder.receive_data(frame)
                 decoded = decoder.next_frame()

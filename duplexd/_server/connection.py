@@ -167,6 +167,10 @@ class Connection:
             draining=self._draining,
             resume=resumable.info() if resumable is not None else None,
         )
+        # AudioUp bodies are Opus packets from here on (the frames after the Hello included)
+        self._decoder.packet_audio = (
+            bool(hello.uplink_rate_hz) and self._state.options.codec.uplink == fr.CODEC_OPUS
+        )
         if resumable is not None:
             self._transport = resumable  # from here on the session outlives its connection
         session = Session(

@@ -124,6 +124,7 @@ async def accept(
         # how exact chars_spoken is (SPEC.md §5.4): to the word, or to the piece
         "word_timing": "word" if timed else "piece",
         "words": timed and state.options.downlink.words,  # WORDS frames will come
+        "codec": state.options.codec.describe(),  # each direction's audio: pcm or opus
     }
     if resume is not None:
         info["resume"] = resume

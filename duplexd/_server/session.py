@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -37,6 +38,7 @@ from .._downlink.utterance import Utterance
 from .._downlink.writer import SLOW_SEND_S, Downlink
 from .._ops.metrics import DownlinkCounters, SessionObserver, session_stats
 from .._ops.settings import SessionLimits
+from .._opus import MAX_PACKET_BYTES, OpusEncoder
 from .._uplink.services import UplinkServices
 from .._uplink.soft import Settled
 from .._uplink.uplink import Uplink
@@ -112,9 +114,14 @@ class Session:
         self._last_input = now  # when the client last sent a frame
         rate = opened.sample_rate_hz
         self._frame_samples = fr.frame_samples(rate)
-        self._ring = FrameRing(
-            limits.ring_frames, fr.AUDIO_HEADER_BYTES + self._frame_samples * fr.BYTES_PER_SAMPLE
-        )
+        codec = state.options.codec
+        self._opus = codec.downlink == fr.CODEC_OPUS  # AUDIO bodies are Opus packets
+        body_bytes = self._frame_samples * fr.BYTES_PER_SAMPLE  # or a packet, up to 1275
+        body_bytes = max(body_bytes, MAX_PACKET_BYTES) if self._opus else body_bytes
+        self._ring = FrameRing(limits.ring_frames, fr.AUDIO_HEADER_BYTES + body_bytes)
+        kbps, complexity = codec.opus_bitrate_kbps, codec.opus_complexity
+        encoder = functools.partial(OpusEncoder, rate, bitrate_kbps=kbps, complexity=complexity)
+        self._new_encoder = encoder if self._opus else None  # made in each utterance's thread
         self._uplink: Uplink | None = None
         uplink_rate = opened.hello.uplink_rate_hz
         if uplink_rate and uplink_services is not None:
@@ -123,6 +130,7 @@ class Session:
                 downlink_rate_hz=rate,
                 options=state.options,
                 services=uplink_services,
+                downlink_opus=self._opus,
                 send=self._send_control,
                 barge_in=self._barge_in,
                 hold=self._hold,
@@ -138,6 +146,7 @@ class Session:
             rate_hz=rate,
             events=self,
             paced=state.options.downlink.paced,
+            packets=self._opus,
         )
         self.playback = Playback()  # what the client says it played (PLAYED, HEARD)
         # WORDS frames: asked for, and the voice times its words (Welcome says so)
@@ -519,6 +528,7 @@ class Session:
             pieces=utt.piece_map,
             cancel=utt.cancel,
             kick=kick,
+            opus=self._new_encoder,
         )
         turns = self._synthesis_offload
         try:

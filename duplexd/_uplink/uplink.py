@@ -56,6 +56,7 @@ import numpy.typing as npt
 import trio
 
 from .._downlink.resample import StreamResampler
+from .._opus import OpusDecoder, OpusPacketError
 from ..protocol import frames as fr
 from ..protocol.codec import RemoteProtocolError, iter_frames
 from ..protocol.options import SessionOptions
@@ -122,8 +123,12 @@ class Uplink:
         barge_in: Callable[[float], None],
         hold: Callable[[float, int], bool] | None = None,
         settle: Callable[[Settled, int], None] | None = None,
+        downlink_opus: bool = False,
     ) -> None:
         vad, asr = options.vad, options.asr
+        # Opus (SPEC §4.6.3): AudioUp packets decoded in the worker, as is the echo reference
+        self._opus_up = OpusDecoder(rate_hz) if options.codec.uplink == fr.CODEC_OPUS else None
+        self._opus_down = OpusDecoder(downlink_rate_hz) if downlink_opus else None
         self.rate_hz = rate_hz
         self.vad_options = vad
         self.asr_options = asr
@@ -262,11 +267,21 @@ class Uplink:
                 continue
             if gap:
                 self._ingest(now, np.zeros(gap * n, dtype=np.float32))
-            samples = np.frombuffer(data, dtype="<i2")[:n].astype(np.float32) * _S16
+            samples = self._samples(data)[:n].astype(np.float32) * _S16
             if len(samples) < n:  # SHOULD be exactly n: the position follows seq, so pad
                 samples = np.concatenate((samples, np.zeros(n - len(samples), dtype=np.float32)))
             self._ingest(now, samples)
         return self._events
+
+    def _samples(self, body: bytes) -> np.ndarray:
+        """An AudioUp body as s16 samples: PCM as it is, an Opus packet decoded (a bad one is
+        the client's fault: RemoteProtocolError, the session ends with MALFORMED)."""
+        if self._opus_up is None:
+            return np.frombuffer(body, dtype="<i2")
+        try:
+            return self._opus_up.decode(body)
+        except OpusPacketError as exc:
+            raise RemoteProtocolError(fr.ErrorCode.MALFORMED, f"AudioUp: {exc}") from None
 
     def _deliver(self, arrived: float, ev: object) -> None:
         if isinstance(ev, SpeechStart):
@@ -437,7 +452,12 @@ class Uplink:
     def _add_reference(self, echo: EchoCanceller, now: float, message: bytes) -> None:
         for raw in iter_frames(message):  # the session's own frames: whole and well formed
             if raw.type == fr.FrameType.AUDIO:
-                pcm = np.frombuffer(raw.audio_pcm, "<i2").astype(np.float32) * _S16
+                body = raw.audio_pcm
+                s16 = np.frombuffer(body, "<i2") if self._opus_down is None else None
+                if s16 is None:  # our own Opus packets: always whole
+                    assert self._opus_down is not None
+                    s16 = self._opus_down.decode(bytes(body))
+                pcm = s16.astype(np.float32) * _S16
                 if self._down_resampler is not None:
                     pcm = self._down_resampler.process(pcm)
                 echo.add_reference(now, pcm)

@@ -9,6 +9,7 @@ no or bad token, 404, 429, 503), `ServerError` (an Error frame: the protocol's `
 `ConnectionLost` (closed or dropped mid-session, not resumed).
 
 - `session`: the SDK.
+- `audio`: the codecs (Opus decoded to PCM and back, transparently; `CodecError`).
 - `errors`: what it raises (`SessionError` and its kinds).
 - `dial`: opening the connection (the URL rule, TLS first for wss://) and why it failed.
 - `chat`: `duplexd chat`, a voice agent loop (microphone or WAV in, speaker or WAV out).
@@ -22,6 +23,7 @@ May import: `duplexd.protocol` (and trio, trio-websocket); nothing of the server
 
 from __future__ import annotations
 
+from .audio import CodecError as CodecError
 from .errors import ConnectError as ConnectError
 from .errors import ConnectionLost as ConnectionLost
 from .errors import HandshakeRejected as HandshakeRejected
@@ -34,6 +36,7 @@ from .session import session_over as session_over
 
 __all__ = [
     "ClientSession",
+    "CodecError",
     "ConnectError",
     "ConnectionLost",
     "HandshakeRejected",

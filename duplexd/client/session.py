@@ -55,6 +55,7 @@ from ..protocol.frames import (
     UtteranceStarted,
     Welcome,
 )
+from .audio import SessionAudio, check_codec_options
 from .dial import connect_error, connected, open_ws, session_url
 from .errors import ConnectError as ConnectError
 from .errors import ConnectionLost, ServerError, SessionError
@@ -127,6 +128,7 @@ class ClientSession:
         self._uid_epoch: dict[int, int] = {}  # epoch each utterance was created in
         self._uplink_seq = 0
         self.error: SessionError | None = None
+        self.audio = SessionAudio(welcome)  # Opus decoded to PCM, PCM encoded (§4.6.3)
 
     @property
     def sample_rate_hz(self) -> int:
@@ -141,7 +143,7 @@ class ClientSession:
 
     async def _send(self, frame: fr.ClientFrame) -> None:
         """Send `frame`; while the session is being resumed on a new connection, wait for it."""
-        data = encode(frame)
+        data = encode(frame, packet_audio=self.audio.opus_up)
         while True:
             if self.error is not None:
                 raise self.error
@@ -219,7 +221,7 @@ class ClientSession:
         if not self.welcome.uplink_rate_hz:
             raise SessionError("no uplink was negotiated (open_session(uplink_rate_hz=...))")
         seq = self._uplink_seq
-        await self._send(fr.AudioUp(seq=seq, pcm=pcm))
+        await self._send(fr.AudioUp(seq=seq, pcm=self.audio.uplink(pcm)))
         self._uplink_seq = seq + 1
         return seq
 
@@ -309,6 +311,7 @@ class ClientSession:
 
     async def _reader(self) -> None:
         decoder = Decoder(peer="server")
+        decoder.packet_audio = self.audio.opus_down
         try:
             while True:
                 try:
@@ -320,6 +323,7 @@ class ClientSession:
                     if not await self._resume(exc, reconnect):
                         raise
                     decoder = Decoder(peer="server")
+                    decoder.packet_audio = self.audio.opus_down
                     continue
                 now = trio.current_time()
                 self.received += 1
@@ -342,7 +346,9 @@ class ClientSession:
                     event.set()
 
     def _deliver(self, frame: ServerFrame, now: float) -> None:
-        if isinstance(frame, Interrupted):
+        if isinstance(frame, Audio):
+            frame = self.audio.downlink(frame)  # PCM, whatever the wire carried
+        elif isinstance(frame, Interrupted):
             self.epoch = frame.epoch
         if self._on_frame is not None:
             self._on_frame(frame, now)
@@ -457,13 +463,16 @@ async def open_session(
     `ssl_context` with a ``ws://`` URL.
     `on_frame(frame, arrival_time)` is called for every frame as it arrives (for timing).
     `uplink_rate_hz` (16000 or 48000) opens the uplink for `send_audio`; `options` may hold
-    {"vad": {...}, "asr": {...}} (protocol/SPEC.md §4.6.1).
+    {"vad": {...}, "asr": {...}} (protocol/SPEC.md §4.6.1) and {"codec": {"downlink": "opus",
+    "uplink": "opus"}} (§4.6.3: the audio still comes and goes as PCM here; `CodecError`
+    for Opus at a rate Opus does not code).
 
     `resume`: when the connection drops (not a close by the server), reconnect and resume the
     session within the server's window (SPEC.md §6.4): iteration and sends just go on; what
     was replayed and lost is in `ClientSession.resumes` and given to `on_resume(report)`.
     """
     url = session_url(url)
+    check_codec_options(options, sample_rate_hz=sample_rate_hz, uplink_rate_hz=uplink_rate_hz)
     headers: list[tuple[bytes, bytes]] = []
     if token:
         if not _TOKEN_TEXT.fullmatch(token):

@@ -28,12 +28,15 @@ from .codec import iter_frames as iter_frames
 from .frames import AUDIO_HEADER_BYTES as AUDIO_HEADER_BYTES
 from .frames import AUDIO_UP_HEADER_BYTES as AUDIO_UP_HEADER_BYTES
 from .frames import BYTES_PER_SAMPLE as BYTES_PER_SAMPLE
+from .frames import CODEC_OPUS as CODEC_OPUS
+from .frames import CODEC_PCM as CODEC_PCM
 from .frames import FLAG_BIT as FLAG_BIT
 from .frames import FRAME_HEADER_BYTES as FRAME_HEADER_BYTES
 from .frames import FRAME_MS as FRAME_MS
 from .frames import LENGTH_PREFIX_BYTES as LENGTH_PREFIX_BYTES
 from .frames import MAX_FRAME_BYTES as MAX_FRAME_BYTES
 from .frames import OPTIONAL_TYPE_BIT as OPTIONAL_TYPE_BIT
+from .frames import OPUS_RATES_HZ as OPUS_RATES_HZ
 from .frames import PROTOCOL_VERSION as PROTOCOL_VERSION
 from .frames import SAMPLE_RATE_HZ as SAMPLE_RATE_HZ
 from .frames import SUBPROTOCOL as SUBPROTOCOL
@@ -81,6 +84,7 @@ from .frames import WordMark as WordMark
 from .frames import Words as Words
 from .frames import frame_samples as frame_samples
 from .options import AsrOptions as AsrOptions
+from .options import CodecOptions as CodecOptions
 from .options import ResumeOptions as ResumeOptions
 from .options import SessionOptions as SessionOptions
 from .options import VadOptions as VadOptions
@@ -93,12 +97,15 @@ __all__ = [
     "AUDIO_HEADER_BYTES",
     "AUDIO_UP_HEADER_BYTES",
     "BYTES_PER_SAMPLE",
+    "CODEC_OPUS",
+    "CODEC_PCM",
     "FLAG_BIT",
     "FRAME_HEADER_BYTES",
     "FRAME_MS",
     "LENGTH_PREFIX_BYTES",
     "MAX_FRAME_BYTES",
     "OPTIONAL_TYPE_BIT",
+    "OPUS_RATES_HZ",
     "PROTOCOL_VERSION",
     "SAMPLE_RATE_HZ",
     "SUBPROTOCOL",
@@ -114,6 +121,7 @@ __all__ = [
     "BargeInReason",
     "ClientFrame",
     "CloseCode",
+    "CodecOptions",
     "Decoder",
     "Error",
     "ErrorCode",

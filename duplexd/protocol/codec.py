@@ -236,8 +236,13 @@ def _utf8(name: str, value: object) -> bytes:
         raise LocalProtocolError(ErrorCode.MALFORMED, f"{name} is not encodable: {exc}") from None
 
 
-def encode(frame: Frame, *, max_frame_bytes: int = MAX_FRAME_BYTES) -> bytes:
-    """Encode one frame, length prefix included. Raises `LocalProtocolError` if it is invalid."""
+def encode(
+    frame: Frame, *, max_frame_bytes: int = MAX_FRAME_BYTES, packet_audio: bool = False
+) -> bytes:
+    """Encode one frame, length prefix included. Raises `LocalProtocolError` if it is invalid.
+
+    `packet_audio`: an Audio / AudioUp body is an Opus packet of any length, not whole s16
+    samples (the direction negotiated Opus, SPEC §4.6.3)."""
     layout = _BY_CLASS.get(type(frame))
     if layout is None:
         raise LocalProtocolError(ErrorCode.INTERNAL, f"not a frame: {frame!r}")
@@ -265,7 +270,7 @@ def encode(frame: Frame, *, max_frame_bytes: int = MAX_FRAME_BYTES) -> bytes:
             if not isinstance(value, bytes | bytearray | memoryview):
                 raise LocalProtocolError(ErrorCode.MALFORMED, f"{name} must be bytes")
             data = bytes(value)
-            if len(data) % 2:
+            if len(data) % 2 and not packet_audio:
                 raise LocalProtocolError(ErrorCode.MALFORMED, "pcm must be whole s16 samples")
             parts.append(data)
             continue
@@ -399,8 +404,11 @@ def _decode_utf8(layout: _Layout, name: str, raw: bytes | bytearray) -> str:
         raise _malformed(layout, f"{name} is not valid UTF-8") from None
 
 
-def _decode_body(layout: _Layout, buf: bytearray, start: int, end: int, flags: int) -> Any:
-    """Decode the body `buf[start:end]` of a frame of a known type."""
+def _decode_body(
+    layout: _Layout, buf: bytearray, start: int, end: int, flags: int, packets: bool = False
+) -> Any:
+    """Decode the body `buf[start:end]` of a frame of a known type (`packets`: audio bodies
+    are Opus packets, of any length)."""
     if flags & ~(_END if layout.flag is not None else 0):
         raise _malformed(layout, f"reserved flag bits set (0x{flags:02x})")
     size = layout.fixed.size
@@ -412,7 +420,7 @@ def _decode_body(layout: _Layout, buf: bytearray, start: int, end: int, flags: i
     pos = start + size
     for name, kind in layout.tail:
         if kind == "pcm":
-            if (end - pos) & 1:
+            if (end - pos) & 1 and not packets:
                 raise _malformed(layout, "pcm is not whole s16 samples")
             with memoryview(buf) as view:
                 kwargs[name] = view[pos:end].tobytes()
@@ -464,6 +472,11 @@ class Decoder:
     pull frames with `next_frame` until it returns None. A partly received frame changes
     nothing. The first error is raised as `RemoteProtocolError` and again by every later call.
     Unknown optional types are skipped and counted in `skipped_frames`.
+
+    `packet_audio` is False (audio bodies are s16 PCM, an even number of bytes) until the
+    owner sets it, once the handshake negotiated Opus for the audio this decoder receives
+    (SPEC §4.6.3): AUDIO / AUDIO_UP bodies are then Opus packets of any length, handed on as
+    they are (`Audio.pcm` / `AudioUp.pcm` hold the packet; decoding it is the owner's job).
     """
 
     def __init__(self, *, peer: Peer, max_frame_bytes: int = MAX_FRAME_BYTES) -> None:
@@ -478,6 +491,7 @@ class Decoder:
         self._buf = bytearray()
         self._pos = 0  # start of the first uncommitted frame in _buf
         self._error: RemoteProtocolError | None = None
+        self.packet_audio = False
 
     @property
     def buffered_bytes(self) -> int:
@@ -546,8 +560,11 @@ class Decoder:
                     f"type 0x{type_:02x} is not a {self.peer}-to-{_other(self.peer)} type",
                 )
             if type_ == FrameType.AUDIO:  # the hot path
-                if flags & ~_END or length & 1 or length < _MIN_AUDIO_LENGTH:
-                    frame: Frame | None = _decode_body(_BY_TYPE[type_], buf, start, end, flags)
+                odd = length & 1 and not self.packet_audio
+                if flags & ~_END or odd or length < _MIN_AUDIO_LENGTH:
+                    frame: Frame | None = _decode_body(
+                        _BY_TYPE[type_], buf, start, end, flags, self.packet_audio
+                    )
                 else:
                     epoch, uid, seq = _AUDIO_BODY.unpack_from(buf, start)
                     with memoryview(buf) as view:
@@ -563,7 +580,7 @@ class Decoder:
                     self.skipped_frames += 1
                     frame = None
                 else:
-                    frame = _decode_body(layout, buf, start, end, flags)
+                    frame = _decode_body(layout, buf, start, end, flags, self.packet_audio)
             self._pos = end  # commit
             if frame is not None:
                 return frame

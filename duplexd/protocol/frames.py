@@ -36,6 +36,11 @@ SAMPLE_RATE_HZ: Final = 48_000
 SUPPORTED_SAMPLE_RATES_HZ: Final = (16_000, 24_000, 48_000)
 SUPPORTED_UPLINK_RATES_HZ: Final = (16_000, 48_000)
 BYTES_PER_SAMPLE: Final = 2  # s16le mono
+# Hello.options "codec" (SPEC §4.6.3): the audio of a direction as s16le PCM (the default) or
+# as one raw 20 ms Opus packet per frame; Opus only at the rates it codes
+CODEC_PCM: Final = "pcm"
+CODEC_OPUS: Final = "opus"
+OPUS_RATES_HZ: Final = (8_000, 12_000, 16_000, 24_000, 48_000)
 
 
 def frame_samples(sample_rate_hz: int, frame_ms: int = FRAME_MS) -> int:

@@ -156,6 +156,9 @@ class JsonTransport:
         self._ws = ws
         self._in = JsonTranslator()
         self._decoder = Decoder(peer="server")
+        # audio bodies pass through opaque both ways: an Opus packet (SPEC §4.6.3) is base64
+        # as PCM is; the session's own decoder judges what the client sends
+        self._decoder.packet_audio = True
         self.subprotocol = JSON_SUBPROTOCOL
 
     async def get_message(self) -> str | bytes:
@@ -164,7 +167,7 @@ class JsonTransport:
             return message
         frames = self._in.frames(message)
         try:
-            return b"".join(encode(f) for f in frames)
+            return b"".join(encode(f, packet_audio=True) for f in frames)
         except LocalProtocolError as exc:
             raise _bad(exc.message) from None
 

@@ -14,10 +14,11 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Final
 
 from .codec import RemoteProtocolError
-from .frames import ErrorCode
+from .frames import CODEC_OPUS, CODEC_PCM, ErrorCode
 
 __all__ = [
     "AsrOptions",
+    "CodecOptions",
     "DownlinkOptions",
     "ResumeOptions",
     "SessionOptions",
@@ -93,6 +94,28 @@ class DownlinkOptions:
 
 
 @dataclass(frozen=True, slots=True)
+class CodecOptions:
+    """{"codec": {...}}: how each direction's audio is coded (SPEC §4.6.3)."""
+
+    downlink: str = CODEC_PCM  # AUDIO bodies: "pcm" (s16le) or "opus" (one 20 ms packet)
+    uplink: str = CODEC_PCM  # AUDIO_UP bodies, likewise
+    opus_bitrate_kbps: float = 32.0  # the server's Opus encoder (downlink): VBR target
+    opus_complexity: int = 5  # the server's Opus encoder: libopus complexity 0..10
+
+    @property
+    def any_opus(self) -> bool:
+        return CODEC_OPUS in (self.downlink, self.uplink)
+
+    def describe(self) -> dict[str, Any]:
+        """What Welcome's `info.codec` says was accepted."""
+        out: dict[str, Any] = {"downlink": self.downlink, "uplink": self.uplink}
+        if self.downlink == CODEC_OPUS:
+            out["opus_bitrate_kbps"] = self.opus_bitrate_kbps
+            out["opus_complexity"] = self.opus_complexity
+        return out
+
+
+@dataclass(frozen=True, slots=True)
 class ResumeOptions:
     """{"resume": {...}}: this Hello resumes a session that lost its connection (§6.4)."""
 
@@ -108,6 +131,7 @@ class SessionOptions:
     vad: VadOptions = field(default_factory=VadOptions)
     asr: AsrOptions = field(default_factory=AsrOptions)
     downlink: DownlinkOptions = field(default_factory=DownlinkOptions)
+    codec: CodecOptions = field(default_factory=CodecOptions)
     resume: ResumeOptions | None = None
 
 
@@ -202,6 +226,7 @@ def parse_options(text: str) -> SessionOptions:
         vad=_section(VadOptions, obj.get("vad"), "vad"),
         asr=_section(AsrOptions, obj.get("asr"), "asr"),
         downlink=_section(DownlinkOptions, obj.get("downlink"), "downlink"),
+        codec=_codec(obj.get("codec")),
         resume=_resume(obj.get("resume")),
     )
 
@@ -219,3 +244,26 @@ def _resume(raw: object) -> ResumeOptions | None:
     if isinstance(received, bool) or not isinstance(received, int) or received < 0:
         raise _bad("options.resume.received must be the count of messages received (>= 0)")
     return ResumeOptions(bytes.fromhex(sid), token, received)
+
+
+_CODECS: Final = (CODEC_PCM, CODEC_OPUS)
+
+
+def _codec(raw: object) -> CodecOptions:
+    if raw is None:
+        return CodecOptions()
+    if not isinstance(raw, dict):
+        raise _bad("options.codec must be a JSON object")
+    kwargs: dict[str, Any] = {}
+    for key in ("downlink", "uplink"):
+        value = raw.get(key, CODEC_PCM)
+        if value not in _CODECS:
+            raise _bad(f'options.codec.{key} must be "pcm" or "opus"')
+        kwargs[key] = value
+    bitrate = raw.get("opus_bitrate_kbps", 32)
+    if isinstance(bitrate, bool) or not isinstance(bitrate, int | float) or not 6 <= bitrate <= 510:
+        raise _bad("options.codec.opus_bitrate_kbps must be a number in 6..510")
+    complexity = raw.get("opus_complexity", 5)
+    if isinstance(complexity, bool) or not isinstance(complexity, int) or not 0 <= complexity <= 10:
+        raise _bad("options.codec.opus_complexity must be an integer in 0..10")
+    return CodecOptions(opus_bitrate_kbps=float(bitrate), opus_complexity=complexity, **kwargs)

@@ -30,7 +30,9 @@ import enum
 
 from .codec import LocalProtocolError, RemoteProtocolError
 from .frames import (
+    CODEC_OPUS,
     FRAME_MS,
+    OPUS_RATES_HZ,
     PROTOCOL_VERSION,
     SUPPORTED_SAMPLE_RATES_HZ,
     SUPPORTED_UPLINK_RATES_HZ,
@@ -58,6 +60,7 @@ __all__ = [
     "Phase",
     "ServerProtocolState",
     "check_audio_format",
+    "check_codecs",
     "negotiate_version",
 ]
 
@@ -94,6 +97,23 @@ def check_audio_format(hello: Hello) -> None:
         raise RemoteProtocolError(
             ErrorCode.UNSUPPORTED_FORMAT, f"uplink rate {hello.uplink_rate_hz} Hz"
         )
+
+
+def check_codecs(hello: Hello, options: SessionOptions) -> None:
+    """Raise `UNSUPPORTED_FORMAT` when Opus is asked for a direction whose rate Opus does not
+    code (SPEC §4.6.3: 8, 12, 16, 24 or 48 kHz)."""
+    codec = options.codec
+    for direction, asked, rate in (
+        ("downlink", codec.downlink, hello.sample_rate_hz),
+        ("uplink", codec.uplink, hello.uplink_rate_hz),
+    ):
+        if asked == CODEC_OPUS and rate and rate not in OPUS_RATES_HZ:
+            rates = ", ".join(f"{r}" for r in OPUS_RATES_HZ)
+            raise RemoteProtocolError(
+                ErrorCode.UNSUPPORTED_FORMAT,
+                f"Opus {direction} at {rate} Hz: Opus codes {rates} Hz only;"
+                " ask for one of those or for pcm",
+            )
 
 
 _OPEN_ANY = (Pause, Resume, Ping, GetStats, Played)
@@ -172,6 +192,7 @@ class ServerProtocolState:
         version = negotiate_version(frame)
         check_audio_format(frame)
         self.options = parse_options(frame.options)
+        check_codecs(frame, self.options)
         self.version = version
         self.hello = frame
         return frame

@@ -122,8 +122,12 @@ function u64Value(name, value) {
   return BigInt(value);
 }
 
-/** @param {unknown} pcm @returns {Uint8Array} s16le bytes */
-function pcmBytes(pcm) {
+/** @param {unknown} pcm @param {boolean} packet an Opus packet: any length @returns {Uint8Array} */
+function pcmBytes(pcm, packet = false) {
+  if (packet) {
+    if (!(pcm instanceof Uint8Array)) throw local("MALFORMED", "an Opus packet must be a Uint8Array");
+    return pcm;
+  }
   if (pcm instanceof Int16Array) {
     if (LITTLE_ENDIAN) return new Uint8Array(pcm.buffer, pcm.byteOffset, pcm.byteLength);
     const out = new Uint8Array(pcm.length * 2);
@@ -141,12 +145,13 @@ function pcmBytes(pcm) {
 /**
  * Encode one frame, length prefix included.
  * @param {{type: string, [field: string]: any}} frame
- * @param {{maxFrameBytes?: number}} [opts] the receiver's limit (SPEC.md §3.1)
+ * @param {{maxFrameBytes?: number, packetAudio?: boolean}} [opts] the receiver's limit (SPEC.md
+ *   §3.1); `packetAudio`: an audio body is an Opus packet (Uint8Array, any length; §4.6.3)
  * @returns {Uint8Array}
  * @throws {ProtocolError} fault "local": an unknown type, a missing or out-of-range field, a
  *   string that is not encodable, a frame over `maxFrameBytes`.
  */
-export function encode(frame, { maxFrameBytes = MAX_FRAME_BYTES } = {}) {
+export function encode(frame, { maxFrameBytes = MAX_FRAME_BYTES, packetAudio = false } = {}) {
   const layout = BY_TYPE.get(frame?.type);
   if (!layout) throw local("INTERNAL", `not a frame type: ${frame?.type}`);
   /** @type {Uint8Array[]} */
@@ -184,7 +189,7 @@ export function encode(frame, { maxFrameBytes = MAX_FRAME_BYTES } = {}) {
       if (!(value instanceof Uint8Array) || value.length !== 16) throw local("MALFORMED", `${name} must be 16 bytes`);
       push(value);
     } else if (kind === "pcm") {
-      push(pcmBytes(value));
+      push(pcmBytes(value, packetAudio));
     } else if (kind === "marks") {
       push(encodeMarks(value));
     } else {
@@ -260,8 +265,9 @@ function decodeUtf8(type, name, bytes) {
 /**
  * Decode the body of a frame of a known type (SPEC.md §3.4 steps 4 and 5).
  * @param {Uint8Array} buf @param {number} start @param {number} end @param {number} flags
+ * @param {boolean} packets audio bodies are Opus packets (Uint8Array, any length)
  */
-function decodeBody(layout, buf, start, end, flags) {
+function decodeBody(layout, buf, start, end, flags, packets = false) {
   if (flags & ~(layout.flag !== null ? 0x01 : 0)) {
     throw remote("MALFORMED", `${layout.type}: reserved flag bits set (0x${flags.toString(16)})`);
   }
@@ -307,6 +313,11 @@ function decodeBody(layout, buf, start, end, flags) {
         pos += 16;
         break;
       case "pcm": {
+        if (packets) {
+          frame[name] = buf.slice(pos, end);
+          pos = end;
+          break;
+        }
         if ((end - pos) & 1) throw remote("MALFORMED", `${layout.type}: pcm is not whole s16 samples`);
         frame[name] = pcmFromBytes(buf, pos, end);
         pos = end;
@@ -384,6 +395,9 @@ export class Decoder {
     this._end = 0; // end of the received bytes
     /** @type {ProtocolError | null} */
     this._error = null;
+    /** false: audio bodies are s16 PCM (Int16Array); set true once the handshake negotiated
+     * Opus for the audio this decoder receives: they are Opus packets (Uint8Array) (§4.6.3) */
+    this.packetAudio = false;
   }
 
   /** Bytes received and not yet returned (or skipped) as frames. */
@@ -458,7 +472,7 @@ export class Decoder {
         if (!(code & 0x40)) throw remote("UNKNOWN_TYPE", `unknown frame type 0x${code.toString(16)}`);
         this.skippedFrames += 1;
       } else {
-        frame = decodeBody(layout, buf, pos + FRAME_HEADER_BYTES, end, flags);
+        frame = decodeBody(layout, buf, pos + FRAME_HEADER_BYTES, end, flags, this.packetAudio);
       }
       this._start = end; // commit
       if (this._start === this._end) this._start = this._end = 0;

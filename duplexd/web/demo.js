@@ -13,6 +13,8 @@
 //              interrupt_click, playback_started, playback_flushed, underrun, played_final,
 //              barge_in {kind, ms}, mic_started, mic_stopped, close, ui_error
 //   heard      the last HEARD: {epoch, utteranceId, samplesPlayed, charsHeard, text} or null
+//   codecs     what WELCOME granted: {downlink, uplink}, "opus" or "pcm" (SPEC.md §4.6.3);
+//              Opus where this browser's WebCodecs codes it, unless the page URL says ?codec=pcm
 //   say(text) → utterance id;  interrupt() → Promise<INTERRUPTED frame>;
 //   startMic() / stopMic() → Promise;  session, audioContext (for inspection)
 //
@@ -44,6 +46,7 @@ const demo = {
   figures: { firstAudioMs: null, bargeInMs: null, jitterP50Ms: null, jitterP95Ms: null, outputLatencyMs: null },
   events: [],
   heard: null,
+  codecs: null,
   session: null,
   audioContext: null,
   say: (text) => say(text),
@@ -356,7 +359,9 @@ export async function main({ configUrl }) {
       sampleRateHz: cfg.sample_rate_hz ?? 48000,
       uplinkRateHz: cfg.uplink_rate_hz ?? 16000,
       options: cfg.options ?? null,
+      codec: new URLSearchParams(location.search).get("codec") === "pcm" ? "pcm" : "auto",
     });
+    demo.codecs = session.codecs;
     session.addEventListener("frame", onFrame);
     session.addEventListener("close", (ev) => {
       setState(session.error ? "error" : "closed", ev.frame.error?.message ?? `${ev.frame.code}`);

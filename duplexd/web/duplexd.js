@@ -6,6 +6,7 @@
 // - session.js: `DuplexdSession.open(url, {...})` (say, sendText, streamText, interrupt,
 //   pause/resume, ping, getStats, sendAudio, reportPlayed, events), `sessionUrl`.
 // - errors.js: `DuplexdError` and its kinds; ErrorCode names and close codes.
+// - opus.js: Opus through WebCodecs (`negotiateCodecs`; the session's `codec: "auto"`).
 // The audio side: audio.js (`Player`, `Microphone`, `createAudioContext`: the main-thread
 // halves) drives playback-worklet.js and mic-worklet.js (AudioWorklet modules, whose logic is
 // jitter.js and resample.js). The demo page is index.html + demo.js.
@@ -27,6 +28,7 @@ export {
   WS_PATH,
 } from "./codec.js";
 export { DuplexdEvent, DuplexdSession, sessionUrl } from "./session.js";
+export { negotiateCodecs, OPUS_RATES_HZ } from "./opus.js";
 export {
   AuthError,
   CLOSE_CODES,

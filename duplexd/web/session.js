@@ -17,8 +17,13 @@
 // AUDIO and WORDS of a stale epoch (SPEC.md §6.3), or that arrive while our own INTERRUPT waits
 // for its answer, are dropped and counted in `staleFrames`, not dispatched.
 // Sending (say, sendText, sendAudio, reportPlayed) is synchronous: ws.send queues the bytes.
+// Opus (SPEC.md §4.6.3, `codec: "auto"`): where WebCodecs codes Opus, AUDIO comes as Opus and
+// is decoded (opus.js) before its "audio" event, which still carries Int16 PCM: events keep
+// the order of their frames (a frame after an AUDIO waits for its decode); `sendAudio` takes
+// PCM and its AUDIO_UP leaves once encoded.
 
 import { Decoder, encode, HELLO_MAX_FRAME_BYTES, PROTOCOL_VERSION, SUBPROTOCOL, WS_PATH } from "./codec.js";
+import { negotiateCodecs, OpusDownlink, OpusUplink } from "./opus.js";
 import {
   AuthError,
   ConnectError,
@@ -70,6 +75,10 @@ export function sessionUrl(url, token) {
  * @property {string} [engine] "" = the server's default
  * @property {string} [voice] "" = the engine's default
  * @property {object} [options] HELLO options: {vad: {...}, asr: {...}, downlink: {...}}
+ * @property {"pcm" | "auto"} [codec] "auto" (default): Opus for each direction this browser's
+ *   WebCodecs codes (`negotiateCodecs`), PCM otherwise (no WebCodecs: nothing is asked);
+ *   "pcm": PCM both ways. An `options.codec` of the caller's is sent as it is.
+ * @property {any} [webCodecs] where AudioDecoder/AudioEncoder/... are (tests; globalThis)
  * @property {number} [connectTimeoutMs] for the WebSocket to open and WELCOME to arrive (10 s)
  * @property {typeof WebSocket} [WebSocket] the WebSocket class (tests; default the global one)
  */
@@ -92,10 +101,19 @@ export class DuplexdSession extends EventTarget {
       uplinkRateHz = 0,
       engine = "",
       voice = "",
-      options = null,
+      options: asked = null,
       connectTimeoutMs = 10000,
       WebSocket: WS = globalThis.WebSocket,
+      codec = "auto",
+      webCodecs = globalThis,
     } = opts;
+    let options = asked;
+    if (codec !== "pcm" && codec !== "auto") throw new TypeError(`codec is "pcm" or "auto", not ${codec}`);
+    const coding = webCodecs?.AudioDecoder !== undefined || webCodecs?.AudioEncoder !== undefined;
+    if (codec === "auto" && coding && !options?.codec) {
+      const codecs = await negotiateCodecs({ sampleRateHz, uplinkRateHz }, webCodecs);
+      if (codecs.downlink === "opus" || codecs.uplink === "opus") options = { ...options, codec: codecs };
+    }
     const hello = {
       type: "hello",
       minVersion: PROTOCOL_VERSION,
@@ -156,7 +174,7 @@ export class DuplexdSession extends EventTarget {
           }
         };
       });
-      const session = new DuplexdSession(ws, welcome, hello, decoder, rest);
+      const session = new DuplexdSession(ws, welcome, hello, decoder, rest, webCodecs);
       if (rest.length) setTimeout(() => session._deliverLeftover(), 0); // once listeners are on
       return session;
     } catch (err) {
@@ -170,9 +188,11 @@ export class DuplexdSession extends EventTarget {
   /**
    * Use `DuplexdSession.open`. The session is complete at construction: WELCOME is known.
    * @param {WebSocket} ws @param {any} welcome @param {any} hello @param {Decoder} decoder
-   * @param {any[]} [leftover] frames that followed WELCOME in its message
+   * @param {any[]} [leftover] frames that followed WELCOME in its message (decoded as PCM:
+   *   the server sends no AUDIO with its WELCOME)
+   * @param {any} [webCodecs] where the WebCodecs classes are (an Opus direction needs them)
    */
-  constructor(ws, welcome, hello, decoder, leftover = []) {
+  constructor(ws, welcome, hello, decoder, leftover = [], webCodecs = globalThis) {
     super();
     this._ws = ws;
     /** the WELCOME frame */
@@ -197,6 +217,21 @@ export class DuplexdSession extends EventTarget {
     this._interruptsPending = 0;
     /** @type {Map<string, {resolve: Function, reject: Function, nonce?: bigint}[]>} */
     this._waiters = new Map();
+    /** what WELCOME's info.codec granted (PCM both ways from a server that does not say) */
+    this.codecs = { downlink: this.info.codec?.downlink ?? "pcm", uplink: this.info.codec?.uplink ?? "pcm" };
+    const failed = (err) => this._fail(new ProtocolError("MALFORMED", `Opus: ${err?.message ?? err}`, "remote"));
+    this._opusDown = null;
+    if (this.codecs.downlink === "opus") {
+      decoder.packetAudio = true;
+      this._opusDown = new OpusDownlink(welcome.sampleRateHz, welcome.frameSamples, failed, webCodecs);
+    }
+    this._opusUp = null;
+    if (this.codecs.uplink === "opus" && welcome.uplinkRateHz) {
+      const send = (seq, pcm) => this.state === "open" && this._send({ type: "audio_up", seq, pcm });
+      this._opusUp = new OpusUplink(welcome.uplinkRateHz, send, failed, webCodecs);
+    }
+    /** @type {{frame: any, at: number, pcm: Int16Array | null | undefined}[]} frames waiting for an AUDIO before them to decode */
+    this._ordered = [];
     ws.onopen = null;
     ws.onmessage = (ev) => this._onMessage(ev);
     ws.onclose = (ev) => this._onClose(ev);
@@ -225,7 +260,8 @@ export class DuplexdSession extends EventTarget {
 
   _send(frame) {
     if (this.state !== "open") throw this.error ?? new SessionStateError("the session is closed");
-    this._ws.send(encode(frame, { maxFrameBytes: this.welcome.maxFrameBytes }));
+    const packetAudio = frame.type === "audio_up" && this._opusUp !== null;
+    this._ws.send(encode(frame, { maxFrameBytes: this.welcome.maxFrameBytes, packetAudio }));
   }
 
   /** A fresh utterance id (ids only grow). */
@@ -269,7 +305,9 @@ export class DuplexdSession extends EventTarget {
   sendAudio(pcm) {
     if (!this.uplinkRateHz) throw new SessionStateError("no uplink was negotiated (open with uplinkRateHz)");
     const seq = this._uplinkSeq;
-    this._send({ type: "audio_up", seq, pcm });
+    if (this.state !== "open") throw this.error ?? new SessionStateError("the session is closed");
+    if (this._opusUp !== null) this._opusUp.encode(seq, pcm);
+    else this._send({ type: "audio_up", seq, pcm });
     this._uplinkSeq = seq + 1;
     return seq;
   }
@@ -396,6 +434,35 @@ export class DuplexdSession extends EventTarget {
   }
 
   _deliver(frame, at) {
+    if (this._opusDown === null || (frame.type !== "audio" && this._ordered.length === 0)) {
+      this._dispatch(frame, at);
+      return;
+    }
+    const entry = { frame, at, pcm: frame.type === "audio" ? null : undefined };
+    this._ordered.push(entry);
+    if (frame.type === "audio") {
+      this._opusDown.decode(frame).then((pcm) => {
+        entry.pcm = pcm;
+        this._release();
+      });
+    }
+  }
+
+  /** Dispatch the frames whose turn has come: up to the first AUDIO still decoding. */
+  _release() {
+    const queue = this._ordered;
+    while (queue.length && queue[0].pcm !== null && this.state !== "closed") {
+      const { frame, at, pcm } = queue.shift();
+      try {
+        this._dispatch(pcm === undefined ? frame : { ...frame, pcm }, at);
+      } catch (err) {
+        if (!(err instanceof ProtocolError)) throw err;
+        this._fail(err);
+      }
+    }
+  }
+
+  _dispatch(frame, at) {
     switch (frame.type) {
       case "welcome":
         throw new ProtocolError("UNEXPECTED_FRAME", "a second WELCOME", "remote");
@@ -445,6 +512,8 @@ export class DuplexdSession extends EventTarget {
   _onClose(ev) {
     const closing = this.state === "closing";
     this.state = "closed";
+    this._opusDown?.close();
+    this._opusUp?.close();
     if (!(closing || ev.code === 1000)) {
       this._setError(new ConnectionLost(`connection closed (${ev.code}${ev.reason ? ` ${ev.reason}` : ""})`, { closeCode: ev.code }));
     }

@@ -7,7 +7,9 @@ Valid cases: ``{"name", "direction", "hex", "frame"}`` where `direction` says wh
 bytes ("client" or "server"), `frame` is ``{"type": <class name>, <field>: <value>...}`` with
 bytes as lowercase hex and `Error.code` as the ErrorCode name; ``"frame": null`` means the bytes
 hold one unknown optional frame that a decoder skips, and ``"skipped": n`` (default 0) how many
-frames it skips. ``"round_trip": false`` (default true) marks bytes that encoding the decoded
+frames it skips. ``"packet_audio": true`` (default false) marks a case of a direction that
+negotiated Opus (SPEC §4.6.3): its decoder and encoder take AUDIO / AUDIO_UP bodies as
+packets of any length. ``"round_trip": false`` (default true) marks bytes that encoding the decoded
 frame cannot give back, ``"round_trip_why"`` says why (a skipped frame before it: encoding gives
 only the bytes after the skipped ones). Invalid cases: ``{"name", "direction", "hex",
 "error": <ErrorCode name>}``: a decoder fed `hex` then asked for frames and for the end of the
@@ -66,6 +68,15 @@ from duplexd.protocol.frames import (  # noqa: E402
 OUT = Path(__file__).with_name("vectors.json")
 PCM4 = struct.pack("<4h", 0, 1, -1, -32768)  # 4 samples
 SID = bytes(range(0x10, 0x20))
+# a real 20 ms Opus packet (libopus, 16 kHz, 32 kbit/s: the 3rd frame of a 220 Hz tone), 39
+# bytes: an odd length, which only a direction that negotiated Opus accepts
+OPUS39 = bytes.fromhex(
+    "489949cb17629080e56df12fefcd15a86c105e5ea820d6a7e87e9a9f5e5541918d909b80821dc0"
+)
+OPUS_OPTIONS = '{"codec":{"downlink":"opus","uplink":"opus","opus_bitrate_kbps":32}}'
+OPUS_INFO = (
+    '{"codec":{"downlink":"opus","uplink":"opus","opus_bitrate_kbps":32.0,"opus_complexity":5}}'
+)
 
 
 def frame_to_json(frame: Any) -> dict[str, Any]:
@@ -185,6 +196,17 @@ def valid_cases() -> list[tuple[str, str, Any]]:
         ),
         ("words_none", "server", Words(0, 1, ())),
         ("played", "client", Played(1, 7, 26_160, 1_234_567_890)),
+        # Opus both ways (SPEC §4.6.3): asked in Hello.options, granted in Welcome.info
+        (
+            "hello_opus",
+            "client",
+            Hello(sample_rate_hz=16_000, uplink_rate_hz=16_000, options=OPUS_OPTIONS),
+        ),
+        (
+            "welcome_opus",
+            "server",
+            Welcome(1, SID, 16_000, 320, 16_000, 65536, 4096, 16, "tone", "a440", OPUS_INFO),
+        ),
         ("played_final", "client", Played(1, 7, 26_400, 1_234_572_890, final=True)),
         ("heard", "server", Heard(1, 7, 26_400, 12)),
         (
@@ -332,10 +354,23 @@ INVALID_CASES = [
 ]
 
 
+# name, direction, frame: frames of a direction that negotiated Opus ("packet_audio": true)
+PACKET_CASES = [
+    ("audio_opus", "server", Audio(0, 1, 2, OPUS39)),
+    ("audio_opus_last", "server", Audio(0, 1, 3, OPUS39, last=True)),
+    ("audio_up_opus", "client", AudioUp(5, OPUS39)),
+]
+
+
 def build() -> list[dict[str, Any]]:
     cases: list[dict[str, Any]] = []
     for name, direction, frame in valid_cases():
         case = {"name": name, "direction": direction, "hex": encode(frame).hex()}
+        case["frame"] = frame_to_json(frame)
+        cases.append(case)
+    for name, direction, frame in PACKET_CASES:
+        data = encode(frame, packet_audio=True)
+        case = {"name": name, "direction": direction, "hex": data.hex(), "packet_audio": True}
         case["frame"] = frame_to_json(frame)
         cases.append(case)
     for name, direction, hexstr, frame, skipped in SKIP_CASES:

@@ -9,8 +9,9 @@ import { Decoder, encode, FrameType, LAYOUTS } from "../codec.js";
 import { canonical, CASES, frameFromJson, fromHex, INVALID, snake, VALID } from "./helpers.mjs";
 
 /** Decode `chunks` as one message from `direction`; the frames and the decoder. */
-function decodeAll(direction, chunks) {
+function decodeAll(direction, chunks, packetAudio = false) {
   const decoder = new Decoder({ peer: direction });
+  decoder.packetAudio = packetAudio;
   const frames = [];
   for (const chunk of chunks) {
     decoder.receiveData(chunk);
@@ -34,14 +35,15 @@ test("the vectors file has valid and invalid cases of every JS frame type", () =
 for (const c of VALID) {
   test(`valid vector ${c.name}`, () => {
     const data = fromHex(c.hex);
-    const whole = decodeAll(c.direction, [data]);
+    const packets = c.packet_audio ?? false; // a direction that negotiated Opus (SPEC.md §4.6.3)
+    const whole = decodeAll(c.direction, [data], packets);
     assert.equal(whole.decoder.skippedFrames, c.skipped ?? 0);
     if (c.frame === null) {
       assert.deepEqual(whole.frames, []);
     } else {
       const expected = frameFromJson(c.frame);
       assert.deepStrictEqual(whole.frames.map(canonical), [canonical(expected)]);
-      const bytes = encode(expected);
+      const bytes = encode(expected, { packetAudio: packets });
       if (c.round_trip ?? true) {
         assert.deepStrictEqual(bytes, data);
       } else {
@@ -53,12 +55,21 @@ for (const c of VALID) {
     }
     const expectedFrames = whole.frames.map(canonical);
     for (let cut = 0; cut <= data.length; cut++) {
-      const split = decodeAll(c.direction, [data.subarray(0, cut), data.subarray(cut)]);
+      const split = decodeAll(c.direction, [data.subarray(0, cut), data.subarray(cut)], packets);
       assert.deepStrictEqual(split.frames.map(canonical), expectedFrames, `split at ${cut}`);
     }
-    const single = decodeAll(c.direction, byteAtATime(data));
+    const single = decodeAll(c.direction, byteAtATime(data), packets);
     assert.deepStrictEqual(single.frames.map(canonical), expectedFrames, "one byte at a time");
     assert.equal(single.decoder.skippedFrames, c.skipped ?? 0);
+  });
+}
+
+for (const c of VALID.filter((c) => c.packet_audio)) {
+  test(`packet vector ${c.name} is MALFORMED where Opus was not negotiated`, () => {
+    assert.throws(
+      () => decodeAll(c.direction, [fromHex(c.hex)]),
+      (err) => err instanceof ProtocolError && err.code === "MALFORMED",
+    );
   });
 }
 

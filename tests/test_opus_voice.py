@@ -1,0 +1,185 @@
+"""Opus with the real voice, through a real session (SPEC §4.6.3): what Whisper hears of the
+VITS voice delivered as Opus is as good as of the PCM (WER within 1 point, at 16, 24 and
+48 kHz), and an Opus uplink feeds the VAD and the ASR as PCM does."""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+
+import numpy as np
+import pytest
+import trio
+import trio.testing
+from asr_helpers import normalize_text, transcribe, word_error_rate
+from harness import inline_uplink_services, open_pair
+from test_duplex_session import FRAME_S, Client
+from test_intelligibility import SENTENCES
+
+from duplexd.client.session import session_over
+from duplexd.protocol import frames as fr
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+RATE = 16_000
+
+
+async def _spoken(rate: int, codec: str) -> list[np.ndarray]:
+    """Each of SENTENCES said by the VITS voice through a real session, as the SDK hands it
+    out (PCM, decoded from Opus when `codec` is opus), float at `rate`."""
+    from speech import engine
+
+    options = json.dumps({"codec": {"downlink": codec}})
+    out = []
+    async with (
+        open_pair(engine()) as (pair,),
+        session_over(pair.client, fr.Hello(sample_rate_hz=rate, options=options)) as session,
+    ):
+        assert json.loads(session.welcome.info)["codec"]["downlink"] == codec
+        for text in SENTENCES:
+            spoken = await session.receive_utterance(await session.say(text))
+            out.append(np.frombuffer(spoken.pcm, "<i2").astype(np.float32) / 32768)
+    return out
+
+
+@pytest.mark.parametrize("rate", [16_000, 24_000, 48_000])
+async def test_opus_downlink_is_as_intelligible_as_pcm(
+    rate: int, autojump_clock: trio.testing.MockClock
+) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        hyps = {codec: [] for codec in ("pcm", "opus")}
+        for codec, audio in hyps.items():
+            audio.extend(transcribe(a, rate) for a in await _spoken(rate, codec))
+    wer = {codec: word_error_rate(SENTENCES, h) for codec, h in hyps.items()}
+    print(f"\n{rate} Hz: WER pcm {wer['pcm']:.1%}, opus 32 kbit/s {wer['opus']:.1%}")
+    for ref, hyp in zip(SENTENCES, hyps["opus"], strict=True):
+        if normalize_text(ref) != normalize_text(hyp):
+            print(f"  ref: {ref}\n  opus: {hyp}")
+    assert wer["opus"] <= wer["pcm"] + 0.01
+
+
+async def test_opus_uplink_feeds_vad_and_asr(autojump_clock: trio.testing.MockClock) -> None:
+    from speech import clip, engine
+
+    from duplexd._uplink.asr import Transcriber
+
+    sentences = [
+        "Could you tell me what the weather will be like tomorrow?",
+        "Please book a table for two at seven thirty.",
+    ]
+    services = inline_uplink_services(Transcriber(cpu_threads=2))
+    hello = fr.Hello(
+        sample_rate_hz=16_000,
+        uplink_rate_hz=48_000,
+        options=json.dumps({"codec": {"uplink": "opus"}, "vad": {"smart_end": False}}),
+    )
+    async with open_pair(engine(), uplink_services=services) as (pair,):
+        client = Client()
+        async with session_over(pair.client, hello, on_frame=client.on_frame) as session:
+            assert session.audio.opus_up  # send_audio encodes
+            client.t0 = trio.current_time()
+            audio = np.zeros(30 * RATE, dtype=np.float32)
+            pos = RATE // 2
+            for text in sentences:
+                speech = clip(text)
+                audio[pos : pos + len(speech)] = speech
+                pos += len(speech) + RATE
+            end_frames = pos // 320
+
+            def mic(k: int) -> np.ndarray:
+                return audio[k * 320 : (k + 1) * 320]
+
+            async def uplink() -> None:
+                with trio.move_on_after((end_frames + 50) * FRAME_S):
+                    await client.uplink(session, mic)
+
+            deadline = time.monotonic() + 60  # the clock jumps while ASR works in its thread
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(uplink)
+                while len(client.frames_of(fr.Transcript)) < len(sentences):
+                    await trio.sleep(0.1)
+                    assert time.monotonic() < deadline, "no transcript"
+                nursery.cancel_scope.cancel()
+    hyps = [f.text for _, f in client.frames_of(fr.Transcript)]
+    wer = word_error_rate(sentences, hyps)
+    print(f"\nOpus uplink transcripts: {hyps}, WER {wer:.1%}")
+    assert len(client.frames_of(fr.SpeechStarted)) == len(sentences)
+    assert wer <= 0.15
+
+
+OPUS_UPLINK_ECHO = (
+    "the echo canceller subtracts the sent audio from the uplink's samples; through the Opus"
+    " uplink the echo comes back re-coded (~8 dB waveform SNR in voip mode, ~20-23 dB in"
+    " audio mode at 32-96 kbit/s, tried: still barges in) and what is left reads as speech."
+    " Known limit of issue 15 (see the report): keep the client's own echo cancellation on"
+)
+
+
+@pytest.mark.parametrize(
+    ("down", "up"),
+    [
+        ("opus", "pcm"),
+        pytest.param("pcm", "opus", marks=pytest.mark.xfail(strict=True, reason=OPUS_UPLINK_ECHO)),
+        pytest.param("opus", "opus", marks=pytest.mark.xfail(strict=True, reason=OPUS_UPLINK_ECHO)),
+    ],
+)
+async def test_opus_echo_does_not_barge_in_but_the_user_does(
+    down: str, up: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    """With an Opus downlink the server's echo reference is its own packets decoded (as the
+    client plays them), so the agent's echo at -10 dB, 50 ms late, is not taken for the user;
+    the user talking over it is. Through an Opus uplink the echo is not removed well enough
+    yet (strict xfail: it fails today; when it passes, drop the mark)."""
+    from speech import clip, engine
+    from test_duplex_session import AGENT, USER, wait_for
+
+    user = clip(USER, other_speaker=True)
+    rng = np.random.default_rng(3)
+    hello = fr.Hello(
+        sample_rate_hz=16_000,
+        uplink_rate_hz=16_000,
+        options=json.dumps({"codec": {"downlink": down, "uplink": up}}),
+    )
+    async with open_pair(engine(), uplink_services=inline_uplink_services()) as (pair,):
+        client = Client()
+        async with session_over(pair.client, hello, on_frame=client.on_frame) as session:
+            assert (session.audio.opus_down, session.audio.opus_up) == (
+                down == "opus",
+                up == "opus",
+            )
+            client.t0 = trio.current_time()
+            state = {"user_at": -1}
+            delay, gain = round(0.050 * RATE), 10 ** (-10 / 20)
+
+            def mic(k: int) -> np.ndarray:
+                lo = k * 320 - delay
+                echo = client.played[max(0, lo) : lo + 320] if lo + 320 > 0 else np.zeros(0)
+                out = np.zeros(320, dtype=np.float32)
+                out[320 - len(echo) :] = gain * echo
+                out += rng.normal(0.0, 0.002, 320).astype(np.float32)  # room noise
+                if state["user_at"] >= 0:
+                    u = k * 320 - state["user_at"]
+                    part = user[max(0, u) : max(0, u + 320)]
+                    if len(part):
+                        out[max(0, -u) : max(0, -u) + len(part)] += part[: 320 - max(0, -u)]
+                return out
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(client.uplink, session, mic)
+                uid = await session.say(AGENT[0])
+                done = await wait_for(
+                    client,
+                    lambda f: (
+                        isinstance(f, fr.UtteranceDone | fr.Interrupted) and f.utterance_id == uid
+                    ),
+                )
+                assert isinstance(done, fr.UtteranceDone), "the echo barged in"
+                mark = len(client.arrivals)
+                uid = await session.say(AGENT[1])
+                await wait_for(client, lambda f: isinstance(f, fr.UtteranceStarted), mark)
+                await trio.sleep(0.8)
+                state["user_at"] = client.seq * 320
+                inter = await wait_for(client, lambda f: isinstance(f, fr.Interrupted), mark)
+                assert inter.vad and inter.utterance_id == uid
+                nursery.cancel_scope.cancel()
