@@ -327,6 +327,14 @@ class Downlink:
     def held(self) -> bool:
         return self._held
 
+    def barge_in(
+        self, outcome: fr.BargeInOutcome, reason: fr.BargeInReason, onset: int, text: str = ""
+    ) -> fr.BargeIn:
+        """A BARGE_IN frame about the audio now: its epoch, the utterance playing and the
+        samples of it sent (where a hold stopped it); `onset` in uplink samples."""
+        uid = self._playing_uid
+        return fr.BargeIn(outcome, reason, self.epoch, uid, self.samples_sent(uid), onset, text)
+
     def _stop_audio(self) -> None:
         if not self.paused:
             self.paused = True

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import hmac
+import json
 import os
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -291,3 +293,11 @@ class Resumable:
             "replayed": self._sent - start,
             "lost": self._lost.report(received, self._log_start),
         }
+
+
+def resumed_welcome(welcome: fr.Welcome, report: dict[str, Any]) -> fr.Welcome:
+    """The Welcome that answers a Hello resuming a session: its first one, its info saying
+    what is replayed and what was lost (`report`)."""
+    info = json.loads(welcome.info) if welcome.info else {}
+    info["resume"] = {**info.get("resume", {}), **report}
+    return dataclasses.replace(welcome, info=json.dumps(info, separators=(",", ":")))

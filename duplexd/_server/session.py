@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import dataclasses
-import functools
 import json
 import logging
 import math
@@ -33,12 +31,10 @@ import trio
 
 from .._downlink.pacer import Pacer
 from .._downlink.producer import PieceMap, SynthesisCancelled, UtteranceProducer
-from .._downlink.ring import FrameRing
 from .._downlink.utterance import Utterance
 from .._downlink.writer import SLOW_SEND_S, Downlink
 from .._ops.metrics import DownlinkCounters, SessionObserver, session_stats
 from .._ops.settings import SessionLimits
-from .._opus import MAX_PACKET_BYTES, OpusEncoder
 from .._uplink.services import UplinkServices
 from .._uplink.soft import Settled
 from .._uplink.uplink import Uplink
@@ -51,7 +47,8 @@ from .ending import SessionEnd
 from .handshake import DRAINING_MESSAGE, Offload, Opened, Refusal, receive_message
 from .limits import RECEIVE_S_PER_BYTE, SESSION_OPEN_S, Budgets
 from .playback import Playback
-from .resume import Resumable
+from .resume import Resumable, resumed_welcome
+from .synthesis import downlink_audio
 
 log = logging.getLogger("duplexd.session")
 
@@ -114,14 +111,9 @@ class Session:
         self._last_input = now  # when the client last sent a frame
         rate = opened.sample_rate_hz
         self._frame_samples = fr.frame_samples(rate)
-        codec = state.options.codec
-        self._opus = codec.downlink == fr.CODEC_OPUS  # AUDIO bodies are Opus packets
-        body_bytes = self._frame_samples * fr.BYTES_PER_SAMPLE  # or a packet, up to 1275
-        body_bytes = max(body_bytes, MAX_PACKET_BYTES) if self._opus else body_bytes
-        self._ring = FrameRing(limits.ring_frames, fr.AUDIO_HEADER_BYTES + body_bytes)
-        kbps, complexity = codec.opus_bitrate_kbps, codec.opus_complexity
-        encoder = functools.partial(OpusEncoder, rate, bitrate_kbps=kbps, complexity=complexity)
-        self._new_encoder = encoder if self._opus else None  # made in each utterance's thread
+        # the ring of whole AUDIO frames, and (Opus) an encoder for each utterance's thread
+        self._ring, self._new_encoder = downlink_audio(state.options.codec, rate, limits)
+        self._opus = self._new_encoder is not None  # AUDIO bodies are Opus packets
         self._uplink: Uplink | None = None
         uplink_rate = opened.hello.uplink_rate_hz
         if uplink_rate and uplink_services is not None:
@@ -370,7 +362,9 @@ class Session:
         if not self._state.active_utterances:
             return False
         self._downlink.hold()
-        held = self._barge_frame(fr.BargeInOutcome.HELD, fr.BargeInReason.ONSET, uplink_sample)
+        held = self._downlink.barge_in(
+            fr.BargeInOutcome.HELD, fr.BargeInReason.ONSET, uplink_sample
+        )
         self._send_control(held)
         self.observer.barged_in(delay_s)
         return True
@@ -379,17 +373,12 @@ class Session:
         """The held barge-in is decided: resume where the audio stopped, or interrupt (the
         Interrupted that follows reports the samples sent before the hold)."""
         outcome = fr.BargeInOutcome.RESUMED if settled.resume else fr.BargeInOutcome.COMMITTED
-        self._send_control(self._barge_frame(outcome, settled.reason, uplink_sample, settled.text))
+        self._send_control(
+            self._downlink.barge_in(outcome, settled.reason, uplink_sample, settled.text)
+        )
         if not settled.resume and self._state.barge_in():
             self._interrupt(vad=True)
         self._downlink.release()
-
-    def _barge_frame(
-        self, outcome: fr.BargeInOutcome, reason: fr.BargeInReason, onset: int, text: str = ""
-    ) -> fr.BargeIn:
-        dl = self._downlink
-        uid = dl.playing_uid
-        return fr.BargeIn(outcome, reason, dl.epoch, uid, dl.samples_sent(uid), onset, text)
 
     # ------------------------------------------------------------------ sending
 
@@ -460,12 +449,8 @@ class Session:
         return transport if isinstance(transport, Resumable) else None
 
     def resumed_welcome(self, report: dict[str, Any]) -> fr.Welcome:
-        """The Welcome that answers a Hello resuming this session: the first one's, its info
-        saying what is replayed and what was lost."""
-        welcome = self._opened.welcome
-        info = json.loads(welcome.info) if welcome.info else {}
-        info["resume"] = {**info.get("resume", {}), **report}
-        return dataclasses.replace(welcome, info=json.dumps(info, separators=(",", ":")))
+        """The Welcome that answers a Hello resuming this session."""
+        return resumed_welcome(self._opened.welcome, report)
 
     def on_resumed(self, report: dict[str, Any]) -> None:
         """A new connection took the session over (its Welcome and replay are sent)."""

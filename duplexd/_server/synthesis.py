@@ -1,4 +1,5 @@
-"""How many synthesis calls of one engine run at once: the engine's turns.
+"""How many synthesis calls of one engine run at once (the engine's turns), and what a session's
+synthesis writes into (`downlink_audio`).
 
 An engine that computes in the calling thread (the tone engine, most plugins) holds the GIL
 while it does: with one worker thread per session, a burst of N whole replies is N threads
@@ -15,14 +16,20 @@ batches are not split.
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import trio
 
+from .._downlink.ring import FrameRing
+from .._ops.settings import SessionLimits
+from .._opus import MAX_PACKET_BYTES, OpusEncoder
 from ..engines.base import Engine
 from ..engines.registry import EngineSet
+from ..protocol import frames as fr
+from ..protocol.options import CodecOptions
 from .handshake import Offload
 
 
@@ -56,3 +63,19 @@ def synthesis_offloads(engines: EngineSet, offload: Offload) -> Mapping[str, Off
         if threads is not None:
             out[name] = taking_turns(offload, trio.CapacityLimiter(threads))
     return out
+
+
+def downlink_audio(
+    codec: CodecOptions, rate_hz: int, limits: SessionLimits
+) -> tuple[FrameRing, Callable[[], OpusEncoder] | None]:
+    """A session's ring of whole AUDIO frames (slots of header + PCM, or + an Opus packet of
+    up to 1275 bytes), and with an Opus downlink the maker of each utterance's encoder (made
+    in that utterance's worker thread)."""
+    opus = codec.downlink == fr.CODEC_OPUS
+    body_bytes = fr.frame_samples(rate_hz) * fr.BYTES_PER_SAMPLE
+    body_bytes = max(body_bytes, MAX_PACKET_BYTES) if opus else body_bytes
+    ring = FrameRing(limits.ring_frames, fr.AUDIO_HEADER_BYTES + body_bytes)
+    if not opus:
+        return ring, None
+    kbps, complexity = codec.opus_bitrate_kbps, codec.opus_complexity
+    return ring, functools.partial(OpusEncoder, rate_hz, bitrate_kbps=kbps, complexity=complexity)
