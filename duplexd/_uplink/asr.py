@@ -30,7 +30,7 @@ from .agreement import Word
 
 ASR_RATE_HZ: Final = 16_000
 WARM_UP_S: Final = 1.0  # the quiet that `warm_up` decodes
-# a streaming pass's output is bounded: speech is ~4 tokens/s, a repetition loop is not
+# a decode's output is bounded: speech is ~4 tokens/s, a repetition loop is not
 PASS_TOKENS_BASE: Final = 16
 PASS_TOKENS_PER_S: Final = 8.0
 
@@ -113,7 +113,12 @@ class Transcriber:
         return segments
 
     def _decode(self, audio: npt.NDArray[np.float32], prompt: str | None = None) -> str:
-        segments = self._transcribe(audio, prompt)
+        segments = self._transcribe(
+            audio,
+            prompt,
+            temperature=0.0,  # bounded work: no re-decoding at higher temperatures ...
+            max_new_tokens=_max_tokens(audio),  # ... and no repetition loop past speech's pace
+        )
         return " ".join(s.text.strip() for s in segments).strip()
 
     def _decode_words(
@@ -124,7 +129,7 @@ class Transcriber:
             prompt,
             word_timestamps=True,
             temperature=0.0,  # bounded work: no re-decoding at higher temperatures
-            max_new_tokens=PASS_TOKENS_BASE + round(PASS_TOKENS_PER_S * len(audio) / ASR_RATE_HZ),
+            max_new_tokens=_max_tokens(audio),
         )
         return [
             Word(w.word, offset + round(w.start * ASR_RATE_HZ), offset + round(w.end * ASR_RATE_HZ))
@@ -173,3 +178,8 @@ class Transcriber:
         return await trio.to_thread.run_sync(
             self.words_sync, audio, offset, prompt, limiter=self.limiter, abandon_on_cancel=True
         )
+
+
+def _max_tokens(audio: npt.NDArray[np.float32]) -> int:
+    """More tokens than anyone speaks in `audio` (a decode's bound)."""
+    return PASS_TOKENS_BASE + round(PASS_TOKENS_PER_S * len(audio) / ASR_RATE_HZ)
