@@ -336,9 +336,8 @@ class UtteranceProducer:
         frames: list[bytes] = []
         for i in range(n):
             if i:
-                # a burst of encoding (a whole reply of a fast engine) gives the CPU back to the
-                # event loop's thread between frames: pacing p95 at 10 tone sessions on one
-                # core 2.5-3.0 ms with it, 2.1-6.6 without (PCM 2.6); bench/results/README.md
+                # a burst of encoding (a whole reply of a fast engine) lets the event loop's
+                # thread have the GIL between frames (what it costs: bench/results/README.md)
                 time.sleep(0)
             packet = encoder.encode(pcm[i])
             flags = FLAG_BIT if last and i == n - 1 else 0
