@@ -337,3 +337,40 @@ async def test_an_interrupt_or_a_pause_during_a_hold(
                 frames = audio_of(client, uid3)
                 assert [f.seq for f in frames] == list(range(len(frames)))
                 nursery.cancel_scope.cancel()
+
+
+@pytest.mark.integration
+async def test_noises_over_the_agent_never_interrupt_in_soft_mode(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    from speech import engine
+
+    from bench.backchannels import NOISES, noise
+
+    services = inline_uplink_services(transcriber())
+    async with open_pair(engine(), uplink_services=services) as (pair,):
+        client = Client()
+        client.downlink_rate = 48_000
+        async with session_over(pair.client, soft_hello(), on_frame=client.on_frame) as session:
+            client.t0 = trio.current_time()
+            mic = Mic(client)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(client.uplink, session, mic)
+                for i, name in enumerate(NOISES):
+                    mark = len(client.arrivals)
+                    uid = await session.say(AGENT[i % len(AGENT)])
+                    await wait_for(client, lambda f: isinstance(f, fr.UtteranceStarted), mark)
+                    await trio.sleep(0.5)
+                    mic.say(noise(name))
+                    done = await wait_for(
+                        client,
+                        lambda f, u=uid: (
+                            isinstance(f, fr.UtteranceDone | fr.Interrupted) and f.utterance_id == u
+                        ),
+                        mark,
+                    )
+                    assert isinstance(done, fr.UtteranceDone), (name, barge_ins(client, mark))
+                    # held or not (silero hears most noises as no speech at all), it went on
+                    outcomes = [f.outcome for _, f in barge_ins(client, mark)]
+                    assert outcomes in ([], [Outcome.HELD, Outcome.RESUMED]), (name, outcomes)
+                nursery.cancel_scope.cancel()
