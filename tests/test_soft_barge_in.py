@@ -4,7 +4,9 @@ virtual time stands still while it decodes, the VITS voice on both sides)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
@@ -201,6 +203,26 @@ async def speak_over_agent(
     return uid, mark, client.sample_time(at + onset(user))
 
 
+@contextlib.asynccontextmanager
+async def soft_session(**vad: Any) -> AsyncIterator[tuple[ClientSession, Client, Mic]]:
+    """A soft barge-in session on a real Session (the VITS voice at 48 kHz), its client and
+    its microphone streaming (silence until `mic.say`)."""
+    from speech import engine
+
+    services = inline_uplink_services(transcriber())
+    async with open_pair(engine(), uplink_services=services) as (pair,):
+        client = Client()
+        client.downlink_rate = 48_000
+        hello = soft_hello(**vad)
+        async with session_over(pair.client, hello, on_frame=client.on_frame) as session:
+            client.t0 = trio.current_time()
+            mic = Mic(client)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(client.uplink, session, mic)
+                yield session, client, mic
+                nursery.cancel_scope.cancel()
+
+
 def barge_ins(client: Client, mark: int) -> list[tuple[float, fr.BargeIn]]:
     return [(t, f) for t, f in client.arrivals[mark:] if isinstance(f, fr.BargeIn)]
 
@@ -209,45 +231,32 @@ def barge_ins(client: Client, mark: int) -> list[tuple[float, fr.BargeIn]]:
 async def test_a_backchannel_holds_the_audio_then_it_goes_on_where_it_stopped(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    from speech import engine
-
-    services = inline_uplink_services(transcriber())
-    async with open_pair(engine(), uplink_services=services) as (pair,):
-        client = Client()
-        client.downlink_rate = 48_000
-        async with session_over(pair.client, soft_hello(), on_frame=client.on_frame) as session:
-            client.t0 = trio.current_time()
-            mic = Mic(client)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(client.uplink, session, mic)
-                for i, text in enumerate(("Yeah.", "Mm-hmm.", "Okay.")):
-                    uid, mark, t_onset = await speak_over_agent(
-                        session, client, mic, text, AGENT[i]
-                    )
-                    done = await wait_for(
-                        client,
-                        lambda f, u=uid: (
-                            isinstance(f, fr.UtteranceDone | fr.Interrupted) and f.utterance_id == u
-                        ),
-                        mark,
-                    )
-                    assert isinstance(done, fr.UtteranceDone), (text, barge_ins(client, mark))
-                    (t_held, held), (t_res, resumed) = barge_ins(client, mark)
-                    assert held.outcome is Outcome.HELD and held.utterance_id == uid
-                    assert resumed.outcome is Outcome.RESUMED, (text, resumed)
-                    assert resumed.reason in (Reason.BACKCHANNEL, Reason.NO_WORDS)
-                    assert resumed.samples_sent == held.samples_sent > 0
-                    assert t_held - t_onset <= 0.1  # the audio stopped as fast as a cut
-                    frames = audio_of(client, uid)
-                    # nothing lost, nothing twice: every frame once, in order, to the END
-                    assert [f.seq for f in frames] == list(range(len(frames)))
-                    assert frames[-1].last
-                    assert done.samples_sent > held.samples_sent
-                    # while held, no audio went out
-                    sent_at = [t for t, f in client.arrivals[mark:] if isinstance(f, fr.Audio)]
-                    assert not [t for t in sent_at if t_held < t < t_res]
-                    await trio.sleep(1.0)
-                nursery.cancel_scope.cancel()
+    async with soft_session() as (session, client, mic):
+        for i, text in enumerate(("Yeah.", "Mm-hmm.", "Okay.")):
+            uid, mark, t_onset = await speak_over_agent(session, client, mic, text, AGENT[i])
+            done = await wait_for(
+                client,
+                lambda f, u=uid: (
+                    isinstance(f, fr.UtteranceDone | fr.Interrupted) and f.utterance_id == u
+                ),
+                mark,
+            )
+            assert isinstance(done, fr.UtteranceDone), (text, barge_ins(client, mark))
+            (t_held, held), (t_res, resumed) = barge_ins(client, mark)
+            assert held.outcome is Outcome.HELD and held.utterance_id == uid
+            assert resumed.outcome is Outcome.RESUMED, (text, resumed)
+            assert resumed.reason in (Reason.BACKCHANNEL, Reason.NO_WORDS)
+            assert resumed.samples_sent == held.samples_sent > 0
+            assert t_held - t_onset <= 0.1  # the audio stopped as fast as a cut
+            frames = audio_of(client, uid)
+            # nothing lost, nothing twice: every frame once, in order, to the END
+            assert [f.seq for f in frames] == list(range(len(frames)))
+            assert frames[-1].last
+            assert done.samples_sent > held.samples_sent
+            # while held, no audio went out
+            sent_at = [t for t, f in client.arrivals[mark:] if isinstance(f, fr.Audio)]
+            assert not [t for t in sent_at if t_held < t < t_res]
+            await trio.sleep(1.0)
     # the backchannels were turns of their own, transcribed as such
     texts = [f.text for _, f in client.frames_of(fr.Transcript)]
     assert len(texts) == 3
@@ -257,86 +266,62 @@ async def test_a_backchannel_holds_the_audio_then_it_goes_on_where_it_stopped(
 async def test_words_that_are_not_a_backchannel_interrupt_at_the_hold(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    from speech import engine
-
-    services = inline_uplink_services(transcriber())
-    async with open_pair(engine(), uplink_services=services) as (pair,):
-        client = Client()
-        client.downlink_rate = 48_000
-        async with session_over(pair.client, soft_hello(), on_frame=client.on_frame) as session:
-            client.t0 = trio.current_time()
-            mic = Mic(client)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(client.uplink, session, mic)
-                for i, text in enumerate(("Wait, stop, I want a pizza please.", "Hold on.")):
-                    uid, mark, t_onset = await speak_over_agent(
-                        session, client, mic, text, AGENT[i]
-                    )
-                    with trio.move_on_after(20):
-                        await wait_for(client, lambda f: isinstance(f, fr.Interrupted), mark)
-                    events = [f for _, f in client.arrivals[mark:] if not isinstance(f, fr.Audio)]
-                    inter = next((f for f in events if isinstance(f, fr.Interrupted)), None)
-                    assert inter is not None, (text, events)
-                    (t_held, held), (_, committed) = barge_ins(client, mark)
-                    assert held.outcome is Outcome.HELD and t_held - t_onset <= 0.1
-                    assert committed.outcome is Outcome.COMMITTED, (text, committed)
-                    assert committed.reason in (Reason.WORDS, Reason.LONG)
-                    # INTERRUPTED counts what was sent before the hold, and nothing came after
-                    assert inter.vad and inter.utterance_id == uid
-                    assert inter.samples_sent == held.samples_sent
-                    sent = sum(len(f.pcm) // 2 for f in audio_of(client, uid))
-                    assert sent == held.samples_sent
-                    await wait_for(client, lambda f: isinstance(f, fr.Transcript), mark)
-                nursery.cancel_scope.cancel()
+    async with soft_session() as (session, client, mic):
+        for i, text in enumerate(("Wait, stop, I want a pizza please.", "Hold on.")):
+            uid, mark, t_onset = await speak_over_agent(session, client, mic, text, AGENT[i])
+            with trio.move_on_after(20):
+                await wait_for(client, lambda f: isinstance(f, fr.Interrupted), mark)
+            events = [f for _, f in client.arrivals[mark:] if not isinstance(f, fr.Audio)]
+            inter = next((f for f in events if isinstance(f, fr.Interrupted)), None)
+            assert inter is not None, (text, events)
+            (t_held, held), (_, committed) = barge_ins(client, mark)
+            assert held.outcome is Outcome.HELD and t_held - t_onset <= 0.1
+            assert committed.outcome is Outcome.COMMITTED, (text, committed)
+            assert committed.reason in (Reason.WORDS, Reason.LONG)
+            # INTERRUPTED counts what was sent before the hold, and nothing came after
+            assert inter.vad and inter.utterance_id == uid
+            assert inter.samples_sent == held.samples_sent
+            sent = sum(len(f.pcm) // 2 for f in audio_of(client, uid))
+            assert sent == held.samples_sent
+            await wait_for(client, lambda f: isinstance(f, fr.Transcript), mark)
 
 
 @pytest.mark.integration
 async def test_an_interrupt_or_a_pause_during_a_hold(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    from speech import engine
-
-    services = inline_uplink_services(transcriber())
-    async with open_pair(engine(), uplink_services=services) as (pair,):
-        client = Client()
-        client.downlink_rate = 48_000
-        async with session_over(pair.client, soft_hello(), on_frame=client.on_frame) as session:
-            client.t0 = trio.current_time()
-            mic = Mic(client)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(client.uplink, session, mic)
-                # the client interrupts while the audio is held: the hold ends, no BARGE_IN
-                uid, mark, _ = await speak_over_agent(session, client, mic, "Yeah.", AGENT[0])
-                await wait_for(client, lambda f: isinstance(f, fr.BargeIn), mark)
-                await session.interrupt()
-                inter = await wait_for(client, lambda f: isinstance(f, fr.Interrupted), mark)
-                assert not inter.vad and inter.utterance_id == uid
-                await trio.sleep(2.0)
-                assert [f.outcome for _, f in barge_ins(client, mark)] == [Outcome.HELD]
-                # ... and the next utterance plays at once
-                mark = len(client.arrivals)
-                uid2 = await session.say(AGENT[1])
-                done = await wait_for(client, lambda f: isinstance(f, fr.UtteranceDone), mark)
-                assert done.utterance_id == uid2
-                # PAUSE during a hold: the backchannel resumes nothing until RESUME
-                uid3, mark, _ = await speak_over_agent(session, client, mic, "Okay.", AGENT[2])
-                await wait_for(client, lambda f: isinstance(f, fr.BargeIn), mark)
-                await session.pause()
-                resumed = await wait_for(
-                    client,
-                    lambda f: isinstance(f, fr.BargeIn) and f.outcome is not Outcome.HELD,
-                    mark,
-                )
-                assert resumed.outcome is Outcome.RESUMED
-                n = len(audio_of(client, uid3))
-                await trio.sleep(1.0)
-                assert len(audio_of(client, uid3)) == n  # still paused by the client
-                await session.resume()
-                done = await wait_for(client, lambda f: isinstance(f, fr.UtteranceDone), mark)
-                assert done.utterance_id == uid3
-                frames = audio_of(client, uid3)
-                assert [f.seq for f in frames] == list(range(len(frames)))
-                nursery.cancel_scope.cancel()
+    async with soft_session() as (session, client, mic):
+        # the client interrupts while the audio is held: the hold ends, no BARGE_IN
+        uid, mark, _ = await speak_over_agent(session, client, mic, "Yeah.", AGENT[0])
+        await wait_for(client, lambda f: isinstance(f, fr.BargeIn), mark)
+        await session.interrupt()
+        inter = await wait_for(client, lambda f: isinstance(f, fr.Interrupted), mark)
+        assert not inter.vad and inter.utterance_id == uid
+        await trio.sleep(2.0)
+        assert [f.outcome for _, f in barge_ins(client, mark)] == [Outcome.HELD]
+        # ... and the next utterance plays at once
+        mark = len(client.arrivals)
+        uid2 = await session.say(AGENT[1])
+        done = await wait_for(client, lambda f: isinstance(f, fr.UtteranceDone), mark)
+        assert done.utterance_id == uid2
+        # PAUSE during a hold: the backchannel resumes nothing until RESUME
+        uid3, mark, _ = await speak_over_agent(session, client, mic, "Okay.", AGENT[2])
+        await wait_for(client, lambda f: isinstance(f, fr.BargeIn), mark)
+        await session.pause()
+        resumed = await wait_for(
+            client,
+            lambda f: isinstance(f, fr.BargeIn) and f.outcome is not Outcome.HELD,
+            mark,
+        )
+        assert resumed.outcome is Outcome.RESUMED
+        n = len(audio_of(client, uid3))
+        await trio.sleep(1.0)
+        assert len(audio_of(client, uid3)) == n  # still paused by the client
+        await session.resume()
+        done = await wait_for(client, lambda f: isinstance(f, fr.UtteranceDone), mark)
+        assert done.utterance_id == uid3
+        frames = audio_of(client, uid3)
+        assert [f.seq for f in frames] == list(range(len(frames)))
 
 
 @pytest.mark.integration
