@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 import trio
 
-from .turns import FRAME, FRAME_S, NOISE_DBFS, RATE, speech_end
+from .turns import FRAME, FRAME_S, NOISE_DBFS, RATE, speech_end, speech_onset
 
 F32 = npt.NDArray[np.float32]
 LEAD_S: Final = 0.8  # into the reply's audio, the sound starts
@@ -118,31 +117,18 @@ def synthesize_set(path: str) -> None:
     np.savez(path, **arrays)
 
 
-def load_sounds(directory: str, timeout_s: float = 600.0) -> list[Sound]:
+def load_sounds(directory: str) -> list[Sound]:
     """The whole set: spoken ones synthesized in a subprocess (torch stays out of the bench
     process), noises made here."""
-    path = os.path.join(directory, "sounds.npz")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.backchannels", "--synthesize", path],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"could not synthesize the sounds:\n{proc.stderr[-2000:]}")
+    from .daemon import synthesize_in_subprocess
+
+    path = synthesize_in_subprocess("bench.backchannels", os.path.join(directory, "sounds.npz"))
     data = np.load(path)
     return [
         *(Sound("backchannel", t, data[t]) for t in BACKCHANNELS),
         *(Sound("noise", n, noise(n)) for n in NOISES),
         *(Sound("interruption", t, data[t]) for t in INTERRUPTIONS),
     ]
-
-
-def onset(audio: F32, level: float = 0.02) -> int:
-    env = np.convolve(np.abs(audio), np.ones(80) / 80, mode="same")
-    return int(np.argmax(env > level / 4))
 
 
 # ---------------------------------------------------------------------------- one session
@@ -242,7 +228,7 @@ async def drive(url: str, sounds: list[Sound], rounds: int, mode: str) -> list[T
                     await events.wait(lambda f: isinstance(f, fr.UtteranceStarted), mark)
                     await trio.sleep(LEAD_S)
                     at = mic.play(sound.audio)
-                    trial.t_onset = mic.t0 + (at + onset(sound.audio)) / RATE
+                    trial.t_onset = mic.t0 + (at + speech_onset(sound.audio)) / RATE
                     trial.t_end = mic.t0 + (at + speech_end(sound.audio)) / RATE
                     with trio.move_on_after(60):
                         await events.wait(
@@ -347,30 +333,22 @@ def main(argv: list[str] | None = None) -> int:
         synthesize_set(args.synthesize)
         return 0
     from .__main__ import git_rev
-    from .daemon import ServerFailed, duplexd_argv, start_server
+    from .daemon import ServerFailed, tone_daemon
 
     with tempfile.TemporaryDirectory(prefix="bench-backchannels-") as tmp:
         print("bench.backchannels: synthesizing the sounds (VITS)...", file=sys.stderr)
         sounds = load_sounds(tmp)
-    server = None
-    url = args.url
-    if not url:
-        try:
-            server = start_server("duplexd", duplexd_argv("tone", "cpu"))
-        except ServerFailed as exc:
-            print(f"bench.backchannels: {exc}", file=sys.stderr)
-            return 1
-        url = server.url
     runs: dict[str, list[Trial]] = {}
     try:
-        for mode in args.modes.split(","):
-            print(f"bench.backchannels: {mode} mode...", file=sys.stderr)
-            started = time.monotonic()
-            runs[mode] = trio.run(drive, url, sounds, args.rounds, mode)
-            print(f"  {time.monotonic() - started:.0f} s", file=sys.stderr)
-    finally:
-        if server is not None:
-            server.stop()
+        with tone_daemon(args.url) as (url, _server):
+            for mode in args.modes.split(","):
+                print(f"bench.backchannels: {mode} mode...", file=sys.stderr)
+                started = time.monotonic()
+                runs[mode] = trio.run(drive, url, sounds, args.rounds, mode)
+                print(f"  {time.monotonic() - started:.0f} s", file=sys.stderr)
+    except ServerFailed as exc:
+        print(f"bench.backchannels: {exc}", file=sys.stderr)
+        return 1
     cmd = " ".join(["python -m bench.backchannels", *(argv if argv is not None else sys.argv[1:])])
     meta = {"command": cmd, "git_rev": git_rev(), "cpu_count": os.cpu_count()}
     print(markdown(runs, meta))

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from .cpus import pin
@@ -156,3 +157,33 @@ class ProcSampler:
         """Since `start`; 100 = one core busy."""
         wall = time.monotonic() - self._wall0
         return 100 * (self.cpu_seconds() - self._cpu0) / wall if wall > 0 else 0.0
+
+
+def synthesize_in_subprocess(module: str, path: str, timeout_s: float = 600.0) -> str:
+    """Run `python -m <module> --synthesize <path>` (torch and VITS stay out of the bench
+    process) and return `path`; RuntimeError with its stderr if it failed."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run(
+        [sys.executable, "-m", module, "--synthesize", path],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+    if proc.returncode != 0 or not os.path.exists(path):
+        raise RuntimeError(f"{module} could not synthesize its set:\n{proc.stderr[-2000:]}")
+    return path
+
+
+@contextlib.contextmanager
+def tone_daemon(url: str = "") -> Iterator[tuple[str, Server | None]]:
+    """`url` if given, else a fresh duplexd (tone engine, CPU) for the block: (its url, the
+    server or None); raises ServerFailed if it does not start."""
+    if url:
+        yield url, None
+        return
+    server = start_server("duplexd", duplexd_argv("tone", "cpu"))
+    try:
+        yield server.url, server
+    finally:
+        server.stop()

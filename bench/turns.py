@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -80,6 +79,12 @@ class Spoken:
     audio: F32
     end: int
     pause: tuple[int, int] | None = None
+
+
+def speech_onset(audio: F32, level: float = 0.02) -> int:
+    """First sample whose 5 ms neighbourhood exceeds `level` (the true speech onset)."""
+    env = np.convolve(np.abs(audio), np.ones(80) / 80, mode="same")
+    return int(np.argmax(env > level / 4))
 
 
 def speech_end(audio: F32, level: float = 0.02) -> int:
@@ -139,20 +144,11 @@ def load_set(path: str) -> list[Spoken]:
     return out
 
 
-def make_set(directory: str, timeout_s: float = 600.0) -> str:
+def make_set(directory: str) -> str:
     """Synthesize the set in a subprocess (torch and VITS stay out of the bench process)."""
-    path = os.path.join(directory, "turns.npz")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.turns", "--synthesize", path],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-    )
-    if proc.returncode != 0 or not os.path.exists(path):
-        raise RuntimeError(f"could not synthesize the turns:\n{proc.stderr[-2000:]}")
-    return path
+    from .daemon import synthesize_in_subprocess
+
+    return synthesize_in_subprocess("bench.turns", os.path.join(directory, "turns.npz"))
 
 
 # ---------------------------------------------------------------------------- one session
@@ -385,30 +381,22 @@ def main(argv: list[str] | None = None) -> int:
         synthesize_set(args.synthesize)
         return 0
     from .__main__ import git_rev
-    from .daemon import ServerFailed, duplexd_argv, start_server
+    from .daemon import ServerFailed, tone_daemon
 
     options = json.loads(args.options)
     with tempfile.TemporaryDirectory(prefix="bench-turns-") as tmp:
         print("bench.turns: synthesizing the turns (VITS)...", file=sys.stderr)
         turns = load_set(make_set(tmp))
     mic, placed = timeline(turns, args.rounds)
-    server = None
     started = time.monotonic()
-    url = args.url
-    if not url:
-        try:
-            server = start_server("duplexd", duplexd_argv("tone", "cpu"))
-        except ServerFailed as exc:
-            print(f"bench.turns: {exc}", file=sys.stderr)
-            return 1
-        url = server.url
-    daemon_start_s = round(time.monotonic() - started, 2)
     try:
-        print(f"bench.turns: {len(mic) / RATE:.0f} s of microphone...", file=sys.stderr)
-        recs = trio.run(drive_all, url, mic, options, args.sessions)
-    finally:
-        if server is not None:
-            server.stop()
+        with tone_daemon(args.url) as (url, server):
+            daemon_start_s = round(time.monotonic() - started, 2) if server else None
+            print(f"bench.turns: {len(mic) / RATE:.0f} s of microphone...", file=sys.stderr)
+            recs = trio.run(drive_all, url, mic, options, args.sessions)
+    except ServerFailed as exc:
+        print(f"bench.turns: {exc}", file=sys.stderr)
+        return 1
     result = measure(recs, placed)
     cmd = " ".join(["python -m bench.turns", *(argv if argv is not None else sys.argv[1:])])
     meta = {
@@ -416,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
         "git_rev": git_rev(),
         "options": options,
         "sessions": args.sessions,
-        "daemon_start_s": daemon_start_s if server is not None else None,
+        "daemon_start_s": daemon_start_s,
         "cpu_count": os.cpu_count(),
     }
     print(markdown(result, meta))

@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 import soxr
 
-from bench.turns import Spoken, with_pause
+from bench.turns import Spoken, speech_onset, with_pause
 from duplexd.engines.vits import VitsEngine
 
 RATE = 16_000
@@ -44,10 +44,7 @@ def clip(text: str, *, other_speaker: bool = False) -> Audio:
     return out
 
 
-def onset(audio: Audio, level: float = 0.02) -> int:
-    """First sample whose 5 ms neighbourhood exceeds `level` (the true speech onset)."""
-    env = np.convolve(np.abs(audio), np.ones(80) / 80, mode="same")
-    return int(np.argmax(env > level / 4))
+onset = speech_onset  # the first sample above the noise (the true speech onset)
 
 
 def to_s16(audio: Audio) -> bytes:
