@@ -99,3 +99,36 @@ def db(x: npt.ArrayLike) -> float:
     """Mean power in dB (full scale 1.0)."""
     a = np.asarray(x, dtype=np.float64)
     return float(10 * np.log10(np.mean(a**2) + 1e-20))
+
+
+class StreamingEcho:
+    """`Room.echo`, 20 ms at a time (overlap-add): what the microphone hears of each frame
+    played, from the frame played at time 0 on; the path changes `change_at_s` in."""
+
+    def __init__(self, room: Room, frame: int = 320) -> None:
+        self.room = room
+        self._frame = frame
+        self._irs = [room.impulse_response()]
+        if room.change_at_s is not None:
+            self._irs.append(room.impulse_response(second=True))
+        longest = max(len(ir) for ir in self._irs)
+        self._size = 1 << (frame + longest).bit_length()
+        self._spectra = [np.fft.rfft(ir.astype(np.float64), self._size) for ir in self._irs]
+        self._tail = np.zeros(self._size, dtype=np.float64)
+        self._played = 0  # samples played so far
+
+    def process(self, played: Audio) -> Audio:
+        """The echo of the next `frame` samples played (as long as `played`)."""
+        n = len(played)
+        x = played.astype(np.float64)
+        if self.room.drive > 0:
+            x = np.tanh(self.room.drive * x) / self.room.drive
+        change = self.room.change_at_s
+        second = change is not None and self._played >= change * RATE_HZ
+        self._played += n
+        y = np.fft.irfft(np.fft.rfft(x, self._size) * self._spectra[int(second)], self._size)
+        self._tail += y
+        out = self._tail[:n].copy()
+        self._tail[:-n] = self._tail[n:]
+        self._tail[-n:] = 0.0
+        return out.astype(np.float32)

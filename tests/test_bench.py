@@ -173,6 +173,19 @@ def test_uplink_noise_only(tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
+def test_uplink_echo_through_a_room(tmp_path: Path) -> None:
+    """`--uplink-echo-room`: the echo comes back through a reverberant room of bench/rooms.py
+    (its own level: `echo_db` 0 on top of it), recorded in the run's metadata."""
+    stdout, level = _run_uplink(
+        tmp_path, "--duration", "2", "--interrupt-fraction", "0", "--uplink-echo-room", "rt60-300"
+    )
+    doc = json.loads((tmp_path / "uplink.json").read_text())
+    assert doc["uplink"]["echo_room"] == "rt60-300" and doc["uplink"]["echo_db"] == 0.0
+    assert "room rt60-300" in stdout
+    assert level["vad_injected"] == 0 and level["uplink_noise_min"] > 0
+
+
+@pytest.mark.integration
 @pytest.mark.slow
 def test_uplink_voice_barge_in(tmp_path: Path) -> None:
     """Both sessions barge in by voice (the VITS clip, synthesized once for the run)."""
