@@ -22,14 +22,18 @@ that hands it the right far-end reference for each stretch of uplink:
   minus when that sample was sent, that is the delay from sending to playing. The reference
   is handed to AEC3 that much later, less `PLAYOUT_MARGIN_MS` (AEC3 finds the rest, up to
   about 450 ms by measurement, and cannot cancel an echo that comes before its reference).
-  Without reports the delay AEC3 can find is what it covers on its own: a client whose
-  round trip plus playout buffer exceeds ~450 ms needs to send PLAYED.
-
-- Whether an echo comes back at all (`echo_found`, a GCC-PHAT of the last second of uplink
-  against the reference, every 100 ms): with headphones nothing does, and AEC3 then only ducks
-  the user under the agent's voice (5-10 dB, measured); so AEC3 runs until no echo was found
-  (from the first ~0.3 s of the agent's voice: an echo is never let through unjudged), and
-  the uplink passes untouched while none is found.
+  Without reports the presence check below finds an echo up to 600 ms late: a client whose
+  round trip plus playout buffer may exceed that needs to send PLAYED.
+- Whether an echo comes back at all, and how late (`echo_found`: a GCC-PHAT of the last second
+  of uplink against the reference, every 100 ms): with headphones nothing does, and AEC3 then
+  only ducks the user under the agent's voice (5-10 dB, measured); so AEC3 runs until no echo
+  was found (from the first ~0.3 s of the agent's voice: an echo is never let through
+  unjudged), and the uplink passes untouched while none is found. Where an echo is found
+  clearly, its direct path is kept `ALIGN_LEAD_MS` after the reference handed to AEC3: when it
+  is found elsewhere (the first time; a player that restarted; a device that changed), the
+  reference moves there and AEC3 starts over (it converges afresh in well under a second, but
+  takes ~4 s to follow a delay jump of 90 ms on its own, measured, with false barge-ins on the
+  way; on the way in, an echo with a 600 ms tail also leaked enough to barge in).
 
 AEC3 works in 10 ms frames and answers `AEC_LATENCY_SAMPLES` (8 ms) late; `process` keeps whole
 frames (a remainder waits for the next call) and drops the lateness from the stream's start,
@@ -53,6 +57,8 @@ FloatArray = npt.NDArray[np.float32]
 
 AEC_LATENCY_SAMPLES: Final = 128  # AEC3's output is this late at 16 kHz (tests/test_echo.py)
 PLAYOUT_MARGIN_MS: Final = 100.0  # the reference leads the reported playout by this much
+ALIGN_LEAD_MS: Final = 40.0  # ... and the echo found by the presence check by this much
+_ALIGN_SLACK_MS: Final = 25.0  # a direct path found within this of that lead stays as it is
 IDLE_S: Final = 1.5  # no echo possible this long after the last audio sent (delay + reverb)
 _CONTIGUOUS_S: Final = 0.015  # a frame sent within this of where the last ended continues it
 _OFFSET_FRAMES: Final = 100  # uplink frames over which the clock offset is the minimum
@@ -69,6 +75,7 @@ _PRESENCE_MIN_S: Final = 0.25
 _PRESENCE_LAG_S: Final = 0.6
 _PRESENCE_EVERY_S: Final = 0.1
 _ECHO_SCORE: Final = 10.0  # an echo: AEC3 on
+_ALIGN_SCORE: Final = 15.0  # the echo's delay is taken from a peak this clear
 _NO_ECHO_SCORE: Final = 6.0  # ... no echo, `_NO_ECHO_RUNS` verdicts in a row: AEC3 off
 _NO_ECHO_RUNS: Final = 10
 # The first verdict (until then AEC3 runs: an echo must never get through to barge in) is made
@@ -78,16 +85,18 @@ _SENT_LOUD: Final = 1e-4  # a reference sample above this is not silence ...
 _SENT_SHARE: Final = 0.3  # ... and a verdict needs this share of the window's reference so
 
 
-def _phat_score(near: FloatArray, far: FloatArray) -> float:
+def _phat_score(near: FloatArray, far: FloatArray) -> tuple[float, int]:
     """GCC-PHAT peak-to-RMS of `near` against `far` (which starts `len(far) - len(near)`
     samples earlier), at lags 0 .. len(far) - len(near): every spectral bin weighs the same,
-    so a delayed (filtered, reverberated) copy gives a sharp peak and other speech none."""
+    so a delayed (filtered, reverberated) copy gives a sharp peak and other speech none. With
+    the peak's lag (`far[lag:]` lines up with `near`)."""
     lags = len(far) - len(near)
     size = 1 << (len(far) + len(near)).bit_length()
     cross = np.fft.rfft(far, size) * np.conj(np.fft.rfft(near, size))
     cross /= np.abs(cross) + 1e-12
     corr = np.fft.irfft(cross, size)[: lags + 1]
-    return float(np.max(corr) / (np.sqrt(np.mean(corr**2)) + 1e-12))
+    k = int(np.argmax(corr))
+    return float(corr[k] / (np.sqrt(np.mean(corr**2)) + 1e-12)), k
 
 
 class _RunningMin:
@@ -125,6 +134,7 @@ class EchoCanceller:
         self._sent: collections.OrderedDict[tuple[int, int], int] = collections.OrderedDict()
         self._client_offsets = _RunningMin(_PLAYED_REPORTS)
         self._playout = 0  # samples from sending to playing, less the margin (0: unknown)
+        self._align = 0  # ... and further, from the delay the presence check found
         self._aec = pywebrtc_audio.EchoCanceller(rate_hz)
         self._latency = round(AEC_LATENCY_SAMPLES * rate_hz / 16_000)
         self._frame = rate_hz // 100
@@ -139,9 +149,11 @@ class EchoCanceller:
         self._unjudged = 0  # samples since the last verdict on the echo's presence
         self._heard = 0  # uplink samples judged so far (while echo was possible)
         self._no_echo_runs = 0
+        self._delay: int | None = None  # the echo's direct path after the reference handed on
         self.echo_found: bool | None = None  # whether an echo comes back (None: not known)
         self.echo_score = 0.0  # the last verdict's GCC-PHAT score
         self.frames = 0  # 10 ms frames AEC3 processed
+        self.realignments = 0  # times the reference was moved to the echo found (AEC3 reset)
         self.energy_in = 0.0  # of the uplink while echo was possible ...
         self.energy_out = 0.0  # ... and of what AEC3 left of it
 
@@ -197,7 +209,10 @@ class EchoCanceller:
         played = (clock_us / 1e6 + client - self._t0) * self.rate_hz
         delay = played - (sent + offset)
         margin = PLAYOUT_MARGIN_MS * self.rate_hz / 1000
-        self._playout = max(0, round(delay - margin))
+        playout = max(0, round(delay - margin))
+        # the echo found stays where it was found: what the reports add is no longer to align
+        self._align = max(0, self._align - (playout - self._playout))
+        self._playout = playout
         return float(1000 * delay / self.rate_hz)
 
     @property
@@ -230,7 +245,7 @@ class EchoCanceller:
         """Whether uplink sample `start` may hold echo of what was sent."""
         if self._offset is None or self._ref_end is None:
             return False
-        p = round(self._offset) + start - self._playout
+        p = round(self._offset) + start - (self._playout + self._align)
         return self._active_until > p - IDLE_S * self.rate_hz
 
     def process(self, samples: FloatArray) -> FloatArray:
@@ -250,8 +265,8 @@ class EchoCanceller:
             self._running = False
             return self._skipped(joined[:n])
         assert self._offset is not None
-        far = self._segment(round(self._offset) + pos - self._playout, n)
-        self._judge(chunk, round(self._offset) + pos + n - self._playout)
+        far = self._segment(round(self._offset) + pos - (self._playout + self._align), n)
+        self._judge(chunk, round(self._offset) + pos + n - (self._playout + self._align))
         if self.echo_found is False:  # headphones: nothing comes back to take out
             self._running = False
             e = float(np.dot(joined[:n], joined[:n]))
@@ -294,10 +309,13 @@ class EchoCanceller:
         if np.count_nonzero(np.abs(far[-w:]) > _SENT_LOUD) < _SENT_SHARE * w:
             return  # too little was sent to tell: the verdict stands
         near = self._recent[-w:]
-        score = _phat_score(near[0::2] + near[1::2], far[0::2] + far[1::2])
+        score, lag = _phat_score(near[0::2] + near[1::2], far[0::2] + far[1::2])
         self.echo_score = score
         if score >= _ECHO_SCORE:
             self.echo_found, self._no_echo_runs = True, 0
+            self._delay = self._lags - 2 * lag  # (at 8 kHz)
+            if score >= _ALIGN_SCORE:  # (a clear peak: the echo alone, or nearly)
+                self._realign(self._delay)
         elif self.echo_found is None and score < _FIRST_NO_ECHO_SCORE:
             self.echo_found = False
         elif score < _NO_ECHO_SCORE:
@@ -306,6 +324,19 @@ class EchoCanceller:
                 self.echo_found = False
         else:
             self._no_echo_runs = 0
+
+    def _realign(self, delay: int) -> None:
+        """The echo's direct path comes `delay` samples after the reference handed to AEC3:
+        if that is far from `ALIGN_LEAD_MS`, hand the reference on that much later from now
+        on, and let AEC3 start over (it takes seconds to follow a delay that jumps by more than
+        ~30 ms on its own; converging afresh on an aligned reference, well under one)."""
+        target = round(ALIGN_LEAD_MS * self.rate_hz / 1000)
+        if abs(delay - target) <= round(_ALIGN_SLACK_MS * self.rate_hz / 1000):
+            return
+        self._align = max(0, self._align + delay - target)
+        self._delay = target
+        self._aec.reset()
+        self.realignments += 1
 
     @property
     def removed_db(self) -> float:
