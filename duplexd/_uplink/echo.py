@@ -265,8 +265,8 @@ class EchoCanceller:
             self._running = False
             return self._skipped(joined[:n])
         assert self._offset is not None
-        far = self._segment(round(self._offset) + pos - (self._playout + self._align), n)
-        self._judge(chunk, round(self._offset) + pos + n - (self._playout + self._align))
+        self._judge(chunk, pos)  # (which may move the reference, and start AEC3 over)
+        far = self._segment(self._server(pos), n)
         if self.echo_found is False:  # headphones: nothing comes back to take out
             self._running = False
             e = float(np.dot(joined[:n], joined[:n]))
@@ -291,9 +291,15 @@ class EchoCanceller:
             out = out[k:]
         return out
 
-    def _judge(self, chunk: FloatArray, end: int) -> None:
-        """Every `_PRESENCE_EVERY_S`: does the last second of uplink (ending at server index
-        `end`, as handed to AEC3) hold an echo of what was sent? (`_phat_score`, at 8 kHz)"""
+    def _server(self, pos: int) -> int:
+        """The index of the reference handed to AEC3 with uplink sample `pos`."""
+        assert self._offset is not None
+        return round(self._offset) + pos - (self._playout + self._align)
+
+    def _judge(self, chunk: FloatArray, pos: int) -> None:
+        """Every `_PRESENCE_EVERY_S`: does the last second of uplink (up to `chunk`, at uplink
+        sample `pos`) hold an echo of what was sent? (`_phat_score`, at 8 kHz)"""
+        end = self._server(pos + len(chunk))
         k = min(len(chunk), len(self._recent))
         self._recent[:-k] = self._recent[k:]
         self._recent[-k:] = chunk[-k:]
@@ -315,7 +321,7 @@ class EchoCanceller:
             self.echo_found, self._no_echo_runs = True, 0
             self._delay = self._lags - 2 * lag  # (at 8 kHz)
             if score >= _ALIGN_SCORE:  # (a clear peak: the echo alone, or nearly)
-                self._realign(self._delay)
+                self._realign(self._delay, pos, w - len(chunk))
         elif self.echo_found is None and score < _FIRST_NO_ECHO_SCORE:
             self.echo_found = False
         elif score < _NO_ECHO_SCORE:
@@ -325,17 +331,24 @@ class EchoCanceller:
         else:
             self._no_echo_runs = 0
 
-    def _realign(self, delay: int) -> None:
+    def _realign(self, delay: int, pos: int, history: int) -> None:
         """The echo's direct path comes `delay` samples after the reference handed to AEC3:
         if that is far from `ALIGN_LEAD_MS`, hand the reference on that much later from now
-        on, and let AEC3 start over (it takes seconds to follow a delay that jumps by more than
-        ~30 ms on its own; converging afresh on an aligned reference, well under one)."""
+        on (uplink sample `pos`), and start AEC3 over (it takes seconds to follow a delay that
+        jumps by more than ~30 ms on its own, converging afresh on an aligned reference well
+        under one), brought up to `pos` on the `history` samples of uplink before it: a fresh
+        AEC3 ducks the user hard for most of its first second (measured: -15..-37 dB)."""
         target = round(ALIGN_LEAD_MS * self.rate_hz / 1000)
         if abs(delay - target) <= round(_ALIGN_SLACK_MS * self.rate_hz / 1000):
             return
         self._align = max(0, self._align + delay - target)
         self._delay = target
-        self._aec.reset()
+        aec = pywebrtc_audio.EchoCanceller(self.rate_hz)
+        m = history - history % self._frame
+        if m > 0:  # (its output: already sent on, by the AEC3 it replaces)
+            n = len(self._recent) - (self._pos - pos)  # `_recent` ends at `self._pos`
+            aec.process(self._recent[n - m : n], self._segment(self._server(pos - m), m))
+        self._aec = aec
         self.realignments += 1
 
     @property
