@@ -25,6 +25,7 @@ side by side: the Uplink's constructor and batch format are the same since the N
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -76,12 +77,17 @@ def voices(cache: Path) -> tuple[F32, F32]:
     return np.load(a), np.load(u)
 
 
+ECHO_THRESHOLD: float | None = None  # --echo-threshold: the session option, else its default
+
+
 def replay(agent: F32, mic: F32, *, echo_cancel: bool = True) -> tuple[Uplink, list, float]:
     """The uplink of one session fed `mic` while it sends `agent`: (uplink, [(frame index,
     event)], worker CPU seconds)."""
 
     async def run() -> tuple[Uplink, list, float]:
         vad = VadOptions(barge_in=True, echo_cancel=echo_cancel)
+        if ECHO_THRESHOLD is not None:
+            vad = dataclasses.replace(vad, echo_threshold=ECHO_THRESHOLD)
         uplink = Uplink(
             rate_hz=RATE,
             downlink_rate_hz=RATE,
@@ -173,7 +179,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--md", metavar="PATH", help="a Markdown table, beside --old's if given")
     p.add_argument("--old", metavar="JSON", help="a run of another revision, for a side by side")
     p.add_argument("--rev", help="the revision measured (default: git's HEAD here)")
+    p.add_argument("--echo-threshold", type=float, help="vad.echo_threshold (default: 0.7)")
     args = p.parse_args(argv)
+    global ECHO_THRESHOLD
+    ECHO_THRESHOLD = args.echo_threshold
     agent, user = voices(Path(args.cache))
     by_name = {r.name: r for r in ROOMS}
     rows = []

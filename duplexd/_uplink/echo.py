@@ -73,7 +73,8 @@ _SENT_FRAMES: Final = 400  # downlink frames whose send position is remembered (
 _PRESENCE_S: Final = 1.0  # the uplink judged: the last second (less, at first: >= 0.25 s)
 _PRESENCE_MIN_S: Final = 0.25
 _PRESENCE_LAG_S: Final = 0.6
-_PRESENCE_EVERY_S: Final = 0.1
+_PRESENCE_EVERY_S: Final = 0.1  # while not known yet; then every `_SETTLED_EVERY` times that
+_SETTLED_EVERY: Final = 3
 _ECHO_SCORE: Final = 10.0  # an echo: AEC3 on
 _ALIGN_SCORE: Final = 15.0  # the echo's delay is taken from a peak this clear
 _NO_ECHO_SCORE: Final = 6.0  # ... no echo, `_NO_ECHO_RUNS` verdicts in a row: AEC3 off
@@ -297,18 +298,20 @@ class EchoCanceller:
         return round(self._offset) + pos - (self._playout + self._align)
 
     def _judge(self, chunk: FloatArray, pos: int) -> None:
-        """Every `_PRESENCE_EVERY_S`: does the last second of uplink (up to `chunk`, at uplink
-        sample `pos`) hold an echo of what was sent? (`_phat_score`, at 8 kHz)"""
+        """Every `_PRESENCE_EVERY_S` (3 times that once known): does the last second of uplink
+        (up to `chunk`, at uplink sample `pos`) hold an echo of what was sent? (`_phat_score`,
+        at 8 kHz)"""
         end = self._server(pos + len(chunk))
         k = min(len(chunk), len(self._recent))
         self._recent[:-k] = self._recent[k:]
         self._recent[-k:] = chunk[-k:]
         self._unjudged += len(chunk)
-        if self._unjudged < self._judge_every:
+        self._heard += len(chunk)
+        settled = self.echo_found is not None  # then a verdict costs its CPU less often
+        if self._unjudged < self._judge_every * (_SETTLED_EVERY if settled else 1):
             return
         self._unjudged = 0
         w = min(len(self._recent), self._heard)
-        self._heard += self._judge_every
         if w < _PRESENCE_MIN_S * self.rate_hz:
             return
         far = self._segment(end - w - self._lags, w + self._lags)
