@@ -76,7 +76,8 @@ _PRESENCE_LAG_S: Final = 0.6
 _PRESENCE_EVERY_S: Final = 0.1  # while not known yet; then every `_SETTLED_EVERY` times that
 _SETTLED_EVERY: Final = 3
 _ECHO_SCORE: Final = 10.0  # an echo: AEC3 on
-_ALIGN_SCORE: Final = 15.0  # the echo's delay is taken from a peak this clear
+_ALIGN_SCORE: Final = 15.0  # the echo's delay is taken from a peak this clear, found twice
+_STILL_THERE: Final = 0.5  # ... unless the delay followed still scores this share of it
 _NO_ECHO_SCORE: Final = 6.0  # ... no echo, `_NO_ECHO_RUNS` verdicts in a row: AEC3 off
 _NO_ECHO_RUNS: Final = 10
 # The first verdict (until then AEC3 runs: an echo must never get through to barge in) is made
@@ -86,18 +87,18 @@ _SENT_LOUD: Final = 1e-4  # a reference sample above this is not silence ...
 _SENT_SHARE: Final = 0.3  # ... and a verdict needs this share of the window's reference so
 
 
-def _phat_score(near: FloatArray, far: FloatArray) -> tuple[float, int]:
+def _phat(near: FloatArray, far: FloatArray) -> npt.NDArray[np.float64]:
     """GCC-PHAT peak-to-RMS of `near` against `far` (which starts `len(far) - len(near)`
     samples earlier), at lags 0 .. len(far) - len(near): every spectral bin weighs the same,
-    so a delayed (filtered, reverberated) copy gives a sharp peak and other speech none. With
-    the peak's lag (`far[lag:]` lines up with `near`)."""
+    so a delayed (filtered, reverberated) copy gives a sharp peak and other speech none: the
+    correlation at every lag (`far[lag:]` lines up with `near`) over its RMS."""
     lags = len(far) - len(near)
     size = 1 << (len(far) + len(near)).bit_length()
     cross = np.fft.rfft(far, size) * np.conj(np.fft.rfft(near, size))
     cross /= np.abs(cross) + 1e-12
     corr = np.fft.irfft(cross, size)[: lags + 1]
-    k = int(np.argmax(corr))
-    return float(corr[k] / (np.sqrt(np.mean(corr**2)) + 1e-12)), k
+    out: npt.NDArray[np.float64] = corr / (np.sqrt(np.mean(corr**2)) + 1e-12)
+    return out
 
 
 class _RunningMin:
@@ -150,7 +151,9 @@ class EchoCanceller:
         self._unjudged = 0  # samples since the last verdict on the echo's presence
         self._heard = 0  # uplink samples judged so far (while echo was possible)
         self._no_echo_runs = 0
-        self._delay: int | None = None  # the echo's direct path after the reference handed on
+        self._delay = round(ALIGN_LEAD_MS * rate_hz / 1000)  # the echo's path, as handed on
+        self._moving: int | None = None  # a delay the echo was found at, elsewhere, once
+        self._slack = round(_ALIGN_SLACK_MS * rate_hz / 1000)
         self.echo_found: bool | None = None  # whether an echo comes back (None: not known)
         self.echo_score = 0.0  # the last verdict's GCC-PHAT score
         self.frames = 0  # 10 ms frames AEC3 processed
@@ -318,13 +321,25 @@ class EchoCanceller:
         if np.count_nonzero(np.abs(far[-w:]) > _SENT_LOUD) < _SENT_SHARE * w:
             return  # too little was sent to tell: the verdict stands
         near = self._recent[-w:]
-        score, lag = _phat_score(near[0::2] + near[1::2], far[0::2] + far[1::2])
-        self.echo_score = score
+        corr = _phat(near[0::2] + near[1::2], far[0::2] + far[1::2])
+        lag = int(np.argmax(corr))
+        score = self.echo_score = float(corr[lag])
         if score >= _ECHO_SCORE:
             self.echo_found, self._no_echo_runs = True, 0
-            self._delay = self._lags - 2 * lag  # (at 8 kHz)
-            if score >= _ALIGN_SCORE:  # (a clear peak: the echo alone, or nearly)
-                self._realign(self._delay, pos, w - len(chunk))
+            delay = self._lags - 2 * lag  # (at 8 kHz)
+            # where AEC3 is told to look now: does the echo still show there? (periodic
+            # audio, a tone, peaks at many lags: the path moves only if it no longer does)
+            at = (self._lags - self._delay) // 2
+            there = float(np.max(corr[max(0, at - 2) : at + 3]))
+            if score >= _ALIGN_SCORE and there < _STILL_THERE * score:
+                again = self._moving is not None and abs(self._moving - delay) <= self._slack
+                if again or not self.realignments:  # (the first time at once: echo may leak)
+                    self._realign(delay, pos, w - len(chunk))
+                    self._moving = None
+                else:
+                    self._moving = delay
+            else:
+                self._moving = None
         elif self.echo_found is None and score < _FIRST_NO_ECHO_SCORE:
             self.echo_found = False
         elif score < _NO_ECHO_SCORE:
@@ -342,7 +357,7 @@ class EchoCanceller:
         under one), brought up to `pos` on the `history` samples of uplink before it: a fresh
         AEC3 ducks the user hard for most of its first second (measured: -15..-37 dB)."""
         target = round(ALIGN_LEAD_MS * self.rate_hz / 1000)
-        if abs(delay - target) <= round(_ALIGN_SLACK_MS * self.rate_hz / 1000):
+        if abs(delay - target) <= self._slack:
             return
         self._align = max(0, self._align + delay - target)
         self._delay = target

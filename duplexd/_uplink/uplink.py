@@ -570,4 +570,6 @@ class Uplink:
         if self._echo is not None:
             out["echo_removed_db"] = round(self._echo.removed_db, 1)
             out["echo_playout_ms"] = round(self._echo.playout_ms, 1)
+            out["echo_found"] = self._echo.echo_found
+            out["echo_realignments"] = self._echo.realignments
         return out
