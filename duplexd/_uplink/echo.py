@@ -324,6 +324,7 @@ class EchoCanceller:
         corr = _phat(near[0::2] + near[1::2], far[0::2] + far[1::2])
         lag = int(np.argmax(corr))
         score = self.echo_score = float(corr[lag])
+        edge = lag < 2 or lag > len(corr) - 3  # (a peak at the end of the range: cut off there)
         if score >= _ECHO_SCORE:
             self.echo_found, self._no_echo_runs = True, 0
             delay = self._lags - 2 * lag  # (at 8 kHz)
@@ -331,7 +332,7 @@ class EchoCanceller:
             # audio, a tone, peaks at many lags: the path moves only if it no longer does)
             at = (self._lags - self._delay) // 2
             there = float(np.max(corr[max(0, at - 2) : at + 3]))
-            if score >= _ALIGN_SCORE and there < _STILL_THERE * score:
+            if score >= _ALIGN_SCORE and there < _STILL_THERE * score and not edge:
                 again = self._moving is not None and abs(self._moving - delay) <= self._slack
                 if again or not self.realignments:  # (the first time at once: echo may leak)
                     self._realign(delay, pos, w - len(chunk))
@@ -359,8 +360,10 @@ class EchoCanceller:
         target = round(ALIGN_LEAD_MS * self.rate_hz / 1000)
         if abs(delay - target) <= self._slack:
             return
-        self._align = max(0, self._align + delay - target)
-        self._delay = target
+        align = max(0, self._align + delay - target)
+        if align == self._align:
+            return  # (the echo comes sooner than the reference can be handed on sooner)
+        self._align, self._delay = align, target
         aec = pywebrtc_audio.EchoCanceller(self.rate_hz)
         m = history - history % self._frame
         if m > 0:  # (its output: already sent on, by the AEC3 it replaces)
