@@ -80,9 +80,14 @@ def voices(cache: Path) -> tuple[F32, F32]:
 ECHO_THRESHOLD: float | None = None  # --echo-threshold: the session option, else its default
 
 
-def replay(agent: F32, mic: F32, *, echo_cancel: bool = True) -> tuple[Uplink, list, float]:
+def replay(
+    agent: F32, mic: F32, *, echo_cancel: bool = True, jitter_ms: float = 0.0, seed: int = 0
+) -> tuple[Uplink, list, float]:
     """The uplink of one session fed `mic` while it sends `agent`: (uplink, [(frame index,
-    event)], worker CPU seconds)."""
+    event)], worker CPU seconds). `jitter_ms`: each uplink frame arrives that much later on
+    average (exponentially distributed, in order), as over a busy network."""
+    rng = np.random.default_rng(seed)
+    late = rng.exponential(jitter_ms / 1000, len(mic) // FRAME) if jitter_ms else None
 
     async def run() -> tuple[Uplink, list, float]:
         vad = VadOptions(barge_in=True, echo_cancel=echo_cancel)
@@ -99,6 +104,7 @@ def replay(agent: F32, mic: F32, *, echo_cancel: bool = True) -> tuple[Uplink, l
         t0 = trio.current_time()
         events: list[tuple[int, object]] = []
         cpu = 0.0
+        last = t0
         for k in range(len(mic) // FRAME):
             batch: list[tuple[float, int, Any]] = []
             if (k + 1) * FRAME <= len(agent):
@@ -106,7 +112,11 @@ def replay(agent: F32, mic: F32, *, echo_cancel: bool = True) -> tuple[Uplink, l
                 audio = fr.Audio(epoch=0, utterance_id=1, seq=k, pcm=pcm.tobytes())
                 batch.append((t0 + k * FRAME_S, -1, encode(audio)))
             up = (np.clip(mic[k * FRAME : (k + 1) * FRAME], -1, 1) * 32767).astype("<i2")
-            batch.append((t0 + (k + 1) * FRAME_S + UPLINK_LATENCY_S, 0, up.tobytes()))
+            arrival = t0 + (k + 1) * FRAME_S + UPLINK_LATENCY_S
+            if late is not None:
+                arrival = max(arrival + late[k], last)  # (frames come in order)
+            last = arrival
+            batch.append((arrival, 0, up.tobytes()))
             c0 = time.thread_time()
             out = uplink._process_batch(batch)
             cpu += time.thread_time() - c0

@@ -47,3 +47,18 @@ def test_the_agents_echo_never_barges_in_and_the_user_does(room: Room) -> None:
         barge = [k for k, e in events if isinstance(e, BargeIn)]
         assert barge, f"no barge-in at {at}"
         assert 0 <= (barge[0] - (at + on) // FRAME) * 20 <= within_ms, barge
+
+
+@pytest.mark.parametrize("room", ["delay", "rt60-300"])
+def test_a_jittery_uplink_does_not_let_the_echo_through(room: str) -> None:
+    """Uplink frames 0-200+ ms late (exponential, 60 ms on average): the clock mapping from
+    their arrivals moves all the time. Measured before the glue held AEC3's pairing still and
+    kept silence while AEC3 converges: false barge-ins at 0.2 s and every few seconds."""
+    from bench.rooms import ROOMS_BY_NAME
+
+    agent, _ = voices()
+    total = len(agent) + RATE
+    echo = ROOMS_BY_NAME[room].echo(agent, total)
+    for seed in (0, 1):
+        _, events, _ = replay(agent, echo + noise(total, -55.0, seed=seed), jitter_ms=60, seed=seed)
+        assert not [e for _, e in events if isinstance(e, BargeIn | SpeechStart)]

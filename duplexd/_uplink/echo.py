@@ -15,7 +15,10 @@ that hands it the right far-end reference for each stretch of uplink:
   (`add_reference`: each frame where it was sent; a frame within 15 ms of where the previous
   one ended continues it).
 - The uplink on the same clock (`note_uplink`): uplink sample `u` was captured at the smallest
-  `arrival_time - u / rate` seen over the last 2 s of frames (the least delayed frame).
+  `arrival_time - u / rate` seen over the last 2 s of frames (the least delayed frame). AEC3
+  is handed the reference on that mapping as it was when it first ran (`_server`): the
+  network's jitter moves the mapping all the time, and each move is a jump AEC3 follows
+  slowly; the presence check below realigns where the echo really is.
 - The playout delay, when the client reports playback (PLAYED, `note_played`): the client's
   audio clock mapped onto the server clock (the smallest `arrival - clock_us` over recent
   reports: the least delayed report), so each report says when the sample it names was played;
@@ -34,6 +37,9 @@ that hands it the right far-end reference for each stretch of uplink:
   reference moves there and AEC3 starts over (it converges afresh in well under a second, but
   takes ~4 s to follow a delay jump of 90 ms on its own, measured, with false barge-ins on the
   way; on the way in, an echo with a 600 ms tail also leaked enough to barge in).
+
+`converging`: AEC3 has seen less than `_CONVERGING_S` of uplink (the session's first words;
+measured, it leaks then, above all with a jittery uplink); the session hears silence meanwhile.
 
 AEC3 works in 10 ms frames and answers `AEC_LATENCY_SAMPLES` (8 ms) late; `process` keeps whole
 frames (a remainder waits for the next call) and drops the lateness from the stream's start,
@@ -60,6 +66,8 @@ PLAYOUT_MARGIN_MS: Final = 100.0  # the reference leads the reported playout by 
 ALIGN_LEAD_MS: Final = 40.0  # ... and the echo found by the presence check by this much
 _ALIGN_SLACK_MS: Final = 25.0  # a direct path found within this of that lead stays as it is
 IDLE_S: Final = 1.5  # no echo possible this long after the last audio sent (delay + reverb)
+_CONVERGING_S: Final = 0.6  # an AEC3 that has seen less uplink than this may still leak echo
+_REPAIR_MS: Final = 100.0  # the uplink this much later than paired: pair it anew
 _CONTIGUOUS_S: Final = 0.015  # a frame sent within this of where the last ended continues it
 _OFFSET_FRAMES: Final = 100  # uplink frames over which the clock offset is the minimum
 _PLAYED_REPORTS: Final = 32  # PLAYED reports over which the client clock offset is the minimum
@@ -132,6 +140,8 @@ class EchoCanceller:
         self._active_until = -(1 << 62)  # index after the last non-silent reference sample
         self._offsets = _RunningMin(_OFFSET_FRAMES)
         self._offset: float | None = None  # server-clock index of uplink sample 0
+        self._pairing: float | None = None  # ... as AEC3 is handed the reference (`_server`)
+        self._repair = _REPAIR_MS * rate_hz / 1000
         # (utterance id, seq) -> server index of the frame's first sample, for PLAYED reports
         self._sent: collections.OrderedDict[tuple[int, int], int] = collections.OrderedDict()
         self._client_offsets = _RunningMin(_PLAYED_REPORTS)
@@ -158,6 +168,8 @@ class EchoCanceller:
         self.echo_score = 0.0  # the last verdict's GCC-PHAT score
         self.frames = 0  # 10 ms frames AEC3 processed
         self.realignments = 0  # times the reference was moved to the echo found (AEC3 reset)
+        self._aec_samples = 0  # uplink samples this AEC3 has seen
+        self._converging = round(_CONVERGING_S * rate_hz)
         self.energy_in = 0.0  # of the uplink while echo was possible ...
         self.energy_out = 0.0  # ... and of what AEC3 left of it
 
@@ -283,6 +295,7 @@ class EchoCanceller:
         result = out if self._running else np.concatenate((joined[:lat], out[lat:]))
         self._running = True
         self.frames += n // self._frame
+        self._aec_samples += n
         self.energy_in += float(np.dot(joined[:n], joined[:n]))
         self.energy_out += float(np.dot(result, result))
         return self._skipped(result)
@@ -296,9 +309,16 @@ class EchoCanceller:
         return out
 
     def _server(self, pos: int) -> int:
-        """The index of the reference handed to AEC3 with uplink sample `pos`."""
+        """The index of the reference handed to AEC3 with uplink sample `pos`: on the clock
+        mapping as it was when AEC3 first ran (`_pairing`), not as the network's jitter moves
+        it since (each move is a jump AEC3 follows slowly: false barge-ins, with 30-60 ms of
+        jitter, measured), unless the uplink now comes `_REPAIR_MS` later than that (the
+        session resumed after a gap): echo must not come before its reference."""
         assert self._offset is not None
-        return round(self._offset) + pos - (self._playout + self._align)
+        offset = self._offset
+        if self._pairing is None or offset - self._pairing > self._repair:
+            self._pairing = offset
+        return round(self._pairing) + pos - (self._playout + self._align)
 
     def _judge(self, chunk: FloatArray, pos: int) -> None:
         """Every `_PRESENCE_EVERY_S` (3 times that once known): does the last second of uplink
@@ -369,8 +389,17 @@ class EchoCanceller:
         if m > 0:  # (its output: already sent on, by the AEC3 it replaces)
             n = len(self._recent) - (self._pos - pos)  # `_recent` ends at `self._pos`
             aec.process(self._recent[n - m : n], self._segment(self._server(pos - m), m))
-        self._aec = aec
+        self._aec, self._aec_samples = aec, max(m, 0)
         self.realignments += 1
+
+    @property
+    def converging(self) -> bool:
+        """Whether the echo may still come through: AEC3 runs and has seen under
+        `_CONVERGING_S` of uplink (after the session's first words, or a realignment short of
+        history), or no verdict on the echo was made yet."""
+        if self.echo_found is False or not self._running:
+            return False
+        return self.echo_found is None or self._aec_samples < self._converging
 
     @property
     def removed_db(self) -> float:

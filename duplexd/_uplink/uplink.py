@@ -92,6 +92,7 @@ PROMPT_CHARS: Final = 200  # of the confirmed text, given to Whisper as the tail
 MAX_INBOX: Final = 500  # uplink frames + downlink messages waiting for processing (~5-10 s)
 _S16: Final = 1.0 / 32768.0
 HOLD_GRACE_S: Final = 1.0  # a hold still undecided this long after its window is decided here
+_NEVER: Final = 2.0  # a barge-in threshold no probability reaches
 _DOWNLINK: Final = -1  # inbox items: a downlink message (else the uplink seq gap) ...
 _VERDICT: Final = -2  # ... or the turn model's answer
 _WORDS: Final = -3  # ... or the transcript of a held barge-in's sound
@@ -325,10 +326,14 @@ class Uplink:
         pos = self._pos
         c = self.counters
         barge_threshold = self.vad_options.threshold
+        unjudged = False
         if self._echo is not None and self._echo.active(pos):
             c.echo_windows += 1  # what AEC3 let through of the echo must not barge in
             barge_threshold = max(barge_threshold, self.vad_options.echo_threshold)
+            unjudged = self._echo.converging
         prob = self._vad.prob(window)
+        if unjudged:  # the agent's first ~0.6 s: AEC3 has not converged, and with a jittery
+            prob, barge_threshold = 0.0, _NEVER  # uplink it leaked (measured): silence
         cap = len(self._turn_ring)
         i = pos & (cap - 1)
         self._turn_ring[i : i + WINDOW] = window  # cap is a multiple of WINDOW
