@@ -40,8 +40,8 @@ the session's own voice may be echoing back (audio was sent within `echo.IDLE_S`
 also score `echo_threshold` to count toward a barge-in: the one second line of defence kept,
 for the echo AEC3 lets through while it converges (its first second, a changed echo path).
 Measured (bench/results/README.md): the generated rooms replayed offline have no false barge-in
-even without it, but the daemon live through an RT60 300 ms room still has 1-3 a minute with
-it; it costs 0-20 ms of barge-in p95. The NCC canceller's other two checks (the energy left
+even without it, but the daemon live through an RT60 300 ms room still has some with it (1-11
+in a run of 2 sessions x 30 s); it costs 0-20 ms of barge-in p95. The NCC canceller's other two checks (the energy left
 against the energy taken out; the residue still matching the reference) went with it: AEC3's
 suppressor does the first's job, and the second needs the one echo delay AEC3 does not have.
 """
