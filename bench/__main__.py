@@ -13,6 +13,7 @@ duplexd/baseline ratios), and writes JSON and PNG plots on request.
 `--uplink` (duplexd only; the baseline's uplink rows are n/a): every session also streams a
 real-time 16 kHz microphone (noise, optionally its own echo) and the interrupters barge in by
 voice instead of Interrupt; adds VAD barge-in latency, false triggers and misses (`bench.uplink`).
+`--uplink-echo-room rt60-300` (a room of `bench.rooms`): the echo comes back reverberant.
 
     python -m bench --attack --sessions 50 --duration 20 [--attacks spaces,auth] [--attackers 2]
 
@@ -38,6 +39,7 @@ from . import cpus
 from .daemon import Server, ServerFailed, baseline_argv, duplexd_argv, start_server
 from .load import LoadConfig
 from .report import build_document, markdown, summarize, to_json
+from .rooms import ROOMS
 from .runner import run_level
 
 
@@ -98,6 +100,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--uplink-echo-delay-ms", type=float, default=50.0, metavar="MS")
     up.add_argument(
+        "--uplink-echo-room",
+        choices=[r.name for r in ROOMS],
+        default=None,
+        help="the echo comes back through this room of bench/rooms.py (its delay, reverberation,"
+        " loudspeaker and level: -10 dB; --uplink-echo-db adds to that level, the delay option"
+        " is ignored; implies --uplink)",
+    )
+    up.add_argument(
         "--uplink-echo-playout-ms",
         type=float,
         default=40.0,
@@ -147,7 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     if not levels or min(levels) < 1:
         print("bench: --sessions needs levels >= 1", file=sys.stderr)
         return 2
-    uplink = args.uplink or args.uplink_echo_db is not None
+    uplink = args.uplink or args.uplink_echo_db is not None or args.uplink_echo_room is not None
+    if args.uplink_echo_room is not None and args.uplink_echo_db is None:
+        args.uplink_echo_db = 0.0  # the room's own level
     cfg = LoadConfig(
         duration_s=args.duration,
         tokens_per_s=args.tokens_per_s,
@@ -159,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         uplink_noise_dbfs=args.uplink_noise_dbfs,
         uplink_echo_db=args.uplink_echo_db,
         uplink_echo_delay_ms=args.uplink_echo_delay_ms,
+        uplink_echo_room=args.uplink_echo_room,
         uplink_echo_playout_ms=args.uplink_echo_playout_ms,
         uplink_asr=args.uplink_asr,
         codec=args.codec,
@@ -218,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             "noise_dbfs": args.uplink_noise_dbfs,
             "echo_db": args.uplink_echo_db,
             "echo_delay_ms": args.uplink_echo_delay_ms,
+            "echo_room": args.uplink_echo_room,
             "echo_playout_ms": args.uplink_echo_playout_ms,
             "asr": args.uplink_asr,
             "clip": f"VITS other speaker: {USER_TEXT!r}" if cfg.uplink_clip else "none",

@@ -54,6 +54,7 @@ class LoadConfig:
     uplink_noise_dbfs: float = -55.0  # room noise, RMS
     uplink_echo_db: float | None = None  # mix the received downlink back in at this gain
     uplink_echo_delay_ms: float = 50.0
+    uplink_echo_room: str | None = None  # the echo's path: a room of bench/rooms.py
     uplink_echo_playout_ms: float = 40.0  # the echoing player's playout buffer
     uplink_asr: bool = False  # leave the server's transcription on
     token: str = ""  # the daemon's `[server] token`, presented as `credentials` says

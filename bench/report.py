@@ -319,6 +319,8 @@ def markdown(doc: dict[str, Any]) -> str:
         echo = "off"
         if up["echo_db"] is not None:
             echo = f"{up['echo_db']:g} dB, {up['echo_delay_ms']:g} ms"
+            if up.get("echo_room"):
+                echo = f"room {up['echo_room']} (bench/rooms.py), {up['echo_db']:+g} dB"
             if "echo_playout_ms" in up:
                 echo += f" after a {up['echo_playout_ms']:g} ms playout buffer"
         lines += [

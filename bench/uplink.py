@@ -4,11 +4,12 @@ Each duplexd session sends one 20 ms AudioUp frame (16 kHz s16le) every 20 ms on
 deadlines (frame k leaves once it has been "captured", at start + (k + 1) x 20 ms). The
 microphone hears low-level room noise; with `--uplink-echo-db` also the session's own received
 downlink audio (48 kHz -> 16 kHz, played back like a player with a queue would, then delayed and
-attenuated); and, in the interrupting sessions, the user's voice: a VITS clip of the "other
-speaker" (slower, pitched up; see tests/speech.py), synthesized once per bench run in a
-subprocess, saved as .npy and loaded by every worker. The clip replaces the client's Interrupt:
-it is injected at a random moment while the agent's utterance plays, and the server's VAD must
-barge in.
+attenuated; with `--uplink-echo-room NAME` through that room of `bench.rooms` instead: its
+delay, reverberation, loudspeaker, level and path change); and, in the interrupting sessions,
+the user's voice: a VITS clip of the "other speaker" (slower, pitched up; see tests/speech.py),
+synthesized once per bench run in a subprocess, saved as .npy and loaded by every worker. The
+clip replaces the client's Interrupt: it is injected at a random moment while the agent's
+utterance plays, and the server's VAD must barge in.
 
 Measured (client clock, arrival times from the SDK reader):
 - VAD barge-in latency: send time of the AudioUp frame that holds the clip's speech onset ->
@@ -32,6 +33,7 @@ import numpy as np
 import numpy.typing as npt
 import trio
 
+from bench.rooms import ROOMS_BY_NAME, StreamingEcho
 from duplexd.protocol.frames import Audio, Interrupted, ServerFrame, SpeechStarted, UtteranceDone
 
 RATE = 16_000
@@ -212,6 +214,10 @@ class Mic:
             self.clip, self.clip_onset = load_clip(cfg.uplink_clip)
         self.echo_gain = None if cfg.uplink_echo_db is None else 10 ** (cfg.uplink_echo_db / 20)
         self.echo_delay = round(cfg.uplink_echo_delay_ms / 1000 * RATE)
+        self.room: StreamingEcho | None = None
+        if cfg.uplink_echo_room is not None:  # the room brings its own delay
+            self.room = StreamingEcho(ROOMS_BY_NAME[cfg.uplink_echo_room], FRAME)
+            self.echo_delay = 0
         self.playout_s = cfg.uplink_echo_playout_ms / 1000
         self.speaker: Speaker | None = None
         self.t0 = 0.0
@@ -276,7 +282,10 @@ class Mic:
         x = self.noise[i : i + FRAME].copy()
         lo = k * FRAME
         if self.speaker is not None:
-            x += self.echo_gain * self.speaker.read(lo - self.echo_delay, FRAME)  # type: ignore[operator]
+            played = self.speaker.read(lo - self.echo_delay, FRAME)
+            if self.room is not None:
+                played = self.room.process(played)
+            x += self.echo_gain * played  # type: ignore[operator]
         if with_clip:
             assert inj is not None and self.clip is not None
             u = lo - inj.start

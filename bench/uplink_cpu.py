@@ -126,7 +126,9 @@ def scenario(name: str, agent48: F32, user: F32, seconds: float, seed: int = 0) 
             "cpu_s": round(cpu, 3),
             "core_percent": round(100 * cpu / (n * FRAME_S), 2),
             "ms_per_window": round(1000 * cpu / max(1, uplink.counters.windows), 3),
-            "echo_locked": bool(uplink._echo and uplink._echo.locked),
+            # how much quieter AEC3 left the uplink while echo was possible
+            "echo_removed_db": round(uplink._echo.removed_db, 1) if uplink._echo else 0.0,
+            "echo_found": uplink._echo.echo_found if uplink._echo else None,
         }
 
     return trio.run(run)
@@ -191,12 +193,11 @@ def main(argv: list[str] | None = None) -> int:
         for name in SCENARIOS
     ]
     out: dict[str, Any] = {"uplink": rows}
-    print("| one session's uplink | CPU (% of a core) | ms per 32 ms window | echo path locked |")
+    print("| one session's uplink | CPU (% of a core) | ms per 32 ms window | echo removed (dB) |")
     print("|---|---:|---:|---|")
     for r in rows:
-        print(
-            f"| {r['scenario']} | {r['core_percent']} | {r['ms_per_window']} | {r['echo_locked']} |"
-        )
+        removed = r["echo_removed_db"]
+        print(f"| {r['scenario']} | {r['core_percent']} | {r['ms_per_window']} | {removed} |")
     if not args.no_asr:
         out["asr"] = asr_cost(user)
         a = out["asr"]

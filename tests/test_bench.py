@@ -173,6 +173,19 @@ def test_uplink_noise_only(tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
+def test_uplink_echo_through_a_room(tmp_path: Path) -> None:
+    """`--uplink-echo-room`: the echo comes back through a reverberant room of bench/rooms.py
+    (its own level: `echo_db` 0 on top of it), recorded in the run's metadata."""
+    stdout, level = _run_uplink(
+        tmp_path, "--duration", "2", "--interrupt-fraction", "0", "--uplink-echo-room", "rt60-300"
+    )
+    doc = json.loads((tmp_path / "uplink.json").read_text())
+    assert doc["uplink"]["echo_room"] == "rt60-300" and doc["uplink"]["echo_db"] == 0.0
+    assert "room rt60-300" in stdout
+    assert level["vad_injected"] == 0 and level["uplink_noise_min"] > 0
+
+
+@pytest.mark.integration
 @pytest.mark.slow
 def test_uplink_voice_barge_in(tmp_path: Path) -> None:
     """Both sessions barge in by voice (the VITS clip, synthesized once for the run)."""
@@ -185,8 +198,9 @@ def test_uplink_voice_barge_in(tmp_path: Path) -> None:
 
 @pytest.mark.integration
 def test_uplink_cpu_scenarios() -> None:
-    """`python -m bench.uplink_cpu`'s replay, on real speech: the echo path is found when the
-    agent's voice comes back and not when it does not; the work costs something measurable."""
+    """`python -m bench.uplink_cpu`'s replay, on real speech: the echo canceller takes much out
+    when the agent's voice comes back and next to nothing when it does not (headphones), and
+    does not run without the agent (room); the work costs something measurable."""
     import numpy as np
     import soxr
     from speech import clip
@@ -200,8 +214,11 @@ def test_uplink_cpu_scenarios() -> None:
         name: scenario(name, agent48, user, 4.0)
         for name in ("agent, headphones", "agent, echo -10 dB", "room")
     }
-    assert rows["agent, echo -10 dB"]["echo_locked"]
-    assert not rows["agent, headphones"]["echo_locked"] and not rows["room"]["echo_locked"]
+    assert rows["agent, echo -10 dB"]["echo_found"] is True
+    assert rows["agent, echo -10 dB"]["echo_removed_db"] >= 10.0
+    assert rows["agent, headphones"]["echo_found"] is False
+    assert rows["agent, headphones"]["echo_removed_db"] < 3.0
+    assert rows["room"]["echo_found"] is None and rows["room"]["echo_removed_db"] == 0.0
     for row in rows.values():
         assert row["audio_s"] == 4.0 and 0.0 < row["core_percent"] < 100.0
 

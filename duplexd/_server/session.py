@@ -313,8 +313,11 @@ class Session:
             dl.send_control(self._stats_message)  # built right before it is sent: fresh
         elif isinstance(frame, fr.AudioUp) and self._uplink is not None:
             self._uplink.feed(frame.seq, frame.pcm)
-        elif isinstance(frame, fr.Played) and (heard := self.playback.report(frame, self._playing)):
-            self._send_control(heard)
+        elif isinstance(frame, fr.Played):
+            if self._uplink is not None:
+                self._uplink.on_played(frame)  # the echo's delay
+            if heard := self.playback.report(frame, self._playing):
+                self._send_control(heard)
 
     def _on_text(self, frame: fr.Text) -> None:
         utt = self._utterances.get(frame.utterance_id)

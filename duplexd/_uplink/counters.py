@@ -12,8 +12,7 @@ class UplinkCounters:
     windows: int = 0
     vad_s: float = 0.0  # VAD + echo canceller CPU time (worker thread)
     inbox_dropped: int = 0  # frames dropped because processing fell ~5 s behind
-    echo_windows: int = 0
-    echo_vetoes: int = 0  # speech-like windows that still matched the sent audio: silence
+    echo_windows: int = 0  # windows that may have held echo (a higher barge-in threshold)
     speech_segments: int = 0
     barge_ins: int = 0
     barge_in_delay_s: float = 0.0  # sum over barge-ins: deciding frame's arrival -> interrupt
@@ -35,7 +34,6 @@ class UplinkCounters:
     end_checks: int = 0  # questions to the turn model (smart end) ...
     end_checks_complete: int = 0  # ... answered "complete"
     end_check_s: float = 0.0  # their wall time (thread)
-    max_ncc: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
@@ -44,7 +42,6 @@ class UplinkCounters:
             "vad_windows": self.windows,
             "vad_ms_per_window": round(1000 * self.vad_s / self.windows, 4) if self.windows else 0,
             "echo_windows": self.echo_windows,
-            "echo_vetoes": self.echo_vetoes,
             "speech_segments": self.speech_segments,
             "vad_barge_ins": self.barge_ins,
             "vad_barge_in_delay_ms_mean": (

@@ -1,42 +1,51 @@
-"""Echo suppression for the uplink: the server knows what it sent, so it can find it again.
+"""Echo cancellation for the uplink: WebRTC's AEC3, fed the audio the session actually sent.
 
 A client that plays the downlink through a speaker hears the agent's own voice back in its
-microphone, late by the network round trip, the client's playout buffer and the room, and
-quieter. Fed to the VAD unchanged, that echo would make the agent barge in on itself.
+microphone, late by the network round trip, the client's playout buffer and the room, spread
+over the room's reflections, and bent by the loudspeaker. Fed to the VAD unchanged, that echo
+would make the agent barge in on itself. Browsers cancel echo only of audio they play over
+WebRTC, not of Web Audio playback, so the server does it: it knows exactly what it sent.
 
-`EchoCanceller` keeps the last `history_s` of the audio actually sent (16 kHz, laid out on the
-server's clock) and, for each 32 ms uplink window, looks for it in a 64 ms stretch of uplink by
-normalized cross-correlation (NCC):
+The cancelling is AEC3 (`pywebrtc_audio.EchoCanceller`, the canceller Chrome runs: an adaptive
+linear filter with its own delay estimator, then a suppressor for what the filter cannot model:
+reverberation beyond its length, a non-linear loudspeaker, double talk). This module is the glue
+that hands it the right far-end reference for each stretch of uplink:
 
-- Finding the echo path: a search over every delay in `[-min_lead_ms, max_delay_ms]` (a
-  4 kHz FFT correlation, then the 3 best delays exactly: about 0.25 ms). Only a credible
-  match locks on: NCC >= 0.9 (a pure echo scores 0.97-1.0; the user's voice against the best
-  of ~9,000 delays of the agent's 0.28 median, 0.84 at most), or >= 0.6 at the same delay three
-  windows in a row. Until then nothing is taken out, so a chance likeness never eats into the
-  user's voice (the uplink passes bit for bit).
-- Following it: while locked, a narrow search (+-`track_ms`, ~0.05 ms); the full search only
-  when that finds no strong match (the user talks over the echo, the player paused or
-  restarted: the path jumps). A strong match elsewhere moves the path at once only if the
-  path no longer matches (< 0.5); otherwise (periodic audio matches at more than one delay)
-  only if it wins twice in a row. The lock goes after ~2 s without any match near it.
-- Taking it out, per 16 ms block: a block that is (mostly) echo is fitted on its own within the
-  tracking range (a player pausing mid-window shifts the echo); any other block loses the echo
-  at the locked delay with the level learned while the echo was alone (so the user's voice does
-  not bias it), unless that would make the block louder (the path moved).
-- Windows no louder than twice the room's noise (measured in windows that cannot hold echo)
-  are left alone: nothing worth removing, and no CPU spent.
+- The reference: the last `history_s` of what was sent (16 kHz), laid out on the server clock
+  (`add_reference`: each frame where it was sent; a frame within 15 ms of where the previous
+  one ended continues it).
+- The uplink on the same clock (`note_uplink`): uplink sample `u` was captured at the smallest
+  `arrival_time - u / rate` seen over the last 2 s of frames (the least delayed frame). AEC3
+  is handed the reference on that mapping as it was when it first ran (`_server`): the
+  network's jitter moves the mapping all the time, and each move is a jump AEC3 follows
+  slowly; the presence check below realigns where the echo really is.
+- The playout delay, when the client reports playback (PLAYED, `note_played`): the client's
+  audio clock mapped onto the server clock (the smallest `arrival - clock_us` over recent
+  reports: the least delayed report), so each report says when the sample it names was played;
+  minus when that sample was sent, that is the delay from sending to playing. The reference
+  is handed to AEC3 that much later, less `PLAYOUT_MARGIN_MS` (AEC3 finds the rest, up to
+  about 450 ms by measurement, and cannot cancel an echo that comes before its reference).
+  Without reports the presence check below finds an echo up to 600 ms late: a client whose
+  round trip plus playout buffer may exceed that needs to send PLAYED.
+- Whether an echo comes back at all, and how late (`echo_found`: a GCC-PHAT of the last second
+  of uplink against the reference, every 100 ms): with headphones nothing does, and AEC3 then
+  only ducks the user under the agent's voice (5-10 dB, measured); so AEC3 runs until no echo
+  was found (from the first ~0.3 s of the agent's voice: an echo is never let through
+  unjudged), and the uplink passes untouched while none is found. Where an echo is found
+  clearly, its direct path is kept `ALIGN_LEAD_MS` after the reference handed to AEC3: when it
+  is found elsewhere (the first time; a player that restarted; a device that changed), the
+  reference moves there and AEC3 starts over (it converges afresh in well under a second, but
+  takes ~4 s to follow a delay jump of 90 ms on its own, measured, with false barge-ins on the
+  way; on the way in, an echo with a 600 ms tail also leaked enough to barge in).
 
-`ncc` is the match at the delay used (1 for a pure delayed echo; about 0.5 for a -10 dB echo
-under speech of the user); `last_removed` the energy taken out, for the session's double-talk
-check. Measured (tests/test_echo.py): a pure echo leaves >= 25 dB quieter; under the user's
-voice >= 15 dB quieter, the user's voice within 0.5 dB. Not handled: a reverberant room (an
-echo spread over tens of ms of reflections is not one delay: that needs an adaptive filter) and
-a non-linear loudspeaker; the session's higher barge-in threshold while echo is possible is the
-second line of defence there, and clients should keep their own echo cancellation on.
+`converging`: AEC3 has seen less than `_CONVERGING_S` of uplink (the session's first words;
+measured, it leaks then, above all with a jittery uplink); the session hears silence meanwhile.
 
-Clock mapping: uplink sample `u` is placed on the server clock with the smallest
-`arrival_time - u / rate` seen over the last 2 s of frames (the least delayed frame is the best
-estimate of when the audio was captured); errors in that mapping only shift the delay found.
+AEC3 works in 10 ms frames and answers `AEC_LATENCY_SAMPLES` (8 ms) late; `process` keeps whole
+frames (a remainder waits for the next call) and drops the lateness from the stream's start,
+so output sample `k` is input sample `k` and every position the session reports stays exact
+(the output runs 8-18 ms behind the input). While nothing was sent for `IDLE_S` (no echo
+possible), or no echo is found, the uplink passes through untouched and AEC3 costs nothing.
 
 One instance per session; not thread-safe (the session's uplink worker calls it).
 """
@@ -44,47 +53,60 @@ One instance per session; not thread-safe (the session's uplink worker calls it)
 from __future__ import annotations
 
 import collections
-from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
 import numpy as np
 import numpy.typing as npt
+import pywebrtc_audio
 
 FloatArray = npt.NDArray[np.float32]
-Float64Array = npt.NDArray[np.float64]
 
+AEC_LATENCY_SAMPLES: Final = 128  # AEC3's output is this late at 16 kHz (tests/test_echo.py)
+PLAYOUT_MARGIN_MS: Final = 100.0  # the reference leads the reported playout by this much
+ALIGN_LEAD_MS: Final = 40.0  # ... and the echo found by the presence check by this much
+_ALIGN_SLACK_MS: Final = 25.0  # a direct path found within this of that lead stays as it is
+IDLE_S: Final = 1.5  # no echo possible this long after the last audio sent (delay + reverb)
+_CONVERGING_S: Final = 0.6  # an AEC3 that has seen less uplink than this may still leak echo
+_REPAIR_MS: Final = 100.0  # the uplink this much later than paired: pair it anew
 _CONTIGUOUS_S: Final = 0.015  # a frame sent within this of where the last ended continues it
 _OFFSET_FRAMES: Final = 100  # uplink frames over which the clock offset is the minimum
-# Locking on to the echo path. Measured with VITS speech and tones as the reference: a pure
-# delayed echo (-10..-20 dB, noise at -55 dBFS) scores NCC >= 0.97 at its delay; the user's
-# speech alone, against the best of the ~9,000 delays searched, 0.28 median, 0.6 p95, 0.84 max.
-_STRONG_NCC: Final = 0.9  # a full-search match this good is echo: lock on at once
-_ALONE_NCC: Final = 0.97  # ... this good: the echo alone (no user): learn its level from it
-_CANDIDATE_NCC: Final = 0.6  # ... this good, at the same delay in a row, locks on too
-_CANDIDATE_RUNS: Final = 3  # windows in a row (their 64 ms spans overlap by half)
-_TRACK_NCC: Final = 0.5  # a match this good on the locked path: the echo is still there
-_LOCK_QUIET_WINDOWS: Final = 64  # full searches (~2 s) without a match near it: unlock
-_DIRECT_MAX_LAGS: Final = 1024  # narrower searches multiply directly; wider ones go coarse
-_DECIMATE: Final = 4  # the coarse search runs at 4 kHz (sums of 4 samples; written out) ...
-_CANDIDATES: Final = 3  # ... and its best 3 delays are searched exactly (+-4 samples)
-_BLOCKS: Final = 2  # a window's echo is fitted in this many blocks (16 ms each)
-_MAX_GAIN: Final = 2.0  # an echo is not louder than twice what was sent
-_GAIN_SLACK: Final = 0.5  # a block fitted on its own keeps the echo's level within +-50 %
-# Windows no louder than this times the room's noise (the quietest of the last `_ROOM_WINDOWS`
-# windows that could not hold echo) are left alone: an echo there would be below the noise.
-_ABOVE_ROOM: Final = 2.0
-_ROOM_WINDOWS: Final = 64
+_PLAYED_REPORTS: Final = 32  # PLAYED reports over which the client clock offset is the minimum
+_SENT_FRAMES: Final = 400  # downlink frames whose send position is remembered (8 s of 20 ms)
+# Whether the echo comes back at all (headphones: it does not, and AEC3 would then only duck the
+# user under the agent's voice, by 5-10 dB as measured): GCC-PHAT of the last second of uplink
+# against the reference, at 8 kHz, lags 0-600 ms (as far back as AEC3 looks, plus the room's
+# spread); the peak over the RMS of the correlation. Measured on bench/rooms.py (VITS voices):
+# an echo with nobody talking scores 12-64 (rt60-600 the least), headphones 3.4-4.4, the user
+# talking (headphones) up to 6.9; the user 10-20 dB over an echo 4-58.
+_PRESENCE_S: Final = 1.0  # the uplink judged: the last second (less, at first: >= 0.25 s)
+_PRESENCE_MIN_S: Final = 0.25
+_PRESENCE_LAG_S: Final = 0.6
+_PRESENCE_EVERY_S: Final = 0.1  # while not known yet; then every `_SETTLED_EVERY` times that
+_SETTLED_EVERY: Final = 3
+_ECHO_SCORE: Final = 10.0  # an echo: AEC3 on
+_ALIGN_SCORE: Final = 15.0  # the echo's delay is taken from a peak this clear, found twice
+_STILL_THERE: Final = 0.5  # ... unless the delay followed still scores this share of it
+_NO_ECHO_SCORE: Final = 6.0  # ... no echo, `_NO_ECHO_RUNS` verdicts in a row: AEC3 off
+_NO_ECHO_RUNS: Final = 10
+# The first verdict (until then AEC3 runs: an echo must never get through to barge in) is made
+# sooner: a headphones user barging in during the agent's first words must not be ducked long.
+_FIRST_NO_ECHO_SCORE: Final = 5.0
+_SENT_LOUD: Final = 1e-4  # a reference sample above this is not silence ...
+_SENT_SHARE: Final = 0.3  # ... and a verdict needs this share of the window's reference so
 
 
-@dataclass(frozen=True, slots=True)
-class _Match:
-    delay: int  # samples: uplink x[i] echoes reference sample (p0 + i - delay)
-    ncc: float
-    gain: float
-
-
-def _pow2(n: int) -> int:
-    return 1 << max(0, n - 1).bit_length()
+def _phat(near: FloatArray, far: FloatArray) -> npt.NDArray[np.float64]:
+    """GCC-PHAT peak-to-RMS of `near` against `far` (which starts `len(far) - len(near)`
+    samples earlier), at lags 0 .. len(far) - len(near): every spectral bin weighs the same,
+    so a delayed (filtered, reverberated) copy gives a sharp peak and other speech none: the
+    correlation at every lag (`far[lag:]` lines up with `near`) over its RMS."""
+    lags = len(far) - len(near)
+    size = 1 << (len(far) + len(near)).bit_length()
+    cross = np.fft.rfft(far, size) * np.conj(np.fft.rfft(near, size))
+    cross /= np.abs(cross) + 1e-12
+    corr = np.fft.irfft(cross, size)[: lags + 1]
+    out: npt.NDArray[np.float64] = corr / (np.sqrt(np.mean(corr**2)) + 1e-12)
+    return out
 
 
 class _RunningMin:
@@ -108,84 +130,56 @@ class _RunningMin:
         return self.value
 
 
-def _sliding_ncc(
-    seg: FloatArray, x: FloatArray, e_x: float, *, fft: bool = False, mask_silence: bool = True
-) -> tuple[Float64Array, npt.NDArray[np.floating[Any]], Float64Array]:
-    """`x` (energy `e_x`) against every stretch of `seg` as long as it, lag k = seg[k:k+len(x)]:
-    (ncc, corr, e_ref) per lag, ncc = |corr| / sqrt(e_x * e_ref). `corr` is the dot product
-    (by one FFT with `fft`, for thousands of lags; else directly, in float32), `e_ref` the
-    stretch's energy (a float64 running sum). With `mask_silence`, lags where the reference is
-    (near) silence (e_ref < 1e-6 e_x) score 0: silence explains nothing."""
-    n = len(x)
-    lags = len(seg) - n + 1
-    if fft:
-        size = _pow2(len(seg) + n)
-        corr = np.fft.irfft(np.fft.rfft(seg, size) * np.conj(np.fft.rfft(x, size)), size)[:lags]
-    else:
-        corr = np.correlate(seg, x, "valid")  # direct: ~15 us for 257 lags of 1024 samples
-    sq = np.concatenate(([0.0], np.cumsum(seg.astype(np.float64) ** 2)))
-    e_ref = sq[n:] - sq[: len(sq) - n]
-    ncc = np.abs(corr) / np.sqrt(e_x * e_ref + 1e-12)
-    if mask_silence:
-        ncc[e_ref < 1e-6 * e_x] = 0.0
-    return ncc, corr, e_ref
-
-
-def _coarse_candidates(seg: FloatArray, x: FloatArray) -> npt.NDArray[np.intp]:
-    """The `_CANDIDATES` best lags (in units of `_DECIMATE` samples) of `x` in `seg`, by NCC
-    at a quarter of the rate (sums of 4 samples: speech below 2 kHz carries the match): one
-    4096-point FFT correlation instead of a 16384-point one."""
-    d = _DECIMATE
-    m = len(seg) // d
-    seg_d = seg[0 : m * d : d] + seg[1 : m * d : d] + seg[2 : m * d : d] + seg[3 : m * d : d]
-    x_d = x[0::d] + x[1::d] + x[2::d] + x[3::d]  # (len(x) is a multiple of 4)
-    ncc, _, _ = _sliding_ncc(seg_d, x_d, float(np.dot(x_d, x_d)), fft=True)
-    k = min(_CANDIDATES, len(ncc))
-    return np.argpartition(ncc, -k)[-k:]
-
-
 class EchoCanceller:
-    def __init__(
-        self,
-        *,
-        t0: float,
-        rate_hz: int = 16_000,
-        window: int = 512,
-        max_delay_ms: float = 500.0,
-        min_lead_ms: float = 40.0,
-        history_s: float = 2.0,
-        track_ms: float = 8.0,
-    ) -> None:
+    def __init__(self, *, t0: float, rate_hz: int = 16_000, history_s: float = 2.0) -> None:
         self.rate_hz = rate_hz
         self._t0 = t0
-        self._window = window
-        self._span = 2 * window  # uplink samples correlated per decision
-        self._dmax = round(max_delay_ms * rate_hz / 1000)
-        self._dmin = -round(min_lead_ms * rate_hz / 1000)
-        self._cap = _pow2(int(history_s * rate_hz) + self._dmax + self._span)
+        self._cap = 1 << (int(history_s * rate_hz) - 1).bit_length()
         self._ref = np.zeros(self._cap, dtype=np.float32)
         self._ref_end: int | None = None  # server-clock sample index after the last reference
         self._active_until = -(1 << 62)  # index after the last non-silent reference sample
         self._offsets = _RunningMin(_OFFSET_FRAMES)
         self._offset: float | None = None  # server-clock index of uplink sample 0
-        self._prev = np.zeros(window, dtype=np.float32)  # the previous uplink window
-        self._track = round(track_ms * rate_hz / 1000)  # a locked delay moves this far at most
-        self._slack = round(rate_hz / 1000)  # candidates within 1 ms are the same delay
-        self._lock: int | None = None  # the echo delay followed (samples)
-        self._gain = 0.0  # the echo's level along it, learned while the echo was alone
-        self._quiet = 0  # full searches in a row without a credible match, while locked
-        self._candidate: tuple[int, int] | None = None  # (delay, full searches in a row)
-        self.windows = 0  # windows that were correlated
-        self.full_searches = 0
-        self.last_ncc = 0.0
-        # energy of the room's noise in a window: the quietest recent one that held no echo
-        self._room = _RunningMin(_ROOM_WINDOWS)
-        self.last_removed = 0.0  # energy the last window's cancellation took out
+        self._pairing: float | None = None  # ... as AEC3 is handed the reference (`_server`)
+        self._repair = _REPAIR_MS * rate_hz / 1000
+        # (utterance id, seq) -> server index of the frame's first sample, for PLAYED reports
+        self._sent: collections.OrderedDict[tuple[int, int], int] = collections.OrderedDict()
+        self._client_offsets = _RunningMin(_PLAYED_REPORTS)
+        self._playout = 0  # samples from sending to playing, less the margin (0: unknown)
+        self._align = 0  # ... and further, from the delay the presence check found
+        self._aec = pywebrtc_audio.EchoCanceller(rate_hz)
+        self._latency = round(AEC_LATENCY_SAMPLES * rate_hz / 16_000)
+        self._frame = rate_hz // 100
+        self._held = np.zeros(0, dtype=np.float32)  # input short of a whole 10 ms frame
+        self._pos = 0  # uplink position of the first held sample
+        self._tail = np.zeros(self._latency, dtype=np.float32)  # the last input samples
+        self._running = False  # whether AEC3 processed the previous frames
+        self._skip = self._latency  # the stream's first samples: the delay line's zeros
+        self._recent = np.zeros(round(_PRESENCE_S * rate_hz), dtype=np.float32)  # uplink
+        self._lags = round(_PRESENCE_LAG_S * rate_hz)
+        self._judge_every = round(_PRESENCE_EVERY_S * rate_hz)
+        self._unjudged = 0  # samples since the last verdict on the echo's presence
+        self._heard = 0  # uplink samples judged so far (while echo was possible)
+        self._no_echo_runs = 0
+        self._delay = round(ALIGN_LEAD_MS * rate_hz / 1000)  # the echo's path, as handed on
+        self._moving: int | None = None  # a delay the echo was found at, elsewhere, once
+        self._slack = round(_ALIGN_SLACK_MS * rate_hz / 1000)
+        self.echo_found: bool | None = None  # whether an echo comes back (None: not known)
+        self.echo_score = 0.0  # the last verdict's GCC-PHAT score
+        self.frames = 0  # 10 ms frames AEC3 processed
+        self.realignments = 0  # times the reference was moved to the echo found (AEC3 reset)
+        self._aec_samples = 0  # uplink samples this AEC3 has seen
+        self._converging = round(_CONVERGING_S * rate_hz)
+        self.energy_in = 0.0  # of the uplink while echo was possible ...
+        self.energy_out = 0.0  # ... and of what AEC3 left of it
 
     # ------------------------------------------------------------------ inputs
 
-    def add_reference(self, now: float, samples: FloatArray) -> None:
-        """Audio sent at server time `now` (16 kHz float, as the client will play it)."""
+    def add_reference(
+        self, now: float, samples: FloatArray, frame: tuple[int, int] | None = None
+    ) -> None:
+        """Audio sent at server time `now` (16 kHz float, as the client will play it);
+        `frame`: its (utterance id, seq), for `note_played`."""
         n = len(samples)
         if not n:
             return
@@ -199,6 +193,10 @@ class EchoCanceller:
         self._ref_end = idx + n
         if float(np.max(np.abs(samples))) > 1e-4:
             self._active_until = idx + n
+        if frame is not None:
+            self._sent[frame] = idx
+            if len(self._sent) > _SENT_FRAMES:
+                self._sent.popitem(last=False)
 
     def _write(self, idx: int, samples: FloatArray) -> None:
         n = len(samples)
@@ -214,6 +212,30 @@ class EchoCanceller:
         """An uplink frame ending at 16 kHz sample `end_sample` arrived at server time `now`."""
         self._offset = self._offsets.add((now - self._t0) * self.rate_hz - end_sample)
 
+    def note_played(
+        self, now: float, frame: tuple[int, int], offset: int, clock_us: int
+    ) -> float | None:
+        """A PLAYED report that arrived at server time `now`: sample `offset` (16 kHz) of the
+        downlink frame `frame` (utterance id, seq) played at the client's `clock_us`. Returns
+        the playout delay found (ms from sending to playing; None: that frame is unknown)."""
+        client = self._client_offsets.add(now - clock_us / 1e6)  # server - client clock, s
+        sent = self._sent.get(frame)
+        if sent is None:
+            return None
+        played = (clock_us / 1e6 + client - self._t0) * self.rate_hz
+        delay = played - (sent + offset)
+        margin = PLAYOUT_MARGIN_MS * self.rate_hz / 1000
+        playout = max(0, round(delay - margin))
+        # the echo found stays where it was found: what the reports add is no longer to align
+        self._align = max(0, self._align - (playout - self._playout))
+        self._playout = playout
+        return float(1000 * delay / self.rate_hz)
+
+    @property
+    def playout_ms(self) -> float:
+        """How much later than sent the reference is handed to AEC3 (from PLAYED reports)."""
+        return 1000 * self._playout / self.rate_hz
+
     # ------------------------------------------------------------------ cancelling
 
     def _segment(self, start: int, length: int) -> FloatArray:
@@ -222,7 +244,7 @@ class EchoCanceller:
         end = self._ref_end
         if end is None:
             return out
-        lo = max(start, end - self._cap + self._span)
+        lo = max(start, end - self._cap)
         hi = min(start + length, end)
         if hi <= lo:
             return out
@@ -236,167 +258,152 @@ class EchoCanceller:
         return out
 
     def active(self, start: int) -> bool:
-        """Whether the window at uplink sample `start` may hold echo of what was sent."""
+        """Whether uplink sample `start` may hold echo of what was sent."""
         if self._offset is None or self._ref_end is None:
             return False
-        p0 = round(self._offset) + start - self._window
-        return self._active_until > p0 - self._dmax
+        p = round(self._offset) + start - (self._playout + self._align)
+        return self._active_until > p - IDLE_S * self.rate_hz
 
-    @property
-    def locked(self) -> bool:
-        """Whether an echo path (a delay) has been found and is being followed."""
-        return self._lock is not None
-
-    def cancel(self, start: int, window: FloatArray) -> tuple[FloatArray, float]:
-        """The uplink window at 16 kHz sample `start` with the echo removed, and the NCC at the
-        delay used (0 when nothing was removed)."""
-        prev, self._prev = self._prev, window
-        self.last_ncc = self.last_removed = 0.0
-        e_w = float(np.dot(window, window))
-        if not self.active(start):
-            self._room.add(e_w)  # a window that cannot hold echo: the room's noise
-            return window, 0.0
-        room = self._room.value
-        if room is not None and e_w <= _ABOVE_ROOM * room:
-            return window, 0.0  # nothing above the room's noise: no echo to take out
+    def process(self, samples: FloatArray) -> FloatArray:
+        """The uplink's next samples (16 kHz) with the echo removed, in order: the output may
+        be shorter or longer than the input by less than a 10 ms frame (a remainder waits)."""
+        held = np.concatenate((self._held, samples)) if len(self._held) else samples
+        n = len(held) - len(held) % self._frame
+        self._held = held[n:].copy()
+        if not n:
+            return held[:0]
+        chunk, pos = held[:n], self._pos
+        self._pos += n
+        lat = self._latency
+        joined = np.concatenate((self._tail, chunk))
+        self._tail = joined[-lat:].copy()
+        if not self.active(pos + n):  # nothing sent lately: the uplink as it is
+            self._running = False
+            return self._skipped(joined[:n])
         assert self._offset is not None
-        x = np.concatenate((prev, window))
-        e_x = float(np.dot(x, x))
-        if e_x <= 1e-9:
-            return window, 0.0
-        self.windows += 1
-        p0 = round(self._offset) + start - self._window  # server index of x[0] at delay 0
-        near: _Match | None = None
-        if self._lock is not None:  # follow the echo path found: a cheap, narrow search
-            near = self._match(p0, x, e_x, self._lock - self._track, self._lock + self._track)
-        if near is not None and near.ncc >= _STRONG_NCC:
-            self._lock, self._quiet, self._candidate = near.delay, 0, None
-            found: _Match | None = near
-        else:  # nothing found, lost, or the user talks over the echo: search everywhere
-            self.full_searches += 1
-            found = self._decide(self._match(p0, x, e_x, self._dmin, self._dmax), near)
-        if found is None or self._lock is None:
-            return window, 0.0
-        self.last_ncc = found.ncc
-        if found.delay == self._lock and found.ncc >= _ALONE_NCC:
-            self._gain = found.gain  # the echo alone: its level, for when the user talks too
-        # a strong match is taken out where it is; anything weaker along the path followed
-        delay = found.delay if found.ncc >= _STRONG_NCC else self._lock
-        return self._subtract(p0, window, delay), found.ncc
+        self._judge(chunk, pos)  # (which may move the reference, and start AEC3 over)
+        far = self._segment(self._server(pos), n)
+        if self.echo_found is False:  # headphones: nothing comes back to take out
+            self._running = False
+            e = float(np.dot(joined[:n], joined[:n]))
+            self.energy_in += e
+            self.energy_out += e
+            return self._skipped(joined[:n])
+        out: FloatArray = self._aec.process(chunk, far)
+        # AEC3's output is `lat` late: it continues the previous call's; unless it was idle:
+        # then its first `lat` samples are stale, and the input was passed through instead
+        result = out if self._running else np.concatenate((joined[:lat], out[lat:]))
+        self._running = True
+        self.frames += n // self._frame
+        self._aec_samples += n
+        self.energy_in += float(np.dot(joined[:n], joined[:n]))
+        self.energy_out += float(np.dot(result, result))
+        return self._skipped(result)
 
-    @property
-    def delay_ms(self) -> float | None:
-        """The delay of the echo path followed, on the server clock (None: none found)."""
-        return None if self._lock is None else self._lock * 1000 / self.rate_hz
-
-    def _subtract(self, p0: int, window: FloatArray, delay: int) -> FloatArray:
-        """The window minus its echo along the path at `delay`, in 16 ms blocks. A block that
-        is (mostly) echo (NCC >= `_STRONG_NCC` within the tracking range, at about the level
-        learned) is fitted on its own: a player that paused mid-window (a late frame, an
-        underrun) shifts the echo by a few ms, which one delay for the whole window would leave
-        behind. Any other block (the user
-        is talking) loses the echo at `delay` with the level learned while it was alone, unless
-        that makes it louder (the path moved, and what would be taken out is not there)."""
-        out = np.empty_like(window)
-        n = len(window) // _BLOCKS
-        lo, hi = delay - self._track, delay + self._track
-        removed = 0.0
-        for b in range(0, len(window), n):
-            xb = window[b : b + n]
-            seg = self._segment(p0 + self._window + b - hi, n + hi - lo)
-            e_x = float(np.dot(xb, xb))
-            ncc, corr, e_ref = _sliding_ncc(seg, xb, e_x, mask_silence=False)
-            k = int(np.argmax(ncc))
-            gain = float(corr[k] / e_ref[k]) if e_ref[k] > 0 else 0.0
-            if ncc[k] < _STRONG_NCC or abs(gain - self._gain) > _GAIN_SLACK * abs(self._gain):
-                # the user talks too (a short block of voice can look like the reference at
-                # some delay, at some level): the path and level learned without them
-                k, gain = hi - delay, self._gain
-            y = xb - np.float32(gain) * seg[k : k + n]
-            if float(np.dot(y, y)) < e_x:  # never add the agent's voice where it is not
-                out[b : b + n] = y
-                removed += gain**2 * float(e_ref[k])
-            else:
-                out[b : b + n] = xb
-        self.last_removed = removed
+    def _skipped(self, out: FloatArray) -> FloatArray:
+        """`out` less what is left of the `lat` samples that precede the stream."""
+        if self._skip:
+            k = min(self._skip, len(out))
+            self._skip -= k
+            out = out[k:]
         return out
 
-    def _decide(self, best: _Match, near: _Match | None) -> _Match | None:
-        """After a full search (`near`: the locked path's match, if any): update the lock;
-        the match to cancel with (None: leave the uplink as it is)."""
-        if best.ncc >= _STRONG_NCC:  # only echo matches this well
-            lock = self._lock
-            if (
-                lock is not None
-                and near is not None
-                and near.ncc >= _TRACK_NCC
-                and abs(best.delay - lock) > self._track
-            ):
-                # ... but the path followed still matches too: periodic audio (a tone, a
-                # sung note) matches at more than one delay. Take it out where it fits best
-                # now; move the path there only if it fits best there again next window.
-                moved = self._candidate is not None and abs(self._candidate[0] - best.delay) <= (
-                    self._slack
-                )
-                self._candidate = None if moved else (best.delay, 1)
-                if not moved:
-                    return best
-            self._lock, self._quiet, self._candidate = best.delay, 0, None
-            return best
-        if best.ncc >= _CANDIDATE_NCC:
-            candidate = self._candidate
-            runs = 1
-            if candidate is not None and abs(candidate[0] - best.delay) <= self._slack:
-                runs = candidate[1] + 1
-            self._candidate = (best.delay, runs)
-            if runs >= _CANDIDATE_RUNS:  # the same delay again: the echo path moved there
-                self._lock, self._quiet, self._candidate = best.delay, 0, None
-                self._gain = best.gain
-                return best
-        else:
-            self._candidate = None
-        if near is None:
-            return None  # nothing credible: a spurious match must not eat the user's speech
-        if near.ncc >= _TRACK_NCC:
-            self._quiet = 0  # the echo is still there (under the user's voice, say)
-        else:
-            self._quiet += 1
-            if self._quiet > _LOCK_QUIET_WINDOWS:
-                self._lock = None  # the echo went away (headphones?)
-                return None
-        return near  # keep cancelling along the path (the user may be talking over it)
+    def _server(self, pos: int) -> int:
+        """The index of the reference handed to AEC3 with uplink sample `pos`: on the clock
+        mapping as it was when AEC3 first ran (`_pairing`), not as the network's jitter moves
+        it since (each move is a jump AEC3 follows slowly: false barge-ins, with 30-60 ms of
+        jitter, measured), unless the uplink now comes `_REPAIR_MS` later than that (the
+        session resumed after a gap): echo must not come before its reference."""
+        assert self._offset is not None
+        offset = self._offset
+        if self._pairing is None or offset - self._pairing > self._repair:
+            self._pairing = offset
+        return round(self._pairing) + pos - (self._playout + self._align)
 
-    def residue(self, start: int, residual: FloatArray) -> float:
-        """How much `residual` (the window at `start`, after `cancel`) still looks like what
-        was sent: the best NCC near the echo path (+-2 x `track_ms`; 0 while there is none).
-        High for the leftovers of an echo that moved; low for the user's voice."""
-        e_x = float(np.dot(residual, residual))
-        if self._offset is None or self._lock is None or e_x <= 1e-9:
+    def _judge(self, chunk: FloatArray, pos: int) -> None:
+        """Every `_PRESENCE_EVERY_S` (3 times that once known): does the last second of uplink
+        (up to `chunk`, at uplink sample `pos`) hold an echo of what was sent? (`_phat_score`,
+        at 8 kHz)"""
+        end = self._server(pos + len(chunk))
+        k = min(len(chunk), len(self._recent))
+        self._recent[:-k] = self._recent[k:]
+        self._recent[-k:] = chunk[-k:]
+        self._unjudged += len(chunk)
+        self._heard += len(chunk)
+        settled = self.echo_found is not None  # then a verdict costs its CPU less often
+        if self._unjudged < self._judge_every * (_SETTLED_EVERY if settled else 1):
+            return
+        self._unjudged = 0
+        w = min(len(self._recent), self._heard)
+        if w < _PRESENCE_MIN_S * self.rate_hz:
+            return
+        far = self._segment(end - w - self._lags, w + self._lags)
+        if np.count_nonzero(np.abs(far[-w:]) > _SENT_LOUD) < _SENT_SHARE * w:
+            return  # too little was sent to tell: the verdict stands
+        near = self._recent[-w:]
+        corr = _phat(near[0::2] + near[1::2], far[0::2] + far[1::2])
+        lag = int(np.argmax(corr))
+        score = self.echo_score = float(corr[lag])
+        edge = lag < 2 or lag > len(corr) - 3  # (a peak at the end of the range: cut off there)
+        if score >= _ECHO_SCORE:
+            self.echo_found, self._no_echo_runs = True, 0
+            delay = self._lags - 2 * lag  # (at 8 kHz)
+            # where AEC3 is told to look now: does the echo still show there? (periodic
+            # audio, a tone, peaks at many lags: the path moves only if it no longer does)
+            at = (self._lags - self._delay) // 2
+            there = float(np.max(corr[max(0, at - 2) : at + 3]))
+            if score >= _ALIGN_SCORE and there < _STILL_THERE * score and not edge:
+                again = self._moving is not None and abs(self._moving - delay) <= self._slack
+                if again or not self.realignments:  # (the first time at once: echo may leak)
+                    self._realign(delay, pos, w - len(chunk))
+                    self._moving = None
+                else:
+                    self._moving = delay
+            else:
+                self._moving = None
+        elif self.echo_found is None and score < _FIRST_NO_ECHO_SCORE:
+            self.echo_found = False
+        elif score < _NO_ECHO_SCORE:
+            self._no_echo_runs += 1
+            if self._no_echo_runs >= _NO_ECHO_RUNS:
+                self.echo_found = False
+        else:
+            self._no_echo_runs = 0
+
+    def _realign(self, delay: int, pos: int, history: int) -> None:
+        """The echo's direct path comes `delay` samples after the reference handed to AEC3:
+        if that is far from `ALIGN_LEAD_MS`, hand the reference on that much later from now
+        on (uplink sample `pos`), and start AEC3 over (it takes seconds to follow a delay that
+        jumps by more than ~30 ms on its own, converging afresh on an aligned reference well
+        under one), brought up to `pos` on the `history` samples of uplink before it: a fresh
+        AEC3 ducks the user hard for most of its first second (measured: -15..-37 dB)."""
+        target = round(ALIGN_LEAD_MS * self.rate_hz / 1000)
+        if abs(delay - target) <= self._slack:
+            return
+        align = max(0, self._align + delay - target)
+        if align == self._align:
+            return  # (the echo comes sooner than the reference can be handed on sooner)
+        self._align, self._delay = align, target
+        aec = pywebrtc_audio.EchoCanceller(self.rate_hz)
+        m = history - history % self._frame
+        if m > 0:  # (its output: already sent on, by the AEC3 it replaces)
+            n = len(self._recent) - (self._pos - pos)  # `_recent` ends at `self._pos`
+            aec.process(self._recent[n - m : n], self._segment(self._server(pos - m), m))
+        self._aec, self._aec_samples = aec, max(m, 0)
+        self.realignments += 1
+
+    @property
+    def converging(self) -> bool:
+        """Whether the echo may still come through: AEC3 runs and has seen under
+        `_CONVERGING_S` of uplink (after the session's first words, or a realignment short of
+        history), or no verdict on the echo was made yet."""
+        if self.echo_found is False or not self._running:
+            return False
+        return self.echo_found is None or self._aec_samples < self._converging
+
+    @property
+    def removed_db(self) -> float:
+        """How much quieter the uplink left AEC3 than it came, while echo was possible."""
+        if self.energy_out <= 0.0 or not self.energy_in:
             return 0.0
-        p0 = round(self._offset) + start
-        lo, hi = self._lock - 2 * self._track, self._lock + 2 * self._track
-        return self._match(p0, residual, e_x, lo, hi).ncc
-
-    def _match(self, p0: int, x: FloatArray, e_x: float, d_lo: int, d_hi: int) -> _Match:
-        """The best delay in [d_lo, d_hi] (samples) for the uplink span `x` (which ends with
-        the current window; x[0] is at server index p0 at delay 0)."""
-        d_lo, d_hi = max(d_lo, self._dmin), min(d_hi, self._dmax)
-        span = len(x)
-        lags = d_hi - d_lo + 1
-        seg = self._segment(p0 - d_hi, span + lags - 1)  # seg[k + i]: x[i] at delay d_hi - k
-        if lags > _DIRECT_MAX_LAGS:  # a coarse search, then the best few delays exactly
-            ranges = [
-                (max(0, _DECIMATE * c - _DECIMATE), min(lags, _DECIMATE * c + _DECIMATE + 1))
-                for c in _coarse_candidates(seg, x)
-            ]
-        else:
-            ranges = [(0, lags)]
-        best: tuple[float, int, float, float] = (-1.0, 0, 0.0, 0.0)  # ncc, k, corr, e_ref
-        for lo, hi in ranges:
-            ncc, corr, e_ref = _sliding_ncc(seg[lo : hi + span - 1], x, e_x)
-            j = int(np.argmax(ncc))
-            if ncc[j] > best[0]:
-                best = (float(ncc[j]), lo + j, float(corr[j]), float(e_ref[j]))
-        score, k, corr_k, e_k = best
-        gain = float(np.clip(corr_k / e_k, -_MAX_GAIN, _MAX_GAIN)) if e_k > 0 else 0.0
-        return _Match(d_hi - k, max(score, 0.0), gain)
+        return float(10 * np.log10(self.energy_in / self.energy_out))

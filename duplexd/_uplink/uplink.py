@@ -7,7 +7,7 @@ uplink offload (`UplinkServices.offload`: one of the daemon's uplink worker thre
 onnxruntime and numpy release the GIL), where
 
     s16le at the uplink rate -> float -> 16 kHz (StreamResampler when the uplink is 48 kHz)
-    -> 512-sample windows -> echo removed (EchoCanceller, when audio was sent recently)
+    -> echo removed (EchoCanceller: AEC3, when audio was sent recently) -> 512-sample windows
     -> silero-vad probability -> SpeechDetector -> events
 
 and then delivers the events on the trio thread.
@@ -35,11 +35,18 @@ the sound until it decides; a sound long enough to hold words is transcribed fir
 `settle(Settled, onset)`; a hold the worker has not decided in time (the client stopped
 sending audio) is decided on the trio side (`_watch_holds`).
 
-While the session's own voice may be echoing back (audio was sent within the echo delay range),
-a window must also score `echo_threshold` to count toward a barge-in, and it counts as silence
-(for barge-ins and turns alike) when what the echo canceller left is the echo's leftovers:
-less than `DOUBLE_TALK_RATIO` of the energy it took out, or still matching the sent audio near
-the echo path (`RESIDUE_NCC`). Second lines of defence, for echo it cannot fully remove.
+The echo reference is every AUDIO frame the session sends (`on_downlink`), and the client's
+PLAYED reports (`on_played`) tell the canceller when what was sent was played (echo.py). While
+the session's own voice may be echoing back (audio was sent within `echo.IDLE_S`), a window must
+also score `echo_threshold` to count toward a barge-in: the one second line of defence kept,
+for the echo AEC3 lets through while it converges (its first second, a changed echo path).
+Measured (bench/results/README.md): the generated rooms replayed offline have no false barge-in
+even without it, but the daemon live through an RT60 300 ms room still has some with it (1-11
+in a run of 2 sessions x 30 s); it costs 0-20 ms of barge-in p95. The NCC canceller's other
+two checks (the energy left against the energy taken out; the residue still matching the
+reference) went with it: AEC3's suppressor does the first's job, and the second needs the one
+echo delay AEC3 does not have. While AEC3 converges (`EchoCanceller.converging`: the agent's
+first ~0.6 s) the session hears silence: it leaked then, with a jittery uplink (measured).
 """
 
 from __future__ import annotations
@@ -58,7 +65,7 @@ import trio
 from .._downlink.resample import StreamResampler
 from .._opus import OpusDecoder, OpusPacketError
 from ..protocol import frames as fr
-from ..protocol.codec import RemoteProtocolError, iter_frames
+from ..protocol.codec import AUDIO_HEADER, RemoteProtocolError, iter_frames
 from ..protocol.options import SessionOptions
 from .counters import UplinkCounters
 from .echo import EchoCanceller
@@ -85,18 +92,12 @@ MAX_GAP_FRAMES: Final = 250  # a seq jump up to 5 s is filled with silence; more
 MAX_INBOX: Final = 500  # uplink frames + downlink messages waiting for processing (~5-10 s)
 _S16: Final = 1.0 / 32768.0
 HOLD_GRACE_S: Final = 1.0  # a hold still undecided this long after its window is decided here
-# A window counts as the user's only if the energy left after echo cancellation is at least
-# this fraction of the echo energy taken out (a double-talk check: the user's voice adds
-# energy; a cancellation's leftovers, e.g. from a player that paused mid-window, do not) ...
-DOUBLE_TALK_RATIO: Final = 0.35
-# ... and only if what is left does not still look like what was sent (NCC near the echo path):
-# the user's voice against the agent's scores ~0.3, the leftovers of an echo that moved 0.6-0.9.
-RESIDUE_NCC: Final = 0.5
 _NEVER: Final = 2.0  # a barge-in threshold no probability reaches
 _DOWNLINK: Final = -1  # inbox items: a downlink message (else the uplink seq gap) ...
 _VERDICT: Final = -2  # ... or the turn model's answer
 _WORDS: Final = -3  # ... or the transcript of a held barge-in's sound
 _UNHELD: Final = -4  # ... or the session is not holding (any more): forget the soft barge-in
+_PLAYED: Final = -5  # ... or a PLAYED report (utterance id, samples played, clock_us)
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +167,8 @@ class Uplink:
         now = trio.current_time()
         self._echo = EchoCanceller(t0=now) if vad.echo_cancel else None
         self._up_resampler = StreamResampler(rate_hz, VAD_RATE_HZ) if self._scale != 1 else None
+        self._down_frame_samples = fr.frame_samples(downlink_rate_hz)
+        self._down_rate_hz = downlink_rate_hz
         self._down_resampler = (
             StreamResampler(downlink_rate_hz, VAD_RATE_HZ)
             if downlink_rate_hz != VAD_RATE_HZ
@@ -261,6 +264,10 @@ class Uplink:
                 assert self._soft is not None
                 self._soft.close()
                 continue
+            if gap == _PLAYED:
+                if self._echo is not None:
+                    self._note_played(self._echo, now, *data)
+                continue
             if gap < 0:
                 if self._echo is not None:
                     self._add_reference(self._echo, now, data)
@@ -324,7 +331,10 @@ class Uplink:
             samples = self._up_resampler.process(samples)
         self._produced += len(samples)
         if self._echo is not None:
+            t0 = time.thread_time()
             self._echo.note_uplink(now, self._produced)
+            samples = self._echo.process(samples)  # (up to 10 ms + 8 ms later: AEC3's frames)
+            self.counters.vad_s += time.thread_time() - t0
         pending = np.concatenate((self._pending, samples)) if len(self._pending) else samples
         i = 0
         while len(pending) - i >= WINDOW:
@@ -337,29 +347,14 @@ class Uplink:
         pos = self._pos
         c = self.counters
         barge_threshold = self.vad_options.threshold
-        echoing = leftovers = False
-        if self._echo is not None:
-            echoing = self._echo.active(pos)
-            window, ncc = self._echo.cancel(pos, window)
-            if echoing:
-                c.echo_windows += 1
-                c.max_ncc = max(c.max_ncc, ncc)
-                barge_threshold = max(barge_threshold, self.vad_options.echo_threshold)
-                # what is left is small next to the echo taken out: its leftovers
-                left = float(np.dot(window, window))
-                leftovers = left < DOUBLE_TALK_RATIO * self._echo.last_removed
+        unjudged = False
+        if self._echo is not None and self._echo.active(pos):
+            c.echo_windows += 1  # what AEC3 let through of the echo must not barge in
+            barge_threshold = max(barge_threshold, self.vad_options.echo_threshold)
+            unjudged = self._echo.converging
         prob = self._vad.prob(window)
-        if (  # speech-like while echo is possible: is it what is left of the agent's voice?
-            echoing
-            and not leftovers
-            and prob >= self.vad_options.neg_threshold
-            and self._echo is not None
-            and self._echo.residue(pos, window) >= RESIDUE_NCC
-        ):
-            leftovers = True
-            c.echo_vetoes += 1
-        if leftovers:  # the agent's own voice: silence, for barge-ins and for turns alike
-            prob, barge_threshold = 0.0, _NEVER
+        if unjudged:  # the agent's first ~0.6 s: AEC3 has not converged, and with a jittery
+            prob, barge_threshold = 0.0, _NEVER  # uplink it leaked (measured): silence
         cap = len(self._turn_ring)
         i = pos & (cap - 1)
         self._turn_ring[i : i + WINDOW] = window  # cap is a multiple of WINDOW
@@ -449,9 +444,16 @@ class Uplink:
         if self._echo is not None:
             self._enqueue((trio.current_time(), _DOWNLINK, message))
 
+    def on_played(self, frame: fr.Played) -> None:
+        """A PLAYED report from the client: when what was sent played (the echo's delay)."""
+        if self._echo is not None:
+            played = (frame.utterance_id, frame.samples_played, frame.clock_us)
+            self._enqueue((trio.current_time(), _PLAYED, played))
+
     def _add_reference(self, echo: EchoCanceller, now: float, message: bytes) -> None:
         for raw in iter_frames(message):  # the session's own frames: whole and well formed
             if raw.type == fr.FrameType.AUDIO:
+                _, _, _, _, uid, seq = AUDIO_HEADER.unpack_from(raw.data)
                 body = raw.audio_pcm
                 s16 = np.frombuffer(body, "<i2") if self._opus_down is None else None
                 if s16 is None:  # our own Opus packets: always whole
@@ -460,7 +462,17 @@ class Uplink:
                 pcm = s16.astype(np.float32) * _S16
                 if self._down_resampler is not None:
                     pcm = self._down_resampler.process(pcm)
-                echo.add_reference(now, pcm)
+                echo.add_reference(now, pcm, (uid, seq))
+
+    def _note_played(
+        self, echo: EchoCanceller, now: float, uid: int, samples: int, clock_us: int
+    ) -> None:
+        if samples <= 0:
+            return
+        n = self._down_frame_samples
+        seq = (samples - 1) // n  # the frame of the last sample played ...
+        offset = (samples - seq * n) * VAD_RATE_HZ // self._down_rate_hz  # ... and its end
+        echo.note_played(now, (uid, seq), offset, clock_us)
 
     # ------------------------------------------------------------------ transcripts
 
@@ -498,7 +510,8 @@ class Uplink:
     def stats(self) -> dict[str, Any]:
         out = self.counters.summary()
         if self._echo is not None:
-            out["echo_max_ncc"] = round(self.counters.max_ncc, 3)
-            delay = self._echo.delay_ms
-            out["echo_delay_ms"] = None if delay is None else round(delay, 1)
+            out["echo_removed_db"] = round(self._echo.removed_db, 1)
+            out["echo_playout_ms"] = round(self._echo.playout_ms, 1)
+            out["echo_found"] = self._echo.echo_found
+            out["echo_realignments"] = self._echo.realignments
         return out

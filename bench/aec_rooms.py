@@ -1,0 +1,254 @@
+"""The uplink's echo canceller in the generated rooms: `python -m bench.aec_rooms`.
+
+One session's uplink (`duplexd._uplink.uplink.Uplink`, the daemon's own processing, batch by
+batch as its worker gets them, in this thread) hears the agent's voice (VITS, sent as 16 kHz
+AUDIO frames every 20 ms) come back through each room of `bench/rooms.py` (plus `headphones`:
+nothing comes back) over room noise, with and without the user talking over it:
+
+- ERLE: how much quieter the echo leaves the canceller than it came (dB), from the first
+  second of the agent's voice on, with nobody else talking; the room noise is at -70 dBFS so
+  it does not cap the figure (the echo is at about -35 dBFS);
+- false barge-ins and false speech starts while only the echo is there (must be 0);
+- barge-in latency: the user (the other VITS speaker, `--user-db` above the echo) starts
+  talking at `--trials` moments over the agent's voice: arrival of the uplink frame holding
+  the speech onset -> arrival of the frame whose window decided the barge-in (the daemon adds
+  its thread handoff and the network); p50, p95 and misses (none within 2 s);
+- the user's level change under double talk: what comes out of the canceller over the user's
+  speech against the user's speech alone (dB; the echo left in counts too, upward);
+- CPU: the uplink worker's thread time per second of audio (echo canceller + VAD; and with
+  `echo_cancel` off, the VAD alone, for the canceller's share).
+
+Run it at another revision (`git archive` of it, this file and bench/rooms.py copied in) for a
+side by side: the Uplink's constructor and batch format are the same since the NCC canceller.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import trio
+import trio.testing
+
+from bench.rooms import ROOMS, Room, db, noise
+from duplexd._uplink.uplink import Uplink, UplinkServices
+from duplexd._uplink.vad import BargeIn, SpeechStart, VadModel
+from duplexd.protocol import frames as fr
+from duplexd.protocol.codec import encode
+from duplexd.protocol.options import AsrOptions, SessionOptions, VadOptions
+
+RATE = 16_000
+FRAME = 320
+FRAME_S = 0.020
+UPLINK_LATENCY_S = 0.003
+MISS_S = 2.0
+F32 = npt.NDArray[np.float32]
+AGENT_TEXT = [
+    "Sure, I can help you with that. The weather today is sunny with a light breeze.",
+    "Let me check the schedule for tomorrow; there are three meetings in the morning.",
+]
+USER_TEXT = "Wait, stop, I have a question."
+
+
+async def _no_offload(fn: Any, *args: Any) -> Any:
+    raise AssertionError("bench.aec_rooms runs the uplink's batches itself")
+
+
+def voices(cache: Path) -> tuple[F32, F32]:
+    """(agent, user) at 16 kHz, synthesized once and kept in `cache` (.npy)."""
+    a, u = cache / "aec-agent.npy", cache / "aec-user.npy"
+    if not (a.exists() and u.exists()):
+        import sys
+
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+        from speech import clip  # the tests' voices: the VITS voice, and it slower, pitched up
+
+        cache.mkdir(parents=True, exist_ok=True)
+        np.save(a, np.concatenate([clip(t) for t in AGENT_TEXT]))
+        np.save(u, clip(USER_TEXT, other_speaker=True))
+    return np.load(a), np.load(u)
+
+
+ECHO_THRESHOLD: float | None = None  # --echo-threshold: the session option, else its default
+
+
+def replay(
+    agent: F32, mic: F32, *, echo_cancel: bool = True, jitter_ms: float = 0.0, seed: int = 0
+) -> tuple[Uplink, list, float]:
+    """The uplink of one session fed `mic` while it sends `agent`: (uplink, [(frame index,
+    event)], worker CPU seconds). `jitter_ms`: each uplink frame arrives that much later on
+    average (exponentially distributed, in order), as over a busy network."""
+    rng = np.random.default_rng(seed)
+    late = rng.exponential(jitter_ms / 1000, len(mic) // FRAME) if jitter_ms else None
+
+    async def run() -> tuple[Uplink, list, float]:
+        vad = VadOptions(barge_in=True, echo_cancel=echo_cancel)
+        if ECHO_THRESHOLD is not None:
+            vad = dataclasses.replace(vad, echo_threshold=ECHO_THRESHOLD)
+        uplink = Uplink(
+            rate_hz=RATE,
+            downlink_rate_hz=RATE,
+            options=SessionOptions(vad, AsrOptions(transcripts=False)),
+            services=UplinkServices(vad_model=VadModel(), offload=_no_offload),
+            send=lambda _frame: None,
+            barge_in=lambda _delay_s: None,
+        )
+        t0 = trio.current_time()
+        events: list[tuple[int, object]] = []
+        cpu = 0.0
+        last = t0
+        for k in range(len(mic) // FRAME):
+            batch: list[tuple[float, int, Any]] = []
+            if (k + 1) * FRAME <= len(agent):
+                pcm = (np.clip(agent[k * FRAME : (k + 1) * FRAME], -1, 1) * 32767).astype("<i2")
+                audio = fr.Audio(epoch=0, utterance_id=1, seq=k, pcm=pcm.tobytes())
+                batch.append((t0 + k * FRAME_S, -1, encode(audio)))
+            up = (np.clip(mic[k * FRAME : (k + 1) * FRAME], -1, 1) * 32767).astype("<i2")
+            arrival = t0 + (k + 1) * FRAME_S + UPLINK_LATENCY_S
+            if late is not None:
+                arrival = max(arrival + late[k], last)  # (frames come in order)
+            last = arrival
+            batch.append((arrival, 0, up.tobytes()))
+            c0 = time.thread_time()
+            out = uplink._process_batch(batch)
+            cpu += time.thread_time() - c0
+            events.extend((k, ev) for _, ev in out)
+        return uplink, events, cpu
+
+    return trio.run(run, clock=trio.testing.MockClock())  # (all times are given: none passes)
+
+
+def measure(room: Room | None, agent: F32, user: F32, *, trials: int, user_db: float) -> dict:
+    total = len(agent) + RATE
+    echo = room.echo(agent, total) if room is not None else np.zeros(total, dtype=np.float32)
+    echo_db = db(echo[RATE : len(agent)]) if room is not None else db(agent) - 10.0
+    row: dict[str, Any] = {"room": room.name if room is not None else "headphones"}
+    # the echo alone, in a quiet room: ERLE and false triggers
+    uplink, events, cpu = replay(agent, echo + noise(total, -70.0))
+    done = uplink._pos
+    out = uplink._audio(0, done)
+    span = slice(RATE, min(len(agent), done))
+    row["erle_db"] = round(db(echo[span]) - db(out[span]), 1) if room is not None else None
+    # and in a noisier one (-55 dBFS), as the bench's default
+    _, events55, _ = replay(agent, echo + noise(total, -55.0))
+    row["false_barge_ins"] = sum(isinstance(e, BargeIn) for _, e in events + events55)
+    row["false_speech_starts"] = sum(isinstance(e, SpeechStart) for _, e in events + events55)
+    row["cpu_percent"] = round(100 * cpu / (total / RATE), 2)
+    _, _, cpu_off = replay(agent, echo + noise(total, -70.0), echo_cancel=False)
+    row["cpu_percent_vad_only"] = round(100 * cpu_off / (total / RATE), 2)
+    # the user talks over it
+    latencies: list[float] = []
+    levels: list[float] = []
+    misses = 0
+    on = _onset(user)
+    gain = 10 ** ((echo_db + user_db - db(user[on:])) / 20)
+    for i in range(trials):
+        at = round((1.0 + i * (len(agent) / RATE - 3.5) / max(1, trials - 1)) * RATE) + 37 * i
+        talk = np.zeros(total, dtype=np.float32)
+        talk[at : at + len(user)] = gain * user[: total - at]
+        uplink, events, _ = replay(agent, echo + talk + noise(total, -55.0, seed=i + 1))
+        onset_frame = (at + on) // FRAME
+        hits = [k for k, e in events if isinstance(e, BargeIn) and k >= at // FRAME]
+        if hits and hits[0] - onset_frame <= MISS_S / FRAME_S:
+            latencies.append(1000 * (hits[0] - onset_frame) * FRAME_S)
+        else:
+            misses += 1
+        out = uplink._audio(0, uplink._pos)
+        s = slice(at + on, min(at + len(user), len(out)))
+        levels.append(db(out[s]) - db(talk[s]))
+    ms = sorted(latencies)
+    row["barge_in_ms_p50"] = round(ms[len(ms) // 2], 1) if ms else None
+    row["barge_in_ms_p95"] = round(ms[int(0.95 * (len(ms) - 1) + 0.5)], 1) if ms else None
+    row["barge_in_ms_max"] = round(ms[-1], 1) if ms else None
+    row["barge_in_misses"] = misses
+    row["user_level_db"] = round(float(np.mean(levels)), 2)
+    row["user_level_db_worst"] = round(float(max(levels, key=abs)), 2)
+    return row
+
+
+def _onset(audio: F32, level: float = 0.02) -> int:
+    env = np.convolve(np.abs(audio), np.ones(80) / 80, mode="same")
+    return int(np.argmax(env > level / 4))
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--trials", type=int, default=8, help="user onsets per room")
+    p.add_argument("--user-db", type=float, default=10.0, help="the user's level over the echo")
+    p.add_argument("--rooms", default="headphones," + ",".join(r.name for r in ROOMS))
+    p.add_argument("--cache", default="out", help="where the synthesized voices are kept")
+    p.add_argument("--json", metavar="PATH")
+    p.add_argument("--md", metavar="PATH", help="a Markdown table, beside --old's if given")
+    p.add_argument("--old", metavar="JSON", help="a run of another revision, for a side by side")
+    p.add_argument("--rev", help="the revision measured (default: git's HEAD here)")
+    p.add_argument("--echo-threshold", type=float, help="vad.echo_threshold (default: 0.7)")
+    args = p.parse_args(argv)
+    global ECHO_THRESHOLD
+    ECHO_THRESHOLD = args.echo_threshold
+    agent, user = voices(Path(args.cache))
+    by_name = {r.name: r for r in ROOMS}
+    rows = []
+    for name in args.rooms.split(","):
+        row = measure(
+            None if name == "headphones" else by_name[name],
+            agent,
+            user,
+            trials=args.trials,
+            user_db=args.user_db,
+        )
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    rev = (
+        args.rev
+        or subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+    )
+    out = {"rev": rev, "cpus": os.cpu_count(), "trials": args.trials, "rooms": rows}
+    if args.old:
+        out["old"] = json.loads(Path(args.old).read_text())
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
+    if args.md:
+        Path(args.md).write_text(markdown(out))
+
+
+COLUMNS = (
+    ("ERLE (dB)", "erle_db"),
+    ("false barge-ins", "false_barge_ins"),
+    ("false speech starts", "false_speech_starts"),
+    ("barge-in p50 (ms)", "barge_in_ms_p50"),
+    ("barge-in p95 (ms)", "barge_in_ms_p95"),
+    ("misses", "barge_in_misses"),
+    ("user level (dB)", "user_level_db"),
+    ("worst (dB)", "user_level_db_worst"),
+    ("CPU (% core)", "cpu_percent"),
+    ("VAD alone", "cpu_percent_vad_only"),
+)
+
+
+def markdown(out: dict[str, Any]) -> str:
+    """One row per room and revision: this run (`out`), and `out["old"]` if there is one."""
+    runs = [out] + ([out["old"]] if "old" in out else [])
+    head = "| room | rev | " + " | ".join(c for c, _ in COLUMNS) + " |"
+    lines = [head, "|---|---|" + "---:|" * len(COLUMNS)]
+    for row in out["rooms"]:
+        for run in runs:
+            match = [r for r in run["rooms"] if r["room"] == row["room"]]
+            if not match:
+                continue
+            cells = ["-" if match[0][k] is None else f"{match[0][k]:g}" for _, k in COLUMNS]
+            lines.append(f"| {row['room']} | {run['rev']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""A session's uplink (echo canceller, VAD, barge-in rules) in every generated room: the agent's
+own voice coming back never barges in nor starts speech; the user talking over it does barge
+in, soon. The daemon's own batch processing, fed frame by frame on a MockClock
+(`bench.aec_rooms.replay`); figures in bench/results/aec-rooms.md, thresholds here generous."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bench.aec_rooms import FRAME, RATE, replay
+from bench.rooms import ROOMS, Room, db, noise
+from duplexd._uplink.vad import BargeIn, SpeechStart
+
+pytestmark = pytest.mark.integration
+
+
+def voices() -> tuple[np.ndarray, np.ndarray]:
+    from speech import clip
+
+    agent = np.concatenate(
+        [
+            clip("Sure, I can help you with that. The weather is sunny with a light breeze."),
+            clip("Let me check the schedule for tomorrow; there are three meetings."),
+        ]
+    )
+    return agent, clip("Wait, stop, I have a question.", other_speaker=True)
+
+
+@pytest.mark.parametrize("room", ROOMS, ids=[r.name for r in ROOMS])
+def test_the_agents_echo_never_barges_in_and_the_user_does(room: Room) -> None:
+    agent, user = voices()
+    total = len(agent) + RATE
+    echo = room.echo(agent, total)
+    uplink, events, _ = replay(agent, echo + noise(total, -55.0))
+    assert not [e for _, e in events if isinstance(e, BargeIn | SpeechStart)]
+    assert uplink._echo is not None and uplink._echo.echo_found is True
+    # the user, 10 dB above the echo, starts 1.3 s in (AEC3 still converging: it ducks them
+    # a little; in the rt60-600 room several dB for ~300 ms) and 3.7 s in
+    env = np.convolve(np.abs(user), np.ones(80) / 80, mode="same")
+    on = int(np.argmax(env > 0.005))
+    for at, within_ms in ((round(1.3 * RATE), 1000), (round(3.7 * RATE), 250)):
+        talk = np.zeros(total, dtype=np.float32)
+        span = slice(at, at + len(user))
+        talk[span] = user * 10 ** ((db(echo[span]) + 10 - db(user)) / 20)
+        _, events, _ = replay(agent, echo + talk + noise(total, -55.0))
+        barge = [k for k, e in events if isinstance(e, BargeIn)]
+        assert barge, f"no barge-in at {at}"
+        assert 0 <= (barge[0] - (at + on) // FRAME) * 20 <= within_ms, barge
+
+
+@pytest.mark.parametrize("room", ["delay", "rt60-300"])
+def test_a_jittery_uplink_does_not_let_the_echo_through(room: str) -> None:
+    """Uplink frames 0-200+ ms late (exponential, 60 ms on average): the clock mapping from
+    their arrivals moves all the time. Measured before the glue held AEC3's pairing still and
+    kept silence while AEC3 converges: false barge-ins at 0.2 s and every few seconds."""
+    from bench.rooms import ROOMS_BY_NAME
+
+    agent, _ = voices()
+    total = len(agent) + RATE
+    echo = ROOMS_BY_NAME[room].echo(agent, total)
+    for seed in (0, 1):
+        _, events, _ = replay(agent, echo + noise(total, -55.0, seed=seed), jitter_ms=60, seed=seed)
+        assert not [e for _, e in events if isinstance(e, BargeIn | SpeechStart)]
