@@ -108,20 +108,12 @@ async def test_opus_uplink_feeds_vad_and_asr(autojump_clock: trio.testing.MockCl
     assert wer <= 0.15
 
 
-OPUS_UPLINK_ECHO = (
-    "the echo canceller subtracts the sent audio from the uplink's samples; through the Opus"
-    " uplink the echo comes back re-coded (~8 dB waveform SNR in voip mode, ~20-23 dB in"
-    " audio mode at 32-96 kbit/s, tried: still barges in) and what is left reads as speech."
-    " Known limit of issue 15 (see the report): keep the client's own echo cancellation on"
-)
-
-
 @pytest.mark.parametrize(
     ("down", "up"),
     [
         ("opus", "pcm"),
-        pytest.param("pcm", "opus", marks=pytest.mark.xfail(strict=True, reason=OPUS_UPLINK_ECHO)),
-        pytest.param("opus", "opus", marks=pytest.mark.xfail(strict=True, reason=OPUS_UPLINK_ECHO)),
+        ("pcm", "opus"),
+        ("opus", "opus"),
     ],
 )
 async def test_opus_echo_does_not_barge_in_but_the_user_does(
@@ -129,8 +121,8 @@ async def test_opus_echo_does_not_barge_in_but_the_user_does(
 ) -> None:
     """With an Opus downlink the server's echo reference is its own packets decoded (as the
     client plays them), so the agent's echo at -10 dB, 50 ms late, is not taken for the user;
-    the user talking over it is. Through an Opus uplink the echo is not removed well enough
-    yet (strict xfail: it fails today; when it passes, drop the mark)."""
+    the user talking over it is; and through an Opus uplink (the echo comes back re-coded:
+    AEC3's adaptive filter takes that, where the NCC canceller it replaced did not)."""
     from speech import clip, engine
     from test_duplex_session import AGENT, USER, wait_for
 
