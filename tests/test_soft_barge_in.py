@@ -71,7 +71,7 @@ def test_a_longer_sound_asks_for_its_words_then_decides_on_them() -> None:
     _, got = run(s, "sssss" + "." * 10, 4800 + WINDOW)
     assert isinstance(got, WordsCheck)
     silence = 4800 + 6 * WINDOW
-    assert (got.start, got.end) == (4800 - 150 * MS, silence + 150 * MS)  # padded by speech_pad
+    assert (got.start, got.end, got.stop) == (4800 - 150 * MS, silence + 150 * MS, silence)
     assert s.answer(got.id, "Mm-hmm.") == Settled(4800, True, Reason.BACKCHANNEL, "Mm-hmm.")
     for text, resume, reason in (
         (" ", True, Reason.NO_WORDS),

@@ -234,9 +234,12 @@ async def test_a_complete_sentence_ends_after_a_short_silence(
     when, stop = frames[1]
     assert isinstance(stop, fr.SpeechStopped)
     # the turn ends `silence_ms` (in whole VAD windows) after the silence's first sample, at
-    # the end of the uplink frame that completes that window
+    # the end of the uplink frame that completes that window, the echo canceller's latency
+    # later (its output runs AEC_LATENCY_SAMPLES behind the microphone: echo.py)
+    from duplexd._uplink.echo import AEC_LATENCY_SAMPLES
+
     windows = -(-silence_ms * MS // WINDOW)
-    decided = stop.uplink_sample + windows * WINDOW
+    decided = stop.uplink_sample + windows * WINDOW + AEC_LATENCY_SAMPLES
     assert when == pytest.approx(-(-decided // 320) * 0.020)
 
 

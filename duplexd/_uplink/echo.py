@@ -396,10 +396,12 @@ class EchoCanceller:
     def converging(self) -> bool:
         """Whether the echo may still come through: AEC3 runs and has seen under
         `_CONVERGING_S` of uplink (after the session's first words, or a realignment short of
-        history), or no verdict on the echo was made yet."""
+        history). Not while no verdict on the echo is made yet past that: a user with
+        headphones, talking while the verdict waits (their voice blurs it), would not be heard
+        at all; AEC3 runs meanwhile, and `echo_threshold` holds what it lets through."""
         if self.echo_found is False or not self._running:
             return False
-        return self.echo_found is None or self._aec_samples < self._converging
+        return self._aec_samples < self._converging
 
     @property
     def removed_db(self) -> float:

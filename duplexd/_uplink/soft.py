@@ -47,12 +47,13 @@ def is_backchannel(text: str, backchannels: tuple[str, ...]) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class WordsCheck:
-    """The sound in [start, end) ended: what words are in it? Answer with
-    `SoftBargeIn.answer(id, text)`."""
+    """The sound in [start, end) ended (the silence after it began at `stop`): what words are
+    in it? Answer with `SoftBargeIn.answer(id, text)`."""
 
     id: int
     start: int
     end: int
+    stop: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,9 +120,8 @@ class SoftBargeIn:
                     return self._settle(False, BargeInReason.UNHEARD)
                 self._asked = self._checks
                 self._checks += 1
-                return WordsCheck(
-                    self._asked, max(0, onset - self._pad), self._silence_start + self._pad
-                )
+                stop = self._silence_start
+                return WordsCheck(self._asked, max(0, onset - self._pad), stop + self._pad, stop)
         if end - onset >= self._window:
             return self._settle(False, BargeInReason.TIMEOUT)
         return None

@@ -46,10 +46,11 @@ PROMPT_CHARS: Final = 200  # of the confirmed text, given to Whisper as the tail
 
 @dataclass(frozen=True, slots=True)
 class HoldCheck:
-    """A `WordsCheck` with the audio to transcribe."""
+    """A `WordsCheck` with the audio to transcribe (`stop`: where the silence after it began)."""
 
     id: int
     audio: npt.NDArray[np.float32]
+    stop: int
 
 
 class Transcripts:
@@ -134,11 +135,21 @@ class Transcripts:
 
     async def _check_words(self, transcriber: Transcriber, check: HoldCheck) -> None:
         """What the user said while the agent's audio is held: queued for the worker's
-        `SoftBargeIn`, in its place among the frames."""
-        t0 = time.perf_counter()
-        text = await transcriber.transcribe(check.audio)
+        `SoftBargeIn`, in its place among the frames. The sound is the turn so far, ended by
+        the same silence that a speculative transcript (asked for at its 64th ms, before this
+        check) is about: that one's text, when there is one, is the answer."""
         c = self.counters
         c.hold_checks += 1
+        spec = self._speculation
+        if spec is not None and spec.stop == check.stop:  # asked for, not made yet: now
+            self._speculation = None
+            await self._speculate(transcriber, spec)
+        ready = self._speculated
+        if ready is not None and ready[0][1] == check.stop:
+            self._heard(check.id, ready[1])
+            return
+        t0 = time.perf_counter()
+        text = await transcriber.transcribe(check.audio)
         c.asr_s += time.perf_counter() - t0
         c.asr_audio_s += len(check.audio) / VAD_RATE_HZ
         self._heard(check.id, text)

@@ -378,7 +378,8 @@ class Uplink:
         in this window starts one)."""
         got = soft.window(pos, prob >= self.vad_options.threshold) if soft.open else None
         if isinstance(got, WordsCheck):
-            self._events.append((now, HoldCheck(got.id, self._audio(got.start, got.end))))
+            check = HoldCheck(got.id, self._audio(got.start, got.end), got.stop)
+            self._events.append((now, check))
         elif got is not None:
             self._settled(now, got)
         for ev in events:
