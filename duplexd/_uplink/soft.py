@@ -99,8 +99,14 @@ class SoftBargeIn:
         """Forget the hold (decided, or ended by the session)."""
         self._onset = None
 
-    def window(self, start: int, speech: bool) -> Settled | WordsCheck | None:
-        """The window [start, start + WINDOW) after the onset, speech or not."""
+    def window(
+        self, start: int, speech: bool, silent: bool | None = None
+    ) -> Settled | WordsCheck | None:
+        """The window [start, start + WINDOW) after the onset: `speech` (over the threshold),
+        `silent` (under the lower one, as the detector's silences: default `not speech`), or
+        neither (it changes nothing but the time)."""
+        if silent is None:
+            silent = not speech
         onset = self._onset
         if onset is None:
             return None
@@ -110,7 +116,7 @@ class SoftBargeIn:
             self._silence_start = self._asked = None  # the sound goes on: a check is stale
             if self._speech >= self._max_speech:
                 return self._settle(False, BargeInReason.LONG)
-        else:
+        elif silent:
             if self._silence_start is None:
                 self._silence_start = start
             if end - self._silence_start >= self._silence and self._asked is None:

@@ -376,7 +376,8 @@ class Uplink:
     ) -> None:
         """Worker side of a soft barge-in: follow the held sound window by window (a barge-in
         in this window starts one)."""
-        got = soft.window(pos, prob >= self.vad_options.threshold) if soft.open else None
+        o = self.vad_options
+        got = soft.window(pos, prob >= o.threshold, prob < o.neg_threshold) if soft.open else None
         if isinstance(got, WordsCheck):
             check = HoldCheck(got.id, self._audio(got.start, got.end), got.stop)
             self._events.append((now, check))
