@@ -73,6 +73,29 @@ class Client:
         return [(t, f) for t, f in self.arrivals if isinstance(f, cls)]
 
 
+def echo_mic(
+    client: Client, user: np.ndarray, state: dict[str, Any], rng: np.random.Generator
+) -> Callable[[int], np.ndarray]:
+    """A microphone that hears what the client played, `state["delay"]` s late and 10 dB
+    down, room noise, and the `user` clip from uplink sample `state["user_at"]` (-1: not)."""
+    gain = 10 ** (-10 / 20)
+
+    def mic(k: int) -> np.ndarray:
+        lo = k * 320 - round(state["delay"] * RATE)
+        echo = client.played[max(0, lo) : lo + 320] if lo + 320 > 0 else np.zeros(0)
+        out = np.zeros(320, dtype=np.float32)
+        out[320 - len(echo) :] = gain * echo
+        out += rng.normal(0.0, 0.002, 320).astype(np.float32)  # room noise
+        if state["user_at"] >= 0:
+            u = k * 320 - state["user_at"]
+            part = user[max(0, u) : max(0, u + 320)]
+            if len(part):
+                out[max(0, -u) : max(0, -u) + len(part)] += part[: 320 - max(0, -u)]
+        return out
+
+    return mic
+
+
 def hello(uplink: int = 16_000, downlink: int = 16_000, **vad: Any) -> fr.Hello:
     return fr.Hello(
         sample_rate_hz=downlink, uplink_rate_hz=uplink, options=json.dumps({"vad": vad})
@@ -174,21 +197,7 @@ async def test_echo_does_not_barge_in_but_the_user_does(
         async with session_over(pair.client, hello(), on_frame=client.on_frame) as session:
             client.t0 = trio.current_time()
             state = {"delay": 0.030, "user_at": -1}
-            gain = 10 ** (-10 / 20)
-
-            def mic(k: int) -> np.ndarray:
-                d = round(state["delay"] * RATE)
-                lo = k * 320 - d
-                echo = client.played[max(0, lo) : lo + 320] if lo + 320 > 0 else np.zeros(0)
-                out = np.zeros(320, dtype=np.float32)
-                out[320 - len(echo) :] = gain * echo
-                out += rng.normal(0.0, 0.002, 320).astype(np.float32)  # room noise
-                if state["user_at"] >= 0:
-                    u = k * 320 - state["user_at"]
-                    part = user[max(0, u) : max(0, u + 320)]
-                    if len(part):
-                        out[max(0, -u) : max(0, -u) + len(part)] += part[: 320 - max(0, -u)]
-                return out
+            mic = echo_mic(client, user, state, rng)
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(client.uplink, session, mic)

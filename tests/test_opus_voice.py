@@ -124,7 +124,7 @@ async def test_opus_echo_does_not_barge_in_but_the_user_does(
     the user talking over it is; and through an Opus uplink (the echo comes back re-coded:
     AEC3's adaptive filter takes that, where the NCC canceller it replaced did not)."""
     from speech import clip, engine
-    from test_duplex_session import AGENT, USER, wait_for
+    from test_duplex_session import AGENT, USER, echo_mic, wait_for
 
     user = clip(USER, other_speaker=True)
     rng = np.random.default_rng(3)
@@ -141,21 +141,8 @@ async def test_opus_echo_does_not_barge_in_but_the_user_does(
                 up == "opus",
             )
             client.t0 = trio.current_time()
-            state = {"user_at": -1}
-            delay, gain = round(0.050 * RATE), 10 ** (-10 / 20)
-
-            def mic(k: int) -> np.ndarray:
-                lo = k * 320 - delay
-                echo = client.played[max(0, lo) : lo + 320] if lo + 320 > 0 else np.zeros(0)
-                out = np.zeros(320, dtype=np.float32)
-                out[320 - len(echo) :] = gain * echo
-                out += rng.normal(0.0, 0.002, 320).astype(np.float32)  # room noise
-                if state["user_at"] >= 0:
-                    u = k * 320 - state["user_at"]
-                    part = user[max(0, u) : max(0, u + 320)]
-                    if len(part):
-                        out[max(0, -u) : max(0, -u) + len(part)] += part[: 320 - max(0, -u)]
-                return out
+            state = {"delay": 0.050, "user_at": -1}
+            mic = echo_mic(client, user, state, rng)
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(client.uplink, session, mic)
