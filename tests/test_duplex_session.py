@@ -96,6 +96,33 @@ def echo_mic(
     return mic
 
 
+async def speak_until_transcribed(
+    client: Client, session: ClientSession, audio: np.ndarray, turns: int
+) -> None:
+    """Play `audio` (16 kHz) into the uplink in real time (virtual), then silence, until
+    `turns` Transcripts came (a real-time minute at most: the MockClock jumps while the ASR
+    works in its thread)."""
+    end_frames = -(-len(audio) // 320)
+
+    def mic(k: int) -> np.ndarray:
+        out = np.zeros(320, dtype=np.float32)
+        part = audio[k * 320 : (k + 1) * 320]
+        out[: len(part)] = part
+        return out
+
+    async def uplink() -> None:
+        with trio.move_on_after((end_frames + 50) * FRAME_S):  # then the mic is off
+            await client.uplink(session, mic)
+
+    deadline = time.monotonic() + 60
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(uplink)
+        while len(client.frames_of(fr.Transcript)) < turns:
+            await trio.sleep(0.1)
+            assert time.monotonic() < deadline, "no transcript"
+        nursery.cancel_scope.cancel()
+
+
 def hello(uplink: int = 16_000, downlink: int = 16_000, **vad: Any) -> fr.Hello:
     return fr.Hello(
         sample_rate_hz=downlink, uplink_rate_hz=uplink, options=json.dumps({"vad": vad})
@@ -257,22 +284,7 @@ async def test_transcript_of_the_uplink(autojump_clock: trio.testing.MockClock) 
                 audio[pos : pos + len(speech)] = speech
                 spans.append((pos + onset(speech), pos + len(speech) - onset(speech[::-1])))
                 pos += len(speech) + RATE
-            end_frames = pos // 320
-
-            def mic(k: int) -> np.ndarray:
-                return audio[k * 320 : (k + 1) * 320]
-
-            async def uplink() -> None:
-                with trio.move_on_after((end_frames + 50) * FRAME_S):  # then the mic is off
-                    await client.uplink(session, mic)
-
-            deadline = time.monotonic() + 60  # the clock jumps while ASR works in its thread
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(uplink)
-                while len(client.frames_of(fr.Transcript)) < len(sentences):
-                    await trio.sleep(0.1)
-                    assert time.monotonic() < deadline, "no transcript"
-                nursery.cancel_scope.cancel()
+            await speak_until_transcribed(client, session, audio[:pos], len(sentences))
     transcripts = [f for _, f in client.frames_of(fr.Transcript)]
     hyps = [t.text for t in transcripts]
     wer = word_error_rate(sentences, hyps)

@@ -5,7 +5,6 @@ VITS voice delivered as Opus is as good as of the PCM (WER within 1 point, at 16
 from __future__ import annotations
 
 import json
-import time
 import warnings
 
 import numpy as np
@@ -14,7 +13,7 @@ import trio
 import trio.testing
 from asr_helpers import normalize_text, transcribe, word_error_rate
 from harness import inline_uplink_services, open_pair
-from test_duplex_session import FRAME_S, Client
+from test_duplex_session import Client, speak_until_transcribed
 from test_intelligibility import SENTENCES
 
 from duplexd.client.session import session_over
@@ -85,22 +84,7 @@ async def test_opus_uplink_feeds_vad_and_asr(autojump_clock: trio.testing.MockCl
                 speech = clip(text)
                 audio[pos : pos + len(speech)] = speech
                 pos += len(speech) + RATE
-            end_frames = pos // 320
-
-            def mic(k: int) -> np.ndarray:
-                return audio[k * 320 : (k + 1) * 320]
-
-            async def uplink() -> None:
-                with trio.move_on_after((end_frames + 50) * FRAME_S):
-                    await client.uplink(session, mic)
-
-            deadline = time.monotonic() + 60  # the clock jumps while ASR works in its thread
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(uplink)
-                while len(client.frames_of(fr.Transcript)) < len(sentences):
-                    await trio.sleep(0.1)
-                    assert time.monotonic() < deadline, "no transcript"
-                nursery.cancel_scope.cancel()
+            await speak_until_transcribed(client, session, audio[:pos], len(sentences))
     hyps = [f.text for _, f in client.frames_of(fr.Transcript)]
     wer = word_error_rate(sentences, hyps)
     print(f"\nOpus uplink transcripts: {hyps}, WER {wer:.1%}")

@@ -38,10 +38,17 @@ def spoken_words(text: str) -> list[str]:
     return _WORD.findall(text.lower())
 
 
-def is_backchannel(text: str, backchannels: tuple[str, ...]) -> bool:
-    """Whether every word of `text` is one of `backchannels` (entries of several words count
-    word by word: "got it" allows "got" and "it")."""
-    allowed = {w for entry in backchannels for w in spoken_words(entry)}
+def backchannel_words(backchannels: tuple[str, ...]) -> frozenset[str]:
+    """The words `backchannels` allow (entries of several words count word by word: "got it"
+    allows "got" and "it")."""
+    return frozenset(w for entry in backchannels for w in spoken_words(entry))
+
+
+def is_backchannel(text: str, backchannels: tuple[str, ...] | frozenset[str]) -> bool:
+    """Whether every word of `text` is one of `backchannels` (or of `backchannel_words`)."""
+    allowed = (
+        backchannels if isinstance(backchannels, frozenset) else backchannel_words(backchannels)
+    )
     return all(w in allowed for w in spoken_words(text))
 
 
@@ -74,6 +81,7 @@ class SoftBargeIn:
         ms = VAD_RATE_HZ / 1000
         self.options = options
         self.transcripts = transcripts
+        self._allowed = backchannel_words(options.backchannels)
         self._min_speech = round(options.soft_min_speech_ms * ms)
         self._max_speech = round(options.soft_max_speech_ms * ms)
         self._silence = round(options.soft_silence_ms * ms)
@@ -139,7 +147,7 @@ class SoftBargeIn:
             return None
         if not spoken_words(text):
             return self._settle(True, BargeInReason.NO_WORDS, text)
-        if is_backchannel(text, self.options.backchannels):
+        if is_backchannel(text, self._allowed):
             return self._settle(True, BargeInReason.BACKCHANNEL, text)
         return self._settle(False, BargeInReason.WORDS, text)
 

@@ -137,7 +137,8 @@ class Transcripts:
         """What the user said while the agent's audio is held: queued for the worker's
         `SoftBargeIn`, in its place among the frames. The sound is the turn so far, ended by
         the same silence that a speculative transcript (asked for at its 64th ms, before this
-        check) is about: that one's text, when there is one, is the answer."""
+        check) is about: that one's text, when there is one, is the answer. Cancelling
+        abandons the decode (its thread finishes in the background; nothing is answered)."""
         c = self.counters
         c.hold_checks += 1
         spec = self._speculation
@@ -202,7 +203,8 @@ class Transcripts:
         )
 
     async def _speculate(self, transcriber: Transcriber, spec: Speculate) -> None:
-        """The transcript of the turn as if it ended at `spec.stop`, kept for `_final`."""
+        """The transcript of the turn as if it ended at `spec.stop`, kept for `_final`.
+        Cancelling abandons the decode (its thread finishes in the background)."""
         turn = Turn(spec.start, spec.end, stop=spec.stop)
         text = await self._decode(transcriber, turn, self._agreement)
         self.counters.speculations += 1
