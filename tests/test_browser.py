@@ -149,6 +149,7 @@ async def test_a_sentence_plays_whole_and_a_spoken_barge_in_stops_it(
         heard = await page.wait_for(heard_of(uid), 10)
         log = await page.evaluate("duplexdDemo.events")
         figures["barge_in"] = await page.evaluate("duplexdDemo.figures")
+        stats = await page.evaluate("duplexdDemo.session.getStats()")
         await page.evaluate("duplexdDemo.stopMic()")
         await page.screenshot(OUT / "browser-barge-in.png")
         assert [e for e in page.console if e.startswith(("error", "exception"))] == []
@@ -156,11 +157,10 @@ async def test_a_sentence_plays_whole_and_a_spoken_barge_in_stops_it(
     assert interrupted["utteranceId"] == uid
     assert events(log, "speech_started")
     transcript = " ".join(e["text"] for e in events(log, "transcript") if e["final"]).lower()
-    # the user's words are transcribed; their first word may be lost: until the session's echo
-    # canceller has decided whether an echo comes back at all (this page's fake microphone has
-    # none), AEC3 runs and ducks a voice it has no echo for (duplexd/_uplink/echo.py; a known
-    # limit, in the closing note of issue 15)
-    assert "order" in transcript, transcript
+    # the user's words, all of them: this page's fake microphone returns no echo, which the
+    # session's echo canceller finds before they speak, so nothing of them is ducked
+    assert "stop" in transcript and "order" in transcript, transcript
+    assert stats["echo_found"] is False and stats["echo_realignments"] == 0, stats
     (played,) = [e for e in events(log, "played_final") if e["utteranceId"] == uid]
     assert heard["samplesPlayed"] == played["samplesPlayed"]  # the worklet's own count
     assert 0 < heard["charsHeard"] <= interrupted["charsSpoken"] < len(LONG)
