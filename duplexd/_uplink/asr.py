@@ -17,8 +17,10 @@ second of speech is measured by `python -m bench.uplink_cpu`.
 
 from __future__ import annotations
 
+import atexit
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any, Final
 
@@ -33,6 +35,8 @@ WARM_UP_S: Final = 1.0  # the quiet that `warm_up` decodes
 # a decode's output is bounded: speech is ~4 tokens/s, a repetition loop is not
 PASS_TOKENS_BASE: Final = 16
 PASS_TOKENS_PER_S: Final = 8.0
+CLOSE_WAIT_S: Final = 10.0  # `close` waits this long for decodes in flight (each is bounded)
+_OPEN: weakref.WeakSet[Transcriber] = weakref.WeakSet()  # closed at exit (`_close_all`)
 
 
 def bundled_model_dir() -> Path:
@@ -63,6 +67,8 @@ class Transcriber:
         self.limiter = trio.CapacityLimiter(max_concurrent)
         self._model: Any = None
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._busy = 0  # decodes in flight (an abandoned one goes on in its worker thread)
         self.calls = 0
         self.audio_s = 0.0  # audio transcribed
         self.compute_s = 0.0  # time spent transcribing (RTF = compute_s / audio_s)
@@ -82,6 +88,36 @@ class Transcriber:
                     compute_type=self.compute_type,
                     cpu_threads=self.cpu_threads,
                 )
+                _OPEN.add(self)
+
+    def close(self, timeout_s: float = CLOSE_WAIT_S) -> None:
+        """Let the model go once the decodes in flight are done (blocking, up to `timeout_s`;
+        idempotent; a later call loads it again). Also done at exit for every transcriber
+        still open: a decode abandoned by a cancel goes on in its worker thread, and the
+        model's native threads torn down under it abort the process ("terminate called
+        without an active exception", exit status 134)."""
+        with self._idle:
+            self._idle.wait_for(lambda: not self._busy, timeout_s)
+            if not self._busy:
+                self._model = None
+        _OPEN.discard(self)
+
+    def _run(self, decode: Any, audio: npt.NDArray[np.float32], *args: Any) -> Any:
+        """`decode(audio, *args)` counted: in flight for `close`, done for the figures."""
+        self.load()
+        with self._lock:
+            self._busy += 1
+            model = self._model
+        t0 = time.perf_counter()
+        try:
+            return decode(model, audio, *args)
+        finally:
+            with self._idle:
+                self._busy -= 1
+                self.calls += 1
+                self.audio_s += len(audio) / ASR_RATE_HZ
+                self.compute_s += time.perf_counter() - t0
+                self._idle.notify_all()
 
     @property
     def loaded(self) -> bool:
@@ -93,14 +129,15 @@ class Transcriber:
         t0 = time.perf_counter()
         self.load()
         rng = np.random.default_rng(0)
-        self._decode(rng.normal(0.0, 1e-3, round(WARM_UP_S * ASR_RATE_HZ)).astype(np.float32))
+        quiet = rng.normal(0.0, 1e-3, round(WARM_UP_S * ASR_RATE_HZ)).astype(np.float32)
+        self._decode(self._model, quiet)
         return time.perf_counter() - t0
 
     def _transcribe(
-        self, audio: npt.NDArray[np.float32], prompt: str | None, **options: Any
+        self, model: Any, audio: npt.NDArray[np.float32], prompt: str | None, **options: Any
     ) -> Any:
         """The model's segments of `audio` (one pass, no VAD, no timestamps but `options`)."""
-        segments, _info = self._model.transcribe(
+        segments, _info = model.transcribe(
             np.ascontiguousarray(audio, dtype=np.float32),
             language=self.language,
             beam_size=self.beam_size,
@@ -112,8 +149,9 @@ class Transcriber:
         )
         return segments
 
-    def _decode(self, audio: npt.NDArray[np.float32], prompt: str | None = None) -> str:
+    def _decode(self, model: Any, audio: npt.NDArray[np.float32], prompt: str | None = None) -> str:
         segments = self._transcribe(
+            model,
             audio,
             prompt,
             temperature=0.0,  # bounded work: no re-decoding at higher temperatures ...
@@ -122,9 +160,10 @@ class Transcriber:
         return " ".join(s.text.strip() for s in segments).strip()
 
     def _decode_words(
-        self, audio: npt.NDArray[np.float32], offset: int, prompt: str | None
+        self, model: Any, audio: npt.NDArray[np.float32], offset: int, prompt: str | None
     ) -> list[Word]:
         segments = self._transcribe(
+            model,
             audio,
             prompt,
             word_timestamps=True,
@@ -137,19 +176,10 @@ class Transcriber:
             for w in s.words or ()
         ]
 
-    def _count(self, audio: npt.NDArray[np.float32], t0: float) -> None:
-        with self._lock:
-            self.calls += 1
-            self.audio_s += len(audio) / ASR_RATE_HZ
-            self.compute_s += time.perf_counter() - t0
-
     def transcribe_sync(self, audio: npt.NDArray[np.float32], prompt: str | None = None) -> str:
         """Text of 16 kHz mono float audio (blocking); `prompt`: the text that came before
         it (Whisper's initial prompt: context, not transcribed)."""
-        self.load()
-        t0 = time.perf_counter()
-        text = self._decode(audio, prompt)
-        self._count(audio, t0)
+        text: str = self._run(self._decode, audio, prompt)
         return text
 
     def words_sync(
@@ -157,10 +187,7 @@ class Transcriber:
     ) -> list[Word]:
         """The words of 16 kHz mono float audio with their sample spans, counted from
         `offset` (the audio's first sample); blocking."""
-        self.load()
-        t0 = time.perf_counter()
-        words = self._decode_words(audio, offset, prompt)
-        self._count(audio, t0)
+        words: list[Word] = self._run(self._decode_words, audio, offset, prompt)
         return words
 
     async def transcribe(self, audio: npt.NDArray[np.float32], prompt: str | None = None) -> str:
@@ -183,3 +210,9 @@ class Transcriber:
 def _max_tokens(audio: npt.NDArray[np.float32]) -> int:
     """More tokens than anyone speaks in `audio` (a decode's bound)."""
     return PASS_TOKENS_BASE + round(PASS_TOKENS_PER_S * len(audio) / ASR_RATE_HZ)
+
+
+@atexit.register
+def _close_all() -> None:
+    for transcriber in list(_OPEN):
+        transcriber.close()
