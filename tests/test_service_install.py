@@ -12,7 +12,8 @@ import pytest
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parent.parent
-UNITS = ("duplexd.service", "duplexd@.service")
+UNITS = ("duplexd.service", "duplexd@.service", "duplexd-worker@.service")
+SOCKETS = ("duplexd-workers.socket",)  # the workers' shared port
 
 
 @pytest.fixture(scope="module")
@@ -51,15 +52,16 @@ def test_units_config_and_docs_are_installed(staged: Path) -> None:
     assert (staged / "etc/duplexd/duplexd.toml").read_text().startswith("#")
 
 
-@pytest.mark.parametrize("unit", UNITS)
+@pytest.mark.parametrize("unit", (*UNITS, *SOCKETS))
 def test_systemd_analyze_verify_accepts_the_units(staged: Path, unit: str, tmp_path: Path) -> None:
     """(Verified against this host's systemd with the binary's path inside the staging root:
     `verify --root` would want a whole system there.)"""
     if shutil.which("systemd-analyze") is None:
         pytest.skip("systemd-analyze is not installed (apt install systemd)")
-    text = (staged / "etc/systemd/system" / unit).read_text()
+    for name in (*UNITS, *SOCKETS):  # (a unit's Sockets= must resolve beside it)
+        text = (staged / "etc/systemd/system" / name).read_text()
+        (tmp_path / name).write_text(text.replace("/opt/duplexd/", f"{staged}/opt/duplexd/"))
     path = tmp_path / unit
-    path.write_text(text.replace("/opt/duplexd/", f"{staged}/opt/duplexd/"))
     done = subprocess.run(
         ["systemd-analyze", "verify", str(path)], capture_output=True, text=True, timeout=60
     )

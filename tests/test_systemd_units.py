@@ -14,7 +14,7 @@ pytestmark = pytest.mark.integration
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 
 
-@pytest.mark.parametrize("unit", ["duplexd.service", "duplexd@.service"])
+@pytest.mark.parametrize("unit", ["duplexd.service", "duplexd@.service", "duplexd-worker@.service"])
 def test_unit_verifies(unit: str, tmp_path: Path) -> None:
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
@@ -26,6 +26,8 @@ def test_unit_verifies(unit: str, tmp_path: Path) -> None:
     text = text.replace("/opt/duplexd/venv/bin/duplexd", sys.executable)
     name = unit.replace("@.", "@0.")
     (tmp_path / name).write_text(text)
+    socket_unit = DEPLOY / "duplexd-workers.socket"  # the workers' shared port, beside them
+    (tmp_path / socket_unit.name).write_text(socket_unit.read_text())
     result = subprocess.run(
         [analyze, "verify", str(tmp_path / name)],
         capture_output=True,

@@ -11,6 +11,7 @@ import contextlib
 import ipaddress
 import logging
 import math
+import socket
 import sys
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from ..protocol.jsonmode import JSON_SUBPROTOCOL
 from .connection import Connection
 from .handshake import Offload
 from .limits import TRANSPORT_MESSAGE_BYTES, CarriedBudgets
-from .listen import open_listeners
+from .listen import Listener, open_listeners
 from .session import Session
 from .synthesis import synthesis_offloads
 
@@ -111,6 +112,8 @@ class Daemon:
         self.connecting = 0  # accepted, still in their handshake
         self.sessions_total = 0  # connections accepted since start
         self.draining = False  # set by the operator side (SIGTERM): new sessions get 503
+        self.inherited = False  # serving on sockets systemd passed (socket activation)
+        self.accepting = trio.CancelScope()  # the accept loops' (`stop_accepting`)
         self.rejected: dict[str, int] = {}  # reason -> upgrades refused
         self._limits = limits
         self.carried = CarriedBudgets(limits)  # what closed sessions left of their budgets
@@ -127,6 +130,12 @@ class Daemon:
         """Whether `max_sessions` connections (open or in their handshake) are in."""
         in_use = len(self.sessions) + self.connecting
         return bool(self.max_sessions) and in_use >= self.max_sessions
+
+    def stop_accepting(self) -> None:
+        """Accept no more connections (the open ones go on); the listening sockets are closed
+        here. With socket activation they are the workers' shared socket: the connections
+        waiting in it go to the other workers, or wait for the next one systemd starts."""
+        self.accepting.cancel()
 
     @property
     def port(self) -> int:
@@ -287,6 +296,7 @@ async def serve_duplexd(
     offload: Offload = trio.to_thread.run_sync,
     gil_switch_interval_s: float | None = GIL_SWITCH_INTERVAL_S,
     on_session_closed: Callable[[Session], None] | None = None,
+    inherited: list[socket.socket] | None = None,
     task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve duplexd sessions on `host:port` (0 picks a free port) until cancelled.
@@ -302,7 +312,8 @@ async def serve_duplexd(
     Hello asking for uplink audio is refused). `tracer`: records the sessions it selects
     (`duplexd serve --trace`). `on_session_closed(session)` runs (trio thread) as each open
     session ends. While it runs, the process's GIL switch interval is `gil_switch_interval_s`
-    (None leaves it alone); it is restored after.
+    (None leaves it alone); it is restored after. `inherited`: listening sockets to serve on
+    instead of `host:port` (socket activation: `listen.inherited_sockets`).
     """
 
     saved_interval = sys.getswitchinterval()
@@ -310,10 +321,11 @@ async def serve_duplexd(
         sys.setswitchinterval(gil_switch_interval_s)
     try:
         async with open_pacer() as pacer, trio.open_nursery() as nursery:
-            listeners = await open_listeners(host, port, tls)
+            listeners = await open_listeners(host, port, tls, inherited)
             server = WebSocketServer(
                 lambda request: daemon.handle(request),
                 listeners,
+                handler_nursery=nursery,  # (connections outlive the accept loops: a drain)
                 max_message_size=TRANSPORT_MESSAGE_BYTES,
                 connect_timeout=CONNECT_TIMEOUT_S,
                 disconnect_timeout=DISCONNECT_TIMEOUT_S,
@@ -334,8 +346,27 @@ async def serve_duplexd(
                 offload=offload,
                 on_session_closed=on_session_closed,
             )
-            await nursery.start(server.run)
+            daemon.inherited = bool(inherited)
+            await nursery.start(_accept, server, listeners, daemon.accepting)
             log.info("listening", extra={"url": daemon.url, "engines": engines.names()})
             task_status.started(daemon)
     finally:
         sys.setswitchinterval(saved_interval)
+
+
+async def _accept(
+    server: WebSocketServer,
+    listeners: list[Listener],
+    scope: trio.CancelScope,
+    *,
+    task_status: trio.TaskStatus[WebSocketServer] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Accept connections until `scope` is cancelled (`Daemon.stop_accepting`) or the daemon
+    stops; then close the listening sockets (the connections accepted go on)."""
+    try:
+        with scope:
+            await server.run(task_status=task_status)
+    finally:
+        for listener in listeners:
+            with trio.CancelScope(shield=True):
+                await listener.aclose()

@@ -6,7 +6,10 @@
    /healthz answers and /readyz says "starting" while the model loads;
 2. the engine is loaded in a worker thread and its default voice opened (and warmed);
 3. `serve_duplexd` listens; then READY=1 goes to systemd and /readyz turns 200;
-4. SIGTERM (or SIGINT): drain. New sessions get HTTP 503 and /readyz says "draining";
+   On sockets systemd passed (socket activation, several workers on one port: listen.py)
+   instead of `server.host:port` when there are any;
+4. SIGTERM (or SIGINT): drain. New sessions get HTTP 503 and /readyz says "draining" (with
+   socket activation, the daemon stops accepting instead: the other workers take them);
    sessions finish the utterances they have (up to `server.drain_timeout_s`), then each is
    closed with Error GOING_AWAY and close code 1001; `run` returns (exit status 0). A second
    SIGTERM/SIGINT stops at once.
@@ -45,7 +48,7 @@ from .._uplink.turn import TurnModel
 from .._uplink.vad import VadModel
 from ..engines.base import Engine, EngineError, Voice
 from ..engines.registry import EngineSet, load_engine
-from .listen import ssl_context_from_settings
+from .listen import ListenError, inherited_sockets, ssl_context_from_settings
 from .preflight import startup_problems
 from .server import Daemon, serve_duplexd
 from .session import Session
@@ -228,7 +231,12 @@ class Service:
                 self._authenticator = Authenticator.from_settings(self.settings)
             except AuthConfigError as exc:
                 raise StartupError(str(exc)) from None
-            check_port_free(s.host, s.port)  # before the model loads, not after
+            try:
+                inherited = inherited_sockets()  # socket activation (several workers, one port)
+            except ListenError as exc:
+                raise StartupError(str(exc)) from None
+            if not inherited:
+                check_port_free(s.host, s.port)  # before the model loads, not after
             if self._engines is None and (problems := startup_problems(self.settings)):
                 raise StartupError(problems[0])  # an unknown voice, no CUDA: before, too
             self.notifier.status("loading the model")
@@ -250,6 +258,7 @@ class Service:
                     uplink_services=uplink_services,
                     tracer=self._tracer,
                     on_session_closed=self._session_closed,
+                    inherited=inherited,
                 )
             )
             self.daemon = daemon
@@ -349,6 +358,8 @@ class Service:
     async def _drain(self, daemon: Daemon) -> None:
         self.phase = Phase.DRAINING
         daemon.draining = True
+        if daemon.inherited:  # the workers' shared socket: leave its connections to the others
+            daemon.stop_accepting()
         timeout = self.settings.server.drain_timeout_s
         started = trio.current_time()
         self.notifier.stopping(f"draining {len(daemon.sessions)} sessions")

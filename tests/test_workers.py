@@ -1,0 +1,121 @@
+"""Workers: several daemons on one port by socket activation (deploy/duplexd-workers.socket and
+deploy/duplexd-worker@.service), started here as systemd starts them (the shared listening
+socket as fd 3, LISTEN_FDS and LISTEN_PID: `bench.daemon.start_worker`). Both accept from the
+one socket; a SIGTERM drains one, which stops accepting, and every new session goes to the
+other, with no balancer in front. The two run the tone engine with different default voices,
+so Welcome.voice tells which one took a session."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Iterator
+
+import pytest
+import trio
+from test_haproxy import Held, speak_through_drain, wait_ready
+from test_service import CLIENT_SOCKET_LEAK, http_get, samples, until
+
+from bench.daemon import Server, ServerFailed, listening_socket, start_server, start_worker
+from duplexd.client.session import open_session
+
+pytestmark = [
+    pytest.mark.usefixtures("collect_leaked_sockets"),
+    pytest.mark.integration,
+    pytest.mark.slow,
+    pytest.mark.filterwarnings(CLIENT_SOCKET_LEAK),
+]
+
+
+def worker_argv(voice: str, http_port: int) -> list[str]:
+    return [sys.executable, "-m", "duplexd", "serve", "--engine=tone", f"--voice={voice}",
+            "--port=1", f"--http-port={http_port}", "--drain-timeout=20",
+            "--log-format=json", "--log-level=info"]  # fmt: skip
+
+
+@pytest.fixture
+def servers() -> Iterator[list[Server]]:
+    started: list[Server] = []
+    yield started
+    for s in started:
+        s.stop()
+
+
+def free_port() -> int:
+    with listening_socket() as s:
+        return int(s.getsockname()[1])
+
+
+async def test_two_workers_share_one_port_and_one_drains(servers: list[Server]) -> None:
+    http_a, http_b = free_port(), free_port()
+    with listening_socket() as sock:
+        port = sock.getsockname()[1]
+        a = start_worker("a", sock, worker_argv("low", http_a))
+        servers.append(a)
+        b = start_worker("b", sock, worker_argv("high", http_b))
+        servers.append(b)
+    # (--port=1 is not bound: the workers serve on the socket they were given)
+    assert a.url == b.url == f"ws://127.0.0.1:{port}/v1"
+    await wait_ready(http_a)
+    await wait_ready(http_b)
+
+    sessions: list[Held] = []
+    results: dict[str, list[str]] = {"done": [], "going_away": []}
+    async with trio.open_nursery() as nursery:
+        all_open = trio.Event()
+        release = trio.Event()
+
+        async def hold() -> None:
+            async with open_session(a.url) as session:
+                held = Held(session)
+                sessions.append(held)
+                if len(sessions) == 20:
+                    all_open.set()
+                await release.wait()
+                await speak_through_drain(held, results)
+
+        for _ in range(20):
+            nursery.start_soon(hold)
+            await trio.sleep(0.01)
+        with trio.fail_after(20):
+            await all_open.wait()
+        by_voice = {v: [s for s in sessions if s.voice == v] for v in ("low", "high")}
+        # one queue, two processes taking from it: both took some
+        assert by_voice["low"] and by_voice["high"], {k: len(v) for k, v in by_voice.items()}
+        m_a = samples((await http_get(http_a, "/metrics"))[1])
+        m_b = samples((await http_get(http_b, "/metrics"))[1])
+        assert m_a["duplexd_sessions_active"] == len(by_voice["low"])
+        assert m_b["duplexd_sessions_active"] == len(by_voice["high"])
+
+        # every session starts an utterance; then worker A gets SIGTERM mid-utterance
+        release.set()
+        await until(lambda: sum(s.started for s in sessions) == 20)
+        a.proc.send_signal(signal.SIGTERM)
+        await trio.sleep(0.2)  # (the signal reaches its loop; no connection races it here)
+        # A accepts no more: every new session is B's, and none is refused
+        for _ in range(8):
+            async with open_session(a.url) as late:
+                assert late.welcome.voice == "high"
+    # A's sessions heard their utterance to the end, then were told to go away
+    assert sorted(results["going_away"]) == ["low"] * len(by_voice["low"])
+    assert results["done"].count("low") == len(by_voice["low"])
+    assert a.proc.wait(20) == 0
+    assert b.proc.poll() is None
+    m_b = samples((await http_get(http_b, "/metrics"))[1])
+    assert m_b["duplexd_sessions_total"] == len(by_voice["high"]) + 8
+
+
+def test_a_passed_descriptor_that_is_not_a_listening_socket_is_one_line() -> None:
+    """LISTEN_FDS names fd 3, but fd 3 is a socket that is not listening: one line, exit 1."""
+    import socket
+
+    with socket.socket() as sock:  # bound, not listening
+        sock.bind(("127.0.0.1", 0))
+        sock.set_inheritable(True)
+        with pytest.raises(ServerFailed) as failed:
+            start_worker("bad", sock, worker_argv("low", 0))
+    assert "fd 3 is not a listening TCP socket: use ListenStream= in the .socket unit" in str(
+        failed.value
+    )
+    assert "Traceback" not in str(failed.value)
+    assert start_server  # (the same start as any bench server)
