@@ -36,7 +36,15 @@ from typing import Any
 from tqdm import tqdm
 
 from . import cpus
-from .daemon import Server, ServerFailed, baseline_argv, duplexd_argv, start_server
+from .daemon import (
+    Server,
+    ServerFailed,
+    baseline_argv,
+    duplexd_argv,
+    listening_socket,
+    start_server,
+    start_worker,
+)
 from .load import LoadConfig
 from .report import build_document, markdown, summarize, to_json
 from .rooms import ROOMS
@@ -73,6 +81,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--burst-every", type=float, default=12.0, metavar="S", help="(12 s)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--workers", type=int, default=0, help="client processes (0: auto)")
+    p.add_argument(
+        "--daemon-workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="duplexd as N workers on one port, as deploy/duplexd-workers.socket runs them"
+        " (each pinned to one of --daemon-cpus, in turn); CPU and RSS are their sum",
+    )
     p.add_argument("--url", default="", help="bench a running duplexd instead of starting one")
     p.add_argument("--pid", type=int, default=0, help="with --url: its PID, for CPU and RSS")
     p.add_argument("--no-baseline", action="store_true", help="skip the asyncio baseline")
@@ -177,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         codec=args.codec,
     )
     servers: dict[str, Server] = {}
+    extra: list[Server] = []  # --daemon-workers: the workers after the first
     warnings: list[str] = []
     tmp = tempfile.TemporaryDirectory(prefix="bench-uplink-")
     try:
@@ -190,19 +207,22 @@ def main(argv: list[str] | None = None) -> int:
             except (RuntimeError, subprocess.TimeoutExpired) as exc:
                 print(f"bench: {exc}", file=sys.stderr)
                 return 1
-        if not args.url:
+        if not args.url and args.daemon_workers > 1:
+            workers = start_workers(args)
+            servers["duplexd"], extra = workers[0], workers[1:]
+        elif not args.url:
             servers["duplexd"] = start_server(
                 "duplexd", duplexd_argv(args.engine, args.device), cpus=args.daemon_cpus
             )
         if not args.no_baseline:
             servers["baseline"] = start_server("baseline", baseline_argv(), cpus=args.daemon_cpus)
         cpus.pin(0, args.client_cpus)  # the client workers are forked from here
-        runs = _run_all(args, cfg, levels, servers)
+        runs = _run_all(args, cfg, levels, servers, extra)
     except ServerFailed as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 1
     finally:
-        for name, server in servers.items():
+        for name, server in [*servers.items(), *(("duplexd worker", w) for w in extra)]:
             if not server.stop():
                 warnings.append(f"{name} did not exit within 5 s of SIGTERM and was killed")
         tmp.cleanup()
@@ -219,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         "seed": args.seed,
         "cpu_count": os.cpu_count(),
         **cpus.describe(args.daemon_cpus, args.client_cpus),
+        "daemon_workers": args.daemon_workers,
         "url": args.url or None,
         "warnings": warnings,
         "uplink": None,
@@ -254,8 +275,27 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def start_workers(args: argparse.Namespace) -> list[Server]:
+    """`--daemon-workers N` duplexd workers sharing one listening socket (bench.daemon)."""
+    cores = sorted(args.daemon_cpus) if args.daemon_cpus else []
+    with listening_socket() as sock:
+        return [
+            start_worker(
+                f"duplexd-{i}",
+                sock,
+                duplexd_argv(args.engine, args.device),
+                cpus=frozenset({cores[i % len(cores)]}) if cores else None,
+            )
+            for i in range(args.daemon_workers)
+        ]
+
+
 def _run_all(
-    args: argparse.Namespace, cfg: LoadConfig, levels: list[int], servers: dict[str, Server]
+    args: argparse.Namespace,
+    cfg: LoadConfig,
+    levels: list[int],
+    servers: dict[str, Server],
+    extra: list[Server],
 ) -> list[dict[str, Any]]:
     kinds = ["duplexd"] + (["baseline"] if "baseline" in servers else [])
     total = cfg.duration_s * len(levels) * len(kinds)
@@ -274,7 +314,9 @@ def _run_all(
                 bar.set_description(f"{kind} x{n}")
                 server = servers.get(kind)
                 url = server.url if server else args.url
-                pid = server.pid if server else (args.pid or None)
+                pid: int | tuple[int, ...] | None = server.pid if server else (args.pid or None)
+                if kind == "duplexd" and server and extra:
+                    pid = (server.pid, *(w.pid for w in extra))
                 level[kind] = run_level(
                     kind, url, pid, n, cfg, workers=args.workers, tick=lambda dt: bar.update(dt)
                 )

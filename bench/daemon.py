@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -62,13 +63,20 @@ class Server:
 
 
 def start_server(
-    name: str, argv: list[str], *, timeout_s: float = 120.0, cpus: frozenset[int] | None = None
+    name: str,
+    argv: list[str],
+    *,
+    timeout_s: float = 120.0,
+    cpus: frozenset[int] | None = None,
+    pass_fds: tuple[int, ...] = (),
 ) -> Server:
     """Run `argv` (pinned to `cpus`, if any: `bench.cpus`) and wait for its "listening" log
     line; raises ServerFailed."""
     fd, log_path = tempfile.mkstemp(prefix=f"bench-{name}-", suffix=".log")
     with os.fdopen(fd, "wb") as log:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, pass_fds=pass_fds
+        )
     pin(proc.pid, cpus)  # before it starts a thread: every later one inherits the mask
     deadline = time.monotonic() + timeout_s
     offset = 0
@@ -92,6 +100,29 @@ def start_server(
     tail = server.log_tail()
     server.stop()
     raise ServerFailed(f"{name} did not start listening (exit {proc.poll()}):\n{tail}")
+
+
+def listening_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
+    """A listening TCP socket, as systemd's `ListenStream=` makes one for the workers."""
+    sock = socket.create_server((host, port), backlog=4096)
+    sock.set_inheritable(True)
+    return sock
+
+
+def start_worker(
+    name: str, sock: socket.socket, argv: list[str], *, cpus: frozenset[int] | None = None
+) -> Server:
+    """Run `argv` (a `duplexd serve`) as systemd runs a worker of deploy/duplexd-workers.socket:
+    `sock` as fd 3, `LISTEN_FDS=1` and `LISTEN_PID` its own PID (a shim that `exec`s it, so the
+    PID stays); waits for its "listening" line as `start_server`."""
+    fd = sock.fileno()
+    shim = (
+        "import os, sys\n"
+        f"if {fd} != 3: os.dup2({fd}, 3); os.close({fd})\n"
+        "os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS='1')\n"
+        "os.execv(sys.argv[1], sys.argv[1:])\n"
+    )
+    return start_server(name, [sys.executable, "-c", shim, *argv], cpus=cpus, pass_fds=(fd,))
 
 
 def duplexd_argv(engine: str, device: str) -> list[str]:
@@ -120,31 +151,37 @@ def baseline_argv() -> list[str]:
 
 
 class ProcSampler:
-    """CPU time (all threads) and RSS of one process, from /proc/PID."""
+    """CPU time (all threads) and RSS of one process, or the sum over several (workers),
+    from /proc/PID."""
 
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
+    def __init__(self, pid: int | tuple[int, ...]) -> None:
+        self.pids = (pid,) if isinstance(pid, int) else pid
         self._cpu0 = 0.0
         self._wall0 = 0.0
         self.rss_max_mb = 0.0
 
     def cpu_seconds(self) -> float:
-        try:
-            with open(f"/proc/{self.pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            return 0.0
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+        total = 0.0
+        for pid in self.pids:
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+        return total
 
     def rss_mb(self) -> float:
-        try:
-            with open(f"/proc/{self.pid}/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        return int(line.split()[1]) / 1024
-        except OSError:
-            pass
-        return 0.0
+        total = 0.0
+        for pid in self.pids:
+            try:
+                with open(f"/proc/{pid}/status") as f:
+                    for line in f:
+                        if line.startswith("VmRSS:"):
+                            total += int(line.split()[1]) / 1024
+            except OSError:
+                pass
+        return total
 
     def start(self) -> None:
         self._cpu0, self._wall0 = self.cpu_seconds(), time.monotonic()

@@ -64,7 +64,7 @@ def connect_budget_s(sessions: int) -> float:
 def run_level(
     kind: str,
     url: str,
-    pid: int | None,
+    pid: int | tuple[int, ...] | None,
     sessions: int,
     cfg: LoadConfig,
     *,
@@ -72,7 +72,7 @@ def run_level(
     tick: Callable[[float], None] | None = None,
 ) -> dict[str, Any]:
     """Drive `sessions` sessions at `url` for `cfg.duration_s`; merged results. `pid`: the
-    server process to sample (None: CPU and RSS are not measured)."""
+    server process to sample, or its workers' (summed; None: CPU and RSS are not measured)."""
     if kind != "duplexd":
         cfg = dataclasses.replace(cfg, uplink=False)  # the baseline has no uplink
     n = min(workers or auto_workers(sessions), sessions)
