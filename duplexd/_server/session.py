@@ -43,6 +43,7 @@ from ..protocol import frames as fr
 from ..protocol.codec import Decoder, RemoteProtocolError, encode
 from ..protocol.state import ServerProtocolState
 from ..protocol.transport import Transport
+from .direct import DirectSend
 from .ending import SessionEnd
 from .handshake import DRAINING_MESSAGE, Offload, Opened, Refusal, receive_message
 from .limits import RECEIVE_S_PER_BYTE, SESSION_OPEN_S, Budgets
@@ -130,7 +131,9 @@ class Session:
             )
         self._tasks_scope = trio.CancelScope()  # every task but the writer
         end.finish_with(self._finish)
-        send = self._send_tapped if self._uplink is not None else transport.send_message
+        direct = DirectSend.of(transport)  # (a Resumable sends directly itself)
+        self._send_out = direct.send if direct is not None else transport.send_message
+        send = self._send_tapped if self._uplink is not None else self._send_out
         self._downlink = Downlink(
             ring=self._ring,
             send=send,
@@ -399,7 +402,7 @@ class Session:
         """The writer's send when there is an uplink: the audio sent is the echo reference."""
         if self._uplink is not None:
             self._uplink.on_downlink(data)
-        await self._transport.send_message(data)
+        await self._send_out(data)
 
     # ------------------------------------------------------------------ the writer's events
 

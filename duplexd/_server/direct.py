@@ -1,0 +1,121 @@
+"""One binary WebSocket message sent with one system call: the writer's hot path (issue 17).
+
+trio-websocket's `send_message` costs, per message, wsproto's frame serializer, its send lock
+taken with a checkpoint, and trio's socket wrapper with two more (measured with py-spy on 50
+streamed tone sessions: a third of the event loop's busy time was `send_message`, a quarter of
+that the `send` system call itself). A server's binary message is a fixed header and the
+payload, unmasked (RFC 6455 §5.2; no extension is ever negotiated here), so `DirectSend`
+writes it itself:
+
+- it takes the connection's send lock without waiting (`acquire_nowait`; held: by a send in
+  progress, or the reader answering a ping or a close: then `send_message` as usual, which
+  waits its turn);
+- writes header and payload with one `os.writev` on the socket (non-blocking);
+- and, if the socket took only part of it (its buffer is full: a client reading slowly), sends
+  the rest with the stream's `send_all` while still holding the lock, so nothing can come in
+  between.
+
+It needs two things beyond trio-websocket's public API, checked once per connection (`of`
+answers None without them, and the session uses `send_message`): `WebSocketConnection._stream`
+(the `trio.SocketStream` the connection runs on: TLS streams are not used), `._stream_lock`
+(the `trio.StrictFIFOLock` its own sends hold) and `._wsproto` (its wsproto connection: a
+message goes out directly only while its state is OPEN, never after a close frame). Messages
+are written in order with everything else the connection sends, as trio-websocket's own.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from typing import Any, Final
+
+import trio
+from trio_websocket import WebSocketConnection
+from wsproto import WSConnection
+from wsproto.connection import ConnectionState
+
+_Lock = trio.StrictFIFOLock | trio.Lock  # (trio-websocket's is a StrictFIFOLock)
+_OPEN: Final = ConnectionState.OPEN  # (after a close frame, only `send_message` may say)
+_BINARY_FIN: Final = 0x82  # FIN + opcode 2 (binary)
+_SHORT = struct.Struct("!BB")
+_MEDIUM = struct.Struct("!BBH")
+_LONG = struct.Struct("!BBQ")
+
+
+def frame_header(length: int) -> bytes:
+    """The header of one whole unmasked binary frame with a `length`-byte payload."""
+    if length < 126:
+        return _SHORT.pack(_BINARY_FIN, length)
+    if length < 1 << 16:
+        return _MEDIUM.pack(_BINARY_FIN, 126, length)
+    return _LONG.pack(_BINARY_FIN, 127, length)
+
+
+class DirectSend:
+    """Binary messages on one connection (see the module doc). Use `of`; call `send` from the
+    trio thread."""
+
+    def __init__(
+        self,
+        ws: WebSocketConnection,
+        stream: trio.SocketStream,
+        lock: _Lock,
+        protocol: WSConnection,
+    ) -> None:
+        self.ws = ws
+        self._protocol = protocol
+        self._stream = stream
+        self._lock = lock
+        self._fd = stream.socket.fileno()
+        self.direct = 0  # messages written whole by one writev
+        self.waited = 0  # ... of which the socket took only part (the rest waited)
+        self.fallbacks = 0  # messages left to `send_message` (the lock was held, or closed)
+
+    @classmethod
+    def of(cls, ws: Any) -> DirectSend | None:
+        """A DirectSend for `ws`, or None when it is not a trio-websocket connection over a
+        plain TCP stream with the internals named in the module doc."""
+        if not isinstance(ws, WebSocketConnection):
+            return None
+        stream = getattr(ws, "_stream", None)
+        lock = getattr(ws, "_stream_lock", None)
+        protocol = getattr(ws, "_wsproto", None)
+        if not isinstance(stream, trio.SocketStream) or not isinstance(lock, _Lock):
+            return None
+        if not isinstance(protocol, WSConnection):
+            return None
+        return cls(ws, stream, lock, protocol)
+
+    async def send(self, data: bytes) -> None:
+        """Send `data` as one binary message. Raises ConnectionClosed (from `send_message`) or
+        trio.BrokenResourceError / ClosedResourceError when the connection is gone.
+        Cancellation leaves nothing half-sent that the connection could go on after: it can
+        only come while the rest of a partly written message waits for the socket, which
+        leaves the connection unusable (as trio-websocket's own sends would)."""
+        ws = self.ws
+        lock = self._lock
+        if ws.closed is not None or lock.locked() or self._protocol.state is not _OPEN:
+            self.fallbacks += 1
+            await ws.send_message(data)
+            return
+        try:
+            lock.acquire_nowait()
+        except trio.WouldBlock:  # (handed over to a waiter this very moment)
+            self.fallbacks += 1
+            await ws.send_message(data)
+            return
+        try:
+            header = frame_header(len(data))
+            total = len(header) + len(data)
+            try:
+                sent = os.writev(self._fd, (header, data))
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:  # (reset by the peer: the reader learns why)
+                raise trio.BrokenResourceError(f"socket: {exc.strerror}") from None
+            self.direct += 1
+            if sent < total:
+                self.waited += 1
+                await self._stream.send_all((header + data)[sent:])
+        finally:
+            lock.release()
