@@ -22,8 +22,6 @@ def test_the_header_is_wsprotos(length: int) -> None:
     assert wire == frame_header(length) + b"x" * length
 
 
-
-
 async def test_messages_arrive_whole_and_in_order_even_when_the_socket_is_full() -> None:
     messages = [bytes([i % 251]) * (1000 + 7919 * i % 150_000) for i in range(120)]
     sent = trio.Event()
