@@ -72,7 +72,7 @@ def test_smart_end_asks_at_min_silence_and_ends_when_complete() -> None:
     assert det.min_silence_ms == 200
     events = feed(det, SPEECH + [0.0] * 7)  # 224 ms of silence
     (when, ask) = events[-1]
-    assert ask == EndCandidate(0, 0, SILENCE_AT + 7 * WINDOW) and when == ask.end
+    assert ask == EndCandidate(0, 0, SILENCE_AT + 7 * WINDOW, SILENCE_AT) and when == ask.end
     assert feed(det, [0.0] * 3, at=SILENCE_AT + 7 * WINDOW) == []  # one question per silence
     stop, turn = det.verdict(0, complete=True)
     assert stop == SpeechStop(SILENCE_AT)  # where the silence began
@@ -100,7 +100,7 @@ def test_speaking_on_keeps_the_turn_and_makes_a_late_verdict_stale() -> None:
     assert feed(det, [0.9] * 10, at=resumed) == []  # the same turn: no SpeechStart
     assert det.verdict(0, complete=True) == []  # answered too late: the user spoke on
     events = feed(det, [0.0] * 7, at=resumed + 10 * WINDOW)
-    assert events[-1][1] == EndCandidate(1, 0, resumed + 17 * WINDOW)
+    assert events[-1][1] == EndCandidate(1, 0, resumed + 17 * WINDOW, resumed + 10 * WINDOW)
     stop, turn = det.verdict(1, complete=True)
     assert stop == SpeechStop(resumed + 10 * WINDOW) and isinstance(turn, Turn)
     assert turn.start == 0  # one turn, both parts
@@ -329,3 +329,54 @@ async def test_a_turn_that_ends_where_it_was_speculated_on_sends_that_transcript
     # Whisper ran before the turn ended (on the trio thread here: virtual time stood still),
     # so the final goes out with SpeechStopped, not a decode later
     assert t_final == t_stop
+
+
+class AlwaysComplete(TurnModel):
+    """A turn model fooled by every pause (as Smart Turn was by "I'd like a table for")."""
+
+    def __init__(self) -> None:  # (no model to load)
+        pass
+
+    def probability(self, audio: np.ndarray) -> float:
+        return 1.0
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("words", [True, False], ids=["words", "model-alone"])
+async def test_a_transcript_that_stops_mid_sentence_keeps_the_turn_open(
+    autojump_clock: trio.testing.MockClock, words: bool
+) -> None:
+    """The turn model calls the pause complete; the speculative transcript of the same silence
+    ends on "for" (unfinished.py), so the turn waits and the user's "four" is in it. Without
+    transcripts, the model alone ends the turn at the pause."""
+    from harness import inline_uplink_services, open_pair
+    from speech import paused_clip
+    from test_duplex_session import Client, hello
+    from test_soft_barge_in import transcriber
+
+    from duplexd.client.session import session_over
+    from duplexd.protocol import frames as fr
+
+    spoken = paused_clip("I'd like a table for four.", 5)  # "... for | four."
+    asr = transcriber() if words else None
+    services = inline_uplink_services(asr, turn_model=AlwaysComplete())
+    mic = np.zeros(RATE // 2 + len(spoken.audio) + 2 * RATE, dtype=np.float32)
+    mic[RATE // 2 : RATE // 2 + len(spoken.audio)] = spoken.audio
+    mic += np.random.default_rng(5).normal(0.0, 1e-3, len(mic)).astype(np.float32)
+    async with open_pair(uplink_services=services) as (pair,):
+        client = Client()
+        async with session_over(pair.client, hello(), on_frame=client.on_frame) as session:
+            client.t0 = trio.current_time()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(client.uplink, session, lambda k: mic[k * 320 : (k + 1) * 320])
+                await trio.sleep(len(mic) / RATE - 0.1)
+                stats = await session.stats()
+                nursery.cancel_scope.cancel()
+    stops = client.frames_of(fr.SpeechStopped)
+    if not words:
+        assert len(stops) == 2 and stats["end_checks_unfinished"] == 0
+        return
+    assert len(stops) == 1, stops
+    assert stats["end_checks_unfinished"] >= 1
+    (final,) = [f for _, f in client.frames_of(fr.Transcript)]
+    assert "table for four" in final.text.lower().replace("4", "four"), final.text

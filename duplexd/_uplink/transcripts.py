@@ -81,6 +81,8 @@ class Transcripts:
         self._speculation: Speculate | None = None  # the latest end of turn to transcribe ahead
         # ((start, stop), text) of the latest speculative transcript made
         self._speculated: tuple[tuple[int, int], str] | None = None
+        self._speculating: int | None = None  # the silence (`stop`) of the one being made
+        self._spec_lot = trio.lowlevel.ParkingLot()  # `speculated_text` waiting for it
 
     def check_words(self, check: HoldCheck | None) -> None:
         """Transcribe a held barge-in's sound next (None: the hold is over, forget it)."""
@@ -91,6 +93,21 @@ class Transcripts:
         """Transcribe the turn ahead of its end (an older speculation still waiting is moot)."""
         self._speculation = spec
         self._asr_lot.unpark_all()
+        self._spec_lot.unpark_all()  # (one waited for that older one: it will not come)
+
+    async def speculated_text(self, stop: int) -> str | None:
+        """The speculative transcript of the turn ended by the silence that began at `stop`,
+        waiting for it if it is asked for or being made; None if there is none and will be
+        none (speculation off, superseded, or already used by the final). Cancellation leaves
+        nothing behind."""
+        while True:
+            ready = self._speculated
+            if ready is not None and ready[0][1] == stop:
+                return ready[1]
+            pending = self._speculation
+            if self._speculating != stop and (pending is None or pending.stop != stop):
+                return None
+            await self._spec_lot.park()
 
     def queue_turn(self, turn: Turn) -> None:
         """A finished turn (queued, bounded) or a pass over the turn so far (the latest)."""
@@ -206,9 +223,15 @@ class Transcripts:
         """The transcript of the turn as if it ended at `spec.stop`, kept for `_final`.
         Cancelling abandons the decode (its thread finishes in the background)."""
         turn = Turn(spec.start, spec.end, stop=spec.stop)
-        text = await self._decode(transcriber, turn, self._agreement)
+        self._speculating = spec.stop
+        try:
+            text = await self._decode(transcriber, turn, self._agreement)
+        finally:
+            self._speculating = None
+            self._spec_lot.unpark_all()
         self.counters.speculations += 1
         self._speculated = ((spec.start, spec.stop), text)
+        self._spec_lot.unpark_all()
 
     async def _decode(
         self, transcriber: Transcriber, turn: Turn, agreement: LocalAgreement | None

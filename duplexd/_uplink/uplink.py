@@ -18,6 +18,8 @@ the turn's last 8 s; `run()` asks the turn model about it in a thread of its own
 (`UplinkServices.turn_offload`) and queues the verdict on the inbox like audio, so the detector
 sees it in its place among the frames: "complete" ends the turn there (unless the user spoke on
 meanwhile), otherwise the turn ends after `max_silence_ms`. At most one question per silence.
+A "complete" also waits for the speculative transcript of the same silence (in English): if it
+stops mid-sentence ("I'd like a table for", unfinished.py), the turn is not complete after all.
 
 Events go out through the session's callbacks: `send(frame)` for SpeechStarted/SpeechStopped
 and Transcript (queued on the session's writer, so they are ordered with the audio) and
@@ -73,6 +75,7 @@ from .services import UplinkServices
 from .soft import Settled, SoftBargeIn, WordsCheck
 from .transcripts import HoldCheck, Transcripts
 from .turn import WINDOW_SAMPLES, TurnModel
+from .unfinished import sounds_unfinished
 from .vad import (
     VAD_RATE_HZ,
     WINDOW,
@@ -106,6 +109,7 @@ class EndCheck:
 
     id: int
     audio: npt.NDArray[np.float32]
+    stop: int = -1  # where the silence began
 
 
 class Uplink:
@@ -196,6 +200,9 @@ class Uplink:
             if transcriber is not None
             else None
         )
+        # the words' side of the end of turn (unfinished.py) needs speculation, in English
+        english = transcriber is not None and (transcriber.language or "en") == "en"
+        self._english = english and asr.speculate
 
     # ------------------------------------------------------------------ uplink audio
 
@@ -366,7 +373,7 @@ class Uplink:
         for ev in events:
             if isinstance(ev, EndCandidate):  # the audio goes with the question
                 start = max(ev.start, ev.end - WINDOW_SAMPLES)
-                self._events.append((now, EndCheck(ev.id, self._audio(start, ev.end))))
+                self._events.append((now, EndCheck(ev.id, self._audio(start, ev.end), ev.stop)))
             else:
                 self._events.append((now, ev))
         c.vad_s += time.thread_time() - t0
@@ -506,6 +513,13 @@ class Uplink:
             c.end_check_s += time.perf_counter() - t0
             complete = prob >= threshold
             c.end_checks_complete += complete
+            if complete and (words := self._transcripts) is not None and self._english:
+                # the speculative transcript of this silence (ready, or nearly: from its 64th
+                # ms; the final is that text, so waiting for it delays no transcript)
+                text = await words.speculated_text(check.stop)
+                if text is not None and sounds_unfinished(text):
+                    complete = False  # "I'd like a table for": wait for the rest
+                    c.end_checks_unfinished += 1
             log.debug("end of turn?", extra={"probability": round(prob, 3)})
             self._enqueue((trio.current_time(), _VERDICT, (check.id, complete)))
 

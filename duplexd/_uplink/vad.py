@@ -227,6 +227,7 @@ class EndCandidate:
     id: int
     start: int
     end: int
+    stop: int = -1  # where the silence began (its `Speculate.stop`)
 
 
 VadEvent = SpeechStart | SpeechStop | BargeIn | Turn | EndCandidate | Speculate
@@ -320,7 +321,8 @@ class SpeechDetector:
             elif silence >= self._min_silence and self._asked is None:
                 self._asked = self._candidates
                 self._candidates += 1
-                events.append(EndCandidate(self._asked, max(0, self._turn_start - self._pad), end))
+                start0 = max(0, self._turn_start - self._pad)
+                events.append(EndCandidate(self._asked, start0, end, self._silence_start))
         if self.in_speech:
             if end - self._turn_start >= self._max_turn:
                 events.append(Turn(max(0, self._turn_start - self._pad), end))
