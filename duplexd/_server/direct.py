@@ -66,7 +66,7 @@ class DirectSend:
         self._protocol = protocol
         self._stream = stream
         self._lock = lock
-        self._fd = stream.socket.fileno()
+        self._socket = stream.socket
         self.direct = 0  # messages written whole by one writev
         self.waited = 0  # ... of which the socket took only part (the rest waited)
         self.fallbacks = 0  # messages left to `send_message` (the lock was held, or closed)
@@ -94,7 +94,9 @@ class DirectSend:
         leaves the connection unusable (as trio-websocket's own sends would)."""
         ws = self.ws
         lock = self._lock
-        if ws.closed is not None or lock.locked() or self._protocol.state is not _OPEN:
+        # (a closed socket's fileno is -1: its number may be another connection's by now)
+        fd = self._socket.fileno()
+        if ws.closed is not None or lock.locked() or self._protocol.state is not _OPEN or fd < 0:
             self.fallbacks += 1
             await ws.send_message(data)
             return
@@ -108,7 +110,7 @@ class DirectSend:
             header = frame_header(len(data))
             total = len(header) + len(data)
             try:
-                sent = os.writev(self._fd, (header, data))
+                sent = os.writev(fd, (header, data))
             except BlockingIOError:
                 sent = 0
             except OSError as exc:  # (reset by the peer: the reader learns why)
