@@ -383,8 +383,13 @@ class Downlink:
                 self._send_started = trio.current_time()
                 await self._send(parts[0] if len(parts) == 1 else b"".join(parts))
                 self._send_started = None
+                # a send that the socket takes at once does not yield (direct.py): the next
+                # batch waits its turn behind everybody else's, the way a blocked send would
+                await trio.lowlevel.checkpoint()
             if due and not self.paused and not self._stopping:
                 await self._send_audio(due.popleft())
+                if due:  # (behind its grid: one frame per scheduler round, not all at once)
+                    await trio.lowlevel.checkpoint()
 
     async def _send_audio(self, deadline: float) -> None:
         ring = self._ring
