@@ -172,25 +172,8 @@ async def test_two_daemons_behind_haproxy_drain_one(
     url = f"ws://127.0.0.1:{lb}/v1"
 
     # 20 sessions through the balancer, all open at once
-    sessions: list[Held] = []
-    results: dict[str, list[str]] = {"done": [], "going_away": []}
     async with trio.open_nursery() as nursery:
-        all_open = trio.Event()
-        release = trio.Event()
-
-        async def hold(i: int) -> None:
-            async with open_session(url) as session:
-                held = Held(session)
-                sessions.append(held)
-                if len(sessions) == 20:
-                    all_open.set()
-                await release.wait()
-                await speak_through_drain(held, results)
-
-        for i in range(20):
-            nursery.start_soon(hold, i)
-        with trio.fail_after(20):
-            await all_open.wait()
+        sessions, results, release = await hold_sessions(nursery, url, 20)
         by_voice = {v: [s for s in sessions if s.voice == v] for v in ("low", "high")}
         assert len(by_voice["low"]) >= 3 and len(by_voice["high"]) >= 3, {
             k: len(v) for k, v in by_voice.items()
@@ -216,6 +199,34 @@ async def test_two_daemons_behind_haproxy_drain_one(
     assert b.poll() is None
     m_b = samples((await http_get(http_b, "/metrics"))[1])
     assert m_b["duplexd_sessions_total"] == len(by_voice["high"]) + 8
+
+
+async def hold_sessions(
+    nursery: trio.Nursery, url: str, n: int, spacing_s: float = 0.0
+) -> tuple[list[Held], dict[str, list[str]], trio.Event]:
+    """Open `n` sessions at `url` (`spacing_s` apart) in `nursery`; once the returned event is
+    set, each says a sentence and listens through a drain (`speak_through_drain`, into the
+    returned results). Returns when all are open."""
+    sessions: list[Held] = []
+    results: dict[str, list[str]] = {"done": [], "going_away": []}
+    all_open = trio.Event()
+    release = trio.Event()
+
+    async def hold() -> None:
+        async with open_session(url) as session:
+            held = Held(session)
+            sessions.append(held)
+            if len(sessions) == n:
+                all_open.set()
+            await release.wait()
+            await speak_through_drain(held, results)
+
+    for _ in range(n):
+        nursery.start_soon(hold)
+        await trio.sleep(spacing_s)
+    with trio.fail_after(20):
+        await all_open.wait()
+    return sessions, results, release
 
 
 class Held:

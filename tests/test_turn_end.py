@@ -183,24 +183,12 @@ def test_complete_sentences_score_complete() -> None:
 async def one_turn(audio: np.ndarray, vad: dict[str, object]) -> list[tuple[float, object]]:
     """Speak `audio` (16 kHz, from 0.5 s) into a real Session (MockClock, uplink work and the
     turn model inline); the (virtual time, frame) of every SpeechStarted / SpeechStopped."""
-    from harness import inline_uplink_services, open_pair
-    from test_duplex_session import Client, hello
+    from harness import inline_uplink_services
 
-    from duplexd.client.session import session_over
     from duplexd.protocol import frames as fr
 
     services = inline_uplink_services(turn_model=shared_turn_model())
-    mic = np.zeros(round(0.5 * RATE) + len(audio) + 2 * RATE, dtype=np.float32)
-    mic[RATE // 2 : RATE // 2 + len(audio)] = audio
-    mic += np.random.default_rng(5).normal(0.0, 1e-3, len(mic)).astype(np.float32)
-    async with open_pair(uplink_services=services) as (pair,):
-        client = Client()
-        async with session_over(pair.client, hello(**vad), on_frame=client.on_frame) as session:
-            client.t0 = trio.current_time()
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(client.uplink, session, lambda k: mic[k * 320 : (k + 1) * 320])
-                await trio.sleep(len(mic) / RATE - 0.1)
-                nursery.cancel_scope.cancel()
+    client, _ = await speak(audio, services, noise_seed=5, vad=vad)
     return [
         (t - client.t0, f)
         for t, f in client.arrivals
@@ -215,6 +203,37 @@ def shared_turn_model() -> TurnModel:
     if not _MODEL:
         _MODEL.append(TurnModel())
     return _MODEL[0]
+
+
+async def speak(
+    audio: np.ndarray,
+    services: object,
+    noise_seed: int | None = None,
+    vad: dict[str, object] | None = None,
+) -> tuple:
+    """Speak `audio` (16 kHz, from 0.5 s, then 2 s of quiet; low noise under it all with
+    `noise_seed`) into a real Session (MockClock, the uplink's work inline; `vad`: its HELLO
+    options); (the client, the session's STATS at the end)."""
+    from harness import open_pair
+    from test_duplex_session import Client, hello
+
+    from duplexd.client.session import session_over
+
+    mic = np.zeros(RATE // 2 + len(audio) + 2 * RATE, dtype=np.float32)
+    mic[RATE // 2 : RATE // 2 + len(audio)] = audio
+    if noise_seed is not None:
+        mic += np.random.default_rng(noise_seed).normal(0.0, 1e-3, len(mic)).astype(np.float32)
+    async with open_pair(uplink_services=services) as (pair,):
+        client = Client()
+        options = hello(**(vad or {}))
+        async with session_over(pair.client, options, on_frame=client.on_frame) as session:
+            client.t0 = trio.current_time()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(client.uplink, session, lambda k: mic[k * 320 : (k + 1) * 320])
+                await trio.sleep(len(mic) / RATE - 0.1)
+                stats = await session.stats()
+                nursery.cancel_scope.cancel()
+    return client, stats
 
 
 @pytest.mark.integration
@@ -299,28 +318,15 @@ def test_speculation_once_per_silence_and_the_turn_says_where_it_stopped() -> No
 async def test_a_turn_that_ends_where_it_was_speculated_on_sends_that_transcript(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    from harness import inline_uplink_services, open_pair
+    from harness import inline_uplink_services
     from speech import clip
-    from test_duplex_session import Client, hello
     from test_soft_barge_in import transcriber
 
-    from duplexd.client.session import session_over
     from duplexd.protocol import frames as fr
 
     text = "Please book a table for two at seven thirty."
     services = inline_uplink_services(transcriber(), turn_model=shared_turn_model())
-    audio = clip(text)
-    mic = np.zeros(RATE // 2 + len(audio) + 2 * RATE, dtype=np.float32)
-    mic[RATE // 2 : RATE // 2 + len(audio)] = audio
-    async with open_pair(uplink_services=services) as (pair,):
-        client = Client()
-        async with session_over(pair.client, hello(), on_frame=client.on_frame) as session:
-            client.t0 = trio.current_time()
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(client.uplink, session, lambda k: mic[k * 320 : (k + 1) * 320])
-                await trio.sleep(len(mic) / RATE - 0.1)
-                stats = await session.stats()
-                nursery.cancel_scope.cancel()
+    client, stats = await speak(clip(text), services)
     (final,) = [f for _, f in client.frames_of(fr.Transcript)]
     t_stop = client.frames_of(fr.SpeechStopped)[0][0]
     t_final = next(t for t, f in client.arrivals if f is final)
@@ -349,29 +355,16 @@ async def test_a_transcript_that_stops_mid_sentence_keeps_the_turn_open(
     """The turn model calls the pause complete; the speculative transcript of the same silence
     ends on "for" (unfinished.py), so the turn waits and the user's "four" is in it. Without
     transcripts, the model alone ends the turn at the pause."""
-    from harness import inline_uplink_services, open_pair
+    from harness import inline_uplink_services
     from speech import paused_clip
-    from test_duplex_session import Client, hello
     from test_soft_barge_in import transcriber
 
-    from duplexd.client.session import session_over
     from duplexd.protocol import frames as fr
 
     spoken = paused_clip("I'd like a table for four.", 5)  # "... for | four."
     asr = transcriber() if words else None
     services = inline_uplink_services(asr, turn_model=AlwaysComplete())
-    mic = np.zeros(RATE // 2 + len(spoken.audio) + 2 * RATE, dtype=np.float32)
-    mic[RATE // 2 : RATE // 2 + len(spoken.audio)] = spoken.audio
-    mic += np.random.default_rng(5).normal(0.0, 1e-3, len(mic)).astype(np.float32)
-    async with open_pair(uplink_services=services) as (pair,):
-        client = Client()
-        async with session_over(pair.client, hello(), on_frame=client.on_frame) as session:
-            client.t0 = trio.current_time()
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(client.uplink, session, lambda k: mic[k * 320 : (k + 1) * 320])
-                await trio.sleep(len(mic) / RATE - 0.1)
-                stats = await session.stats()
-                nursery.cancel_scope.cancel()
+    client, stats = await speak(spoken.audio, services, noise_seed=5)
     stops = client.frames_of(fr.SpeechStopped)
     if not words:
         assert len(stops) == 2 and stats["end_checks_unfinished"] == 0

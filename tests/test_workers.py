@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 import trio
-from test_haproxy import Held, speak_through_drain, wait_ready
+from test_haproxy import hold_sessions, wait_ready
 from test_service import CLIENT_SOCKET_LEAK, http_get, samples, until
 
 from bench.daemon import Server, ServerFailed, listening_socket, start_server, start_worker
@@ -59,26 +59,8 @@ async def test_two_workers_share_one_port_and_one_drains(servers: list[Server]) 
     await wait_ready(http_a)
     await wait_ready(http_b)
 
-    sessions: list[Held] = []
-    results: dict[str, list[str]] = {"done": [], "going_away": []}
     async with trio.open_nursery() as nursery:
-        all_open = trio.Event()
-        release = trio.Event()
-
-        async def hold() -> None:
-            async with open_session(a.url) as session:
-                held = Held(session)
-                sessions.append(held)
-                if len(sessions) == 20:
-                    all_open.set()
-                await release.wait()
-                await speak_through_drain(held, results)
-
-        for _ in range(20):
-            nursery.start_soon(hold)
-            await trio.sleep(0.01)
-        with trio.fail_after(20):
-            await all_open.wait()
+        sessions, results, release = await hold_sessions(nursery, a.url, 20, spacing_s=0.01)
         by_voice = {v: [s for s in sessions if s.voice == v] for v in ("low", "high")}
         # one queue, two processes taking from it: both took some
         assert by_voice["low"] and by_voice["high"], {k: len(v) for k, v in by_voice.items()}
