@@ -174,14 +174,7 @@ async def test_two_daemons_behind_haproxy_drain_one(
     # 20 sessions through the balancer, all open at once
     async with trio.open_nursery() as nursery:
         sessions, results, release = await hold_sessions(nursery, url, 20)
-        by_voice = {v: [s for s in sessions if s.voice == v] for v in ("low", "high")}
-        assert len(by_voice["low"]) >= 3 and len(by_voice["high"]) >= 3, {
-            k: len(v) for k, v in by_voice.items()
-        }
-        m_a = samples((await http_get(http_a, "/metrics"))[1])
-        m_b = samples((await http_get(http_b, "/metrics"))[1])
-        assert m_a["duplexd_sessions_active"] == len(by_voice["low"])
-        assert m_b["duplexd_sessions_active"] == len(by_voice["high"])
+        by_voice = await by_daemon(sessions, http_a, http_b, at_least=3)
 
         # every session starts an utterance; then daemon A gets SIGTERM mid-utterance
         release.set()
@@ -227,6 +220,21 @@ async def hold_sessions(
     with trio.fail_after(20):
         await all_open.wait()
     return sessions, results, release
+
+
+async def by_daemon(
+    sessions: list[Held], http_a: int, http_b: int, at_least: int
+) -> dict[str, list[Held]]:
+    """The sessions by the daemon that took them: A's (voice "low", side port `http_a`) and
+    B's ("high"), at least `at_least` each, as each daemon's /metrics counts them too."""
+    by_voice = {v: [s for s in sessions if s.voice == v] for v in ("low", "high")}
+    counts = {k: len(v) for k, v in by_voice.items()}
+    assert counts["low"] >= at_least and counts["high"] >= at_least, counts
+    m_a = samples((await http_get(http_a, "/metrics"))[1])
+    m_b = samples((await http_get(http_b, "/metrics"))[1])
+    assert m_a["duplexd_sessions_active"] == counts["low"]
+    assert m_b["duplexd_sessions_active"] == counts["high"]
+    return by_voice
 
 
 class Held:
