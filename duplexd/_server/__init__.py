@@ -4,7 +4,9 @@ lands.
 Private.
 
     server.py      `serve_duplexd`: the WebSocket listener, the shared pacer, the live sessions
-    listen.py      `open_listeners`: plain TCP, or TLS over TCP with `[tls]` (wss://)
+    listen.py      `open_listeners`: plain TCP, or TLS over TCP with `[tls]` (wss://), or the
+                   sockets systemd passed (socket activation: several workers on one port)
+    direct.py      `DirectSend`: the writer's binary message in one writev (the hot path)
     connection.py  one connection: the handshake, then the session, then its Error and close
     handshake.py   Hello in, checks, Welcome out; `receive_frames`: every client message
     session.py     an open session: reader, utterance runner, writer, uplink in one nursery;
