@@ -107,7 +107,7 @@ def _phat(near: FloatArray, far: FloatArray) -> npt.NDArray[np.float64]:
     reference's empty bins (the tone engine's: the sidelobes of its characters' edges) turn it
     into a click train that the user's speech matched at scores up to 44 (measured: a false
     echo, and AEC3 then ducked a user with headphones out of their barge-in). Masked, that
-    speech scores at most 6.3, the rooms' echoes of a VITS voice as before (within 2)."""
+    speech scores at most 6.3, the rooms' echoes of a VITS voice as before (p10 within 2.1)."""
     lags = len(far) - len(near)
     size = 1 << (len(far) + len(near)).bit_length()
     spectrum = np.fft.rfft(far, size)
