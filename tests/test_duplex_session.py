@@ -137,6 +137,30 @@ async def wait_for(client: Client, pred: Callable[[fr.ServerFrame], bool], after
         await trio.sleep(FRAME_S)
 
 
+async def utterance_end(client: Client, uid: int, after: int = 0) -> Any:
+    """The UtteranceDone or Interrupted that ends utterance `uid` (arrived after `after`)."""
+    return await wait_for(
+        client,
+        lambda f: isinstance(f, fr.UtteranceDone | fr.Interrupted) and f.utterance_id == uid,
+        after,
+    )
+
+
+async def user_barges_in(
+    client: Client, session: Any, state: dict[str, Any], text: str
+) -> fr.Interrupted:
+    """The agent says `text`; 0.8 s into it the user (`echo_mic`'s clip) talks over it: the
+    VAD's Interrupted for that utterance."""
+    mark = len(client.arrivals)
+    uid = await session.say(text)
+    await wait_for(client, lambda f: isinstance(f, fr.UtteranceStarted), mark)
+    await trio.sleep(0.8)
+    state["user_at"] = client.seq * 320
+    inter = await wait_for(client, lambda f: isinstance(f, fr.Interrupted), mark)
+    assert inter.vad and inter.utterance_id == uid
+    return inter
+
+
 def check_interrupted(arrivals: list[tuple[float, Any]], uid: int) -> fr.Interrupted:
     """Interrupted has the VAD flag, nothing of `uid` follows it, samples_sent is exact."""
     idx = next(i for i, (_, f) in enumerate(arrivals) if isinstance(f, fr.Interrupted))
@@ -231,12 +255,7 @@ async def test_echo_does_not_barge_in_but_the_user_does(
                 for i, delay in enumerate((0.030, 0.055, 0.080)):
                     state["delay"] = delay
                     uid = await session.say(AGENT[i])
-                    done = await wait_for(
-                        client,
-                        lambda f, u=uid: (
-                            isinstance(f, fr.UtteranceDone | fr.Interrupted) and f.utterance_id == u
-                        ),
-                    )
+                    done = await utterance_end(client, uid)
                     assert isinstance(done, fr.UtteranceDone), f"echo barged in at {delay}"
                 await trio.sleep(1.0)
                 false_starts = len(client.frames_of(fr.SpeechStarted))
@@ -248,13 +267,7 @@ async def test_echo_does_not_barge_in_but_the_user_does(
                 assert false_starts == 0
                 # now the user talks over the agent's (echoed) voice: that does barge in
                 state["delay"] = 0.050
-                mark = len(client.arrivals)
-                uid = await session.say(AGENT[0])
-                await wait_for(client, lambda f: isinstance(f, fr.UtteranceStarted), mark)
-                await trio.sleep(0.8)
-                state["user_at"] = client.seq * 320
-                inter = await wait_for(client, lambda f: isinstance(f, fr.Interrupted), mark)
-                assert inter.vad and inter.utterance_id == uid
+                await user_barges_in(client, session, state, AGENT[0])
                 nursery.cancel_scope.cancel()
 
 

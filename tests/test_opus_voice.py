@@ -108,7 +108,7 @@ async def test_opus_echo_does_not_barge_in_but_the_user_does(
     the user talking over it is; and through an Opus uplink (the echo comes back re-coded:
     AEC3's adaptive filter takes that, where the NCC canceller it replaced did not)."""
     from speech import clip, engine
-    from test_duplex_session import AGENT, USER, echo_mic, wait_for
+    from test_duplex_session import AGENT, USER, echo_mic, user_barges_in, utterance_end
 
     user = clip(USER, other_speaker=True)
     rng = np.random.default_rng(3)
@@ -131,18 +131,7 @@ async def test_opus_echo_does_not_barge_in_but_the_user_does(
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(client.uplink, session, mic)
                 uid = await session.say(AGENT[0])
-                done = await wait_for(
-                    client,
-                    lambda f: (
-                        isinstance(f, fr.UtteranceDone | fr.Interrupted) and f.utterance_id == uid
-                    ),
-                )
+                done = await utterance_end(client, uid)
                 assert isinstance(done, fr.UtteranceDone), "the echo barged in"
-                mark = len(client.arrivals)
-                uid = await session.say(AGENT[1])
-                await wait_for(client, lambda f: isinstance(f, fr.UtteranceStarted), mark)
-                await trio.sleep(0.8)
-                state["user_at"] = client.seq * 320
-                inter = await wait_for(client, lambda f: isinstance(f, fr.Interrupted), mark)
-                assert inter.vad and inter.utterance_id == uid
+                await user_barges_in(client, session, state, AGENT[1])
                 nursery.cancel_scope.cancel()

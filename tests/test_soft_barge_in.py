@@ -14,7 +14,7 @@ import pytest
 import trio
 import trio.testing
 from harness import inline_uplink_services, open_pair
-from test_duplex_session import AGENT, Client, wait_for
+from test_duplex_session import AGENT, Client, utterance_end, wait_for
 
 from duplexd._uplink.asr import Transcriber
 from duplexd._uplink.soft import Settled, SoftBargeIn, WordsCheck, is_backchannel
@@ -234,13 +234,7 @@ async def test_a_backchannel_holds_the_audio_then_it_goes_on_where_it_stopped(
     async with soft_session() as (session, client, mic):
         for i, text in enumerate(("Yeah.", "Mm-hmm.", "Okay.")):
             uid, mark, t_onset = await speak_over_agent(session, client, mic, text, AGENT[i])
-            done = await wait_for(
-                client,
-                lambda f, u=uid: (
-                    isinstance(f, fr.UtteranceDone | fr.Interrupted) and f.utterance_id == u
-                ),
-                mark,
-            )
+            done = await utterance_end(client, uid, mark)
             assert isinstance(done, fr.UtteranceDone), (text, barge_ins(client, mark))
             (t_held, held), (t_res, resumed) = barge_ins(client, mark)
             assert held.outcome is Outcome.HELD and held.utterance_id == uid
@@ -347,13 +341,7 @@ async def test_noises_over_the_agent_never_interrupt_in_soft_mode(
                     await wait_for(client, lambda f: isinstance(f, fr.UtteranceStarted), mark)
                     await trio.sleep(0.5)
                     mic.say(noise(name))
-                    done = await wait_for(
-                        client,
-                        lambda f, u=uid: (
-                            isinstance(f, fr.UtteranceDone | fr.Interrupted) and f.utterance_id == u
-                        ),
-                        mark,
-                    )
+                    done = await utterance_end(client, uid, mark)
                     assert isinstance(done, fr.UtteranceDone), (name, barge_ins(client, mark))
                     # held or not (silero hears most noises as no speech at all), it went on
                     outcomes = [f.outcome for _, f in barge_ins(client, mark)]
