@@ -196,12 +196,15 @@ class ProcSampler:
         return 100 * (self.cpu_seconds() - self._cpu0) / wall if wall > 0 else 0.0
 
 
-def synthesize_in_subprocess(module: str, path: str, timeout_s: float = 600.0) -> str:
-    """Run `python -m <module> --synthesize <path>` (torch and VITS stay out of the bench
-    process) and return `path`; RuntimeError with its stderr if it failed."""
+def synthesize_in_subprocess(
+    module: str, path: str, timeout_s: float = 600.0, flag: str | None = "--synthesize"
+) -> str:
+    """Run `python -m <module> --synthesize <path>` (`flag` None: `<module> <path>`; torch
+    and VITS stay out of the bench process) and return `path`; RuntimeError with its stderr
+    if it failed."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     proc = subprocess.run(
-        [sys.executable, "-m", module, "--synthesize", path],
+        [sys.executable, "-m", module, *([flag] if flag else []), path],
         cwd=root,
         capture_output=True,
         text=True,

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import functools
 import os
-import subprocess
 import sys
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -69,18 +68,10 @@ def synthesize(path: str, text: str = USER_TEXT) -> None:
 
 def make_clip(directory: str, timeout_s: float = 300.0) -> str:
     """Synthesize the clip in a subprocess (no VITS model in the forking parent); its path."""
+    from .daemon import synthesize_in_subprocess
+
     path = os.path.join(directory, "user_clip.npy")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.uplink", path],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-    )
-    if proc.returncode != 0 or not os.path.exists(path):
-        raise RuntimeError(f"could not synthesize the uplink speech clip:\n{proc.stderr[-2000:]}")
-    return path
+    return synthesize_in_subprocess("bench.uplink", path, timeout_s, flag=None)
 
 
 def onset(audio: F32, level: float = 0.02) -> int:
