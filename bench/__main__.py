@@ -173,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     if not levels or min(levels) < 1:
         print("bench: --sessions needs levels >= 1", file=sys.stderr)
         return 2
+    if args.daemon_workers < 1 or (args.daemon_workers > 1 and args.url):
+        print("bench: --daemon-workers needs 1 or more, and no --url", file=sys.stderr)
+        return 2
     uplink = args.uplink or args.uplink_echo_db is not None or args.uplink_echo_room is not None
     if args.uplink_echo_room is not None and args.uplink_echo_db is None:
         args.uplink_echo_db = 0.0  # the room's own level

@@ -276,3 +276,12 @@ def test_tiny_attack_bench(tmp_path: Path) -> None:
         assert f"| `{name}` |" in proc.stdout
     assert sum(a["sent"] for a in attacked["attackers"].values()) > 0
     assert attacked["attackers_cpu_percent"] > 0
+
+
+def test_a_bad_worker_count_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.__main__ import main
+
+    for argv in (["--daemon-workers", "0"], ["--daemon-workers", "2", "--url", "ws://x/v1"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err == "bench: --daemon-workers needs 1 or more, and no --url\n"
