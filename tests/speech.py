@@ -47,6 +47,19 @@ def clip(text: str, *, other_speaker: bool = False) -> Audio:
 onset = speech_onset  # the first sample above the noise (the true speech onset)
 
 
+def spoken(texts: list[str]) -> tuple[Audio, list[tuple[int, int]]]:
+    """`texts` spoken one after another, from 0.5 s, 1 s of silence after each; and each
+    one's speech span [onset, end) in samples."""
+    clips = [clip(t) for t in texts]
+    audio = np.zeros(RATE // 2 + sum(len(c) + RATE for c in clips), dtype=np.float32)
+    spans, pos = [], RATE // 2
+    for speech in clips:
+        audio[pos : pos + len(speech)] = speech
+        spans.append((pos + onset(speech), pos + len(speech) - onset(speech[::-1])))
+        pos += len(speech) + RATE
+    return audio, spans
+
+
 def to_s16(audio: Audio) -> bytes:
     return (np.clip(audio, -1.0, 1.0) * 32767).astype("<i2").tobytes()
 

@@ -274,7 +274,7 @@ async def test_echo_does_not_barge_in_but_the_user_does(
 @pytest.mark.slow
 async def test_transcript_of_the_uplink(autojump_clock: trio.testing.MockClock) -> None:
     from asr_helpers import word_error_rate
-    from speech import clip, engine, onset
+    from speech import engine, spoken
 
     from duplexd._uplink.asr import Transcriber
 
@@ -289,15 +289,8 @@ async def test_transcript_of_the_uplink(autojump_clock: trio.testing.MockClock) 
             pair.client, hello(uplink=48_000), on_frame=client.on_frame
         ) as session:
             client.t0 = trio.current_time()
-            audio = np.zeros(60 * RATE, dtype=np.float32)
-            spans = []
-            pos = RATE // 2
-            for text in sentences:
-                speech = clip(text)
-                audio[pos : pos + len(speech)] = speech
-                spans.append((pos + onset(speech), pos + len(speech) - onset(speech[::-1])))
-                pos += len(speech) + RATE
-            await speak_until_transcribed(client, session, audio[:pos], len(sentences))
+            audio, spans = spoken(sentences)
+            await speak_until_transcribed(client, session, audio, len(sentences))
     transcripts = [f for _, f in client.frames_of(fr.Transcript)]
     hyps = [t.text for t in transcripts]
     wer = word_error_rate(sentences, hyps)

@@ -59,7 +59,7 @@ async def test_opus_downlink_is_as_intelligible_as_pcm(
 
 
 async def test_opus_uplink_feeds_vad_and_asr(autojump_clock: trio.testing.MockClock) -> None:
-    from speech import clip, engine
+    from speech import engine, spoken
 
     from duplexd._uplink.asr import Transcriber
 
@@ -78,13 +78,8 @@ async def test_opus_uplink_feeds_vad_and_asr(autojump_clock: trio.testing.MockCl
         async with session_over(pair.client, hello, on_frame=client.on_frame) as session:
             assert session.audio.opus_up  # send_audio encodes
             client.t0 = trio.current_time()
-            audio = np.zeros(30 * RATE, dtype=np.float32)
-            pos = RATE // 2
-            for text in sentences:
-                speech = clip(text)
-                audio[pos : pos + len(speech)] = speech
-                pos += len(speech) + RATE
-            await speak_until_transcribed(client, session, audio[:pos], len(sentences))
+            audio, _ = spoken(sentences)
+            await speak_until_transcribed(client, session, audio, len(sentences))
     hyps = [f.text for _, f in client.frames_of(fr.Transcript)]
     wer = word_error_rate(sentences, hyps)
     print(f"\nOpus uplink transcripts: {hyps}, WER {wer:.1%}")

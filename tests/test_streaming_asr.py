@@ -55,18 +55,14 @@ async def test_interim_transcripts_are_a_stable_prefix_of_the_final(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     from asr_helpers import word_error_rate
-    from speech import clip, engine
+    from speech import engine, spoken
 
     services = inline_uplink_services(VirtualTimeTranscriber(cpu_threads=2))
     options = {"asr": {"partial_ms": PARTIAL_MS}, "vad": {"min_silence_ms": 500}}
     hello = fr.Hello(sample_rate_hz=16_000, uplink_rate_hz=16_000, options=json.dumps(options))
-    audio = np.zeros(40 * RATE, dtype=np.float32)
-    pos = RATE // 2
-    for text in SENTENCES:
-        speech = clip(text)
-        audio[pos : pos + len(speech)] = speech
-        pos += len(speech) + RATE
-    end_frames = pos // 320
+    speech, _ = spoken(SENTENCES)
+    end_frames = len(speech) // 320
+    audio = np.concatenate((speech, np.zeros(2 * RATE, dtype=np.float32)))  # (the mic, after)
     async with open_pair(engine(), uplink_services=services) as (pair,):
         client = Client()
         async with session_over(pair.client, hello, on_frame=client.on_frame) as session:
