@@ -217,6 +217,41 @@ def test_vits_timed_ids_are_the_same_sequences_as_untimed() -> None:
 
 
 @pytest.mark.integration
+def test_vits_words_meet_without_a_pause_and_part_at_one() -> None:
+    """Connected speech has no gap between words: the space's ids (and the PADs around it)
+    are the next word's onset. Where a punctuation mark stands, the ids up to and after it
+    (the model's pause) belong to no word."""
+    from duplexd.engines.vits.voices import VoiceCatalog
+    from duplexd.engines.vits.words import timed_ids
+
+    spec = VoiceCatalog(None).resolve("joe")
+    text = "I would like a cup of tea, please."
+    timed = timed_ids(text, spec.espeak_voice, spec.phoneme_id_map, max_phonemes=400)
+    (owners,) = timed.owners
+    runs = [int(o) for k, o in enumerate(owners) if k == 0 or o != owners[k - 1]]
+    # BOS and its PAD, then every word in one run straight after the one before, until
+    # "tea," whose pause (its last PAD, the comma and its PAD, the space) is no word's
+    assert runs == [-1, 0, 1, 2, 3, 4, 5, 6, -1, 7, -1]
+
+
+@pytest.mark.integration
+def test_vits_a_word_espeak_says_differently_alone_still_gets_its_sound() -> None:
+    """espeak says "a" alone as the letter (eI) and in a sentence as a schwa: the schwa
+    between two matched words is the skipped word's, not the word's before it."""
+    from duplexd.engines.vits.phonemes import phonemize
+    from duplexd.engines.vits.words import phoneme_owners
+
+    text = "I would like a cup of tea and a piece of cake."
+    words = [text[s:e] for s, e in text_words(text)]
+    phonemes = [ph for sentence in phonemize(text, "en-us") for ph in sentence]
+    owners = phoneme_owners(words, phonemes, "en-us")
+    sounds = ["".join(ph for ph, o in zip(phonemes, owners, strict=True) if o == w)
+              for w in range(len(words))]  # fmt: skip
+    assert sounds[3] == sounds[8] == "\u0250"  # both "a": the schwa espeak says
+    assert sounds[2] == "l\u02c8a\u026ak" and sounds[7] == "\u00e6nd"  # "like", "and"
+
+
+@pytest.mark.integration
 def test_vits_word_marks_are_in_order_within_the_audio_and_the_audio_unchanged() -> None:
     from duplexd.engines.vits.engine import VitsEngine
 
@@ -241,17 +276,23 @@ def test_vits_word_marks_are_in_order_within_the_audio_and_the_audio_unchanged()
 @pytest.mark.slow
 @pytest.mark.integration
 def test_vits_marks_against_the_audio_and_a_listener() -> None:
-    """`python -m bench.word_timing` on a few sentences: at pauses the energy envelope agrees
-    with the marks, and a listener (Whisper) who hears the audio cut at a word's reported
-    end hears that many words, give or take one (what chars_spoken reports there)."""
+    """`python -m bench.word_timing` on a few sentences: an HMM forced aligner (PocketSphinx)
+    puts word boundaries where the marks do (median 16 ms, 85 % within 40 ms: the misses
+    are mostly where the aligner's 30 ms minimum per phone meets silence), at pauses the
+    energy envelope agrees with the marks, and a listener (Whisper) who hears the audio cut
+    at a word's reported end hears that many words, give or take one (what chars_spoken
+    reports there)."""
     from bench.word_timing import SENTENCES, measure, synthesize_all
 
     figures = measure(synthesize_all(SENTENCES[:6]), listener_every=2)
+    assert figures["hmm"]["sentences_not_comparable"] == 0, figures
+    assert figures["hmm"]["within_40ms"] >= 0.80, figures  # 0.55 before words met
+    assert figures["hmm"]["median_abs_ms"] <= 25, figures
     assert figures["listener"]["within_one_word"] >= 0.95, figures
     assert figures["pauses"]["median_abs_ms"] <= 40, figures
-    # Whisper tiny.en's own alignment is coarser than the marks (late by ~60 ms, with
-    # outliers of 300 ms): it must agree on the order of magnitude
-    assert figures["whisper"]["median_abs_ms"] <= 120, figures
+    # Whisper tiny.en's own alignment is coarser than the marks (late by ~100 ms, with
+    # outliers of 300-500 ms): it must agree on the order of magnitude
+    assert figures["whisper"]["median_abs_ms"] <= 150, figures
 
 
 @pytest.mark.integration

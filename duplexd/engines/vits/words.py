@@ -63,6 +63,7 @@ def phoneme_owners(words: Sequence[str], phonemes: Sequence[str], espeak_voice: 
         matcher = SequenceMatcher(None, a, b, autojunk=False)
         for block in matcher.get_matching_blocks():
             owner_b[block.b : block.b + block.size] = a_owner[block.a : block.a + block.size]
+    _give_unmatched_words(phonemes, b_at, owner_b, len(words))
     # unmatched sounds take the word before them (the first ones: the first word matched)
     last = next((o for o in owner_b if o != _NO_WORD), 0 if words else _NO_WORD)
     for k, o in enumerate(owner_b):
@@ -84,6 +85,37 @@ def phoneme_owners(words: Sequence[str], phonemes: Sequence[str], espeak_voice: 
         elif phonemes[i] == " " or unicodedata.category(phonemes[i])[0] in "PZ":
             following = _NO_WORD
     return owners
+
+
+def _give_unmatched_words(
+    phonemes: Sequence[str], b_at: Sequence[int], owner_b: list[int], n_words: int
+) -> None:
+    """A spoken word none of whose sounds matched (espeak says "a" alone as the letter's name,
+    in a sentence as a schwa) goes to the next text word that no sound matched, when one lies
+    between the matched words around it; rewrites `owner_b` in place."""
+    runs: list[list[int]] = []  # indices into b of each spoken word's sounds
+    for k, i in enumerate(b_at):
+        if (
+            runs
+            and k > 0
+            and all(_is_sound(ph) or ph in _STRESS for ph in phonemes[b_at[k - 1] + 1 : i])
+        ):
+            runs[-1].append(k)
+        else:
+            runs.append([k])
+    before = _NO_WORD
+    for r, run in enumerate(runs):
+        if all(owner_b[k] == _NO_WORD for k in run):
+            after = next(
+                (owner_b[k] for later in runs[r + 1 :] for k in later if owner_b[k] != _NO_WORD),
+                n_words,
+            )
+            if before + 1 < after:
+                before += 1
+                for k in run:
+                    owner_b[k] = before
+        else:
+            before = max(before, *(owner_b[k] for k in run))
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,21 +155,56 @@ def _ids_with_owners(
     phonemes: Sequence[str], owners: Sequence[int], id_map: Mapping[str, Sequence[int]]
 ) -> tuple[list[int], list[int]]:
     """`phonemes.phonemes_to_ids`, and the owner of each id: a PAD goes with the phoneme
-    before it, but after a word's last phoneme with none (measured: the model puts the
-    silence before a pause there); BOS, EOS and the first PAD with none."""
+    before it; BOS, EOS and the first PAD with none. Between two words, the ids up to the
+    last punctuation mark (measured: the model puts a pause's silence in the PAD after a
+    word's last phoneme, before the mark) belong to none, and the rest (the space and its
+    PADs, or the whole run where no mark stands) to the word after them: connected speech
+    has no gap between words, and the transition is the next word's onset."""
     ids: list[int] = [*id_map[BOS], *id_map[PAD]]
     out: list[int] = [_NO_WORD] * len(ids)
     known = [(ph, owner) for ph, owner in zip(phonemes, owners, strict=True) if ph in id_map]
-    for k, (ph, owner) in enumerate(known):
+    for ph, owner in known:
         mapped = id_map[ph]
         ids.extend(mapped)
         ids.extend(id_map[PAD])
-        last = k + 1 == len(known) or known[k + 1][1] != owner
-        out.extend([owner] * len(mapped))
-        out.extend([_NO_WORD if last else owner] * len(id_map[PAD]))
+        out.extend([owner] * (len(mapped) + len(id_map[PAD])))
     ids.extend(id_map[EOS])
     out.extend([_NO_WORD] * len(id_map[EOS]))
+    _give_gaps_to_next_word(known, id_map, out)
     return ids, out
+
+
+def _give_gaps_to_next_word(
+    known: Sequence[tuple[str, int]], id_map: Mapping[str, Sequence[int]], out: list[int]
+) -> None:
+    """Rewrites `out` (from `_ids_with_owners`) for the gaps between words (see there)."""
+    pad = len(id_map[PAD])
+    at = len(id_map[BOS]) + pad
+    spans: list[tuple[int, int, str, int]] = []  # (first id, end id, phoneme, owner)
+    for ph, owner in known:
+        size = len(id_map[ph]) + pad
+        spans.append((at, at + size, ph, owner))
+        at += size
+    k = 0
+    while k < len(spans):
+        if spans[k][3] == _NO_WORD:
+            k += 1
+            continue
+        word = spans[k][3]
+        j = k
+        while j + 1 < len(spans) and spans[j + 1][3] == word:
+            j += 1
+        gap_from = spans[j][1] - pad  # the word's last PAD
+        n = j + 1
+        while n < len(spans) and spans[n][3] == _NO_WORD:
+            n += 1
+        if n < len(spans):  # a word follows
+            marked = any(unicodedata.category(spans[m][2])[0] == "P" for m in range(j + 1, n))
+            owner = _NO_WORD if marked else spans[n][3]
+            out[gap_from : spans[n][0]] = [owner] * (spans[n][0] - gap_from)
+        else:
+            out[gap_from : spans[j][1]] = [_NO_WORD] * pad
+        k = n
 
 
 def sequence_marks(
