@@ -28,6 +28,7 @@ import numpy as np
 import numpy.typing as npt
 import trio
 
+from . import window
 from .agreement import Word
 
 ASR_RATE_HZ: Final = 16_000
@@ -58,12 +59,14 @@ class Transcriber:
         compute_type: str = "int8",
         beam_size: int = 1,
         language: str | None = "en",
+        cut_window: bool = True,
     ) -> None:
         self.model_dir = Path(model_dir) if model_dir else None
         self.cpu_threads = cpu_threads
         self.compute_type = compute_type
         self.beam_size = beam_size
         self.language = language
+        self.cut_window = cut_window  # decode in a window cut to the clip (window.py)
         self.limiter = trio.CapacityLimiter(max_concurrent)
         self._model: Any = None
         self._lock = threading.Lock()
@@ -150,30 +153,46 @@ class Transcriber:
         return segments
 
     def _decode(self, model: Any, audio: npt.NDArray[np.float32], prompt: str | None = None) -> str:
+        bounds = {
+            "beam_size": self.beam_size,
+            "max_new_tokens": _max_tokens(audio),  # no repetition loop past speech's pace
+        }
+        if self.cut_window and window.fits(audio, ASR_RATE_HZ):  # the usual turn (window.py)
+            return window.decode_text(model, audio, prompt=prompt, language=self.language, **bounds)
         segments = self._transcribe(
             model,
             audio,
             prompt,
             temperature=0.0,  # bounded work: no re-decoding at higher temperatures ...
-            max_new_tokens=_max_tokens(audio),  # ... and no repetition loop past speech's pace
+            max_new_tokens=bounds["max_new_tokens"],
         )
         return " ".join(s.text.strip() for s in segments).strip()
 
     def _decode_words(
         self, model: Any, audio: npt.NDArray[np.float32], offset: int, prompt: str | None
     ) -> list[Word]:
-        segments = self._transcribe(
-            model,
-            audio,
-            prompt,
-            word_timestamps=True,
-            temperature=0.0,  # bounded work: no re-decoding at higher temperatures
-            max_new_tokens=_max_tokens(audio),
-        )
+        if self.cut_window and window.fits(audio, ASR_RATE_HZ):
+            found = window.decode_words(
+                model,
+                audio,
+                prompt=prompt,
+                language=self.language,
+                beam_size=self.beam_size,
+                max_new_tokens=_max_tokens(audio),
+            )
+        else:
+            segments = self._transcribe(
+                model,
+                audio,
+                prompt,
+                word_timestamps=True,
+                temperature=0.0,  # bounded work: no re-decoding at higher temperatures
+                max_new_tokens=_max_tokens(audio),
+            )
+            found = [(w.word, w.start, w.end) for s in segments for w in s.words or ()]
         return [
-            Word(w.word, offset + round(w.start * ASR_RATE_HZ), offset + round(w.end * ASR_RATE_HZ))
-            for s in segments
-            for w in s.words or ()
+            Word(word, offset + round(start * ASR_RATE_HZ), offset + round(end * ASR_RATE_HZ))
+            for word, start, end in found
         ]
 
     def transcribe_sync(self, audio: npt.NDArray[np.float32], prompt: str | None = None) -> str:
