@@ -106,10 +106,11 @@ def with_pause(voice: Any, text: str, word: int | None, pause_s: float = PAUSE_S
     out = np.asarray(soxr.resample(audio, rate, RATE), dtype=np.float32)
     if word is None:
         return Spoken(text, out, speech_end(out))
-    # cut in the quietest 10 ms before the word's reported start (between the two words)
-    at = round(marks[word].start_sample * RATE / rate)
-    lo = max(0, at - 960)
-    env = np.convolve(np.abs(out[lo : at + 160]), np.ones(160) / 160, mode="valid")
+    # cut in the quietest 10 ms around the end of the word before (-10..+30 ms): after it,
+    # before the transition into this one (which its reported start includes)
+    end = round(marks[word - 1].end_sample * RATE / rate)
+    lo = max(0, end - 160)
+    env = np.convolve(np.abs(out[lo : end + 640]), np.ones(160) / 160, mode="valid")
     cut = lo + int(np.argmin(env)) + 80
     gap = np.zeros(round(pause_s * RATE), dtype=np.float32)
     joined = np.concatenate((out[:cut], gap, out[cut:]))

@@ -354,7 +354,7 @@ def write_wav(path: str, pcm: bytes, rate_hz: int = SAMPLE_RATE_HZ) -> None:
 def _play(pcm: bytes, rate_hz: int) -> bool:
     try:
         import numpy as np
-        import sounddevice  # type: ignore[import-not-found]
+        import sounddevice  # type: ignore[import-untyped, import-not-found, unused-ignore]
 
         sounddevice.play(np.frombuffer(pcm, dtype="<i2"), rate_hz, blocking=True)
         return True

@@ -22,6 +22,10 @@ UNFINISHED = [
     "The train leaves from the",
     "I'd like the soup and",
     "Well, because —",
+    # no end mark: what Whisper wrote in a window cut to the turn (duplexd/_uplink/window.py)
+    "my flight lands at around",
+    "the meeting is on",
+    "I want to fly",
 ]
 FINISHED = [
     "Please book a table for 2 at 7.30.",
@@ -33,7 +37,10 @@ FINISHED = [
     "Could you tell me what the weather will be like tomorrow?",
     "I called her.",
     "I think so.",
-    "Okay",
+    "Okay.",
+    "Yes!",
+    "9",  # a bare number answers without a mark
+    'He said "stop."',
     "",
 ]
 

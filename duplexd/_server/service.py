@@ -340,7 +340,9 @@ class Service:
         as the next."""
         if self._uplink_services is None:
             asr = self.settings.asr
-            transcriber = Transcriber(asr.model or None, cpu_threads=asr.threads)
+            transcriber = Transcriber(
+                asr.model or None, cpu_threads=asr.threads, cut_window=asr.cut_window
+            )
             vad_model = await trio.to_thread.run_sync(VadModel)
             turn_model = await trio.to_thread.run_sync(TurnModel)
             self._uplink_services = UplinkServices.create(

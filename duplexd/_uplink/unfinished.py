@@ -5,8 +5,12 @@ final ("I'd like a table for" scored 0.96 complete on the bench's voice). The sp
 transcript of the same silence (transcripts.py, made from its 64th ms) says what was said, and
 some endings cannot end an English utterance: an article, a possessive, a preposition that
 needs its object, a conjunction, a filler, or Whisper's own mark of a trailing-off voice ("...",
-a comma, a dash). `sounds_unfinished` answers that, and the uplink then waits for the user
-to go on (up to `vad.max_silence_ms`) even when the turn model calls the turn complete.
+a comma, a dash). Nor does a text with no end mark at all: Whisper ends a sentence it heard end
+with a period, question or exclamation mark (all 32 of `bench.asr_window`'s sentences, and
+"Yes.", "Okay.", "Paris.") and leaves a voice that stops mid-sentence unmarked ("my flight
+lands at around", "I want to fly"), except a bare number ("9"), which may end an answer.
+`sounds_unfinished` answers that, and the uplink then waits for the user to go on (up to
+`vad.max_silence_ms`) even when the turn model calls the turn complete.
 
 Words that may end an utterance are left out on purpose, however often they also lead on: the
 particles of phrasal verbs ("turn it on", "come in", "turn around"), "her" (an object), "so",
@@ -29,6 +33,7 @@ LEADING_ON: Final = frozenset(
     )
 )
 _TRAILING_OFF: Final = ("...", "…", ",", "-", "–", "—", ";", ":")  # noqa: RUF001
+_ENDED: Final = (".", "?", "!", '"', "'", ")")  # a sentence's end mark (or a quote's or aside's)
 _WORD: Final = re.compile(r"[a-z0-9']+")
 
 
@@ -40,4 +45,8 @@ def sounds_unfinished(text: str) -> bool:
     if t.endswith(_TRAILING_OFF):
         return True
     words = _WORD.findall(t)
-    return bool(words) and words[-1] in LEADING_ON
+    if not words:
+        return False
+    if not t.endswith(_ENDED) and not words[-1].isdigit():
+        return True  # no end mark: "my flight lands at around"
+    return words[-1] in LEADING_ON
