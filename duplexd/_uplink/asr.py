@@ -152,34 +152,29 @@ class Transcriber:
         )
         return segments
 
+    def _decoding(self, audio: npt.NDArray[np.float32], prompt: str | None) -> window.Decoding:
+        # bounded work: no repetition loop past speech's pace
+        return window.Decoding(prompt, self.language, self.beam_size, _max_tokens(audio))
+
     def _decode(self, model: Any, audio: npt.NDArray[np.float32], prompt: str | None = None) -> str:
-        bounds = {
-            "beam_size": self.beam_size,
-            "max_new_tokens": _max_tokens(audio),  # no repetition loop past speech's pace
-        }
+        how = self._decoding(audio, prompt)
         if self.cut_window and window.fits(audio, ASR_RATE_HZ):  # the usual turn (window.py)
-            return window.decode_text(model, audio, prompt=prompt, language=self.language, **bounds)
+            return window.decode_text(model, audio, how)
         segments = self._transcribe(
             model,
             audio,
             prompt,
-            temperature=0.0,  # bounded work: no re-decoding at higher temperatures ...
-            max_new_tokens=bounds["max_new_tokens"],
+            temperature=0.0,  # bounded work: no re-decoding at higher temperatures
+            max_new_tokens=how.max_new_tokens,
         )
         return " ".join(s.text.strip() for s in segments).strip()
 
     def _decode_words(
         self, model: Any, audio: npt.NDArray[np.float32], offset: int, prompt: str | None
     ) -> list[Word]:
+        how = self._decoding(audio, prompt)
         if self.cut_window and window.fits(audio, ASR_RATE_HZ):
-            found = window.decode_words(
-                model,
-                audio,
-                prompt=prompt,
-                language=self.language,
-                beam_size=self.beam_size,
-                max_new_tokens=_max_tokens(audio),
-            )
+            found = window.decode_words(model, audio, how)
         else:
             segments = self._transcribe(
                 model,
@@ -187,7 +182,7 @@ class Transcriber:
                 prompt,
                 word_timestamps=True,
                 temperature=0.0,  # bounded work: no re-decoding at higher temperatures
-                max_new_tokens=_max_tokens(audio),
+                max_new_tokens=how.max_new_tokens,
             )
             found = [(w.word, w.start, w.end) for s in segments for w in s.words or ()]
         return [

@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import math
 import re
+from dataclasses import dataclass
 from typing import Any, Final
 
 import numpy as np
@@ -123,55 +124,55 @@ def looped(text: str) -> bool:
     return False
 
 
+@dataclass(frozen=True, slots=True)
+class Decoding:
+    """How one clip is decoded: the text before it (Whisper's prompt), its language, the
+    beam, and the bound on its tokens."""
+
+    prompt: str | None
+    language: str | None
+    beam_size: int
+    max_new_tokens: int
+
+
 def _decode(
-    model: Any, audio: npt.NDArray[np.float32], prompt: str | None, language: str | None,
-    beam_size: int, max_new_tokens: int,
-) -> tuple[list[int], Any, int]:  # fmt: skip
+    model: Any, audio: npt.NDArray[np.float32], how: Decoding
+) -> tuple[list[int], Any, int]:
     """Text tokens of `audio`, the encoder output they came from and the clip's frames: in a
     window cut to it, or again in Whisper's 30 s one if that text `looped`."""
-    tokenizer = _tokenizer(model, language)
+    tokenizer = _tokenizer(model, how.language)
     for whole in (False, True):
         encoded, frames = _encode(model, audio, whole=whole)
         tokens = _generate(
-            model, encoded, tokenizer, prompt, beam_size=beam_size, max_new_tokens=max_new_tokens
+            model,
+            encoded,
+            tokenizer,
+            how.prompt,
+            beam_size=how.beam_size,
+            max_new_tokens=how.max_new_tokens,
         )
         if not looped(tokenizer.decode(tokens)):
             break
     return tokens, encoded, frames
 
 
-def decode_text(
-    model: Any,
-    audio: npt.NDArray[np.float32],
-    *,
-    prompt: str | None,
-    language: str | None,
-    beam_size: int,
-    max_new_tokens: int,
-) -> str:
+def decode_text(model: Any, audio: npt.NDArray[np.float32], how: Decoding) -> str:
     """The text of `audio` (16 kHz; `fits`), decoded in a window cut to it."""
-    tokens, _encoded, _frames = _decode(model, audio, prompt, language, beam_size, max_new_tokens)
-    text: str = _tokenizer(model, language).decode(tokens)
+    tokens, _encoded, _frames = _decode(model, audio, how)
+    text: str = _tokenizer(model, how.language).decode(tokens)
     return text.strip()
 
 
 def decode_words(
-    model: Any,
-    audio: npt.NDArray[np.float32],
-    *,
-    prompt: str | None,
-    language: str | None,
-    beam_size: int,
-    max_new_tokens: int,
+    model: Any, audio: npt.NDArray[np.float32], how: Decoding
 ) -> list[tuple[str, float, float]]:
     """The words of `audio` (16 kHz; `fits`) with their (start, end) in seconds from its
     start, as faster-whisper's word timestamps align them."""
     from faster_whisper.transcribe import merge_punctuations
 
-    tokens, encoded, frames = _decode(model, audio, prompt, language, beam_size, max_new_tokens)
+    tokens, encoded, frames = _decode(model, audio, how)
     if not tokens:
         return []
-    tokenizer = _tokenizer(model, language)
-    (alignment,) = model.find_alignment(tokenizer, [tokens], encoded, frames)
+    (alignment,) = model.find_alignment(_tokenizer(model, how.language), [tokens], encoded, frames)
     merge_punctuations(alignment, _PREPEND, _APPEND)
     return [(a["word"], float(a["start"]), float(a["end"])) for a in alignment if a["word"]]
