@@ -103,14 +103,14 @@ def _give_unmatched_words(
             runs[-1].append(k)
         else:
             runs.append([k])
+    after = [n_words] * len(runs)  # the first word matched after each run (one pass back)
+    for r in range(len(runs) - 2, -1, -1):
+        matched = [owner_b[k] for k in runs[r + 1] if owner_b[k] != _NO_WORD]
+        after[r] = matched[0] if matched else after[r + 1]
     before = _NO_WORD
     for r, run in enumerate(runs):
         if all(owner_b[k] == _NO_WORD for k in run):
-            after = next(
-                (owner_b[k] for later in runs[r + 1 :] for k in later if owner_b[k] != _NO_WORD),
-                n_words,
-            )
-            if before + 1 < after:
+            if before + 1 < after[r]:
                 before += 1
                 for k in run:
                     owner_b[k] = before
