@@ -23,6 +23,7 @@ and for words its `find_alignment` and punctuation merging.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -47,20 +48,16 @@ def fits(audio: npt.NDArray[np.float32], rate_hz: int) -> bool:
     return len(audio) / rate_hz + PAD_S <= MAX_WINDOW_S
 
 
+@functools.lru_cache(maxsize=4)
 def _tokenizer(model: Any, language: str | None) -> Any:
-    """The model's tokenizer for `language`, made once and kept on the model (so it goes with
-    the model when `Transcriber.close` lets it go; a module cache would keep the model)."""
     from faster_whisper.tokenizer import Tokenizer
 
-    made: dict[str | None, Any] = model.__dict__.setdefault("_duplexd_tokenizers", {})
-    if language not in made:
-        made[language] = Tokenizer(
-            model.hf_tokenizer,
-            model.model.is_multilingual,
-            task="transcribe",
-            language=language if model.model.is_multilingual else "en",
-        )
-    return made[language]
+    return Tokenizer(
+        model.hf_tokenizer,
+        model.model.is_multilingual,
+        task="transcribe",
+        language=language if model.model.is_multilingual else "en",
+    )
 
 
 def _encode(model: Any, audio: npt.NDArray[np.float32], *, whole: bool) -> tuple[Any, int]:
