@@ -8,8 +8,9 @@ when the whole session is really idle, and virtual times are exact.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+import gc
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import trio
@@ -235,6 +236,21 @@ def bounded_stream_pair(limit: int = 16384) -> tuple[_BoundedStream, _BoundedStr
     `server.outgoing.blocked_at` tells when the server first had to wait for the client."""
     up, down = _BoundedPipe(limit), _BoundedPipe(limit)
     return _BoundedStream(up, down), _BoundedStream(down, up)
+
+
+@contextmanager
+def no_collection_pauses() -> Iterator[None]:
+    """For a real-time measurement made in this process: collect now, then none until the end.
+    By the time the slow tests run, pytest's heap holds over a thousand tests' objects, and a
+    full collection of it stops every thread here (a daemon in-process, its clients, their
+    clocks) for tens of ms, which the measurement would blame on the daemon. The daemon process
+    itself freezes its heap after start (`Service`)."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 @asynccontextmanager

@@ -3,8 +3,10 @@ engine, worker threads, the precise timer), bystanders speaking through each att
 largest gap between two of a bystander's audio frames measured. Before the fixes these attacks froze
 the loop for seconds (the 32,767-space message 30 s) and killed every bystander.
 
-Real time on a shared machine: the bound is generous (60 ms: three frames), the tests are
-`slow`, and a failure says which attack and what gap.
+Real time on a shared machine: the bound is generous (100 ms: five frames; the smallest stall
+these attacks caused before the fixes was 800 ms), the tests are `slow`, this process does not
+collect garbage while it measures (`no_collection_pauses`), and a failure says which attack and
+what gap. What the attacks cost to the millisecond is measured by `python -m bench --attack`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 import trio
+from harness import no_collection_pauses
 from trio_websocket import ConnectionClosed, open_websocket_url
 
 from bench.daemon import duplexd_argv, start_server
@@ -30,7 +33,7 @@ pytestmark = [
         "ignore:Exception ignored in. <socket.socket:pytest.PytestUnraisableExceptionWarning"
     ),
 ]
-MAX_GAP_S = 0.060
+MAX_GAP_S = 0.100
 BYSTANDERS = 4
 TEXT = "Hello there, this is a bystander speaking while somebody else misbehaves. " * 2
 
@@ -108,13 +111,14 @@ async def max_gap_through(url: str, attack: bytes | str) -> float:
     gaps: list[float] = []
     errors: list[str] = []
     answers: list[str] = []
-    async with trio.open_nursery() as outer:
-        outer.start_soon(attacker_after, 1.0, url, attack, answers)
-        with trio.fail_after(60):
-            async with trio.open_nursery() as nursery:
-                for _ in range(BYSTANDERS):
-                    nursery.start_soon(bystander, url, gaps, errors)
-        outer.cancel_scope.cancel()
+    with no_collection_pauses():
+        async with trio.open_nursery() as outer:
+            outer.start_soon(attacker_after, 1.0, url, attack, answers)
+            with trio.fail_after(60):
+                async with trio.open_nursery() as nursery:
+                    for _ in range(BYSTANDERS):
+                        nursery.start_soon(bystander, url, gaps, errors)
+            outer.cancel_scope.cancel()
     assert not errors, errors
     assert len(gaps) > BYSTANDERS * 100  # they spoke through it
     print(f"max gap {max(gaps) * 1e3:.1f} ms of {len(gaps)}; attacker got {answers}")
@@ -125,9 +129,12 @@ async def max_gap_through(url: str, attack: bytes | str) -> float:
 async def test_bystanders_keep_their_audio_on_time_through(name: str, url: str) -> None:
     """A gap over the bound is measured once more before it fails the test: on a shared
     two-core machine the daemon, the bystanders and the attacker share the cores with
-    whatever else runs. This test failed in 2 of 5 clean-clone CI runs when the machine ran
-    slow (64-140 ms) and passed run alone; the 32,767-space attack once gave 64 ms and then
-    23-25 ms in four runs in a row. A stall the attack causes comes back every time."""
+    whatever else runs. With a 60 ms bound and this process collecting garbage as it pleased,
+    this test failed in 2 of 5 clean-clone runs when the machine ran slow (64-140 ms) and in
+    the project's CI (81-85 ms twice in a row for the 32,767 spaces, 60.5 ms for 32 KB without
+    a space), while run alone it measures 22-28 ms for every attack and for none, also with
+    two busy processes beside it or 0.8 of a core. A stall the attack causes comes back every
+    time."""
     print(f"\n{name}: ", end="")
     gap = await max_gap_through(url, ATTACKS[name])
     if gap > MAX_GAP_S:

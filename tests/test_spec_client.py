@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import pytest
 import spec_client as sc
 import trio
-from harness import running_daemon
+from harness import no_collection_pauses, running_daemon
 from trio_websocket import ConnectionClosed
 
 from duplexd._server.server import Daemon
@@ -142,16 +142,25 @@ async def test_refusals_before_welcome(daemon: Daemon) -> None:
     assert json.loads(json.dumps(daemon.engines.describe()))["tone"]["default_voice"] == "sine"
 
 
+# The grid's bounds, generous: a sender that bursts (frames as fast as they are made) misses by
+# hundreds of ms; the daemon's pacing to the tenth of a ms is `bench`'s claim, not this test's.
+GRID_P95_MS = 10.0
+GRID_MAX_MS = 60.0
+
+
 @pytest.mark.slow
 async def test_frames_arrive_on_the_20_ms_grid(daemon: Daemon) -> None:
-    """Real time, the daemon and this client on one event loop on a shared machine: an
-    utterance whose worst frame is over the bound is spoken once more before the test fails
-    (once in CI, 30.3 ms, of which the daemon's own send was 18.7 ms: the machine's)."""
+    """Real time, the daemon and this client on one event loop on a shared machine, no garbage
+    collected while it measures: an utterance whose frames miss the bounds is spoken once more
+    before the test fails. With a 5 ms p95 bound it failed in a clean clone on a slow hour
+    (p95 7.3 then 5.7 ms, of which the daemon's own send was 4.9 and 5.8 ms: the machine's)."""
     async with sc.open_spec_client(daemon.url) as client:
         await client.handshake()
         for uid in (1, 2):
             text = SENTENCE + " " + SENTENCE  # about 9 s of audio
-            times = check_utterance(await speak(client, uid, text, chunk=3), uid, 0, text)
+            with no_collection_pauses():
+                got = await speak(client, uid, text, chunk=3)
+            times = check_utterance(got, uid, 0, text)
             await client.send(sc.frame(sc.GET_STATS))
             _, (stats,) = await client.receive()
             server = stats["json"]["pacing_error_ms"]
@@ -164,7 +173,7 @@ async def test_frames_arrive_on_the_20_ms_grid(daemon: Daemon) -> None:
                 f" max {errors_ms[-1]:.3f} ms; the server's own send error: p95"
                 f" {server['p95']} ms, max {server['max']} ms"
             )
-            if p95 < 5.0 and errors_ms[-1] < 30.0:
+            if p95 < GRID_P95_MS and errors_ms[-1] < GRID_MAX_MS:
                 break
-    assert p95 < 5.0
-    assert errors_ms[-1] < 30.0
+    assert p95 < GRID_P95_MS
+    assert errors_ms[-1] < GRID_MAX_MS
