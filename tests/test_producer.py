@@ -5,7 +5,9 @@ blocks, and the frames that come out are exactly what the codec would have built
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -13,6 +15,7 @@ from hypothesis import strategies as st
 from duplexd._downlink.producer import PieceMap, UtteranceProducer, audio_headers
 from duplexd._downlink.ring import FrameRing
 from duplexd._downlink.segment import Piece
+from duplexd.engines.base import VoiceKind, voice_kind
 from duplexd.engines.tone import ToneEngine
 from duplexd.protocol import frames as fr
 from duplexd.protocol.codec import Decoder, pack_audio_header_into
@@ -100,3 +103,44 @@ def test_frames_go_straight_into_a_ring_with_room() -> None:
     producer.finish(11)
     assert producer.backlog_frames == 0 and not producer.backlog
     assert ring.count == producer.pieces.total_samples // FRAME_SAMPLES + 1
+
+
+class _PlainVoice:
+    """A voice with `synthesize` only (a plugin's simplest)."""
+
+    name = "plain"
+    sample_rate_hz = 16_000
+
+    def synthesize(self, text: str) -> np.ndarray:
+        return np.zeros(160 * len(text), dtype=np.float32)
+
+
+class _StreamingVoice(_PlainVoice):
+    def synthesize_stream(self, text: str) -> Iterator[np.ndarray]:
+        yield self.synthesize(text)
+
+
+def test_what_a_voice_can_do_is_looked_up_once_per_class() -> None:
+    tone = ToneEngine().open_voice("sine")
+    assert voice_kind(tone) == VoiceKind(streaming=True, timed=True)
+    assert voice_kind(_PlainVoice()) == VoiceKind(streaming=False, timed=False)
+    assert voice_kind(_StreamingVoice()) == VoiceKind(streaming=True, timed=False)
+    assert voice_kind(_StreamingVoice()) is voice_kind(_StreamingVoice())  # (the class's)
+
+
+@pytest.mark.parametrize("voice", [_PlainVoice(), _StreamingVoice()], ids=["plain", "streaming"])
+def test_a_voice_without_word_timing_is_rendered_whole(voice: _PlainVoice) -> None:
+    ring = FrameRing(64, fr.AUDIO_HEADER_BYTES + 1920)
+    producer = UtteranceProducer(
+        voice=voice,
+        ring=ring,
+        out_rate_hz=16_000,
+        frame_samples=320,
+        epoch=0,
+        utterance_id=1,
+        pieces=PieceMap(),
+        cancel=threading.Event(),
+        kick=lambda: None,
+    )
+    producer.render(Piece("Hi there.", 0, 9))
+    assert ring.count == 160 * 9 // 320  # whole frames of its audio; the rest waits for more

@@ -33,7 +33,7 @@ import threading
 import time
 import unicodedata
 from collections.abc import Callable, Generator, Iterator, Sequence
-from typing import Final
+from typing import Final, cast
 
 import numpy as np
 
@@ -44,6 +44,7 @@ from ..engines.base import (
     Voice,
     WordMark,
     WordTimedVoice,
+    voice_kind,
 )
 from ..protocol.codec import AUDIO_HEADER
 from ..protocol.frames import (
@@ -186,7 +187,8 @@ class UtteranceProducer:
         self.backlog_frames = 0
         self._chunks: Iterator[tuple[FloatAudio, Sequence[WordMark]]] | None = None
         self._piece_in_start = 0  # input samples before the piece in progress
-        self._timed = isinstance(voice, WordTimedVoice)
+        self._kind = voice_kind(voice)
+        self._timed = self._kind.timed
         # a piece cut mid-sentence: its audio ends this many input samples into the piece
         # (`OPEN_END_TAIL_MS` after its last word), once that word's mark is known
         self._open_end = False  # the piece in progress is such a piece
@@ -245,10 +247,10 @@ class UtteranceProducer:
         """The piece's chunks and word marks (none from a voice that does not time words)."""
         voice = self._voice
         if self._timed:
-            assert isinstance(voice, WordTimedVoice)
-            return voice.synthesize_words(text)
-        if isinstance(voice, StreamingVoice):  # push each chunk as it comes: earlier audio
-            return ((audio, ()) for audio in voice.synthesize_stream(text))
+            return cast(WordTimedVoice, voice).synthesize_words(text)
+        if self._kind.streaming:  # push each chunk as it comes: earlier audio
+            stream = cast(StreamingVoice, voice).synthesize_stream(text)
+            return ((audio, ()) for audio in stream)
         return ((voice.synthesize(t), ()) for t in (text,))
 
     def _trim(self, audio: FloatAudio) -> FloatAudio:

@@ -23,7 +23,7 @@ import trio
 
 from .._ops.settings import SessionLimits
 from .._version import __version__
-from ..engines.base import UnknownVoiceError, Voice, WordTimedVoice
+from ..engines.base import UnknownVoiceError, Voice, voice_kind
 from ..engines.registry import EngineSet
 from ..protocol import frames as fr
 from ..protocol.codec import Decoder, RemoteProtocolError, encode
@@ -115,7 +115,7 @@ async def accept(
         raise RemoteProtocolError(fr.ErrorCode.UNKNOWN_VOICE, str(exc)) from None
     if draining():
         raise Refusal(fr.ErrorCode.GOING_AWAY, DRAINING_MESSAGE)
-    timed = isinstance(voice, WordTimedVoice)
+    timed = voice_kind(voice).timed
     info = {
         "server": f"duplexd/{__version__}",
         "engines": engines.describe(),

@@ -38,7 +38,7 @@ from .._ops.settings import SessionLimits
 from .._uplink.services import UplinkServices
 from .._uplink.soft import Settled
 from .._uplink.uplink import Uplink
-from ..engines.base import WordTimedVoice
+from ..engines.base import voice_kind
 from ..protocol import frames as fr
 from ..protocol.codec import Decoder, RemoteProtocolError, encode
 from ..protocol.state import ServerProtocolState
@@ -145,7 +145,7 @@ class Session:
         )
         self.playback = Playback()  # what the client says it played (PLAYED, HEARD)
         # WORDS frames: asked for, and the voice times its words (Welcome says so)
-        self._words = state.options.downlink.words and isinstance(opened.voice, WordTimedVoice)
+        self._words = state.options.downlink.words and voice_kind(opened.voice).timed
 
     # ------------------------------------------------------------------ lifecycle
 

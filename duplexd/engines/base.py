@@ -105,6 +105,32 @@ class WordTimedVoice(Voice, Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class VoiceKind:
+    """What a voice can do beyond `synthesize`: `streaming` (a `StreamingVoice`), `timed` (a
+    `WordTimedVoice`)."""
+
+    streaming: bool
+    timed: bool
+
+
+def voice_kind(voice: Voice) -> VoiceKind:
+    """`voice`'s `VoiceKind`, looked up once per class: an `isinstance` against a runtime
+    protocol checks every member by name (17-19 µs on CPython 3.11, measured), and the
+    producer asked twice per utterance, on the path to its first audio. A voice's methods are
+    its class's, so the answer holds for every instance."""
+    kind = _KINDS.get(type(voice))
+    if kind is None:
+        kind = VoiceKind(
+            streaming=isinstance(voice, StreamingVoice), timed=isinstance(voice, WordTimedVoice)
+        )
+        _KINDS[type(voice)] = kind
+    return kind
+
+
+_KINDS: dict[type, VoiceKind] = {}  # one entry per voice class (classes are few)
+
+
 @runtime_checkable
 class Engine(Protocol):
     """A TTS engine: a named factory of voices, shared by all sessions of a process.
