@@ -66,10 +66,7 @@ def voices(cache: Path) -> tuple[F32, F32]:
     """(agent, user) at 16 kHz, synthesized once and kept in `cache` (.npy)."""
     a, u = cache / "aec-agent.npy", cache / "aec-user.npy"
     if not (a.exists() and u.exists()):
-        import sys
-
-        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-        from speech import clip  # the tests' voices: the VITS voice, and it slower, pitched up
+        from .speech import clip  # the tests' voices: the VITS voice, and it slower, pitched up
 
         cache.mkdir(parents=True, exist_ok=True)
         np.save(a, np.concatenate([clip(t) for t in AGENT_TEXT]))

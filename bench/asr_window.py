@@ -2,7 +2,7 @@
 `python -m bench.asr_window [--json FILE]`.
 
 The clips are what the uplink decodes: `bench.word_timing.SENTENCES` spoken by the joe voice
-at its own pace and slower and higher (`tests/speech.py`'s second speaker), each cut 0.2 s
+at its own pace and slower and higher (`bench/speech.py`'s second speaker), each cut 0.2 s
 before its first sound and 64 ms after its last (a speculative transcript's silence); and
 the tails a final decodes after streaming passes: the last 1 s and 1.5 s of each sentence,
 with the text before them as the prompt. Each clip is decoded by the bundled Whisper (tiny.en,
@@ -33,9 +33,7 @@ Audio = npt.NDArray[np.float32]
 
 def clips() -> tuple[list[tuple[Audio, str]], list[tuple[Audio, str, str]]]:
     """(whole clip, its text) and (tail clip, prompt, the whole text) of every sentence."""
-    sys.path.insert(0, "tests")
-    from speech import clip  # type: ignore[import-not-found]
-
+    from .speech import clip
     from .word_timing import SENTENCES
 
     whole: list[tuple[Audio, str]] = []
@@ -61,8 +59,9 @@ def measure() -> dict[str, Any]:
     from duplexd._uplink import window
     from duplexd._uplink.asr import Transcriber
 
-    whole, tails = clips()  # (puts tests/ on the path)
-    from asr_helpers import word_error_rate  # type: ignore[import-not-found]
+    from .asr_helpers import word_error_rate
+
+    whole, tails = clips()
 
     figures: dict[str, Any] = {"whole_clips": len(whole), "tail_clips": len(tails)}
     loops = 0

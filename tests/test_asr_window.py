@@ -36,8 +36,7 @@ def test_a_clip_fits_a_window_with_its_padding() -> None:
 
 @pytest.mark.integration
 def test_the_cut_window_hears_what_the_whole_one_does() -> None:
-    from speech import clip
-
+    from bench.speech import clip
     from duplexd._uplink.asr import Transcriber
 
     cut, whole = Transcriber(cpu_threads=2), Transcriber(cpu_threads=2, cut_window=False)
@@ -64,8 +63,7 @@ def test_the_cut_window_hears_what_the_whole_one_does() -> None:
 @pytest.mark.integration
 def test_a_looping_window_is_decoded_again_whole(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every text taken for a loop: the 30 s window's text is the answer."""
-    from speech import clip
-
+    from bench.speech import clip
     from duplexd._uplink.asr import Transcriber
 
     windows: list[bool] = []

@@ -203,8 +203,8 @@ def test_uplink_cpu_scenarios() -> None:
     does not run without the agent (room); the work costs something measurable."""
     import numpy as np
     import soxr
-    from speech import clip
 
+    from bench.speech import clip
     from bench.uplink_cpu import scenario
 
     agent16 = np.concatenate([clip("Sure, I can help you with that."), clip("Let me check.")])

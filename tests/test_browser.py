@@ -89,7 +89,7 @@ def daemon() -> Iterator[str]:
 @pytest.fixture(scope="module")
 def speech_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """2 s of silence, `SPOKEN`, 4 s of silence: 16 kHz s16 mono (the fake microphone)."""
-    from speech import RATE, clip
+    from bench.speech import RATE, clip
 
     audio = np.concatenate([np.zeros(2 * RATE), clip(SPOKEN), np.zeros(4 * RATE)])
     path = tmp_path_factory.mktemp("mic") / "speech.wav"

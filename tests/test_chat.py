@@ -338,8 +338,8 @@ def _free_port() -> int:
 @pytest.mark.integration
 @pytest.mark.slow
 def test_chat_with_mic_file_against_a_daemon(tmp_path: Path) -> None:
-    from asr_helpers import transcribe, word_error_rate
-    from speech import clip
+    from bench.asr_helpers import transcribe, word_error_rate
+    from bench.speech import clip
 
     question = "Can you tell me what the weather is like today?"
     audio = np.concatenate((np.zeros(8000), clip(question), np.zeros(8000)))

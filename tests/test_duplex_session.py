@@ -184,7 +184,7 @@ def check_interrupted(arrivals: list[tuple[float, Any]], uid: int) -> fr.Interru
 async def test_vad_barge_in_latency(
     autojump_clock: trio.testing.MockClock, echo_cancel: bool
 ) -> None:
-    from speech import clip, engine, onset
+    from bench.speech import clip, engine, onset
 
     user = clip(USER, other_speaker=True)
     user_on = onset(user)
@@ -238,7 +238,7 @@ async def test_vad_barge_in_latency(
 async def test_echo_does_not_barge_in_but_the_user_does(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    from speech import clip, engine
+    from bench.speech import clip, engine
 
     user = clip(USER, other_speaker=True)
     rng = np.random.default_rng(3)
@@ -273,9 +273,8 @@ async def test_echo_does_not_barge_in_but_the_user_does(
 
 @pytest.mark.slow
 async def test_transcript_of_the_uplink(autojump_clock: trio.testing.MockClock) -> None:
-    from asr_helpers import word_error_rate
-    from speech import engine, spoken
-
+    from bench.asr_helpers import word_error_rate
+    from bench.speech import engine, spoken
     from duplexd._uplink.asr import Transcriber
 
     sentences = [

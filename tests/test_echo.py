@@ -23,7 +23,7 @@ QUIET = -70.0  # dBFS: the room noise under the ERLE figures (so it does not cap
 
 
 def agent_voice() -> np.ndarray:
-    from speech import clip
+    from bench.speech import clip
 
     return np.concatenate(
         [
@@ -34,7 +34,7 @@ def agent_voice() -> np.ndarray:
 
 
 def user_voice() -> np.ndarray:
-    from speech import clip
+    from bench.speech import clip
 
     return clip("Wait, stop, I have a question.", other_speaker=True)
 
@@ -132,7 +132,7 @@ def test_a_narrowband_voice_is_not_found_in_the_users_speech() -> None:
 
 
 def clip_of(text: str) -> np.ndarray:
-    from speech import clip
+    from bench.speech import clip
 
     return clip(text, other_speaker=True)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import warnings
 
 import pytest
-from asr_helpers import normalize_text, transcribe, word_error_rate
 
+from bench.asr_helpers import normalize_text, transcribe, word_error_rate
 from duplexd.engines.vits import VitsEngine
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

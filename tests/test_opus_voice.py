@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import trio
 import trio.testing
-from asr_helpers import normalize_text, transcribe, word_error_rate
 from harness import inline_uplink_services, open_pair
 from test_duplex_session import Client, speak_until_transcribed
 from test_intelligibility import SENTENCES
 
+from bench.asr_helpers import normalize_text, transcribe, word_error_rate
 from duplexd.client.session import session_over
 from duplexd.protocol import frames as fr
 
@@ -26,7 +26,7 @@ RATE = 16_000
 async def _spoken(rate: int, codec: str) -> list[np.ndarray]:
     """Each of SENTENCES said by the VITS voice through a real session, as the SDK hands it
     out (PCM, decoded from Opus when `codec` is opus), float at `rate`."""
-    from speech import engine
+    from bench.speech import engine
 
     options = json.dumps({"codec": {"downlink": codec}})
     out = []
@@ -59,8 +59,7 @@ async def test_opus_downlink_is_as_intelligible_as_pcm(
 
 
 async def test_opus_uplink_feeds_vad_and_asr(autojump_clock: trio.testing.MockClock) -> None:
-    from speech import engine, spoken
-
+    from bench.speech import engine, spoken
     from duplexd._uplink.asr import Transcriber
 
     sentences = [
@@ -102,8 +101,9 @@ async def test_opus_echo_does_not_barge_in_but_the_user_does(
     client plays them), so the agent's echo at -10 dB, 50 ms late, is not taken for the user;
     the user talking over it is; and through an Opus uplink (the echo comes back re-coded:
     AEC3's adaptive filter takes that, where the NCC canceller it replaced did not)."""
-    from speech import clip, engine
     from test_duplex_session import AGENT, USER, echo_mic, user_barges_in, utterance_end
+
+    from bench.speech import clip, engine
 
     user = clip(USER, other_speaker=True)
     rng = np.random.default_rng(3)

@@ -12,8 +12,8 @@ import warnings
 
 import numpy as np
 import pytest
-from asr_helpers import ASR_RATE_HZ, load_asr_model, to_asr_rate
 
+from bench.asr_helpers import ASR_RATE_HZ, load_asr_model, to_asr_rate
 from bench.pauses import Pause, find_pauses, locate_pauses, transcribe_words
 from duplexd._downlink.segment import split_text
 from duplexd.engines.vits import VitsEngine

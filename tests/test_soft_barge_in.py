@@ -192,7 +192,7 @@ async def speak_over_agent(
 ) -> tuple[int, int, float]:
     """Start an utterance; 0.5 s into its audio the user says `text`. Returns the uid, the
     arrivals mark before it, and the time of the user's speech onset."""
-    from speech import clip, onset
+    from bench.speech import clip, onset
 
     user = clip(text, other_speaker=True)
     mark = len(client.arrivals)
@@ -207,7 +207,7 @@ async def speak_over_agent(
 async def soft_session(**vad: Any) -> AsyncIterator[tuple[ClientSession, Client, Mic]]:
     """A soft barge-in session on a real Session (the VITS voice at 48 kHz), its client and
     its microphone streaming (silence until `mic.say`)."""
-    from speech import engine
+    from bench.speech import engine
 
     services = inline_uplink_services(transcriber())
     async with open_pair(engine(), uplink_services=services) as (pair,):
@@ -322,9 +322,8 @@ async def test_an_interrupt_or_a_pause_during_a_hold(
 async def test_noises_over_the_agent_never_interrupt_in_soft_mode(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    from speech import engine
-
     from bench.backchannels import NOISES, noise
+    from bench.speech import engine
 
     services = inline_uplink_services(transcriber())
     async with open_pair(engine(), uplink_services=services) as (pair,):

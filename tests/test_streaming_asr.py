@@ -54,8 +54,8 @@ class VirtualTimeTranscriber(Transcriber):
 async def test_interim_transcripts_are_a_stable_prefix_of_the_final(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    from asr_helpers import word_error_rate
-    from speech import engine, spoken
+    from bench.asr_helpers import word_error_rate
+    from bench.speech import engine, spoken
 
     services = inline_uplink_services(VirtualTimeTranscriber(cpu_threads=2))
     options = {"asr": {"partial_ms": PARTIAL_MS}, "vad": {"min_silence_ms": 500}}

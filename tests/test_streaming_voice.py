@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 import trio
-from asr_helpers import normalize_text, transcribe, word_error_rate
 
+from bench.asr_helpers import normalize_text, transcribe, word_error_rate
 from duplexd._server.server import Daemon, serve_duplexd
 from duplexd.client.session import open_session
 from duplexd.engines.base import StreamingVoice

@@ -162,7 +162,7 @@ def test_model_input_keeps_the_last_8_s_zeros_first() -> None:
 
 @pytest.mark.integration
 def test_complete_sentences_score_complete() -> None:
-    from speech import clip
+    from bench.speech import clip
 
     model = TurnModel()
     assert model.features(np.zeros(RATE, dtype=np.float32)).shape == (1, 80, 800)
@@ -243,8 +243,7 @@ async def speak(
 async def test_a_complete_sentence_ends_after_a_short_silence(
     autojump_clock: trio.testing.MockClock, vad: dict[str, object], silence_ms: int
 ) -> None:
-    from speech import clip
-
+    from bench.speech import clip
     from duplexd.protocol import frames as fr
 
     speech = clip("Could you tell me what the weather will be like tomorrow?")
@@ -269,8 +268,7 @@ async def test_a_complete_sentence_ends_after_a_short_silence(
 async def test_a_mid_sentence_pause_stays_one_turn_in_smart_mode(
     autojump_clock: trio.testing.MockClock, vad: dict[str, object], turns: int
 ) -> None:
-    from speech import paused_clip
-
+    from bench.speech import paused_clip
     from duplexd.protocol import frames as fr
 
     spoken = paused_clip("I want to fly to Paris next week.", 5)  # "... fly to | Paris ..."
@@ -319,9 +317,9 @@ async def test_a_turn_that_ends_where_it_was_speculated_on_sends_that_transcript
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     from harness import inline_uplink_services
-    from speech import clip
     from test_soft_barge_in import transcriber
 
+    from bench.speech import clip
     from duplexd.protocol import frames as fr
 
     text = "Please book a table for two at seven thirty."
@@ -356,9 +354,9 @@ async def test_a_transcript_that_stops_mid_sentence_keeps_the_turn_open(
     ends on "for" (unfinished.py), so the turn waits and the user's "four" is in it. Without
     transcripts, the model alone ends the turn at the pause."""
     from harness import inline_uplink_services
-    from speech import paused_clip
     from test_soft_barge_in import transcriber
 
+    from bench.speech import paused_clip
     from duplexd.protocol import frames as fr
 
     spoken = paused_clip("I'd like a table for four.", 5)  # "... for | four."

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.integration
 
 
 def voices() -> tuple[np.ndarray, np.ndarray]:
-    from speech import clip
+    from bench.speech import clip
 
     agent = np.concatenate(
         [

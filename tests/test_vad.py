@@ -53,7 +53,7 @@ def with_silence(clip: np.ndarray, lead_s: float, tail_s: float = 1.0) -> np.nda
 @pytest.mark.integration
 @pytest.mark.parametrize("other_speaker", [False, True], ids=["vits", "other_speaker"])
 def test_speech_onset_and_end_are_found(other_speaker: bool) -> None:
-    from speech import clip, onset
+    from bench.speech import clip, onset
 
     for i, text in enumerate(SENTENCES):
         speech = clip(text, other_speaker=other_speaker)
@@ -92,7 +92,7 @@ def test_onsets_stay_quick_after_a_long_stretch_of_room_noise() -> None:
     """Silero's recurrent state drifts over long noise: 35 s into a session (one earlier turn)
     its first window over 0.7 came up to 108 ms after the onset with the state carried along;
     SileroVad resets it in quiet, and the onset is caught within 70 ms at every phase."""
-    from speech import clip, onset
+    from bench.speech import clip, onset
 
     user = clip("Wait, stop, I have a question.", other_speaker=True)
     rng = np.random.default_rng(11)
@@ -112,7 +112,7 @@ def test_onsets_stay_quick_after_a_long_stretch_of_room_noise() -> None:
 
 @pytest.mark.integration
 def test_the_state_is_never_reset_while_someone_speaks(monkeypatch: pytest.MonkeyPatch) -> None:
-    from speech import clip
+    from bench.speech import clip
 
     speech = np.concatenate([clip(t) for t in SENTENCES] * 2)  # ~10 s, short pauses only
     vad = SileroVad(refresh_windows=1)

@@ -1,4 +1,4 @@
-"""Shared helpers for tests that judge speech by transcribing it (offline Whisper tiny.en)."""
+"""Helpers for tests and benches that judge speech by transcribing it (offline Whisper tiny.en)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Real speech for the full-duplex tests: the VITS engine's own voice, at 16 kHz.
+"""Real speech for the full-duplex tests and the bench: the VITS engine's own voice, at 16 kHz.
 
 One deterministic engine per process (noise scales 0, so clips repeat exactly); a second
 "speaker" is the same voice slower (length_scale 1.3) and pitched up 12 % by resampling.
