@@ -34,17 +34,19 @@ class Server:
     proc: subprocess.Popen[bytes]
     url: str
     log_path: str
+    last_log: str = ""  # the log's tail, kept by `stop` (which deletes the log)
 
     @property
     def pid(self) -> int:
         return self.proc.pid
 
     def log_tail(self, n: int = 20) -> str:
+        """The log's last `n` lines (after `stop`: the 20 it kept)."""
         try:
             with open(self.log_path, errors="replace") as f:
                 return "".join(f.readlines()[-n:])
         except OSError:
-            return ""
+            return self.last_log
 
     def stop(self, timeout_s: float = 5.0) -> bool:
         """SIGTERM, then SIGKILL after `timeout_s`. False if it had to be killed."""
@@ -57,6 +59,7 @@ class Server:
                 clean = False
                 self.proc.kill()
                 self.proc.wait()
+        self.last_log = self.log_tail()
         with contextlib.suppress(OSError):
             os.unlink(self.log_path)
         return clean

@@ -11,8 +11,10 @@ import trio
 import trio.testing
 from harness import Pair, open_pair
 from test_bad_input import expect_error
+from trio_websocket import CloseReason, ConnectionClosed
 
 from duplexd._ops.settings import SessionLimits
+from duplexd._server.resume import Resumable
 from duplexd.protocol import frames as fr
 
 pytestmark = pytest.mark.unit
@@ -140,6 +142,57 @@ async def test_a_clean_close_ends_the_session_at_once(
         with trio.fail_after(1):
             await pair.done.wait()
         assert trio.current_time() == t
+
+
+@pytest.mark.parametrize("after", [1, 2, 5, 17, 60])
+async def test_a_clean_close_while_audio_plays_ends_the_session_at_once(
+    autojump_clock: trio.testing.MockClock, after: int
+) -> None:
+    """However the session's tasks notice the close (the writer's send or the reader), the
+    client said it is done: the session ends, it is not held for a resume."""
+    async with open_pair(limits=RESUMABLE) as (pair,):
+        client = Client(pair)
+        await client.hello(fr.Hello())
+        await pair.send(fr.Text(1, TEXT, end=True))
+        while client.received < after:
+            await client.receive()
+        t = trio.current_time()
+        await pair.client.aclose()
+        with trio.fail_after(1):
+            await pair.done.wait()
+        assert trio.current_time() == t
+
+
+class _Closed:
+    """A connection the client has closed with `code`: every call raises as trio-websocket's."""
+
+    def __init__(self, code: int) -> None:
+        self.reason = CloseReason(code, None)
+
+    async def send_message(self, message: str | bytes) -> None:
+        raise ConnectionClosed(self.reason)
+
+    async def get_message(self) -> str | bytes:
+        raise ConnectionClosed(self.reason)
+
+
+@pytest.mark.parametrize(("code", "detached"), [(1000, False), (1001, False), (1006, True)])
+async def test_a_send_that_meets_the_clients_close_does_not_wait_for_a_resume(
+    autojump_clock: trio.testing.MockClock, code: int, detached: bool
+) -> None:
+    """The writer noticing the close first must not turn the client's close into a drop."""
+    ws = _Closed(code)
+    transport = Resumable(ws, session_id=b"s", subject="", window_s=30.0, buffer_bytes=1 << 16)
+    await transport.send_message(b"audio")
+    assert transport.attached is not detached
+    if detached:  # a drop: the reader waits for a resume, up to the window
+        with pytest.raises(trio.ClosedResourceError, match="not resumed within 30 s"):
+            await transport.get_message()
+        assert trio.current_time() == 30.0
+    else:  # the client is done: the reader raises its close at once, and the session ends
+        with pytest.raises(ConnectionClosed):
+            await transport.get_message()
+        assert trio.current_time() == 0.0
 
 
 async def test_a_close_1001_ends_the_session_at_once(

@@ -110,6 +110,11 @@ def _type_name(type_: int) -> str:
         return f"0x{type_:02x}"
 
 
+def closed_by_client(exc: ConnectionClosed) -> bool:
+    """Whether the connection ended with the client's close for good (`CLOSED_BY_CLIENT`)."""
+    return exc.reason is not None and exc.reason.code in CLOSED_BY_CLIENT
+
+
 class ResumeFailed(Exception):
     """The session cannot be resumed: gone, or not this client's (the reason says which)."""
 
@@ -181,7 +186,13 @@ class Resumable:
                 await direct.send(message)  # the writer's hot path: one writev (direct.py)
             else:
                 await ws.send_message(message)
-        except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
+        except ConnectionClosed as exc:
+            # the client's own close: the reader raises it too and the session ends. Detaching
+            # here, when the writer noticed first, held the session for a resume the client
+            # had declined (`window_s`, 30 s by default: a drain waited that long)
+            if not closed_by_client(exc):
+                self._detach(ws)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
             self._detach(ws)
 
     async def get_message(self) -> str | bytes:
@@ -195,8 +206,7 @@ class Resumable:
             except ConnectionClosed as exc:
                 if self._ws is not ws:  # given up already (dropped, or resumed elsewhere)
                     continue
-                code = exc.reason.code if exc.reason is not None else None
-                if code in CLOSED_BY_CLIENT:
+                if closed_by_client(exc):
                     raise
                 self._detach(ws)
 
