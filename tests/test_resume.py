@@ -195,6 +195,59 @@ async def test_a_send_that_meets_the_clients_close_does_not_wait_for_a_resume(
         assert trio.current_time() == 0.0
 
 
+class _Reset(_Closed):
+    """The client sent its close and reset the socket: the reader, waiting, gets the close; a
+    send fails as a broken stream."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.read = trio.Event()  # the close frame has been read
+
+    async def send_message(self, message: str | bytes) -> None:
+        self.read.set()
+        raise trio.BrokenResourceError("Connection reset by peer")
+
+    async def get_message(self) -> str | bytes:
+        await self.read.wait()
+        raise ConnectionClosed(self.reason)
+
+    async def aclose(self, code: int = 1000, reason: str | None = None) -> None:
+        self.read.set()
+
+
+async def _read(transport: Resumable, got: list[str]) -> None:
+    try:
+        await transport.get_message()
+    except ConnectionClosed:
+        got.append("closed")
+    except trio.ClosedResourceError as exc:
+        got.append(str(exc))
+
+
+async def test_a_close_then_a_reset_ends_the_session_but_a_drop_does_not(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    got: list[str] = []
+    reset = Resumable(_Reset(1000), session_id=b"s", subject="", window_s=30.0, buffer_bytes=99)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_read, reset, got)  # the reader waits, as a session's does
+        await trio.testing.wait_all_tasks_blocked()
+        await reset.send_message(b"audio")  # the send fails first, and detaches
+    assert got == ["closed"]  # then the client's close is read: the session ends
+    assert trio.current_time() == 0.0
+
+    # the server giving a connection up (`drop`: it stopped reading) closes it with 1001
+    # itself; that close is the server's, so the session waits for a resume
+    got.clear()
+    dropped = Resumable(_Reset(1001), session_id=b"s", subject="", window_s=30.0, buffer_bytes=99)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_read, dropped, got)
+        await trio.testing.wait_all_tasks_blocked()
+        dropped.drop()
+    assert got == ["not resumed within 30 s"]
+    assert trio.current_time() == 30.0
+
+
 async def test_a_close_1001_ends_the_session_at_once(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -153,6 +153,7 @@ class Resumable:
         self._over = False
         self._direct: DirectSend | None = None  # how messages go out on `_direct_ws`
         self._direct_ws: Transport | None = None
+        self._send_failed_on: Transport | None = None  # the connection a send gave up
 
     @property
     def attached(self) -> bool:
@@ -194,6 +195,7 @@ class Resumable:
                 self._detach(ws)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self._detach(ws)
+            self._send_failed_on = ws  # (a client that closed and reset at once: see below)
 
     async def get_message(self) -> str | bytes:
         while True:
@@ -204,10 +206,13 @@ class Resumable:
             try:
                 return await ws.get_message()
             except ConnectionClosed as exc:
+                # the client's own close ends the session, also when a send to the same
+                # connection failed first (the client sent its close and reset the socket)
+                current = self._ws is ws or (self._ws is None and self._send_failed_on is ws)
+                if current and closed_by_client(exc):
+                    raise
                 if self._ws is not ws:  # given up already (dropped, or resumed elsewhere)
                     continue
-                if closed_by_client(exc):
-                    raise
                 self._detach(ws)
 
     async def aclose(self, code: int = 1000, reason: str | None = None) -> None:
