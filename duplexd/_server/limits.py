@@ -42,9 +42,11 @@ TRANSPORT_MESSAGE_BYTES: Final = 2 * MAX_MESSAGE_BYTES
 # the client's loop share when it opens: measured 2.0 ms of daemon CPU per session on the
 # 2-core box (300 sessions opened and closed back to back)
 SESSION_OPEN_S: Final = 0.002
-# Loop time the WebSocket layer spends on each byte received (parse, unmask, reassemble),
-# charged with the frames: measured 1.6-2.5 ms per MiB (wsproto, pure Python)
-RECEIVE_S_PER_BYTE: Final = 2e-3 / (1 << 20)
+# Loop time the WebSocket layer spends on each byte received (reads, parse, unmask,
+# reassemble), charged with the frames: measured 4.4-9.2 ms per MiB through trio-websocket in
+# the daemon's 16 KiB reads (`python -m bench.receive_cost`, one core; wsproto alone had been
+# measured at 1.6-2.5 ms, which left a flooding client most of that work uncharged)
+RECEIVE_S_PER_BYTE: Final = 6e-3 / (1 << 20)
 
 
 def announced_limits(limits: SessionLimits) -> dict[str, Any]:

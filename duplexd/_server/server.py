@@ -39,6 +39,11 @@ log = logging.getLogger("duplexd.server")
 
 CONNECT_TIMEOUT_S = 10.0  # the WebSocket upgrade must complete within this
 DISCONNECT_TIMEOUT_S = 5.0  # the closing handshake must complete within this
+# How much of a connection's data one read takes (trio-websocket's default: 4 KiB). A client's
+# large message cost the loop 11-19 ms per MiB in 4 KiB reads, 4.4-9.2 ms in 16 KiB reads and
+# 2.9-7.5 ms in 64 KiB reads (`python -m bench.receive_cost`, one core): 16 KiB takes most of
+# the gain and keeps each read a short step (~0.1 ms) between other sessions' frames.
+RECEIVE_BUFFER_BYTES = 16 * 1024
 # CPython hands the GIL to a waiting thread only every `sys.getswitchinterval()` (5 ms by
 # default): while a synthesis thread runs Python code, the pacer could wake on time and still
 # wait 5 ms to send. 0.25 ms bounds that wait; threads that release the GIL (torch, soxr)
@@ -327,6 +332,7 @@ async def serve_duplexd(
                 listeners,
                 handler_nursery=nursery,  # (connections outlive the accept loops: a drain)
                 max_message_size=TRANSPORT_MESSAGE_BYTES,
+                receive_buffer_size=RECEIVE_BUFFER_BYTES,
                 connect_timeout=CONNECT_TIMEOUT_S,
                 disconnect_timeout=DISCONNECT_TIMEOUT_S,
             )
