@@ -2,7 +2,8 @@
 
 No I/O and no trio here. `encode` turns any frame of `duplexd.protocol.frames` into bytes; `Decoder`
 turns an arbitrary byte stream (WebSocket message payloads or raw TCP) back into frames. The
-byte layout is specified in `protocol/SPEC.md`; `protocol/vectors/vectors.json` pins it.
+byte layout is specified in `protocol/SPEC.md` and tabled in `duplexd.protocol.layouts`;
+`protocol/vectors/vectors.json` pins it.
 
 Errors: `LocalProtocolError` is our own bug (encoding an invalid frame); `RemoteProtocolError`
 means the peer's bytes are bad. Both carry the `ErrorCode` to report and its `close_code`.
@@ -17,45 +18,37 @@ from typing import Any, Final, Literal
 
 from .frames import (
     AUDIO_HEADER_BYTES,
-    AUDIO_UP_HEADER_BYTES,
-    FLAG_BIT,
     FRAME_HEADER_BYTES,
     LENGTH_PREFIX_BYTES,
     MAX_FRAME_BYTES,
     OPTIONAL_TYPE_BIT,
-    WORD_MARK_BYTES,
     Audio,
-    AudioUp,
     BargeIn,
     BargeInOutcome,
     BargeInReason,
     ErrorCode,
     Frame,
     FrameType,
-    GetStats,
-    Heard,
-    Hello,
-    Interrupt,
-    Interrupted,
-    Pause,
-    Paused,
-    Ping,
-    Played,
-    Pong,
-    Resume,
-    Resumed,
-    SpeechStarted,
-    SpeechStopped,
-    Stats,
-    Text,
-    Transcript,
-    UtteranceDone,
-    UtteranceStarted,
-    Welcome,
     WordMark,
-    Words,
 )
 from .frames import Error as ErrorFrame
+from .layouts import (
+    AUDIO_BODY,
+    AUDIO_HEADER,
+    BY_CLASS,
+    BY_TYPE,
+    END,
+    FRAME_CLASSES,
+    FRAME_TYPES,
+    HEADER,
+    INT_LIMITS,
+    MARK,
+    MIN_AUDIO_LENGTH,
+    PREFIX,
+    U16,
+    U32,
+    Layout,
+)
 
 __all__ = [
     "AUDIO_HEADER",
@@ -100,130 +93,6 @@ class RemoteProtocolError(ProtocolError):
     """The peer sent something invalid."""
 
 
-# --------------------------------------------------------------------------- layouts
-
-_PREFIX: Final = struct.Struct("<I")
-_HEADER: Final = struct.Struct("<IBB")  # length, type, flags
-_U16: Final = struct.Struct("<H")
-_U32: Final = struct.Struct("<I")
-AUDIO_HEADER: Final = struct.Struct("<IBBHII")  # length, type, flags, epoch, utterance_id, seq
-_AUDIO_BODY: Final = struct.Struct("<HII")
-_END: Final = int(FLAG_BIT)  # plain int: ~ of an IntFlag member would be 0
-_MIN_AUDIO_LENGTH: Final = AUDIO_HEADER_BYTES - LENGTH_PREFIX_BYTES
-assert AUDIO_HEADER.size == AUDIO_HEADER_BYTES
-assert _HEADER.size + _U32.size == AUDIO_UP_HEADER_BYTES
-
-_MAX: Final = {"B": 0xFF, "H": 0xFFFF, "I": 0xFFFF_FFFF, "Q": 0xFFFF_FFFF_FFFF_FFFF}
-
-# Variable-length tail fields, in wire order after the fixed little-endian part:
-#   "str16": u16 byte length + UTF-8        "json32": u32 byte length + UTF-8 (JSON text)
-#   "utf8":  rest of the body as UTF-8      "pcm":    rest of the body, even byte count
-#   "marks": rest of the body as WORD_MARK_BYTES records (u32 start_char, end_char,
-#            start_sample, end_sample)
-_TailKind = Literal["str16", "json32", "utf8", "pcm", "marks"]
-_MARK: Final = struct.Struct("<IIII")
-assert _MARK.size == WORD_MARK_BYTES
-
-
-@dataclass(frozen=True, slots=True)
-class _Layout:
-    ftype: FrameType
-    cls: type[Any]
-    fixed: struct.Struct
-    names: tuple[str, ...]  # fixed fields, in order
-    tail: tuple[tuple[str, _TailKind], ...] = ()
-    flag: str | None = None  # bool field carried by flag bit 0x01
-
-    @property
-    def int_limits(self) -> tuple[tuple[str, int | None], ...]:
-        codes = [c for c in self.fixed.format.lstrip("<") if not c.isdigit()]
-        return tuple((n, _MAX.get(c)) for n, c in zip(self.names, codes, strict=True))
-
-
-def _L(t: FrameType, cls: type[Any], fmt: str, names: str = "", **kw: Any) -> _Layout:
-    return _Layout(t, cls, struct.Struct("<" + fmt), tuple(names.split()), **kw)
-
-
-_LAYOUTS: Final = (
-    _L(
-        FrameType.HELLO,
-        Hello,
-        "HHIHI",
-        "min_version max_version sample_rate_hz frame_ms uplink_rate_hz",
-        tail=(("token", "str16"), ("engine", "str16"), ("voice", "str16"), ("options", "json32")),
-    ),
-    _L(FrameType.TEXT, Text, "I", "utterance_id", tail=(("text", "utf8"),), flag="end"),
-    _L(FrameType.INTERRUPT, Interrupt, ""),
-    _L(FrameType.PAUSE, Pause, ""),
-    _L(FrameType.RESUME, Resume, ""),
-    _L(FrameType.PING, Ping, "Q", "nonce"),
-    _L(FrameType.AUDIO_UP, AudioUp, "I", "seq", tail=(("pcm", "pcm"),)),
-    _L(FrameType.GET_STATS, GetStats, ""),
-    _L(
-        FrameType.PLAYED,
-        Played,
-        "HIQQ",
-        "epoch utterance_id samples_played clock_us",
-        flag="final",
-    ),
-    _L(
-        FrameType.WELCOME,
-        Welcome,
-        "H16sIIIIII",
-        "version session_id sample_rate_hz frame_samples uplink_rate_hz max_frame_bytes "
-        "max_text_bytes max_queued_utterances",
-        tail=(("engine", "str16"), ("voice", "str16"), ("info", "json32")),
-    ),
-    _L(
-        FrameType.AUDIO, Audio, "HII", "epoch utterance_id seq", tail=(("pcm", "pcm"),), flag="last"
-    ),
-    _L(FrameType.UTTERANCE_STARTED, UtteranceStarted, "HI", "epoch utterance_id"),
-    _L(
-        FrameType.UTTERANCE_DONE,
-        UtteranceDone,
-        "HIQI",
-        "epoch utterance_id samples_sent chars_spoken",
-    ),
-    _L(
-        FrameType.INTERRUPTED,
-        Interrupted,
-        "HIQII",
-        "epoch utterance_id samples_sent chars_spoken cancelled_utterances",
-        flag="vad",
-    ),
-    _L(FrameType.PAUSED, Paused, ""),
-    _L(FrameType.RESUMED, Resumed, ""),
-    _L(FrameType.PONG, Pong, "QQ", "nonce server_time_ns"),
-    _L(FrameType.ERROR, ErrorFrame, "H", "code", tail=(("message", "utf8"),)),
-    _L(FrameType.SPEECH_STARTED, SpeechStarted, "Q", "uplink_sample"),
-    _L(FrameType.SPEECH_STOPPED, SpeechStopped, "Q", "uplink_sample"),
-    _L(
-        FrameType.TRANSCRIPT,
-        Transcript,
-        "QQ",
-        "start_sample end_sample",
-        tail=(("text", "utf8"),),
-        flag="final",
-    ),
-    _L(FrameType.STATS, Stats, "", tail=(("json", "utf8"),)),
-    _L(FrameType.WORDS, Words, "HI", "epoch utterance_id", tail=(("marks", "marks"),)),
-    _L(FrameType.HEARD, Heard, "HIQI", "epoch utterance_id samples_played chars_heard"),
-    _L(
-        FrameType.BARGE_IN,
-        BargeIn,
-        "BBHIQQ",
-        "outcome reason epoch utterance_id samples_sent uplink_sample",
-        tail=(("text", "utf8"),),
-    ),
-)
-_BY_TYPE: Final[dict[int, _Layout]] = {int(lay.ftype): lay for lay in _LAYOUTS}
-_BY_CLASS: Final[dict[type[Any], _Layout]] = {lay.cls: lay for lay in _LAYOUTS}
-_INT_LIMITS: Final = {lay.cls: lay.int_limits for lay in _LAYOUTS}
-
-FRAME_CLASSES: Final[dict[FrameType, type[Any]]] = {lay.ftype: lay.cls for lay in _LAYOUTS}
-FRAME_TYPES: Final[dict[type[Any], FrameType]] = {lay.cls: lay.ftype for lay in _LAYOUTS}
-assert set(FRAME_CLASSES) == set(FrameType)
-
 # --------------------------------------------------------------------------- encoding
 
 
@@ -243,11 +112,11 @@ def encode(
 
     `packet_audio`: an Audio / AudioUp body is an Opus packet of any length, not whole s16
     samples (the direction negotiated Opus, SPEC §4.6.3)."""
-    layout = _BY_CLASS.get(type(frame))
+    layout = BY_CLASS.get(type(frame))
     if layout is None:
         raise LocalProtocolError(ErrorCode.INTERNAL, f"not a frame: {frame!r}")
     values: list[object] = []
-    for name, limit in _INT_LIMITS[layout.cls]:
+    for name, limit in INT_LIMITS[layout.cls]:
         value = getattr(frame, name)
         if limit is None:  # Welcome.session_id
             if not isinstance(value, bytes) or len(value) != 16:
@@ -281,11 +150,11 @@ def encode(
         if kind == "str16":
             if len(data) > 0xFFFF:
                 raise LocalProtocolError(ErrorCode.MALFORMED, f"{name} longer than 65535 bytes")
-            parts.append(_U16.pack(len(data)))
+            parts.append(U16.pack(len(data)))
         elif kind == "json32":
-            parts.append(_U32.pack(len(data)))
+            parts.append(U32.pack(len(data)))
         parts.append(data)
-    flags = _END if layout.flag is not None and getattr(frame, layout.flag) else 0
+    flags = END if layout.flag is not None and getattr(frame, layout.flag) else 0
     body_len = sum(map(len, parts))
     if LENGTH_PREFIX_BYTES + 2 + body_len > max_frame_bytes:
         raise LocalProtocolError(
@@ -293,7 +162,7 @@ def encode(
             f"{layout.cls.__name__} frame of {FRAME_HEADER_BYTES + body_len} bytes"
             f" > {max_frame_bytes}",
         )
-    parts[0] = _HEADER.pack(2 + body_len, layout.ftype, flags)
+    parts[0] = HEADER.pack(2 + body_len, layout.ftype, flags)
     return b"".join(parts)
 
 
@@ -307,7 +176,7 @@ def _encode_marks(marks: object) -> bytes:
             raise LocalProtocolError(ErrorCode.MALFORMED, f"mark {m!r} out of range")
         if m.end_char < m.start_char or m.end_sample < m.start_sample:
             raise LocalProtocolError(ErrorCode.MALFORMED, f"mark {m!r} ends before it starts")
-        out += _MARK.pack(*fields)
+        out += MARK.pack(*fields)
     return bytes(out)
 
 
@@ -336,7 +205,7 @@ def pack_audio_header_into(
             offset,
             AUDIO_HEADER_BYTES - LENGTH_PREFIX_BYTES + nbytes,
             FrameType.AUDIO,
-            _END if last else 0,
+            END if last else 0,
             epoch,
             utterance_id,
             seq,
@@ -380,7 +249,7 @@ def iter_frames(message: bytes | bytearray | memoryview) -> Iterator[RawFrame]:
     while pos < size:
         if size - pos < FRAME_HEADER_BYTES:
             raise RemoteProtocolError(ErrorCode.MALFORMED, f"{size - pos} bytes of a frame header")
-        (length,) = _PREFIX.unpack_from(data, pos)
+        (length,) = PREFIX.unpack_from(data, pos)
         end = pos + LENGTH_PREFIX_BYTES + length
         if length < 2 or end > size:
             raise RemoteProtocolError(
@@ -393,11 +262,11 @@ def iter_frames(message: bytes | bytearray | memoryview) -> Iterator[RawFrame]:
 # --------------------------------------------------------------------------- decoding
 
 
-def _malformed(layout: _Layout, why: str) -> RemoteProtocolError:
+def _malformed(layout: Layout, why: str) -> RemoteProtocolError:
     return RemoteProtocolError(ErrorCode.MALFORMED, f"{layout.cls.__name__}: {why}")
 
 
-def _decode_utf8(layout: _Layout, name: str, raw: bytes | bytearray) -> str:
+def _decode_utf8(layout: Layout, name: str, raw: bytes | bytearray) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -405,11 +274,11 @@ def _decode_utf8(layout: _Layout, name: str, raw: bytes | bytearray) -> str:
 
 
 def _decode_body(
-    layout: _Layout, buf: bytearray, start: int, end: int, flags: int, packets: bool = False
+    layout: Layout, buf: bytearray, start: int, end: int, flags: int, packets: bool = False
 ) -> Any:
     """Decode the body `buf[start:end]` of a frame of a known type (`packets`: audio bodies
     are Opus packets, of any length)."""
-    if flags & ~(_END if layout.flag is not None else 0):
+    if flags & ~(END if layout.flag is not None else 0):
         raise _malformed(layout, f"reserved flag bits set (0x{flags:02x})")
     size = layout.fixed.size
     if end - start < size or (not layout.tail and end - start != size):
@@ -427,9 +296,9 @@ def _decode_body(
             pos = end
             continue
         if kind == "marks":
-            if (end - pos) % _MARK.size:
-                raise _malformed(layout, f"marks are not whole {_MARK.size}-byte records")
-            marks = tuple(WordMark(*f) for f in _MARK.iter_unpack(bytes(buf[pos:end])))
+            if (end - pos) % MARK.size:
+                raise _malformed(layout, f"marks are not whole {MARK.size}-byte records")
+            marks = tuple(WordMark(*f) for f in MARK.iter_unpack(bytes(buf[pos:end])))
             if any(m.end_char < m.start_char or m.end_sample < m.start_sample for m in marks):
                 raise _malformed(layout, "a mark ends before it starts")
             kwargs[name] = marks
@@ -450,7 +319,7 @@ def _decode_body(
     if pos != end:
         raise _malformed(layout, f"{end - pos} trailing bytes")
     if layout.flag is not None:
-        kwargs[layout.flag] = bool(flags & _END)
+        kwargs[layout.flag] = bool(flags & END)
     if layout.cls is ErrorFrame:
         try:
             kwargs["code"] = ErrorCode(kwargs["code"])
@@ -540,7 +409,7 @@ class Decoder:
             avail = len(buf) - pos
             if avail < LENGTH_PREFIX_BYTES:
                 return None
-            (length,) = _PREFIX.unpack_from(buf, pos)
+            (length,) = PREFIX.unpack_from(buf, pos)
             if length < 2:
                 raise RemoteProtocolError(ErrorCode.MALFORMED, f"frame length {length} < 2")
             if LENGTH_PREFIX_BYTES + length > self.max_frame_bytes:
@@ -561,17 +430,17 @@ class Decoder:
                 )
             if type_ == FrameType.AUDIO:  # the hot path
                 odd = length & 1 and not self.packet_audio
-                if flags & ~_END or odd or length < _MIN_AUDIO_LENGTH:
+                if flags & ~END or odd or length < MIN_AUDIO_LENGTH:
                     frame: Frame | None = _decode_body(
-                        _BY_TYPE[type_], buf, start, end, flags, self.packet_audio
+                        BY_TYPE[type_], buf, start, end, flags, self.packet_audio
                     )
                 else:
-                    epoch, uid, seq = _AUDIO_BODY.unpack_from(buf, start)
+                    epoch, uid, seq = AUDIO_BODY.unpack_from(buf, start)
                     with memoryview(buf) as view:
                         pcm = view[pos + AUDIO_HEADER_BYTES : end].tobytes()
                     frame = Audio(epoch, uid, seq, pcm, bool(flags))
             else:
-                layout = _BY_TYPE.get(type_)
+                layout = BY_TYPE.get(type_)
                 if layout is None:
                     if not type_ & OPTIONAL_TYPE_BIT:
                         raise RemoteProtocolError(
