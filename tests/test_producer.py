@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from duplexd._downlink.producer import PieceMap, UtteranceProducer, audio_headers
 from duplexd._downlink.ring import FrameRing
 from duplexd._downlink.segment import Piece
-from duplexd.engines.base import VoiceKind, voice_kind
+from duplexd.engines.base import Voice, VoiceKind, voice_kind
 from duplexd.engines.tone import ToneEngine
 from duplexd.protocol import frames as fr
 from duplexd.protocol.codec import Decoder, pack_audio_header_into
@@ -48,10 +48,9 @@ def test_headers_are_the_codecs_n_at_a_time(
     assert got.tobytes() == bytes(want)
 
 
-def _producer(ring: FrameRing, kicks: list[int]) -> UtteranceProducer:
-    voice = ToneEngine().open_voice("sine")
+def _producer(ring: FrameRing, kicks: list[int], voice: Voice | None = None) -> UtteranceProducer:
     return UtteranceProducer(
-        voice=voice,
+        voice=voice or ToneEngine().open_voice("sine"),
         ring=ring,
         out_rate_hz=RATE_HZ,
         frame_samples=FRAME_SAMPLES,
@@ -109,10 +108,10 @@ class _PlainVoice:
     """A voice with `synthesize` only (a plugin's simplest)."""
 
     name = "plain"
-    sample_rate_hz = 16_000
+    sample_rate_hz = RATE_HZ  # (no resampling: the frames are exactly its samples)
 
     def synthesize(self, text: str) -> np.ndarray:
-        return np.zeros(160 * len(text), dtype=np.float32)
+        return np.zeros(FRAME_SAMPLES // 2 * len(text), dtype=np.float32)
 
 
 class _StreamingVoice(_PlainVoice):
@@ -130,17 +129,7 @@ def test_what_a_voice_can_do_is_looked_up_once_per_class() -> None:
 
 @pytest.mark.parametrize("voice", [_PlainVoice(), _StreamingVoice()], ids=["plain", "streaming"])
 def test_a_voice_without_word_timing_is_rendered_whole(voice: _PlainVoice) -> None:
-    ring = FrameRing(64, fr.AUDIO_HEADER_BYTES + 1920)
-    producer = UtteranceProducer(
-        voice=voice,
-        ring=ring,
-        out_rate_hz=16_000,
-        frame_samples=320,
-        epoch=0,
-        utterance_id=1,
-        pieces=PieceMap(),
-        cancel=threading.Event(),
-        kick=lambda: None,
-    )
+    ring = FrameRing(64, FRAME_BYTES)
+    producer = _producer(ring, [], voice)
     producer.render(Piece("Hi there.", 0, 9))
-    assert ring.count == 160 * 9 // 320  # whole frames of its audio; the rest waits for more
+    assert ring.count == 9 // 2  # whole frames of its audio (4.5 frames); the rest waits for more

@@ -187,8 +187,7 @@ class UtteranceProducer:
         self.backlog_frames = 0
         self._chunks: Iterator[tuple[FloatAudio, Sequence[WordMark]]] | None = None
         self._piece_in_start = 0  # input samples before the piece in progress
-        self._kind = voice_kind(voice)
-        self._timed = self._kind.timed
+        self._kind = voice_kind(voice)  # (streaming, word-timed)
         # a piece cut mid-sentence: its audio ends this many input samples into the piece
         # (`OPEN_END_TAIL_MS` after its last word), once that word's mark is known
         self._open_end = False  # the piece in progress is such a piece
@@ -218,7 +217,7 @@ class UtteranceProducer:
             self._check_cancel()
             chunks = self._chunks = self._open(piece.text)
             self._piece_in_start = self._in_samples
-            self._open_end = self._timed and _ends_open(piece.text)
+            self._open_end = self._kind.timed and _ends_open(piece.text)
             self._cut_at = None
         try:
             t0 = time.perf_counter()
@@ -246,7 +245,7 @@ class UtteranceProducer:
     def _open(self, text: str) -> Iterator[tuple[FloatAudio, Sequence[WordMark]]]:
         """The piece's chunks and word marks (none from a voice that does not time words)."""
         voice = self._voice
-        if self._timed:
+        if self._kind.timed:
             return cast(WordTimedVoice, voice).synthesize_words(text)
         if self._kind.streaming:  # push each chunk as it comes: earlier audio
             stream = cast(StreamingVoice, voice).synthesize_stream(text)

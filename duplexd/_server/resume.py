@@ -303,6 +303,7 @@ class Resumable:
             await ws.send_message(self._log[offset])
             sent_upto += 1
         self._ws = ws  # live from here on (no await since the last check)
+        self._send_failed_on = None  # (the old connection is not held)
         self._released = trio.Event()
         self._attached.set()
         self.resumes += 1
