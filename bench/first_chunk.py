@@ -42,7 +42,10 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--engine", default="tone")
     args = parser.parse_args()
-    engine = load_engine(args.engine, device="cpu")
+    try:
+        engine = load_engine(args.engine, device="cpu")
+    except LookupError as exc:
+        parser.error(str(exc.args[0]))  # one line, exit 2
     voice = engine.open_voice(engine.default_voice)
     text = burst_text(150, random.Random(1))
     piece = split_text(text)[0]

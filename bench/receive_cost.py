@@ -76,14 +76,24 @@ async def cpu_ms_per_mib(receive_buffer_size: int, messages: int) -> float:
     return result[0]
 
 
+def byte_sizes(text: str) -> list[int]:
+    """`--sizes`: comma-separated whole numbers of bytes."""
+    return [int(size) for size in text.split(",")]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mib", type=int, default=60)
-    parser.add_argument("--sizes", default="4096,16384,65536")
+    parser.add_argument(
+        "--sizes",
+        type=byte_sizes,
+        default=[4096, 16384, 65536],
+        help="comma-separated read sizes in bytes",
+    )
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     for _ in range(args.rounds):
-        for size in (int(s) for s in args.sizes.split(",")):
+        for size in args.sizes:
             ms = trio.run(cpu_ms_per_mib, size, args.mib)
             print(f"receive_buffer_size {size:>7,} B: {ms:6.2f} ms of CPU per MiB received")
 
