@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from duplexd.engines.base import Engine, UnknownVoiceError, Voice
 from duplexd.engines.vits import VitsEngine
@@ -252,6 +254,39 @@ def test_plan_windows_short_piece_is_one_window() -> None:
     assert plan_windows(36, first=24, context=12) == [Window(0, 36, 0, 36)]
     with pytest.raises(ValueError):
         plan_windows(10, first=0)
+
+
+@given(
+    n_frames=st.integers(1, 600),
+    reach=st.lists(st.tuples(st.integers(0, 599), st.integers(1, 12)), max_size=12),
+)
+def test_plan_windows_reach_past_a_pause(n_frames: int, reach: list[tuple[int, int]]) -> None:
+    """A window after the first that holds a word before a pause goes on to where its sound
+    may end (its mark comes with it), growing in steps of 8 frames; the first never grows;
+    the plan still covers everything once, in order."""
+    pairs = sorted((f, min(n_frames, f + extra)) for f, extra in reach if f < n_frames)
+    windows = plan_windows(n_frames, first=24, largest=192, context=12, reach=pairs)
+    assert windows[0].start == 0 and windows[-1].stop == n_frames
+    for a, b in itertools.pairwise(windows):
+        assert a.stop == b.start
+    for w in windows:
+        assert 0 <= w.lo <= w.start < w.stop <= w.hi <= n_frames
+        assert w.start - w.lo >= 12 or w.lo == 0
+        assert w.hi - w.stop >= 12 or w.hi == n_frames
+    for frame, until in pairs:
+        (holder,) = [w for w in windows if w.start <= frame < w.stop]
+        assert holder.stop >= until or holder.start == 0
+    if len(windows) > 1:
+        assert windows[0] == Window(0, 24, 0, 36)
+
+
+def test_plan_windows_grow_in_steps() -> None:
+    # a word starts at frame 60 and may sound on to frame 75: the second window takes 56
+    assert plan_windows(300, reach=[(60, 75)])[1] == Window(24, 80, 12, 92)
+    assert plan_windows(300, reach=[(60, 72)])[1] == Window(24, 72, 12, 84)  # already held
+    assert plan_windows(300, reach=[(72, 75)])[1] == Window(24, 72, 12, 84)  # the next one's
+    # the first window never grows: first audio does not wait for a mark
+    assert plan_windows(300, reach=[(2, 30)])[0] == Window(0, 24, 0, 36)
 
 
 def test_worker_call_runs_alone_in_order() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import logging
 import os
 import threading
@@ -22,7 +23,15 @@ from .model import Scales, Vits
 from .phonemes import MAX_SEQUENCE_PHONEMES, text_to_ids
 from .stream import Window, decode_window, plan_windows
 from .voices import VoiceCatalog, VoiceSpec
-from .words import MarkCursor, TimedIds, sequence_marks, timed_ids
+from .words import (
+    ENVELOPE_MS,
+    TAIL_MAX_MS,
+    MarkCursor,
+    TimedIds,
+    heard_marks,
+    timed_ids,
+    word_spans,
+)
 
 _LOG = logging.getLogger(__name__)
 _WARMUP_TEXT = "Hello, this warms the voice up."
@@ -272,13 +281,16 @@ class VitsEngine:
             raise EngineError("engine is closed")
         cursor = MarkCursor(timed.words)
         offset = 0  # samples of the piece before the sequence
+        tail_max = spec.sample_rate_hz * TAIL_MAX_MS // 1000
+        block = spec.sample_rate_hz * ENVELOPE_MS // 1000
         if self._device.type != "cpu":  # the batched one-shot path is the fast one there
             chunks: list[FloatAudio] = []
             marks: list[WordMark] = []
             for (audio, durations), owners in zip(
                 self._synthesize(spec, timed.sequences), timed.owners, strict=True
             ):
-                marks += cursor.take(sequence_marks(owners, durations, offset))
+                spans = word_spans(owners, durations, tail_max)
+                marks += cursor.take(heard_marks(spans, sorted(spans), audio, block, offset))
                 chunks.append(audio)
                 offset += len(audio)
             marks += cursor.finish()
@@ -286,14 +298,30 @@ class VitsEngine:
                 yield (chunks[0] if len(chunks) == 1 else np.concatenate(chunks)), marks
             return
         with self._models.use(spec.full_name) as lv:  # pinned until the iterator ends
+            hop = lv.model.hop_length
             for ids, owners in zip(timed.sequences, timed.owners, strict=True):
                 z, n_frames, durations = self._worker.call(partial(self._latent, lv, ids)).result()
-                marks = cursor.take(sequence_marks(owners, durations, offset))
-                offset += n_frames * lv.model.hop_length
-                for window in plan_windows(n_frames):
+                spans = word_spans(owners, durations, tail_max)
+                waiting = sorted(spans)  # words whose marks are still to come
+                reach = [(s.start // hop, -(-s.limit // hop)) for s in spans.values()
+                         if s.limit > s.end]  # fmt: skip
+                decoded: list[FloatAudio] = []
+                for window in plan_windows(n_frames, reach=reach):
                     audio = self._worker.call(partial(self._decode, lv, z, window)).result()
-                    yield audio, marks
-                    marks = []
+                    decoded.append(audio)
+                    # the marks of the words whose audio starts in this window come with it;
+                    # a later window reaches far enough for each to know where its sound
+                    # ends (the first: where that audio is there, `plan_windows`)
+                    starts = [spans[w].start for w in waiting]
+                    k = bisect.bisect_left(starts, window.stop * hop)
+                    if window.stop >= n_frames:
+                        k = len(waiting)
+                    ready, waiting = waiting[:k], waiting[k:]
+                    seq_audio = None
+                    if any(spans[w].limit > spans[w].end for w in ready):
+                        seq_audio = np.concatenate(decoded)
+                    yield audio, cursor.take(heard_marks(spans, ready, seq_audio, block, offset))
+                offset += n_frames * hop
             if tail := cursor.finish():
                 yield EMPTY.copy(), tail
 

@@ -12,11 +12,14 @@ early, then doubling up to `MAX_WINDOW_FRAMES` (~2.2 s); each later window is re
 before the audio before it has played. Every window decodes a latent slice of a fixed size
 for its position in the plan (the last window takes extra left context rather than a shorter
 slice), so the same few convolution shapes recur across pieces and the CPU backend's
-per-shape setup (oneDNN primitive creation) is paid once, not per piece.
+per-shape setup (oneDNN primitive creation, ~35 ms) is paid once, not per piece. A later
+window grows (in steps of `REACH_STEP_FRAMES`: a few more shapes) to hold the sound after a
+word before a pause, which its mark needs (`plan_windows`' `reach`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -25,6 +28,7 @@ from torch import Tensor, nn
 CONTEXT_FRAMES: Final = 12
 FIRST_WINDOW_FRAMES: Final = 24
 MAX_WINDOW_FRAMES: Final = 192
+REACH_STEP_FRAMES: Final = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,23 +47,33 @@ def plan_windows(
     first: int = FIRST_WINDOW_FRAMES,
     largest: int = MAX_WINDOW_FRAMES,
     context: int = CONTEXT_FRAMES,
+    reach: Sequence[tuple[int, int]] = (),
 ) -> list[Window]:
     """Windows covering [0, n_frames) in order; each with `context` frames around it, or more.
 
     A piece no longer than `first + context` frames is one window (the one-shot decode).
+    `reach`: (frame, until) pairs, by frame: a later window that holds `frame` goes on at
+    least to `until` (a word before a pause starts at `frame`, and its mark needs the audio up
+    to `until`: `words.sound_end`); it grows in steps of `REACH_STEP_FRAMES`, so that few new
+    decoder shapes arise. The first window never grows: first audio does not wait for a mark
+    (grown, it took 40-64 frames instead of 24 for "Sure, ...", "Honestly, ...").
     """
     if first < 1 or largest < first or context < 0:
         raise ValueError("need 1 <= first <= largest and context >= 0")
     windows: list[Window] = []
     start, size = 0, first
     while start < n_frames:
-        last = n_frames - start <= size + context  # no window of less than `context` after it
-        stop = n_frames if last else start + size
+        grown = size
+        for frame, until in reach if start else ():
+            if start <= frame < start + grown < until:
+                grown += -(-(until - start - grown) // REACH_STEP_FRAMES) * REACH_STEP_FRAMES
+        last = n_frames - start <= grown + context  # no window of less than `context` after it
+        stop = n_frames if last else start + grown
         if start == 0:
             lo, hi = 0, min(n_frames, stop + context)
         elif last:
             hi = n_frames
-            lo = max(0, min(start - context, n_frames - (size + 2 * context)))
+            lo = max(0, min(start - context, n_frames - (grown + 2 * context)))
         else:
             lo, hi = start - context, stop + context
         windows.append(Window(start, stop, lo, hi))

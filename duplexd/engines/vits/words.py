@@ -12,8 +12,13 @@ takes the word of the sound after it; a space or punctuation belongs to no word.
 never go backwards, so each word owns one contiguous run of ids (possibly none: a word espeak
 does not say).
 
+A word's span is its ids' predicted durations, except the end of a word before a pause (or
+at the end of its sequence): the silence id after its last phoneme still holds that phoneme's
+release or decay, so it ends where its sound does in the decoded audio (`sound_end`).
+
 Cost: one espeak call per distinct word (cached), and an alignment linear-ish in the piece's
-phonemes (at most a few hundred), in the synthesis worker thread, once per piece.
+phonemes (at most a few hundred), in the synthesis worker thread, once per piece; per word
+before a pause, an envelope of at most `TAIL_MAX_MS` of audio and of the word.
 """
 
 from __future__ import annotations
@@ -207,21 +212,89 @@ def _give_gaps_to_next_word(
         k = n
 
 
-def sequence_marks(
-    owners: npt.NDArray[np.int32],
-    durations: npt.NDArray[np.int64],
-    offset_samples: int,
-) -> dict[int, tuple[int, int]]:
-    """Sample span (from the piece's start) of every word sounded in one sequence, given the
-    samples each id lasts (`durations`) and where the sequence's audio starts."""
-    ends = np.cumsum(durations) + offset_samples
+# A word before a pause (or at the end of its sequence) does not stop where its last
+# phoneme's id does: the PAD after that id holds the release of a final stop (the /k/ burst of
+# "week.") and the decay of the last sound, then the pause's silence (measured on the joe
+# voice: sound 30-70 ms into it, then ~-70 dB). Such a word ends where its sound has fallen
+# TAIL_TOP_DB below its loudest ENVELOPE_MS block, looked for up to TAIL_MAX_MS past that id.
+TAIL_TOP_DB: Final = 50.0
+TAIL_MAX_MS: Final = 100
+ENVELOPE_MS: Final = 5
+
+
+@dataclass(frozen=True, slots=True)
+class WordSpan:
+    """Samples of one word in its sequence's audio: `[start, end)` by the predicted
+    durations, and `limit` (> `end` only for a word before a pause): how far its sound may
+    go on into the ids after it that belong to no word (see `sound_end`)."""
+
+    start: int
+    end: int
+    limit: int
+
+
+def word_spans(
+    owners: npt.NDArray[np.int32], durations: npt.NDArray[np.int64], tail_max_samples: int
+) -> dict[int, WordSpan]:
+    """The span (from the sequence's first sample) of every word sounded in one sequence,
+    given the samples each id lasts (`durations`)."""
+    ends = np.cumsum(durations)
     starts = ends - durations
-    spans: dict[int, tuple[int, int]] = {}
+    n = len(owners)
+    spans: dict[int, WordSpan] = {}
     present = owners[owners != _NO_WORD]
     for w in np.unique(present).tolist():
         at = np.flatnonzero(owners == w)
-        spans[w] = (int(starts[at[0]]), int(ends[at[-1]]))
+        first, last = int(at[0]), int(at[-1])
+        start, end = int(starts[first]), int(ends[last])
+        after = last + 1
+        while after < n and owners[after] == _NO_WORD:
+            after += 1
+        limit = min(int(ends[after - 1]), end + tail_max_samples) if after > last + 1 else end
+        spans[w] = WordSpan(start, end, limit)
     return spans
+
+
+def sound_end(audio: npt.NDArray[np.float32], span: WordSpan, block: int) -> int:
+    """Where the word of `span` stops sounding in `audio` (its sequence's, decoded at least up
+    to `span.limit`): the end of the last `block`-sample block of `[end, limit)` whose level
+    is within `TAIL_TOP_DB` of the word's loudest block; `span.end` when none is."""
+    start, end, limit = span.start, span.end, span.limit
+    if limit <= end or end <= start:
+        return end
+    word = audio[start:end].astype(np.float64)
+    whole = len(word) // block * block
+    loudest = (word[:whole].reshape(-1, block) ** 2).mean(axis=1).max() if whole else 0.0
+    loudest = max(loudest, float((word**2).mean()))
+    tail = audio[end:limit].astype(np.float64)
+    blocks = -(-len(tail) // block)
+    padded = np.zeros(blocks * block)
+    padded[: len(tail)] = tail**2
+    level = padded.reshape(blocks, block).sum(axis=1) / np.minimum(
+        block, len(tail) - np.arange(blocks) * block
+    )
+    loud = np.flatnonzero(level >= loudest * 10 ** (-TAIL_TOP_DB / 10))
+    return end if not loud.size else min(limit, end + (int(loud[-1]) + 1) * block)
+
+
+def heard_marks(
+    spans: Mapping[int, WordSpan],
+    words: Sequence[int],
+    audio: npt.NDArray[np.float32] | None,
+    block: int,
+    offset_samples: int,
+) -> dict[int, tuple[int, int]]:
+    """`MarkCursor.take`'s spans for `words` (keys of `spans`, in order), moved by
+    `offset_samples` (where the sequence's audio starts in the piece); a word before a pause
+    ends where its sound does (`sound_end`) when `audio` (the sequence's, decoded so far)
+    reaches its limit, else where its last id does."""
+    out: dict[int, tuple[int, int]] = {}
+    for w in words:
+        span = spans[w]
+        known = audio is not None and len(audio) >= span.limit
+        end = sound_end(audio, span, block) if known and audio is not None else span.end
+        out[w] = (span.start + offset_samples, end + offset_samples)
+    return out
 
 
 class MarkCursor:
