@@ -361,8 +361,9 @@ def test_vits_marks_against_the_audio_and_a_listener() -> None:
 
     figures = measure(synthesize_all(SENTENCES[:6]), listener_every=2)
     assert figures["hmm"]["sentences_not_comparable"] == 0, figures
-    # all 16: 0.587 before words met, 0.885 before words ended where their sound does
-    assert figures["hmm"]["within_40ms"] >= 0.88, figures
+    # the goal: within 40 ms for 90 % (these six: 0.924; all 16: 0.934, 0.587 before
+    # words met, 0.885 before words ended where their sound does)
+    assert figures["hmm"]["within_40ms"] >= 0.90, figures
     assert figures["hmm"]["median_abs_ms"] <= 25, figures
     assert figures["listener"]["within_one_word"] >= 0.95, figures
     assert figures["pauses"]["median_abs_ms"] <= 40, figures
