@@ -294,6 +294,9 @@ def test_a_word_before_a_pause_ends_where_its_sound_does() -> None:
     quiet = audio.copy()
     quiet[end:] *= 10 ** (-(TAIL_TOP_DB + 10) / 20)  # the burst far below the word
     assert sound_end(quiet, span, block) == end
+    silent = np.zeros_like(audio)
+    silent[end:] = audio[end:]
+    assert sound_end(silent, span, block) == end  # nothing to fall from
 
 
 @pytest.mark.integration

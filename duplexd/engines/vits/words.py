@@ -266,6 +266,8 @@ def sound_end(audio: npt.NDArray[np.float32], span: WordSpan, block: int) -> int
     whole = len(word) // block * block
     loudest = (word[:whole].reshape(-1, block) ** 2).mean(axis=1).max() if whole else 0.0
     loudest = max(loudest, float((word**2).mean()))
+    if loudest <= 0.0:
+        return end  # a word of digital silence: nothing to follow
     tail = audio[end:limit].astype(np.float64)
     blocks = -(-len(tail) // block)
     padded = np.zeros(blocks * block)
