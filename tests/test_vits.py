@@ -289,6 +289,17 @@ def test_plan_windows_grow_in_steps() -> None:
     assert plan_windows(300, reach=[(2, 30)])[0] == Window(0, 24, 0, 36)
 
 
+def test_standard_slices_are_what_the_plan_decodes() -> None:
+    """The warm-up decodes these sizes: they are the slices of long pieces' windows."""
+    from duplexd.engines.vits.stream import standard_slices
+
+    assert standard_slices() == [36, 72, 120, 216]
+    for n_frames in (100, 500, 2000):
+        for w in plan_windows(n_frames):
+            if (w.lo, w.hi) != (0, n_frames):  # (a last window that takes the whole latent)
+                assert w.hi - w.lo in standard_slices()
+
+
 def test_worker_call_runs_alone_in_order() -> None:
     seen: list[str] = []
 

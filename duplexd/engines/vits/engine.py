@@ -21,7 +21,7 @@ from .load import load_vits
 from .manager import ModelManager
 from .model import Scales, Vits
 from .phonemes import MAX_SEQUENCE_PHONEMES, text_to_ids
-from .stream import Window, decode_window, plan_windows
+from .stream import Window, decode_window, plan_windows, standard_slices
 from .voices import VoiceCatalog, VoiceSpec
 from .words import (
     ENVELOPE_MS,
@@ -253,7 +253,18 @@ class VitsEngine:
             if self._worker.max_batch > 1:
                 for fut in [self._worker.submit(lv, ids) for _ in range(2)]:
                     fut.result()
+            if self._device.type == "cpu":  # and the windowed decoder's (`_synthesize_words`)
+                self._worker.call(partial(self._warm_windows, lv, ids)).result()
         return lv
+
+    def _warm_windows(self, lv: LoadedVoice, ids: Sequence[int]) -> None:
+        """Inference thread: decode a slice of every size the standard window plan uses
+        (`stream.standard_slices`), so that a session's first utterance does not pay the CPU
+        backend's per-shape setup (~35 ms a shape, the first window's included)."""
+        z, _n, _durations = self._latent(lv, ids)
+        for frames in standard_slices():
+            whole = z.repeat(1, 1, -(-frames // z.shape[-1]))[:, :, :frames]
+            self._decode(lv, whole, Window(0, frames, 0, frames))
 
     def _unload(self, lv: LoadedVoice) -> None:
         del lv.model

@@ -81,6 +81,22 @@ def plan_windows(
     return windows
 
 
+def standard_slices(
+    *,
+    first: int = FIRST_WINDOW_FRAMES,
+    largest: int = MAX_WINDOW_FRAMES,
+    context: int = CONTEXT_FRAMES,
+) -> list[int]:
+    """The latent slice sizes, in frames, that `plan_windows` decodes for pieces longer than
+    one window with no `reach`: the first window's, then each later size's (with context on
+    both sides). (Grown windows and the one-window pieces add sizes of their own.)"""
+    sizes, size = [first + context], first
+    while size < largest:
+        size = min(2 * size, largest)
+        sizes.append(size + 2 * context)
+    return sizes
+
+
 def decode_window(dec: nn.Module, z: Tensor, window: Window, hop: int) -> Tensor:
     """Audio (L,) of `window` from the latent `z` (1, C, T) of one item."""
     audio: Tensor = dec(z[:, :, window.lo : window.hi])[0, 0]
