@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 import trio
 from harness import no_collection_pauses
-from trio_websocket import ConnectionClosed, open_websocket_url
+from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
 
 from bench.daemon import duplexd_argv, start_server
 from duplexd.client.session import open_session
@@ -84,7 +84,36 @@ async def bystander(url: str, gaps: list[float], errors: list[str]) -> None:
         errors.append(f"{type(exc).__name__}: {exc}")
 
 
+def retry_after_s(exc: BaseException) -> float | None:
+    """The Retry-After of the HTTP 429 that refused an upgrade (`exc` may be an exception group
+    around it), or None for any other error."""
+    if isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        return retry_after_s(exc.exceptions[0])
+    if isinstance(exc, ConnectionRejected) and exc.status_code == 429:
+        return next((float(v) for k, v in exc.headers or () if k == b"retry-after"), 1.0)
+    return None
+
+
 async def attacker(
+    url: str, attack: bytes | str, answers: list[str], reading: trio.CancelScope
+) -> None:
+    """`attack_once`, as a persistent client makes it: every attack comes from this
+    machine's address to one daemon, and the debt one leaves (SPEC.md §10) refuses the next
+    for a second or so (HTTP 429, Retry-After), longer on a slow machine; it waits that out."""
+    for _ in range(20):
+        try:
+            await attack_once(url, attack, answers, reading)
+            return
+        except BaseException as exc:
+            wait_s = retry_after_s(exc)
+            if wait_s is None:
+                raise
+        answers.append(f"429, retried after {wait_s:g} s")
+        await trio.sleep(wait_s)
+    raise AssertionError(f"refused 20 times: {answers}")
+
+
+async def attack_once(
     url: str, attack: bytes | str, answers: list[str], reading: trio.CancelScope
 ) -> None:
     """Send `attack`, then read until the daemon closes the connection or `reading` is
