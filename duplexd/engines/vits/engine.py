@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import bisect
 import logging
 import os
 import threading
@@ -23,15 +22,7 @@ from .model import Scales, Vits
 from .phonemes import MAX_SEQUENCE_PHONEMES, text_to_ids
 from .stream import Window, decode_window, plan_windows, standard_slices
 from .voices import VoiceCatalog, VoiceSpec
-from .words import (
-    ENVELOPE_MS,
-    TAIL_MAX_MS,
-    MarkCursor,
-    TimedIds,
-    heard_marks,
-    timed_ids,
-    word_spans,
-)
+from .words import MarkCursor, SequenceMarks, TimedIds, timed_ids
 
 _LOG = logging.getLogger(__name__)
 _WARMUP_TEXT = "Hello, this warms the voice up."
@@ -292,16 +283,15 @@ class VitsEngine:
             raise EngineError("engine is closed")
         cursor = MarkCursor(timed.words)
         offset = 0  # samples of the piece before the sequence
-        tail_max = spec.sample_rate_hz * TAIL_MAX_MS // 1000
-        block = spec.sample_rate_hz * ENVELOPE_MS // 1000
+        rate = spec.sample_rate_hz
         if self._device.type != "cpu":  # the batched one-shot path is the fast one there
             chunks: list[FloatAudio] = []
             marks: list[WordMark] = []
             for (audio, durations), owners in zip(
                 self._synthesize(spec, timed.sequences), timed.owners, strict=True
             ):
-                spans = word_spans(owners, durations, tail_max)
-                marks += cursor.take(heard_marks(spans, sorted(spans), audio, block, offset))
+                spans = SequenceMarks(owners, durations, rate, offset).add(audio, last=True)
+                marks += cursor.take(spans)
                 chunks.append(audio)
                 offset += len(audio)
             marks += cursor.finish()
@@ -312,26 +302,14 @@ class VitsEngine:
             hop = lv.model.hop_length
             for ids, owners in zip(timed.sequences, timed.owners, strict=True):
                 z, n_frames, durations = self._worker.call(partial(self._latent, lv, ids)).result()
-                spans = word_spans(owners, durations, tail_max)
-                waiting = sorted(spans)  # words whose marks are still to come
-                reach = [(s.start // hop, -(-s.limit // hop)) for s in spans.values()
-                         if s.limit > s.end]  # fmt: skip
-                decoded: list[FloatAudio] = []
-                for window in plan_windows(n_frames, reach=reach):
+                words = SequenceMarks(owners, durations, rate, offset)
+                for window in plan_windows(n_frames, reach=words.reach(hop)):
                     audio = self._worker.call(partial(self._decode, lv, z, window)).result()
-                    decoded.append(audio)
-                    # the marks of the words whose audio starts in this window come with it;
-                    # a later window reaches far enough for each to know where its sound
-                    # ends (the first: where that audio is there, `plan_windows`)
-                    starts = [spans[w].start for w in waiting]
-                    k = bisect.bisect_left(starts, window.stop * hop)
-                    if window.stop >= n_frames:
-                        k = len(waiting)
-                    ready, waiting = waiting[:k], waiting[k:]
-                    seq_audio = None
-                    if any(spans[w].limit > spans[w].end for w in ready):
-                        seq_audio = np.concatenate(decoded)
-                    yield audio, cursor.take(heard_marks(spans, ready, seq_audio, block, offset))
+                    # the marks of the words whose audio starts in this window come with it
+                    # (a later window reaches far enough for each to know where its sound
+                    # ends; the first one does not wait for that: `plan_windows`)
+                    spans = words.add(audio, last=window.stop >= n_frames)
+                    yield audio, cursor.take(spans)
                 offset += n_frames * hop
             if tail := cursor.finish():
                 yield EMPTY.copy(), tail

@@ -23,6 +23,7 @@ before a pause, an envelope of at most `TAIL_MAX_MS` of audio and of the word.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import unicodedata
 from collections.abc import Mapping, Sequence
@@ -279,24 +280,57 @@ def sound_end(audio: npt.NDArray[np.float32], span: WordSpan, block: int) -> int
     return end if not loud.size else min(limit, end + (int(loud[-1]) + 1) * block)
 
 
-def heard_marks(
-    spans: Mapping[int, WordSpan],
-    words: Sequence[int],
-    audio: npt.NDArray[np.float32] | None,
-    block: int,
-    offset_samples: int,
-) -> dict[int, tuple[int, int]]:
-    """`MarkCursor.take`'s spans for `words` (keys of `spans`, in order), moved by
-    `offset_samples` (where the sequence's audio starts in the piece); a word before a pause
-    ends where its sound does (`sound_end`) when `audio` (the sequence's, decoded so far)
-    reaches its limit, else where its last id does."""
-    out: dict[int, tuple[int, int]] = {}
-    for w in words:
-        span = spans[w]
-        known = audio is not None and len(audio) >= span.limit
-        end = sound_end(audio, span, block) if known and audio is not None else span.end
-        out[w] = (span.start + offset_samples, end + offset_samples)
-    return out
+class SequenceMarks:
+    """The spans of one sequence's words as its audio is decoded, for `MarkCursor.take`: a
+    word's span comes once the audio it starts in is there (`add`), moved by where the
+    sequence starts in the piece; a word before a pause ends where its sound does
+    (`sound_end`) if the audio up to its limit is there too, else where its last id does."""
+
+    def __init__(
+        self,
+        owners: npt.NDArray[np.int32],
+        durations: npt.NDArray[np.int64],
+        rate_hz: int,
+        offset_samples: int,
+    ) -> None:
+        self._spans = word_spans(owners, durations, rate_hz * TAIL_MAX_MS // 1000)
+        self._block = rate_hz * ENVELOPE_MS // 1000
+        self._offset = offset_samples
+        self._waiting = sorted(self._spans)  # words whose spans are still to come
+        self._decoded: list[npt.NDArray[np.float32]] = []
+        self._samples = 0
+
+    def reach(self, hop: int) -> list[tuple[int, int]]:
+        """`stream.plan_windows`' `reach`: for each word before a pause, the frame it starts
+        in and the frame its limit lies in (`hop` samples a frame)."""
+        spans = self._spans.values()
+        return [(s.start // hop, -(-s.limit // hop)) for s in spans if s.limit > s.end]
+
+    def add(self, audio: npt.NDArray[np.float32], *, last: bool) -> dict[int, tuple[int, int]]:
+        """Take the sequence's next decoded audio; return the spans of the words whose audio
+        starts in what has been decoded (every word left when `last`)."""
+        self._decoded.append(audio)
+        self._samples += len(audio)
+        spans, waiting = self._spans, self._waiting
+        k = len(waiting)
+        if not last:
+            k = bisect.bisect_left([spans[w].start for w in waiting], self._samples)
+        ready, self._waiting = waiting[:k], waiting[k:]
+        whole = None
+        out: dict[int, tuple[int, int]] = {}
+        for w in ready:
+            span = spans[w]
+            end = span.end
+            if span.end < span.limit <= self._samples:
+                if whole is None:
+                    whole = (
+                        self._decoded[0]
+                        if len(self._decoded) == 1
+                        else np.concatenate(self._decoded)
+                    )
+                end = sound_end(whole, span, self._block)
+            out[w] = (span.start + self._offset, end + self._offset)
+        return out
 
 
 class MarkCursor:
