@@ -29,6 +29,7 @@ from prometheus_client.registry import Collector
 from .._version import __version__
 from ..engines.registry import EngineSet
 from ..protocol.frames import ErrorCode
+from .collector import GarbagePolicy
 from .metrics import (
     DownlinkCounters,
     Histogram,
@@ -119,9 +120,12 @@ class DaemonMetrics(Collector):
     """The daemon's metrics. `attach(daemon)` once it listens; `session_closed` as each
     session ends (pass it to `serve_duplexd(on_session_closed=...)`)."""
 
-    def __init__(self, ready: Callable[[], bool] = lambda: False) -> None:
+    def __init__(
+        self, ready: Callable[[], bool] = lambda: False, garbage: GarbagePolicy | None = None
+    ) -> None:
         self.daemon: MeteredDaemon | None = None
         self._ready = ready
+        self._garbage = garbage
         self._totals = _Totals()
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
@@ -258,6 +262,7 @@ class DaemonMetrics(Collector):
             "how late those wake-ups were, in total",
             value=pacer.stall_s if pacer is not None else 0.0,
         )
+        yield from self._gc()
         yield CounterMetricFamily(
             "duplexd_engine_compute_seconds", "engine time spent synthesizing", value=engine_s
         )
@@ -270,6 +275,30 @@ class DaemonMetrics(Collector):
             engine_s / audio_s if audio_s > 0 else 0.0,
         )
         yield from self._batches()
+
+    def _gc(self) -> Iterable[Metric]:
+        """The garbage collector's full collections and sweeps (`duplexd._ops.collector`):
+        each stalls the event loop."""
+        if self._garbage is None:
+            return
+        g = self._garbage.stats()
+        yield CounterMetricFamily(
+            "duplexd_gc_full_collections",
+            "full garbage collections (each stalls the event loop; survivors are frozen)",
+            value=g.full_collections,
+        )
+        yield CounterMetricFamily(
+            "duplexd_gc_full_collection_seconds",
+            "time those full collections took, in total",
+            value=g.full_collection_s,
+        )
+        yield CounterMetricFamily(
+            "duplexd_gc_sweeps", "sweeps of the frozen objects (full stalls)", value=g.sweeps
+        )
+        yield CounterMetricFamily(
+            "duplexd_gc_sweep_seconds", "time those sweeps took, in total", value=g.sweep_s
+        )
+        yield _gauge("duplexd_gc_frozen_objects", "objects out of the collector's reach", g.frozen)
 
     def _batches(self) -> Iterable[Metric]:
         daemon = self.daemon

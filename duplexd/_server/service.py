@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import enum
 import errno
-import gc
 import logging
 import signal
 import socket
@@ -34,6 +33,7 @@ import attrs
 import trio
 
 from .._ops.auth import AuthConfigError, Authenticator, AuthError
+from .._ops.collector import GarbagePolicy
 from .._ops.demo import DemoPage
 from .._ops.http import Request, Response, serve_http
 from .._ops.logs import configure_logging
@@ -138,7 +138,9 @@ class Service:
         self.phase = Phase.STARTING
         self.daemon: Daemon | None = None
         self.http_port: int | None = None
-        self.metrics = DaemonMetrics(ready=lambda: self.readiness()[0])
+        # the daemon's own process (it loads its models) keeps full collections short
+        self._garbage = GarbagePolicy() if engines is None else None
+        self.metrics = DaemonMetrics(ready=lambda: self.readiness()[0], garbage=self._garbage)
         self._demo: DemoPage | None = None  # the browser page, once the daemon listens
         self._stop = trio.Event()
         self._all_closed = trio.Event()  # set when the last session closes while draining
@@ -203,6 +205,8 @@ class Service:
                 await self._serve(task_status)
         finally:
             self.phase = Phase.STOPPED
+            if self._garbage is not None:
+                self._garbage.close()
             if self._owns_engines and self._engines is not None:
                 self._engines.close()
             if self._tracer is not None:
@@ -242,6 +246,9 @@ class Service:
             self.notifier.status("loading the model")
             engines = await self._load_engines()
             uplink_services = await self._uplink()
+            if self._garbage is not None:  # every model is loaded: freeze them, and more
+                self._garbage.install()
+                nursery.start_soon(self._garbage.run)
             daemon: Daemon = await nursery.start(
                 partial(
                     serve_duplexd,
@@ -307,11 +314,6 @@ class Service:
             return EngineSet.of(engine)
 
         self._engines = await trio.to_thread.run_sync(load)
-        # Models, modules and their tens of thousands of objects live as long as the process:
-        # move them out of the collector's reach, so a full collection (which stalls the pacer)
-        # scans only what sessions create (figures: bench/results/README.md).
-        gc.collect()
-        gc.freeze()
         engine = self._engines.get("")
         log.info(
             "engine ready",

@@ -1,0 +1,170 @@
+"""Python's cyclic garbage collector, kept from stalling the pacer: the process's one policy.
+
+CPython's full collection (generation 2) walks every object the collector tracks, holding the
+GIL, so it stalls the event loop (the pacer, every session) for as long as that takes. On the
+project's 2-core VM that is about 1 µs per object: their references are scattered in memory.
+With 50 playing sessions and the uplink's models loaded, 15-20 ms; with 300 connections that
+hostile clients hold open, 70-150 ms. The collector starts one by itself every few seconds
+while connections come and go, and what it walks is mostly what lives long: the models, the
+modules, every session and connection alive (`python -m bench --attack`, bench/results/README.md).
+
+So `GarbagePolicy.install` (once every model is loaded, before serving):
+
+- freezes everything alive then (`gc.freeze`: never walked again);
+- after every full collection the collector makes on its own, freezes its survivors too: the
+  next one walks only what was made since, not every session alive;
+- objects freed by reference counting are freed frozen or not (nearly all of a session's). A
+  reference cycle that becomes garbage after it was frozen waits for a sweep (`sweep`:
+  unfreeze, collect everything, freeze again). `run` sweeps once the frozen set has grown to
+  `SWEEP_GROWTH` times what the last sweep left, at most every `SWEEP_MIN_INTERVAL_S`: a sweep
+  stalls the loop as the collector's own full collections did, and it is logged and counted.
+  That bounds what garbage waiting in the frozen set costs in memory.
+
+`stats` counts for /metrics: full collections and their seconds, sweeps and their seconds,
+frozen objects. `close` undoes it all (tests run several daemons in one process).
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Final
+
+import trio
+
+log = logging.getLogger("duplexd.gc")
+
+SWEEP_GROWTH: Final = 2.0  # sweep once the frozen set is this many times what a sweep left
+SWEEP_MIN_OBJECTS: Final = 50_000  # ... and has grown by at least this many objects
+SWEEP_MIN_INTERVAL_S: Final = 60.0  # never sweep more often than this
+CHECK_INTERVAL_S: Final = 5.0  # how often `run` looks at the frozen set
+
+
+@dataclass
+class GcStats:
+    """What the policy counted since `install`."""
+
+    full_collections: int = 0  # the collector's own full collections (survivors frozen)
+    full_collection_s: float = 0.0  # ... their total duration
+    longest_s: float = 0.0  # the longest of them
+    sweeps: int = 0  # sweeps of the frozen set
+    sweep_s: float = 0.0  # ... their total duration
+    collected: int = 0  # objects the sweeps found to be garbage
+    frozen: int = 0  # objects frozen now
+
+
+class GarbagePolicy:
+    """Freeze what survives, sweep the frozen set now and then (module docstring). One per
+    process at a time; `install` and `close` on the trio thread."""
+
+    def __init__(
+        self,
+        *,
+        growth: float = SWEEP_GROWTH,
+        min_objects: int = SWEEP_MIN_OBJECTS,
+        min_interval_s: float = SWEEP_MIN_INTERVAL_S,
+    ) -> None:
+        self.growth = growth
+        self.min_objects = min_objects
+        self.min_interval_s = min_interval_s
+        self._stats = GcStats()
+        self._installed = False
+        self._started: float | None = None  # perf_counter() when a full collection began
+        self._left = 0  # the frozen set's size after install or the last sweep
+        self._last_sweep = 0.0  # trio.current_time() of install or the last sweep
+
+    def install(self) -> None:
+        """Collect, freeze everything alive, and freeze the survivors of every full
+        collection from now on. Stalls the loop once, for one full collection."""
+        if self._installed:
+            return
+        gc.collect()
+        gc.freeze()
+        gc.callbacks.append(self._on_collection)
+        self._installed = True
+        self._left = gc.get_freeze_count()
+        self._last_sweep = trio.current_time()
+
+    def close(self) -> None:
+        """Stop freezing and hand the frozen set back to the collector."""
+        if not self._installed:
+            return
+        gc.callbacks.remove(self._on_collection)
+        gc.unfreeze()
+        self._installed = False
+
+    def _on_collection(self, phase: str, info: dict[str, Any]) -> None:
+        """gc callback: time each full collection, and freeze its survivors."""
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        if self._started is None:
+            return
+        took = time.perf_counter() - self._started
+        self._started = None
+        s = self._stats
+        s.full_collections += 1
+        s.full_collection_s += took
+        s.longest_s = max(s.longest_s, took)
+        gc.freeze()
+
+    def due(self, now: float, frozen: int) -> bool:
+        """Whether a sweep is due at trio time `now` with `frozen` objects frozen."""
+        if now - self._last_sweep < self.min_interval_s:
+            return False
+        return frozen >= max(self._left * self.growth, self._left + self.min_objects)
+
+    def sweep(self) -> int:
+        """Unfreeze, collect everything, freeze again: the garbage the frozen set held (a
+        full stall of the loop). Returns how many objects were garbage."""
+        before = gc.get_freeze_count()
+        started = time.perf_counter()
+        gc.callbacks.remove(self._on_collection)  # (this one is not the collector's own)
+        try:
+            gc.unfreeze()
+            collected = gc.collect()
+            gc.freeze()
+        finally:
+            gc.callbacks.append(self._on_collection)
+        took = time.perf_counter() - started
+        self._left = gc.get_freeze_count()
+        self._last_sweep = trio.current_time()
+        s = self._stats
+        s.sweeps += 1
+        s.sweep_s += took
+        s.collected += collected
+        log.info(
+            "garbage swept",
+            extra={
+                "frozen_before": before,
+                "frozen_after": self._left,
+                "collected": collected,
+                "pause_ms": round(took * 1000, 1),
+            },
+        )
+        return collected
+
+    async def run(self) -> None:
+        """Sweep when due (`due`), checking every `CHECK_INTERVAL_S`, until cancelled.
+        Cancellation leaves nothing behind (a sweep is not interrupted: it has no await)."""
+        while True:
+            await trio.sleep(CHECK_INTERVAL_S)
+            if self._installed and self.due(trio.current_time(), gc.get_freeze_count()):
+                self.sweep()
+
+    def stats(self) -> GcStats:
+        """A copy of the counts, with the frozen set's size now."""
+        s = self._stats
+        return GcStats(
+            s.full_collections,
+            s.full_collection_s,
+            s.longest_s,
+            s.sweeps,
+            s.sweep_s,
+            s.collected,
+            gc.get_freeze_count() if self._installed else 0,
+        )

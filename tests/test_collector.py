@@ -1,0 +1,127 @@
+"""The garbage-collection policy (`duplexd._ops.collector`): what the collector walks, and when
+the frozen set is swept."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+from collections.abc import Iterator
+
+import pytest
+import trio
+import trio.testing
+
+from duplexd._ops import collector
+from duplexd._ops.collector import GarbagePolicy
+
+
+class Node:
+    """A reference cycle of one object (weakrefs tell when it is freed)."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+class Leaf:
+    """An object in no cycle."""
+
+
+@pytest.fixture
+def policy() -> Iterator[GarbagePolicy]:
+    p = GarbagePolicy(growth=2.0, min_objects=10, min_interval_s=60.0)
+    try:
+        yield p
+    finally:
+        p.close()
+    assert gc.get_freeze_count() == 0
+
+
+async def test_survivors_of_a_full_collection_are_frozen(policy: GarbagePolicy) -> None:
+    policy.install()
+    frozen = gc.get_freeze_count()
+    assert frozen > 0 and len(gc.get_objects(2)) < 1000  # all alive then: out of reach
+    alive = [Node() for _ in range(100)]
+    gc.collect()  # (as the collector's own would: survivors frozen by the callback)
+    assert gc.get_freeze_count() >= frozen + 100
+    assert not any(any(a is o for o in gc.get_objects()) for a in alive[:3])
+    g = policy.stats()
+    assert g.full_collections == 1 and g.longest_s == g.full_collection_s > 0
+    assert g.frozen == gc.get_freeze_count()
+
+
+async def test_garbage_frozen_is_freed_by_refcount_or_by_a_sweep(
+    policy: GarbagePolicy,
+) -> None:
+    policy.install()
+    plain, cycle = [Leaf()], Node()
+    gc.collect()  # both frozen
+    dead_plain, dead_cycle = weakref.ref(plain[0]), weakref.ref(cycle)
+    del plain, cycle
+    assert dead_plain() is None  # reference counting frees a frozen object at once
+    gc.collect()
+    assert dead_cycle() is not None  # a frozen cycle waits ...
+    assert policy.sweep() >= 1  # ... for a sweep
+    assert dead_cycle() is None
+    g = policy.stats()
+    assert g.sweeps == 1 and g.collected >= 1 and g.sweep_s > 0
+    assert g.full_collections == 2  # the two above; the sweep is not counted as one
+
+
+async def test_close_hands_everything_back(policy: GarbagePolicy) -> None:
+    policy.install()
+    cycle = Node()
+    gc.collect()
+    dead = weakref.ref(cycle)
+    del cycle
+    policy.close()
+    assert gc.get_freeze_count() == 0
+    gc.collect()
+    assert dead() is None
+    assert policy.stats().frozen == 0
+
+
+def test_a_sweep_is_due_when_the_frozen_set_has_doubled_and_time_has_passed() -> None:
+    p = GarbagePolicy(growth=2.0, min_objects=50_000, min_interval_s=60.0)
+    p._left, p._last_sweep = 100_000, 0.0
+    assert not p.due(59.9, 10**9)  # too soon, however much was frozen
+    assert not p.due(60.0, 199_999)
+    assert p.due(60.0, 200_000)
+    p._left = 10_000  # a small set: it must also grow by `min_objects`
+    assert not p.due(600.0, 59_999)
+    assert p.due(600.0, 60_000)
+
+
+async def test_run_sweeps_when_due_on_its_checks(
+    policy: GarbagePolicy, autojump_clock: trio.testing.MockClock
+) -> None:
+    swept: list[float] = []
+    policy.install()
+    policy.sweep = lambda: swept.append(trio.current_time()) or 0  # type: ignore[method-assign]
+    left = policy._left
+    keep = [Node() for _ in range(max(left, policy.min_objects))]  # the frozen set doubles
+    gc.collect()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(policy.run)
+        await trio.sleep(61.0)
+        nursery.cancel_scope.cancel()
+    # checks every CHECK_INTERVAL_S from install (time 0): the first at min_interval_s sweeps
+    assert collector.CHECK_INTERVAL_S == 5.0 and swept == [60.0]
+    del keep
+
+
+def test_a_histograms_buckets_are_nothing_the_collector_walks() -> None:
+    # every session keeps several histograms of 1,000-4,000 buckets: as a list, each slot
+    # would be a reference every full collection walks (the session's share of a stall)
+    from duplexd._ops.metrics import (
+        Histogram,
+        barge_in_histogram,
+        first_audio_histogram,
+        interrupt_histogram,
+        pacing_histogram,
+    )
+
+    for h in (Histogram(), pacing_histogram(), first_audio_histogram(), interrupt_histogram(),
+              barge_in_histogram()):  # fmt: skip
+        assert len(gc.get_referents(h._counts)) <= 1  # (an array refers to its type only)
+        h.record(0.001)
+        assert sum(h._counts) == 1
