@@ -9,12 +9,14 @@ nursery's `child_tasks`) every `INTERVAL_S` and writes the count to PATH (replac
 atomically), as JSON: {"tasks": N, "gc_collections": [gen0, gen1, gen2]} (the garbage
 collector's runs so far: dead sessions are reference cycles, freed by it). The count includes
 trio's system tasks, this task and its parent: a constant offset, the same before and after.
-When the file PATH.collect appears, the task runs a full collection (`gc.collect()`), removes
+When the file PATH.collect appears, the task runs a full collection of everything, the frozen
+set included (as the daemon's own sweep does: `duplexd._ops.collector`), removes
 it and counts it in the report (`forced_collections`, `forced_collected`): the soak asks for
 one before its settled samples, so that they compare what is kept, not what waits for the
 collector. `--objects` adds, every
 `OBJECTS_INTERVAL_S`, the objects the garbage collector tracks (`gc.get_objects()`: the
-service freezes what it loaded at start, so these are what was made since) and the most common
+service freezes what it loaded at start and what survives each full collection, so these are
+what was made since the last one) and the most common
 types among them: {"tasks": N, "objects": M, "top": {type: count}}. Counting them holds the
 event loop for a few milliseconds: a diagnostic, not for timing runs.
 """
@@ -83,7 +85,12 @@ async def report_tasks(path: str, objects: bool) -> None:
     while True:
         if _take_request(f"{path}.collect"):  # asked for: a full collection, now
             t0 = time.perf_counter()
+            # everything, the frozen set included: the daemon freezes what survives each full
+            # collection (duplexd/_ops/collector.py), so a plain gc.collect() would leave the
+            # cycles that died frozen waiting for the daemon's own sweep
+            gc.unfreeze()
             report["forced_collected"] = gc.collect()
+            gc.freeze()
             report["forced_collection_ms"] = round((time.perf_counter() - t0) * 1e3, 1)
             report["forced_collections"] += 1
             next_objects = 0.0  # count them again at once
