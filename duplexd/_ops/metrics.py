@@ -39,8 +39,8 @@ class Histogram:
         self.bucket_s = bucket_s
         self.buckets = buckets
         self._inv_bucket = 1 / bucket_s
-        # an array of machine ints, not a list: it holds no references, so the cyclic garbage
-        # collector never walks its thousands of slots (a list's are walked on every full
+        # an array of machine ints, not a list: it refers to nothing but its type, so the cyclic
+        # garbage collector never walks its thousands of slots (a list's are, on every full
         # collection, for every histogram of every session: a stall of the loop)
         self._counts = array.array("q", bytes(8 * (buckets + 1)))
         self.count = 0
