@@ -78,7 +78,7 @@ class DaemonProcess:
 
     def sample(self) -> dict[str, Any]:
         """fds, threads, rss_kb, tasks (None if not measured), sessions_active (None if the
-        side port did not answer)."""
+        side port did not answer); gc_frozen and gc_sweeps where /metrics has them."""
         pid = self.pid
         out: dict[str, Any] = {}
         try:
@@ -97,6 +97,9 @@ class DaemonProcess:
             out["top_types"] = counted["top"]
         metrics = self.metrics()
         out["sessions_active"] = metrics.get("duplexd_sessions_active")
+        if "duplexd_gc_frozen_objects" in metrics:  # the daemon's garbage policy
+            out["gc_frozen"] = metrics["duplexd_gc_frozen_objects"]
+            out["gc_sweeps"] = metrics.get("duplexd_gc_sweeps_total")
         return out
 
     def tasks(self) -> int | None:

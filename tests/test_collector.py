@@ -125,3 +125,33 @@ def test_a_histograms_buckets_are_nothing_the_collector_walks() -> None:
         assert len(gc.get_referents(h._counts)) <= 1  # (an array refers to its type only)
         h.record(0.001)
         assert sum(h._counts) == 1
+
+
+async def test_a_finished_session_is_freed_by_reference_counting() -> None:
+    # a session's objects that only the cyclic collector could free would wait, frozen, for
+    # a sweep (a frozen set that doubles): the session breaks its own cycles when it ends
+    from harness import running_daemon
+
+    from duplexd._server.session import Session
+    from duplexd.client.session import open_session
+
+    async def one(url: str) -> None:
+        async with open_session(url) as s:
+            await s.say("Hello there.")
+            while type(await s.receive_frame()).__name__ != "UtteranceDone":
+                pass
+
+    async with running_daemon() as daemon:
+        await one(daemon.url)  # (imports, caches)
+        await trio.sleep(0.2)
+        gc.collect()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            await one(daemon.url)
+            await trio.sleep(0.2)  # (the server's side of the close)
+            gc.collect()
+            left = [o for o in gc.garbage if isinstance(o, Session)]
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+    assert left == []

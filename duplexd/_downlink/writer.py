@@ -81,6 +81,35 @@ class DownlinkEvents(Protocol):
         ...
 
 
+class _Ended:
+    """The events of a session that has ended (`Downlink.forget_session`): nothing to tell,
+    nothing to ask."""
+
+    def chars_spoken(self, utterance_id: int, samples: int) -> int:
+        return 0
+
+    def totals(self, utterance_id: int) -> tuple[int, int]:
+        return (0, 0)
+
+    def word_marks(self, utterance_id: int) -> list[tuple[int, int, int, int]] | None:
+        return None
+
+    def audio_started(self, utterance_id: int) -> None:
+        pass
+
+    def sending(self, frame: fr.UtteranceDone | fr.Interrupted) -> None:
+        pass
+
+    def slow_consumer(self) -> bool:
+        return False
+
+    def answered(self, spent_s: float) -> None:
+        pass
+
+
+_ENDED: Final = _Ended()
+
+
 class Downlink:
     """The writer of one session. Create it, start `run` in the session nursery.
 
@@ -347,6 +376,11 @@ class Downlink:
             self.kick()
 
     # ------------------------------------------------------------------ the writer task
+
+    def forget_session(self) -> None:
+        """The session has ended (`run` returned): forget its events. The session refers to
+        its writer and the writer to it, a cycle only the garbage collector could free."""
+        self._events = _ENDED
 
     def stop(self, *, grace_s: float) -> None:
         """End `run` after the message it is sending, if any (a message is never cut by the

@@ -173,9 +173,11 @@ class Session:
             self._abort_all()
             self._downlink.closed = True
             self._pacer.unschedule(self._downlink)
-            # every task (and so every synthesis thread) has returned: the ring's C memory
-            # goes now, not when the cyclic collector finds the dead session
+            # every task (and so every synthesis thread) has returned: the ring's C memory goes
+            # now, and, its cycles broken, reference counting frees the rest (not a sweep)
             self._ring.close()
+            self._downlink.forget_session()
+            self._end.finish_with(self._end.scope.cancel)
 
     def _finish(self) -> None:
         """End the session (`SessionEnd` calls it): the tasks now, the writer after the
