@@ -13,12 +13,13 @@ So `GarbagePolicy.install` (once every model is loaded, before serving):
 - freezes everything alive then (`gc.freeze`: never walked again);
 - after every full collection the collector makes on its own, freezes its survivors too: the
   next one walks only what was made since, not every session alive;
-- objects freed by reference counting are freed frozen or not (nearly all of a session's). A
-  reference cycle that becomes garbage after it was frozen waits for a sweep (`sweep`:
-  unfreeze, collect everything, freeze again). `run` sweeps once the frozen set has grown to
-  `SWEEP_GROWTH` times what the last sweep left, at most every `SWEEP_MIN_INTERVAL_S`: a sweep
-  stalls the loop as the collector's own full collections did, and it is logged and counted.
-  That bounds what garbage waiting in the frozen set costs in memory.
+- objects freed by reference counting are freed frozen or not: all of a session's, since it
+  breaks its own cycles when it ends (`Session.run`). A reference cycle that becomes garbage
+  after it was frozen waits for a sweep (`sweep`: unfreeze, collect everything, freeze
+  again). `run` sweeps once the frozen set has grown to `SWEEP_GROWTH` times what the last
+  sweep left, at most every `SWEEP_MIN_INTERVAL_S`: a sweep stalls the loop as the
+  collector's own full collections did, and it is logged and counted. That bounds what
+  garbage waiting in the frozen set costs in memory.
 
 `stats` counts for /metrics: full collections and their seconds, sweeps and their seconds,
 frozen objects. `close` undoes it all (tests run several daemons in one process).
