@@ -8,6 +8,7 @@ import time
 import pytest
 import trio
 import trio.testing
+from harness import no_collection_pauses
 
 from duplexd import _native  # type: ignore[attr-defined,unused-ignore]
 from duplexd._downlink import timer as timer_module
@@ -270,7 +271,7 @@ def _lateness_us(samples: list[float]) -> tuple[float, float, float]:
 async def test_precise_sleeps_on_absolute_deadlines() -> None:
     late_precise: list[float] = []
     late_trio: list[float] = []
-    with PreciseTimer() as t:
+    with no_collection_pauses(), PreciseTimer() as t:  # (pytest's heap: tens of ms a pass)
         deadline = trio.current_time() + 0.02
         for _ in range(50):
             await t.sleep_until(deadline)
@@ -285,5 +286,9 @@ async def test_precise_sleeps_on_absolute_deadlines() -> None:
     q = _lateness_us(late_trio)
     print(f"\nPreciseTimer lateness p50/p95/max: {p[0]:.0f}/{p[1]:.0f}/{p[2]:.0f} us")
     print(f"trio.sleep_until lateness p50/p95/max: {q[0]:.0f}/{q[1]:.0f}/{q[2]:.0f} us")
-    assert min(late_precise) >= 0
-    assert max(late_precise) < 0.005, p
+    assert min(late_precise) >= 0  # never early
+    # typically p50 ~0.2-0.3 ms (bench/results/README.md); the bound is the house's generous
+    # one for a shared 2-core VM, where one wake-up came 5.2 ms late in a CI run (its p95 1.5
+    # ms: the machine, not the timer); a missed wake-up would be a whole period (20 ms) late
+    assert p[0] < 1000, p
+    assert max(late_precise) < 0.015, p
