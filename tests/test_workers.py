@@ -82,6 +82,8 @@ async def test_two_workers_share_one_port_and_one_drains(servers: list[Server]) 
     assert m_b["duplexd_sessions_total"] == len(by_voice["high"]) + 8
     # the daemon's process keeps its modules and models out of the collector's full walks
     assert m_b["duplexd_gc_frozen_objects"] > 10_000
+    assert m_b["duplexd_gc_longest_full_collection_seconds"] >= 0
+    assert m_b["duplexd_gc_swept_objects_total"] == 0  # (no sweep due in a test this short)
 
 
 def test_a_passed_descriptor_that_is_not_a_listening_socket_is_one_line() -> None:

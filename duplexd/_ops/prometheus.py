@@ -298,6 +298,16 @@ class DaemonMetrics(Collector):
         yield CounterMetricFamily(
             "duplexd_gc_sweep_seconds", "time those sweeps took, in total", value=g.sweep_s
         )
+        yield _gauge(
+            "duplexd_gc_longest_full_collection_seconds",
+            "the longest of those full collections (the loop's longest stall of this kind)",
+            g.longest_s,
+        )
+        yield CounterMetricFamily(
+            "duplexd_gc_swept_objects",
+            "garbage the sweeps found in the frozen set (cycles that died after being frozen)",
+            value=g.collected,
+        )
         yield _gauge("duplexd_gc_frozen_objects", "objects out of the collector's reach", g.frozen)
 
     def _batches(self) -> Iterable[Metric]:
