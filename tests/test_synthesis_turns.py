@@ -126,7 +126,7 @@ async def test_a_running_chunk_finishes_before_its_cancel_and_errors_come_back()
         with trio.move_on_after(0.05) as scope:
             await lanes(slow)
             assert done == [1]  # it ran to its end first ...
-            await trio.sleep(0)  # ... and the cancel comes at the next checkpoint
+            await trio.lowlevel.checkpoint()  # ... and the cancel comes at the next one
             done.append(2)
         assert scope.cancelled_caught and done == [1]
         with pytest.raises(ZeroDivisionError):
