@@ -135,6 +135,14 @@ class Pacer:
             self._sleep_scope.cancel()
         self._idle.set()
 
+    def restart(self, stream: Paced, sent_at: float) -> None:
+        """`stream` sent its frame at `sent_at`, not on its deadline: its grid starts there
+        now (on the `SLOT_S` boundary just before, at density), its next tick a frame later."""
+        self.unschedule(stream)
+        if len(self._slots) >= SHARE_MIN_STREAMS and self._timer.precise_now():
+            sent_at = math.floor(sent_at / SLOT_S) * SLOT_S
+        self.schedule(stream, sent_at + self.frame_s)
+
     def unschedule(self, stream: Paced) -> None:
         """Stop ticking `stream` (its heap entry is dropped lazily). No-op if not scheduled."""
         slot = self._slots.pop(stream, None)

@@ -37,6 +37,7 @@ SLOW_SEND_S: Final = 1.0  # one send blocked this long (the client reads nothing
 # acting on the client's next frame (`wait_for_answers`), so requests add no more than this
 MAX_CONTROL_FRAMES: Final = 1024
 CONTROL_BATCH: Final = 32  # answers built and sent in one message (bounded work per step)
+FIRST_LATE_S: Final = 0.001  # an utterance's first frame this late restarts its grid
 FADE_MS: Final = 5.0  # fade-out at a barge-in cut (SPEC.md §6.3), at the session's rate
 _END: Final = int(fr.AudioFlags.END)
 
@@ -464,7 +465,13 @@ class Downlink:
             self._events.sending(done)
             data += encode(done)
         now = trio.current_time()
-        if self._paced:
+        if self._paced and seq == 0 and now - deadline > FIRST_LATE_S and not self._due:
+            # an utterance's grid starts with its first frame: one that goes out late (the
+            # loop was busy with a burst of new utterances) moves the grid with it, so the next
+            # frames are not sent early to catch up (counted in first audio, not in pacing)
+            self._pacer.restart(self, now)
+            c.grids_restarted += 1
+        elif self._paced:
             error = now - deadline
             c.pacing_error.record(error if error >= 0.0 else -error)
             if self._precise:

@@ -135,6 +135,7 @@ class DownlinkCounters:
     __slots__ = (
         "bytes_sent",
         "frames_sent",
+        "grids_restarted",
         "late_sends",
         "pacing_error",
         "stale_dropped",
@@ -149,6 +150,7 @@ class DownlinkCounters:
         self.stale_dropped = 0
         self.late_sends = 0  # frames sent after the next frame's deadline had already passed
         self.ticks_dropped = 0  # pacer ticks dropped because the daemon fell a second behind
+        self.grids_restarted = 0  # utterances whose first frame went out late: grid moved
         self.pacing_error = pacing_histogram()  # |send time - ideal time|, per audio frame
 
 
@@ -273,4 +275,5 @@ def session_stats(tag: str, c: DownlinkCounters, o: SessionObserver) -> dict[str
         "input_throttled_ms": round(o.input_throttled_s * 1e3, 3),
         "synthesis_throttled_ms": round(o.synthesis_throttled_s * 1e3, 3),
         "ticks_dropped": c.ticks_dropped,
+        "grids_restarted": c.grids_restarted,
     }

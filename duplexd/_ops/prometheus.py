@@ -56,6 +56,7 @@ _COUNTERS = (
     ("late_sends", "audio frames sent after the next frame's deadline had passed"),
     ("stale_dropped", "audio frames of an interrupted epoch dropped before sending"),
     ("ticks_dropped", "pacer ticks dropped because the daemon fell a second behind (not a client)"),
+    ("grids_restarted", "utterances whose first frame went out late: their grid starts with it"),
 )
 
 
