@@ -10,8 +10,7 @@ import time
 import pytest
 import trio
 
-from duplexd._server.lanes import SynthesisLanes
-from duplexd._server.synthesis import close_offloads, synthesis_offloads, synthesis_threads
+from duplexd._server.synthesis import synthesis_offloads, synthesis_threads
 from duplexd.engines.registry import EngineSet
 from duplexd.engines.tone import ToneEngine
 
@@ -83,58 +82,3 @@ async def test_chunks_take_turns() -> None:
             await trio.sleep(0.02)  # they ask in this order
     assert peak == most
     assert order == list(range(6))  # first come, first served
-
-
-async def test_the_daemons_turns_are_threads_of_the_engines_own() -> None:
-    engine = Two()
-    offload = synthesis_offloads(EngineSet.of(engine), trio.to_thread.run_sync)[engine.name]
-    assert isinstance(offload, SynthesisLanes) and offload.threads == 2
-    names = {await offload(lambda: threading.current_thread().name) for _ in range(5)}
-    assert names <= {"duplexd-synthesis-two-0", "duplexd-synthesis-two-1"}
-    close_offloads({engine.name: offload})
-    with pytest.raises(trio.ClosedResourceError):
-        await offload(int)
-
-
-async def test_a_chunk_cancelled_while_it_waits_never_runs() -> None:
-    lanes = SynthesisLanes(1, name="lanes-test")
-    release, ran = threading.Event(), []
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(lanes, release.wait)  # holds the one thread
-            await trio.sleep(0.05)
-            with trio.move_on_after(0.05) as waited:
-                await lanes(ran.append, 1)  # queued behind it, then cancelled
-            assert waited.cancelled_caught and lanes.queued == 0
-            release.set()
-        assert await lanes(ran.append, 2) is None
-        assert ran == [2]
-    finally:
-        release.set()
-        lanes.close()
-
-
-async def test_a_running_chunk_finishes_before_its_cancel_and_errors_come_back() -> None:
-    lanes = SynthesisLanes(1, name="lanes-test")
-    done: list[int] = []
-
-    def slow() -> None:
-        time.sleep(0.2)
-        done.append(1)
-
-    try:
-        with trio.move_on_after(0.05) as scope:
-            await lanes(slow)
-            assert done == [1]  # it ran to its end first ...
-            await trio.lowlevel.checkpoint()  # ... and the cancel comes at the next one
-            done.append(2)
-        assert scope.cancelled_caught and done == [1]
-        with pytest.raises(ZeroDivisionError):
-            await lanes(lambda: 1 / 0)
-    finally:
-        lanes.close()
-    for _ in range(100):  # the thread ends once closed and idle
-        if not any(t.name.startswith("lanes-test") for t in threading.enumerate()):
-            break
-        await trio.sleep(0.01)
-    assert not any(t.name.startswith("lanes-test") for t in threading.enumerate())

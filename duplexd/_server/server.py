@@ -33,7 +33,7 @@ from .handshake import Offload
 from .limits import TRANSPORT_MESSAGE_BYTES, CarriedBudgets
 from .listen import Listener, open_listeners
 from .session import Session
-from .synthesis import close_offloads, synthesis_offloads
+from .synthesis import synthesis_offloads
 
 log = logging.getLogger("duplexd.server")
 
@@ -129,10 +129,6 @@ class Daemon:
         self._offload = offload
         self._synthesis_offloads = synthesis_offloads(engines, offload)
         self._on_session_closed = on_session_closed
-
-    def close(self) -> None:
-        """The daemon has stopped: let its synthesis threads end."""
-        close_offloads(self._synthesis_offloads)
 
     @property
     def full(self) -> bool:
@@ -329,39 +325,37 @@ async def serve_duplexd(
     if gil_switch_interval_s is not None:
         sys.setswitchinterval(gil_switch_interval_s)
     try:
-        with contextlib.ExitStack() as after:  # (runs once the nursery is done: no session left)
-            async with open_pacer() as pacer, trio.open_nursery() as nursery:
-                listeners = await open_listeners(host, port, tls, inherited)
-                server = WebSocketServer(
-                    lambda request: daemon.handle(request),
-                    listeners,
-                    handler_nursery=nursery,  # (connections outlive the accept loops: a drain)
-                    max_message_size=TRANSPORT_MESSAGE_BYTES,
-                    receive_buffer_size=RECEIVE_BUFFER_BYTES,
-                    connect_timeout=CONNECT_TIMEOUT_S,
-                    disconnect_timeout=DISCONNECT_TIMEOUT_S,
-                )
-                daemon = Daemon(
-                    server,
-                    pacer=pacer,
-                    engines=engines,
-                    limits=limits or SessionLimits(),
-                    authenticator=authenticator or Authenticator(),
-                    tls=bool(tls and tls.cert),
-                    max_sessions=max_sessions,
-                    max_sessions_per_address=max_sessions_per_address,
-                    max_sessions_per_subject=max_sessions_per_subject,
-                    trusted_proxies=trusted_proxies,
-                    uplink_services=uplink_services,
-                    tracer=tracer,
-                    offload=offload,
-                    on_session_closed=on_session_closed,
-                )
-                daemon.inherited = bool(inherited)
-                after.callback(daemon.close)
-                await nursery.start(_accept, server, listeners, daemon.accepting)
-                log.info("listening", extra={"url": daemon.url, "engines": engines.names()})
-                task_status.started(daemon)
+        async with open_pacer() as pacer, trio.open_nursery() as nursery:
+            listeners = await open_listeners(host, port, tls, inherited)
+            server = WebSocketServer(
+                lambda request: daemon.handle(request),
+                listeners,
+                handler_nursery=nursery,  # (connections outlive the accept loops: a drain)
+                max_message_size=TRANSPORT_MESSAGE_BYTES,
+                receive_buffer_size=RECEIVE_BUFFER_BYTES,
+                connect_timeout=CONNECT_TIMEOUT_S,
+                disconnect_timeout=DISCONNECT_TIMEOUT_S,
+            )
+            daemon = Daemon(
+                server,
+                pacer=pacer,
+                engines=engines,
+                limits=limits or SessionLimits(),
+                authenticator=authenticator or Authenticator(),
+                tls=bool(tls and tls.cert),
+                max_sessions=max_sessions,
+                max_sessions_per_address=max_sessions_per_address,
+                max_sessions_per_subject=max_sessions_per_subject,
+                trusted_proxies=trusted_proxies,
+                uplink_services=uplink_services,
+                tracer=tracer,
+                offload=offload,
+                on_session_closed=on_session_closed,
+            )
+            daemon.inherited = bool(inherited)
+            await nursery.start(_accept, server, listeners, daemon.accepting)
+            log.info("listening", extra={"url": daemon.url, "engines": engines.names()})
+            task_status.started(daemon)
     finally:
         sys.setswitchinterval(saved_interval)
 

@@ -9,11 +9,9 @@ asked first) — measured: 20 replies arriving together held every first frame b
 So each engine gets a `trio.CapacityLimiter` of `synthesis_threads` slots (an engine
 attribute; default: one per CPU this process may run on), taken per chunk, first come first
 served: every session's first chunk goes before anyone's second, and the loop competes with
-at most that many threads. In the daemon those slots are threads of the engine's own that run
-the chunks back to back (`duplexd._server.lanes`); an offload given instead (a test's, on the
-trio thread) runs them under a `trio.CapacityLimiter` of as many slots. An engine whose calls
-only wait (VITS: its own inference thread computes and batches across sessions) says
-`synthesis_threads = None`: no limit, so its batches are not split.
+at most that many threads. An engine whose calls only wait (VITS: its own inference thread
+computes and batches across sessions) says `synthesis_threads = None`: no limit, so its
+batches are not split.
 """
 
 from __future__ import annotations
@@ -33,7 +31,6 @@ from ..engines.registry import EngineSet
 from ..protocol import frames as fr
 from ..protocol.options import CodecOptions
 from .handshake import Offload
-from .lanes import SynthesisLanes
 
 
 def synthesis_threads(engine: Engine) -> int | None:
@@ -59,26 +56,13 @@ def taking_turns(offload: Offload, limiter: trio.CapacityLimiter) -> Offload:
 
 def synthesis_offloads(engines: EngineSet, offload: Offload) -> Mapping[str, Offload]:
     """Per name of an engine whose sessions take turns: how its chunks are run, one call
-    each (call inside trio). An engine that takes none is not in it: a piece is one call.
-    With `trio.to_thread.run_sync` (the daemon's) they are `SynthesisLanes`: `close_offloads`
-    when done."""
+    each (call inside trio). An engine that takes none is not in it: a piece is one call."""
     out: dict[str, Offload] = {}
     for name in engines.names():
         threads = synthesis_threads(engines.get(name))
-        if threads is None:
-            continue
-        if offload is trio.to_thread.run_sync:
-            out[name] = SynthesisLanes(threads, name=f"duplexd-synthesis-{name}")
-        else:
+        if threads is not None:
             out[name] = taking_turns(offload, trio.CapacityLimiter(threads))
     return out
-
-
-def close_offloads(offloads: Mapping[str, Offload]) -> None:
-    """Let the threads of `synthesis_offloads` end (once the chunks asked for are done)."""
-    for offload in offloads.values():
-        if isinstance(offload, SynthesisLanes):
-            offload.close()
 
 
 def downlink_audio(
