@@ -21,8 +21,16 @@ So `GarbagePolicy.install` (once every model is loaded, before serving):
   collector's own full collections did, and it is logged and counted. That bounds what
   garbage waiting in the frozen set costs in memory.
 
+Counting the frozen set (`gc.get_freeze_count`) walks it, holding the GIL: ~6 ms for the
+tone daemon's ~60 k frozen objects on the project's VM, a stall of its own if it ran on a timer
+(it did, every `CHECK_INTERVAL_S`: every frame due then went out ~6 ms late, the burst bench's
+server pacing max). So it is counted only where the loop is held anyway: right after each full
+collection (which walks more than that), at install and at each sweep. `run` and `stats` read
+that count.
+
 `stats` counts for /metrics: full collections and their seconds, sweeps and their seconds,
-frozen objects. `close` undoes it all (tests run several daemons in one process).
+frozen objects (at the last full collection). `close` undoes it all (tests run several daemons
+in one process).
 """
 
 from __future__ import annotations
@@ -53,7 +61,7 @@ class GcStats:
     sweeps: int = 0  # sweeps of the frozen set
     sweep_s: float = 0.0  # ... their total duration
     collected: int = 0  # objects the sweeps found to be garbage
-    frozen: int = 0  # objects frozen now
+    frozen: int = 0  # objects frozen at the last full collection, install or sweep
 
 
 class GarbagePolicy:
@@ -75,6 +83,7 @@ class GarbagePolicy:
         self._started: float | None = None  # perf_counter() when a full collection began
         self._left = 0  # the frozen set's size after install or the last sweep
         self._last_sweep = 0.0  # trio.current_time() of install or the last sweep
+        self._frozen = 0  # the frozen set's size, counted after each full collection
 
     def install(self) -> None:
         """Collect, freeze everything alive, and freeze the survivors of every full
@@ -85,7 +94,7 @@ class GarbagePolicy:
         gc.freeze()
         gc.callbacks.append(self._on_collection)
         self._installed = True
-        self._left = gc.get_freeze_count()
+        self._left = self._frozen = gc.get_freeze_count()
         self._last_sweep = trio.current_time()
 
     def close(self) -> None:
@@ -112,6 +121,7 @@ class GarbagePolicy:
         s.full_collection_s += took
         s.longest_s = max(s.longest_s, took)
         gc.freeze()
+        self._frozen = gc.get_freeze_count()  # (a walk of its own: here, not on a timer)
 
     def due(self, now: float, frozen: int) -> bool:
         """Whether a sweep is due at trio time `now` with `frozen` objects frozen."""
@@ -132,7 +142,7 @@ class GarbagePolicy:
         finally:
             gc.callbacks.append(self._on_collection)
         took = time.perf_counter() - started
-        self._left = gc.get_freeze_count()
+        self._left = self._frozen = gc.get_freeze_count()
         self._last_sweep = trio.current_time()
         s = self._stats
         s.sweeps += 1
@@ -150,15 +160,16 @@ class GarbagePolicy:
         return collected
 
     async def run(self) -> None:
-        """Sweep when due (`due`), checking every `CHECK_INTERVAL_S`, until cancelled.
-        Cancellation leaves nothing behind (a sweep is not interrupted: it has no await)."""
+        """Sweep when due (`due`, with the frozen set as the last full collection counted
+        it), checking every `CHECK_INTERVAL_S`, until cancelled. Cancellation leaves nothing
+        behind (a sweep is not interrupted: it has no await)."""
         while True:
             await trio.sleep(CHECK_INTERVAL_S)
-            if self._installed and self.due(trio.current_time(), gc.get_freeze_count()):
+            if self._installed and self.due(trio.current_time(), self._frozen):
                 self.sweep()
 
     def stats(self) -> GcStats:
-        """A copy of the counts, with the frozen set's size now."""
+        """A copy of the counts, with the frozen set's size at the last full collection."""
         s = self._stats
         return GcStats(
             s.full_collections,
@@ -167,5 +178,5 @@ class GarbagePolicy:
             s.sweeps,
             s.sweep_s,
             s.collected,
-            gc.get_freeze_count() if self._installed else 0,
+            self._frozen if self._installed else 0,
         )

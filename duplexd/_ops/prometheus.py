@@ -309,7 +309,11 @@ class DaemonMetrics(Collector):
             "garbage the sweeps found in the frozen set (cycles that died after being frozen)",
             value=g.collected,
         )
-        yield _gauge("duplexd_gc_frozen_objects", "objects out of the collector's reach", g.frozen)
+        yield _gauge(
+            "duplexd_gc_frozen_objects",
+            "objects out of the collector's reach (counted after each full collection)",
+            g.frozen,
+        )
 
     def _batches(self) -> Iterable[Metric]:
         daemon = self.daemon
