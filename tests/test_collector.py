@@ -158,3 +158,31 @@ async def test_a_finished_session_is_freed_by_reference_counting() -> None:
             gc.set_debug(0)
             gc.garbage.clear()
     assert left == []
+
+
+async def test_its_checks_and_stats_do_not_walk_the_frozen_set(
+    policy: GarbagePolicy,
+    autojump_clock: trio.testing.MockClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # gc.get_freeze_count walks the frozen set with the GIL held (~6 ms in the tone daemon):
+    # on a timer, that was a stall of its own every 5 s; it runs where the loop is held anyway
+    policy.install()
+    walks: list[int] = []
+    count = gc.get_freeze_count
+
+    def counted() -> int:
+        walks.append(1)
+        return count()
+
+    monkeypatch.setattr(gc, "get_freeze_count", counted)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(policy.run)
+        await trio.sleep(6 * collector.CHECK_INTERVAL_S)
+        frozen = policy.stats().frozen
+        nursery.cancel_scope.cancel()
+    assert walks == [] and frozen > 0
+    keep = [Node() for _ in range(100)]
+    gc.collect()  # a full collection counts it, once
+    assert walks == [1] and policy.stats().frozen >= frozen + 100
+    del keep
