@@ -28,6 +28,10 @@ that missed their deadlines are re-anchored on a new grid starting now (one tick
 `frame_s`) instead of being ticked for every missed deadline in a burst: their audio goes on
 later, as it would after a pause, and each stall is logged and counted (`stalls`, `stall_s`).
 
+An utterance's grid starts with its first frame: when that frame goes out late (the loop busy
+with a burst of new utterances), its writer moves the stream's grid there (`restart`), so the
+next frames are not sent early to catch up.
+
 `on_tick` must be cheap and must not raise: it runs on the pacer's hot path for every frame of
 every session. The downlink writer (`duplexd._downlink.writer`) just notes the deadline and
 wakes its own task, which does the sending, so a slow client never delays anybody else's frame.
