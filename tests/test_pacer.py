@@ -116,3 +116,46 @@ def test_histogram_percentiles() -> None:
     with pytest.raises(ValueError):
         h.percentile(0)
     assert Histogram().summary_ms()["count"] == 0
+
+
+class _PreciseOnMockClock:
+    """A timer that says it is precise (as the real one on a real clock), sleeping on trio's
+    clock: the pacer's density paths under MockClock."""
+
+    def precise_now(self) -> bool:
+        return True
+
+    async def sleep_until(self, deadline: float) -> None:
+        await trio.sleep_until(deadline)
+
+    def close(self) -> None:
+        pass
+
+
+async def test_a_restarted_grid_starts_on_the_slot_of_its_frame_at_density(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    from duplexd._downlink.pacer import SHARE_MIN_STREAMS, SLOT_S
+
+    async with open_pacer(timer=_PreciseOnMockClock()) as pacer:  # type: ignore[arg-type]
+        for _ in range(SHARE_MIN_STREAMS):
+            pacer.schedule(Recorder(limit=10**6), 1.0)
+        late = Recorder(limit=3)
+        pacer.schedule(late, 1.0)
+        await trio.sleep(1.001)  # its first tick, at 1.0; its frame went out at 1.00087:
+        pacer.restart(late, 1.00087)
+        await trio.sleep(0.1)
+    slot = 2001 * SLOT_S  # the slot that frame lies in (floor(1.00087 / 0.5 ms)) ...
+    assert [d for d, _ in late.ticks] == [1.0, slot + 0.02, slot + 0.04]  # ... then 20 ms on
+
+
+async def test_a_restarted_grid_starts_at_its_frame_when_sparse(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_pacer(timer=_PreciseOnMockClock()) as pacer:  # type: ignore[arg-type]
+        late = Recorder(limit=3)
+        pacer.schedule(late, 1.0)
+        await trio.sleep(1.001)
+        pacer.restart(late, 1.00087)
+        await trio.sleep(0.1)
+    assert [d for d, _ in late.ticks] == [1.0, 1.02087, 1.04087]
