@@ -21,12 +21,11 @@ So `GarbagePolicy.install` (once every model is loaded, before serving):
   collector's own full collections did, and it is logged and counted. That bounds what
   garbage waiting in the frozen set costs in memory.
 
-Counting the frozen set (`gc.get_freeze_count`) walks it, holding the GIL: ~6 ms for the
-tone daemon's ~60 k frozen objects on the project's VM, a stall of its own if it ran on a timer
-(it did, every `CHECK_INTERVAL_S`: every frame due then went out ~6 ms late, the burst bench's
-server pacing max). So it is counted only where the loop is held anyway: right after each full
-collection (which walks more than that), at install and at each sweep. `run` and `stats` read
-that count.
+Counting the frozen set (`gc.get_freeze_count`) walks it, holding the GIL: milliseconds for the
+daemon's frozen set (bench/results/README.md), a stall of its own if it ran on a timer (it did,
+every `CHECK_INTERVAL_S`, and every frame due then went out that late). So it is counted only
+where the loop is held anyway: right after each full collection (which walks more than that),
+at install and at each sweep. `run` and `stats` read that count.
 
 `stats` counts for /metrics: full collections and their seconds, sweeps and their seconds,
 frozen objects (at the last full collection). `close` undoes it all (tests run several daemons
