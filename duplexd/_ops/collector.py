@@ -131,7 +131,7 @@ class GarbagePolicy:
     def sweep(self) -> int:
         """Unfreeze, collect everything, freeze again: the garbage the frozen set held (a
         full stall of the loop). Returns how many objects were garbage."""
-        before = gc.get_freeze_count()
+        before = self._frozen  # (as last counted: counting it again would walk it again)
         started = time.perf_counter()
         gc.callbacks.remove(self._on_collection)  # (this one is not the collector's own)
         try:
