@@ -62,6 +62,35 @@ def test_tone_marks_each_word_by_construction() -> None:
     assert isinstance(SINE, WordTimedVoice)
 
 
+@pytest.mark.unit
+@settings(max_examples=50, deadline=None)
+@given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40))
+def test_tone_words_come_as_the_chunks_reach_them(text: str) -> None:
+    marks = [m for _, ms in SINE.synthesize_words(text) for m in ms]
+    assert [(m.start_char, m.end_char) for m in marks] == text_words(text)
+
+
+@pytest.mark.unit
+def test_tone_audio_is_a_sine_per_character_from_its_table() -> None:
+    """The voice looks its 24 tones up: what it returns is still the module's formula."""
+    text = "Hi, wörld 7\t日本!"
+    n, rate = SPC, SINE.sample_rate_hz
+    t = np.arange(n, dtype=np.float32) / np.float32(rate)
+    ramp = int(rate * 2.0 / 1000)
+    env = np.ones(n, dtype=np.float32)
+    rise = 0.5 - 0.5 * np.cos(np.linspace(0.0, np.pi, ramp, dtype=np.float32))
+    env[:ramp], env[n - ramp :] = rise, rise[::-1]
+    expected = []
+    for ch in text:
+        hz = 220.0 * 2.0 ** ((ord(ch) % 24) / 24)
+        tone = np.sin(np.float32(2 * np.pi * hz) * t) * env * np.float32(0.3)
+        expected.append(np.zeros(n, np.float32) if ch.isspace() else tone)
+    audio = SINE.synthesize(text)
+    assert audio.dtype == np.float32
+    assert np.array_equal(audio, np.concatenate(expected))
+    assert len(SINE.synthesize("")) == 0
+
+
 def produce(text: str, voice: Any = SINE) -> PieceMap:
     """Run `text` through the segmenter and a producer with `voice` (48 kHz out)."""
     ring = FrameRing(4096, fr.AUDIO_HEADER_BYTES + FRAME_SAMPLES * 2)

@@ -73,11 +73,15 @@ def text_words(text: str) -> list[tuple[int, int]]:
     non-whitespace that hold a letter, a digit, a symbol or one of ``& % @ #``, with any
     punctuation attached ("there," "(really?)"); a run of punctuation alone, such as "--",
     is not a word."""
-    return [
-        m.span()
-        for m in _TOKEN_RE.finditer(text)
-        if any(unicodedata.category(ch)[0] in "LNS" or ch in _SPOKEN_MARKS for ch in m.group())
-    ]
+    return list(iter_text_words(text))
+
+
+def iter_text_words(text: str) -> Iterator[tuple[int, int]]:
+    """`text_words(text)`, one span at a time: a caller that needs only the words up to some
+    character stops there and pays for no more (the tone voice, chunk by chunk)."""
+    for m in _TOKEN_RE.finditer(text):
+        if any(unicodedata.category(ch)[0] in "LNS" or ch in _SPOKEN_MARKS for ch in m.group()):
+            yield m.span()
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,12 +15,13 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from .base import FloatAudio, UnknownVoiceError, WordMark, text_words
+from .base import FloatAudio, UnknownVoiceError, WordMark, iter_text_words
 
 TONE_SAMPLE_RATE_HZ = 48_000
 DEFAULT_MS_PER_CHAR = 60.0
 _RAMP_MS = 2.0
 _AMPLITUDE = 0.3
+_STEPS = 24  # tones per octave
 FIRST_CHUNK_CHARS = 4  # synthesize_stream's first chunk (240 ms of audio at 60 ms a character)
 MAX_CHUNK_CHARS = 64
 
@@ -52,8 +53,15 @@ class ToneVoice:
             rise = 0.5 - 0.5 * np.cos(np.linspace(0.0, math.pi, ramp, dtype=np.float32))
             env[:ramp] = rise
             env[n - ramp :] = rise[::-1]
-        self._envelope = env
-        self._t = np.arange(n, dtype=np.float32) / np.float32(self._rate)
+        t = np.arange(n, dtype=np.float32) / np.float32(self._rate)
+        # a character's tone depends only on its code modulo 24 (a quarter-tone scale over an
+        # octave): the 24 tones, computed once, make synthesis a table lookup (a neural voice
+        # does not get this cheap: `compute_ms_per_char` stands in for its inference)
+        hz = base_hz * 2.0 ** (np.arange(_STEPS, dtype=np.float64) / _STEPS)
+        omega = (2 * math.pi * hz).astype(np.float32)
+        tones = np.sin(omega[:, None] * t[None, :]) * env  # (_STEPS, n)
+        tones *= np.float32(_AMPLITUDE)
+        self._tones = np.concatenate([tones, np.zeros((1, n), dtype=np.float32)])  # + silence
 
     @property
     def name(self) -> str:
@@ -73,13 +81,8 @@ class ToneVoice:
             time.sleep(self._compute_ms_per_char * len(text) / 1000)
         if not text:
             return np.zeros(0, dtype=np.float32)
-        codes = np.array([ord(ch) for ch in text], dtype=np.float64)
-        hz = self._base_hz * 2.0 ** ((codes % 24) / 24)
-        omega = (2 * math.pi * hz).astype(np.float32)
-        tones = np.sin(omega[:, None] * self._t[None, :]) * self._envelope  # (chars, n)
-        tones *= np.float32(_AMPLITUDE)
-        tones[[i for i, ch in enumerate(text) if ch.isspace()]] = 0.0
-        return tones.reshape(-1)
+        rows = [_STEPS if ch.isspace() else ord(ch) % _STEPS for ch in text]
+        return self._tones[rows].reshape(-1)  # (chars, n), silence for whitespace
 
     def synthesize_stream(self, text: str) -> Iterator[FloatAudio]:
         """`synthesize(text)` in chunks of characters, `FIRST_CHUNK_CHARS` first and then
@@ -95,14 +98,15 @@ class ToneVoice:
         """`synthesize_stream(text)`, each chunk with the marks of the words that start in it
         (word timing by construction: a word's audio is its characters' tones)."""
         n = self.samples_per_char
-        words = [WordMark(s, e, s * n, e * n) for s, e in text_words(text)]
-        at, start = 0, 0
+        words = iter_text_words(text)  # found as the chunks reach them, not all up front
+        word = next(words, None)
+        start = 0
         for chunk in self.synthesize_stream(text):
             stop = start + len(chunk) // n  # characters in this chunk
             marks = []
-            while at < len(words) and words[at].start_char < stop:
-                marks.append(words[at])
-                at += 1
+            while word is not None and word[0] < stop:
+                marks.append(WordMark(word[0], word[1], word[0] * n, word[1] * n))
+                word = next(words, None)
             yield chunk, marks
             start = stop
 
