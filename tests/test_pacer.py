@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import trio
 import trio.testing
@@ -120,16 +122,56 @@ def test_histogram_percentiles() -> None:
 
 class _PreciseOnMockClock:
     """A timer that says it is precise (as the real one on a real clock), sleeping on trio's
-    clock: the pacer's density paths under MockClock."""
+    clock: the pacer's density paths under MockClock. Like the real one, a sleep in progress
+    can be moved earlier (`wake_earlier`); it counts the sleeps a cancel ended."""
+
+    def __init__(self) -> None:
+        self._deadline = math.inf
+        self._moved = trio.Event()
+        self.cancelled = 0
 
     def precise_now(self) -> bool:
         return True
 
     async def sleep_until(self, deadline: float) -> None:
-        await trio.sleep_until(deadline)
+        self._deadline = deadline
+        try:
+            while trio.current_time() < self._deadline:
+                self._moved = trio.Event()
+                with trio.move_on_at(self._deadline):
+                    await self._moved.wait()
+        except trio.Cancelled:
+            self.cancelled += 1
+            raise
+        finally:
+            self._deadline = math.inf
+
+    def wake_earlier(self, deadline: float) -> bool:
+        if not math.isfinite(self._deadline):
+            return False
+        if deadline < self._deadline:
+            self._deadline = deadline
+            self._moved.set()
+        return True
 
     def close(self) -> None:
         pass
+
+
+async def test_a_stream_scheduled_while_the_pacer_sleeps_moves_its_wake_up_without_a_cancel(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    timer = _PreciseOnMockClock()
+    async with open_pacer(timer=timer) as pacer:  # type: ignore[arg-type]
+        far = Recorder(limit=2)
+        pacer.schedule(far, 10.0)
+        await trio.sleep(1.0)  # the pacer sleeps toward 10.0
+        near = Recorder(limit=2)
+        pacer.schedule(near, 1.5)
+        await trio.sleep(10.0)
+    assert near.ticks == [(1.5, 1.5), (1.52, 1.52)]  # on its deadlines, to the nanosecond
+    assert far.ticks == [(10.0, 10.0), (10.02, 10.02)]
+    assert timer.cancelled == 0  # (a cancel raises trio.Cancelled through the sleep: costly)
 
 
 async def test_a_restarted_grid_starts_on_the_slot_of_its_frame_at_density(

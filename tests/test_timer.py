@@ -201,6 +201,48 @@ async def test_cancellation_leaves_no_armed_timer() -> None:
 
 @needs_timerfd
 @unit
+async def test_wake_earlier_moves_a_sleep_in_progress_without_cancelling_it() -> None:
+    with PreciseTimer() as t:
+        assert not t.wake_earlier(trio.current_time())  # nobody sleeps: the caller must wake
+        woke: list[float] = []
+
+        async def sleeper() -> None:
+            await t.sleep_until(trio.current_time() + 10)  # a Cancelled would end the test
+            woke.append(trio.current_time())
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sleeper)
+            await trio.testing.wait_all_tasks_blocked()
+            soon = trio.current_time() + 0.003
+            assert t.wake_earlier(soon)
+            assert t.wake_earlier(soon + 5)  # (a later deadline changes nothing)
+            remaining_ns = lib.dx_timerfd_remaining_ns(t.fd)
+            assert 0 < remaining_ns <= 3_000_000
+        assert len(woke) == 1 and soon <= woke[0] < soon + 1.0
+        assert lib.dx_timerfd_remaining_ns(t.fd) == 0
+        assert not t.wake_earlier(trio.current_time())  # the sleep is over
+
+        async with trio.open_nursery() as nursery:  # a deadline already past: at once
+            nursery.start_soon(sleeper)
+            await trio.testing.wait_all_tasks_blocked()
+            assert t.wake_earlier(trio.current_time() - 1.0)
+        assert len(woke) == 2
+
+
+@unit
+async def test_wake_earlier_under_a_mock_clock_leaves_the_waking_to_the_caller(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with PreciseTimer() as t:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(t.sleep_until, 10.0)
+            await trio.testing.wait_all_tasks_blocked()
+            assert not t.wake_earlier(1.0)  # trio.sleep_until's sleep: a cancel scope's job
+            nursery.cancel_scope.cancel()
+
+
+@needs_timerfd
+@unit
 async def test_second_concurrent_sleeper_is_busy() -> None:
     with PreciseTimer() as t:
         async with trio.open_nursery() as nursery:

@@ -136,7 +136,9 @@ class Pacer:
         self._slots[stream] = slot
         heapq.heappush(self._heap, (first_deadline, next(self._order), slot))
         if first_deadline < self._sleep_target and self._sleep_scope is not None:
-            self._sleep_scope.cancel()
+            self._sleep_target = first_deadline  # (the spin after the wake-up stops here)
+            if not self._timer.wake_earlier(first_deadline - self.advance_s):
+                self._sleep_scope.cancel()
         self._idle.set()
 
     def restart(self, stream: Paced, sent_at: float) -> None:
@@ -222,10 +224,11 @@ class Pacer:
             self._sleep_scope = scope
             self._sleep_target = deadline
             await self._timer.sleep_until(target)
+        moved = self._sleep_target < deadline  # `schedule` woke it earlier: no lateness to learn
         self._sleep_scope = None
         self._sleep_target = float("inf")
         self.wakeups += 1
-        if scope.cancelled_caught or not precise:
+        if scope.cancelled_caught or moved or not precise:
             return
         now = trio.current_time()
         self._late_ewma_s += _LATE_EWMA_ALPHA * (now - target - self._late_ewma_s)

@@ -109,11 +109,13 @@ class PreciseTimer:
     :class:`trio.ClosedResourceError`.  The fd is also closed if the object is collected.
     """
 
-    __slots__ = ("__weakref__", "_busy", "_closed", "_fd", "_finalizer")
+    __slots__ = ("__weakref__", "_busy", "_closed", "_deadline", "_fd", "_finalizer", "_offset")
 
     def __init__(self) -> None:
         self._fd = -1
         self._busy = False
+        self._deadline = math.inf  # of the timerfd sleep in progress (trio time)
+        self._offset = 0.0  # its clock's offset
         self._closed = False
         self._finalizer: weakref.finalize[Any, Any] | None = None
         if TIMERFD_AVAILABLE:
@@ -170,12 +172,10 @@ class PreciseTimer:
             await trio.lowlevel.checkpoint()
             return
         self._busy = True
+        self._deadline, self._offset = deadline, offset
         try:
             while True:
-                deadline_ns = math.ceil((deadline - offset) * 1e9)
-                rc = _arm(fd, deadline_ns)
-                if rc < 0:
-                    raise OSError(-rc, f"timerfd_settime: {os.strerror(-rc)}")
+                self._arm(self._deadline)
                 fired = False
                 try:
                     await _wait_readable(fd)
@@ -188,10 +188,31 @@ class PreciseTimer:
                         _clear(fd)
                 # Float rounding can leave trio's clock a hair short of deadline: go again
                 # (the re-armed deadline is then at most nanoseconds away).
-                if _current_time() >= deadline:
+                if _current_time() >= self._deadline:
                     return
         finally:
             self._busy = False
+            self._deadline = math.inf
+
+    def wake_earlier(self, deadline: float) -> bool:
+        """Make the timerfd sleep in progress end at `deadline` (trio time) if that is earlier
+        than its own; a deadline already past ends it at once. Synchronous, trio thread.
+
+        Returns False when no timerfd sleep is in progress (none at all, or one that fell back
+        to ``trio.sleep_until``): then the caller wakes the sleeper its own way (a cancel
+        scope). Cheaper than a cancel: the sleeper wakes as if its deadline had come (one
+        syscall here, no ``trio.Cancelled`` raised through it)."""
+        if not self._busy or self._closed or not math.isfinite(self._deadline):
+            return False
+        if deadline < self._deadline:
+            self._deadline = deadline
+            self._arm(deadline)
+        return True
+
+    def _arm(self, deadline: float) -> None:
+        rc = _arm(self._fd, math.ceil((deadline - self._offset) * 1e9))
+        if rc < 0:
+            raise OSError(-rc, f"timerfd_settime: {os.strerror(-rc)}")
 
     def close(self) -> None:
         """Close the timerfd.  Idempotent.  Call it from the trio thread (or outside trio)."""
