@@ -506,10 +506,12 @@ class Session:
     async def _produce(self, utt: Utterance) -> None:
         dl = self._downlink
         token = trio.lowlevel.current_trio_token()
+        turns = self._synthesis_offload
 
         def kick() -> None:
-            with contextlib.suppress(trio.RunFinishedError):
-                token.run_sync_soon(dl.kick)
+            if turns is None:  # (taking turns, a call is one chunk: `_push_backlog` kicks)
+                with contextlib.suppress(trio.RunFinishedError):
+                    token.run_sync_soon(dl.kick)
 
         producer = UtteranceProducer(
             voice=self._opened.voice,
@@ -523,7 +525,6 @@ class Session:
             kick=kick,
             opus=self._new_encoder,
         )
-        turns = self._synthesis_offload
         try:
             while (piece := await utt.next_piece(lambda: producer.audio_s)) is not None:
                 await self._wait_synthesis_budget()
