@@ -112,6 +112,29 @@ async def test_run_sweeps_when_due_on_its_checks(
     del keep
 
 
+async def test_a_new_sessions_objects_are_frozen_once_it_settles(
+    policy: GarbagePolicy, autojump_clock: trio.testing.MockClock
+) -> None:
+    policy.install()
+    frozen_at_install = gc.get_freeze_count()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(policy.run)
+        await trio.sleep(1.0)
+        made = [Leaf() for _ in range(100)]  # what a session's setup makes, long-lived
+        policy.session_opened()
+        await trio.sleep(collector.SETTLE_S / 2)
+        policy.session_opened()  # another opens meanwhile: both settle together
+        assert policy.stats().settled == 0
+        await trio.sleep(collector.SETTLE_S)
+        assert policy.stats().settled == 1
+        await trio.sleep(30.0)  # nothing opened since: nothing more to freeze
+        nursery.cancel_scope.cancel()
+    assert policy.stats().settled == 1
+    assert gc.get_freeze_count() >= frozen_at_install + len(made)
+    walked = {id(o) for generation in range(3) for o in gc.get_objects(generation)}
+    assert not any(id(m) in walked for m in made)  # out of every collection's reach
+
+
 def test_a_histograms_buckets_are_nothing_the_collector_walks() -> None:
     # every session keeps several histograms of 1,000-4,000 buckets: as a list, each slot
     # would be a reference every full collection walks (the session's share of a stall)

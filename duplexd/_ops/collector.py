@@ -21,6 +21,14 @@ So `GarbagePolicy.install` (once every model is loaded, before serving):
   collector's own full collections did, and it is logged and counted. That bounds what
   garbage waiting in the frozen set costs in memory.
 
+A session's own objects (its connection, its tasks, its buffers: ~300 tracked objects each)
+live as long as it does, but they are born young: the collector's next young collection walks
+them all, then the next full one. Twenty sessions that open together made one young collection
+of ~7 ms, which fell into their first replies (`python -m bench --burst`). So
+`session_opened` has them frozen as soon as they settle: `run` calls `gc.freeze` (which only
+relinks lists: no walk) `SETTLE_S` after the last session opened. What else was young then
+is frozen with them; a cycle among it that was garbage waits for a sweep, as above.
+
 Counting the frozen set (`gc.get_freeze_count`) walks it, holding the GIL: milliseconds for the
 daemon's frozen set (bench/results/README.md), a stall of its own if it ran on a timer (it did,
 every `CHECK_INTERVAL_S`, and every frame due then went out that late). So it is counted only
@@ -48,6 +56,7 @@ SWEEP_GROWTH: Final = 2.0  # sweep once the frozen set is this many times what a
 SWEEP_MIN_OBJECTS: Final = 50_000  # ... and has grown by at least this many objects
 SWEEP_MIN_INTERVAL_S: Final = 60.0  # never sweep more often than this
 CHECK_INTERVAL_S: Final = 5.0  # how often `run` looks at the frozen set
+SETTLE_S: Final = 0.2  # a new session's objects are frozen this long after it opened
 
 
 @dataclass
@@ -61,6 +70,7 @@ class GcStats:
     sweep_s: float = 0.0  # ... their total duration
     collected: int = 0  # objects the sweeps found to be garbage
     frozen: int = 0  # objects frozen at the last full collection, install or sweep
+    settled: int = 0  # times new sessions' objects were frozen (`session_opened`)
 
 
 class GarbagePolicy:
@@ -83,6 +93,7 @@ class GarbagePolicy:
         self._left = 0  # the frozen set's size after install or the last sweep
         self._last_sweep = 0.0  # trio.current_time() of install or the last sweep
         self._frozen = 0  # the frozen set's size, counted after each full collection
+        self._opened = trio.Event()  # a session opened since the last settling
 
     def install(self) -> None:
         """Collect, freeze everything alive, and freeze the survivors of every full
@@ -158,12 +169,27 @@ class GarbagePolicy:
         )
         return collected
 
+    def session_opened(self, _session: object = None) -> None:
+        """A session opened: its objects are frozen `SETTLE_S` from now (by `run`), once its
+        tasks have started. Trio thread; cheap."""
+        self._opened.set()
+
     async def run(self) -> None:
         """Sweep when due (`due`, with the frozen set as the last full collection counted
-        it), checking every `CHECK_INTERVAL_S`, until cancelled. Cancellation leaves nothing
-        behind (a sweep is not interrupted: it has no await)."""
+        it), checking every `CHECK_INTERVAL_S`, and freeze new sessions' objects `SETTLE_S`
+        after they opened, until cancelled. Cancellation leaves nothing behind (a sweep is
+        not interrupted: it has no await; sessions it did not freeze are left young)."""
+        check_at = trio.current_time() + CHECK_INTERVAL_S
         while True:
-            await trio.sleep(CHECK_INTERVAL_S)
+            with trio.move_on_at(check_at):
+                await self._opened.wait()
+                await trio.sleep(SETTLE_S)  # (more sessions opening meanwhile go with it)
+                self._opened = trio.Event()
+                if self._installed:
+                    gc.freeze()
+                    self._stats.settled += 1
+                continue
+            check_at = trio.current_time() + CHECK_INTERVAL_S
             if self._installed and self.due(trio.current_time(), self._frozen):
                 self.sweep()
 
@@ -178,4 +204,5 @@ class GarbagePolicy:
             s.sweep_s,
             s.collected,
             self._frozen if self._installed else 0,
+            s.settled,
         )

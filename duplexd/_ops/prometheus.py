@@ -309,6 +309,11 @@ class DaemonMetrics(Collector):
             "garbage the sweeps found in the frozen set (cycles that died after being frozen)",
             value=g.collected,
         )
+        yield CounterMetricFamily(
+            "duplexd_gc_settles",
+            "times newly opened sessions' objects were frozen (no walk: they are never collected)",
+            value=g.settled,
+        )
         yield _gauge(
             "duplexd_gc_frozen_objects",
             "objects out of the collector's reach (counted after each full collection)",

@@ -101,6 +101,7 @@ class Daemon:
         uplink_services: UplinkServices | None,
         tracer: Tracer | None,
         offload: Offload,
+        on_session_opened: Callable[[Session], None] | None,
         on_session_closed: Callable[[Session], None] | None,
     ) -> None:
         self.server = server
@@ -128,6 +129,7 @@ class Daemon:
         self._tracer = tracer
         self._offload = offload
         self._synthesis_offloads = synthesis_offloads(engines, offload)
+        self._on_session_opened = on_session_opened
         self._on_session_closed = on_session_closed
 
     @property
@@ -273,6 +275,8 @@ class Daemon:
         self.connecting -= 1
         self.sessions.add(session)
         self._by_id[session.id] = session
+        if self._on_session_opened is not None:
+            self._on_session_opened(session)
 
     def _resumed(self, session: Session) -> None:
         self.connecting -= 1  # the session it joined holds the slot
@@ -300,6 +304,7 @@ async def serve_duplexd(
     tracer: Tracer | None = None,
     offload: Offload = trio.to_thread.run_sync,
     gil_switch_interval_s: float | None = GIL_SWITCH_INTERVAL_S,
+    on_session_opened: Callable[[Session], None] | None = None,
     on_session_closed: Callable[[Session], None] | None = None,
     inherited: list[socket.socket] | None = None,
     task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED,
@@ -315,10 +320,11 @@ async def serve_duplexd(
     `authenticator`: who may open a session (checked in the WebSocket upgrade; None: anybody);
     `tls`: serve wss:// with this certificate. `uplink_services`: what uplinks share (None: a
     Hello asking for uplink audio is refused). `tracer`: records the sessions it selects
-    (`duplexd serve --trace`). `on_session_closed(session)` runs (trio thread) as each open
-    session ends. While it runs, the process's GIL switch interval is `gil_switch_interval_s`
-    (None leaves it alone); it is restored after. `inherited`: listening sockets to serve on
-    instead of `host:port` (socket activation: `listen.inherited_sockets`).
+    (`duplexd serve --trace`). `on_session_opened(session)` and `on_session_closed(session)`
+    run (trio thread) as each session opens (past its Hello) and as each open session ends.
+    While it runs, the process's GIL switch interval is `gil_switch_interval_s` (None leaves
+    it alone); it is restored after. `inherited`: listening sockets to serve on instead of
+    `host:port` (socket activation: `listen.inherited_sockets`).
     """
 
     saved_interval = sys.getswitchinterval()
@@ -350,6 +356,7 @@ async def serve_duplexd(
                 uplink_services=uplink_services,
                 tracer=tracer,
                 offload=offload,
+                on_session_opened=on_session_opened,
                 on_session_closed=on_session_closed,
             )
             daemon.inherited = bool(inherited)

@@ -264,6 +264,7 @@ class Service:
                     trusted_proxies=s.trusted_proxies,
                     uplink_services=uplink_services,
                     tracer=self._tracer,
+                    on_session_opened=self._garbage.session_opened if self._garbage else None,
                     on_session_closed=self._session_closed,
                     inherited=inherited,
                 )
