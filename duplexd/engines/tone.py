@@ -42,7 +42,6 @@ class ToneVoice:
         compute_ms_per_char: float,
     ) -> None:
         self._name = name
-        self._base_hz = base_hz
         self._rate = sample_rate_hz
         self._ms_per_char = ms_per_char
         self._compute_ms_per_char = compute_ms_per_char
