@@ -155,7 +155,8 @@ class PreciseTimer:
 
         Cancellation: ``trio.Cancelled`` propagates and the timer is left disarmed and
         cleared (nothing pending), ready for the next call.  If another task calls
-        :meth:`close` meanwhile, the sleeper gets :class:`trio.ClosedResourceError`.
+        :meth:`close` meanwhile, the sleeper gets :class:`trio.ClosedResourceError`; if it
+        calls :meth:`wake_earlier`, the sleep returns at that earlier deadline instead.
         """
         if self._closed:
             raise trio.ClosedResourceError("PreciseTimer is closed")
@@ -202,7 +203,7 @@ class PreciseTimer:
         to ``trio.sleep_until``): then the caller wakes the sleeper its own way (a cancel
         scope). Cheaper than a cancel: the sleeper wakes as if its deadline had come (one
         syscall here, no ``trio.Cancelled`` raised through it)."""
-        if not self._busy or self._closed or not math.isfinite(self._deadline):
+        if not self._busy or self._closed:  # (a timerfd sleep's deadline is finite)
             return False
         if deadline < self._deadline:
             self._deadline = deadline
