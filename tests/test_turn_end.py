@@ -21,6 +21,7 @@ from duplexd._uplink.vad import (
     WINDOW,
     BargeIn,
     EndCandidate,
+    Speculate,
     SpeechDetector,
     SpeechStart,
     SpeechStop,
@@ -111,8 +112,9 @@ def test_max_silence_is_never_below_min_silence() -> None:
     det = SpeechDetector(VadOptions(min_silence_ms=640, max_silence_ms=100), smart=True)
     events = feed(det, SPEECH + [0.0] * 20)
     kinds = [type(e) for _, e in events]
-    assert kinds == [SpeechStart, SpeechStop, Turn]  # ended at 640 ms, no question left
-    assert events[1][0] == SILENCE_AT + 20 * WINDOW
+    # ended at 640 ms, no question left (the Speculate at 64 ms: prepare for an end here)
+    assert kinds == [SpeechStart, Speculate, SpeechStop, Turn]
+    assert events[2][0] == SILENCE_AT + 20 * WINDOW
 
 
 @pytest.mark.unit
@@ -251,13 +253,17 @@ async def test_a_complete_sentence_ends_after_a_short_silence(
     assert [type(f) for _, f in frames] == [fr.SpeechStarted, fr.SpeechStopped]
     when, stop = frames[1]
     assert isinstance(stop, fr.SpeechStopped)
-    # the turn ends `silence_ms` (in whole VAD windows) after the silence's first sample, at
-    # the end of the uplink frame that completes that window, the echo canceller's latency
-    # later (its output runs AEC_LATENCY_SAMPLES behind the microphone: echo.py)
+    # the silence begins where the voice fell quiet (quiet.py), not where silero heard it
+    # (120-260 ms later): within two blocks (16 ms) after the last sample of its envelope
+    from bench.turns import speech_end
+
+    assert 0 <= stop.uplink_sample - (RATE // 2 + speech_end(speech)) < 16 * MS
+    # the turn ends with the first VAD window that completes `silence_ms` from there, at the
+    # end of the uplink frame that completes that window, the echo canceller's latency later
+    # (its output runs AEC_LATENCY_SAMPLES behind the microphone: echo.py)
     from duplexd._uplink.echo import AEC_LATENCY_SAMPLES
 
-    windows = -(-silence_ms * MS // WINDOW)
-    decided = stop.uplink_sample + windows * WINDOW + AEC_LATENCY_SAMPLES
+    decided = -(-(stop.uplink_sample + silence_ms * MS) // WINDOW) * WINDOW + AEC_LATENCY_SAMPLES
     assert when == pytest.approx(-(-decided // 320) * 0.020)
 
 
@@ -296,7 +302,7 @@ def test_passes_for_streaming_transcripts_only_while_the_user_speaks() -> None:
 
 @pytest.mark.unit
 def test_speculation_once_per_silence_and_the_turn_says_where_it_stopped() -> None:
-    from duplexd._uplink.vad import SPECULATE_MS, Speculate
+    from duplexd._uplink.vad import SPECULATE_MS
 
     det = SpeechDetector(VadOptions(min_silence_ms=200.0), speculate=True)
     # speech, a short pause (speculated on, then the user speaks on), speech, the end

@@ -33,6 +33,7 @@ class UplinkCounters:
     asr_audio_s: float = 0.0
     end_checks: int = 0  # questions to the turn model (smart end) ...
     end_checks_complete: int = 0  # ... answered "complete"
+    end_checks_ahead: int = 0  # end checks answered by a question asked ahead (no model run)
     end_checks_unfinished: int = 0  # ... of which the transcript stopped mid-sentence: waited
     end_check_s: float = 0.0  # their wall time (thread)
     extra: dict[str, Any] = field(default_factory=dict)
@@ -66,6 +67,7 @@ class UplinkCounters:
             "asr_audio_s": round(self.asr_audio_s, 4),
             "end_checks": self.end_checks,
             "end_checks_complete": self.end_checks_complete,
+            "end_checks_ahead": self.end_checks_ahead,
             "end_checks_unfinished": self.end_checks_unfinished,
             "end_check_ms_mean": (
                 round(1000 * self.end_check_s / self.end_checks, 3) if self.end_checks else 0

@@ -11,7 +11,8 @@ agreeing), and a partial Transcript of the confirmed prefix is sent when it grow
 then decodes only the audio after the confirmed words.
 
 Speculative finals (`asr.speculate`, on by default): once the user has been silent
-`SPECULATE_MS` in a turn, the turn is transcribed as if it ended there (`Speculate`); if it
+`SPECULATE_MS` in a turn, or the voice's level quiet `QUIET_SPECULATE_MS` (vad.py: silero
+hears the silence later), the turn is transcribed as if it ended there (`Speculate`); if it
 does end at that silence (the smart end of turn decides ~200 ms later), its final Transcript is
 that one, ready or nearly so, instead of a decode that only starts then. If the user speaks
 on, the work is wasted (one decode per silence at most) and the next silence speculates again.
@@ -153,9 +154,9 @@ class Transcripts:
     async def _check_words(self, transcriber: Transcriber, check: HoldCheck) -> None:
         """What the user said while the agent's audio is held: queued for the worker's
         `SoftBargeIn`, in its place among the frames. The sound is the turn so far, ended by
-        the same silence that a speculative transcript (asked for at its 64th ms, before this
-        check) is about: that one's text, when there is one, is the answer. Cancelling
-        abandons the decode (its thread finishes in the background; nothing is answered)."""
+        the same silence that a speculative transcript (asked for before this check) is
+        about: that one's text, when there is one, is the answer. Cancelling abandons the
+        decode (its thread finishes in the background; nothing is answered)."""
         c = self.counters
         c.hold_checks += 1
         spec = self._speculation

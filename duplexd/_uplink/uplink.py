@@ -71,6 +71,7 @@ from ..protocol.codec import AUDIO_HEADER, RemoteProtocolError, iter_frames
 from ..protocol.options import SessionOptions
 from .counters import UplinkCounters
 from .echo import EchoCanceller
+from .quiet import QuietTracker
 from .services import UplinkServices
 from .soft import Settled, SoftBargeIn, WordsCheck
 from .transcripts import HoldCheck, Transcripts
@@ -107,9 +108,12 @@ _PLAYED: Final = -5  # ... or a PLAYED report (utterance id, samples played, clo
 class EndCheck:
     """An `EndCandidate` with the audio the turn model judges (the turn's last 8 s)."""
 
-    id: int
+    id: int  # AHEAD: asked ahead, when the turn was transcribed ahead (a `Speculate`)
     audio: npt.NDArray[np.float32]
     stop: int = -1  # where the silence began
+
+
+AHEAD: Final = -1
 
 
 class Uplink:
@@ -150,6 +154,7 @@ class Uplink:
         self._turn_model = services.turn_model
         self._turn_offload = services.turn_offload or services.offload
         self._end_check: EndCheck | None = None  # the latest question for the turn model
+        self._ahead_check: EndCheck | None = None  # ... and the latest one asked ahead
         self._end_lot = trio.lowlevel.ParkingLot()
         # (arrival time, uplink seq gap, pcm), (arrival time, _DOWNLINK, downlink message) or
         # (arrival time, _VERDICT, Verdict)
@@ -159,6 +164,7 @@ class Uplink:
         self._events: list[tuple[float, object]] = []
         transcriber = services.transcriber if asr.transcripts else None
         self._vad = SileroVad(services.vad_model)
+        self._quiet = QuietTracker()  # where the voice fell quiet: a silence's true start
         smart = self._turn_model is not None
         self._detector = SpeechDetector(
             vad,
@@ -329,8 +335,11 @@ class Uplink:
             self._transcripts.queue_turn(ev)
         elif isinstance(ev, Speculate) and self._transcripts is not None:
             self._transcripts.speculate(ev)
-        elif isinstance(ev, EndCheck):
-            self._end_check = ev  # an older question still waiting is moot
+        elif isinstance(ev, EndCheck):  # an older question still waiting is moot
+            if ev.id == AHEAD:
+                self._ahead_check = ev
+            else:
+                self._end_check = ev
             self._end_lot.unpark_all()
 
     def _ingest(self, now: float, samples: np.ndarray) -> None:
@@ -367,14 +376,18 @@ class Uplink:
         self._turn_ring[i : i + WINDOW] = window  # cap is a multiple of WINDOW
         self._pos = pos + WINDOW
         c.windows += 1
-        events = self._detector.process(pos, prob, barge_threshold)
+        quiet_since = self._quiet.window(pos, window)
+        events = self._detector.process(pos, prob, barge_threshold, quiet_since)
         if (soft := self._soft) is not None:
             self._follow_hold(soft, now, pos, prob, events)
         for ev in events:
-            if isinstance(ev, EndCandidate):  # the audio goes with the question
+            if isinstance(ev, EndCandidate | Speculate) and self._detector.smart:
+                # the audio goes with the question; a turn transcribed ahead of its end is
+                # judged ahead too (the question comes at min_silence_ms, the answer is ready)
                 start = max(ev.start, ev.end - WINDOW_SAMPLES)
-                self._events.append((now, EndCheck(ev.id, self._audio(start, ev.end), ev.stop)))
-            else:
+                ask = ev.id if isinstance(ev, EndCandidate) else AHEAD
+                self._events.append((now, EndCheck(ask, self._audio(start, ev.end), ev.stop)))
+            if not isinstance(ev, EndCandidate):
                 self._events.append((now, ev))
         c.vad_s += time.thread_time() - t0
 
@@ -500,28 +513,48 @@ class Uplink:
 
     async def _check_ends(self, model: TurnModel) -> None:
         """Ask the turn model about the latest `EndCheck`, one at a time, and queue each
-        verdict for the detector. Cancelling waits for a question in progress (tens of ms)."""
+        verdict for the detector. A question asked ahead (when the voice had been quiet
+        `vad.QUIET_SPECULATE_MS`, ~100 ms before the end of turn is asked about: the model
+        takes 70-140 ms on a 2-core box) answers the end check of the same silence. Cancelling
+        waits for a question in progress (tens of ms)."""
         threshold = self.vad_options.smart_threshold
+        c = self.counters
+        ahead: tuple[int, float] | None = None  # (silence, probability) answered ahead
         while True:
-            while self._end_check is None:
+            while self._end_check is None and self._ahead_check is None:
                 await self._end_lot.park()
-            check, self._end_check = self._end_check, None
-            t0 = time.perf_counter()
-            prob = await self._turn_offload(model.probability, check.audio)
-            c = self.counters
-            c.end_checks += 1
-            c.end_check_s += time.perf_counter() - t0
+            if (check := self._end_check) is None:
+                assert self._ahead_check is not None
+                check, self._ahead_check = self._ahead_check, None
+                ahead = (check.stop, await self._judge(model, check))
+                continue
+            self._end_check = None
+            if self._ahead_check is not None and self._ahead_check.stop == check.stop:
+                self._ahead_check = None  # asked again now: moot
+            if ahead is not None and ahead[0] == check.stop:
+                prob = ahead[1]
+                c.end_checks_ahead += 1
+            else:
+                prob = await self._judge(model, check)
             complete = prob >= threshold
             c.end_checks_complete += complete
             if complete and (words := self._transcripts) is not None and self._english:
                 # the speculative transcript of this silence (ready, or nearly: from its 64th
-                # ms; the final is that text, so waiting for it delays no transcript)
+                # ms, or the voice's 96th quiet one; the final is that text, so waiting for it
+                # delays no transcript)
                 text = await words.speculated_text(check.stop)
                 if text is not None and sounds_unfinished(text):
                     complete = False  # "I'd like a table for": wait for the rest
                     c.end_checks_unfinished += 1
             log.debug("end of turn?", extra={"probability": round(prob, 3)})
             self._enqueue((trio.current_time(), _VERDICT, (check.id, complete)))
+
+    async def _judge(self, model: TurnModel, check: EndCheck) -> float:
+        t0 = time.perf_counter()
+        prob: float = await self._turn_offload(model.probability, check.audio)
+        self.counters.end_checks += 1
+        self.counters.end_check_s += time.perf_counter() - t0
+        return prob
 
     def stats(self) -> dict[str, Any]:
         out = self.counters.summary()

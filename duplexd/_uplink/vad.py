@@ -15,11 +15,12 @@ Without onnxruntime the TorchScript model is used instead (one model per stream)
 `barge_in_min_speech_ms` (default: the first window over the threshold; silero rejects
 clicks, claps, typing, beeps and noise on its own: tests/test_vad.py), `SpeechStop` when the
 turn ends and `Turn` (the span to transcribe, padded) with it. A fixed end (`smart=False`)
-comes after `min_silence_ms` of silence. A smart end asks the turn model (`turn.py`) once the
-silence has lasted `min_silence_ms`: the detector emits `EndCandidate` and the uplink answers
-with `verdict(id, complete)` when the model has spoken; "complete" ends the turn where the
-silence began, otherwise it ends after `max_silence_ms` unless the user speaks on (the same
-turn goes on; a later silence is a new candidate).
+comes after `min_silence_ms` of silence, counted from where the voice fell quiet by its
+level (`quiet.py`: silero hears it 120-260 ms late). A smart end asks the turn model
+(`turn.py`) once the silence has lasted `min_silence_ms`: the detector emits `EndCandidate`
+and the uplink answers with `verdict(id, complete)` when the model has spoken; "complete"
+ends the turn where the silence began, otherwise it ends after `max_silence_ms` unless the
+user speaks on (the same turn goes on; a later silence is a new candidate).
 """
 
 from __future__ import annotations
@@ -211,8 +212,9 @@ class Turn:
 
 @dataclass(frozen=True, slots=True)
 class Speculate:
-    """The user has been silent `SPECULATE_MS` since `stop`: the turn may end there, so its
-    transcript [start, end) can be made now, ready if it does (`Turn.stop` == `stop`)."""
+    """The user has been silent `SPECULATE_MS` since `stop`, or quiet `QUIET_SPECULATE_MS`:
+    the turn may end there, so its transcript [start, end) can be made now (`speculate`),
+    ready if it does (`Turn.stop` == `stop`), and the turn model asked (`smart`)."""
 
     start: int
     end: int
@@ -233,6 +235,9 @@ class EndCandidate:
 VadEvent = SpeechStart | SpeechStop | BargeIn | Turn | EndCandidate | Speculate
 
 SPECULATE_MS: Final = 64.0  # silence this long in a turn: transcribe it ahead of its end
+MAX_BACKDATE_MS: Final = 250.0  # a silence starts at most this long before silero hears it
+QUIET_SPECULATE_MS: Final = 96.0  # the voice quiet this long (silero still hearing speech):
+# transcribe ahead too; a pause inside a sentence wastes that decode (about one a sentence)
 SMART_MIN_SILENCE_MS: Final = 200.0  # `min_silence_ms` unset: with a smart end ...
 FIXED_MIN_SILENCE_MS: Final = 500.0  # ... and without one
 
@@ -243,6 +248,8 @@ class SpeechDetector:
     `barge_in_threshold` is what a window must score to count toward a barge-in (the session
     raises it while its own voice may be echoing back). `smart`: end turns with the turn
     model's verdicts (when `options.smart_end` asks for it and the server has the model).
+    `speculate`: the turn is transcribed ahead of its end. Either one makes `Speculate`
+    events (the turn may end at this silence: prepare).
     """
 
     def __init__(
@@ -269,8 +276,12 @@ class SpeechDetector:
         self._pad = round(options.speech_pad_ms * ms)
         self._max_turn = round(options.max_turn_s * VAD_RATE_HZ)
         self._partial = round(partial_ms * ms)
-        self._speculate = round(SPECULATE_MS * ms) if speculate else 0
-        self._speculated = False  # a Speculate was made for the silence now going on
+        ahead = speculate or self.smart  # Speculate events: someone prepares for the end
+        self._speculate = round(SPECULATE_MS * ms) if ahead else 0
+        self._quiet_speculate = round(QUIET_SPECULATE_MS * ms) if ahead else 0
+        self._spec_stop: int | None = None  # the silence (its start) speculated on last
+        self._backdate = round(MAX_BACKDATE_MS * ms)
+        self._heard_silence = 0  # where silero heard the silence now going on begin
         self.in_speech = False
         self._run_start: int | None = None  # candidate speech onset
         self._run = 0  # samples of speech in the candidate run
@@ -281,8 +292,13 @@ class SpeechDetector:
         self._last_partial = 0
         self._end = 0  # end of the last window processed
 
-    def process(self, start: int, prob: float, barge_in_threshold: float) -> list[VadEvent]:
-        """Feed the probability of the window [start, start + WINDOW); returns the events."""
+    def process(
+        self, start: int, prob: float, barge_in_threshold: float, quiet_since: int | None = None
+    ) -> list[VadEvent]:
+        """Feed the probability of the window [start, start + WINDOW); returns the events.
+        `quiet_since`: where the voice fell quiet by its level (`quiet.QuietTracker`), if it is
+        quiet at the window's end: a silence silero hears begins there (`MAX_BACKDATE_MS` back at
+        most, never before the turn), not where silero's verdict came (120-260 ms later)."""
         o = self.options
         end = start + WINDOW
         events: list[VadEvent] = []
@@ -304,15 +320,15 @@ class SpeechDetector:
             self._run_start, self._run, self._barge_run, self._barged = None, 0, 0, False
         elif prob < o.neg_threshold:
             if self._silence_start is None:
-                self._silence_start = start
+                self._heard_silence = began = start
+                if quiet_since is not None and self._turn_start < quiet_since < start:
+                    began = max(quiet_since, start - self._backdate)
+                self._silence_start = began
                 self._asked = None
-                self._speculated = False
             self._barge_run = 0
             silence = end - self._silence_start
-            if self._speculate and silence >= self._speculate and not self._speculated:
-                self._speculated = True
-                start0 = max(0, self._turn_start - self._pad)
-                events.append(Speculate(start0, end, self._silence_start))
+            if self._speculate and silence >= self._speculate:
+                self._speculate_on(self._silence_start, end, events)
             if not self.smart:
                 if silence >= self._min_silence:
                     self._end_turn(end, events)
@@ -323,6 +339,15 @@ class SpeechDetector:
                 self._candidates += 1
                 start0 = max(0, self._turn_start - self._pad)
                 events.append(EndCandidate(self._asked, start0, end, self._silence_start))
+        if (
+            self._quiet_speculate
+            and self.in_speech
+            and self._silence_start is None  # silero still hears speech, the level does not
+            and quiet_since is not None
+            and quiet_since > self._turn_start
+            and end - quiet_since >= self._quiet_speculate
+        ):
+            self._speculate_on(quiet_since, end, events)
         if self.in_speech:
             if end - self._turn_start >= self._max_turn:
                 events.append(Turn(max(0, self._turn_start - self._pad), end))
@@ -336,6 +361,13 @@ class SpeechDetector:
                 events.append(Turn(max(0, self._turn_start - self._pad), end, final=False))
         self._end = end
         return events
+
+    def _speculate_on(self, stop: int, end: int, events: list[VadEvent]) -> None:
+        """Transcribe the turn as if it ended at `stop`, once per silence (the quiet that
+        silero later hears as a silence is the same one: its start is the same)."""
+        if self._spec_stop != stop:
+            self._spec_stop = stop
+            events.append(Speculate(max(0, self._turn_start - self._pad), end, stop))
 
     def verdict(self, candidate: int, complete: bool) -> list[VadEvent]:
         """The turn model's answer for `EndCandidate` `candidate`: a complete turn ends now
@@ -361,7 +393,9 @@ class SpeechDetector:
         assert stop is not None
         events.append(SpeechStop(stop))
         start0 = max(0, self._turn_start - self._pad)
-        events.append(Turn(start0, min(end, stop + self._pad), stop=stop))
+        # the audio goes on to where silero heard the silence (a quiet end of a word stays in)
+        last = min(end, max(stop, self._heard_silence) + self._pad)
+        events.append(Turn(start0, last, stop=stop))
         self.in_speech = False
         self._run_start, self._run, self._barge_run, self._barged = None, 0, 0, False
         self._silence_start = self._asked = None

@@ -1,0 +1,63 @@
+"""Where the user's voice fell quiet, from its level: the true start of a silence.
+
+silero-vad hears the end of speech late: its probability stays over the silence threshold for
+120-260 ms after the voice has died away (measured on the bench's turns: `bench.turns`' set
+through `SileroVad`, the envelope's end against the first window under `neg_threshold`), so a
+silence counted from silero's verdict ends every turn that much later than the user stopped.
+Pipecat gates silero with the audio's volume for the same reason. `QuietTracker` follows the
+level of the cleaned uplink (after the echo canceller) in 8 ms blocks and says since when the
+voice has been quiet; the detector (`vad.SpeechDetector`) counts a silence from there once
+silero agrees that it is one, never from further back than `vad.MAX_BACKDATE_MS`.
+
+A block is quiet when its level is under both the voice's recent peak less `BELOW_PEAK_DB` and
+the room's noise floor plus `ABOVE_FLOOR_DB`, whichever is higher: the peak decays slowly so it
+is the voice of the last few seconds, and the floor is the quietest block so far, rising
+slowly, so a room that gets noisier is followed. In a noisy room the quiet voice of a word's
+end may count as quiet: the damage is bounded, as a silence is only backdated once silero hears
+it, and by `MAX_BACKDATE_MS` at most (measured on the bench's turns: the quiet began within 4 ms
+of the voice's envelope end under -60 and most under -45 dBFS of white noise; 20-225 ms before
+it under -35).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+
+BLOCK_SAMPLES: Final = 128  # 8 ms at 16 kHz; a VAD window is 4 blocks
+BELOW_PEAK_DB: Final = 35.0
+ABOVE_FLOOR_DB: Final = 6.0
+PEAK_DECAY_DB_PER_BLOCK: Final = 6.0 * BLOCK_SAMPLES / 16_000  # 6 dB a second
+FLOOR_RISE_DB_PER_BLOCK: Final = 1.0 * BLOCK_SAMPLES / 16_000  # 1 dB a second
+_SILENT_DB: Final = -100.0  # level of digital silence (the floor of the log)
+
+
+class QuietTracker:
+    """The level of one stream, block by block (16 kHz sample positions). Not thread-safe:
+    one per uplink, used by its worker."""
+
+    def __init__(self) -> None:
+        self._peak_db = _SILENT_DB
+        self._floor_db: float | None = None
+        self.quiet_since: int | None = None  # first sample of the current quiet run, if any
+
+    def window(self, start: int, samples: npt.NDArray[np.float32]) -> int | None:
+        """Follow the blocks of `samples` (which begin at sample `start`; a whole number of
+        blocks) and return `quiet_since` at their end: where the current run of quiet blocks
+        began, or None if the last block is not quiet."""
+        blocks = samples.reshape(-1, BLOCK_SAMPLES)
+        power = np.einsum("ij,ij->i", blocks, blocks) / BLOCK_SAMPLES
+        levels = 10.0 * np.log10(np.maximum(power, 10 ** (_SILENT_DB / 10)))
+        peak, floor = self._peak_db, self._floor_db
+        for k, level in enumerate(levels.tolist()):
+            floor = level if floor is None or level < floor else floor + FLOOR_RISE_DB_PER_BLOCK
+            peak = max(level, peak - PEAK_DECAY_DB_PER_BLOCK)
+            if level < max(peak - BELOW_PEAK_DB, floor + ABOVE_FLOOR_DB):
+                if self.quiet_since is None:
+                    self.quiet_since = start + k * BLOCK_SAMPLES
+            else:
+                self.quiet_since = None
+        self._peak_db, self._floor_db = peak, floor
+        return self.quiet_since

@@ -1,0 +1,170 @@
+"""Where the voice fell quiet (quiet.py), and the detector counting a silence from there.
+
+silero-vad hears the end of speech 120-260 ms late; the detector backdates the silence it
+hears to where the level fell (at most `MAX_BACKDATE_MS`, never before the turn began). The
+tracker on made-up levels (exact block positions), then on the bench's real speech.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from duplexd._uplink.quiet import BLOCK_SAMPLES, QuietTracker
+from duplexd._uplink.vad import (
+    MAX_BACKDATE_MS,
+    QUIET_SPECULATE_MS,
+    WINDOW,
+    BargeIn,
+    Speculate,
+    SpeechDetector,
+    SpeechStop,
+    Turn,
+    VadEvent,
+)
+from duplexd.protocol.options import VadOptions
+
+RATE = 16_000
+MS = RATE // 1000
+BLOCKS = WINDOW // BLOCK_SAMPLES
+
+
+def tone(n: int, db: float) -> np.ndarray:
+    """`n` samples of a 200 Hz sine at `db` dBFS RMS."""
+    t = np.arange(n) / RATE
+    return (np.sqrt(2) * 10 ** (db / 20) * np.sin(2 * np.pi * 200 * t)).astype(np.float32)
+
+
+def follow(tracker: QuietTracker, audio: np.ndarray) -> list[int | None]:
+    """`quiet_since` at the end of each window of `audio`."""
+    return [tracker.window(i, audio[i : i + WINDOW]) for i in range(0, len(audio), WINDOW)]
+
+
+@pytest.mark.unit
+def test_quiet_since_is_the_first_quiet_block_after_the_voice() -> None:
+    noise = np.random.default_rng(1).normal(0.0, 1e-3, 40 * WINDOW).astype(np.float32)  # -60
+    audio = noise.copy()
+    voice_end = 10 * WINDOW + 3 * BLOCK_SAMPLES  # mid-window, on a block boundary
+    audio[4 * WINDOW : voice_end] += tone(voice_end - 4 * WINDOW, -20.0)
+    got = follow(QuietTracker(), audio)
+    assert got[1:4] == [0] * 3  # the room before the voice (its first block is the floor)
+    assert got[4:10] == [None] * 6  # the voice: never quiet
+    assert got[10:] == [voice_end] * 30  # from the block after the voice, for good
+
+
+@pytest.mark.unit
+def test_a_voice_fading_out_is_quiet_only_35_db_under_its_peak() -> None:
+    quiet = np.zeros(8 * WINDOW, dtype=np.float32)  # a quiet room (digital silence) around
+    fade = np.concatenate([tone(4 * BLOCK_SAMPLES, db) for db in (-20, -40, -54, -56)])
+    audio = np.concatenate([quiet, tone(8 * WINDOW, -20.0), fade, quiet])
+    since = follow(QuietTracker(), audio)[-1]
+    assert since == 16 * WINDOW + 3 * 4 * BLOCK_SAMPLES  # -56 dB: more than 35 dB under -20
+
+
+@pytest.mark.unit
+def test_in_a_loud_room_only_a_level_near_the_noise_floor_is_quiet() -> None:
+    rng = np.random.default_rng(2)
+    room = rng.normal(0.0, 10 ** (-40 / 20), 60 * WINDOW).astype(np.float32)  # -40 dBFS
+    audio = room.copy()
+    audio[20 * WINDOW : 30 * WINDOW] += tone(10 * WINDOW, -20.0)
+    audio[30 * WINDOW : 34 * WINDOW] += tone(4 * WINDOW, -33.0)  # the voice trails off: heard
+    got = follow(QuietTracker(), audio)
+    assert got[29:34] == [None] * 5
+    assert got[34:] == [34 * WINDOW] * 26
+
+
+def feed(
+    det: SpeechDetector, probs: list[float], quiet: list[int | None]
+) -> list[tuple[int, VadEvent]]:
+    out = []
+    for i, (p, q) in enumerate(zip(probs, quiet, strict=True)):
+        events = det.process(i * WINDOW, p, 0.5, q)
+        out.extend(((i + 1) * WINDOW, ev) for ev in events if not isinstance(ev, BargeIn))
+    return out
+
+
+SPEECH = [0.9] * 20
+LAG = [0.9] * 6  # silero still hears speech 192 ms into the silence
+QUIET_AT = 20 * WINDOW + BLOCK_SAMPLES  # the voice fell quiet one block into window 20
+
+
+@pytest.mark.unit
+def test_a_silence_counts_from_where_the_voice_fell_quiet() -> None:
+    det = SpeechDetector(VadOptions(smart_end=False, min_silence_ms=400.0), speculate=True)
+    quiet = [None] * 20 + [QUIET_AT] * 20
+    events = feed(det, SPEECH + LAG + [0.0] * 14, quiet)
+    heard = 26 * WINDOW  # silero's first silent window
+    (when_spec, spec), (when, stop), (_, turn) = [
+        (t, e) for t, e in events if isinstance(e, Speculate | SpeechStop | Turn)
+    ]
+    # transcribed ahead once the voice was quiet QUIET_SPECULATE_MS, before silero heard it,
+    # and not again when silero did (the same silence)
+    spoken_at = -(-(QUIET_AT + round(QUIET_SPECULATE_MS * MS)) // WINDOW) * WINDOW
+    assert spoken_at < heard
+    assert spec == Speculate(0, spoken_at, QUIET_AT) and when_spec == spoken_at
+    assert stop == SpeechStop(QUIET_AT)
+    assert when == -(-(QUIET_AT + 400 * MS) // WINDOW) * WINDOW  # 400 ms after QUIET_AT
+    # the transcript's audio still goes on to where silero heard the silence, + the pad
+    assert turn == Turn(0, heard + 150 * MS, stop=QUIET_AT)
+
+
+@pytest.mark.unit
+def test_a_quiet_the_voice_goes_on_after_is_speculated_on_once_and_the_end_again() -> None:
+    det = SpeechDetector(VadOptions(smart_end=False, min_silence_ms=300.0), speculate=True)
+    pause = 20 * WINDOW  # the voice quiet for 5 windows (160 ms), silero hearing speech
+    quiet = [None] * 20 + [pause] * 5 + [None] * 10 + [35 * WINDOW] * 20
+    events = feed(det, SPEECH + [0.9] * 15 + LAG + [0.0] * 14, quiet)
+    specs = [e.stop for _, e in events if isinstance(e, Speculate)]
+    assert specs == [pause, 35 * WINDOW]
+    (stop,) = [e for _, e in events if isinstance(e, SpeechStop)]
+    assert stop == SpeechStop(35 * WINDOW)
+
+
+@pytest.mark.unit
+def test_backdating_is_bounded_and_never_reaches_before_the_turn() -> None:
+    long_ago = 5 * WINDOW  # a level quiet since long before silero's silence (a quiet voice)
+    det = SpeechDetector(VadOptions(smart_end=False, min_silence_ms=300.0))
+    events = feed(det, SPEECH + LAG + [0.0] * 14, [None] * 5 + [long_ago] * 35)
+    (stop,) = [e for _, e in events if isinstance(e, SpeechStop)]
+    assert stop == SpeechStop(26 * WINDOW - round(MAX_BACKDATE_MS * MS))
+    # quiet since before the turn's speech began: the silence starts where silero heard it
+    det = SpeechDetector(VadOptions(smart_end=False, min_silence_ms=300.0))
+    events = feed(det, [0.0] * 4 + SPEECH + [0.0] * 14, [WINDOW] * 38)
+    (stop,) = [e for _, e in events if isinstance(e, SpeechStop)]
+    assert stop == SpeechStop(24 * WINDOW)
+
+
+@pytest.mark.integration
+def test_on_the_bench_speech_the_quiet_is_where_the_envelope_ends() -> None:
+    from bench.speech import clip
+    from bench.turns import speech_end
+
+    rng = np.random.default_rng(3)
+    for text in ("What time does the last train leave tonight?", "Thank you."):
+        voice = clip(text)
+        audio = np.concatenate((voice, np.zeros(RATE // 2, np.float32)))
+        audio += rng.normal(0.0, 1e-3, len(audio)).astype(np.float32)
+        audio = audio[: len(audio) // WINDOW * WINDOW]
+        since = follow(QuietTracker(), audio)[-1]
+        # (VITS ends a sentence with 30-50 ms of breath at -50..-54 dBFS: the voice's)
+        assert since is not None and 0 <= since - speech_end(voice) < 40 * MS, text
+
+
+@pytest.mark.integration
+async def test_the_turn_model_is_asked_ahead_and_its_answer_ends_the_turn_in_time(
+    autojump_clock: object,
+) -> None:
+    """A real Session (MockClock, the model inline): the model is asked once, when the voice
+    has been quiet 96 ms; the end check at 200 ms of silence takes that answer."""
+    from harness import inline_uplink_services
+    from test_turn_end import shared_turn_model, speak
+
+    from bench.speech import clip
+    from duplexd.protocol import frames as fr
+
+    services = inline_uplink_services(turn_model=shared_turn_model())
+    speech = clip("What time does the last train leave tonight?")
+    client, stats = await speak(speech, services, noise_seed=5)
+    stops = [f for _, f in client.arrivals if isinstance(f, fr.SpeechStopped)]
+    assert len(stops) == 1
+    assert (stats["end_checks"], stats["end_checks_ahead"]) == (1, 1), stats
