@@ -94,14 +94,15 @@ def test_a_silence_counts_from_where_the_voice_fell_quiet() -> None:
     quiet = [None] * 20 + [QUIET_AT] * 20
     events = feed(det, SPEECH + LAG + [0.0] * 14, quiet)
     heard = 26 * WINDOW  # silero's first silent window
-    (when_spec, spec), (when, stop), (_, turn) = [
+    (when_spec, spec), (when_heard, again), (when, stop), (_, turn) = [
         (t, e) for t, e in events if isinstance(e, Speculate | SpeechStop | Turn)
     ]
-    # transcribed ahead once the voice was quiet QUIET_SPECULATE_MS, before silero heard it,
-    # and not again when silero did (the same silence)
+    # speculated on once the voice was quiet QUIET_SPECULATE_MS, before silero heard it, and
+    # once more when silero did (the same silence: made once, `quiet` ones only when idle)
     spoken_at = -(-(QUIET_AT + round(QUIET_SPECULATE_MS * MS)) // WINDOW) * WINDOW
     assert spoken_at < heard
-    assert spec == Speculate(0, spoken_at, QUIET_AT) and when_spec == spoken_at
+    assert spec == Speculate(0, spoken_at, QUIET_AT, quiet=True) and when_spec == spoken_at
+    assert again == Speculate(0, heard + WINDOW, QUIET_AT) and when_heard == heard + WINDOW
     assert stop == SpeechStop(QUIET_AT)
     assert when == -(-(QUIET_AT + 400 * MS) // WINDOW) * WINDOW  # 400 ms after QUIET_AT
     # the transcript's audio still goes on to where silero heard the silence, + the pad
@@ -114,8 +115,8 @@ def test_a_quiet_the_voice_goes_on_after_is_speculated_on_once_and_the_end_again
     pause = 20 * WINDOW  # the voice quiet for 5 windows (160 ms), silero hearing speech
     quiet = [None] * 20 + [pause] * 5 + [None] * 10 + [35 * WINDOW] * 20
     events = feed(det, SPEECH + [0.9] * 15 + LAG + [0.0] * 14, quiet)
-    specs = [e.stop for _, e in events if isinstance(e, Speculate)]
-    assert specs == [pause, 35 * WINDOW]
+    specs = [(e.stop, e.quiet) for _, e in events if isinstance(e, Speculate)]
+    assert specs == [(pause, True), (35 * WINDOW, True), (35 * WINDOW, False)]
     (stop,) = [e for _, e in events if isinstance(e, SpeechStop)]
     assert stop == SpeechStop(35 * WINDOW)
 
@@ -168,3 +169,62 @@ async def test_the_turn_model_is_asked_ahead_and_its_answer_ends_the_turn_in_tim
     stops = [f for _, f in client.arrivals if isinstance(f, fr.SpeechStopped)]
     assert len(stops) == 1
     assert (stats["end_checks"], stats["end_checks_ahead"]) == (1, 1), stats
+
+
+class _Decodes:
+    """A transcriber test double: counts decodes, answers at once; `busy` as set."""
+
+    def __init__(self) -> None:
+        self.busy = False
+        self.decoded: list[int] = []
+
+    async def transcribe(self, audio: np.ndarray, prompt: str | None = None) -> str:
+        self.decoded.append(len(audio))
+        return "Hello."
+
+
+@pytest.mark.unit
+async def test_a_silence_is_transcribed_ahead_once_and_the_levels_only_when_idle() -> None:
+    import trio
+
+    from duplexd._uplink.counters import UplinkCounters
+    from duplexd._uplink.transcripts import Transcripts
+
+    double = _Decodes()
+    counters = UplinkCounters()
+    words = Transcripts(
+        double,  # type: ignore[arg-type]
+        counters=counters,
+        scale=1,
+        audio=lambda a, b: np.zeros(b - a, np.float32),
+        send=lambda frame: None,
+        heard=lambda check, text: None,
+    )
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(words.run)
+        words.speculate(Speculate(0, 16_000, 14_000, quiet=True))  # the level's
+        words.speculate(Speculate(0, 17_000, 14_000))  # silero's, the same silence
+        assert await words.speculated_text(14_000) == "Hello."
+        assert double.decoded == [16_000]  # once, from the first
+        double.busy = True
+        words.speculate(Speculate(0, 40_000, 38_000, quiet=True))  # busy: not worth a decode
+        assert counters.speculations_skipped == 1
+        assert await words.speculated_text(38_000) is None
+        words.speculate(Speculate(0, 41_000, 38_000))  # silero's: always
+        assert await words.speculated_text(38_000) == "Hello."
+        assert double.decoded == [16_000, 41_000]
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.unit
+async def test_the_turn_model_is_busy_while_any_session_asks_it() -> None:
+    from duplexd._uplink.services import UplinkServices
+
+    services = UplinkServices.create(None, threads=1)  # type: ignore[arg-type]
+    assert not services.turn_busy() and services.turn_limiter is not None
+    await services.turn_limiter.acquire_on_behalf_of("a question")
+    assert services.turn_busy()
+    services.turn_limiter.release_on_behalf_of("a question")
+    assert not services.turn_busy()
+    inline = UplinkServices(vad_model=None, offload=None)  # type: ignore[arg-type]
+    assert not inline.turn_busy()  # tests' inline services: never busy

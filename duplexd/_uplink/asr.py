@@ -76,6 +76,14 @@ class Transcriber:
         self.audio_s = 0.0  # audio transcribed
         self.compute_s = 0.0  # time spent transcribing (RTF = compute_s / audio_s)
 
+    @property
+    def busy(self) -> bool:
+        """Whether a decode is running or waiting (any session's)."""
+        limiter = self.limiter
+        return limiter.borrowed_tokens >= limiter.total_tokens or bool(
+            limiter.statistics().tasks_waiting
+        )
+
     def load(self) -> None:
         """Load the model now (blocking; idempotent)."""
         with self._lock:

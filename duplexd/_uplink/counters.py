@@ -27,6 +27,7 @@ class UplinkCounters:
     partial_transcripts: int = 0
     speculations: int = 0  # turns transcribed ahead of their end (asr.speculate) ...
     speculations_used: int = 0  # ... and the ones that were the final transcript
+    speculations_skipped: int = 0  # quiet found by the level alone, the transcriber busy
     asr_tail_audio_s: float = 0.0  # audio decoded for finals after a confirmed prefix
     turns_dropped: int = 0
     asr_s: float = 0.0  # wall time of this session's transcriptions (worker thread)
@@ -34,6 +35,7 @@ class UplinkCounters:
     end_checks: int = 0  # questions to the turn model (smart end) ...
     end_checks_complete: int = 0  # ... answered "complete"
     end_checks_ahead: int = 0  # end checks answered by a question asked ahead (no model run)
+    end_checks_ahead_skipped: int = 0  # not asked ahead: the turn model was busy
     end_checks_unfinished: int = 0  # ... of which the transcript stopped mid-sentence: waited
     end_check_s: float = 0.0  # their wall time (thread)
     extra: dict[str, Any] = field(default_factory=dict)
@@ -58,6 +60,7 @@ class UplinkCounters:
             "partial_transcripts": self.partial_transcripts,
             "asr_speculations": self.speculations,
             "asr_speculations_used": self.speculations_used,
+            "asr_speculations_skipped": self.speculations_skipped,
             "asr_passes": self.asr_passes,
             "asr_passes_skipped": self.asr_passes_skipped,
             "asr_tail_audio_s": round(self.asr_tail_audio_s, 4),
@@ -68,6 +71,7 @@ class UplinkCounters:
             "end_checks": self.end_checks,
             "end_checks_complete": self.end_checks_complete,
             "end_checks_ahead": self.end_checks_ahead,
+            "end_checks_ahead_skipped": self.end_checks_ahead_skipped,
             "end_checks_unfinished": self.end_checks_unfinished,
             "end_check_ms_mean": (
                 round(1000 * self.end_check_s / self.end_checks, 3) if self.end_checks else 0

@@ -30,7 +30,8 @@ class UplinkServices:
     `offload(fn, *args)` runs a batch of uplink work off the event loop (`create`: a worker
     thread of the `UPLINK_THREADS` shared ones; tests may run it inline under a MockClock).
     `turn_offload` runs the turn model (`create`: one thread of its own for the daemon, so a
-    question never holds up any session's VAD; None: `offload`).
+    question never holds up any session's VAD; None: `offload`); `turn_limiter` is its
+    limiter, when it has one (`turn_busy`).
     """
 
     vad_model: VadModel
@@ -38,6 +39,14 @@ class UplinkServices:
     transcriber: Transcriber | None = None  # None: no transcripts
     turn_model: TurnModel | None = None  # None: turns end after a fixed silence
     turn_offload: Offload | None = None
+    turn_limiter: trio.CapacityLimiter | None = None
+
+    def turn_busy(self) -> bool:
+        """Whether the turn model is answering or has questions waiting (any session's)."""
+        limiter = self.turn_limiter
+        return limiter is not None and bool(
+            limiter.borrowed_tokens or limiter.statistics().tasks_waiting
+        )
 
     @classmethod
     def create(
@@ -51,11 +60,13 @@ class UplinkServices:
         """The daemon's: uplink work in `threads` shared worker threads."""
         limiter = trio.CapacityLimiter(threads)
         offload = functools.partial(trio.to_thread.run_sync, limiter=limiter)
-        turn_offload = functools.partial(trio.to_thread.run_sync, limiter=trio.CapacityLimiter(1))
+        turn_limiter = trio.CapacityLimiter(1)
+        turn_offload = functools.partial(trio.to_thread.run_sync, limiter=turn_limiter)
         return cls(
             vad_model=vad_model,
             offload=offload,
             transcriber=transcriber,
             turn_model=turn_model,
             turn_offload=turn_offload,
+            turn_limiter=turn_limiter,
         )

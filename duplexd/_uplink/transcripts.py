@@ -91,7 +91,20 @@ class Transcripts:
         self._asr_lot.unpark_all()
 
     def speculate(self, spec: Speculate) -> None:
-        """Transcribe the turn ahead of its end (an older speculation still waiting is moot)."""
+        """Transcribe the turn ahead of its end (an older speculation still waiting is moot).
+        The same silence asked for again (silero heard what the level found) is made once; one
+        found by the level alone is made only while the transcriber is idle: under load it
+        would be a decode more per pause inside a sentence, queued before others' finals."""
+        pending, ready = self._speculation, self._speculated
+        if spec.stop in (
+            self._speculating,
+            pending.stop if pending is not None else None,
+            ready[0][1] if ready is not None else None,
+        ):
+            return
+        if spec.quiet and self._transcriber.busy:
+            self.counters.speculations_skipped += 1
+            return
         self._speculation = spec
         self._asr_lot.unpark_all()
         self._spec_lot.unpark_all()  # (one waited for that older one: it will not come)

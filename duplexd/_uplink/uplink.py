@@ -153,6 +153,7 @@ class Uplink:
         self._offload = services.offload
         self._turn_model = services.turn_model
         self._turn_offload = services.turn_offload or services.offload
+        self._turn_busy = services.turn_busy
         self._end_check: EndCheck | None = None  # the latest question for the turn model
         self._ahead_check: EndCheck | None = None  # ... and the latest one asked ahead
         self._end_lot = trio.lowlevel.ParkingLot()
@@ -515,8 +516,10 @@ class Uplink:
         """Ask the turn model about the latest `EndCheck`, one at a time, and queue each
         verdict for the detector. A question asked ahead (when the voice had been quiet
         `vad.QUIET_SPECULATE_MS`, ~100 ms before the end of turn is asked about: the model
-        takes 70-140 ms on a 2-core box) answers the end check of the same silence. Cancelling
-        waits for a question in progress (tens of ms)."""
+        takes 70-140 ms on a 2-core box) answers the end check of the same silence; it is
+        asked only while the model is idle (under load it would be a run more per pause, ahead
+        of other sessions' end checks). Cancelling waits for a question in progress (tens of
+        ms)."""
         threshold = self.vad_options.smart_threshold
         c = self.counters
         ahead: tuple[int, float] | None = None  # (silence, probability) answered ahead
@@ -526,6 +529,11 @@ class Uplink:
             if (check := self._end_check) is None:
                 assert self._ahead_check is not None
                 check, self._ahead_check = self._ahead_check, None
+                if ahead is not None and ahead[0] == check.stop:
+                    continue  # silero heard the silence the level found: answered
+                if self._turn_busy():  # other sessions' questions first: ask when it comes
+                    c.end_checks_ahead_skipped += 1
+                    continue
                 ahead = (check.stop, await self._judge(model, check))
                 continue
             self._end_check = None

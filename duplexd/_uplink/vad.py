@@ -214,11 +214,14 @@ class Turn:
 class Speculate:
     """The user has been silent `SPECULATE_MS` since `stop`, or quiet `QUIET_SPECULATE_MS`:
     the turn may end there, so its transcript [start, end) can be made now (`speculate`),
-    ready if it does (`Turn.stop` == `stop`), and the turn model asked (`smart`)."""
+    ready if it does (`Turn.stop` == `stop`), and the turn model asked (`smart`). `quiet`:
+    made from the level alone, before silero heard the silence: worth it only while the
+    models are idle (the same silence comes again as a heard one, if it is one)."""
 
     start: int
     end: int
     stop: int
+    quiet: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,7 +282,7 @@ class SpeechDetector:
         ahead = speculate or self.smart  # Speculate events: someone prepares for the end
         self._speculate = round(SPECULATE_MS * ms) if ahead else 0
         self._quiet_speculate = round(QUIET_SPECULATE_MS * ms) if ahead else 0
-        self._spec_stop: int | None = None  # the silence (its start) speculated on last
+        self._spec_stops: dict[bool, int] = {}  # quiet?: the silence last speculated on so
         self._backdate = round(MAX_BACKDATE_MS * ms)
         self._heard_silence = 0  # where silero heard the silence now going on begin
         self.in_speech = False
@@ -328,7 +331,7 @@ class SpeechDetector:
             self._barge_run = 0
             silence = end - self._silence_start
             if self._speculate and silence >= self._speculate:
-                self._speculate_on(self._silence_start, end, events)
+                self._speculate_on(self._silence_start, end, events, quiet=False)
             if not self.smart:
                 if silence >= self._min_silence:
                     self._end_turn(end, events)
@@ -347,7 +350,7 @@ class SpeechDetector:
             and quiet_since > self._turn_start
             and end - quiet_since >= self._quiet_speculate
         ):
-            self._speculate_on(quiet_since, end, events)
+            self._speculate_on(quiet_since, end, events, quiet=True)
         if self.in_speech:
             if end - self._turn_start >= self._max_turn:
                 events.append(Turn(max(0, self._turn_start - self._pad), end))
@@ -362,12 +365,12 @@ class SpeechDetector:
         self._end = end
         return events
 
-    def _speculate_on(self, stop: int, end: int, events: list[VadEvent]) -> None:
-        """Transcribe the turn as if it ended at `stop`, once per silence (the quiet that
-        silero later hears as a silence is the same one: its start is the same)."""
-        if self._spec_stop != stop:
-            self._spec_stop = stop
-            events.append(Speculate(max(0, self._turn_start - self._pad), end, stop))
+    def _speculate_on(self, stop: int, end: int, events: list[VadEvent], *, quiet: bool) -> None:
+        """The turn may end at `stop`: once per silence as the level has it, once as silero
+        does (the quiet silero later hears is the same silence: its start is the same)."""
+        if self._spec_stops.get(quiet) != stop:
+            self._spec_stops[quiet] = stop
+            events.append(Speculate(max(0, self._turn_start - self._pad), end, stop, quiet))
 
     def verdict(self, candidate: int, complete: bool) -> list[VadEvent]:
         """The turn model's answer for `EndCandidate` `candidate`: a complete turn ends now
