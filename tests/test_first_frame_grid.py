@@ -105,3 +105,34 @@ async def test_a_first_frame_on_time_keeps_its_grid(
     assert t0 == pytest.approx(1.0 + FIRST_LATE_S / 2)  # a little late: under FIRST_LATE_S
     assert [t for t, _ in sent[1:]] == pytest.approx([1.0 + n * 0.020 for n in range(1, 5)])
     assert dl.counters.grids_restarted == 0
+
+
+async def test_the_first_frame_is_sent_without_a_tick_of_the_pacer(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The kick makes an utterance's first frame due at once: the pacer ticks from the
+    second on, on the grid the first frame started."""
+    sent: list[tuple[float, int]] = []
+
+    async def send(data: bytes) -> None:
+        decoder = Decoder(peer="server")
+        decoder.receive_data(data)
+        sent.extend(
+            (trio.current_time(), f.seq)
+            for f in iter(decoder.next_frame, None)
+            if isinstance(f, fr.Audio)
+        )
+
+    ring = FrameRing(16, fr.AUDIO_HEADER_BYTES + SAMPLES * fr.BYTES_PER_SAMPLE)
+    async with open_pacer() as pacer, trio.open_nursery() as nursery:
+        dl = Downlink(ring=ring, send=send, pacer=pacer, rate_hz=RATE_HZ, events=Events(3))
+        nursery.start_soon(dl.run)
+        await trio.sleep(1.0)
+        push_utterance(ring, 3)
+        dl.kick()
+        await trio.testing.wait_all_tasks_blocked()
+        assert sent == [(1.0, 0)] and pacer.ticks == 0  # out, and no tick was needed
+        await trio.sleep(1.0)
+        dl.stop(grace_s=0.1)
+    assert sent == [(1.0 + n * 0.020, n) for n in range(3)]
+    assert pacer.ticks == 3  # the second and third frames', and one that finds the end

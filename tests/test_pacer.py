@@ -201,3 +201,13 @@ async def test_a_restarted_grid_starts_at_its_frame_when_sparse(
         pacer.restart(late, 1.00087)
         await trio.sleep(0.1)
     assert [d for d, _ in late.ticks] == [1.0, 1.02087, 1.04087]
+
+
+async def test_a_grid_can_start_from_its_second_tick(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_pacer() as pacer:
+        rec = Recorder(limit=3)
+        pacer.schedule(rec, 1.0, from_tick=1)  # the caller sent the first frame itself
+        await trio.sleep(2)
+    assert rec.ticks == [(1.0 + n * 0.02, 1.0 + n * 0.02) for n in range(1, 4)]

@@ -128,12 +128,15 @@ class Pacer:
             return now
         return math.ceil(now / SLOT_S) * SLOT_S
 
-    def schedule(self, stream: Paced, first_deadline: float) -> None:
-        """Tick `stream` at `first_deadline`, then every `frame_s`. No-op if already scheduled."""
+    def schedule(self, stream: Paced, anchor: float, *, from_tick: int = 0) -> None:
+        """Tick `stream` on the grid `anchor + n * frame_s`, from tick `from_tick` on (1: the
+        caller took the first itself). No-op if already scheduled."""
         if stream in self._slots:
             return
-        slot = _Slot(stream, first_deadline)
+        slot = _Slot(stream, anchor)
+        slot.n = from_tick
         self._slots[stream] = slot
+        first_deadline = anchor + from_tick * self.frame_s
         heapq.heappush(self._heap, (first_deadline, next(self._order), slot))
         if first_deadline < self._sleep_target and self._sleep_scope is not None:
             self._sleep_target = first_deadline  # (the spin after the wake-up stops here)

@@ -229,16 +229,25 @@ class Downlink:
 
     def kick(self) -> None:
         """Frames were pushed: start pacing now unless already paced, paused or closed (an
-        unpaced writer just wakes up)."""
+        unpaced writer just wakes up). An utterance's first frame is due at once: the writer
+        is woken here and the pacer ticks from the next frame on (the same grid, without a
+        wake-up of the pacer's for the first frame of every utterance of a burst)."""
         if self.paused or self.closed:
             return
         if not self._paced:
             self._lot.unpark()
             return
-        if self._pacer.is_scheduled(self):
+        pacer = self._pacer
+        if pacer.is_scheduled(self):
             return
         if self._ring.count or self._playing_uid:
-            self._pacer.schedule(self, self._pacer.anchor(trio.current_time()))
+            first = pacer.anchor(trio.current_time())
+            if self._playing_uid or self._due:  # (resumed mid-utterance: the tick as ever)
+                pacer.schedule(self, first)
+                return
+            self._due.append(first)
+            pacer.schedule(self, first, from_tick=1)
+            self._lot.unpark()
 
     def send_control(self, item: ControlItem) -> None:
         """Queue a control frame (bytes, or a builder called right before sending).
