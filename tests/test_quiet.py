@@ -13,7 +13,7 @@ import pytest
 from duplexd._uplink.quiet import BLOCK_SAMPLES, QuietTracker
 from duplexd._uplink.vad import (
     MAX_BACKDATE_MS,
-    QUIET_SPECULATE_MS,
+    SPECULATE_MS,
     WINDOW,
     BargeIn,
     Speculate,
@@ -97,9 +97,10 @@ def test_a_silence_counts_from_where_the_voice_fell_quiet() -> None:
     (when_spec, spec), (when_heard, again), (when, stop), (_, turn) = [
         (t, e) for t, e in events if isinstance(e, Speculate | SpeechStop | Turn)
     ]
-    # speculated on once the voice was quiet QUIET_SPECULATE_MS, before silero heard it, and
-    # once more when silero did (the same silence: made once, `quiet` ones only when idle)
-    spoken_at = -(-(QUIET_AT + round(QUIET_SPECULATE_MS * MS)) // WINDOW) * WINDOW
+    # speculated on once the voice was quiet the turn's pad (150 ms, more than SPECULATE_MS),
+    # before silero heard it, and once more when silero did (the same silence: made once,
+    # `quiet` ones only when idle)
+    spoken_at = -(-(QUIET_AT + max(round(SPECULATE_MS * MS), 150 * MS)) // WINDOW) * WINDOW
     assert spoken_at < heard
     assert spec == Speculate(0, spoken_at, QUIET_AT, quiet=True) and when_spec == spoken_at
     assert again == Speculate(0, heard + WINDOW, QUIET_AT) and when_heard == heard + WINDOW
@@ -156,7 +157,7 @@ async def test_the_turn_model_is_asked_ahead_and_its_answer_ends_the_turn_in_tim
     autojump_clock: object,
 ) -> None:
     """A real Session (MockClock, the model inline): the model is asked once, when the voice
-    has been quiet 96 ms; the end check at 200 ms of silence takes that answer."""
+    has been quiet 150 ms (the pad); the end check at 200 ms of silence takes that answer."""
     from harness import inline_uplink_services
     from test_turn_end import shared_turn_model, speak
 
@@ -186,6 +187,7 @@ class _Decodes:
 @pytest.mark.unit
 async def test_a_silence_is_transcribed_ahead_once_and_the_levels_only_when_idle() -> None:
     import trio
+    import trio.testing
 
     from duplexd._uplink.counters import UplinkCounters
     from duplexd._uplink.transcripts import Transcripts
@@ -203,16 +205,22 @@ async def test_a_silence_is_transcribed_ahead_once_and_the_levels_only_when_idle
     async with trio.open_nursery() as nursery:
         nursery.start_soon(words.run)
         words.speculate(Speculate(0, 16_000, 14_000, quiet=True))  # the level's
-        words.speculate(Speculate(0, 17_000, 14_000))  # silero's, the same silence
-        assert await words.speculated_text(14_000) == "Hello."
-        assert double.decoded == [16_000]  # once, from the first
+        words.speculate(Speculate(0, 17_000, 14_000))  # silero's, the same silence: its
+        assert await words.speculated_text(14_000) == "Hello."  # audio, as not started yet
+        assert double.decoded == [17_000]
+        words.speculate(Speculate(0, 18_000, 14_000))  # made: it stands
+        words.speculate(Speculate(0, 30_000, 28_000, quiet=True))
+        await trio.testing.wait_all_tasks_blocked()  # (made)
+        words.speculate(Speculate(0, 31_000, 28_000))  # silero's, after the level's was made
+        assert await words.speculated_text(28_000) == "Hello."
+        assert double.decoded == [17_000, 30_000]  # once each
         double.busy = True
         words.speculate(Speculate(0, 40_000, 38_000, quiet=True))  # busy: not worth a decode
         assert counters.speculations_skipped == 1
         assert await words.speculated_text(38_000) is None
         words.speculate(Speculate(0, 41_000, 38_000))  # silero's: always
         assert await words.speculated_text(38_000) == "Hello."
-        assert double.decoded == [16_000, 41_000]
+        assert double.decoded == [17_000, 30_000, 41_000]
         nursery.cancel_scope.cancel()
 
 
@@ -228,3 +236,39 @@ async def test_the_turn_model_is_busy_while_any_session_asks_it() -> None:
     assert not services.turn_busy()
     inline = UplinkServices(vad_model=None, offload=None)  # type: ignore[arg-type]
     assert not inline.turn_busy()  # tests' inline services: never busy
+
+
+@pytest.mark.integration
+async def test_with_speculation_off_the_turn_is_judged_ahead_but_not_transcribed(
+    autojump_clock: object,
+) -> None:
+    import json
+
+    import trio
+    from harness import inline_uplink_services, open_pair
+    from test_duplex_session import Client
+    from test_soft_barge_in import transcriber
+    from test_turn_end import shared_turn_model
+
+    from bench.speech import clip
+    from duplexd.client.session import session_over
+    from duplexd.protocol import frames as fr
+
+    services = inline_uplink_services(transcriber(), turn_model=shared_turn_model())
+    speech = clip("What time does the last train leave tonight?")
+    mic = np.zeros(RATE // 2 + len(speech) + 2 * RATE, dtype=np.float32)
+    mic[RATE // 2 : RATE // 2 + len(speech)] = speech
+    mic += np.random.default_rng(5).normal(0.0, 1e-3, len(mic)).astype(np.float32)
+    options = json.dumps({"asr": {"speculate": False}})
+    hello = fr.Hello(sample_rate_hz=16_000, uplink_rate_hz=16_000, options=options)
+    async with open_pair(uplink_services=services) as (pair,):
+        client = Client()
+        over = session_over(pair.client, hello, on_frame=client.on_frame)
+        async with over as session, trio.open_nursery() as nursery:
+            nursery.start_soon(client.uplink, session, lambda k: mic[k * 320 : (k + 1) * 320])
+            await trio.sleep(len(mic) / RATE - 0.1)
+            stats = await session.stats()
+            nursery.cancel_scope.cancel()
+    assert len(client.frames_of(fr.Transcript)) == 1  # the final, decoded at the end
+    assert stats["asr_speculations"] == 0  # the client said no
+    assert (stats["end_checks"], stats["end_checks_ahead"]) == (1, 1)

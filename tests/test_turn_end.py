@@ -304,12 +304,13 @@ def test_passes_for_streaming_transcripts_only_while_the_user_speaks() -> None:
 def test_speculation_once_per_silence_and_the_turn_says_where_it_stopped() -> None:
     from duplexd._uplink.vad import SPECULATE_MS
 
-    det = SpeechDetector(VadOptions(min_silence_ms=200.0), speculate=True)
+    det = SpeechDetector(VadOptions(min_silence_ms=250.0), speculate=True)
     # speech, a short pause (speculated on, then the user speaks on), speech, the end
-    events = feed(det, SPEECH + [0.0] * 3 + [0.9] * 10 + [0.0] * 10)
+    events = feed(det, SPEECH + [0.0] * 6 + [0.9] * 10 + [0.0] * 10)
     specs = [(end, ev) for end, ev in events if isinstance(ev, Speculate)]
-    windows = -(-round(SPECULATE_MS * MS) // WINDOW)
-    assert [ev.stop for _, ev in specs] == [SILENCE_AT, SILENCE_AT + 13 * WINDOW]
+    # after SPECULATE_MS of silence, and at least the turn's pad (150 ms): the same audio
+    windows = -(-max(round(SPECULATE_MS * MS), 150 * MS) // WINDOW)
+    assert [ev.stop for _, ev in specs] == [SILENCE_AT, SILENCE_AT + 16 * WINDOW]
     assert [end for end, _ in specs] == [ev.stop + windows * WINDOW for _, ev in specs]
     (turn,) = [ev for _, ev in events if isinstance(ev, Turn)]
     assert turn.stop == specs[-1][1].stop and turn.start == specs[-1][1].start

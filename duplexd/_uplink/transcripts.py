@@ -11,7 +11,7 @@ agreeing), and a partial Transcript of the confirmed prefix is sent when it grow
 then decodes only the audio after the confirmed words.
 
 Speculative finals (`asr.speculate`, on by default): once the user has been silent
-`SPECULATE_MS` in a turn, or the voice's level quiet `QUIET_SPECULATE_MS` (vad.py: silero
+`SPECULATE_MS` (and the turn's pad) in a turn, by silero or by the voice's level (vad.py: silero
 hears the silence later), the turn is transcribed as if it ended there (`Speculate`); if it
 does end at that silence (the smart end of turn decides ~200 ms later), its final Transcript is
 that one, ready or nearly so, instead of a decode that only starts then. If the user speaks
@@ -96,11 +96,13 @@ class Transcripts:
         found by the level alone is made only while the transcriber is idle: under load it
         would be a decode more per pause inside a sentence, queued before others' finals."""
         pending, ready = self._speculation, self._speculated
-        if spec.stop in (
-            self._speculating,
-            pending.stop if pending is not None else None,
-            ready[0][1] if ready is not None else None,
-        ):
+        if pending is not None and pending.stop == spec.stop:
+            if pending.quiet and not spec.quiet:  # not started yet: with what silero heard too
+                self._speculation = spec
+            return
+        # one made from the level's silence stands: what silero heard after its end was quiet
+        # all along by the level (the silence's start would have moved otherwise)
+        if spec.stop in (self._speculating, ready[0][1] if ready is not None else None):
             return
         if spec.quiet and self._transcriber.busy:
             self.counters.speculations_skipped += 1

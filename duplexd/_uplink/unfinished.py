@@ -2,7 +2,7 @@
 
 The turn model (turn.py) hears how the user stopped; it is fooled by a pause that sounds
 final ("I'd like a table for" scored 0.96 complete on the bench's voice). The speculative
-transcript of the same silence (transcripts.py, made from its first 64-96 ms) says what was
+transcript of the same silence (transcripts.py, made from its first 150 ms) says what was
 said, and some endings cannot end an English utterance: an article, a possessive, a preposition that
 needs its object, a conjunction, a filler, or Whisper's own mark of a trailing-off voice ("...",
 a comma, a dash). Nor does a text with no end mark at all: Whisper ends a sentence it heard end

@@ -167,11 +167,9 @@ class Uplink:
         self._vad = SileroVad(services.vad_model)
         self._quiet = QuietTracker()  # where the voice fell quiet: a silence's true start
         smart = self._turn_model is not None
+        self._speculate = transcriber is not None and asr.speculate
         self._detector = SpeechDetector(
-            vad,
-            partial_ms=asr.partial_ms,
-            smart=smart,
-            speculate=transcriber is not None and asr.speculate,
+            vad, partial_ms=asr.partial_ms, smart=smart, speculate=self._speculate
         )
         soft = vad.barge_in_mode == "soft" and hold is not None and settle is not None
         self._soft = SoftBargeIn(vad, transcripts=transcriber is not None) if soft else None
@@ -334,7 +332,8 @@ class Uplink:
                 self._end_hold(ev)
         elif isinstance(ev, Turn) and self._transcripts is not None:
             self._transcripts.queue_turn(ev)
-        elif isinstance(ev, Speculate) and self._transcripts is not None:
+        elif isinstance(ev, Speculate) and self._speculate:  # (else for the turn model)
+            assert self._transcripts is not None
             self._transcripts.speculate(ev)
         elif isinstance(ev, EndCheck):  # an older question still waiting is moot
             if ev.id == AHEAD:
@@ -399,8 +398,10 @@ class Uplink:
         in this window starts one)."""
         o = self.vad_options
         got = soft.window(pos, prob >= o.threshold, prob < o.neg_threshold) if soft.open else None
-        if isinstance(got, WordsCheck):
-            check = HoldCheck(got.id, self._audio(got.start, got.end), got.stop)
+        if isinstance(got, WordsCheck):  # (its silence as the detector dates it: the same one
+            # the speculative transcript is keyed by, when silero heard it in the same window)
+            stop = self._detector.silence_began(got.stop)
+            check = HoldCheck(got.id, self._audio(got.start, got.end), stop)
             self._events.append((now, check))
         elif got is not None:
             self._settled(now, got)
@@ -515,7 +516,7 @@ class Uplink:
     async def _check_ends(self, model: TurnModel) -> None:
         """Ask the turn model about the latest `EndCheck`, one at a time, and queue each
         verdict for the detector. A question asked ahead (when the voice had been quiet
-        `vad.QUIET_SPECULATE_MS`, ~100 ms before the end of turn is asked about: the model
+        `speech_pad_ms`, ~50 ms before the end of turn is asked about: the model
         takes 70-140 ms on a 2-core box) answers the end check of the same silence; it is
         asked only while the model is idle (under load it would be a run more per pause, ahead
         of other sessions' end checks). Cancelling waits for a question in progress (tens of
@@ -540,7 +541,7 @@ class Uplink:
             if self._ahead_check is not None and self._ahead_check.stop == check.stop:
                 self._ahead_check = None  # asked again now: moot
             if ahead is not None and ahead[0] == check.stop:
-                prob = ahead[1]
+                prob, ahead = ahead[1], None
                 c.end_checks_ahead += 1
             else:
                 prob = await self._judge(model, check)
@@ -548,7 +549,7 @@ class Uplink:
             c.end_checks_complete += complete
             if complete and (words := self._transcripts) is not None and self._english:
                 # the speculative transcript of this silence (ready, or nearly: from its 64th
-                # ms, or the voice's 96th quiet one; the final is that text, so waiting for it
+                # ms and the turn's pad; the final is that text, so waiting for it
                 # delays no transcript)
                 text = await words.speculated_text(check.stop)
                 if text is not None and sounds_unfinished(text):

@@ -212,11 +212,12 @@ class Turn:
 
 @dataclass(frozen=True, slots=True)
 class Speculate:
-    """The user has been silent `SPECULATE_MS` since `stop`, or quiet `QUIET_SPECULATE_MS`:
-    the turn may end there, so its transcript [start, end) can be made now (`speculate`),
-    ready if it does (`Turn.stop` == `stop`), and the turn model asked (`smart`). `quiet`:
-    made from the level alone, before silero heard the silence: worth it only while the
-    models are idle (the same silence comes again as a heard one, if it is one)."""
+    """The user has been silent (by silero, or by the level alone: `quiet`) since `stop` for
+    `SPECULATE_MS` and `speech_pad_ms`: the turn may end there, so its transcript [start, end)
+    can be made now (`speculate`), ready if it does (`Turn.stop` == `stop`), and the turn
+    model asked (`smart`). `quiet`: made from the level alone, before silero heard the
+    silence: worth it only while the models are idle (the same silence comes again as a
+    heard one, if it is one)."""
 
     start: int
     end: int
@@ -237,10 +238,11 @@ class EndCandidate:
 
 VadEvent = SpeechStart | SpeechStop | BargeIn | Turn | EndCandidate | Speculate
 
-SPECULATE_MS: Final = 64.0  # silence this long in a turn: transcribe it ahead of its end
+# silence this long in a turn (and at least `speech_pad_ms`: the audio a final turn keeps
+# after its silence began, so the text made ahead is of the same audio), by silero or by the
+# level (`quiet.py`, before silero hears it): transcribe it, and judge it, ahead of its end
+SPECULATE_MS: Final = 64.0
 MAX_BACKDATE_MS: Final = 250.0  # a silence starts at most this long before silero hears it
-QUIET_SPECULATE_MS: Final = 96.0  # the voice quiet this long (silero still hearing speech):
-# transcribe ahead too; a pause inside a sentence wastes that decode (about one a sentence)
 SMART_MIN_SILENCE_MS: Final = 200.0  # `min_silence_ms` unset: with a smart end ...
 FIXED_MIN_SILENCE_MS: Final = 500.0  # ... and without one
 
@@ -280,8 +282,7 @@ class SpeechDetector:
         self._max_turn = round(options.max_turn_s * VAD_RATE_HZ)
         self._partial = round(partial_ms * ms)
         ahead = speculate or self.smart  # Speculate events: someone prepares for the end
-        self._speculate = round(SPECULATE_MS * ms) if ahead else 0
-        self._quiet_speculate = round(QUIET_SPECULATE_MS * ms) if ahead else 0
+        self._speculate = max(round(SPECULATE_MS * ms), self._pad) if ahead else 0
         self._spec_stops: dict[bool, int] = {}  # quiet?: the silence last speculated on so
         self._backdate = round(MAX_BACKDATE_MS * ms)
         self._heard_silence = 0  # where silero heard the silence now going on begin
@@ -343,12 +344,12 @@ class SpeechDetector:
                 start0 = max(0, self._turn_start - self._pad)
                 events.append(EndCandidate(self._asked, start0, end, self._silence_start))
         if (
-            self._quiet_speculate
+            self._speculate
             and self.in_speech
             and self._silence_start is None  # silero still hears speech, the level does not
             and quiet_since is not None
             and quiet_since > self._turn_start
-            and end - quiet_since >= self._quiet_speculate
+            and end - quiet_since >= self._speculate
         ):
             self._speculate_on(quiet_since, end, events, quiet=True)
         if self.in_speech:
@@ -364,6 +365,13 @@ class SpeechDetector:
                 events.append(Turn(max(0, self._turn_start - self._pad), end, final=False))
         self._end = end
         return events
+
+    def silence_began(self, heard: int) -> int:
+        """Where the silence that silero heard begin at `heard` began by the level (as
+        `SpeechStop` and `Speculate` date it): `heard` if that is not the silence going on."""
+        if self._silence_start is not None and self._heard_silence == heard:
+            return self._silence_start
+        return heard
 
     def _speculate_on(self, stop: int, end: int, events: list[VadEvent], *, quiet: bool) -> None:
         """The turn may end at `stop`: once per silence as the level has it, once as silero
