@@ -96,7 +96,11 @@ async def test_health_ready_and_metrics_after_sessions() -> None:
         assert m["duplexd_utterances_total"] == 3
         assert m["duplexd_interrupts_total"] == 1
         assert m["duplexd_frames_sent_total"] > 20
-        assert m["duplexd_pacing_error_seconds_count"] == m["duplexd_frames_sent_total"]
+        # every frame is timed against its deadline but an utterance's first when the kick that
+        # started its grid sent it (first audio's, not pacing's; one that follows another on
+        # the same grid goes out on a tick: counted)
+        frames, paced = m["duplexd_frames_sent_total"], m["duplexd_pacing_error_seconds_count"]
+        assert frames - 3 <= paced < frames
         assert m["duplexd_first_audio_latency_seconds_count"] == 3
         assert 0 < m["duplexd_first_audio_latency_seconds_sum"] < 3
         assert m["duplexd_interrupt_latency_seconds_count"] == 1
