@@ -13,13 +13,12 @@ onnxruntime and numpy release the GIL), where
 and then delivers the events on the trio thread.
 
 Smart end of turn (`vad.smart_end`, when the daemon has a `TurnModel`): once the user has been
-silent `min_silence_ms`, the detector's `EndCandidate` comes out of the worker with a copy of
-the turn's last 8 s; `run()` asks the turn model about it in a thread of its own
+silent `min_silence_ms` (or, ahead, the turn's pad), the detector's `EndCandidate` (or
+`Speculate`) comes out of the worker with a copy of the turn's last 8 s; `ends.EndOfTurn`,
+a task of `run()`, asks the turn model about it in a thread of its own
 (`UplinkServices.turn_offload`) and queues the verdict on the inbox like audio, so the detector
 sees it in its place among the frames: "complete" ends the turn there (unless the user spoke on
-meanwhile), otherwise the turn ends after `max_silence_ms`. At most one question per silence.
-A "complete" also waits for the speculative transcript of the same silence (in English): if it
-stops mid-sentence ("I'd like a table for", unfinished.py), the turn is not complete after all.
+meanwhile), otherwise the turn ends after `max_silence_ms`; the words' veto is there too.
 
 Events go out through the session's callbacks: `send(frame)` for SpeechStarted/SpeechStopped
 and Transcript (queued on the session's writer, so they are ordered with the audio) and
@@ -54,10 +53,8 @@ first ~0.6 s) the session hears silence: it leaked then, with a jittery uplink (
 from __future__ import annotations
 
 import collections
-import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Final
 
 import numpy as np
@@ -71,12 +68,12 @@ from ..protocol.codec import AUDIO_HEADER, RemoteProtocolError, iter_frames
 from ..protocol.options import SessionOptions
 from .counters import UplinkCounters
 from .echo import EchoCanceller
+from .ends import AHEAD, EndCheck, EndOfTurn
 from .quiet import QuietTracker
 from .services import UplinkServices
 from .soft import Settled, SoftBargeIn, WordsCheck
 from .transcripts import HoldCheck, Transcripts
-from .turn import WINDOW_SAMPLES, TurnModel
-from .unfinished import sounds_unfinished
+from .turn import WINDOW_SAMPLES
 from .vad import (
     VAD_RATE_HZ,
     WINDOW,
@@ -90,8 +87,6 @@ from .vad import (
     Turn,
 )
 
-log = logging.getLogger("duplexd.uplink")
-
 MAX_GAP_FRAMES: Final = 250  # a seq jump up to 5 s is filled with silence; more is an error
 MAX_INBOX: Final = 500  # uplink frames + downlink messages waiting for processing (~5-10 s)
 _S16: Final = 1.0 / 32768.0
@@ -102,18 +97,6 @@ _VERDICT: Final = -2  # ... or the turn model's answer
 _WORDS: Final = -3  # ... or the transcript of a held barge-in's sound
 _UNHELD: Final = -4  # ... or the session is not holding (any more): forget the soft barge-in
 _PLAYED: Final = -5  # ... or a PLAYED report (utterance id, samples played, clock_us)
-
-
-@dataclass(frozen=True, slots=True)
-class EndCheck:
-    """An `EndCandidate` with the audio the turn model judges (the turn's last 8 s)."""
-
-    id: int  # AHEAD: asked ahead, when the turn was transcribed ahead (a `Speculate`)
-    audio: npt.NDArray[np.float32]
-    stop: int = -1  # where the silence began
-
-
-AHEAD: Final = -1
 
 
 class Uplink:
@@ -151,12 +134,6 @@ class Uplink:
         self._held: int | None = None
         self._hold_lot = trio.lowlevel.ParkingLot()
         self._offload = services.offload
-        self._turn_model = services.turn_model
-        self._turn_offload = services.turn_offload or services.offload
-        self._turn_busy = services.turn_busy
-        self._end_check: EndCheck | None = None  # the latest question for the turn model
-        self._ahead_check: EndCheck | None = None  # ... and the latest one asked ahead
-        self._end_lot = trio.lowlevel.ParkingLot()
         # (arrival time, uplink seq gap, pcm), (arrival time, _DOWNLINK, downlink message) or
         # (arrival time, _VERDICT, Verdict)
         self._inbox: collections.deque[tuple[float, int, Any]] = collections.deque()
@@ -166,7 +143,7 @@ class Uplink:
         transcriber = services.transcriber if asr.transcripts else None
         self._vad = SileroVad(services.vad_model)
         self._quiet = QuietTracker()  # where the voice fell quiet: a silence's true start
-        smart = self._turn_model is not None
+        smart = services.turn_model is not None
         self._speculate = transcriber is not None and asr.speculate
         self._detector = SpeechDetector(
             vad, partial_ms=asr.partial_ms, smart=smart, speculate=self._speculate
@@ -207,7 +184,23 @@ class Uplink:
         )
         # the words' side of the end of turn (unfinished.py) needs speculation, in English
         english = transcriber is not None and (transcriber.language or "en") == "en"
-        self._english = english and asr.speculate
+        english = english and asr.speculate
+        model = services.turn_model
+        self._ends = (
+            EndOfTurn(
+                model,
+                offload=services.turn_offload or services.offload,
+                busy=services.turn_busy,
+                threshold=vad.smart_threshold,
+                counters=self.counters,
+                transcripts=self._transcripts if english else None,
+                answer=lambda check, complete: self._enqueue(
+                    (trio.current_time(), _VERDICT, (check, complete))
+                ),
+            )
+            if model is not None and self._detector.smart
+            else None
+        )
 
     # ------------------------------------------------------------------ uplink audio
 
@@ -335,12 +328,8 @@ class Uplink:
         elif isinstance(ev, Speculate) and self._speculate:  # (else for the turn model)
             assert self._transcripts is not None
             self._transcripts.speculate(ev)
-        elif isinstance(ev, EndCheck):  # an older question still waiting is moot
-            if ev.id == AHEAD:
-                self._ahead_check = ev
-            else:
-                self._end_check = ev
-            self._end_lot.unpark_all()
+        elif isinstance(ev, EndCheck) and self._ends is not None:
+            self._ends.ask(ev)
 
     def _ingest(self, now: float, samples: np.ndarray) -> None:
         if self._up_resampler is not None:
@@ -502,68 +491,16 @@ class Uplink:
 
     async def run(self) -> None:
         """Session task: transcribe finished turns and answer the detector's end-of-turn
-        questions, until cancelled (see `Transcripts.run` and `_check_ends`); with soft barge-ins,
+        questions, until cancelled (see `Transcripts.run` and `EndOfTurn.run`); with soft barge-ins,
         also watch the holds (`_watch_holds`)."""
         async with trio.open_nursery() as nursery:
-            if self._turn_model is not None and self._detector.smart:
-                nursery.start_soon(self._check_ends, self._turn_model)
+            if self._ends is not None:
+                nursery.start_soon(self._ends.run)
             if self._transcripts is not None:
                 nursery.start_soon(self._transcripts.run)
             nursery.start_soon(trio.sleep_forever)  # a session task ends only when cancelled
             if self._soft is not None:
                 nursery.start_soon(self._watch_holds)
-
-    async def _check_ends(self, model: TurnModel) -> None:
-        """Ask the turn model about the latest `EndCheck`, one at a time, and queue each
-        verdict for the detector. A question asked ahead (when the voice had been quiet
-        `speech_pad_ms`, ~50 ms before the end of turn is asked about: the model
-        takes 70-140 ms on a 2-core box) answers the end check of the same silence; it is
-        asked only while the model is idle (under load it would be a run more per pause, ahead
-        of other sessions' end checks). Cancelling waits for a question in progress (tens of
-        ms)."""
-        threshold = self.vad_options.smart_threshold
-        c = self.counters
-        ahead: tuple[int, float] | None = None  # (silence, probability) answered ahead
-        while True:
-            while self._end_check is None and self._ahead_check is None:
-                await self._end_lot.park()
-            if (check := self._end_check) is None:
-                assert self._ahead_check is not None
-                check, self._ahead_check = self._ahead_check, None
-                if ahead is not None and ahead[0] == check.stop:
-                    continue  # silero heard the silence the level found: answered
-                if self._turn_busy():  # other sessions' questions first: ask when it comes
-                    c.end_checks_ahead_skipped += 1
-                    continue
-                ahead = (check.stop, await self._judge(model, check))
-                continue
-            self._end_check = None
-            if self._ahead_check is not None and self._ahead_check.stop == check.stop:
-                self._ahead_check = None  # asked again now: moot
-            if ahead is not None and ahead[0] == check.stop:
-                prob, ahead = ahead[1], None
-                c.end_checks_ahead += 1
-            else:
-                prob = await self._judge(model, check)
-            complete = prob >= threshold
-            c.end_checks_complete += complete
-            if complete and (words := self._transcripts) is not None and self._english:
-                # the speculative transcript of this silence (ready, or nearly: from its 64th
-                # ms and the turn's pad; the final is that text, so waiting for it
-                # delays no transcript)
-                text = await words.speculated_text(check.stop)
-                if text is not None and sounds_unfinished(text):
-                    complete = False  # "I'd like a table for": wait for the rest
-                    c.end_checks_unfinished += 1
-            log.debug("end of turn?", extra={"probability": round(prob, 3)})
-            self._enqueue((trio.current_time(), _VERDICT, (check.id, complete)))
-
-    async def _judge(self, model: TurnModel, check: EndCheck) -> float:
-        t0 = time.perf_counter()
-        prob: float = await self._turn_offload(model.probability, check.audio)
-        self.counters.end_checks += 1
-        self.counters.end_check_s += time.perf_counter() - t0
-        return prob
 
     def stats(self) -> dict[str, Any]:
         out = self.counters.summary()

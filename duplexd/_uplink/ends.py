@@ -1,0 +1,123 @@
+"""The smart end of turn's questions: the turn model asked about a silence, and the words' veto.
+
+The detector (vad.py) asks whether the turn is complete once the user has been silent
+`min_silence_ms` (an `EndCandidate`); the uplink's worker sends the question here as an
+`EndCheck` with the turn's last 8 s (`turn.WINDOW_SAMPLES`). A silence the turn may end at is
+also asked about ahead (`AHEAD`: a `Speculate`, once it has lasted the turn's pad), so that
+the answer is ready when the question comes: the model takes 70-140 ms on a 2-core box. It is
+asked ahead only while it is idle: under load that would be a run more per pause, ahead of
+other sessions' end checks. A "complete" also waits for the speculative transcript of the
+same silence (in English): if it stops mid-sentence ("I'd like a table for", unfinished.py),
+the turn is not complete after all.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+import trio
+
+from .counters import UplinkCounters
+from .services import Offload
+from .transcripts import Transcripts
+from .turn import TurnModel
+from .unfinished import sounds_unfinished
+
+log = logging.getLogger("duplexd.uplink")
+
+AHEAD: Final = -1  # an `EndCheck` asked ahead of its question
+
+
+@dataclass(frozen=True, slots=True)
+class EndCheck:
+    """An `EndCandidate` with the audio the turn model judges (the turn's last 8 s)."""
+
+    id: int  # AHEAD: asked ahead, when the turn may end at this silence (a `Speculate`)
+    audio: npt.NDArray[np.float32]
+    stop: int = -1  # where the silence began
+
+
+class EndOfTurn:
+    """One session's questions to the daemon's turn model. `ask` from the trio thread; `run`
+    as a session task; each verdict goes to `answer(candidate id, complete)`."""
+
+    def __init__(
+        self,
+        model: TurnModel,
+        *,
+        offload: Offload,
+        busy: Callable[[], bool],
+        threshold: float,
+        counters: UplinkCounters,
+        transcripts: Transcripts | None,
+        answer: Callable[[int, bool], None],
+    ) -> None:
+        self._model = model
+        self._offload = offload
+        self._busy = busy
+        self._threshold = threshold
+        self.counters = counters
+        self._transcripts = transcripts  # (English, speculating: for the words' veto)
+        self._answer = answer
+        self._end_check: EndCheck | None = None  # the latest question ...
+        self._ahead_check: EndCheck | None = None  # ... and the latest one asked ahead
+        self._lot = trio.lowlevel.ParkingLot()
+
+    def ask(self, check: EndCheck) -> None:
+        """A question (an older one still waiting is moot)."""
+        if check.id == AHEAD:
+            self._ahead_check = check
+        else:
+            self._end_check = check
+        self._lot.unpark_all()
+
+    async def run(self) -> None:
+        """Answer the latest question, one at a time, until cancelled. Cancelling waits for a
+        question in progress (tens of ms)."""
+        c = self.counters
+        ahead: tuple[int, float] | None = None  # (silence, probability) answered ahead
+        while True:
+            while self._end_check is None and self._ahead_check is None:
+                await self._lot.park()
+            if (check := self._end_check) is None:
+                assert self._ahead_check is not None
+                check, self._ahead_check = self._ahead_check, None
+                if ahead is not None and ahead[0] == check.stop:
+                    continue  # silero heard the silence the level found: answered
+                if self._busy():  # other sessions' questions first: ask when it comes
+                    c.end_checks_ahead_skipped += 1
+                    continue
+                ahead = (check.stop, await self._judge(check))
+                continue
+            self._end_check = None
+            if self._ahead_check is not None and self._ahead_check.stop == check.stop:
+                self._ahead_check = None  # asked again now: moot
+            if ahead is not None and ahead[0] == check.stop:
+                prob, ahead = ahead[1], None
+                c.end_checks_ahead += 1
+            else:
+                prob = await self._judge(check)
+            complete = prob >= self._threshold
+            c.end_checks_complete += complete
+            if complete and (words := self._transcripts) is not None:
+                # the speculative transcript of this silence (ready, or nearly: asked for with
+                # the question ahead; the final is that text, so waiting for it delays none)
+                text = await words.speculated_text(check.stop)
+                if text is not None and sounds_unfinished(text):
+                    complete = False  # "I'd like a table for": wait for the rest
+                    c.end_checks_unfinished += 1
+            log.debug("end of turn?", extra={"probability": round(prob, 3)})
+            self._answer(check.id, complete)
+
+    async def _judge(self, check: EndCheck) -> float:
+        t0 = time.perf_counter()
+        prob: float = await self._offload(self._model.probability, check.audio)
+        self.counters.end_checks += 1
+        self.counters.end_check_s += time.perf_counter() - t0
+        return prob
