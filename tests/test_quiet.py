@@ -54,7 +54,8 @@ def test_quiet_since_is_the_first_quiet_block_after_the_voice() -> None:
 
 @pytest.mark.unit
 def test_a_voice_fading_out_is_quiet_only_35_db_under_its_peak() -> None:
-    quiet = np.zeros(8 * WINDOW, dtype=np.float32)  # a quiet room (digital silence) around
+    rng = np.random.default_rng(6)
+    quiet = rng.normal(0.0, 10 ** (-75 / 20), 8 * WINDOW).astype(np.float32)  # a quiet room
     fade = np.concatenate([tone(4 * BLOCK_SAMPLES, db) for db in (-20, -40, -54, -56)])
     audio = np.concatenate([quiet, tone(8 * WINDOW, -20.0), fade, quiet])
     since = follow(QuietTracker(), audio)[-1]
@@ -272,3 +273,17 @@ async def test_with_speculation_off_the_turn_is_judged_ahead_but_not_transcribed
     assert len(client.frames_of(fr.Transcript)) == 1  # the final, decoded at the end
     assert stats["asr_speculations"] == 0  # the client said no
     assert (stats["end_checks"], stats["end_checks_ahead"]) == (1, 1)
+
+
+@pytest.mark.unit
+def test_a_gap_of_digital_silence_is_quiet_but_not_the_rooms_floor() -> None:
+    rng = np.random.default_rng(4)
+    room = rng.normal(0.0, 10 ** (-45 / 20), 60 * WINDOW).astype(np.float32)  # -45 dBFS
+    audio = room.copy()
+    audio[10 * WINDOW : 20 * WINDOW] = 0.0  # the uplink's gap, filled with zeros
+    audio[30 * WINDOW : 40 * WINDOW] += tone(10 * WINDOW, -15.0)
+    got = follow(QuietTracker(), audio)
+    assert got[19] is not None and got[19] <= 10 * WINDOW + BLOCK_SAMPLES  # zeros: quiet
+    assert got[30:40] == [None] * 10  # the voice
+    # the room after the voice is quiet again at once: its floor is the room's, not -100 dB
+    assert all(since is not None and 40 * WINDOW <= since < 41 * WINDOW for since in got[41:])

@@ -12,7 +12,8 @@ silero agrees that it is one, never from further back than `vad.MAX_BACKDATE_MS`
 A block is quiet when its level is under both the voice's recent peak less `BELOW_PEAK_DB` and
 the room's noise floor plus `ABOVE_FLOOR_DB`, whichever is higher: the peak decays slowly so it
 is the voice of the last few seconds, and the floor is the quietest block so far, rising
-slowly, so a room that gets noisier is followed. In a noisy room the quiet voice of a word's
+slowly, so a room that gets noisier is followed (digital silence, a gap filled with zeros, is
+quiet but not the room's floor). In a noisy room the quiet voice of a word's
 end may count as quiet: the damage is bounded, as a silence is only backdated once silero hears
 it, and by `MAX_BACKDATE_MS` at most (measured on the bench's turns: the quiet began within 4 ms
 of the voice's envelope end under -60 and most under -45 dBFS of white noise; 20-225 ms before
@@ -32,6 +33,10 @@ ABOVE_FLOOR_DB: Final = 6.0
 PEAK_DECAY_DB_PER_BLOCK: Final = 6.0 * BLOCK_SAMPLES / 16_000  # 6 dB a second
 FLOOR_RISE_DB_PER_BLOCK: Final = 1.0 * BLOCK_SAMPLES / 16_000  # 1 dB a second
 _SILENT_DB: Final = -100.0  # level of digital silence (the floor of the log)
+# a block this quiet is digital silence (an uplink gap filled with zeros, a muted microphone):
+# quiet, but no room's noise floor (it would pin the floor there, and in a loud room nothing
+# would count as quiet until the floor had risen back, at 1 dB a second)
+DIGITAL_SILENCE_DB: Final = -90.0
 
 
 class QuietTracker:
@@ -52,9 +57,14 @@ class QuietTracker:
         levels = 10.0 * np.log10(np.maximum(power, 10 ** (_SILENT_DB / 10)))
         peak, floor = self._peak_db, self._floor_db
         for k, level in enumerate(levels.tolist()):
-            floor = level if floor is None or level < floor else floor + FLOOR_RISE_DB_PER_BLOCK
+            if level > DIGITAL_SILENCE_DB:
+                rise = FLOOR_RISE_DB_PER_BLOCK
+                floor = level if floor is None or level < floor else floor + rise
             peak = max(level, peak - PEAK_DECAY_DB_PER_BLOCK)
-            if level < max(peak - BELOW_PEAK_DB, floor + ABOVE_FLOOR_DB):
+            quiet_below = peak - BELOW_PEAK_DB
+            if floor is not None:
+                quiet_below = max(quiet_below, floor + ABOVE_FLOOR_DB)
+            if level < quiet_below:
                 if self.quiet_since is None:
                     self.quiet_since = start + k * BLOCK_SAMPLES
             else:
