@@ -79,10 +79,7 @@ class Transcriber:
     @property
     def busy(self) -> bool:
         """Whether a decode is running or waiting (any session's)."""
-        limiter = self.limiter
-        return limiter.borrowed_tokens >= limiter.total_tokens or bool(
-            limiter.statistics().tasks_waiting
-        )
+        return limiter_busy(self.limiter)
 
     def load(self) -> None:
         """Load the model now (blocking; idempotent)."""
@@ -227,6 +224,13 @@ class Transcriber:
         return await trio.to_thread.run_sync(
             self.words_sync, audio, offset, prompt, limiter=self.limiter, abandon_on_cancel=True
         )
+
+
+def limiter_busy(limiter: trio.CapacityLimiter) -> bool:
+    """Whether all of `limiter`'s tokens are taken or a task waits for one."""
+    return limiter.borrowed_tokens >= limiter.total_tokens or bool(
+        limiter.statistics().tasks_waiting
+    )
 
 
 def _max_tokens(audio: npt.NDArray[np.float32]) -> int:

@@ -11,7 +11,7 @@ from typing import Any, Final
 
 import trio
 
-from .asr import Transcriber
+from .asr import Transcriber, limiter_busy
 from .turn import TurnModel
 from .vad import VadModel
 
@@ -43,10 +43,7 @@ class UplinkServices:
 
     def turn_busy(self) -> bool:
         """Whether the turn model is answering or has questions waiting (any session's)."""
-        limiter = self.turn_limiter
-        return limiter is not None and bool(
-            limiter.borrowed_tokens or limiter.statistics().tasks_waiting
-        )
+        return self.turn_limiter is not None and limiter_busy(self.turn_limiter)
 
     @classmethod
     def create(

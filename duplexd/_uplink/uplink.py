@@ -183,8 +183,8 @@ class Uplink:
             else None
         )
         # the words' side of the end of turn (unfinished.py) needs speculation, in English
-        english = transcriber is not None and (transcriber.language or "en") == "en"
-        english = english and asr.speculate
+        language = transcriber.language if transcriber is not None else None
+        english = self._speculate and (language or "en") == "en"
         model = services.turn_model
         self._ends = (
             EndOfTurn(
