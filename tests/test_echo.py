@@ -10,6 +10,8 @@ generous: the measured figures are in bench/results/aec-rooms.md."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -45,22 +47,33 @@ def run(
     *,
     uplink_latency_s: float = 0.003,
     played: tuple[float, float] | None = None,
+    sent: list[float] | None = None,
+    jump: tuple[int, float] | None = None,
 ) -> tuple[EchoCanceller, np.ndarray]:
-    """Send frame i of `reference` at server time i x 20 ms (as utterance 1, seq i) and let
-    uplink frame i arrive 20 ms + latency after its start; the output, position for position.
-    `played` (delay_s, client clock offset_s): the client reports every 5th frame, as played
-    `delay_s` after it was sent, at its own clock (server time + offset_s)."""
+    """Send frame i of `reference` at server time i x 20 ms (or `sent[i]`; as utterance 1,
+    seq i) and let uplink frame i arrive 20 ms + latency after its start; the output, position
+    for position. `played` (delay_s, client clock offset_s): the client reports every 5th
+    frame, as played `delay_s` after it was sent, at its own clock (server time + offset_s);
+    `jump` (frame, s): from that frame on, played that much later still."""
+
+    def delay(j: int) -> float:
+        assert played is not None
+        return played[0] + (jump[1] if jump is not None and j >= jump[0] else 0.0)
+
     ec = EchoCanceller(t0=0.0)
     out = np.zeros(len(uplink), dtype=np.float32)
     pos = 0
     for i in range(len(uplink) // FRAME):
         t = i * 0.020
         if (i + 1) * FRAME <= len(reference):
-            ec.add_reference(t, reference[i * FRAME : (i + 1) * FRAME], (1, i))
+            at = t if sent is None else sent[i]
+            ec.add_reference(at, reference[i * FRAME : (i + 1) * FRAME], (1, i))
         if played is not None and i % 5 == 4:
-            delay_s, offset_s = played
-            j = int((t - delay_s - 0.020) // 0.020)  # the last frame played whole by now
-            at = j * 0.020 + 0.020 + delay_s  # when its last sample played (server clock)
+            offset_s = played[1]
+            j = int((t - played[0] - 0.020) // 0.020)  # the last frame played whole by now
+            while j >= 0 and j * 0.020 + 0.020 + delay(j) > t:
+                j -= 1
+            at = j * 0.020 + 0.020 + delay(j)  # when its last sample played (server clock)
             if j >= 0 and (j + 1) * FRAME <= len(reference):
                 ec.note_played(t, (1, j), FRAME, round((at + offset_s) * 1e6))
         ec.note_uplink(t + 0.020 + uplink_latency_s, (i + 1) * FRAME)
@@ -219,6 +232,110 @@ def test_an_echo_later_than_aec3_finds_is_cancelled_with_played_reports() -> Non
     # the uplink's 3 ms arrival and the room's 10 ms come on top for AEC3 to find)
     assert 0.0 <= ec.playout_ms - (690.0 - 100.0) <= 20.0
     assert erle(echo, out, span) >= 25.0
+
+
+def played_by(sent: list[float], buffer_s: float) -> np.ndarray:
+    """Where a player with a `buffer_s` jitter buffer plays each frame sent at `sent[i]`
+    (arriving at once): the first at its arrival + `buffer_s`, the next ones back to back,
+    and one that comes after its turn `buffer_s` after it came (a gap, a new run)."""
+    starts = np.zeros(len(sent))
+    cursor = -1.0
+    for i, t in enumerate(sent):
+        starts[i] = cursor if cursor >= t else t + buffer_s
+        cursor = starts[i] + 0.020
+    return starts
+
+
+@pytest.mark.parametrize("late_s", [0.020, 0.100])
+def test_a_frame_sent_late_is_placed_where_the_player_plays_it(late_s: float) -> None:
+    """Synthesis fell behind: from frame 60 on every frame goes out `late_s` later (one
+    pacer tick: the writer kept its grid and skipped it; or five). A 40 ms jitter buffer plays
+    a tick late back to back, five ticks late after a gap: the reference has it the same way,
+    and the echo after it is taken out as well as before (a gap in the reference that the
+    player never played left AEC3 misaligned: 5-11 dB in the 1.5 s after it, measured; 21-35
+    dB now, the whole utterance's 31-34 dB over those 3 s)."""
+    ref = agent_voice()
+    n = len(ref) // FRAME
+    sent = [i * 0.020 + (late_s if i >= 60 else 0.0) for i in range(n)]
+    starts = played_by(sent, 0.040)
+    total = len(ref) + 2 * RATE
+    played = np.zeros(total, dtype=np.float32)
+    for i, at in enumerate(starts):
+        k = round(at * RATE)
+        played[k : k + FRAME] = ref[i * FRAME : (i + 1) * FRAME]
+    echo = ROOMS_BY_NAME["rt60-300"].echo(played, total)
+    _, out = run(ref, echo + noise(total, QUIET), sent=sent)
+    late = round(starts[60] * RATE)
+    assert erle(echo, out, slice(late, late + 3 * RATE)) >= 20.0
+
+
+def test_each_utterance_is_cancelled_from_its_first_syllable() -> None:
+    """Five utterances with pauses between, sent at 48 kHz (as the session does) and played
+    each from its first frame's arrival + 40 ms: the reference is resampled as it goes, and
+    every sample is placed when it was sent (reference.py), so the echo of each utterance's
+    first half second is taken out as the rest is. (Placed when soxr let it out instead,
+    measured: one start of the four at 16 dB, the others 31-40; all four 36-40 now.)"""
+    import soxr
+
+    from bench.speech import clip
+    from duplexd._uplink.reference import SentAudio
+
+    texts = ["Sure, I can help you with that.", "The weather is sunny with a light breeze.",
+             "Let me check the schedule for tomorrow.", "There are three meetings.",
+             "The first one is at nine."]  # fmt: skip
+    sent_at: list[float] = []
+    frames: list[np.ndarray] = []
+    t = 0.0
+    for text in texts:
+        u = clip(text)
+        n = -(-len(u) // FRAME)
+        u16 = np.zeros(n * FRAME, dtype=np.float32)
+        u16[: len(u)] = u
+        frames += [u16[i * FRAME : (i + 1) * FRAME] for i in range(n)]
+        sent_at += [t + i * 0.020 for i in range(n)]
+        t += n * 0.020 + 0.8071  # a pause, off the 20 ms grid
+    starts = played_by(sent_at, 0.040)
+    total = round((starts[-1] + 1.5) * RATE)
+    played = np.zeros(total, dtype=np.float32)
+    for at, f in zip(starts, frames, strict=True):
+        played[round(at * RATE) : round(at * RATE) + FRAME] = f
+    echo = ROOMS_BY_NAME["rt60-300"].echo(played, total)
+    mic = echo + noise(total, QUIET)
+    ec, sent = EchoCanceller(t0=0.0), SentAudio(48_000, RATE)
+    out = np.zeros(total, dtype=np.float32)
+    pos = fi = 0
+    for i in range(total // FRAME):
+        now = (i + 1) * 0.020
+        while fi < len(sent_at) and sent_at[fi] <= now:
+            pcm = soxr.resample(frames[fi], RATE, 48_000).astype(np.float32)
+            for at, piece, frame in sent.add(sent_at[fi], pcm, (1, fi)):
+                ec.add_reference(at, piece, frame)
+            fi += 1
+        ec.note_uplink(now + 0.003, (i + 1) * FRAME)
+        got = ec.process(mic[i * FRAME : (i + 1) * FRAME])
+        out[pos : pos + len(got)] = got
+        pos += len(got)
+    firsts = [b for a, b in itertools.pairwise(starts) if b - a > 0.1]
+    assert len(firsts) == 4
+    for at in firsts:
+        k = round(at * RATE)
+        assert erle(echo, out, slice(k, k + RATE // 2)) >= 25.0
+
+
+def test_a_player_that_moved_is_followed_by_its_played_reports() -> None:
+    """From 3 s on the client plays everything 60 ms later (it stalled and filled its buffer
+    again; another output device): its next report says so, the reference moves with it, and
+    AEC3 keeps cancelling (its filter still fits: the room did not change)."""
+    ref = agent_voice()
+    total = len(ref) + RATE
+    played = np.zeros(total, dtype=np.float32)
+    for j in range(len(ref) // FRAME):
+        k = round((j * 0.020 + 0.150 + (0.060 if j >= 150 else 0.0)) * RATE)
+        played[k : k + FRAME] = ref[j * FRAME : (j + 1) * FRAME]
+    echo = Room("near", delay_ms=10.0, rt60_ms=300.0, seed=7).echo(played, total)
+    _, out = run(ref, echo + noise(total, QUIET), played=(0.150, 12.3), jump=(150, 0.060))
+    moved = round((150 * 0.020 + 0.210) * RATE)
+    assert erle(echo, out, slice(moved, moved + 2 * RATE)) >= 20.0
 
 
 def test_the_running_minimum_forgets_what_slid_out() -> None:

@@ -12,8 +12,10 @@ reverberation beyond its length, a non-linear loudspeaker, double talk). This mo
 that hands it the right far-end reference for each stretch of uplink:
 
 - The reference: the last `history_s` of what was sent (16 kHz), laid out on the server clock
-  (`add_reference`: each frame where it was sent; a frame within 15 ms of where the previous
-  one ended continues it).
+  (`add_reference`: each frame where it was sent; a frame sent up to `PLAYER_BUFFER_MS` after
+  where the previous one ended continues it, as the client's player plays it: its jitter
+  buffer absorbs that much lateness, and a frame later than that plays after a gap, as the
+  reference then has it).
 - The uplink on the same clock (`note_uplink`): uplink sample `u` was captured at the smallest
   `arrival_time - u / rate` seen over the last 2 s of frames (the least delayed frame). AEC3
   is handed the reference on that mapping as it was when it first ran (`_server`): the
@@ -25,6 +27,10 @@ that hands it the right far-end reference for each stretch of uplink:
   minus when that sample was sent, that is the delay from sending to playing. The reference
   is handed to AEC3 that much later, less `PLAYOUT_MARGIN_MS` (AEC3 finds the rest, up to
   about 450 ms by measurement, and cannot cancel an echo that comes before its reference).
+  A later report whose delay moved by `PLAYOUT_FOLLOW_MS` or more (the player ran dry and
+  filled its buffer again; another output device) moves the reference with it at once: the
+  browser client reports the first sample of every run it plays, so the move is known before
+  its echo comes back.
   Without reports the presence check below finds an echo up to 600 ms late: a client whose
   round trip plus playout buffer may exceed that needs to send PLAYED.
 - Whether an echo comes back at all, and how late (`echo_found`: a GCC-PHAT of the last second
@@ -63,12 +69,20 @@ FloatArray = npt.NDArray[np.float32]
 
 AEC_LATENCY_SAMPLES: Final = 128  # AEC3's output is this late at 16 kHz (tests/test_echo.py)
 PLAYOUT_MARGIN_MS: Final = 100.0  # the reference leads the reported playout by this much
+# A reported playout delay that moved this much moves the reference at once (less is the client
+# clock's estimate settling, or a drift AEC3 follows on its own; 20 ms it follows only slowly)
+PLAYOUT_FOLLOW_MS: Final = 8.0
 ALIGN_LEAD_MS: Final = 40.0  # ... and the echo found by the presence check by this much
 _ALIGN_SLACK_MS: Final = 25.0  # a direct path found within this of that lead stays as it is
 IDLE_S: Final = 1.5  # no echo possible this long after the last audio sent (delay + reverb)
 _CONVERGING_S: Final = 0.6  # an AEC3 that has seen less uplink than this may still leak echo
 _REPAIR_MS: Final = 100.0  # the uplink this much later than paired: pair it anew
-_CONTIGUOUS_S: Final = 0.015  # a frame sent within this of where the last ended continues it
+# A frame sent up to this much later than where the previous one ended continues it: the
+# client's jitter buffer plays it back to back (the browser client's holds 50 ms, the bench's
+# player 40, WebRTC's 20-80). At 15 ms (before), a frame one pacer tick late (synthesis
+# behind: the writer skips a tick) put a gap in the reference that the player never played,
+# and AEC3 leaked the rest of the utterance's echo while it followed (false barge-ins, live).
+PLAYER_BUFFER_MS: Final = 40.0
 _OFFSET_FRAMES: Final = 100  # uplink frames over which the clock offset is the minimum
 _PLAYED_REPORTS: Final = 32  # PLAYED reports over which the client clock offset is the minimum
 _SENT_FRAMES: Final = 400  # downlink frames whose send position is remembered (8 s of 20 ms)
@@ -149,6 +163,7 @@ class EchoCanceller:
         self._ref = np.zeros(self._cap, dtype=np.float32)
         self._ref_end: int | None = None  # server-clock sample index after the last reference
         self._active_until = -(1 << 62)  # index after the last non-silent reference sample
+        self._contiguous = round(PLAYER_BUFFER_MS * rate_hz / 1000)
         self._offsets = _RunningMin(_OFFSET_FRAMES)
         self._offset: float | None = None  # server-clock index of uplink sample 0
         self._pairing: float | None = None  # ... as AEC3 is handed the reference (`_server`)
@@ -157,6 +172,9 @@ class EchoCanceller:
         self._sent: collections.OrderedDict[tuple[int, int], int] = collections.OrderedDict()
         self._client_offsets = _RunningMin(_PLAYED_REPORTS)
         self._playout = 0  # samples from sending to playing, less the margin (0: unknown)
+        self._reported = False  # whether a PLAYED report set `_playout`
+        self._follow = round(PLAYOUT_FOLLOW_MS * rate_hz / 1000)
+        self.playout_moves = 0  # times the reports moved the reference after the first
         self._align = 0  # ... and further, from the delay the presence check found
         self._aec = pywebrtc_audio.EchoCanceller(rate_hz)
         self._latency = round(AEC_LATENCY_SAMPLES * rate_hz / 16_000)
@@ -196,7 +214,7 @@ class EchoCanceller:
             return
         idx = round((now - self._t0) * self.rate_hz)
         end = self._ref_end
-        if end is not None and (abs(idx - end) <= _CONTIGUOUS_S * self.rate_hz or idx < end):
+        if end is not None and idx - end <= self._contiguous:
             idx = end  # the next frame of the same paced run
         if end is not None and idx > end:
             self._write(end, np.zeros(min(idx - end, self._cap), dtype=np.float32))
@@ -237,9 +255,14 @@ class EchoCanceller:
         delay = played - (sent + offset)
         margin = PLAYOUT_MARGIN_MS * self.rate_hz / 1000
         playout = max(0, round(delay - margin))
-        # the echo found stays where it was found: what the reports add is no longer to align
-        self._align = max(0, self._align - (playout - self._playout))
-        self._playout = playout
+        if not self._reported:  # the first report: the echo found so far stays where it was
+            self._align = max(0, self._align - playout)  # found (the report explains that much)
+            self._playout, self._reported = playout, True
+        elif abs(playout - self._playout) >= self._follow:
+            # the player moved (it refilled its buffer after running dry; another device): the
+            # echo moved with it, and so does the reference (AEC3's filter still fits the room)
+            self._playout = playout
+            self.playout_moves += 1
         return float(1000 * delay / self.rate_hz)
 
     @property

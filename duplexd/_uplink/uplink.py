@@ -70,6 +70,7 @@ from .counters import UplinkCounters
 from .echo import EchoCanceller
 from .ends import AHEAD, EndCheck, EndOfTurn
 from .quiet import QuietTracker
+from .reference import SentAudio
 from .services import UplinkServices
 from .soft import Settled, SoftBargeIn, WordsCheck
 from .transcripts import HoldCheck, Transcripts
@@ -155,11 +156,7 @@ class Uplink:
         self._up_resampler = StreamResampler(rate_hz, VAD_RATE_HZ) if self._scale != 1 else None
         self._down_frame_samples = fr.frame_samples(downlink_rate_hz)
         self._down_rate_hz = downlink_rate_hz
-        self._down_resampler = (
-            StreamResampler(downlink_rate_hz, VAD_RATE_HZ)
-            if downlink_rate_hz != VAD_RATE_HZ
-            else None
-        )
+        self._sent_audio = SentAudio(downlink_rate_hz, VAD_RATE_HZ)  # (the echo's reference)
         self._next_seq = 0
         self._resync = False
         self._pending = np.zeros(0, dtype=np.float32)
@@ -473,9 +470,8 @@ class Uplink:
                     assert self._opus_down is not None
                     s16 = self._opus_down.decode(bytes(body))
                 pcm = s16.astype(np.float32) * _S16
-                if self._down_resampler is not None:
-                    pcm = self._down_resampler.process(pcm)
-                echo.add_reference(now, pcm, (uid, seq))
+                for at, piece, frame in self._sent_audio.add(now, pcm, (uid, seq)):
+                    echo.add_reference(at, piece, frame)  # (each sample where it was sent)
 
     def _note_played(
         self, echo: EchoCanceller, now: float, uid: int, samples: int, clock_us: int

@@ -13,8 +13,11 @@
 // The END frame's padding counts too: the main thread caps a final count at UTTERANCE_DONE's
 // samples_sent. `render` returns what happened, as messages for the main thread:
 //   {type: "started", epoch, utteranceId, clockUs}                        first sample played
-//   {type: "position", epoch, utteranceId, samplesPlayed, clockUs, final} every reportMs, and
-//        final at its END frame or at a flush (also for queued utterances that never played)
+//   {type: "position", epoch, utteranceId, samplesPlayed, clockUs, final} at the first sample
+//        of every run (an utterance's start, the restart after an underrun: where it plays
+//        tells the server's echo canceller at once how late the echo now comes), every
+//        reportMs, and final at its END frame or at a flush (also for queued utterances that
+//        never played)
 //   {type: "underrun", epoch, utteranceId, clockUs}
 // `flush()` (an interrupt) drops everything and returns the final positions and
 // {type: "flushed", clockUs, hadAudio}.
@@ -44,6 +47,7 @@ export class PlaybackBuffer {
     this.s0 = 0;
     this.s1 = 0;
     this.sinceReport = 0;
+    this.reportNow = false; // a run (re)started: report its first sample
     this.counters = { framesPlayed: 0, underruns: 0, lateFrames: 0, samplesPlayed: 0, framesReceived: 0 };
   }
 
@@ -97,6 +101,7 @@ export class PlaybackBuffer {
         if (this.queue.length > this.head && this._startable()) {
           this.playing = true;
           this.dry = null;
+          this.reportNow = true; // (the run's first sample is reported: `_consume`)
         } else {
           out[i] = 0;
           continue;
@@ -148,6 +153,11 @@ export class PlaybackBuffer {
     this.s1 = frame.pcm[this.pos] / 32768;
     this.current.played = frame.seq * this.frameSamples + this.pos + 1;
     this.current.clockUs = clockUs;
+    if (this.reportNow) {
+      this.reportNow = false;
+      this.sinceReport = 0;
+      events.push(this._position(false));
+    }
     this.counters.samplesPlayed += 1;
     this.pos += 1;
     if (this.pos >= frame.pcm.length) {
@@ -192,6 +202,7 @@ export class PlaybackBuffer {
     this.current = null;
     this.playing = false;
     this.dry = null;
+    this.reportNow = false;
     this.nextSeq.clear();
     this.s0 = this.s1 = this.phase = 0;
     events.push({ type: "flushed", clockUs, hadAudio });

@@ -76,6 +76,22 @@ test("running dry inside an utterance is an underrun (and the late frame is coun
   assert.equal(buf.counters.lateFrames, 2);
 });
 
+test("the first sample of every run is reported at once: an utterance's start and the restart after an underrun", () => {
+  const buf = new PlaybackBuffer({ targetMs: 20, reportMs: 1000 });
+  buf.push(frame(1, 0));
+  let r = run(buf, 10); // frame 0 plays from sample 0, then runs dry
+  let pos = r.events.filter((e) => e.type === "position");
+  assert.deepEqual(pos.map((e) => [e.samplesPlayed, e.clockUs, e.final]), [[1, 0, false]]);
+  run(buf, 5); // dry
+  buf.push(frame(1, 1, { last: true }));
+  const t0 = 1; // (the audio clock, s, of the next block)
+  r = run(buf, 10, t0);
+  pos = r.events.filter((e) => e.type === "position");
+  // the restart: frame 1's first sample (960 + 1 played) at the first block's start
+  assert.deepEqual(pos[0], { type: "position", epoch: 0, utteranceId: 1, samplesPlayed: 961, clockUs: 1e6, final: false });
+  assert.equal(pos.at(-1).final, true);
+});
+
 test("consecutive utterances play back to back, each with its own positions", () => {
   const buf = new PlaybackBuffer({ targetMs: 20 });
   buf.push(frame(1, 0, { last: true, base: 0 }));

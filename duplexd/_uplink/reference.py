@@ -1,0 +1,79 @@
+"""The echo reference's timing: the server time each sample of the sent audio was sent at.
+
+The echo canceller wants what the session sent at 16 kHz, each sample where it was sent. The
+downlink is resampled on the way (48 kHz by default), by a streaming resampler (soxr), and soxr
+answers in blocks: fed one 20 ms frame at a time at 48 kHz it gives 0, 490, 0, 489, 489, 0, ...
+samples (measured), and the first answer after a pause holds the end of the utterance before.
+Placed at the send time of the frame whose feeding brought it out, the reference moved by 20 ms
+or more at an utterance's start, at random: the echo path AEC3 had learned jumped, and the
+first syllables' echo leaked through to barge in (the agent interrupting itself, live).
+
+soxr keeps the signal's timing (only its answers come late): output sample j is input sample
+j x in/out. So `SentAudio.add` cuts what comes out at the input frames' boundaries and dates
+each piece by the frame its input came in: the frame's send time, plus where in it the piece
+starts. The utterance's end that comes out after a pause is dated where it was sent, before it.
+
+One instance per session (it holds the resampler's state); not thread-safe (the session's
+uplink worker calls it).
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+
+from .._downlink.resample import StreamResampler
+
+FloatArray = npt.NDArray[np.float32]
+Frame = tuple[int, int]  # (utterance id, seq)
+Piece = tuple[float, FloatArray, Frame | None]  # (sent at, samples, frame it starts)
+
+_MAX_FRAMES: Final = 64  # frames remembered for samples still in the resampler (it holds ~2)
+
+
+class SentAudio:
+    """The downlink at `rate_hz` in, dated pieces at `out_rate_hz` out (`add`)."""
+
+    def __init__(self, rate_hz: int, out_rate_hz: int) -> None:
+        self.rate_hz = rate_hz
+        self.out_rate_hz = out_rate_hz
+        self._resampler = StreamResampler(rate_hz, out_rate_hz) if rate_hz != out_rate_hz else None
+        self._fed = 0  # input samples fed
+        self._made = 0  # output samples made
+        # input frames whose output is not all out yet: (first input sample, end, sent at, id)
+        self._frames: collections.deque[tuple[int, int, float, Frame]] = collections.deque()
+
+    def _out_index(self, position: int) -> int:
+        """The first output sample at or after input sample `position`."""
+        return -(-position * self.out_rate_hz // self.rate_hz)
+
+    def add(self, now: float, pcm: FloatArray, frame: Frame) -> list[Piece]:
+        """Frame `frame` (its samples at `rate_hz`, float) was sent at server time `now`: the
+        resampled audio that is ready, as pieces (sent at, samples, the frame whose first
+        sample starts the piece or None), in order; they may belong to earlier frames."""
+        start = self._fed
+        self._fed += len(pcm)
+        frames = self._frames
+        frames.append((start, self._fed, now, frame))
+        if len(frames) > _MAX_FRAMES:  # (never: the resampler holds a frame or two)
+            frames.popleft()
+        out = pcm if self._resampler is None else self._resampler.process(pcm)
+        first = self._made
+        self._made += len(out)
+        pieces: list[Piece] = []
+        k = 0
+        while k < len(out) and frames:
+            begin, end, sent, fid = frames[0]
+            stop = self._out_index(end) - first  # the output of this frame ends here
+            if stop <= k:
+                frames.popleft()
+                continue
+            j = first + k  # the output sample the piece starts with ...
+            at = sent + (j * self.rate_hz / self.out_rate_hz - begin) / self.rate_hz
+            starts = fid if j == self._out_index(begin) else None  # (... its frame's first?)
+            pieces.append((at, out[k : min(stop, len(out))], starts))
+            k = min(stop, len(out))
+        return pieces

@@ -1,0 +1,70 @@
+"""The echo reference's timing (`duplexd._uplink.reference.SentAudio`): every resampled sample
+is dated when its input sample was sent, whatever blocks the streaming resampler answers in,
+across a pause between utterances, and at every session rate."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from duplexd._uplink.reference import SentAudio
+
+FRAME_S = 0.020
+
+
+def feed(
+    sent: SentAudio, times: list[float], uid: int = 1
+) -> list[tuple[float, np.ndarray, object]]:
+    """Frames of a ramp (input sample i holds i) sent at `times`; every piece that came out."""
+    n = round(sent.rate_hz * FRAME_S)
+    pieces = []
+    for seq, t in enumerate(times):
+        base = sent._fed  # (the ramp goes on where the last frame ended)
+        pcm = (base + np.arange(n)).astype(np.float32) / 1e6
+        pieces += sent.add(t, pcm, (uid, seq))
+    return pieces
+
+
+@pytest.mark.parametrize("rate_hz", [16_000, 24_000, 48_000])
+def test_each_piece_is_dated_when_its_first_sample_was_sent(rate_hz: int) -> None:
+    """Frames sent back to back from t = 5 s: the piece starting at output sample j is dated
+    5 s + j / 16 kHz, to the nanosecond, in whatever blocks soxr answers (at 48 kHz it gives
+    nothing for one frame and one and a half for the next)."""
+    sent = SentAudio(rate_hz, 16_000)
+    pieces = feed(sent, [5.0 + i * FRAME_S for i in range(50)])
+    j = 0
+    for at, samples, _ in pieces:
+        assert at == pytest.approx(5.0 + j / 16_000, abs=1e-9)
+        j += len(samples)
+    assert 50 * 320 - 400 <= j <= 50 * 320  # (soxr holds ~12 ms back at 48 kHz)
+    sizes = {len(s) for _, s, _ in pieces}
+    assert sizes <= {320} if rate_hz == 16_000 else len(sizes) > 1  # (soxr: uneven blocks)
+
+
+def test_every_frame_starts_a_piece_with_its_id() -> None:
+    sent = SentAudio(48_000, 16_000)
+    pieces = feed(sent, [i * FRAME_S for i in range(30)], uid=7)
+    ids = [frame for _, _, frame in pieces if frame is not None]
+    assert ids == [(7, seq) for seq in range(len(ids))] and len(ids) >= 28
+
+
+def test_the_utterance_before_a_pause_is_dated_before_it() -> None:
+    """Ten frames from 0 s, then the next utterance at 1 s: what the resampler held of the
+    first one comes out with the second's first frame, dated where it was sent (before 0.2 s),
+    and the second utterance's first sample at exactly 1 s."""
+    sent = SentAudio(48_000, 16_000)
+    first = feed(sent, [i * FRAME_S for i in range(10)])
+    made = sum(len(s) for _, s, _ in first)
+    assert made < 10 * 320  # (some still in the resampler)
+    second = feed(sent, [1.0 + i * FRAME_S for i in range(3)], uid=2)
+    held = [p for p in second if p[0] < 1.0]
+    assert held and all(at < 0.2 for at, _, _ in held)
+    assert sum(len(s) for _, s, _ in held) == 10 * 320 - made
+    new = [p for p in second if p[0] >= 1.0]
+    assert new[0][0] == pytest.approx(1.0, abs=1e-9) and new[0][2] == (2, 0)
+
+
+def test_the_frames_remembered_stay_bounded() -> None:
+    sent = SentAudio(48_000, 16_000)
+    feed(sent, [i * FRAME_S for i in range(500)])
+    assert len(sent._frames) <= 3
