@@ -34,6 +34,7 @@ import trio
 
 from bench.rooms import ROOMS_BY_NAME, StreamingEcho
 from bench.turns import speech_onset
+from duplexd._uplink.reference import SentAudio
 from duplexd.protocol.frames import Audio, Interrupted, ServerFrame, SpeechStarted, UtteranceDone
 
 RATE = 16_000
@@ -100,34 +101,45 @@ class Speaker:
     player has: browsers and WebRTC keep 20-80 ms); later frames play back to back; a frame
     that comes after its turn leaves a gap and starts a new run. An Interrupted flushes the
     queue. `playout_s` 0 is a player that starts each run on arrival (every late frame is a
-    gap: the harshest echo to follow). `read` takes the microphone's share of what played."""
+    gap: the harshest echo to follow). `read` takes the microphone's share of what played.
+
+    Each frame plays exactly where its turn is: the downlink is resampled to 16 kHz by a
+    streaming resampler (soxr), which answers in blocks and holds ~12 ms back, so what comes
+    out is placed by the frame its input came in (`SentAudio`, as the server dates its echo
+    reference). Written where it came out instead, each utterance played 0-30 ms late at
+    random (the end of the one before, held back, went first), and the echo path jumped at
+    every utterance's start, as no real player's does. Audio the resampler gives only after
+    the microphone has passed its place is lost (a playout under ~30 ms)."""
 
     def __init__(self, t0: float, downlink_rate_hz: int, playout_s: float) -> None:
-        import soxr
-
         self.t0 = t0
         self.ring = np.zeros(int(RING_S * RATE), dtype=np.float32)
         self.cursor = 0  # next free sample of the queue
+        self.read_to = 0  # the microphone has taken everything before this sample
         self.playout = round(playout_s * RATE)
-        self._rs = soxr.ResampleStream(downlink_rate_hz, RATE, 1, dtype="float32")
+        self._rate = downlink_rate_hz
+        self._dated = SentAudio(downlink_rate_hz, RATE)
 
     def play(self, pcm: bytes, now: float) -> None:
         x = np.frombuffer(pcm, "<i2").astype(np.float32) / 32768
-        y = self._rs.resample_chunk(x)
         arrival = round((now - self.t0) * RATE)
         pos = self.cursor if self.cursor >= arrival else arrival + self.playout
         if pos < 0 or pos - (now - self.t0) * RATE > RING_S * RATE / 2:
             return  # before the uplink started, or queued too far ahead for the ring
-        self._write(pos, y)
-        self.cursor = pos + len(y)
+        self.cursor = pos + len(x) * RATE // self._rate
+        for at, y, _ in self._dated.add(pos / RATE, x, (0, 0)):
+            self._write(round(at * RATE), y)
 
     def flush(self, now: float) -> None:
         pos = max(0, round((now - self.t0) * RATE))
         if self.cursor > pos:
             self._write(pos, np.zeros(self.cursor - pos, dtype=np.float32))
         self.cursor = pos
+        self._dated = SentAudio(self._rate, RATE)  # (what it held back is dropped too)
 
     def _write(self, pos: int, y: F32) -> None:
+        if pos < self.read_to:  # the microphone has passed it: too late to be heard
+            y, pos = y[self.read_to - pos :], self.read_to
         n = len(self.ring)
         i = pos % n
         first = min(len(y), n - i)
@@ -136,6 +148,7 @@ class Speaker:
 
     def read(self, pos: int, count: int) -> F32:
         out = np.zeros(count, dtype=np.float32)
+        self.read_to = max(self.read_to, pos + count)
         if pos + count <= 0:
             return out
         skip = max(0, -pos)

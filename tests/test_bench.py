@@ -278,6 +278,38 @@ def test_tiny_attack_bench(tmp_path: Path) -> None:
     assert attacked["attackers_cpu_percent"] > 0
 
 
+@pytest.mark.unit
+def test_the_echoing_player_plays_each_utterance_where_its_turn_is() -> None:
+    """The bench's loudspeaker (bench.uplink.Speaker, 48 kHz frames in, 16 kHz out): two
+    utterances with a pause, each starting with a click; each click is heard exactly
+    `playout` after its first frame arrived, whatever the resampler held back (it answers in
+    blocks, and the first utterance's end waits in it until the second's start)."""
+    import numpy as np
+
+    from bench.uplink import Speaker
+
+    spk = Speaker(0.0, 48_000, 0.040)
+    heard = np.zeros(3 * 16_000, dtype=np.float32)
+    read = 0
+
+    def listen(until: int) -> None:
+        nonlocal read
+        while read + 320 <= until:  # the microphone keeps time
+            heard[read : read + 320] = spk.read(read, 320)
+            read += 320
+
+    for start in (0.1011, 1.0057):
+        for k in range(10):
+            x = np.zeros(960, dtype=np.int16)
+            x[0] = 20_000 if k == 0 else 0  # the click
+            spk.play(x.tobytes(), start + k * 0.020)
+            listen(round((start + k * 0.020) * 16_000))
+    listen(len(heard))
+    for start in (0.1011, 1.0057):
+        at = round(start * 16_000) + 640  # the 40 ms playout
+        assert int(np.argmax(np.abs(heard[at - 200 : at + 200]))) == 200
+
+
 def test_a_bad_worker_count_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     from bench.__main__ import main
 
