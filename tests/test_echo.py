@@ -49,12 +49,15 @@ def run(
     played: tuple[float, float] | None = None,
     sent: list[float] | None = None,
     jump: tuple[int, float] | None = None,
+    report_late_s: float = 0.0,
 ) -> tuple[EchoCanceller, np.ndarray]:
     """Send frame i of `reference` at server time i x 20 ms (or `sent[i]`; as utterance 1,
     seq i) and let uplink frame i arrive 20 ms + latency after its start; the output, position
     for position. `played` (delay_s, client clock offset_s): the client reports every 5th
     frame, as played `delay_s` after it was sent, at its own clock (server time + offset_s);
-    `jump` (frame, s): from that frame on, played that much later still."""
+    `jump` (frame, s): from that frame on, played that much later still; `report_late_s`:
+    each report reaches the server up to that much late (uniform, seeded)."""
+    late = np.random.default_rng(3).uniform(0.0, report_late_s, len(uplink) // FRAME)
 
     def delay(j: int) -> float:
         assert played is not None
@@ -75,7 +78,7 @@ def run(
                 j -= 1
             at = j * 0.020 + 0.020 + delay(j)  # when its last sample played (server clock)
             if j >= 0 and (j + 1) * FRAME <= len(reference):
-                ec.note_played(t, (1, j), FRAME, round((at + offset_s) * 1e6))
+                ec.note_played(t + late[i], (1, j), FRAME, round((at + offset_s) * 1e6))
         ec.note_uplink(t + 0.020 + uplink_latency_s, (i + 1) * FRAME)
         got = ec.process(uplink[i * FRAME : (i + 1) * FRAME])
         out[pos : pos + len(got)] = got
@@ -322,20 +325,46 @@ def test_each_utterance_is_cancelled_from_its_first_syllable() -> None:
         assert erle(echo, out, slice(k, k + RATE // 2)) >= 25.0
 
 
-def test_a_player_that_moved_is_followed_by_its_played_reports() -> None:
-    """From 3 s on the client plays everything 60 ms later (it stalled and filled its buffer
-    again; another output device): its next report says so, the reference moves with it, and
-    AEC3 keeps cancelling (its filter still fits: the room did not change)."""
+def played_with(ref: np.ndarray, delay_s: float, jump: tuple[int, float] | None) -> np.ndarray:
+    """`ref` as a player plays it: frame j `delay_s` after it was sent (at j x 20 ms), and
+    from frame `jump[0]` on `jump[1]` later still."""
+    played = np.zeros(len(ref) + RATE, dtype=np.float32)
+    for j in range(len(ref) // FRAME):
+        moved = jump[1] if jump is not None and j >= jump[0] else 0.0
+        k = round((j * 0.020 + delay_s + moved) * RATE)
+        played[k : k + FRAME] = ref[j * FRAME : (j + 1) * FRAME]
+    return played
+
+
+@pytest.mark.parametrize("move_s", [0.060, -0.060])
+def test_a_player_that_moved_is_followed_by_its_played_reports(move_s: float) -> None:
+    """From 3 s on the client plays everything 60 ms later (it ran dry and filled its buffer
+    again; another output device) or sooner: its next report says so on its own clock, the
+    reference moves with it once, and AEC3 keeps cancelling (its filter still fits the room).
+    Before, the reports' change went into the presence check's alignment and the reference
+    stayed put: 12, 21, 13 dB in the three half-seconds after a 60 ms move, measured."""
     ref = agent_voice()
     total = len(ref) + RATE
-    played = np.zeros(total, dtype=np.float32)
-    for j in range(len(ref) // FRAME):
-        k = round((j * 0.020 + 0.150 + (0.060 if j >= 150 else 0.0)) * RATE)
-        played[k : k + FRAME] = ref[j * FRAME : (j + 1) * FRAME]
+    played = played_with(ref, 0.210, (150, move_s))
     echo = Room("near", delay_ms=10.0, rt60_ms=300.0, seed=7).echo(played, total)
-    _, out = run(ref, echo + noise(total, QUIET), played=(0.150, 12.3), jump=(150, 0.060))
-    moved = round((150 * 0.020 + 0.210) * RATE)
-    assert erle(echo, out, slice(moved, moved + 2 * RATE)) >= 20.0
+    ec, out = run(ref, echo + noise(total, QUIET), played=(0.210, 12.3), jump=(150, move_s))
+    moved = round((150 * 0.020 + 0.210 + max(move_s, 0.0)) * RATE)
+    assert ec.playout_moves == 1
+    assert erle(echo, out, slice(moved, min(moved + 4 * RATE, len(ref)))) >= 20.0
+
+
+def test_reports_over_a_jittery_network_move_nothing() -> None:
+    """Reports that reach the server 0-40 ms late: the client clock's mapping onto the
+    server's settles and shifts as the least late one comes and slides out, but the player
+    did not move, and neither does the reference."""
+    ref = agent_voice()
+    total = len(ref) + RATE
+    echo = Room("near", delay_ms=10.0, rt60_ms=300.0, seed=7).echo(
+        played_with(ref, 0.210, None), total
+    )
+    ec, out = run(ref, echo + noise(total, QUIET), played=(0.210, 12.3), report_late_s=0.040)
+    assert ec.playout_moves == 0
+    assert erle(echo, out, slice(RATE, len(ref))) >= 25.0
 
 
 def test_the_running_minimum_forgets_what_slid_out() -> None:

@@ -9,6 +9,8 @@ import pytest
 
 from duplexd._uplink.reference import SentAudio
 
+pytestmark = pytest.mark.unit
+
 FRAME_S = 0.020
 
 
@@ -33,10 +35,16 @@ def test_each_piece_is_dated_when_its_first_sample_was_sent(rate_hz: int) -> Non
     sent = SentAudio(rate_hz, 16_000)
     pieces = feed(sent, [5.0 + i * FRAME_S for i in range(50)])
     j = 0
+    ratio = rate_hz / 16_000
     for at, samples, _ in pieces:
         assert at == pytest.approx(5.0 + j / 16_000, abs=1e-9)
+        # ... and holds what was sent then: output sample j is input sample j x ratio (the
+        # ramp's value; the resampler's first ~10 ms are its filter filling up)
+        k = np.arange(j, j + len(samples))
+        keep = k >= 160
+        assert np.allclose(samples[keep], k[keep] * ratio / 1e6, atol=2e-7)
         j += len(samples)
-    assert 50 * 320 - 400 <= j <= 50 * 320  # (soxr holds ~12 ms back at 48 kHz)
+    assert 50 * 320 - 600 <= j <= 50 * 320  # (soxr holds 7-37 ms back at 48 kHz)
     sizes = {len(s) for _, s, _ in pieces}
     assert sizes <= {320} if rate_hz == 16_000 else len(sizes) > 1  # (soxr: uneven blocks)
 

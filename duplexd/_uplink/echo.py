@@ -172,7 +172,8 @@ class EchoCanceller:
         self._sent: collections.OrderedDict[tuple[int, int], int] = collections.OrderedDict()
         self._client_offsets = _RunningMin(_PLAYED_REPORTS)
         self._playout = 0  # samples from sending to playing, less the margin (0: unknown)
-        self._reported = False  # whether a PLAYED report set `_playout`
+        self._own: float | None = None  # the last followed report's delay on the client clock
+        self._max_playout = self._cap // 2  # (the reference must still hold what is handed on)
         self._follow = round(PLAYOUT_FOLLOW_MS * rate_hz / 1000)
         self.playout_moves = 0  # times the reports moved the reference after the first
         self._align = 0  # ... and further, from the delay the presence check found
@@ -242,28 +243,49 @@ class EchoCanceller:
         self._offset = self._offsets.add((now - self._t0) * self.rate_hz - end_sample)
 
     def note_played(
-        self, now: float, frame: tuple[int, int], offset: int, clock_us: int
+        self,
+        now: float,
+        frame: tuple[int, int],
+        offset: int,
+        clock_us: int,
+        *,
+        final: bool = False,
     ) -> float | None:
         """A PLAYED report that arrived at server time `now`: sample `offset` (16 kHz) of the
-        downlink frame `frame` (utterance id, seq) played at the client's `clock_us`. Returns
-        the playout delay found (ms from sending to playing; None: that frame is unknown)."""
+        downlink frame `frame` (utterance id, seq) played at the client's `clock_us` (`final`:
+        the utterance's last report). Returns the playout delay found (ms from sending to
+        playing; None: that frame is unknown)."""
         client = self._client_offsets.add(now - clock_us / 1e6)  # server - client clock, s
         sent = self._sent.get(frame)
         if sent is None:
             return None
         played = (clock_us / 1e6 + client - self._t0) * self.rate_hz
         delay = played - (sent + offset)
-        margin = PLAYOUT_MARGIN_MS * self.rate_hz / 1000
-        playout = max(0, round(delay - margin))
-        if not self._reported:  # the first report: the echo found so far stays where it was
+        # the same on the client's own clock (an offset of its own): its changes are the
+        # player's, not those of the clock mapping's estimate (which settles as quicker reports
+        # come in and moves as they slide out, while the player stays where it was)
+        own = clock_us * self.rate_hz / 1e6 - (sent + offset)
+        if self._own is None:  # the first report: the echo found so far stays where it was
+            margin = PLAYOUT_MARGIN_MS * self.rate_hz / 1000
+            playout = min(max(0, round(delay - margin)), self._max_playout)
             self._align = max(0, self._align - playout)  # found (the report explains that much)
-            self._playout, self._reported = playout, True
-        elif abs(playout - self._playout) >= self._follow:
+            self._playout, self._own = playout, own
+        elif not final and abs(own - self._own) >= self._follow:
             # the player moved (it refilled its buffer after running dry; another device): the
-            # echo moved with it, and so does the reference (AEC3's filter still fits the room)
-            self._playout = playout
-            self.playout_moves += 1
+            # echo moved with it, and so does the reference (AEC3's filter still fits the room).
+            # (Not on a final report: its count may be capped at what was sent, its clock not.)
+            self._move(round(own - self._own))
+            self._own = own
         return float(1000 * delay / self.rate_hz)
+
+    def _move(self, samples: int) -> None:
+        """Hand the reference on `samples` later from now on (earlier if negative)."""
+        playout = self._playout + samples
+        if playout < 0:  # (sooner than the reports said at first: what was aligned goes first)
+            self._align = max(0, self._align + playout)
+        self._playout = min(max(0, playout), self._max_playout)
+        self._moving, self._heard = None, 0  # (the presence check judges the new path afresh)
+        self.playout_moves += 1
 
     @property
     def playout_ms(self) -> float:

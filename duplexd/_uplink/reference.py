@@ -3,10 +3,11 @@
 The echo canceller wants what the session sent at 16 kHz, each sample where it was sent. The
 downlink is resampled on the way (48 kHz by default), by a streaming resampler (soxr), and soxr
 answers in blocks: fed one 20 ms frame at a time at 48 kHz it gives 0, 490, 0, 489, 489, 0, ...
-samples (measured), and the first answer after a pause holds the end of the utterance before.
-Placed at the send time of the frame whose feeding brought it out, the reference moved by 20 ms
-or more at an utterance's start, at random: the echo path AEC3 had learned jumped, and the
-first syllables' echo leaked through to barge in (the agent interrupting itself, live).
+samples, holding 6-37 ms back (measured), and the first answer after a pause holds the end of
+the utterance before. Placed at the send time of the frame whose feeding brought it out, each
+utterance's reference was 6-37 ms late, by another amount each time: the echo path AEC3 had
+learned jumped, and the first syllables' echo leaked through to barge in (the agent
+interrupting itself, live).
 
 soxr keeps the signal's timing (only its answers come late): output sample j is input sample
 j x in/out. So `SentAudio.add` cuts what comes out at the input frames' boundaries and dates

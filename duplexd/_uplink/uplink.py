@@ -98,7 +98,7 @@ _DOWNLINK: Final = -1  # inbox items: a downlink message (else the uplink seq ga
 _VERDICT: Final = -2  # ... or the turn model's answer
 _WORDS: Final = -3  # ... or the transcript of a held barge-in's sound
 _UNHELD: Final = -4  # ... or the session is not holding (any more): forget the soft barge-in
-_PLAYED: Final = -5  # ... or a PLAYED report (utterance id, samples played, clock_us)
+_PLAYED: Final = -5  # ... or a PLAYED report (utterance id, samples played, clock_us, final)
 
 
 class Uplink:
@@ -458,7 +458,7 @@ class Uplink:
     def on_played(self, frame: fr.Played) -> None:
         """A PLAYED report from the client: when what was sent played (the echo's delay)."""
         if self._echo is not None:
-            played = (frame.utterance_id, frame.samples_played, frame.clock_us)
+            played = (frame.utterance_id, frame.samples_played, frame.clock_us, frame.final)
             self._enqueue((trio.current_time(), _PLAYED, played))
 
     def _add_reference(self, echo: EchoCanceller, now: float, message: bytes) -> None:
@@ -475,14 +475,14 @@ class Uplink:
                     echo.add_reference(at, piece, frame)  # (each sample where it was sent)
 
     def _note_played(
-        self, echo: EchoCanceller, now: float, uid: int, samples: int, clock_us: int
+        self, echo: EchoCanceller, now: float, uid: int, samples: int, clock_us: int, final: bool
     ) -> None:
         if samples <= 0:
             return
         n = self._down_frame_samples
         seq = (samples - 1) // n  # the frame of the last sample played ...
         offset = (samples - seq * n) * VAD_RATE_HZ // self._down_rate_hz  # ... and its end
-        echo.note_played(now, (uid, seq), offset, clock_us)
+        echo.note_played(now, (uid, seq), offset, clock_us, final=final)
 
     # ------------------------------------------------------------------ transcripts
 
@@ -506,4 +506,5 @@ class Uplink:
             out["echo_playout_ms"] = round(self._echo.playout_ms, 1)
             out["echo_found"] = self._echo.echo_found
             out["echo_realignments"] = self._echo.realignments
+            out["echo_playout_moves"] = self._echo.playout_moves
         return out
