@@ -99,10 +99,12 @@ export class Player extends EventTarget {
       if (ev.type === "position") {
         const sent = this._samplesSent.get(`${ev.epoch}/${ev.utteranceId}`);
         const samples = sent === undefined ? ev.samplesPlayed : Math.min(ev.samplesPlayed, sent);
+        // the clock of the last sample counted (the END frame's padding, capped, played later)
+        const clockUs = ev.clockUs - Math.round(((ev.samplesPlayed - samples) * 1e6) / this.session.sampleRateHz);
         if (this.session.state === "open") {
-          this.session.reportPlayed(ev.epoch, ev.utteranceId, samples, ev.clockUs, { final: ev.final });
+          this.session.reportPlayed(ev.epoch, ev.utteranceId, samples, clockUs, { final: ev.final });
         }
-        emit(this, "position", { ...ev, samplesPlayed: samples });
+        emit(this, "position", { ...ev, samplesPlayed: samples, clockUs });
       } else {
         emit(this, ev.type, ev);
       }

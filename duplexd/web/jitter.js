@@ -24,6 +24,10 @@
 // Resampling, when the output rate differs: linear interpolation (the demo avoids it by
 // running its AudioContext at the session rate).
 
+// A run's first sample is reported unless a position went out this recently (at most 10 a
+// second, SPEC.md §4.8, however often a stuttering network makes the buffer run dry).
+const MIN_REPORT_GAP_US = 100_000;
+
 export class PlaybackBuffer {
   /**
    * @param {{sourceRate?: number, outputRate?: number, frameSamples?: number, targetMs?: number, reportMs?: number}} [opts]
@@ -48,6 +52,7 @@ export class PlaybackBuffer {
     this.s1 = 0;
     this.sinceReport = 0;
     this.reportNow = false; // a run (re)started: report its first sample
+    this.lastReportUs = -Infinity; // the clock of the last position reported
     this.counters = { framesPlayed: 0, underruns: 0, lateFrames: 0, samplesPlayed: 0, framesReceived: 0 };
   }
 
@@ -155,8 +160,10 @@ export class PlaybackBuffer {
     this.current.clockUs = clockUs;
     if (this.reportNow) {
       this.reportNow = false;
-      this.sinceReport = 0;
-      events.push(this._position(false));
+      if (clockUs - this.lastReportUs >= MIN_REPORT_GAP_US) {
+        this.sinceReport = 0;
+        events.push(this._position(false));
+      }
     }
     this.counters.samplesPlayed += 1;
     this.pos += 1;
@@ -173,6 +180,7 @@ export class PlaybackBuffer {
 
   _position(final) {
     const c = this.current;
+    this.lastReportUs = c.clockUs;
     return { type: "position", epoch: c.epoch, utteranceId: c.utteranceId, samplesPlayed: c.played, clockUs: c.clockUs, final };
   }
 
