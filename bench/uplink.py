@@ -95,6 +95,30 @@ def hello_options(cfg: Any) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- the echo
 
 
+class Decimator:
+    """Session audio -> 16 kHz for an integer ratio (48 kHz: 3), frame by frame, as a player's
+    audio path would: a windowed-sinc low-pass (61 taps) and every `ratio`-th sample, the last
+    taps kept between frames. Exactly len / ratio samples out per call, `DELAY` samples (at
+    16 kHz) late, always: nothing is held back to come out later (soxr's streaming answers in
+    blocks and holds 7-37 ms back)."""
+
+    TAPS = 61
+
+    def __init__(self, ratio: int) -> None:
+        n = np.arange(self.TAPS) - (self.TAPS - 1) / 2
+        h = np.sinc(n * 0.9 / ratio) * np.hamming(self.TAPS)  # (cut at 90 % of 8 kHz)
+        self._h = (h / h.sum()).astype(np.float32)
+        self.ratio = ratio
+        self._tail = np.zeros(self.TAPS - 1, dtype=np.float32)
+        self.delay = (self.TAPS - 1) // 2 // ratio  # (30 input samples: 10 at 16 kHz, 48 kHz in)
+
+    def process(self, x: F32) -> F32:
+        joined = np.concatenate((self._tail, x))
+        self._tail = joined[len(x) :]
+        y = np.convolve(joined, self._h, mode="valid")  # y[i]: input i filtered, `delay` late
+        return y[:: self.ratio].astype(np.float32)
+
+
 class Speaker:
     """The session's loudspeaker at 16 kHz: a player with a playout buffer. The first frame
     after the queue ran dry plays `playout_s` after its arrival (a jitter buffer, as any real
@@ -103,13 +127,13 @@ class Speaker:
     queue. `playout_s` 0 is a player that starts each run on arrival (every late frame is a
     gap: the harshest echo to follow). `read` takes the microphone's share of what played.
 
-    Each frame plays exactly where its turn is: the downlink is resampled to 16 kHz by a
-    streaming resampler (soxr), which answers in blocks and holds ~12 ms back, so what comes
-    out is placed by the frame its input came in (`SentAudio`, as the server dates its echo
-    reference). Written where it came out instead, each utterance played 0-30 ms late at
-    random (the end of the one before, held back, went first), and the echo path jumped at
-    every utterance's start, as no real player's does. Audio the resampler gives only after
-    the microphone has passed its place is lost (a playout under ~30 ms)."""
+    Each frame plays exactly where its turn is, resampled to 16 kHz as it comes (`Decimator`;
+    a session rate that is no multiple of 16 kHz goes through soxr, whose blocks are placed by
+    the frame their input came in: `SentAudio`, as the server dates its echo reference, and
+    what it gives only after the microphone has passed its place is lost). Resampled by
+    soxr and written where its blocks came out, as before, each utterance played 6-37 ms late
+    at random (the end of the one before, held back, went first), and the echo path jumped
+    at every utterance's start, as no real player's does."""
 
     def __init__(self, t0: float, downlink_rate_hz: int, playout_s: float) -> None:
         self.t0 = t0
@@ -118,6 +142,9 @@ class Speaker:
         self.read_to = 0  # the microphone has taken everything before this sample
         self.playout = round(playout_s * RATE)
         self._rate = downlink_rate_hz
+        self._decimator = (
+            Decimator(downlink_rate_hz // RATE) if downlink_rate_hz % RATE == 0 else None
+        )
         self._dated = SentAudio(downlink_rate_hz, RATE)
 
     def play(self, pcm: bytes, now: float) -> None:
@@ -127,6 +154,10 @@ class Speaker:
         if pos < 0 or pos - (now - self.t0) * RATE > RING_S * RATE / 2:
             return  # before the uplink started, or queued too far ahead for the ring
         self.cursor = pos + len(x) * RATE // self._rate
+        if self._decimator is not None:
+            d = self._decimator
+            self._write(pos - d.delay, d.process(x))  # (its delay taken back: exactly in turn)
+            return
         for at, y, _ in self._dated.add(pos / RATE, x, (0, 0)):
             self._write(round(at * RATE), y)
 
@@ -136,6 +167,8 @@ class Speaker:
             self._write(pos, np.zeros(self.cursor - pos, dtype=np.float32))
         self.cursor = pos
         self._dated = SentAudio(self._rate, RATE)  # (what it held back is dropped too)
+        if self._decimator is not None:
+            self._decimator = Decimator(self._decimator.ratio)
 
     def _write(self, pos: int, y: F32) -> None:
         if pos < self.read_to:  # the microphone has passed it: too late to be heard

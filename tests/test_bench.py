@@ -281,9 +281,10 @@ def test_tiny_attack_bench(tmp_path: Path) -> None:
 @pytest.mark.unit
 def test_the_echoing_player_plays_each_utterance_where_its_turn_is() -> None:
     """The bench's loudspeaker (bench.uplink.Speaker, 48 kHz frames in, 16 kHz out): two
-    utterances with a pause, each starting with a click; each click is heard exactly
-    `playout` after its first frame arrived, whatever the resampler held back (it answers in
-    blocks, and the first utterance's end waits in it until the second's start)."""
+    utterances with a pause, every frame starting with a click; each click is heard exactly
+    where its frame's turn is: the first `playout` after the utterance's first frame came,
+    the next ones 20 ms apart, also after a frame that came one tick late (the buffer took
+    it), whatever a resampler would hold back."""
     import numpy as np
 
     from bench.uplink import Speaker
@@ -298,16 +299,19 @@ def test_the_echoing_player_plays_each_utterance_where_its_turn_is() -> None:
             heard[read : read + 320] = spk.read(read, 320)
             read += 320
 
-    for start in (0.1011, 1.0057):
+    starts = (0.1011, 1.0057)
+    for start in starts:
         for k in range(10):
             x = np.zeros(960, dtype=np.int16)
-            x[0] = 20_000 if k == 0 else 0  # the click
-            spk.play(x.tobytes(), start + k * 0.020)
-            listen(round((start + k * 0.020) * 16_000))
+            x[0] = 20_000  # the click
+            late = 0.020 if start == starts[1] and k >= 5 else 0.0
+            spk.play(x.tobytes(), start + k * 0.020 + late)
+            listen(round((start + k * 0.020 + late) * 16_000))
     listen(len(heard))
-    for start in (0.1011, 1.0057):
-        at = round(start * 16_000) + 640  # the 40 ms playout
-        assert int(np.argmax(np.abs(heard[at - 200 : at + 200]))) == 200
+    for start in starts:
+        for k in range(10):
+            at = round(start * 16_000) + 640 + 320 * k  # the 40 ms playout, then back to back
+            assert int(np.argmax(np.abs(heard[at - 100 : at + 100]))) == 100
 
 
 def test_a_bad_worker_count_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
