@@ -42,9 +42,9 @@ the session's own voice may be echoing back (audio was sent within `echo.IDLE_S`
 also score `echo_threshold` to count toward a barge-in: the one second line of defence kept,
 for the echo AEC3 lets through while it converges (its first second, a changed echo path).
 Measured (bench/results/README.md): the generated rooms replayed offline have no false barge-in
-even without it; the daemon live through an RT60 300 ms room had 1 in 4 runs of 2 sessions x
-60 s with it, and 2 with 0.5 instead (no faster: barge-in p95 124 and 123 ms); it costs 0-20 ms
-of barge-in p95 in the replay. The NCC canceller's other
+even without it; the daemon live through an RT60 300 ms room had none in 4 runs of 2 sessions
+x 60 s with it (and in an earlier four, 1 with it and 2 with 0.5, which was no faster); it costs
+0-20 ms of barge-in p95 in the replay. The NCC canceller's other
 two checks (the energy left against the energy taken out; the residue still matching the
 reference) went with it: AEC3's suppressor does the first's job, and the second needs the one
 echo delay AEC3 does not have. While AEC3 converges (`EchoCanceller.converging`: the agent's
