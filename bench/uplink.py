@@ -34,6 +34,7 @@ import trio
 
 from bench.rooms import ROOMS_BY_NAME, StreamingEcho
 from bench.turns import speech_onset
+from duplexd._downlink.resample import Decimator
 from duplexd._uplink.reference import SentAudio
 from duplexd.protocol.frames import Audio, Interrupted, ServerFrame, SpeechStarted, UtteranceDone
 
@@ -95,30 +96,6 @@ def hello_options(cfg: Any) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- the echo
 
 
-class Decimator:
-    """Session audio -> 16 kHz for an integer ratio (48 kHz: 3), frame by frame, as a player's
-    audio path would: a windowed-sinc low-pass (61 taps) and every `ratio`-th sample, the last
-    taps kept between frames. Exactly len / ratio samples out per call, `DELAY` samples (at
-    16 kHz) late, always: nothing is held back to come out later (soxr's streaming answers in
-    blocks and holds 7-37 ms back)."""
-
-    TAPS = 61
-
-    def __init__(self, ratio: int) -> None:
-        n = np.arange(self.TAPS) - (self.TAPS - 1) / 2
-        h = np.sinc(n * 0.9 / ratio) * np.hamming(self.TAPS)  # (cut at 90 % of 8 kHz)
-        self._h = (h / h.sum()).astype(np.float32)
-        self.ratio = ratio
-        self._tail = np.zeros(self.TAPS - 1, dtype=np.float32)
-        self.delay = (self.TAPS - 1) // 2 // ratio  # (30 input samples: 10 at 16 kHz, 48 kHz in)
-
-    def process(self, x: F32) -> F32:
-        joined = np.concatenate((self._tail, x))
-        self._tail = joined[len(x) :]
-        y = np.convolve(joined, self._h, mode="valid")  # y[i]: input i filtered, `delay` late
-        return y[:: self.ratio].astype(np.float32)
-
-
 class Speaker:
     """The session's loudspeaker at 16 kHz: a player with a playout buffer. The first frame
     after the queue ran dry plays `playout_s` after its arrival (a jitter buffer, as any real
@@ -168,7 +145,7 @@ class Speaker:
         self.cursor = pos
         self._dated = SentAudio(self._rate, RATE)  # (what it held back is dropped too)
         if self._decimator is not None:
-            self._decimator = Decimator(self._decimator.ratio)
+            self._decimator = Decimator(self._decimator.factor)
 
     def _write(self, pos: int, y: F32) -> None:
         if pos < self.read_to:  # the microphone has passed it: too late to be heard

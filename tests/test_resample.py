@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from duplexd._downlink.resample import (
+    Decimator,
     FrameChunker,
     StreamResampler,
     fade_out,
@@ -81,6 +82,36 @@ def test_resampled_tone_keeps_frequency_and_level() -> None:
     spectrum = np.abs(np.fft.rfft(mid))
     peak_hz = np.argmax(spectrum) * out_hz / len(mid)
     assert peak_hz == pytest.approx(1_000, abs=5)
+
+
+def test_the_decimator_gives_every_frame_at_once_and_always_as_late() -> None:
+    """48 -> 16 kHz in 20 ms frames: 320 samples out of every 960 (soxr's stream gives 0, 490,
+    0, 489, ...), a click at input sample 3k out at sample k + `delay`, wherever it falls."""
+    d = Decimator(3)
+    assert d.delay == 10
+    clicks = [5, 321, 640, 1000]
+    x = np.zeros(960 * 8, dtype=np.float32)
+    for k in clicks:
+        x[3 * k] = 1.0
+    out = [d.process(x[i : i + 960]) for i in range(0, len(x), 960)]
+    assert [len(o) for o in out] == [320] * 8
+    y = np.concatenate(out)
+    for k in clicks:
+        assert int(np.argmax(y[k + d.delay - 5 : k + d.delay + 6])) == 5
+    with pytest.raises(ValueError, match="no multiple of 3"):
+        d.process(np.zeros(100, dtype=np.float32))
+
+
+def test_the_decimator_keeps_speech_band_tones_and_stops_aliases() -> None:
+    """A 1 kHz tone keeps its level within 0.1 dB; 12 kHz (which would fold to 4 kHz) comes
+    out more than 40 dB down."""
+    t = np.arange(48_000) / 48_000
+    for hz, lo, hi in ((1000, -0.1, 0.1), (12_000, -200.0, -40.0)):
+        d = Decimator(3)
+        x = np.sin(2 * np.pi * hz * t).astype(np.float32)
+        y = np.concatenate([d.process(x[i : i + 960]) for i in range(0, len(x), 960)])
+        gain_db = 20 * np.log10(np.sqrt(np.mean(y[1000:] ** 2)) / np.sqrt(0.5))
+        assert lo <= gain_db <= hi, (hz, gain_db)
 
 
 def test_flush_resets_for_a_new_signal() -> None:

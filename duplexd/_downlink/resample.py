@@ -97,6 +97,36 @@ class StreamResampler:
             self._stream.clear()
 
 
+class Decimator:
+    """Resample down by an integer `factor` (48 kHz -> 16 kHz: 3), chunk by chunk, holding
+    nothing back: a windowed-sinc low-pass (`TAPS` taps, cut at 90 % of the new Nyquist) and
+    every `factor`-th sample, the last taps kept between chunks. Each call gives len / factor
+    samples (chunks must be multiples of `factor`), `delay` samples (at the new rate) late,
+    always. soxr's streaming (`StreamResampler`) answers in blocks instead (0, 490, 0, 489,
+    ... samples per 20 ms at 48 -> 16 kHz), holding 6-37 ms back: what follows it hears the
+    audio that much later, by another amount each time. About 10 us per 20 ms frame."""
+
+    TAPS: Final = 61
+
+    def __init__(self, factor: int) -> None:
+        n = np.arange(self.TAPS) - (self.TAPS - 1) / 2
+        h = np.sinc(n * 0.9 / factor) * np.hamming(self.TAPS)
+        self._h = (h / h.sum()).astype(np.float32)
+        self.factor = factor
+        self._tail = np.zeros(self.TAPS - 1, dtype=np.float32)
+        self.delay = (self.TAPS - 1) // 2 // factor  # (30 input samples: 10 out, at 48 -> 16)
+
+    def process(self, samples: npt.ArrayLike) -> FloatArray:
+        x = _as_mono_f32(samples)
+        if len(x) % self.factor:
+            raise ValueError(f"a chunk of {len(x)} samples is no multiple of {self.factor}")
+        joined = np.concatenate((self._tail, x))
+        self._tail = joined[len(x) :]
+        y = np.convolve(joined, self._h, mode="valid")  # y[i]: input i - `TAPS // 2`
+        out: FloatArray = y[:: self.factor].astype(np.float32)
+        return out
+
+
 def float_to_s16(samples: npt.ArrayLike) -> Int16Array:
     """Convert float samples to int16: clip to [-1, 1], scale by 32767, round half to even.
 

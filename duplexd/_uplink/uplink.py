@@ -6,7 +6,7 @@ event loop the pacer runs on. `process()`, a session task, hands each batch to t
 uplink offload (`UplinkServices.offload`: one of the daemon's uplink worker threads;
 onnxruntime and numpy release the GIL), where
 
-    s16le at the uplink rate -> float -> 16 kHz (StreamResampler when the uplink is 48 kHz)
+    s16le at the uplink rate -> float -> 16 kHz (Decimator when the uplink is 48 kHz)
     -> echo removed (EchoCanceller: AEC3, when audio was sent recently) -> 512-sample windows
     -> silero-vad probability -> SpeechDetector -> events
 
@@ -62,7 +62,7 @@ import numpy as np
 import numpy.typing as npt
 import trio
 
-from .._downlink.resample import StreamResampler
+from .._downlink.resample import Decimator
 from .._opus import OpusDecoder, OpusPacketError
 from ..protocol import frames as fr
 from ..protocol.codec import AUDIO_HEADER, RemoteProtocolError, iter_frames
@@ -154,7 +154,11 @@ class Uplink:
         self._soft = SoftBargeIn(vad, transcripts=transcriber is not None) if soft else None
         now = trio.current_time()
         self._echo = EchoCanceller(t0=now) if vad.echo_cancel else None
-        self._up_resampler = StreamResampler(rate_hz, VAD_RATE_HZ) if self._scale != 1 else None
+        # 48 kHz AudioUp to 16 kHz as it comes (soxr's stream held 6-37 ms back: the VAD heard
+        # the user that much later); its filter's delay dropped from the stream's start, so
+        # 16 kHz sample j is uplink sample j x scale
+        self._up_resampler = Decimator(self._scale) if self._scale != 1 else None
+        self._up_skip = self._up_resampler.delay if self._up_resampler is not None else 0
         self._down_frame_samples = fr.frame_samples(downlink_rate_hz)
         self._down_rate_hz = downlink_rate_hz
         self._sent_audio = SentAudio(downlink_rate_hz, VAD_RATE_HZ)  # (the echo's reference)
@@ -332,6 +336,9 @@ class Uplink:
     def _ingest(self, now: float, samples: np.ndarray) -> None:
         if self._up_resampler is not None:
             samples = self._up_resampler.process(samples)
+            if self._up_skip:
+                k = min(self._up_skip, len(samples))
+                samples, self._up_skip = samples[k:], self._up_skip - k
         self._produced += len(samples)
         if self._echo is not None:
             t0 = time.thread_time()
