@@ -78,20 +78,28 @@ ECHO_THRESHOLD: float | None = None  # --echo-threshold: the session option, els
 
 
 def replay(
-    agent: F32, mic: F32, *, echo_cancel: bool = True, jitter_ms: float = 0.0, seed: int = 0
+    agent: F32,
+    mic: F32,
+    *,
+    echo_cancel: bool = True,
+    jitter_ms: float = 0.0,
+    seed: int = 0,
+    mic_rate_hz: int = RATE,
 ) -> tuple[Uplink, list, float]:
-    """The uplink of one session fed `mic` while it sends `agent`: (uplink, [(frame index,
-    event)], worker CPU seconds). `jitter_ms`: each uplink frame arrives that much later on
-    average (exponentially distributed, in order), as over a busy network."""
+    """The uplink of one session fed `mic` (at `mic_rate_hz`: 16 or 48 kHz AudioUp) while it
+    sends `agent`: (uplink, [(frame index, event)], worker CPU seconds). `jitter_ms`: each
+    uplink frame arrives that much later on average (exponentially distributed, in order), as
+    over a busy network."""
+    up_frame = mic_rate_hz * FRAME // RATE
     rng = np.random.default_rng(seed)
-    late = rng.exponential(jitter_ms / 1000, len(mic) // FRAME) if jitter_ms else None
+    late = rng.exponential(jitter_ms / 1000, len(mic) // up_frame) if jitter_ms else None
 
     async def run() -> tuple[Uplink, list, float]:
         vad = VadOptions(barge_in=True, echo_cancel=echo_cancel)
         if ECHO_THRESHOLD is not None:
             vad = dataclasses.replace(vad, echo_threshold=ECHO_THRESHOLD)
         uplink = Uplink(
-            rate_hz=RATE,
+            rate_hz=mic_rate_hz,
             downlink_rate_hz=RATE,
             options=SessionOptions(vad, AsrOptions(transcripts=False)),
             services=UplinkServices(vad_model=VadModel(), offload=_no_offload),
@@ -102,13 +110,13 @@ def replay(
         events: list[tuple[int, object]] = []
         cpu = 0.0
         last = t0
-        for k in range(len(mic) // FRAME):
+        for k in range(len(mic) // up_frame):
             batch: list[tuple[float, int, Any]] = []
             if (k + 1) * FRAME <= len(agent):
                 pcm = (np.clip(agent[k * FRAME : (k + 1) * FRAME], -1, 1) * 32767).astype("<i2")
                 audio = fr.Audio(epoch=0, utterance_id=1, seq=k, pcm=pcm.tobytes())
                 batch.append((t0 + k * FRAME_S, -1, encode(audio)))
-            up = (np.clip(mic[k * FRAME : (k + 1) * FRAME], -1, 1) * 32767).astype("<i2")
+            up = (np.clip(mic[k * up_frame : (k + 1) * up_frame], -1, 1) * 32767).astype("<i2")
             arrival = t0 + (k + 1) * FRAME_S + UPLINK_LATENCY_S
             if late is not None:
                 arrival = max(arrival + late[k], last)  # (frames come in order)

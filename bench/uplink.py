@@ -119,10 +119,11 @@ class Speaker:
         self.read_to = 0  # the microphone has taken everything before this sample
         self.playout = round(playout_s * RATE)
         self._rate = downlink_rate_hz
-        self._decimator = (
-            Decimator(downlink_rate_hz // RATE) if downlink_rate_hz % RATE == 0 else None
+        self._resampler: Decimator | SentAudio = (
+            Decimator(downlink_rate_hz // RATE)
+            if downlink_rate_hz % RATE == 0
+            else SentAudio(downlink_rate_hz, RATE)
         )
-        self._dated = SentAudio(downlink_rate_hz, RATE)
 
     def play(self, pcm: bytes, now: float) -> None:
         x = np.frombuffer(pcm, "<i2").astype(np.float32) / 32768
@@ -131,11 +132,11 @@ class Speaker:
         if pos < 0 or pos - (now - self.t0) * RATE > RING_S * RATE / 2:
             return  # before the uplink started, or queued too far ahead for the ring
         self.cursor = pos + len(x) * RATE // self._rate
-        if self._decimator is not None:
-            d = self._decimator
-            self._write(pos - d.delay, d.process(x))  # (its delay taken back: exactly in turn)
+        r = self._resampler
+        if isinstance(r, Decimator):
+            self._write(pos - r.delay, r.process(x))  # (its delay taken back: exactly in turn)
             return
-        for at, y, _ in self._dated.add(pos / RATE, x, (0, 0)):
+        for at, y, _ in r.add(pos / RATE, x, (0, 0)):
             self._write(round(at * RATE), y)
 
     def flush(self, now: float) -> None:
@@ -143,9 +144,8 @@ class Speaker:
         if self.cursor > pos:
             self._write(pos, np.zeros(self.cursor - pos, dtype=np.float32))
         self.cursor = pos
-        self._dated = SentAudio(self._rate, RATE)  # (what it held back is dropped too)
-        if self._decimator is not None:
-            self._decimator = Decimator(self._decimator.factor)
+        if isinstance(self._resampler, SentAudio):  # (what soxr held back is dropped too)
+            self._resampler = SentAudio(self._rate, RATE)
 
     def _write(self, pos: int, y: F32) -> None:
         if pos < self.read_to:  # the microphone has passed it: too late to be heard

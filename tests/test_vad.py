@@ -204,44 +204,20 @@ def test_vad_cost_per_window() -> None:
 @pytest.mark.integration
 def test_a_48_khz_uplink_is_heard_as_soon_as_a_16_khz_one() -> None:
     """The same speech sent as 48 kHz and as 16 kHz AudioUp frames (through the session's
-    Uplink, its worker's batches run here): the speech start is found at the same sample and
-    after the same uplink frame. (With soxr's streaming resampler, which holds 6-37 ms back,
-    the 48 kHz one came a frame later, measured.)"""
+    Uplink, its worker's batches run here: `bench.aec_rooms.replay`): the speech start is
+    found at the same sample and after the same uplink frame. (With soxr's streaming
+    resampler, which holds 6-37 ms back, the 48 kHz one came a frame later, measured.)"""
     import soxr
-    import trio
-    import trio.testing
 
+    from bench.aec_rooms import replay
     from bench.speech import clip
-    from duplexd._uplink.uplink import Uplink, UplinkServices
-    from duplexd.protocol.options import AsrOptions, SessionOptions
 
     mic16 = with_silence(clip(SENTENCES[0]), 1.0)
-
-    async def _never(fn: object, *args: object) -> object:
-        raise AssertionError("the batches run here")
+    silent = np.zeros(0, dtype=np.float32)  # (the agent sends nothing)
 
     def first_start(rate: int) -> tuple[int, int]:
         mic = mic16 if rate == RATE else soxr.resample(mic16, RATE, rate).astype(np.float32)
-        frame = rate // 50
-
-        async def run() -> tuple[int, int]:
-            options = SessionOptions(VadOptions(echo_cancel=False), AsrOptions(transcripts=False))
-            services = UplinkServices(vad_model=VadModel(), offload=_never)
-            up = Uplink(
-                rate_hz=rate,
-                downlink_rate_hz=RATE,
-                options=options,
-                services=services,
-                send=lambda _f: None,
-                barge_in=lambda _d: None,
-            )
-            for k in range(len(mic) // frame):
-                pcm = (np.clip(mic[k * frame : (k + 1) * frame], -1, 1) * 32767).astype("<i2")
-                for _, ev in up._process_batch([((k + 1) * 0.020, 0, pcm.tobytes())]):
-                    if isinstance(ev, SpeechStart):
-                        return k, ev.sample
-            raise AssertionError("no speech start")
-
-        return trio.run(run, clock=trio.testing.MockClock())
+        _, events, _ = replay(silent, mic, echo_cancel=False, mic_rate_hz=rate)
+        return next((k, ev.sample) for k, ev in events if isinstance(ev, SpeechStart))
 
     assert first_start(48_000) == first_start(RATE)
