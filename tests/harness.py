@@ -19,6 +19,7 @@ from trio_websocket import WebSocketConnection, wrap_client_stream, wrap_server_
 
 from duplexd._downlink.pacer import Pacer, open_pacer
 from duplexd._ops.settings import SessionLimits
+from duplexd._server.churn import ChurnRate
 from duplexd._server.connection import Connection
 from duplexd._server.limits import CarriedBudgets
 from duplexd._uplink.services import UplinkServices
@@ -101,6 +102,7 @@ async def open_pair(
     stream_pair: Callable[[int], tuple[Any, Any]] | None = None,
     draining: Callable[[], bool] = lambda: False,
     carried: CarriedBudgets | None = None,
+    churn: ChurnRate | None = None,
 ) -> AsyncIterator[list[Pair]]:
     """`sessions` independent sessions on one shared pacer; yields their client sides.
 
@@ -123,6 +125,7 @@ async def open_pair(
                 draining=draining,
                 sessions=registry,
                 carried=carried,
+                churn=churn,
                 client="10.0.0.1",  # every pair: one client (for `carried`)
             )
             bucket.append(connection)

@@ -149,6 +149,21 @@ async def test_max_sessions_makes_it_unready_and_rejects() -> None:
         assert m["duplexd_sessions_rejected_total{reason=full}"] == 1
 
 
+async def test_connections_take_turns_at_the_configured_churn_rate() -> None:
+    """`server.churn_per_s` reaches the daemon: at 4 a second, one at a time, of three
+    connections opened one right after another the last is accepted at least a turn (0.25 s)
+    after the one before it, and the waits are in /metrics."""
+    async with running(settings(churn_per_s=4.0, churn_burst=1)) as service:
+        assert service.http_port and service.daemon
+        url = service.daemon.url
+        t0 = trio.current_time()
+        async with open_session(url), open_session(url), open_session(url):
+            assert trio.current_time() - t0 >= 0.24
+        m = samples((await http_get(service.http_port, "/metrics"))[1])
+        assert m["duplexd_churn_waits_total"] >= 1
+        assert m["duplexd_churn_wait_seconds_total"] >= 0.2
+
+
 async def test_drain_finishes_utterances_then_goes_away() -> None:
     async with trio.open_nursery() as outer:
         service = Service(

@@ -144,6 +144,9 @@ def test_asr_trace_and_tone_options_are_settings_keys(
         ("[asr]\nthreads = 0\n", "asr.threads: must be >= 1"),
         ("[trace]\nsessions = 'some'\n", "trace.sessions: must be first, all or N"),
         ("[engine]\ntone_compute_ms_per_char = -1.0\n", "engine.tone_compute_ms_per_char"),
+        ("[server]\nchurn_per_s = -1.0\n", "server.churn_per_s: must be >= 0"),
+        ("[server]\nchurn_per_s = inf\n", "server.churn_per_s: expected a finite number"),
+        ("[server]\nchurn_burst = 0\n", "server.churn_burst: must be >= 1, got 0"),
     ],
 )
 def test_new_keys_are_checked(tmp_path: Path, text: str, message: str) -> None:

@@ -80,6 +80,13 @@ class MeteredPacer(Protocol):
     def stall_s(self) -> float: ...
 
 
+class MeteredChurn(Protocol):
+    """What the metrics read of the connections' turns (`duplexd._server.churn`)."""
+
+    waited: int
+    waited_s: float
+
+
 class MeteredDaemon(Protocol):
     """What the metrics read of the daemon."""
 
@@ -96,6 +103,8 @@ class MeteredDaemon(Protocol):
     def draining(self) -> bool: ...
     @property
     def rejected(self) -> Mapping[str, int]: ...
+    @property
+    def churn(self) -> MeteredChurn: ...
     @property
     def engines(self) -> EngineSet: ...
 
@@ -205,6 +214,17 @@ class DaemonMetrics(Collector):
         for reason, n in sorted((daemon.rejected if daemon is not None else {}).items()):
             rejected.add_metric([reason], n)
         yield rejected
+        churn = daemon.churn if daemon is not None else None
+        yield CounterMetricFamily(
+            "duplexd_churn_waits",
+            "accepts and error closes that waited for their turn (server.churn_per_s)",
+            value=churn.waited if churn is not None else 0,
+        )
+        yield CounterMetricFamily(
+            "duplexd_churn_wait_seconds",
+            "how long they waited, in all",
+            value=churn.waited_s if churn is not None else 0.0,
+        )
         yield CounterMetricFamily(
             "duplexd_utterances", "utterances finished (done or interrupted)", value=utterances
         )

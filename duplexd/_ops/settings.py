@@ -50,6 +50,10 @@ class ServerSettings:
     max_sessions_per_address: int = 32  # from one non-loopback client address (0 = unlimited)
     max_sessions_per_subject: int = 0  # of one authenticated token subject (0 = unlimited)
     trusted_proxies: tuple[str, ...] = ()  # addresses whose X-Forwarded-For names the client
+    # connections accepted or ended with an Error, a second and at once (0 = as fast as they
+    # come): a burst of connections must not hold the pacer back (duplexd/_server/churn.py)
+    churn_per_s: float = 400.0
+    churn_burst: int = 8
     drain_timeout_s: float = 30.0  # SIGTERM: how long utterances in progress may finish
     insecure_no_auth: bool = False  # allow a non-loopback host with no auth configured
 
@@ -394,6 +398,10 @@ def _validate(s: Settings) -> None:
         raise bad("server.max_sessions_per_address", "must be >= 0 (0: unlimited)")
     if s.server.max_sessions_per_subject < 0:
         raise bad("server.max_sessions_per_subject", "must be >= 0 (0: unlimited)")
+    if s.server.churn_per_s < 0:
+        raise bad("server.churn_per_s", "must be >= 0 (0: unlimited)")
+    if s.server.churn_burst < 1:
+        raise bad("server.churn_burst", f"must be >= 1, got {s.server.churn_burst}")
     for proxy in s.server.trusted_proxies:
         try:
             ipaddress.ip_address(proxy)

@@ -25,6 +25,7 @@ from ..protocol.codec import Decoder, encode
 from ..protocol.options import ResumeOptions
 from ..protocol.state import Phase, ServerProtocolState
 from ..protocol.transport import Transport
+from .churn import ChurnRate
 from .ending import CLOSED_ERRORS, SessionEnd
 from .handshake import Offload, Refusal, accept, receive_hello
 from .limits import SESSION_OPEN_S, CarriedBudgets
@@ -68,6 +69,7 @@ class Connection:
         sessions: Sessions | None = None,
         on_resumed: Callable[[Session], None] | None = None,
         carried: CarriedBudgets | None = None,
+        churn: ChurnRate | None = None,
     ) -> None:
         self.id = os.urandom(16)
         tag = self.id.hex()[:12]
@@ -88,6 +90,7 @@ class Connection:
         self._carried = carried
         self._sessions = sessions
         self._on_resumed = on_resumed
+        self._churn = churn or ChurnRate()
         self.resumed: Session | None = None  # the session this connection took over, if any
         self.done = False  # run() has returned
         self._state = ServerProtocolState(
@@ -217,15 +220,17 @@ class Connection:
         await released.wait()
 
     async def _fail(self, code: fr.ErrorCode, message: str) -> None:
-        """Send Error and close with the code's close code; gives up after
-        `ERROR_SEND_TIMEOUT_S`. Cancellation (shielded for that long) leaves the socket to
-        the server's nursery."""
+        """Send Error and close with the code's close code, in the churn's turn (connections
+        that fail together, such as many that sent no Hello, end a few at a time); gives up
+        after `ERROR_SEND_TIMEOUT_S`. Cancellation (shielded for that long) leaves the socket
+        to the server's nursery."""
         self.observer.failed(code.name, message)
         error = fr.Error(code=code, message=message)
         self._state.send(error)
         with trio.move_on_after(ERROR_SEND_TIMEOUT_S) as scope:
             scope.shield = True
             try:
+                await self._churn.wait()
                 await self._transport.send_message(encode(error))
                 await self._transport.aclose(code.close_code, message[:120])
             except CLOSED_ERRORS:

@@ -65,6 +65,14 @@ def inherited_sockets() -> list[socket.socket]:
     return sockets
 
 
+def endpoint(listener: Listener) -> tuple[str, int]:
+    """The address and port `listener` listens on."""
+    plain = listener.transport_listener if isinstance(listener, trio.SSLListener) else listener
+    assert isinstance(plain, trio.SocketListener)
+    address, port = plain.socket.getsockname()[:2]
+    return str(address), int(port)
+
+
 def ssl_context_from_settings(tls: TlsSettings | None) -> ssl.SSLContext | None:
     """The server's TLS context (TLS 1.2+, the certificate chain and key loaded), or None
     when `tls` is None or sets no certificate. TlsError (one line) for unusable files."""

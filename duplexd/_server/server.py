@@ -15,6 +15,7 @@ import socket
 import sys
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+from typing import cast
 from urllib.parse import urlsplit
 
 import trio
@@ -28,10 +29,11 @@ from .._uplink.services import UplinkServices
 from ..engines.registry import EngineSet
 from ..protocol.frames import SUBPROTOCOL, WS_PATH
 from ..protocol.jsonmode import JSON_SUBPROTOCOL
+from .churn import ChurnRate, paced
 from .connection import Connection
 from .handshake import Offload
 from .limits import TRANSPORT_MESSAGE_BYTES, CarriedBudgets
-from .listen import Listener, open_listeners
+from .listen import Listener, endpoint, open_listeners
 from .session import Session
 from .synthesis import synthesis_offloads
 
@@ -89,6 +91,8 @@ class Daemon:
         self,
         server: WebSocketServer,
         *,
+        endpoint: tuple[str, int],
+        churn: ChurnRate,
         pacer: Pacer,
         engines: EngineSet,
         limits: SessionLimits,
@@ -105,6 +109,8 @@ class Daemon:
         on_session_closed: Callable[[Session], None] | None,
     ) -> None:
         self.server = server
+        self.endpoint = endpoint  # the first listener's (address, port)
+        self.churn = churn  # turns to accept a connection or end one with an Error
         self.pacer = pacer
         self.engines = engines
         self.max_sessions = max_sessions  # 0: unlimited; above it the upgrade is answered 503
@@ -146,12 +152,11 @@ class Daemon:
 
     @property
     def port(self) -> int:
-        return int(self.server.port)
+        return self.endpoint[1]
 
     @property
     def url(self) -> str:
-        endpoint = self.server.listeners[0]
-        host = str(getattr(endpoint, "address", "127.0.0.1"))
+        host = self.endpoint[0]
         if ":" in host:
             host = f"[{host}]"
         return f"{'wss' if self.tls else 'ws'}://{host}:{self.port}{WS_PATH}"
@@ -217,12 +222,15 @@ class Daemon:
         admitted = self._admit(request, address)
         if isinstance(admitted, Refused):
             self.rejected[admitted.reason] = self.rejected.get(admitted.reason, 0) + 1
-            with contextlib.suppress(ConnectionClosed, trio.BrokenResourceError):
-                await request.reject(
-                    admitted.status,
-                    extra_headers=admitted.headers,
-                    body=f"{admitted.text}\n".encode(),
-                )
+            try:
+                with contextlib.suppress(ConnectionClosed, trio.BrokenResourceError):
+                    await request.reject(
+                        admitted.status,
+                        extra_headers=admitted.headers,
+                        body=f"{admitted.text}\n".encode(),
+                    )
+            finally:
+                await _close_refused(request)
             return
         offered = request.proposed_subprotocols  # binary first; JSON: a debugging aid
         subprotocol = SUBPROTOCOL if SUBPROTOCOL in offered else JSON_SUBPROTOCOL
@@ -260,6 +268,7 @@ class Daemon:
             sessions=self,
             on_resumed=self._resumed,
             carried=self.carried,
+            churn=self.churn,
         )
         try:
             await connection.run()
@@ -288,6 +297,23 @@ class Daemon:
             self._on_session_closed(session)
 
 
+async def _close_refused(request: WebSocketRequest) -> None:
+    """Close the TCP (or TLS) stream of a refused upgrade once its answer is out.
+
+    trio-websocket leaves it open until the client closes it: after `reject` the connection
+    has a close reason, so its `aclose` returns at once, and the server's handler waits for
+    the reader task, which reads until the client hangs up. A client could so hold any number
+    of refused connections (each a descriptor and two tasks, outside every session limit), and
+    their hang-ups all at once came as one burst of work (the attack bench: ~370 of them
+    together, 50-100 ms of the loop). This needs one thing beyond trio-websocket's public
+    API: the request's connection (`WebSocketRequest._connection`) and its stream
+    (`._stream`), as DirectSend uses it; without them the connection is left as before.
+    Closing the stream ends the reader task."""
+    stream = getattr(getattr(request, "_connection", None), "_stream", None)
+    if isinstance(stream, trio.abc.Stream):
+        await trio.aclose_forcefully(stream)
+
+
 async def serve_duplexd(
     host: str,
     port: int,
@@ -300,6 +326,8 @@ async def serve_duplexd(
     max_sessions_per_address: int = 0,
     max_sessions_per_subject: int = 0,
     trusted_proxies: Collection[str] = (),
+    churn_per_s: float = 0.0,
+    churn_burst: int = 8,
     uplink_services: UplinkServices | None = None,
     tracer: Tracer | None = None,
     offload: Offload = trio.to_thread.run_sync,
@@ -317,6 +345,8 @@ async def serve_duplexd(
     `max_sessions_per_address` from one client address other than loopback (0: no limit; the
     address behind a proxy in `trusted_proxies` is its X-Forwarded-For), or
     `max_sessions_per_subject` of one authenticated subject (0: no limit), HTTP 429.
+    Connections are accepted, and ended with an Error, at most `churn_per_s` a second,
+    `churn_burst` at once (0: as fast as they come; `churn.ChurnRate`).
     `authenticator`: who may open a session (checked in the WebSocket upgrade; None: anybody);
     `tls`: serve wss:// with this certificate. `uplink_services`: what uplinks share (None: a
     Hello asking for uplink audio is refused). `tracer`: records the sessions it selects
@@ -333,9 +363,12 @@ async def serve_duplexd(
     try:
         async with open_pacer() as pacer, trio.open_nursery() as nursery:
             listeners = await open_listeners(host, port, tls, inherited)
+            churn = ChurnRate(churn_per_s, churn_burst)
             server = WebSocketServer(
                 lambda request: daemon.handle(request),
-                listeners,
+                # (trio-websocket's annotation names trio's two socket listeners, but it only
+                # serves them, as any trio Listener; their addresses are read here: `endpoint`)
+                cast(list[Listener], paced(listeners, churn)),
                 handler_nursery=nursery,  # (connections outlive the accept loops: a drain)
                 max_message_size=TRANSPORT_MESSAGE_BYTES,
                 receive_buffer_size=RECEIVE_BUFFER_BYTES,
@@ -344,6 +377,8 @@ async def serve_duplexd(
             )
             daemon = Daemon(
                 server,
+                endpoint=endpoint(listeners[0]),
+                churn=churn,
                 pacer=pacer,
                 engines=engines,
                 limits=limits or SessionLimits(),

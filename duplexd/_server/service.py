@@ -262,6 +262,8 @@ class Service:
                     max_sessions_per_address=s.max_sessions_per_address,
                     max_sessions_per_subject=s.max_sessions_per_subject,
                     trusted_proxies=s.trusted_proxies,
+                    churn_per_s=s.churn_per_s,
+                    churn_burst=s.churn_burst,
                     uplink_services=uplink_services,
                     tracer=self._tracer,
                     on_session_opened=self._garbage.session_opened if self._garbage else None,

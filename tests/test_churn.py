@@ -1,0 +1,230 @@
+"""Connection churn at a bounded rate (duplexd/_server/churn.py), and refused upgrades closed.
+
+A burst of connections (opened together, or timing out together) must not put its work
+between two ticks of the pacer: accepts and error closes take turns from one token bucket.
+Virtual times are exact (MockClock); the refused-upgrade tests use real sockets.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
+import pytest
+import trio
+import trio.testing
+from harness import TEST_LIMITS, open_pair
+from test_bad_input import assert_healthy, expect_error
+
+from duplexd._server.churn import ChurnRate, PacedListener
+from duplexd._server.server import Daemon, serve_duplexd
+from duplexd.engines.registry import EngineSet
+from duplexd.engines.tone import ToneEngine
+from duplexd.protocol import frames as fr
+
+
+@pytest.mark.unit
+async def test_turns_come_in_a_burst_then_at_the_rate(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    churn = ChurnRate(100.0, burst=3)
+    t0 = trio.current_time()
+    times = []
+    for _ in range(6):
+        await churn.wait()
+        times.append(trio.current_time() - t0)
+    assert times == pytest.approx([0.0, 0.0, 0.0, 0.01, 0.02, 0.03], abs=1e-9)
+    assert churn.waited == 3
+    assert churn.waited_s == pytest.approx(0.03)  # 10 ms each
+    await trio.sleep(1.0)  # the bucket refills to its burst, no further
+    t1 = trio.current_time()
+    for _ in range(4):
+        await churn.wait()
+    assert trio.current_time() - t1 == pytest.approx(0.01)
+
+
+@pytest.mark.unit
+async def test_waiters_take_turns_one_by_one(autojump_clock: trio.testing.MockClock) -> None:
+    churn = ChurnRate(50.0, burst=1)
+    t0 = trio.current_time()
+    times: list[float] = []
+
+    async def take() -> None:
+        await churn.wait()
+        times.append(trio.current_time() - t0)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(5):
+            nursery.start_soon(take)
+    assert sorted(times) == pytest.approx([0.0, 0.02, 0.04, 0.06, 0.08], abs=1e-9)
+
+
+@pytest.mark.unit
+async def test_a_cancelled_wait_takes_nothing(autojump_clock: trio.testing.MockClock) -> None:
+    churn = ChurnRate(10.0, burst=1)
+    await churn.wait()
+    with trio.move_on_after(0.05):
+        await churn.wait()  # the next turn is 0.1 s away
+    t = trio.current_time()
+    await churn.wait()  # so the turn it did not take is still there at 0.1 s
+    assert trio.current_time() == pytest.approx(t + 0.05)
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await churn.wait()  # cancelled at once, even with a turn free
+    assert scope.cancelled_caught
+
+
+@pytest.mark.unit
+async def test_rate_zero_never_waits(autojump_clock: trio.testing.MockClock) -> None:
+    churn = ChurnRate(0.0)
+    t0 = trio.current_time()
+    for _ in range(1000):
+        await churn.wait()
+    assert trio.current_time() == t0
+    assert churn.waited == 0
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(("rate", "burst"), [(-1.0, 8), (math.inf, 8), (math.nan, 8), (10.0, 0)])
+def test_bad_rates_are_refused(rate: float, burst: int) -> None:
+    with pytest.raises(ValueError):
+        ChurnRate(rate, burst)
+
+
+class _Backlog(trio.abc.Listener[trio.abc.Stream]):
+    """Test double of a listening socket whose queue already holds `n` connections."""
+
+    def __init__(self, n: int) -> None:
+        self.left = n
+        self.accepted_at: list[float] = []
+
+    async def accept(self) -> trio.abc.Stream:
+        await trio.lowlevel.checkpoint()
+        if not self.left:
+            await trio.sleep_forever()
+        self.left -= 1
+        self.accepted_at.append(trio.current_time())
+        _client, server = trio.testing.memory_stream_pair()
+        return server
+
+    async def aclose(self) -> None:
+        pass
+
+
+@pytest.mark.unit
+async def test_a_burst_of_connections_is_accepted_at_the_rate(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    backlog = _Backlog(20)
+    listener = PacedListener(backlog, ChurnRate(400.0, burst=8))  # type: ignore[arg-type]
+    t0 = trio.current_time()
+    for _ in range(20):
+        await listener.accept()
+    got = [t - t0 for t in backlog.accepted_at]
+    assert got == pytest.approx([0.0] * 8 + [0.0025 * n for n in range(1, 13)], abs=1e-9)
+
+
+@pytest.mark.unit
+async def test_connections_failing_together_end_one_turn_apart(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Ten connections that never send a Hello time out in the same instant; their Errors go
+    out two at once, then one every 10 ms (a bystander keeps its grid meanwhile)."""
+    limits = attrs.evolve(TEST_LIMITS, hello_timeout_s=2.0)
+    churn = ChurnRate(100.0, burst=2)
+    async with open_pair(limits=limits, sessions=11, churn=churn) as pairs:
+        silent, good = pairs[:10], pairs[10]
+        t0 = trio.current_time()
+        ended: list[float] = []
+
+        async def wait_error(pair: Any) -> None:
+            await expect_error(pair, fr.ErrorCode.UNEXPECTED_FRAME)
+            ended.append(trio.current_time() - t0)
+
+        async with trio.open_nursery() as nursery:
+            for pair in silent:
+                nursery.start_soon(wait_error, pair)
+            await trio.sleep(1.9)
+            await assert_healthy(good)  # plays across the timeouts, on its grid
+        want = [2.0, 2.0] + [2.0 + 0.01 * n for n in range(1, 9)]
+        assert sorted(ended) == pytest.approx(want, abs=1e-9)
+
+
+@asynccontextmanager
+async def open_daemon(**options: Any) -> AsyncIterator[Daemon]:
+    async with trio.open_nursery() as nursery:
+        daemon: Daemon = await nursery.start(
+            lambda task_status: serve_duplexd(
+                "127.0.0.1",
+                0,
+                engines=EngineSet.of(ToneEngine()),
+                gil_switch_interval_s=None,
+                task_status=task_status,
+                **options,
+            )
+        )
+        yield daemon
+        nursery.cancel_scope.cancel()
+
+
+UPGRADE = (
+    "GET /v1 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+    "Sec-WebSocket-Protocol: {protocol}\r\n\r\n"
+)
+
+
+async def _refused(port: int, protocol: str) -> bytes:
+    """Upgrade with `protocol` on a raw socket; everything the daemon sends until it closes."""
+    sock = trio.socket.socket()
+    with sock:
+        await sock.connect(("127.0.0.1", port))
+        await sock.send(UPGRADE.format(protocol=protocol).encode())
+        got = b""
+        with trio.fail_after(10):  # generous: the close comes at once
+            while chunk := await sock.recv(65536):
+                got += chunk
+    return got
+
+
+@pytest.mark.integration
+async def test_a_refused_upgrade_is_closed_by_the_daemon() -> None:
+    """trio-websocket leaves a refused connection open until the client hangs up: the daemon
+    closes it after its answer, so a client cannot hold refused connections."""
+    async with open_daemon() as daemon:
+        answer = await _refused(daemon.port, "not-duplexd")
+        assert answer.startswith(b"HTTP/1.1 400 ")
+        assert answer.endswith(f"offer the WebSocket subprotocol {fr.SUBPROTOCOL}\n".encode())
+
+
+@pytest.mark.integration
+async def test_refused_upgrades_hold_nothing() -> None:
+    """Fifty refused upgrades (HTTP 503, the daemon full) left open by their client: the
+    daemon has closed every one of them, and still serves."""
+    async with open_daemon(max_sessions=1) as daemon:
+        holder = trio.socket.socket()
+        with holder:
+            await holder.connect(("127.0.0.1", daemon.port))
+            await holder.send(UPGRADE.format(protocol=fr.SUBPROTOCOL).encode())
+            with trio.fail_after(10):
+                assert b" 101 " in await holder.recv(65536)  # the one session slot, held
+            socks = []
+            try:
+                for _ in range(50):
+                    sock = trio.socket.socket()
+                    socks.append(sock)
+                    await sock.connect(("127.0.0.1", daemon.port))
+                    await sock.send(UPGRADE.format(protocol=fr.SUBPROTOCOL).encode())
+                with trio.fail_after(10):
+                    for sock in socks:
+                        got = b""
+                        while chunk := await sock.recv(65536):  # (b"": the daemon closed it)
+                            got += chunk
+                        assert got.startswith(b"HTTP/1.1 503 ")
+            finally:
+                for sock in socks:
+                    sock.close()
+            assert daemon.rejected == {"full": 50}
