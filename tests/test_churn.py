@@ -8,17 +8,21 @@ Virtual times are exact (MockClock); the refused-upgrade tests use real sockets.
 from __future__ import annotations
 
 import math
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import attrs
 import pytest
 import trio
 import trio.testing
+import trustme
 from harness import TEST_LIMITS, open_pair
 from test_bad_input import assert_healthy, expect_error
 
+from duplexd._ops.settings import TlsSettings
 from duplexd._server.churn import ChurnRate, PacedListener
 from duplexd._server.server import Daemon, serve_duplexd
 from duplexd.engines.registry import EngineSet
@@ -153,6 +157,27 @@ async def test_connections_failing_together_end_one_turn_apart(
         assert sorted(ended) == pytest.approx(want, abs=1e-9)
 
 
+@pytest.mark.unit
+async def test_a_long_wait_for_the_turn_still_ends_with_the_error(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Turns far apart (5 a second): the eighth connection to time out waits 1.4 s for its
+    turn, longer than an Error's send may take, and still gets its Error then."""
+    limits = attrs.evolve(TEST_LIMITS, hello_timeout_s=2.0)
+    async with open_pair(limits=limits, sessions=8, churn=ChurnRate(5.0, burst=1)) as pairs:
+        t0 = trio.current_time()
+        ended: list[float] = []
+
+        async def wait_error(pair: Any) -> None:
+            await expect_error(pair, fr.ErrorCode.UNEXPECTED_FRAME)
+            ended.append(trio.current_time() - t0)
+
+        async with trio.open_nursery() as nursery:
+            for pair in pairs:
+                nursery.start_soon(wait_error, pair)
+        assert sorted(ended) == pytest.approx([2.0 + 0.2 * n for n in range(8)], abs=1e-9)
+
+
 @asynccontextmanager
 async def open_daemon(**options: Any) -> AsyncIterator[Daemon]:
     async with trio.open_nursery() as nursery:
@@ -198,6 +223,29 @@ async def test_a_refused_upgrade_is_closed_by_the_daemon() -> None:
         answer = await _refused(daemon.port, "not-duplexd")
         assert answer.startswith(b"HTTP/1.1 400 ")
         assert answer.endswith(f"offer the WebSocket subprotocol {fr.SUBPROTOCOL}\n".encode())
+
+
+@pytest.mark.integration
+async def test_a_refused_upgrade_over_tls_is_closed_too(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert_path, key_path = tmp_path / "c.pem", tmp_path / "k.pem"
+    cert.cert_chain_pems[0].write_to_path(str(cert_path))
+    cert.private_key_pem.write_to_path(str(key_path))
+    tls = TlsSettings(cert=str(cert_path), key=str(key_path))
+    async with open_daemon(tls=tls) as daemon:
+        context = ssl.create_default_context()
+        ca.configure_trust(context)
+        stream = await trio.open_ssl_over_tcp_stream(
+            "127.0.0.1", daemon.port, ssl_context=context, https_compatible=True
+        )
+        async with stream:
+            await stream.send_all(UPGRADE.format(protocol="not-duplexd").encode())
+            got = b""
+            with trio.fail_after(10):
+                while chunk := await stream.receive_some():
+                    got += chunk
+        assert got.startswith(b"HTTP/1.1 400 ")
 
 
 @pytest.mark.integration

@@ -221,17 +221,24 @@ class Connection:
 
     async def _fail(self, code: fr.ErrorCode, message: str) -> None:
         """Send Error and close with the code's close code, in the churn's turn (connections
-        that fail together, such as many that sent no Hello, end a few at a time); gives up
-        after `ERROR_SEND_TIMEOUT_S`. Cancellation (shielded for that long) leaves the socket
-        to the server's nursery."""
+        that fail together, such as many that sent no Hello, end a few at a time; however long
+        the wait for the turn); the send and close give up after `ERROR_SEND_TIMEOUT_S`.
+        Cancelled while waiting for the turn, it sends at once (shielded, for that long) and
+        then raises; that leaves the socket to the server's nursery."""
         self.observer.failed(code.name, message)
         error = fr.Error(code=code, message=message)
         self._state.send(error)
+        cancelled: trio.Cancelled | None = None
+        try:
+            await self._churn.wait()
+        except trio.Cancelled as exc:  # the daemon is going down: no turn to wait for
+            cancelled = exc
         with trio.move_on_after(ERROR_SEND_TIMEOUT_S) as scope:
             scope.shield = True
             try:
-                await self._churn.wait()
                 await self._transport.send_message(encode(error))
                 await self._transport.aclose(code.close_code, message[:120])
             except CLOSED_ERRORS:
                 pass
+        if cancelled is not None:
+            raise cancelled
