@@ -99,17 +99,23 @@ def test_bad_rates_are_refused(rate: float, burst: int) -> None:
 
 
 class _Backlog(trio.abc.Listener[trio.abc.Stream]):
-    """Test double of a listening socket whose queue already holds `n` connections."""
+    """Test double of a listening socket: `arrive(n)` queues n connections."""
 
-    def __init__(self, n: int) -> None:
-        self.left = n
+    def __init__(self) -> None:
+        self.left = 0
+        self.queued = trio.Event()
         self.accepted_at: list[float] = []
+
+    def arrive(self, n: int) -> None:
+        self.left += n
+        self.queued.set()
 
     async def accept(self) -> trio.abc.Stream:
         await trio.lowlevel.checkpoint()
-        if not self.left:
-            await trio.sleep_forever()
+        assert self.left, "accepted with nothing queued"
         self.left -= 1
+        if not self.left:
+            self.queued = trio.Event()
         self.accepted_at.append(trio.current_time())
         _client, server = trio.testing.memory_stream_pair()
         return server
@@ -118,17 +124,56 @@ class _Backlog(trio.abc.Listener[trio.abc.Stream]):
         pass
 
 
+class _PacedBacklog(PacedListener):
+    async def wait_for_connection(self) -> None:  # (the socket's readability, in the double)
+        assert isinstance(self.inner, _Backlog)
+        await self.inner.queued.wait()
+
+
+async def _accept_forever(listener: PacedListener) -> None:
+    while True:
+        await listener.accept()
+
+
 @pytest.mark.unit
 async def test_a_burst_of_connections_is_accepted_at_the_rate(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    backlog = _Backlog(20)
-    listener = PacedListener(backlog, ChurnRate(400.0, burst=8))  # type: ignore[arg-type]
+    """20 connections queued: 8 (the burst) at once, then one every 2.5 ms (400 a second)."""
+    backlog = _Backlog()
+    backlog.arrive(20)
+    listener = _PacedBacklog(backlog, ChurnRate(400.0, burst=8))  # type: ignore[arg-type]
     t0 = trio.current_time()
-    for _ in range(20):
-        await listener.accept()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_accept_forever, listener)
+        await trio.sleep(1.0)
+        nursery.cancel_scope.cancel()
     got = [t - t0 for t in backlog.accepted_at]
     assert got == pytest.approx([0.0] * 8 + [0.0025 * n for n in range(1, 13)], abs=1e-9)
+
+
+@pytest.mark.unit
+async def test_an_idle_listener_holds_no_turn(autojump_clock: trio.testing.MockClock) -> None:
+    """A burst after a quiet spell gets the burst, not one more (the listener takes its turn
+    only once a connection is waiting), and Error closes meanwhile get every turn."""
+    backlog = _Backlog()
+    churn = ChurnRate(400.0, burst=8)
+    listener = _PacedBacklog(backlog, churn)  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_accept_forever, listener)
+        await trio.sleep(5.0)
+        t0 = trio.current_time()
+        for _ in range(8):
+            await churn.wait()  # the idle listener took none of the eight
+        assert trio.current_time() == t0
+        await trio.sleep(5.0)
+        t1 = trio.current_time()
+        backlog.arrive(10)
+        await trio.sleep(1.0)
+        nursery.cancel_scope.cancel()
+    got = [t - t1 for t in backlog.accepted_at]
+    assert got == pytest.approx([0.0] * 8 + [0.0025, 0.005], abs=1e-9)
+    assert churn.waited == 2
 
 
 @pytest.mark.unit

@@ -217,7 +217,8 @@ class DaemonMetrics(Collector):
         churn = daemon.churn if daemon is not None else None
         yield CounterMetricFamily(
             "duplexd_churn_waits",
-            "accepts and error closes that waited for their turn (server.churn_per_s)",
+            "connections that waited for their turn to be accepted (queued in the listen"
+            " queue) or to be ended with an Error (server.churn_per_s)",
             value=churn.waited if churn is not None else 0,
         )
         yield CounterMetricFamily(

@@ -398,8 +398,10 @@ def _validate(s: Settings) -> None:
         raise bad("server.max_sessions_per_address", "must be >= 0 (0: unlimited)")
     if s.server.max_sessions_per_subject < 0:
         raise bad("server.max_sessions_per_subject", "must be >= 0 (0: unlimited)")
-    if s.server.churn_per_s < 0:
-        raise bad("server.churn_per_s", "must be >= 0 (0: unlimited)")
+    if not (s.server.churn_per_s == 0 or s.server.churn_per_s >= 1):
+        raise bad(
+            "server.churn_per_s", f"must be 0 (unlimited) or >= 1, got {s.server.churn_per_s}"
+        )
     if s.server.churn_burst < 1:
         raise bad("server.churn_burst", f"must be >= 1, got {s.server.churn_burst}")
     for proxy in s.server.trusted_proxies:

@@ -31,6 +31,9 @@ import trio
 
 from .listen import Listener
 
+MIN_RATE_PER_S = 1.0  # (slower, and a turn comes more than a second after the last)
+_ROUNDING_S = 1e-9  # a turn due this little after now is due now (sums of intervals round)
+
 
 class ChurnRate:
     """Turns at `rate_per_s` a second, `burst` at once (rate 0: no limit): a token bucket,
@@ -39,13 +42,13 @@ class ChurnRate:
     thread only."""
 
     def __init__(self, rate_per_s: float = 0.0, burst: int = 8) -> None:
-        if not 0 <= rate_per_s < math.inf:
-            raise ValueError(f"rate_per_s must be >= 0 and finite, got {rate_per_s}")
+        if not (rate_per_s == 0 or MIN_RATE_PER_S <= rate_per_s < math.inf):
+            raise ValueError(f"rate_per_s must be 0 (no limit) or >= 1, got {rate_per_s}")
         if burst < 1:
             raise ValueError(f"burst must be >= 1, got {burst}")
         self.rate_per_s = rate_per_s
         self.burst = burst
-        self._next = -math.inf  # the next turn's time, were the bucket empty
+        self._next_turn_s = -math.inf  # (trio clock) the next turn, were the bucket empty
         self.waited = 0  # turns that had to wait
         self.waited_s = 0.0  # how long they waited, in all
 
@@ -57,36 +60,46 @@ class ChurnRate:
             return
         interval_s = 1.0 / self.rate_per_s
         now = trio.current_time()
-        due = max(self._next, now)
+        due = max(self._next_turn_s, now)
         at = due - (self.burst - 1) * interval_s  # this turn's time
-        self._next = due + interval_s
+        self._next_turn_s = due + interval_s
         try:
-            if at > now:
+            if at > now + _ROUNDING_S:
                 await trio.sleep_until(at)
                 self.waited += 1
                 self.waited_s += at - now
             else:
                 await trio.lowlevel.checkpoint()
         except BaseException:
-            if self._next == due + interval_s:
-                self._next = due
+            if self._next_turn_s == due + interval_s:
+                self._next_turn_s = due
             raise
 
 
 class PacedListener(trio.abc.Listener[trio.abc.Stream]):
-    """`inner`, accepting only in `churn`'s turn."""
+    """`inner`, accepting only in `churn`'s turn, and only once a connection is waiting (so an
+    idle listener holds no turn, and a burst gets `burst` at once, not one more)."""
 
     def __init__(self, inner: Listener, churn: ChurnRate) -> None:
         self.inner = inner
         self.churn = churn
 
     async def accept(self) -> trio.abc.Stream:
-        """The next connection, in its turn. Cancelled while waiting for the turn, nothing is
-        accepted or taken; while accepting, as `inner.accept`."""
+        """The next connection, in its turn. Cancelled while waiting for a connection or for
+        the turn, nothing is accepted or taken; while accepting, as `inner.accept`."""
+        await self.wait_for_connection()
         await self.churn.wait()
         return await self.inner.accept()
 
+    async def wait_for_connection(self) -> None:
+        """Until the listening socket has a connection to accept (or is closed)."""
+        inner = self.inner
+        plain = inner.transport_listener if isinstance(inner, trio.SSLListener) else inner
+        assert isinstance(plain, trio.SocketListener)  # (what `open_listeners` makes)
+        await trio.lowlevel.wait_readable(plain.socket)
+
     async def aclose(self) -> None:
+        """Close the listening socket (cancelled, it is closed all the same)."""
         await self.inner.aclose()
 
 

@@ -233,12 +233,14 @@ class Connection:
             await self._churn.wait()
         except trio.Cancelled as exc:  # the daemon is going down: no turn to wait for
             cancelled = exc
-        with trio.move_on_after(ERROR_SEND_TIMEOUT_S) as scope:
-            scope.shield = True
-            try:
-                await self._transport.send_message(encode(error))
-                await self._transport.aclose(code.close_code, message[:120])
-            except CLOSED_ERRORS:
-                pass
-        if cancelled is not None:
-            raise cancelled
+        try:
+            with trio.move_on_after(ERROR_SEND_TIMEOUT_S) as scope:
+                scope.shield = True
+                try:
+                    await self._transport.send_message(encode(error))
+                    await self._transport.aclose(code.close_code, message[:120])
+                except CLOSED_ERRORS:
+                    pass
+        finally:
+            if cancelled is not None:
+                raise cancelled

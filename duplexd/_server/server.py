@@ -226,7 +226,7 @@ class Daemon:
                 with contextlib.suppress(ConnectionClosed, trio.BrokenResourceError):
                     await request.reject(
                         admitted.status,
-                        extra_headers=admitted.headers,
+                        extra_headers=[*admitted.headers, (b"Connection", b"close")],
                         body=f"{admitted.text}\n".encode(),
                     )
             finally:
@@ -308,7 +308,9 @@ async def _close_refused(request: WebSocketRequest) -> None:
     together, 50-100 ms of the loop). This needs one thing beyond trio-websocket's public
     API: the request's connection (`WebSocketRequest._connection`) and its stream
     (`._stream`), as DirectSend uses it; without them the connection is left as before.
-    Closing the stream ends the reader task."""
+    Closing the stream ends the reader task. The answer says `Connection: close`; a client
+    that sent more after its request (none should before its answer) may get a reset instead
+    of the end of the answer. Cancelled, the stream is closed all the same."""
     stream = getattr(getattr(request, "_connection", None), "_stream", None)
     if isinstance(stream, trio.abc.Stream):
         await trio.aclose_forcefully(stream)
@@ -346,7 +348,8 @@ async def serve_duplexd(
     address behind a proxy in `trusted_proxies` is its X-Forwarded-For), or
     `max_sessions_per_subject` of one authenticated subject (0: no limit), HTTP 429.
     Connections are accepted, and ended with an Error, at most `churn_per_s` a second,
-    `churn_burst` at once (0: as fast as they come; `churn.ChurnRate`).
+    `churn_burst` at once (0, the default here: as fast as they come; the daemon's own default,
+    `server.churn_per_s`, is 400; `churn.ChurnRate`).
     `authenticator`: who may open a session (checked in the WebSocket upgrade; None: anybody);
     `tls`: serve wss:// with this certificate. `uplink_services`: what uplinks share (None: a
     Hello asking for uplink audio is refused). `tracer`: records the sessions it selects
