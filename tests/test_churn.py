@@ -9,24 +9,20 @@ from __future__ import annotations
 
 import math
 import ssl
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import attrs
 import pytest
 import trio
 import trio.testing
 import trustme
-from harness import TEST_LIMITS, open_pair
+from harness import TEST_LIMITS, Pair, open_pair
+from test_admission import open_daemon
 from test_bad_input import assert_healthy, expect_error
 
 from duplexd._ops.settings import TlsSettings
 from duplexd._server.churn import ChurnRate, PacedListener
-from duplexd._server.server import Daemon, serve_duplexd
-from duplexd.engines.registry import EngineSet
-from duplexd.engines.tone import ToneEngine
 from duplexd.protocol import frames as fr
 
 
@@ -176,6 +172,26 @@ async def test_an_idle_listener_holds_no_turn(autojump_clock: trio.testing.MockC
     assert churn.waited == 2
 
 
+async def error_times(
+    pairs: list[Pair], beside: Callable[[], Awaitable[None]] | None = None
+) -> list[float]:
+    """When (from now, sorted) each of `pairs` got its Error UNEXPECTED_FRAME and was closed;
+    `beside` runs meanwhile."""
+    t0 = trio.current_time()
+    ended: list[float] = []
+
+    async def wait_error(pair: Pair) -> None:
+        await expect_error(pair, fr.ErrorCode.UNEXPECTED_FRAME)
+        ended.append(trio.current_time() - t0)
+
+    async with trio.open_nursery() as nursery:
+        for pair in pairs:
+            nursery.start_soon(wait_error, pair)
+        if beside is not None:
+            await beside()
+    return sorted(ended)
+
+
 @pytest.mark.unit
 async def test_connections_failing_together_end_one_turn_apart(
     autojump_clock: trio.testing.MockClock,
@@ -186,20 +202,14 @@ async def test_connections_failing_together_end_one_turn_apart(
     churn = ChurnRate(100.0, burst=2)
     async with open_pair(limits=limits, sessions=11, churn=churn) as pairs:
         silent, good = pairs[:10], pairs[10]
-        t0 = trio.current_time()
-        ended: list[float] = []
 
-        async def wait_error(pair: Any) -> None:
-            await expect_error(pair, fr.ErrorCode.UNEXPECTED_FRAME)
-            ended.append(trio.current_time() - t0)
-
-        async with trio.open_nursery() as nursery:
-            for pair in silent:
-                nursery.start_soon(wait_error, pair)
+        async def bystander() -> None:
             await trio.sleep(1.9)
             await assert_healthy(good)  # plays across the timeouts, on its grid
+
+        ended = await error_times(silent, beside=bystander)
         want = [2.0, 2.0] + [2.0 + 0.01 * n for n in range(1, 9)]
-        assert sorted(ended) == pytest.approx(want, abs=1e-9)
+        assert ended == pytest.approx(want, abs=1e-9)
 
 
 @pytest.mark.unit
@@ -210,34 +220,8 @@ async def test_a_long_wait_for_the_turn_still_ends_with_the_error(
     turn, longer than an Error's send may take, and still gets its Error then."""
     limits = attrs.evolve(TEST_LIMITS, hello_timeout_s=2.0)
     async with open_pair(limits=limits, sessions=8, churn=ChurnRate(5.0, burst=1)) as pairs:
-        t0 = trio.current_time()
-        ended: list[float] = []
-
-        async def wait_error(pair: Any) -> None:
-            await expect_error(pair, fr.ErrorCode.UNEXPECTED_FRAME)
-            ended.append(trio.current_time() - t0)
-
-        async with trio.open_nursery() as nursery:
-            for pair in pairs:
-                nursery.start_soon(wait_error, pair)
-        assert sorted(ended) == pytest.approx([2.0 + 0.2 * n for n in range(8)], abs=1e-9)
-
-
-@asynccontextmanager
-async def open_daemon(**options: Any) -> AsyncIterator[Daemon]:
-    async with trio.open_nursery() as nursery:
-        daemon: Daemon = await nursery.start(
-            lambda task_status: serve_duplexd(
-                "127.0.0.1",
-                0,
-                engines=EngineSet.of(ToneEngine()),
-                gil_switch_interval_s=None,
-                task_status=task_status,
-                **options,
-            )
-        )
-        yield daemon
-        nursery.cancel_scope.cancel()
+        ended = await error_times(pairs)
+        assert ended == pytest.approx([2.0 + 0.2 * n for n in range(8)], abs=1e-9)
 
 
 UPGRADE = (
