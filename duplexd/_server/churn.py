@@ -92,7 +92,8 @@ class PacedListener(trio.abc.Listener[trio.abc.Stream]):
         return await self.inner.accept()
 
     async def wait_for_connection(self) -> None:
-        """Until the listening socket has a connection to accept (or is closed)."""
+        """Until the listening socket has a connection to accept (or is closed). Cancelled,
+        nothing is left behind (the connection, if any, stays queued)."""
         inner = self.inner
         plain = inner.transport_listener if isinstance(inner, trio.SSLListener) else inner
         assert isinstance(plain, trio.SocketListener)  # (what `open_listeners` makes)
