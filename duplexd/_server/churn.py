@@ -29,7 +29,7 @@ import math
 
 import trio
 
-from .listen import Listener
+from .listen import Listener, socket_of
 
 MIN_RATE_PER_S = 1.0  # (slower, and a turn comes more than a second after the last)
 _ROUNDING_S = 1e-9  # a turn due this little after now is due now (sums of intervals round)
@@ -94,10 +94,7 @@ class PacedListener(trio.abc.Listener[trio.abc.Stream]):
     async def wait_for_connection(self) -> None:
         """Until the listening socket has a connection to accept (or is closed). Cancelled,
         nothing is left behind (the connection, if any, stays queued)."""
-        inner = self.inner
-        plain = inner.transport_listener if isinstance(inner, trio.SSLListener) else inner
-        assert isinstance(plain, trio.SocketListener)  # (what `open_listeners` makes)
-        await trio.lowlevel.wait_readable(plain.socket)
+        await trio.lowlevel.wait_readable(socket_of(self.inner))
 
     async def aclose(self) -> None:
         """Close the listening socket (cancelled, it is closed all the same)."""

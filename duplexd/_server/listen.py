@@ -65,11 +65,16 @@ def inherited_sockets() -> list[socket.socket]:
     return sockets
 
 
+def socket_of(listener: Listener) -> trio.socket.SocketType:
+    """The listening socket of `listener` (under TLS: of the TCP listener it wraps)."""
+    plain = listener.transport_listener if isinstance(listener, trio.SSLListener) else listener
+    assert isinstance(plain, trio.SocketListener)  # (what `open_listeners` makes)
+    return plain.socket
+
+
 def endpoint(listener: Listener) -> tuple[str, int]:
     """The address and port `listener` listens on."""
-    plain = listener.transport_listener if isinstance(listener, trio.SSLListener) else listener
-    assert isinstance(plain, trio.SocketListener)
-    address, port = plain.socket.getsockname()[:2]
+    address, port = socket_of(listener).getsockname()[:2]
     return str(address), int(port)
 
 
