@@ -257,14 +257,21 @@ def no_collection_pauses() -> Iterator[None]:
 
 
 @asynccontextmanager
-async def running_daemon() -> AsyncIterator[Any]:
-    """A real daemon (`serve_duplexd`, tone engine) on a free loopback port."""
+async def running_daemon(
+    engine: Engine | None = None, uplink_services: UplinkServices | None = None
+) -> AsyncIterator[Any]:
+    """A real daemon (`serve_duplexd`, `engine` or the tone engine, `uplink_services` for
+    sessions with an uplink) on a free loopback port."""
     from duplexd._server.server import serve_duplexd
 
     async with trio.open_nursery() as nursery:
         daemon = await nursery.start(
             lambda task_status: serve_duplexd(
-                "127.0.0.1", 0, engines=EngineSet.of(ToneEngine()), task_status=task_status
+                "127.0.0.1",
+                0,
+                engines=EngineSet.of(engine or ToneEngine()),
+                uplink_services=uplink_services,
+                task_status=task_status,
             )
         )
         yield daemon

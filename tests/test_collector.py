@@ -153,21 +153,74 @@ def test_a_histograms_buckets_are_nothing_the_collector_walks() -> None:
         assert sum(h._counts) == 1
 
 
-async def test_a_finished_session_is_freed_by_reference_counting() -> None:
+@pytest.mark.parametrize("barge_in", [False, True], ids=["spoken", "interrupted"])
+async def test_a_finished_session_is_freed_by_reference_counting(barge_in: bool) -> None:
     # a session's objects that only the cyclic collector could free would wait, frozen, for
-    # a sweep (a frozen set that doubles): the session breaks its own cycles when it ends
+    # a sweep (a frozen set that doubles): the session breaks its own cycles when it ends.
+    # A barge-in stops synthesis with an exception raised in a worker thread, whose
+    # traceback held trio's frame that held it: a cycle, with the session in it (`make soak`
+    # grew ~7 KB a cycle while no sweep came)
     from harness import running_daemon
 
     from duplexd._server.session import Session
     from duplexd.client.session import open_session
+    from duplexd.engines.tone import ToneEngine
 
     async def one(url: str) -> None:
         async with open_session(url) as s:
-            await s.say("Hello there.")
+            # (its second sentence takes ~1 s to synthesize: the barge-in finds the worker
+            # thread inside it, and the thread raises)
+            await s.say("Hi. And here is a second sentence, cut off while it is made.")
+            done = "Audio" if barge_in else "UtteranceDone"
+            while type(await s.receive_frame()).__name__ != done:
+                pass
+            if barge_in:
+                await s.interrupt()
+
+    async with running_daemon(ToneEngine(compute_ms_per_char=20.0)) as daemon:
+        await one(daemon.url)  # (imports, caches)
+        await trio.sleep(1.5)
+        gc.collect()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            await one(daemon.url)
+            await trio.sleep(1.5)  # (the server's side of the close, after the worker thread)
+            gc.collect()
+            left = [o for o in gc.garbage if isinstance(o, Session)]
+            garbage = len(gc.garbage)
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+    assert left == []
+    assert garbage == 0  # the daemon's and the SDK's sides alike
+
+
+async def test_a_finished_session_with_an_uplink_is_freed_by_reference_counting() -> None:
+    # the session and its uplink call each other back, and the uplink's transcripts and end
+    # of turn call it back: cycles that held each uplink session (its turn audio ~2 MB)
+    # frozen until a sweep, until `forget_session`
+    from harness import running_daemon
+
+    from duplexd._server.session import Session
+    from duplexd._uplink.asr import Transcriber
+    from duplexd._uplink.services import UplinkServices
+    from duplexd._uplink.turn import TurnModel
+    from duplexd._uplink.uplink import Uplink
+    from duplexd._uplink.vad import VadModel
+    from duplexd.client.session import open_session
+
+    async def one(url: str) -> None:
+        async with open_session(url, uplink_rate_hz=16_000) as s:
+            await s.say("Hi.")
+            for _ in range(25):  # half a second of a quiet microphone
+                await s.send_audio(bytes(s.uplink_frame_bytes))
             while type(await s.receive_frame()).__name__ != "UtteranceDone":
                 pass
 
-    async with running_daemon() as daemon:
+    services = UplinkServices.create(
+        VadModel(), transcriber=Transcriber(cpu_threads=1), turn_model=TurnModel()
+    )
+    async with running_daemon(uplink_services=services) as daemon:
         await one(daemon.url)  # (imports, caches)
         await trio.sleep(0.2)
         gc.collect()
@@ -176,11 +229,70 @@ async def test_a_finished_session_is_freed_by_reference_counting() -> None:
             await one(daemon.url)
             await trio.sleep(0.2)  # (the server's side of the close)
             gc.collect()
-            left = [o for o in gc.garbage if isinstance(o, Session)]
+            left = [o for o in gc.garbage if isinstance(o, Session | Uplink)]
+            garbage = len(gc.garbage)
         finally:
             gc.set_debug(0)
             gc.garbage.clear()
     assert left == []
+    assert garbage == 0
+
+
+@pytest.mark.parametrize(
+    ("bad", "close_code"),
+    [("server_frame", 1002), ("huge_prefix", 1009)],
+)
+async def test_a_session_ended_by_bad_input_is_freed_by_reference_counting(
+    bad: str, close_code: int
+) -> None:
+    # the decoder keeps its error (to raise it again), whose traceback kept the read loop's
+    # frame, so the session: every hostile session's, frozen until a sweep
+    from harness import running_daemon
+    from trio_websocket import ConnectionClosed, wrap_client_stream
+
+    from duplexd._server.session import Session
+    from duplexd.protocol import frames as fr
+    from duplexd.protocol.codec import encode
+
+    messages = {"server_frame": encode(fr.Pong(1, 2)), "huge_prefix": b"\xff\xff\x00\x01garbage"}
+
+    async def one(port: int) -> list[object]:
+        got: list[object] = []
+        stream = await trio.open_tcp_stream("127.0.0.1", port)  # (closed here, whatever
+        try:  # trio-websocket does when the server closes first)
+            async with trio.open_nursery() as nursery:
+                ws = await wrap_client_stream(
+                    nursery, stream, "127.0.0.1", "/v1", subprotocols=[fr.SUBPROTOCOL]
+                )
+                await ws.send_message(encode(fr.Hello()))
+                await ws.send_message(messages[bad])
+                with trio.fail_after(5):
+                    try:
+                        while True:
+                            got.append(await ws.get_message())
+                    except ConnectionClosed as exc:
+                        got.append(exc.reason.code)
+        finally:
+            await trio.aclose_forcefully(stream)
+        return got
+
+    async with running_daemon() as daemon:
+        await one(daemon.port)  # (imports, caches)
+        await trio.sleep(0.2)
+        gc.collect()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            got = await one(daemon.port)
+            await trio.sleep(0.2)  # (the server's side of the close)
+            gc.collect()
+            left = [o for o in gc.garbage if isinstance(o, Session)]
+            garbage = len(gc.garbage)
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+    assert got[-1] == close_code  # (the Error, then the close: SPEC §8)
+    assert left == []
+    assert garbage == 0
 
 
 async def test_its_checks_and_stats_do_not_walk_the_frozen_set(

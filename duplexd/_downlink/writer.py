@@ -111,6 +111,11 @@ class _Ended:
 _ENDED: Final = _Ended()
 
 
+async def _send_nothing(data: bytes) -> None:
+    """The send of a session that has ended (`Downlink.forget_session`): its writer has
+    stopped, nothing is sent any more."""
+
+
 class Downlink:
     """The writer of one session. Create it, start `run` in the session nursery.
 
@@ -390,9 +395,14 @@ class Downlink:
     # ------------------------------------------------------------------ the writer task
 
     def forget_session(self) -> None:
-        """The session has ended (`run` returned): forget its events. The session refers to
-        its writer and the writer to it, a cycle only the garbage collector could free."""
+        """The session has ended (`run` returned): forget its events, its send (a method of
+        the session when it taps what it sends for the uplink's echo reference) and the
+        control frames that were not sent (their builders are methods of the session or
+        closures over this writer). The session refers to its writer and the writer to it, a
+        cycle only the garbage collector could free."""
         self._events = _ENDED
+        self._send = _send_nothing
+        self._control.clear()
 
     def stop(self, *, grace_s: float) -> None:
         """End `run` after the message it is sending, if any (a message is never cut by the

@@ -48,15 +48,35 @@ class SessionEnd:
     async def guard(self, fn: Callable[[], Awaitable[None]]) -> None:
         """Run `fn`; record how a failure of it is to be reported: the peer's protocol error
         as that error, a closed connection as nothing, anything else as INTERNAL (and logged:
-        it is our bug). `trio.Cancelled` passes through."""
+        it is our bug). `trio.Cancelled` passes through. The failure's traceback is let go
+        once reported (`forget_frames`)."""
         try:
             await fn()
-        except RemoteProtocolError as exc:
-            self.fail(exc.error_code, exc.message)
-        except Refusal as exc:
-            self.fail(exc.code, exc.message)
-        except CLOSED_ERRORS:
-            pass
-        except Exception:
-            log.exception("session %s failed", self.tag)
-            self.fail(fr.ErrorCode.INTERNAL, "internal server error")
+        except Exception as exc:
+            if isinstance(exc, RemoteProtocolError):
+                self.fail(exc.error_code, exc.message)
+            elif isinstance(exc, Refusal):
+                self.fail(exc.code, exc.message)
+            elif not isinstance(exc, CLOSED_ERRORS):
+                log.exception("session %s failed", self.tag)
+                self.fail(fr.ErrorCode.INTERNAL, "internal server error")
+            forget_frames(exc)
+
+
+def forget_frames(exc: BaseException) -> None:
+    """Let go of the tracebacks of `exc` and of the exceptions it chains. Something may keep
+    the exception after it was handled (the decoder keeps its error, to raise it again), and
+    its traceback keeps the frames it went through, whose `self` is the session: a reference
+    cycle that only a full collection frees, and the daemon freezes what lives long
+    (duplexd/_ops/collector.py), so it would hold the session until a sweep."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        e.__traceback__ = None
+        todo += [e.__cause__, e.__context__]
+        if isinstance(e, BaseExceptionGroup):
+            todo += e.exceptions

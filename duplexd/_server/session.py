@@ -44,7 +44,7 @@ from ..protocol.codec import Decoder, RemoteProtocolError, encode
 from ..protocol.state import ServerProtocolState
 from ..protocol.transport import Transport
 from .direct import DirectSend
-from .ending import SessionEnd
+from .ending import SessionEnd, forget_frames
 from .handshake import DRAINING_MESSAGE, Offload, Opened, Refusal, receive_message
 from .limits import RECEIVE_S_PER_BYTE, SESSION_OPEN_S, Budgets
 from .playback import Playback
@@ -177,6 +177,8 @@ class Session:
             # now, and, its cycles broken, reference counting frees the rest (not a sweep)
             self._ring.close()
             self._downlink.forget_session()
+            if self._uplink is not None:
+                self._uplink.forget_session()
             self._end.finish_with(self._end.scope.cancel)
 
     def _finish(self) -> None:
@@ -540,8 +542,11 @@ class Session:
                     await self._push_backlog(producer)
             await self._offload(producer.finish, utt.total_chars)
             await self._push_backlog(producer)
-        except SynthesisCancelled:
-            pass
+        except SynthesisCancelled as cancelled:
+            # raised in a worker thread (every barge-in): trio's frame in its traceback holds
+            # the outcome that holds it, a reference cycle with this frame, so this session,
+            # in it (`forget_frames`)
+            forget_frames(cancelled)
         finally:
             producer.close()  # cancelled between two chunks: the engine's stream is let go
         self.observer.synthesized(producer.engine_s, producer.audio_s)

@@ -101,6 +101,10 @@ _UNHELD: Final = -4  # ... or the session is not holding (any more): forget the 
 _PLAYED: Final = -5  # ... or a PLAYED report (utterance id, samples played, clock_us, final)
 
 
+def _ignore(*_: object) -> None:
+    """A callback of a session that has ended (`Uplink.forget_session`)."""
+
+
 class Uplink:
     """The uplink processing of one session. Create after the handshake; feed `feed()` every
     AudioUp and `on_downlink()` every message the session sends; run `run()` in the session's
@@ -203,6 +207,16 @@ class Uplink:
             if model is not None and self._detector.smart
             else None
         )
+
+    def forget_session(self) -> None:
+        """The session has ended (its tasks have returned): let go of its callbacks, and of
+        the parts whose callbacks refer back to this uplink (the transcripts', the end of
+        turn's). Either would make a reference cycle, holding the session and the turn's
+        audio (megabytes), that only the garbage collector frees, and the daemon freezes what
+        lives long (`duplexd/_ops/collector.py`): they would wait for a sweep."""
+        self._send = self._barge_in = _ignore
+        self._hold = self._settle = None
+        self._transcripts = self._ends = None
 
     # ------------------------------------------------------------------ uplink audio
 
