@@ -11,9 +11,12 @@ collector's runs so far: dead sessions are reference cycles, freed by it). The c
 trio's system tasks, this task and its parent: a constant offset, the same before and after.
 When the file PATH.collect appears, the task runs a full collection of everything, the frozen
 set included (as the daemon's own sweep does: `duplexd._ops.collector`), removes
-it and counts it in the report (`forced_collections`, `forced_collected`): the soak asks for
+it and counts it in the report (`forced_collections`, `forced_collected`, `garbage_duplexd`:
+how many of those were duplexd's objects, and `garbage_top`: what the garbage was, by type,
+and for functions and frames by code): the soak asks for
 one before its settled samples, so that they compare what is kept, not what waits for the
-collector. `--objects` adds, every
+collector. `malloc_kb` is glibc's account of its heap (`malloc_kb`): bytes in use, free in
+the heap, mmapped. `--objects` adds, every
 `OBJECTS_INTERVAL_S`, the objects the garbage collector tracks (`gc.get_objects()`: the
 service freezes what it loaded at start and what survives each full collection, so these are
 what was made since the last one) and the most common
@@ -25,6 +28,8 @@ from __future__ import annotations
 
 import argparse
 import collections
+import ctypes
+import functools
 import gc
 import json
 import os
@@ -63,10 +68,69 @@ def count_objects() -> dict[str, Any]:
     return {"objects": len(objects), "top": dict(top)}
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
+
+
+@functools.cache
+def _mallinfo2() -> Any:
+    try:
+        fn = ctypes.CDLL("libc.so.6").mallinfo2
+    except (OSError, AttributeError):
+        return None
+    fn.restype = _MallInfo2
+    return fn
+
+
+def malloc_kb() -> dict[str, int] | None:
+    """glibc's own account of its heap (`mallinfo2`, glibc >= 2.33), in KiB: `in_use`
+    (bytes handed out and not freed: a leak grows this), `free` (freed but kept in the heap:
+    fragmentation grows this), `mmapped` (chunks served by mmap); None without glibc."""
+    fn = _mallinfo2()
+    if fn is None:
+        return None
+    m = fn()
+    return {"in_use": m.uordblks // 1024, "free": m.fordblks // 1024, "mmapped": m.hblkhd // 1024}
+
+
+def _named(o: object) -> str:
+    """A garbage object's type, and for a function or a frame where its code is: what a
+    reference cycle is made of."""
+    code = getattr(o, "__code__", None) or getattr(o, "f_code", None)
+    if code is None:
+        return type(o).__qualname__
+    return f"{type(o).__qualname__} {code.co_qualname} ({code.co_filename}:{code.co_firstlineno})"
+
+
+def _duplexd_s(o: object) -> bool:
+    """Whether a garbage object is duplexd's: its type, or its code for a function or a frame
+    (a cycle of a library's own objects, holding none of these, is the library's)."""
+    code = getattr(o, "__code__", None) or getattr(o, "f_code", None)
+    if code is not None:
+        return f"{os.sep}duplexd{os.sep}" in code.co_filename
+    return type(o).__module__.split(".")[0] == "duplexd"
+
+
 def _write(path: str, report: dict[str, Any]) -> None:
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
-        json.dump(report, f)
+        # (json.dumps: `json.dump` encodes with nested closures, a reference cycle each call,
+        # garbage that the soak's forced collection would count against the daemon)
+        f.write(json.dumps(report))
     os.replace(tmp, path)
 
 
@@ -88,13 +152,28 @@ async def report_tasks(path: str, objects: bool) -> None:
             # everything, the frozen set included: the daemon freezes what survives each full
             # collection (duplexd/_ops/collector.py), so a plain gc.collect() would leave the
             # cycles that died frozen waiting for the daemon's own sweep
+            report["frozen_before_collection"] = gc.get_freeze_count()
             gc.unfreeze()
-            report["forced_collected"] = gc.collect()
+            gc.set_debug(gc.DEBUG_SAVEALL)  # the garbage is kept in gc.garbage, to be named
+            try:
+                report["forced_collected"] = gc.collect()
+                report["garbage_duplexd"] = sum(map(_duplexd_s, gc.garbage))
+                report["garbage_top"] = dict(
+                    collections.Counter(map(_named, gc.garbage)).most_common(25)
+                )
+            finally:
+                gc.set_debug(0)
+                gc.garbage.clear()
+            # the saved garbage went back to the oldest generation, and the daemon's policy
+            # froze it with the survivors: unfreeze again, for this collection to free it
+            gc.unfreeze()
+            gc.collect()
             gc.freeze()
             report["forced_collection_ms"] = round((time.perf_counter() - t0) * 1e3, 1)
             report["forced_collections"] += 1
             next_objects = 0.0  # count them again at once
         report["tasks"] = count_tasks()
+        report["malloc_kb"] = malloc_kb()
         report["gc_collections"] = [g["collections"] for g in gc.get_stats()]
         if objects and time.monotonic() >= next_objects:
             report.update(count_objects())

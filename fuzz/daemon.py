@@ -92,6 +92,18 @@ class DaemonProcess:
         out["tasks"] = counted.get("tasks")
         if "gc_collections" in counted:
             out["gc_collections"] = counted["gc_collections"]
+        if "forced_collected" in counted:  # the last forced collection's garbage
+            out["garbage"] = {
+                k: counted.get(k)
+                for k in (
+                    "frozen_before_collection",
+                    "forced_collected",
+                    "garbage_duplexd",
+                    "garbage_top",
+                )
+            }
+        if counted.get("malloc_kb"):
+            out["malloc_kb"] = counted["malloc_kb"]
         if "objects" in counted:
             out["objects"] = counted["objects"]
             out["top_types"] = counted["top"]

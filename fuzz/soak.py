@@ -12,6 +12,8 @@ client here is 127.0.0.1: one client, whose budgets carry over from session to s
 one kind, two for `resume` (`--mix` sets the shares):
 
     speak       Hello, a short text, its audio to UtteranceDone, close 1000 or 1001 (echoed)
+    uplink      as speak, with an uplink at 16 kHz (VAD, echo reference, transcripts and end of
+                turn all made) and half a second of a quiet room's noise sent up, close 1000
     interrupt   Hello, a text, Interrupt at its first audio frame, Interrupted, close 1000
     vanish      Hello, maybe a text, then half of a WebSocket frame and the TCP socket closes
                 (FIN or RST): no WebSocket close; the session stays resumable for the window
@@ -34,21 +36,31 @@ warm-up: imports, caches, the allocator's arenas); "during": every `--sample-eve
 under load (vanished clients' sessions included); "after": all cycles done, the sessions gone.
 Before the baseline and the after sample the soak waits for no session to be open (the resume
 window of the last vanished client must pass) and then `SETTLE_S` (longer than trio's 10 s idle
-timeout of worker threads), then has the counted daemon run a full garbage collection (an ended
-session is reference cycles: until the collector runs, RSS holds what it has not freed yet,
-though the session's audio ring is freed when it ends; the figures before it are kept under
-`uncollected`), so that both are taken in the same state. Flat: no session left, fds, threads
-and tasks after <= baseline (+ a slack of 2 fds, 1 thread, 0 tasks), RSS after <= baseline +
-max(8 MiB, 5 %), or no higher than the first half's samples under load + 8 MiB ("plateau": the
-heap the allocator grew to at the most concurrent sessions; see `verdict`). Prints a summary
+timeout of worker threads), then has the counted daemon run a full garbage collection (what
+it finds, `garbage`, is reference cycles that waited for it; the figures before it are kept
+under `uncollected`), so that both are taken in the same state. Flat: no session left, fds,
+threads and tasks after <= baseline (+ a slack of 2 fds, 1 thread, 0 tasks), RSS after <=
+baseline + max(8 MiB, 5 %), or no higher than the first half's samples under load + 8 MiB
+("plateau": the heap the allocator grew to at the most concurrent sessions; see `verdict`),
+and no garbage made under load (below). Prints a summary
 JSON; exit status 0 if flat and every cycle went as expected.
+
+Reference cycles: the daemon freezes what lives long (`duplexd/_ops/collector.py`), so a
+reference cycle that a session leaves when it ends waits, frozen, for a sweep that steady
+traffic may never bring: RSS grew ~7 KB a cycle (+68 MB over 10,000), while fds, threads,
+tasks and the objects the collector tracks stayed flat and glibc's own count of the bytes in
+use (`malloc_kb`, `mallinfo2`) did not grow: the garbage was freed only by the soak's forced
+collection, into a heap that stayed as large. A barge-in's synthesis stop was such a cycle
+(its exception, raised in a worker thread, held the session through trio's frame), and so
+was every session with an uplink (the uplink and the session called each other back: 1,300
+`uplink` cycles took RSS from 395 MB to 1.4 GB). The after sample's `garbage` (what that
+collection found, by type and function) is part of the verdict: none is allowed.
 
 RSS and glibc: each session's ring is 0.5 MB; as a malloc chunk, once glibc had freed an
 mmapped chunk that size it raised its mmap threshold and served the next rings from the heap,
-where they fragmented it (RSS crept by about 1 MB per 1000 cycles while fds, threads, tasks and
-the gc-tracked objects (`--objects`) stayed flat). The ring's slots are now mmapped on their
-own (5bbf9ac); should RSS creep again, MALLOC_MMAP_THRESHOLD_=131072 in the environment (the
-daemon inherits it) tells a heap creep from a leak.
+where they fragmented it. The ring's slots are now mmapped on their own (5bbf9ac); should RSS
+creep again, compare `malloc_kb` in the samples: `in_use` grows with a leak of C memory,
+`free` with a heap that fragments.
 """
 
 from __future__ import annotations
@@ -89,11 +101,13 @@ DAEMON_CONFIG: Config = {
 CYCLE_TIMEOUT_S = 30.0
 SETTLE_S = 12.0  # trio's worker threads exit after 10 s idle
 SLACK = {"fds": 2, "threads": 1, "tasks": 0}
+GARBAGE_SLACK = 0  # objects in reference cycles made under load (the after sample's collection)
 RSS_SLACK_KB = 8 * 1024
 RSS_SLACK_SHARE = 0.05
 DESCRIPTION = "soak a duplexd daemon with open/stream/interrupt/close cycles"
 DEFAULT_MIX: dict[str, float] = {
-    "speak": 50,
+    "speak": 40,
+    "uplink": 10,
     "interrupt": 20,
     "vanish": 10,
     "silent": 5,
@@ -164,6 +178,22 @@ async def cycle_speak(client: RawClient, rng: random.Random, ctx: Ctx) -> None:
     await _until(client, "done", lambda f: isinstance(f, fr.UtteranceDone))
     going_away = "close-1001-keeps-session" not in known_bugs.active() and rng.random() < 0.2
     await _close(client, 1001 if going_away else 1000)  # both end the session (SPEC §6.4)
+
+
+UPLINK_FRAMES = 25  # half a second of microphone
+UPLINK_RATE_HZ = 16_000
+
+
+async def cycle_uplink(client: RawClient, rng: random.Random, ctx: Ctx) -> None:
+    await _open(client, fr.Hello(uplink_rate_hz=UPLINK_RATE_HZ))
+    await client.send_message(encode(fr.Text(1, rng.choice(("hi", "ok", "yes")), end=True)))
+    samples = fr.frame_samples(UPLINK_RATE_HZ)
+    for seq in range(UPLINK_FRAMES):  # a quiet room's noise, as fast as it goes
+        noise = rng.randbytes(2 * samples)
+        pcm = bytes(b & 0x0F if i % 2 == 0 else 0 for i, b in enumerate(noise))
+        await client.send_message(encode(fr.AudioUp(seq, pcm)))
+    await _until(client, "done", lambda f: isinstance(f, fr.UtteranceDone))
+    await _close(client)
 
 
 async def cycle_interrupt(client: RawClient, rng: random.Random, ctx: Ctx) -> None:
@@ -308,6 +338,7 @@ async def cycle_resume(client: RawClient, rng: random.Random, ctx: Ctx) -> None:
 Cycle = Callable[[RawClient, random.Random, Ctx], Awaitable[None]]
 CYCLES: dict[str, Cycle] = {
     "speak": cycle_speak,
+    "uplink": cycle_uplink,
     "interrupt": cycle_interrupt,
     "vanish": cycle_vanish,
     "silent": cycle_silent,
@@ -408,7 +439,10 @@ def verdict(
     higher than the first half's samples under load (+ the slack). That is the allocator
     keeping the heap it grew to while the most sessions were open at once (their replay logs
     and buffers), given back to it but not to the system; a leak grows with the cycles, and
-    would be past the first half's high-water mark by the end."""
+    would be past the first half's high-water mark by the end. "garbage": the objects the
+    counted daemon's collection before the after sample found in reference cycles, made
+    since the baseline's: in the daemon they would have waited, frozen, for a sweep
+    (`duplexd/_ops/collector.py`), so anything above `GARBAGE_SLACK` grows with the cycles."""
     out: dict[str, Any] = {}
     for key, slack in SLACK.items():
         if baseline.get(key) is None or after.get(key) is None:
@@ -427,6 +461,11 @@ def verdict(
             out["rss_kb"] = "plateau"
         else:
             out["rss_kb"] = "GREW"
+    garbage = after.get("garbage")
+    if garbage is None or garbage.get("forced_collected") is None:
+        out["garbage"] = "not measured"
+    else:
+        out["garbage"] = "flat" if garbage["forced_collected"] <= GARBAGE_SLACK else "GREW"
     return out
 
 
@@ -539,6 +578,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         },
         "flat": flat,
         "rss_before_collection": uncollected_rss(baseline, marks.get("after", {})),
+        "garbage": marks.get("after", {}).get("garbage"),
         "sessions_left_after": sessions_left,
         "config": DAEMON_CONFIG,
         "objects": objects_delta(baseline, marks.get("after", {})),
