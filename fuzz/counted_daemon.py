@@ -7,7 +7,7 @@ and config file), under the same `trio.run`, next to one more task that walks th
 from the root task (`trio.lowlevel.current_root_task`, each task's `child_nurseries`, each
 nursery's `child_tasks`) every `INTERVAL_S` and writes the count to PATH (replaced
 atomically), as JSON: {"tasks": N, "gc_collections": [gen0, gen1, gen2]} (the garbage
-collector's runs so far: dead sessions are reference cycles, freed by it). The count includes
+collector's runs so far). The count includes
 trio's system tasks, this task and its parent: a constant offset, the same before and after.
 When the file PATH.collect appears, the task runs a full collection of everything, the frozen
 set included (as the daemon's own sweep does: `duplexd._ops.collector`), removes
@@ -15,8 +15,10 @@ it and counts it in the report (`forced_collections`, `forced_collected`, `garba
 how many of those were duplexd's objects, and `garbage_top`: what the garbage was, by type,
 and for functions and frames by code): the soak asks for
 one before its settled samples, so that they compare what is kept, not what waits for the
-collector. `malloc_kb` is glibc's account of its heap (`malloc_kb`): bytes in use, free in
-the heap, mmapped. `--objects` adds, every
+collector; the daemon's garbage policy is not told (its gc callbacks are set aside meanwhile).
+`malloc_kb`, every `MALLOC_INTERVAL_S` and after each forced collection, is glibc's account of
+its heap (`mallinfo2`: it walks the free lists, milliseconds on a fragmented heap): bytes in
+use, free in the heap, mmapped. `--objects` adds, every
 `OBJECTS_INTERVAL_S`, the objects the garbage collector tracks (`gc.get_objects()`: the
 service freezes what it loaded at start and what survives each full collection, so these are
 what was made since the last one) and the most common
@@ -35,17 +37,20 @@ import json
 import os
 import sys
 import time
+import types
 from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
 import trio
 
+import duplexd
 from duplexd import cli
 from duplexd._ops.flags import add_config_flags
 
 INTERVAL_S = 0.2
 OBJECTS_INTERVAL_S = 2.0
+MALLOC_INTERVAL_S = 2.0
 
 
 def count_tasks() -> int:
@@ -107,10 +112,27 @@ def malloc_kb() -> dict[str, int] | None:
     return {"in_use": m.uordblks // 1024, "free": m.fordblks // 1024, "mmapped": m.hblkhd // 1024}
 
 
+_DUPLEXD_DIR = os.path.dirname(os.path.abspath(duplexd.__file__)) + os.sep
+
+
+def _code(o: object) -> types.CodeType | None:
+    """The code of a function, a frame or a coroutine or generator (None for anything else:
+    no attribute of an arbitrary object is read, a dead weak proxy would raise)."""
+    if isinstance(o, types.FunctionType):
+        return o.__code__
+    if isinstance(o, types.FrameType):
+        return o.f_code
+    if isinstance(o, types.CoroutineType):
+        return o.cr_code
+    if isinstance(o, types.GeneratorType):
+        return o.gi_code
+    return None
+
+
 def _named(o: object) -> str:
     """A garbage object's type, and for a function or a frame where its code is: what a
     reference cycle is made of."""
-    code = getattr(o, "__code__", None) or getattr(o, "f_code", None)
+    code = _code(o)
     if code is None:
         return type(o).__qualname__
     return f"{type(o).__qualname__} {code.co_qualname} ({code.co_filename}:{code.co_firstlineno})"
@@ -119,9 +141,9 @@ def _named(o: object) -> str:
 def _duplexd_s(o: object) -> bool:
     """Whether a garbage object is duplexd's: its type, or its code for a function or a frame
     (a cycle of a library's own objects, holding none of these, is the library's)."""
-    code = getattr(o, "__code__", None) or getattr(o, "f_code", None)
+    code = _code(o)
     if code is not None:
-        return f"{os.sep}duplexd{os.sep}" in code.co_filename
+        return os.path.abspath(code.co_filename).startswith(_DUPLEXD_DIR)
     return type(o).__module__.split(".")[0] == "duplexd"
 
 
@@ -145,7 +167,7 @@ def _take_request(path: str) -> bool:
 
 async def report_tasks(path: str, objects: bool) -> None:
     report: dict[str, Any] = {"forced_collections": 0}
-    next_objects = 0.0
+    next_objects = next_malloc = 0.0
     while True:
         if _take_request(f"{path}.collect"):  # asked for: a full collection, now
             t0 = time.perf_counter()
@@ -153,6 +175,8 @@ async def report_tasks(path: str, objects: bool) -> None:
             # collection (duplexd/_ops/collector.py), so a plain gc.collect() would leave the
             # cycles that died frozen waiting for the daemon's own sweep
             report["frozen_before_collection"] = gc.get_freeze_count()
+            callbacks = gc.callbacks[:]  # (the daemon's policy would count these as its own)
+            gc.callbacks.clear()
             gc.unfreeze()
             gc.set_debug(gc.DEBUG_SAVEALL)  # the garbage is kept in gc.garbage, to be named
             try:
@@ -164,16 +188,16 @@ async def report_tasks(path: str, objects: bool) -> None:
             finally:
                 gc.set_debug(0)
                 gc.garbage.clear()
-            # the saved garbage went back to the oldest generation, and the daemon's policy
-            # froze it with the survivors: unfreeze again, for this collection to free it
-            gc.unfreeze()
-            gc.collect()
-            gc.freeze()
+                gc.collect()  # (what was saved is freed now)
+                gc.freeze()
+                gc.callbacks.extend(callbacks)
             report["forced_collection_ms"] = round((time.perf_counter() - t0) * 1e3, 1)
             report["forced_collections"] += 1
-            next_objects = 0.0  # count them again at once
+            next_objects = next_malloc = 0.0  # count them again at once
         report["tasks"] = count_tasks()
-        report["malloc_kb"] = malloc_kb()
+        if time.monotonic() >= next_malloc:
+            report["malloc_kb"] = malloc_kb()
+            next_malloc = time.monotonic() + MALLOC_INTERVAL_S
         report["gc_collections"] = [g["collections"] for g in gc.get_stats()]
         if objects and time.monotonic() >= next_objects:
             report.update(count_objects())

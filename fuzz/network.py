@@ -490,7 +490,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         unexpected["unexpected:daemon_died"] = 1
     if regressed:
         unexpected["unexpected:fixed_bug_regressed"] = regressed
-    if garbage.get("garbage_duplexd"):
+    if not died and garbage.get("garbage_duplexd") is None:  # sessions left, or no collection
+        unexpected["unexpected:reference_cycles_not_measured"] = 1
+    elif garbage.get("garbage_duplexd"):
         unexpected["unexpected:reference_cycles"] = garbage["garbage_duplexd"]
     if exit_status != 0:
         unexpected["unexpected:daemon_exit_status"] = 1

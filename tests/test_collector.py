@@ -4,8 +4,10 @@ the frozen set is swept."""
 from __future__ import annotations
 
 import gc
+import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 import pytest
 import trio
@@ -13,6 +15,7 @@ import trio.testing
 
 from duplexd._ops import collector
 from duplexd._ops.collector import GarbagePolicy
+from duplexd.engines.tone import ToneEngine, ToneVoice
 
 
 class Node:
@@ -153,46 +156,87 @@ def test_a_histograms_buckets_are_nothing_the_collector_walks() -> None:
         assert sum(h._counts) == 1
 
 
+async def _garbage_of_one_session(daemon: Any, one: Callable[[], Awaitable[None]]) -> int:
+    """Run `one` (a client's session) twice, the first for imports and caches; the second
+    with the collector saving what it finds: how many objects of it (the daemon's side and
+    the client's) only the cyclic collector could free. Waits for the daemon to end each
+    session, so that nothing is counted as alive that would have been garbage."""
+
+    async def ended() -> None:
+        with trio.fail_after(10):
+            while daemon.sessions or daemon.connecting:  # noqa: ASYNC110 (no event for it)
+                await trio.sleep(0.02)
+        await trio.sleep(0.1)  # (the connection handler's last steps)
+
+    await one()
+    await ended()
+    gc.collect()
+    opened = daemon.sessions_total
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        await one()
+        await ended()
+        gc.collect()
+        garbage = len(gc.garbage)
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert daemon.sessions_total == opened + 1  # (a session was opened and has ended)
+    return garbage
+
+
+class _GatedTone(ToneEngine):
+    """The tone engine, whose synthesis of any text but the first sentence's ("Hi.") says so
+    (`entered`) and waits for `gate` (a test double: the barge-in finds the worker thread
+    inside it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate, self.entered = threading.Event(), threading.Event()
+        self.gate.set()
+
+    def open_voice(self, name: str) -> ToneVoice:
+        voice = super().open_voice(name)
+        synthesize, gate, entered = voice.synthesize, self.gate, self.entered
+
+        def gated(text: str) -> Any:
+            if "Hi" not in text:
+                entered.set()
+                gate.wait(10)
+            return synthesize(text)
+
+        voice.synthesize = gated  # type: ignore[method-assign]
+        return voice
+
+
 @pytest.mark.parametrize("barge_in", [False, True], ids=["spoken", "interrupted"])
 async def test_a_finished_session_is_freed_by_reference_counting(barge_in: bool) -> None:
     # a session's objects that only the cyclic collector could free would wait, frozen, for
     # a sweep (a frozen set that doubles): the session breaks its own cycles when it ends.
-    # A barge-in stops synthesis with an exception raised in a worker thread, whose
-    # traceback held trio's frame that held it: a cycle, with the session in it (`make soak`
-    # grew ~7 KB a cycle while no sweep came)
+    # A barge-in that finds synthesis running stops it with an exception raised in the
+    # worker thread, whose traceback held trio's frame that held it: a cycle, with the
+    # session in it (`make soak` grew ~7 KB a cycle while no sweep came)
     from harness import running_daemon
 
-    from duplexd._server.session import Session
     from duplexd.client.session import open_session
-    from duplexd.engines.tone import ToneEngine
 
-    async def one(url: str) -> None:
-        async with open_session(url) as s:
-            # (its second sentence takes ~1 s to synthesize: the barge-in finds the worker
-            # thread inside it, and the thread raises)
-            await s.say("Hi. And here is a second sentence, cut off while it is made.")
-            done = "Audio" if barge_in else "UtteranceDone"
-            while type(await s.receive_frame()).__name__ != done:
-                pass
+    engine = _GatedTone()
+
+    async def one() -> None:
+        async with open_session(daemon.url) as s:
             if barge_in:
+                engine.gate.clear()  # its second sentence waits in the worker thread ...
+                engine.entered.clear()
+            await s.say("Hi. Then a second sentence, cut off while it is made.")
+            if barge_in:
+                await trio.to_thread.run_sync(engine.entered.wait, 10)
                 await s.interrupt()
+                engine.gate.set()  # ... until the barge-in: then it finds it cancelled
+            while type(await s.receive_frame()).__name__ not in ("UtteranceDone", "Interrupted"):
+                pass
 
-    async with running_daemon(ToneEngine(compute_ms_per_char=20.0)) as daemon:
-        await one(daemon.url)  # (imports, caches)
-        await trio.sleep(1.5)
-        gc.collect()
-        gc.set_debug(gc.DEBUG_SAVEALL)
-        try:
-            await one(daemon.url)
-            await trio.sleep(1.5)  # (the server's side of the close, after the worker thread)
-            gc.collect()
-            left = [o for o in gc.garbage if isinstance(o, Session)]
-            garbage = len(gc.garbage)
-        finally:
-            gc.set_debug(0)
-            gc.garbage.clear()
-    assert left == []
-    assert garbage == 0  # the daemon's and the SDK's sides alike
+    async with running_daemon(engine) as daemon:
+        assert await _garbage_of_one_session(daemon, one) == 0
 
 
 async def test_a_finished_session_with_an_uplink_is_freed_by_reference_counting() -> None:
@@ -201,16 +245,14 @@ async def test_a_finished_session_with_an_uplink_is_freed_by_reference_counting(
     # frozen until a sweep, until `forget_session`
     from harness import running_daemon
 
-    from duplexd._server.session import Session
     from duplexd._uplink.asr import Transcriber
     from duplexd._uplink.services import UplinkServices
     from duplexd._uplink.turn import TurnModel
-    from duplexd._uplink.uplink import Uplink
     from duplexd._uplink.vad import VadModel
     from duplexd.client.session import open_session
 
-    async def one(url: str) -> None:
-        async with open_session(url, uplink_rate_hz=16_000) as s:
+    async def one() -> None:
+        async with open_session(daemon.url, uplink_rate_hz=16_000) as s:
             await s.say("Hi.")
             for _ in range(25):  # half a second of a quiet microphone
                 await s.send_audio(bytes(s.uplink_frame_bytes))
@@ -221,21 +263,7 @@ async def test_a_finished_session_with_an_uplink_is_freed_by_reference_counting(
         VadModel(), transcriber=Transcriber(cpu_threads=1), turn_model=TurnModel()
     )
     async with running_daemon(uplink_services=services) as daemon:
-        await one(daemon.url)  # (imports, caches)
-        await trio.sleep(0.2)
-        gc.collect()
-        gc.set_debug(gc.DEBUG_SAVEALL)
-        try:
-            await one(daemon.url)
-            await trio.sleep(0.2)  # (the server's side of the close)
-            gc.collect()
-            left = [o for o in gc.garbage if isinstance(o, Session | Uplink)]
-            garbage = len(gc.garbage)
-        finally:
-            gc.set_debug(0)
-            gc.garbage.clear()
-    assert left == []
-    assert garbage == 0
+        assert await _garbage_of_one_session(daemon, one) == 0
 
 
 @pytest.mark.parametrize(
@@ -250,15 +278,14 @@ async def test_a_session_ended_by_bad_input_is_freed_by_reference_counting(
     from harness import running_daemon
     from trio_websocket import ConnectionClosed, wrap_client_stream
 
-    from duplexd._server.session import Session
     from duplexd.protocol import frames as fr
     from duplexd.protocol.codec import encode
 
     messages = {"server_frame": encode(fr.Pong(1, 2)), "huge_prefix": b"\xff\xff\x00\x01garbage"}
+    codes: list[int] = []
 
-    async def one(port: int) -> list[object]:
-        got: list[object] = []
-        stream = await trio.open_tcp_stream("127.0.0.1", port)  # (closed here, whatever
+    async def one() -> None:
+        stream = await trio.open_tcp_stream("127.0.0.1", daemon.port)  # (closed here, whatever
         try:  # trio-websocket does when the server closes first)
             async with trio.open_nursery() as nursery:
                 ws = await wrap_client_stream(
@@ -269,30 +296,15 @@ async def test_a_session_ended_by_bad_input_is_freed_by_reference_counting(
                 with trio.fail_after(5):
                     try:
                         while True:
-                            got.append(await ws.get_message())
+                            await ws.get_message()
                     except ConnectionClosed as exc:
-                        got.append(exc.reason.code)
+                        codes.append(exc.reason.code)
         finally:
             await trio.aclose_forcefully(stream)
-        return got
 
     async with running_daemon() as daemon:
-        await one(daemon.port)  # (imports, caches)
-        await trio.sleep(0.2)
-        gc.collect()
-        gc.set_debug(gc.DEBUG_SAVEALL)
-        try:
-            got = await one(daemon.port)
-            await trio.sleep(0.2)  # (the server's side of the close)
-            gc.collect()
-            left = [o for o in gc.garbage if isinstance(o, Session)]
-            garbage = len(gc.garbage)
-        finally:
-            gc.set_debug(0)
-            gc.garbage.clear()
-    assert got[-1] == close_code  # (the Error, then the close: SPEC §8)
-    assert left == []
-    assert garbage == 0
+        assert await _garbage_of_one_session(daemon, one) == 0
+    assert codes == [close_code] * 2  # (the Error, then the close: SPEC §8)
 
 
 async def test_its_checks_and_stats_do_not_walk_the_frozen_set(

@@ -53,14 +53,16 @@ class SessionEnd:
         try:
             await fn()
         except Exception as exc:
-            if isinstance(exc, RemoteProtocolError):
-                self.fail(exc.error_code, exc.message)
-            elif isinstance(exc, Refusal):
-                self.fail(exc.code, exc.message)
-            elif not isinstance(exc, CLOSED_ERRORS):
-                log.exception("session %s failed", self.tag)
-                self.fail(fr.ErrorCode.INTERNAL, "internal server error")
-            forget_frames(exc)
+            try:
+                if isinstance(exc, RemoteProtocolError):
+                    self.fail(exc.error_code, exc.message)
+                elif isinstance(exc, Refusal):
+                    self.fail(exc.code, exc.message)
+                elif not isinstance(exc, CLOSED_ERRORS):
+                    log.exception("session %s failed", self.tag)
+                    self.fail(fr.ErrorCode.INTERNAL, "internal server error")
+            finally:
+                forget_frames(exc)
 
 
 def forget_frames(exc: BaseException) -> None:

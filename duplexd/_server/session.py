@@ -543,9 +543,9 @@ class Session:
             await self._offload(producer.finish, utt.total_chars)
             await self._push_backlog(producer)
         except SynthesisCancelled as cancelled:
-            # raised in a worker thread (every barge-in): trio's frame in its traceback holds
-            # the outcome that holds it, a reference cycle with this frame, so this session,
-            # in it (`forget_frames`)
+            # raised in a worker thread (a barge-in while it synthesizes): trio's frame in its
+            # traceback holds the outcome that holds it, a reference cycle with this frame,
+            # so this session, in it (`forget_frames`)
             forget_frames(cancelled)
         finally:
             producer.close()  # cancelled between two chunks: the engine's stream is let go
