@@ -14,7 +14,7 @@ from test_bad_input import expect_error
 from trio_websocket import CloseReason, ConnectionClosed
 
 from duplexd._ops.settings import SessionLimits
-from duplexd._server.resume import Resumable
+from duplexd._server.resume import Resumable, ResumeFailed
 from duplexd.protocol import frames as fr
 
 pytestmark = pytest.mark.unit
@@ -246,6 +246,59 @@ async def test_a_close_then_a_reset_ends_the_session_but_a_drop_does_not(
         dropped.drop()
     assert got == ["not resumed within 30 s"]
     assert trio.current_time() == 30.0
+
+
+class _Slow(_Closed):
+    """A new connection whose sends wait for `go`."""
+
+    def __init__(self) -> None:
+        super().__init__(1000)
+        self.go = trio.Event()
+
+    async def send_message(self, message: str | bytes) -> None:
+        await self.go.wait()
+
+    async def aclose(self, code: int = 1000, reason: str | None = None) -> None:
+        pass
+
+
+async def test_a_session_that_ends_while_it_is_resumed_refuses_the_resume(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The new connection would otherwise go live on a session that is over, and its
+    handler wait for a release that never comes (a connection and its task, leaked)."""
+    transport = Resumable(
+        _Closed(1006), session_id=b"s", subject="", window_s=30.0, buffer_bytes=99
+    )
+    await transport.send_message(b"audio")  # the client dropped: detached, resumable
+    assert not transport.attached
+    welcome = fr.Welcome(
+        version=fr.PROTOCOL_VERSION,
+        session_id=bytes(16),
+        sample_rate_hz=fr.SAMPLE_RATE_HZ,
+        frame_samples=fr.frame_samples(fr.SAMPLE_RATE_HZ),
+        uplink_rate_hz=0,
+        max_frame_bytes=fr.MAX_FRAME_BYTES,
+        max_text_bytes=1000,
+        max_queued_utterances=4,
+        engine="tone",
+        voice="sine",
+    )
+    new = _Slow()
+    refused: list[str] = []
+
+    async def resume() -> None:
+        with pytest.raises(ResumeFailed) as exc:
+            await transport.attach(new, 1, welcome)
+        refused.append(str(exc.value))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(resume)
+        await trio.testing.wait_all_tasks_blocked()  # (sending the Welcome)
+        transport.end()  # the session ends meanwhile (its window, a drain...)
+        new.go.set()
+    assert refused == ["the session is over"]
+    assert not transport.attached
 
 
 async def test_a_close_1001_ends_the_session_at_once(

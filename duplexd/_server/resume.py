@@ -283,7 +283,8 @@ class Resumable:
     async def attach(self, ws: Transport, received: int, welcome: fr.Welcome) -> trio.Event:
         """Take over `ws`: send `welcome` (its info says what was lost), the messages after the
         client's `received`, then go live. Returns an event set when `ws` is given up again
-        (dropped, or the session over). Raises ResumeFailed for an impossible count.
+        (dropped, or the session over). Raises ResumeFailed for an impossible count, or if the
+        session ended while the Welcome and the replay were being sent.
         Cancellation leaves the session detached (or on its old connection)."""
         if received > self._sent:
             raise ResumeFailed(f"received {received} messages, but {self._sent} were sent")
@@ -302,6 +303,8 @@ class Resumable:
                 continue
             await ws.send_message(self._log[offset])
             sent_upto += 1
+        if self._over:  # it ended meanwhile: nothing would release `ws` again
+            raise ResumeFailed("the session is over")
         self._ws = ws  # live from here on (no await since the last check)
         self._send_failed_on = None  # (the old connection is not held)
         self._released = trio.Event()
