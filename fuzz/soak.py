@@ -53,7 +53,7 @@ use (`malloc_kb`, `mallinfo2`) did not grow: the garbage was freed only by the s
 collection, into a heap that stayed as large. A barge-in's synthesis stop was such a cycle
 (its exception, raised in a worker thread, held the session through trio's frame), and so
 was every session with an uplink (the uplink and the session called each other back: 1,300
-`uplink` cycles took RSS from 395 MB to 1.4 GB). The after sample's `garbage` (what that
+`uplink` cycles took RSS from 394 MB to 1.4-1.7 GB). The after sample's `garbage` (what that
 collection found, by type and function) is part of the verdict: none is allowed.
 
 RSS and glibc: each session's ring is 0.5 MB; as a malloc chunk, once glibc had freed an

@@ -24,8 +24,8 @@ So `GarbagePolicy.install` (once every model is loaded, before serving):
   `make soak` saw none in 3,500 cycles). So garbage in the frozen set is bounded by there
   being none: a session leaves no reference cycle when it ends, with an uplink or not,
   barge-ins included (tests/test_collector.py), and `make soak` fails on any cycle made
-  under load (fuzz/soak.py). Two did: a barge-in kept ~7 KB a time, and every session with
-  an uplink ~2.6 MB, its turn audio included, until such a sweep.
+  under load (fuzz/soak.py). Some did: a barge-in kept ~7 KB a time, and every session with
+  an uplink ~1 MB of RSS (its turn audio), until such a sweep.
 
 A session's own objects (its connection, its tasks, its buffers: ~300 tracked objects each)
 live as long as it does, but they are born young: the collector's next young collection walks
