@@ -307,6 +307,41 @@ async def test_a_session_ended_by_bad_input_is_freed_by_reference_counting(
     assert codes == [close_code] * 2  # (the Error, then the close: SPEC §8)
 
 
+async def test_a_writer_that_ends_with_answers_unsent_is_freed_by_reference_counting(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # answers still queued when a session ends (a client that reads nothing) are builders:
+    # methods of the session, closures over the writer; `forget_session` lets them go
+    from test_first_frame_grid import RATE_HZ, SAMPLES, Events
+
+    from duplexd._downlink.pacer import open_pacer
+    from duplexd._downlink.ring import FrameRing
+    from duplexd._downlink.writer import Downlink
+    from duplexd.protocol import frames as fr
+
+    async def send(data: bytes) -> None:
+        await trio.sleep_forever()  # the client reads nothing: the first send never ends
+
+    ring = FrameRing(16, fr.AUDIO_HEADER_BYTES + SAMPLES * fr.BYTES_PER_SAMPLE)
+    gc.disable()  # (only reference counting frees anything here)
+    try:
+        async with open_pacer() as pacer:
+            dl = Downlink(ring=ring, send=send, pacer=pacer, rate_hz=RATE_HZ, events=Events(1))
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(dl.run)
+                dl.send_control(b"an answer")  # stuck in its send ...
+                await trio.testing.wait_all_tasks_blocked()
+                dl.interrupt(0)  # ... and the Interrupted (built when sent) waits behind it
+                nursery.cancel_scope.cancel()
+            dl.forget_session()
+            gone = weakref.ref(dl)
+            del dl
+            assert gone() is None
+    finally:
+        gc.enable()
+        ring.close()
+
+
 async def test_its_checks_and_stats_do_not_walk_the_frozen_set(
     policy: GarbagePolicy,
     autojump_clock: trio.testing.MockClock,
