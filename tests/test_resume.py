@@ -11,6 +11,7 @@ import trio
 import trio.testing
 from harness import Pair, open_pair
 from test_bad_input import expect_error
+from test_client_auth import welcome as welcome_of
 from trio_websocket import CloseReason, ConnectionClosed
 
 from duplexd._ops.settings import SessionLimits
@@ -272,18 +273,7 @@ async def test_a_session_that_ends_while_it_is_resumed_refuses_the_resume(
     )
     await transport.send_message(b"audio")  # the client dropped: detached, resumable
     assert not transport.attached
-    welcome = fr.Welcome(
-        version=fr.PROTOCOL_VERSION,
-        session_id=bytes(16),
-        sample_rate_hz=fr.SAMPLE_RATE_HZ,
-        frame_samples=fr.frame_samples(fr.SAMPLE_RATE_HZ),
-        uplink_rate_hz=0,
-        max_frame_bytes=fr.MAX_FRAME_BYTES,
-        max_text_bytes=1000,
-        max_queued_utterances=4,
-        engine="tone",
-        voice="sine",
-    )
+    welcome = welcome_of(fr.Hello())
     new = _Slow()
     refused: list[str] = []
 
