@@ -465,12 +465,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     await trio.sleep(0.5)
             stop.set()
         garbage: dict[str, Any] = {}
+        sessions_left: float | None = None
         if not died:
             await good_session(d.url, tally)  # the daemon still serves, after all of it
             # every session ended (the vanished ones' resume windows too), then a forced
             # collection: a reference cycle left by any of them would, in the daemon, have
             # waited frozen for a sweep that steady traffic does not bring (fuzz/soak.py)
-            garbage = (await settle(d)).get("garbage") or {}
+            settled = await settle(d)
+            garbage = settled.get("garbage") or {}
+            sessions_left = settled.get("sessions_active")
         await trio.sleep(0.5)
         metrics = await trio.to_thread.run_sync(d.metrics)
         log = log_findings(d, mark)
@@ -490,7 +493,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         unexpected["unexpected:daemon_died"] = 1
     if regressed:
         unexpected["unexpected:fixed_bug_regressed"] = regressed
-    if not died and garbage.get("garbage_duplexd") is None:  # sessions left, or no collection
+    if not died and sessions_left != 0:  # (a resume window is RESUME_WINDOW_S; settle waits 60 s)
+        unexpected["unexpected:sessions_left"] = 1
+    if not died and garbage.get("garbage_duplexd") is None:  # no collection
         unexpected["unexpected:reference_cycles_not_measured"] = 1
     elif garbage.get("garbage_duplexd"):
         unexpected["unexpected:reference_cycles"] = garbage["garbage_duplexd"]
@@ -533,6 +538,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             },
             "log": log,
         },
+        "sessions_left": sessions_left,
         "garbage_left": garbage,
         "known_bugs": known,
         "fixed_bugs": fixed,
