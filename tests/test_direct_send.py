@@ -10,6 +10,7 @@ import trio
 import wsproto.frame_protocol as fp
 from trio_websocket import ConnectionClosed, open_websocket_url, serve_websocket
 
+from duplexd._downlink.contract import NOT_SENT, PARTLY_SENT, SENT
 from duplexd._server.direct import DirectSend, frame_header
 
 pytestmark = pytest.mark.integration
@@ -77,3 +78,76 @@ async def test_a_closed_connection_is_left_to_trio_websocket() -> None:
 
 def test_anything_but_a_websocket_connection_gets_none() -> None:
     assert DirectSend.of(object()) is None
+
+
+async def test_send_now_writes_at_once_or_not_at_all_and_a_rest_goes_out_first() -> None:
+    """The pacer's tick (`send_now`): whole messages while the socket takes them; nothing
+    while a send holds the connection; when the socket takes only part, the rest goes out
+    before anything else the connection sends (here trio-websocket's own `send_message`, then
+    `send`): the client reads every message whole, in order."""
+    big = [bytes([i]) * 200_000 for i in range(1, 60)]
+    results: list[int] = []
+    order: list[bytes] = []
+    done = trio.Event()
+
+    async def handler(request: object) -> None:
+        ws = await request.accept()  # type: ignore[attr-defined]
+        direct = DirectSend.of(ws)
+        assert direct is not None
+        assert DirectSend.of(ws) is not None  # (asked again: the same lock, no second wrap)
+        assert direct.send_now(b"now") == SENT
+        order.append(b"now")
+        lock = ws._stream_lock
+        lock.acquire_nowait()
+        assert direct.send_now(b"held") == NOT_SENT  # (a send of trio-websocket's holds it)
+        lock.release()
+        for m in big:  # the client does not read yet: the socket fills up
+            result = direct.send_now(m)
+            results.append(result)
+            if result != NOT_SENT:
+                order.append(m)
+            if result == PARTLY_SENT:
+                assert direct.send_now(b"behind a rest") == NOT_SENT
+                break
+        await ws.send_message(b"after the rest")  # waits for the socket: the rest goes first
+        order.append(b"after the rest")
+        await direct.send(b"last")
+        order.append(b"last")
+        await direct.flush()  # (nothing left: returns at once)
+        done.set()
+        await ws.get_message()
+
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(serve_websocket, handler, "127.0.0.1", 0, None)
+        async with open_websocket_url(f"ws://127.0.0.1:{server.port}/") as client:
+            await trio.sleep(0.3)  # not reading yet
+            got = []
+            with trio.fail_after(10):
+                while not got or got[-1] != b"last":
+                    got.append(await client.get_message())
+                await done.wait()
+        nursery.cancel_scope.cancel()
+    assert PARTLY_SENT in results  # (the socket filled up mid-message)
+    assert got == order
+
+
+async def test_flush_sends_the_rest_when_nobody_else_sends() -> None:
+    big = bytes(range(256)) * 4096  # 1 MiB: more than the socket takes at once
+    done = trio.Event()
+
+    async def handler(request: object) -> None:
+        ws = await request.accept()  # type: ignore[attr-defined]
+        direct = DirectSend.of(ws)
+        assert direct is not None
+        assert direct.send_now(big) == PARTLY_SENT
+        await direct.flush()
+        done.set()
+        await ws.get_message()
+
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(serve_websocket, handler, "127.0.0.1", 0, None)
+        async with open_websocket_url(f"ws://127.0.0.1:{server.port}/") as client:
+            with trio.fail_after(10):
+                assert await client.get_message() == big
+                await done.wait()
+        nursery.cancel_scope.cancel()

@@ -8,6 +8,7 @@ Private. One utterance's way, in order:
     ring.py       the C lock-free SPSC ring of whole wire frames (native/dx_ring.c)
     pacer.py      one task for every session: absolute 20 ms deadlines on a timer.py timerfd
     writer.py     a session's single writer: on each tick, one frame from the ring to the socket
+    contract.py   what the writer needs from its session: its events and its sends
 
 May import: `duplexd.protocol`, `duplexd.engines`, `duplexd._ops` (its counters).
 """

@@ -32,13 +32,21 @@ An utterance's grid starts with its first frame: when that frame goes out late (
 with a burst of new utterances), its writer moves the stream's grid there (`restart`), so the
 next frames are not sent early to catch up.
 
+Ticks run in the pacer's task and, on a real clock, between any two task steps of the loop
+(`TicksBetweenSteps`, `poll`): trio runs the tasks that are ready as a batch, and the pacer's
+own wake-up waits for the batch in progress; with hostile clients' work in it, that was
+milliseconds (`bench/results/attack-ticks/`).
+
 `on_tick` must be cheap and must not raise: it runs on the pacer's hot path for every frame of
-every session. The downlink writer (`duplexd._downlink.writer`) just notes the deadline and
-wakes its own task, which does the sending, so a slow client never delays anybody else's frame.
+every session. The downlink writer (`duplexd._downlink.writer`) sends the frame from the tick
+when the connection takes it at once (one non-blocking writev) and otherwise notes the
+deadline and wakes its own task, which does the sending, so a slow client never delays
+anybody else's frame.
 """
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import logging
@@ -100,6 +108,8 @@ class Pacer:
         self._sleep_scope: trio.CancelScope | None = None
         self._sleep_target = float("inf")
         self._idle = trio.Event()
+        self.polled = False  # ticked between task steps too (`open_pacer`)
+        self._failed: Exception | None = None  # what a tick between task steps raised
         self.ticks = 0
         self.wakeups = 0
         self.spin_s = 0.0  # total time spent spinning
@@ -162,8 +172,10 @@ class Pacer:
         """Run the schedule forever. Cancelling it stops all ticking; nothing else is left."""
         task_status.started()
         heap = self._heap
-        frame_s = self.frame_s
         while True:
+            if self._failed is not None:
+                failed, self._failed = self._failed, None
+                raise failed
             if not heap:
                 self._idle = trio.Event()
                 await self._idle.wait()
@@ -172,24 +184,54 @@ class Pacer:
             slept = deadline > trio.current_time()
             if slept:
                 await self._sleep_until(deadline)
-            now = trio.current_time() + self.advance_s
-            if heap and now - heap[0][0] > STALL_S:
-                self._stalled(now - heap[0][0])
-            while heap and heap[0][0] <= now:
-                due, _, slot = heapq.heappop(heap)
-                if not slot.live:
-                    continue
-                self.ticks += 1
-                if slot.stream.on_tick(due):
-                    if now - due > STALL_S:  # missed deadlines: a new grid from now, no burst
-                        slot.anchor, slot.n = now, 0
-                    slot.n += 1
-                    heapq.heappush(heap, (slot.anchor + slot.n * frame_s, next(self._order), slot))
-                else:
-                    slot.live = False
-                    self._slots.pop(slot.stream, None)
+            self._round(trio.current_time() + self.advance_s)
             if not slept:  # behind schedule: still let others run between rounds
                 await trio.lowlevel.checkpoint()
+
+    def tick_due(self) -> bool:
+        """Whether a tick is due now and ticks run between task steps (`open_pacer`): then a
+        task doing bounded work of a client's should end its step (a checkpoint) so that the
+        tick runs at once, not after the rest of its work."""
+        heap = self._heap
+        return self.polled and bool(heap) and heap[0][0] - self.advance_s <= trio.current_time()
+
+    def fail(self, exc: Exception) -> None:
+        """A tick run between task steps raised `exc` (a bug): ticks run in the pacer's task
+        only from now on, which raises it, as if it had been raised there."""
+        self.polled = False
+        self._failed = exc
+        if self._sleep_scope is not None:
+            self._sleep_scope.cancel()
+        self._idle.set()
+
+    def poll(self) -> None:
+        """Tick what is due now, whichever task runs (`open_pacer`'s instrument calls it
+        between any two task steps)."""
+        heap = self._heap
+        if heap:
+            now = trio.current_time() + self.advance_s
+            if heap[0][0] <= now:
+                self._round(now)
+
+    def _round(self, now: float) -> None:
+        """Tick every stream whose deadline is at or before `now`."""
+        heap = self._heap
+        frame_s = self.frame_s
+        if heap and now - heap[0][0] > STALL_S:
+            self._stalled(now - heap[0][0])
+        while heap and heap[0][0] <= now:
+            due, _, slot = heapq.heappop(heap)
+            if not slot.live:
+                continue
+            self.ticks += 1
+            if slot.stream.on_tick(due):
+                if now - due > STALL_S:  # missed deadlines: a new grid from now, no burst
+                    slot.anchor, slot.n = now, 0
+                slot.n += 1
+                heapq.heappush(heap, (slot.anchor + slot.n * frame_s, next(self._order), slot))
+            else:
+                slot.live = False
+                self._slots.pop(slot.stream, None)
 
     def _stalled(self, late_s: float) -> None:
         """The loop woke the pacer `late_s` after a deadline: the daemon's stall, not a client's."""
@@ -248,12 +290,46 @@ class Pacer:
 async def open_pacer(
     *, frame_ms: int = FRAME_MS, timer: PreciseTimer | None = None
 ) -> AsyncIterator[Pacer]:
-    """Run a `Pacer` in a background task for the duration of the block."""
+    """Run a `Pacer` in a background task for the duration of the block, and (on a real clock)
+    tick between any two task steps too (`TicksBetweenSteps`)."""
     pacer = Pacer(frame_s=frame_ms / 1000, timer=timer)
+    between = TicksBetweenSteps(pacer) if pacer.precise_now() else None
     try:
+        if between is not None:
+            trio.lowlevel.add_instrument(between)
+            pacer.polled = True
         async with trio.open_nursery() as nursery:
             await nursery.start(pacer.run)
             yield pacer
             nursery.cancel_scope.cancel()
     finally:
-        pacer.close()
+        try:
+            if between is not None:
+                with contextlib.suppress(KeyError):  # (not there if trio took it out)
+                    trio.lowlevel.remove_instrument(between)
+        finally:
+            pacer.close()
+
+
+class TicksBetweenSteps(trio.abc.Instrument):
+    """Runs the pacer's due ticks before any task's step (`Pacer.poll`), not only when its
+    own task wakes up.
+
+    trio runs every task that is ready at once as one batch, and a task woken by a timer (the
+    pacer's) runs only in the batch after the one in progress: behind all of it. When many
+    clients' work is ready at once (each bounded, `duplexd._server.limits`), that is a few
+    milliseconds. Between two steps a tick runs as soon as its deadline has come, whatever
+    the batch holds: the writers send their frames from the tick (`Downlink.on_tick`), so a
+    frame waits at most for the one step in progress. Costs a clock read per task step."""
+
+    def __init__(self, pacer: Pacer) -> None:
+        self._pacer = pacer
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        pacer = self._pacer
+        if not pacer.polled:
+            return
+        try:
+            pacer.poll()
+        except Exception as exc:  # (trio would disable the instrument and only log it)
+            pacer.fail(exc)

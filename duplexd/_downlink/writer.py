@@ -2,8 +2,11 @@
 
 Everything a session sends goes through one task (`Downlink.run`), so ordering is simple:
 control frames (Interrupted, Pong, Error...) go out as soon as they are queued, audio
-goes out one frame per pacer tick. The ring holds whole wire frames (16-byte audio header +
-PCM) written by the synthesis thread; the writer is the ring's consumer.
+goes out one frame per pacer tick. While that task has nothing else to send, the tick itself
+sends the frame that is due (`send_now`: no task wakes up per frame); when it cannot (a send
+holds the connection, the socket is full), the task sends it. The ring holds whole wire
+frames (16-byte audio header + PCM) written by the synthesis thread; the writer is the ring's
+consumer.
 
 Epochs make barge-in mechanical: `interrupt()` bumps the epoch and flushes the ring; any frame
 of an older epoch that is still in the ring, or that a finishing synthesis thread pushes later,
@@ -15,8 +18,8 @@ from __future__ import annotations
 
 import collections
 import time
-from collections.abc import Awaitable, Callable
-from typing import Final, Protocol
+from collections.abc import Callable
+from typing import Final
 
 import numpy as np
 import trio
@@ -24,15 +27,26 @@ import trio
 from .._ops.metrics import DownlinkCounters
 from ..protocol import frames as fr
 from ..protocol.codec import AUDIO_HEADER, encode
+from .contract import (
+    ENDED,
+    NOT_SENT,
+    PARTLY_SENT,
+    SLOW_SEND_S,
+    DownlinkEvents,
+    FlushFn,
+    SendFn,
+    SendNowFn,
+    send_nothing,
+)
 from .pacer import Pacer
 from .resample import fade_out
 from .ring import FrameRing
 
-SendFn = Callable[[bytes], Awaitable[None]]
+# a message with an audio frame: (data, its deadline, utterance id, sequence number, last)
+_Made = tuple[bytes, float, int, int, bool]
 ControlItem = bytes | Callable[[], bytes]
 
 MAX_LAG_FRAMES: Final = 50  # ticks waiting for the writer (1 s of audio at 20 ms)
-SLOW_SEND_S: Final = 1.0  # one send blocked this long (the client reads nothing): slow consumer
 # answers (Pong, Stats...) waiting to be sent: at this many the session's reader waits before
 # acting on the client's next frame (`wait_for_answers`), so requests add no more than this
 MAX_CONTROL_FRAMES: Final = 1024
@@ -40,80 +54,6 @@ CONTROL_BATCH: Final = 32  # answers built and sent in one message (bounded work
 FIRST_LATE_S: Final = 0.001  # an utterance's first frame this late restarts its grid
 FADE_MS: Final = 5.0  # fade-out at a barge-in cut (SPEC.md §6.3), at the session's rate
 _END: Final = int(fr.AudioFlags.END)
-
-
-class DownlinkEvents(Protocol):
-    """What the writer asks about the session's utterances and tells the session (which
-    implements it). Called on the trio thread, once per utterance or interrupt, never per
-    frame."""
-
-    def chars_spoken(self, utterance_id: int, samples: int) -> int:
-        """Characters of the utterance's text whose audio lies within its first `samples`."""
-        ...
-
-    def totals(self, utterance_id: int) -> tuple[int, int]:
-        """(real samples, characters) of a fully synthesized utterance, for UtteranceDone."""
-        ...
-
-    def word_marks(self, utterance_id: int) -> list[tuple[int, int, int, int]] | None:
-        """The utterance's word marks as its producer adds them, (start_char, end_char,
-        start_sample, end_sample) each, or None when no WORDS frames are to be sent: the
-        writer sends each word's mark right before the frame its audio starts in."""
-        ...
-
-    def audio_started(self, utterance_id: int) -> None:
-        """The utterance's first audio frame is being sent."""
-        ...
-
-    def sending(self, frame: fr.UtteranceDone | fr.Interrupted) -> None:
-        """`frame` is about to be sent: the utterance it names is over."""
-        ...
-
-    def slow_consumer(self) -> bool:
-        """The client reads too slowly: a send has been blocked for `SLOW_SEND_S` (its socket's
-        buffer stayed full), with audio coming due or not (`Downlink.audio_due` says which).
-        Returns True when the session goes on (it gave that connection up and waits for
-        another: resume), False when it ends (the writer then stops)."""
-        ...
-
-    def answered(self, spent_s: float) -> None:
-        """Building a batch of answers (a STATS frame is built as it is sent) took `spent_s`
-        of the loop: the client asked for it, so it counts against its share."""
-        ...
-
-
-class _Ended:
-    """The events of a session that has ended (`Downlink.forget_session`): nothing to tell,
-    nothing to ask."""
-
-    def chars_spoken(self, utterance_id: int, samples: int) -> int:
-        return 0
-
-    def totals(self, utterance_id: int) -> tuple[int, int]:
-        return (0, 0)
-
-    def word_marks(self, utterance_id: int) -> list[tuple[int, int, int, int]] | None:
-        return None
-
-    def audio_started(self, utterance_id: int) -> None:
-        pass
-
-    def sending(self, frame: fr.UtteranceDone | fr.Interrupted) -> None:
-        pass
-
-    def slow_consumer(self) -> bool:
-        return False
-
-    def answered(self, spent_s: float) -> None:
-        pass
-
-
-_ENDED: Final = _Ended()
-
-
-async def _send_nothing(data: bytes) -> None:
-    """The send of a session that has ended (`Downlink.forget_session`): its writer has
-    stopped, nothing is sent any more."""
 
 
 class Downlink:
@@ -134,8 +74,18 @@ class Downlink:
         events: DownlinkEvents,
         paced: bool = True,
         packets: bool = False,
+        send_now: SendNowFn | None = None,
+        flush: FlushFn | None = None,
     ) -> None:
         self._ring = ring
+        # the tick's own send (None: every frame wakes the task) and the send of what it
+        # left when the socket took only part
+        self._send_now = send_now
+        self._flush = flush
+        self._idle = False  # the task waits with nothing to send: a tick may send itself
+        self._made: _Made | None = None  # made by a tick that could not send it: the task will
+        self._flush_wanted = False
+        self._failed: Exception | None = None  # what the tick's send raised: the task raises it
         # True: the frames hold Opus packets (SPEC §4.6.3): an interrupt sends no faded tail
         # (fading would mean decoding and encoding again on the event loop)
         self._packets = packets
@@ -209,7 +159,8 @@ class Downlink:
     # ------------------------------------------------------------------ called by others
 
     def on_tick(self, deadline: float) -> bool:
-        """Pacer hot path: note the deadline and wake the writer.
+        """Pacer hot path: send the frame due now if the writer task is idle and the
+        connection takes it at once (`send_now`), else note the deadline and wake the task.
 
         Ticks pile up only while the writer cannot send. Past `MAX_LAG_FRAMES` that is the
         client's fault only if one send has been blocked for `SLOW_SEND_S` (its socket's buffer
@@ -218,6 +169,8 @@ class Downlink:
         goes on a frame later, and the session lives."""
         if self.paused or self.closed:
             return False
+        if self._can_send_now():
+            return self._send_now_safely(deadline)
         due = self._due
         due.append(deadline)
         if len(due) > MAX_LAG_FRAMES:
@@ -233,11 +186,58 @@ class Downlink:
             self._lot.unpark()
         return True
 
+    def _can_send_now(self) -> bool:
+        """Whether the frame due can go out from the caller (a tick, a kick): the writer task
+        waits with nothing to send, and the session gave a `send_now`."""
+        return (
+            self._idle
+            and not self._due
+            and not self._control
+            and self._made is None
+            and not self._flush_wanted
+            and self._send_now is not None
+        )
+
+    def _send_now_safely(self, deadline: float) -> bool:
+        """`_send_on_tick`, an exception of which the writer task raises (the session ends,
+        not the pacer, nor the task that kicked)."""
+        try:
+            return self._send_on_tick(deadline)
+        except Exception as exc:
+            self._failed = exc
+            self._idle = False
+            self._lot.unpark()
+            return False
+
+    def _send_on_tick(self, deadline: float) -> bool:
+        """The tick's own send (the task is idle): the frame due goes out now, or, if the
+        connection cannot take it at once, the task sends it. Whether to stay scheduled."""
+        made = self._make_audio(deadline)
+        if made is None:
+            return self._pacer.is_scheduled(self)
+        assert self._send_now is not None
+        now = trio.current_time()
+        result = self._send_now(made[0])
+        if result == NOT_SENT:  # (the task sends it at once, and counts its pacing error)
+            self._made = made
+            self._idle = False  # (the next ticks leave their frames to the task too, in order)
+            self._lot.unpark()
+            return True
+        self._pacing(made, now)
+        if result == PARTLY_SENT:  # (the rest waits for the socket: the task sends it)
+            self._flush_wanted = True
+            self._idle = False
+            self._send_started = trio.current_time()
+            self._lot.unpark()
+        self._audio_sent(made)
+        return True
+
     def kick(self) -> None:
         """Frames were pushed: start pacing now unless already paced, paused or closed (an
-        unpaced writer just wakes up). An utterance's first frame is due at once: the writer
-        is woken here and the pacer ticks from the next frame on (the same grid, without a
-        wake-up of the pacer's for the first frame of every utterance of a burst)."""
+        unpaced writer just wakes up). An utterance's first frame is due at once: it goes out
+        from here when the writer task is idle (as from a tick), else the task is woken for
+        it, and the pacer ticks from the next frame on (the same grid, without a wake-up of
+        the pacer's for the first frame of every utterance of a burst)."""
         if self.paused or self.closed:
             return
         if not self._paced:
@@ -251,9 +251,12 @@ class Downlink:
             if self._playing_uid or self._due:  # (resumed mid-utterance: the tick as ever)
                 pacer.schedule(self, first)
                 return
-            self._due.append(first)
             self._kicked = first
             pacer.schedule(self, first, from_tick=1)
+            if self._can_send_now():  # (not waiting for the task: a busy loop delays it)
+                self._send_now_safely(first)
+                return
+            self._due.append(first)
             self._lot.unpark()
 
     def send_control(self, item: ControlItem) -> None:
@@ -400,8 +403,10 @@ class Downlink:
         control frames that were not sent (their builders are methods of the session or
         closures over this writer). The session refers to its writer and the writer to it, a
         cycle only the garbage collector could free."""
-        self._events = _ENDED
-        self._send = _send_nothing
+        self._events = ENDED
+        self._send = send_nothing
+        self._send_now = self._flush = None  # (the session's, when it taps what it sends)
+        self._made = self._failed = None
         self._control.clear()
 
     def stop(self, *, grace_s: float) -> None:
@@ -422,18 +427,41 @@ class Downlink:
     async def _run(self) -> None:
         control = self._control
         due = self._due
-        while not self._stopping:
+        while True:
+            # what a tick left, even when stopping: it is the message being sent
+            if self._failed is not None:
+                failed, self._failed = self._failed, None
+                raise failed
+            if self._made is not None:  # a tick made it but could not send it
+                made, self._made = self._made, None
+                await self._send_made(made)
+                continue
+            if self._flush_wanted:  # a tick sent part of a frame: the rest goes out first
+                self._flush_wanted = False
+                if self._flush is not None:
+                    await self._flush()
+                self._send_started = None
+                continue
+            if self._stopping:
+                break
             if not self._paced and not self.paused and self._ring.count and not due:
                 due.append(trio.current_time())  # unpaced: a frame is due as soon as it is here
             if not control and not due:
-                await self._lot.park()
+                self._idle = True
+                try:
+                    await self._lot.park()
+                finally:
+                    self._idle = False
                 continue  # (stopped meanwhile?)
             if control:  # the answers waiting go out together, in order, a bounded batch
                 parts: list[bytes] = []
                 t0 = time.perf_counter()
+                pacer = self._pacer
                 while control and len(parts) < CONTROL_BATCH:
                     item = control.popleft()
                     parts.append(item if isinstance(item, bytes) else item())
+                    if pacer.tick_due():  # (it runs at the checkpoint below)
+                        break
                 self._answers_lot.unpark_all()  # room for the reader's next requests
                 self._events.answered(time.perf_counter() - t0)
                 self._send_started = trio.current_time()
@@ -448,6 +476,21 @@ class Downlink:
                     await trio.lowlevel.checkpoint()
 
     async def _send_audio(self, deadline: float) -> None:
+        made = self._make_audio(deadline)
+        if made is not None:
+            await self._send_made(made)
+
+    async def _send_made(self, made: _Made) -> None:
+        now = self._send_started = trio.current_time()
+        self._pacing(made, now)
+        await self._send(made[0])
+        self._send_started = None
+        self._audio_sent(made)
+
+    def _make_audio(self, deadline: float) -> _Made | None:
+        """The message of the next frame of this epoch (with the events that go before or
+        after it), or None when the ring has none (an underrun while an utterance plays;
+        otherwise the writer leaves the pacer's schedule)."""
         ring = self._ring
         c = self.counters
         while True:
@@ -458,7 +501,7 @@ class Downlink:
                 else:
                     self._due.clear()
                     self._pacer.unschedule(self)
-                return
+                return None
             if self._space_wanted and ring.free >= ring.capacity // 2:
                 self._space_wanted = False
                 self._space_lot.unpark_all()
@@ -485,7 +528,12 @@ class Downlink:
             )
             self._events.sending(done)
             data += encode(done)
-        now = trio.current_time()
+        return data, deadline, uid, seq, last
+
+    def _pacing(self, made: _Made, now: float) -> None:
+        """`made` goes out `now`: count its pacing error (or move the grid: below)."""
+        deadline, seq = made[1], made[3]
+        c = self.counters
         if self._paced and seq == 0 and now - deadline > FIRST_LATE_S and not self._due:
             # an utterance's grid starts with its first frame: one that goes out late (the
             # loop was busy with a burst of new utterances) moves the grid with it, so the next
@@ -498,11 +546,12 @@ class Downlink:
             c.pacing_error.record(error if error >= 0.0 else -error)
             if self._precise:
                 self._pacer.observe_send_error(error)
-            if self._due and error > self._pacer.frame_s:
+            if error > self._pacer.frame_s:  # (the next frame's deadline had passed)
                 c.late_sends += 1
-        self._send_started = now
-        await self._send(data)
-        self._send_started = None
+
+    def _audio_sent(self, made: _Made) -> None:
+        data, _, uid, _, last = made
+        c = self.counters
         c.frames_sent += 1
         c.bytes_sent += len(data)
         if last:

@@ -29,7 +29,8 @@ from typing import Any, Final
 
 import attrs
 
-from .._downlink.writer import MAX_CONTROL_FRAMES, SLOW_SEND_S
+from .._downlink.contract import SLOW_SEND_S
+from .._downlink.writer import MAX_CONTROL_FRAMES
 from .._ops.settings import SessionLimits
 
 MAX_MESSAGE_BYTES: Final = 1 << 20  # one WebSocket message (it may hold several frames)

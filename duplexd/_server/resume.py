@@ -27,6 +27,7 @@ from typing import Any, Final
 import trio
 from trio_websocket import ConnectionClosed
 
+from .._downlink.contract import NOT_SENT, SENT
 from ..protocol import frames as fr
 from ..protocol.codec import RemoteProtocolError, encode, iter_frames
 from ..protocol.transport import Transport
@@ -196,6 +197,31 @@ class Resumable:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self._detach(ws)
             self._send_failed_on = ws  # (a client that closed and reset at once: see below)
+
+    def send_now(self, data: bytes) -> int:
+        """`send_message` of a binary message without waiting (`DirectSend.send_now`), from
+        the pacer's tick: logged and SENT while detached; NOT_SENT (nothing logged) when the
+        connection of the moment cannot take it at once or is not a plain one."""
+        ws = self._ws
+        if ws is None:
+            self._log_message(data)
+            return SENT
+        if self._direct_ws is not ws:  # (a new connection: resumed)
+            self._direct, self._direct_ws = DirectSend.of(ws), ws
+        direct = self._direct
+        if direct is None:
+            return NOT_SENT
+        result = direct.send_now(data)
+        if result != NOT_SENT:
+            self._log_message(data)
+        return result
+
+    async def flush(self) -> None:
+        """Send what `send_now` left of a message (`DirectSend.flush`). A connection that
+        fails meanwhile is given up at the next send, which fails the same way."""
+        ws, direct = self._ws, self._direct
+        if ws is not None and direct is not None and self._direct_ws is ws:
+            await direct.flush()
 
     async def get_message(self) -> str | bytes:
         while True:

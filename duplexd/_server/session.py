@@ -29,10 +29,11 @@ from typing import Any
 
 import trio
 
+from .._downlink.contract import NOT_SENT, SLOW_SEND_S
 from .._downlink.pacer import Pacer
 from .._downlink.producer import PieceMap, SynthesisCancelled, UtteranceProducer
 from .._downlink.utterance import Utterance
-from .._downlink.writer import SLOW_SEND_S, Downlink
+from .._downlink.writer import Downlink
 from .._ops.metrics import DownlinkCounters, SessionObserver, session_stats
 from .._ops.settings import SessionLimits
 from .._uplink.services import UplinkServices
@@ -52,9 +53,11 @@ from .resume import Resumable, resumed_welcome
 from .synthesis import downlink_audio
 
 log = logging.getLogger("duplexd.session")
+_SENDS_NOW = (DirectSend, Resumable)  # what the pacer's tick can send with (`send_now`)
 
 # The event loop is sacred: a client's message, however many frames it holds, is decoded and
-# acted upon in batches of this many frames with a checkpoint between them, within the
+# acted upon in batches of this many frames with a checkpoint between them (and at once when a
+# tick of the pacer's is due: it runs at the checkpoint, `Pacer.tick_due`), within the
 # client's frame budget, and the loop time it costs is counted (`input_s`) against the client's
 # share of the loop (`limits.input_share`: over it, its reading waits): `duplexd._server.limits`.
 # Its reading also waits while `MAX_CONTROL_FRAMES` answers wait to be sent (backpressure: a
@@ -134,6 +137,12 @@ class Session:
         direct = DirectSend.of(transport)  # (a Resumable sends directly itself)
         self._send_out = direct.send if direct is not None else transport.send_message
         send = self._send_tapped if self._uplink is not None else self._send_out
+        # the pacer's tick sends a frame itself when the connection can take it at once
+        sender = direct if direct is not None else transport
+        self._send_now_out = sender.send_now if isinstance(sender, _SENDS_NOW) else None
+        send_now = self._send_now_out
+        if send_now is not None and self._uplink is not None:
+            send_now = self._send_now_tapped
         self._downlink = Downlink(
             ring=self._ring,
             send=send,
@@ -142,6 +151,8 @@ class Session:
             events=self,
             paced=state.options.downlink.paced,
             packets=self._opus,
+            send_now=send_now,
+            flush=sender.flush if isinstance(sender, _SENDS_NOW) else None,
         )
         self.playback = Playback()  # what the client says it played (PLAYED, HEARD)
         # WORDS frames: asked for, and the voice times its words (Welcome says so)
@@ -218,7 +229,7 @@ class Session:
         budget is spent, MALFORMED for a frame cut at the end of the message (the frames
         before it were acted upon). Cancellation at a checkpoint leaves the rest of the
         message in the decoder."""
-        decoder, rate, dl = self._decoder, self._frame_rate, self._downlink
+        decoder, rate, dl, pacer = self._decoder, self._frame_rate, self._downlink, self._pacer
         now = trio.current_time()
         self._last_input = now
         rate.refill(now)
@@ -236,7 +247,7 @@ class Session:
                     await self._account(time.perf_counter() - t0)
                     await dl.wait_for_answers()
                     t0 = time.perf_counter()
-                elif n % FRAMES_PER_CHECKPOINT == 0:
+                elif n % FRAMES_PER_CHECKPOINT == 0 or pacer.tick_due():
                     await self._account(time.perf_counter() - t0)
                     t0 = time.perf_counter()
             decoder.check_boundary()  # a frame must not span WebSocket messages
@@ -407,6 +418,14 @@ class Session:
         if self._uplink is not None:
             self._uplink.on_downlink(data)
         await self._send_out(data)
+
+    def _send_now_tapped(self, data: bytes) -> int:
+        """The tick's send when there is an uplink: what went out is the echo reference."""
+        assert self._send_now_out is not None
+        result = self._send_now_out(data)
+        if result != NOT_SENT and self._uplink is not None:
+            self._uplink.on_downlink(data)
+        return result
 
     # ------------------------------------------------------------------ the writer's events
 
