@@ -1,5 +1,4 @@
-"""The pacer's tick sends the frame that is due itself (`Downlink.on_tick` with a `send_now`; the
-kick an utterance's first frame),
+"""The pacer's tick sends the frame that is due itself (`Downlink.on_tick` with a `send_now`),
 and ticks run between any two task steps (`Pacer.poll`, `TicksBetweenSteps`), so a frame waits
 for the one step in progress, not for a whole batch of ready tasks (issue 13: the pacing under
 twelve attacks at once)."""
@@ -95,8 +94,8 @@ async def test_the_tick_sends_each_frame_itself_while_the_writer_waits(
 ) -> None:
     wire = Wire()
     dl = await play(wire, 4)
-    assert wire.out == [  # the first frame by the kick, the others by their ticks
-        (1.0, "now", [0]),
+    assert wire.out == [  # the kicked first frame by the task, the others by their ticks
+        (1.0, "task", [0]),
         (1.02, "now", [1]),
         (1.04, "now", [2]),
         (1.06, "now", [3]),
@@ -111,7 +110,7 @@ async def test_a_frame_the_connection_cannot_take_at_once_goes_out_from_the_writ
     wire = Wire({2: NOT_SENT})
     dl = await play(wire, 4)
     assert wire.out == [
-        (1.0, "now", [0]),
+        (1.0, "task", [0]),
         (1.02, "now", [1]),
         (1.04, "task", [2]),  # the tick made it, the task sent it (at once, in order)
         (1.06, "now", [3]),
@@ -128,7 +127,7 @@ async def test_the_rest_of_a_frame_goes_out_before_anything_else(
     wire = Wire({1: PARTLY_SENT}, flush_s=0.005)
     dl = await play(wire, 3, answer_at=1.021)
     assert wire.out == [
-        (1.0, "now", [0]),
+        (1.0, "task", [0]),
         (1.02, "now", [1]),
         (1.025, "flush", None),
         (1.025, "task", ANSWER),
@@ -161,7 +160,7 @@ async def test_while_the_rest_waits_the_send_counts_as_blocked(
         await trio.sleep(0.5)
         assert dl.send_blocked_s(trio.current_time()) == pytest.approx(0.48)
         dl.stop(grace_s=0.1)
-    assert [how for _, how, _ in wire.out] == ["now", "now"]
+    assert [how for _, how, _ in wire.out] == ["task", "now"]
 
 
 async def test_the_writer_forgets_the_sessions_sends(
@@ -295,7 +294,7 @@ async def test_a_rest_still_goes_out_when_the_writer_stops(
         dl.kick()
         await trio.sleep_until(1.021)  # frame 1 went out in part at 1.02, its rest waits ...
         dl.stop(grace_s=0.1)  # ... when the writer is told to stop
-    assert wire.out == [(1.0, "now", [0]), (1.02, "now", [1]), (1.025, "flush", None)]
+    assert wire.out == [(1.0, "task", [0]), (1.02, "now", [1]), (1.025, "flush", None)]
 
 
 async def test_a_tick_send_that_raises_ends_its_writer_not_the_pacer(

@@ -187,8 +187,8 @@ class Downlink:
         return True
 
     def _can_send_now(self) -> bool:
-        """Whether the frame due can go out from the caller (a tick, a kick): the writer task
-        waits with nothing to send, and the session gave a `send_now`."""
+        """Whether the frame due can go out from the tick: the writer task waits with nothing
+        to send, and the session gave a `send_now`."""
         return (
             self._idle
             and not self._due
@@ -200,7 +200,7 @@ class Downlink:
 
     def _send_now_safely(self, deadline: float) -> bool:
         """`_send_on_tick`, an exception of which the writer task raises (the session ends,
-        not the pacer, nor the task that kicked)."""
+        not the pacer)."""
         try:
             return self._send_on_tick(deadline)
         except Exception as exc:
@@ -234,10 +234,11 @@ class Downlink:
 
     def kick(self) -> None:
         """Frames were pushed: start pacing now unless already paced, paused or closed (an
-        unpaced writer just wakes up). An utterance's first frame is due at once: it goes out
-        from here when the writer task is idle (as from a tick), else the task is woken for
-        it, and the pacer ticks from the next frame on (the same grid, without a wake-up of
-        the pacer's for the first frame of every utterance of a burst)."""
+        unpaced writer just wakes up). An utterance's first frame is due at once: the writer
+        is woken here and the pacer ticks from the next frame on (the same grid, without a
+        wake-up of the pacer's for the first frame of every utterance of a burst). (Sent from
+        here, as a tick sends, it made a burst of 20 replies worse at the bench's client:
+        jitter p95 2.4 and 20.6 ms against 0.8 and 1.4 ms; why was not run down.)"""
         if self.paused or self.closed:
             return
         if not self._paced:
@@ -251,12 +252,9 @@ class Downlink:
             if self._playing_uid or self._due:  # (resumed mid-utterance: the tick as ever)
                 pacer.schedule(self, first)
                 return
+            self._due.append(first)
             self._kicked = first
             pacer.schedule(self, first, from_tick=1)
-            if self._can_send_now():  # (not waiting for the task: a busy loop delays it)
-                self._send_now_safely(first)
-                return
-            self._due.append(first)
             self._lot.unpark()
 
     def send_control(self, item: ControlItem) -> None:
