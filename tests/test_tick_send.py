@@ -13,7 +13,7 @@ import trio
 import trio.testing
 from test_first_frame_grid import Events
 
-from duplexd._downlink.contract import NOT_SENT, PARTLY_SENT, SENT
+from duplexd._downlink.contract import NOT_SENT, PARTLY_SENT, SENT, SendNowFn
 from duplexd._downlink.pacer import Pacer, open_pacer
 from duplexd._downlink.producer import audio_headers
 from duplexd._downlink.ring import FrameRing
@@ -64,23 +64,37 @@ class Wire:
         self.out.append((trio.current_time(), "flush", None))
 
 
+def writer(
+    pacer: Pacer, wire: Wire, frames: int, send_now: SendNowFn | None = None
+) -> tuple[Downlink, FrameRing]:
+    """A writer on `wire` (its `send_now` unless given) and its ring, for `frames` frames."""
+    ring = FrameRing(16, fr.AUDIO_HEADER_BYTES + SAMPLES * fr.BYTES_PER_SAMPLE)
+    dl = Downlink(
+        ring=ring,
+        send=wire.send,
+        pacer=pacer,
+        rate_hz=RATE_HZ,
+        events=Events(frames),
+        send_now=send_now or wire.send_now,
+        flush=wire.flush,
+    )
+    return dl, ring
+
+
+async def kicked(nursery: trio.Nursery, pacer: Pacer, wire: Wire, frames: int) -> Downlink:
+    """A writer running on `wire`, an utterance of `frames` frames pushed and kicked at 1.0."""
+    dl, ring = writer(pacer, wire, frames)
+    nursery.start_soon(dl.run)
+    await trio.sleep_until(1.0)
+    push_utterance(ring, frames)
+    dl.kick()
+    return dl
+
+
 async def play(wire: Wire, frames: int, *, answer_at: float | None = None) -> Downlink:
     """An utterance of `frames` frames kicked at 1.0 (and an answer queued at `answer_at`)."""
-    ring = FrameRing(16, fr.AUDIO_HEADER_BYTES + SAMPLES * fr.BYTES_PER_SAMPLE)
     async with open_pacer() as pacer, trio.open_nursery() as nursery:
-        dl = Downlink(
-            ring=ring,
-            send=wire.send,
-            pacer=pacer,
-            rate_hz=RATE_HZ,
-            events=Events(frames),
-            send_now=wire.send_now,
-            flush=wire.flush,
-        )
-        nursery.start_soon(dl.run)
-        await trio.sleep(1.0)
-        push_utterance(ring, frames)
-        dl.kick()
+        dl = await kicked(nursery, pacer, wire, frames)
         if answer_at is not None:
             await trio.sleep_until(answer_at)
             dl.send_control(ANSWER)
@@ -142,21 +156,8 @@ async def test_while_the_rest_waits_the_send_counts_as_blocked(
     """A client that reads nothing leaves the rest waiting: `send_blocked_s` grows (what ends
     such a session with SLOW_CONSUMER), as for a send that waits."""
     wire = Wire({1: PARTLY_SENT}, flush_s=math.inf)
-    ring = FrameRing(16, fr.AUDIO_HEADER_BYTES + SAMPLES * fr.BYTES_PER_SAMPLE)
     async with open_pacer() as pacer, trio.open_nursery() as nursery:
-        dl = Downlink(
-            ring=ring,
-            send=wire.send,
-            pacer=pacer,
-            rate_hz=RATE_HZ,
-            events=Events(3),
-            send_now=wire.send_now,
-            flush=wire.flush,
-        )
-        nursery.start_soon(dl.run)
-        await trio.sleep(1.0)
-        push_utterance(ring, 3)
-        dl.kick()
+        dl = await kicked(nursery, pacer, wire, 3)
         await trio.sleep(0.5)
         assert dl.send_blocked_s(trio.current_time()) == pytest.approx(0.48)
         dl.stop(grace_s=0.1)
@@ -252,17 +253,8 @@ async def test_two_ticks_before_the_writer_task_runs_lose_no_frame(
     """A round that is behind ticks one stream twice at once; the first tick's frame could
     not go out (NOT_SENT): the second one's goes to the task too, after it."""
     wire = Wire({0: NOT_SENT, 1: NOT_SENT})
-    ring = FrameRing(16, fr.AUDIO_HEADER_BYTES + SAMPLES * fr.BYTES_PER_SAMPLE)
     async with open_pacer() as pacer, trio.open_nursery() as nursery:
-        dl = Downlink(
-            ring=ring,
-            send=wire.send,
-            pacer=pacer,
-            rate_hz=RATE_HZ,
-            events=Events(3),
-            send_now=wire.send_now,
-            flush=wire.flush,
-        )
+        dl, ring = writer(pacer, wire, 3)
         nursery.start_soon(dl.run)
         await trio.sleep(1.0)
         push_utterance(ring, 3)
@@ -277,21 +269,8 @@ async def test_a_rest_still_goes_out_when_the_writer_stops(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     wire = Wire({1: PARTLY_SENT}, flush_s=0.005)
-    ring = FrameRing(16, fr.AUDIO_HEADER_BYTES + SAMPLES * fr.BYTES_PER_SAMPLE)
     async with open_pacer() as pacer, trio.open_nursery() as nursery:
-        dl = Downlink(
-            ring=ring,
-            send=wire.send,
-            pacer=pacer,
-            rate_hz=RATE_HZ,
-            events=Events(3),
-            send_now=wire.send_now,
-            flush=wire.flush,
-        )
-        nursery.start_soon(dl.run)
-        await trio.sleep(1.0)
-        push_utterance(ring, 3)
-        dl.kick()
+        dl = await kicked(nursery, pacer, wire, 3)
         await trio.sleep_until(1.021)  # frame 1 went out in part at 1.02, its rest waits ...
         dl.stop(grace_s=0.1)  # ... when the writer is told to stop
     assert wire.out == [(1.0, "task", [0]), (1.02, "now", [1]), (1.025, "flush", None)]
@@ -304,26 +283,17 @@ async def test_a_tick_send_that_raises_ends_its_writer_not_the_pacer(
         raise RuntimeError("a bug in a session")
 
     caught: list[BaseException] = []
-    ring = FrameRing(16, fr.AUDIO_HEADER_BYTES + SAMPLES * fr.BYTES_PER_SAMPLE)
     wire = Wire()
     async with open_pacer() as pacer, trio.open_nursery() as nursery:
-        dl = Downlink(
-            ring=ring,
-            send=wire.send,
-            pacer=pacer,
-            rate_hz=RATE_HZ,
-            events=Events(3),
-            send_now=broken,
-            flush=wire.flush,
-        )
+        dl, ring = writer(pacer, wire, 3, send_now=broken)
 
-        async def writer() -> None:
+        async def run_writer() -> None:
             try:
                 await dl.run()
             except RuntimeError as exc:
                 caught.append(exc)
 
-        nursery.start_soon(writer)
+        nursery.start_soon(run_writer)
         bystander = Recorder()
         pacer.schedule(bystander, 1.0)
         await trio.sleep(1.0)
