@@ -11,11 +11,10 @@ import numpy as np
 import pytest
 import trio
 import trio.testing
-from test_first_frame_grid import Events
+from test_first_frame_grid import Events, push_utterance
 
 from duplexd._downlink.contract import NOT_SENT, PARTLY_SENT, SENT, SendNowFn
 from duplexd._downlink.pacer import Pacer, open_pacer
-from duplexd._downlink.producer import audio_headers
 from duplexd._downlink.ring import FrameRing
 from duplexd._downlink.writer import Downlink
 from duplexd.protocol import frames as fr
@@ -26,12 +25,6 @@ pytestmark = pytest.mark.unit
 RATE_HZ = 16_000
 SAMPLES = fr.frame_samples(RATE_HZ)
 ANSWER = b"an answer"
-
-
-def push_utterance(ring: FrameRing, frames: int) -> None:
-    nbytes = SAMPLES * fr.BYTES_PER_SAMPLE
-    heads = audio_headers(0, frames, epoch=0, utterance_id=1, nbytes=nbytes, last=True)
-    assert ring.push_many(heads, np.zeros((frames, SAMPLES), "<i2"), frames) == frames
 
 
 def seqs(data: bytes) -> list[int]:
@@ -322,3 +315,31 @@ async def test_a_tick_between_steps_that_raises_is_raised_by_the_pacers_task() -
                     await trio.sleep(0.001)
     assert info.group_contains(RuntimeError, match="a tick that raises", depth=None)
     assert not pacer.polled
+
+
+class _RestartsThenLeaves:
+    """Restarts its grid at its first tick and answers False (as a tick that raised after
+    moving the grid would): the new grid must stay scheduled, ticked once per deadline."""
+
+    def __init__(self, pacer: Pacer) -> None:
+        self.pacer = pacer
+        self.ticks: list[float] = []
+
+    def on_tick(self, deadline: float) -> bool:
+        self.ticks.append(deadline)
+        if len(self.ticks) == 1:
+            self.pacer.restart(self, deadline + 0.005)
+            return False
+        return True
+
+
+async def test_a_stream_that_restarts_its_grid_in_its_tick_keeps_the_new_one(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_pacer() as pacer:
+        stream = _RestartsThenLeaves(pacer)
+        pacer.schedule(stream, 1.0)
+        await trio.sleep_until(1.05)
+        assert pacer.is_scheduled(stream)
+        pacer.unschedule(stream)
+    assert stream.ticks == [1.0, 1.025, 1.045]

@@ -1,6 +1,10 @@
 """What a session's writer (`duplexd._downlink.writer.Downlink`) needs from its session: the
 events it tells and asks (`DownlinkEvents`), and the sends it sends with (`SendFn`, and the
-pacer's tick's `SendNowFn` and `FlushFn`), with their stand-ins once the session has ended."""
+pacer's tick's `SendNowFn` and `FlushFn`), with their stand-ins once the session has ended.
+
+The events and `send_now` may be called from the pacer's tick, which runs between any two task
+steps (`duplexd._downlink.pacer.TicksBetweenSteps`): they must not block, and what they raise
+ends the session's writer (its task raises it), not the pacer."""
 
 from __future__ import annotations
 

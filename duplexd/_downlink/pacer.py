@@ -17,10 +17,11 @@ exponential average) and sleeps that much less, then spins on the clock for the 
 the deadlines. With many streams the loop is busy anyway
 and spinning would cost real CPU, so it just sleeps (`SPIN_MAX_STREAMS`).
 
-Waking the stream's writer task costs a scheduler round before its frame leaves.
-Writers report each frame's signed send error (`observe_send_error`) and the pacer ticks that
-much early on average (an integrating controller, clamped to `ADVANCE_MAX_S`), so the frames
-themselves, not the ticks, are centred on the deadlines.
+A frame leaves a little after its tick (the tick's own work, or a scheduler round when the
+writer's task has to send it). Writers report each frame's signed send error
+(`observe_send_error`) and the pacer ticks that much early on average (an integrating
+controller, clamped to `ADVANCE_MAX_S`), so the frames themselves, not the ticks, are centred
+on the deadlines.
 
 When the pacer wakes more than `STALL_S` after a deadline, the event loop was held up (by
 the daemon: a GC pause, a long computation, a starved process), not by any client. The streams
@@ -169,7 +170,8 @@ class Pacer:
             slot.live = False
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Run the schedule forever. Cancelling it stops all ticking; nothing else is left."""
+        """Run the schedule forever. Cancelling it stops this task's ticking (those between task
+        steps end with `open_pacer`); nothing else is left."""
         task_status.started()
         heap = self._heap
         while True:
@@ -184,6 +186,8 @@ class Pacer:
             slept = deadline > trio.current_time()
             if slept:
                 await self._sleep_until(deadline)
+                if self._failed is not None:  # (`fail` ended the sleep: raise it first)
+                    continue
             self._round(trio.current_time() + self.advance_s)
             if not slept:  # behind schedule: still let others run between rounds
                 await trio.lowlevel.checkpoint()
@@ -225,13 +229,17 @@ class Pacer:
                 continue
             self.ticks += 1
             if slot.stream.on_tick(due):
+                if not slot.live:  # (it restarted its grid: a new slot is scheduled)
+                    continue
                 if now - due > STALL_S:  # missed deadlines: a new grid from now, no burst
                     slot.anchor, slot.n = now, 0
                 slot.n += 1
                 heapq.heappush(heap, (slot.anchor + slot.n * frame_s, next(self._order), slot))
+            elif self._slots.get(slot.stream) is slot:  # (not a new slot of a restart)
+                slot.live = False
+                del self._slots[slot.stream]
             else:
                 slot.live = False
-                self._slots.pop(slot.stream, None)
 
     def _stalled(self, late_s: float) -> None:
         """The loop woke the pacer `late_s` after a deadline: the daemon's stall, not a client's."""

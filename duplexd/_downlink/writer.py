@@ -2,11 +2,12 @@
 
 Everything a session sends goes through one task (`Downlink.run`), so ordering is simple:
 control frames (Interrupted, Pong, Error...) go out as soon as they are queued, audio
-goes out one frame per pacer tick. While that task has nothing else to send, the tick itself
-sends the frame that is due (`send_now`: no task wakes up per frame); when it cannot (a send
-holds the connection, the socket is full), the task sends it. The ring holds whole wire
-frames (16-byte audio header + PCM) written by the synthesis thread; the writer is the ring's
-consumer.
+goes out one frame per pacer tick. The one exception keeps the order: while that task waits
+with nothing to send, the tick itself sends the frame that is due (`send_now`: no task wakes
+up per frame); when it cannot (a send holds the connection, the socket is full), it leaves
+the frame (or the rest of it) to the task, which sends it before anything else. The ring
+holds whole wire frames (16-byte audio header + PCM) written by the synthesis thread; the
+writer is the ring's consumer.
 
 Epochs make barge-in mechanical: `interrupt()` bumps the epoch and flushes the ring; any frame
 of an older epoch that is still in the ring, or that a finishing synthesis thread pushes later,
@@ -83,7 +84,7 @@ class Downlink:
         self._send_now = send_now
         self._flush = flush
         self._idle = False  # the task waits with nothing to send: a tick may send itself
-        self._made: _Made | None = None  # made by a tick that could not send it: the task will
+        self._made: _Made | None = None  # made by a tick that could not send it: the task does
         self._flush_wanted = False
         self._failed: Exception | None = None  # what the tick's send raised: the task raises it
         # True: the frames hold Opus packets (SPEC §4.6.3): an interrupt sends no faded tail
@@ -128,7 +129,7 @@ class Downlink:
     @property
     def audio_due(self) -> bool:
         """Whether audio frames are due and waiting for the writer (not paused, not idle)."""
-        return bool(self._due)
+        return bool(self._due) or self._made is not None or self._flush_wanted
 
     @property
     def answers_full(self) -> bool:

@@ -8,8 +8,8 @@ payload, unmasked (RFC 6455 §5.2; no extension is ever negotiated here), so `Di
 writes it itself:
 
 - it takes the connection's send lock without waiting (`acquire_nowait`; held: by a send in
-  progress, or the reader answering a ping or a close: then `send_message` as usual, which
-  waits its turn);
+  progress, or the reader answering a ping or a close; or a rest of `send_now`'s waits: then
+  `send_message` as usual, which waits its turn and sends the rest first);
 - writes header and payload with one `os.writev` on the socket (non-blocking);
 - and, if the socket took only part of it (its buffer is full: a client reading slowly), sends
   the rest with the stream's `send_all` while still holding the lock, so nothing can come in
@@ -65,8 +65,8 @@ def frame_header(length: int) -> bytes:
 
 
 class DirectSend:
-    """Binary messages on one connection (see the module doc). Use `of`; call `send` from the
-    trio thread."""
+    """Binary messages on one connection (see the module doc). Use `of`; call `send`,
+    `send_now` and `flush` from the trio thread."""
 
     def __init__(
         self,
@@ -196,6 +196,7 @@ class _RestFirstLock:
         return self.inner.locked()
 
     def acquire_nowait(self) -> None:
+        """(Sends no rest: `DirectSend.send` takes it so only when there is none.)"""
         self.inner.acquire_nowait()
 
     def release(self) -> None:
