@@ -7,6 +7,7 @@ Private.
     listen.py      `open_listeners`: plain TCP, or TLS over TCP with `[tls]` (wss://), or the
                    sockets systemd passed (socket activation: several workers on one port)
     direct.py      `DirectSend`: the writer's binary message in one writev (the hot path)
+    sends.py       a session writer's sends, from its transport (direct, resumable, tapped)
     connection.py  one connection: the handshake, then the session, then its Error and close
     handshake.py   Hello in, checks, Welcome out; `receive_frames`: every client message
     session.py     an open session: reader, utterance runner, writer, uplink in one nursery;

@@ -29,7 +29,7 @@ from typing import Any
 
 import trio
 
-from .._downlink.contract import NOT_SENT, SLOW_SEND_S
+from .._downlink.contract import SLOW_SEND_S
 from .._downlink.pacer import Pacer
 from .._downlink.producer import PieceMap, SynthesisCancelled, UtteranceProducer
 from .._downlink.utterance import Utterance
@@ -44,16 +44,15 @@ from ..protocol import frames as fr
 from ..protocol.codec import Decoder, RemoteProtocolError, encode
 from ..protocol.state import ServerProtocolState
 from ..protocol.transport import Transport
-from .direct import DirectSend
 from .ending import SessionEnd, forget_frames
 from .handshake import DRAINING_MESSAGE, Offload, Opened, Refusal, receive_message
 from .limits import RECEIVE_S_PER_BYTE, SESSION_OPEN_S, Budgets
 from .playback import Playback
 from .resume import Resumable, resumed_welcome
+from .sends import writer_sends
 from .synthesis import downlink_audio
 
 log = logging.getLogger("duplexd.session")
-_SENDS_NOW = (DirectSend, Resumable)  # what the pacer's tick can send with (`send_now`)
 
 # The event loop is sacred: a client's message, however many frames it holds, is decoded and
 # acted upon in batches of this many frames with a checkpoint between them (and at once when a
@@ -134,25 +133,18 @@ class Session:
             )
         self._tasks_scope = trio.CancelScope()  # every task but the writer
         end.finish_with(self._finish)
-        direct = DirectSend.of(transport)  # (a Resumable sends directly itself)
-        self._send_out = direct.send if direct is not None else transport.send_message
-        send = self._send_tapped if self._uplink is not None else self._send_out
-        # the pacer's tick sends a frame itself when the connection can take it at once
-        sender = direct if direct is not None else transport
-        self._send_now_out = sender.send_now if isinstance(sender, _SENDS_NOW) else None
-        send_now = self._send_now_out
-        if send_now is not None and self._uplink is not None:
-            send_now = self._send_now_tapped
+        # the audio sent is the uplink's echo reference
+        sends = writer_sends(transport, self._uplink.on_downlink if self._uplink else None)
         self._downlink = Downlink(
             ring=self._ring,
-            send=send,
+            send=sends.send,
             pacer=pacer,
             rate_hz=rate,
             events=self,
             paced=state.options.downlink.paced,
             packets=self._opus,
-            send_now=send_now,
-            flush=sender.flush if isinstance(sender, _SENDS_NOW) else None,
+            send_now=sends.send_now,
+            flush=sends.flush,
         )
         self.playback = Playback()  # what the client says it played (PLAYED, HEARD)
         # WORDS frames: asked for, and the voice times its words (Welcome says so)
@@ -412,20 +404,6 @@ class Session:
         frame = fr.Stats(json=json.dumps(self.stats()))
         self._state.send(frame)
         return encode(frame)
-
-    async def _send_tapped(self, data: bytes) -> None:
-        """The writer's send when there is an uplink: the audio sent is the echo reference."""
-        if self._uplink is not None:
-            self._uplink.on_downlink(data)
-        await self._send_out(data)
-
-    def _send_now_tapped(self, data: bytes) -> int:
-        """The tick's send when there is an uplink: what went out is the echo reference."""
-        assert self._send_now_out is not None
-        result = self._send_now_out(data)
-        if result != NOT_SENT and self._uplink is not None:
-            self._uplink.on_downlink(data)
-        return result
 
     # ------------------------------------------------------------------ the writer's events
 
