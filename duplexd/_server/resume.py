@@ -218,7 +218,8 @@ class Resumable:
 
     async def flush(self) -> None:
         """Send what `send_now` left of a message (`DirectSend.flush`). A connection that
-        fails meanwhile is given up at the next send, which fails the same way."""
+        fails meanwhile is given up at the next send, which fails the same way; cancellation
+        leaves that connection unusable, as a cut send does."""
         ws, direct = self._ws, self._direct
         if ws is not None and direct is not None and self._direct_ws is ws:
             await direct.flush()
