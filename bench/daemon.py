@@ -155,23 +155,44 @@ def baseline_argv() -> list[str]:
 
 class ProcSampler:
     """CPU time (all threads) and RSS of one process, or the sum over several (workers),
-    from /proc/PID."""
+    from /proc/PID; and how often its main thread (the event loop) went to sleep and was woken:
+    its voluntary context switches. On a VM a wake-up is what costs (a few tens of us of CPU
+    each, before any work is done), so wake-ups a second explain much of a server's CPU."""
 
     def __init__(self, pid: int | tuple[int, ...]) -> None:
         self.pids = (pid,) if isinstance(pid, int) else pid
-        self._cpu0 = 0.0
+        self._cpu0 = self._kernel0 = 0.0
+        self._wakeups0 = 0
         self._wall0 = 0.0
         self.rss_max_mb = 0.0
 
-    def cpu_seconds(self) -> float:
-        total = 0.0
+    def _times(self) -> tuple[float, float]:
+        user = kernel = 0.0
         for pid in self.pids:
             try:
                 with open(f"/proc/{pid}/stat") as f:
                     fields = f.read().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-            total += (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+            user += int(fields[11]) / CLK_TCK  # utime
+            kernel += int(fields[12]) / CLK_TCK  # stime
+        return user, kernel
+
+    def cpu_seconds(self) -> float:
+        user, kernel = self._times()
+        return user + kernel
+
+    def wakeups(self) -> int:
+        """The main threads' voluntary context switches (/proc/PID/status: the leader's own)."""
+        total = 0
+        for pid in self.pids:
+            try:
+                with open(f"/proc/{pid}/status") as f:
+                    for line in f:
+                        if line.startswith("voluntary_ctxt_switches:"):
+                            total += int(line.split()[1])
+            except OSError:
+                pass
         return total
 
     def rss_mb(self) -> float:
@@ -187,7 +208,9 @@ class ProcSampler:
         return total
 
     def start(self) -> None:
-        self._cpu0, self._wall0 = self.cpu_seconds(), time.monotonic()
+        user, self._kernel0 = self._times()
+        self._cpu0, self._wall0 = user + self._kernel0, time.monotonic()
+        self._wakeups0 = self.wakeups()
         self.rss_max_mb = self.rss_mb()
 
     def sample(self) -> None:
@@ -195,8 +218,21 @@ class ProcSampler:
 
     def cpu_percent(self) -> float:
         """Since `start`; 100 = one core busy."""
+        return self.usage()["cpu_percent"]
+
+    def usage(self) -> dict[str, float]:
+        """Since `start`: CPU % (100 = one core busy), the part of it in the kernel (its split
+        from user time is the kernel's tick sampling: an estimate), and the main threads'
+        wake-ups a second."""
         wall = time.monotonic() - self._wall0
-        return 100 * (self.cpu_seconds() - self._cpu0) / wall if wall > 0 else 0.0
+        if wall <= 0:
+            return {"cpu_percent": 0.0, "cpu_kernel_percent": 0.0, "loop_wakeups_per_s": 0.0}
+        user, kernel = self._times()
+        return {
+            "cpu_percent": 100 * (user + kernel - self._cpu0) / wall,
+            "cpu_kernel_percent": 100 * (kernel - self._kernel0) / wall,
+            "loop_wakeups_per_s": (self.wakeups() - self._wakeups0) / wall,
+        }
 
 
 def synthesize_in_subprocess(

@@ -91,7 +91,9 @@ def merge_server(stats: list[dict[str, Any]]) -> dict[str, Any]:
     with `pacing_error_bucket_ms`), the histograms are added up and read exactly. Otherwise the
     summaries are combined: p50/p95/p99 are the frame-count-weighted means of the sessions'
     percentiles (an estimate: exact only if all sessions share one distribution), `max` is the
-    max, and `p95_worst_session` is the largest per-session p95 (an upper bound of the true p95).
+    max, and `p95_worst_session` is the largest per-session p95 (an upper bound of the true p95);
+    frames sent 5 and 20 ms or more off their deadlines (`over_5ms`, `over_20ms`) are summed
+    from the sessions' own counts (`pacing_error_over_ms`) where every session sent them.
     """
     pacing = [s["pacing_error_ms"] for s in stats if s.get("pacing_error_ms", {}).get("count")]
     out: dict[str, Any] = {
@@ -121,6 +123,12 @@ def merge_server(stats: list[dict[str, Any]]) -> dict[str, Any]:
     summary["count"] = int(total)
     summary["p95_worst_session"] = max(p["p95"] for p in pacing)
     summary["method"] = "count-weighted mean of per-session percentiles"
+    over = [
+        s.get("pacing_error_over_ms") for s in stats if s.get("pacing_error_ms", {}).get("count")
+    ]
+    if all(isinstance(o, dict) for o in over):  # (duplexd counts them itself: exact)
+        for ms in (5, 20):
+            summary[f"over_{ms}ms"] = sum(int(o.get(str(ms), 0)) for o in over)
     out["pacing"] = summary
     return out
 

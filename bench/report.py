@@ -44,6 +44,8 @@ def summarize(run: dict[str, Any]) -> dict[str, Any]:
         "bytes_per_frame": round(server["bytes_sent"] / run["frames"], 1) if run["frames"] else 0,
         "cpu_percent": round(run["cpu_percent"], 2),
         "cpu_percent_per_session": round(run["cpu_percent"] / n, 3),
+        "cpu_kernel_percent": round(run.get("cpu_kernel_percent", math.nan), 2),
+        "loop_wakeups_per_s": round(run.get("loop_wakeups_per_s", math.nan), 1),
         "rss_mb": round(run["rss_mb"], 1),
         "rtf": server["rtf"],
         "utterances": run["utterances"],
@@ -250,6 +252,8 @@ RATIO_ROWS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("bytes sent per audio frame", ("bytes_per_frame",)),
     ("server CPU % (100 = 1 core)", ("cpu_percent",)),
     ("server CPU % per session", ("cpu_percent_per_session",)),
+    ("server CPU % in the kernel (of the above)", ("cpu_kernel_percent",)),
+    ("server event loop wake-ups per s", ("loop_wakeups_per_s",)),
     ("server RSS (MB)", ("rss_mb",)),
 )
 # --uplink rows (the baseline has no uplink: n/a).

@@ -93,6 +93,7 @@ def run_level(
     time.sleep(max(0.0, start - time.monotonic()))
     sampler.start()
     cpu = math.nan
+    usage: dict[str, float] = {}
     last = start
     results: list[dict[str, Any]] = []
     pending = list(conns)
@@ -109,12 +110,14 @@ def run_level(
         if now < end:
             sampler.sample()
         elif math.isnan(cpu):
-            cpu = sampler.cpu_percent()
+            usage = sampler.usage()
+            cpu = usage["cpu_percent"]
         if tick is not None:
             tick(max(0.0, min(now, end) - last))
             last = max(last, min(now, end))
     if math.isnan(cpu):
-        cpu = sampler.cpu_percent()
+        usage = sampler.usage()
+        cpu = usage["cpu_percent"]
     for p in procs:
         p.join(5)
         if p.is_alive():
@@ -126,5 +129,7 @@ def run_level(
     rss = sampler.rss_max_mb if pid is not None else math.nan
     cpu = cpu if pid is not None else math.nan
     merged.update(kind=kind, sessions=sessions, workers=n, cpu_percent=cpu, rss_mb=rss)
+    for key in ("cpu_kernel_percent", "loop_wakeups_per_s"):
+        merged[key] = usage.get(key, math.nan) if pid is not None else math.nan
     merged["uplink"] = cfg.uplink and kind == "duplexd"
     return merged

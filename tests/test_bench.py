@@ -118,6 +118,8 @@ def test_tiny_bench_writes_the_schema(tmp_path: Path) -> None:
     level = doc["levels"][0]
     _check_level(level)
     _check_level(level["baseline"])
+    for run in (level, level["baseline"]):  # counted by duplexd; read off the baseline's hist
+        assert isinstance(run["server_jitter_ms"]["over_5ms"], int)
     barge = level["barge_in_ms"]["p50"]  # None if no barge-in happened in 2 s
     assert barge is None or 0 < barge < 1000
     assert {p.name for p in plots.iterdir()} >= {"fal_cdf.png", "barge_in_cdf.png"}
@@ -321,3 +323,22 @@ def test_a_bad_worker_count_is_one_line(capsys: pytest.CaptureFixture[str]) -> N
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert err == "bench: --daemon-workers needs 1 or more, and no --url\n"
+
+
+def test_frames_sent_off_their_deadlines_are_counted_by_the_daemon_and_summed() -> None:
+    from bench.metrics import merge_server
+    from duplexd._ops.metrics import over_ms, pacing_histogram
+
+    sessions = []
+    for errors_s in ((0.0001, 0.0049, 0.0051, 0.021), (0.006, 0.0002)):
+        h = pacing_histogram()
+        for e in errors_s:
+            h.record(e)
+        sessions.append(
+            {"pacing_error_ms": h.summary_ms(), "pacing_error_over_ms": over_ms(h, (5, 20))}
+        )
+    assert sessions[0]["pacing_error_over_ms"] == {"5": 2, "20": 1}
+    pacing = merge_server(sessions)["pacing"]
+    assert (pacing["over_5ms"], pacing["over_20ms"], pacing["count"]) == (3, 1, 6)
+    del sessions[1]["pacing_error_over_ms"]  # (an older daemon's stats): not guessed
+    assert "over_5ms" not in merge_server(sessions)["pacing"]

@@ -257,6 +257,12 @@ class SessionObserver:
         }
 
 
+def over_ms(h: Histogram, edges_ms: tuple[int, ...]) -> dict[str, int]:
+    """How many of `h`'s values are at least each edge (to a bucket), keyed by the edge in ms."""
+    below = h.counts_below([ms / 1e3 for ms in edges_ms])
+    return {str(ms): h.count - n for ms, n in zip(edges_ms, below, strict=True)}
+
+
 def session_stats(tag: str, c: DownlinkCounters, o: SessionObserver) -> dict[str, Any]:
     """A session's STATS (its downlink's part): what its writer and its observer counted."""
     return {
@@ -267,6 +273,7 @@ def session_stats(tag: str, c: DownlinkCounters, o: SessionObserver) -> dict[str
         "late_sends": c.late_sends,
         "stale_dropped": c.stale_dropped,
         "pacing_error_ms": c.pacing_error.summary_ms(),
+        "pacing_error_over_ms": over_ms(c.pacing_error, (5, 20)),
         "utterances_done": o.utterances_done,
         "interrupts": o.interrupts,
         "engine_s": round(o.engine_s, 4),
