@@ -177,7 +177,7 @@ async def test_a_stream_scheduled_while_the_pacer_sleeps_moves_its_wake_up_witho
 async def test_a_restarted_grid_starts_on_the_slot_of_its_frame_at_density(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    from duplexd._downlink.pacer import SHARE_MIN_STREAMS, SLOT_S
+    from duplexd._downlink.pacer import RESTART_SLOT_S, SHARE_MIN_STREAMS
 
     async with open_pacer(timer=_PreciseOnMockClock()) as pacer:  # type: ignore[arg-type]
         for _ in range(SHARE_MIN_STREAMS):
@@ -187,7 +187,7 @@ async def test_a_restarted_grid_starts_on_the_slot_of_its_frame_at_density(
         await trio.sleep(1.001)  # its first tick, at 1.0; its frame went out at 1.00087:
         pacer.restart(late, 1.00087)
         await trio.sleep(0.1)
-    slot = 2001 * SLOT_S  # the slot that frame lies in (floor(1.00087 / 0.5 ms)) ...
+    slot = 2001 * RESTART_SLOT_S  # the slot that frame lies in (floor(1.00087 / 0.5 ms)) ...
     assert [d for d, _ in late.ticks] == [1.0, slot + 0.02, slot + 0.04]  # ... then 20 ms on
 
 

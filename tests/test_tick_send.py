@@ -12,9 +12,11 @@ import pytest
 import trio
 import trio.testing
 from test_first_frame_grid import Events, push_utterance
+from test_pacer import Recorder as Ticks
+from test_pacer import _PreciseOnMockClock
 
 from duplexd._downlink.contract import NOT_SENT, PARTLY_SENT, SENT, SendNowFn
-from duplexd._downlink.pacer import Pacer, open_pacer
+from duplexd._downlink.pacer import SHARE_MIN_STREAMS, SLOT_S, Pacer, open_pacer
 from duplexd._downlink.ring import FrameRing
 from duplexd._downlink.writer import Downlink
 from duplexd.protocol import frames as fr
@@ -109,6 +111,35 @@ async def test_the_tick_sends_each_frame_itself_while_the_writer_waits(
     ]
     assert dl.counters.frames_sent == 4
     assert dl.counters.pacing_error.count == 3  # (the first frame's is first audio's)
+
+
+async def test_at_density_the_first_frame_waits_for_its_slot_as_the_frames_after_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    wire = Wire()
+    kick_at = 1.0003  # between two slots: the grid starts on the next one
+    timer = _PreciseOnMockClock()
+    async with open_pacer(timer=timer) as pacer, trio.open_nursery() as nursery:  # type: ignore[arg-type]
+        for _ in range(SHARE_MIN_STREAMS):
+            pacer.schedule(Ticks(limit=10**6), 1.0)
+        dl, ring = writer(pacer, wire, 3)
+        nursery.start_soon(dl.run)
+        await trio.sleep_until(kick_at)
+        push_utterance(ring, 3)
+        dl.kick()
+        await trio.sleep(1.0)
+        dl.stop(grace_s=0.1)
+        nursery.cancel_scope.cancel()
+    slot = math.ceil(kick_at / SLOT_S) * SLOT_S
+    assert slot > kick_at
+    assert [(t, how) for t, how, _ in wire.out] == [
+        (slot, "now"),  # not at the kick: the next frames' grid is the slot's
+        (slot + 0.02, "now"),
+        (slot + 0.04, "now"),
+    ]
+    assert [what for _, _, what in wire.out] == [[0], [1], [2]]
+    assert dl.counters.pacing_error.count == 3
+    assert dl.counters.pacing_error.max_s == 0.0
 
 
 async def test_a_frame_the_connection_cannot_take_at_once_goes_out_from_the_writer_task(

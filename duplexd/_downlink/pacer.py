@@ -7,8 +7,13 @@ sleeps on a Linux timerfd (`duplexd._downlink.timer.PreciseTimer`: sub-milliseco
 calls the due streams' `on_tick(deadline)`. A stream's n-th deadline is always
 ``anchor + n * frame_s``: a late wake-up never drifts the schedule.
 
-With many sessions, new grids are anchored on 0.5 ms slots (`Pacer.anchor`), so one wake-up
-serves every session of a slot and the timer costs no more than 2,000 wake-ups a second.
+With many sessions, new grids are anchored on 2 ms slots (`Pacer.anchor`), so one wake-up
+serves every session of a slot and the timer costs no more than 500 wake-ups a second. A
+wake-up is what costs: ~25 us of the kernel's and the VM's to wake an idle process and ~25 us
+of trio's loop around it, against a few us for each frame it sends
+(`bench/results/slots/`); 0.5 ms slots made it ~1,400 wake-ups a second at 50 sessions, a
+quarter of the daemon's CPU. The price is first audio: an utterance's first frame waits for
+its slot, 1 ms on average.
 
 Even a timerfd wake-up comes late (by a fraction of a millisecond on a VM; how much depends
 on the machine). While only a few streams are scheduled the pacer learns that lateness (an
@@ -67,7 +72,8 @@ STALL_S = 0.1  # woken this long after a deadline: the loop stalled; re-anchor, 
 STALL_LOG_INTERVAL_S = 1.0  # at most one stall log line this often
 SPIN_MAX_S = 0.0005  # never spin longer than this per wake-up
 SPIN_MAX_STREAMS = 4  # spin only while at most this many streams are scheduled
-SLOT_S = 0.0005  # with SHARE_MIN_STREAMS or more, new grids start on the next 0.5 ms slot
+SLOT_S = 0.002  # with SHARE_MIN_STREAMS or more, new grids start on the next 2 ms slot
+RESTART_SLOT_S = 0.0005  # ... and restarted ones on the 0.5 ms boundary before their frame
 SHARE_MIN_STREAMS = 4
 ADVANCE_MAX_S = 0.0005  # never tick more than this ahead of a deadline
 _LATE_EWMA_ALPHA = 0.05
@@ -132,8 +138,8 @@ class Pacer:
         """Where a grid starting `now` should be anchored.
 
         At density (`SHARE_MIN_STREAMS` or more streams scheduled, real clock) it is the next
-        `SLOT_S` boundary, so sessions share wake-ups (at most 40 per 20 ms however many
-        sessions there are) at the cost of at most 0.5 ms of pre-roll. Otherwise `now`.
+        `SLOT_S` boundary, so sessions share wake-ups (at most 10 per 20 ms however many
+        sessions there are) at the cost of at most 2 ms of first audio. Otherwise `now`.
         """
         if len(self._slots) < SHARE_MIN_STREAMS or not self._timer.precise_now():
             return now
@@ -157,10 +163,12 @@ class Pacer:
 
     def restart(self, stream: Paced, sent_at: float) -> None:
         """`stream` sent its frame at `sent_at`, not on its deadline: its grid starts there
-        now (on the `SLOT_S` boundary just before, at density), its next tick a frame later."""
+        now (at density on the `RESTART_SLOT_S` boundary just before: the next frames leave at
+        most that much early against the late one, which a player does not hear; a whole
+        `SLOT_S` would be heard as jitter), its next tick a frame later."""
         self.unschedule(stream)
         if len(self._slots) >= SHARE_MIN_STREAMS and self._timer.precise_now():
-            sent_at = math.floor(sent_at / SLOT_S) * SLOT_S
+            sent_at = math.floor(sent_at / RESTART_SLOT_S) * RESTART_SLOT_S
         self.schedule(stream, sent_at + self.frame_s)
 
     def unschedule(self, stream: Paced) -> None:
