@@ -221,14 +221,20 @@ class ProcSampler:
         return self.usage()["cpu_percent"]
 
     def usage(self) -> dict[str, float]:
-        """Since `start`: CPU % (100 = one core busy), the part of it in the kernel (its split
+        """Since `start`: CPU seconds and % (100 = one core busy), the part in the kernel (its split
         from user time is the kernel's tick sampling: an estimate), and the main threads'
         wake-ups a second."""
         wall = time.monotonic() - self._wall0
         if wall <= 0:
-            return {"cpu_percent": 0.0, "cpu_kernel_percent": 0.0, "loop_wakeups_per_s": 0.0}
+            return {
+                "cpu_s": 0.0,
+                "cpu_percent": 0.0,
+                "cpu_kernel_percent": 0.0,
+                "loop_wakeups_per_s": 0.0,
+            }
         user, kernel = self._times()
         return {
+            "cpu_s": user + kernel - self._cpu0,
             "cpu_percent": 100 * (user + kernel - self._cpu0) / wall,
             "cpu_kernel_percent": 100 * (kernel - self._kernel0) / wall,
             "loop_wakeups_per_s": (self.wakeups() - self._wakeups0) / wall,

@@ -45,6 +45,10 @@ def summarize(run: dict[str, Any]) -> dict[str, Any]:
         "cpu_percent": round(run["cpu_percent"], 2),
         "cpu_percent_per_session": round(run["cpu_percent"] / n, 3),
         "cpu_kernel_percent": round(run.get("cpu_kernel_percent", math.nan), 2),
+        # all the server's CPU over the frames it sent: servers that send more audio compare
+        "cpu_us_per_frame": round(1e6 * run.get("cpu_s", math.nan) / frames_sent, 1)
+        if (frames_sent := server["frames_sent"])
+        else math.nan,
         "loop_wakeups_per_s": round(run.get("loop_wakeups_per_s", math.nan), 1),
         "rss_mb": round(run["rss_mb"], 1),
         "rtf": server["rtf"],
@@ -253,6 +257,7 @@ RATIO_ROWS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("server CPU % (100 = 1 core)", ("cpu_percent",)),
     ("server CPU % per session", ("cpu_percent_per_session",)),
     ("server CPU % in the kernel (of the above)", ("cpu_kernel_percent",)),
+    ("server CPU per audio frame sent (us)", ("cpu_us_per_frame",)),
     ("server event loop wake-ups per s", ("loop_wakeups_per_s",)),
     ("server RSS (MB)", ("rss_mb",)),
 )

@@ -129,7 +129,7 @@ def run_level(
     rss = sampler.rss_max_mb if pid is not None else math.nan
     cpu = cpu if pid is not None else math.nan
     merged.update(kind=kind, sessions=sessions, workers=n, cpu_percent=cpu, rss_mb=rss)
-    for key in ("cpu_kernel_percent", "loop_wakeups_per_s"):
+    for key in ("cpu_s", "cpu_kernel_percent", "loop_wakeups_per_s"):
         merged[key] = usage.get(key, math.nan) if pid is not None else math.nan
     merged["uplink"] = cfg.uplink and kind == "duplexd"
     return merged
