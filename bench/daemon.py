@@ -157,7 +157,9 @@ class ProcSampler:
     """CPU time (all threads) and RSS of one process, or the sum over several (workers),
     from /proc/PID; and how often its main thread (the event loop) went to sleep and was woken:
     its voluntary context switches. On a VM a wake-up is what costs (a few tens of us of CPU
-    each, before any work is done), so wake-ups a second explain much of a server's CPU."""
+    each, before any work is done), so wake-ups a second explain much of a server's CPU. (A
+    main thread that waits for the GIL a worker thread holds switches too: with synthesis in
+    threads the count is an upper bound of the loop's own wake-ups.)"""
 
     def __init__(self, pid: int | tuple[int, ...]) -> None:
         self.pids = (pid,) if isinstance(pid, int) else pid

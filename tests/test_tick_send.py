@@ -16,7 +16,13 @@ from test_pacer import Recorder as Ticks
 from test_pacer import _PreciseOnMockClock
 
 from duplexd._downlink.contract import NOT_SENT, PARTLY_SENT, SENT, SendNowFn
-from duplexd._downlink.pacer import SHARE_MIN_STREAMS, SLOT_S, Pacer, open_pacer
+from duplexd._downlink.pacer import (
+    RESTART_SLOT_S,
+    SHARE_MIN_STREAMS,
+    SLOT_S,
+    Pacer,
+    open_pacer,
+)
 from duplexd._downlink.ring import FrameRing
 from duplexd._downlink.writer import Downlink
 from duplexd.protocol import frames as fr
@@ -113,25 +119,36 @@ async def test_the_tick_sends_each_frame_itself_while_the_writer_waits(
     assert dl.counters.pacing_error.count == 3  # (the first frame's is first audio's)
 
 
+KICK_AT = 1.0003  # between two slots: at density the grid starts on the next one
+
+
+async def dense_writer(
+    nursery: trio.Nursery, pacer: Pacer, wire: Wire, frames: int
+) -> tuple[Downlink, FrameRing]:
+    """A running writer on `wire` beside `SHARE_MIN_STREAMS` other streams (density), and
+    its ring, at `KICK_AT`."""
+    for _ in range(SHARE_MIN_STREAMS):
+        pacer.schedule(Ticks(limit=10**6), 1.0)
+    dl, ring = writer(pacer, wire, frames)
+    nursery.start_soon(dl.run)
+    await trio.sleep_until(KICK_AT)
+    return dl, ring
+
+
 async def test_at_density_the_first_frame_waits_for_its_slot_as_the_frames_after_it(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     wire = Wire()
-    kick_at = 1.0003  # between two slots: the grid starts on the next one
     timer = _PreciseOnMockClock()
     async with open_pacer(timer=timer) as pacer, trio.open_nursery() as nursery:  # type: ignore[arg-type]
-        for _ in range(SHARE_MIN_STREAMS):
-            pacer.schedule(Ticks(limit=10**6), 1.0)
-        dl, ring = writer(pacer, wire, 3)
-        nursery.start_soon(dl.run)
-        await trio.sleep_until(kick_at)
+        dl, ring = await dense_writer(nursery, pacer, wire, 3)
         push_utterance(ring, 3)
         dl.kick()
         await trio.sleep(1.0)
         dl.stop(grace_s=0.1)
         nursery.cancel_scope.cancel()
-    slot = math.ceil(kick_at / SLOT_S) * SLOT_S
-    assert slot > kick_at
+    slot = math.ceil(KICK_AT / SLOT_S) * SLOT_S
+    assert slot > KICK_AT
     assert [(t, how) for t, how, _ in wire.out] == [
         (slot, "now"),  # not at the kick: the next frames' grid is the slot's
         (slot + 0.02, "now"),
@@ -140,6 +157,81 @@ async def test_at_density_the_first_frame_waits_for_its_slot_as_the_frames_after
     assert [what for _, _, what in wire.out] == [[0], [1], [2]]
     assert dl.counters.pacing_error.count == 3
     assert dl.counters.pacing_error.max_s == 0.0
+
+
+class BusyWire(Wire):
+    """An answer takes `busy_s` to go out."""
+
+    def __init__(self, busy_s: float) -> None:
+        super().__init__()
+        self.busy_s = busy_s
+
+    async def send(self, data: bytes) -> None:
+        if data == ANSWER:
+            await trio.sleep(self.busy_s)
+        await super().send(data)
+
+
+async def test_at_density_a_first_frame_the_busy_task_sends_late_restarts_its_grid_there(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    wire = BusyWire(0.003)  # an answer in flight over the first frame's slot
+    timer = _PreciseOnMockClock()
+    async with open_pacer(timer=timer) as pacer, trio.open_nursery() as nursery:  # type: ignore[arg-type]
+        dl, ring = await dense_writer(nursery, pacer, wire, 3)
+        dl.send_control(ANSWER)
+        push_utterance(ring, 3)
+        dl.kick()
+        await trio.sleep(1.0)
+        dl.stop(grace_s=0.1)
+        nursery.cancel_scope.cancel()
+    assert [(t, how, what) for t, how, what in wire.out[:2]] == [
+        (KICK_AT + 0.003, "task", ANSWER),
+        (KICK_AT + 0.003, "task", [0]),  # 1 ms and more after its slot: the grid moves
+    ]
+    assert dl.counters.grids_restarted == 1
+    grid = math.floor((KICK_AT + 0.003) / RESTART_SLOT_S) * RESTART_SLOT_S  # (0.5 ms before)
+    assert [t for t, _, _ in wire.out[2:]] == pytest.approx([grid + 0.02, grid + 0.04])
+
+
+async def test_at_density_an_interrupt_before_the_slot_sends_no_audio(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    wire = Wire()
+    timer = _PreciseOnMockClock()
+    async with open_pacer(timer=timer) as pacer, trio.open_nursery() as nursery:  # type: ignore[arg-type]
+        dl, ring = await dense_writer(nursery, pacer, wire, 3)
+        push_utterance(ring, 3)
+        dl.kick()
+        await trio.sleep(0.0005)  # (the slot is 1.7 ms away)
+        dl.interrupt(1)
+        await trio.sleep(0.5)
+        assert not pacer.is_scheduled(dl)
+        dl.stop(grace_s=0.1)
+        nursery.cancel_scope.cancel()
+    assert [what for _, _, what in wire.out if what != []] == []
+    assert dl.counters.frames_sent == 0
+
+
+async def test_at_density_a_pause_before_the_slot_starts_the_grid_on_a_slot_after_resume(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    wire = Wire()
+    timer = _PreciseOnMockClock()
+    async with open_pacer(timer=timer) as pacer, trio.open_nursery() as nursery:  # type: ignore[arg-type]
+        dl, ring = await dense_writer(nursery, pacer, wire, 3)
+        push_utterance(ring, 3)
+        dl.kick()
+        await trio.sleep(0.0005)
+        dl.pause()
+        await trio.sleep_until(1.5007)
+        dl.resume()
+        await trio.sleep(0.5)
+        dl.stop(grace_s=0.1)
+        nursery.cancel_scope.cancel()
+    slot = math.ceil(1.5007 / SLOT_S) * SLOT_S
+    assert [t for t, _, _ in wire.out] == pytest.approx([slot, slot + 0.02, slot + 0.04])
+    assert dl.counters.pacing_error.count == 3
 
 
 async def test_a_frame_the_connection_cannot_take_at_once_goes_out_from_the_writer_task(

@@ -8,7 +8,8 @@ calls the due streams' `on_tick(deadline)`. A stream's n-th deadline is always
 ``anchor + n * frame_s``: a late wake-up never drifts the schedule.
 
 With many sessions, new grids are anchored on 2 ms slots (`Pacer.anchor`), so one wake-up
-serves every session of a slot and the timer costs no more than 500 wake-ups a second. A
+serves every session of a slot and the grids started so cost no more than 500 wake-ups a
+second (a grid restarted late is on a 0.5 ms boundary, one moved by a stall anywhere). A
 wake-up is what costs: ~25 us of the kernel's and the VM's to wake an idle process and ~25 us
 of trio's loop around it, against a few us for each frame it sends
 (`bench/results/slots/`); 0.5 ms slots made it ~1,400 wake-ups a second at 50 sessions, a
@@ -138,8 +139,9 @@ class Pacer:
         """Where a grid starting `now` should be anchored.
 
         At density (`SHARE_MIN_STREAMS` or more streams scheduled, real clock) it is the next
-        `SLOT_S` boundary, so sessions share wake-ups (at most 10 per 20 ms however many
-        sessions there are) at the cost of at most 2 ms of first audio. Otherwise `now`.
+        `SLOT_S` boundary, so sessions share wake-ups (grids started so need at most 10 per
+        20 ms however many sessions there are) at the cost of at most 2 ms of first audio.
+        Otherwise `now`.
         """
         if len(self._slots) < SHARE_MIN_STREAMS or not self._timer.precise_now():
             return now

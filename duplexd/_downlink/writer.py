@@ -237,12 +237,12 @@ class Downlink:
         """Frames were pushed: start pacing now unless already paced, paused or closed (an
         unpaced writer just wakes up). An utterance's first frame is due at once when
         its grid starts now (few streams): the writer is woken here and the pacer ticks from
-        the next frame on (the same grid, without a wake-up of the pacer's for that frame). At
-        density the grid starts on the pacer's next slot (`Pacer.anchor`) and so does the first
-        frame: one sent at once would leave up to a slot before the grid of the frames that
-        follow it, which a player hears as jitter. (Sent from
-        here, as a tick sends, it made a burst of 20 replies worse at the bench's client:
-        jitter p95 2.4 and 20.6 ms against 0.8 and 1.4 ms; why was not run down.)"""
+        the next frame on (the same grid, without a wake-up of the pacer's for that frame; sent
+        from here instead, as a tick sends, it made a burst of 20 replies worse at the bench's
+        client when all grids started on 0.5 ms slots: that frame left up to a slot before its
+        grid). At density the grid starts on the pacer's next slot (`Pacer.anchor`) and so does
+        the first frame, sent by that slot's tick: one sent at once would leave up to a slot
+        before the grid of the frames that follow it, which a player hears as jitter."""
         if self.paused or self.closed:
             return
         if not self._paced:
@@ -360,8 +360,9 @@ class Downlink:
         self._stop_audio()
 
     def resume(self) -> None:
-        """Continue where the audio stopped, on a new grid anchored now (the session sends
-        Resumed); still held if a soft barge-in holds it."""
+        """Continue where the audio stopped, on a new grid anchored now (at density on the
+        pacer's next slot: `Pacer.anchor`; the session sends Resumed); still held if a soft
+        barge-in holds it."""
         self._client_paused = False
         self._go_on()
 
@@ -373,7 +374,8 @@ class Downlink:
 
     def release(self) -> None:
         """The soft barge-in is over: go on where the audio stopped, on a new grid anchored
-        now (unless the client paused it), or, after an interrupt, with what comes next."""
+        now (at density on the pacer's next slot; unless the client paused it), or, after an
+        interrupt, with what comes next."""
         self._held = False
         self._go_on()
 

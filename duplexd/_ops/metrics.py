@@ -258,7 +258,12 @@ class SessionObserver:
 
 
 def over_ms(h: Histogram, edges_ms: tuple[int, ...]) -> dict[str, int]:
-    """How many of `h`'s values are at least each edge (to a bucket), keyed by the edge in ms."""
+    """How many of `h`'s values are at least each edge, keyed by the edge in ms: to a bucket,
+    rounding down (a value recorded a hair under an edge may fall in the bucket below it).
+    Every edge must lie within the histogram's range (ValueError)."""
+    top_ms = h.bucket_s * h.buckets * 1e3
+    if any(not 0 < ms <= top_ms for ms in edges_ms):
+        raise ValueError(f"edges must be in (0, {top_ms:g}] ms, got {edges_ms}")
     below = h.counts_below([ms / 1e3 for ms in edges_ms])
     return {str(ms): h.count - n for ms, n in zip(edges_ms, below, strict=True)}
 
