@@ -325,6 +325,7 @@ def test_a_bad_worker_count_is_one_line(capsys: pytest.CaptureFixture[str]) -> N
         assert err == "bench: --daemon-workers needs 1 or more, and no --url\n"
 
 
+@pytest.mark.unit
 def test_frames_sent_off_their_deadlines_are_counted_by_the_daemon_and_summed() -> None:
     from bench.metrics import merge_server
     from duplexd._ops.metrics import over_ms, pacing_histogram
@@ -342,3 +343,16 @@ def test_frames_sent_off_their_deadlines_are_counted_by_the_daemon_and_summed() 
     assert (pacing["over_5ms"], pacing["over_20ms"], pacing["count"]) == (3, 1, 6)
     del sessions[1]["pacing_error_over_ms"]  # (an older daemon's stats): not guessed
     assert "over_5ms" not in merge_server(sessions)["pacing"]
+
+
+@pytest.mark.integration
+def test_the_wakeup_bench_measures_both_ways_and_refuses_a_bad_period(tmp_path: Path) -> None:
+    out = tmp_path / "wakeups.json"
+    run = [sys.executable, "-m", "bench.wakeups", "--n", "20", "--periods-ms", "1"]
+    proc = subprocess.run([*run, "--json", str(out)], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["period_ms"] == 1 and row["bare_us"] > 0 and row["trio_us"] > 0
+    bad = subprocess.run([*run[:3], "--periods-ms", "x"], cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == "bench: --periods-ms takes numbers, e.g. 0.5,2; got 'x'"

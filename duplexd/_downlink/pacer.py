@@ -10,11 +10,12 @@ calls the due streams' `on_tick(deadline)`. A stream's n-th deadline is always
 With many sessions, new grids are anchored on 2 ms slots (`Pacer.anchor`), so one wake-up
 serves every session of a slot and the grids started so cost no more than 500 wake-ups a
 second (a grid restarted late is on a 0.5 ms boundary, one moved by a stall anywhere). A
-wake-up is what costs: ~25 us of the kernel's and the VM's to wake an idle process and ~25 us
-of trio's loop around it, against a few us for each frame it sends
-(`bench/results/slots/`); 0.5 ms slots made it ~1,400 wake-ups a second at 50 sessions, a
-quarter of the daemon's CPU. The price is first audio: an utterance's first frame waits for
-its slot, 1 ms on average.
+wake-up is what costs: on the project's VM 30-50 us of CPU to wake an idle process at all and
+15-25 us more of trio's loop around it (`python -m bench.wakeups`), against a few us of Python
+for each frame a tick sends. 0.5 ms slots made it ~1,350 wake-ups a second at 50 streamed
+sessions, 2 ms slots ~800 (the rest are the clients' messages), and the daemon's CPU per
+session 20-27 % less (`bench/results/slots/`). The price is first audio: an utterance's first
+frame waits for its slot, 1 ms on average.
 
 Even a timerfd wake-up comes late (by a fraction of a millisecond on a VM; how much depends
 on the machine). While only a few streams are scheduled the pacer learns that lateness (an
