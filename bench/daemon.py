@@ -184,30 +184,25 @@ class ProcSampler:
         user, kernel = self._times()
         return user + kernel
 
-    def wakeups(self) -> int:
-        """The main threads' voluntary context switches (/proc/PID/status: the leader's own)."""
+    def _status_sum(self, key: str) -> int:
+        """The sum over the processes of one number of /proc/PID/status (`key` with its colon)."""
         total = 0
         for pid in self.pids:
             try:
                 with open(f"/proc/{pid}/status") as f:
                     for line in f:
-                        if line.startswith("voluntary_ctxt_switches:"):
+                        if line.startswith(key):
                             total += int(line.split()[1])
             except OSError:
                 pass
         return total
 
+    def wakeups(self) -> int:
+        """The main threads' voluntary context switches (/proc/PID/status: the leader's own)."""
+        return self._status_sum("voluntary_ctxt_switches:")
+
     def rss_mb(self) -> float:
-        total = 0.0
-        for pid in self.pids:
-            try:
-                with open(f"/proc/{pid}/status") as f:
-                    for line in f:
-                        if line.startswith("VmRSS:"):
-                            total += int(line.split()[1]) / 1024
-            except OSError:
-                pass
-        return total
+        return self._status_sum("VmRSS:") / 1024
 
     def start(self) -> None:
         user, self._kernel0 = self._times()

@@ -6,6 +6,8 @@ twelve attacks at once)."""
 from __future__ import annotations
 
 import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import numpy as np
 import pytest
@@ -122,31 +124,35 @@ async def test_the_tick_sends_each_frame_itself_while_the_writer_waits(
 KICK_AT = 1.0003  # between two slots: at density the grid starts on the next one
 
 
-async def dense_writer(
-    nursery: trio.Nursery, pacer: Pacer, wire: Wire, frames: int
-) -> tuple[Downlink, FrameRing]:
-    """A running writer on `wire` beside `SHARE_MIN_STREAMS` other streams (density), and
-    its ring, at `KICK_AT`."""
-    for _ in range(SHARE_MIN_STREAMS):
-        pacer.schedule(Ticks(limit=10**6), 1.0)
-    dl, ring = writer(pacer, wire, frames)
-    nursery.start_soon(dl.run)
-    await trio.sleep_until(KICK_AT)
-    return dl, ring
+@asynccontextmanager
+async def at_density(
+    wire: Wire, frames: int, *, answer_first: bool = False
+) -> AsyncIterator[tuple[Pacer, Downlink]]:
+    """A running writer on `wire` beside `SHARE_MIN_STREAMS` other streams (density), an
+    utterance of `frames` frames pushed and kicked at `KICK_AT` (after an answer queued, with
+    `answer_first`); the writer stops when the block ends."""
+    timer = _PreciseOnMockClock()
+    async with open_pacer(timer=timer) as pacer, trio.open_nursery() as nursery:  # type: ignore[arg-type]
+        for _ in range(SHARE_MIN_STREAMS):
+            pacer.schedule(Ticks(limit=10**6), 1.0)
+        dl, ring = writer(pacer, wire, frames)
+        nursery.start_soon(dl.run)
+        await trio.sleep_until(KICK_AT)
+        if answer_first:
+            dl.send_control(ANSWER)
+        push_utterance(ring, frames)
+        dl.kick()
+        yield pacer, dl
+        dl.stop(grace_s=0.1)
+        nursery.cancel_scope.cancel()
 
 
 async def test_at_density_the_first_frame_waits_for_its_slot_as_the_frames_after_it(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     wire = Wire()
-    timer = _PreciseOnMockClock()
-    async with open_pacer(timer=timer) as pacer, trio.open_nursery() as nursery:  # type: ignore[arg-type]
-        dl, ring = await dense_writer(nursery, pacer, wire, 3)
-        push_utterance(ring, 3)
-        dl.kick()
+    async with at_density(wire, 3) as (_, dl):
         await trio.sleep(1.0)
-        dl.stop(grace_s=0.1)
-        nursery.cancel_scope.cancel()
     slot = math.ceil(KICK_AT / SLOT_S) * SLOT_S
     assert slot > KICK_AT
     assert [(t, how) for t, how, _ in wire.out] == [
@@ -176,15 +182,8 @@ async def test_at_density_a_first_frame_the_busy_task_sends_late_restarts_its_gr
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     wire = BusyWire(0.003)  # an answer in flight over the first frame's slot
-    timer = _PreciseOnMockClock()
-    async with open_pacer(timer=timer) as pacer, trio.open_nursery() as nursery:  # type: ignore[arg-type]
-        dl, ring = await dense_writer(nursery, pacer, wire, 3)
-        dl.send_control(ANSWER)
-        push_utterance(ring, 3)
-        dl.kick()
+    async with at_density(wire, 3, answer_first=True) as (_, dl):
         await trio.sleep(1.0)
-        dl.stop(grace_s=0.1)
-        nursery.cancel_scope.cancel()
     assert [(t, how, what) for t, how, what in wire.out[:2]] == [
         (KICK_AT + 0.003, "task", ANSWER),
         (KICK_AT + 0.003, "task", [0]),  # 1 ms and more after its slot: the grid moves
@@ -198,17 +197,11 @@ async def test_at_density_an_interrupt_before_the_slot_sends_no_audio(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     wire = Wire()
-    timer = _PreciseOnMockClock()
-    async with open_pacer(timer=timer) as pacer, trio.open_nursery() as nursery:  # type: ignore[arg-type]
-        dl, ring = await dense_writer(nursery, pacer, wire, 3)
-        push_utterance(ring, 3)
-        dl.kick()
+    async with at_density(wire, 3) as (pacer, dl):
         await trio.sleep(0.0005)  # (the slot is 1.7 ms away)
         dl.interrupt(1)
         await trio.sleep(0.5)
         assert not pacer.is_scheduled(dl)
-        dl.stop(grace_s=0.1)
-        nursery.cancel_scope.cancel()
     assert [what for _, _, what in wire.out if what != []] == []
     assert dl.counters.frames_sent == 0
 
@@ -217,18 +210,12 @@ async def test_at_density_a_pause_before_the_slot_starts_the_grid_on_a_slot_afte
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     wire = Wire()
-    timer = _PreciseOnMockClock()
-    async with open_pacer(timer=timer) as pacer, trio.open_nursery() as nursery:  # type: ignore[arg-type]
-        dl, ring = await dense_writer(nursery, pacer, wire, 3)
-        push_utterance(ring, 3)
-        dl.kick()
+    async with at_density(wire, 3) as (_, dl):
         await trio.sleep(0.0005)
         dl.pause()
         await trio.sleep_until(1.5007)
         dl.resume()
         await trio.sleep(0.5)
-        dl.stop(grace_s=0.1)
-        nursery.cancel_scope.cancel()
     slot = math.ceil(1.5007 / SLOT_S) * SLOT_S
     assert [t for t, _, _ in wire.out] == pytest.approx([slot, slot + 0.02, slot + 0.04])
     assert dl.counters.pacing_error.count == 3
