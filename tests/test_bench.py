@@ -356,3 +356,18 @@ def test_the_wakeup_bench_measures_both_ways_and_refuses_a_bad_period(tmp_path: 
     bad = subprocess.run([*run[:3], "--periods-ms", "x"], cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 2
     assert bad.stderr.strip() == "bench: --periods-ms takes numbers, e.g. 0.5,2; got 'x'"
+
+
+@pytest.mark.integration
+def test_the_tick_cost_bench_measures_a_frame_and_refuses_a_bad_count(tmp_path: Path) -> None:
+    out = tmp_path / "tick.json"
+    run = [sys.executable, "-m", "bench.tick_cost"]
+    proc = subprocess.run(
+        [*run, "--n", "50", "--json", str(out)], cwd=ROOT, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(out.read_text())
+    assert doc["n"] == 50 and 0 < doc["tick_us"] < 1000 and 0 < doc["writev_us"] < 10_000
+    bad = subprocess.run([*run, "--n", "0"], cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == "bench: --n must be >= 1, got 0"
