@@ -2,9 +2,10 @@
 
     taskset -c 0 python -m bench.tick_cost [--n 2000] [--json PATH]
 
-1. `Downlink.on_tick` for `--n` frames of one utterance waiting in its ring (48 kHz), with
-   the session's `send_now` a no-op: the ring's pop, the frame's header read, the pacing
-   error, the counters (what the daemon's own Python spends per frame on a tick, best of 5).
+1. `Downlink.on_tick` for `--n` frames of one utterance waiting in its ring (48 kHz; the
+   session one with nothing to tell, `ENDED`), with the session's `send_now` a no-op: the
+   ring's pop, the frame's header read, the pacing error, the counters (what the daemon's own
+   Python spends per frame on a tick, best of 5).
 2. One frame's `os.writev` (WebSocket header + message, 1,936 bytes) on loopback TCP to a
    process that reads it, as `DirectSend.send_now` writes: this thread's CPU time in the call
    (the kernel's share, the reader's wake-up included), with sleeps between the frames.
@@ -26,7 +27,7 @@ import time
 import numpy as np
 import trio
 
-from duplexd._downlink.contract import SENT
+from duplexd._downlink.contract import ENDED, SENT
 from duplexd._downlink.pacer import open_pacer
 from duplexd._downlink.producer import audio_headers
 from duplexd._downlink.ring import FrameRing
@@ -41,31 +42,6 @@ _READER = (
     "s=socket.create_connection(('127.0.0.1',int(sys.argv[1])))\n"
     "while s.recv(1<<20):pass"
 )
-
-
-class _Events:
-    """The writer's session, answering as a session with no words does (a measurement double)."""
-
-    def chars_spoken(self, utterance_id: int, samples: int) -> int:
-        return 0
-
-    def totals(self, utterance_id: int) -> tuple[int, int]:
-        return (0, 0)
-
-    def word_marks(self, utterance_id: int) -> None:
-        return None
-
-    def audio_started(self, utterance_id: int) -> None:
-        pass
-
-    def sending(self, frame: object) -> None:
-        pass
-
-    def slow_consumer(self) -> bool:
-        return False
-
-    def answered(self, spent_s: float) -> None:
-        pass
 
 
 def tick_us(n: int) -> float:
@@ -83,7 +59,7 @@ def tick_us(n: int) -> float:
                 send=send,
                 pacer=pacer,
                 rate_hz=RATE_HZ,
-                events=_Events(),
+                events=ENDED,  # (a session with nothing to tell: no words, no totals)
                 send_now=lambda data: SENT,
             )
             nursery.start_soon(dl.run)
