@@ -12,10 +12,10 @@ serves every session of a slot and the grids started so cost no more than 500 wa
 second (a grid restarted late is on a 0.5 ms boundary, one moved by a stall anywhere). A
 wake-up is what costs: on the project's VM 30-50 us of CPU to wake an idle process at all and
 15-35 us more of trio's loop around it (`python -m bench.wakeups`), against ~2 us of Python
-and ~5 us of writev for each frame a tick sends (`python -m bench.tick_cost`). 0.5 ms slots made it ~1,350 wake-ups a second at 50 streamed
-sessions, 2 ms slots ~800 (the rest are the clients' messages), and the daemon's CPU per
-session 20-27 % less (`bench/results/slots/`). The price is first audio: an utterance's first
-frame waits for its slot, 1 ms on average.
+and ~5 us of writev for each frame a tick sends (`python -m bench.tick_cost`). 0.5 ms slots
+made it ~1,350 wake-ups a second at 50 streamed sessions, 2 ms slots ~800 (the rest are the
+clients' messages), and the daemon's CPU per session 20-27 % less (`bench/results/slots/`).
+The price is first audio: an utterance's first frame waits for its slot, 1 ms on average.
 
 Even a timerfd wake-up comes late (by a fraction of a millisecond on a VM; how much depends
 on the machine). While only a few streams are scheduled the pacer learns that lateness (an
