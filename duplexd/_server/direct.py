@@ -104,6 +104,21 @@ class DirectSend:
             return None
         return cls(ws, stream, lock, protocol)
 
+    def _direct_fd(self) -> int:
+        """The socket's fd when a message may go straight to it now: the connection open, its
+        lock free and no rest of an earlier message waiting (`send_message` takes the lock,
+        which sends the rest first); else -1. (A closed socket's fileno is -1: its number may
+        be another connection's by now.)"""
+        lock = self._lock
+        if (
+            lock.rest
+            or lock.locked()
+            or self.ws.closed is not None
+            or self._protocol.state is not _OPEN
+        ):
+            return -1
+        return self._socket.fileno()
+
     async def send(self, data: bytes) -> None:
         """Send `data` as one binary message. Raises ConnectionClosed (from `send_message`) or
         trio.BrokenResourceError / ClosedResourceError when the connection is gone.
@@ -112,15 +127,8 @@ class DirectSend:
         leaves the connection unusable (as trio-websocket's own sends would)."""
         ws = self.ws
         lock = self._lock
-        # (a closed socket's fileno is -1: its number may be another connection's by now)
-        fd = self._socket.fileno()
-        if (
-            ws.closed is not None
-            or lock.locked()
-            or lock.rest  # (`send_message` takes the lock, which sends the rest first)
-            or self._protocol.state is not _OPEN
-            or fd < 0
-        ):
+        fd = self._direct_fd()
+        if fd < 0:
             self.fallbacks += 1
             await ws.send_message(data)
             return
@@ -152,16 +160,10 @@ class DirectSend:
         its lock, a rest waits, or the socket took nothing or failed; the caller sends it
         with `send`, which says why it cannot), SENT, or PARTLY_SENT (the socket took only
         part: the rest goes out first with `flush` or with the connection's next send)."""
-        fd = self._socket.fileno()
-        lock = self._lock
-        if (
-            lock.rest
-            or self.ws.closed is not None
-            or lock.locked()
-            or self._protocol.state is not _OPEN
-            or fd < 0
-        ):
+        fd = self._direct_fd()
+        if fd < 0:
             return NOT_SENT
+        lock = self._lock
         header = frame_header(len(data))
         try:
             sent = os.writev(fd, (header, data))
