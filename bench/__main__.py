@@ -321,7 +321,14 @@ def _run_all(
                 if kind == "duplexd" and server and extra:
                     pid = (server.pid, *(w.pid for w in extra))
                 level[kind] = run_level(
-                    kind, url, pid, n, cfg, workers=args.workers, tick=lambda dt: bar.update(dt)
+                    kind,
+                    url,
+                    pid,
+                    n,
+                    cfg,
+                    workers=args.workers,
+                    tick=lambda dt: bar.update(dt),
+                    daemon_cpus=args.daemon_cpus,
                 )
                 if server and server.proc.poll() is not None:
                     raise ServerFailed(f"{kind} exited during the run:\n{server.log_tail()}")

@@ -289,6 +289,7 @@ class Recorder:
                     # The player ran dry and rebuffers: counted as an underrun, and the grid
                     # restarts here so one underrun does not show up as jitter of every frame.
                     out["underruns"] += 1
+                    out["underrun_at"].append(time.monotonic())
                     self._t0 = now - frame.seq * FRAME_S
                 out["jitter"].append(abs(now - (self._t0 + frame.seq * FRAME_S)))
             out["frames"] += self.active

@@ -21,7 +21,15 @@ FRAME_S = 0.020
 UNDERRUN_GAP_S = 1.5 * FRAME_S
 
 # Keys every worker result carries (lists of floats are in seconds).
-SAMPLE_KEYS = ("jitter", "inter_arrival", "fal", "barge_in", "barge_last_audio", "vad_barge_in")
+SAMPLE_KEYS = (
+    "jitter",
+    "inter_arrival",
+    "fal",
+    "barge_in",
+    "barge_last_audio",
+    "vad_barge_in",
+    "underrun_at",  # (time.monotonic() of each underrun: the machine's stalls, bench.steal)
+)
 COUNT_KEYS = (
     "frames",
     "underruns",

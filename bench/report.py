@@ -11,6 +11,7 @@ import numpy as np
 
 from . import cpus
 from .metrics import merge_server, percentiles_ms, ratio
+from .steal import STALL_STOLEN_MS
 
 # A client worker this busy (or waking this late) may be timing arrivals late itself.
 CLIENT_CPU_SATURATED = 85.0
@@ -51,6 +52,7 @@ def summarize(run: dict[str, Any]) -> dict[str, Any]:
         else math.nan,
         "loop_wakeups_per_s": round(run.get("loop_wakeups_per_s", math.nan), 1),
         "rss_mb": round(run["rss_mb"], 1),
+        "machine": run.get("machine"),
         "rtf": server["rtf"],
         "utterances": run["utterances"],
         "utterances_done": run["utterances_done"],
@@ -245,6 +247,11 @@ RATIO_ROWS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("frames > 5 ms off the grid (client)", ("late_frames", "over_5ms")),
     ("frames > 20 ms off the grid (client)", ("late_frames", "over_20ms")),
     ("underruns", ("underruns",)),
+    ("stalls: a quarter of the sessions or more ran dry at once", ("machine", "stalls")),
+    (
+        f"... with >= {STALL_STOLEN_MS:g} ms stolen from the daemon's CPUs just before",
+        ("machine", "stalls_with_theft"),
+    ),
     ("FAL p50 (ms)", ("fal_ms", "p50")),
     ("FAL p95 (ms)", ("fal_ms", "p95")),
     ("FAL p99 (ms)", ("fal_ms", "p99")),
@@ -261,6 +268,10 @@ RATIO_ROWS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("server CPU per audio frame sent (us)", ("cpu_us_per_frame",)),
     ("server event loop wake-ups per s", ("loop_wakeups_per_s",)),
     ("server RSS (MB)", ("rss_mb",)),
+    (
+        "CPU time the hypervisor stole from the daemon's CPUs (ms)",
+        ("machine", "daemon_cpus_stolen_ms"),
+    ),
 )
 # --uplink rows (the baseline has no uplink: n/a).
 UPLINK_ROWS: tuple[tuple[str, tuple[str, ...]], ...] = (

@@ -13,7 +13,7 @@ import functools
 import math
 import multiprocessing as mp
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
@@ -22,6 +22,7 @@ import trio
 from .daemon import ProcSampler
 from .load import LoadConfig, Opener, run_sessions
 from .metrics import merge_workers
+from .steal import StealWitness
 
 
 def _opener(kind: str, cfg: LoadConfig) -> Opener:
@@ -70,9 +71,11 @@ def run_level(
     *,
     workers: int = 0,
     tick: Callable[[float], None] | None = None,
+    daemon_cpus: Iterable[int] | None = None,
 ) -> dict[str, Any]:
     """Drive `sessions` sessions at `url` for `cfg.duration_s`; merged results. `pid`: the
-    server process to sample, or its workers' (summed; None: CPU and RSS are not measured)."""
+    server process to sample, or its workers' (summed; None: CPU and RSS are not measured);
+    `daemon_cpus`: where it runs, for what the hypervisor stole from it (`bench.steal`)."""
     if kind != "duplexd":
         cfg = dataclasses.replace(cfg, uplink=False)  # the baseline has no uplink
     n = min(workers or auto_workers(sessions), sessions)
@@ -90,8 +93,10 @@ def run_level(
         conns.append(parent)
         procs.append(p)
     sampler = ProcSampler(pid if pid is not None else -1)
+    witness = StealWitness()
     time.sleep(max(0.0, start - time.monotonic()))
     sampler.start()
+    witness.start()
     cpu = math.nan
     usage: dict[str, float] = {}
     last = start
@@ -112,12 +117,14 @@ def run_level(
         elif math.isnan(cpu):
             usage = sampler.usage()
             cpu = usage["cpu_percent"]
+            witness.stop()
         if tick is not None:
             tick(max(0.0, min(now, end) - last))
             last = max(last, min(now, end))
     if math.isnan(cpu):
         usage = sampler.usage()
         cpu = usage["cpu_percent"]
+    witness.stop()
     for p in procs:
         p.join(5)
         if p.is_alive():
@@ -132,4 +139,5 @@ def run_level(
     for key in ("cpu_s", "cpu_kernel_percent", "loop_wakeups_per_s"):
         merged[key] = usage.get(key, math.nan) if pid is not None else math.nan
     merged["uplink"] = cfg.uplink and kind == "duplexd"
+    merged["machine"] = witness.summary(merged["underrun_at"], sessions, daemon_cpus)
     return merged

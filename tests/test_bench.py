@@ -23,6 +23,7 @@ LEVEL_KEYS = {
     "frames": int,
     "cpu_percent": float,
     "rss_mb": float,
+    "machine": dict,  # bench.steal: what the hypervisor stole, and the stalls
 }
 
 
@@ -75,6 +76,9 @@ def _check_level(level: dict) -> None:
     assert level["rss_mb"] > 0
     assert level["session_errors"] == 0 and level["connect_failures"] == 0, level["errors"]
     assert level["stale_after_interrupted"] == 0
+    machine = level["machine"]
+    assert machine["stolen_ms"] and all(ms >= 0 for ms in machine["stolen_ms"].values())
+    assert machine["stalls"] >= machine["stalls_with_theft"] >= 0
 
 
 @pytest.mark.integration

@@ -1,0 +1,139 @@
+"""What the machine took from a run: CPU time the hypervisor stole from each vCPU, and whether
+the daemon-wide stalls the clients saw came with it.
+
+A guest's kernel counts, per vCPU, the time the hypervisor ran something else while that vCPU
+had work (`steal` in /proc/stat, in USER_HZ ticks: 10 ms). On a shared VM a stall of every
+session at once (each player runs dry at the same moment) may be the daemon's, or the
+machine's: `StealWitness` reads the counters every 10 ms in a thread of the bench's own process
+(on the clients' CPUs; ~100 reads a second) and `stalls` says, for each moment a quarter of the
+sessions or more ran dry together, how much was stolen from the daemon's CPUs just before.
+A guest without steal accounting reads 0 throughout: "none stolen" is then no proof.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any, Final
+
+EVERY_S: Final = 0.010
+TICK_MS: Final = 10.0  # USER_HZ 100: /proc/stat counts in 10 ms ticks
+_STEAL: Final = 8  # `cpuN user nice system idle iowait irq softirq steal ...`
+MAX_CHANGES: Final = 100_000  # (a run that steals every read keeps its first 1,000 s)
+# A stall: this share of the sessions or more ran dry within `STALL_SPAN_S` of each other
+STALL_SHARE: Final = 0.25
+STALL_SPAN_S: Final = 0.060
+# ... and it came with the machine's theft if this much was stolen from a daemon CPU in the
+# `STALL_LOOKBACK_S` before the first underrun (an underrun is seen when the late frame comes,
+# at the stall's end)
+STALL_STOLEN_MS: Final = 10.0
+STALL_LOOKBACK_S: Final = 0.250
+
+
+def read_steal_ticks() -> dict[int, int]:
+    """{cpu: steal ticks so far} from /proc/stat ({} where there is none)."""
+    out: dict[int, int] = {}
+    try:
+        with open("/proc/stat") as f:
+            for line in f:
+                if line.startswith("cpu") and line[3].isdigit():
+                    fields = line.split()
+                    out[int(fields[0][3:])] = int(fields[_STEAL])
+    except (OSError, IndexError, ValueError):
+        return {}
+    return out
+
+
+class StealWitness:
+    """Samples every vCPU's steal counter from `start` to `stop` (`time.monotonic` clock)."""
+
+    def __init__(self, every_s: float = EVERY_S) -> None:
+        self._every = every_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._first: dict[int, int] = {}
+        self._last: dict[int, int] = {}
+        self.changes: list[tuple[float, int, float]] = []  # (when, cpu, ms stolen since read)
+
+    def start(self) -> None:
+        self._first = self._last = read_steal_ticks()
+        self._thread = threading.Thread(target=self._run, name="steal-witness", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        deadline = time.monotonic()
+        while not self._stop.is_set():
+            deadline += self._every
+            self._stop.wait(max(0.0, deadline - time.monotonic()))
+            now, ticks = time.monotonic(), read_steal_ticks()
+            for cpu, n in ticks.items():
+                d = n - self._last.get(cpu, n)
+                if d > 0 and len(self.changes) < MAX_CHANGES:
+                    self.changes.append((now, cpu, d * TICK_MS))
+            self._last = ticks or self._last
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(1.0)
+
+    def stolen_ms(self) -> dict[int, float]:
+        """Per vCPU, ms stolen between `start` and `stop`."""
+        return {cpu: (self._last.get(cpu, n) - n) * TICK_MS for cpu, n in self._first.items()}
+
+    def stolen_between(self, t0: float, t1: float, cpus: Iterable[int] | None = None) -> float:
+        """The most stolen from any one of `cpus` (all: None) between t0 and t1 (ms)."""
+        want = None if cpus is None else set(cpus)
+        per: dict[int, float] = {}
+        for when, cpu, ms in self.changes:
+            if t0 <= when <= t1 and (want is None or cpu in want):
+                per[cpu] = per.get(cpu, 0.0) + ms
+        return max(per.values(), default=0.0)
+
+    def summary(
+        self, underruns_at: Sequence[float], sessions: int, daemon_cpus: Iterable[int] | None
+    ) -> dict[str, Any]:
+        """The run's theft per vCPU and worst 100 ms, and its daemon-wide stalls: each with
+        its size (sessions run dry together) and what was stolen from the daemon's CPUs (all
+        of them if not pinned) just before."""
+        cpus = None if daemon_cpus is None else sorted(daemon_cpus)
+        worst = max(
+            (self.stolen_between(when - 0.1, when, cpus) for when, _, _ in self.changes),
+            default=0.0,
+        )
+        found = stalls(underruns_at, sessions)
+        stolen = [
+            self.stolen_between(at - STALL_LOOKBACK_S, at + STALL_SPAN_S, cpus) for at, _ in found
+        ]
+        per_cpu = self.stolen_ms()
+        return {
+            "stolen_ms": per_cpu,
+            "daemon_cpus_stolen_ms": sum(
+                ms for cpu, ms in per_cpu.items() if cpus is None or cpu in cpus
+            ),
+            "daemon_cpus_worst_100ms_stolen_ms": worst,
+            "stalls": len(found),
+            "stalls_with_theft": sum(ms >= STALL_STOLEN_MS for ms in stolen),
+            "stall_sizes": [n for _, n in found],
+            "stall_stolen_ms": stolen,
+        }
+
+
+def stalls(underruns_at: Sequence[float], sessions: int) -> list[tuple[float, int]]:
+    """(first underrun's time, underruns) of each group of underruns within `STALL_SPAN_S` of
+    the group's first that holds `STALL_SHARE` of the sessions or more (and at least 2)."""
+    need = max(2, round(STALL_SHARE * sessions))
+    out: list[tuple[float, int]] = []
+    times = sorted(underruns_at)
+    i = 0
+    while i < len(times):
+        j = i
+        while j + 1 < len(times) and times[j + 1] - times[i] <= STALL_SPAN_S:
+            j += 1
+        if j + 1 - i >= need:
+            out.append((times[i], j + 1 - i))
+            i = j + 1
+        else:
+            i += 1
+    return out

@@ -1,0 +1,61 @@
+"""`bench.steal`: the stalls every session saw at once, and what the hypervisor stole then."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from bench.steal import STALL_SPAN_S, StealWitness, read_steal_ticks, stalls
+
+
+@pytest.mark.unit
+def test_a_stall_is_a_quarter_of_the_sessions_running_dry_together() -> None:
+    # 20 sessions: 5 underruns within 60 ms make a stall; 4 do not; scattered ones never
+    together = [10.0 + 0.01 * i for i in range(5)]
+    four = [20.0 + 0.01 * i for i in range(4)]
+    scattered = [30.0 + 0.5 * i for i in range(20)]
+    found = stalls(together + four + scattered, sessions=20)
+    assert found == [(10.0, 5)]
+    # a group is counted from its first underrun, and one stall's underruns are counted once
+    # (20 underruns 7 ms apart: 9 within 60 ms of the first, 9 of the 10th, 2 left over)
+    long = [40.0 + 0.007 * i for i in range(20)]
+    assert STALL_SPAN_S == 0.060
+    found = stalls(long, sessions=20)
+    assert [n for _, n in found] == [9, 9]
+    assert [at for at, _ in found] == pytest.approx([40.0, 40.063])
+    # two sessions: both together is a stall (at least 2, however few the sessions)
+    assert stalls([5.0, 5.02], sessions=2) == [(5.0, 2)]
+    assert stalls([5.0], sessions=1) == []
+
+
+@pytest.mark.unit
+def test_a_stall_with_theft_from_the_daemons_cpu_just_before_is_told_apart() -> None:
+    w = StealWitness()
+    # what the thread would have read: 30 ms stolen from CPU 0 just before the first stall,
+    # 20 ms from CPU 1 (the clients') before the second, and 10 ms from CPU 0 long before
+    w.changes = [(1.00, 0, 10.0), (9.90, 0, 20.0), (9.95, 0, 10.0), (19.95, 1, 20.0)]
+    w._first, w._last = {0: 0, 1: 0}, {0: 4, 1: 2}
+    runs_dry = [10.0 + 0.005 * i for i in range(10)] + [20.0 + 0.005 * i for i in range(10)]
+    s = w.summary(runs_dry, sessions=10, daemon_cpus={0})
+    assert s["stalls"] == 2 and s["stall_sizes"] == [10, 10]
+    assert s["stall_stolen_ms"] == [30.0, 0.0]  # (CPU 1's theft is not the daemon's)
+    assert s["stalls_with_theft"] == 1
+    assert s["stolen_ms"] == {0: 40.0, 1: 20.0} and s["daemon_cpus_stolen_ms"] == 40.0
+    assert s["daemon_cpus_worst_100ms_stolen_ms"] == 30.0
+    # not pinned: every CPU may be the daemon's
+    s = w.summary(runs_dry, sessions=10, daemon_cpus=None)
+    assert s["stall_stolen_ms"] == [30.0, 20.0] and s["daemon_cpus_stolen_ms"] == 60.0
+
+
+@pytest.mark.integration
+def test_the_witness_reads_this_machines_counters() -> None:
+    ticks = read_steal_ticks()
+    assert ticks and all(n >= 0 for n in ticks.values())  # one counter per vCPU (Linux)
+    w = StealWitness(every_s=0.005)
+    w.start()
+    time.sleep(0.05)
+    w.stop()
+    assert set(w.stolen_ms()) == set(ticks)
+    assert all(ms >= 0 for ms in w.stolen_ms().values())
+    assert all(ms > 0 for _, _, ms in w.changes)
