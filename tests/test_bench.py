@@ -375,3 +375,18 @@ def test_the_tick_cost_bench_measures_a_frame_and_refuses_a_bad_count(tmp_path: 
     bad = subprocess.run([*run, "--n", "0"], cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 2
     assert bad.stderr.strip() == "bench: --n must be >= 1, got 0"
+
+
+@pytest.mark.integration
+def test_the_handoff_bench_measures_both_ways_and_refuses_a_bad_count(tmp_path: Path) -> None:
+    out = tmp_path / "handoff.json"
+    run = [sys.executable, "-m", "bench.handoff", "--chunks", "4", "--rounds", "5"]
+    proc = subprocess.run([*run, "--json", str(out)], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(out.read_text())
+    assert (doc["chunks"], doc["rounds"]) == (4, 5)
+    for way in ("one_call_each", "batched"):
+        assert doc[way]["cpu_us_per_chunk"] > 0 and doc[way]["round_us"] > 0
+    bad = subprocess.run([*run[:3], "--chunks", "0"], cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == "bench: --chunks and --rounds must be >= 1, got 0 and 200"

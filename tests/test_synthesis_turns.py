@@ -1,5 +1,6 @@
 """An engine's turns (`duplexd._server.synthesis`): at most `synthesis_threads` of its chunks
-run at once, first come first served; an engine whose calls only wait is not limited."""
+run at once, first come first served, those that wait meanwhile in one batch (one worker-thread
+call); an engine whose calls only wait is not limited."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import time
 import pytest
 import trio
 
-from duplexd._server.synthesis import synthesis_offloads, synthesis_threads
+from duplexd._server.synthesis import EngineTurns, synthesis_offloads, synthesis_threads
 from duplexd.engines.registry import EngineSet
 from duplexd.engines.tone import ToneEngine
 
@@ -82,3 +83,123 @@ async def test_chunks_take_turns() -> None:
             await trio.sleep(0.02)  # they ask in this order
     assert peak == most
     assert order == list(range(6))  # first come, first served
+
+
+async def test_the_chunks_that_wait_meanwhile_go_in_one_batch_in_order() -> None:
+    # (the first chunk runs past the batch's time: the batch ends with it)
+    turns = EngineTurns(trio.to_thread.run_sync, threads=1, batch_s=0.01)
+    running, release, order, results = threading.Event(), threading.Event(), [], {}
+
+    def first() -> str:
+        running.set()
+        release.wait(5)  # holds the one turn while the others ask
+        order.append(0)
+        return "first"
+
+    def chunk(i: int) -> int:
+        order.append(i)
+        return i * 10
+
+    async def ask(i: int) -> None:
+        results[i] = await (turns(first) if i == 0 else turns(chunk, i))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ask, 0)
+        await trio.to_thread.run_sync(running.wait, 5)
+        for i in range(1, 6):
+            nursery.start_soon(ask, i)
+            await trio.sleep(0.01)  # they ask in this order
+        release.set()
+    assert order == list(range(6))
+    assert results == {0: "first", **{i: i * 10 for i in range(1, 6)}}
+    assert (turns.batches, turns.chunks) == (2, 6)  # the five waiting: one thread call
+
+
+async def test_a_batch_stops_taking_chunks_after_its_time() -> None:
+    turns = EngineTurns(trio.to_thread.run_sync, threads=1, batch_s=0.005)
+    release = threading.Event()
+
+    async with trio.open_nursery() as nursery:
+        await hold(nursery, turns, release)
+        for _ in range(4):
+            nursery.start_soon(turns, time.sleep, 0.02)  # each longer than a batch may run
+        await trio.sleep(0.05)
+        release.set()
+    assert (turns.batches, turns.chunks) == (5, 5)
+
+
+async def test_a_chunk_cancelled_while_it_waits_never_runs() -> None:
+    turns = EngineTurns(trio.to_thread.run_sync, threads=1)
+    release, ran = threading.Event(), []
+
+    async with trio.open_nursery() as nursery:
+        await hold(nursery, turns, release)
+        with trio.CancelScope() as scope:
+            nursery.start_soon(turns, ran.append, "other")
+            await trio.sleep(0.01)
+            scope.cancel()
+            await turns(ran.append, "cancelled")  # waits behind the first: taken out
+        assert scope.cancelled_caught
+        release.set()
+    assert ran == ["other"]  # the chunk cancelled was never run; the one after it was
+    assert turns.chunks == 2
+
+
+async def test_a_chunk_cancelled_while_it_runs_finishes_first() -> None:
+    turns = EngineTurns(trio.to_thread.run_sync, threads=1)
+    started, release, ran = threading.Event(), threading.Event(), []
+
+    def chunk() -> None:
+        started.set()
+        release.wait(5)
+        ran.append("done")
+
+    with trio.CancelScope() as scope:
+        async with trio.open_nursery() as nursery:
+
+            async def cancel_when_running() -> None:
+                await trio.to_thread.run_sync(started.wait, 5)
+                scope.cancel()
+                await trio.sleep(0.05)
+                assert ran == []  # still waiting for the chunk, not abandoned
+                release.set()
+
+            nursery.start_soon(cancel_when_running)
+            await turns(chunk)
+    assert scope.cancelled_caught and ran == ["done"]
+
+
+async def test_a_chunks_error_goes_to_its_own_session_only() -> None:
+    turns = EngineTurns(trio.to_thread.run_sync, threads=1, batch_s=0.01)
+    release, results = threading.Event(), {}
+
+    def bad() -> None:
+        raise RuntimeError("engine failed on this text")
+
+    async def ask(i: int) -> None:
+        try:
+            results[i] = await (turns(bad) if i == 2 else turns(int, i))
+        except RuntimeError as exc:
+            results[i] = str(exc)
+
+    async with trio.open_nursery() as nursery:
+        await hold(nursery, turns, release)
+        for i in range(4):
+            nursery.start_soon(ask, i)
+            await trio.sleep(0.01)
+        release.set()
+    assert results == {0: 0, 1: 1, 2: "engine failed on this text", 3: 3}
+    assert turns.batches == 2
+
+
+async def hold(nursery: trio.Nursery, turns: EngineTurns, release: threading.Event) -> None:
+    """Start a chunk that holds the engine's one turn until `release` (and runs past any
+    batch's time); return once it runs."""
+    running = threading.Event()
+
+    def chunk() -> None:
+        running.set()
+        release.wait(5)
+
+    nursery.start_soon(turns, chunk)
+    await trio.to_thread.run_sync(running.wait, 5)

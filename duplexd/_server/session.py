@@ -537,7 +537,8 @@ class Session:
                         done = await turns(producer.render_step, piece)
                     self._synthesis.spend(producer.audio_s - before_s)
                     await self._push_backlog(producer)
-            await self._offload(producer.finish, utt.total_chars)
+            # (with the chunks' turns when the engine takes them: a burst's ends go in batches)
+            await (turns or self._offload)(producer.finish, utt.total_chars)
             await self._push_backlog(producer)
         except SynthesisCancelled as cancelled:
             # raised in a worker thread (a barge-in while it synthesizes): trio's frame in its

@@ -6,21 +6,30 @@ while it does: with one worker thread per session, a burst of N whole replies is
 computing at once, and the event loop, which needs the GIL to send each frame, waits its
 turn behind all of them (CPython hands the GIL to any waiting thread, not to the one that
 asked first) — measured: 20 replies arriving together held every first frame back ~40 ms.
-So each engine gets a `trio.CapacityLimiter` of `synthesis_threads` slots (an engine
-attribute; default: one per CPU this process may run on), taken per chunk, first come first
-served: every session's first chunk goes before anyone's second, and the loop competes with
-at most that many threads. An engine whose calls only wait (VITS: its own inference thread
-computes and batches across sessions) says `synthesis_threads = None`: no limit, so its
-batches are not split.
+So each engine has `synthesis_threads` turns (an engine attribute; default: one per CPU this
+process may run on), taken per chunk, first come first served: every session's first chunk
+goes before anyone's second, and the loop competes with at most that many threads. An engine
+whose calls only wait (VITS: its own inference thread computes and batches across sessions)
+says `synthesis_threads = None`: no limit, so its batches are not split.
+
+A worker-thread call costs the loop ~80 us of CPU however little it computes (a thread woken,
+then the loop woken back; `trio.to_thread.run_sync` of a function that returns at once, on one
+CPU of the project's VM), while a tone chunk computes in ~0.1 ms. So the chunks waiting for a
+turn go in batches (`EngineTurns`): one worker-thread call runs them one after another, in
+order, for up to `BATCH_S`, and their sessions go on together when it returns (meanwhile the
+loop takes the GIL back within the switch interval, `GIL_SWITCH_INTERVAL_S`).
 """
 
 from __future__ import annotations
 
+import collections
 import functools
 import os
+import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Final
 
+import outcome
 import trio
 
 from .._downlink.ring import FrameRing
@@ -43,15 +52,84 @@ def synthesis_threads(engine: Engine) -> int | None:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def taking_turns(offload: Offload, limiter: trio.CapacityLimiter) -> Offload:
-    """`offload`, with a slot of `limiter` held while it runs. Cancellation while waiting for
-    a slot leaves nothing behind; once running, as `offload`."""
+BATCH_S: Final = 0.001  # a batch runs the chunks waiting, one after another, this long at most
 
-    async def run(fn: Any, *args: Any) -> Any:
-        async with limiter:
-            return await offload(fn, *args)
 
-    return run
+class _Chunk:
+    __slots__ = ("args", "fn", "task")
+
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], task: Any) -> None:
+        self.fn, self.args, self.task = fn, args, task
+
+
+class EngineTurns:
+    """An `Offload` for one engine's chunks: at most `threads` worker-thread calls at once,
+    each a batch of the chunks waiting, run in the order they were asked for, for up to
+    `batch_s` (one chunk at least). Cancellation while a chunk waits for its batch takes it
+    out; once its batch runs, it finishes first (as `trio.to_thread.run_sync`)."""
+
+    def __init__(self, offload: Offload, threads: int, batch_s: float = BATCH_S) -> None:
+        self._offload = offload
+        self._threads = threads
+        self._batch_s = batch_s
+        self._waiting: collections.deque[_Chunk] = collections.deque()
+        self._runners = 0  # tasks that run batches (at most `threads`), ...
+        self._idle: list[Any] = []  # ... those of them parked with nothing to run
+        self.batches = 0  # worker-thread calls made
+        self.chunks = 0  # chunks run in them
+
+    async def __call__(self, fn: Callable[..., Any], *args: Any) -> Any:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        chunk = _Chunk(fn, args, trio.lowlevel.current_task())
+        self._waiting.append(chunk)
+        if self._idle:
+            trio.lowlevel.reschedule(self._idle.pop())
+        elif self._runners < self._threads:
+            self._runners += 1
+            trio.lowlevel.spawn_system_task(self._run, name="duplexd synthesis turns")
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            try:
+                self._waiting.remove(chunk)  # (atomic against the thread's popleft)
+            except ValueError:  # its batch has it: it finishes first
+                return trio.lowlevel.Abort.FAILED
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        return await trio.lowlevel.wait_task_rescheduled(abort)
+
+    async def _run(self) -> None:
+        """Run batches while chunks wait, then park until one does; for the rest of the trio
+        run (a system task: it is cancelled only as the run ends, parked or at the start of a
+        batch, before any chunk was taken)."""
+        me = trio.lowlevel.current_task()
+        try:
+            while True:
+                while self._waiting:
+                    done = await self._offload(self._batch)
+                    self.batches += 1
+                    self.chunks += len(done)
+                    for chunk, result in done:
+                        trio.lowlevel.reschedule(chunk.task, result)
+                self._idle.append(me)
+                await trio.lowlevel.wait_task_rescheduled(lambda _: trio.lowlevel.Abort.SUCCEEDED)
+        finally:
+            self._runners -= 1
+            if me in self._idle:
+                self._idle.remove(me)
+
+    def _batch(self) -> list[tuple[_Chunk, outcome.Outcome[Any]]]:
+        """(In a worker thread.) The chunks waiting, run in order for up to `batch_s`."""
+        done: list[tuple[_Chunk, outcome.Outcome[Any]]] = []
+        t0 = time.perf_counter()
+        while True:
+            try:
+                chunk = self._waiting.popleft()
+            except IndexError:
+                break
+            done.append((chunk, outcome.capture(chunk.fn, *chunk.args)))
+            if time.perf_counter() - t0 >= self._batch_s:
+                break
+        return done
 
 
 def synthesis_offloads(engines: EngineSet, offload: Offload) -> Mapping[str, Offload]:
@@ -61,7 +139,7 @@ def synthesis_offloads(engines: EngineSet, offload: Offload) -> Mapping[str, Off
     for name in engines.names():
         threads = synthesis_threads(engines.get(name))
         if threads is not None:
-            out[name] = taking_turns(offload, trio.CapacityLimiter(threads))
+            out[name] = EngineTurns(offload, threads)
     return out
 
 
