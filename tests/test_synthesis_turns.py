@@ -4,9 +4,12 @@ call); an engine whose calls only wait is not limited."""
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
 import time
+import weakref
+from typing import Any
 
 import pytest
 import trio
@@ -86,8 +89,8 @@ async def test_chunks_take_turns() -> None:
 
 
 async def test_the_chunks_that_wait_meanwhile_go_in_one_batch_in_order() -> None:
-    # (the first chunk runs past the batch's time: the batch ends with it)
-    turns = EngineTurns(trio.to_thread.run_sync, threads=1, batch_s=0.01)
+    # (the first chunk runs past the batch's time, 5 x 20 ms: the batch ends with it)
+    turns = EngineTurns(trio.to_thread.run_sync, threads=1, batch_s=0.05)
     running, release, order, results = threading.Event(), threading.Event(), [], {}
 
     def first() -> str:
@@ -108,7 +111,7 @@ async def test_the_chunks_that_wait_meanwhile_go_in_one_batch_in_order() -> None
         await trio.to_thread.run_sync(running.wait, 5)
         for i in range(1, 6):
             nursery.start_soon(ask, i)
-            await trio.sleep(0.01)  # they ask in this order
+            await trio.sleep(0.02)  # they ask in this order
         release.set()
     assert order == list(range(6))
     assert results == {0: "first", **{i: i * 10 for i in range(1, 6)}}
@@ -170,7 +173,7 @@ async def test_a_chunk_cancelled_while_it_runs_finishes_first() -> None:
 
 
 async def test_a_chunks_error_goes_to_its_own_session_only() -> None:
-    turns = EngineTurns(trio.to_thread.run_sync, threads=1, batch_s=0.01)
+    turns = EngineTurns(trio.to_thread.run_sync, threads=1, batch_s=0.05)
     release, results = threading.Event(), {}
 
     def bad() -> None:
@@ -186,10 +189,63 @@ async def test_a_chunks_error_goes_to_its_own_session_only() -> None:
         await hold(nursery, turns, release)
         for i in range(4):
             nursery.start_soon(ask, i)
-            await trio.sleep(0.01)
+            await trio.sleep(0.02)
         release.set()
     assert results == {0: 0, 1: 1, 2: "engine failed on this text", 3: 3}
     assert turns.batches == 2
+
+
+async def test_a_chunk_that_ends_goes_on_before_a_slow_one_after_it_in_its_batch() -> None:
+    turns = EngineTurns(trio.to_thread.run_sync, threads=1, batch_s=1.0)
+    release, slow_done, order = threading.Event(), threading.Event(), []
+
+    def slow() -> None:
+        time.sleep(0.3)
+        slow_done.set()
+
+    async def fast() -> None:
+        await turns(order.append, "fast ran")
+        order.append("slow had ended" if slow_done.is_set() else "fast went on first")
+
+    async with trio.open_nursery() as nursery:
+        await hold(nursery, turns, release)
+        nursery.start_soon(fast)
+        await trio.sleep(0.02)
+        nursery.start_soon(turns, slow)
+        await trio.sleep(0.02)
+        release.set()  # the batch goes on (1 s): the fast chunk, then the slow one
+    assert order == ["fast ran", "fast went on first"]
+    assert turns.batches == 1  # all three in one worker-thread call
+
+
+async def test_when_no_thread_can_be_had_the_waiting_chunks_fail_and_the_daemon_goes_on() -> None:
+    calls = 0
+
+    async def offload(fn: Any, *args: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("can't start new thread")
+        return await trio.to_thread.run_sync(fn, *args)
+
+    turns = EngineTurns(offload, threads=1)
+    with pytest.raises(RuntimeError, match=r"^synthesis could not run: can't start new thread$"):
+        await turns(int, 1)
+    assert await turns(int, 2) == 2  # the next one has its thread
+
+
+async def test_a_parked_runner_keeps_nothing_of_its_last_batch() -> None:
+    class Piece:
+        pass
+
+    turns = EngineTurns(trio.to_thread.run_sync, threads=1)
+    piece = Piece()
+    gone = weakref.ref(piece)
+    assert await turns(lambda p: p, piece) is piece
+    del piece
+    await trio.to_thread.run_sync(int)  # (trio's worker thread keeps its last job till its next)
+    gc.collect()
+    assert gone() is None
 
 
 async def hold(nursery: trio.Nursery, turns: EngineTurns, release: threading.Event) -> None:

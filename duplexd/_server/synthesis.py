@@ -16,8 +16,8 @@ A worker-thread call costs the loop ~80 us of CPU however little it computes (a 
 then the loop woken back; `trio.to_thread.run_sync` of a function that returns at once, on one
 CPU of the project's VM), while a tone chunk computes in ~0.1 ms. So the chunks waiting for a
 turn go in batches (`EngineTurns`): one worker-thread call runs them one after another, in
-order, for up to `BATCH_S`, and their sessions go on together when it returns (meanwhile the
-loop takes the GIL back within the switch interval, `GIL_SWITCH_INTERVAL_S`).
+order, for up to `BATCH_S`, and hands each result back as its chunk ends (meanwhile the loop
+takes the GIL back within the switch interval, `GIL_SWITCH_INTERVAL_S`).
 """
 
 from __future__ import annotations
@@ -64,9 +64,13 @@ class _Chunk:
 
 class EngineTurns:
     """An `Offload` for one engine's chunks: at most `threads` worker-thread calls at once,
-    each a batch of the chunks waiting, run in the order they were asked for, for up to
-    `batch_s` (one chunk at least). Cancellation while a chunk waits for its batch takes it
-    out; once its batch runs, it finishes first (as `trio.to_thread.run_sync`)."""
+    each running the chunks waiting, in the order they were asked for, until none waits or
+    it has run `batch_s` (a chunk started before then runs to its end). Each chunk's session
+    goes on as soon as its chunk ends (the thread hands the result to the loop:
+    `run_sync_soon`), not when its batch does. Cancellation while a chunk waits takes it out;
+    once its batch runs it, it finishes first (as `trio.to_thread.run_sync`). A chunk runs in
+    the batch's thread and trio context, not its session's (`trio.from_thread` reaches the
+    loop all the same). At most one chunk waits per session: the deque is bounded by them."""
 
     def __init__(self, offload: Offload, threads: int, batch_s: float = BATCH_S) -> None:
         self._offload = offload
@@ -99,17 +103,18 @@ class EngineTurns:
 
     async def _run(self) -> None:
         """Run batches while chunks wait, then park until one does; for the rest of the trio
-        run (a system task: it is cancelled only as the run ends, parked or at the start of a
-        batch, before any chunk was taken)."""
-        me = trio.lowlevel.current_task()
+        run (a system task: cancelled only as the run ends, parked or at the start of a batch,
+        before it took a chunk; nothing else may leave it, or the whole run would end)."""
+        me, token = trio.lowlevel.current_task(), trio.lowlevel.current_trio_token()
         try:
             while True:
                 while self._waiting:
-                    done = await self._offload(self._batch)
+                    try:
+                        ran = await self._offload(self._batch, token)
+                    except Exception as exc:  # (no thread to run it: each waiting chunk fails)
+                        ran = self._fail_waiting(exc)
                     self.batches += 1
-                    self.chunks += len(done)
-                    for chunk, result in done:
-                        trio.lowlevel.reschedule(chunk.task, result)
+                    self.chunks += ran
                 self._idle.append(me)
                 await trio.lowlevel.wait_task_rescheduled(lambda _: trio.lowlevel.Abort.SUCCEEDED)
         finally:
@@ -117,19 +122,33 @@ class EngineTurns:
             if me in self._idle:
                 self._idle.remove(me)
 
-    def _batch(self) -> list[tuple[_Chunk, outcome.Outcome[Any]]]:
-        """(In a worker thread.) The chunks waiting, run in order for up to `batch_s`."""
-        done: list[tuple[_Chunk, outcome.Outcome[Any]]] = []
+    def _batch(self, token: trio.lowlevel.TrioToken) -> int:
+        """(In a worker thread.) Run the chunks waiting, in order, for up to `batch_s`; hand
+        each result to its session as it comes. Returns how many ran."""
+        ran = 0
         t0 = time.perf_counter()
         while True:
             try:
                 chunk = self._waiting.popleft()
             except IndexError:
                 break
-            done.append((chunk, outcome.capture(chunk.fn, *chunk.args)))
+            result = outcome.capture(chunk.fn, *chunk.args)
+            token.run_sync_soon(trio.lowlevel.reschedule, chunk.task, result)
+            ran += 1
             if time.perf_counter() - t0 >= self._batch_s:
                 break
-        return done
+        return ran
+
+    def _fail_waiting(self, exc: Exception) -> int:
+        """The worker thread could not be had (`exc`): every chunk waiting fails with it."""
+        failed = 0
+        while self._waiting:
+            chunk = self._waiting.popleft()
+            error = RuntimeError(f"synthesis could not run: {exc}")
+            error.__cause__ = exc
+            trio.lowlevel.reschedule(chunk.task, outcome.Error(error))
+            failed += 1
+        return failed
 
 
 def synthesis_offloads(engines: EngineSet, offload: Offload) -> Mapping[str, Offload]:
