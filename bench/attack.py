@@ -260,7 +260,14 @@ def run_phase(
         if attacks:
             time.sleep(args.warmup)
         level = run_level(
-            "duplexd", server.url, server.pid, args.sessions, cfg, workers=args.workers, tick=tick
+            "duplexd",
+            server.url,
+            server.pid,
+            args.sessions,
+            cfg,
+            workers=args.workers,
+            tick=tick,
+            daemon_cpus=args.daemon_cpus,
         )
         results = helpers.finish(ATTACKER_REPORT_S)
         exit_code = server.proc.poll()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import time
 from collections.abc import AsyncIterator, Callable
@@ -244,6 +245,7 @@ class Recorder:
     def __init__(self, out: dict[str, Any], mic: Mic | None = None) -> None:
         self.out = out
         self.mic = mic
+        self.key = (os.getpid(), id(self))  # the session, among every worker's (bench.steal)
         self.active = True
         self.epoch = 0
         self.first_text: dict[int, float] = {}
@@ -289,7 +291,7 @@ class Recorder:
                     # The player ran dry and rebuffers: counted as an underrun, and the grid
                     # restarts here so one underrun does not show up as jitter of every frame.
                     out["underruns"] += 1
-                    out["underrun_at"].append(time.monotonic())
+                    out["underrun_at"].append((time.monotonic(), self.key))
                     self._t0 = now - frame.seq * FRAME_S
                 out["jitter"].append(abs(now - (self._t0 + frame.seq * FRAME_S)))
             out["frames"] += self.active

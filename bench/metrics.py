@@ -28,7 +28,7 @@ SAMPLE_KEYS = (
     "barge_in",
     "barge_last_audio",
     "vad_barge_in",
-    "underrun_at",  # (time.monotonic() of each underrun: the machine's stalls, bench.steal)
+    "underrun_at",  # (time.monotonic(), session) of each underrun: the stalls (bench.steal)
 )
 COUNT_KEYS = (
     "frames",

@@ -103,28 +103,30 @@ def run_level(
     results: list[dict[str, Any]] = []
     pending = list(conns)
     deadline = end + 30.0
-    while pending and time.monotonic() < deadline:
-        left = end - time.monotonic()
-        for c in wait(pending, timeout=min(0.25, left) if left > 0.001 else 0.25):
-            try:
-                results.append(c.recv())
-            except EOFError:
-                results.append({"fatal": "worker died without a result"})
-            pending.remove(c)
-        now = time.monotonic()
-        if now < end:
-            sampler.sample()
-        elif math.isnan(cpu):
-            usage = sampler.usage()
-            cpu = usage["cpu_percent"]
-            witness.stop()
-        if tick is not None:
-            tick(max(0.0, min(now, end) - last))
-            last = max(last, min(now, end))
+    try:
+        while pending and time.monotonic() < deadline:
+            left = end - time.monotonic()
+            for c in wait(pending, timeout=min(0.25, left) if left > 0.001 else 0.25):
+                try:
+                    results.append(c.recv())
+                except EOFError:
+                    results.append({"fatal": "worker died without a result"})
+                pending.remove(c)
+            now = time.monotonic()
+            if now < end:
+                sampler.sample()
+            elif math.isnan(cpu):
+                usage = sampler.usage()
+                cpu = usage["cpu_percent"]
+                witness.stop()
+            if tick is not None:
+                tick(max(0.0, min(now, end) - last))
+                last = max(last, min(now, end))
+    finally:
+        witness.stop()
     if math.isnan(cpu):
         usage = sampler.usage()
         cpu = usage["cpu_percent"]
-    witness.stop()
     for p in procs:
         p.join(5)
         if p.is_alive():

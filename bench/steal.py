@@ -12,13 +12,14 @@ A guest without steal accounting reads 0 throughout: "none stolen" is then no pr
 
 from __future__ import annotations
 
+import os
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from typing import Any, Final
 
 EVERY_S: Final = 0.010
-TICK_MS: Final = 10.0  # USER_HZ 100: /proc/stat counts in 10 ms ticks
+TICK_MS: Final = 1000.0 / os.sysconf("SC_CLK_TCK")  # /proc/stat counts in USER_HZ ticks (10 ms)
 _STEAL: Final = 8  # `cpuN user nice system idle iowait irq softirq steal ...`
 MAX_CHANGES: Final = 100_000  # (a run that steals every read keeps its first 1,000 s)
 # A stall: this share of the sessions or more ran dry within `STALL_SPAN_S` of each other
@@ -49,7 +50,7 @@ class StealWitness:
     """Samples every vCPU's steal counter from `start` to `stop` (`time.monotonic` clock)."""
 
     def __init__(self, every_s: float = EVERY_S) -> None:
-        self._every = every_s
+        self._every_s = every_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._first: dict[int, int] = {}
@@ -64,7 +65,7 @@ class StealWitness:
     def _run(self) -> None:
         deadline = time.monotonic()
         while not self._stop.is_set():
-            deadline += self._every
+            deadline += self._every_s
             self._stop.wait(max(0.0, deadline - time.monotonic()))
             now, ticks = time.monotonic(), read_steal_ticks()
             for cpu, n in ticks.items():
@@ -92,17 +93,17 @@ class StealWitness:
         return max(per.values(), default=0.0)
 
     def summary(
-        self, underruns_at: Sequence[float], sessions: int, daemon_cpus: Iterable[int] | None
+        self,
+        underruns: Sequence[tuple[float, Hashable]],
+        sessions: int,
+        daemon_cpus: Iterable[int] | None,
     ) -> dict[str, Any]:
-        """The run's theft per vCPU and worst 100 ms, and its daemon-wide stalls: each with
-        its size (sessions run dry together) and what was stolen from the daemon's CPUs (all
-        of them if not pinned) just before."""
+        """The run's theft per vCPU and its worst 100 ms on the daemon's CPUs, and its
+        daemon-wide stalls (`underruns`: (time, session) of each, see `stalls`): each with its
+        size (sessions run dry together) and what was stolen from the daemon's CPUs (all of
+        them if not pinned) just before."""
         cpus = None if daemon_cpus is None else sorted(daemon_cpus)
-        worst = max(
-            (self.stolen_between(when - 0.1, when, cpus) for when, _, _ in self.changes),
-            default=0.0,
-        )
-        found = stalls(underruns_at, sessions)
+        found = stalls(underruns, sessions)
         stolen = [
             self.stolen_between(at - STALL_LOOKBACK_S, at + STALL_SPAN_S, cpus) for at, _ in found
         ]
@@ -112,27 +113,45 @@ class StealWitness:
             "daemon_cpus_stolen_ms": sum(
                 ms for cpu, ms in per_cpu.items() if cpus is None or cpu in cpus
             ),
-            "daemon_cpus_worst_100ms_stolen_ms": worst,
+            "daemon_cpus_worst_100ms_stolen_ms": self._worst(0.1, cpus),
             "stalls": len(found),
             "stalls_with_theft": sum(ms >= STALL_STOLEN_MS for ms in stolen),
             "stall_sizes": [n for _, n in found],
             "stall_stolen_ms": stolen,
         }
 
+    def _worst(self, span_s: float, cpus: Iterable[int] | None) -> float:
+        """The most stolen from any one of `cpus` (all: None) within `span_s` (ms): a window
+        sliding over the changes, which come in time order."""
+        want = None if cpus is None else set(cpus)
+        worst = 0.0
+        for cpu in {c for _, c, _ in self.changes if want is None or c in want}:
+            mine = [(when, ms) for when, c, ms in self.changes if c == cpu]
+            total, lo = 0.0, 0
+            for when, ms in mine:
+                total += ms
+                while mine[lo][0] < when - span_s:
+                    total -= mine[lo][1]
+                    lo += 1
+                worst = max(worst, total)
+        return worst
 
-def stalls(underruns_at: Sequence[float], sessions: int) -> list[tuple[float, int]]:
-    """(first underrun's time, underruns) of each group of underruns within `STALL_SPAN_S` of
-    the group's first that holds `STALL_SHARE` of the sessions or more (and at least 2)."""
+
+def stalls(underruns: Sequence[tuple[float, Hashable]], sessions: int) -> list[tuple[float, int]]:
+    """(first underrun's time, sessions) of each group of underruns (time, session) within
+    `STALL_SPAN_S` of the group's first in which `STALL_SHARE` of the sessions or more (and at
+    least 2) ran dry: a session that ran dry twice counts once."""
     need = max(2, round(STALL_SHARE * sessions))
     out: list[tuple[float, int]] = []
-    times = sorted(underruns_at)
+    ordered = sorted(underruns, key=lambda u: u[0])
     i = 0
-    while i < len(times):
+    while i < len(ordered):
         j = i
-        while j + 1 < len(times) and times[j + 1] - times[i] <= STALL_SPAN_S:
+        while j + 1 < len(ordered) and ordered[j + 1][0] - ordered[i][0] <= STALL_SPAN_S:
             j += 1
-        if j + 1 - i >= need:
-            out.append((times[i], j + 1 - i))
+        who = len({s for _, s in ordered[i : j + 1]})
+        if who >= need:
+            out.append((ordered[i][0], who))
             i = j + 1
         else:
             i += 1

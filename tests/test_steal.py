@@ -11,22 +11,24 @@ from bench.steal import STALL_SPAN_S, StealWitness, read_steal_ticks, stalls
 
 @pytest.mark.unit
 def test_a_stall_is_a_quarter_of_the_sessions_running_dry_together() -> None:
-    # 20 sessions: 5 underruns within 60 ms make a stall; 4 do not; scattered ones never
-    together = [10.0 + 0.01 * i for i in range(5)]
-    four = [20.0 + 0.01 * i for i in range(4)]
-    scattered = [30.0 + 0.5 * i for i in range(20)]
-    found = stalls(together + four + scattered, sessions=20)
-    assert found == [(10.0, 5)]
+    # 20 sessions: 5 of them dry within 60 ms make a stall; 4 do not; scattered ones never
+    together = [(10.0 + 0.01 * i, i) for i in range(5)]
+    four = [(20.0 + 0.01 * i, i) for i in range(4)]
+    scattered = [(30.0 + 0.5 * i, i) for i in range(20)]
+    assert stalls(together + four + scattered, sessions=20) == [(10.0, 5)]
     # a group is counted from its first underrun, and one stall's underruns are counted once
-    # (20 underruns 7 ms apart: 9 within 60 ms of the first, 9 of the 10th, 2 left over)
-    long = [40.0 + 0.007 * i for i in range(20)]
+    # (20 sessions 7 ms apart: 9 within 60 ms of the first, 9 of the 10th, 2 left over)
+    long = [(40.0 + 0.007 * i, i) for i in range(20)]
     assert STALL_SPAN_S == 0.060
     found = stalls(long, sessions=20)
     assert [n for _, n in found] == [9, 9]
     assert [at for at, _ in found] == pytest.approx([40.0, 40.063])
-    # two sessions: both together is a stall (at least 2, however few the sessions)
-    assert stalls([5.0, 5.02], sessions=2) == [(5.0, 2)]
-    assert stalls([5.0], sessions=1) == []
+    # two sessions: both together is a stall (at least 2, however few the sessions) ...
+    assert stalls([(5.0, "a"), (5.02, "b")], sessions=2) == [(5.0, 2)]
+    assert stalls([(5.0, "a")], sessions=1) == []
+    # ... but one session that ran dry twice in a row is one session
+    assert stalls([(5.0, "a"), (5.035, "a")], sessions=2) == []
+    assert stalls([(5.0, "a"), (5.01, "a"), (5.02, "b")], sessions=8) == [(5.0, 2)]
 
 
 @pytest.mark.unit
@@ -36,7 +38,9 @@ def test_a_stall_with_theft_from_the_daemons_cpu_just_before_is_told_apart() -> 
     # 20 ms from CPU 1 (the clients') before the second, and 10 ms from CPU 0 long before
     w.changes = [(1.00, 0, 10.0), (9.90, 0, 20.0), (9.95, 0, 10.0), (19.95, 1, 20.0)]
     w._first, w._last = {0: 0, 1: 0}, {0: 4, 1: 2}
-    runs_dry = [10.0 + 0.005 * i for i in range(10)] + [20.0 + 0.005 * i for i in range(10)]
+    runs_dry = [(10.0 + 0.005 * i, i) for i in range(10)] + [
+        (20.0 + 0.005 * i, i) for i in range(10)
+    ]
     s = w.summary(runs_dry, sessions=10, daemon_cpus={0})
     assert s["stalls"] == 2 and s["stall_sizes"] == [10, 10]
     assert s["stall_stolen_ms"] == [30.0, 0.0]  # (CPU 1's theft is not the daemon's)
