@@ -252,6 +252,10 @@ RATIO_ROWS: tuple[tuple[str, tuple[str, ...]], ...] = (
         f"... with >= {STALL_STOLEN_MS:g} ms stolen from the daemon's CPUs just before",
         ("machine", "stalls_with_theft"),
     ),
+    (
+        f"... with the clients' CPU held up too (the witness >= {STALL_STOLEN_MS:g} ms late)",
+        ("machine", "stalls_clients_cpu_held"),
+    ),
     ("FAL p50 (ms)", ("fal_ms", "p50")),
     ("FAL p95 (ms)", ("fal_ms", "p95")),
     ("FAL p99 (ms)", ("fal_ms", "p99")),

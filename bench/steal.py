@@ -6,7 +6,9 @@ had work (`steal` in /proc/stat, in USER_HZ ticks: 10 ms). On a shared VM a stal
 session at once (each player runs dry at the same moment) may be the daemon's, or the
 machine's: `StealWitness` reads the counters every 10 ms in a thread of the bench's own process
 (on the clients' CPUs; ~100 reads a second) and `stalls` says, for each moment a quarter of the
-sessions or more ran dry together, how much was stolen from the daemon's CPUs just before.
+sessions or more ran dry together, how much was stolen from the daemon's CPUs just before, and
+whether the witness itself woke late then (the clients' CPU held up too: the whole machine, not
+the daemon alone).
 A guest without steal accounting reads 0 throughout: "none stolen" is then no proof.
 """
 
@@ -29,6 +31,7 @@ STALL_SPAN_S: Final = 0.060
 # `STALL_LOOKBACK_S` before the first underrun (an underrun is seen when the late frame comes,
 # at the stall's end)
 STALL_STOLEN_MS: Final = 10.0
+LATE_MS: Final = 5.0  # the witness (on the clients' CPUs) woke this late: that CPU was held
 STALL_LOOKBACK_S: Final = 0.250
 
 
@@ -56,6 +59,7 @@ class StealWitness:
         self._first: dict[int, int] = {}
         self._last: dict[int, int] = {}
         self.changes: list[tuple[float, int, float]] = []  # (when, cpu, ms stolen since read)
+        self.late: list[tuple[float, float]] = []  # (when, ms) it woke `LATE_MS` late or more
 
     def start(self) -> None:
         self._first = self._last = read_steal_ticks()
@@ -68,6 +72,10 @@ class StealWitness:
             deadline += self._every_s
             self._stop.wait(max(0.0, deadline - time.monotonic()))
             now, ticks = time.monotonic(), read_steal_ticks()
+            if (late_s := now - deadline) >= LATE_MS / 1000:
+                if len(self.late) < MAX_CHANGES:
+                    self.late.append((now, 1000 * late_s))
+                deadline = now  # (no catching up)
             for cpu, n in ticks.items():
                 d = n - self._last.get(cpu, n)
                 if d > 0 and len(self.changes) < MAX_CHANGES:
@@ -108,6 +116,17 @@ class StealWitness:
             self.stolen_between(at - STALL_LOOKBACK_S, at + STALL_SPAN_S, cpus) for at, _ in found
         ]
         per_cpu = self.stolen_ms()
+        held = [
+            max(
+                (
+                    ms
+                    for when, ms in self.late
+                    if at - STALL_LOOKBACK_S <= when <= at + STALL_SPAN_S
+                ),
+                default=0.0,
+            )
+            for at, _ in found
+        ]
         return {
             "stolen_ms": per_cpu,
             "daemon_cpus_stolen_ms": sum(
@@ -118,6 +137,8 @@ class StealWitness:
             "stalls_with_theft": sum(ms >= STALL_STOLEN_MS for ms in stolen),
             "stall_sizes": [n for _, n in found],
             "stall_stolen_ms": stolen,
+            "stalls_clients_cpu_held": sum(ms >= STALL_STOLEN_MS for ms in held),
+            "stall_witness_late_ms": held,
         }
 
     def _worst(self, span_s: float, cpus: Iterable[int] | None) -> float:

@@ -37,6 +37,7 @@ def test_a_stall_with_theft_from_the_daemons_cpu_just_before_is_told_apart() -> 
     # what the thread would have read: 30 ms stolen from CPU 0 just before the first stall,
     # 20 ms from CPU 1 (the clients') before the second, and 10 ms from CPU 0 long before
     w.changes = [(1.00, 0, 10.0), (9.90, 0, 20.0), (9.95, 0, 10.0), (19.95, 1, 20.0)]
+    w.late = [(5.0, 30.0), (19.98, 18.0)]  # the witness itself: held up at the second stall
     w._first, w._last = {0: 0, 1: 0}, {0: 4, 1: 2}
     runs_dry = [(10.0 + 0.005 * i, i) for i in range(10)] + [
         (20.0 + 0.005 * i, i) for i in range(10)
@@ -45,6 +46,7 @@ def test_a_stall_with_theft_from_the_daemons_cpu_just_before_is_told_apart() -> 
     assert s["stalls"] == 2 and s["stall_sizes"] == [10, 10]
     assert s["stall_stolen_ms"] == [30.0, 0.0]  # (CPU 1's theft is not the daemon's)
     assert s["stalls_with_theft"] == 1
+    assert s["stall_witness_late_ms"] == [0.0, 18.0] and s["stalls_clients_cpu_held"] == 1
     assert s["stolen_ms"] == {0: 40.0, 1: 20.0} and s["daemon_cpus_stolen_ms"] == 40.0
     assert s["daemon_cpus_worst_100ms_stolen_ms"] == 30.0
     # not pinned: every CPU may be the daemon's
@@ -63,3 +65,4 @@ def test_the_witness_reads_this_machines_counters() -> None:
     assert set(w.stolen_ms()) == set(ticks)
     assert all(ms >= 0 for ms in w.stolen_ms().values())
     assert all(ms > 0 for _, _, ms in w.changes)
+    assert all(ms >= 5.0 for _, ms in w.late)
