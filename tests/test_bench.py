@@ -349,44 +349,43 @@ def test_frames_sent_off_their_deadlines_are_counted_by_the_daemon_and_summed() 
     assert "over_5ms" not in merge_server(sessions)["pacing"]
 
 
+def _small_bench(module: str, good: list[str], bad: list[str], tmp_path: Path) -> tuple[dict, str]:
+    """`python -m bench.<module>` run with `good` arguments (its --json document) and with
+    `bad` ones (which must exit 2: its one line on stderr)."""
+    out = tmp_path / f"{module}.json"
+    run = [sys.executable, "-m", f"bench.{module}"]
+    proc = subprocess.run(
+        [*run, *good, "--json", str(out)], cwd=ROOT, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    refused = subprocess.run([*run, *bad], cwd=ROOT, capture_output=True, text=True)
+    assert refused.returncode == 2, refused.stderr
+    return json.loads(out.read_text()), refused.stderr.strip()
+
+
 @pytest.mark.integration
 def test_the_wakeup_bench_measures_both_ways_and_refuses_a_bad_period(tmp_path: Path) -> None:
-    out = tmp_path / "wakeups.json"
-    run = [sys.executable, "-m", "bench.wakeups", "--n", "20", "--periods-ms", "1"]
-    proc = subprocess.run([*run, "--json", str(out)], cwd=ROOT, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    (row,) = json.loads(out.read_text())["rows"]
+    doc, refused = _small_bench(
+        "wakeups", ["--n", "20", "--periods-ms", "1"], ["--periods-ms", "x"], tmp_path
+    )
+    (row,) = doc["rows"]
     assert row["period_ms"] == 1 and row["bare_us"] > 0 and row["trio_us"] > 0
-    bad = subprocess.run([*run[:3], "--periods-ms", "x"], cwd=ROOT, capture_output=True, text=True)
-    assert bad.returncode == 2
-    assert bad.stderr.strip() == "bench: --periods-ms takes numbers, e.g. 0.5,2; got 'x'"
+    assert refused == "bench: --periods-ms takes numbers, e.g. 0.5,2; got 'x'"
 
 
 @pytest.mark.integration
 def test_the_tick_cost_bench_measures_a_frame_and_refuses_a_bad_count(tmp_path: Path) -> None:
-    out = tmp_path / "tick.json"
-    run = [sys.executable, "-m", "bench.tick_cost"]
-    proc = subprocess.run(
-        [*run, "--n", "50", "--json", str(out)], cwd=ROOT, capture_output=True, text=True
-    )
-    assert proc.returncode == 0, proc.stderr
-    doc = json.loads(out.read_text())
+    doc, refused = _small_bench("tick_cost", ["--n", "50"], ["--n", "0"], tmp_path)
     assert doc["n"] == 50 and 0 < doc["tick_us"] < 1000 and 0 < doc["writev_us"] < 10_000
-    bad = subprocess.run([*run, "--n", "0"], cwd=ROOT, capture_output=True, text=True)
-    assert bad.returncode == 2
-    assert bad.stderr.strip() == "bench: --n must be >= 1, got 0"
+    assert refused == "bench: --n must be >= 1, got 0"
 
 
 @pytest.mark.integration
 def test_the_handoff_bench_measures_both_ways_and_refuses_a_bad_count(tmp_path: Path) -> None:
-    out = tmp_path / "handoff.json"
-    run = [sys.executable, "-m", "bench.handoff", "--chunks", "4", "--rounds", "5"]
-    proc = subprocess.run([*run, "--json", str(out)], cwd=ROOT, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    doc = json.loads(out.read_text())
+    doc, refused = _small_bench(
+        "handoff", ["--chunks", "4", "--rounds", "5"], ["--chunks", "0"], tmp_path
+    )
     assert (doc["chunks"], doc["rounds"]) == (4, 5)
     for way in ("one_call_each", "batched"):
         assert doc[way]["cpu_us_per_chunk"] > 0 and doc[way]["round_us"] > 0
-    bad = subprocess.run([*run[:3], "--chunks", "0"], cwd=ROOT, capture_output=True, text=True)
-    assert bad.returncode == 2
-    assert bad.stderr.strip() == "bench: --chunks and --rounds must be >= 1, got 0 and 200"
+    assert refused == "bench: --chunks and --rounds must be >= 1, got 0 and 200"
