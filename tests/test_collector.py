@@ -4,7 +4,9 @@ the frozen set is swept."""
 from __future__ import annotations
 
 import gc
+import logging
 import threading
+import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -368,3 +370,22 @@ async def test_its_checks_and_stats_do_not_walk_the_frozen_set(
     gc.collect()  # a full collection counts it, once
     assert walks == [1] and policy.stats().frozen >= frozen + 100
     del keep
+
+
+async def test_each_full_collection_is_logged_with_its_pause_by_the_loop_right_after(
+    policy: GarbagePolicy, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="duplexd.gc")
+    policy.install()
+    before = time.time()
+    gc.collect()  # (as the collector's own would)
+    gc.collect()
+    assert not [r for r in caplog.records if r.message == "full garbage collection"]
+    await trio.sleep(0.01)  # the loop's next rounds log them
+    logged = [r for r in caplog.records if r.message == "full garbage collection"]
+    assert len(logged) == 2 == policy.stats().full_collections
+    for record in logged:
+        assert before - 0.001 <= record.at <= time.time() and record.pause_ms >= 0  # type: ignore[attr-defined]
+    assert sum(r.pause_ms for r in logged) == pytest.approx(  # type: ignore[attr-defined]
+        1000 * policy.stats().full_collection_s, abs=0.2
+    )

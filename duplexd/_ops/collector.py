@@ -42,12 +42,18 @@ where the loop is held anyway: right after each full collection (which walks mor
 at install and at each sweep. `run` and `stats` read that count.
 
 `stats` counts for /metrics: full collections and their seconds, sweeps and their seconds,
-frozen objects (at the last full collection). `close` undoes it all (tests run several daemons
-in one process).
+frozen objects (at the last full collection). Each full collection the collector made on its
+own is logged too ("full garbage collection", with `pause_ms` and `at`, the wall clock when it
+ended), by the loop right after it (not in the collector's callback): the loop was held that
+long, and a stall of every session then is the daemon's, not its clients' (`python -m bench`
+reads it beside each stall).
+`close` undoes it all (tests run several daemons in one process).
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import gc
 import logging
 import time
@@ -100,6 +106,9 @@ class GarbagePolicy:
         self._last_sweep = 0.0  # trio.current_time() of install or the last sweep
         self._frozen = 0  # the frozen set's size, counted after each full collection
         self._opened = trio.Event()  # a session opened since the last settling
+        # (time.time() at its end, seconds) of the full collections not logged yet
+        self._pauses: collections.deque[tuple[float, float]] = collections.deque(maxlen=64)
+        self._token: trio.lowlevel.TrioToken | None = None  # (the loop's, from `install`)
 
     def install(self) -> None:
         """Collect, freeze everything alive, and freeze the survivors of every full
@@ -108,6 +117,7 @@ class GarbagePolicy:
             return
         gc.collect()
         gc.freeze()
+        self._token = trio.lowlevel.current_trio_token()
         gc.callbacks.append(self._on_collection)
         self._installed = True
         self._left = self._frozen = gc.get_freeze_count()
@@ -136,6 +146,10 @@ class GarbagePolicy:
         s.full_collections += 1
         s.full_collection_s += took
         s.longest_s = max(s.longest_s, took)
+        self._pauses.append((time.time(), took))
+        if self._token is not None:  # (logged by the loop, not in the collector's callback)
+            with contextlib.suppress(trio.RunFinishedError):
+                self._token.run_sync_soon(self._log_pauses, idempotent=True)
         gc.freeze()
         self._frozen = gc.get_freeze_count()  # (a walk of its own: here, not on a timer)
 
@@ -198,6 +212,15 @@ class GarbagePolicy:
             check_at = trio.current_time() + CHECK_INTERVAL_S
             if self._installed and self.due(trio.current_time(), self._frozen):
                 self.sweep()
+
+    def _log_pauses(self) -> None:
+        """Log the full collections not logged yet (at most the last 64). Trio thread."""
+        while self._pauses:
+            at, took = self._pauses.popleft()
+            log.info(
+                "full garbage collection",
+                extra={"at": round(at, 3), "pause_ms": round(took * 1000, 1)},
+            )
 
     def stats(self) -> GcStats:
         """A copy of the counts, with the frozen set's size at the last full collection."""
