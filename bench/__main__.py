@@ -49,6 +49,7 @@ from .load import LoadConfig
 from .report import build_document, markdown, summarize, to_json
 from .rooms import ROOMS
 from .runner import run_level
+from .steal import attach_pauses, daemon_pauses
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -332,6 +333,10 @@ def _run_all(
                 )
                 if server and server.proc.poll() is not None:
                     raise ServerFailed(f"{kind} exited during the run:\n{server.log_tail()}")
+                if server and kind == "duplexd":  # its garbage collections, beside the stalls
+                    logs = [server.log_path, *(w.log_path for w in extra)]
+                    pauses = [p for log in logs for p in daemon_pauses(log)]
+                    attach_pauses(level[kind]["machine"], pauses)
             runs.append(level)
     return runs
 

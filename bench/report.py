@@ -11,7 +11,7 @@ import numpy as np
 
 from . import cpus
 from .metrics import merge_server, percentiles_ms, ratio
-from .steal import STALL_STOLEN_MS
+from .steal import LATE_MS, STALL_STOLEN_MS
 
 # A client worker this busy (or waking this late) may be timing arrivals late itself.
 CLIENT_CPU_SATURATED = 85.0
@@ -256,6 +256,11 @@ RATIO_ROWS: tuple[tuple[str, tuple[str, ...]], ...] = (
         f"... with the clients' CPU held up too (the witness >= {STALL_STOLEN_MS:g} ms late)",
         ("machine", "stalls_clients_cpu_held"),
     ),
+    (
+        f"... with a full garbage collection of the daemon's >= {LATE_MS:g} ms then",
+        ("machine", "stalls_with_gc"),
+    ),
+    ("the daemon's longest full garbage collection (ms)", ("machine", "daemon_gc_longest_ms")),
     ("FAL p50 (ms)", ("fal_ms", "p50")),
     ("FAL p95 (ms)", ("fal_ms", "p95")),
     ("FAL p99 (ms)", ("fal_ms", "p99")),

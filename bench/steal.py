@@ -14,6 +14,7 @@ A guest without steal accounting reads 0 throughout: "none stolen" is then no pr
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -56,12 +57,14 @@ class StealWitness:
         self._every_s = every_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._started_at = self._stopped_at = 0.0
         self._first: dict[int, int] = {}
         self._last: dict[int, int] = {}
         self.changes: list[tuple[float, int, float]] = []  # (when, cpu, ms stolen since read)
         self.late: list[tuple[float, float]] = []  # (when, ms) it woke `LATE_MS` late or more
 
     def start(self) -> None:
+        self._started_at = time.monotonic()
         self._first = self._last = read_steal_ticks()
         self._thread = threading.Thread(target=self._run, name="steal-witness", daemon=True)
         self._thread.start()
@@ -83,6 +86,8 @@ class StealWitness:
             self._last = ticks or self._last
 
     def stop(self) -> None:
+        if not self._stop.is_set():
+            self._stopped_at = time.monotonic()
         self._stop.set()
         if self._thread is not None:
             self._thread.join(1.0)
@@ -135,6 +140,8 @@ class StealWitness:
             "daemon_cpus_worst_100ms_stolen_ms": self._worst(0.1, cpus),
             "stalls": len(found),
             "stalls_with_theft": sum(ms >= STALL_STOLEN_MS for ms in stolen),
+            "stall_at": [at for at, _ in found],  # (time.monotonic())
+            "window": [self._started_at, self._stopped_at],  # (time.monotonic())
             "stall_sizes": [n for _, n in found],
             "stall_stolen_ms": stolen,
             "stalls_clients_cpu_held": sum(ms >= STALL_STOLEN_MS for ms in held),
@@ -177,3 +184,45 @@ def stalls(underruns: Sequence[tuple[float, Hashable]], sessions: int) -> list[t
         else:
             i += 1
     return out
+
+
+GC_EVENT: Final = "full garbage collection"  # duplexd/_ops/collector.py logs each so
+
+
+def daemon_pauses(log_path: str) -> list[tuple[float, float]]:
+    """(time.monotonic(), ms) of each full garbage collection a daemon logged in its JSON log
+    (`at` is its wall clock: the same machine's, mapped onto this process's monotonic one)."""
+    offset = time.time() - time.monotonic()
+    out: list[tuple[float, float]] = []
+    try:
+        with open(log_path, errors="replace") as f:
+            for line in f:
+                if GC_EVENT not in line:
+                    continue
+                try:
+                    record = json.loads(line)
+                    if record.get("event") == GC_EVENT:
+                        out.append((float(record["at"]) - offset, float(record["pause_ms"])))
+                except (ValueError, KeyError, TypeError):
+                    continue
+    except OSError:
+        return []
+    return out
+
+
+def attach_pauses(machine: dict[str, Any], pauses: Sequence[tuple[float, float]]) -> None:
+    """Add to a run's `machine` (`StealWitness.summary`) the daemon's full garbage
+    collections during it (`pauses`: `daemon_pauses`) and the longest one at each stall."""
+    t0, t1 = machine["window"]
+    run = [(when, ms) for when, ms in pauses if t0 <= when <= t1]
+    machine["daemon_gc_pauses_ms"] = [ms for _, ms in run]
+    machine["daemon_gc_longest_ms"] = max((ms for _, ms in run), default=0.0)
+    at_stalls = [
+        max(
+            (ms for when, ms in run if at - STALL_LOOKBACK_S <= when <= at + STALL_SPAN_S),
+            default=0.0,
+        )
+        for at in machine["stall_at"]
+    ]
+    machine["stall_gc_pause_ms"] = at_stalls
+    machine["stalls_with_gc"] = sum(ms >= LATE_MS for ms in at_stalls)

@@ -124,6 +124,13 @@ def test_tiny_bench_writes_the_schema(tmp_path: Path) -> None:
     _check_level(level["baseline"])
     for run in (level, level["baseline"]):  # counted by duplexd; read off the baseline's hist
         assert isinstance(run["server_jitter_ms"]["over_5ms"], int)
+    # the daemon's garbage collections, read off its log (the baseline logs none)
+    machine = level["machine"]
+    assert (
+        machine["daemon_gc_longest_ms"] >= 0
+        and len(machine["stall_gc_pause_ms"]) == (machine["stalls"])
+    )
+    assert "daemon_gc_longest_ms" not in level["baseline"]["machine"]
     barge = level["barge_in_ms"]["p50"]  # None if no barge-in happened in 2 s
     assert barge is None or 0 < barge < 1000
     assert {p.name for p in plots.iterdir()} >= {"fal_cdf.png", "barge_in_cdf.png"}
