@@ -257,10 +257,10 @@ RATIO_ROWS: tuple[tuple[str, tuple[str, ...]], ...] = (
         ("machine", "stalls_clients_cpu_held"),
     ),
     (
-        f"... with a full garbage collection of the daemon's >= {LATE_MS:g} ms then",
+        f"... with a garbage collection or sweep of the daemon's >= {LATE_MS:g} ms then",
         ("machine", "stalls_with_gc"),
     ),
-    ("the daemon's longest full garbage collection (ms)", ("machine", "daemon_gc_longest_ms")),
+    ("the daemon's longest garbage collection or sweep (ms)", ("machine", "daemon_gc_longest_ms")),
     ("FAL p50 (ms)", ("fal_ms", "p50")),
     ("FAL p95 (ms)", ("fal_ms", "p95")),
     ("FAL p99 (ms)", ("fal_ms", "p99")),

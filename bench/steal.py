@@ -186,23 +186,26 @@ def stalls(underruns: Sequence[tuple[float, Hashable]], sessions: int) -> list[t
     return out
 
 
-GC_EVENT: Final = "full garbage collection"  # duplexd/_ops/collector.py logs each so
+# duplexd/_ops/collector.py logs each full collection (`at`: when it ended) and each sweep of the
+# frozen set (logged as it ends: `ts`), both with `pause_ms`
+GC_EVENTS: Final = ("full garbage collection", "garbage swept")
 
 
 def daemon_pauses(log_path: str) -> list[tuple[float, float]]:
-    """(time.monotonic(), ms) of each full garbage collection a daemon logged in its JSON log
-    (`at` is its wall clock: the same machine's, mapped onto this process's monotonic one)."""
+    """(time.monotonic(), ms) of each full garbage collection or sweep a daemon logged in its
+    JSON log (its wall clock: the same machine's, mapped onto this process's monotonic one)."""
     offset = time.time() - time.monotonic()
     out: list[tuple[float, float]] = []
     try:
         with open(log_path, errors="replace") as f:
             for line in f:
-                if GC_EVENT not in line:
+                if not any(event in line for event in GC_EVENTS):
                     continue
                 try:
                     record = json.loads(line)
-                    if record.get("event") == GC_EVENT:
-                        out.append((float(record["at"]) - offset, float(record["pause_ms"])))
+                    if record.get("event") in GC_EVENTS:
+                        at = float(record.get("at", record["ts"]))
+                        out.append((at - offset, float(record["pause_ms"])))
                 except (ValueError, KeyError, TypeError):
                     continue
     except OSError:

@@ -87,19 +87,20 @@ def test_the_daemons_garbage_collections_are_read_from_its_log_and_set_beside_th
         {"ts": 2.0, "event": "full garbage collection", "at": now_wall - 0.10, "pause_ms": 18.5},
         {"ts": 3.0, "event": "full garbage collection", "at": now_wall - 5.0, "pause_ms": 2.0},
         {"ts": 4.0, "event": "full garbage collection", "at": now_wall + 99, "pause_ms": 40.0},
+        {"ts": now_wall - 4.0, "event": "garbage swept", "collected": 3, "pause_ms": 7.5},
     ]
     log = tmp_path / "daemon.log"
     log.write_text(
         "\n".join(json.dumps(x) for x in lines) + "\nnot json: full garbage collection\n"
     )
     pauses = daemon_pauses(str(log))
-    assert [ms for _, ms in pauses] == [18.5, 2.0, 40.0]
+    assert [ms for _, ms in pauses] == [18.5, 2.0, 40.0, 7.5]  # (a sweep is logged as it ends)
     assert pauses[0][0] == pytest.approx(now_mono - 0.10, abs=0.01)  # on the monotonic clock
     # a run from 10 s ago to now, with a stall just after the 18.5 ms collection (the last
     # one logged is after the run: not its)
     machine = {"window": [now_mono - 10, now_mono], "stall_at": [now_mono - 0.05, now_mono - 3]}
     attach_pauses(machine, pauses)
-    assert machine["daemon_gc_pauses_ms"] == [18.5, 2.0]
+    assert machine["daemon_gc_pauses_ms"] == [18.5, 2.0, 7.5]
     assert machine["daemon_gc_longest_ms"] == 18.5
     assert machine["stall_gc_pause_ms"] == [18.5, 0.0] and machine["stalls_with_gc"] == 1
     assert daemon_pauses(str(tmp_path / "gone.log")) == []
