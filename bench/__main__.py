@@ -334,8 +334,8 @@ def _run_all(
                 if server and server.proc.poll() is not None:
                     raise ServerFailed(f"{kind} exited during the run:\n{server.log_tail()}")
                 if server and kind == "duplexd":  # its garbage collections, beside the stalls
-                    logs = [server.log_path, *(w.log_path for w in extra)]
-                    pauses = [p for log in logs for p in daemon_pauses(log)]
+                    logs = [daemon_pauses(w.log_path) for w in (server, *extra)]
+                    pauses = None if None in logs else [p for log in logs for p in log or ()]
                     attach_pauses(level[kind]["machine"], pauses)
             runs.append(level)
     return runs

@@ -15,6 +15,7 @@ A guest without steal accounting reads 0 throughout: "none stolen" is then no pr
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
 import time
@@ -120,7 +121,7 @@ class StealWitness:
         stolen = [
             self.stolen_between(at - STALL_LOOKBACK_S, at + STALL_SPAN_S, cpus) for at, _ in found
         ]
-        per_cpu = self.stolen_ms()
+        per_cpu = self.stolen_ms()  # ({} where /proc/stat could not be read: n/a, not 0)
         held = [
             max(
                 (
@@ -136,7 +137,9 @@ class StealWitness:
             "stolen_ms": per_cpu,
             "daemon_cpus_stolen_ms": sum(
                 ms for cpu, ms in per_cpu.items() if cpus is None or cpu in cpus
-            ),
+            )
+            if per_cpu
+            else math.nan,
             "daemon_cpus_worst_100ms_stolen_ms": self._worst(0.1, cpus),
             "stalls": len(found),
             "stalls_with_theft": sum(ms >= STALL_STOLEN_MS for ms in stolen),
@@ -191,9 +194,10 @@ def stalls(underruns: Sequence[tuple[float, Hashable]], sessions: int) -> list[t
 GC_EVENTS: Final = ("full garbage collection", "garbage swept")
 
 
-def daemon_pauses(log_path: str) -> list[tuple[float, float]]:
+def daemon_pauses(log_path: str) -> list[tuple[float, float]] | None:
     """(time.monotonic(), ms) of each full garbage collection or sweep a daemon logged in its
-    JSON log (its wall clock: the same machine's, mapped onto this process's monotonic one)."""
+    JSON log (its wall clock: the same machine's, mapped onto this process's monotonic one);
+    None if the log cannot be read (not: "none happened")."""
     offset = time.time() - time.monotonic()
     out: list[tuple[float, float]] = []
     try:
@@ -209,13 +213,18 @@ def daemon_pauses(log_path: str) -> list[tuple[float, float]]:
                 except (ValueError, KeyError, TypeError):
                     continue
     except OSError:
-        return []
+        return None
     return out
 
 
-def attach_pauses(machine: dict[str, Any], pauses: Sequence[tuple[float, float]]) -> None:
+def attach_pauses(machine: dict[str, Any], pauses: Sequence[tuple[float, float]] | None) -> None:
     """Add to a run's `machine` (`StealWitness.summary`) the daemon's full garbage
-    collections during it (`pauses`: `daemon_pauses`) and the longest one at each stall."""
+    collections during it (`pauses`: `daemon_pauses`; None: unknown, the figures n/a) and the
+    longest one at each stall."""
+    if pauses is None:
+        machine.update(daemon_gc_pauses_ms=None, daemon_gc_longest_ms=math.nan)
+        machine.update(stall_gc_pause_ms=None, stalls_with_gc=math.nan)
+        return
     t0, t1 = machine["window"]
     run = [(when, ms) for when, ms in pauses if t0 <= when <= t1]
     machine["daemon_gc_pauses_ms"] = [ms for _, ms in run]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -103,4 +104,8 @@ def test_the_daemons_garbage_collections_are_read_from_its_log_and_set_beside_th
     assert machine["daemon_gc_pauses_ms"] == [18.5, 2.0, 7.5]
     assert machine["daemon_gc_longest_ms"] == 18.5
     assert machine["stall_gc_pause_ms"] == [18.5, 0.0] and machine["stalls_with_gc"] == 1
-    assert daemon_pauses(str(tmp_path / "gone.log")) == []
+    # a log that cannot be read says nothing: n/a, not "no collection"
+    assert daemon_pauses(str(tmp_path / "gone.log")) is None
+    unknown = {"window": [0.0, 1.0], "stall_at": [0.5]}
+    attach_pauses(unknown, None)
+    assert math.isnan(unknown["daemon_gc_longest_ms"]) and math.isnan(unknown["stalls_with_gc"])
