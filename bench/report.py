@@ -11,7 +11,7 @@ import numpy as np
 
 from . import cpus
 from .metrics import merge_server, percentiles_ms, ratio
-from .steal import LATE_MS, STALL_STOLEN_MS
+from .steal import LATE_MS, STALL_HELD_MS, STALL_STOLEN_MS
 
 # A client worker this busy (or waking this late) may be timing arrivals late itself.
 CLIENT_CPU_SATURATED = 85.0
@@ -253,7 +253,7 @@ RATIO_ROWS: tuple[tuple[str, tuple[str, ...]], ...] = (
         ("machine", "stalls_with_theft"),
     ),
     (
-        f"... with the clients' CPU held up too (the witness >= {STALL_STOLEN_MS:g} ms late)",
+        f"... with the clients' CPU held up too (the witness >= {STALL_HELD_MS:g} ms late)",
         ("machine", "stalls_clients_cpu_held"),
     ),
     (

@@ -33,7 +33,8 @@ STALL_SPAN_S: Final = 0.060
 # `STALL_LOOKBACK_S` before the first underrun (an underrun is seen when the late frame comes,
 # at the stall's end)
 STALL_STOLEN_MS: Final = 10.0
-LATE_MS: Final = 5.0  # the witness (on the clients' CPUs) woke this late: that CPU was held
+STALL_HELD_MS: Final = 10.0  # ... with the clients' CPU held if the witness woke this late then
+LATE_MS: Final = 5.0  # the witness's wake-ups this late are kept; a daemon pause this long counts
 STALL_LOOKBACK_S: Final = 0.250
 
 
@@ -122,17 +123,7 @@ class StealWitness:
             self.stolen_between(at - STALL_LOOKBACK_S, at + STALL_SPAN_S, cpus) for at, _ in found
         ]
         per_cpu = self.stolen_ms()  # ({} where /proc/stat could not be read: n/a, not 0)
-        held = [
-            max(
-                (
-                    ms
-                    for when, ms in self.late
-                    if at - STALL_LOOKBACK_S <= when <= at + STALL_SPAN_S
-                ),
-                default=0.0,
-            )
-            for at, _ in found
-        ]
+        held = [longest_near(self.late, at) for at, _ in found]
         return {
             "stolen_ms": per_cpu,
             "daemon_cpus_stolen_ms": sum(
@@ -147,7 +138,7 @@ class StealWitness:
             "window": [self._started_at, self._stopped_at],  # (time.monotonic())
             "stall_sizes": [n for _, n in found],
             "stall_stolen_ms": stolen,
-            "stalls_clients_cpu_held": sum(ms >= STALL_STOLEN_MS for ms in held),
+            "stalls_clients_cpu_held": sum(ms >= STALL_HELD_MS for ms in held),
             "stall_witness_late_ms": held,
         }
 
@@ -166,6 +157,15 @@ class StealWitness:
                     lo += 1
                 worst = max(worst, total)
         return worst
+
+
+def longest_near(events: Sequence[tuple[float, float]], at: float) -> float:
+    """The largest of the (time, ms) `events` around a stall seen at `at`: from
+    `STALL_LOOKBACK_S` before it to `STALL_SPAN_S` after (0: none)."""
+    return max(
+        (ms for when, ms in events if at - STALL_LOOKBACK_S <= when <= at + STALL_SPAN_S),
+        default=0.0,
+    )
 
 
 def stalls(underruns: Sequence[tuple[float, Hashable]], sessions: int) -> list[tuple[float, int]]:
@@ -229,12 +229,6 @@ def attach_pauses(machine: dict[str, Any], pauses: Sequence[tuple[float, float]]
     run = [(when, ms) for when, ms in pauses if t0 <= when <= t1]
     machine["daemon_gc_pauses_ms"] = [ms for _, ms in run]
     machine["daemon_gc_longest_ms"] = max((ms for _, ms in run), default=0.0)
-    at_stalls = [
-        max(
-            (ms for when, ms in run if at - STALL_LOOKBACK_S <= when <= at + STALL_SPAN_S),
-            default=0.0,
-        )
-        for at in machine["stall_at"]
-    ]
+    at_stalls = [longest_near(run, at) for at in machine["stall_at"]]
     machine["stall_gc_pause_ms"] = at_stalls
     machine["stalls_with_gc"] = sum(ms >= LATE_MS for ms in at_stalls)
