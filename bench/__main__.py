@@ -42,6 +42,7 @@ from .daemon import (
     baseline_argv,
     duplexd_argv,
     listening_socket,
+    model_argv,
     start_server,
     start_worker,
 )
@@ -89,6 +90,19 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="duplexd as N workers on one port, as deploy/duplexd-workers.socket runs them"
         " (each pinned to one of --daemon-cpus, in turn); CPU and RSS are their sum",
+    )
+    p.add_argument(
+        "--model-process",
+        action="store_true",
+        help="the engine runs in a model process (duplexd serve-model) that the daemon or its"
+        " workers use (--model-socket); it runs on --model-cpus; CPU and RSS add it in",
+    )
+    p.add_argument(
+        "--model-cpus",
+        type=cpus.parse_cpus,
+        default=None,
+        metavar="LIST",
+        help="CPUs of the model process (default: --daemon-cpus)",
     )
     p.add_argument("--url", default="", help="bench a running duplexd instead of starting one")
     p.add_argument("--pid", type=int, default=0, help="with --url: its PID, for CPU and RSS")
@@ -177,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.daemon_workers < 1 or (args.daemon_workers > 1 and args.url):
         print("bench: --daemon-workers needs 1 or more, and no --url", file=sys.stderr)
         return 2
+    if args.model_process and args.url:
+        print("bench: --model-process starts the daemon: leave out --url", file=sys.stderr)
+        return 2
     uplink = args.uplink or args.uplink_echo_db is not None or args.uplink_echo_room is not None
     if args.uplink_echo_room is not None and args.uplink_echo_db is None:
         args.uplink_echo_db = 0.0  # the room's own level
@@ -197,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         codec=args.codec,
     )
     servers: dict[str, Server] = {}
-    extra: list[Server] = []  # --daemon-workers: the workers after the first
+    extra: list[Server] = []  # --daemon-workers: the workers after the first; the model process
+    model: list[Server] = []  # --model-process
     warnings: list[str] = []
     tmp = tempfile.TemporaryDirectory(prefix="bench-uplink-")
     try:
@@ -211,13 +229,17 @@ def main(argv: list[str] | None = None) -> int:
             except (RuntimeError, subprocess.TimeoutExpired) as exc:
                 print(f"bench: {exc}", file=sys.stderr)
                 return 1
+        if args.model_process:  # first: the daemons connect to it as they start
+            args.model_socket = os.path.join(tmp.name, "model.sock")
+            model_cpus = args.model_cpus if args.model_cpus is not None else args.daemon_cpus
+            argv = model_argv(args.engine, args.device, args.model_socket)
+            model = [start_server("duplexd model", argv, cpus=model_cpus)]
         if not args.url and args.daemon_workers > 1:
             workers = start_workers(args)
             servers["duplexd"], extra = workers[0], workers[1:]
         elif not args.url:
-            servers["duplexd"] = start_server(
-                "duplexd", duplexd_argv(args.engine, args.device), cpus=args.daemon_cpus
-            )
+            servers["duplexd"] = start_server("duplexd", serve_argv(args), cpus=args.daemon_cpus)
+        extra += model
         if not args.no_baseline:
             servers["baseline"] = start_server("baseline", baseline_argv(), cpus=args.daemon_cpus)
         cpus.pin(0, args.client_cpus)  # the client workers are forked from here
@@ -226,7 +248,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: {exc}", file=sys.stderr)
         return 1
     finally:
-        for name, server in [*servers.items(), *(("duplexd worker", w) for w in extra)]:
+        workers = [("duplexd worker", w) for w in extra if w not in model]
+        last = [("duplexd model", m) for m in model]  # after the daemons, as systemd stops them
+        for name, server in [*servers.items(), *workers, *last]:
             if not server.stop():
                 warnings.append(f"{name} did not exit within 5 s of SIGTERM and was killed")
         tmp.cleanup()
@@ -244,6 +268,11 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_count": os.cpu_count(),
         **cpus.describe(args.daemon_cpus, args.client_cpus),
         "daemon_workers": args.daemon_workers,
+        "model_process": (
+            {"cpus": sorted(args.model_cpus or args.daemon_cpus or [])}
+            if args.model_process
+            else None
+        ),
         "url": args.url or None,
         "warnings": warnings,
         "uplink": None,
@@ -279,6 +308,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def model_meta(args: argparse.Namespace) -> dict[str, Any] | None:
+    """With --model-process: where the model process ran."""
+    if not args.model_process:
+        return None
+    return {"cpus": sorted(args.model_cpus or args.daemon_cpus or [])}
+
+
+def serve_argv(args: argparse.Namespace) -> list[str]:
+    """The `duplexd serve` under test (using the model process with --model-process)."""
+    return duplexd_argv(args.engine, args.device, model_socket=getattr(args, "model_socket", ""))
+
+
 def start_workers(args: argparse.Namespace) -> list[Server]:
     """`--daemon-workers N` duplexd workers sharing one listening socket (bench.daemon)."""
     cores = sorted(args.daemon_cpus) if args.daemon_cpus else []
@@ -287,7 +328,7 @@ def start_workers(args: argparse.Namespace) -> list[Server]:
             start_worker(
                 f"duplexd-{i}",
                 sock,
-                duplexd_argv(args.engine, args.device),
+                serve_argv(args),
                 cpus=frozenset({cores[i % len(cores)]}) if cores else None,
             )
             for i in range(args.daemon_workers)

@@ -128,7 +128,9 @@ def start_worker(
     return start_server(name, [sys.executable, "-c", shim, *argv], cpus=cpus, pass_fds=(fd,))
 
 
-def duplexd_argv(engine: str, device: str) -> list[str]:
+def duplexd_argv(engine: str, device: str, *, model_socket: str = "") -> list[str]:
+    """A `duplexd serve` of `engine` on `device`; with `model_socket`, one that uses the model
+    process there (`model_argv`) instead."""
     return [
         sys.executable,
         "-m",
@@ -138,6 +140,7 @@ def duplexd_argv(engine: str, device: str) -> list[str]:
         engine,
         "--device",
         device,
+        *(("--model-socket", model_socket) if model_socket else ()),
         "--port",
         "0",
         "--max-sessions",
@@ -147,6 +150,14 @@ def duplexd_argv(engine: str, device: str) -> list[str]:
         "--log-level",
         "info",
     ]
+
+
+def model_argv(engine: str, device: str, model_socket: str) -> list[str]:
+    """A `duplexd serve-model` of `engine` on `device`, listening at `model_socket` (it logs
+    "listening" as a daemon does, so `start_server` waits for it)."""
+    return [sys.executable, "-m", "duplexd", "serve-model", "--model-socket", model_socket,
+            "--engine", engine, "--device", device,
+            "--log-format", "json", "--log-level", "info"]  # fmt: skip
 
 
 def baseline_argv() -> list[str]:

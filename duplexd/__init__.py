@@ -11,10 +11,11 @@ API). Everything a program needs is importable from here or from the public subp
     duplexd/protocol/   public   the wire protocol, sans-I/O: frames, codec, session rules,
                                  Hello options, JSON mode                  <- a byte is decoded
     duplexd/client/     public   the SDK (`open_session`), `chat`, the LLM adapter, `probe`
-    duplexd/engines/    public   the engine plugin API; `tone`, `vits`; the registry
+    duplexd/engines/    public   the engine plugin API; `tone`, `vits`; the registry; `remote`:
+                                 a model process shared by several daemons (its wire)
     duplexd/_server/    private  the listeners (TLS), each connection's handshake (a byte enters),
                                  the open session (a cancel lands: `Session._interrupt`),
-                                 the service (systemd, drain)
+                                 the service (systemd, drain), `serve-model`'s process
     duplexd/_downlink/  private  segment -> utterance -> producer (engine, resample) -> ring
                                  -> pacer -> writer                        <- audio is paced
     duplexd/_uplink/    private  microphone -> echo -> VAD -> barge-ins, turns -> ASR

@@ -1,4 +1,5 @@
-"""`duplexd serve | config | token | chat | probe | say`: the daemon and its clients."""
+"""`duplexd serve | serve-model | config | token | chat | probe | say`: the daemon, its shared
+model process, and its clients."""
 
 from __future__ import annotations
 
@@ -9,13 +10,17 @@ import sys
 import tempfile
 import wave
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from ._ops.flags import add_config_flags, config_command
 from ._version import __version__
 from .protocol.frames import SAMPLE_RATE_HZ, WS_PATH
+
+if TYPE_CHECKING:
+    from ._ops.settings import Settings
 
 log = logging.getLogger("duplexd.cli")
 
@@ -44,6 +49,10 @@ EXAMPLES = {
     "serve": (
         "duplexd serve                                  # the bundled joe voice on 127.0.0.1:8765",
         "duplexd serve --engine tone --port 0 --log-format text",
+    ),
+    "serve-model": (
+        "duplexd serve-model --model-socket /run/duplexd-model/model.sock --device cuda",
+        "duplexd serve-model --engine tone --model-socket /tmp/duplexd-model.sock",
     ),
     "config": (
         "duplexd config --print --config /etc/duplexd/duplexd.toml",
@@ -86,6 +95,16 @@ def _parser() -> argparse.ArgumentParser:
 
     s = _command(sub, "serve", "run the daemon")
     add_config_flags(s)  # --config, --host, --port, --engine, --asr-model... (duplexd._ops.flags)
+
+    m = _command(
+        sub,
+        "serve-model",
+        "run the model process that the daemons of one GPU share (serve --model-socket)",
+        description="Load [engine] (name, device, voice, preload) once and serve it to the "
+        "daemons that name the same socket: their sessions' requests share one model and "
+        "its batches. SIGTERM stops it at once.",
+    )
+    add_config_flags(m)
 
     c = _command(sub, "config", "show or check the effective configuration")
     add_config_flags(c)
@@ -135,6 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _serve(args)
+        if args.command == "serve-model":
+            return _serve_model(args)
         if args.command == "chat":
             from .client.chat import run_chat
 
@@ -162,9 +183,41 @@ def _serve(args: argparse.Namespace, beside: Callable[[], Awaitable[None]] | Non
     SIGTERM. `beside()`: a task run next to the service until it stops (cancelled then; the
     fuzz soak's task counter)."""
     from ._ops.flags import settings_from_args
+    from ._server.service import Service
+
+    def main(settings: Settings) -> Callable[[], Awaitable[None]]:
+        service = Service(settings, reload=lambda: settings_from_args(args))
+
+        async def run() -> None:
+            if beside is None:
+                await service.run()
+                return
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(beside)
+                await service.run()
+                nursery.cancel_scope.cancel()
+
+        return run
+
+    return _run_with_settings(args, main)
+
+
+def _serve_model(args: argparse.Namespace) -> int:
+    """`duplexd._server.model.run_model_service` with the settings `serve` would read."""
+    from ._server.model import run_model_service
+
+    return _run_with_settings(args, lambda settings: partial(run_model_service, settings))
+
+
+def _run_with_settings(
+    args: argparse.Namespace, main: Callable[[Settings], Callable[[], Awaitable[None]]]
+) -> int:
+    """The settings (file < DUPLEXD_* < flags) and the logs, then `main(settings)` under trio.
+    A bad configuration or a start that fails: one line, exit status 2."""
+    from ._ops.flags import settings_from_args
     from ._ops.logs import configure_logging
     from ._ops.settings import ConfigError
-    from ._server.service import Service, StartupError
+    from ._server.service import StartupError
 
     try:
         settings = settings_from_args(args)
@@ -172,19 +225,8 @@ def _serve(args: argparse.Namespace, beside: Callable[[], Awaitable[None]] | Non
         print(f"duplexd: config: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log)
-    service = Service(settings, reload=lambda: settings_from_args(args))
-
-    async def run() -> None:
-        if beside is None:
-            await service.run()
-            return
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(beside)
-            await service.run()
-            nursery.cancel_scope.cancel()
-
     try:
-        trio.run(run)
+        trio.run(main(settings))
     except (StartupError, OSError, BaseExceptionGroup) as exc:
         why = _startup_failure(exc)
         if why is None:

@@ -396,3 +396,46 @@ def test_the_handoff_bench_measures_both_ways_and_refuses_a_bad_count(tmp_path: 
     for way in ("one_call_each", "batched"):
         assert doc[way]["cpu_us_per_chunk"] > 0 and doc[way]["round_us"] > 0
     assert refused == "bench: --chunks and --rounds must be >= 1, got 0 and 200"
+
+
+@pytest.mark.integration
+def test_a_bench_through_a_model_process_counts_it_in(tmp_path: Path) -> None:
+    out = tmp_path / "out.json"
+    proc = subprocess.run(
+        [
+            *(sys.executable, "-m", "bench", "--engine", "tone", "--sessions", "2"),
+            *("--duration", "2", "--model-process", "--no-baseline", "--no-progress"),
+            *("--daemon-cpus", str(DAEMON_CPU), "--client-cpus", str(CLIENT_CPU)),
+            *("--json", str(out)),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert doc["model_process"] == {"cpus": [DAEMON_CPU]}
+    level = doc["levels"][0]
+    _check_level(level)
+    assert level["frames"] > 0 and level["session_errors"] == 0
+    # the daemon's and the model process's memory together: two Python processes
+    assert level["rss_mb"] > 2 * 30
+
+
+def test_a_model_process_with_a_url_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.__main__ import main
+
+    assert main(["--model-process", "--url", "ws://x/v1"]) == 2
+    assert capsys.readouterr().err == "bench: --model-process starts the daemon: leave out --url\n"
+
+
+@pytest.mark.integration
+def test_the_model_wire_bench_measures_the_wire_and_refuses_a_bad_count(tmp_path: Path) -> None:
+    doc, refused = _small_bench(
+        "model_wire", ["--threads", "2", "--duration", "1", "--chars", "40"], ["--threads", "0"],
+        tmp_path,
+    )  # fmt: skip
+    assert doc["threads"] == 2 and doc["audio_s"] > 0 and doc["chunks"] > 0
+    assert doc["daemon_cpu_us_per_audio_s"] > 0 and doc["chunk_round_trip_ms"]["p50"] > 0
+    assert refused == "bench.model_wire: --threads, --duration and --chars must be positive"

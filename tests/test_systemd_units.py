@@ -14,7 +14,10 @@ pytestmark = pytest.mark.integration
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 
 
-@pytest.mark.parametrize("unit", ["duplexd.service", "duplexd@.service", "duplexd-worker@.service"])
+@pytest.mark.parametrize(
+    "unit",
+    ["duplexd.service", "duplexd@.service", "duplexd-worker@.service", "duplexd-model.service"],
+)
 def test_unit_verifies(unit: str, tmp_path: Path) -> None:
     analyze = shutil.which("systemd-analyze")
     if analyze is None:

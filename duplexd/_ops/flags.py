@@ -33,6 +33,7 @@ FLAG_KEYS: Final = {
     "device": ("engine", "device"),
     "voice": ("engine", "voice"),
     "tone_compute_ms_per_char": ("engine", "tone_compute_ms_per_char"),
+    "model_socket": ("engine", "model_socket"),
     "asr_model": ("asr", "model"),
     "asr_threads": ("asr", "threads"),
     "trace": ("trace", "path"),
@@ -95,6 +96,13 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=d, help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--voice", default=d, help="voice to preload and use by default")
     p.add_argument("--tone-compute-ms-per-char", type=float, default=d, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--model-socket",
+        default=d,
+        metavar="PATH",
+        help="serve: use the model process on this Unix socket (duplexd serve-model);"
+        " serve-model: listen here",
+    )
     p.add_argument(
         "--asr-model",
         default=d,

@@ -85,6 +85,9 @@ class EngineSettings:
     preload: tuple[str, ...] = ()  # voices loaded (and warmed) before READY
     max_loaded_voices: int = 4  # vits: LRU of loaded voice models
     tone_compute_ms_per_char: float = 0.0  # tone only: simulated compute per character (bench)
+    # a model process's Unix socket (`duplexd serve-model` listens there): `serve` uses its
+    # engine instead of loading one (the workers of a GPU host share one model); "" = load here
+    model_socket: str = ""
 
 
 def _check_limits(limits: SessionLimits) -> None:
@@ -259,11 +262,15 @@ def session_capacity(
     return max(2, per_core * cores), f"{engine} on {cores} CPU cores x {per_core}"
 
 
-def effective_max_sessions(settings: Settings, *, cuda: bool | None = None) -> int:
-    """`server.max_sessions` as a number (0: unlimited)."""
+def effective_max_sessions(
+    settings: Settings, *, cuda: bool | None = None, engine: str = ""
+) -> int:
+    """`server.max_sessions` as a number (0: unlimited). `engine`: the engine's name where it
+    is not `[engine] name` (a model process's)."""
     value = settings.server.max_sessions
     if value == AUTO:
-        return session_capacity(settings.engine.name, settings.engine.device, cuda=cuda)[0]
+        name = engine or settings.engine.name
+        return session_capacity(name, settings.engine.device, cuda=cuda)[0]
     return int(value)
 
 
@@ -429,6 +436,11 @@ def _validate(s: Settings) -> None:
         raise bad("asr.threads", f"must be >= 1, got {s.asr.threads}")
     if s.engine.tone_compute_ms_per_char < 0:
         raise bad("engine.tone_compute_ms_per_char", "must be >= 0")
+    socket_path = s.engine.model_socket
+    if socket_path and (not socket_path.startswith("/") or len(socket_path.encode()) > 107):
+        raise bad(
+            "engine.model_socket", f"must be an absolute path of <= 107 bytes, got {socket_path!r}"
+        )
     which = s.trace.sessions.strip().lower()
     if which not in ("first", "all") and not (which.isdigit() and int(which) >= 1):
         raise bad("trace.sessions", f"must be first, all or N >= 1, got {s.trace.sessions!r}")

@@ -1,6 +1,7 @@
 """How a connection ends (`SessionEnd`): the first failure recorded wins, and how a task's
 failure is reported (the peer's protocol error as that error, a closed connection as nothing,
-anything else as INTERNAL and logged)."""
+a model process that went away as INTERNAL with what to do, anything else as INTERNAL and
+logged)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,15 @@ from collections.abc import Awaitable, Callable
 import trio
 from trio_websocket import ConnectionClosed
 
+from ..engines.remote import ModelGoneError
 from ..protocol import frames as fr
 from ..protocol.codec import RemoteProtocolError
 from .handshake import Refusal
 
 log = logging.getLogger("duplexd.session")
+MODEL_GONE_MESSAGE = (
+    "speech synthesis is unavailable for now (the model process restarted): open a new session"
+)
 
 CLOSED_ERRORS = (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError)
 
@@ -58,6 +63,9 @@ class SessionEnd:
                     self.fail(exc.error_code, exc.message)
                 elif isinstance(exc, Refusal):
                     self.fail(exc.code, exc.message)
+                elif isinstance(exc, ModelGoneError):  # not a bug of ours: no traceback
+                    log.warning("session %s: %s", self.tag, exc)
+                    self.fail(fr.ErrorCode.INTERNAL, MODEL_GONE_MESSAGE)
                 elif not isinstance(exc, CLOSED_ERRORS):
                     log.exception("session %s failed", self.tag)
                     self.fail(fr.ErrorCode.INTERNAL, "internal server error")

@@ -39,7 +39,7 @@ from .._ops.http import Request, Response, serve_http
 from .._ops.logs import configure_logging
 from .._ops.prometheus import CONTENT_TYPE, DaemonMetrics
 from .._ops.sdnotify import Notifier, keep_watchdog_fed, watchdog_interval_s
-from .._ops.settings import ConfigError, Settings, effective_max_sessions
+from .._ops.settings import ConfigError, EngineSettings, Settings, effective_max_sessions
 from .._ops.tls import TlsError
 from .._ops.trace import Tracer
 from .._uplink.asr import Transcriber
@@ -48,6 +48,7 @@ from .._uplink.turn import TurnModel
 from .._uplink.vad import VadModel
 from ..engines.base import Engine, EngineError, Voice
 from ..engines.registry import EngineSet, load_engine
+from ..engines.remote import RemoteEngine
 from .listen import ListenError, inherited_sockets, ssl_context_from_settings
 from .preflight import startup_problems
 from .server import Daemon, serve_duplexd
@@ -61,6 +62,24 @@ CLOSE_GRACE_S = 2.0  # after GOING_AWAY: how long sessions get to close before t
 
 class StartupError(Exception):
     """The daemon cannot start with this configuration (unknown engine or voice...)."""
+
+
+def load_local_engine(e: EngineSettings, options: Mapping[str, Any] | None = None) -> Engine:
+    """`[engine]`'s engine, loaded here with its default voice (loaded and warmed). Blocking:
+    call from a worker thread. StartupError (one line) if it cannot load."""
+    opts = dict(options or {})
+    if e.name == "tone" and e.tone_compute_ms_per_char:
+        opts.setdefault("compute_ms_per_char", e.tone_compute_ms_per_char)
+    if e.name == "vits":
+        voices = (*e.preload, e.voice) if e.voice else e.preload
+        opts.setdefault("preload", tuple(dict.fromkeys(voices)))
+        opts.setdefault("max_loaded_voices", e.max_loaded_voices)
+    try:
+        engine = load_engine(e.name, device=e.device, **opts)
+        engine.open_voice(e.voice or engine.default_voice)  # loads and warms it
+    except (LookupError, EngineError) as exc:
+        raise StartupError(str(exc.args[0] if exc.args else exc)) from None
+    return engine
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -241,7 +260,12 @@ class Service:
                 raise StartupError(str(exc)) from None
             if not inherited:
                 check_port_free(s.host, s.port)  # before the model loads, not after
-            if self._engines is None and (problems := startup_problems(self.settings)):
+            remote = bool(self.settings.engine.model_socket)  # the model process checks them
+            if (
+                self._engines is None
+                and not remote
+                and (problems := startup_problems(self.settings))
+            ):
                 raise StartupError(problems[0])  # an unknown voice, no CUDA: before, too
             self.notifier.status("loading the model")
             engines = await self._load_engines()
@@ -297,24 +321,18 @@ class Service:
         if self._engines is not None:
             return self._engines
         e = self.settings.engine
-        options = dict(self._engine_options)
-        if e.name == "tone" and e.tone_compute_ms_per_char:
-            options.setdefault("compute_ms_per_char", e.tone_compute_ms_per_char)
-        if e.name == "vits":
-            voices = (*e.preload, e.voice) if e.voice else e.preload
-            options.setdefault("preload", tuple(dict.fromkeys(voices)))
-            options.setdefault("max_loaded_voices", e.max_loaded_voices)
         started = time.monotonic()
 
         def load() -> EngineSet:
-            try:
-                engine: Engine = load_engine(e.name, device=e.device, **options)
-                engine.open_voice(e.voice or engine.default_voice)  # loads and warms it
-                if e.voice:
-                    engine = DefaultVoice(engine, e.voice)
-            except (LookupError, EngineError) as exc:
-                raise StartupError(str(exc.args[0] if exc.args else exc)) from None
-            return EngineSet.of(engine)
+            if not e.model_socket:
+                engine = load_local_engine(e, self._engine_options)
+            else:  # the model process's engine: its name, device, voices
+                try:
+                    engine = RemoteEngine(e.model_socket)
+                    engine.open_voice(e.voice or engine.default_voice)
+                except EngineError as exc:
+                    raise StartupError(str(exc.args[0] if exc.args else exc)) from None
+            return EngineSet.of(DefaultVoice(engine, e.voice) if e.voice else engine)
 
         self._engines = await trio.to_thread.run_sync(load)
         engine = self._engines.get("")
@@ -331,8 +349,10 @@ class Service:
 
     def _max_sessions(self, engines: EngineSet) -> int:
         """`server.max_sessions`, "auto" resolved with the device the engine really runs on."""
-        cuda = engines.get("").device.startswith("cuda")
-        n = effective_max_sessions(self.settings, cuda=cuda)
+        engine = engines.get("")
+        n = effective_max_sessions(
+            self.settings, cuda=engine.device.startswith("cuda"), engine=engine.name
+        )
         log.info(
             "admission", extra={"max_sessions": n, "setting": self.settings.server.max_sessions}
         )

@@ -11,6 +11,8 @@ resamples, frames and paces it.
 - `vits`: the neural engine (torch, CUDA or CPU), with the bundled joe voice.
 - `registry`: `load_engine(name)` (built-ins and plugins), `EngineSet` (a daemon's engines).
 - `plugins`: the `duplexd.engines` entry-point group.
+- `remote`: `RemoteEngine`, a daemon's engine whose model runs in a model process
+  (`duplexd serve-model`, `remote.server.serve_model`) that several daemons share.
 
 May import: nothing of duplexd. Importing this package does not import torch (`vits` does).
 """

@@ -1,0 +1,134 @@
+"""`duplexd serve-model`: the model process of a GPU host, shared by its daemons (workers).
+
+It loads `[engine]` (name, device, voice, preload) once, listens on the Unix socket
+`[engine] model_socket` (or on one systemd passed: socket activation), says READY=1 when the
+model is loaded, warm and listening, feeds the watchdog from its event loop, and serves until
+SIGTERM or SIGINT, which stop it at once: the daemons' requests under way fail (their
+utterances end with an error frame, their sessions stay) and they connect again to the next
+model process. Workers are ordered after it (deploy/duplexd-model.service), so systemd stops
+them, and they drain, before it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import signal
+import socket
+import stat
+import time
+
+import trio
+
+from .._ops.sdnotify import Notifier, keep_watchdog_fed, watchdog_interval_s
+from .._ops.settings import Settings
+from ..engines.remote.server import serve_model
+from .listen import ListenError, inherited_sockets
+from .preflight import startup_problems
+from .service import StartupError, load_local_engine
+
+log = logging.getLogger("duplexd.model")
+
+
+def bind_model_socket(path: str) -> socket.socket:
+    """A listening Unix socket at `path`, only its owner may connect (mode 0600: the daemons
+    run as the same user). A socket file left by a dead model process is replaced;
+    StartupError if a live one listens there or the path is not a socket."""
+    if not path:
+        raise StartupError(
+            "no socket to listen on: set [engine] model_socket (or --model-socket PATH)"
+        )
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        mode = None
+    if mode is not None:
+        if not stat.S_ISSOCK(mode):
+            raise StartupError(f"{path} exists and is not a socket: choose another model_socket")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+        except OSError as exc:
+            if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+                raise StartupError(f"cannot use {path}: {exc.strerror}") from None
+            os.unlink(path)  # left behind by a model process that is gone
+        else:
+            raise StartupError(f"a model process already listens at {path}")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    old = os.umask(0o177)
+    try:
+        sock.bind(path)
+    except OSError as exc:
+        sock.close()
+        raise StartupError(f"cannot listen at {path}: {exc.strerror}") from None
+    finally:
+        os.umask(old)
+    sock.listen(1024)
+    return sock
+
+
+async def run_model_service(
+    settings: Settings,
+    *,
+    notifier: Notifier | None = None,
+    handle_signals: bool = True,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Load the engine and serve it until SIGTERM/SIGINT (or cancelled). `task_status` gets
+    the socket's path once it serves. StartupError (one line) if it cannot start."""
+    notifier = notifier if notifier is not None else Notifier.from_env()
+    e = settings.engine
+    try:
+        inherited = inherited_sockets()
+    except ListenError as exc:
+        raise StartupError(str(exc)) from None
+    if problems := startup_problems(settings):
+        raise StartupError(problems[0])
+    sockets = inherited or [bind_model_socket(e.model_socket)]
+    where = e.model_socket if not inherited else "the sockets systemd passed"
+    try:
+        async with trio.open_nursery() as nursery:
+            if (watchdog_s := watchdog_interval_s()) is not None:
+                nursery.start_soon(keep_watchdog_fed, notifier, watchdog_s)
+            if handle_signals:
+                nursery.start_soon(_stop_on_signal, nursery.cancel_scope, notifier)
+            notifier.status("loading the model")
+            started = time.monotonic()
+            engine = await trio.to_thread.run_sync(load_local_engine, e)
+            try:
+                log.info(
+                    "model ready",
+                    extra={
+                        "engine": engine.name,
+                        "device": engine.device,
+                        "load_s": round(time.monotonic() - started, 3),
+                        "socket": where,
+                    },
+                )
+                await nursery.start(serve_model, engine, sockets)
+                log.info("listening", extra={"url": f"unix:{where}"})
+                notifier.ready(f"serving the model at {where}")
+                task_status.started(where)
+                await trio.sleep_forever()
+            finally:
+                engine.close()
+    finally:
+        for s in sockets:
+            s.close()
+        if not inherited and e.model_socket:
+            with contextlib.suppress(OSError):
+                os.unlink(e.model_socket)
+        notifier.close()
+
+
+async def _stop_on_signal(scope: trio.CancelScope, notifier: Notifier) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as received:
+        async for signum in received:
+            log.info("stopping", extra={"signal": signal.Signals(signum).name})
+            notifier.stopping()
+            scope.cancel()
+            return

@@ -1,0 +1,275 @@
+"""`RemoteEngine`: a daemon's engine whose model runs in a model process (`duplexd serve-model`).
+
+Several daemons (workers, one event loop each) on one GPU host share one model process, so
+the GPU's batches are not split N ways and the model is in memory once. To the daemon it is an
+engine like any other: `open_voice` and the voices' blocking `synthesize*` calls, made from
+worker threads. Each call sends its request on the one connection and waits for its answer;
+a reader thread hands the answers to the calls by request id. The calls only wait
+(`synthesis_threads = None`), as for the local VITS engine.
+
+When the model process goes away (a crash, a restart by systemd), the requests under way fail
+with `ModelGoneError` (an `EngineError`: the session's utterance fails, the session stays) and
+the next request connects again; while systemd holds the socket (socket activation), that
+connection waits in its queue until the model process is back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import queue
+import socket
+import threading
+from collections.abc import Generator, Iterator
+from typing import Any, Final
+
+import numpy as np
+
+from ..base import EngineError, FloatAudio, UnknownVoiceError, WordMark
+from . import wire
+
+log = logging.getLogger("duplexd.engines.remote")
+REPLY_TIMEOUT_S: Final = 30.0  # a model process that answers nothing this long is hung
+_CLOSED: Final = object()
+
+
+class ModelGoneError(EngineError):
+    """The model process cannot be reached or went away (one line: what to do)."""
+
+
+class _Link:
+    """One connection to the model process: a send lock, a reader thread, the waiting calls."""
+
+    def __init__(self, path: str, timeout_s: float) -> None:
+        self.path = path
+        self._timeout_s = timeout_s
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        sock.settimeout(timeout_s)
+        try:
+            sock.connect(path)
+        except OSError as exc:
+            sock.close()
+            raise ModelGoneError(
+                f"no model process at {path} ({exc.strerror or exc}): start `duplexd"
+                " serve-model` (deploy/duplexd-model.service) or fix [engine] model_socket"
+            ) from None
+        self._sock = sock
+        self._send_lock = threading.Lock()
+        self._waiting: dict[int, queue.SimpleQueue[Any]] = {}
+        self._lock = threading.Lock()
+        self.alive = True
+        self._decoder = wire.Decoder()
+        self.hello = self._first_hello()
+        sock.settimeout(None)
+        self._reader = threading.Thread(target=self._read, name="duplexd-model-link", daemon=True)
+        self._reader.start()
+
+    def _first_hello(self) -> dict[str, Any]:
+        pending: list[wire.Message] = []
+        try:
+            while not pending:
+                data = self._sock.recv(65536)
+                if not data:
+                    raise OSError("closed before its hello")
+                pending = self._decoder.feed(data)
+        except (OSError, wire.WireError) as exc:
+            self._sock.close()
+            raise ModelGoneError(f"the model process at {self.path} did not greet: {exc}") from None
+        first = pending[0]
+        if not isinstance(first, wire.Hello) or len(pending) > 1:
+            self._sock.close()
+            raise ModelGoneError(f"{self.path} is not a duplexd model process")
+        return first.info
+
+    def _read(self) -> None:
+        why = "closed the connection"
+        try:
+            while data := self._sock.recv(1 << 18):
+                for message in self._decoder.feed(data):
+                    with self._lock:
+                        box = self._waiting.get(getattr(message, "request", -1))
+                    if box is not None:  # else: an answer to a stopped request
+                        box.put(message)
+        except (OSError, wire.WireError) as exc:
+            why = str(exc)
+        self.close(why)
+
+    def close(self, why: str = "", *, lost: bool = True) -> None:
+        """Drop the connection (`lost`: it failed, and the log says `why`); every waiting
+        call fails with ModelGoneError."""
+        with self._lock:
+            if not self.alive:
+                return
+            self.alive = False
+            waiting = list(self._waiting.values())
+            self._waiting.clear()
+        if lost:
+            log.warning("model process link lost", extra={"socket": self.path, "why": why})
+        for box in waiting:
+            box.put(ModelGoneError(f"the model process at {self.path} went away: {why}"))
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        self._sock.close()
+
+    def begin(self, request: int) -> queue.SimpleQueue[Any]:
+        box: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        with self._lock:
+            if not self.alive:
+                raise ModelGoneError(f"the model process at {self.path} went away")
+            self._waiting[request] = box
+        return box
+
+    def end(self, request: int) -> None:
+        with self._lock:
+            self._waiting.pop(request, None)
+
+    def send(self, message: wire.Message) -> None:
+        data = wire.encode(message)
+        try:
+            with self._send_lock:
+                self._sock.sendall(data)
+        except OSError as exc:
+            self.close(str(exc))
+            raise ModelGoneError(f"the model process at {self.path} went away: {exc}") from None
+
+    def receive(self, box: queue.SimpleQueue[Any]) -> wire.Message:
+        try:
+            got = box.get(timeout=self._timeout_s)
+        except queue.Empty:
+            self.close(f"no answer in {self._timeout_s:g} s")
+            raise ModelGoneError(
+                f"the model process at {self.path} did not answer in {self._timeout_s:g} s"
+            ) from None
+        if isinstance(got, Exception):
+            raise got
+        message: wire.Message = got
+        return message
+
+
+class RemoteVoice:
+    """A voice of the model process. Blocking calls; thread-safe."""
+
+    def __init__(self, engine: RemoteEngine, info: dict[str, Any]) -> None:
+        self._engine = engine
+        self._name = str(info["name"])
+        self._rate = int(info["sample_rate_hz"])
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def sample_rate_hz(self) -> int:
+        return self._rate
+
+    def synthesize(self, text: str) -> FloatAudio:
+        chunks = [audio for audio, _ in self._engine.speak(self._name, text)]
+        return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
+
+    def synthesize_stream(self, text: str) -> Iterator[FloatAudio]:
+        with contextlib.closing(self._engine.speak(self._name, text)) as chunks:
+            for audio, _ in chunks:  # (closed early: the request stops in the model process)
+                yield audio
+
+
+class RemoteTimedVoice(RemoteVoice):
+    """A `RemoteVoice` whose model-process voice says where each word is spoken."""
+
+    def synthesize_words(self, text: str) -> Iterator[tuple[FloatAudio, tuple[WordMark, ...]]]:
+        return self._engine.speak(self._name, text)
+
+
+class RemoteEngine:
+    """The engine of the model process listening on the Unix socket `path`. Blocking to make
+    (it connects and reads the model process's hello): call from a worker thread or before
+    serving. ModelGoneError if no model process answers there."""
+
+    synthesis_threads = None  # the calls only wait; the model process batches them
+
+    def __init__(self, path: str, *, reply_timeout_s: float = REPLY_TIMEOUT_S) -> None:
+        self.path = path
+        self._timeout_s = reply_timeout_s
+        self._ids = itertools.count(1)
+        self._link_lock = threading.Lock()
+        self._link: _Link | None = _Link(path, reply_timeout_s)
+        self._info = self._link.hello
+        self._closed = False
+
+    @property
+    def name(self) -> str:
+        return str(self._info["name"])
+
+    @property
+    def device(self) -> str:
+        return str(self._info["device"])
+
+    @property
+    def default_voice(self) -> str:
+        return str(self._info["default_voice"])
+
+    def voices(self) -> list[str]:
+        return [str(v) for v in self._info["voices"]]
+
+    def _current(self) -> _Link:
+        with self._link_lock:
+            if self._closed:
+                raise ModelGoneError("the engine is closed")
+            if self._link is None or not self._link.alive:
+                self._link = _Link(self.path, self._timeout_s)
+            return self._link
+
+    def _request(self) -> int:
+        return next(self._ids) & 0xFFFFFFFF or next(self._ids)
+
+    def open_voice(self, name: str) -> RemoteVoice:
+        link, request = self._current(), self._request()
+        box = link.begin(request)
+        try:
+            link.send(wire.Open(request, name))
+            answer = link.receive(box)
+        finally:
+            link.end(request)
+        if isinstance(answer, wire.VoiceInfo):
+            timed = bool(answer.info.get("timed"))
+            return (RemoteTimedVoice if timed else RemoteVoice)(self, answer.info)
+        raise _failure(answer)
+
+    def speak(self, voice: str, text: str) -> Generator[tuple[FloatAudio, tuple[WordMark, ...]]]:
+        """`text` in `voice`, chunk by chunk as the model process makes them, each with its
+        word marks. Closing the iterator early stops the request there."""
+        link, request = self._current(), self._request()
+        box = link.begin(request)
+        finished = False
+        try:
+            link.send(wire.Speak(request, voice, text))
+            while True:
+                answer = link.receive(box)
+                if isinstance(answer, wire.Done):
+                    finished = True
+                    return
+                if not isinstance(answer, wire.Chunk):
+                    finished = True
+                    raise _failure(answer)
+                yield answer.audio, answer.marks
+                link.send(wire.Next(request))
+        finally:
+            link.end(request)
+            if not finished and link.alive:
+                with contextlib.suppress(ModelGoneError):
+                    link.send(wire.Stop(request))
+
+    def close(self) -> None:
+        with self._link_lock:
+            self._closed = True
+            link, self._link = self._link, None
+        if link is not None:
+            link.close("the engine was closed", lost=False)
+
+
+def _failure(answer: wire.Message) -> EngineError:
+    if isinstance(answer, wire.Failed):
+        if answer.reason == wire.UNKNOWN_VOICE:
+            return UnknownVoiceError(answer.message)
+        return EngineError(answer.message)
+    return EngineError(f"the model process answered {type(answer).__name__} out of turn")

@@ -1,0 +1,276 @@
+"""`serve_model`: one engine (one model in memory, one GPU's batches) serving several daemons.
+
+Each daemon holds one connection (`RemoteEngine`), read by a thread of its own; each request
+on it runs in a thread of its own that calls the engine as the daemon itself would, chunk by
+chunk, so the engine batches the chunks of every daemon's sessions together. A request is
+pulled: its next chunk is made only when the daemon asks (`wire.Next`), so a barge-in in a
+daemon (`wire.Stop`) wastes at most the chunk under way. A chunk goes from the engine to the
+socket in the thread that made it: no hand-off to an event loop and back (with one, a chunk
+cost the model process about twice the CPU: `python -m bench.model_wire`, bench/results).
+
+Bounds: at most `MAX_REQUESTS` requests under way per connection (more are answered
+`Failed(OVERLOADED)`); an engine that takes turns (`synthesis_threads = N`) has at most N
+calls at once, one that only waits (`None`, VITS) has them all; a frame that cannot be read
+drops its connection only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import queue
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any, Final
+
+import trio
+
+from ..base import Engine, FloatAudio, UnknownVoiceError, Voice, voice_kind
+from . import wire
+
+log = logging.getLogger("duplexd.model")
+MAX_REQUESTS: Final = 4096  # per connection: a daemon's sessions' utterances under way
+_END: Final = object()
+_NEXT, _STOP = "next", "stop"
+# accept() failing for want of a resource: wait and try again (as trio.serve_listeners does)
+_RESOURCE_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+_ACCEPT_RETRY_S: Final = 0.1
+
+
+def engine_hello(engine: Engine) -> wire.Hello:
+    return wire.Hello(
+        {
+            "name": engine.name,
+            "device": engine.device,
+            "default_voice": engine.default_voice,
+            "voices": engine.voices(),
+        }
+    )
+
+
+class _Failed(Exception):
+    """An engine call raised: the request fails with `reason` and the message."""
+
+    def __init__(self, reason: int, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def _whole(voice: Voice, text: str) -> Iterator[FloatAudio]:
+    yield voice.synthesize(text)  # a voice that does not stream: one chunk, made when pulled
+
+
+def _chunks(voice: Voice, text: str) -> tuple[Iterator[Any], bool]:
+    """The voice's iterator of chunks for `text`, and whether they come with word marks."""
+    kind = voice_kind(voice)
+    if kind.timed:
+        return voice.synthesize_words(text), True  # type: ignore[attr-defined]
+    if kind.streaming:
+        return voice.synthesize_stream(text), False  # type: ignore[attr-defined]
+    return _whole(voice, text), False
+
+
+class ModelServer:
+    """The engine's side of every connection: its voices, its turns, the open connections."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.hello = wire.encode(engine_hello(engine))
+        turns = getattr(engine, "synthesis_threads", os.cpu_count() or 1)
+        self._turns = threading.BoundedSemaphore(turns) if turns is not None else None
+        self._voices: dict[str, Voice] = {}  # a handle per name; the engine loads and unloads
+        self._lock = threading.Lock()
+        self._connections: set[_Connection] = set()
+        self._closed = False
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """`fn(*args)` in the engine's turn; an exception of the engine becomes `_Failed`."""
+        try:
+            if self._turns is None:
+                return fn(*args)
+            with self._turns:
+                return fn(*args)
+        except UnknownVoiceError as exc:
+            raise _Failed(wire.UNKNOWN_VOICE, str(exc)) from None
+        except Exception as exc:  # the engine's own failure
+            log.warning("synthesis failed", extra={"why": repr(exc)})
+            raise _Failed(wire.ENGINE_ERROR, f"synthesis failed: {exc}") from None
+
+    def voice(self, name: str) -> Voice:
+        with self._lock:
+            voice = self._voices.get(name)
+        if voice is None:
+            voice = self.call(self.engine.open_voice, name)
+            with self._lock:
+                self._voices[name] = voice
+        return voice
+
+    def start(self, sock: socket.socket) -> None:
+        """Serve the daemon connected on `sock` (blocking mode) from a thread of its own."""
+        connection = _Connection(self, sock)
+        with self._lock:
+            if self._closed:
+                sock.close()
+                return
+            self._connections.add(connection)
+        threading.Thread(target=connection.run, name="duplexd-model-conn", daemon=True).start()
+
+    def forget(self, connection: _Connection) -> None:
+        with self._lock:
+            self._connections.discard(connection)
+
+    def close(self) -> None:
+        """Drop every connection: their requests stop after the chunk under way."""
+        with self._lock:
+            self._closed = True
+            connections = list(self._connections)
+        for connection in connections:
+            connection.close()
+
+
+class _Connection:
+    """One daemon's connection: a reader (`run`), a thread per request, one send lock."""
+
+    def __init__(self, server: ModelServer, sock: socket.socket) -> None:
+        self.server = server
+        self.sock = sock
+        self.send_lock = threading.Lock()
+        self.lock = threading.Lock()
+        self.requests: dict[int, queue.SimpleQueue[str]] = {}
+        self.closed = False
+
+    def send(self, message: wire.Message | bytes) -> bool:
+        """Send `message` (encoded here: WireError if it cannot be). False if the daemon is
+        gone: the connection is closed."""
+        data = message if isinstance(message, bytes) else wire.encode(message)
+        try:
+            with self.send_lock:
+                self.sock.sendall(data)
+        except OSError:
+            self.close()
+            return False
+        return True
+
+    def run(self) -> None:
+        """Read the daemon's requests until it closes, breaks the connection or sends a frame
+        that cannot be read; then every request of it stops after its chunk under way."""
+        decoder = wire.Decoder()
+        try:
+            if self.send(self.server.hello):
+                while data := self.sock.recv(1 << 16):
+                    for message in decoder.feed(data):
+                        self._dispatch(message)
+        except wire.WireError as exc:
+            log.warning("model client dropped", extra={"why": str(exc)})
+        except OSError:
+            pass
+        finally:
+            self.close()
+            self.server.forget(self)
+
+    def close(self) -> None:
+        with self.lock:
+            if self.closed:
+                return
+            self.closed = True
+            boxes = list(self.requests.values())
+        for box in boxes:
+            box.put(_STOP)
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)  # the reader's recv returns; sends fail
+        self.sock.close()
+
+    def _dispatch(self, message: wire.Message) -> None:
+        if isinstance(message, (wire.Next, wire.Stop)):
+            with self.lock:
+                waiting = self.requests.get(message.request)
+            if waiting is not None:  # else: ended already (its Done crossed this on the wire)
+                waiting.put(_NEXT if isinstance(message, wire.Next) else _STOP)
+            return
+        if not isinstance(message, (wire.Open, wire.Speak)):
+            self.send(
+                wire.Failed(getattr(message, "request", 0), wire.BAD_REQUEST, "not a request")
+            )
+            return
+        box: queue.SimpleQueue[str] = queue.SimpleQueue()
+        with self.lock:
+            taken = message.request in self.requests
+            full = len(self.requests) >= MAX_REQUESTS
+            if not (taken or full or self.closed):
+                self.requests[message.request] = box
+        if taken or full:
+            why = "request id in use" if taken else "too many requests"
+            self.send(wire.Failed(message.request, wire.OVERLOADED, why))
+            return
+        if self.closed:
+            return
+        threading.Thread(
+            target=self._serve, args=(message, box), name="duplexd-model-request", daemon=True
+        ).start()
+
+    def _serve(self, message: wire.Open | wire.Speak, box: queue.SimpleQueue[str]) -> None:
+        chunks: Iterator[Any] | None = None
+        try:
+            voice = self.server.voice(message.voice)
+            if isinstance(message, wire.Open):
+                info = {"name": voice.name, "sample_rate_hz": voice.sample_rate_hz}
+                self.send(
+                    wire.VoiceInfo(message.request, {**info, "timed": voice_kind(voice).timed})
+                )
+                return
+            chunks, timed = _chunks(voice, message.text)
+            while (chunk := self.server.call(next, chunks, _END)) is not _END:
+                audio, marks = chunk if timed else (chunk, ())
+                try:
+                    data = wire.encode(wire.Chunk(message.request, audio, tuple(marks)))
+                except wire.WireError as exc:  # a chunk too long for one frame
+                    raise _Failed(wire.ENGINE_ERROR, str(exc)) from None
+                if not self.send(data) or box.get() == _STOP:
+                    return
+            self.send(wire.Done(message.request))
+        except _Failed as exc:
+            self.send(wire.Failed(message.request, exc.reason, str(exc)))
+        finally:
+            with self.lock:
+                self.requests.pop(message.request, None)
+            close = getattr(chunks, "close", None)
+            if close is not None:  # release what the engine holds for it
+                with contextlib.suppress(Exception):
+                    close()
+
+
+async def serve_model(
+    engine: Engine,
+    listeners: list[socket.socket],
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve `engine` to daemons on `listeners` (listening Unix stream sockets, taken over)
+    until cancelled. Cancelling drops every connection: the daemons' requests under way fail
+    (after the chunk being made) and they connect again to the next model process."""
+    server = ModelServer(engine)
+    try:
+        async with trio.open_nursery() as nursery:
+            for sock in listeners:
+                nursery.start_soon(_accept, server, trio.socket.from_stdlib_socket(sock))
+            task_status.started()
+    finally:
+        server.close()
+
+
+async def _accept(server: ModelServer, listener: trio.socket.SocketType) -> None:
+    while True:
+        try:
+            conn, _ = await listener.accept()
+        except OSError as exc:
+            if exc.errno not in _RESOURCE_ERRNOS:
+                raise
+            log.warning("accept failed; retrying", extra={"why": os.strerror(exc.errno)})
+            await trio.sleep(_ACCEPT_RETRY_S)
+            continue
+        sock = socket.socket(fileno=conn.detach())
+        sock.setblocking(True)
+        server.start(sock)

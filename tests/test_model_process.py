@@ -1,0 +1,423 @@
+"""The model process (`duplexd serve-model`, `duplexd.engines.remote`): several daemons share one
+engine over a Unix socket. The wire fed whole, split at every offset and a byte at a time;
+a real `serve_model` with the tone engine (and the VITS voice) answered by `RemoteEngine` exactly
+as the engine answers in-process; a barge-in's early close stops the request in the model
+process; failures (an unknown voice, an engine that raises, a model process that goes away and
+comes back, garbage on the socket) reach the right caller only; a daemon serving sessions
+through it; the command line's mistakes."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trio
+from test_service import CLIENT_SOCKET_LEAK, until
+
+from duplexd.engines.base import EngineError, FloatAudio, UnknownVoiceError, WordMark
+from duplexd.engines.remote import ModelGoneError, RemoteEngine, wire
+from duplexd.engines.remote.server import serve_model
+from duplexd.engines.tone import ToneEngine
+
+pytestmark = pytest.mark.unit
+
+AUDIO = np.linspace(-1, 1, 7, dtype=np.float32)
+MESSAGES: list[wire.Message] = [
+    wire.Hello({"name": "tone", "device": "cpu", "default_voice": "sine", "voices": ["sine"]}),
+    wire.Open(1, "sine"),
+    wire.VoiceInfo(1, {"name": "sine", "sample_rate_hz": 24000, "timed": True}),
+    wire.Speak(2, "sine", "Héllo, wörld."),
+    wire.Next(2),
+    wire.Stop(3),
+    wire.Chunk(2, AUDIO, (WordMark(0, 6, 0, 3), WordMark(7, 13, 3, 7))),
+    wire.Chunk(4, np.zeros(0, dtype=np.float32), ()),
+    wire.Done(2),
+    wire.Failed(5, wire.UNKNOWN_VOICE, "unknown voice 'x'"),
+]
+
+
+def same(a: wire.Message, b: wire.Message) -> bool:
+    if isinstance(a, wire.Chunk) and isinstance(b, wire.Chunk):
+        return (a.request, a.marks) == (b.request, b.marks) and np.array_equal(a.audio, b.audio)
+    return a == b
+
+
+def test_the_wire_reads_whole_split_at_every_offset_and_byte_by_byte() -> None:
+    data = b"".join(wire.encode(m) for m in MESSAGES)
+    for cut in range(len(data) + 1):
+        d = wire.Decoder()
+        got = d.feed(data[:cut]) + d.feed(data[cut:])
+        assert len(got) == len(MESSAGES) and all(map(same, got, MESSAGES))
+        assert d.buffered == 0
+    d = wire.Decoder()
+    got = [m for i in range(len(data)) for m in d.feed(data[i : i + 1])]
+    assert all(map(same, got, MESSAGES)) and len(got) == len(MESSAGES)
+
+
+def test_a_half_frame_changes_nothing_but_the_buffer() -> None:
+    frame = wire.encode(wire.Speak(9, "sine", "text"))
+    d = wire.Decoder()
+    assert d.feed(frame[:-1]) == [] and d.buffered == len(frame) - 1
+    assert d.feed(frame[-1:]) == [wire.Speak(9, "sine", "text")] and d.buffered == 0
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        wire.HEADER.pack(wire.MAX_FRAME_BYTES + 1, wire.CHUNK, 1),  # too long: never buffered
+        wire.HEADER.pack(5, 99, 1),  # unknown kind
+        wire.HEADER.pack(6, wire.NEXT, 1) + b"x",  # NEXT with a payload
+        wire.HEADER.pack(7, wire.CHUNK, 1) + b"\0\0",  # marks' count cut short
+        wire.HEADER.pack(12, wire.CHUNK, 1) + b"\0\0\0\0\0\0\0",  # samples not whole
+        wire.HEADER.pack(8, wire.SPEAK, 1) + b"\0\x09\xff",  # a voice name cut short
+        wire.HEADER.pack(7, wire.HELLO, 0) + b"[]",  # not a JSON object
+        wire.HEADER.pack(2, wire.NEXT, 1),  # shorter than its own header
+    ],
+)
+def test_a_frame_that_cannot_be_read_is_a_wire_error(frame: bytes) -> None:
+    with pytest.raises(wire.WireError):
+        wire.Decoder().feed(frame)
+
+
+def test_a_chunk_too_long_for_one_frame_is_refused_when_encoded() -> None:
+    big = np.zeros(wire.MAX_FRAME_BYTES // 4 + 1, dtype=np.float32)
+    with pytest.raises(wire.WireError):
+        wire.encode(wire.Chunk(1, big, ()))
+
+
+# ------------------------------------------------------------------ a model process, in-process
+
+
+class _Closing:
+    """A tone voice whose chunks say when the model process closed them (test double)."""
+
+    def __init__(self, engine: ToneEngine, name: str, log: list[str]) -> None:
+        self._voice = engine.open_voice("sine")
+        self.name, self.sample_rate_hz, self._log = name, self._voice.sample_rate_hz, log
+
+    def synthesize(self, text: str) -> FloatAudio:
+        return self._voice.synthesize(text)
+
+    def synthesize_words(self, text: str) -> Iterator[tuple[FloatAudio, list[WordMark]]]:
+        if "fail" in text:
+            raise EngineError("this text makes the engine fail")
+        try:
+            yield from self._voice.synthesize_words(text)
+            self._log.append("finished")
+        finally:
+            self._log.append("closed")
+
+
+class _Engine(ToneEngine):
+    """The tone engine, plus a voice "closing" that logs its closes and fails on "fail"."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log: list[str] = []
+
+    def voices(self) -> list[str]:
+        return [*super().voices(), "closing"]
+
+    def open_voice(self, name: str) -> object:  # type: ignore[override]
+        return _Closing(self, name, self.log) if name == "closing" else super().open_voice(name)
+
+
+async def _model_task(
+    path: str, engine: object, task_status: trio.TaskStatus[trio.CancelScope]
+) -> None:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(path)
+    sock.listen()
+    try:
+        with trio.CancelScope() as scope:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(serve_model, engine, [sock])
+                task_status.started(scope)
+    finally:
+        sock.close()
+
+
+@asynccontextmanager
+async def model_process(path: str, engine: object) -> AsyncIterator[trio.CancelScope]:
+    """A model process serving `engine` at `path`; cancelling the scope it gives stops it
+    (and only it: the caller's code goes on)."""
+    async with trio.open_nursery() as nursery:
+        scope = await nursery.start(_model_task, path, engine)
+        yield scope
+        scope.cancel()
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> str:
+    return str(tmp_path / "model.sock")
+
+
+async def test_a_remote_voice_speaks_as_the_engine_does(path: str) -> None:
+    local = ToneEngine()
+    async with model_process(path, ToneEngine()):
+        remote = await trio.to_thread.run_sync(RemoteEngine, path)
+        try:
+            assert (remote.name, remote.device, remote.default_voice) == ("tone", "cpu", "sine")
+            assert remote.voices() == local.voices() and remote.synthesis_threads is None
+            voice = await trio.to_thread.run_sync(remote.open_voice, "high")
+            want = local.open_voice("high")
+            assert voice.sample_rate_hz == want.sample_rate_hz
+            text = "Hello there, this is a longer piece that comes in several chunks."
+
+            def both() -> tuple[list, list]:  # type: ignore[type-arg]
+                return list(voice.synthesize_words(text)), list(want.synthesize_words(text))
+
+            got, expected = await trio.to_thread.run_sync(both)
+            assert len(got) == len(expected) > 2
+            for (a, marks_a), (b, marks_b) in zip(got, expected, strict=True):
+                assert np.array_equal(a, b) and list(marks_a) == list(marks_b)
+            whole = await trio.to_thread.run_sync(voice.synthesize, text)
+            assert np.array_equal(whole, want.synthesize(text))
+        finally:
+            remote.close()
+
+
+async def test_sessions_of_several_daemons_at_once_get_their_own_audio(path: str) -> None:
+    local = ToneEngine().open_voice("sine")
+    texts = [f"Session {i} says {'la ' * i}and stops." for i in range(12)]
+    async with model_process(path, ToneEngine()):
+        daemons = [await trio.to_thread.run_sync(RemoteEngine, path) for _ in range(3)]
+        got: dict[int, FloatAudio] = {}
+
+        async def speak(i: int) -> None:
+            voice = await trio.to_thread.run_sync(daemons[i % 3].open_voice, "sine")
+            got[i] = await trio.to_thread.run_sync(voice.synthesize, texts[i])
+
+        async with trio.open_nursery() as nursery:
+            for i in range(len(texts)):
+                nursery.start_soon(speak, i)
+        for d in daemons:
+            d.close()
+    for i, text in enumerate(texts):
+        assert np.array_equal(got[i], local.synthesize(text))
+
+
+async def test_closing_a_piece_early_stops_it_in_the_model_process(path: str) -> None:
+    engine = _Engine()
+    async with model_process(path, engine):
+        remote = await trio.to_thread.run_sync(RemoteEngine, path)
+        voice = await trio.to_thread.run_sync(remote.open_voice, "closing")
+
+        def first_chunk_only() -> int:
+            chunks = voice.synthesize_words("A long piece of text that has many chunks to it.")
+            audio, _ = next(chunks)
+            chunks.close()  # a barge-in
+            return len(audio)
+
+        assert await trio.to_thread.run_sync(first_chunk_only) > 0
+        await until(lambda: engine.log == ["closed"])
+        # and the connection serves the next piece to its end
+        audio = await trio.to_thread.run_sync(voice.synthesize, "Next.")
+        assert len(audio) > 0
+        await until(lambda: engine.log == ["closed", "finished", "closed"])
+        remote.close()
+
+
+async def test_an_unknown_voice_and_an_engine_error_reach_their_caller_only(path: str) -> None:
+    async with model_process(path, _Engine()):
+        remote = await trio.to_thread.run_sync(RemoteEngine, path)
+        with pytest.raises(UnknownVoiceError, match="unknown voice 'nobody'"):
+            await trio.to_thread.run_sync(remote.open_voice, "nobody")
+        voice = await trio.to_thread.run_sync(remote.open_voice, "closing")
+        with pytest.raises(EngineError, match="this text makes the engine fail"):
+            await trio.to_thread.run_sync(voice.synthesize, "please fail")
+        assert len(await trio.to_thread.run_sync(voice.synthesize, "Fine.")) > 0
+        remote.close()
+
+
+async def test_a_model_process_that_goes_away_fails_the_pieces_under_way_then_is_back(
+    path: str,
+) -> None:
+    started, release = threading.Event(), threading.Event()
+
+    class Slow(ToneEngine):  # a piece that is still being made when the model process stops
+        def open_voice(self, name: str) -> object:  # type: ignore[override]
+            voice = super().open_voice(name)
+
+            class V:
+                sample_rate_hz = voice.sample_rate_hz
+                name = voice.name
+
+                def synthesize(self, text: str) -> FloatAudio:
+                    started.set()
+                    release.wait(5)
+                    return voice.synthesize(text)
+
+            return V()
+
+    remote: RemoteEngine | None = None
+    errors: list[BaseException] = []
+    async with model_process(path, Slow()) as scope:
+        remote = await trio.to_thread.run_sync(RemoteEngine, path)
+        voice = await trio.to_thread.run_sync(remote.open_voice, "sine")
+
+        def speak() -> None:
+            try:
+                voice.synthesize("Cut short.")
+            except ModelGoneError as exc:
+                errors.append(exc)
+
+        thread = threading.Thread(target=speak)
+        thread.start()
+        await trio.to_thread.run_sync(started.wait, 5)
+        scope.cancel()  # the model process stops (its call in the worker thread finishes)
+        release.set()
+    await trio.to_thread.run_sync(thread.join, 5)
+    assert len(errors) == 1 and "went away" in str(errors[0])
+    with pytest.raises(ModelGoneError, match="no model process at"):
+        await trio.to_thread.run_sync(voice.synthesize, "Nobody there.")
+    os.unlink(path)
+    async with model_process(path, ToneEngine()):  # systemd restarted it
+        assert len(await trio.to_thread.run_sync(voice.synthesize, "Back again.")) > 0
+    remote.close()
+
+
+async def test_garbage_on_one_connection_drops_it_and_no_other(path: str) -> None:
+    async with model_process(path, ToneEngine()):
+        remote = await trio.to_thread.run_sync(RemoteEngine, path)
+        voice = await trio.to_thread.run_sync(remote.open_voice, "sine")
+        bad = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        await bad.connect(path)
+        await bad.send(wire.HEADER.pack(5, 99, 1) + b"x")  # an unknown kind
+        with trio.fail_after(5):
+            received = b""
+            while chunk := await bad.recv(65536):
+                received += chunk
+        assert wire.Decoder().feed(received)[0].__class__ is wire.Hello  # then closed
+        bad.close()
+        assert len(await trio.to_thread.run_sync(voice.synthesize, "Still here.")) > 0
+        remote.close()
+
+
+async def test_a_daemon_serves_its_sessions_through_the_model_process(path: str) -> None:
+    from harness import running_daemon
+
+    from duplexd.client.session import open_session
+
+    text = "Through the model process."
+    async with model_process(path, ToneEngine()):
+        remote = await trio.to_thread.run_sync(RemoteEngine, path)
+        async with running_daemon(remote) as daemon, open_session(daemon.url) as s:
+            uid = await s.say(text)
+            spoken = await s.receive_utterance(uid)
+        remote.close()
+    async with running_daemon(ToneEngine()) as daemon, open_session(daemon.url) as s:
+        uid = await s.say(text)
+        local = await s.receive_utterance(uid)
+    assert spoken.pcm == local.pcm and spoken.frames == local.frames > 10
+
+
+@pytest.mark.slow
+async def test_the_vits_voice_through_the_model_process_is_the_same_audio(path: str) -> None:
+    from duplexd.engines.vits import VitsEngine
+
+    engine = await trio.to_thread.run_sync(lambda: VitsEngine(device="cpu", deterministic=True))
+    text = "The model process speaks with the same voice."
+    want = await trio.to_thread.run_sync(
+        lambda: list(engine.open_voice("joe").synthesize_words(text))
+    )
+    async with model_process(path, engine):
+        remote = await trio.to_thread.run_sync(RemoteEngine, path)
+        voice = await trio.to_thread.run_sync(remote.open_voice, "joe")
+        got = await trio.to_thread.run_sync(lambda: list(voice.synthesize_words(text)))
+        remote.close()
+    engine.close()
+    assert len(got) == len(want)
+    for (a, marks_a), (b, marks_b) in zip(got, want, strict=True):
+        assert np.allclose(a, b, atol=1e-6) and list(marks_a) == list(marks_b)
+
+
+# ------------------------------------------------------------------ the command line
+
+
+def run_cli(*args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DUPLEXD_")}
+    return subprocess.run(
+        [sys.executable, "-m", "duplexd", *args], capture_output=True, text=True,
+        timeout=timeout_s, env=env,
+    )  # fmt: skip
+
+
+@pytest.mark.integration
+def test_serve_model_without_a_socket_says_what_to_set() -> None:
+    r = run_cli("serve-model", "--engine", "tone")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip() == (
+        "duplexd: no socket to listen on: set [engine] model_socket (or --model-socket PATH)"
+    )
+
+
+@pytest.mark.integration
+def test_serve_model_refuses_a_path_that_is_not_a_socket(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    r = run_cli("serve-model", "--engine", "tone", "--model-socket", str(tmp_path / "file"))
+    assert r.returncode == 2 and "is not a socket: choose another model_socket" in r.stderr
+
+
+@pytest.mark.integration
+def test_serve_with_no_model_process_there_says_what_to_start(tmp_path: Path) -> None:
+    sock = str(tmp_path / "none.sock")
+    r = run_cli("serve", "--model-socket", sock, "--port", "0", "--http-port", "0")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1] == (
+        f"duplexd: no model process at {sock} (No such file or directory): start `duplexd"
+        " serve-model` (deploy/duplexd-model.service) or fix [engine] model_socket"
+    )
+
+
+@pytest.mark.integration
+def test_a_relative_model_socket_is_a_config_error() -> None:
+    r = run_cli("config", "--check", "--engine", "tone", "--model-socket", "model.sock")
+    assert r.returncode == 2
+    assert "engine.model_socket: must be an absolute path" in r.stderr
+
+
+@pytest.mark.filterwarnings(CLIENT_SOCKET_LEAK)  # the server closes the speaking session
+@pytest.mark.usefixtures("collect_leaked_sockets")
+async def test_a_model_process_restart_ends_the_sessions_speaking_and_no_other(path: str) -> None:
+    from harness import running_daemon
+
+    from duplexd._server.ending import MODEL_GONE_MESSAGE
+    from duplexd.client.errors import ServerError
+    from duplexd.client.session import open_session
+    from duplexd.protocol import frames as fr
+
+    reached_the_end = False
+    async with model_process(path, ToneEngine(compute_ms_per_char=2.0)) as model:
+        remote = await trio.to_thread.run_sync(RemoteEngine, path)
+        async with (
+            running_daemon(remote) as daemon,
+            open_session(daemon.url) as idle,
+            open_session(daemon.url) as speaking,
+        ):
+            uid = await speaking.say("A long reply. " * 40)
+            while not isinstance(await speaking.receive_frame(), fr.Audio):
+                pass
+            model.cancel()  # the model process dies mid-utterance
+            with pytest.raises(ServerError) as failed:
+                await speaking.receive_utterance(uid)
+            assert failed.value.code == fr.ErrorCode.INTERNAL
+            assert failed.value.message == MODEL_GONE_MESSAGE
+            os.unlink(path)  # (left by the model process that died); systemd restarts it:
+            async with model_process(path, ToneEngine()):
+                spoken = await idle.receive_utterance(await idle.say("Still here."))
+                assert spoken.frames > 10 and isinstance(spoken.end, fr.UtteranceDone)
+                async with open_session(daemon.url) as fresh:
+                    again = await fresh.receive_utterance(await fresh.say("Back."))
+                    assert again.frames > 5
+        remote.close()
+        reached_the_end = True
+    assert reached_the_end
