@@ -268,11 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_count": os.cpu_count(),
         **cpus.describe(args.daemon_cpus, args.client_cpus),
         "daemon_workers": args.daemon_workers,
-        "model_process": (
-            {"cpus": sorted(args.model_cpus or args.daemon_cpus or [])}
-            if args.model_process
-            else None
-        ),
+        "model_process": model_meta(args),
         "url": args.url or None,
         "warnings": warnings,
         "uplink": None,

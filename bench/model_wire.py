@@ -39,11 +39,12 @@ def _cpu_s() -> float:
 
 
 def local_cost(text: str, duration_s: float) -> tuple[float, float]:
-    """The engine's own CPU per audio-second for `text`, in-process; and its audio-seconds."""
+    """The engine's own CPU per audio-second for `text`, in-process, made as the model process
+    makes it (with word marks); and its audio-seconds."""
     voice = ToneEngine().open_voice("sine")
     cpu0, t0, audio_s = _cpu_s(), time.monotonic(), 0.0
     while time.monotonic() - t0 < duration_s:
-        for chunk in voice.synthesize_stream(text):
+        for chunk, _ in voice.synthesize_words(text):
             audio_s += len(chunk) / voice.sample_rate_hz
     return (_cpu_s() - cpu0) / audio_s, audio_s
 

@@ -210,6 +210,7 @@ async def test_closing_a_piece_early_stops_it_in_the_model_process(path: str) ->
     async with model_process(path, engine):
         remote = await trio.to_thread.run_sync(RemoteEngine, path)
         voice = await trio.to_thread.run_sync(remote.open_voice, "closing")
+        link = remote._link
 
         def first_chunk_only() -> int:
             chunks = voice.synthesize_words("A long piece of text that has many chunks to it.")
@@ -223,6 +224,7 @@ async def test_closing_a_piece_early_stops_it_in_the_model_process(path: str) ->
         audio = await trio.to_thread.run_sync(voice.synthesize, "Next.")
         assert len(audio) > 0
         await until(lambda: engine.log == ["closed", "finished", "closed"])
+        assert remote._link is link and link.alive  # on the same connection all along
         remote.close()
 
 
@@ -289,6 +291,7 @@ async def test_garbage_on_one_connection_drops_it_and_no_other(path: str) -> Non
     async with model_process(path, ToneEngine()):
         remote = await trio.to_thread.run_sync(RemoteEngine, path)
         voice = await trio.to_thread.run_sync(remote.open_voice, "sine")
+        link = remote._link
         bad = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         await bad.connect(path)
         await bad.send(wire.HEADER.pack(5, 99, 1) + b"x")  # an unknown kind
@@ -299,6 +302,7 @@ async def test_garbage_on_one_connection_drops_it_and_no_other(path: str) -> Non
         assert wire.Decoder().feed(received)[0].__class__ is wire.Hello  # then closed
         bad.close()
         assert len(await trio.to_thread.run_sync(voice.synthesize, "Still here.")) > 0
+        assert remote._link is link and link.alive  # not dropped and connected again
         remote.close()
 
 
@@ -421,3 +425,126 @@ async def test_a_model_process_restart_ends_the_sessions_speaking_and_no_other(p
         remote.close()
         reached_the_end = True
     assert reached_the_end
+
+
+class _Eager(ToneEngine):
+    """A voice "eager" that fails when called, before any chunk (as a phonemizer does), and
+    one "slow" whose pieces take longer than the daemon waits (test doubles)."""
+
+    def __init__(self, release: threading.Event) -> None:
+        super().__init__()
+        self.release = release
+
+    def voices(self) -> list[str]:
+        return [*super().voices(), "eager", "slow"]
+
+    def open_voice(self, name: str) -> object:  # type: ignore[override]
+        tone = super().open_voice("sine")
+        release = self.release
+
+        class Eager:
+            sample_rate_hz = tone.sample_rate_hz
+
+            def synthesize(self, text: str) -> FloatAudio:
+                return tone.synthesize(text)
+
+            def synthesize_stream(self, text: str) -> Iterator[FloatAudio]:
+                raise EngineError("no phonemes for this text")  # not a generator: at once
+
+        class Slow(Eager):
+            def synthesize_stream(self, text: str) -> Iterator[FloatAudio]:
+                release.wait(10)
+                return iter([tone.synthesize(text)])
+
+        voice = {"eager": Eager, "slow": Slow}.get(name)
+        if voice is None:
+            return tone
+        made = voice()
+        made.name = name  # type: ignore[attr-defined]
+        return made
+
+
+async def test_an_engine_that_fails_when_called_fails_that_request_only(path: str) -> None:
+    async with model_process(path, _Eager(threading.Event())):
+        remote = await trio.to_thread.run_sync(RemoteEngine, path)
+        link = remote._link
+        eager = await trio.to_thread.run_sync(remote.open_voice, "eager")
+        with pytest.raises(EngineError, match="no phonemes for this text"):
+            await trio.to_thread.run_sync(eager.synthesize, "Fails.")
+        sine = await trio.to_thread.run_sync(remote.open_voice, "sine")
+        assert len(await trio.to_thread.run_sync(sine.synthesize, "Fine.")) > 0
+        assert remote._link is link and link.alive
+        remote.close()
+
+
+async def test_a_request_not_answered_in_time_fails_alone_and_is_stopped(path: str) -> None:
+    release = threading.Event()
+    async with model_process(path, _Eager(release)):
+        remote = await trio.to_thread.run_sync(lambda: RemoteEngine(path, reply_timeout_s=0.3))
+        link = remote._link
+        slow = await trio.to_thread.run_sync(remote.open_voice, "slow")
+        with pytest.raises(ModelGoneError, match=r"did not answer in 0\.3 s"):
+            await trio.to_thread.run_sync(slow.synthesize, "Too slow.")
+        release.set()
+        sine = await trio.to_thread.run_sync(remote.open_voice, "sine")
+        assert len(await trio.to_thread.run_sync(sine.synthesize, "Fine.")) > 0
+        assert remote._link is link and link.alive
+        remote.close()
+
+
+def _raw(path: str, *messages: wire.Message, until_closed: bool = False) -> list[wire.Message]:
+    """Send `messages` on a fresh connection; the messages that came back (after the hello)
+    until the model process closed it (`until_closed`) or went quiet for 0.5 s."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(path)
+        sock.settimeout(0.5 if not until_closed else 5)
+        sock.sendall(b"".join(wire.encode(m) for m in messages))
+        decoder, got = wire.Decoder(), []
+        try:
+            while data := sock.recv(65536):
+                got += decoder.feed(data)
+        except TimeoutError:
+            assert not until_closed, "the model process kept the connection"
+        return got[1:]
+
+
+async def test_a_request_id_used_twice_drops_that_connection(path: str) -> None:
+    async with model_process(path, _Engine()):
+        speak = wire.Speak(7, "closing", "A piece with a few chunks in it, and then some more.")
+        got = await trio.to_thread.run_sync(lambda: _raw(path, speak, speak, until_closed=True))
+        assert [type(m) for m in got] in ([], [wire.Chunk])  # then closed
+
+
+async def test_too_many_requests_are_refused_one_by_one(
+    path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from duplexd.engines.remote import server
+
+    monkeypatch.setattr(server, "MAX_REQUESTS", 1)
+    async with model_process(path, _Engine()):
+        got = await trio.to_thread.run_sync(
+            lambda: _raw(
+                path,
+                wire.Speak(1, "closing", "One long piece. " * 9),
+                wire.Speak(2, "sine", "Two."),
+            )
+        )
+    refused = [m for m in got if isinstance(m, wire.Failed)]
+    assert refused == [wire.Failed(2, wire.OVERLOADED, "too many requests")]
+    assert [m.request for m in got if isinstance(m, wire.Chunk)] == [1]
+
+
+async def test_a_request_never_pulled_is_stopped_after_its_idle_time(
+    path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from duplexd.engines.remote import server
+
+    monkeypatch.setattr(server, "IDLE_TIMEOUT_S", 0.1)
+    engine = _Engine()
+    async with model_process(path, engine):
+        got = await trio.to_thread.run_sync(
+            lambda: _raw(path, wire.Speak(3, "closing", "A piece of several chunks. " * 4))
+        )
+        await until(lambda: engine.log == ["closed"])  # its iterator let go
+    assert [type(m) for m in got] == [wire.Chunk, wire.Failed]
+    assert got[1] == wire.Failed(3, wire.ENGINE_ERROR, "not pulled for 0.1 s: stopped")

@@ -18,7 +18,8 @@ from .handshake import Refusal
 
 log = logging.getLogger("duplexd.session")
 MODEL_GONE_MESSAGE = (
-    "speech synthesis is unavailable for now (the model process restarted): open a new session"
+    "speech synthesis is unavailable for now (its model process restarted or did not answer):"
+    " open a new session"
 )
 
 CLOSED_ERRORS = (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError)

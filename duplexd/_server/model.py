@@ -3,10 +3,12 @@
 It loads `[engine]` (name, device, voice, preload) once, listens on the Unix socket
 `[engine] model_socket` (or on one systemd passed: socket activation), says READY=1 when the
 model is loaded, warm and listening, feeds the watchdog from its event loop, and serves until
-SIGTERM or SIGINT, which stop it at once: the daemons' requests under way fail (their
-utterances end with an error frame, their sessions stay) and they connect again to the next
-model process. Workers are ordered after it (deploy/duplexd-model.service), so systemd stops
-them, and they drain, before it.
+SIGTERM or SIGINT, which stop it at once: the daemons' requests under way fail (each daemon
+ends the sessions whose utterance was being made, with INTERNAL and what to do; the others
+stay) and they connect again to the next model process. SIGHUP reopens its logs. Workers are
+ordered after it (deploy/duplexd-model.service): when both stop together (a shutdown, `systemctl
+stop duplexd-model duplexd-worker@*`) the workers drain first; `systemctl restart
+duplexd-model` alone does not wait for them (their speaking sessions end as above).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import time
 
 import trio
 
+from .._ops.logs import configure_logging
 from .._ops.sdnotify import Notifier, keep_watchdog_fed, watchdog_interval_s
 from .._ops.settings import Settings
 from ..engines.remote.server import serve_model
@@ -53,7 +56,12 @@ def bind_model_socket(path: str) -> socket.socket:
         except OSError as exc:
             if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
                 raise StartupError(f"cannot use {path}: {exc.strerror}") from None
-            os.unlink(path)  # left behind by a model process that is gone
+            try:
+                os.unlink(path)  # left behind by a model process that is gone
+            except FileNotFoundError:
+                pass
+            except OSError as unlink_exc:
+                raise StartupError(f"cannot replace {path}: {unlink_exc.strerror}") from None
         else:
             raise StartupError(f"a model process already listens at {path}")
         finally:
@@ -62,12 +70,12 @@ def bind_model_socket(path: str) -> socket.socket:
     old = os.umask(0o177)
     try:
         sock.bind(path)
+        sock.listen(1024)
     except OSError as exc:
         sock.close()
         raise StartupError(f"cannot listen at {path}: {exc.strerror}") from None
     finally:
         os.umask(old)
-    sock.listen(1024)
     return sock
 
 
@@ -95,7 +103,7 @@ async def run_model_service(
             if (watchdog_s := watchdog_interval_s()) is not None:
                 nursery.start_soon(keep_watchdog_fed, notifier, watchdog_s)
             if handle_signals:
-                nursery.start_soon(_stop_on_signal, nursery.cancel_scope, notifier)
+                nursery.start_soon(_on_signals, nursery.cancel_scope, notifier, settings)
             notifier.status("loading the model")
             started = time.monotonic()
             engine = await trio.to_thread.run_sync(load_local_engine, e)
@@ -125,9 +133,13 @@ async def run_model_service(
         notifier.close()
 
 
-async def _stop_on_signal(scope: trio.CancelScope, notifier: Notifier) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as received:
+async def _on_signals(scope: trio.CancelScope, notifier: Notifier, settings: Settings) -> None:
+    """SIGTERM, SIGINT: stop now. SIGHUP: reopen the logs (the daemons' rotation convention)."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as received:
         async for signum in received:
+            if signum == signal.SIGHUP:
+                configure_logging(settings.log)
+                continue
             log.info("stopping", extra={"signal": signal.Signals(signum).name})
             notifier.stopping()
             scope.cancel()

@@ -8,9 +8,15 @@ a reader thread hands the answers to the calls by request id. The calls only wai
 (`synthesis_threads = None`), as for the local VITS engine.
 
 When the model process goes away (a crash, a restart by systemd), the requests under way fail
-with `ModelGoneError` (an `EngineError`: the session's utterance fails, the session stays) and
-the next request connects again; while systemd holds the socket (socket activation), that
-connection waits in its queue until the model process is back.
+with `ModelGoneError` (an `EngineError`; the daemon ends the sessions whose utterance was being
+made, with INTERNAL and what to do: `_server/ending.py`; the others stay) and the next request
+connects again. A request the model process does not answer within `reply_timeout_s` fails
+alone, with `ModelGoneError`, and is stopped there; the connection stays.
+
+Cancellation: the calls block their worker thread (the daemon runs them with
+`trio.to_thread.run_sync`, which waits for them), for at most `reply_timeout_s` per chunk.
+Closing a piece's iterator early (a barge-in) never blocks: its `Stop` is sent at once if the
+socket can take it, else by a short-lived thread.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import itertools
 import logging
 import queue
 import socket
+import struct
 import threading
 from collections.abc import Generator, Iterator
 from typing import Any, Final
@@ -30,8 +37,8 @@ from ..base import EngineError, FloatAudio, UnknownVoiceError, WordMark
 from . import wire
 
 log = logging.getLogger("duplexd.engines.remote")
-REPLY_TIMEOUT_S: Final = 30.0  # a model process that answers nothing this long is hung
-_CLOSED: Final = object()
+REPLY_TIMEOUT_S: Final = 30.0  # a request the model process does not answer this long fails
+SEND_TIMEOUT_S: Final = 30.0  # a model process that reads nothing this long is gone
 
 
 class ModelGoneError(EngineError):
@@ -62,6 +69,7 @@ class _Link:
         self._decoder = wire.Decoder()
         self.hello = self._first_hello()
         sock.settimeout(None)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, wire.timeval(SEND_TIMEOUT_S))
         self._reader = threading.Thread(target=self._read, name="duplexd-model-link", daemon=True)
         self._reader.start()
 
@@ -93,7 +101,8 @@ class _Link:
                         box.put(message)
         except (OSError, wire.WireError) as exc:
             why = str(exc)
-        self.close(why)
+        finally:  # whatever ended the reader ends the link: no call waits on a dead one
+            self.close(why)
 
     def close(self, why: str = "", *, lost: bool = True) -> None:
         """Drop the connection (`lost`: it failed, and the log says `why`); every waiting
@@ -125,7 +134,12 @@ class _Link:
             self._waiting.pop(request, None)
 
     def send(self, message: wire.Message) -> None:
-        data = wire.encode(message)
+        """Send `message`, blocking (at most SEND_TIMEOUT_S). EngineError if it cannot be
+        encoded (a text over the wire's limit); ModelGoneError if the link fails."""
+        try:
+            data = wire.encode(message)
+        except (wire.WireError, struct.error) as exc:
+            raise EngineError(f"cannot ask the model process: {exc}") from None
         try:
             with self._send_lock:
                 self._sock.sendall(data)
@@ -133,11 +147,41 @@ class _Link:
             self.close(str(exc))
             raise ModelGoneError(f"the model process at {self.path} went away: {exc}") from None
 
-    def receive(self, box: queue.SimpleQueue[Any]) -> wire.Message:
+    def send_soon(self, message: wire.Message) -> None:
+        """Send a small `message` without blocking the caller (a Stop from the event loop):
+        at once if the socket can take it whole, else from a short-lived thread."""
+        data = wire.encode(message)
+        if self._send_lock.acquire(blocking=False):
+            try:
+                sent = self._sock.send(data, socket.MSG_DONTWAIT)
+                if sent == len(data):
+                    return
+                if sent:  # (a few bytes of a frame: the rest must follow before any other)
+                    self._sock.sendall(data[sent:])
+                    return
+            except BlockingIOError:
+                pass
+            except OSError:
+                return  # the link is failing: the reader will say so
+            finally:
+                self._send_lock.release()
+        with contextlib.suppress(RuntimeError):  # no thread: the model process times it out
+            threading.Thread(target=self._send_quietly, args=(message,), daemon=True).start()
+
+    def _send_quietly(self, message: wire.Message) -> None:
+        with contextlib.suppress(EngineError):
+            self.send(message)
+
+    def receive(self, box: queue.SimpleQueue[Any], request: int) -> wire.Message:
+        """The answer to `request`. ModelGoneError if the link fails or no answer comes within
+        the reply timeout (then `request` alone fails; the caller stops it)."""
         try:
             got = box.get(timeout=self._timeout_s)
         except queue.Empty:
-            self.close(f"no answer in {self._timeout_s:g} s")
+            log.warning(
+                "model process did not answer",
+                extra={"socket": self.path, "request": request, "timeout_s": self._timeout_s},
+            )
             raise ModelGoneError(
                 f"the model process at {self.path} did not answer in {self._timeout_s:g} s"
             ) from None
@@ -212,22 +256,32 @@ class RemoteEngine:
         return [str(v) for v in self._info["voices"]]
 
     def _current(self) -> _Link:
+        """The live link, connecting again if it failed (callers wait for that connect, up to
+        the reply timeout, one at a time)."""
         with self._link_lock:
             if self._closed:
                 raise ModelGoneError("the engine is closed")
             if self._link is None or not self._link.alive:
                 self._link = _Link(self.path, self._timeout_s)
+                if _identity(self._link.hello) != _identity(self._info):
+                    log.warning(
+                        "the model process changed: its engine or voices differ from those"
+                        " the daemon started with; restart the daemon to take them",
+                        extra={"socket": self.path},
+                    )
             return self._link
 
     def _request(self) -> int:
-        return next(self._ids) & 0xFFFFFFFF or next(self._ids)
+        while not (request := next(self._ids) & 0xFFFFFFFF):
+            pass  # (0 is the hello's)
+        return request
 
     def open_voice(self, name: str) -> RemoteVoice:
         link, request = self._current(), self._request()
         box = link.begin(request)
         try:
             link.send(wire.Open(request, name))
-            answer = link.receive(box)
+            answer = link.receive(box, request)
         finally:
             link.end(request)
         if isinstance(answer, wire.VoiceInfo):
@@ -237,14 +291,15 @@ class RemoteEngine:
 
     def speak(self, voice: str, text: str) -> Generator[tuple[FloatAudio, tuple[WordMark, ...]]]:
         """`text` in `voice`, chunk by chunk as the model process makes them, each with its
-        word marks. Closing the iterator early stops the request there."""
+        word marks. Blocking per chunk (at most the reply timeout: ModelGoneError). Closing
+        the iterator early stops the request there, without blocking."""
         link, request = self._current(), self._request()
         box = link.begin(request)
         finished = False
         try:
             link.send(wire.Speak(request, voice, text))
             while True:
-                answer = link.receive(box)
+                answer = link.receive(box, request)
                 if isinstance(answer, wire.Done):
                     finished = True
                     return
@@ -256,8 +311,7 @@ class RemoteEngine:
         finally:
             link.end(request)
             if not finished and link.alive:
-                with contextlib.suppress(ModelGoneError):
-                    link.send(wire.Stop(request))
+                link.send_soon(wire.Stop(request))
 
     def close(self) -> None:
         with self._link_lock:
@@ -265,6 +319,10 @@ class RemoteEngine:
             link, self._link = self._link, None
         if link is not None:
             link.close("the engine was closed", lost=False)
+
+
+def _identity(hello: dict[str, Any]) -> tuple[Any, ...]:
+    return hello.get("name"), hello.get("default_voice"), tuple(hello.get("voices", ()))
 
 
 def _failure(answer: wire.Message) -> EngineError:

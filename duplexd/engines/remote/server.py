@@ -8,10 +8,12 @@ daemon (`wire.Stop`) wastes at most the chunk under way. A chunk goes from the e
 socket in the thread that made it: no hand-off to an event loop and back (with one, a chunk
 cost the model process about twice the CPU: `python -m bench.model_wire`, bench/results).
 
-Bounds: at most `MAX_REQUESTS` requests under way per connection (more are answered
-`Failed(OVERLOADED)`); an engine that takes turns (`synthesis_threads = N`) has at most N
-calls at once, one that only waits (`None`, VITS) has them all; a frame that cannot be read
-drops its connection only.
+Bounds: at most `MAX_REQUESTS` requests under way per connection (more, or one no thread
+can be had for, are answered `Failed(OVERLOADED)`); an engine that takes turns
+(`synthesis_threads = N`) has at most N calls at once, one that only waits (`None`, VITS) has
+them all; a request not pulled for `IDLE_TIMEOUT_S` is stopped (and answered `Failed`); a
+send that waits `SEND_TIMEOUT_S` for a daemon that does not read drops its connection; a
+frame that cannot be read, or a request id used twice, drops its connection only.
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ from . import wire
 
 log = logging.getLogger("duplexd.model")
 MAX_REQUESTS: Final = 4096  # per connection: a daemon's sessions' utterances under way
+# a request whose daemon neither pulls nor stops it this long is stopped (a paused session's
+# utterance waits; a daemon that lost track of it does not hold its thread and model forever)
+IDLE_TIMEOUT_S: Final = 600.0
+SEND_TIMEOUT_S: Final = 30.0  # a daemon that reads nothing this long is dropped
 _END: Final = object()
 _NEXT, _STOP = "next", "stop"
 # accept() failing for want of a resource: wait and try again (as trio.serve_listeners does)
@@ -95,7 +101,7 @@ class ModelServer:
                 return fn(*args)
         except UnknownVoiceError as exc:
             raise _Failed(wire.UNKNOWN_VOICE, str(exc)) from None
-        except Exception as exc:  # the engine's own failure
+        except Exception as exc:  # the engine's own failure (EngineError, or worse)
             log.warning("synthesis failed", extra={"why": repr(exc)})
             raise _Failed(wire.ENGINE_ERROR, f"synthesis failed: {exc}") from None
 
@@ -110,13 +116,19 @@ class ModelServer:
 
     def start(self, sock: socket.socket) -> None:
         """Serve the daemon connected on `sock` (blocking mode) from a thread of its own."""
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, wire.timeval(SEND_TIMEOUT_S))
         connection = _Connection(self, sock)
         with self._lock:
             if self._closed:
                 sock.close()
                 return
             self._connections.add(connection)
-        threading.Thread(target=connection.run, name="duplexd-model-conn", daemon=True).start()
+        try:
+            threading.Thread(target=connection.run, name="duplexd-model-conn", daemon=True).start()
+        except RuntimeError as exc:  # no thread to be had: this daemon connects again later
+            log.warning("model client refused", extra={"why": str(exc)})
+            self.forget(connection)
+            connection.close()
 
     def forget(self, connection: _Connection) -> None:
         with self._lock:
@@ -201,15 +213,31 @@ class _Connection:
             full = len(self.requests) >= MAX_REQUESTS
             if not (taken or full or self.closed):
                 self.requests[message.request] = box
-        if taken or full:
-            why = "request id in use" if taken else "too many requests"
-            self.send(wire.Failed(message.request, wire.OVERLOADED, why))
+        if taken:  # the daemon lost track of its own requests: not this connection's to fix
+            raise wire.WireError(f"request id {message.request} is in use")
+        if full:
+            self.send(wire.Failed(message.request, wire.OVERLOADED, "too many requests"))
             return
         if self.closed:
             return
-        threading.Thread(
-            target=self._serve, args=(message, box), name="duplexd-model-request", daemon=True
-        ).start()
+        try:
+            threading.Thread(
+                target=self._serve, args=(message, box), name="duplexd-model-request", daemon=True
+            ).start()
+        except RuntimeError as exc:  # no thread to be had
+            with self.lock:
+                self.requests.pop(message.request, None)
+            self.send(wire.Failed(message.request, wire.OVERLOADED, f"no thread for it: {exc}"))
+
+    def _pulled(self, box: queue.SimpleQueue[str]) -> str:
+        """The daemon's word on the chunk just sent: `_NEXT` or `_STOP`; `_Failed` if it said
+        nothing for `IDLE_TIMEOUT_S`."""
+        try:
+            return box.get(timeout=IDLE_TIMEOUT_S)
+        except queue.Empty:
+            raise _Failed(
+                wire.ENGINE_ERROR, f"not pulled for {IDLE_TIMEOUT_S:g} s: stopped"
+            ) from None
 
     def _serve(self, message: wire.Open | wire.Speak, box: queue.SimpleQueue[str]) -> None:
         chunks: Iterator[Any] | None = None
@@ -221,18 +249,21 @@ class _Connection:
                     wire.VoiceInfo(message.request, {**info, "timed": voice_kind(voice).timed})
                 )
                 return
-            chunks, timed = _chunks(voice, message.text)
+            chunks, timed = self.server.call(_chunks, voice, message.text)
             while (chunk := self.server.call(next, chunks, _END)) is not _END:
                 audio, marks = chunk if timed else (chunk, ())
                 try:
                     data = wire.encode(wire.Chunk(message.request, audio, tuple(marks)))
-                except wire.WireError as exc:  # a chunk too long for one frame
-                    raise _Failed(wire.ENGINE_ERROR, str(exc)) from None
-                if not self.send(data) or box.get() == _STOP:
+                except (wire.WireError, ValueError, TypeError, OverflowError) as exc:
+                    raise _Failed(wire.ENGINE_ERROR, f"the engine's chunk: {exc}") from None
+                if not self.send(data) or self._pulled(box) == _STOP:
                     return
             self.send(wire.Done(message.request))
         except _Failed as exc:
             self.send(wire.Failed(message.request, exc.reason, str(exc)))
+        except Exception as exc:  # a bug of ours: the request fails, the connection stays
+            log.exception("model request failed")
+            self.send(wire.Failed(message.request, wire.ENGINE_ERROR, f"model process: {exc}"))
         finally:
             with self.lock:
                 self.requests.pop(message.request, None)
@@ -250,7 +281,9 @@ async def serve_model(
 ) -> None:
     """Serve `engine` to daemons on `listeners` (listening Unix stream sockets, taken over)
     until cancelled. Cancelling drops every connection: the daemons' requests under way fail
-    (after the chunk being made) and they connect again to the next model process."""
+    and they connect again to the next model process. It returns at once: a request thread
+    still inside an engine call finishes that chunk, unsent, after it has returned (so close
+    the engine only when the process is about to end)."""
     server = ModelServer(engine)
     try:
         async with trio.open_nursery() as nursery:

@@ -132,10 +132,10 @@ def encode(message: Message) -> bytes:
         case VoiceInfo(request, info):
             return _frame(VOICE_INFO, request, json.dumps(info).encode())
         case Speak(request, voice, text):
-            name = voice.encode()
-            if len(name) > 0xFFFF:
-                raise WireError("a voice name is at most 65535 bytes")
-            return _frame(SPEAK, request, struct.pack(">H", len(name)), name, text.encode())
+            name, body = voice.encode(), text.encode()
+            if len(name) > 0xFFFF or len(body) > MAX_TEXT_BYTES:
+                raise WireError(f"a voice name is at most 65535 bytes, a text {MAX_TEXT_BYTES}")
+            return _frame(SPEAK, request, struct.pack(">H", len(name)), name, body)
         case Next(request):
             return _frame(NEXT, request)
         case Stop(request):
@@ -157,6 +157,11 @@ def encode(message: Message) -> bytes:
         case Failed(request, reason, text):
             return _frame(FAILED, request, bytes([reason]), text.encode())
     raise TypeError(f"not a wire message: {message!r}")
+
+
+def timeval(seconds: float) -> bytes:
+    """`seconds` as a C `struct timeval` (for SO_SNDTIMEO: both ends bound their sends)."""
+    return struct.pack("@ll", int(seconds), int(seconds % 1 * 1e6))
 
 
 def _json(payload: bytes) -> dict[str, Any]:
@@ -206,21 +211,22 @@ def decode(kind: int, request: int, payload: bytes) -> Message:
             if not payload:
                 raise ValueError("no reason")
             return Failed(request, payload[0], payload[1:].decode(errors="replace"))
-    except (ValueError, struct.error, UnicodeDecodeError) as exc:  # JSONDecodeError is one
+    except (ValueError, struct.error, RecursionError) as exc:  # (JSON nested too deep)
         raise WireError(f"frame of kind {kind}: {exc}") from None
     raise WireError(f"unknown frame kind {kind}")
 
 
 class Decoder:
-    """Frames in, messages out. Keeps at most one frame's bytes."""
+    """Frames in, messages out. Keeps what `feed` was given until its frames are whole (at
+    most one frame's bytes beyond what one `feed` brought)."""
 
     def __init__(self, max_frame_bytes: int = MAX_FRAME_BYTES) -> None:
         self._buffer = bytearray()
         self._max = max_frame_bytes
 
     def feed(self, data: bytes | bytearray) -> list[Message]:
-        """The whole messages `data` completes, in order. WireError: drop the connection (the
-        buffer is left as it was before the bad frame)."""
+        """The whole messages `data` completes, in order. WireError: a frame that cannot be
+        read; drop the connection (the decoder is of no further use)."""
         self._buffer += data
         out: list[Message] = []
         start = 0
