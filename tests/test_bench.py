@@ -147,20 +147,25 @@ UPLINK_KEYS = {
 }
 
 
-def _run_uplink(tmp_path: Path, *extra: str) -> tuple[str, dict]:
-    out = tmp_path / "uplink.json"
+def _tone_bench(tmp_path: Path, *args: str, timeout_s: float = 60) -> tuple[str, dict]:
+    """`python -m bench --engine tone --no-baseline` with `args`: its report and document."""
+    out = tmp_path / "bench.json"
     proc = subprocess.run(
         [
-            *(sys.executable, "-m", "bench", "--engine", "tone", "--uplink", "--sessions", "2"),
-            *("--no-baseline", "--json", str(out), "--no-progress", *extra),
+            *(sys.executable, "-m", "bench", "--engine", "tone", *args),
+            *("--no-baseline", "--json", str(out), "--no-progress"),
         ],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=timeout_s,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    doc = json.loads(out.read_text())
+    return proc.stdout, json.loads(out.read_text())
+
+
+def _run_uplink(tmp_path: Path, *extra: str) -> tuple[str, dict]:
+    stdout, doc = _tone_bench(tmp_path, "--uplink", "--sessions", "2", *extra)
     assert doc["uplink"]["rate_hz"] == 16_000
     level = doc["levels"][0]
     _check_level(level)
@@ -170,9 +175,9 @@ def _run_uplink(tmp_path: Path, *extra: str) -> tuple[str, dict]:
     # two sessions x 20 ms frames for the whole level (a few may be lost to timing)
     assert level["uplink_frames"] >= 0.9 * 2 * doc["duration_s"] / 0.02, level["uplink_frames"]
     assert level["uplink_server"]["uplink_frames"] >= level["uplink_frames"]
-    assert "| speech onset -> Interrupted(vad) p95 (ms) | <= 100 |" in proc.stdout
-    assert "| VAD false triggers | <= 0 |" in proc.stdout
-    return proc.stdout, level
+    assert "| speech onset -> Interrupted(vad) p95 (ms) | <= 100 |" in stdout
+    assert "| VAD false triggers | <= 0 |" in stdout
+    return stdout, level
 
 
 @pytest.mark.integration
@@ -192,7 +197,7 @@ def test_uplink_echo_through_a_room(tmp_path: Path) -> None:
     stdout, level = _run_uplink(
         tmp_path, "--duration", "2", "--interrupt-fraction", "0", "--uplink-echo-room", "rt60-300"
     )
-    doc = json.loads((tmp_path / "uplink.json").read_text())
+    doc = json.loads((tmp_path / "bench.json").read_text())
     assert doc["uplink"]["echo_room"] == "rt60-300" and doc["uplink"]["echo_db"] == 0.0
     assert "room rt60-300" in stdout
     assert level["vad_injected"] == 0 and level["uplink_noise_min"] > 0
@@ -400,21 +405,12 @@ def test_the_handoff_bench_measures_both_ways_and_refuses_a_bad_count(tmp_path: 
 
 @pytest.mark.integration
 def test_a_bench_through_a_model_process_counts_it_in(tmp_path: Path) -> None:
-    out = tmp_path / "out.json"
-    proc = subprocess.run(
-        [
-            *(sys.executable, "-m", "bench", "--engine", "tone", "--sessions", "2"),
-            *("--duration", "2", "--model-process", "--no-baseline", "--no-progress"),
-            *("--daemon-cpus", str(DAEMON_CPU), "--client-cpus", str(CLIENT_CPU)),
-            *("--json", str(out)),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=90,
+    _, doc = _tone_bench(
+        tmp_path,
+        *("--sessions", "2", "--duration", "2", "--model-process"),
+        *("--daemon-cpus", str(DAEMON_CPU), "--client-cpus", str(CLIENT_CPU)),
+        timeout_s=90,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    doc = json.loads(out.read_text())
     assert doc["model_process"] == {"cpus": [DAEMON_CPU]}
     level = doc["levels"][0]
     _check_level(level)
