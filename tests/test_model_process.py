@@ -548,3 +548,47 @@ async def test_a_request_never_pulled_is_stopped_after_its_idle_time(
         await until(lambda: engine.log == ["closed"])  # its iterator let go
     assert [type(m) for m in got] == [wire.Chunk, wire.Failed]
     assert got[1] == wire.Failed(3, wire.ENGINE_ERROR, "not pulled for 0.1 s: stopped")
+
+
+async def test_a_daemon_is_not_ready_while_its_model_process_does_not_answer(path: str) -> None:
+    import attrs
+    from harness import http_request, inline_uplink_services
+    from test_service import settings
+
+    from duplexd._server.service import MODEL_CHECK_S, Service
+    from duplexd.engines.registry import EngineSet
+
+    async def readyz(port: int, *, until_ready: bool) -> tuple[int, bytes]:
+        """/readyz's answer once it is (or is no longer) ready, within 5 checks."""
+        for _ in range(round(5 * MODEL_CHECK_S / 0.05)):
+            status, _, body = await http_request(port, "/readyz")
+            if (status == 200) == until_ready:
+                break
+            await trio.sleep(0.05)
+        return status, body
+
+    base = settings()
+    config = attrs.evolve(base, engine=attrs.evolve(base.engine, model_socket=path))
+    async with model_process(path, ToneEngine()) as model:
+        remote = await trio.to_thread.run_sync(RemoteEngine, path)
+        service = Service(
+            config,
+            engines=EngineSet.of(remote),
+            uplink_services=inline_uplink_services(),
+            handle_signals=False,
+            http_port=0,
+            environ={},
+        )
+        async with trio.open_nursery() as nursery:
+            await nursery.start(service.run)
+            port = service.http_port
+            assert await readyz(port, until_ready=True) == (200, b"ready\n")
+            model.cancel()  # the model process goes away
+            got = await readyz(port, until_ready=False)
+            assert got == (503, b"the model process does not answer\n")
+            os.unlink(path)
+            async with model_process(path, ToneEngine()):  # back: ready again, connected
+                assert await readyz(port, until_ready=True) == (200, b"ready\n")
+                assert remote._link is not None and remote._link.alive
+                service.request_stop()
+        remote.close()

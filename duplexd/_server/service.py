@@ -60,6 +60,9 @@ DRAIN_POLL_S = 0.05
 CLOSE_GRACE_S = 2.0  # after GOING_AWAY: how long sessions get to close before they are cut
 
 
+MODEL_CHECK_S = 1.0  # how often a daemon that uses a model process checks that it answers
+
+
 class StartupError(Exception):
     """The daemon cannot start with this configuration (unknown engine or voice...)."""
 
@@ -161,6 +164,7 @@ class Service:
         self._garbage = GarbagePolicy() if engines is None else None
         self.metrics = DaemonMetrics(ready=lambda: self.readiness()[0], garbage=self._garbage)
         self._demo: DemoPage | None = None  # the browser page, once the daemon listens
+        self._model_down = False  # a model process ([engine] model_socket) does not answer
         self._stop = trio.Event()
         self._all_closed = trio.Event()  # set when the last session closes while draining
         self._scope = trio.CancelScope()  # the whole life of `run`: a second signal cancels it
@@ -176,7 +180,22 @@ class Service:
         if self.daemon.full:
             d = self.daemon
             return False, f"full: {len(d.sessions)} of {d.max_sessions} sessions"
+        if self._model_down:
+            return False, "the model process does not answer"
         return True, "ready"
+
+    async def _watch_model_process(self, check: Callable[[], bool]) -> None:
+        """Every MODEL_CHECK_S, whether the model process answers (connecting again if it
+        restarted): /readyz says 503 while it does not, so a balancer sends no new sessions
+        here. The check runs in a worker thread; cancelling waits for the one under way."""
+        while True:
+            up = await trio.to_thread.run_sync(check)
+            if up == self._model_down:
+                self._model_down = not up
+                (log.info if up else log.warning)(
+                    "model process " + ("answers again" if up else "does not answer")
+                )
+            await trio.sleep(MODEL_CHECK_S)
 
     def handle_http(self, request: Request) -> Response:
         """The side port: /healthz and /readyz are open (load balancers and systemd probe them);
@@ -270,6 +289,10 @@ class Service:
             self.notifier.status("loading the model")
             engines = await self._load_engines()
             uplink_services = await self._uplink()
+            for name in engines.names():
+                check = getattr(engines.get(name), "check_model_process", None)
+                if check is not None:  # a model process's engine: ready only while it answers
+                    nursery.start_soon(self._watch_model_process, check)
             if self._garbage is not None:  # every model is loaded: freeze them, and more
                 self._garbage.install()
                 nursery.start_soon(self._garbage.run)

@@ -255,6 +255,16 @@ class RemoteEngine:
     def voices(self) -> list[str]:
         return [str(v) for v in self._info["voices"]]
 
+    def check_model_process(self) -> bool:
+        """Whether the model process answers: its link is up, or a new one could be made now
+        (so after a restart the daemon is connected again before a session asks). Blocking:
+        up to the reply timeout for a model process that accepts but does not greet."""
+        try:
+            self._current()
+        except ModelGoneError:
+            return False
+        return True
+
     def _current(self) -> _Link:
         """The live link, connecting again if it failed (callers wait for that connect, up to
         the reply timeout, one at a time)."""
