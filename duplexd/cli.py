@@ -102,7 +102,8 @@ def _parser() -> argparse.ArgumentParser:
         "run the model process that the daemons of one GPU share (serve --model-socket)",
         description="Load [engine] (name, device, voice, preload) once and serve it to the "
         "daemons that name the same socket: their sessions' requests share one model and "
-        "its batches. SIGTERM stops it at once.",
+        "its batches. SIGTERM stops it at once. --http-port P: /healthz, /readyz, /metrics "
+        "(off unless given here).",
     )
     add_config_flags(m)
 
@@ -206,7 +207,11 @@ def _serve_model(args: argparse.Namespace) -> int:
     """`duplexd._server.model.run_model_service` with the settings `serve` would read."""
     from ._server.model import run_model_service
 
-    return _run_with_settings(args, lambda settings: partial(run_model_service, settings))
+    # its side port only when asked for on its command line: [server] http_port is the daemons'
+    port = args.http_port if hasattr(args, "http_port") else None
+    return _run_with_settings(
+        args, lambda settings: partial(run_model_service, settings, http_port=port or None)
+    )
 
 
 def _run_with_settings(

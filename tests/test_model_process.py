@@ -592,3 +592,39 @@ async def test_a_daemon_is_not_ready_while_its_model_process_does_not_answer(pat
                 assert remote._link is not None and remote._link.alive
                 service.request_stop()
         remote.close()
+
+
+async def test_serve_model_reports_what_it_did_on_its_side_port(path: str) -> None:
+    import attrs
+    from harness import http_request
+    from test_service import samples, settings
+
+    from duplexd._server.model import run_model_service
+
+    base = settings()
+    config = attrs.evolve(base, engine=attrs.evolve(base.engine, model_socket=path))
+    async with trio.open_nursery() as nursery:
+        where, port = await nursery.start(
+            lambda task_status: run_model_service(
+                config, handle_signals=False, http_port=0, task_status=task_status
+            )
+        )
+        assert where == path and oct(os.stat(path).st_mode & 0o777) == "0o600"
+        assert (await http_request(port, "/readyz"))[::2] == (200, b"ready\n")
+        remote = await trio.to_thread.run_sync(RemoteEngine, path)
+        voice = await trio.to_thread.run_sync(remote.open_voice, "sine")
+        audio = await trio.to_thread.run_sync(voice.synthesize, "Counted.")
+        with pytest.raises(UnknownVoiceError):
+            await trio.to_thread.run_sync(remote.open_voice, "nobody")
+        status, _, body = await http_request(port, "/metrics")
+        remote.close()
+        nursery.cancel_scope.cancel()
+    assert status == 200
+    got = samples(body.decode())
+    assert got["duplexd_model_requests_total"] == 3  # two voices opened, one piece
+    assert got["duplexd_model_chunks_total"] >= 2
+    assert got["duplexd_model_audio_seconds_total"] == pytest.approx(len(audio) / 48_000)
+    assert got["duplexd_model_failures_total{reason=unknown_voice}"] == 1
+    assert got["duplexd_model_failures_total{reason=engine_error}"] == 0
+    assert got["duplexd_model_connections"] == 1 and got["duplexd_model_engine_seconds_total"] > 0
+    assert not await trio.Path(path).exists()  # its socket file removed as it stopped

@@ -28,6 +28,8 @@ from prometheus_client.registry import Collector
 
 from .._version import __version__
 from ..engines.registry import EngineSet
+from ..engines.remote import wire
+from ..engines.remote.server import ModelStats
 from ..protocol.frames import ErrorCode
 from .collector import GarbagePolicy
 from .metrics import (
@@ -41,6 +43,12 @@ from .metrics import (
 )
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+MODEL_FAILURE_REASONS = {
+    wire.ENGINE_ERROR: "engine_error",
+    wire.UNKNOWN_VOICE: "unknown_voice",
+    wire.BAD_REQUEST: "bad_request",
+    wire.OVERLOADED: "overloaded",
+}
 
 # `le` edges in seconds: multiples of the source histograms' bucket widths, so exact to a bucket
 PACING_EDGES = [0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02]
@@ -360,6 +368,47 @@ class DaemonMetrics(Collector):
                 total = sum(n * c for n, c in enumerate(counts))
                 fam.add_metric([name], buckets, float(total))
         yield fam
+
+
+class ModelMetrics(Collector):
+    """A model process's metrics (`duplexd serve-model --http-port`), read from `stats()`
+    (its `ModelServer.stats`) when scraped."""
+
+    def __init__(self, stats: Callable[[], ModelStats]) -> None:
+        self._stats = stats
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def collect(self) -> Iterator[Metric]:
+        s = self._stats()
+        yield _gauge("duplexd_model_up", "1 while the model process serves", 1)
+        yield _gauge("duplexd_model_connections", "daemons connected now", s.connections)
+        yield _gauge(
+            "duplexd_model_requests_active",
+            "pieces being made or waiting for the daemon's next pull",
+            s.requests_active,
+        )
+        yield CounterMetricFamily(
+            "duplexd_model_requests", "pieces asked for and voices opened", value=s.requests
+        )
+        yield CounterMetricFamily("duplexd_model_chunks", "chunks sent", value=s.chunks)
+        yield CounterMetricFamily(
+            "duplexd_model_audio_seconds", "seconds of audio sent", value=s.audio_s
+        )
+        yield CounterMetricFamily(
+            "duplexd_model_engine_seconds",
+            "seconds spent in engine calls, summed over the calls at once",
+            value=s.engine_s,
+        )
+        failures = CounterMetricFamily(
+            "duplexd_model_failures", "requests failed, by reason", labels=["reason"]
+        )
+        for reason, name in MODEL_FAILURE_REASONS.items():
+            failures.add_metric([name], s.failures.get(reason, 0))
+        yield failures
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:

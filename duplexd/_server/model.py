@@ -24,7 +24,9 @@ import time
 
 import trio
 
+from .._ops.http import Request, Response, serve_http
 from .._ops.logs import configure_logging
+from .._ops.prometheus import CONTENT_TYPE, ModelMetrics
 from .._ops.sdnotify import Notifier, keep_watchdog_fed, watchdog_interval_s
 from .._ops.settings import Settings
 from ..engines.remote.server import serve_model
@@ -84,10 +86,15 @@ async def run_model_service(
     *,
     notifier: Notifier | None = None,
     handle_signals: bool = True,
-    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+    http_port: int | None = None,
+    task_status: trio.TaskStatus[tuple[str, int | None]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Load the engine and serve it until SIGTERM/SIGINT (or cancelled). `task_status` gets
-    the socket's path once it serves. StartupError (one line) if it cannot start."""
+    where it serves and its side port once it serves. StartupError (one line) if it cannot
+    start.
+
+    `http_port` (0: any free one; None: none): a side port on `[server] http_host` (or
+    `host`) with /healthz, /readyz (200 once serving) and /metrics (`ModelMetrics`)."""
     notifier = notifier if notifier is not None else Notifier.from_env()
     e = settings.engine
     try:
@@ -104,6 +111,11 @@ async def run_model_service(
                 nursery.start_soon(keep_watchdog_fed, notifier, watchdog_s)
             if handle_signals:
                 nursery.start_soon(_on_signals, nursery.cancel_scope, notifier, settings)
+            side, port = _SidePort(), None
+            if http_port is not None:
+                host = settings.server.http_host or settings.server.host
+                port = await nursery.start(serve_http, host, http_port, side.handle)
+                log.info("side port", extra={"http_port": port})
             notifier.status("loading the model")
             started = time.monotonic()
             engine = await trio.to_thread.run_sync(load_local_engine, e)
@@ -117,10 +129,12 @@ async def run_model_service(
                         "socket": where,
                     },
                 )
-                await nursery.start(serve_model, engine, sockets)
+                side.metrics = ModelMetrics(
+                    (await nursery.start(serve_model, engine, sockets)).stats
+                )
                 log.info("listening", extra={"url": f"unix:{where}"})
                 notifier.ready(f"serving the model at {where}")
-                task_status.started(where)
+                task_status.started((where, port))
                 await trio.sleep_forever()
             finally:
                 engine.close()
@@ -131,6 +145,23 @@ async def run_model_service(
             with contextlib.suppress(OSError):
                 os.unlink(e.model_socket)
         notifier.close()
+
+
+class _SidePort:
+    """The model process's /healthz, /readyz and /metrics (`metrics` set once it serves)."""
+
+    def __init__(self) -> None:
+        self.metrics: ModelMetrics | None = None
+
+    def handle(self, request: Request) -> Response:
+        if request.path == "/healthz":
+            return Response(200, b"ok\n")
+        if request.path == "/readyz":
+            ready = self.metrics is not None
+            return Response(200 if ready else 503, b"ready\n" if ready else b"starting\n")
+        if request.path == "/metrics" and self.metrics is not None:
+            return Response(200, self.metrics.render(), CONTENT_TYPE)
+        return Response(404, b"not found\n")
 
 
 async def _on_signals(scope: trio.CancelScope, notifier: Notifier, settings: Settings) -> None:

@@ -25,7 +25,9 @@ import os
 import queue
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 import trio
@@ -79,11 +81,26 @@ def _chunks(voice: Voice, text: str) -> tuple[Iterator[Any], bool]:
     return _whole(voice, text), False
 
 
+@dataclass
+class ModelStats:
+    """What a model process has done (its /metrics): totals since it started, and now."""
+
+    connections: int = 0  # daemons connected now
+    requests_active: int = 0  # pieces being made or waiting for their next pull, now
+    requests: int = 0  # pieces asked for (and voices opened)
+    chunks: int = 0  # chunks sent
+    audio_s: float = 0.0  # seconds of audio in them
+    engine_s: float = 0.0  # seconds spent in engine calls (summed over the threads)
+    failures: dict[int, int] = field(default_factory=dict)  # by `wire` reason
+
+
 class ModelServer:
     """The engine's side of every connection: its voices, its turns, the open connections."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._stats = ModelStats()
+        self._stats_lock = threading.Lock()
         self.hello = wire.encode(engine_hello(engine))
         turns = getattr(engine, "synthesis_threads", os.cpu_count() or 1)
         self._turns = threading.BoundedSemaphore(turns) if turns is not None else None
@@ -92,8 +109,30 @@ class ModelServer:
         self._connections: set[_Connection] = set()
         self._closed = False
 
+    def stats(self) -> ModelStats:
+        """A copy of the totals, with the connections and requests of now."""
+        with self._lock:
+            connections = list(self._connections)
+        with self._stats_lock:
+            s = replace(self._stats, failures=dict(self._stats.failures))
+        s.connections = len(connections)
+        s.requests_active = sum(len(c.requests) for c in connections)
+        return s
+
+    def count(
+        self, *, requests: int = 0, chunks: int = 0, audio_s: float = 0.0, failure: int = -1
+    ) -> None:
+        with self._stats_lock:
+            st = self._stats
+            st.requests += requests
+            st.chunks += chunks
+            st.audio_s += audio_s
+            if failure >= 0:
+                st.failures[failure] = st.failures.get(failure, 0) + 1
+
     def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """`fn(*args)` in the engine's turn; an exception of the engine becomes `_Failed`."""
+        started = time.perf_counter()
         try:
             if self._turns is None:
                 return fn(*args)
@@ -104,6 +143,10 @@ class ModelServer:
         except Exception as exc:  # the engine's own failure (EngineError, or worse)
             log.warning("synthesis failed", extra={"why": repr(exc)})
             raise _Failed(wire.ENGINE_ERROR, f"synthesis failed: {exc}") from None
+        finally:
+            elapsed = time.perf_counter() - started
+            with self._stats_lock:
+                self._stats.engine_s += elapsed
 
     def voice(self, name: str) -> Voice:
         with self._lock:
@@ -216,6 +259,7 @@ class _Connection:
         if taken:  # the daemon lost track of its own requests: not this connection's to fix
             raise wire.WireError(f"request id {message.request} is in use")
         if full:
+            self.server.count(failure=wire.OVERLOADED)
             self.send(wire.Failed(message.request, wire.OVERLOADED, "too many requests"))
             return
         if self.closed:
@@ -227,6 +271,7 @@ class _Connection:
         except RuntimeError as exc:  # no thread to be had
             with self.lock:
                 self.requests.pop(message.request, None)
+            self.server.count(failure=wire.OVERLOADED)
             self.send(wire.Failed(message.request, wire.OVERLOADED, f"no thread for it: {exc}"))
 
     def _pulled(self, box: queue.SimpleQueue[str]) -> str:
@@ -241,6 +286,7 @@ class _Connection:
 
     def _serve(self, message: wire.Open | wire.Speak, box: queue.SimpleQueue[str]) -> None:
         chunks: Iterator[Any] | None = None
+        self.server.count(requests=1)
         try:
             voice = self.server.voice(message.voice)
             if isinstance(message, wire.Open):
@@ -256,13 +302,17 @@ class _Connection:
                     data = wire.encode(wire.Chunk(message.request, audio, tuple(marks)))
                 except (wire.WireError, ValueError, TypeError, OverflowError) as exc:
                     raise _Failed(wire.ENGINE_ERROR, f"the engine's chunk: {exc}") from None
-                if not self.send(data) or self._pulled(box) == _STOP:
+                sent = self.send(data)
+                self.server.count(chunks=1, audio_s=len(audio) / voice.sample_rate_hz)
+                if not sent or self._pulled(box) == _STOP:
                     return
             self.send(wire.Done(message.request))
         except _Failed as exc:
+            self.server.count(failure=exc.reason)
             self.send(wire.Failed(message.request, exc.reason, str(exc)))
         except Exception as exc:  # a bug of ours: the request fails, the connection stays
             log.exception("model request failed")
+            self.server.count(failure=wire.ENGINE_ERROR)
             self.send(wire.Failed(message.request, wire.ENGINE_ERROR, f"model process: {exc}"))
         finally:
             with self.lock:
@@ -277,7 +327,7 @@ async def serve_model(
     engine: Engine,
     listeners: list[socket.socket],
     *,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[ModelServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve `engine` to daemons on `listeners` (listening Unix stream sockets, taken over)
     until cancelled. Cancelling drops every connection: the daemons' requests under way fail
@@ -289,7 +339,7 @@ async def serve_model(
         async with trio.open_nursery() as nursery:
             for sock in listeners:
                 nursery.start_soon(_accept, server, trio.socket.from_stdlib_socket(sock))
-            task_status.started()
+            task_status.started(server)  # (its `stats()`: the model process's /metrics)
     finally:
         server.close()
 
