@@ -628,3 +628,53 @@ async def test_serve_model_reports_what_it_did_on_its_side_port(path: str) -> No
     assert got["duplexd_model_failures_total{reason=engine_error}"] == 0
     assert got["duplexd_model_connections"] == 1 and got["duplexd_model_engine_seconds_total"] > 0
     assert not await trio.Path(path).exists()  # its socket file removed as it stopped
+
+
+async def test_a_model_process_that_greets_but_never_answers_fails_the_check_quickly(
+    path: str,
+) -> None:
+    hello = wire.encode(ToneEngine_hello())
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen()
+    held: list[socket.socket] = []
+
+    def wedged() -> None:  # greets, then reads and answers nothing (its engine hung)
+        conn, _ = listener.accept()
+        held.append(conn)
+        conn.sendall(hello)
+
+    thread = threading.Thread(target=wedged)
+    thread.start()
+    remote = await trio.to_thread.run_sync(RemoteEngine, path)
+    await trio.to_thread.run_sync(thread.join)
+    link = remote._link
+    with trio.fail_after(2):
+        assert not await trio.to_thread.run_sync(lambda: remote.check_model_process(0.2))
+    assert remote._link is link and link.alive  # connected, but not answering: not ready
+    remote.close()
+    for conn in (*held, listener):
+        conn.close()
+
+
+def ToneEngine_hello() -> wire.Hello:
+    from duplexd.engines.remote.server import engine_hello
+
+    return engine_hello(ToneEngine())
+
+
+@pytest.mark.integration
+def test_serve_model_refuses_a_side_port_without_the_auth_it_is_asked_for(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("alice:" + "t" * 40 + "\n")
+    tokens.chmod(0o600)
+    r = subprocess.run(
+        [sys.executable, "-m", "duplexd", "serve-model", "--engine", "tone", "--http-port", "1",
+         "--model-socket", str(tmp_path / "m.sock")],
+        capture_output=True, text=True, timeout=60,
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("DUPLEXD_")},
+             "DUPLEXD_AUTH__METRICS_REQUIRE_AUTH": "true",
+             "DUPLEXD_AUTH__TOKEN_FILE": str(tokens)},
+    )  # fmt: skip
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "serve-model's side port has no token check and no TLS" in r.stderr

@@ -64,7 +64,11 @@ _COUNTERS = (
     ("late_sends", "audio frames sent after the next frame's deadline had passed"),
     ("stale_dropped", "audio frames of an interrupted epoch dropped before sending"),
     ("ticks_dropped", "pacer ticks dropped because the daemon fell a second behind (not a client)"),
-    ("grids_restarted", "utterances whose first frame went out late: their grid starts with it"),
+    (
+        "grids_restarted",
+        "utterances whose first frame went out after its deadline (one made due at once by"
+        " 50 us, another by 1 ms): their grid starts with it",
+    ),
 )
 
 
@@ -392,7 +396,9 @@ class ModelMetrics(Collector):
             s.requests_active,
         )
         yield CounterMetricFamily(
-            "duplexd_model_requests", "pieces asked for and voices opened", value=s.requests
+            "duplexd_model_requests",
+            "pieces asked for and voices opened (each daemon's check opens one a second)",
+            value=s.requests,
         )
         yield CounterMetricFamily("duplexd_model_chunks", "chunks sent", value=s.chunks)
         yield CounterMetricFamily(
@@ -400,7 +406,7 @@ class ModelMetrics(Collector):
         )
         yield CounterMetricFamily(
             "duplexd_model_engine_seconds",
-            "seconds spent in engine calls, summed over the calls at once",
+            "seconds spent in engine calls (not waiting for a turn), summed over the calls",
             value=s.engine_s,
         )
         failures = CounterMetricFamily(

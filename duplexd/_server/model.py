@@ -103,6 +103,13 @@ async def run_model_service(
         raise StartupError(str(exc)) from None
     if problems := startup_problems(settings):
         raise StartupError(problems[0])
+    if http_port is not None and (settings.auth.metrics_require_auth or settings.server.http_tls):
+        raise StartupError(
+            "serve-model's side port has no token check and no TLS, and [auth]"
+            " metrics_require_auth or [server] http_tls asks for them: leave out --http-port,"
+            " or turn them off for it (DUPLEXD_AUTH__METRICS_REQUIRE_AUTH=false,"
+            " DUPLEXD_SERVER__HTTP_TLS=false) and keep it on a loopback http_host"
+        )
     sockets = inherited or [bind_model_socket(e.model_socket)]
     where = e.model_socket if not inherited else "the sockets systemd passed"
     try:

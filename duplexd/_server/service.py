@@ -164,7 +164,7 @@ class Service:
         self._garbage = GarbagePolicy() if engines is None else None
         self.metrics = DaemonMetrics(ready=lambda: self.readiness()[0], garbage=self._garbage)
         self._demo: DemoPage | None = None  # the browser page, once the daemon listens
-        self._model_down = False  # a model process ([engine] model_socket) does not answer
+        self._models_down: set[str] = set()  # engines whose model process does not answer
         self._stop = trio.Event()
         self._all_closed = trio.Event()  # set when the last session closes while draining
         self._scope = trio.CancelScope()  # the whole life of `run`: a second signal cancels it
@@ -180,20 +180,26 @@ class Service:
         if self.daemon.full:
             d = self.daemon
             return False, f"full: {len(d.sessions)} of {d.max_sessions} sessions"
-        if self._model_down:
+        if self._models_down:
             return False, "the model process does not answer"
         return True, "ready"
 
-    async def _watch_model_process(self, check: Callable[[], bool]) -> None:
-        """Every MODEL_CHECK_S, whether the model process answers (connecting again if it
-        restarted): /readyz says 503 while it does not, so a balancer sends no new sessions
-        here. The check runs in a worker thread; cancelling waits for the one under way."""
+    async def _watch_model_process(self, name: str, check: Callable[[], bool]) -> None:
+        """Every MODEL_CHECK_S, whether engine `name`'s model process answers (connecting
+        again if it restarted): /readyz says 503 while it does not, so a balancer sends no new
+        sessions here. The check runs in a worker thread, abandoned if cancelled (it ends on
+        its own within its timeout); a check that fails in any way counts as no answer."""
         while True:
-            up = await trio.to_thread.run_sync(check)
-            if up == self._model_down:
-                self._model_down = not up
+            try:
+                up = await trio.to_thread.run_sync(check, abandon_on_cancel=True)
+            except Exception as exc:  # (no thread to be had...): this daemon must not end
+                log.warning("model process check failed", extra={"why": repr(exc)})
+                up = False
+            if up == (name in self._models_down):
+                (self._models_down.discard if up else self._models_down.add)(name)
                 (log.info if up else log.warning)(
-                    "model process " + ("answers again" if up else "does not answer")
+                    "model process " + ("answers again" if up else "does not answer"),
+                    extra={"engine": name},
                 )
             await trio.sleep(MODEL_CHECK_S)
 
@@ -292,7 +298,7 @@ class Service:
             for name in engines.names():
                 check = getattr(engines.get(name), "check_model_process", None)
                 if check is not None:  # a model process's engine: ready only while it answers
-                    nursery.start_soon(self._watch_model_process, check)
+                    nursery.start_soon(self._watch_model_process, name, check)
             if self._garbage is not None:  # every model is loaded: freeze them, and more
                 self._garbage.install()
                 nursery.start_soon(self._garbage.run)

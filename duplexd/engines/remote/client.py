@@ -39,6 +39,7 @@ from . import wire
 log = logging.getLogger("duplexd.engines.remote")
 REPLY_TIMEOUT_S: Final = 30.0  # a request the model process does not answer this long fails
 SEND_TIMEOUT_S: Final = 30.0  # a model process that reads nothing this long is gone
+CHECK_TIMEOUT_S: Final = 1.0  # `check_model_process`: connecting, and its answer
 
 
 class ModelGoneError(EngineError):
@@ -48,11 +49,13 @@ class ModelGoneError(EngineError):
 class _Link:
     """One connection to the model process: a send lock, a reader thread, the waiting calls."""
 
-    def __init__(self, path: str, timeout_s: float) -> None:
+    def __init__(
+        self, path: str, timeout_s: float, *, connect_timeout_s: float | None = None
+    ) -> None:
         self.path = path
         self._timeout_s = timeout_s
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        sock.settimeout(timeout_s)
+        sock.settimeout(timeout_s if connect_timeout_s is None else connect_timeout_s)
         try:
             sock.connect(path)
         except OSError as exc:
@@ -172,18 +175,22 @@ class _Link:
         with contextlib.suppress(EngineError):
             self.send(message)
 
-    def receive(self, box: queue.SimpleQueue[Any], request: int) -> wire.Message:
+    def receive(
+        self, box: queue.SimpleQueue[Any], request: int, timeout_s: float | None = None
+    ) -> wire.Message:
         """The answer to `request`. ModelGoneError if the link fails or no answer comes within
-        the reply timeout (then `request` alone fails; the caller stops it)."""
+        `timeout_s` (default: the reply timeout; then `request` alone fails, the caller stops
+        it)."""
+        timeout_s = self._timeout_s if timeout_s is None else timeout_s
         try:
-            got = box.get(timeout=self._timeout_s)
+            got = box.get(timeout=timeout_s)
         except queue.Empty:
             log.warning(
                 "model process did not answer",
-                extra={"socket": self.path, "request": request, "timeout_s": self._timeout_s},
+                extra={"socket": self.path, "request": request, "timeout_s": timeout_s},
             )
             raise ModelGoneError(
-                f"the model process at {self.path} did not answer in {self._timeout_s:g} s"
+                f"the model process at {self.path} did not answer in {timeout_s:g} s"
             ) from None
         if isinstance(got, Exception):
             raise got
@@ -255,15 +262,49 @@ class RemoteEngine:
     def voices(self) -> list[str]:
         return [str(v) for v in self._info["voices"]]
 
-    def check_model_process(self) -> bool:
-        """Whether the model process answers: its link is up, or a new one could be made now
-        (so after a restart the daemon is connected again before a session asks). Blocking:
-        up to the reply timeout for a model process that accepts but does not greet."""
+    def check_model_process(self, timeout_s: float = CHECK_TIMEOUT_S) -> bool:
+        """Whether the model process answers within `timeout_s`: a voice opened (its default,
+        a cached handle there) on the link, connecting again first if the link failed (so
+        after a restart the daemon is connected before a session asks). Blocking, at most
+        about twice `timeout_s`; it holds no lock the synthesis calls need while it waits."""
         try:
-            self._current()
-        except ModelGoneError:
+            link = self._link_for_check(timeout_s)
+            request = self._request()
+            box = link.begin(request)
+            try:
+                link.send(wire.Open(request, self.default_voice))
+                return isinstance(link.receive(box, request, timeout_s), wire.VoiceInfo)
+            finally:
+                link.end(request)
+        except EngineError:
             return False
-        return True
+
+    def _link_for_check(self, timeout_s: float) -> _Link:
+        with self._link_lock:
+            if self._closed:
+                raise ModelGoneError("the engine is closed")
+            if self._link is not None and self._link.alive:
+                return self._link
+        fresh = _Link(self.path, self._timeout_s, connect_timeout_s=timeout_s)  # unlocked
+        with self._link_lock:
+            if self._closed or (self._link is not None and self._link.alive):
+                keep = self._link
+                fresh.close(lost=False)
+                if keep is None:
+                    raise ModelGoneError("the engine is closed")
+                return keep
+            self._adopt(fresh)
+            return fresh
+
+    def _adopt(self, link: _Link) -> None:
+        """`link` becomes the link (under `_link_lock`); a model process that changed is told."""
+        self._link = link
+        if _identity(link.hello) != _identity(self._info):
+            log.warning(
+                "the model process changed: its engine or voices differ from those"
+                " the daemon started with; restart the daemon to take them",
+                extra={"socket": self.path},
+            )
 
     def _current(self) -> _Link:
         """The live link, connecting again if it failed (callers wait for that connect, up to
@@ -272,13 +313,8 @@ class RemoteEngine:
             if self._closed:
                 raise ModelGoneError("the engine is closed")
             if self._link is None or not self._link.alive:
-                self._link = _Link(self.path, self._timeout_s)
-                if _identity(self._link.hello) != _identity(self._info):
-                    log.warning(
-                        "the model process changed: its engine or voices differ from those"
-                        " the daemon started with; restart the daemon to take them",
-                        extra={"socket": self.path},
-                    )
+                self._adopt(_Link(self.path, self._timeout_s))
+            assert self._link is not None
             return self._link
 
     def _request(self) -> int:
