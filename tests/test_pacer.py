@@ -191,6 +191,22 @@ async def test_a_restarted_grid_starts_on_the_slot_of_its_frame_at_density(
     assert [d for d, _ in late.ticks] == [1.0, slot + 0.02, slot + 0.04]  # ... then 20 ms on
 
 
+async def test_an_exact_restart_starts_at_its_frame_even_at_density(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    from duplexd._downlink.pacer import SHARE_MIN_STREAMS
+
+    async with open_pacer(timer=_PreciseOnMockClock()) as pacer:  # type: ignore[arg-type]
+        for _ in range(SHARE_MIN_STREAMS):
+            pacer.schedule(Recorder(limit=10**6), 1.0)
+        late = Recorder(limit=3)
+        pacer.schedule(late, 1.0)
+        await trio.sleep(1.001)
+        pacer.restart(late, 1.00087, exact=True)  # (a kicked first frame's grid: off the slots)
+        await trio.sleep(0.1)
+    assert [d for d, _ in late.ticks] == pytest.approx([1.0, 1.02087, 1.04087])
+
+
 async def test_a_restarted_grid_starts_at_its_frame_when_sparse(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

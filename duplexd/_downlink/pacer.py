@@ -164,13 +164,13 @@ class Pacer:
                 self._sleep_scope.cancel()
         self._idle.set()
 
-    def restart(self, stream: Paced, sent_at: float) -> None:
+    def restart(self, stream: Paced, sent_at: float, *, exact: bool = False) -> None:
         """`stream` sent its frame at `sent_at`, not on its deadline: its grid starts there
-        now (at density on the `RESTART_SLOT_S` boundary just before: the next frames leave at
-        most that much early against the late one, which a player does not hear; a whole
-        `SLOT_S` would be heard as jitter), its next tick a frame later."""
+        now (at density, unless `exact`, on the `RESTART_SLOT_S` boundary just before: the
+        next frames leave at most that much early against the late one, which a player does
+        not hear; a whole `SLOT_S` would be heard as jitter), its next tick a frame later."""
         self.unschedule(stream)
-        if len(self._slots) >= SHARE_MIN_STREAMS and self._timer.precise_now():
+        if not exact and len(self._slots) >= SHARE_MIN_STREAMS and self._timer.precise_now():
             sent_at = math.floor(sent_at / RESTART_SLOT_S) * RESTART_SLOT_S
         self.schedule(stream, sent_at + self.frame_s)
 

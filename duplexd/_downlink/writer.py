@@ -53,6 +53,9 @@ MAX_LAG_FRAMES: Final = 50  # ticks waiting for the writer (1 s of audio at 20 m
 MAX_CONTROL_FRAMES: Final = 1024
 CONTROL_BATCH: Final = 32  # answers built and sent in one message (bounded work per step)
 FIRST_LATE_S: Final = 0.001  # an utterance's first frame this late restarts its grid
+# ... and one made due by `kick` (its grid anchored at the kick, off the slots) this late: it
+# waits for its writer's turn, behind the first frames of a burst's other utterances
+KICKED_LATE_S: Final = 0.00005
 FADE_MS: Final = 5.0  # fade-out at a barge-in cut (SPEC.md §6.3), at the session's rate
 _END: Final = int(fr.AudioFlags.END)
 
@@ -237,7 +240,9 @@ class Downlink:
         """Frames were pushed: start pacing now unless already paced, paused or closed (an
         unpaced writer just wakes up). An utterance's first frame is due at once when
         its grid starts now (few streams): the writer is woken here and the pacer ticks from
-        the next frame on (the same grid, without a wake-up of the pacer's for that frame; sent
+        the next frame on (the same grid, moved to where that frame really went out if it
+        waited for the writer more than `KICKED_LATE_S`: `_pacing`; without a wake-up of the
+        pacer's for that frame; sent
         from here instead, as a tick sends, it made a burst of 20 replies worse at the bench's
         client when all grids started on 0.5 ms slots: that frame left up to a slot before its
         grid). At density the grid starts on the pacer's next slot (`Pacer.anchor`) and so does
@@ -541,13 +546,18 @@ class Downlink:
         """`made` goes out `now`: count its pacing error (or move the grid: below)."""
         deadline, seq = made[1], made[3]
         c = self.counters
-        if self._paced and seq == 0 and now - deadline > FIRST_LATE_S and not self._due:
+        kicked = seq == 0 and deadline == self._kicked
+        if kicked:
+            self._kicked = -1.0  # (matched once: a later deadline never passes for it)
+        late_s = KICKED_LATE_S if kicked else FIRST_LATE_S
+        if self._paced and seq == 0 and now - deadline > late_s and not self._due:
             # an utterance's grid starts with its first frame: one that goes out late (the
             # loop was busy with a burst of new utterances) moves the grid with it, so the next
-            # frames are not sent early to catch up (counted in first audio, not in pacing)
-            self._pacer.restart(self, now)
+            # frames are not sent early to catch up (counted in first audio, not in pacing);
+            # a kicked one's grid was off the slots already: it moves to the very send time
+            self._pacer.restart(self, now, exact=kicked)
             c.grids_restarted += 1
-        elif self._paced and deadline != self._kicked:  # (a kicked first frame: first audio's,
+        elif self._paced and not kicked:  # (a kicked first frame: first audio's,
             # sent as soon as it was made)
             error = now - deadline
             c.pacing_error.record(error if error >= 0.0 else -error)
