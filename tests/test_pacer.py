@@ -174,8 +174,9 @@ async def test_a_stream_scheduled_while_the_pacer_sleeps_moves_its_wake_up_witho
     assert timer.cancelled == 0  # (a cancel raises trio.Cancelled through the sleep: costly)
 
 
-async def test_a_restarted_grid_starts_on_the_slot_of_its_frame_at_density(
-    autojump_clock: trio.testing.MockClock,
+@pytest.mark.parametrize("exact", [False, True])
+async def test_a_restarted_grid_starts_on_the_slot_of_its_frame_at_density_unless_exact(
+    autojump_clock: trio.testing.MockClock, exact: bool
 ) -> None:
     from duplexd._downlink.pacer import RESTART_SLOT_S, SHARE_MIN_STREAMS
 
@@ -185,26 +186,11 @@ async def test_a_restarted_grid_starts_on_the_slot_of_its_frame_at_density(
         late = Recorder(limit=3)
         pacer.schedule(late, 1.0)
         await trio.sleep(1.001)  # its first tick, at 1.0; its frame went out at 1.00087:
-        pacer.restart(late, 1.00087)
+        pacer.restart(late, 1.00087, exact=exact)  # (exact: a kicked first frame's, off-slot)
         await trio.sleep(0.1)
-    slot = 2001 * RESTART_SLOT_S  # the slot that frame lies in (floor(1.00087 / 0.5 ms)) ...
-    assert [d for d, _ in late.ticks] == [1.0, slot + 0.02, slot + 0.04]  # ... then 20 ms on
-
-
-async def test_an_exact_restart_starts_at_its_frame_even_at_density(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    from duplexd._downlink.pacer import SHARE_MIN_STREAMS
-
-    async with open_pacer(timer=_PreciseOnMockClock()) as pacer:  # type: ignore[arg-type]
-        for _ in range(SHARE_MIN_STREAMS):
-            pacer.schedule(Recorder(limit=10**6), 1.0)
-        late = Recorder(limit=3)
-        pacer.schedule(late, 1.0)
-        await trio.sleep(1.001)
-        pacer.restart(late, 1.00087, exact=True)  # (a kicked first frame's grid: off the slots)
-        await trio.sleep(0.1)
-    assert [d for d, _ in late.ticks] == pytest.approx([1.0, 1.02087, 1.04087])
+    # on the slot that frame lies in (floor(1.00087 / 0.5 ms)), or exactly at it; 20 ms on
+    start = 1.00087 if exact else 2001 * RESTART_SLOT_S
+    assert [d for d, _ in late.ticks] == pytest.approx([1.0, start + 0.02, start + 0.04])
 
 
 async def test_a_restarted_grid_starts_at_its_frame_when_sparse(
