@@ -1,17 +1,16 @@
 """The model process (`duplexd serve-model`, `duplexd.engines.remote`): several daemons share one
-engine over a Unix socket. The wire fed whole, split at every offset and a byte at a time;
-a real `serve_model` with the tone engine (and the VITS voice) answered by `RemoteEngine` exactly
-as the engine answers in-process; a barge-in's early close stops the request in the model
-process; failures (an unknown voice, an engine that raises, a model process that goes away and
-comes back, garbage on the socket) reach the right caller only; a daemon serving sessions
-through it; the command line's mistakes."""
+engine over a Unix socket. A real `serve_model` with the tone engine (and the VITS voice)
+answered by `RemoteEngine` exactly as the engine answers in-process; a barge-in's early close
+stops the request in the model process; failures (an unknown voice, an engine that raises
+lazily or when called, a request not answered in time, a model process that goes away and comes
+back, garbage, a reused id, too many requests, a request never pulled) reach the right caller
+only; a daemon serving sessions through it, and a restart ending only its speaking session.
+The wire alone: test_model_wire.py; the command line and operations: test_model_service.py."""
 
 from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -28,72 +27,6 @@ from duplexd.engines.remote.server import serve_model
 from duplexd.engines.tone import ToneEngine
 
 pytestmark = pytest.mark.unit
-
-AUDIO = np.linspace(-1, 1, 7, dtype=np.float32)
-MESSAGES: list[wire.Message] = [
-    wire.Hello({"name": "tone", "device": "cpu", "default_voice": "sine", "voices": ["sine"]}),
-    wire.Open(1, "sine"),
-    wire.VoiceInfo(1, {"name": "sine", "sample_rate_hz": 24000, "timed": True}),
-    wire.Speak(2, "sine", "Héllo, wörld."),
-    wire.Next(2),
-    wire.Stop(3),
-    wire.Chunk(2, AUDIO, (WordMark(0, 6, 0, 3), WordMark(7, 13, 3, 7))),
-    wire.Chunk(4, np.zeros(0, dtype=np.float32), ()),
-    wire.Done(2),
-    wire.Failed(5, wire.UNKNOWN_VOICE, "unknown voice 'x'"),
-]
-
-
-def same(a: wire.Message, b: wire.Message) -> bool:
-    if isinstance(a, wire.Chunk) and isinstance(b, wire.Chunk):
-        return (a.request, a.marks) == (b.request, b.marks) and np.array_equal(a.audio, b.audio)
-    return a == b
-
-
-def test_the_wire_reads_whole_split_at_every_offset_and_byte_by_byte() -> None:
-    data = b"".join(wire.encode(m) for m in MESSAGES)
-    for cut in range(len(data) + 1):
-        d = wire.Decoder()
-        got = d.feed(data[:cut]) + d.feed(data[cut:])
-        assert len(got) == len(MESSAGES) and all(map(same, got, MESSAGES))
-        assert d.buffered == 0
-    d = wire.Decoder()
-    got = [m for i in range(len(data)) for m in d.feed(data[i : i + 1])]
-    assert all(map(same, got, MESSAGES)) and len(got) == len(MESSAGES)
-
-
-def test_a_half_frame_changes_nothing_but_the_buffer() -> None:
-    frame = wire.encode(wire.Speak(9, "sine", "text"))
-    d = wire.Decoder()
-    assert d.feed(frame[:-1]) == [] and d.buffered == len(frame) - 1
-    assert d.feed(frame[-1:]) == [wire.Speak(9, "sine", "text")] and d.buffered == 0
-
-
-@pytest.mark.parametrize(
-    "frame",
-    [
-        wire.HEADER.pack(wire.MAX_FRAME_BYTES + 1, wire.CHUNK, 1),  # too long: never buffered
-        wire.HEADER.pack(5, 99, 1),  # unknown kind
-        wire.HEADER.pack(6, wire.NEXT, 1) + b"x",  # NEXT with a payload
-        wire.HEADER.pack(7, wire.CHUNK, 1) + b"\0\0",  # marks' count cut short
-        wire.HEADER.pack(12, wire.CHUNK, 1) + b"\0\0\0\0\0\0\0",  # samples not whole
-        wire.HEADER.pack(8, wire.SPEAK, 1) + b"\0\x09\xff",  # a voice name cut short
-        wire.HEADER.pack(7, wire.HELLO, 0) + b"[]",  # not a JSON object
-        wire.HEADER.pack(2, wire.NEXT, 1),  # shorter than its own header
-    ],
-)
-def test_a_frame_that_cannot_be_read_is_a_wire_error(frame: bytes) -> None:
-    with pytest.raises(wire.WireError):
-        wire.Decoder().feed(frame)
-
-
-def test_a_chunk_too_long_for_one_frame_is_refused_when_encoded() -> None:
-    big = np.zeros(wire.MAX_FRAME_BYTES // 4 + 1, dtype=np.float32)
-    with pytest.raises(wire.WireError):
-        wire.encode(wire.Chunk(1, big, ()))
-
-
-# ------------------------------------------------------------------ a model process, in-process
 
 
 class _Closing:
@@ -347,48 +280,6 @@ async def test_the_vits_voice_through_the_model_process_is_the_same_audio(path: 
 # ------------------------------------------------------------------ the command line
 
 
-def run_cli(*args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DUPLEXD_")}
-    return subprocess.run(
-        [sys.executable, "-m", "duplexd", *args], capture_output=True, text=True,
-        timeout=timeout_s, env=env,
-    )  # fmt: skip
-
-
-@pytest.mark.integration
-def test_serve_model_without_a_socket_says_what_to_set() -> None:
-    r = run_cli("serve-model", "--engine", "tone")
-    assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert r.stderr.strip() == (
-        "duplexd: no socket to listen on: set [engine] model_socket (or --model-socket PATH)"
-    )
-
-
-@pytest.mark.integration
-def test_serve_model_refuses_a_path_that_is_not_a_socket(tmp_path: Path) -> None:
-    (tmp_path / "file").write_text("x")
-    r = run_cli("serve-model", "--engine", "tone", "--model-socket", str(tmp_path / "file"))
-    assert r.returncode == 2 and "is not a socket: choose another model_socket" in r.stderr
-
-
-@pytest.mark.integration
-def test_serve_with_no_model_process_there_says_what_to_start(tmp_path: Path) -> None:
-    sock = str(tmp_path / "none.sock")
-    r = run_cli("serve", "--model-socket", sock, "--port", "0", "--http-port", "0")
-    assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert r.stderr.strip().splitlines()[-1] == (
-        f"duplexd: no model process at {sock} (No such file or directory): start `duplexd"
-        " serve-model` (deploy/duplexd-model.service) or fix [engine] model_socket"
-    )
-
-
-@pytest.mark.integration
-def test_a_relative_model_socket_is_a_config_error() -> None:
-    r = run_cli("config", "--check", "--engine", "tone", "--model-socket", "model.sock")
-    assert r.returncode == 2
-    assert "engine.model_socket: must be an absolute path" in r.stderr
-
-
 @pytest.mark.filterwarnings(CLIENT_SOCKET_LEAK)  # the server closes the speaking session
 @pytest.mark.usefixtures("collect_leaked_sockets")
 async def test_a_model_process_restart_ends_the_sessions_speaking_and_no_other(path: str) -> None:
@@ -548,133 +439,3 @@ async def test_a_request_never_pulled_is_stopped_after_its_idle_time(
         await until(lambda: engine.log == ["closed"])  # its iterator let go
     assert [type(m) for m in got] == [wire.Chunk, wire.Failed]
     assert got[1] == wire.Failed(3, wire.ENGINE_ERROR, "not pulled for 0.1 s: stopped")
-
-
-async def test_a_daemon_is_not_ready_while_its_model_process_does_not_answer(path: str) -> None:
-    import attrs
-    from harness import http_request, inline_uplink_services
-    from test_service import settings
-
-    from duplexd._server.service import MODEL_CHECK_S, Service
-    from duplexd.engines.registry import EngineSet
-
-    async def readyz(port: int, *, until_ready: bool) -> tuple[int, bytes]:
-        """/readyz's answer once it is (or is no longer) ready, within 5 checks."""
-        for _ in range(round(5 * MODEL_CHECK_S / 0.05)):
-            status, _, body = await http_request(port, "/readyz")
-            if (status == 200) == until_ready:
-                break
-            await trio.sleep(0.05)
-        return status, body
-
-    base = settings()
-    config = attrs.evolve(base, engine=attrs.evolve(base.engine, model_socket=path))
-    async with model_process(path, ToneEngine()) as model:
-        remote = await trio.to_thread.run_sync(RemoteEngine, path)
-        service = Service(
-            config,
-            engines=EngineSet.of(remote),
-            uplink_services=inline_uplink_services(),
-            handle_signals=False,
-            http_port=0,
-            environ={},
-        )
-        async with trio.open_nursery() as nursery:
-            await nursery.start(service.run)
-            port = service.http_port
-            assert await readyz(port, until_ready=True) == (200, b"ready\n")
-            model.cancel()  # the model process goes away
-            got = await readyz(port, until_ready=False)
-            assert got == (503, b"the model process does not answer\n")
-            os.unlink(path)
-            async with model_process(path, ToneEngine()):  # back: ready again, connected
-                assert await readyz(port, until_ready=True) == (200, b"ready\n")
-                assert remote._link is not None and remote._link.alive
-                service.request_stop()
-        remote.close()
-
-
-async def test_serve_model_reports_what_it_did_on_its_side_port(path: str) -> None:
-    import attrs
-    from harness import http_request
-    from test_service import samples, settings
-
-    from duplexd._server.model import run_model_service
-
-    base = settings()
-    config = attrs.evolve(base, engine=attrs.evolve(base.engine, model_socket=path))
-    async with trio.open_nursery() as nursery:
-        where, port = await nursery.start(
-            lambda task_status: run_model_service(
-                config, handle_signals=False, http_port=0, task_status=task_status
-            )
-        )
-        assert where == path and oct(os.stat(path).st_mode & 0o777) == "0o600"
-        assert (await http_request(port, "/readyz"))[::2] == (200, b"ready\n")
-        remote = await trio.to_thread.run_sync(RemoteEngine, path)
-        voice = await trio.to_thread.run_sync(remote.open_voice, "sine")
-        audio = await trio.to_thread.run_sync(voice.synthesize, "Counted.")
-        with pytest.raises(UnknownVoiceError):
-            await trio.to_thread.run_sync(remote.open_voice, "nobody")
-        status, _, body = await http_request(port, "/metrics")
-        remote.close()
-        nursery.cancel_scope.cancel()
-    assert status == 200
-    got = samples(body.decode())
-    assert got["duplexd_model_requests_total"] == 3  # two voices opened, one piece
-    assert got["duplexd_model_chunks_total"] >= 2
-    assert got["duplexd_model_audio_seconds_total"] == pytest.approx(len(audio) / 48_000)
-    assert got["duplexd_model_failures_total{reason=unknown_voice}"] == 1
-    assert got["duplexd_model_failures_total{reason=engine_error}"] == 0
-    assert got["duplexd_model_connections"] == 1 and got["duplexd_model_engine_seconds_total"] > 0
-    assert not await trio.Path(path).exists()  # its socket file removed as it stopped
-
-
-async def test_a_model_process_that_greets_but_never_answers_fails_the_check_quickly(
-    path: str,
-) -> None:
-    hello = wire.encode(ToneEngine_hello())
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(path)
-    listener.listen()
-    held: list[socket.socket] = []
-
-    def wedged() -> None:  # greets, then reads and answers nothing (its engine hung)
-        conn, _ = listener.accept()
-        held.append(conn)
-        conn.sendall(hello)
-
-    thread = threading.Thread(target=wedged)
-    thread.start()
-    remote = await trio.to_thread.run_sync(RemoteEngine, path)
-    await trio.to_thread.run_sync(thread.join)
-    link = remote._link
-    with trio.fail_after(2):
-        assert not await trio.to_thread.run_sync(lambda: remote.check_model_process(0.2))
-    assert remote._link is link and link.alive  # connected, but not answering: not ready
-    remote.close()
-    for conn in (*held, listener):
-        conn.close()
-
-
-def ToneEngine_hello() -> wire.Hello:
-    from duplexd.engines.remote.server import engine_hello
-
-    return engine_hello(ToneEngine())
-
-
-@pytest.mark.integration
-def test_serve_model_refuses_a_side_port_without_the_auth_it_is_asked_for(tmp_path: Path) -> None:
-    tokens = tmp_path / "tokens"
-    tokens.write_text("alice:" + "t" * 40 + "\n")
-    tokens.chmod(0o600)
-    r = subprocess.run(
-        [sys.executable, "-m", "duplexd", "serve-model", "--engine", "tone", "--http-port", "1",
-         "--model-socket", str(tmp_path / "m.sock")],
-        capture_output=True, text=True, timeout=60,
-        env={**{k: v for k, v in os.environ.items() if not k.startswith("DUPLEXD_")},
-             "DUPLEXD_AUTH__METRICS_REQUIRE_AUTH": "true",
-             "DUPLEXD_AUTH__TOKEN_FILE": str(tokens)},
-    )  # fmt: skip
-    assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert "serve-model's side port has no token check and no TLS" in r.stderr

@@ -1,0 +1,200 @@
+"""The model process as operated: `duplexd serve-model` and `serve --model-socket` from the
+command line (their mistakes as one line and exit status 2), a daemon's readiness following its
+model process (a real round trip, connected again after a restart), and the model process's
+side port (/readyz, /metrics)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import trio
+from test_model_process import model_process
+
+from duplexd.engines.base import UnknownVoiceError
+from duplexd.engines.remote import RemoteEngine, wire
+from duplexd.engines.tone import ToneEngine
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> str:
+    return str(tmp_path / "model.sock")
+
+
+def run_cli(*args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DUPLEXD_")}
+    return subprocess.run(
+        [sys.executable, "-m", "duplexd", *args], capture_output=True, text=True,
+        timeout=timeout_s, env=env,
+    )  # fmt: skip
+
+
+@pytest.mark.integration
+def test_serve_model_without_a_socket_says_what_to_set() -> None:
+    r = run_cli("serve-model", "--engine", "tone")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip() == (
+        "duplexd: no socket to listen on: set [engine] model_socket (or --model-socket PATH)"
+    )
+
+
+@pytest.mark.integration
+def test_serve_model_refuses_a_path_that_is_not_a_socket(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    r = run_cli("serve-model", "--engine", "tone", "--model-socket", str(tmp_path / "file"))
+    assert r.returncode == 2 and "is not a socket: choose another model_socket" in r.stderr
+
+
+@pytest.mark.integration
+def test_serve_with_no_model_process_there_says_what_to_start(tmp_path: Path) -> None:
+    sock = str(tmp_path / "none.sock")
+    r = run_cli("serve", "--model-socket", sock, "--port", "0", "--http-port", "0")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1] == (
+        f"duplexd: no model process at {sock} (No such file or directory): start `duplexd"
+        " serve-model` (deploy/duplexd-model.service) or fix [engine] model_socket"
+    )
+
+
+@pytest.mark.integration
+def test_a_relative_model_socket_is_a_config_error() -> None:
+    r = run_cli("config", "--check", "--engine", "tone", "--model-socket", "model.sock")
+    assert r.returncode == 2
+    assert "engine.model_socket: must be an absolute path" in r.stderr
+
+
+async def test_a_daemon_is_not_ready_while_its_model_process_does_not_answer(path: str) -> None:
+    import attrs
+    from harness import http_request, inline_uplink_services
+    from test_service import settings
+
+    from duplexd._server.service import MODEL_CHECK_S, Service
+    from duplexd.engines.registry import EngineSet
+
+    async def readyz(port: int, *, until_ready: bool) -> tuple[int, bytes]:
+        """/readyz's answer once it is (or is no longer) ready, within 5 checks."""
+        for _ in range(round(5 * MODEL_CHECK_S / 0.05)):
+            status, _, body = await http_request(port, "/readyz")
+            if (status == 200) == until_ready:
+                break
+            await trio.sleep(0.05)
+        return status, body
+
+    base = settings()
+    config = attrs.evolve(base, engine=attrs.evolve(base.engine, model_socket=path))
+    async with model_process(path, ToneEngine()) as model:
+        remote = await trio.to_thread.run_sync(RemoteEngine, path)
+        service = Service(
+            config,
+            engines=EngineSet.of(remote),
+            uplink_services=inline_uplink_services(),
+            handle_signals=False,
+            http_port=0,
+            environ={},
+        )
+        async with trio.open_nursery() as nursery:
+            await nursery.start(service.run)
+            port = service.http_port
+            assert await readyz(port, until_ready=True) == (200, b"ready\n")
+            model.cancel()  # the model process goes away
+            got = await readyz(port, until_ready=False)
+            assert got == (503, b"the model process does not answer\n")
+            os.unlink(path)
+            async with model_process(path, ToneEngine()):  # back: ready again, connected
+                assert await readyz(port, until_ready=True) == (200, b"ready\n")
+                assert remote._link is not None and remote._link.alive
+                service.request_stop()
+        remote.close()
+
+
+async def test_serve_model_reports_what_it_did_on_its_side_port(path: str) -> None:
+    import attrs
+    from harness import http_request
+    from test_service import samples, settings
+
+    from duplexd._server.model import run_model_service
+
+    base = settings()
+    config = attrs.evolve(base, engine=attrs.evolve(base.engine, model_socket=path))
+    async with trio.open_nursery() as nursery:
+        where, port = await nursery.start(
+            lambda task_status: run_model_service(
+                config, handle_signals=False, http_port=0, task_status=task_status
+            )
+        )
+        assert where == path and oct(os.stat(path).st_mode & 0o777) == "0o600"
+        assert (await http_request(port, "/readyz"))[::2] == (200, b"ready\n")
+        remote = await trio.to_thread.run_sync(RemoteEngine, path)
+        voice = await trio.to_thread.run_sync(remote.open_voice, "sine")
+        audio = await trio.to_thread.run_sync(voice.synthesize, "Counted.")
+        with pytest.raises(UnknownVoiceError):
+            await trio.to_thread.run_sync(remote.open_voice, "nobody")
+        status, _, body = await http_request(port, "/metrics")
+        remote.close()
+        nursery.cancel_scope.cancel()
+    assert status == 200
+    got = samples(body.decode())
+    assert got["duplexd_model_requests_total"] == 3  # two voices opened, one piece
+    assert got["duplexd_model_chunks_total"] >= 2
+    assert got["duplexd_model_audio_seconds_total"] == pytest.approx(len(audio) / 48_000)
+    assert got["duplexd_model_failures_total{reason=unknown_voice}"] == 1
+    assert got["duplexd_model_failures_total{reason=engine_error}"] == 0
+    assert got["duplexd_model_connections"] == 1 and got["duplexd_model_engine_seconds_total"] > 0
+    assert not await trio.Path(path).exists()  # its socket file removed as it stopped
+
+
+async def test_a_model_process_that_greets_but_never_answers_fails_the_check_quickly(
+    path: str,
+) -> None:
+    hello = wire.encode(ToneEngine_hello())
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen()
+    held: list[socket.socket] = []
+
+    def wedged() -> None:  # greets, then reads and answers nothing (its engine hung)
+        conn, _ = listener.accept()
+        held.append(conn)
+        conn.sendall(hello)
+
+    thread = threading.Thread(target=wedged)
+    thread.start()
+    remote = await trio.to_thread.run_sync(RemoteEngine, path)
+    await trio.to_thread.run_sync(thread.join)
+    link = remote._link
+    with trio.fail_after(2):
+        assert not await trio.to_thread.run_sync(lambda: remote.check_model_process(0.2))
+    assert remote._link is link and link.alive  # connected, but not answering: not ready
+    remote.close()
+    for conn in (*held, listener):
+        conn.close()
+
+
+def ToneEngine_hello() -> wire.Hello:
+    from duplexd.engines.remote.server import engine_hello
+
+    return engine_hello(ToneEngine())
+
+
+@pytest.mark.integration
+def test_serve_model_refuses_a_side_port_without_the_auth_it_is_asked_for(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("alice:" + "t" * 40 + "\n")
+    tokens.chmod(0o600)
+    r = subprocess.run(
+        [sys.executable, "-m", "duplexd", "serve-model", "--engine", "tone", "--http-port", "1",
+         "--model-socket", str(tmp_path / "m.sock")],
+        capture_output=True, text=True, timeout=60,
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("DUPLEXD_")},
+             "DUPLEXD_AUTH__METRICS_REQUIRE_AUTH": "true",
+             "DUPLEXD_AUTH__TOKEN_FILE": str(tokens)},
+    )  # fmt: skip
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "serve-model's side port has no token check and no TLS" in r.stderr
