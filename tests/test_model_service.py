@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from test_model_process import model_process
+from test_model_process import _raw, model_process
 
 from duplexd.engines.base import UnknownVoiceError
 from duplexd.engines.remote import RemoteEngine, wire
@@ -136,6 +136,8 @@ async def test_serve_model_reports_what_it_did_on_its_side_port(path: str) -> No
         audio = await trio.to_thread.run_sync(voice.synthesize, "Counted.")
         with pytest.raises(UnknownVoiceError):
             await trio.to_thread.run_sync(remote.open_voice, "nobody")
+        refused = await trio.to_thread.run_sync(lambda: _raw(path, wire.Done(9)))
+        assert refused == [wire.Failed(9, wire.BAD_REQUEST, "not a request")]
         status, _, body = await http_request(port, "/metrics")
         remote.close()
         nursery.cancel_scope.cancel()
@@ -146,6 +148,7 @@ async def test_serve_model_reports_what_it_did_on_its_side_port(path: str) -> No
     assert got["duplexd_model_audio_seconds_total"] == pytest.approx(len(audio) / 48_000)
     assert got["duplexd_model_failures_total{reason=unknown_voice}"] == 1
     assert got["duplexd_model_failures_total{reason=engine_error}"] == 0
+    assert got["duplexd_model_failures_total{reason=bad_request}"] == 1
     assert got["duplexd_model_connections"] == 1 and got["duplexd_model_engine_seconds_total"] > 0
     assert not await trio.Path(path).exists()  # its socket file removed as it stopped
 

@@ -132,11 +132,13 @@ class ModelServer:
 
     def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """`fn(*args)` in the engine's turn; an exception of the engine becomes `_Failed`."""
-        started = time.perf_counter()
+        started = 0.0
         try:
             if self._turns is None:
+                started = time.perf_counter()
                 return fn(*args)
             with self._turns:
+                started = time.perf_counter()  # (the wait for a turn is not the engine's)
                 return fn(*args)
         except UnknownVoiceError as exc:
             raise _Failed(wire.UNKNOWN_VOICE, str(exc)) from None
@@ -144,9 +146,10 @@ class ModelServer:
             log.warning("synthesis failed", extra={"why": repr(exc)})
             raise _Failed(wire.ENGINE_ERROR, f"synthesis failed: {exc}") from None
         finally:
-            elapsed = time.perf_counter() - started
-            with self._stats_lock:
-                self._stats.engine_s += elapsed
+            if started:
+                elapsed = time.perf_counter() - started
+                with self._stats_lock:
+                    self._stats.engine_s += elapsed
 
     def voice(self, name: str) -> Voice:
         with self._lock:
@@ -246,10 +249,11 @@ class _Connection:
                 waiting.put(_NEXT if isinstance(message, wire.Next) else _STOP)
             return
         if not isinstance(message, (wire.Open, wire.Speak)):
-            self.send(
-                wire.Failed(getattr(message, "request", 0), wire.BAD_REQUEST, "not a request")
-            )
+            self.server.count(failure=wire.BAD_REQUEST)
+            request = getattr(message, "request", 0)
+            self.send(wire.Failed(request, wire.BAD_REQUEST, "not a request"))
             return
+        self.server.count(requests=1)
         box: queue.SimpleQueue[str] = queue.SimpleQueue()
         with self.lock:
             taken = message.request in self.requests
@@ -286,7 +290,6 @@ class _Connection:
 
     def _serve(self, message: wire.Open | wire.Speak, box: queue.SimpleQueue[str]) -> None:
         chunks: Iterator[Any] | None = None
-        self.server.count(requests=1)
         try:
             voice = self.server.voice(message.voice)
             if isinstance(message, wire.Open):
@@ -302,9 +305,10 @@ class _Connection:
                     data = wire.encode(wire.Chunk(message.request, audio, tuple(marks)))
                 except (wire.WireError, ValueError, TypeError, OverflowError) as exc:
                     raise _Failed(wire.ENGINE_ERROR, f"the engine's chunk: {exc}") from None
-                sent = self.send(data)
+                if not self.send(data):
+                    return
                 self.server.count(chunks=1, audio_s=len(audio) / voice.sample_rate_hz)
-                if not sent or self._pulled(box) == _STOP:
+                if self._pulled(box) == _STOP:
                     return
             self.send(wire.Done(message.request))
         except _Failed as exc:
