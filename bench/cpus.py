@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 
 
 def parse_cpus(text: str) -> frozenset[int]:
@@ -76,3 +77,9 @@ def sentence(doc: dict[str, object]) -> str:
         if isinstance(cpus, list):
             where.append(f"{who} {'pinned ' if not where else ''}to CPU {','.join(map(str, cpus))}")
     return f"{doc['cpu_count']} CPUs" + (f" ({', '.join(where)})" if where else "")
+
+
+def process_cpu_s() -> float:
+    """This process's CPU time so far, user + system, all its threads (`getrusage`)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -26,12 +25,9 @@ import trio
 
 from duplexd._server.synthesis import EngineTurns
 
+from .cpus import process_cpu_s
+
 Offload = Callable[..., Awaitable[Any]]
-
-
-def _cpu_s() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
 
 
 def _nothing() -> None:
@@ -53,14 +49,14 @@ def measure(make: Callable[[], Offload], chunks: int, rounds: int) -> dict[str, 
 
     async def main() -> dict[str, float]:
         offload = make()
-        cpu0, wall_s = _cpu_s(), 0.0
+        cpu0, wall_s = process_cpu_s(), 0.0
         for _ in range(rounds):
             t0 = time.perf_counter()
             async with trio.open_nursery() as nursery:
                 for _ in range(chunks):
                     nursery.start_soon(offload, _nothing)
             wall_s += time.perf_counter() - t0
-        cpu_s = _cpu_s() - cpu0
+        cpu_s = process_cpu_s() - cpu0
         return {
             "cpu_us_per_chunk": 1e6 * cpu_s / (chunks * rounds),
             "round_us": 1e6 * wall_s / rounds,

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 import tempfile
 import threading
@@ -30,23 +29,19 @@ import numpy as np
 from duplexd.engines.remote import RemoteEngine
 from duplexd.engines.tone import ToneEngine
 
+from .cpus import process_cpu_s
 from .daemon import ProcSampler, model_argv, start_server
-
-
-def _cpu_s() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
 
 
 def local_cost(text: str, duration_s: float) -> tuple[float, float]:
     """The engine's own CPU per audio-second for `text`, in-process, made as the model process
     makes it (with word marks); and its audio-seconds."""
     voice = ToneEngine().open_voice("sine")
-    cpu0, t0, audio_s = _cpu_s(), time.monotonic(), 0.0
+    cpu0, t0, audio_s = process_cpu_s(), time.monotonic(), 0.0
     while time.monotonic() - t0 < duration_s:
         for chunk, _ in voice.synthesize_words(text):
             audio_s += len(chunk) / voice.sample_rate_hz
-    return (_cpu_s() - cpu0) / audio_s, audio_s
+    return (process_cpu_s() - cpu0) / audio_s, audio_s
 
 
 def run(threads: int, duration_s: float, chars: int) -> dict[str, Any]:
@@ -75,7 +70,7 @@ def run(threads: int, duration_s: float, chars: int) -> dict[str, Any]:
                         samples[i] += len(chunk)
 
             sampler = ProcSampler(model.pid)
-            model_cpu0, cpu0, t0 = sampler.cpu_seconds(), _cpu_s(), time.monotonic()
+            model_cpu0, cpu0, t0 = sampler.cpu_seconds(), process_cpu_s(), time.monotonic()
             workers = [threading.Thread(target=speak, args=(i,)) for i in range(threads)]
             for w in workers:
                 w.start()
@@ -83,7 +78,7 @@ def run(threads: int, duration_s: float, chars: int) -> dict[str, Any]:
             stop.set()
             for w in workers:
                 w.join()
-            wall_s, daemon_cpu_s = time.monotonic() - t0, _cpu_s() - cpu0
+            wall_s, daemon_cpu_s = time.monotonic() - t0, process_cpu_s() - cpu0
             model_cpu_s = sampler.cpu_seconds() - model_cpu0
             engine.close()
         finally:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 import time
 
@@ -23,19 +22,16 @@ import trio
 
 from duplexd._downlink.timer import PreciseTimer
 
-
-def _cpu_s() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
+from .cpus import process_cpu_s
 
 
 def bare_us(period_s: float, n: int) -> float:
     """CPU per wake-up of `time.sleep` to absolute deadlines, in us."""
-    cpu0, deadline = _cpu_s(), time.monotonic()
+    cpu0, deadline = process_cpu_s(), time.monotonic()
     for _ in range(n):
         deadline += period_s
         time.sleep(max(0.0, deadline - time.monotonic()))
-    return (_cpu_s() - cpu0) / n * 1e6
+    return (process_cpu_s() - cpu0) / n * 1e6
 
 
 def trio_us(period_s: float, n: int) -> float:
@@ -43,11 +39,11 @@ def trio_us(period_s: float, n: int) -> float:
 
     async def main() -> float:
         with PreciseTimer() as timer:
-            cpu0, deadline = _cpu_s(), trio.current_time()
+            cpu0, deadline = process_cpu_s(), trio.current_time()
             for _ in range(n):
                 deadline += period_s
                 await timer.sleep_until(deadline)
-            return (_cpu_s() - cpu0) / n * 1e6
+            return (process_cpu_s() - cpu0) / n * 1e6
 
     return trio.run(main)
 
