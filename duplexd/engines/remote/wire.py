@@ -164,25 +164,26 @@ def timeval(seconds: float) -> bytes:
     return struct.pack("@ll", int(seconds), int(seconds % 1 * 1e6))
 
 
-def _json(payload: bytes) -> dict[str, Any]:
+def _json(payload: bytes | bytearray) -> dict[str, Any]:
     value = json.loads(payload.decode())
     if not isinstance(value, dict):
         raise ValueError("not a JSON object")
     return value
 
 
-def _chunk(request: int, payload: bytes) -> Chunk:
+def _chunk(request: int, payload: bytes | bytearray) -> Chunk:
     (count,) = struct.unpack_from(">I", payload)
     end = 4 + 16 * count
     if end > len(payload) or (len(payload) - end) % 4:
         raise ValueError("marks or samples cut short")
     spans = np.frombuffer(payload, dtype=_MARK, count=4 * count, offset=4).reshape(-1, 4)
     marks = tuple(WordMark(*map(int, row)) for row in spans)
-    audio = np.frombuffer(payload, dtype=_SAMPLE, offset=end).astype(np.float32)
+    # a view of the frame's own (writable) copy: no further copy of the samples
+    audio = np.frombuffer(payload, dtype=_SAMPLE, offset=end).astype(np.float32, copy=False)
     return Chunk(request, audio, marks)
 
 
-def decode(kind: int, request: int, payload: bytes) -> Message:
+def decode(kind: int, request: int, payload: bytes | bytearray) -> Message:
     """One frame's message. WireError if it cannot be read."""
     try:
         if kind == HELLO:
@@ -238,7 +239,8 @@ class Decoder:
             end = start + LENGTH_BYTES + length
             if end > len(buf):
                 break
-            out.append(decode(kind, request, bytes(buf[start + HEADER_BYTES : end])))
+            # (one copy of the payload: a bytearray slice, which a chunk's samples then view)
+            out.append(decode(kind, request, buf[start + HEADER_BYTES : end]))
             start = end
         del buf[:start]
         return out
