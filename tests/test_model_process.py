@@ -285,7 +285,7 @@ async def test_the_vits_voice_through_the_model_process_is_the_same_audio(path: 
 async def test_a_model_process_restart_ends_the_sessions_speaking_and_no_other(path: str) -> None:
     from harness import running_daemon
 
-    from duplexd._server.ending import MODEL_GONE_MESSAGE
+    from duplexd._server.ending import UNAVAILABLE_MESSAGE
     from duplexd.client.errors import ServerError
     from duplexd.client.session import open_session
     from duplexd.protocol import frames as fr
@@ -305,7 +305,7 @@ async def test_a_model_process_restart_ends_the_sessions_speaking_and_no_other(p
             with pytest.raises(ServerError) as failed:
                 await speaking.receive_utterance(uid)
             assert failed.value.code == fr.ErrorCode.INTERNAL
-            assert failed.value.message == MODEL_GONE_MESSAGE
+            assert failed.value.message == UNAVAILABLE_MESSAGE
             os.unlink(path)  # (left by the model process that died); systemd restarts it:
             async with model_process(path, ToneEngine()):
                 spoken = await idle.receive_utterance(await idle.say("Still here."))
@@ -439,3 +439,37 @@ async def test_a_request_never_pulled_is_stopped_after_its_idle_time(
         await until(lambda: engine.log == ["closed"])  # its iterator let go
     assert [type(m) for m in got] == [wire.Chunk, wire.Failed]
     assert got[1] == wire.Failed(3, wire.ENGINE_ERROR, "not pulled for 0.1 s: stopped")
+
+
+@pytest.mark.filterwarnings(CLIENT_SOCKET_LEAK)  # the server closes the session
+@pytest.mark.usefixtures("collect_leaked_sockets")
+async def test_any_engine_unavailable_for_now_ends_its_session_with_what_to_do() -> None:
+    # not only the model process's: a plugin engine may raise it too (its GPU lost...)
+    from harness import running_daemon
+
+    from duplexd._server.ending import UNAVAILABLE_MESSAGE
+    from duplexd.client.errors import ServerError
+    from duplexd.client.session import open_session
+    from duplexd.engines.base import EngineUnavailableError
+    from duplexd.protocol import frames as fr
+
+    class Away(ToneEngine):
+        def open_voice(self, name: str) -> object:  # type: ignore[override]
+            tone = super().open_voice(name)
+
+            class V:
+                sample_rate_hz = tone.sample_rate_hz
+
+                def synthesize(self, text: str) -> FloatAudio:
+                    raise EngineUnavailableError("the GPU is being reset")
+
+            v = V()
+            v.name = tone.name  # type: ignore[attr-defined]
+            return v
+
+    async with running_daemon(Away()) as daemon, open_session(daemon.url) as s:
+        uid = await s.say("Nobody hears this.")
+        with pytest.raises(ServerError) as failed:
+            await s.receive_utterance(uid)
+    assert failed.value.code == fr.ErrorCode.INTERNAL
+    assert failed.value.message == UNAVAILABLE_MESSAGE

@@ -1,7 +1,7 @@
 """How a connection ends (`SessionEnd`): the first failure recorded wins, and how a task's
 failure is reported (the peer's protocol error as that error, a closed connection as nothing,
-a model process that went away as INTERNAL with what to do, anything else as INTERNAL and
-logged)."""
+an engine unavailable for now (its model process went away) as INTERNAL with what to do,
+anything else as INTERNAL and logged)."""
 
 from __future__ import annotations
 
@@ -11,14 +11,14 @@ from collections.abc import Awaitable, Callable
 import trio
 from trio_websocket import ConnectionClosed
 
-from ..engines.remote import ModelGoneError
+from ..engines.base import EngineUnavailableError
 from ..protocol import frames as fr
 from ..protocol.codec import RemoteProtocolError
 from .handshake import Refusal
 
 log = logging.getLogger("duplexd.session")
-MODEL_GONE_MESSAGE = (
-    "speech synthesis is unavailable for now (its model process restarted or did not answer):"
+UNAVAILABLE_MESSAGE = (
+    "speech synthesis is unavailable for now (its model restarted or did not answer):"
     " open a new session"
 )
 
@@ -64,9 +64,9 @@ class SessionEnd:
                     self.fail(exc.error_code, exc.message)
                 elif isinstance(exc, Refusal):
                     self.fail(exc.code, exc.message)
-                elif isinstance(exc, ModelGoneError):  # not a bug of ours: no traceback
+                elif isinstance(exc, EngineUnavailableError):  # not a bug: no traceback
                     log.warning("session %s: %s", self.tag, exc)
-                    self.fail(fr.ErrorCode.INTERNAL, MODEL_GONE_MESSAGE)
+                    self.fail(fr.ErrorCode.INTERNAL, UNAVAILABLE_MESSAGE)
                 elif not isinstance(exc, CLOSED_ERRORS):
                     log.exception("session %s failed", self.tag)
                     self.fail(fr.ErrorCode.INTERNAL, "internal server error")

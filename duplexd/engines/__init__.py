@@ -6,7 +6,7 @@ may yield it in chunks, a `WordTimedVoice` also says where each word is spoken);
 resamples, frames and paces it.
 
 - `base`: the plugin API (`Engine`, `Voice`, `StreamingVoice`, `WordTimedVoice`, `WordMark`,
-  `text_words`, `EngineError`...).
+  `text_words`, `EngineError`, `EngineUnavailableError` for "not now, not a bug"...).
 - `tone`: a deterministic test engine (sine tones, one frame per character).
 - `vits`: the neural engine (torch, CUDA or CPU), with the bundled joe voice.
 - `registry`: `load_engine(name)` (built-ins and plugins), `EngineSet` (a daemon's engines).
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from .base import Engine as Engine
 from .base import EngineError as EngineError
+from .base import EngineUnavailableError as EngineUnavailableError
 from .base import FloatAudio as FloatAudio
 from .base import StreamingVoice as StreamingVoice
 from .base import UnknownVoiceError as UnknownVoiceError
@@ -37,6 +38,7 @@ __all__ = [
     "Engine",
     "EngineError",
     "EngineSet",
+    "EngineUnavailableError",
     "FloatAudio",
     "PluginError",
     "StreamingVoice",

@@ -31,6 +31,12 @@ class UnknownVoiceError(EngineError, LookupError):
     """The requested voice is not installed or configured."""
 
 
+class EngineUnavailableError(EngineError):
+    """The engine cannot synthesize for now (its model process restarting or not answering):
+    not a bug. The session whose utterance it was making ends with INTERNAL and what to do,
+    with no traceback in the log; the others stay."""
+
+
 @runtime_checkable
 class Voice(Protocol):
     """One loaded voice of an engine."""

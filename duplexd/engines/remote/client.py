@@ -33,7 +33,7 @@ from typing import Any, Final
 
 import numpy as np
 
-from ..base import EngineError, FloatAudio, UnknownVoiceError, WordMark
+from ..base import EngineError, EngineUnavailableError, FloatAudio, UnknownVoiceError, WordMark
 from . import wire
 
 log = logging.getLogger("duplexd.engines.remote")
@@ -42,7 +42,7 @@ SEND_TIMEOUT_S: Final = 30.0  # a model process that reads nothing this long is 
 CHECK_TIMEOUT_S: Final = 1.0  # `check_model_process`: connecting, and its answer
 
 
-class ModelGoneError(EngineError):
+class ModelGoneError(EngineUnavailableError):
     """The model process cannot be reached or went away (one line: what to do)."""
 
 
