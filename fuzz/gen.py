@@ -63,7 +63,7 @@ _NUMBERS: Final = (0, 0.0, -0.0, 0.05, 0.049, 0.99, 0.991, 1, 30, 31, 32, 31.9, 
 _KEYS: Final = {
     "vad": ("threshold", "min_speech_ms", "min_silence_ms", "speech_pad_ms", "barge_in",
             "barge_in_min_speech_ms", "echo_cancel", "echo_threshold", "max_turn_s",
-            "smart_end", "max_silence_ms", "smart_threshold"),
+            "smart_end", "max_silence_ms", "smart_threshold", "smart_reask_ms"),
     "asr": ("transcripts", "partial_ms"),
 }  # fmt: skip
 

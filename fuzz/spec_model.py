@@ -189,6 +189,7 @@ OPTION_KEYS: Final[dict[str, dict[str, tuple[str, float, float]]]] = {
         "smart_end": ("bool", 0, 0),
         "max_silence_ms": ("number", 32, 10_000),
         "smart_threshold": ("number", 0.05, 0.99),
+        "smart_reask_ms": ("number", 0, 10_000),
         "speech_pad_ms": ("number", 0, 1000),
         "barge_in": ("bool", 0, 0),
         "barge_in_min_speech_ms": ("number", 0, 5000),

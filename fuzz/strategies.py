@@ -99,6 +99,7 @@ _KNOWN = {
         "smart_end",
         "max_silence_ms",
         "smart_threshold",
+        "smart_reask_ms",
     ],
     "asr": ["transcripts", "partial_ms"],
 }

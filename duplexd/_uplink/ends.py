@@ -8,7 +8,8 @@ the answer is ready when the question comes: the model takes 70-140 ms on a 2-co
 asked ahead only while it is idle: under load that would be a run more per pause, ahead of
 other sessions' end checks. A "complete" also waits for the speculative transcript of the
 same silence (in English): if it stops mid-sentence ("I'd like a table for", unfinished.py),
-the turn is not complete after all.
+the turn is not complete after all, and the questions the detector asks again about the same
+silence (`smart_reask_ms`) are answered so without the model: the words are the same.
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ class EndOfTurn:
         question in progress (tens of ms)."""
         c = self.counters
         ahead: tuple[int, float] | None = None  # (silence, probability) answered ahead
+        vetoed = -1  # the silence whose transcript stops mid-sentence: its questions are moot
         while True:
             while self._end_check is None and self._ahead_check is None:
                 await self._lot.park()
@@ -98,6 +100,9 @@ class EndOfTurn:
             self._end_check = None
             if self._ahead_check is not None and self._ahead_check.stop == check.stop:
                 self._ahead_check = None  # asked again now: moot
+            if check.stop == vetoed:  # asked again: the same words, still unfinished
+                self._answer(check.id, False)
+                continue
             if ahead is not None and ahead[0] == check.stop:
                 prob, ahead = ahead[1], None
                 c.end_checks_ahead += 1
@@ -112,6 +117,7 @@ class EndOfTurn:
                 if text is not None and sounds_unfinished(text):
                     complete = False  # "I'd like a table for": wait for the rest
                     c.end_checks_unfinished += 1
+                    vetoed = check.stop
             log.debug("end of turn?", extra={"probability": round(prob, 3)})
             self._answer(check.id, complete)
 

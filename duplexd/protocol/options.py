@@ -51,6 +51,9 @@ class VadOptions:
     smart_end: bool = True  # ask the server's turn model whether the user has finished
     max_silence_ms: float = 1000.0  # smart end: silence this long ends the turn regardless
     smart_threshold: float = 0.5  # smart end: completion probability that ends the turn
+    # smart end: after "not complete", ask again each time the silence has lasted this much
+    # longer (until `max_silence_ms`); 0: ask once per silence (SPEC §4.6.1: the trade)
+    smart_reask_ms: float = 0.0
     speech_pad_ms: float = 150.0  # audio kept around a turn for the transcript
     barge_in: bool = True  # interrupt the playing utterance when the user speaks
     barge_in_min_speech_ms: float = 30.0  # speech this long before barging in (whole windows)
@@ -143,6 +146,7 @@ _RANGES: Final[dict[str, tuple[float, float]]] = {
     "min_silence_ms": (32.0, 10_000.0),
     "max_silence_ms": (32.0, 10_000.0),
     "smart_threshold": (0.05, 0.99),
+    "smart_reask_ms": (0.0, 10_000.0),
     "speech_pad_ms": (0.0, 1000.0),
     "barge_in_min_speech_ms": (0.0, 5000.0),
     "max_turn_s": (1.0, 30.0),
