@@ -180,6 +180,48 @@ async def test_a_model_process_that_greets_but_never_answers_fails_the_check_qui
         conn.close()
 
 
+async def test_a_link_closed_by_another_thread_is_closed_by_its_reader(path: str) -> None:
+    """close() from another thread while the reader is between two recv() calls (here held
+    in the decoder): closing the descriptor then would let the next connection (another
+    thread's reconnect) get its number before the reader's next recv(), which would read the
+    new link. So close() only shuts the socket down, and the reader closes it on its way out."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen()
+    held: list[socket.socket] = []
+
+    def greets() -> None:
+        conn, _ = listener.accept()
+        held.append(conn)
+        conn.sendall(wire.encode(ToneEngine_hello()))
+
+    thread = threading.Thread(target=greets)
+    thread.start()
+    remote = await trio.to_thread.run_sync(RemoteEngine, path)
+    await trio.to_thread.run_sync(thread.join)
+    link = remote._link
+    assert link is not None
+    in_feed, go_on = threading.Event(), threading.Event()
+
+    class Held:
+        def feed(self, data: bytes) -> list[wire.Message]:
+            in_feed.set()
+            go_on.wait(5.0)
+            return []
+
+    link._decoder = Held()  # type: ignore[assignment]
+    held[0].sendall(b"\0")  # the reader takes it and is held in feed()
+    assert await trio.to_thread.run_sync(in_feed.wait, 5.0)
+    remote.close()  # from this thread
+    assert not link.alive and link._sock.fileno() != -1  # shut down, not closed: the reader's
+    go_on.set()
+    await trio.to_thread.run_sync(link._reader.join, 5.0)
+    assert not link._reader.is_alive() and link._sock.fileno() == -1  # the reader closed it
+    link.close()  # again: nothing
+    for conn in (*held, listener):
+        conn.close()
+
+
 def ToneEngine_hello() -> wire.Hello:
     from duplexd.engines.remote.server import engine_hello
 

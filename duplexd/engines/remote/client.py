@@ -106,6 +106,7 @@ class _Link:
             why = str(exc)
         finally:  # whatever ended the reader ends the link: no call waits on a dead one
             self.close(why)
+            self._sock.close()  # (the reader's to close: nothing reads the descriptor now)
 
     def close(self, why: str = "", *, lost: bool = True) -> None:
         """Drop the connection (`lost`: it failed, and the log says `why`); every waiting
@@ -121,8 +122,12 @@ class _Link:
         for box in waiting:
             box.put(ModelGoneError(f"the model process at {self.path} went away: {why}"))
         with contextlib.suppress(OSError):
-            self._sock.shutdown(socket.SHUT_RDWR)
-        self._sock.close()
+            self._sock.shutdown(socket.SHUT_RDWR)  # the reader wakes up, ends, and closes it
+        # Closed here only when no reader can be inside recv(): a descriptor closed under a
+        # blocked recv could be reused by the next connection (another thread's reconnect)
+        # before that recv is called again, and the old reader would read the new link.
+        if not self._reader.is_alive():
+            self._sock.close()
 
     def begin(self, request: int) -> queue.SimpleQueue[Any]:
         box: queue.SimpleQueue[Any] = queue.SimpleQueue()

@@ -199,6 +199,7 @@ class _Connection:
         self.lock = threading.Lock()
         self.requests: dict[int, queue.SimpleQueue[str]] = {}
         self.closed = False
+        self.reading = False  # `run` has the socket: it closes it (see `close`)
 
     def send(self, message: wire.Message | bytes) -> bool:
         """Send `message` (encoded here: WireError if it cannot be). False if the daemon is
@@ -216,6 +217,7 @@ class _Connection:
         """Read the daemon's requests until it closes, breaks the connection or sends a frame
         that cannot be read; then every request of it stops after its chunk under way."""
         decoder = wire.Decoder()
+        self.reading = True
         try:
             if self.send(self.server.hello):
                 while data := self.sock.recv(1 << 16):
@@ -227,6 +229,7 @@ class _Connection:
             pass
         finally:
             self.close()
+            self.sock.close()
             self.server.forget(self)
 
     def close(self) -> None:
@@ -239,7 +242,8 @@ class _Connection:
             box.put(_STOP)
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)  # the reader's recv returns; sends fail
-        self.sock.close()
+        if not self.reading:  # else the reader closes it once it is out of recv() (a
+            self.sock.close()  # descriptor closed under it could be the next connection's)
 
     def _dispatch(self, message: wire.Message) -> None:
         if isinstance(message, (wire.Next, wire.Stop)):
