@@ -105,7 +105,7 @@ def _parser() -> argparse.ArgumentParser:
         "its batches. SIGTERM stops it at once. --http-port P: /healthz, /readyz, /metrics "
         "(off unless given here).",
     )
-    add_config_flags(m)
+    add_config_flags(m, model_process=True)
 
     c = _command(sub, "config", "show or check the effective configuration")
     add_config_flags(c)

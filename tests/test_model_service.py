@@ -46,6 +46,20 @@ def test_serve_model_without_a_socket_says_what_to_set() -> None:
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize(
+    "flags", [("--max-sessions", "4"), ("--port", "9000"), ("--insecure-no-auth",)]
+)
+def test_serve_model_refuses_the_daemons_flags_in_one_line(flags: tuple[str, ...]) -> None:
+    r = run_cli("serve-model", "--engine", "tone", *flags)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip() == (
+        f"duplexd serve-model: {flags[0]} is for the daemons (duplexd serve), not the model"
+        " process: it takes --config, --engine, --device, --voice, --model-socket,"
+        " --host/--http-host, --http-port and --log-*"
+    )
+
+
+@pytest.mark.integration
 def test_serve_model_refuses_a_path_that_is_not_a_socket(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     r = run_cli("serve-model", "--engine", "tone", "--model-socket", str(tmp_path / "file"))

@@ -44,9 +44,19 @@ FLAG_KEYS: Final = {
 }
 
 
-def add_config_flags(p: argparse.ArgumentParser) -> None:
-    """The flags shared by `serve` and `config`; none has a default of its own."""
+def add_config_flags(p: argparse.ArgumentParser, *, model_process: bool = False) -> None:
+    """The flags shared by `serve` and `config`; none has a default of its own. With
+    `model_process` (`serve-model`), the flags only the daemons use are refused, one line
+    each (`_DaemonsFlag`): a model process given --max-sessions would otherwise ignore it."""
     d = argparse.SUPPRESS
+    add = p.add_argument
+
+    def daemons(*names: str, **kwargs: Any) -> None:
+        if model_process:
+            add(*names, nargs="?", default=d, action=_DaemonsFlag, help=argparse.SUPPRESS)
+        else:
+            add(*names, **kwargs)
+
     p.add_argument(
         "--config",
         default=d,
@@ -54,44 +64,42 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
         help="TOML configuration file (or DUPLEXD_CONFIG); flags and DUPLEXD_* override it",
     )
     p.add_argument("--host", default=d, help="listen address (127.0.0.1)")
-    p.add_argument("--port", type=int, default=d, help="WebSocket port (8765); 0 picks one")
+    daemons("--port", type=int, default=d, help="WebSocket port (8765); 0 picks one")
     p.add_argument("--http-host", default=d, help="side port address (default: --host)")
     p.add_argument("--http-port", type=int, default=d, help="/healthz /metrics, the page; 0: off")
     p.add_argument("--token", nargs="?", default=d, action=_NoTokenFlag, help=argparse.SUPPRESS)
-    p.add_argument(
+    daemons(
         "--max-sessions", type=_count_or_auto, default=d, help='"auto" (default) or N; 0: unlimited'
     )
-    p.add_argument(
-        "--max-sessions-per-address", type=int, default=d, help="from one remote address (32)"
-    )
-    p.add_argument(
+    daemons("--max-sessions-per-address", type=int, default=d, help="from one remote address (32)")
+    daemons(
         "--drain-timeout",
         type=float,
         default=d,
         metavar="S",
         help="SIGTERM: seconds utterances in progress may finish (30)",
     )
-    p.add_argument(
+    daemons(
         "--auth-token-file",
         default=d,
         metavar="FILE",
         help="static tokens, one per line (SUBJECT:TOKEN); a token is never a flag: "
         "this file, or DUPLEXD_SERVER__TOKEN",
     )
-    p.add_argument(
+    daemons(
         "--auth-secret-file",
         default=d,
         metavar="FILE",
         help="the secret that signs short-lived tokens (duplexd token)",
     )
-    p.add_argument(
+    daemons(
         "--insecure-no-auth",
         action="store_true",
         default=d,
         help="listen on a non-loopback address with no auth configured",
     )
-    p.add_argument("--tls-cert", default=d, metavar="PEM", help="serve wss://: certificate chain")
-    p.add_argument("--tls-key", default=d, metavar="PEM", help="serve wss://: its private key")
+    daemons("--tls-cert", default=d, metavar="PEM", help="serve wss://: certificate chain")
+    daemons("--tls-key", default=d, metavar="PEM", help="serve wss://: its private key")
     p.add_argument("--engine", default=d, help="vits (default), tone, or a plugin's")
     p.add_argument("--device", default=d, help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--voice", default=d, help="voice to preload and use by default")
@@ -103,20 +111,20 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
         help="serve: use the model process on this Unix socket (duplexd serve-model);"
         " serve-model: listen here",
     )
-    p.add_argument(
+    daemons(
         "--asr-model",
         default=d,
         metavar="DIR",
         help="faster-whisper model directory (default: the bundled Whisper tiny.en)",
     )
-    p.add_argument("--asr-threads", type=int, default=d, help="CPU threads of the ASR model (2)")
-    p.add_argument(
+    daemons("--asr-threads", type=int, default=d, help="CPU threads of the ASR model (2)")
+    daemons(
         "--trace",
         default=d,
         metavar="PATH",
         help="write every frame header (not audio) of the traced session(s) here, JSON lines",
     )
-    p.add_argument(
+    daemons(
         "--trace-session",
         default=d,
         metavar="WHICH",
@@ -136,6 +144,18 @@ def _count_or_auto(text: str) -> int | str:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f'expected "auto" or a number, got {text!r}') from None
+
+
+class _DaemonsFlag(argparse.Action):
+    """A daemon's flag given to `serve-model`: one line saying so, exit status 2."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any, **__: Any) -> None:
+        parser.exit(
+            2,
+            f"{parser.prog}: {self.option_strings[0]} is for the daemons (duplexd serve), not"
+            " the model process: it takes --config, --engine, --device, --voice,"
+            " --model-socket, --host/--http-host, --http-port and --log-*\n",
+        )
 
 
 class _NoTokenFlag(argparse.Action):
