@@ -47,15 +47,29 @@ def test_serve_model_without_a_socket_says_what_to_set() -> None:
 
 @pytest.mark.integration
 @pytest.mark.parametrize(
-    "flags", [("--max-sessions", "4"), ("--port", "9000"), ("--insecure-no-auth",)]
+    "flags", [("--max-sessions", "4"), ("--port=9000",), ("--tls-cert", "c.pem")]
 )
 def test_serve_model_refuses_the_daemons_flags_in_one_line(flags: tuple[str, ...]) -> None:
     r = run_cli("serve-model", "--engine", "tone", *flags)
     assert r.returncode == 2 and "Traceback" not in r.stderr
+    flag = flags[0].split("=")[0]
     assert r.stderr.strip() == (
-        f"duplexd serve-model: {flags[0]} is for the daemons (duplexd serve), not the model"
+        f"duplexd serve-model: {flag} is for the daemons (duplexd serve), not the model"
         " process: it takes --config, --engine, --device, --voice, --model-socket,"
-        " --host/--http-host, --http-port and --log-*"
+        " --host/--http-host, --http-port, --insecure-no-auth and --log-*"
+    )
+
+
+@pytest.mark.integration
+def test_serve_model_on_a_public_host_takes_insecure_no_auth() -> None:
+    """Its side port falls back to --host; a host that is not loopback with no auth set up
+    asks for --insecure-no-auth, which serve-model takes (it starts, then finds no socket)."""
+    r = run_cli("serve-model", "--engine", "tone", "--host", "0.0.0.0")
+    assert r.returncode == 2 and "--insecure-no-auth" in r.stderr
+    r = run_cli("serve-model", "--engine", "tone", "--host", "0.0.0.0", "--insecure-no-auth")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip() == (
+        "duplexd: no socket to listen on: set [engine] model_socket (or --model-socket PATH)"
     )
 
 
@@ -195,10 +209,10 @@ async def test_a_model_process_that_greets_but_never_answers_fails_the_check_qui
 
 
 async def test_a_link_closed_by_another_thread_is_closed_by_its_reader(path: str) -> None:
-    """close() from another thread while the reader is between two recv() calls (here held
-    in the decoder): closing the descriptor then would let the next connection (another
-    thread's reconnect) get its number before the reader's next recv(), which would read the
-    new link. So close() only shuts the socket down, and the reader closes it on its way out."""
+    """close() from another thread while the reader runs (here held in its decoder) only
+    shuts the socket down; the reader closes it on its way out. (Closed under a recv() that
+    has read the descriptor's number but not yet made its system call, the number could go to
+    the next connection first: the old reader would read the new link.)"""
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
     listener.listen()

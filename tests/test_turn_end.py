@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from typing import Any
 
 import numpy as np
 import pytest
@@ -103,8 +104,8 @@ def test_smart_end_asks_again_as_the_silence_grows() -> None:
     asks = [(when, e) for when, e in later if isinstance(e, EndCandidate)]
     # 400 and 600 ms of silence, in whole windows (13 and 19); the end regardless at 800 (25)
     assert asks == [
-        (SILENCE_AT + 13 * WINDOW, EndCandidate(1, 0, SILENCE_AT + 13 * WINDOW, SILENCE_AT)),
-        (SILENCE_AT + 19 * WINDOW, EndCandidate(2, 0, SILENCE_AT + 19 * WINDOW, SILENCE_AT)),
+        (at, EndCandidate(k, 0, at, SILENCE_AT, again=True))
+        for k, at in ((1, SILENCE_AT + 13 * WINDOW), (2, SILENCE_AT + 19 * WINDOW))
     ]
     stops = [(when, e) for when, e in later if isinstance(e, SpeechStop)]
     assert stops == [(SILENCE_AT + 25 * WINDOW, SpeechStop(SILENCE_AT))]
@@ -118,6 +119,30 @@ def test_a_complete_answer_to_any_question_of_the_silence_ends_the_turn() -> Non
         stop, turn = det.verdict(answered, complete=True)
         assert stop == SpeechStop(SILENCE_AT) and isinstance(turn, Turn)
         assert det.verdict(1 - answered, complete=True) == []  # ended: nothing more
+
+
+@pytest.mark.unit
+def test_a_long_turn_cut_in_its_silence_is_still_asked_about_whole() -> None:
+    """`max_turn_s` cuts the turn 384 ms into its silence: the questions after the cut are
+    about the turn as the silence found it, not about the silence alone."""
+    det = SpeechDetector(VadOptions(max_turn_s=1.0, smart_reask_ms=200), smart=True)
+    events = feed(det, SPEECH + [0.0] * 13)
+    cut = [e for _, e in events if isinstance(e, Turn)]
+    assert [t.end for t in cut] == [32 * WINDOW]  # the 1 s cut, in the silence
+    asks = [e for _, e in events if isinstance(e, EndCandidate)]
+    assert [(a.id, a.start, a.again) for a in asks] == [(0, 0, False), (1, 0, True)]
+
+
+@pytest.mark.unit
+def test_an_answer_about_an_earlier_silence_is_stale() -> None:
+    det = SpeechDetector(VadOptions(smart_reask_ms=200), smart=True)
+    feed(det, SPEECH + [0.0] * 7)  # candidate 0
+    resumed = SILENCE_AT + 7 * WINDOW
+    feed(det, [0.9] * 10, at=resumed)
+    second = feed(det, [0.0] * 7, at=resumed + 10 * WINDOW)
+    assert second[-1][1].id == 1 and not second[-1][1].again  # the new silence's first
+    assert det.verdict(0, complete=True) == []  # the old silence's answer, late: stale
+    assert det.in_speech
 
 
 @pytest.mark.unit
@@ -386,6 +411,50 @@ async def test_a_turn_that_ends_where_it_was_speculated_on_sends_that_transcript
     # Whisper ran before the turn ended (on the trio thread here: virtual time stood still),
     # so the final goes out with SpeechStopped, not a decode later
     assert t_final == t_stop
+
+
+class Scripted(TurnModel):
+    """A turn model that answers from a list, counting its runs."""
+
+    def __init__(self, answers: list[float]) -> None:  # (no model to load)
+        self.answers = answers
+        self.calls = 0
+
+    def probability(self, audio: np.ndarray) -> float:
+        self.calls += 1
+        return self.answers.pop(0)
+
+
+async def test_an_answer_made_ahead_answers_only_the_first_question_of_its_silence() -> None:
+    from duplexd._uplink.counters import UplinkCounters
+    from duplexd._uplink.ends import AHEAD, EndCheck, EndOfTurn
+
+    async def inline(fn: Any, *args: Any) -> Any:
+        return fn(*args)
+
+    model = Scripted([0.2, 0.9])  # ahead, at the pad: "not yet"; asked again later: "complete"
+    answers: list[tuple[int, bool]] = []
+    ends = EndOfTurn(
+        model,
+        offload=inline,
+        busy=lambda: False,
+        threshold=0.5,
+        counters=UplinkCounters(),
+        transcripts=None,
+        answer=lambda i, complete: answers.append((i, complete)),
+    )
+    audio = np.zeros(WINDOW, np.float32)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ends.run)
+        ends.ask(EndCheck(AHEAD, audio, stop=100))
+        await trio.testing.wait_all_tasks_blocked()
+        # the first question was replaced before it was taken (a slow model): the one asked
+        # again gets a run of its own, not the answer made at the pad
+        ends.ask(EndCheck(1, audio, stop=100, again=True))
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    assert answers == [(1, True)] and model.calls == 2
+    assert ends.counters.end_checks_ahead == 0
 
 
 class AlwaysComplete(TurnModel):

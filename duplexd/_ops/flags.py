@@ -92,7 +92,7 @@ def add_config_flags(p: argparse.ArgumentParser, *, model_process: bool = False)
         metavar="FILE",
         help="the secret that signs short-lived tokens (duplexd token)",
     )
-    daemons(
+    p.add_argument(
         "--insecure-no-auth",
         action="store_true",
         default=d,
@@ -154,7 +154,8 @@ class _DaemonsFlag(argparse.Action):
             2,
             f"{parser.prog}: {self.option_strings[0]} is for the daemons (duplexd serve), not"
             " the model process: it takes --config, --engine, --device, --voice,"
-            " --model-socket, --host/--http-host, --http-port and --log-*\n",
+            " --model-socket, --host/--http-host, --http-port, --insecure-no-auth and"
+            " --log-*\n",
         )
 
 

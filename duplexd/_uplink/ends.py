@@ -42,6 +42,7 @@ class EndCheck:
     id: int  # AHEAD: asked ahead, when the turn may end at this silence (a `Speculate`)
     audio: npt.NDArray[np.float32]
     stop: int = -1  # where the silence began
+    again: bool = False  # a later question about the same silence: not the ahead one's
 
 
 class EndOfTurn:
@@ -103,7 +104,7 @@ class EndOfTurn:
             if check.stop == vetoed:  # asked again: the same words, still unfinished
                 self._answer(check.id, False)
                 continue
-            if ahead is not None and ahead[0] == check.stop:
+            if ahead is not None and ahead[0] == check.stop and not check.again:
                 prob, ahead = ahead[1], None
                 c.end_checks_ahead += 1
             else:

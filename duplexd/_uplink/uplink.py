@@ -393,8 +393,9 @@ class Uplink:
                 # the audio goes with the question; a turn transcribed ahead of its end is
                 # judged ahead too (the question comes at min_silence_ms, the answer is ready)
                 start = max(ev.start, ev.end - WINDOW_SAMPLES)
-                ask = ev.id if isinstance(ev, EndCandidate) else AHEAD
-                self._events.append((now, EndCheck(ask, self._audio(start, ev.end), ev.stop)))
+                ask, again = (ev.id, ev.again) if isinstance(ev, EndCandidate) else (AHEAD, False)
+                audio = self._audio(start, ev.end)
+                self._events.append((now, EndCheck(ask, audio, ev.stop, again)))
             if not isinstance(ev, EndCandidate):
                 self._events.append((now, ev))
         c.vad_s += time.thread_time() - t0

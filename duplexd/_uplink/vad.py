@@ -232,12 +232,14 @@ class Speculate:
 @dataclass(frozen=True, slots=True)
 class EndCandidate:
     """The user has been silent `min_silence_ms`: is the turn [start, end) complete? Answer
-    with `SpeechDetector.verdict(id, ...)`."""
+    with `SpeechDetector.verdict(id, ...)`. `again`: the same silence asked about again, later
+    (`smart_reask_ms`): an answer made ahead for this silence is not one for this question."""
 
     id: int
     start: int
     end: int
     stop: int = -1  # where the silence began (its `Speculate.stop`)
+    again: bool = False
 
 
 VadEvent = SpeechStart | SpeechStop | BargeIn | Turn | EndCandidate | Speculate
@@ -284,6 +286,7 @@ class SpeechDetector:
         self._asked: int | None = None  # the first candidate of the silence now going on
         self._reask = round(options.smart_reask_ms * ms)
         self._next_ask = self._min_silence  # the silence at which the model is asked next
+        self._ask_from = 0  # the start of the questions' turn (a `max_turn_s` cut may follow)
         self._pad = round(options.speech_pad_ms * ms)
         self._max_turn = round(options.max_turn_s * VAD_RATE_HZ)
         self._partial = round(partial_ms * ms)
@@ -335,6 +338,7 @@ class SpeechDetector:
                     began = max(quiet_since, start - self._backdate)
                 self._silence_start = began
                 self._asked, self._next_ask = None, self._min_silence
+                self._ask_from = max(0, self._turn_start - self._pad)
             self._barge_run = 0
             silence = end - self._silence_start
             if self._speculate and silence >= self._speculate:
@@ -345,12 +349,13 @@ class SpeechDetector:
             elif silence >= self._max_silence:
                 self._end_turn(end, events)
             elif silence >= self._next_ask:
-                if self._asked is None:
+                again = self._asked is not None
+                if not again:
                     self._asked = self._candidates
                 reask = max(self._next_ask + self._reask, silence + 1)
                 self._next_ask = reask if self._reask else self._max_silence
-                start0 = max(0, self._turn_start - self._pad)
-                events.append(EndCandidate(self._candidates, start0, end, self._silence_start))
+                stop = self._silence_start
+                events.append(EndCandidate(self._candidates, self._ask_from, end, stop, again))
                 self._candidates += 1
         if (
             self._speculate

@@ -106,7 +106,8 @@ class _Link:
             why = str(exc)
         finally:  # whatever ended the reader ends the link: no call waits on a dead one
             self.close(why)
-            self._sock.close()  # (the reader's to close: nothing reads the descriptor now)
+            with self._send_lock:  # (a send under way fails at once: the socket is shut down)
+                self._sock.close()  # the reader's to close: nothing uses the descriptor now
 
     def close(self, why: str = "", *, lost: bool = True) -> None:
         """Drop the connection (`lost`: it failed, and the log says `why`); every waiting
@@ -123,9 +124,10 @@ class _Link:
             box.put(ModelGoneError(f"the model process at {self.path} went away: {why}"))
         with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)  # the reader wakes up, ends, and closes it
-        # Closed here only when no reader can be inside recv(): a descriptor closed under a
-        # blocked recv could be reused by the next connection (another thread's reconnect)
-        # before that recv is called again, and the old reader would read the new link.
+        # Closed here only when no reader runs: a recv() or send() that has read the
+        # descriptor's number but not yet made its system call would make it on whatever
+        # connection (another thread's reconnect) got that number meanwhile. The reader closes
+        # it once out of recv(), holding the send lock.
         if not self._reader.is_alive():
             self._sock.close()
 

@@ -229,7 +229,8 @@ class _Connection:
             pass
         finally:
             self.close()
-            self.sock.close()
+            with self.send_lock:  # (no send under way: it would fail at once, shut down)
+                self.sock.close()
             self.server.forget(self)
 
     def close(self) -> None:
@@ -242,8 +243,8 @@ class _Connection:
             box.put(_STOP)
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)  # the reader's recv returns; sends fail
-        if not self.reading:  # else the reader closes it once it is out of recv() (a
-            self.sock.close()  # descriptor closed under it could be the next connection's)
+        if not self.reading:  # else the reader closes it once out of recv(), under the send
+            self.sock.close()  # lock (a number closed under a call could be the next link's)
 
     def _dispatch(self, message: wire.Message) -> None:
         if isinstance(message, (wire.Next, wire.Stop)):
