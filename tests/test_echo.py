@@ -11,6 +11,7 @@ generous: the measured figures are in bench/results/aec-rooms.md."""
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -50,13 +51,15 @@ def run(
     sent: list[float] | None = None,
     jump: tuple[int, float] | None = None,
     report_late_s: float = 0.0,
+    each_frame: Callable[[EchoCanceller], None] | None = None,
 ) -> tuple[EchoCanceller, np.ndarray]:
     """Send frame i of `reference` at server time i x 20 ms (or `sent[i]`; as utterance 1,
     seq i) and let uplink frame i arrive 20 ms + latency after its start; the output, position
     for position. `played` (delay_s, client clock offset_s): the client reports every 5th
     frame, as played `delay_s` after it was sent, at its own clock (server time + offset_s);
     `jump` (frame, s): from that frame on, played that much later still; `report_late_s`:
-    each report reaches the server up to that much late (uniform, seeded)."""
+    each report reaches the server up to that much late (uniform, seeded); `each_frame(ec)`
+    is called before each uplink frame is processed."""
     late = np.random.default_rng(3).uniform(0.0, report_late_s, len(uplink) // FRAME)
 
     def delay(j: int) -> float:
@@ -80,6 +83,8 @@ def run(
             if j >= 0 and (j + 1) * FRAME <= len(reference):
                 ec.note_played(t + late[i], (1, j), FRAME, round((at + offset_s) * 1e6))
         ec.note_uplink(t + 0.020 + uplink_latency_s, (i + 1) * FRAME)
+        if each_frame is not None:
+            each_frame(ec)
         got = ec.process(uplink[i * FRAME : (i + 1) * FRAME])
         out[pos : pos + len(got)] = got
         pos += len(got)
@@ -145,6 +150,43 @@ def test_a_narrowband_voice_is_not_found_in_the_users_speech() -> None:
     assert ec.echo_found is False and ec.realignments == 0, ec.echo_score
     late = slice(RATE, len(out))
     assert np.array_equal(out[late], uplink[late])
+
+
+@pytest.mark.parametrize("hits", [1, 2, 5, 6])
+def test_after_no_echo_an_echo_must_score_for_half_a_second(
+    monkeypatch: pytest.MonkeyPatch, hits: int
+) -> None:
+    """Headphones: no echo found. Then the presence check scores an echo (10.5) `hits`
+    verdicts in a row, 100 ms apart, as the user's voice did against the tone engine's live
+    (over 10 twice in a row at least once in 3 minutes): AEC3 stays off (started for nothing,
+    it silenced the user's next words) until an echo has scored over half a second of uplink
+    (the 6th verdict, 500 ms after the first: a device that changed), then runs."""
+    from duplexd._uplink import echo as echo_module
+
+    real = echo_module._phat
+    script: list[float] = []  # the scores the next verdicts get, once "no echo" is known
+    scripted: list[float] = []
+    verdicts: list[bool | None] = []
+
+    def scored(near: np.ndarray, far: np.ndarray) -> np.ndarray:
+        out = real(near, far)
+        if script:
+            out = np.ones_like(out)
+            out[len(out) // 3] = score = script.pop(0)
+            scripted.append(score)
+        return out
+
+    def each_frame(ec: EchoCanceller) -> None:
+        if ec.echo_found is False and not scripted and not script:
+            script.extend([10.5] * hits + [3.0])
+        verdicts.append(ec.echo_found)
+
+    monkeypatch.setattr(echo_module, "_phat", scored)
+    ref = agent_voice()
+    uplink = noise(len(ref) + RATE, -55.0)  # nothing comes back
+    run(ref, uplink, each_frame=each_frame)
+    assert scripted == [10.5] * hits + [3.0]  # every scripted verdict was made
+    assert (True in verdicts) is (hits >= 6), verdicts
 
 
 def clip_of(text: str) -> np.ndarray:

@@ -37,12 +37,14 @@ that hands it the right far-end reference for each stretch of uplink:
   of uplink against the reference, every 100 ms): with headphones nothing does, and AEC3 then
   only ducks the user under the agent's voice (5-10 dB, measured); so AEC3 runs until no echo
   was found (from the first ~0.3 s of the agent's voice: an echo is never let through
-  unjudged), and the uplink passes untouched while none is found. Where an echo is found
-  clearly, its direct path is kept `ALIGN_LEAD_MS` after the reference handed to AEC3: when it
-  is found elsewhere (the first time; a player that restarted; a device that changed), the
-  reference moves there and AEC3 starts over (it converges afresh in well under a second, but
-  takes ~4 s to follow a delay jump of 90 ms on its own, measured, with false barge-ins on the
-  way; on the way in, an echo with a 600 ms tail also leaked enough to barge in).
+  unjudged), and the uplink passes untouched while none is found (after "none", an echo must
+  be found again over `_CONFIRM_S`: the user's voice can score once or twice). Where an echo
+  is found clearly, its direct path is kept `ALIGN_LEAD_MS` after the reference handed to
+  AEC3: when it is found elsewhere (the first time; a player that restarted; a device that
+  changed), the reference moves there and AEC3 starts over (it converges afresh in well under
+  a second, but takes ~4 s to follow a delay jump of 90 ms on its own, measured, with false
+  barge-ins on the way; on the way in, an echo with a 600 ms tail also leaked enough to barge
+  in).
 
 `converging`: AEC3 has seen less than `_CONVERGING_S` of uplink (the session's first words;
 measured, it leaks then, above all with a jittery uplink); the session hears silence meanwhile.
@@ -98,6 +100,13 @@ _PRESENCE_LAG_S: Final = 0.6
 _PRESENCE_EVERY_S: Final = 0.1  # while not known yet; then every `_SETTLED_EVERY` times that
 _SETTLED_EVERY: Final = 3
 _ECHO_SCORE: Final = 10.0  # an echo: AEC3 on
+# ... but after "no echo" (headphones), only once it has scored so for this long of uplink,
+# every verdict (100 ms apart meanwhile) over `_NO_ECHO_SCORE`: the user's voice against a
+# narrowband reference (the tone engine's), with nothing coming back, scored 9.3-10.3 a few
+# times in 3 minutes, and over 10 twice in a row at least once (windows 100 ms apart share
+# 0.9 s); each time AEC3, started for nothing, silenced the user's next 0.3-0.7 s under the
+# agent's voice (words lost). A real echo scores 12-64 in every window.
+_CONFIRM_S: Final = 0.5
 _ALIGN_SCORE: Final = 15.0  # the echo's delay is taken from a peak this clear, found twice
 _STILL_THERE: Final = 0.5  # ... unless the delay followed still scores this share of it
 _NO_ECHO_SCORE: Final = 6.0  # ... no echo, `_NO_ECHO_RUNS` verdicts in a row: AEC3 off
@@ -191,6 +200,7 @@ class EchoCanceller:
         self._unjudged = 0  # samples since the last verdict on the echo's presence
         self._heard = 0  # uplink samples judged so far (while echo was possible)
         self._no_echo_runs = 0
+        self._suspected_at: int | None = None  # `_heard` when an echo was found after "none"
         self._delay = round(ALIGN_LEAD_MS * rate_hz / 1000)  # the echo's path, as handed on
         self._moving: int | None = None  # a delay the echo was found at, elsewhere, once
         self._slack = round(_ALIGN_SLACK_MS * rate_hz / 1000)
@@ -200,6 +210,7 @@ class EchoCanceller:
         self.realignments = 0  # times the reference was moved to the echo found (AEC3 reset)
         self._aec_samples = 0  # uplink samples this AEC3 has seen
         self._converging = round(_CONVERGING_S * rate_hz)
+        self._confirm = round(_CONFIRM_S * rate_hz)
         self.energy_in = 0.0  # of the uplink while echo was possible ...
         self.energy_out = 0.0  # ... and of what AEC3 left of it
 
@@ -401,6 +412,16 @@ class EchoCanceller:
         lag = int(np.argmax(corr))
         score = self.echo_score = float(corr[lag])
         edge = lag < 2 or lag > len(corr) - 3  # (a peak at the end of the range: cut off there)
+        if self.echo_found is False:  # (an echo now? `_CONFIRM_S`)
+            if score < _NO_ECHO_SCORE:
+                self._suspected_at = None
+            elif score >= _ECHO_SCORE and self._suspected_at is None:
+                self._suspected_at = self._heard
+            if self._suspected_at is not None:
+                if score < _ECHO_SCORE or self._heard - self._suspected_at < self._confirm:
+                    self._unjudged = self._judge_every * (_SETTLED_EVERY - 1)  # (in 100 ms)
+                    return
+                self._suspected_at = None  # confirmed
         if score >= _ECHO_SCORE:
             self.echo_found, self._no_echo_runs = True, 0
             delay = self._lags - 2 * lag  # (at 8 kHz)
