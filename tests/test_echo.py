@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -152,19 +153,58 @@ def test_a_narrowband_voice_is_not_found_in_the_users_speech() -> None:
     assert np.array_equal(out[late], uplink[late])
 
 
-@pytest.mark.parametrize("hits", [1, 2, 5, 6])
+@pytest.mark.parametrize(
+    ("scores", "found"),
+    [
+        ([10.5], False),
+        ([10.5] * 2, False),  # (twice in a row: the user's voice did, live)
+        ([10.5] * 5, False),
+        ([10.5] * 6, True),  # every verdict over 10 for half a second: an echo
+        ([10.5, 8.0] + [10.5] * 5, False),  # one under 10 starts it over
+        ([10.5, 3.0] + [10.5] * 6, True),
+    ],
+)
 def test_after_no_echo_an_echo_must_score_for_half_a_second(
-    monkeypatch: pytest.MonkeyPatch, hits: int
+    monkeypatch: pytest.MonkeyPatch, scores: list[float], found: bool
 ) -> None:
-    """Headphones: no echo found. Then the presence check scores an echo (10.5) `hits`
-    verdicts in a row, 100 ms apart, as the user's voice did against the tone engine's live
-    (over 10 twice in a row at least once in 3 minutes): AEC3 stays off (started for nothing,
-    it silenced the user's next words) until an echo has scored over half a second of uplink
-    (the 6th verdict, 500 ms after the first: a device that changed), then runs."""
+    """Headphones: no echo found. Then the presence check scores `scores`, verdicts 100 ms
+    apart, as the user's voice did against the tone engine's live (over 10 twice in a row at
+    least once in 3 minutes): AEC3 stays off (started for nothing, it silenced the user's next
+    words) until every verdict has found an echo for half a second (6 in a row: a device that
+    changed), then runs."""
+    ec = scripted_presence(monkeypatch, scores)
+    assert ec.found_after_script is found, ec.verdicts
+
+
+def test_a_suspected_echo_is_judged_afresh_when_the_player_moves(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A PLAYED report that moves the player (a refill, another device) restarts the
+    presence check's clock; the suspicion starts over with it, and is not left waiting for
+    that clock to come back to where it was."""
+    moved: list[bool] = []
+
+    def move_once(ec: EchoCanceller, scripted: int) -> None:
+        if scripted == 1 and not moved:
+            moved.append(True)
+            ec._move(160)
+
+    ec = scripted_presence(monkeypatch, [10.5] * 7, hook=move_once)
+    assert moved and ec.found_after_script is True, ec.verdicts
+
+
+def scripted_presence(
+    monkeypatch: pytest.MonkeyPatch,
+    scores: list[float],
+    hook: Callable[[EchoCanceller, int], None] | None = None,
+) -> Any:
+    """A headphones session (nothing comes back) whose presence verdicts, once "no echo" is
+    known, score `scores` in turn (then 3.0): the canceller, with `verdicts` (its
+    `echo_found` before each frame) and `found_after_script` (True if it ever said echo)."""
     from duplexd._uplink import echo as echo_module
 
     real = echo_module._phat
-    script: list[float] = []  # the scores the next verdicts get, once "no echo" is known
+    script: list[float] = []
     scripted: list[float] = []
     verdicts: list[bool | None] = []
 
@@ -178,15 +218,18 @@ def test_after_no_echo_an_echo_must_score_for_half_a_second(
 
     def each_frame(ec: EchoCanceller) -> None:
         if ec.echo_found is False and not scripted and not script:
-            script.extend([10.5] * hits + [3.0])
+            script.extend([*scores, 3.0])
+        if hook is not None:
+            hook(ec, len(scripted))
         verdicts.append(ec.echo_found)
 
     monkeypatch.setattr(echo_module, "_phat", scored)
     ref = agent_voice()
-    uplink = noise(len(ref) + RATE, -55.0)  # nothing comes back
-    run(ref, uplink, each_frame=each_frame)
-    assert scripted == [10.5] * hits + [3.0]  # every scripted verdict was made
-    assert (True in verdicts) is (hits >= 6), verdicts
+    ec, _ = run(ref, noise(len(ref) + RATE, -55.0), each_frame=each_frame)
+    assert scripted == [*scores, 3.0]  # every scripted verdict was made
+    ec.verdicts = verdicts  # type: ignore[attr-defined]
+    ec.found_after_script = True in verdicts  # type: ignore[attr-defined]
+    return ec
 
 
 def clip_of(text: str) -> np.ndarray:

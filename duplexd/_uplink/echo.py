@@ -37,8 +37,10 @@ that hands it the right far-end reference for each stretch of uplink:
   of uplink against the reference, every 100 ms): with headphones nothing does, and AEC3 then
   only ducks the user under the agent's voice (5-10 dB, measured); so AEC3 runs until no echo
   was found (from the first ~0.3 s of the agent's voice: an echo is never let through
-  unjudged), and the uplink passes untouched while none is found (after "none", an echo must
-  be found again over `_CONFIRM_S`: the user's voice can score once or twice). Where an echo
+  unjudged at first), and the uplink passes untouched while none is found (after "none", an
+  echo must be found in every verdict over `_CONFIRM_S`: the user's voice can score once or
+  twice; an echo that appears later, a device that changed, is let through that much longer,
+  with `echo_threshold` between it and a barge-in). Where an echo
   is found clearly, its direct path is kept `ALIGN_LEAD_MS` after the reference handed to
   AEC3: when it is found elsewhere (the first time; a player that restarted; a device that
   changed), the reference moves there and AEC3 starts over (it converges afresh in well under
@@ -100,12 +102,13 @@ _PRESENCE_LAG_S: Final = 0.6
 _PRESENCE_EVERY_S: Final = 0.1  # while not known yet; then every `_SETTLED_EVERY` times that
 _SETTLED_EVERY: Final = 3
 _ECHO_SCORE: Final = 10.0  # an echo: AEC3 on
-# ... but after "no echo" (headphones), only once it has scored so for this long of uplink,
-# every verdict (100 ms apart meanwhile) over `_NO_ECHO_SCORE`: the user's voice against a
-# narrowband reference (the tone engine's), with nothing coming back, scored 9.3-10.3 a few
-# times in 3 minutes, and over 10 twice in a row at least once (windows 100 ms apart share
-# 0.9 s); each time AEC3, started for nothing, silenced the user's next 0.3-0.7 s under the
-# agent's voice (words lost). A real echo scores 12-64 in every window.
+# ... but after "no echo" (headphones), only once every verdict has scored so over this long
+# of uplink (100 ms apart meanwhile; none skipped for lack of reference): the user's voice
+# against a narrowband reference (the tone engine's), with nothing coming back, scored
+# 9.3-10.3 a few times in 3 minutes, and over 10 twice in a row at least once (windows 100 ms
+# apart share 0.9 s); each time AEC3, started for nothing, silenced the user's next 0.3-0.7 s
+# under the agent's voice (words lost). A real echo with nobody talking scores 12-64 in every
+# window (with the user talking over it, 4-58: it is confirmed once they pause).
 _CONFIRM_S: Final = 0.5
 _ALIGN_SCORE: Final = 15.0  # the echo's delay is taken from a peak this clear, found twice
 _STILL_THERE: Final = 0.5  # ... unless the delay followed still scores this share of it
@@ -296,6 +299,7 @@ class EchoCanceller:
             self._align = max(0, self._align + playout)
         self._playout = min(max(0, playout), self._max_playout)
         self._moving, self._heard = None, 0  # (the presence check judges the new path afresh)
+        self._suspected_at = None
         self.playout_moves += 1
 
     @property
@@ -406,19 +410,20 @@ class EchoCanceller:
             return
         far = self._segment(end - w - self._lags, w + self._lags)
         if np.count_nonzero(np.abs(far[-w:]) > _SENT_LOUD) < _SENT_SHARE * w:
+            self._suspected_at = None  # (an echo suspected must be found again, in a row)
             return  # too little was sent to tell: the verdict stands
         near = self._recent[-w:]
         corr = _phat(near[0::2] + near[1::2], far[0::2] + far[1::2])
         lag = int(np.argmax(corr))
         score = self.echo_score = float(corr[lag])
         edge = lag < 2 or lag > len(corr) - 3  # (a peak at the end of the range: cut off there)
-        if self.echo_found is False:  # (an echo now? `_CONFIRM_S`)
-            if score < _NO_ECHO_SCORE:
+        if self.echo_found is False:  # an echo now? Only if found over `_CONFIRM_S`, in a row
+            if score < _ECHO_SCORE:
                 self._suspected_at = None
-            elif score >= _ECHO_SCORE and self._suspected_at is None:
-                self._suspected_at = self._heard
-            if self._suspected_at is not None:
-                if score < _ECHO_SCORE or self._heard - self._suspected_at < self._confirm:
+            else:
+                if self._suspected_at is None:
+                    self._suspected_at = self._heard
+                if self._heard - self._suspected_at < self._confirm:
                     self._unjudged = self._judge_every * (_SETTLED_EVERY - 1)  # (in 100 ms)
                     return
                 self._suspected_at = None  # confirmed
