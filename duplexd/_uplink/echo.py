@@ -40,13 +40,12 @@ that hands it the right far-end reference for each stretch of uplink:
   unjudged at first), and the uplink passes untouched while none is found (after "none", an
   echo must be found in every verdict over `_CONFIRM_S`: the user's voice can score once or
   twice; an echo that appears later, a device that changed, is let through that much longer,
-  with `echo_threshold` between it and a barge-in). Where an echo
-  is found clearly, its direct path is kept `ALIGN_LEAD_MS` after the reference handed to
-  AEC3: when it is found elsewhere (the first time; a player that restarted; a device that
-  changed), the reference moves there and AEC3 starts over (it converges afresh in well under
-  a second, but takes ~4 s to follow a delay jump of 90 ms on its own, measured, with false
-  barge-ins on the way; on the way in, an echo with a 600 ms tail also leaked enough to barge
-  in).
+  with `echo_threshold` between it and a barge-in). Where an echo is found clearly, its
+  direct path is kept `ALIGN_LEAD_MS` after the reference handed to AEC3: when it is found
+  elsewhere (the first time; a player that restarted; a device that changed), the reference
+  moves there and AEC3 starts over (it converges afresh in well under a second, but takes ~4 s
+  to follow a delay jump of 90 ms on its own, measured, with false barge-ins on the way; on
+  the way in, an echo with a 600 ms tail also leaked enough to barge in).
 
 `converging`: AEC3 has seen less than `_CONVERGING_S` of uplink (the session's first words;
 measured, it leaks then, above all with a jittery uplink); the session hears silence meanwhile.

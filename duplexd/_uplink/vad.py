@@ -19,12 +19,13 @@ comes after `min_silence_ms` of silence, counted from where the voice fell quiet
 level (`quiet.py`: silero hears it 120-260 ms late). A smart end asks the turn model
 (`turn.py`) once the silence has lasted `min_silence_ms`: the detector emits `EndCandidate`
 and the uplink answers with `verdict(id, complete)` when the model has spoken; "complete"
-ends the turn where the silence began. Otherwise the model is asked again each time the
-silence has lasted `smart_reask_ms` longer (it hears a finished sentence's end as unfinished
-at 200 ms of silence and as finished at 400 often enough: "Let me think, maybe the blue one."
-0.73 / 0.93, "The meeting is on Tuesday afternoon." 0.45 / 0.85 on the bundled voice), and
-the turn ends after `max_silence_ms` regardless, unless the user speaks on (the same turn goes
-on; a later silence is a new candidate).
+ends the turn where the silence began. Otherwise, with `smart_reask_ms` > 0 (off by default),
+the model is asked again each time the silence has lasted that much longer (it hears a
+finished sentence's end as unfinished at 200 ms of silence and as finished at 400 often
+enough: "The meeting is on Tuesday afternoon." 0.45 / 0.85 on the bundled voice; but also a
+mid-sentence pause, "Could you turn the lights in" 0.19 / 0.87: bench/results/turns-reask/),
+and the turn ends after `max_silence_ms` regardless, unless the user speaks on (the same turn
+goes on; a later silence is a new candidate).
 """
 
 from __future__ import annotations
