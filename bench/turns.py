@@ -16,7 +16,10 @@ Measured on the client's clock, from the capture time of the last speech sample 
   and the daemon's first turn on its own: what a cold start costs);
 - premature end of turn: a SpeechStopped that falls inside a turn (before its last word started)
   splits the turn; the rate over the paused turns is the figure (the complete ones are reported
-  too).
+  too);
+- words missed: the turn's words not found in order in the final transcripts of its pieces
+  (`missed_words`; numbers compared as words): Whisper's own errors (a few %), and words the
+  daemon lost (a piece never transcribed, or its start cut off).
 
     python -m bench.turns [--rounds 2] [--options '{"vad": {"smart_end": false}}'] [--json F]
 """
@@ -24,8 +27,10 @@ Measured on the client's clock, from the capture time of the last speech sample 
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -263,6 +268,29 @@ async def drive(url: str, mic: F32, options: dict[str, Any], rec: Record) -> Rec
 
 # ---------------------------------------------------------------------------- figures
 
+_NUMBER_WORDS: Final = dict(
+    enumerate(
+        (
+            *("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"),
+            *("ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen"),
+            *("seventeen", "eighteen", "nineteen", "twenty"),
+        )
+    )
+)
+
+
+def words_of(text: str) -> list[str]:
+    """`text`'s words, lower case, without punctuation; "4" is "four" (Whisper writes digits)."""
+    words = re.findall(r"[a-z0-9']+", text.lower())
+    return [_NUMBER_WORDS.get(int(w), w) if w.isdigit() else w for w in words]
+
+
+def missed_words(source: str, heard: list[str]) -> int:
+    """How many of `source`'s words are not found, in order, in the texts `heard`."""
+    src, got = words_of(source), words_of(" ".join(heard))
+    matcher = difflib.SequenceMatcher(a=src, b=got, autojunk=False)
+    return len(src) - sum(block.size for block in matcher.get_matching_blocks())
+
 
 def _pct(xs: list[float], q: float) -> float | None:
     return round(float(np.percentile(xs, q)), 1) if xs else None
@@ -299,6 +327,8 @@ def _rows(rec: Record, placed: list[Placed]) -> list[dict[str, Any]]:
                 "final_ms": round(1000 * (finals[0] - t_end), 1) if finals else None,
                 "reply_ms": round(1000 * (replies[0] - t_end), 1) if replies else None,
                 "transcripts": texts,
+                "words": len(words_of(p.spoken.text)),
+                "missed_words": missed_words(p.spoken.text, texts),
             }
         )
     return rows
@@ -331,6 +361,9 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "premature_complete": sum(r["premature"] > 0 for r in complete),
         "complete_turns": len(complete),
         "missing_final": sum(r["final_ms"] is None for r in rows),
+        "words": sum(r["words"] for r in rows),
+        "missed_words": sum(r["missed_words"] for r in rows),
+        "missed_words_paused": sum(r["missed_words"] for r in paused),
         "rows": rows,
     }
 
@@ -356,15 +389,16 @@ def markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:
         f"Premature end of turn: {r['premature_paused']} of {r['paused_turns']} paused turns "
         f"({100 * (r['premature_rate'] or 0):.1f} %), {r['premature_complete']} of "
         f"{r['complete_turns']} complete ones; turns without a final transcript: "
-        f"{r['missing_final']}.",
+        f"{r['missing_final']}. Words not in the transcripts: {r['missed_words']} of "
+        f"{r['words']} ({r['missed_words_paused']} in the paused turns).",
         "",
-        "| # | turn | premature | stopped ms | final ms | reply ms |",
-        "|---:|---|---:|---:|---:|---:|",
+        "| # | turn | premature | stopped ms | final ms | reply ms | words missed |",
+        "|---:|---|---:|---:|---:|---:|---:|",
     ]
     for row in r["rows"]:
         lines.append(
             f"| {row['turn']} | {row['text']} | {row['premature']} | {row['stopped_ms']} "
-            f"| {row['final_ms']} | {row['reply_ms']} |"
+            f"| {row['final_ms']} | {row['reply_ms']} | {row['missed_words']} |"
         )
     return "\n".join(lines) + "\n"
 

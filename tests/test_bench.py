@@ -435,3 +435,16 @@ def test_the_model_wire_bench_measures_the_wire_and_refuses_a_bad_count(tmp_path
     assert doc["threads"] == 2 and doc["audio_s"] > 0 and doc["chunks"] > 0
     assert doc["daemon_cpu_us_per_audio_s"] > 0 and doc["chunk_round_trip_ms"]["p50"] > 0
     assert refused == "bench.model_wire: --threads, --duration and --chars must be positive"
+
+
+@pytest.mark.unit
+def test_the_turn_bench_counts_the_words_its_transcripts_lost() -> None:
+    from bench.turns import missed_words
+
+    assert missed_words("I'd like a table for four.", ["I'd like a table for 4."]) == 0
+    # a continuation whose start was cut off, and one never transcribed
+    meeting = "The meeting is on Tuesday afternoon."
+    assert missed_words(meeting, ["the meeting is on.", "noon."]) == 2
+    assert missed_words("Can you remind me to call my mother?", ["You remind me to call."]) == 3
+    think = "Let me think, maybe the blue one."
+    assert missed_words(think, ["Let me think.", "", "The blue one."]) == 1
