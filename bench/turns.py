@@ -18,7 +18,7 @@ Measured on the client's clock, from the capture time of the last speech sample 
   splits the turn; the rate over the paused turns is the figure (the complete ones are reported
   too);
 - words missed: the turn's words not found in order in the final transcripts of its pieces
-  (`missed_words`; numbers compared as words): Whisper's own errors (a few %), and words the
+  (`missed_words`, normalized as the WER figures are): Whisper's own errors (a few %), and words the
   daemon lost (a piece never transcribed, or its start cut off).
 
     python -m bench.turns [--rounds 2] [--options '{"vad": {"smart_end": false}}'] [--json F]
@@ -30,7 +30,6 @@ import argparse
 import difflib
 import json
 import os
-import re
 import sys
 import tempfile
 import time
@@ -268,21 +267,12 @@ async def drive(url: str, mic: F32, options: dict[str, Any], rec: Record) -> Rec
 
 # ---------------------------------------------------------------------------- figures
 
-_NUMBER_WORDS: Final = dict(
-    enumerate(
-        (
-            *("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"),
-            *("ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen"),
-            *("seventeen", "eighteen", "nineteen", "twenty"),
-        )
-    )
-)
-
 
 def words_of(text: str) -> list[str]:
-    """`text`'s words, lower case, without punctuation; "4" is "four" (Whisper writes digits)."""
-    words = re.findall(r"[a-z0-9']+", text.lower())
-    return [_NUMBER_WORDS.get(int(w), w) if w.isdigit() else w for w in words]
+    """`text`'s words as the WER figures compare them (`asr_helpers.normalize_text`)."""
+    from .asr_helpers import normalize_text
+
+    return normalize_text(text).split()
 
 
 def missed_words(source: str, heard: list[str]) -> int:
