@@ -4,7 +4,9 @@ answered by `RemoteEngine` exactly as the engine answers in-process; a barge-in'
 stops the request in the model process; failures (an unknown voice, an engine that raises
 lazily or when called, a request not answered in time, a model process that goes away and comes
 back, garbage, a reused id, too many requests, a request never pulled) reach the right caller
-only; a daemon serving sessions through it, and a restart ending only its speaking session.
+only; a daemon serving sessions through it, and a crash ending only its speaking session; a
+model process that leaves (SIGTERM) finishing the utterances begun on it while new ones wait
+for the next one (a whole restart, as systemd does it: test_model_service.py).
 The wire alone: test_model_wire.py; the command line and operations: test_model_service.py."""
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from test_service import CLIENT_SOCKET_LEAK, until
 
 from duplexd.engines.base import EngineError, FloatAudio, UnknownVoiceError, WordMark
 from duplexd.engines.remote import ModelGoneError, RemoteEngine, wire
-from duplexd.engines.remote.server import serve_model
+from duplexd.engines.remote.server import ModelServer, serve_model
 from duplexd.engines.tone import ToneEngine
 
 pytestmark = pytest.mark.unit
@@ -196,7 +198,9 @@ async def test_a_model_process_that_goes_away_fails_the_pieces_under_way_then_is
     remote: RemoteEngine | None = None
     errors: list[BaseException] = []
     async with model_process(path, Slow()) as scope:
-        remote = await trio.to_thread.run_sync(RemoteEngine, path)
+        remote = await trio.to_thread.run_sync(
+            lambda: RemoteEngine(path, reconnect_wait_s=0.3)  # (nobody restarts it for 0.3 s)
+        )
         voice = await trio.to_thread.run_sync(remote.open_voice, "sine")
 
         def speak() -> None:
@@ -316,6 +320,108 @@ async def test_a_model_process_restart_ends_the_sessions_speaking_and_no_other(p
         remote.close()
         reached_the_end = True
     assert reached_the_end
+
+
+class _Heard(ToneEngine):
+    """The tone engine, noting every text it is asked to speak (test double)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.texts: list[str] = []
+
+    def open_voice(self, name: str) -> object:  # type: ignore[override]
+        tone, texts = super().open_voice(name), self.texts
+
+        class Noted:
+            sample_rate_hz = tone.sample_rate_hz
+
+            def synthesize(self, text: str) -> FloatAudio:
+                texts.append(text)
+                return tone.synthesize(text)
+
+        noted = Noted()
+        noted.name = tone.name  # type: ignore[attr-defined]
+        return noted
+
+
+@asynccontextmanager
+async def serving(path: str, engine: object) -> AsyncIterator[ModelServer]:
+    """A model server of `engine` at `path` (its `leave` as SIGTERM calls it)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(path)
+    sock.listen()
+    try:
+        async with trio.open_nursery() as nursery:
+            yield await nursery.start(serve_model, engine, [sock])
+            nursery.cancel_scope.cancel()
+    finally:
+        sock.close()
+
+
+async def test_a_model_process_that_leaves_finishes_the_utterances_begun_there(path: str) -> None:
+    old_engine, new_engine = _Heard(), _Heard()
+    async with serving(path, old_engine) as old:
+        remote = await trio.to_thread.run_sync(lambda: RemoteEngine(path, reconnect_wait_s=10))
+        voice = await trio.to_thread.run_sync(remote.open_voice, "sine")
+        begun, unused = voice.for_utterance(), voice.for_utterance()  # type: ignore[attr-defined]
+        await trio.to_thread.run_sync(begun.synthesize, "First piece.")
+        link = remote._link
+        assert link is not None
+        old.leave()  # SIGTERM
+        os.unlink(path)  # (as the model process does: the next one will listen there)
+        await until(lambda: link.leaving)
+        await trio.to_thread.run_sync(begun.synthesize, "Second piece.")  # still the old one's
+        assert old_engine.texts == ["First piece.", "Second piece."]
+        fresh = voice.for_utterance()  # type: ignore[attr-defined]
+        later: list[FloatAudio] = []
+        asked = threading.Thread(target=lambda: later.append(fresh.synthesize("New one.")))
+        asked.start()  # a new utterance: it waits for the next model process
+        await trio.sleep(0.3)
+        assert not later and old.connected == 1 and link.alive  # `begun` still holds it
+        async with serving(path, new_engine):
+            await trio.to_thread.run_sync(asked.join, 5)
+            assert len(later) == 1 and len(later[0]) > 0 and new_engine.texts == ["New one."]
+            unused.release()
+            assert link.alive  # (one that never spoke held nothing)
+            begun.release()  # the utterance ended: the old model process may go
+            await until(lambda: old.connected == 0)
+            assert not link.alive and old_engine.texts == ["First piece.", "Second piece."]
+            fresh.release()
+            remote.close()
+
+
+async def test_a_daemon_with_nothing_under_way_lets_a_leaving_model_process_go_at_once(
+    path: str,
+) -> None:
+    async with serving(path, ToneEngine()) as old:
+        remote = await trio.to_thread.run_sync(RemoteEngine, path)
+        await trio.to_thread.run_sync(remote.open_voice, "sine")
+        assert old.connected == 1
+        old.leave()
+        with trio.fail_after(5):
+            await old.all_gone()
+        assert old.connected == 0
+        await until(lambda: remote._link is not None and not remote._link.alive)
+        remote.close()
+
+
+async def test_a_call_with_no_model_process_waits_for_the_next_one(path: str) -> None:
+    async with serving(path, ToneEngine()) as old:
+        remote = await trio.to_thread.run_sync(lambda: RemoteEngine(path, reconnect_wait_s=10))
+        voice = await trio.to_thread.run_sync(remote.open_voice, "sine")
+        old.leave()
+        os.unlink(path)
+        with trio.fail_after(5):
+            await old.all_gone()  # (nothing under way: the daemon lets it go at once)
+    got: list[FloatAudio] = []
+    waiting = threading.Thread(target=lambda: got.append(voice.synthesize("Wait for it.")))
+    waiting.start()
+    await trio.sleep(0.3)  # nobody listens: it tries again
+    assert not got
+    async with serving(path, ToneEngine()):  # systemd started the next one
+        await trio.to_thread.run_sync(waiting.join, 5)
+        assert len(got) == 1 and len(got[0]) > 0
+    remote.close()
 
 
 class _Eager(ToneEngine):

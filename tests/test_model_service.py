@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import trio
 from test_model_process import _raw, model_process
+from test_service import until
 
 from duplexd.engines.base import UnknownVoiceError
 from duplexd.engines.remote import RemoteEngine, wire
@@ -56,7 +57,7 @@ def test_serve_model_refuses_the_daemons_flags_in_one_line(flags: tuple[str, ...
     assert r.stderr.strip() == (
         f"duplexd serve-model: {flag} is for the daemons (duplexd serve), not the model"
         " process: it takes --config, --engine, --device, --voice, --model-socket,"
-        " --host/--http-host, --http-port, --insecure-no-auth and --log-*"
+        " --host/--http-host, --http-port, --drain-timeout, --insecure-no-auth and --log-*"
     )
 
 
@@ -271,3 +272,79 @@ def test_serve_model_refuses_a_side_port_without_the_auth_it_is_asked_for(tmp_pa
     )  # fmt: skip
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "serve-model's side port has no token check and no TLS" in r.stderr
+
+
+def _serve_model(path: str, log: Path) -> subprocess.Popen[bytes]:
+    """`duplexd serve-model` (tone engine, 2 ms of work a character: an utterance takes a
+    while to make) at `path`, logging to `log`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DUPLEXD_")}
+    argv = [sys.executable, "-m", "duplexd", "serve-model", "--engine", "tone",
+            "--tone-compute-ms-per-char", "2", "--model-socket", path,
+            "--log-format", "json"]  # fmt: skip
+    with log.open("wb") as out:
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env)
+
+
+async def _logged(proc: subprocess.Popen[bytes], log: Path, event: bytes) -> None:
+    """Wait until `proc` logs `event` (JSON lines in `log`)."""
+    needle = b'"event":"' + event + b'"'
+    await until(lambda: needle in log.read_bytes() or proc.poll() is not None, timeout_s=60)
+    text = await trio.Path(log).read_bytes()
+    assert needle in text, text.decode()
+
+
+UNPACED = {"downlink": {"paced": False}}  # (frames as soon as made: no waiting for playback)
+
+
+@pytest.mark.integration
+async def test_a_model_process_restart_ends_no_session_and_loses_no_word(
+    path: str, tmp_path: Path
+) -> None:
+    """systemd's restart of the model process (SIGTERM, wait for it to exit, start the next):
+    the utterance being made finishes whole on the old one, one asked for meanwhile waits for
+    the next one, and every session stays."""
+    import json
+    import signal
+
+    from harness import running_daemon
+
+    from duplexd.client.session import open_session
+    from duplexd.protocol import frames as fr
+
+    logs = [tmp_path / "model-1.log", tmp_path / "model-2.log"]
+    old = _serve_model(path, logs[0])
+    new: subprocess.Popen[bytes] | None = None
+    try:
+        await _logged(old, logs[0], b"listening")
+        remote = await trio.to_thread.run_sync(RemoteEngine, path)
+        text = "A reply that is made piece by piece, and goes on for a few seconds. " * 2
+        async with (
+            running_daemon(remote) as daemon,
+            open_session(daemon.url) as speaking,
+            open_session(daemon.url, options=UNPACED) as asking,
+            open_session(daemon.url, options=UNPACED) as idle,
+        ):
+            uid = await speaking.say(text)
+            while not isinstance(first := await speaking.receive_frame(), fr.Audio):
+                pass
+            old.send_signal(signal.SIGTERM)  # `systemctl restart duplexd-model`: stop ...
+            await _logged(old, logs[0], b"leaving")
+            asked = await asking.say("Asked while the model process restarts.")
+            assert await trio.to_thread.run_sync(old.wait, 30) == 0
+            new = _serve_model(path, logs[1])  # ... then start the next one
+            spoken = await speaking.receive_utterance(uid)
+            answered = await asking.receive_utterance(asked)
+            again = await idle.receive_utterance(await idle.say(text))  # the new one's, whole
+        remote.close()
+    finally:
+        for proc in (old, new):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert isinstance(spoken.end, fr.UtteranceDone) and isinstance(answered.end, fr.UtteranceDone)
+    assert first.pcm + spoken.pcm == again.pcm  # every word of it, as if unbroken
+    assert answered.frames > 10
+    events = [json.loads(line) for line in logs[0].read_text().splitlines()]
+    leaving = next(e for e in events if e["event"] == "leaving")
+    left = next(e for e in events if e["event"] == "left")
+    assert leaving["daemons"] == 1 and left["daemons_still_connected"] == 0

@@ -23,6 +23,7 @@ MESSAGES: list[wire.Message] = [
     wire.Chunk(4, np.zeros(0, dtype=np.float32), ()),
     wire.Done(2),
     wire.Failed(5, wire.UNKNOWN_VOICE, "unknown voice 'x'"),
+    wire.Leaving(),
 ]
 
 
@@ -62,6 +63,8 @@ def test_a_half_frame_changes_nothing_but_the_buffer() -> None:
         wire.HEADER.pack(8, wire.SPEAK, 1) + b"\0\x09\xff",  # a voice name cut short
         wire.HEADER.pack(7, wire.HELLO, 0) + b"[]",  # not a JSON object
         wire.HEADER.pack(2, wire.NEXT, 1),  # shorter than its own header
+        wire.HEADER.pack(6, wire.LEAVING, 0) + b"x",  # LEAVING with a payload
+        wire.HEADER.pack(5, wire.LEAVING, 3),  # ... or a request id
     ],
 )
 def test_a_frame_that_cannot_be_read_is_a_wire_error(frame: bytes) -> None:

@@ -160,8 +160,11 @@ class UtteranceProducer:
         kick: Callable[[], None],
         opus: Callable[[], OpusEncoder] | None = None,
     ) -> None:
-        """`opus`: makes the utterance's Opus encoder (downlink Opus); None: frames are PCM."""
-        self._voice = voice
+        """`opus`: makes the utterance's Opus encoder (downlink Opus); None: frames are PCM.
+        A voice that offers `for_utterance()` (a model process's) speaks the utterance through
+        what that gives, released by `end`."""
+        for_utterance = getattr(voice, "for_utterance", None)
+        self._voice = for_utterance() if for_utterance is not None else voice
         self._ring = ring
         self._out_rate = out_rate_hz
         self._in_rate = voice.sample_rate_hz
@@ -285,8 +288,16 @@ class UtteranceProducer:
         if isinstance(chunks, Generator):
             chunks.close()
 
+    def end(self) -> None:
+        """The utterance is over (done or cancelled): `close`, and let its voice go (the
+        `for_utterance` one's connection). Idempotent; not during `render_step`."""
+        self.close()
+        release = getattr(self._voice, "release", None)
+        if release is not None:
+            release()
+
     def finish(self, total_chars: int) -> None:
-        """Flush the resampler and push the last frame (zero-padded, flagged END)."""
+        """Flush the resampler and push the last frame (zero-padded, flagged END); `end`."""
         self._check_cancel()
         self.pieces.total_chars = total_chars
         self._push_samples(self._resampler.flush())
@@ -295,6 +306,7 @@ class UtteranceProducer:
         self.pieces.total_samples = self._seq * self._frame_samples + pending
         tail = np.frombuffer(pcm, dtype="<i2") if pcm else np.zeros(self._frame_samples, "<i2")
         self._push_block(tail.reshape(1, -1), last=True)
+        self.end()  # (no engine call after this one: its voice may go now)
 
     def _push_samples(self, samples: np.ndarray) -> None:
         if len(samples) == 0:

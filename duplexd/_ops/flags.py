@@ -72,7 +72,7 @@ def add_config_flags(p: argparse.ArgumentParser, *, model_process: bool = False)
         "--max-sessions", type=_count_or_auto, default=d, help='"auto" (default) or N; 0: unlimited'
     )
     daemons("--max-sessions-per-address", type=int, default=d, help="from one remote address (32)")
-    daemons(
+    p.add_argument(
         "--drain-timeout",
         type=float,
         default=d,
@@ -154,8 +154,8 @@ class _DaemonsFlag(argparse.Action):
             2,
             f"{parser.prog}: {self.option_strings[0]} is for the daemons (duplexd serve), not"
             " the model process: it takes --config, --engine, --device, --voice,"
-            " --model-socket, --host/--http-host, --http-port, --insecure-no-auth and"
-            " --log-*\n",
+            " --model-socket, --host/--http-host, --http-port, --drain-timeout,"
+            " --insecure-no-auth and --log-*\n",
         )
 
 

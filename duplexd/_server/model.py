@@ -3,12 +3,17 @@
 It loads `[engine]` (name, device, voice, preload) once, listens on the Unix socket
 `[engine] model_socket` (or on one systemd passed: socket activation), says READY=1 when the
 model is loaded, warm and listening, feeds the watchdog from its event loop, and serves until
-SIGTERM or SIGINT, which stop it at once: the daemons' requests under way fail (each daemon
-ends the sessions whose utterance was being made, with INTERNAL and what to do; the others
-stay) and they connect again to the next model process. SIGHUP reopens its logs. Workers are
-ordered after it (deploy/duplexd-model.service): when both stop together (a shutdown, `systemctl
-stop duplexd-model duplexd-worker@*`) the workers drain first; `systemctl restart
-duplexd-model` alone does not wait for them (their speaking sessions end as above).
+SIGTERM or SIGINT. SIGHUP reopens its logs.
+
+SIGTERM (or SIGINT) stops it gracefully, so that `systemctl restart duplexd-model` ends no
+session: it accepts no more daemons (its socket file is removed; a socket systemd passed keeps
+queueing them for the next model process), tells each daemon connected that it is leaving
+(`wire.Leaving`), and serves them until each has closed its connection: the daemons finish
+here the utterances they began here, and ask the next model process for new ones (waiting for
+it to come up: `RemoteEngine`). It exits once no daemon is connected, or after `[server]
+drain_timeout_s`; a second signal stops it at once. A model process that stops at once (that
+second signal, the drain time, a crash) fails the requests under way: each daemon ends the
+sessions whose utterance was being made, with INTERNAL and what to do (the others stay).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from .._ops.logs import configure_logging
 from .._ops.prometheus import CONTENT_TYPE, ModelMetrics
 from .._ops.sdnotify import Notifier, keep_watchdog_fed, watchdog_interval_s
 from .._ops.settings import Settings
-from ..engines.remote.server import serve_model
+from ..engines.remote.server import ModelServer, serve_model
 from .listen import ListenError, inherited_sockets
 from .preflight import startup_problems
 from .service import StartupError, load_local_engine
@@ -112,13 +117,14 @@ async def run_model_service(
         )
     sockets = inherited or [bind_model_socket(e.model_socket)]
     where = e.model_socket if not inherited else "the sockets systemd passed"
+    serving = _Serving(settings, notifier, "" if inherited else e.model_socket)
     try:
         async with trio.open_nursery() as nursery:
             if (watchdog_s := watchdog_interval_s()) is not None:
                 nursery.start_soon(keep_watchdog_fed, notifier, watchdog_s)
             if handle_signals:
-                nursery.start_soon(_on_signals, nursery.cancel_scope, notifier, settings)
-            side, port = _SidePort(), None
+                nursery.start_soon(_on_signals, nursery, serving)
+            side, port = _SidePort(serving), None
             if http_port is not None:
                 host = settings.server.http_host or settings.server.host
                 port = await nursery.start(serve_http, host, http_port, side.handle)
@@ -136,9 +142,8 @@ async def run_model_service(
                         "socket": where,
                     },
                 )
-                side.metrics = ModelMetrics(
-                    (await nursery.start(serve_model, engine, sockets)).stats
-                )
+                serving.server = await nursery.start(serve_model, engine, sockets)
+                side.metrics = ModelMetrics(serving.server.stats)
                 log.info("listening", extra={"url": f"unix:{where}"})
                 notifier.ready(f"serving the model at {where}")
                 task_status.started((where, port))
@@ -148,22 +153,23 @@ async def run_model_service(
     finally:
         for s in sockets:
             s.close()
-        if not inherited and e.model_socket:
-            with contextlib.suppress(OSError):
-                os.unlink(e.model_socket)
+        serving.remove_socket_file()
         notifier.close()
 
 
 class _SidePort:
     """The model process's /healthz, /readyz and /metrics (`metrics` set once it serves)."""
 
-    def __init__(self) -> None:
+    def __init__(self, serving: _Serving) -> None:
         self.metrics: ModelMetrics | None = None
+        self._serving = serving
 
     def handle(self, request: Request) -> Response:
         if request.path == "/healthz":
             return Response(200, b"ok\n")
         if request.path == "/readyz":
+            if self._serving.leaving:
+                return Response(503, b"leaving\n")
             ready = self.metrics is not None
             return Response(200 if ready else 503, b"ready\n" if ready else b"starting\n")
         if request.path == "/metrics" and self.metrics is not None:
@@ -171,14 +177,51 @@ class _SidePort:
         return Response(404, b"not found\n")
 
 
-async def _on_signals(scope: trio.CancelScope, notifier: Notifier, settings: Settings) -> None:
-    """SIGTERM, SIGINT: stop now. SIGHUP: reopen the logs (the daemons' rotation convention)."""
+class _Serving:
+    """What the signals act on: the model server (once it serves), and the socket file it
+    made (removed once: on leaving, so daemons look for the next model process, or at exit)."""
+
+    def __init__(self, settings: Settings, notifier: Notifier, socket_file: str) -> None:
+        self.settings = settings
+        self.notifier = notifier
+        self.socket_file = socket_file
+        self.server: ModelServer | None = None
+        self.leaving = False
+
+    def remove_socket_file(self) -> None:
+        path, self.socket_file = self.socket_file, ""
+        if path:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+
+async def _on_signals(nursery: trio.Nursery, serving: _Serving) -> None:
+    """SIGTERM, SIGINT: leave gracefully (`_leave`); a second one, or one before the model
+    serves, stops at once. SIGHUP: reopen the logs (the daemons' rotation convention)."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as received:
         async for signum in received:
             if signum == signal.SIGHUP:
-                configure_logging(settings.log)
+                configure_logging(serving.settings.log)
                 continue
             log.info("stopping", extra={"signal": signal.Signals(signum).name})
-            notifier.stopping()
-            scope.cancel()
-            return
+            server = serving.server
+            if server is None or serving.leaving:
+                serving.notifier.stopping()
+                nursery.cancel_scope.cancel()
+                return
+            serving.leaving = True
+            nursery.start_soon(_leave, nursery.cancel_scope, serving, server)
+
+
+async def _leave(scope: trio.CancelScope, serving: _Serving, server: ModelServer) -> None:
+    """Accept no more daemons, tell those connected, serve them until they have all closed
+    their connections (or `[server] drain_timeout_s`), then stop (`scope`)."""
+    timeout_s = serving.settings.server.drain_timeout_s
+    server.leave()
+    serving.remove_socket_file()  # a daemon connecting now waits for the next model process
+    serving.notifier.stopping(f"leaving: {server.connected} daemons finish their utterances")
+    log.info("leaving", extra={"daemons": server.connected, "timeout_s": timeout_s})
+    with trio.move_on_after(timeout_s):
+        await server.all_gone()
+    log.info("left", extra={"daemons_still_connected": server.connected})
+    scope.cancel()

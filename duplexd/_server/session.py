@@ -546,7 +546,7 @@ class Session:
             # so this session, in it (`forget_frames`)
             forget_frames(cancelled)
         finally:
-            producer.close()  # cancelled between two chunks: the engine's stream is let go
+            producer.end()  # (cancelled between two chunks: the engine's stream is let go)
         self.observer.synthesized(producer.engine_s, producer.audio_s)
 
     async def _wait_synthesis_budget(self) -> None:

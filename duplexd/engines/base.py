@@ -5,6 +5,11 @@ An `Engine` is shared by every session of a process (one model per process); it 
 threads, one text piece (a clause or sentence) at a time, so a barge-in stops synthesis at the
 next piece boundary at the latest. An engine may batch concurrent calls from several threads
 (the CUDA path does).
+
+A voice may also offer `for_utterance()`: the daemon then speaks each utterance through the
+voice it returns, and calls that one's `release()` when the utterance ends (never blocking: a
+model process's voice keeps an utterance's pieces on one connection, so that a model process
+restarting finishes the utterances it began: `remote/client.py`).
 """
 
 from __future__ import annotations

@@ -7,14 +7,25 @@ worker threads. Each call sends its request on the one connection and waits for 
 a reader thread hands the answers to the calls by request id. The calls only wait
 (`synthesis_threads = None`), as for the local VITS engine.
 
-When the model process goes away (a crash, a restart by systemd), the requests under way fail
-with `ModelGoneError` (an `EngineError`; the daemon ends the sessions whose utterance was being
-made, with INTERNAL and what to do: `_server/ending.py`; the others stay) and the next request
-connects again. A request the model process does not answer within `reply_timeout_s` fails
-alone, with `ModelGoneError`, and is stopped there; the connection stays.
+A model process that stops gracefully (a SIGTERM: `systemctl restart duplexd-model`) says
+`wire.Leaving` and goes on serving this connection: each utterance keeps, for all its pieces,
+the connection its first piece went on (`RemoteVoice.for_utterance`, which the daemon's
+producer takes), so the utterances in progress finish there, while new ones go on a new
+connection; the old one is closed once no utterance holds it and no request waits on it, and
+the model process exits when its daemons have all closed theirs. A new connection is tried
+again every `RECONNECT_INTERVAL_S` for up to `reconnect_wait_s` (the reply timeout by default):
+the next model process comes up only once the last one has gone (systemd's restart), so a new
+utterance waits through a restart instead of failing.
+
+When the model process goes away at once (a crash, its drain time up), the requests under way
+fail with `ModelGoneError` (an `EngineError`; the daemon ends the sessions whose utterance was
+being made, with INTERNAL and what to do: `_server/ending.py`; the others stay), and the next
+request connects again. A request the model process does not answer within `reply_timeout_s`
+fails alone, with `ModelGoneError`, and is stopped there; the connection stays.
 
 Cancellation: the calls block their worker thread (the daemon runs them with
-`trio.to_thread.run_sync`, which waits for them), for at most `reply_timeout_s` per chunk.
+`trio.to_thread.run_sync`, which waits for them), for at most `reply_timeout_s` per chunk, and
+`reconnect_wait_s` for a model process to connect to.
 Closing a piece's iterator early (a barge-in) never blocks: its `Stop` is sent at once if the
 socket can take it, else by a short-lived thread.
 """
@@ -28,6 +39,7 @@ import queue
 import socket
 import struct
 import threading
+import time
 from collections.abc import Generator, Iterator
 from typing import Any, Final
 
@@ -40,6 +52,7 @@ log = logging.getLogger("duplexd.engines.remote")
 REPLY_TIMEOUT_S: Final = 30.0  # a request the model process does not answer this long fails
 SEND_TIMEOUT_S: Final = 30.0  # a model process that reads nothing this long is gone
 CHECK_TIMEOUT_S: Final = 1.0  # `check_model_process`: connecting, and its answer
+RECONNECT_INTERVAL_S: Final = 0.05  # no model process to connect to: try again this often
 
 
 class ModelGoneError(EngineUnavailableError):
@@ -69,6 +82,8 @@ class _Link:
         self._waiting: dict[int, queue.SimpleQueue[Any]] = {}
         self._lock = threading.Lock()
         self.alive = True
+        self.leaving = False  # the model process said `wire.Leaving`: no new utterances here
+        self._pins = 0  # utterances that keep this link for their pieces (`pin`)
         self._decoder = wire.Decoder()
         self.hello = self._first_hello()
         sock.settimeout(None)
@@ -87,10 +102,11 @@ class _Link:
         except (OSError, wire.WireError) as exc:
             self._sock.close()
             raise ModelGoneError(f"the model process at {self.path} did not greet: {exc}") from None
-        first = pending[0]
-        if not isinstance(first, wire.Hello) or len(pending) > 1:
+        first, rest = pending[0], pending[1:]
+        if not isinstance(first, wire.Hello) or any(not isinstance(m, wire.Leaving) for m in rest):
             self._sock.close()
             raise ModelGoneError(f"{self.path} is not a duplexd model process")
+        self.leaving = bool(rest)  # (greeted and told at once: it was stopping as it accepted)
         return first.info
 
     def _read(self) -> None:
@@ -98,6 +114,9 @@ class _Link:
         try:
             while data := self._sock.recv(1 << 18):
                 for message in self._decoder.feed(data):
+                    if isinstance(message, wire.Leaving):
+                        self._leave()
+                        continue
                     with self._lock:
                         box = self._waiting.get(getattr(message, "request", -1))
                     if box is not None:  # else: an answer to a stopped request
@@ -131,6 +150,35 @@ class _Link:
         if not self._reader.is_alive():
             self._sock.close()
 
+    def _leave(self) -> None:
+        """The model process is stopping: no new utterance here; closed once idle."""
+        with self._lock:
+            self.leaving = True
+        log.info("model process leaving", extra={"socket": self.path})
+        self._close_if_done()
+
+    def _close_if_done(self) -> None:
+        """Close a leaving link that no utterance holds and no request waits on (the model
+        process exits once its daemons have all closed their links)."""
+        with self._lock:
+            done = self.leaving and self.alive and not self._pins and not self._waiting
+        if done:
+            self.close(lost=False)
+
+    def pin(self) -> bool:
+        """Hold the link for an utterance's pieces (`unpin` when it ends); False if it is
+        closed or leaving (take a new one)."""
+        with self._lock:
+            if not self.alive or self.leaving:
+                return False
+            self._pins += 1
+            return True
+
+    def unpin(self) -> None:
+        with self._lock:
+            self._pins -= 1
+        self._close_if_done()
+
     def begin(self, request: int) -> queue.SimpleQueue[Any]:
         box: queue.SimpleQueue[Any] = queue.SimpleQueue()
         with self._lock:
@@ -142,6 +190,8 @@ class _Link:
     def end(self, request: int) -> None:
         with self._lock:
             self._waiting.pop(request, None)
+        if self.leaving:
+            self._close_if_done()
 
     def send(self, message: wire.Message) -> None:
         """Send `message`, blocking (at most SEND_TIMEOUT_S). EngineError if it cannot be
@@ -205,13 +255,50 @@ class _Link:
         return message
 
 
+class _Pin:
+    """The link an utterance's pieces go on: the one its first piece took (`RemoteEngine.speak`),
+    held (`_Link.pin`) until `release`."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.link: _Link | None = None
+        self.released = False
+
+    def hold(self, link: _Link) -> bool:
+        """Take `link` (False: it is leaving or closed, or this pin was released)."""
+        with self._lock:
+            if self.released or not link.pin():
+                return False
+            self.link = link
+            return True
+
+    def release(self) -> None:
+        with self._lock:
+            link, self.link, self.released = self.link, None, True
+        if link is not None:
+            link.unpin()
+
+
 class RemoteVoice:
     """A voice of the model process. Blocking calls; thread-safe."""
 
-    def __init__(self, engine: RemoteEngine, info: dict[str, Any]) -> None:
+    def __init__(self, engine: RemoteEngine, info: dict[str, Any], pin: _Pin | None = None) -> None:
         self._engine = engine
+        self._info = info
         self._name = str(info["name"])
         self._rate = int(info["sample_rate_hz"])
+        self._pin = pin
+
+    def for_utterance(self) -> RemoteVoice:
+        """This voice for one utterance: its pieces all go to the model process its first
+        piece went to (one that is leaving finishes it). `release` it when the utterance
+        ends. Never blocks (it connects, if it must, at the first piece)."""
+        return type(self)(self._engine, self._info, _Pin())
+
+    def release(self) -> None:
+        """The utterance ended (`for_utterance`): its connection may close. Idempotent."""
+        if self._pin is not None:
+            self._pin.release()
 
     @property
     def name(self) -> str:
@@ -222,11 +309,11 @@ class RemoteVoice:
         return self._rate
 
     def synthesize(self, text: str) -> FloatAudio:
-        chunks = [audio for audio, _ in self._engine.speak(self._name, text)]
+        chunks = [audio for audio, _ in self._engine.speak(self._name, text, self._pin)]
         return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
 
     def synthesize_stream(self, text: str) -> Iterator[FloatAudio]:
-        with contextlib.closing(self._engine.speak(self._name, text)) as chunks:
+        with contextlib.closing(self._engine.speak(self._name, text, self._pin)) as chunks:
             for audio, _ in chunks:  # (closed early: the request stops in the model process)
                 yield audio
 
@@ -235,7 +322,7 @@ class RemoteTimedVoice(RemoteVoice):
     """A `RemoteVoice` whose model-process voice says where each word is spoken."""
 
     def synthesize_words(self, text: str) -> Iterator[tuple[FloatAudio, tuple[WordMark, ...]]]:
-        return self._engine.speak(self._name, text)
+        return self._engine.speak(self._name, text, self._pin)
 
 
 class RemoteEngine:
@@ -245,11 +332,22 @@ class RemoteEngine:
 
     synthesis_threads = None  # the calls only wait; the model process batches them
 
-    def __init__(self, path: str, *, reply_timeout_s: float = REPLY_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        reply_timeout_s: float = REPLY_TIMEOUT_S,
+        reconnect_wait_s: float | None = None,
+    ) -> None:
+        """`reconnect_wait_s`: how long a call waits for a model process to connect to when
+        the last one has gone (default: `reply_timeout_s`); connecting here, the first time,
+        is tried once."""
         self.path = path
         self._timeout_s = reply_timeout_s
+        self._reconnect_wait_s = reply_timeout_s if reconnect_wait_s is None else reconnect_wait_s
         self._ids = itertools.count(1)
         self._link_lock = threading.Lock()
+        self._connect_lock = threading.Lock()  # one connect at a time (`_current`)
         self._link: _Link | None = _Link(path, reply_timeout_s)
         self._info = self._link.hello
         self._closed = False
@@ -288,18 +386,21 @@ class RemoteEngine:
 
     def _link_for_check(self, timeout_s: float) -> _Link:
         with self._link_lock:
-            if self._closed:
-                raise ModelGoneError("the engine is closed")
-            if self._link is not None and self._link.alive:
-                return self._link
+            if (link := self._usable()) is not None:
+                return link
         fresh = _Link(self.path, self._timeout_s, connect_timeout_s=timeout_s)  # unlocked
+        if fresh.leaving:
+            fresh.close(lost=False)
+            raise ModelGoneError("the model process is stopping")
         with self._link_lock:
-            if self._closed or (self._link is not None and self._link.alive):
-                keep = self._link
+            try:
+                link = self._usable()
+            except ModelGoneError:
                 fresh.close(lost=False)
-                if keep is None:
-                    raise ModelGoneError("the engine is closed")
-                return keep
+                raise
+            if link is not None:
+                fresh.close(lost=False)
+                return link
             self._adopt(fresh)
             return fresh
 
@@ -313,16 +414,63 @@ class RemoteEngine:
                 extra={"socket": self.path},
             )
 
+    def _usable(self) -> _Link | None:
+        """The link for new work, if there is one (under `_link_lock`)."""
+        if self._closed:
+            raise ModelGoneError("the engine is closed")
+        link = self._link
+        return link if link is not None and link.alive and not link.leaving else None
+
     def _current(self) -> _Link:
-        """The live link, connecting again if it failed (callers wait for that connect, up to
-        the reply timeout, one at a time)."""
-        with self._link_lock:
-            if self._closed:
-                raise ModelGoneError("the engine is closed")
-            if self._link is None or not self._link.alive:
-                self._adopt(_Link(self.path, self._timeout_s))
-            assert self._link is not None
-            return self._link
+        """The link for new work, connecting again if it failed or its model process is
+        leaving (`_connect`: callers wait for it, one connect at a time)."""
+        with self._connect_lock:
+            with self._link_lock:
+                if (link := self._usable()) is not None:
+                    return link
+            fresh = self._connect()  # (no `_link_lock` held: the readiness check goes on)
+            with self._link_lock:
+                try:
+                    link = self._usable()
+                except ModelGoneError:
+                    fresh.close(lost=False)
+                    raise
+                if link is not None:  # (the readiness check connected meanwhile)
+                    fresh.close(lost=False)
+                    return link
+                self._adopt(fresh)  # (a leaving link closes itself once its utterances end)
+                return fresh
+
+    def _connect(self) -> _Link:
+        """A new link to a model process that is not leaving, tried again every
+        `RECONNECT_INTERVAL_S` for up to `reconnect_wait_s` (a restart: the next model
+        process listens once the last one has gone). ModelGoneError if none comes."""
+        deadline = time.monotonic() + self._reconnect_wait_s
+        while True:
+            wait_s = min(self._timeout_s, max(deadline - time.monotonic(), RECONNECT_INTERVAL_S))
+            try:
+                link = _Link(self.path, self._timeout_s, connect_timeout_s=wait_s)
+            except ModelGoneError:
+                if time.monotonic() >= deadline:
+                    raise
+            else:
+                if not link.leaving:
+                    return link
+                link.close(lost=False)
+                if time.monotonic() >= deadline:
+                    raise ModelGoneError(
+                        f"the model process at {self.path} is stopping and no other came up"
+                        f" in {self._reconnect_wait_s:g} s"
+                    )
+            time.sleep(RECONNECT_INTERVAL_S)
+
+    def _pinned(self, pin: _Pin) -> _Link:
+        """The link of the utterance `pin` is for: the one its first piece took."""
+        while (link := pin.link) is None:
+            link = self._current()
+            if pin.released or pin.hold(link):
+                return link  # (released: the utterance is over, a late call goes unpinned)
+        return link
 
     def _request(self) -> int:
         while not (request := next(self._ids) & 0xFFFFFFFF):
@@ -342,11 +490,15 @@ class RemoteEngine:
             return (RemoteTimedVoice if timed else RemoteVoice)(self, answer.info)
         raise _failure(answer)
 
-    def speak(self, voice: str, text: str) -> Generator[tuple[FloatAudio, tuple[WordMark, ...]]]:
+    def speak(
+        self, voice: str, text: str, pin: _Pin | None = None
+    ) -> Generator[tuple[FloatAudio, tuple[WordMark, ...]]]:
         """`text` in `voice`, chunk by chunk as the model process makes them, each with its
-        word marks. Blocking per chunk (at most the reply timeout: ModelGoneError). Closing
-        the iterator early stops the request there, without blocking."""
-        link, request = self._current(), self._request()
+        word marks; on the link of `pin`'s utterance if given. Blocking per chunk (at most the
+        reply timeout: ModelGoneError). Closing the iterator early stops the request there,
+        without blocking."""
+        link = self._pinned(pin) if pin is not None else self._current()
+        request = self._request()
         box = link.begin(request)
         finished = False
         try:

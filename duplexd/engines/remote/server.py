@@ -14,6 +14,11 @@ can be had for, are answered `Failed(OVERLOADED)`); an engine that takes turns
 them all; a request not pulled for `IDLE_TIMEOUT_S` is stopped (and answered `Failed`); a
 send that waits `SEND_TIMEOUT_S` for a daemon that does not read drops its connection; a
 frame that cannot be read, or a request id used twice, drops its connection only.
+
+Stopping gracefully (`ModelServer.leave`, on SIGTERM): no more connections are accepted, and
+each daemon is told `wire.Leaving`; a connection is still served (the requests under way, the
+next pieces of the utterances its daemon began on it) until its daemon closes it, so the
+utterances in progress finish while the daemons ask the next model process for new ones.
 """
 
 from __future__ import annotations
@@ -108,6 +113,10 @@ class ModelServer:
         self._lock = threading.Lock()
         self._connections: set[_Connection] = set()
         self._closed = False
+        self.leaving = False  # `leave` was called: each connection is told so
+        self.stop_accepting: Callable[[], None] = lambda: None  # (set by `serve_model`)
+        self._all_gone = trio.Event()  # leaving, and no connection is left
+        self._trio_token: trio.lowlevel.TrioToken | None = None  # (`leave`'s)
 
     def stats(self) -> ModelStats:
         """A copy of the totals, with the connections and requests of now."""
@@ -179,6 +188,35 @@ class ModelServer:
     def forget(self, connection: _Connection) -> None:
         with self._lock:
             self._connections.discard(connection)
+            gone = self.leaving and not self._connections
+        if gone and self._trio_token is not None:  # (any thread: a connection's own)
+            with contextlib.suppress(trio.RunFinishedError):
+                self._trio_token.run_sync_soon(self._all_gone.set)
+
+    def leave(self) -> None:
+        """Stop gracefully: accept no more connections and tell every daemon (`wire.Leaving`);
+        each connection is served until its daemon closes it (`all_gone`). Trio thread; never
+        blocks (a daemon that reads nothing is told by a thread)."""
+        self._trio_token = trio.lowlevel.current_trio_token()
+        self.stop_accepting()
+        with self._lock:
+            self.leaving = True
+            connections = list(self._connections)
+        if not connections:
+            self._all_gone.set()
+        for connection in connections:
+            connection.leave()
+
+    async def all_gone(self) -> None:
+        """Wait, once leaving, until every daemon has closed its connection. Cancellation
+        leaves nothing behind."""
+        await self._all_gone.wait()
+
+    @property
+    def connected(self) -> int:
+        """Daemons connected now."""
+        with self._lock:
+            return len(self._connections)
 
     def close(self) -> None:
         """Drop every connection: their requests stop after the chunk under way."""
@@ -200,6 +238,8 @@ class _Connection:
         self.requests: dict[int, queue.SimpleQueue[str]] = {}
         self.closed = False
         self.reading = False  # `run` has the socket: it closes it (see `close`)
+        self._greeted = False  # the Hello is sent: a `Leaving` may follow it
+        self._leaving = False  # the daemon is (or is to be, once greeted) told `Leaving`
 
     def send(self, message: wire.Message | bytes) -> bool:
         """Send `message` (encoded here: WireError if it cannot be). False if the daemon is
@@ -220,6 +260,12 @@ class _Connection:
         self.reading = True
         try:
             if self.send(self.server.hello):
+                with self.lock:
+                    self._greeted = True
+                    leaving = self._leaving or self.server.leaving
+                    self._leaving = leaving
+                if leaving:  # (`leave` came before the Hello went: said here, after it)
+                    self.send(wire.Leaving())
                 while data := self.sock.recv(1 << 16):
                     for message in decoder.feed(data):
                         self._dispatch(message)
@@ -232,6 +278,18 @@ class _Connection:
             with self.send_lock:  # (no send under way: it would fail at once, shut down)
                 self.sock.close()
             self.server.forget(self)
+
+    def leave(self) -> None:
+        """Tell the daemon `wire.Leaving` (once, after the Hello), from a short-lived thread:
+        a daemon that reads nothing must not hold the caller."""
+        with self.lock:
+            if self._leaving:
+                return
+            self._leaving = True
+            if not self._greeted:
+                return  # `run` says it right after the Hello
+        with contextlib.suppress(RuntimeError):  # no thread: the drain time ends it
+            threading.Thread(target=self.send, args=(wire.Leaving(),), daemon=True).start()
 
     def close(self) -> None:
         with self.lock:
@@ -344,13 +402,24 @@ async def serve_model(
     still inside an engine call finishes that chunk, unsent, after it has returned (so close
     the engine only when the process is about to end)."""
     server = ModelServer(engine)
+    accepting = trio.CancelScope()
+    server.stop_accepting = accepting.cancel
     try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_accept_all, server, listeners, accepting)
+            task_status.started(server)  # (its `stats()`: the model process's /metrics)
+            await trio.sleep_forever()  # (`leave` stops the accepting, not the serving)
+    finally:
+        server.close()
+
+
+async def _accept_all(
+    server: ModelServer, listeners: list[socket.socket], scope: trio.CancelScope
+) -> None:
+    with scope:  # (cancelled by `leave`: the listeners stay open; what they queue waits)
         async with trio.open_nursery() as nursery:
             for sock in listeners:
                 nursery.start_soon(_accept, server, trio.socket.from_stdlib_socket(sock))
-            task_status.started(server)  # (its `stats()`: the model process's /metrics)
-    finally:
-        server.close()
 
 
 async def _accept(server: ModelServer, listener: trio.socket.SocketType) -> None:

@@ -12,6 +12,12 @@ may still arrive, and is dropped by id). So a request is pulled chunk by chunk, 
 pulls a local engine's iterator, and nothing is synthesized ahead of need. `Failed` ends any
 request with a reason and a message.
 
+`Leaving` (request id 0, no payload; sent at most once, after the `Hello`): the model process is
+stopping (a SIGTERM: a restart, an upgrade). It goes on answering this connection: the requests
+under way, and those the daemon sends for the utterances it began here (their next pieces),
+until the daemon closes it, or its drain time is up. The daemon asks for the rest on a new
+connection (to the next model process) and closes this one once its utterances here have ended.
+
 Payloads: `Hello` and `VoiceInfo` are UTF-8 JSON objects; `Open` a voice name; `Speak` a u16
 length and the voice name, then the text (UTF-8); `Chunk` a u32 count of word marks, the marks
 as 4 little-endian int32 each (start char, end char, start sample, end sample), then the audio
@@ -42,7 +48,7 @@ MAX_TEXT_BYTES: Final = 1024 * 1024
 _MARK: Final = np.dtype("<i4")
 _SAMPLE: Final = np.dtype("<f4")
 
-HELLO, OPEN, VOICE_INFO, SPEAK, NEXT, STOP, CHUNK, DONE, FAILED = range(1, 10)
+HELLO, OPEN, VOICE_INFO, SPEAK, NEXT, STOP, CHUNK, DONE, FAILED, LEAVING = range(1, 11)
 
 # why a request failed: `Failed.reason`
 ENGINE_ERROR: Final = 0  # the engine raised (EngineError or worse)
@@ -112,7 +118,12 @@ class Failed:
     message: str
 
 
-Message = Hello | Open | VoiceInfo | Speak | Next | Stop | Chunk | Done | Failed
+@dataclass(frozen=True, slots=True)
+class Leaving:
+    """The model process is stopping: finish here what was begun here, ask the rest elsewhere."""
+
+
+Message = Hello | Open | VoiceInfo | Speak | Next | Stop | Chunk | Done | Failed | Leaving
 
 
 def _frame(kind: int, request: int, *parts: bytes) -> bytes:
@@ -156,6 +167,8 @@ def encode(message: Message) -> bytes:
             return _frame(DONE, request)
         case Failed(request, reason, text):
             return _frame(FAILED, request, bytes([reason]), text.encode())
+        case Leaving():
+            return _frame(LEAVING, 0)
     raise TypeError(f"not a wire message: {message!r}")
 
 
@@ -212,6 +225,10 @@ def decode(kind: int, request: int, payload: bytes | bytearray) -> Message:
             if not payload:
                 raise ValueError("no reason")
             return Failed(request, payload[0], payload[1:].decode(errors="replace"))
+        if kind == LEAVING:
+            if payload or request:
+                raise ValueError("unexpected payload or request id")
+            return Leaving()
     except (ValueError, struct.error, RecursionError) as exc:  # (JSON nested too deep)
         raise WireError(f"frame of kind {kind}: {exc}") from None
     raise WireError(f"unknown frame kind {kind}")
