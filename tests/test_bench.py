@@ -437,6 +437,19 @@ def test_the_model_wire_bench_measures_the_wire_and_refuses_a_bad_count(tmp_path
     assert refused == "bench.model_wire: --threads, --duration and --chars must be positive"
 
 
+@pytest.mark.integration
+def test_the_model_restart_bench_finds_every_reply_whole(tmp_path: Path) -> None:
+    doc, refused = _small_bench(
+        "model_restart", ["--sessions", "2", "--repeat", "1", "--after", "0.5"], ["--repeat", "0"],
+        tmp_path,
+    )  # fmt: skip
+    assert doc["replies"] == {"whole": 2} and doc["old_exit_code"] == 0 and not doc["asked_error"]
+    assert doc["asked_first_audio_after_sigterm_s"] >= doc["old_exit_after_sigterm_s"] > 0
+    assert refused == (
+        "bench.model_restart: --sessions and --repeat must be positive, --after not negative"
+    )
+
+
 @pytest.mark.unit
 def test_the_turn_bench_counts_the_words_its_transcripts_lost() -> None:
     from bench.turns import missed_words
