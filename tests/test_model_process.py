@@ -405,6 +405,29 @@ async def test_a_daemon_with_nothing_under_way_lets_a_leaving_model_process_go_a
         remote.close()
 
 
+async def test_a_request_that_finds_its_link_just_closed_by_leaving_goes_on_the_next(
+    path: str,
+) -> None:
+    """The race of `_current` handing out the link and a `Leaving` closing it, idle, before
+    the request begins on it: the request goes on the next link (played here by handing the
+    closed link out once)."""
+    async with serving(path, ToneEngine()) as old:
+        remote = await trio.to_thread.run_sync(lambda: RemoteEngine(path, reconnect_wait_s=10))
+        stale = remote._link
+        assert stale is not None
+        old.leave()
+        os.unlink(path)
+        with trio.fail_after(5):
+            await old.all_gone()
+        await until(lambda: not stale.alive)
+    async with serving(path, ToneEngine()):
+        handed, current = [stale], remote._current
+        remote._current = lambda: handed.pop() if handed else current()  # type: ignore[method-assign]
+        voice = await trio.to_thread.run_sync(remote.open_voice, "sine")
+        assert not handed and voice.name == "sine"
+        remote.close()
+
+
 async def test_a_call_with_no_model_process_waits_for_the_next_one(path: str) -> None:
     async with serving(path, ToneEngine()) as old:
         remote = await trio.to_thread.run_sync(lambda: RemoteEngine(path, reconnect_wait_s=10))

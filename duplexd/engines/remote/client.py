@@ -477,9 +477,21 @@ class RemoteEngine:
             pass  # (0 is the hello's)
         return request
 
+    def _begin(self, pin: _Pin | None) -> tuple[_Link, int, queue.SimpleQueue[Any]]:
+        """A request begun on the link for it (`pin`'s utterance's, or the current one). A
+        link told `Leaving` between `_current` and `begin` may have closed, idle: then on the
+        next one."""
+        while True:
+            link = self._pinned(pin) if pin is not None else self._current()
+            request = self._request()
+            try:
+                return link, request, link.begin(request)
+            except ModelGoneError:
+                if pin is not None or not link.leaving:
+                    raise
+
     def open_voice(self, name: str) -> RemoteVoice:
-        link, request = self._current(), self._request()
-        box = link.begin(request)
+        link, request, box = self._begin(None)
         try:
             link.send(wire.Open(request, name))
             answer = link.receive(box, request)
@@ -497,9 +509,7 @@ class RemoteEngine:
         word marks; on the link of `pin`'s utterance if given. Blocking per chunk (at most the
         reply timeout: ModelGoneError). Closing the iterator early stops the request there,
         without blocking."""
-        link = self._pinned(pin) if pin is not None else self._current()
-        request = self._request()
-        box = link.begin(request)
+        link, request, box = self._begin(pin)
         finished = False
         try:
             link.send(wire.Speak(request, voice, text))
