@@ -175,7 +175,7 @@ async def test_an_unknown_voice_and_an_engine_error_reach_their_caller_only(path
         remote.close()
 
 
-async def test_a_model_process_that_goes_away_fails_the_pieces_under_way_then_is_back(
+async def test_a_piece_a_dead_model_process_never_answered_is_asked_of_the_next_one(
     path: str,
 ) -> None:
     started, release = threading.Event(), threading.Event()
@@ -195,31 +195,26 @@ async def test_a_model_process_that_goes_away_fails_the_pieces_under_way_then_is
 
             return V()
 
-    remote: RemoteEngine | None = None
-    errors: list[BaseException] = []
+    got: list[FloatAudio] = []
     async with model_process(path, Slow()) as scope:
-        remote = await trio.to_thread.run_sync(
-            lambda: RemoteEngine(path, reconnect_wait_s=0.3)  # (nobody restarts it for 0.3 s)
-        )
+        remote = await trio.to_thread.run_sync(lambda: RemoteEngine(path, reconnect_wait_s=10))
         voice = await trio.to_thread.run_sync(remote.open_voice, "sine")
-
-        def speak() -> None:
-            try:
-                voice.synthesize("Cut short.")
-            except ModelGoneError as exc:
-                errors.append(exc)
-
-        thread = threading.Thread(target=speak)
+        thread = threading.Thread(target=lambda: got.append(voice.synthesize("Cut short.")))
         thread.start()
         await trio.to_thread.run_sync(started.wait, 5)
-        scope.cancel()  # the model process stops (its call in the worker thread finishes)
+        scope.cancel()  # the model process dies (its call in the worker thread finishes)
         release.set()
-    await trio.to_thread.run_sync(thread.join, 5)
-    assert len(errors) == 1 and "went away" in str(errors[0])
+    await trio.sleep(0.3)
+    assert not got  # nothing of it came: it waits for the next model process ...
+    os.unlink(path)
+    async with model_process(path, ToneEngine()):  # ... which systemd starts
+        await trio.to_thread.run_sync(thread.join, 5)
+        assert len(got) == 1 and len(got[0]) > 0
+    remote._reconnect_wait_s = 0.3  # (none comes now)
     with pytest.raises(ModelGoneError, match="no model process at"):
         await trio.to_thread.run_sync(voice.synthesize, "Nobody there.")
     os.unlink(path)
-    async with model_process(path, ToneEngine()):  # systemd restarted it
+    async with model_process(path, ToneEngine()):
         assert len(await trio.to_thread.run_sync(voice.synthesize, "Back again.")) > 0
     remote.close()
 
@@ -388,6 +383,26 @@ async def test_a_model_process_that_leaves_finishes_the_utterances_begun_there(p
             assert not link.alive and old_engine.texts == ["First piece.", "Second piece."]
             fresh.release()
             remote.close()
+
+
+async def test_an_utterance_whose_model_process_died_between_pieces_goes_on_with_the_next(
+    path: str,
+) -> None:
+    async with model_process(path, ToneEngine()) as scope:
+        remote = await trio.to_thread.run_sync(lambda: RemoteEngine(path, reconnect_wait_s=10))
+        voice = await trio.to_thread.run_sync(remote.open_voice, "sine")
+        utterance = voice.for_utterance()  # type: ignore[attr-defined]
+        await trio.to_thread.run_sync(utterance.synthesize, "First piece.")
+        first = remote._link
+        scope.cancel()  # it dies between two pieces
+    assert first is not None
+    await until(lambda: not first.alive)
+    os.unlink(path)
+    async with model_process(path, ToneEngine()):  # systemd restarted it
+        audio = await trio.to_thread.run_sync(utterance.synthesize, "Second piece.")
+        assert len(audio) > 0 and remote._link is not first
+        utterance.release()
+        remote.close()
 
 
 async def test_a_daemon_with_nothing_under_way_lets_a_leaving_model_process_go_at_once(

@@ -12,8 +12,9 @@ queueing them for the next model process), tells each daemon connected that it i
 here the utterances they began here, and ask the next model process for new ones (waiting for
 it to come up: `RemoteEngine`). It exits once no daemon is connected, or after `[server]
 drain_timeout_s`; a second signal stops it at once. A model process that stops at once (that
-second signal, the drain time, a crash) fails the requests under way: each daemon ends the
-sessions whose utterance was being made, with INTERNAL and what to do (the others stay).
+second signal, the drain time, a crash) fails the pieces part way through: each daemon ends the
+sessions whose piece had begun to come, with INTERNAL and what to do (the others stay, and a
+piece not begun yet is asked of the next model process).
 """
 
 from __future__ import annotations

@@ -17,17 +17,19 @@ again every `RECONNECT_INTERVAL_S` for up to `reconnect_wait_s` (the reply timeo
 the next model process comes up only once the last one has gone (systemd's restart), so a new
 utterance waits through a restart instead of failing.
 
-When the model process goes away at once (a crash, its drain time up), the requests under way
-fail with `ModelGoneError` (an `EngineError`; the daemon ends the sessions whose utterance was
-being made, with INTERNAL and what to do: `_server/ending.py`; the others stay), and the next
-request connects again. A request the model process does not answer within `reply_timeout_s`
-fails alone, with `ModelGoneError`, and is stopped there; the connection stays.
+When the model process goes away at once (a crash, its drain time up), a request that had no
+answer yet is asked again of the next model process (nothing of it was used; an utterance whose
+link was lost goes on with the next one), and one that was part way through (a piece some of
+whose chunks came) fails with `ModelGoneError` (an `EngineError`; the daemon ends the session
+whose utterance it was, with INTERNAL and what to do: `_server/ending.py`; the others stay).
+A request the model process does not answer within `reply_timeout_s` fails alone, with
+`ModelGoneError`, and is stopped there; the connection stays.
 
 Cancellation: the calls block their worker thread (the daemon runs them with
 `trio.to_thread.run_sync`, which waits for them), for at most `reply_timeout_s` per chunk, and
-`reconnect_wait_s` for a model process to connect to.
-Closing a piece's iterator early (a barge-in) never blocks: its `Stop` is sent at once if the
-socket can take it, else by a short-lived thread.
+`reconnect_wait_s` for a model process to connect to. Closing a piece's iterator early (a
+barge-in) never blocks: its `Stop` is sent at once if the socket can take it, else by a
+short-lived thread.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any, Final
 
 import numpy as np
@@ -53,6 +55,7 @@ REPLY_TIMEOUT_S: Final = 30.0  # a request the model process does not answer thi
 SEND_TIMEOUT_S: Final = 30.0  # a model process that reads nothing this long is gone
 CHECK_TIMEOUT_S: Final = 1.0  # `check_model_process`: connecting, and its answer
 RECONNECT_INTERVAL_S: Final = 0.05  # no model process to connect to: try again this often
+_FIRST_ANSWER_TRIES: Final = 3  # a request lost before any answer: asked of this many links
 
 
 class ModelGoneError(EngineUnavailableError):
@@ -272,6 +275,15 @@ class _Pin:
             self.link = link
             return True
 
+    def drop(self, link: _Link) -> None:
+        """`link` was lost (its model process died): the utterance's next piece goes to the
+        next model process."""
+        with self._lock:
+            if self.link is not link:
+                return
+            self.link = None
+        link.unpin()
+
     def release(self) -> None:
         with self._lock:
             link, self.link, self.released = self.link, None, True
@@ -465,12 +477,17 @@ class RemoteEngine:
             time.sleep(RECONNECT_INTERVAL_S)
 
     def _pinned(self, pin: _Pin) -> _Link:
-        """The link of the utterance `pin` is for: the one its first piece took."""
-        while (link := pin.link) is None:
+        """The link of the utterance `pin` is for: the one its first piece took (or, if that
+        one was lost, the next)."""
+        while True:
+            link = pin.link
+            if link is not None and link.alive:
+                return link
+            if link is not None:
+                pin.drop(link)
             link = self._current()
             if pin.released or pin.hold(link):
                 return link  # (released: the utterance is over, a late call goes unpinned)
-        return link
 
     def _request(self) -> int:
         while not (request := next(self._ids) & 0xFFFFFFFF):
@@ -490,13 +507,31 @@ class RemoteEngine:
                 if pin is not None or not link.leaving:
                     raise
 
+    def _first_answer(
+        self, pin: _Pin | None, make: Callable[[int], wire.Message]
+    ) -> tuple[_Link, int, queue.SimpleQueue[Any], wire.Message]:
+        """Begin the request `make(request)` and wait for its first answer. One whose link is
+        lost before any answer came (its model process died, or the link closed as it began)
+        is asked again, of the next model process (`_current` waits for it): nothing of it has
+        been used. One not answered in time (the link alive) fails. The caller `end`s it."""
+        for attempt in range(_FIRST_ANSWER_TRIES):
+            link, request, box = self._begin(pin)
+            try:
+                link.send(make(request))
+                return link, request, box, link.receive(box, request)
+            except ModelGoneError:
+                link.end(request)
+                if link.alive:  # not answered in time: stopped there
+                    link.send_soon(wire.Stop(request))
+                    raise
+                if attempt == _FIRST_ANSWER_TRIES - 1:
+                    raise
+                log.info("model request asked again", extra={"socket": self.path})
+        raise AssertionError("unreachable")
+
     def open_voice(self, name: str) -> RemoteVoice:
-        link, request, box = self._begin(None)
-        try:
-            link.send(wire.Open(request, name))
-            answer = link.receive(box, request)
-        finally:
-            link.end(request)
+        link, request, _, answer = self._first_answer(None, lambda r: wire.Open(r, name))
+        link.end(request)
         if isinstance(answer, wire.VoiceInfo):
             timed = bool(answer.info.get("timed"))
             return (RemoteTimedVoice if timed else RemoteVoice)(self, answer.info)
@@ -509,12 +544,10 @@ class RemoteEngine:
         word marks; on the link of `pin`'s utterance if given. Blocking per chunk (at most the
         reply timeout: ModelGoneError). Closing the iterator early stops the request there,
         without blocking."""
-        link, request, box = self._begin(pin)
+        link, request, box, answer = self._first_answer(pin, lambda r: wire.Speak(r, voice, text))
         finished = False
         try:
-            link.send(wire.Speak(request, voice, text))
             while True:
-                answer = link.receive(box, request)
                 if isinstance(answer, wire.Done):
                     finished = True
                     return
@@ -523,6 +556,7 @@ class RemoteEngine:
                     raise _failure(answer)
                 yield answer.audio, answer.marks
                 link.send(wire.Next(request))
+                answer = link.receive(box, request)
         finally:
             link.end(request)
             if not finished and link.alive:
