@@ -1,7 +1,8 @@
 """A model process restarted under speaking sessions: what `systemctl restart duplexd-model`
 costs them.
 
-    python -m bench.model_restart [--sessions 10] [--engine tone|vits] [--repeat 2] [--json PATH]
+    python -m bench.model_restart [--sessions 10] [--engine tone|vits] [--repeat 2] [--kill]
+                                  [--json PATH]
 
 A fresh `duplexd serve-model` (CPU) and a `duplexd serve --model-socket` using it. One session
 first hears the reply (`SENTENCE` said `--repeat` times) whole, unpaced: the reference. Then
@@ -11,7 +12,8 @@ started (systemd's restart: stop, then start). One more session asks for a reply
 the SIGTERM. Reported: how each reply ended (`whole`: its UtteranceDone with the reference's
 audio, to within 2 % (a VITS voice is not the same audio twice); `cut`: a shorter one; or the
 Error that ended its session), how long the old model process took to exit, and when the reply
-asked during the restart started (its first audio, after the SIGTERM).
+asked during the restart started (its first audio, after the SIGTERM). `--kill`: SIGKILL
+instead, a crash (systemd then restarts it the same way).
 """
 
 from __future__ import annotations
@@ -38,24 +40,25 @@ BYTES_PER_S: Final = 2 * fr.SAMPLE_RATE_HZ  # s16 mono at the session's default 
 
 
 class _Restart:
-    """The run's model process, restarted once (`sigterm`, then `start_once_gone`)."""
+    """The run's model process, restarted once (`send_signal`, then `start_once_gone`)."""
 
-    def __init__(self, engine: str, socket_path: str) -> None:
+    def __init__(self, engine: str, socket_path: str, signum: int) -> None:
         self.argv = model_argv(engine, "cpu", socket_path)
+        self.signum = signum
         self.old = start_server("duplexd model", self.argv)
         self.new: Server | None = None
-        self.sigterm_at = 0.0
+        self.signal_at = 0.0
         self.old_exit_s = 0.0
         self.old_exit_code: int | None = None
 
-    def sigterm(self) -> None:
-        self.sigterm_at = time.monotonic()
-        self.old.proc.send_signal(signal.SIGTERM)
+    def send_signal(self) -> None:
+        self.signal_at = time.monotonic()
+        self.old.proc.send_signal(self.signum)
 
     def start_once_gone(self) -> None:
         """Wait for the old one to exit, then start the new one (blocking: a thread)."""
         self.old_exit_code = self.old.proc.wait(120)
-        self.old_exit_s = time.monotonic() - self.sigterm_at
+        self.old_exit_s = time.monotonic() - self.signal_at
         self.new = start_server("duplexd model", self.argv)
 
     def stop(self) -> None:
@@ -101,12 +104,12 @@ async def run(args: argparse.Namespace, url: str, model: _Restart) -> dict[str, 
         for _ in range(args.sessions):
             nursery.start_soon(_speak, url, text, len(reference.pcm), ended)
         await trio.sleep(args.after)  # (their replies under way)
-        model.sigterm()
+        model.send_signal()
         nursery.start_soon(trio.to_thread.run_sync, model.start_once_gone)
         try:
             with trio.fail_after(120):
                 await _heard(url, "Asked during the restart.")
-            asked_s = time.monotonic() - model.sigterm_at
+            asked_s = time.monotonic() - model.signal_at
         except (ServerError, trio.TooSlowError) as exc:
             asked_error = str(exc) or type(exc).__name__
     counts: dict[str, int] = {}
@@ -116,11 +119,12 @@ async def run(args: argparse.Namespace, url: str, model: _Restart) -> dict[str, 
         "engine": args.engine,
         "sessions": args.sessions,
         "reply_s": round(len(reference.pcm) / BYTES_PER_S, 2),
-        "sigterm_after_s": args.after,
+        "signal": "SIGKILL" if args.kill else "SIGTERM",
+        "signal_after_s": args.after,
         "replies": counts,
         "old_exit_code": model.old_exit_code,
-        "old_exit_after_sigterm_s": round(model.old_exit_s, 2),
-        "asked_first_audio_after_sigterm_s": None if asked_s is None else round(asked_s, 2),
+        "old_exit_after_signal_s": round(model.old_exit_s, 2),
+        "asked_first_audio_after_signal_s": None if asked_s is None else round(asked_s, 2),
         "asked_error": asked_error,
     }
 
@@ -131,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--engine", default="tone", help="the model process's engine (tone)")
     p.add_argument("--repeat", type=int, default=2, help="the reply: SENTENCE this often (2)")
     p.add_argument("--after", type=float, default=1.0, help="SIGTERM this long in (1 s)")
+    p.add_argument("--kill", action="store_true", help="SIGKILL it (a crash), not SIGTERM")
     p.add_argument("--json", default="", metavar="PATH")
     args = p.parse_args(argv)
     if args.sessions < 1 or args.repeat < 1 or args.after < 0:
@@ -142,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         path = str(Path(tmp) / "model.sock")
         try:
-            model = _Restart(args.engine, path)
+            model = _Restart(args.engine, path, signal.SIGKILL if args.kill else signal.SIGTERM)
         except ServerFailed as exc:
             print(f"bench.model_restart: {exc}", file=sys.stderr)
             return 1

@@ -444,7 +444,7 @@ def test_the_model_restart_bench_finds_every_reply_whole(tmp_path: Path) -> None
         tmp_path,
     )  # fmt: skip
     assert doc["replies"] == {"whole": 2} and doc["old_exit_code"] == 0 and not doc["asked_error"]
-    assert doc["asked_first_audio_after_sigterm_s"] >= doc["old_exit_after_sigterm_s"] > 0
+    assert doc["asked_first_audio_after_signal_s"] >= doc["old_exit_after_signal_s"] > 0
     assert refused == (
         "bench.model_restart: --sessions and --repeat must be positive, --after not negative"
     )
