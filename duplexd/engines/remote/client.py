@@ -404,6 +404,12 @@ class RemoteEngine:
         if fresh.leaving:
             fresh.close(lost=False)
             raise ModelGoneError("the model process is stopping")
+        return self._take(fresh)
+
+    def _take(self, fresh: _Link) -> _Link:
+        """`fresh` becomes the link for new work, unless another thread connected one
+        meanwhile (then `fresh` is closed and that one returned). A link it replaces that is
+        leaving closes itself once its utterances end."""
         with self._link_lock:
             try:
                 link = self._usable()
@@ -440,18 +446,8 @@ class RemoteEngine:
             with self._link_lock:
                 if (link := self._usable()) is not None:
                     return link
-            fresh = self._connect()  # (no `_link_lock` held: the readiness check goes on)
-            with self._link_lock:
-                try:
-                    link = self._usable()
-                except ModelGoneError:
-                    fresh.close(lost=False)
-                    raise
-                if link is not None:  # (the readiness check connected meanwhile)
-                    fresh.close(lost=False)
-                    return link
-                self._adopt(fresh)  # (a leaving link closes itself once its utterances end)
-                return fresh
+            # (no `_link_lock` held while connecting: the readiness check goes on)
+            return self._take(self._connect())
 
     def _connect(self) -> _Link:
         """A new link to a model process that is not leaving, tried again every
