@@ -443,6 +443,20 @@ async def test_a_request_that_finds_its_link_just_closed_by_leaving_goes_on_the_
         remote.close()
 
 
+async def test_a_text_the_wire_cannot_take_fails_alone_and_leaves_nothing_waiting(
+    path: str,
+) -> None:
+    async with serving(path, ToneEngine()) as old:
+        remote = await trio.to_thread.run_sync(RemoteEngine, path)
+        voice = await trio.to_thread.run_sync(remote.open_voice, "sine")
+        with pytest.raises(EngineError, match="cannot ask the model process"):
+            await trio.to_thread.run_sync(voice.synthesize, "x" * (wire.MAX_TEXT_BYTES + 1))
+        old.leave()
+        with trio.fail_after(5):
+            await old.all_gone()  # no request was left waiting: the daemon let it go
+        remote.close()
+
+
 async def test_a_call_with_no_model_process_waits_for_the_next_one(path: str) -> None:
     async with serving(path, ToneEngine()) as old:
         remote = await trio.to_thread.run_sync(lambda: RemoteEngine(path, reconnect_wait_s=10))

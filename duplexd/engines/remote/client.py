@@ -523,6 +523,9 @@ class RemoteEngine:
                 if attempt == _FIRST_ANSWER_TRIES - 1:
                     raise
                 log.info("model request asked again", extra={"socket": self.path})
+            except BaseException:  # (a text the wire cannot take: no request is left waiting)
+                link.end(request)
+                raise
         raise AssertionError("unreachable")
 
     def open_voice(self, name: str) -> RemoteVoice:
