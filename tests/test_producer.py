@@ -133,3 +133,42 @@ def test_a_voice_without_word_timing_is_rendered_whole(voice: _PlainVoice) -> No
     producer = _producer(ring, [], voice)
     producer.render(Piece("Hi there.", 0, 9))
     assert ring.count == 9 // 2  # whole frames of its audio (4.5 frames); the rest waits for more
+
+
+class _ScopedVoice(_PlainVoice):
+    """A voice that hands each utterance a voice of its own (as a model process's does), and
+    notes what each one spoke and when it was released (test double)."""
+
+    def __init__(self) -> None:
+        self.handed: list[_ScopedVoice] = []
+        self.texts: list[str] = []
+        self.released = 0
+
+    def for_utterance(self) -> _ScopedVoice:
+        handle = _ScopedVoice()
+        self.handed.append(handle)
+        return handle
+
+    def synthesize(self, text: str) -> np.ndarray:
+        self.texts.append(text)
+        return super().synthesize(text)
+
+    def release(self) -> None:
+        self.released += 1
+
+
+@pytest.mark.parametrize("finished", [True, False])
+def test_an_utterance_speaks_through_the_voice_it_was_handed_and_lets_it_go(
+    finished: bool,
+) -> None:
+    voice = _ScopedVoice()
+    producer = _producer(FrameRing(64, FRAME_BYTES), [], voice)
+    producer.render(Piece("one", 0, 3))
+    producer.render(Piece("two", 3, 6))
+    (handle,) = voice.handed
+    assert handle.texts == ["one", "two"] and not voice.texts and handle.released == 0
+    if finished:
+        producer.finish(6)  # its last engine call is over: the voice goes at once
+        assert handle.released == 1
+    producer.end()  # (the session's, done or cancelled): once, whatever came first
+    assert handle.released == 1 and voice.released == 0

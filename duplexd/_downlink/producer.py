@@ -165,6 +165,9 @@ class UtteranceProducer:
         what that gives, released by `end`."""
         for_utterance = getattr(voice, "for_utterance", None)
         self._voice = for_utterance() if for_utterance is not None else voice
+        self._release: Callable[[], None] | None = (  # (only a voice handed for the utterance)
+            getattr(self._voice, "release", None) if for_utterance is not None else None
+        )
         self._ring = ring
         self._out_rate = out_rate_hz
         self._in_rate = voice.sample_rate_hz
@@ -290,9 +293,9 @@ class UtteranceProducer:
 
     def end(self) -> None:
         """The utterance is over (done or cancelled): `close`, and let its voice go (the
-        `for_utterance` one's connection). Idempotent; not during `render_step`."""
+        `for_utterance` one's `release`, called once). Idempotent; not during `render_step`."""
         self.close()
-        release = getattr(self._voice, "release", None)
+        release, self._release = self._release, None
         if release is not None:
             release()
 
