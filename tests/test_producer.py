@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from duplexd._downlink.producer import PieceMap, UtteranceProducer, audio_headers
 from duplexd._downlink.ring import FrameRing
 from duplexd._downlink.segment import Piece
-from duplexd.engines.base import Voice, VoiceKind, voice_kind
+from duplexd.engines.base import Voice, VoiceKind, WordMark, voice_kind
 from duplexd.engines.tone import ToneEngine
 from duplexd.protocol import frames as fr
 from duplexd.protocol.codec import Decoder, pack_audio_header_into
@@ -155,6 +155,34 @@ class _ScopedVoice(_PlainVoice):
 
     def release(self) -> None:
         self.released += 1
+
+
+class _FailingClose(_ScopedVoice):
+    """A handed voice whose stream raises as it is closed early (test double)."""
+
+    def for_utterance(self) -> _ScopedVoice:
+        handle = _FailingClose()
+        self.handed.append(handle)
+        return handle
+
+    def synthesize_words(self, text: str) -> Iterator[tuple[np.ndarray, tuple[WordMark, ...]]]:
+        try:
+            yield self.synthesize(text), ()
+            yield self.synthesize(text), ()
+        finally:
+            raise RuntimeError("the engine failed as its stream closed")
+
+
+def test_a_handed_voice_is_released_even_if_closing_its_stream_raises() -> None:
+    voice = _FailingClose()
+    producer = _producer(FrameRing(64, FRAME_BYTES), [], voice)
+    assert not producer.render_step(Piece("one two", 0, 7))  # a chunk made, the next not yet
+    (handle,) = voice.handed
+    with pytest.raises(RuntimeError, match="failed as its stream closed"):
+        producer.end()  # (a barge-in: the stream is closed early)
+    assert handle.released == 1
+    producer.end()
+    assert handle.released == 1
 
 
 @pytest.mark.parametrize("finished", [True, False])

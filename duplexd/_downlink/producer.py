@@ -293,11 +293,14 @@ class UtteranceProducer:
 
     def end(self) -> None:
         """The utterance is over (done or cancelled): `close`, and let its voice go (the
-        `for_utterance` one's `release`, called once). Idempotent; not during `render_step`."""
-        self.close()
-        release, self._release = self._release, None
-        if release is not None:
-            release()
+        `for_utterance` one's `release`, called once, even if closing the stream raised).
+        Idempotent; not during `render_step`."""
+        try:
+            self.close()
+        finally:
+            release, self._release = self._release, None
+            if release is not None:
+                release()
 
     def finish(self, total_chars: int) -> None:
         """Flush the resampler and push the last frame (zero-padded, flagged END); `end`."""
