@@ -2,12 +2,11 @@
 engine over a Unix socket. A real `serve_model` with the tone engine (and the VITS voice)
 answered by `RemoteEngine` exactly as the engine answers in-process; a barge-in's early close
 stops the request in the model process; failures (an unknown voice, an engine that raises
-lazily or when called, a request not answered in time, a model process that goes away and comes
-back, garbage, a reused id, too many requests, a request never pulled) reach the right caller
-only; a daemon serving sessions through it, and a crash ending only its speaking session; a
-model process that leaves (SIGTERM) finishing the utterances begun on it while new ones wait
-for the next one (a whole restart, as systemd does it: test_model_service.py).
-The wire alone: test_model_wire.py; the command line and operations: test_model_service.py."""
+lazily or when called, a request not answered in time, garbage, a reused id, too many
+requests, a request never pulled) reach the right caller only; a daemon serving sessions
+through it, and a crash ending only its speaking session.
+A model process that leaves or dies and the next one: test_model_restarts.py; the wire alone:
+test_model_wire.py; the command line and operations: test_model_service.py."""
 
 from __future__ import annotations
 
@@ -25,7 +24,7 @@ from test_service import CLIENT_SOCKET_LEAK, until
 
 from duplexd.engines.base import EngineError, FloatAudio, UnknownVoiceError, WordMark
 from duplexd.engines.remote import ModelGoneError, RemoteEngine, wire
-from duplexd.engines.remote.server import ModelServer, serve_model
+from duplexd.engines.remote.server import serve_model
 from duplexd.engines.tone import ToneEngine
 
 pytestmark = pytest.mark.unit
@@ -175,50 +174,6 @@ async def test_an_unknown_voice_and_an_engine_error_reach_their_caller_only(path
         remote.close()
 
 
-async def test_a_piece_a_dead_model_process_never_answered_is_asked_of_the_next_one(
-    path: str,
-) -> None:
-    started, release = threading.Event(), threading.Event()
-
-    class Slow(ToneEngine):  # a piece that is still being made when the model process stops
-        def open_voice(self, name: str) -> object:  # type: ignore[override]
-            voice = super().open_voice(name)
-
-            class V:
-                sample_rate_hz = voice.sample_rate_hz
-                name = voice.name
-
-                def synthesize(self, text: str) -> FloatAudio:
-                    started.set()
-                    release.wait(5)
-                    return voice.synthesize(text)
-
-            return V()
-
-    got: list[FloatAudio] = []
-    async with model_process(path, Slow()) as scope:
-        remote = await trio.to_thread.run_sync(lambda: RemoteEngine(path, reconnect_wait_s=10))
-        voice = await trio.to_thread.run_sync(remote.open_voice, "sine")
-        thread = threading.Thread(target=lambda: got.append(voice.synthesize("Cut short.")))
-        thread.start()
-        await trio.to_thread.run_sync(started.wait, 5)
-        scope.cancel()  # the model process dies (its call in the worker thread finishes)
-        release.set()
-    await trio.sleep(0.3)
-    assert not got  # nothing of it came: it waits for the next model process ...
-    os.unlink(path)
-    async with model_process(path, ToneEngine()):  # ... which systemd starts
-        await trio.to_thread.run_sync(thread.join, 5)
-        assert len(got) == 1 and len(got[0]) > 0
-    remote._reconnect_wait_s = 0.3  # (none comes now)
-    with pytest.raises(ModelGoneError, match="no model process at"):
-        await trio.to_thread.run_sync(voice.synthesize, "Nobody there.")
-    os.unlink(path)
-    async with model_process(path, ToneEngine()):
-        assert len(await trio.to_thread.run_sync(voice.synthesize, "Back again.")) > 0
-    remote.close()
-
-
 async def test_garbage_on_one_connection_drops_it_and_no_other(path: str) -> None:
     async with model_process(path, ToneEngine()):
         remote = await trio.to_thread.run_sync(RemoteEngine, path)
@@ -317,166 +272,7 @@ async def test_a_model_process_restart_ends_the_sessions_speaking_and_no_other(p
     assert reached_the_end
 
 
-class _Heard(ToneEngine):
-    """The tone engine, noting every text it is asked to speak (test double)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.texts: list[str] = []
-
-    def open_voice(self, name: str) -> object:  # type: ignore[override]
-        tone, texts = super().open_voice(name), self.texts
-
-        class Noted:
-            sample_rate_hz = tone.sample_rate_hz
-
-            def synthesize(self, text: str) -> FloatAudio:
-                texts.append(text)
-                return tone.synthesize(text)
-
-        noted = Noted()
-        noted.name = tone.name  # type: ignore[attr-defined]
-        return noted
-
-
-@asynccontextmanager
-async def serving(path: str, engine: object) -> AsyncIterator[ModelServer]:
-    """A model server of `engine` at `path` (its `leave` as SIGTERM calls it)."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.bind(path)
-    sock.listen()
-    try:
-        async with trio.open_nursery() as nursery:
-            yield await nursery.start(serve_model, engine, [sock])
-            nursery.cancel_scope.cancel()
-    finally:
-        sock.close()
-
-
-async def test_a_model_process_that_leaves_finishes_the_utterances_begun_there(path: str) -> None:
-    old_engine, new_engine = _Heard(), _Heard()
-    async with serving(path, old_engine) as old:
-        remote = await trio.to_thread.run_sync(lambda: RemoteEngine(path, reconnect_wait_s=10))
-        voice = await trio.to_thread.run_sync(remote.open_voice, "sine")
-        begun, unused = voice.for_utterance(), voice.for_utterance()  # type: ignore[attr-defined]
-        await trio.to_thread.run_sync(begun.synthesize, "First piece.")
-        link = remote._link
-        assert link is not None
-        old.leave()  # SIGTERM
-        os.unlink(path)  # (as the model process does: the next one will listen there)
-        await until(lambda: link.leaving)
-        await trio.to_thread.run_sync(begun.synthesize, "Second piece.")  # still the old one's
-        assert old_engine.texts == ["First piece.", "Second piece."]
-        fresh = voice.for_utterance()  # type: ignore[attr-defined]
-        later: list[FloatAudio] = []
-        asked = threading.Thread(target=lambda: later.append(fresh.synthesize("New one.")))
-        asked.start()  # a new utterance: it waits for the next model process
-        await trio.sleep(0.3)
-        assert not later and old.connected == 1 and link.alive  # `begun` still holds it
-        async with serving(path, new_engine):
-            await trio.to_thread.run_sync(asked.join, 5)
-            assert len(later) == 1 and len(later[0]) > 0 and new_engine.texts == ["New one."]
-            unused.release()
-            assert link.alive  # (one that never spoke held nothing)
-            begun.release()  # the utterance ended: the old model process may go
-            await until(lambda: old.connected == 0)
-            assert not link.alive and old_engine.texts == ["First piece.", "Second piece."]
-            fresh.release()
-            remote.close()
-
-
-async def test_an_utterance_whose_model_process_died_between_pieces_goes_on_with_the_next(
-    path: str,
-) -> None:
-    async with model_process(path, ToneEngine()) as scope:
-        remote = await trio.to_thread.run_sync(lambda: RemoteEngine(path, reconnect_wait_s=10))
-        voice = await trio.to_thread.run_sync(remote.open_voice, "sine")
-        utterance = voice.for_utterance()  # type: ignore[attr-defined]
-        await trio.to_thread.run_sync(utterance.synthesize, "First piece.")
-        first = remote._link
-        scope.cancel()  # it dies between two pieces
-    assert first is not None
-    await until(lambda: not first.alive)
-    os.unlink(path)
-    async with model_process(path, ToneEngine()):  # systemd restarted it
-        audio = await trio.to_thread.run_sync(utterance.synthesize, "Second piece.")
-        assert len(audio) > 0 and remote._link is not first
-        utterance.release()
-        remote.close()
-
-
-async def test_a_daemon_with_nothing_under_way_lets_a_leaving_model_process_go_at_once(
-    path: str,
-) -> None:
-    async with serving(path, ToneEngine()) as old:
-        remote = await trio.to_thread.run_sync(RemoteEngine, path)
-        await trio.to_thread.run_sync(remote.open_voice, "sine")
-        assert old.connected == 1
-        old.leave()
-        with trio.fail_after(5):
-            await old.all_gone()
-        assert old.connected == 0
-        await until(lambda: remote._link is not None and not remote._link.alive)
-        remote.close()
-
-
-async def test_a_request_that_finds_its_link_just_closed_by_leaving_goes_on_the_next(
-    path: str,
-) -> None:
-    """The race of `_current` handing out the link and a `Leaving` closing it, idle, before
-    the request begins on it: the request goes on the next link (played here by handing the
-    closed link out once)."""
-    async with serving(path, ToneEngine()) as old:
-        remote = await trio.to_thread.run_sync(lambda: RemoteEngine(path, reconnect_wait_s=10))
-        stale = remote._link
-        assert stale is not None
-        old.leave()
-        os.unlink(path)
-        with trio.fail_after(5):
-            await old.all_gone()
-        await until(lambda: not stale.alive)
-    async with serving(path, ToneEngine()):
-        handed, current = [stale], remote._current
-        remote._current = lambda: handed.pop() if handed else current()  # type: ignore[method-assign]
-        voice = await trio.to_thread.run_sync(remote.open_voice, "sine")
-        assert not handed and voice.name == "sine"
-        remote.close()
-
-
-async def test_a_text_the_wire_cannot_take_fails_alone_and_leaves_nothing_waiting(
-    path: str,
-) -> None:
-    async with serving(path, ToneEngine()) as old:
-        remote = await trio.to_thread.run_sync(RemoteEngine, path)
-        voice = await trio.to_thread.run_sync(remote.open_voice, "sine")
-        with pytest.raises(EngineError, match="cannot ask the model process"):
-            await trio.to_thread.run_sync(voice.synthesize, "x" * (wire.MAX_TEXT_BYTES + 1))
-        old.leave()
-        with trio.fail_after(5):
-            await old.all_gone()  # no request was left waiting: the daemon let it go
-        remote.close()
-
-
-async def test_a_call_with_no_model_process_waits_for_the_next_one(path: str) -> None:
-    async with serving(path, ToneEngine()) as old:
-        remote = await trio.to_thread.run_sync(lambda: RemoteEngine(path, reconnect_wait_s=10))
-        voice = await trio.to_thread.run_sync(remote.open_voice, "sine")
-        old.leave()
-        os.unlink(path)
-        with trio.fail_after(5):
-            await old.all_gone()  # (nothing under way: the daemon lets it go at once)
-    got: list[FloatAudio] = []
-    waiting = threading.Thread(target=lambda: got.append(voice.synthesize("Wait for it.")))
-    waiting.start()
-    await trio.sleep(0.3)  # nobody listens: it tries again
-    assert not got
-    async with serving(path, ToneEngine()):  # systemd started the next one
-        await trio.to_thread.run_sync(waiting.join, 5)
-        assert len(got) == 1 and len(got[0]) > 0
-    remote.close()
-
-
-class _Eager(ToneEngine):
+class EagerEngine(ToneEngine):
     """A voice "eager" that fails when called, before any chunk (as a phonemizer does), and
     one "slow" whose pieces take longer than the daemon waits (test doubles)."""
 
@@ -514,7 +310,7 @@ class _Eager(ToneEngine):
 
 
 async def test_an_engine_that_fails_when_called_fails_that_request_only(path: str) -> None:
-    async with model_process(path, _Eager(threading.Event())):
+    async with model_process(path, EagerEngine(threading.Event())):
         remote = await trio.to_thread.run_sync(RemoteEngine, path)
         link = remote._link
         eager = await trio.to_thread.run_sync(remote.open_voice, "eager")
@@ -528,7 +324,7 @@ async def test_an_engine_that_fails_when_called_fails_that_request_only(path: st
 
 async def test_a_request_not_answered_in_time_fails_alone_and_is_stopped(path: str) -> None:
     release = threading.Event()
-    async with model_process(path, _Eager(release)):
+    async with model_process(path, EagerEngine(release)):
         remote = await trio.to_thread.run_sync(lambda: RemoteEngine(path, reply_timeout_s=0.3))
         link = remote._link
         slow = await trio.to_thread.run_sync(remote.open_voice, "slow")

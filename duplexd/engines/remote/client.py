@@ -13,15 +13,17 @@ the connection its first piece went on (`RemoteVoice.for_utterance`, which the d
 producer takes), so the utterances in progress finish there, while new ones go on a new
 connection; the old one is closed once no utterance holds it and no request waits on it, and
 the model process exits when its daemons have all closed theirs. A new connection is tried
-again every `RECONNECT_INTERVAL_S` for up to `reconnect_wait_s` (the reply timeout by default):
+again every `RECONNECT_INTERVAL_S` for up to `reconnect_wait_s` (`[engine] model_wait_s`, 60 s):
 the next model process comes up only once the last one has gone (systemd's restart), so a new
-utterance waits through a restart instead of failing.
+utterance waits through a restart that fits in that time (the longest utterance in progress,
+up to the model process's drain timeout, plus its load) instead of failing.
 
 When the model process goes away at once (a crash, its drain time up), a request that had no
-answer yet is asked again of the next model process (nothing of it was used; an utterance whose
-link was lost goes on with the next one), and one that was part way through (a piece some of
-whose chunks came) fails with `ModelGoneError` (an `EngineError`; the daemon ends the session
-whose utterance it was, with INTERNAL and what to do: `_server/ending.py`; the others stay).
+answer yet is asked again, once, of the next model process (nothing of it was used; an
+utterance whose link was lost goes on with the next one), and one that was part way through
+(a piece some of whose chunks came) fails with `ModelGoneError` (an `EngineError`; the daemon
+ends the session whose utterance it was, with INTERNAL and what to do: `_server/ending.py`;
+the others stay).
 A request the model process does not answer within `reply_timeout_s` fails alone, with
 `ModelGoneError`, and is stopped there; the connection stays.
 
@@ -55,11 +57,22 @@ REPLY_TIMEOUT_S: Final = 30.0  # a request the model process does not answer thi
 SEND_TIMEOUT_S: Final = 30.0  # a model process that reads nothing this long is gone
 CHECK_TIMEOUT_S: Final = 1.0  # `check_model_process`: connecting, and its answer
 RECONNECT_INTERVAL_S: Final = 0.05  # no model process to connect to: try again this often
-_FIRST_ANSWER_TRIES: Final = 3  # a request lost before any answer: asked of this many links
+MODEL_WAIT_S: Final = 60.0  # ... for up to this long (`[engine] model_wait_s`)
+# a request lost before any answer is asked once more, of the next link: not again, so a text
+# that itself kills the model process (a crash in its native code) takes down two at most
+_FIRST_ANSWER_TRIES: Final = 2
 
 
 class ModelGoneError(EngineUnavailableError):
     """The model process cannot be reached or went away (one line: what to do)."""
+
+
+class _LinkLost(ModelGoneError):
+    """The link failed as a request began on it: nothing of the request was sent."""
+
+
+class _NoAnswer(ModelGoneError):
+    """The link is up but the model process did not answer a request in time."""
 
 
 class _Link:
@@ -93,6 +106,8 @@ class _Link:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, wire.timeval(SEND_TIMEOUT_S))
         self._reader = threading.Thread(target=self._read, name="duplexd-model-link", daemon=True)
         self._reader.start()
+        if self.leaving:  # (told in its greeting: nothing will hold it)
+            self._close_if_done()
 
     def _first_hello(self) -> dict[str, Any]:
         pending: list[wire.Message] = []
@@ -249,7 +264,7 @@ class _Link:
                 "model process did not answer",
                 extra={"socket": self.path, "request": request, "timeout_s": timeout_s},
             )
-            raise ModelGoneError(
+            raise _NoAnswer(
                 f"the model process at {self.path} did not answer in {timeout_s:g} s"
             ) from None
         if isinstance(got, Exception):
@@ -349,14 +364,13 @@ class RemoteEngine:
         path: str,
         *,
         reply_timeout_s: float = REPLY_TIMEOUT_S,
-        reconnect_wait_s: float | None = None,
+        reconnect_wait_s: float = MODEL_WAIT_S,
     ) -> None:
         """`reconnect_wait_s`: how long a call waits for a model process to connect to when
-        the last one has gone (default: `reply_timeout_s`); connecting here, the first time,
-        is tried once."""
+        the last one has gone; connecting here, the first time, is tried once."""
         self.path = path
         self._timeout_s = reply_timeout_s
-        self._reconnect_wait_s = reply_timeout_s if reconnect_wait_s is None else reconnect_wait_s
+        self._reconnect_wait_s = reconnect_wait_s
         self._ids = itertools.count(1)
         self._link_lock = threading.Lock()
         self._connect_lock = threading.Lock()  # one connect at a time (`_current`)
@@ -493,34 +507,41 @@ class RemoteEngine:
     def _begin(self, pin: _Pin | None) -> tuple[_Link, int, queue.SimpleQueue[Any]]:
         """A request begun on the link for it (`pin`'s utterance's, or the current one). A
         link told `Leaving` between `_current` and `begin` may have closed, idle: then on the
-        next one."""
+        next one. `_LinkLost` if the link failed meanwhile."""
         while True:
             link = self._pinned(pin) if pin is not None else self._current()
             request = self._request()
             try:
                 return link, request, link.begin(request)
-            except ModelGoneError:
-                if pin is not None or not link.leaving:
-                    raise
+            except ModelGoneError as exc:
+                if not link.leaving:
+                    raise _LinkLost(str(exc)) from None
 
     def _first_answer(
         self, pin: _Pin | None, make: Callable[[int], wire.Message]
     ) -> tuple[_Link, int, queue.SimpleQueue[Any], wire.Message]:
         """Begin the request `make(request)` and wait for its first answer. One whose link is
         lost before any answer came (its model process died, or the link closed as it began)
-        is asked again, of the next model process (`_current` waits for it): nothing of it has
-        been used. One not answered in time (the link alive) fails. The caller `end`s it."""
-        for attempt in range(_FIRST_ANSWER_TRIES):
-            link, request, box = self._begin(pin)
+        is asked again, once, of the next model process (`_current` waits for it): nothing of
+        it has been used. One not answered in time (the link alive) fails. The caller `end`s
+        it."""
+        for attempt in range(1, _FIRST_ANSWER_TRIES + 1):
+            try:
+                link, request, box = self._begin(pin)
+            except _LinkLost:  # (failed as it began: this counts as an attempt too)
+                if attempt == _FIRST_ANSWER_TRIES:
+                    raise
+                continue
             try:
                 link.send(make(request))
                 return link, request, box, link.receive(box, request)
-            except ModelGoneError:
+            except _NoAnswer:  # the link is up: the request alone fails, stopped there
+                link.send_soon(wire.Stop(request))
+                link.end(request)  # (a leaving link may close here)
+                raise
+            except ModelGoneError:  # the link was lost (or the engine closed)
                 link.end(request)
-                if link.alive:  # not answered in time: stopped there
-                    link.send_soon(wire.Stop(request))
-                    raise
-                if attempt == _FIRST_ANSWER_TRIES - 1:
+                if attempt == _FIRST_ANSWER_TRIES:
                     raise
                 log.info("model request asked again", extra={"socket": self.path})
             except BaseException:  # (a text the wire cannot take: no request is left waiting)

@@ -1,0 +1,389 @@
+"""The model process going away and coming back, as `RemoteEngine` sees it: one that leaves
+(SIGTERM, `wire.Leaving`) finishes the utterances begun on it while new ones wait for the next
+one; one that dies has the pieces it never answered asked of the next one, once; the races of a
+link closing as a request begins on it. A whole restart as systemd does it, with real
+processes: test_model_service.py; the rest of the model process: test_model_process.py."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import trio
+from test_model_process import EagerEngine, model_process
+from test_service import until
+
+from duplexd.engines.base import EngineError, FloatAudio
+from duplexd.engines.remote import ModelGoneError, RemoteEngine, wire
+from duplexd.engines.remote.server import ModelServer, serve_model
+from duplexd.engines.tone import ToneEngine
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> str:
+    return str(tmp_path / "model.sock")
+
+
+async def test_a_piece_a_dead_model_process_never_answered_is_asked_of_the_next_one(
+    path: str,
+) -> None:
+    started, release = threading.Event(), threading.Event()
+
+    class Slow(ToneEngine):  # a piece that is still being made when the model process stops
+        def open_voice(self, name: str) -> object:  # type: ignore[override]
+            voice = super().open_voice(name)
+
+            class V:
+                sample_rate_hz = voice.sample_rate_hz
+                name = voice.name
+
+                def synthesize(self, text: str) -> FloatAudio:
+                    started.set()
+                    release.wait(5)
+                    return voice.synthesize(text)
+
+            return V()
+
+    got: list[FloatAudio] = []
+    async with model_process(path, Slow()) as scope:
+        remote = await trio.to_thread.run_sync(lambda: RemoteEngine(path, reconnect_wait_s=10))
+        voice = await trio.to_thread.run_sync(remote.open_voice, "sine")
+        thread = threading.Thread(target=lambda: got.append(voice.synthesize("Cut short.")))
+        thread.start()
+        await trio.to_thread.run_sync(started.wait, 5)
+        scope.cancel()  # the model process dies (its call in the worker thread finishes)
+        release.set()
+    await trio.sleep(0.3)
+    assert not got  # nothing of it came: it waits for the next model process ...
+    os.unlink(path)
+    async with model_process(path, ToneEngine()):  # ... which systemd starts
+        await trio.to_thread.run_sync(thread.join, 5)
+        assert len(got) == 1 and len(got[0]) > 0
+    remote._reconnect_wait_s = 0.3  # (none comes now)
+    with pytest.raises(ModelGoneError, match="no model process at"):
+        await trio.to_thread.run_sync(voice.synthesize, "Nobody there.")
+    os.unlink(path)
+    async with model_process(path, ToneEngine()):
+        assert len(await trio.to_thread.run_sync(voice.synthesize, "Back again.")) > 0
+    remote.close()
+
+
+class _Heard(ToneEngine):
+    """The tone engine, noting every text it is asked to speak (test double)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.texts: list[str] = []
+
+    def open_voice(self, name: str) -> object:  # type: ignore[override]
+        tone, texts = super().open_voice(name), self.texts
+
+        class Noted:
+            sample_rate_hz = tone.sample_rate_hz
+
+            def synthesize(self, text: str) -> FloatAudio:
+                texts.append(text)
+                return tone.synthesize(text)
+
+        noted = Noted()
+        noted.name = tone.name  # type: ignore[attr-defined]
+        return noted
+
+
+@asynccontextmanager
+async def serving(path: str, engine: object) -> AsyncIterator[ModelServer]:
+    """A model server of `engine` at `path` (its `leave` as SIGTERM calls it)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(path)
+    sock.listen()
+    try:
+        async with trio.open_nursery() as nursery:
+            yield await nursery.start(serve_model, engine, [sock])
+            nursery.cancel_scope.cancel()
+    finally:
+        sock.close()
+
+
+async def test_a_model_process_that_leaves_finishes_the_utterances_begun_there(path: str) -> None:
+    old_engine, new_engine = _Heard(), _Heard()
+    async with serving(path, old_engine) as old:
+        remote = await trio.to_thread.run_sync(lambda: RemoteEngine(path, reconnect_wait_s=10))
+        voice = await trio.to_thread.run_sync(remote.open_voice, "sine")
+        begun, unused = voice.for_utterance(), voice.for_utterance()  # type: ignore[attr-defined]
+        await trio.to_thread.run_sync(begun.synthesize, "First piece.")
+        link = remote._link
+        assert link is not None
+        old.leave()  # SIGTERM
+        os.unlink(path)  # (as the model process does: the next one will listen there)
+        await until(lambda: link.leaving)
+        await trio.to_thread.run_sync(begun.synthesize, "Second piece.")  # still the old one's
+        assert old_engine.texts == ["First piece.", "Second piece."]
+        fresh = voice.for_utterance()  # type: ignore[attr-defined]
+        later: list[FloatAudio] = []
+        asked = threading.Thread(target=lambda: later.append(fresh.synthesize("New one.")))
+        asked.start()  # a new utterance: it waits for the next model process
+        await trio.sleep(0.3)
+        assert not later and old.connected == 1 and link.alive  # `begun` still holds it
+        async with serving(path, new_engine):
+            await trio.to_thread.run_sync(asked.join, 5)
+            assert len(later) == 1 and len(later[0]) > 0 and new_engine.texts == ["New one."]
+            unused.release()
+            assert link.alive  # (one that never spoke held nothing)
+            begun.release()  # the utterance ended: the old model process may go
+            await until(lambda: old.connected == 0)
+            assert not link.alive and old_engine.texts == ["First piece.", "Second piece."]
+            fresh.release()
+            remote.close()
+
+
+async def test_an_utterance_whose_model_process_died_between_pieces_goes_on_with_the_next(
+    path: str,
+) -> None:
+    async with model_process(path, ToneEngine()) as scope:
+        remote = await trio.to_thread.run_sync(lambda: RemoteEngine(path, reconnect_wait_s=10))
+        voice = await trio.to_thread.run_sync(remote.open_voice, "sine")
+        utterance = voice.for_utterance()  # type: ignore[attr-defined]
+        await trio.to_thread.run_sync(utterance.synthesize, "First piece.")
+        first = remote._link
+        scope.cancel()  # it dies between two pieces
+    assert first is not None
+    await until(lambda: not first.alive)
+    os.unlink(path)
+    async with model_process(path, ToneEngine()):  # systemd restarted it
+        audio = await trio.to_thread.run_sync(utterance.synthesize, "Second piece.")
+        assert len(audio) > 0 and remote._link is not first
+        utterance.release()
+        remote.close()
+
+
+async def test_a_daemon_with_nothing_under_way_lets_a_leaving_model_process_go_at_once(
+    path: str,
+) -> None:
+    async with serving(path, ToneEngine()) as old:
+        remote = await trio.to_thread.run_sync(RemoteEngine, path)
+        await trio.to_thread.run_sync(remote.open_voice, "sine")
+        assert old.connected == 1
+        old.leave()
+        with trio.fail_after(5):
+            await old.all_gone()
+        assert old.connected == 0
+        await until(lambda: remote._link is not None and not remote._link.alive)
+        remote.close()
+
+
+async def test_a_request_that_finds_its_link_just_closed_by_leaving_goes_on_the_next(
+    path: str,
+) -> None:
+    """The race of `_current` handing out the link and a `Leaving` closing it, idle, before
+    the request begins on it: the request goes on the next link (played here by handing the
+    closed link out once)."""
+    async with serving(path, ToneEngine()) as old:
+        remote = await trio.to_thread.run_sync(lambda: RemoteEngine(path, reconnect_wait_s=10))
+        stale = remote._link
+        assert stale is not None
+        old.leave()
+        os.unlink(path)
+        with trio.fail_after(5):
+            await old.all_gone()
+        await until(lambda: not stale.alive)
+    async with serving(path, ToneEngine()):
+        handed, current = [stale], remote._current
+        remote._current = lambda: handed.pop() if handed else current()  # type: ignore[method-assign]
+        voice = await trio.to_thread.run_sync(remote.open_voice, "sine")
+        assert not handed and voice.name == "sine"
+        remote.close()
+
+
+async def test_a_text_the_wire_cannot_take_fails_alone_and_leaves_nothing_waiting(
+    path: str,
+) -> None:
+    async with serving(path, ToneEngine()) as old:
+        remote = await trio.to_thread.run_sync(RemoteEngine, path)
+        voice = await trio.to_thread.run_sync(remote.open_voice, "sine")
+        with pytest.raises(EngineError, match="cannot ask the model process"):
+            await trio.to_thread.run_sync(voice.synthesize, "x" * (wire.MAX_TEXT_BYTES + 1))
+        old.leave()
+        with trio.fail_after(5):
+            await old.all_gone()  # no request was left waiting: the daemon let it go
+        remote.close()
+
+
+async def test_a_call_with_no_model_process_waits_for_the_next_one(path: str) -> None:
+    async with serving(path, ToneEngine()) as old:
+        remote = await trio.to_thread.run_sync(lambda: RemoteEngine(path, reconnect_wait_s=10))
+        voice = await trio.to_thread.run_sync(remote.open_voice, "sine")
+        old.leave()
+        os.unlink(path)
+        with trio.fail_after(5):
+            await old.all_gone()  # (nothing under way: the daemon lets it go at once)
+    got: list[FloatAudio] = []
+    waiting = threading.Thread(target=lambda: got.append(voice.synthesize("Wait for it.")))
+    waiting.start()
+    await trio.sleep(0.3)  # nobody listens: it tries again
+    assert not got
+    async with serving(path, ToneEngine()):  # systemd started the next one
+        await trio.to_thread.run_sync(waiting.join, 5)
+        assert len(got) == 1 and len(got[0]) > 0
+    remote.close()
+
+
+class _Deadly(ToneEngine):
+    """A voice whose every piece is still being made when the test kills the model process:
+    it notes the text, says it was `asked`, and waits for `release` (test double)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked, self.release = threading.Event(), threading.Event()
+        self.texts: list[str] = []
+
+    def open_voice(self, name: str) -> object:  # type: ignore[override]
+        tone, engine = super().open_voice(name), self
+
+        class Deadly:
+            sample_rate_hz = tone.sample_rate_hz
+
+            def synthesize(self, text: str) -> FloatAudio:
+                engine.texts.append(text)
+                engine.asked.set()
+                engine.release.wait(5)
+                return tone.synthesize(text)
+
+        deadly = Deadly()
+        deadly.name = tone.name  # type: ignore[attr-defined]
+        return deadly
+
+
+async def _dies(path: str, scope: trio.CancelScope, remote: RemoteEngine, engine: _Deadly) -> None:
+    """The model process of `scope` dies as a killed one does: no new connection reaches it
+    and nothing more comes from it (its piece is let go only once the daemon's link is lost)."""
+    link = remote._link
+    assert link is not None
+    os.unlink(path)
+    scope.cancel()
+    await until(lambda: not link.alive)
+    engine.release.set()
+
+
+async def test_a_piece_whose_model_process_dies_is_asked_of_one_more_only(path: str) -> None:
+    """A text that itself kills the model process (a crash in its native code) takes down two
+    at most: the piece is asked once more, not of every model process systemd restarts."""
+    first = _Deadly()
+    failed: list[BaseException] = []
+    async with model_process(path, first) as scope:
+        remote = await trio.to_thread.run_sync(lambda: RemoteEngine(path, reconnect_wait_s=10))
+        voice = await trio.to_thread.run_sync(remote.open_voice, "sine")
+
+        def ask() -> None:
+            try:
+                voice.synthesize("Poison.")
+            except ModelGoneError as exc:
+                failed.append(exc)
+
+        asking = threading.Thread(target=ask)
+        asking.start()
+        await trio.to_thread.run_sync(first.asked.wait, 5)
+        await _dies(path, scope, remote, first)  # making the piece
+    second = _Deadly()
+    async with model_process(path, second) as scope:  # systemd restarted it
+        await trio.to_thread.run_sync(second.asked.wait, 5)  # asked again ...
+        await _dies(path, scope, remote, second)  # ... and it dies too
+    await trio.to_thread.run_sync(asking.join, 5)
+    assert not asking.is_alive(), "it waits for a third model process"
+    assert len(failed) == 1 and "went away" in str(failed[0])
+    assert first.texts == second.texts == ["Poison."]
+    remote.close()
+
+
+async def test_a_request_not_answered_in_time_on_a_leaving_link_is_not_asked_again(
+    path: str,
+) -> None:
+    """A timeout is the request's own failure even when ending it closes its link (the model
+    process is leaving and nothing else holds the link): not a lost link to ask again."""
+    release = threading.Event()
+    failed: list[BaseException] = []
+    async with serving(path, EagerEngine(release)) as old:
+        remote = await trio.to_thread.run_sync(
+            lambda: RemoteEngine(path, reply_timeout_s=0.5, reconnect_wait_s=10)
+        )
+        slow = await trio.to_thread.run_sync(remote.open_voice, "slow")
+
+        def ask() -> None:
+            try:
+                slow.synthesize("Too slow.")
+            except ModelGoneError as exc:
+                failed.append(exc)
+
+        asking = threading.Thread(target=ask)
+        asking.start()
+        await trio.sleep(0.1)  # asked, not answered yet
+        old.leave()  # SIGTERM
+        os.unlink(path)
+        await trio.to_thread.run_sync(asking.join, 5)
+        assert not asking.is_alive(), "it waits to ask the next model process"
+        assert len(failed) == 1 and "did not answer in 0.5 s" in str(failed[0])
+        release.set()
+        with trio.fail_after(5):
+            await old.all_gone()  # the daemon let the leaving model process go
+        remote.close()
+
+
+def test_a_link_told_leaving_in_its_greeting_is_closed_at_once(path: str) -> None:
+    """A model process that accepted the connection as it began to leave greets with `Hello`
+    and `Leaving` together: nothing will ever hold that link, so it closes at once instead of
+    keeping the old model process for its whole drain."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen()
+    info = {"name": "tone", "device": "cpu", "default_voice": "sine", "voices": ["sine"]}
+    closed = threading.Event()
+
+    def leaving_model_process() -> None:  # (a peer that plays the race: test double)
+        conn, _ = listener.accept()
+        with conn:
+            conn.sendall(wire.encode(wire.Hello(info)) + wire.encode(wire.Leaving()))
+            conn.settimeout(2)
+            if conn.recv(1) == b"":
+                closed.set()
+
+    peer = threading.Thread(target=leaving_model_process)
+    peer.start()
+    try:
+        remote = RemoteEngine(path, reconnect_wait_s=0.1)
+        peer.join(5)
+        assert closed.is_set() and remote._link is not None and not remote._link.alive
+        assert remote.default_voice == "sine"  # (its hello is still the engine's)
+        remote.close()
+    finally:
+        listener.close()
+
+
+async def test_an_utterance_whose_link_dies_as_its_piece_begins_goes_on_with_the_next(
+    path: str,
+) -> None:
+    """The race of the utterance's link being handed out and its model process dying before
+    the piece begins on it (played by handing the dead link out once): nothing was sent, so the
+    piece goes on the next model process."""
+    async with model_process(path, ToneEngine()) as scope:
+        remote = await trio.to_thread.run_sync(lambda: RemoteEngine(path, reconnect_wait_s=10))
+        voice = await trio.to_thread.run_sync(remote.open_voice, "sine")
+        utterance = voice.for_utterance()  # type: ignore[attr-defined]
+        await trio.to_thread.run_sync(utterance.synthesize, "First piece.")
+        first = remote._link
+        scope.cancel()
+    assert first is not None
+    await until(lambda: not first.alive)
+    os.unlink(path)
+    async with model_process(path, ToneEngine()):
+        handed, pinned = [first], remote._pinned
+        remote._pinned = lambda pin: handed.pop() if handed else pinned(pin)  # type: ignore[method-assign]
+        audio = await trio.to_thread.run_sync(utterance.synthesize, "Second piece.")
+        assert len(audio) > 0 and not handed and remote._link is not first
+        utterance.release()
+        remote.close()
