@@ -88,6 +88,9 @@ class EngineSettings:
     # a model process's Unix socket (`duplexd serve-model` listens there): `serve` uses its
     # engine instead of loading one (the workers of a GPU host share one model); "" = load here
     model_socket: str = ""
+    # a new utterance waits this long for a model process to connect to (a restart of it: the
+    # longest utterance in progress, up to its drain_timeout_s, plus the model's load)
+    model_wait_s: float = 60.0
 
 
 def _check_limits(limits: SessionLimits) -> None:
@@ -441,6 +444,8 @@ def _validate(s: Settings) -> None:
         raise bad(
             "engine.model_socket", f"must be an absolute path of <= 107 bytes, got {socket_path!r}"
         )
+    if not s.engine.model_wait_s > 0:
+        raise bad("engine.model_wait_s", f"must be > 0, got {s.engine.model_wait_s}")
     which = s.trace.sessions.strip().lower()
     if which not in ("first", "all") and not (which.isdigit() and int(which) >= 1):
         raise bad("trace.sessions", f"must be first, all or N >= 1, got {s.trace.sessions!r}")

@@ -357,7 +357,7 @@ class Service:
                 engine = load_local_engine(e, self._engine_options)
             else:  # the model process's engine: its name, device, voices
                 try:
-                    engine = RemoteEngine(e.model_socket)
+                    engine = RemoteEngine(e.model_socket, reconnect_wait_s=e.model_wait_s)
                     engine.open_voice(e.voice or engine.default_voice)
                 except EngineError as exc:
                     raise StartupError(str(exc.args[0] if exc.args else exc)) from None
