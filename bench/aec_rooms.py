@@ -85,17 +85,20 @@ def replay(
     jitter_ms: float = 0.0,
     seed: int = 0,
     mic_rate_hz: int = RATE,
+    noise_suppression: str = "off",
 ) -> tuple[Uplink, list, float]:
     """The uplink of one session fed `mic` (at `mic_rate_hz`: 16 or 48 kHz AudioUp) while it
     sends `agent`: (uplink, [(frame index, event)], worker CPU seconds). `jitter_ms`: each
     uplink frame arrives that much later on average (exponentially distributed, in order), as
-    over a busy network."""
+    over a busy network. `noise_suppression`: the session option `vad.noise_suppression`."""
     up_frame = mic_rate_hz * FRAME // RATE
     rng = np.random.default_rng(seed)
     late = rng.exponential(jitter_ms / 1000, len(mic) // up_frame) if jitter_ms else None
 
     async def run() -> tuple[Uplink, list, float]:
-        vad = VadOptions(barge_in=True, echo_cancel=echo_cancel)
+        vad = VadOptions(
+            barge_in=True, echo_cancel=echo_cancel, noise_suppression=noise_suppression
+        )
         if ECHO_THRESHOLD is not None:
             vad = dataclasses.replace(vad, echo_threshold=ECHO_THRESHOLD)
         uplink = Uplink(

@@ -180,9 +180,13 @@ def check_interrupted(arrivals: list[tuple[float, Any]], uid: int) -> fr.Interru
     return inter
 
 
-@pytest.mark.parametrize("echo_cancel", [True, False], ids=["echo_cancel", "no_echo_cancel"])
+@pytest.mark.parametrize(
+    ("echo_cancel", "noise_suppression"),
+    [(True, "off"), (False, "off"), (True, "high")],
+    ids=["echo_cancel", "no_echo_cancel", "echo_cancel_noise_suppression"],
+)
 async def test_vad_barge_in_latency(
-    autojump_clock: trio.testing.MockClock, echo_cancel: bool
+    autojump_clock: trio.testing.MockClock, echo_cancel: bool, noise_suppression: str
 ) -> None:
     from bench.speech import clip, engine, onset
 
@@ -194,7 +198,9 @@ async def test_vad_barge_in_latency(
         client = Client()
         client.downlink_rate = 48_000
         async with session_over(
-            pair.client, hello(downlink=48_000, echo_cancel=echo_cancel), on_frame=client.on_frame
+            pair.client,
+            hello(downlink=48_000, echo_cancel=echo_cancel, noise_suppression=noise_suppression),
+            on_frame=client.on_frame,
         ) as session:
             assert session.uplink_rate_hz == 16_000
             client.t0 = trio.current_time()

@@ -7,7 +7,9 @@ uplink offload (`UplinkServices.offload`: one of the daemon's uplink worker thre
 onnxruntime and numpy release the GIL), where
 
     s16le at the uplink rate -> float -> 16 kHz (Decimator when the uplink is 48 kHz)
-    -> echo removed (EchoCanceller: AEC3, when audio was sent recently) -> 512-sample windows
+    -> echo removed (EchoCanceller: AEC3, when audio was sent recently)
+    -> steady noise suppressed (Denoiser: WebRTC NS, with `vad.noise_suppression`)
+    -> 512-sample windows
     -> silero-vad probability -> SpeechDetector -> events
 
 and then delivers the events on the trio thread.
@@ -68,6 +70,7 @@ from ..protocol import frames as fr
 from ..protocol.codec import AUDIO_HEADER, RemoteProtocolError, iter_frames
 from ..protocol.options import SessionOptions
 from .counters import UplinkCounters
+from .denoise import Denoiser
 from .echo import EchoCanceller
 from .ends import AHEAD, EndCheck, EndOfTurn
 from .quiet import QuietTracker
@@ -158,6 +161,8 @@ class Uplink:
         self._soft = SoftBargeIn(vad, transcripts=transcriber is not None) if soft else None
         now = trio.current_time()
         self._echo = EchoCanceller(t0=now) if vad.echo_cancel else None
+        ns = vad.noise_suppression
+        self._denoiser = Denoiser(ns) if ns != "off" else None
         # 48 kHz AudioUp to 16 kHz as it comes (soxr's stream held 6-37 ms back: the VAD heard
         # the user that much later); its filter's delay dropped from the stream's start, so
         # 16 kHz sample j is uplink sample j x scale
@@ -358,6 +363,10 @@ class Uplink:
             t0 = time.thread_time()
             self._echo.note_uplink(now, self._produced)
             samples = self._echo.process(samples)  # (up to 10 ms + 8 ms later: AEC3's frames)
+            self.counters.vad_s += time.thread_time() - t0
+        if self._denoiser is not None:
+            t0 = time.thread_time()
+            samples = self._denoiser.process(samples)  # (up to 10 ms + 6 ms later)
             self.counters.vad_s += time.thread_time() - t0
         pending = np.concatenate((self._pending, samples)) if len(self._pending) else samples
         i = 0

@@ -29,6 +29,7 @@ import numpy as np
 import trio
 
 from ..protocol import frames as fr
+from ..protocol.options import NOISE_SUPPRESSION
 from .agent import DemoResponder, LLMError, OpenAIResponder, Responder
 from .connect import (
     ConnectArgsError,
@@ -66,6 +67,12 @@ def add_chat_arguments(p: argparse.ArgumentParser, default_url: str) -> None:
         "--soft-barge-in",
         action="store_true",
         help='hold the reply when you make a sound; go on after "mhm", a cough or a "yeah"',
+    )
+    p.add_argument(
+        "--noise-suppression",
+        choices=NOISE_SUPPRESSION,
+        default="off",
+        help="take a steady noise (a fan, a car, hiss) out of your microphone on the server",
     )
     p.add_argument("--max-turns", type=int, default=0, help="quit after N replies (0: never)")
     p.add_argument("--timeout", type=float, default=0.0, help="quit after S seconds (0: never)")
@@ -243,6 +250,7 @@ class Chat:
                 "threshold": a.vad_threshold,
                 "barge_in": not a.no_barge_in,
                 "barge_in_mode": mode,
+                "noise_suppression": a.noise_suppression,
             }
         }
         async with open_session(

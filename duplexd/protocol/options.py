@@ -35,6 +35,8 @@ DEFAULT_BACKCHANNELS: Final = (
     "it", "cool", "nice", "wow", "true", "exactly",
 )  # fmt: skip
 BARGE_IN_MODES: Final = ("immediate", "soft")
+# WebRTC's noise suppression levels: 6, 12, 18 and 21 dB of noise reduction (SPEC §4.6.1)
+NOISE_SUPPRESSION: Final = ("off", "low", "moderate", "high", "very_high")
 MAX_BACKCHANNELS: Final = 64
 MAX_BACKCHANNEL_CHARS: Final = 32
 
@@ -67,6 +69,9 @@ class VadOptions:
     backchannels: tuple[str, ...] = DEFAULT_BACKCHANNELS  # soft: words that do not interrupt
     echo_cancel: bool = True  # remove the downlink's echo from the uplink before the VAD
     echo_threshold: float = 0.7  # barge-in needs this probability while echo is possible
+    # suppress steady noise in the uplink after the echo (WebRTC NS), before the VAD: "off", or
+    # a level of NOISE_SUPPRESSION
+    noise_suppression: str = "off"
     max_turn_s: float = 30.0  # a longer turn is transcribed in pieces of this length
 
     @property
@@ -156,7 +161,10 @@ _RANGES: Final[dict[str, tuple[float, float]]] = {
     "soft_silence_ms": (32.0, 5000.0),
     "soft_window_ms": (100.0, 10_000.0),
 }
-_CHOICES: Final[dict[str, tuple[str, ...]]] = {"barge_in_mode": BARGE_IN_MODES}
+_CHOICES: Final[dict[str, tuple[str, ...]]] = {
+    "barge_in_mode": BARGE_IN_MODES,
+    "noise_suppression": NOISE_SUPPRESSION,
+}
 
 
 def _not_json(constant: str) -> None:

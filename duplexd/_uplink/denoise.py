@@ -1,0 +1,64 @@
+"""Noise suppression for the uplink (`vad.noise_suppression`): WebRTC's NS, after the echo
+canceller and before the VAD, the turn model and the transcripts, as WebRTC's audio processing
+runs them.
+
+The suppressor (`pywebrtc_audio.NoiseSuppressor`, the one Chrome runs on a microphone: a
+Wiener filter driven by its own speech/noise estimate) takes the levels Chrome offers, 6, 12,
+18 and 21 dB of noise reduction (`LEVELS`). It works on whole 10 ms frames and answers
+`NS_LATENCY_SAMPLES` (6 ms) late: `process` keeps whole frames (a remainder waits for the next
+call) and drops the lateness from the stream's start, so output sample `k` is input sample `k`
+and every position the session reports stays exact (the output runs 6-16 ms behind the
+input). Its cost is 15-30 us of CPU per 20 ms (`python -m bench.noise`: ~0.14 % of a core).
+
+What it is for, and what not (measured, bench/results/README.md "Noise suppression"): hiss
+and a fan's broadband noise at 5 dB SNR or worse, where it brings Whisper's errors down; a
+rumble or a hum Whisper ignores anyway; it cannot take out other voices, and its stronger
+levels cost words among them (so it is off unless the session asks).
+
+One instance per session; not thread-safe (the session's uplink worker calls it).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+import pywebrtc_audio
+
+FloatArray = npt.NDArray[np.float32]
+
+RATE_HZ: Final = 16_000
+NS_FRAME_SAMPLES: Final = 160  # WebRTC's 10 ms frame at 16 kHz
+NS_LATENCY_SAMPLES: Final = 96  # the suppressor's output is this late (tests/test_denoise.py)
+# `vad.noise_suppression` -> WebRTC's level (kLow .. kVeryHigh: 6, 12, 18, 21 dB)
+# (protocol.options.NOISE_SUPPRESSION: "off" and these)
+LEVELS: Final = {"low": 0, "moderate": 1, "high": 2, "very_high": 3}
+
+
+class Denoiser:
+    """WebRTC NS on a 16 kHz mono stream, sample-aligned with its input (see the module)."""
+
+    def __init__(self, level: str) -> None:
+        if level not in LEVELS:
+            raise ValueError(f"noise suppression level must be one of {', '.join(LEVELS)}")
+        self._ns = pywebrtc_audio.NoiseSuppressor(RATE_HZ, 1, LEVELS[level])
+        self._pending = np.zeros(0, dtype=np.float32)
+        self._skip = NS_LATENCY_SAMPLES  # output still to drop: the suppressor's lateness
+
+    def process(self, samples: FloatArray) -> FloatArray:
+        """The next samples of the stream, noise suppressed: as many as the whole frames
+        given so far allow (none to `NS_FRAME_SAMPLES` + `NS_LATENCY_SAMPLES` fewer than
+        given, in all)."""
+        if len(self._pending):
+            samples = np.concatenate((self._pending, samples))
+        whole = len(samples) - len(samples) % NS_FRAME_SAMPLES
+        self._pending = samples[whole:].copy()
+        if not whole:
+            return np.zeros(0, dtype=np.float32)
+        frames: FloatArray = np.ascontiguousarray(samples[:whole], dtype=np.float32)
+        out = np.asarray(self._ns.process(frames), dtype=np.float32)  # (no copy: float32 in)
+        if self._skip:
+            k = min(self._skip, len(out))
+            out, self._skip = out[k:], self._skip - k
+        return out
