@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -461,3 +462,23 @@ def test_the_turn_bench_counts_the_words_its_transcripts_lost() -> None:
     assert missed_words("Can you remind me to call my mother?", ["You remind me to call."]) == 3
     think = "Let me think, maybe the blue one."
     assert missed_words(think, ["Let me think.", "", "The blue one."]) == 1
+
+
+@pytest.mark.integration
+def test_the_noise_bench_measures_the_suppressor_against_none(tmp_path: Path) -> None:
+    from bench.noise import NOISES, main, make_noise
+
+    out = tmp_path / "noise.json"
+    main(["--noises", "pink", "--snrs", "10", "--levels", "off,high", "--cache", str(tmp_path),
+          "--json", str(out), "--md", str(tmp_path / "noise.md")])  # fmt: skip
+    off, high = json.loads(out.read_text())["rows"]
+    assert (off["level"], high["level"]) == ("off", "high")
+    assert abs(off["noise_out_db"]) < 0.5 and high["noise_out_db"] > 12.0
+    for row in (off, high):  # the voice is heard and its words kept (measured: 1.8 % both)
+        assert row["missed"] == row["false_starts"] == 0 and row["wer"] < 15.0
+        assert len(row["heard"]) == 6 and row["cpu_percent"] > 0
+    assert (tmp_path / "noise.md").read_text().count("| pink | 10 |") == 2
+    for kind in NOISES:  # every noise comes at unit level
+        assert abs(float(np.sqrt(np.mean(make_noise(kind, 16_000, tmp_path) ** 2))) - 1) < 1e-3
+    with pytest.raises(ValueError, match="unknown noise 'rain'"):
+        make_noise("rain", 16_000, tmp_path)
