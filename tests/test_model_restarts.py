@@ -20,6 +20,7 @@ from test_service import until
 
 from duplexd.engines.base import EngineError, FloatAudio
 from duplexd.engines.remote import ModelGoneError, RemoteEngine, wire
+from duplexd.engines.remote.client import RemoteVoice
 from duplexd.engines.remote.server import ModelServer, serve_model
 from duplexd.engines.tone import ToneEngine
 
@@ -260,6 +261,22 @@ class _Deadly(ToneEngine):
         return deadly
 
 
+def _asking(voice: RemoteVoice, text: str) -> tuple[threading.Thread, list[ModelGoneError]]:
+    """`voice` asked to speak `text` in a thread of its own (as a worker thread would), and
+    the ModelGoneError it ends with, once it has."""
+    failed: list[ModelGoneError] = []
+
+    def ask() -> None:
+        try:
+            voice.synthesize(text)
+        except ModelGoneError as exc:
+            failed.append(exc)
+
+    asking = threading.Thread(target=ask)
+    asking.start()
+    return asking, failed
+
+
 async def _dies(path: str, scope: trio.CancelScope, remote: RemoteEngine, engine: _Deadly) -> None:
     """The model process of `scope` dies as a killed one does: no new connection reaches it
     and nothing more comes from it (its piece is let go only once the daemon's link is lost)."""
@@ -275,19 +292,10 @@ async def test_a_piece_whose_model_process_dies_is_asked_of_one_more_only(path: 
     """A text that itself kills the model process (a crash in its native code) takes down two
     at most: the piece is asked once more, not of every model process systemd restarts."""
     first = _Deadly()
-    failed: list[BaseException] = []
     async with model_process(path, first) as scope:
         remote = await trio.to_thread.run_sync(lambda: RemoteEngine(path, reconnect_wait_s=10))
         voice = await trio.to_thread.run_sync(remote.open_voice, "sine")
-
-        def ask() -> None:
-            try:
-                voice.synthesize("Poison.")
-            except ModelGoneError as exc:
-                failed.append(exc)
-
-        asking = threading.Thread(target=ask)
-        asking.start()
+        asking, failed = _asking(voice, "Poison.")
         await trio.to_thread.run_sync(first.asked.wait, 5)
         await _dies(path, scope, remote, first)  # making the piece
     second = _Deadly()
@@ -307,21 +315,12 @@ async def test_a_request_not_answered_in_time_on_a_leaving_link_is_not_asked_aga
     """A timeout is the request's own failure even when ending it closes its link (the model
     process is leaving and nothing else holds the link): not a lost link to ask again."""
     release = threading.Event()
-    failed: list[BaseException] = []
     async with serving(path, EagerEngine(release)) as old:
         remote = await trio.to_thread.run_sync(
             lambda: RemoteEngine(path, reply_timeout_s=0.5, reconnect_wait_s=10)
         )
         slow = await trio.to_thread.run_sync(remote.open_voice, "slow")
-
-        def ask() -> None:
-            try:
-                slow.synthesize("Too slow.")
-            except ModelGoneError as exc:
-                failed.append(exc)
-
-        asking = threading.Thread(target=ask)
-        asking.start()
+        asking, failed = _asking(slow, "Too slow.")
         await trio.sleep(0.1)  # asked, not answered yet
         old.leave()  # SIGTERM
         os.unlink(path)
