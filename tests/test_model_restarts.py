@@ -35,35 +35,17 @@ def path(tmp_path: Path) -> str:
 async def test_a_piece_a_dead_model_process_never_answered_is_asked_of_the_next_one(
     path: str,
 ) -> None:
-    started, release = threading.Event(), threading.Event()
-
-    class Slow(ToneEngine):  # a piece that is still being made when the model process stops
-        def open_voice(self, name: str) -> object:  # type: ignore[override]
-            voice = super().open_voice(name)
-
-            class V:
-                sample_rate_hz = voice.sample_rate_hz
-                name = voice.name
-
-                def synthesize(self, text: str) -> FloatAudio:
-                    started.set()
-                    release.wait(5)
-                    return voice.synthesize(text)
-
-            return V()
-
+    dying = _Deadly()  # a piece that is still being made when the model process dies
     got: list[FloatAudio] = []
-    async with model_process(path, Slow()) as scope:
+    async with model_process(path, dying) as scope:
         remote = await trio.to_thread.run_sync(lambda: RemoteEngine(path, reconnect_wait_s=10))
         voice = await trio.to_thread.run_sync(remote.open_voice, "sine")
         thread = threading.Thread(target=lambda: got.append(voice.synthesize("Cut short.")))
         thread.start()
-        await trio.to_thread.run_sync(started.wait, 5)
-        scope.cancel()  # the model process dies (its call in the worker thread finishes)
-        release.set()
+        await trio.to_thread.run_sync(dying.asked.wait, 5)
+        await _dies(path, scope, remote, dying)
     await trio.sleep(0.3)
     assert not got  # nothing of it came: it waits for the next model process ...
-    os.unlink(path)
     async with model_process(path, ToneEngine()):  # ... which systemd starts
         await trio.to_thread.run_sync(thread.join, 5)
         assert len(got) == 1 and len(got[0]) > 0
@@ -74,6 +56,25 @@ async def test_a_piece_a_dead_model_process_never_answered_is_asked_of_the_next_
     async with model_process(path, ToneEngine()):
         assert len(await trio.to_thread.run_sync(voice.synthesize, "Back again.")) > 0
     remote.close()
+
+
+async def test_closing_the_engine_ends_a_wait_for_the_next_model_process(path: str) -> None:
+    """A daemon that stops while its model process is down does not wait `model_wait_s` for
+    the next one (longer than systemd's stop timeout): closing the engine ends the wait."""
+    async with serving(path, ToneEngine()) as old:
+        remote = await trio.to_thread.run_sync(lambda: RemoteEngine(path, reconnect_wait_s=60))
+        voice = await trio.to_thread.run_sync(remote.open_voice, "sine")
+        old.leave()
+        os.unlink(path)
+        with trio.fail_after(5):
+            await old.all_gone()
+    asking, failed = _asking(voice, "Nobody there yet.")
+    await trio.sleep(0.3)
+    assert asking.is_alive()  # it waits for the next model process ...
+    remote.close()  # ... until the daemon stops
+    await trio.to_thread.run_sync(asking.join, 2)
+    assert not asking.is_alive() and len(failed) == 1
+    assert str(failed[0]) == "the engine is closed"
 
 
 class _Heard(ToneEngine):
@@ -384,5 +385,10 @@ async def test_an_utterance_whose_link_dies_as_its_piece_begins_goes_on_with_the
         remote._pinned = lambda pin: handed.pop() if handed else pinned(pin)  # type: ignore[method-assign]
         audio = await trio.to_thread.run_sync(utterance.synthesize, "Second piece.")
         assert len(audio) > 0 and not handed and remote._link is not first
+        # lost as it begins on both tries: it fails (the second try was its last), saying why
+        handed += [first, first]
+        with pytest.raises(ModelGoneError, match="went away: closed the connection"):
+            await trio.to_thread.run_sync(utterance.synthesize, "Third piece.")
+        assert not handed
         utterance.release()
         remote.close()

@@ -143,6 +143,7 @@ def test_asr_trace_and_tone_options_are_settings_keys(
     [
         ("[asr]\nthreads = 0\n", "asr.threads: must be >= 1"),
         ("[engine]\nmodel_wait_s = 0\n", "engine.model_wait_s: must be > 0, got 0"),
+        ("[engine]\nmodel_wait_s = inf\n", "engine.model_wait_s: expected a finite number"),
         ("[trace]\nsessions = 'some'\n", "trace.sessions: must be first, all or N"),
         ("[engine]\ntone_compute_ms_per_char = -1.0\n", "engine.tone_compute_ms_per_char"),
         ("[server]\nchurn_per_s = -1.0\n", "server.churn_per_s: must be 0 \\(unlimited\\) or >= 1"),

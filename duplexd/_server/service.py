@@ -146,6 +146,7 @@ class Service:
         self.settings = settings
         self._engines = engines
         self._owns_engines = engines is None
+        self._remote: RemoteEngine | None = None  # the model process's engine, if it loaded one
         self._engine_options = dict(engine_options or {})
         self._uplink_services = uplink_services
         self._tracer = (
@@ -344,6 +345,8 @@ class Service:
             task_status.started(self)
             await self._stop.wait()
             await self._drain(daemon)
+            if self._remote is not None:  # a synthesis call waiting for a model process to
+                self._remote.close()  # connect to (it is down) would hold the stop up to 60 s
             nursery.cancel_scope.cancel()
 
     async def _load_engines(self) -> EngineSet:
@@ -357,7 +360,9 @@ class Service:
                 engine = load_local_engine(e, self._engine_options)
             else:  # the model process's engine: its name, device, voices
                 try:
-                    engine = RemoteEngine(e.model_socket, reconnect_wait_s=e.model_wait_s)
+                    engine = self._remote = RemoteEngine(
+                        e.model_socket, reconnect_wait_s=e.model_wait_s
+                    )
                     engine.open_voice(e.voice or engine.default_voice)
                 except EngineError as exc:
                     raise StartupError(str(exc.args[0] if exc.args else exc)) from None

@@ -98,6 +98,7 @@ class _Link:
         self._waiting: dict[int, queue.SimpleQueue[Any]] = {}
         self._lock = threading.Lock()
         self.alive = True
+        self._why = ""  # why the link closed (its errors say it)
         self.leaving = False  # the model process said `wire.Leaving`: no new utterances here
         self._pins = 0  # utterances that keep this link for their pieces (`pin`)
         self._decoder = wire.Decoder()
@@ -146,19 +147,23 @@ class _Link:
             with self._send_lock:  # (a send under way fails at once: the socket is shut down)
                 self._sock.close()  # the reader's to close: nothing uses the descriptor now
 
-    def close(self, why: str = "", *, lost: bool = True) -> None:
+    def close(self, why: str = "", *, lost: bool = True, if_idle: bool = False) -> None:
         """Drop the connection (`lost`: it failed, and the log says `why`); every waiting
-        call fails with ModelGoneError."""
+        call fails with ModelGoneError. `if_idle`: only if it is leaving and nothing holds it
+        or waits on it (checked in the same locked step that closes it)."""
         with self._lock:
             if not self.alive:
                 return
+            if if_idle and not (self.leaving and not self._pins and not self._waiting):
+                return
             self.alive = False
+            self._why = why or ("it is stopping" if if_idle else "the link was closed")
             waiting = list(self._waiting.values())
             self._waiting.clear()
         if lost:
             log.warning("model process link lost", extra={"socket": self.path, "why": why})
         for box in waiting:
-            box.put(ModelGoneError(f"the model process at {self.path} went away: {why}"))
+            box.put(self._gone())
         with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)  # the reader wakes up, ends, and closes it
         # Closed here only when no reader runs: a recv() or send() that has read the
@@ -178,10 +183,10 @@ class _Link:
     def _close_if_done(self) -> None:
         """Close a leaving link that no utterance holds and no request waits on (the model
         process exits once its daemons have all closed their links)."""
-        with self._lock:
-            done = self.leaving and self.alive and not self._pins and not self._waiting
-        if done:
-            self.close(lost=False)
+        self.close(lost=False, if_idle=True)
+
+    def _gone(self) -> ModelGoneError:
+        return ModelGoneError(f"the model process at {self.path} went away: {self._why}")
 
     def pin(self) -> bool:
         """Hold the link for an utterance's pieces (`unpin` when it ends); False if it is
@@ -201,7 +206,7 @@ class _Link:
         box: queue.SimpleQueue[Any] = queue.SimpleQueue()
         with self._lock:
             if not self.alive:
-                raise ModelGoneError(f"the model process at {self.path} went away")
+                raise self._gone()
             self._waiting[request] = box
         return box
 
@@ -222,8 +227,8 @@ class _Link:
             with self._send_lock:
                 self._sock.sendall(data)
         except OSError as exc:
-            self.close(str(exc))
-            raise ModelGoneError(f"the model process at {self.path} went away: {exc}") from None
+            self.close(str(exc))  # (no-op if the reader closed it first: its reason stands)
+            raise self._gone() from None
 
     def send_soon(self, message: wire.Message) -> None:
         """Send a small `message` without blocking the caller (a Stop from the event loop):
@@ -469,6 +474,8 @@ class RemoteEngine:
         process listens once the last one has gone). ModelGoneError if none comes."""
         deadline = time.monotonic() + self._reconnect_wait_s
         while True:
+            if self._closed:  # (the daemon is stopping: `close` ends the wait)
+                raise ModelGoneError("the engine is closed")
             wait_s = min(self._timeout_s, max(deadline - time.monotonic(), RECONNECT_INTERVAL_S))
             try:
                 link = _Link(self.path, self._timeout_s, connect_timeout_s=wait_s)
@@ -583,6 +590,8 @@ class RemoteEngine:
                 link.send_soon(wire.Stop(request))
 
     def close(self) -> None:
+        """Close the link; calls waiting on it, or waiting for a model process to connect to,
+        fail with ModelGoneError (within `RECONNECT_INTERVAL_S`). Idempotent."""
         with self._link_lock:
             self._closed = True
             link, self._link = self._link, None
