@@ -1,24 +1,25 @@
 """Noise suppression on the uplink in generated noise: `python -m bench.noise`.
 
 One session's uplink (`bench.aec_rooms.replay`: the daemon's own processing, batch by batch,
-in this thread; nobody else talking, `echo_cancel` off) hears the user say `SENTENCES` (the
-VITS voice), 1 s apart after 2 s of noise alone, over each generated noise (`NOISES`) at each
-`--snrs` (the voice's level over the speech minus the noise's), with `vad.noise_suppression`
-at each of `--levels`:
+in this thread; the echo canceller on, as by default, and idle: nothing is sent) hears the user
+say `SENTENCES` (the VITS voice), 1 s apart after 2 s of noise alone, over each generated
+noise (`NOISES`, `--seeds` of each) at each `--snrs` (the voice's level over its speech minus
+the noise's; the mix scaled down together if it would clip: `mix_gain_db`), with
+`vad.noise_suppression` at each of `--levels`. Over the seeds:
 
-- noise out: how much quieter the noise alone leaves the uplink than it came (dB; the first
-  second left out: the suppressor's first estimate);
-- voice: the level change over the speech against the clean voice (dB; the noise left in
-  counts too, upward);
+- noise out: how much quieter the noise alone leaves the uplink than it came (dB, mean; the
+  first second left out: the suppressor's first estimate);
+- voice: the level change over the speech against the clean voice (dB, mean; the noise left
+  in counts too, upward);
 - WER: Whisper tiny.en (the daemon's ASR model, offline) on each sentence cut from the
-  processed uplink (its span and 200 ms each side), over all the sentences;
-- false starts: SpeechStart events whose onset is in the noise alone (not within 300 ms of a
-  sentence);
+  processed uplink (its span and 200 ms each side), over all the sentences of all the seeds
+  (`wer_by_seed`: each seed's);
+- false starts: SpeechStart events whose onset is not within 300 ms of a sentence (from the
+  stream's first sample);
 - missed: sentences without a SpeechStart;
-- onset: SpeechStart's sample against the sentence's true onset (ms, median; the suppressor
-  itself is 6 ms late, included);
-- CPU: the uplink worker's thread time per second of audio (resampling, NS, VAD); NS's own
-  share is the difference to "off".
+- onset: SpeechStart's sample against the sentence's true onset (ms; median, and the worst);
+- CPU: the uplink worker's thread time per second of audio (the echo canceller idle, NS, the
+  VAD); NS's own share is the difference to "off".
 """
 
 from __future__ import annotations
@@ -85,13 +86,14 @@ def _clicks(total: int, rng: np.random.Generator) -> F32:
     return out.astype(np.float32)
 
 
-def _babble(total: int, cache: Path) -> F32:
-    """Four other voices talking at once (the other VITS speaker), looped."""
+def _babble(total: int, cache: Path, rng: np.random.Generator) -> F32:
+    """Four other voices talking at once (the other VITS speaker), looped, each from a point
+    of its own."""
     voices = _clips(BABBLE, cache, "noise-babble", other_speaker=True)
     out = np.zeros(total, dtype=np.float32)
-    for i, v in enumerate(voices):
-        reps = np.tile(v, total // len(v) + 2)
-        out += reps[i * RATE // 3 : i * RATE // 3 + total]
+    for v in voices:
+        at = int(rng.integers(len(v)))
+        out += np.tile(v, total // len(v) + 2)[at : at + total]
     return out
 
 
@@ -109,7 +111,7 @@ def make_noise(kind: str, total: int, cache: Path, seed: int = 0) -> F32:
         case "clicks":
             x = _clicks(total, rng)
         case "babble":
-            x = _babble(total, cache)
+            x = _babble(total, cache, rng)
         case _:
             raise ValueError(f"unknown noise {kind!r}: one of {', '.join(NOISES)}")
     return (x / _rms(x)).astype(np.float32)
@@ -145,23 +147,27 @@ def user_speech(cache: Path) -> tuple[F32, list[tuple[int, int]]]:
 
 
 def measure(speech: F32, spans: list[tuple[int, int]], noise: F32, level: str) -> dict[str, Any]:
-    """One run: `speech` + `noise` through the uplink with `vad.noise_suppression` = `level`."""
-    from bench.asr_helpers import transcribe, word_error_rate
+    """One run: `speech` + `noise` through the uplink with `vad.noise_suppression` = `level`
+    (both scaled together, if need be, so that the mix stays under full scale: the uplink's
+    s16 would clip it)."""
+    from bench.asr_helpers import transcribe
 
+    peak = float(np.max(np.abs(speech + noise)))
+    gain = min(1.0, 0.9 / peak)
+    speech, noise = speech * gain, noise * gain
     mic = speech + noise
-    uplink, events, cpu = replay(
-        np.zeros(0, np.float32), mic, echo_cancel=False, noise_suppression=level
-    )
+    uplink, events, cpu = replay(np.zeros(0, np.float32), mic, noise_suppression=level)
     out = uplink._audio(0, uplink._pos)
-    alone = np.ones(len(out), dtype=bool)
-    alone[:RATE] = False
+    assert uplink._pos == len(out) >= len(mic) - 2 * 512, "the turn ring must hold the run"
+    far = np.ones(len(out), dtype=bool)  # not a sentence, nor within NEAR of one
     for a, b in spans:
-        alone[max(0, a - NEAR) : b + NEAR] = False
+        far[max(0, a - NEAR) : b + NEAR] = False
+    alone = far.copy()
+    alone[:RATE] = False  # (the noise level: after the suppressor's first estimate)
     talk = np.zeros(len(out), dtype=bool)
     for a, b in spans:
         talk[a : min(b, len(out))] = True
     starts = [e.sample for _, e in events if isinstance(e, SpeechStart)]
-    false_starts = [s for s in starts if s < len(alone) and alone[s]]
     onsets, missed = [], 0
     for a, b in spans:
         mine = [s for s in starts if a - NEAR <= s < b]
@@ -169,16 +175,36 @@ def measure(speech: F32, spans: list[tuple[int, int]], noise: F32, level: str) -
             onsets.append(1000 * (mine[0] - a) / RATE)
         else:
             missed += 1
-    heard = [transcribe(out[max(0, a - PAD) : b + PAD], RATE) for a, b in spans]
+    return {
+        "noise_out_db": db(noise[: len(out)][alone]) - db(out[alone]),
+        "voice_db": db(out[talk]) - db(speech[: len(out)][talk]),
+        "false_starts": sum(1 for s in starts if s < len(far) and far[s]),
+        "missed": missed,
+        "onsets_ms": onsets,
+        "cpu_percent": 100 * cpu / (len(mic) / RATE),
+        "heard": [transcribe(out[max(0, a - PAD) : b + PAD], RATE) for a, b in spans],
+        "gain_db": 20 * np.log10(gain),
+    }
+
+
+def combined(level: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The row of one noise, SNR and level over its seeds' runs."""
+    from bench.asr_helpers import word_error_rate
+
+    onsets = [o for r in runs for o in r["onsets_ms"]]
+    heard = [h for r in runs for h in r["heard"]]
     return {
         "level": level,
-        "noise_out_db": round(db(noise[: len(out)][alone]) - db(out[alone]), 1),
-        "voice_db": round(db(out[talk]) - db(speech[: len(out)][talk]), 2),
-        "wer": round(100 * word_error_rate(SENTENCES, heard), 1),
-        "false_starts": len(false_starts),
-        "missed": missed,
+        "noise_out_db": round(float(np.mean([r["noise_out_db"] for r in runs])), 1),
+        "voice_db": round(float(np.mean([r["voice_db"] for r in runs])), 2),
+        "wer": round(100 * word_error_rate(SENTENCES * len(runs), heard), 1),
+        "wer_by_seed": [round(100 * word_error_rate(SENTENCES, r["heard"]), 1) for r in runs],
+        "false_starts": sum(r["false_starts"] for r in runs),
+        "missed": sum(r["missed"] for r in runs),
         "onset_ms": round(float(np.median(onsets)), 1) if onsets else None,
-        "cpu_percent": round(100 * cpu / (len(mic) / RATE), 3),
+        "onset_ms_worst": round(max(onsets, key=abs), 1) if onsets else None,
+        "cpu_percent": round(float(np.mean([r["cpu_percent"] for r in runs])), 3),
+        "mix_gain_db": round(min(r["gain_db"] for r in runs), 1),
         "heard": heard,
     }
 
@@ -188,6 +214,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--noises", default=",".join(NOISES))
     p.add_argument("--snrs", default="20,10,5,0", help="dB, the voice over the noise")
     p.add_argument("--levels", default=",".join(NOISE_SUPPRESSION))
+    p.add_argument("--seeds", type=int, default=2, help="noises of each kind (other seeds)")
     p.add_argument("--cache", default="out", help="where the synthesized voices are kept")
     p.add_argument("--json", metavar="PATH")
     p.add_argument("--md", metavar="PATH", help="a Markdown table")
@@ -197,17 +224,25 @@ def main(argv: list[str] | None = None) -> None:
     voice_db = db(np.concatenate([speech[a:b] for a, b in spans]))
     rows = []
     for kind in args.noises.split(","):
-        unit = make_noise(kind, len(speech), cache)
+        units = [make_noise(kind, len(speech), cache, seed) for seed in range(args.seeds)]
         for snr in (float(s) for s in args.snrs.split(",")):
-            noise = (unit * 10 ** ((voice_db - snr) / 20)).astype(np.float32)
+            scale = 10 ** ((voice_db - snr) / 20)
             for level in args.levels.split(","):
-                row = {"noise": kind, "snr_db": snr, **measure(speech, spans, noise, level)}
+                runs = [measure(speech, spans, u * scale, level) for u in units]
+                row = {"noise": kind, "snr_db": snr, **combined(level, runs)}
                 print(json.dumps(row), flush=True)
                 rows.append(row)
     rev = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
     ).stdout.strip()
-    out = {"rev": rev, "cpus": os.cpu_count(), "voice_dbfs": round(voice_db, 1), "rows": rows}
+    out = {
+        "rev": rev,
+        "cpus": os.cpu_count(),
+        "voice_dbfs": round(voice_db, 1),
+        "seeds": args.seeds,
+        "words": len(" ".join(SENTENCES).split()) * args.seeds,
+        "rows": rows,
+    }
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
     if args.md:
@@ -221,6 +256,7 @@ COLUMNS = (
     ("false starts", "false_starts"),
     ("missed", "missed"),
     ("onset (ms)", "onset_ms"),
+    ("worst (ms)", "onset_ms_worst"),
     ("CPU (% core)", "cpu_percent"),
 )
 

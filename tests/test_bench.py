@@ -469,14 +469,15 @@ def test_the_noise_bench_measures_the_suppressor_against_none(tmp_path: Path) ->
     from bench.noise import NOISES, main, make_noise
 
     out = tmp_path / "noise.json"
-    main(["--noises", "pink", "--snrs", "10", "--levels", "off,high", "--cache", str(tmp_path),
-          "--json", str(out), "--md", str(tmp_path / "noise.md")])  # fmt: skip
-    off, high = json.loads(out.read_text())["rows"]
-    assert (off["level"], high["level"]) == ("off", "high")
-    assert abs(off["noise_out_db"]) < 0.5 and high["noise_out_db"] > 12.0
-    for row in (off, high):  # the voice is heard and its words kept (measured: 1.8 % both)
+    main(["--noises", "pink", "--snrs", "10", "--levels", "off,moderate", "--seeds", "1",
+          "--cache", str(tmp_path), "--json", str(out), "--md", str(tmp_path / "noise.md")])  # fmt: skip
+    doc = json.loads(out.read_text())
+    off, on = doc["rows"]
+    assert (off["level"], on["level"], doc["seeds"], doc["words"]) == ("off", "moderate", 1, 56)
+    assert abs(off["noise_out_db"]) < 0.5 and on["noise_out_db"] > 9.0
+    for row in (off, on):  # the voice is heard and its words kept (measured: 1.8 % both)
         assert row["missed"] == row["false_starts"] == 0 and row["wer"] < 15.0
-        assert len(row["heard"]) == 6 and row["cpu_percent"] > 0
+        assert len(row["heard"]) == 6 and row["cpu_percent"] > 0 and row["mix_gain_db"] == 0
     assert (tmp_path / "noise.md").read_text().count("| pink | 10 |") == 2
     for kind in NOISES:  # every noise comes at unit level
         assert abs(float(np.sqrt(np.mean(make_noise(kind, 16_000, tmp_path) ** 2))) - 1) < 1e-3

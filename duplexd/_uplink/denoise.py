@@ -7,8 +7,10 @@ Wiener filter driven by its own speech/noise estimate) takes the levels Chrome o
 18 and 21 dB of noise reduction (`LEVELS`). It works on whole 10 ms frames and answers
 `NS_LATENCY_SAMPLES` (6 ms) late: `process` keeps whole frames (a remainder waits for the next
 call) and drops the lateness from the stream's start, so output sample `k` is input sample `k`
-and every position the session reports stays exact (the output runs 6-16 ms behind the
-input). Its cost is 15-30 us of CPU per 20 ms (`python -m bench.noise`: ~0.14 % of a core).
+and every position the session reports stays exact. The output runs 6 ms behind the input
+when the input comes in whole frames: the uplink's 20 ms frames do, and the echo canceller's
+output does once its frames are lined up with it (`lead`: it starts 8 ms short of a frame);
+up to 10 ms more otherwise. Its cost is 15-30 us of CPU per 20 ms (`python -m bench.noise`: ~0.14 % of a core).
 
 What it is for, and what not (measured, bench/results/README.md "Noise suppression"): hiss
 and a fan's broadband noise at 5 dB SNR or worse, where it brings Whisper's errors down; a
@@ -39,12 +41,17 @@ LEVELS: Final = {"low": 0, "moderate": 1, "high": 2, "very_high": 3}
 class Denoiser:
     """WebRTC NS on a 16 kHz mono stream, sample-aligned with its input (see the module)."""
 
-    def __init__(self, level: str) -> None:
+    def __init__(self, level: str, *, lead: int = 0) -> None:
+        """`lead`: the stream's first sample comes this many samples into a 10 ms frame (its
+        input comes that short of whole frames: the echo canceller's output), so that its
+        frames line up with the input's and no remainder waits."""
         if level not in LEVELS:
             raise ValueError(f"noise suppression level must be one of {', '.join(LEVELS)}")
+        if not 0 <= lead < NS_FRAME_SAMPLES:
+            raise ValueError(f"lead must be in 0..{NS_FRAME_SAMPLES - 1}, got {lead}")
         self._ns = pywebrtc_audio.NoiseSuppressor(RATE_HZ, 1, LEVELS[level])
-        self._pending = np.zeros(0, dtype=np.float32)
-        self._skip = NS_LATENCY_SAMPLES  # output still to drop: the suppressor's lateness
+        self._pending = np.zeros(lead, dtype=np.float32)  # (silence before the stream)
+        self._skip = lead + NS_LATENCY_SAMPLES  # output still to drop: that, and the lateness
 
     def process(self, samples: FloatArray) -> FloatArray:
         """The next samples of the stream, noise suppressed: as many as the whole frames

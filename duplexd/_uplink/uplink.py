@@ -71,7 +71,7 @@ from ..protocol.codec import AUDIO_HEADER, RemoteProtocolError, iter_frames
 from ..protocol.options import SessionOptions
 from .counters import UplinkCounters
 from .denoise import Denoiser
-from .echo import EchoCanceller
+from .echo import AEC_LATENCY_SAMPLES, EchoCanceller
 from .ends import AHEAD, EndCheck, EndOfTurn
 from .quiet import QuietTracker
 from .reference import SentAudio
@@ -162,7 +162,8 @@ class Uplink:
         now = trio.current_time()
         self._echo = EchoCanceller(t0=now) if vad.echo_cancel else None
         ns = vad.noise_suppression
-        self._denoiser = Denoiser(ns) if ns != "off" else None
+        lead = AEC_LATENCY_SAMPLES if self._echo is not None else 0  # (its frames, lined up)
+        self._denoiser = Denoiser(ns, lead=lead) if ns != "off" else None
         # 48 kHz AudioUp to 16 kHz as it comes (soxr's stream held 6-37 ms back: the VAD heard
         # the user that much later); its filter's delay dropped from the stream's start, so
         # 16 kHz sample j is uplink sample j x scale
@@ -366,7 +367,7 @@ class Uplink:
             self.counters.vad_s += time.thread_time() - t0
         if self._denoiser is not None:
             t0 = time.thread_time()
-            samples = self._denoiser.process(samples)  # (up to 10 ms + 6 ms later)
+            samples = self._denoiser.process(samples)  # (6 ms later)
             self.counters.vad_s += time.thread_time() - t0
         pending = np.concatenate((self._pending, samples)) if len(self._pending) else samples
         i = 0
