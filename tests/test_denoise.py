@@ -70,7 +70,7 @@ def test_after_the_echo_canceller_it_is_exactly_its_own_6_ms_late() -> None:
     lags = range(-50, 51)
     score = [float(np.dot(x[span], y[span.start + k : span.stop + k])) for k in lags]
     assert lags[int(np.argmax(score))] == 0
-    with pytest.raises(ValueError, match="lead must be in 0..159"):
+    with pytest.raises(ValueError, match=r"lead must be in 0\.\.159"):
         Denoiser("low", lead=160)
 
 

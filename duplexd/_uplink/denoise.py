@@ -10,12 +10,14 @@ call) and drops the lateness from the stream's start, so output sample `k` is in
 and every position the session reports stays exact. The output runs 6 ms behind the input
 when the input comes in whole frames: the uplink's 20 ms frames do, and the echo canceller's
 output does once its frames are lined up with it (`lead`: it starts 8 ms short of a frame);
-up to 10 ms more otherwise. Its cost is 15-30 us of CPU per 20 ms (`python -m bench.noise`: ~0.14 % of a core).
+up to 10 ms more otherwise. Its cost is ~25 us of CPU per 20 ms (`python -m bench.noise`: ~0.12 %
+of a core per session).
 
-What it is for, and what not (measured, bench/results/README.md "Noise suppression"): hiss
-and a fan's broadband noise at 5 dB SNR or worse, where it brings Whisper's errors down; a
-rumble or a hum Whisper ignores anyway; it cannot take out other voices, and its stronger
-levels cost words among them (so it is off unless the session asks).
+What it is for, and what not (measured, bench/results/README.md "Noise suppression"): hiss,
+a fan's broadband noise or typing 5 dB under the voice or closer, where it brings Whisper's
+errors down; a rumble or a hum Whisper ignores anyway; it cannot take out other voices, and
+costs words among them; its strong levels hear a soft first syllable late more often (so it is
+off unless the session asks, and "moderate" is the level to try).
 
 One instance per session; not thread-safe (the session's uplink worker calls it).
 """

@@ -72,7 +72,7 @@ def add_chat_arguments(p: argparse.ArgumentParser, default_url: str) -> None:
         "--noise-suppression",
         choices=NOISE_SUPPRESSION,
         default="off",
-        help="take a steady noise (a fan, a car, hiss) out of your microphone on the server",
+        help="take a steady noise (a fan, hiss, typing) out of your microphone on the server",
     )
     p.add_argument("--max-turns", type=int, default=0, help="quit after N replies (0: never)")
     p.add_argument("--timeout", type=float, default=0.0, help="quit after S seconds (0: never)")
