@@ -469,8 +469,9 @@ def test_the_noise_bench_measures_the_suppressor_against_none(tmp_path: Path) ->
     from bench.noise import NOISES, main, make_noise
 
     out = tmp_path / "noise.json"
+    md = tmp_path / "noise.md"
     main(["--noises", "pink", "--snrs", "10", "--levels", "off,moderate", "--seeds", "1",
-          "--cache", str(tmp_path), "--json", str(out), "--md", str(tmp_path / "noise.md")])  # fmt: skip
+          "--cache", str(tmp_path), "--json", str(out), "--md", str(md)])  # fmt: skip
     doc = json.loads(out.read_text())
     off, on = doc["rows"]
     assert (off["level"], on["level"], doc["seeds"], doc["words"]) == ("off", "moderate", 1, 56)
@@ -478,8 +479,24 @@ def test_the_noise_bench_measures_the_suppressor_against_none(tmp_path: Path) ->
     for row in (off, on):  # the voice is heard and its words kept (measured: 1.8 % both)
         assert row["missed"] == row["false_starts"] == 0 and row["wer"] < 15.0
         assert len(row["heard"]) == 6 and row["cpu_percent"] > 0 and row["mix_gain_db"] == 0
-    assert (tmp_path / "noise.md").read_text().count("| pink | 10 |") == 2
+    assert md.read_text().count("| pink | 10 |") == 2
     for kind in NOISES:  # every noise comes at unit level
         assert abs(float(np.sqrt(np.mean(make_noise(kind, 16_000, tmp_path) ** 2))) - 1) < 1e-3
     with pytest.raises(ValueError, match="unknown noise 'rain'"):
         make_noise("rain", 16_000, tmp_path)
+
+
+@pytest.mark.unit
+def test_the_hold_words_bench_cuts_45_clips_and_decides_as_the_daemon() -> None:
+    from bench.hold_words import ENDS_MS, STARTS_MS, clips, goes_on
+
+    audio = np.zeros(16_000, dtype=np.float32)
+    audio[4000:12000] = 0.3 * np.sin(np.arange(8000) / 5.0)
+    cut = clips(audio)
+    assert len(cut) == len(STARTS_MS) * len(ENDS_MS) == 45
+    # the first: from 64 ms before the onset to 96 ms before the end (both found by level)
+    assert abs(len(cut[0]) - (8000 + 64 * 16 - 96 * 16)) < 100
+    assert np.max(np.abs(cut[0][: 60 * 16])) < 0.05 < np.max(np.abs(cut[0][70 * 16 :]))
+    for text, hums, listed in (("", True, True), ("Mm-hmm.", True, True),
+                               ("MmMmM.", True, False), ("Wait, stop.", False, False)):  # fmt: skip
+        assert (goes_on(text, "hums"), goes_on(text, "list")) == (hums, listed), text

@@ -54,6 +54,12 @@ def test_backchannel_words() -> None:
         assert not is_backchannel(text, bc), text
     assert is_backchannel("Stop.", ("stop",))
     assert is_backchannel("", bc)  # no words at all: nothing that takes the turn
+    # a hum, however Whisper spells it, where the list allows hums; not where it does not
+    for text in ("MmMmM.", "M-H-M.", "M h m.", "Mmmmm", "Hmmm?", "M H N."):
+        assert is_backchannel(text, bc), text
+        assert not is_backchannel(text, ("yeah", "okay")), text
+    for text in ("Mm, no.", "Hmm, wait.", "MMO.", "No.", "Hm, m, stop"):
+        assert not is_backchannel(text, bc), text
 
 
 def test_a_short_sound_resumes_without_asking() -> None:

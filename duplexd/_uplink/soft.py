@@ -10,7 +10,8 @@ sound, window by window (16 kHz sample positions, in the uplink worker), and dec
   click, a short cough: the audio goes on (TOO_SHORT);
 - it ended longer than that: the transcriber is asked what was said (`WordsCheck`, answered
   with `answer`): no words (a cough, a laugh, a breath) or only backchannel words ("mhm",
-  "yeah", "okay") let the audio go on (NO_WORDS, BACKCHANNEL); any other word interrupts
+  "yeah", "okay", or a hum however Whisper spells it) let the audio go on (NO_WORDS,
+  BACKCHANNEL); any other word interrupts
   (WORDS); a session without transcripts cannot tell, and interrupts (UNHEARD);
 - no decision `soft_window_ms` after the onset (the user keeps starting and stopping, or the
   transcriber is slow): an interruption (TIMEOUT).
@@ -31,6 +32,9 @@ from ..protocol.options import VadOptions
 from .vad import VAD_RATE_HZ, WINDOW
 
 _WORD: Final = re.compile(r"[^\W_]+(?:[-'][^\W_]+)*")  # "mm-hmm", "uh-huh", "i'm"
+# a hum as Whisper writes it: "mm", "hmm", "mhm", "mm-hmm", "MmMmM", "M-H-M", "M h m" (tiny.en
+# writes one hum a dozen ways as its bounds move by a few windows: bench.hold_words)
+_HUM: Final = re.compile(r"[mhn]+")
 
 
 def spoken_words(text: str) -> list[str]:
@@ -44,12 +48,19 @@ def backchannel_words(backchannels: tuple[str, ...]) -> frozenset[str]:
     return frozenset(w for entry in backchannels for w in spoken_words(entry))
 
 
+def is_hum(word: str) -> bool:
+    """Whether `word` (lowercased, as `spoken_words` gives it) is a hum: only m, h and n."""
+    return _HUM.fullmatch(word.replace("-", "")) is not None
+
+
 def is_backchannel(text: str, backchannels: tuple[str, ...] | frozenset[str]) -> bool:
-    """Whether every word of `text` is one of `backchannels` (or of `backchannel_words`)."""
+    """Whether every word of `text` is one of `backchannels` (or of `backchannel_words`), or
+    a hum (`is_hum`) when they allow one."""
     allowed = (
         backchannels if isinstance(backchannels, frozenset) else backchannel_words(backchannels)
     )
-    return all(w in allowed for w in spoken_words(text))
+    hums = any(is_hum(w) for w in allowed)
+    return all(w in allowed or (hums and is_hum(w)) for w in spoken_words(text))
 
 
 @dataclass(frozen=True, slots=True)
