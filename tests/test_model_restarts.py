@@ -64,10 +64,7 @@ async def test_closing_the_engine_ends_a_wait_for_the_next_model_process(path: s
     async with serving(path, ToneEngine()) as old:
         remote = await trio.to_thread.run_sync(lambda: RemoteEngine(path, reconnect_wait_s=60))
         voice = await trio.to_thread.run_sync(remote.open_voice, "sine")
-        old.leave()
-        os.unlink(path)
-        with trio.fail_after(5):
-            await old.all_gone()
+        await _leave(old, path)
     asking, failed = _asking(voice, "Nobody there yet.")
     await trio.sleep(0.3)
     assert asking.is_alive()  # it waits for the next model process ...
@@ -111,6 +108,16 @@ async def serving(path: str, engine: object) -> AsyncIterator[ModelServer]:
             nursery.cancel_scope.cancel()
     finally:
         sock.close()
+
+
+async def _leave(old: ModelServer, path: str | None = None) -> None:
+    """SIGTERM: the model process `old` leaves (its socket file at `path` removed, as `duplexd
+    serve-model` does, when given) and is gone within 5 s, once its daemons let it go."""
+    old.leave()
+    if path is not None:
+        os.unlink(path)
+    with trio.fail_after(5):
+        await old.all_gone()
 
 
 async def test_a_model_process_that_leaves_finishes_the_utterances_begun_there(path: str) -> None:
@@ -172,9 +179,7 @@ async def test_a_daemon_with_nothing_under_way_lets_a_leaving_model_process_go_a
         remote = await trio.to_thread.run_sync(RemoteEngine, path)
         await trio.to_thread.run_sync(remote.open_voice, "sine")
         assert old.connected == 1
-        old.leave()
-        with trio.fail_after(5):
-            await old.all_gone()
+        await _leave(old)
         assert old.connected == 0
         await until(lambda: remote._link is not None and not remote._link.alive)
         remote.close()
@@ -190,10 +195,7 @@ async def test_a_request_that_finds_its_link_just_closed_by_leaving_goes_on_the_
         remote = await trio.to_thread.run_sync(lambda: RemoteEngine(path, reconnect_wait_s=10))
         stale = remote._link
         assert stale is not None
-        old.leave()
-        os.unlink(path)
-        with trio.fail_after(5):
-            await old.all_gone()
+        await _leave(old, path)
         await until(lambda: not stale.alive)
     async with serving(path, ToneEngine()):
         handed, current = [stale], remote._current
@@ -211,9 +213,7 @@ async def test_a_text_the_wire_cannot_take_fails_alone_and_leaves_nothing_waitin
         voice = await trio.to_thread.run_sync(remote.open_voice, "sine")
         with pytest.raises(EngineError, match="cannot ask the model process"):
             await trio.to_thread.run_sync(voice.synthesize, "x" * (wire.MAX_TEXT_BYTES + 1))
-        old.leave()
-        with trio.fail_after(5):
-            await old.all_gone()  # no request was left waiting: the daemon let it go
+        await _leave(old)  # no request was left waiting: the daemon let it go
         remote.close()
 
 
@@ -221,10 +221,7 @@ async def test_a_call_with_no_model_process_waits_for_the_next_one(path: str) ->
     async with serving(path, ToneEngine()) as old:
         remote = await trio.to_thread.run_sync(lambda: RemoteEngine(path, reconnect_wait_s=10))
         voice = await trio.to_thread.run_sync(remote.open_voice, "sine")
-        old.leave()
-        os.unlink(path)
-        with trio.fail_after(5):
-            await old.all_gone()  # (nothing under way: the daemon lets it go at once)
+        await _leave(old, path)  # (nothing under way: the daemon lets it go at once)
     got: list[FloatAudio] = []
     waiting = threading.Thread(target=lambda: got.append(voice.synthesize("Wait for it.")))
     waiting.start()
