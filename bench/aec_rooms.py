@@ -43,6 +43,7 @@ from duplexd._uplink.uplink import Uplink, UplinkServices
 from duplexd._uplink.vad import BargeIn, SpeechStart, VadModel
 from duplexd.protocol import frames as fr
 from duplexd.protocol.codec import encode
+from duplexd.protocol.options import NOISE_SUPPRESSION as NOISE_SUPPRESSION_LEVELS
 from duplexd.protocol.options import AsrOptions, SessionOptions, VadOptions
 
 RATE = 16_000
@@ -75,6 +76,7 @@ def voices(cache: Path) -> tuple[F32, F32]:
 
 
 ECHO_THRESHOLD: float | None = None  # --echo-threshold: the session option, else its default
+NOISE_SUPPRESSION = "off"  # --noise-suppression: `replay`'s default
 
 
 def replay(
@@ -85,20 +87,20 @@ def replay(
     jitter_ms: float = 0.0,
     seed: int = 0,
     mic_rate_hz: int = RATE,
-    noise_suppression: str = "off",
+    noise_suppression: str | None = None,
 ) -> tuple[Uplink, list, float]:
     """The uplink of one session fed `mic` (at `mic_rate_hz`: 16 or 48 kHz AudioUp) while it
     sends `agent`: (uplink, [(frame index, event)], worker CPU seconds). `jitter_ms`: each
     uplink frame arrives that much later on average (exponentially distributed, in order), as
-    over a busy network. `noise_suppression`: the session option `vad.noise_suppression`."""
+    over a busy network. `noise_suppression`: the session option `vad.noise_suppression`
+    (default: `NOISE_SUPPRESSION`)."""
     up_frame = mic_rate_hz * FRAME // RATE
     rng = np.random.default_rng(seed)
     late = rng.exponential(jitter_ms / 1000, len(mic) // up_frame) if jitter_ms else None
 
     async def run() -> tuple[Uplink, list, float]:
-        vad = VadOptions(
-            barge_in=True, echo_cancel=echo_cancel, noise_suppression=noise_suppression
-        )
+        ns = NOISE_SUPPRESSION if noise_suppression is None else noise_suppression
+        vad = VadOptions(barge_in=True, echo_cancel=echo_cancel, noise_suppression=ns)
         if ECHO_THRESHOLD is not None:
             vad = dataclasses.replace(vad, echo_threshold=ECHO_THRESHOLD)
         uplink = Uplink(
@@ -198,9 +200,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--old", metavar="JSON", help="a run of another revision, for a side by side")
     p.add_argument("--rev", help="the revision measured (default: git's HEAD here)")
     p.add_argument("--echo-threshold", type=float, help="vad.echo_threshold (default: 0.7)")
+    p.add_argument(
+        "--noise-suppression", choices=NOISE_SUPPRESSION_LEVELS, default="off",
+        help="vad.noise_suppression",
+    )  # fmt: skip
     args = p.parse_args(argv)
-    global ECHO_THRESHOLD
+    global ECHO_THRESHOLD, NOISE_SUPPRESSION
     ECHO_THRESHOLD = args.echo_threshold
+    NOISE_SUPPRESSION = args.noise_suppression
     agent, user = voices(Path(args.cache))
     by_name = {r.name: r for r in ROOMS}
     rows = []
