@@ -16,8 +16,9 @@ of a core per session).
 What it is for, and what not (measured, bench/results/README.md "Noise suppression"): hiss,
 a fan's broadband noise or typing 5 dB under the voice or closer, where it brings Whisper's
 errors down; a rumble or a hum Whisper ignores anyway; it cannot take out other voices, and
-costs words among them; its strong levels hear a soft first syllable late more often (so it is
-off unless the session asks, and "moderate" is the level to try).
+costs words among them; in noise the VAD hears a voice's onset ~20 ms later through it (a
+barge-in comes that much later), and its strong levels hear a soft first syllable late more
+often (so it is off unless the session asks, and "moderate" is the level to try).
 
 One instance per session; not thread-safe (the session's uplink worker calls it).
 """
