@@ -5,18 +5,21 @@ side port (/readyz, /metrics)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 from test_model_process import _raw, model_process
-from test_service import until
+from test_service import CLIENT_SOCKET_LEAK, until
 
+from duplexd.client.errors import SessionError
 from duplexd.engines.base import UnknownVoiceError
 from duplexd.engines.remote import RemoteEngine, wire
 from duplexd.engines.tone import ToneEngine
@@ -141,6 +144,58 @@ async def test_a_daemon_is_not_ready_while_its_model_process_does_not_answer(pat
                 assert remote._link is not None and remote._link.alive
                 service.request_stop()
         remote.close()
+
+
+@pytest.mark.filterwarnings(CLIENT_SOCKET_LEAK)  # the server closes the waiting session
+@pytest.mark.usefixtures("collect_leaked_sockets")
+async def test_a_daemon_whose_model_process_is_down_stops_without_waiting_for_it(
+    path: str,
+) -> None:
+    """A reply asked while the model process is down waits for the next one (`[engine]
+    model_wait_s`, 60 s: longer than systemd gives a stop); a daemon told to stop meanwhile
+    closes its engine after its drain, which ends that wait, and stops in seconds."""
+    import attrs
+    from harness import inline_uplink_services
+    from test_service import settings
+
+    from duplexd._server.service import Service
+
+    base = settings(drain_timeout_s=0.5)
+    config = attrs.evolve(base, engine=attrs.evolve(base.engine, model_socket=path))
+    service = Service(
+        config, uplink_services=inline_uplink_services(), handle_signals=False, environ={}
+    )
+    stopped = trio.Event()
+
+    async def run(task_status: trio.TaskStatus[None]) -> None:
+        await service.run(task_status=task_status)
+        stopped.set()
+
+    async with trio.open_nursery() as nursery:
+        async with model_process(path, ToneEngine()) as model:
+            await nursery.start(run)  # (it loads the model process's engine itself)
+            assert service.daemon is not None
+            session = await nursery.start(_open, service.daemon.url)  # (its voice opened)
+            model.cancel()  # the model process goes away ...
+        os.unlink(path)  # ... and its next one does not come
+        await session.say("A reply that waits for a model process.")
+        await trio.sleep(0.5)  # its synthesis thread waits to connect
+        started = trio.current_time()
+        service.request_stop()
+        with trio.fail_after(10):
+            await stopped.wait()
+        assert trio.current_time() - started < 5.0  # drain 0.5 s, grace 2 s: not 60
+        nursery.cancel_scope.cancel()
+
+
+async def _open(url: str, task_status: trio.TaskStatus[Any]) -> None:
+    """A session on `url`, handed over open; kept until cancelled or closed by the server."""
+    from duplexd.client.session import open_session
+
+    with contextlib.suppress(SessionError, trio.BrokenResourceError):
+        async with open_session(url) as session:
+            task_status.started(session)
+            await trio.sleep_forever()
 
 
 async def test_serve_model_reports_what_it_did_on_its_side_port(path: str) -> None:
