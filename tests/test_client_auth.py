@@ -200,6 +200,33 @@ async def test_nothing_listening_is_one_line() -> None:
     assert isinstance(e.value, ConnectError)
 
 
+@pytest.mark.integration
+async def test_a_server_that_never_answers_the_hello_is_one_line() -> None:
+    """A daemon that accepts the WebSocket and then says nothing (a new session while its
+    model process restarts waits for it; a wedged daemon): a ConnectError, not trio's
+    TooSlowError."""
+    listeners = await open_listeners("127.0.0.1", 0, None)
+
+    async def silent(request: WebSocketRequest) -> None:
+        ws = await request.accept(subprotocol=fr.SUBPROTOCOL)
+        await ws.get_message()  # the Hello, never answered
+        await trio.sleep_forever()
+
+    server = WebSocketServer(silent, listeners)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.run)
+        url = f"ws://127.0.0.1:{server.port}{fr.WS_PATH}"
+        with trio.fail_after(10), pytest.raises(ConnectError) as e:
+            async with open_session(url, connect_timeout_s=0.5):
+                pass
+        nursery.cancel_scope.cancel()
+    assert str(e.value) == (
+        "the server accepted the connection but did not answer the Hello in 0.5 s (starting,"
+        " overloaded, or waiting for its model process): try again, or give it longer"
+        " (connect_timeout_s)"
+    )
+
+
 @pytest.mark.unit
 async def test_sdk_argument_mistakes() -> None:
     for kwargs, message in [

@@ -3,7 +3,8 @@
 `session_url` is the URL rule (ws:// or wss://; no path means /v1); `open_ws` opens the
 WebSocket, doing a wss:// TLS handshake itself first (trio-websocket reports a failed one only
 as a timeout: python-trio/trio-websocket#199); `connected` holds one for `open_session` with
-a connect timeout that holds; `connect_error` turns what went wrong into a `SessionError`.
+a connect timeout that holds; `connect_error` turns what went wrong into a `SessionError`;
+`receive_welcome` reads the server's answer to the Hello.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from contextlib import asynccontextmanager
 
 import trio
 from trio_websocket import (
+    ConnectionClosed,
     ConnectionRejected,
     ConnectionTimeout,
     HandshakeError,
@@ -25,7 +27,8 @@ from trio_websocket import (
 )
 
 from ..protocol import frames as fr
-from .errors import ConnectError, HandshakeRejected, SessionError
+from ..protocol.codec import Decoder
+from .errors import ConnectError, ConnectionLost, HandshakeRejected, ServerError, SessionError
 
 
 @asynccontextmanager
@@ -193,3 +196,31 @@ def _not_connected(url: str, exc: HandshakeError, timeout_s: float) -> SessionEr
     if isinstance(exc, ConnectionTimeout):
         return ConnectError(f"cannot connect to {_safe(url)}: no answer within {timeout_s:g} s")
     return ConnectError(f"cannot connect to {_safe(url)}: {_cause(exc)}")
+
+
+async def receive_welcome(ws: WebSocketConnection) -> fr.Welcome:
+    """The server's answer to the Hello just sent: its Welcome, or the typed error it was."""
+    decoder = Decoder(peer="server")
+    try:
+        message = await ws.get_message()
+    except ConnectionClosed as exc:
+        raise ConnectionLost(
+            f"connection closed during handshake ({describe_close(exc)})"
+        ) from None
+    if isinstance(message, str):
+        raise ServerError("server sent a text message")
+    decoder.receive_data(message)
+    frame = decoder.next_frame()
+    if isinstance(frame, fr.Error):
+        raise ServerError(f"{frame.code.name}: {frame.message}", frame.code, frame.message)
+    if not isinstance(frame, fr.Welcome):
+        raise ServerError(f"expected Welcome, got {type(frame).__name__}")
+    return frame
+
+
+def describe_close(exc: ConnectionClosed) -> str:
+    """A close as one line: its code and name, and the reason given."""
+    reason = exc.reason
+    if reason is None:
+        return "no close reason"
+    return f"{reason.code} {reason.name}" + (f": {reason.reason}" if reason.reason else "")

@@ -56,7 +56,14 @@ from ..protocol.frames import (
     Welcome,
 )
 from .audio import SessionAudio, check_codec_options
-from .dial import connect_error, connected, open_ws, session_url
+from .dial import (
+    connect_error,
+    connected,
+    describe_close,
+    open_ws,
+    receive_welcome,
+    session_url,
+)
 from .errors import ConnectError as ConnectError
 from .errors import ConnectionLost, ServerError, SessionError
 from .errors import HandshakeRejected as HandshakeRejected
@@ -334,7 +341,7 @@ class ClientSession:
                     self._deliver(cast(ServerFrame, frame), now)
         except ConnectionClosed as exc:
             if self.error is None:
-                self.error = ConnectionLost(f"connection closed ({_describe(exc)})")
+                self.error = ConnectionLost(f"connection closed ({describe_close(exc)})")
         except RemoteProtocolError as exc:
             self.error = ServerError(f"server broke the protocol: {exc}")
         except SessionError as exc:
@@ -413,7 +420,7 @@ class ClientSession:
             try:
                 ws = await reconnect()
                 await ws.send_message(encode(hello))
-                welcome = await _receive_welcome(ws)
+                welcome = await receive_welcome(ws)
             except SessionError as error:
                 if error.code is fr.ErrorCode.RESUME_FAILED:
                     self.error = ConnectionLost(f"the session could not be resumed: {error}")
@@ -429,7 +436,9 @@ class ClientSession:
                 return True
             await trio.sleep(min(delay, max(0.0, deadline - trio.current_time())))
             delay = min(delay * 2, 2.0)
-        self.error = ConnectionLost(f"connection lost and not resumed in time ({_describe(exc)})")
+        self.error = ConnectionLost(
+            f"connection lost and not resumed in time ({describe_close(exc)})"
+        )
         return False
 
 
@@ -544,9 +553,16 @@ async def session_over(
     `reconnect(nursery)` opens a new WebSocket to the same server (its tasks in `nursery`);
     with it a dropped connection is resumed (SPEC.md §6.4) when the server offers that, and
     `on_resume(report)` tells what was replayed and lost."""
-    with trio.fail_after(timeout_s):
-        await ws.send_message(encode(hello))
-        welcome = await _receive_welcome(ws)
+    try:
+        with trio.fail_after(timeout_s):
+            await ws.send_message(encode(hello))
+            welcome = await receive_welcome(ws)
+    except trio.TooSlowError:
+        raise ConnectError(
+            f"the server accepted the connection but did not answer the Hello in {timeout_s:g} s"
+            " (starting, overloaded, or waiting for its model process): try again, or give it"
+            " longer (connect_timeout_s)"
+        ) from None
     async with trio.open_nursery() as nursery:
         session = ClientSession(
             ws,
@@ -561,27 +577,3 @@ async def session_over(
             yield session
         finally:
             nursery.cancel_scope.cancel()
-
-
-async def _receive_welcome(ws: WebSocketConnection) -> Welcome:
-    decoder = Decoder(peer="server")
-    try:
-        message = await ws.get_message()
-    except ConnectionClosed as exc:
-        raise ConnectionLost(f"connection closed during handshake ({_describe(exc)})") from None
-    if isinstance(message, str):
-        raise ServerError("server sent a text message")
-    decoder.receive_data(message)
-    frame = decoder.next_frame()
-    if isinstance(frame, Error):
-        raise ServerError(f"{frame.code.name}: {frame.message}", frame.code, frame.message)
-    if not isinstance(frame, Welcome):
-        raise ServerError(f"expected Welcome, got {type(frame).__name__}")
-    return frame
-
-
-def _describe(exc: ConnectionClosed) -> str:
-    reason = exc.reason
-    if reason is None:
-        return "no close reason"
-    return f"{reason.code} {reason.name}" + (f": {reason.reason}" if reason.reason else "")
