@@ -389,3 +389,32 @@ async def test_an_utterance_whose_link_dies_as_its_piece_begins_goes_on_with_the
         assert not handed
         utterance.release()
         remote.close()
+
+
+async def test_a_voice_opened_before_is_handed_out_at_once_while_no_model_process_is_there(
+    path: str,
+) -> None:
+    """A session opened during a restart is welcomed at once (its voice opened before, its
+    answer kept); its first piece waits for the next model process, as every new piece does.
+    A voice never opened waits for one."""
+    async with serving(path, ToneEngine()) as old:
+        remote = await trio.to_thread.run_sync(lambda: RemoteEngine(path, reconnect_wait_s=10))
+        first = await trio.to_thread.run_sync(remote.open_voice, "sine")
+        await _leave(old, path)
+    with trio.fail_after(1):
+        again = await trio.to_thread.run_sync(remote.open_voice, "sine")
+    assert (again.name, again.sample_rate_hz) == (first.name, first.sample_rate_hz)
+    got: list[object] = []
+    never = threading.Thread(target=lambda: got.append(remote.open_voice("high")))
+    never.start()
+    spoken: list[FloatAudio] = []
+    speaking = threading.Thread(target=lambda: spoken.append(again.synthesize("Later.")))
+    speaking.start()
+    await trio.sleep(0.3)
+    assert not got and not spoken  # both wait for the next model process ...
+    async with serving(path, _Heard()) as new:  # ... which comes
+        await trio.to_thread.run_sync(never.join, 5)
+        await trio.to_thread.run_sync(speaking.join, 5)
+        assert len(got) == 1 and len(spoken) == 1 and len(spoken[0]) > 0
+        assert new.connected == 1
+        remote.close()

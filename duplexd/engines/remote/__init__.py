@@ -7,7 +7,7 @@ import trio; the daemon side, `client`, uses plain sockets and threads).
 
 from __future__ import annotations
 
-from .client import ModelGoneError as ModelGoneError
 from .client import RemoteEngine as RemoteEngine
+from .link import ModelGoneError as ModelGoneError
 
 __all__ = ["ModelGoneError", "RemoteEngine"]
