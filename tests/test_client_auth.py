@@ -26,9 +26,11 @@ from duplexd._ops.auth import Authenticator, AuthError, FailureLimiter, Principa
 from duplexd._ops.settings import TlsSettings
 from duplexd._server.listen import open_listeners
 from duplexd.client.connect import ConnectArgsError, add_connection_arguments, connect_options
+from duplexd.client.errors import ConnectionLost
 from duplexd.client.session import (
     ConnectError,
     HandshakeRejected,
+    ServerError,
     SessionError,
     open_session,
 )
@@ -225,6 +227,39 @@ async def test_a_server_that_never_answers_the_hello_is_one_line() -> None:
         " overloaded, or waiting for its model process): try again, or give it longer"
         " (connect_timeout_s)"
     )
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("answer", "error", "message"),
+    [
+        ("close", ConnectionLost, "connection closed during handshake (1000 NORMAL_CLOSURE)"),
+        ("garbage", ServerError, "server broke the protocol in its Welcome: "),
+    ],
+)
+async def test_a_hello_answered_by_a_close_or_garbage_is_one_line(
+    answer: str, error: type[SessionError], message: str
+) -> None:
+    listeners = await open_listeners("127.0.0.1", 0, None)
+
+    async def odd(request: WebSocketRequest) -> None:
+        ws = await request.accept(subprotocol=fr.SUBPROTOCOL)
+        await ws.get_message()
+        if answer == "close":
+            await ws.aclose()
+        else:
+            await ws.send_message(b"\x00\x00\x00\x01\xff")  # a frame of an unknown type
+            await trio.sleep_forever()
+
+    server = WebSocketServer(odd, listeners)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.run)
+        url = f"ws://127.0.0.1:{server.port}{fr.WS_PATH}"
+        with trio.fail_after(10), pytest.raises(error) as e:
+            async with open_session(url, connect_timeout_s=2.0):
+                pass
+        nursery.cancel_scope.cancel()
+    assert str(e.value).startswith(message) and "\n" not in str(e.value)
 
 
 @pytest.mark.unit

@@ -4,7 +4,7 @@
 WebSocket, doing a wss:// TLS handshake itself first (trio-websocket reports a failed one only
 as a timeout: python-trio/trio-websocket#199); `connected` holds one for `open_session` with
 a connect timeout that holds; `connect_error` turns what went wrong into a `SessionError`;
-`receive_welcome` reads the server's answer to the Hello.
+`hello_exchange` is the Hello and its answer; `discard` closes a connection given up on.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from trio_websocket import (
 )
 
 from ..protocol import frames as fr
-from ..protocol.codec import Decoder
+from ..protocol.codec import Decoder, RemoteProtocolError, encode
 from .errors import ConnectError, ConnectionLost, HandshakeRejected, ServerError, SessionError
 
 
@@ -198,10 +198,13 @@ def _not_connected(url: str, exc: HandshakeError, timeout_s: float) -> SessionEr
     return ConnectError(f"cannot connect to {_safe(url)}: {_cause(exc)}")
 
 
-async def receive_welcome(ws: WebSocketConnection) -> fr.Welcome:
-    """The server's answer to the Hello just sent: its Welcome, or the typed error it was."""
+async def hello_exchange(ws: WebSocketConnection, hello: fr.Hello) -> fr.Welcome:
+    """Send `hello` and read the server's answer: its Welcome, or a `SessionError` saying
+    what it was instead (the connection closed, an Error frame, a broken frame). No timeout
+    of its own: the caller bounds it."""
     decoder = Decoder(peer="server")
     try:
+        await ws.send_message(encode(hello))
         message = await ws.get_message()
     except ConnectionClosed as exc:
         raise ConnectionLost(
@@ -209,8 +212,11 @@ async def receive_welcome(ws: WebSocketConnection) -> fr.Welcome:
         ) from None
     if isinstance(message, str):
         raise ServerError("server sent a text message")
-    decoder.receive_data(message)
-    frame = decoder.next_frame()
+    try:
+        decoder.receive_data(message)
+        frame = decoder.next_frame()
+    except RemoteProtocolError as exc:
+        raise ServerError(f"server broke the protocol in its Welcome: {exc}") from None
     if isinstance(frame, fr.Error):
         raise ServerError(f"{frame.code.name}: {frame.message}", frame.code, frame.message)
     if not isinstance(frame, fr.Welcome):
@@ -224,3 +230,12 @@ def describe_close(exc: ConnectionClosed) -> str:
     if reason is None:
         return "no close reason"
     return f"{reason.code} {reason.name}" + (f": {reason.reason}" if reason.reason else "")
+
+
+async def discard(ws: WebSocketConnection | None) -> None:
+    """Close a connection given up on (a resume attempt that failed), within 1 s, shielded:
+    its tasks would stay in the session's nursery otherwise."""
+    if ws is not None:
+        with trio.move_on_after(1.0) as scope:
+            scope.shield = True
+            await ws.aclose()

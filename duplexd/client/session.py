@@ -60,8 +60,9 @@ from .dial import (
     connect_error,
     connected,
     describe_close,
+    discard,
+    hello_exchange,
     open_ws,
-    receive_welcome,
     session_url,
 )
 from .errors import ConnectError as ConnectError
@@ -417,16 +418,18 @@ class ClientSession:
                 "received": self.received,
             }
             hello = dataclasses.replace(self._hello, options=json.dumps(options))
+            ws = None
             try:
                 ws = await reconnect()
-                await ws.send_message(encode(hello))
-                welcome = await receive_welcome(ws)
+                with trio.fail_after(max(0.0, deadline - trio.current_time())):
+                    welcome = await hello_exchange(ws, hello)
             except SessionError as error:
+                await discard(ws)
                 if error.code is fr.ErrorCode.RESUME_FAILED:
                     self.error = ConnectionLost(f"the session could not be resumed: {error}")
                     return False
             except (ConnectionClosed, OSError, HandshakeError, trio.TooSlowError):
-                pass
+                await discard(ws)
             else:
                 self._ws = ws
                 report = dict(json.loads(welcome.info).get("resume", {}))
@@ -555,8 +558,7 @@ async def session_over(
     `on_resume(report)` tells what was replayed and lost."""
     try:
         with trio.fail_after(timeout_s):
-            await ws.send_message(encode(hello))
-            welcome = await receive_welcome(ws)
+            welcome = await hello_exchange(ws, hello)
     except trio.TooSlowError:
         raise ConnectError(
             f"the server accepted the connection but did not answer the Hello in {timeout_s:g} s"
