@@ -418,3 +418,20 @@ async def test_a_voice_opened_before_is_handed_out_at_once_while_no_model_proces
         assert len(got) == 1 and len(spoken) == 1 and len(spoken[0]) > 0
         assert new.connected == 1
         remote.close()
+
+
+async def test_voices_opened_before_are_forgotten_when_the_model_process_changed(
+    path: str,
+) -> None:
+    class Fewer(ToneEngine):  # the next model process has other voices (test double)
+        def voices(self) -> list[str]:
+            return ["sine"]
+
+    async with serving(path, ToneEngine()) as old:
+        remote = await trio.to_thread.run_sync(lambda: RemoteEngine(path, reconnect_wait_s=10))
+        await trio.to_thread.run_sync(remote.open_voice, "high")
+        await _leave(old, path)
+    async with serving(path, Fewer()):
+        await trio.to_thread.run_sync(remote.open_voice, "sine")  # (on the changed one)
+        assert set(remote._opened) == {"sine"}  # "high" is asked of it again, if ever
+        remote.close()

@@ -199,8 +199,11 @@ class RemoteEngine:
             return fresh
 
     def _adopt(self, link: Link) -> None:
-        """`link` becomes the link (under `_link_lock`); a model process that changed is told."""
-        self._link = link
+        """`link` becomes the link (under `_link_lock`); a model process that changed is told,
+        and the voices opened before are forgotten (asked of it again)."""
+        last, self._link = self._link, link
+        if last is not None and _identity(link.hello) != _identity(last.hello):
+            self._opened.clear()
         if _identity(link.hello) != _identity(self._info):
             log.warning(
                 "the model process changed: its engine or voices differ from those"
@@ -329,6 +332,8 @@ class RemoteEngine:
             with self._link_lock:
                 self._opened[name] = answer.info
             return _voice(self, answer.info)
+        with self._link_lock:
+            self._opened.pop(name, None)  # (a voice the model process no longer has)
         raise _failure(answer)
 
     def speak(
