@@ -32,9 +32,12 @@ from ..protocol.options import VadOptions
 from .vad import VAD_RATE_HZ, WINDOW
 
 _WORD: Final = re.compile(r"[^\W_]+(?:[-'][^\W_]+)*")  # "mm-hmm", "uh-huh", "i'm"
-# a hum as Whisper writes it: "mm", "hmm", "mhm", "mm-hmm", "MmMmM", "M-H-M", "M h m" (tiny.en
-# writes one hum a dozen ways as its bounds move by a few windows: bench.hold_words)
-_HUM: Final = re.compile(r"[mhn]+")
+# a hum as Whisper writes it: "mm", "hmm", "mhm", "mm-hmm", and forms the list does not hold:
+# "MmMmM" (bench.hold_words: tiny.en writes one hum several ways as its bounds move), a spelled
+# "M-H-M" (a probe of the VITS voice's "Mhm"). Two letters at least, an m among them (not "N.",
+# a clipped "no"), and not a hyphenated pair without an h ("mm-mm", "nn-nn": "no")
+_HUM: Final = re.compile(r"(?=[hn]*m)[mhn]{2,}")
+_NO_HUM: Final = re.compile(r"([mn]+)-\1")
 
 
 def spoken_words(text: str) -> list[str]:
@@ -49,8 +52,9 @@ def backchannel_words(backchannels: tuple[str, ...]) -> frozenset[str]:
 
 
 def is_hum(word: str) -> bool:
-    """Whether `word` (lowercased, as `spoken_words` gives it) is a hum: only m, h and n."""
-    return _HUM.fullmatch(word.replace("-", "")) is not None
+    """Whether `word` (lowercased, as `spoken_words` gives it) is a hum: only m, h and n,
+    with an m, two letters at least, and not "mm-mm" (a "no")."""
+    return _HUM.fullmatch(word.replace("-", "")) is not None and not _NO_HUM.fullmatch(word)
 
 
 def is_backchannel(text: str, backchannels: tuple[str, ...] | frozenset[str]) -> bool:
