@@ -227,7 +227,13 @@ def main(argv: list[str] | None = None) -> None:
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
         ).stdout.strip()
     )
-    out = {"rev": rev, "cpus": os.cpu_count(), "trials": args.trials, "rooms": rows}
+    out = {
+        "rev": rev,
+        "cpus": os.cpu_count(),
+        "trials": args.trials,
+        "noise_suppression": args.noise_suppression,
+        "rooms": rows,
+    }
     if args.old:
         out["old"] = json.loads(Path(args.old).read_text())
     if args.json:
@@ -261,7 +267,9 @@ def markdown(out: dict[str, Any]) -> str:
             if not match:
                 continue
             cells = ["-" if match[0][k] is None else f"{match[0][k]:g}" for _, k in COLUMNS]
-            lines.append(f"| {row['room']} | {run['rev']} | " + " | ".join(cells) + " |")
+            ns = run.get("noise_suppression", "off")
+            rev = run["rev"] + (f", noise suppression {ns}" if ns != "off" else "")
+            lines.append(f"| {row['room']} | {rev} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
