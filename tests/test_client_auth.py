@@ -203,60 +203,44 @@ async def test_nothing_listening_is_one_line() -> None:
 
 
 @pytest.mark.integration
-async def test_a_server_that_never_answers_the_hello_is_one_line() -> None:
-    """A daemon that accepts the WebSocket and then says nothing (a new session while its
-    model process restarts waits for it; a wedged daemon): a ConnectError, not trio's
-    TooSlowError."""
-    listeners = await open_listeners("127.0.0.1", 0, None)
-
-    async def silent(request: WebSocketRequest) -> None:
-        ws = await request.accept(subprotocol=fr.SUBPROTOCOL)
-        await ws.get_message()  # the Hello, never answered
-        await trio.sleep_forever()
-
-    server = WebSocketServer(silent, listeners)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(server.run)
-        url = f"ws://127.0.0.1:{server.port}{fr.WS_PATH}"
-        with trio.fail_after(10), pytest.raises(ConnectError) as e:
-            async with open_session(url, connect_timeout_s=0.5):
-                pass
-        nursery.cancel_scope.cancel()
-    assert str(e.value) == (
-        "the server accepted the connection but did not answer the Hello in 0.5 s (starting,"
-        " overloaded, or waiting for its model process): try again, or give it longer"
-        " (connect_timeout_s)"
-    )
-
-
-@pytest.mark.integration
 @pytest.mark.parametrize(
     ("answer", "error", "message"),
     [
+        (
+            "nothing",  # a wedged daemon; a new session while its model process restarts
+            ConnectError,
+            "the server accepted the connection but did not answer the Hello in 0.5 s"
+            " (starting, overloaded, or waiting for its model process): try again, or give it"
+            " longer (connect_timeout_s)",
+        ),
         ("close", ConnectionLost, "connection closed during handshake (1000 NORMAL_CLOSURE)"),
         ("garbage", ServerError, "server broke the protocol in its Welcome: "),
     ],
 )
-async def test_a_hello_answered_by_a_close_or_garbage_is_one_line(
+async def test_a_hello_answered_by_nothing_a_close_or_garbage_is_one_line(
     answer: str, error: type[SessionError], message: str
 ) -> None:
+    """A daemon that accepts the WebSocket and then answers the Hello wrongly: the SDK's
+    typed error, in one line (not trio's TooSlowError, trio-websocket's ConnectionClosed or
+    the codec's RemoteProtocolError)."""
     listeners = await open_listeners("127.0.0.1", 0, None)
 
     async def odd(request: WebSocketRequest) -> None:
         ws = await request.accept(subprotocol=fr.SUBPROTOCOL)
-        await ws.get_message()
+        await ws.get_message()  # the Hello
         if answer == "close":
             await ws.aclose()
-        else:
+            return
+        if answer == "garbage":
             await ws.send_message(b"\x00\x00\x00\x01\xff")  # a frame of an unknown type
-            await trio.sleep_forever()
+        await trio.sleep_forever()
 
     server = WebSocketServer(odd, listeners)
     async with trio.open_nursery() as nursery:
         await nursery.start(server.run)
         url = f"ws://127.0.0.1:{server.port}{fr.WS_PATH}"
         with trio.fail_after(10), pytest.raises(error) as e:
-            async with open_session(url, connect_timeout_s=2.0):
+            async with open_session(url, connect_timeout_s=0.5):
                 pass
         nursery.cancel_scope.cancel()
     assert str(e.value).startswith(message) and "\n" not in str(e.value)
