@@ -222,7 +222,12 @@ async def test_serve_model_reports_what_it_did_on_its_side_port(path: str) -> No
             await trio.to_thread.run_sync(remote.open_voice, "nobody")
         refused = await trio.to_thread.run_sync(lambda: _raw(path, wire.Done(9)))
         assert refused == [wire.Failed(9, wire.BAD_REQUEST, "not a request")]
-        status, _, body = await http_request(port, "/metrics")
+        with trio.fail_after(5):  # (the refused connection is counted until the model
+            while True:  # process has read its end: a moment after `_raw` closed it)
+                status, _, body = await http_request(port, "/metrics")
+                if samples(body.decode())["duplexd_model_connections"] == 1:
+                    break
+                await trio.sleep(0.01)
         remote.close()
         nursery.cancel_scope.cancel()
     assert status == 200

@@ -115,7 +115,8 @@ async def test_the_chunks_that_wait_meanwhile_go_in_one_batch_in_order() -> None
         release.set()
     assert order == list(range(6))
     assert results == {0: "first", **{i: i * 10 for i in range(1, 6)}}
-    assert (turns.batches, turns.chunks) == (2, 6)  # the five waiting: one thread call
+    await counted(turns, chunks=6)
+    assert turns.batches == 2  # the five waiting: one thread call
 
 
 async def test_a_batch_stops_taking_chunks_after_its_time() -> None:
@@ -128,7 +129,8 @@ async def test_a_batch_stops_taking_chunks_after_its_time() -> None:
             nursery.start_soon(turns, time.sleep, 0.02)  # each longer than a batch may run
         await trio.sleep(0.05)
         release.set()
-    assert (turns.batches, turns.chunks) == (5, 5)
+    await counted(turns, chunks=5)
+    assert turns.batches == 5
 
 
 async def test_a_chunk_cancelled_while_it_waits_never_runs() -> None:
@@ -145,12 +147,7 @@ async def test_a_chunk_cancelled_while_it_waits_never_runs() -> None:
         assert scope.cancelled_caught
         release.set()
     assert ran == ["other"]  # the chunk cancelled was never run; the one after it was
-    # (the runner counts a batch's chunks once the batch is back; each chunk's session goes on
-    # as soon as its own chunk ran, so the count may come a moment after "other" is done)
-    with trio.fail_after(5):
-        while turns.chunks < 2:  # noqa: ASYNC110 (a counter, not an event: polled briefly)
-            await trio.sleep(0.001)
-    assert turns.chunks == 2
+    await counted(turns, chunks=2)
 
 
 async def test_a_chunk_cancelled_while_it_runs_finishes_first() -> None:
@@ -197,6 +194,7 @@ async def test_a_chunks_error_goes_to_its_own_session_only() -> None:
             await trio.sleep(0.02)
         release.set()
     assert results == {0: 0, 1: 1, 2: "engine failed on this text", 3: 3}
+    await counted(turns, chunks=5)
     assert turns.batches == 2
 
 
@@ -220,6 +218,7 @@ async def test_a_chunk_that_ends_goes_on_before_a_slow_one_after_it_in_its_batch
         await trio.sleep(0.02)
         release.set()  # the batch goes on (1 s): the fast chunk, then the slow one
     assert order == ["fast ran", "fast went on first"]
+    await counted(turns, chunks=3)
     assert turns.batches == 1  # all three in one worker-thread call
 
 
@@ -251,6 +250,16 @@ async def test_a_parked_runner_keeps_nothing_of_its_last_batch() -> None:
     await trio.to_thread.run_sync(int)  # (trio's worker thread keeps its last job till its next)
     gc.collect()
     assert gone() is None
+
+
+async def counted(turns: EngineTurns, chunks: int) -> None:
+    """Wait until `turns` has counted `chunks` (its runner counts a batch once the batch's
+    thread is back; each chunk's session goes on as soon as its own chunk ran, so the count
+    may come a moment after the last session is done)."""
+    with trio.fail_after(5):
+        while turns.chunks < chunks:  # noqa: ASYNC110 (a counter, not an event: polled briefly)
+            await trio.sleep(0.001)
+    assert turns.chunks == chunks
 
 
 async def hold(nursery: trio.Nursery, turns: EngineTurns, release: threading.Event) -> None:
