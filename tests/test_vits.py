@@ -220,6 +220,23 @@ def test_voices_dir_and_lru_never_evicts_in_use(tmp_path: Path) -> None:
         eng.close()
 
 
+def test_the_batch_settings_reach_the_engine() -> None:
+    """`[engine] max_batch` / `batch_window_ms` (or DUPLEXD_ENGINE__MAX_BATCH...) size the
+    inference thread's batches; 0 keeps the engine's default (1 on the CPU)."""
+    from duplexd._ops.settings import load_settings
+    from duplexd._server.service import load_local_engine
+
+    env = {"DUPLEXD_ENGINE__MAX_BATCH": "64", "DUPLEXD_ENGINE__BATCH_WINDOW_MS": "5"}
+    for environ, want in ((env, (64, 0.005)), ({}, (1, 0.002))):
+        settings = load_settings(environ={"DUPLEXD_ENGINE__DEVICE": "cpu", **environ})
+        eng = load_local_engine(settings.engine, {"warmup": False})
+        try:
+            assert isinstance(eng, VitsEngine)
+            assert (eng.worker.max_batch, eng.worker.window_s) == want
+        finally:
+            eng.close()
+
+
 def test_close_is_idempotent() -> None:
     eng = VitsEngine(device="cpu", warmup=False)
     eng.close()

@@ -84,6 +84,11 @@ class EngineSettings:
     voice: str = ""  # the default voice; "" = the engine's own default
     preload: tuple[str, ...] = ()  # voices loaded (and warmed) before READY
     max_loaded_voices: int = 4  # vits: LRU of loaded voice models
+    # vits: pieces synthesized as one padded batch, at most (0: the engine's default, 16 on
+    # CUDA and 1 on the CPU, where parallel inferences only fight over cores) ...
+    max_batch: int = 0
+    # ... gathered for up to this long after the first of them arrives (0 or more)
+    batch_window_ms: float = 2.0
     tone_compute_ms_per_char: float = 0.0  # tone only: simulated compute per character (bench)
     # a model process's Unix socket (`duplexd serve-model` listens there): `serve` uses its
     # engine instead of loading one (the workers of a GPU host share one model); "" = load here
@@ -429,6 +434,11 @@ def _validate(s: Settings) -> None:
         raise bad("engine.name", f"must be one of {names}, got {s.engine.name!r}")
     if not _DEVICE.match(s.engine.device):
         raise bad("engine.device", f"must be auto, cpu, cuda or cuda:N, got {s.engine.device!r}")
+    if s.engine.max_batch < 0:
+        got = s.engine.max_batch
+        raise bad("engine.max_batch", f"must be >= 0 (0: the engine's default), got {got}")
+    if not 0 <= s.engine.batch_window_ms <= 1000:
+        raise bad("engine.batch_window_ms", f"must be in 0..1000, got {s.engine.batch_window_ms}")
     if s.engine.max_loaded_voices < 1:
         raise bad("engine.max_loaded_voices", f"must be >= 1, got {s.engine.max_loaded_voices}")
     if s.log.format not in ("json", "text"):

@@ -77,6 +77,8 @@ def load_local_engine(e: EngineSettings, options: Mapping[str, Any] | None = Non
         voices = (*e.preload, e.voice) if e.voice else e.preload
         opts.setdefault("preload", tuple(dict.fromkeys(voices)))
         opts.setdefault("max_loaded_voices", e.max_loaded_voices)
+        opts.setdefault("max_batch", e.max_batch or None)
+        opts.setdefault("batch_window_ms", e.batch_window_ms)
     try:
         engine = load_engine(e.name, device=e.device, **opts)
         engine.open_voice(e.voice or engine.default_voice)  # loads and warms it
