@@ -317,6 +317,34 @@ def test_standard_slices_are_what_the_plan_decodes() -> None:
                 assert w.hi - w.lo in standard_slices()
 
 
+def test_a_batch_takes_the_oldest_and_those_nearest_to_it_in_length() -> None:
+    """While one batch runs, requests of mixed lengths wait: the next batch is the oldest and
+    the nearest to it in length (at most 2x apart), the next the oldest of the rest..."""
+    batches: list[list[int]] = []
+    first, release = threading.Event(), threading.Event()
+
+    def run_batch(model: Any, seqs: Any) -> list[Any]:
+        batches.append([len(s) for s in seqs])
+        first.set()
+        release.wait(10)
+        return [(np.zeros(len(s), dtype=np.float32), np.ones(len(s), dtype=np.int64)) for s in seqs]
+
+    worker = BatchingWorker(run_batch, max_batch=3, window_s=0.0)
+    try:
+        futures = [worker.submit("m", [0] * 50)]
+        assert first.wait(10)  # the worker is busy with it: the rest queue up
+        lengths = [10, 100, 12, 90, 11, 200, 9, 15]
+        futures += [worker.submit("m", [0] * n) for n in lengths]
+        release.set()
+        for f in futures:
+            assert len(f.result(10)[0]) > 0
+    finally:
+        worker.close()
+    # 10's nearest: 11 and 9 (12 is further); then 100 with 90 (200 is over 2x 90); then 12
+    # with 15; then 200 alone
+    assert batches == [[50], [10, 11, 9], [100, 90], [12, 15], [200]]
+
+
 def test_worker_call_runs_alone_in_order() -> None:
     seen: list[str] = []
 

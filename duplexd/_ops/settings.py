@@ -84,7 +84,7 @@ class EngineSettings:
     voice: str = ""  # the default voice; "" = the engine's own default
     preload: tuple[str, ...] = ()  # voices loaded (and warmed) before READY
     max_loaded_voices: int = 4  # vits: LRU of loaded voice models
-    # vits: pieces synthesized as one padded batch, at most (0: the engine's default, 16 on
+    # vits: pieces synthesized as one padded batch, at most (0: the engine's default, 64 on
     # CUDA and 1 on the CPU, where parallel inferences only fight over cores) ...
     max_batch: int = 0
     # ... gathered for up to this long after the first of them arrives (0 or more)
