@@ -226,8 +226,8 @@ def test_the_batch_settings_reach_the_engine() -> None:
     from duplexd._ops.settings import load_settings
     from duplexd._server.service import load_local_engine
 
-    env = {"DUPLEXD_ENGINE__MAX_BATCH": "64", "DUPLEXD_ENGINE__BATCH_WINDOW_MS": "5"}
-    for environ, want in ((env, (64, 0.005)), ({}, (1, 0.002))):
+    env = {"DUPLEXD_ENGINE__MAX_BATCH": "64", "DUPLEXD_ENGINE__BATCH_WINDOW_MS": "0"}
+    for environ, want in ((env, (64, 0.0)), ({}, (1, 0.002))):
         settings = load_settings(environ={"DUPLEXD_ENGINE__DEVICE": "cpu", **environ})
         eng = load_local_engine(settings.engine, {"warmup": False})
         try:
@@ -317,9 +317,9 @@ def test_standard_slices_are_what_the_plan_decodes() -> None:
                 assert w.hi - w.lo in standard_slices()
 
 
-def test_a_batch_takes_the_oldest_and_those_nearest_to_it_in_length() -> None:
-    """While one batch runs, requests of mixed lengths wait: the next batch is the oldest and
-    the nearest to it in length (at most 2x apart), the next the oldest of the rest..."""
+def test_a_batch_takes_the_oldest_and_one_band_of_lengths() -> None:
+    """While one batch runs, requests of mixed lengths wait: each next batch is the oldest and
+    the others of the band of lengths (at most 2x apart) that holds it and the most of them."""
     batches: list[list[int]] = []
     first, release = threading.Event(), threading.Event()
 
@@ -333,16 +333,46 @@ def test_a_batch_takes_the_oldest_and_those_nearest_to_it_in_length() -> None:
     try:
         futures = [worker.submit("m", [0] * 50)]
         assert first.wait(10)  # the worker is busy with it: the rest queue up
-        lengths = [10, 100, 12, 90, 11, 200, 9, 15]
+        lengths = [10, 100, 12, 90, 11, 200, 9, 6, 6, 15]
         futures += [worker.submit("m", [0] * n) for n in lengths]
+        futures[8].cancel()  # (the first 6: it takes no place)
         release.set()
-        for f in futures:
-            assert len(f.result(10)[0]) > 0
+        for i, f in enumerate(futures):
+            assert f.cancelled() if i == 8 else len(f.result(10)[0]) > 0
     finally:
         worker.close()
-    # 10's nearest: 11 and 9 (12 is further); then 100 with 90 (200 is over 2x 90); then 12
-    # with 15; then 200 alone
-    assert batches == [[50], [10, 11, 9], [100, 90], [12, 15], [200]]
+    # 10: the bands [9, 18] and [10, 20] hold 5 and 4 of those waiting: [9, 18]'s oldest three;
+    # 100 with 90 (200 is over 2x 90); 200 alone; 9 with the 6 not cancelled ([6, 12] and
+    # [9, 18] hold two each: the shorter band); 15 alone
+    assert batches == [[50], [10, 12, 11], [100, 90], [200], [9, 6], [15]]
+
+
+def _jobs(*lengths: int) -> list[Any]:
+    from concurrent.futures import Future
+
+    from duplexd.engines.vits.batcher import _Job
+
+    return [_Job("m", [0] * n, Future()) for n in lengths]
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("lengths", "most", "want"),
+    [
+        ((100, 200), 64, [100, 200]),  # exactly 2x apart: one batch
+        ((100, 201), 64, [100]),  # over 2x
+        ((10, 13, *[6] * 62), 64, [10, *[6] * 62]),  # the band that holds the most...
+        ((10, 15, *[10] * 63), 64, [10, 15, *[10] * 62]),  # ... of it the oldest, not the nearest
+        ((10, 10, 10), 1, [10]),  # one a batch: first come
+        ((30, 10, 40, 60, 61), 3, [30, 40, 60]),  # [30, 60] holds 3, [15, 30] 2
+    ],
+)
+def test_a_batch_is_one_band_of_lengths(
+    lengths: tuple[int, ...], most: int, want: list[int]
+) -> None:
+    from duplexd.engines.vits.batcher import _one_band
+
+    assert [len(j.ids) for j in _one_band(_jobs(*lengths), most, 2.0)] == want
 
 
 def test_worker_call_runs_alone_in_order() -> None:

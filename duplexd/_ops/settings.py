@@ -26,6 +26,7 @@ import cattrs
 from ..protocol.frames import MAX_FRAME_BYTES
 
 ENV_PREFIX: Final = "DUPLEXD_"
+MAX_BATCH: Final = 1024  # [engine] max_batch, at most
 LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
@@ -87,7 +88,7 @@ class EngineSettings:
     # vits: pieces synthesized as one padded batch, at most (0: the engine's default, 64 on
     # CUDA and 1 on the CPU, where parallel inferences only fight over cores) ...
     max_batch: int = 0
-    # ... gathered for up to this long after the first of them arrives (0 or more)
+    # ... gathered for up to this long once the inference thread is free for them (0..1000)
     batch_window_ms: float = 2.0
     tone_compute_ms_per_char: float = 0.0  # tone only: simulated compute per character (bench)
     # a model process's Unix socket (`duplexd serve-model` listens there): `serve` uses its
@@ -434,9 +435,11 @@ def _validate(s: Settings) -> None:
         raise bad("engine.name", f"must be one of {names}, got {s.engine.name!r}")
     if not _DEVICE.match(s.engine.device):
         raise bad("engine.device", f"must be auto, cpu, cuda or cuda:N, got {s.engine.device!r}")
-    if s.engine.max_batch < 0:
+    if not 0 <= s.engine.max_batch <= MAX_BATCH:
         got = s.engine.max_batch
-        raise bad("engine.max_batch", f"must be >= 0 (0: the engine's default), got {got}")
+        raise bad(
+            "engine.max_batch", f"must be in 0..{MAX_BATCH} (0: the engine's default), got {got}"
+        )
     if not 0 <= s.engine.batch_window_ms <= 1000:
         raise bad("engine.batch_window_ms", f"must be in 0..1000, got {s.engine.batch_window_ms}")
     if s.engine.max_loaded_voices < 1:

@@ -1,21 +1,22 @@
 """One inference thread per engine, with dynamic batching of concurrent requests.
 
-Requests for the same model that arrive within `window_s` of the oldest pending one (or until
-`max_batch` are pending) run as one padded batch. A batch costs what its longest sequence
-costs times its size (every sequence is padded to the longest), so it takes the oldest request
-and, of the others, those nearest to it in length, while the longest is at most
-`max_length_ratio` times the shortest: a short first clause is not held up by, nor made to
-pad up to, a long sentence (an H200 at 1,000 sessions, batches of up to 64: 37 % more audio
-made than in first-come batches, first audio 2.0 s at the median instead of 3.0 s;
-bench/results/gpu-h200/). The oldest request is in every batch, so
-none waits behind more than the requests ahead of it. With `max_batch == 1` this is a plain
+Once the inference thread is free, the requests for the oldest pending one's model that arrive
+within `window_s` (or until `max_batch` are pending) join it in one padded batch. A batch costs
+what its longest sequence costs times its size (every sequence is padded to the longest), so it
+takes the requests of one band of lengths: one that holds the oldest request's length and whose
+longest is at most `max_length_ratio` times its shortest, the band that holds the most of them,
+and of those the oldest first. A short first clause is neither held up by nor padded up to a
+long sentence (what that bought on a GPU: bench/results/README.md, "VITS on an H200"). The
+oldest request is in every batch, so none waits forever. With `max_batch == 1` this is a plain
 serialising queue, which is what a CPU wants (parallel inferences only fight over cores).
-`call` runs any other piece of inference work (a streaming step) on the same thread, alone, in
-queue order with the batches.
+`call` runs any other piece of inference work (a streaming step) on the same thread, alone,
+once it is the oldest (requests queued behind it may run before it, in batches).
+A request cancelled while it waits takes no place in a batch.
 """
 
 from __future__ import annotations
 
+import bisect
 import threading
 import time
 from collections import deque
@@ -93,10 +94,14 @@ class BatchingWorker:
 
     def _take(self) -> list[_Job] | None:
         with self._cond:
-            while not self._queue and not self._closed:
-                self._cond.wait()
-            if self._closed:
-                return None
+            while True:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return None
+                if not self._queue[0].future.cancelled():
+                    break
+                self._queue.popleft()  # (cancelled while it waited: nothing to run)
             if self._queue[0].fn is not None:
                 return [self._queue.popleft()]
             model = self._queue[0].model
@@ -108,8 +113,12 @@ class BatchingWorker:
                     if same >= self.max_batch or left <= 0:
                         break
                     self._cond.wait(left)
-            same_jobs = [j for j in self._queue if j.model is model and j.fn is None]
-            batch = _nearest_in_length(same_jobs, self.max_batch, self.max_length_ratio)
+            waiting = [
+                j
+                for j in self._queue
+                if j.model is model and j.fn is None and not j.future.cancelled()
+            ]
+            batch = _one_band(waiting, self.max_batch, self.max_length_ratio)
             taken = {id(j) for j in batch}
             self._queue = deque(j for j in self._queue if id(j) not in taken)
             return batch
@@ -156,21 +165,22 @@ class BatchingWorker:
             self._thread.join(timeout)
 
 
-def _nearest_in_length(jobs: Sequence[_Job], most: int, ratio: float) -> list[_Job]:
-    """The first (oldest) of `jobs` and up to `most - 1` others, nearest to it in length
-    first (the older first among equals), while the longest is at most `ratio` times the
-    shortest; in the order they were asked for."""
-    head = jobs[0]
-    length = max(1, len(head.ids))
-    shortest = longest = length
-    chosen = {0}
-    by_nearness = sorted(range(1, len(jobs)), key=lambda i: abs(len(jobs[i].ids) - length))
-    for i in by_nearness:
-        if len(chosen) >= most:
-            break
-        n = max(1, len(jobs[i].ids))
-        if max(longest, n) > ratio * min(shortest, n):
-            continue  # (a job further in length may still fit on the other side)
-        chosen.add(i)
-        shortest, longest = min(shortest, n), max(longest, n)
-    return [jobs[i] for i in sorted(chosen)]
+def _one_band(jobs: Sequence[_Job], most: int, ratio: float) -> list[_Job]:
+    """The first (oldest) of `jobs` and up to `most - 1` others, all of lengths in one band
+    [low, `ratio` x low] that holds the first's length: the band that holds the most jobs (the
+    shorter band among equals), of those the oldest; in the order they were asked for."""
+    if most == 1 or len(jobs) == 1:
+        return [jobs[0]]
+    lengths = [max(1, len(j.ids)) for j in jobs]
+    first = lengths[0]
+    ordered = sorted(lengths)
+    best_low, best_count = first, 0
+    for low in sorted({n for n in lengths if n <= first <= ratio * n}):
+        count = min(
+            most, bisect.bisect_right(ordered, ratio * low) - bisect.bisect_left(ordered, low)
+        )
+        if count > best_count:
+            best_low, best_count = low, count
+    return [j for j, n in zip(jobs, lengths, strict=True) if best_low <= n <= ratio * best_low][
+        :most
+    ]

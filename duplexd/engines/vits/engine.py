@@ -26,8 +26,7 @@ from .words import MarkCursor, SequenceMarks, TimedIds, timed_ids
 
 _LOG = logging.getLogger(__name__)
 _WARMUP_TEXT = "Hello, this warms the voice up."
-# a batch's most pieces on CUDA: an H200 at 1,000 sessions made 37 % more audio with 64 than
-# with 16 (pieces batched by length; bench/results/gpu-h200/)
+# a batch's most pieces on CUDA (why 64: bench/results/README.md, "VITS on an H200")
 CUDA_MAX_BATCH = 64
 EMPTY: FloatAudio = np.zeros(0, dtype=np.float32)
 
