@@ -166,9 +166,10 @@ async def _garbage_of_one_session(daemon: Any, one: Callable[[], Awaitable[None]
 
     async def ended() -> None:
         with trio.fail_after(10):
-            while daemon.sessions or daemon.connecting:  # noqa: ASYNC110 (no event for it)
+            # (the connection handler gives its address back as its last step)
+            while daemon.sessions or daemon.connecting or daemon.by_address:  # noqa: ASYNC110
                 await trio.sleep(0.02)
-        await trio.sleep(0.1)  # (the connection handler's last steps)
+        await trio.sleep(0.1)  # (trio-websocket's own last steps after the handler)
 
     await one()
     await ended()

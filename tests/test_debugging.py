@@ -218,7 +218,8 @@ async def test_trace_records_the_selected_session(tmp_path: Path) -> None:
     assert audio[0]["bytes"] == fr.AUDIO_HEADER_BYTES + 1920
     ts = [r["t"] for r in records]
     assert ts == sorted(ts)
-    assert audio[-1]["t"] - audio[0]["t"] == pytest.approx(0.060, abs=0.015)
+    # three frames' deadlines after the first: never sooner (a loaded machine may send later)
+    assert 0.055 <= audio[-1]["t"] - audio[0]["t"] < 0.5
     text = next(r for r in records if r["type"] == "text")
     assert text["text"] == "Yes" and text["end"] is True
 
@@ -282,7 +283,8 @@ async def test_probe_prints_handshake_and_one_line_per_frame(daemon: Daemon) -> 
     assert frames[-1].endswith("last")
     assert lines[header + 5].startswith("done       4 frames (0.08 s)")
     assert len(timer.errors_ms) == 4 and timer.errors_ms[0] == 0.0
-    assert max(abs(e) for e in timer.errors_ms) < 15.0
+    assert max(abs(e) for e in timer.errors_ms) < 60.0  # (real arrivals: the grid's own test
+    # is the slow one with its bounds; this one checks the printing)
     assert DEFAULT_TEXT.endswith(".")
 
 

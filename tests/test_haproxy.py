@@ -101,15 +101,20 @@ def start_haproxy(haproxy: str, cfg: Path) -> subprocess.Popen[bytes]:
     )
 
 
-async def wait_ready(port: int) -> None:
+async def wait_ready(port: int, want: tuple[int, str] = (200, "ready\n")) -> None:
+    """Poll the daemon's /readyz on `port` until it answers `want` (200 "ready"; a drain:
+    503 "draining", said once it accepts no more sessions)."""
     with trio.fail_after(20):
         while True:
             try:
-                if (await http_get(port, "/readyz"))[0] == 200:
+                if await http_get(port, "/readyz") == want:
                     return
             except OSError:
                 pass
             await trio.sleep(0.05)
+
+
+DRAINING = (503, "draining\n")
 
 
 async def open_haproxy(
@@ -180,7 +185,7 @@ async def test_two_daemons_behind_haproxy_drain_one(
         release.set()
         await until(lambda: sum(s.started for s in sessions) == 20)
         a.send_signal(signal.SIGTERM)
-        await trio.sleep(0.05)
+        await wait_ready(http_a, DRAINING)  # (its loop has the signal: it accepts no more)
         # new sessions all land on B (A answers 503, HAProxy retries elsewhere)
         for _ in range(8):
             async with open_session(url) as late:

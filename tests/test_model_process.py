@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -337,20 +337,32 @@ async def test_a_request_not_answered_in_time_fails_alone_and_is_stopped(path: s
         remote.close()
 
 
-def _raw(path: str, *messages: wire.Message, until_closed: bool = False) -> list[wire.Message]:
+def _raw(
+    path: str,
+    *messages: wire.Message,
+    until_closed: bool = False,
+    until: Callable[[list[wire.Message]], bool] = lambda got: False,
+) -> list[wire.Message]:
     """Send `messages` on a fresh connection; the messages that came back (after the hello)
-    until the model process closed it (`until_closed`) or went quiet for 0.5 s."""
+    once `until` holds of them, or the model process closed it (`until_closed`, or the closing
+    came first); fails after 5 s without either."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.connect(path)
-        sock.settimeout(0.5 if not until_closed else 5)
+        sock.settimeout(5)
         sock.sendall(b"".join(wire.encode(m) for m in messages))
         decoder, got = wire.Decoder(), []
         try:
-            while data := sock.recv(65536):
+            while until_closed or not (got and until(got[1:])):
+                if not (data := sock.recv(65536)):
+                    break
                 got += decoder.feed(data)
         except TimeoutError:
-            assert not until_closed, "the model process kept the connection"
+            raise AssertionError(f"after 5 s: {got[1:]} (the connection open)") from None
         return got[1:]
+
+
+def _failed(got: list[wire.Message]) -> bool:
+    return any(isinstance(m, wire.Failed) for m in got)
 
 
 async def test_a_request_id_used_twice_drops_that_connection(path: str) -> None:
@@ -372,6 +384,7 @@ async def test_too_many_requests_are_refused_one_by_one(
                 path,
                 wire.Speak(1, "closing", "One long piece. " * 9),
                 wire.Speak(2, "sine", "Two."),
+                until=lambda got: _failed(got) and any(isinstance(m, wire.Chunk) for m in got),
             )
         )
     refused = [m for m in got if isinstance(m, wire.Failed)]
@@ -388,7 +401,9 @@ async def test_a_request_never_pulled_is_stopped_after_its_idle_time(
     engine = _Engine()
     async with model_process(path, engine):
         got = await trio.to_thread.run_sync(
-            lambda: _raw(path, wire.Speak(3, "closing", "A piece of several chunks. " * 4))
+            lambda: _raw(
+                path, wire.Speak(3, "closing", "A piece of several chunks. " * 4), until=_failed
+            )
         )
         await until(lambda: engine.log == ["closed"])  # its iterator let go
     assert [type(m) for m in got] == [wire.Chunk, wire.Failed]

@@ -319,7 +319,7 @@ async def test_a_request_not_answered_in_time_on_a_leaving_link_is_not_asked_aga
         )
         slow = await trio.to_thread.run_sync(remote.open_voice, "slow")
         asking, failed = _asking(slow, "Too slow.")
-        await trio.sleep(0.1)  # asked, not answered yet
+        await until(lambda: old.stats().requests_active == 1)  # asked, not answered yet
         old.leave()  # SIGTERM
         os.unlink(path)
         await trio.to_thread.run_sync(asking.join, 5)

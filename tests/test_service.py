@@ -204,7 +204,7 @@ async def test_drain_finishes_utterances_then_goes_away() -> None:
             done = [f for f in frames if isinstance(f, UtteranceDone)]
             assert [d.utterance_id for d in done] == [uid]
             assert busy._ws.closed is not None and busy._ws.closed.code == 1001
-            assert time.monotonic() - t0 < 3
+            assert time.monotonic() - t0 < 8  # when its utterance ended, not the 10 s drain
         await until(lambda: service.phase is Phase.STOPPED)
 
 

@@ -21,6 +21,26 @@ from duplexd.engines.tone import ToneEngine
 pytestmark = pytest.mark.integration
 
 
+class FakeClock:
+    """`duplexd._server.synthesis`'s clock (its `time.perf_counter`), moved only by the test:
+    a batch's time runs out when a chunk says so, not when a loaded machine is slow."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    from duplexd._server import synthesis
+
+    fake = FakeClock()
+    monkeypatch.setattr(synthesis, "time", fake)
+    return fake
+
+
 class Waiting(ToneEngine):
     """An engine whose calls only wait for work done elsewhere."""
 
@@ -88,14 +108,15 @@ async def test_chunks_take_turns() -> None:
     assert order == list(range(6))  # first come, first served
 
 
-async def test_the_chunks_that_wait_meanwhile_go_in_one_batch_in_order() -> None:
-    # (the first chunk runs past the batch's time, 5 x 20 ms: the batch ends with it)
+async def test_the_chunks_that_wait_meanwhile_go_in_one_batch_in_order(clock: FakeClock) -> None:
+    # (the first chunk runs past the batch's time, by the test's clock: the batch ends with it)
     turns = EngineTurns(trio.to_thread.run_sync, threads=1, batch_s=0.05)
     running, release, order, results = threading.Event(), threading.Event(), [], {}
 
     def first() -> str:
         running.set()
         release.wait(5)  # holds the one turn while the others ask
+        clock.now += 1.0  # ... past the batch's time
         order.append(0)
         return "first"
 
@@ -174,7 +195,7 @@ async def test_a_chunk_cancelled_while_it_runs_finishes_first() -> None:
     assert scope.cancelled_caught and ran == ["done"]
 
 
-async def test_a_chunks_error_goes_to_its_own_session_only() -> None:
+async def test_a_chunks_error_goes_to_its_own_session_only(clock: FakeClock) -> None:
     turns = EngineTurns(trio.to_thread.run_sync, threads=1, batch_s=0.05)
     release, results = threading.Event(), {}
 
@@ -188,7 +209,7 @@ async def test_a_chunks_error_goes_to_its_own_session_only() -> None:
             results[i] = str(exc)
 
     async with trio.open_nursery() as nursery:
-        await hold(nursery, turns, release)
+        await hold(nursery, turns, release, clock)
         for i in range(4):
             nursery.start_soon(ask, i)
             await trio.sleep(0.02)
@@ -198,7 +219,9 @@ async def test_a_chunks_error_goes_to_its_own_session_only() -> None:
     assert turns.batches == 2
 
 
-async def test_a_chunk_that_ends_goes_on_before_a_slow_one_after_it_in_its_batch() -> None:
+async def test_a_chunk_that_ends_goes_on_before_a_slow_one_after_it_in_its_batch(
+    clock: FakeClock,
+) -> None:
     turns = EngineTurns(trio.to_thread.run_sync, threads=1, batch_s=1.0)
     release, slow_done, order = threading.Event(), threading.Event(), []
 
@@ -262,14 +285,21 @@ async def counted(turns: EngineTurns, chunks: int) -> None:
     assert turns.chunks == chunks
 
 
-async def hold(nursery: trio.Nursery, turns: EngineTurns, release: threading.Event) -> None:
-    """Start a chunk that holds the engine's one turn until `release` (and runs past any
-    batch's time); return once it runs."""
+async def hold(
+    nursery: trio.Nursery,
+    turns: EngineTurns,
+    release: threading.Event,
+    clock: FakeClock | None = None,
+) -> None:
+    """Start a chunk that holds the engine's one turn until `release` (and, with `clock`, runs
+    past any batch's time); return once it runs."""
     running = threading.Event()
 
     def chunk() -> None:
         running.set()
         release.wait(5)
+        if clock is not None:
+            clock.now += 1000.0
 
     nursery.start_soon(turns, chunk)
     await trio.to_thread.run_sync(running.wait, 5)

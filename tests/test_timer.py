@@ -175,7 +175,7 @@ async def test_past_deadline_is_a_checkpoint_and_returns_at_once() -> None:
     with PreciseTimer() as t:
         before = trio.current_time()
         await t.sleep_until(before - 1.0)
-        assert trio.current_time() - before < 0.05
+        assert trio.current_time() - before < 0.5  # at once, not a second later
         # Still a checkpoint: an already-cancelled scope raises.
         with trio.CancelScope() as cs:
             cs.cancel()

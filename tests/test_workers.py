@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 import trio
-from test_haproxy import by_daemon, hold_sessions, wait_ready
+from test_haproxy import DRAINING, by_daemon, hold_sessions, wait_ready
 from test_service import CLIENT_SOCKET_LEAK, http_get, samples, until
 
 from bench.daemon import Server, ServerFailed, listening_socket, start_server, start_worker
@@ -68,7 +68,7 @@ async def test_two_workers_share_one_port_and_one_drains(servers: list[Server]) 
         release.set()
         await until(lambda: sum(s.started for s in sessions) == 20)
         a.proc.send_signal(signal.SIGTERM)
-        await trio.sleep(0.2)  # (the signal reaches its loop; no connection races it here)
+        await wait_ready(http_a, DRAINING)  # (its loop has the signal: it accepts no more)
         # A accepts no more: every new session is B's, and none is refused
         for _ in range(8):
             async with open_session(a.url) as late:
