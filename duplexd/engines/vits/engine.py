@@ -349,9 +349,10 @@ class VitsEngine:
         self._apply_threads()
         dev = self._device
         lengths = [len(s) for s in sequences]
-        ids = torch.zeros(len(sequences), max(lengths), dtype=torch.long)
-        for i, seq in enumerate(sequences):
-            ids[i, : len(seq)] = torch.as_tensor(list(seq), dtype=torch.long)
+        padded = np.zeros((len(sequences), max(lengths)), dtype=np.int64)
+        for i, seq in enumerate(sequences):  # (rows filled in numpy: one tensor, made once)
+            padded[i, : len(seq)] = seq
+        ids = torch.from_numpy(padded)
         gen = None
         if self._seed is not None:
             gen = torch.Generator(device=dev)
