@@ -51,7 +51,9 @@ async def test_survivors_of_a_full_collection_are_frozen(policy: GarbagePolicy) 
     assert not any(any(a is o for o in gc.get_objects()) for a in alive[:3])
     g = policy.stats()
     assert g.full_collections == 1 and g.longest_s == g.full_collection_s > 0
-    assert g.frozen == gc.get_freeze_count()
+    # counted at that collection; since then frozen objects may only have been freed (by their
+    # reference counts: a thread of an earlier test letting go of some, say), none frozen
+    assert frozen + 100 <= g.frozen and gc.get_freeze_count() <= g.frozen
 
 
 async def test_garbage_frozen_is_freed_by_refcount_or_by_a_sweep(
