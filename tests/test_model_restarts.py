@@ -38,8 +38,7 @@ async def test_a_piece_a_dead_model_process_never_answered_is_asked_of_the_next_
     dying = _Deadly()  # a piece that is still being made when the model process dies
     got: list[FloatAudio] = []
     async with model_process(path, dying) as scope:
-        remote = await trio.to_thread.run_sync(lambda: RemoteEngine(path, reconnect_wait_s=10))
-        voice = await trio.to_thread.run_sync(remote.open_voice, "sine")
+        remote, voice = await _sine(path)
         thread = threading.Thread(target=lambda: got.append(voice.synthesize("Cut short.")))
         thread.start()
         await trio.to_thread.run_sync(dying.asked.wait, 5)
@@ -120,11 +119,19 @@ async def _leave(old: ModelServer, path: str | None = None) -> None:
         await old.all_gone()
 
 
+async def _sine(path: str, reconnect_wait_s: float | None = 10) -> tuple[RemoteEngine, RemoteVoice]:
+    """A daemon's engine of the model process at `path` and its "sine" voice, opened
+    (`reconnect_wait_s` None: the engine's own)."""
+    options = {} if reconnect_wait_s is None else {"reconnect_wait_s": reconnect_wait_s}
+    remote = await trio.to_thread.run_sync(lambda: RemoteEngine(path, **options))
+    voice = await trio.to_thread.run_sync(remote.open_voice, "sine")
+    return remote, voice  # type: ignore[return-value]
+
+
 async def test_a_model_process_that_leaves_finishes_the_utterances_begun_there(path: str) -> None:
     old_engine, new_engine = _Heard(), _Heard()
     async with serving(path, old_engine) as old:
-        remote = await trio.to_thread.run_sync(lambda: RemoteEngine(path, reconnect_wait_s=10))
-        voice = await trio.to_thread.run_sync(remote.open_voice, "sine")
+        remote, voice = await _sine(path)
         begun, unused = voice.for_utterance(), voice.for_utterance()  # type: ignore[attr-defined]
         await trio.to_thread.run_sync(begun.synthesize, "First piece.")
         link = remote._link
@@ -156,8 +163,7 @@ async def test_an_utterance_whose_model_process_died_between_pieces_goes_on_with
     path: str,
 ) -> None:
     async with model_process(path, ToneEngine()) as scope:
-        remote = await trio.to_thread.run_sync(lambda: RemoteEngine(path, reconnect_wait_s=10))
-        voice = await trio.to_thread.run_sync(remote.open_voice, "sine")
+        remote, voice = await _sine(path)
         utterance = voice.for_utterance()  # type: ignore[attr-defined]
         await trio.to_thread.run_sync(utterance.synthesize, "First piece.")
         first = remote._link
@@ -176,8 +182,7 @@ async def test_a_daemon_with_nothing_under_way_lets_a_leaving_model_process_go_a
     path: str,
 ) -> None:
     async with serving(path, ToneEngine()) as old:
-        remote = await trio.to_thread.run_sync(RemoteEngine, path)
-        await trio.to_thread.run_sync(remote.open_voice, "sine")
+        remote, _ = await _sine(path, None)
         assert old.connected == 1
         await _leave(old)
         assert old.connected == 0
@@ -209,8 +214,7 @@ async def test_a_text_the_wire_cannot_take_fails_alone_and_leaves_nothing_waitin
     path: str,
 ) -> None:
     async with serving(path, ToneEngine()) as old:
-        remote = await trio.to_thread.run_sync(RemoteEngine, path)
-        voice = await trio.to_thread.run_sync(remote.open_voice, "sine")
+        remote, voice = await _sine(path, None)
         with pytest.raises(EngineError, match="cannot ask the model process"):
             await trio.to_thread.run_sync(voice.synthesize, "x" * (wire.MAX_TEXT_BYTES + 1))
         await _leave(old)  # no request was left waiting: the daemon let it go
@@ -219,8 +223,7 @@ async def test_a_text_the_wire_cannot_take_fails_alone_and_leaves_nothing_waitin
 
 async def test_a_call_with_no_model_process_waits_for_the_next_one(path: str) -> None:
     async with serving(path, ToneEngine()) as old:
-        remote = await trio.to_thread.run_sync(lambda: RemoteEngine(path, reconnect_wait_s=10))
-        voice = await trio.to_thread.run_sync(remote.open_voice, "sine")
+        remote, voice = await _sine(path)
         await _leave(old, path)  # (nothing under way: the daemon lets it go at once)
     got: list[FloatAudio] = []
     waiting = threading.Thread(target=lambda: got.append(voice.synthesize("Wait for it.")))
@@ -291,8 +294,7 @@ async def test_a_piece_whose_model_process_dies_is_asked_of_one_more_only(path: 
     at most: the piece is asked once more, not of every model process systemd restarts."""
     first = _Deadly()
     async with model_process(path, first) as scope:
-        remote = await trio.to_thread.run_sync(lambda: RemoteEngine(path, reconnect_wait_s=10))
-        voice = await trio.to_thread.run_sync(remote.open_voice, "sine")
+        remote, voice = await _sine(path)
         asking, failed = _asking(voice, "Poison.")
         await trio.to_thread.run_sync(first.asked.wait, 5)
         await _dies(path, scope, remote, first)  # making the piece
@@ -368,8 +370,7 @@ async def test_an_utterance_whose_link_dies_as_its_piece_begins_goes_on_with_the
     the piece begins on it (played by handing the dead link out once): nothing was sent, so the
     piece goes on the next model process."""
     async with model_process(path, ToneEngine()) as scope:
-        remote = await trio.to_thread.run_sync(lambda: RemoteEngine(path, reconnect_wait_s=10))
-        voice = await trio.to_thread.run_sync(remote.open_voice, "sine")
+        remote, voice = await _sine(path)
         utterance = voice.for_utterance()  # type: ignore[attr-defined]
         await trio.to_thread.run_sync(utterance.synthesize, "First piece.")
         first = remote._link
@@ -398,8 +399,7 @@ async def test_a_voice_opened_before_is_handed_out_at_once_while_no_model_proces
     answer kept); its first piece waits for the next model process, as every new piece does.
     A voice never opened waits for one."""
     async with serving(path, ToneEngine()) as old:
-        remote = await trio.to_thread.run_sync(lambda: RemoteEngine(path, reconnect_wait_s=10))
-        first = await trio.to_thread.run_sync(remote.open_voice, "sine")
+        remote, first = await _sine(path)
         await _leave(old, path)
     with trio.fail_after(1):
         again = await trio.to_thread.run_sync(remote.open_voice, "sine")
