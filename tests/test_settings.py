@@ -146,6 +146,8 @@ def test_asr_trace_and_tone_options_are_settings_keys(
         ("[engine]\nmodel_wait_s = inf\n", "engine.model_wait_s: expected a finite number"),
         ("[engine]\nmax_batch = -1\n", "engine.max_batch: must be in 0..1024 \\(0: the engine"),
         ("[engine]\nmax_batch = 1025\n", "engine.max_batch: must be in 0..1024"),
+        ("[engine]\ninference_threads = 9\n", "engine.inference_threads: must be in 0..8 \\(0"),
+        ("[engine]\ninference_threads = -1\n", "engine.inference_threads: must be in 0..8"),
         ("[engine]\nbatch_window_ms = 1000.5\n", "engine.batch_window_ms: must be in 0..1000"),
         ("[engine]\nbatch_window_ms = -0.5\n", "engine.batch_window_ms: must be in 0..1000"),
         ("[engine]\nbatch_window_ms = nan\n", "engine.batch_window_ms: expected a finite"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -221,18 +222,24 @@ def test_voices_dir_and_lru_never_evicts_in_use(tmp_path: Path) -> None:
 
 
 def test_the_batch_settings_reach_the_engine() -> None:
-    """`[engine] max_batch` / `batch_window_ms` (or DUPLEXD_ENGINE__MAX_BATCH...) size the
-    inference thread's batches; 0 keeps the engine's default (1 on the CPU)."""
+    """`[engine] max_batch` / `batch_window_ms` / `inference_threads` (or
+    DUPLEXD_ENGINE__MAX_BATCH...) size the inference threads' batches; 0 keeps the engine's
+    default (1 on the CPU)."""
     from duplexd._ops.settings import load_settings
     from duplexd._server.service import load_local_engine
 
-    env = {"DUPLEXD_ENGINE__MAX_BATCH": "64", "DUPLEXD_ENGINE__BATCH_WINDOW_MS": "0"}
-    for environ, want in ((env, (64, 0.0)), ({}, (1, 0.002))):
+    env = {
+        "DUPLEXD_ENGINE__MAX_BATCH": "64",
+        "DUPLEXD_ENGINE__BATCH_WINDOW_MS": "0",
+        "DUPLEXD_ENGINE__INFERENCE_THREADS": "2",
+    }
+    for environ, want in ((env, (64, 0.0, 2)), ({}, (1, 0.002, 1))):
         settings = load_settings(environ={"DUPLEXD_ENGINE__DEVICE": "cpu", **environ})
         eng = load_local_engine(settings.engine, {"warmup": False})
         try:
             assert isinstance(eng, VitsEngine)
-            assert (eng.worker.max_batch, eng.worker.window_s) == want
+            worker = eng.worker
+            assert (worker.max_batch, worker.window_s, worker.threads) == want
         finally:
             eng.close()
 
@@ -373,6 +380,49 @@ def test_a_batch_is_one_band_of_lengths(
     from duplexd.engines.vits.batcher import _one_band
 
     assert [len(j.ids) for j in _one_band(_jobs(*lengths), most, 2.0)] == want
+
+
+def test_two_inference_threads_run_two_batches_at_once() -> None:
+    """With `threads=2` a second batch starts while the first still runs (on CUDA: one
+    thread's Python while the GPU computes the other's), each one band as before; every
+    request is answered once, and `close` ends both threads."""
+    started: list[list[int]] = []
+    both, release = threading.Barrier(2, timeout=10), threading.Event()
+    names: set[str] = set()
+
+    def run_batch(model: Any, seqs: Any) -> list[Any]:
+        started.append([len(s) for s in seqs])
+        names.add(threading.current_thread().name)
+        if len(started) <= 2:
+            both.wait()  # (two batches in flight together, or this times out)
+            release.wait(10)
+        return [(np.zeros(len(s), dtype=np.float32), np.ones(len(s), dtype=np.int64)) for s in seqs]
+
+    begun: list[str] = []
+    worker = BatchingWorker(
+        run_batch,
+        max_batch=2,
+        window_s=0.0,
+        threads=2,
+        on_start=lambda: begun.append(threading.current_thread().name),
+    )
+    try:
+        first = worker.submit("m", [0] * 10)
+        second = worker.submit("m", [0] * 100)  # (another band: a batch of its own)
+        for _ in range(200):
+            if len(started) == 2:
+                break
+            time.sleep(0.01)
+        assert sorted(map(tuple, started)) == [(10,), (100,)]
+        rest = [worker.submit("m", [0] * n) for n in (11, 12, 13)]
+        release.set()
+        for fut in (first, second, *rest):
+            assert len(fut.result(10)[0]) > 0
+    finally:
+        worker.close()
+    assert sorted(begun) == sorted(names) == ["vits-inference", "vits-inference-1"]
+    assert sum(worker.batch_size_counts[n] * n for n in range(3)) == 5
+    assert not any(t.is_alive() for t in worker._threads)
 
 
 def test_worker_call_runs_alone_in_order() -> None:

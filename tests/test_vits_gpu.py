@@ -89,3 +89,33 @@ def test_fp16_keeps_quality(fp32: VitsEngine) -> None:
             assert corr(a, b) >= 0.99, text
     finally:
         half.close()
+
+
+def test_two_inference_streams_give_the_same_audio(fp32: VitsEngine) -> None:
+    """The default on CUDA, two inference threads each on its own stream, asked by
+    40 threads at once (batches in flight together): every sentence as one thread makes it."""
+    import threading
+
+    assert fp32.worker.threads == 2
+    one = VitsEngine(device="cuda", deterministic=True, fp16=False, inference_threads=1)
+    try:
+        v1, v2 = one.open_voice("joe"), fp32.open_voice("joe")
+        seqs = [v1.phoneme_ids(t)[0] for t in SENTENCES]
+        want = [v1.synthesize_batch([seq])[0] for seq in seqs]
+        got: dict[int, np.ndarray] = {}
+
+        def ask(i: int) -> None:
+            got[i] = v2.synthesize_ids([seqs[i % len(seqs)]])[0]
+
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(8 * len(seqs))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert len(got) == len(threads)
+        for i, out in got.items():
+            ref = want[i % len(seqs)]
+            assert len(out) == len(ref)
+            assert corr(out, ref) >= 0.999
+    finally:
+        one.close()

@@ -27,6 +27,7 @@ from ..protocol.frames import MAX_FRAME_BYTES
 
 ENV_PREFIX: Final = "DUPLEXD_"
 MAX_BATCH: Final = 1024  # [engine] max_batch, at most
+MAX_INFERENCE_THREADS: Final = 8  # [engine] inference_threads, at most
 LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
@@ -90,6 +91,9 @@ class EngineSettings:
     max_batch: int = 0
     # ... gathered for up to this long once the inference thread is free for them (0..1000)
     batch_window_ms: float = 2.0
+    # vits: threads taking batches, each with its own CUDA stream (0: the engine's default, 2 on
+    # CUDA and 1 on the CPU)
+    inference_threads: int = 0
     tone_compute_ms_per_char: float = 0.0  # tone only: simulated compute per character (bench)
     # a model process's Unix socket (`duplexd serve-model` listens there): `serve` uses its
     # engine instead of loading one (the workers of a GPU host share one model); "" = load here
@@ -439,6 +443,12 @@ def _validate(s: Settings) -> None:
         got = s.engine.max_batch
         raise bad(
             "engine.max_batch", f"must be in 0..{MAX_BATCH} (0: the engine's default), got {got}"
+        )
+    if not 0 <= s.engine.inference_threads <= MAX_INFERENCE_THREADS:
+        got = s.engine.inference_threads
+        raise bad(
+            "engine.inference_threads",
+            f"must be in 0..{MAX_INFERENCE_THREADS} (0: the engine's default), got {got}",
         )
     if not 0 <= s.engine.batch_window_ms <= 1000:
         raise bad("engine.batch_window_ms", f"must be in 0..1000, got {s.engine.batch_window_ms}")

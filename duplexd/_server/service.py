@@ -79,6 +79,7 @@ def load_local_engine(e: EngineSettings, options: Mapping[str, Any] | None = Non
         opts.setdefault("max_loaded_voices", e.max_loaded_voices)
         opts.setdefault("max_batch", e.max_batch or None)
         opts.setdefault("batch_window_ms", e.batch_window_ms)
+        opts.setdefault("inference_threads", e.inference_threads or None)
     try:
         engine = load_engine(e.name, device=e.device, **opts)
         engine.open_voice(e.voice or engine.default_voice)  # loads and warms it

@@ -12,6 +12,12 @@ serialising queue, which is what a CPU wants (parallel inferences only fight ove
 `call` runs any other piece of inference work (a streaming step) on the same thread, alone,
 once it is the oldest (requests queued behind it may run before it, in batches).
 A request cancelled while it waits takes no place in a batch.
+
+With `threads > 1` as many inference threads take batches from the one queue (each calls
+`on_start` first: the engine gives each its own CUDA stream there), so that one batch's
+Python (kernel launches, padding, copying audio out) runs while the GPU computes another's,
+instead of the GPU idling between batches; each batch is still one band, and a thread waits
+in the one window for its batch to fill. One thread is a serialising queue as before.
 """
 
 from __future__ import annotations
@@ -58,6 +64,7 @@ class BatchingWorker:
         max_length_ratio: float = MAX_LENGTH_RATIO,
         on_start: Callable[[], None] | None = None,
         name: str = "vits-inference",
+        threads: int = 1,
     ) -> None:
         self._run_batch = run_batch
         self.max_batch = max(1, max_batch)
@@ -68,10 +75,15 @@ class BatchingWorker:
         self._cond = threading.Condition()
         self._closed = False
         self.batch_sizes: list[int] = []  # observability (tests, bench): sizes of recent batches
-        # batch_size_counts[n]: batches of n requests run so far (only this thread writes it)
+        # batch_size_counts[n]: batches of n requests run so far (written under `_cond`)
         self.batch_size_counts = [0] * (self.max_batch + 1)
-        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
-        self._thread.start()
+        self.threads = max(1, threads)
+        self._threads = [
+            threading.Thread(target=self._loop, name=name if i == 0 else f"{name}-{i}", daemon=True)
+            for i in range(self.threads)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def submit(self, model: Any, ids: Sequence[int]) -> Future[Synthesized]:
         fut: Future[Synthesized] = Future()
@@ -141,8 +153,9 @@ class BatchingWorker:
                     continue
                 live[0].future.set_result(result)
                 continue
-            self.batch_sizes = [*self.batch_sizes[-255:], len(live)]
-            self.batch_size_counts[len(live)] += 1
+            with self._cond:
+                self.batch_sizes = [*self.batch_sizes[-255:], len(live)]
+                self.batch_size_counts[len(live)] += 1
             try:
                 outs = self._run_batch(live[0].model, [j.ids for j in live])
             except BaseException as exc:
@@ -161,8 +174,10 @@ class BatchingWorker:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        if threading.current_thread() is not self._thread:
-            self._thread.join(timeout)
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            if threading.current_thread() is not thread:
+                thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def _one_band(jobs: Sequence[_Job], most: int, ratio: float) -> list[_Job]:

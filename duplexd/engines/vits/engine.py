@@ -28,6 +28,9 @@ _LOG = logging.getLogger(__name__)
 _WARMUP_TEXT = "Hello, this warms the voice up."
 # a batch's most pieces on CUDA (why 64: bench/results/README.md, "VITS on an H200")
 CUDA_MAX_BATCH = 64
+# inference threads on CUDA, each with its own stream: one's Python runs while the GPU computes
+# the other's batch (bench/results/README.md, "Two inference streams")
+CUDA_INFERENCE_THREADS = 2
 EMPTY: FloatAudio = np.zeros(0, dtype=np.float32)
 
 
@@ -125,6 +128,8 @@ class VitsEngine:
     seed: fixed random generator seed per batch (repeatable sampling with noise).
     max_batch / batch_window_ms: dynamic batching (defaults: 64 and 2 ms on CUDA, 1 on CPU;
         batches of similar lengths: `batcher.py`).
+    inference_threads: threads taking batches, each with its own CUDA stream (default: 2 on
+        CUDA, 1 on CPU, where parallel inferences only fight over cores).
     fp16: autocast flow + decoder in float16 (default: on CUDA only).
     """
 
@@ -144,6 +149,7 @@ class VitsEngine:
         seed: int | None = None,
         max_batch: int | None = None,
         batch_window_ms: float | None = None,
+        inference_threads: int | None = None,
         fp16: bool | None = None,
         warmup: bool = True,
     ) -> None:
@@ -167,11 +173,13 @@ class VitsEngine:
         self._closed = False
         if not on_cuda:
             torch.set_num_threads(self._threads)
+        self._inference_threads = inference_threads or (CUDA_INFERENCE_THREADS if on_cuda else 1)
         self._worker = BatchingWorker(
             self._run_batch,
             max_batch=max_batch if max_batch is not None else (CUDA_MAX_BATCH if on_cuda else 1),
             window_s=(batch_window_ms if batch_window_ms is not None else 2.0) / 1000.0,
-            on_start=self._apply_threads,
+            on_start=self._start_inference_thread,
+            threads=self._inference_threads,
         )
         self._models: ModelManager[LoadedVoice] = ModelManager(
             self._load, max_loaded_voices, self._unload
@@ -229,6 +237,14 @@ class VitsEngine:
         return self._worker
 
     # -- internals -------------------------------------------------------------------------
+
+    def _start_inference_thread(self) -> None:
+        """Each inference thread, first: its CPU threads, and with more than one thread on
+        CUDA its own stream (a thread's current stream is its own: kernels it launches and
+        its copies to the host wait for its work only)."""
+        self._apply_threads()
+        if self._device.type == "cuda" and self._inference_threads > 1:
+            torch.cuda.set_stream(torch.cuda.Stream(device=self._device))  # type: ignore[no-untyped-call]
 
     def _apply_threads(self) -> None:
         if self._device.type == "cpu" and torch.get_num_threads() != self._threads:
