@@ -151,9 +151,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def git_rev() -> str:
-    """The checkout's revision (`-dirty` with changes to tracked files); `DUPLEXD_BENCH_REV`
+    """The checkout's revision (`-dirty` with changes to tracked files); `BENCH_REV`
     instead where the copy's own .git does not say it (a copy sent to another machine)."""
-    if given := os.environ.get("DUPLEXD_BENCH_REV"):
+    if given := os.environ.get("BENCH_REV"):
         return given
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:

@@ -425,6 +425,24 @@ def test_two_inference_threads_run_two_batches_at_once() -> None:
     assert not any(t.is_alive() for t in worker._threads)
 
 
+def test_two_inference_threads_waiting_for_one_batch_both_go_on() -> None:
+    """Both threads idle: both wait in the window for the same requests to gather others, one
+    takes them, and the other (finding nothing left to take) waits for the next, every time."""
+    worker = BatchingWorker(
+        lambda model, seqs: [(np.zeros(1, np.float32), np.ones(1, np.int64)) for _ in seqs],
+        max_batch=4,
+        window_s=0.02,
+        threads=2,
+    )
+    try:
+        for _ in range(10):  # (two requests: each wakes a thread; one batch takes both)
+            pair = [worker.submit("m", [0, 1]) for _ in range(2)]
+            assert [len(f.result(10)[0]) for f in pair] == [1, 1]
+        assert all(t.is_alive() for t in worker._threads)
+    finally:
+        worker.close()
+
+
 def test_worker_call_runs_alone_in_order() -> None:
     seen: list[str] = []
 

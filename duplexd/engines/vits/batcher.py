@@ -111,25 +111,28 @@ class BatchingWorker:
                     self._cond.wait()
                 if self._closed:
                     return None
-                if not self._queue[0].future.cancelled():
+                if self._queue[0].future.cancelled():
+                    self._queue.popleft()  # (cancelled while it waited: nothing to run)
+                    continue
+                if self._queue[0].fn is not None:
+                    return [self._queue.popleft()]
+                model = self._queue[0].model
+                if self.max_batch > 1:
+                    deadline = time.monotonic() + self.window_s
+                    while not self._closed:
+                        same = sum(1 for j in self._queue if j.model is model and j.fn is None)
+                        left = deadline - time.monotonic()
+                        if same >= self.max_batch or left <= 0:
+                            break
+                        self._cond.wait(left)
+                waiting = [
+                    j
+                    for j in self._queue
+                    if j.model is model and j.fn is None and not j.future.cancelled()
+                ]
+                if waiting:
                     break
-                self._queue.popleft()  # (cancelled while it waited: nothing to run)
-            if self._queue[0].fn is not None:
-                return [self._queue.popleft()]
-            model = self._queue[0].model
-            if self.max_batch > 1:
-                deadline = time.monotonic() + self.window_s
-                while not self._closed:
-                    same = sum(1 for j in self._queue if j.model is model and j.fn is None)
-                    left = deadline - time.monotonic()
-                    if same >= self.max_batch or left <= 0:
-                        break
-                    self._cond.wait(left)
-            waiting = [
-                j
-                for j in self._queue
-                if j.model is model and j.fn is None and not j.future.cancelled()
-            ]
+                # (another inference thread took them while this one waited: start again)
             batch = _one_band(waiting, self.max_batch, self.max_length_ratio)
             taken = {id(j) for j in batch}
             self._queue = deque(j for j in self._queue if id(j) not in taken)
