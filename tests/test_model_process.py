@@ -16,6 +16,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -390,6 +391,37 @@ async def test_too_many_requests_are_refused_one_by_one(
     refused = [m for m in got if isinstance(m, wire.Failed)]
     assert refused == [wire.Failed(2, wire.OVERLOADED, "too many requests")]
     assert [m.request for m in got if isinstance(m, wire.Chunk)] == [1]
+
+
+async def test_a_request_no_thread_can_be_had_for_is_refused_and_the_next_served(
+    path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Requests run in threads of trio's cache, reused; when none can be had (the process's
+    thread limit) that request alone is refused, OVERLOADED, and the connection serves on."""
+    from duplexd.engines.remote import server
+
+    start = trio.lowlevel.start_thread_soon
+    calls = 0
+
+    def some_threads(*args: Any, **kwargs: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("can't start new thread")
+        start(*args, **kwargs)
+
+    monkeypatch.setattr(server.trio.lowlevel, "start_thread_soon", some_threads)
+    async with model_process(path, _Engine()):
+        got = await trio.to_thread.run_sync(
+            lambda: _raw(
+                path,
+                wire.Speak(1, "sine", "One."),
+                wire.Speak(2, "sine", "Two."),
+                until=lambda got: any(isinstance(m, wire.Chunk) for m in got),
+            )
+        )
+    assert got[0] == wire.Failed(1, wire.OVERLOADED, "no thread for it: can't start new thread")
+    assert [m.request for m in got if isinstance(m, wire.Chunk)] == [2]
 
 
 async def test_a_request_never_pulled_is_stopped_after_its_idle_time(
