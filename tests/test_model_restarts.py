@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -360,6 +361,45 @@ def test_a_link_told_leaving_in_its_greeting_is_closed_at_once(path: str) -> Non
         assert remote.default_voice == "sine"  # (its hello is still the engine's)
         remote.close()
     finally:
+        listener.close()
+
+
+def test_a_stop_sent_while_the_link_is_busy_goes_out_after_without_holding_the_caller(
+    path: str,
+) -> None:
+    """`send_soon` (a barge-in's Stop, from the event loop) with another send holding the link:
+    it returns at once, and another thread sends the Stop once the link is free."""
+    from duplexd.engines.remote.link import Link
+
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen()
+    info = {"name": "tone", "device": "cpu", "default_voice": "sine", "voices": ["sine"]}
+    got: list[wire.Message] = []
+
+    def model_process() -> None:  # (a peer that greets, then reads: test double)
+        conn, _ = listener.accept()
+        with conn:
+            conn.sendall(wire.encode(wire.Hello(info)))
+            conn.settimeout(5)
+            decoder = wire.Decoder()
+            while not got and (data := conn.recv(65536)):
+                got.extend(decoder.feed(data))
+
+    peer = threading.Thread(target=model_process)
+    peer.start()
+    link = Link(path, 5.0)
+    try:
+        with link._send_lock:  # (a send under way)
+            t0 = time.monotonic()
+            link.send_soon(wire.Stop(7))
+            assert time.monotonic() - t0 < 0.5
+            time.sleep(0.05)
+            assert got == []
+        peer.join(5)
+        assert got == [wire.Stop(7)]
+    finally:
+        link.close("test over")
         listener.close()
 
 

@@ -7,6 +7,7 @@ request id, and the leaving (`wire.Leaving`) of a model process that is stopping
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import queue
 import socket
@@ -14,11 +15,17 @@ import struct
 import threading
 from typing import Any, Final
 
+import trio
+
 from ..base import EngineError, EngineUnavailableError
 from . import wire
 
 log = logging.getLogger("duplexd.engines.remote")
 SEND_TIMEOUT_S: Final = 30.0  # a model process that reads nothing this long is gone
+
+
+def _ignore(_result: object) -> None:
+    """(`send_soon`'s thread, done.) `_send_quietly` raised nothing worth saying."""
 
 
 class ModelGoneError(EngineUnavailableError):
@@ -186,7 +193,7 @@ class Link:
 
     def send_soon(self, message: wire.Message) -> None:
         """Send a small `message` without blocking the caller (a Stop from the event loop):
-        at once if the socket can take it whole, else from a short-lived thread."""
+        at once if the socket can take it whole, else from another thread."""
         data = wire.encode(message)
         if self._send_lock.acquire(blocking=False):
             try:
@@ -203,7 +210,8 @@ class Link:
             finally:
                 self._send_lock.release()
         with contextlib.suppress(RuntimeError):  # no thread: the model process times it out
-            threading.Thread(target=self._send_quietly, args=(message,), daemon=True).start()
+            # (trio's cached thread when one is idle: starting a new one waits for it to run)
+            trio.lowlevel.start_thread_soon(functools.partial(self._send_quietly, message), _ignore)
 
     def _send_quietly(self, message: wire.Message) -> None:
         with contextlib.suppress(EngineError):
