@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from duplexd.engines.base import Engine, UnknownVoiceError, Voice
+from duplexd.engines.base import Engine, EngineError, UnknownVoiceError, Voice
 from duplexd.engines.vits import VitsEngine
 from duplexd.engines.vits.batcher import BatchingWorker
 from duplexd.engines.vits.stream import Window, plan_windows
@@ -439,6 +439,61 @@ def test_two_inference_threads_waiting_for_one_batch_both_go_on() -> None:
             pair = [worker.submit("m", [0, 1]) for _ in range(2)]
             assert [len(f.result(10)[0]) for f in pair] == [1, 1]
         assert all(t.is_alive() for t in worker._threads)
+    finally:
+        worker.close()
+
+
+def test_a_call_for_one_thread_runs_on_that_thread() -> None:
+    """`call(fn, thread=i)`: the engine's warm-up of each inference thread's own stream."""
+    worker = BatchingWorker(lambda model, seqs: [], threads=3, name="inf")
+    try:
+        ran = [worker.call(threading.current_thread, thread=i) for i in (2, 0, 1, 2)]
+        assert [f.result(10).name for f in ran] == ["inf-2", "inf", "inf-1", "inf-2"]
+    finally:
+        worker.close()
+
+
+def test_a_batch_that_fails_fails_its_requests_and_the_threads_go_on() -> None:
+    """A `run_batch` that raises, or answers with the wrong number of results, fails that
+    batch's requests only; the next batch runs."""
+    answers = iter([RuntimeError("boom"), [], None])
+
+    def run_batch(model: Any, seqs: Any) -> list[Any]:
+        got = next(answers)
+        if isinstance(got, Exception):
+            raise got
+        if got is not None:
+            return got
+        return [(np.zeros(1, np.float32), np.ones(1, np.int64)) for _ in seqs]
+
+    worker = BatchingWorker(run_batch, threads=2)
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            worker.submit("m", [1]).result(10)
+        with pytest.raises(EngineError, match="a batch of 1 gave 0 results"):
+            worker.submit("m", [1]).result(10)
+        assert len(worker.submit("m", [1]).result(10)[0]) == 1
+    finally:
+        worker.close()
+
+
+def test_when_every_inference_thread_has_ended_requests_fail_instead_of_waiting() -> None:
+    """Threads that cannot start (here `on_start` raises in each): what was asked fails with
+    EngineError, and so does what is asked after; nothing waits forever."""
+
+    def broken() -> None:
+        raise RuntimeError("no stream")
+
+    worker = BatchingWorker(lambda model, seqs: [], threads=2, on_start=broken)
+    try:
+        with pytest.raises(EngineError):
+            worker.submit("m", [1]).result(10)
+        for _ in range(200):
+            if not any(t.is_alive() for t in worker._threads):
+                break
+            time.sleep(0.01)
+        with pytest.raises(EngineError, match="engine is closed"):
+            worker.submit("m", [1])
     finally:
         worker.close()
 

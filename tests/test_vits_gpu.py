@@ -92,16 +92,24 @@ def test_fp16_keeps_quality(fp32: VitsEngine) -> None:
 
 
 def test_two_inference_streams_give_the_same_audio(fp32: VitsEngine) -> None:
-    """The default on CUDA, two inference threads each on its own stream, asked by
-    40 threads at once (batches in flight together): every sentence as one thread makes it."""
+    """The default on CUDA, two inference threads each on its own stream, asked by 40 threads
+    at once: both threads run batches, and every sentence is the audio one thread makes."""
     import threading
 
     assert fp32.worker.threads == 2
     one = VitsEngine(device="cuda", deterministic=True, fp16=False, inference_threads=1)
+    ran_on: set[str] = set()
+    run_batch = fp32.worker._run_batch
+
+    def recording(model: Any, seqs: Any) -> Any:
+        ran_on.add(threading.current_thread().name)
+        return run_batch(model, seqs)
+
+    fp32.worker._run_batch = recording
     try:
         v1, v2 = one.open_voice("joe"), fp32.open_voice("joe")
         seqs = [v1.phoneme_ids(t)[0] for t in SENTENCES]
-        want = [v1.synthesize_batch([seq])[0] for seq in seqs]
+        want = [v1.synthesize_ids([seq])[0] for seq in seqs]
         got: dict[int, np.ndarray] = {}
 
         def ask(i: int) -> None:
@@ -117,5 +125,7 @@ def test_two_inference_streams_give_the_same_audio(fp32: VitsEngine) -> None:
             ref = want[i % len(seqs)]
             assert len(out) == len(ref)
             assert corr(out, ref) >= 0.999
+        assert ran_on == {"vits-inference", "vits-inference-1"}
     finally:
+        fp32.worker._run_batch = run_batch
         one.close()

@@ -364,7 +364,7 @@ class DaemonMetrics(Collector):
                 counts = getattr(worker, "batch_size_counts", None)
                 if not isinstance(counts, list):
                     continue
-                counts = list(counts)  # written by the inference thread
+                counts = list(counts)  # written by the inference threads (under their lock)
                 buckets = []
                 for edge in BATCH_EDGES:
                     buckets.append((str(float(edge)), sum(counts[: edge + 1])))

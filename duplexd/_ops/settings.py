@@ -89,10 +89,10 @@ class EngineSettings:
     # vits: pieces synthesized as one padded batch, at most (0: the engine's default, 64 on
     # CUDA and 1 on the CPU, where parallel inferences only fight over cores) ...
     max_batch: int = 0
-    # ... gathered for up to this long once the inference thread is free for them (0..1000)
+    # ... gathered for up to this long once an inference thread is free for them (0..1000)
     batch_window_ms: float = 2.0
     # vits: threads taking batches, each with its own CUDA stream (0: the engine's default, 2 on
-    # CUDA and 1 on the CPU)
+    # CUDA and 1 on the CPU); each stream keeps its own cache of GPU memory
     inference_threads: int = 0
     tone_compute_ms_per_char: float = 0.0  # tone only: simulated compute per character (bench)
     # a model process's Unix socket (`duplexd serve-model` listens there): `serve` uses its

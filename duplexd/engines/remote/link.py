@@ -15,6 +15,7 @@ import struct
 import threading
 from typing import Any, Final
 
+import outcome
 import trio
 
 from ..base import EngineError, EngineUnavailableError
@@ -24,8 +25,11 @@ log = logging.getLogger("duplexd.engines.remote")
 SEND_TIMEOUT_S: Final = 30.0  # a model process that reads nothing this long is gone
 
 
-def _ignore(_result: object) -> None:
-    """(`send_soon`'s thread, done.) `_send_quietly` raised nothing worth saying."""
+def _sent(result: outcome.Outcome[None]) -> None:
+    """(`send_soon`'s thread, done.) A failed link says so itself (`_send_quietly`); anything
+    else that escaped is logged."""
+    if isinstance(result, outcome.Error):
+        log.error("sending to the model process failed", extra={"why": repr(result.error)})
 
 
 class ModelGoneError(EngineUnavailableError):
@@ -211,7 +215,7 @@ class Link:
                 self._send_lock.release()
         with contextlib.suppress(RuntimeError):  # no thread: the model process times it out
             # (trio's cached thread when one is idle: starting a new one waits for it to run)
-            trio.lowlevel.start_thread_soon(functools.partial(self._send_quietly, message), _ignore)
+            trio.lowlevel.start_thread_soon(functools.partial(self._send_quietly, message), _sent)
 
     def _send_quietly(self, message: wire.Message) -> None:
         with contextlib.suppress(EngineError):

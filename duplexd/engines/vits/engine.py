@@ -96,7 +96,7 @@ class VitsVoice:
         """`synthesize(text)` in consecutive chunks, the first one early (see `stream.py`).
 
         On the CPU each sentence's latent is computed once, then decoded a window at a time
-        (each window one job on the inference thread, so other sessions' work interleaves);
+        (each window one job on an inference thread, so other sessions' work interleaves);
         the chunks concatenate to `synthesize`'s audio (to float rounding, in deterministic
         mode). On CUDA: one chunk from the batched path. Stop early by closing the iterator.
         """
@@ -134,7 +134,7 @@ class VitsEngine:
     """
 
     name = "vits"
-    # the calls only wait: the inference thread computes, and batches across sessions on CUDA
+    # the calls only wait: the inference threads compute, and batches across sessions on CUDA
     synthesis_threads = None
 
     def __init__(
@@ -244,7 +244,10 @@ class VitsEngine:
         its copies to the host wait for its work only)."""
         self._apply_threads()
         if self._device.type == "cuda" and self._inference_threads > 1:
-            torch.cuda.set_stream(torch.cuda.Stream(device=self._device))  # type: ignore[no-untyped-call]
+            try:
+                torch.cuda.set_stream(torch.cuda.Stream(device=self._device))  # type: ignore[no-untyped-call]
+            except RuntimeError as exc:  # (it still works on the default stream, in turn)
+                _LOG.warning("no CUDA stream of its own", extra={"why": str(exc)})
 
     def _apply_threads(self) -> None:
         if self._device.type == "cpu" and torch.get_num_threads() != self._threads:
@@ -263,6 +266,11 @@ class VitsEngine:
             if self._worker.max_batch > 1:
                 for fut in [self._worker.submit(lv, ids) for _ in range(2)]:
                     fut.result()
+            if self._worker.threads > 1:  # every thread's stream, memory pool and handles
+                each = range(self._worker.threads)
+                warm = partial(self._run_batch, lv, [ids, ids])
+                for warmed in [self._worker.call(warm, thread=i) for i in each]:
+                    warmed.result()
             if self._device.type == "cpu":  # and the windowed decoder's (`_synthesize_words`)
                 self._worker.call(partial(self._warm_windows, lv, ids)).result()
         return lv
