@@ -32,12 +32,13 @@ BENCH_SECONDS ?= 10
 DESTDIR ?=
 PREFIX ?= /opt/duplexd
 BENCH_ARGS ?=
-# make gpu-check [GPU_PY=python3] [GPU_LEVELS=1,100,300,1000]: on a 16-core CUDA host
+# make gpu-check [GPU_PY=python3] [GPU_LEVELS=1,100,300,1000] [GPU_OUT=out/gpu-sweep]: 16-core CUDA host
 GPU_PY ?= $(PY)
 GPU_LEVELS ?= 1,100,300,1000
 GPU_DAEMON_CPUS ?= 0-7
 GPU_MODEL_CPUS ?= 8,9
 GPU_CLIENT_CPUS ?= 10-15
+GPU_OUT ?= out/gpu-sweep
 
 .PHONY: install install-service run test test-unit test-integration lint fix typecheck ci tsan bench clean \
 	cov spy-top spy-record profile-engine fuzz soak gpu-check
@@ -130,7 +131,7 @@ profile-engine: install
 
 # on a CUDA host (no install: GPU_PY is a Python that has the project's packages and a CUDA
 # torch): the GPU tests, the engine's RTF, then the daemon's sweep (8 workers, one model
-# process on the GPU) into out/gpu-sweep.{json,md}; bench/results/README.md, "VITS on an H200"
+# process on the GPU) into $(GPU_OUT).{json,md}; bench/results/README.md, "VITS on an H200"
 gpu-check:
 	mkdir -p out
 	$(GPU_PY) -m pytest -m gpu -p no:cacheprovider -q tests/test_vits_gpu.py
@@ -138,8 +139,8 @@ gpu-check:
 	$(GPU_PY) -m bench --engine vits --device cuda --model-process --daemon-workers 8 \
 		--daemon-cpus $(GPU_DAEMON_CPUS) --model-cpus $(GPU_MODEL_CPUS) \
 		--client-cpus $(GPU_CLIENT_CPUS) --workers 6 --sessions $(GPU_LEVELS) --duration 15 \
-		--no-baseline --no-progress --json out/gpu-sweep.json > out/gpu-sweep.md
-	cat out/gpu-sweep.md
+		--no-baseline --no-progress --json $(GPU_OUT).json > $(GPU_OUT).md
+	cat $(GPU_OUT).md
 
 clean:
 	rm -rf build dist *.egg-info native/build duplexd/_native*.so duplexd/_native.c out

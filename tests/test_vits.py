@@ -132,6 +132,30 @@ def test_batched_equals_unbatched(engine: VitsEngine) -> None:
         assert corr(out, single) >= 0.999
 
 
+def test_a_batch_padded_to_its_shape_bucket_gives_the_same_audio(engine: VitsEngine) -> None:
+    """`shape_buckets`: three sequences padded to four rows (one a pad id) and their ids to a
+    multiple of 16 give each sequence the audio and the word timing it gets unpadded."""
+    from duplexd.engines.vits.engine import ID_MULTIPLE
+
+    bucketed = VitsEngine(device="cpu", deterministic=True, shape_buckets=True, warmup=False)
+    try:
+        voice = engine.open_voice("joe")
+        lv_name = voice.spec.full_name
+        seqs = [voice.phoneme_ids(t)[0] for t in SENTENCES[:3]]
+        assert max(map(len, seqs)) % ID_MULTIPLE  # (so the ids are padded too)
+        bucketed.open_voice("joe")
+        with engine.models.use(lv_name) as lv, bucketed.models.use(lv_name) as blv:
+            want = engine._run_batch(lv, seqs)
+            got = bucketed._run_batch(blv, seqs)
+    finally:
+        bucketed.close()
+    assert len(got) == len(seqs)
+    for (audio, samples), (ref, ref_samples) in zip(got, want, strict=True):
+        assert len(audio) == len(ref)
+        assert corr(audio, ref) >= 0.9999
+        assert np.array_equal(samples, ref_samples)
+
+
 def test_dynamic_batching_across_threads() -> None:
     eng = VitsEngine(
         device="cpu", deterministic=True, max_batch=4, batch_window_ms=200, warmup=False
@@ -222,7 +246,7 @@ def test_voices_dir_and_lru_never_evicts_in_use(tmp_path: Path) -> None:
 
 
 def test_the_batch_settings_reach_the_engine() -> None:
-    """`[engine] max_batch` / `batch_window_ms` / `inference_threads` (or
+    """`[engine] max_batch` / `batch_window_ms` / `inference_threads` / `shape_buckets` (or
     DUPLEXD_ENGINE__MAX_BATCH...) size the inference threads' batches; 0 keeps the engine's
     default (1 on the CPU)."""
     from duplexd._ops.settings import load_settings
@@ -232,14 +256,16 @@ def test_the_batch_settings_reach_the_engine() -> None:
         "DUPLEXD_ENGINE__MAX_BATCH": "64",
         "DUPLEXD_ENGINE__BATCH_WINDOW_MS": "0",
         "DUPLEXD_ENGINE__INFERENCE_THREADS": "2",
+        "DUPLEXD_ENGINE__SHAPE_BUCKETS": "true",
     }
-    for environ, want in ((env, (64, 0.0, 2)), ({}, (1, 0.002, 1))):
+    for environ, want in ((env, (64, 0.0, 2, True)), ({}, (1, 0.002, 1, False))):
         settings = load_settings(environ={"DUPLEXD_ENGINE__DEVICE": "cpu", **environ})
         eng = load_local_engine(settings.engine, {"warmup": False})
         try:
             assert isinstance(eng, VitsEngine)
             worker = eng.worker
-            assert (worker.max_batch, worker.window_s, worker.threads) == want
+            got = (worker.max_batch, worker.window_s, worker.threads, eng._shape_buckets)
+            assert got == want
         finally:
             eng.close()
 

@@ -129,3 +129,20 @@ def test_two_inference_streams_give_the_same_audio(fp32: VitsEngine) -> None:
     finally:
         fp32.worker._run_batch = run_batch
         one.close()
+
+
+def test_batches_padded_to_shape_buckets_give_the_same_audio(fp32: VitsEngine) -> None:
+    """`shape_buckets` on CUDA: the sentences as one batch padded to 8 rows and their ids to a
+    multiple of 16 sound as the unpadded batch does."""
+    bucketed = VitsEngine(device="cuda", deterministic=True, fp16=False, shape_buckets=True)
+    try:
+        voice = fp32.open_voice("joe")
+        bucketed.open_voice("joe")
+        seqs = [voice.phoneme_ids(t)[0] for t in SENTENCES]
+        want = voice.synthesize_batch(seqs)
+        got = bucketed.open_voice("joe").synthesize_batch(seqs)
+        for out, ref in zip(got, want, strict=True):
+            assert len(out) == len(ref)
+            assert corr(out, ref) >= 0.999
+    finally:
+        bucketed.close()

@@ -94,6 +94,8 @@ class EngineSettings:
     # vits: threads taking batches, each with its own CUDA stream (0: the engine's default, 2 on
     # CUDA and 1 on the CPU); each stream keeps its own cache of GPU memory
     inference_threads: int = 0
+    # vits: each batch padded to a few shapes (a GPU's convolution plans made once per shape)
+    shape_buckets: bool = False
     tone_compute_ms_per_char: float = 0.0  # tone only: simulated compute per character (bench)
     # a model process's Unix socket (`duplexd serve-model` listens there): `serve` uses its
     # engine instead of loading one (the workers of a GPU host share one model); "" = load here

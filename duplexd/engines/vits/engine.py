@@ -31,6 +31,9 @@ CUDA_MAX_BATCH = 64
 # inference threads on CUDA, each with its own stream: one's Python runs while the GPU computes
 # the other's batch (bench/results/README.md, "Two inference streams")
 CUDA_INFERENCE_THREADS = 2
+# `shape_buckets`: a batch's id sequences padded to a multiple of this many ids, its rows to a
+# power of two (cuDNN builds a plan per new input shape, and every batch was a new one)
+ID_MULTIPLE = 16
 EMPTY: FloatAudio = np.zeros(0, dtype=np.float32)
 
 
@@ -130,6 +133,11 @@ class VitsEngine:
         batches of similar lengths: `batcher.py`).
     inference_threads: threads taking batches, each with its own CUDA stream (default: 2 on
         CUDA, 1 on CPU, where parallel inferences only fight over cores).
+    shape_buckets: pad each batch to a few shapes (rows to a power of two with one-id rows,
+        ids to a multiple of `ID_MULTIPLE`; the latent is padded to `frame_multiple` frames on
+        CUDA already), so that a GPU's convolution plans are built once per shape, not per
+        batch; the same audio (deterministic; with noise, another draw of it). Off by default:
+        not yet measured on a GPU.
     fp16: autocast flow + decoder in float16 (default: on CUDA only).
     """
 
@@ -150,6 +158,7 @@ class VitsEngine:
         max_batch: int | None = None,
         batch_window_ms: float | None = None,
         inference_threads: int | None = None,
+        shape_buckets: bool = False,
         fp16: bool | None = None,
         warmup: bool = True,
     ) -> None:
@@ -166,6 +175,7 @@ class VitsEngine:
         self._seed = seed
         self._fp16 = on_cuda if fp16 is None else fp16
         self._frame_multiple = 32 if on_cuda else 1
+        self._shape_buckets = shape_buckets
         self._warmup = warmup
         self._catalog = VoiceCatalog(voices_dir)
         self._handles: dict[str, VitsVoice] = {}
@@ -373,7 +383,10 @@ class VitsEngine:
         self._apply_threads()
         dev = self._device
         lengths = [len(s) for s in sequences]
-        padded = np.zeros((len(sequences), max(lengths)), dtype=np.int64)
+        rows, width = len(sequences), max(lengths)
+        if self._shape_buckets:  # (the rows added are one pad id each: their audio is dropped)
+            rows, width = 1 << (rows - 1).bit_length(), -(-width // ID_MULTIPLE) * ID_MULTIPLE
+        padded = np.zeros((rows, width), dtype=np.int64)
         for i, seq in enumerate(sequences):  # (rows filled in numpy: one tensor, made once)
             padded[i, : len(seq)] = seq
         ids = torch.from_numpy(padded)
@@ -384,7 +397,7 @@ class VitsEngine:
         with torch.inference_mode():
             audio, n, durations = lv.model(
                 ids.to(dev, non_blocking=True),
-                torch.as_tensor(lengths, device=dev),
+                torch.as_tensor(lengths + [1] * (rows - len(lengths)), device=dev),
                 self._scales(lv.spec),
                 generator=gen,
                 frame_multiple=self._frame_multiple,
