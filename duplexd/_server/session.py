@@ -246,7 +246,8 @@ class Session:
         except RemoteProtocolError:
             self._charge(time.perf_counter() - t0)  # the session ends: its debt is carried
             raise
-        await self._account(time.perf_counter() - t0)
+        # (the next `receive_message` lets the others run: one task step less a message)
+        await self._account(time.perf_counter() - t0, checkpoint=False)
 
     def _charge(self, spent_s: float) -> None:
         """Count `spent_s` of loop time against the client's share."""
@@ -254,15 +255,16 @@ class Session:
         self._loop_share.refill(trio.current_time())
         self._loop_share.spend(spent_s)
 
-    async def _account(self, spent_s: float) -> None:
+    async def _account(self, spent_s: float, *, checkpoint: bool = True) -> None:
         """Count the loop time a batch of this client's frames cost; wait while the client is
-        over its share of the loop (`limits.input_share`), else just let others run."""
+        over its share of the loop (`limits.input_share`), else just let others run (unless
+        not `checkpoint`: the caller's next step does)."""
         self._charge(spent_s)
         debt = self._loop_share.debt_s()
         if debt > 0:
             self.observer.input_throttled_s += debt
             await trio.sleep(debt)
-        else:
+        elif checkpoint:
             await trio.lowlevel.checkpoint()
 
     def _over_budget(self) -> RemoteProtocolError:
