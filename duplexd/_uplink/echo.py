@@ -68,6 +68,8 @@ import numpy as np
 import numpy.typing as npt
 import pywebrtc_audio
 
+from .nearend import NearEndOnset
+
 FloatArray = npt.NDArray[np.float32]
 
 AEC_LATENCY_SAMPLES: Final = 128  # AEC3's output is this late at 16 kHz (tests/test_echo.py)
@@ -213,6 +215,7 @@ class EchoCanceller:
         self._aec_samples = 0  # uplink samples this AEC3 has seen
         self._converging = round(_CONVERGING_S * rate_hz)
         self._confirm = round(_CONFIRM_S * rate_hz)
+        self.near_end = NearEndOnset(rate_hz)
         self.energy_in = 0.0  # of the uplink while echo was possible ...
         self.energy_out = 0.0  # ... and of what AEC3 left of it
 
@@ -359,6 +362,7 @@ class EchoCanceller:
             self.energy_in += e
             self.energy_out += e
             return self._skipped(joined[:n])
+        self.near_end.add(chunk, far, pos)
         out: FloatArray = self._aec.process(chunk, far)
         # AEC3's output is `lat` late: it continues the previous call's; unless it was idle:
         # then its first `lat` samples are stale, and the input was passed through instead

@@ -42,7 +42,9 @@ The echo reference is every AUDIO frame the session sends (`on_downlink`), and t
 PLAYED reports (`on_played`) tell the canceller when what was sent was played (echo.py). While
 the session's own voice may be echoing back (audio was sent within `echo.IDLE_S`), a window must
 also score `echo_threshold` to count toward a barge-in: the one second line of defence kept,
-for the echo AEC3 lets through while it converges (its first second, a changed echo path).
+for the echo AEC3 lets through while it converges (its first second, a changed echo path);
+not while the microphone is louder than the echo explains (`nearend.NearEndOnset`: the user
+talking over it, whose onset AEC3's suppressor ducks).
 Measured (bench/results/README.md): the generated rooms replayed offline have no false barge-in
 even without it; the daemon live through an RT60 300 ms room had none in 4 runs of 2 sessions
 x 60 s with it (and in an earlier four, 1 with it and 2 with 0.5, which was no faster); it costs
@@ -384,7 +386,8 @@ class Uplink:
         unjudged = False
         if self._echo is not None and self._echo.active(pos):
             c.echo_windows += 1  # what AEC3 let through of the echo must not barge in
-            barge_threshold = max(barge_threshold, self.vad_options.echo_threshold)
+            if self._echo.near_end.until <= pos:  # (the user louder than it: nearend.py)
+                barge_threshold = max(barge_threshold, self.vad_options.echo_threshold)
             unjudged = self._echo.converging
         prob = self._vad.prob(window)
         if unjudged:  # the agent's first ~0.6 s: AEC3 has not converged, and with a jittery

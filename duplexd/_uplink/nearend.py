@@ -1,0 +1,88 @@
+"""The user starting to talk over the agent's echo: heard from the microphone's level.
+
+While the agent's voice may be echoing back, a VAD window must score `echo_threshold` (0.7),
+not `threshold` (0.5), to count toward a barge-in: the margin for what AEC3 lets through of the
+echo. But AEC3's suppressor also takes the first 20-60 ms of a user who starts talking over
+the echo for echo (bench/rooms.py, the user 10 dB over it: the onset's first 20 ms come out
+4-22 dB under the user, the next 20 ms up to 26 dB), and the onset then has to clear the
+higher threshold too. What the suppressor cannot hide is the microphone's own level: a voice
+louder than the echo raises it over what the reference explains. `NearEndOnset` keeps, per
+10 ms frame, the microphone's energy against the reference's over the room's tail (the
+loudest reference frame of the last `TAIL_MS`: the echo of any of them may still arrive) and
+the ratio it has had lately (`RATIO_QUANTILE` % of the last `HISTORY_S`, frames found louder
+left out: the echo's return loss, with room for the loudest syllables); a frame `MARGIN_DB`
+over that is the near end talking, and for `HOLD_MS` after it the session's barge-in needs only
+`threshold`, as it would without an echo (uplink.py). It lowers nothing below that, so a noise
+over the echo barges in no more easily than one without an echo. While the reference is
+quieter than -50 dBFS over the tail (the agent between sentences) nothing is judged and the
+higher threshold stays. Measured on the generated
+rooms (`python -m bench.aec_rooms --trials 32`, bench/results/README.md "The near end over the
+echo"): barge-in p50 / p95 80 / 120 -> 60 / 100 ms with a plain delay, 80 / 140 -> 60 / 100 at
+RT60 600 ms, the other rooms as before; with the echo alone it never fired.
+
+One per echo canceller; fed by it (`add`) the frames AEC3 gets, in the uplink worker's thread.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float32]
+
+TAIL_MS: Final = 300.0  # the reference's loudest frame over this long drives the echo
+HISTORY_S: Final = 2.0  # the microphone-to-reference ratios the echo's return loss is taken of
+RATIO_QUANTILE: Final = 95.0  # ... this percentile of them
+MARGIN_DB: Final = 6.0  # a frame this far over it: the near end talking
+HOLD_MS: Final = 80.0  # ... and for this long after it
+_MIN_RATIOS: Final = 100  # (1 s of them before any frame is judged)
+_FAR_FLOOR: Final = 1e-5  # (-50 dBFS) a quieter reference explains nothing: no frame judged
+_NEAR_FLOOR: Final = 1e-7  # (-70 dBFS) nor a quieter microphone frame
+
+
+class NearEndOnset:
+    """Whether the user is talking over the echo, frame by frame (`until`)."""
+
+    def __init__(self, rate_hz: int = 16_000) -> None:
+        self._frame = rate_hz // 100
+        self._far = np.zeros(round(TAIL_MS / 10), dtype=np.float64)  # reference energy, ring
+        self._i = 0
+        self._ratios = np.zeros(round(HISTORY_S * 100), dtype=np.float64)  # ring
+        self._j = 0
+        self._known = 0
+        self._margin = 10 ** (MARGIN_DB / 10)
+        self._hold = round(HOLD_MS * rate_hz / 1000)
+        self.until = -1  # the uplink sample up to which the near end is talking
+        self.frames = 0  # frames found louder than the echo (observability)
+
+    def add(self, near: FloatArray, far: FloatArray, pos: int) -> None:
+        """The microphone's `near` and the reference `far` AEC3 is handed with it, whole
+        10 ms frames, the first at uplink sample `pos`."""
+        f = self._frame
+        n = min(len(near), len(far)) // f
+        if not n:
+            return
+        e_near = np.mean(np.square(near[: n * f].reshape(n, f), dtype=np.float64), axis=1)
+        e_far = np.mean(np.square(far[: n * f].reshape(n, f), dtype=np.float64), axis=1)
+        for k in range(n):
+            self._far[self._i] = e_far[k]
+            self._i = (self._i + 1) % len(self._far)
+            drive = float(self._far.max())
+            if drive < _FAR_FLOOR:
+                continue
+            ratio = float(e_near[k]) / drive
+            if self._known >= _MIN_RATIOS and e_near[k] > _NEAR_FLOOR:
+                held = (
+                    self._ratios
+                    if self._known >= len(self._ratios)
+                    else self._ratios[: self._known]
+                )
+                if ratio > float(np.percentile(held, RATIO_QUANTILE)) * self._margin:
+                    self.until = pos + (k + 1) * f + self._hold
+                    self.frames += 1
+                    continue  # (not the echo's ratio: kept out of its history)
+            self._ratios[self._j] = ratio
+            self._j = (self._j + 1) % len(self._ratios)
+            self._known += 1

@@ -1,0 +1,65 @@
+"""The near end over the echo (`duplexd._uplink.nearend`): the microphone louder than the
+reference explains is the user talking, found within a few frames of their onset, and never
+with the echo alone (in every generated room, the echo's tail after the agent stops
+included); the uplink then asks a barge-in for the plain VAD threshold, so it comes sooner."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_echo import QUIET, agent_voice, run, user_voice
+
+from bench.rooms import ROOMS, ROOMS_BY_NAME, db, noise
+from duplexd._uplink.nearend import HOLD_MS, NearEndOnset
+
+pytestmark = pytest.mark.integration
+RATE = 16_000
+
+
+def _onset(audio: np.ndarray) -> int:
+    """The first sample of `audio` within 30 dB of its loudest 10 ms."""
+    frames = audio[: len(audio) // 160 * 160].reshape(-1, 160)
+    energy = np.mean(np.square(frames, dtype=np.float64), axis=1)
+    return int(np.argmax(energy > energy.max() / 1000)) * 160
+
+
+@pytest.mark.parametrize("room", [r.name for r in ROOMS])
+def test_the_echo_alone_is_never_taken_for_the_user(room: str) -> None:
+    ref = agent_voice()
+    total = len(ref) + RATE  # (and the second of echo tail and noise after it)
+    echo = ROOMS_BY_NAME[room].echo(ref, total)
+    for level in (QUIET, -55.0):
+        ec, _ = run(ref, echo + noise(total, level))
+        assert ec.frames > 0 and ec.near_end.frames == 0, level
+
+
+@pytest.mark.parametrize("room", ["delay", "rt60-300", "rt60-600"])
+@pytest.mark.parametrize("at_s", [2.0, 5.0])
+def test_the_user_louder_than_the_echo_is_found_at_their_onset(room: str, at_s: float) -> None:
+    """The user 10 dB over the echo while the agent talks: found within 80 ms of their first
+    syllable (and held `HOLD_MS` past the last frame found)."""
+    ref, user = agent_voice(), user_voice()
+    total = len(ref) + RATE
+    echo = ROOMS_BY_NAME[room].echo(ref, total)
+    at = round(at_s * RATE)
+    span = slice(at, at + len(user))
+    talk = np.zeros(total, dtype=np.float32)
+    talk[span] = user * 10 ** ((db(echo[span]) + 10 - db(user)) / 20)
+    start = at + _onset(user)
+    found: list[int] = []
+    run(
+        ref,
+        echo + talk + noise(total, QUIET),
+        each_frame=lambda ec: found.append(ec.near_end.until),
+    )
+    first = next(u for u in found if u > start) - round(HOLD_MS * RATE / 1000)
+    assert start <= first <= start + round(0.080 * RATE)
+
+
+def test_no_reference_no_verdict() -> None:
+    """Nothing sent (or under -50 dBFS): the microphone's level says nothing of an echo."""
+    onset = NearEndOnset()
+    loud = np.full(RATE, 0.3, dtype=np.float32)
+    onset.add(loud, np.zeros(RATE, dtype=np.float32), 0)
+    onset.add(loud, np.full(RATE, 1e-3, dtype=np.float32), RATE)
+    assert (onset.frames, onset.until) == (0, -1)
