@@ -38,6 +38,7 @@ RATIO_QUANTILE: Final = 95.0  # ... this percentile of them
 MARGIN_DB: Final = 6.0  # a frame this far over it: the near end talking
 HOLD_MS: Final = 80.0  # ... and for this long after it
 _MIN_RATIOS: Final = 100  # (1 s of them before any frame is judged)
+_REFRESH_FRAMES: Final = 10  # the return loss worked out again every 100 ms of echo
 _FAR_FLOOR: Final = 1e-5  # (-50 dBFS) a quieter reference explains nothing: no frame judged
 _NEAR_FLOOR: Final = 1e-7  # (-70 dBFS) nor a quieter microphone frame
 
@@ -54,6 +55,8 @@ class NearEndOnset:
         self._known = 0
         self._margin = 10 ** (MARGIN_DB / 10)
         self._hold = round(HOLD_MS * rate_hz / 1000)
+        self._limit: float | None = None  # a ratio over this: the near end (`_return_loss`)
+        self._limit_at = 0  # (`_known` when it was last worked out)
         self.until = -1  # the uplink sample up to which the near end is talking
         self.frames = 0  # frames found louder than the echo (observability)
 
@@ -74,15 +77,18 @@ class NearEndOnset:
                 continue
             ratio = float(e_near[k]) / drive
             if self._known >= _MIN_RATIOS and e_near[k] > _NEAR_FLOOR:
-                held = (
-                    self._ratios
-                    if self._known >= len(self._ratios)
-                    else self._ratios[: self._known]
-                )
-                if ratio > float(np.percentile(held, RATIO_QUANTILE)) * self._margin:
+                if self._limit is None or self._known - self._limit_at >= _REFRESH_FRAMES:
+                    self._limit, self._limit_at = self._return_loss() * self._margin, self._known
+                if ratio > self._limit:
                     self.until = pos + (k + 1) * f + self._hold
                     self.frames += 1
                     continue  # (not the echo's ratio: kept out of its history)
             self._ratios[self._j] = ratio
             self._j = (self._j + 1) % len(self._ratios)
             self._known += 1
+
+    def _return_loss(self) -> float:
+        """`RATIO_QUANTILE` % of the ratios held (the echo's return loss, as energy)."""
+        held = self._ratios[: min(self._known, len(self._ratios))]
+        k = min(len(held) - 1, round(RATIO_QUANTILE / 100 * (len(held) - 1)))
+        return float(np.partition(held, k)[k])
