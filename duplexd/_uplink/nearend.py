@@ -1,24 +1,22 @@
 """The user starting to talk over the agent's echo: heard from the microphone's level.
 
-While the agent's voice may be echoing back, a VAD window must score `echo_threshold` (0.7),
-not `threshold` (0.5), to count toward a barge-in: the margin for what AEC3 lets through of the
-echo. But AEC3's suppressor also takes the first 20-60 ms of a user who starts talking over
-the echo for echo (bench/rooms.py, the user 10 dB over it: the onset's first 20 ms come out
-4-22 dB under the user, the next 20 ms up to 26 dB), and the onset then has to clear the
-higher threshold too. What the suppressor cannot hide is the microphone's own level: a voice
-louder than the echo raises it over what the reference explains. `NearEndOnset` keeps, per
-10 ms frame, the microphone's energy against the reference's over the room's tail (the
-loudest reference frame of the last `TAIL_MS`: the echo of any of them may still arrive) and
-the ratio it has had lately (`RATIO_QUANTILE` % of the last `HISTORY_S`, frames found louder
-left out: the echo's return loss, with room for the loudest syllables); a frame `MARGIN_DB`
-over that is the near end talking, and for `HOLD_MS` after it the session's barge-in needs only
-`threshold`, as it would without an echo (uplink.py). It lowers nothing below that, so a noise
-over the echo barges in no more easily than one without an echo. While the reference is
-quieter than -50 dBFS over the tail (the agent between sentences) nothing is judged and the
-higher threshold stays. Measured on the generated
-rooms (`python -m bench.aec_rooms --trials 32`, bench/results/README.md "The near end over the
-echo"): barge-in p50 / p95 80 / 120 -> 60 / 100 ms with a plain delay, 80 / 140 -> 60 / 100 at
-RT60 600 ms, the other rooms as before; with the echo alone it never fired.
+While the agent's voice may be echoing back, a VAD window must score `echo_threshold`, not
+`threshold`, to count toward a barge-in: the margin for what AEC3 lets through of the echo.
+But AEC3's suppressor also takes the first tens of ms of a user who starts talking over the
+echo for echo (it ducks that onset), and the onset then has to clear the higher threshold too.
+What the suppressor cannot hide is the microphone's own level: a voice louder than the echo
+raises it over what the reference explains. `NearEndOnset` keeps, per 10 ms frame, the
+microphone's energy against the reference's over the room's tail (the loudest reference frame
+of the last `TAIL_MS`: the echo of any of them may still arrive) and the ratio it has had
+lately (`RATIO_QUANTILE` % of the last `HISTORY_S`, frames found louder left out: the echo's
+return loss, with room for the loudest syllables); a frame `MARGIN_DB` over that is the near
+end talking, and for `HOLD_MS` after it the session's barge-in needs only `threshold`, as it
+would without an echo (uplink.py). It lowers nothing below that, so a noise over the echo
+barges in no more easily than one without an echo. Nothing is judged while the reference is
+under -50 dBFS over the tail (the agent between sentences), nor in the first `TAIL_MS` after
+it comes back: live, an utterance's first syllable can echo back before its reference is
+handed on, and that echo over a reference just begun read as the near end (false barge-ins).
+What it bought and cost: bench/results/README.md, "The near end over the echo".
 
 One per echo canceller; fed by it (`add`) the frames AEC3 gets, in the uplink worker's thread.
 """
@@ -53,6 +51,7 @@ class NearEndOnset:
         self._ratios = np.zeros(round(HISTORY_S * 100), dtype=np.float64)  # ring
         self._j = 0
         self._known = 0
+        self._sounding = 0  # frames since the reference came up from the floor
         self._margin = 10 ** (MARGIN_DB / 10)
         self._hold = round(HOLD_MS * rate_hz / 1000)
         self._limit: float | None = None  # a ratio over this: the near end (`_return_loss`)
@@ -74,6 +73,10 @@ class NearEndOnset:
             self._i = (self._i + 1) % len(self._far)
             drive = float(self._far.max())
             if drive < _FAR_FLOOR:
+                self._sounding = 0
+                continue
+            self._sounding += 1
+            if self._sounding <= len(self._far):  # (an utterance's first `TAIL_MS`: below)
                 continue
             ratio = float(e_near[k]) / drive
             if self._known >= _MIN_RATIOS and e_near[k] > _NEAR_FLOOR:
