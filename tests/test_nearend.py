@@ -63,3 +63,44 @@ def test_no_reference_no_verdict() -> None:
     onset.add(loud, np.zeros(RATE, dtype=np.float32), 0)
     onset.add(loud, np.full(RATE, 1e-3, dtype=np.float32), RATE)
     assert (onset.frames, onset.until) == (0, -1)
+
+
+def test_a_gap_of_zeros_does_not_teach_it_that_any_echo_is_the_user() -> None:
+    """2.5 s of digital silence in the uplink (a seq gap filled with zeros, a muted track)
+    while the reference plays: not taken as the echo's return loss, so the echo after it is
+    still the echo (it had flagged every frame after such a gap)."""
+    ref = agent_voice()
+    total = len(ref) + RATE
+    mic = ROOMS_BY_NAME["delay"].echo(ref, total) + noise(total, QUIET)
+    mic[2 * RATE : round(4.5 * RATE)] = 0.0
+    ec, _ = run(ref, mic)
+    assert ec.near_end.frames == 0
+
+
+def test_a_louder_echo_path_is_learned_again() -> None:
+    """The echo 20 dB louder from 4 s on (the loudspeaker turned up; the canceller told
+    nothing): flagged at most a second, then learned as the echo (`reset`); none after."""
+    ref = agent_voice()
+    total = len(ref) + RATE
+    echo = ROOMS_BY_NAME["delay"].echo(ref, total)
+    echo[4 * RATE :] *= 10.0
+    counts: list[int] = []
+    ec, _ = run(
+        ref, echo + noise(total, QUIET), each_frame=lambda ec: counts.append(ec.near_end.frames)
+    )
+    assert counts[round(6 * RATE / 320)] == ec.near_end.frames  # (nothing flagged after 6 s)
+    assert ec.near_end.frames <= 110
+
+
+def test_reset_forgets_the_echo() -> None:
+    onset = NearEndOnset()
+    rng = np.random.default_rng(0)
+    far = (0.1 * rng.standard_normal(2 * RATE)).astype(np.float32)
+    onset.add(0.1 * far, far, 0)  # (2 s of an echo 20 dB under its reference)
+    assert onset.frames == 0
+    onset.add(far, far, 2 * RATE)  # 20 dB louder at once: the near end
+    assert onset.frames > 0
+    onset.reset()
+    flagged = onset.frames
+    onset.add(far, far, 4 * RATE)  # (a new path: learned, not judged, for its first second)
+    assert onset.frames == flagged

@@ -431,6 +431,8 @@ class EchoCanceller:
                     return
                 self._suspected_at = None  # confirmed
         if score >= _ECHO_SCORE:
+            if self.echo_found is False:  # (an echo after none: what was learned is old)
+                self.near_end.reset()
             self.echo_found, self._no_echo_runs = True, 0
             delay = self._lags - 2 * lag  # (at 8 kHz)
             # where AEC3 is told to look now: does the echo still show there? (periodic

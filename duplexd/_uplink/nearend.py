@@ -8,14 +8,18 @@ What the suppressor cannot hide is the microphone's own level: a voice louder th
 raises it over what the reference explains. `NearEndOnset` keeps, per 10 ms frame, the
 microphone's energy against the reference's over the room's tail (the loudest reference frame
 of the last `TAIL_MS`: the echo of any of them may still arrive) and the ratio it has had
-lately (`RATIO_QUANTILE` % of the last `HISTORY_S`, frames found louder left out: the echo's
-return loss, with room for the loudest syllables); a frame `MARGIN_DB` over that is the near
+lately (`RATIO_QUANTILE` % of its last `HISTORY_S` of frames judged, those found louder and
+digital silence left out: the echo's return loss, with room for the loudest syllables); a frame `MARGIN_DB` over that is the near
 end talking, and for `HOLD_MS` after it the session's barge-in needs only `threshold`, as it
 would without an echo (uplink.py). It lowers nothing below that, so a noise over the echo
 barges in no more easily than one without an echo. Nothing is judged while the reference is
 under -50 dBFS over the tail (the agent between sentences), nor in the first `TAIL_MS` after
 it comes back: live, an utterance's first syllable can echo back before its reference is
 handed on, and that echo over a reference just begun read as the near end (false barge-ins).
+An echo that comes back after none is learned afresh (`reset`), and so is any echo once most
+frames judged over the last half second were flagged (a louder path: the loudspeaker turned
+up, another device; a user heard that long would have stopped the agent). A realignment keeps
+what was learned: the tail's loudest reference frame hardly moves with the path's delay.
 What it bought and cost: bench/results/README.md, "The near end over the echo".
 
 One per echo canceller; fed by it (`add`) the frames AEC3 gets, in the uplink worker's thread.
@@ -37,6 +41,9 @@ MARGIN_DB: Final = 6.0  # a frame this far over it: the near end talking
 HOLD_MS: Final = 80.0  # ... and for this long after it
 _MIN_RATIOS: Final = 100  # (1 s of them before any frame is judged)
 _REFRESH_FRAMES: Final = 10  # the return loss worked out again every 100 ms of echo
+# over half the frames judged lately flagged (a running share, ~0.5 s): a louder echo (`reset`)
+_MOST_FLAGGED: Final = 0.5
+_SHARE_WEIGHT: Final = 0.02
 _FAR_FLOOR: Final = 1e-5  # (-50 dBFS) a quieter reference explains nothing: no frame judged
 _NEAR_FLOOR: Final = 1e-7  # (-70 dBFS) nor a quieter microphone frame
 
@@ -58,6 +65,17 @@ class NearEndOnset:
         self._limit_at = 0  # (`_known` when it was last worked out)
         self.until = -1  # the uplink sample up to which the near end is talking
         self.frames = 0  # frames found louder than the echo (observability)
+        self._flag_share = 0.0  # ... the share of the frames judged lately
+        self.resets = 0  # times the echo was learned afresh (observability)
+
+    def reset(self) -> None:
+        """Forget the echo's return loss and the reference's recent level (the echo path
+        changed: the canceller moved its reference or started over, or an echo came back
+        after none): judged again once `_MIN_RATIOS` frames of the new path are known."""
+        self.resets += 1
+        self._far[:] = 0.0
+        self._sounding = self._known = self._j = 0
+        self._limit, self._flag_share = None, 0.0
 
     def add(self, near: FloatArray, far: FloatArray, pos: int) -> None:
         """The microphone's `near` and the reference `far` AEC3 is handed with it, whole
@@ -78,13 +96,19 @@ class NearEndOnset:
             self._sounding += 1
             if self._sounding <= len(self._far):  # (an utterance's first `TAIL_MS`: below)
                 continue
+            if e_near[k] <= _NEAR_FLOOR:  # (digital silence, a gap filled with zeros: no
+                continue  # ratio of an echo, and a history of zeros would flag every echo)
             ratio = float(e_near[k]) / drive
-            if self._known >= _MIN_RATIOS and e_near[k] > _NEAR_FLOOR:
+            if self._known >= _MIN_RATIOS:
                 if self._limit is None or self._known - self._limit_at >= _REFRESH_FRAMES:
                     self._limit, self._limit_at = self._return_loss() * self._margin, self._known
-                if ratio > self._limit:
+                louder = ratio > self._limit
+                self._flag_share += (float(louder) - self._flag_share) * _SHARE_WEIGHT
+                if louder:
                     self.until = pos + (k + 1) * f + self._hold
                     self.frames += 1
+                    if self._flag_share > _MOST_FLAGGED:  # (a user heard that long would have
+                        self.reset()  # stopped the agent: the echo itself got louder)
                     continue  # (not the echo's ratio: kept out of its history)
             self._ratios[self._j] = ratio
             self._j = (self._j + 1) % len(self._ratios)
