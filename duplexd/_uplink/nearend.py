@@ -9,9 +9,9 @@ raises it over what the reference explains. `NearEndOnset` keeps, per 10 ms fram
 microphone's energy against the reference's over the room's tail (the loudest reference frame
 of the last `TAIL_MS`: the echo of any of them may still arrive) and the ratio it has had
 lately (`RATIO_QUANTILE` % of its last `HISTORY_S` of frames judged, those found louder and
-digital silence left out: the echo's return loss, with room for the loudest syllables); a frame `MARGIN_DB` over that is the near
-end talking, and for `HOLD_MS` after it the session's barge-in needs only `threshold`, as it
-would without an echo (uplink.py). It lowers nothing below that, so a noise over the echo
+digital silence left out: the echo's return loss, with room for the loudest syllables); a
+frame `MARGIN_DB` over that is the near end talking, and for `HOLD_MS` after it the
+session's barge-in needs only `threshold`, as it would without an echo (uplink.py). It lowers nothing below that, so a noise over the echo
 barges in no more easily than one without an echo. Nothing is judged while the reference is
 under -50 dBFS over the tail (the agent between sentences), nor in the first `TAIL_MS` after
 it comes back: live, an utterance's first syllable can echo back before its reference is
