@@ -1,26 +1,27 @@
 """The user starting to talk over the agent's echo: heard from the microphone's level.
 
 While the agent's voice may be echoing back, a VAD window must score `echo_threshold`, not
-`threshold`, to count toward a barge-in: the margin for what AEC3 lets through of the echo.
-But AEC3's suppressor also takes the first tens of ms of a user who starts talking over the
-echo for echo (it ducks that onset), and the onset then has to clear the higher threshold too.
-What the suppressor cannot hide is the microphone's own level: a voice louder than the echo
-raises it over what the reference explains. `NearEndOnset` keeps, per 10 ms frame, the
-microphone's energy against the reference's over the room's tail (the loudest reference frame
-of the last `TAIL_MS`: the echo of any of them may still arrive) and the ratio it has had
-lately (`RATIO_QUANTILE` % of its last `HISTORY_S` of frames judged, those found louder and
-digital silence left out: the echo's return loss, with room for the loudest syllables); a
-frame `MARGIN_DB` over that is the near end talking, and for `HOLD_MS` after it the
-session's barge-in needs only `threshold`, as it would without an echo (uplink.py). It lowers nothing below that, so a noise over the echo
-barges in no more easily than one without an echo. Nothing is judged while the reference is
-under -50 dBFS over the tail (the agent between sentences), nor in the first `TAIL_MS` after
-it comes back: live, an utterance's first syllable can echo back before its reference is
-handed on, and that echo over a reference just begun read as the near end (false barge-ins).
-An echo that comes back after none is learned afresh (`reset`), and so is any echo once most
-frames judged over the last half second were flagged (a louder path: the loudspeaker turned
-up, another device; a user heard that long would have stopped the agent). A realignment keeps
-what was learned: the tail's loudest reference frame hardly moves with the path's delay.
-What it bought and cost: bench/results/README.md, "The near end over the echo".
+`threshold`, to count toward a barge-in: the margin for what AEC3 lets through of the echo. But
+AEC3's suppressor also takes the first tens of ms of a user who starts talking over the echo
+for echo (it ducks that onset), and the onset then has to clear the higher threshold too. What
+the suppressor cannot hide is the microphone's own level: a voice louder than the echo raises
+it over what the reference explains. `NearEndOnset` keeps, per 10 ms frame, the microphone's
+energy against the reference's over the room's tail (the loudest reference frame of the last
+`TAIL_MS`: the echo of any of them may still arrive) and the ratio it has had lately
+(`RATIO_QUANTILE` % of its last `HISTORY_S` of frames judged, those found louder and digital
+silence left out: the echo's return loss, with room for the loudest syllables); a frame
+`MARGIN_DB` over that is the near end talking, and for `HOLD_MS` after it the session's
+barge-in needs only `threshold`, as it would without an echo (uplink.py). It lowers nothing
+below that, so a noise over the echo barges in no more easily than one without an echo. Nothing
+is judged while the reference is under -50 dBFS over the tail (the agent between sentences),
+nor in the first `TAIL_MS` after it comes back: live, an utterance's first syllable can echo
+back before its reference is handed on, and that echo over a reference just begun read as the
+near end (false barge-ins). An echo that comes back after none is learned afresh (`reset`), and
+so is any echo once most frames judged over the last half second were flagged (a louder path:
+the loudspeaker turned up, another device; a user heard that long would have stopped the
+agent). A realignment keeps what was learned: the tail's loudest reference frame hardly moves
+with the path's delay. What it bought and cost: bench/results/README.md, "The near end over the
+echo".
 
 One per echo canceller; fed by it (`add`) the frames AEC3 gets, in the uplink worker's thread.
 """

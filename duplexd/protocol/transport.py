@@ -16,7 +16,9 @@ class Transport(Protocol):
     """A message transport: one protocol message per `get_message`/`send_message`."""
 
     async def get_message(self) -> str | bytes:
-        """The next whole message; raises when the connection is closed."""
+        """The next whole message; raises when the connection is closed. A schedule point
+        even when a message is waiting (trio-websocket's is: a memory channel's `receive`):
+        the server's read loop takes none of its own between messages."""
         ...
 
     async def send_message(self, message: str | bytes) -> None:
