@@ -70,9 +70,9 @@ class NearEndOnset:
         self.resets = 0  # times the echo was learned afresh (observability)
 
     def reset(self) -> None:
-        """Forget the echo's return loss and the reference's recent level (the echo path
-        changed: the canceller moved its reference or started over, or an echo came back
-        after none): judged again once `_MIN_RATIOS` frames of the new path are known."""
+        """Forget the echo's return loss and the reference's recent level (an echo came back
+        after none, or most frames lately were flagged: a louder path): judged again once
+        `_MIN_RATIOS` frames of the echo are known."""
         self.resets += 1
         self._far[:] = 0.0
         self._sounding = self._known = self._j = 0
