@@ -95,16 +95,19 @@ def test_a_silence_counts_from_where_the_voice_fell_quiet() -> None:
     quiet = [None] * 20 + [QUIET_AT] * 20
     events = feed(det, SPEECH + LAG + [0.0] * 14, quiet)
     heard = 26 * WINDOW  # silero's first silent window
-    (when_spec, spec), (when_heard, again), (when, stop), (_, turn) = [
+    (when_spec, spec), (when_pad, padded), (when_heard, again), (when, stop), (_, turn) = [
         (t, e) for t, e in events if isinstance(e, Speculate | SpeechStop | Turn)
     ]
-    # speculated on once the voice was quiet the turn's pad (150 ms, more than SPECULATE_MS),
-    # before silero heard it, and once more when silero did (the same silence: made once,
+    # speculated on once the voice was quiet SPECULATE_MS, before silero heard it, again once
+    # it had lasted the pad, and once more when silero did (the same silence: made once,
     # `quiet` ones only when idle)
-    spoken_at = -(-(QUIET_AT + max(round(SPECULATE_MS * MS), 150 * MS)) // WINDOW) * WINDOW
-    assert spoken_at < heard
+    spoken_at = -(-(QUIET_AT + round(SPECULATE_MS * MS)) // WINDOW) * WINDOW
+    pad_at = -(-(QUIET_AT + 150 * MS) // WINDOW) * WINDOW
+    assert spoken_at < pad_at < heard
     assert spec == Speculate(0, spoken_at, QUIET_AT, quiet=True) and when_spec == spoken_at
-    assert again == Speculate(0, heard + WINDOW, QUIET_AT) and when_heard == heard + WINDOW
+    assert padded == Speculate(0, pad_at, QUIET_AT, True, True) and when_pad == pad_at
+    assert again == Speculate(0, heard + WINDOW, QUIET_AT, padded=True)
+    assert when_heard == heard + WINDOW
     assert stop == SpeechStop(QUIET_AT)
     assert when == -(-(QUIET_AT + 400 * MS) // WINDOW) * WINDOW  # 400 ms after QUIET_AT
     # the transcript's audio still goes on to where silero heard the silence, + the pad
@@ -117,8 +120,11 @@ def test_a_quiet_the_voice_goes_on_after_is_speculated_on_once_and_the_end_again
     pause = 20 * WINDOW  # the voice quiet for 5 windows (160 ms), silero hearing speech
     quiet = [None] * 20 + [pause] * 5 + [None] * 10 + [35 * WINDOW] * 20
     events = feed(det, SPEECH + [0.9] * 15 + LAG + [0.0] * 14, quiet)
-    specs = [(e.stop, e.quiet) for _, e in events if isinstance(e, Speculate)]
-    assert specs == [(pause, True), (35 * WINDOW, True), (35 * WINDOW, False)]
+    specs = [(e.stop, e.quiet, e.padded) for _, e in events if isinstance(e, Speculate)]
+    assert specs == [
+        *[(pause, True, False), (pause, True, True)],  # the pause lasted the pad too (160 ms)
+        *[(35 * WINDOW, True, False), (35 * WINDOW, True, True), (35 * WINDOW, False, True)],
+    ]
     (stop,) = [e for _, e in events if isinstance(e, SpeechStop)]
     assert stop == SpeechStop(35 * WINDOW)
 
@@ -179,6 +185,7 @@ class _Decodes:
     def __init__(self) -> None:
         self.busy = False
         self.decoded: list[int] = []
+        self.language = "en"
 
     async def transcribe(self, audio: np.ndarray, prompt: str | None = None) -> str:
         self.decoded.append(len(audio))
@@ -287,3 +294,100 @@ def test_a_gap_of_digital_silence_is_quiet_but_not_the_rooms_floor() -> None:
     assert got[30:40] == [None] * 10  # the voice
     # the room after the voice is quiet again at once: its floor is the room's, not -100 dB
     assert all(since is not None and 40 * WINDOW <= since < 41 * WINDOW for since in got[41:])
+
+
+@pytest.mark.unit
+def test_the_level_is_certain_only_with_the_voice_30_db_over_the_floor() -> None:
+    rng = np.random.default_rng(7)
+    for room_db, certain in ((-60.0, True), (-45.0, False)):
+        tracker = QuietTracker()
+        room = rng.normal(0.0, 10 ** (room_db / 20), 8 * WINDOW).astype(np.float32)
+        follow(tracker, room)
+        assert not tracker.certain  # no voice yet: nothing to be 30 dB under
+        follow(tracker, tone(8 * WINDOW, -20.0) + room)
+        follow(tracker, room)
+        assert tracker.certain is certain, room_db
+
+
+@pytest.mark.unit
+def test_a_certain_level_starts_the_silence_before_silero_hears_it() -> None:
+    """In a quiet room (`quiet_certain`), the first window wholly quiet in a turn is silence
+    though silero still hears speech: the end comes `min_silence_ms` after the quiet began,
+    not after silero's lag (here 320 ms); without it, as before."""
+    quiet = [None] * 20 + [QUIET_AT] * 24
+    probs = SPEECH + [0.9] * 10 + [0.0] * 14
+    out: dict[bool, list[tuple[int, VadEvent]]] = {}
+    for certain in (True, False):
+        det = SpeechDetector(VadOptions(smart_end=False, min_silence_ms=200.0))
+        out[certain] = []
+        for i, (p, q) in enumerate(zip(probs, quiet, strict=True)):
+            events = det.process(i * WINDOW, p, 0.5, q, certain)
+            out[certain] += [((i + 1) * WINDOW, e) for e in events if not isinstance(e, BargeIn)]
+    # window 21 is the first wholly quiet one: the silence from QUIET_AT, heard there (the
+    # transcript's audio goes on the pad after it); the end 200 ms after QUIET_AT
+    assert [(t, e) for t, e in out[True] if isinstance(e, SpeechStop | Turn)] == [
+        (27 * WINDOW, SpeechStop(QUIET_AT)),
+        (27 * WINDOW, Turn(0, 21 * WINDOW + 150 * MS, stop=QUIET_AT)),
+    ]
+    assert QUIET_AT + 200 * MS <= 27 * WINDOW < QUIET_AT + 200 * MS + WINDOW
+    # silero alone: heard at window 30, backdated 250 ms at most (so 200 ms have passed),
+    # the end with that window: 128 ms later
+    began = 30 * WINDOW - round(MAX_BACKDATE_MS * MS)
+    assert [(t, e) for t, e in out[False] if isinstance(e, SpeechStop | Turn)] == [
+        (31 * WINDOW, SpeechStop(began)),
+        (31 * WINDOW, Turn(0, 31 * WINDOW, stop=began)),  # (the audio so far)
+    ]
+
+
+@pytest.mark.unit
+def test_a_certain_quiet_the_voice_goes_on_after_is_no_end() -> None:
+    det = SpeechDetector(VadOptions(smart_end=False, min_silence_ms=200.0))
+    pause = 20 * WINDOW  # quiet for 5 windows (160 ms), then the voice again, then the end
+    quiet = [None] * 20 + [pause] * 5 + [None] * 10 + [35 * WINDOW] * 20
+    probs = SPEECH + [0.9] * 15 + [0.0] * 20
+    stops = []
+    for i, (p, q) in enumerate(zip(probs, quiet, strict=True)):
+        stops += [e for e in det.process(i * WINDOW, p, 0.5, q, True) if isinstance(e, SpeechStop)]
+    assert stops == [SpeechStop(35 * WINDOW)]
+    # a breath after the end (the level up, silero unsure: 0.4) does not start it over
+    det = SpeechDetector(VadOptions(smart_end=False, min_silence_ms=200.0))
+    quiet = [None] * 20 + [QUIET_AT] * 3 + [None] * 2 + [25 * WINDOW] * 10
+    probs = SPEECH + [0.9] * 3 + [0.4] * 2 + [0.0] * 10
+    timed = []
+    for i, (p, q) in enumerate(zip(probs, quiet, strict=True)):
+        events = det.process(i * WINDOW, p, 0.5, q, True)
+        timed += [((i + 1) * WINDOW, e) for e in events if isinstance(e, SpeechStop)]
+    assert timed == [(27 * WINDOW, SpeechStop(QUIET_AT))]  # 200 ms after QUIET_AT, as ever
+    # a level quiet since before the turn began is not the turn's silence
+    det = SpeechDetector(VadOptions(smart_end=False, min_silence_ms=200.0))
+    events = [det.process(i * WINDOW, 0.9, 0.5, 0, True) for i in range(20)]
+    assert not [e for evs in events for e in evs if isinstance(e, SpeechStop)]
+
+
+@pytest.mark.unit
+async def test_a_held_sound_is_transcribed_from_its_padded_silence() -> None:
+    """While the agent's audio is held (soft barge-in), the early speculation (64 ms of quiet)
+    is not made: the sound's words check hears the pad's worth of silence, as a check of its
+    own would ("Right." heard at 64 ms was "write" in 3 of 4 trials of bench.backchannels)."""
+    from harness import inline_uplink_services
+
+    from duplexd._uplink.uplink import Uplink
+    from duplexd.protocol.options import AsrOptions, SessionOptions
+
+    uplink = Uplink(
+        rate_hz=RATE,
+        downlink_rate_hz=RATE,
+        options=SessionOptions(VadOptions(barge_in_mode="soft"), AsrOptions(transcripts=True)),
+        services=inline_uplink_services(transcriber=_Decodes()),
+        send=lambda frame: None,
+        barge_in=lambda delay_s: None,
+    )
+    words = uplink._transcripts
+    assert words is not None
+    uplink._deliver(0.0, Speculate(0, 16_000, 14_000))  # nothing held: at once
+    assert words._speculation == Speculate(0, 16_000, 14_000)
+    uplink._held = 10_000  # a sound from there is being judged
+    uplink._deliver(0.0, Speculate(0, 30_000, 28_000))
+    assert words._speculation == Speculate(0, 16_000, 14_000)  # not this one
+    uplink._deliver(0.0, Speculate(0, 31_000, 28_000, padded=True))
+    assert words._speculation == Speculate(0, 31_000, 28_000, padded=True)

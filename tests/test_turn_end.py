@@ -379,15 +379,44 @@ def test_speculation_once_per_silence_and_the_turn_says_where_it_stopped() -> No
     # speech, a short pause (speculated on, then the user speaks on), speech, the end
     events = feed(det, SPEECH + [0.0] * 6 + [0.9] * 10 + [0.0] * 10)
     specs = [(end, ev) for end, ev in events if isinstance(ev, Speculate)]
-    # after SPECULATE_MS of silence, and at least the turn's pad (150 ms): the same audio
-    windows = -(-max(round(SPECULATE_MS * MS), 150 * MS) // WINDOW)
-    assert [ev.stop for _, ev in specs] == [SILENCE_AT, SILENCE_AT + 16 * WINDOW]
-    assert [end for end, _ in specs] == [ev.stop + windows * WINDOW for _, ev in specs]
+    # after SPECULATE_MS of silence, and again once it has lasted the turn's pad (150 ms: a
+    # held sound's words are transcribed from that one)
+    early, padded = -(-round(SPECULATE_MS * MS) // WINDOW), -(-150 * MS // WINDOW)
+    second = SILENCE_AT + 16 * WINDOW
+    assert [(end - ev.stop, ev.stop, ev.padded) for end, ev in specs] == [
+        (early * WINDOW, SILENCE_AT, False),
+        (padded * WINDOW, SILENCE_AT, True),
+        (early * WINDOW, second, False),
+        (padded * WINDOW, second, True),
+    ]
     (turn,) = [ev for _, ev in events if isinstance(ev, Turn)]
     assert turn.stop == specs[-1][1].stop and turn.start == specs[-1][1].start
     # off unless asked (a session without transcripts)
     quiet = SpeechDetector(VadOptions(min_silence_ms=200.0))
     assert not [ev for _, ev in feed(quiet, SPEECH + [0.0] * 10) if isinstance(ev, Speculate)]
+
+
+@pytest.mark.unit
+def test_a_silence_is_transcribed_ahead_at_64_ms_and_judged_at_the_pad() -> None:
+    """With the turn model (smart) the same silence comes twice: transcribed ahead after
+    SPECULATE_MS (Whisper's text is ready sooner), judged once it has lasted the turn's pad
+    (the model hears that much silence); the model alone asks only at the pad."""
+    from duplexd._uplink.vad import SPECULATE_MS
+
+    pad = 150 * MS
+    det = SpeechDetector(VadOptions(), smart=True, speculate=True)
+    specs = [(end, ev) for end, ev in feed(det, SPEECH + [0.0] * 8) if isinstance(ev, Speculate)]
+    first = -(-round(SPECULATE_MS * MS) // WINDOW) * WINDOW
+    assert [(end - SILENCE_AT, ev.stop, ev.padded) for end, ev in specs] == [
+        (first, SILENCE_AT, False),
+        (-(-pad // WINDOW) * WINDOW, SILENCE_AT, True),
+    ]
+    assert all(ev.end == end for end, ev in specs)
+    det = SpeechDetector(VadOptions(), smart=True)  # no transcripts
+    specs = [(end, ev) for end, ev in feed(det, SPEECH + [0.0] * 8) if isinstance(ev, Speculate)]
+    assert [(end - SILENCE_AT, ev.padded) for end, ev in specs] == [
+        (-(-pad // WINDOW) * WINDOW, True)
+    ]
 
 
 @pytest.mark.integration

@@ -3,8 +3,10 @@
 The detector (vad.py) asks whether the turn is complete once the user has been silent
 `min_silence_ms` (an `EndCandidate`); the uplink's worker sends the question here as an
 `EndCheck` with the turn's last 8 s (`turn.WINDOW_SAMPLES`). A silence the turn may end at is
-also asked about ahead (`AHEAD`: a `Speculate`, once it has lasted the turn's pad), so that
-the answer is ready when the question comes: the model takes 70-140 ms on a 2-core box. It is
+also asked about ahead (`AHEAD`: a `padded` `Speculate`, once it has lasted the turn's pad:
+the model hears that much silence; Whisper's speculative transcript, asked at 64 ms, is done
+by then or nearly, so the two no longer share the cores), so that the answer is ready when
+the question comes: the model takes 70-140 ms on a 2-core box. It is
 asked ahead only while it is idle: under load that would be a run more per pause, ahead of
 other sessions' end checks. A "complete" also waits for the speculative transcript of the
 same silence (in English): if it stops mid-sentence ("I'd like a table for", unfinished.py),

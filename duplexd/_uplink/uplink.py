@@ -351,7 +351,8 @@ class Uplink:
             self._transcripts.queue_turn(ev)
         elif isinstance(ev, Speculate) and self._speculate:  # (else for the turn model)
             assert self._transcripts is not None
-            self._transcripts.speculate(ev)
+            if ev.padded or self._held is None:  # (a held sound's words: heard as its check)
+                self._transcripts.speculate(ev)
         elif isinstance(ev, EndCheck) and self._ends is not None:
             self._ends.ask(ev)
 
@@ -398,11 +399,13 @@ class Uplink:
         self._pos = pos + WINDOW
         c.windows += 1
         quiet_since = self._quiet.window(pos, window)
-        events = self._detector.process(pos, prob, barge_threshold, quiet_since)
+        certain = self._quiet.certain
+        events = self._detector.process(pos, prob, barge_threshold, quiet_since, certain)
         if (soft := self._soft) is not None:
             self._follow_hold(soft, now, pos, prob, events)
         for ev in events:
-            if isinstance(ev, EndCandidate | Speculate) and self._detector.smart:
+            smart = self._detector.smart
+            if isinstance(ev, EndCandidate) or (isinstance(ev, Speculate) and ev.padded and smart):
                 # the audio goes with the question; a turn transcribed ahead of its end is
                 # judged ahead too (the question comes at min_silence_ms, the answer is ready)
                 start = max(ev.start, ev.end - WINDOW_SAMPLES)

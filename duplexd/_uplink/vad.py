@@ -16,7 +16,8 @@ Without onnxruntime the TorchScript model is used instead (one model per stream)
 clicks, claps, typing, beeps and noise on its own: tests/test_vad.py), `SpeechStop` when the
 turn ends and `Turn` (the span to transcribe, padded) with it. A fixed end (`smart=False`)
 comes after `min_silence_ms` of silence, counted from where the voice fell quiet by its
-level (`quiet.py`: silero hears it 120-260 ms late). A smart end asks the turn model
+level (`quiet.py`: silero hears it 120-260 ms late; in a quiet room the level alone starts
+it). A smart end asks the turn model
 (`turn.py`) once the silence has lasted `min_silence_ms`: the detector emits `EndCandidate`
 and the uplink answers with `verdict(id, complete)` when the model has spoken; "complete"
 ends the turn where the silence began. Otherwise, with `smart_reask_ms` > 0 (off by default),
@@ -218,16 +219,19 @@ class Turn:
 @dataclass(frozen=True, slots=True)
 class Speculate:
     """The user has been silent (by silero, or by the level alone: `quiet`) since `stop` for
-    `SPECULATE_MS` and `speech_pad_ms`: the turn may end there, so its transcript [start, end)
-    can be made now (`speculate`), ready if it does (`Turn.stop` == `stop`), and the turn
-    model asked (`smart`). `quiet`: made from the level alone, before silero heard the
-    silence: worth it only while the models are idle (the same silence comes again as a
-    heard one, if it is one)."""
+    `SPECULATE_MS`: the turn may end there, so its transcript [start, end) can be made now
+    (`speculate`), ready if it does (`Turn.stop` == `stop`). Once the silence has lasted the
+    turn's pad (`speech_pad_ms`) it is `padded` (the same silence comes again if it came
+    sooner): the turn model is asked about it (`smart`: the model hears that much silence),
+    and a held soft barge-in's sound is transcribed from it (its words check hears that much
+    too). `quiet`: made from the level alone, before silero heard the silence: worth it only
+    while the models are idle (the same silence comes again as a heard one, if it is one)."""
 
     start: int
     end: int
     stop: int
     quiet: bool = False
+    padded: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,9 +249,9 @@ class EndCandidate:
 
 VadEvent = SpeechStart | SpeechStop | BargeIn | Turn | EndCandidate | Speculate
 
-# silence this long in a turn (and at least `speech_pad_ms`: the audio a final turn keeps
-# after its silence began, so the text made ahead is of the same audio), by silero or by the
-# level (`quiet.py`, before silero hears it): transcribe it, and judge it, ahead of its end
+# silence this long in a turn, by silero or by the level (`quiet.py`, before silero hears
+# it): transcribe it ahead of its end (and once it has lasted `speech_pad_ms`, the audio a
+# final turn keeps after its silence began, judge it: the turn model hears the silence too)
 SPECULATE_MS: Final = 64.0
 MAX_BACKDATE_MS: Final = 250.0  # a silence starts at most this long before silero hears it
 SMART_MIN_SILENCE_MS: Final = 200.0  # `min_silence_ms` unset: with a smart end ...
@@ -291,9 +295,12 @@ class SpeechDetector:
         self._pad = round(options.speech_pad_ms * ms)
         self._max_turn = round(options.max_turn_s * VAD_RATE_HZ)
         self._partial = round(partial_ms * ms)
-        ahead = speculate or self.smart  # Speculate events: someone prepares for the end
-        self._speculate = max(round(SPECULATE_MS * ms), self._pad) if ahead else 0
-        self._spec_stops: dict[bool, int] = {}  # quiet?: the silence last speculated on so
+        # Speculate events once a silence has lasted this long (0: none), padded ones this
+        ahead = speculate or self.smart
+        self._padded = max(round(SPECULATE_MS * ms), self._pad) if ahead else 0
+        self._speculate = round(SPECULATE_MS * ms) if speculate else self._padded
+        # quiet?: the silence last speculated on so, and whether padded yet
+        self._spec_stops: dict[bool, tuple[int, bool]] = {}
         self._backdate = round(MAX_BACKDATE_MS * ms)
         self._heard_silence = 0  # where silero heard the silence now going on begin
         self.in_speech = False
@@ -307,16 +314,29 @@ class SpeechDetector:
         self._end = 0  # end of the last window processed
 
     def process(
-        self, start: int, prob: float, barge_in_threshold: float, quiet_since: int | None = None
+        self,
+        start: int,
+        prob: float,
+        barge_in_threshold: float,
+        quiet_since: int | None = None,
+        quiet_certain: bool = False,
     ) -> list[VadEvent]:
         """Feed the probability of the window [start, start + WINDOW); returns the events.
         `quiet_since`: where the voice fell quiet by its level (`quiet.QuietTracker`), if it is
         quiet at the window's end: a silence silero hears begins there (`MAX_BACKDATE_MS` back at
-        most, never before the turn), not where silero's verdict came (120-260 ms later)."""
+        most, never before the turn), not where silero's verdict came (120-260 ms later).
+        `quiet_certain`: the level is enough (`QuietTracker.certain`, a quiet room): a window
+        wholly quiet in a turn is silence whatever silero says."""
         o = self.options
         end = start + WINDOW
         events: list[VadEvent] = []
-        if prob >= o.threshold:
+        by_level = (
+            quiet_certain
+            and self.in_speech
+            and quiet_since is not None
+            and self._turn_start < quiet_since <= start
+        )
+        if prob >= o.threshold and not by_level:
             if self._run_start is None:
                 self._run_start, self._run, self._barge_run = start, 0, 0
             self._run += WINDOW
@@ -332,7 +352,7 @@ class SpeechDetector:
                 events.append(SpeechStart(self._run_start))
         elif not self.in_speech:
             self._run_start, self._run, self._barge_run, self._barged = None, 0, 0, False
-        elif prob < o.neg_threshold:
+        elif prob < o.neg_threshold or by_level:
             if self._silence_start is None:
                 self._heard_silence = began = start
                 if quiet_since is not None and self._turn_start < quiet_since < start:
@@ -383,17 +403,22 @@ class SpeechDetector:
 
     def silence_began(self, heard: int) -> int:
         """Where the silence that silero heard begin at `heard` began by the level (as
-        `SpeechStop` and `Speculate` date it): `heard` if that is not the silence going on."""
-        if self._silence_start is not None and self._heard_silence == heard:
+        `SpeechStop` and `Speculate` date it): `heard` if that is not the silence going on
+        (which the level may have heard first, `quiet_certain`)."""
+        if self._silence_start is not None and self._heard_silence <= heard:
             return self._silence_start
         return heard
 
     def _speculate_on(self, stop: int, end: int, events: list[VadEvent], *, quiet: bool) -> None:
         """The turn may end at `stop`: once per silence as the level has it, once as silero
-        does (the quiet silero later hears is the same silence: its start is the same)."""
-        if self._spec_stops.get(quiet) != stop:
-            self._spec_stops[quiet] = stop
-            events.append(Speculate(max(0, self._turn_start - self._pad), end, stop, quiet))
+        does (the quiet silero later hears is the same silence: its start is the same); and
+        once more, padded, if the first came before the silence had lasted the pad."""
+        padded = end - stop >= self._padded
+        last = self._spec_stops.get(quiet)
+        if last is None or last[0] != stop or (padded and not last[1]):
+            self._spec_stops[quiet] = (stop, padded)
+            start = max(0, self._turn_start - self._pad)
+            events.append(Speculate(start, end, stop, quiet, padded))
 
     def verdict(self, candidate: int, complete: bool) -> list[VadEvent]:
         """The turn model's answer for `EndCandidate` `candidate`: a complete turn ends now
