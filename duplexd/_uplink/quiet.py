@@ -19,15 +19,21 @@ it, and by `MAX_BACKDATE_MS` at most (measured on the bench's turns: the quiet b
 of the voice's envelope end under -60 and most under -45 dBFS of white noise; 20-225 ms before
 it under -35).
 
-In a quiet room the level alone is enough (`certain`): while the voice's peak is
-`CERTAIN_OVER_FLOOR_DB` or more over the floor, "quiet" means 35 dB under the voice, and a run
-of it is a pause, not a weak consonant or a soft word; the detector then counts a silence from
-a wholly quiet window on without waiting for silero (64 ms sooner at the median on the bench's
-turns under -55 to -70 dBFS of noise). Measured on those turns through this tracker and
-`SileroVad`: under -60 dBFS the level is certain at 14 of 14 ends, under -50 at 3, from -45 at
-none; in no room did a wholly quiet window it was certain of fall inside speech that silero
-still heard (>= `neg_threshold`) for 150 ms or more, only in the pauses at commas, which silero
-hears too. At 25 dB over the floor it was: a soft stretch of "I want to fly" under -45 dBFS.
+In a quiet room the level alone is enough (`silent_since`): a run of blocks at the room's
+floor (under the floor plus `ABOVE_FLOOR_DB`, whatever the peak), while the loudest recent
+sound is `CERTAIN_OVER_FLOOR_DB` or more over the floor (`certain`), is a pause, not a weak
+consonant or a soft word; the detector then counts a silence from a window wholly at the floor
+on without waiting for silero. The floor, not the quiet line: a bump or a clap raises the
+peak, and with it the quiet line, over a soft voice (a review's case: a voice at -42..-50 dBFS
+in a -70 dBFS room, an 8 ms bump at -3 dBFS, and the turn split while silero heard speech),
+but not the floor. Measured through this tracker and `SileroVad` on 46 clips (the bench's
+turns, and `bench.word_timing`'s sentences in both voices) in white noise: the end of speech
+is a silence sooner than silero hears it at 41 of 46 ends under -70 dBFS (by 32 ms at the
+median), 42 under -60 (64 ms), 40 under -55 (80 ms), 13 under -50 (96 ms), none from -45;
+a run of 150 ms or more wholly at the floor inside speech while silero was over
+`neg_threshold` came once under -55 and once under -50, with silero at 0.37-0.40 (nearly
+hearing the pause itself), and never elsewhere. (With the quiet line and 25 dB over the
+floor: a soft stretch of "I want to fly" under -45 dBFS, silero at 0.8.)
 """
 
 from __future__ import annotations
@@ -58,6 +64,7 @@ class QuietTracker:
         self._peak_db = _SILENT_DB
         self._floor_db: float | None = None
         self.quiet_since: int | None = None  # first sample of the current quiet run, if any
+        self.floor_since: int | None = None  # ... and of the current run at the room's floor
 
     def window(self, start: int, samples: npt.NDArray[np.float32]) -> int | None:
         """Follow the blocks of `samples` (which begin at sample `start`; a whole number of
@@ -80,12 +87,23 @@ class QuietTracker:
                     self.quiet_since = start + k * BLOCK_SAMPLES
             else:
                 self.quiet_since = None
+            if floor is None or level < floor + ABOVE_FLOOR_DB:  # (digital silence too)
+                if self.floor_since is None:
+                    self.floor_since = start + k * BLOCK_SAMPLES
+            else:
+                self.floor_since = None
         self._peak_db, self._floor_db = peak, floor
         return self.quiet_since
 
     @property
     def certain(self) -> bool:
-        """Whether a quiet run is a silence by the level alone: the voice's recent peak is
-        `CERTAIN_OVER_FLOOR_DB` or more over the room's floor (a quiet room)."""
+        """Whether the room is quiet enough for the level alone: the loudest recent sound is
+        `CERTAIN_OVER_FLOOR_DB` or more over the room's floor."""
         floor = self._floor_db
         return floor is not None and self._peak_db - floor >= CERTAIN_OVER_FLOOR_DB
+
+    @property
+    def silent_since(self) -> int | None:
+        """Where the current run at the room's floor began, if the room is `certain`: a
+        silence by the level alone."""
+        return self.floor_since if self.certain else None

@@ -399,8 +399,8 @@ class Uplink:
         self._pos = pos + WINDOW
         c.windows += 1
         quiet_since = self._quiet.window(pos, window)
-        certain = self._quiet.certain
-        events = self._detector.process(pos, prob, barge_threshold, quiet_since, certain)
+        silent_since = self._quiet.silent_since
+        events = self._detector.process(pos, prob, barge_threshold, quiet_since, silent_since)
         if (soft := self._soft) is not None:
             self._follow_hold(soft, now, pos, prob, events)
         for ev in events:

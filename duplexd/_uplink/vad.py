@@ -221,11 +221,13 @@ class Speculate:
     """The user has been silent (by silero, or by the level alone: `quiet`) since `stop` for
     `SPECULATE_MS`: the turn may end there, so its transcript [start, end) can be made now
     (`speculate`), ready if it does (`Turn.stop` == `stop`). Once the silence has lasted the
-    turn's pad (`speech_pad_ms`) it is `padded` (the same silence comes again if it came
-    sooner): the turn model is asked about it (`smart`: the model hears that much silence),
-    and a held soft barge-in's sound is transcribed from it (its words check hears that much
-    too). `quiet`: made from the level alone, before silero heard the silence: worth it only
-    while the models are idle (the same silence comes again as a heard one, if it is one)."""
+    turn's pad (`speech_pad_ms`, and `SPECULATE_MS` at least) it is `padded` (the same silence
+    comes again if it came sooner): the turn model is asked about it (`smart`: the model hears
+    that much silence), and a held soft barge-in's sound is transcribed from it (its words
+    check hears that much too). `quiet`: made from the level's quiet line alone, before silero
+    (or the floor) heard the silence, and only padded (in a noisy room that line may cut a
+    word's quiet tail): worth it only while the models are idle (the same silence comes again
+    as a heard one, if it is one)."""
 
     start: int
     end: int
@@ -319,22 +321,20 @@ class SpeechDetector:
         prob: float,
         barge_in_threshold: float,
         quiet_since: int | None = None,
-        quiet_certain: bool = False,
+        silent_since: int | None = None,
     ) -> list[VadEvent]:
         """Feed the probability of the window [start, start + WINDOW); returns the events.
         `quiet_since`: where the voice fell quiet by its level (`quiet.QuietTracker`), if it is
         quiet at the window's end: a silence silero hears begins there (`MAX_BACKDATE_MS` back at
         most, never before the turn), not where silero's verdict came (120-260 ms later).
-        `quiet_certain`: the level is enough (`QuietTracker.certain`, a quiet room): a window
-        wholly quiet in a turn is silence whatever silero says."""
+        `silent_since`: where the level fell to the room's floor, in a quiet room
+        (`QuietTracker.silent_since`): a window wholly there in a turn is silence whatever
+        silero says."""
         o = self.options
         end = start + WINDOW
         events: list[VadEvent] = []
         by_level = (
-            quiet_certain
-            and self.in_speech
-            and quiet_since is not None
-            and self._turn_start < quiet_since <= start
+            self.in_speech and silent_since is not None and self._turn_start < silent_since <= start
         )
         if prob >= o.threshold and not by_level:
             if self._run_start is None:
@@ -384,7 +384,8 @@ class SpeechDetector:
             and self._silence_start is None  # silero still hears speech, the level does not
             and quiet_since is not None
             and quiet_since > self._turn_start
-            and end - quiet_since >= self._speculate
+            # (the quiet line alone may cut a word's quiet tail in a noisy room: at the pad)
+            and end - quiet_since >= self._padded
         ):
             self._speculate_on(quiet_since, end, events, quiet=True)
         if self.in_speech:
@@ -404,7 +405,7 @@ class SpeechDetector:
     def silence_began(self, heard: int) -> int:
         """Where the silence that silero heard begin at `heard` began by the level (as
         `SpeechStop` and `Speculate` date it): `heard` if that is not the silence going on
-        (which the level may have heard first, `quiet_certain`)."""
+        (which the level may have heard first, `silent_since`)."""
         if self._silence_start is not None and self._heard_silence <= heard:
             return self._silence_start
         return heard
@@ -446,7 +447,8 @@ class SpeechDetector:
         assert stop is not None
         events.append(SpeechStop(stop))
         start0 = max(0, self._turn_start - self._pad)
-        # the audio goes on to where silero heard the silence (a quiet end of a word stays in)
+        # the audio goes on to where silero (or the floor: `silent_since`) heard the silence
+        # (a quiet end of a word stays in)
         last = min(end, max(stop, self._heard_silence) + self._pad)
         events.append(Turn(start0, last, stop=stop))
         self.in_speech = False
