@@ -403,8 +403,8 @@ class Uplink:
         events = self._detector.process(pos, prob, barge_threshold, quiet_since, silent_since)
         if (soft := self._soft) is not None:
             self._follow_hold(soft, now, pos, prob, events)
+        smart = self._detector.smart
         for ev in events:
-            smart = self._detector.smart
             if isinstance(ev, EndCandidate) or (isinstance(ev, Speculate) and ev.padded and smart):
                 # the audio goes with the question; a turn transcribed ahead of its end is
                 # judged ahead too (the question comes at min_silence_ms, the answer is ready)

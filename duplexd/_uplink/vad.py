@@ -304,7 +304,7 @@ class SpeechDetector:
         # quiet?: the silence last speculated on so, and whether padded yet
         self._spec_stops: dict[bool, tuple[int, bool]] = {}
         self._backdate = round(MAX_BACKDATE_MS * ms)
-        self._heard_silence = 0  # where silero heard the silence now going on begin
+        self._heard_silence = 0  # where silero (or the floor) heard the silence going on begin
         self.in_speech = False
         self._run_start: int | None = None  # candidate speech onset
         self._run = 0  # samples of speech in the candidate run
