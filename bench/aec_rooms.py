@@ -18,6 +18,9 @@ nothing comes back) over room noise, with and without the user talking over it:
 - CPU: the uplink worker's thread time per second of audio (echo canceller + VAD; and with
   `echo_cancel` off, the VAD alone, for the canceller's share).
 
+`--canceller livekit`: the same rooms with LiveKit's AudioProcessingModule in place of
+`pywebrtc-audio`'s AEC3 (bench/livekit_aec.py; `pip install livekit` first).
+
 Run it at another revision (`git archive` of it, this file and bench/rooms.py copied in) for a
 side by side: the Uplink's constructor and batch format are the same since the NCC canceller.
 """
@@ -76,6 +79,7 @@ def voices(cache: Path) -> tuple[F32, F32]:
 
 
 ECHO_THRESHOLD: float | None = None  # --echo-threshold: the session option, else its default
+JITTER_MS = 0.0  # --jitter-ms: `replay`'s default
 NOISE_SUPPRESSION = "off"  # --noise-suppression: `replay`'s default
 
 
@@ -84,7 +88,7 @@ def replay(
     mic: F32,
     *,
     echo_cancel: bool = True,
-    jitter_ms: float = 0.0,
+    jitter_ms: float | None = None,
     seed: int = 0,
     mic_rate_hz: int = RATE,
     noise_suppression: str | None = None,
@@ -92,9 +96,10 @@ def replay(
     """The uplink of one session fed `mic` (at `mic_rate_hz`: 16 or 48 kHz AudioUp) while it
     sends `agent`: (uplink, [(frame index, event)], worker CPU seconds). `jitter_ms`: each
     uplink frame arrives that much later on average (exponentially distributed, in order), as
-    over a busy network. `noise_suppression`: the session option `vad.noise_suppression`
-    (default: `NOISE_SUPPRESSION`)."""
+    over a busy network (default: `JITTER_MS`). `noise_suppression`: the session option
+    `vad.noise_suppression` (default: `NOISE_SUPPRESSION`)."""
     up_frame = mic_rate_hz * FRAME // RATE
+    jitter_ms = JITTER_MS if jitter_ms is None else jitter_ms
     rng = np.random.default_rng(seed)
     late = rng.exponential(jitter_ms / 1000, len(mic) // up_frame) if jitter_ms else None
 
@@ -164,7 +169,7 @@ def measure(room: Room | None, agent: F32, user: F32, *, trials: int, user_db: f
         at = round((1.0 + i * (len(agent) / RATE - 3.5) / max(1, trials - 1)) * RATE) + 37 * i
         talk = np.zeros(total, dtype=np.float32)
         talk[at : at + len(user)] = gain * user[: total - at]
-        uplink, events, _ = replay(agent, echo + talk + noise(total, -55.0, seed=i + 1))
+        uplink, events, _ = replay(agent, echo + talk + noise(total, -55.0, seed=i + 1), seed=i + 1)
         onset_frame = (at + on) // FRAME
         hits = [k for k, e in events if isinstance(e, BargeIn) and k >= at // FRAME]
         if hits and hits[0] - onset_frame <= MISS_S / FRAME_S:
@@ -201,13 +206,26 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rev", help="the revision measured (default: git's HEAD here)")
     p.add_argument("--echo-threshold", type=float, help="vad.echo_threshold (default: 0.7)")
     p.add_argument(
+        "--jitter-ms", type=float, default=0.0,
+        help="each uplink frame arrives this much later on average (exponential, in order)",
+    )  # fmt: skip
+    p.add_argument(
+        "--canceller", choices=("aec3", "livekit"), default="aec3",
+        help="aec3: pywebrtc-audio's AEC3 (the daemon's); livekit: LiveKit's APM (livekit_aec.py)",
+    )  # fmt: skip
+    p.add_argument(
         "--noise-suppression", choices=NOISE_SUPPRESSION_LEVELS, default="off",
         help="vad.noise_suppression",
     )  # fmt: skip
     args = p.parse_args(argv)
-    global ECHO_THRESHOLD, NOISE_SUPPRESSION
+    global ECHO_THRESHOLD, JITTER_MS, NOISE_SUPPRESSION
     ECHO_THRESHOLD = args.echo_threshold
+    JITTER_MS = args.jitter_ms
     NOISE_SUPPRESSION = args.noise_suppression
+    if args.canceller == "livekit":
+        from .livekit_aec import use_livekit
+
+        use_livekit()
     agent, user = voices(Path(args.cache))
     by_name = {r.name: r for r in ROOMS}
     rows = []
@@ -232,6 +250,8 @@ def main(argv: list[str] | None = None) -> None:
         "cpus": os.cpu_count(),
         "trials": args.trials,
         "noise_suppression": args.noise_suppression,
+        "canceller": args.canceller,
+        "jitter_ms": args.jitter_ms,
         "rooms": rows,
     }
     if args.old:
@@ -269,6 +289,10 @@ def markdown(out: dict[str, Any]) -> str:
             cells = ["-" if match[0][k] is None else f"{match[0][k]:g}" for _, k in COLUMNS]
             ns = run.get("noise_suppression", "off")
             rev = run["rev"] + (f", noise suppression {ns}" if ns != "off" else "")
+            if run.get("canceller", "aec3") != "aec3":
+                rev += f", {run['canceller']}"
+            if run.get("jitter_ms"):
+                rev += f", jitter {run['jitter_ms']:g} ms"
             lines.append(f"| {row['room']} | {rev} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -47,8 +47,12 @@ that hands it the right far-end reference for each stretch of uplink:
   to follow a delay jump of 90 ms on its own, measured, with false barge-ins on the way; on
   the way in, an echo with a 600 ms tail also leaked enough to barge in).
 
-`converging`: AEC3 has seen less than `_CONVERGING_S` of uplink (the session's first words;
-measured, it leaks then, above all with a jittery uplink); the session hears silence meanwhile.
+`converging`: AEC3 has seen less than `_CONVERGING_S` of uplink with a reference to learn
+from (the session's first words; measured, it leaks then, above all with a jittery uplink); the
+session hears silence meanwhile. Only uplink handed with a sounding reference counts: after a
+realignment to an echo 200 ms later, the history a fresh AEC3 is brought up on begins with
+0.2 s of reference it is handed as zeros (measured: counted as learning, a false barge-in at
+the realignment in the RT60 600 ms room with a jittery uplink).
 
 AEC3 works in 10 ms frames and answers `AEC_LATENCY_SAMPLES` (8 ms) late; `process` keeps whole
 frames (a remainder waits for the next call) and drops the lateness from the stream's start,
@@ -212,7 +216,7 @@ class EchoCanceller:
         self.echo_score = 0.0  # the last verdict's GCC-PHAT score
         self.frames = 0  # 10 ms frames AEC3 processed
         self.realignments = 0  # times the reference was moved to the echo found (AEC3 reset)
-        self._aec_samples = 0  # uplink samples this AEC3 has seen
+        self._aec_samples = 0  # uplink samples this AEC3 has seen with a sounding reference
         self._converging = round(_CONVERGING_S * rate_hz)
         self._confirm = round(_CONFIRM_S * rate_hz)
         self.near_end = NearEndOnset(rate_hz)
@@ -369,7 +373,7 @@ class EchoCanceller:
         result = out if self._running else np.concatenate((joined[:lat], out[lat:]))
         self._running = True
         self.frames += n // self._frame
-        self._aec_samples += n
+        self._aec_samples += self._sounding(far)
         self.energy_in += float(np.dot(joined[:n], joined[:n]))
         self.energy_out += float(np.dot(result, result))
         return self._skipped(result)
@@ -387,10 +391,19 @@ class EchoCanceller:
         mapping as it was when AEC3 first ran (`_pairing`), not as the network's jitter moves
         it since (each move is a jump AEC3 follows slowly: false barge-ins, with 30-60 ms of
         jitter, measured), unless the uplink now comes `_REPAIR_MS` later than that (the
-        session resumed after a gap): echo must not come before its reference."""
+        session resumed after a gap): echo must not come before its reference. Until the
+        first verdict on the echo, the pairing also follows the least delayed frame down (by
+        over 10 ms): it was taken from the first frames alone, and one of them late pairs the
+        clocks late, which hands AEC3 a reference not sent yet, zeros (measured: a first frame
+        228 ms late, no echo taken out for 0.9 s and a false barge-in; AEC3 is converging
+        then, so the jump costs nothing)."""
         assert self._offset is not None
         offset = self._offset
-        if self._pairing is None or offset - self._pairing > self._repair:
+        if (
+            self._pairing is None
+            or offset - self._pairing > self._repair
+            or (self._pairing - offset > self._frame and self.echo_found is None)
+        ):
             self._pairing = offset
         return round(self._pairing) + pos - (self._playout + self._align)
 
@@ -442,7 +455,8 @@ class EchoCanceller:
             if score >= _ALIGN_SCORE and there < _STILL_THERE * score and not edge:
                 again = self._moving is not None and abs(self._moving - delay) <= self._slack
                 if again or not self.realignments:  # (the first time at once: echo may leak)
-                    self._realign(delay, pos, w - len(chunk))
+                    unsent = end - (self._ref_end or 0) > self._frame
+                    self._realign(delay, pos, w - len(chunk), unsent=unsent)
                     self._moving = None
                 else:
                     self._moving = delay
@@ -457,15 +471,19 @@ class EchoCanceller:
         else:
             self._no_echo_runs = 0
 
-    def _realign(self, delay: int, pos: int, history: int) -> None:
+    def _realign(self, delay: int, pos: int, history: int, *, unsent: bool = False) -> None:
         """The echo's direct path comes `delay` samples after the reference handed to AEC3:
-        if that is far from `ALIGN_LEAD_MS`, hand the reference on that much later from now
-        on (uplink sample `pos`), and start AEC3 over (it takes seconds to follow a delay that
-        jumps by more than ~30 ms on its own, converging afresh on an aligned reference well
-        under one), brought up to `pos` on the `history` samples of uplink before it: a fresh
-        AEC3 ducks the user hard for most of its first second (measured: -15..-37 dB)."""
+        if that is far from `ALIGN_LEAD_MS`, or if the reference for the uplink just judged ran
+        over 10 ms past what was sent (`unsent`: the clock mapping runs ahead of the sends, and
+        AEC3 is handed zeros for what it has to cancel; measured with a jittery uplink: an echo
+        23 ms off the lead, within the slack, and nothing taken out for a whole utterance, with
+        false barge-ins), hand the reference on that much later from now on (uplink sample
+        `pos`), and start AEC3 over (it takes seconds to follow a delay that jumps by more than
+        ~30 ms on its own, converging afresh on an aligned reference well under one), brought
+        up to `pos` on the `history` samples of uplink before it: a fresh AEC3 ducks the user
+        hard for most of its first second (measured: -15..-37 dB)."""
         target = round(ALIGN_LEAD_MS * self.rate_hz / 1000)
-        if abs(delay - target) <= self._slack:
+        if abs(delay - target) <= self._slack and not unsent:
             return
         align = max(0, self._align + delay - target)
         if align == self._align:
@@ -473,11 +491,22 @@ class EchoCanceller:
         self._align, self._delay = align, target
         aec = pywebrtc_audio.EchoCanceller(self.rate_hz)
         m = history - history % self._frame
+        self._aec, self._aec_samples = aec, 0
         if m > 0:  # (its output: already sent on, by the AEC3 it replaces)
             n = len(self._recent) - (self._pos - pos)  # `_recent` ends at `self._pos`
-            aec.process(self._recent[n - m : n], self._segment(self._server(pos - m), m))
-        self._aec, self._aec_samples = aec, max(m, 0)
+            far = self._segment(self._server(pos - m), m)
+            aec.process(self._recent[n - m : n], far)
+            self._aec_samples = self._sounding(far)
         self.realignments += 1
+
+    def _sounding(self, far: FloatArray) -> int:
+        """Samples of `far` (whole 10 ms frames) in frames with sound: what AEC3 learns from."""
+        f = self._frame
+        k = len(far) // f
+        if not k:
+            return 0
+        loud = np.max(np.abs(far[: k * f].reshape(k, f)), axis=1) > _SENT_LOUD
+        return int(np.count_nonzero(loud)) * f
 
     @property
     def converging(self) -> bool:
