@@ -422,3 +422,43 @@ async def test_a_held_sound_is_transcribed_from_its_padded_silence() -> None:
     assert words._speculation == Speculate(0, 16_000, 14_000)  # not this one
     uplink._deliver(0.0, Speculate(0, 31_000, 28_000, padded=True))
     assert words._speculation == Speculate(0, 31_000, 28_000, padded=True)
+
+
+@pytest.mark.unit
+async def test_a_held_sounds_check_after_its_turns_final_takes_the_finals_words() -> None:
+    """The turn ended on the held sound's silence first: the final took the speculative
+    transcript; the words check of that silence that comes after is answered from the final,
+    not decoded a second time."""
+    import trio
+    import trio.testing
+
+    from duplexd._uplink.counters import UplinkCounters
+    from duplexd._uplink.transcripts import HoldCheck, Transcripts
+
+    double = _Decodes()
+    counters = UplinkCounters()
+    heard: list[tuple[int, str]] = []
+    words = Transcripts(
+        double,  # type: ignore[arg-type]
+        counters=counters,
+        scale=1,
+        audio=lambda a, b: np.zeros(b - a, np.float32),
+        send=lambda frame: None,
+        heard=lambda check, text: heard.append((check, text)),
+    )
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(words.run)
+        words.speculate(Speculate(0, 17_000, 14_000, padded=True))
+        assert await words.speculated_text(14_000) == "Hello."
+        words.queue_turn(Turn(0, 17_000, final=True, stop=14_000))
+        await trio.testing.wait_all_tasks_blocked()
+        assert counters.speculations_used == 1 and double.decoded == [17_000]
+        words.check_words(HoldCheck(7, np.zeros(17_000, np.float32), 14_000))
+        await trio.testing.wait_all_tasks_blocked()
+        assert heard == [(7, "Hello.")]
+        assert double.decoded == [17_000]  # not decoded again
+        assert counters.hold_checks_from_final == 1
+        words.check_words(HoldCheck(8, np.zeros(30_000, np.float32), 28_000))  # another silence
+        await trio.testing.wait_all_tasks_blocked()
+        assert heard[-1] == (8, "Hello.") and double.decoded == [17_000, 30_000]
+        nursery.cancel_scope.cancel()

@@ -20,7 +20,8 @@ class UplinkCounters:
     holds: int = 0  # soft barge-ins: the audio held ...
     holds_resumed: int = 0  # ... then resumed (a backchannel, a noise) ...
     holds_committed: int = 0  # ... or interrupted
-    hold_checks: int = 0  # transcriptions asked to decide one
+    hold_checks: int = 0  # transcriptions asked to decide one ...
+    hold_checks_from_final: int = 0  # ... answered by the final of the turn they ended
     transcripts: int = 0
     asr_passes: int = 0  # streaming passes over a growing turn (asr.partial_ms) ...
     asr_passes_skipped: int = 0  # ... and the ones skipped: the previous one had not returned
@@ -56,6 +57,7 @@ class UplinkCounters:
             "soft_holds_resumed": self.holds_resumed,
             "soft_holds_committed": self.holds_committed,
             "soft_hold_checks": self.hold_checks,
+            "soft_hold_checks_from_final": self.hold_checks_from_final,
             "transcripts": self.transcripts,
             "partial_transcripts": self.partial_transcripts,
             "asr_speculations": self.speculations,

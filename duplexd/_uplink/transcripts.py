@@ -89,6 +89,8 @@ class Transcripts:
         # ((start, stop), text) of the latest speculative transcript made
         self._speculated: tuple[tuple[int, int], str] | None = None
         self._speculating: int | None = None  # the silence (`stop`) of the one being made
+        # (stop, text) of the latest final: a held sound's check of that silence comes after
+        self._finished: tuple[int, str] | None = None
         self._spec_lot = trio.lowlevel.ParkingLot()  # `speculated_text` waiting for it
 
     def check_words(self, check: HoldCheck | None) -> None:
@@ -176,7 +178,9 @@ class Transcripts:
         """What the user said while the agent's audio is held: queued for the worker's
         `SoftBargeIn`, in its place among the frames. The sound is the turn so far, ended by
         the same silence that a speculative transcript (asked for before this check) is
-        about: that one's text, when there is one, is the answer. Cancelling abandons the
+        about: that one's text, when there is one, is the answer, and so is the final's, when
+        the turn ended on that silence before the check came (the final takes the speculative
+        one: it was decoded a second time). Cancelling abandons the
         decode (its thread finishes in the background; nothing is answered)."""
         c = self.counters
         c.hold_checks += 1
@@ -187,6 +191,10 @@ class Transcripts:
         ready = self._speculated
         if ready is not None and ready[0][1] == check.stop:
             self._heard(check.id, ready[1])
+            return
+        if (done := self._finished) is not None and done[0] == check.stop:
+            self._heard(check.id, done[1])  # (the turn ended first: its final has the words)
+            c.hold_checks_from_final += 1
             return
         t0 = time.perf_counter()
         text = await transcriber.transcribe(check.audio)
@@ -233,6 +241,7 @@ class Transcripts:
             c.speculations_used += 1
         else:
             text = await self._decode(transcriber, turn, agreement)
+        self._finished = (turn.stop, text)
         c.transcripts += 1
         k = self._scale
         self._send(
