@@ -83,6 +83,25 @@ JITTER_MS = 0.0  # --jitter-ms: `replay`'s default
 NOISE_SUPPRESSION = "off"  # --noise-suppression: `replay`'s default
 
 
+def make_uplink(
+    mic_rate_hz: int = RATE, *, echo_cancel: bool = True, noise_suppression: str | None = None
+) -> Uplink:
+    """One session's uplink as the daemon makes it (barge-in on, no transcripts), its batches
+    to be run by the caller (`Uplink._process_batch`) in a trio run."""
+    ns = NOISE_SUPPRESSION if noise_suppression is None else noise_suppression
+    vad = VadOptions(barge_in=True, echo_cancel=echo_cancel, noise_suppression=ns)
+    if ECHO_THRESHOLD is not None:
+        vad = dataclasses.replace(vad, echo_threshold=ECHO_THRESHOLD)
+    return Uplink(
+        rate_hz=mic_rate_hz,
+        downlink_rate_hz=RATE,
+        options=SessionOptions(vad, AsrOptions(transcripts=False)),
+        services=UplinkServices(vad_model=VadModel(), offload=_no_offload),
+        send=lambda _frame: None,
+        barge_in=lambda _delay_s: None,
+    )
+
+
 def replay(
     agent: F32,
     mic: F32,
@@ -94,7 +113,9 @@ def replay(
     noise_suppression: str | None = None,
 ) -> tuple[Uplink, list, float]:
     """The uplink of one session fed `mic` (at `mic_rate_hz`: 16 or 48 kHz AudioUp) while it
-    sends `agent`: (uplink, [(frame index, event)], worker CPU seconds). `jitter_ms`: each
+    sends `agent` (each 20 ms frame at its mark on the server clock, handed over with the
+    first uplink frame that arrives after it, as the daemon's pacer sends on its own grid):
+    (uplink, [(frame index, event)], worker CPU seconds). `jitter_ms`: each
     uplink frame arrives that much later on average (exponentially distributed, in order), as
     over a busy network (default: `JITTER_MS`). `noise_suppression`: the session option
     `vad.noise_suppression` (default: `NOISE_SUPPRESSION`)."""
@@ -104,33 +125,28 @@ def replay(
     late = rng.exponential(jitter_ms / 1000, len(mic) // up_frame) if jitter_ms else None
 
     async def run() -> tuple[Uplink, list, float]:
-        ns = NOISE_SUPPRESSION if noise_suppression is None else noise_suppression
-        vad = VadOptions(barge_in=True, echo_cancel=echo_cancel, noise_suppression=ns)
-        if ECHO_THRESHOLD is not None:
-            vad = dataclasses.replace(vad, echo_threshold=ECHO_THRESHOLD)
-        uplink = Uplink(
-            rate_hz=mic_rate_hz,
-            downlink_rate_hz=RATE,
-            options=SessionOptions(vad, AsrOptions(transcripts=False)),
-            services=UplinkServices(vad_model=VadModel(), offload=_no_offload),
-            send=lambda _frame: None,
-            barge_in=lambda _delay_s: None,
+        uplink = make_uplink(
+            mic_rate_hz, echo_cancel=echo_cancel, noise_suppression=noise_suppression
         )
         t0 = trio.current_time()
         events: list[tuple[int, object]] = []
         cpu = 0.0
         last = t0
+        sent, frames = 0, len(agent) // FRAME
         for k in range(len(mic) // up_frame):
             batch: list[tuple[float, int, Any]] = []
-            if (k + 1) * FRAME <= len(agent):
-                pcm = (np.clip(agent[k * FRAME : (k + 1) * FRAME], -1, 1) * 32767).astype("<i2")
-                audio = fr.Audio(epoch=0, utterance_id=1, seq=k, pcm=pcm.tobytes())
-                batch.append((t0 + k * FRAME_S, -1, encode(audio)))
             up = (np.clip(mic[k * up_frame : (k + 1) * up_frame], -1, 1) * 32767).astype("<i2")
             arrival = t0 + (k + 1) * FRAME_S + UPLINK_LATENCY_S
             if late is not None:
                 arrival = max(arrival + late[k], last)  # (frames come in order)
             last = arrival
+            while sent < frames and t0 + sent * FRAME_S <= arrival:  # (the pacer's own grid)
+                pcm = (np.clip(agent[sent * FRAME : (sent + 1) * FRAME], -1, 1) * 32767).astype(
+                    "<i2"
+                )
+                audio = fr.Audio(epoch=0, utterance_id=1, seq=sent, pcm=pcm.tobytes())
+                batch.append((t0 + sent * FRAME_S, -1, encode(audio)))
+                sent += 1
             batch.append((arrival, 0, up.tobytes()))
             c0 = time.thread_time()
             out = uplink._process_batch(batch)

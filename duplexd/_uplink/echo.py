@@ -83,6 +83,7 @@ PLAYOUT_MARGIN_MS: Final = 100.0  # the reference leads the reported playout by 
 PLAYOUT_FOLLOW_MS: Final = 8.0
 ALIGN_LEAD_MS: Final = 40.0  # ... and the echo found by the presence check by this much
 _ALIGN_SLACK_MS: Final = 25.0  # a direct path found within this of that lead stays as it is
+_UNSENT_SLACK_MS: Final = 2.0  # ... unless the reference handed ran this much past the sends
 IDLE_S: Final = 1.5  # no echo possible this long after the last audio sent (delay + reverb)
 _CONVERGING_S: Final = 0.6  # an AEC3 that has seen less uplink than this may still leak echo
 _REPAIR_MS: Final = 100.0  # the uplink this much later than paired: pair it anew
@@ -212,6 +213,9 @@ class EchoCanceller:
         self._delay = round(ALIGN_LEAD_MS * rate_hz / 1000)  # the echo's path, as handed on
         self._moving: int | None = None  # a delay the echo was found at, elsewhere, once
         self._slack = round(_ALIGN_SLACK_MS * rate_hz / 1000)
+        self._unsent_slack = round(_UNSENT_SLACK_MS * rate_hz / 1000)
+        self._handed_end = -(1 << 62)  # the furthest reference index handed to AEC3
+        self._overrun = 0  # the most the reference handed ran past the sends, lately
         self.echo_found: bool | None = None  # whether an echo comes back (None: not known)
         self.echo_score = 0.0  # the last verdict's GCC-PHAT score
         self.frames = 0  # 10 ms frames AEC3 processed
@@ -236,7 +240,10 @@ class EchoCanceller:
         idx = round((now - self._t0) * self.rate_hz)
         end = self._ref_end
         if end is not None and idx - end <= self._contiguous:
-            idx = end  # the next frame of the same paced run
+            idx = end  # the next frame of the same paced run ...
+            if self._handed_end > end:  # ... whose samples AEC3 was handed before they were
+                late = min(self._handed_end - end, self._contiguous)  # sent (as silence)
+                self._overrun = max(self._overrun, late)
         if end is not None and idx > end:
             self._write(end, np.zeros(min(idx - end, self._cap), dtype=np.float32))
         self._write(idx, samples)
@@ -412,6 +419,7 @@ class EchoCanceller:
         (up to `chunk`, at uplink sample `pos`) hold an echo of what was sent? (`_phat_score`,
         at 8 kHz)"""
         end = self._server(pos + len(chunk))
+        self._handed_end = max(self._handed_end, end)  # (`add_reference` checks it)
         k = min(len(chunk), len(self._recent))
         self._recent[:-k] = self._recent[k:]
         self._recent[-k:] = chunk[-k:]
@@ -428,6 +436,7 @@ class EchoCanceller:
         if np.count_nonzero(np.abs(far[-w:]) > _SENT_LOUD) < _SENT_SHARE * w:
             self._suspected_at = None  # (an echo suspected must be found again, in a row)
             return  # too little was sent to tell: the verdict stands
+        overrun, self._overrun = self._overrun, 0  # (since the last verdict)
         near = self._recent[-w:]
         corr = _phat(near[0::2] + near[1::2], far[0::2] + far[1::2])
         lag = int(np.argmax(corr))
@@ -455,8 +464,7 @@ class EchoCanceller:
             if score >= _ALIGN_SCORE and there < _STILL_THERE * score and not edge:
                 again = self._moving is not None and abs(self._moving - delay) <= self._slack
                 if again or not self.realignments:  # (the first time at once: echo may leak)
-                    unsent = end - (self._ref_end or 0) > self._frame
-                    self._realign(delay, pos, w - len(chunk), unsent=unsent)
+                    self._realign(delay, pos, w - len(chunk), unsent=overrun)
                     self._moving = None
                 else:
                     self._moving = delay
@@ -471,24 +479,45 @@ class EchoCanceller:
         else:
             self._no_echo_runs = 0
 
-    def _realign(self, delay: int, pos: int, history: int, *, unsent: bool = False) -> None:
+    def _realign(self, delay: int, pos: int, history: int, *, unsent: int = 0) -> None:
         """The echo's direct path comes `delay` samples after the reference handed to AEC3:
-        if that is far from `ALIGN_LEAD_MS`, or if the reference for the uplink just judged ran
-        over 10 ms past what was sent (`unsent`: the clock mapping runs ahead of the sends, and
-        AEC3 is handed zeros for what it has to cancel; measured with a jittery uplink: an echo
-        23 ms off the lead, within the slack, and nothing taken out for a whole utterance, with
-        false barge-ins), hand the reference on that much later from now on (uplink sample
-        `pos`), and start AEC3 over (it takes seconds to follow a delay that jumps by more than
-        ~30 ms on its own, converging afresh on an aligned reference well under one), brought
-        up to `pos` on the `history` samples of uplink before it: a fresh AEC3 ducks the user
-        hard for most of its first second (measured: -15..-37 dB)."""
+        if that is far from `ALIGN_LEAD_MS`, hand the reference on that much later from now on
+        (uplink sample `pos`), and start AEC3 over (it takes seconds to follow a delay that
+        jumps by more than ~30 ms on its own, converging afresh on an aligned reference well
+        under one), brought up to `pos` on the `history` samples of uplink before it: a fresh
+        AEC3 ducks the user hard for most of its first second (measured: -15..-37 dB).
+
+        Wherever the echo is found, if the reference handed since the last verdict ran
+        `unsent` samples (2-40 ms) past what was sent, the clock mapping runs ahead of the
+        sends and AEC3 was handed zeros for what it has to cancel: the reference is handed on
+        that much later and 10 ms more (measured with a jittery uplink, an echo 23 ms off the
+        lead, within the slack: nothing taken out for a whole utterance, false barge-ins; a
+        client whose audio clock runs 300 ppm fast, in a room with a 40 ms path: false
+        barge-ins every minute or so, `bench.aec_drift`). An echo that comes sooner than the
+        reference can be handed on pairs the clocks anew, when the uplink now comes later than
+        paired: a client whose clock runs slow slides that way, 18 ms a minute at -300 ppm
+        (measured: false barge-ins once it had slid ~95 ms, until the 100 ms of `_REPAIR_MS`
+        re-paired it; in the 40 ms room, from 2.5 minutes on)."""
         target = round(ALIGN_LEAD_MS * self.rate_hz / 1000)
-        if abs(delay - target) <= self._slack and not unsent:
+        shift = delay - target
+        if unsent > self._unsent_slack:
+            shift = max(shift, unsent + self._frame)
+        elif abs(shift) <= self._slack:
             return
-        align = max(0, self._align + delay - target)
+        align = self._align + shift
+        if align < 0 and self._offset is not None and self._pairing is not None:
+            # the echo comes sooner than the reference can be handed on: the client's clock
+            # runs slow (its uplink spans more of the server's time than it says), and the
+            # uplink arrives later than when the clocks were paired: pair them where it
+            # arrives now (the reference handed that much later, the echo as much later)
+            late = round(self._offset - self._pairing)
+            if late > 0:
+                self._pairing, align = self._offset, align + late
+        align = max(0, align)
         if align == self._align:
             return  # (the echo comes sooner than the reference can be handed on sooner)
         self._align, self._delay = align, target
+        self._handed_end, self._overrun = -(1 << 62), 0  # (on the new mapping from here)
         aec = pywebrtc_audio.EchoCanceller(self.rate_hz)
         m = history - history % self._frame
         self._aec, self._aec_samples = aec, 0
