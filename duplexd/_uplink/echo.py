@@ -401,9 +401,8 @@ class EchoCanceller:
         session resumed after a gap): echo must not come before its reference. Until the
         first verdict on the echo, the pairing also follows the least delayed frame down (by
         over 10 ms): it was taken from the first frames alone, and one of them late pairs the
-        clocks late, which hands AEC3 a reference not sent yet, zeros (measured: a first frame
-        228 ms late, no echo taken out for 0.9 s and a false barge-in; AEC3 is converging
-        then, so the jump costs nothing)."""
+        clocks late, which hands AEC3 a reference the later, less delayed frames find not sent
+        yet, zeros (AEC3 is converging then, so the jump costs nothing)."""
         assert self._offset is not None
         offset = self._offset
         if (
@@ -490,14 +489,14 @@ class EchoCanceller:
         Wherever the echo is found, if the reference handed since the last verdict ran
         `unsent` samples (2-40 ms) past what was sent, the clock mapping runs ahead of the
         sends and AEC3 was handed zeros for what it has to cancel: the reference is handed on
-        that much later and 10 ms more (measured with a jittery uplink, an echo 23 ms off the
-        lead, within the slack: nothing taken out for a whole utterance, false barge-ins; a
-        client whose audio clock runs 300 ppm fast, in a room with a 40 ms path: false
-        barge-ins every minute or so, `bench.aec_drift`). An echo that comes sooner than the
-        reference can be handed on pairs the clocks anew, when the uplink now comes later than
-        paired: a client whose clock runs slow slides that way, 18 ms a minute at -300 ppm
-        (measured: false barge-ins once it had slid ~95 ms, until the 100 ms of `_REPAIR_MS`
-        re-paired it; in the 40 ms room, from 2.5 minutes on)."""
+        that much later and 10 ms more (measured: a client whose audio clock runs 300 ppm fast,
+        in a room with a 40 ms path, false barge-ins every minute or so, `bench.aec_drift`; in
+        a replay that handed the sends over as late as a jittery uplink's frames, an echo 23 ms
+        off the lead, within the slack, and nothing taken out for a whole utterance). An echo
+        that comes sooner than the reference can be handed on pairs the clocks anew, when the
+        uplink now comes later than paired: a client whose clock runs slow slides that way, 18
+        ms a minute at -300 ppm (measured: false barge-ins once it had slid ~95 ms, until the
+        100 ms of `_REPAIR_MS` re-paired it; in the 40 ms room, from 2.5 minutes on)."""
         target = round(ALIGN_LEAD_MS * self.rate_hz / 1000)
         shift = delay - target
         if unsent > self._unsent_slack:
