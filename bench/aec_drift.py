@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ import numpy as np
 import trio
 import trio.testing
 
-from bench.aec_rooms import FRAME, FRAME_S, RATE, UPLINK_LATENCY_S, make_uplink, voices
+from bench.aec_rooms import FRAME, FRAME_S, RATE, UPLINK_LATENCY_S, head_rev, make_uplink, voices
 from bench.rooms import ROOMS_BY_NAME, Room, noise
 from duplexd._uplink.vad import BargeIn, SpeechStart
 from duplexd.protocol import frames as fr
@@ -143,12 +142,7 @@ def main(argv: list[str] | None = None) -> None:
             flush=True,
         )
         rows.append(row)
-    rev = (
-        args.rev
-        or subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-        ).stdout.strip()
-    )
+    rev = args.rev or head_rev()
     if args.json:
         Path(args.json).write_text(json.dumps({"rev": rev, "rows": rows}, indent=1) + "\n")
 

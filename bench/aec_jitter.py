@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
-from bench.aec_rooms import RATE, replay, voices
+from bench.aec_rooms import RATE, head_rev, replay, voices
 from bench.rooms import ROOMS, db, noise
 from duplexd._uplink.vad import BargeIn, SpeechStart
 
@@ -84,12 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     seeds = range(int(first), int(last or first) + 1)
     jitters = [float(j) for j in args.jitter_ms.split(",")]
     rows = run(jitters, seeds, Path(args.cache))
-    rev = (
-        args.rev
-        or subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-        ).stdout.strip()
-    )
+    rev = args.rev or head_rev()
     table = markdown(rows)
     print(table, end="")
     if args.json:

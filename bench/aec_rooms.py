@@ -83,6 +83,12 @@ JITTER_MS = 0.0  # --jitter-ms: `replay`'s default
 NOISE_SUPPRESSION = "off"  # --noise-suppression: `replay`'s default
 
 
+def head_rev() -> str:
+    """The revision measured: git's HEAD here, short ("" outside a checkout)."""
+    git = ["git", "rev-parse", "--short", "HEAD"]
+    return subprocess.run(git, capture_output=True, text=True, check=False).stdout.strip()
+
+
 def make_uplink(
     mic_rate_hz: int = RATE, *, echo_cancel: bool = True, noise_suppression: str | None = None
 ) -> Uplink:
@@ -255,12 +261,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         print(json.dumps(row), flush=True)
         rows.append(row)
-    rev = (
-        args.rev
-        or subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-        ).stdout.strip()
-    )
+    rev = args.rev or head_rev()
     out = {
         "rev": rev,
         "cpus": os.cpu_count(),

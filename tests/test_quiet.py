@@ -7,6 +7,9 @@ tracker on made-up levels (exact block positions), then on the bench's real spee
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -190,24 +193,32 @@ class _Decodes:
         return "Hello."
 
 
+def _transcripts(
+    double: _Decodes, counters: Any, heard: Callable[[int, str], None] = lambda c, t: None
+) -> Any:
+    """A session's `Transcripts` on `double`, the audio zeros, nothing sent."""
+    from duplexd._uplink.transcripts import Transcripts
+
+    return Transcripts(
+        double,  # type: ignore[arg-type]
+        counters=counters,
+        scale=1,
+        audio=lambda a, b: np.zeros(b - a, np.float32),
+        send=lambda frame: None,
+        heard=heard,
+    )
+
+
 @pytest.mark.unit
 async def test_a_silence_is_transcribed_ahead_once_and_the_levels_only_when_idle() -> None:
     import trio
     import trio.testing
 
     from duplexd._uplink.counters import UplinkCounters
-    from duplexd._uplink.transcripts import Transcripts
 
     double = _Decodes()
     counters = UplinkCounters()
-    words = Transcripts(
-        double,  # type: ignore[arg-type]
-        counters=counters,
-        scale=1,
-        audio=lambda a, b: np.zeros(b - a, np.float32),
-        send=lambda frame: None,
-        heard=lambda check, text: None,
-    )
+    words = _transcripts(double, counters)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(words.run)
         words.speculate(Speculate(0, 16_000, 14_000, quiet=True))  # the level's
@@ -433,19 +444,12 @@ async def test_a_held_sounds_check_after_its_turns_final_takes_the_finals_words(
     import trio.testing
 
     from duplexd._uplink.counters import UplinkCounters
-    from duplexd._uplink.transcripts import HoldCheck, Transcripts
+    from duplexd._uplink.transcripts import HoldCheck
 
     double = _Decodes()
     counters = UplinkCounters()
     heard: list[tuple[int, str]] = []
-    words = Transcripts(
-        double,  # type: ignore[arg-type]
-        counters=counters,
-        scale=1,
-        audio=lambda a, b: np.zeros(b - a, np.float32),
-        send=lambda frame: None,
-        heard=lambda check, text: heard.append((check, text)),
-    )
+    words = _transcripts(double, counters, lambda check, text: heard.append((check, text)))
     async with trio.open_nursery() as nursery:
         nursery.start_soon(words.run)
         words.speculate(Speculate(0, 17_000, 14_000, padded=True))
