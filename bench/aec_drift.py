@@ -26,6 +26,7 @@ import numpy as np
 import trio
 import trio.testing
 
+from bench.aec_jitter import numbers
 from bench.aec_rooms import FRAME, FRAME_S, RATE, UPLINK_LATENCY_S, head_rev, make_uplink, voices
 from bench.rooms import ROOMS_BY_NAME, Room, noise
 from duplexd._uplink.vad import BargeIn, SpeechStart
@@ -121,7 +122,12 @@ def run(
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--room", default="rt60-300", choices=sorted(ROOMS_BY_NAME))
-    p.add_argument("--drift-ppm", default="0,100,-100,300,-300", help="comma-separated")
+    p.add_argument(
+        "--drift-ppm",
+        default="0,100,-100,300,-300",
+        type=numbers,
+        help="a,b,... (--drift-ppm=-300)",
+    )
     p.add_argument("--minutes", type=float, default=10.0)
     p.add_argument("--gap-s", type=float, default=1.0, help="silence between the utterances")
     p.add_argument("--cache", default="out", help="where the synthesized voices are kept")
@@ -129,8 +135,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--json", metavar="PATH")
     args = p.parse_args(argv)
     agent, _ = voices(Path(args.cache))
+    least_min = (len(agent) / RATE + args.gap_s) / 60
+    if args.minutes < least_min:
+        p.error(f"--minutes {args.minutes:g} holds no utterance: at least {least_min:.2f}")
     rows = []
-    for ppm in (float(x) for x in args.drift_ppm.split(",")):
+    for ppm in args.drift_ppm:
         row = run(
             ROOMS_BY_NAME[args.room], agent, drift_ppm=ppm, minutes=args.minutes, gap_s=args.gap_s
         )

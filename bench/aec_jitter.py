@@ -70,19 +70,33 @@ def _order(room: str) -> int:
     return [r.name for r in ROOMS].index(room)
 
 
+def numbers(text: str) -> list[float]:
+    """`--jitter-ms` (and `bench.aec_drift --drift-ppm`): comma-separated numbers."""
+    try:
+        return [float(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: numbers with commas, e.g. 0,10,30") from None
+
+
+def seed_range(text: str) -> range:
+    """`--seeds`: FIRST-LAST (or one seed)."""
+    first, _, last = text.partition("-")
+    try:
+        return range(int(first), int(last or first) + 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: FIRST-LAST, e.g. 0-9") from None
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--jitter-ms", default="0,10,30,60", help="mean jitters, comma-separated")
-    p.add_argument("--seeds", default="0-4", help="first-last seed (the draws)")
+    p.add_argument("--jitter-ms", default="0,10,30,60", type=numbers, help="mean jitters, a,b,...")
+    p.add_argument("--seeds", default="0-4", type=seed_range, help="first-last seed (the draws)")
     p.add_argument("--cache", default="out", help="where the synthesized voices are kept")
     p.add_argument("--rev", help="the revision measured (default: git's HEAD here)")
     p.add_argument("--json", metavar="PATH")
     p.add_argument("--md", metavar="PATH")
     args = p.parse_args(argv)
-    first, _, last = args.seeds.partition("-")
-    seeds = range(int(first), int(last or first) + 1)
-    jitters = [float(j) for j in args.jitter_ms.split(",")]
-    rows = run(jitters, seeds, Path(args.cache))
+    rows = run(args.jitter_ms, args.seeds, Path(args.cache))
     rev = args.rev or head_rev()
     table = markdown(rows)
     print(table, end="")
