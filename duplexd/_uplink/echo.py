@@ -311,6 +311,7 @@ class EchoCanceller:
         if playout < 0:  # (sooner than the reports said at first: what was aligned goes first)
             self._align = max(0, self._align + playout)
         self._playout = min(max(0, playout), self._max_playout)
+        self._handed_end = -(1 << 62)  # (what was handed is on the old mapping)
         self._moving, self._heard = None, 0  # (the presence check judges the new path afresh)
         self._suspected_at = None
         self.playout_moves += 1
@@ -410,7 +411,7 @@ class EchoCanceller:
             or offset - self._pairing > self._repair
             or (self._pairing - offset > self._frame and self.echo_found is None)
         ):
-            self._pairing = offset
+            self._pairing, self._handed_end = offset, -(1 << 62)  # (a new mapping)
         return round(self._pairing) + pos - (self._playout + self._align)
 
     def _judge(self, chunk: FloatArray, pos: int) -> None:
@@ -511,7 +512,7 @@ class EchoCanceller:
             # arrives now (the reference handed that much later, the echo as much later)
             late = round(self._offset - self._pairing)
             if late > 0:
-                self._pairing, align = self._offset, align + late
+                self._pairing, align = self._offset, align + late  # (`_handed_end`: below)
         align = max(0, align)
         if align == self._align:
             return  # (the echo comes sooner than the reference can be handed on sooner)
