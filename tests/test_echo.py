@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from bench.rooms import ROOMS_BY_NAME, Room, db, noise
-from duplexd._uplink.echo import AEC_LATENCY_SAMPLES, EchoCanceller
+from duplexd._uplink.echo import AEC_LATENCY_SAMPLES, PLAYER_BUFFER_MS, EchoCanceller
 
 pytestmark = pytest.mark.integration
 RATE = 16_000
@@ -458,3 +458,24 @@ def test_the_running_minimum_forgets_what_slid_out() -> None:
     m = _RunningMin(3)
     assert m.value is None
     assert [m.add(v) for v in (5.0, 3.0, 4.0, 6.0, 7.0, 1.0, 2.0)] == [5, 3, 3, 3, 4, 1, 1]
+
+
+@pytest.mark.unit
+def test_a_reference_handed_before_it_was_sent_is_known_when_the_run_goes_on() -> None:
+    """AEC3 handed the reference 30 ms past what was sent (as `_judge` records it): the run's
+    next frame says so (`_overrun`, which moves the path at the next realignment); the same
+    30 ms after a PLAYED report moved the reference is the old mapping's, and says nothing."""
+    ec = EchoCanceller(t0=0.0)
+    frame = np.full(320, 0.1, dtype=np.float32)
+    ec.add_reference(0.0, frame)
+    ec._handed_end = ec._ref_end + 480
+    ec.add_reference(0.02, frame)
+    assert ec._overrun == 480
+    ec._overrun = 0
+    ec._handed_end = ec._ref_end + 480
+    ec._move(480)  # a PLAYED report: the reference handed 30 ms later from now on
+    ec.add_reference(0.04, frame)
+    assert ec._overrun == 0
+    ec._handed_end = ec._ref_end + 2_000  # (past `PLAYER_BUFFER_MS`: counted up to that)
+    ec.add_reference(0.06, frame)
+    assert ec._overrun == round(PLAYER_BUFFER_MS * 16)
