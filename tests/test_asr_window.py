@@ -28,6 +28,26 @@ def test_a_loop_is_a_word_or_two_again_or_a_phrase_twice(text: str, loop: bool) 
 
 
 @pytest.mark.unit
+@pytest.mark.parametrize(
+    "text, cut",
+    [
+        ("Hold on. Hold on. Hold on. Hold on. Hold", "Hold on."),
+        ("Remember, remember, remember,", "Remember"),
+        ("today? Today.", "today?"),
+        ("Can you tell me what the weather is like today? Can you tell me what the",
+         "Can you tell me what the weather is like today?"),
+        ("Yeah, okay. Yeah, okay.", "Yeah, okay."),
+        ("Can you tell me what the weather is like today?",
+         "Can you tell me what the weather is like today?"),
+        ("", ""),
+    ],
+)  # fmt: skip
+def test_a_looped_text_is_cut_where_the_loop_began(text: str, cut: str) -> None:
+    assert window.unlooped(text) == cut
+    assert not window.looped(window.unlooped(text))
+
+
+@pytest.mark.unit
 def test_a_clip_fits_a_window_with_its_padding() -> None:
     rate = 16_000
     assert window.fits(np.zeros(round((30 - window.PAD_S) * rate), np.float32), rate)
@@ -82,3 +102,31 @@ def test_a_looping_window_is_decoded_again_whole(monkeypatch: pytest.MonkeyPatch
     finally:
         t.close()
     assert windows == [False, True]
+
+
+@pytest.mark.integration
+def test_a_held_sound_after_the_hold_prompt_a_hum_is_heard_as_one_words_as_words() -> None:
+    """The joe voice's "Mm-hmm." cut at 45 bounds around it (as `bench.hold_words` does):
+    decoded plain, Whisper writes words for most ("in a month."); after `HOLD_PROMPT` with
+    loops cut, most are a hum, and an interruption's every cut is still words. Such a decode
+    is one pass in the cut window: never the 30 s one."""
+    from bench.hold_words import clips
+    from bench.speech import clip
+    from duplexd._uplink.asr import Transcriber
+    from duplexd._uplink.soft import is_backchannel
+    from duplexd._uplink.transcripts import HOLD_PROMPT
+    from duplexd.protocol.options import DEFAULT_BACKCHANNELS
+
+    t = Transcriber(cpu_threads=2)
+    try:
+        hum = clips(clip("Mm-hmm."))
+        plain = sum(is_backchannel(t.transcribe_sync(c), DEFAULT_BACKCHANNELS) for c in hum)
+        held = [t.transcribe_sync(c, HOLD_PROMPT, cut_loops=True) for c in hum]
+        hums = sum(is_backchannel(h, DEFAULT_BACKCHANNELS) for h in held)
+        assert plain <= 15 and hums >= 30, (plain, hums, held)
+        assert not any(window.looped(h) for h in held)
+        for c in clips(clip("Wait, stop."))[::4]:
+            heard = t.transcribe_sync(c, HOLD_PROMPT, cut_loops=True)
+            assert not is_backchannel(heard, DEFAULT_BACKCHANNELS), heard
+    finally:
+        t.close()

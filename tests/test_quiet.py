@@ -186,10 +186,14 @@ class _Decodes:
     def __init__(self) -> None:
         self.busy = False
         self.decoded: list[int] = []
+        self.asked: list[tuple[str | None, bool]] = []  # each decode's (prompt, cut_loops)
         self.language = "en"
 
-    async def transcribe(self, audio: np.ndarray, prompt: str | None = None) -> str:
+    async def transcribe(
+        self, audio: np.ndarray, prompt: str | None = None, cut_loops: bool = False
+    ) -> str:
         self.decoded.append(len(audio))
+        self.asked.append((prompt, cut_loops))
         return "Hello."
 
 
@@ -465,4 +469,34 @@ async def test_a_held_sounds_check_after_its_turns_final_takes_the_finals_words(
         words.check_words(HoldCheck(8, np.zeros(30_000, np.float32), 28_000))  # another silence
         await trio.testing.wait_all_tasks_blocked()
         assert heard[-1] == (8, "Hello.") and double.decoded == [17_000, 30_000]
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.unit
+async def test_while_the_agent_is_held_the_sounds_words_are_decoded_after_the_hold_prompt() -> None:
+    """A held sound's speculative transcript and a words check of its own are decoded after
+    `HOLD_PROMPT` with loops cut (a hum written as one, bounded work); a turn's transcript
+    when nothing is held is decoded as before."""
+    import trio
+    import trio.testing
+
+    from duplexd._uplink.counters import UplinkCounters
+    from duplexd._uplink.transcripts import HOLD_PROMPT, HoldCheck
+
+    double = _Decodes()
+    words = _transcripts(double, UplinkCounters())
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(words.run)
+        words.speculate(Speculate(0, 17_000, 14_000, padded=True))
+        await words.speculated_text(14_000)
+        words.holding = True
+        words.speculate(Speculate(20_000, 27_000, 24_000, padded=True))
+        await words.speculated_text(24_000)
+        words.check_words(HoldCheck(1, np.zeros(9_000, np.float32), 34_000))
+        await trio.testing.wait_all_tasks_blocked()
+        words.holding = False
+        words.queue_turn(Turn(40_000, 47_000, final=True, stop=44_000))
+        await trio.testing.wait_all_tasks_blocked()
+        held = (HOLD_PROMPT, True)
+        assert double.asked == [(None, False), held, held, (None, False)]
         nursery.cancel_scope.cancel()

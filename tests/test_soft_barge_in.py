@@ -55,11 +55,22 @@ def test_backchannel_words() -> None:
     assert is_backchannel("Stop.", ("stop",))
     assert is_backchannel("", bc)  # no words at all: nothing that takes the turn
     # a hum, however Whisper spells it, where the list allows hums; not where it does not
-    for text in ("MmMmM.", "M-H-M.", "Mmmmm", "Hmmm?", "Mhmm.", "Mm-hmm-hmm."):
+    # (spelled letter by letter too, the letters together one hum: "N M M." is "nmm")
+    for text in ("MmMmM.", "M-H-M.", "Mmmmm", "Hmmm?", "Mhmm.", "Mm-hmm-hmm.", "M h m.", "N Mm."):
         assert is_backchannel(text, bc), text
         assert not is_backchannel(text, ("yeah", "okay")), text
-    # not hums: "no" hummed, a clipped "no", spelled single letters, hums with words
-    for text in ("Mm-mm.", "Nn-nn.", "N.", "M h m.", "Mm, no.", "Hmm, wait.", "MMO.", "Hm, stop"):
+    # not hums: "no" hummed, a clipped "no" (alone or twice), hums with words
+    for text in (
+        "Mm-mm.",
+        "Nn-nn.",
+        "N.",
+        "N n.",
+        "N Mm-mm.",
+        "Mm, no.",
+        "Hmm, wait.",
+        "MMO.",
+        "Hm, stop",
+    ):
         assert not is_backchannel(text, bc), text
 
 
@@ -150,9 +161,11 @@ class InlineTranscriber(Transcriber):
     """The real Whisper, run on the trio thread: a MockClock stands still while it decodes (in
     the daemon it runs in a worker thread, and the audio keeps flowing meanwhile)."""
 
-    async def transcribe(self, audio: Any, prompt: str | None = None) -> str:
+    async def transcribe(
+        self, audio: Any, prompt: str | None = None, cut_loops: bool = False
+    ) -> str:
         await trio.lowlevel.checkpoint()
-        return self.transcribe_sync(audio, prompt)
+        return self.transcribe_sync(audio, prompt, cut_loops)
 
 
 _TRANSCRIBER: list[Transcriber] = []

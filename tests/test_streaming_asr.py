@@ -45,8 +45,10 @@ class VirtualTimeTranscriber(Transcriber):
         await trio.sleep(DECODE_S)
         return out
 
-    async def transcribe(self, audio: npt.NDArray[np.float32], prompt: str | None = None) -> str:
-        out = self.transcribe_sync(audio, prompt)
+    async def transcribe(
+        self, audio: npt.NDArray[np.float32], prompt: str | None = None, cut_loops: bool = False
+    ) -> str:
+        out = self.transcribe_sync(audio, prompt, cut_loops)
         await trio.sleep(DECODE_S)
         return out
 

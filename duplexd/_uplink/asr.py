@@ -157,12 +157,20 @@ class Transcriber:
         )
         return segments
 
-    def _decoding(self, audio: npt.NDArray[np.float32], prompt: str | None) -> window.Decoding:
+    def _decoding(
+        self, audio: npt.NDArray[np.float32], prompt: str | None, cut_loops: bool = False
+    ) -> window.Decoding:
         # bounded work: no repetition loop past speech's pace
-        return window.Decoding(prompt, self.language, self.beam_size, _max_tokens(audio))
+        return window.Decoding(prompt, self.language, self.beam_size, _max_tokens(audio), cut_loops)
 
-    def _decode(self, model: Any, audio: npt.NDArray[np.float32], prompt: str | None = None) -> str:
-        how = self._decoding(audio, prompt)
+    def _decode(
+        self,
+        model: Any,
+        audio: npt.NDArray[np.float32],
+        prompt: str | None = None,
+        cut_loops: bool = False,
+    ) -> str:
+        how = self._decoding(audio, prompt, cut_loops)
         if self.cut_window and window.fits(audio, ASR_RATE_HZ):  # the usual turn (window.py)
             return window.decode_text(model, audio, how)
         segments = self._transcribe(
@@ -195,10 +203,13 @@ class Transcriber:
             for word, start, end in found
         ]
 
-    def transcribe_sync(self, audio: npt.NDArray[np.float32], prompt: str | None = None) -> str:
+    def transcribe_sync(
+        self, audio: npt.NDArray[np.float32], prompt: str | None = None, cut_loops: bool = False
+    ) -> str:
         """Text of 16 kHz mono float audio (blocking); `prompt`: the text that came before
-        it (Whisper's initial prompt: context, not transcribed)."""
-        text: str = self._run(self._decode, audio, prompt)
+        it (Whisper's initial prompt: context, not transcribed); `cut_loops`: a text that
+        loops is cut where the loop began, not decoded again (`window.decode_text`)."""
+        text: str = self._run(self._decode, audio, prompt, cut_loops)
         return text
 
     def words_sync(
@@ -209,12 +220,20 @@ class Transcriber:
         words: list[Word] = self._run(self._decode_words, audio, offset, prompt)
         return words
 
-    async def transcribe(self, audio: npt.NDArray[np.float32], prompt: str | None = None) -> str:
-        """Transcribe in a worker thread (at most `max_concurrent` at once in the process).
+    async def transcribe(
+        self, audio: npt.NDArray[np.float32], prompt: str | None = None, cut_loops: bool = False
+    ) -> str:
+        """`transcribe_sync` in a worker thread (at most `max_concurrent` at once in the
+        process).
 
         Cancelling abandons the result; the thread finishes its work in the background."""
         return await trio.to_thread.run_sync(
-            self.transcribe_sync, audio, prompt, limiter=self.limiter, abandon_on_cancel=True
+            self.transcribe_sync,
+            audio,
+            prompt,
+            cut_loops,
+            limiter=self.limiter,
+            abandon_on_cancel=True,
         )
 
     async def words(

@@ -64,7 +64,24 @@ def is_backchannel(text: str, backchannels: tuple[str, ...] | frozenset[str]) ->
         backchannels if isinstance(backchannels, frozenset) else backchannel_words(backchannels)
     )
     hums = any(is_hum(w) for w in allowed)
-    return all(w in allowed or (hums and is_hum(w)) for w in spoken_words(text))
+    return all(w in allowed or (hums and is_hum(w)) for w in _letters_joined(spoken_words(text)))
+
+
+def _letters_joined(words: list[str]) -> list[str]:
+    """`words` with each run of single letters m, h, n (and hums among them) made one word:
+    Whisper spells a hum letter by letter too ("N M M.", "M M", "N Mm.": `bench.hold_words`);
+    a lone "n" stays one."""
+    out: list[str] = []
+    run = ""
+    for w in words:
+        if (len(w) == 1 and w in "mhn") or is_hum(w):
+            run += w
+            continue
+        if run:
+            out.append(run)
+            run = ""
+        out.append(w)
+    return [*out, run] if run else out
 
 
 @dataclass(frozen=True, slots=True)

@@ -338,6 +338,8 @@ class Uplink:
                 if self._hold(delay, ev.sample * self._scale):
                     c.holds += 1
                     self._held = ev.sample
+                    if self._transcripts is not None:
+                        self._transcripts.holding = True
                     self._hold_lot.unpark_all()
                 else:  # nothing was playing: nothing to decide
                     self._enqueue((trio.current_time(), _UNHELD, None))
@@ -449,6 +451,7 @@ class Uplink:
             self._held = None
             if self._transcripts is not None:
                 self._transcripts.check_words(None)
+                self._transcripts.holding = False
             self._hold_lot.unpark_all()
             self._enqueue((trio.current_time(), _UNHELD, None))
 
@@ -460,6 +463,8 @@ class Uplink:
     def _end_hold(self, settled: Settled) -> None:
         assert self._settle is not None
         self._held = None
+        if self._transcripts is not None:
+            self._transcripts.holding = False
         self._hold_lot.unpark_all()
         self.counters.holds_resumed += settled.resume
         self.counters.holds_committed += not settled.resume

@@ -35,6 +35,9 @@ import numpy.typing as npt
 PAD_S: Final = 2.0  # silence after the clip in its window
 MIN_WINDOW_S: Final = 10  # ... and a window never shorter than this
 LOOP_WORDS: Final = 3  # a phrase this long said twice is a loop (`looped`)
+# with `Decoding.cut_loops`: no n-gram of this many tokens generated twice (a held sound's
+# decode after its prompt: `python -m bench.hold_words`, p95 149 -> 104 ms, the same words)
+NO_REPEAT_TOKENS: Final = 2
 MAX_WINDOW_S: Final = 30.0  # Whisper's window: longer clips take faster-whisper's path
 FRAMES_PER_S: Final = 100  # Whisper's features
 NO_SPEECH_PROB: Final = 0.6  # faster-whisper's defaults for "this window is silence"
@@ -72,34 +75,27 @@ def _encode(model: Any, audio: npt.NDArray[np.float32], *, whole: bool) -> tuple
     return model.encode(padded), frames
 
 
-def _generate(
-    model: Any,
-    encoded: Any,
-    tokenizer: Any,
-    prompt: str | None,
-    *,
-    beam_size: int,
-    max_new_tokens: int,
-) -> list[int]:
+def _generate(model: Any, encoded: Any, tokenizer: Any, how: Decoding) -> list[int]:
     """Greedy (or beam) text tokens of one window; [] when the window is silence."""
     from faster_whisper.transcribe import get_suppressed_tokens
 
     max_length = model.max_length
     sequence: list[int] = []
-    if prompt:
+    if how.prompt:
         sequence.append(tokenizer.sot_prev)
-        sequence.extend(tokenizer.encode(" " + prompt.strip())[-(max_length // 2 - 1) :])
+        sequence.extend(tokenizer.encode(" " + how.prompt.strip())[-(max_length // 2 - 1) :])
     sequence.extend(tokenizer.sot_sequence)
     sequence.append(tokenizer.no_timestamps)
     result = model.model.generate(
         encoded,
         [sequence],
-        max_length=min(max_length, len(sequence) + max_new_tokens),
+        max_length=min(max_length, len(sequence) + how.max_new_tokens),
+        no_repeat_ngram_size=NO_REPEAT_TOKENS if how.cut_loops else 0,
         return_scores=True,
         return_no_speech_prob=True,
         suppress_blank=True,
         suppress_tokens=list(get_suppressed_tokens(tokenizer, [-1])),
-        beam_size=beam_size,
+        beam_size=how.beam_size,
     )[0]
     tokens = [t for t in result.sequences_ids[0] if t < tokenizer.eot]
     avg_log_prob = result.scores[0] * len(tokens) / (len(tokens) + 1)
@@ -108,49 +104,68 @@ def _generate(
     return tokens
 
 
+_LOOP_WORD: Final = re.compile(r"[a-z0-9']+")
+
+
+def _loop_at(text: str) -> int | None:
+    """Where in `text` its first repetition (as `looped` has it) begins, None if none."""
+    spans = [m.span() for m in _LOOP_WORD.finditer(text.lower())]
+    words = [text[a:b].lower() for a, b in spans]
+    repeats: list[int] = []
+    for n in range(1, LOOP_WORDS):
+        repeats.extend(
+            i + n
+            for i in range(len(words) - 2 * n + 1)
+            if words[i : i + n] == words[i + n : i + 2 * n]
+        )
+    first: dict[tuple[str, ...], int] = {}
+    for i in range(len(words) - LOOP_WORDS + 1):
+        if first.setdefault(tuple(words[i : i + LOOP_WORDS]), i) <= i - LOOP_WORDS:
+            repeats.append(i)
+            break
+    return spans[min(repeats)][0] if repeats else None
+
+
 def looped(text: str) -> bool:
     """Whether `text` says a word or two twice in a row ("today? Today."), or a phrase of
     `LOOP_WORDS` or more twice anywhere ("she loves it there. And she loves it there."): what
     a Whisper stuck in a loop writes (and, rarely, a speaker: the 30 s window then says it
     again). Linear in the words: any longer repetition repeats a phrase of `LOOP_WORDS`."""
-    words = re.findall(r"[a-z0-9']+", text.lower())
-    for n in range(1, LOOP_WORDS):
-        if any(words[i : i + n] == words[i + n : i + 2 * n] for i in range(len(words) - 2 * n + 1)):
-            return True
-    first: dict[tuple[str, ...], int] = {}
-    for i in range(len(words) - LOOP_WORDS + 1):
-        if first.setdefault(tuple(words[i : i + LOOP_WORDS]), i) <= i - LOOP_WORDS:
-            return True
-    return False
+    return _loop_at(text) is not None
+
+
+def unlooped(text: str) -> str:
+    """`text` up to its first repetition ("Hold on. Hold on. Hold on." -> "Hold on."; a
+    speaker's own "no, no" -> "no"): a looped decode, cut where the loop began."""
+    at = _loop_at(text)
+    return text if at is None else text[:at].rstrip(" ,;:-")
 
 
 @dataclass(frozen=True, slots=True)
 class Decoding:
     """How one clip is decoded: the text before it (Whisper's prompt), its language, the
-    beam, and the bound on its tokens."""
+    beam, and the bound on its tokens. `cut_loops`: no pair of tokens is generated twice
+    (`NO_REPEAT_TOKENS`), and a text that loops anyway is cut where the loop began
+    (`unlooped`) instead of decoded again in the 30 s window (about four times the work):
+    for a short sound whose words matter more than their transcript (a held one)."""
 
     prompt: str | None
     language: str | None
     beam_size: int
     max_new_tokens: int
+    cut_loops: bool = False
 
 
 def _decode(
     model: Any, audio: npt.NDArray[np.float32], how: Decoding
 ) -> tuple[list[int], Any, int]:
     """Text tokens of `audio`, the encoder output they came from and the clip's frames: in a
-    window cut to it, or again in Whisper's 30 s one if that text `looped`."""
+    window cut to it, or (unless `how.cut_loops`) again in Whisper's 30 s one if that text
+    `looped`."""
     tokenizer = _tokenizer(model, how.language)
-    for whole in (False, True):
+    for whole in (False,) if how.cut_loops else (False, True):
         encoded, frames = _encode(model, audio, whole=whole)
-        tokens = _generate(
-            model,
-            encoded,
-            tokenizer,
-            how.prompt,
-            beam_size=how.beam_size,
-            max_new_tokens=how.max_new_tokens,
-        )
+        tokens = _generate(model, encoded, tokenizer, how)
         if not looped(tokenizer.decode(tokens)):
             break
     return tokens, encoded, frames
@@ -159,8 +174,8 @@ def _decode(
 def decode_text(model: Any, audio: npt.NDArray[np.float32], how: Decoding) -> str:
     """The text of `audio` (16 kHz; `fits`), decoded in a window cut to it."""
     tokens, _encoded, _frames = _decode(model, audio, how)
-    text: str = _tokenizer(model, how.language).decode(tokens)
-    return text.strip()
+    text: str = _tokenizer(model, how.language).decode(tokens).strip()
+    return unlooped(text) if how.cut_loops else text
 
 
 def decode_words(
