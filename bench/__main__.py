@@ -145,6 +145,22 @@ def _parser() -> argparse.ArgumentParser:
         metavar="MS",
         help="the echoing player's playout buffer (0: each run plays on arrival)",
     )
+    up.add_argument(
+        "--uplink-jitter-ms",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="each uplink frame reaches the daemon this much later on average (exponentially"
+        " distributed, in order: a busy network)",
+    )
+    up.add_argument(
+        "--uplink-drift-ppm",
+        type=float,
+        default=0.0,
+        metavar="PPM",
+        help="the client's audio clock runs this far off the server's (the uplink's frames"
+        " and the echo captured on it; --uplink-drift-ppm=-300)",
+    )
     up.add_argument("--uplink-noise-dbfs", type=float, default=-55.0, metavar="DBFS")
     up.add_argument("--uplink-asr", action="store_true", help="leave the server's transcription on")
     return p
@@ -198,7 +214,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.model_process and args.url:
         print("bench: --model-process starts the daemon: leave out --url", file=sys.stderr)
         return 2
-    uplink = args.uplink or args.uplink_echo_db is not None or args.uplink_echo_room is not None
+    if args.uplink_jitter_ms < 0 or not abs(args.uplink_drift_ppm) < 10_000:
+        print(
+            "bench: --uplink-jitter-ms takes 0 or more, --uplink-drift-ppm -10000..10000",
+            file=sys.stderr,
+        )
+        return 2
+    uplink = (
+        args.uplink
+        or args.uplink_echo_db is not None
+        or args.uplink_echo_room is not None
+        or bool(args.uplink_jitter_ms or args.uplink_drift_ppm)
+    )
     if args.uplink_echo_room is not None and args.uplink_echo_db is None:
         args.uplink_echo_db = 0.0  # the room's own level
     cfg = LoadConfig(
@@ -214,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         uplink_echo_delay_ms=args.uplink_echo_delay_ms,
         uplink_echo_room=args.uplink_echo_room,
         uplink_echo_playout_ms=args.uplink_echo_playout_ms,
+        uplink_jitter_ms=args.uplink_jitter_ms,
+        uplink_drift_ppm=args.uplink_drift_ppm,
         uplink_asr=args.uplink_asr,
         codec=args.codec,
     )
@@ -287,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
             "echo_delay_ms": args.uplink_echo_delay_ms,
             "echo_room": args.uplink_echo_room,
             "echo_playout_ms": args.uplink_echo_playout_ms,
+            "jitter_ms": args.uplink_jitter_ms,
+            "drift_ppm": args.uplink_drift_ppm,
             "asr": args.uplink_asr,
             "clip": f"VITS other speaker: {USER_TEXT!r}" if cfg.uplink_clip else "none",
         }

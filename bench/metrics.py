@@ -29,6 +29,7 @@ SAMPLE_KEYS = (
     "barge_last_audio",
     "vad_barge_in",
     "underrun_at",  # (time.monotonic(), session) of each underrun: the stalls (bench.steal)
+    "vad_false_at",  # seconds into the session's uplink of each VAD false trigger
 )
 COUNT_KEYS = (
     "frames",

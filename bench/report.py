@@ -79,6 +79,7 @@ def _uplink_summary(run: dict[str, Any]) -> dict[str, Any]:
         return {
             "vad_barge_in_ms": {"p50": nan, "p95": nan, "p99": nan, "max": nan, "count": 0},
             "vad_barge_in_ms_each": [],
+            "vad_false_at_s": [],
             **{k: nan for k in UPLINK_COUNTS},
             "vad_false_triggers_per_min": nan,
             "uplink_server": None,
@@ -92,6 +93,7 @@ def _uplink_summary(run: dict[str, Any]) -> dict[str, Any]:
     return {
         "vad_barge_in_ms": percentiles_ms(run["vad_barge_in"]),
         "vad_barge_in_ms_each": sorted(round(1000 * x, 1) for x in run["vad_barge_in"]),
+        "vad_false_at_s": sorted(round(x, 2) for x in run.get("vad_false_at", ())),
         "vad_false_triggers": false,
         "vad_false_triggers_per_min": round(false / noise_min, 3) if noise_min else nan,
         "vad_false_speech_started": run["vad_false_speech_started"],
@@ -109,6 +111,9 @@ def _uplink_summary(run: dict[str, Any]) -> dict[str, Any]:
             "vad_ms_per_window": round(vad_ms / windows, 4) if windows else nan,
             "echo_windows": sum(s.get("echo_windows", 0) for s in stats),
             "echo_vetoes": sum(s.get("echo_vetoes", 0) for s in stats),
+            "echo_realignments": sum(s.get("echo_realignments", 0) for s in stats),
+            "echo_playout_moves": sum(s.get("echo_playout_moves", 0) for s in stats),
+            "inbox_dropped": sum(s.get("inbox_dropped", 0) for s in stats),
             "speech_segments": sum(s.get("speech_segments", 0) for s in stats),
             "vad_barge_ins": barges,
             "vad_barge_in_delay_ms_mean": (
@@ -353,6 +358,10 @@ def markdown(doc: dict[str, Any]) -> str:
                 echo = f"room {up['echo_room']} (bench/rooms.py), {up['echo_db']:+g} dB"
             if "echo_playout_ms" in up:
                 echo += f" after a {up['echo_playout_ms']:g} ms playout buffer"
+        if up.get("jitter_ms"):
+            echo += f"; each frame {up['jitter_ms']:g} ms later on average (network jitter)"
+        if up.get("drift_ppm"):
+            echo += f"; the client's clock {up['drift_ppm']:+g} ppm off the server's"
         lines += [
             f"Uplink: 16 kHz, 20 ms frames in real time per session; noise {up['noise_dbfs']:g} "
             f"dBFS; echo of the downlink {echo}; ASR {'on' if up['asr'] else 'off'}; "

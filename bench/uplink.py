@@ -12,9 +12,14 @@ clip replaces the client's Interrupt: it is injected at a random moment while th
 utterance plays, and the server's VAD must barge in.
 
 Measured (client clock, arrival times from the SDK reader):
-- VAD barge-in latency: send time of the AudioUp frame that holds the clip's speech onset ->
-  Interrupted(vad) received; no Interrupted(vad) within `VAD_MISS_S` is a miss (or "no target"
-  when the agent's utterance finished first, so there was nothing left to interrupt).
+- VAD barge-in latency: send time of the AudioUp frame that holds the clip's speech onset
+  (with `--uplink-jitter-ms`: when it would have left without the network's delay, which
+  then counts) -> Interrupted(vad) received; no Interrupted(vad) within `VAD_MISS_S` is a
+  miss (or "no target" when the agent's utterance finished first, so there was nothing left
+  to interrupt).
+- With `--uplink-drift-ppm` the client's audio clock runs that far off the server's: frame k
+  is captured at t0 + (k + 1) x 20 ms on it, and the echo is heard on it (the speaker plays
+  on the server's clock, as `bench.aec_drift` has it).
 - False triggers: SpeechStarted or Interrupted(vad) outside the speech windows (first frame of
   the clip to `WINDOW_TAIL_S` after its last frame), i.e. while only noise (and echo) was sent;
   also per minute of such noise-only uplink.
@@ -219,6 +224,15 @@ class Mic:
             self.room = StreamingEcho(ROOMS_BY_NAME[cfg.uplink_echo_room], FRAME)
             self.echo_delay = 0
         self.playout_s = cfg.uplink_echo_playout_ms / 1000
+        # the client's audio clock: its 16 kHz is the server's times `scale` (the echo and the
+        # frames' capture times on it); each frame then reaches the server `jitter_s` later
+        # on average (exponentially distributed, in order), as over a busy network
+        self.scale = 1.0 + cfg.uplink_drift_ppm * 1e-6
+        self.jitter_s = cfg.uplink_jitter_ms / 1000
+        self.net_rng = np.random.default_rng((cfg.seed, index, 1))
+        self.sent_at = 0.0  # when the last frame left
+        self.echo = np.zeros(0, dtype=np.float32)  # the echo on the server's clock, from ...
+        self.echo_from = 0  # ... this server sample, made up to `echo_from + len(echo)`
         self.speaker: Speaker | None = None
         self.t0 = 0.0
         self.k = 0  # next frame to send
@@ -231,7 +245,7 @@ class Mic:
     def inject(self, uid: int, now: float) -> Injection:
         """Start the clip at this instant of the microphone's timeline (mid-frame in general)."""
         assert self.clip is not None
-        start = max(self.k * FRAME, round((now - self.t0) * RATE))
+        start = max(self.k * FRAME, round((now - self.t0) * RATE * self.scale))
         on = (start + self.clip_onset) // FRAME
         self.inj = Injection(
             uid=uid,
@@ -239,7 +253,7 @@ class Mic:
             first_frame=start // FRAME,
             onset_frame=on,
             last_frame=(start + len(self.clip) - 1) // FRAME,
-            t_onset_planned=self.t0 + (on + 1) * FRAME_S,
+            t_onset_planned=self.t0 + (on + 1) * FRAME_S / self.scale,
         )
         return self.inj
 
@@ -254,6 +268,8 @@ class Mic:
                 out["vad_speech_started"] += self.active
             else:
                 out["vad_false_speech_started"] += self.active
+                if self.active:
+                    out["vad_false_at"].append(now - self.t0)
         elif isinstance(frame, Interrupted):
             if self.speaker is not None:
                 self.speaker.flush(now)
@@ -261,6 +277,8 @@ class Mic:
                 return
             if inj is None or not inj.covers(now):
                 out["vad_false_barge_ins"] += self.active
+                if self.active:
+                    out["vad_false_at"].append(now - self.t0)
             elif not inj.vad.is_set():
                 t_onset = inj.t_onset if inj.t_onset is not None else inj.t_onset_planned
                 inj.latency = now - t_onset
@@ -282,10 +300,7 @@ class Mic:
         x = self.noise[i : i + FRAME].copy()
         lo = k * FRAME
         if self.speaker is not None:
-            played = self.speaker.read(lo - self.echo_delay, FRAME)
-            if self.room is not None:
-                played = self.room.process(played)
-            x += self.echo_gain * played  # type: ignore[operator]
+            x += self.echo_gain * self.echo_at(lo)  # type: ignore[operator]
         if with_clip:
             assert inj is not None and self.clip is not None
             u = lo - inj.start
@@ -294,15 +309,39 @@ class Mic:
             x[at : at + len(part)] += part[: FRAME - at]
         return to_s16(x)
 
+    def echo_at(self, lo: int) -> F32:
+        """What the microphone hears of the speaker in its frame from client sample `lo`:
+        the played audio (through the room, if any), on the client's clock."""
+        assert self.speaker is not None
+        if self.scale == 1.0:
+            played = self.speaker.read(lo - self.echo_delay, FRAME)
+            return played if self.room is None else self.room.process(played)
+        at = (lo + np.arange(FRAME)) / self.scale  # the frame's samples, in server samples
+        while self.echo_from + len(self.echo) < at[-1] + 2:  # the room's echo, 20 ms at a time
+            played = self.speaker.read(self.echo_from + len(self.echo) - self.echo_delay, FRAME)
+            if self.room is not None:
+                played = self.room.process(played)
+            self.echo = np.concatenate((self.echo, played))
+        y = np.interp(at - self.echo_from, np.arange(len(self.echo)), self.echo)
+        done = int(at[-1]) - 1 - self.echo_from  # (the next frame starts after it)
+        if done > 0:
+            self.echo, self.echo_from = self.echo[done:], self.echo_from + done
+        return y.astype(np.float32)
+
     async def run(self, session: Any, t0: float) -> None:
-        """Send frame k at t0 + (k + 1) x 20 ms until cancelled."""
+        """Send frame k once captured, at t0 + (k + 1) x 20 ms on the client's clock (and,
+        with jitter, later by the network's delay), until cancelled."""
         self.t0 = t0
         if self.echo_gain is not None:
             self.speaker = Speaker(t0, session.sample_rate_hz, self.playout_s)
         out = self.out
         while True:
             k = self.k
-            deadline = t0 + (k + 1) * FRAME_S
+            captured = t0 + (k + 1) * FRAME_S / self.scale
+            deadline = captured
+            if self.jitter_s:
+                late = self.net_rng.exponential(self.jitter_s)
+                deadline = self.sent_at = max(self.sent_at, captured + late)
             await trio.sleep_until(deadline)
             pcm = self.build(k)
             now = trio.current_time()
@@ -313,7 +352,7 @@ class Mic:
                 if k == inj.first_frame:
                     inj.t_start = now
                 if k == inj.onset_frame:
-                    inj.t_onset = now
+                    inj.t_onset = now - (deadline - captured)  # (the network's delay counts)
                     inj.onset_sent.set()
                 if k == inj.last_frame:
                     inj.t_end = now

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import math
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -205,6 +207,32 @@ def test_uplink_echo_through_a_room(tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
+def test_uplink_over_a_jittery_network_from_a_drifting_clock(tmp_path: Path) -> None:
+    """`--uplink-jitter-ms`, `--uplink-drift-ppm`: recorded in the run's metadata and said in
+    its report; they imply --uplink; a bad value is one line and exit 2."""
+    stdout, doc = _tone_bench(
+        tmp_path,
+        *("--sessions", "2", "--duration", "2", "--interrupt-fraction", "0"),
+        *("--uplink-echo-room", "rt60-300", "--uplink-jitter-ms", "30", "--uplink-drift-ppm=-300"),
+    )
+    up = doc["uplink"]
+    assert (up["jitter_ms"], up["drift_ppm"], up["echo_room"]) == (30.0, -300.0, "rt60-300")
+    assert "30 ms later on average" in stdout and "-300 ppm off" in stdout
+    level = doc["levels"][0]
+    assert level["uplink_frames"] >= 0.8 * 2 * doc["duration_s"] / 0.02, level["uplink_frames"]
+    for bad in (("--uplink-jitter-ms", "-1"), ("--uplink-drift-ppm", "20000")):
+        proc = subprocess.run(
+            [sys.executable, "-m", "bench", "--engine", "tone", *bad],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert "--uplink-jitter-ms takes 0 or more" in proc.stderr
+
+
+@pytest.mark.integration
 @pytest.mark.slow
 def test_uplink_voice_barge_in(tmp_path: Path) -> None:
     """Both sessions barge in by voice (the VITS clip, synthesized once for the run)."""
@@ -331,6 +359,78 @@ def test_the_echoing_player_plays_each_utterance_where_its_turn_is() -> None:
         for k in range(10):
             at = round(start * 16_000) + 640 + 320 * k  # the 40 ms playout, then back to back
             assert int(np.argmax(np.abs(heard[at - 100 : at + 100]))) == 100
+
+
+def _mic(**changes: Any) -> Any:
+    """A session's bench microphone (bench.uplink.Mic) with an echo -10 dB after 50 ms."""
+    import dataclasses
+
+    from bench.load import LoadConfig
+    from bench.uplink import Mic
+
+    cfg = dataclasses.replace(LoadConfig(uplink=True, uplink_echo_db=-10.0), **changes)
+    return Mic(cfg, 0, collections.defaultdict(float))
+
+
+@pytest.mark.unit
+def test_a_drifting_microphone_hears_the_echo_on_its_own_clock() -> None:
+    """`--uplink-drift-ppm`: the client's 16 kHz is the server's times (1 + ppm / 10^6), so a
+    click played every 100 ms (server clock) is heard every 100 ms x that many client samples,
+    sliding against the frames; without drift it is where it was before."""
+    import numpy as np
+
+    from bench.uplink import FRAME, Speaker
+
+    for ppm in (0.0, 2000.0, -2000.0):  # 0.2 %: 32 samples a second, easy to see
+        mic = _mic(uplink_drift_ppm=ppm)
+        mic.speaker = Speaker(0.0, 16_000, 0.0)
+        heard_frames = []
+        for k in range(4 * 16_000 // 320):
+            x = np.zeros(320, dtype=np.int16)
+            if k % 5 == 0:
+                x[7] = 20_000  # a click every 100 ms, 7 samples into its frame
+            mic.speaker.play(x.tobytes(), k * 0.020)
+            if k >= 10:  # the microphone 200 ms behind the speaker
+                heard_frames.append(mic.echo_at((k - 10) * FRAME))
+        heard = np.concatenate(heard_frames)
+        scale = 1 + ppm * 1e-6
+        for click in range(1, 30):
+            server = click * 1600 + 7 + 800  # played there, heard 50 ms later
+            at = server * scale  # ... on the client's clock
+            near = heard[int(at) - 40 : int(at) + 40]
+            assert abs(int(np.argmax(near)) - 40 - (at - int(at))) <= 1, (ppm, click)
+
+
+@pytest.mark.unit
+async def test_a_jittery_uplink_sends_every_frame_in_order_once_captured(
+    autojump_clock: Any,
+) -> None:
+    """`--uplink-jitter-ms`: each frame leaves later by the network's delay (30 ms on average
+    here), never before it was captured, in order; `--uplink-drift-ppm` moves the captures."""
+    import trio
+
+    sent: list[float] = []
+
+    class Session:
+        sample_rate_hz = 48_000
+
+        async def send_audio(self, pcm: bytes) -> None:
+            sent.append(trio.current_time())
+
+    for jitter_ms, ppm in ((30.0, 0.0), (0.0, 1000.0)):
+        sent.clear()
+        mic = _mic(uplink_echo_db=None, uplink_jitter_ms=jitter_ms, uplink_drift_ppm=ppm)
+        t0 = trio.current_time()
+        with trio.move_on_after(40.0):
+            await mic.run(Session(), t0)
+        captured = [t0 + (k + 1) * 0.020 / (1 + ppm * 1e-6) for k in range(len(sent))]
+        late = [t - c for t, c in zip(sent, captured, strict=True)]
+        assert sent == sorted(sent) and min(late) >= 0, late[:10]
+        mean_ms = 1000 * sum(late) / len(late)
+        if jitter_ms:
+            assert 25 < mean_ms < 45, mean_ms  # (in order: a frame waits for the one before)
+        else:
+            assert max(late) == 0 and len(sent) == 2_001  # 40 s at +1000 ppm: 2 more than 1,999
 
 
 def test_a_bad_worker_count_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
