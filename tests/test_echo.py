@@ -463,19 +463,28 @@ def test_the_running_minimum_forgets_what_slid_out() -> None:
 @pytest.mark.unit
 def test_a_reference_handed_before_it_was_sent_is_known_when_the_run_goes_on() -> None:
     """AEC3 handed the reference 30 ms past what was sent (as `_judge` records it): the run's
-    next frame says so (`_overrun`, which moves the path at the next realignment); the same
-    30 ms after a PLAYED report moved the reference is the old mapping's, and says nothing."""
+    next frame says so (`_overrun`, which moves the path at the next realignment); the least
+    of the frames since the verdict counts (a clock mapping ahead of the sends is so at every
+    frame; one uplink frame that came early, at one: live, that moved the path again and
+    again); the same 30 ms after a PLAYED report moved the reference is the old mapping's, and
+    says nothing."""
     ec = EchoCanceller(t0=0.0)
     frame = np.full(320, 0.1, dtype=np.float32)
     ec.add_reference(0.0, frame)
     ec._handed_end = ec._ref_end + 480
     ec.add_reference(0.02, frame)
     assert ec._overrun == 480
-    ec._overrun = 0
+    ec._handed_end = ec._ref_end + 160  # the next frame, less: the least counts
+    ec.add_reference(0.04, frame)
+    assert ec._overrun == 160
+    ec.add_reference(0.06, frame)  # one not handed ahead at all: nothing ran ahead
+    assert ec._overrun == 0
+    ec._overrun = None
     ec._handed_end = ec._ref_end + 480
     ec._move(480)  # a PLAYED report: the reference handed 30 ms later from now on
-    ec.add_reference(0.04, frame)
+    ec.add_reference(0.08, frame)
     assert ec._overrun == 0
+    ec._overrun = None
     ec._handed_end = ec._ref_end + 2_000  # (past `PLAYER_BUFFER_MS`: counted up to that)
-    ec.add_reference(0.06, frame)
+    ec.add_reference(0.10, frame)
     assert ec._overrun == round(PLAYER_BUFFER_MS * 16)

@@ -215,7 +215,10 @@ class EchoCanceller:
         self._slack = round(_ALIGN_SLACK_MS * rate_hz / 1000)
         self._unsent_slack = round(_UNSENT_SLACK_MS * rate_hz / 1000)
         self._handed_end = -(1 << 62)  # the furthest reference index handed to AEC3
-        self._overrun = 0  # the most the reference handed ran past the sends, lately
+        # the least the reference handed ran past the sends at each frame of a paced run since
+        # the last verdict (None: none came): a clock mapping that runs ahead of the sends does
+        # so at every frame; an uplink frame that came early (the loop late before) at one
+        self._overrun: int | None = None
         self.echo_found: bool | None = None  # whether an echo comes back (None: not known)
         self.echo_score = 0.0  # the last verdict's GCC-PHAT score
         self.frames = 0  # 10 ms frames AEC3 processed
@@ -241,9 +244,9 @@ class EchoCanceller:
         end = self._ref_end
         if end is not None and idx - end <= self._contiguous:
             idx = end  # the next frame of the same paced run ...
-            if self._handed_end > end:  # ... whose samples AEC3 was handed before they were
-                late = min(self._handed_end - end, self._contiguous)  # sent (as silence)
-                self._overrun = max(self._overrun, late)
+            # (AEC3 may have been handed its samples before they were sent: as silence)
+            late = min(max(0, self._handed_end - end), self._contiguous)
+            self._overrun = late if self._overrun is None else min(self._overrun, late)
         if end is not None and idx > end:
             self._write(end, np.zeros(min(idx - end, self._cap), dtype=np.float32))
         self._write(idx, samples)
@@ -436,7 +439,7 @@ class EchoCanceller:
         if np.count_nonzero(np.abs(far[-w:]) > _SENT_LOUD) < _SENT_SHARE * w:
             self._suspected_at = None  # (an echo suspected must be found again, in a row)
             return  # too little was sent to tell: the verdict stands
-        overrun, self._overrun = self._overrun, 0  # (since the last verdict)
+        overrun, self._overrun = self._overrun or 0, None  # (since the last verdict)
         near = self._recent[-w:]
         corr = _phat(near[0::2] + near[1::2], far[0::2] + far[1::2])
         lag = int(np.argmax(corr))
@@ -517,7 +520,7 @@ class EchoCanceller:
         if align == self._align:
             return  # (the echo comes sooner than the reference can be handed on sooner)
         self._align, self._delay = align, target
-        self._handed_end, self._overrun = -(1 << 62), 0  # (on the new mapping from here)
+        self._handed_end, self._overrun = -(1 << 62), None  # (on the new mapping from here)
         aec = pywebrtc_audio.EchoCanceller(self.rate_hz)
         m = history - history % self._frame
         self._aec, self._aec_samples = aec, 0
