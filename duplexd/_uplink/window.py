@@ -104,13 +104,13 @@ def _generate(model: Any, encoded: Any, tokenizer: Any, how: Decoding) -> list[i
     return tokens
 
 
-_LOOP_WORD: Final = re.compile(r"[a-z0-9']+")
+_LOOP_WORD: Final = re.compile(r"[a-z0-9']+", re.IGNORECASE | re.ASCII)
 
 
 def _loop_at(text: str) -> int | None:
     """Where in `text` its first repetition (as `looped` has it) begins, None if none."""
-    spans = [m.span() for m in _LOOP_WORD.finditer(text.lower())]
-    words = [text[a:b].lower() for a, b in spans]
+    found = list(_LOOP_WORD.finditer(text))
+    words = [m.group().lower() for m in found]
     repeats: list[int] = []
     for n in range(1, LOOP_WORDS):
         repeats.extend(
@@ -123,7 +123,7 @@ def _loop_at(text: str) -> int | None:
         if first.setdefault(tuple(words[i : i + LOOP_WORDS]), i) <= i - LOOP_WORDS:
             repeats.append(i)
             break
-    return spans[min(repeats)][0] if repeats else None
+    return found[min(repeats)].start() if repeats else None
 
 
 def looped(text: str) -> bool:
