@@ -491,7 +491,8 @@ class EchoCanceller:
         AEC3 ducks the user hard for most of its first second (measured: -15..-37 dB).
 
         Wherever the echo is found, if the reference handed since the last verdict ran
-        `unsent` samples (2-40 ms) past what was sent, the clock mapping runs ahead of the
+        `unsent` samples (2-40 ms) past what was sent at every frame of the run (the least of
+        them: one uplink frame that came early says nothing), the clock mapping runs ahead of the
         sends and AEC3 was handed zeros for what it has to cancel: the reference is handed on
         that much later and 10 ms more (measured: a client whose audio clock runs 300 ppm fast,
         in a room with a 40 ms path, false barge-ins every minute or so, `bench.aec_drift`; in
