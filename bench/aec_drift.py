@@ -12,7 +12,7 @@ each utterance's frames sent on the server's 20 ms grid, the echo coming back ov
 noise (-55 dBFS) captured on the client's clock, each uplink frame arriving when the client's
 clock says it was captured (plus 3 ms). Per minute: how much of the echo the canceller took out
 (ERLE, dB, over the seconds the agent talked), false barge-ins and speech starts (must be 0),
-and the realignments (each starts AEC3 over).
+and the realignments (each starts AEC3 over); at the end, the slide the canceller followed.
 """
 
 from __future__ import annotations
@@ -113,6 +113,10 @@ def run(
             "minutes": minute_rows,
             "false_triggers": false,
             "realignments": ec.realignments,
+            # the slide the canceller followed at the end (`duplexd/_uplink/skew.py`; absent
+            # before it), as the client clock's ppm against the speaker's, and its restarts
+            "followed_ppm": round(ec.skew.ppm, 1),
+            "skew_restarts": ec.skew.restarts,
             "slide_ms": round(1000 * (n_client - n_client / scale) / RATE, 1),
         }
 
@@ -147,7 +151,8 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"{args.room} {ppm:+g} ppm (slid {row['slide_ms']} ms): ERLE per minute "
             f"{' '.join(f'{e:g}' for e in erles)} dB; false triggers {len(row['false_triggers'])}"
-            f" {row['false_triggers'][:6]}; realignments {row['realignments']}",
+            f" {row['false_triggers'][:6]}; realignments {row['realignments']};"
+            f" slide followed {row['followed_ppm']:+g} ppm",
             flush=True,
         )
         rows.append(row)

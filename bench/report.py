@@ -113,6 +113,7 @@ def _uplink_summary(run: dict[str, Any]) -> dict[str, Any]:
             "echo_vetoes": sum(s.get("echo_vetoes", 0) for s in stats),
             "echo_realignments": sum(s.get("echo_realignments", 0) for s in stats),
             "echo_playout_moves": sum(s.get("echo_playout_moves", 0) for s in stats),
+            "echo_slide_ppm": [s["echo_slide_ppm"] for s in stats if "echo_slide_ppm" in s],
             "inbox_dropped": sum(s.get("inbox_dropped", 0) for s in stats),
             "speech_segments": sum(s.get("speech_segments", 0) for s in stats),
             "vad_barge_ins": barges,

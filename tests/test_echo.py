@@ -488,3 +488,27 @@ def test_a_reference_handed_before_it_was_sent_is_known_when_the_run_goes_on() -
     ec._handed_end = ec._ref_end + 2_000  # (past `PLAYER_BUFFER_MS`: counted up to that)
     ec.add_reference(0.10, frame)
     assert ec._overrun == round(PLAYER_BUFFER_MS * 16)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("followed", [True, False])
+def test_reports_do_not_move_the_reference_by_the_slide_followed_again(followed: bool) -> None:
+    """A client whose audio clock runs 300 ppm slow reports its plays on that clock: over a
+    minute its reports drift 18 ms against the sends, and so does the echo against the uplink.
+    Where the echo's slide is followed (`skew.py`), the reference already moved that much, and
+    the reports move it no further (before: by 8 ms every half minute again, twice the slide);
+    where it is not, the reports move it, as before."""
+    ec = EchoCanceller(t0=0.0)
+    ppm = -300.0
+    if followed:
+        ec.skew._follow(1.0 / (1.0 + ppm * 1e-6) - 1.0, 0)  # (as `observe` would learn it)
+    frame = np.full(320, 0.1, dtype=np.float32)
+    for j in range(3_000):  # a minute of frames, each played 200 ms after it was sent
+        t = j * 0.020
+        ec.add_reference(t, frame, (1, j))
+        ec._pos = round(t * RATE)  # (the uplink processed up to now)
+        if j % 5 == 4 and j >= 15:
+            k = j - 10
+            clock_us = round((k * 0.020 + 0.200) * (1.0 + ppm * 1e-6) * 1e6)
+            ec.note_played(t + 0.005, (1, k), 0, clock_us)
+    assert ec.playout_moves == (0 if followed else 2)

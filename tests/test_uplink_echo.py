@@ -94,7 +94,9 @@ def test_a_client_clock_that_drifts_keeps_the_echo_cancelled(drift_ppm: int) -> 
     clocks when the echo came sooner than the reference could be handed on, and moved the path
     when the reference was handed before it was sent (f5f3f00, `bench.aec_drift`, the bench's
     voice): at -300 ppm false barge-ins from 2.5 minutes on (101 in ten minutes), at +300 from
-    2.4 (34); both cases here fail on that code."""
+    2.4 (34); both cases here fail on that code. The slide is followed now (`skew.py`): the
+    canceller learns the client's 300 ppm and realigns once at most (aa17793, before it:
+    no `followed_ppm`, 2 and 3 realignments in these three minutes)."""
     from bench.aec_drift import run
     from bench.rooms import ROOMS_BY_NAME
 
@@ -102,3 +104,5 @@ def test_a_client_clock_that_drifts_keeps_the_echo_cancelled(drift_ppm: int) -> 
     row = run(ROOMS_BY_NAME["rt60-100"], agent, drift_ppm=drift_ppm, minutes=3.0, gap_s=1.0)
     assert row["false_triggers"] == []
     assert all(m["erle_db"] > 12.0 for m in row["minutes"] if m["erle_db"] is not None)
+    assert row["followed_ppm"] == pytest.approx(drift_ppm, abs=30.0)
+    assert row["realignments"] <= 1

@@ -20,7 +20,11 @@ that hands it the right far-end reference for each stretch of uplink:
   `arrival_time - u / rate` seen over the last 2 s of frames (the least delayed frame). AEC3
   is handed the reference on that mapping as it was when it first ran (`_server`): the
   network's jitter moves the mapping all the time, and each move is a jump AEC3 follows
-  slowly; the presence check below realigns where the echo really is.
+  slowly; the presence check below realigns where the echo really is. From there the
+  mapping follows the echo's slide (`skew.py`: a microphone whose clock is off the
+  speaker's hears the echo slide against the reference, 18 ms a minute at 300 ppm), learned
+  from where the presence check finds the echo's direct path, so AEC3 sees a path that holds
+  still to a sample instead of one realigned every minute or two.
 - The playout delay, when the client reports playback (PLAYED, `note_played`): the client's
   audio clock mapped onto the server clock (the smallest `arrival - clock_us` over recent
   reports: the least delayed report), so each report says when the sample it names was played;
@@ -73,6 +77,9 @@ import numpy.typing as npt
 import pywebrtc_audio
 
 from .nearend import NearEndOnset
+from .phat import peak_lag
+from .phat import phat as _phat
+from .skew import EchoSkew
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -123,33 +130,8 @@ _NO_ECHO_RUNS: Final = 10
 # The first verdict (until then AEC3 runs: an echo must never get through to barge in) is made
 # sooner: a headphones user barging in during the agent's first words must not be ducked long.
 _FIRST_NO_ECHO_SCORE: Final = 5.0
-_FAR_FLOOR: Final = 1e-4  # (-40 dB: `_phat` weighs the reference's bins above this share)
 _SENT_LOUD: Final = 1e-4  # a reference sample above this is not silence ...
 _SENT_SHARE: Final = 0.3  # ... and a verdict needs this share of the window's reference so
-
-
-def _phat(near: FloatArray, far: FloatArray) -> npt.NDArray[np.float64]:
-    """GCC-PHAT peak-to-RMS of `near` against `far` (which starts `len(far) - len(near)`
-    samples earlier), at lags 0 .. len(far) - len(near): every spectral bin weighs the same,
-    so a delayed (filtered, reverberated) copy gives a sharp peak and other speech none: the
-    correlation at every lag (`far[lag:]` lines up with `near`) over its RMS.
-
-    Only the bins where `far` has sound (above `_FAR_FLOOR` of its loudest bin) count: no echo
-    can come back where nothing was sent, and whitened to the same weight, a narrowband
-    reference's empty bins (the tone engine's: the sidelobes of its characters' edges) turn it
-    into a click train that the user's speech matched at scores up to 44 (measured: a false
-    echo, and AEC3 then ducked a user with headphones out of their barge-in). Masked, that
-    speech scores at most 6.3, the rooms' echoes of a VITS voice as before (p10 within 2.1)."""
-    lags = len(far) - len(near)
-    size = 1 << (len(far) + len(near)).bit_length()
-    spectrum = np.fft.rfft(far, size)
-    cross = spectrum * np.conj(np.fft.rfft(near, size))
-    cross /= np.abs(cross) + 1e-12
-    power = spectrum.real**2 + spectrum.imag**2
-    cross[power < float(np.max(power)) * _FAR_FLOOR] = 0.0
-    corr = np.fft.irfft(cross, size)[: lags + 1]
-    out: npt.NDArray[np.float64] = corr / (np.sqrt(np.mean(corr**2)) + 1e-12)
-    return out
 
 
 class _RunningMin:
@@ -185,12 +167,14 @@ class EchoCanceller:
         self._offsets = _RunningMin(_OFFSET_FRAMES)
         self._offset: float | None = None  # server-clock index of uplink sample 0
         self._pairing: float | None = None  # ... as AEC3 is handed the reference (`_server`)
+        self.skew = EchoSkew(rate_hz)  # ... and how the echo slides from there (`_paired`)
         self._repair = _REPAIR_MS * rate_hz / 1000
         # (utterance id, seq) -> server index of the frame's first sample, for PLAYED reports
         self._sent: collections.OrderedDict[tuple[int, int], int] = collections.OrderedDict()
         self._client_offsets = _RunningMin(_PLAYED_REPORTS)
         self._playout = 0  # samples from sending to playing, less the margin (0: unknown)
         self._own: float | None = None  # the last followed report's delay on the client clock
+        self._own_shift = 0.0  # ... and the slide followed (`skew.shift`) when it came
         self._max_playout = self._cap // 2  # (the reference must still hold what is handed on)
         self._follow = round(PLAYOUT_FOLLOW_MS * rate_hz / 1000)
         self.playout_moves = 0  # times the reports moved the reference after the first
@@ -300,12 +284,17 @@ class EchoCanceller:
             playout = min(max(0, round(delay - margin)), self._max_playout)
             self._align = max(0, self._align - playout)  # found (the report explains that much)
             self._playout, self._own = playout, own
-        elif not final and abs(own - self._own) >= self._follow:
+            self._own_shift = self.skew.shift(self._pos)
+        elif not final:
             # the player moved (it refilled its buffer after running dry; another device): the
             # echo moved with it, and so does the reference (AEC3's filter still fits the room).
             # (Not on a final report: its count may be capped at what was sent, its clock not.)
-            self._move(round(own - self._own))
-            self._own = own
+            # What the echo's slide moved the reference by since is not moved twice: a client
+            # clock off the server's moves the reports and the echo alike (`skew.py`).
+            moved = own - self._own + (self.skew.shift(self._pos) - self._own_shift)
+            if abs(moved) >= self._follow:
+                self._move(round(moved))
+                self._own, self._own_shift = own, self.skew.shift(self._pos)
         return float(1000 * delay / self.rate_hz)
 
     def _move(self, samples: int) -> None:
@@ -409,13 +398,22 @@ class EchoCanceller:
         yet, zeros (AEC3 is converging then, so the jump costs nothing)."""
         assert self._offset is not None
         offset = self._offset
+        paired = self._paired(pos)
         if (
-            self._pairing is None
-            or offset - self._pairing > self._repair
-            or (self._pairing - offset > self._frame and self.echo_found is None)
+            paired is None
+            or offset - paired > self._repair
+            or (paired - offset > self._frame and self.echo_found is None)
         ):
-            self._pairing, self._handed_end = offset, -(1 << 62)  # (a new mapping)
-        return round(self._pairing) + pos - (self._playout + self._align)
+            self._pairing = offset - self.skew.shift(pos)  # (a new mapping)
+            paired, self._handed_end = offset, -(1 << 62)
+        return round(paired) + pos - (self._playout + self._align)
+
+    def _paired(self, pos: int) -> float | None:
+        """The server-clock index paired with uplink sample 0, as the reference is handed
+        at uplink sample `pos`: the pairing, and the echo's slide since (`skew.py`)."""
+        if self._pairing is None:
+            return None
+        return self._pairing + self.skew.shift(pos)
 
     def _judge(self, chunk: FloatArray, pos: int) -> None:
         """Every `_PRESENCE_EVERY_S` (3 times that once known): does the last second of uplink
@@ -460,6 +458,10 @@ class EchoCanceller:
                 self.near_end.reset()
             self.echo_found, self._no_echo_runs = True, 0
             delay = self._lags - 2 * lag  # (at 8 kHz)
+            if score >= _ALIGN_SCORE and not edge:  # where the direct path was, to the slide
+                now = pos + len(chunk)
+                exact = self._lags - 2 * peak_lag(corr, lag)
+                self.skew.observe(now - w / 2, end - exact - now, now)
             # where AEC3 is told to look now: does the echo still show there? (periodic
             # audio, a tone, peaks at many lags: the path moves only if it no longer does)
             at = (self._lags - self._delay) // 2
@@ -509,14 +511,16 @@ class EchoCanceller:
         elif abs(shift) <= self._slack:
             return
         align = self._align + shift
-        if align < 0 and self._offset is not None and self._pairing is not None:
+        paired = self._paired(pos)
+        if align < 0 and self._offset is not None and paired is not None:
             # the echo comes sooner than the reference can be handed on: the client's clock
             # runs slow (its uplink spans more of the server's time than it says), and the
             # uplink arrives later than when the clocks were paired: pair them where it
             # arrives now (the reference handed that much later, the echo as much later)
-            late = round(self._offset - self._pairing)
+            late = round(self._offset - paired)
             if late > 0:
-                self._pairing, align = self._offset, align + late  # (`_handed_end`: below)
+                self._pairing = paired + late - self.skew.shift(pos)  # (`_handed_end`: below)
+                align += late
         align = max(0, align)
         if align == self._align:
             return  # (the echo comes sooner than the reference can be handed on sooner)
