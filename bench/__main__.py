@@ -161,6 +161,13 @@ def _parser() -> argparse.ArgumentParser:
         help="the client's audio clock runs this far off the server's (the uplink's frames"
         " and the echo captured on it; --uplink-drift-ppm=-300)",
     )
+    up.add_argument(
+        "--uplink-drift-speaker",
+        choices=("server", "client"),
+        default="server",
+        help="with --uplink-drift-ppm, the clock the speaker plays on: the server's (another"
+        " device, keeping to the stream) or the client's (the microphone's sound card)",
+    )
     up.add_argument("--uplink-noise-dbfs", type=float, default=-55.0, metavar="DBFS")
     up.add_argument("--uplink-asr", action="store_true", help="leave the server's transcription on")
     return p
@@ -243,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         uplink_echo_playout_ms=args.uplink_echo_playout_ms,
         uplink_jitter_ms=args.uplink_jitter_ms,
         uplink_drift_ppm=args.uplink_drift_ppm,
+        uplink_drift_speaker=args.uplink_drift_speaker,
         uplink_asr=args.uplink_asr,
         codec=args.codec,
     )
@@ -318,6 +326,7 @@ def main(argv: list[str] | None = None) -> int:
             "echo_playout_ms": args.uplink_echo_playout_ms,
             "jitter_ms": args.uplink_jitter_ms,
             "drift_ppm": args.uplink_drift_ppm,
+            "drift_speaker": args.uplink_drift_speaker,
             "asr": args.uplink_asr,
             "clip": f"VITS other speaker: {USER_TEXT!r}" if cfg.uplink_clip else "none",
         }

@@ -47,17 +47,33 @@ def timeline(agent: np.ndarray, minutes: float, gap_s: float) -> tuple[np.ndarra
 
 
 def run(
-    room: Room, agent: np.ndarray, *, drift_ppm: float, minutes: float, gap_s: float
+    room: Room,
+    agent: np.ndarray,
+    *,
+    drift_ppm: float,
+    minutes: float,
+    gap_s: float,
+    speaker: str = "server",
 ) -> dict[str, Any]:
-    """One session: per-minute ERLE, false triggers and realignments."""
+    """One session: per-minute ERLE, false triggers and realignments. `speaker`: the clock
+    the loudspeaker plays on, the server's (another device, keeping to the stream) or the
+    client's (`client`: the microphone's sound card; each utterance starts where its first
+    frame came, on that clock, and plays back to back on it)."""
     played, starts = timeline(agent, minutes, gap_s)
     total = len(played)
-    echo = room.echo(played, total)  # (server clock)
     scale = 1.0 + drift_ppm * 1e-6  # client samples per server sample
     n_client = int((total - RATE) * scale) // FRAME * FRAME
-    at = np.arange(n_client, dtype=np.float64) / scale  # each client sample, in server samples
-    server = np.arange(total, dtype=np.float64)
-    echo_c = np.interp(at, server, echo).astype(np.float32)
+    if speaker == "client":
+        played_c = np.zeros(n_client + len(agent), dtype=np.float32)
+        for s in starts:
+            i = round(s * scale)
+            played_c[i : i + len(agent)] = agent
+        echo_c = room.echo(played_c[:n_client], n_client).astype(np.float32)
+    else:
+        echo = room.echo(played, total)  # (server clock)
+        at = np.arange(n_client, dtype=np.float64) / scale  # the client's samples, in server's
+        server = np.arange(total, dtype=np.float64)
+        echo_c = np.interp(at, server, echo).astype(np.float32)
     mic = echo_c + noise(n_client, -55.0)
     sends = sorted(j for s in starts for j in range(s // FRAME, (s + len(agent)) // FRAME))
 
@@ -110,13 +126,14 @@ def run(
         return {
             "room": room.name,
             "drift_ppm": drift_ppm,
+            "speaker": speaker,
             "minutes": minute_rows,
             "false_triggers": false,
             "realignments": ec.realignments,
             # the slide the canceller followed at the end (`duplexd/_uplink/skew.py`; absent
             # before it), as the client clock's ppm against the speaker's, and its restarts
-            "followed_ppm": round(ec.skew.ppm, 1),
-            "skew_restarts": ec.skew.restarts,
+            "followed_ppm": round(ec.skew.ppm, 1) if hasattr(ec, "skew") else None,
+            "skew_restarts": ec.skew.restarts if hasattr(ec, "skew") else None,
             "slide_ms": round(1000 * (n_client - n_client / scale) / RATE, 1),
         }
 
@@ -134,6 +151,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--minutes", type=float, default=10.0)
     p.add_argument("--gap-s", type=float, default=1.0, help="silence between the utterances")
+    p.add_argument(
+        "--speaker",
+        choices=("server", "client"),
+        default="server",
+        help="the clock the loudspeaker plays on: the server's (another device) or the client's",
+    )
     p.add_argument("--cache", default="out", help="where the synthesized voices are kept")
     p.add_argument("--rev", help="the revision measured (default: git's HEAD here)")
     p.add_argument("--json", metavar="PATH")
@@ -145,14 +168,19 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for ppm in args.drift_ppm:
         row = run(
-            ROOMS_BY_NAME[args.room], agent, drift_ppm=ppm, minutes=args.minutes, gap_s=args.gap_s
+            ROOMS_BY_NAME[args.room],
+            agent,
+            drift_ppm=ppm,
+            minutes=args.minutes,
+            gap_s=args.gap_s,
+            speaker=args.speaker,
         )
         erles = [m["erle_db"] for m in row["minutes"] if m["erle_db"] is not None]
         print(
             f"{args.room} {ppm:+g} ppm (slid {row['slide_ms']} ms): ERLE per minute "
             f"{' '.join(f'{e:g}' for e in erles)} dB; false triggers {len(row['false_triggers'])}"
             f" {row['false_triggers'][:6]}; realignments {row['realignments']};"
-            f" slide followed {row['followed_ppm']:+g} ppm",
+            f" slide followed {row['followed_ppm']} ppm",
             flush=True,
         )
         rows.append(row)

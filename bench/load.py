@@ -59,6 +59,7 @@ class LoadConfig:
     uplink_echo_playout_ms: float = 40.0  # the echoing player's playout buffer
     uplink_jitter_ms: float = 0.0  # each uplink frame this much later on average (in order)
     uplink_drift_ppm: float = 0.0  # the client's audio clock this far off the server's
+    uplink_drift_speaker: str = "server"  # ... and the speaker on the server's or on it
     uplink_asr: bool = False  # leave the server's transcription on
     token: str = ""  # the daemon's `[server] token`, presented as `credentials` says
     # --burst: instead of streaming, every session sends one whole reply of `burst_chars`

@@ -363,6 +363,8 @@ def markdown(doc: dict[str, Any]) -> str:
             echo += f"; each frame {up['jitter_ms']:g} ms later on average (network jitter)"
         if up.get("drift_ppm"):
             echo += f"; the client's clock {up['drift_ppm']:+g} ppm off the server's"
+            speaker = up.get("drift_speaker", "server")
+            echo += f" (the speaker on the {speaker}'s clock)"
         lines += [
             f"Uplink: 16 kHz, 20 ms frames in real time per session; noise {up['noise_dbfs']:g} "
             f"dBFS; echo of the downlink {echo}; ASR {'on' if up['asr'] else 'off'}; "

@@ -18,8 +18,11 @@ Measured (client clock, arrival times from the SDK reader):
   miss (or "no target" when the agent's utterance finished first, so there was nothing left
   to interrupt).
 - With `--uplink-drift-ppm` the client's audio clock runs that far off the server's: frame k
-  is captured at t0 + (k + 1) x 20 ms on it, and the echo is heard on it (the speaker plays
-  on the server's clock, as `bench.aec_drift` has it).
+  is captured at t0 + (k + 1) x 20 ms on it, and the echo is heard on it. The speaker plays on
+  the server's clock (`--uplink-drift-speaker server`, as `bench.aec_drift` has it: another
+  device, whose player keeps to the stream), or on the client's (`client`: one sound card,
+  whose player takes each frame as it comes on that clock and plays a run back to back on it;
+  its queue grows or shrinks with the drift until the run ends).
 - False triggers: SpeechStarted or Interrupted(vad) outside the speech windows (first frame of
   the clip to `WINDOW_TAIL_S` after its last frame), i.e. while only noise (and echo) was sent;
   also per minute of such noise-only uplink.
@@ -117,8 +120,11 @@ class Speaker:
     at random (the end of the one before, held back, went first), and the echo path jumped
     at every utterance's start, as no real player's does."""
 
-    def __init__(self, t0: float, downlink_rate_hz: int, playout_s: float) -> None:
+    def __init__(
+        self, t0: float, downlink_rate_hz: int, playout_s: float, scale: float = 1.0
+    ) -> None:
         self.t0 = t0
+        self.scale = scale  # its clock's 16 kHz is the server's times this (the client's)
         self.ring = np.zeros(int(RING_S * RATE), dtype=np.float32)
         self.cursor = 0  # next free sample of the queue
         self.read_to = 0  # the microphone has taken everything before this sample
@@ -132,9 +138,9 @@ class Speaker:
 
     def play(self, pcm: bytes, now: float) -> None:
         x = np.frombuffer(pcm, "<i2").astype(np.float32) / 32768
-        arrival = round((now - self.t0) * RATE)
+        arrival = round((now - self.t0) * RATE * self.scale)
         pos = self.cursor if self.cursor >= arrival else arrival + self.playout
-        if pos < 0 or pos - (now - self.t0) * RATE > RING_S * RATE / 2:
+        if pos < 0 or pos - arrival > RING_S * RATE / 2:
             return  # before the uplink started, or queued too far ahead for the ring
         self.cursor = pos + len(x) * RATE // self._rate
         r = self._resampler
@@ -145,7 +151,7 @@ class Speaker:
             self._write(round(at * RATE), y)
 
     def flush(self, now: float) -> None:
-        pos = max(0, round((now - self.t0) * RATE))
+        pos = max(0, round((now - self.t0) * RATE * self.scale))
         if self.cursor > pos:
             self._write(pos, np.zeros(self.cursor - pos, dtype=np.float32))
         self.cursor = pos
@@ -228,6 +234,7 @@ class Mic:
         # frames' capture times on it); each frame then reaches the server `jitter_s` later
         # on average (exponentially distributed, in order), as over a busy network
         self.scale = 1.0 + cfg.uplink_drift_ppm * 1e-6
+        self.speaker_scale = self.scale if cfg.uplink_drift_speaker == "client" else 1.0
         self.jitter_s = cfg.uplink_jitter_ms / 1000
         self.net_rng = np.random.default_rng((cfg.seed, index, 1))
         self.sent_at = 0.0  # when the last frame left
@@ -313,7 +320,7 @@ class Mic:
         """What the microphone hears of the speaker in its frame from client sample `lo`:
         the played audio (through the room, if any), on the client's clock."""
         assert self.speaker is not None
-        if self.scale == 1.0:
+        if self.scale == 1.0 or self.speaker.scale != 1.0:  # (the speaker on this clock too)
             played = self.speaker.read(lo - self.echo_delay, FRAME)
             return played if self.room is None else self.room.process(played)
         at = (lo + np.arange(FRAME)) / self.scale  # the frame's samples, in server samples
@@ -333,7 +340,7 @@ class Mic:
         with jitter, later by the network's delay), until cancelled."""
         self.t0 = t0
         if self.echo_gain is not None:
-            self.speaker = Speaker(t0, session.sample_rate_hz, self.playout_s)
+            self.speaker = Speaker(t0, session.sample_rate_hz, self.playout_s, self.speaker_scale)
         out = self.out
         while True:
             k = self.k

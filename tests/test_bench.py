@@ -600,3 +600,35 @@ def test_the_hold_words_bench_cuts_45_clips_and_decides_as_the_daemon() -> None:
     for text, hums, listed in (("", True, True), ("Mm-hmm.", True, True),
                                ("MmMmM.", True, False), ("Wait, stop.", False, False)):  # fmt: skip
         assert (goes_on(text, "hums"), goes_on(text, "list")) == (hums, listed), text
+
+
+@pytest.mark.unit
+def test_a_speaker_on_the_drifting_clock_plays_a_run_back_to_back_on_it() -> None:
+    """`--uplink-drift-speaker client`: one sound card. The player takes each frame when it
+    comes, on its own clock, and plays a run back to back on it, so the clicks of one run are
+    heard exactly 100 ms of the client's clock apart (its queue grows or shrinks meanwhile,
+    200 ms of playout buffer here); and the run starts where the first frame came, on that
+    clock: 200 ms after the first click's arrival (and the echo 50 ms after that)."""
+    import numpy as np
+
+    from bench.uplink import FRAME, Speaker
+
+    for ppm in (2000.0, -2000.0):
+        mic = _mic(uplink_drift_ppm=ppm, uplink_drift_speaker="client")
+        scale = 1 + ppm * 1e-6
+        assert mic.speaker_scale == scale
+        mic.speaker = Speaker(1.0, 16_000, 0.2, mic.speaker_scale)
+        heard_frames = []
+        for k in range(4 * 16_000 // 320):
+            x = np.zeros(320, dtype=np.int16)
+            if k % 5 == 0:
+                x[7] = 20_000  # a click every 100 ms, 7 samples into its frame
+            mic.speaker.play(x.tobytes(), 1.0 + (k + 1) * 0.020 / 1.0)  # (server clock)
+            if k >= 20:
+                heard_frames.append(mic.echo_at((k - 20) * FRAME))
+        heard = np.concatenate(heard_frames)
+        # came at 20 ms, played 200 ms on, heard 50 ms later (the default echo path)
+        first = round(0.020 * 16_000 * scale) + 3_200 + 7 + 800
+        clicks = [first + c * 1_600 for c in range(25)]
+        for at in clicks:
+            assert int(np.argmax(heard[at - 40 : at + 40])) == 40, (ppm, at)
