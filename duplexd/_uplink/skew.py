@@ -92,7 +92,9 @@ class EchoSkew:
 
     def _fit(self, now: int) -> None:
         """A line through the verdicts held: the median of their pairwise slopes (a few
-        reflections move it little), then least squares over those within `JUMP_MS` of it."""
+        reflections move it little), then least squares over those within half `JUMP_MS` of
+        it (live, a verdict 1.5 ms off now and then, from a player that ran late for a
+        moment, held the line back for 25 s when let in)."""
         pts = self._points
         if len(pts) < MIN_POINTS or pts[-1][0] - pts[0][0] < self._min_span:
             return
@@ -104,7 +106,7 @@ class EchoSkew:
         if not far.any():
             return
         rough = float(np.median((y[j] - y[i])[far] / apart[far]))
-        inner = np.abs(y - rough * x - float(np.median(y - rough * x))) <= self._jump
+        inner = np.abs(y - rough * x - float(np.median(y - rough * x))) <= self._jump / 2
         if np.count_nonzero(inner) < max(MIN_POINTS, 2 * len(x) // 3):
             return  # (no line most of them are on)
         x, y = x[inner], y[inner]
