@@ -453,9 +453,9 @@ def test_reports_over_a_jittery_network_move_nothing() -> None:
 
 
 def test_the_running_minimum_forgets_what_slid_out() -> None:
-    from duplexd._uplink.echo import _RunningMin
+    from duplexd._uplink.runmin import RunningMin
 
-    m = _RunningMin(3)
+    m = RunningMin(3)
     assert m.value is None
     assert [m.add(v) for v in (5.0, 3.0, 4.0, 6.0, 7.0, 1.0, 2.0)] == [5, 3, 3, 3, 4, 1, 1]
 

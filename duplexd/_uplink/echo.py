@@ -79,6 +79,7 @@ import pywebrtc_audio
 from .nearend import NearEndOnset
 from .phat import peak_lag
 from .phat import phat as _phat
+from .runmin import RunningMin
 from .skew import EchoSkew
 
 FloatArray = npt.NDArray[np.float32]
@@ -134,27 +135,6 @@ _SENT_LOUD: Final = 1e-4  # a reference sample above this is not silence ...
 _SENT_SHARE: Final = 0.3  # ... and a verdict needs this share of the window's reference so
 
 
-class _RunningMin:
-    """The smallest of the last `count` values added (a monotonic queue: O(1) amortized)."""
-
-    def __init__(self, count: int) -> None:
-        self._count = count
-        self._seen = 0
-        self._queue: collections.deque[tuple[int, float]] = collections.deque()
-        self.value: float | None = None  # None until a value was added
-
-    def add(self, value: float) -> float:
-        q = self._queue
-        self._seen += 1
-        while q and q[-1][1] >= value:
-            q.pop()
-        q.append((self._seen, value))
-        while q[0][0] <= self._seen - self._count:
-            q.popleft()
-        self.value = q[0][1]
-        return self.value
-
-
 class EchoCanceller:
     def __init__(self, *, t0: float, rate_hz: int = 16_000, history_s: float = 2.0) -> None:
         self.rate_hz = rate_hz
@@ -164,14 +144,14 @@ class EchoCanceller:
         self._ref_end: int | None = None  # server-clock sample index after the last reference
         self._active_until = -(1 << 62)  # index after the last non-silent reference sample
         self._contiguous = round(PLAYER_BUFFER_MS * rate_hz / 1000)
-        self._offsets = _RunningMin(_OFFSET_FRAMES)
+        self._offsets = RunningMin(_OFFSET_FRAMES)
         self._offset: float | None = None  # server-clock index of uplink sample 0
         self._pairing: float | None = None  # ... as AEC3 is handed the reference (`_server`)
         self.skew = EchoSkew(rate_hz)  # ... and how the echo slides from there (`_paired`)
         self._repair = _REPAIR_MS * rate_hz / 1000
         # (utterance id, seq) -> server index of the frame's first sample, for PLAYED reports
         self._sent: collections.OrderedDict[tuple[int, int], int] = collections.OrderedDict()
-        self._client_offsets = _RunningMin(_PLAYED_REPORTS)
+        self._client_offsets = RunningMin(_PLAYED_REPORTS)
         self._playout = 0  # samples from sending to playing, less the margin (0: unknown)
         self._own: float | None = None  # the last followed report's delay on the client clock
         self._own_shift = 0.0  # ... and the slide followed (`skew.shift`) when it came
