@@ -512,3 +512,23 @@ def test_reports_do_not_move_the_reference_by_the_slide_followed_again(followed:
             clock_us = round((k * 0.020 + 0.200) * (1.0 + ppm * 1e-6) * 1e6)
             ec.note_played(t + 0.005, (1, k), 0, clock_us)
     assert ec.playout_moves == (0 if followed else 2)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("delay", "unsent", "align"),
+    [(592, 640, 592 - 160), (640, 100, 100 + 160), (1600, 640, 1600 - 640)],
+    ids=["capped-10-ms-before-the-echo", "the-overrun-and-a-frame", "the-echo-farther"],
+)
+def test_a_reference_handed_past_the_sends_is_never_moved_past_the_echo(
+    delay: int, unsent: int, align: int
+) -> None:
+    """Live, the sends 40 ms late at every frame of a run (VITS behind on a loaded box): the
+    reference handed ran the whole 40 ms past them, with the echo found 37 ms after it. The
+    overrun rule moved it 50 ms on (40 and 10 more), 13 ms past the echo, and AEC3 let that
+    echo through to the end of the run (false barge-ins every second, in a live -300 ppm
+    run). The move now leaves the echo 10 ms after the reference."""
+    ec = EchoCanceller(t0=0.0)
+    ec._realign(delay, 16_000, 0, unsent=unsent)
+    assert ec._align == align
+    assert ec.realignments == 1
