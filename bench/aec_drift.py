@@ -18,7 +18,6 @@ and the realignments (each starts AEC3 over); at the end, the slide the cancelle
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ import trio
 import trio.testing
 
 from bench.aec_jitter import numbers
-from bench.aec_rooms import FRAME, FRAME_S, RATE, UPLINK_LATENCY_S, head_rev, make_uplink, voices
+from bench.aec_rooms import FRAME, FRAME_S, RATE, UPLINK_LATENCY_S, make_uplink, save_rows, voices
 from bench.rooms import ROOMS_BY_NAME, Room, noise
 from duplexd._uplink.vad import BargeIn, SpeechStart
 from duplexd.protocol import frames as fr
@@ -184,9 +183,7 @@ def main(argv: list[str] | None = None) -> None:
             flush=True,
         )
         rows.append(row)
-    rev = args.rev or head_rev()
-    if args.json:
-        Path(args.json).write_text(json.dumps({"rev": rev, "rows": rows}, indent=1) + "\n")
+    save_rows(rows, None, rev=args.rev, json_path=args.json, md_path=None)
 
 
 if __name__ == "__main__":

@@ -12,11 +12,10 @@ canceller took out (ERLE in dB, from the first second on; -55 dBFS of noise caps
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
-from bench.aec_rooms import RATE, head_rev, replay, voices
+from bench.aec_rooms import RATE, replay, save_rows, voices
 from bench.rooms import ROOMS, db, noise
 from duplexd._uplink.vad import BargeIn, SpeechStart
 
@@ -97,13 +96,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--md", metavar="PATH")
     args = p.parse_args(argv)
     rows = run(args.jitter_ms, args.seeds, Path(args.cache))
-    rev = args.rev or head_rev()
     table = markdown(rows)
     print(table, end="")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"rev": rev, "rows": rows}, indent=1) + "\n")
-    if args.md:
-        Path(args.md).write_text(f"rev {rev}\n\n" + table)
+    save_rows(rows, table, rev=args.rev, json_path=args.json, md_path=args.md)
 
 
 if __name__ == "__main__":

@@ -15,13 +15,12 @@ miss: none within 2 s) and false triggers before the onset (must be 0).
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bench.aec_rooms import F32, FRAME, FRAME_S, MISS_S, RATE, _onset, head_rev, replay, voices
+from bench.aec_rooms import F32, FRAME, FRAME_S, MISS_S, RATE, _onset, replay, save_rows, voices
 from bench.rooms import ROOMS, ROOMS_BY_NAME, db, noise
 from duplexd._uplink.vad import BargeIn, SpeechStart
 
@@ -117,13 +116,9 @@ def main(argv: list[str] | None = None) -> None:
         p.error("--step-s must be over 0 and at most --span-s, and --gap-s at least 0")
     agent, user = voices(Path(args.cache))
     rows = run(args.rooms, agent, user, step_s=args.step_s, span_s=args.span_s, gap_s=args.gap_s)
-    rev = args.rev or head_rev()
     table = markdown(rows)
     print(table, end="")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"rev": rev, "rows": rows}, indent=1) + "\n")
-    if args.md:
-        Path(args.md).write_text(f"rev {rev}\n\n" + table)
+    save_rows(rows, table, rev=args.rev, json_path=args.json, md_path=args.md)
 
 
 if __name__ == "__main__":

@@ -89,6 +89,23 @@ def head_rev() -> str:
     return subprocess.run(git, capture_output=True, text=True, check=False).stdout.strip()
 
 
+def save_rows(
+    rows: list[dict[str, Any]],
+    table: str | None,
+    *,
+    rev: str | None,
+    json_path: str | None,
+    md_path: str | None,
+) -> None:
+    """A sweep's rows as JSON and its Markdown table, each where asked, with the revision
+    measured (`rev`, or git's HEAD here): `bench.aec_jitter`, `aec_drift`, `aec_onsets`."""
+    rev = rev or head_rev()
+    if json_path:
+        Path(json_path).write_text(json.dumps({"rev": rev, "rows": rows}, indent=1) + "\n")
+    if md_path and table is not None:
+        Path(md_path).write_text(f"rev {rev}\n\n" + table)
+
+
 def make_uplink(
     mic_rate_hz: int = RATE, *, echo_cancel: bool = True, noise_suppression: str | None = None
 ) -> Uplink:
