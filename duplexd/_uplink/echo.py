@@ -273,10 +273,11 @@ class EchoCanceller:
             # (Not on a final report: its count may be capped at what was sent, its clock not.)
             # What the echo's slide moved the reference by since is not moved twice: a client
             # clock off the server's moves the reports and the echo alike (`skew.py`).
-            moved = own - self._own + (self.skew.shift(self._pos) - self._own_shift)
+            shift = self.skew.shift(self._pos)
+            moved = own - self._own + (shift - self._own_shift)
             if abs(moved) >= self._follow:
                 self._move(round(moved))
-                self._own, self._own_shift = own, self.skew.shift(self._pos)
+                self._own, self._own_shift = own, shift
         return float(1000 * delay / self.rate_hz)
 
     def _move(self, samples: int) -> None:
