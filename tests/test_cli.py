@@ -170,6 +170,18 @@ def test_a_server_token_on_the_command_line_is_refused(tmp_path: Path) -> None:
     assert "DUPLEXD_SERVER__TOKEN" in line and "s3cret" not in line
 
 
+@pytest.mark.parametrize("command", ["serve", "serve-model"])
+def test_workers_are_systemds_one_line_says_how(tmp_path: Path, command: str) -> None:
+    done = _run(tmp_path, command, "--engine", "tone", "--workers", "4")
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        f"duplexd {command}: --workers is not a flag: systemd runs the workers of one port"
+        " (it restarts a dead one, drains each on stop): sudo systemctl enable --now"
+        " duplexd-workers.socket duplexd-worker@9091 duplexd-worker@9092"
+        ' (README, "Workers")'
+    ]
+
+
 def test_token_command_prints_one_token(tmp_path: Path) -> None:
     secret = tmp_path / "secret"
     assert _run(tmp_path, "token", "--new-secret", str(secret)).returncode == 0

@@ -68,6 +68,7 @@ def add_config_flags(p: argparse.ArgumentParser, *, model_process: bool = False)
     p.add_argument("--http-host", default=d, help="side port address (default: --host)")
     p.add_argument("--http-port", type=int, default=d, help="/healthz /metrics, the page; 0: off")
     p.add_argument("--token", nargs="?", default=d, action=_NoTokenFlag, help=argparse.SUPPRESS)
+    p.add_argument("--workers", nargs="?", default=d, action=_WorkersFlag, help=argparse.SUPPRESS)
     daemons(
         "--max-sessions", type=_count_or_auto, default=d, help='"auto" (default) or N; 0: unlimited'
     )
@@ -168,6 +169,21 @@ class _NoTokenFlag(argparse.Action):
             2,
             f"{parser.prog}: --token is not a flag (anyone can read a command line): set"
             " DUPLEXD_SERVER__TOKEN in the environment, or [auth] token_file\n",
+        )
+
+
+class _WorkersFlag(argparse.Action):
+    """`--workers N` (as gunicorn or uvicorn take it): the workers of one port are systemd's
+    to run, restart and drain (deploy/duplexd-workers.socket), not a supervisor of ours. One
+    line saying how, exit status 2."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any, **__: Any) -> None:
+        parser.exit(
+            2,
+            f"{parser.prog}: --workers is not a flag: systemd runs the workers of one port"
+            " (it restarts a dead one, drains each on stop): sudo systemctl enable --now"
+            " duplexd-workers.socket duplexd-worker@9091 duplexd-worker@9092"
+            ' (README, "Workers")\n',
         )
 
 
