@@ -113,19 +113,34 @@ def listening_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
 
 
 def start_worker(
-    name: str, sock: socket.socket, argv: list[str], *, cpus: frozenset[int] | None = None
+    name: str,
+    sock: socket.socket,
+    argv: list[str],
+    *,
+    cpus: frozenset[int] | None = None,
+    ready: socket.socket | None = None,
+    sock_name: str = "duplexd-workers.socket",
 ) -> Server:
     """Run `argv` (a `duplexd serve`) as systemd runs a worker of deploy/duplexd-workers.socket:
-    `sock` as fd 3, `LISTEN_FDS=1` and `LISTEN_PID` its own PID (a shim that `exec`s it, so the
-    PID stays); waits for its "listening" line as `start_server`."""
-    fd = sock.fileno()
+    `sock` as fd 3 (and `ready`, the shared readiness port of
+    deploy/duplexd-workers-ready.socket, as fd 4), `LISTEN_FDS`, `LISTEN_FDNAMES` and
+    `LISTEN_PID` its own PID (a shim that `exec`s it, so the PID stays); waits for its
+    "listening" line as `start_server`. `sock_name`: the name `sock` is passed by (its
+    socket unit's `FileDescriptorName=`)."""
+    fds = [sock.fileno()] + ([ready.fileno()] if ready is not None else [])
+    names = [sock_name, "ready"][: len(fds)]
+    moves = "".join(f"os.dup2({fd}, {100 + i})\n" for i, fd in enumerate(fds))
+    moves += "".join(f"os.close({fd})\n" for fd in fds if fd >= 3 + len(fds))
+    moves += "".join(f"os.dup2({100 + i}, {3 + i}); os.close({100 + i})\n" for i in range(len(fds)))
     shim = (
         "import os, sys\n"
-        f"if {fd} != 3: os.dup2({fd}, 3); os.close({fd})\n"
-        "os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS='1')\n"
+        + moves
+        + f"os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS='{len(fds)}',"
+        f" LISTEN_FDNAMES='{':'.join(names)}')\n"
         "os.execv(sys.argv[1], sys.argv[1:])\n"
     )
-    return start_server(name, [sys.executable, "-c", shim, *argv], cpus=cpus, pass_fds=(fd,))
+    argv = [sys.executable, "-c", shim, *argv]
+    return start_server(name, argv, cpus=cpus, pass_fds=tuple(fds))
 
 
 def duplexd_argv(engine: str, device: str, *, model_socket: str = "") -> list[str]:

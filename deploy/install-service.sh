@@ -40,7 +40,7 @@ fi
 say "installing the units, the configuration and the docs"
 install -d "$root/etc/systemd/system" "$root/etc/duplexd" "$root/usr/share/doc/duplexd"
 for unit in duplexd.service duplexd@.service duplexd-worker@.service duplexd-workers.socket \
-    duplexd-model.service; do
+    duplexd-workers-ready.socket duplexd-model.service; do
     sed "s|/opt/duplexd/venv|$prefix/venv|g" "$here/deploy/$unit" >"$root/etc/systemd/system/$unit"
     chmod 644 "$root/etc/systemd/system/$unit"
 done

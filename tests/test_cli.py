@@ -177,7 +177,8 @@ def test_workers_are_systemds_one_line_says_how(tmp_path: Path, command: str) ->
     assert done.stderr.splitlines() == [
         f"duplexd {command}: --workers is not a flag: systemd runs the workers of one port"
         " (it restarts a dead one, drains each on stop): sudo systemctl enable --now"
-        " duplexd-workers.socket duplexd-worker@9091 duplexd-worker@9092"
+        " duplexd-workers.socket duplexd-workers-ready.socket duplexd-worker@9091"
+        " duplexd-worker@9092"
         ' (README, "Workers")'
     ]
 

@@ -13,7 +13,7 @@ import pytest
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parent.parent
 UNITS = ("duplexd.service", "duplexd@.service", "duplexd-worker@.service", "duplexd-model.service")
-SOCKETS = ("duplexd-workers.socket",)  # the workers' shared port
+SOCKETS = ("duplexd-workers.socket", "duplexd-workers-ready.socket")  # the workers' shared ports
 
 
 @pytest.fixture(scope="module")

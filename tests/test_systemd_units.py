@@ -12,6 +12,7 @@ import pytest
 pytestmark = pytest.mark.integration
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+SOCKETS = ("duplexd-workers.socket", "duplexd-workers-ready.socket")
 
 
 @pytest.mark.parametrize(
@@ -29,8 +30,8 @@ def test_unit_verifies(unit: str, tmp_path: Path) -> None:
     text = text.replace("/opt/duplexd/venv/bin/duplexd", sys.executable)
     name = unit.replace("@.", "@0.")
     (tmp_path / name).write_text(text)
-    socket_unit = DEPLOY / "duplexd-workers.socket"  # the workers' shared port, beside them
-    (tmp_path / socket_unit.name).write_text(socket_unit.read_text())
+    for socket_unit in SOCKETS:  # the workers' shared ports, beside them
+        (tmp_path / socket_unit).write_text((DEPLOY / socket_unit).read_text())
     result = subprocess.run(
         [analyze, "verify", str(tmp_path / name)],
         capture_output=True,

@@ -3,7 +3,9 @@ deploy/duplexd-worker@.service), started here as systemd starts them (the shared
 socket as fd 3, LISTEN_FDS and LISTEN_PID: `bench.daemon.start_worker`). Both accept from the
 one socket; a SIGTERM drains one, which stops accepting, and every new session goes to the
 other, with no balancer in front. The two run the tone engine with different default voices,
-so Welcome.voice tells which one took a session."""
+so Welcome.voice tells which one took a session. Both are also given the shared readiness
+socket (deploy/duplexd-workers-ready.socket, fd 4): its /readyz is 200 while either accepts,
+and nobody answers it once neither does."""
 
 from __future__ import annotations
 
@@ -46,18 +48,32 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+async def shared_readyz(port: int) -> tuple[int, str] | None:
+    """GET /readyz on the workers' shared readiness port: None if nobody answers (refused,
+    or left in the queue for 2 s, as systemd's socket holds it while no worker runs)."""
+    with trio.move_on_after(2):
+        try:
+            return await http_get(port, "/readyz")
+        except OSError:
+            pass
+    return None
+
+
 async def test_two_workers_share_one_port_and_one_drains(servers: list[Server]) -> None:
     http_a, http_b = free_port(), free_port()
-    with listening_socket() as sock:
-        port = sock.getsockname()[1]
-        a = start_worker("a", sock, worker_argv("low", http_a))
+    with listening_socket() as sock, listening_socket() as ready:
+        port, ready_port = sock.getsockname()[1], ready.getsockname()[1]
+        a = start_worker("a", sock, worker_argv("low", http_a), ready=ready)
         servers.append(a)
-        b = start_worker("b", sock, worker_argv("high", http_b))
+        b = start_worker("b", sock, worker_argv("high", http_b), ready=ready)
         servers.append(b)
     # (--port=1 is not bound: the workers serve on the socket they were given)
     assert a.url == b.url == f"ws://127.0.0.1:{port}/v1"
     await wait_ready(http_a)
     await wait_ready(http_b)
+    # the shared readiness port: /readyz of whichever worker takes the connection
+    assert await shared_readyz(ready_port) == (200, "ready\n")
+    assert (await http_get(ready_port, "/metrics"))[0] == 404  # (each worker's own port)
 
     async with trio.open_nursery() as nursery:
         sessions, results, release = await hold_sessions(nursery, a.url, 20, spacing_s=0.01)
@@ -69,10 +85,12 @@ async def test_two_workers_share_one_port_and_one_drains(servers: list[Server]) 
         await until(lambda: sum(s.started for s in sessions) == 20)
         a.proc.send_signal(signal.SIGTERM)
         await wait_ready(http_a, DRAINING)  # (its loop has the signal: it accepts no more)
-        # A accepts no more: every new session is B's, and none is refused
+        # A accepts no more: every new session is B's, and none is refused; and B alone
+        # answers the shared /readyz: still ready, as the host is
         for _ in range(8):
             async with open_session(a.url) as late:
                 assert late.welcome.voice == "high"
+            assert await shared_readyz(ready_port) == (200, "ready\n")
     # A's sessions heard their utterance to the end, then were told to go away
     assert sorted(results["going_away"]) == ["low"] * len(by_voice["low"])
     assert results["done"].count("low") == len(by_voice["low"])
@@ -84,6 +102,10 @@ async def test_two_workers_share_one_port_and_one_drains(servers: list[Server]) 
     assert m_b["duplexd_gc_frozen_objects"] > 10_000
     assert m_b["duplexd_gc_longest_full_collection_seconds"] >= 0
     assert m_b["duplexd_gc_swept_objects_total"] == 0  # (no sweep due in a test this short)
+    # no worker left: nobody answers the shared /readyz (a balancer's check fails)
+    b.proc.send_signal(signal.SIGTERM)
+    assert b.proc.wait(20) == 0
+    assert await shared_readyz(ready_port) is None
 
 
 def test_a_passed_descriptor_that_is_not_a_listening_socket_is_one_line() -> None:
@@ -100,3 +122,15 @@ def test_a_passed_descriptor_that_is_not_a_listening_socket_is_one_line() -> Non
     )
     assert "(exit 2)" in str(failed.value) and "Traceback" not in str(failed.value)
     assert start_server  # (the same start as any bench server)
+
+
+def test_the_readiness_socket_alone_is_one_line() -> None:
+    """Only the shared readiness socket passed (the worker unit's Sockets= lacks the
+    WebSocket port's unit): one line that says what to add, exit 2."""
+    with listening_socket() as ready, pytest.raises(ServerFailed) as failed:
+        start_worker("bad", ready, worker_argv("low", 0), sock_name="ready")
+    assert (
+        "socket activation: only the shared readiness socket was passed: give the worker its"
+        " WebSocket port too (Sockets=duplexd-workers.socket duplexd-workers-ready.socket)"
+    ) in str(failed.value)
+    assert "(exit 2)" in str(failed.value) and "Traceback" not in str(failed.value)

@@ -182,7 +182,8 @@ class _WorkersFlag(argparse.Action):
             2,
             f"{parser.prog}: --workers is not a flag: systemd runs the workers of one port"
             " (it restarts a dead one, drains each on stop): sudo systemctl enable --now"
-            " duplexd-workers.socket duplexd-worker@9091 duplexd-worker@9092"
+            " duplexd-workers.socket duplexd-workers-ready.socket duplexd-worker@9091"
+            " duplexd-worker@9092"
             ' (README, "Workers")\n',
         )
 

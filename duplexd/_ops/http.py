@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from http import HTTPStatus
+from typing import Any
 
 import h11
 import trio
@@ -55,15 +57,24 @@ async def serve_http(
     handler: Handler,
     *,
     ssl_context: ssl.SSLContext | None = None,
+    sockets: list[socket.socket] | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve `handler` on `host:port` (0 picks a free port) until cancelled; over TLS
-    (https) with `ssl_context`, whose handshake runs within the request timeout.
+    """Serve `handler` on `host:port` (0 picks a free port) until cancelled, or on the
+    listening `sockets` given (socket activation: then `host` and `port` are not used); over
+    TLS (https) with `ssl_context`, whose handshake runs within the request timeout.
 
     `task_status.started` receives the port it listens on.
     """
     serve = partial(_serve_connection, handler=handler)
-    if ssl_context is None:
+    if sockets:
+        plain = [trio.SocketListener(trio.socket.from_stdlib_socket(s)) for s in sockets]
+        given: list[trio.abc.Listener[Any]] = list(plain)
+        if ssl_context is not None:
+            given = [trio.SSLListener(p, ssl_context, https_compatible=True) for p in plain]
+        _listening(host, int(sockets[0].getsockname()[1]), task_status)
+        await trio.serve_listeners(serve, given)
+    elif ssl_context is None:
         listeners = await trio.open_tcp_listeners(port, host=host or None)
         bound = listeners[0].socket.getsockname()[1]
         _listening(host, bound, task_status)

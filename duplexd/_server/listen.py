@@ -10,6 +10,9 @@ deploy/duplexd-worker@.service) share one port: every one of them gets the same 
 (`Sockets=duplexd-workers.socket`) and accepts from its one queue, so a busy worker simply
 accepts less, a draining one stops accepting (`Daemon.stop_accepting`) and its share goes to
 the others, and connections that arrive while none runs wait in the queue systemd keeps.
+A socket named `READY_FD_NAME` (deploy/duplexd-workers-ready.socket) is shared the same way
+for /healthz and /readyz: a worker accepts on it from READY until its drain, so a balancer's
+check of that one port passes while any worker takes sessions.
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ from .._ops.tls import server_ssl_context
 Listener = trio.SocketListener | trio.SSLListener[trio.SocketStream]
 LISTEN_FDS_START = 3  # SD_LISTEN_FDS_START
 _LISTEN_VARS = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
+# FileDescriptorName= of deploy/duplexd-workers-ready.socket: the workers' shared readiness
+# port, /readyz answered by whichever worker accepts (none: nobody answers)
+READY_FD_NAME = "ready"
 
 
 class ListenError(Exception):
@@ -37,15 +43,24 @@ def inherited_sockets() -> list[socket.socket]:
     when none were. The `LISTEN_*` variables are removed (a child process must not take
     them for its own) and the descriptors made non-inheritable. ListenError for a passed
     descriptor that is not a listening TCP socket."""
+    return [sock for _, sock in named_inherited_sockets()]
+
+
+def named_inherited_sockets() -> list[tuple[str, socket.socket]]:
+    """`inherited_sockets`, each with its name (`LISTEN_FDNAMES`: its socket unit's
+    `FileDescriptorName=`, by default the unit's own name; "" where none was given). The
+    workers' shared readiness port is the one named `READY_FD_NAME`."""
     pid, count = os.environ.get("LISTEN_PID"), os.environ.get("LISTEN_FDS")
     if not count or pid != str(os.getpid()):
         return []
+    names = os.environ.get("LISTEN_FDNAMES", "").split(":")
     for name in _LISTEN_VARS:
         os.environ.pop(name, None)
     try:
         n = int(count)
     except ValueError:
         raise ListenError(f"LISTEN_FDS={count!r} is not a number of sockets") from None
+    names += [""] * (n - len(names))
     sockets = []
     for fd in range(LISTEN_FDS_START, LISTEN_FDS_START + n):
         try:
@@ -61,7 +76,7 @@ def inherited_sockets() -> list[socket.socket]:
             )
         os.set_inheritable(fd, False)
         sock.setblocking(False)
-        sockets.append(sock)
+        sockets.append((names[fd - LISTEN_FDS_START], sock))
     return sockets
 
 

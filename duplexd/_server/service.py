@@ -7,9 +7,11 @@
 2. the engine is loaded in a worker thread and its default voice opened (and warmed);
 3. `serve_duplexd` listens; then READY=1 goes to systemd and /readyz turns 200;
    On sockets systemd passed (socket activation, several workers on one port: listen.py)
-   instead of `server.host:port` when there are any;
+   instead of `server.host:port` when there are any; the workers' shared readiness socket,
+   if passed, answers /healthz and /readyz from here on;
 4. SIGTERM (or SIGINT): drain. New sessions get HTTP 503 and /readyz says "draining" (with
-   socket activation, the daemon stops accepting instead: the other workers take them);
+   socket activation, the daemon stops accepting instead, on the shared readiness socket
+   too: the other workers take them, and answer the balancer's check);
    sessions finish the utterances they have (up to `server.drain_timeout_s`), then each is
    closed with Error GOING_AWAY and close code 1001; `run` returns (exit status 0). A second
    SIGTERM/SIGINT stops at once.
@@ -25,7 +27,7 @@ import logging
 import signal
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from typing import Any
 
@@ -49,7 +51,12 @@ from .._uplink.vad import VadModel
 from ..engines.base import Engine, EngineError, Voice
 from ..engines.registry import EngineSet, load_engine
 from ..engines.remote import RemoteEngine
-from .listen import ListenError, inherited_sockets, ssl_context_from_settings
+from .listen import (
+    READY_FD_NAME,
+    ListenError,
+    named_inherited_sockets,
+    ssl_context_from_settings,
+)
 from .preflight import startup_problems
 from .server import Daemon, serve_duplexd
 from .session import Session
@@ -165,6 +172,7 @@ class Service:
         self.phase = Phase.STARTING
         self.daemon: Daemon | None = None
         self.http_port: int | None = None
+        self._drained = trio.CancelScope()  # the shared readiness port's (until the drain)
         # the daemon's own process (it loads its models) keeps full collections short
         self._garbage = GarbagePolicy() if engines is None else None
         self.metrics = DaemonMetrics(ready=lambda: self.readiness()[0], garbage=self._garbage)
@@ -208,18 +216,23 @@ class Service:
                 )
             await trio.sleep(MODEL_CHECK_S)
 
-    def handle_http(self, request: Request) -> Response:
+    def handle_http(self, request: Request, *, shared: bool = False) -> Response:
         """The side port: /healthz and /readyz are open (load balancers and systemd probe them);
         /metrics asks for the same token as a session when `[auth] metrics_require_auth`; / and
-        /demo/ are the browser page (`[demo] page`, once the daemon listens)."""
+        /demo/ are the browser page (`[demo] page`, once the daemon listens). `shared`: the
+        workers' shared readiness port, which answers /healthz and /readyz only."""
         path = request.path
-        if self._demo is not None and (page := self._demo.respond(request)) is not None:
-            return page
         if path == "/healthz":
             return Response(200, b"ok\n")  # answered by the event loop, so the loop is alive
         if path == "/readyz":
             ready, reason = self.readiness()
             return Response(200 if ready else 503, f"{reason}\n".encode())
+        if shared:
+            return Response(
+                404, b"the workers' shared port serves /healthz /readyz; /metrics: each worker's\n"
+            )
+        if self._demo is not None and (page := self._demo.respond(request)) is not None:
+            return page
         if path == "/metrics":
             if self.settings.auth.metrics_require_auth:
                 try:
@@ -285,9 +298,17 @@ class Service:
             except AuthConfigError as exc:
                 raise StartupError(str(exc)) from None
             try:
-                inherited = inherited_sockets()  # socket activation (several workers, one port)
+                named = named_inherited_sockets()  # socket activation (workers on one port)
             except ListenError as exc:
                 raise StartupError(str(exc)) from None
+            inherited = [sock for name, sock in named if name != READY_FD_NAME]
+            shared_ready = [sock for name, sock in named if name == READY_FD_NAME]
+            if shared_ready and not inherited:
+                raise StartupError(
+                    "socket activation: only the shared readiness socket was passed: give the"
+                    " worker its WebSocket port too (Sockets=duplexd-workers.socket"
+                    " duplexd-workers-ready.socket)"
+                )
             if not inherited:
                 check_port_free(s.host, s.port)  # before the model loads, not after
             remote = bool(self.settings.engine.model_socket)  # the model process checks them
@@ -338,6 +359,13 @@ class Service:
             except AuthConfigError as exc:
                 raise StartupError(str(exc)) from None
             self.phase = Phase.READY
+            if shared_ready:  # the workers' /readyz: answered by whichever worker accepts
+                handler = partial(self.handle_http, shared=True)
+                tls = ssl_context_from_settings(self.settings.tls) if s.http_tls else None
+                serve = partial(
+                    serve_http, s.http_host, 0, handler, ssl_context=tls, sockets=shared_ready
+                )
+                nursery.start_soon(self._until_drained, serve)
             self.notifier.ready(f"serving {daemon.url}")
             extra = {"url": daemon.url, "http_port": self.http_port, "pid": _pid()}
             if self.http_port is not None and self._demo.enabled:
@@ -420,11 +448,16 @@ class Service:
             log.info("asr ready", extra={"load_s": round(took, 3)})
         return self._uplink_services
 
+    async def _until_drained(self, serve: Callable[[], Awaitable[None]]) -> None:
+        with self._drained:
+            await serve()
+
     async def _drain(self, daemon: Daemon) -> None:
         self.phase = Phase.DRAINING
         daemon.draining = True
         if daemon.inherited:  # the workers' shared socket: leave its connections to the others
             daemon.stop_accepting()
+        self._drained.cancel()  # (and the shared readiness port's: others say "ready")
         timeout = self.settings.server.drain_timeout_s
         started = trio.current_time()
         self.notifier.stopping(f"draining {len(daemon.sessions)} sessions")
