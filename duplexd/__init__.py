@@ -40,7 +40,7 @@ from ._ops.settings import load_settings as load_settings
 from ._server.server import Daemon as Daemon
 from ._server.server import serve_duplexd as serve_duplexd
 from ._server.service import Service as Service
-from ._server.service import StartupError as StartupError
+from ._server.startup import StartupError as StartupError
 from ._version import __version__ as __version__
 from .cli import main as main
 from .client import ClientSession as ClientSession

@@ -222,7 +222,7 @@ def _run_with_settings(
     from ._ops.flags import settings_from_args
     from ._ops.logs import configure_logging
     from ._ops.settings import ConfigError
-    from ._server.service import StartupError
+    from ._server.startup import StartupError
 
     try:
         settings = settings_from_args(args)
@@ -244,7 +244,7 @@ def _run_with_settings(
 def _startup_failure(exc: BaseException) -> str | None:
     """One line for a daemon that could not start (a StartupError, or a port it could not
     bind), wherever in the service's nurseries it was raised; None for anything else."""
-    from ._server.service import StartupError
+    from ._server.startup import StartupError
 
     leaves: list[BaseException] = [exc]
     while len(leaves) == 1 and isinstance(leaves[0], BaseExceptionGroup):

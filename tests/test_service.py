@@ -13,7 +13,8 @@ from harness import http_request, running_service
 from prometheus_client.parser import text_string_to_metric_families
 
 from duplexd._ops.settings import Settings, load_settings
-from duplexd._server.service import Phase, Service, StartupError
+from duplexd._server.service import Phase, Service
+from duplexd._server.startup import StartupError
 from duplexd.client.session import Interrupted, SessionError, UtteranceDone, open_session
 from duplexd.engines.registry import EngineSet
 from duplexd.engines.tone import ToneEngine

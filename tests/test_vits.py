@@ -250,7 +250,7 @@ def test_the_batch_settings_reach_the_engine() -> None:
     DUPLEXD_ENGINE__MAX_BATCH...) size the inference threads' batches; 0 keeps the engine's
     default (1 on the CPU)."""
     from duplexd._ops.settings import load_settings
-    from duplexd._server.service import load_local_engine
+    from duplexd._server.startup import load_local_engine
 
     env = {
         "DUPLEXD_ENGINE__MAX_BATCH": "64",

@@ -16,6 +16,7 @@ Private.
     limits.py      every budget a client spends (frames, loop share, synthesis), carried over
     resume.py      resumable sessions: the transport that outlives a dropped connection
     service.py     `duplexd serve` as a service: engine loading, the side port, systemd, drain
+    startup.py     the engine loaded here, the port checked first, `StartupError` (one line)
     preflight.py   what `serve` would fail on, found without loading a model (`config --check`)
 
 May import: every package below it (`protocol`, `engines`, `_ops`, `_downlink`, `_uplink`).

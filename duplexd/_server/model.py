@@ -38,7 +38,7 @@ from .._ops.settings import Settings
 from ..engines.remote.server import ModelServer, serve_model
 from .listen import ListenError, inherited_sockets
 from .preflight import startup_problems
-from .service import StartupError, load_local_engine
+from .startup import StartupError, load_local_engine
 
 log = logging.getLogger("duplexd.model")
 

@@ -22,10 +22,8 @@
 from __future__ import annotations
 
 import enum
-import errno
 import logging
 import signal
-import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
@@ -41,15 +39,15 @@ from .._ops.http import Request, Response, serve_http
 from .._ops.logs import configure_logging
 from .._ops.prometheus import CONTENT_TYPE, DaemonMetrics
 from .._ops.sdnotify import Notifier, keep_watchdog_fed, watchdog_interval_s
-from .._ops.settings import ConfigError, EngineSettings, Settings, effective_max_sessions
+from .._ops.settings import ConfigError, Settings, effective_max_sessions
 from .._ops.tls import TlsError
 from .._ops.trace import Tracer
 from .._uplink.asr import Transcriber
 from .._uplink.services import UplinkServices
 from .._uplink.turn import TurnModel
 from .._uplink.vad import VadModel
-from ..engines.base import Engine, EngineError, Voice
-from ..engines.registry import EngineSet, load_engine
+from ..engines.base import EngineError
+from ..engines.registry import EngineSet
 from ..engines.remote import RemoteEngine
 from .listen import (
     READY_FD_NAME,
@@ -60,6 +58,7 @@ from .listen import (
 from .preflight import startup_problems
 from .server import Daemon, serve_duplexd
 from .session import Session
+from .startup import DefaultVoice, StartupError, check_port_free, load_local_engine
 
 log = logging.getLogger("duplexd.service")
 
@@ -68,57 +67,6 @@ CLOSE_GRACE_S = 2.0  # after GOING_AWAY: how long sessions get to close before t
 
 
 MODEL_CHECK_S = 1.0  # how often a daemon that uses a model process checks that it answers
-
-
-class StartupError(Exception):
-    """The daemon cannot start with this configuration (unknown engine or voice...)."""
-
-
-def load_local_engine(e: EngineSettings, options: Mapping[str, Any] | None = None) -> Engine:
-    """`[engine]`'s engine, loaded here with its default voice (loaded and warmed). Blocking:
-    call from a worker thread. StartupError (one line) if it cannot load."""
-    opts = dict(options or {})
-    if e.name == "tone" and e.tone_compute_ms_per_char:
-        opts.setdefault("compute_ms_per_char", e.tone_compute_ms_per_char)
-    if e.name == "vits":
-        voices = (*e.preload, e.voice) if e.voice else e.preload
-        opts.setdefault("preload", tuple(dict.fromkeys(voices)))
-        opts.setdefault("max_loaded_voices", e.max_loaded_voices)
-        opts.setdefault("max_batch", e.max_batch or None)
-        opts.setdefault("batch_window_ms", e.batch_window_ms)
-        opts.setdefault("inference_threads", e.inference_threads or None)
-        opts.setdefault("shape_buckets", e.shape_buckets)
-    try:
-        engine = load_engine(e.name, device=e.device, **opts)
-        engine.open_voice(e.voice or engine.default_voice)  # loads and warms it
-    except (LookupError, EngineError) as exc:
-        raise StartupError(str(exc.args[0] if exc.args else exc)) from None
-    return engine
-
-
-def check_port_free(host: str, port: int) -> None:
-    """StartupError (one line) if `port` on `host` cannot be bound now (in use, not allowed,
-    no such address). Port 0 (any free one) is not checked."""
-    if not port:
-        return
-    try:
-        infos = socket.getaddrinfo(
-            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )
-    except socket.gaierror as exc:
-        raise StartupError(f"--host {host}: {exc.strerror}") from None
-    for family, kind, proto, _, address in infos:
-        with socket.socket(family, kind, proto) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the listener does
-            try:
-                probe.bind(address)
-            except OSError as exc:
-                if exc.errno == errno.EADDRINUSE:
-                    raise StartupError(
-                        f"port {port} on {host} is in use (another duplexd?): stop it, or"
-                        " choose another with --port"
-                    ) from None
-                raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
 class Phase(enum.Enum):
@@ -516,39 +464,6 @@ class Service:
         self.settings = old
         log.info("reloaded", extra={"log_level": new.log.level, "log_format": new.log.format})
         self.notifier.ready()
-
-
-class DefaultVoice:
-    """An engine whose default voice is the configured one (`[engine] voice`): sessions that
-    ask for no voice get it. Everything else is the wrapped engine's."""
-
-    def __init__(self, engine: Engine, voice: str) -> None:
-        self._engine = engine
-        self._voice = voice
-
-    @property
-    def name(self) -> str:
-        return self._engine.name
-
-    @property
-    def device(self) -> str:
-        return self._engine.device
-
-    @property
-    def default_voice(self) -> str:
-        return self._voice
-
-    def voices(self) -> list[str]:
-        return self._engine.voices()
-
-    def open_voice(self, name: str) -> Voice:
-        return self._engine.open_voice(name)
-
-    def close(self) -> None:
-        self._engine.close()
-
-    def __getattr__(self, name: str) -> Any:  # engine extras (worker, models...)
-        return getattr(self._engine, name)
 
 
 def _changed_keys(a: Settings, b: Settings) -> list[str]:
