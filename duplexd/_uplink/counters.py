@@ -13,6 +13,7 @@ class UplinkCounters:
     vad_s: float = 0.0  # VAD + echo canceller CPU time (worker thread)
     inbox_dropped: int = 0  # frames dropped because processing fell ~5 s behind
     echo_windows: int = 0  # windows that may have held echo (a higher barge-in threshold)
+    mic_windows: int = 0  # ... of which the microphone itself heard the user first (micvoice)
     speech_segments: int = 0
     barge_ins: int = 0
     barge_in_delay_s: float = 0.0  # sum over barge-ins: deciding frame's arrival -> interrupt
@@ -47,6 +48,7 @@ class UplinkCounters:
             "vad_windows": self.windows,
             "vad_ms_per_window": round(1000 * self.vad_s / self.windows, 4) if self.windows else 0,
             "echo_windows": self.echo_windows,
+            "echo_mic_windows": self.mic_windows,
             "speech_segments": self.speech_segments,
             "vad_barge_ins": self.barge_ins,
             "vad_barge_in_delay_ms_mean": (

@@ -11,8 +11,11 @@ energy against the reference's over the room's tail (the loudest reference frame
 (`RATIO_QUANTILE` % of its last `HISTORY_S` of frames judged, those found louder and digital
 silence left out: the echo's return loss, with room for the loudest syllables); a frame
 `MARGIN_DB` over that is the near end talking, and for `HOLD_MS` after it the session's
-barge-in needs only `threshold`, as it would without an echo (uplink.py). It lowers nothing
-below that, so a noise over the echo barges in no more easily than one without an echo. Nothing
+barge-in needs only `threshold`, as it would without an echo (uplink.py); once
+`SURE_FRAMES` of the last `SURE_SPAN` frames judged were so (`sure_until`), the barge-in also
+hears the microphone itself, which AEC3's suppressor has not ducked (micvoice.py). It lowers
+nothing below `threshold`, so a noise over the echo barges in no more easily than one without
+an echo. Nothing
 is judged while the reference is under -50 dBFS over the tail (the agent between sentences),
 nor in the first `TAIL_MS` after it comes back: live, an utterance's first syllable can echo
 back before its reference is handed on, and that echo over a reference just begun read as the
@@ -40,7 +43,12 @@ HISTORY_S: Final = 2.0  # the microphone-to-reference ratios the echo's return l
 RATIO_QUANTILE: Final = 95.0  # ... this percentile of them
 MARGIN_DB: Final = 6.0  # a frame this far over it: the near end talking
 HOLD_MS: Final = 80.0  # ... and for this long after it
+# ... and once SURE_FRAMES of the last SURE_SPAN frames judged were so, the microphone itself
+# is heard too (`sure_until`, micvoice.py): one stray frame (an echo path that changed) is not
+SURE_FRAMES: Final = 3
+SURE_SPAN: Final = 5
 _MIN_RATIOS: Final = 100  # (1 s of them before any frame is judged)
+_SPAN_MASK: Final = (1 << SURE_SPAN) - 1
 _REFRESH_FRAMES: Final = 10  # the return loss worked out again every 100 ms of echo
 # over half the frames judged lately flagged (a running share, ~0.5 s): a louder echo (`reset`)
 _MOST_FLAGGED: Final = 0.5
@@ -64,7 +72,9 @@ class NearEndOnset:
         self._hold = round(HOLD_MS * rate_hz / 1000)
         self._limit: float | None = None  # a ratio over this: the near end (`_return_loss`)
         self._limit_at = 0  # (`_known` when it was last worked out)
-        self.until = -1  # the uplink sample up to which the near end is talking
+        self.until = -1  # the uplink sample up to which the near end is talking ...
+        self.sure_until = -1  # ... and up to which it is sure of it (`SURE_FRAMES`)
+        self._recent = 0  # the last `SURE_SPAN` frames judged, a bit each (1: found louder)
         self.frames = 0  # frames found louder than the echo (observability)
         self._flag_share = 0.0  # ... the share of the frames judged lately
         self.resets = 0  # times the echo was learned afresh (observability)
@@ -75,8 +85,9 @@ class NearEndOnset:
         `_MIN_RATIOS` frames of the echo are known."""
         self.resets += 1
         self._far[:] = 0.0
-        self._sounding = self._known = self._j = 0
+        self._sounding = self._known = self._j = self._recent = 0
         self._limit, self._flag_share = None, 0.0
+        self.sure_until = -1  # (what made it sure was the echo, louder)
 
     def add(self, near: FloatArray, far: FloatArray, pos: int) -> None:
         """The microphone's `near` and the reference `far` AEC3 is handed with it, whole
@@ -92,7 +103,7 @@ class NearEndOnset:
             self._i = (self._i + 1) % len(self._far)
             drive = float(self._far.max())
             if drive < _FAR_FLOOR:
-                self._sounding = 0
+                self._sounding = self._recent = 0
                 continue
             self._sounding += 1
             if self._sounding <= len(self._far):  # (an utterance's first `TAIL_MS`: below)
@@ -105,8 +116,11 @@ class NearEndOnset:
                     self._limit, self._limit_at = self._return_loss() * self._margin, self._known
                 louder = ratio > self._limit
                 self._flag_share += (float(louder) - self._flag_share) * _SHARE_WEIGHT
+                self._recent = ((self._recent << 1) | louder) & _SPAN_MASK
                 if louder:
                     self.until = pos + (k + 1) * f + self._hold
+                    if self._recent.bit_count() >= SURE_FRAMES:
+                        self.sure_until = self.until
                     self.frames += 1
                     if self._flag_share > _MOST_FLAGGED:  # (a user heard that long would have
                         self.reset()  # stopped the agent: the echo itself got louder)

@@ -75,6 +75,7 @@ from .counters import UplinkCounters
 from .denoise import Denoiser
 from .echo import AEC_LATENCY_SAMPLES, EchoCanceller
 from .ends import AHEAD, EndCheck, EndOfTurn
+from .micvoice import MicVoice
 from .quiet import QuietTracker
 from .reference import SentAudio
 from .services import UplinkServices
@@ -163,6 +164,7 @@ class Uplink:
         self._soft = SoftBargeIn(vad, transcripts=transcriber is not None) if soft else None
         now = trio.current_time()
         self._echo = EchoCanceller(t0=now) if vad.echo_cancel else None
+        self._mic = MicVoice(services.vad_model) if self._echo is not None else None
         ns = vad.noise_suppression
         lead = AEC_LATENCY_SAMPLES if self._echo is not None else 0  # (its frames, lined up)
         self._denoiser = Denoiser(ns, lead=lead) if ns != "off" else None
@@ -367,6 +369,8 @@ class Uplink:
         self._produced += len(samples)
         if self._echo is not None:
             t0 = time.thread_time()
+            assert self._mic is not None
+            self._mic.add(samples)  # (the user's onset as it came: micvoice.py)
             self._echo.note_uplink(now, self._produced)
             samples = self._echo.process(samples)  # (up to 10 ms + 8 ms later: AEC3's frames)
             self.counters.vad_s += time.thread_time() - t0
@@ -387,12 +391,20 @@ class Uplink:
         c = self.counters
         barge_threshold = self.vad_options.threshold
         unjudged = False
+        mic = 0.0
         if self._echo is not None and self._echo.active(pos):
             c.echo_windows += 1  # what AEC3 let through of the echo must not barge in
-            if self._echo.near_end.until <= pos:  # (the user louder than it: nearend.py)
+            near_end = self._echo.near_end
+            if near_end.until <= pos:  # (the user louder than it: nearend.py)
                 barge_threshold = max(barge_threshold, self.vad_options.echo_threshold)
             unjudged = self._echo.converging
+            assert self._mic is not None
+            heard = self._mic.prob(pos)  # (every window: its stream's state follows)
+            mic = heard if near_end.sure_until > pos and not unjudged else 0.0
         prob = self._vad.prob(window)
+        if mic > prob:  # the user's onset, which AEC3's suppressor ducks (micvoice.py)
+            prob = mic
+            c.mic_windows += 1
         if unjudged:  # the agent's first ~0.6 s: AEC3 has not converged, and with a jittery
             prob, barge_threshold = 0.0, _NEVER  # uplink it leaked (measured): silence
         cap = len(self._turn_ring)

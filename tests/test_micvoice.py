@@ -1,0 +1,117 @@
+"""The microphone itself, heard while the user is surely talking over the echo
+(`duplexd._uplink.micvoice`, `NearEndOnset.sure_until`): AEC3's suppressor ducks a user's first
+syllables over a loud stretch of the echo, and the barge-in that waited for AEC3's output to
+let them through comes one window after the check is sure. One stray frame found louder (the
+echo path changed) is not sure, and the echo alone never barges in. The replays are
+`bench.aec_rooms`' (its voices, rooms and onsets: bench/results/README.md, "The microphone
+itself")."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench.aec_rooms import FRAME, RATE, _onset, replay, voices
+from bench.rooms import ROOMS_BY_NAME, db, noise
+from duplexd._uplink.micvoice import CAPACITY, MicVoice
+from duplexd._uplink.nearend import NearEndOnset
+from duplexd._uplink.vad import WINDOW, BargeIn, SileroVad, SpeechStart, VadModel
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def bench_voices(tmp_path_factory: pytest.TempPathFactory) -> tuple[np.ndarray, np.ndarray]:
+    return voices(Path(tmp_path_factory.mktemp("voices")))
+
+
+def _trial_onset(agent: np.ndarray, i: int, trials: int = 32) -> int:
+    """Where `bench.aec_rooms.measure` starts the user in its trial `i` of `trials`."""
+    return round((1.0 + i * (len(agent) / RATE - 3.5) / (trials - 1)) * RATE) + 37 * i
+
+
+@pytest.mark.parametrize(("trial", "within_ms"), [(7, 100), (11, 60)])
+def test_a_ducked_onset_is_heard_in_the_microphone(
+    bench_voices: tuple[np.ndarray, np.ndarray], trial: int, within_ms: int
+) -> None:
+    """RT60 300 ms, the user 10 dB over the echo on average: in trial 7 "Wait," starts under a
+    loud stretch of the agent and AEC3's output held it 18-32 dB under the user for 70 ms and
+    again after (the barge-in came 740 ms late before; trial 11: 180 ms)."""
+    agent, user = bench_voices
+    room = ROOMS_BY_NAME["rt60-300"]
+    total = len(agent) + RATE
+    echo = room.echo(agent, total)
+    on = _onset(user)
+    gain = 10 ** ((db(echo[RATE : len(agent)]) + 10.0 - db(user[on:])) / 20)
+    at = _trial_onset(agent, trial)
+    talk = np.zeros(total, dtype=np.float32)
+    talk[at : at + len(user)] = gain * user[: total - at]
+    mic = echo + talk + noise(total, -55.0, seed=trial + 1)
+    uplink, events, _ = replay(agent, mic, seed=trial + 1)
+    barge = [k for k, e in events if isinstance(e, BargeIn) and k >= at // FRAME]
+    assert barge and 0 <= (barge[0] - (at + on) // FRAME) * 20 <= within_ms, barge
+    assert uplink.counters.mic_windows > 0
+
+
+def test_a_changed_echo_path_is_not_the_user(bench_voices: tuple[np.ndarray, np.ndarray]) -> None:
+    """The echo path 60 -> 150 ms at 3 s, the uplink 30 ms late on average (seed 7): the check
+    found one frame louder than the echo explained; heard in the microphone then, that frame's
+    echo barged in (`bench.aec_jitter`, before `SURE_FRAMES`)."""
+    agent, _ = bench_voices
+    total = len(agent) + RATE
+    echo = ROOMS_BY_NAME["path-change"].echo(agent, total)
+    uplink, events, _ = replay(agent, echo + noise(total, -55.0, seed=7), jitter_ms=30, seed=7)
+    assert not [e for _, e in events if isinstance(e, BargeIn | SpeechStart)]
+    assert uplink._echo is not None and uplink._echo.near_end.frames >= 1
+    assert uplink._echo.near_end.sure_until < 0
+
+
+def test_sure_only_after_three_of_five_frames() -> None:
+    """Frames judged against a learned return loss: one louder frame sets `until`, not
+    `sure_until`; the third in five sets both."""
+    ne = NearEndOnset()
+    far = np.full(160, 0.1, dtype=np.float32)
+    echo = 0.01 * far  # (a return loss of 40 dB)
+    pos = 0
+    for _ in range(200):  # the reference's first 300 ms, then 1 s of ratios learned
+        ne.add(echo, far, pos)
+        pos += 160
+    loud = 10 * echo  # (20 dB over it: the user)
+
+    def frame(near: np.ndarray) -> None:
+        nonlocal pos
+        ne.add(near, far, pos)
+        pos += 160
+
+    frame(loud)
+    assert ne.until > pos and ne.sure_until < 0
+    frame(echo)
+    frame(loud)
+    assert ne.sure_until < 0
+    frame(loud)
+    assert ne.sure_until == ne.until > pos
+    ne.reset()
+    for _ in range(3):
+        frame(loud)
+    assert ne.sure_until < 0  # (forgotten, and nothing judged until the echo is learned again)
+
+
+def test_mic_voice_scores_the_windows_it_holds() -> None:
+    """The same probabilities as a silero stream of its own fed the same windows; a window not
+    held (not yet arrived, or overwritten) is 0.0."""
+    model = VadModel()
+    rng = np.random.default_rng(3)
+    audio = (0.1 * rng.standard_normal(CAPACITY + 4 * WINDOW)).astype(np.float32)
+    mic, ref = MicVoice(model), SileroVad(model)
+    assert mic.prob(0) == 0.0  # (nothing yet)
+    got, want = [], []
+    for start in range(0, len(audio), 300):  # (pieces that do not line up with windows)
+        mic.add(audio[start : start + 300])
+    for pos in range(len(audio) - CAPACITY + WINDOW, len(audio) - WINDOW + 1, WINDOW):
+        got.append(mic.prob(pos))
+        want.append(ref.prob(audio[pos : pos + WINDOW]))
+    assert got == pytest.approx(want, abs=1e-6)
+    assert mic.prob(0) == 0.0  # (overwritten)
+    assert mic.prob(len(audio)) == 0.0  # (not arrived)
