@@ -13,8 +13,9 @@ such frame let the echo barge in (bench.aec_jitter, the changed path).
 
 `MicVoice` keeps the microphone's last samples (16 kHz, the positions the uplink's windows
 have: AEC3's output sample k is its input sample k) and a silero stream of its own over them,
-run on every window while the echo canceller runs, so its state follows the signal (~0.2 ms a
-window: bench.uplink_cpu). One per session, in the uplink worker's thread.
+run on every window while AEC3 runs and the near-end check judges (its return loss learned), so
+its state follows the signal: ~0.45 % of a core a session while the agent's echo comes back
+(bench.uplink_cpu), nothing with headphones. One per session, in the uplink worker's thread.
 """
 
 from __future__ import annotations

@@ -79,6 +79,12 @@ class NearEndOnset:
         self._flag_share = 0.0  # ... the share of the frames judged lately
         self.resets = 0  # times the echo was learned afresh (observability)
 
+    @property
+    def judging(self) -> bool:
+        """Whether frames are judged (the echo's return loss is learned): `until` and
+        `sure_until` can move."""
+        return self._known >= _MIN_RATIOS
+
     def reset(self) -> None:
         """Forget the echo's return loss and the reference's recent level (an echo came back
         after none, or most frames lately were flagged: a louder path): judged again once

@@ -44,7 +44,8 @@ the session's own voice may be echoing back (audio was sent within `echo.IDLE_S`
 also score `echo_threshold` to count toward a barge-in: the one second line of defence kept,
 for the echo AEC3 lets through while it converges (its first second, a changed echo path);
 not while the microphone is louder than the echo explains (`nearend.NearEndOnset`: the user
-talking over it, whose onset AEC3's suppressor ducks).
+talking over it, whose onset AEC3's suppressor ducks); and once the check is sure of it, the
+window also counts what silero hears in the microphone itself (`micvoice.MicVoice`).
 Measured (bench/results/README.md): the generated rooms replayed offline have no false barge-in
 even without it; the daemon live through an RT60 300 ms room had none in 4 runs of 2 sessions
 x 60 s with it (and in an earlier four, 1 with it and 2 with 0.5, which was no faster); it costs
@@ -398,9 +399,10 @@ class Uplink:
             if near_end.until <= pos:  # (the user louder than it: nearend.py)
                 barge_threshold = max(barge_threshold, self.vad_options.echo_threshold)
             unjudged = self._echo.converging
-            assert self._mic is not None
-            heard = self._mic.prob(pos)  # (every window: its stream's state follows)
-            mic = heard if near_end.sure_until > pos and not unjudged else 0.0
+            if self._echo.echo_found is not False and near_end.judging:
+                assert self._mic is not None  # (run on every such window: its state follows)
+                heard = self._mic.prob(pos)
+                mic = heard if near_end.sure_until > pos and not unjudged else 0.0
         prob = self._vad.prob(window)
         if mic > prob:  # the user's onset, which AEC3's suppressor ducks (micvoice.py)
             prob = mic
