@@ -129,13 +129,16 @@ def start_worker(
     socket unit's `FileDescriptorName=`)."""
     fds = [sock.fileno()] + ([ready.fileno()] if ready is not None else [])
     names = [sock_name, "ready"][: len(fds)]
-    moves = "".join(f"os.dup2({fd}, {100 + i})\n" for i, fd in enumerate(fds))
-    moves += "".join(f"os.close({fd})\n" for fd in fds if fd >= 3 + len(fds))
-    moves += "".join(f"os.dup2({100 + i}, {3 + i}); os.close({100 + i})\n" for i in range(len(fds)))
+    # each passed descriptor copied above all of them first (so none is overwritten before it
+    # is copied), the originals closed, then the copies moved to 3, 4
     shim = (
-        "import os, sys\n"
-        + moves
-        + f"os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS='{len(fds)}',"
+        "import fcntl, os, sys\n"
+        f"fds = {fds}\n"
+        "low = max(fds + [2 + len(fds)]) + 1\n"
+        "tmp = [fcntl.fcntl(fd, fcntl.F_DUPFD, low) for fd in fds]\n"
+        "for fd in fds: os.close(fd)\n"
+        "for i, fd in enumerate(tmp): os.dup2(fd, 3 + i); os.close(fd)\n"
+        f"os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS='{len(fds)}',"
         f" LISTEN_FDNAMES='{':'.join(names)}')\n"
         "os.execv(sys.argv[1], sys.argv[1:])\n"
     )

@@ -1,5 +1,5 @@
 """The microphone itself, heard while the user is surely talking over the echo
-(`duplexd._uplink.micvoice`, `NearEndOnset.sure_until`): AEC3's suppressor ducks a user's first
+(`duplexd._uplink.micvoice`, `NearEndOnset.sure_over`): AEC3's suppressor ducks a user's first
 syllables over a loud stretch of the echo, and the barge-in that waited for AEC3's output to
 let them through comes one window after the check is sure. One stray frame found louder (the
 echo path changed) is not sure, and the echo alone never barges in. The replays are
@@ -65,12 +65,13 @@ def test_a_changed_echo_path_is_not_the_user(bench_voices: tuple[np.ndarray, np.
     uplink, events, _ = replay(agent, echo + noise(total, -55.0, seed=7), jitter_ms=30, seed=7)
     assert not [e for _, e in events if isinstance(e, BargeIn | SpeechStart)]
     assert uplink._echo is not None and uplink._echo.near_end.frames >= 1
-    assert uplink._echo.near_end.sure_until < 0
+    assert not uplink._echo.near_end.sure_over(0, uplink._pos)
 
 
 def test_sure_only_after_three_of_five_frames() -> None:
-    """Frames judged against a learned return loss: one louder frame sets `until`, not
-    `sure_until`; the third in five sets both."""
+    """Frames judged against a learned return loss: one louder frame moves `until`, and the
+    check is sure of nothing; the third louder one in five makes it sure of the frames from the
+    first of them on (not the echo's frame between, before, or after); a reset forgets it."""
     ne = NearEndOnset()
     far = np.full(160, 0.1, dtype=np.float32)
     echo = 0.01 * far  # (a return loss of 40 dB)
@@ -78,24 +79,31 @@ def test_sure_only_after_three_of_five_frames() -> None:
     for _ in range(200):  # the reference's first 300 ms, then 1 s of ratios learned
         ne.add(echo, far, pos)
         pos += 160
+    assert ne.judging
     loud = 10 * echo  # (20 dB over it: the user)
 
-    def frame(near: np.ndarray) -> None:
+    def frame(near: np.ndarray) -> int:
         nonlocal pos
         ne.add(near, far, pos)
         pos += 160
+        return pos - 160
 
-    frame(loud)
-    assert ne.until > pos and ne.sure_until < 0
+    start = pos
+    first = frame(loud)
+    assert ne.until > pos and not ne.sure_over(0, pos + 10_000)
     frame(echo)
     frame(loud)
-    assert ne.sure_until < 0
+    assert not ne.sure_over(0, pos + 10_000)
     frame(loud)
-    assert ne.sure_until == ne.until > pos
+    assert ne.sure_over(first, first + 1) and not ne.sure_over(start - 500, first)
+    assert not ne.sure_over(pos, pos + 10_000)  # (nothing after the last louder frame)
+    frame(loud)
+    assert ne.sure_over(pos - 1, pos)  # (the span goes on with the louder frames)
     ne.reset()
+    assert not ne.judging and not ne.sure_over(0, pos + 10_000)
     for _ in range(3):
         frame(loud)
-    assert ne.sure_until < 0  # (forgotten, and nothing judged until the echo is learned again)
+    assert not ne.sure_over(0, pos + 10_000)  # (nothing judged until the echo is learned again)
 
 
 def test_mic_voice_scores_the_windows_it_holds() -> None:
@@ -115,3 +123,19 @@ def test_mic_voice_scores_the_windows_it_holds() -> None:
     assert got == pytest.approx(want, abs=1e-6)
     assert mic.prob(0) == 0.0  # (overwritten)
     assert mic.prob(len(audio)) == 0.0  # (not arrived)
+
+
+def test_mic_voice_starts_afresh_after_a_skipped_window_and_keeps_a_long_gap() -> None:
+    """A window after one not scored is scored as a fresh stream would; one `add` longer than
+    it keeps (a long gap filled with silence) leaves its last `CAPACITY` samples."""
+    model = VadModel()
+    rng = np.random.default_rng(4)
+    audio = (0.1 * rng.standard_normal(3 * CAPACITY)).astype(np.float32)
+    mic = MicVoice(model)
+    mic.add(audio)
+    end = len(audio)
+    assert mic.prob(end - CAPACITY - WINDOW) == 0.0  # (no longer held)
+    last = end - WINDOW
+    mic.prob(last - 4 * WINDOW)
+    got = mic.prob(last)  # (three windows skipped)
+    assert got == pytest.approx(SileroVad(model).prob(audio[last:]), abs=1e-6)

@@ -140,6 +140,9 @@ async def test_max_sessions_makes_it_unready_and_rejects() -> None:
         async with open_session(service.daemon.url):
             status, body = await http_get(service.http_port, "/readyz")
             assert (status, body) == (503, "full: 1 of 1 sessions\n")
+            # for the workers' shared readiness port it answers for the host: full is this
+            # worker, not the host (the others may have room)
+            assert service.readiness(host=True) == (True, "ready")
             with pytest.raises(
                 SessionError, match=r"HTTP 503: duplexd is full \(1 sessions\)$"
             ) as info:

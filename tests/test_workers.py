@@ -10,6 +10,7 @@ and nobody answers it once neither does."""
 from __future__ import annotations
 
 import signal
+import socket
 import sys
 from collections.abc import Iterator
 
@@ -49,8 +50,8 @@ def free_port() -> int:
 
 
 async def shared_readyz(port: int) -> tuple[int, str] | None:
-    """GET /readyz on the workers' shared readiness port: None if nobody answers (refused,
-    or left in the queue for 2 s, as systemd's socket holds it while no worker runs)."""
+    """GET /readyz on the workers' shared readiness port: None if nobody answers (left in
+    the listening socket's queue for 2 s, as systemd's holds it while no worker runs)."""
     with trio.move_on_after(2):
         try:
             return await http_get(port, "/readyz")
@@ -59,10 +60,20 @@ async def shared_readyz(port: int) -> tuple[int, str] | None:
     return None
 
 
-async def test_two_workers_share_one_port_and_one_drains(servers: list[Server]) -> None:
+@pytest.fixture
+def ready() -> Iterator[socket.socket]:
+    """The workers' shared readiness socket, held here to the end as systemd holds it."""
+    with listening_socket() as sock:
+        yield sock
+
+
+async def test_two_workers_share_one_port_and_one_drains(
+    servers: list[Server], ready: socket.socket
+) -> None:
     http_a, http_b = free_port(), free_port()
-    with listening_socket() as sock, listening_socket() as ready:
-        port, ready_port = sock.getsockname()[1], ready.getsockname()[1]
+    ready_port = ready.getsockname()[1]
+    with listening_socket() as sock:
+        port = sock.getsockname()[1]
         a = start_worker("a", sock, worker_argv("low", http_a), ready=ready)
         servers.append(a)
         b = start_worker("b", sock, worker_argv("high", http_b), ready=ready)
@@ -102,7 +113,7 @@ async def test_two_workers_share_one_port_and_one_drains(servers: list[Server]) 
     assert m_b["duplexd_gc_frozen_objects"] > 10_000
     assert m_b["duplexd_gc_longest_full_collection_seconds"] >= 0
     assert m_b["duplexd_gc_swept_objects_total"] == 0  # (no sweep due in a test this short)
-    # no worker left: nobody answers the shared /readyz (a balancer's check fails)
+    # no worker left: the check waits in the socket's queue, unanswered (a balancer's fails)
     b.proc.send_signal(signal.SIGTERM)
     assert b.proc.wait(20) == 0
     assert await shared_readyz(ready_port) is None
@@ -110,8 +121,6 @@ async def test_two_workers_share_one_port_and_one_drains(servers: list[Server]) 
 
 def test_a_passed_descriptor_that_is_not_a_listening_socket_is_one_line() -> None:
     """LISTEN_FDS names fd 3, but fd 3 is a socket that is not listening: one line, exit 2."""
-    import socket
-
     with socket.socket() as sock:  # bound, not listening
         sock.bind(("127.0.0.1", 0))
         sock.set_inheritable(True)

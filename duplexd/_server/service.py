@@ -132,13 +132,15 @@ class Service:
 
     # ------------------------------------------------------------------ state
 
-    def readiness(self) -> tuple[bool, str]:
-        """(ready, reason): what /readyz answers."""
+    def readiness(self, *, host: bool = False) -> tuple[bool, str]:
+        """(ready, reason): what /readyz answers. `host`: for the workers' shared readiness
+        port, where this worker answers for the host: its being full is not (the others may
+        have room; a session it refuses, 503, HAProxy sends again: `retry-on 503`)."""
         if self.phase is Phase.STARTING or self.daemon is None:
             return False, "starting: loading the model"
         if self.phase is not Phase.READY:
             return False, "draining"
-        if self.daemon.full:
+        if self.daemon.full and not host:
             d = self.daemon
             return False, f"full: {len(d.sessions)} of {d.max_sessions} sessions"
         if self._models_down:
@@ -173,7 +175,7 @@ class Service:
         if path == "/healthz":
             return Response(200, b"ok\n")  # answered by the event loop, so the loop is alive
         if path == "/readyz":
-            ready, reason = self.readiness()
+            ready, reason = self.readiness(host=shared)
             return Response(200 if ready else 503, f"{reason}\n".encode())
         if shared:
             return Response(
@@ -257,6 +259,10 @@ class Service:
                     " worker its WebSocket port too (Sockets=duplexd-workers.socket"
                     " duplexd-workers-ready.socket)"
                 )
+            try:  # (the side port's TLS, for the shared readiness socket too)
+                shared_tls = ssl_context_from_settings(self.settings.tls) if s.http_tls else None
+            except TlsError as exc:
+                raise StartupError(str(exc)) from None
             if not inherited:
                 check_port_free(s.host, s.port)  # before the model loads, not after
             remote = bool(self.settings.engine.model_socket)  # the model process checks them
@@ -309,9 +315,13 @@ class Service:
             self.phase = Phase.READY
             if shared_ready:  # the workers' /readyz: answered by whichever worker accepts
                 handler = partial(self.handle_http, shared=True)
-                tls = ssl_context_from_settings(self.settings.tls) if s.http_tls else None
                 serve = partial(
-                    serve_http, s.http_host, 0, handler, ssl_context=tls, sockets=shared_ready
+                    serve_http,
+                    s.http_host,
+                    0,
+                    handler,
+                    ssl_context=shared_tls,
+                    sockets=shared_ready,
                 )
                 nursery.start_soon(self._until_drained, serve)
             self.notifier.ready(f"serving {daemon.url}")

@@ -13,7 +13,7 @@ class UplinkCounters:
     vad_s: float = 0.0  # VAD + echo canceller CPU time (worker thread)
     inbox_dropped: int = 0  # frames dropped because processing fell ~5 s behind
     echo_windows: int = 0  # windows that may have held echo (a higher barge-in threshold)
-    mic_windows: int = 0  # ... of which the microphone itself heard the user first (micvoice)
+    mic_windows: int = 0  # ... whose voice probability was the microphone's own (micvoice)
     speech_segments: int = 0
     barge_ins: int = 0
     barge_in_delay_s: float = 0.0  # sum over barge-ins: deciding frame's arrival -> interrupt

@@ -5,17 +5,19 @@ echo and ducks them, 15-30 dB for 30-70 ms and more (measured in the generated r
 silero, fed AEC3's output, hears the onset one or more 32 ms windows late: the barge-in over an
 echo came 40-120 ms after one over headphones. The microphone's own signal is not ducked. While
 the near-end check is sure that the user is louder than the echo explains
-(`NearEndOnset.sure_until`: 3 of the last 5 10 ms frames), the echo in the microphone is under
-the user's voice by at least the check's margin, and a window then counts toward a barge-in
-when silero hears a voice in either signal (uplink.py). A lone frame found louder (an echo
+(`NearEndOnset.sure_over`: 3 of the last 5 10 ms frames, and the frames found louder since),
+the echo in the microphone is under the user's voice by at least the check's margin, and a
+window that holds such frames counts toward a barge-in when silero hears a voice in either
+signal (uplink.py). A lone frame found louder (an echo
 path that changed, a loud syllable) does not make it sure: listening to the microphone on one
 such frame let the echo barge in (bench.aec_jitter, the changed path).
 
 `MicVoice` keeps the microphone's last samples (16 kHz, the positions the uplink's windows
 have: AEC3's output sample k is its input sample k) and a silero stream of its own over them,
-run on every window while AEC3 runs and the near-end check judges (its return loss learned), so
-its state follows the signal: ~0.45 % of a core a session while the agent's echo comes back
-(bench.uplink_cpu), nothing with headphones. One per session, in the uplink worker's thread.
+run on every window while AEC3 runs and the near-end check judges (its return loss learned),
+so its state follows the signal (started afresh after a window it skipped): ~0.45 % of a core
+a session while the agent's echo comes back (bench.uplink_cpu), nothing with headphones. One
+per session, in the uplink worker's thread.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class MicVoice:
         self._vad = SileroVad(model)
         self._ring = np.zeros(CAPACITY, dtype=np.float32)
         self._end = 0  # 16 kHz samples of microphone received so far
+        self._next = -1  # the window after the last one scored
 
     def add(self, samples: FloatArray) -> None:
         """The microphone's next 16 kHz samples (before the echo canceller)."""
@@ -53,14 +56,13 @@ class MicVoice:
         self._end += n
 
     def prob(self, pos: int) -> float:
-        """Silero's probability of a voice in the microphone's window [pos, pos + WINDOW);
-        0.0 for a window not (or no longer) held."""
+        """Silero's probability of a voice in the microphone's window [pos, pos + WINDOW) (`pos`
+        a multiple of WINDOW, as the uplink's windows are); 0.0 for a window not (or no longer)
+        held. After a window not scored, the stream starts afresh."""
         if not self._end - CAPACITY <= pos <= self._end - WINDOW:
             return 0.0
-        i = pos & (CAPACITY - 1)
-        window = (
-            self._ring[i : i + WINDOW]
-            if i + WINDOW <= CAPACITY
-            else np.concatenate((self._ring[i:], self._ring[: i + WINDOW - CAPACITY]))
-        )
-        return self._vad.prob(window)
+        if pos != self._next:
+            self._vad.reset()  # (its state and context were another stretch's)
+        self._next = pos + WINDOW
+        i = pos & (CAPACITY - 1)  # (CAPACITY is a multiple of WINDOW: no window wraps)
+        return self._vad.prob(self._ring[i : i + WINDOW])

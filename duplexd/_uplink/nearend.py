@@ -12,10 +12,10 @@ energy against the reference's over the room's tail (the loudest reference frame
 silence left out: the echo's return loss, with room for the loudest syllables); a frame
 `MARGIN_DB` over that is the near end talking, and for `HOLD_MS` after it the session's
 barge-in needs only `threshold`, as it would without an echo (uplink.py); once
-`SURE_FRAMES` of the last `SURE_SPAN` frames judged were so (`sure_until`), the barge-in also
-hears the microphone itself, which AEC3's suppressor has not ducked (micvoice.py). It lowers
-nothing below `threshold`, so a noise over the echo barges in no more easily than one without
-an echo. Nothing
+`SURE_FRAMES` of the last `SURE_SPAN` frames judged were so (`sure_over`: those frames, from
+the first of them found louder), the barge-in also hears the microphone itself, which AEC3's
+suppressor has not ducked (micvoice.py). It lowers nothing below `threshold`, so a noise over
+the echo barges in no more easily than one without an echo. Nothing
 is judged while the reference is under -50 dBFS over the tail (the agent between sentences),
 nor in the first `TAIL_MS` after it comes back: live, an utterance's first syllable can echo
 back before its reference is handed on, and that echo over a reference just begun read as the
@@ -31,6 +31,7 @@ One per echo canceller; fed by it (`add`) the frames AEC3 gets, in the uplink wo
 
 from __future__ import annotations
 
+import collections
 from typing import Final
 
 import numpy as np
@@ -44,7 +45,7 @@ RATIO_QUANTILE: Final = 95.0  # ... this percentile of them
 MARGIN_DB: Final = 6.0  # a frame this far over it: the near end talking
 HOLD_MS: Final = 80.0  # ... and for this long after it
 # ... and once SURE_FRAMES of the last SURE_SPAN frames judged were so, the microphone itself
-# is heard too (`sure_until`, micvoice.py): one stray frame (an echo path that changed) is not
+# is heard too (`sure_over`, micvoice.py): one stray frame (an echo path that changed) is not
 SURE_FRAMES: Final = 3
 SURE_SPAN: Final = 5
 _MIN_RATIOS: Final = 100  # (1 s of them before any frame is judged)
@@ -73,8 +74,9 @@ class NearEndOnset:
         self._limit: float | None = None  # a ratio over this: the near end (`_return_loss`)
         self._limit_at = 0  # (`_known` when it was last worked out)
         self.until = -1  # the uplink sample up to which the near end is talking ...
-        self.sure_until = -1  # ... and up to which it is sure of it (`SURE_FRAMES`)
+        self._sure = (-1, -1)  # the span [from, to) of frames it is sure of (`sure_over`)
         self._recent = 0  # the last `SURE_SPAN` frames judged, a bit each (1: found louder)
+        self._louder: collections.deque[int] = collections.deque(maxlen=SURE_SPAN)  # (starts)
         self.frames = 0  # frames found louder than the echo (observability)
         self._flag_share = 0.0  # ... the share of the frames judged lately
         self.resets = 0  # times the echo was learned afresh (observability)
@@ -82,8 +84,16 @@ class NearEndOnset:
     @property
     def judging(self) -> bool:
         """Whether frames are judged (the echo's return loss is learned): `until` and
-        `sure_until` can move."""
+        `sure_over` can change."""
         return self._known >= _MIN_RATIOS
+
+    def sure_over(self, start: int, end: int) -> bool:
+        """Whether the uplink samples [start, end) hold frames it was sure were the near end
+        (`SURE_FRAMES` of `SURE_SPAN` found louder: the span from the first of them to the last
+        frame found louder since, without `HOLD_MS`: a window after the user stops, or before
+        they start, is the echo's)."""
+        first, last = self._sure
+        return start < last and first < end
 
     def reset(self) -> None:
         """Forget the echo's return loss and the reference's recent level (an echo came back
@@ -93,7 +103,7 @@ class NearEndOnset:
         self._far[:] = 0.0
         self._sounding = self._known = self._j = self._recent = 0
         self._limit, self._flag_share = None, 0.0
-        self.sure_until = -1  # (what made it sure was the echo, louder)
+        self._sure = (-1, -1)  # (what made it sure was the echo, louder)
 
     def add(self, near: FloatArray, far: FloatArray, pos: int) -> None:
         """The microphone's `near` and the reference `far` AEC3 is handed with it, whole
@@ -125,8 +135,13 @@ class NearEndOnset:
                 self._recent = ((self._recent << 1) | louder) & _SPAN_MASK
                 if louder:
                     self.until = pos + (k + 1) * f + self._hold
+                    start = pos + k * f
+                    self._louder.append(start)
                     if self._recent.bit_count() >= SURE_FRAMES:
-                        self.sure_until = self.until
+                        first = min(p for p in self._louder if p > start - SURE_SPAN * f)
+                        if first > self._sure[1]:  # (else the span it is sure of goes on)
+                            self._sure = (first, self._sure[1])
+                        self._sure = (self._sure[0], start + f)
                     self.frames += 1
                     if self._flag_share > _MOST_FLAGGED:  # (a user heard that long would have
                         self.reset()  # stopped the agent: the echo itself got louder)

@@ -402,7 +402,7 @@ class Uplink:
             if self._echo.echo_found is not False and near_end.judging:
                 assert self._mic is not None  # (run on every such window: its state follows)
                 heard = self._mic.prob(pos)
-                mic = heard if near_end.sure_until > pos and not unjudged else 0.0
+                mic = heard if near_end.sure_over(pos, pos + WINDOW) and not unjudged else 0.0
         prob = self._vad.prob(window)
         if mic > prob:  # the user's onset, which AEC3's suppressor ducks (micvoice.py)
             prob = mic
