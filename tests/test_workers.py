@@ -9,10 +9,12 @@ and nobody answers it once neither does."""
 
 from __future__ import annotations
 
+import http.client
 import signal
 import socket
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import trio
@@ -143,3 +145,46 @@ def test_the_readiness_socket_alone_is_one_line() -> None:
         " WebSocket port too (Sockets=duplexd-workers.socket duplexd-workers-ready.socket)"
     ) in str(failed.value)
     assert "(exit 2)" in str(failed.value) and "Traceback" not in str(failed.value)
+
+
+async def test_the_shared_readiness_port_speaks_https_with_the_side_port(
+    servers: list[Server], ready: socket.socket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With `[tls]` and `server.http_tls` the side port is https, and so is the workers' shared
+    readiness port (one worker here): a client that trusts the CA reads 200 "ready" there."""
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "s.pem"))
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    monkeypatch.setenv("DUPLEXD_TLS__CERT", str(tmp_path / "s.pem"))
+    monkeypatch.setenv("DUPLEXD_TLS__KEY", str(tmp_path / "s.pem"))
+    monkeypatch.setenv("DUPLEXD_SERVER__HTTP_TLS", "true")
+    http_port = free_port()
+    with listening_socket() as sock:
+        servers.append(start_worker("tls", sock, worker_argv("low", http_port), ready=ready))
+
+    def get() -> tuple[int, bytes]:
+        context = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+        port = ready.getsockname()[1]
+        conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=context)
+        try:
+            conn.request("GET", "/readyz")
+            answer = conn.getresponse()
+            return answer.status, answer.read()
+        finally:
+            conn.close()
+
+    with trio.fail_after(30):
+        while True:  # (ready once the worker has loaded its model and listens)
+            try:
+                status, body = await trio.to_thread.run_sync(get)
+            except (OSError, http.client.HTTPException):
+                await trio.sleep(0.1)
+                continue
+            if status == 200:
+                break
+            await trio.sleep(0.1)
+    assert body == b"ready\n"
