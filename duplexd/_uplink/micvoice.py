@@ -8,9 +8,9 @@ the near-end check is sure that the user is louder than the echo explains
 (`NearEndOnset.sure_over`: 3 of the last 5 10 ms frames, and the frames found louder since),
 the echo in the microphone is under the user's voice by at least the check's margin, and a
 window that holds such frames counts toward a barge-in when silero hears a voice in either
-signal (uplink.py). A lone frame found louder (an echo
-path that changed, a loud syllable) does not make it sure: listening to the microphone on one
-such frame let the echo barge in (bench.aec_jitter, the changed path).
+signal (uplink.py). A lone frame found louder (an echo path that changed, a loud syllable) does
+not make it sure: listening to the microphone on one such frame let the echo barge in
+(bench.aec_jitter, the changed path).
 
 `MicVoice` keeps the microphone's last samples (16 kHz, the positions the uplink's windows
 have: AEC3's output sample k is its input sample k) and a silero stream of its own over them,
