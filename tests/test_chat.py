@@ -356,7 +356,9 @@ def test_chat_with_a_mic_file_against_a_daemon(tmp_path: Path, noisy: bool) -> N
         w.setframerate(16_000)
         w.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
     port = _free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # the reply's words are judged below: the voice without sampling noise says them the same way
+    # each run (with noise, one run in many read "that side" for "outside": WER 0.31)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "DUPLEXD_ENGINE__DETERMINISTIC": "true"}
     log = (tmp_path / "daemon.log").open("wb")
     daemon = subprocess.Popen(
         [sys.executable, "-m", "duplexd", "serve", "--port", str(port), "--engine", "vits",
@@ -401,6 +403,6 @@ def test_chat_with_a_mic_file_against_a_daemon(tmp_path: Path, noisy: bool) -> N
         rate = w.getframerate()
         reply = np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float32) / 32768
     assert len(reply) / rate > 1.0
-    if not noisy:  # (the reply is the same either way: VITS samples it, so judged once)
+    if not noisy:  # (the reply is the same either way: judged once)
         expected = "I cannot see outside, but I hope it is sunny where you are."
         assert word_error_rate([expected], [transcribe(reply, rate)]) <= 0.3

@@ -96,6 +96,9 @@ class EngineSettings:
     inference_threads: int = 0
     # vits: each batch padded to a few shapes (a GPU's convolution plans made once per shape)
     shape_buckets: bool = False
+    # vits: no sampling noise: the same text always gives the same audio (repeatable tests and
+    # recordings; a flatter voice)
+    deterministic: bool = False
     tone_compute_ms_per_char: float = 0.0  # tone only: simulated compute per character (bench)
     # a model process's Unix socket (`duplexd serve-model` listens there): `serve` uses its
     # engine instead of loading one (the workers of a GPU host share one model); "" = load here

@@ -33,6 +33,7 @@ def load_local_engine(e: EngineSettings, options: Mapping[str, Any] | None = Non
         opts.setdefault("batch_window_ms", e.batch_window_ms)
         opts.setdefault("inference_threads", e.inference_threads or None)
         opts.setdefault("shape_buckets", e.shape_buckets)
+        opts.setdefault("deterministic", e.deterministic)
     try:
         engine = load_engine(e.name, device=e.device, **opts)
         engine.open_voice(e.voice or engine.default_voice)  # loads and warms it
