@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from duplexd._uplink import window
+from duplexd._uplink.window import Heard
 
 
 @pytest.mark.unit
@@ -128,5 +129,37 @@ def test_a_held_sound_after_the_hold_prompt_a_hum_is_heard_as_one_words_as_words
         for c in clips(clip("Wait, stop."))[::4]:
             heard = t.transcribe_sync(c, HOLD_PROMPT, cut_loops=True)
             assert not is_backchannel(heard, DEFAULT_BACKCHANNELS), heard
+    finally:
+        t.close()
+
+
+@pytest.mark.integration
+def test_whisper_is_surer_a_sentence_ends_at_its_end_than_at_a_pause_inside_it() -> None:
+    """`Heard.end_mark` (the end of turn's check, ends.py): a sentence the voice spoke to its
+    end against the same voice stopped mid-sentence after words that could end one. The
+    heads' text passes the words' check (`sounds_unfinished`): only the mark tells them."""
+    from bench.speech import clip, paused_clip
+    from duplexd._uplink.asr import Transcriber
+    from duplexd._uplink.unfinished import sounds_unfinished
+    from duplexd.protocol.options import VadOptions
+
+    threshold = VadOptions().end_mark_threshold
+    quiet = np.random.default_rng(1).normal(0, 1e-3, 64 * 16).astype(np.float32)  # 64 ms
+    t = Transcriber(cpu_threads=2)
+    try:
+        for text in (
+            "Can you remind me to call my mother tomorrow?",
+            "What time does the last train leave tonight?",
+        ):
+            heard = t.hear_sync(np.concatenate((clip(text), quiet)), end_mark=True)
+            assert heard.end_mark is not None and heard.end_mark > threshold + 0.1, heard
+        for text, word in (("The meeting is on Tuesday afternoon.", 4),):  # "is on | Tuesday"
+            spoken = paused_clip(text, word)
+            head = np.concatenate((spoken.audio[: spoken.pause[0]], quiet))  # type: ignore[index]
+            heard = t.hear_sync(head, end_mark=True)
+            assert not sounds_unfinished(heard.text), heard  # "The meeting is on."
+            assert heard.end_mark is not None and heard.end_mark < threshold - 0.05, heard
+        assert t.hear_sync(clip("Thank you."), end_mark=False).end_mark is None
+        assert t.hear_sync(quiet, end_mark=True) == Heard("", None)  # no words: nothing known
     finally:
         t.close()

@@ -189,12 +189,18 @@ class _Decodes:
         self.asked: list[tuple[str | None, bool]] = []  # each decode's (prompt, cut_loops)
         self.language = "en"
 
-    async def transcribe(
-        self, audio: np.ndarray, prompt: str | None = None, cut_loops: bool = False
-    ) -> str:
+    async def hear(
+        self,
+        audio: np.ndarray,
+        prompt: str | None = None,
+        cut_loops: bool = False,
+        end_mark: bool = False,
+    ) -> Any:
+        from duplexd._uplink.window import Heard
+
         self.decoded.append(len(audio))
         self.asked.append((prompt, cut_loops))
-        return "Hello."
+        return Heard("Hello.", 0.9 if end_mark else None)
 
 
 def _transcripts(
@@ -227,20 +233,20 @@ async def test_a_silence_is_transcribed_ahead_once_and_the_levels_only_when_idle
         nursery.start_soon(words.run)
         words.speculate(Speculate(0, 16_000, 14_000, quiet=True))  # the level's
         words.speculate(Speculate(0, 17_000, 14_000))  # silero's, the same silence: its
-        assert await words.speculated_text(14_000) == "Hello."  # audio, as not started yet
+        assert (await words.speculated(14_000)).text == "Hello."  # audio, as not started yet
         assert double.decoded == [17_000]
         words.speculate(Speculate(0, 18_000, 14_000))  # made: it stands
         words.speculate(Speculate(0, 30_000, 28_000, quiet=True))
         await trio.testing.wait_all_tasks_blocked()  # (made)
         words.speculate(Speculate(0, 31_000, 28_000))  # silero's, after the level's was made
-        assert await words.speculated_text(28_000) == "Hello."
+        assert (await words.speculated(28_000)).text == "Hello."
         assert double.decoded == [17_000, 30_000]  # once each
         double.busy = True
         words.speculate(Speculate(0, 40_000, 38_000, quiet=True))  # busy: not worth a decode
         assert counters.speculations_skipped == 1
-        assert await words.speculated_text(38_000) is None
+        assert await words.speculated(38_000) is None
         words.speculate(Speculate(0, 41_000, 38_000))  # silero's: always
-        assert await words.speculated_text(38_000) == "Hello."
+        assert (await words.speculated(38_000)).text == "Hello."
         assert double.decoded == [17_000, 30_000, 41_000]
         nursery.cancel_scope.cancel()
 
@@ -457,7 +463,7 @@ async def test_a_held_sounds_check_after_its_turns_final_takes_the_finals_words(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(words.run)
         words.speculate(Speculate(0, 17_000, 14_000, padded=True))
-        assert await words.speculated_text(14_000) == "Hello."
+        assert (await words.speculated(14_000)).text == "Hello."
         words.queue_turn(Turn(0, 17_000, final=True, stop=14_000))
         await trio.testing.wait_all_tasks_blocked()
         assert counters.speculations_used == 1 and double.decoded == [17_000]
@@ -488,10 +494,10 @@ async def test_while_the_agent_is_held_the_sounds_words_are_decoded_after_the_ho
     async with trio.open_nursery() as nursery:
         nursery.start_soon(words.run)
         words.speculate(Speculate(0, 17_000, 14_000, padded=True))
-        await words.speculated_text(14_000)
+        await words.speculated(14_000)
         words.holding = True
         words.speculate(Speculate(20_000, 27_000, 24_000, padded=True))
-        await words.speculated_text(24_000)
+        await words.speculated(24_000)
         words.check_words(HoldCheck(1, np.zeros(9_000, np.float32), 34_000))
         await trio.testing.wait_all_tasks_blocked()
         words.holding = False

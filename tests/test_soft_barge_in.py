@@ -19,6 +19,7 @@ from test_duplex_session import AGENT, Client, utterance_end, wait_for
 from duplexd._uplink.asr import Transcriber
 from duplexd._uplink.soft import Settled, SoftBargeIn, WordsCheck, is_backchannel
 from duplexd._uplink.vad import WINDOW
+from duplexd._uplink.window import Heard
 from duplexd.client.session import ClientSession, session_over
 from duplexd.protocol import frames as fr
 from duplexd.protocol.codec import RemoteProtocolError
@@ -161,11 +162,11 @@ class InlineTranscriber(Transcriber):
     """The real Whisper, run on the trio thread: a MockClock stands still while it decodes (in
     the daemon it runs in a worker thread, and the audio keeps flowing meanwhile)."""
 
-    async def transcribe(
-        self, audio: Any, prompt: str | None = None, cut_loops: bool = False
-    ) -> str:
+    async def hear(
+        self, audio: Any, prompt: str | None = None, cut_loops: bool = False, end_mark: bool = False
+    ) -> Heard:
         await trio.lowlevel.checkpoint()
-        return self.transcribe_sync(audio, prompt, cut_loops)
+        return self.hear_sync(audio, prompt, cut_loops, end_mark)
 
 
 _TRANSCRIBER: list[Transcriber] = []

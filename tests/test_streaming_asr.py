@@ -22,6 +22,7 @@ from test_duplex_session import FRAME_S, RATE, Client
 
 from duplexd._uplink.agreement import Word
 from duplexd._uplink.asr import Transcriber
+from duplexd._uplink.window import Heard
 from duplexd.client.session import session_over
 from duplexd.protocol import frames as fr
 
@@ -45,10 +46,14 @@ class VirtualTimeTranscriber(Transcriber):
         await trio.sleep(DECODE_S)
         return out
 
-    async def transcribe(
-        self, audio: npt.NDArray[np.float32], prompt: str | None = None, cut_loops: bool = False
-    ) -> str:
-        out = self.transcribe_sync(audio, prompt, cut_loops)
+    async def hear(
+        self,
+        audio: npt.NDArray[np.float32],
+        prompt: str | None = None,
+        cut_loops: bool = False,
+        end_mark: bool = False,
+    ) -> Heard:
+        out = self.hear_sync(audio, prompt, cut_loops, end_mark)
         await trio.sleep(DECODE_S)
         return out
 

@@ -468,6 +468,8 @@ async def test_an_answer_made_ahead_answers_only_the_first_question_of_its_silen
         offload=inline,
         busy=lambda: False,
         threshold=0.5,
+        end_mark_threshold=0.7,
+        end_mark_sure=1.0,
         counters=UplinkCounters(),
         transcripts=None,
         answer=lambda i, complete: answers.append((i, complete)),
@@ -528,3 +530,80 @@ async def test_a_transcript_that_stops_mid_sentence_keeps_the_turn_open(
     assert model.calls == stats["end_checks"] == 2, (model.calls, stats)
     (final,) = [f for _, f in client.frames_of(fr.Transcript)]
     assert "table for four" in final.text.lower().replace("4", "four"), final.text
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("threshold", [None, 0.0], ids=["end-mark", "words-alone"])
+async def test_words_that_could_end_but_were_said_mid_sentence_keep_the_turn_open(
+    autojump_clock: trio.testing.MockClock, threshold: float | None
+) -> None:
+    """The turn model calls the pause complete and the speculative transcript, "Can you
+    play?", passes the words' check; but Whisper is unsure of its end mark (0.40-0.45 on this
+    voice, `vad.end_mark_threshold` 0.7: `bench.end_marks`), so the turn waits and "some quiet
+    music" is in it; at the sentence's end it is sure (0.93) and the turn ends there. With the
+    mark not asked (0), the words alone end the turn at the pause."""
+    from harness import inline_uplink_services
+    from test_soft_barge_in import transcriber
+
+    from bench.speech import paused_clip
+    from duplexd.protocol import frames as fr
+
+    spoken = paused_clip("Can you play some quiet music in the kitchen?", 3)  # "play | some"
+    model = AlwaysComplete()
+    services = inline_uplink_services(transcriber(), turn_model=model)
+    vad: dict[str, object] = {"smart_reask_ms": 200}  # asked again as the pause grows
+    if threshold is not None:
+        vad["end_mark_threshold"] = threshold
+    client, stats = await speak(spoken.audio, services, noise_seed=5, vad=vad)
+    stops = client.frames_of(fr.SpeechStopped)
+    finals = [f.text for _, f in client.frames_of(fr.Transcript)]
+    if threshold == 0.0:
+        assert len(stops) == 2 and stats["end_checks_unsure"] == 0, (stops, finals)
+        assert finals[0].lower().startswith("can you play"), finals
+        return
+    assert len(stops) == 1, (stops, finals)
+    assert stats["end_checks_unsure"] == 1 and stats["end_checks_unfinished"] == 0, stats
+    assert model.calls == stats["end_checks"] == 2, (model.calls, stats)  # the pause, the end
+    assert "play some quiet music in the kitchen" in finals[0].lower(), finals
+    # the end itself was sure: the turn ended at its first question, not `max_silence_ms` later
+    ((when, stop),) = stops
+    assert when - client.t0 - stop.uplink_sample / RATE < 0.4, (when, stop)  # 232 ms
+
+
+class NeverComplete(AlwaysComplete):
+    """A turn model that doubts every end (as Smart Turn did some sentences' true ends)."""
+
+    def probability(self, audio: np.ndarray) -> float:
+        self.calls += 1
+        return 0.0
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("sure", "silence_ms"), [(None, 200), (1.0, 1000)], ids=["sure", "never"])
+async def test_a_sentence_whisper_heard_end_ends_the_turn_whatever_the_model_says(
+    autojump_clock: trio.testing.MockClock, sure: float | None, silence_ms: int
+) -> None:
+    """The turn model calls the end incomplete; Whisper's end mark after "... tonight?" is
+    0.97 (`vad.end_mark_sure` 0.9), so the turn ends at the first question, 200 ms into the
+    silence (and the VAD's window, the echo canceller's latency); with `end_mark_sure` 1 it
+    waits `max_silence_ms`."""
+    from harness import inline_uplink_services
+    from test_soft_barge_in import transcriber
+
+    from bench.speech import clip
+    from duplexd.protocol import frames as fr
+
+    model = NeverComplete()
+    services = inline_uplink_services(transcriber(), turn_model=model)
+    vad: dict[str, object] = {} if sure is None else {"end_mark_sure": sure}
+    speech = clip("What time does the last train leave tonight?")
+    client, stats = await speak(speech, services, noise_seed=5, vad=vad)
+    ((when, stop),) = client.frames_of(fr.SpeechStopped)
+    from duplexd._uplink.echo import AEC_LATENCY_SAMPLES
+
+    # (as test_a_complete_sentence_ends_after_a_short_silence: whole windows, whole frames)
+    decided = -(-(stop.uplink_sample + silence_ms * MS) // WINDOW) * WINDOW + AEC_LATENCY_SAMPLES
+    assert when - client.t0 == pytest.approx(-(-decided // 320) * 0.020)
+    assert stats["end_checks_sure"] == (1 if sure is None else 0), stats
+    (final,) = [f.text for _, f in client.frames_of(fr.Transcript)]
+    assert "last train leave tonight" in final.lower(), final

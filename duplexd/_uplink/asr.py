@@ -1,6 +1,6 @@
 """Speech recognition of the user's turns: one faster-whisper model per daemon, shared.
 
-`Transcriber.transcribe(audio)` runs the model in a trio worker thread under a
+`Transcriber.hear(audio)` runs the model in a trio worker thread under a
 `CapacityLimiter` (default 1: one transcription at a time for the whole daemon), so ASR never
 blocks the event loop, the pacer or any session's writer; CTranslate2 releases the GIL while it
 decodes. The daemon calls `warm_up()` at start, in a worker thread and before it is ready: the
@@ -30,6 +30,7 @@ import trio
 
 from . import window
 from .agreement import Word
+from .window import Heard
 
 ASR_RATE_HZ: Final = 16_000
 WARM_UP_S: Final = 1.0  # the quiet that `warm_up` decodes
@@ -48,7 +49,7 @@ def bundled_model_dir() -> Path:
 
 
 class Transcriber:
-    """A shared faster-whisper model. Thread-safe; `transcribe` is the trio entry point."""
+    """A shared faster-whisper model. Thread-safe; `hear` and `words` are the trio entry points."""
 
     def __init__(
         self,
@@ -138,7 +139,7 @@ class Transcriber:
         self.load()
         rng = np.random.default_rng(0)
         quiet = rng.normal(0.0, 1e-3, round(WARM_UP_S * ASR_RATE_HZ)).astype(np.float32)
-        self._decode(self._model, quiet)
+        self._decode(self._model, quiet, end_mark=True)
         return time.perf_counter() - t0
 
     def _transcribe(
@@ -158,10 +159,15 @@ class Transcriber:
         return segments
 
     def _decoding(
-        self, audio: npt.NDArray[np.float32], prompt: str | None, cut_loops: bool = False
+        self,
+        audio: npt.NDArray[np.float32],
+        prompt: str | None,
+        cut_loops: bool = False,
+        end_mark: bool = False,
     ) -> window.Decoding:
         # bounded work: no repetition loop past speech's pace
-        return window.Decoding(prompt, self.language, self.beam_size, _max_tokens(audio), cut_loops)
+        n = _max_tokens(audio)
+        return window.Decoding(prompt, self.language, self.beam_size, n, cut_loops, end_mark)
 
     def _decode(
         self,
@@ -169,8 +175,9 @@ class Transcriber:
         audio: npt.NDArray[np.float32],
         prompt: str | None = None,
         cut_loops: bool = False,
-    ) -> str:
-        how = self._decoding(audio, prompt, cut_loops)
+        end_mark: bool = False,
+    ) -> Heard:
+        how = self._decoding(audio, prompt, cut_loops, end_mark)
         if self.cut_window and window.fits(audio, ASR_RATE_HZ):  # the usual turn (window.py)
             return window.decode_text(model, audio, how)
         segments = self._transcribe(
@@ -180,7 +187,7 @@ class Transcriber:
             temperature=0.0,  # bounded work: no re-decoding at higher temperatures
             max_new_tokens=how.max_new_tokens,
         )
-        return " ".join(s.text.strip() for s in segments).strip()
+        return Heard(" ".join(s.text.strip() for s in segments).strip())
 
     def _decode_words(
         self, model: Any, audio: npt.NDArray[np.float32], offset: int, prompt: str | None
@@ -203,14 +210,26 @@ class Transcriber:
             for word, start, end in found
         ]
 
+    def hear_sync(
+        self,
+        audio: npt.NDArray[np.float32],
+        prompt: str | None = None,
+        cut_loops: bool = False,
+        end_mark: bool = False,
+    ) -> Heard:
+        """Text of 16 kHz mono float audio (blocking); `prompt`: the text that came before
+        it (Whisper's initial prompt: context, not transcribed); `cut_loops`: a text that
+        loops is cut where the loop began, not decoded again (`window.decode_text`);
+        `end_mark`: also how sure Whisper is that the sentence ends where the audio does
+        (`Heard.end_mark`)."""
+        heard: Heard = self._run(self._decode, audio, prompt, cut_loops, end_mark)
+        return heard
+
     def transcribe_sync(
         self, audio: npt.NDArray[np.float32], prompt: str | None = None, cut_loops: bool = False
     ) -> str:
-        """Text of 16 kHz mono float audio (blocking); `prompt`: the text that came before
-        it (Whisper's initial prompt: context, not transcribed); `cut_loops`: a text that
-        loops is cut where the loop began, not decoded again (`window.decode_text`)."""
-        text: str = self._run(self._decode, audio, prompt, cut_loops)
-        return text
+        """`hear_sync`'s text."""
+        return self.hear_sync(audio, prompt, cut_loops).text
 
     def words_sync(
         self, audio: npt.NDArray[np.float32], offset: int = 0, prompt: str | None = None
@@ -220,18 +239,22 @@ class Transcriber:
         words: list[Word] = self._run(self._decode_words, audio, offset, prompt)
         return words
 
-    async def transcribe(
-        self, audio: npt.NDArray[np.float32], prompt: str | None = None, cut_loops: bool = False
-    ) -> str:
-        """`transcribe_sync` in a worker thread (at most `max_concurrent` at once in the
-        process).
+    async def hear(
+        self,
+        audio: npt.NDArray[np.float32],
+        prompt: str | None = None,
+        cut_loops: bool = False,
+        end_mark: bool = False,
+    ) -> Heard:
+        """`hear_sync` in a worker thread (at most `max_concurrent` at once in the process).
 
         Cancelling abandons the result; the thread finishes its work in the background."""
         return await trio.to_thread.run_sync(
-            self.transcribe_sync,
+            self.hear_sync,
             audio,
             prompt,
             cut_loops,
+            end_mark,
             limiter=self.limiter,
             abandon_on_cancel=True,
         )
@@ -239,7 +262,7 @@ class Transcriber:
     async def words(
         self, audio: npt.NDArray[np.float32], offset: int = 0, prompt: str | None = None
     ) -> list[Word]:
-        """`words_sync` in a worker thread, as `transcribe` (cancelling abandons the result)."""
+        """`words_sync` in a worker thread, as `hear` (cancelling abandons the result)."""
         return await trio.to_thread.run_sync(
             self.words_sync, audio, offset, prompt, limiter=self.limiter, abandon_on_cancel=True
         )

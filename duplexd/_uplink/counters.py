@@ -39,6 +39,8 @@ class UplinkCounters:
     end_checks_ahead: int = 0  # end checks answered by a question asked ahead (no model run)
     end_checks_ahead_skipped: int = 0  # not asked ahead: the turn model was busy
     end_checks_unfinished: int = 0  # ... of which the transcript stopped mid-sentence: waited
+    end_checks_unsure: int = 0  # ... or Whisper was unsure the sentence ended: waited
+    end_checks_sure: int = 0  # answered "incomplete", but Whisper was sure it ended: ended
     end_check_s: float = 0.0  # their wall time (thread)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -77,6 +79,8 @@ class UplinkCounters:
             "end_checks_ahead": self.end_checks_ahead,
             "end_checks_ahead_skipped": self.end_checks_ahead_skipped,
             "end_checks_unfinished": self.end_checks_unfinished,
+            "end_checks_unsure": self.end_checks_unsure,
+            "end_checks_sure": self.end_checks_sure,
             "end_check_ms_mean": (
                 round(1000 * self.end_check_s / self.end_checks, 3) if self.end_checks else 0
             ),

@@ -10,8 +10,13 @@ the question comes: the model takes 70-140 ms on a 2-core box. It is
 asked ahead only while it is idle: under load that would be a run more per pause, ahead of
 other sessions' end checks. A "complete" also waits for the speculative transcript of the
 same silence (in English): if it stops mid-sentence ("I'd like a table for", unfinished.py),
+or Whisper, which hears the voice too, is not sure the sentence ends there (its end mark's
+probability under `end_mark_threshold`: "Can you remind me to call? | my mother", window.py),
 the turn is not complete after all, and the questions the detector asks again about the same
-silence (`smart_reask_ms`) are answered so without the model: the words are the same.
+silence (`smart_reask_ms`) are answered so without the model: the words are the same. The other
+way round, an "incomplete" is overruled when Whisper is sure of its end mark (`end_mark_sure`)
+and the words may end there: the model scored some sentences' ends 0.13-0.47 that Whisper heard
+end at 0.93-0.97 (`python -m bench.end_marks`).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from .services import Offload
 from .transcripts import Transcripts
 from .turn import TurnModel
 from .unfinished import sounds_unfinished
+from .window import Heard
 
 log = logging.getLogger("duplexd.uplink")
 
@@ -58,6 +64,8 @@ class EndOfTurn:
         offload: Offload,
         busy: Callable[[], bool],
         threshold: float,
+        end_mark_threshold: float,
+        end_mark_sure: float,
         counters: UplinkCounters,
         transcripts: Transcripts | None,
         answer: Callable[[int, bool], None],
@@ -66,6 +74,8 @@ class EndOfTurn:
         self._offload = offload
         self._busy = busy
         self._threshold = threshold
+        self._end_mark_threshold = end_mark_threshold
+        self._sure = end_mark_sure
         self.counters = counters
         self._transcripts = transcripts  # (English, speculating: for the words' veto)
         self._answer = answer
@@ -113,16 +123,32 @@ class EndOfTurn:
                 prob = await self._judge(check)
             complete = prob >= self._threshold
             c.end_checks_complete += complete
-            if complete and (words := self._transcripts) is not None:
+            if (words := self._transcripts) is not None and (complete or self._sure < 1):
                 # the speculative transcript of this silence (ready, or nearly: asked for with
                 # the question ahead; the final is that text, so waiting for it delays none)
-                text = await words.speculated_text(check.stop)
-                if text is not None and sounds_unfinished(text):
-                    complete = False  # "I'd like a table for": wait for the rest
-                    c.end_checks_unfinished += 1
-                    vetoed = check.stop
+                heard = await words.speculated(check.stop)
+                if heard is not None:
+                    complete, moot = self._with_words(complete, heard)
+                    vetoed = check.stop if moot else vetoed
             log.debug("end of turn?", extra={"probability": round(prob, 3)})
             self._answer(check.id, complete)
+
+    def _with_words(self, complete: bool, heard: Heard) -> tuple[bool, bool]:
+        """The model's verdict with the silence's transcript: (complete, whether the silence's
+        later questions are moot: the words are the same)."""
+        c = self.counters
+        unfinished = sounds_unfinished(heard.text)
+        mark = heard.end_mark  # (None: not known)
+        if complete and unfinished:
+            c.end_checks_unfinished += 1  # "I'd like a table for": wait for the rest
+            return False, True
+        if complete and mark is not None and mark < self._end_mark_threshold:
+            c.end_checks_unsure += 1  # "Can you remind me to call?" said mid-sentence
+            return False, True
+        if not complete and not unfinished and mark is not None and mark >= self._sure:
+            c.end_checks_sure += 1  # the model doubts a sentence Whisper heard end
+            return True, False
+        return complete, False
 
     async def _judge(self, check: EndCheck) -> float:
         t0 = time.perf_counter()

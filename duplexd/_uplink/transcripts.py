@@ -45,6 +45,7 @@ from .agreement import LocalAgreement
 from .asr import Transcriber
 from .counters import UplinkCounters
 from .vad import VAD_RATE_HZ, Speculate, Turn
+from .window import Heard
 
 TURN_QUEUE: Final = 8  # finished turns waiting for ASR, per session
 MIN_TAIL: Final = VAD_RATE_HZ // 10  # a final's tail shorter than this holds no word to decode
@@ -93,12 +94,12 @@ class Transcripts:
         self._agreement: LocalAgreement | None = None  # the stable prefix of the turn so far
         self._hold_check: HoldCheck | None = None  # the latest to transcribe
         self._speculation: Speculate | None = None  # the latest end of turn to transcribe ahead
-        # ((start, stop), text) of the latest speculative transcript made
-        self._speculated: tuple[tuple[int, int], str] | None = None
+        # ((start, stop), what was heard) of the latest speculative transcript made
+        self._speculated: tuple[tuple[int, int], Heard] | None = None
         self._speculating: int | None = None  # the silence (`stop`) of the one being made
         # (stop, text) of the latest final: a held sound's check of that silence comes after
         self._finished: tuple[int, str] | None = None
-        self._spec_lot = trio.lowlevel.ParkingLot()  # `speculated_text` waiting for it
+        self._spec_lot = trio.lowlevel.ParkingLot()  # `speculated` waiting for it
         # the agent's audio is held on the user's sound (soft barge-in, set by the uplink):
         # what is decoded meanwhile is that sound's words (`HOLD_PROMPT`)
         self.holding = False
@@ -129,9 +130,10 @@ class Transcripts:
         self._asr_lot.unpark_all()
         self._spec_lot.unpark_all()  # (one waited for that older one: it will not come)
 
-    async def speculated_text(self, stop: int) -> str | None:
-        """The speculative transcript of the turn ended by the silence that began at `stop`,
-        waiting for it if it is asked for or being made; None if there is none and will be
+    async def speculated(self, stop: int) -> Heard | None:
+        """The speculative transcript of the turn ended by the silence that began at `stop`
+        (with how sure Whisper is that the sentence ends there: `Heard.end_mark`), waiting
+        for it if it is asked for or being made; None if there is none and will be
         none (speculation off, superseded, or already used by the final). Cancellation leaves
         nothing behind."""
         while True:
@@ -200,14 +202,14 @@ class Transcripts:
             await self._speculate(transcriber, spec)
         ready = self._speculated
         if ready is not None and ready[0][1] == check.stop:
-            self._heard(check.id, ready[1])
+            self._heard(check.id, ready[1].text)
             return
         if (done := self._finished) is not None and done[0] == check.stop:
             self._heard(check.id, done[1])  # (the turn ended first: its final has the words)
             c.hold_checks_from_final += 1
             return
         t0 = time.perf_counter()
-        text = await transcriber.transcribe(check.audio, HOLD_PROMPT, cut_loops=True)
+        text = (await transcriber.hear(check.audio, HOLD_PROMPT, cut_loops=True)).text
         c.asr_s += time.perf_counter() - t0
         c.asr_audio_s += len(check.audio) / VAD_RATE_HZ
         self._heard(check.id, text)
@@ -247,10 +249,10 @@ class Transcripts:
         ready, self._speculated = self._speculated, None
         c = self.counters
         if ready is not None and ready[0] == (turn.start, turn.stop):
-            text = ready[1]
+            text = ready[1].text
             c.speculations_used += 1
         else:
-            text = await self._decode(transcriber, turn, agreement)
+            text = (await self._decode(transcriber, turn, agreement)).text
         self._finished = (turn.stop, text)
         c.transcripts += 1
         k = self._scale
@@ -266,34 +268,42 @@ class Transcripts:
         turn = Turn(spec.start, spec.end, stop=spec.stop)
         self._speculating = spec.stop
         try:
-            text = await self._decode(transcriber, turn, self._agreement)
+            heard = await self._decode(transcriber, turn, self._agreement, end_mark=True)
         finally:
             self._speculating = None
             self._spec_lot.unpark_all()
         self.counters.speculations += 1
-        self._speculated = ((spec.start, spec.stop), text)
+        self._speculated = ((spec.start, spec.stop), heard)
         self._spec_lot.unpark_all()
 
     async def _decode(
-        self, transcriber: Transcriber, turn: Turn, agreement: LocalAgreement | None
-    ) -> str:
+        self,
+        transcriber: Transcriber,
+        turn: Turn,
+        agreement: LocalAgreement | None,
+        end_mark: bool = False,
+    ) -> Heard:
         """The confirmed prefix (if passes made one) followed by the decode of the audio
-        after it; else the decode of the whole turn."""
+        after it; else the decode of the whole turn (`end_mark`: with how sure Whisper is
+        that the sentence ends there). Only a whole turn's decode says that: a held sound's
+        is not a sentence, and a tail's, decoded alone or after the confirmed words as its
+        prompt, comes out with no end mark or a doubtful one for a sentence spoken to its end
+        ("... | my mother tomorrow" 0.20-0.49, "... | Maria and James." 0.38-0.72)."""
         c = self.counters
         t0 = time.perf_counter()
         if agreement is not None and agreement.start == turn.start and agreement.confirmed:
             audio = self._audio(min(agreement.commit, turn.end), turn.end)
             tail = ""
             if len(audio) >= MIN_TAIL:
-                tail = await transcriber.transcribe(audio, agreement.text[-PROMPT_CHARS:])
+                tail = (await transcriber.hear(audio, agreement.text[-PROMPT_CHARS:])).text
             c.asr_tail_audio_s += len(audio) / VAD_RATE_HZ
-            text = agreement.final(tail)
+            heard = Heard(agreement.final(tail))
         else:
             audio = self._audio(turn.start, turn.end)
             if self.holding:  # the held sound's words, for its check and its final
-                text = await transcriber.transcribe(audio, HOLD_PROMPT, cut_loops=True)
+                heard = await transcriber.hear(audio, HOLD_PROMPT, cut_loops=True)
             else:
-                text = await transcriber.transcribe(audio)
+                heard = await transcriber.hear(audio, end_mark=end_mark)
         c.asr_s += time.perf_counter() - t0
         c.asr_audio_s += len(audio) / VAD_RATE_HZ
-        return text
+        return heard

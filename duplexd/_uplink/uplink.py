@@ -209,6 +209,8 @@ class Uplink:
                 offload=services.turn_offload or services.offload,
                 busy=services.turn_busy,
                 threshold=vad.smart_threshold,
+                end_mark_threshold=vad.end_mark_threshold,
+                end_mark_sure=vad.end_mark_sure,
                 counters=self.counters,
                 transcripts=self._transcripts if english else None,
                 answer=lambda check, complete: self._enqueue(

@@ -19,6 +19,15 @@ The decode follows faster-whisper's `transcribe` for one window at temperature 0
 timestamps: the same prompt (previous text after `<|startofprev|>`), suppressed tokens,
 no-speech check (skipped when no-speech probability > 0.6 and average log-probability < -1),
 and for words its `find_alignment` and punctuation merging.
+
+A decode for the end of a turn also says how sure Whisper is that the sentence ends where the
+clip does (`Heard.end_mark`): the probability its decoder gave a sentence's end mark (". ? !")
+right after the last word, read from the step's log-probabilities (~2 % more decoder time).
+Whisper hears the voice as well as the words there: on `python -m bench.end_marks`' clips of
+the bundled voice, the heads of sentences cut where a speaker might pause (whose text may end
+a sentence: "Can you play?" of "Can you play | some quiet music") score 0.46 / 0.58 at p25 /
+p50, the sentences spoken to their end 0.80 / 0.87 (p5 0.75), and with a pause inside them
+0.79 / 0.86 (p5 0.66). It moves with where the speech sits in the window, by up to ~0.1.
 """
 
 from __future__ import annotations
@@ -44,6 +53,18 @@ NO_SPEECH_PROB: Final = 0.6  # faster-whisper's defaults for "this window is sil
 LOG_PROB_FLOOR: Final = -1.0
 _PREPEND: Final = "\"'\u201c\u00bf([{-"  # faster-whisper's punctuation merged into words
 _APPEND: Final = "\"'.\u3002,\uff0c!\uff01?\uff1f:\uff1a\u201d)]}\u3001"
+END_MARKS: Final = (".", "?", "!")  # a sentence's end, as Whisper writes it (`Heard.end_mark`)
+
+
+@dataclass(frozen=True, slots=True)
+class Heard:
+    """A decode's text, and for a decode asked for it (`Decoding.end_mark`) the probability
+    that the sentence ends where the clip does: Whisper's for an end mark (`END_MARKS`) right
+    after the last word, whether or not it wrote one. None: not asked, no words, or not known
+    (a clip decoded in 30 s windows, or by a beam search)."""
+
+    text: str
+    end_mark: float | None = None
 
 
 def fits(audio: npt.NDArray[np.float32], rate_hz: int) -> bool:
@@ -63,6 +84,12 @@ def _tokenizer(model: Any, language: str | None) -> Any:
     )
 
 
+@functools.lru_cache(maxsize=4)
+def _end_mark_ids(tokenizer: Any) -> tuple[int, ...]:
+    ids = [tokenizer.encode(mark) for mark in END_MARKS]
+    return tuple(i[0] for i in ids if len(i) == 1)
+
+
 def _encode(model: Any, audio: npt.NDArray[np.float32], *, whole: bool) -> tuple[Any, int]:
     """The encoder's output for `audio` in its window (`whole`: Whisper's 30 s), and the
     clip's length in frames."""
@@ -75,8 +102,12 @@ def _encode(model: Any, audio: npt.NDArray[np.float32], *, whole: bool) -> tuple
     return model.encode(padded), frames
 
 
-def _generate(model: Any, encoded: Any, tokenizer: Any, how: Decoding) -> list[int]:
-    """Greedy (or beam) text tokens of one window; [] when the window is silence."""
+def _generate(
+    model: Any, encoded: Any, tokenizer: Any, how: Decoding
+) -> tuple[list[int], float | None]:
+    """Greedy (or beam) text tokens of one window ([] when the window is silence), and with
+    `how.end_mark` the probability of an end mark after them (`_end_mark`; else None, and for
+    a beam search, whose steps' probabilities CTranslate2 does not give per step)."""
     from faster_whisper.transcribe import get_suppressed_tokens
 
     max_length = model.max_length
@@ -92,6 +123,7 @@ def _generate(model: Any, encoded: Any, tokenizer: Any, how: Decoding) -> list[i
         max_length=min(max_length, len(sequence) + how.max_new_tokens),
         no_repeat_ngram_size=NO_REPEAT_TOKENS if how.cut_loops else 0,
         return_scores=True,
+        return_logits_vocab=(marked := how.end_mark and how.beam_size == 1),
         return_no_speech_prob=True,
         suppress_blank=True,
         suppress_tokens=list(get_suppressed_tokens(tokenizer, [-1])),
@@ -100,8 +132,21 @@ def _generate(model: Any, encoded: Any, tokenizer: Any, how: Decoding) -> list[i
     tokens = [t for t in result.sequences_ids[0] if t < tokenizer.eot]
     avg_log_prob = result.scores[0] * len(tokens) / (len(tokens) + 1)
     if result.no_speech_prob > NO_SPEECH_PROB and avg_log_prob < LOG_PROB_FLOOR:
-        return []
-    return tokens
+        return [], None
+    return tokens, _end_mark(result.logits[0], tokens, tokenizer) if marked else None
+
+
+def _end_mark(steps: Any, tokens: list[int], tokenizer: Any) -> float | None:
+    """The probability of an end mark at the step after the last word of `tokens` (the step
+    that wrote the end mark, or what came instead: the end of text, a comma, more words).
+    `steps`: the decoder's log-probabilities, one vector a generated token."""
+    marks = _end_mark_ids(tokenizer)
+    step = len(tokens) - (1 if tokens[-1:] and tokens[-1] in marks else 0)
+    if not tokens or step >= len(steps):
+        return None
+    logp = np.asarray(steps[step], dtype=np.float64)
+    p = np.exp(logp - logp.max())  # (normalized again: the log-probabilities as given)
+    return float(p[list(marks)].sum() / p.sum())
 
 
 _LOOP_WORD: Final = re.compile(r"[a-z0-9']+", re.IGNORECASE | re.ASCII)
@@ -154,28 +199,32 @@ class Decoding:
     beam_size: int
     max_new_tokens: int
     cut_loops: bool = False
+    end_mark: bool = False  # also how sure Whisper is that the sentence ends there (`Heard`)
 
 
 def _decode(
     model: Any, audio: npt.NDArray[np.float32], how: Decoding
-) -> tuple[list[int], Any, int]:
-    """Text tokens of `audio`, the encoder output they came from and the clip's frames: in a
+) -> tuple[list[int], float | None, Any, int]:
+    """Text tokens of `audio`, their end mark's probability (`_generate`), the encoder output
+    they came from and the clip's frames: in a
     window cut to it, or (unless `how.cut_loops`) again in Whisper's 30 s one if that text
     `looped`."""
     tokenizer = _tokenizer(model, how.language)
     for whole in (False,) if how.cut_loops else (False, True):
         encoded, frames = _encode(model, audio, whole=whole)
-        tokens = _generate(model, encoded, tokenizer, how)
+        tokens, end_mark = _generate(model, encoded, tokenizer, how)
         if not looped(tokenizer.decode(tokens)):
             break
-    return tokens, encoded, frames
+    return tokens, end_mark, encoded, frames
 
 
-def decode_text(model: Any, audio: npt.NDArray[np.float32], how: Decoding) -> str:
+def decode_text(model: Any, audio: npt.NDArray[np.float32], how: Decoding) -> Heard:
     """The text of `audio` (16 kHz; `fits`), decoded in a window cut to it."""
-    tokens, _encoded, _frames = _decode(model, audio, how)
+    tokens, end_mark, _encoded, _frames = _decode(model, audio, how)
     text: str = _tokenizer(model, how.language).decode(tokens).strip()
-    return unlooped(text) if how.cut_loops else text
+    if how.cut_loops and (cut := unlooped(text)) != text:
+        return Heard(cut)  # (where the loop began, no mark is known)
+    return Heard(text, end_mark)
 
 
 def decode_words(
@@ -185,7 +234,7 @@ def decode_words(
     start, as faster-whisper's word timestamps align them."""
     from faster_whisper.transcribe import merge_punctuations
 
-    tokens, encoded, frames = _decode(model, audio, how)
+    tokens, _mark, encoded, frames = _decode(model, audio, how)
     if not tokens:
         return []
     (alignment,) = model.find_alignment(_tokenizer(model, how.language), [tokens], encoded, frames)

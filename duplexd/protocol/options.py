@@ -53,6 +53,12 @@ class VadOptions:
     smart_end: bool = True  # ask the server's turn model whether the user has finished
     max_silence_ms: float = 1000.0  # smart end: silence this long ends the turn regardless
     smart_threshold: float = 0.5  # smart end: completion probability that ends the turn
+    # smart end, English transcripts: a "complete" also needs Whisper's probability of an end
+    # mark (". ? !") where the user stopped to be this high (SPEC §4.6.1); 0: not asked
+    end_mark_threshold: float = 0.7
+    # smart end, English transcripts: an end mark this likely ends the turn even when the model
+    # calls it incomplete (and the words may end there); 1: never
+    end_mark_sure: float = 0.9
     # smart end: after "not complete", ask again each time the silence has lasted this much
     # longer (until `max_silence_ms`); 0: ask once per silence (SPEC §4.6.1: the trade)
     smart_reask_ms: float = 0.0
@@ -151,6 +157,8 @@ _RANGES: Final[dict[str, tuple[float, float]]] = {
     "min_silence_ms": (32.0, 10_000.0),
     "max_silence_ms": (32.0, 10_000.0),
     "smart_threshold": (0.05, 0.99),
+    "end_mark_threshold": (0.0, 0.99),
+    "end_mark_sure": (0.5, 1.0),
     "smart_reask_ms": (0.0, 10_000.0),
     "speech_pad_ms": (0.0, 1000.0),
     "barge_in_min_speech_ms": (0.0, 5000.0),
