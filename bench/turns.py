@@ -21,7 +21,12 @@ Measured on the client's clock, from the capture time of the last speech sample 
   (`missed_words`, normalized as the WER figures are): Whisper's own errors (a few %), and words the
   daemon lost (a piece never transcribed, or its start cut off).
 
+`--sentences held-out` speaks another set instead, one nobody tuned a rule on: the 16
+sentences of `bench.word_timing`, each whole and each with the pause before its middle word
+(`held_out`).
+
     python -m bench.turns [--rounds 2] [--options '{"vad": {"smart_end": false}}'] [--json F]
+                          [--sentences held-out]
 """
 
 from __future__ import annotations
@@ -121,15 +126,24 @@ def with_pause(voice: Any, text: str, word: int | None, pause_s: float = PAUSE_S
     return Spoken(text, joined, speech_end(joined), (cut, cut + len(gap)))
 
 
-def synthesize_set(path: str) -> None:
-    """The bench's turns, spoken by the joe voice, to `path` (.npz)."""
+def held_out() -> tuple[tuple[str, ...], tuple[tuple[str, int], ...]]:
+    """`bench.word_timing`'s sentences: (complete, paused before the middle word)."""
+    from .word_timing import SENTENCES
+
+    return SENTENCES, tuple((t, len(t.split()) // 2) for t in SENTENCES)
+
+
+def synthesize_set(path: str, which: str = "turns") -> None:
+    """The bench's turns (`which`: "turns" or "held-out"), spoken by the joe voice, to `path`
+    (.npz)."""
     from duplexd.engines.vits.engine import VitsEngine
 
+    complete, paused = (COMPLETE, PAUSED) if which == "turns" else held_out()
     engine = VitsEngine(device="cpu", deterministic=True, warmup=False)
     try:
         voice = engine.open_voice("joe")
-        spoken = [with_pause(voice, t, None) for t in COMPLETE]
-        spoken += [with_pause(voice, t, w) for t, w in PAUSED]
+        spoken = [with_pause(voice, t, None) for t in complete]
+        spoken += [with_pause(voice, t, w) for t, w in paused]
     finally:
         engine.close()
     arrays: dict[str, Any] = {}
@@ -149,11 +163,13 @@ def load_set(path: str) -> list[Spoken]:
     return out
 
 
-def make_set(directory: str) -> str:
+def make_set(directory: str, which: str = "turns") -> str:
     """Synthesize the set in a subprocess (torch and VITS stay out of the bench process)."""
     from .daemon import synthesize_in_subprocess
 
-    return synthesize_in_subprocess("bench.turns", os.path.join(directory, "turns.npz"))
+    path = os.path.join(directory, "turns.npz")
+    flag = "--synthesize" if which == "turns" else "--synthesize-held-out"
+    return synthesize_in_subprocess("bench.turns", path, flag=flag)
 
 
 # ---------------------------------------------------------------------------- one session
@@ -400,10 +416,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--options", default="{}", help="HELLO options (JSON), e.g. vad settings")
     p.add_argument("--url", default="", help="a running duplexd instead of a fresh one")
     p.add_argument("--json", default="", metavar="PATH")
+    p.add_argument(
+        "--sentences",
+        choices=("turns", "held-out"),
+        default="turns",
+        help="the turn set: this bench's (turns), or bench.word_timing's (held-out)",
+    )
     p.add_argument("--synthesize", default="", metavar="PATH", help=argparse.SUPPRESS)
+    p.add_argument("--synthesize-held-out", default="", metavar="PATH", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.synthesize:
-        synthesize_set(args.synthesize)
+    if args.synthesize or args.synthesize_held_out:
+        synthesize_set(
+            args.synthesize or args.synthesize_held_out, "turns" if args.synthesize else "held-out"
+        )
         return 0
     from .__main__ import git_rev
     from .daemon import ServerFailed, tone_daemon
@@ -411,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     options = json.loads(args.options)
     with tempfile.TemporaryDirectory(prefix="bench-turns-") as tmp:
         print("bench.turns: synthesizing the turns (VITS)...", file=sys.stderr)
-        turns = load_set(make_set(tmp))
+        turns = load_set(make_set(tmp, args.sentences))
     mic, placed = timeline(turns, args.rounds)
     started = time.monotonic()
     try:

@@ -632,3 +632,27 @@ def test_a_speaker_on_the_drifting_clock_plays_a_run_back_to_back_on_it() -> Non
         clicks = [first + c * 1_600 for c in range(25)]
         for at in clicks:
             assert int(np.argmax(heard[at - 40 : at + 40])) == 40, (ppm, at)
+
+
+@pytest.mark.unit
+def test_the_end_mark_bench_judges_as_the_daemon_and_counts_each_kind() -> None:
+    from bench.end_marks import DEFAULTS, Judged, markdown, table
+
+    def clip(kind: str, text: str, mark: float | None, smart: float) -> Judged:
+        return Judged(kind, 0, "s", 2, text, mark, smart, unfinished=False)
+
+    judged = [
+        clip("head", "Can you play?", 0.45, 0.9),  # held by the end mark (0.7)
+        clip("head", "I'd like a table for", 0.01, 0.9),  # held by the words
+        clip("head", "What time does the train leave?", 0.93, 0.2),  # ended: Whisper is sure
+        clip("whole", "What time is it?", 0.97, 0.2),  # ended: sure, whatever the model says
+        clip("whole", "The meeting is on Tuesday.", 0.5, 0.9),  # held: unsure
+        clip("paused", "Yes.", None, 0.9),  # no mark known: the model alone
+    ]
+    assert [j.ends(*DEFAULTS) for j in judged] == [False, False, True, True, False, True]
+    assert [j.ends(0.0, 1.0) for j in judged] == [True, False, False, False, True, True]
+    rows = {(r["end_mark_threshold"], r["end_mark_sure"]): r for r in table(judged)}
+    assert rows[DEFAULTS]["head"] == {"ended": 1, "of": 3, "share": 0.333}
+    assert rows[(0.0, 1.0)]["whole"] == {"ended": 1, "of": 2, "share": 0.5}
+    text = markdown(judged, table(judged), {"git_rev": "r", "command": "c"})
+    assert "| **0.7** | **0.9** | 1 of 3 (33.3 %) | 1 of 2 (50.0 %) | 1 of 1 (100.0 %) |" in text

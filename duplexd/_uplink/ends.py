@@ -41,6 +41,26 @@ from .window import Heard
 log = logging.getLogger("duplexd.uplink")
 
 AHEAD: Final = -1  # an `EndCheck` asked ahead of its question
+# why `with_words` changed the model's verdict ("": it did not)
+UNFINISHED: Final = "unfinished"  # "I'd like a table for": wait for the rest
+UNSURE: Final = "unsure"  # "Can you remind me to call?" said mid-sentence: wait
+SURE: Final = "sure"  # the model doubts a sentence Whisper heard end: end
+
+
+def with_words(
+    complete: bool, heard: Heard, end_mark_threshold: float, end_mark_sure: float
+) -> tuple[bool, str]:
+    """The turn model's verdict (`complete`) with the transcript of the same silence: (the
+    verdict, why it changed: `UNFINISHED`, `UNSURE`, `SURE` or "")."""
+    unfinished = sounds_unfinished(heard.text)
+    mark = heard.end_mark  # (None: not known)
+    if complete and unfinished:
+        return False, UNFINISHED
+    if complete and mark is not None and mark < end_mark_threshold:
+        return False, UNSURE
+    if not complete and not unfinished and mark is not None and mark >= end_mark_sure:
+        return True, SURE
+    return complete, ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,19 +156,12 @@ class EndOfTurn:
     def _with_words(self, complete: bool, heard: Heard) -> tuple[bool, bool]:
         """The model's verdict with the silence's transcript: (complete, whether the silence's
         later questions are moot: the words are the same)."""
+        complete, why = with_words(complete, heard, self._end_mark_threshold, self._sure)
         c = self.counters
-        unfinished = sounds_unfinished(heard.text)
-        mark = heard.end_mark  # (None: not known)
-        if complete and unfinished:
-            c.end_checks_unfinished += 1  # "I'd like a table for": wait for the rest
-            return False, True
-        if complete and mark is not None and mark < self._end_mark_threshold:
-            c.end_checks_unsure += 1  # "Can you remind me to call?" said mid-sentence
-            return False, True
-        if not complete and not unfinished and mark is not None and mark >= self._sure:
-            c.end_checks_sure += 1  # the model doubts a sentence Whisper heard end
-            return True, False
-        return complete, False
+        c.end_checks_unfinished += why == UNFINISHED
+        c.end_checks_unsure += why == UNSURE
+        c.end_checks_sure += why == SURE
+        return complete, why in (UNFINISHED, UNSURE)
 
     async def _judge(self, check: EndCheck) -> float:
         t0 = time.perf_counter()
