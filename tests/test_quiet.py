@@ -240,6 +240,8 @@ async def test_a_silence_is_transcribed_ahead_once_and_the_levels_only_when_idle
         await trio.testing.wait_all_tasks_blocked()  # (made)
         words.speculate(Speculate(0, 31_000, 28_000))  # silero's, after the level's was made
         assert (await words.speculated(28_000)).text == "Hello."
+        assert words.speculated_now(28_000) == (await words.speculated(28_000))  # made: no wait
+        assert words.speculated_now(14_000) is None  # (not the latest made)
         assert double.decoded == [17_000, 30_000]  # once each
         double.busy = True
         words.speculate(Speculate(0, 40_000, 38_000, quiet=True))  # busy: not worth a decode

@@ -16,7 +16,8 @@ the turn is not complete after all, and the questions the detector asks again ab
 silence (`smart_reask_ms`) are answered so without the model: the words are the same. The other
 way round, an "incomplete" is overruled when Whisper is sure of its end mark (`end_mark_sure`)
 and the words may end there: the model scored some sentences' ends 0.13-0.47 that Whisper heard
-end at 0.93-0.97 (`python -m bench.end_marks`).
+end at 0.93-0.97 (`python -m bench.end_marks`); the transcript is not waited for then, only
+taken if it is ready (made at 64 ms of silence, it is, but under load).
 """
 
 from __future__ import annotations
@@ -143,10 +144,15 @@ class EndOfTurn:
                 prob = await self._judge(check)
             complete = prob >= self._threshold
             c.end_checks_complete += complete
-            if (words := self._transcripts) is not None and (complete or self._sure < 1):
+            if (words := self._transcripts) is not None:
                 # the speculative transcript of this silence (ready, or nearly: asked for with
-                # the question ahead; the final is that text, so waiting for it delays none)
-                heard = await words.speculated(check.stop)
+                # the question ahead; the final is that text, so waiting for it delays none);
+                # for an "incomplete" only if it is ready (under load a decode waits its turn,
+                # and this session's next questions would wait on it)
+                if complete:
+                    heard = await words.speculated(check.stop)
+                else:
+                    heard = words.speculated_now(check.stop) if self._sure < 1 else None
                 if heard is not None:
                     complete, moot = self._with_words(complete, heard)
                     vetoed = check.stop if moot else vetoed

@@ -145,6 +145,11 @@ class Transcripts:
                 return None
             await self._spec_lot.park()
 
+    def speculated_now(self, stop: int) -> Heard | None:
+        """`speculated`, if it is made already; else None (it does not wait)."""
+        ready = self._speculated
+        return ready[1] if ready is not None and ready[0][1] == stop else None
+
     def queue_turn(self, turn: Turn) -> None:
         """A finished turn (queued, bounded) or a pass over the turn so far (the latest)."""
         if not turn.final:  # a pass over the turn so far: only the latest one is worth it
@@ -288,7 +293,8 @@ class Transcripts:
         that the sentence ends there). Only a whole turn's decode says that: a held sound's
         is not a sentence, and a tail's, decoded alone or after the confirmed words as its
         prompt, comes out with no end mark or a doubtful one for a sentence spoken to its end
-        ("... | my mother tomorrow" 0.20-0.49, "... | Maria and James." 0.38-0.72)."""
+        (0.20-0.49 for "... | my mother tomorrow?", alone and after "Can you remind me to
+        call" as the prompt)."""
         c = self.counters
         t0 = time.perf_counter()
         if agreement is not None and agreement.start == turn.start and agreement.confirmed:
