@@ -59,7 +59,8 @@ def with_words(
         return False, UNFINISHED
     if complete and mark is not None and mark < end_mark_threshold:
         return False, UNSURE
-    if not complete and not unfinished and mark is not None and mark >= end_mark_sure:
+    sure = end_mark_sure < 1 and mark is not None and mark >= end_mark_sure  # (1: never)
+    if not complete and not unfinished and sure:
         return True, SURE
     return complete, ""
 
