@@ -651,6 +651,10 @@ def test_the_end_mark_bench_judges_as_the_daemon_and_counts_each_kind() -> None:
     ]
     assert [j.ends(*DEFAULTS) for j in judged] == [False, False, True, True, False, True]
     assert [j.ends(0.0, 1.0) for j in judged] == [True, False, False, False, True, True]
+    # a threshold over `sure`: a mark between them ends the turn, whatever the model says
+    between = [clip("whole", "Is it late?", 0.92, s) for s in (0.9, 0.2)]
+    assert [j.ends(0.95, 0.9) for j in between] == [True, True]
+    assert [j.ends(0.95, 1.0) for j in between] == [False, False]
     rows = {(r["end_mark_threshold"], r["end_mark_sure"]): r for r in table(judged)}
     assert rows[DEFAULTS]["head"] == {"ended": 1, "of": 3, "share": 0.333}
     assert rows[(0.0, 1.0)]["whole"] == {"ended": 1, "of": 2, "share": 0.5}

@@ -55,11 +55,13 @@ def with_words(
     verdict, why it changed: `UNFINISHED`, `UNSURE`, `SURE` or "")."""
     unfinished = sounds_unfinished(heard.text)
     mark = heard.end_mark  # (None: not known)
+    # a mark this sure ends the turn whatever the model says (so a threshold set over it
+    # never holds a "complete" that an "incomplete" would have ended); 1: never
+    sure = end_mark_sure < 1 and mark is not None and mark >= end_mark_sure
     if complete and unfinished:
         return False, UNFINISHED
-    if complete and mark is not None and mark < end_mark_threshold:
+    if complete and not sure and mark is not None and mark < end_mark_threshold:
         return False, UNSURE
-    sure = end_mark_sure < 1 and mark is not None and mark >= end_mark_sure  # (1: never)
     if not complete and not unfinished and sure:
         return True, SURE
     return complete, ""
