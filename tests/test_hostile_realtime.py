@@ -19,6 +19,7 @@ from harness import no_collection_pauses
 from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
 
 from bench.daemon import duplexd_argv, start_server
+from duplexd.client.errors import HandshakeRejected
 from duplexd.client.session import open_session
 from duplexd.protocol import frames as fr
 from duplexd.protocol.codec import encode
@@ -77,11 +78,21 @@ async def bystander(url: str, gaps: list[float], errors: list[str]) -> None:
                 gaps.append(arrival - last[0])
             last[:] = [arrival]
 
-    try:
-        async with open_session(url, on_frame=on_frame) as session:
-            await session.receive_utterance(await session.say(TEXT))
-    except Exception as exc:  # a bystander must never be hurt: say how it was
-        errors.append(f"{type(exc).__name__}: {exc}")
+    # the bystanders share the attackers' address and (no token) subject, so the debt the
+    # previous attack left (SPEC.md §10) refuses them too until it is paid (HTTP 429,
+    # Retry-After): a client told so waits and comes back, as the attacker does; once in,
+    # nothing may hurt it
+    for _ in range(20):
+        try:
+            async with open_session(url, on_frame=on_frame) as session:
+                await session.receive_utterance(await session.say(TEXT))
+            return
+        except Exception as exc:  # a bystander must never be hurt: say how it was
+            if last or (wait_s := retry_after_s(exc)) is None:
+                errors.append(f"{type(exc).__name__}: {exc}")
+                return
+        await trio.sleep(wait_s)
+    errors.append("refused 20 times")
 
 
 def retry_after_s(exc: BaseException) -> float | None:
@@ -91,6 +102,8 @@ def retry_after_s(exc: BaseException) -> float | None:
         return retry_after_s(exc.exceptions[0])
     if isinstance(exc, ConnectionRejected) and exc.status_code == 429:
         return next((float(v) for k, v in exc.headers or () if k == b"retry-after"), 1.0)
+    if isinstance(exc, HandshakeRejected) and exc.status == 429:  # (the SDK's: no header)
+        return 1.0
     return None
 
 
