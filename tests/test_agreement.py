@@ -55,40 +55,109 @@ def test_disagreement_on_the_first_unconfirmed_word_confirms_nothing_after_it() 
     assert agreement.text == "please"
 
 
-def test_later_passes_start_at_the_commit_and_only_add() -> None:
+def test_passes_decode_the_buffer_and_only_add() -> None:
     agreement = LocalAgreement(1000)
     agreement.update(words(["please", "book"], 1000))
     agreement.update(words(["please", "book", "a"], 1000))
     commit = agreement.commit
     assert agreement.text == "please book" and commit == 1000 + 4000 + 3500
-    # the next pass decodes from the commit: its words are the rest of the turn
-    agreement.update(words(["a", "table", "for"], commit))
-    agreement.update(words(["a", "table", "for", "two"], commit))
+    assert agreement.buffer_start == 1000 and agreement.context == ""
+    # the next pass decodes the buffer again: the confirmed words, then the rest of the turn
+    agreement.update(words(["Please", "book", "a", "table", "for"], 1000))
+    agreement.update(words(["please", "book,", "a", "table", "for", "two"], 1000))
     assert agreement.text == "please book a table for"
     assert agreement.passes == 4
 
 
-def test_a_pass_repeating_the_last_confirmed_word_is_not_a_new_word() -> None:
+def test_a_pass_that_hears_a_confirmed_word_otherwise_adds_only_what_follows() -> None:
+    agreement = LocalAgreement(0)
+    agreement.update(words(["please", "book", "a", "table"]))
+    agreement.update(words(["please", "book", "a", "table", "for"]))
+    assert agreement.text == "please book a table"
+    # "please" heard as "police": the last confirmed words are found, and what follows them
+    agreement.update(words(["police", "book", "a", "table", "for", "two"]))
+    assert agreement.update(words(["police", "book", "a", "table", "for", "two", "at"]))
+    assert agreement.text == "please book a table for two"
+    # nor are they there: by the timestamps, after the last confirmed word's end
+    agreement.update(words(["please", "look", "the", "cable", "for", "two", "at", "seven"]))
+    assert agreement.text == "please book a table for two at"
+
+
+def test_a_tail_repeating_the_last_confirmed_word_is_not_a_new_word() -> None:
     agreement = LocalAgreement(0)
     agreement.update(words(["please", "book"]))
     agreement.update(words(["please", "book"]))
     commit = agreement.commit
-    # a boundary a little early: the pass hears the end of "book" again
+    # a decode of the audio after a boundary a little early hears the end of "book" again
     agreement.update(words(["book", "a", "table"], commit - 2000))
     assert agreement.update(words(["book", "a", "table", "for"], commit - 2000))
     assert agreement.text == "please book a table"
+    assert agreement.with_tail("table for two.") == "please book a table for two."
 
 
-def test_the_final_is_the_confirmed_prefix_and_the_tail() -> None:
+def test_the_final_is_the_confirmed_prefix_and_what_the_buffer_heard_after_it() -> None:
     agreement = LocalAgreement(0)
-    assert agreement.final(" Please book.") == "Please book."  # no passes: the tail is all
-    agreement.update(words(["Please", "book", "a"]))
+    assert agreement.final(" Please book.") == "Please book."  # no passes: all of it
     agreement.update(words(["Please", "book", "a", "table"]))
-    assert agreement.final(" table for two.") == "Please book a table for two."
-    assert agreement.final("a table for two.") == "Please book a table for two."  # the repeat
-    assert agreement.final("") == "Please book a"
+    agreement.update(words(["Please", "book", "a", "table", "for"]))
+    assert agreement.final(" Please book a table for two.") == "Please book a table for two."
+    assert agreement.final("please, book a table") == "Please book a table"
+    assert agreement.final("Please book a table.") == "Please book a table."  # its end mark
+    assert agreement.final("Please book a Table!") == "Please book a table"  # not a new word
+    # a word before the last ones heard otherwise: found by the last confirmed words
+    assert agreement.final("Police book a table for two.") == "Please book a table for two."
+    # the last ones heard otherwise: not found; the caller decodes the tail alone
+    assert agreement.final("Please look the table for two.") is None
+    assert agreement.with_tail(" for two.") == "Please book a table for two."
+    assert agreement.with_tail("table for two.") == "Please book a table for two."  # repeat
+    assert agreement.with_tail("") == "Please book a table"
+    # nothing after the confirmed words, which the buffer's decode wrote otherwise: its mark
+    assert agreement.with_tail("", "Please book a Table?") == "Please book a table?"
+    assert agreement.with_tail(" for", "Please book a table for.") == "Please book a table for."
     assert final_text("", " hello ") == "hello"
     assert join(words(["a", "b"])) == "a b"
+
+
+def test_the_last_confirmed_word_and_one_before_it_place_what_follows() -> None:
+    agreement = LocalAgreement(0)
+    agreement.update(words(["Please", "book", "a", "table", "for", "two", "at", "seven."]))
+    agreement.update(words(["Please", "book", "a", "table", "for", "two", "at", "7", ".3."]))
+    assert agreement.text == "Please book a table for two at"
+    # the decode at the end writes the number in digits: "at" and "for" are found
+    heard = "Please book a table for 2 at 730."
+    assert agreement.final(heard) == "Please book a table for two at 730."
+    # "at" alone is not enough: the words before it were heard otherwise
+    assert agreement.final("Please book a cable four to at 730.") is None
+
+
+def test_a_long_buffer_starts_after_its_last_confirmed_sentence() -> None:
+    spoken = ["I", "need", "a", "taxi.", "It", "should", "come", "at", "nine"]
+    step = 16_000  # a word a second
+    agreement = LocalAgreement(0)
+    agreement.update(words(spoken[:6], step=step), end=6 * step)
+    agreement.update(words(spoken[:7], step=step), end=7 * step)
+    assert agreement.text == "I need a taxi. It should"
+    assert agreement.buffer_start == 0  # 7 s: not long yet
+    agreement.update(words(spoken[:8], step=step), end=8 * step + 1)
+    assert agreement.buffer_start == words(spoken, step=step)[3].end  # after "taxi."
+    assert agreement.context == "I need a taxi."
+    # the next pass decodes from there, the sentence before as its prompt
+    tail = words(spoken, step=step)[4:]
+    assert [w.text for w in agreement.update(tail)] == [" at"]  # as the pass before heard
+    assert agreement.text == "I need a taxi. It should come at"
+    assert agreement.final("It should come at nine.") == "I need a taxi. It should come at nine."
+
+
+def test_a_long_buffer_without_a_sentence_end_is_cut_at_its_last_confirmed_word() -> None:
+    spoken = [f"w{i}" for i in range(24)]
+    step = 16_000
+    agreement = LocalAgreement(0)
+    agreement.update(words(spoken[:12], step=step), end=12 * step)
+    agreement.update(words(spoken[:13], step=step), end=13 * step)
+    assert agreement.buffer_start == 0  # 13 s and no sentence end: not over 20 s
+    agreement.update(words(spoken[:21], step=step), end=21 * step)
+    assert agreement.buffer_start == agreement.commit == words(spoken, step=step)[12].end
+    assert agreement.context == agreement.text
 
 
 # ------------------------------------------------------------------ properties
@@ -110,10 +179,9 @@ def passes(draw: st.DrawFn) -> list[list[str]]:
 
 
 def run(agreement: LocalAgreement, reading: list[str]) -> list[Word]:
-    """Feed one pass as the uplink does: only the words after the confirmed ones, decoded
-    from the commit point (the recognizer hears the turn from there)."""
-    done = len(agreement.confirmed)
-    return agreement.update(words(reading[done:], agreement.commit + 1))
+    """Feed one pass as the uplink does: the words of the whole buffer (the turn: none of
+    these is long), confirmed ones included, each where it was spoken."""
+    return agreement.update(words(reading))
 
 
 @settings(max_examples=300, deadline=None)
@@ -136,7 +204,11 @@ def test_every_prefix_starts_the_final(readings: list[list[str]], tail: list[str
     for reading in readings:
         if run(agreement, reading):
             prefixes.append(agreement.text)
-    final = agreement.final(" ".join(tail))
+    # the final's decode of the buffer: the last reading and more words; or, when it heard
+    # the confirmed words otherwise, the tail decoded alone
+    final = agreement.final(" ".join(readings[-1] + tail))
+    if final is None:
+        final = agreement.with_tail(" ".join(tail))
     assert all(final.startswith(p) for p in prefixes)
     assert all(b.startswith(a) for a, b in pairwise(prefixes))
 
@@ -147,7 +219,7 @@ def test_a_word_confirmed_was_in_two_consecutive_passes(readings: list[list[str]
     agreement = LocalAgreement(0)
     for reading in readings:
         pending = [norm(w.text) for w in agreement.pending]  # the previous pass's rest
-        fed = words(reading[len(agreement.confirmed) :], agreement.commit + 1)
+        fed = words(reading)
         new = agreement.update(fed)
         if new:  # the next words of this pass, in order, agreeing with the previous pass
             j = fed.index(new[0])

@@ -30,7 +30,8 @@ class UplinkCounters:
     speculations: int = 0  # turns transcribed ahead of their end (asr.speculate) ...
     speculations_used: int = 0  # ... and the ones that were the final transcript
     speculations_skipped: int = 0  # quiet found by the level alone, the transcriber busy
-    asr_tail_audio_s: float = 0.0  # audio decoded for finals after a confirmed prefix
+    asr_tail_audio_s: float = 0.0  # audio decoded for finals after a confirmed prefix ...
+    asr_tails: int = 0  # ... whose decode heard the confirmed words otherwise: tail decoded
     turns_dropped: int = 0
     asr_s: float = 0.0  # wall time of this session's transcriptions (worker thread)
     asr_audio_s: float = 0.0
@@ -70,6 +71,7 @@ class UplinkCounters:
             "asr_passes": self.asr_passes,
             "asr_passes_skipped": self.asr_passes_skipped,
             "asr_tail_audio_s": round(self.asr_tail_audio_s, 4),
+            "asr_tails": self.asr_tails,
             "turns_dropped": self.turns_dropped,
             "inbox_dropped": self.inbox_dropped,
             "asr_s": round(self.asr_s, 4),

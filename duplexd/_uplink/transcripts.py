@@ -5,10 +5,11 @@ with the daemon's shared `Transcriber` (a worker thread).
 Finished turns wait in a bounded channel; `run()`, a session task, transcribes them in order.
 Streaming transcripts (`asr.partial_ms` > 0): while the user speaks, the detector asks for a
 pass over the turn so far every `partial_ms`; only the latest one asked for is made, never
-while another decode of the session runs, a final first, with word timestamps, on the audio
-after the words confirmed so far (`agreement.LocalAgreement`: two consecutive passes
-agreeing), and a partial Transcript of the confirmed prefix is sent when it grows; the final
-then decodes only the audio after the confirmed words.
+while another decode of the session runs, a final first, with word timestamps, on the turn's
+buffer (`agreement.LocalAgreement`: the turn, or its last sentences once it is long; words
+confirmed by two consecutive passes agreeing), and a partial Transcript of the confirmed prefix
+is sent when it grows; the final decodes the buffer too and keeps the confirmed prefix, adding
+what it heard after those words.
 
 Speculative finals (`asr.speculate`, on by default): once the user has been silent
 `SPECULATE_MS` in a turn, by silero or by the room's floor (vad.py: silero hears the silence
@@ -220,22 +221,22 @@ class Transcripts:
         self._heard(check.id, text)
 
     async def _stream(self, transcriber: Transcriber, turn: Turn) -> None:
-        """A pass over the turn so far (samples after the confirmed words, with their words'
-        spans): a partial Transcript of the confirmed prefix when the pass made it grow."""
+        """A pass over the turn so far (its buffer's samples, with their words' spans): a
+        partial Transcript of the confirmed prefix when the pass made it grow."""
         agreement = self._agreement
         if agreement is None or agreement.start != turn.start:
             agreement = self._agreement = LocalAgreement(turn.start)
-        commit = agreement.commit
-        if turn.end - commit < MIN_PASS:
+        if turn.end - agreement.commit < MIN_PASS:
             return
-        audio = self._audio(commit, turn.end)
+        begin = agreement.buffer_start
+        audio = self._audio(begin, turn.end)
         t0 = time.perf_counter()
-        words = await transcriber.words(audio, commit, agreement.text[-PROMPT_CHARS:])
+        words = await transcriber.words(audio, begin, agreement.context[-PROMPT_CHARS:])
         c = self.counters
         c.asr_s += time.perf_counter() - t0
         c.asr_audio_s += len(audio) / VAD_RATE_HZ
         c.asr_passes += 1
-        if agreement.update(words):
+        if agreement.update(words, turn.end):
             c.partial_transcripts += 1
             k = self._scale
             self._send(
@@ -288,22 +289,34 @@ class Transcripts:
         agreement: LocalAgreement | None,
         end_mark: bool = False,
     ) -> Heard:
-        """The confirmed prefix (if passes made one) followed by the decode of the audio
-        after it; else the decode of the whole turn (`end_mark`: with how sure Whisper is
-        that the sentence ends there). Only a whole turn's decode says that: a held sound's
-        is not a sentence, and a tail's, decoded alone or after the confirmed words as its
-        prompt, comes out with no end mark or a doubtful one for a sentence spoken to its end
-        (0.20-0.49 for "... | my mother tomorrow?", alone and after "Can you remind me to
-        call" as the prompt)."""
+        """The decode of the whole turn (`end_mark`: with how sure Whisper is that the
+        sentence ends there); if passes confirmed a prefix, of the turn's buffer, the final
+        text being that prefix and what the decode heard after it (`LocalAgreement.final`),
+        or, when the decode heard the confirmed words otherwise, the decode of the audio
+        after them alone (`asr_tails`), with the buffer's end mark. A held sound's decode
+        has no end mark (it is not a sentence); nor is a tail's asked for: decoded alone or
+        after the confirmed words as its prompt, it comes out with no end mark or a doubtful
+        one for a sentence spoken to its end (0.20-0.49 for "... | my mother tomorrow?",
+        alone and after "Can you remind me to call" as the prompt)."""
         c = self.counters
         t0 = time.perf_counter()
         if agreement is not None and agreement.start == turn.start and agreement.confirmed:
-            audio = self._audio(min(agreement.commit, turn.end), turn.end)
-            tail = ""
-            if len(audio) >= MIN_TAIL:
-                tail = (await transcriber.hear(audio, agreement.text[-PROMPT_CHARS:])).text
+            audio = self._audio(min(agreement.buffer_start, turn.end), turn.end)
+            context = agreement.context[-PROMPT_CHARS:] or None
+            heard = await transcriber.hear(audio, context, end_mark=end_mark)
             c.asr_tail_audio_s += len(audio) / VAD_RATE_HZ
-            heard = Heard(agreement.final(tail))
+            text = agreement.final(heard.text)
+            if text is not None:
+                heard = Heard(text, heard.end_mark)
+            else:  # Whisper heard the confirmed words otherwise: decode what follows them
+                c.asr_tails += 1
+                c.asr_audio_s += len(audio) / VAD_RATE_HZ
+                audio = self._audio(min(agreement.commit, turn.end), turn.end)
+                tail = ""
+                if len(audio) >= MIN_TAIL:
+                    tail = (await transcriber.hear(audio, agreement.text[-PROMPT_CHARS:])).text
+                # (the buffer's end mark: how sure Whisper is that the turn ends there)
+                heard = Heard(agreement.with_tail(tail, heard.text), heard.end_mark)
         else:
             audio = self._audio(turn.start, turn.end)
             if self.holding:  # the held sound's words, for its check and its final
