@@ -19,7 +19,9 @@ Measured on the client's clock, from the capture time of the last speech sample 
   too);
 - words missed: the turn's words not found in order in the final transcripts of its pieces
   (`missed_words`, normalized as the WER figures are): Whisper's own errors (a few %), and words the
-  daemon lost (a piece never transcribed, or its start cut off).
+  daemon lost (a piece never transcribed, or its start cut off);
+- what the sessions' ASR did (their STATS at the end, summed: `ASR_STATS`): the decodes' wall
+  time and the audio they decoded, the speculative transcripts, the streaming passes.
 
 `--sentences held-out` speaks another set instead, one nobody tuned a rule on: the 16
 sentences of `bench.word_timing`, each whole and each with the pause before its middle word
@@ -196,6 +198,7 @@ class Record:
     first_audio: dict[int, float] = field(default_factory=dict)  # turn end_sample -> arrival
     to_answer: list[tuple[str, int]] = field(default_factory=list)  # (text, end_sample)
     wake: trio.Event = field(default_factory=trio.Event)
+    stats: dict[str, Any] = field(default_factory=dict)  # the session's STATS at its end
 
     def on_frame(self, frame: Any, now: float) -> None:
         from duplexd.protocol import frames as fr
@@ -277,6 +280,7 @@ async def drive(url: str, mic: F32, options: dict[str, Any], rec: Record) -> Rec
                 await trio.sleep_until(t0 + (k + 1) * FRAME_S)  # sent once captured
                 await session.send_audio(pcm[2 * k * FRAME : 2 * (k + 1) * FRAME])
             await trio.sleep(GAP_S)
+            rec.stats = await session.stats()
             nursery.cancel_scope.cancel()
     return rec
 
@@ -298,6 +302,21 @@ def missed_words(source: str, heard: list[str]) -> int:
     return len(src) - sum(block.size for block in matcher.get_matching_blocks())
 
 
+# the sessions' ASR counters (STATS), summed: decode wall time (s) for audio decoded (s),
+# the streaming passes, the finals decoded as a tail alone, the speculative transcripts
+ASR_STATS: Final = (
+    "asr_s",
+    "asr_audio_s",
+    "asr_passes",
+    "asr_passes_skipped",
+    "partial_transcripts",
+    "asr_tails",
+    "asr_speculations",
+    "asr_speculations_used",
+    "transcripts",
+)
+
+
 def _pct(xs: list[float], q: float) -> float | None:
     return round(float(np.percentile(xs, q)), 1) if xs else None
 
@@ -311,7 +330,8 @@ def measure(recs: list[Record], placed: list[Placed]) -> dict[str, Any]:
     """Per turn of each session: end of speech -> SpeechStopped / final Transcript / first
     reply audio (ms), premature ends; and their percentiles over all sessions."""
     rows = [row | {"session": k} for k, rec in enumerate(recs) for row in _rows(rec, placed)]
-    return _summary(rows)
+    asr = {k: round(sum(rec.stats.get(k, 0) for rec in recs), 3) for k in ASR_STATS}
+    return _summary(rows) | {"asr": asr}
 
 
 def _rows(rec: Record, placed: list[Placed]) -> list[dict[str, Any]]:
@@ -398,6 +418,8 @@ def markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:
         f"{r['missing_final']}. Words not in the transcripts: {r['missed_words']} of "
         f"{r['words']} ({r['missed_words_paused']} in the paused turns).",
         "",
+        _asr_line(r.get("asr", {})),
+        "",
         "| # | turn | premature | stopped ms | final ms | reply ms | words missed |",
         "|---:|---|---:|---:|---:|---:|---:|",
     ]
@@ -407,6 +429,19 @@ def markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:
             f"| {row['final_ms']} | {row['reply_ms']} | {row['missed_words']} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _asr_line(asr: dict[str, Any]) -> str:
+    if not asr:
+        return "ASR: no STATS."
+    return (
+        f"ASR (all sessions, STATS): {asr['asr_s']} s of decodes (wall) for "
+        f"{asr['asr_audio_s']} s of audio; {asr['transcripts']} finals, "
+        f"{asr['asr_speculations']} speculative transcripts "
+        f"({asr['asr_speculations_used']} used), {asr['asr_passes']} streaming passes "
+        f"({asr['asr_passes_skipped']} skipped, {asr['partial_transcripts']} partials), "
+        f"{asr['asr_tails']} finals decoded as a tail alone."
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -564,6 +564,22 @@ def test_the_turn_bench_counts_the_words_its_transcripts_lost() -> None:
     assert missed_words(think, ["Let me think.", "", "The blue one."]) == 1
 
 
+@pytest.mark.unit
+def test_the_turn_bench_sums_its_sessions_asr_counters() -> None:
+    from bench.turns import ASR_STATS, Record, _asr_line, measure
+
+    one = {k: 1 for k in ASR_STATS} | {"asr_s": 0.25, "asr_audio_s": 2.5, "asr_passes": 3}
+    two = {k: 2 for k in ASR_STATS} | {"asr_s": 0.5, "asr_audio_s": 5.0, "vad_barge_ins": 9}
+    result = measure([Record(stats=one), Record(stats=two), Record()], [])
+    assert result["asr"] == {k: 3 for k in ASR_STATS} | {
+        "asr_s": 0.75, "asr_audio_s": 7.5, "asr_passes": 5
+    }  # fmt: skip
+    assert _asr_line(result["asr"]).startswith(
+        "ASR (all sessions, STATS): 0.75 s of decodes (wall) for 7.5 s of audio; 3 finals, "
+        "3 speculative transcripts (3 used), 5 streaming passes (3 skipped, 3 partials), 3 "
+    )
+
+
 @pytest.mark.integration
 def test_the_noise_bench_measures_the_suppressor_against_none(tmp_path: Path) -> None:
     from bench.noise import NOISES, main, make_noise
