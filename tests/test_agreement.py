@@ -47,6 +47,15 @@ def test_a_word_is_confirmed_when_two_consecutive_passes_agree() -> None:
     assert [w.text for w in agreement.pending] == [" the", " tape"]
 
 
+def test_a_passs_last_word_with_an_end_mark_waits_for_a_word_after_it() -> None:
+    agreement = LocalAgreement(0)
+    agreement.update(words(["I", "need", "a", "taxi."]))
+    assert agreement.update(words(["I", "need", "a", "taxi."])) == words(["I", "need", "a"])
+    # the user went on: the pass after hears it, and the mark was Whisper's, not the speaker's
+    agreement.update(words(["I", "need", "a", "taxi", "to", "the"]))
+    assert agreement.text == "I need a taxi"
+
+
 def test_disagreement_on_the_first_unconfirmed_word_confirms_nothing_after_it() -> None:
     agreement = LocalAgreement(0)
     agreement.update(words(["please", "look", "a", "table"]))

@@ -4,7 +4,9 @@ While the user speaks, the uplink transcribes the turn so far every `asr.partial
 *pass*) and feeds each pass's words, with their sample spans, to `LocalAgreement.update`. A
 word is *confirmed* once two consecutive passes agree on it, in order, after everything
 confirmed before it (the longest common prefix of the two passes' unconfirmed words, compared
-by `norm`: case and punctuation aside). Confirmed words never change: a later pass only adds
+by `norm`: case and punctuation aside), but a pass's last word written with an end mark only
+once a pass hears a word after it (Whisper ends a sentence where the audio stops: "I need a taxi
+to the airport." while the user goes on). Confirmed words never change: a later pass only adds
 to them.
 
 Each pass decodes the turn's *buffer*: its audio from `buffer_start` (the turn's start, until
@@ -131,6 +133,8 @@ class LocalAgreement:
         self.passes += 1
         words = self.rest([w for w in words if norm(w.text)])
         n = common_prefix(self.pending, words)
+        if n and n == len(words) and words[-1].text.rstrip().endswith(END_MARKS):
+            n -= 1  # (Whisper ends a sentence where the audio stops: wait for a word after it)
         new = list(words[:n])
         self.confirmed.extend(new)
         self.pending = list(words[n:])
