@@ -379,7 +379,8 @@ def test_chat_with_a_mic_file_against_a_daemon(tmp_path: Path, noisy: bool) -> N
         chat = subprocess.run(
             [sys.executable, "-m", "duplexd", "chat", "--url", f"ws://127.0.0.1:{port}/v1",
              "--mic-file", str(q), "--out", str(out), "--timeout", "60",
-             "--noise-suppression", "moderate" if noisy else "off"],
+             "--noise-suppression", "moderate" if noisy else "off",
+             *([] if noisy else ["--interim-ms", "300"])],
             cwd=ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
             timeout=90,
         )  # fmt: skip
@@ -397,6 +398,10 @@ def test_chat_with_a_mic_file_against_a_daemon(tmp_path: Path, noisy: bool) -> N
     assert lines[-1] == "[done]"  # it ended by itself: the file played, the reply spoken
     heard = next(line[len("you: ") :] for line in lines if line.startswith("you: "))
     assert word_error_rate([question], [heard]) <= 0.15
+    # what was said so far, while it was said (--interim-ms), never contradicted by the final
+    interims = [line[len("  … ") :] for line in lines if line.startswith("  … ")]
+    assert bool(interims) is not noisy
+    assert all(heard.startswith(text) for text in interims)
     assert any(line.startswith("agent: I cannot see outside") for line in lines)
     assert any("end of speech -> first reply audio" in line for line in lines)
     with wave.open(str(out), "rb") as w:

@@ -2,8 +2,10 @@
 
 Microphone (sounddevice) or `--mic-file` (a WAV played as the microphone, in real time, then
 silence) -> AudioUp; the daemon's SpeechStarted/SpeechStopped/Transcript events are shown as
-they come; each final transcript goes to the responder (the built-in demo, or an
-OpenAI-compatible endpoint with `--llm-url`) whose reply is streamed back as an utterance;
+they come (with `--interim-ms`, what the user said so far too: "  … " lines, each a stable
+prefix of the turn's final transcript); each final transcript goes to the responder (the
+built-in demo, or an OpenAI-compatible endpoint with `--llm-url`) whose reply is streamed back
+as an utterance;
 the reply plays on the speaker (sounddevice) or goes to `--out reply.wav`. Typed lines go to
 the responder as a transcript does (`/say TEXT` speaks TEXT as it is); `/pause`, `/resume`,
 `/stop` (interrupt) and `/quit` act at once. Chat ends by itself once every input that ends
@@ -61,6 +63,13 @@ def add_chat_arguments(p: argparse.ArgumentParser, default_url: str) -> None:
         type=float,
         default=0.5,
         help="speech probability that is speech (0.05-0.99)",
+    )
+    p.add_argument(
+        "--interim-ms",
+        type=float,
+        default=0.0,
+        help="show what you said so far while you speak, transcribed this often (e.g. 300;"
+        " 0: only each turn's final transcript)",
     )
     p.add_argument("--no-barge-in", action="store_true", help="do not let speech interrupt")
     p.add_argument(
@@ -245,7 +254,7 @@ class Chat:
     async def run(self) -> None:
         a = self.args
         mode = "soft" if a.soft_barge_in else "immediate"
-        options = {
+        options: dict[str, Any] = {
             "vad": {
                 "threshold": a.vad_threshold,
                 "barge_in": not a.no_barge_in,
@@ -253,6 +262,8 @@ class Chat:
                 "noise_suppression": a.noise_suppression,
             }
         }
+        if a.interim_ms:  # (the server checks the range: BAD_OPTIONS says what it takes)
+            options["asr"] = {"partial_ms": a.interim_ms}
         async with open_session(
             a.url,
             sample_rate_hz=DOWNLINK_RATE_HZ,
