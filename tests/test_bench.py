@@ -487,6 +487,19 @@ def test_the_wakeup_bench_measures_both_ways_and_refuses_a_bad_period(tmp_path: 
 
 
 @pytest.mark.integration
+def test_the_asr_batch_bench_decodes_together_what_it_decodes_alone(tmp_path: Path) -> None:
+    doc, refused = _small_bench(
+        "asr_batch", ["--batches", "1,2", "--clips", "2", "--repeats", "1"], ["--batches", "0"],
+        tmp_path,
+    )  # fmt: skip
+    one, two = doc["rows"]
+    assert (doc["clips"], one["batch"], two["batch"]) == (2, 1, 2)
+    assert one["same_text_as_alone"] == two["same_text_as_alone"] == 2
+    assert one["ms_per_clip"] > 0 and two["ms_per_call"] > 0
+    assert refused.startswith("bench.asr_batch: --batches takes positive whole numbers")
+
+
+@pytest.mark.integration
 def test_the_tick_cost_bench_measures_a_frame_and_refuses_a_bad_count(tmp_path: Path) -> None:
     doc, refused = _small_bench("tick_cost", ["--n", "50"], ["--n", "0"], tmp_path)
     assert doc["n"] == 50 and 0 < doc["tick_us"] < 1000 and 0 < doc["writev_us"] < 10_000
