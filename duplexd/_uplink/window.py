@@ -90,16 +90,42 @@ def _end_mark_ids(tokenizer: Any) -> tuple[int, ...]:
     return tuple(i[0] for i in ids if len(i) == 1)
 
 
-def _encode(model: Any, audio: npt.NDArray[np.float32], *, whole: bool) -> tuple[Any, int]:
-    """The encoder's output for `audio` in its window (`whole`: Whisper's 30 s), and the
-    clip's length in frames."""
+def window_s(samples: int, rate_hz: int) -> float:
+    """The length of the window cut to a clip of `samples` (whole seconds: few shapes recur)."""
+    frames = min(math.ceil(samples * FRAMES_PER_S / rate_hz), int(MAX_WINDOW_S * FRAMES_PER_S))
+    return min(MAX_WINDOW_S, max(MIN_WINDOW_S, math.ceil(frames / FRAMES_PER_S + PAD_S)))
+
+
+def _features(
+    model: Any, audio: npt.NDArray[np.float32], *, whole: bool
+) -> tuple[npt.NDArray[np.float32], int]:
+    """`audio`'s features padded to its window (`whole`: Whisper's 30 s), and the clip's
+    length in frames."""
     features = model.feature_extractor(audio)
     frames = min(features.shape[-1], int(MAX_WINDOW_S * FRAMES_PER_S))
     seconds = max(MIN_WINDOW_S, math.ceil(frames / FRAMES_PER_S + PAD_S))
     window = int(FRAMES_PER_S * (MAX_WINDOW_S if whole else min(MAX_WINDOW_S, seconds)))
     padded = np.zeros((features.shape[0], window), dtype=features.dtype)  # as `pad_or_trim`
     padded[:, :frames] = features[:, :frames]
+    return padded, frames
+
+
+def _encode(model: Any, audio: npt.NDArray[np.float32], *, whole: bool) -> tuple[Any, int]:
+    """The encoder's output for `audio` in its window (`whole`: Whisper's 30 s), and the
+    clip's length in frames."""
+    padded, frames = _features(model, audio, whole=whole)
     return model.encode(padded), frames
+
+
+def _sequence(tokenizer: Any, max_length: int, how: Decoding) -> list[int]:
+    """The decoder's prompt: the text before the clip, then the start of a transcript."""
+    sequence: list[int] = []
+    if how.prompt:
+        sequence.append(tokenizer.sot_prev)
+        sequence.extend(tokenizer.encode(" " + how.prompt.strip())[-(max_length // 2 - 1) :])
+    sequence.extend(tokenizer.sot_sequence)
+    sequence.append(tokenizer.no_timestamps)
+    return sequence
 
 
 def _generate(
@@ -108,32 +134,44 @@ def _generate(
     """Greedy (or beam) text tokens of one window ([] when the window is silence), and with
     `how.end_mark` the probability of an end mark after them (`_end_mark`; else None, and for
     a beam search, whose steps' probabilities CTranslate2 does not give per step)."""
+    return _generate_all(model, encoded, tokenizer, [how])[0]
+
+
+def _generate_all(
+    model: Any, encoded: Any, tokenizer: Any, hows: list[Decoding]
+) -> list[tuple[list[int], float | None]]:
+    """`_generate` for a batch of windows in one call (`batch_key`: decoded alike but for
+    their prompts, end marks and bounds); each one's tokens end at its own bound."""
     from faster_whisper.transcribe import get_suppressed_tokens
 
     max_length = model.max_length
-    sequence: list[int] = []
-    if how.prompt:
-        sequence.append(tokenizer.sot_prev)
-        sequence.extend(tokenizer.encode(" " + how.prompt.strip())[-(max_length // 2 - 1) :])
-    sequence.extend(tokenizer.sot_sequence)
-    sequence.append(tokenizer.no_timestamps)
-    result = model.model.generate(
+    first = hows[0]
+    sequences = [_sequence(tokenizer, max_length, how) for how in hows]
+    bounds = [
+        min(max_length, len(q) + how.max_new_tokens) for q, how in zip(sequences, hows, strict=True)
+    ]
+    results = model.model.generate(
         encoded,
-        [sequence],
-        max_length=min(max_length, len(sequence) + how.max_new_tokens),
-        no_repeat_ngram_size=NO_REPEAT_TOKENS if how.cut_loops else 0,
+        sequences,
+        max_length=max(bounds),
+        no_repeat_ngram_size=NO_REPEAT_TOKENS if first.cut_loops else 0,
         return_scores=True,
-        return_logits_vocab=(marked := how.end_mark and how.beam_size == 1),
+        return_logits_vocab=(marked := any(how.end_mark for how in hows) and first.beam_size == 1),
         return_no_speech_prob=True,
         suppress_blank=True,
         suppress_tokens=list(get_suppressed_tokens(tokenizer, [-1])),
-        beam_size=how.beam_size,
-    )[0]
-    tokens = [t for t in result.sequences_ids[0] if t < tokenizer.eot]
-    avg_log_prob = result.scores[0] * len(tokens) / (len(tokens) + 1)
-    if result.no_speech_prob > NO_SPEECH_PROB and avg_log_prob < LOG_PROB_FLOOR:
-        return [], None
-    return tokens, _end_mark(result.logits[0], tokens, tokenizer) if marked else None
+        beam_size=first.beam_size,
+    )
+    out: list[tuple[list[int], float | None]] = []
+    for result, q, bound, how in zip(results, sequences, bounds, hows, strict=True):
+        tokens = [t for t in result.sequences_ids[0] if t < tokenizer.eot][: bound - len(q)]
+        avg_log_prob = result.scores[0] * len(tokens) / (len(tokens) + 1)
+        if result.no_speech_prob > NO_SPEECH_PROB and avg_log_prob < LOG_PROB_FLOOR:
+            out.append(([], None))
+            continue
+        mark = _end_mark(result.logits[0], tokens, tokenizer) if marked and how.end_mark else None
+        out.append((tokens, mark))
+    return out
 
 
 def _end_mark(steps: Any, tokens: list[int], tokenizer: Any) -> float | None:
@@ -225,6 +263,49 @@ def decode_text(model: Any, audio: npt.NDArray[np.float32], how: Decoding) -> He
     if how.cut_loops and (cut := unlooped(text)) != text:
         return Heard(cut)  # (where the loop began, no mark is known)
     return Heard(text, end_mark)
+
+
+def batch_key(
+    audio: npt.NDArray[np.float32], rate_hz: int, how: Decoding
+) -> tuple[Any, ...] | None:
+    """What clips decoded together in one call (`decode_texts`) must share: the window's
+    length, the language, how loops are handled and the prompt (CTranslate2 wants a batch's
+    transcripts to start at one position); None for a clip that is not decoded in a cut
+    window (`fits`) or by a beam search."""
+    if not fits(audio, rate_hz) or how.beam_size != 1:
+        return None
+    return (window_s(len(audio), rate_hz), how.language, how.cut_loops, how.prompt or None)
+
+
+def decode_texts(
+    model: Any, audios: list[npt.NDArray[np.float32]], hows: list[Decoding]
+) -> list[Heard]:
+    """`decode_text` of several clips of one `batch_key` in one encoder call and one decoder
+    call (`python -m bench.asr_batch`: on two cores 155 ms a clip alone, 76 ms in fours, the
+    same texts); a text that `looped` is decoded again alone, as `decode_text` does."""
+    tokenizer = _tokenizer(model, hows[0].language)
+    features = [_features(model, audio, whole=False)[0] for audio in audios]
+    shapes: dict[tuple[int, ...], list[int]] = {}  # (`window_s` is the window's length: but
+    for i, f in enumerate(features):  # a clip at a whole second's edge may come out one over)
+        shapes.setdefault(f.shape, []).append(i)
+    found: dict[int, tuple[list[int], float | None]] = {}
+    for group in shapes.values():
+        encoded = model.encode(np.stack([features[i] for i in group]))
+        decoded = _generate_all(model, encoded, tokenizer, [hows[i] for i in group])
+        found.update(zip(group, decoded, strict=True))
+    out = []
+    for i, (audio, how) in enumerate(zip(audios, hows, strict=True)):
+        tokens, mark = found[i]
+        text: str = tokenizer.decode(tokens).strip()
+        if not looped(text):
+            out.append(Heard(text, mark))
+        elif how.cut_loops:
+            out.append(Heard(unlooped(text)))  # (where the loop began, no mark is known)
+        else:  # in Whisper's 30 s window
+            encoded_whole, _frames = _encode(model, audio, whole=True)
+            tokens, mark = _generate(model, encoded_whole, tokenizer, how)
+            out.append(Heard(tokenizer.decode(tokens).strip(), mark))
+    return out
 
 
 def decode_words(
