@@ -163,6 +163,15 @@ def test_a_public_address_without_auth_refuses_to_start(tmp_path: Path) -> None:
     ]
 
 
+def test_chat_refuses_interims_out_of_range_in_one_line(tmp_path: Path) -> None:
+    done = _run(tmp_path, "chat", "--no-mic", "--interim-ms", "-5")
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "duplexd chat: --interim-ms takes 0 (final transcripts only) to 10000 ms (300 is a good"
+        " start); got -5"
+    ]
+
+
 def test_a_server_token_on_the_command_line_is_refused(tmp_path: Path) -> None:
     done = _run(tmp_path, "serve", "--engine", "tone", "--token", "s3cret")
     assert done.returncode == 2

@@ -25,7 +25,7 @@ import math
 import sys
 import threading
 import wave
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 import trio
@@ -90,6 +90,13 @@ def add_chat_arguments(p: argparse.ArgumentParser, default_url: str) -> None:
 def run_chat(args: argparse.Namespace) -> int:
     import os
 
+    if not 0 <= args.interim_ms <= MAX_INTERIM_MS:
+        print(
+            f"duplexd chat: --interim-ms takes 0 (final transcripts only) to {MAX_INTERIM_MS:g}"
+            f" ms (300 is a good start); got {args.interim_ms:g}",
+            file=sys.stderr,
+        )
+        return 2
     try:
         connect = connect_options(args)
     except ConnectArgsError as exc:
@@ -114,6 +121,9 @@ def run_chat(args: argparse.Namespace) -> int:
     finally:
         chat.close()
     return 0
+
+
+MAX_INTERIM_MS: Final = 10_000.0  # `asr.partial_ms`'s bound (SPEC §4.6.1)
 
 
 def _say(line: str) -> None:
