@@ -55,10 +55,13 @@ def test_clips_decoded_together_are_heard_as_each_alone(transcriber: Transcriber
     ]
     keys = {window.batch_key(a, ASR_RATE_HZ, h) for a, h in zip(audios, hows, strict=True)}
     assert len(keys) == 1  # (each fits the 10 s window)
+    model = transcriber._model
+    for a in audios:  # the key's window is the one its features are padded to
+        frames = window._features(model, a, whole=False)[0].shape[-1]
+        assert window.window_s(len(a), ASR_RATE_HZ) * window.FRAMES_PER_S == frames
     # a prompt of its own: another batch (CTranslate2 starts a batch's transcripts together)
     prompted = transcriber._decoding(audios[1], "We are four.")
     assert window.batch_key(audios[1], ASR_RATE_HZ, prompted) not in keys
-    model = transcriber._model
     together = window.decode_texts(model, audios, hows)
     alone = [window.decode_text(model, a, h) for a, h in zip(audios, hows, strict=True)]
     assert [h.text for h in together] == [h.text for h in alone]

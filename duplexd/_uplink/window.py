@@ -90,10 +90,17 @@ def _end_mark_ids(tokenizer: Any) -> tuple[int, ...]:
     return tuple(i[0] for i in ids if len(i) == 1)
 
 
+def _window_frames(frames: int) -> int:
+    """The cut window for a clip of `frames` feature frames, in frames (whole seconds with
+    its padding, at least `MIN_WINDOW_S`, at most Whisper's: few shapes recur)."""
+    seconds = max(MIN_WINDOW_S, math.ceil(frames / FRAMES_PER_S + PAD_S))
+    return int(FRAMES_PER_S * min(MAX_WINDOW_S, seconds))
+
+
 def window_s(samples: int, rate_hz: int) -> float:
-    """The length of the window cut to a clip of `samples` (whole seconds: few shapes recur)."""
+    """The length of the window cut to a clip of `samples` (`_window_frames`)."""
     frames = min(math.ceil(samples * FRAMES_PER_S / rate_hz), int(MAX_WINDOW_S * FRAMES_PER_S))
-    return min(MAX_WINDOW_S, max(MIN_WINDOW_S, math.ceil(frames / FRAMES_PER_S + PAD_S)))
+    return _window_frames(frames) / FRAMES_PER_S
 
 
 def _features(
@@ -103,8 +110,7 @@ def _features(
     length in frames."""
     features = model.feature_extractor(audio)
     frames = min(features.shape[-1], int(MAX_WINDOW_S * FRAMES_PER_S))
-    seconds = max(MIN_WINDOW_S, math.ceil(frames / FRAMES_PER_S + PAD_S))
-    window = int(FRAMES_PER_S * (MAX_WINDOW_S if whole else min(MAX_WINDOW_S, seconds)))
+    window = int(FRAMES_PER_S * MAX_WINDOW_S) if whole else _window_frames(frames)
     padded = np.zeros((features.shape[0], window), dtype=features.dtype)  # as `pad_or_trim`
     padded[:, :frames] = features[:, :frames]
     return padded, frames

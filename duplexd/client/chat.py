@@ -5,13 +5,12 @@ silence) -> AudioUp; the daemon's SpeechStarted/SpeechStopped/Transcript events 
 they come (with `--interim-ms`, what the user said so far too: "  … " lines, each a stable
 prefix of the turn's final transcript); each final transcript goes to the responder (the
 built-in demo, or an OpenAI-compatible endpoint with `--llm-url`) whose reply is streamed back
-as an utterance;
-the reply plays on the speaker (sounddevice) or goes to `--out reply.wav`. Typed lines go to
-the responder as a transcript does (`/say TEXT` speaks TEXT as it is); `/pause`, `/resume`,
-`/stop` (interrupt) and `/quit` act at once. Chat ends by itself once every input that ends
-has ended (the microphone file played, standard input at its end when it is not a terminal)
-and the replies have been spoken; a sound-card microphone never ends (`/quit`, Ctrl-C,
-`--max-turns`, `--timeout`).
+as an utterance; the reply plays on the speaker (sounddevice) or goes to `--out reply.wav`.
+Typed lines go to the responder as a transcript does (`/say TEXT` speaks TEXT as it is);
+`/pause`, `/resume`, `/stop` (interrupt) and `/quit` act at once. Chat ends by itself once
+every input that ends has ended (the microphone file played, standard input at its end when
+it is not a terminal) and the replies have been spoken; a sound-card microphone never ends
+(`/quit`, Ctrl-C, `--max-turns`, `--timeout`).
 Latency figures: end of speech -> transcript, and end of speech -> first reply audio (both
 on the microphone's clock: the uplink sample where speech stopped, mapped to the time it was
 captured).
@@ -25,13 +24,13 @@ import math
 import sys
 import threading
 import wave
-from typing import Any, Final
+from typing import Any
 
 import numpy as np
 import trio
 
 from ..protocol import frames as fr
-from ..protocol.options import NOISE_SUPPRESSION
+from ..protocol.options import NOISE_SUPPRESSION, option_range
 from .agent import DemoResponder, LLMError, OpenAIResponder, Responder
 from .connect import (
     ConnectArgsError,
@@ -90,10 +89,11 @@ def add_chat_arguments(p: argparse.ArgumentParser, default_url: str) -> None:
 def run_chat(args: argparse.Namespace) -> int:
     import os
 
-    if not 0 <= args.interim_ms <= MAX_INTERIM_MS:
+    lo, hi = option_range("partial_ms")  # (as the server checks it: fail before connecting)
+    if not lo <= args.interim_ms <= hi:
         print(
-            f"duplexd chat: --interim-ms takes 0 (final transcripts only) to {MAX_INTERIM_MS:g}"
-            f" ms (300 is a good start); got {args.interim_ms:g}",
+            f"duplexd chat: --interim-ms takes {lo:g} (final transcripts only) to {hi:g} ms"
+            f" (300 is a good start); got {args.interim_ms:g}",
             file=sys.stderr,
         )
         return 2
@@ -121,9 +121,6 @@ def run_chat(args: argparse.Namespace) -> int:
     finally:
         chat.close()
     return 0
-
-
-MAX_INTERIM_MS: Final = 10_000.0  # `asr.partial_ms`'s bound (SPEC §4.6.1)
 
 
 def _say(line: str) -> None:
@@ -272,7 +269,7 @@ class Chat:
                 "noise_suppression": a.noise_suppression,
             }
         }
-        if a.interim_ms:  # (the server checks the range: BAD_OPTIONS says what it takes)
+        if a.interim_ms:  # (in range: `run_chat` checked)
             options["asr"] = {"partial_ms": a.interim_ms}
         async with open_session(
             a.url,

@@ -169,6 +169,13 @@ _RANGES: Final[dict[str, tuple[float, float]]] = {
     "soft_silence_ms": (32.0, 5000.0),
     "soft_window_ms": (100.0, 10_000.0),
 }
+
+
+def option_range(key: str) -> tuple[float, float]:
+    """The values a numeric option takes, (lowest, highest), as HELLO checks them."""
+    return _RANGES[key]
+
+
 _CHOICES: Final[dict[str, tuple[str, ...]]] = {
     "barge_in_mode": BARGE_IN_MODES,
     "noise_suppression": NOISE_SUPPRESSION,
