@@ -64,6 +64,9 @@ so output sample `k` is input sample `k` and every position the session reports 
 (the output runs 8-18 ms behind the input). While nothing was sent for `IDLE_S` (no echo
 possible), or no echo is found, the uplink passes through untouched and AEC3 costs nothing.
 
+What AEC3 leaves of a long room's tail (past its filter, where the agent pauses) is taken out
+of the turn's audio by `late` (late.py), fed here the frames AEC3 gets.
+
 One instance per session; not thread-safe (the session's uplink worker calls it).
 """
 
@@ -76,6 +79,7 @@ import numpy as np
 import numpy.typing as npt
 import pywebrtc_audio
 
+from .late import LateEcho
 from .nearend import NearEndOnset
 from .phat import peak_lag
 from .phat import phat as _phat
@@ -193,6 +197,7 @@ class EchoCanceller:
         self._converging = round(_CONVERGING_S * rate_hz)
         self._confirm = round(_CONFIRM_S * rate_hz)
         self.near_end = NearEndOnset(rate_hz)
+        self.late = LateEcho(rate_hz)  # (the turn's audio: the tail AEC3 leaves, late.py)
         self.energy_in = 0.0  # of the uplink while echo was possible ...
         self.energy_out = 0.0  # ... and of what AEC3 left of it
 
@@ -350,6 +355,7 @@ class EchoCanceller:
             self.energy_out += e
             return self._skipped(joined[:n])
         self.near_end.add(chunk, far, pos)
+        self.late.add(chunk, far, pos)
         out: FloatArray = self._aec.process(chunk, far)
         # AEC3's output is `lat` late: it continues the previous call's; unless it was idle:
         # then its first `lat` samples are stale, and the input was passed through instead

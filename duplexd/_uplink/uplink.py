@@ -11,6 +11,8 @@ onnxruntime and numpy release the GIL), where
     -> steady noise suppressed (Denoiser: WebRTC NS, with `vad.noise_suppression`)
     -> 512-sample windows
     -> silero-vad probability -> SpeechDetector -> events
+    -> the turn's ring (for transcripts and the turn model; rewritten a hop later less the
+       room's late echo AEC3 leaves: late.LateEcho)
 
 and then delivers the events on the trio thread.
 
@@ -409,11 +411,15 @@ class Uplink:
         if mic > prob:  # the user's onset, which AEC3's suppressor ducks (micvoice.py)
             prob = mic
             c.mic_windows += 1
+        heard = prob
         if unjudged:  # the agent's first ~0.6 s: AEC3 has not converged, and with a jittery
             prob, barge_threshold = 0.0, _NEVER  # uplink it leaked (measured): silence
         cap = len(self._turn_ring)
         i = pos & (cap - 1)
         self._turn_ring[i : i + WINDOW] = window  # cap is a multiple of WINDOW
+        if self._echo is not None:  # ... and again a hop later, less the room's tail (late.py)
+            at, done = self._echo.late.process(pos, window, heard)
+            self._turn_ring[np.arange(at, at + len(done)) & (cap - 1)] = done
         self._pos = pos + WINDOW
         c.windows += 1
         quiet_since = self._quiet.window(pos, window)
@@ -562,6 +568,7 @@ class Uplink:
         out = self.counters.summary()
         if self._echo is not None:
             out["echo_removed_db"] = round(self._echo.removed_db, 1)
+            out["echo_late_removed_db"] = round(self._echo.late.removed_db, 1)
             out["echo_playout_ms"] = round(self._echo.playout_ms, 1)
             out["echo_found"] = self._echo.echo_found
             out["echo_realignments"] = self._echo.realignments
