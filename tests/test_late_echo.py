@@ -1,12 +1,12 @@
 """The late echo's suppressor (late.py): the turn's audio less the room's tail AEC3 leaves.
 
-On its own: every position comes back once, in order, a hop late, exactly as it came where
-nothing is modelled; its fits stay finite and at least 0. Through a session's uplink in the
-generated rooms (`bench.aec_rooms.replay`, the daemon's own batches on a MockClock): the echo
-in the turn's audio at least 25 dB down in every room (measured 32.7-37.2; AEC3 alone 18.9 in
-the RT60 600 ms room), the user's level under double talk within 0.5 dB of AEC3's alone
-(measured within 0.15), and the VAD's events the same with it as without (it only writes the
-turn's ring). AEC3 alone is the same uplink with `FLOOR` at 1: nothing taken out."""
+On its own: every position comes back once, in order, `LOOKAHEAD` and a hop late, exactly as
+it came where nothing is modelled; its fits stay finite and at least 0. Through a session's
+uplink in the generated rooms (`bench.aec_rooms.replay`, the daemon's own batches on a
+MockClock): the echo in the turn's audio at least 25 dB down in the reverberant rooms (AEC3
+alone: 20 in the RT60 600 ms room), the user's level under double talk within 0.2 dB of AEC3's
+alone, and the VAD's events the same with it as without (it only writes the turn's ring).
+AEC3 alone is the same uplink with `FLOOR` at 1: nothing taken out."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from bench.aec_rooms import replay
 from bench.rooms import ROOMS_BY_NAME, db, noise
 from duplexd._uplink import late
-from duplexd._uplink.late import HOP, LateEcho
+from duplexd._uplink.late import HOP, LOOKAHEAD, LateEcho
 
 RATE = 16_000
 WINDOW = 512
@@ -52,12 +52,18 @@ def joined(got: list[tuple[int, np.ndarray]]) -> np.ndarray:
 
 
 @pytest.mark.unit
-def test_where_nothing_is_modelled_the_audio_comes_back_exactly_a_hop_late() -> None:
+def decided(samples: int) -> int:
+    """How much of `samples` fed comes back: whole hops whose lookahead came, less the hop
+    each one finishes before it."""
+    return (samples - LOOKAHEAD) // HOP * HOP - HOP
+
+
+def test_where_nothing_is_modelled_the_audio_comes_back_exactly_later() -> None:
     rng = np.random.default_rng(1)
     mic = rng.normal(0, 0.1, 4 * RATE).astype(np.float32)
     # AEC3 handed every hop, with a silent reference: no echo modelled, every gain 1
     out = joined(feed(LateEcho(), mic, np.zeros_like(mic)))
-    assert len(out) == len(mic) - HOP  # (a hop behind the last window: 4 s is whole hops)
+    assert len(out) == decided(len(mic))
     np.testing.assert_allclose(out, mic[: len(out)], atol=1e-6)
 
 
@@ -68,15 +74,17 @@ def test_every_position_comes_back_once_and_afresh_after_a_jump() -> None:
     far = rng.normal(0, 0.1, RATE).astype(np.float32)
     le = LateEcho()
     out = joined(feed(le, mic, far))
-    assert len(out) == (len(mic) // WINDOW * WINDOW) // HOP * HOP - HOP  # (whole hops)
+    assert len(out) == decided(len(mic) // WINDOW * WINDOW)
     # a position that does not follow: nothing from before it comes back
     jump = 10 * WINDOW + 7 * RATE  # (a whole number of hops, as AEC3's are)
-    for k in range(0, 2 * WINDOW, HOP):
+    for k in range(0, 8 * WINDOW, HOP):
         le.add(mic[k : k + HOP], far[k : k + HOP], jump + k)
-    at, done = le.process(jump, mic[:WINDOW], 0.0)
-    assert at == jump and len(done) == 2 * HOP  # (3 whole hops: the first has none before)
-    at2, done2 = le.process(jump + WINDOW, mic[WINDOW : 2 * WINDOW], 0.0)
-    assert at2 == at + len(done) and len(done2) == 3 * HOP
+    got = [le.process(jump + w * WINDOW, mic[w * WINDOW : (w + 1) * WINDOW], 0.0) for w in range(8)]
+    pieces = [(at, done) for at, done in got if len(done)]
+    assert pieces[0][0] == jump
+    for (at, done), (next_at, _) in itertools.pairwise(pieces):
+        assert next_at == at + len(done)
+    assert sum(len(done) for _, done in pieces) == decided(8 * WINDOW)  # (none before it)
 
 
 @pytest.mark.unit
@@ -133,20 +141,26 @@ def turn_audio(agent: np.ndarray, mic: np.ndarray) -> tuple[np.ndarray, list]:
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("room", ["rt60-300", "rt60-600", "path-change"])
+@pytest.mark.parametrize(
+    ("room", "min_db"),
+    [("rt60-300", 25.0), ("rt60-600", 25.0), ("path-change", 20.0)],  # (measured 38, 34, 25)
+)
 def test_the_rooms_tail_is_taken_out_of_the_turns_audio(
-    room: str, monkeypatch: pytest.MonkeyPatch
+    room: str, min_db: float, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """ERLE of the turn's audio from its second second on; AEC3 alone (measured 32, 20, 19)
+    at least 3 dB short of it. The path change: AEC3 leaks while it finds the new path, and
+    the VAD scores some of that as speech, which is left whole."""
     agent, _ = voices()
     total = len(agent) + RATE
     echo = ROOMS_BY_NAME[room].echo(agent, total)
     mic = echo + noise(total, -70.0)
     out, events = turn_audio(agent, mic)
     span = slice(RATE, min(len(agent), len(out)))  # (after AEC3's first second)
-    assert db(echo[span]) - db(out[span]) >= 25.0
+    assert db(echo[span]) - db(out[span]) >= min_db
     monkeypatch.setattr(late, "FLOOR", 1.0)  # AEC3 alone: the same uplink, nothing taken out
     alone, events_alone = turn_audio(agent, mic)
-    assert db(echo[span]) - db(alone[span]) < db(echo[span]) - db(out[span])
+    assert db(echo[span]) - db(alone[span]) <= db(echo[span]) - db(out[span]) - 3.0
     assert events == events_alone  # (the VAD hears AEC3's output either way)
 
 
@@ -156,7 +170,7 @@ def test_the_user_talking_over_the_echo_keeps_their_level(
     room: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The user 10 dB above the echo, 1.3 s and 3.7 s in: their level in the turn's audio
-    within 0.5 dB of AEC3's alone (the fits do not learn while they talk)."""
+    within 0.2 dB of AEC3's alone (nothing is taken out, nor learned, while they talk)."""
     agent, user = voices()
     total = len(agent) + RATE
     echo = ROOMS_BY_NAME[room].echo(agent, total)
@@ -169,5 +183,5 @@ def test_the_user_talking_over_the_echo_keeps_their_level(
             m.setattr(late, "FLOOR", 1.0)
             alone, events_alone = turn_audio(agent, mic)
         out, events = turn_audio(agent, mic)
-        assert abs(db(out[span]) - db(alone[span])) <= 0.5
+        assert abs(db(out[span]) - db(alone[span])) <= 0.2
         assert events == events_alone

@@ -1,34 +1,40 @@
 """The late echo AEC3 leaves: the room's reverberation past its filter, suppressed for listeners
-that can wait 10 ms (the turn's audio: transcripts, the turn model, a held sound's words).
+that can wait ~110 ms (the turn's audio: transcripts, the turn model, a held sound's words).
 
 AEC3's linear filter models the first ~50 ms of the echo path; its suppressor models the rest
 as a reverberation that dies away by a fixed factor a block (as we read WebRTC's default
 `ep_strength.default_len`, 0.83 of the power every 4 ms: an RT60 of about 300 ms, which the
-rooms agree with; `pywebrtc_audio` does not let it be set). In a
-livelier room the tail outlasts that model, and where the agent's voice pauses (between words,
-at a sentence's end) AEC3 lets the room's tail through untouched: over the RT60 600 ms room of
-`bench/rooms.py` the echo came out only 18.9 dB quieter, against 26-36 dB in the others.
+rooms agree with; `pywebrtc_audio` does not let it be set). In a livelier room the tail
+outlasts that model, and where the agent's voice pauses (between words, at a sentence's end)
+AEC3 lets the room's tail through untouched: over the RT60 600 ms room of `bench/rooms.py` the
+echo came out only 18.9 dB quieter, against 26-36 dB in the others.
 
 `LateEcho` models that tail from what AEC3 is handed, per 10 ms hop and frequency band, in
 power: the microphone's power ~ `d` x the reference's over the last `EARLY_HOPS` (the direct
 path and what AEC3's filter covers) + `c` x an exponentially decaying sum of the reference's
 before that (the late tail), for each of `RT60_MS` decays, `c` and `d` fitted by least squares
-over the last `FIT_S` while nobody speaks at the near end (the VAD's probability under
-`NEAR_PROB`, and `HANGOVER_HOPS` after it), per band. The late echo in each frequency bin is
-the largest of those estimates (a decay shorter than the room's fits best where the voice is
-loud, and would let the tail through where it pauses), and the bin keeps
-`1 - estimate / its power` of AEC3's output (at least `FLOOR`): where the user speaks, far
-louder than the tail, almost all of it. Measured in the rooms (`python -m bench.aec_rooms`,
-bench/results/README.md "The late echo AEC3 leaves"): RT60 600 ms 18.9 -> 32.7 dB, the others
-0.5-9.5 dB more; the user's level under double talk within 0.15 dB of AEC3's alone.
+per band over the last `FIT_S`. The late echo in each frequency bin is the largest of those
+estimates (a decay shorter than the room's fits best where the voice is loud, and would let
+the tail through where it pauses), and the bin keeps `1 - estimate / its power` of AEC3's
+output (at least `FLOOR`).
+
+The near end is left whole: wherever the VAD may have heard the user (a window scoring
+`NEAR_PROB`, from `HANGOVER` after it back to `LOOKAHEAD` before it: silero hears a voice's
+first ~100 ms late) nothing is taken out and nothing learned. Taking out `1 - estimate / power`
+there too kept the user's level (within 0.15 dB) but not their words: Whisper lost up to 15
+points of WER on the user's first syllables, which the VAD had not heard yet (scratch, before
+`LOOKAHEAD`). Measured (`python -m bench.aec_rooms`, `python -m bench.aec_words`; bench/results/
+README.md "The late echo AEC3 leaves"): RT60 600 ms 18.9 -> 33 dB, the other rooms 1-9 dB more;
+the user's level under double talk as with AEC3 alone; Whisper's words on the user within a
+few points either way (chance: a changed echo in the pads alone changes them).
 
 It works on 20 ms windows every 10 ms (square-root Hann, which sums back to the input exactly
-where nothing is taken out), so its output is a hop late: the uplink writes each window into
-the turn's ring as the VAD hears it, and overwrites it with this output as it comes
-(`process`). The VAD itself hears AEC3's output 10 ms sooner (a barge-in would come that much
-later), and does not need this: the tail's leaks never set it off (0 false barge-ins in every
-room, without it). Where AEC3 did not run (nothing sent lately, no echo found: `add` was not
-called for the hop), the turn's audio is left as it is.
+where nothing is taken out), decided `LOOKAHEAD` after they end: the uplink writes each window
+into the turn's ring as the VAD hears it, and overwrites it with this output as it comes
+(`process`). The VAD itself hears AEC3's output as before (a barge-in would come 110 ms later),
+and does not need this: the tail's leaks never set it off (0 false barge-ins in every room,
+without it). Where AEC3 did not run (nothing sent lately, no echo found: `add` was not called
+for the hop), the turn's audio is left as it is.
 
 One per echo canceller; fed by it (`add`) the frames AEC3 gets, and by the uplink (`process`)
 the windows the VAD hears, in the uplink worker's thread.
@@ -57,8 +63,11 @@ RT60_MS: Final = (150.0, 250.0, 400.0, 600.0, 900.0, 1300.0)  # the tails fitted
 _DECAYS: Final = 10.0 ** (-6.0 * (HOP / 16_000) / (np.array(RT60_MS) / 1000.0))
 FIT_S: Final = 4.0  # the fits forget with this time constant
 _FORGET: Final = 1.0 - HOP / 16_000 / FIT_S
-NEAR_PROB: Final = 0.3  # a VAD window this likely speech: the near end may talk, fit nothing
-HANGOVER_HOPS: Final = 20  # ... nor for 200 ms after
+# a VAD window this likely speech: the near end may talk, from `HANGOVER` before it to
+# `LOOKAHEAD` after it (silero hears a voice's first ~100 ms late): nothing taken out, nor learned
+NEAR_PROB: Final = 0.3
+HANGOVER: Final = 3200  # (200 ms)
+LOOKAHEAD: Final = 1600  # (100 ms: the turn's audio is rewritten that much later)
 FLOOR: Final = 0.1  # the least a bin keeps (20 dB at most taken out)
 BANDS: Final = 24  # log-spaced bands, each fitted on its own
 # the fits learn while the reference sounded this recently (its echo may still be there)
@@ -104,7 +113,8 @@ class LateEcho:
         self._last: Float64Array = np.zeros(HOP, dtype=np.float64)  # the hop before them
         self._overlap = np.zeros(HOP, dtype=np.float64)  # the last window's second half, out
         self._was_taken = False  # whether the last window took anything out
-        self._quiet_hops = 0  # hops since the near end may have spoken
+        # (start, end) of the VAD's windows that may hold the near end's voice, lately
+        self._near: collections.deque[tuple[int, int]] = collections.deque(maxlen=64)
         self._sounding = _SOUNDING_HOPS  # hops since the reference sounded
         self.energy_in = 0.0  # of AEC3's output where the late echo was modelled ...
         self.energy_out = 0.0  # ... and of what this left of it
@@ -137,45 +147,51 @@ class LateEcho:
     def process(self, pos: int, window: FloatArray, speech_prob: float) -> tuple[int, FloatArray]:
         """The turn's audio from `pos` on (the samples after the previous call's, as the VAD
         heard them), and the VAD's probability that they are speech: (position, samples) of
-        the turn's audio with the late echo taken out, as far as it is known (a hop behind;
-        an empty array when nothing is). A position that jumps starts afresh from there."""
+        the turn's audio with the late echo taken out, as far as it is decided (`LOOKAHEAD`
+        and a hop behind; an empty array when nothing is). A position that jumps starts
+        afresh from there."""
         if pos != self._pos + len(self._held):
             self._restart(pos)
+        end = pos + len(window)
+        near = self._near
         if speech_prob >= NEAR_PROB:
-            self._quiet_hops = 0
+            near.append((pos, end))
+        while near and near[0][1] <= self._pos - HOP - HANGOVER:  # (too early to matter now)
+            near.popleft()
         pending = self._handed
         while pending and next(iter(pending)) < self._pos:  # (hops the ring went past)
             pending.popitem(last=False)
         held = np.concatenate((self._held, window.astype(np.float64)))
-        whole = len(held) // HOP
-        if not self._handed and not self._was_taken:  # AEC3 idle: the audio stays as it is
-            self._pos += whole * HOP
+        whole = max(0, (end - LOOKAHEAD - self._pos) // HOP)  # (hops whose lookahead came)
+        if not whole or (not self._handed and not self._was_taken):  # (AEC3 idle: as it is)
             if whole:
                 self._last = held[(whole - 1) * HOP : whole * HOP]
                 self._early[min(whole, EARLY_HOPS) :] = self._early[: max(0, EARLY_HOPS - whole)]
                 self._early[: min(whole, EARLY_HOPS)] = 0.0
                 self._late *= _DECAYS[:, None] ** whole
-                self._quiet_hops += whole
                 self._sounding += whole
+            self._pos += whole * HOP
             self._held = held[whole * HOP :]
-            return self._pos, np.zeros(0, dtype=np.float32)
-        if not whole:
-            self._held = held
             return self._pos, np.zeros(0, dtype=np.float32)
         hops = np.concatenate((self._last, held[: whole * HOP])).reshape(whole + 1, HOP)
         spec = np.fft.rfft(_SQRT_HANN * np.concatenate((hops[:-1], hops[1:]), axis=1))
         gains = np.ones((whole, _BINS))
         modelled = np.zeros(whole, dtype=bool)
         for k in range(whole):
-            handed = self._handed.pop(self._pos + k * HOP, None)
-            self._quiet_hops += 1
+            at = self._pos + k * HOP
+            handed = self._handed.pop(at, None)
             if handed is None:  # AEC3 did not run: nothing modelled, the audio as it is
                 self._pass_hop()
                 continue
-            late = self._late_power(handed[1], handed[0])
+            # the window over [at - HOP, at + HOP): the near end may be speaking if the VAD
+            # heard speech from `HANGOVER` before it to `LOOKAHEAD` after it
+            speaking = any(s < at + HOP + LOOKAHEAD and e > at - HOP - HANGOVER for s, e in near)
+            late = self._late_power(handed[1], handed[0], learn=not speaking)
+            modelled[k] = True
+            if speaking:  # leave the near end whole
+                continue
             power = spec[k].real ** 2 + spec[k].imag ** 2
             gains[k] = np.maximum(FLOOR, 1.0 - late / (power + 1e-12))
-            modelled[k] = True
         frames = _SQRT_HANN * np.fft.irfft(spec * gains, _WINDOW)
         out = np.empty(whole * HOP, dtype=np.float64)
         for k in range(whole):  # each window finishes the hop before it
@@ -212,9 +228,11 @@ class LateEcho:
         self._late *= _DECAYS[:, None]
         self._sounding += 1
 
-    def _late_power(self, far_power: np.ndarray, mic_power: np.ndarray) -> np.ndarray:
-        """The late echo's power per bin in this hop; the fits updated with it, unless the
-        near end may be speaking."""
+    def _late_power(
+        self, far_power: np.ndarray, mic_power: np.ndarray, *, learn: bool
+    ) -> np.ndarray:
+        """The late echo's power per bin in this hop; the fits updated with it if `learn`
+        (not while the near end may be speaking)."""
         leaving = self._early[-1].copy()
         self._early[1:] = self._early[:-1]
         self._early[0] = far_power
@@ -222,7 +240,7 @@ class LateEcho:
         late *= _DECAYS[:, None]
         late += leaving
         self._sounding = 0 if far_power.any() else self._sounding + 1
-        if self._quiet_hops > HANGOVER_HOPS and self._sounding < _SOUNDING_HOPS:
+        if learn and self._sounding < _SOUNDING_HOPS:
             early = self._early.sum(axis=0)
             n = len(RT60_MS)
             terms = self._terms

@@ -11,7 +11,7 @@ onnxruntime and numpy release the GIL), where
     -> steady noise suppressed (Denoiser: WebRTC NS, with `vad.noise_suppression`)
     -> 512-sample windows
     -> silero-vad probability -> SpeechDetector -> events
-    -> the turn's ring (for transcripts and the turn model; rewritten a hop later less the
+    -> the turn's ring (for transcripts and the turn model; rewritten ~110 ms later less the
        room's late echo AEC3 leaves: late.LateEcho)
 
 and then delivers the events on the trio thread.
@@ -417,7 +417,7 @@ class Uplink:
         cap = len(self._turn_ring)
         i = pos & (cap - 1)
         self._turn_ring[i : i + WINDOW] = window  # cap is a multiple of WINDOW
-        if self._echo is not None:  # ... and again a hop later, less the room's tail (late.py)
+        if self._echo is not None:  # ... and again ~110 ms later, less the room's tail (late.py)
             at, done = self._echo.late.process(pos, window, heard)
             self._turn_ring[np.arange(at, at + len(done)) & (cap - 1)] = done
         self._pos = pos + WINDOW
