@@ -170,6 +170,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--uplink-noise-dbfs", type=float, default=-55.0, metavar="DBFS")
     up.add_argument("--uplink-asr", action="store_true", help="leave the server's transcription on")
+    up.add_argument(
+        "--uplink-barge-in-mode",
+        choices=("immediate", "soft"),
+        default="immediate",
+        help="vad.barge_in_mode; soft: the barge-in's latency is the onset -> HELD (the audio"
+        " paused), a HELD outside the user's speech a false barge-in (with --uplink-asr a hold"
+        " is decided by its words; without, it commits as UNHEARD once the sound ends)",
+    )
     return p
 
 
@@ -252,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         uplink_drift_ppm=args.uplink_drift_ppm,
         uplink_drift_speaker=args.uplink_drift_speaker,
         uplink_asr=args.uplink_asr,
+        uplink_barge_in_mode=args.uplink_barge_in_mode,
         codec=args.codec,
     )
     servers: dict[str, Server] = {}
@@ -328,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
             "drift_ppm": args.uplink_drift_ppm,
             "drift_speaker": args.uplink_drift_speaker,
             "asr": args.uplink_asr,
+            "barge_in_mode": args.uplink_barge_in_mode,
             "clip": f"VITS other speaker: {USER_TEXT!r}" if cfg.uplink_clip else "none",
         }
     pairs = [

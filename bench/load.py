@@ -61,6 +61,7 @@ class LoadConfig:
     uplink_drift_ppm: float = 0.0  # the client's audio clock this far off the server's
     uplink_drift_speaker: str = "server"  # ... and the speaker on the server's or on it
     uplink_asr: bool = False  # leave the server's transcription on
+    uplink_barge_in_mode: str = "immediate"  # vad.barge_in_mode ("soft": HELD is the barge-in)
     token: str = ""  # the daemon's `[server] token`, presented as `credentials` says
     # --burst: instead of streaming, every session sends one whole reply of `burst_chars`
     # characters at the same instant (many agents answering one event), then again every

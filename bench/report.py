@@ -114,6 +114,11 @@ def _uplink_summary(run: dict[str, Any]) -> dict[str, Any]:
             "echo_realignments": sum(s.get("echo_realignments", 0) for s in stats),
             "echo_playout_moves": sum(s.get("echo_playout_moves", 0) for s in stats),
             "echo_slide_ppm": [s["echo_slide_ppm"] for s in stats if "echo_slide_ppm" in s],
+            # each session's echo taken out by AEC3, and then of its tail (late.py), dB
+            "echo_removed_db": [s["echo_removed_db"] for s in stats if "echo_removed_db" in s],
+            "echo_late_removed_db": [
+                s["echo_late_removed_db"] for s in stats if "echo_late_removed_db" in s
+            ],
             "inbox_dropped": sum(s.get("inbox_dropped", 0) for s in stats),
             "speech_segments": sum(s.get("speech_segments", 0) for s in stats),
             "vad_barge_ins": barges,

@@ -44,7 +44,15 @@ from bench.rooms import ROOMS_BY_NAME, StreamingEcho
 from bench.turns import speech_onset
 from duplexd._downlink.resample import Decimator
 from duplexd._uplink.reference import SentAudio
-from duplexd.protocol.frames import Audio, Interrupted, ServerFrame, SpeechStarted, UtteranceDone
+from duplexd.protocol.frames import (
+    Audio,
+    BargeIn,
+    BargeInOutcome,
+    Interrupted,
+    ServerFrame,
+    SpeechStarted,
+    UtteranceDone,
+)
 
 RATE = 16_000
 FRAME = 320  # samples per 20 ms uplink frame
@@ -97,8 +105,10 @@ def to_s16(audio: F32) -> bytes:
 
 
 def hello_options(cfg: Any) -> dict[str, Any]:
-    """HELLO options: the server's VAD defaults; ASR off unless `cfg.uplink_asr`."""
-    return {"vad": {"barge_in": True}, "asr": {"transcripts": bool(cfg.uplink_asr)}}
+    """HELLO options: the server's VAD defaults (the barge-in mode `cfg.uplink_barge_in_mode`);
+    ASR off unless `cfg.uplink_asr`."""
+    vad = {"barge_in": True, "barge_in_mode": cfg.uplink_barge_in_mode}
+    return {"vad": vad, "asr": {"transcripts": bool(cfg.uplink_asr)}}
 
 
 # ---------------------------------------------------------------------------- the echo
@@ -280,16 +290,10 @@ class Mic:
         elif isinstance(frame, Interrupted):
             if self.speaker is not None:
                 self.speaker.flush(now)
-            if not frame.vad:
-                return
-            if inj is None or not inj.covers(now):
-                out["vad_false_barge_ins"] += self.active
-                if self.active:
-                    out["vad_false_at"].append(now - self.t0)
-            elif not inj.vad.is_set():
-                t_onset = inj.t_onset if inj.t_onset is not None else inj.t_onset_planned
-                inj.latency = now - t_onset
-                inj.vad.set()
+            if frame.vad and not (inj is not None and inj.vad.is_set() and inj.covers(now)):
+                self._barge_in(now)  # (not the commit of a hold already counted)
+        elif isinstance(frame, BargeIn) and frame.outcome == BargeInOutcome.HELD:
+            self._barge_in(now)  # soft mode: the audio stops here (nothing is flushed)
         elif (
             isinstance(frame, UtteranceDone)
             and inj is not None
@@ -297,6 +301,19 @@ class Mic:
             and not inj.vad.is_set()
         ):
             inj.ended_first = True
+
+    def _barge_in(self, now: float) -> None:
+        """The agent's audio stopped for the user's voice (INTERRUPTED with `vad`, or a soft
+        barge-in's HELD): the injection's latency, or a false barge-in."""
+        out, inj = self.out, self.inj
+        if inj is None or not inj.covers(now):
+            out["vad_false_barge_ins"] += self.active
+            if self.active:
+                out["vad_false_at"].append(now - self.t0)
+        elif not inj.vad.is_set():
+            t_onset = inj.t_onset if inj.t_onset is not None else inj.t_onset_planned
+            inj.latency = now - t_onset
+            inj.vad.set()
 
     def build(self, k: int) -> bytes:
         inj = self.inj

@@ -689,3 +689,35 @@ def test_the_end_mark_bench_judges_as_the_daemon_and_counts_each_kind() -> None:
     assert rows[(0.0, 1.0)]["whole"] == {"ended": 1, "of": 2, "share": 0.5}
     text = markdown(judged, table(judged), {"git_rev": "r", "command": "c"})
     assert "| **0.7** | **0.9** | 1 of 3 (33.3 %) | 1 of 2 (50.0 %) | 1 of 1 (100.0 %) |" in text
+
+
+@pytest.mark.unit
+def test_a_soft_barge_ins_hold_is_its_latency_and_its_commit_no_false_one() -> None:
+    """`--uplink-barge-in-mode soft`: the HELLO asks for it; a HELD over the user's clip is
+    the barge-in (onset -> HELD: the audio paused), the INTERRUPTED that commits it later is
+    not counted again nor as false; a HELD with nobody talking is a false barge-in."""
+    from bench.uplink import Injection, hello_options
+    from duplexd.protocol import frames as fr
+
+    mic = _mic(uplink_barge_in_mode="soft")
+    mic.out["vad_false_at"] = []
+    assert hello_options(mic_config(uplink_barge_in_mode="soft"))["vad"]["barge_in_mode"] == "soft"
+    assert hello_options(mic_config())["vad"]["barge_in_mode"] == "immediate"
+    held = fr.BargeIn(fr.BargeInOutcome.HELD, fr.BargeInReason.ONSET, 0, 1, 960, 1000)
+    commit = fr.Interrupted(1, 1, 960, 3, 1, vad=True)
+    mic.inj = Injection(1, 0, 0, 5, 80, t_onset_planned=1.0, t_onset=1.0)
+    mic.on_frame(held, 1.05, 0)
+    mic.on_frame(commit, 1.9, 0)
+    assert mic.inj.latency == pytest.approx(0.05)
+    assert mic.out["vad_false_barge_ins"] == 0
+    mic.inj.t_end = 2.0
+    mic.on_frame(held, 2.0 + 1.6, 1)  # (past the clip and its tail: nobody talks)
+    assert mic.out["vad_false_barge_ins"] == 1 and mic.out["vad_false_at"] == [pytest.approx(3.6)]
+
+
+def mic_config(**changes: Any) -> Any:
+    import dataclasses
+
+    from bench.load import LoadConfig
+
+    return dataclasses.replace(LoadConfig(uplink=True), **changes)
