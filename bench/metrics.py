@@ -47,6 +47,7 @@ COUNT_KEYS = (
     "vad_injected",
     "vad_missed",
     "vad_no_target",
+    "vad_soft_resumed",  # soft barge-in: a hold over the user's clip that RESUMED
     "vad_speech_started",
     "vad_false_speech_started",
     "vad_false_barge_ins",

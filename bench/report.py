@@ -100,6 +100,7 @@ def _uplink_summary(run: dict[str, Any]) -> dict[str, Any]:
         "vad_false_barge_ins": run["vad_false_barge_ins"],
         "vad_missed": run["vad_missed"],
         "vad_no_target": run["vad_no_target"],
+        "vad_soft_resumed": run["vad_soft_resumed"],
         "vad_injected": run["vad_injected"],
         "vad_speech_started": run["vad_speech_started"],
         "uplink_frames": run["uplink_frames"],
@@ -148,6 +149,7 @@ UPLINK_COUNTS = (
     "vad_false_barge_ins",
     "vad_missed",
     "vad_no_target",
+    "vad_soft_resumed",
     "vad_injected",
     "vad_speech_started",
     "uplink_frames",
@@ -302,6 +304,7 @@ UPLINK_ROWS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("speech clips injected", ("vad_injected",)),
     ("VAD missed barge-ins (none within 2 s)", ("vad_missed",)),
     ("utterance ended before the VAD barge-in", ("vad_no_target",)),
+    ("soft holds over the user's clip resumed (a true barge-in forgiven)", ("vad_soft_resumed",)),
     ("VAD false triggers", ("vad_false_triggers",)),
     ("VAD false triggers per noise-only session-minute", ("vad_false_triggers_per_min",)),
     ("uplink frames sent", ("uplink_frames",)),
@@ -375,7 +378,14 @@ def markdown(doc: dict[str, Any]) -> str:
             f"dBFS; echo of the downlink {echo}; ASR {'on' if up['asr'] else 'off'}; "
             f"interrupters barge in by voice ({up['clip']}). VAD barge-in latency = send time "
             "of the AudioUp frame holding the speech onset -> Interrupted(vad) received; false "
-            "triggers = SpeechStarted or Interrupted(vad) while only noise/echo was sent.",
+            "triggers = SpeechStarted or Interrupted(vad) while only noise/echo was sent."
+            + (
+                " Soft barge-in (`vad.barge_in_mode`): the latency is the onset -> BARGE_IN"
+                " HELD (the audio paused), a HELD while only noise/echo was sent a false"
+                " trigger; a hold over the user's clip that RESUMED is counted apart."
+                if up.get("barge_in_mode") == "soft"
+                else ""
+            ),
             "",
         ]
     for level in doc["levels"]:

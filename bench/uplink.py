@@ -294,6 +294,9 @@ class Mic:
                 self._barge_in(now)  # (not the commit of a hold already counted)
         elif isinstance(frame, BargeIn) and frame.outcome == BargeInOutcome.HELD:
             self._barge_in(now)  # soft mode: the audio stops here (nothing is flushed)
+        elif isinstance(frame, BargeIn) and frame.outcome == BargeInOutcome.RESUMED:
+            if inj is not None and inj.covers(now):  # (the user's clip is a true barge-in)
+                out["vad_soft_resumed"] += self.active
         elif (
             isinstance(frame, UtteranceDone)
             and inj is not None

@@ -695,7 +695,8 @@ def test_the_end_mark_bench_judges_as_the_daemon_and_counts_each_kind() -> None:
 def test_a_soft_barge_ins_hold_is_its_latency_and_its_commit_no_false_one() -> None:
     """`--uplink-barge-in-mode soft`: the HELLO asks for it; a HELD over the user's clip is
     the barge-in (onset -> HELD: the audio paused), the INTERRUPTED that commits it later is
-    not counted again nor as false; a HELD with nobody talking is a false barge-in."""
+    not counted again nor as false; a HELD with nobody talking is a false barge-in; a hold
+    over the clip that RESUMED is counted apart (the bench's clips are true barge-ins)."""
     from bench.uplink import Injection, hello_options
     from duplexd.protocol import frames as fr
 
@@ -713,6 +714,11 @@ def test_a_soft_barge_ins_hold_is_its_latency_and_its_commit_no_false_one() -> N
     mic.inj.t_end = 2.0
     mic.on_frame(held, 2.0 + 1.6, 1)  # (past the clip and its tail: nobody talks)
     assert mic.out["vad_false_barge_ins"] == 1 and mic.out["vad_false_at"] == [pytest.approx(3.6)]
+    resumed = fr.BargeIn(fr.BargeInOutcome.RESUMED, fr.BargeInReason.BACKCHANNEL, 1, 2, 0, 10)
+    mic.inj = Injection(2, 0, 0, 5, 80, t_onset_planned=5.0, t_onset=5.0)
+    mic.on_frame(held, 5.06, 1)
+    mic.on_frame(resumed, 5.9, 1)  # (the user's clip forgiven as a backchannel: counted)
+    assert mic.out["vad_soft_resumed"] == 1 and mic.inj.latency == pytest.approx(0.06)
 
 
 def mic_config(**changes: Any) -> Any:
