@@ -120,6 +120,7 @@ def _uplink_summary(run: dict[str, Any]) -> dict[str, Any]:
             "echo_late_removed_db": [
                 s["echo_late_removed_db"] for s in stats if "echo_late_removed_db" in s
             ],
+            "echo_late_hops": [s["echo_late_hops"] for s in stats if "echo_late_hops" in s],
             "inbox_dropped": sum(s.get("inbox_dropped", 0) for s in stats),
             "speech_segments": sum(s.get("speech_segments", 0) for s in stats),
             "vad_barge_ins": barges,

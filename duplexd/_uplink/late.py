@@ -109,13 +109,15 @@ class LateEcho:
         self._prev: tuple[int, Float64Array, Float64Array] | None = None  # the last hop added
         self._pos = 0  # the ring's position of `_held`'s first sample
         self._first = 0  # ... and of the stream's (nothing is given back before it)
-        self._held = np.zeros(0, dtype=np.float64)  # its samples not yet a whole hop
+        self._held = np.zeros(0, dtype=np.float64)  # its samples not decided yet (lookahead)
         self._last: Float64Array = np.zeros(HOP, dtype=np.float64)  # the hop before them
         self._overlap = np.zeros(HOP, dtype=np.float64)  # the last window's second half, out
         self._was_taken = False  # whether the last window took anything out
         # (start, end) of the VAD's windows that may hold the near end's voice, lately
         self._near: collections.deque[tuple[int, int]] = collections.deque(maxlen=64)
         self._sounding = _SOUNDING_HOPS  # hops since the reference sounded
+        self.hops_modelled = 0  # 10 ms hops AEC3 ran for ...
+        self.hops_judged = 0  # ... and, of those, the ones the near end was not heard in
         self.energy_in = 0.0  # of AEC3's output where the late echo was modelled ...
         self.energy_out = 0.0  # ... and of what this left of it
 
@@ -188,8 +190,10 @@ class LateEcho:
             speaking = any(s < at + HOP + LOOKAHEAD and e > at - HOP - HANGOVER for s, e in near)
             late = self._late_power(handed[1], handed[0], learn=not speaking)
             modelled[k] = True
+            self.hops_modelled += 1
             if speaking:  # leave the near end whole
                 continue
+            self.hops_judged += 1
             power = spec[k].real ** 2 + spec[k].imag ** 2
             gains[k] = np.maximum(FLOOR, 1.0 - late / (power + 1e-12))
         frames = _SQRT_HANN * np.fft.irfft(spec * gains, _WINDOW)

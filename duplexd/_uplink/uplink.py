@@ -569,6 +569,7 @@ class Uplink:
         if self._echo is not None:
             out["echo_removed_db"] = round(self._echo.removed_db, 1)
             out["echo_late_removed_db"] = round(self._echo.late.removed_db, 1)
+            out["echo_late_hops"] = [self._echo.late.hops_modelled, self._echo.late.hops_judged]
             out["echo_playout_ms"] = round(self._echo.playout_ms, 1)
             out["echo_found"] = self._echo.echo_found
             out["echo_realignments"] = self._echo.realignments
