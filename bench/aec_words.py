@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -81,28 +82,47 @@ def measure(
     }
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--rooms", default="rt60-300,rt60-600")
+    p.add_argument("--rooms", default="rt60-300,rt60-600", help="rooms of bench/rooms.py, a,b")
     p.add_argument("--user-db", default="0,5,10", help="the user's levels over the echo (dB)")
     p.add_argument("--trials", type=int, default=16)
     p.add_argument("--cache", default="out", help="where the synthesized voices are kept")
     p.add_argument("--json", metavar="PATH")
     args = p.parse_args(argv)
+    rooms = [r for r in args.rooms.split(",") if r]
+    unknown = [r for r in rooms if r not in ROOMS_BY_NAME]
+    if not rooms or unknown:
+        names = ", ".join(ROOMS_BY_NAME)
+        print(f"bench: --rooms takes rooms of {names}; got {args.rooms!r}", file=sys.stderr)
+        return 2
+    try:
+        levels = [float(x) for x in args.user_db.split(",") if x.strip()]
+    except ValueError:
+        levels = []
+    if not levels or args.trials < 1:
+        print(
+            f"bench: --user-db takes numbers, e.g. 0,5,10, and --trials 1 or more; got "
+            f"{args.user_db!r} and {args.trials}",
+            file=sys.stderr,
+        )
+        return 2
     transcriber = Transcriber(cpu_threads=2)
     transcriber.warm_up()
     rows = []
     print("| room | user over the echo (dB) | WER, AEC3 alone | WER, late echo suppressed |")
     print("|---|---:|---:|---:|")
-    for room in args.rooms.split(","):
-        for user_db in (float(x) for x in args.user_db.split(",")):
+    for room in rooms:
+        for user_db in levels:
             row = measure(transcriber, room, user_db, args.trials, Path(args.cache))
             rows.append(row)
             print(f"| {room} | {user_db:g} | {row['wer_aec3']:.3f} | {row['wer_late']:.3f} |")
     if args.json:
         doc = {"rev": head_rev(), "rows": rows}
         Path(args.json).write_text(json.dumps(doc, indent=1) + "\n")
+    transcriber.close()
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -361,15 +361,20 @@ def test_the_echoing_player_plays_each_utterance_where_its_turn_is() -> None:
             assert int(np.argmax(np.abs(heard[at - 100 : at + 100]))) == 100
 
 
-def _mic(**changes: Any) -> Any:
-    """A session's bench microphone (bench.uplink.Mic) with an echo -10 dB after 50 ms."""
+def mic_config(**changes: Any) -> Any:
+    """The bench's LoadConfig for an uplink with an echo -10 dB after 50 ms, changed so."""
     import dataclasses
 
     from bench.load import LoadConfig
+
+    return dataclasses.replace(LoadConfig(uplink=True, uplink_echo_db=-10.0), **changes)
+
+
+def _mic(**changes: Any) -> Any:
+    """A session's bench microphone (bench.uplink.Mic) with `mic_config(**changes)`."""
     from bench.uplink import Mic
 
-    cfg = dataclasses.replace(LoadConfig(uplink=True, uplink_echo_db=-10.0), **changes)
-    return Mic(cfg, 0, collections.defaultdict(float))
+    return Mic(mic_config(**changes), 0, collections.defaultdict(float))
 
 
 @pytest.mark.unit
@@ -721,9 +726,31 @@ def test_a_soft_barge_ins_hold_is_its_latency_and_its_commit_no_false_one() -> N
     assert mic.out["vad_soft_resumed"] == 1 and mic.inj.latency == pytest.approx(0.06)
 
 
-def mic_config(**changes: Any) -> Any:
-    import dataclasses
+@pytest.mark.integration
+def test_the_aec_words_bench_transcribes_both_ways_and_refuses_an_unknown_room(
+    tmp_path: Path,
+) -> None:
+    """`python -m bench.aec_words`: Whisper's WER on the user over the echo, AEC3 alone and
+    with the late echo suppressed, one row per room and level; a room it does not know, or a
+    level that is not a number, is one line and exit 2."""
+    good = ["--rooms", "rt60-600", "--user-db", "10", "--trials", "2", "--cache", str(tmp_path)]
+    doc, refused = _small_bench("aec_words", good, ["--rooms", "attic"], tmp_path)
+    (row,) = doc["rows"]
+    assert (row["room"], row["user_db"], row["trials"]) == ("rt60-600", 10.0, 2)
+    assert 0 <= row["wer_aec3"] <= 0.5 and 0 <= row["wer_late"] <= 0.5, row
+    assert [t["said"] for t in row["texts"]] == list(aec_words_texts()[:2])
+    assert all(t["aec3"] and t["late"] for t in row["texts"])  # (words heard, both ways)
+    assert (
+        refused.startswith("bench: --rooms takes rooms of delay, rt60-100") and "'attic'" in refused
+    )
+    level = subprocess.run(
+        [sys.executable, "-m", "bench.aec_words", "--user-db", "loud"],
+        cwd=ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+    assert level.returncode == 2 and level.stderr.startswith("bench: --user-db takes numbers")
 
-    from bench.load import LoadConfig
 
-    return dataclasses.replace(LoadConfig(uplink=True), **changes)
+def aec_words_texts() -> tuple[str, ...]:
+    from bench.aec_words import USER_TEXTS
+
+    return USER_TEXTS
