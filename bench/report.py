@@ -124,6 +124,9 @@ def _uplink_summary(run: dict[str, Any]) -> dict[str, Any]:
             "inbox_dropped": sum(s.get("inbox_dropped", 0) for s in stats),
             "speech_segments": sum(s.get("speech_segments", 0) for s in stats),
             "vad_barge_ins": barges,
+            # ... of which decided by a window between the VAD's (halfstep.py), and those windows
+            "vad_barge_ins_between": sum(s.get("vad_barge_ins_between", 0) for s in stats),
+            "vad_half_windows": sum(s.get("vad_half_windows", 0) for s in stats),
             "vad_barge_in_delay_ms_mean": (
                 round(
                     sum(

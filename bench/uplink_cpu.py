@@ -9,9 +9,12 @@ and reports the thread's CPU time per second of audio (100 % = one core):
 - `room`: nobody talks; the agent is quiet.
 - `agent, headphones`: the agent talks (48 kHz downlink), nothing of it comes back.
 - `agent, echo -10 dB`: ... and it comes back 60 ms later, 10 dB down.
-- `agent + user, echo`: ... and the user talks over it half the time (barge-in off, so the
-  agent keeps talking and every window is worked on).
+- `agent + user, echo`: ... and the user talks over it half the time (the agent keeps talking:
+  the barge-ins decided here stop nothing, and every window is worked on).
 - `user alone`: the user talks half the time, the agent is quiet.
+
+The session's options are the daemon's defaults (barge-in on: while the agent talks, the
+barge-in's windows between the VAD's are scored too, halfstep.py).
 
 Then the transcription cost: faster-whisper (the bundled tiny.en, int8, 2 threads) on the
 user's turns, as process CPU seconds per second of speech; and the turn model's (Smart Turn
@@ -101,7 +104,7 @@ def scenario(name: str, agent48: F32, user: F32, seconds: float, seed: int = 0) 
         uplink = Uplink(
             rate_hz=RATE,
             downlink_rate_hz=DOWN_HZ,
-            options=SessionOptions(VadOptions(barge_in=False), AsrOptions(transcripts=False)),
+            options=SessionOptions(VadOptions(), AsrOptions(transcripts=False)),
             # (batches are run here, by hand: nothing is offloaded)
             services=UplinkServices(vad_model=VadModel(), offload=_no_offload),
             send=lambda _frame: None,

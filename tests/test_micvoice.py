@@ -125,6 +125,25 @@ def test_mic_voice_scores_the_windows_it_holds() -> None:
     assert mic.prob(len(audio)) == 0.0  # (not arrived)
 
 
+def test_mic_voice_scores_the_windows_between_with_a_stream_of_their_own() -> None:
+    """The half-step's windows (halfstep.py), half a window off the VAD's, interleaved with
+    them: each phase scores as a silero stream of its own fed its windows, the one that wraps
+    around the end of the ring included."""
+    model = VadModel()
+    rng = np.random.default_rng(6)
+    audio = (0.1 * rng.standard_normal(2 * CAPACITY)).astype(np.float32)
+    mic = MicVoice(model)
+    mic.add(audio[: CAPACITY + WINDOW])
+    first = WINDOW + WINDOW // 2
+    vads = {0: SileroVad(model), WINDOW // 2: SileroVad(model)}
+    got, want = [], []
+    for pos in range(first, CAPACITY + WINDOW // 2, WINDOW // 2):  # (ends at CAPACITY + WINDOW)
+        got.append(mic.prob(pos))
+        want.append(vads[pos % WINDOW].prob(audio[pos : pos + WINDOW]))
+    assert got == pytest.approx(want, abs=1e-6)
+    assert any(p % CAPACITY > CAPACITY - WINDOW for p in range(first, CAPACITY, WINDOW // 2))
+
+
 def test_mic_voice_starts_afresh_after_a_skipped_window_and_keeps_a_long_gap() -> None:
     """A window after one not scored is scored as a fresh stream would; one `add` longer than
     it keeps (a long gap filled with silence) leaves its last `CAPACITY` samples."""

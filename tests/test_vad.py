@@ -67,7 +67,10 @@ def test_speech_onset_and_end_are_found(other_speaker: bool) -> None:
         barges = [(t, e) for t, e in events if isinstance(e, BargeIn)]
         turns = [e for _, e in events if isinstance(e, Turn)]
         assert len(starts) == 1, (text, events)
-        assert len(stops) == 1 and len(turns) == 1 and len(barges) == 1
+        assert len(stops) == 1 and len(turns) == 1 and barges
+        # one barge-in per stretch of speech: a pause in the turn ("Hang on, | can you")
+        # begins another, which may barge in on what began playing meanwhile
+        assert all(e.sample > barges[0][1].sample for _, e in barges[1:])  # type: ignore[attr-defined]
         # the reported onset is within one window before / two after the true onset
         assert true_on - WINDOW <= starts[0][1].sample <= true_on + 2 * WINDOW  # type: ignore[attr-defined]
         # the barge-in (default: the first speech window) is decided within 70 ms of audio
@@ -221,3 +224,20 @@ def test_a_48_khz_uplink_is_heard_as_soon_as_a_16_khz_one() -> None:
         return next((k, ev.sample) for k, ev in events if isinstance(ev, SpeechStart))
 
     assert first_start(48_000) == first_start(RATE)
+
+
+@pytest.mark.unit
+def test_speech_after_a_pause_in_the_turn_may_barge_in_again() -> None:
+    """One barge-in per stretch of speech: a user who speaks on after a pause shorter than the
+    turn's end may barge in on a reply that began playing meanwhile (an app that answered
+    early); its onset is where the speech began again, and the turn goes on (no second
+    SpeechStart). A window under the threshold but over the silence's does not end a stretch."""
+    det = SpeechDetector(VadOptions(min_speech_ms=60.0))  # (a fixed end: 500 ms of silence)
+    events: list[object] = []
+    pos = 0
+    for prob in [0.9] * 4 + [0.4] + [0.9] + [0.05] * 5 + [0.9] * 3:
+        events += det.process(pos, prob, 0.5)
+        pos += WINDOW
+    assert [e for e in events if isinstance(e, BargeIn)] == [BargeIn(0), BargeIn(11 * WINDOW)]
+    assert [e for e in events if isinstance(e, SpeechStart)] == [SpeechStart(0)]
+    assert not [e for e in events if isinstance(e, SpeechStop)]

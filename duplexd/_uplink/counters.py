@@ -15,7 +15,9 @@ class UplinkCounters:
     echo_windows: int = 0  # windows that may have held echo (a higher barge-in threshold)
     mic_windows: int = 0  # ... whose voice probability was the microphone's own (micvoice)
     speech_segments: int = 0
-    barge_ins: int = 0
+    barge_ins: int = 0  # decided (one per stretch of speech), whether or not they stopped any
+    half_windows: int = 0  # windows scored between the VAD's (halfstep.py) ...
+    barge_ins_between: int = 0  # ... and the barge-ins they decided (of `barge_ins`)
     barge_in_delay_s: float = 0.0  # sum over barge-ins: deciding frame's arrival -> interrupt
     barge_in_delay_max_s: float = 0.0
     holds: int = 0  # soft barge-ins: the audio held ...
@@ -54,6 +56,8 @@ class UplinkCounters:
             "echo_mic_windows": self.mic_windows,
             "speech_segments": self.speech_segments,
             "vad_barge_ins": self.barge_ins,
+            "vad_half_windows": self.half_windows,
+            "vad_barge_ins_between": self.barge_ins_between,
             "vad_barge_in_delay_ms_mean": (
                 round(1000 * self.barge_in_delay_s / self.barge_ins, 3) if self.barge_ins else 0
             ),

@@ -38,10 +38,12 @@ class MicVoice:
     """The microphone's voice probability at the uplink's windows."""
 
     def __init__(self, model: VadModel) -> None:
-        self._vad = SileroVad(model)
+        self._model = model
+        # a stream per phase: the VAD's windows', and the half-step's between them (halfstep.py)
+        self._vads: dict[int, SileroVad] = {}
+        self._next: dict[int, int] = {}  # per phase: the window after the last one scored
         self._ring = np.zeros(CAPACITY, dtype=np.float32)
         self._end = 0  # 16 kHz samples of microphone received so far
-        self._next = -1  # the window after the last one scored
 
     def add(self, samples: FloatArray) -> None:
         """The microphone's next 16 kHz samples (before the echo canceller)."""
@@ -56,13 +58,18 @@ class MicVoice:
         self._end += n
 
     def prob(self, pos: int) -> float:
-        """Silero's probability of a voice in the microphone's window [pos, pos + WINDOW) (`pos`
-        a multiple of WINDOW, as the uplink's windows are); 0.0 for a window not (or no longer)
-        held. After a window not scored, the stream starts afresh."""
+        """Silero's probability of a voice in the microphone's window [pos, pos + WINDOW) (the
+        uplink's windows, or the half-step stream's between them); 0.0 for a window not (or no
+        longer) held. After a window not scored, the stream starts afresh."""
         if not self._end - CAPACITY <= pos <= self._end - WINDOW:
             return 0.0
-        if pos != self._next:
-            self._vad.reset()  # (its state and context were another stretch's)
-        self._next = pos + WINDOW
-        i = pos & (CAPACITY - 1)  # (CAPACITY is a multiple of WINDOW: no window wraps)
-        return self._vad.prob(self._ring[i : i + WINDOW])
+        phase = pos % WINDOW
+        if (vad := self._vads.get(phase)) is None:
+            vad = self._vads[phase] = SileroVad(self._model)
+        if pos != self._next.get(phase):
+            vad.reset()  # (its state and context were another stretch's)
+        self._next[phase] = pos + WINDOW
+        i = pos & (CAPACITY - 1)
+        if i + WINDOW <= CAPACITY:
+            return vad.prob(self._ring[i : i + WINDOW])
+        return vad.prob(np.concatenate((self._ring[i:], self._ring[: i + WINDOW - CAPACITY])))

@@ -15,24 +15,34 @@ each piece by the frame its input came in: the frame's send time, plus where in 
 starts. The utterance's end that comes out after a pause is dated where it was sent, before it.
 
 One instance per session (it holds the resampler's state); not thread-safe (the session's
-uplink worker calls it).
+uplink worker calls it). `Reference` is the uplink's glue: the session's AUDIO frames (PCM, or
+its own Opus packets) to the echo canceller, dated, and the client's PLAYED reports as the
+frame and the sample they name.
 """
 
 from __future__ import annotations
 
 import collections
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import numpy as np
 import numpy.typing as npt
 
 from .._downlink.resample import StreamResampler
+from .._opus import OpusDecoder
+from ..protocol import frames as fr
+from ..protocol.codec import AUDIO_HEADER, iter_frames
+from .vad import VAD_RATE_HZ
+
+if TYPE_CHECKING:
+    from .echo import EchoCanceller
 
 FloatArray = npt.NDArray[np.float32]
 Frame = tuple[int, int]  # (utterance id, seq)
 Piece = tuple[float, FloatArray, Frame | None]  # (sent at, samples, frame it starts)
 
 _MAX_FRAMES: Final = 64  # frames remembered for samples still in the resampler (it holds ~2)
+_S16: Final = 1.0 / 32768.0
 
 
 class SentAudio:
@@ -78,3 +88,40 @@ class SentAudio:
             pieces.append((at, out[k : min(stop, len(out))], starts))
             k = min(stop, len(out))
         return pieces
+
+
+class Reference:
+    """The session's sent audio, as its echo canceller's reference (in the uplink worker)."""
+
+    def __init__(self, downlink_rate_hz: int, *, opus: bool) -> None:
+        self._opus = OpusDecoder(downlink_rate_hz) if opus else None
+        self._sent = SentAudio(downlink_rate_hz, VAD_RATE_HZ)
+        self._frame_samples = fr.frame_samples(downlink_rate_hz)
+        self._rate_hz = downlink_rate_hz
+
+    def add(self, echo: EchoCanceller, now: float, message: bytes) -> None:
+        """A message the session sent at `now`: its AUDIO frames, each sample where it was
+        sent, to `echo`."""
+        for raw in iter_frames(message):  # the session's own frames: whole and well formed
+            if raw.type == fr.FrameType.AUDIO:
+                _, _, _, _, uid, seq = AUDIO_HEADER.unpack_from(raw.data)
+                body = raw.audio_pcm
+                if self._opus is None:
+                    s16 = np.frombuffer(body, "<i2")
+                else:  # our own Opus packets: always whole
+                    s16 = self._opus.decode(bytes(body))
+                pcm = s16.astype(np.float32) * _S16
+                for at, piece, frame in self._sent.add(now, pcm, (uid, seq)):
+                    echo.add_reference(at, piece, frame)
+
+    def played(
+        self, echo: EchoCanceller, now: float, uid: int, samples: int, clock_us: int, final: bool
+    ) -> None:
+        """A PLAYED report that came at `now`: `samples` of utterance `uid` played by the
+        client's clock `clock_us`, to `echo` as the frame and the offset of its last sample."""
+        if samples <= 0:
+            return
+        n = self._frame_samples
+        seq = (samples - 1) // n  # the frame of the last sample played ...
+        offset = (samples - seq * n) * VAD_RATE_HZ // self._rate_hz  # ... and its end
+        echo.note_played(now, (uid, seq), offset, clock_us, final=final)

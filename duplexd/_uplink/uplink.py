@@ -11,6 +11,8 @@ onnxruntime and numpy release the GIL), where
     -> steady noise suppressed (Denoiser: WebRTC NS, with `vad.noise_suppression`)
     -> 512-sample windows
     -> silero-vad probability -> SpeechDetector -> events
+       (and, while a barge-in can stop something, the windows half a window later: a barge-in
+       a frame sooner, halfstep.py)
     -> the turn's ring (for transcripts and the turn model; rewritten ~110 ms later less the
        room's late echo AEC3 leaves: late.LateEcho)
 
@@ -72,15 +74,16 @@ import trio
 from .._downlink.resample import Decimator
 from .._opus import OpusDecoder, OpusPacketError
 from ..protocol import frames as fr
-from ..protocol.codec import AUDIO_HEADER, RemoteProtocolError, iter_frames
+from ..protocol.codec import RemoteProtocolError
 from ..protocol.options import SessionOptions
 from .counters import UplinkCounters
 from .denoise import Denoiser
 from .echo import AEC_LATENCY_SAMPLES, EchoCanceller
 from .ends import AHEAD, EndCheck, EndOfTurn
+from .halfstep import HALF, HalfStep
 from .micvoice import MicVoice
 from .quiet import QuietTracker
-from .reference import SentAudio
+from .reference import Reference
 from .services import UplinkServices
 from .soft import Settled, SoftBargeIn, WordsCheck
 from .transcripts import HoldCheck, Transcripts
@@ -135,7 +138,6 @@ class Uplink:
         vad, asr = options.vad, options.asr
         # Opus (SPEC §4.6.3): AudioUp packets decoded in the worker, as is the echo reference
         self._opus_up = OpusDecoder(rate_hz) if options.codec.uplink == fr.CODEC_OPUS else None
-        self._opus_down = OpusDecoder(downlink_rate_hz) if downlink_opus else None
         self.rate_hz = rate_hz
         self.vad_options = vad
         self.asr_options = asr
@@ -168,6 +170,8 @@ class Uplink:
         now = trio.current_time()
         self._echo = EchoCanceller(t0=now) if vad.echo_cancel else None
         self._mic = MicVoice(services.vad_model) if self._echo is not None else None
+        half = self._detector.barges_in_one_window
+        self._half = HalfStep(services.vad_model) if half else None  # (halfstep.py)
         ns = vad.noise_suppression
         lead = AEC_LATENCY_SAMPLES if self._echo is not None else 0  # (its frames, lined up)
         self._denoiser = Denoiser(ns, lead=lead) if ns != "off" else None
@@ -176,9 +180,7 @@ class Uplink:
         # 16 kHz sample j is uplink sample j x scale
         self._up_resampler = Decimator(self._scale) if self._scale != 1 else None
         self._up_skip = self._up_resampler.delay if self._up_resampler is not None else 0
-        self._down_frame_samples = fr.frame_samples(downlink_rate_hz)
-        self._down_rate_hz = downlink_rate_hz
-        self._sent_audio = SentAudio(downlink_rate_hz, VAD_RATE_HZ)  # (the echo's reference)
+        self._reference = Reference(downlink_rate_hz, opus=downlink_opus)  # (the echo's)
         self._next_seq = 0
         self._resync = False
         self._pending = np.zeros(0, dtype=np.float32)
@@ -302,11 +304,11 @@ class Uplink:
                 continue
             if gap == _PLAYED:
                 if self._echo is not None:
-                    self._note_played(self._echo, now, *data)
+                    self._reference.played(self._echo, now, *data)
                 continue
             if gap < 0:
                 if self._echo is not None:
-                    self._add_reference(self._echo, now, data)
+                    self._reference.add(self._echo, now, data)
                 continue
             if gap:
                 self._ingest(now, np.zeros(gap * n, dtype=np.float32))
@@ -385,28 +387,61 @@ class Uplink:
             self.counters.vad_s += time.thread_time() - t0
         pending = np.concatenate((self._pending, samples)) if len(self._pending) else samples
         i = 0
-        while len(pending) - i >= WINDOW:
+        while True:
+            if self._half is not None and len(pending) - i >= HALF and self._half.due(self._pos):
+                self._between(now, pending[i : i + HALF])  # (it ends before the next window)
+            if len(pending) - i < WINDOW:
+                break
             self._window(now, pending[i : i + WINDOW])
             i += WINDOW
         self._pending = pending[i:].copy()
+
+    def _echo_view(self, pos: int) -> tuple[bool, float, bool, float]:
+        """What the echo changes for the window [pos, pos + WINDOW): (whether the agent's voice
+        may be echoing in it, the probability a barge-in needs, whether AEC3 is unjudged (still
+        converging), the microphone's own voice probability (0: not listened to))."""
+        barge_threshold = self.vad_options.threshold
+        if self._echo is None or not self._echo.active(pos):
+            return False, barge_threshold, False, 0.0
+        mic = 0.0
+        near_end = self._echo.near_end
+        if near_end.until <= pos:  # (the user louder than it: nearend.py)
+            barge_threshold = max(barge_threshold, self.vad_options.echo_threshold)
+        unjudged = self._echo.converging
+        if self._echo.echo_found is not False and near_end.judging:
+            assert self._mic is not None  # (run on every such window: its state follows)
+            heard = self._mic.prob(pos)
+            mic = heard if near_end.sure_over(pos, pos + WINDOW) and not unjudged else 0.0
+        return True, barge_threshold, unjudged, mic
+
+    def _between(self, now: float, head: np.ndarray) -> None:
+        """The half-step window ending `HALF` into the next VAD window (halfstep.py): a barge-in
+        only, and only while one can stop something and no echo may be taken for the user."""
+        assert self._half is not None
+        t0 = time.thread_time()
+        pos = self._pos - HALF
+        echo = self._echo
+        if echo is not None and echo.echo_found is not False and echo.near_end.until <= pos:
+            return  # (AEC3 may let the echo through, and the user is not heard over it)
+        echoing, barge_threshold, unjudged, mic = self._echo_view(pos)
+        if (echoing or echo is None) and not unjudged:
+            prob = max(self._half.prob(self._pos, head), mic)
+            self.counters.half_windows += 1
+            if (ev := self._detector.barge_in_between(pos, prob, barge_threshold)) is not None:
+                self.counters.barge_ins_between += 1
+                if self._soft is not None and not self._soft.open:  # (followed from here on)
+                    self._soft.start(ev.sample, self._pos)
+                self._events.append((now, ev))
+        self.counters.vad_s += time.thread_time() - t0
 
     def _window(self, now: float, window: np.ndarray) -> None:
         t0 = time.thread_time()
         pos = self._pos
         c = self.counters
-        barge_threshold = self.vad_options.threshold
-        unjudged = False
-        mic = 0.0
-        if self._echo is not None and self._echo.active(pos):
-            c.echo_windows += 1  # what AEC3 let through of the echo must not barge in
-            near_end = self._echo.near_end
-            if near_end.until <= pos:  # (the user louder than it: nearend.py)
-                barge_threshold = max(barge_threshold, self.vad_options.echo_threshold)
-            unjudged = self._echo.converging
-            if self._echo.echo_found is not False and near_end.judging:
-                assert self._mic is not None  # (run on every such window: its state follows)
-                heard = self._mic.prob(pos)
-                mic = heard if near_end.sure_over(pos, pos + WINDOW) and not unjudged else 0.0
+        echoing, barge_threshold, unjudged, mic = self._echo_view(pos)
+        c.echo_windows += echoing  # what AEC3 let through of the echo must not barge in
+        if self._half is not None:
+            self._half.keep(pos, window)
         prob = self._vad.prob(window)
         if mic > prob:  # the user's onset, which AEC3's suppressor ducks (micvoice.py)
             prob = mic
@@ -455,7 +490,7 @@ class Uplink:
         elif got is not None:
             self._settled(now, got)
         for ev in events:
-            if isinstance(ev, BargeIn):
+            if isinstance(ev, BargeIn) and not soft.open:  # (a sound held goes on: the same)
                 soft.start(ev.sample, pos + WINDOW)
 
     def _settled(self, now: float, settled: Settled) -> None:
@@ -525,29 +560,6 @@ class Uplink:
         if self._echo is not None:
             played = (frame.utterance_id, frame.samples_played, frame.clock_us, frame.final)
             self._enqueue((trio.current_time(), _PLAYED, played))
-
-    def _add_reference(self, echo: EchoCanceller, now: float, message: bytes) -> None:
-        for raw in iter_frames(message):  # the session's own frames: whole and well formed
-            if raw.type == fr.FrameType.AUDIO:
-                _, _, _, _, uid, seq = AUDIO_HEADER.unpack_from(raw.data)
-                body = raw.audio_pcm
-                s16 = np.frombuffer(body, "<i2") if self._opus_down is None else None
-                if s16 is None:  # our own Opus packets: always whole
-                    assert self._opus_down is not None
-                    s16 = self._opus_down.decode(bytes(body))
-                pcm = s16.astype(np.float32) * _S16
-                for at, piece, frame in self._sent_audio.add(now, pcm, (uid, seq)):
-                    echo.add_reference(at, piece, frame)  # (each sample where it was sent)
-
-    def _note_played(
-        self, echo: EchoCanceller, now: float, uid: int, samples: int, clock_us: int, final: bool
-    ) -> None:
-        if samples <= 0:
-            return
-        n = self._down_frame_samples
-        seq = (samples - 1) // n  # the frame of the last sample played ...
-        offset = (samples - seq * n) * VAD_RATE_HZ // self._down_rate_hz  # ... and its end
-        echo.note_played(now, (uid, seq), offset, clock_us, final=final)
 
     # ------------------------------------------------------------------ transcripts
 

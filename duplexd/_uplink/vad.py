@@ -307,6 +307,7 @@ class SpeechDetector:
         self._heard_silence = 0  # where silero (or the floor) heard the silence going on begin
         self.in_speech = False
         self._run_start: int | None = None  # candidate speech onset
+        self._stretch_start = 0  # in a turn: where its speech began again after a silence
         self._run = 0  # samples of speech in the candidate run
         self._barge_run = 0  # samples of the run above the barge-in threshold
         self._barged = False  # a barge-in fired for this run/turn
@@ -339,15 +340,20 @@ class SpeechDetector:
         if prob >= o.threshold and not by_level:
             if self._run_start is None:
                 self._run_start, self._run, self._barge_run = start, 0, 0
+            if self.in_speech and self._silence_start is not None:
+                # the user speaks on after a silence: the same turn, but another stretch of
+                # speech, which may barge in on what began playing meanwhile (a reply the app
+                # started before the turn ended: it would have played on over the user)
+                self._stretch_start, self._barge_run, self._barged = start, 0, False
             self._run += WINDOW
             self._barge_run = self._barge_run + WINDOW if prob >= barge_in_threshold else 0
             self._silence_start = self._asked = None  # the user speaks on: the same turn
             if o.barge_in and not self._barged and self._barge_run >= self._min_barge:
                 self._barged = True
-                events.append(BargeIn(self._run_start))
+                events.append(BargeIn(self._stretch_start if self.in_speech else self._run_start))
             if not self.in_speech and self._run >= self._min_speech:
                 self.in_speech = True
-                self._turn_start = self._run_start
+                self._turn_start = self._stretch_start = self._run_start
                 self._last_partial = end
                 events.append(SpeechStart(self._run_start))
         elif not self.in_speech:
@@ -401,6 +407,33 @@ class SpeechDetector:
                 events.append(Turn(max(0, self._turn_start - self._pad), end, final=False))
         self._end = end
         return events
+
+    @property
+    def barges_in_one_window(self) -> bool:
+        """Whether one window over the thresholds barges in (`barge_in_between` can)."""
+        return self.options.barge_in and self._min_barge <= WINDOW
+
+    def barge_in_between(
+        self, start: int, prob: float, barge_in_threshold: float
+    ) -> BargeIn | None:
+        """The barge-in's other windows (halfstep.py): [start, start + WINDOW), half a window
+        after one `process` had and half before the next, scored by a stream of its own. One
+        over both thresholds barges in now, where one window is all a barge-in takes
+        (`barge_in_min_speech_ms` up to a window) and none fired for this run; its start is the
+        run's start (the next window goes on with it, or ends it, as `process` decides).
+        Nothing else is decided here: speech, turns and silences are `process`'s."""
+        o = self.options
+        if (
+            not self.barges_in_one_window
+            or self.in_speech
+            or self._barged
+            or prob < max(o.threshold, barge_in_threshold)
+        ):
+            return None
+        if self._run_start is None:
+            self._run_start, self._run, self._barge_run = start, 0, 0
+        self._barged = True
+        return BargeIn(self._run_start)
 
     def silence_began(self, heard: int) -> int:
         """Where the silence that silero heard begin at `heard` began by the level (as
