@@ -416,7 +416,9 @@ class Uplink:
 
     def _between(self, now: float, head: np.ndarray) -> None:
         """The half-step window ending `HALF` into the next VAD window (halfstep.py): a barge-in
-        only, and only while one can stop something and no echo may be taken for the user."""
+        only, and only while one can stop something and no echo may be taken for the user. A
+        window not scored is asked about again with the next frame, until the next VAD window
+        (the near-end check hears the microphone's frames as they come)."""
         assert self._half is not None
         t0 = time.thread_time()
         pos = self._pos - HALF

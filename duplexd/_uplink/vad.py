@@ -310,7 +310,7 @@ class SpeechDetector:
         self._stretch_start = 0  # in a turn: where its speech began again after a silence
         self._run = 0  # samples of speech in the candidate run
         self._barge_run = 0  # samples of the run above the barge-in threshold
-        self._barged = False  # a barge-in fired for this run/turn
+        self._barged = False  # a barge-in fired for this run (in a turn: this stretch)
         self._silence_start: int | None = None
         self._turn_start = 0
         self._last_partial = 0
