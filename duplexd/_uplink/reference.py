@@ -42,7 +42,7 @@ Frame = tuple[int, int]  # (utterance id, seq)
 Piece = tuple[float, FloatArray, Frame | None]  # (sent at, samples, frame it starts)
 
 _MAX_FRAMES: Final = 64  # frames remembered for samples still in the resampler (it holds ~2)
-_S16: Final = 1.0 / 32768.0
+S16_SCALE: Final = 1.0 / 32768.0  # an s16 sample to a float in -1..1 (the uplink's too)
 
 
 class SentAudio:
@@ -110,7 +110,7 @@ class Reference:
                     s16 = np.frombuffer(body, "<i2")
                 else:  # our own Opus packets: always whole
                     s16 = self._opus.decode(bytes(body))
-                pcm = s16.astype(np.float32) * _S16
+                pcm = s16.astype(np.float32) * S16_SCALE
                 for at, piece, frame in self._sent.add(now, pcm, (uid, seq)):
                     echo.add_reference(at, piece, frame)
 

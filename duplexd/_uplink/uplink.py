@@ -83,7 +83,7 @@ from .ends import AHEAD, EndCheck, EndOfTurn
 from .halfstep import HALF, HalfStep
 from .micvoice import MicVoice
 from .quiet import QuietTracker
-from .reference import Reference
+from .reference import S16_SCALE, Reference
 from .services import UplinkServices
 from .soft import Settled, SoftBargeIn, WordsCheck
 from .transcripts import HoldCheck, Transcripts
@@ -103,7 +103,6 @@ from .vad import (
 
 MAX_GAP_FRAMES: Final = 250  # a seq jump up to 5 s is filled with silence; more is an error
 MAX_INBOX: Final = 500  # uplink frames + downlink messages waiting for processing (~5-10 s)
-_S16: Final = 1.0 / 32768.0
 HOLD_GRACE_S: Final = 1.0  # a hold still undecided this long after its window is decided here
 _NEVER: Final = 2.0  # a barge-in threshold no probability reaches
 _DOWNLINK: Final = -1  # inbox items: a downlink message (else the uplink seq gap) ...
@@ -312,7 +311,7 @@ class Uplink:
                 continue
             if gap:
                 self._ingest(now, np.zeros(gap * n, dtype=np.float32))
-            samples = self._samples(data)[:n].astype(np.float32) * _S16
+            samples = self._samples(data)[:n].astype(np.float32) * S16_SCALE
             if len(samples) < n:  # SHOULD be exactly n: the position follows seq, so pad
                 samples = np.concatenate((samples, np.zeros(n - len(samples), dtype=np.float32)))
             self._ingest(now, samples)
