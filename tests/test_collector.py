@@ -244,10 +244,11 @@ async def test_a_finished_session_is_freed_by_reference_counting(barge_in: bool)
         assert await _garbage_of_one_session(daemon, one) == 0
 
 
-async def test_a_finished_session_with_an_uplink_is_freed_by_reference_counting() -> None:
+@pytest.mark.parametrize("mode", ["immediate", "soft"])
+async def test_a_finished_session_with_an_uplink_is_freed_by_reference_counting(mode: str) -> None:
     # the session and its uplink call each other back, and the uplink's transcripts and end
-    # of turn call it back: cycles that held each uplink session (its turn audio ~2 MB)
-    # frozen until a sweep, until `forget_session`
+    # of turn call it back (and, with soft barge-ins, its holds: holds.py): cycles that held
+    # each uplink session (its turn audio ~2 MB) frozen until a sweep, until `forget_session`
     from harness import running_daemon
 
     from duplexd._uplink.asr import Transcriber
@@ -257,7 +258,8 @@ async def test_a_finished_session_with_an_uplink_is_freed_by_reference_counting(
     from duplexd.client.session import open_session
 
     async def one() -> None:
-        async with open_session(daemon.url, uplink_rate_hz=16_000) as s:
+        options = {"vad": {"barge_in_mode": mode}}
+        async with open_session(daemon.url, uplink_rate_hz=16_000, options=options) as s:
             await s.say("Hi.")
             for _ in range(25):  # half a second of a quiet microphone
                 await s.send_audio(bytes(s.uplink_frame_bytes))

@@ -435,12 +435,15 @@ async def test_a_held_sound_is_transcribed_from_its_padded_silence() -> None:
         services=inline_uplink_services(transcriber=_Decodes()),
         send=lambda frame: None,
         barge_in=lambda delay_s: None,
+        hold=lambda delay_s, onset: True,
+        settle=lambda settled, onset: None,
     )
-    words = uplink._transcripts
-    assert words is not None
+    words, holds = uplink._transcripts, uplink._holds
+    assert words is not None and holds is not None
     uplink._deliver(0.0, Speculate(0, 16_000, 14_000))  # nothing held: at once
     assert words._speculation == Speculate(0, 16_000, 14_000)
-    uplink._held = 10_000  # a sound from there is being judged
+    uplink._deliver(0.0, BargeIn(10_000))  # a sound from there is being judged
+    assert holds.held == 10_000 and words.holding
     uplink._deliver(0.0, Speculate(0, 30_000, 28_000))
     assert words._speculation == Speculate(0, 16_000, 14_000)  # not this one
     uplink._deliver(0.0, Speculate(0, 31_000, 28_000, padded=True))

@@ -40,7 +40,7 @@ Soft barge-in (`vad.barge_in_mode: "soft"`): the barge-in is `hold(delay_s, onse
 the sound until it decides; a sound long enough to hold words is transcribed first
 (`HoldCheck`), and its text goes back to the worker like a verdict. The decision is
 `settle(Settled, onset)`; a hold the worker has not decided in time (the client stopped
-sending audio) is decided on the trio side (`_watch_holds`).
+sending audio) is decided on the trio side (`holds.Holds`).
 
 The echo reference is every AUDIO frame the session sends (`on_downlink`), and the client's
 PLAYED reports (`on_played`) tell the canceller when what was sent was played (echo.py). While
@@ -81,6 +81,7 @@ from .denoise import Denoiser
 from .echo import AEC_LATENCY_SAMPLES, EchoCanceller
 from .ends import AHEAD, EndCheck, EndOfTurn
 from .halfstep import HALF, HalfStep
+from .holds import Holds
 from .micvoice import MicVoice
 from .quiet import QuietTracker
 from .reference import S16_SCALE, Reference
@@ -103,7 +104,6 @@ from .vad import (
 
 MAX_GAP_FRAMES: Final = 250  # a seq jump up to 5 s is filled with silence; more is an error
 MAX_INBOX: Final = 500  # uplink frames + downlink messages waiting for processing (~5-10 s)
-HOLD_GRACE_S: Final = 1.0  # a hold still undecided this long after its window is decided here
 _NEVER: Final = 2.0  # a barge-in threshold no probability reaches
 _DOWNLINK: Final = -1  # inbox items: a downlink message (else the uplink seq gap) ...
 _VERDICT: Final = -2  # ... or the turn model's answer
@@ -141,14 +141,10 @@ class Uplink:
         self.vad_options = vad
         self.asr_options = asr
         self._scale = rate_hz // VAD_RATE_HZ  # uplink samples per 16 kHz sample (1 or 3)
+        self.counters = UplinkCounters()
         self._frame_samples = fr.frame_samples(rate_hz)
         self._send = send
         self._barge_in = barge_in
-        self._hold = hold
-        self._settle = settle
-        # trio side: the onset of the soft barge-in for which the session holds its audio
-        self._held: int | None = None
-        self._hold_lot = trio.lowlevel.ParkingLot()
         self._offload = services.offload
         # (arrival time, uplink seq gap, pcm), (arrival time, _DOWNLINK, downlink message) or
         # (arrival time, _VERDICT, Verdict)
@@ -166,6 +162,18 @@ class Uplink:
         )
         soft = vad.barge_in_mode == "soft" and hold is not None and settle is not None
         self._soft = SoftBargeIn(vad, transcripts=transcriber is not None) if soft else None
+        self._holds = (  # (their trio side: holds.py)
+            Holds(
+                window_ms=vad.soft_window_ms,
+                scale=self._scale,
+                counters=self.counters,
+                hold=hold,
+                settle=settle,
+                unheld=lambda: self._enqueue((trio.current_time(), _UNHELD, None)),
+            )
+            if hold is not None and settle is not None and soft
+            else None
+        )
         now = trio.current_time()
         self._echo = EchoCanceller(t0=now) if vad.echo_cancel else None
         self._mic = MicVoice(services.vad_model) if self._echo is not None else None
@@ -187,7 +195,6 @@ class Uplink:
         self._pos = 0  # 16 kHz position of the next window
         cap = 1 << int(np.ceil(np.log2((vad.max_turn_s + 2.0) * VAD_RATE_HZ)))
         self._turn_ring = np.zeros(cap, dtype=np.float32)  # processed audio, for transcripts
-        self.counters = UplinkCounters()
         self._transcripts = (
             Transcripts(
                 transcriber,
@@ -202,6 +209,8 @@ class Uplink:
             if transcriber is not None
             else None
         )
+        if self._holds is not None:
+            self._holds.transcripts = self._transcripts
         # the words' side of the end of turn (unfinished.py) needs speculation, in English
         language = transcriber.language if transcriber is not None else None
         english = self._speculate and (language or "en") == "en"
@@ -231,7 +240,8 @@ class Uplink:
         audio (megabytes), that only the garbage collector frees, and the daemon freezes what
         lives long (`duplexd/_ops/collector.py`): they would wait for a sweep."""
         self._send = self._barge_in = _ignore
-        self._hold = self._settle = None
+        if self._holds is not None:
+            self._holds.forget_session()
         self._transcripts = self._ends = None
 
     # ------------------------------------------------------------------ uplink audio
@@ -339,29 +349,22 @@ class Uplink:
             delay = trio.current_time() - arrived
             c.barge_in_delay_s += delay
             c.barge_in_delay_max_s = max(c.barge_in_delay_max_s, delay)
-            if self._soft is None:
+            if self._holds is None:
                 self._barge_in(delay)
-            elif self._held is None:
-                assert self._hold is not None
-                if self._hold(delay, ev.sample * self._scale):
-                    c.holds += 1
-                    self._held = ev.sample
-                    if self._transcripts is not None:
-                        self._transcripts.holding = True
-                    self._hold_lot.unpark_all()
-                else:  # nothing was playing: nothing to decide
-                    self._enqueue((trio.current_time(), _UNHELD, None))
+            else:
+                self._holds.begin(delay, ev.sample)
         elif isinstance(ev, HoldCheck):
-            if self._held is not None and self._transcripts is not None:
-                self._transcripts.check_words(ev)
+            if self._holds is not None:
+                self._holds.check_words(ev)
         elif isinstance(ev, Settled):
-            if self._held is not None:
-                self._end_hold(ev)
+            if self._holds is not None:
+                self._holds.settled(ev)
         elif isinstance(ev, Turn) and self._transcripts is not None:
             self._transcripts.queue_turn(ev)
         elif isinstance(ev, Speculate) and self._speculate:  # (else for the turn model)
             assert self._transcripts is not None
-            if ev.padded or self._held is None:  # (a held sound's words: heard as its check)
+            held = self._holds is not None and self._holds.held is not None
+            if ev.padded or not held:  # (a held sound's words: heard as its check)
                 self._transcripts.speculate(ev)
         elif isinstance(ev, EndCheck) and self._ends is not None:
             self._ends.ask(ev)
@@ -505,42 +508,8 @@ class Uplink:
     def hold_ended(self) -> None:
         """The session stopped holding (the client interrupted meanwhile): the soft barge-in
         in progress, if any, decides nothing more."""
-        if self._held is not None:
-            self._held = None
-            if self._transcripts is not None:
-                self._transcripts.check_words(None)
-                self._transcripts.holding = False
-            self._hold_lot.unpark_all()
-            self._enqueue((trio.current_time(), _UNHELD, None))
-
-    def _heard(self, check: int, text: str) -> None:
-        """What a held barge-in's sound said, for the worker's `SoftBargeIn` (in its place
-        among the frames)."""
-        self._enqueue((trio.current_time(), _WORDS, (check, text)))
-
-    def _end_hold(self, settled: Settled) -> None:
-        assert self._settle is not None
-        self._held = None
-        if self._transcripts is not None:
-            self._transcripts.holding = False
-        self._hold_lot.unpark_all()
-        self.counters.holds_resumed += settled.resume
-        self.counters.holds_committed += not settled.resume
-        self._settle(settled, settled.onset * self._scale)
-
-    async def _watch_holds(self) -> None:
-        """Session task: a hold the worker has not decided `HOLD_GRACE_S` after its window
-        (the client stopped sending audio) is an interruption. Cancelling leaves nothing."""
-        window_s = self.vad_options.soft_window_ms / 1000 + HOLD_GRACE_S
-        while True:
-            while (onset := self._held) is None:
-                await self._hold_lot.park()
-            with trio.move_on_after(window_s):
-                while self._held == onset:
-                    await self._hold_lot.park()
-            if self._held == onset:
-                self._enqueue((trio.current_time(), _UNHELD, None))
-                self._end_hold(Settled(onset, False, fr.BargeInReason.TIMEOUT))
+        if self._holds is not None:
+            self._holds.ended()
 
     def _audio(self, start: int, end: int) -> npt.NDArray[np.float32]:
         cap = len(self._turn_ring)
@@ -567,15 +536,15 @@ class Uplink:
     async def run(self) -> None:
         """Session task: transcribe finished turns and answer the detector's end-of-turn
         questions, until cancelled (see `Transcripts.run` and `EndOfTurn.run`); with soft barge-ins,
-        also watch the holds (`_watch_holds`)."""
+        also watch the holds (`Holds.watch`)."""
         async with trio.open_nursery() as nursery:
             if self._ends is not None:
                 nursery.start_soon(self._ends.run)
             if self._transcripts is not None:
                 nursery.start_soon(self._transcripts.run)
             nursery.start_soon(trio.sleep_forever)  # a session task ends only when cancelled
-            if self._soft is not None:
-                nursery.start_soon(self._watch_holds)
+            if self._holds is not None:
+                nursery.start_soon(self._holds.watch)
 
     def stats(self) -> dict[str, Any]:
         out = self.counters.summary()
