@@ -30,6 +30,7 @@ SAMPLE_KEYS = (
     "vad_barge_in",
     "underrun_at",  # (time.monotonic(), session) of each underrun: the stalls (bench.steal)
     "vad_false_at",  # seconds into the session's uplink of each VAD false trigger
+    "vad_soft_resumed_why",  # (strings) "REASON: text" of each `vad_soft_resumed`
 )
 COUNT_KEYS = (
     "frames",

@@ -80,6 +80,7 @@ def _uplink_summary(run: dict[str, Any]) -> dict[str, Any]:
             "vad_barge_in_ms": {"p50": nan, "p95": nan, "p99": nan, "max": nan, "count": 0},
             "vad_barge_in_ms_each": [],
             "vad_false_at_s": [],
+            "vad_soft_resumed_why": [],
             **{k: nan for k in UPLINK_COUNTS},
             "vad_false_triggers_per_min": nan,
             "uplink_server": None,
@@ -101,6 +102,7 @@ def _uplink_summary(run: dict[str, Any]) -> dict[str, Any]:
         "vad_missed": run["vad_missed"],
         "vad_no_target": run["vad_no_target"],
         "vad_soft_resumed": run["vad_soft_resumed"],
+        "vad_soft_resumed_why": sorted(run.get("vad_soft_resumed_why", ())),
         "vad_injected": run["vad_injected"],
         "vad_speech_started": run["vad_speech_started"],
         "uplink_frames": run["uplink_frames"],
@@ -127,6 +129,18 @@ def _uplink_summary(run: dict[str, Any]) -> dict[str, Any]:
             # ... of which decided by a window between the VAD's (halfstep.py), and those windows
             "vad_barge_ins_between": sum(s.get("vad_barge_ins_between", 0) for s in stats),
             "vad_half_windows": sum(s.get("vad_half_windows", 0) for s in stats),
+            # soft barge-ins: the holds, their words checks, and those decoded again because
+            # the transcript at hand had no words (transcripts.py)
+            **{
+                k: sum(s.get(k, 0) for s in stats)
+                for k in (
+                    "soft_holds",
+                    "soft_holds_resumed",
+                    "soft_hold_checks",
+                    "soft_hold_checks_from_final",
+                    "soft_hold_checks_again",
+                )
+            },
             "vad_barge_in_delay_ms_mean": (
                 round(
                     sum(

@@ -297,6 +297,8 @@ class Mic:
         elif isinstance(frame, BargeIn) and frame.outcome == BargeInOutcome.RESUMED:
             if inj is not None and inj.covers(now):  # (the user's clip is a true barge-in)
                 out["vad_soft_resumed"] += self.active
+                if self.active:
+                    out["vad_soft_resumed_why"].append(f"{frame.reason.name}: {frame.text!r}")
         elif (
             isinstance(frame, UtteranceDone)
             and inj is not None

@@ -701,12 +701,13 @@ def test_a_soft_barge_ins_hold_is_its_latency_and_its_commit_no_false_one() -> N
     """`--uplink-barge-in-mode soft`: the HELLO asks for it; a HELD over the user's clip is
     the barge-in (onset -> HELD: the audio paused), the INTERRUPTED that commits it later is
     not counted again nor as false; a HELD with nobody talking is a false barge-in; a hold
-    over the clip that RESUMED is counted apart (the bench's clips are true barge-ins)."""
+    over the clip that RESUMED is counted apart (the bench's clips are true barge-ins), with
+    why (its reason and text)."""
     from bench.uplink import Injection, hello_options
     from duplexd.protocol import frames as fr
 
     mic = _mic(uplink_barge_in_mode="soft")
-    mic.out["vad_false_at"] = []
+    mic.out["vad_false_at"], mic.out["vad_soft_resumed_why"] = [], []
     assert hello_options(mic_config(uplink_barge_in_mode="soft"))["vad"]["barge_in_mode"] == "soft"
     assert hello_options(mic_config())["vad"]["barge_in_mode"] == "immediate"
     held = fr.BargeIn(fr.BargeInOutcome.HELD, fr.BargeInReason.ONSET, 0, 1, 960, 1000)
@@ -719,11 +720,14 @@ def test_a_soft_barge_ins_hold_is_its_latency_and_its_commit_no_false_one() -> N
     mic.inj.t_end = 2.0
     mic.on_frame(held, 2.0 + 1.6, 1)  # (past the clip and its tail: nobody talks)
     assert mic.out["vad_false_barge_ins"] == 1 and mic.out["vad_false_at"] == [pytest.approx(3.6)]
-    resumed = fr.BargeIn(fr.BargeInOutcome.RESUMED, fr.BargeInReason.BACKCHANNEL, 1, 2, 0, 10)
+    resumed = fr.BargeIn(
+        fr.BargeInOutcome.RESUMED, fr.BargeInReason.BACKCHANNEL, 1, 2, 0, 10, "Okay."
+    )
     mic.inj = Injection(2, 0, 0, 5, 80, t_onset_planned=5.0, t_onset=5.0)
     mic.on_frame(held, 5.06, 1)
     mic.on_frame(resumed, 5.9, 1)  # (the user's clip forgiven as a backchannel: counted)
     assert mic.out["vad_soft_resumed"] == 1 and mic.inj.latency == pytest.approx(0.06)
+    assert mic.out["vad_soft_resumed_why"] == ["BACKCHANNEL: 'Okay.'"]
 
 
 @pytest.mark.integration

@@ -483,6 +483,56 @@ async def test_a_held_sounds_check_after_its_turns_final_takes_the_finals_words(
         nursery.cancel_scope.cancel()
 
 
+class _Scripted(_Decodes):
+    """A transcriber test double that answers `texts` in order (then "Hello.")."""
+
+    def __init__(self, *texts: str) -> None:
+        super().__init__()
+        self.texts = list(texts)
+
+    async def hear(self, audio: np.ndarray, prompt: str | None = None, **kw: Any) -> Any:
+        from duplexd._uplink.window import Heard
+
+        await super().hear(audio, prompt, **kw)
+        return Heard(self.texts.pop(0) if self.texts else "Hello.", None)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("ended", [False, True], ids=["speculated", "final"])
+async def test_a_held_sounds_check_decodes_its_own_audio_when_the_transcript_at_hand_is_empty(
+    ended: bool,
+) -> None:
+    """No words resumes the agent's audio over the user: an empty speculative transcript (or
+    final) of the held sound's silence is not the check's answer; the check's own audio is
+    decoded after the hold prompt (at ten sessions "Wait," came out empty 8 times in 96)."""
+    import trio
+    import trio.testing
+
+    from duplexd._uplink.counters import UplinkCounters
+    from duplexd._uplink.transcripts import HOLD_PROMPT, HoldCheck
+
+    double = _Scripted("", "Wait.")
+    counters = UplinkCounters()
+    heard: list[tuple[int, str]] = []
+    words = _transcripts(double, counters, lambda check, text: heard.append((check, text)))
+    words.holding = True
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(words.run)
+        words.speculate(Speculate(0, 17_000, 14_000, padded=True))
+        assert (await words.speculated(14_000)).text == ""
+        if ended:  # the turn ended on that silence first: its final took the empty one
+            words.queue_turn(Turn(0, 17_000, final=True, stop=14_000))
+            await trio.testing.wait_all_tasks_blocked()
+            assert counters.speculations_used == 1
+        words.check_words(HoldCheck(7, np.zeros(19_400, np.float32), 14_000))
+        await trio.testing.wait_all_tasks_blocked()
+        assert heard == [(7, "Wait.")]
+        assert double.decoded == [17_000, 19_400]  # the check's own audio, pad and all
+        assert double.asked[-1] == (HOLD_PROMPT, True)
+        assert counters.hold_checks_again == 1 and counters.hold_checks_from_final == 0
+        nursery.cancel_scope.cancel()
+
+
 @pytest.mark.unit
 async def test_while_the_agent_is_held_the_sounds_words_are_decoded_after_the_hold_prompt() -> None:
     """A held sound's speculative transcript and a words check of its own are decoded after

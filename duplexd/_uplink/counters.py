@@ -25,6 +25,7 @@ class UplinkCounters:
     holds_committed: int = 0  # ... or interrupted
     hold_checks: int = 0  # transcriptions asked to decide one ...
     hold_checks_from_final: int = 0  # ... answered by the final of the turn they ended
+    hold_checks_again: int = 0  # ... decoded on their own: the transcript at hand had no words
     transcripts: int = 0
     asr_passes: int = 0  # streaming passes over a growing turn (asr.partial_ms) ...
     asr_passes_skipped: int = 0  # ... and the ones skipped: the previous one had not returned
@@ -67,6 +68,7 @@ class UplinkCounters:
             "soft_holds_committed": self.holds_committed,
             "soft_hold_checks": self.hold_checks,
             "soft_hold_checks_from_final": self.hold_checks_from_final,
+            "soft_hold_checks_again": self.hold_checks_again,
             "transcripts": self.transcripts,
             "partial_transcripts": self.partial_transcripts,
             "asr_speculations": self.speculations,
