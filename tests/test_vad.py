@@ -227,6 +227,46 @@ def test_a_48_khz_uplink_is_heard_as_soon_as_a_16_khz_one() -> None:
 
 
 @pytest.mark.unit
+@pytest.mark.parametrize("between", [False, True], ids=["vad-window", "window-between"])
+def test_a_turn_begins_where_the_sound_a_barge_in_acted_on_began(between: bool) -> None:
+    """A barge-in's run broken by a window under the threshold, then speech again before
+    `min_silence_ms`: the turn (SpeechStart, its transcript's audio) begins where the sound
+    the barge-in acted on began, not at the second run (its Transcript had 30 ms before the
+    word and Whisper heard nothing); after a silence that long, or a sound forgiven, the
+    next sound is another."""
+    opts = VadOptions(min_speech_ms=96.0, min_silence_ms=200.0)  # (a fixed end)
+    det = SpeechDetector(opts)
+    if between:  # (halfstep.py's window, 16 ms into the first VAD window)
+        assert det.barge_in_between(WINDOW // 2, 0.8, 0.5) == BargeIn(WINDOW // 2)
+        first = WINDOW // 2
+        probs = [0.3, 0.1, 0.9, 0.9, 0.9]
+    else:
+        first = WINDOW
+        probs = [0.1, 0.9, 0.3, 0.9, 0.9, 0.9]
+    events: list[object] = []
+    for pos, prob in enumerate(probs):
+        events += det.process((pos + int(between)) * WINDOW, prob, 0.5)
+    starts = [e for e in events if isinstance(e, SpeechStart)]
+    assert starts == [SpeechStart(first)]
+    # a silence of min_silence_ms between a barge-in's sound and the next: two sounds
+    det = SpeechDetector(opts)
+    events = []
+    for pos, prob in enumerate([0.9, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.9, 0.9, 0.9]):
+        events += det.process(pos * WINDOW, prob, 0.5)
+    assert [e for e in events if isinstance(e, BargeIn)] == [BargeIn(0), BargeIn(8 * WINDOW)]
+    assert [e for e in events if isinstance(e, SpeechStart)] == [SpeechStart(8 * WINDOW)]
+    # a sound forgiven (a soft barge-in's backchannel) starts no turn
+    det = SpeechDetector(opts)
+    assert det.process(0, 0.9, 0.5) == [BargeIn(0)]
+    assert det.process(WINDOW, 0.1, 0.5) == []
+    assert det.forgive() == []
+    events = []
+    for pos in (2, 3, 4):
+        events += det.process(pos * WINDOW, 0.9, 0.5)
+    assert [e for e in events if isinstance(e, SpeechStart)] == [SpeechStart(2 * WINDOW)]
+
+
+@pytest.mark.unit
 def test_speech_after_a_pause_in_the_turn_may_barge_in_again() -> None:
     """One barge-in per stretch of speech: a user who speaks on after a pause shorter than the
     turn's end may barge in on a reply that began playing meanwhile (an app that answered
