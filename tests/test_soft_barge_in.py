@@ -53,6 +53,12 @@ def test_backchannel_words() -> None:
         assert is_backchannel(text, bc), text
     for text in ("Wait, stop.", "No.", "Hold on.", "Yeah, but no.", "Okay, stop."):
         assert not is_backchannel(text, bc), text
+    # an allowed hyphenated word cut short past its hyphen ("Uh-" is "uh" already)
+    for text in ("Uh-h", "Uh-hu.", "Uh-"):
+        assert is_backchannel(text, bc), text
+        assert not is_backchannel(text, ("yeah", "okay")), text
+    for text in ("Uh-oh.", "Uh-huh-no", "Mm-mm."):  # (not a cut "uh-huh"; a hummed "no")
+        assert not is_backchannel(text, bc), text
     assert is_backchannel("Stop.", ("stop",))
     assert is_backchannel("", bc)  # no words at all: nothing that takes the turn
     # a hum, however Whisper spells it, where the list allows hums; not where it does not

@@ -64,7 +64,17 @@ def is_backchannel(text: str, backchannels: tuple[str, ...] | frozenset[str]) ->
         backchannels if isinstance(backchannels, frozenset) else backchannel_words(backchannels)
     )
     hums = any(is_hum(w) for w in allowed)
-    return all(w in allowed or (hums and is_hum(w)) for w in _letters_joined(spoken_words(text)))
+    return all(
+        w in allowed or (hums and is_hum(w)) or _clipped(w, allowed)
+        for w in _letters_joined(spoken_words(text))
+    )
+
+
+def _clipped(word: str, allowed: frozenset[str]) -> bool:
+    """Whether `word` is an allowed hyphenated word cut short past its hyphen ("uh-h" for
+    "uh-huh": Whisper writes what the sound's end cut off; `bench.backchannels` had "Uh-h"
+    interrupt)."""
+    return "-" in word and any("-" in a and a.startswith(word) for a in allowed)
 
 
 def _letters_joined(words: list[str]) -> list[str]:
