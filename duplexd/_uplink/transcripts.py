@@ -199,12 +199,12 @@ class Transcripts:
         the same silence that a speculative transcript (asked for before this check) is
         about: that one's text, when it has words, is the answer, and so is the final's, when
         the turn ended on that silence before the check came (the final takes the speculative
-        one: it was decoded a second time). Without words the sound is decoded on its own
-        (its pad before the onset too): "no words" resumes the agent's audio over the user,
-        and at ten sessions the speculative transcript of "Wait," came out empty in 8 of 96
-        checks whose own decode heard "Wait." (bench/results/README.md, "A held sound whose
-        transcript at hand was empty"). Cancelling abandons the decode (its thread finishes
-        in the background; nothing is answered)."""
+        one: it was decoded a second time). Without words the check's own audio is decoded
+        (the sound with the pad on both sides): "no words" resumes the agent's audio over the
+        user, and at ten sessions the speculative transcript of "Wait," came out empty in 8 of
+        96 checks whose own decode heard "Wait." (why is not found; bench/results/README.md,
+        "A held sound whose transcript at hand was empty"). Cancelling abandons the decode
+        (its thread finishes in the background; nothing is answered)."""
         c = self.counters
         c.hold_checks += 1
         spec = self._speculation

@@ -460,8 +460,8 @@ class SpeechDetector:
         """Where the turn beginning now began: its run's start, or the start of the sound a
         barge-in acted on before it, in a run broken since by less than `min_silence_ms` (the
         soft barge-in holds from there, and the turn's transcript must hear it: a turn dated
-        120 ms after it, as it was, gave Whisper 30 ms before the word, and "Wait," came out
-        empty)."""
+        120 ms after it, as it was, left its transcript 30 ms before the word; offline, a
+        clip that starts at the word comes out empty)."""
         assert self._run_start is not None
         onset, sound, self._sound_start = self._run_start, self._sound_start, None
         return onset if sound is None else min(onset, sound)
