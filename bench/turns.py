@@ -313,6 +313,7 @@ ASR_STATS: Final = (
     "asr_tails",
     "asr_speculations",
     "asr_speculations_used",
+    "asr_speculations_empty",
     "transcripts",
 )
 
@@ -438,7 +439,8 @@ def _asr_line(asr: dict[str, Any]) -> str:
         f"ASR (all sessions, STATS): {asr['asr_s']} s of decodes (wall) for "
         f"{asr['asr_audio_s']} s of audio; {asr['transcripts']} finals, "
         f"{asr['asr_speculations']} speculative transcripts "
-        f"({asr['asr_speculations_used']} used), {asr['asr_passes']} streaming passes "
+        f"({asr['asr_speculations_used']} used, {asr.get('asr_speculations_empty', 0)} "
+        f"empty: decoded again), {asr['asr_passes']} streaming passes "
         f"({asr['asr_passes_skipped']} skipped, {asr['partial_transcripts']} partials), "
         f"{asr['asr_tails']} finals decoded as a tail alone."
     )

@@ -594,7 +594,8 @@ def test_the_turn_bench_sums_its_sessions_asr_counters() -> None:
     }  # fmt: skip
     assert _asr_line(result["asr"]).startswith(
         "ASR (all sessions, STATS): 0.75 s of decodes (wall) for 7.5 s of audio; 3 finals, "
-        "3 speculative transcripts (3 used), 5 streaming passes (3 skipped, 3 partials), 3 "
+        "3 speculative transcripts (3 used, 3 empty: decoded again), 5 streaming passes (3 "
+        "skipped, 3 partials), 3 "
     )
 
 

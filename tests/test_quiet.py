@@ -511,7 +511,8 @@ async def test_a_held_sounds_check_decodes_its_own_audio_when_the_transcript_at_
     from duplexd._uplink.counters import UplinkCounters
     from duplexd._uplink.transcripts import HOLD_PROMPT, HoldCheck
 
-    double = _Scripted("", "Wait.")
+    # (the final decodes an empty speculative transcript again: empty again here)
+    double = _Scripted("", "", "Wait.") if ended else _Scripted("", "Wait.")
     counters = UplinkCounters()
     heard: list[tuple[int, str]] = []
     words = _transcripts(double, counters, lambda check, text: heard.append((check, text)))
@@ -520,16 +521,51 @@ async def test_a_held_sounds_check_decodes_its_own_audio_when_the_transcript_at_
         nursery.start_soon(words.run)
         words.speculate(Speculate(0, 17_000, 14_000, padded=True))
         assert (await words.speculated(14_000)).text == ""
-        if ended:  # the turn ended on that silence first: its final took the empty one
+        if ended:  # the turn ended on that silence first, its final empty too
             words.queue_turn(Turn(0, 17_000, final=True, stop=14_000))
             await trio.testing.wait_all_tasks_blocked()
-            assert counters.speculations_used == 1
+            assert counters.speculations_empty == 1
         words.check_words(HoldCheck(7, np.zeros(19_400, np.float32), 14_000))
         await trio.testing.wait_all_tasks_blocked()
         assert heard == [(7, "Wait.")]
-        assert double.decoded == [17_000, 19_400]  # the check's own audio, pad and all
+        # the check's own audio, pad and all
+        assert double.decoded == [17_000, 17_000, 19_400] if ended else [17_000, 19_400]
         assert double.asked[-1] == (HOLD_PROMPT, True)
         assert counters.hold_checks_again == 1 and counters.hold_checks_from_final == 0
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.unit
+async def test_an_empty_speculative_transcript_is_not_the_final_the_turn_is_decoded() -> None:
+    """Whisper tiny.en leaves a lone short word out now and then: a speculative transcript
+    with no words is not taken as the turn's final; the turn's own audio is decoded."""
+    import trio
+    import trio.testing
+
+    from duplexd._uplink.counters import UplinkCounters
+    from duplexd._uplink.transcripts import Transcripts
+    from duplexd.protocol import frames as fr
+
+    double = _Scripted("", "Yes.")
+    counters = UplinkCounters()
+    sent: list[object] = []
+    words = Transcripts(
+        double,  # type: ignore[arg-type]
+        counters=counters,
+        scale=1,
+        audio=lambda a, b: np.zeros(b - a, np.float32),
+        send=sent.append,
+        heard=lambda check, text: None,
+    )
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(words.run)
+        words.speculate(Speculate(0, 17_000, 14_000, padded=True))
+        assert (await words.speculated(14_000)).text == ""
+        words.queue_turn(Turn(0, 18_000, final=True, stop=14_000))
+        await trio.testing.wait_all_tasks_blocked()
+        assert sent == [fr.Transcript(start_sample=0, end_sample=18_000, text="Yes.")]
+        assert double.decoded == [17_000, 18_000]  # the turn's own audio, decoded again
+        assert counters.speculations_empty == 1 and counters.speculations_used == 0
         nursery.cancel_scope.cancel()
 
 

@@ -31,7 +31,8 @@ class UplinkCounters:
     asr_passes_skipped: int = 0  # ... and the ones skipped: the previous one had not returned
     partial_transcripts: int = 0
     speculations: int = 0  # turns transcribed ahead of their end (asr.speculate) ...
-    speculations_used: int = 0  # ... and the ones that were the final transcript
+    speculations_used: int = 0  # ... and the ones that were the final transcript ...
+    speculations_empty: int = 0  # ... or would have been, but had no words: decoded again
     speculations_skipped: int = 0  # quiet found by the level alone, the transcriber busy
     asr_tail_audio_s: float = 0.0  # audio decoded for finals after a confirmed prefix ...
     asr_tails: int = 0  # ... whose decode heard the confirmed words otherwise: tail decoded
@@ -73,6 +74,7 @@ class UplinkCounters:
             "partial_transcripts": self.partial_transcripts,
             "asr_speculations": self.speculations,
             "asr_speculations_used": self.speculations_used,
+            "asr_speculations_empty": self.speculations_empty,
             "asr_speculations_skipped": self.speculations_skipped,
             "asr_passes": self.asr_passes,
             "asr_passes_skipped": self.asr_passes_skipped,
