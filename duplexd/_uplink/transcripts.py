@@ -202,9 +202,10 @@ class Transcripts:
         one: it was decoded a second time). Without words the check's own audio is decoded
         (the sound with the pad on both sides): "no words" resumes the agent's audio over the
         user, and at ten sessions the speculative transcript of "Wait," came out empty in 8 of
-        96 checks whose own decode heard "Wait." (why is not found; bench/results/README.md,
-        "A held sound whose transcript at hand was empty"). Cancelling abandons the decode
-        (its thread finishes in the background; nothing is answered)."""
+        96 checks whose own decode heard "Wait." (its cut ends 100-130 ms sooner: the pad after
+        where the level heard the silence, not silero; bench/results/README.md, "A held sound
+        whose transcript at hand was empty"). Cancelling abandons the decode (its thread
+        finishes in the background; nothing is answered)."""
         c = self.counters
         c.hold_checks += 1
         spec = self._speculation
@@ -261,8 +262,8 @@ class Transcripts:
         turn (same start, same silence) and has words, else decoded now (`_decode`). An empty
         one is decoded again on the turn's own audio (its pad after where silero heard the
         silence, not after where the level did): Whisper tiny.en leaves a lone short word out
-        now and then, "Wait." 2-8 % of the time by the clip's cut (bench/results/README.md,
-        "A held sound whose transcript at hand was empty"), and a second cut mostly hears it."""
+        now and then (2-8 % of the time offline, by the clip's cut: bench/results/README.md,
+        "A held sound whose transcript at hand was empty"), and another cut mostly hears it."""
         agreement, self._agreement = self._agreement, None
         ready, self._speculated = self._speculated, None
         c = self.counters
