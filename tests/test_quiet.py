@@ -204,9 +204,12 @@ class _Decodes:
 
 
 def _transcripts(
-    double: _Decodes, counters: Any, heard: Callable[[int, str], None] = lambda c, t: None
+    double: _Decodes,
+    counters: Any,
+    heard: Callable[[int, str], None] = lambda c, t: None,
+    send: Callable[[Any], None] = lambda frame: None,
 ) -> Any:
-    """A session's `Transcripts` on `double`, the audio zeros, nothing sent."""
+    """A session's `Transcripts` on `double`, the audio zeros, its frames to `send`."""
     from duplexd._uplink.transcripts import Transcripts
 
     return Transcripts(
@@ -214,7 +217,7 @@ def _transcripts(
         counters=counters,
         scale=1,
         audio=lambda a, b: np.zeros(b - a, np.float32),
-        send=lambda frame: None,
+        send=send,
         heard=heard,
     )
 
@@ -543,20 +546,12 @@ async def test_an_empty_speculative_transcript_is_not_the_final_the_turn_is_deco
     import trio.testing
 
     from duplexd._uplink.counters import UplinkCounters
-    from duplexd._uplink.transcripts import Transcripts
     from duplexd.protocol import frames as fr
 
     double = _Scripted("", "Yes.")
     counters = UplinkCounters()
     sent: list[object] = []
-    words = Transcripts(
-        double,  # type: ignore[arg-type]
-        counters=counters,
-        scale=1,
-        audio=lambda a, b: np.zeros(b - a, np.float32),
-        send=sent.append,
-        heard=lambda check, text: None,
-    )
+    words = _transcripts(double, counters, send=sent.append)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(words.run)
         words.speculate(Speculate(0, 17_000, 14_000, padded=True))
