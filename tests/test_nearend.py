@@ -10,6 +10,7 @@ import pytest
 from test_echo import QUIET, agent_voice, run, user_voice
 
 from bench.rooms import ROOMS, ROOMS_BY_NAME, db, noise
+from duplexd._uplink import nearend
 from duplexd._uplink.nearend import HOLD_MS, NearEndOnset
 
 pytestmark = pytest.mark.integration
@@ -104,3 +105,36 @@ def test_reset_forgets_the_echo() -> None:
     flagged = onset.frames
     onset.add(far, far, 4 * RATE)  # (a new path: learned, not judged, for its first second)
     assert onset.frames == flagged
+
+
+@pytest.mark.parametrize(
+    ("room", "at_s"), [("rt60-100", 4.7), ("rt60-300", 4.0), ("nonlinear", 2.1)]
+)
+@pytest.mark.parametrize("bands", [True, False])
+def test_a_user_the_broadband_level_misses_stands_out_in_bands(
+    room: str, at_s: float, bands: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Onsets where "Wait" is not 6 dB over what the agent's loudest frame of the room's tail
+    explains, broadband, but is in bands where the agent's voice is quiet: found within 80 ms
+    by the per-band check, and only at the next word (over half a second later) without it."""
+    if not bands:
+        monkeypatch.setattr(nearend, "BANDS_OVER", len(nearend.BAND_EDGES_HZ))  # (> bands)
+    ref, user = agent_voice(), user_voice()
+    total = len(ref) + RATE
+    echo = ROOMS_BY_NAME[room].echo(ref, total)
+    at = round(at_s * RATE)
+    span = slice(at, at + len(user))
+    talk = np.zeros(total, dtype=np.float32)
+    talk[span] = user[: len(talk[span])] * 10 ** ((db(echo[span]) + 10 - db(user)) / 20)
+    start = at + _onset(user)
+    found: list[int] = []
+    run(
+        ref,
+        echo + talk + noise(total, QUIET),
+        each_frame=lambda ec: found.append(ec.near_end.until),
+    )
+    first = next(u for u in found if u > start) - round(HOLD_MS * RATE / 1000)
+    if bands:
+        assert start <= first <= start + round(0.080 * RATE)
+    else:
+        assert first > start + round(0.500 * RATE)
