@@ -5,7 +5,7 @@ echo and ducks them, 15-30 dB for 30-70 ms and more (measured in the generated r
 silero, fed AEC3's output, hears the onset one or more 32 ms windows late: the barge-in over an
 echo came 40-120 ms after one over headphones. The microphone's own signal is not ducked. While
 the near-end check is sure that the user is louder than the echo explains
-(`NearEndOnset.sure_over`: 3 of the last 5 10 ms frames, and the frames found louder since),
+(`NearEndOnset.sure_over`: 3 of the last 5 10 ms frames louder broadband, and those since),
 the echo in the microphone is under the user's voice by at least the check's margin, and a
 window that holds such frames counts toward a barge-in when silero hears a voice in either
 signal (uplink.py). A lone frame found louder (an echo path that changed, a loud syllable) does
