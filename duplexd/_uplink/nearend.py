@@ -21,7 +21,7 @@ as it would without an echo (uplink.py); once `SURE_FRAMES` of the last `SURE_SP
 judged were so broadband (`sure_over`: those frames, from the first of them found louder), the
 barge-in also hears the microphone itself, which AEC3's suppressor has not ducked
 (micvoice.py). Frames found only in bands do not make it sure: the microphone holds the echo
-too, and live, when they did, the echo barged in twice in eight runs (none in eight without;
+too, and live, when they did, the echo barged in twice in fourteen runs (none in eight without;
 not traced: bench/results/README.md, "The user over the echo, band by band"). It lowers nothing
 below `threshold`, so a noise over the echo barges in no more easily than one without an echo.
 Nothing is judged while the reference is under -50 dBFS over the tail (the agent between
