@@ -39,13 +39,20 @@ def test_the_echo_alone_is_never_taken_for_the_user(room: str) -> None:
 def test_the_user_louder_than_the_echo_is_found_at_their_onset(room: str, at_s: float) -> None:
     """The user 10 dB over the echo while the agent talks: found within 80 ms of their first
     syllable (and held `HOLD_MS` past the last frame found)."""
+    start, first = _user_over_the_echo(room, at_s)
+    assert start <= first <= start + round(0.080 * RATE)
+
+
+def _user_over_the_echo(room: str, at_s: float) -> tuple[int, int]:
+    """The user ("Wait, stop, ...") 10 dB over the agent's echo in `room` from `at_s` on: (the
+    sample of their onset, the first sample the check found the near end at)."""
     ref, user = agent_voice(), user_voice()
     total = len(ref) + RATE
     echo = ROOMS_BY_NAME[room].echo(ref, total)
     at = round(at_s * RATE)
     span = slice(at, at + len(user))
     talk = np.zeros(total, dtype=np.float32)
-    talk[span] = user * 10 ** ((db(echo[span]) + 10 - db(user)) / 20)
+    talk[span] = user[: len(talk[span])] * 10 ** ((db(echo[span]) + 10 - db(user)) / 20)
     start = at + _onset(user)
     found: list[int] = []
     run(
@@ -53,8 +60,7 @@ def test_the_user_louder_than_the_echo_is_found_at_their_onset(room: str, at_s: 
         echo + talk + noise(total, QUIET),
         each_frame=lambda ec: found.append(ec.near_end.until),
     )
-    first = next(u for u in found if u > start) - round(HOLD_MS * RATE / 1000)
-    assert start <= first <= start + round(0.080 * RATE)
+    return start, next(u for u in found if u > start) - round(HOLD_MS * RATE / 1000)
 
 
 def test_no_reference_no_verdict() -> None:
@@ -119,21 +125,7 @@ def test_a_user_the_broadband_level_misses_stands_out_in_bands(
     by the per-band check, and only at the next word (over half a second later) without it."""
     if not bands:
         monkeypatch.setattr(nearend, "BANDS_OVER", len(nearend.BAND_EDGES_HZ))  # (> bands)
-    ref, user = agent_voice(), user_voice()
-    total = len(ref) + RATE
-    echo = ROOMS_BY_NAME[room].echo(ref, total)
-    at = round(at_s * RATE)
-    span = slice(at, at + len(user))
-    talk = np.zeros(total, dtype=np.float32)
-    talk[span] = user[: len(talk[span])] * 10 ** ((db(echo[span]) + 10 - db(user)) / 20)
-    start = at + _onset(user)
-    found: list[int] = []
-    run(
-        ref,
-        echo + talk + noise(total, QUIET),
-        each_frame=lambda ec: found.append(ec.near_end.until),
-    )
-    first = next(u for u in found if u > start) - round(HOLD_MS * RATE / 1000)
+    start, first = _user_over_the_echo(room, at_s)
     if bands:
         assert start <= first <= start + round(0.080 * RATE)
     else:
