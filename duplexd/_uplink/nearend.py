@@ -15,24 +15,24 @@ spectrum is `MARGIN_DB` over the same per band (`BAND_EDGES_HZ`, each band's own
 the loudest reference band over the tail) in `BANDS_OVER` bands, each also `FLOOR_MARGIN_DB`
 over the microphone's quiet in it, `BAND_RUN` frames in a row: a user's "Wait" that is not 6 dB
 over a loud syllable of the agent, broadband, stands out where the agent's voice is quiet (the
-broadband check alone missed it in 4 of 32 of `bench.aec_rooms`' onsets a room, found only at
-the next word). For `HOLD_MS` after such a frame the session's barge-in needs only `threshold`,
-as it would without an echo (uplink.py); once `SURE_FRAMES` of the last `SURE_SPAN` frames
-judged were so broadband (`sure_over`: those frames, from the first of them found louder), the
-barge-in also hears the microphone itself, which AEC3's suppressor has not ducked
-(micvoice.py). Frames found only in bands do not make it sure: the microphone holds the echo
-too, and live, when they did, the echo barged in twice in fourteen runs (none in eight without;
-not traced: bench/results/README.md, "The user over the echo, band by band"). It lowers nothing
-below `threshold`, so a noise over the echo barges in no more easily than one without an echo.
-Nothing is judged while the reference is under -50 dBFS over the tail (the agent between
-sentences), nor in the first `TAIL_MS` after it comes back: live, an utterance's first syllable
-can echo back before its reference is handed on, and that echo over a reference just begun read
-as the near end (false barge-ins). An echo that comes back after none is learned afresh
-(`reset`), and so is any echo once most frames judged over the last half second were flagged (a
-louder path: the loudspeaker turned up, another device; a user heard that long would have
-stopped the agent). A realignment keeps what was learned: the tail's loudest reference frame
-hardly moves with the path's delay. What it bought and cost: bench/results/README.md, "The near
-end over the echo".
+broadband check alone missed three or four of `bench.aec_rooms`' 32 onsets in each of three
+rooms until the next word). For `HOLD_MS` after such a frame the session's barge-in needs only
+`threshold`, as it would without an echo (uplink.py); once `SURE_FRAMES` of the last
+`SURE_SPAN` frames judged were so broadband (`sure_over`: those frames, from the first of them
+found louder), the barge-in also hears the microphone itself, which AEC3's suppressor has not
+ducked (micvoice.py). Frames found only in bands do not make it sure: the microphone holds the
+echo too, and live, when they did, the echo barged in twice in fourteen runs (none in eight
+without; not traced: bench/results/README.md, "The user over the echo, band by band"). It
+lowers nothing below `threshold`, so a noise over the echo barges in no more easily than one
+without an echo. Nothing is judged while the reference is under -50 dBFS over the tail (the
+agent between sentences), nor in the first `TAIL_MS` after it comes back: live, an utterance's
+first syllable can echo back before its reference is handed on, and that echo over a reference
+just begun read as the near end (false barge-ins). An echo that comes back after none is
+learned afresh (`reset`), and so is any echo once most frames judged over the last half second
+were flagged (a louder path: the loudspeaker turned up, another device; a user heard that long
+would have stopped the agent). A realignment keeps what was learned: the tail's loudest
+reference frame hardly moves with the path's delay. What it bought and cost:
+bench/results/README.md, "The near end over the echo".
 
 One per echo canceller; fed by it (`add`) the frames AEC3 gets, in the uplink worker's thread.
 """
