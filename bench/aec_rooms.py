@@ -54,6 +54,7 @@ FRAME = 320
 FRAME_S = 0.020
 UPLINK_LATENCY_S = 0.003
 MISS_S = 2.0
+SLOW_MS = 100.0  # a barge-in slower than this is listed with its onset (`barge_in_slow`)
 F32 = npt.NDArray[np.float32]
 AGENT_TEXT = [
     "Sure, I can help you with that. The weather today is sunny with a light breeze.",
@@ -201,6 +202,7 @@ def measure(room: Room | None, agent: F32, user: F32, *, trials: int, user_db: f
     # the user talks over it
     latencies: list[float] = []
     levels: list[float] = []
+    slow: list[list[float | None]] = []
     misses = 0
     on = _onset(user)
     gain = 10 ** ((echo_db + user_db - db(user[on:])) / 20)
@@ -211,10 +213,14 @@ def measure(room: Room | None, agent: F32, user: F32, *, trials: int, user_db: f
         uplink, events, _ = replay(agent, echo + talk + noise(total, -55.0, seed=i + 1), seed=i + 1)
         onset_frame = (at + on) // FRAME
         hits = [k for k, e in events if isinstance(e, BargeIn) and k >= at // FRAME]
-        if hits and hits[0] - onset_frame <= MISS_S / FRAME_S:
-            latencies.append(1000 * (hits[0] - onset_frame) * FRAME_S)
+        late = 1000 * (hits[0] - onset_frame) * FRAME_S if hits else None
+        if late is not None and late <= 1000 * MISS_S:
+            latencies.append(late)
         else:
+            late = None
             misses += 1
+        if late is None or late > SLOW_MS:  # (where in the reply the slow ones lie)
+            slow.append([round((at + on) / RATE, 2), None if late is None else round(late)])
         out = uplink._audio(0, uplink._pos)
         s = slice(at + on, min(at + len(user), len(out)))
         levels.append(db(out[s]) - db(talk[s]))
@@ -223,6 +229,7 @@ def measure(room: Room | None, agent: F32, user: F32, *, trials: int, user_db: f
     row["barge_in_ms_p95"] = round(ms[int(0.95 * (len(ms) - 1) + 0.5)], 1) if ms else None
     row["barge_in_ms_max"] = round(ms[-1], 1) if ms else None
     row["barge_in_misses"] = misses
+    row["barge_in_slow"] = slow  # [onset s into the voice, ms or None: missed], over SLOW_MS
     row["user_level_db"] = round(float(np.mean(levels)), 2)
     row["user_level_db_worst"] = round(float(max(levels, key=abs)), 2)
     return row
@@ -328,6 +335,14 @@ def markdown(out: dict[str, Any]) -> str:
             if run.get("jitter_ms"):
                 rev += f", jitter {run['jitter_ms']:g} ms"
             lines.append(f"| {row['room']} | {rev} | " + " | ".join(cells) + " |")
+    lines.append(
+        f"\nBarge-ins over {SLOW_MS:g} ms (onset s into the agent's voice: ms, or missed):"
+    )
+    for row in out["rooms"]:
+        slow = ", ".join(
+            f"{t:g}: {'missed' if ms is None else ms}" for t, ms in row["barge_in_slow"]
+        )
+        lines.append(f"- {row['room']}: {slow or 'none'}")
     return "\n".join(lines) + "\n"
 
 

@@ -15,6 +15,7 @@ import pytest
 
 from bench.aec_rooms import FRAME, RATE, _onset, replay, voices
 from bench.rooms import ROOMS_BY_NAME, db, noise
+from duplexd._uplink import nearend
 from duplexd._uplink.micvoice import CAPACITY, MicVoice
 from duplexd._uplink.nearend import NearEndOnset
 from duplexd._uplink.vad import WINDOW, BargeIn, SileroVad, SpeechStart, VadModel
@@ -39,20 +40,62 @@ def test_a_ducked_onset_is_heard_in_the_microphone(
     """RT60 300 ms, the user 10 dB over the echo on average: in trial 7 "Wait," starts under a
     loud stretch of the agent and AEC3's output held it 18-32 dB under the user for 70 ms and
     again after (the barge-in came 740 ms late before; trial 11: 180 ms)."""
-    agent, user = bench_voices
-    room = ROOMS_BY_NAME["rt60-300"]
+    late, mic_windows = _barge_in_ms("rt60-300", trial, 32, bench_voices)
+    assert late is not None and 0 <= late <= within_ms and mic_windows > 0, late
+
+
+def _barge_in_ms(
+    room: str, trial: int, trials: int, voices_: tuple[np.ndarray, np.ndarray]
+) -> tuple[int | None, int]:
+    """`bench.aec_rooms`' trial `trial` of `trials` in `room`: (the user's onset -> the
+    barge-in in ms, or None: none within 2 s; the windows the microphone itself was heard in)."""
+    agent, user = voices_
     total = len(agent) + RATE
-    echo = room.echo(agent, total)
+    echo = ROOMS_BY_NAME[room].echo(agent, total)
     on = _onset(user)
     gain = 10 ** ((db(echo[RATE : len(agent)]) + 10.0 - db(user[on:])) / 20)
-    at = _trial_onset(agent, trial)
+    at = _trial_onset(agent, trial, trials)
     talk = np.zeros(total, dtype=np.float32)
     talk[at : at + len(user)] = gain * user[: total - at]
     mic = echo + talk + noise(total, -55.0, seed=trial + 1)
     uplink, events, _ = replay(agent, mic, seed=trial + 1)
     barge = [k for k, e in events if isinstance(e, BargeIn) and k >= at // FRAME]
-    assert barge and 0 <= (barge[0] - (at + on) // FRAME) * 20 <= within_ms, barge
-    assert uplink.counters.mic_windows > 0
+    late = (barge[0] - (at + on) // FRAME) * 20 if barge else None
+    return (late if late is not None and late <= 2000 else None), uplink.counters.mic_windows
+
+
+@pytest.mark.parametrize("bands", [True, False])
+def test_wait_as_the_agent_resumes_is_heard_in_bands(
+    bench_voices: tuple[np.ndarray, np.ndarray], bands: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RT60 100 ms, "Wait," 3-15 dB over the echo 180 ms after the agent resumes from its first
+    pause (trial 10 of 48): AEC3 ducks all of it, and it is found only in bands. Frames found
+    in bands make the check sure, so the microphone is heard: within 100 ms (740 ms, at the
+    next word, when only broadband frames made it sure; and without the bands)."""
+    if not bands:
+        monkeypatch.setattr(nearend, "BANDS_OVER", len(nearend.BAND_EDGES_HZ))  # (> bands)
+    late, mic_windows = _barge_in_ms("rt60-100", 10, 48, bench_voices)
+    if bands:
+        assert late is not None and 0 <= late <= 100 and mic_windows > 0, late
+    else:
+        assert late is None or late > 500, late
+
+
+@pytest.mark.parametrize("sooner", [True, False])
+def test_an_onset_just_after_the_first_pause_is_judged(
+    bench_voices: tuple[np.ndarray, np.ndarray], sooner: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RT60 600 ms, "Wait," 250 ms after the agent resumes from its first pause (trial 0 of 48,
+    at 1.05 s): with nothing judged for `GUARD_MS` (150 ms) after the reference comes back and
+    0.5 s of the echo learned, the check judges from 1.03 s and the barge-in comes within 100
+    ms; with 300 ms and 1 s it judged from 1.66 s, after "Wait," (AEC3's output alone: over
+    100 ms)."""
+    if not sooner:
+        monkeypatch.setattr(nearend, "GUARD_MS", 300.0)
+        monkeypatch.setattr(nearend, "_MIN_RATIOS", 100)
+    late, _ = _barge_in_ms("rt60-600", 0, 48, bench_voices)
+    assert late is not None
+    assert late <= 100 if sooner else late > 100, late
 
 
 def test_a_changed_echo_path_is_not_the_user(bench_voices: tuple[np.ndarray, np.ndarray]) -> None:
@@ -76,7 +119,7 @@ def test_sure_only_after_three_of_five_frames() -> None:
     far = np.full(160, 0.1, dtype=np.float32)
     echo = 0.01 * far  # (a return loss of 40 dB)
     pos = 0
-    for _ in range(200):  # the reference's first 300 ms, then 1 s of ratios learned
+    for _ in range(200):  # the reference's first `GUARD_MS`, then its return loss learned
         ne.add(echo, far, pos)
         pos += 160
     assert ne.judging

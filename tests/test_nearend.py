@@ -109,7 +109,7 @@ def test_reset_forgets_the_echo() -> None:
     assert onset.frames > 0
     onset.reset()
     flagged = onset.frames
-    onset.add(far, far, 4 * RATE)  # (a new path: learned, not judged, for its first second)
+    onset.add(far, far, 4 * RATE)  # (a new path: learned, not judged, for its first 0.5 s)
     assert onset.frames == flagged
 
 

@@ -1,16 +1,15 @@
 """The microphone itself, heard while the user is surely talking over the agent's echo.
 
-AEC3's suppressor takes the first syllables of a user who starts talking over the echo for
-echo and ducks them, 15-30 dB for 30-70 ms and more (measured in the generated rooms), so
-silero, fed AEC3's output, hears the onset one or more 32 ms windows late: the barge-in over an
-echo came 40-120 ms after one over headphones. The microphone's own signal is not ducked. While
-the near-end check is sure that the user is louder than the echo explains
-(`NearEndOnset.sure_over`: 3 of the last 5 10 ms frames louder broadband, and those since),
-the echo in the microphone is under the user's voice by at least the check's margin, and a
-window that holds such frames counts toward a barge-in when silero hears a voice in either
-signal (uplink.py). A lone frame found louder (an echo path that changed, a loud syllable) does
-not make it sure: listening to the microphone on one such frame let the echo barge in
-(bench.aec_jitter, the changed path).
+AEC3's suppressor takes the first syllables of a user who starts talking over the echo for echo and
+ducks them, 15-30 dB for 30-70 ms and more (measured in the generated rooms), so silero, fed AEC3's
+output, hears the onset one or more 32 ms windows late: the barge-in over an echo came 40-120 ms
+after one over headphones. The microphone's own signal is not ducked. While the near-end check is
+sure that the user is louder than the echo explains (`NearEndOnset.sure_over`: 3 of the last 5 10
+ms frames louder, broadband or band by band, and those since), the echo in the microphone is under
+the user's voice by at least the check's margin (in those bands, at least), and a window that holds
+such frames counts toward a barge-in when silero hears a voice in either signal (uplink.py). A lone
+frame found louder (an echo path that changed, a loud syllable) does not make it sure: listening to
+the microphone on one such frame let the echo barge in (bench.aec_jitter, the changed path).
 
 `MicVoice` keeps the microphone's last samples (16 kHz, the positions the uplink's windows
 have: AEC3's output sample k is its input sample k) and a silero stream of its own over them,

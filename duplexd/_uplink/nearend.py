@@ -18,21 +18,22 @@ over a loud syllable of the agent, broadband, stands out where the agent's voice
 broadband check alone missed three or four of `bench.aec_rooms`' 32 onsets in each of three
 rooms until the next word). For `HOLD_MS` after such a frame the session's barge-in needs only
 `threshold`, as it would without an echo (uplink.py); once `SURE_FRAMES` of the last
-`SURE_SPAN` frames judged were so broadband (`sure_over`: those frames, from the first of them
-found louder), the barge-in also hears the microphone itself, which AEC3's suppressor has not
-ducked (micvoice.py). Frames found only in bands do not make it sure: the microphone holds the
-echo too, and live, when they did, the echo barged in twice in fourteen runs (none in eight
-without; not traced: bench/results/README.md, "The user over the echo, band by band"). It
-lowers nothing below `threshold`, so a noise over the echo barges in no more easily than one
-without an echo. Nothing is judged while the reference is under -50 dBFS over the tail (the
-agent between sentences), nor in the first `TAIL_MS` after it comes back: live, an utterance's
-first syllable can echo back before its reference is handed on, and that echo over a reference
-just begun read as the near end (false barge-ins). An echo that comes back after none is
-learned afresh (`reset`), and so is any echo once most frames judged over the last half second
-were flagged (a louder path: the loudspeaker turned up, another device; a user heard that long
-would have stopped the agent). A realignment keeps what was learned: the tail's loudest
-reference frame hardly moves with the path's delay. What it bought and cost:
-bench/results/README.md, "The near end over the echo".
+`SURE_SPAN` frames judged were so (`sure_over`: those frames, from the first of them found
+louder), the barge-in also hears the microphone itself, which AEC3's suppressor has not ducked
+(micvoice.py): "Wait" said just as the agent resumes is ducked by AEC3 for its whole length,
+and found in bands alone (bench/results/README.md, "Sure in bands, judged sooner"). It lowers
+nothing below `threshold`, so a noise over the echo barges in no more easily than one without an
+echo. Nothing is judged while the reference is under -50 dBFS over the tail (the agent between
+sentences), nor in the first `GUARD_MS` after it comes back: live, an utterance's first syllable
+can echo back before its reference is handed on, and that echo over a reference just begun read as
+the near end (false barge-ins; 300 ms at first, 150 since ten live runs had none with it). Frames
+are judged once `_MIN_RATIOS` of the echo are known (half a second: a user who starts talking in
+the reply's second second is not learned as its echo). An echo that comes back after none is
+learned afresh (`reset`), and so is any echo once most frames judged over the last half second were
+flagged (a louder path: the loudspeaker turned up, another device; a user heard that long would
+have stopped the agent). A realignment keeps what was learned: the tail's loudest reference frame
+hardly moves with the path's delay. What it bought and cost: bench/results/README.md, "The near end
+over the echo".
 
 One per echo canceller; fed by it (`add`) the frames AEC3 gets, in the uplink worker's thread.
 """
@@ -48,6 +49,7 @@ import numpy.typing as npt
 FloatArray = npt.NDArray[np.float32]
 
 TAIL_MS: Final = 300.0  # the reference's loudest frame over this long drives the echo
+GUARD_MS: Final = 150.0  # nothing judged this long after the reference comes back
 HISTORY_S: Final = 2.0  # the microphone-to-reference ratios the echo's return loss is taken of
 RATIO_QUANTILE: Final = 95.0  # ... this percentile of them
 MARGIN_DB: Final = 6.0  # a frame this far over it: the near end talking
@@ -61,11 +63,11 @@ BAND_RUN: Final = 2
 # its energies held): the room's noise where the echo is faint is not the user
 FLOOR_QUANTILE: Final = 10.0
 FLOOR_MARGIN_DB: Final = 10.0
-# ... and once SURE_FRAMES of the last SURE_SPAN frames judged were so broadband, the microphone
-# itself is heard too (`sure_over`, micvoice.py): one stray frame (an echo path that changed) is not
+# ... and once SURE_FRAMES of the last SURE_SPAN frames judged were so, the microphone itself
+# is heard too (`sure_over`, micvoice.py): one stray frame (an echo path that changed) is not
 SURE_FRAMES: Final = 3
 SURE_SPAN: Final = 5
-_MIN_RATIOS: Final = 100  # (1 s of them before any frame is judged)
+_MIN_RATIOS: Final = 50  # (0.5 s of them before any frame is judged)
 _SPAN_MASK: Final = (1 << SURE_SPAN) - 1
 _REFRESH_FRAMES: Final = 10  # the return loss worked out again every 100 ms of echo
 # over half the frames judged lately flagged (a running share, ~0.5 s): a louder echo (`reset`)
@@ -87,6 +89,7 @@ class NearEndOnset:
         self._j = 0
         self._known = 0
         self._sounding = 0  # frames since the reference came up from the floor
+        self._guard = round(GUARD_MS / 10)
         self._margin = 10 ** (MARGIN_DB / 10)
         self._hold = round(HOLD_MS * rate_hz / 1000)
         self._limit: float | None = None  # a ratio over this: the near end (`_return_losses`)
@@ -106,7 +109,7 @@ class NearEndOnset:
         self._band_run = 0  # frames in a row over in `BANDS_OVER` bands
         self.until = -1  # the uplink sample up to which the near end is talking ...
         self._sure = (-1, -1)  # the span [from, to) of frames it is sure of (`sure_over`)
-        self._recent = 0  # the last `SURE_SPAN` frames judged, a bit each (1: louder, broadband)
+        self._recent = 0  # the last `SURE_SPAN` frames judged, a bit each (1: louder)
         self._louder: collections.deque[int] = collections.deque(maxlen=SURE_SPAN)  # (starts)
         self.frames = 0  # frames found louder than the echo (observability)
         self._flag_share = 0.0  # ... the share of the frames judged lately
@@ -158,7 +161,7 @@ class NearEndOnset:
                 self._sounding = self._recent = self._band_run = 0
                 continue
             self._sounding += 1
-            if self._sounding <= len(self._far):  # (an utterance's first `TAIL_MS`: below)
+            if self._sounding <= self._guard:  # (an utterance's first `GUARD_MS`: below)
                 continue
             if e_near[k] <= _NEAR_FLOOR:  # (digital silence, a gap filled with zeros: no
                 continue  # ratio of an echo, and a history of zeros would flag every echo)
@@ -180,13 +183,12 @@ class NearEndOnset:
                 broad = ratio > self._limit
                 louder = broad or self._band_run >= BAND_RUN
                 self._flag_share += (float(louder) - self._flag_share) * _SHARE_WEIGHT
-                self._recent = ((self._recent << 1) | broad) & _SPAN_MASK
+                self._recent = ((self._recent << 1) | louder) & _SPAN_MASK
                 if louder:
                     self.until = pos + (k + 1) * f + self._hold
                     start = pos + k * f
-                    if broad:
-                        self._louder.append(start)
-                    if broad and self._recent.bit_count() >= SURE_FRAMES:
+                    self._louder.append(start)
+                    if self._recent.bit_count() >= SURE_FRAMES:
                         first = min(p for p in self._louder if p > start - SURE_SPAN * f)
                         if first > self._sure[1]:  # (else the span it is sure of goes on)
                             self._sure = (first, self._sure[1])
