@@ -60,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
         "--codec",
         default="pcm",
         choices=["pcm", "opus"],
-        help="the downlink's audio codec (duplexd only: the baseline speaks PCM)",
+        help="the audio codec, both ways with --uplink (duplexd only: the baseline speaks PCM)",
     )
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--sessions", default="1,10,50,100", help="comma-separated levels")

@@ -68,7 +68,7 @@ class LoadConfig:
     # `burst_every_s` (once the previous one has played out)
     burst_chars: int = 0
     burst_every_s: float = 12.0
-    codec: str = "pcm"  # --codec: the downlink's audio codec (SPEC §4.6.3), "pcm" or "opus"
+    codec: str = "pcm"  # --codec: the audio codec (SPEC §4.6.3), "pcm" or "opus"; both ways
 
 
 class Target(Protocol):
@@ -173,7 +173,8 @@ async def open_duplexd(
     codec: str = "pcm",
 ) -> AsyncIterator[Target]:
     """`uplink_options`: open a 16 kHz uplink with these HELLO options. `codec`: the
-    downlink's codec (the SDK decodes Opus, so the measurements see PCM). `token`: the
+    downlink's codec, and the uplink's when there is one (the SDK decodes and encodes Opus,
+    so the measurements see and make PCM). `token`: the
     daemon's token ("" for none), presented as `credentials` says. The SDK's `open_session`,
     with the upgrade's headers in our hands and a connect timeout that holds (`open_ws`)."""
     from duplexd.client.session import session_over
@@ -182,7 +183,9 @@ async def open_duplexd(
     hello_token, headers = credentials(token)
     options = dict(uplink_options or {})
     if codec != "pcm":
-        options["codec"] = {"downlink": codec}
+        options["codec"] = {"downlink": codec} | (
+            {"uplink": codec} if uplink_options is not None else {}
+        )
     hello = Hello(
         uplink_rate_hz=16_000 if uplink_options is not None else 0,
         token=hello_token,
@@ -192,6 +195,9 @@ async def open_duplexd(
         open_ws(url, subprotocols=[SUBPROTOCOL], extra_headers=headers or None) as ws,
         session_over(ws, hello, on_frame=on_frame, timeout_s=10.0) as session,
     ):
+        granted = (session.audio.opus_down, session.audio.opus_up)
+        if codec == "opus" and granted != (True, uplink_options is not None):
+            raise RuntimeError(f"asked for Opus, the daemon granted (downlink, uplink) {granted}")
         yield _DuplexdTarget(session)
 
 

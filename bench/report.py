@@ -376,6 +376,9 @@ def markdown(doc: dict[str, Any]) -> str:
         f"server pacing error: {doc['server_merge']}.",
         "",
     ]
+    if doc.get("codec", "pcm") != "pcm":  # (the SDK decodes and encodes: measured as PCM)
+        both = " both ways" if doc.get("uplink") else ""
+        lines += [f"Codec: {doc['codec']}{both} (duplexd; the baseline speaks PCM).", ""]
     up = doc.get("uplink")
     if up:
         echo = "off"

@@ -207,6 +207,21 @@ def test_uplink_echo_through_a_room(tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
+def test_uplink_over_opus_both_ways(tmp_path: Path) -> None:
+    """`--codec opus` with the uplink: both directions are Opus (the bench refuses to go on
+    if the daemon grants less), and the report says so."""
+    stdout, doc = _tone_bench(
+        tmp_path,
+        *("--sessions", "1", "--duration", "2", "--interrupt-fraction", "0"),
+        *("--uplink-echo-room", "rt60-300", "--codec", "opus"),
+    )
+    assert doc["codec"] == "opus" and "Codec: opus both ways" in stdout
+    level = doc["levels"][0]
+    assert 0 < level["bytes_per_frame"] < 200  # (Opus: PCM at 16 kHz is 656 bytes a frame)
+    assert level["uplink_server"]["uplink_frames"] >= 0.8 * doc["duration_s"] / 0.02
+
+
+@pytest.mark.integration
 def test_uplink_over_a_jittery_network_from_a_drifting_clock(tmp_path: Path) -> None:
     """`--uplink-jitter-ms`, `--uplink-drift-ppm`: recorded in the run's metadata and said in
     its report; they imply --uplink; a bad value is one line and exit 2."""
