@@ -39,7 +39,7 @@ from typing import Any
 from tqdm import tqdm
 
 from . import cpus
-from .daemon import Server, ServerFailed, duplexd_argv, start_server
+from .daemon import Server, ServerFailed, duplexd_argv, free_port, start_server
 from .hostile import ATTACKS, AttackConfig, attacker_process
 from .load import LoadConfig, credentials
 from .runner import run_level
@@ -211,12 +211,6 @@ def _environ(name: str, value: str) -> Iterator[None]:
             os.environ.pop(name, None)
         else:
             os.environ[name] = saved
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _vm_kb(pid: int, key: str) -> float:

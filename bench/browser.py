@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,7 @@ import numpy as np
 import trio
 
 from .cdp import chromium, open_browser
+from .daemon import free_port
 from .report import print_and_save
 
 REPLIES = (
@@ -40,12 +40,6 @@ REPLIES = (
     "I found three Italian restaurants nearby. The closest one is a short walk from here.",
 )
 INTERRUPTION = "Wait, stop, I have another question."
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def speech_wav(path: Path, every_s: float) -> None:
@@ -70,7 +64,7 @@ def speech_wav(path: Path, every_s: float) -> None:
 
 
 def start_daemon(engine: str, log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
-    http_port = _free_port()
+    http_port = free_port()
     argv = [sys.executable, "-m", "duplexd", "serve", "--engine", engine, "--port", "0",
             "--http-port", str(http_port), "--log-format", "text"]  # fmt: skip
     log = log_path.open("wb")

@@ -8,8 +8,10 @@ Its stderr goes to a temporary file, so a chatty server can never block on a ful
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -110,6 +112,43 @@ def listening_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
     sock = socket.create_server((host, port), backlog=4096)
     sock.set_inheritable(True)
     return sock
+
+
+_LOWEST_FREE_PORT = 20_000
+_free_ports: Iterator[int] | None = None
+
+
+def _ports_below_the_ephemeral_range() -> Iterator[int]:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32_768  # (Linux's default; elsewhere a guess)
+    first = min(_LOWEST_FREE_PORT, low - 1_000)
+    ports = list(range(first, low))
+    start = random.randrange(len(ports))  # (two runs at once rarely walk the same ports)
+    return itertools.cycle(ports[start:] + ports[:start])
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on `host` that nothing holds now, for a server that a subprocess binds by
+    number. It comes from below the kernel's ephemeral range
+    (/proc/sys/net/ipv4/ip_local_port_range), each one once per run: a port from bind(0) can be
+    handed to another socket (another bind(0), an outgoing connection) between the pick and the
+    server's bind ("Address already in use"), one below that range only to whoever asks for it
+    by number."""
+    global _free_ports
+    if _free_ports is None:
+        _free_ports = _ports_below_the_ephemeral_range()
+    for _ in range(1_000):
+        port = next(_free_ports)
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        return port
+    raise OSError(f"no free TCP port on {host} below the ephemeral range")
 
 
 def start_worker(

@@ -14,7 +14,6 @@ import contextlib
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,7 @@ import pytest
 import trio
 
 from bench.cdp import chromium, open_browser
+from bench.daemon import free_port
 
 pytestmark = [
     pytest.mark.integration,
@@ -46,16 +46,10 @@ MIC_FLAGS = (
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def running_daemon(env: dict[str, str] | None = None) -> Iterator[str]:
     """`duplexd serve --engine tone` with its side port; yields the page's URL."""
-    http_port = _free_port()
+    http_port = free_port()
     fd, log_name = tempfile.mkstemp(prefix="duplexd-browser-", suffix=".log")
     argv = [sys.executable, "-m", "duplexd", "serve", "--engine", "tone", "--port", "0",
             "--http-port", str(http_port), "--log-format", "text"]  # fmt: skip

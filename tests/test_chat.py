@@ -25,6 +25,7 @@ import pytest
 import trio
 import trustme
 
+from bench.daemon import free_port
 from duplexd.client.agent import DemoResponder, LLMError, OpenAIResponder, stream_chat_completion
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -329,12 +330,6 @@ async def test_demo_responder() -> None:
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.parametrize("noisy", [False, True], ids=["clean", "noisy_with_suppression"])
@@ -355,7 +350,7 @@ def test_chat_with_a_mic_file_against_a_daemon(tmp_path: Path, noisy: bool) -> N
         w.setsampwidth(2)
         w.setframerate(16_000)
         w.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
-    port = _free_port()
+    port = free_port()
     # the reply's words are judged below: the voice without sampling noise says them the same way
     # each run (with noise, one run in many read "that side" for "outside": WER 0.31)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "DUPLEXD_ENGINE__DETERMINISTIC": "true"}

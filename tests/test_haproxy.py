@@ -11,7 +11,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ import pytest
 import trio
 from test_service import CLIENT_SOCKET_LEAK, http_get, samples, until
 
+from bench.daemon import free_port
 from duplexd.client.session import ClientSession, SessionError, UtteranceDone, open_session
 from duplexd.protocol import frames as fr
 
@@ -35,13 +35,7 @@ DEPLOY_CFG = Path(__file__).resolve().parent.parent / "deploy" / "haproxy.cfg"
 
 
 def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
+    return [free_port() for _ in range(n)]
 
 
 def haproxy_config(

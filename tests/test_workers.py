@@ -21,7 +21,14 @@ import trio
 from test_haproxy import DRAINING, by_daemon, hold_sessions, wait_ready
 from test_service import CLIENT_SOCKET_LEAK, http_get, samples, until
 
-from bench.daemon import Server, ServerFailed, listening_socket, start_server, start_worker
+from bench.daemon import (
+    Server,
+    ServerFailed,
+    free_port,
+    listening_socket,
+    start_server,
+    start_worker,
+)
 from duplexd.client.session import open_session
 
 pytestmark = [
@@ -44,11 +51,6 @@ def servers() -> Iterator[list[Server]]:
     yield started
     for s in started:
         s.stop()
-
-
-def free_port() -> int:
-    with listening_socket() as s:
-        return int(s.getsockname()[1])
 
 
 async def shared_readyz(port: int) -> tuple[int, str] | None:
