@@ -18,6 +18,10 @@ nothing comes back) over room noise, with and without the user talking over it:
 - CPU: the uplink worker's thread time per second of audio (echo canceller + VAD; and with
   `echo_cancel` off, the VAD alone, for the canceller's share).
 
+`--codec opus`: Opus both ways at 32 kbit/s, as a session that asks for it: the agent's AUDIO
+frames are Opus packets (the uplink's reference decodes them, as the daemon's does), the room
+echoes what a client decodes from them, and each microphone frame goes up as an Opus packet.
+
 `--canceller livekit`: the same rooms with LiveKit's AudioProcessingModule in place of
 `pywebrtc-audio`'s AEC3 (bench/livekit_aec.py; `pip install livekit` first).
 
@@ -42,12 +46,13 @@ import trio
 import trio.testing
 
 from bench.rooms import ROOMS, Room, db, noise
+from duplexd._opus import OpusDecoder, OpusEncoder
 from duplexd._uplink.uplink import Uplink, UplinkServices
 from duplexd._uplink.vad import BargeIn, SpeechStart, VadModel
 from duplexd.protocol import frames as fr
 from duplexd.protocol.codec import encode
 from duplexd.protocol.options import NOISE_SUPPRESSION as NOISE_SUPPRESSION_LEVELS
-from duplexd.protocol.options import AsrOptions, SessionOptions, VadOptions
+from duplexd.protocol.options import AsrOptions, CodecOptions, SessionOptions, VadOptions
 
 RATE = 16_000
 FRAME = 320
@@ -82,6 +87,20 @@ def voices(cache: Path) -> tuple[F32, F32]:
 ECHO_THRESHOLD: float | None = None  # --echo-threshold: the session option, else its default
 JITTER_MS = 0.0  # --jitter-ms: `replay`'s default
 NOISE_SUPPRESSION = "off"  # --noise-suppression: `replay`'s default
+CODEC = fr.CODEC_PCM  # --codec: both ways, for `make_uplink`, `replay` and `played`
+
+
+def played(agent: F32) -> F32:
+    """What a client plays of `agent` (16 kHz): itself, or with `CODEC` Opus what it decodes
+    from the packets the daemon would send (later by the codec's delay), as the room echoes."""
+    if CODEC != fr.CODEC_OPUS:
+        return agent
+    enc, dec = OpusEncoder(RATE), OpusDecoder(RATE)
+    out = np.zeros(len(agent), dtype=np.float32)
+    for k in range(len(agent) // FRAME):
+        pcm = (np.clip(agent[k * FRAME : (k + 1) * FRAME], -1, 1) * 32767).astype("<i2")
+        out[k * FRAME : (k + 1) * FRAME] = dec.decode(enc.encode(pcm)) / 32768.0
+    return out
 
 
 def head_rev() -> str:
@@ -116,13 +135,15 @@ def make_uplink(
     vad = VadOptions(barge_in=True, echo_cancel=echo_cancel, noise_suppression=ns)
     if ECHO_THRESHOLD is not None:
         vad = dataclasses.replace(vad, echo_threshold=ECHO_THRESHOLD)
+    codec = CodecOptions(downlink=CODEC, uplink=CODEC)
     return Uplink(
         rate_hz=mic_rate_hz,
         downlink_rate_hz=RATE,
-        options=SessionOptions(vad, AsrOptions(transcripts=False)),
+        options=SessionOptions(vad, AsrOptions(transcripts=False), codec=codec),
         services=UplinkServices(vad_model=VadModel(), offload=_no_offload),
         send=lambda _frame: None,
         barge_in=lambda _delay_s: None,
+        downlink_opus=CODEC == fr.CODEC_OPUS,
     )
 
 
@@ -139,7 +160,8 @@ def replay(
     """The uplink of one session fed `mic` (at `mic_rate_hz`: 16 or 48 kHz AudioUp) while it
     sends `agent` (each 20 ms frame at its mark on the server clock, handed over with the
     first uplink frame that arrives after it, as the daemon's pacer sends on its own grid):
-    (uplink, [(frame index, event)], worker CPU seconds). `jitter_ms`: each
+    (uplink, [(frame index, event)], worker CPU seconds). With `CODEC` Opus both ways go as
+    Opus packets (the encoding is not in the CPU seconds). `jitter_ms`: each
     uplink frame arrives that much later on average (exponentially distributed, in order), as
     over a busy network (default: `JITTER_MS`). `noise_suppression`: the session option
     `vad.noise_suppression` (default: `NOISE_SUPPRESSION`)."""
@@ -157,9 +179,13 @@ def replay(
         cpu = 0.0
         last = t0
         sent, frames = 0, len(agent) // FRAME
+        opus = CODEC == fr.CODEC_OPUS
+        down_opus = OpusEncoder(RATE) if opus else None  # (one stream: one utterance)
+        up_opus = OpusEncoder(mic_rate_hz) if opus else None
         for k in range(len(mic) // up_frame):
             batch: list[tuple[float, int, Any]] = []
             up = (np.clip(mic[k * up_frame : (k + 1) * up_frame], -1, 1) * 32767).astype("<i2")
+            body = up.tobytes() if up_opus is None else up_opus.encode(up)
             arrival = t0 + (k + 1) * FRAME_S + UPLINK_LATENCY_S
             if late is not None:
                 arrival = max(arrival + late[k], last)  # (frames come in order)
@@ -168,10 +194,11 @@ def replay(
                 pcm = (np.clip(agent[sent * FRAME : (sent + 1) * FRAME], -1, 1) * 32767).astype(
                     "<i2"
                 )
-                audio = fr.Audio(epoch=0, utterance_id=1, seq=sent, pcm=pcm.tobytes())
-                batch.append((t0 + sent * FRAME_S, -1, encode(audio)))
+                coded = pcm.tobytes() if down_opus is None else down_opus.encode(pcm)
+                audio = fr.Audio(epoch=0, utterance_id=1, seq=sent, pcm=coded)
+                batch.append((t0 + sent * FRAME_S, -1, encode(audio, packet_audio=opus)))
                 sent += 1
-            batch.append((arrival, 0, up.tobytes()))
+            batch.append((arrival, 0, body))
             c0 = time.thread_time()
             out = uplink._process_batch(batch)
             cpu += time.thread_time() - c0
@@ -183,7 +210,8 @@ def replay(
 
 def measure(room: Room | None, agent: F32, user: F32, *, trials: int, user_db: float) -> dict:
     total = len(agent) + RATE
-    echo = room.echo(agent, total) if room is not None else np.zeros(total, dtype=np.float32)
+    heard = played(agent)
+    echo = room.echo(heard, total) if room is not None else np.zeros(total, dtype=np.float32)
     echo_db = db(echo[RATE : len(agent)]) if room is not None else db(agent) - 10.0
     row: dict[str, Any] = {"room": room.name if room is not None else "headphones"}
     # the echo alone, in a quiet room: ERLE and false triggers
@@ -263,11 +291,16 @@ def main(argv: list[str] | None = None) -> None:
         "--noise-suppression", choices=NOISE_SUPPRESSION_LEVELS, default="off",
         help="vad.noise_suppression",
     )  # fmt: skip
+    p.add_argument(
+        "--codec", choices=(fr.CODEC_PCM, fr.CODEC_OPUS), default=fr.CODEC_PCM,
+        help="both ways: opus at 32 kbit/s, complexity 5 (the session's defaults)",
+    )  # fmt: skip
     args = p.parse_args(argv)
-    global ECHO_THRESHOLD, JITTER_MS, NOISE_SUPPRESSION
+    global ECHO_THRESHOLD, JITTER_MS, NOISE_SUPPRESSION, CODEC
     ECHO_THRESHOLD = args.echo_threshold
     JITTER_MS = args.jitter_ms
     NOISE_SUPPRESSION = args.noise_suppression
+    CODEC = args.codec
     if args.canceller == "livekit":
         from .livekit_aec import use_livekit
 
@@ -293,6 +326,7 @@ def main(argv: list[str] | None = None) -> None:
         "noise_suppression": args.noise_suppression,
         "canceller": args.canceller,
         "jitter_ms": args.jitter_ms,
+        "codec": args.codec,
         "rooms": rows,
     }
     if args.old:
@@ -332,6 +366,8 @@ def markdown(out: dict[str, Any]) -> str:
             rev = run["rev"] + (f", noise suppression {ns}" if ns != "off" else "")
             if run.get("canceller", "aec3") != "aec3":
                 rev += f", {run['canceller']}"
+            if run.get("codec", fr.CODEC_PCM) != fr.CODEC_PCM:
+                rev += f", {run['codec']} both ways"
             if run.get("jitter_ms"):
                 rev += f", jitter {run['jitter_ms']:g} ms"
             lines.append(f"| {row['room']} | {rev} | " + " | ".join(cells) + " |")

@@ -106,3 +106,35 @@ def test_a_client_clock_that_drifts_keeps_the_echo_cancelled(drift_ppm: int) -> 
     assert all(m["erle_db"] > 12.0 for m in row["minutes"] if m["erle_db"] is not None)
     assert row["followed_ppm"] == pytest.approx(drift_ppm, abs=30.0)
     assert row["realignments"] <= 1
+
+
+@pytest.mark.parametrize("room", ["rt60-600", "nonlinear"])
+def test_opus_both_ways_keeps_the_echo_out_and_the_user_in(
+    room: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A session with Opus both ways (SPEC §4.6.3, 32 kbit/s): the echo canceller's reference
+    is the uplink's decoding of the daemon's own packets, the room echoes what a client decodes
+    from them, and the microphone comes up as Opus, the echo in it with the codec's noise,
+    which no linear filter models. The echo alone never barges in and leaves the canceller over
+    25 dB quieter; the user 10 dB over it barges in within 100 ms."""
+    import bench.aec_rooms as aec_rooms
+    from bench.rooms import ROOMS_BY_NAME
+
+    monkeypatch.setattr(aec_rooms, "CODEC", "opus")
+    agent, user = voices()
+    total = len(agent) + RATE
+    heard = aec_rooms.played(agent)
+    echo = ROOMS_BY_NAME[room].echo(heard, total)
+    uplink, events, _ = replay(agent, echo + noise(total, -70.0))  # (-55 would cap the ERLE)
+    assert not [e for _, e in events if isinstance(e, BargeIn | SpeechStart)]
+    assert uplink._opus_up is not None  # (the microphone did come up as Opus)
+    out = uplink._audio(0, uplink._pos)
+    span = slice(RATE, len(agent))
+    assert db(echo[span]) - db(out[span]) > 25.0
+    at, on = round(3.7 * RATE), aec_rooms._onset(user)
+    talk = np.zeros(total, dtype=np.float32)
+    span = slice(at, at + len(user))
+    talk[span] = user * 10 ** ((db(echo[span]) + 10 - db(user)) / 20)
+    _, events, _ = replay(agent, echo + talk + noise(total, -55.0))
+    barge = [k for k, e in events if isinstance(e, BargeIn)]
+    assert barge and 0 <= (barge[0] - (at + on) // FRAME) * 20 <= 100, barge
