@@ -108,27 +108,39 @@ def _over_echo(agent: np.ndarray, user: np.ndarray, room: str, at: int, seed: in
 def test_over_the_echo_a_barge_in_comes_a_frame_sooner(
     bench_voices: tuple[np.ndarray, np.ndarray], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The delay room, `bench.aec_rooms`' trial 31: the near end is heard over the echo, and
-    the window between hears the user a frame before the VAD's own next window ends (80 ms
-    after the onset's frame, against 100: in 10 of the bench's 32 trials it is a frame sooner,
-    in none later). The agent's echo alone barges in with neither, and over it, with nobody
-    heard over the echo, no window between is scored."""
+    """The delay room, `bench.aec_rooms`' trials 0-15 of 32: the near end is heard over the
+    echo, and in some the window between hears the user a frame before the VAD's own next
+    window ends, in none later. Which trials, depends on the CPU's arithmetic (silero's
+    probabilities move in the last digits): trial 31 alone was pinned here, 80 ms after the
+    onset's frame against 100 on the machine it was measured on, and 60 against 60 on an AMD
+    EPYC, where trials 0-5, 8, 13 and 14 came a frame sooner. The agent's echo alone barges
+    in with neither, and over it, with nobody heard over the echo, no window between is
+    scored."""
     agent, user = bench_voices
-    at = round((1.0 + 31 * (len(agent) / RATE - 3.5) / 31) * RATE) + 37 * 31
-    mic = _over_echo(agent, user, "delay", at, 32)
-    onset = (at + _onset(user)) // FRAME
 
-    def first_barge_in() -> tuple[int, UplinkCounters]:
-        up, events, _ = replay(agent, mic, seed=32)
-        return next(k for k, e in events if isinstance(e, BargeIn)) - onset, up.counters
+    def first_barge_in(trial: int) -> tuple[int, UplinkCounters]:
+        at = round((1.0 + trial * (len(agent) / RATE - 3.5) / 31) * RATE) + 37 * trial
+        mic = _over_echo(agent, user, "delay", at, trial + 1)
+        up, events, _ = replay(agent, mic, seed=trial + 1)
+        onset = (at + _onset(user)) // FRAME
+        return next(k for k, e in events if isinstance(e, BargeIn) and k >= at // FRAME) - (
+            onset
+        ), up.counters
 
-    with_half, counters = first_barge_in()
-    assert counters.barge_ins_between == 1 and counters.half_windows > 0
-    assert with_half * 20 == 80
+    trials = range(16)
+    with_half = {}
+    for trial in trials:
+        with_half[trial], counters = first_barge_in(trial)
+        assert counters.half_windows > 0
+        assert counters.barge_ins_between <= 1
     monkeypatch.setattr(uplink_module, "HalfStep", lambda _model: None)
-    without, counters = first_barge_in()
-    assert counters.half_windows == 0
-    assert with_half == without - 1, (with_half, without)
+    without = {}
+    for trial in trials:
+        without[trial], counters = first_barge_in(trial)
+        assert counters.half_windows == 0
+    assert all(0 <= with_half[t] <= without[t] for t in trials), (with_half, without)
+    sooner = [t for t in trials if with_half[t] == without[t] - 1]
+    assert len(sooner) >= 3, (with_half, without)
     total = len(agent) + RATE
     echo = ROOMS_BY_NAME["delay"].echo(agent, total) + noise(total, -55.0, seed=32)
     monkeypatch.undo()
