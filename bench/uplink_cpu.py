@@ -37,12 +37,13 @@ import numpy.typing as npt
 import soxr
 import trio
 
+from duplexd._opus import OpusDecoder, OpusEncoder
 from duplexd._uplink.services import UplinkServices
 from duplexd._uplink.uplink import Uplink
 from duplexd._uplink.vad import VadModel
 from duplexd.protocol import frames as fr
 from duplexd.protocol.codec import encode
-from duplexd.protocol.options import AsrOptions, SessionOptions, VadOptions
+from duplexd.protocol.options import AsrOptions, CodecOptions, SessionOptions, VadOptions
 
 RATE = 16_000
 DOWN_HZ = 48_000
@@ -84,13 +85,26 @@ def s16(x: F32) -> bytes:
     return (np.clip(x, -1.0, 1.0) * 32767).astype("<i2").tobytes()
 
 
-def scenario(name: str, agent48: F32, user: F32, seconds: float, seed: int = 0) -> dict:
-    """The frame-by-frame work of `seconds` of one session in scenario `name`."""
+def scenario(
+    name: str, agent48: F32, user: F32, seconds: float, seed: int = 0, codec: str = fr.CODEC_PCM
+) -> dict:
+    """The frame-by-frame work of `seconds` of one session in scenario `name`. With `codec`
+    Opus both ways, the agent's frames are packets (encoded as the producer does, before the
+    clock starts) and so is the microphone's: the uplink decodes both in its thread."""
     n = int(seconds / FRAME_S)
     rng = np.random.default_rng(seed)
     mic = rng.normal(0.0, 10 ** (-55 / 20), n * 320).astype(np.float32)
     agent_talks = name.startswith("agent")
-    agent16 = np.asarray(soxr.resample(np.resize(agent48, n * 960), DOWN_HZ, RATE), np.float32)
+    down = np.resize(agent48, n * 960)
+    opus = codec == fr.CODEC_OPUS
+    audio_bodies = [s16(down[k * 960 : (k + 1) * 960]) for k in range(n)] if agent_talks else []
+    played = down
+    if opus:  # (the producer's work and the client's: what it plays is what it decodes)
+        down_enc, player = OpusEncoder(DOWN_HZ), OpusDecoder(DOWN_HZ)
+        audio_bodies = [down_enc.encode(b) for b in audio_bodies]
+        if audio_bodies:
+            played = np.concatenate([player.decode(b) for b in audio_bodies]) / np.float32(32768)
+    agent16 = np.asarray(soxr.resample(played, DOWN_HZ, RATE), np.float32)
     if "echo" in name:
         d = round(0.060 * RATE)
         mic[d:] += 10 ** (-10 / 20) * agent16[: len(mic) - d]
@@ -98,13 +112,21 @@ def scenario(name: str, agent48: F32, user: F32, seconds: float, seed: int = 0) 
         cycle = 2 * len(user)
         for at in range(RATE // 2, len(mic) - len(user), cycle):
             mic[at : at + len(user)] += user
-    down = np.resize(agent48, n * 960)
+    mic_bodies = [s16(mic[k * 320 : (k + 1) * 320]) for k in range(n)]
+    if opus:  # (the client's work)
+        up_enc = OpusEncoder(RATE)
+        mic_bodies = [up_enc.encode(b) for b in mic_bodies]
 
     async def run() -> dict:
         uplink = Uplink(
             rate_hz=RATE,
             downlink_rate_hz=DOWN_HZ,
-            options=SessionOptions(VadOptions(), AsrOptions(transcripts=False)),
+            options=SessionOptions(
+                VadOptions(),
+                AsrOptions(transcripts=False),
+                codec=CodecOptions(downlink=codec, uplink=codec),
+            ),
+            downlink_opus=opus,
             # (batches are run here, by hand: nothing is offloaded)
             services=UplinkServices(vad_model=VadModel(), offload=_no_offload),
             send=lambda _frame: None,
@@ -115,16 +137,15 @@ def scenario(name: str, agent48: F32, user: F32, seconds: float, seed: int = 0) 
         for k in range(n):
             batch: list[tuple[float, int, bytes]] = []
             if agent_talks:
-                audio = fr.Audio(
-                    epoch=0, utterance_id=1, seq=k, pcm=s16(down[k * 960 : (k + 1) * 960])
-                )
-                batch.append((t0 + k * FRAME_S, -1, encode(audio)))
-            batch.append((t0 + (k + 1) * FRAME_S + 0.003, 0, s16(mic[k * 320 : (k + 1) * 320])))
+                audio = fr.Audio(epoch=0, utterance_id=1, seq=k, pcm=audio_bodies[k])
+                batch.append((t0 + k * FRAME_S, -1, encode(audio, packet_audio=opus)))
+            batch.append((t0 + (k + 1) * FRAME_S + 0.003, 0, mic_bodies[k]))
             c0 = time.thread_time()
             uplink._process_batch(batch)
             cpu += time.thread_time() - c0
         return {
             "scenario": name,
+            "codec": codec,
             "audio_s": round(n * FRAME_S, 2),
             "cpu_s": round(cpu, 3),
             "core_percent": round(100 * cpu / (n * FRAME_S), 2),
@@ -184,13 +205,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=30.0, help="audio per scenario")
     p.add_argument("--repeats", type=int, default=3, help="runs per scenario; the least is kept")
     p.add_argument("--no-asr", action="store_true")
+    p.add_argument(
+        "--codec",
+        choices=(fr.CODEC_PCM, fr.CODEC_OPUS),
+        default=fr.CODEC_PCM,
+        help="both ways (Opus: 32 kbit/s packets, decoded in the uplink's thread)",
+    )
     p.add_argument("--json", metavar="PATH")
     args = p.parse_args(argv)
     agent48, user = voices()
     # the least disturbed of `--repeats` runs (a shared VM's neighbours only ever add time)
     rows = [
         min(
-            (scenario(name, agent48, user, args.seconds) for _ in range(args.repeats)),
+            (
+                scenario(name, agent48, user, args.seconds, codec=args.codec)
+                for _ in range(args.repeats)
+            ),
             key=lambda r: r["cpu_s"],
         )
         for name in SCENARIOS

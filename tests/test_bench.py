@@ -262,7 +262,8 @@ def test_uplink_voice_barge_in(tmp_path: Path) -> None:
 def test_uplink_cpu_scenarios() -> None:
     """`python -m bench.uplink_cpu`'s replay, on real speech: the echo canceller takes much out
     when the agent's voice comes back and next to nothing when it does not (headphones), and
-    does not run without the agent (room); the work costs something measurable."""
+    does not run without the agent (room); the work costs something measurable. With Opus both
+    ways the echo of what a client decoded is taken out as well."""
     import numpy as np
     import soxr
 
@@ -283,6 +284,10 @@ def test_uplink_cpu_scenarios() -> None:
     assert rows["room"]["echo_found"] is None and rows["room"]["echo_removed_db"] == 0.0
     for row in rows.values():
         assert row["audio_s"] == 4.0 and 0.0 < row["core_percent"] < 100.0
+    # (`--codec opus`: the uplink decodes the microphone's packets and its own, the reference)
+    opus = scenario("agent, echo -10 dB", agent48, user, 4.0, codec="opus")
+    assert opus["codec"] == "opus" and opus["echo_found"] is True
+    assert opus["echo_removed_db"] >= 10.0
 
 
 ATTACK_RUN_KEYS = {"killed", "lost", "jitter_ms", "server_jitter_ms", "underruns", "healthz_ms"}

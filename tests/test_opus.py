@@ -72,6 +72,24 @@ def test_round_trip_is_a_delayed_copy(rate: int) -> None:
     assert abs(lag - rate * 0.0065) <= rate * 0.002  # Opus' 6.5 ms (+ the decimator's)
 
 
+@pytest.mark.parametrize("rate", RATES)
+def test_float_decoding_is_what_s16_decoding_rounds(rate: int) -> None:
+    """`decode_float` (the daemon's uplink: no s16 round trip) gives full-scale-1.0 floats,
+    exactly 20 ms a packet; `decode` is those floats rounded and saturated to s16."""
+    n = rate // 50
+    pcm = speechlike(rate, 0.5)
+    encoder = OpusEncoder(rate)
+    packets = [encoder.encode(pcm[i : i + n]) for i in range(0, len(pcm), n)]
+    as_float, as_s16 = OpusDecoder(rate), OpusDecoder(rate)
+    for packet in packets:
+        y = as_float.decode_float(packet)
+        assert y.dtype == np.float32 and y.shape == (n,)
+        expected = np.clip(np.rint(y * np.float32(32768)), -32768, 32767).astype("<i2")
+        np.testing.assert_array_equal(as_s16.decode(packet), expected)
+    with pytest.raises(OpusPacketError, match="empty"):
+        as_float.decode_float(b"")
+
+
 def test_bad_packets_are_errors_not_crashes() -> None:
     decoder = OpusDecoder(16_000)
     for bad, why in [

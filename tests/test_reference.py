@@ -76,3 +76,48 @@ def test_the_frames_remembered_stay_bounded() -> None:
     sent = SentAudio(48_000, 16_000)
     feed(sent, [i * FRAME_S for i in range(500)])
     assert len(sent._frames) <= 3
+
+
+class _Taken:
+    """An echo canceller's reference side that keeps what it is handed."""
+
+    def __init__(self) -> None:
+        self.pieces: list[tuple[float, np.ndarray, object]] = []
+
+    def add_reference(self, at: float, samples: np.ndarray, frame: object) -> None:
+        self.pieces.append((at, samples.copy(), frame))
+
+
+def test_each_utterance_in_opus_is_decoded_as_its_client_decodes_it() -> None:
+    """With Opus the reference is the session's own packets decoded, and each utterance by a
+    decoder of its own, as the server encodes it and as its clients (the SDK, opus.js) decode
+    it: the second utterance's first frame is exactly what a fresh decoder gives, not what a
+    decoder that went on from the first utterance's end would (its state differs there)."""
+    from duplexd._opus import OpusDecoder, OpusEncoder
+    from duplexd._uplink.reference import Reference
+    from duplexd.protocol import frames as fr
+    from duplexd.protocol.codec import encode
+
+    rate, n = 16_000, 320  # (at 16 kHz the reference is not resampled: samples as decoded)
+    t = np.arange(20 * n) / rate
+    voice = (0.3 * np.sin(2 * np.pi * 220 * t) * np.sin(2 * np.pi * 2 * t) * 32767).astype("<i2")
+
+    def packets() -> list[bytes]:  # (one utterance: one encoder, as the producer has it)
+        encoder = OpusEncoder(rate)
+        return [encoder.encode(voice[i * n : (i + 1) * n]) for i in range(20)]
+
+    ref, taken = Reference(rate, opus=True), _Taken()
+    for uid in (1, 2):
+        for seq, packet in enumerate(packets()):
+            message = encode(
+                fr.Audio(epoch=0, utterance_id=uid, seq=seq, pcm=packet), packet_audio=True
+            )
+            ref.add(taken, 1.0 + 0.02 * (20 * (uid - 1) + seq), message)  # type: ignore[arg-type]
+    second = [s for _, s, frame in taken.pieces if frame == (2, 0)]
+    fresh, went_on = OpusDecoder(rate), OpusDecoder(rate)
+    for packet in packets():
+        went_on.decode_float(packet)
+    first_packet = packets()[0]
+    assert len(second) == 1 and second[0].dtype == np.float32
+    np.testing.assert_array_equal(second[0], fresh.decode_float(first_packet))
+    assert not np.array_equal(second[0], went_on.decode_float(first_packet))

@@ -94,7 +94,11 @@ class Reference:
     """The session's sent audio, as its echo canceller's reference (in the uplink worker)."""
 
     def __init__(self, downlink_rate_hz: int, *, opus: bool) -> None:
-        self._opus = OpusDecoder(downlink_rate_hz) if opus else None
+        self._opus = opus
+        # (Opus) the utterance being decoded and its decoder: a fresh one per utterance, as
+        # the server encodes and its clients decode (the SDK's `SessionAudio`, opus.js), so
+        # that each utterance's first milliseconds are what a client played of them
+        self._decoding: tuple[tuple[int, int], OpusDecoder] | None = None
         self._sent = SentAudio(downlink_rate_hz, VAD_RATE_HZ)
         self._frame_samples = fr.frame_samples(downlink_rate_hz)
         self._rate_hz = downlink_rate_hz
@@ -104,13 +108,14 @@ class Reference:
         sent, to `echo`."""
         for raw in iter_frames(message):  # the session's own frames: whole and well formed
             if raw.type == fr.FrameType.AUDIO:
-                _, _, _, _, uid, seq = AUDIO_HEADER.unpack_from(raw.data)
+                _, _, _, epoch, uid, seq = AUDIO_HEADER.unpack_from(raw.data)
                 body = raw.audio_pcm
-                if self._opus is None:
-                    s16 = np.frombuffer(body, "<i2")
+                if not self._opus:
+                    pcm = np.frombuffer(body, "<i2").astype(np.float32) * S16_SCALE
                 else:  # our own Opus packets: always whole
-                    s16 = self._opus.decode(bytes(body))
-                pcm = s16.astype(np.float32) * S16_SCALE
+                    if self._decoding is None or self._decoding[0] != (epoch, uid):
+                        self._decoding = ((epoch, uid), OpusDecoder(self._rate_hz))
+                    pcm = self._decoding[1].decode_float(bytes(body))
                 for at, piece, frame in self._sent.add(now, pcm, (uid, seq)):
                     echo.add_reference(at, piece, frame)
 

@@ -321,19 +321,20 @@ class Uplink:
                 continue
             if gap:
                 self._ingest(now, np.zeros(gap * n, dtype=np.float32))
-            samples = self._samples(data)[:n].astype(np.float32) * S16_SCALE
+            samples = self._samples(data)[:n]
             if len(samples) < n:  # SHOULD be exactly n: the position follows seq, so pad
                 samples = np.concatenate((samples, np.zeros(n - len(samples), dtype=np.float32)))
             self._ingest(now, samples)
         return self._events
 
-    def _samples(self, body: bytes) -> np.ndarray:
-        """An AudioUp body as s16 samples: PCM as it is, an Opus packet decoded (a bad one is
-        the client's fault: RemoteProtocolError, the session ends with MALFORMED)."""
+    def _samples(self, body: bytes) -> npt.NDArray[np.float32]:
+        """An AudioUp body as float samples (full scale 1.0): PCM scaled, an Opus packet
+        decoded (a bad one is the client's fault: RemoteProtocolError, the session ends with
+        MALFORMED)."""
         if self._opus_up is None:
-            return np.frombuffer(body, dtype="<i2")
+            return np.frombuffer(body, dtype="<i2").astype(np.float32) * S16_SCALE
         try:
-            return self._opus_up.decode(body)
+            return self._opus_up.decode_float(body)
         except OpusPacketError as exc:
             raise RemoteProtocolError(fr.ErrorCode.MALFORMED, f"AudioUp: {exc}") from None
 
