@@ -86,7 +86,13 @@ def s16(x: F32) -> bytes:
 
 
 def scenario(
-    name: str, agent48: F32, user: F32, seconds: float, seed: int = 0, codec: str = fr.CODEC_PCM
+    name: str,
+    agent48: F32,
+    user: F32,
+    seconds: float,
+    seed: int = 0,
+    codec: str = fr.CODEC_PCM,
+    echo_delay_ms: float = 60.0,
 ) -> dict:
     """The frame-by-frame work of `seconds` of one session in scenario `name`. With `codec`
     Opus both ways, the agent's frames are packets (encoded as the producer does, before the
@@ -106,7 +112,7 @@ def scenario(
             played = np.concatenate([player.decode(b) for b in audio_bodies]) / np.float32(32768)
     agent16 = np.asarray(soxr.resample(played, DOWN_HZ, RATE), np.float32)
     if "echo" in name:
-        d = round(0.060 * RATE)
+        d = round(echo_delay_ms * RATE / 1000)  # (from sending to the microphone)
         mic[d:] += 10 ** (-10 / 20) * agent16[: len(mic) - d]
     if "user" in name:
         cycle = 2 * len(user)

@@ -14,6 +14,14 @@ j x in/out. So `SentAudio.add` cuts what comes out at the input frames' boundari
 each piece by the frame its input came in: the frame's send time, plus where in it the piece
 starts. The utterance's end that comes out after a pause is dated where it was sent, before it.
 
+Dated right, soxr's answers still came late: the reference of a sample sent at T was there only
+6-37 ms after T, and an echo back sooner than that met zeros where its reference should have
+been (a 48 kHz session's echo 30-62 ms after sending: 5-13 dB taken out where 16 kHz sessions
+had 21, `python -m bench.uplink_cpu`). At a whole ratio (48 kHz, the default; 32 kHz) the
+downlink goes through the uplink's `Decimator` instead, which holds back only its filter's
+delay (10 samples at 16 kHz, dropped from the stream's start so that output j is still input
+j x in/out); soxr stays for the other rates (24 kHz, and those under 16 kHz).
+
 One instance per session (it holds the resampler's state); not thread-safe (the session's
 uplink worker calls it). `Reference` is the uplink's glue: the session's AUDIO frames (PCM, or
 its own Opus packets) to the echo canceller, dated, and the client's PLAYED reports as the
@@ -28,7 +36,7 @@ from typing import TYPE_CHECKING, Final
 import numpy as np
 import numpy.typing as npt
 
-from .._downlink.resample import StreamResampler
+from .._downlink.resample import Decimator, StreamResampler
 from .._opus import OpusDecoder
 from ..protocol import frames as fr
 from ..protocol.codec import AUDIO_HEADER, iter_frames
@@ -51,7 +59,13 @@ class SentAudio:
     def __init__(self, rate_hz: int, out_rate_hz: int) -> None:
         self.rate_hz = rate_hz
         self.out_rate_hz = out_rate_hz
-        self._resampler = StreamResampler(rate_hz, out_rate_hz) if rate_hz != out_rate_hz else None
+        self._resampler: StreamResampler | Decimator | None = None
+        self._skip = 0  # (the decimator's delay, dropped from the stream's start)
+        if rate_hz % out_rate_hz == 0 and rate_hz != out_rate_hz:
+            self._resampler = Decimator(rate_hz // out_rate_hz)
+            self._skip = self._resampler.delay
+        elif rate_hz != out_rate_hz:
+            self._resampler = StreamResampler(rate_hz, out_rate_hz)
         self._fed = 0  # input samples fed
         self._made = 0  # output samples made
         # input frames whose output is not all out yet: (first input sample, end, sent at, id)
@@ -72,6 +86,9 @@ class SentAudio:
         if len(frames) > _MAX_FRAMES:  # (never: the resampler holds a frame or two)
             frames.popleft()
         out = pcm if self._resampler is None else self._resampler.process(pcm)
+        if self._skip:
+            k = min(self._skip, len(out))
+            out, self._skip = out[k:], self._skip - k
         first = self._made
         self._made += len(out)
         pieces: list[Piece] = []
