@@ -16,8 +16,8 @@ starts. The utterance's end that comes out after a pause is dated where it was s
 
 Dated right, soxr's answers still came late: the reference of a sample sent at T was there only
 6-37 ms after T, and an echo back sooner than that met zeros where its reference should have
-been (a 48 kHz session's echo 30-62 ms after sending: 5-13 dB taken out where 16 kHz sessions
-had 21, `python -m bench.uplink_cpu`). At a whole ratio (48 kHz, the default; 32 kHz) the
+been (a 48 kHz session's echo 0-62 ms after sending: 3-14 dB taken out where 16 kHz sessions
+had 21, `bench.uplink_cpu.scenario`). At a whole ratio (48 kHz, the default; 32 kHz) the
 downlink goes through the uplink's `Decimator` instead, which holds back only its filter's
 delay (10 samples at 16 kHz, dropped from the stream's start so that output j is still input
 j x in/out); soxr stays for the other rates (24 kHz, and those under 16 kHz).
