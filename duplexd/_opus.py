@@ -172,9 +172,9 @@ class OpusDecoder:
         if len(pcm) != DECODE_RATE_HZ * FRAME_MS // 1000:
             ms = 1000 * len(pcm) / DECODE_RATE_HZ
             raise OpusPacketError(f"an Opus packet of {ms:g} ms: each must hold 20 ms")
-        # (a build that ignored the request gives s16: scaled here)
-        scale = np.float32(1 / 32768) if pcm.dtype == np.int16 else np.float32(1)
-        y: npt.NDArray[np.float32] = pcm.astype(np.float32, copy=False) * scale
+        y: npt.NDArray[np.float32] = pcm.astype(np.float32, copy=False)  # (no copy: float)
+        if pcm.dtype == np.int16:  # (a build that ignored the request gives s16)
+            y *= np.float32(1 / 32768)
         return y if self._decimator is None else self._decimator.process(y)
 
     def decode(self, packet: bytes) -> Int16Array:
