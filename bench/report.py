@@ -116,6 +116,10 @@ def _uplink_summary(run: dict[str, Any]) -> dict[str, Any]:
             "echo_vetoes": sum(s.get("echo_vetoes", 0) for s in stats),
             "echo_realignments": sum(s.get("echo_realignments", 0) for s in stats),
             "echo_playout_moves": sum(s.get("echo_playout_moves", 0) for s in stats),
+            # late frames played either way: tried, and placed the other way (placement.py)
+            "echo_placements": [
+                sum(s.get("echo_placements", (0, 0))[i] for s in stats) for i in (0, 1)
+            ],
             "echo_slide_ppm": [s["echo_slide_ppm"] for s in stats if "echo_slide_ppm" in s],
             # each session's echo taken out by AEC3, and then of its tail (late.py), dB
             "echo_removed_db": [s["echo_removed_db"] for s in stats if "echo_removed_db" in s],

@@ -15,7 +15,8 @@ that hands it the right far-end reference for each stretch of uplink:
   (`add_reference`: each frame where it was sent; a frame sent up to `PLAYER_BUFFER_MS` after
   where the previous one ended continues it, as the client's player plays it: its jitter
   buffer absorbs that much lateness, and a frame later than that plays after a gap, as the
-  reference then has it).
+  reference then has it). A frame 25-120 ms late may have been played either way: both are
+  cancelled until the echo shows which (placement.py).
 - The uplink on the same clock (`note_uplink`): uplink sample `u` was captured at the smallest
   `arrival_time - u / rate` seen over the last 2 s of frames (the least delayed frame). AEC3
   is handed the reference on that mapping as it was when it first ran (`_server`): the
@@ -83,6 +84,8 @@ from .late import LateEcho
 from .nearend import NearEndOnset
 from .phat import peak_lag
 from .phat import phat as _phat
+from .placement import Placement, RunRule
+from .ring import SampleRing
 from .runmin import RunningMin
 from .skew import EchoSkew
 
@@ -145,10 +148,10 @@ class EchoCanceller:
         self.rate_hz = rate_hz
         self._t0 = t0
         self._cap = 1 << (int(history_s * rate_hz) - 1).bit_length()
-        self._ref = np.zeros(self._cap, dtype=np.float32)
+        self._ring = SampleRing(self._cap)
         self._ref_end: int | None = None  # server-clock sample index after the last reference
         self._active_until = -(1 << 62)  # index after the last non-silent reference sample
-        self._contiguous = round(PLAYER_BUFFER_MS * rate_hz / 1000)
+        self._rule = RunRule(rate_hz, PLAYER_BUFFER_MS)  # (where the player plays a frame)
         self._offsets = RunningMin(_OFFSET_FRAMES)
         self._offset: float | None = None  # server-clock index of uplink sample 0
         self._pairing: float | None = None  # ... as AEC3 is handed the reference (`_server`)
@@ -163,6 +166,9 @@ class EchoCanceller:
         self._max_playout = self._cap // 2  # (the reference must still hold what is handed on)
         self._follow = round(PLAYOUT_FOLLOW_MS * rate_hz / 1000)
         self.playout_moves = 0  # times the reports moved the reference after the first
+        self._fork: Placement | None = None  # a late frame's other placement, tried too
+        self.placements_tried = 0  # late frames whose other placement was tried ...
+        self.placements_moved = 0  # ... and kept
         self._align = 0  # ... and further, from the delay the presence check found
         self._aec = pywebrtc_audio.EchoCanceller(rate_hz)
         self._latency = round(AEC_LATENCY_SAMPLES * rate_hz / 16_000)
@@ -211,15 +217,22 @@ class EchoCanceller:
         if not n:
             return
         idx = round((now - self._t0) * self.rate_hz)
-        end = self._ref_end
-        if end is not None and idx - end <= self._contiguous:
+        fork, end = self._fork, self._ref_end
+        if fork is not None and end is not None and self._rule.unsure(idx - end) is not None:
+            self._settle(fork, last=True)  # (one at a time: the last one's verdict first)
+            end = self._ref_end
+        shift = None if end is None else self._rule.unsure(idx - end)
+        if shift is not None and self._running and self.echo_found:
+            assert end is not None  # the player may have played it either way: both are tried
+            self._try(end, shift)  # (placement.py)
+        if end is not None and self._rule.place(idx - end):
             idx = end  # the next frame of the same paced run ...
             # (AEC3 may have been handed its samples before they were sent: as silence)
-            late = min(max(0, self._handed_end - end), self._contiguous)
+            late = min(max(0, self._handed_end - end), self._rule.contiguous)
             self._overrun = late if self._overrun is None else min(self._overrun, late)
         if end is not None and idx > end:
-            self._write(end, np.zeros(min(idx - end, self._cap), dtype=np.float32))
-        self._write(idx, samples)
+            self._ring.write(end, np.zeros(min(idx - end, self._cap), dtype=np.float32))
+        self._ring.write(idx, samples)
         self._ref_end = idx + n
         if float(np.max(np.abs(samples))) > 1e-4:
             self._active_until = idx + n
@@ -227,16 +240,6 @@ class EchoCanceller:
             self._sent[frame] = idx
             if len(self._sent) > _SENT_FRAMES:
                 self._sent.popitem(last=False)
-
-    def _write(self, idx: int, samples: FloatArray) -> None:
-        n = len(samples)
-        if n > self._cap:
-            samples, idx, n = samples[-self._cap :], idx + n - self._cap, self._cap
-        i = idx & (self._cap - 1)
-        first = min(n, self._cap - i)
-        self._ref[i : i + first] = samples[:first]
-        if first < n:
-            self._ref[: n - first] = samples[first:]
 
     def note_uplink(self, now: float, end_sample: int) -> None:
         """An uplink frame ending at 16 kHz sample `end_sample` arrived at server time `now`."""
@@ -284,6 +287,40 @@ class EchoCanceller:
                 self._own, self._own_shift = own, shift
         return float(1000 * delay / self.rate_hz)
 
+    def _try(self, boundary: int, shift: int) -> None:
+        """Try the reference placed `shift` samples later from `boundary` on as well (its judges
+        brought up on the last second of uplink, as `_realign` brings one up)."""
+        fork = Placement(self.rate_hz, boundary, shift)
+        m = min(len(self._recent), self._heard)
+        m -= m % self._frame
+        if m > 0:
+            fork.bring_up(
+                self._segment, self._recent[len(self._recent) - m :], self._server(self._pos - m)
+            )
+        self._fork = fork
+        self.placements_tried += 1
+
+    def _settle(self, fork: Placement, *, last: bool = False) -> None:
+        """Keep the placement `fork` found the player's, if it is known (`last`: decide now)."""
+        other = fork.verdict(1 << 62 if last else self._handed_end)
+        if other is None:
+            return
+        self._fork = None
+        end = self._ref_end
+        if not other or end is None:
+            return
+        b, s = fork.boundary, fork.shift
+        self._rule.played(s)
+        if end > b:  # the reference as the player has it, and AEC3 is the one fed that
+            self._ref_end = self._ring.move(b - min(0, s), end, s)
+            if self._active_until > b:
+                self._active_until += s
+            for frame, at in self._sent.items():
+                if at >= b:
+                    self._sent[frame] = at + s
+        self._aec = fork.aec
+        self.placements_moved += 1
+
     def _move(self, samples: int) -> None:
         """Hand the reference on `samples` later from now on (earlier if negative)."""
         playout = self._playout + samples
@@ -294,6 +331,7 @@ class EchoCanceller:
         self._heard = 0  # (the presence check judges the new path afresh)
         self._suspected_at = None
         self.playout_moves += 1
+        self._fork = None
 
     @property
     def playout_ms(self) -> float:
@@ -304,22 +342,7 @@ class EchoCanceller:
 
     def _segment(self, start: int, length: int) -> FloatArray:
         """Reference samples [start, start + length); zeros where nothing (known) was sent."""
-        out = np.zeros(length, dtype=np.float32)
-        end = self._ref_end
-        if end is None:
-            return out
-        lo = max(start, end - self._cap)
-        hi = min(start + length, end)
-        if hi <= lo:
-            return out
-        i, j = lo & (self._cap - 1), hi & (self._cap - 1)
-        if i < j:
-            out[lo - start : hi - start] = self._ref[i:j]
-        else:
-            k = self._cap - i
-            out[lo - start : lo - start + k] = self._ref[i:]
-            out[lo - start + k : hi - start] = self._ref[:j]
-        return out
+        return self._ring.read(start, length, self._ref_end)
 
     def active(self, start: int) -> bool:
         """Whether uplink sample `start` may hold echo of what was sent."""
@@ -342,20 +365,26 @@ class EchoCanceller:
         joined = np.concatenate((self._tail, chunk))
         self._tail = joined[-lat:].copy()
         if not self.active(pos + n):  # nothing sent lately: the uplink as it is
-            self._running = False
+            self._running, self._fork = False, None
             return self._skipped(joined[:n])
         assert self._offset is not None
         self._judge(chunk, pos)  # (which may move the reference, and start AEC3 over)
-        far = self._segment(self._server(pos), n)
+        handed = self._server(pos)
+        far = self._segment(handed, n)
         if self.echo_found is False:  # headphones: nothing comes back to take out
-            self._running = False
+            self._running, self._fork = False, None
             e = float(np.dot(joined[:n], joined[:n]))
             self.energy_in += e
             self.energy_out += e
             return self._skipped(joined[:n])
+        fork = self._fork
+        ours = None if fork is None else fork.segment(self._segment, handed, n)
         self.near_end.add(chunk, far, pos)
         self.late.add(chunk, far, pos)
         out: FloatArray = self._aec.process(chunk, far)
+        if fork is not None and ours is not None:
+            out = fork.process(chunk, handed, far, ours, out)
+            self._settle(fork)
         # AEC3's output is `lat` late: it continues the previous call's; unless it was idle:
         # then its first `lat` samples are stale, and the input was passed through instead
         result = out if self._running else np.concatenate((joined[:lat], out[lat:]))
@@ -525,7 +554,7 @@ class EchoCanceller:
         self._handed_end, self._overrun = -(1 << 62), None  # (on the new mapping from here)
         aec = pywebrtc_audio.EchoCanceller(self.rate_hz)
         m = history - history % self._frame
-        self._aec, self._aec_samples = aec, 0
+        self._aec, self._aec_samples, self._fork = aec, 0, None
         if m > 0:  # (its output: already sent on, by the AEC3 it replaces)
             n = len(self._recent) - (self._pos - pos)  # `_recent` ends at `self._pos`
             far = self._segment(self._server(pos - m), m)

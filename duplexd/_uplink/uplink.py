@@ -557,6 +557,7 @@ class Uplink:
             out["echo_found"] = self._echo.echo_found
             out["echo_realignments"] = self._echo.realignments
             out["echo_playout_moves"] = self._echo.playout_moves
+            out["echo_placements"] = [self._echo.placements_tried, self._echo.placements_moved]
             out["echo_slide_ppm"] = round(self._echo.skew.ppm, 1)
             out["echo_slide_restarts"] = self._echo.skew.restarts
         return out
