@@ -7,6 +7,8 @@ through every room of `bench/rooms.py` at each mean jitter of `--jitter-ms` (exp
 in order) and each seed of `--seeds` (the jitter draw and the room noise at -55 dBFS), and
 counts what must never happen (false barge-ins and speech starts) and how much of the echo the
 canceller took out (ERLE in dB, from the first second on; -55 dBFS of noise caps it at ~21).
+`--codec opus`: Opus both ways, as `bench.aec_rooms --codec opus` (the room echoes what a client
+decodes); `--echo-threshold`: the session option (else its default).
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from bench.aec_rooms import RATE, replay, save_rows, voices
+from bench import aec_rooms
+from bench.aec_rooms import RATE, played, replay, save_rows, voices
 from bench.rooms import ROOMS, db, noise
 from duplexd._uplink.vad import BargeIn, SpeechStart
+from duplexd.protocol import frames as fr
 
 
 def run(jitters_ms: list[float], seeds: range, cache: Path) -> list[dict[str, Any]]:
@@ -26,7 +30,7 @@ def run(jitters_ms: list[float], seeds: range, cache: Path) -> list[dict[str, An
     total = len(agent) + RATE
     rows = []
     for room in ROOMS:
-        echo = room.echo(agent, total)
+        echo = room.echo(played(agent), total)
         for jitter_ms in jitters_ms:
             for seed in seeds:
                 mic = echo + noise(total, -55.0, seed=seed)
@@ -37,6 +41,7 @@ def run(jitters_ms: list[float], seeds: range, cache: Path) -> list[dict[str, An
                     "room": room.name,
                     "jitter_ms": jitter_ms,
                     "seed": seed,
+                    "codec": aec_rooms.CODEC,
                     "erle_db": round(db(echo[span]) - db(out[span]), 1),
                     "false_barge_ins": sum(isinstance(e, BargeIn) for _, e in events),
                     "false_speech_starts": sum(isinstance(e, SpeechStart) for _, e in events),
@@ -94,7 +99,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rev", help="the revision measured (default: git's HEAD here)")
     p.add_argument("--json", metavar="PATH")
     p.add_argument("--md", metavar="PATH")
+    p.add_argument(
+        "--codec", choices=(fr.CODEC_PCM, fr.CODEC_OPUS), default=fr.CODEC_PCM,
+        help="both ways: opus at 32 kbit/s, complexity 5 (the session's defaults)",
+    )  # fmt: skip
+    p.add_argument("--echo-threshold", type=float, help="vad.echo_threshold (default: its default)")
     args = p.parse_args(argv)
+    aec_rooms.CODEC, aec_rooms.ECHO_THRESHOLD = args.codec, args.echo_threshold
     rows = run(args.jitter_ms, args.seeds, Path(args.cache))
     table = markdown(rows)
     print(table, end="")
