@@ -369,8 +369,8 @@ def test_a_late_frame_is_cancelled_however_the_player_played_it(
     more of it played on where the rule put a gap, one with less put a gap where the rule
     played on (the first three). Either placement is tried once (placement.py), the player's is
     kept, and the echo of the second after it is taken out as well as where the rule guessed
-    right (the last two: tried, not moved). Measured over that second: 28.8-31.5 dB, and
-    29.6-33.1 where the rule guessed right; before, 2.5, 2.3 and 24.9 dB (0-12 dB in each 100
+    right (the last two: tried, not moved). Measured over that second: 28.3-30.8 dB, and
+    28.6-32.9 where the rule guessed right; before, 2.5, 2.3 and 24.9 dB (0-12 dB in each 100
     ms of the first two; the third under 5 dB in two of its 100 ms)."""
     ref = agent_voice()
     n = len(ref) // FRAME

@@ -10,15 +10,15 @@ frame after them comes 25-120 ms late, and the player may have played it either 
 the other way, its echo comes 20-120 ms off its reference, and AEC3 follows such a jump in
 seconds, not milliseconds (measured, `tests/test_echo.py`: 2.5 dB taken out over the second
 after a 60 ms stall that a 60 ms player played on and the reference put after a gap, 0-12 dB
-in each 100 ms of it, against 29.5 with both placements tried; the other way round, a 40 ms
-stall a 30 ms player played after a gap, 24.9 against 31.5, under 5 dB in two of its 100 ms).
-Live, the agent barged in on itself after such stalls (bench/results/README.md).
+in each 100 ms of it, against 28.7 with both placements tried; the other way round, a 40 ms
+stall a 30 ms player played after a gap, 24.9 against 30.8, under 5 dB in two of its 100 ms).
 
 So `Placement`: from the frame's place on (`boundary`), two more AEC3s run, one per placement,
 both brought up alike on the last second of uplink (the reference before the boundary is the
-same either way), next to the session's own. Each 10 ms frame goes on from the session's AEC3 or
-the other placement's, whichever left less of it (the user's voice is in both: only the echo
-differs). Once `DECIDE_MS` of reference with sound past the boundary has been handed on, the two
+same either way), next to the session's own. A 10 ms frame goes on from the other placement's
+AEC3 where it left far less than both the session's and the judge as placed (`_QUIETER`: the
+echo of the player's placement cancelled, the other's let through), else from the session's
+own. Once `DECIDE_MS` of reference with sound past the boundary has been handed on, the two
 judges' leftovers over it are compared: if the other placement left at most half the energy of
 the reference's, it stays, as the reference (`EchoCanceller` rewrites its ring) and as AEC3.
 
@@ -41,6 +41,12 @@ UNSURE_FROM_MS: Final = 25.0  # (one pacer tick late plays on in any buffer of 4
 UNSURE_TO_MS: Final = 120.0  # (any player's buffer, 20-80 ms, and the client's loop 40 ms late)
 DECIDE_MS: Final = 300.0  # ... until this much reference with sound past it was handed on
 _BETTER: Final = 0.5  # the other placement stays if it left at most this share of the energy
+# A frame goes on from the other placement's AEC3 if it left at most this share of what the
+# session's and the judge of the reference's placement did (an echo one placement cancels and
+# the other lets through: 10-30 dB apart); not for its AEC3 being younger: a fresh AEC3 ducks
+# a user's onset harder (replayed live: a barge-in a window later, against the session's AEC3
+# alone; the judge as placed, as young, ducks it as much)
+_QUIETER: Final = 0.25
 _LOUD: Final = 1e-4  # a reference sample above this is not silence (echo.py's `_SENT_LOUD`)
 _GIVE_UP_MS: Final = 1500.0  # decided by what there is once this much reference went by
 
@@ -149,7 +155,7 @@ class Placement:
             self.energy[1] += float(np.sum(theirs[past]))
             loud = np.maximum(np.abs(far), np.abs(ours)) > _LOUD
             self._sounding += int(np.count_nonzero(loud.reshape(k, f)[past]))
-        pick = theirs < energies(out)
+        pick = (theirs < _QUIETER * energies(out)) & (theirs < _QUIETER * placed)
         if not np.any(pick):
             return out
         result = out.copy().reshape(k, f)
