@@ -334,6 +334,24 @@ def played_by(sent: list[float], buffer_s: float) -> np.ndarray:
     return starts
 
 
+def stalled(late_s: float, buffer_s: float) -> tuple[EchoCanceller, np.ndarray, np.ndarray, int]:
+    """Synthesis fell behind: the agent's voice with every frame from 60 on sent `late_s`
+    later, played by a player whose buffer is `buffer_s` (`played_by`), in the rt60-300 room:
+    (the canceller, the echo, what it left of it, where frame 60 played)."""
+    ref = agent_voice()
+    n = len(ref) // FRAME
+    sent = [i * 0.020 + (late_s if i >= 60 else 0.0) for i in range(n)]
+    starts = played_by(sent, buffer_s)
+    total = len(ref) + 2 * RATE
+    played = np.zeros(total, dtype=np.float32)
+    for i, at in enumerate(starts):
+        k = round(at * RATE)
+        played[k : k + FRAME] = ref[i * FRAME : (i + 1) * FRAME]
+    echo = ROOMS_BY_NAME["rt60-300"].echo(played, total)
+    ec, out = run(ref, echo + noise(total, QUIET), sent=sent)
+    return ec, echo, out, round(starts[60] * RATE)
+
+
 @pytest.mark.parametrize("late_s", [0.020, 0.100])
 def test_a_frame_sent_late_is_placed_where_the_player_plays_it(late_s: float) -> None:
     """Synthesis fell behind: from frame 60 on every frame goes out `late_s` later (one
@@ -342,18 +360,7 @@ def test_a_frame_sent_late_is_placed_where_the_player_plays_it(late_s: float) ->
     and the echo after it is taken out as well as before (a gap in the reference that the
     player never played left AEC3 misaligned: 5-11 dB in the 1.5 s after it, measured; 21-35
     dB now, the whole utterance's 31-34 dB over those 3 s)."""
-    ref = agent_voice()
-    n = len(ref) // FRAME
-    sent = [i * 0.020 + (late_s if i >= 60 else 0.0) for i in range(n)]
-    starts = played_by(sent, 0.040)
-    total = len(ref) + 2 * RATE
-    played = np.zeros(total, dtype=np.float32)
-    for i, at in enumerate(starts):
-        k = round(at * RATE)
-        played[k : k + FRAME] = ref[i * FRAME : (i + 1) * FRAME]
-    echo = ROOMS_BY_NAME["rt60-300"].echo(played, total)
-    _, out = run(ref, echo + noise(total, QUIET), sent=sent)
-    late = round(starts[60] * RATE)
+    _, echo, out, late = stalled(late_s, 0.040)
     assert erle(echo, out, slice(late, late + 3 * RATE)) >= 20.0
 
 
@@ -372,19 +379,8 @@ def test_a_late_frame_is_cancelled_however_the_player_played_it(
     right (the last two: tried, not moved). Measured over that second: 28.3-30.8 dB, and
     28.6-32.9 where the rule guessed right; before, 2.5, 2.3 and 24.9 dB (0-12 dB in each 100
     ms of the first two; the third under 5 dB in two of its 100 ms)."""
-    ref = agent_voice()
-    n = len(ref) // FRAME
-    sent = [i * 0.020 + (late_s if i >= 60 else 0.0) for i in range(n)]
-    starts = played_by(sent, buffer_s)
-    total = len(ref) + 2 * RATE
-    played = np.zeros(total, dtype=np.float32)
-    for i, at in enumerate(starts):
-        k = round(at * RATE)
-        played[k : k + FRAME] = ref[i * FRAME : (i + 1) * FRAME]
-    echo = ROOMS_BY_NAME["rt60-300"].echo(played, total)
-    ec, out = run(ref, echo + noise(total, QUIET), sent=sent)
+    ec, echo, out, late = stalled(late_s, buffer_s)
     assert (ec.placements_tried, ec.placements_moved) == (1, moved)
-    late = round(starts[60] * RATE)
     assert erle(echo, out, slice(late, late + RATE)) >= 27.0
 
 
