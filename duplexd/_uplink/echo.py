@@ -84,7 +84,7 @@ from .late import LateEcho
 from .nearend import NearEndOnset
 from .phat import peak_lag
 from .phat import phat as _phat
-from .placement import Placement, RunRule
+from .placement import TRY_EVERY_MS, Placement, RunRule
 from .ring import SampleRing
 from .runmin import RunningMin
 from .skew import EchoSkew
@@ -167,6 +167,8 @@ class EchoCanceller:
         self._follow = round(PLAYOUT_FOLLOW_MS * rate_hz / 1000)
         self.playout_moves = 0  # times the reports moved the reference after the first
         self._fork: Placement | None = None  # a late frame's other placement, tried too
+        self._tried_at = -(1 << 62)  # (the boundary of the last one: `TRY_EVERY_MS` apart)
+        self._try_every = round(TRY_EVERY_MS * rate_hz / 1000)
         self.placements_tried = 0  # late frames whose other placement was tried ...
         self.placements_moved = 0  # ... and kept
         self._align = 0  # ... and further, from the delay the presence check found
@@ -224,7 +226,8 @@ class EchoCanceller:
         shift = None if end is None else self._rule.unsure(idx - end)
         if shift is not None and self._running and self.echo_found:
             assert end is not None  # the player may have played it either way: both are tried
-            self._try(end, shift)  # (placement.py)
+            if end - self._tried_at >= self._try_every:  # (placement.py)
+                self._try(end, shift)
         if end is not None and self._rule.place(idx - end):
             idx = end  # the next frame of the same paced run ...
             # (AEC3 may have been handed its samples before they were sent: as silence)
@@ -297,7 +300,7 @@ class EchoCanceller:
             fork.bring_up(
                 self._segment, self._recent[len(self._recent) - m :], self._server(self._pos - m)
             )
-        self._fork = fork
+        self._fork, self._tried_at = fork, boundary
         self.placements_tried += 1
 
     def _settle(self, fork: Placement, *, last: bool = False) -> None:

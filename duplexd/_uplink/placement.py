@@ -40,6 +40,9 @@ FloatArray = npt.NDArray[np.float32]
 UNSURE_FROM_MS: Final = 25.0  # (one pacer tick late plays on in any buffer of 40 ms or more)
 UNSURE_TO_MS: Final = 120.0  # (any player's buffer, 20-80 ms, and the client's loop 40 ms late)
 DECIDE_MS: Final = 300.0  # ... until this much reference with sound past it was handed on
+# ... and tried at most once in this much reference (its AEC3s brought up cost the uplink's
+# thread ~24 ms; a client that reads its frames late on purpose must not make it run on)
+TRY_EVERY_MS: Final = 1000.0
 _BETTER: Final = 0.5  # the other placement stays if it left at most this share of the energy
 # A frame goes on from the other placement's AEC3 if it left at most this share of what the
 # session's and the judge of the reference's placement did (an echo one placement cancels and
@@ -94,8 +97,8 @@ class RunRule:
 
 class Placement:
     """The other placement of the reference from `boundary` on: `shift` samples later than
-    the reference has it there (earlier if negative: the frame continued the run in the
-    player, not after a gap), with `gap` samples of silence at the boundary."""
+    the reference has it there (silence first), or earlier if negative (the frame continued
+    the run in the player, not after a gap)."""
 
     def __init__(self, rate_hz: int, boundary: int, shift: int) -> None:
         self.boundary = boundary
@@ -138,7 +141,8 @@ class Placement:
     ) -> FloatArray:
         """Uplink `chunk` (whole 10 ms frames), handed with reference `far` (as placed; `ours`:
         placed the other way) from index `start`; `out`: what the session's AEC3 left. Returns
-        what goes on: each frame from whichever of it and the other placement's left less."""
+        what goes on: a frame from the other placement's AEC3 where it left at most `_QUIETER`
+        of what both the session's and the judge as placed left, else from `out`."""
         f = self._frame
         k = len(chunk) // f
 
