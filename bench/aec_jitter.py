@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import aec_rooms
-from bench.aec_rooms import RATE, played, replay, save_rows, voices
+from bench.aec_rooms import RATE, echo_threshold, played, replay, save_rows, voices
 from bench.rooms import ROOMS, db, noise
 from duplexd._uplink.vad import BargeIn, SpeechStart
 from duplexd.protocol import frames as fr
@@ -103,7 +103,9 @@ def main(argv: list[str] | None = None) -> None:
         "--codec", choices=(fr.CODEC_PCM, fr.CODEC_OPUS), default=fr.CODEC_PCM,
         help="both ways: opus at 32 kbit/s, complexity 5 (the session's defaults)",
     )  # fmt: skip
-    p.add_argument("--echo-threshold", type=float, help="vad.echo_threshold (default: its default)")
+    p.add_argument(
+        "--echo-threshold", type=echo_threshold, help="vad.echo_threshold (default: 0.7)"
+    )
     args = p.parse_args(argv)
     aec_rooms.CODEC, aec_rooms.ECHO_THRESHOLD = args.codec, args.echo_threshold
     rows = run(args.jitter_ms, args.seeds, Path(args.cache))

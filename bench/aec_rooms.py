@@ -52,7 +52,13 @@ from duplexd._uplink.vad import BargeIn, SpeechStart, VadModel
 from duplexd.protocol import frames as fr
 from duplexd.protocol.codec import encode
 from duplexd.protocol.options import NOISE_SUPPRESSION as NOISE_SUPPRESSION_LEVELS
-from duplexd.protocol.options import AsrOptions, CodecOptions, SessionOptions, VadOptions
+from duplexd.protocol.options import (
+    AsrOptions,
+    CodecOptions,
+    SessionOptions,
+    VadOptions,
+    option_range,
+)
 
 RATE = 16_000
 FRAME = 320
@@ -101,6 +107,18 @@ def played(agent: F32) -> F32:
         pcm = (np.clip(agent[k * FRAME : (k + 1) * FRAME], -1, 1) * 32767).astype("<i2")
         out[k * FRAME : (k + 1) * FRAME] = dec.decode(enc.encode(pcm)) / 32768.0
     return out
+
+
+def echo_threshold(text: str) -> float:
+    """`--echo-threshold`: a `vad.echo_threshold` in the range a session may ask for."""
+    lo, hi = option_range("echo_threshold")
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not lo <= value <= hi:
+        raise argparse.ArgumentTypeError(f"{text!r}: a probability from {lo} to {hi}, e.g. 0.7")
+    return value
 
 
 def head_rev() -> str:
@@ -278,7 +296,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--md", metavar="PATH", help="a Markdown table, beside --old's if given")
     p.add_argument("--old", metavar="JSON", help="a run of another revision, for a side by side")
     p.add_argument("--rev", help="the revision measured (default: git's HEAD here)")
-    p.add_argument("--echo-threshold", type=float, help="vad.echo_threshold (default: 0.7)")
+    p.add_argument(
+        "--echo-threshold", type=echo_threshold, help="vad.echo_threshold (default: 0.7)"
+    )
     p.add_argument(
         "--jitter-ms", type=float, default=0.0,
         help="each uplink frame arrives this much later on average (exponential, in order)",

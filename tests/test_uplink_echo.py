@@ -186,3 +186,20 @@ def test_the_jitter_sweep_runs_opus_both_ways(
     assert len(rows) == 6 and {r["codec"] for r in rows} == {"opus"}
     assert not [r for r in rows if r["false_barge_ins"] or r["false_speech_starts"]], rows
     assert min(r["erle_db"] for r in rows) >= 15.0, rows
+
+
+@pytest.mark.parametrize("bench", ["bench.aec_rooms", "bench.aec_jitter"])
+def test_an_echo_threshold_out_of_range_is_one_line_and_exit_2(
+    bench: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A threshold no session may ask for (a barge-in would never come: no false one
+    measured, for nothing) is refused before anything runs, as `vad.echo_threshold` is."""
+    import importlib
+
+    main = importlib.import_module(bench).main
+    for bad in ("2", "0.01", "seven"):
+        with pytest.raises(SystemExit) as exit_:
+            main(["--echo-threshold", bad])
+        assert exit_.value.code == 2
+        last = capsys.readouterr().err.strip().splitlines()[-1]
+        assert "--echo-threshold" in last and "from 0.05 to 0.99" in last, last
