@@ -85,7 +85,7 @@ from .nearend import NearEndOnset
 from .phat import peak_lag
 from .phat import phat as _phat
 from .placement import TRY_EVERY_MS, Placement, RunRule
-from .ring import SampleRing
+from .ring import SENT_LOUD, SampleRing
 from .runmin import RunningMin
 from .skew import EchoSkew
 
@@ -139,8 +139,7 @@ _NO_ECHO_RUNS: Final = 10
 # The first verdict (until then AEC3 runs: an echo must never get through to barge in) is made
 # sooner: a headphones user barging in during the agent's first words must not be ducked long.
 _FIRST_NO_ECHO_SCORE: Final = 5.0
-_SENT_LOUD: Final = 1e-4  # a reference sample above this is not silence ...
-_SENT_SHARE: Final = 0.3  # ... and a verdict needs this share of the window's reference so
+_SENT_SHARE: Final = 0.3  # a verdict needs this share of the window's reference over `SENT_LOUD`
 
 
 class EchoCanceller:
@@ -454,7 +453,7 @@ class EchoCanceller:
         if w < _PRESENCE_MIN_S * self.rate_hz:
             return
         far = self._segment(end - w - self._lags, w + self._lags)
-        if np.count_nonzero(np.abs(far[-w:]) > _SENT_LOUD) < _SENT_SHARE * w:
+        if np.count_nonzero(np.abs(far[-w:]) > SENT_LOUD) < _SENT_SHARE * w:
             self._suspected_at = None  # (an echo suspected must be found again, in a row)
             return  # too little was sent to tell: the verdict stands
         overrun, self._overrun = self._overrun or 0, None  # (since the last verdict)
@@ -571,7 +570,7 @@ class EchoCanceller:
         k = len(far) // f
         if not k:
             return 0
-        loud = np.max(np.abs(far[: k * f].reshape(k, f)), axis=1) > _SENT_LOUD
+        loud = np.max(np.abs(far[: k * f].reshape(k, f)), axis=1) > SENT_LOUD
         return int(np.count_nonzero(loud)) * f
 
     @property

@@ -34,6 +34,8 @@ import numpy as np
 import numpy.typing as npt
 import pywebrtc_audio
 
+from .ring import SENT_LOUD
+
 FloatArray = npt.NDArray[np.float32]
 
 # A frame this late (cumulatively, within its run) may have been played either way ...
@@ -50,7 +52,6 @@ _BETTER: Final = 0.5  # the other placement stays if it left at most this share 
 # a user's onset harder (replayed live: a barge-in a window later, against the session's AEC3
 # alone; the judge as placed, as young, ducks it as much)
 _QUIETER: Final = 0.25
-_LOUD: Final = 1e-4  # a reference sample above this is not silence (echo.py's `_SENT_LOUD`)
 _GIVE_UP_MS: Final = 1500.0  # decided by what there is once this much reference went by
 
 Segment = Callable[[int, int], FloatArray]
@@ -157,7 +158,7 @@ class Placement:
         if np.any(past):
             self.energy[0] += float(np.sum(placed[past]))
             self.energy[1] += float(np.sum(theirs[past]))
-            loud = np.maximum(np.abs(far), np.abs(ours)) > _LOUD
+            loud = np.maximum(np.abs(far), np.abs(ours)) > SENT_LOUD
             self._sounding += int(np.count_nonzero(loud.reshape(k, f)[past]))
         pick = (theirs < _QUIETER * energies(out)) & (theirs < _QUIETER * placed)
         if not np.any(pick):

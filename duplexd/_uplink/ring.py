@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Final
+
 import numpy as np
 import numpy.typing as npt
 
 FloatArray = npt.NDArray[np.float32]
+
+SENT_LOUD: Final = 1e-4  # a reference sample above this is not silence
 
 
 class SampleRing:
