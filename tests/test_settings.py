@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tomllib
 from pathlib import Path
 
@@ -124,7 +125,7 @@ def test_asr_trace_and_tone_options_are_settings_keys(
 ) -> None:
     """What used to be serve-only flags and a module variable are keys `config --print` shows."""
     s = load_settings(str(EXAMPLE))
-    assert (s.asr.model, s.asr.threads, s.asr.cut_window) == ("", 2, True)
+    assert (s.asr.model, s.asr.threads, s.asr.cut_window) == ("", 0, True)
     assert (s.trace.path, s.trace.sessions) == ("", "first")
     assert s.engine.tone_compute_ms_per_char == 0.0
     argv = ["config", "--asr-model", "/models/x", "--asr-threads", "3", "--trace", "t.jsonl"]
@@ -141,7 +142,7 @@ def test_asr_trace_and_tone_options_are_settings_keys(
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("[asr]\nthreads = 0\n", "asr.threads: must be >= 1"),
+        ("[asr]\nthreads = -1\n", "asr.threads: must be >= 0"),
         ("[engine]\nmodel_wait_s = 0\n", "engine.model_wait_s: must be > 0, got 0"),
         ("[engine]\nmodel_wait_s = inf\n", "engine.model_wait_s: expected a finite number"),
         ("[engine]\nmax_batch = -1\n", "engine.max_batch: must be in 0..1024 \\(0: the engine"),
@@ -298,3 +299,16 @@ def test_the_token_flag_is_gone_with_one_line(capsys: pytest.CaptureFixture[str]
         assert len(err) == 1 and "SEKRIT" not in err[0]
         assert "--token is not a flag" in err[0] and "DUPLEXD_SERVER__TOKEN" in err[0]
         assert "[auth] token_file" in err[0]
+
+
+def test_asr_threads_left_to_the_daemon_are_one_on_two_cpus_else_two(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`[asr] threads = 0` (the default): one thread where the process has two CPUs or fewer
+    (one decodes faster there, and the turn model has the other), two where it has more."""
+    from duplexd._uplink.asr import Transcriber
+
+    for cpus, threads in (({0}, 1), ({0, 1}, 1), ({0, 1, 2}, 2), (set(range(16)), 2)):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, cpus=cpus: cpus)
+        assert Transcriber().cpu_threads == threads
+        assert Transcriber(cpu_threads=3).cpu_threads == 3

@@ -118,7 +118,12 @@ def add_config_flags(p: argparse.ArgumentParser, *, model_process: bool = False)
         metavar="DIR",
         help="faster-whisper model directory (default: the bundled Whisper tiny.en)",
     )
-    daemons("--asr-threads", type=int, default=d, help="CPU threads of the ASR model (2)")
+    daemons(
+        "--asr-threads",
+        type=int,
+        default=d,
+        help="CPU threads of the ASR model (0, default: 1 on 2 CPUs, else 2)",
+    )
     daemons(
         "--trace",
         default=d,

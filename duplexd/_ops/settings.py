@@ -163,7 +163,7 @@ class SessionLimits:
 @attrs.frozen
 class AsrSettings:
     model: str = ""  # a faster-whisper model directory; "" = the bundled Whisper tiny.en
-    threads: int = 2  # CPU threads of the ASR model
+    threads: int = 0  # CPU threads of the ASR model; 0: 1 on a 2-CPU machine, else 2
     # decode a turn in a window cut to it (10 s, or its length + 2 s), not Whisper's 30 s: ~3x
     # less CPU a decode, the same words (duplexd/_uplink/window.py); false: the 30 s window
     cut_window: bool = True
@@ -463,8 +463,8 @@ def _validate(s: Settings) -> None:
         raise bad("log.format", f"must be json or text, got {s.log.format!r}")
     if s.log.level.lower() not in LOG_LEVELS:
         raise bad("log.level", f"must be one of {', '.join(LOG_LEVELS)}, got {s.log.level!r}")
-    if s.asr.threads < 1:
-        raise bad("asr.threads", f"must be >= 1, got {s.asr.threads}")
+    if s.asr.threads < 0:
+        raise bad("asr.threads", f"must be >= 0 (0: the daemon's choice), got {s.asr.threads}")
     if s.engine.tone_compute_ms_per_char < 0:
         raise bad("engine.tone_compute_ms_per_char", "must be >= 0")
     socket_path = s.engine.model_socket
