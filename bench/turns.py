@@ -21,7 +21,9 @@ Measured on the client's clock, from the capture time of the last speech sample 
   (`missed_words`, normalized as the WER figures are): Whisper's own errors (a few %), and words the
   daemon lost (a piece never transcribed, or its start cut off);
 - what the sessions' ASR did (their STATS at the end, summed: `ASR_STATS`): the decodes' wall
-  time and the audio they decoded, the speculative transcripts, the streaming passes.
+  time and the audio they decoded, the speculative transcripts, the streaming passes; and the
+  end of turn's questions: the turn model's runs, and the questions the transcript answered
+  alone (ends.py).
 
 `--sentences held-out` speaks another set instead, one nobody tuned a rule on: the 16
 sentences of `bench.word_timing`, each whole and each with the pause before its middle word
@@ -315,6 +317,9 @@ ASR_STATS: Final = (
     "asr_speculations_used",
     "asr_speculations_empty",
     "transcripts",
+    "end_checks",
+    "end_checks_ahead",
+    "end_checks_words",
 )
 
 
@@ -442,7 +447,10 @@ def _asr_line(asr: dict[str, Any]) -> str:
         f"({asr['asr_speculations_used']} used, {asr.get('asr_speculations_empty', 0)} "
         f"empty: decoded again), {asr['asr_passes']} streaming passes "
         f"({asr['asr_passes_skipped']} skipped, {asr['partial_transcripts']} partials), "
-        f"{asr['asr_tails']} finals decoded as a tail alone."
+        f"{asr['asr_tails']} finals decoded as a tail alone. End of turn: "
+        f"{asr.get('end_checks', 0)} turn-model runs ({asr.get('end_checks_ahead', 0)} "
+        f"answered ahead), {asr.get('end_checks_words', 0)} questions answered by the "
+        "transcript alone."
     )
 
 

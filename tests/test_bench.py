@@ -632,10 +632,11 @@ def test_the_turn_bench_sums_its_sessions_asr_counters() -> None:
     assert result["asr"] == {k: 3 for k in ASR_STATS} | {
         "asr_s": 0.75, "asr_audio_s": 7.5, "asr_passes": 5
     }  # fmt: skip
-    assert _asr_line(result["asr"]).startswith(
+    assert _asr_line(result["asr"]) == (
         "ASR (all sessions, STATS): 0.75 s of decodes (wall) for 7.5 s of audio; 3 finals, "
         "3 speculative transcripts (3 used, 3 empty: decoded again), 5 streaming passes (3 "
-        "skipped, 3 partials), 3 "
+        "skipped, 3 partials), 3 finals decoded as a tail alone. End of turn: 3 turn-model "
+        "runs (3 answered ahead), 3 questions answered by the transcript alone."
     )
 
 

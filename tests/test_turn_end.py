@@ -29,6 +29,7 @@ from duplexd._uplink.vad import (
     Turn,
     VadEvent,
 )
+from duplexd._uplink.window import Heard
 from duplexd.protocol.codec import RemoteProtocolError
 from duplexd.protocol.frames import ErrorCode
 from duplexd.protocol.options import VadOptions, parse_options
@@ -488,6 +489,116 @@ async def test_an_answer_made_ahead_answers_only_the_first_question_of_its_silen
     assert ends.counters.end_checks_ahead == 0
 
 
+class HeldWords:
+    """The speculative transcripts of an `EndOfTurn` (a test double of `Transcripts`): a silence's
+    text is made when the test says so."""
+
+    def __init__(self) -> None:
+        self.made: dict[int, Heard] = {}
+        self.coming: set[int] = set()
+        self._lot = trio.lowlevel.ParkingLot()
+
+    def make(self, stop: int, heard: Heard) -> None:
+        self.made[stop] = heard
+        self._lot.unpark_all()
+
+    def speculated_now(self, stop: int) -> Heard | None:
+        return self.made.get(stop)
+
+    async def speculated(self, stop: int) -> Heard | None:
+        while stop not in self.made and stop in self.coming:
+            await self._lot.park()
+        return self.made.get(stop)
+
+
+@pytest.mark.parametrize(
+    ("end_mark", "waits_for_model", "complete"),
+    [(0.97, False, True), (0.4, False, False), (0.8, True, False)],
+    ids=["sure", "unsure", "model-decides"],
+)
+async def test_words_that_decide_alone_do_not_wait_for_the_model(
+    end_mark: float, waits_for_model: bool, complete: bool
+) -> None:
+    """The model's run asked ahead at the pad is still going when the question comes; the
+    transcript of the silence comes next. Sure of its end mark (or unsure), the words answer at
+    once; in between, the answer waits for the model (which says "incomplete" here)."""
+    from duplexd._uplink.counters import UplinkCounters
+    from duplexd._uplink.ends import AHEAD, EndCheck, EndOfTurn
+
+    release = trio.Event()
+
+    async def slow(fn: Any, *args: Any) -> Any:
+        await release.wait()
+        return fn(*args)
+
+    model = Scripted([0.2])
+    words = HeldWords()
+    words.coming.add(100)
+    answers: list[tuple[int, bool]] = []
+    ends = EndOfTurn(
+        model,
+        offload=slow,
+        busy=lambda: False,
+        threshold=0.5,
+        end_mark_threshold=0.7,
+        end_mark_sure=0.9,
+        counters=UplinkCounters(),
+        transcripts=words,  # type: ignore[arg-type]
+        answer=lambda i, complete: answers.append((i, complete)),
+    )
+    audio = np.zeros(WINDOW, np.float32)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ends.run)
+        ends.ask(EndCheck(AHEAD, audio, stop=100))
+        await trio.testing.wait_all_tasks_blocked()
+        ends.ask(EndCheck(1, audio, stop=100))
+        await trio.testing.wait_all_tasks_blocked()
+        words.make(100, Heard("What time does the last train leave tonight?", end_mark))
+        await trio.testing.wait_all_tasks_blocked()
+        assert answers == ([] if waits_for_model else [(1, complete)])
+        release.set()
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    assert answers == [(1, complete)]
+    assert model.calls == 1  # the run asked ahead, used or not
+    assert ends.counters.end_checks_words == (0 if waits_for_model else 1)
+
+
+async def test_words_made_before_the_pad_that_decide_ask_the_model_nothing() -> None:
+    from duplexd._uplink.counters import UplinkCounters
+    from duplexd._uplink.ends import AHEAD, EndCheck, EndOfTurn
+
+    async def inline(fn: Any, *args: Any) -> Any:
+        return fn(*args)
+
+    model = Scripted([])
+    words = HeldWords()
+    words.make(100, Heard("I'd like a table for...", 0.01))
+    answers: list[tuple[int, bool]] = []
+    ends = EndOfTurn(
+        model,
+        offload=inline,
+        busy=lambda: False,
+        threshold=0.5,
+        end_mark_threshold=0.7,
+        end_mark_sure=0.9,
+        counters=UplinkCounters(),
+        transcripts=words,  # type: ignore[arg-type]
+        answer=lambda i, complete: answers.append((i, complete)),
+    )
+    audio = np.zeros(WINDOW, np.float32)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ends.run)
+        ends.ask(EndCheck(AHEAD, audio, stop=100))
+        await trio.testing.wait_all_tasks_blocked()
+        for i in (1, 2):  # the question, and the same silence asked again
+            ends.ask(EndCheck(i, audio, stop=100, again=i > 1))
+            await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    assert answers == [(1, False), (2, False)] and model.calls == 0
+    assert ends.counters.end_checks_unfinished == ends.counters.end_checks_words == 1
+
+
 class AlwaysComplete(TurnModel):
     """A turn model fooled by every pause (as Smart Turn was by "I'd like a table for")."""
 
@@ -524,10 +635,11 @@ async def test_a_transcript_that_stops_mid_sentence_keeps_the_turn_open(
         assert len(stops) == 2 and stats["end_checks_unfinished"] == 0
         return
     assert len(stops) == 1, stops
-    # the pause's questions asked again as it grew (smart_reask_ms) were answered by the same
-    # unfinished words, not the model: it ran once for the pause, once for the end
-    assert stats["end_checks_unfinished"] == 1
-    assert model.calls == stats["end_checks"] == 2, (model.calls, stats)
+    # the pause's question, and those asked again as it grew (smart_reask_ms), were answered
+    # by the unfinished words alone: the model could not change that, and (its transcript made
+    # before the pad here: the decode is inline) was run only for the end
+    assert stats["end_checks_unfinished"] == stats["end_checks_words"] == 1, stats
+    assert model.calls == stats["end_checks"] == 1, (model.calls, stats)
     (final,) = [f for _, f in client.frames_of(fr.Transcript)]
     assert "table for four" in final.text.lower().replace("4", "four"), final.text
 
@@ -563,7 +675,9 @@ async def test_words_that_could_end_but_were_said_mid_sentence_keep_the_turn_ope
         return
     assert len(stops) == 1, (stops, finals)
     assert stats["end_checks_unsure"] == 1 and stats["end_checks_unfinished"] == 0, stats
-    assert model.calls == stats["end_checks"] == 2, (model.calls, stats)  # the pause, the end
+    # Whisper unsure at the pause, sure at the end: the words decided both, the model never ran
+    assert stats["end_checks_words"] == 2 and stats["end_checks_sure"] == 1, stats
+    assert model.calls == stats["end_checks"] == 0, (model.calls, stats)
     assert "play some quiet music in the kitchen" in finals[0].lower(), finals
     # the end itself was sure: the turn ended at its first question, not `max_silence_ms` later
     ((when, stop),) = stops

@@ -45,7 +45,8 @@ class UplinkCounters:
     end_checks_ahead_skipped: int = 0  # not asked ahead: the turn model was busy
     end_checks_unfinished: int = 0  # ... of which the transcript stopped mid-sentence: waited
     end_checks_unsure: int = 0  # ... or Whisper was unsure the sentence ended: waited
-    end_checks_sure: int = 0  # answered "incomplete", but Whisper was sure it ended: ended
+    end_checks_sure: int = 0  # ... or Whisper was sure it ended (and the words may end): ended
+    end_checks_words: int = 0  # answered by the transcript alone (those 3): no model run
     end_check_s: float = 0.0  # their wall time (thread)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -91,6 +92,7 @@ class UplinkCounters:
             "end_checks_unfinished": self.end_checks_unfinished,
             "end_checks_unsure": self.end_checks_unsure,
             "end_checks_sure": self.end_checks_sure,
+            "end_checks_words": self.end_checks_words,
             "end_check_ms_mean": (
                 round(1000 * self.end_check_s / self.end_checks, 3) if self.end_checks else 0
             ),

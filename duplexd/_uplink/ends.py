@@ -4,20 +4,24 @@ The detector (vad.py) asks whether the turn is complete once the user has been s
 `min_silence_ms` (an `EndCandidate`); the uplink's worker sends the question here as an
 `EndCheck` with the turn's last 8 s (`turn.WINDOW_SAMPLES`). A silence the turn may end at is
 also asked about ahead (`AHEAD`: a `padded` `Speculate`, once it has lasted the turn's pad:
-the model hears that much silence; Whisper's speculative transcript, asked at 64 ms, is done
-by then or nearly, so the two no longer share the cores), so that the answer is ready when
-the question comes: the model takes 70-140 ms on a 2-core box. It is
-asked ahead only while it is idle: under load that would be a run more per pause, ahead of
-other sessions' end checks. A "complete" also waits for the speculative transcript of the
-same silence (in English): if it stops mid-sentence ("I'd like a table for", unfinished.py),
-or Whisper, which hears the voice too, is not sure the sentence ends there (its end mark's
-probability under `end_mark_threshold`: "Can you remind me to call? | my mother", window.py),
-the turn is not complete after all, and the questions the detector asks again about the same
-silence (`smart_reask_ms`) are answered so without the model: the words are the same. The other
-way round, an "incomplete" is overruled when Whisper is sure of its end mark (`end_mark_sure`)
-and the words may end there: the model scored some sentences' ends 0.13-0.47 that Whisper heard
-end at 0.93-0.97 (`python -m bench.end_marks`); the transcript is not waited for then, only
-taken if it is ready (made at 64 ms of silence, it is, but under load).
+the model hears that much silence), so that the answer is ready when the question comes: the
+model takes 70-140 ms on a 2-core box. It is asked ahead only while it is idle: under load
+that would be a run more per pause, ahead of other sessions' end checks.
+
+The words come first. Whisper's speculative transcript of the same silence (asked for at
+64 ms of it; the final transcript if the turn ends there) often decides alone, and then the
+question is answered as soon as it is made, without waiting for the model's run (which goes
+on beside it from the pad, in the background), and without starting one if the text was made
+before the question came. The words decide when they stop mid-sentence ("I'd like a table
+for", unfinished.py), or when Whisper, which hears the voice too, is not sure the sentence
+ends there (its end mark's probability under `end_mark_threshold`: "Can you remind me to
+call? | my mother", window.py): the turn is not complete, whatever the model says, and the
+questions the detector asks again about the same silence (`smart_reask_ms`) are answered so
+without the model: the words are the same. They decide the other way when Whisper is sure of
+its end mark (`end_mark_sure`) and the words may end there: the model scored some sentences'
+ends 0.13-0.47 that Whisper heard end at 0.93-0.97 (`python -m bench.end_marks`). Between the
+two (a mark from `end_mark_threshold` to `end_mark_sure`, or none known) the model's verdict
+stands, once both are in.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 import numpy as np
@@ -77,6 +81,15 @@ class EndCheck:
     again: bool = False  # a later question about the same silence: not the ahead one's
 
 
+@dataclass(eq=False, slots=True)
+class _Judgement:
+    """The turn model's run about the silence that began at `stop` (done: `probability`)."""
+
+    stop: int
+    probability: float = 0.0
+    done: trio.Event = field(default_factory=trio.Event)
+
+
 class EndOfTurn:
     """One session's questions to the daemon's turn model. `ask` from the trio thread; `run`
     as a session task; each verdict goes to `answer(candidate id, complete)`."""
@@ -116,61 +129,108 @@ class EndOfTurn:
         self._lot.unpark_all()
 
     async def run(self) -> None:
-        """Answer the latest question, one at a time, until cancelled. Cancelling waits for a
-        question in progress (tens of ms)."""
+        """Answer the latest question, one at a time, until cancelled. Cancelling waits for
+        the model's run in progress, if any (tens of ms)."""
+        async with trio.open_nursery() as nursery:
+            await self._questions(nursery)
+
+    async def _questions(self, nursery: trio.Nursery) -> None:
         c = self.counters
-        ahead: tuple[int, float] | None = None  # (silence, probability) answered ahead
+        ahead: _Judgement | None = None  # the model's run asked ahead (its silence's)
         vetoed = -1  # the silence whose transcript stops mid-sentence: its questions are moot
+        words = self._transcripts
         while True:
             while self._end_check is None and self._ahead_check is None:
                 await self._lot.park()
             if (check := self._end_check) is None:
                 assert self._ahead_check is not None
                 check, self._ahead_check = self._ahead_check, None
-                if ahead is not None and ahead[0] == check.stop:
-                    continue  # silero heard the silence the level found: answered
-                if self._busy():  # other sessions' questions first: ask when it comes
-                    c.end_checks_ahead_skipped += 1
+                if ahead is not None and ahead.stop == check.stop:
+                    continue  # silero heard the silence the level found: asked
+                made = None if words is None else words.speculated_now(check.stop)
+                if made is not None and self._words_decide(made) is not None:
+                    continue  # the words will answer the question: no run
+                if self._busy() or (ahead is not None and not ahead.done.is_set()):
+                    c.end_checks_ahead_skipped += 1  # other questions first: ask when it comes
                     continue
-                ahead = (check.stop, await self._judge(check))
+                ahead = self._judging(nursery, check)
                 continue
             self._end_check = None
             if self._ahead_check is not None and self._ahead_check.stop == check.stop:
-                self._ahead_check = None  # asked again now: moot
+                self._ahead_check = None  # asked now: moot
             if check.stop == vetoed:  # asked again: the same words, still unfinished
                 self._answer(check.id, False)
                 continue
-            if ahead is not None and ahead[0] == check.stop and not check.again:
-                prob, ahead = ahead[1], None
-                c.end_checks_ahead += 1
-            else:
-                prob = await self._judge(check)
-            complete = prob >= self._threshold
-            c.end_checks_complete += complete
-            if (words := self._transcripts) is not None:
-                # the speculative transcript of this silence (ready, or nearly: asked for with
-                # the question ahead; the final is that text, so waiting for it delays none);
-                # for an "incomplete" only if it is ready (under load a decode waits its turn,
-                # and this session's next questions would wait on it)
-                if complete:
-                    heard = await words.speculated(check.stop)
+            # the speculative transcript of this silence (asked for at 64 ms of it; the final
+            # is that text, so waiting for it delays none): when it decides alone, the model's
+            # run is not waited for, nor started if the text is at hand already
+            heard = None if words is None else words.speculated_now(check.stop)
+            decided = None if heard is None else self._words_decide(heard)
+            judgement, asked_ahead = None, False
+            if decided is None:
+                if ahead is not None and ahead.stop == check.stop and not check.again:
+                    judgement, ahead, asked_ahead = ahead, None, True
                 else:
-                    heard = words.speculated_now(check.stop) if self._sure < 1 else None
+                    judgement = self._judging(nursery, check)
+                if words is not None and heard is None:
+                    heard = await words.speculated(check.stop)
+                    decided = None if heard is None else self._words_decide(heard)
+            prob = None
+            if decided is not None:
+                complete, why = decided  # the model could not change it
+                c.end_checks_words += 1
+            else:
+                assert judgement is not None
+                await judgement.done.wait()
+                prob = judgement.probability
+                c.end_checks_ahead += asked_ahead
+                complete = prob >= self._threshold
+                c.end_checks_complete += complete
+                why = ""
                 if heard is not None:
-                    complete, moot = self._with_words(complete, heard)
-                    vetoed = check.stop if moot else vetoed
-            log.debug("end of turn?", extra={"probability": round(prob, 3)})
+                    complete, why = with_words(
+                        complete, heard, self._end_mark_threshold, self._sure
+                    )
+            self._count(why)
+            vetoed = check.stop if why in (UNFINISHED, UNSURE) else vetoed
+            log.debug(
+                "end of turn?",
+                extra={
+                    "silence_began": check.stop,
+                    "probability": None if prob is None else round(prob, 3),
+                    "end_mark": None if heard is None else heard.end_mark,
+                    "why": why,
+                    "complete": complete,
+                },
+            )
             self._answer(check.id, complete)
 
-    def _with_words(self, complete: bool, heard: Heard) -> tuple[bool, bool]:
-        """The model's verdict with the silence's transcript: (complete, whether the silence's
-        later questions are moot: the words are the same)."""
-        complete, why = with_words(complete, heard, self._end_mark_threshold, self._sure)
+    def _judging(self, nursery: trio.Nursery, check: EndCheck) -> _Judgement:
+        """The model's run for `check`, started in the background."""
+        judgement = _Judgement(check.stop)
+
+        async def judge() -> None:
+            judgement.probability = await self._judge(check)
+            judgement.done.set()
+
+        nursery.start_soon(judge)
+        return judgement
+
+    def _words_decide(self, heard: Heard) -> tuple[bool, str] | None:
+        """The verdict the silence's transcript gives whatever the model says (why: as
+        `with_words`), or None if the model's verdict counts: the words stop mid-sentence,
+        Whisper is unsure the sentence ends there, or it is sure it does."""
+        complete = with_words(True, heard, self._end_mark_threshold, self._sure)
+        incomplete = with_words(False, heard, self._end_mark_threshold, self._sure)
+        if complete[0] != incomplete[0]:
+            return None
+        return incomplete if incomplete[0] else complete
+
+    def _count(self, why: str) -> None:
         c = self.counters
         c.end_checks_unfinished += why == UNFINISHED
         c.end_checks_unsure += why == UNSURE
         c.end_checks_sure += why == SURE
-        return complete, why in (UNFINISHED, UNSURE)
 
     async def _judge(self, check: EndCheck) -> float:
         t0 = time.perf_counter()

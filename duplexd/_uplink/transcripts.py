@@ -32,6 +32,7 @@ transcript, which its check takes, or the check's own) follow `HOLD_PROMPT`. All
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,6 +49,8 @@ from .counters import UplinkCounters
 from .soft import spoken_words
 from .vad import VAD_RATE_HZ, Speculate, Turn
 from .window import Heard
+
+log = logging.getLogger("duplexd.uplink")
 
 TURN_QUEUE: Final = 8  # finished turns waiting for ASR, per session
 MIN_TAIL: Final = VAD_RATE_HZ // 10  # a final's tail shorter than this holds no word to decode
@@ -288,12 +291,23 @@ class Transcripts:
         Cancelling abandons the decode (its thread finishes in the background)."""
         turn = Turn(spec.start, spec.end, stop=spec.stop)
         self._speculating = spec.stop
+        t0 = time.perf_counter()
         try:
             heard = await self._decode(transcriber, turn, self._agreement, end_mark=True)
         finally:
             self._speculating = None
             self._spec_lot.unpark_all()
         self.counters.speculations += 1
+        log.debug(
+            "speculated",
+            extra={
+                "silence_began": spec.stop,
+                "end": spec.end,
+                "text": heard.text,
+                "end_mark": heard.end_mark,
+                "decode_ms": round(1000 * (time.perf_counter() - t0), 1),
+            },
+        )
         self._speculated = ((spec.start, spec.stop), heard)
         self._spec_lot.unpark_all()
 
