@@ -39,13 +39,12 @@ that hands it the right far-end reference for each stretch of uplink:
   Without reports the presence check below finds an echo up to 600 ms late: a client whose
   round trip plus playout buffer may exceed that needs to send PLAYED.
 - Whether an echo comes back at all, and how late (`echo_found`: a GCC-PHAT of the last second
-  of uplink against the reference, every 100 ms): with headphones nothing does, and AEC3 then
-  only ducks the user under the agent's voice (5-10 dB, measured); so AEC3 runs until no echo
-  was found (from the first ~0.3 s of the agent's voice: an echo is never let through
-  unjudged at first), and the uplink passes untouched while none is found (after "none", an
-  echo must be found in every verdict over `_CONFIRM_S`: the user's voice can score once or
-  twice; an echo that appears later, a device that changed, is let through that much longer,
-  with `echo_threshold` between it and a barge-in). Where an echo is found clearly, its
+  of uplink against the reference, every 100 ms; what its scores mean: presence.py): with
+  headphones nothing does, and AEC3 then only ducks the user under the agent's voice; so AEC3
+  runs until no echo was found (an echo is never let through unjudged at first), and the
+  uplink passes untouched while none is found (an echo that appears later, a device that
+  changed, is let through while it is confirmed, with `echo_threshold` between it and a
+  barge-in). Where an echo is found clearly, its
   direct path is kept `ALIGN_LEAD_MS` after the reference handed to AEC3: when it is found
   elsewhere (the first time; a player that restarted; a device that changed), the reference
   moves there and AEC3 starts over (it converges afresh in well under a second, but takes ~4 s
@@ -85,6 +84,7 @@ from .nearend import NearEndOnset
 from .phat import peak_lag
 from .phat import phat as _phat
 from .placement import TRY_EVERY_MS, Placement, RunRule
+from .presence import PRESENCE_LAG_S, SENT_SHARE, Presence
 from .ring import SENT_LOUD, SampleRing
 from .runmin import RunningMin
 from .skew import EchoSkew
@@ -112,34 +112,8 @@ PLAYER_BUFFER_MS: Final = 40.0
 _OFFSET_FRAMES: Final = 100  # uplink frames over which the clock offset is the minimum
 _PLAYED_REPORTS: Final = 32  # PLAYED reports over which the client clock offset is the minimum
 _SENT_FRAMES: Final = 400  # downlink frames whose send position is remembered (8 s of 20 ms)
-# Whether the echo comes back at all (headphones: it does not, and AEC3 would then only duck the
-# user under the agent's voice, by 5-10 dB as measured): GCC-PHAT of the last second of uplink
-# against the reference, at 8 kHz, lags 0-600 ms (as far back as AEC3 looks, plus the room's
-# spread); the peak over the RMS of the correlation. Measured on bench/rooms.py (VITS voices):
-# an echo with nobody talking scores 12-64 (rt60-600 the least), headphones 3.4-4.4, the user
-# talking (headphones) up to 6.9; the user 10-20 dB over an echo 4-58.
-_PRESENCE_S: Final = 1.0  # the uplink judged: the last second (less, at first: >= 0.25 s)
-_PRESENCE_MIN_S: Final = 0.25
-_PRESENCE_LAG_S: Final = 0.6
-_PRESENCE_EVERY_S: Final = 0.1  # while not known yet; then every `_SETTLED_EVERY` times that
-_SETTLED_EVERY: Final = 3
-_ECHO_SCORE: Final = 10.0  # an echo: AEC3 on
-# ... but after "no echo" (headphones), only once every verdict has scored so over this long
-# of uplink (100 ms apart meanwhile; none skipped for lack of reference): the user's voice
-# against a narrowband reference (the tone engine's), with nothing coming back, scored
-# 9.3-10.3 a few times in 3 minutes, and over 10 twice in a row at least once (windows 100 ms
-# apart share 0.9 s); each time AEC3, started for nothing, silenced the user's next 0.3-0.7 s
-# under the agent's voice (words lost). A real echo with nobody talking scores 12-64 in every
-# window (with the user talking over it, 4-58: it is confirmed once they pause).
-_CONFIRM_S: Final = 0.5
 _ALIGN_SCORE: Final = 15.0  # the echo's delay is taken from a peak this clear ...
 _STILL_THERE: Final = 0.5  # ... unless the delay followed still scores this share of it
-_NO_ECHO_SCORE: Final = 6.0  # ... no echo, `_NO_ECHO_RUNS` verdicts in a row: AEC3 off
-_NO_ECHO_RUNS: Final = 10
-# The first verdict (until then AEC3 runs: an echo must never get through to barge in) is made
-# sooner: a headphones user barging in during the agent's first words must not be ducked long.
-_FIRST_NO_ECHO_SCORE: Final = 5.0
-_SENT_SHARE: Final = 0.3  # a verdict needs this share of the window's reference over `SENT_LOUD`
 
 
 class EchoCanceller:
@@ -179,13 +153,9 @@ class EchoCanceller:
         self._tail = np.zeros(self._latency, dtype=np.float32)  # the last input samples
         self._running = False  # whether AEC3 processed the previous frames
         self._skip = self._latency  # the stream's first samples: the delay line's zeros
-        self._recent = np.zeros(round(_PRESENCE_S * rate_hz), dtype=np.float32)  # uplink
-        self._lags = round(_PRESENCE_LAG_S * rate_hz)
-        self._judge_every = round(_PRESENCE_EVERY_S * rate_hz)
-        self._unjudged = 0  # samples since the last verdict on the echo's presence
-        self._heard = 0  # uplink samples judged so far (while echo was possible)
-        self._no_echo_runs = 0
-        self._suspected_at: int | None = None  # `_heard` when an echo was found after "none"
+        self.presence = Presence(rate_hz)  # does an echo come back at all (presence.py)
+        self._recent = np.zeros(self.presence.span, dtype=np.float32)  # the uplink's last
+        self._lags = round(PRESENCE_LAG_S * rate_hz)
         self._delay = round(ALIGN_LEAD_MS * rate_hz / 1000)  # the echo's path, as handed on
         self._slack = round(_ALIGN_SLACK_MS * rate_hz / 1000)
         self._unsent_slack = round(_UNSENT_SLACK_MS * rate_hz / 1000)
@@ -195,13 +165,10 @@ class EchoCanceller:
         # the last verdict (None: none came): a clock mapping that runs ahead of the sends does
         # so at every frame; an uplink frame that came early (the loop late before) at one
         self._overrun: int | None = None
-        self.echo_found: bool | None = None  # whether an echo comes back (None: not known)
-        self.echo_score = 0.0  # the last verdict's GCC-PHAT score
         self.frames = 0  # 10 ms frames AEC3 processed
         self.realignments = 0  # times the reference was moved to the echo found (AEC3 reset)
         self._aec_samples = 0  # uplink samples this AEC3 has seen with a sounding reference
         self._converging = round(_CONVERGING_S * rate_hz)
-        self._confirm = round(_CONFIRM_S * rate_hz)
         self.near_end = NearEndOnset(rate_hz)
         self.late = LateEcho(rate_hz)  # (the turn's audio: the tail AEC3 leaves, late.py)
         self.energy_in = 0.0  # of the uplink while echo was possible ...
@@ -293,7 +260,7 @@ class EchoCanceller:
         """Try the reference placed `shift` samples later from `boundary` on as well (its judges
         brought up on the last second of uplink, as `_realign` brings one up)."""
         fork = Placement(self.rate_hz, boundary, shift)
-        m = min(len(self._recent), self._heard)
+        m = min(len(self._recent), self.presence.heard)
         m -= m % self._frame
         if m > 0:
             fork.bring_up(
@@ -330,8 +297,7 @@ class EchoCanceller:
             self._align = max(0, self._align + playout)
         self._playout = min(max(0, playout), self._max_playout)
         self._handed_end = -(1 << 62)  # (what was handed is on the old mapping)
-        self._heard = 0  # (the presence check judges the new path afresh)
-        self._suspected_at = None
+        self.presence.restart()  # (the presence check judges the new path afresh)
         self.playout_moves += 1
         self._fork = None
 
@@ -435,47 +401,31 @@ class EchoCanceller:
         return self._pairing + self.skew.shift(pos)
 
     def _judge(self, chunk: FloatArray, pos: int) -> None:
-        """Every `_PRESENCE_EVERY_S` (3 times that once known): does the last second of uplink
-        (up to `chunk`, at uplink sample `pos`) hold an echo of what was sent? (`_phat_score`,
-        at 8 kHz)"""
+        """Every `PRESENCE_EVERY_S` (3 times that once known): does the last second of uplink
+        (up to `chunk`, at uplink sample `pos`) hold an echo of what was sent (presence.py; a
+        GCC-PHAT at 8 kHz), and where is it?"""
         end = self._server(pos + len(chunk))
         self._handed_end = max(self._handed_end, end)  # (`add_reference` checks it)
         k = min(len(chunk), len(self._recent))
         self._recent[:-k] = self._recent[k:]
         self._recent[-k:] = chunk[-k:]
-        self._unjudged += len(chunk)
-        self._heard += len(chunk)
-        settled = self.echo_found is not None  # then a verdict costs its CPU less often
-        if self._unjudged < self._judge_every * (_SETTLED_EVERY if settled else 1):
-            return
-        self._unjudged = 0
-        w = min(len(self._recent), self._heard)
-        if w < _PRESENCE_MIN_S * self.rate_hz:
+        w = self.presence.window(len(chunk))
+        if w is None:
             return
         far = self._segment(end - w - self._lags, w + self._lags)
-        if np.count_nonzero(np.abs(far[-w:]) > SENT_LOUD) < _SENT_SHARE * w:
-            self._suspected_at = None  # (an echo suspected must be found again, in a row)
+        if np.count_nonzero(np.abs(far[-w:]) > SENT_LOUD) < SENT_SHARE * w:
+            self.presence.unsure()
             return  # too little was sent to tell: the verdict stands
         overrun, self._overrun = self._overrun or 0, None  # (since the last verdict)
         near = self._recent[-w:]
         corr = _phat(near[0::2] + near[1::2], far[0::2] + far[1::2])
         lag = int(np.argmax(corr))
-        score = self.echo_score = float(corr[lag])
+        score = float(corr[lag])
         edge = lag < 2 or lag > len(corr) - 3  # (a peak at the end of the range: cut off there)
-        if self.echo_found is False:  # an echo now? Only if found over `_CONFIRM_S`, in a row
-            if score < _ECHO_SCORE:
-                self._suspected_at = None
-            else:
-                if self._suspected_at is None:
-                    self._suspected_at = self._heard
-                if self._heard - self._suspected_at < self._confirm:
-                    self._unjudged = self._judge_every * (_SETTLED_EVERY - 1)  # (in 100 ms)
-                    return
-                self._suspected_at = None  # confirmed
-        if score >= _ECHO_SCORE:
-            if self.echo_found is False:  # (an echo after none: what was learned is old)
+        none_before = self.presence.found is False
+        if self.presence.verdict(score):
+            if none_before:  # (an echo after none: what was learned is old)
                 self.near_end.reset()
-            self.echo_found, self._no_echo_runs = True, 0
             delay = self._lags - 2 * lag  # (at 8 kHz)
             if score >= _ALIGN_SCORE and not edge:  # where the direct path was, to the slide
                 now = pos + len(chunk)
@@ -491,14 +441,6 @@ class EchoCanceller:
             # check above keeps in place, moved it no more often (bench/results/README.md).
             if score >= _ALIGN_SCORE and there < _STILL_THERE * score and not edge:
                 self._realign(delay, pos, w - len(chunk), unsent=overrun)
-        elif self.echo_found is None and score < _FIRST_NO_ECHO_SCORE:
-            self.echo_found = False
-        elif score < _NO_ECHO_SCORE:
-            self._no_echo_runs += 1
-            if self._no_echo_runs >= _NO_ECHO_RUNS:
-                self.echo_found = False
-        else:
-            self._no_echo_runs = 0
 
     def _realign(self, delay: int, pos: int, history: int, *, unsent: int = 0) -> None:
         """The echo's direct path comes `delay` samples after the reference handed to AEC3:
@@ -572,6 +514,16 @@ class EchoCanceller:
             return 0
         loud = np.max(np.abs(far[: k * f].reshape(k, f)), axis=1) > SENT_LOUD
         return int(np.count_nonzero(loud)) * f
+
+    @property
+    def echo_found(self) -> bool | None:
+        """Whether an echo comes back (None: not known yet; presence.py)."""
+        return self.presence.found
+
+    @property
+    def echo_score(self) -> float:
+        """The last verdict's score (GCC-PHAT peak over its RMS)."""
+        return self.presence.score
 
     @property
     def converging(self) -> bool:
