@@ -456,34 +456,15 @@ class Scripted(TurnModel):
 
 
 async def test_an_answer_made_ahead_answers_only_the_first_question_of_its_silence() -> None:
-    from duplexd._uplink.counters import UplinkCounters
-    from duplexd._uplink.ends import AHEAD, EndCheck, EndOfTurn
-
-    async def inline(fn: Any, *args: Any) -> Any:
-        return fn(*args)
+    from duplexd._uplink.ends import AHEAD, EndCheck
 
     model = Scripted([0.2, 0.9])  # ahead, at the pad: "not yet"; asked again later: "complete"
-    answers: list[tuple[int, bool]] = []
-    ends = EndOfTurn(
-        model,
-        offload=inline,
-        busy=lambda: False,
-        threshold=0.5,
-        end_mark_threshold=0.7,
-        end_mark_sure=1.0,
-        counters=UplinkCounters(),
-        transcripts=None,
-        answer=lambda i, complete: answers.append((i, complete)),
-    )
-    audio = np.zeros(WINDOW, np.float32)
+    ends, answers = words_first(model, inline, None)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(ends.run)
-        ends.ask(EndCheck(AHEAD, audio, stop=100))
-        await trio.testing.wait_all_tasks_blocked()
         # the first question was replaced before it was taken (a slow model): the one asked
         # again gets a run of its own, not the answer made at the pad
-        ends.ask(EndCheck(1, audio, stop=100, again=True))
-        await trio.testing.wait_all_tasks_blocked()
+        await asking(ends, EndCheck(AHEAD, AUDIO, stop=100), EndCheck(1, AUDIO, 100, again=True))
         nursery.cancel_scope.cancel()
     assert answers == [(1, True)] and model.calls == 2
     assert ends.counters.end_checks_ahead == 0
@@ -511,6 +492,44 @@ class HeldWords:
         return self.made.get(stop)
 
 
+AUDIO = np.zeros(WINDOW, np.float32)  # (what an `EndCheck` asks about: the models here ignore it)
+
+
+async def asking(ends: Any, *checks: Any) -> None:
+    """Ask `ends` each of `checks` in turn, each answered (or waiting) before the next."""
+    for check in checks:
+        ends.ask(check)
+        await trio.testing.wait_all_tasks_blocked()
+
+
+async def inline(fn: Any, *args: Any) -> Any:
+    """An offload that runs `fn` on the trio thread (virtual time stands still)."""
+    return fn(*args)
+
+
+def words_first(
+    model: TurnModel, offload: Any, words: HeldWords | None
+) -> tuple[Any, list[tuple[int, bool]]]:
+    """An `EndOfTurn` asking `model` through `offload`, with `words` for its transcripts (the
+    session's defaults: 0.5, 0.7, 0.9), and the answers it gives."""
+    from duplexd._uplink.counters import UplinkCounters
+    from duplexd._uplink.ends import EndOfTurn
+
+    answers: list[tuple[int, bool]] = []
+    ends = EndOfTurn(
+        model,
+        offload=offload,
+        busy=lambda: False,
+        threshold=0.5,
+        end_mark_threshold=0.7,
+        end_mark_sure=0.9,
+        counters=UplinkCounters(),
+        transcripts=words,  # type: ignore[arg-type]
+        answer=lambda i, complete: answers.append((i, complete)),
+    )
+    return ends, answers
+
+
 @pytest.mark.parametrize(
     ("end_mark", "waits_for_model", "complete"),
     [(0.97, False, True), (0.4, False, False), (0.8, True, False)],
@@ -522,8 +541,7 @@ async def test_words_that_decide_alone_do_not_wait_for_the_model(
     """The model's run asked ahead at the pad is still going when the question comes; the
     transcript of the silence comes next. Sure of its end mark (or unsure), the words answer at
     once; in between, the answer waits for the model (which says "incomplete" here)."""
-    from duplexd._uplink.counters import UplinkCounters
-    from duplexd._uplink.ends import AHEAD, EndCheck, EndOfTurn
+    from duplexd._uplink.ends import AHEAD, EndCheck
 
     release = trio.Event()
 
@@ -534,25 +552,10 @@ async def test_words_that_decide_alone_do_not_wait_for_the_model(
     model = Scripted([0.2])
     words = HeldWords()
     words.coming.add(100)
-    answers: list[tuple[int, bool]] = []
-    ends = EndOfTurn(
-        model,
-        offload=slow,
-        busy=lambda: False,
-        threshold=0.5,
-        end_mark_threshold=0.7,
-        end_mark_sure=0.9,
-        counters=UplinkCounters(),
-        transcripts=words,  # type: ignore[arg-type]
-        answer=lambda i, complete: answers.append((i, complete)),
-    )
-    audio = np.zeros(WINDOW, np.float32)
+    ends, answers = words_first(model, slow, words)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(ends.run)
-        ends.ask(EndCheck(AHEAD, audio, stop=100))
-        await trio.testing.wait_all_tasks_blocked()
-        ends.ask(EndCheck(1, audio, stop=100))
-        await trio.testing.wait_all_tasks_blocked()
+        await asking(ends, EndCheck(AHEAD, AUDIO, stop=100), EndCheck(1, AUDIO, stop=100))
         words.make(100, Heard("What time does the last train leave tonight?", end_mark))
         await trio.testing.wait_all_tasks_blocked()
         assert answers == ([] if waits_for_model else [(1, complete)])
@@ -565,35 +568,17 @@ async def test_words_that_decide_alone_do_not_wait_for_the_model(
 
 
 async def test_words_made_before_the_pad_that_decide_ask_the_model_nothing() -> None:
-    from duplexd._uplink.counters import UplinkCounters
-    from duplexd._uplink.ends import AHEAD, EndCheck, EndOfTurn
-
-    async def inline(fn: Any, *args: Any) -> Any:
-        return fn(*args)
+    from duplexd._uplink.ends import AHEAD, EndCheck
 
     model = Scripted([])
     words = HeldWords()
     words.make(100, Heard("I'd like a table for...", 0.01))
-    answers: list[tuple[int, bool]] = []
-    ends = EndOfTurn(
-        model,
-        offload=inline,
-        busy=lambda: False,
-        threshold=0.5,
-        end_mark_threshold=0.7,
-        end_mark_sure=0.9,
-        counters=UplinkCounters(),
-        transcripts=words,  # type: ignore[arg-type]
-        answer=lambda i, complete: answers.append((i, complete)),
-    )
-    audio = np.zeros(WINDOW, np.float32)
+    ends, answers = words_first(model, inline, words)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(ends.run)
-        ends.ask(EndCheck(AHEAD, audio, stop=100))
-        await trio.testing.wait_all_tasks_blocked()
-        for i in (1, 2):  # the question, and the same silence asked again
-            ends.ask(EndCheck(i, audio, stop=100, again=i > 1))
-            await trio.testing.wait_all_tasks_blocked()
+        # the pad, the question, and the same silence asked again
+        checks = (EndCheck(i, AUDIO, 100, again=i > 1) for i in (AHEAD, 1, 2))
+        await asking(ends, *checks)
         nursery.cancel_scope.cancel()
     assert answers == [(1, False), (2, False)] and model.calls == 0
     assert ends.counters.end_checks_unfinished == ends.counters.end_checks_words == 1
