@@ -303,7 +303,7 @@ class Transcripts:
             extra={
                 "silence_began": spec.stop,
                 "end": spec.end,
-                "text": heard.text,
+                "words": len(heard.text.split()),  # (what the user said stays out of logs)
                 "end_mark": heard.end_mark,
                 "decode_ms": round(1000 * (time.perf_counter() - t0), 1),
             },
