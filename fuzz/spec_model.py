@@ -73,6 +73,13 @@ BODIES: Final[dict[int, tuple[int, tuple[str, ...], bool]]] = {
     0xC1: (0, ("utf8",), False),  # STATS
     0xC2: (6, ("marks",), False),  # WORDS
     0xC3: (18, (), False),  # HEARD
+    0xC4: (24, ("utf8",), False),  # BARGE_IN
+    0xC5: (17, (), False),  # TURN_END
+}
+# u8 fields whose values a table names (§5.12, §5.13): type -> ((offset, values), ...)
+NAMED: Final[dict[int, tuple[tuple[int, range], ...]]] = {
+    0xC4: ((0, range(3)), (1, range(8))),  # BARGE_IN: outcome, reason
+    0xC5: ((0, range(5)),),  # TURN_END: by
 }
 ERROR_CODES: Final = range(1, 20)  # §8: 1 MALFORMED .. 19 RESUME_FAILED
 DECODE_ERRORS: Final = frozenset(
@@ -104,7 +111,7 @@ def _utf8_ok(raw: bytes) -> bool:
 
 
 def body_ok(type_: int, body: bytes) -> bool:
-    """§3.4 check 5 for a known type: sizes, strings, PCM, the ERROR code."""
+    """§3.4 check 5 for a known type: sizes, strings, PCM, the ERROR code, the named u8s."""
     fixed, tails, _ = BODIES[type_]
     if len(body) < fixed or (not tails and len(body) != fixed):
         return False
@@ -138,6 +145,8 @@ def body_ok(type_: int, body: bytes) -> bool:
                 return False
             pos = len(body)
     if pos != len(body):
+        return False
+    if any(body[at] not in values for at, values in NAMED.get(type_, ())):
         return False
     return type_ != 0x88 or int.from_bytes(body[:2], "little") in ERROR_CODES
 

@@ -64,6 +64,17 @@ SERVER_FRAMES: st.SearchStrategy[fr.Frame] = st.one_of(
     st.builds(fr.Stats, json_text),
     st.builds(fr.Heard, u16, u32, u64, u32),
     st.builds(
+        fr.BargeIn,
+        st.sampled_from(fr.BargeInOutcome),
+        st.sampled_from(fr.BargeInReason),
+        u16,
+        u32,
+        u64,
+        u64,
+        text,
+    ),
+    st.builds(fr.TurnEnd, st.sampled_from(fr.TurnEndBy), u64, u32, u32),
+    st.builds(
         fr.Words,
         u16,
         u32,
@@ -100,6 +111,7 @@ _KNOWN = {
         "max_silence_ms",
         "smart_threshold",
         "smart_reask_ms",
+        "end_reports",
     ],
     "asr": ["transcripts", "partial_ms"],
 }

@@ -75,7 +75,7 @@ def raw_frame(type_: int, flags: int, body: bytes) -> bytes:
 def near_valid_frames(draw: st.DrawFn, peer: str) -> bytes:
     """A frame of a known type built field by field, valid or with one fault: a reserved flag
     bit, a string length off by a little, bad UTF-8 in a string, an odd PCM size, an unknown
-    ERROR code, a body a few bytes short or long."""
+    ERROR code (or BARGE_IN outcome, TURN_END `by`...), a body a few bytes short or long."""
     with_strings = [t for t in KNOWN[peer] if set(spec_model.BODIES[t][1]) - {"pcm"}]
     type_ = draw(st.sampled_from(KNOWN[peer]) | st.sampled_from(with_strings), label="type")
     fixed, tails, flag = spec_model.BODIES[type_]
@@ -85,6 +85,8 @@ def near_valid_frames(draw: st.DrawFn, peer: str) -> bytes:
         codes = spec_model.ERROR_CODES
         code = draw(st.integers(0, 0xFFFF) if fault == "code" else st.sampled_from(codes))
         body[:2] = struct.pack("<H", code)
+    for at, values in spec_model.NAMED.get(type_, ()):  # BARGE_IN's outcome, TURN_END's by...
+        body[at] = draw(st.integers(0, 0xFF) if fault == "code" else st.sampled_from(values))
     strings = [i for i, kind in enumerate(tails) if kind != "pcm"]
     bad_at = draw(st.sampled_from(strings)) if strings else -1
     for i, kind in enumerate(tails):

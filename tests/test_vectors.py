@@ -10,7 +10,14 @@ from typing import Any
 import pytest
 
 from duplexd.protocol.codec import FRAME_CLASSES, FRAME_TYPES, Decoder, RemoteProtocolError, encode
-from duplexd.protocol.frames import BargeInOutcome, BargeInReason, ErrorCode, Frame, WordMark
+from duplexd.protocol.frames import (
+    BargeInOutcome,
+    BargeInReason,
+    ErrorCode,
+    Frame,
+    TurnEndBy,
+    WordMark,
+)
 
 VECTORS_DIR = Path(__file__).resolve().parents[1] / "protocol" / "vectors"
 VECTORS_FILE = VECTORS_DIR / "vectors.json"
@@ -32,6 +39,8 @@ def frame_from_json(obj: dict[str, Any]) -> Frame:
     if "outcome" in fields:
         fields["outcome"] = BargeInOutcome[fields["outcome"]]
         fields["reason"] = BargeInReason[fields["reason"]]
+    if "by" in fields:
+        fields["by"] = TurnEndBy[fields["by"]]
     if "marks" in fields:
         fields["marks"] = tuple(WordMark(**m) for m in fields["marks"])
     frame: Frame = cls(**fields)

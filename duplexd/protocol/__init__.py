@@ -77,6 +77,8 @@ from .frames import Text as Text
 from .frames import TextFlags as TextFlags
 from .frames import Transcript as Transcript
 from .frames import TranscriptFlags as TranscriptFlags
+from .frames import TurnEnd as TurnEnd
+from .frames import TurnEndBy as TurnEndBy
 from .frames import UtteranceDone as UtteranceDone
 from .frames import UtteranceStarted as UtteranceStarted
 from .frames import Welcome as Welcome
@@ -158,6 +160,8 @@ __all__ = [
     "Transcript",
     "TranscriptFlags",
     "Transport",
+    "TurnEnd",
+    "TurnEndBy",
     "UtteranceDone",
     "UtteranceStarted",
     "VadOptions",

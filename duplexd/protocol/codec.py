@@ -23,21 +23,18 @@ from .frames import (
     MAX_FRAME_BYTES,
     OPTIONAL_TYPE_BIT,
     Audio,
-    BargeIn,
-    BargeInOutcome,
-    BargeInReason,
     ErrorCode,
     Frame,
     FrameType,
     WordMark,
 )
-from .frames import Error as ErrorFrame
 from .layouts import (
     AUDIO_BODY,
     AUDIO_HEADER,
     BY_CLASS,
     BY_TYPE,
     END,
+    ENUM_FIELDS,
     FRAME_CLASSES,
     FRAME_TYPES,
     HEADER,
@@ -126,12 +123,11 @@ def encode(
                 ErrorCode.MALFORMED, f"{name}={value!r} out of range 0..{limit}"
             )
         values.append(value)
-    if layout.cls is ErrorFrame and not isinstance(values[0], ErrorCode):
-        raise LocalProtocolError(ErrorCode.MALFORMED, f"code must be an ErrorCode: {values[0]!r}")
-    if layout.cls is BargeIn and not (
-        isinstance(values[0], BargeInOutcome) and isinstance(values[1], BargeInReason)
-    ):
-        raise LocalProtocolError(ErrorCode.MALFORMED, f"not a BargeIn outcome/reason: {frame!r}")
+    for field, members in ENUM_FIELDS.get(layout.cls, ()):
+        if not isinstance(member := getattr(frame, field), members):
+            raise LocalProtocolError(
+                ErrorCode.MALFORMED, f"{field} must be a {members.__name__}, not {member!r}"
+            )
     parts = [b"", layout.fixed.pack(*values)]
     for name, kind in layout.tail:
         value = getattr(frame, name)
@@ -320,17 +316,11 @@ def _decode_body(
         raise _malformed(layout, f"{end - pos} trailing bytes")
     if layout.flag is not None:
         kwargs[layout.flag] = bool(flags & END)
-    if layout.cls is ErrorFrame:
+    for field, members in ENUM_FIELDS.get(layout.cls, ()):
         try:
-            kwargs["code"] = ErrorCode(kwargs["code"])
+            kwargs[field] = members(kwargs[field])
         except ValueError:
-            raise _malformed(layout, f"unknown error code {kwargs['code']}") from None
-    elif layout.cls is BargeIn:
-        try:
-            kwargs["outcome"] = BargeInOutcome(kwargs["outcome"])
-            kwargs["reason"] = BargeInReason(kwargs["reason"])
-        except ValueError as exc:
-            raise _malformed(layout, str(exc)) from None
+            raise _malformed(layout, f"unknown {field} {kwargs[field]}") from None
     return layout.cls(**kwargs)
 
 

@@ -82,6 +82,7 @@ class FrameType(enum.IntEnum):
     WORDS = 0xC2  # optional
     HEARD = 0xC3  # optional
     BARGE_IN = 0xC4  # optional
+    TURN_END = 0xC5  # optional
 
     @property
     def optional(self) -> bool:
@@ -137,6 +138,16 @@ class BargeInReason(enum.IntEnum):
     LONG = 5  # COMMITTED: the user spoke longer than `vad.soft_max_speech_ms`
     TIMEOUT = 6  # COMMITTED: no decision within `vad.soft_window_ms`
     UNHEARD = 7  # COMMITTED: no transcripts in this session to tell words from backchannels
+
+
+class TurnEndBy(enum.IntEnum):
+    """What ended a turn (SPEC.md §5.13)."""
+
+    SILENCE = 0  # a fixed end: `vad.min_silence_ms` of silence (no turn model)
+    MODEL = 1  # the turn model found the utterance complete
+    WORDS = 2  # the transcript did: Whisper was sure the sentence ended there
+    MAX_SILENCE = 3  # `vad.max_silence_ms` of silence, whatever was said
+    FORGIVEN = 4  # a soft barge-in's sound was forgiven: it is a turn of its own
 
 
 class ErrorCode(enum.IntEnum):
@@ -443,6 +454,21 @@ class BargeIn:
     text: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class TurnEnd:
+    """Optional frame, sent only when the client asked for it (`vad.end_reports`, SPEC.md
+    §5.13), right before each SpeechStopped: what ended the turn, and what the server waited
+    for. `uplink_sample` is SpeechStopped's (where the silence began); `silence_samples` how
+    much of that silence the server had heard when it asked whether the turn was over (or
+    ended it: uplink samples); `decided_us` the server's time from hearing that much to
+    sending SpeechStopped (the turn model's or the transcript's answer, and its own queues)."""
+
+    by: TurnEndBy
+    uplink_sample: int
+    silence_samples: int
+    decided_us: int
+
+
 ClientFrame = Hello | Text | Interrupt | Pause | Resume | Ping | AudioUp | GetStats | Played
 ServerFrame = (
     Welcome
@@ -461,5 +487,6 @@ ServerFrame = (
     | Words
     | Heard
     | BargeIn
+    | TurnEnd
 )
 Frame = ClientFrame | ServerFrame

@@ -5,6 +5,7 @@ codec (`duplexd.protocol.codec`) encodes and decodes with. Data only: no I/O, no
 
 from __future__ import annotations
 
+import enum
 import struct
 from dataclasses import dataclass
 from typing import Any, Final, Literal
@@ -18,6 +19,9 @@ from .frames import (
     Audio,
     AudioUp,
     BargeIn,
+    BargeInOutcome,
+    BargeInReason,
+    ErrorCode,
     FrameType,
     GetStats,
     Heard,
@@ -36,6 +40,8 @@ from .frames import (
     Stats,
     Text,
     Transcript,
+    TurnEnd,
+    TurnEndBy,
     UtteranceDone,
     UtteranceStarted,
     Welcome,
@@ -156,7 +162,14 @@ LAYOUTS: Final = (
         "outcome reason epoch utterance_id samples_sent uplink_sample",
         tail=(("text", "utf8"),),
     ),
+    _L(FrameType.TURN_END, TurnEnd, "BQII", "by uplink_sample silence_samples decided_us"),
 )
+# fixed fields whose values are an enum's members (an unknown value on the wire: MALFORMED)
+ENUM_FIELDS: Final[dict[type[Any], tuple[tuple[str, type[enum.IntEnum]], ...]]] = {
+    ErrorFrame: (("code", ErrorCode),),
+    BargeIn: (("outcome", BargeInOutcome), ("reason", BargeInReason)),
+    TurnEnd: (("by", TurnEndBy),),
+}
 BY_TYPE: Final[dict[int, Layout]] = {int(lay.ftype): lay for lay in LAYOUTS}
 BY_CLASS: Final[dict[type[Any], Layout]] = {lay.cls: lay for lay in LAYOUTS}
 INT_LIMITS: Final = {lay.cls: lay.int_limits for lay in LAYOUTS}

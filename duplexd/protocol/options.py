@@ -62,6 +62,8 @@ class VadOptions:
     # smart end: after "not complete", ask again each time the silence has lasted this much
     # longer (until `max_silence_ms`); 0: ask once per silence (SPEC §4.6.1: the trade)
     smart_reask_ms: float = 0.0
+    # send TURN_END before each SPEECH_STOPPED: what ended the turn and what it waited for
+    end_reports: bool = False
     speech_pad_ms: float = 150.0  # audio kept around a turn for the transcript
     barge_in: bool = True  # interrupt the playing utterance when the user speaks
     barge_in_min_speech_ms: float = 30.0  # speech this long before barging in (whole windows)

@@ -51,6 +51,7 @@ from .frames import (
     SpeechStopped,
     Text,
     Transcript,
+    TurnEnd,
     UtteranceDone,
     Welcome,
 )
@@ -117,7 +118,7 @@ def check_codecs(hello: Hello, options: SessionOptions) -> None:
 
 
 _OPEN_ANY = (Pause, Resume, Ping, GetStats, Played)
-_UPLINK_EVENTS = (SpeechStarted, SpeechStopped, Transcript, BargeIn)
+_UPLINK_EVENTS = (SpeechStarted, SpeechStopped, Transcript, BargeIn, TurnEnd)
 
 
 class ServerProtocolState:

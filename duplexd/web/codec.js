@@ -18,6 +18,7 @@
 //   Hello.options, Welcome.info, Stats.json   the JSON text as a string ("" for none)
 //   Error.code                 the ErrorCode name ("TEXT_AFTER_END")
 //   BargeIn.outcome, .reason   the name ("HELD", "BACKCHANNEL"): BARGE_IN_OUTCOMES, _REASONS
+//   TurnEnd.by                 the name ("WORDS", "MAX_SILENCE"): TURN_END_BY
 //   Words.marks                [{startChar, endChar, startSample, endSample}, ...]
 // Flag bit 0x01 is a boolean field: text.end, audio.last, interrupted.vad, transcript.final,
 // played.final (false when left out when encoding).
@@ -65,6 +66,7 @@ export const LAYOUTS = Object.freeze([
   L(0xc2, "words", "epoch u16 utteranceId u32 marks marks"),
   L(0xc3, "heard", "epoch u16 utteranceId u32 samplesPlayed u64 charsHeard u32"),
   L(0xc4, "barge_in", "outcome outcome reason reason epoch u16 utteranceId u32 samplesSent u64 uplinkSample u64 text utf8"),
+  L(0xc5, "turn_end", "by by uplinkSample u64 silenceSamples u32 decidedUs u32"),
 ]);
 
 /** BARGE_IN's outcome and reason (u8 on the wire), by value (SPEC.md §5.12). */
@@ -72,12 +74,14 @@ export const BARGE_IN_OUTCOMES = Object.freeze(["HELD", "RESUMED", "COMMITTED"])
 export const BARGE_IN_REASONS = Object.freeze([
   "ONSET", "TOO_SHORT", "NO_WORDS", "BACKCHANNEL", "WORDS", "LONG", "TIMEOUT", "UNHEARD",
 ]);
-const NAMES = { outcome: BARGE_IN_OUTCOMES, reason: BARGE_IN_REASONS };
+/** TURN_END's `by` (u8 on the wire), by value (SPEC.md §5.13). */
+export const TURN_END_BY = Object.freeze(["SILENCE", "MODEL", "WORDS", "MAX_SILENCE", "FORGIVEN"]);
+const NAMES = { outcome: BARGE_IN_OUTCOMES, reason: BARGE_IN_REASONS, by: TURN_END_BY };
 
 /** Frame type name → type byte. */
 export const FrameType = Object.freeze(Object.fromEntries(LAYOUTS.map((l) => [l.type, l.code])));
 
-const SIZES = { u16: 2, u32: 4, u64: 8, big64: 8, bytes16: 16, code: 2, outcome: 1, reason: 1 };
+const SIZES = { u16: 2, u32: 4, u64: 8, big64: 8, bytes16: 16, code: 2, outcome: 1, reason: 1, by: 1 };
 const TAILS = new Set(["str16", "json32", "utf8", "pcm", "marks"]);
 const MAX = { u16: 0xffff, u32: 0xffffffff, code: 0xffff };
 const U64_MAX = 0xffffffffffffffffn;
@@ -163,7 +167,7 @@ export function encode(frame, { maxFrameBytes = MAX_FRAME_BYTES, packetAudio = f
   };
   for (const [name, kind] of layout.fields) {
     const value = frame[name];
-    if (kind === "outcome" || kind === "reason") {
+    if (kind in NAMES) {
       const n = NAMES[kind].indexOf(value);
       if (n < 0) throw local("MALFORMED", `${layout.type}.${name} must be one of ${NAMES[kind].join(" ")}, not ${value}`);
       push(Uint8Array.of(n));
@@ -282,7 +286,8 @@ function decodeBody(layout, buf, start, end, flags, packets = false) {
   for (const [name, kind] of layout.fields) {
     switch (kind) {
       case "outcome":
-      case "reason": {
+      case "reason":
+      case "by": {
         const value = NAMES[kind][buf[pos]];
         if (value === undefined) throw remote("MALFORMED", `${layout.type}: unknown ${name} ${buf[pos]}`);
         frame[name] = value;

@@ -59,6 +59,8 @@ from duplexd.protocol.frames import (  # noqa: E402
     Played,
     Heard,
     Text,
+    TurnEnd,
+    TurnEndBy,
     Transcript,
     UtteranceDone,
     UtteranceStarted,
@@ -226,6 +228,9 @@ def valid_cases() -> list[tuple[str, str, Any]]:
             "server",
             BargeIn(BargeInOutcome.COMMITTED, BargeInReason.LONG, 1, 7, 17_280, 48_000),
         ),
+        # with `vad.end_reports`: 200 ms of silence heard at 16 kHz, the words' answer 151 ms on
+        ("turn_end_words", "server", TurnEnd(TurnEndBy.WORDS, 48_000, 3_200, 151_250)),
+        ("turn_end_max_silence", "server", TurnEnd(TurnEndBy.MAX_SILENCE, 96_000, 16_000, 2_100)),
     ]
 
 
@@ -328,6 +333,14 @@ INVALID_CASES = [
         h("1a000000 c4 00 03 00 0100 07000000 8043000000000000 80bb000000000000"),
         "MALFORMED",
     ),
+    # TURN_END's `by` is 0..4, and its body a fixed 17 bytes
+    (
+        "turn_end_unknown_by",
+        "server",
+        h("13000000 c5 00 05 80bb000000000000 800c0000 d24f0200"),
+        "MALFORMED",
+    ),
+    ("turn_end_short", "server", h("12000000 c5 00 02 80bb000000000000 800c0000 d24f02"), "MALFORMED"),
     # PLAYED has one flag (FINAL) and a fixed 22-byte body
     (
         "played_short",

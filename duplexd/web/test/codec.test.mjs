@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { ErrorCode, ProtocolError } from "../errors.js";
-import { BARGE_IN_OUTCOMES, BARGE_IN_REASONS, Decoder, decodeMessage, encode, LAYOUTS, MAX_FRAME_BYTES } from "../codec.js";
+import { BARGE_IN_OUTCOMES, BARGE_IN_REASONS, TURN_END_BY, Decoder, decodeMessage, encode, LAYOUTS, MAX_FRAME_BYTES } from "../codec.js";
 import { canonical, prng, toHex } from "./helpers.mjs";
 
 const CASES_PER_TYPE = 150; // × 24 types
@@ -31,6 +31,7 @@ function randomFrame(layout, r) {
       case "code": frame[name] = ERROR_NAMES[r.int(0, ERROR_NAMES.length - 1)]; break;
       case "outcome": frame[name] = BARGE_IN_OUTCOMES[r.int(0, BARGE_IN_OUTCOMES.length - 1)]; break;
       case "reason": frame[name] = BARGE_IN_REASONS[r.int(0, BARGE_IN_REASONS.length - 1)]; break;
+      case "by": frame[name] = TURN_END_BY[r.int(0, TURN_END_BY.length - 1)]; break;
       case "pcm": frame[name] = Int16Array.from({ length: r.int(0, 1) ? 960 : r.int(0, 40) }, () => r.int(-32768, 32767)); break;
       case "marks": {
         frame[name] = Array.from({ length: r.int(0, 5) }, () => {
