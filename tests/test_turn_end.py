@@ -31,7 +31,7 @@ from duplexd._uplink.vad import (
 )
 from duplexd._uplink.window import Heard
 from duplexd.protocol.codec import RemoteProtocolError
-from duplexd.protocol.frames import ErrorCode
+from duplexd.protocol.frames import ErrorCode, TurnEndBy
 from duplexd.protocol.options import VadOptions, parse_options
 
 RATE = 16_000
@@ -466,7 +466,7 @@ async def test_an_answer_made_ahead_answers_only_the_first_question_of_its_silen
         # again gets a run of its own, not the answer made at the pad
         await asking(ends, EndCheck(AHEAD, AUDIO, stop=100), EndCheck(1, AUDIO, 100, again=True))
         nursery.cancel_scope.cancel()
-    assert answers == [(1, True)] and model.calls == 2
+    assert answers == [(1, True, TurnEndBy.MODEL)] and model.calls == 2
     assert ends.counters.end_checks_ahead == 0
 
 
@@ -509,13 +509,13 @@ async def inline(fn: Any, *args: Any) -> Any:
 
 def words_first(
     model: TurnModel, offload: Any, words: HeldWords | None
-) -> tuple[Any, list[tuple[int, bool]]]:
+) -> tuple[Any, list[tuple[int, bool, TurnEndBy]]]:
     """An `EndOfTurn` asking `model` through `offload`, with `words` for its transcripts (the
-    session's defaults: 0.5, 0.7, 0.9), and the answers it gives."""
+    session's defaults: 0.5, 0.7, 0.9), and the answers it gives (id, complete, by)."""
     from duplexd._uplink.counters import UplinkCounters
     from duplexd._uplink.ends import EndOfTurn
 
-    answers: list[tuple[int, bool]] = []
+    answers: list[tuple[int, bool, TurnEndBy]] = []
     ends = EndOfTurn(
         model,
         offload=offload,
@@ -525,7 +525,7 @@ def words_first(
         end_mark_sure=0.9,
         counters=UplinkCounters(),
         transcripts=words,  # type: ignore[arg-type]
-        answer=lambda i, complete: answers.append((i, complete)),
+        answer=lambda check, complete, by: answers.append((check.id, complete, by)),
     )
     return ends, answers
 
@@ -558,11 +558,12 @@ async def test_words_that_decide_alone_do_not_wait_for_the_model(
         await asking(ends, EndCheck(AHEAD, AUDIO, stop=100), EndCheck(1, AUDIO, stop=100))
         words.make(100, Heard("What time does the last train leave tonight?", end_mark))
         await trio.testing.wait_all_tasks_blocked()
-        assert answers == ([] if waits_for_model else [(1, complete)])
+        by = TurnEndBy.MODEL if waits_for_model else TurnEndBy.WORDS
+        assert answers == ([] if waits_for_model else [(1, complete, by)])
         release.set()
         await trio.testing.wait_all_tasks_blocked()
         nursery.cancel_scope.cancel()
-    assert answers == [(1, complete)]
+    assert answers == [(1, complete, by)]
     assert model.calls == 1  # the run asked ahead, used or not
     assert ends.counters.end_checks_words == (0 if waits_for_model else 1)
 
@@ -580,7 +581,8 @@ async def test_words_made_before_the_pad_that_decide_ask_the_model_nothing() -> 
         checks = (EndCheck(i, AUDIO, 100, again=i > 1) for i in (AHEAD, 1, 2))
         await asking(ends, *checks)
         nursery.cancel_scope.cancel()
-    assert answers == [(1, False), (2, False)] and model.calls == 0
+    assert answers == [(1, False, TurnEndBy.WORDS), (2, False, TurnEndBy.WORDS)]
+    assert model.calls == 0
     assert ends.counters.end_checks_unfinished == ends.counters.end_checks_words == 1
 
 
@@ -694,7 +696,9 @@ async def test_a_sentence_whisper_heard_end_ends_the_turn_whatever_the_model_say
 
     model = NeverComplete()
     services = inline_uplink_services(transcriber(), turn_model=model)
-    vad: dict[str, object] = {} if sure is None else {"end_mark_sure": sure}
+    vad: dict[str, object] = {"end_reports": True}
+    if sure is not None:
+        vad["end_mark_sure"] = sure
     speech = clip("What time does the last train leave tonight?")
     client, stats = await speak(speech, services, noise_seed=5, vad=vad)
     ((when, stop),) = client.frames_of(fr.SpeechStopped)
@@ -706,3 +710,43 @@ async def test_a_sentence_whisper_heard_end_ends_the_turn_whatever_the_model_say
     assert stats["end_checks_sure"] == (1 if sure is None else 0), stats
     (final,) = [f.text for _, f in client.frames_of(fr.Transcript)]
     assert "last train leave tonight" in final.lower(), final
+    # TURN_END, right before SPEECH_STOPPED, says which ended it, after how much silence (whole
+    # windows), and how long after that audio came (0: the decode ran inline, in no time)
+    i = next(i for i, (_, f) in enumerate(client.arrivals) if f is stop)
+    (_, report) = client.arrivals[i - 1]
+    by = fr.TurnEndBy.WORDS if sure is None else fr.TurnEndBy.MAX_SILENCE
+    heard = -(-(stop.uplink_sample + silence_ms * MS) // WINDOW) * WINDOW - stop.uplink_sample
+    assert report == fr.TurnEnd(by, stop.uplink_sample, heard, 0)
+
+
+@pytest.mark.integration
+async def test_turn_end_times_the_model_from_its_question(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A turn model that takes 70 ms (virtual), asked ahead at the pad (150 ms of silence) and
+    waited for at the question (200 ms): TURN_END says MODEL, the silence up to the question,
+    and the wait from the question's audio to SPEECH_STOPPED, exactly as the client saw it."""
+    import dataclasses
+
+    from harness import inline_uplink_services
+
+    from bench.speech import clip
+    from duplexd._uplink.echo import AEC_LATENCY_SAMPLES
+    from duplexd.protocol import frames as fr
+
+    async def slow(fn: Any, *args: Any) -> Any:
+        await trio.sleep(0.070)
+        return fn(*args)
+
+    model = AlwaysComplete()
+    services = dataclasses.replace(inline_uplink_services(turn_model=model), turn_offload=slow)
+    speech = clip("Could you tell me what the weather will be like tomorrow?")
+    client, _ = await speak(speech, services, noise_seed=5, vad={"end_reports": True})
+    ((when, stop),) = client.frames_of(fr.SpeechStopped)
+    ((_, report),) = client.frames_of(fr.TurnEnd)
+    asked = -(-(stop.uplink_sample + 200 * MS) // WINDOW) * WINDOW  # the question's audio
+    asked_at = -(-(asked + AEC_LATENCY_SAMPLES) // 320) * 0.020  # ... came in then
+    assert report.by is fr.TurnEndBy.MODEL and report.uplink_sample == stop.uplink_sample
+    assert report.silence_samples == asked - stop.uplink_sample
+    assert report.decided_us == round((when - client.t0 - asked_at) * 1e6)
+    assert 0 < report.decided_us <= 70_000, report  # (the run asked ahead had begun)

@@ -36,11 +36,14 @@ import numpy as np
 import numpy.typing as npt
 import trio
 
+from ..protocol import frames as fr
+from ..protocol.frames import TurnEndBy
 from .counters import UplinkCounters
 from .services import Offload
 from .transcripts import Transcripts
 from .turn import TurnModel
 from .unfinished import sounds_unfinished
+from .vad import SpeechStop
 from .window import Heard
 
 log = logging.getLogger("duplexd.uplink")
@@ -79,6 +82,17 @@ class EndCheck:
     audio: npt.NDArray[np.float32]
     stop: int = -1  # where the silence began
     again: bool = False  # a later question about the same silence: not the ahead one's
+    end: int = -1  # where the audio asked about ends (16 kHz samples)
+    at: float = 0.0  # when the audio that made the question arrived (trio clock)
+
+
+def turn_end(stop: SpeechStop, arrived: float, now: float, scale: int) -> fr.TurnEnd:
+    """The TURN_END frame of `stop` (`vad.end_reports`): `arrived`, when the audio that
+    decided it (a smart end: that made its question) came in; `scale` uplink samples per
+    16 kHz sample."""
+    silence = max(0, stop.heard - stop.sample) * scale
+    decided_us = min(max(0, round((now - arrived) * 1e6)), 0xFFFF_FFFF)
+    return fr.TurnEnd(stop.by, stop.sample * scale, silence, decided_us)
 
 
 @dataclass(eq=False, slots=True)
@@ -92,7 +106,9 @@ class _Judgement:
 
 class EndOfTurn:
     """One session's questions to the daemon's turn model. `ask` from the trio thread; `run`
-    as a session task; each verdict goes to `answer(candidate id, complete)`."""
+    as a session task; each verdict goes to `answer(check, complete, by)`: `by` is
+    `TurnEndBy.WORDS` where the transcript decided (ended the turn whatever the model said,
+    or kept it open), else `TurnEndBy.MODEL`."""
 
     def __init__(
         self,
@@ -105,7 +121,7 @@ class EndOfTurn:
         end_mark_sure: float,
         counters: UplinkCounters,
         transcripts: Transcripts | None,
-        answer: Callable[[int, bool], None],
+        answer: Callable[[EndCheck, bool, TurnEndBy], None],
     ) -> None:
         self._model = model
         self._offload = offload
@@ -159,7 +175,7 @@ class EndOfTurn:
             if self._ahead_check is not None and self._ahead_check.stop == check.stop:
                 self._ahead_check = None  # asked now: moot
             if check.stop == vetoed:  # asked again: the same words, still unfinished
-                self._answer(check.id, False)
+                self._answer(check, False, TurnEndBy.WORDS)
                 continue
             # the speculative transcript of this silence (asked for at 64 ms of it; the final
             # is that text, so waiting for it delays none): when it decides alone, the model's
@@ -203,7 +219,8 @@ class EndOfTurn:
                     "complete": complete,
                 },
             )
-            self._answer(check.id, complete)
+            by = TurnEndBy.WORDS if decided is not None or why else TurnEndBy.MODEL
+            self._answer(check, complete, by)
 
     def _judging(self, nursery: trio.Nursery, check: EndCheck) -> _Judgement:
         """The model's run for `check`, started in the background."""

@@ -27,7 +27,8 @@ sees it in its place among the frames: "complete" ends the turn there (unless th
 meanwhile), otherwise the turn ends after `max_silence_ms`; the words' veto is there too.
 
 Events go out through the session's callbacks: `send(frame)` for SpeechStarted/SpeechStopped
-and Transcript (queued on the session's writer, so they are ordered with the audio) and
+(with `vad.end_reports`, TurnEnd before it: timed from the audio that decided, or made the
+question) and Transcript (queued on the session's writer, so they are ordered with the audio) and
 `barge_in(delay_s)` when the user has spoken `barge_in_min_speech_ms` (the session interrupts
 the playing utterance, as for a client Interrupt; `delay_s` is how long after the deciding
 frame arrived). Turns, passes over the turn in progress and turns transcribed ahead of their
@@ -63,6 +64,7 @@ first ~0.6 s) the session hears silence: it leaked then, with a jittery uplink (
 from __future__ import annotations
 
 import collections
+import dataclasses
 import time
 from collections.abc import Callable
 from typing import Any, Final
@@ -79,7 +81,7 @@ from ..protocol.options import SessionOptions
 from .counters import UplinkCounters
 from .denoise import Denoiser
 from .echo import AEC_LATENCY_SAMPLES, EchoCanceller
-from .ends import AHEAD, EndCheck, EndOfTurn
+from .ends import AHEAD, EndCheck, EndOfTurn, turn_end
 from .halfstep import HALF, HalfStep
 from .holds import Holds
 from .micvoice import MicVoice
@@ -147,7 +149,7 @@ class Uplink:
         self._barge_in = barge_in
         self._offload = services.offload
         # (arrival time, uplink seq gap, pcm), (arrival time, _DOWNLINK, downlink message) or
-        # (arrival time, _VERDICT, Verdict)
+        # (arrival time, _VERDICT, (EndCheck, complete, TurnEndBy))
         self._inbox: collections.deque[tuple[float, int, Any]] = collections.deque()
         self._inbox_lot = trio.lowlevel.ParkingLot()
         # (arrival time of the audio behind it, event): made in the worker, delivered on trio
@@ -225,8 +227,8 @@ class Uplink:
                 end_mark_sure=vad.end_mark_sure,
                 counters=self.counters,
                 transcripts=self._transcripts if english else None,
-                answer=lambda check, complete: self._enqueue(
-                    (trio.current_time(), _VERDICT, (check, complete))
+                answer=lambda check, complete, by: self._enqueue(
+                    (trio.current_time(), _VERDICT, (check, complete, by))
                 ),
             )
             if model is not None and self._detector.smart
@@ -300,7 +302,11 @@ class Uplink:
         n = self._frame_samples
         for now, gap, data in batch:
             if gap == _VERDICT:
-                self._events.extend((now, ev) for ev in self._detector.verdict(*data))
+                check, complete, by = data
+                for ev in self._detector.verdict(check.id, complete):
+                    if isinstance(ev, SpeechStop):  # decided when it was asked (TURN_END)
+                        ev, now = dataclasses.replace(ev, heard=check.end, by=by), check.at
+                    self._events.append((now, ev))
                 continue
             if gap == _WORDS:
                 assert self._soft is not None
@@ -343,6 +349,8 @@ class Uplink:
             self.counters.speech_segments += 1
             self._send(fr.SpeechStarted(uplink_sample=ev.sample * self._scale))
         elif isinstance(ev, SpeechStop):
+            if self.vad_options.end_reports:
+                self._send(turn_end(ev, arrived, trio.current_time(), self._scale))
             self._send(fr.SpeechStopped(uplink_sample=ev.sample * self._scale))
         elif isinstance(ev, BargeIn):
             c = self.counters
@@ -475,7 +483,7 @@ class Uplink:
                 start = max(ev.start, ev.end - WINDOW_SAMPLES)
                 ask, again = (ev.id, ev.again) if isinstance(ev, EndCandidate) else (AHEAD, False)
                 audio = self._audio(start, ev.end)
-                self._events.append((now, EndCheck(ask, audio, ev.stop, again)))
+                self._events.append((now, EndCheck(ask, audio, ev.stop, again, ev.end, now)))
             if not isinstance(ev, EndCandidate):
                 self._events.append((now, ev))
         c.vad_s += time.thread_time() - t0

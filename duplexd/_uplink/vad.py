@@ -35,13 +35,14 @@ import contextlib
 import importlib.util
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
 
+from ..protocol.frames import TurnEndBy
 from ..protocol.options import VadOptions
 
 VAD_RATE_HZ: Final = 16_000
@@ -197,7 +198,13 @@ class SpeechStart:
 
 @dataclass(frozen=True, slots=True)
 class SpeechStop:
-    sample: int  # first sample of the silence that ended it
+    """The turn ended: `sample` is the first sample of the silence that ended it; `heard`
+    where the audio heard when it was decided ended (a smart end: when it was asked about),
+    and `by` what decided (a smart end: MODEL, until the uplink says which answered)."""
+
+    sample: int
+    heard: int = field(default=-1, compare=False)
+    by: TurnEndBy = field(default=TurnEndBy.SILENCE, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -383,9 +390,9 @@ class SpeechDetector:
                 self._speculate_on(self._silence_start, end, events, quiet=False)
             if not self.smart:
                 if silence >= self._min_silence:
-                    self._end_turn(end, events)
+                    self._end_turn(end, events, TurnEndBy.SILENCE)
             elif silence >= self._max_silence:
-                self._end_turn(end, events)
+                self._end_turn(end, events, TurnEndBy.MAX_SILENCE)
             elif silence >= self._next_ask:
                 again = self._asked is not None
                 if not again:
@@ -493,7 +500,7 @@ class SpeechDetector:
         events: list[VadEvent] = []
         asked = self._asked
         if complete and self.in_speech and asked is not None and asked <= candidate:
-            self._end_turn(self._end, events)
+            self._end_turn(self._end, events, TurnEndBy.MODEL)
         return events
 
     def forgive(self) -> list[VadEvent]:
@@ -502,14 +509,14 @@ class SpeechDetector:
         speech barge in again."""
         events: list[VadEvent] = []
         if self.in_speech and self._silence_start is not None:
-            self._end_turn(self._end, events)
+            self._end_turn(self._end, events, TurnEndBy.FORGIVEN)
         self._barged, self._sound_start = False, None  # (a sound forgiven starts no turn)
         return events
 
-    def _end_turn(self, end: int, events: list[VadEvent]) -> None:
+    def _end_turn(self, end: int, events: list[VadEvent], by: TurnEndBy) -> None:
         stop = self._silence_start
         assert stop is not None
-        events.append(SpeechStop(stop))
+        events.append(SpeechStop(stop, end, by))
         start0 = max(0, self._turn_start - self._pad)
         # the audio goes on to where silero (or the floor: `silent_since`) heard the silence
         # (a quiet end of a word stays in)
