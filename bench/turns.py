@@ -20,6 +20,9 @@ Measured on the client's clock, from the capture time of the last speech sample 
 - words missed: the turn's words not found in order in the final transcripts of its pieces
   (`missed_words`, normalized as the WER figures are): Whisper's own errors (a few %), and words the
   daemon lost (a piece never transcribed, or its start cut off);
+- the end of turn's share, as the daemon reports it (TURN_END, `vad.end_reports`, always asked
+  for here): what ended each turn (the words, the turn model, `max_silence_ms`), the silence it
+  needed, and how long the daemon then waited for that answer (p50, p95 over the turns);
 - what the sessions' ASR did (their STATS at the end, summed: `ASR_STATS`): the decodes' wall
   time and the audio they decoded, the speculative transcripts, the streaming passes; and the
   end of turn's questions: the turn model's runs, and the questions the transcript answered
@@ -195,6 +198,7 @@ class Placed:
 class Record:
     t0: float = 0.0
     stopped: list[tuple[float, int]] = field(default_factory=list)  # (arrival, uplink_sample)
+    ends: dict[int, Any] = field(default_factory=dict)  # uplink_sample -> its TurnEnd report
     finals: list[tuple[float, int, int, str]] = field(default_factory=list)
     replies: dict[int, int] = field(default_factory=dict)  # reply uid -> its turn's end_sample
     first_audio: dict[int, float] = field(default_factory=dict)  # turn end_sample -> arrival
@@ -207,6 +211,8 @@ class Record:
 
         if isinstance(frame, fr.SpeechStopped):
             self.stopped.append((now, frame.uplink_sample))
+        elif isinstance(frame, fr.TurnEnd):
+            self.ends[frame.uplink_sample] = frame
         elif isinstance(frame, fr.Transcript) and frame.final:
             self.finals.append((now, frame.start_sample, frame.end_sample, frame.text))
             self.to_answer.append((frame.text, frame.end_sample))
@@ -253,6 +259,7 @@ async def drive_all(url: str, mic: F32, options: dict[str, Any], sessions: int) 
     """`sessions` sessions at once, each with the whole microphone timeline, started
     `GAP_S / sessions` apart (so their turns do not all end at the same instant)."""
     recs = [Record() for _ in range(sessions)]
+    options = {**options, "vad": {**options.get("vad", {}), "end_reports": True}}  # TURN_END
     async with trio.open_nursery() as nursery:
         for rec in recs:
             nursery.start_soon(drive, url, mic, options, rec)
@@ -345,7 +352,8 @@ def _rows(rec: Record, placed: list[Placed]) -> list[dict[str, Any]]:
     for i, p in enumerate(placed):
         t_end = rec.t0 + p.end / RATE  # capture time of the last speech sample
         inside = [s for _, s in rec.stopped if p.start < s < p.end - RATE // 10]
-        after = [t for t, s in rec.stopped if p.end - RATE // 10 <= s < p.end + GAP_S * RATE]
+        after = [(t, s) for t, s in rec.stopped if p.end - RATE // 10 <= s < p.end + GAP_S * RATE]
+        report = rec.ends.get(after[0][1]) if after else None
         finals = [t for t, a, b, _ in rec.finals if a < p.end and b >= p.end - RATE // 10]
         replies = [t for (_, a, b, _), t in _answered(rec) if a < p.end and b >= p.end - RATE // 10]
         texts = [x for _, a, b, x in rec.finals if p.start - RATE // 2 <= a < p.end]
@@ -355,7 +363,10 @@ def _rows(rec: Record, placed: list[Placed]) -> list[dict[str, Any]]:
                 "text": p.spoken.text,
                 "paused": p.spoken.pause is not None,
                 "premature": len(inside),
-                "stopped_ms": round(1000 * (after[0] - t_end), 1) if after else None,
+                "stopped_ms": round(1000 * (after[0][0] - t_end), 1) if after else None,
+                "ended_by": report.by.name.lower() if report is not None else None,
+                "silence_ms": round(report.silence_samples / RATE * 1000, 1) if report else None,
+                "decided_ms": round(report.decided_us / 1000, 1) if report else None,
                 "final_ms": round(1000 * (finals[0] - t_end), 1) if finals else None,
                 "reply_ms": round(1000 * (replies[0] - t_end), 1) if replies else None,
                 "transcripts": texts,
@@ -372,6 +383,9 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     replies = [r["reply_ms"] for r in ok if r["reply_ms"] is not None]
     later = [r["final_ms"] for r in ok if r["turn"] > 0]
     stops = [r["stopped_ms"] for r in ok if r["stopped_ms"] is not None]
+    reported = [r for r in ok if r.get("ended_by") is not None]
+    silences = [r["silence_ms"] for r in reported]
+    decided = [r["decided_ms"] for r in reported]
     paused = [r for r in rows if r["paused"]]
     complete = [r for r in rows if not r["paused"]]
     return {
@@ -385,6 +399,11 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "final_ms_later_p50": _pct(later, 50),
         "stopped_ms_p50": _pct(stops, 50),
         "stopped_ms_p95": _pct(stops, 95),
+        "silence_ms_p50": _pct(silences, 50),
+        "silence_ms_p95": _pct(silences, 95),
+        "decided_ms_p50": _pct(decided, 50),
+        "decided_ms_p95": _pct(decided, 95),
+        "ended_by": {b: sum(r["ended_by"] == b for r in reported) for b in _BY if reported},
         "premature_paused": sum(r["premature"] > 0 for r in paused),
         "paused_turns": len(paused),
         "premature_rate": round(sum(r["premature"] > 0 for r in paused) / len(paused), 3)
@@ -424,17 +443,37 @@ def markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:
         f"{r['missing_final']}. Words not in the transcripts: {r['missed_words']} of "
         f"{r['words']} ({r['missed_words_paused']} in the paused turns).",
         "",
+        _ends_line(r),
+        "",
         _asr_line(r.get("asr", {})),
         "",
-        "| # | turn | premature | stopped ms | final ms | reply ms | words missed |",
-        "|---:|---|---:|---:|---:|---:|---:|",
+        "| # | turn | premature | ended by | silence ms | decided ms | stopped ms | final ms "
+        "| reply ms | words missed |",
+        "|---:|---|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for row in r["rows"]:
         lines.append(
-            f"| {row['turn']} | {row['text']} | {row['premature']} | {row['stopped_ms']} "
+            f"| {row['turn']} | {row['text']} | {row['premature']} | {row.get('ended_by')} "
+            f"| {row.get('silence_ms')} | {row.get('decided_ms')} | {row['stopped_ms']} "
             f"| {row['final_ms']} | {row['reply_ms']} | {row['missed_words']} |"
         )
     return "\n".join(lines) + "\n"
+
+
+_BY: Final = ("words", "model", "max_silence", "silence", "forgiven")
+
+
+def _ends_line(r: dict[str, Any]) -> str:
+    """The end of turn's share (TURN_END) over the turns that ended whole."""
+    by = r.get("ended_by") or {}
+    if not by:
+        return "End of turn: no TURN_END reports."
+    counts = ", ".join(f"{name.replace('_', ' ')} {n}" for name, n in by.items() if n)
+    return (
+        f"End of turn (the daemon's TURN_END, turns that ended whole): ended by {counts}; "
+        f"silence needed p50 / p95 {r['silence_ms_p50']} / {r['silence_ms_p95']} ms, then "
+        f"decided after {r['decided_ms_p50']} / {r['decided_ms_p95']} ms."
+    )
 
 
 def _asr_line(asr: dict[str, Any]) -> str:

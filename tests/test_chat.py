@@ -7,6 +7,7 @@ import contextlib
 import gc
 import json
 import os
+import re
 import socket
 import ssl
 import subprocess
@@ -399,6 +400,12 @@ def test_chat_with_a_mic_file_against_a_daemon(tmp_path: Path, noisy: bool) -> N
     assert all(heard.startswith(text) for text in interims)
     assert any(line.startswith("agent: I cannot see outside") for line in lines)
     assert any("end of speech -> first reply audio" in line for line in lines)
+    # the end of turn split as the daemon reported it (TURN_END): its silence, then what decided
+    split = next(line for line in lines if line.startswith("[latency] end of speech -> transcript"))
+    found = re.search(r"end of turn \d+ ms: (\d+) ms of silence, decided by (.+?) \d+ ms", split)
+    assert found is not None, split
+    silence_ms = int(found[1])
+    assert 200 <= silence_ms <= 1100 and found[2] in ("the turn model", "the words"), split
     with wave.open(str(out), "rb") as w:
         rate = w.getframerate()
         reply = np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float32) / 32768

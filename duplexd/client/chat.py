@@ -13,7 +13,9 @@ it is not a terminal) and the replies have been spoken; a sound-card microphone 
 (`/quit`, Ctrl-C, `--max-turns`, `--timeout`).
 Latency figures: end of speech -> transcript, and end of speech -> first reply audio (both
 on the microphone's clock: the uplink sample where speech stopped, mapped to the time it was
-captured).
+captured). The first is split into the end of turn (the silence the daemon needed, what it
+then waited for, from its TURN_END report, and the rest: network and buffers) and the ASR
+(SpeechStopped -> Transcript).
 """
 
 from __future__ import annotations
@@ -244,6 +246,7 @@ class Chat:
         self.reply_scope: trio.CancelScope | None = None
         self.speech_stop_t = math.nan
         self.stopped_at = math.nan  # when SpeechStopped arrived
+        self.turn_end: fr.TurnEnd | None = None  # the daemon's report on that end of turn
         self.forgiven: list[int] = []  # onsets (uplink samples) of backchannels: no reply
         self.waiting_audio: dict[int, float] = {}  # reply uid -> end-of-speech time
         self.nursery: trio.Nursery | None = None
@@ -267,6 +270,7 @@ class Chat:
                 "barge_in": not a.no_barge_in,
                 "barge_in_mode": mode,
                 "noise_suppression": a.noise_suppression,
+                "end_reports": True,  # TURN_END: the end of turn's share of the latency
             }
         }
         if a.interim_ms:  # (in range: `run_chat` checked)
@@ -365,9 +369,13 @@ class Chat:
             elif isinstance(frame, fr.SpeechStarted):
                 self.speaking = True
                 _say(f"[speech started at {frame.uplink_sample / UPLINK_RATE_HZ:.2f} s]")
+            elif isinstance(frame, fr.TurnEnd):
+                self.turn_end = frame
             elif isinstance(frame, fr.SpeechStopped):
                 self.speech_stop_t = self._mic_time(frame.uplink_sample)
                 self.stopped_at = now
+                if self.turn_end is not None and self.turn_end.uplink_sample != frame.uplink_sample:
+                    self.turn_end = None  # (not this turn's)
                 _say(f"[speech stopped at {frame.uplink_sample / UPLINK_RATE_HZ:.2f} s]")
             elif isinstance(frame, fr.Transcript):
                 self._on_transcript(session, frame, now)
@@ -426,10 +434,13 @@ class Chat:
             return
         _say(f"you: {frame.text}")
         asr = now - self.stopped_at if now >= self.stopped_at else math.nan
+        end_of_turn = self.stopped_at - t_stop
         _say(
             f"[latency] end of speech -> transcript {_ms(now - t_stop)}"
-            f" (end of turn {_ms(self.stopped_at - t_stop)}, ASR {_ms(asr)})"
+            f" (end of turn {_ms(end_of_turn)}{_split(self.turn_end, end_of_turn)},"
+            f" ASR {_ms(asr)})"
         )
+        self.turn_end = None
         if frame.text.strip() and self.nursery is not None:
             self.nursery.start_soon(self._reply, session, frame.text, t_stop)
 
@@ -513,6 +524,29 @@ class Chat:
 def _offer(send: trio.MemorySendChannel[bytes], data: bytes) -> None:
     with contextlib.suppress(trio.WouldBlock):  # 1 s behind the microphone: drop a frame
         send.send_nowait(data)
+
+
+_DECIDED_BY = {
+    fr.TurnEndBy.SILENCE: "a fixed end",
+    fr.TurnEndBy.MODEL: "the turn model",
+    fr.TurnEndBy.WORDS: "the words",
+    fr.TurnEndBy.MAX_SILENCE: "vad.max_silence_ms",
+    fr.TurnEndBy.FORGIVEN: "a forgiven sound",
+}
+
+
+def _split(report: fr.TurnEnd | None, end_of_turn: float) -> str:
+    """The end of turn's parts from the daemon's TURN_END report: the silence it needed, the
+    wait for what decided, and the rest (the uplink's frames and buffers, the network); "" without
+    a report."""
+    if report is None:
+        return ""
+    silence = report.silence_samples / UPLINK_RATE_HZ
+    decided = report.decided_us / 1e6
+    return (
+        f": {_ms(silence)} of silence, decided by {_DECIDED_BY[report.by]} {_ms(decided)}"
+        f" later, frames and network {_ms(end_of_turn - silence - decided)}"
+    )
 
 
 def _ms(seconds: float) -> str:
