@@ -352,6 +352,7 @@ def _rows(rec: Record, placed: list[Placed]) -> list[dict[str, Any]]:
     for i, p in enumerate(placed):
         t_end = rec.t0 + p.end / RATE  # capture time of the last speech sample
         inside = [s for _, s in rec.stopped if p.start < s < p.end - RATE // 10]
+        cut_by = [r.by.name.lower() for s in inside if (r := rec.ends.get(s)) is not None]
         after = [(t, s) for t, s in rec.stopped if p.end - RATE // 10 <= s < p.end + GAP_S * RATE]
         report = rec.ends.get(after[0][1]) if after else None
         finals = [t for t, a, b, _ in rec.finals if a < p.end and b >= p.end - RATE // 10]
@@ -363,6 +364,7 @@ def _rows(rec: Record, placed: list[Placed]) -> list[dict[str, Any]]:
                 "text": p.spoken.text,
                 "paused": p.spoken.pause is not None,
                 "premature": len(inside),
+                "premature_by": cut_by,  # what ended the turn too soon (TURN_END)
                 "stopped_ms": round(1000 * (after[0][0] - t_end), 1) if after else None,
                 "ended_by": report.by.name.lower() if report is not None else None,
                 "silence_ms": round(report.silence_samples / RATE * 1000, 1) if report else None,
@@ -379,6 +381,7 @@ def _rows(rec: Record, placed: list[Placed]) -> list[dict[str, Any]]:
 
 def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     ok = [r for r in rows if r["final_ms"] is not None and not r["premature"]]
+    cut_by = [b for r in rows for b in r.get("premature_by", [])]
     finals = [r["final_ms"] for r in ok]
     replies = [r["reply_ms"] for r in ok if r["reply_ms"] is not None]
     later = [r["final_ms"] for r in ok if r["turn"] > 0]
@@ -404,6 +407,7 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "decided_ms_p50": _pct(decided, 50),
         "decided_ms_p95": _pct(decided, 95),
         "ended_by": {b: sum(r["ended_by"] == b for r in reported) for b in _BY if reported},
+        "premature_by": {b: cut_by.count(b) for b in _BY if cut_by.count(b)},
         "premature_paused": sum(r["premature"] > 0 for r in paused),
         "paused_turns": len(paused),
         "premature_rate": round(sum(r["premature"] > 0 for r in paused) / len(paused), 3)
@@ -469,10 +473,12 @@ def _ends_line(r: dict[str, Any]) -> str:
     if not by:
         return "End of turn: no TURN_END reports."
     counts = ", ".join(f"{name.replace('_', ' ')} {n}" for name, n in by.items() if n)
+    cut = ", ".join(f"{name.replace('_', ' ')} {n}" for name, n in r["premature_by"].items())
     return (
         f"End of turn (the daemon's TURN_END, turns that ended whole): ended by {counts}; "
         f"silence needed p50 / p95 {r['silence_ms_p50']} / {r['silence_ms_p95']} ms, then "
-        f"decided after {r['decided_ms_p50']} / {r['decided_ms_p95']} ms."
+        f"decided after {r['decided_ms_p50']} / {r['decided_ms_p95']} ms. Premature ends "
+        f"by {cut or 'none'}."
     )
 
 

@@ -10,7 +10,8 @@
 // Events (each a `DuplexdEvent`: `.frame` — also `.detail` — and `.receivedAt`, the
 // performance.now() at which its WebSocket message arrived): one per server frame, named after
 // its type without underscores — audio, words, utterancestarted, utterancedone, interrupted,
-// paused, resumed, pong, stats, speechstarted, speechstopped, transcript, heard — plus "frame"
+// paused, resumed, pong, stats, speechstarted, speechstopped, transcript, heard, bargein,
+// turnend (with `vad.end_reports`: what ended the turn, before its speechstopped) — plus "frame"
 // for every frame; "error" once when the session fails (`.error`: the DuplexdError — a
 // ServerError/AuthError for an ERROR frame, then `.frame` is that frame; a ProtocolError; a
 // ConnectionLost); and "close" (`.frame` = {code, reason, error}) once at the end.
