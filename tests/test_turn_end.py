@@ -197,8 +197,11 @@ def test_smart_options() -> None:
     assert defaults.smart_end and defaults.max_silence_ms == 1000
     assert defaults.smart_reask_ms == 0  # asked once per silence
     assert parse_options('{"vad": {"smart_reask_ms": 200}}').vad.smart_reask_ms == 200
+    assert not defaults.end_reports  # TURN_END only when asked for
+    assert parse_options('{"vad": {"end_reports": true}}').vad.end_reports
     for bad in (
         '{"vad": {"smart_end": 1}}',
+        '{"vad": {"end_reports": "yes"}}',
         '{"vad": {"max_silence_ms": 10}}',
         '{"vad": {"smart_threshold": 1}}',
         '{"vad": {"smart_reask_ms": -1}}',
