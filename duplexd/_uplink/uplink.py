@@ -304,9 +304,10 @@ class Uplink:
             if gap == _VERDICT:
                 check, complete, by = data
                 for ev in self._detector.verdict(check.id, complete):
+                    at = now
                     if isinstance(ev, SpeechStop):  # decided when it was asked (TURN_END)
-                        ev, now = dataclasses.replace(ev, heard=check.end, by=by), check.at
-                    self._events.append((now, ev))
+                        ev, at = dataclasses.replace(ev, heard=check.end, by=by), check.at
+                    self._events.append((at, ev))
                 continue
             if gap == _WORDS:
                 assert self._soft is not None

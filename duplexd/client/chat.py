@@ -14,8 +14,8 @@ it is not a terminal) and the replies have been spoken; a sound-card microphone 
 Latency figures: end of speech -> transcript, and end of speech -> first reply audio (both
 on the microphone's clock: the uplink sample where speech stopped, mapped to the time it was
 captured). The first is split into the end of turn (the silence the daemon needed, what it
-then waited for, from its TURN_END report, and the rest: network and buffers) and the ASR
-(SpeechStopped -> Transcript).
+then waited for, from its TURN_END report, and the rest: the uplink's frames, the network) and
+the ASR (SpeechStopped -> Transcript).
 """
 
 from __future__ import annotations
