@@ -323,6 +323,7 @@ ASR_STATS: Final = (
     "asr_speculations",
     "asr_speculations_used",
     "asr_speculations_empty",
+    "asr_speculations_moot",
     "transcripts",
     "end_checks",
     "end_checks_ahead",
@@ -490,7 +491,8 @@ def _asr_line(asr: dict[str, Any]) -> str:
         f"{asr['asr_audio_s']} s of audio; {asr['transcripts']} finals, "
         f"{asr['asr_speculations']} speculative transcripts "
         f"({asr['asr_speculations_used']} used, {asr.get('asr_speculations_empty', 0)} "
-        f"empty: decoded again), {asr['asr_passes']} streaming passes "
+        f"empty: decoded again; {asr.get('asr_speculations_moot', 0)} more made moot by a later "
+        f"silence, no decoder run), {asr['asr_passes']} streaming passes "
         f"({asr['asr_passes_skipped']} skipped, {asr['partial_transcripts']} partials), "
         f"{asr['asr_tails']} finals decoded as a tail alone. End of turn: "
         f"{asr.get('end_checks', 0)} turn-model runs ({asr.get('end_checks_ahead', 0)} "

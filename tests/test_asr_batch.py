@@ -149,3 +149,66 @@ async def test_a_batch_that_fails_raises_for_each_of_its_clips(
             nursery.start_soon(hear, i)
         await waiting(transcriber, 3)
     assert errors == ["the model failed"] * 3
+
+
+def _counting_generate(transcriber: Transcriber, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The batch sizes of the decoder's calls from now on (the real decoder runs)."""
+    calls: list[int] = []
+    real = window._generate_all
+
+    def counted(model: Any, encoded: Any, tokenizer: Any, hows: list[Any]) -> Any:
+        calls.append(len(hows))
+        return real(model, encoded, tokenizer, hows)
+
+    monkeypatch.setattr(window, "_generate_all", counted)
+    return calls
+
+
+async def test_a_clip_no_longer_wanted_after_its_encoder_skips_the_decoder(
+    transcriber: Transcriber, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`wanted` is asked once the encoder has run: False raises `Unwanted` and the decoder
+    never runs; True (or none) decodes as ever."""
+    calls = _counting_generate(transcriber, monkeypatch)
+    audio = clips()[2]
+    asked: list[str] = []
+
+    def wanted(answer: bool) -> Any:
+        def ask() -> bool:
+            asked.append("asked")
+            return answer
+
+        return ask
+
+    with pytest.raises(window.Unwanted):
+        transcriber.hear_sync(audio, end_mark=True, wanted=wanted(False))
+    assert calls == [] and asked == ["asked"]
+    heard = await transcriber.hear(audio, end_mark=True, wanted=wanted(True))
+    assert "next week" in heard.text.lower() and calls == [1]
+    assert len(asked) == 3  # (as its batch was formed, and after its encoder)
+
+
+async def test_a_waiting_clip_no_longer_wanted_is_left_out_of_its_batch(
+    transcriber: Transcriber, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three clips wait; by the time the limiter is free, the second is no longer wanted: its
+    call raises `Unwanted`, and the other two are decoded together, as each alone."""
+    audios = clips()
+    alone = [transcriber.hear_sync(a).text for a in audios]
+    calls = _counting_generate(transcriber, monkeypatch)
+    moot = False
+    got: dict[int, str] = {}
+
+    async def hear(i: int) -> None:
+        try:
+            got[i] = (await transcriber.hear(audios[i], wanted=lambda: not (i == 1 and moot))).text
+        except window.Unwanted:
+            got[i] = "unwanted"
+
+    async with trio.open_nursery() as nursery, transcriber.limiter:
+        for i in range(3):
+            nursery.start_soon(hear, i)
+        await waiting(transcriber, 3)
+        moot = True
+    assert got == {0: alone[0], 1: "unwanted", 2: alone[2]} and calls == [2]
+    assert not transcriber._asks

@@ -634,7 +634,8 @@ def test_the_turn_bench_sums_its_sessions_asr_counters() -> None:
     }  # fmt: skip
     assert _asr_line(result["asr"]) == (
         "ASR (all sessions, STATS): 0.75 s of decodes (wall) for 7.5 s of audio; 3 finals, "
-        "3 speculative transcripts (3 used, 3 empty: decoded again), 5 streaming passes (3 "
+        "3 speculative transcripts (3 used, 3 empty: decoded again; 3 more made moot by a "
+        "later silence, no decoder run), 5 streaming passes (3 "
         "skipped, 3 partials), 3 finals decoded as a tail alone. End of turn: 3 turn-model "
         "runs (3 answered ahead), 3 questions answered by the transcript alone."
     )

@@ -186,6 +186,7 @@ class _Decodes:
     def __init__(self) -> None:
         self.busy = False
         self.decoded: list[int] = []
+        self.unwanted: list[int] = []  # decodes whose text was no longer wanted
         self.asked: list[tuple[str | None, bool]] = []  # each decode's (prompt, cut_loops)
         self.language = "en"
 
@@ -195,9 +196,13 @@ class _Decodes:
         prompt: str | None = None,
         cut_loops: bool = False,
         end_mark: bool = False,
+        wanted: Any = None,
     ) -> Any:
-        from duplexd._uplink.window import Heard
+        from duplexd._uplink.window import Heard, Unwanted
 
+        if wanted is not None and not wanted():  # (as after the encoder)
+            self.unwanted.append(len(audio))
+            raise Unwanted
         self.decoded.append(len(audio))
         self.asked.append((prompt, cut_loops))
         return Heard("Hello.", 0.9 if end_mark else None)
@@ -253,6 +258,55 @@ async def test_a_silence_is_transcribed_ahead_once_and_the_levels_only_when_idle
         words.speculate(Speculate(0, 41_000, 38_000))  # silero's: always
         assert (await words.speculated(38_000)).text == "Hello."
         assert double.decoded == [17_000, 30_000, 41_000]
+        nursery.cancel_scope.cancel()
+
+
+class _GatedDecodes(_Decodes):
+    """`_Decodes` whose decodes wait for `gate` first (their encoder, as it were)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import trio
+
+        self.gate = trio.Event()
+
+    async def hear(self, audio: np.ndarray, *args: Any, **kwargs: Any) -> Any:
+        await self.gate.wait()
+        return await super().hear(audio, *args, **kwargs)
+
+
+@pytest.mark.unit
+async def test_a_later_silence_of_the_turn_makes_the_speculation_in_flight_moot() -> None:
+    """The closure before a last "k" begins a silence, its speculative transcript begins;
+    the "k" and the real silence follow before that decode is done: its decoder is not run
+    (the turn cannot end at its silence), and the real one is decoded next. A later silence
+    of another turn leaves the one in flight alone (its turn may end there)."""
+    import trio
+    import trio.testing
+
+    from duplexd._uplink.counters import UplinkCounters
+
+    double = _GatedDecodes()
+    counters = UplinkCounters()
+    words = _transcripts(double, counters)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(words.run)
+        words.speculate(Speculate(0, 16_000, 14_000))  # the closure before "k"
+        await trio.testing.wait_all_tasks_blocked()  # (its decode begun)
+        words.speculate(Speculate(0, 18_000, 16_000))  # after the "k"
+        double.gate.set()
+        assert await words.speculated(14_000) is None  # moot: no text
+        assert (await words.speculated(16_000)).text == "Hello."
+        assert double.unwanted == [16_000] and double.decoded == [18_000]
+        assert counters.speculations_moot == 1 and counters.speculations == 1
+        double.gate = trio.Event()
+        words.speculate(Speculate(0, 30_000, 28_000))
+        await trio.testing.wait_all_tasks_blocked()
+        words.speculate(Speculate(40_000, 60_000, 58_000))  # another turn's
+        double.gate.set()
+        assert (await words.speculated(58_000)).text == "Hello."
+        assert double.decoded == [18_000, 30_000, 20_000]  # both made
+        assert counters.speculations_moot == 1
         nursery.cancel_scope.cancel()
 
 

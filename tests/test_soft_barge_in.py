@@ -169,10 +169,15 @@ class InlineTranscriber(Transcriber):
     the daemon it runs in a worker thread, and the audio keeps flowing meanwhile)."""
 
     async def hear(
-        self, audio: Any, prompt: str | None = None, cut_loops: bool = False, end_mark: bool = False
+        self,
+        audio: Any,
+        prompt: str | None = None,
+        cut_loops: bool = False,
+        end_mark: bool = False,
+        wanted: Any = None,
     ) -> Heard:
         await trio.lowlevel.checkpoint()
-        return self.hear_sync(audio, prompt, cut_loops, end_mark)
+        return self.hear_sync(audio, prompt, cut_loops, end_mark, wanted)
 
 
 _TRANSCRIBER: list[Transcriber] = []

@@ -58,8 +58,9 @@ class VirtualTimeTranscriber(Transcriber):
         prompt: str | None = None,
         cut_loops: bool = False,
         end_mark: bool = False,
+        wanted: Any = None,
     ) -> Heard:
-        out = self.hear_sync(audio, prompt, cut_loops, end_mark)
+        out = self.hear_sync(audio, prompt, cut_loops, end_mark, wanted)
         await trio.sleep(DECODE_S)
         return out
 

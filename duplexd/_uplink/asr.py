@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import os
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -75,7 +76,7 @@ class _Ask:
     how: window.Decoding
     key: tuple[Any, ...]  # `window.batch_key`: asks of one key may be decoded together
     taken: bool = False  # a decode has it (its result is set before that decode's limiter
-    heard: Heard | None = None  # token is given back)
+    heard: Heard | None = None  # token is given back; None: not wanted, `Decoding.wanted`)
     error: Exception | None = None
 
 
@@ -210,10 +211,12 @@ class Transcriber:
         prompt: str | None,
         cut_loops: bool = False,
         end_mark: bool = False,
+        wanted: Callable[[], bool] | None = None,
     ) -> window.Decoding:
         # bounded work: no repetition loop past speech's pace
         n = _max_tokens(audio)
-        return window.Decoding(prompt, self.language, self.beam_size, n, cut_loops, end_mark)
+        lang, beam = self.language, self.beam_size
+        return window.Decoding(prompt, lang, beam, n, cut_loops, end_mark, wanted)
 
     def _decode(
         self,
@@ -222,8 +225,9 @@ class Transcriber:
         prompt: str | None = None,
         cut_loops: bool = False,
         end_mark: bool = False,
+        wanted: Callable[[], bool] | None = None,
     ) -> Heard:
-        how = self._decoding(audio, prompt, cut_loops, end_mark)
+        how = self._decoding(audio, prompt, cut_loops, end_mark, wanted)
         if self.cut_window and window.fits(audio, ASR_RATE_HZ):  # the usual turn (window.py)
             return window.decode_text(model, audio, how)
         segments = self._transcribe(
@@ -262,13 +266,15 @@ class Transcriber:
         prompt: str | None = None,
         cut_loops: bool = False,
         end_mark: bool = False,
+        wanted: Callable[[], bool] | None = None,
     ) -> Heard:
         """Text of 16 kHz mono float audio (blocking); `prompt`: the text that came before
         it (Whisper's initial prompt: context, not transcribed); `cut_loops`: a text that
         loops is cut where the loop began, not decoded again (`window.decode_text`);
         `end_mark`: also how sure Whisper is that the sentence ends where the audio does
-        (`Heard.end_mark`)."""
-        heard: Heard = self._run(self._decode, audio, prompt, cut_loops, end_mark)
+        (`Heard.end_mark`); `wanted`: asked once the encoder has run (a clip in a cut
+        window): False raises `window.Unwanted` instead of running the decoder."""
+        heard: Heard = self._run(self._decode, audio, prompt, cut_loops, end_mark, wanted)
         return heard
 
     def transcribe_sync(
@@ -291,19 +297,22 @@ class Transcriber:
         prompt: str | None = None,
         cut_loops: bool = False,
         end_mark: bool = False,
+        wanted: Callable[[], bool] | None = None,
     ) -> Heard:
         """`hear_sync` in a worker thread (at most `max_concurrent` at once in the process).
         The clips that wait for the limiter meanwhile are decoded together: whichever of them
         gets it first decodes up to `max_batch` of one `window.batch_key` in one call
-        (`window.decode_texts`), its own first, and the others find theirs done.
+        (`window.decode_texts`), its own first, and the others find theirs done. Raises
+        `window.Unwanted` when the text was no longer `wanted` as the decode came to it (not
+        taken into a batch, or its decoder not run).
 
         Cancelling abandons the result: a clip not taken yet is never decoded; one taken is
         (the thread finishes its work in the background, for the others of its batch too)."""
-        how = self._decoding(audio, prompt, cut_loops, end_mark)
+        how = self._decoding(audio, prompt, cut_loops, end_mark, wanted)
         key = window.batch_key(audio, ASR_RATE_HZ, how) if self.cut_window else None
         if key is None or self.max_batch < 2:
             return await trio.to_thread.run_sync(
-                self.hear_sync,
+                functools.partial(self.hear_sync, wanted=wanted),
                 audio,
                 prompt,
                 cut_loops,
@@ -324,7 +333,8 @@ class Transcriber:
                     self._asks.remove(ask)
         if ask.error is not None:
             raise ask.error
-        assert ask.heard is not None  # (taken, by this call or one before it: done)
+        if ask.heard is None:  # (taken, by this call or one before it: done, unless unwanted)
+            raise window.Unwanted
         return ask.heard
 
     def _serve(self, mine: _Ask) -> None:
@@ -333,16 +343,23 @@ class Transcriber:
         with self._asks_lock:
             if mine.taken:
                 return
-            batch = [mine, *(a for a in self._asks if a is not mine and a.key == mine.key)]
-            batch = batch[: self.max_batch]
-            for a in batch:
+            waiting = [mine, *(a for a in self._asks if a is not mine and a.key == mine.key)]
+            # one no longer wanted is taken and not decoded: its `heard` stays None
+            dropped = [a for a in waiting if not window.still_wanted(a.how)]
+            batch = [a for a in waiting if a not in dropped][: self.max_batch]
+            for a in (*dropped, *batch):
                 a.taken = True
                 self._asks.remove(a)
+        if not batch:
+            return
         try:
             if len(batch) == 1:
-                mine.heard = self._run(window.decode_text, mine.audio, mine.how)
+                (one,) = batch
+                one.heard = self._run(window.decode_text, one.audio, one.how)
                 return
             heard = self._run_batch(batch)
+        except window.Unwanted:
+            return  # (a clip alone, found unwanted after its encoder: `heard` stays None)
         except Exception as exc:  # (each ask of the batch raises it)
             for a in batch:
                 a.error = exc
@@ -350,7 +367,7 @@ class Transcriber:
         for a, h in zip(batch, heard, strict=True):
             a.heard = h
 
-    def _run_batch(self, batch: list[_Ask]) -> list[Heard]:
+    def _run_batch(self, batch: list[_Ask]) -> list[Heard | None]:
         """`window.decode_texts` of `batch`, `_counted`."""
         with self._counted(sum(len(a.audio) for a in batch), len(batch)) as model:
             return window.decode_texts(model, [a.audio for a in batch], [a.how for a in batch])

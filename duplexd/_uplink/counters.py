@@ -34,6 +34,7 @@ class UplinkCounters:
     speculations_used: int = 0  # ... and the ones that were the final transcript ...
     speculations_empty: int = 0  # ... or would have been, but had no words: decoded again
     speculations_skipped: int = 0  # quiet found by the level alone, the transcriber busy
+    speculations_moot: int = 0  # begun, then a later silence of the turn: no decoder run
     asr_tail_audio_s: float = 0.0  # audio decoded for finals after a confirmed prefix ...
     asr_tails: int = 0  # ... whose decode heard the confirmed words otherwise: tail decoded
     turns_dropped: int = 0
@@ -77,6 +78,7 @@ class UplinkCounters:
             "asr_speculations_used": self.speculations_used,
             "asr_speculations_empty": self.speculations_empty,
             "asr_speculations_skipped": self.speculations_skipped,
+            "asr_speculations_moot": self.speculations_moot,
             "asr_passes": self.asr_passes,
             "asr_passes_skipped": self.asr_passes_skipped,
             "asr_tail_audio_s": round(self.asr_tail_audio_s, 4),

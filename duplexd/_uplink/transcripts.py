@@ -22,7 +22,10 @@ sentences, one "quit" for "quick"; of 26 backchannels and interruptions both "Uh
 out differently, "Oh." for nothing and "Oh" for "ah"; of 8 mid-sentence heads 3, "the report
 to me." as "the report to" among them: bench/results/README.md, "Transcribed at 64 ms".) If
 the user speaks on, the work is wasted (one decode per silence at most) and the next silence
-speculates again.
+speculates again; a later silence of the same turn asked for while that decode runs makes it
+moot (`_Flight`), and once its encoder is done its decoder is not run (~70 of ~180 ms alone:
+the closure before a last "k", as in "next week", begins a silence ~100 ms before the real one,
+whose decode waited for the whole moot one).
 
 A held soft barge-in's sound (`HoldCheck`) is transcribed before anything else: the agent's
 audio waits on it. While the audio is held (`holding`), the sound's decodes (its speculative
@@ -48,7 +51,7 @@ from .asr import Transcriber
 from .counters import UplinkCounters
 from .soft import spoken_words
 from .vad import VAD_RATE_HZ, Speculate, Turn
-from .window import Heard
+from .window import Heard, Unwanted
 
 log = logging.getLogger("duplexd.uplink")
 
@@ -62,6 +65,17 @@ PROMPT_CHARS: Final = 200  # of the confirmed text, given to Whisper as the tail
 # sound's decode loops about half the time ("Hold on. Hold on. ..."): such a text is cut where
 # the loop began, not decoded again in the 30 s window (~400 ms instead of ~85 here)
 HOLD_PROMPT: Final = "Mm-hmm. Uh-huh."
+
+
+@dataclass(eq=False, slots=True)
+class _Flight:
+    """The speculative transcript being made: the turn (its `Speculate.start`) and silence;
+    `moot` once a later silence of that turn was asked for (set on the trio thread, read in
+    the decode's thread between the encoder and the decoder: `window.Decoding.wanted`)."""
+
+    start: int
+    stop: int
+    moot: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +116,7 @@ class Transcripts:
         # ((start, stop), what was heard) of the latest speculative transcript made
         self._speculated: tuple[tuple[int, int], Heard] | None = None
         self._speculating: int | None = None  # the silence (`stop`) of the one being made
+        self._flight: _Flight | None = None  # ... and whether it is still wanted
         # (stop, text) of the latest final: a held sound's check of that silence comes after
         self._finished: tuple[int, str] | None = None
         self._spec_lot = trio.lowlevel.ParkingLot()  # `speculated` waiting for it
@@ -119,6 +134,9 @@ class Transcripts:
         The same silence asked for again (silero heard what the level found) is made once; one
         found by the level alone is made only while the transcriber is idle: under load it
         would be a decode more per pause inside a sentence, queued before others' finals."""
+        flight = self._flight
+        if flight is not None and flight.start == spec.start and spec.stop > flight.stop:
+            flight.moot = True  # the user spoke on after its silence: its decoder need not run
         pending, ready = self._speculation, self._speculated
         if pending is not None and pending.stop == spec.stop:
             if pending.quiet and not spec.quiet:  # not started yet: with what silero heard too
@@ -291,11 +309,17 @@ class Transcripts:
         Cancelling abandons the decode (its thread finishes in the background)."""
         turn = Turn(spec.start, spec.end, stop=spec.stop)
         self._speculating = spec.stop
+        flight = self._flight = _Flight(spec.start, spec.stop)
         t0 = time.perf_counter()
         try:
-            heard = await self._decode(transcriber, turn, self._agreement, end_mark=True)
+            heard = await self._decode(
+                transcriber, turn, self._agreement, end_mark=True, wanted=lambda: not flight.moot
+            )
+        except Unwanted:  # moot: a later silence of the turn came first
+            self.counters.speculations_moot += 1
+            return
         finally:
-            self._speculating = None
+            self._speculating, self._flight = None, None
             self._spec_lot.unpark_all()
         self.counters.speculations += 1
         log.debug(
@@ -317,6 +341,7 @@ class Transcripts:
         turn: Turn,
         agreement: LocalAgreement | None,
         end_mark: bool = False,
+        wanted: Callable[[], bool] | None = None,
     ) -> Heard:
         """The decode of the whole turn (`end_mark`: with how sure Whisper is that the
         sentence ends there); if passes confirmed a prefix, of the turn's buffer, the final
@@ -326,13 +351,14 @@ class Transcripts:
         has no end mark (it is not a sentence); nor is a tail's asked for: decoded alone or
         after the confirmed words as its prompt, it comes out with no end mark or a doubtful
         one for a sentence spoken to its end (0.20-0.49 for "... | my mother tomorrow?",
-        alone and after "Can you remind me to call" as the prompt)."""
+        alone and after "Can you remind me to call" as the prompt). Raises `Unwanted` when
+        the text is no longer `wanted` as the decode comes to it (`Transcriber.hear`)."""
         c = self.counters
         t0 = time.perf_counter()
         if agreement is not None and agreement.start == turn.start and agreement.confirmed:
             audio = self._audio(min(agreement.buffer_start, turn.end), turn.end)
             context = agreement.context[-PROMPT_CHARS:] or None
-            heard = await transcriber.hear(audio, context, end_mark=end_mark)
+            heard = await transcriber.hear(audio, context, end_mark=end_mark, wanted=wanted)
             c.asr_tail_audio_s += len(audio) / VAD_RATE_HZ
             text = agreement.final(heard.text)
             if text is not None:
@@ -351,7 +377,7 @@ class Transcripts:
             if self.holding:  # the held sound's words, for its check and its final
                 heard = await transcriber.hear(audio, HOLD_PROMPT, cut_loops=True)
             else:
-                heard = await transcriber.hear(audio, end_mark=end_mark)
+                heard = await transcriber.hear(audio, end_mark=end_mark, wanted=wanted)
         c.asr_s += time.perf_counter() - t0
         c.asr_audio_s += len(audio) / VAD_RATE_HZ
         return heard

@@ -35,7 +35,8 @@ from __future__ import annotations
 import functools
 import math
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import numpy as np
@@ -54,6 +55,11 @@ LOG_PROB_FLOOR: Final = -1.0
 _PREPEND: Final = "\"'\u201c\u00bf([{-"  # faster-whisper's punctuation merged into words
 _APPEND: Final = "\"'.\u3002,\uff0c!\uff01?\uff1f:\uff1a\u201d)]}\u3001"
 END_MARKS: Final = (".", "?", "!")  # a sentence's end, as Whisper writes it (`Heard.end_mark`)
+
+
+class Unwanted(Exception):
+    """The clip's text was no longer wanted once its encoder had run (`Decoding.wanted`): its
+    decoder was not run."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +250,15 @@ class Decoding:
     max_new_tokens: int
     cut_loops: bool = False
     end_mark: bool = False  # also how sure Whisper is that the sentence ends there (`Heard`)
+    # asked between the encoder and the decoder (in the decode's thread): False, the text is
+    # no longer wanted and the decoder, ~40 % of a decode, is not run (`Unwanted`)
+    wanted: Callable[[], bool] | None = field(default=None, compare=False)
+
+
+def still_wanted(how: Decoding) -> bool:
+    """Whether the clip's text is still wanted (`Decoding.wanted`; none: always)."""
+    wanted = how.wanted
+    return wanted is None or wanted()
 
 
 def _decode(
@@ -256,6 +271,8 @@ def _decode(
     tokenizer = _tokenizer(model, how.language)
     for whole in (False,) if how.cut_loops else (False, True):
         encoded, frames = _encode(model, audio, whole=whole)
+        if not still_wanted(how):
+            raise Unwanted
         tokens, end_mark = _generate(model, encoded, tokenizer, how)
         if not looped(tokenizer.decode(tokens)):
             break
@@ -263,7 +280,8 @@ def _decode(
 
 
 def decode_text(model: Any, audio: npt.NDArray[np.float32], how: Decoding) -> Heard:
-    """The text of `audio` (16 kHz; `fits`), decoded in a window cut to it."""
+    """The text of `audio` (16 kHz; `fits`), decoded in a window cut to it. Raises
+    `Unwanted` if `how.wanted` says so once the encoder has run."""
     tokens, end_mark, _encoded, _frames = _decode(model, audio, how)
     text: str = _tokenizer(model, how.language).decode(tokens).strip()
     if how.cut_loops and (cut := unlooped(text)) != text:
@@ -285,22 +303,31 @@ def batch_key(
 
 def decode_texts(
     model: Any, audios: list[npt.NDArray[np.float32]], hows: list[Decoding]
-) -> list[Heard]:
+) -> list[Heard | None]:
     """`decode_text` of several clips of one `batch_key` in one encoder call and one decoder
     call (`python -m bench.asr_batch`: on two cores 155 ms a clip alone, 76 ms in fours, the
-    same texts); a text that `looped` is decoded again alone, as `decode_text` does."""
+    same texts); a text that `looped` is decoded again alone, as `decode_text` does. A clip
+    no longer wanted once the encoder has run (`Decoding.wanted`) is None; the decoder runs
+    for a group of clips unless none of them is wanted."""
     tokenizer = _tokenizer(model, hows[0].language)
     features = [_features(model, audio, whole=False)[0] for audio in audios]
     shapes: dict[tuple[int, ...], list[int]] = {}  # (`window_s` is the window's length: but
     for i, f in enumerate(features):  # a clip at a whole second's edge may come out one over)
         shapes.setdefault(f.shape, []).append(i)
     found: dict[int, tuple[list[int], float | None]] = {}
+    unwanted: set[int] = set()
     for group in shapes.values():
         encoded = model.encode(np.stack([features[i] for i in group]))
+        unwanted.update(i for i in group if not still_wanted(hows[i]))
+        if unwanted.issuperset(group):
+            continue
         decoded = _generate_all(model, encoded, tokenizer, [hows[i] for i in group])
         found.update(zip(group, decoded, strict=True))
-    out = []
+    out: list[Heard | None] = []
     for i, (audio, how) in enumerate(zip(audios, hows, strict=True)):
+        if i in unwanted:
+            out.append(None)
+            continue
         tokens, mark = found[i]
         text: str = tokenizer.decode(tokens).strip()
         if not looped(text):
