@@ -317,6 +317,7 @@ class Transcripts:
             )
         except Unwanted:  # moot: a later silence of the turn came first
             self.counters.speculations_moot += 1
+            self.counters.asr_s += time.perf_counter() - t0  # (its encoder ran: no text)
             return
         finally:
             self._speculating, self._flight = None, None
