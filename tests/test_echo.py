@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from bench.rooms import ROOMS_BY_NAME, Room, db, noise
-from duplexd._uplink.echo import AEC_LATENCY_SAMPLES, PLAYER_BUFFER_MS, EchoCanceller
+from duplexd._uplink.echo import AEC_LATENCY_SAMPLES, IDLE_S, PLAYER_BUFFER_MS, EchoCanceller
 
 pytestmark = pytest.mark.integration
 RATE = 16_000
@@ -251,7 +251,46 @@ def test_the_uplink_passes_untouched_while_nothing_was_sent() -> None:
     uplink = noise(3 * RATE, -40.0)
     ec, out = run(np.zeros(0, dtype=np.float32), uplink)
     assert ec.frames == 0 and ec.removed_db == 0.0
-    assert np.array_equal(out, uplink[: len(out)]) and len(out) == len(uplink) - AEC_LATENCY_SAMPLES
+    assert np.array_equal(out, uplink)  # (all of it, at once: AEC3's lateness is not waited)
+
+
+def test_the_output_catches_up_in_the_quiet_and_drops_and_repeats_nothing() -> None:
+    """AEC3 runs while the agent's voice may echo (its output `AEC_LATENCY_SAMPLES` late),
+    then the uplink passes through in the quiet after it, the samples AEC3 owed given out
+    with the first frame (a turn ending there is heard 8 ms sooner), and AEC3 starts again
+    with the next utterance: output sample k is input sample k throughout."""
+    voice = agent_voice()[: RATE // 2]
+    quiet_frames = round((IDLE_S + 0.5) / 0.020)
+    starts = {0, 25 + quiet_frames}  # (frame: an utterance of 0.5 s begins)
+    reference = np.zeros(2 * (25 + quiet_frames) * FRAME, dtype=np.float32)
+    for i in starts:
+        reference[i * FRAME : i * FRAME + len(voice)] = voice
+    uplink = ROOMS_BY_NAME["delay"].echo(reference, len(reference)) + noise(len(reference), -55.0)
+    ec = EchoCanceller(t0=0.0)
+    given, outs, sent = [], [], None
+    for i in range(len(uplink) // FRAME):
+        if i in starts:
+            sent = i
+        if sent is not None and i - sent < 25:
+            ec.add_reference(i * 0.020, voice[(i - sent) * FRAME : (i - sent + 1) * FRAME])
+        ec.note_uplink(i * 0.020 + 0.023, (i + 1) * FRAME)
+        outs.append(ec.process(uplink[i * FRAME : (i + 1) * FRAME]))
+        given.append(sum(map(len, outs)))
+    lat = AEC_LATENCY_SAMPLES
+    running = [(i + 1) * FRAME - n for i, n in enumerate(given)]
+    assert ec.frames > 0 and set(running) == {0, lat}
+    # AEC3 from the first frame; caught up once `IDLE_S` passed after the voice's last sound
+    # (and the uplink's 23 ms), to the next utterance; AEC3 again from its first frame
+    quiet = running.index(0)
+    assert running[:quiet] == [lat] * quiet and IDLE_S / 0.020 < quiet <= 27 + IDLE_S / 0.020
+    again = 25 + quiet_frames
+    assert running[quiet:again] == [0] * (again - quiet)
+    assert running[again : again + 25] == [lat] * 25
+    out = np.concatenate(outs)
+    # the quiet passed through: exactly the input at the same positions
+    a, b = given[quiet - 1], given[again - 1]
+    assert b - a == (again - quiet) * FRAME + lat
+    assert np.array_equal(out[a:b], uplink[a:b])
 
 
 @pytest.mark.parametrize(

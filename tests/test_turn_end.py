@@ -334,11 +334,9 @@ async def test_a_complete_sentence_ends_after_a_short_silence(
 
     assert 0 <= stop.uplink_sample - (RATE // 2 + speech_end(speech)) < 16 * MS
     # the turn ends with the first VAD window that completes `silence_ms` from there, at the
-    # end of the uplink frame that completes that window, the echo canceller's latency later
-    # (its output runs AEC_LATENCY_SAMPLES behind the microphone: echo.py)
-    from duplexd._uplink.echo import AEC_LATENCY_SAMPLES
-
-    decided = -(-(stop.uplink_sample + silence_ms * MS) // WINDOW) * WINDOW + AEC_LATENCY_SAMPLES
+    # end of the uplink frame that completes that window (the echo canceller, with nothing
+    # sent, passes the microphone through as it comes: not AEC3's 8 ms later, echo.py)
+    decided = -(-(stop.uplink_sample + silence_ms * MS) // WINDOW) * WINDOW
     assert when == pytest.approx(-(-decided // 320) * 0.020)
 
 
@@ -705,10 +703,8 @@ async def test_a_sentence_whisper_heard_end_ends_the_turn_whatever_the_model_say
     speech = clip("What time does the last train leave tonight?")
     client, stats = await speak(speech, services, noise_seed=5, vad=vad)
     ((when, stop),) = client.frames_of(fr.SpeechStopped)
-    from duplexd._uplink.echo import AEC_LATENCY_SAMPLES
-
     # (as test_a_complete_sentence_ends_after_a_short_silence: whole windows, whole frames)
-    decided = -(-(stop.uplink_sample + silence_ms * MS) // WINDOW) * WINDOW + AEC_LATENCY_SAMPLES
+    decided = -(-(stop.uplink_sample + silence_ms * MS) // WINDOW) * WINDOW
     assert when - client.t0 == pytest.approx(-(-decided // 320) * 0.020)
     assert stats["end_checks_sure"] == (1 if sure is None else 0), stats
     (final,) = [f.text for _, f in client.frames_of(fr.Transcript)]
@@ -734,7 +730,6 @@ async def test_turn_end_times_the_model_from_its_question(
     from harness import inline_uplink_services
 
     from bench.speech import clip
-    from duplexd._uplink.echo import AEC_LATENCY_SAMPLES
     from duplexd.protocol import frames as fr
 
     async def slow(fn: Any, *args: Any) -> Any:
@@ -748,7 +743,7 @@ async def test_turn_end_times_the_model_from_its_question(
     ((when, stop),) = client.frames_of(fr.SpeechStopped)
     ((_, report),) = client.frames_of(fr.TurnEnd)
     asked = -(-(stop.uplink_sample + 200 * MS) // WINDOW) * WINDOW  # the question's audio
-    asked_at = -(-(asked + AEC_LATENCY_SAMPLES) // 320) * 0.020  # ... came in then
+    asked_at = -(-asked // 320) * 0.020  # ... came in then (passed through: nothing sent)
     assert report.by is fr.TurnEndBy.MODEL and report.uplink_sample == stop.uplink_sample
     assert report.silence_samples == asked - stop.uplink_sample
     assert report.decided_us == round((when - client.t0 - asked_at) * 1e6)

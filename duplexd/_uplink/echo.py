@@ -59,10 +59,13 @@ realignment to an echo 200 ms later, the history a fresh AEC3 is brought up on b
 the realignment in the RT60 600 ms room with a jittery uplink).
 
 AEC3 works in 10 ms frames and answers `AEC_LATENCY_SAMPLES` (8 ms) late; `process` keeps whole
-frames (a remainder waits for the next call) and drops the lateness from the stream's start,
-so output sample `k` is input sample `k` and every position the session reports stays exact
-(the output runs 8-18 ms behind the input). While nothing was sent for `IDLE_S` (no echo
-possible), or no echo is found, the uplink passes through untouched and AEC3 costs nothing.
+frames (a remainder waits for the next call), and its output is the input's samples in order,
+none dropped or repeated, so output sample `k` is input sample `k` and every position the
+session reports stays exact. While AEC3 runs the output runs 8-18 ms behind the input. While
+nothing was sent for `IDLE_S` (no echo possible), or no echo is found, the uplink passes
+through untouched, AEC3 costs nothing, and the output catches up: it gives what AEC3 still
+owed with the new samples, so a turn that ends in the quiet after the agent spoke is heard
+8 ms sooner (when AEC3 starts again, its first 8 ms of output are the input's last, owed once).
 
 What AEC3 leaves of a long room's tail (past its filter, where the agent pauses) is taken out
 of the turn's audio by `late` (late.py), fed here the frames AEC3 gets.
@@ -152,7 +155,7 @@ class EchoCanceller:
         self._pos = 0  # uplink position of the first held sample
         self._tail = np.zeros(self._latency, dtype=np.float32)  # the last input samples
         self._running = False  # whether AEC3 processed the previous frames
-        self._skip = self._latency  # the stream's first samples: the delay line's zeros
+        self._owed = 0  # ... the last of them not yet given out (AEC3's lateness, or none)
         self.presence = Presence(rate_hz)  # does an echo come back at all (presence.py)
         self._recent = np.zeros(self.presence.span, dtype=np.float32)  # the uplink's last
         self._lags = round(PRESENCE_LAG_S * rate_hz)
@@ -334,7 +337,7 @@ class EchoCanceller:
         self._tail = joined[-lat:].copy()
         if not self.active(pos + n):  # nothing sent lately: the uplink as it is
             self._running, self._fork = False, None
-            return self._skipped(joined[:n])
+            return self._caught_up(joined)
         assert self._offset is not None
         self._judge(chunk, pos)  # (which may move the reference, and start AEC3 over)
         handed = self._server(pos)
@@ -344,7 +347,7 @@ class EchoCanceller:
             e = float(np.dot(joined[:n], joined[:n]))
             self.energy_in += e
             self.energy_out += e
-            return self._skipped(joined[:n])
+            return self._caught_up(joined)
         fork = self._fork
         ours = None if fork is None else fork.segment(self._segment, handed, n)
         self.near_end.add(chunk, far, pos)
@@ -354,21 +357,21 @@ class EchoCanceller:
             out = fork.process(chunk, handed, far, ours, out)
             self._settle(fork)
         # AEC3's output is `lat` late: it continues the previous call's; unless it was idle:
-        # then its first `lat` samples are stale, and the input was passed through instead
-        result = out if self._running else np.concatenate((joined[:lat], out[lat:]))
-        self._running = True
+        # then its first `lat` samples are stale, and the input they stand for was given out
+        if not self._running:
+            out = out[lat:]
+        self._running, self._owed = True, lat
         self.frames += n // self._frame
         self._aec_samples += self._sounding(far)
         self.energy_in += float(np.dot(joined[:n], joined[:n]))
-        self.energy_out += float(np.dot(result, result))
-        return self._skipped(result)
+        self.energy_out += float(np.dot(out, out))
+        return out
 
-    def _skipped(self, out: FloatArray) -> FloatArray:
-        """`out` less what is left of the `lat` samples that precede the stream."""
-        if self._skip:
-            k = min(self._skip, len(out))
-            self._skip -= k
-            out = out[k:]
+    def _caught_up(self, joined: FloatArray) -> FloatArray:
+        """The uplink as it came, passed through (`joined`: the last `lat` input samples, then
+        the new ones): with the samples AEC3 still owed, if it ran last."""
+        out = joined[self._latency - self._owed :]
+        self._owed = 0
         return out
 
     def _server(self, pos: int) -> int:

@@ -182,7 +182,9 @@ class Uplink:
         half = self._detector.barges_in_one_window
         self._half = HalfStep(services.vad_model) if half else None  # (halfstep.py)
         ns = vad.noise_suppression
-        lead = AEC_LATENCY_SAMPLES if self._echo is not None else 0  # (its frames, lined up)
+        # (its frames lined up with AEC3's output; in the quiet the echo's output catches up, and
+        # the denoiser holds those 8 ms instead)
+        lead = AEC_LATENCY_SAMPLES if self._echo is not None else 0
         self._denoiser = Denoiser(ns, lead=lead) if ns != "off" else None
         # 48 kHz AudioUp to 16 kHz as it comes (soxr's stream held 6-37 ms back: the VAD heard
         # the user that much later); its filter's delay dropped from the stream's start, so
@@ -391,7 +393,7 @@ class Uplink:
             assert self._mic is not None
             self._mic.add(samples)  # (the user's onset as it came: micvoice.py)
             self._echo.note_uplink(now, self._produced)
-            samples = self._echo.process(samples)  # (up to 10 ms + 8 ms later: AEC3's frames)
+            samples = self._echo.process(samples)  # (AEC3 running: 8-18 ms later)
             self.counters.vad_s += time.thread_time() - t0
         if self._denoiser is not None:
             t0 = time.thread_time()
