@@ -167,7 +167,7 @@ export function encode(frame, { maxFrameBytes = MAX_FRAME_BYTES, packetAudio = f
   };
   for (const [name, kind] of layout.fields) {
     const value = frame[name];
-    if (kind in NAMES) {
+    if (Object.hasOwn(NAMES, kind)) {
       const n = NAMES[kind].indexOf(value);
       if (n < 0) throw local("MALFORMED", `${layout.type}.${name} must be one of ${NAMES[kind].join(" ")}, not ${value}`);
       push(Uint8Array.of(n));
