@@ -90,6 +90,38 @@ def test_float_decoding_is_what_s16_decoding_rounds(rate: int) -> None:
         as_float.decode_float(b"")
 
 
+@pytest.mark.parametrize("rate", RATES)
+def test_a_build_that_decodes_to_s16_gives_the_same_floats_within_rounding(rate: int) -> None:
+    """A PyAV build that ignores the request for float output hands `decode_float` s16 frames:
+    it scales them to full scale 1.0 (the 16/24 kHz decimator after), within s16's rounding
+    of what the float build gives."""
+    n = rate // 50
+    pcm = speechlike(rate, 0.3)
+    encoder = OpusEncoder(rate)
+    packets = [encoder.encode(pcm[i : i + n]) for i in range(0, len(pcm), n)]
+    as_float, as_s16 = OpusDecoder(rate), OpusDecoder(rate)
+
+    class S16Frame:
+        def __init__(self, frame: Any) -> None:
+            self._frame = frame
+
+        def to_ndarray(self) -> np.ndarray:
+            y = self._frame.to_ndarray() * 32768.0
+            return np.clip(np.rint(y), -32768, 32767).astype(np.int16)
+
+    ctx = as_s16._ctx  # (PyAV's decoder context is a C type: wrapped, not patched)
+
+    class S16Context:
+        def decode(self, packet: Any) -> list[S16Frame]:
+            return [S16Frame(f) for f in ctx.decode(packet)]
+
+    as_s16._ctx = S16Context()
+    for packet in packets:
+        want, got = as_float.decode_float(packet), as_s16.decode_float(packet)
+        assert got.dtype == np.float32 and got.shape == (n,)
+        np.testing.assert_allclose(got, want, rtol=0, atol=1 / 32768)
+
+
 def test_bad_packets_are_errors_not_crashes() -> None:
     decoder = OpusDecoder(16_000)
     for bad, why in [
