@@ -47,7 +47,7 @@ import trio.testing
 
 from bench.rooms import ROOMS, Room, db, noise
 from duplexd._opus import OpusDecoder, OpusEncoder
-from duplexd._uplink.uplink import Uplink, UplinkServices
+from duplexd._uplink.uplink import _PLAYED, Uplink, UplinkServices
 from duplexd._uplink.vad import BargeIn, SpeechStart, VadModel
 from duplexd.protocol import frames as fr
 from duplexd.protocol.codec import encode
@@ -174,6 +174,8 @@ def replay(
     seed: int = 0,
     mic_rate_hz: int = RATE,
     noise_suppression: str | None = None,
+    sent_at_s: list[float] | None = None,
+    reports: list[tuple[float, int, int]] | None = None,
 ) -> tuple[Uplink, list, float]:
     """The uplink of one session fed `mic` (at `mic_rate_hz`: 16 or 48 kHz AudioUp) while it
     sends `agent` (each 20 ms frame at its mark on the server clock, handed over with the
@@ -182,11 +184,19 @@ def replay(
     Opus packets (the encoding is not in the CPU seconds). `jitter_ms`: each
     uplink frame arrives that much later on average (exponentially distributed, in order), as
     over a busy network (default: `JITTER_MS`). `noise_suppression`: the session option
-    `vad.noise_suppression` (default: `NOISE_SUPPRESSION`)."""
+    `vad.noise_suppression` (default: `NOISE_SUPPRESSION`). `sent_at_s`: when each of
+    `agent`'s frames is sent, from the start (default: frame i at i x 20 ms; later ones leave
+    a gap, as when synthesis falls behind and the pacer skips ticks). `reports`: PLAYED
+    reports the client sends, (arrival s from the start, samples played, its clock in µs),
+    in order, each handed over with the first uplink frame that arrives after it."""
     up_frame = mic_rate_hz * FRAME // RATE
     jitter_ms = JITTER_MS if jitter_ms is None else jitter_ms
     rng = np.random.default_rng(seed)
     late = rng.exponential(jitter_ms / 1000, len(mic) // up_frame) if jitter_ms else None
+    reports = list(reports or [])
+
+    def send_at(i: int) -> float:
+        return i * FRAME_S if sent_at_s is None else sent_at_s[i]
 
     async def run() -> tuple[Uplink, list, float]:
         uplink = make_uplink(
@@ -208,14 +218,17 @@ def replay(
             if late is not None:
                 arrival = max(arrival + late[k], last)  # (frames come in order)
             last = arrival
-            while sent < frames and t0 + sent * FRAME_S <= arrival:  # (the pacer's own grid)
+            while sent < frames and t0 + send_at(sent) <= arrival:  # (the pacer's own grid)
                 pcm = (np.clip(agent[sent * FRAME : (sent + 1) * FRAME], -1, 1) * 32767).astype(
                     "<i2"
                 )
                 coded = pcm.tobytes() if down_opus is None else down_opus.encode(pcm)
                 audio = fr.Audio(epoch=0, utterance_id=1, seq=sent, pcm=coded)
-                batch.append((t0 + sent * FRAME_S, -1, encode(audio, packet_audio=opus)))
+                batch.append((t0 + send_at(sent), -1, encode(audio, packet_audio=opus)))
                 sent += 1
+            while reports and t0 + reports[0][0] <= arrival:
+                at, samples, clock_us = reports.pop(0)
+                batch.append((t0 + at, _PLAYED, (1, samples, clock_us, False)))
             batch.append((arrival, 0, body))
             c0 = time.thread_time()
             out = uplink._process_batch(batch)
