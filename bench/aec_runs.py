@@ -130,7 +130,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rooms", default="delay,rt60-300", type=rooms, help="a,b,...")
     p.add_argument(
         "--shifts-ms", default="-30,-20,-10,0,10,20,30", type=numbers,
-        help="the run after the gap played this much later than the first (negative: sooner)",
+        help="the run after the gap played this much later than the first (negative: sooner;"
+        " with '=': --shifts-ms=-20,0)",
     )  # fmt: skip
     p.add_argument("--gap-ms", default=210.0, type=float, help="the gap in the sends")
     p.add_argument("--positions", default=8, type=int, help="syllable onsets the gap is put before")
@@ -144,6 +145,8 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if not 0 < args.gap_ms <= 1000 or not 1 <= args.positions <= 100:
         p.error("--gap-ms must be in (0, 1000] and --positions in 1..100")
+    if any(-shift >= args.gap_ms for shift in args.shifts_ms):
+        p.error("a run played sooner than --gap-ms would overlap the one before: shift less")
     rows = run(
         args.rooms, args.shifts_ms, args.gap_ms, args.positions, Path(args.cache),
         played=args.played,

@@ -236,3 +236,15 @@ def test_the_run_sweep_refuses_an_unknown_room_in_one_line(
     assert exit_.value.code == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert "--rooms" in last and "'kitchen'" in last and "rt60-300" in last, last
+
+
+def test_the_run_sweep_refuses_a_shift_that_overlaps_the_run_before(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from bench.aec_runs import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--gap-ms", "100", "--shifts-ms=-150,0"])
+    assert exit_.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "overlap" in last and "--gap-ms" in last, last

@@ -65,7 +65,8 @@ session reports stays exact. While AEC3 runs the output runs 8-18 ms behind the 
 nothing was sent for `IDLE_S` (no echo possible), or no echo is found, the uplink passes
 through untouched, AEC3 costs nothing, and the output catches up: it gives what AEC3 still
 owed with the new samples, so a turn that ends in the quiet after the agent spoke is heard
-8 ms sooner (when AEC3 starts again, its first 8 ms of output are the input's last, owed once).
+8 ms sooner. When AEC3 starts again, its first 8 ms of output are stale and dropped: the input
+they stand for was given out already.
 
 What AEC3 leaves of a long room's tail (past its filter, where the agent pauses) is taken out
 of the turn's audio by `late` (late.py), fed here the frames AEC3 gets.
