@@ -146,6 +146,12 @@ def _parser() -> argparse.ArgumentParser:
         help="the echoing player's playout buffer (0: each run plays on arrival)",
     )
     up.add_argument(
+        "--uplink-echo-played",
+        action="store_true",
+        help="the echoing player reports PLAYED as the browser client does (each run's first"
+        " sample and every 200 ms): the daemon places its echo reference by the reports",
+    )
+    up.add_argument(
         "--uplink-jitter-ms",
         type=float,
         default=0.0,
@@ -256,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         uplink_echo_delay_ms=args.uplink_echo_delay_ms,
         uplink_echo_room=args.uplink_echo_room,
         uplink_echo_playout_ms=args.uplink_echo_playout_ms,
+        uplink_echo_played=args.uplink_echo_played,
         uplink_jitter_ms=args.uplink_jitter_ms,
         uplink_drift_ppm=args.uplink_drift_ppm,
         uplink_drift_speaker=args.uplink_drift_speaker,
@@ -333,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
             "echo_delay_ms": args.uplink_echo_delay_ms,
             "echo_room": args.uplink_echo_room,
             "echo_playout_ms": args.uplink_echo_playout_ms,
+            "echo_played": args.uplink_echo_played,
             "jitter_ms": args.uplink_jitter_ms,
             "drift_ppm": args.uplink_drift_ppm,
             "drift_speaker": args.uplink_drift_speaker,

@@ -57,6 +57,7 @@ class LoadConfig:
     uplink_echo_delay_ms: float = 50.0
     uplink_echo_room: str | None = None  # the echo's path: a room of bench/rooms.py
     uplink_echo_playout_ms: float = 40.0  # the echoing player's playout buffer
+    uplink_echo_played: bool = False  # ... which reports PLAYED as the browser client does
     uplink_jitter_ms: float = 0.0  # each uplink frame this much later on average (in order)
     uplink_drift_ppm: float = 0.0  # the client's audio clock this far off the server's
     uplink_drift_speaker: str = "server"  # ... and the speaker on the server's or on it
@@ -209,6 +210,7 @@ class _DuplexdTarget:
         self.interrupt = session.interrupt
         self.stats = session.stats
         self.send_audio = session.send_audio
+        self.send_played = session.send_played
         self.sample_rate_hz = session.sample_rate_hz
         self.engine_device = (
             session.info.get("engines", {}).get(session.welcome.engine) or {}

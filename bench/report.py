@@ -392,6 +392,8 @@ def markdown(doc: dict[str, Any]) -> str:
                 echo = f"room {up['echo_room']} (bench/rooms.py), {up['echo_db']:+g} dB"
             if "echo_playout_ms" in up:
                 echo += f" after a {up['echo_playout_ms']:g} ms playout buffer"
+            if up.get("echo_played"):
+                echo += " (the player reports PLAYED)"
         if up.get("jitter_ms"):
             echo += f"; each frame {up['jitter_ms']:g} ms later on average (network jitter)"
         if up.get("drift_ppm"):

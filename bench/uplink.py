@@ -30,6 +30,7 @@ Measured (client clock, arrival times from the SDK reader):
 
 from __future__ import annotations
 
+import collections
 import functools
 import os
 import sys
@@ -62,6 +63,7 @@ VAD_MISS_S = 2.0  # speech onset -> Interrupted(vad) later than this: a missed b
 WINDOW_TAIL_S = 1.5  # SpeechStarted/Interrupted this long after the clip still belong to it
 NOISE_BANK_S = 8.0
 RING_S = 2.0  # the echo speaker's ring buffer
+REPORT_EVERY_S = 0.2  # --uplink-echo-played: a PLAYED report this often while a run plays
 
 F32 = npt.NDArray[np.float32]
 
@@ -131,7 +133,13 @@ class Speaker:
     at every utterance's start, as no real player's does."""
 
     def __init__(
-        self, t0: float, downlink_rate_hz: int, playout_s: float, scale: float = 1.0
+        self,
+        t0: float,
+        downlink_rate_hz: int,
+        playout_s: float,
+        scale: float = 1.0,
+        *,
+        reports: bool = False,
     ) -> None:
         self.t0 = t0
         self.scale = scale  # its clock's 16 kHz is the server's times this (the client's)
@@ -145,13 +153,25 @@ class Speaker:
             if downlink_rate_hz % RATE == 0
             else SentAudio(downlink_rate_hz, RATE)
         )
+        # `reports`: PLAYED to send once a sample has played, as the browser client does (each
+        # run's first sample, and every `REPORT_EVERY_S` of a run): (where it plays, utterance
+        # id, samples of the utterance through it)
+        self.reports: collections.deque[tuple[int, int, int]] | None = (
+            collections.deque() if reports else None
+        )
+        self._report_at = 0  # a run's next periodic report from this sample on
 
-    def play(self, pcm: bytes, now: float) -> None:
+    def play(self, pcm: bytes, now: float, utterance: tuple[int, int] = (0, 0)) -> None:
+        """Queue one frame (`utterance`: its id and seq) where the player plays it."""
         x = np.frombuffer(pcm, "<i2").astype(np.float32) / 32768
         arrival = round((now - self.t0) * RATE * self.scale)
         pos = self.cursor if self.cursor >= arrival else arrival + self.playout
         if pos < 0 or pos - arrival > RING_S * RATE / 2:
             return  # before the uplink started, or queued too far ahead for the ring
+        if self.reports is not None and (pos != self.cursor or pos >= self._report_at):
+            uid, seq = utterance
+            self.reports.append((pos, uid, seq * len(x) + 1))  # (its first sample: played)
+            self._report_at = pos + round(REPORT_EVERY_S * RATE)
         self.cursor = pos + len(x) * RATE // self._rate
         r = self._resampler
         if isinstance(r, Decimator):
@@ -160,10 +180,22 @@ class Speaker:
         for at, y, _ in r.add(pos / RATE, x, (0, 0)):
             self._write(round(at * RATE), y)
 
+    def due(self, played_to: int) -> list[tuple[int, int, int]]:
+        """The PLAYED reports whose sample has played before `played_to` (this clock's 16 kHz
+        sample): (utterance id, samples played, the client's clock in µs when it played)."""
+        out = []
+        while self.reports and self.reports[0][0] < played_to:
+            pos, uid, samples = self.reports.popleft()
+            out.append((uid, samples, round(pos * 1e6 / RATE)))
+        return out
+
     def flush(self, now: float) -> None:
         pos = max(0, round((now - self.t0) * RATE * self.scale))
         if self.cursor > pos:
             self._write(pos, np.zeros(self.cursor - pos, dtype=np.float32))
+        if self.reports is not None:  # (what is flushed never plays)
+            while self.reports and self.reports[-1][0] >= pos:
+                self.reports.pop()
         self.cursor = pos
         if isinstance(self._resampler, SentAudio):  # (what soxr held back is dropped too)
             self._resampler = SentAudio(self._rate, RATE)
@@ -240,6 +272,7 @@ class Mic:
             self.room = StreamingEcho(ROOMS_BY_NAME[cfg.uplink_echo_room], FRAME)
             self.echo_delay = 0
         self.playout_s = cfg.uplink_echo_playout_ms / 1000
+        self.played = cfg.uplink_echo_played  # the speaker reports PLAYED
         # the client's audio clock: its 16 kHz is the server's times `scale` (the echo and the
         # frames' capture times on it); each frame then reaches the server `jitter_s` later
         # on average (exponentially distributed, in order), as over a busy network
@@ -279,7 +312,7 @@ class Mic:
         out, inj = self.out, self.inj
         if isinstance(frame, Audio):
             if self.speaker is not None and frame.epoch == current_epoch:
-                self.speaker.play(frame.pcm, now)
+                self.speaker.play(frame.pcm, now, (frame.utterance_id, frame.seq))
         elif isinstance(frame, SpeechStarted):
             if inj is not None and inj.covers(now):
                 out["vad_speech_started"] += self.active
@@ -362,7 +395,10 @@ class Mic:
         with jitter, later by the network's delay), until cancelled."""
         self.t0 = t0
         if self.echo_gain is not None:
-            self.speaker = Speaker(t0, session.sample_rate_hz, self.playout_s, self.speaker_scale)
+            self.speaker = Speaker(
+                t0, session.sample_rate_hz, self.playout_s, self.speaker_scale,
+                reports=self.played,
+            )  # fmt: skip
         out = self.out
         while True:
             k = self.k
@@ -375,6 +411,12 @@ class Mic:
             pcm = self.build(k)
             now = trio.current_time()
             await session.send_audio(pcm)
+            if (speaker := self.speaker) is not None and speaker.reports is not None:
+                # (what played up to this frame's end, on the speaker's clock)
+                for uid, samples, clock_us in speaker.due(
+                    round((k + 1) * FRAME * speaker.scale / self.scale)
+                ):
+                    await session.send_played(uid, samples, clock_us=clock_us)
             self.k = k + 1
             inj = self.inj
             if inj is not None:

@@ -401,6 +401,31 @@ def test_the_echoing_player_plays_each_utterance_where_its_turn_is() -> None:
             assert int(np.argmax(np.abs(heard[at - 100 : at + 100]))) == 100
 
 
+def test_the_speaker_reports_played_as_the_browser_client_does() -> None:
+    """`--uplink-echo-played`: the first sample of each run the player starts (after its queue
+    ran dry, or a flush) and of a frame every 200 ms within a run, once it has played: the
+    utterance's samples through it, and the client's clock (µs) when it played; what a flush
+    drops is not reported."""
+    import numpy as np
+
+    from bench.uplink import Speaker
+
+    spk = Speaker(0.0, 48_000, 0.040, reports=True)
+    frame = np.zeros(960, dtype=np.int16).tobytes()
+    for k in range(15):  # utterance 1: 300 ms from 0.1 s, played from 0.14 s
+        spk.play(frame, 0.1 + k * 0.020, (1, k))
+    for k in range(3):  # utterance 2 after a gap, flushed at 1.03 s before it played
+        spk.play(frame, 1.0 + k * 0.010, (2, k))
+    assert spk.due(round(0.14 * 16_000)) == []  # (nothing has played yet)
+    spk.flush(1.03)
+    spk.play(frame, 1.2, (3, 0))
+    assert spk.due(3 * 16_000) == [
+        (1, 1, 140_000),
+        (1, 10 * 960 + 1, 340_000),
+        (3, 1, 1_240_000),
+    ]
+
+
 def mic_config(**changes: Any) -> Any:
     """The bench's LoadConfig for an uplink with an echo -10 dB after 50 ms, changed so."""
     import dataclasses
@@ -476,6 +501,46 @@ async def test_a_jittery_uplink_sends_every_frame_in_order_once_captured(
             assert 25 < mean_ms < 45, mean_ms  # (in order: a frame waits for the one before)
         else:
             assert max(late) == 0 and len(sent) == 2_001  # 40 s at +1000 ppm: 2 more than 1,999
+
+
+@pytest.mark.unit
+async def test_the_microphone_sends_the_speakers_played_reports_once_played(
+    autojump_clock: Any,
+) -> None:
+    """`--uplink-echo-played`: a report goes out right after the microphone frame during which
+    its sample played (its clock: the speaker's, µs from the start), through the session as
+    the bench's target wraps it."""
+    import numpy as np
+    import trio
+
+    from bench.load import _DuplexdTarget
+
+    sent: list[tuple[Any, ...]] = []
+
+    class Session:
+        sample_rate_hz = 16_000
+        info: dict[str, Any] = {}
+        welcome = type("Welcome", (), {"engine": "tone"})()
+        new_utterance_id = send_text = interrupt = stats = None
+
+        async def send_audio(self, pcm: bytes) -> None:
+            sent.append(("audio", round(trio.current_time(), 3)))
+
+        async def send_played(self, uid: int, samples: int, *, clock_us: int = 0) -> None:
+            sent.append(("played", round(trio.current_time(), 3), uid, samples, clock_us))
+
+    mic = _mic(uplink_echo_played=True)
+    frame = np.zeros(320, dtype=np.int16).tobytes()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(mic.run, _DuplexdTarget(Session()), 0.0)
+        await trio.sleep_until(0.1)
+        for k in range(3):  # a run from 0.1 s, played from 0.14 s (the 40 ms playout)
+            mic.speaker.play(frame, 0.1 + k * 0.020, (7, k))
+        await trio.sleep_until(0.5)
+        nursery.cancel_scope.cancel()
+    # frame 7 ([0.14, 0.16) s) is where it played: its report follows it, at 0.16 s
+    assert [x for x in sent if x[0] == "played"] == [("played", 0.16, 7, 1, 140_000)]
+    assert sent.index(("played", 0.16, 7, 1, 140_000)) == sent.index(("audio", 0.16)) + 1
 
 
 def test_a_bad_worker_count_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
