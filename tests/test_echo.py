@@ -18,7 +18,13 @@ import numpy as np
 import pytest
 
 from bench.rooms import ROOMS_BY_NAME, Room, db, noise
-from duplexd._uplink.echo import AEC_LATENCY_SAMPLES, IDLE_S, PLAYER_BUFFER_MS, EchoCanceller
+from duplexd._uplink.echo import (
+    AEC_LATENCY_SAMPLES,
+    IDLE_S,
+    PLAYER_BUFFER_MS,
+    PLAYOUT_FOLLOW_MS,
+    EchoCanceller,
+)
 
 pytestmark = pytest.mark.integration
 RATE = 16_000
@@ -576,12 +582,13 @@ def test_reports_do_not_move_the_reference_by_the_slide_followed_again(followed:
     minute its reports drift 18 ms against the sends, and so does the echo against the uplink.
     Where the echo's slide is followed (`skew.py`), the reference already moved that much, and
     the reports move it no further (before: by 8 ms every half minute again, twice the slide);
-    where it is not, the reports move it, as before."""
+    where it is not, the reports move it by the slide, a millisecond at a time."""
     ec = EchoCanceller(t0=0.0)
     ppm = -300.0
     if followed:
         ec.skew._follow(1.0 / (1.0 + ppm * 1e-6) - 1.0, 0)  # (as `observe` would learn it)
     frame = np.full(320, 0.1, dtype=np.float32)
+    first = last = None
     for j in range(3_000):  # a minute of frames, each played 200 ms after it was sent
         t = j * 0.020
         ec.add_reference(t, frame, (1, j))
@@ -590,7 +597,15 @@ def test_reports_do_not_move_the_reference_by_the_slide_followed_again(followed:
             k = j - 10
             clock_us = round((k * 0.020 + 0.200) * (1.0 + ppm * 1e-6) * 1e6)
             ec.note_played(t + 0.005, (1, k), 0, clock_us)
-    assert ec.playout_moves == (0 if followed else 2)
+            first = ec.playout_ms if first is None else first
+            last = k
+    assert first is not None and last is not None
+    slide_ms = (last - 5) * 0.020 * ppm * 1e-6 * 1000  # (-17.9 ms)
+    if followed:
+        assert (ec.playout_moves, ec.playout_ms) == (0, first)
+    else:
+        assert ec.playout_moves == int(-slide_ms // PLAYOUT_FOLLOW_MS)
+        assert abs(ec.playout_ms - first - slide_ms) < PLAYOUT_FOLLOW_MS
 
 
 @pytest.mark.unit

@@ -33,9 +33,11 @@ that hands it the right far-end reference for each stretch of uplink:
   is handed to AEC3 that much later, less `PLAYOUT_MARGIN_MS` (AEC3 finds the rest, up to
   about 450 ms by measurement, and cannot cancel an echo that comes before its reference).
   A later report whose delay moved by `PLAYOUT_FOLLOW_MS` or more (the player ran dry and
-  filled its buffer again; another output device) moves the reference with it at once: the
-  browser client reports the first sample of every run it plays, so the move is known before
-  its echo comes back.
+  filled its buffer again; another output device; a run that began a few ms off where the
+  last one left the player) moves the reference with it at once: the browser client reports
+  the first sample of every run it plays, so the move is known before its echo comes back.
+  A move of `PLAYOUT_NEW_PATH_MS` or more also has the presence check judge the path afresh;
+  a smaller one keeps its verdict (the echo is where it was, a few ms on).
   Without reports the presence check below finds an echo up to 600 ms late: a client whose
   round trip plus playout buffer may exceed that needs to send PLAYED.
 - Whether an echo comes back at all, and how late (`echo_found`: a GCC-PHAT of the last second
@@ -97,9 +99,13 @@ FloatArray = npt.NDArray[np.float32]
 
 AEC_LATENCY_SAMPLES: Final = 128  # AEC3's output is this late at 16 kHz (tests/test_echo.py)
 PLAYOUT_MARGIN_MS: Final = 100.0  # the reference leads the reported playout by this much
-# A reported playout delay that moved this much moves the reference at once (less is the client
-# clock's estimate settling, or a drift AEC3 follows on its own; 20 ms it follows only slowly)
-PLAYOUT_FOLLOW_MS: Final = 8.0
+# A reported playout delay that moved this much on the client's own clock moves the reference
+# at once (less is rounding). At 8 ms (before), a run played 2-3 ms off the last one's place
+# was left to AEC3, whose filter, aligned to a sample, leaked that run's first syllable for
+# ~150 ms: live, 2 false barge-ins in 8 runs of `python -m bench --uplink-echo-played`, both
+# gone in their replays (bench/results/aec-runs/follow/)
+PLAYOUT_FOLLOW_MS: Final = 1.0
+PLAYOUT_NEW_PATH_MS: Final = 8.0  # a move this large has the presence check start afresh
 ALIGN_LEAD_MS: Final = 40.0  # ... and the echo found by the presence check by this much
 _ALIGN_SLACK_MS: Final = 25.0  # a direct path found within this of that lead stays as it is
 _UNSENT_SLACK_MS: Final = 2.0  # ... unless the reference handed ran this much past the sends
@@ -142,6 +148,7 @@ class EchoCanceller:
         self._own_shift = 0.0  # ... and the slide followed (`skew.shift`) when it came
         self._max_playout = self._cap // 2  # (the reference must still hold what is handed on)
         self._follow = round(PLAYOUT_FOLLOW_MS * rate_hz / 1000)
+        self._new_path = round(PLAYOUT_NEW_PATH_MS * rate_hz / 1000)
         self.playout_moves = 0  # times the reports moved the reference after the first
         self._fork: Placement | None = None  # a late frame's other placement, tried too
         self._tried_at = -(1 << 62)  # (the boundary of the last one: `TRY_EVERY_MS` apart)
@@ -301,7 +308,8 @@ class EchoCanceller:
             self._align = max(0, self._align + playout)
         self._playout = min(max(0, playout), self._max_playout)
         self._handed_end = -(1 << 62)  # (what was handed is on the old mapping)
-        self.presence.restart()  # (the presence check judges the new path afresh)
+        if abs(samples) >= self._new_path:  # (the presence check judges the new path afresh)
+            self.presence.restart()
         self.playout_moves += 1
         self._fork = None
 
