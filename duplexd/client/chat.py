@@ -24,9 +24,8 @@ import argparse
 import contextlib
 import math
 import sys
-import threading
 import wave
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import trio
@@ -41,6 +40,7 @@ from .connect import (
     add_voice_arguments,
     connect_options,
 )
+from .playback import Position, Speaker
 from .session import ClientSession, SessionError, open_session
 
 UPLINK_RATE_HZ = 16_000
@@ -48,6 +48,7 @@ DOWNLINK_RATE_HZ = 48_000
 FRAME_S = fr.FRAME_MS / 1000
 TRAILING_SILENCE_S = 2.0  # after the microphone file: silence, for the VAD and ASR to finish
 IDLE_S = 1.0  # inputs ended, nothing in flight for this long: chat is done
+_T = TypeVar("_T")
 
 
 def add_chat_arguments(p: argparse.ArgumentParser, default_url: str) -> None:
@@ -172,59 +173,6 @@ def _sounddevice() -> Any:
         return None
 
 
-class Speaker:
-    """The agent's audio: to a WAV file, a sound card, or nowhere. `flush` drops what is
-    buffered for the card (barge-in)."""
-
-    def __init__(self, out: str, rate_hz: int) -> None:
-        self._wav: wave.Wave_write | None = None
-        self._stream: Any = None
-        self._buf = bytearray()
-        self._lock = threading.Lock()
-        self.samples = 0
-        if out:
-            self._wav = wave.open(out, "wb")  # noqa: SIM115 (closed by close())
-            self._wav.setnchannels(1)
-            self._wav.setsampwidth(2)
-            self._wav.setframerate(rate_hz)
-        elif (sd := _sounddevice()) is not None:
-            try:
-                self._stream = sd.RawOutputStream(
-                    samplerate=rate_hz, channels=1, dtype="int16", callback=self._callback
-                )
-                self._stream.start()
-            except Exception:
-                self._stream = None
-        self.kind = "file" if self._wav else "speaker" if self._stream else "none"
-
-    def _callback(self, outdata: Any, frames: int, _time: Any, _status: Any) -> None:
-        n = frames * 2
-        with self._lock:
-            chunk = bytes(self._buf[:n])
-            del self._buf[:n]
-        outdata[: len(chunk)] = chunk
-        outdata[len(chunk) :] = b"\x00" * (n - len(chunk))
-
-    def play(self, pcm: bytes) -> None:
-        self.samples += len(pcm) // 2
-        if self._wav is not None:
-            self._wav.writeframes(pcm)
-        elif self._stream is not None:
-            with self._lock:
-                self._buf += pcm
-
-    def flush(self) -> None:
-        with self._lock:
-            self._buf.clear()
-
-    def close(self) -> None:
-        if self._wav is not None:
-            self._wav.close()
-        if self._stream is not None:
-            self._stream.stop()
-            self._stream.close()
-
-
 # ---------------------------------------------------------------------- the chat
 
 
@@ -235,7 +183,7 @@ class Chat:
         self.args = args
         self.connect = connect
         self.responder = responder
-        self.speaker = Speaker(args.out, DOWNLINK_RATE_HZ)
+        self.speaker = Speaker(args.out, DOWNLINK_RATE_HZ, None if args.out else _sounddevice())
         self.mic_audio: np.ndarray | None = read_wav_16k(args.mic_file) if args.mic_file else None
         self.sd = None if (args.mic_file or args.no_mic) else _sounddevice()
         self.uplink = self.mic_audio is not None or self.sd is not None
@@ -301,6 +249,8 @@ class Chat:
                 if a.timeout > 0:
                     nursery.cancel_scope.deadline = trio.current_time() + a.timeout
                 nursery.start_soon(self._frames, session)
+                if self.speaker.kind == "speaker":
+                    nursery.start_soon(self._played, session)
                 nursery.start_soon(self._stdin, session)
                 if self.open_inputs and self.sd is None:  # every input ends: so do we
                     nursery.start_soon(self._end_when_done)
@@ -354,6 +304,29 @@ class Chat:
 
     # ------------------------------------------------------------------ downlink and events
 
+    async def _played(self, session: ClientSession) -> None:
+        """The sound card's PLAYED reports (playback.py), sent as the card's thread hands them
+        over (what the server's echo canceller aligns its reference with)."""
+        send, receive = trio.open_memory_channel[Position](64)
+        token = trio.lowlevel.current_trio_token()
+
+        def offer(positions: list[Position]) -> None:
+            for p in positions:
+                _offer(send, p)
+
+        def report(positions: list[Position]) -> None:  # (on the card's thread)
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(offer, positions)
+
+        self.speaker.report = report
+        try:
+            async for p in receive:
+                await session.send_played(
+                    p.utterance_id, p.samples, clock_us=p.clock_us, final=p.final
+                )
+        finally:
+            self.speaker.report = None
+
     def _mic_time(self, sample: int) -> float:
         return self.mic_t0 + sample / UPLINK_RATE_HZ
 
@@ -362,7 +335,7 @@ class Chat:
             now = trio.current_time()
             if isinstance(frame, fr.Audio):
                 if frame.epoch == self.epoch:
-                    self.speaker.play(frame.pcm)
+                    self.speaker.play(frame)
                 if frame.seq == 0 and frame.utterance_id in self.waiting_audio:
                     t_stop = self.waiting_audio.pop(frame.utterance_id)
                     _say(f"[latency] end of speech -> first reply audio {_ms(now - t_stop)}")
@@ -521,9 +494,9 @@ class Chat:
                 self.nursery.start_soon(self._reply, session, cmd, math.nan)
 
 
-def _offer(send: trio.MemorySendChannel[bytes], data: bytes) -> None:
-    with contextlib.suppress(trio.WouldBlock):  # 1 s behind the microphone: drop a frame
-        send.send_nowait(data)
+def _offer(send: trio.MemorySendChannel[_T], item: _T) -> None:
+    with contextlib.suppress(trio.WouldBlock):  # far behind the card: drop one
+        send.send_nowait(item)
 
 
 _DECIDED_BY = {
