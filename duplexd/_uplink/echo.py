@@ -32,12 +32,13 @@ that hands it the right far-end reference for each stretch of uplink:
   minus when that sample was sent, that is the delay from sending to playing. The reference
   is handed to AEC3 that much later, less `PLAYOUT_MARGIN_MS` (AEC3 finds the rest, up to
   about 450 ms by measurement, and cannot cancel an echo that comes before its reference).
-  A later report whose delay moved by `PLAYOUT_FOLLOW_MS` or more (the player ran dry and
-  filled its buffer again; another output device; a run that began a few ms off where the
-  last one left the player) moves the reference with it at once: the browser client reports
-  the first sample of every run it plays, so the move is known before its echo comes back.
-  A move of `PLAYOUT_NEW_PATH_MS` or more also has the presence check judge the path afresh;
-  a smaller one keeps its verdict (the echo is where it was, a few ms on).
+  A later report whose delay moved by `PLAYOUT_NEW_PATH_MS` or more (the player ran dry and
+  filled its buffer again; another output device), or by `PLAYOUT_FOLLOW_MS` on a run's first
+  frame (a run that began a few ms off where the last one left the player), moves the
+  reference with it at once: the browser client reports the first sample of every run it
+  plays, so the move is known before its echo comes back. The larger move also has the
+  presence check judge the path afresh; a smaller one keeps its verdict (the echo is where it
+  was, a few ms on).
   Without reports the presence check below finds an echo up to 600 ms late: a client whose
   round trip plus playout buffer may exceed that needs to send PLAYED.
 - Whether an echo comes back at all, and how late (`echo_found`: a GCC-PHAT of the last second
@@ -99,13 +100,17 @@ FloatArray = npt.NDArray[np.float32]
 
 AEC_LATENCY_SAMPLES: Final = 128  # AEC3's output is this late at 16 kHz (tests/test_echo.py)
 PLAYOUT_MARGIN_MS: Final = 100.0  # the reference leads the reported playout by this much
-# A reported playout delay that moved this much on the client's own clock moves the reference
-# at once (less is rounding). At 8 ms (before), a run played 2-3 ms off the last one's place
-# was left to AEC3, whose filter, aligned to a sample, leaked that run's first syllable for
-# ~150 ms: live, 2 false barge-ins in 8 runs of `python -m bench --uplink-echo-played`, both
-# gone in their replays (bench/results/aec-runs/follow/)
+# A report on the first frame of a run of sends (where the player starts the run it plays)
+# whose delay moved this much on the client's own clock moves the reference at once (less is
+# rounding). At 8 ms (before), a run played 2-3 ms off the last one's place was left to AEC3,
+# whose filter, aligned to a sample, leaked that run's first syllable for ~150 ms: live, 2
+# false barge-ins in 8 runs of `python -m bench --uplink-echo-played`, both gone in their
+# replays (bench/results/aec-runs/follow/). Within a run the player cannot move without a gap
+# (and a gap starts a run): what moves there is the clocks' drift, which AEC3 follows better
+# on its own than after a jump (a 1 ms jump mid-run leaked a false barge-in, live), so any
+# other report moves it only from `PLAYOUT_NEW_PATH_MS`.
 PLAYOUT_FOLLOW_MS: Final = 1.0
-PLAYOUT_NEW_PATH_MS: Final = 8.0  # a move this large has the presence check start afresh
+PLAYOUT_NEW_PATH_MS: Final = 8.0  # ... which also has the presence check start afresh
 ALIGN_LEAD_MS: Final = 40.0  # ... and the echo found by the presence check by this much
 _ALIGN_SLACK_MS: Final = 25.0  # a direct path found within this of that lead stays as it is
 _UNSENT_SLACK_MS: Final = 2.0  # ... unless the reference handed ran this much past the sends
@@ -142,6 +147,7 @@ class EchoCanceller:
         self._repair = _REPAIR_MS * rate_hz / 1000
         # (utterance id, seq) -> server index of the frame's first sample, for PLAYED reports
         self._sent: collections.OrderedDict[tuple[int, int], int] = collections.OrderedDict()
+        self._run_firsts: set[tuple[int, int]] = set()  # ... those that began a run of sends
         self._client_offsets = RunningMin(_PLAYED_REPORTS)
         self._playout = 0  # samples from sending to playing, less the margin (0: unknown)
         self._own: float | None = None  # the last followed report's delay on the client clock
@@ -205,7 +211,9 @@ class EchoCanceller:
             assert end is not None  # the player may have played it either way: both are tried
             if end - self._tried_at >= self._try_every:  # (placement.py)
                 self._try(end, shift)
-        if end is not None and self._rule.place(idx - end):
+        continues = end is not None and self._rule.place(idx - end)
+        if continues:
+            assert end is not None
             idx = end  # the next frame of the same paced run ...
             # (AEC3 may have been handed its samples before they were sent: as silence)
             late = min(max(0, self._handed_end - end), self._rule.contiguous)
@@ -218,8 +226,10 @@ class EchoCanceller:
             self._active_until = idx + n
         if frame is not None:
             self._sent[frame] = idx
+            if not continues:
+                self._run_firsts.add(frame)
             if len(self._sent) > _SENT_FRAMES:
-                self._sent.popitem(last=False)
+                self._run_firsts.discard(self._sent.popitem(last=False)[0])
 
     def note_uplink(self, now: float, end_sample: int) -> None:
         """An uplink frame ending at 16 kHz sample `end_sample` arrived at server time `now`."""
@@ -262,7 +272,7 @@ class EchoCanceller:
             # clock off the server's moves the reports and the echo alike (`skew.py`).
             shift = self.skew.shift(self._pos)
             moved = own - self._own + (shift - self._own_shift)
-            if abs(moved) >= self._follow:
+            if abs(moved) >= (self._follow if frame in self._run_firsts else self._new_path):
                 self._move(round(moved))
                 self._own, self._own_shift = own, shift
         return float(1000 * delay / self.rate_hz)
