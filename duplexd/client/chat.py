@@ -495,7 +495,7 @@ class Chat:
 
 
 def _offer(send: trio.MemorySendChannel[_T], item: _T) -> None:
-    with contextlib.suppress(trio.WouldBlock):  # far behind the card: drop one
+    with contextlib.suppress(trio.WouldBlock):  # (its reader far behind: drop one)
         send.send_nowait(item)
 
 
