@@ -627,6 +627,32 @@ def test_a_run_played_a_few_ms_off_is_followed_from_its_first_frame(moved_ms: fl
 
 
 @pytest.mark.unit
+def test_a_move_the_reference_could_not_follow_is_not_undone_later() -> None:
+    """A player 60 ms from sending to playing (under `PLAYOUT_MARGIN_MS`: the reference is
+    handed as sent). A report 41 ms sooner than that (live: frames the server placed after a
+    gap, which the player had played on) cannot move the reference sooner than sent. The next
+    run's report, back at 60 ms, then moved it 41 ms later than sent (it was measured from the
+    report before), and the echo came before its reference: live, a false barge-in 260 ms
+    later (`bench/results/aec-runs/clamped/`). Measured from where the reference is, it moves
+    nothing."""
+
+    def played(ec: EchoCanceller, j: int, delay_s: float) -> None:
+        ec.note_played(j * 0.020 + 0.1, (1, j), 0, round((j * 0.020 + delay_s) * 1e6))
+
+    ec = EchoCanceller(t0=0.0)
+    frame = np.full(320, 0.1, dtype=np.float32)
+    for j in range(90):  # three runs of sends, 30 frames each, 300 ms apart
+        ec.add_reference(j * 0.020 + 0.3 * (j // 30), frame, (1, j))
+    played(ec, 0, 0.060)
+    played(ec, 30, 0.3 + 0.060 - 0.041)
+    assert (ec.playout_ms, ec.playout_moves) == (0.0, 0)
+    played(ec, 60, 0.6 + 0.060)
+    assert (ec.playout_ms, ec.playout_moves) == (0.0, 0)
+    played(ec, 75, 0.6 + 0.060 + 0.050)  # (a move it can follow, it does: the player refilled)
+    assert ec.playout_ms == pytest.approx(50.0)
+
+
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("delay", "unsent", "align"),
     [(592, 640, 592 - 160), (640, 100, 100 + 160), (1600, 640, 1600 - 640)],

@@ -38,7 +38,8 @@ that hands it the right far-end reference for each stretch of uplink:
   reference with it at once: the browser client reports the first sample of every run it
   plays, so the move is known before its echo comes back. The larger move also has the
   presence check judge the path afresh; a smaller one keeps its verdict (the echo is where it
-  was, a few ms on).
+  was, a few ms on). The reference is never handed sooner than sent: the next report is
+  measured from where it is, not from where a report it could not follow asked it to be.
   Without reports the presence check below finds an echo up to 600 ms late: a client whose
   round trip plus playout buffer may exceed that needs to send PLAYED.
 - Whether an echo comes back at all, and how late (`echo_found`: a GCC-PHAT of the last second
@@ -273,8 +274,10 @@ class EchoCanceller:
             shift = self.skew.shift(self._pos)
             moved = own - self._own + (shift - self._own_shift)
             if abs(moved) >= (self._follow if frame in self._run_firsts else self._new_path):
-                self._move(round(moved))
-                self._own, self._own_shift = own, shift
+                # (what the reference could not follow, it has not: the next report is
+                # measured from where it is, not from where this one asked it to be)
+                missed = round(moved) - self._move(round(moved))
+                self._own, self._own_shift = own - missed, shift
         return float(1000 * delay / self.rate_hz)
 
     def _try(self, boundary: int, shift: int) -> None:
@@ -311,17 +314,23 @@ class EchoCanceller:
         self._aec = fork.aec
         self.placements_moved += 1
 
-    def _move(self, samples: int) -> None:
-        """Hand the reference on `samples` later from now on (earlier if negative)."""
-        playout = self._playout + samples
+    def _move(self, samples: int) -> int:
+        """Hand the reference on `samples` later from now on (earlier if negative); returns how
+        far it moved: less where it cannot go (sooner than sent, past the reference's history)."""
+        playout, align = self._playout + samples, self._align
         if playout < 0:  # (sooner than the reports said at first: what was aligned goes first)
-            self._align = max(0, self._align + playout)
-        self._playout = min(max(0, playout), self._max_playout)
+            align = max(0, align + playout)
+        playout = min(max(0, playout), self._max_playout)
+        moved = playout + align - (self._playout + self._align)
+        if not moved:
+            return 0
+        self._playout, self._align = playout, align
         self._handed_end = -(1 << 62)  # (what was handed is on the old mapping)
-        if abs(samples) >= self._new_path:  # (the presence check judges the new path afresh)
+        if abs(moved) >= self._new_path:  # (the presence check judges the new path afresh)
             self.presence.restart()
         self.playout_moves += 1
         self._fork = None
+        return moved
 
     @property
     def playout_ms(self) -> float:
