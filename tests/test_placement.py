@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from duplexd._uplink.placement import Placement
+from duplexd._uplink.placement import SOONER_MS, Placement, RunRule
 from duplexd._uplink.ring import SampleRing
 
 RATE = 16_000
@@ -66,3 +66,20 @@ def test_the_reference_ring_moves_a_run_either_way() -> None:
     assert ring.move(35, 45, -5) == 40
     assert list(ring.read(25, 20, 45)) == [*range(26, 41), *[0.0] * 5]
     assert list(ring.read(-30, 4, 40)) == [0.0] * 4  # (before what the ring holds: silence)
+
+
+def test_a_new_run_of_a_client_without_reports_is_also_tried_sooner() -> None:
+    """Where else the player may have played a frame (boundary from the run's end, shift): a
+    frame 60 ms late within its run, after a gap (tried whether or not the client reports);
+    a new run 210 ms after the last one's end, `SOONER_MS` sooner, only for a client that
+    does not report PLAYED (one that does says where each run played); one 20 ms after it,
+    never before that end; a frame on time, nowhere else."""
+    ms = RATE // 1000
+    sooner = round(SOONER_MS * ms)
+    rule = RunRule(RATE, 40.0)
+    assert rule.other(60 * ms, reported=True) == (0, -60 * ms)  # (on, where the rule put a gap)
+    assert rule.other(210 * ms, reported=True) is None
+    assert rule.other(210 * ms, reported=False) == (210 * ms - sooner, -sooner)
+    assert rule.other(0, reported=False) is None
+    rule = RunRule(RATE, 10.0)  # (a player whose buffer is 10 ms: 20 ms late is a new run)
+    assert rule.other(20 * ms, reported=False) == (0, -20 * ms)

@@ -41,7 +41,9 @@ that hands it the right far-end reference for each stretch of uplink:
   was, a few ms on). The reference is never handed sooner than sent: the next report is
   measured from where it is, not from where a report it could not follow asked it to be.
   Without reports the presence check below finds an echo up to 600 ms late: a client whose
-  round trip plus playout buffer may exceed that needs to send PLAYED.
+  round trip plus playout buffer may exceed that needs to send PLAYED. Nor does the server
+  know where such a client's player started a new run (after a gap): each one is also tried
+  placed up to 30 ms sooner (placement.py).
 - Whether an echo comes back at all, and how late (`echo_found`: a GCC-PHAT of the last second
   of uplink against the reference, every 100 ms; what its scores mean: presence.py): with
   headphones nothing does, and AEC3 then only ducks the user under the agent's voice; so AEC3
@@ -203,15 +205,14 @@ class EchoCanceller:
         if not n:
             return
         idx = round((now - self._t0) * self.rate_hz)
-        fork, end = self._fork, self._ref_end
-        if fork is not None and end is not None and self._rule.unsure(idx - end) is not None:
-            self._settle(fork, last=True)  # (one at a time: the last one's verdict first)
-            end = self._ref_end
-        shift = None if end is None else self._rule.unsure(idx - end)
-        if shift is not None and self._running and self.echo_found:
-            assert end is not None  # the player may have played it either way: both are tried
-            if end - self._tried_at >= self._try_every:  # (placement.py)
-                self._try(end, shift)
+        end, other = self._ref_end, self._other(idx)
+        if other is not None and self._fork is not None:
+            self._settle(self._fork, last=True)  # (one at a time: the last one's verdict first)
+            end, other = self._ref_end, self._other(idx)
+        due = other is not None and other[0] - self._tried_at >= self._try_every
+        if due and self._running and self.echo_found:  # (placement.py)
+            assert other is not None  # the player may have played it either way: both are tried
+            self._try(*other)
         continues = end is not None and self._rule.place(idx - end)
         if continues:
             assert end is not None
@@ -231,6 +232,14 @@ class EchoCanceller:
                 self._run_firsts.add(frame)
             if len(self._sent) > _SENT_FRAMES:
                 self._run_firsts.discard(self._sent.popitem(last=False)[0])
+
+    def _other(self, idx: int) -> tuple[int, int] | None:
+        """Where else the player may have played a frame sent at `idx`: (boundary, shift)."""
+        end = self._ref_end
+        if end is None:
+            return None
+        got = self._rule.other(idx - end, reported=self._own is not None)
+        return None if got is None else (end + got[0], got[1])
 
     def note_uplink(self, now: float, end_sample: int) -> None:
         """An uplink frame ending at 16 kHz sample `end_sample` arrived at server time `now`."""

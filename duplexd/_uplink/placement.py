@@ -12,6 +12,9 @@ seconds, not milliseconds (measured, `tests/test_echo.py`: 2.5 dB taken out over
 after a 60 ms stall that a 60 ms player played on and the reference put after a gap, 0-12 dB
 in each 100 ms of it, against 28.7 with both placements tried; the other way round, a 40 ms
 stall a 30 ms player played after a gap, 24.9 against 30.8, under 5 dB in two of its 100 ms).
+A client that does not report PLAYED leaves the server one more guess: a new run (after a gap)
+starts a buffer after its first frame reached the client, which may have been sooner than the
+run before's first did; then its echo comes before where AEC3's filter expects it (`SOONER_MS`).
 
 So `Placement`: from the frame's place on (`boundary`), two more AEC3s run, one per placement,
 both brought up alike on the last second of uplink (the reference before the boundary is the
@@ -41,6 +44,14 @@ FloatArray = npt.NDArray[np.float32]
 # A frame this late (cumulatively, within its run) may have been played either way ...
 UNSURE_FROM_MS: Final = 25.0  # (one pacer tick late plays on in any buffer of 40 ms or more)
 UNSURE_TO_MS: Final = 120.0  # (any player's buffer, 20-80 ms, and the client's loop 40 ms late)
+# A new run (after a gap) of a client that does not report PLAYED may have been played up to this
+# much sooner than the run before it, against its sends: its player starts each run a buffer
+# after the run's first frame arrives, and that frame came sooner (the network's jitter, the
+# client's loop). An echo up to ~30 ms later than the one before it AEC3's filter takes; one
+# that comes sooner falls before it, and AEC3 let it through for seconds (`bench.aec_runs`:
+# runs played 10-30 ms sooner, false triggers in 7-8 of 8 scenarios). So that run is also tried
+# placed this much sooner: an echo 0-30 ms sooner than expected is then 0-30 ms later than that.
+SOONER_MS: Final = 30.0
 DECIDE_MS: Final = 300.0  # ... until this much reference with sound past it was handed on
 # ... and tried at most once in this much reference (its AEC3s brought up cost the uplink's
 # thread ~24 ms; a client that reads its frames late on purpose must not make it run on)
@@ -72,6 +83,7 @@ class RunRule:
             round(UNSURE_TO_MS * rate_hz / 1000),
         )
         self._tick = rate_hz // 100  # (a frame later than the last by less: the send's jitter)
+        self._sooner = round(SOONER_MS * rate_hz / 1000)
 
     def unsure(self, late: int) -> int | None:
         """The other placement's shift if the player may have played it either way (a frame
@@ -79,6 +91,20 @@ class RunRule:
         if not (self._unsure[0] < late <= self._unsure[1] and late > self._run_late + self._tick):
             return None
         return late if late <= self._allowed else -late
+
+    def other(self, late: int, *, reported: bool) -> tuple[int, int] | None:
+        """Where else the player may have played a frame sent `late` samples after the run's
+        end: (the boundary, from the run's end; the shift from there), or None. A frame late
+        within its run: after a gap, or on where the rule put one (`unsure`); a new run of a
+        client that does not report PLAYED (`reported`): up to `SOONER_MS` sooner, never
+        before the run's end."""
+        shift = self.unsure(late)
+        if shift is not None:
+            return 0, shift
+        if reported or late <= self._allowed:
+            return None
+        shift = -min(self._sooner, late)
+        return late + shift, shift
 
     def place(self, late: int) -> bool:
         """Whether the frame continues the run (else: a new run, where it was sent)."""
@@ -99,7 +125,7 @@ class RunRule:
 class Placement:
     """The other placement of the reference from `boundary` on: `shift` samples later than
     the reference has it there (silence first), or earlier if negative (the frame continued
-    the run in the player, not after a gap)."""
+    the run in the player, not after a gap; or a new run the player started sooner)."""
 
     def __init__(self, rate_hz: int, boundary: int, shift: int) -> None:
         self.boundary = boundary
