@@ -70,10 +70,11 @@ def test_the_reference_ring_moves_a_run_either_way() -> None:
 
 def test_a_new_run_of_a_client_without_reports_is_also_tried_sooner() -> None:
     """Where else the player may have played a frame (boundary from the run's end, shift): a
-    frame 60 ms late within its run, after a gap (tried whether or not the client reports);
-    a new run 210 ms after the last one's end, `SOONER_MS` sooner, only for a client that
-    does not report PLAYED (one that does says where each run played); one 20 ms after it,
-    never before that end; a frame on time, nowhere else."""
+    frame 60 ms late, which the rule puts after a gap: played on (tried whether or not the
+    client reports); a new run 210 ms after the last one's end: `SOONER_MS` sooner, only for a
+    client that does not report PLAYED (one that does says where each run played); a new run
+    20 ms after the last one's end (a 10 ms buffer): 20 ms sooner, never before that end; a
+    frame on time: nowhere else."""
     ms = RATE // 1000
     sooner = round(SOONER_MS * ms)
     rule = RunRule(RATE, 40.0)

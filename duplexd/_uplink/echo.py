@@ -209,9 +209,12 @@ class EchoCanceller:
         if other is not None and self._fork is not None:
             self._settle(self._fork, last=True)  # (one at a time: the last one's verdict first)
             end, other = self._ref_end, self._other(idx)
-        due = other is not None and other[0] - self._tried_at >= self._try_every
-        if due and self._running and self.echo_found:  # (placement.py)
-            assert other is not None  # the player may have played it either way: both are tried
+        if (  # the player may have played it either way: both are tried (placement.py)
+            other is not None
+            and self._running
+            and self.echo_found
+            and other[0] - self._tried_at >= self._try_every
+        ):
             self._try(*other)
         continues = end is not None and self._rule.place(idx - end)
         if continues:
