@@ -33,8 +33,8 @@ that hands it the right far-end reference for each stretch of uplink:
   is handed to AEC3 that much later, less `PLAYOUT_MARGIN_MS` (AEC3 finds the rest, up to
   about 450 ms by measurement, and cannot cancel an echo that comes before its reference).
   A later report whose delay moved by `PLAYOUT_NEW_PATH_MS` or more (the player ran dry and
-  filled its buffer again; another output device), or by `PLAYOUT_FOLLOW_MS` on a run's first
-  frame (a run that began a few ms off where the last one left the player), moves the
+  filled its buffer again; another output device), or on a run's first frame by a quarter of
+  a ms or more (a run that began off where the last one left the player: follow.py), moves the
   reference with it at once: the browser client reports the first sample of every run it
   plays, so the move is known before its echo comes back. The larger move also has the
   presence check judge the path afresh; a smaller one keeps its verdict (the echo is where it
@@ -89,6 +89,7 @@ import numpy as np
 import numpy.typing as npt
 import pywebrtc_audio
 
+from .follow import FollowRule
 from .late import LateEcho
 from .nearend import NearEndOnset
 from .phat import peak_lag
@@ -103,21 +104,13 @@ FloatArray = npt.NDArray[np.float32]
 
 AEC_LATENCY_SAMPLES: Final = 128  # AEC3's output is this late at 16 kHz (tests/test_echo.py)
 PLAYOUT_MARGIN_MS: Final = 100.0  # the reference leads the reported playout by this much
-# A report on the first frame of a run of sends (where the player starts the run it plays)
-# whose delay moved this much on the client's own clock moves the reference at once (less is
-# rounding). At 8 ms (before), a run played 2-3 ms off the last one's place was left to AEC3,
-# whose filter, aligned to a sample, leaked that run's first syllable for ~150 ms: live, 2
-# false barge-ins in 8 runs of `python -m bench --uplink-echo-played`, both gone in their
-# replays (bench/results/aec-runs/follow/). Within a run the player cannot move without a gap
-# (and a gap starts a run): what moves there is the clocks' drift, which AEC3 follows better
-# on its own than after a jump (a 1 ms jump mid-run leaked a false barge-in, live), so any
-# other report moves it only from `PLAYOUT_NEW_PATH_MS`.
-PLAYOUT_FOLLOW_MS: Final = 1.0
-PLAYOUT_NEW_PATH_MS: Final = 8.0  # ... which also has the presence check start afresh
 ALIGN_LEAD_MS: Final = 40.0  # ... and the echo found by the presence check by this much
 _ALIGN_SLACK_MS: Final = 25.0  # a direct path found within this of that lead stays as it is
 _UNSENT_SLACK_MS: Final = 2.0  # ... unless the reference handed ran this much past the sends
 _LEAST_LEAD_MS: Final = 10.0  # ... and then no further than this before the echo
+# A report whose delay moved this much on the client's own clock moves the reference (one on a
+# run's first frame, from less: follow.py); it also has the presence check start afresh
+PLAYOUT_NEW_PATH_MS: Final = 8.0
 IDLE_S: Final = 1.5  # no echo possible this long after the last audio sent (delay + reverb)
 _CONVERGING_S: Final = 0.6  # an AEC3 that has seen less uplink than this may still leak echo
 _REPAIR_MS: Final = 100.0  # the uplink this much later than paired: pair it anew
@@ -156,7 +149,7 @@ class EchoCanceller:
         self._own: float | None = None  # the last followed report's delay on the client clock
         self._own_shift = 0.0  # ... and the slide followed (`skew.shift`) when it came
         self._max_playout = self._cap // 2  # (the reference must still hold what is handed on)
-        self._follow = round(PLAYOUT_FOLLOW_MS * rate_hz / 1000)
+        self._follow = FollowRule(rate_hz)  # (from how much a run's first report moves it)
         self._new_path = round(PLAYOUT_NEW_PATH_MS * rate_hz / 1000)
         self.playout_moves = 0  # times the reports moved the reference after the first
         self._fork: Placement | None = None  # a late frame's other placement, tried too
@@ -271,21 +264,22 @@ class EchoCanceller:
         # player's, not those of the clock mapping's estimate (which settles as quicker reports
         # come in and moves as they slide out, while the player stays where it was)
         own = clock_us * self.rate_hz / 1e6 - (sent + offset)
+        shift, first = self.skew.shift(self._pos), frame in self._run_firsts
+        if not final:  # (its count may be capped at what was sent, its clock not)
+            self._follow.add(own + shift, run_first=first)
         if self._own is None:  # the first report: the echo found so far stays where it was
             margin = PLAYOUT_MARGIN_MS * self.rate_hz / 1000
             playout = min(max(0, round(delay - margin)), self._max_playout)
             self._align = max(0, self._align - playout)  # found (the report explains that much)
-            self._playout, self._own = playout, own
-            self._own_shift = self.skew.shift(self._pos)
+            self._playout, self._own, self._own_shift = playout, own, shift
         elif not final:
             # the player moved (it refilled its buffer after running dry; another device): the
             # echo moved with it, and so does the reference (AEC3's filter still fits the room).
-            # (Not on a final report: its count may be capped at what was sent, its clock not.)
-            # What the echo's slide moved the reference by since is not moved twice: a client
-            # clock off the server's moves the reports and the echo alike (`skew.py`).
-            shift = self.skew.shift(self._pos)
+            # (Not on a final report.) What the echo's slide moved the reference by since is
+            # not moved twice: a client clock off the server's moves the reports and the echo
+            # alike (`skew.py`).
             moved = own - self._own + (shift - self._own_shift)
-            if abs(moved) >= (self._follow if frame in self._run_firsts else self._new_path):
+            if abs(moved) >= (self._follow.threshold if first else self._new_path):
                 # (what the reference could not follow, it has not: the next report is
                 # measured from where it is, not from where this one asked it to be)
                 missed = round(moved) - self._move(round(moved))
