@@ -130,7 +130,12 @@ class Speaker:
     what it gives only after the microphone has passed its place is lost). Resampled by
     soxr and written where its blocks came out, as before, each utterance played 6-37 ms late
     at random (the end of the one before, held back, went first), and the echo path jumped
-    at every utterance's start, as no real player's does."""
+    at every utterance's start, as no real player's does. Each run is resampled as a stream of
+    its own: the `Decimator`'s last milliseconds of the run before play at that run's end (or
+    never: a flush drops them with the queue), not at the next run's start. (Carried over,
+    after an interruption had cut a run in a loud syllable, they played as a click of up to
+    -26 dBFS just before the next utterance, which no player plays and the server's reference
+    does not have: a false barge-in, live, seed 58 of `bench/results/aec-runs/follow2/`.)"""
 
     def __init__(
         self,
@@ -153,6 +158,7 @@ class Speaker:
             if downlink_rate_hz % RATE == 0
             else SentAudio(downlink_rate_hz, RATE)
         )
+        self._holds = False  # the decimator holds the tail of a run played (`_end_run`)
         # `reports`: PLAYED to send once a sample has played, as the browser client does (each
         # run's first sample, and every `REPORT_EVERY_S` of a run): (where it plays, utterance
         # id, samples of the utterance through it)
@@ -172,10 +178,14 @@ class Speaker:
             uid, seq = utterance
             self.reports.append((pos, uid, seq * len(x) + 1))  # (its first sample: played)
             self._report_at = pos + round(REPORT_EVERY_S * RATE)
-        self.cursor = pos + len(x) * RATE // self._rate
+        previous, self.cursor = self.cursor, pos + len(x) * RATE // self._rate
         r = self._resampler
         if isinstance(r, Decimator):
+            if pos != previous and self._holds:  # a new run: the last one's tail at its end
+                self._end_run(previous)
+                r = self._resampler
             self._write(pos - r.delay, r.process(x))  # (its delay taken back: exactly in turn)
+            self._holds = True
             return
         for at, y, _ in r.add(pos / RATE, x, (0, 0)):
             self._write(round(at * RATE), y)
@@ -197,8 +207,19 @@ class Speaker:
             while self.reports and self.reports[-1][0] >= pos:
                 self.reports.pop()
         self.cursor = pos
-        if isinstance(self._resampler, SentAudio):  # (what soxr held back is dropped too)
+        # (what a resampler held back is dropped too: the next run starts afresh)
+        if isinstance(self._resampler, SentAudio):
             self._resampler = SentAudio(self._rate, RATE)
+        else:
+            self._resampler, self._holds = Decimator(self._rate // RATE), False
+
+    def _end_run(self, end: int) -> None:
+        """The run that ended at sample `end` is over: what the decimator still holds of it
+        plays there (its filter's tail), and the next run is resampled afresh."""
+        r = self._resampler
+        assert isinstance(r, Decimator)
+        self._write(end - r.delay, r.process(np.zeros(2 * r.delay * r.factor, dtype=np.float32)))
+        self._resampler, self._holds = Decimator(r.factor), False
 
     def _write(self, pos: int, y: F32) -> None:
         if pos < self.read_to:  # the microphone has passed it: too late to be heard

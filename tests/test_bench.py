@@ -401,6 +401,33 @@ def test_the_echoing_player_plays_each_utterance_where_its_turn_is() -> None:
             assert int(np.argmax(np.abs(heard[at - 100 : at + 100]))) == 100
 
 
+@pytest.mark.parametrize("flushed", [True, False])
+def test_the_speakers_next_run_starts_clean_after_a_run_cut_loud(flushed: bool) -> None:
+    """A run cut in a loud syllable (an interruption's flush, or a gap with nothing sent),
+    then a silent run: what the decimator still held of the first plays at its end or, flushed,
+    never; the next run starts as silent as it is. (Carried over, it played as a click of
+    -26 dBFS just before the next utterance, which the server's reference has at the run's
+    end: a false barge-in, live.)"""
+    import numpy as np
+
+    from bench.uplink import Speaker
+
+    spk = Speaker(0.0, 48_000, 0.040)
+    loud = (0.5 * np.sin(np.arange(960) * 2 * np.pi * 440 / 48_000) * 32767).astype(np.int16)
+    for k in range(5):  # played from 0.14 s to 0.24 s
+        spk.play(loud.tobytes(), 0.1 + k * 0.020, (1, k))
+    if flushed:
+        spk.flush(0.2)  # (the last two frames never play)
+    for k in range(5):  # the next utterance, silent, played from 0.54 s
+        spk.play(np.zeros(960, dtype=np.int16).tobytes(), 0.5 + k * 0.020, (2, k))
+    heard = spk.read(0, 16_000)
+    end = round((0.2 if flushed else 0.24) * 16_000)
+    assert np.max(np.abs(heard[end + 40 :])) == 0.0  # (the next run: not a click)
+    assert np.max(np.abs(heard[end - 320 : end - 20])) > 0.3  # (the loud run: played)
+    assert np.max(np.abs(heard[end - 10 : end])) > 0.05  # (its last samples: at its end)
+    assert np.max(np.abs(heard[end:])) == 0.0 or not flushed  # (flushed: nothing after)
+
+
 def test_the_speaker_reports_played_as_the_browser_client_does() -> None:
     """`--uplink-echo-played`: the first sample of each run the player starts (after its queue
     ran dry, or a flush) and of a frame every 200 ms within a run, once it has played: the
