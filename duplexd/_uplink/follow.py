@@ -15,9 +15,10 @@ run the player cannot move without a gap (and a gap starts a run), so the steps 
 consecutive reports of a run (after the echo's slide, `skew.py`) are that scatter, plus the
 odd real move. A run's first report is followed from `SCATTER_TIMES` their median over the
 last `SCATTER_REPORTS` steps, but never from less than `FOLLOW_LEAST_MS` nor more than
-`FOLLOW_MOST_MS`; from the most until `SCATTER_LEAST` steps are known. The bench's player and
-the browser client, which time their reports on the audio clock, scatter by ~0.004 ms
-(median) and are followed from the least; a sound card's monotonic clock, from the most.
+`FOLLOW_MOST_MS`; from the most until `SCATTER_LEAST` steps are known (a session's first
+reply gives them: a report every 200 ms). The bench's player and the browser client, which
+time their reports on the audio clock, scatter by ~0.004 ms (median) and are followed from the
+least; a sound card's monotonic clock, from the most.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ FOLLOW_LEAST_MS: Final = 0.25
 FOLLOW_MOST_MS: Final = 1.0
 SCATTER_TIMES: Final = 4.0
 SCATTER_REPORTS: Final = 32
-SCATTER_LEAST: Final = 8
+SCATTER_LEAST: Final = 3
 
 
 class FollowRule:
