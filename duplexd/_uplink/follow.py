@@ -5,7 +5,7 @@ its buffer and its clock put it: a fraction of a millisecond or a few off where 
 left it. The run's first report says where (echo.py, `note_played`), and the reference moves
 with it at once: AEC3's filter is aligned to a sample, and a run played 0.94 ms off the
 reference leaked its first syllable ~250 ms in (a false barge-in, live, `python -m bench
---uplink-echo-played`; bench/results/README.md, "A run's first report followed to a quarter
+--uplink-echo-played`; bench/results/README.md, "A run's first report followed from a quarter
 of a millisecond"). At 8 ms (earlier), runs 2-3 ms off leaked too.
 
 What must not move it is the reports' own scatter: a client that reads its clock when its
