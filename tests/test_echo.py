@@ -442,23 +442,40 @@ def test_late_frames_are_tried_at_most_once_a_second() -> None:
     assert ec.placements_tried == 2
 
 
-def run_after_a_gap(shift_s: float) -> tuple[EchoCanceller, np.ndarray, np.ndarray, int]:
+def run_after_a_gap(
+    shift_s: float, *, reports: bool = False, scatter_s: float = 0.0
+) -> tuple[EchoCanceller, np.ndarray, np.ndarray, int]:
     """The agent's voice in the rt60-300 room, its sends 210 ms late from a syllable's onset on
-    (frame 130: the pacer skipped ticks), and the run after the gap played `shift_s` later
-    (negative: sooner) than its sends say, by a player that does not report PLAYED (its first
-    frame reached the client sooner or later than the run before's): (the canceller, the
-    echo, what it left of it, the run's first sample played)."""
+    (frame 130: the pacer skipped ticks), played 43 ms after sending, and the run after the
+    gap `shift_s` later still (negative: sooner; its first frame reached the client sooner or
+    later than the run before's). `reports`: the player reports PLAYED, the first sample of
+    every 5th frame and of the run's first, on its own clock, each off by up to `scatter_s`
+    (uniform, seeded); else none. (The canceller, the echo, what it left of it, the run's
+    first sample played.)"""
     ref = agent_voice()
     n, at = len(ref) // FRAME, 130
     sent = [i * 0.020 + (0.210 if i >= at else 0.0) for i in range(n)]
+    plays = [sent[i] + 0.043 + (shift_s if i >= at else 0.0) for i in range(n)]
     total = len(ref) + 2 * RATE
     played = np.zeros(total, dtype=np.float32)
     for i in range(n):
-        k = round((sent[i] + 0.043 + (shift_s if i >= at else 0.0)) * RATE)
+        k = round(plays[i] * RATE)
         played[k : k + FRAME] = ref[i * FRAME : (i + 1) * FRAME]
     echo = ROOMS_BY_NAME["rt60-300"].echo(played, total)
-    ec, out = run(ref, echo + noise(total, QUIET), sent=sent)
-    return ec, echo, out, round((sent[at] + 0.043 + shift_s) * RATE)
+    scatter = np.random.default_rng(5).uniform(-scatter_s, scatter_s, n)
+    frames = itertools.count()
+    unplayed = [0]  # the first frame not played yet
+
+    def report(ec: EchoCanceller) -> None:
+        now = next(frames) * 0.020
+        while (j := unplayed[0]) < n and plays[j] + 0.005 <= now:
+            if j % 5 == 0 or j == at:
+                ec.note_played(now, (1, j), 0, round((plays[j] + scatter[j]) * 1e6))
+            unplayed[0] += 1
+
+    uplink = echo + noise(total, QUIET)
+    ec, out = run(ref, uplink, sent=sent, each_frame=report if reports else None)
+    return ec, echo, out, round(plays[at] * RATE)
 
 
 @pytest.mark.parametrize("shift_s", [-0.030, -0.020, -0.010, 0.0, 0.020])
@@ -661,39 +678,6 @@ def test_a_run_played_a_few_ms_off_is_followed_from_its_first_frame(moved_ms: fl
         assert ec.presence.heard == 12_345
 
 
-def run_reported(
-    off_s: float, scatter_s: float = 0.0
-) -> tuple[EchoCanceller, np.ndarray, np.ndarray, int]:
-    """The agent's voice in the rt60-300 room, its sends 210 ms late from frame 130 on (a new
-    run), played 43 ms after sending and the new run `off_s` later still; the player reports
-    the first sample of every 5th frame and of the run's first, on its own clock, each off by
-    up to `scatter_s` (uniform, seeded): (the canceller, the echo, what it left of it, the
-    run's first sample played)."""
-    ref = agent_voice()
-    n, at = len(ref) // FRAME, 130
-    sent = [i * 0.020 + (0.210 if i >= at else 0.0) for i in range(n)]
-    plays = [sent[i] + 0.043 + (off_s if i >= at else 0.0) for i in range(n)]
-    total = len(ref) + 2 * RATE
-    played = np.zeros(total, dtype=np.float32)
-    for i in range(n):
-        k = round(plays[i] * RATE)
-        played[k : k + FRAME] = ref[i * FRAME : (i + 1) * FRAME]
-    echo = ROOMS_BY_NAME["rt60-300"].echo(played, total)
-    scatter = np.random.default_rng(5).uniform(-scatter_s, scatter_s, n)
-    frames = itertools.count()
-    unplayed = [0]  # the first frame not played yet
-
-    def report(ec: EchoCanceller) -> None:
-        now = next(frames) * 0.020
-        while (j := unplayed[0]) < n and plays[j] + 0.005 <= now:
-            if j % 5 == 0 or j == at:
-                ec.note_played(now, (1, j), 0, round((plays[j] + scatter[j]) * 1e6))
-            unplayed[0] += 1
-
-    ec, out = run(ref, echo + noise(total, QUIET), sent=sent, each_frame=report)
-    return ec, echo, out, round(plays[at] * RATE)
-
-
 @pytest.mark.parametrize("off_ms", [0.94, -0.94])
 def test_a_run_played_under_a_ms_off_is_followed_when_the_reports_are_exact(
     off_ms: float,
@@ -706,7 +690,7 @@ def test_a_run_played_under_a_ms_off_is_followed_when_the_reports_are_exact(
     audio clock) is followed from a quarter of a ms (follow.py). Here the run's first 300 ms
     are cancelled as the runs before: 21.3 dB later and 13.4 sooner when not followed, 29.4
     and 29.5 now."""
-    ec, echo, out, start = run_reported(off_ms / 1000)
+    ec, echo, out, start = run_after_a_gap(off_ms / 1000, reports=True)
     assert ec.playout_moves == 1
     assert erle(echo, out, slice(start, start + 3 * RATE // 10)) >= 27.0
 
@@ -715,7 +699,7 @@ def test_reports_that_scatter_move_the_reference_only_from_a_ms() -> None:
     """A client that reads its clock when its sound card's callback runs reports each sample
     up to a millisecond off: the same 0.94 ms run is left to AEC3, as before, rather than the
     reference following a report's scatter at every run."""
-    ec, *_ = run_reported(0.00094, scatter_s=0.001)
+    ec, *_ = run_after_a_gap(0.00094, reports=True, scatter_s=0.001)
     assert ec.playout_moves == 0
     assert ec._follow.threshold == FOLLOW_MOST_MS * RATE / 1000
 
