@@ -32,14 +32,17 @@ that hands it the right far-end reference for each stretch of uplink:
   minus when that sample was sent, that is the delay from sending to playing. The reference
   is handed to AEC3 that much later, less `PLAYOUT_MARGIN_MS` (AEC3 finds the rest, up to
   about 450 ms by measurement, and cannot cancel an echo that comes before its reference).
-  A later report whose delay moved by `PLAYOUT_NEW_PATH_MS` or more (the player ran dry and
-  filled its buffer again; another output device), or on a run's first frame by a quarter of
-  a ms or more (a run that began off where the last one left the player: follow.py), moves the
-  reference with it at once: the browser client reports the first sample of every run it
-  plays, so the move is known before its echo comes back. The larger move also has the
-  presence check judge the path afresh; a smaller one keeps its verdict (the echo is where it
-  was, a few ms on). The reference is never handed sooner than sent: the next report is
-  measured from where it is, not from where a report it could not follow asked it to be.
+  A later report whose delay moved by `PLAYOUT_NEW_PATH_MS` or more (another output device),
+  or on a run's first frame by a quarter of a ms or more (a run that began off where the last
+  one left the player: follow.py), moves the reference with it at once: the browser client
+  reports the first sample of every run it plays, so the move is known before its echo comes
+  back. One within a run of sends that played that much later (the player ran dry before it:
+  sent at the edge of its buffer, the frame came a little later than that) moves only that
+  run from the frame on, and the runs after it the player played on from it (`_move_run`).
+  The larger moves also have the presence check judge the path afresh; a smaller one keeps
+  its verdict (the echo is where it was, a few ms on). The reference is never handed sooner
+  than sent: the next report is measured from where it is, not from where a report it could
+  not follow asked it to be.
   Without reports the presence check below finds an echo up to 600 ms late: a client whose
   round trip plus playout buffer may exceed that needs to send PLAYED. Nor does the server
   know where such a client's player started a new run (after a gap): each one is also tried
@@ -282,6 +285,9 @@ class EchoCanceller:
             # alike (`skew.py`).
             moved = own - self._own + (shift - self._own_shift)
             if abs(moved) >= (self._follow.threshold if first else self._new_path):
+                if not first and moved > 0:  # (the player ran dry within a run: that run)
+                    self._move_run(sent, round(moved))
+                    return float(1000 * delay / self.rate_hz)
                 # (what the reference could not follow, it has not: the next report is
                 # measured from where it is, not from where this one asked it to be)
                 missed = round(moved) - self._move(round(moved))
@@ -321,6 +327,45 @@ class EchoCanceller:
                     self._sent[frame] = at + s
         self._aec = fork.aec
         self.placements_moved += 1
+
+    def _move_run(self, at: int, shift: int) -> None:
+        """The player played the frame placed at `at` `shift` samples later than the reference
+        has it (its queue ran dry before it): that frame and the rest of its run move, and the
+        runs after it with them where the player played the next one on from it (sent within
+        its buffer of where the moved run now ends), as the rule places a frame.
+
+        Live, such a frame was sent 39.8 ms late: the rule played it on, but it reached the
+        bench's player a little later than that, after its queue ran dry; the next frame, sent
+        41 ms late, began a new run in the reference, where the player played it on from the
+        late one. The whole reference moved 42 ms later at the report on the late frame, and
+        back at the next report; and had it moved only that frame, the next run would still
+        have been 0.7 ms off, and AEC3's filter, aligned to a sample, leaked its onset
+        (false barge-ins: four of the eight left in the replayed sessions; test_dry_player.py)."""
+        end = self._ref_end
+        assert end is not None
+        firsts = (i for f, i in self._sent.items() if i > at and f in self._run_firsts)
+        nxt = min(firsts, default=end)  # (where the next run of sends begins)
+        held = self._ring.read(at, nxt - at, end)
+        sounding = np.flatnonzero(held)
+        moved_end = at + shift + (int(sounding[-1]) + 1 if len(sounding) else 0)
+        later = 0  # (how much the runs after it move)
+        if nxt < end and nxt - moved_end <= self._rule.contiguous:
+            later = moved_end - nxt
+            self._ref_end = self._ring.move(nxt, end, later)
+        if nxt == end:
+            self._ref_end = self._ring.move(at, end, shift)
+            self._rule.played(shift)
+        else:
+            self._ring.write(at, np.zeros(min(shift, nxt - at), dtype=np.float32))
+            self._ring.write(at + shift, held[: moved_end - at - shift])
+        if self._active_until > at:
+            self._active_until += shift if self._active_until <= nxt else later
+        for frame, i in self._sent.items():
+            if at <= i:
+                self._sent[frame] = i + (shift if i < nxt else later)
+        self._fork = None
+        self.presence.restart()  # (the path moved: judged afresh, as after `_move`)
+        self.playout_moves += 1
 
     def _move(self, samples: int) -> int:
         """Hand the reference on `samples` later from now on (earlier if negative); returns how

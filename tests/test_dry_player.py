@@ -1,0 +1,110 @@
+"""A player that ran dry within a run, reported (echo.py, `EchoCanceller._move_run`): the frame
+it played after a gap moves in the reference, and so does the next run it played on from it.
+AEC3 on real echo, as in tests/test_echo.py."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from test_echo import FRAME, QUIET, RATE, agent_voice, erle, played_by, run
+
+from bench.rooms import ROOMS_BY_NAME, db, noise
+from duplexd._uplink.echo import PLAYER_BUFFER_MS, EchoCanceller
+
+REPORT_EVERY = 10  # frames: the bench's player reports every 200 ms of a run, and its firsts
+
+
+def edge_frame(at: int) -> tuple[EchoCanceller, np.ndarray, np.ndarray, int]:
+    """The agent's voice in the rt60-300 room, played by a 40 ms player; frame `at` is sent
+    39.8 ms late (within the buffer: the reference plays it on), but reaches the client half a
+    ms later than that, after the player's queue ran dry: it plays after a gap, 40 ms after it
+    came, and the frames after it, sent 41 ms late (a new run in the reference, as sent), play
+    on from it, 0.7 ms sooner than the reference has them. The player reports PLAYED on each
+    run's first frame and every 10th. (The canceller, the echo, what it left of it, where frame
+    `at + 1` played.)"""
+    ref = agent_voice()
+    n = len(ref) // FRAME
+    sent = [i * 0.020 + (0.0398 if i == at else 0.041 if i > at else 0.0) for i in range(n)]
+    plays = played_by([t + (0.0005 if i == at else 0.0) for i, t in enumerate(sent)], 0.040)
+    firsts = {i for i in range(1, n) if plays[i] - plays[i - 1] > 0.020 + 1e-9}
+    assert PLAYER_BUFFER_MS == 40.0 and firsts == {at}  # (after a gap; the rest played on)
+    total = len(ref) + 2 * RATE
+    played = np.zeros(total, dtype=np.float32)
+    for i in range(n):
+        k = round(plays[i] * RATE)
+        played[k : k + FRAME] = ref[i * FRAME : (i + 1) * FRAME]
+    echo = ROOMS_BY_NAME["rt60-300"].echo(played, total)
+    frames = itertools.count()
+    unplayed = [0]  # the first frame not played yet
+
+    def report(ec: EchoCanceller) -> None:
+        now = next(frames) * 0.020
+        while (j := unplayed[0]) < n and plays[j] + 0.005 <= now:
+            if j % REPORT_EVERY == 0 or j in firsts:
+                ec.note_played(now, (1, j), 0, round(plays[j] * 1e6))
+            unplayed[0] += 1
+
+    ec, out = run(ref, echo + noise(total, QUIET), sent=sent, each_frame=report)
+    return ec, echo, out, round(plays[at + 1] * RATE)
+
+
+@pytest.mark.parametrize("at", [90, 210, 225])
+def test_a_frame_played_after_the_player_ran_dry_moves_with_the_run_played_on_from_it(
+    at: int,
+) -> None:
+    """Live, a frame sent 39.8 ms late that the bench's player played after a gap, the reference
+    on (seed 38 of `bench/results/aec-runs/`): the report on it moved the whole reference 42
+    ms later, the next report, on the next run (which the reference had as sent, and the
+    player had played on from that frame) 42 ms back; its onset leaked, a false barge-in
+    (four of the eight left in 144 replayed sessions). Only the frame's run moves now, and the
+    next run with it: the player played it on, 0.7 ms sooner than sent, where AEC3's filter
+    (aligned to a sample) would leak its onset. Over the 600 ms from the next run's start:
+    4.3-19.5 dB taken out before at these frames (the loudest 50 ms left at -40..-29 dBFS, the
+    echo at -27), 24.3-36.4 now (-58 at most)."""
+    ec, echo, out, start = edge_frame(at)
+    assert ec.playout_moves == 1
+    assert erle(echo, out, slice(start, start + 6 * RATE // 10)) >= 24.0
+    assert max(db(out[k : k + 800]) for k in range(start, start + 6 * RATE // 10, 800)) < -55.0
+
+
+def sends(late_after_s: float, *, frames: int = 20) -> EchoCanceller:
+    """Frames 0-9 sent on time, frame 10 39.8 ms late (the reference plays it on), the rest
+    `late_after_s` late (a new run after a gap); frame 0 reported played 40 ms after sending."""
+    ec = EchoCanceller(t0=0.0)
+    for i in range(frames):
+        late = 0.0398 if i == 10 else late_after_s if i > 10 else 0.0
+        ec.add_reference(i * 0.020 + late, np.full(FRAME, 0.1, dtype=np.float32), (1, i))
+    ec.note_played(0.1, (1, 0), 0, 40_000)
+    return ec
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(("late_after_s", "next_moves"), [(0.041, -11), (0.100, 0)])
+def test_the_next_run_moves_only_if_the_player_played_on_into_it(
+    late_after_s: float, next_moves: int
+) -> None:
+    """Frame 10 played 40.3 ms later than the reference had it (645 samples): it moves, and
+    the run after it moves to where it now ends (11 samples sooner) when it was sent within the
+    player's buffer of that end; sent 100 ms late, the player started it after a gap."""
+    ec = sends(late_after_s)
+    placed = dict(ec._sent)
+    assert placed[(1, 10)] == 3200 and placed[(1, 11)] == round((0.220 + late_after_s) * RATE)
+    ec.note_played(0.3, (1, 10), 0, round((0.200 + 0.040 + 0.0403) * 1e6))
+    assert ec._sent[(1, 10)] == 3200 + 645
+    assert ec._sent[(1, 11)] == placed[(1, 11)] + next_moves
+    assert ec._sent[(1, 19)] == placed[(1, 19)] + next_moves
+    assert ec._sent[(1, 9)] == placed[(1, 9)] and ec.playout_ms == 0.0
+    # (the next report on that run agrees with where it is now: nothing moves again)
+    ec.note_played(0.4, (1, 15), 0, round((ec._sent[(1, 15)] / RATE + 0.040) * 1e6))
+    assert ec.playout_moves == 1
+
+
+@pytest.mark.unit
+def test_the_last_run_moved_ends_later_and_the_next_frame_plays_on() -> None:
+    ec = sends(0.0, frames=11)
+    ec.note_played(0.3, (1, 10), 0, round((0.200 + 0.040 + 0.0403) * 1e6))
+    assert ec._sent[(1, 10)] == 3200 + 645
+    ec.add_reference(0.220 + 0.0398, np.full(FRAME, 0.1, dtype=np.float32), (1, 11))
+    assert ec._sent[(1, 11)] == 3200 + 645 + FRAME  # (it was sent before the moved end)
