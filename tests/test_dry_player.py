@@ -89,15 +89,15 @@ def test_the_next_run_moves_only_if_the_player_played_on_into_it(
     the run after it moves to where it now ends (11 samples sooner) when it was sent within the
     player's buffer of that end; sent 100 ms late, the player started it after a gap."""
     ec = sends(late_after_s)
-    placed = dict(ec._sent)
+    placed = {(1, i): ec.placed.at((1, i)) for i in range(20)}
     assert placed[(1, 10)] == 3200 and placed[(1, 11)] == round((0.220 + late_after_s) * RATE)
     ec.note_played(0.3, (1, 10), 0, round((0.200 + 0.040 + 0.0403) * 1e6))
-    assert ec._sent[(1, 10)] == 3200 + 645
-    assert ec._sent[(1, 11)] == placed[(1, 11)] + next_moves
-    assert ec._sent[(1, 19)] == placed[(1, 19)] + next_moves
-    assert ec._sent[(1, 9)] == placed[(1, 9)] and ec.playout_ms == 0.0
+    assert ec.placed.at((1, 10)) == 3200 + 645
+    assert ec.placed.at((1, 11)) == placed[(1, 11)] + next_moves
+    assert ec.placed.at((1, 19)) == placed[(1, 19)] + next_moves
+    assert ec.placed.at((1, 9)) == placed[(1, 9)] and ec.playout_ms == 0.0
     # (the next report on that run agrees with where it is now: nothing moves again)
-    ec.note_played(0.4, (1, 15), 0, round((ec._sent[(1, 15)] / RATE + 0.040) * 1e6))
+    ec.note_played(0.4, (1, 15), 0, round((ec.placed.at((1, 15)) / RATE + 0.040) * 1e6))
     assert ec.playout_moves == 1
 
 
@@ -105,6 +105,6 @@ def test_the_next_run_moves_only_if_the_player_played_on_into_it(
 def test_the_last_run_moved_ends_later_and_the_next_frame_plays_on() -> None:
     ec = sends(0.0, frames=11)
     ec.note_played(0.3, (1, 10), 0, round((0.200 + 0.040 + 0.0403) * 1e6))
-    assert ec._sent[(1, 10)] == 3200 + 645
+    assert ec.placed.at((1, 10)) == 3200 + 645
     ec.add_reference(0.220 + 0.0398, np.full(FRAME, 0.1, dtype=np.float32), (1, 11))
-    assert ec._sent[(1, 11)] == 3200 + 645 + FRAME  # (it was sent before the moved end)
+    assert ec.placed.at((1, 11)) == 3200 + 645 + FRAME  # (it was sent before the moved end)

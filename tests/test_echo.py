@@ -608,21 +608,21 @@ def test_a_reference_handed_before_it_was_sent_is_known_when_the_run_goes_on() -
     ec = EchoCanceller(t0=0.0)
     frame = np.full(320, 0.1, dtype=np.float32)
     ec.add_reference(0.0, frame)
-    ec._handed_end = ec._ref_end + 480
+    ec._handed_end = ec.placed.end + 480
     ec.add_reference(0.02, frame)
     assert ec._overrun == 480
-    ec._handed_end = ec._ref_end + 160  # the next frame, less: the least counts
+    ec._handed_end = ec.placed.end + 160  # the next frame, less: the least counts
     ec.add_reference(0.04, frame)
     assert ec._overrun == 160
     ec.add_reference(0.06, frame)  # one not handed ahead at all: nothing ran ahead
     assert ec._overrun == 0
     ec._overrun = None
-    ec._handed_end = ec._ref_end + 480
+    ec._handed_end = ec.placed.end + 480
     ec._move(480)  # a PLAYED report: the reference handed 30 ms later from now on
     ec.add_reference(0.08, frame)
     assert ec._overrun == 0
     ec._overrun = None
-    ec._handed_end = ec._ref_end + 2_000  # (past `PLAYER_BUFFER_MS`: counted up to that)
+    ec._handed_end = ec.placed.end + 2_000  # (past `PLAYER_BUFFER_MS`: counted up to that)
     ec.add_reference(0.10, frame)
     assert ec._overrun == round(PLAYER_BUFFER_MS * 16)
 
@@ -727,7 +727,7 @@ def test_a_move_the_reference_could_not_follow_is_not_undone_later() -> None:
     played(ec, 60, 0.6 + 0.060)
     assert (ec.playout_ms, ec.playout_moves) == (0.0, 0)
     played(ec, 75, 0.6 + 0.060 + 0.050)  # (a move it can follow, it does: the player ran dry)
-    assert ec.playout_moves == 1 and ec._sent[(1, 75)] == (75 * 20 + 600) * 16 + 50 * 16
+    assert ec.playout_moves == 1 and ec.placed.at((1, 75)) == (75 * 20 + 600) * 16 + 50 * 16
 
 
 @pytest.mark.unit

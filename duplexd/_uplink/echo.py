@@ -38,7 +38,7 @@ that hands it the right far-end reference for each stretch of uplink:
   reports the first sample of every run it plays, so the move is known before its echo comes
   back. One within a run of sends that played that much later (the player ran dry before it:
   sent at the edge of its buffer, the frame came a little later than that) moves only that
-  run from the frame on, and the runs after it the player played on from it (`_move_run`).
+  run from the frame on, and the runs after it the player played on from it (placed.py).
   The larger moves also have the presence check judge the path afresh; a smaller one keeps
   its verdict (the echo is where it was, a few ms on). The reference is never handed sooner
   than sent: the next report is measured from where it is, not from where a report it could
@@ -85,7 +85,6 @@ One instance per session; not thread-safe (the session's uplink worker calls it)
 
 from __future__ import annotations
 
-import collections
 from typing import Final
 
 import numpy as np
@@ -97,9 +96,10 @@ from .late import LateEcho
 from .nearend import NearEndOnset
 from .phat import peak_lag
 from .phat import phat as _phat
-from .placement import TRY_EVERY_MS, Placement, RunRule
+from .placed import PlacedAudio
+from .placement import TRY_EVERY_MS, Placement
 from .presence import PRESENCE_LAG_S, SENT_SHARE, Presence
-from .ring import SENT_LOUD, SampleRing
+from .ring import SENT_LOUD
 from .runmin import RunningMin
 from .skew import EchoSkew
 
@@ -127,7 +127,6 @@ _REPAIR_MS: Final = 100.0  # the uplink this much later than paired: pair it ane
 PLAYER_BUFFER_MS: Final = 40.0
 _OFFSET_FRAMES: Final = 100  # uplink frames over which the clock offset is the minimum
 _PLAYED_REPORTS: Final = 32  # PLAYED reports over which the client clock offset is the minimum
-_SENT_FRAMES: Final = 400  # downlink frames whose send position is remembered (8 s of 20 ms)
 _ALIGN_SCORE: Final = 15.0  # the echo's delay is taken from a peak this clear ...
 _STILL_THERE: Final = 0.5  # ... unless the delay followed still scores this share of it
 
@@ -137,18 +136,13 @@ class EchoCanceller:
         self.rate_hz = rate_hz
         self._t0 = t0
         self._cap = 1 << (int(history_s * rate_hz) - 1).bit_length()
-        self._ring = SampleRing(self._cap)
-        self._ref_end: int | None = None  # server-clock sample index after the last reference
-        self._active_until = -(1 << 62)  # index after the last non-silent reference sample
-        self._rule = RunRule(rate_hz, PLAYER_BUFFER_MS)  # (where the player plays a frame)
+        # what was sent, by server-clock sample index, where the player plays it (placed.py)
+        self.placed = PlacedAudio(rate_hz, self._cap, PLAYER_BUFFER_MS)
         self._offsets = RunningMin(_OFFSET_FRAMES)
         self._offset: float | None = None  # server-clock index of uplink sample 0
         self._pairing: float | None = None  # ... as AEC3 is handed the reference (`_server`)
         self.skew = EchoSkew(rate_hz)  # ... and how the echo slides from there (`_paired`)
         self._repair = _REPAIR_MS * rate_hz / 1000
-        # (utterance id, seq) -> server index of the frame's first sample, for PLAYED reports
-        self._sent: collections.OrderedDict[tuple[int, int], int] = collections.OrderedDict()
-        self._run_firsts: set[tuple[int, int]] = set()  # ... those that began a run of sends
         self._client_offsets = RunningMin(_PLAYED_REPORTS)
         self._playout = 0  # samples from sending to playing, less the margin (0: unknown)
         self._own: float | None = None  # the last followed report's delay on the client clock
@@ -203,10 +197,11 @@ class EchoCanceller:
         if not n:
             return
         idx = round((now - self._t0) * self.rate_hz)
-        end, other = self._ref_end, self._other(idx)
+        reported = self._own is not None
+        end, other = self.placed.end, self.placed.other(idx, reported=reported)
         if other is not None and self._fork is not None:
             self._settle(self._fork, last=True)  # (one at a time: the last one's verdict first)
-            end, other = self._ref_end, self._other(idx)
+            end, other = self.placed.end, self.placed.other(idx, reported=reported)
         if (  # the player may have played it either way: both are tried (placement.py)
             other is not None
             and self._running
@@ -214,33 +209,11 @@ class EchoCanceller:
             and other[0] - self._tried_at >= self._try_every
         ):
             self._try(*other)
-        continues = end is not None and self._rule.place(idx - end)
-        if continues:
+        if self.placed.place(idx, samples, frame):  # (the next frame of the same paced run)
             assert end is not None
-            idx = end  # the next frame of the same paced run ...
             # (AEC3 may have been handed its samples before they were sent: as silence)
-            late = min(max(0, self._handed_end - end), self._rule.contiguous)
+            late = min(max(0, self._handed_end - end), self.placed.rule.contiguous)
             self._overrun = late if self._overrun is None else min(self._overrun, late)
-        if end is not None and idx > end:
-            self._ring.write(end, np.zeros(min(idx - end, self._cap), dtype=np.float32))
-        self._ring.write(idx, samples)
-        self._ref_end = idx + n
-        if float(np.max(np.abs(samples))) > 1e-4:
-            self._active_until = idx + n
-        if frame is not None:
-            self._sent[frame] = idx
-            if not continues:
-                self._run_firsts.add(frame)
-            if len(self._sent) > _SENT_FRAMES:
-                self._run_firsts.discard(self._sent.popitem(last=False)[0])
-
-    def _other(self, idx: int) -> tuple[int, int] | None:
-        """Where else the player may have played a frame sent at `idx`: (boundary, shift)."""
-        end = self._ref_end
-        if end is None:
-            return None
-        got = self._rule.other(idx - end, reported=self._own is not None)
-        return None if got is None else (end + got[0], got[1])
 
     def note_uplink(self, now: float, end_sample: int) -> None:
         """An uplink frame ending at 16 kHz sample `end_sample` arrived at server time `now`."""
@@ -260,7 +233,7 @@ class EchoCanceller:
         the utterance's last report). Returns the playout delay found (ms from sending to
         playing; None: that frame is unknown)."""
         client = self._client_offsets.add(now - clock_us / 1e6)  # server - client clock, s
-        sent = self._sent.get(frame)
+        sent = self.placed.at(frame)
         if sent is None:
             return None
         played = (clock_us / 1e6 + client - self._t0) * self.rate_hz
@@ -269,7 +242,7 @@ class EchoCanceller:
         # player's, not those of the clock mapping's estimate (which settles as quicker reports
         # come in and moves as they slide out, while the player stays where it was)
         own = clock_us * self.rate_hz / 1e6 - (sent + offset)
-        shift, first = self.skew.shift(self._pos), frame in self._run_firsts
+        shift, first = self.skew.shift(self._pos), self.placed.began_run(frame)
         if not final:  # (its count may be capped at what was sent, its clock not)
             self._follow.add(own + shift, run_first=first)
         if self._own is None:  # the first report: the echo found so far stays where it was
@@ -286,7 +259,10 @@ class EchoCanceller:
             moved = own - self._own + (shift - self._own_shift)
             if abs(moved) >= (self._follow.threshold if first else self._new_path):
                 if not first and moved > 0:  # (the player ran dry within a run: that run)
-                    self._move_run(sent, round(moved))
+                    self.placed.move_run(sent, round(moved))
+                    self._fork = None
+                    self.presence.restart()  # (the path moved: judged afresh, as in `_move`)
+                    self.playout_moves += 1
                     return float(1000 * delay / self.rate_hz)
                 # (what the reference could not follow, it has not: the next report is
                 # measured from where it is, not from where this one asked it to be)
@@ -313,59 +289,12 @@ class EchoCanceller:
         if other is None:
             return
         self._fork = None
-        end = self._ref_end
-        if not other or end is None:
+        if not other or self.placed.end is None:
             return
-        b, s = fork.boundary, fork.shift
-        self._rule.played(s)
-        if end > b:  # the reference as the player has it, and AEC3 is the one fed that
-            self._ref_end = self._ring.move(b - min(0, s), end, s)
-            if self._active_until > b:
-                self._active_until += s
-            for frame, at in self._sent.items():
-                if at >= b:
-                    self._sent[frame] = at + s
+        # the reference as the player has it, and AEC3 is the one fed that
+        self.placed.move_from(fork.boundary, fork.shift)
         self._aec = fork.aec
         self.placements_moved += 1
-
-    def _move_run(self, at: int, shift: int) -> None:
-        """The player played the frame placed at `at` `shift` samples later than the reference
-        has it (its queue ran dry before it): that frame and the rest of its run move, and the
-        runs after it with them where the player played the next one on from it (sent within
-        its buffer of where the moved run now ends), as the rule places a frame.
-
-        Live, such a frame was sent 39.8 ms late: the rule played it on, but it reached the
-        bench's player a little later than that, after its queue ran dry; the next frame, sent
-        41 ms late, began a new run in the reference, where the player played it on from the
-        late one. The whole reference moved 42 ms later at the report on the late frame, and
-        back at the next report; and had it moved only that frame, the next run would still
-        have been 0.7 ms off, and AEC3's filter, aligned to a sample, leaked its onset
-        (false barge-ins: four of the eight left in the replayed sessions; test_dry_player.py)."""
-        end = self._ref_end
-        assert end is not None
-        firsts = (i for f, i in self._sent.items() if i > at and f in self._run_firsts)
-        nxt = min(firsts, default=end)  # (where the next run of sends begins)
-        held = self._ring.read(at, nxt - at, end)
-        sounding = np.flatnonzero(held)
-        moved_end = at + shift + (int(sounding[-1]) + 1 if len(sounding) else 0)
-        later = 0  # (how much the runs after it move)
-        if nxt < end and nxt - moved_end <= self._rule.contiguous:
-            later = moved_end - nxt
-            self._ref_end = self._ring.move(nxt, end, later)
-        if nxt == end:
-            self._ref_end = self._ring.move(at, end, shift)
-            self._rule.played(shift)
-        else:
-            self._ring.write(at, np.zeros(min(shift, nxt - at), dtype=np.float32))
-            self._ring.write(at + shift, held[: moved_end - at - shift])
-        if self._active_until > at:
-            self._active_until += shift if self._active_until <= nxt else later
-        for frame, i in self._sent.items():
-            if at <= i:
-                self._sent[frame] = i + (shift if i < nxt else later)
-        self._fork = None
-        self.presence.restart()  # (the path moved: judged afresh, as after `_move`)
-        self.playout_moves += 1
 
     def _move(self, samples: int) -> int:
         """Hand the reference on `samples` later from now on (earlier if negative); returns how
@@ -394,14 +323,14 @@ class EchoCanceller:
 
     def _segment(self, start: int, length: int) -> FloatArray:
         """Reference samples [start, start + length); zeros where nothing (known) was sent."""
-        return self._ring.read(start, length, self._ref_end)
+        return self.placed.segment(start, length)
 
     def active(self, start: int) -> bool:
         """Whether uplink sample `start` may hold echo of what was sent."""
-        if self._offset is None or self._ref_end is None:
+        if self._offset is None or self.placed.end is None:
             return False
         p = round(self._offset) + start - (self._playout + self._align)
-        return self._active_until > p - IDLE_S * self.rate_hz
+        return self.placed.active_until > p - IDLE_S * self.rate_hz
 
     def process(self, samples: FloatArray) -> FloatArray:
         """The uplink's next samples (16 kHz) with the echo removed, in order: the output may
