@@ -8,9 +8,9 @@ import itertools
 
 import numpy as np
 import pytest
-from test_echo import FRAME, QUIET, RATE, agent_voice, erle, played_by, run
+from test_echo import FRAME, QUIET, RATE, agent_voice, erle, played_by, room_echo, run
 
-from bench.rooms import ROOMS_BY_NAME, db, noise
+from bench.rooms import db, noise
 from duplexd._uplink.echo import PLAYER_BUFFER_MS, EchoCanceller
 
 REPORT_EVERY = 10  # frames: the bench's player reports every 200 ms of a run, and its firsts
@@ -31,11 +31,7 @@ def edge_frame(at: int) -> tuple[EchoCanceller, np.ndarray, np.ndarray, int]:
     firsts = {i for i in range(1, n) if plays[i] - plays[i - 1] > 0.020 + 1e-9}
     assert PLAYER_BUFFER_MS == 40.0 and firsts == {at}  # (after a gap; the rest played on)
     total = len(ref) + 2 * RATE
-    played = np.zeros(total, dtype=np.float32)
-    for i in range(n):
-        k = round(plays[i] * RATE)
-        played[k : k + FRAME] = ref[i * FRAME : (i + 1) * FRAME]
-    echo = ROOMS_BY_NAME["rt60-300"].echo(played, total)
+    echo = room_echo(ref, plays, total)
     frames = itertools.count()
     unplayed = [0]  # the first frame not played yet
 

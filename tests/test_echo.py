@@ -11,7 +11,7 @@ generous: the measured figures are in bench/results/aec-rooms.md."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -379,6 +379,15 @@ def played_by(sent: list[float], buffer_s: float) -> np.ndarray:
     return starts
 
 
+def room_echo(ref: np.ndarray, plays: Sequence[float] | np.ndarray, total: int) -> np.ndarray:
+    """The echo in the rt60-300 room of `ref`'s frame i played at `plays[i]` s (`total` long)."""
+    played = np.zeros(total, dtype=np.float32)
+    for i, at in enumerate(plays):
+        k = round(at * RATE)
+        played[k : k + FRAME] = ref[i * FRAME : (i + 1) * FRAME]
+    return ROOMS_BY_NAME["rt60-300"].echo(played, total)
+
+
 def stalled(
     buffer_s: float, *stalls: tuple[int, float]
 ) -> tuple[EchoCanceller, np.ndarray, np.ndarray, list[float]]:
@@ -391,11 +400,7 @@ def stalled(
     sent = [i * 0.020 + sum(late for at, late in stalls if i >= at) for i in range(n)]
     starts = played_by(sent, buffer_s)
     total = len(ref) + 2 * RATE
-    played = np.zeros(total, dtype=np.float32)
-    for i, at in enumerate(starts):
-        k = round(at * RATE)
-        played[k : k + FRAME] = ref[i * FRAME : (i + 1) * FRAME]
-    echo = ROOMS_BY_NAME["rt60-300"].echo(played, total)
+    echo = room_echo(ref, starts, total)
     ec, out = run(ref, echo + noise(total, QUIET), sent=sent)
     return ec, echo, out, starts
 
@@ -457,11 +462,7 @@ def run_after_a_gap(
     sent = [i * 0.020 + (0.210 if i >= at else 0.0) for i in range(n)]
     plays = [sent[i] + 0.043 + (shift_s if i >= at else 0.0) for i in range(n)]
     total = len(ref) + 2 * RATE
-    played = np.zeros(total, dtype=np.float32)
-    for i in range(n):
-        k = round(plays[i] * RATE)
-        played[k : k + FRAME] = ref[i * FRAME : (i + 1) * FRAME]
-    echo = ROOMS_BY_NAME["rt60-300"].echo(played, total)
+    echo = room_echo(ref, plays, total)
     scatter = np.random.default_rng(5).uniform(-scatter_s, scatter_s, n)
     frames = itertools.count()
     unplayed = [0]  # the first frame not played yet
