@@ -104,3 +104,15 @@ def test_the_last_run_moved_ends_later_and_the_next_frame_plays_on() -> None:
     assert ec.placed.at((1, 10)) == 3200 + 645
     ec.add_reference(0.220 + 0.0398, np.full(FRAME, 0.1, dtype=np.float32), (1, 11))
     assert ec.placed.at((1, 11)) == 3200 + 645 + FRAME  # (it was sent before the moved end)
+
+
+@pytest.mark.unit
+def test_a_report_from_a_clock_far_off_moves_the_reference_only_as_far_as_it_can() -> None:
+    """PLAYED's clock is the client's: a report 10^9 s later than the one before (a broken or
+    hostile client) is not a player that ran dry; the reference is not rewritten that far on
+    (nor silence written, or allocated, for all of it): it moves as far as the reports may
+    move it (`_move`: up to half the ring), as before."""
+    ec = sends(0.041)
+    ec.note_played(0.3, (1, 12), 0, 10**15)
+    assert ec.playout_ms == 1000 * (ec.placed.cap // 2) / RATE
+    assert ec.placed.at((1, 12)) == round((0.240 + 0.041) * RATE)

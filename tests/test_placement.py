@@ -66,6 +66,9 @@ def test_the_reference_ring_moves_a_run_either_way() -> None:
     assert ring.move(35, 45, -5) == 40
     assert list(ring.read(25, 20, 45)) == [*range(26, 41), *[0.0] * 5]
     assert list(ring.read(-30, 4, 40)) == [0.0] * 4  # (before what the ring holds: silence)
+    # moved far past what it holds: the samples there, silence before them, nothing more
+    assert ring.move(30, 40, 10**12) == 40 + 10**12
+    assert list(ring.read(10**12 + 26, 14, 40 + 10**12)) == [0.0] * 4 + [*range(31, 41)]
 
 
 def test_a_new_run_of_a_client_without_reports_is_also_tried_sooner() -> None:

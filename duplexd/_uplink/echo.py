@@ -258,8 +258,9 @@ class EchoCanceller:
             # alike (`skew.py`).
             moved = own - self._own + (shift - self._own_shift)
             if abs(moved) >= (self._follow.threshold if first else self._new_path):
-                if not first and moved > 0:  # (the player ran dry within a run: that run)
-                    self.placed.move_run(sent, round(moved))
+                # (the player ran dry within a run: that run, if the ring still holds it)
+                ran_dry = not first and 0 < moved <= self._max_playout
+                if ran_dry and self.placed.move_run(sent, round(moved)):
                     self._fork = None
                     self.presence.restart()  # (the path moved: judged afresh, as in `_move`)
                     self.playout_moves += 1

@@ -95,7 +95,7 @@ class PlacedAudio:
             self.active_until += shift
         self._shift(boundary, end, shift, 0)
 
-    def move_run(self, at: int, shift: int) -> None:
+    def move_run(self, at: int, shift: int) -> bool:
         """The player played the frame placed at `at` `shift` samples later (its queue ran dry
         before it): that frame and the rest of its run move, and the runs after it with them
         where the player played the next one on from it (sent within its buffer of where the
@@ -108,9 +108,11 @@ class PlacedAudio:
         the next report: the echo leaked in between. Moved alone, the late frame would have
         left the next run 0.7 ms off, and AEC3's filter, aligned to a sample, leaks a run's
         onset from less (false barge-ins: four of the eight left in the replayed sessions;
-        tests/test_dry_player.py)."""
+        tests/test_dry_player.py). Returns whether it moved: not where the ring no longer
+        holds the frame (a report on one played long ago)."""
         end = self.end
-        assert end is not None
+        if end is None or not 0 <= end - at <= self.cap:
+            return False
         firsts = (i for f, i in self._frames.items() if i > at and f in self._firsts)
         nxt = min(firsts, default=end)  # (where the next run of sends begins)
         held = self._ring.read(at, nxt - at, end)
@@ -129,6 +131,7 @@ class PlacedAudio:
         if self.active_until > at:
             self.active_until += shift if self.active_until <= nxt else later
         self._shift(at, nxt, shift, later)
+        return True
 
     def _shift(self, start: int, stop: int, shift: int, later: int) -> None:
         """The frames placed in [start, stop) moved `shift`; those placed after, `later`."""

@@ -56,9 +56,10 @@ class SampleRing:
         if end <= start:
             return end
         held = self.read(start, end - start, end)
+        k = min(abs(shift), self.cap)  # (more would be written over again: the ring holds cap)
         if shift > 0:
-            self.write(start, np.zeros(shift, dtype=np.float32))
+            self.write(start + shift - k, np.zeros(k, dtype=np.float32))
         elif shift < 0:
-            self.write(end + shift, np.zeros(-shift, dtype=np.float32))
+            self.write(end - k, np.zeros(k, dtype=np.float32))
         self.write(start + shift, held)
         return end + shift
