@@ -57,8 +57,8 @@ def test_a_frame_played_after_the_player_ran_dry_moves_with_the_run_played_on_fr
     (four of the eight left in 144 replayed sessions). Only the frame's run moves now, and the
     next run with it: the player played it on, 0.7 ms sooner than sent, where AEC3's filter
     (aligned to a sample) would leak its onset. Over the 600 ms from the next run's start:
-    4.3-19.5 dB taken out before at these frames (the loudest 50 ms left at -40..-29 dBFS, the
-    echo at -27), 24.3-36.4 now (-58 at most)."""
+    4.3-19.5 dB taken out before at these frames (the loudest 50 ms left at -43..-29 dBFS, the
+    echo at -27), 35.2-38.6 now (-68.5 at most)."""
     ec, echo, out, start = edge_frame(at)
     assert ec.playout_moves == 1
     assert erle(echo, out, slice(start, start + 6 * RATE // 10)) >= 24.0
