@@ -113,8 +113,9 @@ _UNSENT_SLACK_MS: Final = 2.0  # ... unless the reference handed ran this much p
 _LEAST_LEAD_MS: Final = 10.0  # ... and then no further than this before the echo
 # A report whose delay moved this much on the client's own clock moves the reference (one on a
 # run's first frame, from less: follow.py); it also has the presence check start afresh. Within
-# a run the player cannot move without a gap: what moves there is the clocks' drift, which AEC3
-# follows better on its own than after a jump (a 1 ms jump mid-run leaked a false barge-in, live)
+# a run the player cannot move without a gap: what moves there by less is the clocks' drift,
+# which AEC3 follows better on its own than after a jump (a 1 ms jump mid-run leaked a false
+# barge-in, live); this much later, the player ran dry there, and that run moves (placed.py)
 PLAYOUT_NEW_PATH_MS: Final = 8.0
 IDLE_S: Final = 1.5  # no echo possible this long after the last audio sent (delay + reverb)
 _CONVERGING_S: Final = 0.6  # an AEC3 that has seen less uplink than this may still leak echo
