@@ -1,5 +1,6 @@
-"""A player that ran dry within a run, reported (echo.py, `EchoCanceller._move_run`): the frame
-it played after a gap moves in the reference, and so does the next run it played on from it.
+"""A player that ran dry within a run, reported (echo.py, `EchoCanceller.note_played`): the frame
+it played after a gap moves in the reference, and so does the next run it played on from it. And
+the mirror: a late frame the reference has after a gap, played on, is settled by the report.
 AEC3 on real echo, as in tests/test_echo.py."""
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from test_echo import FRAME, QUIET, RATE, agent_voice, erle, played_by, room_ech
 
 from bench.rooms import db, noise
 from duplexd._uplink.echo import PLAYER_BUFFER_MS, EchoCanceller
+from duplexd._uplink.placement import Placement
 
 REPORT_EVERY = 10  # frames: the bench's player reports every 200 ms of a run, and its firsts
 
@@ -116,3 +118,80 @@ def test_a_report_from_a_clock_far_off_moves_the_reference_only_as_far_as_it_can
     ec.note_played(0.3, (1, 12), 0, 10**15)
     assert ec.playout_ms == 1000 * (ec.placed.cap // 2) / RATE
     assert ec.placed.at((1, 12)) == round((0.240 + 0.041) * RATE)
+
+
+def played_on(dry: bool) -> tuple[EchoCanceller, np.ndarray, np.ndarray, int]:
+    """The mirror of `edge_frame`: the agent's voice in the rt60-300 room, frame 90 on sent 42
+    ms late, past the reference's buffer (`PLAYER_BUFFER_MS`: a new run after a gap), but
+    played on by a 50 ms player (the browser client's); so frame 90 is tried both ways
+    (placement.py). Reported PLAYED as in `edge_frame`: frame 100's report says it played 42
+    ms sooner than the reference has it. `dry`: frame 101 reaches the client 45 ms late, after
+    the player ran dry (live, seed 127: that report came next), and the frames after it play
+    on from it. (The canceller, the echo, what it left of it, where frame 100 played.)"""
+    ref = agent_voice()
+    n, at = len(ref) // FRAME, 90
+    sent = [i * 0.020 + (0.042 if i >= at else 0.0) for i in range(n)]
+    plays = played_by(
+        [t + (0.045 if dry and i == at + 11 else 0.0) for i, t in enumerate(sent)], 0.050
+    )
+    firsts = {i for i in range(1, n) if plays[i] - plays[i - 1] > 0.020 + 1e-9}
+    assert firsts == ({at + 11} if dry else set())
+    total = len(ref) + 2 * RATE
+    echo = room_echo(ref, plays, total)
+    frames = itertools.count()
+    unplayed = [0]  # the first frame not played yet
+
+    def report(ec: EchoCanceller) -> None:
+        now = next(frames) * 0.020
+        while (j := unplayed[0]) < n and plays[j] + 0.005 <= now:
+            if j % REPORT_EVERY == 0 or j in firsts:
+                ec.note_played(now, (1, j), 0, round(plays[j] * 1e6))
+            unplayed[0] += 1
+
+    ec, out = run(ref, echo + noise(total, QUIET), sent=sent, each_frame=report)
+    return ec, echo, out, round(plays[at + 10] * RATE)
+
+
+@pytest.mark.parametrize("dry", [False, True])
+def test_a_report_past_a_frame_tried_both_ways_says_which_way_it_played(dry: bool) -> None:
+    """Live (seed 127 of `bench/results/aec-runs/dry/`): a frame 42 ms late, which the reference
+    put after a gap and the player played on, was being tried both ways when a report on a
+    later frame of its run said 42.25 ms sooner. That moved the whole reference (`_move`,
+    dropping the try), the next report (the player ran dry there) moved it back, and the onset
+    after leaked: a false barge-in (-32 dBFS left where AEC3 leaves -60, replayed). The report
+    settles the try now: the placement tried is kept, with its AEC3, as its verdict would have
+    kept it 100 ms later. Here, over the 600 ms from frame 100: 27.1-27.6 dB taken out, the
+    loudest 50 ms at -51 dBFS (at the main tree before: not kept, 37.7-38.8 dB; the session's
+    AEC3 had learned longer than the one tried, and here nothing leaked)."""
+    ec, echo, out, start = played_on(dry)
+    assert (ec.placements_tried, ec.placements_moved) == (1, 1)
+    assert ec.placed.at((1, 90)) == ec.placed.at((1, 89)) + FRAME  # (played on)
+    span = range(start, start + 6 * RATE // 10, 800)
+    assert erle(echo, out, slice(span.start, span.stop)) >= 24.0
+    assert max(db(out[k : k + 800]) for k in span) < -45.0
+
+
+def forked(shift_ms: float) -> EchoCanceller:
+    """`sends(0.041)` with frame 11 on tried placed `shift_ms` off (as `EchoCanceller._try`)."""
+    ec = sends(0.041)
+    boundary = ec.placed.at((1, 11))
+    assert boundary is not None
+    ec._fork = Placement(RATE, boundary, round(shift_ms * RATE / 1000))
+    return ec
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(("reported_ms", "moves"), [(-41.0, -656), (-2.0, 0), (20.0, 320)])
+def test_a_frame_played_on_or_after_the_gap_settles_the_try(reported_ms: float, moves: int) -> None:
+    """Frame 11 sent 41 ms late (a new run in the reference) and tried played on, 41 ms
+    sooner: a report on frame 15 that says 41 ms sooner keeps that placement at once (frame 15
+    moves 656 samples sooner); one that says where the reference has it (within
+    `PLAYOUT_NEW_PATH_MS`) drops the try, and nothing moves; one that says 20 ms later (the
+    player ran dry) moves that run, as before, and drops it too."""
+    ec = forked(-41.0)
+    placed = {(1, i): ec.placed.at((1, i)) for i in range(20)}
+    at = placed[(1, 15)]
+    assert at is not None
+    ec.note_played(0.4, (1, 15), 0, round((at / RATE + 0.040 + reported_ms / 1000) * 1e6))
+    assert ec.placed.at((1, 15)) == at + moves and ec.placed.at((1, 10)) == placed[(1, 10)]
+    assert ec._fork is None and ec.placements_moved == int(moves < 0)

@@ -39,6 +39,10 @@ that hands it the right far-end reference for each stretch of uplink:
   back. One within a run of sends that played that much later (the player ran dry before it:
   sent at the edge of its buffer, the frame came a little later than that) moves only that
   run from the frame on, and the runs after it the player played on from it (placed.py).
+  A report on a late frame being tried both ways (placement.py), or on a later one of its
+  run, settles the try by itself when it says which way it played (within
+  `PLAYOUT_NEW_PATH_MS`): played on where the reference has a gap, the placement tried is kept
+  at once, AEC3 with it; as placed, the try ends.
   The larger moves also have the presence check judge the path afresh; a smaller one keeps
   its verdict (the echo is where it was, a few ms on). The reference is never handed sooner
   than sent: the next report is measured from where it is, not from where a report it could
@@ -258,6 +262,17 @@ class EchoCanceller:
             # not moved twice: a client clock off the server's moves the reports and the echo
             # alike (`skew.py`).
             moved = own - self._own + (shift - self._own_shift)
+            fork = self._fork
+            if fork is not None and sent >= fork.boundary:
+                # a frame past a late one tried both ways: the report says which way the
+                # player played it. Played on where the reference has a gap: the placement
+                # tried is kept (and moves the frame, so `own` stays). (Played after a gap
+                # where the reference plays on, the run moves as reported, below.)
+                if fork.shift < 0 and abs(moved - fork.shift) < self._new_path:
+                    self._keep(fork)
+                    return float(1000 * delay / self.rate_hz)
+                if abs(moved) < self._new_path:
+                    self._fork = None  # (played as placed)
             if abs(moved) >= (self._follow.threshold if first else self._new_path):
                 # (the player ran dry within a run: that run, if the ring still holds it)
                 ran_dry = not first and 0 < moved <= self._max_playout
@@ -291,9 +306,15 @@ class EchoCanceller:
         if other is None:
             return
         self._fork = None
-        if not other or self.placed.end is None:
+        if other:
+            self._keep(fork)
+
+    def _keep(self, fork: Placement) -> None:
+        """The placement `fork` tried is the player's: the reference as the player has it, and
+        AEC3 is the one fed that."""
+        self._fork = None
+        if self.placed.end is None:
             return
-        # the reference as the player has it, and AEC3 is the one fed that
         self.placed.move_from(fork.boundary, fork.shift)
         self._aec = fork.aec
         self.placements_moved += 1
