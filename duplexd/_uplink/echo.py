@@ -39,10 +39,10 @@ that hands it the right far-end reference for each stretch of uplink:
   back. One within a run of sends that played that much later (the player ran dry before it:
   sent at the edge of its buffer, the frame came a little later than that) moves only that
   run from the frame on, and the runs after it the player played on from it (placed.py).
-  A report on a late frame being tried both ways (placement.py), or on a later one of its
-  run, settles the try by itself when it says which way it played (within
-  `PLAYOUT_NEW_PATH_MS`): played on where the reference has a gap, the placement tried is kept
-  at once, AEC3 with it; as placed, the try ends.
+  A report on a late frame being tried both ways (placement.py), or on any frame after it,
+  settles the try by itself when it says which way it played (within `PLAYOUT_NEW_PATH_MS`):
+  played on where the reference has a gap, the placement tried is kept at once, AEC3 with it;
+  as placed, the try ends.
   The larger moves also have the presence check judge the path afresh; a smaller one keeps
   its verdict (the echo is where it was, a few ms on). The reference is never handed sooner
   than sent: the next report is measured from where it is, not from where a report it could
