@@ -30,8 +30,23 @@ def edge_frame(at: int) -> tuple[EchoCanceller, np.ndarray, np.ndarray, int]:
     n = len(ref) // FRAME
     sent = [i * 0.020 + (0.0398 if i == at else 0.041 if i > at else 0.0) for i in range(n)]
     plays = played_by([t + (0.0005 if i == at else 0.0) for i, t in enumerate(sent)], 0.040)
-    firsts = {i for i in range(1, n) if plays[i] - plays[i - 1] > 0.020 + 1e-9}
-    assert PLAYER_BUFFER_MS == 40.0 and firsts == {at}  # (after a gap; the rest played on)
+    assert PLAYER_BUFFER_MS == 40.0 and firsts_of(plays) == {at}  # (the rest played on)
+    ec, echo, out = reported(ref, sent, plays)
+    return ec, echo, out, round(plays[at + 1] * RATE)
+
+
+def firsts_of(plays: np.ndarray) -> set[int]:
+    """The frames the player played after a gap (each run's first but the first)."""
+    return {i for i in range(1, len(plays)) if plays[i] - plays[i - 1] > 0.020 + 1e-9}
+
+
+def reported(
+    ref: np.ndarray, sent: list[float], plays: np.ndarray
+) -> tuple[EchoCanceller, np.ndarray, np.ndarray]:
+    """`ref`'s frame i sent at `sent[i]` and played at `plays[i]` in the rt60-300 room, the
+    player reporting PLAYED on each run's first frame and every 10th, 5 ms after it played:
+    (the canceller, the echo, what it left of it)."""
+    n, firsts = len(plays), firsts_of(plays)
     total = len(ref) + 2 * RATE
     echo = room_echo(ref, plays, total)
     frames = itertools.count()
@@ -45,7 +60,7 @@ def edge_frame(at: int) -> tuple[EchoCanceller, np.ndarray, np.ndarray, int]:
             unplayed[0] += 1
 
     ec, out = run(ref, echo + noise(total, QUIET), sent=sent, each_frame=report)
-    return ec, echo, out, round(plays[at + 1] * RATE)
+    return ec, echo, out
 
 
 @pytest.mark.parametrize("at", [90, 210, 225])
@@ -134,21 +149,8 @@ def played_on(dry: bool) -> tuple[EchoCanceller, np.ndarray, np.ndarray, int]:
     plays = played_by(
         [t + (0.045 if dry and i == at + 11 else 0.0) for i, t in enumerate(sent)], 0.050
     )
-    firsts = {i for i in range(1, n) if plays[i] - plays[i - 1] > 0.020 + 1e-9}
-    assert firsts == ({at + 11} if dry else set())
-    total = len(ref) + 2 * RATE
-    echo = room_echo(ref, plays, total)
-    frames = itertools.count()
-    unplayed = [0]  # the first frame not played yet
-
-    def report(ec: EchoCanceller) -> None:
-        now = next(frames) * 0.020
-        while (j := unplayed[0]) < n and plays[j] + 0.005 <= now:
-            if j % REPORT_EVERY == 0 or j in firsts:
-                ec.note_played(now, (1, j), 0, round(plays[j] * 1e6))
-            unplayed[0] += 1
-
-    ec, out = run(ref, echo + noise(total, QUIET), sent=sent, each_frame=report)
+    assert firsts_of(plays) == ({at + 11} if dry else set())
+    ec, echo, out = reported(ref, sent, plays)
     return ec, echo, out, round(plays[at + 10] * RATE)
 
 
