@@ -161,8 +161,8 @@ def test_a_report_past_a_frame_tried_both_ways_says_which_way_it_played(dry: boo
     later frame of its run said 42.25 ms sooner. That moved the whole reference (`_move`,
     dropping the try), the next report (the player ran dry there) moved it back, and the onset
     after leaked: a false barge-in (-32 dBFS left where AEC3 leaves -60, replayed). The report
-    settles the try now: the placement tried is kept, with its AEC3, as its verdict would have
-    kept it 100 ms later. Here, over the 600 ms from frame 100: 27.1-27.6 dB taken out, the
+    settles the try now: the placement tried is kept, with its AEC3, as its verdict keeps it.
+    Here, over the 600 ms from frame 100: 27.1-27.6 dB taken out, the
     loudest 50 ms at -51 dBFS (at the main tree before: not kept, 37.7-38.8 dB; the session's
     AEC3 had learned longer than the one tried, and here nothing leaked)."""
     ec, echo, out, start = played_on(dry)
