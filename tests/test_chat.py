@@ -181,6 +181,30 @@ async def test_openai_adapter_streams_tokens_as_they_arrive() -> None:
 
 
 @pytest.mark.integration
+async def test_openai_adapter_keeps_what_the_user_heard_of_a_reply_in_its_context() -> None:
+    """`heard` cuts a reply in the history to what was heard: the next request carries that;
+    a reply of which nothing was heard goes; one the history no longer has changes nothing."""
+    tokens = ["Sure,", " the", " weather", " is", " fine."]
+    fake = FakeLLM(sse(*tokens))
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(fake.serve)
+        llm = OpenAIResponder(f"http://127.0.0.1:{port}/v1", "tiny-model")
+        with trio.fail_after(10):
+            assert [t async for t in llm.reply("How is the weather?")] == tokens
+            llm.heard("Sure, the weather is fine.", "Sure, the weather")
+            llm.heard("Something never said.", "Something")
+            assert [t async for t in llm.reply("And tomorrow?")] == tokens
+            llm.heard("Sure, the weather is fine.", "")
+        nursery.cancel_scope.cancel()
+    assert fake.requests[1]["messages"][1:] == [
+        {"role": "user", "content": "How is the weather?"},
+        {"role": "assistant", "content": "Sure, the weather"},
+        {"role": "user", "content": "And tomorrow?"},
+    ]
+    assert llm.history[1:] == fake.requests[1]["messages"][1:]  # (the second reply: unheard)
+
+
+@pytest.mark.integration
 async def test_openai_adapter_stops_at_done_without_waiting_for_the_end_of_the_body() -> None:
     fake = FakeLLM(sse("all", " of", " it"), hold_at=4)  # after [DONE]: never sends the end
     async with trio.open_nursery() as nursery:
@@ -298,7 +322,10 @@ async def test_openai_adapter_cancelled_mid_stream_closes_the_connection(where: 
             await fake.client_gone.wait()
         nursery.cancel_scope.cancel()
     assert got == ["one"]
-    assert llm.history[-1] == {"role": "user", "content": "Tell me a story."}  # no reply kept
+    assert llm.history[-2:] == [  # what was said before the cut (a barge-in's HEARD cuts it)
+        {"role": "user", "content": "Tell me a story."},
+        {"role": "assistant", "content": "one"},
+    ]
 
 
 @pytest.mark.integration

@@ -17,6 +17,7 @@ import trio
 import trio.testing
 
 from duplexd.client.playback import PlaybackBuffer, Position, Speaker
+from duplexd.client.said import SaidReplies
 from duplexd.protocol import frames as fr
 
 RATE = 48_000
@@ -259,3 +260,144 @@ async def test_the_chat_sends_what_the_card_reports_from_its_thread() -> None:
         (7, 2 * N, round(3e6 + (2 * N - 1) * 1e6 / RATE), True),
     ]
     assert chat.speaker.report is None
+
+
+@pytest.mark.trio
+async def test_the_chat_tells_what_was_heard_of_a_reply_cut_short(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """HEARD after a barge-in: the chat prints the reply's text up to `chars_heard` (the demo
+    responder's real reply, as it was sent) and gives it to the responder (the agent's
+    context); a reply heard whole is not told again."""
+    import argparse
+
+    from duplexd.client.agent import DemoResponder
+    from duplexd.client.chat import Chat
+
+    frames: trio.MemorySendChannel[Any]
+    frames, received = trio.open_memory_channel[Any](8)
+    sent: list[tuple[int, str]] = []
+
+    class Session:
+        sample_rate_hz = RATE
+
+        def __init__(self) -> None:
+            self.uid = 4
+
+        def new_utterance_id(self) -> int:
+            self.uid += 1
+            return self.uid
+
+        async def send_text(self, uid: int, text: str, *, end: bool = False) -> None:
+            sent.append((uid, text))
+
+        def __aiter__(self) -> Any:
+            return received
+
+    class Responder(DemoResponder):
+        def __init__(self) -> None:
+            self.cuts: list[tuple[str, str]] = []
+
+        def heard(self, said: str, heard: str) -> None:
+            self.cuts.append((said, heard))
+
+    chat = Chat.__new__(Chat)
+    chat.args = argparse.Namespace(max_turns=0)
+    chat.responder = responder = Responder()
+    chat.speaker = Speaker("", RATE, fake_sounddevice())
+    chat.replies, chat.replies_done, chat.replying = set(), 0, 0
+    chat.waiting_audio, chat.reply_scope, chat.epoch = {}, None, 0
+    chat.said = SaidReplies(responder.heard)
+    session = Session()
+    await chat._reply(session, "What is the weather?", float("nan"))
+    await chat._reply(session, "Hello", float("nan"))
+    reply, hello = ("".join(t for uid, t in sent if uid == u) for u in (5, 6))
+    assert reply == "I cannot see outside, but I hope it is sunny where you are. "
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(chat._frames, session)
+        await frames.send(fr.Heard(1, 5, 55_200, len("I cannot see outside,")))
+        await frames.send(fr.Heard(1, 6, 150_000, len(hello)))  # (another reply: whole)
+        await frames.send(fr.Heard(1, 99, 1_000, 3))  # (not one of ours)
+        await frames.aclose()
+    out = capsys.readouterr().out.splitlines()
+    assert [line for line in out if line.startswith("[heard]")] == [
+        '[heard] you heard "I cannot see outside," of utterance 5 (21 of 60 characters,'
+        " 1.15 s played)"
+    ]
+    assert len(chat.said) == 0
+    assert responder.cuts == [(reply, "I cannot see outside,")]  # (the agent's context)
+
+
+@pytest.mark.trio
+async def test_without_a_card_a_reply_cut_while_its_text_comes_keeps_what_was_sent() -> None:
+    """No sound card, so no HEARD: INTERRUPTED's `chars_spoken` is what the context keeps,
+    applied once the reply's text stops coming (the barge-in cancels it mid-stream)."""
+    import argparse
+    from collections.abc import AsyncGenerator
+
+    from duplexd.client.chat import Chat
+
+    frames: trio.MemorySendChannel[Any]
+    frames, received = trio.open_memory_channel[Any](8)
+    halfway = trio.Event()
+
+    class Responder:
+        def __init__(self) -> None:
+            self.cuts: list[tuple[str, str]] = []
+
+        async def reply(self, text: str) -> AsyncGenerator[str, None]:
+            yield "Once upon a time, "
+            yield "there was a lighthouse. "
+            halfway.set()
+            await trio.sleep_forever()  # (an LLM still thinking)
+            yield "never sent"
+
+        def heard(self, said: str, heard: str) -> None:
+            self.cuts.append((said, heard))
+
+    class Session:
+        sample_rate_hz = RATE
+
+        def new_utterance_id(self) -> int:
+            return 3
+
+        async def send_text(self, uid: int, text: str, *, end: bool = False) -> None:
+            pass
+
+        def __aiter__(self) -> Any:
+            return received
+
+    chat = Chat.__new__(Chat)
+    chat.args = argparse.Namespace(max_turns=0)
+    chat.responder = responder = Responder()
+    chat.speaker = Speaker("", RATE, None)
+    assert chat.speaker.kind == "none"
+    chat.replies, chat.replies_done, chat.replying = set(), 0, 0
+    chat.waiting_audio, chat.reply_scope, chat.epoch = {}, None, 0
+    chat.said = SaidReplies(responder.heard)
+    session = Session()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(chat._reply, session, "Tell me a story.", float("nan"))
+        nursery.start_soon(chat._frames, session)
+        await halfway.wait()
+        await frames.send(fr.Interrupted(1, 3, 48_000, len("Once upon a time,"), 0, True))
+        await frames.aclose()
+    said = "Once upon a time, there was a lighthouse. "
+    assert responder.cuts == [(said, "Once upon a time,")]
+    assert len(chat.said) == 0
+
+
+def test_the_chat_keeps_the_last_replies_texts_and_cuts_each_once() -> None:
+    cuts: list[tuple[str, str]] = []
+    said = SaidReplies(lambda a, b: cuts.append((a, b)))
+    for uid in range(1, 41):
+        said.started(uid).extend([f"Reply {uid}, ", "at length."])
+        said.ended(uid)
+    assert len(said) == 32 and said.text(8) is None and said.text(9) == "Reply 9, at length."
+    said.heard_up_to(8, 5)  # (forgotten: nothing to cut)
+    said.heard_up_to(9, len("Reply 9, at length. "))  # heard whole: nothing to cut
+    said.heard_up_to(10, len("Reply 10,"))
+    said.heard_up_to(10, 3)  # (told once)
+    said.heard_up_to(11, 0)
+    assert cuts == [("Reply 10, at length.", "Reply 10,"), ("Reply 11, at length.", "")]
+    assert len(said) == 29

@@ -38,9 +38,16 @@ class Responder(Protocol):
 
     def reply(self, text: str) -> AsyncGenerator[str, None]: ...
 
+    def heard(self, said: str, heard: str) -> None:
+        """The user heard only `heard` (a prefix) of the reply `said`: a barge-in cut it.
+        A responder that keeps a conversation keeps that, not what it said."""
+
 
 class DemoResponder:
     """Scripted replies; anything it does not recognise is echoed back."""
+
+    def heard(self, said: str, heard: str) -> None:
+        pass  # (no conversation kept)
 
     async def reply(self, text: str) -> AsyncGenerator[str, None]:
         said = text.strip().rstrip(".!?")
@@ -68,8 +75,10 @@ class OpenAIResponder:
     """Streams replies from an OpenAI-compatible `/chat/completions` endpoint.
 
     `history` is the conversation sent with each request: the system prompt, then the last
-    `MAX_HISTORY` messages. A reply is added to it only once it has streamed to the end; a reply
-    that fails or is cancelled leaves the user's message there without an answer."""
+    `MAX_HISTORY` messages. A reply is added to it as it was streamed: whole, or as far as it
+    got when it was cancelled or closed early (a barge-in), and `heard` then cuts it to what
+    the user heard; a reply that fails (`LLMError`) leaves the user's message there without an
+    answer."""
 
     def __init__(
         self,
@@ -95,12 +104,34 @@ class OpenAIResponder:
         tokens = stream_chat_completion(
             self.url, body, api_key=self.api_key, timeout_s=self.timeout_s
         )
-        async with aclosing(tokens):  # closing this generator closes the connection too
-            async for token in tokens:
-                parts.append(token)
-                yield token
-        self.history.append({"role": "assistant", "content": "".join(parts)})
+        try:
+            async with aclosing(tokens):  # closing this generator closes the connection too
+                async for token in tokens:
+                    parts.append(token)
+                    yield token
+        except LLMError:
+            raise
+        except BaseException:  # cancelled or closed early: what was said so far
+            self._said("".join(parts))
+            raise
+        self._said("".join(parts))
+
+    def _said(self, reply: str) -> None:
+        if reply:
+            self.history.append({"role": "assistant", "content": reply})
         del self.history[1 : max(1, len(self.history) - MAX_HISTORY)]
+
+    def heard(self, said: str, heard: str) -> None:
+        """Cut the reply `said` in the history to `heard` (dropped if nothing of it was heard);
+        a reply no longer there (fallen out of the last `MAX_HISTORY`) is left alone."""
+        for i in range(len(self.history) - 1, 0, -1):
+            message = self.history[i]
+            if message["role"] == "assistant" and message["content"] == said:
+                if heard.strip():
+                    self.history[i] = {"role": "assistant", "content": heard}
+                else:
+                    del self.history[i]
+                return
 
 
 async def stream_chat_completion(

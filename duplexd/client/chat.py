@@ -41,6 +41,7 @@ from .connect import (
     connect_options,
 )
 from .playback import Position, Speaker
+from .said import SaidReplies
 from .session import ClientSession, SessionError, open_session
 
 UPLINK_RATE_HZ = 16_000
@@ -197,6 +198,7 @@ class Chat:
         self.turn_end: fr.TurnEnd | None = None  # the daemon's report on that end of turn
         self.forgiven: list[int] = []  # onsets (uplink samples) of backchannels: no reply
         self.waiting_audio: dict[int, float] = {}  # reply uid -> end-of-speech time
+        self.said = SaidReplies(responder.heard)  # what the replies said, until heard
         self.nursery: trio.Nursery | None = None
         # inputs that end: the microphone file, a standard input that is not a terminal
         self.open_inputs = {"stdin"} if not sys.stdin.isatty() else set()
@@ -364,11 +366,15 @@ class Chat:
                     )
                 if self.reply_scope is not None:
                     self.reply_scope.cancel()  # its text would be ignored anyway
+                if self.speaker.kind != "speaker":  # (no HEARD comes: what left the server)
+                    self.said.heard_up_to(frame.utterance_id, frame.chars_spoken)
                 self._reply_finished(frame.utterance_id)
                 for _ in range(frame.cancelled_utterances):
                     self._reply_finished(-1)
             elif isinstance(frame, fr.UtteranceDone):
                 self._reply_finished(frame.utterance_id)
+            elif isinstance(frame, fr.Heard):
+                self._on_heard(frame, session.sample_rate_hz)
             elif isinstance(frame, fr.BargeIn):
                 self._on_barge_in(frame)
             elif isinstance(frame, fr.Paused | fr.Resumed):
@@ -384,6 +390,22 @@ class Chat:
             _say(f"[barge-in: forgiven{heard} ({reason}), the reply goes on]")
         else:
             _say(f"[barge-in: committed{heard} ({reason})]")
+
+    def _on_heard(self, frame: fr.Heard, rate_hz: int) -> None:
+        """What the user heard of a reply cut short (HEARD: up to the last word the speaker
+        played whole), said, and kept as the reply in the responder's conversation; a reply
+        heard to its end is not told again."""
+        uid = frame.utterance_id
+        text = self.said.text(uid)
+        if text is None:
+            return  # (not a reply of ours, or an old one)
+        if frame.chars_heard < len(text.rstrip()):
+            _say(
+                f'[heard] you heard "{text[: frame.chars_heard].strip()}" of utterance {uid}'
+                f" ({frame.chars_heard} of {len(text)} characters,"
+                f" {frame.samples_played / rate_hz:.2f} s played)"
+            )
+        self.said.heard_up_to(uid, frame.chars_heard)
 
     def _reply_finished(self, uid: int) -> None:
         if uid in self.replies or (uid == -1 and self.replies):
@@ -422,12 +444,13 @@ class Chat:
         self.replies.add(uid)
         if not math.isnan(t_stop):  # (typed: no end of speech to time it from)
             self.waiting_audio[uid] = t_stop
-        words: list[str] = []
+        words = self.said.started(uid)
         self.replying += 1
         try:
             await self._stream_reply(session, uid, text, words)
         finally:
             self.replying -= 1
+            self.said.ended(uid)
         _say(f"agent: {''.join(words).strip()}")
 
     async def _stream_reply(
