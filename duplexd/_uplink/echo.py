@@ -95,6 +95,7 @@ import numpy as np
 import numpy.typing as npt
 import pywebrtc_audio
 
+from .coherence import EchoCoherence
 from .follow import FollowRule
 from .late import LateEcho
 from .nearend import NearEndOnset
@@ -174,6 +175,7 @@ class EchoCanceller:
         self._recent = np.zeros(self.presence.span, dtype=np.float32)  # the uplink's last
         self._lags = round(PRESENCE_LAG_S * rate_hz)
         self._delay = round(ALIGN_LEAD_MS * rate_hz / 1000)  # the echo's path, as handed on
+        self._echo_at = self._delay  # ... and where the presence check last found it
         self._slack = round(_ALIGN_SLACK_MS * rate_hz / 1000)
         self._unsent_slack = round(_UNSENT_SLACK_MS * rate_hz / 1000)
         self._least_lead = round(_LEAST_LEAD_MS * rate_hz / 1000)
@@ -187,6 +189,7 @@ class EchoCanceller:
         self._aec_samples = 0  # uplink samples this AEC3 has seen with a sounding reference
         self._converging = round(_CONVERGING_S * rate_hz)
         self.near_end = NearEndOnset(rate_hz)
+        self.coherence = EchoCoherence(rate_hz)
         self.late = LateEcho(rate_hz)  # (the turn's audio: the tail AEC3 leaves, late.py)
         self.energy_in = 0.0  # of the uplink while echo was possible ...
         self.energy_out = 0.0  # ... and of what AEC3 left of it
@@ -384,6 +387,7 @@ class EchoCanceller:
         fork = self._fork
         ours = None if fork is None else fork.segment(self._segment, handed, n)
         self.near_end.add(chunk, far, pos)
+        self.coherence.add(chunk, far, pos, self._echo_at)
         self.late.add(chunk, far, pos)
         out: FloatArray = self._aec.process(chunk, far)
         if fork is not None and ours is not None:
@@ -466,6 +470,7 @@ class EchoCanceller:
             if score >= _ALIGN_SCORE and not edge:  # where the direct path was, to the slide
                 now = pos + len(chunk)
                 exact = self._lags - 2 * peak_lag(corr, lag)
+                self._echo_at = round(exact)  # (unless the reference moves now: `_realign`)
                 self.skew.observe(now - w / 2, end - exact - now, now)
             # where AEC3 is told to look now: does the echo still show there? (periodic
             # audio, a tone, peaks at many lags: the path moves only if it no longer does)
@@ -531,6 +536,7 @@ class EchoCanceller:
         if align == self._align:
             return  # (the echo comes sooner than the reference can be handed on sooner)
         self._align, self._delay = align, target
+        self._echo_at = target
         self._handed_end, self._overrun = -(1 << 62), None  # (on the new mapping from here)
         aec = pywebrtc_audio.EchoCanceller(self.rate_hz)
         m = history - history % self._frame

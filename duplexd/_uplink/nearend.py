@@ -108,6 +108,7 @@ class NearEndOnset:
         self._band_floor: npt.NDArray[np.float64] | None = None
         self._band_run = 0  # frames in a row over in `BANDS_OVER` bands
         self.until = -1  # the uplink sample up to which the near end is talking ...
+        self.onset = -1  # ... since this one (the stretch's first frame found louder)
         self._sure = (-1, -1)  # the span [from, to) of frames it is sure of (`sure_over`)
         self._recent = 0  # the last `SURE_SPAN` frames judged, a bit each (1: louder)
         self._louder: collections.deque[int] = collections.deque(maxlen=SURE_SPAN)  # (starts)
@@ -185,8 +186,10 @@ class NearEndOnset:
                 self._flag_share += (float(louder) - self._flag_share) * _SHARE_WEIGHT
                 self._recent = ((self._recent << 1) | louder) & _SPAN_MASK
                 if louder:
-                    self.until = pos + (k + 1) * f + self._hold
                     start = pos + k * f
+                    if self.until <= start:  # (a stretch of frames found louder begins)
+                        self.onset = start
+                    self.until = start + f + self._hold
                     self._louder.append(start)
                     if self._recent.bit_count() >= SURE_FRAMES:
                         first = min(p for p in self._louder if p > start - SURE_SPAN * f)

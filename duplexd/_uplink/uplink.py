@@ -44,21 +44,9 @@ the sound until it decides; a sound long enough to hold words is transcribed fir
 sending audio) is decided on the trio side (`holds.Holds`).
 
 The echo reference is every AUDIO frame the session sends (`on_downlink`), and the client's
-PLAYED reports (`on_played`) tell the canceller when what was sent was played (echo.py). While
-the session's own voice may be echoing back (audio was sent within `echo.IDLE_S`), a window must
-also score `echo_threshold` to count toward a barge-in: the one second line of defence kept,
-for the echo AEC3 lets through while it converges (its first second, a changed echo path);
-not while the microphone is louder than the echo explains (`nearend.NearEndOnset`: the user
-talking over it, whose onset AEC3's suppressor ducks); and once the check is sure of it, the
-window also counts what silero hears in the microphone itself (`micvoice.MicVoice`).
-Measured (bench/results/README.md): the generated rooms replayed offline have no false barge-in
-even without it; the daemon live through an RT60 300 ms room had none in 4 runs of 2 sessions
-x 60 s with it (and in an earlier four, 1 with it and 2 with 0.5, which was no faster); it costs
-0-20 ms of barge-in p95 in the replay. The NCC canceller's other
-two checks (the energy left against the energy taken out; the residue still matching the
-reference) went with it: AEC3's suppressor does the first's job, and the second needs the one
-echo delay AEC3 does not have. While AEC3 converges (`EchoCanceller.converging`: the agent's
-first ~0.6 s) the session hears silence: it leaked then, with a jittery uplink (measured).
+PLAYED reports (`on_played`) tell the canceller when what was sent was played (echo.py).
+What the echo changes for each VAD window (the barge-in's threshold, the microphone's own
+voice heard where the user is over the echo) is echoview.py's.
 """
 
 from __future__ import annotations
@@ -81,6 +69,7 @@ from ..protocol.options import SessionOptions
 from .counters import UplinkCounters
 from .denoise import Denoiser
 from .echo import AEC_LATENCY_SAMPLES, EchoCanceller
+from .echoview import echo_view
 from .ends import AHEAD, EndCheck, EndOfTurn, turn_end
 from .halfstep import HALF, HalfStep
 from .holds import Holds
@@ -410,24 +399,6 @@ class Uplink:
             i += WINDOW
         self._pending = pending[i:].copy()
 
-    def _echo_view(self, pos: int) -> tuple[bool, float, bool, float]:
-        """What the echo changes for the window [pos, pos + WINDOW): (whether the agent's voice
-        may be echoing in it, the probability a barge-in needs, whether AEC3 is unjudged (still
-        converging), the microphone's own voice probability (0: not listened to))."""
-        barge_threshold = self.vad_options.threshold
-        if self._echo is None or not self._echo.active(pos):
-            return False, barge_threshold, False, 0.0
-        mic = 0.0
-        near_end = self._echo.near_end
-        if near_end.until <= pos:  # (the user louder than it: nearend.py)
-            barge_threshold = max(barge_threshold, self.vad_options.echo_threshold)
-        unjudged = self._echo.converging
-        if self._echo.echo_found is not False and near_end.judging:
-            assert self._mic is not None  # (run on every such window: its state follows)
-            heard = self._mic.prob(pos)
-            mic = heard if near_end.sure_over(pos, pos + WINDOW) and not unjudged else 0.0
-        return True, barge_threshold, unjudged, mic
-
     def _between(self, now: float, head: np.ndarray) -> None:
         """The half-step window ending `HALF` into the next VAD window (halfstep.py): a barge-in
         only, and only while one can stop something and no echo may be taken for the user. A
@@ -439,9 +410,12 @@ class Uplink:
         echo = self._echo
         if echo is not None and echo.echo_found is not False and echo.near_end.until <= pos:
             return  # (AEC3 may let the echo through, and the user is not heard over it)
-        echoing, barge_threshold, unjudged, mic = self._echo_view(pos)
-        if (echoing or echo is None) and not unjudged:
-            prob = max(self._half.prob(self._pos, head), mic)
+        view = echo_view(echo, self._mic, self.vad_options, self.counters, pos)
+        if echo is not None and echo.echo_found is not False and not view.over:
+            return  # (... nor over it: what is louder is the echo)
+        barge_threshold = view.barge_threshold
+        if (view.echoing or echo is None) and not view.unjudged:
+            prob = max(self._half.prob(self._pos, head), view.mic)
             self.counters.half_windows += 1
             if (ev := self._detector.barge_in_between(pos, prob, barge_threshold)) is not None:
                 self.counters.barge_ins_between += 1
@@ -454,8 +428,9 @@ class Uplink:
         t0 = time.thread_time()
         pos = self._pos
         c = self.counters
-        echoing, barge_threshold, unjudged, mic = self._echo_view(pos)
-        c.echo_windows += echoing  # what AEC3 let through of the echo must not barge in
+        view = echo_view(self._echo, self._mic, self.vad_options, c, pos)
+        barge_threshold, mic = view.barge_threshold, view.mic
+        c.echo_windows += view.echoing  # what AEC3 let through of the echo must not barge in
         if self._half is not None:
             self._half.keep(pos, window)
         prob = self._vad.prob(window)
@@ -463,7 +438,7 @@ class Uplink:
             prob = mic
             c.mic_windows += 1
         heard = prob
-        if unjudged:  # the agent's first ~0.6 s: AEC3 has not converged, and with a jittery
+        if view.unjudged:  # the agent's first ~0.6 s: AEC3 has not converged, and with a jittery
             prob, barge_threshold = 0.0, _NEVER  # uplink it leaked (measured): silence
         cap = len(self._turn_ring)
         i = pos & (cap - 1)
