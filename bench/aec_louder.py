@@ -20,15 +20,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bench.aec_jitter import numbers
 from bench.aec_rooms import FRAME, RATE, replay, voices
-from bench.rooms import ROOMS, noise
+from bench.rooms import ROOMS, ROOMS_BY_NAME, noise
 from duplexd._uplink import coherence
 from duplexd._uplink.vad import BargeIn
 
 
 def run_case(agent: Any, room: str, louder_db: float, at_s: float, check: bool) -> dict[str, Any]:
-    from bench.rooms import ROOMS_BY_NAME
-
+    """`room`'s echo of `agent`, `louder_db` louder from `at_s` on, nobody talking, through one
+    uplink (`check`: with the coherence, else with none reaching it): its barge-ins (s), the
+    windows the microphone's own voice counted in, and those found coherent."""
     total = len(agent) + RATE
     echo = ROOMS_BY_NAME[room].echo(agent, total)
     at = round(at_s * RATE)
@@ -46,8 +48,8 @@ def run_case(agent: Any, room: str, louder_db: float, at_s: float, check: bool) 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.aec_louder", description=__doc__)
-    p.add_argument("--louder-db", default="6,8,10")
-    p.add_argument("--at-s", default="3,5")
+    p.add_argument("--louder-db", type=numbers, default=[6.0, 8.0, 10.0], help="e.g. 6,8,10")
+    p.add_argument("--at-s", type=numbers, default=[3.0, 5.0], help="e.g. 3,5")
     p.add_argument("--cache", default="out/aec-voices")
     p.add_argument("--json", default="")
     p.add_argument("--md", default="")
@@ -57,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     agent, _ = voices(Path(args.cache))
     rows = []
     for room in (r.name for r in ROOMS if r.change_at_s is None):
-        for louder_db in (float(x) for x in args.louder_db.split(",")):
-            for at_s in (float(x) for x in args.at_s.split(",")):
+        for louder_db in args.louder_db:
+            for at_s in args.at_s:
                 with_ = run_case(agent, room, louder_db, at_s, check=True)
                 without = run_case(agent, room, louder_db, at_s, check=False)
                 rows.append({"room": room, "louder_db": louder_db, "at_s": at_s,

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from test_echo import QUIET, agent_voice, run, user_voice
 
-from bench.aec_rooms import FRAME, RATE, replay, voices
+from bench.aec_louder import run_case
+from bench.aec_rooms import FRAME, RATE, voices
 from bench.rooms import ROOMS_BY_NAME, db, noise
 from duplexd._uplink import coherence
 from duplexd._uplink.coherence import ECHO_COHERENCE, SPAN_MS, EchoCoherence
-from duplexd._uplink.vad import BargeIn
 
 pytestmark = pytest.mark.integration
 SPAN = round(SPAN_MS * RATE / 1000)
@@ -83,7 +83,7 @@ def test_the_canceller_hands_it_the_delay_the_echo_was_found_at() -> None:
 
 
 def test_a_louder_echo_is_not_heard_as_the_users_voice(
-    bench_voices: tuple[np.ndarray, np.ndarray], monkeypatch: pytest.MonkeyPatch
+    bench_voices: tuple[np.ndarray, np.ndarray],
 ) -> None:
     """The delay room's echo 8 dB louder from 3 s on (the loudspeaker turned up), nobody
     talking: the near-end check finds the microphone louder than the echo it learned and is
@@ -94,19 +94,13 @@ def test_a_louder_echo_is_not_heard_as_the_users_voice(
     lowered threshold, in the stretch's first 32 ms (too short to judge) and at 3.38 s: a
     louder path still barges in (bench/results/README.md, "Coherent with the reference")."""
     agent, _ = bench_voices
-    total = len(agent) + RATE
-    echo = ROOMS_BY_NAME["delay"].echo(agent, total)
-    echo[3 * RATE :] *= 10 ** (8 / 20)
-    mic = echo + noise(total, -55.0, seed=1)
-    got = {}
-    for check in (True, False):
-        monkeypatch.setattr(coherence, "ECHO_COHERENCE", ECHO_COHERENCE if check else 1.01)
-        uplink, events, _ = replay(agent, mic, seed=1)
-        barged = [k * FRAME / RATE for k, e in events if isinstance(e, BargeIn)]
-        got[check] = (barged, uplink.counters.mic_windows, uplink.counters.coherent_windows)
-    (with_, mic_with, coherent), (without, mic_without, _) = got[True], got[False]
-    assert mic_with == 0 < mic_without and coherent > 0, got
-    assert set(with_) < set(without) and all(3.0 <= t < 3.5 for t in without), got
+    with_ = run_case(agent, "delay", 8.0, 3.0, check=True)
+    without = run_case(agent, "delay", 8.0, 3.0, check=False)
+    assert with_["mic_windows"] == 0 < without["mic_windows"] and with_["coherent"] > 0
+    assert coherence.ECHO_COHERENCE == ECHO_COHERENCE  # (put back)
+    barged, barged_without = with_["barge_ins"], without["barge_ins"]
+    assert set(barged) < set(barged_without), (with_, without)
+    assert all(3.0 <= t < 3.5 for t in barged_without), without
 
 
 def test_a_stretch_found_to_be_the_echo_stays_the_echo() -> None:

@@ -97,7 +97,10 @@ class OpenAIResponder:
         self.history: list[dict[str, str]] = [{"role": "system", "content": system_prompt}]
 
     async def reply(self, text: str) -> AsyncGenerator[str, None]:
-        """Stream the reply to `text`. Raises `LLMError`; see `stream_chat_completion`."""
+        """Stream the reply to `text`. Raises `LLMError`; see `stream_chat_completion`.
+
+        What cancellation (or closing it early) leaves behind: the connection closed, and the
+        reply in `history` as far as it was streamed (for `heard` to cut)."""
         self.history.append({"role": "user", "content": text})
         body = {"model": self.model, "messages": self.history, "stream": True}
         parts: list[str] = []
