@@ -3,7 +3,8 @@
 `bench.aec_rooms` starts the user at `--trials` moments from the agent's second second on, and
 its p95 reads as if a barge-in were as fast anywhere in a reply. It is not: in a session's first
 reply the echo canceller is still learning (AEC3 converges, and the session hears silence while
-it does; the near-end check knows the echo's return loss only after a second of it), and a
+it does but where nothing sent can echo, converging.py; the near-end check knows the echo's
+return loss only after half a second of it), and a
 later reply starts with the room's tail unknown for `nearend.TAIL_MS`. This replays, in each
 room of `bench/rooms.py`, the agent's voice twice with `--gap-s` of silence between (the
 session's first reply, then a second one), and starts the user (10 dB over the echo, as

@@ -25,6 +25,22 @@ def test_onsets_over_both_replies_are_heard_and_the_echo_alone_never() -> None:
     assert all(r["barge_in_ms"] <= 200 for r in rows if r["reply"] == "second")
 
 
+@pytest.mark.integration
+def test_a_user_who_starts_while_the_agent_pauses_in_its_first_reply_is_heard_at_once() -> None:
+    """AEC3 still converges 0.6 s into the session's first reply, and the session heard silence
+    there: this user, starting in the agent's pause between words, was heard 620 ms late
+    (ddba68f). Nothing handed to AEC3 can echo into that pause (converging.py): heard within
+    140 ms now. A later reply's, as before."""
+    agent, user = voices()
+    rows = run(["rt60-300"], agent, user, step_s=0.6, span_s=0.7, gap_s=1.0)
+    assert [(r["reply"], r["onset_s"]) for r in rows if r["onset_s"] == 0.6] == [
+        ("first", 0.6),
+        ("second", 0.6),
+    ]
+    assert all(r["false_before"] == 0 for r in rows)
+    assert all(r["barge_in_ms"] <= 140 for r in rows if r["onset_s"] == 0.6)
+
+
 @pytest.mark.unit
 def test_the_table_counts_misses_and_names_the_slow_onsets() -> None:
     rows = [

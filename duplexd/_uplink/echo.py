@@ -64,12 +64,9 @@ that hands it the right far-end reference for each stretch of uplink:
   to follow a delay jump of 90 ms on its own, measured, with false barge-ins on the way; on
   the way in, an echo with a 600 ms tail also leaked enough to barge in).
 
-`converging`: AEC3 has seen less than `_CONVERGING_S` of uplink with a reference to learn
-from (the session's first words; measured, it leaks then, above all with a jittery uplink); the
-session hears silence meanwhile. Only uplink handed with a sounding reference counts: after a
-realignment to an echo 200 ms later, the history a fresh AEC3 is brought up on begins with
-0.2 s of reference it is handed as zeros (measured: counted as learning, a false barge-in at
-the realignment in the RT60 600 ms room with a jittery uplink).
+`converging`: AEC3 may still leak echo, and the session hears silence meanwhile, but for
+windows no echo can reach (the agent between words: converging.py, told where the presence check
+finds the echo on the reference as handed, and when the reference moves).
 
 AEC3 works in 10 ms frames and answers `AEC_LATENCY_SAMPLES` (8 ms) late; `process` keeps whole
 frames (a remainder waits for the next call), and its output is the input's samples in order,
@@ -96,6 +93,7 @@ import numpy.typing as npt
 import pywebrtc_audio
 
 from .coherence import EchoCoherence
+from .converging import Convergence
 from .follow import FollowRule
 from .late import LateEcho
 from .nearend import NearEndOnset
@@ -123,7 +121,6 @@ _LEAST_LEAD_MS: Final = 10.0  # ... and then no further than this before the ech
 # barge-in, live); this much later, the player ran dry there, and that run moves (placed.py)
 PLAYOUT_NEW_PATH_MS: Final = 8.0
 IDLE_S: Final = 1.5  # no echo possible this long after the last audio sent (delay + reverb)
-_CONVERGING_S: Final = 0.6  # an AEC3 that has seen less uplink than this may still leak echo
 _REPAIR_MS: Final = 100.0  # the uplink this much later than paired: pair it anew
 # A frame sent up to this much later than where the previous one ended continues it: the
 # client's jitter buffer plays it back to back (the browser client's holds 50 ms, the bench's
@@ -186,8 +183,7 @@ class EchoCanceller:
         self._overrun: int | None = None
         self.frames = 0  # 10 ms frames AEC3 processed
         self.realignments = 0  # times the reference was moved to the echo found (AEC3 reset)
-        self._aec_samples = 0  # uplink samples this AEC3 has seen with a sounding reference
-        self._converging = round(_CONVERGING_S * rate_hz)
+        self.convergence = Convergence(rate_hz)  # what this AEC3 has learned from
         self.near_end = NearEndOnset(rate_hz)
         self.coherence = EchoCoherence(rate_hz)
         self.late = LateEcho(rate_hz)  # (the turn's audio: the tail AEC3 leaves, late.py)
@@ -258,6 +254,7 @@ class EchoCanceller:
             playout = min(max(0, round(delay - margin)), self._max_playout)
             self._align = max(0, self._align - playout)  # found (the report explains that much)
             self._playout, self._own, self._own_shift = playout, own, shift
+            self.convergence.unlocate()
         elif not final:
             # the player moved (it refilled its buffer after running dry; another device): the
             # echo moved with it, and so does the reference (AEC3's filter still fits the room).
@@ -282,6 +279,7 @@ class EchoCanceller:
                 if ran_dry and self.placed.move_run(sent, round(moved)):
                     self._fork = None
                     self.presence.restart()  # (the path moved: judged afresh, as in `_move`)
+                    self.convergence.unlocate()
                     self.playout_moves += 1
                     return float(1000 * delay / self.rate_hz)
                 # (what the reference could not follow, it has not: the next report is
@@ -319,6 +317,7 @@ class EchoCanceller:
         if self.placed.end is None:
             return
         self.placed.move_from(fork.boundary, fork.shift)
+        self.convergence.unlocate()
         self._aec = fork.aec
         self.placements_moved += 1
 
@@ -334,6 +333,7 @@ class EchoCanceller:
             return 0
         self._playout, self._align = playout, align
         self._handed_end = -(1 << 62)  # (what was handed is on the old mapping)
+        self.convergence.unlocate()
         if abs(moved) >= self._new_path:  # (the presence check judges the new path afresh)
             self.presence.restart()
         self.playout_moves += 1
@@ -399,7 +399,7 @@ class EchoCanceller:
             out = out[lat:]
         self._running, self._owed = True, lat
         self.frames += n // self._frame
-        self._aec_samples += self._sounding(far)
+        self.convergence.add(pos, far, ours)
         self.energy_in += float(np.dot(joined[:n], joined[:n]))
         self.energy_out += float(np.dot(out, out))
         return out
@@ -430,6 +430,7 @@ class EchoCanceller:
             or (paired - offset > self._frame and self.echo_found is None)
         ):
             self._pairing = offset - self.skew.shift(pos)  # (a new mapping)
+            self.convergence.unlocate()
             paired, self._handed_end = offset, -(1 << 62)
         return round(paired) + pos - (self._playout + self._align)
 
@@ -471,6 +472,7 @@ class EchoCanceller:
                 now = pos + len(chunk)
                 exact = self._lags - 2 * peak_lag(corr, lag)
                 self._echo_at = round(exact)  # (unless the reference moves now: `_realign`)
+                self.convergence.locate(self._echo_at, self._slack)
                 self.skew.observe(now - w / 2, end - exact - now, now)
             # where AEC3 is told to look now: does the echo still show there? (periodic
             # audio, a tone, peaks at many lags: the path moves only if it no longer does)
@@ -540,22 +542,14 @@ class EchoCanceller:
         self._handed_end, self._overrun = -(1 << 62), None  # (on the new mapping from here)
         aec = pywebrtc_audio.EchoCanceller(self.rate_hz)
         m = history - history % self._frame
-        self._aec, self._aec_samples, self._fork = aec, 0, None
+        self._aec, self._fork = aec, None
+        n = len(self._recent) - (self._pos - pos)  # `_recent` ends at `self._pos`
+        far = self._segment(self._server(pos - m), m) if m > 0 else self._recent[:0]
         if m > 0:  # (its output: already sent on, by the AEC3 it replaces)
-            n = len(self._recent) - (self._pos - pos)  # `_recent` ends at `self._pos`
-            far = self._segment(self._server(pos - m), m)
             aec.process(self._recent[n - m : n], far)
-            self._aec_samples = self._sounding(far)
+        self.convergence.restart(pos, far)
+        self.convergence.locate(target, self._slack)
         self.realignments += 1
-
-    def _sounding(self, far: FloatArray) -> int:
-        """Samples of `far` (whole 10 ms frames) in frames with sound: what AEC3 learns from."""
-        f = self._frame
-        k = len(far) // f
-        if not k:
-            return 0
-        loud = np.max(np.abs(far[: k * f].reshape(k, f)), axis=1) > SENT_LOUD
-        return int(np.count_nonzero(loud)) * f
 
     @property
     def echo_found(self) -> bool | None:
@@ -569,14 +563,14 @@ class EchoCanceller:
 
     @property
     def converging(self) -> bool:
-        """Whether the echo may still come through: AEC3 runs and has seen under
-        `_CONVERGING_S` of uplink (after the session's first words, or a realignment short of
+        """Whether the echo may still come through: AEC3 runs and has learned from under
+        `CONVERGING_S` of uplink (after the session's first words, or a realignment short of
         history). Not while no verdict on the echo is made yet past that: a user with
         headphones, talking while the verdict waits (their voice blurs it), would not be heard
         at all; AEC3 runs meanwhile, and `echo_threshold` holds what it lets through."""
         if self.echo_found is False or not self._running:
             return False
-        return self._aec_samples < self._converging
+        return self.convergence.converging
 
     @property
     def removed_db(self) -> float:

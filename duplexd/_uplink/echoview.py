@@ -14,7 +14,8 @@ even without it; the daemon live through an RT60 300 ms room had none in 4 runs 
 0-20 ms of barge-in p95 in the replay. The NCC canceller's other two checks (the energy left
 against the energy taken out; the residue still matching the reference) went with it: AEC3's
 suppressor does the first's job. While AEC3 converges (`EchoCanceller.converging`: the agent's
-first ~0.6 s) the session hears silence: it leaked then, with a jittery uplink (measured).
+first ~0.6 s) the session hears silence: it leaked then, with a jittery uplink (measured); but
+not in a window no echo can reach (the agent between words, converging.py).
 """
 
 from __future__ import annotations
@@ -56,6 +57,9 @@ def echo_view(
     if not over:
         threshold = max(threshold, options.echo_threshold)
     unjudged = echo.converging
+    if unjudged and echo.echo_found and echo.convergence.no_echo(pos, pos + WINDOW):
+        unjudged = False  # (the agent between words: nothing to leak; converging.py)
+        counters.quiet_windows += 1
     heard = 0.0
     if echo.echo_found is not False and near_end.judging:
         assert mic is not None
