@@ -35,7 +35,7 @@ def test_only_frames_handed_with_sound_are_learned_from() -> None:
 def test_quiet_spans_the_tail_before_the_window_and_the_lead() -> None:
     """Sound handed in frame 40 (400-410 ms), its echo 40 ms later: a window before the echo
     arrives is quiet, and one after its tail; one that the echo or its tail reaches is not.
-    With the echo's lead not found yet (0-600 ms), the tail reaches 600 ms further."""
+    With a lead known only to lie within 0-600 ms, the tail reaches 600 ms further."""
     c = Convergence(RATE)
     c.add(0, _reference("." * 40 + "x" + "." * 87))  # 1.28 s handed
     lead = 40 * RATE // 1000
