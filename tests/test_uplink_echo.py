@@ -187,6 +187,27 @@ def test_a_path_that_moves_after_the_first_realignment_is_followed_at_once(
     assert db(echo[whole]) - db(out[whole]) > 30.0
 
 
+@pytest.mark.parametrize(("jitter_ms", "seed"), [(10, 9), (45, 0)])
+def test_a_path_that_jumps_under_jitter_is_held_until_it_is_followed(
+    tmp_path: Path, jitter_ms: int, seed: int
+) -> None:
+    """The draws of `python -m bench.aec_jitter` where the path-change room's jump (60 ->
+    150 ms at 3 s) barged in on the agent: AEC3 let the echo through nearly whole until the
+    presence check found the new path (3.55 s), and silero heard it (measured before leak.py:
+    2 false barge-ins at 3.10 and 3.26 s in the first draw, 1 at 3.65 s in the second). What it
+    let through was a clear copy of the reference: those windows are silence now."""
+    import bench.aec_rooms as aec_rooms
+    from bench.rooms import ROOMS_BY_NAME
+
+    agent, _ = aec_rooms.voices(tmp_path)
+    total = len(agent) + RATE
+    echo = ROOMS_BY_NAME["path-change"].echo(aec_rooms.played(agent), total)
+    mic = echo + noise(total, -55.0, seed=seed)
+    uplink, events, _ = replay(agent, mic, jitter_ms=jitter_ms, seed=seed)
+    assert not [e for _, e in events if isinstance(e, BargeIn | SpeechStart)]
+    assert uplink.counters.leak_windows > 0
+
+
 def test_the_jitter_sweep_runs_opus_both_ways(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

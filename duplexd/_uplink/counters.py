@@ -16,6 +16,7 @@ class UplinkCounters:
     mic_windows: int = 0  # ... whose voice probability was the microphone's own (micvoice)
     coherent_windows: int = 0  # ... the near end louder in, but coherent with it (coherence)
     quiet_windows: int = 0  # ... heard while AEC3 converged: none can reach (converging)
+    leak_windows: int = 0  # ... silence: AEC3 let the agent's voice through (leak)
     speech_segments: int = 0
     barge_ins: int = 0  # decided (one per stretch of speech), whether or not they stopped any
     half_windows: int = 0  # windows scored between the VAD's (halfstep.py) ...
@@ -62,6 +63,7 @@ class UplinkCounters:
             "echo_mic_windows": self.mic_windows,
             "echo_coherent_windows": self.coherent_windows,
             "echo_quiet_windows": self.quiet_windows,
+            "echo_leak_windows": self.leak_windows,
             "speech_segments": self.speech_segments,
             "vad_barge_ins": self.barge_ins,
             "vad_half_windows": self.half_windows,

@@ -347,6 +347,15 @@ class EchoCanceller:
 
     # ------------------------------------------------------------------ cancelling
 
+    def reference(self, start: int, end: int) -> FloatArray | None:
+        """The reference handed to AEC3 with uplink samples [start, end) as it is mapped now,
+        and `PRESENCE_LAG_S` of it before (where their echo may begin); None: none handed yet."""
+        paired = self._paired(end)
+        if paired is None:
+            return None
+        handed = round(paired) + end - (self._playout + self._align)
+        return self._segment(handed - (end - start) - self._lags, end - start + self._lags)
+
     def _segment(self, start: int, length: int) -> FloatArray:
         """Reference samples [start, start + length); zeros where nothing (known) was sent."""
         return self.placed.segment(start, length)

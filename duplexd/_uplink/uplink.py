@@ -46,7 +46,9 @@ sending audio) is decided on the trio side (`holds.Holds`).
 The echo reference is every AUDIO frame the session sends (`on_downlink`), and the client's
 PLAYED reports (`on_played`) tell the canceller when what was sent was played (echo.py).
 What the echo changes for each VAD window (the barge-in's threshold, the microphone's own
-voice heard where the user is over the echo) is echoview.py's.
+voice heard where the user is over the echo) is echoview.py's; a window that would barge in
+on what AEC3 let through of the agent's own voice (a path that jumped, before the canceller
+follows it) is silence (leak.py).
 """
 
 from __future__ import annotations
@@ -69,10 +71,11 @@ from ..protocol.options import SessionOptions
 from .counters import UplinkCounters
 from .denoise import Denoiser
 from .echo import AEC_LATENCY_SAMPLES, EchoCanceller
-from .echoview import echo_view
+from .echoview import EchoView, echo_view
 from .ends import AHEAD, EndCheck, EndOfTurn, turn_end
 from .halfstep import HALF, HalfStep
 from .holds import Holds
+from .leak import LeakHold
 from .micvoice import MicVoice
 from .quiet import QuietTracker
 from .reference import S16_SCALE, Reference
@@ -168,6 +171,7 @@ class Uplink:
         now = trio.current_time()
         self._echo = EchoCanceller(t0=now) if vad.echo_cancel else None
         self._mic = MicVoice(services.vad_model) if self._echo is not None else None
+        self._leak = LeakHold(VAD_RATE_HZ)  # (echo.py's windows AEC3 let the echo through)
         half = self._detector.barges_in_one_window
         self._half = HalfStep(services.vad_model) if half else None  # (halfstep.py)
         ns = vad.noise_suppression
@@ -438,11 +442,14 @@ class Uplink:
             prob = mic
             c.mic_windows += 1
         heard = prob
-        if view.unjudged:  # the agent's first ~0.6 s: AEC3 has not converged, and with a jittery
-            prob, barge_threshold = 0.0, _NEVER  # uplink it leaked (measured): silence
         cap = len(self._turn_ring)
         i = pos & (cap - 1)
         self._turn_ring[i : i + WINDOW] = window  # cap is a multiple of WINDOW
+        if view.unjudged:  # the agent's first ~0.6 s: AEC3 has not converged, and with a jittery
+            prob, barge_threshold = 0.0, _NEVER  # uplink it leaked (measured): silence
+        elif self._leaking(view, prob, pos + WINDOW):  # ... or its path jumped, and AEC3 lets
+            prob, barge_threshold = 0.0, _NEVER  # it through until the canceller follows
+            c.leak_windows += 1
         if self._echo is not None:  # ... and again ~110 ms later, less the room's tail (late.py)
             at, done = self._echo.late.process(pos, window, heard)
             self._turn_ring[np.arange(at, at + len(done)) & (cap - 1)] = done
@@ -465,6 +472,18 @@ class Uplink:
             if not isinstance(ev, EndCandidate):
                 self._events.append((now, ev))
         c.vad_s += time.thread_time() - t0
+
+    def _leaking(self, view: EchoView, prob: float, end: int) -> bool:
+        """Whether the window ending at uplink sample `end`, which would count toward a barge-in
+        (`prob`), is the agent's own voice that AEC3 let through: a clear echo of the reference
+        in what it let through, or one found lately (leak.py). Not asked where the near-end check
+        hears the user over the echo (`view.over`)."""
+        echo = self._echo
+        if echo is None or not view.echoing or view.over:
+            return False
+        return prob >= self.vad_options.threshold and self._leak.held(
+            end, self._audio, echo.reference
+        )
 
     def _follow_hold(
         self, soft: SoftBargeIn, now: float, pos: int, prob: float, events: list[Any]
