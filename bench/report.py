@@ -115,6 +115,18 @@ def _uplink_summary(run: dict[str, Any]) -> dict[str, Any]:
             "echo_windows": sum(s.get("echo_windows", 0) for s in stats),
             "echo_vetoes": sum(s.get("echo_vetoes", 0) for s in stats),
             "echo_realignments": sum(s.get("echo_realignments", 0) for s in stats),
+            # windows whose voice was the microphone's own (micvoice.py), found louder than the
+            # echo but coherent with it (coherence.py), judged while AEC3 converged where no
+            # echo could reach (converging.py), or silence: AEC3 let the echo through (leak.py)
+            **{
+                k: sum(s.get(k, 0) for s in stats)
+                for k in (
+                    "echo_mic_windows",
+                    "echo_coherent_windows",
+                    "echo_quiet_windows",
+                    "echo_leak_windows",
+                )
+            },
             "echo_playout_moves": sum(s.get("echo_playout_moves", 0) for s in stats),
             # late frames played either way: tried, and placed the other way (placement.py)
             "echo_placements": [

@@ -204,6 +204,15 @@ def test_uplink_echo_through_a_room(tmp_path: Path) -> None:
     assert doc["uplink"]["echo_room"] == "rt60-300" and doc["uplink"]["echo_db"] == 0.0
     assert "room rt60-300" in stdout
     assert level["vad_injected"] == 0 and level["uplink_noise_min"] > 0
+    server = level["uplink_server"]  # (the daemon's STATS, summed over the sessions)
+    assert server["echo_windows"] > 0
+    for key in (
+        "echo_mic_windows",
+        "echo_coherent_windows",
+        "echo_quiet_windows",
+        "echo_leak_windows",
+    ):
+        assert 0 <= server[key] <= server["echo_windows"], (key, server)
 
 
 @pytest.mark.integration
