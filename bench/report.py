@@ -88,6 +88,11 @@ def _uplink_summary(run: dict[str, Any]) -> dict[str, Any]:
     false = run["vad_false_speech_started"] + run["vad_false_barge_ins"]
     noise_min = run["uplink_noise_s"] / 60
     stats = [s for s in run["server_stats"] if "uplink_frames" in s]
+
+    def summed(*keys: str) -> dict[str, int]:
+        """Each of `keys` (a STATS count), summed over the sessions."""
+        return {k: sum(s.get(k, 0) for s in stats) for k in keys}
+
     windows = sum(s.get("vad_windows", 0) for s in stats)
     vad_ms = sum(s.get("vad_windows", 0) * s.get("vad_ms_per_window", 0.0) for s in stats)
     barges = sum(s.get("vad_barge_ins", 0) for s in stats)
@@ -118,15 +123,12 @@ def _uplink_summary(run: dict[str, Any]) -> dict[str, Any]:
             # windows whose voice was the microphone's own (micvoice.py), found louder than the
             # echo but coherent with it (coherence.py), judged while AEC3 converged where no
             # echo could reach (converging.py), or silence: AEC3 let the echo through (leak.py)
-            **{
-                k: sum(s.get(k, 0) for s in stats)
-                for k in (
-                    "echo_mic_windows",
-                    "echo_coherent_windows",
-                    "echo_quiet_windows",
-                    "echo_leak_windows",
-                )
-            },
+            **summed(
+                "echo_mic_windows",
+                "echo_coherent_windows",
+                "echo_quiet_windows",
+                "echo_leak_windows",
+            ),
             "echo_playout_moves": sum(s.get("echo_playout_moves", 0) for s in stats),
             # late frames played either way: tried, and placed the other way (placement.py)
             "echo_placements": [
@@ -147,16 +149,13 @@ def _uplink_summary(run: dict[str, Any]) -> dict[str, Any]:
             "vad_half_windows": sum(s.get("vad_half_windows", 0) for s in stats),
             # soft barge-ins: the holds, their words checks, and those decoded again because
             # the transcript at hand had no words (transcripts.py)
-            **{
-                k: sum(s.get(k, 0) for s in stats)
-                for k in (
-                    "soft_holds",
-                    "soft_holds_resumed",
-                    "soft_hold_checks",
-                    "soft_hold_checks_from_final",
-                    "soft_hold_checks_again",
-                )
-            },
+            **summed(
+                "soft_holds",
+                "soft_holds_resumed",
+                "soft_hold_checks",
+                "soft_hold_checks_from_final",
+                "soft_hold_checks_again",
+            ),
             "vad_barge_in_delay_ms_mean": (
                 round(
                     sum(
