@@ -353,8 +353,12 @@ class EchoCanceller:
         paired = self._paired(end)
         if paired is None:
             return None
-        handed = round(paired) + end - (self._playout + self._align)
+        handed = self._handed(paired, end)
         return self._segment(handed - (end - start) - self._lags, end - start + self._lags)
+
+    def _handed(self, paired: float, pos: int) -> int:
+        """The reference index handed with uplink sample `pos`, the clocks paired at `paired`."""
+        return round(paired) + pos - (self._playout + self._align)
 
     def _segment(self, start: int, length: int) -> FloatArray:
         """Reference samples [start, start + length); zeros where nothing (known) was sent."""
@@ -441,7 +445,7 @@ class EchoCanceller:
             self._pairing = offset - self.skew.shift(pos)  # (a new mapping)
             self.convergence.unlocate()
             paired, self._handed_end = offset, -(1 << 62)
-        return round(paired) + pos - (self._playout + self._align)
+        return self._handed(paired, pos)
 
     def _paired(self, pos: int) -> float | None:
         """The server-clock index paired with uplink sample 0, as the reference is handed
