@@ -208,6 +208,29 @@ def test_a_path_that_jumps_under_jitter_is_held_until_it_is_followed(
     assert uplink.counters.leak_windows > 0
 
 
+def test_the_users_voice_after_it_barged_in_is_not_taken_for_a_leak(tmp_path: Path) -> None:
+    """With headphones (no echo), the user's voice near the agent's pitch (the bench's user is
+    the agent's voice slowed and pitched up) correlated with what the agent had said 345 ms
+    before: the leak check, asked of its windows after the barge-in, scored them 14.8 with a
+    share of 0.74 and made 8 of them silence (measured before the barge-in's sound was left
+    alone), so the one sound barged in three times in 120 ms. Once a sound barged in, the
+    session stops what it says: its windows are the user's."""
+    import bench.aec_rooms as aec_rooms
+
+    agent, user = aec_rooms.voices(tmp_path)
+    total = len(agent) + RATE
+    on = int(np.argmax(np.convolve(np.abs(user), np.ones(80) / 80, mode="same") > 0.005))
+    at = round(2.2 * RATE) + 74
+    talk = np.zeros(total, dtype=np.float32)
+    talk[at : at + len(user)] = user * 10 ** ((db(agent) - db(user[on:])) / 20)
+    uplink, events, _ = replay(agent, talk + noise(total, -55.0, seed=3), seed=3)
+    onset = (at + on) // FRAME
+    barged = [k for k, e in events if isinstance(e, BargeIn) and k >= onset]
+    assert barged and barged[0] - onset <= 3, barged  # (60 ms)
+    assert [k for k in barged if k - onset <= 15] == barged[:1], barged  # (one in 300 ms)
+    assert uplink.counters.leak_windows == 0
+
+
 def test_the_jitter_sweep_runs_opus_both_ways(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

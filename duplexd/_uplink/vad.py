@@ -427,6 +427,11 @@ class SpeechDetector:
         return events
 
     @property
+    def barged(self) -> bool:
+        """Whether a barge-in fired for the sound now going on (in a turn: its stretch)."""
+        return self._barged
+
+    @property
     def barges_in_one_window(self) -> bool:
         """Whether one window over the thresholds barges in (`barge_in_between` can)."""
         return self.options.barge_in and self._min_barge <= WINDOW
