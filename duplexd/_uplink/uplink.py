@@ -478,8 +478,9 @@ class Uplink:
         (`prob`), is the agent's own voice that AEC3 let through: a clear echo of the reference
         in what it let through, or one found lately (leak.py). Not asked where the near-end check
         hears the user over the echo (`view.over`), nor once the sound barged in: the session
-        stops what it says, and the user's voice, scored as the agent's (a voice near its pitch
-        peaked at 14.8 with a share of 0.74, `tests/test_leak.py`), was silence in the turn."""
+        stops what it says, and the user's voice, scored as the agent's (a voice near its
+        pitch peaked at 14.8 with a share of 0.74, `tests/test_uplink_echo.py`), was silence
+        in the turn."""
         echo = self._echo
         if echo is None or not view.echoing or view.over or self._detector.barged:
             return False
