@@ -93,9 +93,8 @@ def _uplink_summary(run: dict[str, Any]) -> dict[str, Any]:
         """Each of `keys` (a STATS count), summed over the sessions."""
         return {k: sum(s.get(k, 0) for s in stats) for k in keys}
 
-    windows = sum(s.get("vad_windows", 0) for s in stats)
+    windows, barges = summed("vad_windows", "vad_barge_ins").values()
     vad_ms = sum(s.get("vad_windows", 0) * s.get("vad_ms_per_window", 0.0) for s in stats)
-    barges = sum(s.get("vad_barge_ins", 0) for s in stats)
     return {
         "vad_barge_in_ms": percentiles_ms(run["vad_barge_in"]),
         "vad_barge_in_ms_each": sorted(round(1000 * x, 1) for x in run["vad_barge_in"]),
@@ -114,12 +113,10 @@ def _uplink_summary(run: dict[str, Any]) -> dict[str, Any]:
         "uplink_late_frames": run["uplink_late_frames"],
         "uplink_noise_min": round(noise_min, 3),
         "uplink_server": {
-            "uplink_frames": sum(s.get("uplink_frames", 0) for s in stats),
+            **summed("uplink_frames"),
             "vad_windows": windows,
             "vad_ms_per_window": round(vad_ms / windows, 4) if windows else nan,
-            "echo_windows": sum(s.get("echo_windows", 0) for s in stats),
-            "echo_vetoes": sum(s.get("echo_vetoes", 0) for s in stats),
-            "echo_realignments": sum(s.get("echo_realignments", 0) for s in stats),
+            **summed("echo_windows", "echo_vetoes", "echo_realignments"),
             # windows whose voice was the microphone's own (micvoice.py), found louder than the
             # echo but coherent with it (coherence.py), judged while AEC3 converged where no
             # echo could reach (converging.py), or silence: AEC3 let the echo through (leak.py)
@@ -129,7 +126,7 @@ def _uplink_summary(run: dict[str, Any]) -> dict[str, Any]:
                 "echo_quiet_windows",
                 "echo_leak_windows",
             ),
-            "echo_playout_moves": sum(s.get("echo_playout_moves", 0) for s in stats),
+            **summed("echo_playout_moves"),
             # late frames played either way: tried, and placed the other way (placement.py)
             "echo_placements": [
                 sum(s.get("echo_placements", (0, 0))[i] for s in stats) for i in (0, 1)
@@ -141,12 +138,10 @@ def _uplink_summary(run: dict[str, Any]) -> dict[str, Any]:
                 s["echo_late_removed_db"] for s in stats if "echo_late_removed_db" in s
             ],
             "echo_late_hops": [s["echo_late_hops"] for s in stats if "echo_late_hops" in s],
-            "inbox_dropped": sum(s.get("inbox_dropped", 0) for s in stats),
-            "speech_segments": sum(s.get("speech_segments", 0) for s in stats),
+            **summed("inbox_dropped", "speech_segments"),
             "vad_barge_ins": barges,
             # ... of which decided by a window between the VAD's (halfstep.py), and those windows
-            "vad_barge_ins_between": sum(s.get("vad_barge_ins_between", 0) for s in stats),
-            "vad_half_windows": sum(s.get("vad_half_windows", 0) for s in stats),
+            **summed("vad_barge_ins_between", "vad_half_windows"),
             # soft barge-ins: the holds, their words checks, and those decoded again because
             # the transcript at hand had no words (transcripts.py)
             **summed(
@@ -170,7 +165,7 @@ def _uplink_summary(run: dict[str, Any]) -> dict[str, Any]:
             "vad_barge_in_delay_ms_max": max(
                 (s.get("vad_barge_in_delay_ms_max", 0.0) for s in stats), default=nan
             ),
-            "transcripts": sum(s.get("transcripts", 0) for s in stats),
+            **summed("transcripts"),
             "asr_s": round(sum(s.get("asr_s", 0.0) for s in stats), 4),
         },
     }
