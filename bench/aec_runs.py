@@ -31,7 +31,7 @@ from bench.aec_rooms import F32, FRAME, FRAME_S, RATE, replay, save_rows, voices
 from bench.rooms import ROOMS, ROOMS_BY_NAME, noise
 from duplexd._uplink.vad import BargeIn, SpeechStart
 
-PLAYOUT_S = 0.043  # from sending to playing the first run: the player's 40 ms and the network
+PLAYOUT_MS = 43.0  # from sending to playing the first run: the player's 40 ms and the network
 REPORT_EVERY_S = 0.2  # --played: a PLAYED report this often while a run plays ...
 REPORT_LATE_S = 0.010  # ... reaching the server this long after the sample it reports played
 
@@ -49,14 +49,22 @@ def onsets(agent: F32, count: int) -> list[int]:
 
 
 def scenario(
-    agent: F32, room: str, at: int, gap_s: float, shift_s: float, *, played: bool = False
+    agent: F32,
+    room: str,
+    at: int,
+    gap_s: float,
+    shift_s: float,
+    *,
+    played: bool = False,
+    playout_s: float = PLAYOUT_MS / 1000,
 ) -> dict[str, Any]:
-    """One gap before frame `at`, the run after it played `shift_s` later than the first.
+    """One gap before frame `at`, the run after it played `shift_s` later than the first
+    (played `playout_s` after it was sent).
     `played`: the client reports PLAYED as the browser client does (the first sample of each
     run, and every `REPORT_EVERY_S` while it plays), `REPORT_LATE_S` after the sample played."""
     n = len(agent) // FRAME
     sent = [k * FRAME_S + (gap_s if k >= at else 0.0) for k in range(n)]
-    play = [sent[k] + PLAYOUT_S + (shift_s if k >= at else 0.0) for k in range(n)]
+    play = [sent[k] + playout_s + (shift_s if k >= at else 0.0) for k in range(n)]
     total = round((sent[-1] + 1.5) * RATE)
     heard = np.zeros(total, dtype=np.float32)
     for k in range(n):
@@ -88,11 +96,14 @@ def run(
     cache: Path,
     *,
     played: bool = False,
+    playout_ms: float = PLAYOUT_MS,
 ) -> list[dict[str, Any]]:
     agent, _ = voices(cache)
     where = onsets(agent, positions)
     return [
-        scenario(agent, room, at, gap_ms / 1000, shift / 1000, played=played)
+        scenario(
+            agent, room, at, gap_ms / 1000, shift / 1000, played=played, playout_s=playout_ms / 1000
+        )
         for room in rooms
         for shift in shifts_ms
         for at in where
@@ -134,6 +145,10 @@ def main(argv: list[str] | None = None) -> None:
         " with '=': --shifts-ms=-20,0)",
     )  # fmt: skip
     p.add_argument("--gap-ms", default=210.0, type=float, help="the gap in the sends")
+    p.add_argument(
+        "--playout-ms", default=PLAYOUT_MS, type=float,
+        help="from sending to playing the first run (a player whose queue had grown: more)",
+    )  # fmt: skip
     p.add_argument("--positions", default=8, type=int, help="syllable onsets the gap is put before")
     p.add_argument(
         "--played", action="store_true", help="the client reports PLAYED (as the browser client)"
@@ -147,9 +162,13 @@ def main(argv: list[str] | None = None) -> None:
         p.error("--gap-ms must be in (0, 1000] and --positions in 1..100")
     if any(-shift >= args.gap_ms for shift in args.shifts_ms):
         p.error("a run played sooner than --gap-ms would overlap the one before: shift less")
+    if not 0 <= args.playout_ms <= 500 or any(
+        args.playout_ms + shift < 0 for shift in args.shifts_ms
+    ):
+        p.error("--playout-ms must be in 0..500, and no run played before it was sent: shift less")
     rows = run(
         args.rooms, args.shifts_ms, args.gap_ms, args.positions, Path(args.cache),
-        played=args.played,
+        played=args.played, playout_ms=args.playout_ms,
     )  # fmt: skip
     table = markdown(rows)
     print(table, end="")

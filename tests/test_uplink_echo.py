@@ -310,3 +310,15 @@ def test_the_run_sweep_refuses_a_shift_that_overlaps_the_run_before(
     assert exit_.value.code == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert "overlap" in last and "--gap-ms" in last, last
+
+
+def test_the_run_sweep_refuses_a_run_played_before_it_was_sent(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from bench.aec_runs import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--gap-ms", "500", "--playout-ms", "43", "--shifts-ms=-60,0"])
+    assert exit_.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--playout-ms" in last and "before it was sent" in last, last
