@@ -36,17 +36,17 @@ that hands it the right far-end reference for each stretch of uplink:
   or on a run's first frame by a quarter of a ms or more (a run that began off where the last
   one left the player: follow.py), moves the reference with it at once: the browser client
   reports the first sample of every run it plays, so the move is known before its echo comes
-  back. One within a run of sends that played that much later (the player ran dry before it:
-  sent at the edge of its buffer, the frame came a little later than that) moves only that
-  run from the frame on, and the runs after it the player played on from it (placed.py).
+  back (and the near-end check judges such a run from its start: nearend.py). One within a
+  run of sends that played that much later (the player ran dry before it: sent at the edge of
+  its buffer, the frame came a little later than that) moves only that run from the frame on,
+  and the runs after it the player played on from it (placed.py).
   A report on a late frame being tried both ways (placement.py), or on any frame after it,
   settles the try by itself when it says which way it played (within `PLAYOUT_NEW_PATH_MS`):
   played on where the reference has a gap, the placement tried is kept at once, AEC3 with it;
-  as placed, the try ends.
-  The larger moves also have the presence check judge the path afresh; a smaller one keeps
-  its verdict (the echo is where it was, a few ms on). The reference is never handed sooner
-  than sent: the next report is measured from where it is, not from where a report it could
-  not follow asked it to be.
+  as placed, the try ends. The larger moves also have the presence check judge the path
+  afresh; a smaller one keeps its verdict (the echo is where it was, a few ms on). The
+  reference is never handed sooner than sent: the next report is measured from where it is,
+  not from where a report it could not follow asked it to be.
   Without reports the presence check below finds an echo up to 600 ms late: a client whose
   round trip plus playout buffer may exceed that needs to send PLAYED. Nor does the server
   know where such a client's player started a new run (after a gap): each one is also tried
@@ -71,12 +71,11 @@ finds the echo on the reference as handed, and when the reference moves).
 AEC3 works in 10 ms frames and answers `AEC_LATENCY_SAMPLES` (8 ms) late; `process` keeps whole
 frames (a remainder waits for the next call), and its output is the input's samples in order,
 none dropped or repeated, so output sample `k` is input sample `k` and every position the
-session reports stays exact. While AEC3 runs the output runs 8-18 ms behind the input. While
-nothing was sent for `IDLE_S` (no echo possible), or no echo is found, the uplink passes
-through untouched, AEC3 costs nothing, and the output catches up: it gives what AEC3 still
-owed with the new samples, so a turn that ends in the quiet after the agent spoke is heard
-8 ms sooner. When AEC3 starts again, its first 8 ms of output are stale and dropped: the input
-they stand for was given out already.
+session reports stays exact: 8-18 ms behind the input while AEC3 runs. While nothing was sent
+for `IDLE_S` (no echo possible), or no echo is found, the uplink passes through untouched, AEC3
+costs nothing, and the output catches up (what AEC3 still owed comes with the new samples: a
+turn that ends in the quiet after the agent spoke is heard 8 ms sooner). When AEC3 starts
+again, its first 8 ms of output are stale and dropped: their input was given out already.
 
 What AEC3 leaves of a long room's tail (past its filter, where the agent pauses) is taken out
 of the turn's audio by `late` (late.py), fed here the frames AEC3 gets.
@@ -115,18 +114,17 @@ _ALIGN_SLACK_MS: Final = 25.0  # a direct path found within this of that lead st
 _UNSENT_SLACK_MS: Final = 2.0  # ... unless the reference handed ran this much past the sends
 _LEAST_LEAD_MS: Final = 10.0  # ... and then no further than this before the echo
 # A report whose delay moved this much on the client's own clock moves the reference (one on a
-# run's first frame, from less: follow.py); it also has the presence check start afresh. Within
-# a run the player cannot move without a gap: what moves there by less is the clocks' drift,
-# which AEC3 follows better on its own than after a jump (a 1 ms jump mid-run leaked a false
-# barge-in, live); this much later, the player ran dry there, and that run moves (placed.py)
+# run's first frame, from less: follow.py) and has the presence check start afresh. Within a
+# run the player cannot move without a gap: less is the clocks' drift, which AEC3 follows
+# better alone than after a jump (a 1 ms jump mid-run leaked a false barge-in, live); this
+# much later, the player ran dry there, and that run moves (placed.py)
 PLAYOUT_NEW_PATH_MS: Final = 8.0
 IDLE_S: Final = 1.5  # no echo possible this long after the last audio sent (delay + reverb)
 _REPAIR_MS: Final = 100.0  # the uplink this much later than paired: pair it anew
 # A frame sent up to this much later than where the previous one ended continues it: the
-# client's jitter buffer plays it back to back (the browser client's holds 50 ms, the bench's
-# player 40, WebRTC's 20-80). At 15 ms (before), a frame one pacer tick late (synthesis
-# behind: the writer skips a tick) put a gap in the reference that the player never played,
-# and AEC3 leaked the rest of the utterance's echo while it followed (false barge-ins, live).
+# client's jitter buffer plays it back to back (the browser client's 50 ms, the bench's 40,
+# WebRTC's 20-80). At 15 ms (before), a frame one pacer tick late put a gap in the reference
+# the player never played, and AEC3 leaked the utterance's echo after it (false barge-ins).
 PLAYER_BUFFER_MS: Final = 40.0
 _OFFSET_FRAMES: Final = 100  # uplink frames over which the clock offset is the minimum
 _PLAYED_REPORTS: Final = 32  # PLAYED reports over which the client clock offset is the minimum
@@ -246,7 +244,7 @@ class EchoCanceller:
         # player's, not those of the clock mapping's estimate (which settles as quicker reports
         # come in and moves as they slide out, while the player stays where it was)
         own = clock_us * self.rate_hz / 1e6 - (sent + offset)
-        shift, first = self.skew.shift(self._pos), self.placed.began_run(frame)
+        shift, first, missed = self.skew.shift(self._pos), self.placed.began_run(frame), 0
         if not final:  # (its count may be capped at what was sent, its clock not)
             self._follow.add(own + shift, run_first=first)
         if self._own is None:  # the first report: the echo found so far stays where it was
@@ -286,6 +284,8 @@ class EchoCanceller:
                 # measured from where it is, not from where this one asked it to be)
                 missed = round(moved) - self._move(round(moved))
                 self._own, self._own_shift = own - missed, shift
+        if first and not final and abs(missed) < self._follow.threshold:
+            self.placed.confirm(frame)  # (the run is where it played: nearend.py's guard)
         return float(1000 * delay / self.rate_hz)
 
     def _try(self, boundary: int, shift: int) -> None:
@@ -399,7 +399,7 @@ class EchoCanceller:
             return self._caught_up(joined)
         fork = self._fork
         ours = None if fork is None else fork.segment(self._segment, handed, n)
-        self.near_end.add(chunk, far, pos)
+        self.near_end.add(chunk, far, pos, placed=self.placed.confirmed(handed, handed + n))
         self.coherence.add(chunk, far, pos, self._echo_at)
         self.late.add(chunk, far, pos)
         out: FloatArray = self._aec.process(chunk, far)

@@ -26,7 +26,10 @@ nothing below `threshold`, so a noise over the echo barges in no more easily tha
 echo. Nothing is judged while the reference is under -50 dBFS over the tail (the agent between
 sentences), nor in the first `GUARD_MS` after it comes back: live, an utterance's first syllable
 can echo back before its reference is handed on, and that echo over a reference just begun read as
-the near end (false barge-ins; 300 ms at first, 150 since ten live runs had none with it). Frames
+the near end (false barge-ins; 300 ms at first, 150 since ten live runs had none with it). Unless
+a PLAYED report on its run's first frame placed the reference where the player played it (`add`'s
+`placed`, placed.py): its echo then comes after it, and a user who starts as the agent resumes was
+heard only once the guard ended (66-111 ms after their onset, live). Frames
 are judged once `_MIN_RATIOS` of the echo are known (half a second: a user who starts talking in
 the reply's second second is not learned as its echo). An echo that comes back after none is
 learned afresh (`reset`), and so is any echo once most frames judged over the last half second were
@@ -142,9 +145,10 @@ class NearEndOnset:
         self._flag_share = 0.0
         self._sure = (-1, -1)  # (what made it sure was the echo, louder)
 
-    def add(self, near: FloatArray, far: FloatArray, pos: int) -> None:
+    def add(self, near: FloatArray, far: FloatArray, pos: int, *, placed: bool = False) -> None:
         """The microphone's `near` and the reference `far` AEC3 is handed with it, whole
-        10 ms frames, the first at uplink sample `pos`."""
+        10 ms frames, the first at uplink sample `pos` (`placed`: `far` is where the client's
+        player reported playing it, from its run's first frame: no `GUARD_MS`)."""
         f = self._frame
         n = min(len(near), len(far)) // f
         if not n:
@@ -162,7 +166,7 @@ class NearEndOnset:
                 self._sounding = self._recent = self._band_run = 0
                 continue
             self._sounding += 1
-            if self._sounding <= self._guard:  # (an utterance's first `GUARD_MS`: below)
+            if self._sounding <= self._guard and not placed:  # (`GUARD_MS`: below)
                 continue
             if e_near[k] <= _NEAR_FLOOR:  # (digital silence, a gap filled with zeros: no
                 continue  # ratio of an echo, and a history of zeros would flag every echo)

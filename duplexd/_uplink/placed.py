@@ -40,6 +40,8 @@ class PlacedAudio:
         self.active_until = -(1 << 62)  # ... and after the last one with sound
         self._frames: collections.OrderedDict[Frame, int] = collections.OrderedDict()
         self._firsts: set[Frame] = set()  # (those that began a run of sends)
+        self._confirmed: set[Frame] = set()  # (... and a PLAYED report placed: `confirm`)
+        self._forgotten_confirmed = False  # (... the last run-first one forgotten)
 
     def place(self, idx: int, samples: FloatArray, frame: Frame | None) -> bool:
         """`samples` sent at index `idx` (`frame`: its id, or None): placed where the player
@@ -60,7 +62,11 @@ class PlacedAudio:
             if not continues:
                 self._firsts.add(frame)
             if len(self._frames) > SENT_FRAMES:
-                self._firsts.discard(self._frames.popitem(last=False)[0])
+                gone = self._frames.popitem(last=False)[0]
+                if gone in self._firsts:  # (its run may go on: a long reply)
+                    self._forgotten_confirmed = gone in self._confirmed
+                self._firsts.discard(gone)
+                self._confirmed.discard(gone)
         return continues
 
     def segment(self, start: int, length: int) -> FloatArray:
@@ -74,6 +80,25 @@ class PlacedAudio:
     def began_run(self, frame: Frame) -> bool:
         """Whether `frame` began a run of sends (it came after a gap)."""
         return frame in self._firsts
+
+    def confirm(self, frame: Frame) -> None:
+        """A PLAYED report on `frame`, which began a run of sends, placed that run where the
+        player played it (the reference followed it: echo.py)."""
+        if frame in self._firsts:
+            self._confirmed.add(frame)
+
+    def confirmed(self, start: int, end: int) -> bool:
+        """Whether each run of sends that samples [start, end) belong to was placed by a
+        report (`confirm`): the echo of such a run cannot come before its reference."""
+        runs = sorted((self._frames[f], f) for f in self._firsts)
+        began = [f for i, f in runs if i <= start][-1:]  # (the run [start] belongs to)
+        if not began:
+            # (a run whose first frame was forgotten, a long reply: as that frame was; before
+            # the frames remembered, or nothing sent yet: not known)
+            oldest = next(iter(self._frames.values()), None)
+            if oldest is None or start < oldest or not self._forgotten_confirmed:
+                return False
+        return all(f in self._confirmed for f in began + [f for i, f in runs if start < i < end])
 
     def other(self, idx: int, *, reported: bool) -> tuple[int, int] | None:
         """Where else the player may have played a frame sent at `idx`: (boundary, shift)."""
