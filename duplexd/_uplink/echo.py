@@ -64,9 +64,8 @@ that hands it the right far-end reference for each stretch of uplink:
   to follow a delay jump of 90 ms on its own, measured, with false barge-ins on the way; on
   the way in, an echo with a 600 ms tail also leaked enough to barge in).
 
-`converging`: AEC3 may still leak echo, and the session hears silence meanwhile, but for
-windows no echo can reach (the agent between words: converging.py, told where the presence check
-finds the echo on the reference as handed, and when the reference moves).
+`converging`: AEC3 may still leak echo; the session hears silence but where no echo can reach
+(the agent between words: converging.py, told where the echo is found and when the reference moves).
 
 AEC3 works in 10 ms frames and answers `AEC_LATENCY_SAMPLES` (8 ms) late; `process` keeps whole
 frames (a remainder waits for the next call), and its output is the input's samples in order,
@@ -399,7 +398,8 @@ class EchoCanceller:
             return self._caught_up(joined)
         fork = self._fork
         ours = None if fork is None else fork.segment(self._segment, handed, n)
-        self.near_end.add(chunk, far, pos, placed=self.placed.confirmed(handed, handed + n))
+        placed = self.near_end.guarding and self.placed.confirmed(handed, handed + n)
+        self.near_end.add(chunk, far, pos, placed=placed)
         self.coherence.add(chunk, far, pos, self._echo_at)
         self.late.add(chunk, far, pos)
         out: FloatArray = self._aec.process(chunk, far)

@@ -26,10 +26,10 @@ nothing below `threshold`, so a noise over the echo barges in no more easily tha
 echo. Nothing is judged while the reference is under -50 dBFS over the tail (the agent between
 sentences), nor in the first `GUARD_MS` after it comes back: live, an utterance's first syllable
 can echo back before its reference is handed on, and that echo over a reference just begun read as
-the near end (false barge-ins; 300 ms at first, 150 since ten live runs had none with it). Unless
-a PLAYED report on its run's first frame placed the reference where the player played it (`add`'s
-`placed`, placed.py): its echo then comes after it, and a user who starts as the agent resumes was
-heard only once the guard ended (66-111 ms after their onset, live). Frames
+the near end (false barge-ins; 300 ms at first, 150 since ten live runs had none with it). Not
+where a PLAYED report on its run's first frame placed the reference where the player played it
+(`add`'s `placed`, placed.py): its echo then comes after it (with the guard, a user who starts as
+the agent resumes was heard only once it ended: 66-111 ms after their onset, live). Frames
 are judged once `_MIN_RATIOS` of the echo are known (half a second: a user who starts talking in
 the reply's second second is not learned as its echo). An echo that comes back after none is
 learned afresh (`reset`), and so is any echo once most frames judged over the last half second were
@@ -124,6 +124,12 @@ class NearEndOnset:
         """Whether frames are judged (the echo's return loss is learned): `until` and
         `sure_over` can change."""
         return self._known >= _MIN_RATIOS
+
+    @property
+    def guarding(self) -> bool:
+        """Whether the next frame may fall in `GUARD_MS` (the reference quiet, or back for
+        less than that): only then does `add`'s `placed` matter."""
+        return self._sounding < self._guard
 
     def sure_over(self, start: int, end: int) -> bool:
         """Whether the uplink samples [start, end) hold frames it was sure were the near end
