@@ -145,10 +145,15 @@ def save_rows(
 
 
 def make_uplink(
-    mic_rate_hz: int = RATE, *, echo_cancel: bool = True, noise_suppression: str | None = None
+    mic_rate_hz: int = RATE,
+    *,
+    echo_cancel: bool = True,
+    noise_suppression: str | None = None,
+    recording: str = "",
 ) -> Uplink:
     """One session's uplink as the daemon makes it (barge-in on, no transcripts), its batches
-    to be run by the caller (`Uplink._process_batch`) in a trio run."""
+    to be run by the caller (`Uplink._process_batch`) in a trio run (`recording`: a file its
+    inputs are recorded in, as `[trace] uplink_dir` does)."""
     ns = NOISE_SUPPRESSION if noise_suppression is None else noise_suppression
     vad = VadOptions(barge_in=True, echo_cancel=echo_cancel, noise_suppression=ns)
     if ECHO_THRESHOLD is not None:
@@ -158,7 +163,7 @@ def make_uplink(
         rate_hz=mic_rate_hz,
         downlink_rate_hz=RATE,
         options=SessionOptions(vad, AsrOptions(transcripts=False), codec=codec),
-        services=UplinkServices(vad_model=VadModel(), offload=_no_offload),
+        services=UplinkServices(vad_model=VadModel(), offload=_no_offload, recording=recording),
         send=lambda _frame: None,
         barge_in=lambda _delay_s: None,
         downlink_opus=CODEC == fr.CODEC_OPUS,
@@ -176,6 +181,7 @@ def replay(
     noise_suppression: str | None = None,
     sent_at_s: list[float] | None = None,
     reports: list[tuple[float, int, int]] | None = None,
+    recording: str = "",
 ) -> tuple[Uplink, list, float]:
     """The uplink of one session fed `mic` (at `mic_rate_hz`: 16 or 48 kHz AudioUp) while it
     sends `agent` (each 20 ms frame at its mark on the server clock, handed over with the
@@ -188,7 +194,8 @@ def replay(
     `agent`'s frames is sent, from the start (default: frame i at i x 20 ms; later ones leave
     a gap, as when synthesis falls behind and the pacer skips ticks). `reports`: PLAYED
     reports the client sends, (arrival s from the start, samples played, its clock in µs),
-    in order, each handed over with the first uplink frame that arrives after it."""
+    in order, each handed over with the first uplink frame that arrives after it.
+    `recording`: record the uplink's inputs in this file (`python -m bench.replay`)."""
     up_frame = mic_rate_hz * FRAME // RATE
     jitter_ms = JITTER_MS if jitter_ms is None else jitter_ms
     rng = np.random.default_rng(seed)
@@ -200,7 +207,10 @@ def replay(
 
     async def run() -> tuple[Uplink, list, float]:
         uplink = make_uplink(
-            mic_rate_hz, echo_cancel=echo_cancel, noise_suppression=noise_suppression
+            mic_rate_hz,
+            echo_cancel=echo_cancel,
+            noise_suppression=noise_suppression,
+            recording=recording,
         )
         t0 = trio.current_time()
         events: list[tuple[int, object]] = []
@@ -234,6 +244,8 @@ def replay(
             out = uplink._process_batch(batch)
             cpu += time.thread_time() - c0
             events.extend((k, ev) for _, ev in out)
+        if recording:
+            uplink.forget_session()  # (as the session's end: the recording is closed)
         return uplink, events, cpu
 
     return trio.run(run, clock=trio.testing.MockClock())  # (all times are given: none passes)

@@ -126,13 +126,18 @@ def test_asr_trace_and_tone_options_are_settings_keys(
     """What used to be serve-only flags and a module variable are keys `config --print` shows."""
     s = load_settings(str(EXAMPLE))
     assert (s.asr.model, s.asr.threads, s.asr.cut_window) == ("", 0, True)
-    assert (s.trace.path, s.trace.sessions) == ("", "first")
+    assert (s.trace.path, s.trace.sessions, s.trace.uplink_dir) == ("", "first", "")
     assert s.engine.tone_compute_ms_per_char == 0.0
     argv = ["config", "--asr-model", "/models/x", "--asr-threads", "3", "--trace", "t.jsonl"]
+    argv += ["--trace-uplink", str(tmp_path)]
     assert cli.main([*argv, "--trace-session", "all", "--tone-compute-ms-per-char", "0.5"]) == 0
     printed = tomllib.loads(capsys.readouterr().out)
     assert printed["asr"] == {"model": "/models/x", "threads": 3, "cut_window": True}
-    assert printed["trace"] == {"path": "t.jsonl", "sessions": "all"}
+    assert printed["trace"] == {"path": "t.jsonl", "sessions": "all", "uplink_dir": str(tmp_path)}
+    # a directory that is not there is one line, before anything starts
+    assert cli.main(["config", "--trace-uplink", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "trace.uplink_dir: must be an existing directory" in err
     assert printed["engine"]["tone_compute_ms_per_char"] == 0.5
     env = {"DUPLEXD_ASR__THREADS": "4", "DUPLEXD_TRACE__SESSIONS": "3"}
     s = load_settings(environ={**env, "DUPLEXD_ASR__CUT_WINDOW": "false"})

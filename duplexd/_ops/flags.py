@@ -38,6 +38,7 @@ FLAG_KEYS: Final = {
     "asr_threads": ("asr", "threads"),
     "trace": ("trace", "path"),
     "trace_session": ("trace", "sessions"),
+    "trace_uplink": ("trace", "uplink_dir"),
     "log_format": ("log", "format"),
     "log_level": ("log", "level"),
     "log_file": ("log", "file"),
@@ -135,6 +136,12 @@ def add_config_flags(p: argparse.ArgumentParser, *, model_process: bool = False)
         default=d,
         metavar="WHICH",
         help="which sessions --trace records: first (default), all, or N (the N-th session)",
+    )
+    daemons(
+        "--trace-uplink",
+        default=d,
+        metavar="DIR",
+        help="record the traced sessions' uplink inputs here, a file each (python -m bench.replay)",
     )
     p.add_argument(
         "--log-format", default=d, choices=["json", "text"], help="json (default) or text"

@@ -173,6 +173,7 @@ class AsrSettings:
 class TraceSettings:
     path: str = ""  # write every frame header of the traced sessions here (JSON lines)
     sessions: str = "first"  # which: first, all, or N (the N-th session since start)
+    uplink_dir: str = ""  # record their uplinks' inputs here, to replay (duplexd/_uplink/record.py)
 
 
 @attrs.frozen
@@ -477,6 +478,8 @@ def _validate(s: Settings) -> None:
     which = s.trace.sessions.strip().lower()
     if which not in ("first", "all") and not (which.isdigit() and int(which) >= 1):
         raise bad("trace.sessions", f"must be first, all or N >= 1, got {s.trace.sessions!r}")
+    if s.trace.uplink_dir and not os.path.isdir(s.trace.uplink_dir):
+        raise bad("trace.uplink_dir", f"must be an existing directory, got {s.trace.uplink_dir!r}")
     _validate_auth(s, bad)
     _validate_tls(s, bad)
     if s.server.http_tls and not s.tls.cert:

@@ -13,6 +13,9 @@ hidden. The session code never sees the difference, and when tracing is off `deb
 returns the connection itself: the per-frame cost is zero. The service owns the one `Tracer`
 (settings `[trace] path`) and hands it to the server.
 
+With `[trace] uplink_dir` (`--trace-uplink`) the selected sessions' uplink inputs are also
+recorded there, a file per session, to be replayed offline (`duplexd/_uplink/record.py`).
+
 `debug_transport` also applies the JSON text mode (`duplexd.protocol.jsonmode`) when the client
 negotiated it; the trace then shows the frames the session handles, not the JSON text.
 """
@@ -37,13 +40,14 @@ _COMPACT: Final = (",", ":")
 class Tracer:
     """Chooses the sessions to trace and owns the trace file (appended to, line per frame)."""
 
-    def __init__(self, path: str, which: str = "first") -> None:
+    def __init__(self, path: str, which: str = "first", *, uplink_dir: str = "") -> None:
         which = which.strip().lower()
         if which == "first":
             which = "1"
         if which != "all" and not (which.isdigit() and int(which) >= 1):
             raise ValueError(f"must be first, all or N >= 1, got {which!r}")
-        self.path = path
+        self.path = path  # "" : no frame headers (only `uplink_dir`)
+        self.uplink_dir = uplink_dir  # "": the uplinks not recorded
         self._which = which
         self._seen = 0
         self._file: IO[str] | None = None
@@ -71,10 +75,18 @@ class Tracer:
 def debug_transport(ws: Any, tracer: Tracer | None) -> Any:
     """The transport a new session gets: `ws` itself, unless the client chose the JSON mode
     or `tracer` selects this session. Called once per session, on the trio thread."""
+    return debug_session(ws, tracer)[0]
+
+
+def debug_session(ws: Any, tracer: Tracer | None) -> tuple[Any, str]:
+    """`debug_transport`'s transport, and the directory to record the session's uplink in
+    ("": not recorded; `[trace] uplink_dir`, for the sessions `tracer` selects)."""
     transport = JsonTransport(ws) if getattr(ws, "subprotocol", None) == JSON_SUBPROTOCOL else ws
-    if tracer is not None and tracer.selects_next():
-        return TracedTransport(transport, tracer)
-    return transport
+    if tracer is None or not tracer.selects_next():
+        return transport, ""
+    if tracer.path:
+        transport = TracedTransport(transport, tracer)
+    return transport, tracer.uplink_dir
 
 
 class TracedTransport:

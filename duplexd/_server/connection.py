@@ -9,6 +9,7 @@ another's state.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Mapping
 from typing import Protocol
@@ -48,7 +49,8 @@ class Connection:
     """One connection. `run()` it; `session` is the open `Session` once the handshake is done.
 
     `on_open(session)` / `on_close(session)` run (trio thread) when the session opens and when
-    it has ended, before the Error frame (if any) is sent.
+    it has ended, before the Error frame (if any) is sent. `uplink_record_dir`: record the
+    session's uplink inputs in a file there, named by the session id (`[trace] uplink_dir`).
     """
 
     def __init__(
@@ -70,6 +72,7 @@ class Connection:
         on_resumed: Callable[[Session], None] | None = None,
         carried: CarriedBudgets | None = None,
         churn: ChurnRate | None = None,
+        uplink_record_dir: str = "",
     ) -> None:
         self.id = os.urandom(16)
         tag = self.id.hex()[:12]
@@ -80,6 +83,9 @@ class Connection:
         self._pacer = pacer
         self._limits = limits
         self._uplink_services = uplink_services
+        if uplink_services is not None and uplink_record_dir:  # (its inputs, to replay)
+            path = os.path.join(uplink_record_dir, f"{self.id.hex()}.uplink")
+            self._uplink_services = dataclasses.replace(uplink_services, recording=path)
         self._offload = offload
         self._synthesis_offloads = synthesis_offloads or {}
         self._on_open = on_open

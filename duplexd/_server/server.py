@@ -24,7 +24,7 @@ from trio_websocket import ConnectionClosed, WebSocketRequest, WebSocketServer
 from .._downlink.pacer import Pacer, open_pacer
 from .._ops.auth import Authenticator, AuthError, Principal
 from .._ops.settings import SessionLimits, TlsSettings
-from .._ops.trace import Tracer, debug_transport
+from .._ops.trace import Tracer, debug_session
 from .._uplink.services import UplinkServices
 from ..engines.registry import EngineSet
 from ..protocol.frames import SUBPROTOCOL, WS_PATH
@@ -252,8 +252,9 @@ class Daemon:
             return
         self.sessions_total += 1
         self.connecting += 1
+        transport, record_dir = debug_session(ws, self._tracer)  # (else `ws` itself)
         connection = Connection(
-            debug_transport(ws, self._tracer),  # JSON mode / tracing wrap it; else `ws` itself
+            transport,
             engines=self.engines,
             pacer=self.pacer,
             limits=self._limits,
@@ -269,6 +270,7 @@ class Daemon:
             on_resumed=self._resumed,
             carried=self.carried,
             churn=self.churn,
+            uplink_record_dir=record_dir,
         )
         try:
             await connection.run()

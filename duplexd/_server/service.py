@@ -108,8 +108,11 @@ class Service:
         self._remote: RemoteEngine | None = None  # the model process's engine, if it loaded one
         self._engine_options = dict(engine_options or {})
         self._uplink_services = uplink_services
+        trace = settings.trace
         self._tracer = (
-            Tracer(settings.trace.path, settings.trace.sessions) if settings.trace.path else None
+            Tracer(trace.path, trace.sessions, uplink_dir=trace.uplink_dir)
+            if trace.path or trace.uplink_dir
+            else None
         )
         self._authenticator = Authenticator()  # made from the settings in `run` (reads files)
         self._reload = reload

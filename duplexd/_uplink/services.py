@@ -40,6 +40,9 @@ class UplinkServices:
     turn_model: TurnModel | None = None  # None: turns end after a fixed silence
     turn_offload: Offload | None = None
     turn_limiter: trio.CapacityLimiter | None = None
+    # a file to record the session's uplink inputs in, to replay them (record.py): "" none; set
+    # per session by its connection (`[trace] uplink_dir`)
+    recording: str = ""
 
     def turn_busy(self) -> bool:
         """Whether the turn model is answering or has questions waiting (any session's)."""

@@ -78,6 +78,12 @@ from .holds import Holds
 from .leak import LeakHold
 from .micvoice import MicVoice
 from .quiet import QuietTracker
+from .record import DOWNLINK as _DOWNLINK  # the inbox's kinds (record.py)
+from .record import PLAYED as _PLAYED
+from .record import UNHELD as _UNHELD
+from .record import VERDICT as _VERDICT
+from .record import WORDS as _WORDS
+from .record import UplinkRecording, recording_header
 from .reference import S16_SCALE, Reference
 from .services import UplinkServices
 from .soft import Settled, SoftBargeIn, WordsCheck
@@ -99,11 +105,6 @@ from .vad import (
 MAX_GAP_FRAMES: Final = 250  # a seq jump up to 5 s is filled with silence; more is an error
 MAX_INBOX: Final = 500  # uplink frames + downlink messages waiting for processing (~5-10 s)
 _NEVER: Final = 2.0  # a barge-in threshold no probability reaches
-_DOWNLINK: Final = -1  # inbox items: a downlink message (else the uplink seq gap) ...
-_VERDICT: Final = -2  # ... or the turn model's answer
-_WORDS: Final = -3  # ... or the transcript of a held barge-in's sound
-_UNHELD: Final = -4  # ... or the session is not holding (any more): forget the soft barge-in
-_PLAYED: Final = -5  # ... or a PLAYED report (utterance id, samples played, clock_us, final)
 
 
 def _ignore(*_: object) -> None:
@@ -169,6 +170,12 @@ class Uplink:
             else None
         )
         now = trio.current_time()
+        self._recording = (  # (record.py: what a replay needs to make this uplink again)
+            UplinkRecording(services.recording, recording_header(now, rate_hz, downlink_rate_hz,
+                options, downlink_opus, services, soft=self._holds is not None))
+            if services.recording
+            else None
+        )  # fmt: skip
         self._echo = EchoCanceller(t0=now) if vad.echo_cancel else None
         self._mic = MicVoice(services.vad_model) if self._echo is not None else None
         self._leak = LeakHold(VAD_RATE_HZ)  # (echo.py's windows AEC3 let the echo through)
@@ -237,6 +244,8 @@ class Uplink:
         audio (megabytes), that only the garbage collector frees, and the daemon freezes what
         lives long (`duplexd/_ops/collector.py`): they would wait for a sweep."""
         self._send = self._barge_in = _ignore
+        if self._recording is not None:
+            self._recording.close()
         if self._holds is not None:
             self._holds.forget_session()
         self._transcripts = self._ends = None
@@ -294,6 +303,8 @@ class Uplink:
     def _process_batch(self, batch: list[tuple[float, int, Any]]) -> list[tuple[float, object]]:
         """Worker side: everything heavy. Touches only this object's processing state."""
         self._events = []
+        if self._recording is not None:
+            self._recording.write(batch)
         n = self._frame_samples
         for now, gap, data in batch:
             if gap == _VERDICT:
