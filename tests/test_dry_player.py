@@ -94,20 +94,26 @@ def sends(late_after_s: float, *, frames: int = 20) -> EchoCanceller:
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize(("late_after_s", "next_moves"), [(0.041, -11), (0.100, 0)])
+@pytest.mark.parametrize(
+    ("late_after_s", "next_before", "next_after"), [(0.041, 3520, 4165), (0.100, 5120, 5120)]
+)
 def test_the_next_run_moves_only_if_the_player_played_on_into_it(
-    late_after_s: float, next_moves: int
+    late_after_s: float, next_before: int, next_after: int
 ) -> None:
-    """Frame 10 played 40.3 ms later than the reference had it (645 samples): it moves, and
-    the run after it moves to where it now ends (11 samples sooner) when it was sent within the
-    player's buffer of that end; sent 100 ms late, the player started it after a gap."""
+    """Frame 10 played 40.3 ms later than the reference had it (645 samples): it moves, and the
+    frames after it move with it when the player played on into them. Sent 41 ms late, within a
+    tick of the buffer's edge and as late as frame 10, they continue its run (placement.py's
+    `RunRule`) and move with it, to 11 samples sooner than where they were sent (as before the
+    rule leaned to "on", when they were a run of their own that moved to where frame 10 then
+    ended); sent 100 ms late, the player started them after a gap: they stay."""
     ec = sends(late_after_s)
     placed = {(1, i): ec.placed.at((1, i)) for i in range(20)}
-    assert placed[(1, 10)] == 3200 and placed[(1, 11)] == round((0.220 + late_after_s) * RATE)
+    assert placed[(1, 10)] == 3200 and placed[(1, 11)] == next_before
+    assert next_after == round((0.220 + late_after_s) * RATE) - (11 if late_after_s < 0.1 else 0)
     ec.note_played(0.3, (1, 10), 0, round((0.200 + 0.040 + 0.0403) * 1e6))
     assert ec.placed.at((1, 10)) == 3200 + 645
-    assert ec.placed.at((1, 11)) == placed[(1, 11)] + next_moves
-    assert ec.placed.at((1, 19)) == placed[(1, 19)] + next_moves
+    assert ec.placed.at((1, 11)) == next_after
+    assert ec.placed.at((1, 19)) == placed[(1, 19)] + next_after - next_before
     assert ec.placed.at((1, 9)) == placed[(1, 9)] and ec.playout_ms == 0.0
     # (the next report on that run agrees with where it is now: nothing moves again)
     ec.note_played(0.4, (1, 15), 0, round((ec.placed.at((1, 15)) / RATE + 0.040) * 1e6))
@@ -130,9 +136,10 @@ def test_a_report_from_a_clock_far_off_moves_the_reference_only_as_far_as_it_can
     (nor silence written, or allocated, for all of it): it moves as far as the reports may
     move it (`_move`: up to half the ring), as before."""
     ec = sends(0.041)
+    before = ec.placed.at((1, 12))
     ec.note_played(0.3, (1, 12), 0, 10**15)
     assert ec.playout_ms == 1000 * (ec.placed.cap // 2) / RATE
-    assert ec.placed.at((1, 12)) == round((0.240 + 0.041) * RATE)
+    assert ec.placed.at((1, 12)) == before
 
 
 def played_on(dry: bool) -> tuple[EchoCanceller, np.ndarray, np.ndarray, int]:

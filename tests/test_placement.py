@@ -87,3 +87,23 @@ def test_a_new_run_of_a_client_without_reports_is_also_tried_sooner() -> None:
     assert rule.other(0, reported=False) is None
     rule = RunRule(RATE, 10.0)  # (a player whose buffer is 10 ms: 20 ms late is a new run)
     assert rule.other(20 * ms, reported=False) == (0, -20 * ms)
+
+
+def test_a_frame_at_the_buffers_edge_continues_its_run_as_the_one_before_did() -> None:
+    """Live (seed 196 of bench/results/aec-edge/): a frame sent 39.9 ms late (639 samples: on,
+    at the edge of a 40 ms buffer) and the next one 0.5 ms later still (647: a new run after a
+    gap, before), which the player played on. At the edge the rule leans to "on": up to a tick
+    past the buffer, for a frame no more than a tick later than the run's last one; a frame
+    past the edge after one on time, or more than a tick later than the last, or past a tick
+    beyond the buffer, still starts a new run."""
+    tick = RATE // 100
+    rule = RunRule(RATE, 40.0)
+    assert rule.place(0) and rule.place(639)
+    assert rule.place(647)  # (as late as the one before: on)
+    assert rule.other(647, reported=False) is None  # (on: no new run to try sooner)
+    assert rule.place(640 + tick)  # (still within a tick of the last and of the buffer)
+    assert not rule.place(640 + tick + 1)  # (past a tick beyond the buffer)
+    rule = RunRule(RATE, 40.0)
+    assert rule.place(0) and not rule.place(647)  # (past the edge after a frame on time)
+    rule = RunRule(RATE, 40.0)
+    assert rule.place(500) and not rule.place(500 + tick + 1)  # (a tick later than the last)

@@ -322,3 +322,19 @@ def test_the_run_sweep_refuses_a_run_played_before_it_was_sent(
     assert exit_.value.code == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert "--playout-ms" in last and "before it was sent" in last, last
+
+
+@pytest.mark.parametrize(("room", "at"), [("delay", 117), ("rt60-300", 247)])
+def test_a_frame_at_the_buffers_edge_that_the_player_played_on_leaks_nothing(
+    tmp_path: Path, room: str, at: int
+) -> None:
+    """`bench.aec_edge`'s live case (seed 196): frame `at` sent 39.9 ms late, the ones after it
+    0.5 ms later still, the player playing on through the next one and running dry after it,
+    with PLAYED reports. Before the run rule leaned to "on" at its buffer's edge (placement.py),
+    the next frame was put after a gap the player never played: a false barge-in in each."""
+    import bench.aec_edge as edge
+    import bench.aec_rooms as aec_rooms
+
+    agent, _ = aec_rooms.voices(tmp_path)
+    row = edge.scenario(agent, room, at, 0.0399, 0.0005, "on")
+    assert (row["false_barge_ins"], row["false_speech_starts"]) == (0, 0), row

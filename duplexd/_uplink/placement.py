@@ -72,7 +72,19 @@ class RunRule:
     """Where the client's player plays a frame, as the reference models it: a frame sent up to
     `buffer_ms` (the player's buffer) after the run's last one ended continues the run, a
     later one starts a new run after a gap. `late`: samples between the run's end and when
-    the frame was sent."""
+    the frame was sent.
+
+    At the buffer's edge the rule leans to "continues": a frame up to a tick past it that is
+    no more than a tick later than the run's last frame was (the frame before it, as late,
+    continued the run) continues it too. Where the player stands against its buffer, the server
+    cannot see to a tick (the network's delay of the run's first frame sets it), and the two
+    ways to be wrong are not alike: the reference on where the player ran dry is an echo after
+    its reference, which AEC3's filter takes and the run's PLAYED report moves (`move_run`,
+    before its echo comes), while a gap the player never played is an echo before its
+    reference, which nothing moves back (a report moves a run later, never sooner within its
+    run). Live (rt60-300, seed 196 of `bench/results/aec-edge/`): a frame sent 39.9 ms late
+    continued its run, the next one, 0.5 ms later still, was put after a gap, the player played
+    both on, and the 280 ms of echo after it leaked a false barge-in."""
 
     def __init__(self, rate_hz: int, buffer_ms: float) -> None:
         self.contiguous = round(buffer_ms * rate_hz / 1000)
@@ -85,12 +97,19 @@ class RunRule:
         self._tick = rate_hz // 100  # (a frame later than the last by less: the send's jitter)
         self._sooner = round(SOONER_MS * rate_hz / 1000)
 
+    def continues(self, late: int) -> bool:
+        """Whether a frame sent `late` samples after the run's end continues it (the class doc)."""
+        tick = self._tick
+        return late <= self._allowed or (
+            late <= self._allowed + tick and late <= self._run_late + tick
+        )
+
     def unsure(self, late: int) -> int | None:
         """The other placement's shift if the player may have played it either way (a frame
         later than the run's were, by more than jitter), else None."""
         if not (self._unsure[0] < late <= self._unsure[1] and late > self._run_late + self._tick):
             return None
-        return late if late <= self._allowed else -late
+        return late if self.continues(late) else -late
 
     def other(self, late: int, *, reported: bool) -> tuple[int, int] | None:
         """Where else the player may have played a frame sent `late` samples after the run's
@@ -101,14 +120,14 @@ class RunRule:
         shift = self.unsure(late)
         if shift is not None:
             return 0, shift
-        if reported or late <= self._allowed:
+        if reported or self.continues(late):
             return None
         shift = -min(self._sooner, late)
         return late + shift, shift
 
     def place(self, late: int) -> bool:
         """Whether the frame continues the run (else: a new run, where it was sent)."""
-        if late <= self._allowed:
+        if self.continues(late):
             self._run_late = max(0, late)
             return True
         self._run_late, self._allowed = 0, self.contiguous
