@@ -14,9 +14,9 @@ that hands it the right far-end reference for each stretch of uplink:
 - The reference: the last `history_s` of what was sent (16 kHz), laid out on the server clock
   (`add_reference`: each frame where it was sent; a frame sent up to `PLAYER_BUFFER_MS` after
   where the previous one ended continues it, as the client's player plays it: its jitter
-  buffer absorbs that much lateness, and a frame later than that plays after a gap, as the
-  reference then has it). A frame 25-120 ms late may have been played either way: both are
-  cancelled until the echo shows which (placement.py).
+  buffer absorbs that much lateness (at its edge a tick more: placement.py's `RunRule`), and a
+  frame later than that plays after a gap, as the reference then has it). A frame 25-120 ms
+  late may have been played either way: both are cancelled until the echo shows which.
 - The uplink on the same clock (`note_uplink`): uplink sample `u` was captured at the smallest
   `arrival_time - u / rate` seen over the last 2 s of frames (the least delayed frame). AEC3
   is handed the reference on that mapping as it was when it first ran (`_server`): the

@@ -1,8 +1,9 @@
 """The echo reference as the client's player played it: the sent audio, placed (echo.py).
 
 Each frame sent is placed where the player plays it, as `RunRule` models the player
-(placement.py): a frame sent up to the player's buffer after the run's last one ended
-continues the run, back to back; a later one starts a new run, after a gap, where it was sent.
+(placement.py): a frame sent up to the player's buffer after the run's last one ended (at the
+edge, a tick more) continues the run, back to back; a later one starts a new run, after a gap,
+where it was sent.
 The last seconds of it are held in a ring by server-clock sample index, and where each frame
 (utterance id, seq) was placed, and which began a run of sends, for the PLAYED reports that
 name a frame. What the echo or a report shows the player did otherwise moves it: from a late

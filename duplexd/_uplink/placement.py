@@ -1,8 +1,8 @@
 """A frame the client's player may have played either of two ways: AEC3 run on both.
 
 The echo reference places each frame where the client's player plays it (echo.py): a frame
-sent up to `PLAYER_BUFFER_MS` after where the previous one ended continues it, a later one
-starts a new run after a gap. The server cannot see the player, only model it: its buffer
+sent up to `PLAYER_BUFFER_MS` after where the previous one ended continues it (at the edge, a
+tick more: `RunRule`), a later one starts a new run after a gap. The server cannot see the player, only model it: its buffer
 is the client's (the browser client's holds 50 ms, the bench's 40, WebRTC's 20-80), and how
 full it is when a late frame comes depends on when the client received the run's first frame
 (its own loop late or not). When synthesis falls behind and the pacer skips a few ticks, the
