@@ -25,13 +25,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from bench.aec_jitter import numbers
-from bench.aec_rooms import F32, FRAME, FRAME_S, RATE, replay, save_rows, voices
-from bench.aec_runs import PLAYOUT_MS, REPORT_EVERY_S, REPORT_LATE_S, onsets, rooms
-from bench.rooms import ROOMS_BY_NAME, noise
-from duplexd._uplink.vad import BargeIn, SpeechStart
+from bench.aec_rooms import F32, FRAME, FRAME_S, save_rows, voices
+from bench.aec_runs import PLAYOUT_MS, echo_alone, onsets, rooms
 
 GAP_MS = 41.8  # the player's gap where it ran dry (live: a buffer, and the frame's lateness)
 VARIANTS = {"on": 2, "dry": 1}  # the player runs dry before frame `at` + this
@@ -48,24 +44,12 @@ def scenario(
     played: bool = True,
 ) -> dict[str, Any]:
     """Frame `at` sent `late_s` late, the frames after it `extra_s` later still; the player
-    runs dry before frame `at` + `VARIANTS[variant]`. `played`: PLAYED reports, on the first
-    sample of each of the player's runs and every `REPORT_EVERY_S`, `REPORT_LATE_S` after it
-    played."""
+    runs dry before frame `at` + `VARIANTS[variant]`. `played`: PLAYED reports, as
+    `bench.aec_runs.echo_alone` sends them (each of the player's runs' first sample)."""
     n = len(agent) // FRAME
     sent = [k * FRAME_S + (late_s if k >= at else 0) + (extra_s if k > at else 0) for k in range(n)]
     dry = at + VARIANTS[variant]
     play = [k * FRAME_S + PLAYOUT_MS / 1000 + (GAP_MS / 1000 if k >= dry else 0) for k in range(n)]
-    total = round((sent[-1] + 1.5) * RATE)
-    heard = np.zeros(total, dtype=np.float32)
-    for k in range(n):
-        start = round(play[k] * RATE)
-        heard[start : start + FRAME] = agent[k * FRAME : (k + 1) * FRAME]
-    mic = ROOMS_BY_NAME[room].echo(heard, total) + noise(total, -55.0, seed=at)
-    reports = None
-    if played:  # (samples played: through the first sample of frame k; the client's clock)
-        due = sorted({0, dry, *range(0, n, round(REPORT_EVERY_S / FRAME_S))})
-        reports = [(play[k] + REPORT_LATE_S, k * FRAME + 1, round(play[k] * 1e6)) for k in due]
-    _, events, _ = replay(agent[: n * FRAME], mic, sent_at_s=sent, jitter_ms=0.0, reports=reports)
     return {
         "room": room,
         "variant": variant,
@@ -73,8 +57,7 @@ def scenario(
         "extra_ms": round(extra_s * 1000, 2),
         "played_reports": played,
         "at_s": round(sent[at], 2),
-        "false_barge_ins": sum(isinstance(e, BargeIn) for _, e in events),
-        "false_speech_starts": sum(isinstance(e, SpeechStart) for _, e in events),
+        **echo_alone(agent, room, sent, play, {0, dry} if played else None, seed=at),
     }
 
 

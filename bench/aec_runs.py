@@ -65,24 +65,42 @@ def scenario(
     n = len(agent) // FRAME
     sent = [k * FRAME_S + (gap_s if k >= at else 0.0) for k in range(n)]
     play = [sent[k] + playout_s + (shift_s if k >= at else 0.0) for k in range(n)]
-    total = round((sent[-1] + 1.5) * RATE)
-    heard = np.zeros(total, dtype=np.float32)
-    for k in range(n):
-        start = round(play[k] * RATE)
-        heard[start : start + FRAME] = agent[k * FRAME : (k + 1) * FRAME]
-    mic = ROOMS_BY_NAME[room].echo(heard, total) + noise(total, -55.0, seed=at)
-    reports = None
-    if played:  # (samples played: through the first sample of frame k; the client's clock)
-        every = round(REPORT_EVERY_S / FRAME_S)
-        due = sorted({0, at, *range(0, n, every)})
-        reports = [(play[k] + REPORT_LATE_S, k * FRAME + 1, round(play[k] * 1e6)) for k in due]
-    _, events, _ = replay(agent[: n * FRAME], mic, sent_at_s=sent, jitter_ms=0.0, reports=reports)
     return {
         "room": room,
         "shift_ms": round(shift_s * 1000, 1),
         "gap_ms": round(gap_s * 1000, 1),
         "played_reports": played,
         "at_s": round(sent[at], 2),
+        **echo_alone(agent, room, sent, play, {0, at} if played else None, seed=at),
+    }
+
+
+def echo_alone(
+    agent: F32,
+    room: str,
+    sent: list[float],
+    play: list[float],
+    firsts: set[int] | None,
+    *,
+    seed: int,
+) -> dict[str, int]:
+    """The agent's frame k sent at `sent[k]` and played at `play[k]` (s), its echo alone
+    through `room` over room noise (`seed`): the false barge-ins and speech starts. `firsts`:
+    the client reports PLAYED on these frames' first sample (its runs' first) and every
+    `REPORT_EVERY_S`, `REPORT_LATE_S` after it played (None: no reports)."""
+    n = len(sent)
+    total = round((sent[-1] + 1.5) * RATE)
+    heard = np.zeros(total, dtype=np.float32)
+    for k in range(n):
+        start = round(play[k] * RATE)
+        heard[start : start + FRAME] = agent[k * FRAME : (k + 1) * FRAME]
+    mic = ROOMS_BY_NAME[room].echo(heard, total) + noise(total, -55.0, seed=seed)
+    reports = None
+    if firsts is not None:  # (samples played: through the first sample of frame k; its clock)
+        due = sorted({*firsts, *range(0, n, round(REPORT_EVERY_S / FRAME_S))})
+        reports = [(play[k] + REPORT_LATE_S, k * FRAME + 1, round(play[k] * 1e6)) for k in due]
+    _, events, _ = replay(agent[: n * FRAME], mic, sent_at_s=sent, jitter_ms=0.0, reports=reports)
+    return {
         "false_barge_ins": sum(isinstance(e, BargeIn) for _, e in events),
         "false_speech_starts": sum(isinstance(e, SpeechStart) for _, e in events),
     }
