@@ -31,7 +31,7 @@ import trio.testing
 from duplexd._uplink.record import DOWNLINK, RecordingError, read_recording
 from duplexd._uplink.uplink import Uplink, UplinkServices
 from duplexd._uplink.vad import VAD_RATE_HZ, BargeIn, SpeechStart, SpeechStop, VadModel
-from duplexd.protocol.codec import iter_frames
+from duplexd.protocol.codec import RemoteProtocolError, iter_frames
 from duplexd.protocol.frames import FrameType
 from duplexd.protocol.options import SessionOptions, parse_options
 
@@ -64,8 +64,11 @@ def services_for(header: dict[str, Any], vad_model: VadModel | None = None) -> U
 
 
 def options_of(header: dict[str, Any]) -> SessionOptions:
-    """The session's options as recorded (checked as a Hello's are)."""
-    return parse_options(json.dumps(header["options"]))
+    """The session's options as recorded (checked as a Hello's are; RecordingError if not)."""
+    try:
+        return parse_options(json.dumps(header["options"]))
+    except RemoteProtocolError as exc:
+        raise RecordingError(f"the recorded options: {exc}") from None
 
 
 def replay(

@@ -1,17 +1,17 @@
 """A frame the client's player may have played either of two ways: AEC3 run on both.
 
-The echo reference places each frame where the client's player plays it (echo.py): a frame
-sent up to `PLAYER_BUFFER_MS` after where the previous one ended continues it (at the edge, a
-tick more: `RunRule`), a later one starts a new run after a gap. The server cannot see the player, only model it: its buffer
-is the client's (the browser client's holds 50 ms, the bench's 40, WebRTC's 20-80), and how
-full it is when a late frame comes depends on when the client received the run's first frame
-(its own loop late or not). When synthesis falls behind and the pacer skips a few ticks, the
-frame after them comes 25-120 ms late, and the player may have played it either way; placed
-the other way, its echo comes 20-120 ms off its reference, and AEC3 follows such a jump in
-seconds, not milliseconds (measured, `tests/test_echo.py`: 2.5 dB taken out over the second
-after a 60 ms stall that a 60 ms player played on and the reference put after a gap, 0-12 dB
-in each 100 ms of it, against 28.7 with both placements tried; the other way round, a 40 ms
-stall a 30 ms player played after a gap, 24.9 against 30.8, under 5 dB in two of its 100 ms).
+The echo reference places each frame where the client's player plays it (echo.py): a frame sent
+up to `PLAYER_BUFFER_MS` after where the previous one ended continues it (at the edge, a tick
+more: `RunRule`), a later one starts a new run after a gap. The server cannot see the player,
+only model it: its buffer is the client's (the browser client's holds 50 ms, the bench's 40,
+WebRTC's 20-80), and how full it is when a late frame comes depends on when the client received
+the run's first frame (its own loop late or not). When synthesis falls behind and the pacer
+skips a few ticks, the frame after them comes 25-120 ms late, and the player may have played it
+either way; placed the other way, its echo comes 20-120 ms off its reference, and AEC3 follows
+such a jump in seconds, not milliseconds (measured, `tests/test_echo.py`: 2.5 dB taken out over
+the second after a 60 ms stall that a 60 ms player played on and the reference put after a gap,
+0-12 dB in each 100 ms of it, against 28.7 with both placements tried; the other way round, a 40
+ms stall a 30 ms player played after a gap, 24.9 against 30.8, under 5 dB in two of its 100 ms).
 A client that does not report PLAYED leaves the server one more guess: a new run (after a gap)
 starts a buffer after its first frame reached the client, which may have been sooner than the
 run before's first did; then its echo comes before where AEC3's filter expects it (`SOONER_MS`).

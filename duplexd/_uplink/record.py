@@ -152,6 +152,10 @@ def _body(kind: int, data: Any) -> bytes:
     return b""  # UNHELD
 
 
+_HEADER_KEYS: Final = (  # (`recording_header`'s)
+    "t0", "rate_hz", "downlink_rate_hz", "downlink_opus", "options", "transcriber", "turn_model",
+    "soft",
+)  # fmt: skip
 Batch = list[tuple[float, int, Any]]  # (server time, kind, data), as the worker had them
 
 
@@ -168,6 +172,9 @@ def read_recording(path: str | Path) -> tuple[dict[str, Any], Iterator[Batch]]:
         header = None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise RecordingError(f"{path}: not an uplink recording ({FORMAT}, [trace] uplink_dir)")
+    missing = [k for k in _HEADER_KEYS if k not in header]
+    if missing:
+        raise RecordingError(f"{path}: its header lacks {', '.join(missing)}: record it again")
     return header, _batches(memoryview(rest))
 
 
