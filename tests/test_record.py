@@ -67,6 +67,12 @@ def test_a_file_that_is_not_a_recording_is_one_line_and_exit_2(
     assert replay_cli.main([str(bad)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "not an uplink recording" in err
+    bad.write_text('{"format": "duplexd-uplink/1", "t0": 0}\n')  # (another version's, say)
+    assert replay_cli.main([str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "header lacks rate_hz" in err
+    assert replay_cli.main([str(tmp_path / "nowhere.uplink")]) == 2
+    assert capsys.readouterr().err.strip().count("\n") == 0
 
 
 def test_a_recording_cut_short_ends_at_its_last_whole_record(tmp_path: Path) -> None:
