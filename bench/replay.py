@@ -2,8 +2,9 @@
 
 `duplexd serve --trace-uplink DIR` (settings `[trace] uplink_dir`; `--trace-session` says which
 sessions, e.g. `all`) records each selected session's uplink inputs (duplexd/_uplink/record.py).
-This makes the same `Uplink` again (the session's options, rates and codec, the daemon's VAD,
-turn and ASR models, loaded as the daemon loads them) and hands it the recorded batches in this
+This makes the same `Uplink` again (the session's options, rates and codec; the bundled VAD
+model, and the bundled turn and ASR models where the daemon had them: the worker runs only the
+VAD's, the others only have to be there) and hands it the recorded batches in this
 thread, as the daemon's worker did: every barge-in, speech start and stop comes out at the same
 sample, so a false barge-in seen once live can be looked at here, traced (wrap a method of the
 uplink's parts) and checked against a change. Turn ends follow the turn model's recorded answers
@@ -45,7 +46,8 @@ def _ignore(*_: object) -> bool:
 
 
 def services_for(header: dict[str, Any], vad_model: VadModel | None = None) -> UplinkServices:
-    """The models the recorded daemon had (`header`), loaded as it loads them."""
+    """The models the recorded daemon had (`header`): the bundled ones (the uplink's worker
+    runs the VAD model; the turn and ASR models it only needs to know were there)."""
     transcriber = turn_model = None
     if header["transcriber"]:
         from duplexd._uplink.asr import Transcriber
