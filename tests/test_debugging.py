@@ -15,7 +15,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
-from duplexd._ops.trace import Tracer, debug_transport
+from duplexd._ops.trace import Tracer, debug_session
 from duplexd._server.server import Daemon, serve_duplexd
 from duplexd.client.probe import DEFAULT_TEXT, probe
 from duplexd.engines.registry import EngineSet
@@ -250,7 +250,7 @@ def test_untraced_binary_sessions_get_the_socket_itself() -> None:
         subprotocol = fr.SUBPROTOCOL
 
     ws = Ws()
-    assert debug_transport(ws, None) is ws  # no wrapper: nothing per frame
+    assert debug_session(ws, None) == (ws, "")  # no wrapper: nothing per frame, no recording
 
 
 @pytest.mark.unit

@@ -9,14 +9,14 @@ a `TracedTransport` that writes one line per frame, both directions::
 
 ``t`` is seconds since the session was accepted (the daemon's monotonic clock), ``ts`` the
 wall clock. Audio never goes in (``samples`` says how much there was); Hello's token is
-hidden. The session code never sees the difference, and when tracing is off `debug_transport`
+hidden. The session code never sees the difference, and when tracing is off `debug_session`
 returns the connection itself: the per-frame cost is zero. The service owns the one `Tracer`
 (settings `[trace] path`) and hands it to the server.
 
 With `[trace] uplink_dir` (`--trace-uplink`) the selected sessions' uplink inputs are also
 recorded there, a file per session, to be replayed offline (`duplexd/_uplink/record.py`).
 
-`debug_transport` also applies the JSON text mode (`duplexd.protocol.jsonmode`) when the client
+`debug_session` also applies the JSON text mode (`duplexd.protocol.jsonmode`) when the client
 negotiated it; the trace then shows the frames the session handles, not the JSON text.
 """
 
@@ -72,15 +72,11 @@ class Tracer:
                 self._file = None
 
 
-def debug_transport(ws: Any, tracer: Tracer | None) -> Any:
-    """The transport a new session gets: `ws` itself, unless the client chose the JSON mode
-    or `tracer` selects this session. Called once per session, on the trio thread."""
-    return debug_session(ws, tracer)[0]
-
-
 def debug_session(ws: Any, tracer: Tracer | None) -> tuple[Any, str]:
-    """`debug_transport`'s transport, and the directory to record the session's uplink in
-    ("": not recorded; `[trace] uplink_dir`, for the sessions `tracer` selects)."""
+    """The transport a new session gets: `ws` itself, unless the client chose the JSON mode
+    or `tracer` selects this session (and has a `path`); and the directory to record the
+    session's uplink in ("": not recorded; `[trace] uplink_dir`, for the sessions `tracer`
+    selects). Called once per session, on the trio thread."""
     transport = JsonTransport(ws) if getattr(ws, "subprotocol", None) == JSON_SUBPROTOCOL else ws
     if tracer is None or not tracer.selects_next():
         return transport, ""

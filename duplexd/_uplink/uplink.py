@@ -48,7 +48,8 @@ PLAYED reports (`on_played`) tell the canceller when what was sent was played (e
 What the echo changes for each VAD window (the barge-in's threshold, the microphone's own
 voice heard where the user is over the echo) is echoview.py's; a window that would barge in
 on what AEC3 let through of the agent's own voice (a path that jumped, before the canceller
-follows it) is silence (leak.py).
+follows it) is silence (leak.py). With `UplinkServices.recording` (`[trace] uplink_dir`) the
+worker also writes each batch it is handed to a file, to be replayed offline (record.py).
 """
 
 from __future__ import annotations
